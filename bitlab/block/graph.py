@@ -1,0 +1,284 @@
+"""The block graph: every node, the devices above them, and QEMU's lookups.
+
+Error texts here are QEMU's (block.c ``bdrv_lookup_bs``, block/monitor/bitmap-qmp-cmds.c
+``block_dirty_bitmap_lookup``, block.c ``bdrv_open``, blockdev.c ``qmp_blockdev_del``),
+raised as GenericError.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import random
+import re
+
+from ..bitmap import DirtyBitmap
+from ..errors import generic
+from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
+from .store import ImageStore, StoredBitmap
+
+_NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+MAX_NODE_NAME = 31  # sizeof(bs->node_name) - 1
+INT64_MAX = (1 << 63) - 1
+
+
+def id_wellformed(name: str) -> bool:
+    """util/id.c: a letter first, then letters, digits, '-', '.', '_'."""
+    return bool(_NODE_NAME_RE.match(name))
+
+
+class BlockGraph:
+    """All nodes and named devices, with QEMU's lookups and open/close rules.
+
+    ``nodes`` keeps creation order; queries list the newest first, as QEMU does.
+    """
+
+    def __init__(self, store: ImageStore, workdir: str, seed: int = 0) -> None:
+        self.store = store
+        self.workdir = workdir.rstrip("/")
+        self.nodes: dict[str, BlockNode] = {}
+        self.devices: dict[str, BlockNode] = {}
+        self.monitor_owned: set[str] = set()
+        self._rng = random.Random(seed)
+        self._auto_counter = 0
+
+    # -- lookups ------------------------------------------------------------------
+    def lookup_bs(self, name: str) -> BlockNode:
+        """bdrv_lookup_bs(device, node): device names first, then node names."""
+        node = self.devices.get(name) or self.nodes.get(name)
+        if node is None:
+            raise generic(f"Cannot find device='{name}' nor node-name='{name}'")
+        return node
+
+    def lookup_node(self, name: str) -> BlockNode:
+        """The lookup the bitmap commands use: ``Node 'x' not found``."""
+        node = self.devices.get(name) or self.nodes.get(name)
+        if node is None:
+            raise generic(f"Node '{name}' not found")
+        return node
+
+    def lookup_bitmap(self, node_name: str, name: str) -> tuple[BlockNode, DirtyBitmap]:
+        """block_dirty_bitmap_lookup: ``Node 'x' not found``, ``Dirty bitmap 'y' not found``."""
+        node = self.lookup_node(node_name)
+        bm = node.find_bitmap(name)
+        if bm is None:
+            raise generic(f"Dirty bitmap '{name}' not found")
+        return node, bm
+
+    def newest_first(self) -> list[BlockNode]:
+        return list(reversed(self.nodes.values()))
+
+    # -- files --------------------------------------------------------------------
+    def store_key(self, filename: str) -> str:
+        """The image store's name for a path; paths may not leave the work directory."""
+        path = filename
+        if posixpath.isabs(path):
+            if not path.startswith(self.workdir + "/"):
+                raise generic(f"Could not open '{filename}': bitlab keeps every file inside its work "
+                              f"directory {self.workdir}")
+            path = path[len(self.workdir) + 1:]
+        path = posixpath.normpath(path)
+        if path.startswith(".."):
+            raise generic(f"Could not open '{filename}': bitlab keeps every file inside its work "
+                          f"directory {self.workdir}")
+        return path
+
+    # -- naming -------------------------------------------------------------------
+    def auto_name(self) -> str:
+        """util/id.c id_generate: '#block', a counter, two random digits."""
+        name = f"#block{self._auto_counter}{self._rng.randrange(100):02d}"
+        self._auto_counter += 1
+        return name
+
+    def _check_name(self, name: str) -> None:
+        if not id_wellformed(name):
+            raise generic(f"Invalid node-name: '{name}'")
+        if len(name) > MAX_NODE_NAME:
+            raise generic("Node name too long")
+        if name in self.nodes:
+            raise generic(f"Duplicate nodes with node-name='{name}'")
+        if name in self.devices:
+            raise generic(f"node-name={name} is conflicting with a device id")
+
+    # -- opening ------------------------------------------------------------------
+    def add(self, opts: dict) -> BlockNode:
+        """blockdev-add: open a node tree owned by the monitor."""
+        if "node-name" not in opts:
+            raise generic("'node-name' must be specified for the root node")
+        node = self.open(opts)
+        self.monitor_owned.add(node.node_name)
+        return node
+
+    def open(self, opts: dict, *, read_only: bool = False) -> BlockNode:
+        """Open one node (and its children) from checked BlockdevOptions."""
+        name = opts.get("node-name")
+        if name is not None:
+            self._check_name(name)
+        if opts.get("detect-zeroes") == "unmap" and opts.get("discard") != "unmap":
+            raise generic("setting detect-zeroes to unmap is not allowed without setting discard "
+                          "operation to unmap")
+        driver = opts["driver"]
+        ro = bool(opts.get("read-only", read_only))
+
+        def named(node: BlockNode) -> BlockNode:
+            node.read_only = ro
+            self.nodes[node.node_name] = node
+            return node
+
+        common = {"options": opts}
+        if driver in ("null-co", "null-aio"):
+            size = opts.get("size", 1 << 30)
+            if size < 0:
+                raise generic("Parameter 'size' expects a non-negative number below 2^64 "
+                              "(bitlab refuses this: QEMU 7.2 aborts on a negative null-co size)")
+            if -(-size // 512) * 512 > INT64_MAX:
+                raise generic("Could not refresh total sector count: File too large")
+            node: BlockNode = NullNode(name or self.auto_name(), size=size, driver=driver,
+                                       read_zeroes=opts.get("read-zeroes", False),
+                                       auto_named=name is None, **common)
+            return named(node)
+        if driver == "file":
+            key = self.store_key(opts["filename"])
+            if key not in self.store:
+                raise generic(f"Could not open '{opts['filename']}': No such file or directory")
+            node = FileNode(name or self.auto_name(), image=self.store[key], auto_named=name is None, **common)
+            return named(node)
+        if driver in ("raw", "qcow2"):
+            file_node = self._child(opts["file"], opts, ro)
+            image = getattr(file_node, "image", None)
+            if driver == "qcow2" and (image is None or not image.is_qcow2):
+                self._drop_unowned(file_node)
+                raise generic("Image is not in qcow2 format")
+            self._check_lock(image, driver, ro, file_node)
+            if driver == "raw":
+                node = RawNode(name or self.auto_name(), auto_named=name is None, **common)
+            else:
+                node = Qcow2Node(name or self.auto_name(), image=image, auto_named=name is None, **common)
+            if image is not None and not ro:
+                image.lockers.append((node, driver == "raw"))
+            self._attach(node, "file", file_node)
+            named(node)
+            if isinstance(node, Qcow2Node):
+                try:
+                    self._open_backing(node, opts)
+                except Exception:
+                    self.release(node)
+                    raise
+                self._load_bitmaps(node)
+            return node
+        raise generic(f"bitlab does not simulate the '{driver}' block driver "
+                      "(supported: null-co, null-aio, file, raw, qcow2)")
+
+    def _open_backing(self, node: Qcow2Node, opts: dict) -> None:
+        image = node.image
+        backing = opts.get("backing", "auto")
+        if backing is None:
+            return
+        if backing != "auto":
+            self._attach(node, "backing", self._child(backing, opts, True))
+            return
+        if not image.backing_file:
+            return
+        key = self.store_key(image.backing_file)
+        if key not in self.store:
+            raise generic(f"Could not open backing file: Could not open '{image.backing_file}': "
+                          "No such file or directory")
+        fmt = image.backing_fmt or self.store[key].fmt
+        child = self.open({"driver": fmt, "file": {"driver": "file", "filename": image.backing_file}},
+                          read_only=True)
+        self._attach(node, "backing", child)
+
+    def _check_lock(self, image, driver: str, read_only: bool, file_node: BlockNode) -> None:
+        """File locking: qcow2 takes the write permission and shares it with nobody."""
+        if image is None or read_only:
+            return
+        shares = driver == "raw"
+        if any(not other_shares or not shares for _, other_shares in image.lockers):
+            self._drop_unowned(file_node)
+            raise generic('Failed to get "write" lock')
+
+    def _child(self, ref: dict | str, parent_opts: dict, read_only: bool) -> BlockNode:
+        if isinstance(ref, str):
+            return self.lookup_bs(ref)
+        inherited = dict(ref)
+        for key in ("discard", "cache", "detect-zeroes"):
+            if key in parent_opts and key not in inherited:
+                inherited[key] = parent_opts[key]
+        return self.open(inherited, read_only=bool(parent_opts.get("read-only", read_only)))
+
+    def _attach(self, parent: BlockNode, role: str, child: BlockNode) -> None:
+        parent.children.append((role, child))
+        child.parents += 1
+
+    # -- persistent bitmaps -------------------------------------------------------
+    def _load_bitmaps(self, node: Qcow2Node) -> None:
+        """Persistent bitmaps come back on open (oldest first); one left in use is inconsistent."""
+        for stored in node.image.bitmaps:
+            bm = DirtyBitmap(node.size, stored.granularity, name=stored.name, persistent=True,
+                             disabled=not stored.enabled)
+            if stored.in_use:
+                bm.inconsistent, bm.disabled = True, True
+            else:
+                bm.bits = stored.bits.copy()
+            bm.readonly = node.read_only
+            node.add_bitmap(bm)
+            if not node.read_only:
+                stored.in_use = True
+
+    def _store_bitmaps(self, node: Qcow2Node) -> None:
+        """On a clean close every persistent bitmap is written to the image, newest first."""
+        if node.read_only:
+            return
+        stored = []
+        for bm in node.bitmaps:
+            if not bm.persistent:
+                continue
+            if bm.inconsistent:
+                old = next((s for s in node.image.bitmaps if s.name == bm.name), None)
+                if old is not None:
+                    stored.append(old)
+                continue
+            stored.append(StoredBitmap(bm.name or "", bm.granularity, bm.bits.copy(),
+                                       enabled=not bm.disabled or bm.successor is not None))
+        node.image.bitmaps = stored
+
+    # -- closing ------------------------------------------------------------------
+    def release(self, node: BlockNode, *, clean: bool = True) -> None:
+        """Close a node and the children only it held."""
+        if clean and isinstance(node, Qcow2Node):
+            self._store_bitmaps(node)
+        for _, child in node.children:
+            child.parents -= 1
+            self._drop_unowned(child, clean=clean)
+        node.children = []
+        image = getattr(node, "image", None)
+        if image is not None:
+            image.lockers = [(n, sh) for n, sh in image.lockers if n is not node]
+        self.nodes.pop(node.node_name, None)
+        self.monitor_owned.discard(node.node_name)
+
+    def _drop_unowned(self, node: BlockNode, *, clean: bool = True) -> None:
+        if node.parents == 0 and node.node_name not in self.monitor_owned:
+            self.release(node, clean=clean)
+
+    def delete(self, name: str) -> None:
+        """blockdev-del: only nodes made by blockdev-add, and only when nothing uses them."""
+        node = self.nodes.get(name)
+        if node is None:
+            raise generic(f"Failed to find node with node-name='{name}'")
+        if name not in self.monitor_owned:
+            raise generic(f"Node {name} is not owned by the monitor")
+        for parent in self.nodes.values():
+            for role, child in parent.children:
+                if child is node and role == "backing":
+                    raise generic(f"Node '{name}' is busy: node is used as backing hd of '{parent.node_name}'")
+        if node.parents or any(dev is node for dev in self.devices.values()):
+            raise generic(f"Block device {name} is in use")
+        self.release(node)
+
+    def close_all(self, *, clean: bool = True) -> None:
+        """Quit (clean) or die (not clean): every node goes, newest first."""
+        for node in self.newest_first():
+            if node.node_name in self.nodes and node.parents == 0:
+                self.release(node, clean=clean)
+        for node in self.newest_first():
+            self.release(node, clean=clean)

@@ -1,0 +1,357 @@
+"""Block nodes (BlockDriverState) and the drivers bitlab models.
+
+A node has a driver, a size, children, and dirty bitmaps (newest first, as QEMU's
+``QLIST_INSERT_HEAD`` keeps them). Guest I/O enters at a node, dirties every
+enabled bitmap there (block/io.c ``bdrv_co_write_req_finish``), then reaches the
+data: the image file for ``raw``/``qcow2``, nowhere for ``null-co``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..bitmap import DirtyBitmap
+from ..qmp_order import wire_order
+from .extents import UNALLOCATED, ZERO
+from .store import ImageFile
+
+SECTOR = 512
+
+
+def round_sector(n: int) -> int:
+    """bdrv_getlength: node lengths are whole 512-byte sectors."""
+    return -(-n // SECTOR) * SECTOR
+
+
+class BlockNode:
+    """Common node behaviour; drivers override the data path and the image info."""
+
+    driver = ""
+
+    def __init__(self, node_name: str, *, auto_named: bool = False, options: dict | None = None) -> None:
+        opts = options or {}
+        self.node_name = node_name
+        self.auto_named = auto_named
+        self.options = opts
+        self.read_only: bool = bool(opts.get("read-only", False))
+        self.discard_unmap: bool = opts.get("discard", "ignore") == "unmap"
+        self.detect_zeroes: str = opts.get("detect-zeroes", "off")
+        cache = opts.get("cache", {})
+        self.cache_direct: bool = bool(cache.get("direct", False))
+        self.cache_no_flush: bool = bool(cache.get("no-flush", False))
+        self.bitmaps: list[DirtyBitmap] = []
+        self.children: list[tuple[str, BlockNode]] = []
+        self.parents: int = 0
+
+    # -- geometry -----------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def cluster_size(self) -> int | None:
+        """The driver's cluster size, None if it reports none (raw, file, null-co)."""
+        return None
+
+    def child(self, role: str) -> BlockNode | None:
+        for r, node in self.children:
+            if r == role:
+                return node
+        return None
+
+    @property
+    def backing(self) -> BlockNode | None:
+        return self.child("backing")
+
+    # -- bitmaps ------------------------------------------------------------------
+    def find_bitmap(self, name: str) -> DirtyBitmap | None:
+        for bm in self.bitmaps:
+            if bm.name == name:
+                return bm
+        return None
+
+    def add_bitmap(self, bm: DirtyBitmap) -> None:
+        self.bitmaps.insert(0, bm)
+
+    def _dirty(self, offset: int, length: int) -> None:
+        for bm in self.bitmaps:
+            if not bm.disabled:
+                bm.set_range(offset, length)
+
+    def _dirty_batch(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        for bm in self.bitmaps:
+            if not bm.disabled:
+                bm.set_ranges(offsets, lengths)
+
+    # -- guest I/O ----------------------------------------------------------------
+    def write(self, offset: int, length: int, value: int) -> None:
+        """A tracked write (or write-zeroes with ``value`` 0)."""
+        self._dirty(offset, length)
+        self._store(offset, length, value)
+
+    def write_batch(self, offsets: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> None:
+        self._dirty_batch(offsets, lengths)
+        self._store_batch(offsets, lengths, values)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """``write -z``: dirties like a write; formats may store it without data."""
+        self._dirty(offset, length)
+        self._store_zeroes(offset, length)
+
+    def _store_zeroes(self, offset: int, length: int) -> None:
+        self._store(offset, length, 0)
+
+    def discard(self, offset: int, length: int) -> None:
+        """A discard: ignored entirely unless the node was opened with discard=unmap."""
+        if not self.discard_unmap:
+            return
+        self._dirty(offset, length)
+        self._unmap(offset, length)
+
+    def read_extents(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What a guest reads: runs (starts, ends, values), through backing files."""
+        raise NotImplementedError
+
+    def _store(self, offset: int, length: int, value: int) -> None:
+        raise NotImplementedError
+
+    def _store_batch(self, offsets: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _unmap(self, offset: int, length: int) -> None:
+        raise NotImplementedError
+
+    # -- reporting ----------------------------------------------------------------
+    strong_options: tuple[str, ...] = ()
+
+    def full_options(self) -> dict:
+        """What bdrv_refresh_filename would put in a ``json:`` filename."""
+        opts: dict = {"driver": self.driver}
+        for key in self.strong_options:
+            if key in self.options:
+                opts[key] = self.options[key]
+        for role, child in self.children:
+            opts[role] = child.full_options()
+        return opts
+
+    def plain_filename(self) -> str | None:
+        """The filename when no option forces the ``json:`` form, else None."""
+        return None
+
+    @property
+    def filename(self) -> str:
+        plain = self.plain_filename()
+        if plain is not None:
+            return plain
+        return "json:" + json.dumps(wire_order(self.full_options()))
+
+
+class NullNode(BlockNode):
+    """``null-co``: a disk of a given size that forgets what is written."""
+
+    driver = "null-co"
+
+    def __init__(self, node_name: str, *, size: int, read_zeroes: bool = False, driver: str = "null-co",
+                 **kw) -> None:
+        super().__init__(node_name, **kw)
+        self.driver = driver
+        self._size = size
+        self.read_zeroes = read_zeroes
+
+    strong_options = ("size", "read-zeroes", "latency-ns")
+
+    @property
+    def size(self) -> int:
+        return round_sector(self._size)
+
+    def plain_filename(self) -> str | None:
+        if any(key in self.options for key in self.strong_options):
+            return None
+        return f"{self.driver}://"
+
+    def read_extents(self, offset, length):
+        return np.array([offset]), np.array([offset + length]), np.array([0])
+
+    def _store(self, offset, length, value):
+        pass
+
+    def _store_batch(self, offsets, lengths, values):
+        pass
+
+    def discard(self, offset, length):
+        """null-co never tracks a discard, whatever the discard option says."""
+
+
+class FileNode(BlockNode):
+    """``file``: the protocol node over one file of the image store."""
+
+    driver = "file"
+
+    def __init__(self, node_name: str, *, image: ImageFile, **kw) -> None:
+        super().__init__(node_name, **kw)
+        self.image = image
+
+    @property
+    def size(self) -> int:
+        return round_sector(self.image.file_length())
+
+    def full_options(self) -> dict:
+        return {"driver": "file", "filename": self.options.get("filename", self.image.name)}
+
+    def plain_filename(self) -> str | None:
+        return self.options.get("filename", self.image.name)
+
+    def read_extents(self, offset, length):
+        if self.image.is_qcow2:  # raw bytes of a qcow2 file are not modelled
+            return np.array([offset]), np.array([offset + length]), np.array([0])
+        return self.image.data.extents(offset, length)
+
+    def _store(self, offset, length, value):
+        if not self.image.is_qcow2:
+            self.image.data.write(offset, length, value)
+
+    def _store_batch(self, offsets, lengths, values):
+        if not self.image.is_qcow2:
+            self.image.data.write_batch(offsets, lengths, values)
+
+    def _unmap(self, offset, length):
+        if not self.image.is_qcow2:
+            self.image.data.write(offset, length, 0)
+
+
+class FormatNode(BlockNode):
+    """A format driver over a ``file`` child."""
+
+    @property
+    def file(self) -> BlockNode:
+        node = self.child("file")
+        assert node is not None
+        return node
+
+    def plain_filename(self) -> str | None:
+        if any(key in self.options for key in self.strong_options) or self.backing_overridden():
+            return None
+        child = self.file.filename
+        return None if child.startswith("json:") else child
+
+    def backing_overridden(self) -> bool:
+        return False
+
+
+class RawNode(FormatNode):
+    """``raw``: passes every request to its file child at the same offset."""
+
+    driver = "raw"
+    strong_options = ("offset", "size")
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+    def write(self, offset, length, value):
+        self._dirty(offset, length)
+        self.file.write(offset, length, value)
+
+    def write_batch(self, offsets, lengths, values):
+        self._dirty_batch(offsets, lengths)
+        self.file.write_batch(offsets, lengths, values)
+
+    def write_zeroes(self, offset, length):
+        self._dirty(offset, length)
+        self.file.write_zeroes(offset, length)
+
+    def discard(self, offset, length):
+        if not self.discard_unmap:
+            return
+        self._dirty(offset, length)
+        self.file.discard(offset, length)
+
+    def read_extents(self, offset, length):
+        return self.file.read_extents(offset, length)
+
+
+class Qcow2Node(FormatNode):
+    """``qcow2``: the virtual disk lives in the image's extent map; holes read the backing."""
+
+    driver = "qcow2"
+
+    def __init__(self, node_name: str, *, image: ImageFile, **kw) -> None:
+        super().__init__(node_name, **kw)
+        self.image = image
+
+    @property
+    def size(self) -> int:
+        return round_sector(self.image.size)
+
+    @property
+    def cluster_size(self) -> int | None:
+        return self.image.cluster_size
+
+    def backing_overridden(self) -> bool:
+        """bdrv_backing_overridden: the backing in use is not the one the image names."""
+        backing = self.backing
+        if backing is None:
+            return bool(self.image.backing_file)
+        return backing.filename != self.image.backing_file
+
+    def full_options(self) -> dict:
+        opts = super().full_options()
+        if self.backing is None and self.image.backing_file:
+            opts["backing"] = None
+        return opts
+
+    def read_extents(self, offset, length):
+        starts, ends, vals = self.image.data.extents(offset, length)
+        vals = np.where(vals == ZERO, 0, vals)
+        holes = vals == UNALLOCATED
+        if not holes.any():
+            return starts, ends, vals
+        backing = self.backing
+        out_s, out_e, out_v = [], [], []
+        for s, e, v in zip(starts, ends, vals):  # one step per run, not per cluster
+            if v != UNALLOCATED:
+                out_s.append([s]), out_e.append([e]), out_v.append([v])
+            elif backing is not None and s < backing.size:
+                bs, be, bv = backing.read_extents(int(s), int(min(e, backing.size) - s))
+                out_s.append(bs), out_e.append(be), out_v.append(bv)
+                if e > backing.size:
+                    out_s.append([backing.size]), out_e.append([e]), out_v.append([0])
+            else:
+                out_s.append([s]), out_e.append([e]), out_v.append([0])
+        return (np.concatenate(out_s).astype(np.int64), np.concatenate(out_e).astype(np.int64),
+                np.concatenate(out_v).astype(np.int64))
+
+    def _store(self, offset, length, value):
+        self.image.data.write(offset, length, value)
+        self.image.note_allocation()
+
+    def _store_batch(self, offsets, lengths, values):
+        self.image.data.write_batch(offsets, lengths, values)
+        self.image.note_allocation()
+
+    def _whole_clusters(self, offset: int, length: int) -> tuple[int, int]:
+        cs = self.image.cluster_size
+        start = -(-offset // cs) * cs
+        end = (offset + length) // cs * cs
+        if offset + length >= self.size:
+            end = -(-self.size // cs) * cs
+        return start, max(start, end)
+
+    def _store_zeroes(self, offset, length):
+        """Whole clusters become zero clusters (no data); partial ones are written as zero bytes."""
+        start, end = self._whole_clusters(offset, length)
+        if end > start:
+            self.image.data.write(offset, start - offset, 0)
+            self.image.data.write(start, end - start, ZERO)
+            self.image.data.write(end, offset + length - end, 0)
+        else:
+            self.image.data.write(offset, length, 0)
+        self.image.note_allocation()
+
+    def _unmap(self, offset, length):
+        # qcow2 discards whole clusters only; with a backing file they become zero clusters.
+        start, end = self._whole_clusters(offset, length)
+        if end > start:
+            self.image.data.write(start, end - start, ZERO if self.backing is not None else UNALLOCATED)

@@ -1,0 +1,138 @@
+"""The machine's virtual image store: the files qemu-img makes and blockdev-add opens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bitarray import bitarray
+
+from .extents import UNALLOCATED, ExtentMap
+
+QCOW2_DEFAULT_CLUSTER = 65536
+# An empty qcow2 file: header, L1 table, refcount table and one refcount block.
+QCOW2_EMPTY_CLUSTERS = 3
+
+
+@dataclass
+class StoredBitmap:
+    """A persistent bitmap as kept in a qcow2 file (its bitmap directory entry)."""
+
+    name: str
+    granularity: int
+    bits: bitarray
+    enabled: bool = True  # the "auto" flag
+    in_use: bool = False  # set while an open image may change it; left set by a crash
+
+
+@dataclass
+class ImageFile:
+    """One file: raw bytes, or a qcow2 image with its virtual disk content."""
+
+    name: str
+    fmt: str  # "raw" or "qcow2"
+    size: int  # virtual size (raw: file length)
+    data: ExtentMap
+    cluster_size: int = 0
+    backing_file: str | None = None
+    backing_fmt: str | None = None
+    bitmaps: list[StoredBitmap] = field(default_factory=list)
+    compat: str = "1.1"  # qcow2 version: "1.1" (v3) or "0.10" (v2)
+    lockers: list = field(default_factory=list)  # format nodes holding the file's "write" lock
+    _host_clusters: int = 0  # high-water mark: a qcow2 file never shrinks
+
+    @property
+    def is_qcow2(self) -> bool:
+        return self.fmt == "qcow2"
+
+    def allocated_clusters(self) -> int:
+        """Clusters of the virtual disk holding data in this file (qcow2)."""
+        starts, ends, vals = self.data.extents()
+        used = vals >= 0
+        if not used.any():
+            return 0
+        cs = self.cluster_size
+        first = starts[used] // cs
+        last = (ends[used] - 1) // cs
+        # Count distinct clusters touched by allocated runs (runs are sorted and disjoint).
+        total = int((last - first + 1).sum())
+        overlap = int((first[1:] == last[:-1]).sum())
+        return total - overlap
+
+    def l2_tables(self) -> int:
+        """L2 tables in use: one per L2-table-sized stretch holding any data."""
+        starts, ends, vals = self.data.extents()
+        used = vals != UNALLOCATED
+        if not used.any():
+            return 0
+        per_l2 = self.cluster_size * (self.cluster_size // 8)
+        first = starts[used] // per_l2
+        last = (ends[used] - 1) // per_l2
+        total = int((last - first + 1).sum())
+        return total - int((first[1:] == last[:-1]).sum())
+
+    def file_length(self) -> int:
+        """Length of the host file in bytes (what the protocol node sees).
+
+        A new qcow2 file is header, refcount table and refcount block (one cluster
+        each) and the L1 table; every L2 table and data cluster adds a cluster.
+        """
+        if not self.is_qcow2:
+            return self.size
+        cs = self.cluster_size
+        per_l2 = cs * (cs // 8)
+        l1_bytes = 8 * -(-self.size // per_l2)
+        head = QCOW2_EMPTY_CLUSTERS * cs
+        allocated = self.note_allocation()
+        if not allocated:
+            return head + l1_bytes
+        return head + -(-l1_bytes // cs) * cs + allocated * cs
+
+    def note_allocation(self) -> int:
+        """Record host clusters in use (L2 tables and data) after a change; returns the high-water mark."""
+        if self.is_qcow2:
+            self._host_clusters = max(self._host_clusters, self.l2_tables() + self.allocated_clusters())
+        return self._host_clusters
+
+
+class ImageStore:
+    """Files by name. Names are plain relative paths inside the machine's work directory."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, ImageFile] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def __getitem__(self, name: str) -> ImageFile:
+        return self.files[name]
+
+    def __iter__(self):
+        return iter(self.files.values())
+
+    def add(self, image: ImageFile) -> ImageFile:
+        self.files[image.name] = image
+        return image
+
+    def remove(self, name: str) -> None:
+        del self.files[name]
+
+    def create(
+        self,
+        name: str,
+        fmt: str,
+        size: int,
+        *,
+        cluster_size: int = QCOW2_DEFAULT_CLUSTER,
+        backing_file: str | None = None,
+        backing_fmt: str | None = None,
+    ) -> ImageFile:
+        image = ImageFile(
+            name=name,
+            fmt=fmt,
+            size=size,
+            data=ExtentMap(size, fill=UNALLOCATED if fmt == "qcow2" else 0),
+            cluster_size=cluster_size if fmt == "qcow2" else 0,
+            backing_file=backing_file,
+            backing_fmt=backing_fmt,
+        )
+        return self.add(image)

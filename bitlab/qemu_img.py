@@ -1,0 +1,235 @@
+"""``qemu-img`` on the machine's image store: create, info and check, with qemu-img's texts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .block.info import file_image_info
+from .block.node import round_sector
+from .block.store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, ImageStore
+from .errors import QMPError
+from .qmp_order import to_json_pretty, wire_order
+from .units import format_size, parse_size
+
+INT64_MAX = (1 << 63) - 1
+QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8  # QCOW_MAX_L1_SIZE is 32 MiB of 8-byte entries
+SIZE_HELP = ("qemu-img: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
+             "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
+
+KeyFn = Callable[[str], str]
+
+
+class QemuImgError(Exception):
+    """qemu-img failed: ``stderr`` holds its message, ``returncode`` its exit status."""
+
+    def __init__(self, stderr: str, returncode: int = 1, stdout: str = "") -> None:
+        super().__init__(stderr.strip())
+        self.stderr = stderr
+        self.returncode = returncode
+        self.stdout = stdout
+
+
+def _options(text: str) -> dict[str, str]:
+    out = {}
+    for item in text.split(","):
+        if item:
+            key, _, value = item.partition("=")
+            out[key] = value
+    return out
+
+
+def _split_args(args: list[str], with_value: set[str], flags: set[str]) -> tuple[dict[str, str], list[str]]:
+    """getopt-like: options before '--', positional arguments after or between."""
+    opts: dict[str, str] = {}
+    positional: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg == "--":
+            positional.extend(it)
+            break
+        if arg.startswith("--output="):
+            opts["--output"] = arg.split("=", 1)[1]
+        elif arg in with_value:
+            opts[arg] = next(it, "")
+        elif arg in flags:
+            opts[arg] = ""
+        elif arg.startswith("--"):
+            raise QemuImgError(f"qemu-img: unrecognized option '{arg}'\nTry 'qemu-img --help' for more information\n")
+        elif arg.startswith("-") and len(arg) > 1:
+            raise QemuImgError(f"qemu-img: unrecognized option '{arg}'\nTry 'qemu-img --help' for more information\n")
+        else:
+            positional.append(arg)
+    return opts, positional
+
+
+def _key(key_fn: KeyFn, name: str) -> str:
+    try:
+        return key_fn(name)
+    except QMPError as err:
+        raise QemuImgError(f"qemu-img: {err.desc}\n") from None
+
+
+def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
+    """qemu-img create [-f fmt] [-b backing] [-F backing_fmt] [-o opts] filename [size]."""
+    opts, positional = _split_args(args, {"-f", "-b", "-F", "-o"}, {"-q", "-u"})
+    fmt = opts.get("-f", "raw")
+    backing, backing_fmt = opts.get("-b"), opts.get("-F")
+    options = _options(opts.get("-o", ""))
+    if fmt not in ("raw", "qcow2"):
+        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    if not positional:
+        raise QemuImgError("qemu-img: Expecting image file name\nTry 'qemu-img --help' for more information\n")
+    filename = positional[0]
+    size_text = positional[1] if len(positional) > 1 else options.get("size")
+    size: int | None = None
+    if size_text is not None:
+        try:
+            size = parse_size(size_text)
+        except ValueError:
+            raise QemuImgError(SIZE_HELP) from None
+        if size > INT64_MAX:
+            raise QemuImgError("qemu-img: Invalid image size specified. Must be between 0 and 9223372036854775807.\n")
+    if backing and fmt != "qcow2":
+        raise QemuImgError(f"qemu-img: {filename}: Backing file not supported for file format '{fmt}'\n")
+    base: ImageFile | None = None
+    if backing:
+        if not backing_fmt:
+            raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n"
+                               "Detected format of qcow2.")
+        bkey = _key(key_fn, backing)
+        if bkey not in store:
+            raise QemuImgError(f"qemu-img: {filename}: Could not open '{backing}': No such file or directory\n"
+                               "Could not open backing image.\n")
+        base = store[bkey]
+    if size is None:
+        if base is None:
+            raise QemuImgError(f"qemu-img: {filename}: Image creation needs a size parameter\n")
+        size = round_sector(base.size) if backing_fmt == base.fmt == "qcow2" else round_sector(base.file_length())
+    cluster = parse_size(options.get("cluster_size", QCOW2_DEFAULT_CLUSTER))
+    compat = options.get("compat", "1.1")
+    if compat in ("v2", "0.10"):
+        compat = "0.10"
+    elif compat in ("v3", "1.1"):
+        compat = "1.1"
+    key = _key(key_fn, filename)
+    if fmt == "raw":
+        store.create(key, "raw", size)
+        return f"Formatting '{filename}', fmt=raw size={size}\n"
+    backing_text = f" backing_file={backing} backing_fmt={backing_fmt}" if backing else ""
+    compat_text = " compat=0.10" if "compat" in options and compat == "0.10" else (
+        f" compat={options['compat']}" if "compat" in options else "")
+    line = (f"Formatting '{filename}', fmt=qcow2 cluster_size={cluster} extended_l2=off "
+            f"compression_type=zlib size={size}{backing_text}{compat_text} lazy_refcounts=off refcount_bits=16\n")
+    if -(-size // (cluster * cluster // 8)) > QCOW2_MAX_L1_ENTRIES:
+        raise _too_large(filename, line)
+    image = store.create(key, "qcow2", size, cluster_size=cluster, backing_file=backing, backing_fmt=backing_fmt)
+    image.compat = compat
+    return line
+
+
+def _too_large(filename: str, stdout: str) -> QemuImgError:
+    # qemu-img prints its "Formatting" line before it fails
+    return QemuImgError(f"qemu-img: {filename}: The image size is too large for file format 'qcow2' "
+                        "(try using a larger cluster size)\n", stdout=stdout)
+
+
+def _dump_value(value: object, indent: int) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            label = key.replace("-", " ")
+            if isinstance(item, (dict, list)):
+                lines.append(f"{pad}{label}:")
+                lines += _dump_value(item, indent + 4)
+            else:
+                lines.append(f"{pad}{label}: {_scalar(item)}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, (dict, list)):
+                lines.append(f"{pad}[{i}]:")
+                lines += _dump_value(item, indent + 4)
+            else:
+                lines.append(f"{pad}[{i}]: {_scalar(item)}")
+    return lines
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _human(info: dict) -> str:
+    """bdrv_image_info_dump's text."""
+    lines = [f"image: {info['filename']}", f"file format: {info['format']}",
+             f"virtual size: {format_size(info['virtual-size'])} ({info['virtual-size']} bytes)",
+             f"disk size: {format_size(info['actual-size'])}"]
+    if "cluster-size" in info:
+        lines.append(f"cluster_size: {info['cluster-size']}")
+    if "backing-filename" in info:
+        lines.append(f"backing file: {info['backing-filename']}")
+        if info.get("full-backing-filename") != info["backing-filename"]:
+            lines[-1] += f" (actual path: {info['full-backing-filename']})"
+        if "backing-filename-format" in info:
+            lines.append(f"backing file format: {info['backing-filename-format']}")
+    if "format-specific" in info:
+        lines.append("Format specific information:")
+        lines += _dump_value(wire_order(info["format-specific"]["data"]), 4)
+    return "\n".join(lines) + "\n"
+
+
+def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
+    """qemu-img info [--output=json] [-f fmt] [-U] [--backing-chain] filename."""
+    opts, positional = _split_args(args, {"-f", "--output"}, {"-U", "--force-share", "--backing-chain"})
+    if not positional:
+        raise QemuImgError("qemu-img: Expecting one image file name\nTry 'qemu-img --help' for more information\n")
+    chain = []
+    name: str | None = positional[0]
+    fmt: str | None = opts.get("-f")
+    while name is not None:
+        key = _key(key_fn, name)
+        if key not in store:
+            raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': "
+                               "No such file or directory\n")
+        image = store[key]
+        if fmt == "qcow2" and not image.is_qcow2:
+            raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
+        fmt = "qcow2" if image.is_qcow2 and fmt in (None, "qcow2") else "raw"
+        chain.append(file_image_info(image, fmt=fmt, filename=name))
+        if "--backing-chain" not in opts or fmt != "qcow2" or not image.backing_file:
+            break
+        name, fmt = image.backing_file, image.backing_fmt
+    if opts.get("--output") == "json":
+        out = [wire_order(i) for i in chain]
+        return to_json_pretty(out if "--backing-chain" in opts else out[0]) + "\n"
+    return "\n".join(_human(i) for i in chain)
+
+
+def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
+    """qemu-img check on a qcow2 image: bitlab's images are never corrupt."""
+    _, positional = _split_args(args, {"-f", "--output", "-r"}, {"-U", "-q"})
+    if not positional:
+        raise QemuImgError("qemu-img: Expecting one image file name\n")
+    key = _key(key_fn, positional[0])
+    if key not in store:
+        raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Could not open '{positional[0]}': "
+                           "No such file or directory\n")
+    image = store[key]
+    if not image.is_qcow2:
+        raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
+    cs = image.cluster_size
+    l1 = 8 * -(-image.size // (cs * (cs // 8)))
+    end = (QCOW2_EMPTY_CLUSTERS + -(-l1 // cs) + image.l2_tables() + image.allocated_clusters()) * cs
+    return f"No errors were found on the image.\nImage end offset: {end}\n"
+
+
+def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> str:
+    """Run a qemu-img subcommand; returns stdout or raises QemuImgError."""
+    if not args:
+        raise QemuImgError("qemu-img: Not enough arguments\nTry 'qemu-img --help' for more information\n")
+    sub, rest = args[0], list(args[1:])
+    commands = {"create": create, "info": info, "check": check}
+    if sub not in commands:
+        raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img {sub}' yet\n")
+    return commands[sub](store, rest, key_fn)

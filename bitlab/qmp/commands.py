@@ -1,0 +1,93 @@
+"""The command table and QMP dispatch (qapi/qmp-dispatch.c).
+
+Each command is registered once with its QAPI argument type; the table is the
+single source for argument checking now and for ``query-qmp-schema`` later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import QMPError
+from .qapi import QType, Struct, Union_, Visitor, wire_order
+
+Handler = Callable[[Any, dict], Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: Struct | Union_ | None
+    handler: Handler
+    returns: QType | None = None
+    boxed: bool = False  # arguments are one flat union (blockdev-add)
+
+
+class CommandTable:
+    """Commands by name, registered with :meth:`command`."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str, Command] = {}
+
+    def command(self, name: str, args: Struct | Union_ | None = None, returns: QType | None = None,
+                boxed: bool = False) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            self.commands[name] = Command(name, args, fn, returns, boxed)
+            return fn
+        return register
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.commands
+
+    def check_args(self, cmd: Command, arguments: dict | None) -> dict:
+        """Visit the arguments as QEMU's generated marshaller does."""
+        visitor = Visitor()
+        args = {} if arguments is None else arguments
+        if cmd.args is None:
+            return visitor.visit_struct((), args, "")
+        if isinstance(cmd.args, Union_):
+            return visitor.visit(cmd.args, args, None, "")
+        return visitor.visit_struct(cmd.args.all_members(), args, "")
+
+    def dispatch(self, ctx: Any, message: Any) -> dict:
+        """Run one wire message; return the wire reply (``return`` or ``error``, ``id``)."""
+        msg_id = message.get("id") if isinstance(message, dict) else None
+        try:
+            result = self._run(ctx, message)
+            reply: dict = {"return": result}
+        except QMPError as err:
+            reply = {"error": err.to_wire()}
+        if isinstance(message, dict) and "id" in message:
+            reply["id"] = msg_id
+        return wire_order(reply)
+
+    def _run(self, ctx: Any, message: Any) -> Any:
+        if not isinstance(message, dict):
+            raise QMPError("QMP input must be a JSON object")
+        for key in message:
+            if key not in ("execute", "exec-oob", "arguments", "id"):
+                raise QMPError(f"QMP input member '{key}' is unexpected")
+        oob = "exec-oob" in message
+        if oob and "execute" in message:
+            raise QMPError("QMP input member 'execute' clashes with 'exec-oob'")
+        if not oob and "execute" not in message:
+            raise QMPError("QMP input lacks member 'execute'")
+        name = message["exec-oob" if oob else "execute"]
+        if not isinstance(name, str):
+            raise QMPError(f"QMP input member '{'exec-oob' if oob else 'execute'}' must be a string")
+        arguments = message.get("arguments")
+        if "arguments" in message and not isinstance(arguments, dict):
+            raise QMPError("QMP input member 'arguments' must be an object")
+        cmd = self.commands.get(name)
+        if cmd is None:
+            raise QMPError(f"The command {name} has not been found", "CommandNotFound")
+        if oob:
+            raise QMPError(f"The command {name} does not support OOB")
+        args = self.check_args(cmd, arguments)
+        result = cmd.handler(ctx, args)
+        return {} if result is None else result
+
+
+TABLE = CommandTable()

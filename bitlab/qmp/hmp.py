@@ -1,0 +1,119 @@
+"""human-monitor-command, as far as bitlab needs it: ``qemu-io NODE "CMD"``."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from ..errors import generic
+from ..units import parse_size
+from .commands import TABLE
+from .types import HumanMonitorCommand
+
+
+class QemuIoError(Exception):
+    """A qemu-io command line that qemu-io itself would reject (printed, not raised over QMP)."""
+
+
+def _cvtstr(value: float) -> str:
+    """qemu-io's cvtstr: "%f" with a binary unit, ".000000" trimmed."""
+    for shift, unit in ((60, "EiB"), (50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if value >= 1 << shift:
+            value, suffix = value / (1 << shift), unit
+            break
+    else:
+        suffix = "bytes"
+    text = f"{value:f}"
+    return (text[: text.index(".000")] if ".000" in text else text) + " " + suffix
+
+
+def _report(verb: str, offset: int, length: int) -> str:
+    """qemu-io's two report lines. Simulated I/O takes no time, so the rate is shown as inf."""
+    return (f"{verb} {length}/{length} bytes at offset {offset}\n"
+            f"{_cvtstr(length)}, 1 ops; 00.00 sec (inf bytes/sec and inf ops/sec)\n")
+
+
+def parse_qemu_io(command: str) -> tuple[str, dict]:
+    """Parse one qemu-io command: write [-P pat] [-z] OFF LEN, read [-P pat] OFF LEN, discard OFF LEN."""
+    words = shlex.split(command)
+    if not words:
+        raise QemuIoError("no command")
+    verb, rest = words[0], words[1:]
+    aliases = {"w": "write", "r": "read", "d": "discard"}
+    verb = aliases.get(verb, verb)
+    if verb not in ("write", "read", "discard"):
+        raise QemuIoError(f"command \"{words[0]}\" not found")
+    opts: dict = {}
+    positional: list[str] = []
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word == "-P" and verb in ("write", "read"):
+            i += 1
+            if i >= len(rest):
+                raise QemuIoError(f"{verb}: option requires an argument -- 'P'")
+            opts["pattern"] = int(rest[i], 0)
+            if not 0 <= opts["pattern"] <= 255:
+                raise QemuIoError(f"{verb}: invalid pattern")
+        elif word == "-z" and verb == "write":
+            opts["zero"] = True
+        elif word in ("-q", "-u"):
+            pass
+        elif word.startswith("-") and not word[1:2].isdigit():
+            raise QemuIoError(f"{verb}: invalid option -- '{word[1:]}'")
+        else:
+            positional.append(word)
+        i += 1
+    if len(positional) != 2:
+        raise QemuIoError(f"bad number of arguments to {verb}")
+    try:
+        opts["offset"] = parse_size(positional[0])
+        opts["length"] = parse_size(positional[1])
+    except ValueError as err:
+        raise QemuIoError(str(err)) from None
+    return verb, opts
+
+
+def run_qemu_io(vm: Any, device: str, command: str) -> str:
+    """Run a qemu-io command against a device or node; returns qemu-io's output."""
+    node = vm.graph.devices.get(device) or vm.graph.nodes.get(device)
+    if node is None:
+        raise generic(f"Cannot find device='{device}' nor node-name='{device}'")
+    try:
+        verb, opts = parse_qemu_io(command)
+    except QemuIoError as err:
+        return f"{err}\n"
+    offset, length = opts["offset"], opts["length"]
+    if offset + length > node.size:
+        return f"{verb} failed: Input/output error\n"
+    if verb == "write":
+        if opts.get("zero"):
+            node.write_zeroes(offset, length)
+        else:
+            node.write(offset, length, opts.get("pattern", 0xCD))
+        return _report("wrote", offset, length)
+    if verb == "discard":
+        node.discard(offset, length)
+        return _report("discard", offset, length)
+    out = ""
+    if "pattern" in opts:
+        starts, ends, vals = node.read_extents(offset, length)
+        bad = vals != opts["pattern"]
+        if bad.any():
+            first = int(starts[bad][0])
+            out = f"Pattern verification failed at offset {first}, {length - (first - offset)} bytes\n"
+    return out + _report("read", offset, length)
+
+
+@TABLE.command("human-monitor-command", HumanMonitorCommand)
+def qmp_hmp(vm: Any, args: dict) -> str:
+    line = args["command-line"].strip()
+    words = shlex.split(line)
+    if not words:
+        return ""
+    if words[0] != "qemu-io":
+        raise generic(f"bitlab's monitor only knows 'qemu-io' (got '{words[0]}')")
+    rest = [w for w in words[1:] if w not in ("-d", "-q")]
+    if len(rest) != 2:
+        return "Usage: qemu-io [-d] [-q] device \"command\"\n"
+    return run_qemu_io(vm, rest[0], rest[1])

@@ -1,0 +1,252 @@
+"""A small QAPI: the types of command arguments, QEMU's input visitor, wire order.
+
+Types are described once here (as QEMU's ``qapi/*.json`` does) and serve three
+purposes: checking arguments with QEMU's exact error texts
+(qapi/qobject-input-visitor.c, qapi/qapi-visit-core.c), building
+``query-qmp-schema`` later, and ordering output members as QEMU's QDict does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from ..errors import QMPError
+from ..qmp_order import tdb_hash, wire_order  # noqa: F401  (re-exported)
+
+# ----------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A QAPI builtin: str, int, int64, uint32, uint64, size, bool, number, any, null."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Enum:
+    name: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Array:
+    element: QType
+
+    @property
+    def name(self) -> str:
+        return f"[{self.element.name}]"
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    type: QType
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Struct:
+    name: str
+    members: tuple[Member, ...]
+    base: Struct | None = None
+
+    def all_members(self) -> tuple[Member, ...]:
+        return (self.base.all_members() if self.base else ()) + self.members
+
+
+@dataclass(frozen=True)
+class Union_:
+    """A flat union: base members, then the variant chosen by ``discriminator``."""
+
+    name: str
+    base: Struct
+    discriminator: str
+    variants: dict[str, Struct] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Alternate:
+    """One of several types, chosen by the JSON type of the value."""
+
+    name: str
+    choices: tuple[QType, ...]
+
+
+QType = Union[Builtin, Enum, Array, Struct, Union_, Alternate]  # noqa: UP007 (recursive alias)
+
+STR, INT, INT64, BOOL = Builtin("str"), Builtin("int"), Builtin("int64"), Builtin("bool")
+UINT32, UINT64, SIZE = Builtin("uint32"), Builtin("uint64"), Builtin("size")
+NUMBER, ANY, NULL = Builtin("number"), Builtin("any"), Builtin("null")
+
+
+def struct(name: str, *members: Member, base: Struct | None = None) -> Struct:
+    return Struct(name, tuple(members), base)
+
+
+def m(name: str, qtype: QType) -> Member:
+    """A required member; prefix the name with '*' for an optional one (QAPI style)."""
+    if name.startswith("*"):
+        return Member(name[1:], qtype, True)
+    return Member(name, qtype)
+
+
+# ----------------------------------------------------------------------------- visitor
+
+_INT_RANGES = {
+    "int8": (-(1 << 7), (1 << 7) - 1),
+    "int16": (-(1 << 15), (1 << 15) - 1),
+    "int32": (-(1 << 31), (1 << 31) - 1),
+    "uint8": (0, (1 << 8) - 1),
+    "uint16": (0, (1 << 16) - 1),
+    "uint32": (0, (1 << 32) - 1),
+}
+_I64_MIN, _I64_MAX, _U64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+
+
+def _type_error(path: str, expected: str) -> QMPError:
+    return QMPError(f"Invalid parameter type for '{path}', expected: {expected}")
+
+
+def _json_kind(value: Any) -> str:
+    """The QObject type QEMU's JSON parser would produce."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if _I64_MIN <= value <= _U64_MAX else "number"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "dict"
+    raise QMPError(f"Unsupported value of Python type {type(value).__name__}")
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+class Visitor:
+    """Checks JSON-like input against a QAPI type, raising QEMU's errors."""
+
+    def visit(self, qtype: QType, value: Any, name: str | None, path: str) -> Any:
+        if isinstance(qtype, Builtin):
+            return self._builtin(qtype.name, value, name, path)
+        if isinstance(qtype, Enum):
+            if _json_kind(value) != "str":
+                raise _type_error(path, "string")
+            if value not in qtype.values:
+                raise QMPError(f"Parameter '{name or 'null'}' does not accept value '{value}'")
+            return value
+        if isinstance(qtype, Array):
+            if _json_kind(value) != "list":
+                raise _type_error(path, "array")
+            return [self.visit(qtype.element, v, None, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(qtype, Struct):
+            return self.visit_struct(qtype.all_members(), value, path)
+        if isinstance(qtype, Union_):
+            return self._union(qtype, value, path)
+        if isinstance(qtype, Alternate):
+            return self._alternate(qtype, value, name, path)
+        raise TypeError(qtype)
+
+    def visit_struct(self, members: tuple[Member, ...], value: Any, path: str, extra: tuple[str, ...] = ()) -> dict:
+        if _json_kind(value) != "dict":
+            raise _type_error(path or "null", "object")
+        out: dict = {}
+        for mem in members:
+            if mem.name in value:
+                out[mem.name] = self.visit(mem.type, value[mem.name], mem.name, _join(path, mem.name))
+            elif not mem.optional:
+                raise QMPError(f"Parameter '{_join(path, mem.name)}' is missing")
+        known = {mem.name for mem in members} | set(extra)
+        for key in value:
+            if key not in known:
+                raise QMPError(f"Parameter '{_join(path, key)}' is unexpected")
+        return out
+
+    def _union(self, qtype: Union_, value: Any, path: str) -> dict:
+        if _json_kind(value) != "dict":
+            raise _type_error(path or "null", "object")
+        base = qtype.base.all_members()
+        # Base members first (the discriminator among them), without the unexpected check.
+        out = self.visit_struct(base, {k: v for k, v in value.items() if k in {b.name for b in base}}, path)
+        variant = qtype.variants.get(out[qtype.discriminator])
+        variant_members = variant.all_members() if variant else ()
+        rest = {k: v for k, v in value.items() if k not in out}
+        out.update(self.visit_struct(variant_members, rest, path, extra=tuple(b.name for b in base)))
+        return out
+
+    def _alternate(self, qtype: Alternate, value: Any, name: str | None, path: str) -> Any:
+        kind = _json_kind(value)
+        for choice in qtype.choices:
+            if _accepts_kind(choice, kind):
+                return self.visit(choice, value, name, path)
+        raise QMPError(f"Invalid parameter type for '{name or 'null'}', expected: {qtype.name}")
+
+    def _builtin(self, tname: str, value: Any, name: str | None, path: str) -> Any:
+        kind = _json_kind(value)
+        if tname == "any":
+            return value
+        if tname == "str":
+            if kind != "str":
+                raise _type_error(path, "string")
+            return value
+        if tname == "bool":
+            if kind != "bool":
+                raise _type_error(path, "boolean")
+            return value
+        if tname == "null":
+            if kind != "null":
+                raise _type_error(path, "null")
+            return None
+        if tname == "number":
+            if kind not in ("int", "number"):
+                raise _type_error(path, "number")
+            return float(value)
+        if tname.startswith("uint") or tname == "size":
+            # qobject_input_type_uint64 (and _size) name the C type when the value is no integer
+            if kind != "int":
+                raise QMPError(f"Parameter '{path}' expects {'size' if tname == 'size' else 'uint64'}")
+        elif kind != "int":
+            raise _type_error(path, "integer")
+        if tname in ("int", "int64"):
+            if value > _I64_MAX:
+                raise _type_error(path, "integer")
+            return value
+        if tname in ("uint64", "size"):
+            return value & _U64_MAX
+        if tname.startswith("uint"):
+            value &= _U64_MAX
+        elif value > _I64_MAX:
+            raise _type_error(path, "integer")
+        lo, hi = _INT_RANGES[tname]
+        if not lo <= value <= hi:
+            raise QMPError(f"Parameter '{name or 'null'}' expects {tname}_t")
+        return value
+
+
+def _accepts_kind(qtype: QType, kind: str) -> bool:
+    if isinstance(qtype, (Struct, Union_)):
+        return kind == "dict"
+    if isinstance(qtype, Enum):
+        return kind == "str"
+    if isinstance(qtype, Array):
+        return kind == "list"
+    if isinstance(qtype, Builtin):
+        if qtype.name == "str":
+            return kind == "str"
+        if qtype.name == "bool":
+            return kind == "bool"
+        if qtype.name == "null":
+            return kind == "null"
+        if qtype.name == "number":
+            return kind in ("int", "number")
+        return kind == "int"
+    return False

@@ -1,0 +1,97 @@
+"""QAPI types of the commands bitlab implements, named as in QEMU 7.2's qapi/*.json."""
+
+from __future__ import annotations
+
+from .qapi import (
+    BOOL,
+    INT,
+    NULL,
+    SIZE,
+    STR,
+    UINT32,
+    Alternate,
+    Array,
+    Enum,
+    Struct,
+    Union_,
+    m,
+    struct,
+)
+
+BlockDirtyBitmap = struct("BlockDirtyBitmap", m("node", STR), m("name", STR))
+BlockDirtyBitmapAdd = struct(
+    "BlockDirtyBitmapAdd",
+    m("node", STR), m("name", STR), m("*granularity", UINT32), m("*persistent", BOOL), m("*disabled", BOOL),
+)
+BlockDirtyBitmapOrStr = Alternate("BlockDirtyBitmapOrStr", (STR, BlockDirtyBitmap))
+BlockDirtyBitmapMerge = struct(
+    "BlockDirtyBitmapMerge", m("node", STR), m("target", STR), m("bitmaps", Array(BlockDirtyBitmapOrStr)),
+)
+BlockDirtyBitmapSha256 = struct("BlockDirtyBitmapSha256", m("sha256", STR))
+
+BlockDirtyInfo = struct(
+    "BlockDirtyInfo",
+    m("*name", STR), m("count", INT), m("granularity", UINT32), m("recording", BOOL), m("busy", BOOL),
+    m("persistent", BOOL), m("*inconsistent", BOOL),
+)
+
+# -- blockdev-add ------------------------------------------------------------------
+
+BlockdevDriver = Enum("BlockdevDriver", (
+    "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress",
+    "copy-before-write", "copy-on-read", "dmg", "file", "snapshot-access", "ftp", "ftps",
+    "gluster", "host_cdrom", "host_device", "http", "https", "io_uring", "iscsi", "luks", "nbd",
+    "nfs", "null-aio", "null-co", "nvme", "nvme-io_uring", "parallels", "preallocate", "qcow",
+    "qcow2", "qed", "quorum", "raw", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx",
+    "virtio-blk-vfio-pci", "virtio-blk-vhost-user", "virtio-blk-vhost-vdpa", "vmdk", "vpc", "vvfat",
+))
+BlockdevDiscardOptions = Enum("BlockdevDiscardOptions", ("ignore", "unmap"))
+BlockdevDetectZeroesOptions = Enum("BlockdevDetectZeroesOptions", ("off", "on", "unmap"))
+BlockdevCacheOptions = struct("BlockdevCacheOptions", m("*direct", BOOL), m("*no-flush", BOOL))
+OnOffAuto = Enum("OnOffAuto", ("auto", "on", "off"))
+BlockdevAioOptions = Enum("BlockdevAioOptions", ("threads", "native", "io_uring"))
+
+BlockdevOptionsBase = struct(
+    "BlockdevOptionsBase",
+    m("driver", BlockdevDriver), m("*node-name", STR), m("*discard", BlockdevDiscardOptions),
+    m("*cache", BlockdevCacheOptions), m("*read-only", BOOL), m("*auto-read-only", BOOL),
+    m("*force-share", BOOL), m("*detect-zeroes", BlockdevDetectZeroesOptions),
+)
+
+# BlockdevRef is recursive (an alternate of BlockdevOptions and str); the union is
+# completed below once its variants exist.
+_variants: dict[str, Struct] = {}
+BlockdevOptions = Union_("BlockdevOptions", BlockdevOptionsBase, "driver", _variants)
+BlockdevRef = Alternate("BlockdevRef", (BlockdevOptions, STR))
+BlockdevRefOrNull = Alternate("BlockdevRefOrNull", (BlockdevOptions, STR, NULL))
+
+BlockdevOptionsNull = struct(
+    "BlockdevOptionsNull", m("*size", INT), m("*latency-ns", INT), m("*read-zeroes", BOOL),
+)
+BlockdevOptionsFile = struct(
+    "BlockdevOptionsFile",
+    m("filename", STR), m("*pr-manager", STR), m("*locking", OnOffAuto), m("*aio", BlockdevAioOptions),
+    m("*aio-max-batch", INT), m("*drop-cache", BOOL), m("*x-check-cache-dropped", BOOL),
+)
+BlockdevOptionsGenericFormat = struct("BlockdevOptionsGenericFormat", m("file", BlockdevRef))
+BlockdevOptionsRaw = struct(
+    "BlockdevOptionsRaw", m("*offset", INT), m("*size", INT), base=BlockdevOptionsGenericFormat,
+)
+BlockdevOptionsGenericCOWFormat = struct(
+    "BlockdevOptionsGenericCOWFormat", m("*backing", BlockdevRefOrNull), base=BlockdevOptionsGenericFormat,
+)
+BlockdevOptionsQcow2 = struct(
+    "BlockdevOptionsQcow2",
+    m("*lazy-refcounts", BOOL), m("*pass-discard-request", BOOL), m("*pass-discard-snapshot", BOOL),
+    m("*pass-discard-other", BOOL), m("*cache-size", INT), m("*l2-cache-size", INT),
+    m("*l2-cache-entry-size", INT), m("*refcount-cache-size", INT), m("*cache-clean-interval", INT),
+    m("*data-file", BlockdevRef),
+    base=BlockdevOptionsGenericCOWFormat,
+)
+_variants.update({"null-co": BlockdevOptionsNull, "null-aio": BlockdevOptionsNull,
+                  "file": BlockdevOptionsFile, "raw": BlockdevOptionsRaw, "qcow2": BlockdevOptionsQcow2})
+
+BlockdevDel = struct("q_obj_blockdev-del-arg", m("node-name", STR))
+QueryNamedBlockNodes = struct("q_obj_query-named-block-nodes-arg", m("*flat", BOOL))
+HumanMonitorCommand = struct("q_obj_human-monitor-command-arg", m("command-line", STR), m("*cpu-index", INT))
+BlockResize = struct("q_obj_block_resize-arg", m("*device", STR), m("*node-name", STR), m("size", SIZE))

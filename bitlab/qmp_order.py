@@ -1,0 +1,43 @@
+"""How QEMU orders the members of a JSON object it sends (qobject/qdict.c).
+
+A QDict keeps 512 hash buckets; serialising walks them in ascending order and,
+within a bucket, from the newest key to the oldest. Objects are built in QAPI
+schema member order, so output order is a pure function of the member names.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def tdb_hash(name: str) -> int:
+    """QEMU's qdict hash."""
+    raw = name.encode()
+    value = (0x238F13AF * len(raw)) & 0xFFFFFFFF
+    for i, c in enumerate(raw):
+        value = (value + (c << (i * 5 % 24))) & 0xFFFFFFFF
+    return (1103515243 * value + 12345) & 0xFFFFFFFF
+
+
+def wire_order(obj: Any) -> Any:
+    """Reorder every dict (recursively) as QEMU serialises a QDict built in insertion order."""
+    if isinstance(obj, dict):
+        keys = list(obj)
+        order = sorted(range(len(keys)), key=lambda i: (tdb_hash(keys[i]) % 512, -i))
+        return {keys[i]: wire_order(obj[keys[i]]) for i in order}
+    if isinstance(obj, list):
+        return [wire_order(v) for v in obj]
+    return obj
+
+
+def to_json_pretty(obj: Any, level: int = 0) -> str:
+    """qobject_to_json_pretty: four-space indents; empty containers still break a line."""
+    pad, inner = "    " * level, "    " * (level + 1)
+    if isinstance(obj, dict):
+        items = [f"{inner}{json.dumps(k)}: {to_json_pretty(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + ("\n" if items else "") + pad + "}"
+    if isinstance(obj, list):
+        items = [f"{inner}{to_json_pretty(v, level + 1)}" for v in obj]
+        return "[\n" + ",\n".join(items) + ("\n" if items else "") + pad + "]"
+    return json.dumps(obj)

@@ -1,0 +1,25 @@
+"""Figure builders for bitlab's pictures (pure: data in, matplotlib Figure out)."""
+
+from __future__ import annotations
+
+import io
+
+from matplotlib.figure import Figure
+
+from .bitmap import BitmapGrid, bitmap_grid, plot_bitmap, plot_dirty_bitmap
+
+__all__ = ["BitmapGrid", "bitmap_grid", "plot_bitmap", "plot_dirty_bitmap", "show"]
+
+
+def show(fig: Figure, *, dpi: int = 100) -> None:
+    """Display ``fig`` in Jupyter as a PNG only.
+
+    No ``<Figure size ...>`` text goes with it (nbval compares that text), no pyplot state
+    is touched, and no ``%matplotlib`` magic is needed. Returns None, so a cell that ends
+    with ``show(fig)`` has no other output.
+    """
+    from IPython.display import display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    display({"image/png": buf.getvalue()}, raw=True)

@@ -1,0 +1,66 @@
+"""ExtentMap against a byte-by-byte reference model."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitlab.block.extents import UNALLOCATED, ExtentMap
+
+writes = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 80), st.integers(-1, 5)), max_size=40)
+
+
+def reference(size, ops):
+    ref = [UNALLOCATED] * size
+    for off, ln, val in ops:
+        for x in range(off, min(off + ln, size)):
+            ref[x] = val
+    return ref
+
+
+def flatten(emap):
+    starts, ends, vals = emap.extents()
+    out = []
+    for s, e, v in zip(starts, ends, vals):
+        out += [int(v)] * int(e - s)
+    return out
+
+
+@given(st.integers(1, 300), writes)
+@settings(max_examples=300)
+def test_single_writes_match_reference(size, ops):
+    emap = ExtentMap(size)
+    for off, ln, val in ops:
+        emap.write(off, ln, val)
+    assert flatten(emap) == reference(size, ops)
+
+
+@given(st.integers(1, 300), writes, writes)
+@settings(max_examples=300)
+def test_batch_equals_sequential(size, first, ops):
+    a, b = ExtentMap(size), ExtentMap(size)
+    for off, ln, val in first:
+        a.write(off, ln, val)
+        b.write(off, ln, val)
+    for off, ln, val in ops:
+        a.write(off, ln, val)
+    if ops:
+        arr = np.array(ops, dtype=np.int64)
+        b.write_batch(arr[:, 0], arr[:, 1], arr[:, 2])
+    assert a == b
+    assert flatten(b) == reference(size, first + ops)
+
+
+def test_runs_are_compact_and_sparse():
+    emap = ExtentMap(1 << 40)
+    assert len(emap) == 1
+    emap.write(0, 65536, 7)
+    emap.write(65536, 65536, 7)
+    assert len(emap) == 2  # one run of 7, one unallocated
+    assert emap.allocated_bytes() == 131072
+
+
+def test_extents_clip_to_window():
+    emap = ExtentMap(100)
+    emap.write(10, 20, 3)
+    starts, ends, vals = emap.extents(15, 30)
+    assert starts.tolist() == [15, 30] and ends.tolist() == [30, 45] and vals.tolist() == [3, UNALLOCATED]

@@ -1,0 +1,1144 @@
+"""Scenarios replayed against real QEMU 7.2 by ``tools/capture_golden.py``.
+
+``SCENARIOS`` is a list of ``{"group", "name", "steps"}`` dicts; each group is
+written to ``tests/golden/<group>.json``.  Every scenario starts a fresh
+qemu-storage-daemon whose cwd is a fresh, empty work directory; the literal
+string ``WORKDIR`` in a step is replaced by that directory's absolute path.
+
+Step kinds (one key per step, plus an optional ``"settle": seconds`` to wait
+for asynchronous events before the next step):
+
+* ``{"qemu-img": [args...]}`` -- run qemu-img in the work directory.
+* ``{"qmp": {"execute": ..., "arguments": ...}}`` -- sent verbatim (no ``id``).
+* ``{"write" | "zero" | "discard": {"node", "offset", "length"[, "pattern"]}}``
+  -- guest I/O through a lazily created writable NBD export of ``node``
+  (qemu-io ``write -P``, ``write -z``, ``discard``).
+* ``{"restart": True}`` -- quit the daemon cleanly and start a new one
+  (same work directory, no nodes); ``{"kill": True}`` -- SIGKILL instead.
+
+Never add ``block-dirty-bitmap-merge`` with ``"bitmaps": []``: it crashes
+QEMU 7.2 (SIGSEGV), see /work/shared/reference/real-qemu.md.  The same goes for
+a ``block-dirty-bitmap-enable`` transaction action naming a missing bitmap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Step = dict[str, Any]
+
+K = 1 << 10
+M = 1 << 20
+G = 1 << 30
+SIZE = 64 * M
+
+GROUPS = (
+    "bitmap_add",
+    "bitmap_manage",
+    "bitmap_merge",
+    "bitmap_sha256",
+    "blockdev",
+    "guest_io",
+    "qapi_errors",
+    "qemu_img",
+)
+
+
+# --- step builders ------------------------------------------------------------
+
+
+def qmp(execute: str, arguments: Any = None, settle: float | None = None) -> Step:
+    """Build a QMP command step; ``settle`` waits for asynchronous events afterwards."""
+    msg: dict[str, Any] = {"execute": execute}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    step: Step = {"qmp": msg}
+    if settle is not None:
+        step["settle"] = settle
+    return step
+
+
+def raw(msg: dict[str, Any]) -> Step:
+    """Send a QMP message exactly as given (may be malformed on purpose)."""
+    return {"qmp": msg}
+
+
+def img(*args: str) -> Step:
+    """Run qemu-img."""
+    return {"qemu-img": list(args)}
+
+
+def add(node: str, name: str, **kw: Any) -> Step:
+    """block-dirty-bitmap-add (``kw``: granularity, persistent, disabled)."""
+    return qmp("block-dirty-bitmap-add", {"node": node, "name": name, **kw})
+
+
+def bm(cmd: str, node: str, name: str) -> Step:
+    """block-dirty-bitmap-{remove,clear,enable,disable}."""
+    return qmp(f"block-dirty-bitmap-{cmd}", {"node": node, "name": name})
+
+
+def merge(node: str, target: str, bitmaps: Any) -> Step:
+    """block-dirty-bitmap-merge."""
+    return qmp("block-dirty-bitmap-merge", {"node": node, "target": target, "bitmaps": bitmaps})
+
+
+def sha(node: str, name: str) -> Step:
+    """x-debug-block-dirty-bitmap-sha256."""
+    return qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name})
+
+
+def nodes(flat: bool = True) -> Step:
+    """query-named-block-nodes."""
+    return qmp("query-named-block-nodes", {"flat": flat})
+
+
+def null(name: str, size: int = SIZE, **kw: Any) -> Step:
+    """blockdev-add of a null-co node."""
+    return qmp("blockdev-add", {"driver": "null-co", "node-name": name, "size": size, **kw})
+
+
+def qcow2(name: str, filename: str, **kw: Any) -> Step:
+    """blockdev-add of a qcow2 node over a file node named ``f-<name>``."""
+    file = {"driver": "file", "node-name": f"f-{name}", "filename": filename}
+    return qmp("blockdev-add", {"driver": "qcow2", "node-name": name, "file": file, **kw})
+
+
+def raw_node(name: str, filename: str, **kw: Any) -> Step:
+    """blockdev-add of a raw node over a file node named ``f-<name>``."""
+    file = {"driver": "file", "node-name": f"f-{name}", "filename": filename}
+    return qmp("blockdev-add", {"driver": "raw", "node-name": name, "file": file, **kw})
+
+
+def create(filename: str, size: str = "64M", fmt: str = "qcow2", *opts: str) -> Step:
+    """qemu-img create."""
+    return img("create", "-f", fmt, *opts, filename, size)
+
+
+def write(node: str, offset: int, length: int, pattern: int = 0x41) -> Step:
+    """Write ``pattern`` bytes as the guest (NBD)."""
+    return {"write": {"node": node, "offset": offset, "length": length, "pattern": pattern}}
+
+
+def zero(node: str, offset: int, length: int) -> Step:
+    """Write zeroes as the guest (NBD ``write -z``)."""
+    return {"zero": {"node": node, "offset": offset, "length": length}}
+
+
+def discard(node: str, offset: int, length: int) -> Step:
+    """Discard as the guest (NBD)."""
+    return {"discard": {"node": node, "offset": offset, "length": length}}
+
+
+def scenario(group: str, name: str, *steps: Step) -> dict[str, Any]:
+    """Build one scenario."""
+    return {"group": group, "name": name, "steps": list(steps)}
+
+
+# --- 1. block-dirty-bitmap-add ------------------------------------------------
+
+ADD = [
+    scenario(
+        "bitmap_add",
+        "granularity-values",
+        null("n0"),
+        add("n0", "def"),
+        add("n0", "g512", granularity=512),
+        add("n0", "g1024", granularity=1024),
+        add("n0", "g65536", granularity=65536),
+        add("n0", "g2p31", granularity=2**31),
+        add("n0", "g2p32", granularity=2**32),
+        add("n0", "g2p32m1", granularity=2**32 - 1),
+        add("n0", "g3x2p30", granularity=3 * 2**30),
+        add("n0", "g2p31p1", granularity=2**31 + 1),
+        add("n0", "g2p40", granularity=2**40),
+        add("n0", "g2p64", granularity=2**64),
+        add("n0", "gm1", granularity=-1),
+        add("n0", "gm512", granularity=-512),
+        add("n0", "g0", granularity=0),
+        add("n0", "g1", granularity=1),
+        add("n0", "g256", granularity=256),
+        add("n0", "g64000", granularity=64000),
+        add("n0", "gfloat", granularity=65536.0),
+        add("n0", "gfloat5", granularity=65536.5),
+        add("n0", "gstr", granularity="65536"),
+        add("n0", "gtrue", granularity=True),
+        add("n0", "gnull", granularity=None),
+        add("n0", "glist", granularity=[65536]),
+        add("n0", "gobj", granularity={"v": 65536}),
+        nodes(),
+    ),
+    scenario(
+        "bitmap_add",
+        "default-granularity-by-driver",
+        create("c64k.qcow2"),
+        create("c512.qcow2", "64M", "qcow2", "-o", "cluster_size=512"),
+        create("c4k.qcow2", "64M", "qcow2", "-o", "cluster_size=4096"),
+        create("c8k.qcow2", "64M", "qcow2", "-o", "cluster_size=8192"),
+        create("c2m.qcow2", "64M", "qcow2", "-o", "cluster_size=2M"),
+        create("r.raw", "64M", "raw"),
+        qcow2("q64k", "c64k.qcow2"),
+        qcow2("q512", "c512.qcow2"),
+        qcow2("q4k", "c4k.qcow2"),
+        qcow2("q8k", "c8k.qcow2"),
+        qcow2("q2m", "c2m.qcow2"),
+        raw_node("r", "r.raw"),
+        null("n0"),
+        add("q64k", "b"),
+        add("q512", "b"),
+        add("q4k", "b"),
+        add("q8k", "b"),
+        add("q2m", "b"),
+        add("r", "b"),
+        add("f-r", "b"),
+        add("f-q4k", "b"),
+        add("n0", "b"),
+        nodes(),
+    ),
+    scenario(
+        "bitmap_add",
+        "names-and-arguments",
+        null("n0"),
+        null("n1"),
+        add("n0", ""),
+        qmp("block-dirty-bitmap-add", {"node": "n0"}),
+        qmp("block-dirty-bitmap-add", {"name": "b0"}),
+        qmp("block-dirty-bitmap-add", {}),
+        qmp("block-dirty-bitmap-add"),
+        add("nope", "b0"),
+        add("", "b0"),
+        add("nope", ""),
+        add("nope", "b0", granularity=100),
+        add("n0", "", granularity=100),
+        add("n0", "b0", granularity=100, persistent=True),
+        add("n0", "b0", bogus=1),
+        add("n0", "b0", granularity=65536, bogus=1),
+        add("n0", "b0"),
+        add("n0", "b0"),
+        add("n0", "b0", granularity=100),
+        add("n0", "b0", granularity=512),
+        add("n0", "b0", persistent=True),
+        add("n1", "b0"),
+        add("n0", "a" * 1023),
+        add("n0", "a" * 1024),
+        add("n0", "\u00e9" * 400),
+        add("n0", "\u00e9" * 511 + "a"),
+        add("n0", "\u00e9" * 512),
+        add("n0", "\u00e9" * 600),
+        add("n0", "with space/and:colon"),
+        add("n0", "\u2603"),
+        qmp("block-dirty-bitmap-add", {"node": True, "name": "b1"}),
+        qmp("block-dirty-bitmap-add", {"node": "n0", "name": 5}),
+        qmp("block-dirty-bitmap-add", {"node": "n0", "name": None}),
+        add("n0", "p1", persistent="yes"),
+        add("n0", "p1", persistent=1),
+        add("n0", "p1", disabled="true"),
+        add("n0", "dis", disabled=True),
+        add("n0", "ena", disabled=False),
+        add("n0", "per0", persistent=False),
+        nodes(),
+    ),
+    scenario(
+        "bitmap_add",
+        "persistent",
+        create("d0.qcow2"),
+        create("v2.qcow2", "64M", "qcow2", "-o", "compat=0.10"),
+        create("r.raw", "64M", "raw"),
+        qcow2("q0", "d0.qcow2"),
+        qcow2("v2", "v2.qcow2"),
+        raw_node("r", "r.raw"),
+        null("n0"),
+        add("q0", "p", persistent=True),
+        add("q0", "p", persistent=True),
+        add("q0", "p"),
+        add("q0", "t"),
+        add("q0", "t", persistent=True),
+        add("q0", "g512", persistent=True, granularity=512),
+        add("q0", "g2p31", persistent=True, granularity=2**31),
+        add("q0", "g256", persistent=True, granularity=256),
+        add("q0", "g2p32", persistent=True, granularity=2**32),
+        add("q0", "pdis", persistent=True, disabled=True),
+        add("q0", "a" * 1023, persistent=True),
+        add("q0", "b" * 1024, persistent=True),
+        add("r", "p", persistent=True),
+        add("f-r", "p", persistent=True),
+        add("f-q0", "p", persistent=True),
+        add("n0", "p", persistent=True),
+        add("v2", "p", persistent=True),
+        add("v2", "t", persistent=False),
+        create("big.qcow2", "4T"),
+        qcow2("big", "big.qcow2"),
+        add("big", "p512", persistent=True, granularity=512),
+        add("big", "p64k", persistent=True),
+        nodes(),
+        img("info", "-U", "d0.qcow2"),
+        {"restart": True},
+        qcow2("q0", "d0.qcow2"),
+        nodes(),
+        img("info", "-U", "d0.qcow2"),
+        img("info", "-U", "--output=json", "d0.qcow2"),
+    ),
+    scenario(
+        "bitmap_add",
+        "persistent-read-only-node",
+        create("d0.qcow2"),
+        qcow2("q0", "d0.qcow2"),
+        add("q0", "p", persistent=True),
+        {"restart": True},
+        qcow2("q0", "d0.qcow2", **{"read-only": True}),
+        add("q0", "p2", persistent=True),
+        add("q0", "t"),
+        bm("clear", "q0", "p"),
+        bm("disable", "q0", "p"),
+        bm("enable", "q0", "p"),
+        add("q0", "t2", persistent=True, granularity=512),
+        merge("q0", "p", ["t"]),
+        merge("q0", "t", ["p"]),
+        sha("q0", "p"),
+        bm("remove", "q0", "p"),
+        bm("remove", "q0", "t"),
+        nodes(),
+    ),
+    scenario(
+        "bitmap_add",
+        "persistent-inconsistent-after-kill",
+        create("d0.qcow2"),
+        qcow2("q0", "d0.qcow2"),
+        add("q0", "p", persistent=True),
+        add("q0", "p2", persistent=True, disabled=True),
+        {"restart": True},
+        qcow2("q0", "d0.qcow2"),
+        write("q0", 0, 65536),
+        nodes(),
+        {"kill": True},
+        img("info", "-U", "d0.qcow2"),
+        qcow2("q0", "d0.qcow2"),
+        nodes(),
+        bm("clear", "q0", "p"),
+        bm("enable", "q0", "p"),
+        bm("disable", "q0", "p"),
+        add("q0", "t"),
+        merge("q0", "t", ["p"]),
+        merge("q0", "p", ["t"]),
+        sha("q0", "p"),
+        add("q0", "p"),
+        bm("remove", "q0", "p"),
+        bm("remove", "q0", "p2"),
+        nodes(),
+    ),
+    scenario(
+        "bitmap_add",
+        "disabled-and-order",
+        null("n0"),
+        add("n0", "a"),
+        add("n0", "b", disabled=True),
+        add("n0", "c", granularity=512),
+        write("n0", 0, 512),
+        nodes(),
+    ),
+]
+
+# --- 2. remove / clear / enable / disable -------------------------------------
+
+MANAGE = [
+    scenario(
+        "bitmap_manage",
+        "lookup-errors",
+        null("n0"),
+        add("n0", "b0"),
+        *[
+            step
+            for cmd in ("remove", "clear", "enable", "disable")
+            for step in (
+                bm(cmd, "nope", "b0"),
+                bm(cmd, "n0", "nope"),
+                bm(cmd, "nope", "nope"),
+                bm(cmd, "", "b0"),
+                bm(cmd, "n0", ""),
+                qmp(f"block-dirty-bitmap-{cmd}", {"node": "n0"}),
+                qmp(f"block-dirty-bitmap-{cmd}", {"name": "b0"}),
+                qmp(f"block-dirty-bitmap-{cmd}"),
+                qmp(f"block-dirty-bitmap-{cmd}", {"node": "n0", "name": "b0", "x": 1}),
+                qmp(f"block-dirty-bitmap-{cmd}", {"node": "n0", "name": 1}),
+            )
+        ],
+        nodes(),
+    ),
+    scenario(
+        "bitmap_manage",
+        "enable-disable-idempotent",
+        null("n0"),
+        add("n0", "b0"),
+        bm("enable", "n0", "b0"),
+        nodes(),
+        bm("disable", "n0", "b0"),
+        nodes(),
+        bm("disable", "n0", "b0"),
+        write("n0", 0, 65536),
+        nodes(),
+        bm("enable", "n0", "b0"),
+        bm("enable", "n0", "b0"),
+        write("n0", 65536, 65536),
+        nodes(),
+        bm("clear", "n0", "b0"),
+        nodes(),
+        bm("clear", "n0", "b0"),
+        bm("disable", "n0", "b0"),
+        write("n0", 0, 65536),
+        bm("clear", "n0", "b0"),
+        nodes(),
+    ),
+    scenario(
+        "bitmap_manage",
+        "clear-keeps-state",
+        null("n0"),
+        add("n0", "b0", granularity=4096),
+        write("n0", 0, 65536),
+        write("n0", 10 * M, 3),
+        nodes(),
+        sha("n0", "b0"),
+        bm("disable", "n0", "b0"),
+        bm("clear", "n0", "b0"),
+        nodes(),
+        sha("n0", "b0"),
+    ),
+    scenario(
+        "bitmap_manage",
+        "list-order",
+        null("n0"),
+        add("n0", "a"),
+        add("n0", "b"),
+        add("n0", "c"),
+        add("n0", "d"),
+        nodes(),
+        bm("remove", "n0", "b"),
+        add("n0", "e"),
+        nodes(),
+        add("n0", "b"),
+        bm("remove", "n0", "d"),
+        bm("remove", "n0", "d"),
+        nodes(),
+        bm("disable", "n0", "a"),
+        bm("clear", "n0", "c"),
+        nodes(),
+        bm("remove", "n0", "a"),
+        bm("remove", "n0", "b"),
+        bm("remove", "n0", "c"),
+        bm("remove", "n0", "e"),
+        nodes(),
+    ),
+    scenario(
+        "bitmap_manage",
+        "remove-persistent",
+        create("d0.qcow2"),
+        qcow2("q0", "d0.qcow2"),
+        add("q0", "p", persistent=True),
+        add("q0", "p2", persistent=True),
+        {"restart": True},
+        img("info", "-U", "d0.qcow2"),
+        qcow2("q0", "d0.qcow2"),
+        bm("remove", "q0", "p"),
+        img("info", "-U", "d0.qcow2"),
+        nodes(),
+        {"restart": True},
+        img("info", "d0.qcow2"),
+    ),
+    scenario(
+        "bitmap_manage",
+        "busy-via-nbd-export",
+        null("n0"),
+        add("n0", "b0"),
+        add("n0", "b1"),
+        write("n0", 0, 65536),
+        qmp("block-export-add", {"type": "nbd", "id": "e1", "node-name": "n0", "name": "bm", "bitmaps": ["b0"]}),
+        qmp(
+            "block-export-add",
+            {"type": "nbd", "id": "e1", "node-name": "n0", "name": "bm", "writable": True, "bitmaps": ["b0"]},
+        ),
+        bm("disable", "n0", "b0"),
+        qmp(
+            "block-export-add",
+            {"type": "nbd", "id": "e1", "node-name": "n0", "name": "bm", "writable": True, "bitmaps": ["b0"]},
+        ),
+        qmp("block-export-add", {"type": "nbd", "id": "e2", "node-name": "n0", "name": "bm2", "bitmaps": ["nope"]}),
+        qmp("block-export-add", {"type": "nbd", "id": "e1", "node-name": "n0", "name": "bm", "bitmaps": ["b0"]}),
+        nodes(),
+        bm("clear", "n0", "b0"),
+        bm("enable", "n0", "b0"),
+        bm("disable", "n0", "b0"),
+        bm("remove", "n0", "b0"),
+        merge("n0", "b0", ["b1"]),
+        merge("n0", "b1", ["b0"]),
+        sha("n0", "b0"),
+        nodes(),
+        qmp("block-export-del", {"id": "e1"}, settle=0.1),
+        qmp("query-block-exports"),
+        nodes(),
+        bm("remove", "n0", "b0"),
+        nodes(),
+    ),
+]
+
+# --- 3. block-dirty-bitmap-merge ----------------------------------------------
+# NB: "bitmaps": [] is deliberately absent -- it crashes QEMU 7.2 with SIGSEGV.
+
+MERGE = [
+    scenario(
+        "bitmap_merge",
+        "same-node",
+        null("n0"),
+        add("n0", "a"),
+        add("n0", "b"),
+        add("n0", "t"),
+        bm("disable", "n0", "b"),
+        write("n0", 0, 65536),
+        bm("enable", "n0", "b"),
+        bm("disable", "n0", "a"),
+        write("n0", 1 * M, 65536),
+        merge("n0", "t", ["a", "b"]),
+        nodes(),
+        sha("n0", "t"),
+        merge("n0", "t", [{"node": "n0", "name": "a"}]),
+        merge("n0", "t", ["t"]),
+        merge("n0", "a", ["a", "a"]),
+        nodes(),
+        sha("n0", "t"),
+    ),
+    scenario(
+        "bitmap_merge",
+        "across-nodes-and-sizes",
+        null("n0"),
+        null("n1"),
+        null("n2", 32 * M),
+        add("n0", "a"),
+        add("n1", "a"),
+        add("n2", "a"),
+        write("n1", 0, 65536),
+        write("n2", 2 * M, 65536),
+        merge("n0", "a", [{"node": "n1", "name": "a"}]),
+        nodes(),
+        merge("n0", "a", [{"node": "n2", "name": "a"}]),
+        merge("n2", "a", [{"node": "n0", "name": "a"}]),
+        merge("n0", "a", ["a", {"node": "n2", "name": "a"}]),
+        nodes(),
+    ),
+    scenario(
+        "bitmap_merge",
+        "granularities",
+        null("n0"),
+        add("n0", "g64k"),
+        add("n0", "g4k", granularity=4096),
+        add("n0", "t64k", disabled=True),
+        add("n0", "t4k", granularity=4096, disabled=True),
+        add("n0", "t512", granularity=512, disabled=True),
+        add("n0", "t2m", granularity=2 * M, disabled=True),
+        write("n0", 0, 512),
+        write("n0", 126976, 8192),
+        write("n0", 10 * M + 4096, 4096),
+        nodes(),
+        sha("n0", "g64k"),
+        sha("n0", "g4k"),
+        merge("n0", "t64k", ["g4k"]),
+        merge("n0", "t4k", ["g64k"]),
+        merge("n0", "t512", ["g64k"]),
+        merge("n0", "t2m", ["g4k"]),
+        nodes(),
+        sha("n0", "t64k"),
+        sha("n0", "t4k"),
+        sha("n0", "t512"),
+        sha("n0", "t2m"),
+    ),
+    scenario(
+        "bitmap_merge",
+        "disabled-target",
+        null("n0"),
+        add("n0", "src"),
+        add("n0", "dst", disabled=True),
+        write("n0", 0, 65536),
+        merge("n0", "dst", ["src"]),
+        write("n0", 2 * M, 65536),
+        nodes(),
+    ),
+    scenario(
+        "bitmap_merge",
+        "errors",
+        null("n0"),
+        null("n1"),
+        add("n0", "t"),
+        add("n0", "s"),
+        add("n1", "x"),
+        write("n0", 0, 65536),
+        merge("n0", "t", ["nope"]),
+        merge("n0", "nope", ["s"]),
+        merge("nope", "t", ["s"]),
+        merge("n0", "t", [{"node": "nope", "name": "s"}]),
+        merge("n0", "t", [{"node": "n1", "name": "nope"}]),
+        merge("n0", "t", [{"node": "n1", "name": "s"}]),
+        merge("n0", "t", ["s", "nope"]),
+        sha("n0", "t"),
+        add("n0", "u", disabled=True),
+        merge("n0", "u", ["s", "nope"]),
+        merge("n0", "u", ["s", {"node": "n1", "name": "x"}, "nope"]),
+        sha("n0", "u"),
+        merge("n0", "t", "s"),
+        merge("n0", "t", {"node": "n0", "name": "s"}),
+        merge("n0", "t", 5),
+        merge("n0", "t", None),
+        merge("n0", "t", [5]),
+        merge("n0", "t", [True]),
+        merge("n0", "t", [None]),
+        merge("n0", "t", [["s"]]),
+        merge("n0", "t", [{"node": "n0"}]),
+        merge("n0", "t", [{"name": "s"}]),
+        merge("n0", "t", [{}]),
+        merge("n0", "t", [{"node": "n0", "name": "s", "extra": 1}]),
+        merge("n0", "t", [{"node": 5, "name": "s"}]),
+        merge("n0", "t", ["s", 5]),
+        merge("n0", "t", ["s", {"node": "n0"}]),
+        qmp("block-dirty-bitmap-merge", {"node": "n0", "target": "t"}),
+        qmp("block-dirty-bitmap-merge", {"node": "n0", "bitmaps": ["s"]}),
+        qmp("block-dirty-bitmap-merge", {"target": "t", "bitmaps": ["s"]}),
+        qmp("block-dirty-bitmap-merge", {"node": "n0", "target": "t", "bitmaps": ["s"], "x": 1}),
+        qmp("block-dirty-bitmap-merge", {"node": "n0", "target": "", "bitmaps": ["s"]}),
+        qmp("block-dirty-bitmap-merge", {"node": "n0", "target": "t", "bitmaps": [""]}),
+        nodes(),
+    ),
+]
+
+# --- 4. x-debug-block-dirty-bitmap-sha256 -------------------------------------
+
+SHA_GRANULARITIES = (512, 4096, 65536, 131072, 2**31)
+SHA_WRITES = ((0, 65536), (126976, 8192), (1048576, 131072))
+
+
+def sha_scenario(
+    name: str, node_step: Step, node: str, writes: tuple[tuple[int, int], ...], *pre: Step
+) -> dict[str, Any]:
+    """Bitmaps of every granularity on one node, hashed before and after writes."""
+    steps: list[Step] = [*pre, node_step]
+    steps += [add(node, f"g{g}", granularity=g) for g in SHA_GRANULARITIES]
+    steps += [sha(node, f"g{g}") for g in SHA_GRANULARITIES]
+    for offset, length in writes:
+        steps.append(write(node, offset, length))
+        steps += [sha(node, f"g{g}") for g in SHA_GRANULARITIES]
+    steps.append(nodes())
+    return scenario("bitmap_sha256", name, *steps)
+
+
+SHA = [
+    sha_scenario("null-64M", null("n0"), "n0", SHA_WRITES),
+    sha_scenario("qcow2-64M", qcow2("q0", "d0.qcow2"), "q0", SHA_WRITES[:1], create("d0.qcow2")),
+    sha_scenario("null-1000000", null("n0", 1000000), "n0", ((0, 65536), (999000, 1000), (999936, 512))),
+    sha_scenario("null-64M+512", null("n0", SIZE + 512), "n0", ((0, 65536), (SIZE, 512))),
+    sha_scenario("null-64M+1", null("n0", SIZE + 1), "n0", ((SIZE, 512),)),
+    sha_scenario("null-1", null("n0", 1), "n0", ((0, 512),)),
+    sha_scenario("null-size-0", null("n0", 0), "n0", ()),
+    sha_scenario("raw-1000000", raw_node("r0", "r.raw"), "r0", ((999936, 512),), create("r.raw", "1000000", "raw")),
+    sha_scenario("qcow2-1000000", qcow2("q0", "d0.qcow2"), "q0", ((999936, 512),), create("d0.qcow2", "1000000")),
+    scenario(
+        "bitmap_sha256",
+        "errors",
+        null("n0"),
+        add("n0", "b"),
+        sha("nope", "b"),
+        sha("n0", "nope"),
+        qmp("x-debug-block-dirty-bitmap-sha256", {"node": "n0"}),
+        qmp("x-debug-block-dirty-bitmap-sha256", {"node": "n0", "name": "b", "x": 1}),
+    ),
+]
+
+# --- 5. blockdev-add / blockdev-del and query shapes -------------------------
+
+BLOCKDEV = [
+    scenario(
+        "blockdev",
+        "null-co",
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "n0"}),
+        null("n1"),
+        null("n2", 1000000, **{"read-zeroes": True}),
+        qmp("blockdev-add", {"driver": "null-aio", "node-name": "n3", "size": 4096}),
+        null("n5", "64M"),
+        null("n6", 2**63),
+        null("n7", 2**63 - 1),
+        null("n8", 2**62),
+        null("n9", 0),
+        null("n10", 1),
+        qmp("blockdev-del", {"node-name": "n8"}),
+        qmp("blockdev-del", {"node-name": "n9"}),
+        qmp("blockdev-del", {"node-name": "n10"}),
+        nodes(),
+        nodes(False),
+        qmp("query-block"),
+        add("n1", "b0"),
+        add("n1", "b1", granularity=512, disabled=True),
+        nodes(),
+        nodes(False),
+        qmp("query-block"),
+        qmp("query-named-block-nodes"),
+    ),
+    scenario(
+        # A negative size aborts qemu-storage-daemon 7.2 (error_abort in
+        # parse_option_size): recorded as a crash.
+        "blockdev",
+        "null-co-negative-size-crashes",
+        null("n0", -1),
+    ),
+    scenario(
+        "blockdev",
+        "file-raw-qcow2",
+        create("d0.qcow2"),
+        create("r.raw", "64M", "raw"),
+        qcow2("q0", "d0.qcow2"),
+        raw_node("r0", "r.raw"),
+        qmp("blockdev-add", {"driver": "file", "node-name": "f0", "filename": "r.raw"}),
+        qmp(
+            "blockdev-add",
+            {"driver": "qcow2", "node-name": "q1", "file": {"driver": "file", "filename": "WORKDIR/d0.qcow2"}},
+        ),
+        create("d1.qcow2"),
+        qmp(
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": "q1",
+                "file": {"driver": "file", "node-name": "f-q1", "filename": "WORKDIR/d1.qcow2"},
+            },
+        ),
+        nodes(),
+        nodes(False),
+        qmp("query-block"),
+        add("q0", "b0"),
+        add("r0", "b0"),
+        add("f0", "b0"),
+        nodes(),
+        nodes(False),
+        qmp("query-block"),
+        write("q0", 0, 512),
+        qmp("query-block"),
+        qmp("query-block-exports"),
+    ),
+    scenario(
+        "blockdev",
+        "qcow2-backing",
+        create("base.qcow2"),
+        img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2"),
+        qmp(
+            "blockdev-add", {"driver": "qcow2", "node-name": "top", "file": {"driver": "file", "filename": "top.qcow2"}}
+        ),
+        nodes(),
+        nodes(False),
+        qmp("query-block"),
+        add("top", "b0"),
+        nodes(),
+        nodes(False),
+    ),
+    scenario(
+        "blockdev",
+        "qcow2-backing-explicit",
+        create("base.qcow2"),
+        img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2"),
+        qcow2("base", "base.qcow2"),
+        qcow2("top", "top.qcow2", backing="base"),
+        qcow2("top2", "top.qcow2", backing=None),
+        img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top2.qcow2"),
+        qcow2("top2", "top2.qcow2", backing=None),
+        add("base", "bb"),
+        add("top", "bt"),
+        nodes(),
+        nodes(False),
+        qmp("blockdev-del", {"node-name": "base"}),
+        qmp("blockdev-del", {"node-name": "top"}),
+        qmp("blockdev-del", {"node-name": "base"}),
+        nodes(),
+    ),
+    scenario(
+        "blockdev",
+        "add-errors",
+        create("d0.qcow2"),
+        create("r.raw", "64M", "raw"),
+        null("n0"),
+        null("n0"),
+        qmp("blockdev-add", {"driver": "null-co"}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": ""}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "1abc"}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "a b"}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "#block1"}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "a" * 31}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "b" * 32}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "ok-name_1.x"}),
+        qmp("blockdev-add", {"driver": "foo", "node-name": "x"}),
+        qmp("blockdev-add", {"node-name": "x"}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "x", "bogus": 1}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "x", "size": "1"}),
+        qmp("blockdev-add", {"driver": "file", "node-name": "x", "filename": "missing.raw"}),
+        qmp("blockdev-add", {"driver": "file", "node-name": "x", "filename": "WORKDIR/missing.raw"}),
+        qmp("blockdev-add", {"driver": "file", "node-name": "x"}),
+        qcow2("x", "missing.qcow2"),
+        raw_node("x", "missing.raw"),
+        qcow2("x", "r.raw"),
+        qmp("blockdev-add", {"driver": "qcow2", "node-name": "x", "file": "n0"}),
+        qmp("blockdev-add", {"driver": "qcow2", "node-name": "x", "file": "nope"}),
+        qmp("blockdev-add", {"driver": "qcow2", "node-name": "x"}),
+        qmp("blockdev-add", {"driver": "raw", "node-name": "x", "file": "n0"}),
+        qmp("blockdev-add", {"driver": "raw", "node-name": "x2", "file": "n0"}),
+        qcow2("y", "d0.qcow2"),
+        qcow2("y2", "d0.qcow2"),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "dz", "detect-zeroes": "unmap"}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "dz", "discard": "unmap", "detect-zeroes": "unmap"}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "dd", "discard": "bogus"}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "ro", "read-only": True}),
+        qmp("blockdev-add", {"driver": "null-co", "node-name": "ro2", "read-only": "yes"}),
+        qmp("blockdev-add", "x"),
+        qmp("blockdev-del", {"node-name": "n0"}),
+        nodes(),
+    ),
+    scenario(
+        "blockdev",
+        "discard-unmap-option",
+        create("d0.qcow2"),
+        qcow2("q0", "d0.qcow2", discard="unmap"),
+        qcow2("q1", "d0.qcow2", discard="ignore"),
+        create("d1.qcow2"),
+        qcow2("q1", "d1.qcow2", discard="ignore"),
+        null("n0", discard="unmap"),
+        null("n1", discard="on"),
+        null("n2", discard="off"),
+        nodes(),
+    ),
+    scenario(
+        "blockdev",
+        "del",
+        create("d0.qcow2"),
+        qcow2("q0", "d0.qcow2"),
+        null("n0"),
+        null("n1"),
+        null("n2"),
+        add("n1", "b0"),
+        qmp("blockdev-del", {"node-name": "f-q0"}),
+        qmp("blockdev-del", {"node-name": "nope"}),
+        qmp("blockdev-del", {"node-name": ""}),
+        qmp("blockdev-del", {}),
+        qmp("blockdev-del", {"node-name": "n0", "x": 1}),
+        qmp("blockdev-del", {"node-name": "n1"}),
+        qmp("blockdev-del", {"node-name": "n1"}),
+        qmp("blockdev-del", {"node-name": "q0"}),
+        qmp("blockdev-del", {"node-name": "f-q0"}),
+        write("n2", 0, 512),
+        qmp("blockdev-del", {"node-name": "n2"}),
+        qmp("block-export-del", {"id": "exp-n2"}, settle=0.1),
+        qmp("blockdev-del", {"node-name": "n2"}),
+        nodes(),
+        qmp("blockdev-del", {"node-name": "n0"}),
+        nodes(),
+        add("n1", "b0"),
+    ),
+    scenario(
+        "blockdev",
+        "del-explicit-child",
+        create("d0.qcow2"),
+        qmp("blockdev-add", {"driver": "file", "node-name": "f0", "filename": "d0.qcow2"}),
+        qmp("blockdev-add", {"driver": "qcow2", "node-name": "q0", "file": "f0"}),
+        add("f0", "b0"),
+        qmp("blockdev-del", {"node-name": "f0"}),
+        qmp("blockdev-del", {"node-name": "q0"}),
+        nodes(),
+        qmp("blockdev-del", {"node-name": "f0"}),
+        nodes(),
+    ),
+    scenario(
+        "blockdev",
+        "del-auto-child",
+        create("d0.qcow2"),
+        qmp("blockdev-add", {"driver": "qcow2", "node-name": "q0", "file": {"driver": "file", "filename": "d0.qcow2"}}),
+        qmp("blockdev-del", {"node-name": "q0"}),
+        nodes(),
+    ),
+]
+
+# --- 6. guest writes, zeroes and discards -------------------------------------
+
+GUEST = [
+    scenario(
+        "guest_io",
+        "counts-by-granularity",
+        null("n0"),
+        add("n0", "g64k"),
+        add("n0", "g4k", granularity=4096),
+        add("n0", "g512", granularity=512),
+        write("n0", 0, 512),
+        nodes(),
+        write("n0", 100, 1000),
+        nodes(),
+        write("n0", 65535, 2),
+        nodes(),
+        write("n0", 5 * M + 1, 1),
+        nodes(),
+        write("n0", 0, 0),
+        nodes(),
+        write("n0", SIZE - 1, 1),
+        nodes(),
+        write("n0", 20 * M + 4095, 4098),
+        nodes(),
+        *[sha("n0", n) for n in ("g64k", "g4k", "g512")],
+    ),
+    scenario(
+        "guest_io",
+        "reference-worked-example",
+        create("d0.qcow2"),
+        qcow2("drive0", "d0.qcow2"),
+        add("drive0", "bitmap0"),
+        add("drive0", "g32k", granularity=32768),
+        add("drive0", "g128k", granularity=131072),
+        write("drive0", 0, 512),
+        write("drive0", 16 * M, 256 * K),
+        write("drive0", 32736 * K, 64 * K),
+        nodes(),
+        sha("drive0", "bitmap0"),
+        sha("drive0", "g32k"),
+        sha("drive0", "g128k"),
+    ),
+    scenario(
+        "guest_io",
+        "seed-trace-setup",
+        create("d0.qcow2"),
+        create("d1.qcow2"),
+        qcow2("drive0", "d0.qcow2"),
+        qcow2("drive1", "d1.qcow2"),
+        add("drive0", "bitmap0", granularity=65536),
+        add("drive1", "bitmap1", granularity=65536),
+        sha("drive0", "bitmap0"),
+        write("drive0", 0, 65536, 0x41),
+        write("drive0", 126976, 8192, 0x42),
+        write("drive0", 1048576, 131072, 0x43),
+        write("drive1", 0, 65536, 0x44),
+        write("drive1", 33554432, 65536, 0x45),
+        nodes(),
+        sha("drive0", "bitmap0"),
+        sha("drive1", "bitmap1"),
+    ),
+    scenario(
+        "guest_io",
+        "zero-and-discard-default",
+        create("d0.qcow2"),
+        qcow2("q0", "d0.qcow2"),
+        null("n0"),
+        add("q0", "b"),
+        add("n0", "b"),
+        zero("q0", 0, 65536),
+        zero("n0", 0, 65536),
+        nodes(),
+        discard("q0", 1 * M, 65536),
+        discard("n0", 1 * M, 65536),
+        nodes(),
+        write("q0", 2 * M, 65536),
+        discard("q0", 2 * M, 65536),
+        discard("q0", 4 * M + 512, 512),
+        nodes(),
+    ),
+    scenario(
+        "guest_io",
+        "zero-and-discard-unmap",
+        create("d0.qcow2"),
+        qcow2("q0", "d0.qcow2", discard="unmap"),
+        null("n0", discard="unmap"),
+        add("q0", "b"),
+        add("q0", "b512", granularity=512),
+        add("n0", "b"),
+        zero("q0", 0, 65536),
+        zero("n0", 0, 65536),
+        nodes(),
+        discard("q0", 1 * M, 65536),
+        discard("n0", 1 * M, 65536),
+        nodes(),
+        write("q0", 2 * M, 65536),
+        discard("q0", 2 * M, 65536),
+        nodes(),
+        discard("q0", 4 * M + 512, 512),
+        discard("q0", 6 * M + 1000, 200000),
+        nodes(),
+        sha("q0", "b512"),
+    ),
+    scenario(
+        "guest_io",
+        "disabled-ignores-writes",
+        null("n0"),
+        add("n0", "on"),
+        add("n0", "off", disabled=True),
+        write("n0", 0, 65536),
+        zero("n0", M, 65536),
+        nodes(),
+        bm("enable", "n0", "off"),
+        bm("disable", "n0", "on"),
+        write("n0", 2 * M, 65536),
+        nodes(),
+    ),
+    scenario(
+        "guest_io",
+        "bitmap-added-after-writes",
+        null("n0"),
+        write("n0", 0, 65536),
+        add("n0", "b"),
+        nodes(),
+        write("n0", 3 * M, 1),
+        nodes(),
+    ),
+    scenario(
+        "guest_io",
+        "write-beyond-end",
+        null("n0", 1 * M),
+        add("n0", "b"),
+        write("n0", 1 * M - 512, 1024),
+        write("n0", 1 * M, 512),
+        nodes(),
+    ),
+]
+
+# --- 7. general QAPI / protocol errors and qemu-img ---------------------------
+
+QAPI = [
+    scenario(
+        "qapi_errors",
+        "protocol",
+        qmp("no-such-command"),
+        qmp("no-such-command", {"a": 1}),
+        qmp("query-block", {"x": 1}),
+        qmp("query-block", {}),
+        raw({"execute": "query-block", "arguments": None}),
+        raw({"execute": "query-block", "arguments": 5}),
+        raw({"execute": "query-block", "arguments": []}),
+        raw({"execute": "query-block", "arguments": "x"}),
+        raw({"execute": 5}),
+        raw({"execute": None}),
+        raw({"execute": "query-block", "extra": 1}),
+        raw({"arguments": {}}),
+        raw({}),
+        raw({"exec-oob": "query-version"}),
+        raw({"execute": "query-version", "exec-oob": "query-version"}),
+        raw({"execute": "query-version", "id": "abc"}),
+        raw({"execute": "no-such-command", "id": "abc"}),
+        raw({"execute": "query-block", "arguments": {"x": 1}, "id": "abc"}),
+        qmp("qmp_capabilities"),
+        qmp("qmp_capabilities", {"enable": ["oob"]}),
+        qmp("query-version"),
+        qmp("query-status"),
+        qmp("human-monitor-command", {"command-line": "info block"}),
+        qmp("query-jobs"),
+        qmp("query-block-jobs"),
+        qmp("query-block-exports"),
+        qmp("query-commands"),
+    ),
+    scenario(
+        "qapi_errors",
+        "argument-types",
+        null("n0"),
+        add("n0", "b0"),
+        qmp("block-dirty-bitmap-add", {"node": True, "name": "b"}),
+        qmp("block-dirty-bitmap-add", {"node": "n0", "name": False}),
+        qmp("block-dirty-bitmap-add", {"node": 1.5, "name": "b"}),
+        qmp("block-dirty-bitmap-add", {"node": ["n0"], "name": "b"}),
+        qmp("block-dirty-bitmap-add", {"node": {"a": 1}, "name": "b"}),
+        qmp("block-dirty-bitmap-add", {"node": None, "name": "b"}),
+        qmp("block-dirty-bitmap-clear", {"node": 0, "name": "b0"}),
+        qmp("x-debug-block-dirty-bitmap-sha256", {"node": "n0", "name": True}),
+        qmp("query-named-block-nodes", {"flat": "yes"}),
+        qmp("query-named-block-nodes", {"flat": 1}),
+        qmp("query-named-block-nodes", {"flat": None}),
+        qmp("blockdev-del", {"node-name": 5}),
+        qmp("block-dirty-bitmap-add", {"node": "n0", "name": "b", "granularity": "x", "persistent": "y"}),
+        qmp("block-dirty-bitmap-add", {"name": 5, "granularity": "x"}),
+    ),
+]
+
+QEMU_IMG_SCENARIOS = [
+    scenario(
+        "qemu_img",
+        "create-sizes",
+        create("s64m.qcow2", "64M"),
+        create("s1g.qcow2", "1G"),
+        create("s15m.qcow2", "1.5M"),
+        create("s100000.qcow2", "100000"),
+        create("s1000000.qcow2", "1000000"),
+        create("s64k.qcow2", "64k"),
+        create("s64K.qcow2", "64K"),
+        create("s1T.qcow2", "1T"),
+        create("s0.qcow2", "0"),
+        create("sb.qcow2", "512b"),
+        create("sneg.qcow2", "-1"),
+        img("create", "-f", "qcow2", "sneg2.qcow2", "--", "-1"),
+        create("s2e.qcow2", "2E"),
+        create("s8e.qcow2", "8E"),
+        create("sfrac.qcow2", "0.5k"),
+        create("sbad.qcow2", "abc"),
+        create("s1.qcow2", "1"),
+        create("r1000000.raw", "1000000", "raw"),
+        create("r15m.raw", "1.5M", "raw"),
+        img("create", "-f", "qcow2", "nosize.qcow2"),
+        img("info", "s1000000.qcow2"),
+        img("info", "s100000.qcow2"),
+        img("info", "r1000000.raw"),
+        img("info", "--output=json", "s15m.qcow2"),
+    ),
+    scenario(
+        "qemu_img",
+        "create-backing",
+        create("base.qcow2"),
+        img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2"),
+        img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top32.qcow2", "32M"),
+        img("create", "-f", "qcow2", "-b", "base.qcow2", "nofmt.qcow2"),
+        img("create", "-f", "qcow2", "-b", "missing.qcow2", "-F", "qcow2", "bad.qcow2"),
+        img("create", "-f", "qcow2", "-b", "missing.qcow2", "-F", "qcow2", "bad2.qcow2", "64M"),
+        img("create", "-f", "qcow2", "-b", "WORKDIR/base.qcow2", "-F", "qcow2", "abs.qcow2"),
+        img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "raw", "wrongfmt.qcow2"),
+        create("base.qcow2", "32M"),
+        img("info", "base.qcow2"),
+        create("r.raw", "64M", "raw"),
+        create("r.raw", "32M", "raw"),
+        img("info", "r.raw"),
+        img("info", "top.qcow2"),
+        img("info", "--output=json", "top.qcow2"),
+        img("info", "--backing-chain", "top.qcow2"),
+        img("info", "abs.qcow2"),
+        img("info", "top32.qcow2"),
+    ),
+    scenario(
+        "qemu_img",
+        "info",
+        create("d0.qcow2"),
+        create("r.raw", "64M", "raw"),
+        create("v2.qcow2", "64M", "qcow2", "-o", "compat=0.10"),
+        create("c4k.qcow2", "64M", "qcow2", "-o", "cluster_size=4096"),
+        img("info", "d0.qcow2"),
+        img("info", "--output=json", "d0.qcow2"),
+        img("info", "r.raw"),
+        img("info", "--output=json", "r.raw"),
+        img("info", "v2.qcow2"),
+        img("info", "c4k.qcow2"),
+        img("info", "-f", "qcow2", "r.raw"),
+        img("info", "missing.qcow2"),
+        img("check", "d0.qcow2"),
+    ),
+    scenario(
+        "qemu_img",
+        "info-with-bitmaps",
+        create("d0.qcow2"),
+        qcow2("q0", "d0.qcow2"),
+        add("q0", "p", persistent=True),
+        add("q0", "d", persistent=True, disabled=True, granularity=4096),
+        add("q0", "t"),
+        write("q0", 0, 65536),
+        {"restart": True},
+        img("info", "d0.qcow2"),
+        img("info", "--output=json", "d0.qcow2"),
+    ),
+]
+
+SCENARIOS: list[dict[str, Any]] = [
+    *ADD,
+    *MANAGE,
+    *MERGE,
+    *SHA,
+    *BLOCKDEV,
+    *GUEST,
+    *QAPI,
+    *QEMU_IMG_SCENARIOS,
+]
