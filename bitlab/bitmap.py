@@ -36,11 +36,29 @@ def _bool_from_bits(bits: bitarray) -> np.ndarray:
     return np.unpackbits(raw, bitorder="little", count=len(bits)).astype(bool)
 
 
+def merge_ranges(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of inclusive ranges ``first[i]..last[i]`` as sorted, disjoint, non-touching ranges."""
+    order = np.argsort(first, kind="stable")
+    first, last = first[order], last[order]
+    reach = np.maximum.accumulate(last)
+    new = np.empty(first.size, dtype=bool)
+    new[0] = True
+    np.greater(first[1:], reach[:-1] + 1, out=new[1:])
+    starts = first[new]
+    ends = reach[np.append(np.flatnonzero(new)[1:] - 1, first.size - 1)]
+    return starts, ends
+
+
 def range_mask(nbits: int, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """Bool mask of length ``nbits`` with every ``first[i]..last[i]`` (inclusive) set."""
-    diff = np.bincount(first, minlength=nbits + 1)[: nbits + 1].astype(np.int64)
-    diff -= np.bincount(last + 1, minlength=nbits + 1)[: nbits + 1]
-    return np.cumsum(diff[:nbits]) > 0
+    """Bool mask of length ``nbits`` with every ``first[i]..last[i]`` (inclusive) set.
+
+    Ranges are merged first, so the difference array fits in int8 (one byte per bit).
+    """
+    starts, ends = merge_ranges(first, last)
+    diff = np.zeros(nbits + 1, dtype=np.int8)
+    diff[starts] = 1
+    diff[ends + 1] = -1
+    return np.cumsum(diff[:nbits], dtype=np.int8).view(bool)
 
 
 @dataclass(eq=False)
