@@ -23,7 +23,7 @@ def _zeros(nbits: int) -> bitarray:
     return bits
 
 
-def _bits_from_bool(mask: np.ndarray) -> bitarray:
+def bits_from_bool(mask: np.ndarray) -> bitarray:
     """A little-endian bitarray from a numpy bool array (C speed both ways)."""
     bits = bitarray(endian="little")
     bits.frombytes(np.packbits(mask, bitorder="little").tobytes())
@@ -31,7 +31,7 @@ def _bits_from_bool(mask: np.ndarray) -> bitarray:
     return bits
 
 
-def _bool_from_bits(bits: bitarray) -> np.ndarray:
+def bool_from_bits(bits: bitarray) -> np.ndarray:
     raw = np.frombuffer(bits.tobytes(), dtype=np.uint8)
     return np.unpackbits(raw, bitorder="little", count=len(bits)).astype(bool)
 
@@ -113,7 +113,7 @@ class DirtyBitmap:
 
     def dirty_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         """Byte ranges (starts, lengths) of runs of set bits, clamped to the node size."""
-        mask = _bool_from_bits(self.bits).view(np.int8)
+        mask = bool_from_bits(self.bits).view(np.int8)
         edges = np.diff(np.concatenate(([0], mask, [0])))
         starts = np.flatnonzero(edges == 1).astype(np.int64) << self.shift
         ends = np.minimum(np.flatnonzero(edges == -1).astype(np.int64) << self.shift, self.size)
@@ -163,7 +163,7 @@ class DirtyBitmap:
             mask[first] = True
         else:
             mask = range_mask(self.nbits, first, last)
-        self.bits |= _bits_from_bool(mask)
+        self.bits |= bits_from_bool(mask)
 
     def reset_range(self, offset: int, length: int) -> None:
         """Clear whole chunks (hbitmap_reset requires granularity alignment)."""
@@ -188,7 +188,7 @@ class DirtyBitmap:
         if src.granularity == self.granularity:
             self.bits |= src.bits
             return
-        src_mask = _bool_from_bits(src.bits)
+        src_mask = bool_from_bits(src.bits)
         if src.granularity > self.granularity:
             factor = src.granularity // self.granularity
             mask = np.repeat(src_mask, factor)[: self.nbits]
@@ -198,7 +198,7 @@ class DirtyBitmap:
             if pad:
                 src_mask = np.concatenate((src_mask, np.zeros(pad, dtype=bool)))
             mask = src_mask.reshape(-1, factor).any(axis=1)[: self.nbits]
-        self.bits |= _bits_from_bool(mask)
+        self.bits |= bits_from_bool(mask)
 
     def snapshot(self) -> bitarray:
         """A copy of the bits (for rollback)."""

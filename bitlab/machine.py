@@ -13,10 +13,12 @@ from .block.graph import BlockGraph
 from .block.node import BlockNode
 from .block.store import ImageStore
 from .clock import DEFAULT_START_NS, SimClock
-from .errors import QMPError
+from .errors import QMPError, generic
+from .jobs.job import JobManager
 from .qmp import TABLE
 from .qmp.hmp import parse_qemu_io
 from .qmp.qapi import wire_order
+from .sim import Scheduler
 from .units import parse_size
 
 # Where the simulated machine's files appear to live (absolute paths must be inside).
@@ -33,10 +35,13 @@ class Machine:
 
     def __init__(self, *, seed: int = 0, start_ns: int = DEFAULT_START_NS, images: ImageStore | None = None,
                  workdir: str = DEFAULT_WORKDIR) -> None:
+        self._start_ns = start_ns
         self.images = images if images is not None else ImageStore()
         self.workdir = workdir
         self.graph = BlockGraph(self.images, workdir, seed=seed)
         self.clock = SimClock(start_ns)
+        self.scheduler = Scheduler(self.clock)
+        self.jobs = JobManager(self.emit, self.scheduler)
         self.events: list[dict] = []
         self.transcript: list[dict] = []  # every QMP message and reply, in order
 
@@ -69,6 +74,14 @@ class Machine:
         return msg
 
     # -- naming -------------------------------------------------------------------
+    def device_name(self, node: BlockNode) -> str:
+        """bdrv_get_device_name: the device whose root is this node (or the filter above it), else ''."""
+        view = self.graph.guest_view(node)
+        for device, root in self.graph.devices.items():
+            if root is node or root is view:
+                return device
+        return ""
+
     def device_or_node_name(self, node: BlockNode) -> str:
         """bdrv_get_device_or_node_name: the device above the node, else its node name."""
         for device, root in self.graph.devices.items():
@@ -76,12 +89,65 @@ class Machine:
                 return device
         return node.node_name
 
+    # -- simulated time -----------------------------------------------------------
+    def step(self) -> bool:
+        """Run the next scheduled simulation event; False when nothing is left."""
+        return self.scheduler.step()
+
+    def run(self, until: float | None = None) -> None:
+        """Run until idle, or until the simulated time ``until`` (seconds since the machine's epoch)."""
+        until_ns = None if until is None else self._start_ns + int(until * 1_000_000_000)
+        self.scheduler.run(until_ns)
+
+    @property
+    def now(self) -> float:
+        """Simulated seconds since the machine started."""
+        return (self.clock.now_ns - self._start_ns) / 1_000_000_000
+
+    # -- drives (the system emulator's -drive if=none) ------------------------------
+    def add_drive(self, name: str, size: int | str = "64M", format: str = "qcow2", *, file: str | None = None,
+                  blkdebug: dict | None = None) -> str:
+        """Like ``-drive if=none,id=NAME,file=FILE,format=FORMAT``: a device over auto-named nodes.
+
+        ``blkdebug={"inject-error": [...], "set-state": [...]}`` puts a blkdebug node between the
+        format node and its file. The image is created if it does not exist. Returns the root
+        node's name.
+        """
+        if name in self.graph.devices or name in self.graph.nodes:
+            raise generic(f"Duplicate ID '{name}' for drive")
+        filename = file or f"{name}.{format}"
+        if self.graph.store_key(filename) not in self.images:
+            self.qemu_img("create", "-f", format, filename, str(size))
+        file_opts: dict = {"driver": "file", "filename": filename}
+        if blkdebug is not None:
+            file_opts = {"driver": "blkdebug", "image": file_opts, **blkdebug}
+        node = self.graph.open({"driver": format, "file": file_opts})
+        self.graph.devices[name] = node
+        return node.node_name
+
+    def create_image(self, filename: str, fmt: str, size: int, backing: BlockNode | None) -> None:
+        """bdrv_img_create, as drive-backup uses it."""
+        args = ["create", "-f", fmt]
+        if backing is not None:
+            args += ["-b", backing.filename, "-F", backing.driver]
+        try:
+            self.qemu_img(*args, filename, str(size))
+        except _qemu_img.QemuImgError as err:
+            raise generic(err.stderr.strip().removeprefix("qemu-img: ")) from None
+
+    def probe_format(self, filename: str) -> str:
+        key = self.graph.store_key(filename)
+        if key not in self.images:
+            raise generic(f"Could not open '{filename}': No such file or directory")
+        return self.images[key].fmt
+
     def close_node(self, name: str) -> None:
         self.graph.delete(name)
 
     # -- guest I/O ----------------------------------------------------------------
     def _node(self, name: str) -> BlockNode:
-        return self.graph.devices.get(name) or self.graph.lookup_node(name)
+        """The node a guest's I/O to ``name`` (device or node) enters."""
+        return self.graph.guest_view(self.graph.devices.get(name) or self.graph.lookup_node(name))
 
     def hmp(self, command_line: str) -> str:
         """human-monitor-command through QMP; returns the monitor's text."""

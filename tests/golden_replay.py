@@ -32,8 +32,6 @@ DIFFERENT_COMMANDS = {
     "query-version": "bitlab reports QEMU 7.2.0 with package 'bitlab <version>', not Debian's build",
     "query-commands": "bitlab implements a different set of commands",
     "human-monitor-command": "bitlab's monitor is the system emulator's, which has HMP; qsd has none",
-    "query-jobs": "jobs come with issue 3",
-    "query-block-jobs": "jobs come with issue 3",
     "query-block-exports": "NBD exports are not simulated",
     "block-export-add": "NBD exports are not simulated",
     "block-export-del": "NBD exports are not simulated",

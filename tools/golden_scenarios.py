@@ -15,10 +15,28 @@ for asynchronous events before the next step):
   (qemu-io ``write -P``, ``write -z``, ``discard``).
 * ``{"restart": True}`` -- quit the daemon cleanly and start a new one
   (same work directory, no nodes); ``{"kill": True}`` -- SIGKILL instead.
+* ``{"write": {..., "flush": False}}`` -- the write goes through a minimal NBD
+  client that sends no flush (qemu-io flushes on close, which fires blkdebug's
+  ``flush_to_disk`` event); ``{"flush": {"node"}}`` -- qemu-io ``flush`` over NBD.
+* ``{"hmp": "command line"}`` -- human-monitor-command (system emulator; the
+  qemu-io text it prints to stdout is recorded as the step's ``stdout``).
+* ``{"wait-job": {"id", "status"[, "timeout"]}}`` -- wait until a
+  JOB_STATUS_CHANGE with that id and status has arrived (each such event
+  satisfies one wait-job step); ``{"settle-jobs": True}`` -- poll query-jobs
+  (unrecorded) until it is ``[]`` or every job is concluded, pending or paused.
+  Both record only ``{"ok": true}`` or ``{"timeout": true}``.
+
+Scenario keys besides ``group``, ``name``, ``steps``: ``"machine": "system"``
+with ``"drives": [{"id", "file", "format", "size"[, "blkdebug": {...}]}]`` runs
+``qemu-system-x86_64 -M none`` with those ``-drive if=none`` devices instead of
+qemu-storage-daemon; ``"mark-reply": True`` records ``events-before-reply``.
 
 Never add ``block-dirty-bitmap-merge`` with ``"bitmaps": []``: it crashes
 QEMU 7.2 (SIGSEGV), see /work/shared/reference/real-qemu.md.  The same goes for
-a ``block-dirty-bitmap-enable`` transaction action naming a missing bitmap.
+a ``block-dirty-bitmap-enable`` transaction action naming a missing bitmap, a
+transaction that touches bitmap X and then rolls back a backup of X with
+``bitmap-mode: always`` (use after free), and a grouped transaction in which an
+action fails after two backup jobs were created (never replies).
 """
 
 from __future__ import annotations
@@ -41,6 +59,12 @@ GROUPS = (
     "guest_io",
     "qapi_errors",
     "qemu_img",
+    "jobs",
+    "backup_errors",
+    "backup_sync",
+    "transaction",
+    "blkdebug",
+    "system",
 )
 
 
@@ -1132,6 +1156,350 @@ QEMU_IMG_SCENARIOS = [
     ),
 ]
 
+# --- 8. jobs, backups, transactions (recorded with "mark-reply") --------------
+
+SPEED = 1 * M  # a 64 MiB backup at this speed runs ~60 s: always cancelled in the scenario
+THROTTLE_SETTLE = 0.1
+
+
+def jscenario(group: str, name: str, *steps: Step, **extra: Any) -> dict[str, Any]:
+    """A scenario that records where each command's reply came among its events."""
+    return {"group": group, "name": name, "mark-reply": True, **extra, "steps": list(steps)}
+
+
+def dashed(kw: dict[str, Any]) -> dict[str, Any]:
+    """Python keyword names to QAPI member names (``auto_finalize`` -> ``auto-finalize``)."""
+    return {k.replace("_", "-"): v for k, v in kw.items()}
+
+
+def backup(device: str, target: str, sync: str, job_id: str | None = None, **kw: Any) -> Step:
+    """blockdev-backup (``kw``: speed, bitmap, bitmap_mode, auto_finalize, x_perf, ...)."""
+    args: dict[str, Any] = {} if job_id is None else {"job-id": job_id}
+    return qmp("blockdev-backup", {**args, "device": device, "target": target, "sync": sync, **dashed(kw)})
+
+
+def throttled(device: str, target: str, sync: str, job_id: str | None = None, **kw: Any) -> Step:
+    """A blockdev-backup at ``SPEED``; waits 0.1 s so the first chunk (1 MiB + 64 KiB) is copied.
+
+    The job then sleeps on its rate limit for about a second, so queries, pauses
+    and cancels made right after see a fixed offset (1114112).
+    """
+    step = backup(device, target, sync, job_id, speed=SPEED, **kw)
+    step["settle"] = THROTTLE_SETTLE
+    return step
+
+
+def backup_action(device: str, target: str, sync: str, job_id: str | None = None, **kw: Any) -> dict[str, Any]:
+    """A blockdev-backup transaction action."""
+    args: dict[str, Any] = {} if job_id is None else {"job-id": job_id}
+    return action("blockdev-backup", **args, device=device, target=target, sync=sync, **kw)
+
+
+def action(kind: str, **data: Any) -> dict[str, Any]:
+    """A transaction action ``{"type": kind, "data": data}``."""
+    return {"type": kind, "data": dashed(data)}
+
+
+def transaction(*actions: dict[str, Any], mode: str | None = None) -> Step:
+    """transaction (``mode``: completion-mode property)."""
+    args: dict[str, Any] = {"actions": list(actions)}
+    if mode is not None:
+        args["properties"] = {"completion-mode": mode}
+    return qmp("transaction", args)
+
+
+def settle() -> Step:
+    """Wait until no job is running (unrecorded query-jobs polling)."""
+    return {"settle-jobs": True}
+
+
+def wait(job_id: str, status: str, timeout: float = 10) -> Step:
+    """Wait for JOB_STATUS_CHANGE {id: job_id, status}."""
+    return {"wait-job": {"id": job_id, "status": status, "timeout": timeout}}
+
+
+def jobs() -> Step:
+    """query-jobs."""
+    return qmp("query-jobs")
+
+
+def bjobs() -> Step:
+    """query-block-jobs."""
+    return qmp("query-block-jobs")
+
+
+def job(verb: str, job_id: str) -> Step:
+    """job-<verb> {id}."""
+    return qmp(f"job-{verb}", {"id": job_id})
+
+
+def bjob(verb: str, job_id: str, **kw: Any) -> Step:
+    """block-job-<verb> ({id} for finalize/dismiss, else {device})."""
+    key = "id" if verb in ("finalize", "dismiss") else "device"
+    return qmp(f"block-job-{verb}", {key: job_id, **kw})
+
+
+def hmp(command_line: str) -> Step:
+    """human-monitor-command (system emulator only)."""
+    return {"hmp": command_line}
+
+
+def nf_write(node: str, offset: int, length: int, pattern: int = 0x41) -> Step:
+    """A guest write over NBD that sends no flush (keeps blkdebug flush rules unarmed)."""
+    return {"write": {"node": node, "offset": offset, "length": length, "pattern": pattern, "flush": False}}
+
+
+def flush(node: str) -> Step:
+    """A guest flush over NBD (fires blkdebug's flush_to_disk if anything was written)."""
+    return {"flush": {"node": node}}
+
+
+def image(name: str, size: str = "64M", **kw: Any) -> list[Step]:
+    """qemu-img create ``<name>.qcow2`` and blockdev-add it as qcow2 node ``name``."""
+    return [create(f"{name}.qcow2", size), qcow2(name, f"{name}.qcow2", **kw)]
+
+
+def blkdebug_qcow2(name: str, filename: str, **rules: Any) -> Step:
+    """blockdev-add qcow2 ``name`` over blkdebug ``dbg-<name>`` over file ``f-<name>``."""
+    file = {"driver": "file", "node-name": f"f-{name}", "filename": filename}
+    dbg = {"driver": "blkdebug", "node-name": f"dbg-{name}", "image": file, **dashed(rules)}
+    return qmp("blockdev-add", {"driver": "qcow2", "node-name": name, "file": dbg})
+
+
+def drive0_t0(*writes: tuple[int, int]) -> list[Step]:
+    """qcow2 source ``drive0`` and target ``t0`` (64 MiB each), plus guest writes to drive0."""
+    return [*image("drive0"), *image("t0"), *(write("drive0", o, n) for o, n in writes)]
+
+
+JOBS = [
+    jscenario(
+        "jobs",
+        "full-auto",
+        *drive0_t0((0, 65536)),
+        jobs(),
+        bjobs(),
+        backup("drive0", "t0", "full", "j0"),
+        settle(),
+        jobs(),
+        bjobs(),
+    ),
+    jscenario(
+        "jobs",
+        "full-auto-finalize-false",
+        *drive0_t0((0, 65536)),
+        backup("drive0", "t0", "full", "j0", auto_finalize=False),
+        wait("j0", "pending"),
+        jobs(),
+        bjobs(),
+        job("pause", "j0"),
+        job("resume", "j0"),
+        job("complete", "j0"),
+        job("dismiss", "j0"),
+        bjob("pause", "j0"),
+        bjob("resume", "j0"),
+        bjob("complete", "j0"),
+        bjob("dismiss", "j0"),
+        bjob("set-speed", "j0", speed=1024),
+        job("finalize", "nope"),
+        job("finalize", "j0"),
+        settle(),
+        jobs(),
+        job("finalize", "j0"),
+    ),
+    jscenario(
+        "jobs",
+        "full-block-job-finalize",
+        *drive0_t0((0, 65536)),
+        backup("drive0", "t0", "full", "j0", auto_finalize=False, auto_dismiss=False),
+        wait("j0", "pending"),
+        bjob("finalize", "j0"),
+        settle(),
+        bjobs(),
+        jobs(),
+        bjob("dismiss", "j0"),
+        jobs(),
+    ),
+    jscenario(
+        "jobs",
+        "full-auto-dismiss-false",
+        *drive0_t0((0, 65536)),
+        backup("drive0", "t0", "full", "j0", auto_dismiss=False),
+        settle(),
+        jobs(),
+        bjobs(),
+        job("pause", "j0"),
+        job("resume", "j0"),
+        job("complete", "j0"),
+        job("finalize", "j0"),
+        bjob("set-speed", "j0", speed=1024),
+        bjob("cancel", "j0"),
+        backup("drive0", "t0", "full", "j0"),
+        job("cancel", "j0"),
+        jobs(),
+        job("dismiss", "j0"),
+        jobs(),
+        job("dismiss", "j0"),
+        backup("drive0", "t0", "full", "j0", auto_dismiss=False, auto_finalize=False),
+        wait("j0", "pending"),
+        job("finalize", "j0"),
+        settle(),
+        jobs(),
+        bjob("dismiss", "j0"),
+        jobs(),
+    ),
+    jscenario(
+        "jobs",
+        "throttled-queries-and-verbs",
+        *drive0_t0((0, 65536), (8 * M, 65536)),
+        throttled("drive0", "t0", "full", "j0"),
+        jobs(),
+        bjobs(),
+        job("complete", "j0"),
+        bjob("complete", "j0"),
+        job("finalize", "j0"),
+        job("dismiss", "j0"),
+        bjob("set-speed", "j0", speed=2 * SPEED),
+        bjobs(),
+        bjob("set-speed", "j0", speed=-1),
+        bjob("set-speed", "j0", speed=SPEED),
+        job("resume", "j0"),
+        job("pause", "j0"),
+        job("pause", "j0"),
+        bjob("pause", "j0"),
+        jobs(),
+        bjobs(),
+        job("resume", "j0"),
+        job("resume", "j0"),
+        jobs(),
+        bjob("pause", "j0"),
+        bjobs(),
+        bjob("resume", "j0"),
+        bjob("resume", "j0"),
+        bjobs(),
+        job("cancel", "j0"),
+        settle(),
+        jobs(),
+        bjobs(),
+    ),
+    jscenario(
+        "jobs",
+        "block-job-cancel-user-paused",
+        *drive0_t0((0, 65536)),
+        throttled("drive0", "t0", "full", "j0"),
+        job("pause", "j0"),
+        bjob("cancel", "j0"),
+        bjob("cancel", "j0", force=False),
+        jobs(),
+        bjob("cancel", "j0", force=True),
+        settle(),
+        jobs(),
+    ),
+    jscenario(
+        "jobs",
+        "job-cancel-user-paused",
+        *drive0_t0((0, 65536)),
+        throttled("drive0", "t0", "full", "j0"),
+        bjob("pause", "j0"),
+        bjobs(),
+        job("cancel", "j0"),
+        settle(),
+        jobs(),
+    ),
+    jscenario(
+        "jobs",
+        "cancel-running-throttled",
+        *drive0_t0((0, 65536), (8 * M, 65536), (9 * M, 65536)),
+        throttled("drive0", "t0", "full", "j0", auto_dismiss=False),
+        jobs(),
+        job("cancel", "j0"),
+        settle(),
+        jobs(),
+        bjobs(),
+        job("dismiss", "j0"),
+        throttled("drive0", "t0", "full", "j1"),
+        bjob("cancel", "j1"),
+        settle(),
+    ),
+    jscenario(
+        "jobs",
+        "cancel-pending",
+        *drive0_t0((0, 65536)),
+        backup("drive0", "t0", "full", "j0", auto_finalize=False),
+        wait("j0", "pending"),
+        job("cancel", "j0"),
+        settle(),
+        jobs(),
+        backup("drive0", "t0", "full", "j1", auto_finalize=False, auto_dismiss=False),
+        wait("j1", "pending"),
+        bjob("cancel", "j1"),
+        settle(),
+        jobs(),
+        job("dismiss", "j1"),
+    ),
+    jscenario(
+        "jobs",
+        "unknown-ids",
+        *drive0_t0(),
+        *(job(v, "nope") for v in ("pause", "resume", "cancel", "complete", "finalize", "dismiss")),
+        *(bjob(v, "nope") for v in ("pause", "resume", "cancel", "complete", "finalize", "dismiss")),
+        bjob("set-speed", "nope", speed=0),
+        qmp("job-pause", {}),
+        qmp("job-pause", {"id": "j0", "x": 1}),
+        qmp("block-job-cancel", {"device": "nope", "force": "yes"}),
+        qmp("block-job-set-speed", {"device": "nope"}),
+        throttled("drive0", "t0", "full", "j0"),
+        job("pause", "J0"),
+        bjob("pause", "drive0"),
+        bjob("pause", "t0"),
+        job("cancel", "j0"),
+        settle(),
+    ),
+    jscenario(
+        "jobs",
+        "job-ids",
+        *drive0_t0(),
+        *image("t1"),
+        backup("drive0", "t0", "full", "1bad"),
+        backup("drive0", "t0", "full", ""),
+        backup("drive0", "t0", "full", "a b"),
+        backup("drive0", "t0", "full", "#j"),
+        backup("drive0", "t0", "full", "-j"),
+        backup("drive0", "t0", "full"),
+        qmp("blockdev-backup", {"job-id": 5, "device": "drive0", "target": "t0", "sync": "full"}),
+        throttled("drive0", "t0", "full", "drive0"),
+        backup("drive0", "t1", "full", "drive0"),
+        jobs(),
+        job("cancel", "drive0"),
+        settle(),
+        throttled("drive0", "t0", "full", "ok-id_1.x"),
+        jobs(),
+        job("cancel", "ok-id_1.x"),
+        settle(),
+        throttled("drive0", "t0", "full", "j" * 300),
+        jobs(),
+        job("cancel", "j" * 300),
+        settle(),
+    ),
+    jscenario(
+        "jobs",
+        "sync-none",
+        *drive0_t0((0, 65536), (4 * M, 65536)),
+        qmp("blockdev-backup", {"job-id": "j0", "device": "drive0", "target": "t0", "sync": "none"}, settle=0.1),
+        jobs(),
+        bjobs(),
+        write("drive0", 0, 65536, 0x42),
+        write("drive0", 0, 512, 0x43),
+        write("drive0", 32 * M, 131072, 0x44),
+        jobs(),
+        bjobs(),
+        job("complete", "j0"),
+        job("cancel", "j0"),
+        settle(),
+        jobs(),
+    ),
+]
+
+
 SCENARIOS: list[dict[str, Any]] = [
     *ADD,
     *MANAGE,
@@ -1141,4 +1509,5 @@ SCENARIOS: list[dict[str, Any]] = [
     *GUEST,
     *QAPI,
     *QEMU_IMG_SCENARIOS,
+    *JOBS,
 ]

@@ -13,6 +13,7 @@ import re
 
 from ..bitmap import DirtyBitmap
 from ..errors import generic
+from .blkdebug import BlkdebugNode
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
 from .store import ImageStore, StoredBitmap
 
@@ -89,7 +90,7 @@ class BlockGraph:
         self._auto_counter += 1
         return name
 
-    def _check_name(self, name: str) -> None:
+    def check_name(self, name: str) -> None:
         if not id_wellformed(name):
             raise generic(f"Invalid node-name: '{name}'")
         if len(name) > MAX_NODE_NAME:
@@ -112,7 +113,7 @@ class BlockGraph:
         """Open one node (and its children) from checked BlockdevOptions."""
         name = opts.get("node-name")
         if name is not None:
-            self._check_name(name)
+            self.check_name(name)
         if opts.get("detect-zeroes") == "unmap" and opts.get("discard") != "unmap":
             raise generic("setting detect-zeroes to unmap is not allowed without setting discard "
                           "operation to unmap")
@@ -142,6 +143,12 @@ class BlockGraph:
                 raise generic(f"Could not open '{opts['filename']}': No such file or directory")
             node = FileNode(name or self.auto_name(), image=self.store[key], auto_named=name is None, **common)
             return named(node)
+        if driver == "blkdebug":
+            inner = self._child(opts["image"], opts, ro)
+            node = BlkdebugNode(name or self.auto_name(), inject_error=opts.get("inject-error", []),
+                                set_state=opts.get("set-state", []), auto_named=name is None, **common)
+            self._attach(node, "image", inner)
+            return named(node)
         if driver in ("raw", "qcow2"):
             file_node = self._child(opts["file"], opts, ro)
             image = getattr(file_node, "image", None)
@@ -166,7 +173,7 @@ class BlockGraph:
                 self._load_bitmaps(node)
             return node
         raise generic(f"bitlab does not simulate the '{driver}' block driver "
-                      "(supported: null-co, null-aio, file, raw, qcow2)")
+                      "(supported: null-co, null-aio, file, raw, qcow2, blkdebug)")
 
     def _open_backing(self, node: Qcow2Node, opts: dict) -> None:
         image = node.image
@@ -208,6 +215,47 @@ class BlockGraph:
     def _attach(self, parent: BlockNode, role: str, child: BlockNode) -> None:
         parent.children.append((role, child))
         child.parents += 1
+
+    # -- filters (a backup's copy-before-write) ---------------------------------------------
+    def insert_filter(self, source: BlockNode, cbw: BlockNode, target: BlockNode, copy_bitmap: DirtyBitmap) -> None:
+        """bdrv_cbw_append: the filter takes the source's place above it."""
+        self.nodes[cbw.node_name] = cbw
+        self._attach(cbw, "file", source)
+        self._attach(cbw, "target", target)
+        source.add_bitmap(copy_bitmap)
+        source.filtered_by = cbw
+        for device, root in self.devices.items():
+            if root is source:
+                self.devices[device] = cbw
+
+    def remove_filter(self, cbw: BlockNode, copy_bitmap: DirtyBitmap) -> None:
+        """bdrv_cbw_drop: the source is back in its place."""
+        source = cbw.child("file")
+        if copy_bitmap in source.bitmaps:
+            source.bitmaps.remove(copy_bitmap)
+        source.filtered_by = None
+        for device, root in self.devices.items():
+            if root is cbw:
+                self.devices[device] = source
+        for _, child in cbw.children:
+            child.parents -= 1
+        cbw.children = []
+        self.nodes.pop(cbw.node_name, None)
+
+    def release_job_target(self, target: BlockNode) -> None:
+        """A drive-backup target opened for the job goes with it."""
+        if target.parents == 0 and target.node_name not in self.monitor_owned:
+            self.release(target)
+
+    def set_backing(self, node: BlockNode, backing: BlockNode) -> None:
+        """bdrv_set_backing_hd."""
+        self._attach(node, "backing", backing)
+
+    def guest_view(self, node: BlockNode) -> BlockNode:
+        """Where a guest's I/O to ``node`` enters: the filter above it during a backup."""
+        while getattr(node, "filtered_by", None) is not None:
+            node = node.filtered_by
+        return node
 
     # -- persistent bitmaps -------------------------------------------------------
     def _load_bitmaps(self, node: Qcow2Node) -> None:

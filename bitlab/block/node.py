@@ -44,6 +44,8 @@ class BlockNode:
         self.bitmaps: list[DirtyBitmap] = []
         self.children: list[tuple[str, BlockNode]] = []
         self.parents: int = 0
+        self.filtered_by: BlockNode | None = None  # a backup's copy-before-write filter above
+        self.job_blocker: str | None = None  # why a running job keeps other jobs off this node
 
     # -- geometry -----------------------------------------------------------------
     @property
@@ -111,8 +113,33 @@ class BlockNode:
         self._unmap(offset, length)
 
     def read_extents(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What a guest reads: runs (starts, ends, values), through backing files."""
+        """What a guest reads: runs (starts, ends, values), through backing files (no I/O events)."""
         raise NotImplementedError
+
+    def pread(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A read request: like :meth:`read_extents`, but drivers report I/O (blkdebug may fail it)."""
+        return self.read_extents(offset, length)
+
+    def block_status(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runs (starts, ends, is_data): False where the range reads as zeroes without data."""
+        starts, ends, vals = self.read_extents(offset, length)
+        return starts, ends, np.ones(starts.size, dtype=bool)
+
+    def is_allocated(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runs (starts, ends, allocated) in this node's own layer (bdrv_is_allocated)."""
+        return np.array([offset]), np.array([offset + length]), np.array([True])
+
+    def flush(self) -> None:
+        """A flush request."""
+        file = self.child("file")
+        if file is not None:
+            file.flush()
+
+    def debug_event(self, event: str) -> None:
+        """BLKDBG_EVENT reaching this node: only blkdebug reacts."""
+
+    def debug_check(self, iotype: str, offset: int, length: int) -> None:
+        """A request reaching this node: only blkdebug may fail it."""
 
     def _store(self, offset: int, length: int, value: int) -> None:
         raise NotImplementedError
@@ -252,7 +279,16 @@ class RawNode(FormatNode):
 
     def write(self, offset, length, value):
         self._dirty(offset, length)
+        self.file.debug_event("write_aio")
         self.file.write(offset, length, value)
+
+    def pread(self, offset, length):
+        self.file.debug_event("read_aio")
+        return self.file.pread(offset, length)
+
+    def block_status(self, offset, length):
+        starts, ends, vals = self.read_extents(offset, length)
+        return starts, ends, vals != 0
 
     def write_batch(self, offsets, lengths, values):
         self._dirty_batch(offsets, lengths)
@@ -324,8 +360,54 @@ class Qcow2Node(FormatNode):
                 np.concatenate(out_v).astype(np.int64))
 
     def _store(self, offset, length, value):
+        if self.image.data.value_at(offset) < 0 or self.image.data.value_at(offset + length - 1) < 0:
+            self.file.debug_event("cluster_alloc")
+            self.file.debug_event("l2_update")
+        self.file.debug_event("write_aio")
+        self.file.debug_check("write", offset, length)
         self.image.data.write(offset, length, value)
         self.image.note_allocation()
+
+    def pread(self, offset, length):
+        """Data runs are read from the file (read_aio); holes come from the backing file."""
+        starts, ends, vals = self.image.data.extents(offset, length)
+        data = vals >= 0
+        for s, e in zip(starts[data], ends[data]):
+            self.file.debug_event("read_aio")
+            self.file.debug_check("read", int(s), int(e - s))
+        backing = self.backing
+        if backing is not None:
+            for s, e in zip(starts[vals == UNALLOCATED], ends[vals == UNALLOCATED]):
+                if s < backing.size:
+                    backing.pread(int(s), int(min(e, backing.size) - s))
+        return self.read_extents(offset, length)
+
+    def block_status(self, offset, length):
+        starts, ends, vals = self.image.data.extents(offset, length)
+        is_data = vals >= 0
+        backing = self.backing
+        if backing is None or not (vals == UNALLOCATED).any():
+            return starts, ends, is_data
+        out_s, out_e, out_d = [], [], []
+        for s, e, v in zip(starts, ends, vals):
+            if v == UNALLOCATED and s < backing.size:
+                bs, be, bd = backing.block_status(int(s), int(min(e, backing.size) - s))
+                out_s.append(bs), out_e.append(be), out_d.append(bd)
+                if e > backing.size:
+                    out_s.append([backing.size]), out_e.append([e]), out_d.append([False])
+            else:
+                out_s.append([s]), out_e.append([e]), out_d.append([v >= 0])
+        return (np.concatenate(out_s).astype(np.int64), np.concatenate(out_e).astype(np.int64),
+                np.concatenate(out_d).astype(bool))
+
+    def is_allocated(self, offset, length):
+        starts, ends, vals = self.image.data.extents(offset, length)
+        return starts, ends, vals != UNALLOCATED
+
+    def flush(self):
+        self.file.debug_event("flush_to_os")
+        self.file.debug_event("flush_to_disk")
+        self.file.debug_check("flush", 0, 0)
 
     def _store_batch(self, offsets, lengths, values):
         self.image.data.write_batch(offsets, lengths, values)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Any
 
+from ..block.blkdebug import BlockIOError
 from ..errors import generic
 from ..units import parse_size
 from .commands import TABLE
@@ -79,6 +81,7 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
     node = vm.graph.devices.get(device) or vm.graph.nodes.get(device)
     if node is None:
         raise generic(f"Cannot find device='{device}' nor node-name='{device}'")
+    node = vm.graph.guest_view(node)
     try:
         verb, opts = parse_qemu_io(command)
     except QemuIoError as err:
@@ -86,18 +89,21 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
     offset, length = opts["offset"], opts["length"]
     if offset + length > node.size:
         return f"{verb} failed: Input/output error\n"
-    if verb == "write":
-        if opts.get("zero"):
-            node.write_zeroes(offset, length)
-        else:
-            node.write(offset, length, opts.get("pattern", 0xCD))
-        return _report("wrote", offset, length)
-    if verb == "discard":
-        node.discard(offset, length)
-        return _report("discard", offset, length)
+    try:
+        if verb == "write":
+            if opts.get("zero"):
+                node.write_zeroes(offset, length)
+            else:
+                node.write(offset, length, opts.get("pattern", 0xCD))
+            return _report("wrote", offset, length)
+        if verb == "discard":
+            node.discard(offset, length)
+            return _report("discard", offset, length)
+        starts, ends, vals = node.pread(offset, length)
+    except BlockIOError as err:
+        return f"{verb} failed: {os.strerror(err.errno)}\n"
     out = ""
     if "pattern" in opts:
-        starts, ends, vals = node.read_extents(offset, length)
         bad = vals != opts["pattern"]
         if bad.any():
             first = int(starts[bad][0])

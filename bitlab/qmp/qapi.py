@@ -77,6 +77,7 @@ class Alternate:
 QType = Union[Builtin, Enum, Array, Struct, Union_, Alternate]  # noqa: UP007 (recursive alias)
 
 STR, INT, INT64, BOOL = Builtin("str"), Builtin("int"), Builtin("int64"), Builtin("bool")
+INT32 = Builtin("int32")
 UINT32, UINT64, SIZE = Builtin("uint32"), Builtin("uint64"), Builtin("size")
 NUMBER, ANY, NULL = Builtin("number"), Builtin("any"), Builtin("null")
 

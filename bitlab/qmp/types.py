@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from ..block.blkdebug import BLKDEBUG_EVENTS, IO_TYPES
 from .qapi import (
     BOOL,
     INT,
+    INT32,
+    INT64,
     NULL,
     SIZE,
     STR,
@@ -95,3 +98,91 @@ BlockdevDel = struct("q_obj_blockdev-del-arg", m("node-name", STR))
 QueryNamedBlockNodes = struct("q_obj_query-named-block-nodes-arg", m("*flat", BOOL))
 HumanMonitorCommand = struct("q_obj_human-monitor-command-arg", m("command-line", STR), m("*cpu-index", INT))
 BlockResize = struct("q_obj_block_resize-arg", m("*device", STR), m("*node-name", STR), m("size", SIZE))
+
+# -- blkdebug ------------------------------------------------------------------------------
+
+BlkdebugEvent = Enum("BlkdebugEvent", BLKDEBUG_EVENTS)
+BlkdebugIOType = Enum("BlkdebugIOType", IO_TYPES)
+BlkdebugInjectErrorOptions = struct(
+    "BlkdebugInjectErrorOptions",
+    m("event", BlkdebugEvent), m("*state", INT), m("*iotype", BlkdebugIOType), m("*errno", INT),
+    m("*sector", INT), m("*once", BOOL), m("*immediately", BOOL),
+)
+BlkdebugSetStateOptions = struct(
+    "BlkdebugSetStateOptions", m("event", BlkdebugEvent), m("*state", INT), m("new_state", INT),
+)
+BlockPermission = Enum("BlockPermission", ("consistent-read", "write", "write-unchanged", "resize"))
+BlockdevOptionsBlkdebug = struct(
+    "BlockdevOptionsBlkdebug",
+    m("image", BlockdevRef), m("*config", STR), m("*align", INT), m("*max-transfer", INT32),
+    m("*opt-write-zero", INT32), m("*max-write-zero", INT32), m("*opt-discard", INT32),
+    m("*max-discard", INT32), m("*inject-error", Array(BlkdebugInjectErrorOptions)),
+    m("*set-state", Array(BlkdebugSetStateOptions)), m("*take-child-perms", Array(BlockPermission)),
+    m("*unshare-child-perms", Array(BlockPermission)),
+)
+_variants["blkdebug"] = BlockdevOptionsBlkdebug
+
+# -- backup ---------------------------------------------------------------------------------
+
+MirrorSyncMode = Enum("MirrorSyncMode", ("top", "full", "none", "incremental", "bitmap"))
+BitmapSyncMode = Enum("BitmapSyncMode", ("on-success", "never", "always"))
+BlockdevOnError = Enum("BlockdevOnError", ("report", "ignore", "enospc", "stop", "auto"))
+NewImageMode = Enum("NewImageMode", ("existing", "absolute-paths"))
+BackupPerf = struct(
+    "BackupPerf", m("*use-copy-range", BOOL), m("*max-workers", INT), m("*max-chunk", INT64),
+)
+BackupCommon = struct(
+    "BackupCommon",
+    m("*job-id", STR), m("device", STR), m("sync", MirrorSyncMode), m("*speed", INT), m("*bitmap", STR),
+    m("*bitmap-mode", BitmapSyncMode), m("*compress", BOOL), m("*on-source-error", BlockdevOnError),
+    m("*on-target-error", BlockdevOnError), m("*auto-finalize", BOOL), m("*auto-dismiss", BOOL),
+    m("*filter-node-name", STR), m("*x-perf", BackupPerf),
+)
+DriveBackup = struct("DriveBackup", m("target", STR), m("*format", STR), m("*mode", NewImageMode),
+                     base=BackupCommon)
+BlockdevBackup = struct("BlockdevBackup", m("target", STR), base=BackupCommon)
+
+# -- jobs -----------------------------------------------------------------------------------
+
+JobId = struct("q_obj_job-cancel-arg", m("id", STR))
+BlockJobDevice = struct("q_obj_block-job-pause-arg", m("device", STR))
+BlockJobCancel = struct("q_obj_block-job-cancel-arg", m("device", STR), m("*force", BOOL))
+BlockJobSetSpeed = struct("q_obj_block-job-set-speed-arg", m("device", STR), m("speed", INT))
+BlockJobId = struct("q_obj_block-job-finalize-arg", m("id", STR))
+
+# -- transaction ----------------------------------------------------------------------------
+
+BlockdevSnapshot = struct("BlockdevSnapshot", m("node", STR), m("overlay", STR))
+BlockdevSnapshotInternal = struct("BlockdevSnapshotInternal", m("device", STR), m("name", STR))
+BlockdevSnapshotSync = struct(
+    "BlockdevSnapshotSync",
+    m("*device", STR), m("*node-name", STR), m("snapshot-file", STR), m("*snapshot-node-name", STR),
+    m("*format", STR), m("*mode", NewImageMode),
+)
+Abort = struct("Abort")
+TRANSACTION_ACTIONS = {
+    "abort": Abort,
+    "block-dirty-bitmap-add": BlockDirtyBitmapAdd,
+    "block-dirty-bitmap-remove": BlockDirtyBitmap,
+    "block-dirty-bitmap-clear": BlockDirtyBitmap,
+    "block-dirty-bitmap-enable": BlockDirtyBitmap,
+    "block-dirty-bitmap-disable": BlockDirtyBitmap,
+    "block-dirty-bitmap-merge": BlockDirtyBitmapMerge,
+    "blockdev-backup": BlockdevBackup,
+    "blockdev-snapshot": BlockdevSnapshot,
+    "blockdev-snapshot-internal-sync": BlockdevSnapshotInternal,
+    "blockdev-snapshot-sync": BlockdevSnapshotSync,
+    "drive-backup": DriveBackup,
+}
+TransactionActionKind = Enum("TransactionActionKind", tuple(TRANSACTION_ACTIONS))
+TransactionAction = Union_(
+    "TransactionAction",
+    struct("q_obj_TransactionAction-base", m("type", TransactionActionKind)),
+    "type",
+    {kind: struct(f"{data.name}Wrapper", m("data", data)) for kind, data in TRANSACTION_ACTIONS.items()},
+)
+ActionCompletionMode = Enum("ActionCompletionMode", ("individual", "grouped"))
+TransactionProperties = struct("TransactionProperties", m("*completion-mode", ActionCompletionMode))
+TransactionArgs = struct(
+    "q_obj_transaction-arg", m("actions", Array(TransactionAction)), m("*properties", TransactionProperties),
+)

@@ -1,0 +1,157 @@
+"""``blkdebug``: rules that inject I/O errors when the driver above reports events.
+
+As in block/blkdebug.c: the state starts at 1; an event runs every rule registered
+for it whose ``state`` is 0 or the current state. ``set-state`` rules pick the next
+state; ``inject-error`` rules become the *active* rules (replacing the previous
+set), and the next request of a matching I/O type (and sector, if given) fails with
+``errno``; a ``once`` rule is then removed for good.
+
+bitlab's qcow2 and raw nodes report ``read_aio`` and ``write_aio`` for data reads and
+writes, ``cluster_alloc`` and ``l2_update`` when a write allocates clusters, and
+``flush_to_os``/``flush_to_disk`` for flushes; QEMU reports many more (metadata
+events) that bitlab does not model.
+"""
+
+from __future__ import annotations
+
+from .node import BlockNode, round_sector
+
+BLKDEBUG_EVENTS = (
+    "l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table", "l2_load",
+    "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write", "read_aio",
+    "read_backing_aio", "read_compressed", "write_aio", "write_compressed", "vmstate_load",
+    "vmstate_save", "cow_read", "cow_write", "reftable_load", "reftable_grow", "reftable_update",
+    "refblock_load", "refblock_update", "refblock_update_part", "refblock_alloc",
+    "refblock_alloc_hookup", "refblock_alloc_write", "refblock_alloc_write_blocks",
+    "refblock_alloc_write_table", "refblock_alloc_switch_table", "cluster_alloc",
+    "cluster_alloc_bytes", "cluster_free", "flush_to_os", "flush_to_disk", "pwritev_rmw_head",
+    "pwritev_rmw_after_head", "pwritev_rmw_tail", "pwritev_rmw_after_tail", "pwritev",
+    "pwritev_zero", "pwritev_done", "empty_image_prepare", "l1_shrink_write_table",
+    "l1_shrink_free_l2_clusters", "cor_write", "cluster_alloc_space", "none",
+)
+IO_TYPES = ("read", "write", "write-zeroes", "discard", "flush", "block-status")
+EIO = 5
+
+
+class BlockIOError(Exception):
+    """An I/O request failed with ``errno`` (positive)."""
+
+    def __init__(self, errno: int, operation: str, immediately: bool = False) -> None:
+        super().__init__(f"{operation} failed: errno {errno}")
+        self.errno = errno
+        self.operation = operation
+        self.immediately = immediately
+
+
+class Rule:
+    """One inject-error or set-state rule."""
+
+    def __init__(self, kind: str, opts: dict) -> None:
+        self.kind = kind
+        self.event = opts["event"]
+        self.state = opts.get("state", 0)
+        self.new_state = opts.get("new_state")
+        self.errno = opts.get("errno", EIO)
+        sector = opts.get("sector", -1)
+        self.offset = -1 if sector == -1 else sector * 512
+        self.once = opts.get("once", False)
+        self.immediately = opts.get("immediately", False)
+        self.iotypes = {opts["iotype"]} if "iotype" in opts else set(IO_TYPES)
+
+
+class BlkdebugNode(BlockNode):
+    """A pass-through node with error injection; its child is ``image``."""
+
+    driver = "blkdebug"
+
+    def __init__(self, node_name: str, *, inject_error: list[dict], set_state: list[dict], **kw) -> None:
+        super().__init__(node_name, **kw)
+        self.state = 1
+        self.rules = [Rule("inject-error", r) for r in inject_error] + [Rule("set-state", r) for r in set_state]
+        self.active: list[Rule] = []
+
+    @property
+    def inner(self) -> BlockNode:
+        node = self.child("image")
+        assert node is not None
+        return node
+
+    @property
+    def image(self):  # the image file below, for format drivers above
+        return getattr(self.inner, "image", None)
+
+    @property
+    def size(self) -> int:
+        return round_sector(self.inner.size)
+
+    def plain_filename(self) -> str | None:
+        return None
+
+    def full_options(self) -> dict:
+        opts: dict = {"driver": "blkdebug"}
+        for key in ("inject-error", "set-state"):
+            if key in self.options:
+                opts[key] = self.options[key]
+        opts["image"] = self.inner.full_options()
+        return opts
+
+    # -- rules ------------------------------------------------------------------------
+    def debug_event(self, name: str) -> None:
+        """blkdebug_debug_event."""
+        new_state = self.state
+        injected = False
+        for rule in list(self.rules):
+            if rule.event != name or (rule.state and rule.state != self.state):
+                continue
+            if rule.kind == "inject-error":
+                if not injected:
+                    self.active = []
+                    injected = True
+                self.active.insert(0, rule)
+            else:
+                new_state = rule.new_state
+        self.state = new_state
+
+    def debug_check(self, iotype: str, offset: int, length: int) -> None:
+        """rule_check: raise BlockIOError if an active rule matches this request."""
+        for rule in self.active:
+            hit = rule.offset == -1 or (length and offset <= rule.offset < offset + length)
+            if hit and iotype in rule.iotypes:
+                if rule.once:
+                    self.active.remove(rule)
+                    self.rules.remove(rule)
+                raise BlockIOError(rule.errno, "read" if iotype == "read" else "write", rule.immediately)
+
+    # -- I/O passes through -------------------------------------------------------------
+    def write(self, offset, length, value):
+        self._dirty(offset, length)
+        self.debug_check("write", offset, length)
+        self.inner.write(offset, length, value)
+
+    def write_batch(self, offsets, lengths, values):
+        self._dirty_batch(offsets, lengths)
+        self.inner.write_batch(offsets, lengths, values)
+
+    def write_zeroes(self, offset, length):
+        self._dirty(offset, length)
+        self.debug_check("write-zeroes", offset, length)
+        self.inner.write_zeroes(offset, length)
+
+    def read_extents(self, offset, length):
+        return self.inner.read_extents(offset, length)
+
+    def pread(self, offset, length):
+        self.debug_check("read", offset, length)
+        return self.inner.pread(offset, length)
+
+    def flush(self) -> None:
+        self.debug_check("flush", 0, 0)
+
+    def _store(self, offset, length, value):
+        self.inner._store(offset, length, value)
+
+    def _store_batch(self, offsets, lengths, values):
+        self.inner._store_batch(offsets, lengths, values)
+
+    def _unmap(self, offset, length):
+        self.inner.discard(offset, length)

@@ -1,0 +1,202 @@
+"""The backup job (block/backup.c): a point-in-time copy driven by block-copy.
+
+The job freezes its sync bitmap (an anonymous successor records new writes),
+puts a copy-before-write filter above the source, copies what its sync mode asks
+for, and at the end abdicates or reclaims the bitmap as its bitmap-mode says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..bitmap import DirtyBitmap
+from ..block.cbw import CbwNode
+from ..block.node import BlockNode
+from .block_copy import BlockCopy, Call
+from .job import Job, JobManager, JobTxn, strerror
+
+ENOSPC = 28
+
+
+def error_action(policy: str, errno: int) -> str:
+    """backup_error_action's mapping of on-source-error / on-target-error."""
+    if policy == "report":
+        return "report"
+    if policy == "ignore":
+        return "ignore"
+    if policy == "stop":
+        return "stop"
+    return "stop" if errno == ENOSPC else "report"  # enospc, auto
+
+
+class BackupJob(Job):
+    """One backup: source -> target through a copy-before-write filter."""
+
+    job_type = "backup"
+
+    def __init__(self, manager: JobManager, job_id: str, *, graph: Any, source: BlockNode, target: BlockNode,
+                 sync: str, bitmap: DirtyBitmap | None, bitmap_mode: str | None, cluster_size: int,
+                 filter_name: str, on_source_error: str = "report", on_target_error: str = "report",
+                 max_workers: int = 64, max_chunk: int = 0, txn: JobTxn | None = None,
+                 auto_finalize: bool = True, auto_dismiss: bool = True, speed: int = 0,
+                 owns_target: bool = False) -> None:
+        self.graph = graph
+        self.source = source
+        self.target = target
+        self.sync = sync
+        self.sync_bitmap = bitmap
+        self.bitmap_mode = bitmap_mode
+        self.on_source_error = on_source_error
+        self.on_target_error = on_target_error
+        self.max_workers = max_workers
+        self.max_chunk = max_chunk
+        self.owns_target = owns_target
+        self.initialised = False
+        self.call: Call | None = None
+        self.bcs = BlockCopy(source, target, cluster_size, manager.scheduler, self._progress)
+        self.cbw = CbwNode(filter_name, cluster_size=cluster_size, before_write=self.before_write,
+                           size=source.size, auto_named=filter_name.startswith("#"))
+        graph.insert_filter(source, self.cbw, target, self.bcs.bitmap)
+        self.cbw.job_blocker = target.job_blocker = "block device is in use by block job: backup"
+        try:
+            super().__init__(manager, job_id, txn=txn, auto_finalize=auto_finalize, auto_dismiss=auto_dismiss,
+                             speed=speed)
+        except Exception:
+            self.undo_create()
+            raise
+        self.set_speed(speed)
+
+    def early_fail(self) -> None:
+        """job_early_fail: a job that could not be set up goes straight to null."""
+        self.transition("null")
+        self.manager.jobs.remove(self)
+        self.txn.jobs.remove(self)
+        self.undo_create()
+
+    def undo_create(self) -> None:
+        """backup_job_create's error path: reclaim the bitmap, drop the filter."""
+        if self.sync_bitmap is not None and self.sync_bitmap.successor is not None:
+            child = self.sync_bitmap.successor
+            self.sync_bitmap.reclaim()
+            self.source.bitmaps.remove(child)
+        self.graph.remove_filter(self.cbw, self.bcs.bitmap)
+        self.target.job_blocker = None
+        if self.owns_target:
+            self.graph.release_job_target(self.target)
+
+    def node_ids(self) -> set[int]:
+        return {id(self.source), id(self.target), id(self.cbw)}
+
+    # -- speed and progress -----------------------------------------------------------
+    def set_speed(self, speed: int) -> None:
+        self.speed = speed
+        self.bcs.rate.set_speed(speed)
+
+    def _progress(self, done: int, remaining: int) -> None:
+        self.progress_current += done
+        self.progress_total = self.progress_current + remaining
+
+    # -- running ------------------------------------------------------------------------
+    def run(self) -> None:
+        """backup_run, resumed from wherever the job stopped."""
+        if self.is_cancelled:
+            self.run_returned(0)
+            return
+        if not self.initialised:
+            self.initialised = True
+            self._init_bitmap()
+        if self.sync == "none":
+            return  # only copy-before-write works; the job ends when cancelled
+        self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+
+    def _init_bitmap(self) -> None:
+        """backup_init_bcs_bitmap (and the sync=top pass over unallocated clusters)."""
+        bcs = self.bcs
+        if self.sync == "bitmap":
+            bcs.bitmap.clear()
+            bcs.bitmap.merge_from(self.sync_bitmap)
+        else:
+            bcs.bitmap.set_range(0, bcs.len)
+        if self.sync == "top":
+            bcs.reset_unallocated()
+        self.progress_total = self.progress_current + bcs.remaining()
+
+    def _call_done(self, call: Call) -> None:
+        """backup_loop after a block-copy call ends."""
+        self.call = None
+        if self.status not in ("running", "ready"):
+            return
+        if self.is_cancelled or (call.error is None and not call.cancelled):
+            self.run_returned(0)
+            return
+        if call.cancelled:  # paused: go on when resumed
+            return
+        err = call.error
+        action = error_action(self.on_source_error if call.error_is_read else self.on_target_error, err.errno)
+        self.manager.emit("BLOCK_JOB_ERROR", {"device": self.id, "operation": "read" if call.error_is_read
+                                              else "write", "action": action})
+        if action == "report":
+            self.run_returned(-err.errno, strerror(err.errno))
+        elif action == "ignore":
+            self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+        else:  # stop: the job is user-paused until resumed
+            self.io_status = "nospace" if err.errno == ENOSPC else "failed"
+            self.user_paused = True
+            self.pause_count += 1
+            self.pause_point()
+
+    def on_pause(self) -> None:
+        if self.call is not None:
+            self.bcs.cancel()
+
+    def on_cancel(self) -> None:
+        if self.call is not None:
+            self.bcs.cancel()
+        else:
+            self.manager.scheduler.after(0, self._cancelled_while_idle)
+
+    def _cancelled_while_idle(self) -> None:
+        if not self.deferred_to_main_loop and self.status in ("running", "ready"):
+            self.run_returned(0)
+
+    def stop_work(self) -> None:
+        self.bcs.stop()
+        self.call = None
+
+    def before_write(self, offset: int, length: int) -> None:
+        """copy-before-write: copy what the guest is about to overwrite (errors fail the write)."""
+        self.bcs.copy_now(offset, length)
+
+    # -- the end --------------------------------------------------------------------------
+    def _cleanup_sync_bitmap(self, ret: int) -> None:
+        """backup_cleanup_sync_bitmap."""
+        bm = self.sync_bitmap
+        if bm is None:
+            return
+        sync = (ret == 0 or self.bitmap_mode == "always") and self.bitmap_mode != "never"
+        node = self.source
+        if sync:
+            child = bm.abdicate()
+            node.bitmaps.remove(bm)
+            result = child
+        else:
+            child = bm.successor
+            bm.reclaim()
+            node.bitmaps.remove(child)
+            result = bm
+        if ret < 0 and self.bitmap_mode == "always":
+            result.merge_from(self.bcs.bitmap)
+
+    def commit(self) -> None:
+        self._cleanup_sync_bitmap(0)
+
+    def abort(self) -> None:
+        self._cleanup_sync_bitmap(-1)
+
+    def clean(self) -> None:
+        """backup_clean: drop the filter (and a drive-backup's own target)."""
+        self.bcs.stop()
+        self.graph.remove_filter(self.cbw, self.bcs.bitmap)
+        self.target.job_blocker = None
+        if self.owns_target:
+            self.graph.release_job_target(self.target)

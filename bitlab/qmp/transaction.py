@@ -1,0 +1,221 @@
+"""``transaction`` as QEMU 7.2 runs it (blockdev.c qmp_transaction, BlkActionState).
+
+Every action is prepared in order (doing its real work at once); if one fails,
+every prepared action — the failing one included — is aborted in reverse order;
+otherwise all are committed in order (jobs start here). Clean runs last, in order
+(a backup's drained section ends there). In 7.2 each non-backup action checks the
+completion mode itself, inside its prepare.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import QMPError, generic
+from ..jobs.job import JobTxn
+from .cmd_backup import blockdev_backup_prepare, drive_backup_prepare
+from .cmd_bitmap import ALLOW_RO, BUSY, DEFAULT, RO, add_bitmap, check_bitmap, merge_bitmaps
+from .commands import TABLE
+from .types import BlockdevBackup, DriveBackup, TransactionArgs
+
+BACKUP_ACTIONS = ("blockdev-backup", "drive-backup")
+
+
+class Action:
+    """One BlkActionState: prepare, then commit or abort, then clean."""
+
+    def __init__(self, vm: Any, kind: str, data: dict, mode: str, txn: JobTxn | None) -> None:
+        self.vm, self.kind, self.data, self.mode, self.txn = vm, kind, data, mode, txn
+
+    def check_completion_mode(self) -> None:
+        """action_check_completion_mode (7.2 spelling: capital T)."""
+        if self.mode != "individual":
+            raise generic(f"Action '{self.kind}' does not support Transaction property completion-mode = "
+                          f"{self.mode}")
+
+    def prepare(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def clean(self) -> None: ...
+
+
+class AbortAction(Action):
+    def prepare(self) -> None:
+        raise generic("Transaction aborted using Abort action")
+
+
+class BitmapAdd(Action):
+    created = None
+
+    def prepare(self) -> None:
+        self.check_completion_mode()
+        self.created = add_bitmap(self.vm, self.data)
+
+    def abort(self) -> None:
+        if self.created is not None:
+            node = self.vm.graph.lookup_node(self.data["node"])
+            node.bitmaps.remove(self.created)
+
+
+class BitmapClear(Action):
+    bitmap = None
+    backup = None
+
+    def prepare(self) -> None:
+        self.check_completion_mode()
+        _, self.bitmap = self.vm.graph.lookup_bitmap(self.data["node"], self.data["name"])
+        check_bitmap(self.bitmap, DEFAULT)
+        self.backup = self.bitmap.snapshot()
+        self.bitmap.clear()
+
+    def abort(self) -> None:
+        if self.backup is not None:
+            self.bitmap.restore(self.backup)
+
+
+class BitmapEnable(Action):
+    bitmap = None
+    enable = True
+
+    def prepare(self) -> None:
+        self.check_completion_mode()
+        _, self.bitmap = self.vm.graph.lookup_bitmap(self.data["node"], self.data["name"])
+        check_bitmap(self.bitmap, ALLOW_RO)
+        self.was_enabled = not self.bitmap.disabled
+        self.bitmap.disabled = not self.enable
+
+    def abort(self) -> None:
+        # QEMU 7.2 crashes here when the lookup failed (no bitmap); bitlab just rolls back.
+        if self.bitmap is not None:
+            self.bitmap.disabled = not self.was_enabled
+
+
+class BitmapDisable(BitmapEnable):
+    enable = False
+
+
+class BitmapMerge(Action):
+    bitmap = None
+    backup = None
+
+    def prepare(self) -> None:
+        self.check_completion_mode()
+        _, target = self.vm.graph.lookup_bitmap(self.data["node"], self.data["target"])
+        backup = target.snapshot()
+        self.bitmap = merge_bitmaps(self.vm, self.data)
+        self.backup = backup
+
+    def abort(self) -> None:
+        if self.backup is not None:
+            self.bitmap.restore(self.backup)
+
+
+class BitmapRemove(Action):
+    node = None
+    bitmap = None
+
+    def prepare(self) -> None:
+        self.check_completion_mode()
+        self.node, bm = self.vm.graph.lookup_bitmap(self.data["node"], self.data["name"])
+        check_bitmap(bm, BUSY | RO)
+        if bm.persistent and self.node.driver == "qcow2":
+            self.node.image.bitmaps = [sb for sb in self.node.image.bitmaps if sb.name != bm.name]
+        self.bitmap = bm
+        bm.busy = True  # later actions of this transaction see it busy
+
+    def commit(self) -> None:
+        self.bitmap.busy = False
+        self.node.bitmaps.remove(self.bitmap)
+
+    def abort(self) -> None:
+        if self.bitmap is not None:
+            self.bitmap.busy = False
+
+
+class Backup(Action):
+    source = None
+    job = None
+
+    def prepare(self) -> None:
+        prepare = blockdev_backup_prepare if self.kind == "blockdev-backup" else drive_backup_prepare
+        try:
+            self.source, self.job = prepare(self.vm, self.data, self.txn)
+        except QMPError as err:
+            self.source = getattr(err, "drained", None)
+            raise
+
+    def commit(self) -> None:
+        if self.job is not None:
+            self.job.start()
+
+    def abort(self) -> None:
+        if self.job is not None:
+            self.job.cancel(True)
+
+    def clean(self) -> None:
+        if self.source is not None:
+            self.vm.jobs.drain_end(self.source)
+
+
+class NotSimulated(Action):
+    def prepare(self) -> None:
+        raise generic(f"bitlab does not simulate the transaction action '{self.kind}'")
+
+
+ACTIONS: dict[str, type[Action]] = {
+    "abort": AbortAction,
+    "block-dirty-bitmap-add": BitmapAdd,
+    "block-dirty-bitmap-remove": BitmapRemove,
+    "block-dirty-bitmap-clear": BitmapClear,
+    "block-dirty-bitmap-enable": BitmapEnable,
+    "block-dirty-bitmap-disable": BitmapDisable,
+    "block-dirty-bitmap-merge": BitmapMerge,
+    "blockdev-backup": Backup,
+    "drive-backup": Backup,
+    "blockdev-snapshot": NotSimulated,
+    "blockdev-snapshot-internal-sync": NotSimulated,
+    "blockdev-snapshot-sync": NotSimulated,
+}
+
+
+def run_transaction(vm: Any, actions: list[dict], properties: dict | None) -> None:
+    """qmp_transaction."""
+    mode = (properties or {}).get("completion-mode", "individual")
+    txn = JobTxn() if mode != "individual" else None
+    states: list[Action] = []
+    try:
+        for action in actions:
+            state = ACTIONS[action["type"]](vm, action["type"], action["data"], mode, txn)
+            states.append(state)
+            state.prepare()
+    except QMPError:
+        for state in reversed(states):
+            state.abort()
+        for state in states:
+            state.clean()
+        raise
+    for state in states:
+        state.commit()
+    for state in states:
+        state.clean()
+
+
+@TABLE.command("transaction", TransactionArgs)
+def qmp_transaction(vm: Any, args: dict) -> None:
+    run_transaction(vm, args["actions"], args.get("properties"))
+
+
+@TABLE.command("blockdev-backup", BlockdevBackup)
+def qmp_blockdev_backup(vm: Any, args: dict) -> None:
+    run_transaction(vm, [{"type": "blockdev-backup", "data": args}], None)
+
+
+@TABLE.command("drive-backup", DriveBackup)
+def qmp_drive_backup(vm: Any, args: dict) -> None:
+    run_transaction(vm, [{"type": "drive-backup", "data": args}], None)
+
+
+__all__ = ["BACKUP_ACTIONS", "run_transaction"]

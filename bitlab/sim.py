@@ -1,0 +1,77 @@
+"""The simulation scheduler: callbacks at simulated times, run in order.
+
+One scheduler belongs to one Machine (like SimPy's Environment). Nothing sleeps:
+:meth:`Scheduler.step` jumps the clock to the next event and runs it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .clock import SimClock
+
+
+@dataclass(order=True)
+class Timer:
+    """A scheduled callback; :meth:`cancel` stops it from running."""
+
+    when: int
+    seq: int
+    fn: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scheduler:
+    """A heap of timers on a :class:`SimClock`."""
+
+    def __init__(self, clock: SimClock) -> None:
+        self.clock = clock
+        self._heap: list[Timer] = []
+        self._seq = 0
+
+    def at(self, when_ns: int, fn: Callable[[], None]) -> Timer:
+        self._seq += 1
+        timer = Timer(max(when_ns, self.clock.now_ns), self._seq, fn)
+        heapq.heappush(self._heap, timer)
+        return timer
+
+    def after(self, delay_ns: int, fn: Callable[[], None]) -> Timer:
+        return self.at(self.clock.now_ns + max(0, int(delay_ns)), fn)
+
+    def _prune(self) -> None:
+        while self._heap and self._heap[0].cancelled:
+            heapq.heappop(self._heap)
+
+    @property
+    def next_time(self) -> int | None:
+        self._prune()
+        return self._heap[0].when if self._heap else None
+
+    def step(self) -> bool:
+        """Run the next timer; False when nothing is scheduled."""
+        self._prune()
+        if not self._heap:
+            return False
+        timer = heapq.heappop(self._heap)
+        if timer.when > self.clock.now_ns:
+            self.clock.now_ns = timer.when
+        timer.fn()
+        return True
+
+    def run(self, until_ns: int | None = None, max_steps: int = 10_000_000) -> int:
+        """Run timers until none is left or the next is after ``until_ns``; returns steps run."""
+        steps = 0
+        while steps < max_steps:
+            nxt = self.next_time
+            if nxt is None or (until_ns is not None and nxt > until_ns):
+                break
+            self.step()
+            steps += 1
+        if until_ns is not None and until_ns > self.clock.now_ns:
+            self.clock.now_ns = until_ns
+        return steps
