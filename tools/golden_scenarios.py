@@ -1500,6 +1500,310 @@ JOBS = [
 ]
 
 
+# --- 9. backup argument errors ------------------------------------------------
+
+API_ERROR_CASES: dict[str, dict[str | None, list[str | None]]] = {  # tests/qemu-iotests/257 test_backup_api
+    "incremental": {
+        None: ["on-success", "always", "never", None],
+        "bitmap404": ["on-success", "always", "never", None],
+        "bitmap0": ["always", "never"],
+    },
+    "bitmap": {
+        None: ["on-success", "always", "never", None],
+        "bitmap404": ["on-success", "always", "never", None],
+        "bitmap0": [None],
+    },
+    "full": {
+        None: ["on-success", "always", "never"],
+        "bitmap404": ["on-success", "always", "never", None],
+        "bitmap0": ["never", None],
+    },
+    "top": {
+        None: ["on-success", "always", "never"],
+        "bitmap404": ["on-success", "always", "never", None],
+        "bitmap0": ["never", None],
+    },
+    "none": {
+        None: ["on-success", "always", "never"],
+        "bitmap404": ["on-success", "always", "never", None],
+        "bitmap0": ["on-success", "always", "never", None],
+    },
+}
+API_ACCEPTED = [  # every other (sync, bitmap, bitmap-mode) combination of the 257 matrix
+    (sync, bitmap, mode)
+    for sync in API_ERROR_CASES
+    for bitmap in (None, "bitmap404", "bitmap0")
+    for mode in ("on-success", "always", "never", None)
+    if mode not in API_ERROR_CASES[sync][bitmap]
+]
+
+
+def api_backup(sync: str, bitmap: str | None, mode: str | None, **kw: Any) -> Step:
+    """257's blockdev_backup(drive0, "backup_target", sync, job_id="api_job", bitmap, bitmap_mode)."""
+    args: dict[str, Any] = {"filter-node-name": "backup-top", "job-id": "api_job"}
+    if bitmap is not None:
+        args["bitmap"] = bitmap
+    if mode is not None:
+        args["bitmap-mode"] = mode
+    return backup("drive0", "backup_target", sync, **args, **kw)
+
+
+API_SETUP = [*image("drive0"), *image("backup_target"), add("drive0", "bitmap0", granularity=65536)]
+
+BACKUP_ERRORS = [
+    jscenario(
+        "backup_errors",
+        "iotest-257-api-failures",
+        *API_SETUP,
+        *(
+            api_backup(sync, bitmap, mode)
+            for sync, cases in API_ERROR_CASES.items()
+            for bitmap in (None, "bitmap404", "bitmap0")
+            for mode in cases[bitmap]
+        ),
+        jobs(),
+        nodes(),
+    ),
+    jscenario(
+        "backup_errors",
+        "iotest-257-api-accepted",
+        *API_SETUP,
+        write("drive0", 0, 65536),
+        write("drive0", 32 * M, 65536),
+        *(
+            step
+            for sync, bitmap, mode in API_ACCEPTED
+            for step in (
+                api_backup(sync, bitmap, mode, speed=SPEED),
+                jobs(),
+                job("cancel", "api_job"),
+                settle(),
+                sha("drive0", "bitmap0"),
+            )
+        ),
+        nodes(),
+    ),
+    jscenario(
+        "backup_errors",
+        "nodes-and-arguments",
+        *image("drive0"),
+        *image("drive1"),
+        *image("t0"),
+        *image("t1"),
+        *image("t32", "32M"),
+        null("n0"),
+        null("nro", **{"read-only": True}),
+        add("drive0", "b0"),
+        add("t0", "bt"),
+        write("drive0", 0, 65536),
+        backup("drive0", "drive0", "full", "j0"),
+        backup("drive0", "t32", "full", "j0"),
+        backup("nope", "t0", "full", "j0"),
+        backup("drive0", "nope", "full", "j0"),
+        backup("nope", "nope2", "full", "j0"),
+        backup("drive0", "f-drive0", "full", "j0"),
+        backup("f-drive0", "t0", "full", "j0"),
+        backup("drive0", "nro", "full", "j0"),
+        backup("drive0", "t0", "incremental", "j0", bitmap="bt"),
+        backup("drive0", "t0", "full", "j0", speed=-1),
+        backup("drive0", "t0", "full", "j0", x_perf={"max-workers": 0}),
+        backup("drive0", "t0", "full", "j0", x_perf={"max-workers": -1}),
+        backup("drive0", "t0", "full", "j0", x_perf={"max-chunk": -1}),
+        backup("drive0", "t0", "full", "j0", x_perf={"max-chunk": 4096}),
+        backup("drive0", "t0", "full", "j0", x_perf={"bogus": 1}),
+        backup("drive0", "n0", "full", "j0", compress=True),
+        backup("drive0", "t0", "full", "j0", filter_node_name="t1"),
+        backup("drive0", "t0", "full", "j0", filter_node_name="1bad"),
+        backup("drive0", "t0", "full", "j0", on_source_error="bogus"),
+        backup("drive0", "t0", "bogus", "j0"),
+        qmp("blockdev-backup", {"job-id": "j0", "device": "drive0", "target": "t0"}),
+        qmp("blockdev-backup", {"job-id": "j0", "device": "drive0", "sync": "full"}),
+        qmp("blockdev-backup", {"job-id": "j0", "target": "t0", "sync": "full"}),
+        qmp("blockdev-backup", {"job-id": "j0", "device": "drive0", "target": "t0", "sync": "full", "x": 1}),
+        jobs(),
+        backup("drive0", "t0", "full", "jc", compress=True),
+        settle(),
+        backup("drive0", "n0", "full", "jn"),
+        settle(),
+        nodes(),
+    ),
+    jscenario(
+        "backup_errors",
+        "busy-nodes-and-bitmaps",
+        *image("drive0"),
+        *image("drive1"),
+        *image("t0"),
+        *image("t1"),
+        *image("t2"),
+        *image("t3"),
+        add("drive0", "b0"),
+        add("drive0", "b1"),
+        add("drive1", "b1"),
+        write("drive0", 0, 65536),
+        write("drive1", 0, 65536),
+        throttled("drive0", "t0", "incremental", "j0", bitmap="b0"),
+        backup("drive1", "t0", "full", "j1"),
+        backup("drive0", "t1", "incremental", "j1", bitmap="b0"),
+        backup("drive0", "t1", "bitmap", "j1", bitmap="b0", bitmap_mode="never"),
+        backup("t0", "t1", "full", "j1"),
+        backup("drive1", "drive0", "full", "j1"),
+        bm("remove", "drive0", "b0"),
+        bm("clear", "drive0", "b0"),
+        bm("enable", "drive0", "b0"),
+        bm("disable", "drive0", "b0"),
+        merge("drive0", "b0", ["b1"]),
+        merge("drive0", "b1", ["b0"]),
+        sha("drive0", "b0"),
+        qmp("blockdev-del", {"node-name": "drive0"}),
+        qmp("blockdev-del", {"node-name": "t0"}),
+        jobs(),
+        nodes(),
+        throttled("drive0", "t1", "incremental", "j1", bitmap="b1"),
+        jobs(),
+        job("cancel", "j0"),
+        job("cancel", "j1"),
+        settle(),
+        nodes(),
+    ),
+    jscenario(
+        "backup_errors",
+        "bitmap-inconsistent",
+        *image("drive0"),
+        *image("t0"),
+        add("drive0", "p", persistent=True),
+        {"restart": True},
+        qcow2("drive0", "drive0.qcow2"),
+        write("drive0", 0, 65536),
+        {"kill": True},
+        qcow2("drive0", "drive0.qcow2"),
+        qcow2("t0", "t0.qcow2"),
+        backup("drive0", "t0", "incremental", "j0", bitmap="p"),
+        backup("drive0", "t0", "full", "j0", bitmap="p", bitmap_mode="always"),
+        jobs(),
+    ),
+]
+
+# --- 10. bitmap sync modes: tests/qemu-iotests/257 -----------------------------
+
+G257 = [  # tests/qemu-iotests/257 GROUPS: (pattern, offset, size)
+    [(0x49, 0x0000000, 65536), (0x6C, 0x0100000, 65536), (0x6F, 0x2000000, 65536), (0x76, 0x3FF0000, 65536)],
+    [(0x65, 0x0000000, 65536), (0x77, 0x00F8000, 65536), (0x72, 0x2008000, 65536), (0x69, 0x3FE0000, 65536)],
+    [(0x74, 0x0010000, 65536), (0x69, 0x00E8000, 65536), (0x6E, 0x2018000, 65536), (0x67, 0x3FE0000, 131072)],
+    [(0xAA, 0x0010000, 196608), (0xBB, 0x00D8000, 65536), (0xCC, 0x2028000, 65536), (0xDD, 0x3FC0000, 65536)],
+]
+BLKDEBUG_257 = {  # armed by a flush, then the backup's second read fails once with EIO
+    "set-state": [
+        {"event": "flush_to_disk", "state": 1, "new_state": 2},
+        {"event": "read_aio", "state": 2, "new_state": 3},
+    ],
+    "inject-error": [{"event": "read_aio", "errno": 5, "state": 3, "immediately": False, "once": True}],
+}
+X_PERF = {"max-workers": 1}
+
+
+def writes_257(group: int) -> list[Step]:
+    """Write group ``group`` of iotest 257 over NBD, without flushes (blkdebug stays unarmed)."""
+    return [nf_write("drive0", off, size, pattern) for pattern, off, size in G257[group]]
+
+
+def backup_257(n: int, sync: str, job_id: str, target: str, **kw: Any) -> list[Step]:
+    """Create a target image, blockdev-add it and start 257's backup into it."""
+    return [
+        *image(target),
+        backup("drive0", target, sync, job_id, filter_node_name="backup-top", x_perf=X_PERF, **kw),
+    ]
+
+
+def reference_257(n: int) -> list[Step]:
+    """257's full reference backup #n (auto-finalize), then drop the target node."""
+    target = f"ref_target_{n}"
+    return [
+        *backup_257(n, "full", f"ref_backup_{n}", target),
+        settle(),
+        qmp("blockdev-del", {"node-name": target}),
+    ]
+
+
+def sync_257(msync: str, bsync: str, failure: str) -> dict[str, Any]:
+    """One test_bitmap_sync() of iotest 257 (failure: ok, sim = cancel at pending, int = EIO)."""
+    if failure == "int":
+        drive = blkdebug_qcow2("drive0", "drive0.qcow2", **BLKDEBUG_257)
+    else:
+        drive = qcow2("drive0", "drive0.qcow2")
+    steps: list[Step] = [create("drive0.qcow2"), drive]
+    steps += writes_257(0)
+    steps += reference_257(0)
+    steps += [add("drive0", "bitmap0", granularity=65536)]
+    steps += writes_257(1)
+    steps += [sha("drive0", "bitmap0")]
+    steps += reference_257(1)
+    if failure == "int":
+        steps += [flush("drive0")]
+    test = {"bitmap": "bitmap0", "bitmap_mode": bsync, "auto_finalize": False}
+    steps += backup_257(1, msync, "backup_1", "backup_target_1", **test)
+    if failure == "int":
+        steps += [settle()]
+    else:
+        steps += [wait("backup_1", "pending"), jobs()]
+        steps += writes_257(2)
+        steps += [nodes(), sha("drive0", "bitmap0")]
+        steps += [job("cancel" if failure == "sim" else "finalize", "backup_1"), settle()]
+    steps += [sha("drive0", "bitmap0"), qmp("blockdev-del", {"node-name": "backup_target_1"})]
+    steps += writes_257(3)
+    steps += [sha("drive0", "bitmap0")]
+    steps += reference_257(2)
+    steps += backup_257(2, "bitmap", "backup_2", "backup_target_2", **test)
+    steps += [wait("backup_2", "pending"), job("finalize", "backup_2"), settle(), sha("drive0", "bitmap0"), nodes()]
+    steps += [bm("remove", "drive0", "bitmap0")]
+    return jscenario("backup_sync", f"{msync}-{bsync}-{failure}", *steps)
+
+
+SYNC_MATRIX = [
+    *(("bitmap", b, f) for b in ("never", "on-success", "always") for f in ("sim", "int", "ok")),
+    *((s, b, f) for s in ("full", "top") for b in ("on-success", "always") for f in ("sim", "int", "ok")),
+]
+
+SEED_WRITES = [("drive0", 0, 65536, 0x41), ("drive0", 126976, 8192, 0x42), ("drive0", 1048576, 131072, 0x43)]
+
+BACKUP_SYNC = [
+    *(sync_257(*combo) for combo in SYNC_MATRIX),
+    jscenario(
+        "backup_sync",
+        "seed-incremental-chain",
+        *image("drive0"),
+        *image("full0"),
+        write("drive0", 5 * M, 65536, 0x40),
+        transaction(
+            action("block-dirty-bitmap-add", node="drive0", name="bitmap0", granularity=65536),
+            backup_action("drive0", "full0", "full", "drive0"),
+        ),
+        settle(),
+        nodes(),
+        sha("drive0", "bitmap0"),
+        qmp("blockdev-del", {"node-name": "full0"}),
+        *(write(n, o, ln, p) for n, o, ln, p in SEED_WRITES),
+        sha("drive0", "bitmap0"),
+        img("create", "-f", "qcow2", "-b", "full0.qcow2", "-F", "qcow2", "inc0.qcow2"),
+        qcow2("inc0", "inc0.qcow2"),
+        backup("drive0", "inc0", "incremental", "drive0", bitmap="bitmap0"),
+        settle(),
+        sha("drive0", "bitmap0"),
+        qmp("blockdev-del", {"node-name": "inc0"}),
+        write("drive0", 4 * M, 4096, 0x44),
+        write("drive0", 0, 512, 0x45),
+        img("create", "-f", "qcow2", "-b", "inc0.qcow2", "-F", "qcow2", "inc1.qcow2"),
+        qcow2("inc1", "inc1.qcow2"),
+        backup("drive0", "inc1", "incremental", "drive0", bitmap="bitmap0", bitmap_mode="on-success"),
+        settle(),
+        nodes(),
+        sha("drive0", "bitmap0"),
+        backup("drive0", "inc1", "incremental", "drive0", bitmap="bitmap0"),
+        settle(),
+        sha("drive0", "bitmap0"),
+    ),
+]
+
+
 SCENARIOS: list[dict[str, Any]] = [
     *ADD,
     *MANAGE,
@@ -1510,4 +1814,6 @@ SCENARIOS: list[dict[str, Any]] = [
     *QAPI,
     *QEMU_IMG_SCENARIOS,
     *JOBS,
+    *BACKUP_ERRORS,
+    *BACKUP_SYNC,
 ]

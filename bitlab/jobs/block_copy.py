@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bitmap import DirtyBitmap, range_mask
+from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
 from ..block.blkdebug import BlockIOError
 from ..block.node import BlockNode
 
