@@ -106,8 +106,9 @@ class Machine:
 
     # -- drives (the system emulator's -drive if=none) ------------------------------
     def add_drive(self, name: str, size: int | str = "64M", format: str = "qcow2", *, file: str | None = None,
-                  blkdebug: dict | None = None) -> str:
-        """Like ``-drive if=none,id=NAME,file=FILE,format=FORMAT``: a device over auto-named nodes.
+                  blkdebug: dict | None = None, node_name: str | None = None) -> str:
+        """Like ``-drive if=none,id=NAME,file=FILE,format=FORMAT[,node-name=…]``: a device over a node
+        tree (nodes auto-named unless ``node_name`` is given).
 
         ``blkdebug={"inject-error": [...], "set-state": [...]}`` puts a blkdebug node between the
         format node and its file. The image is created if it does not exist. Returns the root
@@ -121,7 +122,10 @@ class Machine:
         file_opts: dict = {"driver": "file", "filename": filename}
         if blkdebug is not None:
             file_opts = {"driver": "blkdebug", "image": file_opts, **blkdebug}
-        node = self.graph.open({"driver": format, "file": file_opts})
+        opts: dict = {"driver": format, "file": file_opts}
+        if node_name is not None:
+            opts["node-name"] = node_name
+        node = self.graph.open(opts)
         self.graph.devices[name] = node
         return node.node_name
 

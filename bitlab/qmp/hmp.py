@@ -43,6 +43,10 @@ def parse_qemu_io(command: str) -> tuple[str, dict]:
     verb, rest = words[0], words[1:]
     aliases = {"w": "write", "r": "read", "d": "discard"}
     verb = aliases.get(verb, verb)
+    if verb == "flush":
+        if rest:
+            raise QemuIoError("bad number of arguments to flush")
+        return verb, {}
     if verb not in ("write", "read", "discard"):
         raise QemuIoError(f"command \"{words[0]}\" not found")
     opts: dict = {}
@@ -86,6 +90,12 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
         verb, opts = parse_qemu_io(command)
     except QemuIoError as err:
         return f"{err}\n"
+    if verb == "flush":
+        try:
+            node.flush()
+        except BlockIOError as err:
+            return f"flush failed: {os.strerror(err.errno)}\n"
+        return ""
     offset, length = opts["offset"], opts["length"]
     if offset + length > node.size:
         return f"{verb} failed: Input/output error\n"

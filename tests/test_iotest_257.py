@@ -1,0 +1,135 @@
+"""QEMU's iotest 257 (bitmap sync modes), reproduced row by row (reference §11).
+
+Each row: backup #1 with sync × bitmap-mode × failure, then a recovery backup #2.
+The expected numbers are those of tests/qemu-iotests/257.out (QEMU 7.2 = 9.1 here).
+"""
+
+import pytest
+
+from bitlab import Machine
+
+G = 65536
+GROUPS = {
+    0: [(0x0000000, G), (0x0100000, G), (0x2000000, G), (0x3FF0000, G)],
+    1: [(0x0000000, G), (0x00F8000, G), (0x2008000, G), (0x3FE0000, G)],
+    2: [(0x0010000, G), (0x00E8000, G), (0x2018000, G), (0x3FE0000, 0x20000)],
+    3: [(0x0010000, 0x30000), (0x00D8000, G), (0x2028000, G), (0x3FC0000, G)],
+}
+BLKDEBUG = {
+    "set-state": [{"event": "flush_to_disk", "state": 1, "new_state": 2},
+                  {"event": "read_aio", "state": 2, "new_state": 3}],
+    "inject-error": [{"event": "read_aio", "errno": 5, "state": 3, "immediately": False, "once": True}],
+}
+
+# sync, bitmap-mode, failure: #1 end event (len, offset), bits after #1, after G3, #2 len, after #2
+MATRIX = [
+    ("bitmap", "never", "sim", ("CANCELLED", 393216, 393216), 10, 15, 983040, 15),
+    ("bitmap", "never", "int", ("COMPLETED", 393216, 65536), 6, 14, 917504, 14),
+    ("bitmap", "never", "ok", ("COMPLETED", 393216, 393216), 10, 15, 983040, 15),
+    ("bitmap", "on-success", "sim", ("CANCELLED", 393216, 393216), 10, 15, 983040, 0),
+    ("bitmap", "on-success", "int", ("COMPLETED", 393216, 65536), 6, 14, 917504, 0),
+    ("bitmap", "on-success", "ok", ("COMPLETED", 393216, 393216), 7, 12, 786432, 0),
+    ("bitmap", "always", "sim", ("CANCELLED", 393216, 393216), 7, 12, 786432, 0),
+    ("bitmap", "always", "int", ("COMPLETED", 393216, 65536), 5, 13, 851968, 0),
+    ("bitmap", "always", "ok", ("COMPLETED", 393216, 393216), 7, 12, 786432, 0),
+    ("full", "on-success", "sim", ("CANCELLED", 67108864, 67108864), 10, 15, 983040, 0),
+    ("full", "on-success", "int", ("COMPLETED", 67108864, 983040), 6, 14, 917504, 0),
+    ("full", "on-success", "ok", ("COMPLETED", 67108864, 67108864), 7, 12, 786432, 0),
+    ("full", "always", "sim", ("CANCELLED", 67108864, 67108864), 7, 12, 786432, 0),
+    ("full", "always", "int", ("COMPLETED", 67108864, 983040), 1009, 1014, 66453504, 0),
+    ("full", "always", "ok", ("COMPLETED", 67108864, 67108864), 7, 12, 786432, 0),
+    ("top", "on-success", "sim", ("CANCELLED", 458752, 458752), 10, 15, 983040, 0),
+    ("top", "on-success", "int", ("COMPLETED", 458752, 65536), 6, 14, 917504, 0),
+    ("top", "on-success", "ok", ("COMPLETED", 458752, 458752), 7, 12, 786432, 0),
+    ("top", "always", "sim", ("CANCELLED", 458752, 458752), 7, 12, 786432, 0),
+    ("top", "always", "int", ("COMPLETED", 458752, 65536), 6, 14, 917504, 0),
+    ("top", "always", "ok", ("COMPLETED", 458752, 458752), 7, 12, 786432, 0),
+]
+
+
+def write_group(vm, n):
+    for offset, length in GROUPS[n]:
+        vm.write("drive0", offset, length, 0x40 + n)
+
+
+def bitmap0(vm):
+    node = next(n for n in vm.qmp("query-named-block-nodes", {"flat": True}) if n["node-name"] == "drive0")
+    return next(b for b in node["dirty-bitmaps"] if b.get("name") == "bitmap0")
+
+
+class Run:
+    """One scenario of iotest 257, with its own machine."""
+
+    def __init__(self, failure):
+        self.vm = vm = Machine()
+        self.refs = 0
+        vm.qemu_img("create", "-f", "qcow2", "drive0.qcow2", "64M")
+        file = {"driver": "file", "filename": "drive0.qcow2"}
+        if failure == "int":
+            file = {"driver": "blkdebug", "image": file, **BLKDEBUG}
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "drive0", "file": file})
+
+    def target(self, name):
+        self.vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "64M")
+        self.vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                     "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+
+    def reference_backup(self):
+        name = f"ref{self.refs}"
+        self.refs += 1
+        self.target(name)
+        self.vm.qmp("blockdev-backup", {"job-id": name, "device": "drive0", "target": name, "sync": "full"})
+        self.vm.run()
+
+    def backup(self, job_id, target, sync, mode):
+        n = len(self.vm.events)
+        self.vm.qmp("blockdev-backup", {
+            "job-id": job_id, "device": "drive0", "target": target, "sync": sync, "bitmap": "bitmap0",
+            "bitmap-mode": mode, "auto-finalize": False, "filter-node-name": "backup-top",
+            "x-perf": {"max-workers": 1}})
+        self.vm.run()
+        return n
+
+    def end_event(self, since, job_id):
+        for ev in self.vm.events[since:]:
+            if ev["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED") and ev["data"]["device"] == job_id:
+                return ev
+        raise AssertionError(f"no end event for {job_id}")
+
+
+@pytest.mark.parametrize("sync,mode,failure,end1,bits1,bits_g3,len2,bits2", MATRIX,
+                         ids=[f"{r[0]}-{r[1]}-{r[2]}" for r in MATRIX])
+def test_257_row(sync, mode, failure, end1, bits1, bits_g3, len2, bits2):
+    run = Run(failure)
+    vm = run.vm
+    write_group(vm, 0)
+    run.reference_backup()
+    vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "bitmap0", "granularity": G})
+    write_group(vm, 1)
+    assert bitmap0(vm)["count"] == 393216
+    run.reference_backup()
+    if failure == "int":
+        vm.qemu_io("drive0", "flush")
+    run.target("backup_target")
+    since = run.backup("backup_1", "backup_target", sync, mode)
+    if failure != "int":
+        assert vm.qmp("query-jobs")[0]["status"] == "pending"
+        write_group(vm, 2)
+        frozen = bitmap0(vm)
+        assert (frozen["busy"], frozen["recording"], frozen["count"]) == (True, True, 393216)
+        vm.qmp("job-cancel" if failure == "sim" else "job-finalize", {"id": "backup_1"})
+        vm.run()
+    ev = run.end_event(since, "backup_1")
+    assert (ev["event"].removeprefix("BLOCK_JOB_"), ev["data"]["len"], ev["data"]["offset"]) == end1
+    assert ("error" in ev["data"]) == (failure == "int")
+    assert bitmap0(vm)["count"] == bits1 * G
+    write_group(vm, 3)
+    assert bitmap0(vm)["count"] == bits_g3 * G
+    run.reference_backup()
+    run.target("backup_target_2")
+    since = run.backup("backup_2", "backup_target_2", "bitmap", mode)
+    vm.qmp("job-finalize", {"id": "backup_2"})
+    vm.run()
+    ev = run.end_event(since, "backup_2")
+    assert ev["event"] == "BLOCK_JOB_COMPLETED" and ev["data"]["len"] == ev["data"]["offset"] == len2
+    assert bitmap0(vm)["count"] == bits2 * G
