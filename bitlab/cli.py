@@ -1,39 +1,79 @@
-"""The ``bitlab`` command: ``bitlab demo`` plays the seed's set-up and prints the bitmaps."""
+"""The ``bitlab`` command. ``bitlab demo`` plays the seed's scenario in both completion modes."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 from . import __version__
-from .machine import Machine
+from .scenarios import SeedOutcome, run_seed
 
 
-def demo() -> None:
-    """Two 64 MiB qcow2 drives, 64 KiB bitmaps, the five guest writes of the seed traces."""
-    vm = Machine()
-    for i in (0, 1):
-        vm.qemu_img("create", "-f", "qcow2", f"d{i}.qcow2", "64M")
-        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": f"drive{i}",
-                                "file": {"driver": "file", "filename": f"d{i}.qcow2"}})
-        vm.qmp("block-dirty-bitmap-add", {"node": f"drive{i}", "name": f"bitmap{i}", "granularity": 65536})
-    for node, offset, length, pattern in [("drive0", 0, 65536, 0x41), ("drive0", 126976, 8192, 0x42),
-                                          ("drive0", 1048576, 131072, 0x43), ("drive1", 0, 65536, 0x44),
-                                          ("drive1", 33554432, 65536, 0x45)]:
-        vm.write(node, offset, length, pattern)
-    for node in vm.qmp("query-named-block-nodes", {"flat": True}):
-        for bm in node.get("dirty-bitmaps", []):
-            print(node["node-name"], json.dumps(bm))
+def _job_lines(outcome: SeedOutcome) -> list[str]:
+    lines = [f"completion-mode: {outcome.mode}", ""]
+    for drive in outcome.drives.values():
+        lines.append(f"{drive.drive} -> {drive.image}")
+        for ev in drive.events:
+            data = ev.get("data", {})
+            if ev["event"] == "JOB_STATUS_CHANGE":
+                lines.append(f"  status {data['status']}")
+            elif ev["event"] == "BLOCK_JOB_ERROR":
+                lines.append(f"  ERROR  {data['operation']} -> {data['action']}")
+            elif ev["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
+                name = ev["event"].removeprefix("BLOCK_JOB_")
+                lines.append(f"  {name} len={data['len']} offset={data['offset']}")
+                if "error" in data:
+                    lines.append(f"    error: {data['error']}")
+        lines.append(f"  bitmap{drive.drive[-1]} count {drive.count_before} -> {drive.count_after}")
+        lines.append(f"  image: {'VALID, keep' if drive.valid else 'INVALID, delete'}")
+        lines.append("")
+    lines.append("keep:   " + (", ".join(outcome.keep) or "-"))
+    lines.append("delete: " + (", ".join(outcome.delete) or "-"))
+    lines.append("next incremental:")
+    for d in outcome.drives.values():
+        base = d.image if d.valid else f"d{d.drive[-1]}-full.qcow2"
+        lines.append(f"  {d.drive} on top of {base}")
+    return lines
+
+
+def side_by_side(left: list[str], right: list[str], width: int) -> str:
+    col = max(30, (width - 3) // 2)
+    rows = []
+    for i in range(max(len(left), len(right))):
+        a = left[i] if i < len(left) else ""
+        b = right[i] if i < len(right) else ""
+        rows.append(f"{a[:col]:<{col}} | {b[:col]}")
+    return "\n".join(rows)
+
+
+def demo(failing: str | None = "drive1", width: int | None = None, as_json: bool = False) -> str:
+    """Both completion modes of the seed's incremental transaction, side by side."""
+    individual, grouped = run_seed("individual", failing), run_seed("grouped", failing)
+    if as_json:
+        return json.dumps({o.mode: {"transaction": o.transaction, "keep": o.keep, "delete": o.delete,
+                                    "drives": {d.drive: {"events": d.events, "count_before": d.count_before,
+                                                         "count_after": d.count_after, "valid": d.valid}
+                                               for d in o.drives.values()}}
+                           for o in (individual, grouped)}, indent=2)
+    width = width or shutil.get_terminal_size((120, 40)).columns
+    header = ["The seed: an incremental backup of drive0 and drive1 in one transaction,",
+              f"and {failing or 'no drive'}'s read fails (blkdebug). QMP sent:",
+              json.dumps({"execute": "transaction", "arguments": individual.transaction}), ""]
+    return "\n".join(header) + side_by_side(_job_lines(individual), _job_lines(grouped), width)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bitlab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bitlab", description="bitlab: QEMU 7.2 incremental backup, simulated")
     parser.add_argument("--version", action="version", version=f"bitlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="play the seed's set-up and print the bitmaps")
+    p_demo = sub.add_parser("demo", help="the seed's partial failure in both completion modes, side by side")
+    p_demo.add_argument("--fail", default="drive1", choices=["drive0", "drive1", "none"],
+                        help="which drive's backup read fails (default drive1)")
+    p_demo.add_argument("--json", action="store_true", help="print the outcome as JSON")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo()
+        print(demo(None if args.fail == "none" else args.fail, as_json=args.json))
     return 0
 
 

@@ -19,9 +19,11 @@ instead, with the scenario's ``"drives"`` given as ``-drive if=none,...`` (image
 made with qemu-img first); its output records ``machine`` and ``drives``.  The
 system emulator's qemu-io (HMP) prints to its stdout, not into the HMP reply, so
 an ``hmp`` step also records that text as ``stdout`` (qemu-io's timing figures
-masked as ``TIMING``).  Scenarios with ``"mark-reply": true`` record for every
-``qmp``/``hmp`` step ``events-before-reply``: how many of the step's events came
-on the wire before the command's reply.
+masked as ``TIMING``) and what the emulator wrote to stderr meanwhile as
+``stderr``.  Scenarios with ``"mark-reply": true`` record for every ``qmp`` or
+``hmp`` step ``events-before-reply``: how many of the step's events came on the
+wire before the command's reply.  ``wait-job`` and ``settle-jobs`` steps wait
+for jobs (see tools/golden_scenarios.py); their query-jobs polls are not recorded.
 
 Usage: ``.venv/bin/python tools/capture_golden.py [-o DIR] [-g GROUP ...] [-j N]``
 """
@@ -512,13 +514,16 @@ async def run_scenario(scenario: dict[str, Json], root: Path) -> dict[str, Json]
             record: dict[str, Json] = {"step": step, "reply": None, "events": []}
             records.append(record)
             seen_before = daemon.events_seen()
-            stdout_before = len(daemon.stdout_text()) if "hmp" in step and machine == "system" else 0
+            hmp_system = "hmp" in step and machine == "system"
+            stdout_before = len(daemon.stdout_text()) if hmp_system else 0
+            stderr_before = len(daemon.log_text()) if hmp_system else 0
             try:
                 record["reply"] = await run_step(daemon, step, wd)
                 if mark_reply and ("qmp" in step or "hmp" in step) and daemon.client is not None:
                     record["events-before-reply"] = daemon.client.reply_mark - seen_before
-                if "hmp" in step and machine == "system":
+                if hmp_system:
                     record["stdout"] = TIMING_RE.sub("; TIMING", daemon.stdout_text()[stdout_before:])
+                    record["stderr"] = daemon.log_text()[stderr_before:]
             except Crashed as crash:
                 if crash.returncode is None:
                     record["reply"] = {"hung": True}
@@ -539,8 +544,9 @@ async def run_scenario(scenario: dict[str, Json], root: Path) -> dict[str, Json]
     for record in records:
         record["reply"] = scrub(substitute(record["reply"], wd, "WORKDIR"))
         record["events"] = scrub(substitute(record["events"], wd, "WORKDIR"))
-        if "stdout" in record:
-            record["stdout"] = scrub(substitute(record["stdout"], wd, "WORKDIR"))
+        for stream in ("stdout", "stderr"):
+            if stream in record:
+                record[stream] = scrub(substitute(record[stream], wd, "WORKDIR"))
     result: dict[str, Json] = {"name": scenario["name"]}
     if machine != "qsd":
         result["machine"] = machine

@@ -1201,12 +1201,12 @@ def action(kind: str, **data: Any) -> dict[str, Any]:
     return {"type": kind, "data": dashed(data)}
 
 
-def transaction(*actions: dict[str, Any], mode: str | None = None) -> Step:
+def transaction(*actions: dict[str, Any], mode: str | None = None, settle: float | None = None) -> Step:
     """transaction (``mode``: completion-mode property)."""
     args: dict[str, Any] = {"actions": list(actions)}
     if mode is not None:
         args["properties"] = {"completion-mode": mode}
-    return qmp("transaction", args)
+    return qmp("transaction", args, settle)
 
 
 def settle() -> Step:
@@ -1706,6 +1706,7 @@ BLKDEBUG_257 = {  # armed by a flush, then the backup's second read fails once w
     "inject-error": [{"event": "read_aio", "errno": 5, "state": 3, "immediately": False, "once": True}],
 }
 X_PERF = {"max-workers": 1}
+NO_DISMISS_1 = {"auto_dismiss": False, "x_perf": X_PERF}
 
 
 def writes_257(group: int) -> list[Step]:
@@ -1814,6 +1815,666 @@ BACKUP_SYNC = [
 ]
 
 
+# --- 11. transactions ------------------------------------------------------------
+
+A236 = [(0x5D, 0, 65536), (0xD5, 1 * M, 65536), (0xDC, 32 * M, 65536), (0xCD, 0x3FF0000, 65536)]
+B236 = [(0xAB, 0, 65536), (0xAD, 0x00F8000, 65536), (0x1D, 0x2008000, 65536), (0xEA, 0x3FE0000, 65536)]
+
+
+def bitmap_action(kind: str, node: str, name: str, **kw: Any) -> dict[str, Any]:
+    """A block-dirty-bitmap-* transaction action."""
+    return action(f"block-dirty-bitmap-{kind}", node=node, name=name, **kw)
+
+
+def abort() -> dict[str, Any]:
+    """The abort transaction action."""
+    return {"type": "abort", "data": {}}
+
+
+def steps_236(node: str, writes: Any, query: Step) -> list[Step]:
+    """tests/qemu-iotests/236: bitmap transactions, with ``writes(patterns)`` and ``query`` given."""
+    g = {"granularity": 65536}
+    return [
+        add(node, "bitmapA", **g),
+        add(node, "bitmapB", **g),
+        *writes(A236),
+        query,
+        transaction(
+            bitmap_action("disable", node, "bitmapB"),
+            bitmap_action("add", node, "bitmapC", **g),
+            bitmap_action("clear", node, "bitmapA"),
+            abort(),
+        ),
+        query,
+        transaction(
+            bitmap_action("disable", node, "bitmapB"),
+            bitmap_action("add", node, "bitmapC", **g),
+            bitmap_action("disable", node, "bitmapC"),
+            bitmap_action("enable", node, "bitmapC"),
+        ),
+        *writes(B236),
+        query,
+        transaction(bitmap_action("disable", node, "bitmapA"), bitmap_action("disable", node, "bitmapC")),
+        query,
+        transaction(
+            bitmap_action("add", node, "bitmapD", disabled=True, **g),
+            action("block-dirty-bitmap-merge", node=node, target="bitmapD", bitmaps=["bitmapB", "bitmapC"]),
+            abort(),
+        ),
+        query,
+        transaction(
+            bitmap_action("add", node, "bitmapD", disabled=True, **g),
+            action("block-dirty-bitmap-merge", node=node, target="bitmapD", bitmaps=["bitmapB", "bitmapC"]),
+        ),
+        query,
+        sha(node, "bitmapA"),
+        sha(node, "bitmapD"),
+        *(bm("remove", node, name) for name in ("bitmapA", "bitmapB", "bitmapC", "bitmapD")),
+        query,
+    ]
+
+
+SEED_BLKDEBUG = {  # real-qemu.md: the first guest write arms it, the backup's next read fails once
+    "set-state": [{"event": "write_aio", "state": 1, "new_state": 2}],
+    "inject-error": [{"event": "read_aio", "state": 2, "iotype": "read", "errno": 5, "once": True}],
+}
+SEED_WRITES1 = [("drive1", 0, 65536, 0x44), ("drive1", 33554432, 65536, 0x45)]
+
+
+def seed_qsd(mode: str | None) -> dict[str, Any]:
+    """The seed's two-drive incremental transaction (blockdev-backup), drive1's read fails once."""
+    name = f"seed-{mode or 'individual'}"
+    retry_base0 = "inc0.qcow2" if mode is None else "full0.qcow2"
+    return jscenario(
+        "transaction",
+        name,
+        *(create(f) for f in ("drive0.qcow2", "drive1.qcow2", "full0.qcow2", "full1.qcow2")),
+        qcow2("drive0", "drive0.qcow2"),
+        blkdebug_qcow2("drive1", "drive1.qcow2", **SEED_BLKDEBUG),
+        qcow2("full0", "full0.qcow2"),
+        qcow2("full1", "full1.qcow2"),
+        transaction(
+            bitmap_action("add", "drive0", "bitmap0", granularity=65536),
+            bitmap_action("add", "drive1", "bitmap1", granularity=65536),
+            backup_action("drive0", "full0", "full", "drive0"),
+            backup_action("drive1", "full1", "full", "drive1"),
+        ),
+        settle(),
+        qmp("blockdev-del", {"node-name": "full0"}),
+        qmp("blockdev-del", {"node-name": "full1"}),
+        *(write(n, o, ln, p) for n, o, ln, p in SEED_WRITES + SEED_WRITES1),
+        nodes(),
+        sha("drive0", "bitmap0"),
+        sha("drive1", "bitmap1"),
+        img("create", "-f", "qcow2", "-b", "full0.qcow2", "-F", "qcow2", "inc0.qcow2"),
+        img("create", "-f", "qcow2", "-b", "full1.qcow2", "-F", "qcow2", "inc1.qcow2"),
+        qcow2("inc0", "inc0.qcow2"),
+        qcow2("inc1", "inc1.qcow2"),
+        transaction(
+            backup_action("drive0", "inc0", "incremental", "drive0", bitmap="bitmap0"),
+            backup_action("drive1", "inc1", "incremental", "drive1", bitmap="bitmap1"),
+            mode=mode,
+        ),
+        settle(),
+        jobs(),
+        nodes(),
+        sha("drive0", "bitmap0"),
+        sha("drive1", "bitmap1"),
+        qmp("blockdev-del", {"node-name": "inc0"}),
+        qmp("blockdev-del", {"node-name": "inc1"}),
+        img("create", "-f", "qcow2", "-b", retry_base0, "-F", "qcow2", "retry0.qcow2"),
+        img("create", "-f", "qcow2", "-b", "full1.qcow2", "-F", "qcow2", "retry1.qcow2"),
+        qcow2("retry0", "retry0.qcow2"),
+        qcow2("retry1", "retry1.qcow2"),
+        transaction(
+            backup_action("drive0", "retry0", "incremental", "drive0", bitmap="bitmap0"),
+            backup_action("drive1", "retry1", "incremental", "drive1", bitmap="bitmap1"),
+            mode=mode,
+        ),
+        settle(),
+        sha("drive0", "bitmap0"),
+        sha("drive1", "bitmap1"),
+    )
+
+
+TXN_SETUP = [
+    *image("drive0"),
+    *image("drive1"),
+    *image("t0"),
+    *image("t1"),
+    add("drive0", "b0"),
+    add("drive1", "b1"),
+    write("drive0", 0, 65536),
+    write("drive0", 8 * M, 65536),
+    write("drive1", 0, 65536),
+]
+
+TRANSACTION = [
+    jscenario(
+        "transaction",
+        "iotest-236",
+        *image("drive0"),
+        *steps_236("drive0", lambda ws: [write("drive0", o, n, p) for p, o, n in ws], nodes()),
+    ),
+    jscenario(
+        "transaction",
+        "malformed",
+        *TXN_SETUP,
+        qmp("transaction", {"actions": []}),
+        qmp("transaction", {"actions": [], "properties": {}}),
+        qmp("transaction", {"actions": [], "properties": {"completion-mode": "grouped"}}),
+        qmp("transaction", {"actions": [], "properties": {"completion-mode": "bogus"}}),
+        qmp("transaction", {"actions": [], "properties": {"x": 1}}),
+        qmp("transaction", {}),
+        qmp("transaction", {"actions": {}}),
+        qmp("transaction", {"actions": [{"type": "nope", "data": {}}]}),
+        qmp("transaction", {"actions": [{"type": "abort"}]}),
+        qmp("transaction", {"actions": [{"data": {}}]}),
+        qmp("transaction", {"actions": [{"type": "abort", "data": {"x": 1}}]}),
+        qmp("transaction", {"actions": [{"type": "abort", "data": {}, "x": 1}]}),
+        qmp("transaction", {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "drive0"}}]}),
+        qmp("transaction", {"actions": [abort(), {"type": "block-dirty-bitmap-add", "data": {"name": "x"}}]}),
+        qmp("transaction", {"actions": [{"type": "blockdev-backup", "data": {"device": "drive0", "sync": "full"}}]}),
+        qmp("transaction", {"actions": [{"type": "blockdev-backup", "data": {"device": "drive0", "target": "t0"}}]}),
+        qmp(
+            "transaction",
+            {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "drive0", "name": "x"}}, 5]},
+        ),
+        transaction(
+            action("blockev-backup", device="drive0", target="t0", sync="incremental", bitmap="b0"),
+            backup_action("drive1", "t1", "incremental", bitmap="b1"),
+        ),
+        transaction(abort()),
+        transaction(abort(), mode="grouped"),
+        transaction(bitmap_action("add", "drive0", "x")),
+        nodes(),
+    ),
+    jscenario(
+        "transaction",
+        "grouped-rejects-bitmap-actions",
+        *TXN_SETUP,
+        transaction(bitmap_action("add", "drive0", "x"), mode="grouped"),
+        transaction(bitmap_action("clear", "drive0", "b0"), mode="grouped"),
+        transaction(backup_action("drive0", "t0", "full", "j0"), bitmap_action("add", "drive0", "x"), mode="grouped"),
+        transaction(bitmap_action("add", "drive0", "x"), backup_action("drive0", "t0", "full", "j0"), mode="grouped"),
+        transaction(backup_action("drive0", "t0", "full", "j0"), abort(), mode="grouped"),
+        transaction(
+            action("block-dirty-bitmap-merge", node="drive0", target="b0", bitmaps=["b0"]),
+            mode="individual",
+        ),
+        jobs(),
+        nodes(),
+    ),
+    jscenario(
+        "transaction",
+        "rollback-of-created-backups",
+        *TXN_SETUP,
+        sha("drive0", "b0"),
+        transaction(backup_action("drive0", "t0", "full", "j0"), abort()),
+        transaction(backup_action("drive0", "t0", "incremental", "j0", bitmap="b0"), abort()),
+        sha("drive0", "b0"),
+        transaction(backup_action("drive0", "t0", "bitmap", "j0", bitmap="b0", bitmap_mode="always"), abort()),
+        sha("drive0", "b0"),
+        nodes(),
+        transaction(
+            backup_action("drive0", "t0", "incremental", "j0", bitmap="b0"), backup_action("drive1", "t0", "full", "j1")
+        ),
+        transaction(
+            bitmap_action("remove", "drive0", "b0"), backup_action("drive0", "t0", "incremental", "j0", bitmap="b0")
+        ),
+        transaction(bitmap_action("remove", "drive1", "b1"), bitmap_action("clear", "drive1", "b1")),
+        transaction(bitmap_action("add", "drive0", "b0"), abort()),
+        jobs(),
+        nodes(),
+    ),
+    jscenario(
+        "transaction",
+        "anchors",
+        *TXN_SETUP,
+        transaction(bitmap_action("add", "drive0", "a0"), backup_action("drive0", "t0", "full", "j0")),
+        settle(),
+        nodes(),
+        sha("drive0", "a0"),
+        transaction(
+            bitmap_action("add", "drive0", "a1"),
+            backup_action("drive0", "t1", "incremental", "j1", bitmap="a1"),
+        ),
+        settle(),
+        write("drive0", 2 * M, 65536),
+        transaction(bitmap_action("clear", "drive0", "b0"), backup_action("drive0", "t0", "full", "j0")),
+        settle(),
+        nodes(),
+    ),
+    jscenario(
+        "transaction",
+        "same-source-twice",
+        *TXN_SETUP,
+        transaction(backup_action("drive0", "t0", "full", "j0"), backup_action("drive0", "t1", "full", "j1")),
+        settle(),
+        transaction(
+            backup_action("drive0", "t0", "incremental", "j0", bitmap="b0"),
+            backup_action("drive0", "t1", "full", "j1"),
+            mode="grouped",
+        ),
+        settle(),
+        sha("drive0", "b0"),
+    ),
+    jscenario(
+        "transaction",
+        "grouped-both-succeed",
+        *TXN_SETUP,
+        transaction(
+            backup_action("drive0", "t0", "incremental", "j0", bitmap="b0"),
+            backup_action("drive1", "t1", "incremental", "j1", bitmap="b1"),
+            mode="grouped",
+        ),
+        settle(),
+        sha("drive0", "b0"),
+        sha("drive1", "b1"),
+        write("drive0", 0, 65536),
+        transaction(
+            backup_action("drive0", "t0", "incremental", "j0", bitmap="b0", auto_finalize=False),
+            backup_action("drive1", "t1", "incremental", "j1", bitmap="b1"),
+            mode="grouped",
+        ),
+        wait("j0", "pending"),
+        wait("j1", "pending"),
+        jobs(),
+        job("finalize", "j1"),
+        settle(),
+        sha("drive0", "b0"),
+    ),
+    jscenario(
+        "transaction",
+        "grouped-cancel-while-other-waits",
+        *TXN_SETUP,
+        transaction(
+            backup_action("drive0", "t0", "full", "j0", speed=SPEED),
+            backup_action("drive1", "t1", "incremental", "j1", bitmap="b1"),
+            mode="grouped",
+            settle=THROTTLE_SETTLE,
+        ),
+        jobs(),
+        bjobs(),
+        job("cancel", "j1"),
+        job("cancel", "j0"),
+        settle(),
+        jobs(),
+        sha("drive1", "b1"),
+    ),
+    jscenario(
+        "transaction",
+        "individual-cancel-one",
+        *TXN_SETUP,
+        transaction(
+            backup_action("drive0", "t0", "full", "j0", speed=SPEED),
+            backup_action("drive1", "t1", "incremental", "j1", bitmap="b1"),
+            settle=THROTTLE_SETTLE,
+        ),
+        jobs(),
+        job("cancel", "j0"),
+        settle(),
+        sha("drive1", "b1"),
+    ),
+    seed_qsd(None),
+    seed_qsd("grouped"),
+]
+
+
+# --- 12. blkdebug error injection ------------------------------------------------
+
+W124 = [(0xAB, 0, 512), (0xFE, 16 * M, 256 * K), (0x64, 32736 * K, 64 * K)]  # iotest 124 write set W1
+
+
+def blkdebug_add(name: str, **rules: Any) -> Step:
+    """blockdev-add of a bare blkdebug node over a file node (for argument errors)."""
+    image_node = {"driver": "file", "filename": "drive0.qcow2"}
+    return qmp("blockdev-add", {"driver": "blkdebug", "node-name": name, "image": image_node, **dashed(rules)})
+
+
+def read_error(**kw: Any) -> dict[str, Any]:
+    """An inject-error rule failing reads with EIO (``kw`` overrides)."""
+    return {"event": "read_aio", "errno": 5, **kw}
+
+
+def blkdebug_source(*rules: dict[str, Any], writes: Any = W124) -> list[Step]:
+    """drive0 (qcow2 over blkdebug with inject-error ``rules``), target t0, guest writes ``writes``."""
+    return [
+        create("drive0.qcow2"),
+        blkdebug_qcow2("drive0", "drive0.qcow2", inject_error=list(rules)),
+        *image("t0"),
+        *(write("drive0", o, n, p) for p, o, n in writes),
+    ]
+
+
+def blkdebug_target(*rules: dict[str, Any]) -> list[Step]:
+    """drive0 (qcow2, W124 written) and target t0 (qcow2 over blkdebug with inject-error ``rules``)."""
+    return [
+        *image("drive0"),
+        create("t0.qcow2"),
+        blkdebug_qcow2("t0", "t0.qcow2", inject_error=list(rules)),
+        *(write("drive0", o, n, p) for p, o, n in W124),
+    ]
+
+
+BLKDEBUG = [
+    jscenario(
+        "blkdebug",
+        "blockdev-add-errors",
+        create("drive0.qcow2"),
+        blkdebug_add("e1", inject_error=[{"event": "nope"}]),
+        blkdebug_add("e2", set_state=[{"event": "nope", "new_state": 2}]),
+        blkdebug_add("e3", inject_error=[read_error(iotype="bogus")]),
+        blkdebug_add("e4", inject_error=[{"errno": 5}]),
+        blkdebug_add("e5", inject_error=[read_error(errno="x")]),
+        blkdebug_add("e6", inject_error=[read_error(once="yes")]),
+        blkdebug_add("e7", inject_error=[read_error(immediately=1)]),
+        blkdebug_add("e8", inject_error=[read_error(state=-1)]),
+        blkdebug_add("e9", inject_error=[read_error(sector=-1)]),
+        blkdebug_add("e10", inject_error=[read_error(x=1)]),
+        blkdebug_add("e11", set_state=[{"event": "read_aio", "state": 1}]),
+        blkdebug_add("e12", set_state=[{"event": "read_aio", "new_state": 0}]),
+        blkdebug_add("e13", set_state=[{"event": "read_aio", "new_state": -1}]),
+        blkdebug_add("e14", align=3),
+        blkdebug_add("e15", config="missing.cfg"),
+        qmp("blockdev-add", {"driver": "blkdebug", "node-name": "e90"}),
+        qmp("blockdev-add", {"driver": "blkdebug", "node-name": "e91", "image": "nope"}),
+        blkdebug_add(
+            "e16",
+            inject_error=[read_error(iotype="read", state=2, once=True, immediately=True, sector=0)],
+            set_state=[{"event": "write_aio", "state": 1, "new_state": 2}],
+        ),
+        blkdebug_add("b2", inject_error=[read_error(iotype="write-zeroes"), read_error(iotype="flush")]),
+        nodes(),
+    ),
+    jscenario(
+        "blkdebug",
+        "read-error-not-once",
+        *blkdebug_source(read_error(once=False)),
+        backup("drive0", "t0", "full", "j0", x_perf=X_PERF),
+        settle(),
+        backup("drive0", "t0", "full", "j1", auto_dismiss=False, x_perf=X_PERF),
+        settle(),
+        jobs(),
+        bjobs(),
+        job("dismiss", "j1"),
+    ),
+    jscenario(
+        "blkdebug",
+        "read-error-sector-is-host-offset",
+        *blkdebug_source(read_error(sector=32768), writes=[*W124, (0x11, 8 * M, 64 * K)]),
+        backup("drive0", "t0", "full", "j0", x_perf=X_PERF),
+        settle(),
+    ),
+    jscenario(
+        "blkdebug",
+        "read-error-stop-then-resume",
+        *blkdebug_source(read_error(once=True)),
+        add("drive0", "bitmap0"),
+        write("drive0", 0, 512, 0x9A),
+        write("drive0", 8 * M, 352 * K, 0x55),
+        backup("drive0", "t0", "incremental", "j0", bitmap="bitmap0", on_source_error="stop", x_perf=X_PERF),
+        settle(),
+        jobs(),
+        bjobs(),
+        nodes(),
+        job("pause", "j0"),
+        bjob("cancel", "j0"),
+        job("resume", "j0"),
+        settle(),
+        jobs(),
+        sha("drive0", "bitmap0"),
+        nodes(),
+    ),
+    jscenario(
+        "blkdebug",
+        "read-error-stop-then-cancel",
+        *blkdebug_source(read_error(once=True)),
+        add("drive0", "bitmap0"),
+        write("drive0", 0, 512, 0x9A),
+        backup(
+            "drive0",
+            "t0",
+            "incremental",
+            "j0",
+            bitmap="bitmap0",
+            on_source_error="stop",
+            auto_dismiss=False,
+            x_perf=X_PERF,
+        ),
+        settle(),
+        bjobs(),
+        job("cancel", "j0"),
+        settle(),
+        jobs(),
+        bjobs(),
+        sha("drive0", "bitmap0"),
+    ),
+    jscenario(
+        "blkdebug",
+        "read-error-ignore",
+        *blkdebug_source(read_error(once=True)),
+        backup("drive0", "t0", "full", "j0", on_source_error="ignore", x_perf=X_PERF),
+        settle(),
+        jobs(),
+    ),
+    jscenario(
+        "blkdebug",
+        "read-error-enospc-and-auto-policies",
+        *blkdebug_source(read_error(once=False)),
+        backup("drive0", "t0", "full", "j0", on_source_error="enospc", x_perf=X_PERF),
+        settle(),
+        backup("drive0", "t0", "full", "j1", on_source_error="auto", x_perf=X_PERF),
+        settle(),
+    ),
+    jscenario(
+        "blkdebug",
+        "read-error-immediately",
+        *blkdebug_source(read_error(once=True, immediately=True)),
+        backup("drive0", "t0", "full", "j0", x_perf=X_PERF),
+        settle(),
+    ),
+    jscenario(
+        "blkdebug",
+        "target-enospc-stop",
+        *blkdebug_target({"event": "write_aio", "errno": 28, "once": True}),
+        backup("drive0", "t0", "full", "j0", on_target_error="enospc", x_perf=X_PERF),
+        settle(),
+        jobs(),
+        bjobs(),
+        bjob("resume", "j0"),
+        settle(),
+        jobs(),
+    ),
+    jscenario(
+        "blkdebug",
+        "target-enospc-report",
+        *blkdebug_target({"event": "write_aio", "errno": 28, "once": True}),
+        backup("drive0", "t0", "full", "j0", auto_dismiss=False, x_perf=X_PERF),
+        settle(),
+        jobs(),
+        bjobs(),
+        job("dismiss", "j0"),
+    ),
+    jscenario(
+        "blkdebug",
+        "target-eio-with-enospc-policy",
+        *blkdebug_target({"event": "write_aio", "errno": 5, "once": True}),
+        backup("drive0", "t0", "full", "j0", on_target_error="enospc", x_perf=X_PERF),
+        settle(),
+    ),
+    jscenario(
+        "blkdebug",
+        "target-error-stop-twice",
+        *blkdebug_target({"event": "write_aio", "errno": 5, "once": False}),
+        backup("drive0", "t0", "full", "j0", on_target_error="stop", x_perf=X_PERF),
+        settle(),
+        bjobs(),
+        job("resume", "j0"),
+        settle(),
+        bjobs(),
+        job("cancel", "j0"),
+        settle(),
+    ),
+]
+
+# --- 13. the system emulator: -drive devices, HMP qemu-io, drive-backup ----------------------------
+
+SEED_DRIVES = [
+    {"id": "drive0", "file": "d0.qcow2", "format": "qcow2", "size": "64M"},
+    {"id": "drive1", "file": "d1.qcow2", "format": "qcow2", "size": "64M", "blkdebug": SEED_BLKDEBUG},
+]
+
+
+def qemu_io(device: str, command: str) -> Step:
+    """HMP ``qemu-io DEVICE "COMMAND"``."""
+    return hmp(f'qemu-io {device} "{command}"')
+
+
+def seed_drive_backup(device: str, n: int) -> dict[str, Any]:
+    """The seed's drive-backup action (verbatim), for drive ``n``."""
+    return {
+        "type": "drive-backup",
+        "data": {
+            "device": device,
+            "bitmap": f"bitmap{n}",
+            "format": "qcow2",
+            "mode": "existing",
+            "sync": "incremental",
+            "target": f"d{n}-incr-1.qcow2",
+        },
+    }
+
+
+def seed_system(mode: str | None) -> dict[str, Any]:
+    """The seed (docs/bitmaps.md "Partial Transactional Failures" / "Grouped Completion Mode")."""
+    properties = {} if mode is None else {"properties": {"completion-mode": mode}}
+    retry0_base = "d0-incr-1.qcow2" if mode is None else "d0-full.qcow2"
+    return jscenario(
+        "system",
+        f"seed-{mode or 'individual'}",
+        qmp("query-block"),
+        nodes(),
+        transaction(
+            bitmap_action("add", "drive0", "bitmap0", granularity=65536),
+            bitmap_action("add", "drive1", "bitmap1", granularity=65536),
+            action("drive-backup", device="drive0", target="d0-full.qcow2", sync="full", format="qcow2"),
+            action("drive-backup", device="drive1", target="d1-full.qcow2", sync="full", format="qcow2"),
+        ),
+        settle(),
+        qmp("query-block"),
+        qemu_io("drive0", "write -P 0x41 0 65536"),
+        qemu_io("drive0", "write -P 0x42 126976 8192"),
+        qemu_io("drive0", "write -P 0x43 1048576 131072"),
+        qemu_io("drive1", "write -P 0x44 0 65536"),
+        qemu_io("drive1", "write -P 0x45 33554432 65536"),
+        qmp("query-block"),
+        img("create", "-f", "qcow2", "-b", "d0-full.qcow2", "-F", "qcow2", "d0-incr-1.qcow2"),
+        img("create", "-f", "qcow2", "-b", "d1-full.qcow2", "-F", "qcow2", "d1-incr-1.qcow2"),
+        qmp("transaction", {"actions": [seed_drive_backup("drive0", 0), seed_drive_backup("drive1", 1)], **properties}),
+        settle(),
+        jobs(),
+        qmp("query-block"),
+        sha("drive0", "bitmap0"),
+        sha("drive1", "bitmap1"),
+        img("create", "-f", "qcow2", "-b", retry0_base, "-F", "qcow2", "d0-retry.qcow2"),
+        img("create", "-f", "qcow2", "-b", "d1-full.qcow2", "-F", "qcow2", "d1-retry.qcow2"),
+        transaction(
+            action(
+                "drive-backup",
+                device="drive0",
+                bitmap="bitmap0",
+                format="qcow2",
+                mode="existing",
+                sync="incremental",
+                target="d0-retry.qcow2",
+            ),
+            action(
+                "drive-backup",
+                device="drive1",
+                bitmap="bitmap1",
+                format="qcow2",
+                mode="existing",
+                sync="incremental",
+                target="d1-retry.qcow2",
+            ),
+            mode=mode,
+        ),
+        settle(),
+        qmp("query-block"),
+        img("info", "-U", "--backing-chain", "d0-retry.qcow2"),
+        machine="system",
+        drives=SEED_DRIVES,
+    )
+
+
+SYSTEM = [
+    seed_system(None),
+    seed_system("grouped"),
+    jscenario(
+        "system",
+        "default-job-id-and-queries",
+        add("drive0", "bitmap0"),
+        qemu_io("drive0", "write -P 0x41 0 64k"),
+        qemu_io("drive0", "write -P 0x42 4M 2M"),
+        qemu_io("drive0", "read 0 512"),
+        qemu_io("drive0", "write -P 0x43 1G 512"),
+        qemu_io("nope", "write 0 512"),
+        hmp("qemu-io drive0 bogus"),
+        hmp("info block"),
+        qmp("query-block"),
+        create("t0.qcow2"),
+        qcow2("t0", "t0.qcow2"),
+        qmp("blockdev-backup", {"device": "drive0", "target": "t0", "sync": "full", "speed": SPEED}, THROTTLE_SETTLE),
+        qmp("query-block"),
+        bjobs(),
+        jobs(),
+        nodes(),
+        qemu_io("drive0", "write -P 0x44 8M 64k"),
+        hmp("info block-jobs"),
+        bjob("cancel", "drive0"),
+        settle(),
+        qmp(
+            "drive-backup",
+            {"device": "drive0", "target": "d0-b.qcow2", "sync": "full", "format": "qcow2", "speed": SPEED},
+            THROTTLE_SETTLE,
+        ),
+        jobs(),
+        job("cancel", "drive0"),
+        settle(),
+        qmp("drive-backup", {"device": "drive0", "target": "missing.qcow2", "sync": "full", "mode": "existing"}),
+        qmp("drive-backup", {"device": "drive0", "target": "d0-c.qcow2", "sync": "incremental", "format": "qcow2"}),
+        img("info", "-U", "d0-c.qcow2"),
+        qmp("drive-backup", {"device": "nope", "target": "d0-d.qcow2", "sync": "full"}),
+        qmp("drive-backup", {"device": "drive0", "target": "d0-e.qcow2", "sync": "top", "format": "qcow2"}, 0.2),
+        settle(),
+        qmp(
+            "drive-backup",
+            {"device": "drive0", "target": "d0-f.qcow2", "sync": "none", "format": "qcow2", "job-id": "none0"},
+            THROTTLE_SETTLE,
+        ),
+        qmp("query-block"),
+        job("cancel", "none0"),
+        settle(),
+        img("info", "-U", "d0-f.qcow2"),
+        qmp("query-block"),
+        machine="system",
+        drives=[{"id": "drive0", "file": "d0.qcow2", "format": "qcow2", "size": "64M"}],
+    ),
+    jscenario(
+        "system",
+        "iotest-236",
+        *steps_236(
+            "drive0",
+            lambda ws: [qemu_io("drive0", f"write -P{p:#x} {o} {n}") for p, o, n in ws],
+            qmp("query-block"),
+        ),
+        machine="system",
+        drives=[{"id": "drive0", "file": "d0.qcow2", "format": "qcow2", "size": "64M"}],
+    ),
+]
+
+
 SCENARIOS: list[dict[str, Any]] = [
     *ADD,
     *MANAGE,
@@ -1826,4 +2487,7 @@ SCENARIOS: list[dict[str, Any]] = [
     *JOBS,
     *BACKUP_ERRORS,
     *BACKUP_SYNC,
+    *TRANSACTION,
+    *BLKDEBUG,
+    *SYSTEM,
 ]

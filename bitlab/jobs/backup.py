@@ -146,8 +146,11 @@ class BackupJob(Job):
             self.pause_point()
 
     def on_pause(self) -> None:
+        """backup_pause cancels the block-copy call; requests in flight still complete (a drain
+        waits for them), and the call is retried from the bitmap when the job resumes."""
         if self.call is not None:
-            self.bcs.cancel()
+            self.bcs.stop()
+            self.call = None
 
     def on_cancel(self) -> None:
         if self.call is not None:

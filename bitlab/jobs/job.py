@@ -275,16 +275,22 @@ class Job:
         self.resume()
 
     def run_returned(self, ret: int, err: str | None = None) -> None:
-        """The driver's run() returned; job_exit runs from the main loop right after."""
+        """The driver's run() returned; job_exit follows in the same main-loop turn.
+
+        (QEMU schedules job_exit as a bottom half, which runs before the monitor can
+        handle another command; bitlab runs it right away.)
+        """
         self.deferred_to_main_loop = True
         self.busy = False
         self.ret = ret
         if err is not None:
             self.err = err
-        self.manager.scheduler.after(0, self.completed_cb)
+        self.completed_cb()
 
     def completed_cb(self) -> None:
         """job_completed."""
+        if self.completed:
+            return
         self.update_rc()
         if self.ret:
             txn_abort(self)
