@@ -21,6 +21,13 @@ from .qmp.qapi import wire_order
 from .sim import Scheduler
 from .units import parse_size
 
+
+def _opt_str(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
 # Where the simulated machine's files appear to live (absolute paths must be inside).
 DEFAULT_WORKDIR = "/var/lib/bitlab"
 
@@ -44,6 +51,8 @@ class Machine:
         self.jobs = JobManager(self.emit, self.scheduler)
         self.events: list[dict] = []
         self.transcript: list[dict] = []  # every QMP message and reply, in order
+        self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)
+        self.console_err: list[str] = []  # ... and on stderr
 
     # -- QMP ----------------------------------------------------------------------
     def execute(self, message: dict) -> dict:
@@ -121,7 +130,10 @@ class Machine:
             self.qemu_img("create", "-f", format, filename, str(size))
         file_opts: dict = {"driver": "file", "filename": filename}
         if blkdebug is not None:
-            file_opts = {"driver": "blkdebug", "image": file_opts, **blkdebug}
+            # -drive options are strings (QemuOpts): 2 -> "2", True -> "on"
+            rules = {key: [{k: _opt_str(v) for k, v in rule.items()} for rule in blkdebug.get(key, [])]
+                     for key in ("inject-error", "set-state") if key in blkdebug}
+            file_opts = {"driver": "blkdebug", "image": file_opts, **rules}
         opts: dict = {"driver": format, "file": file_opts}
         if node_name is not None:
             opts["node-name"] = node_name
@@ -154,13 +166,28 @@ class Machine:
         return self.graph.guest_view(self.graph.devices.get(name) or self.graph.lookup_node(name))
 
     def hmp(self, command_line: str) -> str:
-        """human-monitor-command through QMP; returns the monitor's text."""
+        """human-monitor-command through QMP; returns the monitor's reply text."""
         return self.qmp("human-monitor-command", {"command-line": command_line})
 
+    def console_take(self, stream: str = "stdout") -> str:
+        """What the emulator printed on ``stdout`` or ``stderr`` since the last call."""
+        lines = self.console if stream == "stdout" else self.console_err
+        text = "".join(lines)
+        lines.clear()
+        return text
+
     def qemu_io(self, node: str, command: str) -> str:
-        """``qemu-io NODE "COMMAND"`` via the human monitor, as a guest or operator would."""
-        verb, _ = parse_qemu_io(command)  # fail early on nonsense, like qemu-io's parser
-        return self.hmp(f"qemu-io {node} {shlex.quote(command)}")
+        """``qemu-io NODE "COMMAND"`` via the human monitor, as a guest or operator would.
+
+        Returns qemu-io's output (which QEMU prints on its stdout, not in the QMP reply).
+        """
+        parse_qemu_io(command)  # fail early on nonsense, like qemu-io's parser
+        self.console_take()
+        self.console_take("stderr")
+        reply = self.hmp(f"qemu-io {node} {shlex.quote(command)}")
+        if reply:
+            raise QMPError(reply.strip().removeprefix("Error: "))
+        return self.console_take() + self.console_take("stderr")
 
     def write(self, node: str, offset: int | str, length: int | str, pattern: int = 0xCD) -> str:
         """A guest write of ``pattern`` bytes (``qemu-io write -P``); sizes take suffixes."""

@@ -521,6 +521,9 @@ async def run_scenario(scenario: dict[str, Json], root: Path) -> dict[str, Json]
                 record["reply"] = await run_step(daemon, step, wd)
                 if mark_reply and ("qmp" in step or "hmp" in step) and daemon.client is not None:
                     record["events-before-reply"] = daemon.client.reply_mark - seen_before
+                reply = record["reply"]
+                if "hmp" in step and isinstance(reply, dict) and isinstance(reply.get("return"), str):
+                    reply["return"] = TIMING_RE.sub("; TIMING", reply["return"])
                 if hmp_system:
                     record["stdout"] = TIMING_RE.sub("; TIMING", daemon.stdout_text()[stdout_before:])
                     record["stderr"] = daemon.log_text()[stderr_before:]

@@ -21,10 +21,12 @@ for asynchronous events before the next step):
 * ``{"hmp": "command line"}`` -- human-monitor-command (system emulator; the
   qemu-io text it prints to stdout is recorded as the step's ``stdout``).
 * ``{"wait-job": {"id", "status"[, "timeout"]}}`` -- wait until a
-  JOB_STATUS_CHANGE with that id and status has arrived (each such event
-  satisfies one wait-job step); ``{"settle-jobs": True}`` -- poll query-jobs
-  (unrecorded) until it is ``[]`` or every job is concluded, pending or paused.
-  Both record only ``{"ok": true}`` or ``{"timeout": true}``.
+  JOB_STATUS_CHANGE with that id and status has arrived since the job's latest
+  ``created`` (each such event satisfies one wait-job step; the transaction
+  drain's ``paused`` counts too); ``{"settle-jobs": True}`` -- poll query-jobs
+  (unrecorded, every 5 ms, up to 20 s) until it is ``[]`` or every job is
+  concluded, pending or paused on two polls in a row.  Both record only
+  ``{"ok": true}`` or ``{"timeout": true}``; events go to the step they arrive in.
 
 Scenario keys besides ``group``, ``name``, ``steps``: ``"machine": "system"``
 with ``"drives": [{"id", "file", "format", "size"[, "blkdebug": {...}]}]`` runs

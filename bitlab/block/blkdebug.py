@@ -14,6 +14,7 @@ events) that bitlab does not model.
 
 from __future__ import annotations
 
+from ..qmp_order import wire_order
 from .node import BlockNode, round_sector
 
 BLKDEBUG_EVENTS = (
@@ -31,6 +32,10 @@ BLKDEBUG_EVENTS = (
 )
 IO_TYPES = ("read", "write", "write-zeroes", "discard", "flush", "block-status")
 EIO = 5
+_RULE_MEMBERS = {
+    "inject-error": ("event", "state", "iotype", "errno", "sector", "once", "immediately"),
+    "set-state": ("event", "state", "new_state"),
+}
 
 
 class BlockIOError(Exception):
@@ -43,19 +48,27 @@ class BlockIOError(Exception):
         self.immediately = immediately
 
 
+def _int(value: int | str) -> int:
+    return int(value, 0) if isinstance(value, str) else int(value)
+
+
+def _bool(value: bool | str) -> bool:
+    return value in (True, "on", "true", "yes") if isinstance(value, str) else bool(value)
+
+
 class Rule:
-    """One inject-error or set-state rule."""
+    """One inject-error or set-state rule (from QMP, or as -drive option strings)."""
 
     def __init__(self, kind: str, opts: dict) -> None:
         self.kind = kind
         self.event = opts["event"]
-        self.state = opts.get("state", 0)
-        self.new_state = opts.get("new_state")
-        self.errno = opts.get("errno", EIO)
-        sector = opts.get("sector", -1)
+        self.state = _int(opts.get("state", 0))
+        self.new_state = _int(opts["new_state"]) if "new_state" in opts else None
+        self.errno = _int(opts.get("errno", EIO))
+        sector = _int(opts.get("sector", -1))
         self.offset = -1 if sector == -1 else sector * 512
-        self.once = opts.get("once", False)
-        self.immediately = opts.get("immediately", False)
+        self.once = _bool(opts.get("once", False))
+        self.immediately = _bool(opts.get("immediately", False))
         self.iotypes = {opts["iotype"]} if "iotype" in opts else set(IO_TYPES)
 
 
@@ -88,10 +101,22 @@ class BlkdebugNode(BlockNode):
         return None
 
     def full_options(self) -> dict:
+        """blkdebug's rules are QemuOpts lists, so they appear flattened ("set-state.0.event").
+
+        The order follows QEMU: the driver first, then the strong options prefix by prefix
+        (inject-error., set-state.) in the reverse of the flattened dict's hash order, then
+        the child. (Derived from QEMU 7.2's ``json:`` filenames; tests/golden checks it.)
+        """
+        flat: list[tuple[str, object]] = []
+        for key in wire_order({"inject-error": 0, "set-state": 0}):
+            order = _RULE_MEMBERS[key]
+            for i, rule in enumerate(self.options.get(key, [])):
+                schema_ordered = {name: rule[name] for name in order if name in rule}
+                flat += [(f"{key}.{i}.{name}", value) for name, value in wire_order(schema_ordered).items()]
+        walked = list(wire_order(dict(flat)).items())[::-1]
         opts: dict = {"driver": "blkdebug"}
-        for key in ("inject-error", "set-state"):
-            if key in self.options:
-                opts[key] = self.options[key]
+        for prefix in ("inject-error.", "set-state."):
+            opts.update((k, v) for k, v in walked if k.startswith(prefix))
         opts["image"] = self.inner.full_options()
         return opts
 
@@ -112,10 +137,14 @@ class BlkdebugNode(BlockNode):
                 new_state = rule.new_state
         self.state = new_state
 
-    def debug_check(self, iotype: str, offset: int, length: int) -> None:
-        """rule_check: raise BlockIOError if an active rule matches this request."""
+    def debug_check(self, iotype: str, offset: int | None, length: int) -> None:
+        """rule_check: raise BlockIOError if an active rule matches this request.
+
+        ``sector`` is an offset in the image *file*; under qcow2 bitlab does not model where
+        data sits in the file (``offset`` None), so sector rules only match raw data.
+        """
         for rule in self.active:
-            hit = rule.offset == -1 or (length and offset <= rule.offset < offset + length)
+            hit = rule.offset == -1 or (offset is not None and length and offset <= rule.offset < offset + length)
             if hit and iotype in rule.iotypes:
                 if rule.once:
                     self.active.remove(rule)

@@ -3,8 +3,16 @@
 An :class:`ExtentMap` is a piecewise-constant map from byte offset to a content
 value: ``-1`` means "not allocated in this layer" (read through to the backing
 image, or zeroes), ``-2`` a zero cluster (reads 0, holds no data), ``0..255`` a
-byte pattern as written by ``qemu-io write -P``, and larger values opaque tokens. A 1 TiB image costs two numpy scalars
-until written; a batch of a million writes is merged with numpy, not a Python loop.
+byte pattern as written by ``qemu-io write -P``, and larger values opaque tokens.
+A 1 TiB image costs two numpy scalars until written; a batch of a million writes
+is merged with numpy, not a Python loop.
+
+Writes are not merged at once: they go to a *pending log* (in order), and the log
+is merged into the runs, in one vectorised :meth:`ExtentMap.write_batch`, the
+first time anything reads the map. So a million single writes (one per copied
+cluster of a backup) cost a million appends and one merge, not a million
+array rebuilds. Every method that looks at ``_starts``/``_vals`` calls
+:meth:`ExtentMap._flush` first.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import numpy as np
 
 UNALLOCATED = -1
 ZERO = -2  # allocated as zeroes without data (a qcow2 zero cluster); reads as 0
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 def _stab_max(nseg: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -46,31 +55,110 @@ def _stab_max(nseg: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return tree[size : size + nseg]
 
 
-class ExtentMap:
-    """Byte offset -> content value, stored as sorted run starts and values."""
+def clip_runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, q_starts: np.ndarray,
+              q_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The runs ``(starts, ends, vals)`` (sorted, disjoint) clipped to each query range, vectorised.
 
-    __slots__ = ("size", "_starts", "_vals")
+    Returns ``(starts, ends, vals, ptr)``: the pieces of every query range in order, query
+    ``i`` owning pieces ``ptr[i]:ptr[i+1]``. Parts of a query that no run covers are left out
+    (runs from ``read_extents`` cover their whole window, so for queries inside it nothing is).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    vals = np.asarray(vals, dtype=np.int64)
+    q_starts = np.asarray(q_starts, dtype=np.int64)
+    q_ends = np.asarray(q_ends, dtype=np.int64)
+    first = np.searchsorted(ends, q_starts, "right")  # first run ending after the query starts
+    last = np.searchsorted(starts, q_ends, "left")  # runs [first, last) start before it ends
+    counts = np.maximum(last - first, 0)
+    ptr = np.zeros(q_starts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    total = int(ptr[-1])
+    if total == 0:
+        return _EMPTY, _EMPTY, _EMPTY, ptr
+    owner = np.repeat(np.arange(q_starts.size, dtype=np.int64), counts)
+    run = np.arange(total, dtype=np.int64) - ptr[owner] + first[owner]
+    out_s = np.maximum(starts[run], q_starts[owner])
+    out_e = np.minimum(ends[run], q_ends[owner])
+    return out_s, out_e, vals[run], ptr
+
+
+class ExtentMap:
+    """Byte offset -> content value, stored as sorted run starts and values (plus a pending log)."""
+
+    __slots__ = ("size", "_starts", "_vals", "_log", "_po", "_pl", "_pv")
 
     def __init__(self, size: int, fill: int = UNALLOCATED) -> None:
         self.size = int(size)
         self._starts = np.zeros(1, dtype=np.int64)
         self._vals = np.full(1, fill, dtype=np.int64)
+        self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (offsets, ends, values), in order
+        self._po: list[int] = []  # single writes not yet in _log: offsets, lengths, values
+        self._pl: list[int] = []
+        self._pv: list[int] = []
 
+    # -- the pending log --------------------------------------------------------------
+    def _seal(self) -> None:
+        """Move buffered single writes into the log as one chunk (keeps the order)."""
+        if self._po:
+            offs = np.array(self._po, dtype=np.int64)
+            self._log.append((offs, offs + np.array(self._pl, dtype=np.int64), np.array(self._pv, dtype=np.int64)))
+            self._po, self._pl, self._pv = [], [], []
+
+    def _flush(self) -> None:
+        """Merge every pending write into the runs (later writes win)."""
+        if not self._po and not self._log:
+            return
+        self._seal()
+        log, self._log = self._log, []
+        if len(log) == 1:
+            offsets, ends, values = log[0]
+        else:
+            offsets = np.concatenate([c[0] for c in log])
+            ends = np.concatenate([c[1] for c in log])
+            values = np.concatenate([c[2] for c in log])
+        if offsets.size == 1:
+            self._write_now(int(offsets[0]), int(ends[0] - offsets[0]), int(values[0]))
+        else:
+            self._merge(offsets, ends, values)
+
+    @property
+    def pending(self) -> int:
+        """Writes logged but not merged yet."""
+        return len(self._po) + sum(c[0].size for c in self._log)
+
+    # -- reading ----------------------------------------------------------------------
     def copy(self) -> ExtentMap:
+        self._flush()
         new = ExtentMap(self.size)
         new._starts, new._vals = self._starts.copy(), self._vals.copy()
         return new
 
     def __len__(self) -> int:
         """Number of runs (a measure of memory use)."""
+        self._flush()
         return int(self._starts.size)
 
     @property
     def nbytes(self) -> int:
+        self._flush()
         return int(self._starts.nbytes + self._vals.nbytes)
 
+    def runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The merged run starts and values (read-only views)."""
+        self._flush()
+        return self._starts, self._vals
+
+    # -- writing ----------------------------------------------------------------------
     def write(self, offset: int, length: int, value: int) -> None:
-        """Set bytes ``[offset, offset+length)`` to ``value``."""
+        """Set bytes ``[offset, offset+length)`` to ``value`` (logged; merged on the next read)."""
+        if length <= 0 or min(offset + length, self.size) <= offset:
+            return
+        self._po.append(int(offset))
+        self._pl.append(int(length))
+        self._pv.append(int(value))
+
+    def _write_now(self, offset: int, length: int, value: int) -> None:
         end = min(offset + length, self.size)
         if length <= 0 or end <= offset:
             return
@@ -88,13 +176,23 @@ class ExtentMap:
         self._starts, self._vals = self._compact(ns, nv)
 
     def write_batch(self, offsets: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> None:
-        """Apply many writes in order (later ones win), vectorised."""
-        offsets = np.asarray(offsets, dtype=np.int64)
+        """Apply many writes in order (later ones win): logged, merged vectorised on the next read."""
+        offsets = np.array(offsets, dtype=np.int64, ndmin=1)  # a copy: the caller may reuse its arrays
         ends = np.minimum(offsets + np.asarray(lengths, dtype=np.int64), self.size)
-        values = np.broadcast_to(np.asarray(values, dtype=np.int64), offsets.shape)
+        values = np.array(np.broadcast_to(np.asarray(values, dtype=np.int64), offsets.shape))
         keep = ends > offsets
-        offsets, ends, values = offsets[keep], ends[keep], values[keep]
+        if not keep.all():
+            offsets, ends, values = offsets[keep], ends[keep], values[keep]
         if offsets.size == 0:
+            return
+        self._seal()
+        self._log.append((offsets, ends, values))
+
+    def _merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """Merge writes ``[offsets, ends)`` (in order, later wins) into the runs."""
+        order = np.argsort(offsets, kind="stable")
+        if order.size > 1 and np.all(ends[order[:-1]] <= offsets[order[1:]]):
+            self._merge_disjoint(offsets[order], ends[order], values[order])
             return
         bounds = np.unique(np.concatenate((self._starts, offsets, ends)))
         bounds = bounds[bounds < self.size]
@@ -104,6 +202,27 @@ class ExtentMap:
         winner = _stab_max(bounds.size, left, right)
         seg_vals = np.where(winner >= 0, values[np.maximum(winner, 0)], base)
         self._starts, self._vals = self._compact(bounds, seg_vals)
+
+    def _merge_disjoint(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """Writes that do not overlap (sorted): no winner to pick, a linear merge."""
+        starts, vals = self._starts, self._vals
+        j = np.searchsorted(offsets, starts, "right") - 1  # the write starting at or before each run start
+        covered = (j >= 0) & (starts < ends[np.maximum(j, 0)])
+        keep_s, keep_v = starts[~covered], vals[~covered]
+        # After each write the old content shows again, unless the map ends or another write starts there.
+        tail = ends < self.size
+        tail[:-1] &= ends[:-1] != offsets[1:]
+        tails = ends[tail]
+        tail_v = vals[np.searchsorted(starts, tails, "right") - 1]
+        all_s = np.concatenate((keep_s, offsets, tails))
+        all_v = np.concatenate((keep_v, values, tail_v))
+        # A kept run start equal to a write's end holds the same value as that tail: keep one.
+        order = np.argsort(all_s, kind="stable")
+        all_s, all_v = all_s[order], all_v[order]
+        first = np.empty(all_s.size, dtype=bool)
+        first[0] = True
+        np.not_equal(all_s[1:], all_s[:-1], out=first[1:])
+        self._starts, self._vals = self._compact(all_s[first], all_v[first])
 
     @staticmethod
     def _compact(starts: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,10 +235,10 @@ class ExtentMap:
 
     def extents(self, offset: int = 0, length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runs overlapping ``[offset, offset+length)``, clipped: (starts, ends, values)."""
+        self._flush()
         end = self.size if length is None else min(offset + length, self.size)
         if end <= offset:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, empty
+            return _EMPTY, _EMPTY, _EMPTY
         i = int(np.searchsorted(self._starts, offset, "right")) - 1
         j = int(np.searchsorted(self._starts, end, "left"))
         starts = self._starts[i:j].copy()
@@ -129,7 +248,18 @@ class ExtentMap:
         ends = np.minimum(ends, end)
         return starts, ends, vals
 
+    def gather(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The runs inside each range ``[starts[i], ends[i])`` (sorted, disjoint), vectorised.
+
+        Returns ``(starts, ends, values, ptr)`` as :func:`clip_runs` does.
+        """
+        self._flush()
+        run_ends = np.append(self._starts[1:], self.size)
+        return clip_runs(self._starts, run_ends, self._vals, np.minimum(starts, self.size),
+                         np.minimum(ends, self.size))
+
     def value_at(self, offset: int) -> int:
+        self._flush()
         return int(self._vals[np.searchsorted(self._starts, offset, "right") - 1])
 
     def allocated_bytes(self) -> int:
@@ -138,6 +268,7 @@ class ExtentMap:
 
     def resize(self, size: int) -> None:
         """Grow (new bytes unallocated) or shrink."""
+        self._flush()
         if size < self.size:
             keep = self._starts < size
             self._starts, self._vals = self._starts[keep], self._vals[keep]
@@ -149,6 +280,8 @@ class ExtentMap:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ExtentMap):
             return NotImplemented
+        self._flush()
+        other._flush()
         return (
             self.size == other.size
             and np.array_equal(self._starts, other._starts)

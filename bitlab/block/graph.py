@@ -12,7 +12,7 @@ import random
 import re
 
 from ..bitmap import DirtyBitmap
-from ..errors import generic
+from ..errors import QMPError, generic
 from .blkdebug import BlkdebugNode
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
 from .store import ImageStore, StoredBitmap
@@ -144,11 +144,23 @@ class BlockGraph:
             node = FileNode(name or self.auto_name(), image=self.store[key], auto_named=name is None, **common)
             return named(node)
         if driver == "blkdebug":
-            inner = self._child(opts["image"], opts, ro)
+            if "config" in opts:
+                raise generic("Could not read blkdebug config file: No such file or directory")
+            # a protocol-level driver: it is named before it opens its own child
             node = BlkdebugNode(name or self.auto_name(), inject_error=opts.get("inject-error", []),
                                 set_state=opts.get("set-state", []), auto_named=name is None, **common)
+            named(node)
+            try:
+                inner = self._child(opts["image"], opts, ro)
+            except QMPError:
+                self.nodes.pop(node.node_name, None)
+                raise
             self._attach(node, "image", inner)
-            return named(node)
+            align = opts.get("align", 0)
+            if align and (align < 0 or align & (align - 1)):
+                self.release(node)
+                raise generic(f"Cannot meet constraints with align {align}")
+            return node
         if driver in ("raw", "qcow2"):
             file_node = self._child(opts["file"], opts, ro)
             image = getattr(file_node, "image", None)
@@ -298,13 +310,16 @@ class BlockGraph:
             child.parents -= 1
             self._drop_unowned(child, clean=clean)
         node.children = []
-        image = getattr(node, "image", None)
+        image = node.__dict__.get("image")  # a format node's own image (not a filter's view)
         if image is not None:
             image.lockers = [(n, sh) for n, sh in image.lockers if n is not node]
         self.nodes.pop(node.node_name, None)
         self.monitor_owned.discard(node.node_name)
 
     def _drop_unowned(self, node: BlockNode, *, clean: bool = True) -> None:
+        """Close a node nobody holds any more (neither a parent, the monitor, nor a device)."""
+        if any(root is node for root in self.devices.values()):
+            return
         if node.parents == 0 and node.node_name not in self.monitor_owned:
             self.release(node, clean=clean)
 
@@ -315,6 +330,8 @@ class BlockGraph:
             raise generic(f"Failed to find node with node-name='{name}'")
         if name not in self.monitor_owned:
             raise generic(f"Node {name} is not owned by the monitor")
+        if node.job_blocker:
+            raise generic(f"Node '{name}' is busy: {node.job_blocker}")
         for parent in self.nodes.values():
             for role, child in parent.children:
                 if child is node and role == "backing":

@@ -6,6 +6,7 @@ turns that into the order QEMU sends. ``qemu-img info`` reuses :func:`image_info
 
 from __future__ import annotations
 
+from .blkdebug import BlkdebugNode
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, round_sector
 from .store import ImageFile
 
@@ -30,11 +31,13 @@ def qcow2_format_specific(image: ImageFile) -> dict:
     return {"type": "qcow2", "data": data}
 
 
-def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str | None = None) -> dict:
+def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str | None = None,
+                    has_actual_size: bool = True) -> dict:
     """ImageInfo of an image file opened with its own format (qemu-img info)."""
     fmt = fmt or image.fmt
-    info: dict = {"filename": filename or image.name, "format": fmt, "dirty-flag": False,
-                  "actual-size": image.file_length()}
+    info: dict = {"filename": filename or image.name, "format": fmt, "dirty-flag": False}
+    if has_actual_size:
+        info["actual-size"] = image.file_length()
     if fmt == "qcow2":
         info["virtual-size"] = round_sector(image.size)
         info["cluster-size"] = image.cluster_size
@@ -49,8 +52,26 @@ def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str |
     return info
 
 
+def filter_or_cow(node: BlockNode) -> BlockNode | None:
+    """bdrv_filter_or_cow_bs: what a filter filters, or a format's backing node."""
+    if node.driver == "copy-before-write":
+        return node.child("file")
+    return node.backing
+
+
 def image_info(node: BlockNode, *, flat: bool = False) -> dict:
-    """ImageInfo of a node, as query-named-block-nodes shows it."""
+    """ImageInfo of a node; unless ``flat``, with the chain below it as ``backing-image``."""
+    info = _image_info(node)
+    below = filter_or_cow(node)
+    if below is not None and not flat and "backing-image" not in info:
+        spec = info.pop("format-specific", None)
+        info["backing-image"] = image_info(below)
+        if spec is not None:
+            info["format-specific"] = spec
+    return info
+
+
+def _image_info(node: BlockNode) -> dict:
     if isinstance(node, NullNode):
         return {"filename": node.filename, "format": node.driver, "actual-size": 0, "virtual-size": node.size}
     if isinstance(node, FileNode):
@@ -58,30 +79,36 @@ def image_info(node: BlockNode, *, flat: bool = False) -> dict:
         info["virtual-size"] = node.size
         return info
     if isinstance(node, Qcow2Node):
-        info = file_image_info(node.image, filename=node.filename)
-        backing = node.backing
-        if backing is not None and not flat:
-            spec = info.pop("format-specific")
-            info["backing-image"] = image_info(backing)
-            info["format-specific"] = spec
-        return info
-    # raw: dirty-flag only when the protocol below answers bdrv_get_info (file does, null-co not)
+        # the allocated size comes from the protocol below; blkdebug does not answer
+        return file_image_info(node.image, filename=node.filename,
+                               has_actual_size=isinstance(node.child("file"), FileNode))
+    if isinstance(node, BlkdebugNode):  # answers bdrv_get_info from its image, no allocated size
+        return {"filename": node.filename, "format": node.driver, "dirty-flag": False, "virtual-size": node.size}
+    # raw and filters: bdrv_get_info answers from below (file does, null-co does not); a filter
+    # shows the cluster size of what it filters.
     info = {"filename": node.filename, "format": node.driver}
     bottom = node
-    while bottom.child("file") is not None:
+    while bottom.child("file") is not None and not isinstance(bottom, Qcow2Node):
         bottom = bottom.child("file")
-    if isinstance(bottom, FileNode):
+    if isinstance(bottom, (FileNode, Qcow2Node)):
         info["dirty-flag"] = False
-    info["actual-size"] = 0
+    protocol = bottom
+    while protocol.child("file") is not None:
+        protocol = protocol.child("file")
+    if not isinstance(protocol, BlkdebugNode):  # blkdebug cannot tell the allocated size
+        info["actual-size"] = 0
     info["virtual-size"] = node.size
+    if isinstance(bottom, Qcow2Node) and node.driver == "copy-before-write":
+        info["cluster-size"] = bottom.image.cluster_size
     return info
 
 
 def backing_depth(node: BlockNode) -> int:
     depth = 0
-    while node.backing is not None:
-        node = node.backing
+    below = filter_or_cow(node)
+    while below is not None:
         depth += 1
+        below = filter_or_cow(below)
     return depth
 
 

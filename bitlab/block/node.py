@@ -138,8 +138,9 @@ class BlockNode:
     def debug_event(self, event: str) -> None:
         """BLKDBG_EVENT reaching this node: only blkdebug reacts."""
 
-    def debug_check(self, iotype: str, offset: int, length: int) -> None:
-        """A request reaching this node: only blkdebug may fail it."""
+    def debug_check(self, iotype: str, offset: int | None, length: int) -> None:
+        """A request reaching this node: only blkdebug may fail it (``offset`` None: host
+        offset unknown, as for qcow2 data whose placement in the file bitlab does not model)."""
 
     def _store(self, offset: int, length: int, value: int) -> None:
         raise NotImplementedError
@@ -364,7 +365,7 @@ class Qcow2Node(FormatNode):
             self.file.debug_event("cluster_alloc")
             self.file.debug_event("l2_update")
         self.file.debug_event("write_aio")
-        self.file.debug_check("write", offset, length)
+        self.file.debug_check("write", None, length)  # host offsets in the file are not modelled
         self.image.data.write(offset, length, value)
         self.image.note_allocation()
 
@@ -374,7 +375,7 @@ class Qcow2Node(FormatNode):
         data = vals >= 0
         for s, e in zip(starts[data], ends[data]):
             self.file.debug_event("read_aio")
-            self.file.debug_check("read", int(s), int(e - s))
+            self.file.debug_check("read", None, int(e - s))
         backing = self.backing
         if backing is not None:
             for s, e in zip(starts[vals == UNALLOCATED], ends[vals == UNALLOCATED]):
@@ -410,6 +411,9 @@ class Qcow2Node(FormatNode):
         self.file.debug_check("flush", 0, 0)
 
     def _store_batch(self, offsets, lengths, values):
+        if len(offsets):
+            self.file.debug_event("write_aio")
+            self.file.debug_check("write", None, 0)
         self.image.data.write_batch(offsets, lengths, values)
         self.image.note_allocation()
 

@@ -155,6 +155,12 @@ class BackupJob(Job):
     def on_cancel(self) -> None:
         if self.call is not None:
             self.bcs.cancel()
+        elif self.io_status != "ok" and self.sync != "none":
+            # Stopped on an error: backup_loop retries once more before it sees the cancel,
+            # so the requests it starts still complete.
+            self.io_status = "ok"
+            self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+            self.manager.scheduler.after(0, self.bcs.cancel)
         else:
             self.manager.scheduler.after(0, self._cancelled_while_idle)
 

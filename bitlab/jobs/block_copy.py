@@ -49,15 +49,16 @@ class RateLimit:
         self.slice_quota = max(1, speed * SLICE_NS // 1_000_000_000)
 
     def delay(self, now: int, n: int) -> int:
-        """ratelimit_calculate_delay: 0 to go on now, else nanoseconds to wait."""
+        """ratelimit_calculate_delay (QEMU 7.2): account ``n`` bytes; 0 to go on now, else the
+        nanoseconds to wait."""
         if not self.speed:
             return 0
         if self.slice_end < now:
             self.slice_start, self.slice_end, self.dispatched = now, now + SLICE_NS, 0
-        if self.dispatched == 0 or self.dispatched + n <= self.slice_quota:
-            self.dispatched += n
+        self.dispatched += n
+        if self.dispatched < self.slice_quota:
             return 0
-        delay_slices = (self.dispatched + n) / self.slice_quota
+        delay_slices = self.dispatched / self.slice_quota
         self.slice_end = self.slice_start + int(delay_slices * SLICE_NS)
         return self.slice_end - now
 

@@ -238,13 +238,9 @@ class Job:
         self.on_resume()
 
     def pause(self) -> None:
-        """job_pause: one more reason to stop."""
+        """job_pause: one more reason to stop; the job wakes and reaches its pause point at once."""
         self.pause_count += 1
         if not self.paused and self.status in ("running", "ready") and not self.deferred_to_main_loop:
-            self.manager.scheduler.after(0, self._reach_pause_point)
-
-    def _reach_pause_point(self) -> None:
-        if self.status in ("running", "ready") and not self.paused and not self.deferred_to_main_loop:
             self.pause_point()
 
     def resume(self) -> None:
@@ -401,8 +397,10 @@ class Job:
 
     def block_job_info(self) -> dict:
         """BlockJobInfo (schema order)."""
+        # busy: whether the job's coroutine runs. A backup waits for block-copy (or sleeps) whenever
+        # the monitor can look, so QEMU always shows false there.
         info: dict = {"type": self.job_type, "device": self.id, "len": self.progress_total,
-                      "offset": self.progress_current, "busy": self.busy, "paused": self.pause_count > 0,
+                      "offset": self.progress_current, "busy": False, "paused": self.pause_count > 0,
                       "speed": self.speed, "io-status": self.io_status, "ready": False, "status": self.status,
                       "auto-finalize": self.auto_finalize, "auto-dismiss": self.auto_dismiss}
         if self.ret or self.is_cancelled:

@@ -79,11 +79,23 @@ def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn 
     try:
         if target.size != source.size:
             raise generic("Source and target image have different sizes")
+        # bdrv_cbw_append opens the filter node
         filter_name = args.get("filter-node-name")
-        if filter_name is None:
-            filter_name = vm.graph.auto_name()
-        else:
-            vm.graph.check_name(filter_name)
+        try:
+            if filter_name is None:
+                filter_name = vm.graph.auto_name()
+            else:
+                vm.graph.check_name(filter_name)
+            if target.read_only:
+                raise generic("Block node is read-only")
+            holder = target.filtered_by
+            if holder is not None:
+                raise generic(f"Permission conflict on node '{target.node_name}': permissions 'write' are both "
+                              f"required by node '{filter_name}' (uses node '{target.node_name}' as 'target' "
+                              f"child) and unshared by node '{holder.node_name}' (uses node "
+                              f"'{target.node_name}' as 'file' child).")
+        except QMPError as err:
+            raise generic(f"Could not create node: {err.desc}") from None
         cluster = cluster_size_for(target)
         if max_chunk and max_chunk < cluster:
             raise generic(f"Required max-chunk ({max_chunk}) is less than backup cluster size ({cluster})")

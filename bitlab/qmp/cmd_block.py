@@ -29,8 +29,7 @@ def qmp_query_named_block_nodes(vm: Any, args: dict) -> list:
 def qmp_query_block(vm: Any, args: dict) -> list:
     out = []
     for device, node in vm.graph.devices.items():
-        out.append({
-            "device": device, "locked": False, "removable": False, "inserted": block_device_info(node),
-            "io-status": "ok", "type": "unknown",
-        })
+        # -drive if=none: a removable BlockBackend without a device model (so no io-status)
+        out.append({"device": device, "locked": False, "removable": True, "inserted": block_device_info(node),
+                    "type": "unknown"})
     return out

@@ -11,12 +11,12 @@ from .types import BlockJobCancel, BlockJobDevice, BlockJobId, BlockJobSetSpeed,
 
 @TABLE.command("query-jobs")
 def qmp_query_jobs(vm: Any, args: dict) -> list:
-    return [job.job_info() for job in vm.jobs.jobs]
+    return [job.job_info() for job in reversed(vm.jobs.jobs)]  # newest first
 
 
 @TABLE.command("query-block-jobs")
 def qmp_query_block_jobs(vm: Any, args: dict) -> list:
-    return [job.block_job_info() for job in vm.jobs.jobs if job.is_block_job]
+    return [job.block_job_info() for job in reversed(vm.jobs.jobs) if job.is_block_job]
 
 
 @TABLE.command("job-cancel", JobId)

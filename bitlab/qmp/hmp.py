@@ -7,7 +7,7 @@ import shlex
 from typing import Any
 
 from ..block.blkdebug import BlockIOError
-from ..errors import generic
+from ..errors import QMPError, generic
 from ..units import parse_size
 from .commands import TABLE
 from .types import HumanMonitorCommand
@@ -52,21 +52,29 @@ def parse_qemu_io(command: str) -> tuple[str, dict]:
     opts: dict = {}
     positional: list[str] = []
     i = 0
-    while i < len(rest):
+    while i < len(rest):  # getopt: "-P 0x41", "-P0x41", "-zq"
         word = rest[i]
-        if word == "-P" and verb in ("write", "read"):
-            i += 1
-            if i >= len(rest):
-                raise QemuIoError(f"{verb}: option requires an argument -- 'P'")
-            opts["pattern"] = int(rest[i], 0)
-            if not 0 <= opts["pattern"] <= 255:
-                raise QemuIoError(f"{verb}: invalid pattern")
-        elif word == "-z" and verb == "write":
-            opts["zero"] = True
-        elif word in ("-q", "-u"):
-            pass
-        elif word.startswith("-") and not word[1:2].isdigit():
-            raise QemuIoError(f"{verb}: invalid option -- '{word[1:]}'")
+        if word.startswith("-") and len(word) > 1 and not word[1].isdigit():
+            flags = word[1:]
+            while flags:
+                flag, flags = flags[0], flags[1:]
+                if flag == "P" and verb in ("write", "read"):
+                    if not flags:
+                        i += 1
+                        if i >= len(rest):
+                            raise QemuIoError(f"{verb}: option requires an argument -- 'P'")
+                        flags = rest[i]
+                    try:
+                        opts["pattern"] = int(flags, 0)
+                    except ValueError:
+                        raise QemuIoError(f"non-numeric pattern -- {flags}") from None
+                    flags = ""
+                elif flag == "z" and verb == "write":
+                    opts["zero"] = True
+                elif flag in ("q", "u"):
+                    pass
+                else:
+                    raise QemuIoError(f"{verb}: invalid option -- '{flag}'")
         else:
             positional.append(word)
         i += 1
@@ -84,12 +92,13 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
     """Run a qemu-io command against a device or node; returns qemu-io's output."""
     node = vm.graph.devices.get(device) or vm.graph.nodes.get(device)
     if node is None:
-        raise generic(f"Cannot find device='{device}' nor node-name='{device}'")
+        raise generic(f"Cannot find device='' nor node-name='{device}'")
     node = vm.graph.guest_view(node)
     try:
         verb, opts = parse_qemu_io(command)
     except QemuIoError as err:
-        return f"{err}\n"
+        vm.console_err.append(f"{err}\n")  # qemu-io complains on stderr
+        return ""
     if verb == "flush":
         try:
             node.flush()
@@ -121,15 +130,49 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
     return out + _report("read", offset, length)
 
 
+def info_block(vm: Any) -> str:
+    """HMP ``info block`` for the devices (-drive)."""
+    out = []
+    for device, root in vm.graph.devices.items():
+        out.append(f"{device} ({root.node_name}): {root.filename} ({root.driver})\r\n"
+                   "    Removable device: not locked, tray closed\r\n"
+                   "    Cache mode:       writeback\r\n")
+    return "\r\n".join(out)
+
+
+def info_block_jobs(vm: Any) -> str:
+    """HMP ``info block-jobs``."""
+    jobs = [j for j in reversed(vm.jobs.jobs) if j.is_block_job]
+    if not jobs:
+        return "No active jobs\r\n"
+    out = ""
+    for job in jobs:
+        out += (f"Type {job.job_type}, device {job.id}: Completed {job.progress_current} of "
+                f"{job.progress_total} bytes, speed limit {job.speed} bytes/s\r\n")
+    return out
+
+
+INFO = {"block": info_block, "block-jobs": info_block_jobs}
+
+
 @TABLE.command("human-monitor-command", HumanMonitorCommand)
 def qmp_hmp(vm: Any, args: dict) -> str:
+    """HMP, as far as bitlab has it: ``qemu-io``. Like QEMU's, its output goes to the
+    emulator's stdout (``vm.console``); errors come back as the command's text."""
     line = args["command-line"].strip()
     words = shlex.split(line)
     if not words:
         return ""
+    if words[0] == "info" and len(words) == 2 and words[1] in INFO:
+        return INFO[words[1]](vm)
     if words[0] != "qemu-io":
-        raise generic(f"bitlab's monitor only knows 'qemu-io' (got '{words[0]}')")
+        return f"unknown command: '{' '.join(words[:2])}' (bitlab's monitor has qemu-io, info block, " \
+               "info block-jobs)\r\n"
     rest = [w for w in words[1:] if w not in ("-d", "-q")]
     if len(rest) != 2:
-        return "Usage: qemu-io [-d] [-q] device \"command\"\n"
-    return run_qemu_io(vm, rest[0], rest[1])
+        return "Usage: qemu-io [-d] [-q] device \"command\"\r\n"
+    try:
+        vm.console.append(run_qemu_io(vm, rest[0], rest[1]))
+    except QMPError as err:
+        return f"Error: {err.desc}\r\n"
+    return ""
