@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from .clock import SimClock
 
+FOREVER = 1 << 62  # a horizon no simulation reaches
+
 
 @dataclass(order=True)
 class Timer:
@@ -33,6 +35,10 @@ class Scheduler:
         self.clock = clock
         self._heap: list[Timer] = []
         self._seq = 0
+        # How far the current run() may take the clock (FOREVER: until idle); None outside
+        # run(), e.g. in a single step(). Work that does many simulated steps in one event
+        # (block-copy's bulk path) goes no further than this.
+        self.horizon_ns: int | None = None
 
     def at(self, when_ns: int, fn: Callable[[], None]) -> Timer:
         self._seq += 1
@@ -66,12 +72,16 @@ class Scheduler:
     def run(self, until_ns: int | None = None, max_steps: int = 10_000_000) -> int:
         """Run timers until none is left or the next is after ``until_ns``; returns steps run."""
         steps = 0
-        while steps < max_steps:
-            nxt = self.next_time
-            if nxt is None or (until_ns is not None and nxt > until_ns):
-                break
-            self.step()
-            steps += 1
+        outer, self.horizon_ns = self.horizon_ns, FOREVER if until_ns is None else until_ns
+        try:
+            while steps < max_steps:
+                nxt = self.next_time
+                if nxt is None or (until_ns is not None and nxt > until_ns):
+                    break
+                self.step()
+                steps += 1
+        finally:
+            self.horizon_ns = outer
         if until_ns is not None and until_ns > self.clock.now_ns:
             self.clock.now_ns = until_ns
         return steps
