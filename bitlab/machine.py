@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,13 +42,15 @@ class Machine:
     """
 
     def __init__(self, *, seed: int = 0, start_ns: int = DEFAULT_START_NS, images: ImageStore | None = None,
-                 workdir: str = DEFAULT_WORKDIR) -> None:
+                 workdir: str = DEFAULT_WORKDIR, clock: SimClock | None = None,
+                 scheduler: Scheduler | None = None) -> None:
         self._start_ns = start_ns
         self.images = images if images is not None else ImageStore()
         self.workdir = workdir
         self.graph = BlockGraph(self.images, workdir, seed=seed)
-        self.clock = SimClock(start_ns)
-        self.scheduler = Scheduler(self.clock)
+        self.clock = clock if clock is not None else SimClock(start_ns)
+        self.scheduler = scheduler if scheduler is not None else Scheduler(self.clock)
+        self.listeners: list[Callable[[dict], None]] = []  # called with every event as it is emitted
         self.jobs = JobManager(self.emit, self.scheduler)
         self.events: list[dict] = []
         self.transcript: list[dict] = []  # every QMP message and reply, in order
@@ -80,6 +83,8 @@ class Machine:
         msg = wire_order(msg)
         self.events.append(msg)
         self.transcript.append({"kind": "event", "message": msg})
+        for listener in list(self.listeners):
+            listener(msg)
         return msg
 
     # -- naming -------------------------------------------------------------------

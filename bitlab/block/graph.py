@@ -230,29 +230,44 @@ class BlockGraph:
 
     # -- filters (a backup's copy-before-write) ---------------------------------------------
     def insert_filter(self, source: BlockNode, cbw: BlockNode, target: BlockNode, copy_bitmap: DirtyBitmap) -> None:
-        """bdrv_cbw_append: the filter takes the source's place above it."""
+        """bdrv_cbw_append: the filter takes the source's place under all its parents
+        (devices, and a filter an earlier backup put there)."""
         self.nodes[cbw.node_name] = cbw
+        above = source.filtered_by
+        if above is not None:
+            self._replace_child(above, source, cbw)
         self._attach(cbw, "file", source)
         self._attach(cbw, "target", target)
         source.add_bitmap(copy_bitmap)
+        cbw.filtered_by = above
         source.filtered_by = cbw
         for device, root in self.devices.items():
             if root is source:
                 self.devices[device] = cbw
 
     def remove_filter(self, cbw: BlockNode, copy_bitmap: DirtyBitmap) -> None:
-        """bdrv_cbw_drop: the source is back in its place."""
+        """bdrv_cbw_drop: the source is back in the filter's place."""
         source = cbw.child("file")
         if copy_bitmap in source.bitmaps:
             source.bitmaps.remove(copy_bitmap)
-        source.filtered_by = None
+        above = cbw.filtered_by
+        if above is not None:
+            self._replace_child(above, cbw, source)
+        source.filtered_by = above
         for device, root in self.devices.items():
             if root is cbw:
                 self.devices[device] = source
         for _, child in cbw.children:
             child.parents -= 1
         cbw.children = []
+        cbw.filtered_by = None
         self.nodes.pop(cbw.node_name, None)
+
+    @staticmethod
+    def _replace_child(parent: BlockNode, old: BlockNode, new: BlockNode) -> None:
+        parent.children = [(role, new if child is old else child) for role, child in parent.children]
+        old.parents -= 1
+        new.parents += 1
 
     def release_job_target(self, target: BlockNode) -> None:
         """A drive-backup target opened for the job goes with it."""
