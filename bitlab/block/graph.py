@@ -245,11 +245,12 @@ class BlockGraph:
             if root is source:
                 self.devices[device] = cbw
 
-    def remove_filter(self, cbw: BlockNode, copy_bitmap: DirtyBitmap) -> None:
-        """bdrv_cbw_drop: the source is back in the filter's place."""
+    def remove_filter(self, cbw: BlockNode, copy_bitmap: DirtyBitmap, owner: BlockNode) -> None:
+        """bdrv_cbw_drop: what the filter filtered (the source, or a later backup's filter)
+        is back in its place; the copy bitmap leaves the job's source ``owner``."""
+        if copy_bitmap in owner.bitmaps:
+            owner.bitmaps.remove(copy_bitmap)
         source = cbw.child("file")
-        if copy_bitmap in source.bitmaps:
-            source.bitmaps.remove(copy_bitmap)
         above = cbw.filtered_by
         if above is not None:
             self._replace_child(above, cbw, source)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..bitmap import DirtyBitmap
 from ..qmp_order import wire_order
-from .extents import UNALLOCATED, ZERO
+from .extents import UNALLOCATED, ZERO, clip_runs
 from .store import ImageFile
 
 SECTOR = 512
@@ -101,6 +101,11 @@ class BlockNode:
         """``write -z``: dirties like a write; formats may store it without data."""
         self._dirty(offset, length)
         self._store_zeroes(offset, length)
+
+    def write_zeroes_batch(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """Many :meth:`write_zeroes` (ranges that do not overlap); drivers may do them at once."""
+        for off, ln in zip(np.asarray(offsets).tolist(), np.asarray(lengths).tolist()):
+            self.write_zeroes(off, ln)
 
     def _store_zeroes(self, offset: int, length: int) -> None:
         self._store(offset, length, 0)
@@ -208,6 +213,9 @@ class NullNode(BlockNode):
     def _store_batch(self, offsets, lengths, values):
         pass
 
+    def write_zeroes_batch(self, offsets, lengths):
+        self._dirty_batch(offsets, lengths)
+
     def discard(self, offset, length):
         """null-co never tracks a discard, whatever the discard option says."""
 
@@ -243,6 +251,10 @@ class FileNode(BlockNode):
     def _store_batch(self, offsets, lengths, values):
         if not self.image.is_qcow2:
             self.image.data.write_batch(offsets, lengths, values)
+
+    def write_zeroes_batch(self, offsets, lengths):
+        self._dirty_batch(offsets, lengths)
+        self._store_batch(offsets, lengths, 0)
 
     def _unmap(self, offset, length):
         if not self.image.is_qcow2:
@@ -299,6 +311,10 @@ class RawNode(FormatNode):
         self._dirty(offset, length)
         self.file.write_zeroes(offset, length)
 
+    def write_zeroes_batch(self, offsets, lengths):
+        self._dirty_batch(offsets, lengths)
+        self.file.write_zeroes_batch(offsets, lengths)
+
     def discard(self, offset, length):
         if not self.discard_unmap:
             return
@@ -346,19 +362,30 @@ class Qcow2Node(FormatNode):
         if not holes.any():
             return starts, ends, vals
         backing = self.backing
-        out_s, out_e, out_v = [], [], []
-        for s, e, v in zip(starts, ends, vals):  # one step per run, not per cluster
-            if v != UNALLOCATED:
-                out_s.append([s]), out_e.append([e]), out_v.append([v])
-            elif backing is not None and s < backing.size:
-                bs, be, bv = backing.read_extents(int(s), int(min(e, backing.size) - s))
-                out_s.append(bs), out_e.append(be), out_v.append(bv)
-                if e > backing.size:
-                    out_s.append([backing.size]), out_e.append([e]), out_v.append([0])
-            else:
-                out_s.append([s]), out_e.append([e]), out_v.append([0])
-        return (np.concatenate(out_s).astype(np.int64), np.concatenate(out_e).astype(np.int64),
-                np.concatenate(out_v).astype(np.int64))
+        if backing is None:
+            return starts, ends, np.where(holes, 0, vals)
+        return self._through_backing(starts, ends, vals, holes, backing.size, backing.read_extents)
+
+    @staticmethod
+    def _through_backing(starts, ends, vals, holes, backing_size, read):
+        """Fill the holes from the backing file (``read(offset, length)`` over their whole span,
+        clipped to each hole), and with 0 past its end; vectorised, runs in order."""
+        hs, he = starts[holes], ends[holes]
+        inside = hs < backing_size
+        parts_s, parts_e, parts_v = [starts[~holes]], [ends[~holes]], [vals[~holes]]
+        if inside.any():
+            lo, hi = int(hs[inside][0]), int(min(he[inside][-1], backing_size))
+            bs, be, bv = read(lo, hi - lo)
+            cs, ce, cv, _ = clip_runs(bs, be, np.asarray(bv, dtype=np.int64), hs[inside],
+                                      np.minimum(he[inside], backing_size))
+            parts_s.append(cs), parts_e.append(ce), parts_v.append(cv)
+        past = he > backing_size
+        parts_s.append(np.maximum(hs[past], backing_size)), parts_e.append(he[past])
+        parts_v.append(np.zeros(int(past.sum()), dtype=np.int64))
+        out_s = np.concatenate(parts_s).astype(np.int64)
+        order = np.argsort(out_s, kind="stable")
+        return (out_s[order], np.concatenate(parts_e).astype(np.int64)[order],
+                np.concatenate(parts_v).astype(np.int64)[order])
 
     def _store(self, offset, length, value):
         if self.image.data.value_at(offset) < 0 or self.image.data.value_at(offset + length - 1) < 0:
@@ -387,19 +414,12 @@ class Qcow2Node(FormatNode):
         starts, ends, vals = self.image.data.extents(offset, length)
         is_data = vals >= 0
         backing = self.backing
-        if backing is None or not (vals == UNALLOCATED).any():
+        holes = vals == UNALLOCATED
+        if backing is None or not holes.any():
             return starts, ends, is_data
-        out_s, out_e, out_d = [], [], []
-        for s, e, v in zip(starts, ends, vals):
-            if v == UNALLOCATED and s < backing.size:
-                bs, be, bd = backing.block_status(int(s), int(min(e, backing.size) - s))
-                out_s.append(bs), out_e.append(be), out_d.append(bd)
-                if e > backing.size:
-                    out_s.append([backing.size]), out_e.append([e]), out_d.append([False])
-            else:
-                out_s.append([s]), out_e.append([e]), out_d.append([v >= 0])
-        return (np.concatenate(out_s).astype(np.int64), np.concatenate(out_e).astype(np.int64),
-                np.concatenate(out_d).astype(bool))
+        s, e, d = self._through_backing(starts, ends, is_data.astype(np.int64), holes, backing.size,
+                                       backing.block_status)
+        return s, e, d.astype(bool)
 
     def is_allocated(self, offset, length):
         starts, ends, vals = self.image.data.extents(offset, length)
@@ -424,6 +444,29 @@ class Qcow2Node(FormatNode):
         if offset + length >= self.size:
             end = -(-self.size // cs) * cs
         return start, max(start, end)
+
+    def write_zeroes_batch(self, offsets, lengths):
+        """:meth:`_store_zeroes` for many ranges in one extent-map batch (they must not overlap)."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        ends = offsets + np.asarray(lengths, dtype=np.int64)
+        order = np.argsort(offsets, kind="stable")
+        if np.any(ends[order[:-1]] > offsets[order[1:]]):
+            super().write_zeroes_batch(offsets, ends - offsets)
+            return
+        self._dirty_batch(offsets, ends - offsets)
+        cs = self.image.cluster_size
+        start = -(-offsets // cs) * cs
+        end = np.where(ends >= self.size, -(-self.size // cs) * cs, ends // cs * cs)
+        end = np.maximum(start, end)
+        whole = end > start
+        o, s, e, n = offsets[whole], start[whole], end[whole], ends[whole]
+        zeros = np.zeros(o.size, dtype=np.int64)
+        self.image.data.write_batch(
+            np.concatenate((o, s, e, offsets[~whole])),
+            np.concatenate((s - o, e - s, n - e, ends[~whole] - offsets[~whole])),
+            np.concatenate((zeros, np.full(o.size, ZERO, dtype=np.int64), zeros,
+                            np.zeros(int((~whole).sum()), dtype=np.int64))))
+        self.image.note_allocation()
 
     def _store_zeroes(self, offset, length):
         """Whole clusters become zero clusters (no data); partial ones are written as zero bytes."""

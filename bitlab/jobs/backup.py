@@ -79,7 +79,7 @@ class BackupJob(Job):
             child = self.sync_bitmap.successor
             self.sync_bitmap.reclaim()
             self.source.bitmaps.remove(child)
-        self.graph.remove_filter(self.cbw, self.bcs.bitmap)
+        self.graph.remove_filter(self.cbw, self.bcs.bitmap, self.source)
         self.target.job_blocker = None
         if self.owns_target:
             self.graph.release_job_target(self.target)
@@ -205,7 +205,7 @@ class BackupJob(Job):
     def clean(self) -> None:
         """backup_clean: drop the filter (and a drive-backup's own target)."""
         self.bcs.stop()
-        self.graph.remove_filter(self.cbw, self.bcs.bitmap)
+        self.graph.remove_filter(self.cbw, self.bcs.bitmap, self.source)
         self.target.job_blocker = None
         if self.owns_target:
             self.graph.release_job_target(self.target)

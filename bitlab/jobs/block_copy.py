@@ -7,6 +7,40 @@ data and zeroes (zero runs are written as zeroes, without a read); up to
 clears its bits when it starts and sets them again if it fails. Reads happen
 when a task starts (that is the point in time its data belongs to), writes when
 it completes, on the machine's simulated clock.
+
+The bulk path
+-------------
+One task per scheduler event is exact but costs Python work per task. When nothing
+can observe the requests one by one — no rate limit (speed 0), only null-co, file,
+raw and qcow2 nodes under the source and the target (so no blkdebug rule can see a
+request), no task in flight — ``_launch`` starts a :class:`Batch` instead: the next
+tasks, cut exactly as the per-task path cuts them, computed with numpy from the
+bitmap and the source's block status. All of them start at once (their bits are
+cleared in one slice, the source is read once and clipped to the tasks) and the
+batch completes in one scheduler event (one target write batch for data, one for
+zeroes, one progress report).
+
+Timing: the batch runs in *waves* of ``max_workers`` tasks, each wave lasting its
+longest task (:func:`io_time_ns`); the batch's event is at the end of its last wave.
+A batch holds at most ``BULK_MAX_TASKS`` tasks and only the whole waves that end
+by the scheduler's horizon (``until`` of ``run(until)``; a bare ``step()`` gets one
+wave) — always at least its first wave. The per-task path's pool starts a new task
+as soon as any one ends; waves are the same timing when a batch has at most
+``max_workers`` tasks or its waves hold tasks of one duration, and otherwise a
+little later. Timestamps can differ between the two paths; the data copied, the
+bitmaps, and the progress (``offset``/``len``) of a job that runs to its end do not.
+
+Anything that reaches the copy while a batch is in flight — a guest write through
+copy-before-write, a pause, a cancel or a stop (say another job of the transaction
+failed) — first *settles* the batch to the current time: waves already over
+complete now, the wave in progress stays in flight, later waves are put back (bits
+set again, as if never started). So every state anything can see is the wave
+model's state at that time. One case keeps the per-task path: a qcow2 target where
+the batch would turn data clusters into zero clusters (the image file's size is a
+high-water mark that depends on the order of the writes).
+
+The count of dirty clusters is kept while a call runs (``bitarray.count`` over the
+whole bitmap once per call, not once per task).
 """
 
 from __future__ import annotations
@@ -17,15 +51,21 @@ from typing import Any
 
 import numpy as np
 
-from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
+from ..bitmap import DirtyBitmap, bits_from_bool, merge_ranges, range_mask
 from ..block.blkdebug import BlockIOError
-from ..block.node import BlockNode
+from ..block.extents import clip_runs
+from ..block.node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
 
 MAX_BUFFER = 1 << 20  # BLOCK_COPY_MAX_BUFFER
 SLICE_NS = 100_000_000  # BLOCK_COPY_SLICE_TIME
 # The simulated storage: every request costs a latency plus its bytes at this rate.
 LATENCY_NS = 50_000
 BYTES_PER_S = 2 << 30
+
+BULK = True  # False: always the per-task path (tests compare the two)
+BULK_MAX_TASKS = 1 << 20  # tasks one batch may hold (bounds its memory)
+# Drivers whose batched I/O is exactly their one-by-one I/O (exact types, not subclasses).
+BULK_DRIVERS = (NullNode, FileNode, RawNode, Qcow2Node)
 
 
 def io_time_ns(nbytes: int, read: bool) -> int:
@@ -73,6 +113,42 @@ class Task:
     error_is_read: bool = True
 
 
+@dataclass(eq=False)
+class Batch:
+    """Tasks the bulk path started together, run ``workers`` at a time in waves.
+
+    Task ``i`` copies ``[offsets[i], offsets[i] + nbytes[i])``, as zeroes if ``zero[i]``,
+    else the source runs ``run_s/run_e/run_v[ptr[i]:ptr[i+1]]`` read when it started.
+    Wave ``w`` holds tasks ``w*workers`` on and starts at ``wave_start[w]``; the next wave
+    starts when it ends, the last one ends at ``end``.
+    """
+
+    offsets: np.ndarray
+    nbytes: np.ndarray
+    zero: np.ndarray
+    run_s: np.ndarray
+    run_e: np.ndarray
+    run_v: np.ndarray
+    ptr: np.ndarray
+    wave_start: np.ndarray
+    end: int
+    workers: int
+    error = None  # batches run where no request can fail
+    error_is_read = True
+
+    def __len__(self) -> int:
+        return int(self.offsets.size)
+
+    def wave_end(self, w: int) -> int:
+        return int(self.wave_start[w + 1]) if w + 1 < self.wave_start.size else self.end
+
+    def part(self, i0: int, i1: int, wave_start: np.ndarray, end: int) -> Batch:
+        p0, p1 = int(self.ptr[i0]), int(self.ptr[i1])
+        return Batch(self.offsets[i0:i1], self.nbytes[i0:i1], self.zero[i0:i1], self.run_s[p0:p1],
+                     self.run_e[p0:p1], self.run_v[p0:p1], self.ptr[i0 : i1 + 1] - p0, wave_start, end,
+                     self.workers)
+
+
 @dataclass
 class Call:
     """One block_copy_async call over the whole disk."""
@@ -88,7 +164,7 @@ class Call:
     cancelled: bool = False
     finished: bool = False
     timers: list = field(default_factory=list)
-    tasks: list = field(default_factory=list)  # (timer, task) in flight
+    tasks: list = field(default_factory=list)  # (timer, task or batch) in flight
 
 
 class BlockCopy:
@@ -108,13 +184,18 @@ class BlockCopy:
         self.skip_unallocated = False
         self.rate = RateLimit()
         self.call: Call | None = None
+        self._nset: int | None = None  # set bits of the bitmap, kept while a call runs
 
     # -- progress ------------------------------------------------------------------------
     def remaining(self) -> int:
-        return self.bitmap.count + self.in_flight_bytes
+        nset = self.bitmap.bits.count() if self._nset is None else self._nset
+        return (nset << self.bitmap.shift) + self.in_flight_bytes
 
     def _report(self, done: int) -> None:
         self.on_progress(done, self.remaining())
+
+    def _clusters(self, nbytes: int) -> int:
+        return -(-nbytes // self.cluster_size)
 
     # -- tasks ---------------------------------------------------------------------------
     def _next_task(self, offset: int, limit: int) -> Task | None:
@@ -156,10 +237,13 @@ class BlockCopy:
         if allocated.any():
             keep.bits |= bits_from_bool(range_mask(keep.nbits, starts[allocated] // cs, (ends[allocated] - 1) // cs))
         self.bitmap.bits &= keep.bits
+        self._nset = None
 
     def _begin(self, task: Task) -> None:
         """The task starts: its bits are cleared and, for data, the source is read now."""
         self.bitmap.reset_range(task.offset, task.nbytes)
+        if self._nset is not None:
+            self._nset -= self._clusters(task.nbytes)
         self.in_flight_bytes += task.nbytes
         if not task.zero:
             try:
@@ -167,8 +251,11 @@ class BlockCopy:
             except BlockIOError as err:
                 task.error, task.error_is_read = err, True
 
-    def _finish(self, task: Task) -> bool:
+    def _finish(self, task: Task | Batch) -> bool:
         """The task ends: write the target (unless the read failed); True on success."""
+        if isinstance(task, Batch):
+            self._finish_batch(task, 0, len(task))
+            return True
         self.in_flight_bytes -= task.nbytes
         if task.error is None:
             try:
@@ -181,6 +268,8 @@ class BlockCopy:
                 task.error, task.error_is_read = err, False
         if task.error is not None:
             self.bitmap.set_range(task.offset, task.nbytes)
+            if self._nset is not None:
+                self._nset += self._clusters(task.nbytes)
             self._report(0)
             return False
         self._report(task.nbytes)
@@ -189,6 +278,8 @@ class BlockCopy:
     # -- synchronous copy (copy-before-write) ----------------------------------------------
     def copy_now(self, offset: int, length: int) -> None:
         """Copy every dirty cluster overlapping the range before a guest write lands."""
+        if self.call is not None and not self.call.finished:
+            self._settle(self.call)
         cs = self.cluster_size
         start = offset // cs * cs
         end = min(-(-(offset + length) // cs) * cs, self.len)
@@ -206,18 +297,22 @@ class BlockCopy:
     # -- asynchronous copy (the job's background copy) ---------------------------------------
     def start(self, max_workers: int, max_chunk: int, done: Callable[[Call], None]) -> Call:
         self.call = Call(max_workers, max_chunk or MAX_BUFFER, done)
+        self._nset = self.bitmap.bits.count()
         self.scheduler.after(0, lambda: self._launch(self.call))
         return self.call
 
     def cancel(self) -> None:
         call = self.call
         if call is not None and not call.finished:
+            self._settle(call)
             call.cancelled = True
             if call.in_flight == 0:
                 self._end(call)
 
     def _launch(self, call: Call) -> None:
         if call.finished:
+            return
+        if call.in_flight == 0 and not call.cancelled and call.error is None and self._launch_batch(call):
             return
         while call.in_flight < call.max_workers and not call.cancelled and call.error is None:
             task = self._next_task(call.cursor, call.max_chunk)
@@ -245,7 +340,7 @@ class BlockCopy:
         if call.in_flight == 0:
             self._end(call)
 
-    def _complete(self, call: Call, task: Task) -> None:
+    def _complete(self, call: Call, task: Task | Batch) -> None:
         call.tasks = [(tm, t) for tm, t in call.tasks if t is not task]
         call.in_flight -= 1
         if not self._finish(task) and call.error is None:
@@ -258,6 +353,7 @@ class BlockCopy:
     def _end(self, call: Call) -> None:
         if not call.finished:
             call.finished = True
+            self._nset = None
             call.done(call)
 
     def stop(self) -> None:
@@ -266,13 +362,221 @@ class BlockCopy:
         call = self.call
         if call is None or call.finished:
             return
-        call.finished = True
+        self._settle(call)
         for timer in call.timers:
             timer.cancel()
-        for _, task in call.tasks:
+        tasks, call.tasks = call.tasks, []
+        for _, task in tasks:
             self._finish(task)
-        call.tasks = []
         call.in_flight = 0
+        call.finished = True
+        self._nset = None
+
+    # -- the bulk path (see the module docstring) ------------------------------------------
+    def bulk_possible(self) -> bool:
+        """Whether batches may stand in for tasks: no rate limit, only plain drivers below."""
+        return BULK and not self.rate.speed and _plain(self.source) and _plain(self.target)
+
+    def _launch_batch(self, call: Call) -> bool:
+        """Start the next batch; False if the per-task path must go on instead."""
+        if not self.bulk_possible():
+            return False
+        plan = self._plan(call)
+        if plan is None:
+            return False
+        offsets, nbytes, zero, nclusters, wave_start, end = plan
+        if not self._zeroes_keep_allocation(offsets, nbytes, zero):
+            return False
+        cs = self.cluster_size
+        # Every dirty bit from the first task to the last belongs to a task of the batch.
+        self.bitmap.bits[int(offsets[0]) // cs : self._clusters(int(offsets[-1] + nbytes[-1]))] = 0
+        if self._nset is not None:
+            self._nset -= nclusters
+        self.in_flight_bytes += int(nbytes.sum())
+        run_s, run_e, run_v, ptr = self._read(offsets, nbytes, zero)
+        batch = Batch(offsets, nbytes, zero, run_s, run_e, run_v, ptr, wave_start, end, call.max_workers)
+        call.found = True
+        call.cursor = int(offsets[-1] + nbytes[-1])
+        call.in_flight += 1
+        self._schedule(call, batch)
+        return True
+
+    def _schedule(self, call: Call, batch: Batch) -> None:
+        timer = self.scheduler.at(batch.end, lambda: self._complete(call, batch))
+        call.timers.append(timer)
+        call.tasks.append((timer, batch))
+
+    def _plan(self, call: Call) -> tuple | None:
+        """The next tasks as the per-task path would cut them, in whole waves up to the horizon."""
+        cs = self.cluster_size
+        bits = self.bitmap.bits
+        first = bits.find(1, min(call.cursor // cs, len(bits)))
+        if first < 0:
+            return None
+        now = self.scheduler.clock.now_ns
+        horizon = getattr(self.scheduler, "horizon_ns", None)
+        horizon = now if horizon is None else max(horizon, now)
+        workers = max(1, call.max_workers)
+        chunk = max(1, min(call.max_chunk, MAX_BUFFER) // cs)  # clusters per task at most
+        want = int(min(BULK_MAX_TASKS, (1 + (horizon - now) // LATENCY_NS) * workers))
+        rs, re = self._dirty_runs(first, want, want * chunk)
+        # Cut the runs where the source switches between data and zeroes (whole clusters).
+        lo, hi = int(rs[0]) * cs, min(int(re[-1]) * cs, self.len)
+        st, en, is_data = self.source.block_status(lo, hi - lo)
+        data = np.asarray(is_data, dtype=bool) & (en > st)
+        if data.any():
+            ds, dl = merge_ranges(st[data] // cs, (en[data] - 1) // cs)
+            de = dl + 1
+            bounds = np.column_stack((ds, de)).ravel()
+            r = np.maximum(np.searchsorted(rs, bounds, "right") - 1, 0)
+            inside = (bounds > rs[r]) & (bounds < re[r])
+            seg_s = np.sort(np.concatenate((rs, bounds[inside])))
+        else:
+            seg_s = rs
+        seg_e = np.minimum(np.append(seg_s[1:], np.iinfo(np.int64).max),
+                           re[np.searchsorted(rs, seg_s, "right") - 1])
+        if data.any():
+            k = np.searchsorted(ds, seg_s, "right") - 1
+            seg_data = (k >= 0) & (seg_s < de[np.maximum(k, 0)])
+        else:
+            seg_data = np.zeros(seg_s.size, dtype=bool)
+        # Chunks of at most `chunk` clusters from the start of each segment.
+        pieces = -(-(seg_e - seg_s) // chunk)
+        owner = np.repeat(np.arange(seg_s.size), pieces)
+        nth = np.arange(owner.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        t_s = seg_s[owner] + nth * chunk
+        t_e = np.minimum(t_s + chunk, seg_e[owner])
+        zero = ~seg_data[owner]
+        # Waves of `workers` tasks, each as long as its longest task.
+        nbytes = np.minimum(t_e * cs, self.len) - t_s * cs
+        dur = np.where(zero, LATENCY_NS, 2 * LATENCY_NS + 2 * (nbytes * 1_000_000_000 // BYTES_PER_S))
+        wave_end = now + np.cumsum(np.maximum.reduceat(dur, np.arange(0, dur.size, workers)))
+        nwaves = max(1, int(np.searchsorted(wave_end, horizon, "right")))
+        n = min(dur.size, nwaves * workers, want)
+        nwaves = -(-n // workers)
+        wave_start = np.concatenate(([now], wave_end[: nwaves - 1])).astype(np.int64)
+        nclusters = int((t_e[:n] - t_s[:n]).sum())
+        return t_s[:n] * cs, nbytes[:n], zero[:n], nclusters, wave_start, int(wave_end[nwaves - 1])
+
+    def _dirty_runs(self, first: int, max_runs: int, max_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of set bits from bit ``first`` on, [starts, ends), enough for ``max_runs`` runs or
+        ``max_clusters`` clusters (a longer last run is cut there)."""
+        bits = self.bitmap.bits
+        nbits = len(bits)
+        raw = np.frombuffer(bits, dtype=np.uint8)
+        width = max(1 << 16, 64 * max_runs)
+        while True:
+            stop = min(nbits, first + width)
+            rs, re = _set_runs(raw, first, stop)
+            if stop < nbits and re[-1] == stop:  # the last run goes on past the window
+                nxt = bits.find(0, stop)
+                re[-1] = nbits if nxt < 0 else nxt
+            if stop == nbits or rs.size >= max_runs or int((re - rs).sum()) >= max_clusters:
+                break
+            width *= 4
+        del raw
+        rs, re = rs[:max_runs], re[:max_runs]
+        total = np.cumsum(re - rs)
+        k = int(np.searchsorted(total, max_clusters, "left"))
+        if k < rs.size:  # tasks past max_clusters clusters are never needed
+            rs, re = rs[: k + 1], re[: k + 1]
+            re[-1] -= int(total[k]) - max_clusters
+        return rs, re
+
+    def _zeroes_keep_allocation(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> bool:
+        """False if zero writes would turn data clusters of a qcow2 target into zero clusters."""
+        target = self.target
+        if type(target) is not Qcow2Node or not zero.any():
+            return True
+        cs, size = target.image.cluster_size, target.size
+        off = offsets[zero]
+        end = off + nbytes[zero]
+        first = -(-off // cs) * cs  # the whole clusters Qcow2Node._store_zeroes makes zero clusters
+        last = np.where(end >= size, -(-size // cs) * cs, end // cs * cs)
+        whole = last > first
+        if not whole.any():
+            return True
+        _, _, vals, _ = target.image.data.gather(first[whole], last[whole])
+        return not bool((vals >= 0).any())
+
+    def _read(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> tuple:
+        """The source content of every data task: one read over them all, clipped to each."""
+        ends = offsets + nbytes
+        data = ~zero
+        if not data.any():
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty, np.zeros(offsets.size + 1, dtype=np.int64)
+        lo, hi = int(offsets[data][0]), int(ends[data][-1])
+        st, en, vals = self.source.read_extents(lo, hi - lo)
+        return clip_runs(st, en, vals, offsets, np.where(zero, offsets, ends))
+
+    def _finish_batch(self, batch: Batch, i0: int, i1: int) -> None:
+        """Tasks ``[i0, i1)`` of a batch complete: target writes, one progress report."""
+        if i1 <= i0:
+            return
+        nbytes = batch.nbytes[i0:i1]
+        done = int(nbytes.sum())
+        self.in_flight_bytes -= done
+        p0, p1 = int(batch.ptr[i0]), int(batch.ptr[i1])
+        if p1 > p0:
+            starts = batch.run_s[p0:p1]
+            self.target.write_batch(starts, batch.run_e[p0:p1] - starts, batch.run_v[p0:p1])
+        zero = batch.zero[i0:i1]
+        if zero.any():
+            self.target.write_zeroes_batch(batch.offsets[i0:i1][zero], nbytes[zero])
+        self._report(done)
+
+    def _settle(self, call: Call) -> None:
+        """Bring a batch in flight to the wave model's state now (see the module docstring)."""
+        now = self.scheduler.clock.now_ns
+        found = [(tm, b) for tm, b in call.tasks if isinstance(b, Batch) and now < b.end]
+        if not found:
+            return
+        timer, batch = found[0]
+        w = int(np.searchsorted(batch.wave_start, now, "right")) - 1
+        n, i0 = len(batch), w * batch.workers
+        i1 = min(n, i0 + batch.workers)
+        if i0 == 0 and i1 == n:
+            return
+        self._finish_batch(batch, 0, i0)  # waves already over
+        if i1 < n:  # waves not started yet: as if never taken
+            offsets, nbytes = batch.offsets[i1:], batch.nbytes[i1:]
+            self.bitmap.set_ranges(offsets, nbytes)
+            if self._nset is not None:
+                self._nset += int((-(-nbytes // self.cluster_size)).sum())
+            self.in_flight_bytes -= int(nbytes.sum())
+            call.cursor = int(offsets[0])
+        timer.cancel()
+        call.timers.remove(timer)
+        call.tasks.remove((timer, batch))
+        self._schedule(call, batch.part(i0, i1, batch.wave_start[w : w + 1], batch.wave_end(w)))
+
+
+def _plain(node: BlockNode) -> bool:
+    """A node tree of drivers whose batched I/O is exact (no blkdebug anywhere)."""
+    return type(node) in BULK_DRIVERS and all(_plain(child) for _, child in node.children)
+
+
+def _set_runs(raw: np.ndarray, b0: int, b1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs [starts, ends) of set bits among bits ``[b0, b1)`` of little-endian bytes ``raw``."""
+    lo, hi = b0 >> 3, (b1 + 7) >> 3
+    x = raw[lo:hi].copy()
+    x[0] &= (0xFF << (b0 & 7)) & 0xFF
+    if b1 & 7:
+        x[-1] &= (1 << (b1 & 7)) - 1
+    before = np.zeros_like(x)  # the bit before each bit 0: bit 7 of the previous byte
+    before[1:] = x[:-1] >> 7
+    after = np.zeros_like(x)  # the bit after each bit 7: bit 0 of the next byte
+    after[:-1] = (x[1:] & 1) << 7
+    firsts = x & ~((x << 1) | before)
+    lasts = x & ~((x >> 1) | after)
+    return _bit_positions(firsts, lo), _bit_positions(lasts, lo) + 1
+
+
+def _bit_positions(x: np.ndarray, byte0: int) -> np.ndarray:
+    nz = np.flatnonzero(x)
+    rows, cols = np.nonzero(np.unpackbits(x[nz][:, None], axis=1, bitorder="little"))
+    return (nz[rows].astype(np.int64) + byte0) * 8 + cols
 
 
 def _immediately(task: Task) -> bool:
