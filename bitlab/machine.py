@@ -182,7 +182,7 @@ class Machine:
         return text
 
     def qemu_io(self, node: str, command: str) -> str:
-        """``qemu-io NODE "COMMAND"`` via the human monitor, as a guest or operator would.
+        """``qemu-io NODE "COMMAND"`` via the human monitor, as an operator would.
 
         Returns qemu-io's output (which QEMU prints on its stdout, not in the QMP reply).
         """
@@ -194,19 +194,30 @@ class Machine:
             raise QMPError(reply.strip().removeprefix("Error: "))
         return self.console_take() + self.console_take("stderr")
 
+    def guest_name(self, name: str) -> str:
+        """Where a guest's I/O to a device or node enters: the device itself, or for a bare node
+        the topmost filter above it (during a backup, the copy-before-write filter)."""
+        if name in self.graph.devices:
+            return name
+        return self.graph.guest_view(self.graph.lookup_node(name)).node_name
+
+    def guest_io(self, node: str, command: str) -> str:
+        """A guest's request (qemu-io through the monitor, addressed where the guest sits)."""
+        return self.qemu_io(self.guest_name(node), command)
+
     def write(self, node: str, offset: int | str, length: int | str, pattern: int = 0xCD) -> str:
         """A guest write of ``pattern`` bytes (``qemu-io write -P``); sizes take suffixes."""
-        return self.qemu_io(node, f"write -P {pattern:#x} {parse_size(offset)} {parse_size(length)}")
+        return self.guest_io(node, f"write -P {pattern:#x} {parse_size(offset)} {parse_size(length)}")
 
     def write_zeroes(self, node: str, offset: int | str, length: int | str) -> str:
-        return self.qemu_io(node, f"write -z {parse_size(offset)} {parse_size(length)}")
+        return self.guest_io(node, f"write -z {parse_size(offset)} {parse_size(length)}")
 
     def discard(self, node: str, offset: int | str, length: int | str) -> str:
-        return self.qemu_io(node, f"discard {parse_size(offset)} {parse_size(length)}")
+        return self.guest_io(node, f"discard {parse_size(offset)} {parse_size(length)}")
 
     def read(self, node: str, offset: int | str, length: int | str, pattern: int | None = None) -> str:
         opt = f"-P {pattern:#x} " if pattern is not None else ""
-        return self.qemu_io(node, f"read {opt}{parse_size(offset)} {parse_size(length)}")
+        return self.guest_io(node, f"read {opt}{parse_size(offset)} {parse_size(length)}")
 
     def write_batch(self, node: str, offsets: Any, lengths: Any, patterns: Any = 0xCD) -> None:
         """Many guest writes at once, applied in order, straight to the engine (no QMP).

@@ -118,7 +118,7 @@ def run_step(vm: Machine, step: dict) -> Any:
     if "hmp" in step:
         return vm.execute({"execute": "human-monitor-command", "arguments": {"command-line": step["hmp"]}})
     if "flush" in step:
-        vm.qemu_io(step["flush"]["node"], "flush")
+        vm.guest_io(step["flush"]["node"], "flush")
         return {"ok": True}
     if "wait-job" in step:
         return _wait_job(vm, step["wait-job"])
@@ -132,9 +132,9 @@ def run_step(vm: Machine, step: dict) -> Any:
             io = step[verb]
             command = {"write": f"write -P {io.get('pattern', 0x41):#x}", "zero": "write -z",
                        "discard": "discard"}[verb]
-            out = vm.qemu_io(io["node"], f"{command} {io['offset']} {io['length']}")
+            out = vm.guest_io(io["node"], f"{command} {io['offset']} {io['length']}")  # NBD: above filters
             if io.get("flush", True):
-                vm.qemu_io(io["node"], "flush")  # qemu-io over NBD flushes when it exits
+                vm.guest_io(io["node"], "flush")  # qemu-io over NBD flushes when it exits
             if "failed" in out:
                 return {"ok": False, "stdout": out, "stderr": "", "returncode": 1}
             return {"ok": True}

@@ -90,10 +90,18 @@ def parse_qemu_io(command: str) -> tuple[str, dict]:
 
 def run_qemu_io(vm: Any, device: str, command: str) -> str:
     """Run a qemu-io command against a device or node; returns qemu-io's output."""
-    node = vm.graph.devices.get(device) or vm.graph.nodes.get(device)
+    node = vm.graph.devices.get(device)
     if node is None:
-        raise generic(f"Cannot find device='' nor node-name='{device}'")
-    node = vm.graph.guest_view(node)
+        node = vm.graph.nodes.get(device)
+        if node is None:
+            raise generic(f"Cannot find device='' nor node-name='{device}'")
+        holder = node.filtered_by
+        if holder is not None:
+            # qemu-io on a node name opens its own BlockBackend on that node; a backup's filter
+            # above it does not share the write permission.
+            raise generic(f"Permission conflict on node '{device}': permissions 'write' are both required by "
+                          f"an unnamed block device (uses node '{device}' as 'root' child) and unshared by "
+                          f"node '{holder.node_name}' (uses node '{device}' as 'file' child).")
     try:
         verb, opts = parse_qemu_io(command)
     except QemuIoError as err:
@@ -122,11 +130,8 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
     except BlockIOError as err:
         return f"{verb} failed: {os.strerror(err.errno)}\n"
     out = ""
-    if "pattern" in opts:
-        bad = vals != opts["pattern"]
-        if bad.any():
-            first = int(starts[bad][0])
-            out = f"Pattern verification failed at offset {first}, {length - (first - offset)} bytes\n"
+    if "pattern" in opts and (vals != opts["pattern"]).any():
+        out = f"Pattern verification failed at offset {offset}, {length} bytes\n"
     return out + _report("read", offset, length)
 
 
@@ -174,5 +179,6 @@ def qmp_hmp(vm: Any, args: dict) -> str:
     try:
         vm.console.append(run_qemu_io(vm, rest[0], rest[1]))
     except QMPError as err:
-        return f"Error: {err.desc}\r\n"
+        prefix = "" if err.desc.startswith("Permission conflict") else "Error: "
+        return f"{prefix}{err.desc}\r\n"
     return ""
