@@ -26,7 +26,8 @@ def test_qemu_io_texts(vm):
         "Pattern verification failed at offset 0, 131072 bytes\n"
         "read 131072/131072 bytes at offset 0\n128 KiB, 1 ops; T\n")
     assert vm.qemu_io("p", "write -P 0x41 2M 64k") == "write failed: Input/output error\n"
-    assert timing(vm.qemu_io("p", "read -P 0x41 4096 512")) == "read 512/512 bytes at offset 4096\n512 bytes, 1 ops; T\n"
+    assert timing(vm.qemu_io("p", "read -P 0x41 4096 512")) == (
+        "read 512/512 bytes at offset 4096\n512 bytes, 1 ops; T\n")
     assert timing(vm.qemu_io("p", "discard 0 64k")) == "discard 65536/65536 bytes at offset 0\n64 KiB, 1 ops; T\n"
     assert timing(vm.qemu_io("p", "write -z 0 64k")) == "wrote 65536/65536 bytes at offset 0\n64 KiB, 1 ops; T\n"
     assert vm.qemu_io("p", "flush") == ""

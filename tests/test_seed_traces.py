@@ -59,4 +59,4 @@ def test_guest_data_is_what_was_written():
         if w["node"] == "drive0":
             vm.write("drive0", w["offset"], w["length"], w["pattern"])
             assert "Pattern verification failed" not in vm.read("drive0", w["offset"], w["length"], w["pattern"])
-    assert "Pattern verification failed at offset 65536" in vm.read("drive0", 0, 131072, 0x41)
+    assert "Pattern verification failed at offset 0, 131072 bytes" in vm.read("drive0", 0, 131072, 0x41)
