@@ -63,6 +63,32 @@ def demo(failing: str | None = "drive1", width: int | None = None, as_json: bool
     return "\n".join(header) + side_by_side(_job_lines(individual), _job_lines(grouped), width)
 
 
+def serve(args: argparse.Namespace) -> int:
+    """``bitlab serve``: a simulated QEMU 7.2 on a QMP socket, until ``quit`` or a signal."""
+    import asyncio
+    import sys
+
+    from .qmp.server import QMPServer, check_host
+    from .qmp.server import serve as run_server
+    from .scenarios import FAIL_ON_READ
+
+    try:
+        check_host(args.host)
+    except ValueError as err:
+        print(f"bitlab serve: {err}", file=sys.stderr)
+        return 2
+    server = QMPServer(seed=args.seed, echo=None if args.quiet else (sys.stdout, sys.stderr))
+    for spec in args.drive:
+        name, _, size = spec.partition(":")
+        server.vm.add_drive(name, size or "64M", blkdebug=FAIL_ON_READ if name in args.fail_read else None)
+    try:
+        asyncio.run(run_server(server, socket_path=args.socket, port=args.port, host=args.host, announce=sys.stdout))
+    except (OSError, ValueError) as err:
+        print(f"bitlab serve: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bitlab", description="bitlab: QEMU 7.2 incremental backup, simulated")
     parser.add_argument("--version", action="version", version=f"bitlab {__version__}")
@@ -71,7 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--fail", default="drive1", choices=["drive0", "drive1", "none"],
                         help="which drive's backup read fails (default drive1)")
     p_demo.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p_serve = sub.add_parser("serve", help="a simulated QEMU 7.2 on a QMP socket (for qemu.qmp, qmp-shell)")
+    where = p_serve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", metavar="PATH", help="listen on this unix socket (created mode 0600)")
+    where.add_argument("--port", type=int, metavar="N", help="listen on 127.0.0.1:N (0: any free port)")
+    p_serve.add_argument("--host", default="127.0.0.1", help="only 127.0.0.1 (or localhost) is accepted")
+    p_serve.add_argument("--seed", type=int, default=0, help="seed of the machine's random choices (node names)")
+    p_serve.add_argument("--drive", action="append", default=[], metavar="NAME[:SIZE]",
+                         help="a qcow2 drive like -drive if=none,id=NAME (default size 64M); repeatable")
+    p_serve.add_argument("--fail-read", action="append", default=[], metavar="NAME",
+                         help="blkdebug on this drive: after the first guest write, the next read fails "
+                              "once with EIO (the seed's failing drive)")
+    p_serve.add_argument("--quiet", action="store_true", help="do not print the emulator's output (qemu-io)")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
     if args.command == "demo":
         print(demo(None if args.fail == "none" else args.fail, as_json=args.json))
     return 0

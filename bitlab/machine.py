@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-import shlex
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,9 +41,19 @@ class Machine:
     {}
     """
 
+    backend = "sim"
+
+    def __new__(cls, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
+        """``Machine(backend="qemu")`` (or ``BITLAB_BACKEND=qemu``) gives the same API over real QEMU."""
+        if (backend or os.environ.get("BITLAB_BACKEND", "sim")) == "qemu":
+            from .backends.qemu import QemuMachine
+
+            return QemuMachine(**kwargs)
+        return super().__new__(cls)
+
     def __init__(self, *, seed: int = 0, start_ns: int = DEFAULT_START_NS, images: ImageStore | None = None,
                  workdir: str = DEFAULT_WORKDIR, clock: SimClock | None = None,
-                 scheduler: Scheduler | None = None) -> None:
+                 scheduler: Scheduler | None = None, backend: str | None = None) -> None:
         self._start_ns = start_ns
         self.images = images if images is not None else ImageStore()
         self.workdir = workdir
@@ -189,7 +199,7 @@ class Machine:
         parse_qemu_io(command)  # fail early on nonsense, like qemu-io's parser
         self.console_take()
         self.console_take("stderr")
-        reply = self.hmp(f"qemu-io {node} {shlex.quote(command)}")
+        reply = self.hmp(f'qemu-io {node} "{command}"')
         if reply:
             raise QMPError(reply.strip().removeprefix("Error: "))
         return self.console_take() + self.console_take("stderr")
@@ -255,4 +265,4 @@ class Machine:
         A clean quit stores persistent bitmaps; after a kill they reload inconsistent.
         """
         self.graph.close_all(clean=clean)
-        return Machine(images=self.images, start_ns=self.clock.now_ns, workdir=self.workdir)
+        return Machine(images=self.images, start_ns=self.clock.now_ns, workdir=self.workdir, backend="sim")

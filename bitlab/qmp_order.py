@@ -8,9 +8,11 @@ schema member order, so output order is a pure function of the member names.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 
+@lru_cache(maxsize=4096)
 def tdb_hash(name: str) -> int:
     """QEMU's qdict hash."""
     raw = name.encode()
@@ -23,12 +25,17 @@ def tdb_hash(name: str) -> int:
 def wire_order(obj: Any) -> Any:
     """Reorder every dict (recursively) as QEMU serialises a QDict built in insertion order."""
     if isinstance(obj, dict):
-        keys = list(obj)
-        order = sorted(range(len(keys)), key=lambda i: (tdb_hash(keys[i]) % 512, -i))
-        return {keys[i]: wire_order(obj[keys[i]]) for i in order}
+        return {key: wire_order(obj[key]) for key in _member_order(tuple(obj))}
     if isinstance(obj, list):
         return [wire_order(v) for v in obj]
     return obj
+
+
+@lru_cache(maxsize=4096)
+def _member_order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The serialisation order of a QDict's keys, given their insertion order (a pure function)."""
+    order = sorted(range(len(keys)), key=lambda i: (tdb_hash(keys[i]) % 512, -i))
+    return tuple(keys[i] for i in order)
 
 
 def to_json_pretty(obj: Any, level: int = 0) -> str:

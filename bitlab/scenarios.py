@@ -68,9 +68,22 @@ def incremental_action(drive: str, n: int = 1) -> dict:
 
 
 def run_seed(mode: str = "individual", failing: str | None = "drive1", drives: tuple[str, ...] = ("drive0", "drive1"),
-             writes: list[tuple[str, int, int, int]] | None = None) -> SeedOutcome:
-    """Play the seed scenario; ``failing`` names the drive whose backup read fails (or None)."""
-    vm = Machine()
+             writes: list[tuple[str, int, int, int]] | None = None, backend: str | None = None) -> SeedOutcome:
+    """Play the seed scenario; ``failing`` names the drive whose backup read fails (or None).
+
+    ``backend="qemu"`` plays it on real QEMU (the machine is closed afterwards).
+    """
+    vm = Machine(backend=backend)
+    try:
+        return _play_seed(vm, mode, failing, drives, writes)
+    finally:
+        close = getattr(vm, "close", None)
+        if close is not None:
+            close()
+
+
+def _play_seed(vm: Machine, mode: str, failing: str | None, drives: tuple[str, ...],
+               writes: list[tuple[str, int, int, int]] | None) -> SeedOutcome:
     for drive in drives:
         vm.add_drive(drive, "64M", blkdebug=FAIL_ON_READ if drive == failing else None)
     # New incremental backup anchor point: bitmaps and full backups at one point in time.

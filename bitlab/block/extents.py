@@ -21,6 +21,7 @@ import numpy as np
 
 UNALLOCATED = -1
 ZERO = -2  # allocated as zeroes without data (a qcow2 zero cluster); reads as 0
+ZERO_ALLOC = -3  # a qcow2 zero cluster that keeps its host cluster; reads as 0
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
@@ -70,14 +71,18 @@ def clip_runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, q_starts: 
     q_ends = np.asarray(q_ends, dtype=np.int64)
     first = np.searchsorted(ends, q_starts, "right")  # first run ending after the query starts
     last = np.searchsorted(starts, q_ends, "left")  # runs [first, last) start before it ends
-    counts = np.maximum(last - first, 0)
+    counts = np.where(q_ends > q_starts, np.maximum(last - first, 0), 0)
     ptr = np.zeros(q_starts.size + 1, dtype=np.int64)
     np.cumsum(counts, out=ptr[1:])
     total = int(ptr[-1])
     if total == 0:
         return _EMPTY, _EMPTY, _EMPTY, ptr
-    owner = np.repeat(np.arange(q_starts.size, dtype=np.int64), counts)
-    run = np.arange(total, dtype=np.int64) - ptr[owner] + first[owner]
+    if total == np.count_nonzero(counts):  # no query spans two runs (the usual case)
+        owner = np.flatnonzero(counts)
+        run = first[owner]
+    else:
+        owner = np.repeat(np.arange(q_starts.size, dtype=np.int64), counts)
+        run = np.arange(total, dtype=np.int64) - ptr[owner] + first[owner]
     out_s = np.maximum(starts[run], q_starts[owner])
     out_e = np.minimum(ends[run], q_ends[owner])
     return out_s, out_e, vals[run], ptr
@@ -190,10 +195,15 @@ class ExtentMap:
 
     def _merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Merge writes ``[offsets, ends)`` (in order, later wins) into the runs."""
-        order = np.argsort(offsets, kind="stable")
-        if order.size > 1 and np.all(ends[order[:-1]] <= offsets[order[1:]]):
-            self._merge_disjoint(offsets[order], ends[order], values[order])
-            return
+        if np.all(offsets[1:] >= offsets[:-1]):
+            if np.all(ends[:-1] <= offsets[1:]):
+                self._merge_disjoint(offsets, ends, values)
+                return
+        else:
+            order = np.argsort(offsets, kind="stable")
+            if np.all(ends[order[:-1]] <= offsets[order[1:]]):
+                self._merge_disjoint(offsets[order], ends[order], values[order])
+                return
         bounds = np.unique(np.concatenate((self._starts, offsets, ends)))
         bounds = bounds[bounds < self.size]
         base = self._vals[np.searchsorted(self._starts, bounds, "right") - 1]
@@ -209,16 +219,20 @@ class ExtentMap:
         j = np.searchsorted(offsets, starts, "right") - 1  # the write starting at or before each run start
         covered = (j >= 0) & (starts < ends[np.maximum(j, 0)])
         keep_s, keep_v = starts[~covered], vals[~covered]
-        # After each write the old content shows again, unless the map ends or another write starts there.
+        # Each write, then the old content again (unless the map ends or the next write starts
+        # there): the points interleave in order.
         tail = ends < self.size
         tail[:-1] &= ends[:-1] != offsets[1:]
-        tails = ends[tail]
-        tail_v = vals[np.searchsorted(starts, tails, "right") - 1]
-        all_s = np.concatenate((keep_s, offsets, tails))
-        all_v = np.concatenate((keep_v, values, tail_v))
-        # A kept run start equal to a write's end holds the same value as that tail: keep one.
-        order = np.argsort(all_s, kind="stable")
-        all_s, all_v = all_s[order], all_v[order]
+        pts = np.column_stack((offsets, ends)).ravel()
+        pts_v = np.column_stack((values, vals[np.searchsorted(starts, ends, "right") - 1])).ravel()
+        keep = np.ones(pts.size, dtype=bool)
+        keep[1::2] = tail
+        pts, pts_v = pts[keep], pts_v[keep]
+        # The old run starts no write covers go in between; one equal to a write's end holds the
+        # value that tail holds, and goes first (so the tail is the duplicate dropped).
+        at = np.searchsorted(pts, keep_s, "left")
+        all_s = np.insert(pts, at, keep_s)
+        all_v = np.insert(pts_v, at, keep_v)
         first = np.empty(all_s.size, dtype=bool)
         first[0] = True
         np.not_equal(all_s[1:], all_s[:-1], out=first[1:])

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..bitmap import DirtyBitmap
 from ..qmp_order import wire_order
-from .extents import UNALLOCATED, ZERO, clip_runs
+from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs
 from .store import ImageFile
 
 SECTOR = 512
@@ -357,7 +357,7 @@ class Qcow2Node(FormatNode):
 
     def read_extents(self, offset, length):
         starts, ends, vals = self.image.data.extents(offset, length)
-        vals = np.where(vals == ZERO, 0, vals)
+        vals = np.where((vals == ZERO) | (vals == ZERO_ALLOC), 0, vals)
         holes = vals == UNALLOCATED
         if not holes.any():
             return starts, ends, vals
@@ -446,7 +446,8 @@ class Qcow2Node(FormatNode):
         return start, max(start, end)
 
     def write_zeroes_batch(self, offsets, lengths):
-        """:meth:`_store_zeroes` for many ranges in one extent-map batch (they must not overlap)."""
+        """:meth:`_store_zeroes` for many ranges (that must not overlap): whole clusters that hold
+        nothing become zero clusters in one extent-map batch, other ranges go one by one."""
         offsets = np.asarray(offsets, dtype=np.int64)
         ends = offsets + np.asarray(lengths, dtype=np.int64)
         order = np.argsort(offsets, kind="stable")
@@ -455,29 +456,55 @@ class Qcow2Node(FormatNode):
             return
         self._dirty_batch(offsets, ends - offsets)
         cs = self.image.cluster_size
-        start = -(-offsets // cs) * cs
-        end = np.where(ends >= self.size, -(-self.size // cs) * cs, ends // cs * cs)
-        end = np.maximum(start, end)
-        whole = end > start
-        o, s, e, n = offsets[whole], start[whole], end[whole], ends[whole]
-        zeros = np.zeros(o.size, dtype=np.int64)
-        self.image.data.write_batch(
-            np.concatenate((o, s, e, offsets[~whole])),
-            np.concatenate((s - o, e - s, n - e, ends[~whole] - offsets[~whole])),
-            np.concatenate((zeros, np.full(o.size, ZERO, dtype=np.int64), zeros,
-                            np.zeros(int((~whole).sum()), dtype=np.int64))))
+        whole = (offsets % cs == 0) & ((ends % cs == 0) | (ends >= self.size)) & (ends > offsets)
+        if whole.any():  # whole clusters holding nothing simply become zero clusters
+            index = np.flatnonzero(whole)
+            _, _, vals, ptr = self.image.data.gather(offsets[index], ends[index])
+            held = (vals != UNALLOCATED) & (vals != ZERO)
+            busy = np.zeros(index.size, dtype=bool)
+            busy[np.repeat(np.arange(index.size), np.diff(ptr))[held]] = True
+            whole[index[busy]] = False
+            plain = index[~busy]
+            self.image.data.write_batch(offsets[plain], ends[plain] - offsets[plain], ZERO)
+        for off, end in zip(offsets[~whole].tolist(), ends[~whole].tolist()):
+            if end > off:
+                self._store_zeroes(off, end - off)
         self.image.note_allocation()
 
     def _store_zeroes(self, offset, length):
-        """Whole clusters become zero clusters (no data); partial ones are written as zero bytes."""
+        """qcow2_co_pwrite_zeroes: whole clusters become zero clusters (no data). A partly covered
+        cluster that already reads as zeroes becomes a zero cluster too; otherwise its part is
+        written as zero bytes (the generic fallback)."""
+        cs = self.image.cluster_size
+        first, last = offset // cs, (offset + length - 1) // cs
+        for cluster in {first, last}:  # the (at most two) partial clusters
+            c_start, c_end = cluster * cs, min((cluster + 1) * cs, self.size)
+            lo, hi = max(offset, c_start), min(offset + length, c_end)
+            if lo == c_start and hi == c_end:
+                continue
+            if self._reads_zero(c_start, c_end):
+                self.image.data.write(c_start, c_end - c_start, ZERO)
+            else:
+                self.image.data.write(lo, hi - lo, 0)
         start, end = self._whole_clusters(offset, length)
         if end > start:
-            self.image.data.write(offset, start - offset, 0)
-            self.image.data.write(start, end - start, ZERO)
-            self.image.data.write(end, offset + length - end, 0)
-        else:
-            self.image.data.write(offset, length, 0)
+            self._zero_clusters(start, end)
         self.image.note_allocation()
+
+    def _zero_clusters(self, start: int, end: int) -> None:
+        """Whole clusters become zero clusters; those holding a host cluster keep it (no unmap)."""
+        cs = self.image.cluster_size
+        starts, ends, vals = self.image.data.extents(start, end - start)
+        hosted = (vals >= 0) | (vals == ZERO_ALLOC)
+        self.image.data.write(start, end - start, ZERO)
+        for s, e in zip(starts[hosted].tolist(), ends[hosted].tolist()):  # one step per run
+            lo, hi = s // cs * cs, min(-(-e // cs) * cs, end)
+            self.image.data.write(lo, hi - lo, ZERO_ALLOC)
+
+    def _reads_zero(self, start: int, end: int) -> bool:
+        """is_zero via block status: no data here, nor in a backing file."""
+        starts, ends, is_data = self.block_status(start, end - start)
+        return not is_data.any()
 
     def _unmap(self, offset, length):
         # qcow2 discards whole clusters only; with a backing file they become zero clusters.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from bitarray import bitarray
 
-from .extents import UNALLOCATED, ExtentMap
+from .extents import UNALLOCATED, ZERO_ALLOC, ExtentMap
 
 QCOW2_DEFAULT_CLUSTER = 65536
 # An empty qcow2 file: header, L1 table, refcount table and one refcount block.
@@ -45,9 +45,10 @@ class ImageFile:
         return self.fmt == "qcow2"
 
     def allocated_clusters(self) -> int:
-        """Clusters of the virtual disk holding data in this file (qcow2)."""
+        """Clusters of the virtual disk holding a host cluster in this file (qcow2): data, or
+        zeroes written over data without unmapping it."""
         starts, ends, vals = self.data.extents()
-        used = vals >= 0
+        used = (vals >= 0) | (vals == ZERO_ALLOC)
         if not used.any():
             return 0
         cs = self.cluster_size

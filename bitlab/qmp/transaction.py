@@ -79,6 +79,7 @@ class BitmapClear(Action):
 class BitmapEnable(Action):
     bitmap = None
     enable = True
+    was_enabled = False  # as in QEMU's zeroed BlkActionState when the check fails
 
     def prepare(self) -> None:
         self.check_completion_mode()

@@ -43,10 +43,10 @@ BlockDirtyInfo = struct(
 BlockdevDriver = Enum("BlockdevDriver", (
     "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress",
     "copy-before-write", "copy-on-read", "dmg", "file", "snapshot-access", "ftp", "ftps",
-    "gluster", "host_cdrom", "host_device", "http", "https", "io_uring", "iscsi", "luks", "nbd",
-    "nfs", "null-aio", "null-co", "nvme", "nvme-io_uring", "parallels", "preallocate", "qcow",
+    "gluster", "host_cdrom", "host_device", "http", "https", "iscsi", "luks", "nbd",
+    "nfs", "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow",
     "qcow2", "qed", "quorum", "raw", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx",
-    "virtio-blk-vfio-pci", "virtio-blk-vhost-user", "virtio-blk-vhost-vdpa", "vmdk", "vpc", "vvfat",
+    "vmdk", "vpc", "vvfat",
 ))
 BlockdevDiscardOptions = Enum("BlockdevDiscardOptions", ("ignore", "unmap"))
 BlockdevDetectZeroesOptions = Enum("BlockdevDetectZeroesOptions", ("off", "on", "unmap"))

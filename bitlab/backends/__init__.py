@@ -1,0 +1,1 @@
+"""Other backends behind the Machine API (real QEMU)."""

@@ -1,0 +1,204 @@
+"""Random scenarios that both bitlab and real QEMU 7.2 can play (seeded, replayable).
+
+They mix guest writes, every bitmap command (with wrong names and granularities too),
+backups of every sync and bitmap mode (valid and invalid combinations), transactions in
+both completion modes, and queries. They stay away from what crashes or hangs QEMU 7.2
+(see shared/reference/real-qemu.md): an empty merge list; an enable/disable action on a
+missing bitmap; a transaction touching a bitmap and rolling back a backup of it with
+bitmap-mode always; a grouped transaction with non-backup actions after two backups.
+"""
+
+from __future__ import annotations
+
+import random
+
+K, M = 1 << 10, 1 << 20
+GRANULARITIES = [512, 4096, 65536, 131072, 1 << 20, 64000, 256]  # the last two are refused
+SYNCS = ["full", "top", "bitmap", "incremental", "none"]
+MODES = [None, "on-success", "always", "never"]
+
+
+class _State:
+    def __init__(self, rng: random.Random, nodes: list[str]) -> None:
+        self.rng = rng
+        self.nodes = nodes
+        self.bitmaps: dict[str, set[str]] = {n: set() for n in nodes}
+        self.targets = 0
+        self.jobs = 0
+
+    def node(self) -> str:
+        return self.rng.choice(self.nodes + (["nope"] if self.rng.random() < 0.05 else []))
+
+    def bitmap(self, node: str, existing: bool = False) -> str:
+        have = sorted(self.bitmaps.get(node, ()))
+        if have and (existing or self.rng.random() < 0.8):
+            return self.rng.choice(have)
+        return self.rng.choice(["b0", "b1", "b2", "x"])
+
+
+def _qmp(execute: str, arguments: dict | None = None) -> dict:
+    msg: dict = {"execute": execute}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    return {"qmp": msg}
+
+
+def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
+    """One scenario; the same (seed, index) always gives the same steps."""
+    rng = random.Random(f"{seed}/{index}")
+    nodes = ["d0", "d1"][: rng.randint(1, 2)]
+    st = _State(rng, nodes)
+    steps: list[dict] = []
+    for n in nodes:
+        steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
+        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": n,
+                                           "file": {"driver": "file", "filename": f"{n}.qcow2"}}))
+    for _ in range(rng.randint(6, 24)):
+        op = rng.choices(["write", "add", "manage", "merge", "sha", "query", "backup", "txn"],
+                         weights=[30, 12, 10, 5, 5, 4, 10, 8])[0]
+        steps += _OPS[op](st, size)
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    for node in nodes:
+        for name in sorted(st.bitmaps[node]):
+            steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name}))
+    return {"name": f"random-{seed}-{index}", "steps": steps}
+
+
+def _write(st: _State, size: int) -> list[dict]:
+    rng = st.rng
+    node = rng.choice(st.nodes)
+    offset = rng.randrange(0, size // 512) * 512
+    length = min(rng.choice([512, 4 * K, 64 * K, 100 * K, 256 * K]), size - offset)
+    kind = rng.choices(["write", "zero"], weights=[9, 1])[0]
+    io: dict = {"node": node, "offset": offset, "length": length}
+    if kind == "write":
+        io["pattern"] = rng.randrange(1, 256)
+    return [{kind: io}]
+
+
+def _add(st: _State, size: int) -> list[dict]:
+    rng = st.rng
+    node = st.node()
+    name = rng.choice(["b0", "b1", "b2", "", "b0"])
+    args: dict = {"node": node, "name": name}
+    if rng.random() < 0.8:
+        args["granularity"] = rng.choice(GRANULARITIES)
+    if rng.random() < 0.2:
+        args["disabled"] = True
+    gran = args.get("granularity", 65536)
+    if node in st.bitmaps and name and name not in st.bitmaps[node] and gran >= 512 and not gran & (gran - 1):
+        st.bitmaps[node].add(name)
+    return [_qmp("block-dirty-bitmap-add", args)]
+
+
+def _manage(st: _State, size: int) -> list[dict]:
+    rng = st.rng
+    node = st.node()
+    name = st.bitmap(node)
+    cmd = rng.choice(["remove", "clear", "enable", "disable"])
+    if cmd == "remove" and node in st.bitmaps:
+        st.bitmaps[node].discard(name)
+    return [_qmp(f"block-dirty-bitmap-{cmd}", {"node": node, "name": name})]
+
+
+def _merge(st: _State, size: int) -> list[dict]:
+    rng = st.rng
+    node = rng.choice(st.nodes)
+    sources: list = []
+    for _ in range(rng.randint(1, 3)):
+        other = rng.choice(st.nodes)
+        src = st.bitmap(other)
+        sources.append(src if other == node and rng.random() < 0.6 else {"node": other, "name": src})
+    return [_qmp("block-dirty-bitmap-merge", {"node": node, "target": st.bitmap(node), "bitmaps": sources})]
+
+
+def _sha(st: _State, size: int) -> list[dict]:
+    node = st.node()
+    return [_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": st.bitmap(node)})]
+
+
+def _query(st: _State, size: int) -> list[dict]:
+    return [_qmp("query-named-block-nodes", {"flat": True})]
+
+
+def _backup_args(st: _State, size: int, steps: list[dict], *, always_ok: bool = True) -> dict:
+    rng = st.rng
+    node = rng.choice(st.nodes)
+    st.targets += 1
+    target = f"t{st.targets}"
+    tsize = size if rng.random() < 0.95 else size // 2
+    steps.append({"qemu-img": ["create", "-f", "qcow2", f"{target}.qcow2", str(tsize)]})
+    steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
+                                       "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
+    st.jobs += 1
+    args: dict = {"job-id": f"job{st.jobs}", "device": node, "target": target, "sync": rng.choice(SYNCS)}
+    if rng.random() < 0.8 or args["sync"] in ("bitmap", "incremental"):
+        args["bitmap"] = st.bitmap(node)
+    mode = rng.choice(MODES if always_ok else [m for m in MODES if m != "always"])
+    if mode is not None:
+        args["bitmap-mode"] = mode
+    return args
+
+
+def _backup(st: _State, size: int) -> list[dict]:
+    steps: list[dict] = []
+    args = _backup_args(st, size, steps)
+    steps.append(_qmp("blockdev-backup", args))
+    if args["sync"] == "none":  # runs until cancelled: let a guest write go through, then cancel
+        steps += _write(st, size)
+        steps.append(_qmp("job-cancel", {"id": args["job-id"]}))
+    steps.append({"settle-jobs": True})
+    return steps
+
+
+def _txn(st: _State, size: int) -> list[dict]:
+    rng = st.rng
+    steps: list[dict] = []
+    if rng.random() < 0.4:  # grouped: backups only (a failing action after two backups hangs 7.2)
+        actions = [{"type": "blockdev-backup", "data": _backup_args(st, size, steps)}
+                   for _ in range(rng.randint(1, 2))]
+        for action in actions:
+            if action["data"]["sync"] == "none":
+                action["data"]["sync"] = "full"
+        steps.append(_qmp("transaction", {"actions": actions, "properties": {"completion-mode": "grouped"}}))
+        steps.append({"settle-jobs": True})
+        return steps
+    actions = []
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.choice(["add", "clear", "disable", "enable", "remove", "merge", "backup", "abort"])
+        node = rng.choice(st.nodes)
+        if kind == "add":
+            data = {"node": node, "name": rng.choice(["b0", "b1", "b2"]), "granularity": 65536}
+        elif kind in ("enable", "disable"):
+            if not st.bitmaps[node]:
+                continue  # an enable/disable action on a missing bitmap crashes QEMU 7.2
+            data = {"node": node, "name": st.bitmap(node, existing=True)}
+        elif kind in ("clear", "remove"):
+            data = {"node": node, "name": st.bitmap(node)}
+        elif kind == "merge":
+            data = {"node": node, "target": st.bitmap(node), "bitmaps": [st.bitmap(node)]}
+        elif kind == "backup":
+            data = _backup_args(st, size, steps, always_ok=False)
+            if data["sync"] == "none":
+                data["sync"] = "full"
+        else:
+            data = {}
+        actions.append({"type": {"add": "block-dirty-bitmap-add", "clear": "block-dirty-bitmap-clear",
+                                 "disable": "block-dirty-bitmap-disable", "enable": "block-dirty-bitmap-enable",
+                                 "remove": "block-dirty-bitmap-remove", "merge": "block-dirty-bitmap-merge",
+                                 "backup": "blockdev-backup", "abort": "abort"}[kind], "data": data})
+    if not actions:
+        return []
+    steps.append(_qmp("transaction", {"actions": actions}))
+    steps.append({"settle-jobs": True})
+    # ``st.bitmaps`` must only hold bitmaps that surely exist (an enable/disable action on a
+    # missing one crashes QEMU 7.2): the transaction may have failed, so adds are not counted
+    # and removes are.
+    for action in actions:
+        if action["type"] == "block-dirty-bitmap-remove":
+            st.bitmaps[action["data"]["node"]].discard(action["data"]["name"])
+    return steps
+
+
+_OPS = {"write": _write, "add": _add, "manage": _manage, "merge": _merge, "sha": _sha, "query": _query,
+        "backup": _backup, "txn": _txn}

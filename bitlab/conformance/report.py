@@ -1,0 +1,58 @@
+"""``bitlab conformance``: random scenarios on real QEMU 7.2 and on bitlab, as a table."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from ..backends.qemu import QemuNotFound, qemu_missing
+from .generator import random_scenario
+from .runner import check
+
+
+def report(scenarios: int, seed: int, show: int = 5) -> tuple[str, int]:
+    """The report text and the number of scenarios that differ."""
+    missing = qemu_missing()
+    if missing:
+        raise QemuNotFound(missing)
+    start = time.monotonic()
+    differing: dict[str, list] = {}
+    for index in range(scenarios):
+        scenario = random_scenario(seed, index)
+        diffs = check(scenario)
+        if diffs:
+            differing[scenario["name"]] = diffs
+    elapsed = time.monotonic() - start
+    lines = [
+        f"bitlab conformance against real QEMU 7.2 (seed {seed})",
+        "",
+        f"  {'scenarios run':<22}{scenarios:>8}",
+        f"  {'identical':<22}{scenarios - len(differing):>8}",
+        f"  {'different':<22}{len(differing):>8}",
+        f"  {'seconds':<22}{elapsed:>8.1f}",
+    ]
+    for name, diffs in list(differing.items())[:show]:
+        lines += ["", f"== {name} ({len(diffs)} difference(s))"]
+        lines += [d.render() for d in diffs[:3]]
+    if len(differing) > show:
+        lines.append(f"... and {len(differing) - show} more")
+    if differing:
+        lines += ["", f"replay: bitlab conformance --seed {seed} --scenarios {scenarios}"]
+    return "\n".join(lines), len(differing)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenarios", type=int, default=50, help="how many random scenarios (default 50)")
+    parser.add_argument("--seed", type=int, default=None, help="the seed (default: a new one, printed)")
+
+
+def run(args: argparse.Namespace) -> int:
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    try:
+        text, bad = report(args.scenarios, seed)
+    except QemuNotFound as err:
+        print(err)
+        return 2
+    print(text)
+    return 1 if bad else 0

@@ -1,0 +1,70 @@
+"""Scenario steps, run the same way on bitlab and on real QEMU.
+
+A scenario is ``{"name", "steps": [...]}`` (optionally ``"drives": [...]`` for ``-drive``
+devices); a step is one of ``{"qmp": message}``, ``{"hmp": line}``, ``{"qemu-img": argv}``,
+``{"write"|"zero"|"discard": {"node", "offset", "length"[, "pattern"]}}``,
+``{"flush": {"node"}}``, ``{"wait-job": {"id", "status"}}``, ``{"settle-jobs": true}``,
+``{"restart": true}`` / ``{"kill": true}`` (the format of tests/golden/).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..qemu_img import QemuImgError
+
+
+def run_step(vm: Any, step: dict) -> Any:
+    """Run one step on ``vm`` (a bitlab Machine or a QemuMachine); return its result."""
+    if "qemu-img" in step:
+        try:
+            return {"stdout": vm.qemu_img(*step["qemu-img"]), "stderr": "", "returncode": 0}
+        except QemuImgError as err:
+            return {"stdout": err.stdout, "stderr": err.stderr, "returncode": err.returncode}
+    if "qmp" in step:
+        reply = vm.execute(step["qmp"])
+        if "settle" in step:
+            vm.run(until=vm.now + step["settle"])
+        return reply
+    if "hmp" in step:
+        return vm.execute({"execute": "human-monitor-command", "arguments": {"command-line": step["hmp"]}})
+    if "flush" in step:
+        vm.guest_io(step["flush"]["node"], "flush")
+        return {"ok": True}
+    if "wait-job" in step:
+        return wait_job(vm, step["wait-job"])
+    if "settle-jobs" in step:
+        vm.run()
+        return {"ok": True}
+    if "sleep" in step:
+        vm.run(until=vm.now + step["sleep"])
+        return {"ok": True}
+    for verb in ("write", "discard", "zero"):
+        if verb in step:
+            io = step[verb]
+            command = {"write": f"write -P {io.get('pattern', 0x41):#x}", "zero": "write -z",
+                       "discard": "discard"}[verb]
+            out = vm.guest_io(io["node"], f"{command} {io['offset']} {io['length']}")
+            if io.get("flush", True):
+                vm.guest_io(io["node"], "flush")  # qemu-io over NBD flushes when it exits
+            if "failed" in out:
+                return {"ok": False, "stdout": out, "stderr": "", "returncode": 1}
+            return {"ok": True}
+    raise ValueError(f"unknown step {step}")
+
+
+def wait_job(vm: Any, spec: dict) -> dict:
+    """Run until the job reports the status (counting from its latest 'created')."""
+    def seen() -> bool:
+        start = 0
+        for i, ev in enumerate(vm.events):
+            data = ev.get("data", {})
+            if ev["event"] == "JOB_STATUS_CHANGE" and data.get("id") == spec["id"] and data["status"] == "created":
+                start = i
+        return any(ev["event"] == "JOB_STATUS_CHANGE" and ev.get("data") == {"status": spec["status"],
+                                                                             "id": spec["id"]}
+                   for ev in vm.events[start:])
+    while not seen():
+        if not vm.step():
+            return {"timeout": True}
+    return {"ok": True}

@@ -1,0 +1,37 @@
+"""The QMP events bitlab emits, with their QAPI data types (qapi/job.json, qapi/block-core.json).
+
+``EVENTS`` is to events what the command table is to commands: the one place
+``query-qmp-schema`` learns which events exist and what their ``data`` holds.
+Only events the engine actually sends are listed (``BLOCK_JOB_READY`` is not:
+a backup job never becomes ready).
+"""
+
+from __future__ import annotations
+
+from ..jobs.status import STATUSES
+from .qapi import INT, STR, Enum, Struct, m, struct
+
+JobType = Enum("JobType", (
+    "commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load", "snapshot-save",
+    "snapshot-delete",
+))
+JobStatus = Enum("JobStatus", STATUSES)
+IoOperationType = Enum("IoOperationType", ("read", "write"))
+BlockErrorAction = Enum("BlockErrorAction", ("ignore", "report", "stop"))
+
+EVENTS: dict[str, Struct] = {
+    "BLOCK_JOB_COMPLETED": struct(
+        "q_obj_BLOCK_JOB_COMPLETED-arg",
+        m("type", JobType), m("device", STR), m("len", INT), m("offset", INT), m("speed", INT), m("*error", STR),
+    ),
+    "BLOCK_JOB_CANCELLED": struct(
+        "q_obj_BLOCK_JOB_CANCELLED-arg",
+        m("type", JobType), m("device", STR), m("len", INT), m("offset", INT), m("speed", INT),
+    ),
+    "BLOCK_JOB_ERROR": struct(
+        "q_obj_BLOCK_JOB_ERROR-arg", m("device", STR), m("operation", IoOperationType), m("action", BlockErrorAction),
+    ),
+    "BLOCK_JOB_PENDING": struct("q_obj_BLOCK_JOB_PENDING-arg", m("type", JobType), m("id", STR)),
+    "JOB_STATUS_CHANGE": struct("q_obj_JOB_STATUS_CHANGE-arg", m("id", STR), m("status", JobStatus)),
+}
+"""Event name -> the QAPI type of its ``data``, in QEMU's schema order."""
