@@ -13,6 +13,12 @@ Sections
       measured first, before the other sections grow the process
   (d) with /usr/bin/qemu-storage-daemon: the same QMP queries on real QEMU 7.2 and on
       bitlab, as round-trip times and ratios (skipped with a reason when absent)
+  (e) an incremental backup of 1,000,000 random dirty 64 KiB clusters between 1 TiB
+      nodes, null-co and qcow2 (block-copy's bulk path)                  goal < 1 s
+      and the per-task path for scale
+  (f) the seed scenario (tests/data/qemu-traces) replayed in-process, and the same
+      commands on a real qemu-storage-daemon (guest writes with qemu-io over NBD),
+      with a check that both give the same bitmaps and job events       goal >= 100x
 
 Times are medians of several repeats of ``time.perf_counter`` measurements.
 """
@@ -21,10 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import json
 import logging
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,11 +42,13 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from bitlab import Machine
 from bitlab.bitmap import DirtyBitmap
+from bitlab.jobs import block_copy
 
 TiB = 1 << 40
 GRANULARITY = 64 << 10
@@ -343,6 +354,216 @@ def bench_real_qemu(dirty_vm: Machine) -> None:
     add("  (ratio = bitlab / real QEMU)", "", "")
 
 
+# -- block-copy: backups of many dirty clusters ---------------------------------------------------
+BACKUP_CLUSTERS = 1_000_000
+
+
+def dirty_machine(kind: str, nclusters: int, seed: int = 1) -> Machine:
+    """Two 1 TiB nodes (null-co, or qcow2 over file) and ``nclusters`` random dirty 64 KiB clusters."""
+    vm = Machine()
+    for name in ("src", "dst"):
+        if kind == "null-co":
+            vm.qmp("blockdev-add", {"driver": "null-co", "node-name": name, "size": TiB})
+        else:
+            vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", str(TiB))
+            vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                    "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "src", "name": "b", "granularity": GRANULARITY})
+    rng = np.random.default_rng(seed)
+    offsets = np.sort(rng.choice(TiB // GRANULARITY, nclusters, replace=False)) * GRANULARITY
+    vm.write_batch("src", offsets, GRANULARITY)
+    return vm
+
+
+def incremental_backup(vm: Machine) -> dict:
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "dst", "sync": "incremental",
+                               "bitmap": "b"})
+    vm.run()
+    return next(e["data"] for e in reversed(vm.events) if e["event"] == "BLOCK_JOB_COMPLETED")
+
+
+def time_backup(kind: str, nclusters: int, *, repeats: int = 3, bulk: bool = True) -> tuple[float, dict, float]:
+    """Median wall time of the backup alone (set-up excluded), its end event, its simulated time."""
+    state: dict = {}
+
+    def setup() -> None:
+        state["vm"] = dirty_machine(kind, nclusters)
+
+    def run() -> None:
+        state["done"] = incremental_backup(state["vm"])
+
+    saved = block_copy.BULK
+    block_copy.BULK = bulk
+    try:
+        t = median_seconds(run, setup=setup, repeats=repeats)
+    finally:
+        block_copy.BULK = saved
+    return t, state["done"], state["vm"].now
+
+
+def bench_block_copy() -> None:
+    section(f"(e) incremental backup of random dirty {GRANULARITY // 1024} KiB clusters, 1 TiB source and target "
+            "(blockdev-backup + run; set-up excluded)")
+    for kind in ("null-co", "qcow2"):
+        t, done, sim = time_backup(kind, BACKUP_CLUSTERS)
+        ok = done["offset"] == done["len"] == BACKUP_CLUSTERS * GRANULARITY
+        add(f"{kind}, {BACKUP_CLUSTERS:,} clusters (bulk path)", t, "s", "< 1 s", met=t < 1.0 and ok)
+        add(f"  len = offset = {BACKUP_CLUSTERS:,} x 64 KiB", "yes" if ok else "NO", "")
+        add("  simulated duration of the job", sim, "s")
+    t10k_bulk, _, _ = time_backup("null-co", 10_000, repeats=REPEATS)
+    t100k, _, _ = time_backup("null-co", 100_000)
+    add("null-co, 100,000 clusters (bulk path)", t100k, "s")
+    add("null-co, 10,000 clusters (bulk path)", t10k_bulk * 1e3, "ms")
+    t10k, done, sim = time_backup("null-co", 10_000, repeats=1, bulk=False)
+    add("null-co, 10,000 clusters, per-task path (for scale)", t10k * 1e3, "ms", "", t10k / t10k_bulk)
+    add("  (ratio = per-task / bulk)", "", "")
+
+
+# -- the seed scenario, in-process and on real QEMU -----------------------------------------------
+def _seed_replay() -> Callable[[str], tuple]:
+    """tests/trace_replay.py's replay(mode), with each trace file parsed once."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests import trace_replay
+
+    trace_replay.load = functools.cache(trace_replay.load)
+    return trace_replay
+
+
+async def _qsd_seed(trace: dict, workdir: str) -> list[dict]:
+    """Run a recorded seed trace's commands on a fresh qemu-storage-daemon; per step, the
+    bitmaps and job sequences as tests/trace_replay.py summarises them."""
+    from qemu.qmp import QMPClient
+
+    from tests.trace_replay import job_sequences
+
+    prefix = f"ORACLE/work/qsd-nbd-{trace['mode']}/"
+    sock = os.path.join(workdir, "qmp.sock")
+    proc = await asyncio.create_subprocess_exec(QSD, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
+                                                "--monitor", "chardev=qmp0", stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL, cwd=workdir)
+    qmp = QMPClient("bitlab-bench-seed")
+    for _ in range(500):  # the socket appears a few ms after spawn
+        try:
+            await qmp.connect(sock)
+            break
+        except Exception:  # keep polling until the daemon listens
+            await asyncio.sleep(0.002)
+    else:
+        raise RuntimeError("could not connect to qemu-storage-daemon")
+    steps: list[dict] = []
+    nodes: list = []
+    shas: dict = {}
+    first_event = 0
+    nbd_sock = None
+    try:
+        for rec in trace["trace"]:
+            kind = rec["kind"]
+            if kind == "step":
+                first_event = len(qmp.events.history)
+            elif kind == "cmd" and rec["execute"] != "quit":
+                args = json.loads(json.dumps(rec.get("arguments")).replace(prefix, workdir + "/"))
+                if rec["execute"] == "nbd-server-start":
+                    nbd_sock = args["addr"]["data"]["path"]
+                reply = await qmp.execute(rec["execute"], args)
+                if rec["execute"] == "query-named-block-nodes":
+                    nodes = reply
+                elif rec["execute"] == "x-debug-block-dirty-bitmap-sha256":
+                    shas[(args["node"], args["name"])] = reply["sha256"]
+                elif rec["execute"] == "transaction":  # wait until every job is gone
+                    ids = {a["data"]["job-id"] for a in args["actions"] if "job-id" in a["data"]}
+                    while ids:
+                        ev = await qmp.events.get()
+                        if ev["event"] == "JOB_STATUS_CHANGE" and ev["data"]["status"] == "null":
+                            ids.discard(ev["data"]["id"])
+            elif kind == "guest_io":
+                io = await asyncio.create_subprocess_exec(
+                    "qemu-io", "-f", "raw", f"nbd+unix:///{rec['node']}?socket={nbd_sock}", "-c", rec["cmd"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                await io.wait()
+            elif kind == "bitmaps":
+                summary = {}
+                keys = ("name", "count", "granularity", "recording", "busy", "persistent")
+                for node in nodes:
+                    entries = [{**{k: bm[k] for k in keys}, "sha256": shas.get((node["node-name"], bm["name"]))}
+                               for bm in node.get("dirty-bitmaps", []) if "name" in bm]
+                    if entries:
+                        summary[node["node-name"]] = entries
+                events = [dict(e) for e in qmp.events.history[first_event:]]
+                steps.append({"bitmaps": summary, "jobs": job_sequences(events)})
+        with contextlib.suppress(Exception):
+            await qmp.execute("quit")
+    finally:
+        await qmp.disconnect()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.terminate()
+            await proc.wait()
+    return steps
+
+
+def run_qsd_seed(trace: dict) -> tuple[float, float, list[dict]]:
+    """The seed scenario on real QEMU: (seconds with qemu-img, seconds of the daemon session, steps)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bitlab-seed-") as tmp:
+        prefix = f"ORACLE/work/qsd-nbd-{trace['mode']}/"
+        files = set()
+        for rec in trace["trace"]:
+            if rec["kind"] == "cmd" and rec["execute"] == "blockdev-add":
+                file = rec["arguments"]["file"]
+                files.add((file.get("filename") or file["image"]["filename"]).replace(prefix, ""))
+        for name in sorted(files):
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.join(tmp, name),
+                            str(trace["config"]["image_size"])], check=True)
+        t1 = time.perf_counter()
+        steps = asyncio.run(_qsd_seed(trace, tmp))
+        t2 = time.perf_counter()
+    return t2 - t0, t2 - t1, steps
+
+
+def _comparable(steps: list[dict], without_optional: Callable) -> list[dict]:
+    return [{"bitmaps": s["bitmaps"], "jobs": {k: without_optional(v) for k, v in s["jobs"].items()}}
+            for s in steps]
+
+
+def bench_seed() -> None:
+    section("(f) the seed scenario (tests/data/qemu-traces): two 64 MiB qcow2 drives, full backup transaction, "
+            "5 guest writes, incremental transaction where drive1's read fails, repair")
+    trace_replay = _seed_replay()
+    have_qsd = os.path.exists(QSD) and shutil.which("qemu-img") and shutil.which("qemu-io")
+    if have_qsd:
+        try:
+            import qemu.qmp  # noqa: F401
+        except ImportError:
+            have_qsd = False
+    for mode in ("individual", "grouped"):
+        t_sim = median_seconds(lambda m=mode: trace_replay.replay(m))
+        add(f"{mode}: bitlab in-process (replay of the trace's commands)", t_sim * 1e3, "ms")
+        if not have_qsd:
+            continue
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+        trace = trace_replay.load(mode)
+        try:
+            runs = [run_qsd_seed(trace) for _ in range(3)]
+        except Exception as exc:  # report, do not crash the whole bench
+            add(f"  skipped: qemu-storage-daemon failed: {exc!r}"[:150], "", "")
+            continue
+        t_total = statistics.median(r[0] for r in runs)
+        t_daemon = statistics.median(r[1] for r in runs)
+        ratio = t_total / t_sim
+        add(f"{mode}: qemu-storage-daemon, with qemu-img create and qemu-io over NBD", t_total * 1e3, "ms",
+            ">= 100x", ratio, met=ratio >= 100)
+        add(f"{mode}:   the daemon session alone (spawn to quit)", t_daemon * 1e3, "ms", "", t_daemon / t_sim)
+        _, sim_steps = trace_replay.replay(mode)
+        same = all(_comparable(r[2], trace_replay.without_optional)
+                   == _comparable(list(sim_steps.values()), trace_replay.without_optional) for r in runs)
+        add(f"{mode}:   bitmaps (count, sha256) and job events per step equal", "yes" if same else "NO", "")
+    if have_qsd:
+        add("  (ratio = real QEMU / bitlab: how many times faster bitlab is)", "", "")
+    else:
+        add(f"  real QEMU skipped: needs {QSD}, qemu-img, qemu-io and the qemu.qmp package", "", "")
+
+
 def main() -> int:
     t0 = time.perf_counter()
     print(f"bitlab benchmarks — Python {sys.version.split()[0]}, numpy {np.__version__}, "
@@ -352,6 +573,9 @@ def main() -> int:
     bench_bitmap_ops(bm)
     bench_memory(mem)
     bench_real_qemu(vm)
+    del vm, bm
+    bench_block_copy()
+    bench_seed()
     print_table(ROWS)
     print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f} s")
     return 0

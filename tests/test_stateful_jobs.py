@@ -118,11 +118,13 @@ class BackupMachine(RuleBasedStateMachine):
             args["bitmap"] = name
             if sync != "incremental":
                 args["bitmap-mode"] = mode
+        self.settle_finished()
         snapshot = _runs(self.node.read_extents(0, SIZE))
         since = len(self.vm.events)
         try:
             self.vm.qmp("blockdev-backup", args)
         except QMPError:
+            self.settle_finished()
             return
         used = name if sync in ("bitmap", "incremental") or (name is not None) else None
         if used is not None:
@@ -158,10 +160,12 @@ class BackupMachine(RuleBasedStateMachine):
             self.vm.qmp(verb, {"id": job_id})
         except QMPError as err:
             assert err.error_class == "GenericError"
+        self.settle_finished()  # a cancel may end the job within the command
 
     # -- invariants ----------------------------------------------------------------------
     @invariant()
     def no_dirty_bit_lost(self):
+        self.settle_finished()
         for name, must in self.must.items():
             bm = self.bitmap(name)
             have = set(bm.bits.search(1))

@@ -89,13 +89,19 @@ class BitmapEnable(Action):
         self.bitmap.disabled = not self.enable
 
     def abort(self) -> None:
-        # QEMU 7.2 crashes here when the lookup failed (no bitmap); bitlab just rolls back.
-        if self.bitmap is not None:
-            self.bitmap.disabled = not self.was_enabled
+        """block_dirty_bitmap_enable_abort: disable again unless it was enabled. (QEMU 7.2
+        crashes here when the lookup failed; bitlab skips it.)"""
+        if self.bitmap is not None and not self.was_enabled:
+            self.bitmap.disabled = True
 
 
 class BitmapDisable(BitmapEnable):
     enable = False
+
+    def abort(self) -> None:
+        """block_dirty_bitmap_disable_abort: enable again if it was enabled."""
+        if self.bitmap is not None and self.was_enabled:
+            self.bitmap.disabled = False
 
 
 class BitmapMerge(Action):
