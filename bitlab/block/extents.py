@@ -91,7 +91,7 @@ def clip_runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, q_starts: 
 class ExtentMap:
     """Byte offset -> content value, stored as sorted run starts and values (plus a pending log)."""
 
-    __slots__ = ("size", "_starts", "_vals", "_log", "_po", "_pl", "_pv")
+    __slots__ = ("size", "_starts", "_vals", "_log", "_po", "_pl", "_pv", "version")
 
     def __init__(self, size: int, fill: int = UNALLOCATED) -> None:
         self.size = int(size)
@@ -101,6 +101,7 @@ class ExtentMap:
         self._po: list[int] = []  # single writes not yet in _log: offsets, lengths, values
         self._pl: list[int] = []
         self._pv: list[int] = []
+        self.version = 0  # bumped by every change, so derived figures can be cached
 
     # -- the pending log --------------------------------------------------------------
     def _seal(self) -> None:
@@ -162,6 +163,7 @@ class ExtentMap:
         self._po.append(int(offset))
         self._pl.append(int(length))
         self._pv.append(int(value))
+        self.version += 1
 
     def _write_now(self, offset: int, length: int, value: int) -> None:
         end = min(offset + length, self.size)
@@ -192,6 +194,7 @@ class ExtentMap:
             return
         self._seal()
         self._log.append((offsets, ends, values))
+        self.version += 1
 
     def _merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Merge writes ``[offsets, ends)`` (in order, later wins) into the runs."""
@@ -290,6 +293,7 @@ class ExtentMap:
             self._starts = np.append(self._starts, self.size)
             self._vals = np.append(self._vals, UNALLOCATED)
         self.size = size
+        self.version += 1
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ExtentMap):

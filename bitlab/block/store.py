@@ -39,6 +39,7 @@ class ImageFile:
     compat: str = "1.1"  # qcow2 version: "1.1" (v3) or "0.10" (v2)
     lockers: list = field(default_factory=list)  # format nodes holding the file's "write" lock
     _host_clusters: int = 0  # high-water mark: a qcow2 file never shrinks
+    _seen_version: int = -1  # the data version _host_clusters was last updated for
 
     @property
     def is_qcow2(self) -> bool:
@@ -90,8 +91,9 @@ class ImageFile:
 
     def note_allocation(self) -> int:
         """Record host clusters in use (L2 tables and data) after a change; returns the high-water mark."""
-        if self.is_qcow2:
+        if self.is_qcow2 and self._seen_version != self.data.version:
             self._host_clusters = max(self._host_clusters, self.l2_tables() + self.allocated_clusters())
+            self._seen_version = self.data.version
         return self._host_clusters
 
 
