@@ -77,10 +77,17 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"bitlab serve: {err}", file=sys.stderr)
         return 2
+    from .errors import QMPError
+    from .qemu_img import QemuImgError
+
     server = QMPServer(seed=args.seed, echo=None if args.quiet else (sys.stdout, sys.stderr))
     for spec in args.drive:
         name, _, size = spec.partition(":")
-        server.vm.add_drive(name, size or "64M", blkdebug=FAIL_ON_READ if name in args.fail_read else None)
+        try:
+            server.vm.add_drive(name, size or "64M", blkdebug=FAIL_ON_READ if name in args.fail_read else None)
+        except (QMPError, QemuImgError, ValueError) as err:
+            print(f"bitlab serve: --drive {spec}: {getattr(err, 'desc', err)}", file=sys.stderr)
+            return 2
     try:
         asyncio.run(run_server(server, socket_path=args.socket, port=args.port, host=args.host, announce=sys.stdout))
     except (OSError, ValueError) as err:

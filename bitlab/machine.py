@@ -53,7 +53,8 @@ class Machine:
 
     def __init__(self, *, seed: int = 0, start_ns: int = DEFAULT_START_NS, images: ImageStore | None = None,
                  workdir: str = DEFAULT_WORKDIR, clock: SimClock | None = None,
-                 scheduler: Scheduler | None = None, backend: str | None = None) -> None:
+                 scheduler: Scheduler | None = None, backend: str | None = None,
+                 daemon: str | None = None) -> None:
         self._start_ns = start_ns
         self.images = images if images is not None else ImageStore()
         self.workdir = workdir

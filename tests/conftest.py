@@ -9,14 +9,14 @@ import pytest
 
 from bitlab import Machine
 
-QEMU_TOOLS = ("qemu-storage-daemon", "qemu-img", "qemu-io")
+QEMU_TOOLS = ("qemu-storage-daemon", "qemu-system-x86_64", "qemu-img", "qemu-io")
 
 
 def qemu_missing() -> str | None:
     missing = [tool for tool in QEMU_TOOLS if shutil.which(tool) is None]
     if missing:
         return ("real QEMU 7.2 not installed (missing " + ", ".join(missing) + "): "
-                "apt-get install --no-install-recommends qemu-system-common qemu-utils")
+                "apt-get install --no-install-recommends qemu-system-common qemu-utils qemu-system-x86")
     return None
 
 

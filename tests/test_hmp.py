@@ -55,3 +55,18 @@ def test_node_name_during_a_backup_is_a_permission_conflict(vm):
     assert "wrote 65536/65536" in vm.write("p", "512k", "64k", 0x42)
     with pytest.raises(QMPError, match="Permission conflict"):
         vm.qemu_io("p", "write 0 512")
+
+
+def test_sizes_in_reports_have_three_decimals(vm):
+    assert timing(vm.qemu_io("p", "write -P 0x41 0 1536")) == "wrote 1536/1536 bytes at offset 0\n1.500 KiB, 1 ops; T\n"
+    assert timing(vm.qemu_io("p", "write 0 1000000")) == (
+        "wrote 1000000/1000000 bytes at offset 0\n976.562 KiB, 1 ops; T\n")
+
+
+def test_file_child_of_a_format_node_is_not_writable_by_qemu_io(vm):
+    vm.qemu_img("create", "-f", "qcow2", "q.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "q",
+                            "file": {"driver": "file", "node-name": "f-q", "filename": "q.qcow2"}})
+    assert vm.hmp('qemu-io f-q "write 0 512"') == (
+        "Permission conflict on node 'f-q': permissions 'write' are both required by an unnamed block device "
+        "(uses node 'f-q' as 'root' child) and unshared by node 'q' (uses node 'f-q' as 'file' child).\r\n")

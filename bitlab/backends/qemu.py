@@ -1,11 +1,32 @@
 """The Machine API over a real QEMU 7.2.
 
-``Machine(backend="qemu")`` (or ``BITLAB_BACKEND=qemu``) starts QEMU's system emulator
-headless (``qemu-system-x86_64 -M none``: QMP, HMP ``qemu-io`` for guest writes, ``-drive``
-devices through HMP ``drive_add``) in a private temporary work directory, talks QMP over a
-unix socket with ``qemu.qmp``, and offers the simulator's methods: ``qmp``, ``execute``,
-``events``, ``write``/``discard``/``read``, ``qemu_img``, ``add_drive``, ``run``, ``step``.
-It always stops its own QEMU (QMP ``quit``, then only its own PID).
+``Machine(backend="qemu")`` (or ``BITLAB_BACKEND=qemu``) runs a real QEMU in a private
+temporary work directory, talks QMP over a unix socket with ``qemu.qmp``, and offers the
+simulator's methods: ``qmp``, ``execute``, ``events``, ``write``/``discard``/``read``,
+``qemu_img``, ``add_drive``, ``run``, ``step``. Two daemons can stand behind it:
+
+- **qemu-storage-daemon** (``daemon="qsd"``): QMP and the block layer only, no devices.
+  Guest I/O goes, as a guest's would, through an NBD export of the node (see
+  :mod:`bitlab.backends.nbd`): every node made by ``blockdev-add`` is exported right away,
+  so that during a backup its export sits above the copy-before-write filter; the export
+  is removed before a ``blockdev-del`` of the node (and put back if that fails). Writes
+  never flush; ``guest_io(node, "flush")`` does. I/O to any other node exports it for that
+  one request, like HMP ``qemu-io`` on a node name; an NBD export never shares the resize
+  permission, though, so the file node under a format node cannot be reached even to read
+  (QEMU's permission conflict), where HMP ``qemu-io`` can read it.
+- **the system emulator** (``daemon="system"``): ``qemu-system-x86_64 -M none``, headless,
+  with ``-drive`` devices added through HMP ``drive_add`` and guest I/O through HMP
+  ``qemu-io``.
+
+``daemon="auto"`` (the default; ``BITLAB_QEMU_DAEMON`` may set another) starts nothing until
+first use: ``add_drive`` or HMP first starts the system emulator, anything else
+qemu-storage-daemon. The backend's own helper commands (exports, job polls, lookups) are
+kept out of ``transcript`` (they are listed in ``backstage``), and their
+``BLOCK_EXPORT_DELETED`` events out of ``events``. It always stops its own QEMU (QMP
+``quit``, then SIGKILL of only its own PID).
+
+qemu-io's report lines carry real timings on both daemons; bitlab's simulator prints
+``00.00 sec (inf bytes/sec and inf ops/sec)`` instead.
 """
 
 from __future__ import annotations
@@ -21,25 +42,50 @@ from typing import Any
 
 from ..errors import QMPError
 from ..qemu_img import QemuImgError
+from ..qmp.hmp import parse_qemu_io
 from ..units import parse_size
+from . import nbd
 
 SYSTEM = "qemu-system-x86_64"
-PACKAGES = "qemu-system-x86 qemu-system-common qemu-utils"
+QSD = "qemu-storage-daemon"
+DAEMONS = ("auto", "qsd", "system")
+DAEMON_ENV = "BITLAB_QEMU_DAEMON"
+PACKAGE_OF = {QSD: "qemu-system-common", SYSTEM: "qemu-system-x86", "qemu-img": "qemu-utils",
+              "qemu-io": "qemu-utils"}
+PACKAGES = "qemu-system-x86 qemu-system-common qemu-utils"  # everything both daemons need
 SETTLED = ("concluded", "pending", "paused")
+EXPORT_PREFIX = "bitlab-guest-"  # ids of the backend's own NBD exports
+CHILD_KEYS = {"file", "backing", "data-file", "image", "raw", "test", "target", "children"}
 
 
 class QemuNotFound(RuntimeError):
     """Real QEMU is not installed."""
 
     def __init__(self, missing: list[str]) -> None:
+        packages = " ".join(dict.fromkeys(PACKAGE_OF.get(tool, tool) for tool in missing))
         super().__init__(
             f"Machine(backend='qemu') needs real QEMU 7.2, but {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} not installed. On Debian 12: "
-            f"apt-get install --no-install-recommends {PACKAGES}")
+            f"apt-get install --no-install-recommends {packages}")
 
 
-def qemu_missing() -> list[str]:
-    return [tool for tool in (SYSTEM, "qemu-img", "qemu-io") if shutil.which(tool) is None]
+class QemuDaemonError(RuntimeError):
+    """The scenario needs what the running daemon cannot do (devices and HMP on qsd)."""
+
+
+def qemu_missing(daemon: str = "auto") -> list[str]:
+    """The QEMU programs that ``daemon`` ("auto", "qsd" or "system") needs and cannot find.
+
+    "auto" needs qemu-img and one of the daemons (the system emulator can do everything).
+    """
+    missing = [] if shutil.which("qemu-img") else ["qemu-img"]
+    if daemon == "system":
+        wanted = [SYSTEM]
+    elif daemon == "qsd" or shutil.which(SYSTEM) is None:
+        wanted = [QSD]
+    else:
+        wanted = []
+    return [tool for tool in wanted if shutil.which(tool) is None] + missing
 
 
 def _opt(value: object) -> str:
@@ -48,111 +94,200 @@ def _opt(value: object) -> str:
     return str(value)
 
 
+def _child_refs(value: Any, key: str = "") -> list[str]:
+    """Node names that a blockdev-add's options refer to as children ("file": "f0")."""
+    if isinstance(value, dict):
+        return [name for k, v in value.items() for name in _child_refs(v, k)]
+    if isinstance(value, list):
+        return [name for v in value for name in _child_refs(v, key)]
+    return [value] if isinstance(value, str) and key in CHILD_KEYS else []
+
+
 class QemuMachine:
-    """A real QEMU 7.2 behind bitlab's Machine API."""
+    """A real QEMU 7.2 (qemu-storage-daemon or the system emulator) behind bitlab's Machine API.
+
+    ``daemon`` is what was asked for ("auto", "qsd", "system"); ``kind`` is what runs
+    ("qsd" or "system"), None until first use; ``startup_ms`` how long the latest start took
+    until QMP answered.
+    """
 
     backend = "qemu"
 
-    def __init__(self, *, timeout: float = 30.0, **_ignored: Any) -> None:
-        missing = qemu_missing()
+    def __init__(self, *, daemon: str | None = None, timeout: float = 30.0, **_ignored: Any) -> None:
+        daemon = daemon or os.environ.get(DAEMON_ENV) or "auto"
+        if daemon not in DAEMONS:
+            raise ValueError(f"daemon must be one of {', '.join(DAEMONS)}, not {daemon!r}")
+        missing = qemu_missing(daemon)
         if missing:
             raise QemuNotFound(missing)
-        from qemu.qmp import ConnectError  # imported late: an optional extra
-        from qemu.qmp.legacy import QEMUMonitorProtocol
+        try:
+            from qemu.qmp import ConnectError  # imported late: an optional extra
+            from qemu.qmp.legacy import QEMUMonitorProtocol
+        except ImportError as err:
+            raise ImportError("Machine(backend='qemu') needs the QMP client: pip install 'qemu.qmp>=0.0.3' "
+                              "(or pip install 'qemu-bitlab[qemu]')") from err
 
         self._protocol = QEMUMonitorProtocol
         self._connect_error = ConnectError
+        self.daemon = daemon
+        self.kind: str | None = None
         self.timeout = timeout
         self.workdir = tempfile.mkdtemp(prefix="bitlab-qemu-")
         self.events: list[dict] = []
         self.transcript: list[dict] = []
+        self.backstage: list[dict] = []  # the backend's own helper commands and their replies
         self.console: list[str] = []
+        self.startup_ms: float | None = None
         self._proc: subprocess.Popen | None = None
         self._qmp: Any = None
+        self._closed = False
+        self._exports: dict[str, str] = {}  # export name (= the node addressed) -> export id
+        self._out = Path(self.workdir, ".qemu.out")
         self._out_pos = 0
+        self._nbd_sock = os.path.join(self.workdir, ".nbd.sock")
         self._t0 = time.monotonic()
-        self._start()
 
     # -- process ----------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """Whether a QEMU process runs for this machine now."""
+        return self._qmp is not None
+
+    def _ensure(self, device: str | None = None) -> str:
+        """Start QEMU on first use and return its kind; ``device`` names a use that needs the
+        system emulator (``add_drive``, HMP)."""
+        if self._closed:
+            raise RuntimeError("this QemuMachine is closed")
+        if self.kind is None:
+            if self.daemon == "qsd" and device is not None:
+                raise QemuDaemonError(self._device_message(device))
+            want_system = self.daemon == "system" or device is not None or shutil.which(QSD) is None
+            if want_system and shutil.which(SYSTEM) is None:
+                raise QemuNotFound([SYSTEM])
+            self.kind = "system" if want_system else "qsd"
+            try:
+                self._start()
+            except BaseException:
+                self.kind = None
+                raise
+        elif device is not None and self.kind == "qsd":
+            raise QemuDaemonError(self._device_message(device))
+        return self.kind
+
+    def _device_message(self, what: str) -> str:
+        forced = f" ({DAEMON_ENV}={os.environ[DAEMON_ENV]})" if os.environ.get(DAEMON_ENV) == self.daemon else ""
+        return (f"{what} needs QEMU's system emulator (-drive devices and HMP), but this machine runs "
+                f"qemu-storage-daemon{forced}, which has neither. Use Machine(backend='qemu', daemon='system'), "
+                f"or with daemon='auto' call add_drive or hmp before anything else.")
+
+    def _argv(self, sock: str) -> list[str]:
+        chardev = f"socket,id=qmp0,path={sock},server=on,wait=off"
+        if self.kind == "qsd":
+            return [QSD, "--chardev", chardev, "--monitor", "chardev=qmp0",
+                    "--nbd-server", f"addr.type=unix,addr.path={self._nbd_sock}"]
+        argv = [SYSTEM, "-M", "none", "-nodefaults", "-display", "none", "-accel", "tcg",
+                "-chardev", chardev, "-mon", "chardev=qmp0,mode=control"]
+        return ["stdbuf", "-o0", "-e0", *argv] if shutil.which("stdbuf") else argv
+
     def _start(self) -> None:
         sock = os.path.join(self.workdir, ".qmp.sock")
-        if os.path.exists(sock):
-            os.unlink(sock)
-        self._out = Path(self.workdir, ".qemu.out")
-        argv = [SYSTEM, "-M", "none", "-nodefaults", "-display", "none", "-accel", "tcg",
-                "-chardev", f"socket,id=qmp0,path={sock},server=on,wait=off", "-mon", "chardev=qmp0,mode=control"]
-        if shutil.which("stdbuf"):
-            argv = ["stdbuf", "-o0", "-e0", *argv]
+        for path in (sock, self._nbd_sock):
+            if os.path.exists(path):
+                os.unlink(path)
+        self._exports.clear()
+        begin = time.monotonic()
         with open(self._out, "ab") as out:
-            self._proc = subprocess.Popen(argv, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
+            self._proc = subprocess.Popen(self._argv(sock), cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
                                           stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + self.timeout
+        deadline = begin + self.timeout
         while True:
             try:
+                if not os.path.exists(sock):  # not listening yet (spares qemu.qmp's error log)
+                    raise OSError("no QMP socket yet")
                 qmp = self._protocol(sock)
                 qmp.connect(negotiate=True)
                 break
             except (OSError, self._connect_error):
                 if self._proc.poll() is not None:
+                    self._proc = None
                     raise RuntimeError(f"QEMU exited at start: {self._out.read_text(errors='replace')}") from None
                 if time.monotonic() > deadline:
+                    self._stop(kill=True)
                     raise TimeoutError("QEMU's QMP socket did not come up") from None
-                time.sleep(0.005)
+                time.sleep(0.002)
         qmp.settimeout(self.timeout)
         self._qmp = qmp
+        self.startup_ms = (time.monotonic() - begin) * 1000
         self._out_pos = self._out.stat().st_size
 
-    def close(self) -> None:
-        """Quit QEMU (QMP quit, then SIGKILL of our own PID only if it lingers)."""
+    def _stop(self, *, kill: bool = False) -> None:
+        """QMP quit (or SIGKILL when ``kill``); SIGKILL of our own PID only if it lingers."""
+        proc, self._proc = self._proc, None
+        if kill and proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)  # first: nothing may be stored cleanly
         if self._qmp is not None:
-            try:
-                self._qmp.cmd_obj({"execute": "quit"})
-            except Exception:  # noqa: BLE001 - it may already be gone
-                pass
+            if not kill:
+                try:
+                    self._qmp.cmd_obj({"execute": "quit"})
+                except Exception:  # noqa: BLE001 - it may already be gone
+                    pass
             try:
                 self._qmp.close()
             except Exception:  # noqa: BLE001
                 pass
             self._qmp = None
-        proc, self._proc = self._proc, None
         if proc is not None:
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+        self._exports.clear()
+
+    def close(self) -> None:
+        """Quit QEMU (QMP quit, then SIGKILL of our own PID only if it lingers) and remove the
+        private work directory."""
+        self._stop()
+        self._closed = True
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> QemuMachine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __del__(self) -> None:
         if getattr(self, "_proc", None) is not None:
             self.close()
 
     def restart(self, *, clean: bool = True) -> QemuMachine:
-        """Quit (clean) or SIGKILL QEMU, then start a new one over the same files."""
-        if clean:
-            self.close()
-        else:
-            proc, self._proc = self._proc, None
-            if proc is not None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-            if self._qmp is not None:
-                try:
-                    self._qmp.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                self._qmp = None
-        self._start()
+        """Quit (clean) or SIGKILL QEMU, then start the same kind again over the same files."""
+        if self._closed:
+            raise RuntimeError("this QemuMachine is closed")
+        if self.kind is not None:
+            self._stop(kill=not clean)
+            self._start()
         return self
 
     # -- QMP ----------------------------------------------------------------------------
     def execute(self, message: dict) -> dict:
+        """Send one wire-shaped QMP message; its reply (recorded in ``transcript``).
+
+        ``human-monitor-command`` as the first command starts the system emulator (daemon
+        "auto"); later, qemu-storage-daemon gives its own CommandNotFound reply.
+        """
+        name = message.get("execute")
+        first_hmp = name == "human-monitor-command" and self.kind is None and self.daemon != "qsd"
+        kind = self._ensure(name if first_hmp else None)
+        if kind == "qsd" and isinstance(message.get("arguments"), dict):
+            if name == "blockdev-add":
+                return self._blockdev_add(message)
+            if name == "blockdev-del":
+                return self._blockdev_del(message)
+        return self._send(message)
+
+    def _send(self, message: dict) -> dict:
         self.transcript.append({"kind": "cmd", "message": message})
         reply = self._qmp.cmd_obj(message)
         self._collect()
@@ -160,10 +295,29 @@ class QemuMachine:
         return reply
 
     def qmp(self, name: str, arguments: dict | None = None) -> Any:
+        """Run a command; its value, or :class:`QMPError` with QEMU's class and text."""
+        if name == "human-monitor-command":
+            self._ensure(name)  # on qemu-storage-daemon: a clear error rather than CommandNotFound
         message: dict = {"execute": name}
         if arguments is not None:
             message["arguments"] = arguments
         reply = self.execute(message)
+        if "error" in reply:
+            raise QMPError(reply["error"]["desc"], reply["error"]["class"])
+        return reply["return"]
+
+    def _helper(self, name: str, arguments: dict | None = None) -> dict:
+        """A command of the backend's own: listed in ``backstage``, not in ``transcript``."""
+        message: dict = {"execute": name}
+        if arguments is not None:
+            message["arguments"] = arguments
+        reply = self._qmp.cmd_obj(message)
+        self.backstage.append({"message": message, "reply": reply})
+        self._collect()
+        return reply
+
+    def _helper_value(self, name: str, arguments: dict | None = None) -> Any:
+        reply = self._helper(name, arguments)
         if "error" in reply:
             raise QMPError(reply["error"]["desc"], reply["error"]["class"])
         return reply["return"]
@@ -176,24 +330,92 @@ class QemuMachine:
         except TimeoutError:  # nothing arrived within ``wait``
             return 0
         while ev is not None:
-            self.events.append(ev)
-            self.transcript.append({"kind": "event", "message": ev})
-            count += 1
+            if not (ev.get("event") == "BLOCK_EXPORT_DELETED"
+                    and str(ev.get("data", {}).get("id", "")).startswith(EXPORT_PREFIX)):
+                self.events.append(ev)
+                self.transcript.append({"kind": "event", "message": ev})
+                count += 1
             ev = self._qmp.pull_event(wait=False)
         return count
+
+    # -- NBD exports (qemu-storage-daemon) ---------------------------------------------------
+    def _export(self, node: str, attach: str | None = None, *, writable: bool = True) -> dict | None:
+        """Export ``node`` over NBD under its own name (attached to ``attach`` if given);
+        None, or the error reply. A read-only node is exported read-only."""
+        args = {"type": "nbd", "id": EXPORT_PREFIX + node, "node-name": attach or node, "name": node,
+                "writable": writable}
+        reply = self._helper("block-export-add", args)
+        if writable and "error" in reply and "read-only" in reply["error"]["desc"]:
+            reply = self._helper("block-export-add", {**args, "writable": False})
+        if "error" in reply:
+            return reply
+        self._exports[node] = args["id"]
+        return None
+
+    def _export_node(self, node: str) -> str | None:
+        """The node the export of ``node`` is attached to now (a filter above it during a backup)."""
+        export_id = self._exports.get(node)
+        for info in self._helper_value("query-block-exports"):
+            if info["id"] == export_id:
+                return info["node-name"]
+        return None
+
+    def _unexport(self, node: str) -> str | None:
+        """Remove the export of ``node`` and wait until it is gone; where it was attached."""
+        export_id = self._exports.pop(node, None)
+        if export_id is None:
+            return None
+        attached = None
+        for info in self._helper_value("query-block-exports"):
+            if info["id"] == export_id:
+                attached = info["node-name"]
+        self._helper("block-export-del", {"id": export_id})
+        deadline = time.monotonic() + self.timeout
+        while any(info["id"] == export_id for info in self._helper_value("query-block-exports")):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"NBD export {export_id} was not removed")
+            time.sleep(0.001)
+        return attached
+
+    def _blockdev_add(self, message: dict) -> dict:
+        """blockdev-add, then export the new node; exports of nodes it takes as children go first."""
+        args = message["arguments"]
+        moved = {name: self._unexport(name) for name in dict.fromkeys(_child_refs(args)) if name in self._exports}
+        reply = self._send(message)
+        if "error" in reply:
+            for name, attached in moved.items():
+                self._export(name, attached)
+        elif isinstance(args.get("node-name"), str):
+            self._export(args["node-name"])
+        return reply
+
+    def _blockdev_del(self, message: dict) -> dict:
+        """blockdev-del without the export in the way (put back if the command fails)."""
+        node = message["arguments"].get("node-name")
+        exported = isinstance(node, str) and node in self._exports
+        attached = self._unexport(node) if exported else None
+        reply = self._send(message)
+        if exported and "error" in reply:
+            self._export(node, attached)
+        return reply
 
     # -- time -----------------------------------------------------------------------------
     @property
     def now(self) -> float:
+        """Seconds since the machine was made."""
         return time.monotonic() - self._t0
 
     def _settled(self) -> bool:
-        return all(job["status"] in SETTLED for job in self.qmp("query-jobs"))
+        return all(job["status"] in SETTLED for job in self._helper_value("query-jobs"))
 
     def run(self, until: float | None = None, timeout: float | None = None) -> None:
         """Wait until every job has settled (none left, or concluded, pending or paused), or until
         ``until`` seconds since start; raise TimeoutError after ``timeout`` seconds."""
         limit = time.monotonic() + (timeout or self.timeout)
+        if not self.started:
+            if until is not None:
+                time.sleep(max(0.0, until - self.now))
+            return
         while True:
             if until is not None and self.now >= until:
                 return
@@ -201,20 +423,26 @@ class QemuMachine:
                 self._collect()
                 return
             if time.monotonic() > limit:
-                raise TimeoutError(f"jobs did not settle within {timeout or self.timeout} s: "
-                                   f"{self.qmp('query-jobs')}")
+                jobs = self._helper_value("query-jobs")
+                raise TimeoutError(f"jobs did not settle within {timeout or self.timeout} s: {jobs}")
             self._collect(wait=0.002)
 
     def step(self, timeout: float | None = None) -> bool:
         """Wait for the next QMP event; False when no job is left to produce one."""
-        if self._collect():
+        if not self.started:
+            return False
+        before = len(self.events)
+        self._collect()
+        settled = self._settled()  # its reply may come after the events that settled the jobs
+        if len(self.events) > before:
             return True
-        if self._settled():
+        if settled:
             return False
         return bool(self._collect(wait=timeout or self.timeout))
 
     # -- images and drives -----------------------------------------------------------------
     def qemu_img(self, *args: str) -> str:
+        """Real qemu-img in the work directory; its stdout, or :class:`QemuImgError`."""
         out = subprocess.run(["qemu-img", *map(str, args)], cwd=self.workdir, capture_output=True, text=True,
                              timeout=60)
         if out.returncode != 0:
@@ -223,7 +451,8 @@ class QemuMachine:
 
     def add_drive(self, name: str, size: int | str = "64M", format: str = "qcow2", *, file: str | None = None,
                   blkdebug: dict | None = None, node_name: str | None = None) -> str:
-        """``-drive if=none,id=NAME,...`` added at run time with HMP ``drive_add``."""
+        """``-drive if=none,id=NAME,...`` added at run time with HMP ``drive_add`` (system emulator)."""
+        self._ensure("add_drive")
         filename = file or f"{name}.{format}"
         if not os.path.exists(os.path.join(self.workdir, filename)):
             self.qemu_img("create", "-f", format, filename, str(size))
@@ -245,37 +474,64 @@ class QemuMachine:
 
     # -- guest I/O --------------------------------------------------------------------------
     def hmp(self, command_line: str) -> str:
+        """human-monitor-command (system emulator only); the monitor's reply text."""
         return self.qmp("human-monitor-command", {"command-line": command_line})
 
     def console_take(self, stream: str = "stdout") -> str:
         """What QEMU printed since the last call (stdout and stderr share one file here)."""
+        if not self._out.exists():
+            return ""
         data = self._out.read_bytes()
         text, self._out_pos = data[self._out_pos:].decode(errors="replace"), len(data)
         return text
 
     def qemu_io(self, node: str, command: str) -> str:
+        """One qemu-io command on ``node``; qemu-io's output.
+
+        System emulator: HMP ``qemu-io``. qemu-storage-daemon: over the node's NBD export
+        (which, like a guest's device, sits above a backup's filter), without a flush.
+        """
+        if self._ensure() == "qsd":
+            verb, opts = parse_qemu_io(command)  # qemu-io's own complaints, as bitlab raises them
+            return self._nbd_io(node, verb, opts)
         self.console_take()
         reply = self.hmp(f'qemu-io {node} "{command}"')
         if reply:
             raise QMPError(reply.strip().removeprefix("Error: "))
         return self.console_take()
 
+    def _nbd_io(self, node: str, verb: str, opts: dict) -> str:
+        temporary = node not in self._exports
+        if temporary:  # not a blockdev-add'ed node: exported for this request only, and like HMP
+            # qemu-io's own BlockBackend it takes the write permission only to write or discard
+            failed = self._export(node, writable=verb in ("write", "discard"))
+            if failed is not None:
+                raise QMPError(failed["error"]["desc"], failed["error"]["class"])
+        try:
+            return nbd.qemu_io(self._nbd_sock, node, verb, opts, self.timeout)
+        finally:
+            if temporary:
+                self._unexport(node)
+            self._collect()
+
     def guest_name(self, name: str) -> str:
-        """A device, or for a bare node the copy-before-write filter above it during a backup."""
-        if any(b["device"] == name for b in self.qmp("query-block")):
+        """Where a guest's I/O to ``name`` enters: a device, or for a bare node the
+        copy-before-write filter above it during a backup (on qsd: where its export sits)."""
+        if self._ensure() == "qsd":
+            return (self._export_node(name) if name in self._exports else None) or name
+        if any(b["device"] == name for b in self._helper_value("query-block")):
             return name
-        for node in self.qmp("query-named-block-nodes", {"flat": True}):
-            if node["drv"] == "copy-before-write" and node["image"].get("filename") == self._filename(name):
+        nodes = self._helper_value("query-named-block-nodes", {"flat": True})
+        filename = next((node["file"] for node in nodes if node["node-name"] == name), None)
+        for node in nodes:
+            if node["drv"] == "copy-before-write" and node["image"].get("filename") == filename:
                 return node["node-name"]
         return name
 
-    def _filename(self, node_name: str) -> str | None:
-        for node in self.qmp("query-named-block-nodes", {"flat": True}):
-            if node["node-name"] == node_name:
-                return node["file"]
-        return None
-
     def guest_io(self, node: str, command: str) -> str:
+        """A guest's request to ``node`` (a device, or a node as a guest would see it)."""
+        if self._ensure() == "qsd":
+            return self.qemu_io(node, command)
         return self.qemu_io(self.guest_name(node), command)
 
     def write(self, node: str, offset: int | str, length: int | str, pattern: int = 0xCD) -> str:

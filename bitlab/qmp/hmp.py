@@ -18,14 +18,14 @@ class QemuIoError(Exception):
 
 
 def _cvtstr(value: float) -> str:
-    """qemu-io's cvtstr: "%f" with a binary unit, ".000000" trimmed."""
+    """qemu-io's cvtstr: three decimals and a binary unit, ".000" trimmed."""
     for shift, unit in ((60, "EiB"), (50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
         if value >= 1 << shift:
             value, suffix = value / (1 << shift), unit
             break
     else:
         suffix = "bytes"
-    text = f"{value:f}"
+    text = f"{value:.3f}"
     return (text[: text.index(".000")] if ".000" in text else text) + " " + suffix
 
 
@@ -96,6 +96,9 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
         if node is None:
             raise generic(f"Cannot find device='' nor node-name='{device}'")
         holder = node.filtered_by
+        if holder is None:  # a format node's file child: the format node does not share writes
+            holder = next((p for p in vm.graph.nodes.values() if p.driver == "qcow2"
+                           and any(r == "file" and c is node for r, c in p.children)), None)
         if holder is not None:
             # qemu-io on a node name opens its own BlockBackend on that node; a backup's filter
             # above it does not share the write permission.
@@ -110,8 +113,8 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
     if verb == "flush":
         try:
             node.flush()
-        except BlockIOError as err:
-            return f"flush failed: {os.strerror(err.errno)}\n"
+        except BlockIOError:
+            pass  # qemu-io 7.2 prints nothing when a flush fails
         return ""
     offset, length = opts["offset"], opts["length"]
     if offset + length > node.size:

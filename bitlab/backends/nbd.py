@@ -1,0 +1,238 @@
+"""A small NBD client for guest I/O on real QEMU, and qemu-io's report texts.
+
+``qemu-io`` over an NBD URL flushes when it closes the image, which fires blkdebug's
+``flush_to_disk`` rules and changes what a scenario observes. :class:`NBDClient` speaks just
+enough of the protocol (fixed newstyle handshake, ``NBD_OPT_GO``, simple replies) to send
+reads, writes, write-zeroes, trims and flushes one at a time, and never flushes unless asked.
+:func:`qemu_io` runs one parsed qemu-io command with it and prints what qemu-io prints,
+with real timings ("64 KiB, 1 ops; 00.00 sec (12.5 MiB/sec and 200.0000 ops/sec)").
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import socket
+import struct
+import time
+from types import TracebackType
+
+NBD_MAGIC = 0x4E42444D41474943  # "NBDMAGIC"
+OPTS_MAGIC = 0x49484156454F5054  # "IHAVEOPT"
+REP_MAGIC = 0x3E889045565A9
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+
+FLAG_FIXED_NEWSTYLE = 1 << 0  # handshake flags (server) and client flags
+FLAG_NO_ZEROES = 1 << 1
+OPT_GO = 7
+REP_ACK = 1
+REP_INFO = 3
+INFO_EXPORT = 0
+INFO_BLOCK_SIZE = 3
+
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 6
+CMD_FLAG_NO_HOLE = 1 << 1
+
+MAX_PAYLOAD = 32 << 20  # QEMU's NBD_MAX_BUFFER_SIZE: the most a READ or WRITE may carry
+MAX_LENGTH = 1 << 30  # chunk size of TRIM and WRITE_ZEROES (the length field is 32-bit)
+
+# NBD's error numbers, as QEMU's NBD client turns them into host errno values (others: EINVAL).
+NBD_ERRNO = {1: errno.EPERM, 5: errno.EIO, 12: errno.ENOMEM, 22: errno.EINVAL, 28: errno.ENOSPC,
+             75: errno.EOVERFLOW, 95: errno.ENOTSUP, 108: errno.ESHUTDOWN}
+
+
+class NBDError(OSError):
+    """The NBD server refused the connection or broke the protocol."""
+
+
+class NBDClient:
+    """One NBD connection to a named export on a unix socket.
+
+    The request methods return a host errno (0 on success); they never send a flush of
+    their own. ``size`` is the export's size in bytes.
+    """
+
+    def __init__(self, path: str, export: str, timeout: float = 30.0) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        self._handle = 0
+        self.size = 0
+        self.flags = 0
+        self.max_payload = MAX_PAYLOAD
+        try:
+            self._sock.connect(path)
+            self._handshake(export)
+        except BaseException:
+            self._sock.close()
+            raise
+
+    # -- wire -----------------------------------------------------------------------------
+    def _recv(self, count: int) -> bytes:
+        data = bytearray()
+        while len(data) < count:
+            chunk = self._sock.recv(min(count - len(data), 1 << 20))
+            if not chunk:
+                raise NBDError("the NBD server closed the connection")
+            data += chunk
+        return bytes(data)
+
+    def _handshake(self, export: str) -> None:
+        magic, opts, server_flags = struct.unpack(">QQH", self._recv(18))
+        if magic != NBD_MAGIC or opts != OPTS_MAGIC or not server_flags & FLAG_FIXED_NEWSTYLE:
+            raise NBDError("not a fixed-newstyle NBD server")
+        self._sock.sendall(struct.pack(">I", FLAG_FIXED_NEWSTYLE | (server_flags & FLAG_NO_ZEROES)))
+        name = export.encode()
+        payload = struct.pack(">I", len(name)) + name + struct.pack(">HH", 1, INFO_BLOCK_SIZE)
+        self._sock.sendall(struct.pack(">QII", OPTS_MAGIC, OPT_GO, len(payload)) + payload)
+        while True:
+            magic, _option, reply, length = struct.unpack(">QIII", self._recv(20))
+            data = self._recv(length)
+            if magic != REP_MAGIC:
+                raise NBDError("bad NBD option reply")
+            if reply == REP_ACK:
+                return
+            if reply & 0x80000000:
+                message = data.decode(errors="replace") or f"error {reply:#x}"
+                raise NBDError(f"NBD export '{export}' refused: {message}")
+            if reply == REP_INFO and len(data) >= 2:
+                kind = struct.unpack(">H", data[:2])[0]
+                if kind == INFO_EXPORT:
+                    self.size, self.flags = struct.unpack(">QH", data[2:12])
+                elif kind == INFO_BLOCK_SIZE:
+                    self.max_payload = min(MAX_PAYLOAD, struct.unpack(">III", data[2:14])[2])
+
+    def _request(self, command: int, offset: int = 0, length: int = 0, data: bytes = b"", flags: int = 0) -> int:
+        """Send one request and read its simple reply's header; the host errno."""
+        self._handle += 1
+        self._sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, flags, command, self._handle, offset, length) + data)
+        magic, error, handle = struct.unpack(">IIQ", self._recv(16))
+        if magic != SIMPLE_REPLY_MAGIC or handle != self._handle:
+            raise NBDError("bad NBD reply")
+        return NBD_ERRNO.get(error, errno.EINVAL) if error else 0
+
+    # -- requests ---------------------------------------------------------------------------
+    def write(self, offset: int, length: int, pattern: int) -> int:
+        """Write ``length`` bytes of ``pattern`` (in chunks the server accepts)."""
+        for start, size in _chunks(offset, length, self.max_payload):
+            err = self._request(CMD_WRITE, start, size, bytes([pattern & 0xFF]) * size)
+            if err:
+                return err
+        return 0
+
+    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> int:
+        """Write zeroes; like qemu-io's ``write -z`` without ``-u``, no holes unless ``may_unmap``."""
+        flags = 0 if may_unmap else CMD_FLAG_NO_HOLE
+        for start, size in _chunks(offset, length, MAX_LENGTH):
+            err = self._request(CMD_WRITE_ZEROES, start, size, flags=flags)
+            if err:
+                return err
+        return 0
+
+    def trim(self, offset: int, length: int) -> int:
+        """Discard a range (NBD_CMD_TRIM)."""
+        for start, size in _chunks(offset, length, MAX_LENGTH):
+            err = self._request(CMD_TRIM, start, size)
+            if err:
+                return err
+        return 0
+
+    def flush(self) -> int:
+        """NBD_CMD_FLUSH: the only way this client flushes."""
+        return self._request(CMD_FLUSH)
+
+    def read(self, offset: int, length: int, pattern: int | None = None) -> tuple[int, bool]:
+        """Read a range; returns (errno, whether every byte equals ``pattern``)."""
+        matches = True
+        for start, size in _chunks(offset, length, self.max_payload):
+            err = self._request(CMD_READ, start, size)
+            if err:
+                return err, matches
+            data = self._recv(size)
+            if pattern is not None and matches and data.count(pattern & 0xFF) != size:
+                matches = False
+        return 0, matches
+
+    def close(self) -> None:
+        """NBD_CMD_DISC (no flush), then close the socket."""
+        try:
+            self._handle += 1
+            self._sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_DISC, self._handle, 0, 0))
+        except OSError:
+            pass
+        finally:
+            self._sock.close()
+
+    def __enter__(self) -> NBDClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _chunks(offset: int, length: int, most: int) -> list[tuple[int, int]]:
+    """(offset, length) pieces of at most ``most`` bytes; none for an empty range."""
+    return [(start, min(most, offset + length - start)) for start in range(offset, offset + length, most)]
+
+
+# -- qemu-io's texts -------------------------------------------------------------------------
+def cvtstr(value: float) -> str:
+    """qemu-io's cvtstr: three decimals and a binary unit, a ".000" cut off."""
+    suffix = "bytes"
+    for shift, unit in ((60, "EiB"), (50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if value >= 1 << shift:
+            value, suffix = value / (1 << shift), unit
+            break
+    text = f"{value:.3f}"
+    return (text[: text.index(".000")] if ".000" in text else text) + " " + suffix
+
+
+def timestr(seconds: float) -> str:
+    """qemu-io's timestr: "00.01 sec" below a second, else "H:MM:SS.ss"."""
+    whole = int(seconds)
+    if not whole:
+        return f"{seconds:05.2f} sec"
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60 + seconds - whole:05.2f}"
+
+
+def report(verb: str, offset: int, length: int, seconds: float) -> str:
+    """qemu-io's two report lines for one request that took ``seconds``."""
+    rate = length / seconds if seconds > 0 else math.inf
+    ops = 1 / seconds if seconds > 0 else math.inf
+    return (f"{verb} {length}/{length} bytes at offset {offset}\n"
+            f"{cvtstr(length)}, 1 ops; {timestr(seconds)} ({cvtstr(rate)}/sec and {ops:.4f} ops/sec)\n")
+
+
+def qemu_io(path: str, export: str, verb: str, opts: dict, timeout: float = 30.0) -> str:
+    """Run one parsed qemu-io command (``bitlab.qmp.hmp.parse_qemu_io``) over NBD; its output.
+
+    ``write`` (``pattern``, or ``zero``), ``read`` (``pattern`` verified), ``discard`` and
+    ``flush``; none of them flushes except ``flush``. A range past the end fails with EIO
+    before anything is sent, as qemu-io's own bounds check does.
+    """
+    with NBDClient(path, export, timeout) as nbd:
+        if verb == "flush":
+            err = nbd.flush()
+            return f"flush failed: {os.strerror(err)}\n" if err else ""
+        offset, length = opts["offset"], opts["length"]
+        if offset < 0 or offset + length > nbd.size:
+            return f"{verb} failed: {os.strerror(errno.EIO)}\n"
+        start = time.perf_counter()
+        matches = True
+        if verb == "write" and opts.get("zero"):
+            err = nbd.write_zeroes(offset, length)
+        elif verb == "write":
+            err = nbd.write(offset, length, opts.get("pattern", 0xCD))
+        elif verb == "discard":
+            err = nbd.trim(offset, length)
+        elif verb == "read":
+            err, matches = nbd.read(offset, length, opts.get("pattern"))
+        else:
+            raise ValueError(f"qemu-io command {verb!r} is not supported over NBD")
+        seconds = time.perf_counter() - start
+    if err:
+        return f"{verb} failed: {os.strerror(err)}\n"
+    out = "" if matches else f"Pattern verification failed at offset {offset}, {length} bytes\n"
+    return out + report({"write": "wrote"}.get(verb, verb), offset, length, seconds)
