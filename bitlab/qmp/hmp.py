@@ -37,7 +37,10 @@ def _report(verb: str, offset: int, length: int) -> str:
 
 def parse_qemu_io(command: str) -> tuple[str, dict]:
     """Parse one qemu-io command: write [-P pat] [-z] OFF LEN, read [-P pat] OFF LEN, discard OFF LEN."""
-    words = shlex.split(command)
+    try:
+        words = shlex.split(command)
+    except ValueError:  # an unterminated quote: qemu-io itself splits at spaces and keeps quotes
+        words = command.split()
     if not words:
         raise QemuIoError("no command")
     verb, rest = words[0], words[1:]
@@ -168,7 +171,13 @@ def qmp_hmp(vm: Any, args: dict) -> str:
     """HMP, as far as bitlab has it: ``qemu-io``. Like QEMU's, its output goes to the
     emulator's stdout (``vm.console``); errors come back as the command's text."""
     line = args["command-line"].strip()
-    words = shlex.split(line)
+    try:
+        words = shlex.split(line)
+    except ValueError:  # an unterminated quote (QEMU 7.2's texts; it prints the first line on stderr)
+        if not line.startswith("qemu-io "):
+            return f"unknown command: '{line}'\r\n"
+        vm.console_err.append("unterminated string\n")
+        return 'qemu-io: string expected\r\nTry "help qemu-io" for more information\r\n'
     if not words:
         return ""
     if words[0] == "info" and len(words) == 2 and words[1] in INFO:

@@ -103,6 +103,12 @@ RUNS = {
     EXP_DIGITS: re.compile(rb"[0-9]+"),
     KEYWORD: re.compile(rb"[a-z]+"),
 }
+# Whole tokens the table would read the same way, taken in one match (the common case):
+# a structural character, a string, or a keyword or number followed by a byte that ends it.
+FAST = re.compile(rb"[ \t\r\n]*(?:([{}\[\],:])|(\"(?:[\x20\x21\x23-\x5b\x5d-\xfd]|\\[\x20-\xfd])*\")|([a-z]+)(?=[^a-z])"
+                  rb"|(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+\-]?[0-9]+)?)(?=[^0-9.eE+\-]))")
+STRUCTURAL = {ord("{"): LCURLY, ord("}"): RCURLY, ord("["): LSQUARE, ord("]"): RSQUARE, ord(","): COMMA,
+              ord(":"): COLON}
 SKIP = {
     START: re.compile(rb"[ \t\r\n]+"),
     RECOVERY: re.compile(rb"[\t\x20-\x2b\x2d-\x39\x3b-\x5a\x5c\x5e-\x7a\x7c\x7e-\xfd]+"),
@@ -143,8 +149,25 @@ class JSONStreamer:
         table, runs, skip = TABLE, RUNS, SKIP
         token = self.token
         i, n = 0, len(data)
+        fast = FAST.match
         while i < n:
             state = self.state
+            if state == START:
+                m = fast(data, i)
+                if m is not None:
+                    kind = m.lastindex
+                    text = m.group(kind)
+                    if len(text) <= MAX_TOKEN_SIZE:
+                        i = m.end()
+                        if kind == 1:
+                            self._token(STRUCTURAL[text[0]], text)
+                        elif kind == 2:
+                            self._token(STRING, text)
+                        elif kind == 3:
+                            self._token(KEYWORD_T, text)
+                        else:
+                            self._token(FLOAT if text.strip(b"-0123456789") else INTEGER, text)
+                        continue
             rx = runs.get(state)
             if rx is not None:
                 m = rx.match(data, i, min(n, i + MAX_TOKEN_SIZE + 1 - len(token)))

@@ -124,12 +124,16 @@ class QMPConnection(asyncio.Protocol):
             self.lost = True
             return
         self.server.clients.add(self)
+        if self.server._no_clients is not None:
+            self.server._no_clients.clear()
         self.send(self.server.greeting())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.inbox.clear()
         self.server.clients.discard(self)
+        if not self.server.clients and self.server._no_clients is not None:
+            self.server._no_clients.set()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -274,6 +278,7 @@ class QMPServer:
         self._socket_path: str | None = None
         self._socket_id: tuple[int, int] | None = None
         self._done: asyncio.Event | None = None
+        self._no_clients: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.vm.listeners.append(self._broadcast)
 
@@ -282,6 +287,8 @@ class QMPServer:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._done = asyncio.Event()
+        self._no_clients = asyncio.Event()
+        self._no_clients.set()
         scheduler = self.vm.scheduler
         if isinstance(scheduler, RealtimeScheduler):
             scheduler.on_error = self.internal_error
@@ -330,8 +337,9 @@ class QMPServer:
         if self.echo is not None:
             for text, stream in ((out, self.echo[0]), (err, self.echo[1])):
                 if text:
-                    stream.write(text)
-                    stream.flush()
+                    with contextlib.suppress(OSError, ValueError):  # a closed terminal or pipe
+                        stream.write(text)
+                        stream.flush()
         if self.history is not None:
             for log_list in (self.vm.events, self.vm.transcript):
                 if len(log_list) > 2 * self.history:
@@ -356,14 +364,15 @@ class QMPServer:
         """Wait for shutdown, then for the clients' last output (at most 5 s)."""
         await self.wait_closed()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._clients_gone(), 5)
+            await asyncio.wait_for(self.no_clients(), 5)
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.abort()
 
-    async def _clients_gone(self) -> None:
-        while self.clients:
-            await asyncio.sleep(0.01)
+    async def no_clients(self) -> None:
+        """Until no client is connected."""
+        if self._no_clients is not None:
+            await self._no_clients.wait()
 
     def close(self) -> None:
         """Stop listening, remove the socket file, and close every client after its output."""
@@ -439,16 +448,16 @@ async def serve(server: QMPServer, *, socket_path: str | None = None, port: int 
 
     if socket_path is not None:
         await server.start_unix(socket_path)
-        where = f"unix socket {socket_path} (mode 0600)"
+        note = "mode 0600"
     else:
-        bound = await server.start_tcp(port or 0, host)
-        where = f"127.0.0.1 port {bound}"
+        await server.start_tcp(port or 0, host)
+        note = "loopback only"
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, server.close)
     if announce is not None:
-        announce.write(f"bitlab serve: QMP on {where}; listening at {server.address}\n")
+        announce.write(f"bitlab serve: QMP listening on {server.address} ({note}); stop with quit, Ctrl-C or SIGTERM\n")
         announce.flush()
     try:
         await server.serve()
