@@ -7,6 +7,7 @@ import json
 import shutil
 
 from . import __version__
+from .conformance import report as conformance_report
 from .scenarios import SeedOutcome, run_seed
 
 
@@ -116,9 +117,13 @@ def main(argv: list[str] | None = None) -> int:
                          help="blkdebug on this drive: after the first guest write, the next read fails "
                               "once with EIO (the seed's failing drive)")
     p_serve.add_argument("--quiet", action="store_true", help="do not print the emulator's output (qemu-io)")
+    p_conf = sub.add_parser("conformance", help="random scenarios on real QEMU 7.2 and on bitlab, compared")
+    conformance_report.add_arguments(p_conf)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "conformance":
+        return conformance_report.run(args)
     if args.command == "demo":
         print(demo(None if args.fail == "none" else args.fail, as_json=args.json))
     return 0

@@ -30,3 +30,9 @@ def qmp_query_version(vm: Any, args: dict) -> dict:
 @TABLE.command("query-commands")
 def qmp_query_commands(vm: Any, args: dict) -> list:
     return [{"name": name} for name in reversed(TABLE.commands)]
+
+
+@TABLE.command("quit")
+def qmp_quit(vm: Any, args: dict) -> None:
+    """Stop the emulator. In-process nothing stops; ``bitlab serve`` closes after replying."""
+    vm.quit_requested = True

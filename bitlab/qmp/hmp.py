@@ -166,30 +166,65 @@ def info_block_jobs(vm: Any) -> str:
 INFO = {"block": info_block, "block-jobs": info_block_jobs}
 
 
+_QEMU_IO_HELP = 'Try "help qemu-io" for more information\r\n'
+
+
+def _hmp_args(text: str) -> tuple[list[str], str | None]:
+    """monitor/hmp.c's argument reader for ``qemu-io [-d] [-q] device "command"``: options,
+    a word, then a double-quoted string or a word. Returns (args, error text)."""
+    pos, out = 0, []
+    text = text.strip()
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            break
+        if text[pos] == '"':
+            end, buf = pos + 1, []
+            while end < len(text) and text[end] != '"':
+                if text[end] == "\\" and end + 1 < len(text):
+                    end += 1
+                buf.append(text[end])
+                end += 1
+            if end >= len(text):
+                return out, "unterminated"
+            out.append("".join(buf))
+            pos = end + 1
+        else:
+            end = pos
+            while end < len(text) and not text[end].isspace():
+                end += 1
+            out.append(text[pos:end])
+            pos = end
+    return out, None
+
+
 @TABLE.command("human-monitor-command", HumanMonitorCommand)
 def qmp_hmp(vm: Any, args: dict) -> str:
-    """HMP, as far as bitlab has it: ``qemu-io``. Like QEMU's, its output goes to the
-    emulator's stdout (``vm.console``); errors come back as the command's text."""
+    """HMP, as far as bitlab has it: ``qemu-io``, ``info block``, ``info block-jobs``. Like
+    QEMU's, qemu-io's output goes to the emulator's stdout (``vm.console``); errors come back
+    as the command's text."""
     line = args["command-line"].strip()
-    try:
-        words = shlex.split(line)
-    except ValueError:  # an unterminated quote (QEMU 7.2's texts; it prints the first line on stderr)
-        if not line.startswith("qemu-io "):
-            return f"unknown command: '{line}'\r\n"
-        vm.console_err.append("unterminated string\n")
-        return 'qemu-io: string expected\r\nTry "help qemu-io" for more information\r\n'
-    if not words:
+    name, _, rest = line.partition(" ")
+    if not name:
         return ""
-    if words[0] == "info" and len(words) == 2 and words[1] in INFO:
-        return INFO[words[1]](vm)
-    if words[0] != "qemu-io":
-        return f"unknown command: '{' '.join(words[:2])}' (bitlab's monitor has qemu-io, info block, " \
+    if name == "info" and rest.strip() in INFO:
+        return INFO[rest.strip()](vm)
+    if name != "qemu-io":
+        return f"unknown command: '{line.split()[0]}' (bitlab's monitor has qemu-io, info block, " \
                "info block-jobs)\r\n"
-    rest = [w for w in words[1:] if w not in ("-d", "-q")]
-    if len(rest) != 2:
-        return "Usage: qemu-io [-d] [-q] device \"command\"\r\n"
+    words, error = _hmp_args(rest)
+    if error:
+        vm.console_err.append("unterminated string\n")
+        return "qemu-io: string expected\r\n" + _QEMU_IO_HELP
+    while words and words[0] in ("-d", "-q"):
+        words.pop(0)
+    if len(words) > 2 or any(w.startswith("'") or w.endswith("'") for w in words[1:]):
+        return "qemu-io: extraneous characters at the end of line\r\n" + _QEMU_IO_HELP
+    if len(words) < 2:
+        return "qemu-io: string expected\r\n" + _QEMU_IO_HELP
     try:
-        vm.console.append(run_qemu_io(vm, rest[0], rest[1]))
+        vm.console.append(run_qemu_io(vm, words[0], words[1]))
     except QMPError as err:
         prefix = "" if err.desc.startswith("Permission conflict") else "Error: "
         return f"{prefix}{err.desc}\r\n"
