@@ -15,6 +15,7 @@ from .block.node import BlockNode
 from .block.store import ImageStore
 from .clock import DEFAULT_START_NS, SimClock
 from .errors import QMPError, generic
+from .guest import GuestIO
 from .jobs.job import JobManager
 from .qmp import TABLE
 from .qmp.hmp import parse_qemu_io
@@ -33,7 +34,7 @@ def _opt_str(value: object) -> str:
 DEFAULT_WORKDIR = "/var/lib/bitlab"
 
 
-class Machine:
+class Machine(GuestIO):
     """A simulated QEMU 7.2, driven by QMP.
 
     >>> vm = Machine()
@@ -215,20 +216,6 @@ class Machine:
     def guest_io(self, node: str, command: str) -> str:
         """A guest's request (qemu-io through the monitor, addressed where the guest sits)."""
         return self.qemu_io(self.guest_name(node), command)
-
-    def write(self, node: str, offset: int | str, length: int | str, pattern: int = 0xCD) -> str:
-        """A guest write of ``pattern`` bytes (``qemu-io write -P``); sizes take suffixes."""
-        return self.guest_io(node, f"write -P {pattern:#x} {parse_size(offset)} {parse_size(length)}")
-
-    def write_zeroes(self, node: str, offset: int | str, length: int | str) -> str:
-        return self.guest_io(node, f"write -z {parse_size(offset)} {parse_size(length)}")
-
-    def discard(self, node: str, offset: int | str, length: int | str) -> str:
-        return self.guest_io(node, f"discard {parse_size(offset)} {parse_size(length)}")
-
-    def read(self, node: str, offset: int | str, length: int | str, pattern: int | None = None) -> str:
-        opt = f"-P {pattern:#x} " if pattern is not None else ""
-        return self.guest_io(node, f"read {opt}{parse_size(offset)} {parse_size(length)}")
 
     def write_batch(self, node: str, offsets: Any, lengths: Any, patterns: Any = 0xCD) -> None:
         """Many guest writes at once, applied in order, straight to the engine (no QMP).

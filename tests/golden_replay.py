@@ -8,26 +8,14 @@ reply is compared exactly, after the normalisations listed in :data:`NORMALISE`.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-from bitlab import Machine, QemuImgError
+from bitlab import Machine
+from bitlab.conformance import compare_jobs, run_step  # noqa: F401  (compare_jobs: for the tests)
+from bitlab.conformance.compare import normalise
 
 GOLDEN = Path(__file__).parent / "golden"
-
-# What real QEMU does differently from run to run, or by host, masked on both sides
-# (tools/capture_golden.py applies the same masks when recording).
-MASKS = [
-    (re.compile(r"(#block\d+)\d\d"), r"\1NN"),  # two random digits of automatic node names
-    # ... and their counter: QEMU's also counts temporary nodes (e.g. what drive-backup's
-    # image creation opens), which bitlab does not create
-    (re.compile(r"#block\d+NN"), "#blockNNN"),
-    (re.compile(r"disk size: .*"), "disk size: DISK_SIZE"),  # host file system allocation
-    (re.compile(r'"actual-size": \d+'), '"actual-size": null'),  # the same, in JSON text
-    (re.compile(r"ops; .*"), "ops; TIMING"),  # qemu-io's measured rate
-]
-HOST_KEYS = {"actual-size"}  # host file system allocation, in QMP replies
 
 # Where bitlab differs from qemu-storage-daemon on purpose or does not model a detail.
 # Each entry: the command (or scenario) and why. tests/test_golden_qemu.py checks that
@@ -89,82 +77,7 @@ def scenarios(group: str) -> list[dict]:
     return json.loads((GOLDEN / f"{group}.json").read_text())["scenarios"]
 
 
-def _normalise(obj: Any) -> Any:
-    if isinstance(obj, str) and obj.startswith("json:") and '"blkdebug"' in obj:
-        # Known difference: the member order of blkdebug's flattened rules inside json:
-        # filenames is not modelled exactly for several rules; compare them as JSON.
-        return "json:" + json.dumps(json.loads(obj[5:]), sort_keys=True)
-    if isinstance(obj, dict):
-        return {k: (None if k in HOST_KEYS else _normalise(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_normalise(v) for v in obj]
-    if isinstance(obj, str):
-        for pattern, repl in MASKS:
-            obj = pattern.sub(repl, obj)
-    return obj
-
-
-def run_step(vm: Machine, step: dict) -> Any:
-    if "qemu-img" in step:
-        try:
-            return {"stdout": vm.qemu_img(*step["qemu-img"]), "stderr": "", "returncode": 0}
-        except QemuImgError as err:
-            return {"stdout": err.stdout, "stderr": err.stderr, "returncode": err.returncode}
-    if "qmp" in step:
-        reply = vm.execute(step["qmp"])
-        if "settle" in step:
-            vm.run(until=vm.now + step["settle"])
-        return reply
-    if "hmp" in step:
-        return vm.execute({"execute": "human-monitor-command", "arguments": {"command-line": step["hmp"]}})
-    if "flush" in step:
-        vm.guest_io(step["flush"]["node"], "flush")
-        return {"ok": True}
-    if "wait-job" in step:
-        return _wait_job(vm, step["wait-job"])
-    if "settle-jobs" in step:
-        return _settle_jobs(vm)
-    if "sleep" in step:
-        vm.run(until=vm.now + step["sleep"])
-        return {"ok": True}
-    for verb in ("write", "discard", "zero"):
-        if verb in step:
-            io = step[verb]
-            command = {"write": f"write -P {io.get('pattern', 0x41):#x}", "zero": "write -z",
-                       "discard": "discard"}[verb]
-            out = vm.guest_io(io["node"], f"{command} {io['offset']} {io['length']}")  # NBD: above filters
-            if io.get("flush", True):
-                vm.guest_io(io["node"], "flush")  # qemu-io over NBD flushes when it exits
-            if "failed" in out:
-                return {"ok": False, "stdout": out, "stderr": "", "returncode": 1}
-            return {"ok": True}
-    raise ValueError(f"unknown step {step}")
-
-
-def _wait_job(vm: Machine, spec: dict) -> dict:
-    """Run the simulation until the job reports the status (counting from its latest 'created')."""
-    def seen() -> bool:
-        start = 0
-        for i, ev in enumerate(vm.events):
-            data = ev.get("data", {})
-            if ev["event"] == "JOB_STATUS_CHANGE" and data.get("id") == spec["id"] and data["status"] == "created":
-                start = i
-        return any(ev["event"] == "JOB_STATUS_CHANGE" and ev["data"] == {"status": spec["status"], "id": spec["id"]}
-                   for ev in vm.events[start:])
-    while not seen():
-        if not vm.step():
-            return {"timeout": True}
-    return {"ok": True}
-
-
-def _settle_jobs(vm: Machine) -> dict:
-    """Run until no job moves by itself: none left, or all concluded, pending or paused."""
-    def settled() -> bool:
-        return all(j["status"] in ("concluded", "pending", "paused") for j in vm.qmp("query-jobs"))
-    while not settled():
-        if not vm.step():
-            break
-    return {"ok": True}
+_normalise = normalise
 
 
 def build_machine(scenario: dict) -> Machine:
@@ -211,40 +124,6 @@ def replay(scenario: dict, events: list | None = None) -> list[tuple[int, dict, 
 
 
 # -- job events ----------------------------------------------------------------------------
-
-def job_sequences(events: list[dict]) -> dict[str, list]:
-    """Per job: its status changes and BLOCK_JOB_* events (data without the device)."""
-    out: dict[str, list] = {}
-    for ev in events:
-        name, data = ev["event"], ev.get("data", {})
-        if name == "JOB_STATUS_CHANGE":
-            out.setdefault(data["id"], []).append(data["status"])
-        elif name.startswith("BLOCK_JOB_"):
-            job = data.get("device", data.get("id"))
-            out.setdefault(job, []).append({"event": name, **{k: v for k, v in data.items() if k != "device"}})
-    return out
-
-
-def canonical(seq: list) -> list:
-    """QEMU's own run-to-run variation, removed: an optional 'waiting' before 'aborting', and
-    'paused', 'running' pairs from drained sections of other jobs' commands."""
-    out: list = []
-    for item in seq:
-        if item == "aborting" and out and out[-1] == "waiting":
-            out.pop()
-        if item == "running" and out and out[-1] == "paused" and len(out) >= 2 and out[-2] == "running":
-            out.pop()
-            continue
-        out.append(item)
-    return out
-
-
-def compare_jobs(golden: list[dict], ours: list[dict]) -> dict:
-    """Jobs whose canonical event sequences differ: {job: (expected, got)}."""
-    want = {k: canonical(v) for k, v in job_sequences(golden).items()}
-    got = {k: canonical(v) for k, v in job_sequences(ours).items()}
-    return {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
-
 
 def golden_events(scenario: dict) -> list[dict]:
     return [ev for rec in scenario["steps"] for ev in rec.get("events", [])]

@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QMPError
+from ..guest import GuestIO
 from ..qemu_img import QemuImgError
 from ..qmp.hmp import parse_qemu_io
-from ..units import parse_size
 from . import nbd
 
 SYSTEM = "qemu-system-x86_64"
@@ -103,7 +103,7 @@ def _child_refs(value: Any, key: str = "") -> list[str]:
     return [value] if isinstance(value, str) and key in CHILD_KEYS else []
 
 
-class QemuMachine:
+class QemuMachine(GuestIO):
     """A real QEMU 7.2 (qemu-storage-daemon or the system emulator) behind bitlab's Machine API.
 
     ``daemon`` is what was asked for ("auto", "qsd", "system"); ``kind`` is what runs
@@ -533,16 +533,3 @@ class QemuMachine:
         if self._ensure() == "qsd":
             return self.qemu_io(node, command)
         return self.qemu_io(self.guest_name(node), command)
-
-    def write(self, node: str, offset: int | str, length: int | str, pattern: int = 0xCD) -> str:
-        return self.guest_io(node, f"write -P {pattern:#x} {parse_size(offset)} {parse_size(length)}")
-
-    def write_zeroes(self, node: str, offset: int | str, length: int | str) -> str:
-        return self.guest_io(node, f"write -z {parse_size(offset)} {parse_size(length)}")
-
-    def discard(self, node: str, offset: int | str, length: int | str) -> str:
-        return self.guest_io(node, f"discard {parse_size(offset)} {parse_size(length)}")
-
-    def read(self, node: str, offset: int | str, length: int | str, pattern: int | None = None) -> str:
-        opt = f"-P {pattern:#x} " if pattern is not None else ""
-        return self.guest_io(node, f"read {opt}{parse_size(offset)} {parse_size(length)}")
