@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import qemu_img as _qemu_img
+from .bitmap import DirtyBitmap
 from .block.graph import BlockGraph
 from .block.node import BlockNode
 from .block.store import ImageStore
@@ -86,6 +87,14 @@ class Machine(GuestIO):
         if "error" in reply:
             raise QMPError(reply["error"]["desc"], reply["error"]["class"])
         return reply["return"]
+
+    def dirty_bitmap(self, node: str, name: str) -> DirtyBitmap:
+        """A snapshot of bitmap ``name`` on ``node`` (bits and flags) for pictures and checks;
+        QEMU's errors for a node or bitmap that does not exist."""
+        _, bm = self.graph.lookup_bitmap(node, name)
+        return DirtyBitmap(size=bm.size, granularity=bm.granularity, name=bm.name, disabled=not bm.recording,
+                           busy=bm.busy, persistent=bm.persistent, inconsistent=bm.inconsistent,
+                           readonly=bm.readonly, bits=bm.bits.copy())
 
     def emit(self, event: str, data: dict | None = None) -> dict:
         """Record a QMP event stamped with the simulated clock."""

@@ -226,3 +226,20 @@ def test_sha256_of_empty_and_written(qvm):
     empty = qvm.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "drive0", "name": "b"})
     # 1024 bits = 128 zero bytes
     assert empty == {"sha256": "38723a2e5e8a17aa7950dc008209944e898f69a7bd10a23c839d341e935fd5ca"}
+
+
+def test_dirty_bitmap_is_a_snapshot_with_qemus_lookup_errors():
+    vm = Machine()
+    vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "d0", "size": 1 << 20})
+    vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b", "granularity": 65536})
+    vm.write("d0", 0, 512)
+    snap = vm.dirty_bitmap("d0", "b")
+    assert (snap.name, snap.granularity, snap.size, snap.bits.count()) == ("b", 65536, 1 << 20, 1)
+    snap.bits.setall(1)
+    assert vm.qmp("query-named-block-nodes")[0]["dirty-bitmaps"][0]["count"] == 65536
+    with pytest.raises(QMPError) as err:
+        vm.dirty_bitmap("d0", "x")
+    assert err.value.desc == "Dirty bitmap 'x' not found"
+    with pytest.raises(QMPError) as err:
+        vm.dirty_bitmap("nope", "b")
+    assert err.value.desc == "Node 'nope' not found"

@@ -31,15 +31,22 @@ qemu-io's report lines carry real timings on both daemons; bitlab's simulator pr
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..bitmap import DirtyBitmap
 from ..errors import QMPError
 from ..guest import GuestIO
 from ..qemu_img import QemuImgError
@@ -204,8 +211,7 @@ class QemuMachine(GuestIO):
             try:
                 if not os.path.exists(sock):  # not listening yet (spares qemu.qmp's error log)
                     raise OSError("no QMP socket yet")
-                qmp = self._protocol(sock)
-                qmp.connect(negotiate=True)
+                qmp = _client(lambda: self._connected(sock))
                 break
             except (OSError, self._connect_error):
                 if self._proc.poll() is not None:
@@ -219,6 +225,11 @@ class QemuMachine(GuestIO):
         self._qmp = qmp
         self.startup_ms = (time.monotonic() - begin) * 1000
         self._out_pos = self._out.stat().st_size
+
+    def _connected(self, sock: str) -> Any:
+        qmp = self._protocol(sock)
+        qmp.connect(negotiate=True)
+        return qmp
 
     def _stop(self, *, kill: bool = False) -> None:
         """QMP quit (or SIGKILL when ``kill``); SIGKILL of our own PID only if it lingers."""
@@ -289,7 +300,13 @@ class QemuMachine(GuestIO):
 
     def _send(self, message: dict) -> dict:
         self.transcript.append({"kind": "cmd", "message": message})
-        reply = self._qmp.cmd_obj(message)
+        if "id" in message and not isinstance(message["id"], str):
+            # QEMU echoes any JSON id; qemu.qmp accepts only strings: send a string, put it back
+            reply = self._qmp.cmd_obj({**message, "id": json.dumps(message["id"])})
+            if isinstance(reply, dict) and "id" in reply:
+                reply = {**reply, "id": message["id"]}
+        else:
+            reply = self._qmp.cmd_obj(message)
         self._collect()
         self.transcript.append({"kind": "reply", "message": reply})
         return reply
@@ -449,6 +466,40 @@ class QemuMachine(GuestIO):
             raise QemuImgError(out.stderr, out.returncode, out.stdout)
         return out.stdout
 
+    def dirty_bitmap(self, node: str, name: str) -> DirtyBitmap:
+        """The bits of bitmap ``name`` on ``node``, read as a client would: an NBD export of the
+        bitmap (``qemu:dirty-bitmap:NAME``) mapped with qemu-img, checked against QEMU's sha256."""
+        sha = self._helper("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name})
+        if "error" in sha:
+            raise QMPError(sha["error"]["desc"], sha["error"]["class"])
+        info = next(i for i in self._helper_value("query-named-block-nodes", {"flat": True}) if i["node-name"] == node)
+        flags = next(b for b in info.get("dirty-bitmaps", []) if b.get("name") == name)
+        bm = DirtyBitmap(size=info["image"]["virtual-size"], granularity=flags["granularity"], name=name,
+                         disabled=not flags["recording"], busy=flags["busy"], persistent=flags["persistent"],
+                         inconsistent=flags.get("inconsistent", False))
+        if self.kind != "qsd":  # the system emulator has no NBD server until asked (error once it runs)
+            self._helper("nbd-server-start", {"addr": {"type": "unix", "data": {"path": self._nbd_sock}}})
+        export = {"type": "nbd", "id": EXPORT_PREFIX + "bitmap", "node-name": node, "name": EXPORT_PREFIX + "bitmap",
+                  "writable": not bm.disabled, "bitmaps": [name]}
+        reply = self._helper("block-export-add", export)
+        if "error" in reply and "read-only" in reply["error"]["desc"]:
+            reply = self._helper("block-export-add", {**export, "writable": False})
+        if "error" in reply:
+            raise QMPError(reply["error"]["desc"], reply["error"]["class"])
+        self._exports[export["id"]] = export["id"]
+        try:
+            opts = (f"driver=nbd,server.type=unix,server.path={self._nbd_sock},export={export['name']},"
+                    f"x-dirty-bitmap=qemu:dirty-bitmap:{name}")
+            extents = json.loads(self.qemu_img("map", "--output=json", "--image-opts", opts))
+        finally:
+            self._unexport(export["id"])
+        dirty = [e for e in extents if not e["data"]]  # NBD reports dirty areas as holes
+        bm.set_ranges(np.array([e["start"] for e in dirty], dtype=np.int64),
+                      np.array([e["length"] for e in dirty], dtype=np.int64))
+        if bm.sha256() != sha["return"]["sha256"]:
+            raise RuntimeError(f"bitmap {name!r} read over NBD does not match QEMU's sha256")
+        return bm
+
     def add_drive(self, name: str, size: int | str = "64M", format: str = "qcow2", *, file: str | None = None,
                   blkdebug: dict | None = None, node_name: str | None = None) -> str:
         """``-drive if=none,id=NAME,...`` added at run time with HMP ``drive_add`` (system emulator)."""
@@ -533,3 +584,41 @@ class QemuMachine(GuestIO):
         if self._ensure() == "qsd":
             return self.qemu_io(node, command)
         return self.qemu_io(self.guest_name(node), command)
+
+
+class _OwnThread:
+    """A synchronous QMP client kept on a thread of its own.
+
+    qemu.qmp's synchronous client drives an asyncio loop with ``run_until_complete``, which
+    cannot run where a loop is already running (a Jupyter kernel): there, every call is
+    handed to one worker thread with a loop of its own.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitlab-qmp")
+        try:
+            self._obj = self._pool.submit(make).result()
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: self._pool.submit(attr, *args, **kwargs).result()
+
+    def close(self) -> None:
+        try:
+            self._pool.submit(self._obj.close).result()
+        finally:
+            self._pool.shutdown(wait=False)
+
+
+def _client(make: Callable[[], Any]) -> Any:
+    """``make()`` here, or on a thread of its own when an asyncio loop already runs here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return make()
+    return _OwnThread(make)

@@ -382,3 +382,59 @@ def test_qemu_io_number_formats():
     assert nbd.timestr(0.0123) == "00.01 sec" and nbd.timestr(3725.5) == "1:02:05.50"
     assert nbd.report("wrote", 0, 65536, 0.5) == \
         "wrote 65536/65536 bytes at offset 0\n64 KiB, 1 ops; 00.50 sec (128 KiB/sec and 2.0000 ops/sec)\n"
+
+
+def _dirty_bitmap_on(vm, writes: list[tuple[int, int]], granularity: int):
+    add_qcow2(vm, "d0")
+    vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b", "granularity": granularity})
+    for offset, length in writes:
+        vm.write("d0", offset, length)
+    return vm.dirty_bitmap("d0", "b")
+
+
+@pytest.mark.parametrize("granularity", [512, 65536, 1 << 21])
+def test_dirty_bitmap_bits_read_over_nbd_match_the_simulator(daemon, granularity):
+    writes = [(0, 4096), (61440, 8192), (M, M), (M + 512, 512), (32 * M - 512, 1024), (64 * M - 4096, 4096)]
+    with Machine(backend="qemu", daemon=daemon) as vm:
+        real = _dirty_bitmap_on(vm, writes, granularity)
+        assert not [e for e in vm.transcript if "export" in str(e["message"].get("execute", ""))]
+        with pytest.raises(QMPError) as err:
+            vm.dirty_bitmap("d0", "nope")
+        assert err.value.desc == "Dirty bitmap 'nope' not found"
+        assert [e["node-name"] for e in vm.qmp("query-block-exports")] == (["d0"] if daemon == "qsd" else [])
+    sim = _dirty_bitmap_on(Machine(), writes, granularity)
+    assert real.bits == sim.bits and real.bits.count() > 0
+    assert (real.granularity, real.size, real.name, real.disabled) == (sim.granularity, sim.size, "b", False)
+
+
+def test_dirty_bitmap_of_a_disabled_bitmap(daemon):
+    with Machine(backend="qemu", daemon=daemon) as vm:
+        add_qcow2(vm, "d0")
+        vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b", "disabled": True})
+        vm.write("d0", 0, 4096)
+        bm = vm.dirty_bitmap("d0", "b")
+        assert bm.disabled and bm.bits.count() == 0
+
+
+def test_numeric_ids_come_back_as_sent(daemon):
+    with Machine(backend="qemu", daemon=daemon) as vm:
+        for msg_id in (1, [1, {"a": None}], "x"):
+            assert vm.execute({"execute": "query-block-jobs", "id": msg_id}) == {"return": [], "id": msg_id}
+
+
+def test_works_inside_a_running_asyncio_loop(daemon):
+    """A Jupyter kernel runs an asyncio loop; qemu.qmp's synchronous client cannot nest in it."""
+    import asyncio
+
+    async def inside() -> dict:
+        with Machine(backend="qemu", daemon=daemon) as vm:
+            add_qcow2(vm, "d0")
+            vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b"})
+            vm.write("d0", 0, 4096)
+            return vm.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "d0", "name": "b"})
+
+    sim = Machine()
+    add_qcow2(sim, "d0")
+    sim.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b"})
+    sim.write("d0", 0, 4096)
+    assert asyncio.run(inside()) == sim.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "d0", "name": "b"})
