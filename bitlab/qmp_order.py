@@ -25,9 +25,13 @@ def tdb_hash(name: str) -> int:
 def wire_order(obj: Any) -> Any:
     """Reorder every dict (recursively) as QEMU serialises a QDict built in insertion order."""
     if isinstance(obj, dict):
-        return {key: wire_order(obj[key]) for key in _member_order(tuple(obj))}
+        out = {}
+        for key in _member_order(tuple(obj)):
+            value = obj[key]
+            out[key] = wire_order(value) if isinstance(value, (dict, list)) else value
+        return out
     if isinstance(obj, list):
-        return [wire_order(v) for v in obj]
+        return [wire_order(v) if isinstance(v, (dict, list)) else v for v in obj]
     return obj
 
 

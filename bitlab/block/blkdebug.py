@@ -14,6 +14,8 @@ events) that bitlab does not model.
 
 from __future__ import annotations
 
+import functools
+
 from ..qmp_order import wire_order
 from .node import BlockNode, round_sector
 
@@ -107,6 +109,14 @@ class BlkdebugNode(BlockNode):
         (inject-error., set-state.) in the reverse of the flattened dict's hash order, then
         the child. (Derived from QEMU 7.2's ``json:`` filenames; tests/golden checks it.)
         """
+        opts: dict = {"driver": "blkdebug"}
+        opts.update(self._rule_options)
+        opts["image"] = self.inner.full_options()
+        return opts
+
+    @functools.cached_property  # the options are fixed when the node opens
+    def _rule_options(self) -> tuple[tuple[str, object], ...]:
+        """The flattened rule options in ``json:`` order (see :meth:`full_options`)."""
         flat: list[tuple[str, object]] = []
         for key in wire_order({"inject-error": 0, "set-state": 0}):
             order = _RULE_MEMBERS[key]
@@ -114,11 +124,7 @@ class BlkdebugNode(BlockNode):
                 schema_ordered = {name: rule[name] for name in order if name in rule}
                 flat += [(f"{key}.{i}.{name}", value) for name, value in wire_order(schema_ordered).items()]
         walked = list(wire_order(dict(flat)).items())[::-1]
-        opts: dict = {"driver": "blkdebug"}
-        for prefix in ("inject-error.", "set-state."):
-            opts.update((k, v) for k, v in walked if k.startswith(prefix))
-        opts["image"] = self.inner.full_options()
-        return opts
+        return tuple((k, v) for prefix in ("inject-error.", "set-state.") for k, v in walked if k.startswith(prefix))
 
     # -- rules ------------------------------------------------------------------------
     def debug_event(self, name: str) -> None:
