@@ -18,6 +18,7 @@ from .clock import DEFAULT_START_NS, SimClock
 from .errors import QMPError, generic
 from .guest import GuestIO
 from .jobs.job import JobManager
+from .monitor import Monitor
 from .qmp import TABLE
 from .qmp.hmp import parse_qemu_io
 from .qmp.qapi import wire_order
@@ -35,7 +36,7 @@ def _opt_str(value: object) -> str:
 DEFAULT_WORKDIR = "/var/lib/bitlab"
 
 
-class Machine(GuestIO):
+class Machine(GuestIO, Monitor):
     """A simulated QEMU 7.2, driven by QMP.
 
     >>> vm = Machine()
@@ -77,16 +78,6 @@ class Machine(GuestIO):
         reply = TABLE.dispatch(self, message)
         self.transcript.append({"kind": "reply", "message": reply})
         return reply
-
-    def qmp(self, name: str, arguments: dict | None = None) -> Any:
-        """Run a command; return its value or raise :class:`QMPError` (QEMU's class and text)."""
-        message: dict = {"execute": name}
-        if arguments is not None:
-            message["arguments"] = arguments
-        reply = self.execute(message)
-        if "error" in reply:
-            raise QMPError(reply["error"]["desc"], reply["error"]["class"])
-        return reply["return"]
 
     def dirty_bitmap(self, node: str, name: str) -> DirtyBitmap:
         """A snapshot of bitmap ``name`` on ``node`` (bits and flags) for pictures and checks;

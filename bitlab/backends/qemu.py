@@ -49,6 +49,7 @@ import numpy as np
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError
 from ..guest import GuestIO
+from ..monitor import Monitor, command, reply_value
 from ..qemu_img import QemuImgError
 from ..qmp.hmp import parse_qemu_io
 from . import nbd
@@ -110,7 +111,7 @@ def _child_refs(value: Any, key: str = "") -> list[str]:
     return [value] if isinstance(value, str) and key in CHILD_KEYS else []
 
 
-class QemuMachine(GuestIO):
+class QemuMachine(GuestIO, Monitor):
     """A real QEMU 7.2 (qemu-storage-daemon or the system emulator) behind bitlab's Machine API.
 
     ``daemon`` is what was asked for ("auto", "qsd", "system"); ``kind`` is what runs
@@ -315,29 +316,18 @@ class QemuMachine(GuestIO):
         """Run a command; its value, or :class:`QMPError` with QEMU's class and text."""
         if name == "human-monitor-command":
             self._ensure(name)  # on qemu-storage-daemon: a clear error rather than CommandNotFound
-        message: dict = {"execute": name}
-        if arguments is not None:
-            message["arguments"] = arguments
-        reply = self.execute(message)
-        if "error" in reply:
-            raise QMPError(reply["error"]["desc"], reply["error"]["class"])
-        return reply["return"]
+        return super().qmp(name, arguments)
 
     def _helper(self, name: str, arguments: dict | None = None) -> dict:
         """A command of the backend's own: listed in ``backstage``, not in ``transcript``."""
-        message: dict = {"execute": name}
-        if arguments is not None:
-            message["arguments"] = arguments
+        message = command(name, arguments)
         reply = self._qmp.cmd_obj(message)
         self.backstage.append({"message": message, "reply": reply})
         self._collect()
         return reply
 
     def _helper_value(self, name: str, arguments: dict | None = None) -> Any:
-        reply = self._helper(name, arguments)
-        if "error" in reply:
-            raise QMPError(reply["error"]["desc"], reply["error"]["class"])
-        return reply["return"]
+        return reply_value(self._helper(name, arguments))
 
     def _collect(self, wait: float | bool = False) -> int:
         """Move the events QEMU sent into ``events``; optionally wait for the first one."""
@@ -469,9 +459,7 @@ class QemuMachine(GuestIO):
     def dirty_bitmap(self, node: str, name: str) -> DirtyBitmap:
         """The bits of bitmap ``name`` on ``node``, read as a client would: an NBD export of the
         bitmap (``qemu:dirty-bitmap:NAME``) mapped with qemu-img, checked against QEMU's sha256."""
-        sha = self._helper("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name})
-        if "error" in sha:
-            raise QMPError(sha["error"]["desc"], sha["error"]["class"])
+        sha = self._helper_value("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name})
         info = next(i for i in self._helper_value("query-named-block-nodes", {"flat": True}) if i["node-name"] == node)
         flags = next(b for b in info.get("dirty-bitmaps", []) if b.get("name") == name)
         bm = DirtyBitmap(size=info["image"]["virtual-size"], granularity=flags["granularity"], name=name,
@@ -484,8 +472,7 @@ class QemuMachine(GuestIO):
         reply = self._helper("block-export-add", export)
         if "error" in reply and "read-only" in reply["error"]["desc"]:
             reply = self._helper("block-export-add", {**export, "writable": False})
-        if "error" in reply:
-            raise QMPError(reply["error"]["desc"], reply["error"]["class"])
+        reply_value(reply)
         self._exports[export["id"]] = export["id"]
         try:
             opts = (f"driver=nbd,server.type=unix,server.path={self._nbd_sock},export={export['name']},"
@@ -496,7 +483,7 @@ class QemuMachine(GuestIO):
         dirty = [e for e in extents if not e["data"]]  # NBD reports dirty areas as holes
         bm.set_ranges(np.array([e["start"] for e in dirty], dtype=np.int64),
                       np.array([e["length"] for e in dirty], dtype=np.int64))
-        if bm.sha256() != sha["return"]["sha256"]:
+        if bm.sha256() != sha["sha256"]:
             raise RuntimeError(f"bitmap {name!r} read over NBD does not match QEMU's sha256")
         return bm
 
@@ -557,7 +544,7 @@ class QemuMachine(GuestIO):
             # qemu-io's own BlockBackend it takes the write permission only to write or discard
             failed = self._export(node, writable=verb in ("write", "discard"))
             if failed is not None:
-                raise QMPError(failed["error"]["desc"], failed["error"]["class"])
+                reply_value(failed)
         try:
             return nbd.qemu_io(self._nbd_sock, node, verb, opts, self.timeout)
         finally:
