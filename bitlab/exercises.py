@@ -51,6 +51,22 @@ def _count(vm: Any, node: str, name: str) -> int:
     raise KeyError(f"{node}/{name}")
 
 
+START_WRITES: list[tuple[int | str, int | str]] = [(0, "64k"), ("100k", 1)]
+
+
+def _start_count() -> int:
+    """count of a 64 KiB-granularity bitmap on drive0 after START_WRITES (notebook 00)."""
+    vm = Machine()
+    try:
+        vm.add_drive("drive0", "64M")
+        vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "bitmap0", "granularity": 65536})
+        for offset, length in START_WRITES:
+            vm.write("drive0", offset, length)
+        return _count(vm, "drive0", "bitmap0")
+    finally:
+        _close(vm)
+
+
 DIRTY_COUNT_WRITES: list[tuple[int | str, int | str]] = [
     (0, "4k"), ("60k", "8k"), ("1M", "1M"), (MiB + 512, 512), (32 * MiB - 512, "1k")]
 
@@ -159,6 +175,8 @@ def _grouped_cancel_offset() -> int:
 
 
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
+    Exercise("start-count", "count after a 64 KiB write at 0 and a 1-byte write at 100 KiB",
+             "count is in bytes: the number of 64 KiB chunks touched, times 65536.", _start_count),
     Exercise("dirty-count", "count after five writes on a fresh 64 KiB-granularity bitmap",
              "list the 64 KiB chunks each write touches (first = offset // 65536, "
              "last = (offset + length - 1) // 65536), take the union, multiply by 65536.", _dirty_count),
@@ -214,16 +232,15 @@ def is_correct(name: str, answer: Any) -> bool:
     return _normal(answer, ex.unordered) == _normal(solution(name), ex.unordered)
 
 
-def check(name: str, answer: Any) -> bool:
-    """Print ``✓ correct`` or a hint for exercise ``name``; return whether the answer is right."""
+def check(name: str, answer: Any) -> None:
+    """Print ``✓ correct`` or a hint for exercise ``name`` (returns nothing, so a notebook cell shows
+    just the verdict; :func:`is_correct` gives the bool)."""
     if name not in EXERCISES:
         raise KeyError(f"no exercise {name!r}; known: {', '.join(EXERCISES)}")
     ex = EXERCISES[name]
     if answer is None or answer is ...:
         print(f"✎ No answer yet: put yours in my_answer and run this cell again.\n  Hint: {ex.hint}")
-        return False
-    if is_correct(name, answer):
+    elif is_correct(name, answer):
         print("✓ correct")
-        return True
-    print(f"✗ not yet ({ex.question}).\n  Hint: {ex.hint}")
-    return False
+    else:
+        print(f"✗ not yet ({ex.question}).\n  Hint: {ex.hint}")
