@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .course import count
 from .errors import QMPError
 from .machine import Machine
 from .scenarios import FAIL_ON_READ, run_seed
@@ -40,17 +41,6 @@ def _close(vm: Any) -> None:
         close()
 
 
-def _count(vm: Any, node: str, name: str) -> int:
-    """A bitmap's count, on a device (query-block) or a node (query-named-block-nodes)."""
-    infos = [b["inserted"] for b in vm.qmp("query-block") if b.get("device") == node and "inserted" in b]
-    infos += [n for n in vm.qmp("query-named-block-nodes", {"flat": True}) if n["node-name"] == node]
-    for info in infos:
-        for bm in info.get("dirty-bitmaps", []):
-            if bm.get("name") == name:
-                return bm["count"]
-    raise KeyError(f"{node}/{name}")
-
-
 START_WRITES: list[tuple[int | str, int | str]] = [(0, "64k"), ("100k", 1)]
 
 
@@ -62,7 +52,7 @@ def _start_count() -> int:
         vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "bitmap0", "granularity": 65536})
         for offset, length in START_WRITES:
             vm.write("drive0", offset, length)
-        return _count(vm, "drive0", "bitmap0")
+        return count(vm, "drive0", "bitmap0")
     finally:
         _close(vm)
 
@@ -78,7 +68,7 @@ def _dirty_count() -> int:
         vm.qmp("block-dirty-bitmap-add", {"node": "disk", "name": "b", "granularity": 65536})
         for offset, length in DIRTY_COUNT_WRITES:
             vm.write("disk", offset, length)
-        return _count(vm, "disk", "b")
+        return count(vm, "disk", "b")
     finally:
         _close(vm)
 
@@ -121,7 +111,7 @@ def _rollback_count() -> int:
                 {"type": "block-dirty-bitmap-add", "data": {"node": "drive0", "name": "bitmap0"}}]})
         except QMPError:
             pass
-        return _count(vm, "drive0", "bitmap0")
+        return count(vm, "drive0", "bitmap0")
     finally:
         _close(vm)
 
@@ -151,7 +141,7 @@ def _sync_mode_count(mode: str) -> int:
         vm.qmp("drive-backup", {"device": "drive0", "bitmap": "bitmap0", "sync": "bitmap", "bitmap-mode": mode,
                                 "target": "b.qcow2", "format": "qcow2"})
         vm.run()
-        return _count(vm, "drive0", "bitmap0")
+        return count(vm, "drive0", "bitmap0")
     finally:
         _close(vm)
 

@@ -1,0 +1,55 @@
+"""bitlab.course: the notebooks' shared helpers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bitlab import Machine, course
+
+
+def test_bitmaps_of_a_device_and_of_a_node() -> None:
+    vm = Machine()
+    root = vm.add_drive("drive0", "64M")
+    vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b0", "granularity": 65536})
+    vm.write("drive0", 126976, 8192)
+    assert course.count(vm, "drive0", "b0") == 131072
+    assert course.bitmaps(vm, root) == course.bitmaps(vm, "drive0")
+    with pytest.raises(KeyError):
+        course.bitmaps(vm, "nope")
+    with pytest.raises(KeyError):
+        course.count(vm, "drive0", "nope")
+
+
+def test_wire_prints_the_last_messages(capsys: pytest.CaptureFixture[str]) -> None:
+    vm = Machine()
+    vm.execute({"execute": "query-block", "id": 7})
+    course.wire(vm)
+    assert capsys.readouterr().out == '-> {"execute": "query-block", "id": 7}\n<- {"return": [], "id": 7}\n'
+
+
+def test_events_and_statuses_of_one_backup(capsys: pytest.CaptureFixture[str]) -> None:
+    vm = Machine()
+    vm.add_drive("drive0", "1M")
+    since = len(vm.events)
+    vm.qmp("drive-backup", {"device": "drive0", "target": "t.qcow2", "sync": "full", "format": "qcow2"})
+    vm.run()
+    assert course.statuses(vm, "drive0", since) == ["created", "running", "paused", "running", "waiting", "pending",
+                                                     "concluded", "null"]
+    assert [e["event"] for e in course.events(vm, since, "BLOCK_JOB")] == ["BLOCK_JOB_COMPLETED"]
+    course.show_events(vm, since)
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == course.events(vm, since, "BLOCK_JOB")
+
+
+def test_wire_skips_events_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    vm = Machine()
+    vm.add_drive("drive0", "1M")
+    vm.qmp("drive-backup", {"device": "drive0", "target": "t.qcow2", "sync": "full", "format": "qcow2"})
+    course.wire(vm)
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line[3:]).get("execute") for line in lines] == ["drive-backup", None]
+    assert lines[1] == '<- {"return": {}}'
+    course.wire(vm, 2, events=True)
+    assert '"event": "JOB_STATUS_CHANGE"' in capsys.readouterr().out
