@@ -42,9 +42,16 @@ def events(vm: Any, since: int = 0, prefix: str = "") -> list[dict]:
     return [e for e in vm.events[since:] if e["event"].startswith(prefix)]
 
 
-def show_events(vm: Any, since: int = 0, prefix: str = "BLOCK_JOB") -> None:
-    """Print the matching events as wire JSON, one a line."""
-    for event in events(vm, since, prefix):
+def _job(event: dict) -> str:
+    data = event.get("data", {})
+    return str(data.get("device", data.get("id", "")))
+
+
+def show_events(vm: Any, since: int = 0, prefix: str = "BLOCK_JOB", *, by_job: bool = False) -> None:
+    """Print the matching events as wire JSON, one a line; ``by_job=True`` groups them per job (in order
+    within each job), since the interleaving of two jobs' events varies from run to run in QEMU itself."""
+    selected = events(vm, since, prefix)
+    for event in sorted(selected, key=_job) if by_job else selected:
         print(json.dumps(event))
 
 

@@ -53,3 +53,13 @@ def test_wire_skips_events_unless_asked(capsys: pytest.CaptureFixture[str]) -> N
     assert lines[1] == '<- {"return": {}}'
     course.wire(vm, 2, events=True)
     assert '"event": "JOB_STATUS_CHANGE"' in capsys.readouterr().out
+
+
+def test_show_events_by_job_groups_each_jobs_events(capsys: pytest.CaptureFixture[str]) -> None:
+    vm = Machine()
+    vm.events[:] = [{"event": "BLOCK_JOB_ERROR", "data": {"device": "drive1", "n": 1}},
+                    {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "drive0"}},
+                    {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "drive1", "n": 2}}]
+    course.show_events(vm, by_job=True)
+    printed = [json.loads(line)["data"] for line in capsys.readouterr().out.splitlines()]
+    assert printed == [{"device": "drive0"}, {"device": "drive1", "n": 1}, {"device": "drive1", "n": 2}]
