@@ -58,3 +58,15 @@ def show_events(vm: Any, since: int = 0, prefix: str = "BLOCK_JOB", *, by_job: b
 def statuses(vm: Any, job: str, since: int = 0) -> list[str]:
     """The job's ``JOB_STATUS_CHANGE`` statuses, in order."""
     return [e["data"]["status"] for e in events(vm, since, "JOB_STATUS_CHANGE") if e["data"]["id"] == job]
+
+
+def outcomes(vm: Any, since: int = 0) -> dict[str, str]:
+    """How each backup job that ended after ``since`` ended: ``completed``, ``failed: ERROR`` or ``cancelled``."""
+    ends: dict[str, str] = {}
+    for event in events(vm, since, "BLOCK_JOB_"):
+        data = event.get("data", {})
+        if event["event"] == "BLOCK_JOB_COMPLETED":
+            ends[data["device"]] = f"failed: {data['error']}" if "error" in data else "completed"
+        elif event["event"] == "BLOCK_JOB_CANCELLED":
+            ends[data["device"]] = "cancelled"
+    return dict(sorted(ends.items()))

@@ -63,3 +63,13 @@ def test_show_events_by_job_groups_each_jobs_events(capsys: pytest.CaptureFixtur
     course.show_events(vm, by_job=True)
     printed = [json.loads(line)["data"] for line in capsys.readouterr().out.splitlines()]
     assert printed == [{"device": "drive0"}, {"device": "drive1", "n": 1}, {"device": "drive1", "n": 2}]
+
+
+def test_outcomes_of_the_seeds_individual_run() -> None:
+    from bitlab.scenarios import run_seed
+
+    out = run_seed("individual")
+    assert course.outcomes(out.machine, 0) == {"drive0": "completed", "drive1": "failed: Input/output error"}
+    grouped = run_seed("grouped")
+    since = len(grouped.machine.events) - sum(len(d.events) for d in grouped.drives.values())
+    assert course.outcomes(grouped.machine, since) == {"drive0": "cancelled", "drive1": "failed: Input/output error"}
