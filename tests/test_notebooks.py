@@ -35,7 +35,7 @@ def code_cells(nb: dict) -> list[dict]:
 
 def test_the_course_is_there() -> None:
     numbers = [p.name[:2] for p in NOTEBOOKS]
-    assert numbers[:2] == ["00", "01"]
+    assert numbers == [f"{n:02d}" for n in range(8)]
     assert numbers == sorted(set(numbers))
 
 
@@ -98,3 +98,9 @@ def test_docs_embed_pictures_and_index_the_notebooks(tmp_path: Path) -> None:
     assert pngs > 0
     assert len(re.findall(r"<img[^>]+src=\"data:image/png;base64,", page)) == pngs
     assert not re.search(r'<img[^>]+src="https?:', page)
+
+
+def test_the_map_in_00_links_every_notebook() -> None:
+    text = "\n".join(source(c) for c in load(ROOT / "notebooks" / "00-start-here.ipynb")["cells"])
+    linked = sorted(set(re.findall(r"\]\(([0-9][0-9]-[a-z0-9-]+\.ipynb)\)", text)))
+    assert linked == [p.name for p in NOTEBOOKS if p.name != "00-start-here.ipynb"]
