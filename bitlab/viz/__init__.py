@@ -7,10 +7,12 @@ import io
 from matplotlib.figure import Figure
 
 from .bitmap import BitmapGrid, bitmap_grid, plot_bitmap, plot_dirty_bitmap
+from .compare import CompareGrid, compare_grid, plot_bitmap_compare
 from .timeline import AtEvent, Lane, Marker, MarkLine, Segment, Timeline, plot_timeline, timeline_lanes
 
-__all__ = ["AtEvent", "BitmapGrid", "Lane", "MarkLine", "Marker", "Segment", "Timeline", "bitmap_grid",
-           "plot_bitmap", "plot_dirty_bitmap", "plot_timeline", "show", "timeline_lanes"]
+__all__ = ["AtEvent", "BitmapGrid", "CompareGrid", "Lane", "MarkLine", "Marker", "Segment", "Timeline", "bitmap_grid",
+           "compare_grid", "plot_bitmap", "plot_bitmap_compare", "plot_dirty_bitmap", "plot_timeline", "show",
+           "timeline_lanes"]
 
 
 def show(fig: Figure, *, dpi: int = 100) -> None:

@@ -306,6 +306,6 @@ def plot_timeline(events: Sequence[Mapping[str, Any]], *, marks: Sequence[tuple[
         ax.set_xlabel(f"time since the first job event ({tl.unit})")
     ax.set_ylabel("job (one lane per job)")
     ax.set_title(title if title else "jobs: states and events", fontsize="medium")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22 if len(tl.lanes) < 3 else -0.12), ncols=4,
-              fontsize="small", frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.6, ncols=4, fontsize="small",
+              frameon=False)
     return fig
