@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import matplotlib as mpl
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -251,11 +252,13 @@ def timeline_lanes(events: Sequence[Mapping[str, Any]], *, marks: Sequence[tuple
 
 
 def plot_timeline(events: Sequence[Mapping[str, Any]], *, marks: Sequence[tuple[Any, str]] = (),
-                  title: str | None = None, x: XMode = "order", ax: Axes | None = None) -> Figure:
+                  title: str | None = None, x: XMode = "order", ax: Axes | None = None,
+                  legend: bool = True) -> Figure:
     """Draw the jobs in ``events`` as lanes of states, with their events as labelled markers.
 
     ``marks`` are ``(position, label)`` vertical lines (see :func:`timeline_lanes`), e.g.
-    ``[(AtEvent(since), "transaction")]``. Draws into ``ax`` if given; returns the Figure.
+    ``[(AtEvent(since), "transaction")]``. Draws into ``ax`` if given (``legend=False``: the
+    caller draws one, from ``ax.get_legend_handles_labels()``); returns the Figure.
     """
     tl = timeline_lanes(events, marks=marks, x=x)
     if ax is None:
@@ -282,10 +285,10 @@ def plot_timeline(events: Sequence[Mapping[str, Any]], *, marks: Sequence[tuple[
         for m in lane.markers:
             by_kind.setdefault(m.kind, []).append((y, m))
     for kind in [k for k in MARKER_STYLE if k in by_kind]:
-        shape, legend, above = MARKER_STYLE[kind]
+        shape, name, above = MARKER_STYLE[kind]
         rows = by_kind[kind]
         ax.scatter([m.x for _, m in rows], [y for y, _ in rows], marker=shape, s=110, c="black",
-                   edgecolors="white", linewidths=1.2, zorder=4, label=legend)
+                   edgecolors="white", linewidths=1.2, zorder=4, label=name)
         for y, m in rows:
             dy = -(height / 2 + 0.06) if above else height / 2 + 0.06
             ax.text(m.x, y + dy, m.text, ha="center", va="bottom" if above else "top", fontsize="small",
@@ -301,11 +304,13 @@ def plot_timeline(events: Sequence[Mapping[str, Any]], *, marks: Sequence[tuple[
     pad = 0.02 * tl.xmax
     ax.set_xlim(min([0.0, *(m.x for m in tl.marks)]) - pad - (0.5 if x == "order" else 0), tl.xmax + pad)
     if x == "order":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("order of the job events (each state lasts at least one step)")
     else:
         ax.set_xlabel(f"time since the first job event ({tl.unit})")
     ax.set_ylabel("job (one lane per job)")
     ax.set_title(title if title else "jobs: states and events", fontsize="medium")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.6, ncols=4, fontsize="small",
-              frameon=False)
+    if legend:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.6, ncols=4, fontsize="small",
+                  frameon=False)
     return fig
