@@ -9,7 +9,6 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from bitarray import bitarray  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
 
 from bitlab.bitmap import DirtyBitmap  # noqa: E402
 from bitlab.viz import compare_grid, plot_bitmap_compare  # noqa: E402
@@ -59,12 +58,13 @@ def test_drawn_image_hatches_and_legend():
     ax = fig.axes[0]
     [image] = ax.images
     np.testing.assert_array_equal(np.ma.getdata(image.get_array()), np.ma.getdata(compare_grid(A, B).categories))
-    hatched = {c.get_gid(): c for c in ax.collections if isinstance(c, PolyCollection)}
+    hatched = {p.get_gid(): p for p in ax.patches if (p.get_gid() or "").startswith("hatch:")}
     assert set(hatched) == {"hatch:both", "hatch:only before", "hatch:only after"}
     assert hatched["hatch:only before"].get_hatch() == STYLES[ONLY_A][1] == "//"
     assert hatched["hatch:only after"].get_hatch() == STYLES[ONLY_B][1]
     # runs merged within a row: bits 0-1 (row 0), 100 (row 1), 500 (row 7)
-    boxes = sorted(tuple(p.vertices[0]) + tuple(p.vertices[2]) for p in hatched["hatch:only before"].get_paths())
+    rects = hatched["hatch:only before"].get_path().vertices.reshape(-1, 5, 2)
+    boxes = sorted(tuple(r[0]) + tuple(r[2]) for r in rects.tolist())
     assert boxes == [(-0.5, -0.5, 1.5, 0.5), (35.5, 0.5, 36.5, 1.5), (51.5, 6.5, 52.5, 7.5)]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["neither: 1012 bits", "both: 3 bits", "only before: 4 bits", "only after: 5 bits"]

@@ -43,27 +43,30 @@ def test_events_in_emission_order(outcomes):
     assert names.index(("BLOCK_JOB_COMPLETED", "drive1")) < names.index(("BLOCK_JOB_CANCELLED", "drive0"))
 
 
-def _texts(sub) -> dict[str, str]:
-    return {t.get_gid(): t.get_text() for ax in sub.axes for t in ax.texts if t.get_gid()}
+def _texts(axes) -> dict[str, str]:
+    return {t.get_gid(): t.get_text() for ax in axes for t in ax.texts if t.get_gid()}
 
 
 def test_figure_side_by_side(outcomes):
     fig = plot_outcome(outcomes)
     assert fig.get_suptitle() == "the same scenario under each completion mode"
-    ind, grp = fig.subfigs
-    assert ind.get_suptitle() == "completion-mode: individual"
-    assert grp.get_suptitle() == "completion-mode: grouped"
+    heads = {t.get_gid(): t for t in fig.texts if t.get_gid()}
+    assert heads["mode:individual"].get_text() == "completion-mode: individual"
+    assert heads["mode:grouped"].get_text() == "completion-mode: grouped"
+    assert heads["mode:individual"].get_position()[0] < heads["mode:grouped"].get_position()[0]  # side by side
+    ind, grp = fig.axes[:2], fig.axes[2:]
     ti = _texts(ind)
     assert ti["end-text:drive0"] == "completed" and ti["end-text:drive1"] == "failed: Input/output error"
     assert ti["count-text-before:drive0"] == "before 327680" and ti["count-text-after:drive0"] == "after 0"
-    assert ti["image-text:drive0"] == "d0-incr-1.qcow2: keep"
-    assert ti["image-text:drive1"] == "d1-incr-1.qcow2: delete (job failed)"
+    assert ti["image-text:drive0"] == "d0-incr-1.qcow2\nkeep"
+    assert ti["image-text:drive1"] == "d1-incr-1.qcow2\ndelete (job failed)"
     tg = _texts(grp)
     assert tg["end-text:drive0"] == "cancelled" and tg["count-text-after:drive0"] == "after 327680"
-    assert tg["image-text:drive0"] == "d0-incr-1.qcow2: delete (job cancelled)"
+    assert tg["image-text:drive0"] == "d0-incr-1.qcow2\ndelete (job cancelled)"
 
     # the timeline lanes: drive1 ends with the failure marker in individual mode; grouped: both stopped
-    top_i, rows_i = ind.axes
+    top_i, rows_i = ind
+    assert top_i.get_position().x0 < grp[0].get_position().x0
     failed = next(c for c in top_i.collections if isinstance(c, PathCollection)
                   and c.get_label() == "BLOCK_JOB_COMPLETED with error")
     [(x, y)] = failed.get_offsets().tolist()
@@ -73,7 +76,7 @@ def test_figure_side_by_side(outcomes):
     assert max(s.end for s in lanes.lane("drive1").segments) >= x
     lanes = timeline_lanes(_ordered_events(outcomes["grouped"]))
     assert (lanes.lane("drive0").end, lanes.lane("drive1").end) == ("cancelled", "failed")
-    top_g = grp.axes[0]
+    top_g = grp[0]
     labels = {c.get_label() for c in top_g.collections if isinstance(c, PathCollection)}
     assert {"BLOCK_JOB_CANCELLED", "BLOCK_JOB_COMPLETED with error"} <= labels
     assert "BLOCK_JOB_COMPLETED" not in labels

@@ -130,6 +130,25 @@ def _tick_steps(n: int, most: int) -> np.ndarray:
     return np.arange(0, n + 1, step)
 
 
+def grid_figure(rows: int, columns: int, *, title_lines: int, right: float = 1.35, bottom_extra: float = 0.0,
+                width: float = 8.0, max_height: float = 9.5) -> tuple[Figure, Axes]:
+    """A Figure with one Axes sized for an aspect-equal grid of ``rows`` x ``columns`` cells.
+
+    Margins are fixed in inches (tick labels left, ``title_lines`` of title on top, a colour bar
+    of ``right`` inches, ``bottom_extra`` inches for a legend below): no layout engine, which
+    would cost more than drawing the picture itself.
+    """
+    left, bottom, top = 0.95, 0.6 + bottom_extra, 0.2 + 0.22 * title_lines
+    ax_w = width - left - right
+    ax_h = ax_w * rows / columns
+    if ax_h > max_height - top - bottom:
+        ax_w, ax_h = ax_w * (max_height - top - bottom) / ax_h, max_height - top - bottom
+    height = ax_h + top + bottom
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((left / width, bottom / height, ax_w / width, ax_h / height))
+    return fig, ax
+
+
 def offset_axes(ax: Axes, columns: int, rows: int, cell_bytes: int, *, gaps: bool = False) -> None:
     """Byte-offset ticks and axis labels for a grid of ``rows`` x ``columns`` cells of ``cell_bytes``.
 
@@ -176,9 +195,7 @@ def plot_bitmap(
     per_bit = grid.bits_per_cell == 1
 
     if ax is None:
-        height = min(9.0, max(2.4, 6.2 * grid.rows / grid.columns + 1.6))
-        fig = Figure(figsize=(8.0, height), layout="constrained")
-        ax = fig.add_subplot()
+        fig, ax = grid_figure(grid.rows, grid.columns, title_lines=1 + (title is not None) + (not per_bit))
     else:
         fig = ax.figure.figure  # the root Figure, also for an Axes in a SubFigure
 

@@ -16,13 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import matplotlib as mpl
 import numpy as np
-from matplotlib.collections import PolyCollection
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, PathPatch
+from matplotlib.path import Path
 
 from ..units import format_size
-from .bitmap import DEFAULT_MAX_CELLS, _bits_per_cell, _ones_per_cell, _packed, grid_shape, offset_axes
+from .bitmap import (
+    DEFAULT_MAX_CELLS,
+    _bits_per_cell,
+    _ones_per_cell,
+    _packed,
+    grid_figure,
+    grid_shape,
+    offset_axes,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -104,11 +112,16 @@ def _runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return starts // cols, starts % cols, lengths, codes.ravel()[starts]
 
 
-def _rects(row: np.ndarray, col: np.ndarray, length: np.ndarray) -> np.ndarray:
+def _rects_path(row: np.ndarray, col: np.ndarray, length: np.ndarray) -> Path:
+    """One compound path of the runs' rectangles: Agg hatches it in one pass (a collection of
+    thousands of hatched rectangles takes seconds)."""
     x0, x1 = col - 0.5, col + length - 0.5
     y0, y1 = row - 0.5, row + 0.5
-    return np.stack([np.stack([x0, y0], -1), np.stack([x1, y0], -1),
-                     np.stack([x1, y1], -1), np.stack([x0, y1], -1)], axis=1)
+    verts = np.stack([np.stack([x0, y0], -1), np.stack([x1, y0], -1), np.stack([x1, y1], -1),
+                      np.stack([x0, y1], -1), np.stack([x0, y0], -1)], axis=1).reshape(-1, 2)
+    codes = np.tile(np.array([Path.MOVETO, Path.LINETO, Path.LINETO, Path.LINETO, Path.CLOSEPOLY],
+                             dtype=Path.code_type), row.size)
+    return Path(verts, codes)
 
 
 def _unpack(bm: Any) -> tuple[Any, int | None, int | None]:
@@ -157,12 +170,12 @@ def plot_bitmap_compare(
         raise ValueError(f"{grid.nbits} bits do not describe {size} bytes at granularity {granularity} "
                          f"(expected {expected} bits)")
     per_bit = grid.bits_per_cell == 1
+    present = set(np.unique(np.ma.compressed(grid.categories)).tolist())
     cell_bytes = grid.bits_per_cell * granularity
 
     if ax is None:
-        height = min(9.5, max(2.8, 6.2 * grid.rows / grid.columns + 2.0))
-        fig = Figure(figsize=(8.0, height), layout="constrained")
-        ax = fig.add_subplot()
+        fig, ax = grid_figure(grid.rows, grid.columns, title_lines=2 + (not per_bit), right=0.3,
+                              bottom_extra=0.3 * (2 + (MIXED in present)) + 0.1)  # 2 or 3 legend rows
     else:
         fig = ax.figure.figure
 
@@ -175,15 +188,14 @@ def plot_bitmap_compare(
         pick = code == c
         if not hatch or not pick.any():
             continue
-        ax.add_collection(PolyCollection(_rects(row[pick], col[pick], length[pick]), facecolors="none",
-                                         edgecolors=hatch_colour, linewidths=0, hatch=hatch, gid=f"hatch:{names[c]}"),
-                          autolim=False)
+        # add_artist, not add_patch: the image already set the limits, and add_patch would walk every segment
+        ax.add_artist(PathPatch(_rects_path(row[pick], col[pick], length[pick]), facecolor="none",
+                                edgecolor=hatch_colour, linewidth=0, hatch=hatch, gid=f"hatch:{names[c]}"))
     offset_axes(ax, grid.columns, grid.rows, cell_bytes, gaps=per_bit)
 
     counts = grid.counts
     bits_of = [counts["neither"], counts["both"], counts["only a"], counts["only b"]]
     handles = []
-    present = set(np.unique(np.ma.compressed(grid.categories)).tolist())
     for c, (face, hatch, hatch_colour) in enumerate(STYLES):
         if c == MIXED and MIXED not in present:
             continue

@@ -73,10 +73,13 @@ class DriveRow:
     keep: bool
 
     @property
+    def decision(self) -> str:
+        """``keep``, or ``delete (job failed)`` / ``(job cancelled)`` / …"""
+        return "keep" if self.keep else f"delete (job {self.end})"
+
+    @property
     def image_text(self) -> str:
-        if self.keep:
-            return f"{self.image}: keep"
-        return f"{self.image}: delete (job {self.end})"
+        return f"{self.image}: {self.decision}"
 
 
 def _drive_row(d: DriveResult, kept: set[str] | None) -> DriveRow:
@@ -134,7 +137,8 @@ def _draw_rows(ax: Any, rows: Sequence[DriveRow], scale: int) -> None:
         ax.add_patch(Rectangle((2.7, y - 0.3), 0.06, 0.6, facecolor=colour, hatch=hatch,
                                edgecolor="white" if sum(colour[:3]) < 1.2 else "black", linewidth=0,
                                gid=f"image:{r.drive}"))
-        ax.text(2.8, y, r.image_text, ha="left", va="center", fontsize="small", gid=f"image-text:{r.drive}")
+        ax.text(2.8, y, f"{r.image}\n{r.decision}", ha="left", va="center", fontsize="small",
+                gid=f"image-text:{r.drive}")
     for x, head in ((0.0, "job end"), (1.3, "bitmap count (bytes)"), (2.7, "image")):
         ax.text(x, -0.65, head, ha="left", va="bottom", fontsize="small", fontweight="bold")
     ax.set_xlim(0, 4.1)
@@ -154,11 +158,13 @@ def plot_outcome(outcomes: Mapping[str, Outcome], *, title: str | None = None) -
     rows = outcome_rows(outcomes)
     ndrives = max(len(r) for r in rows.values())
     scale = max((max(r.count_before, r.count_after) for rs in rows.values() for r in rs), default=0)
-    fig = Figure(figsize=(6.4 * len(outcomes), 3.6 + 1.5 * ndrives), layout="constrained")
-    subs = fig.subfigures(1, len(outcomes), squeeze=False)[0]
+    # fixed margins in inches (a layout engine would cost more than the drawing); placed once the
+    # legend's size is known
+    fig = Figure()
     handles: dict[str, Any] = {}
-    for sub, (mode, out) in zip(subs, outcomes.items(), strict=True):
-        top, bottom = sub.subplots(2, 1, height_ratios=[1.15, 1.0])
+    columns = []
+    for mode, out in outcomes.items():
+        top, bottom = fig.add_axes((0, 0, 1, 1)), fig.add_axes((0, 0, 1, 1))
         events = _ordered_events(out)
         if events:
             plot_timeline(events, ax=top, title="jobs: states and events", legend=False,
@@ -169,14 +175,27 @@ def plot_outcome(outcomes: Mapping[str, Outcome], *, title: str | None = None) -
             top.set_axis_off()
         _draw_rows(bottom, rows[mode], scale)
         bottom.set_title("per drive: job end, bitmap count, image", fontsize="medium")
-        sub.suptitle(f"completion-mode: {mode}", fontweight="bold")
+        columns.append((mode, top, bottom))
     cividis_patches = [Patch(facecolor=c, hatch=h, edgecolor="white" if which == "before" else "black",
                              linewidth=0, label=f"count {which}") for which, (c, h) in COUNT_STYLES.items()]
     used = {(r.valid, r.keep) for rs in rows.values() for r in rs}
     image_patches = [Patch(facecolor=c, hatch=h, edgecolor="white" if sum(c[:3]) < 1.2 else "black", linewidth=0,
                            label=f"image {text}") for key, (text, c, h) in IMAGE_STYLES.items() if key in used]
-    fig.legend([*handles.values(), *cividis_patches, *image_patches],
-               [*handles, *(p.get_label() for p in cividis_patches), *(p.get_label() for p in image_patches)],
-               loc="outside lower center", ncols=6, fontsize="small", frameon=False, handleheight=1.5)
+    entries = [*handles.values(), *cividis_patches, *image_patches]
+
+    col_w, head, tl_h, gap, rows_h = 6.4, 0.95, 0.45 + 0.7 * ndrives, 0.95, 0.35 + 0.75 * ndrives
+    legend_h = 0.25 * -(-len(entries) // 6) + 0.25
+    width, height = col_w * len(columns), head + tl_h + gap + rows_h + legend_h
+    fig.set_size_inches(width, height)
+    for c, (mode, top, bottom) in enumerate(columns):
+        x0 = c * col_w
+        top.set_position(((x0 + 0.95) / width, (height - head - tl_h) / height, (col_w - 1.2) / width,
+                          tl_h / height))
+        bottom.set_position(((x0 + 0.75) / width, legend_h / height, (col_w - 0.85) / width, rows_h / height))
+        fig.text((x0 + col_w / 2) / width, 1 - 0.42 / height, f"completion-mode: {mode}", ha="center", va="top",
+                 fontweight="bold", fontsize="large", gid=f"mode:{mode}")
+    fig.legend(entries, [*handles, *(p.get_label() for p in cividis_patches), *(p.get_label() for p in image_patches)],
+               loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=6, fontsize="small", frameon=False,
+               handleheight=1.5)
     fig.suptitle(title if title else "the same scenario under each completion mode")
     return fig

@@ -261,9 +261,15 @@ def plot_timeline(events: Sequence[Mapping[str, Any]], *, marks: Sequence[tuple[
     caller draws one, from ``ax.get_legend_handles_labels()``); returns the Figure.
     """
     tl = timeline_lanes(events, marks=marks, x=x)
-    if ax is None:
-        fig = Figure(figsize=(9.0, 1.9 + 0.8 * len(tl.lanes)), layout="constrained")
-        ax = fig.add_subplot()
+    if ax is None:  # fixed margins in inches: a layout engine would cost more than the drawing
+        entries = len({s.state for lane in tl.lanes for s in lane.segments}) + len(
+            {m.kind for lane in tl.lanes for m in lane.markers})
+        left, right, top = 1.25, 0.3, 0.45
+        bottom = 0.75 + (0.22 * -(-entries // 4) + 0.1 if legend else 0.0)
+        width, ax_h = 9.0, 0.55 + 0.75 * len(tl.lanes)
+        fig = Figure(figsize=(width, ax_h + top + bottom))
+        total = ax_h + top + bottom
+        ax = fig.add_axes((left / width, bottom / total, 1 - (left + right) / width, ax_h / total))
     else:
         fig = ax.figure.figure
     min_width = MIN_TIME_WIDTH * tl.xmax if x == "time" else 0.0
