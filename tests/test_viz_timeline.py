@@ -116,6 +116,7 @@ def test_drawn_bars_hatches_legend_and_labels():
     scatters = {c.get_label(): c for c in ax.collections if isinstance(c, PathCollection)}
     assert sorted(scatters) == ["BLOCK_JOB_CANCELLED", "BLOCK_JOB_COMPLETED with error", "BLOCK_JOB_ERROR"]
     assert scatters["BLOCK_JOB_CANCELLED"].get_offsets().tolist() == [[11, 0]]
+    assert plot_timeline(HAND, legend=False).axes[0].get_legend() is None
     shapes = [s for s, _, _ in MARKER_STYLE.values()]
     assert len(set(shapes)) == len(shapes)
     texts = sorted(t.get_text() for t in ax.texts if (t.get_gid() or "").startswith("marker-text"))

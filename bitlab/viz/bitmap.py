@@ -82,6 +82,13 @@ def _bits_per_cell(nbits: int, max_cells: int) -> int:
 
 def _ones_per_cell(raw: np.ndarray, nbits: int, k: int) -> np.ndarray:
     ncells = -(-nbits // k)
+    if k % 64 == 0 and hasattr(np, "bitwise_count"):  # whole 64-bit words per cell (numpy >= 2)
+        words = k // 64
+        want = ncells * words * 8
+        if raw.size < want:
+            raw = np.concatenate((raw, np.zeros(want - raw.size, dtype=np.uint8)))
+        per_word = np.bitwise_count(raw[:want].view(np.uint64))
+        return per_word.reshape(ncells, words).sum(axis=1, dtype=np.int64)
     if k % 8 == 0:  # whole bytes per cell: popcount the bytes, sum by reshape
         per_byte = _POPCOUNT[raw]
         want = ncells * (k // 8)
