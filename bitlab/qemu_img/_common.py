@@ -88,12 +88,21 @@ def backing_name(overlay: str, backing: str) -> str:
     return posixpath.join(posixpath.dirname(overlay), backing)
 
 
-def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None) -> ImageFile:
-    """The file ``name`` opened with format ``fmt`` (probed when None), or qemu-img's error."""
+def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None
+               ) -> ImageFile:
+    """The file ``name`` opened with format ``fmt`` (probed when None), or qemu-img's error.
+
+    ``lock`` is what qemu-img asks of the file lock: ``"shared"`` to read (no ``-U``), ``"write"``
+    to change it; a qcow2 node holding the file read-write shares neither.
+    """
     key = store_key(key_fn, name)
     if key not in store:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': No such file or directory\n")
     image = store[key]
+    if lock and any(not shares for _, shares in image.lockers):
+        what = 'shared "write"' if lock == "shared" else '"write"'
+        raise QemuImgError(f"qemu-img: Could not open '{name}': Failed to get {what} lock\n"
+                           f"Is another process using the image [{name}]?\n")
     if fmt not in (None, "raw", "qcow2"):
         raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
     if fmt == "qcow2" and not image.is_qcow2:
@@ -109,9 +118,10 @@ def inner_reason(err: QemuImgError, name: str) -> str:
     return reason.removeprefix(f"Could not open '{name}': ") if reason.count("Could not open") > 1 else reason
 
 
-def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None) -> list[Layer]:
-    """``name`` and its backing files, top first, as qemu-img opens them."""
-    chain = [Layer(name, open_image(store, key_fn, name, fmt))]
+def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None
+               ) -> list[Layer]:
+    """``name`` and its backing files, top first, as qemu-img opens them (``lock``: see open_image)."""
+    chain = [Layer(name, open_image(store, key_fn, name, fmt, lock))]
     while chain[-1].image.is_qcow2 and chain[-1].image.backing_file:
         top = chain[-1]
         below = backing_name(top.name, top.image.backing_file or "")

@@ -38,7 +38,7 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
     ds, de = ds[firsts], de[np.append(firsts[1:] - 1, ds.size - 1)]
     s, e, c, _, _ = chain_status(chain)
     ps, pe, run, _ = clip_runs(s, e, np.arange(s.size, dtype=np.int64), ds, de)
-    is_data = c[run] == DATA
+    ps, pe, is_data = _mirror_methods(ps, pe, c[run] == DATA, grain)
     data = base.image.data
     zs, ze = ps[~is_data], pe[~is_data]
     if zs.size:
@@ -49,6 +49,39 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
         data.write_batch(cs_, ce_ - cs_, cv)
     base.image.note_allocation()
     _dirty_bitmaps(base, ps, pe)
+
+
+def _mirror_methods(ps: np.ndarray, pe: np.ndarray, is_data: np.ndarray, grain: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mirror_iteration's choice per block-status run: zeroes are written as zeroes only for whole
+    granules of a run that reads zeroes; a shorter stretch is copied, a granule at a time, as data.
+    Returns the pieces again with ``copy`` marking those copied."""
+    zero = ~is_data
+    if not ((ps[zero] % grain != 0) | (pe[zero] % grain != 0)).any():
+        return ps, pe, is_data
+    out_s, out_e, out_copy = [], [], []
+    k, n = 0, ps.size
+    o = int(ps[0])
+    while k < n:  # one step per decision (per run, not per cluster)
+        if o >= pe[k]:
+            k += 1
+            if k < n:
+                o = max(o, int(ps[k]))
+            continue
+        left = int(pe[k]) - o
+        if zero[k] and left >= grain:
+            step, copy = left // grain * grain, False
+        else:
+            step, copy = (grain if left < grain else left // grain * grain), True
+        end = o + step
+        j = k
+        while j + 1 < n and pe[j] < end and ps[j + 1] == pe[j]:
+            j += 1  # a copied granule reaches into the next runs
+        end = min(end, int(pe[j]))
+        out_s.append(o), out_e.append(end), out_copy.append(copy)
+        o = end
+        k = j
+    return np.array(out_s, dtype=np.int64), np.array(out_e, dtype=np.int64), np.array(out_copy, dtype=bool)
 
 
 def _grow(chain: list[Layer], base_index: int) -> None:
@@ -79,7 +112,7 @@ def img_commit(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if len(positional) != 1:
         raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
     filename = positional[0]
-    chain = open_chain(store, key_fn, filename, opts.get("-f"))
+    chain = open_chain(store, key_fn, filename, opts.get("-f"), "write")
     if len(chain) == 1:
         raise QemuImgError("qemu-img: Image does not have a backing file\n")
     base_name = opts.get("-b")

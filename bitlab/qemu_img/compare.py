@@ -42,15 +42,19 @@ def _nonzero(chain: list[Layer], lo: int, hi: int) -> int | None:
 
 
 def img_compare(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
-    """qemu-img compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2 (exit 0 equal, 1 different)."""
+    """qemu-img compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2 (exit 0 equal, 1 different,
+    2 error)."""
     opts, positional = split_args(args, {"-f", "-F", "-T"}, {"-q", "-s", "-p", "-U", "--force-share"})
     if len(positional) != 2:
         raise QemuImgError(f"qemu-img: Expecting two image file names\n{USAGE}")
     quiet, strict = "-q" in opts, "-s" in opts
-    fmt1 = opts.get("-f")
-    fmt2 = opts.get("-F", fmt1)
-    chain1 = open_chain(store, key_fn, positional[0], fmt1)
-    chain2 = open_chain(store, key_fn, positional[1], fmt2)
+    lock = None if "-U" in opts or "--force-share" in opts else "shared"
+    try:  # -F does not default to -f: the second image's format is probed
+        chain1 = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
+        chain2 = open_chain(store, key_fn, positional[1], opts.get("-F"), lock)
+    except QemuImgError as err:
+        err.returncode = 2  # compare's exit status for an error
+        raise
     size1, size2 = chain1[0].size, chain2[0].size
 
     def differ(text: str) -> QemuImgError:

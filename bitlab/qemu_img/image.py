@@ -7,7 +7,7 @@ from ..block.node import round_sector
 from ..block.store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, ImageStore
 from ..qmp_order import to_json_pretty, wire_order
 from ..units import format_size, parse_size
-from ._common import KeyFn, QemuImgError, backing_name
+from ._common import KeyFn, QemuImgError, backing_name, open_image
 from ._common import options as _options
 from ._common import split_args as _split_args
 from ._common import store_key as _key
@@ -148,6 +148,8 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': "
                                "No such file or directory\n")
         image = store[key]
+        if not chain and "-U" not in opts and "--force-share" not in opts:
+            open_image(store, key_fn, name, None, "shared")  # the file lock
         if fmt == "qcow2" and not image.is_qcow2:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
         fmt = "qcow2" if image.is_qcow2 and fmt in (None, "qcow2") else "raw"

@@ -94,7 +94,8 @@ def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
     start = _offset_arg(opts["--start-offset"], "start offset") if "--start-offset" in opts else 0
     length = _offset_arg(opts["--max-length"], "max length") if "--max-length" in opts else None
-    chain = open_chain(store, key_fn, positional[0], opts.get("-f"))
+    shared = "-U" in opts or "--force-share" in opts
+    chain = open_chain(store, key_fn, positional[0], opts.get("-f"), None if shared else "shared")
     entries = map_entries(chain, start, length)
     return format_json(entries) if output == "json" else format_human(entries)
 

@@ -56,13 +56,13 @@ def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError(f"qemu-img: Must specify backing file (-b) or use unsafe mode (-u)\n{USAGE}")
     filename = positional[0]
     if unsafe:  # the old backing file need not exist
-        top = Layer(filename, open_image(store, key_fn, filename, opts.get("-f")))
+        top = Layer(filename, open_image(store, key_fn, filename, opts.get("-f"), "write"))
         try:
             chain = open_chain(store, key_fn, filename, opts.get("-f"))
         except QemuImgError:
             chain = [top]
     else:
-        chain = open_chain(store, key_fn, filename, opts.get("-f"))
+        chain = open_chain(store, key_fn, filename, opts.get("-f"), "write")
     image = chain[0].image
     if not image.is_qcow2:
         warning = "" if "-f" in opts else RAW_PROBE_WARNING.format(filename)

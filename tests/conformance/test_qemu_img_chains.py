@@ -123,10 +123,10 @@ class Scenario:
         self.files: list[str] = []  # the chain, bottom first
         self.sizes: dict[str, int] = {}
         self.units: dict[str, int] = {}
+        self.clusters: dict[str, int] = {}
         self.backing: dict[str, str | None] = {}
         self.max_cluster: dict[str, int] = {}
         self.unordered: set[str] = set()
-        self.cluster = 65536
         self.log: list[str] = []
         self.diffs: list[str] = []
         self.masked = 0
@@ -144,7 +144,8 @@ class Scenario:
                 self.unordered.add(filename)
                 continue
             off, length = parse_size(rest[-2]), parse_size(rest[-1])
-            first, last = off // self.cluster, (off + length - 1) // self.cluster
+            cluster = self.clusters[filename]
+            first, last = off // cluster, (off + length - 1) // cluster
             if first < self.max_cluster.get(filename, -1):
                 self.unordered.add(filename)
             self.max_cluster[filename] = max(self.max_cluster.get(filename, -1), last)
@@ -179,10 +180,11 @@ class Scenario:
         return chain
 
     # -- random building blocks ---------------------------------------------------------
-    def create(self, size: int) -> str:
+    def create(self, size: int, cluster: int = 65536) -> str:
         name = f"img{len(self.files)}.qcow2"
         below = self.files[-1] if self.files else None
-        args = ["create", "-q", "-f", "qcow2"]
+        args = ["create", "-q", "-f", "qcow2"] + ([] if cluster == 65536 else ["-o", f"cluster_size={cluster}"])
+        self.clusters[name] = cluster
         if below:
             args += ["-b", below, "-F", "qcow2"]
         self.img(*args, name, str(size))
@@ -193,7 +195,8 @@ class Scenario:
 
     def random_ops(self, filename: str, size: int, count: int) -> None:
         rng, commands = self.rng, []
-        unit = rng.choice((512, 4096, self.cluster, self.cluster))
+        cluster = self.clusters[filename]
+        unit = rng.choice((512, 4096, cluster, cluster))
         self.units[filename] = min(unit, self.units.get(filename, unit))
         for _ in range(count):
             off = rng.randrange(0, size // unit) * unit
@@ -226,11 +229,13 @@ def play(seed: int) -> list[str]:
     rng = sc.rng
     try:
         size = rng.choice((1, 2, 4)) * MiB
+        cluster = rng.choice((65536, 65536, 4096))  # 4 KiB clusters: an L2 table maps 2 MiB
         for level in range(rng.randint(1, 4)):
             layer_size = size if level == 0 or rng.random() < 0.7 else rng.choice((1, 2, 4, 6)) * MiB
-            name = sc.create(layer_size)
+            name = sc.create(layer_size, cluster if rng.random() < 0.8 else rng.choice((4096, 32768, 65536)))
             sc.random_ops(name, layer_size, rng.randint(0, 6))
-        if len(sc.files) > 1 and sc.units.get(sc.files[-1], sc.cluster) == sc.cluster and rng.random() < 0.3:
+        top = sc.files[-1]
+        if len(sc.files) > 1 and sc.units.get(top, sc.clusters[top]) >= sc.clusters[top] and rng.random() < 0.3:
             # the backing file changes under its overlay: only under whole-cluster writes, as bitlab keeps
             # just the written bytes of a cluster where qcow2 copies the rest from the backing file
             sc.random_ops(sc.files[-2], sc.sizes[sc.files[-2]], 2)
