@@ -51,6 +51,7 @@ docs: $(STAMP_DOCS)
 bench: $(STAMP_TEST)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/fuzz.py
+	$(PY) benchmarks/viz.py
 	$(PY) benchmarks/notebooks.py
 
 lint: $(STAMP_TEST)
