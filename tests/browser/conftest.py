@@ -32,6 +32,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-s
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = ROOT / "test-artifacts"
 SERVER_TIMEOUT = 90.0
+PAGE_TIMEOUT_MS = 240_000  # Voila runs the whole notebook before it shows it; the machine may be busy
 
 
 def browser_missing() -> str | None:
@@ -77,6 +78,19 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = SERV
             pass
         time.sleep(0.25)
     raise RuntimeError(f"no answer from {url} in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = SERVER_TIMEOUT) -> None:
+    """Wait until ``port`` on 127.0.0.1 accepts connections (no HTTP request: Voila would run the notebook)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 class Server:
@@ -138,7 +152,7 @@ def voila(home: Path) -> Iterator[Any]:
                 "--ServerApp.port_retries=0", "--show_tracebacks=True", str(nb)]
         server = Server(argv, f"http://127.0.0.1:{port}/", home, server_env(home))
         servers.append(server)
-        wait_http(server.url, server.proc, server.log)
+        wait_port(port, server.proc, server.log)
         return server.url
 
     yield start
@@ -179,7 +193,7 @@ def page() -> Iterator[Any]:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
         pg = context.new_page()
-        pg.set_default_timeout(60_000)
+        pg.set_default_timeout(PAGE_TIMEOUT_MS)
         yield pg
         context.close()
         browser.close()

@@ -41,17 +41,22 @@ def choose_by_keyboard(page: Any, label: str, option: str) -> None:
     assert select.evaluate("s => s.options[s.selectedIndex].text") == option
 
 
-def press_button(page: Any, name: str) -> None:
-    """Tab-free activation: focus the button by its accessible name and press Enter."""
-    button = page.get_by_role("button", name=name, exact=True)
-    button.focus()
+def button(page: Any, text: str) -> Any:
+    """The button whose visible text is exactly ``text`` (a tooltip may give it another accessible name)."""
+    return page.locator("button").filter(has_text=re.compile(rf"^\s*{re.escape(text)}\s*$"))
+
+
+def press_button(page: Any, text: str) -> None:
+    """Keyboard activation: focus the button and press Enter."""
+    target = button(page, text)
+    target.focus()
     page.keyboard.press("Enter")
 
 
 def test_voila_notebook04_grouped_with_drive0_failing(voila: Any, page: Any) -> None:
     require_widgets(NB04)
     page.goto(voila(NB04))
-    page.get_by_role("button", name="Run", exact=True).wait_for()
+    button(page, "Run").wait_for()
     press_button(page, "grouped")                      # completion mode: a toggle button per mode
     choose_by_keyboard(page, "Failing drive", "drive0")
     press_button(page, "Run")
