@@ -6,6 +6,7 @@ turns that into the order QEMU sends. ``qemu-img info`` reuses :func:`image_info
 
 from __future__ import annotations
 
+from ..qmp_order import wire_order
 from .blkdebug import BlkdebugNode
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, round_sector
 from .store import ImageFile
@@ -128,3 +129,75 @@ def block_device_info(node: BlockNode, *, flat: bool = False) -> dict:
     if node.bitmaps:
         info["dirty-bitmaps"] = [bm.info() for bm in node.bitmaps]
     return info
+
+
+def _image_state(image: ImageFile) -> tuple:
+    """Every field of an image file that an entry shows (file_length stands for its data)."""
+    return (image.name, image.fmt, image.size, image.cluster_size, image.backing_file, image.backing_fmt,
+            image.compat, image.file_length(),
+            tuple((sb.name, sb.granularity, sb.in_use, sb.enabled) for sb in image.bitmaps))
+
+
+def _subtree_state(node: BlockNode, memo: dict[int, tuple]) -> tuple:
+    """What an entry for ``node`` is built from, except its dirty bitmaps: the node itself, its
+    image file and, recursively, its children (filenames, backing chains and filters all live
+    below a node). Other node fields never change after blockdev-add."""
+    state = memo.get(id(node))
+    if state is None:
+        image = node.__dict__.get("image")  # file and qcow2 nodes; blkdebug's image is its child's
+        state = (node, node.read_only, None if image is None else _image_state(image),
+                 tuple((role, _subtree_state(child, memo)) for role, child in node.children))
+        memo[id(node)] = state
+    return state
+
+
+class NodeInfoCache:
+    """query-named-block-nodes entries, rebuilt only when something an entry shows has changed.
+
+    Invalidation rule: an entry is reused while its node's :func:`_subtree_state` (the node,
+    its image file and every node and image file below it) is equal to the one it was built
+    from. Dirty bitmaps change with every write, so ``dirty-bitmaps`` is built on every query.
+    Entries are kept as JSON text, so every reply gets its own objects.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[BlockNode, bool], tuple[tuple, str, tuple[str, ...]]] = {}
+
+    def entries(self, nodes: list[BlockNode], *, flat: bool) -> list[dict]:
+        """:func:`block_device_info` of each node, in wire order (the order QEMU sends)."""
+        memo: dict[int, tuple] = {}
+        out = []
+        for node in nodes:
+            state = _subtree_state(node, memo)
+            cached = self._entries.get((node, flat))
+            if cached is None or cached[0] != state:
+                cached = self._build(node, flat, state)
+                self._entries[(node, flat)] = cached
+            _, static, order = cached
+            entry = _copy_json(static)
+            if node.bitmaps:
+                entry["dirty-bitmaps"] = [wire_order(bm.info()) for bm in node.bitmaps]
+                entry = {key: entry[key] for key in order}
+            out.append(entry)
+        alive = set(nodes)
+        for key in [key for key in self._entries if key[0] not in alive]:
+            del self._entries[key]
+        return out
+
+    @staticmethod
+    def _build(node: BlockNode, flat: bool, state: tuple) -> tuple[tuple, dict, tuple[str, ...]]:
+        info = block_device_info(node, flat=flat)
+        info.pop("dirty-bitmaps", None)
+        # where dirty-bitmaps goes among the others: wire order depends on the member names only
+        order = tuple(wire_order(dict.fromkeys([*info, "dirty-bitmaps"])))
+        return state, wire_order(info), order
+
+
+_CONTAINERS = (dict, list)
+
+
+def _copy_json(value: dict | list) -> dict | list:
+    """A deep copy of JSON data: containers are rebuilt, scalars (immutable) are shared."""
+    if type(value) is dict:
+        return {key: _copy_json(item) if type(item) in _CONTAINERS else item for key, item in value.items()}
+    return [_copy_json(item) if type(item) in _CONTAINERS else item for item in value]
