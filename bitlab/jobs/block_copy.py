@@ -433,6 +433,8 @@ class BlockCopy:
         first = bits.find(1, min(call.cursor // cs, len(bits)))
         if first < 0:
             return None
+        if zeroes_only and self.cluster_kinds(first * cs, min((first + 1) * cs, self.len))[0]:
+            return None  # the first task reads data (as the plan below would find, at a fraction of its cost)
         now = self.scheduler.clock.now_ns
         horizon = getattr(self.scheduler, "horizon_ns", None)
         horizon = now if horizon is None else max(horizon, now)

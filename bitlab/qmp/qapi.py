@@ -119,8 +119,14 @@ def _type_error(path: str, expected: str) -> QMPError:
     return QMPError(f"Invalid parameter type for '{path}', expected: {expected}")
 
 
+_EXACT_KINDS = {type(None): "null", bool: "bool", float: "number", str: "str", list: "list", dict: "dict"}
+
+
 def _json_kind(value: Any) -> str:
     """The QObject type QEMU's JSON parser would produce."""
+    kind = _EXACT_KINDS.get(type(value))  # the usual JSON types, in one look-up
+    if kind is not None:
+        return kind
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -169,7 +175,7 @@ class Visitor:
     def visit_struct(self, members: tuple[Member, ...], value: Any, path: str,
                      known: frozenset[str] | None = None) -> dict:
         """Visit ``members``; any other key is unexpected unless in ``known`` (default: the members' names)."""
-        if _json_kind(value) != "dict":
+        if type(value) is not dict and _json_kind(value) != "dict":
             raise _type_error(path or "null", "object")
         out: dict = {}
         for mem in members:
