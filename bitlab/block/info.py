@@ -6,6 +6,8 @@ turns that into the order QEMU sends. ``qemu-img info`` reuses :func:`image_info
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..qmp_order import wire_order
 from .blkdebug import BlkdebugNode
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, round_sector
@@ -145,7 +147,12 @@ def _subtree_state(node: BlockNode, memo: dict[int, tuple]) -> tuple:
     state = memo.get(id(node))
     if state is None:
         image = node.__dict__.get("image")  # file and qcow2 nodes; blkdebug's image is its child's
-        state = (node, node.read_only, None if image is None else _image_state(image),
+        image_state = None
+        if image is not None:  # a format node and its file node share one image
+            image_state = memo.get(id(image))
+            if image_state is None:
+                image_state = memo[id(image)] = _image_state(image)
+        state = (node, node.read_only, image_state,
                  tuple((role, _subtree_state(child, memo)) for role, child in node.children))
         memo[id(node)] = state
     return state
@@ -188,9 +195,13 @@ class NodeInfoCache:
     def _build(node: BlockNode, flat: bool, state: tuple) -> tuple[tuple, dict, tuple[str, ...]]:
         info = block_device_info(node, flat=flat)
         info.pop("dirty-bitmaps", None)
-        # where dirty-bitmaps goes among the others: wire order depends on the member names only
-        order = tuple(wire_order(dict.fromkeys([*info, "dirty-bitmaps"])))
-        return state, wire_order(info), order
+        return state, wire_order(info), _order_with_bitmaps(tuple(info))
+
+
+@lru_cache(maxsize=64)
+def _order_with_bitmaps(members: tuple[str, ...]) -> tuple[str, ...]:
+    """Where ``dirty-bitmaps`` goes among the other members (wire order depends on the names only)."""
+    return tuple(wire_order(dict.fromkeys((*members, "dirty-bitmaps"))))
 
 
 _CONTAINERS = (dict, list)

@@ -586,7 +586,12 @@ class BlockCopy:
 
 def _plain(node: BlockNode) -> bool:
     """A node tree of drivers whose batched I/O is exact (no blkdebug anywhere)."""
-    return type(node) in BULK_DRIVERS and all(_plain(child) for _, child in node.children)
+    if type(node) not in BULK_DRIVERS:
+        return False
+    for _, child in node.children:
+        if not _plain(child):
+            return False
+    return True
 
 
 def _set_runs(raw: np.ndarray, b0: int, b1: int) -> tuple[np.ndarray, np.ndarray]:
