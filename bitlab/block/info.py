@@ -2,6 +2,7 @@
 
 Dicts are built in QAPI schema member order; :func:`bitlab.qmp_order.wire_order`
 turns that into the order QEMU sends. ``qemu-img info`` reuses :func:`image_info`.
+:class:`NodeInfoCache` keeps query-named-block-nodes entries while nothing they show changes.
 """
 
 from __future__ import annotations
@@ -164,11 +165,12 @@ class NodeInfoCache:
     Invalidation rule: an entry is reused while its node's :func:`_subtree_state` (the node,
     its image file and every node and image file below it) is equal to the one it was built
     from. Dirty bitmaps change with every write, so ``dirty-bitmaps`` is built on every query.
-    Entries are kept as JSON text, so every reply gets its own objects.
+    Every reply gets its own copy of a cached entry (whoever gets a reply may change it).
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[BlockNode, bool], tuple[tuple, str, tuple[str, ...]]] = {}
+        # (node, flat) -> (state built from, entry without dirty-bitmaps in wire order, member order)
+        self._entries: dict[tuple[BlockNode, bool], tuple[tuple, dict, tuple[str, ...]]] = {}
 
     def entries(self, nodes: list[BlockNode], *, flat: bool) -> list[dict]:
         """:func:`block_device_info` of each node, in wire order (the order QEMU sends)."""
