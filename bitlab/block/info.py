@@ -63,9 +63,10 @@ def filter_or_cow(node: BlockNode) -> BlockNode | None:
     return node.backing
 
 
-def image_info(node: BlockNode, *, flat: bool = False) -> dict:
-    """ImageInfo of a node; unless ``flat``, with the chain below it as ``backing-image``."""
-    info = _image_info(node)
+def image_info(node: BlockNode, *, flat: bool = False, filename: str | None = None) -> dict:
+    """ImageInfo of a node; unless ``flat``, with the chain below it as ``backing-image``.
+    ``filename``: the node's filename, if the caller has it already."""
+    info = _image_info(node, node.filename if filename is None else filename)
     below = filter_or_cow(node)
     if below is not None and not flat and "backing-image" not in info:
         spec = info.pop("format-specific", None)
@@ -75,22 +76,22 @@ def image_info(node: BlockNode, *, flat: bool = False) -> dict:
     return info
 
 
-def _image_info(node: BlockNode) -> dict:
+def _image_info(node: BlockNode, filename: str) -> dict:
     if isinstance(node, NullNode):
-        return {"filename": node.filename, "format": node.driver, "actual-size": 0, "virtual-size": node.size}
+        return {"filename": filename, "format": node.driver, "actual-size": 0, "virtual-size": node.size}
     if isinstance(node, FileNode):
-        info = file_image_info(node.image, fmt="file", filename=node.filename)
+        info = file_image_info(node.image, fmt="file", filename=filename)
         info["virtual-size"] = node.size
         return info
     if isinstance(node, Qcow2Node):
         # the allocated size comes from the protocol below; blkdebug does not answer
-        return file_image_info(node.image, filename=node.filename,
+        return file_image_info(node.image, filename=filename,
                                has_actual_size=isinstance(node.child("file"), FileNode))
     if isinstance(node, BlkdebugNode):  # answers bdrv_get_info from its image, no allocated size
-        return {"filename": node.filename, "format": node.driver, "dirty-flag": False, "virtual-size": node.size}
+        return {"filename": filename, "format": node.driver, "dirty-flag": False, "virtual-size": node.size}
     # raw and filters: bdrv_get_info answers from below (file does, null-co does not); a filter
     # shows the cluster size of what it filters.
-    info = {"filename": node.filename, "format": node.driver}
+    info = {"filename": filename, "format": node.driver}
     bottom = node
     while bottom.child("file") is not None and not isinstance(bottom, Qcow2Node):
         bottom = bottom.child("file")
@@ -118,7 +119,8 @@ def backing_depth(node: BlockNode) -> int:
 
 def block_device_info(node: BlockNode, *, flat: bool = False) -> dict:
     """BlockDeviceInfo, one entry of query-named-block-nodes (schema order)."""
-    info: dict = {"file": node.filename, "node-name": node.node_name, "ro": node.read_only, "drv": node.driver}
+    filename = node.filename  # a ``json:`` filename takes some building: once per entry
+    info: dict = {"file": filename, "node-name": node.node_name, "ro": node.read_only, "drv": node.driver}
     if isinstance(node, Qcow2Node) and node.image.backing_file and node.backing is not None:
         info["backing_file"] = node.image.backing_file
     info["backing_file_depth"] = 0 if flat else backing_depth(node)
@@ -126,7 +128,7 @@ def block_device_info(node: BlockNode, *, flat: bool = False) -> dict:
     info["detect_zeroes"] = node.detect_zeroes
     for key in ("bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr"):
         info[key] = 0
-    info["image"] = image_info(node, flat=flat)
+    info["image"] = image_info(node, flat=flat, filename=filename)
     info["cache"] = {"writeback": True, "direct": node.cache_direct, "no-flush": node.cache_no_flush}
     info["write_threshold"] = 0
     if node.bitmaps:
