@@ -156,7 +156,7 @@ def _subtree_state(node: BlockNode, memo: dict[int, tuple]) -> tuple:
             if image_state is None:
                 image_state = memo[id(image)] = _image_state(image)
         state = (node, node.read_only, image_state,
-                 tuple((role, _subtree_state(child, memo)) for role, child in node.children))
+                 tuple([(role, _subtree_state(child, memo)) for role, child in node.children]))
         memo[id(node)] = state
     return state
 
