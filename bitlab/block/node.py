@@ -482,7 +482,7 @@ class Qcow2Node(FormatNode):
             lo, hi = max(offset, c_start), min(offset + length, c_end)
             if lo == c_start and hi == c_end:
                 continue
-            if self._reads_zero(c_start, c_end):
+            if self._zero_cluster_possible(c_start, c_end, lo, hi):
                 self.image.data.write(c_start, c_end - c_start, ZERO)
             else:
                 self.image.data.write(lo, hi - lo, 0)
@@ -501,6 +501,14 @@ class Qcow2Node(FormatNode):
             lo, hi = s // cs * cs, min(-(-e // cs) * cs, end)
             self.image.data.write(lo, hi - lo, ZERO_ALLOC)
 
+    def _zero_cluster_possible(self, c_start: int, c_end: int, lo: int, hi: int) -> bool:
+        """qcow2_co_pwrite_zeroes on part ``[lo, hi)`` of one cluster: it becomes a zero cluster if it
+        holds no data and the rest of it (head and tail) already reads as zeroes."""
+        _, _, vals = self.image.data.extents(c_start, c_end - c_start)
+        if (vals >= 0).any():
+            return False
+        return self._reads_zero(c_start, lo) and self._reads_zero(hi, c_end)
+
     def _reads_zero(self, start: int, end: int) -> bool:
         """is_zero via block status: no data here, nor in a backing file."""
         starts, ends, is_data = self.block_status(start, end - start)
@@ -508,6 +516,18 @@ class Qcow2Node(FormatNode):
 
     def _unmap(self, offset, length):
         # qcow2 discards whole clusters only; with a backing file they become zero clusters.
+        # qcow2_cluster_discard (not a full discard): with a backing file, or where the cluster was
+        # allocated, a v3 image keeps a zero cluster; an unallocated cluster without backing stays so.
         start, end = self._whole_clusters(offset, length)
-        if end > start:
-            self.image.data.write(start, end - start, ZERO if self.backing is not None else UNALLOCATED)
+        if end <= start:
+            return
+        if self.image.compat == "0.10":
+            self.image.data.write(start, end - start, UNALLOCATED)
+        elif self.backing is not None:
+            self.image.data.write(start, end - start, ZERO)
+        else:
+            cs = self.image.cluster_size
+            starts, ends, vals = self.image.data.extents(start, end - start)
+            held = vals != UNALLOCATED
+            lo, hi = starts[held] // cs * cs, np.minimum(-(-ends[held] // cs) * cs, end)
+            self.image.data.write_batch(lo, hi - lo, ZERO)
