@@ -78,7 +78,7 @@ def _offset_arg(text: str, what: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise QemuImgError(f"qemu-img: Invalid {what} specified! You may use k, M, G, T, P or E suffixes for \n"
+        raise QemuImgError(f"qemu-img: Invalid {what} specified. You may use k, M, G, T, P or E suffixes for\n"
                            "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
     return value
 
