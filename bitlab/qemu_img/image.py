@@ -190,8 +190,11 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
 
 
 def _fragmented(layer: Layer) -> int:
-    """Clusters whose host cluster does not follow the previous one's (qcow2's check counts them)."""
+    """Clusters whose host cluster does not follow the previous one's in the same L2 table (qcow2's
+    check counts them table by table)."""
     s, e, _, host = layer_runs(layer)
     hosted = host >= 0
     s, e, host = s[hosted], e[hosted], host[hosted]
-    return int((host[1:] != host[:-1] + (e[:-1] - s[:-1])).sum())
+    cs = layer.image.cluster_size
+    table = s // (cs * (cs // 8))
+    return int(((host[1:] != host[:-1] + (e[:-1] - s[:-1])) & (table[1:] == table[:-1])).sum())
