@@ -42,8 +42,10 @@ def allocation(image: ImageFile) -> Runs:
     s, e, v = image.data.extents()
     if not s.size:
         return s, e, v
-    if not image.is_qcow2:
-        return _promote(s, e, np.where(v != 0, DATA, ZERO_HOSTED), RAW_BLOCK, image.data.size, ZERO_HOSTED)
+    if not image.is_qcow2:  # QEMU writes the first block of every raw file it creates (allocate_first_block)
+        first = min(RAW_BLOCK, image.data.size)
+        return _promote(np.append(s, 0), np.append(e, first), np.append(np.where(v != 0, DATA, ZERO_HOSTED), DATA),
+                        RAW_BLOCK, image.data.size, ZERO_HOSTED)
     codes = np.select([v >= 0, v == ZERO_ALLOC, v == ZERO], [DATA, ZERO_HOSTED, ZERO_PLAIN], UNALLOC)
     return _promote(s, e, codes, image.cluster_size, image.data.size, UNALLOC)
 
@@ -74,7 +76,7 @@ def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     s, e, c = allocation(image)
     if layer.size > image.data.size:  # the tail of the last sector
         s, e = np.append(s, image.data.size), np.append(e, layer.size)
-        c = np.append(c, UNALLOC if image.is_qcow2 else ZERO_HOSTED)
+        c = np.append(c, UNALLOC if image.is_qcow2 else c[-1] if c.size else DATA)
     if not image.is_qcow2:
         return s, e, c, s.copy()
     cs = image.cluster_size

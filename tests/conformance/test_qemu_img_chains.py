@@ -271,6 +271,11 @@ def play(seed: int) -> list[str]:
             sc.img("rebase", "-u", "-b", below, "-F", "qcow2", top)
             sc.backing[top] = below
         sc.queries()
+        flat = rng.choice(("flat.qcow2", "flat.raw"))  # flatten what is left, as an operator would
+        sc.img("convert", *(["-O", "qcow2"] if flat.endswith("qcow2") else []), top, flat)
+        sc.unordered.add(flat)  # convert's parallel writers allocate in no fixed order
+        sc.img("compare", top, flat)
+        sc.img("map", "--output=json", flat)
     finally:
         sc.close()
     return sc.diffs
