@@ -341,3 +341,61 @@ def test_info_lists_persistent_bitmaps():
         "        [1]:\n            flags:\n                [0]: auto\n            name: bm0\n"
         "            granularity: 65536\n"
         "    refcount bits: 16\n    corrupt: false\n    extended l2: false\n")
+
+
+# -- convert ------------------------------------------------------------------------------
+def test_convert_flattens_a_chain():
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "base.qcow2", "4M")
+    qemu_io(vm, "base.qcow2", "write -P 1 0 64k", "write -P 0 1M 64k", "write -P 2 2M 512", "write -z 3M 64k")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2")
+    qemu_io(vm, "top.qcow2", "write -P 3 32k 4k")
+    assert vm.qemu_img("convert", "-O", "qcow2", "top.qcow2", "flat.qcow2") == ""
+    assert vm.qemu_img("map", "--output=json", "flat.qcow2") == (  # zero bytes are not written
+        '[{ "start": 0, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true, '
+        '"offset": 327680},\n'
+        '{ "start": 65536, "length": 2031616, "depth": 0, "present": false, "zero": true, "data": false},\n'
+        '{ "start": 2097152, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true, '
+        '"offset": 393216},\n'
+        '{ "start": 2162688, "length": 2031616, "depth": 0, "present": false, "zero": true, "data": false}]\n')
+    assert vm.qemu_img("convert", "top.qcow2", "flat.raw") == ""
+    assert vm.qemu_img("map", "--output=json", "flat.raw") == (
+        '[{ "start": 0, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true, "offset": 0},\n'
+        '{ "start": 65536, "length": 2031616, "depth": 0, "present": true, "zero": true, "data": false, '
+        '"offset": 65536},\n'
+        '{ "start": 2097152, "length": 4096, "depth": 0, "present": true, "zero": false, "data": true, '
+        '"offset": 2097152},\n'
+        '{ "start": 2101248, "length": 2093056, "depth": 0, "present": true, "zero": true, "data": false, '
+        '"offset": 2101248}]\n')
+    vm.qemu_img("convert", "-O", "qcow2", "-o", "cluster_size=4096", "top.qcow2", "f4.qcow2")
+    assert vm.qemu_img("map", "f4.qcow2") == (
+        "Offset          Length          Mapped to       File\n"
+        "0               0x10000         0x5000          f4.qcow2\n"
+        "0x200000        0x1000          0x16000         f4.qcow2\n")
+    assert vm.qemu_img("compare", "flat.raw", "f4.qcow2") == "Images are identical.\n"
+    assert fails(vm, "convert", "top.qcow2").stderr == "qemu-img: Must specify image file name\n"
+    assert fails(vm, "convert", "nope.qcow2", "x.raw").stderr == (
+        "qemu-img: Could not open 'nope.qcow2': Could not open 'nope.qcow2': No such file or directory\n")
+
+
+def test_raw_files_have_their_first_block_allocated():
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "raw", "r.img", "1M")
+    assert vm.qemu_img("map", "--output=json", "r.img") == (
+        '[{ "start": 0, "length": 4096, "depth": 0, "present": true, "zero": false, "data": true, "offset": 0},\n'
+        '{ "start": 4096, "length": 1044480, "depth": 0, "present": true, "zero": true, "data": false, '
+        '"offset": 4096}]\n')
+
+
+def test_strict_compare_sees_block_status_one_l2_table_at_a_time():
+    """With 4 KiB clusters an L2 table maps 2 MiB: the empty image's first answer stops there."""
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "a.qcow2", "4M")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "b.qcow2", "4M")
+    qemu_io(vm, "b.qcow2", "write -z 389120 8192")
+    assert fails(vm, "compare", "-s", "b.qcow2", "a.qcow2").stdout == (
+        "Strict mode: Offset 389120 block status mismatch!\n")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "c.qcow2", "4M")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "d.qcow2", "4M")
+    qemu_io(vm, "d.qcow2", "write -z 389120 8192")
+    assert fails(vm, "compare", "-s", "d.qcow2", "c.qcow2").stdout == "Strict mode: Offset 0 block status mismatch!\n"
