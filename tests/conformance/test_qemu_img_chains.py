@@ -400,3 +400,32 @@ def test_restore_after_backups_matches_real_qemu():
     assert got[1] == (0, "Images are identical.\n", "")  # the chain restores the drive
     assert got[2] == (1, "Content mismatch at offset 65536!\n", "")
     assert got[6] == (0, "Images are identical.\n", "")  # after the commit, the full backup alone does
+
+
+def _commit_dirties_base_bitmaps(vm: Machine) -> list:
+    node = {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "base.qcow2"}}
+    vm.qemu_img("create", "-q", "-f", "qcow2", "base.qcow2", "4M")
+    vm.qmp("blockdev-add", node)
+    vm.qmp("block-dirty-bitmap-add", {"node": "n", "name": "b0", "persistent": True})
+    vm.qmp("block-dirty-bitmap-add", {"node": "n", "name": "b1", "persistent": True, "disabled": True})
+    vm.qmp("blockdev-del", {"node-name": "n"})
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "t", "file": {"driver": "file", "filename": "top.qcow2"}})
+    vm.write("t", "64k", "128k", 0x11)
+    vm.write_zeroes("t", "1M", "64k")
+    vm.write("t", "2M", "512", 0x22)
+    vm.qmp("blockdev-del", {"node-name": "t"})
+    out: list = [vm.qemu_img("commit", "top.qcow2")]
+    vm.qmp("blockdev-add", node)
+    info = next(i for i in vm.qmp("query-named-block-nodes", {"flat": True}) if i["node-name"] == "n")
+    out.append([(b["name"], b["count"], b["recording"]) for b in info["dirty-bitmaps"]])
+    out.append(vm.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "n", "name": "b0"}))
+    return out
+
+
+def test_commit_dirties_the_base_bitmaps_as_real_qemu():
+    with Machine(backend="qemu") as real:
+        want = _commit_dirties_base_bitmaps(real)
+    got = _commit_dirties_base_bitmaps(Machine())
+    assert got == want
+    assert got[1][0] == ("b0", 262144, True)
