@@ -507,17 +507,37 @@ class Qcow2Node(FormatNode):
         _, _, vals = self.image.data.extents(c_start, c_end - c_start)
         if (vals >= 0).any():
             return False
-        return self._reads_zero(c_start, lo) and self._reads_zero(hi, c_end)
+        return not self.status_data(c_start, lo) and not self.status_data(hi, c_end)
 
-    def _reads_zero(self, start: int, end: int) -> bool:
-        """is_zero via block status: no data here, nor in a backing file."""
-        starts, ends, is_data = self.block_status(start, end - start)
-        return not is_data.any()
+    def status_data(self, start: int, end: int) -> bool:
+        """Whether block status reports data anywhere in ``[start, end)``, as qcow2 answers it: for
+        whole clusters (a cluster holding any data is data), unallocated ones from the backing file."""
+        end = min(end, self.image.data.size)
+        if end <= start:
+            return False
+        cs = self.image.cluster_size
+        lo, hi = start // cs * cs, min(-(-end // cs) * cs, self.image.data.size)
+        starts, ends, vals = self.image.data.extents(lo, hi - lo)
+        if (vals >= 0).any():
+            return True
+        backing = self.backing
+        if backing is None:
+            return False
+        holes = vals == UNALLOCATED  # whole clusters here: writes that leave part of a cluster are data
+        for s, e in zip(np.maximum(starts[holes], start).tolist(), np.minimum(ends[holes], end).tolist()):
+            if s >= min(e, backing.size):
+                continue
+            if isinstance(backing, Qcow2Node):
+                if backing.status_data(s, min(e, backing.size)):
+                    return True
+            elif backing.block_status(s, min(e, backing.size) - s)[2].any():
+                return True
+        return False
 
     def _unmap(self, offset, length):
-        # qcow2 discards whole clusters only; with a backing file they become zero clusters.
-        # qcow2_cluster_discard (not a full discard): with a backing file, or where the cluster was
-        # allocated, a v3 image keeps a zero cluster; an unallocated cluster without backing stays so.
+        # qcow2 discards whole clusters only (qcow2_cluster_discard, not a full discard): with a
+        # backing file, or where the cluster was allocated, a v3 image keeps a zero cluster; an
+        # unallocated cluster without backing stays so.
         start, end = self._whole_clusters(offset, length)
         if end <= start:
             return
