@@ -6,7 +6,7 @@ import numpy as np
 
 from ..block.store import ImageStore
 from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
-from .layers import DATA, UNALLOC, chain_status, content, first_difference
+from .layers import DATA, UNALLOC, chain_status, content, first_difference, split_runs
 
 SECTOR = 512
 
@@ -19,7 +19,7 @@ def _status_runs(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray]
     for level, layer in enumerate(chain):
         if layer.image.is_qcow2:
             cs = layer.image.cluster_size
-            s, e, idx = _split(s, e, d >= level, cs * (cs // 8))
+            s, e, idx = split_runs(s, e, d >= level, cs * (cs // 8))
             c, d, h = c[idx], d[idx], h[idx]
     keep = s < size
     s, e, c, d, h = s[keep], np.minimum(e[keep], size), c[keep], d[keep], h[keep]
@@ -27,18 +27,6 @@ def _status_runs(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray]
     present = (c != UNALLOC) | (d < bottom)
     flags = (present.astype(np.int64) | (c == DATA) << 1 | (c != DATA) << 2 | (h >= 0) << 3 | (e >= size) << 4)
     return s, flags
-
-
-def _split(s: np.ndarray, e: np.ndarray, where: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs marked ``where`` cut at every multiple of ``step``; returns starts, ends and the source run."""
-    extra = np.where(where, (e - 1) // step - s // step, 0)
-    if not extra.any():
-        return s, e, np.arange(s.size)
-    idx = np.repeat(np.arange(s.size), extra + 1)
-    k = np.arange(idx.size) - np.repeat(np.cumsum(extra + 1) - (extra + 1), extra + 1)
-    starts = np.where(k == 0, s[idx], (s[idx] // step + k) * step)
-    ends = np.append(starts[1:], e[-1])
-    return starts, ends, idx
 
 
 def _first_status_difference(chain1: list[Layer], chain2: list[Layer], size: int) -> int | None:

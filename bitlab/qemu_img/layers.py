@@ -54,20 +54,17 @@ def _ints(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)
 
 
-def _split_at(starts: np.ndarray, ends: np.ndarray, codes: np.ndarray, where: np.ndarray,
-              step: int) -> Runs:
-    """Split the runs marked ``where`` at every multiple of ``step`` inside them."""
+def split_runs(starts: np.ndarray, ends: np.ndarray, where: np.ndarray, step: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contiguous runs, those marked ``where`` cut at every multiple of ``step`` inside them.
+    Returns the new starts and ends and, for each new run, the index of the run it came from."""
     extra = np.where(where, (ends - 1) // step - starts // step, 0)
     if not extra.any():
-        return starts, ends, codes
-    idx = np.repeat(_ints(starts.size), extra)
-    k = _ints(idx.size) - np.repeat(np.cumsum(extra) - extra, extra) + 1
-    cuts = (starts[idx] // step + k) * step
-    new_s = np.concatenate((starts, cuts))
-    new_c = np.concatenate((codes, codes[idx]))
-    order = np.argsort(new_s, kind="stable")
-    new_s, new_c = new_s[order], new_c[order]
-    return new_s, np.append(new_s[1:], ends[-1]), new_c
+        return starts, ends, _ints(starts.size)
+    idx = np.repeat(_ints(starts.size), extra + 1)
+    k = _ints(idx.size) - np.repeat(np.cumsum(extra + 1) - (extra + 1), extra + 1)
+    new_s = np.where(k == 0, starts[idx], (starts[idx] // step + k) * step)
+    return new_s, np.append(new_s[1:], ends[-1]), idx
 
 
 def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -82,7 +79,8 @@ def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     cs = image.cluster_size
     per_l2 = cs * (cs // 8)
     hosted = (c == DATA) | (c == ZERO_HOSTED)
-    s, e, c = _split_at(s, e, c, hosted, per_l2)
+    s, e, idx = split_runs(s, e, hosted, per_l2)
+    c = c[idx]
     hosted = (c == DATA) | (c == ZERO_HOSTED)
     used = c != UNALLOC
     r0, r1 = s[used] // per_l2, (e[used] - 1) // per_l2
