@@ -399,3 +399,17 @@ def test_strict_compare_sees_block_status_one_l2_table_at_a_time():
     vm.qemu_img("create", "-q", "-f", "qcow2", "d.qcow2", "4M")
     qemu_io(vm, "d.qcow2", "write -z 389120 8192")
     assert fails(vm, "compare", "-s", "d.qcow2", "c.qcow2").stdout == "Strict mode: Offset 0 block status mismatch!\n"
+
+
+def test_relative_backing_files_are_relative_to_the_image():
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "sub/base.qcow2", "1M")
+    qemu_io(vm, "sub/base.qcow2", "write -P 1 0 64k")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "sub/top.qcow2")
+    assert vm.qemu_img("map", "sub/top.qcow2").splitlines()[1] == (
+        "0               0x10000         0x50000         sub/base.qcow2")
+    assert "backing file: base.qcow2 (actual path: sub/base.qcow2)\n" in vm.qemu_img("info", "sub/top.qcow2")
+    assert vm.qemu_img("compare", "sub/top.qcow2", "sub/base.qcow2") == "Images are identical.\n"
+    assert fails(vm, "create", "-f", "qcow2", "-b", "sub/base.qcow2", "-F", "qcow2", "sub/x.qcow2").stderr == (
+        "qemu-img: sub/x.qcow2: Could not open 'sub/sub/base.qcow2': No such file or directory\n"
+        "Could not open backing image.\n")

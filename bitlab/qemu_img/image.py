@@ -52,9 +52,10 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if not backing_fmt:
             raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n"
                                "Detected format of qcow2.")
-        bkey = _key(key_fn, backing)
+        full = backing_name(filename, backing)  # relative to the new image's directory
+        bkey = _key(key_fn, full)
         if bkey not in store:
-            raise QemuImgError(f"qemu-img: {filename}: Could not open '{backing}': No such file or directory\n"
+            raise QemuImgError(f"qemu-img: {filename}: Could not open '{full}': No such file or directory\n"
                                "Could not open backing image.\n")
         base = store[bkey]
     if size is None:
@@ -155,6 +156,8 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
         fmt = "qcow2" if image.is_qcow2 and fmt in (None, "qcow2") else "raw"
         chain.append(file_image_info(image, fmt=fmt, filename=name))
+        if "full-backing-filename" in chain[-1]:  # relative to the image's directory
+            chain[-1]["full-backing-filename"] = backing_name(name, image.backing_file or "")
         if "--backing-chain" not in opts or fmt != "qcow2" or not image.backing_file:
             break
         name, fmt = backing_name(name, image.backing_file), image.backing_fmt
