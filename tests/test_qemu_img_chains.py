@@ -413,3 +413,21 @@ def test_relative_backing_files_are_relative_to_the_image():
     assert fails(vm, "create", "-f", "qcow2", "-b", "sub/base.qcow2", "-F", "qcow2", "sub/x.qcow2").stderr == (
         "qemu-img: sub/x.qcow2: Could not open 'sub/sub/base.qcow2': No such file or directory\n"
         "Could not open backing image.\n")
+
+
+def test_discard_as_qcow2_does_it():
+    """v3: a discarded cluster that held data stays a zero cluster; v2 has none: with a backing file
+    the discard does nothing, without one the cluster is unallocated."""
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "v3.qcow2", "1M")
+    qemu_io(vm, "v3.qcow2", "write -P 1 0 128k", "discard 0 64k", "discard 512k 64k")
+    assert _depths(vm, "v3.qcow2") == [(0, 65536, 0, True, True, False), (65536, 65536, 0, True, False, True),
+                                       (131072, 917504, 0, False, True, False)]
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "b.qcow2", "1M")
+    qemu_io(vm, "b.qcow2", "write -P 1 0 128k")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2")
+    qemu_io(vm, "t.qcow2", "write -P 2 0 128k", "discard 0 64k")
+    assert _depths(vm, "t.qcow2") == [(0, 131072, 0, True, False, True), (131072, 917504, 1, False, True, False)]
+    qemu_io(vm, "b.qcow2", "discard 0 64k")
+    assert _depths(vm, "b.qcow2") == [(0, 65536, 0, False, True, False), (65536, 65536, 0, True, False, True),
+                                      (131072, 917504, 0, False, True, False)]

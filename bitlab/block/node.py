@@ -541,8 +541,9 @@ class Qcow2Node(FormatNode):
         start, end = self._whole_clusters(offset, length)
         if end <= start:
             return
-        if self.image.compat == "0.10":
-            self.image.data.write(start, end - start, UNALLOCATED)
+        if self.image.compat == "0.10":  # no zero clusters in v2: with a backing file nothing happens
+            if self.backing is None:
+                self.image.data.write(start, end - start, UNALLOCATED)
         elif self.backing is not None:
             self.image.data.write(start, end - start, ZERO)
         else:
