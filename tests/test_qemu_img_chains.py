@@ -431,3 +431,18 @@ def test_discard_as_qcow2_does_it():
     qemu_io(vm, "b.qcow2", "discard 0 64k")
     assert _depths(vm, "b.qcow2") == [(0, 65536, 0, False, True, False), (65536, 65536, 0, True, False, True),
                                       (131072, 917504, 0, False, True, False)]
+
+
+def test_rebase_of_a_v2_image_without_backing_file_shows_the_new_one():
+    """QEMU 7.2: zeroes written to a v2 image without backing file leave clusters unallocated."""
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "n.qcow2", "1M")
+    qemu_io(vm, "n.qcow2", "write -P 1 0 128k")
+    for name, compat in (("t.qcow2", "0.10"), ("t3.qcow2", "1.1")):
+        vm.qemu_img("create", "-q", "-f", "qcow2", "-o", f"compat={compat}", name, "1M")
+        qemu_io(vm, name, "write -P 2 64k 4k")
+        vm.qemu_img("rebase", "-b", "n.qcow2", "-F", "qcow2", name)
+    assert _depths(vm, "t.qcow2") == [(0, 65536, 1, True, False, True), (65536, 65536, 0, True, False, True),
+                                      (131072, 917504, 1, False, True, False)]
+    assert _depths(vm, "t3.qcow2") == [(0, 65536, 0, True, True, False), (65536, 65536, 0, True, False, True),
+                                       (131072, 917504, 1, False, True, False)]

@@ -454,6 +454,9 @@ class Qcow2Node(FormatNode):
         if np.any(ends[order[:-1]] > offsets[order[1:]]):
             super().write_zeroes_batch(offsets, ends - offsets)
             return
+        if self.image.compat == "0.10":  # no zero clusters: range by range
+            super().write_zeroes_batch(offsets, ends - offsets)
+            return
         self._dirty_batch(offsets, ends - offsets)
         cs = self.image.cluster_size
         whole = (offsets % cs == 0) & ((ends % cs == 0) | (ends >= self.size)) & (ends > offsets)
@@ -474,7 +477,13 @@ class Qcow2Node(FormatNode):
     def _store_zeroes(self, offset, length):
         """qcow2_co_pwrite_zeroes: whole clusters become zero clusters (no data). A partly covered
         cluster that already reads as zeroes becomes a zero cluster too; otherwise its part is
-        written as zero bytes (the generic fallback)."""
+        written as zero bytes (the generic fallback). A v2 image has no zero clusters: without a
+        backing file its clusters are unallocated instead, with one the zeroes are written as data."""
+        if self.image.compat == "0.10" and self.backing is not None:
+            self.image.data.write(offset, length, 0)
+            self.image.note_allocation()
+            return
+        zero = ZERO if self.image.compat != "0.10" else UNALLOCATED
         cs = self.image.cluster_size
         first, last = offset // cs, (offset + length - 1) // cs
         for cluster in {first, last}:  # the (at most two) partial clusters
@@ -483,7 +492,7 @@ class Qcow2Node(FormatNode):
             if lo == c_start and hi == c_end:
                 continue
             if self._zero_cluster_possible(c_start, c_end, lo, hi):
-                self.image.data.write(c_start, c_end - c_start, ZERO)
+                self.image.data.write(c_start, c_end - c_start, zero)
             else:
                 self.image.data.write(lo, hi - lo, 0)
         start, end = self._whole_clusters(offset, length)
@@ -492,7 +501,11 @@ class Qcow2Node(FormatNode):
         self.image.note_allocation()
 
     def _zero_clusters(self, start: int, end: int) -> None:
-        """Whole clusters become zero clusters; those holding a host cluster keep it (no unmap)."""
+        """Whole clusters become zero clusters; those holding a host cluster keep it (no unmap). In a
+        v2 image (no backing file here) they are unallocated."""
+        if self.image.compat == "0.10":
+            self.image.data.write(start, end - start, UNALLOCATED)
+            return
         cs = self.image.cluster_size
         starts, ends, vals = self.image.data.extents(start, end - start)
         hosted = (vals >= 0) | (vals == ZERO_ALLOC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.extents import ZERO, clip_runs
+from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.store import ImageStore
 from ..errors import QMPError
 from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
@@ -41,9 +41,8 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
     ps, pe, is_data = _mirror_methods(ps, pe, c[run] == DATA, grain)
     data = base.image.data
     zs, ze = ps[~is_data], pe[~is_data]
-    if zs.size:
-        zero = ZERO if base.image.is_qcow2 else 0
-        data.write_batch(zs, ze - zs, zero)
+    if zs.size:  # write zeroes with unmap: zero clusters; v2 has none (unallocated, or data with a backing file)
+        data.write_batch(zs, ze - zs, _zero_value(chain, base_index))
     if is_data.any():
         cs_, ce_, cv, _ = clip_runs(*content(chain, 0, size), ps[is_data], pe[is_data])
         data.write_batch(cs_, ce_ - cs_, cv)
@@ -84,6 +83,17 @@ def _mirror_methods(ps: np.ndarray, pe: np.ndarray, is_data: np.ndarray, grain: 
     return np.array(out_s, dtype=np.int64), np.array(out_e, dtype=np.int64), np.array(out_copy, dtype=bool)
 
 
+def _zero_value(chain: list[Layer], base_index: int) -> int:
+    """What writing zeroes (with unmap) leaves in the base: a zero cluster, or in a qcow2 v2 image
+    unallocated clusters without a backing file and zero bytes with one."""
+    image = chain[base_index].image
+    if not image.is_qcow2:
+        return 0
+    if image.compat != "0.10":
+        return ZERO
+    return 0 if base_index + 1 < len(chain) else UNALLOCATED
+
+
 def _grow(chain: list[Layer], base_index: int) -> None:
     """A base shorter than the top grows to its length (bdrv_co_truncate); where the base's own
     backing file is longer, the new area becomes zero clusters so that it keeps reading zeroes."""
@@ -93,7 +103,7 @@ def _grow(chain: list[Layer], base_index: int) -> None:
         return
     base.image.size = length
     base.image.data.resize(length)
-    if base_index + 1 < len(chain) and chain[base_index + 1].size > old:
+    if base_index + 1 < len(chain) and chain[base_index + 1].size > old and base.image.compat != "0.10":
         base.image.data.write(old, length - old, ZERO)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.extents import ZERO, clip_runs
+from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.store import ImageStore
 from ._common import USAGE, KeyFn, Layer, QemuImgError, backing_name, inner_reason, open_chain, open_image, split_args
 from .image import RAW_PROBE_WARNING
@@ -37,10 +37,22 @@ def _copy_differences(chain: list[Layer], new_chain: list[Layer] | None) -> None
         if not ws.size:
             continue
         if zeroes:
-            image.data.write_batch(ws, we - ws, ZERO if image.is_qcow2 else 0)
+            image.data.write_batch(ws, we - ws, _zero_value(chain))
         else:
             ps, pe, pv, _ = clip_runs(*old, ws, we)
             image.data.write_batch(ps, pe - ps, pv)
+
+
+def _zero_value(chain: list[Layer]) -> int:
+    """What writing zeroes leaves in the image: zero clusters; a qcow2 v2 image has none, so zero
+    bytes with a backing file and, without one, unallocated clusters (which then show the new
+    backing file: QEMU 7.2 does that)."""
+    image = chain[0].image
+    if not image.is_qcow2:
+        return 0
+    if image.compat != "0.10":
+        return ZERO
+    return 0 if len(chain) > 1 else UNALLOCATED
 
 
 def _zeroes(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -125,6 +125,7 @@ class Scenario:
         self.sizes: dict[str, int] = {}
         self.units: dict[str, int] = {}
         self.clusters: dict[str, int] = {}
+        self.v2: dict[str, bool] = {}
         self.backing: dict[str, str | None] = {}
         self.max_cluster: dict[str, int] = {}
         self.unordered: set[str] = set()
@@ -184,11 +185,13 @@ class Scenario:
         return chain
 
     # -- random building blocks ---------------------------------------------------------
-    def create(self, size: int, cluster: int = 65536) -> str:
+    def create(self, size: int, cluster: int = 65536, v2: bool = False) -> str:
         name = f"img{len(self.files)}.qcow2"
         below = self.files[-1] if self.files else None
-        args = ["create", "-q", "-f", "qcow2"] + ([] if cluster == 65536 else ["-o", f"cluster_size={cluster}"])
+        opts = ([] if cluster == 65536 else [f"cluster_size={cluster}"]) + (["compat=0.10"] if v2 else [])
+        args = ["create", "-q", "-f", "qcow2"] + (["-o", ",".join(opts)] if opts else [])
         self.clusters[name] = cluster
+        self.v2[name] = v2
         if below:
             args += ["-b", below, "-F", "qcow2"]
         self.img(*args, name, str(size))
@@ -236,9 +239,11 @@ def play(seed: int) -> list[str]:
     try:
         size = rng.choice((1, 2, 4)) * MiB
         cluster = rng.choice((65536, 65536, 4096))  # 4 KiB clusters: an L2 table maps 2 MiB
+        v2 = rng.random() < 0.15  # qcow2 v2 (compat=0.10): no zero clusters
         for level in range(rng.randint(1, 4)):
             layer_size = size if level == 0 or rng.random() < 0.7 else rng.choice((1, 2, 4, 6)) * MiB
-            name = sc.create(layer_size, cluster if rng.random() < 0.8 else rng.choice((4096, 32768, 65536)))
+            name = sc.create(layer_size, cluster if rng.random() < 0.8 else rng.choice((4096, 32768, 65536)),
+                             v2 and rng.random() < 0.8)
             sc.random_ops(name, layer_size, rng.randint(0, 6))
         top = sc.files[-1]
         if len(sc.files) > 1 and sc.units.get(top, sc.clusters[top]) >= sc.clusters[top] and rng.random() < 0.3:
@@ -259,7 +264,10 @@ def play(seed: int) -> list[str]:
             sc.img(*args, top)
             if "-b" not in args and "-d" not in args:
                 sc.max_cluster.pop(top, None)
-                sc.unordered.discard(top)
+                if sc.v2.get(top):  # a v2 file is not rewritten: its clusters are freed where they are
+                    sc.unordered.add(top)
+                else:  # rewritten from scratch
+                    sc.unordered.discard(top)
         elif action == "rebase":
             below = rng.choice([*sc.files[:-1], ""])
             sc.img("rebase", "-b", below, *(["-F", "qcow2"] if below else []), top)
