@@ -142,8 +142,8 @@ class Scenario:
         self.log.append(f"qemu-io {filename} " + " ".join(f"-c '{c}'" for c in commands))
         for command in commands:
             _, *rest = command.split()
-            if command.startswith("discard"):
-                self.unordered.add(filename)
+            if command.startswith("discard") or (self.v2.get(filename) and "-z" in command):
+                self.unordered.add(filename)  # clusters freed, or (v2) L2 tables for unallocated ones
                 continue
             off, length = parse_size(rest[-2]), parse_size(rest[-1])
             cluster = self.clusters[filename]
