@@ -446,3 +446,15 @@ def test_rebase_of_a_v2_image_without_backing_file_shows_the_new_one():
                                       (131072, 917504, 1, False, True, False)]
     assert _depths(vm, "t3.qcow2") == [(0, 65536, 0, True, True, False), (65536, 65536, 0, True, False, True),
                                        (131072, 917504, 1, False, True, False)]
+
+
+def test_commit_cannot_grow_a_v2_base_over_a_longer_backing_file():
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "a.qcow2", "2M")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "c.qcow2", "4M")
+    qemu_io(vm, "c.qcow2", "write -P 2 0 64k")
+    err = fails(vm, "commit", "c.qcow2")
+    assert (err.returncode, err.stdout, err.stderr) == (1, "", "qemu-img: Block job failed: Operation not supported\n")
+    assert "virtual size: 1 MiB (1048576 bytes)" in vm.qemu_img("info", "b.qcow2")
+    assert _depths(vm, "c.qcow2")[0] == (0, 65536, 0, True, False, True)

@@ -21,6 +21,10 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
     each dirty chunk (granularity-aligned) is copied where the chain reads data, and written as
     zeroes (unmapped) where it reads zeroes."""
     base = chain[base_index]
+    grows_over_backing = (base.size < chain[0].size and base_index + 1 < len(chain)
+                          and chain[base_index + 1].size > base.size)
+    if grows_over_backing and base.image.compat == "0.10":  # no zero clusters to cover the backing file
+        raise QemuImgError("qemu-img: Block job failed: Operation not supported\n")
     for level in range(base_index):  # what the images above read from the base is about to change
         cow_fill(chain[level:])
     _grow(chain, base_index)
@@ -103,7 +107,7 @@ def _grow(chain: list[Layer], base_index: int) -> None:
         return
     base.image.size = length
     base.image.data.resize(length)
-    if base_index + 1 < len(chain) and chain[base_index + 1].size > old and base.image.compat != "0.10":
+    if base_index + 1 < len(chain) and chain[base_index + 1].size > old:
         base.image.data.write(old, length - old, ZERO)
 
 
