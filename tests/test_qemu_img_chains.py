@@ -458,3 +458,13 @@ def test_commit_cannot_grow_a_v2_base_over_a_longer_backing_file():
     assert (err.returncode, err.stdout, err.stderr) == (1, "", "qemu-img: Block job failed: Operation not supported\n")
     assert "virtual size: 1 MiB (1048576 bytes)" in vm.qemu_img("info", "b.qcow2")
     assert _depths(vm, "c.qcow2")[0] == (0, 65536, 0, True, False, True)
+
+
+def test_partial_zero_write_keeps_a_zero_cluster_s_host_cluster():
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "z.qcow2", "1M")
+    qemu_io(vm, "z.qcow2", "write -P 1 0 64k", "write -z 0 64k", "write -z 4096 8192")
+    assert vm.qemu_img("map", "--output=json", "z.qcow2") == (
+        '[{ "start": 0, "length": 65536, "depth": 0, "present": true, "zero": true, "data": false, '
+        '"offset": 327680},\n'
+        '{ "start": 65536, "length": 983040, "depth": 0, "present": false, "zero": true, "data": false}]\n')

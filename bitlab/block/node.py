@@ -492,7 +492,8 @@ class Qcow2Node(FormatNode):
             if lo == c_start and hi == c_end:
                 continue
             if self._zero_cluster_possible(c_start, c_end, lo, hi):
-                self.image.data.write(c_start, c_end - c_start, zero)
+                hosted = zero == ZERO and self.image.data.value_at(c_start) == ZERO_ALLOC  # keeps its host cluster
+                self.image.data.write(c_start, c_end - c_start, ZERO_ALLOC if hosted else zero)
             else:
                 self.image.data.write(lo, hi - lo, 0)
         start, end = self._whole_clusters(offset, length)
