@@ -8,11 +8,12 @@ content) for them, vectorised.
 from __future__ import annotations
 
 from ..block.store import ImageStore
-from ._common import KeyFn, QemuImgError
+from ._common import KeyFn, Layer, QemuImgError, open_chain
 from .commit import img_commit
 from .compare import img_compare
 from .convert import img_convert
 from .image import INT64_MAX, QCOW2_MAX_L1_ENTRIES, SIZE_HELP, check, create, info
+from .layers import content as read_chain
 from .mapping import img_map
 from .rebase import img_rebase
 
@@ -30,5 +31,6 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
     return COMMANDS[sub](store, rest, key_fn)
 
 
-__all__ = ["QemuImgError", "KeyFn", "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
+__all__ = ["QemuImgError", "KeyFn", "Layer", "open_chain", "read_chain",
+           "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
            "img_commit", "img_convert", "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]
