@@ -3,8 +3,9 @@
 Each works headlessly (``.value = …``, ``.click()``) and displays itself in Jupyter.
 """
 
+from .console import QMPConsole
 from .explorer import BitmapExplorer
 from .syncmode_lab import SyncModeLab
 from .transaction_lab import TransactionLab
 
-__all__ = ["BitmapExplorer", "SyncModeLab", "TransactionLab"]
+__all__ = ["BitmapExplorer", "QMPConsole", "SyncModeLab", "TransactionLab"]

@@ -148,9 +148,10 @@ class TransactionLab(WidgetBase):
                                    caption=f"{out.mode} completion, sync {out.sync}: {failing}")
         self.summary.value += (f"<p><b>Keep:</b> {html.escape(', '.join(out.keep) or 'nothing')}<br>"
                                f"<b>Delete:</b> {html.escape(', '.join(out.delete) or 'nothing')}</p>")
-        self.events.value = "<b>The transaction and its events</b>" + pre(
-            {"execute": "transaction", "arguments": out.transaction}) + table(
-            ["#", "event", "job", "status / len, offset, error"], [_event_row(i, ev) for i, ev in enumerate(out.events)])
+        rows = [_event_row(i, ev) for i, ev in enumerate(out.events)]
+        self.events.value = ("<b>The transaction and its events</b>"
+                             + pre({"execute": "transaction", "arguments": out.transaction})
+                             + table(["#", "event", "job", "status / len, offset, error"], rows))
         self.bitmaps.value = png(bitmaps_figure(out))
         return out
 
