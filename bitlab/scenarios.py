@@ -155,8 +155,9 @@ def run_seed(mode: str = "individual", failing: str | None = "drive1", drives: t
 def _play_seed(vm: Machine, mode: str, failing: str | None, drives: tuple[str, ...],
                writes: list[tuple[str, int, int, int]] | None, *, sync: str = "incremental",
                bitmap_mode: str = "on-success", fail_after: int = 0, bitmaps: bool = False) -> SeedOutcome:
-    for drive in drives:
-        vm.add_drive(drive, "64M", blkdebug=fail_on_read(fail_after) if drive == failing else None)
+    # the root node of each drive: vm.dirty_bitmap takes a node name (real QEMU's backend wants one)
+    nodes = {drive: vm.add_drive(drive, "64M", blkdebug=fail_on_read(fail_after) if drive == failing else None)
+             for drive in drives}
     # New incremental backup anchor point: bitmaps and full backups at one point in time.
     anchor = [{"type": "block-dirty-bitmap-add", "data": {"node": d, "name": f"bitmap{d[-1]}",
                                                           "granularity": GRANULARITY}} for d in drives]
@@ -175,7 +176,7 @@ def _play_seed(vm: Machine, mode: str, failing: str | None, drives: tuple[str, .
             vm.qemu_img("create", "-f", "qcow2", "-b", f"d{d[-1]}-full.qcow2", "-F", "qcow2", target_image(d, sync))
         outcome[d].count_before = bitmap_count(vm, d)
         if bitmaps:
-            outcome[d].bitmap_before = vm.dirty_bitmap(d, f"bitmap{d[-1]}")
+            outcome[d].bitmap_before = vm.dirty_bitmap(nodes[d], f"bitmap{d[-1]}")
     transaction = {"actions": [backup_action(d, sync, bitmap_mode=bitmap_mode) for d in drives]}
     if mode != "individual":
         transaction["properties"] = {"completion-mode": mode}
@@ -192,7 +193,7 @@ def _play_seed(vm: Machine, mode: str, failing: str | None, drives: tuple[str, .
     for d in drives:
         outcome[d].count_after = bitmap_count(vm, d)
         if bitmaps:
-            outcome[d].bitmap_after = vm.dirty_bitmap(d, f"bitmap{d[-1]}")
+            outcome[d].bitmap_after = vm.dirty_bitmap(nodes[d], f"bitmap{d[-1]}")
     return SeedOutcome(mode, outcome, vm, transaction, events=list(vm.events[since:]), sync=sync,
                        failing=failing, fail_after=fail_after)
 

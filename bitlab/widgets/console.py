@@ -101,18 +101,18 @@ class QMPConsole(WidgetBase):
         self.backend.disabled = self.backend.disabled or not self._own
         self.input = w.Textarea(value=EXAMPLES["query-block"], description="QMP", rows=4,
                                 placeholder='{"execute": "query-block"}  or  query-block',
-                                description_tooltip="a QMP message in JSON, or NAME key=value …",
+                                tooltip="a QMP message in JSON, or NAME key=value …",
                                 layout=w.Layout(width="90%"))
         self.send = w.Button(description="Send", icon="paper-plane", tooltip="send the message to the machine")
         self.run_jobs = w.Checkbox(value=True, description="Run jobs after each command", indent=False,
-                                   description_tooltip="let background jobs run until they settle")
+                                   tooltip="let background jobs run until they settle")
         self.history = w.Dropdown(options=[], value=None, description="History",
-                                  description_tooltip="pick an earlier command to edit and send again")
+                                  tooltip="pick an earlier command to edit and send again")
         self.previous = w.Button(description="previous", icon="arrow-up", tooltip="the command before")
         self.next = w.Button(description="next", icon="arrow-down", tooltip="the command after")
         self.examples = w.Dropdown(options=[("choose an example…", "")] + [(k, v) for k, v in EXAMPLES.items()],
                                    value="", description="Examples",
-                                   description_tooltip="fills the input with an example command")
+                                   tooltip="fills the input with an example command")
         self.reply = w.HTML()
         self.events = w.HTML(layout=w.Layout(max_height="320px", overflow="auto"))
         self.send.on_click(lambda _: self.submit())
@@ -160,7 +160,7 @@ class QMPConsole(WidgetBase):
             if self.run_jobs.value:
                 self.vm.run()
         except Exception as err:  # noqa: BLE001  (a dead QEMU, a timeout: shown, not raised)
-            self.reply.value = error_html(str(err))
+            self.reply.value = error_html(str(err) or repr(err))
             return None
         self.sent.append(message)
         self.replies.append(reply)

@@ -43,13 +43,13 @@ class BitmapExplorer(WidgetBase):
         self.backend.disabled = self.backend.disabled or not self._own  # a given machine is kept
         self.granularity = w.Dropdown(options=[(format_size(g), g) for g in GRANULARITIES], value=granularity,
                                       description="Granularity",
-                                      description_tooltip="bytes per bit; changing it re-creates the bitmap")
+                                      tooltip="bytes per bit; changing it re-creates the bitmap")
         self.offset = w.BoundedIntText(value=0, min=0, max=size - 1, step=4096, description="Offset (B)",
-                                       description_tooltip="byte offset of the write or discard")
+                                       tooltip="byte offset of the write or discard")
         self.length = w.BoundedIntText(value=65536, min=1, max=size, step=4096, description="Length (B)",
-                                       description_tooltip="bytes to write or discard")
+                                       tooltip="bytes to write or discard")
         self.pattern = w.BoundedIntText(value=0xCD, min=0, max=255, description="Pattern",
-                                        description_tooltip="the byte qemu-io write -P writes")
+                                        tooltip="the byte qemu-io write -P writes")
         self.write_button = w.Button(description="write", icon="pencil", tooltip="guest write (qemu-io write -P)")
         self.discard_button = w.Button(description="discard", icon="eraser", tooltip="guest discard (qemu-io discard)")
         self.clear_button = w.Button(description="clear", tooltip="block-dirty-bitmap-clear")

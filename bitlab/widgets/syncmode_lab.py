@@ -97,7 +97,7 @@ class SyncModeLab(WidgetBase):
             res = run_sync_mode(self.sync.value, self.bitmap_mode.value, self.outcome.value,
                                 backend=self.backend.value, bitmaps=True)
         except Exception as err:  # noqa: BLE001  (shown, not raised into the UI)
-            self.summary.value = error_html(str(err))
+            self.summary.value = error_html(str(err) or repr(err))
             return None
         self.result = res
         head = (f"<b>blockdev-backup</b> sync <code>{res.sync}</code>, bitmap <code>bitmap0</code>, "

@@ -58,12 +58,12 @@ class TransactionLab(WidgetBase):
         self.results: dict[str, SeedOutcome] = {}
         self.backend, self.backend_note = backend_picker(backend)
         self.drives = w.BoundedIntText(value=drives, min=2, max=len(DRIVES), description="Drives",
-                                       description_tooltip="drives in the transaction (2 to 4)")
+                                       tooltip="drives in the transaction (2 to 4)")
         self.failing = w.Dropdown(options=self._failing_options(drives), value=failing, description="Failing drive",
-                                  description_tooltip="the drive whose backup hits an injected read error (EIO)",
+                                  tooltip="the drive whose backup hits an injected read error (EIO)",
                                   style={"description_width": "initial"})
         self.fail_after = w.BoundedIntText(value=0, min=0, max=MAX_READS, description="Reads before",
-                                           description_tooltip="reads of the failing drive's backup that succeed "
+                                           tooltip="reads of the failing drive's backup that succeed "
                                                                "before one fails (0 = the first read fails)")
         self.mode = w.ToggleButtons(options=MODES, value=mode, description="Completion",
                                     tooltips=["each job completes or fails on its own",
@@ -73,7 +73,7 @@ class TransactionLab(WidgetBase):
                                               "copy the bitmap's clusters; bitmap-mode decides its fate",
                                               "copy everything into a new full image; the bitmap is synced"])
         self.bitmap_mode = w.Dropdown(options=("on-success", "always"), value="on-success", description="Bitmap mode",
-                                      description_tooltip="bitmap-mode for sync bitmap and full",
+                                      tooltip="bitmap-mode for sync bitmap and full",
                                       disabled=sync == "incremental", style={"description_width": "initial"})
         self.live = w.Checkbox(value=live, description="Run on every change", indent=False)
         self.run = w.Button(description="Run", icon="play", tooltip="play the scenario with these settings")
@@ -139,7 +139,7 @@ class TransactionLab(WidgetBase):
         try:
             out = self._play(self.mode.value)
         except Exception as err:  # noqa: BLE001  (a failed run is shown, not raised into the UI)
-            self.status.value = error_html(str(err))
+            self.status.value = error_html(str(err) or repr(err))
             return None
         self.result, self.status.value = out, ""
         failing = "no drive fails" if out.failing is None else (
@@ -160,7 +160,7 @@ class TransactionLab(WidgetBase):
         try:
             self.results = {mode: self._play(mode) for mode in MODES}
         except Exception as err:  # noqa: BLE001
-            self.status.value = error_html(str(err))
+            self.status.value = error_html(str(err) or repr(err))
             return {}
         cells = "".join(f"<td style='vertical-align:top;padding-right:24px'>"
                         f"{table(HEADER, drive_rows(out), caption=f'{mode} completion')}</td>"
@@ -190,7 +190,7 @@ def bitmaps_figure(out: SeedOutcome) -> Figure:
         raise ValueError("run_seed(..., bitmaps=True) keeps the bitmaps this picture needs")
     rows, cols = grids[0][1].values.shape
     gap = 2
-    canvas = np.ma.masked_all((len(grids) * (rows + gap + 1), 2 * cols + gap))
+    canvas = np.ma.array(np.zeros((len(grids) * (rows + gap + 1), 2 * cols + gap)), mask=True)
     height = 10.0 * 0.78 * canvas.shape[0] / canvas.shape[1] + 0.9  # aspect-equal cells, room for the texts
     fig = Figure(figsize=(10.0, height))
     ax = fig.add_axes((0.2, 0.45 / height, 0.78, 1 - 0.9 / height))
