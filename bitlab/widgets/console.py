@@ -50,7 +50,7 @@ def parse_input(text: str) -> dict:
     text = text.strip()
     if not text:
         raise ValueError("type a QMP command, e.g. query-block")
-    if text.startswith("{"):
+    if text.startswith(("{", "[", '"')):
         message = json.loads(text)  # a JSONDecodeError is a ValueError
         if not isinstance(message, dict):
             raise ValueError("a QMP message is a JSON object")
