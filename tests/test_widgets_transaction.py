@@ -129,9 +129,18 @@ def test_bitmaps_picture_holds_the_bits():
     total = sum(d.bitmap_before.count + d.bitmap_after.count for d in out.drives.values()) // 65536
     assert int(np.ma.sum(canvas)) == total == 5 + 0 + 2 + 2
     texts = [t.get_text() for t in fig.axes[0].texts]
-    assert "drive1\ncompleted (Input/output error)\ndelete d1-incr-1.qcow2" in texts
-    assert "drive0\ncompleted\nkeep d0-incr-1.qcow2" in texts
+    assert texts == ["drive0: 5 → 0 bits\ncompleted\nkeep d0-incr-1.qcow2",
+                     "drive1: 2 → 2 bits\ncompleted with error\ndelete d1-incr-1.qcow2"]
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["clean", "dirty"]
+
+
+def test_run_seed_checks_its_arguments():
+    with pytest.raises(ValueError, match="mode must be"):
+        run_seed("together")
+    with pytest.raises(ValueError, match="not 'drive9'"):
+        run_seed("grouped", failing="drive9")
+    with pytest.raises(ValueError, match="sync must be one of incremental, bitmap, full"):
+        run_seed("grouped", sync="top")
 
 
 @pytest.mark.qemu

@@ -198,11 +198,9 @@ def bitmaps_figure(out: SeedOutcome) -> Figure:
         top = i * (rows + gap + 1) + 1
         canvas[top:top + rows, :cols] = before.values
         canvas[top:top + rows, cols + gap:] = after.values
-        ended = d.end.removeprefix("BLOCK_JOB_").lower() + (f" ({d.error})" if d.error else "")
-        ax.text(-2, top + rows / 2, f"{d.drive}\n{ended}\n{'keep' if d.valid else 'delete'} {d.image}",
-                ha="right", va="center", fontsize="small")
-        for x, bm_count, grid in ((0, d.count_before, before), (cols + gap, d.count_after, after)):
-            ax.text(x, top - 0.4, f"{grid.popcount} bits dirty (count {bm_count})", fontsize="x-small", va="bottom")
+        ended = d.end.removeprefix("BLOCK_JOB_").lower() + (" with error" if d.error else "")
+        ax.text(-2, top + rows / 2, f"{d.drive}: {before.popcount} → {after.popcount} bits\n{ended}\n"
+                f"{'keep' if d.valid else 'delete'} {d.image}", ha="right", va="center", fontsize="small")
     cmap = mpl.colormaps["cividis"].resampled(2).with_extremes(bad="white")
     ax.imshow(canvas, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="equal")
     ax.set_xticks([cols / 2, cols + gap + cols / 2], ["before the transaction", "after it"])
