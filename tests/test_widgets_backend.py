@@ -45,3 +45,9 @@ def test_every_control_is_described():
                     and not isinstance(c, (w.HTML, w.Image))]
         assert len(controls) >= 5
         assert all(c.description for c in controls), [type(c).__name__ for c in controls if not c.description]
+
+
+def test_displays_as_its_widget_box():
+    lab = SyncModeLab(live=False)
+    bundle = lab._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == lab.widget.model_id
