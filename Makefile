@@ -30,6 +30,7 @@ test: $(STAMP_TEST)
 bench: $(STAMP_TEST)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/fuzz.py
+	$(PY) benchmarks/viz.py
 	$(PY) benchmarks/widgets.py
 
 lint: $(STAMP_TEST)

@@ -6,7 +6,7 @@ import argparse
 import json
 import shutil
 
-from . import __version__
+from . import __version__, chain
 from .conformance import report as conformance_report
 from .scenarios import SeedOutcome, run_seed
 
@@ -31,10 +31,18 @@ def _job_lines(outcome: SeedOutcome) -> list[str]:
         lines.append("")
     lines.append("keep:   " + (", ".join(outcome.keep) or "-"))
     lines.append("delete: " + (", ".join(outcome.delete) or "-"))
-    lines.append("next incremental:")
+    advice = chain.advise(outcome.machine)
+    lines.append("next incremental (bitlab.chain.advise):")
     for d in outcome.drives.values():
-        base = d.image if d.valid else f"d{d.drive[-1]}-full.qcow2"
-        lines.append(f"  {d.drive} on top of {base}")
+        a = advice[d.drive]
+        lines.append(f"  {d.drive} on top of {a.next_base}" if a.next_sync == "incremental"
+                     else f"  {d.drive}: a new full backup")
+    lines.append("proof (restored through the backing chain):")
+    if not outcome.keep:
+        lines.append("  -")
+    for image in outcome.keep:
+        proof = chain.verify(outcome.machine, image)
+        lines.append(f"  {image}: {'restores exactly' if proof.ok else 'DIFFERS at ' + str(proof.first_difference)}")
     return lines
 
 
@@ -54,7 +62,8 @@ def demo(failing: str | None = "drive1", width: int | None = None, as_json: bool
     if as_json:
         return json.dumps({o.mode: {"transaction": o.transaction, "keep": o.keep, "delete": o.delete,
                                     "drives": {d.drive: {"events": d.events, "count_before": d.count_before,
-                                                         "count_after": d.count_after, "valid": d.valid}
+                                                         "count_after": d.count_after, "valid": d.valid,
+                                                         "next_base": chain.advise(o.machine)[d.drive].next_base}
                                                for d in o.drives.values()}}
                            for o in (individual, grouped)}, indent=2)
     width = width or shutil.get_terminal_size((120, 40)).columns

@@ -15,8 +15,10 @@ from .block.graph import BlockGraph
 from .block.node import BlockNode
 from .block.store import ImageStore
 from .clock import DEFAULT_START_NS, SimClock
+from .content import Content
 from .errors import QMPError, generic
 from .guest import GuestIO
+from .history import NOTED_COMMANDS, history_of
 from .jobs.job import JobManager
 from .monitor import Monitor
 from .qmp import TABLE
@@ -75,8 +77,11 @@ class Machine(GuestIO, Monitor):
     def execute(self, message: dict) -> dict:
         """Run one wire-shaped QMP message and return the wire-shaped reply."""
         self.transcript.append({"kind": "cmd", "message": copy.deepcopy(message)})
+        events_at = len(self.events)
         reply = TABLE.dispatch(self, message)
         self.transcript.append({"kind": "reply", "message": reply})
+        if message.get("execute") in NOTED_COMMANDS and "return" in reply:
+            history_of(self).note_command(self, message, reply, events_at)
         return reply
 
     def dirty_bitmap(self, node: str, name: str) -> DirtyBitmap:
@@ -237,6 +242,56 @@ class Machine(GuestIO, Monitor):
         ln = target.size - off if length is None else parse_size(length)
         starts, ends, vals = target.read_extents(off, ln)
         return [(int(s), int(e), int(v)) for s, e, v in zip(starts, ends, vals)]
+
+    # -- what bitlab.history and bitlab.chain ask of a backend --------------------------
+    def _image_key(self, path: str) -> str:
+        """A file's name in the image store."""
+        return self.graph.store_key(path)
+
+    def _file_of(self, node: BlockNode) -> str | None:
+        """The image file under a node (through format and blkdebug layers), or None (null-co)."""
+        image = getattr(node, "image", None)
+        if image is not None:
+            return image.name
+        for role in ("file", "image"):
+            child = node.child(role)
+            if child is not None:
+                return self._file_of(child)
+        return None
+
+    def _node_file(self, name: str) -> str | None:
+        return self._file_of(self.graph.lookup_node(name))
+
+    def _drive_name(self, name: str) -> str:
+        """A device's name for a device or its root node; other nodes keep their name."""
+        if name in self.graph.devices:
+            return name
+        node = self.graph.nodes.get(name)
+        return self.device_or_node_name(node) if node is not None else name
+
+    def _write_generation(self, name: str) -> int:
+        """Changes so far to the drive's image file (its version counter)."""
+        node = self.graph.devices.get(name) or self.graph.nodes.get(name)
+        file = self._file_of(node) if node is not None else None
+        return self.images[file].data.version if file is not None and file in self.images else 0
+
+    def _image_layers(self, key: str) -> list:
+        """The image file and its backing files, top first."""
+        layers = [self.images[key]]
+        while layers[-1].is_qcow2 and layers[-1].backing_file:
+            layers.append(self.images[self.graph.store_key(layers[-1].backing_file)])
+        return layers
+
+    def _capture_content(self, name: str) -> Callable[[], Content]:
+        """What a guest of ``name`` reads now, exactly: the drive's image chain is copied (cheap copies of
+        its runs) and composed only if someone asks."""
+        node = self._node(name)
+        file = self._file_of(node)
+        if file is None or file not in self.images:  # null-co and friends read zeroes
+            content = Content.from_runs(node.size, *node.read_extents(0, node.size))
+            return lambda: content
+        layers = [(f.is_qcow2, f.size, f.data.copy()) for f in self._image_layers(file)]
+        return lambda: Content.of_layers(layers)
 
     # -- images -------------------------------------------------------------------
     def qemu_img(self, *args: str) -> str:

@@ -35,7 +35,17 @@ def test_demo_text_and_json(capsys):
     assert "completion-mode: individual" in text and "completion-mode: grouped" in text
     assert "keep:   d0-incr-1.qcow2" in text
     assert "CANCELLED len=327680 offset=327680" in text
+    left = [line.split(" | ")[0].strip() for line in text.splitlines() if " | " in line]
+    right = [line.split(" | ")[1].strip() for line in text.splitlines() if " | " in line]
+    assert left[left.index("next incremental (bitlab.chain.advise):") + 1:][:4] == [
+        "drive0 on top of d0-incr-1.qcow2", "drive1 on top of d1-full.qcow2",
+        "proof (restored through the backing chain):", "d0-incr-1.qcow2: restores exactly"]
+    assert right[right.index("next incremental (bitlab.chain.advise):") + 1:][:4] == [
+        "drive0 on top of d0-full.qcow2", "drive1 on top of d1-full.qcow2",
+        "proof (restored through the backing chain):", "-"]
     assert main(["demo", "--json", "--fail", "drive0"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["individual"]["keep"] == ["d1-incr-1.qcow2"]
+    assert data["individual"]["drives"]["drive0"]["next_base"] == "d0-full.qcow2"
+    assert data["individual"]["drives"]["drive1"]["next_base"] == "d1-incr-1.qcow2"
     assert data["grouped"]["delete"] == ["d0-incr-1.qcow2", "d1-incr-1.qcow2"]

@@ -185,3 +185,25 @@ def test_show_publishes_png_only(monkeypatch):
     assert raw is True
     assert list(bundle) == ["image/png"]
     assert bundle["image/png"].startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("nbits", [1000, 4096, 5000])
+@pytest.mark.parametrize("k", [1, 2, 8, 16, 64, 128])
+def test_every_reduction_path_counts_exactly(nbits, k):
+    # bits per cell: not whole bytes (unpack), whole bytes (byte table), whole 64-bit words (bitwise_count)
+    rng = np.random.default_rng(nbits + k)
+    flags = rng.random(nbits) < 0.3
+    grid = bitmap_grid(flags, max_cells=-(-nbits // k))
+    assert grid.bits_per_cell == k
+    padded = np.zeros(-(-nbits // k) * k, dtype=bool)
+    padded[:nbits] = flags
+    ones = padded.reshape(-1, k).sum(axis=1)
+    covered = np.full(ones.size, k)
+    covered[-1] = nbits - (ones.size - 1) * k
+    np.testing.assert_allclose(np.ma.compressed(grid.values), ones / covered)
+    assert grid.popcount == flags.sum()
+    # a bitarray input (pad bits of its last byte are zero) gives the same
+    bits = bitarray(endian="little")
+    bits.frombytes(np.packbits(flags, bitorder="little").tobytes())
+    np.testing.assert_array_equal(np.ma.compressed(bitmap_grid(bits[:nbits], max_cells=ones.size).values),
+                                  np.ma.compressed(grid.values))

@@ -47,8 +47,10 @@ from typing import Any
 import numpy as np
 
 from ..bitmap import DirtyBitmap
+from ..content import Content
 from ..errors import QMPError
 from ..guest import GuestIO
+from ..history import NOTED_COMMANDS, history_of
 from ..monitor import Monitor, command, reply_value
 from ..qemu_img import QemuImgError
 from ..qmp.hmp import parse_qemu_io
@@ -297,7 +299,53 @@ class QemuMachine(GuestIO, Monitor):
                 return self._blockdev_add(message)
             if name == "blockdev-del":
                 return self._blockdev_del(message)
-        return self._send(message)
+        if name in NOTED_COMMANDS:
+            self._collect()
+        events_at = len(self.events)
+        reply = self._send(message)
+        if name in NOTED_COMMANDS and isinstance(reply, dict) and "return" in reply:
+            history_of(self).note_command(self, message, reply, events_at)
+        return reply
+
+    # -- what bitlab.history and bitlab.chain ask of a backend ------------------------------
+    def _image_key(self, path: str) -> str:
+        """A file's name relative to the work directory (where qemu-img and QEMU run)."""
+        if os.path.isabs(path):
+            return os.path.relpath(path, self.workdir)
+        return os.path.normpath(path)
+
+    def _node_file(self, name: str) -> str | None:
+        nodes = self._helper_value("query-named-block-nodes", {"flat": True})
+        node = next((n for n in nodes if n["node-name"] == name), None)
+        if node is None or node["drv"] == "null-co" or node["file"].startswith(("json:", "null-")):
+            return None
+        return node["file"]
+
+    def _aliases(self, name: str) -> set[str]:
+        """A drive's device name and root node name, whichever ``name`` is."""
+        for block in self._helper_value("query-block"):
+            root = block.get("inserted", {}).get("node-name")
+            if name in (block["device"], root):
+                return {block["device"], root} - {None, ""}
+        return {name}
+
+    def _drive_name(self, name: str) -> str:
+        for block in self._helper_value("query-block"):
+            if name in (block["device"], block.get("inserted", {}).get("node-name")) and block["device"]:
+                return block["device"]
+        return name
+
+    def _write_generation(self, name: str) -> int:
+        """Writes noted so far to the drive (only bitlab's write/write_zeroes/discard are seen)."""
+        return history_of(self).generation(self._aliases(name))
+
+    def _capture_content(self, name: str) -> Callable[[], Content]:
+        """The drive's content replayed from the noted guest writes (drives start blank)."""
+        nodes = self._helper_value("query-named-block-nodes", {"flat": True})
+        names = self._aliases(name)
+        size = next(n["image"]["virtual-size"] for n in nodes if n["node-name"] in names or n["node-name"] == name)
+        content = history_of(self).replay(names, size)
+        return lambda: content
 
     def _send(self, message: dict) -> dict:
         self.transcript.append({"kind": "cmd", "message": message})

@@ -38,7 +38,8 @@ class ImageFile:
     bitmaps: list[StoredBitmap] = field(default_factory=list)
     compat: str = "1.1"  # qcow2 version: "1.1" (v3) or "0.10" (v2)
     lockers: list = field(default_factory=list)  # format nodes holding the file's "write" lock
-    _host_clusters: int = 0  # high-water mark: a qcow2 file never shrinks
+    l1_padded: bool = False  # the L1 table fills whole clusters (a qcow2 file emptied by qemu-img commit)
+    _host_clusters: int = 0  # high-water mark: a qcow2 file never shrinks (but make_empty may truncate it)
     _seen_version: int = -1  # the data version _host_clusters was last updated for
 
     @property
@@ -86,7 +87,7 @@ class ImageFile:
         head = QCOW2_EMPTY_CLUSTERS * cs
         allocated = self.note_allocation()
         if not allocated:
-            return head + l1_bytes
+            return head + (-(-l1_bytes // cs) * cs if self.l1_padded else l1_bytes)
         return head + -(-l1_bytes // cs) * cs + allocated * cs
 
     def note_allocation(self) -> int:
@@ -95,6 +96,16 @@ class ImageFile:
             self._host_clusters = max(self._host_clusters, self.l2_tables() + self.allocated_clusters())
             self._seen_version = self.data.version
         return self._host_clusters
+
+    def make_empty(self) -> None:
+        """qcow2_make_empty, as qemu-img commit leaves the top image: nothing allocated. A v3 file
+        without bitmaps is rewritten from scratch (header, refcounts, a whole-cluster L1 table);
+        otherwise every cluster is discarded and the file keeps its length."""
+        self.data.write(0, self.data.size, UNALLOCATED)
+        if self.compat != "0.10" and not self.bitmaps:
+            self.data = ExtentMap(self.size, fill=UNALLOCATED)
+            self._host_clusters, self._seen_version = 0, -1
+            self.l1_padded = True
 
 
 class ImageStore:

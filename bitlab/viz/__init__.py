@@ -7,8 +7,17 @@ import io
 from matplotlib.figure import Figure
 
 from .bitmap import BitmapGrid, bitmap_grid, plot_bitmap, plot_dirty_bitmap
+from .chain import ChainArrow, ChainBox, ChainImage, ChainLayout, chain_layout, plot_chain
+from .compare import CompareGrid, compare_grid, plot_bitmap_compare
+from .outcome import DriveRow, outcome_rows, plot_outcome
+from .timeline import AtEvent, Lane, Marker, MarkLine, Segment, Timeline, plot_timeline, timeline_lanes
 
-__all__ = ["BitmapGrid", "bitmap_grid", "plot_bitmap", "plot_dirty_bitmap", "show"]
+__all__ = [
+    "AtEvent", "BitmapGrid", "ChainArrow", "ChainBox", "ChainImage", "ChainLayout", "CompareGrid", "DriveRow",
+    "Lane", "MarkLine", "Marker", "Segment", "Timeline", "bitmap_grid", "chain_layout", "compare_grid",
+    "outcome_rows", "plot_bitmap", "plot_bitmap_compare", "plot_chain", "plot_dirty_bitmap", "plot_outcome",
+    "plot_timeline", "show", "timeline_lanes",
+]
 
 
 def show(fig: Figure, *, dpi: int = 100) -> None:

@@ -82,6 +82,13 @@ def _bits_per_cell(nbits: int, max_cells: int) -> int:
 
 def _ones_per_cell(raw: np.ndarray, nbits: int, k: int) -> np.ndarray:
     ncells = -(-nbits // k)
+    if k % 64 == 0 and hasattr(np, "bitwise_count"):  # whole 64-bit words per cell (numpy >= 2)
+        words = k // 64
+        want = ncells * words * 8
+        if raw.size < want:
+            raw = np.concatenate((raw, np.zeros(want - raw.size, dtype=np.uint8)))
+        per_word = np.bitwise_count(raw[:want].view(np.uint64))
+        return per_word.reshape(ncells, words).sum(axis=1, dtype=np.int64)
     if k % 8 == 0:  # whole bytes per cell: popcount the bytes, sum by reshape
         per_byte = _POPCOUNT[raw]
         want = ncells * (k // 8)
@@ -92,6 +99,15 @@ def _ones_per_cell(raw: np.ndarray, nbits: int, k: int) -> np.ndarray:
     if ncells * k > nbits:
         flags = np.concatenate((flags, np.zeros(ncells * k - nbits, dtype=np.uint8)))
     return flags.reshape(ncells, k).sum(axis=1, dtype=np.int64)
+
+
+def grid_shape(ncells: int, bits_per_cell: int, columns: int | None = None) -> tuple[int, int]:
+    """(columns, rows) for ``ncells`` cells: 64 wide for one bit per cell, else roughly square and a
+    power of two wide, so rows start at round offsets."""
+    if columns is None:
+        columns = DEFAULT_COLUMNS if bits_per_cell == 1 else 1 << math.ceil(math.log2(math.sqrt(ncells)))
+    columns = max(1, min(columns, ncells))
+    return columns, -(-ncells // columns)
 
 
 def bitmap_grid(bits: Any, *, max_cells: int = DEFAULT_MAX_CELLS, columns: int | None = None) -> BitmapGrid:
@@ -109,13 +125,7 @@ def bitmap_grid(bits: Any, *, max_cells: int = DEFAULT_MAX_CELLS, columns: int |
     covered = np.full(ncells, k, dtype=np.int64)
     covered[-1] = nbits - (ncells - 1) * k  # the last cell may cover fewer bits
     fractions = ones / covered
-    if columns is None:
-        if k == 1:
-            columns = DEFAULT_COLUMNS
-        else:  # a roughly square picture, power-of-two wide so rows start at round offsets
-            columns = 1 << math.ceil(math.log2(math.sqrt(ncells)))
-    columns = max(1, min(columns, ncells))
-    rows = -(-ncells // columns)
+    columns, rows = grid_shape(ncells, k, columns)
     padded = np.full(rows * columns, np.nan)
     padded[:ncells] = fractions
     values = np.ma.masked_invalid(padded.reshape(rows, columns))
@@ -125,6 +135,43 @@ def bitmap_grid(bits: Any, *, max_cells: int = DEFAULT_MAX_CELLS, columns: int |
 def _tick_steps(n: int, most: int) -> np.ndarray:
     step = max(1, -(-n // most))
     return np.arange(0, n + 1, step)
+
+
+def grid_figure(rows: int, columns: int, *, title_lines: int, right: float = 1.35, bottom_extra: float = 0.0,
+                width: float = 8.0, max_height: float = 9.5) -> tuple[Figure, Axes]:
+    """A Figure with one Axes sized for an aspect-equal grid of ``rows`` x ``columns`` cells.
+
+    Margins are fixed in inches (tick labels left, ``title_lines`` of title on top, a colour bar
+    of ``right`` inches, ``bottom_extra`` inches for a legend below): no layout engine, which
+    would cost more than drawing the picture itself.
+    """
+    left, bottom, top = 0.95, 0.6 + bottom_extra, 0.2 + 0.22 * title_lines
+    ax_w = width - left - right
+    ax_h = ax_w * rows / columns
+    if ax_h > max_height - top - bottom:
+        ax_w, ax_h = ax_w * (max_height - top - bottom) / ax_h, max_height - top - bottom
+    height = ax_h + top + bottom
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((left / width, bottom / height, ax_w / width, ax_h / height))
+    return fig, ax
+
+
+def offset_axes(ax: Axes, columns: int, rows: int, cell_bytes: int, *, gaps: bool = False) -> None:
+    """Byte-offset ticks and axis labels for a grid of ``rows`` x ``columns`` cells of ``cell_bytes``.
+
+    ``gaps``: thin white lines between the cells (one cell per bit, small grids only).
+    """
+    row_bytes = columns * cell_bytes
+    xt = _tick_steps(columns, 4)
+    ax.set_xticks(xt - 0.5, [format_size(int(c) * cell_bytes) for c in xt])
+    yt = _tick_steps(rows, 8)
+    yt = yt[yt < rows] if rows > 1 else yt[:1]
+    ax.set_yticks(yt - 0.5, [format_size(int(r) * row_bytes) for r in yt])
+    ax.set_xlabel(f"byte offset within a row (one row = {format_size(row_bytes)})")
+    ax.set_ylabel("byte offset of the row")
+    if gaps and columns <= 128 and rows <= 128:
+        ax.vlines(np.arange(0.5, columns - 1), -0.5, rows - 0.5, colors="white", linewidth=0.6)
+        ax.hlines(np.arange(0.5, rows - 1), -0.5, columns - 0.5, colors="white", linewidth=0.6)
 
 
 def plot_bitmap(
@@ -152,13 +199,10 @@ def plot_bitmap(
         raise ValueError(f"{grid.nbits} bits do not describe {size} bytes at granularity {granularity} "
                          f"(expected {expected} bits)")
     cell_bytes = grid.bits_per_cell * granularity
-    row_bytes = grid.columns * cell_bytes
     per_bit = grid.bits_per_cell == 1
 
     if ax is None:
-        height = min(9.0, max(2.4, 6.2 * grid.rows / grid.columns + 1.6))
-        fig = Figure(figsize=(8.0, height), layout="constrained")
-        ax = fig.add_subplot()
+        fig, ax = grid_figure(grid.rows, grid.columns, title_lines=1 + (title is not None) + (not per_bit))
     else:
         fig = ax.figure.figure  # the root Figure, also for an Axes in a SubFigure
 
@@ -169,16 +213,7 @@ def plot_bitmap(
     image = ax.imshow(grid.values, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest",
                       aspect="equal", origin="upper")
 
-    xt = _tick_steps(grid.columns, 4)
-    ax.set_xticks(xt - 0.5, [format_size(int(c) * cell_bytes) for c in xt])
-    yt = _tick_steps(grid.rows, 8)
-    yt = yt[yt < grid.rows] if grid.rows > 1 else yt[:1]
-    ax.set_yticks(yt - 0.5, [format_size(int(r) * row_bytes) for r in yt])
-    ax.set_xlabel(f"byte offset within a row (one row = {format_size(row_bytes)})")
-    ax.set_ylabel("byte offset of the row")
-    if per_bit and grid.columns <= 128 and grid.rows <= 128:  # thin gaps between the cells
-        ax.vlines(np.arange(0.5, grid.columns - 1), -0.5, grid.rows - 0.5, colors="white", linewidth=0.6)
-        ax.hlines(np.arange(0.5, grid.rows - 1), -0.5, grid.columns - 0.5, colors="white", linewidth=0.6)
+    offset_axes(ax, grid.columns, grid.rows, cell_bytes, gaps=per_bit)
 
     count = grid.popcount * granularity
     info = (f"granularity {format_size(granularity)}, count {count} ({format_size(count)}): "

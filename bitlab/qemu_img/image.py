@@ -1,77 +1,32 @@
-"""``qemu-img`` on the machine's image store: create, info and check, with qemu-img's texts."""
+"""qemu-img create, info and check on the machine's image store, with qemu-img's texts."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from .block.info import file_image_info
-from .block.node import round_sector
-from .block.store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, ImageStore
-from .errors import QMPError
-from .qmp_order import to_json_pretty, wire_order
-from .units import format_size, parse_size
+from ..block.info import file_image_info
+from ..block.node import round_sector
+from ..block.store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, ImageStore
+from ..qmp_order import to_json_pretty, wire_order
+from ..units import format_size, parse_size
+from ._common import KeyFn, QemuImgError, backing_name, open_image
+from ._common import options as _options
+from ._common import split_args as _split_args
+from ._common import store_key as _key
 
 INT64_MAX = (1 << 63) - 1
 QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8  # QCOW_MAX_L1_SIZE is 32 MiB of 8-byte entries
 SIZE_HELP = ("qemu-img: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
              "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
-
-KeyFn = Callable[[str], str]
-
-
-class QemuImgError(Exception):
-    """qemu-img failed: ``stderr`` holds its message, ``returncode`` its exit status."""
-
-    def __init__(self, stderr: str, returncode: int = 1, stdout: str = "") -> None:
-        super().__init__(stderr.strip())
-        self.stderr = stderr
-        self.returncode = returncode
-        self.stdout = stdout
-
-
-def _options(text: str) -> dict[str, str]:
-    out = {}
-    for item in text.split(","):
-        if item:
-            key, _, value = item.partition("=")
-            out[key] = value
-    return out
-
-
-def _split_args(args: list[str], with_value: set[str], flags: set[str]) -> tuple[dict[str, str], list[str]]:
-    """getopt-like: options before '--', positional arguments after or between."""
-    opts: dict[str, str] = {}
-    positional: list[str] = []
-    it = iter(args)
-    for arg in it:
-        if arg == "--":
-            positional.extend(it)
-            break
-        if arg.startswith("--output="):
-            opts["--output"] = arg.split("=", 1)[1]
-        elif arg in with_value:
-            opts[arg] = next(it, "")
-        elif arg in flags:
-            opts[arg] = ""
-        elif arg.startswith("--"):
-            raise QemuImgError(f"qemu-img: unrecognized option '{arg}'\nTry 'qemu-img --help' for more information\n")
-        elif arg.startswith("-") and len(arg) > 1:
-            raise QemuImgError(f"qemu-img: unrecognized option '{arg}'\nTry 'qemu-img --help' for more information\n")
-        else:
-            positional.append(arg)
-    return opts, positional
-
-
-def _key(key_fn: KeyFn, name: str) -> str:
-    try:
-        return key_fn(name)
-    except QMPError as err:
-        raise QemuImgError(f"qemu-img: {err.desc}\n") from None
+RAW_PROBE_WARNING = (
+    "WARNING: Image format was not specified for '{}' and probing guessed raw.\n"
+    "         Automatically detecting the format is dangerous for raw images, write operations on block 0 "
+    "will be restricted.\n"
+    "         Specify the 'raw' format explicitly to remove the restrictions.\n")
 
 
 def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img create [-f fmt] [-b backing] [-F backing_fmt] [-o opts] filename [size]."""
     opts, positional = _split_args(args, {"-f", "-b", "-F", "-o"}, {"-q", "-u"})
+    quiet = "-q" in opts
     fmt = opts.get("-f", "raw")
     backing, backing_fmt = opts.get("-b"), opts.get("-F")
     options = _options(opts.get("-o", ""))
@@ -114,7 +69,7 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     key = _key(key_fn, filename)
     if fmt == "raw":
         store.create(key, "raw", size)
-        return f"Formatting '{filename}', fmt=raw size={size}\n"
+        return "" if quiet else f"Formatting '{filename}', fmt=raw size={size}\n"
     backing_text = f" backing_file={backing} backing_fmt={backing_fmt}" if backing else ""
     compat_text = " compat=0.10" if "compat" in options and compat == "0.10" else (
         f" compat={options['compat']}" if "compat" in options else "")
@@ -124,7 +79,7 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise _too_large(filename, line)
     image = store.create(key, "qcow2", size, cluster_size=cluster, backing_file=backing, backing_fmt=backing_fmt)
     image.compat = compat
-    return line
+    return "" if quiet else line
 
 
 def _too_large(filename: str, stdout: str) -> QemuImgError:
@@ -193,13 +148,15 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': "
                                "No such file or directory\n")
         image = store[key]
+        if not chain and "-U" not in opts and "--force-share" not in opts:
+            open_image(store, key_fn, name, None, "shared")  # the file lock
         if fmt == "qcow2" and not image.is_qcow2:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
         fmt = "qcow2" if image.is_qcow2 and fmt in (None, "qcow2") else "raw"
         chain.append(file_image_info(image, fmt=fmt, filename=name))
         if "--backing-chain" not in opts or fmt != "qcow2" or not image.backing_file:
             break
-        name, fmt = image.backing_file, image.backing_fmt
+        name, fmt = backing_name(name, image.backing_file), image.backing_fmt
     if opts.get("--output") == "json":
         out = [wire_order(i) for i in chain]
         return to_json_pretty(out if "--backing-chain" in opts else out[0]) + "\n"
@@ -222,14 +179,3 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     l1 = 8 * -(-image.size // (cs * (cs // 8)))
     end = (QCOW2_EMPTY_CLUSTERS + -(-l1 // cs) + image.l2_tables() + image.allocated_clusters()) * cs
     return f"No errors were found on the image.\nImage end offset: {end}\n"
-
-
-def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> str:
-    """Run a qemu-img subcommand; returns stdout or raises QemuImgError."""
-    if not args:
-        raise QemuImgError("qemu-img: Not enough arguments\nTry 'qemu-img --help' for more information\n")
-    sub, rest = args[0], list(args[1:])
-    commands = {"create": create, "info": info, "check": check}
-    if sub not in commands:
-        raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img {sub}' yet\n")
-    return commands[sub](store, rest, key_fn)

@@ -1,0 +1,33 @@
+"""``qemu-img`` on the machine's image store, with qemu-img 7.2's texts and exit codes.
+
+One module per concern: :mod:`.image` (create, info, check), :mod:`.compare`, :mod:`.mapping`
+(map), :mod:`.rebase`, :mod:`.commit`; :mod:`.layers` reads chains (allocation, block status,
+content) for them, vectorised.
+"""
+
+from __future__ import annotations
+
+from ..block.store import ImageStore
+from ._common import KeyFn, QemuImgError
+from .commit import img_commit
+from .compare import img_compare
+from .image import INT64_MAX, QCOW2_MAX_L1_ENTRIES, SIZE_HELP, check, create, info
+from .mapping import img_map
+from .rebase import img_rebase
+
+COMMANDS = {"create": create, "info": info, "check": check, "compare": img_compare, "map": img_map,
+            "rebase": img_rebase, "commit": img_commit}
+
+
+def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> str:
+    """Run a qemu-img subcommand; returns stdout or raises QemuImgError."""
+    if not args:
+        raise QemuImgError("qemu-img: Not enough arguments\nTry 'qemu-img --help' for more information\n")
+    sub, rest = args[0], list(args[1:])
+    if sub not in COMMANDS:
+        raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img {sub}' yet\n")
+    return COMMANDS[sub](store, rest, key_fn)
+
+
+__all__ = ["QemuImgError", "KeyFn", "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
+           "img_commit", "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]

@@ -1,0 +1,134 @@
+"""What every qemu-img subcommand shares: its error, getopt-like parsing, opening images."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..block.store import ImageFile, ImageStore
+from ..errors import QMPError
+
+KeyFn = Callable[[str], str]
+USAGE = "Try 'qemu-img --help' for more information\n"
+
+
+class QemuImgError(Exception):
+    """qemu-img failed: ``stderr`` holds its message, ``returncode`` its exit status."""
+
+    def __init__(self, stderr: str, returncode: int = 1, stdout: str = "") -> None:
+        super().__init__((stderr or stdout).strip())
+        self.stderr = stderr
+        self.returncode = returncode
+        self.stdout = stdout
+
+
+def options(text: str) -> dict[str, str]:
+    """``-o key=value,...`` as a dict."""
+    out = {}
+    for item in text.split(","):
+        if item:
+            key, _, value = item.partition("=")
+            out[key] = value
+    return out
+
+
+def split_args(args: list[str], with_value: set[str], flags: set[str]) -> tuple[dict[str, str], list[str]]:
+    """getopt-like: options before '--', positional arguments after or between.
+
+    Long options taking a value (in ``with_value``) accept ``--opt=value`` and ``--opt value``.
+    """
+    opts: dict[str, str] = {}
+    positional: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg == "--":
+            positional.extend(it)
+            break
+        name, eq, value = arg.partition("=")
+        if arg.startswith("--") and eq and name in with_value:
+            opts[name] = value
+        elif arg in with_value:
+            opts[arg] = next(it, "")
+        elif arg in flags:
+            opts[arg] = ""
+        elif arg.startswith("-") and len(arg) > 1:
+            raise QemuImgError(f"qemu-img: unrecognized option '{arg}'\n{USAGE}")
+        else:
+            positional.append(arg)
+    return opts, positional
+
+
+def store_key(key_fn: KeyFn, name: str) -> str:
+    """The store's name for a path (errors in qemu-img's words)."""
+    try:
+        return key_fn(name)
+    except QMPError as err:
+        raise QemuImgError(f"qemu-img: {err.desc}\n") from None
+
+
+@dataclass
+class Layer:
+    """One image of an opened chain: the name qemu-img shows for it, and the file."""
+
+    name: str
+    image: ImageFile
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes (whole sectors, as the block layer sees it)."""
+        size = self.image.size if self.image.is_qcow2 else self.image.file_length()
+        return -(-size // 512) * 512
+
+
+def backing_name(overlay: str, backing: str) -> str:
+    """A relative backing file name is relative to the overlay's directory."""
+    if posixpath.isabs(backing):
+        return backing
+    return posixpath.join(posixpath.dirname(overlay), backing)
+
+
+def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None
+               ) -> ImageFile:
+    """The file ``name`` opened with format ``fmt`` (probed when None), or qemu-img's error.
+
+    ``lock`` is what qemu-img asks of the file lock: ``"shared"`` to read (no ``-U``), ``"write"``
+    to change it; a qcow2 node holding the file read-write shares neither.
+    """
+    key = store_key(key_fn, name)
+    if key not in store:
+        raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': No such file or directory\n")
+    image = store[key]
+    if lock and any(not shares for _, shares in image.lockers):
+        what = 'shared "write"' if lock == "shared" else '"write"'
+        raise QemuImgError(f"qemu-img: Could not open '{name}': Failed to get {what} lock\n"
+                           f"Is another process using the image [{name}]?\n")
+    if fmt not in (None, "raw", "qcow2"):
+        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    if fmt == "qcow2" and not image.is_qcow2:
+        raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
+    if fmt == "raw" and image.is_qcow2:
+        raise QemuImgError(f"qemu-img: bitlab does not simulate reading the qcow2 file '{name}' as raw\n")
+    return image
+
+
+def inner_reason(err: QemuImgError, name: str) -> str:
+    """The reason inside an open error, as a caller nests it ("Could not open 'x': ...")."""
+    reason = err.stderr.removeprefix("qemu-img: ").rstrip("\n")
+    return reason.removeprefix(f"Could not open '{name}': ") if reason.count("Could not open") > 1 else reason
+
+
+def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None
+               ) -> list[Layer]:
+    """``name`` and its backing files, top first, as qemu-img opens them (``lock``: see open_image)."""
+    chain = [Layer(name, open_image(store, key_fn, name, fmt, lock))]
+    while chain[-1].image.is_qcow2 and chain[-1].image.backing_file:
+        top = chain[-1]
+        below = backing_name(top.name, top.image.backing_file or "")
+        try:
+            image = open_image(store, key_fn, below, top.image.backing_fmt)
+        except QemuImgError as err:
+            reason = inner_reason(err, below)
+            raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open backing file: {reason}\n") from None
+        chain.append(Layer(below, image))
+    return chain

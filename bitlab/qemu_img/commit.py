@@ -1,0 +1,134 @@
+"""qemu-img commit: write an image's data into a file of its backing chain (an active commit)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..block.extents import ZERO, clip_runs
+from ..block.store import ImageStore
+from ..errors import QMPError
+from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
+from .layers import DATA, UNALLOC, chain_status, content, cow_fill
+
+
+def _granularity(base: Layer) -> int:
+    """The mirror job's default granularity: the target's cluster size (at least 4 KiB), else 64 KiB."""
+    return max(4096, base.image.cluster_size) if base.image.is_qcow2 else 65536
+
+
+def commit_into(chain: list[Layer], base_index: int) -> None:
+    """Copy what ``chain[:base_index]`` allocates into ``chain[base_index]``, as the mirror job does:
+    each dirty chunk (granularity-aligned) is copied where the chain reads data, and written as
+    zeroes (unmapped) where it reads zeroes."""
+    base = chain[base_index]
+    for level in range(base_index):  # what the images above read from the base is about to change
+        cow_fill(chain[level:])
+    _grow(chain, base_index)
+    above_s, above_e, above_c, above_d, _ = chain_status(chain[:base_index])
+    grain = _granularity(base)
+    size = min(chain[0].size, base.size)
+    # past the end of a shorter backing file the zeroes count as allocated there (is_allocated_above)
+    dirty = (above_c != UNALLOC) | (above_d < base_index - 1)
+    ds, de = above_s[dirty] // grain * grain, np.minimum(-(-above_e[dirty] // grain) * grain, size)
+    if not ds.size:
+        return
+    head = np.ones(ds.size, dtype=bool)  # rounded chunks of sorted runs: merge those that touch
+    head[1:] = ds[1:] > de[:-1]
+    firsts = np.flatnonzero(head)
+    ds, de = ds[firsts], de[np.append(firsts[1:] - 1, ds.size - 1)]
+    s, e, c, _, _ = chain_status(chain)
+    ps, pe, run, _ = clip_runs(s, e, np.arange(s.size, dtype=np.int64), ds, de)
+    ps, pe, is_data = _mirror_methods(ps, pe, c[run] == DATA, grain)
+    data = base.image.data
+    zs, ze = ps[~is_data], pe[~is_data]
+    if zs.size:
+        zero = ZERO if base.image.is_qcow2 else 0
+        data.write_batch(zs, ze - zs, zero)
+    if is_data.any():
+        cs_, ce_, cv, _ = clip_runs(*content(chain, 0, size), ps[is_data], pe[is_data])
+        data.write_batch(cs_, ce_ - cs_, cv)
+    base.image.note_allocation()
+    _dirty_bitmaps(base, ps, pe)
+
+
+def _mirror_methods(ps: np.ndarray, pe: np.ndarray, is_data: np.ndarray, grain: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mirror_iteration's choice per block-status run: zeroes are written as zeroes only for whole
+    granules of a run that reads zeroes; a shorter stretch is copied, a granule at a time, as data.
+    Returns the pieces again with ``copy`` marking those copied."""
+    zero = ~is_data
+    if not ((ps[zero] % grain != 0) | (pe[zero] % grain != 0)).any():
+        return ps, pe, is_data
+    out_s, out_e, out_copy = [], [], []
+    k, n = 0, ps.size
+    o = int(ps[0])
+    while k < n:  # one step per decision (per run, not per cluster)
+        if o >= pe[k]:
+            k += 1
+            if k < n:
+                o = max(o, int(ps[k]))
+            continue
+        left = int(pe[k]) - o
+        if zero[k] and left >= grain:
+            step, copy = left // grain * grain, False
+        else:
+            step, copy = (grain if left < grain else left // grain * grain), True
+        end = o + step
+        j = k
+        while j + 1 < n and pe[j] < end and ps[j + 1] == pe[j]:
+            j += 1  # a copied granule reaches into the next runs
+        end = min(end, int(pe[j]))
+        out_s.append(o), out_e.append(end), out_copy.append(copy)
+        o = end
+        k = j
+    return np.array(out_s, dtype=np.int64), np.array(out_e, dtype=np.int64), np.array(out_copy, dtype=bool)
+
+
+def _grow(chain: list[Layer], base_index: int) -> None:
+    """A base shorter than the top grows to its length (bdrv_co_truncate); where the base's own
+    backing file is longer, the new area becomes zero clusters so that it keeps reading zeroes."""
+    base, length = chain[base_index], chain[0].size
+    old = base.size
+    if old >= length or not base.image.is_qcow2:
+        return
+    base.image.size = length
+    base.image.data.resize(length)
+    if base_index + 1 < len(chain) and chain[base_index + 1].size > old:
+        base.image.data.write(old, length - old, ZERO)
+
+
+def _dirty_bitmaps(base: Layer, starts: np.ndarray, ends: np.ndarray) -> None:
+    """Enabled persistent bitmaps of the base record the commit's writes (one step per range)."""
+    for stored in base.image.bitmaps:
+        if stored.enabled and not stored.in_use:
+            g = stored.granularity
+            for lo, hi in zip((starts // g).tolist(), (-(-ends // g)).tolist()):
+                stored.bits[lo:hi] = 1
+
+
+def img_commit(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
+    """qemu-img commit [-q] [-f fmt] [-b base] [-d] [-p] [-r rate] filename."""
+    opts, positional = split_args(args, {"-f", "-b", "-t", "-r"}, {"-q", "-d", "-p"})
+    if len(positional) != 1:
+        raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
+    filename = positional[0]
+    chain = open_chain(store, key_fn, filename, opts.get("-f"), "write")
+    if len(chain) == 1:
+        raise QemuImgError("qemu-img: Image does not have a backing file\n")
+    base_name = opts.get("-b")
+    if base_name is None:
+        base_index = 1
+    else:
+        keys = [key_fn(layer.name) for layer in chain]
+        try:
+            wanted = key_fn(base_name)
+        except QMPError:
+            wanted = None
+        base_index = keys.index(wanted, 1) if wanted in keys[1:] else 0
+        if not base_index:
+            raise QemuImgError(f"qemu-img: Did not find '{base_name}' in the backing chain of '{filename}'\n")
+    commit_into(chain, base_index)
+    if base_name is None and "-d" not in opts:
+        chain[0].image.make_empty()
+    return "" if "-q" in opts else "Image committed.\n"
+

@@ -1,0 +1,82 @@
+"""qemu-img compare: the first sector at which two images (read through their chains) differ."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..block.store import ImageStore
+from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
+from .layers import content, first_difference
+from .mapping import map_entries
+
+SECTOR = 512
+
+
+def _status_runs(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """bdrv_block_status_above's flags per run (allocated, data, zero, offset valid, EOF), as one
+    integer per run: ``(starts, flags)``."""
+    entries = map_entries(chain, 0, size)
+    bottom = len(chain) - 1  # unallocated above the bottom: past a shorter backing file, zeroes "allocated" there
+    starts = np.array([e["start"] for e in entries], dtype=np.int64)
+    flags = np.array([(e["present"] or e["depth"] < bottom) | e["data"] << 1 | e["zero"] << 2 | ("offset" in e) << 3
+                      | (e["start"] + e["length"] >= size) << 4 for e in entries], dtype=np.int64)
+    return starts, flags
+
+
+def _first_status_difference(chain1: list[Layer], chain2: list[Layer], size: int) -> int | None:
+    s1, f1 = _status_runs(chain1, size)
+    s2, f2 = _status_runs(chain2, size)
+    bounds = np.union1d(s1, s2)
+    if not bounds.size:
+        return None
+    a = f1[np.searchsorted(s1, bounds, "right") - 1]
+    b = f2[np.searchsorted(s2, bounds, "right") - 1]
+    diff = np.flatnonzero(a != b)
+    return int(bounds[diff[0]]) if diff.size else None
+
+
+def _nonzero(chain: list[Layer], lo: int, hi: int) -> int | None:
+    s, e, v = content(chain, lo, hi)
+    hit = np.flatnonzero(v != 0)
+    return int(s[hit[0]]) if hit.size else None
+
+
+def img_compare(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
+    """qemu-img compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2 (exit 0 equal, 1 different,
+    2 error)."""
+    opts, positional = split_args(args, {"-f", "-F", "-T"}, {"-q", "-s", "-p", "-U", "--force-share"})
+    if len(positional) != 2:
+        raise QemuImgError(f"qemu-img: Expecting two image file names\n{USAGE}")
+    quiet, strict = "-q" in opts, "-s" in opts
+    lock = None if "-U" in opts or "--force-share" in opts else "shared"
+    try:  # -F does not default to -f: the second image's format is probed
+        chain1 = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
+        chain2 = open_chain(store, key_fn, positional[1], opts.get("-F"), lock)
+    except QemuImgError as err:
+        err.returncode = 2  # compare's exit status for an error
+        raise
+    size1, size2 = chain1[0].size, chain2[0].size
+
+    def differ(text: str) -> QemuImgError:
+        return QemuImgError("", 1, "" if quiet else text)
+
+    if strict and size1 != size2:
+        raise differ("Strict mode: Image size mismatch!\n")
+    common = min(size1, size2)
+    at = first_difference(content(chain1, 0, common), content(chain2, 0, common))
+    if at is not None:
+        at = at // SECTOR * SECTOR
+    if strict:
+        status_at = _first_status_difference(chain1, chain2, common)
+        if status_at is not None and (at is None or status_at <= at):
+            raise differ(f"Strict mode: Offset {status_at} block status mismatch!\n")
+    if at is not None:
+        raise differ(f"Content mismatch at offset {at}!\n")
+    out = ""
+    if size1 != size2:
+        out = "Warning: Image size mismatch!\n"
+        longer = chain1 if size1 > size2 else chain2
+        at = _nonzero(longer, common, max(size1, size2))
+        if at is not None:
+            raise differ(out + f"Content mismatch at offset {at // SECTOR * SECTOR}!\n")
+    return "" if quiet else out + "Images are identical.\n"

@@ -1,0 +1,204 @@
+"""Reading an opened chain as qemu-img does: per-cluster allocation, block status and content.
+
+Everything is vectorised over runs (numpy), never a Python loop per cluster. Run arrays are
+``(starts, ends, ...)``, sorted and disjoint, covering the range asked for.
+
+Host offsets (``qemu-img map``'s ``offset``) are simulated for a qcow2 file whose clusters were
+allocated in ascending guest order: after the header, refcount table, refcount block and L1
+table, each L2 table just before the first cluster it maps, data clusters in guest order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs
+from ..block.store import QCOW2_EMPTY_CLUSTERS, ImageFile
+from ._common import Layer
+
+# Allocation codes, ordered so that the strongest state of a cluster wins.
+UNALLOC, ZERO_PLAIN, ZERO_HOSTED, DATA = 0, 1, 2, 3
+RAW_BLOCK = 4096  # the host filesystem's block: the granularity of a raw file's holes
+
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _promote(starts: np.ndarray, ends: np.ndarray, codes: np.ndarray, unit: int, size: int,
+             fill: int) -> Runs:
+    """Round runs out to ``unit``-sized blocks; a block takes the strongest code touching it."""
+    keep = codes != fill
+    first = starts[keep] // unit
+    last = -(-ends[keep] // unit)
+    order = np.argsort(codes[keep], kind="stable")  # later writes win: strongest last
+    blocks = ExtentMap(-(-size // unit), fill=fill)
+    if first.size:
+        blocks.write_batch(first[order], (last - first)[order], codes[keep][order])
+    s, e, c = blocks.extents()
+    return s * unit, np.minimum(e * unit, size), c
+
+
+def allocation(image: ImageFile) -> Runs:
+    """What each cluster of ``image`` holds (qcow2) or each filesystem block (raw): code runs."""
+    s, e, v = image.data.extents()
+    if not s.size:
+        return s, e, v
+    if not image.is_qcow2:
+        return _promote(s, e, np.where(v != 0, DATA, ZERO_HOSTED), RAW_BLOCK, image.data.size, ZERO_HOSTED)
+    codes = np.select([v >= 0, v == ZERO_ALLOC, v == ZERO], [DATA, ZERO_HOSTED, ZERO_PLAIN], UNALLOC)
+    return _promote(s, e, codes, image.cluster_size, image.data.size, UNALLOC)
+
+
+def _ints(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64)
+
+
+def _split_at(starts: np.ndarray, ends: np.ndarray, codes: np.ndarray, where: np.ndarray,
+              step: int) -> Runs:
+    """Split the runs marked ``where`` at every multiple of ``step`` inside them."""
+    extra = np.where(where, (ends - 1) // step - starts // step, 0)
+    if not extra.any():
+        return starts, ends, codes
+    idx = np.repeat(_ints(starts.size), extra)
+    k = _ints(idx.size) - np.repeat(np.cumsum(extra) - extra, extra) + 1
+    cuts = (starts[idx] // step + k) * step
+    new_s = np.concatenate((starts, cuts))
+    new_c = np.concatenate((codes, codes[idx]))
+    order = np.argsort(new_s, kind="stable")
+    new_s, new_c = new_s[order], new_c[order]
+    return new_s, np.append(new_s[1:], ends[-1]), new_c
+
+
+def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A layer's allocation over its virtual size, with the host offset of each run (-1: none)."""
+    image = layer.image
+    s, e, c = allocation(image)
+    if layer.size > image.data.size:  # the tail of the last sector
+        s, e = np.append(s, image.data.size), np.append(e, layer.size)
+        c = np.append(c, UNALLOC if image.is_qcow2 else ZERO_HOSTED)
+    if not image.is_qcow2:
+        return s, e, c, s.copy()
+    cs = image.cluster_size
+    per_l2 = cs * (cs // 8)
+    hosted = (c == DATA) | (c == ZERO_HOSTED)
+    s, e, c = _split_at(s, e, c, hosted, per_l2)
+    hosted = (c == DATA) | (c == ZERO_HOSTED)
+    used = c != UNALLOC
+    r0, r1 = s[used] // per_l2, (e[used] - 1) // per_l2
+    n = r1 - r0 + 1
+    regions = np.unique(np.repeat(r0, n) + _ints(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+    clusters = np.where(hosted, -(-e // cs) - s // cs, 0)
+    before = np.cumsum(clusters) - clusters
+    l1_clusters = -(-8 * -(-image.size // per_l2) // cs)
+    first_free = QCOW2_EMPTY_CLUSTERS + l1_clusters
+    tables = np.searchsorted(regions, s // per_l2, "right")
+    host = np.where(hosted, (first_free + before + tables) * cs + s % cs, -1)
+    return s, e, c, host
+
+
+def chain_status(chain: list[Layer], level: int = 0) -> tuple[np.ndarray, ...]:
+    """Block status of ``chain[level:]`` as qemu-img map sees it: runs of
+    ``(starts, ends, codes, depths, hosts)``. A cluster no layer allocates is ``UNALLOC`` at the
+    bottom layer's depth; past the end of a shorter backing file, ``UNALLOC`` at the layer above."""
+    s, e, c, h = layer_runs(chain[level])
+    d = np.full(s.size, level, dtype=np.int64)
+    holes = c == UNALLOC
+    if level + 1 == len(chain) or not holes.any():
+        return s, e, c, d, h
+    bs, be, bc, bd, bh = chain_status(chain, level + 1)
+    bsize = chain[level + 1].size
+    hs, he = s[holes], e[holes]
+    inside = hs < bsize
+    ps, pe, run, _ = clip_runs(bs, be, _ints(bs.size), hs[inside], np.minimum(he[inside], bsize))
+    ph = np.where(bh[run] >= 0, bh[run] + ps - bs[run], -1)
+    past = he > bsize
+    qs = np.maximum(hs[past], bsize)
+    parts = [(s[~holes], e[~holes], c[~holes], d[~holes], h[~holes]), (ps, pe, bc[run], bd[run], ph),
+             (qs, he[past], np.full(qs.size, UNALLOC), np.full(qs.size, level), np.full(qs.size, -1))]
+    out = [np.concatenate([p[i] for p in parts]).astype(np.int64) for i in range(5)]
+    order = np.argsort(out[0], kind="stable")
+    return tuple(a[order] for a in out)
+
+
+def content(chain: list[Layer], lo: int, hi: int, level: int = 0) -> Runs:
+    """What a guest reads from ``chain[level:]`` in ``[lo, hi)``: ``(starts, ends, values)`` with
+    zeroes as 0 (past the end of a shorter backing file too)."""
+    layer = chain[level]
+    data = layer.image.data
+    if hi <= lo:
+        return (np.zeros(0, dtype=np.int64),) * 3
+    s, e, v = data.extents(lo, min(hi, data.size) - lo) if lo < data.size else ((np.zeros(0, dtype=np.int64),) * 3)
+    if hi > max(lo, data.size):
+        s = np.append(s, max(lo, data.size))
+        e = np.append(e, hi)
+        v = np.append(v, UNALLOCATED if layer.image.is_qcow2 else 0)
+    v = np.where((v == ZERO) | (v == ZERO_ALLOC), 0, v)
+    holes = v == UNALLOCATED
+    if not holes.any():
+        return s, e, v
+    if level + 1 == len(chain):
+        return s, e, np.where(holes, 0, v)
+    bsize = chain[level + 1].size
+    hs, he = s[holes], e[holes]
+    inside = hs < bsize
+    parts_s, parts_e, parts_v = [s[~holes]], [e[~holes]], [v[~holes]]
+    if inside.any():
+        bs, be, bv = content(chain, int(hs[inside][0]), int(min(he[inside][-1], bsize)), level + 1)
+        cs_, ce_, cv, _ = clip_runs(bs, be, bv, hs[inside], np.minimum(he[inside], bsize))
+        parts_s.append(cs_), parts_e.append(ce_), parts_v.append(cv)
+    past = he > bsize
+    parts_s.append(np.maximum(hs[past], bsize)), parts_e.append(he[past])
+    parts_v.append(np.zeros(int(past.sum()), dtype=np.int64))
+    out_s = np.concatenate(parts_s).astype(np.int64)
+    order = np.argsort(out_s, kind="stable")
+    return (out_s[order], np.concatenate(parts_e).astype(np.int64)[order],
+            np.concatenate(parts_v).astype(np.int64)[order])
+
+
+def first_difference(a: Runs, b: Runs) -> int | None:
+    """The first byte at which two content run lists over the same range differ, or None."""
+    bounds = np.union1d(a[0], b[0])
+    if not bounds.size:
+        return None
+    va = a[2][np.searchsorted(a[0], bounds, "right") - 1]
+    vb = b[2][np.searchsorted(b[0], bounds, "right") - 1]
+    diff = np.flatnonzero(va != vb)
+    return int(bounds[diff[0]]) if diff.size else None
+
+
+def differing(a: Runs, b: Runs) -> tuple[np.ndarray, np.ndarray]:
+    """The ranges where two content run lists over the same range differ: ``(starts, ends)``."""
+    bounds = np.union1d(a[0], b[0])
+    if not bounds.size:
+        return bounds, bounds
+    end = max(int(a[1][-1]), int(b[1][-1]))
+    va = a[2][np.searchsorted(a[0], bounds, "right") - 1]
+    vb = b[2][np.searchsorted(b[0], bounds, "right") - 1]
+    diff = va != vb
+    ends = np.append(bounds[1:], end)
+    return bounds[diff], ends[diff]
+
+
+def cow_fill(chain: list[Layer]) -> None:
+    """Give the top image's partly written clusters the bytes qcow2 copied on write from the backing
+    chain, so they keep their content when the backing file changes (bitlab keeps only what was
+    written; qcow2 allocates whole clusters)."""
+    image = chain[0].image
+    if not image.is_qcow2 or len(chain) < 2:
+        return
+    cs = image.cluster_size
+    s, e, v = image.data.extents()
+    holes = v == UNALLOCATED
+    hs, he = s[holes], e[holes]
+    head_end = np.minimum(he, -(-hs // cs) * cs)
+    tail_start = np.maximum(head_end, he // cs * cs)
+    has_head = (hs % cs != 0) & (head_end > hs)
+    has_tail = (he % cs != 0) & (he < image.data.size) & (he > tail_start)
+    q_s = np.concatenate((hs[has_head], tail_start[has_tail]))
+    q_e = np.concatenate((head_end[has_head], he[has_tail]))
+    if not q_s.size:
+        return
+    order = np.argsort(q_s, kind="stable")
+    q_s, q_e = q_s[order], q_e[order]
+    bs, be, bv = content(chain, int(q_s[0]), int(q_e[-1]))  # the holes read through the backing chain
+    ps, pe, pv, _ = clip_runs(bs, be, bv, q_s, q_e)
+    image.data.write_batch(ps, pe - ps, pv)

@@ -1,0 +1,101 @@
+"""qemu-img map: where each range of the virtual disk comes from, in human or JSON form."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..block.store import ImageStore
+from ..units import parse_size
+from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
+from .layers import DATA, UNALLOC, ZERO_HOSTED, ZERO_PLAIN, chain_status
+
+HUMAN_HEADER = f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File\n"
+
+
+def map_entries(chain: list[Layer], start: int = 0, length: int | None = None) -> list[dict]:
+    """MapEntry dicts as qemu-img map merges them (same depth and flags, contiguous host offsets)."""
+    s, e, c, d, h = chain_status(chain)
+    end = chain[0].size if length is None else min(chain[0].size, start + length)
+    keep = (e > start) & (s < end)
+    s, e, c, d, h = s[keep], e[keep], c[keep], d[keep], h[keep]
+    if not s.size:
+        return []
+    cut = start - s[0]
+    if cut > 0:
+        s[0] = start
+        h[0] = h[0] + cut if h[0] >= 0 else -1
+    e[-1] = min(e[-1], end)
+    present, zero, data = c != UNALLOC, np.isin(c, (UNALLOC, ZERO_PLAIN, ZERO_HOSTED)), c == DATA
+    same = np.ones(s.size, dtype=bool)
+    same[0] = False
+    for key in (d, present, zero, data):
+        same[1:] &= key[1:] == key[:-1]
+    same[1:] &= np.where(h[1:] >= 0, h[1:] == h[:-1] + (e[:-1] - s[:-1]), h[:-1] < 0) & (s[1:] == e[:-1])
+    heads = np.flatnonzero(~same)
+    tails = np.append(heads[1:], s.size) - 1
+    entries = []
+    for i, j in zip(heads.tolist(), tails.tolist()):
+        entry = {"start": int(s[i]), "length": int(e[j] - s[i]), "depth": int(d[i]), "present": bool(present[i]),
+                 "zero": bool(zero[i]), "data": bool(data[i])}
+        if h[i] >= 0:
+            entry["offset"] = int(h[i])
+        entry["filename"] = chain[int(d[i])].name
+        entries.append(entry)
+    return entries
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _hex(value: int) -> str:
+    """C's ``%#-16" PRIx64``: no 0x for zero."""
+    return f"{value:#x}" if value else "0"
+
+
+def format_json(entries: list[dict]) -> str:
+    lines = []
+    for e in entries:
+        text = (f'{{ "start": {e["start"]}, "length": {e["length"]}, "depth": {e["depth"]}, '
+                f'"present": {_bool(e["present"])}, "zero": {_bool(e["zero"])}, "data": {_bool(e["data"])}')
+        if "offset" in e:
+            text += f', "offset": {e["offset"]}'
+        lines.append(text + "}")
+    return "[" + ",\n".join(lines) + "]\n"
+
+
+def format_human(entries: list[dict]) -> str:
+    out = [HUMAN_HEADER]
+    for e in entries:
+        if e["data"] and not e["zero"]:
+            out.append(f"{_hex(e['start']):<16}{_hex(e['length']):<16}{_hex(e['offset']):<16}{e['filename']}\n")
+    return "".join(out)
+
+
+def _offset_arg(text: str, what: str) -> int:
+    try:
+        value = parse_size(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise QemuImgError(f"qemu-img: Invalid {what} specified! You may use k, M, G, T, P or E suffixes for \n"
+                           "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
+    return value
+
+
+def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
+    """qemu-img map [-f fmt] [--output=human|json] [-U] [--start-offset=O] [--max-length=L] filename."""
+    opts, positional = split_args(args, {"-f", "--output", "--start-offset", "--max-length"},
+                                  {"-U", "--force-share"})
+    output = opts.get("--output", "human")
+    if output not in ("human", "json"):
+        raise QemuImgError("qemu-img: --output must be used with human or json as argument.\n")
+    if len(positional) != 1:
+        raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
+    start = _offset_arg(opts["--start-offset"], "start offset") if "--start-offset" in opts else 0
+    length = _offset_arg(opts["--max-length"], "max length") if "--max-length" in opts else None
+    shared = "-U" in opts or "--force-share" in opts
+    chain = open_chain(store, key_fn, positional[0], opts.get("-f"), None if shared else "shared")
+    entries = map_entries(chain, start, length)
+    return format_json(entries) if output == "json" else format_human(entries)
+

@@ -1,0 +1,89 @@
+"""qemu-img rebase: give an image a new backing file, copying what differs (safe) or not (-u)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..block.extents import clip_runs
+from ..block.store import ImageStore
+from ._common import USAGE, KeyFn, Layer, QemuImgError, backing_name, inner_reason, open_chain, open_image, split_args
+from .image import RAW_PROBE_WARNING
+from .layers import UNALLOC, allocation, content, cow_fill, differing
+
+
+def _copy_differences(chain: list[Layer], new_chain: list[Layer] | None) -> None:
+    """Safe mode: every cluster the image does not allocate and whose old backing content differs
+    from the new one gets the old content (qcow2 writes whole clusters)."""
+    top = chain[0]
+    size = top.size
+    old = _view(chain[1:], size) if len(chain) > 1 else _zeroes(size)  # the old backing chain's content
+    new = _zeroes(size) if new_chain is None else _view(new_chain, size)
+    ds, de = differing(old, new)
+    if not ds.size:
+        return
+    image = top.image
+    unit = image.cluster_size if image.is_qcow2 else 512
+    s, e, c = allocation(image)
+    free_s, free_e = s[c == UNALLOC], e[c == UNALLOC]
+    ws, we, _, _ = clip_runs(free_s, free_e, np.zeros(free_s.size, dtype=np.int64), ds // unit * unit,
+                            np.minimum(-(-de // unit) * unit, size))
+    if not ws.size:
+        return
+    ps, pe, pv, _ = clip_runs(*old, ws, we)
+    image.data.write_batch(ps, pe - ps, pv)
+
+
+def _zeroes(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.array([0], dtype=np.int64), np.array([size], dtype=np.int64), np.array([0], dtype=np.int64))
+
+
+def _view(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A chain's content over ``[0, size)``: zeroes past its end."""
+    end = min(size, chain[0].size)
+    s, e, v = content(chain, 0, end)
+    if end < size:
+        s, e, v = np.append(s, end), np.append(e, size), np.append(v, 0)
+    return s, e, v
+
+
+def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
+    """qemu-img rebase [-f fmt] [-u] [-q] [-p] -b backing_file [-F backing_fmt] filename."""
+    opts, positional = split_args(args, {"-f", "-F", "-b", "-t", "-T"}, {"-u", "-q", "-p", "-U", "--force-share"})
+    if len(positional) != 1:
+        raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
+    unsafe, backing, backing_fmt = "-u" in opts, opts.get("-b"), opts.get("-F")
+    if not unsafe and backing is None:
+        raise QemuImgError(f"qemu-img: Must specify backing file (-b) or use unsafe mode (-u)\n{USAGE}")
+    filename = positional[0]
+    if unsafe:  # the old backing file need not exist
+        top = Layer(filename, open_image(store, key_fn, filename, opts.get("-f"), "write"))
+        try:
+            chain = open_chain(store, key_fn, filename, opts.get("-f"))
+        except QemuImgError:
+            chain = [top]
+    else:
+        chain = open_chain(store, key_fn, filename, opts.get("-f"), "write")
+    image = chain[0].image
+    if not image.is_qcow2:
+        warning = "" if "-f" in opts else RAW_PROBE_WARNING.format(filename)
+        raise QemuImgError(f"{warning}qemu-img: Could not change the backing file to '{backing or ''}': "
+                           "Operation not supported\n")
+    cow_fill(chain)
+    if not unsafe:
+        new_chain = None
+        if backing:
+            below = backing_name(filename, backing)
+            try:
+                new_chain = open_chain(store, key_fn, below, backing_fmt)
+            except QemuImgError as err:
+                reason = inner_reason(err, below)
+                raise QemuImgError(f"qemu-img: Could not open new backing file '{backing}': {reason}\n") from None
+        _copy_differences(chain, new_chain)
+    if backing and not backing_fmt:
+        raise QemuImgError(f"qemu-img: Could not change the backing file to '{backing}': "
+                           "backing format must be specified\n")
+    if backing:
+        image.backing_file, image.backing_fmt = backing, backing_fmt
+    else:
+        image.backing_file, image.backing_fmt = None, None
+    return ""
