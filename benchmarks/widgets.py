@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Widget update times (``make bench``): what a trainee waits for after turning a knob.
 
-  TransactionLab update: the scenario model (``run_seed`` with the bitmaps) plus the redraw
-  (tables, events, bitmap picture as PNG), on the simulator               goal < 200 ms median
-  and its parts: the model alone, the redraw alone;
+  TransactionLab update: the scenario model (``run_seed`` with the bitmaps and bitlab.chain's
+  verdicts) plus the redraw (tables, events, the picture shown — the jobs' timeline — as PNG),
+  on the simulator                                                      goal < 200 ms median
+  and its parts: the model alone, each picture alone;
   SyncModeLab and BitmapExplorer updates, for scale.
 
 Medians of several repeats of ``time.perf_counter``. Nothing here asserts; a missed goal
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from bitlab.scenarios import DRIVES, run_seed
+from bitlab.viz import AtEvent, plot_chain, plot_timeline
 from bitlab.widgets import BitmapExplorer, SyncModeLab, TransactionLab
 from bitlab.widgets._common import png
 from bitlab.widgets.transaction_lab import bitmaps_figure
@@ -42,11 +44,15 @@ def main() -> None:
         lab.drives.value = n
         lab.failing.value = DRIVES[n - 1]
         rows.append((f"TransactionLab update, {n} drives (model + redraw)", median_ms(lab.update), 200.0))
-    out = run_seed("grouped", "drive1", bitmaps=True)
-    rows.append(("  the model alone (run_seed, 2 drives, bitmaps)",
-                 median_ms(lambda: run_seed("grouped", "drive1", bitmaps=True)), None))
-    rows.append(("  the bitmap picture alone (figure + PNG)", median_ms(lambda: png(bitmaps_figure(out))), None))
-    rows.append(("TransactionLab compare both modes (models + tables)", median_ms(lab.compare_modes), None))
+    out = run_seed("grouped", "drive1", bitmaps=True, chain=True)
+    rows.append(("  the model alone (run_seed, 2 drives, bitmaps, chain)",
+                 median_ms(lambda: run_seed("grouped", "drive1", bitmaps=True, chain=True)), None))
+    rows.append(("  the timeline picture alone (figure + PNG)",
+                 median_ms(lambda: png(plot_timeline(out.events, marks=[(AtEvent(0), "transaction")]))), None))
+    rows.append(("  the bitmaps picture alone", median_ms(lambda: png(bitmaps_figure(out))), None))
+    rows.append(("  the chain picture alone", median_ms(lambda: png(plot_chain(out.images))), None))
+    lab.drives.value = 2
+    rows.append(("TransactionLab compare both modes (+ outcome panel)", median_ms(lab.compare_modes, 5), None))
     sm = SyncModeLab(live=False)
     rows.append(("SyncModeLab update (iotest 257 scenario + picture)", median_ms(sm.update), None))
     ex = BitmapExplorer()

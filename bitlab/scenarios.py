@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import chain as _chain
 from .bitmap import DirtyBitmap
 from .machine import Machine
 
@@ -91,6 +92,8 @@ class SeedOutcome:
     sync: str = "incremental"
     failing: str | None = None
     fail_after: int = 0
+    images: list[_chain.ImageVerdict] = field(default_factory=list)  # bitlab.chain's verdicts, if asked
+    advice: dict[str, _chain.DriveAdvice] = field(default_factory=dict)
 
     @property
     def keep(self) -> list[str]:
@@ -128,14 +131,15 @@ def backup_action(drive: str, sync: str = "incremental", n: int = 1, bitmap_mode
 def run_seed(mode: str = "individual", failing: str | None = "drive1", drives: tuple[str, ...] = ("drive0", "drive1"),
              writes: list[tuple[str, int, int, int]] | None = None, backend: str | None = None, *,
              sync: str = "incremental", bitmap_mode: str = "on-success", fail_after: int = 0,
-             bitmaps: bool = False) -> SeedOutcome:
+             bitmaps: bool = False, chain: bool = False) -> SeedOutcome:
     """Play the seed scenario; ``failing`` names the drive whose backup read fails (or None).
 
     ``backend="qemu"`` plays it on real QEMU (the machine is closed afterwards).
     Keyword arguments vary it: ``sync`` of the second transaction (``incremental``, ``bitmap``
     with ``bitmap_mode``, or ``full``), ``fail_after`` reads that succeed before the failing one
-    (:func:`fail_on_read`), and ``bitmaps=True`` keeps each bitmap's bits before and after.
-    Drives are ``drive0`` … ``drive3``.
+    (:func:`fail_on_read`), ``bitmaps=True`` keeps each bitmap's bits before and after, and
+    ``chain=True`` adds :mod:`bitlab.chain`'s verdicts and advice (judged before a real QEMU
+    is closed). Drives are ``drive0`` … ``drive3``.
     """
     if mode not in ("individual", "grouped"):
         raise ValueError("mode must be 'individual' or 'grouped'")
@@ -144,8 +148,12 @@ def run_seed(mode: str = "individual", failing: str | None = "drive1", drives: t
         raise ValueError(f"drives are named {', '.join(DRIVES)}, not {unknown[0]!r}")
     vm = Machine(backend=backend)
     try:
-        return _play_seed(vm, mode, failing, drives, writes, sync=sync, bitmap_mode=bitmap_mode,
-                          fail_after=fail_after, bitmaps=bitmaps)
+        out = _play_seed(vm, mode, failing, drives, writes, sync=sync, bitmap_mode=bitmap_mode,
+                         fail_after=fail_after, bitmaps=bitmaps)
+        if chain:
+            report = _chain.analyse(vm)
+            out.images, out.advice = list(report.images.values()), report.advice
+        return out
     finally:
         close = getattr(vm, "close", None)
         if close is not None:

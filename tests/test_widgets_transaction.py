@@ -7,7 +7,7 @@ import pytest
 
 from bitlab.scenarios import FAIL_ON_READ, fail_on_read, run_seed
 from bitlab.widgets import TransactionLab
-from bitlab.widgets.transaction_lab import bitmaps_figure, drive_rows
+from bitlab.widgets.transaction_lab import advice_rows, bitmaps_figure, drive_rows
 
 D0_OK = ["drive0", "COMPLETED", "", "327680/327680", "327680 → 0", "d0-incr-1.qcow2", "keep"]
 D0_CANCELLED = ["drive0", "CANCELLED", "", "327680/327680", "327680 → 327680", "d0-incr-1.qcow2", "delete"]
@@ -26,10 +26,17 @@ def test_default_is_the_seed_individual():
     lab = TransactionLab()
     assert drive_rows(lab.result) == [D0_OK, D1_FAILED]
     assert shown(lab, D0_OK) and shown(lab, D1_FAILED)
-    assert "<b>Keep:</b> d0-incr-1.qcow2" in lab.summary.value
-    assert "<b>Delete:</b> d1-incr-1.qcow2" in lab.summary.value
+    assert ("<p><b>Keep:</b> d0-full.qcow2, d1-full.qcow2, d0-incr-1.qcow2<br>"
+            "<b>Delete:</b> d1-incr-1.qcow2</p>") in lab.summary.value
+    # bitlab.chain's advice: drive0's next incremental builds on its new image, drive1's on its full one
+    assert advice_rows(lab.result) == [
+        ["drive0", "d0-full.qcow2, d0-incr-1.qcow2", "—", "incremental on d0-incr-1.qcow2",
+         "bitmap0 holds every change since the point d0-incr-1.qcow2 holds"],
+        ["drive1", "d1-full.qcow2", "d1-incr-1.qcow2", "incremental on d1-full.qcow2",
+         "bitmap1 holds every change since the point d1-full.qcow2 holds"]]
+    assert "incremental on d0-incr-1.qcow2" in lab.summary.value
     assert lab.blkdebug == FAIL_ON_READ
-    assert lab.bitmaps.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert lab.drawn == "timeline" and lab.picture.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert "BLOCK_JOB_ERROR" in lab.events.value and "&quot;completion-mode&quot;" not in lab.events.value
 
 
@@ -39,6 +46,9 @@ def test_grouped_cancels_the_healthy_drive():
     assert lab.result.mode == "grouped"
     assert drive_rows(lab.result) == [D0_CANCELLED, D1_FAILED]
     assert lab.result.keep == [] and lab.result.delete == ["d0-incr-1.qcow2", "d1-incr-1.qcow2"]
+    assert ("<p><b>Keep:</b> d0-full.qcow2, d1-full.qcow2<br>"
+            "<b>Delete:</b> d0-incr-1.qcow2, d1-incr-1.qcow2</p>") in lab.summary.value
+    assert [r[3] for r in advice_rows(lab.result)] == ["incremental on d0-full.qcow2", "incremental on d1-full.qcow2"]
     assert "&quot;completion-mode&quot;: &quot;grouped&quot;" in lab.events.value
 
 
@@ -48,6 +58,8 @@ def test_no_failure_keeps_everything(mode):
     lab.failing.value = None
     assert drive_rows(lab.result) == [D0_OK, D1_OK]
     assert "no drive fails" in lab.summary.value and "<b>Delete:</b> nothing" in lab.summary.value
+    assert [r[3] for r in advice_rows(lab.result)] == ["incremental on d0-incr-1.qcow2",
+                                                        "incremental on d1-incr-1.qcow2"]
     assert lab.blkdebug is None
 
 
@@ -112,6 +124,25 @@ def test_compare_both_modes():
     assert drive_rows(lab.results["individual"]) == [D0_OK, D1_FAILED]
     assert drive_rows(lab.results["grouped"]) == [D0_CANCELLED, D1_FAILED]
     assert "individual completion" in lab.comparison.value and "grouped completion" in lab.comparison.value
+    assert lab.comparison_picture.value[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_views_draw_what_they_say():
+    lab = TransactionLab()
+    shown = {}
+    for view in ("bitmaps", "chain", "timeline"):
+        lab.view.value = view  # drawn from the last result, without a new run
+        assert lab.drawn == view
+        shown[view] = lab.picture.value
+        texts = {t.get_text() for f in [lab.figure, *lab.figure.subfigs] for ax in f.axes for t in ax.texts}
+        if view == "chain":
+            assert {"d0-incr-1.qcow2", "d1-incr-1.qcow2", "d0-full.qcow2"} <= texts
+        elif view == "timeline":
+            assert {"failed: Input/output error", " transaction"} <= texts
+            assert [t.get_text() for t in lab.figure.axes[0].get_yticklabels()] == ["drive0", "drive1"]
+    assert len(set(shown.values())) == 3
+    lab.mode.value = "grouped"  # a new run redraws the chosen view only
+    assert lab.drawn == "timeline" and lab.picture.value != shown["timeline"]
 
 
 def test_not_live_waits_for_run():

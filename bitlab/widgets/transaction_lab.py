@@ -20,24 +20,41 @@ from matplotlib.patches import Patch
 
 from ..scenarios import DRIVES, SYNC_MODES, SeedOutcome, fail_on_read, run_seed
 from ..units import format_size
-from ..viz import bitmap_grid
+from ..viz import AtEvent, bitmap_grid, plot_chain, plot_outcome, plot_timeline
 from ._common import WidgetBase, backend_picker, error_html, png, pre, table
 
 MODES = ("individual", "grouped")
 MAX_READS = 8
 
 
+VIEWS = ("timeline", "bitmaps", "chain")
+
+
 def drive_rows(out: SeedOutcome) -> list[list[Any]]:
-    """One row per drive: what its job reported, its bitmap, its image and the verdict."""
+    """One row per drive: what its job reported, its bitmap, its image and the verdict
+    (:mod:`bitlab.chain`'s when the outcome has it, else: keep an image whose job completed)."""
+    verdict = {v.image: v for v in out.images}
     rows = []
     for d in out.drives.values():
         offset, length = d.progress or (0, 0)
+        v = verdict.get(d.image)
+        keep = v.keep if v is not None else d.valid
         rows.append([d.drive, d.end.removeprefix("BLOCK_JOB_") or "—", d.error or "", f"{offset}/{length}",
-                     f"{d.count_before} → {d.count_after}", d.image, "keep" if d.valid else "delete"])
+                     f"{d.count_before} → {d.count_after}", d.image, "keep" if keep else "delete"])
     return rows
 
 
 HEADER = ["drive", "job ended", "error", "offset/len", "bitmap count before → after", "image", "verdict"]
+
+
+def advice_rows(out: SeedOutcome) -> list[list[Any]]:
+    """Per drive, :func:`bitlab.chain.advise`'s keep / delete and the next incremental's base."""
+    return [[a.drive, ", ".join(a.keep) or "—", ", ".join(a.delete) or "—",
+             f"{a.next_sync} on {a.next_base}" if a.next_base else a.next_sync, a.reason]
+            for a in out.advice.values()]
+
+
+ADVICE_HEADER = ["drive", "keep", "delete", "next backup", "why"]
 
 
 class TransactionLab(WidgetBase):
@@ -46,10 +63,13 @@ class TransactionLab(WidgetBase):
     ``sync`` (incremental / bitmap / full), ``bitmap_mode`` (for bitmap and full), ``live``
     (re-run on every change), buttons ``run`` and ``compare``.
 
-    Shown: ``summary`` (HTML table; keep/delete per image), ``events`` (the transaction's
-    events), ``bitmaps`` (PNG: every bitmap before and after), ``comparison`` (HTML, both
-    modes). Data: ``result`` (the last :class:`~bitlab.scenarios.SeedOutcome`), ``results``
-    (mode → outcome, after a comparison), ``blkdebug`` (the rules of the failing drive).
+    Shown: ``summary`` (HTML: per drive what its job did and its image's verdict; then
+    :mod:`bitlab.chain`'s advice: keep, delete, the next incremental's base), ``picture`` (PNG of
+    the ``view`` chosen: the jobs' ``timeline``, the ``bitmaps`` before and after, or the backup
+    ``chain``; only the chosen one is drawn), ``events`` (the transaction and its events),
+    ``comparison`` and ``comparison_picture`` (both modes side by side).
+    Data: ``result`` (the last :class:`~bitlab.scenarios.SeedOutcome`), ``results`` (mode →
+    outcome, after a comparison), ``blkdebug`` (the rules of the failing drive).
     """
 
     def __init__(self, backend: str = "sim", *, drives: int = 2, failing: str | None = "drive1",
@@ -79,11 +99,18 @@ class TransactionLab(WidgetBase):
         self.run = w.Button(description="Run", icon="play", tooltip="play the scenario with these settings")
         self.compare = w.Button(description="Compare both modes", icon="columns",
                                 tooltip="play it in individual and in grouped mode, side by side")
+        self.view = w.ToggleButtons(options=VIEWS, value="timeline", description="Picture",
+                                    tooltips=["each job's states and events, the transaction marked",
+                                              "each bitmap before and after the transaction",
+                                              "the backup images, their backing files, keep or delete"])
         self.summary = w.HTML()
         self.status = w.HTML()
         self.events = w.HTML(layout=w.Layout(max_height="300px", overflow="auto"))
-        self.bitmaps = w.Image(format="png", layout=w.Layout(max_width="760px"))
+        self.picture = w.Image(format="png", layout=w.Layout(max_width="800px"))
+        self.drawn: str | None = None  # the view the picture shows
+        self.figure: Figure | None = None  # ... and its Figure
         self.comparison = w.HTML()
+        self.comparison_picture = w.Image(format="png", layout=w.Layout(max_width="1000px"))
         self.run.on_click(lambda _: self.update())
         self.compare.on_click(lambda _: self.compare_modes())
         self.drives.observe(self._drives_changed, names="value")
@@ -91,10 +118,12 @@ class TransactionLab(WidgetBase):
         for control in (self.failing, self.fail_after, self.mode, self.bitmap_mode):
             control.observe(self._changed, names="value")
         self.backend.observe(self._backend_changed, names="value")
+        self.view.observe(lambda _: self.draw(), names="value")
         self.widget = w.VBox([
             self.backend, self.backend_note, w.HBox([self.drives, self.failing, self.fail_after]),
             self.mode, w.HBox([self.sync, self.bitmap_mode]), w.HBox([self.run, self.compare, self.live]),
-            self.status, self.summary, self.bitmaps, self.events, self.comparison])
+            self.status, self.summary, self.view, self.picture, self.events, self.comparison,
+            self.comparison_picture])
         if live:
             self.update()
 
@@ -131,7 +160,7 @@ class TransactionLab(WidgetBase):
     def _play(self, mode: str) -> SeedOutcome:
         return run_seed(mode, self.failing.value, DRIVES[:self.drives.value], backend=self.backend.value,
                         sync=self.sync.value, bitmap_mode=self.bitmap_mode.value, fail_after=self.fail_after.value,
-                        bitmaps=True)
+                        bitmaps=True, chain=True)
 
     # -- runs ---------------------------------------------------------------------------------
     def update(self) -> SeedOutcome | None:
@@ -146,14 +175,31 @@ class TransactionLab(WidgetBase):
             f"{out.failing}'s backup fails on read #{out.fail_after + 1} (blkdebug inject-error, EIO)")
         self.summary.value = table(HEADER, drive_rows(out),
                                    caption=f"{out.mode} completion, sync {out.sync}: {failing}")
-        self.summary.value += (f"<p><b>Keep:</b> {html.escape(', '.join(out.keep) or 'nothing')}<br>"
-                               f"<b>Delete:</b> {html.escape(', '.join(out.delete) or 'nothing')}</p>")
+        keep = [i.image for i in out.images if i.keep]
+        delete = [i.image for i in out.images if not i.keep]
+        self.summary.value += (f"<p><b>Keep:</b> {html.escape(', '.join(keep) or 'nothing')}<br>"
+                               f"<b>Delete:</b> {html.escape(', '.join(delete) or 'nothing')}</p>")
+        self.summary.value += table(ADVICE_HEADER, advice_rows(out), caption="bitlab.chain.advise")
         rows = [_event_row(i, ev) for i, ev in enumerate(out.events)]
         self.events.value = ("<b>The transaction and its events</b>"
                              + pre({"execute": "transaction", "arguments": out.transaction})
                              + table(["#", "event", "job", "status / len, offset, error"], rows))
-        self.bitmaps.value = png(bitmaps_figure(out))
+        self.draw()
         return out
+
+    def draw(self) -> None:
+        """Draw the chosen view of the last result (only that one: each takes a while)."""
+        out = self.result
+        if out is None:
+            return
+        if self.view.value == "timeline":
+            fig = plot_timeline(out.events, marks=[(AtEvent(0), "transaction")],
+                                title=f"{out.mode} completion, sync {out.sync}: the jobs' states and events")
+        elif self.view.value == "bitmaps":
+            fig = bitmaps_figure(out)
+        else:
+            fig = plot_chain(out.images, title=f"backup chains after the {out.mode} transaction")
+        self.picture.value, self.drawn, self.figure = png(fig), self.view.value, fig
 
     def compare_modes(self) -> dict[str, SeedOutcome]:
         """Play the scenario in both completion modes; show them side by side."""
@@ -166,6 +212,7 @@ class TransactionLab(WidgetBase):
                         f"{table(HEADER, drive_rows(out), caption=f'{mode} completion')}</td>"
                         for mode, out in self.results.items())
         self.comparison.value = f"<table><tr>{cells}</tr></table>"
+        self.comparison_picture.value = png(plot_outcome(self.results))
         return self.results
 
 
