@@ -8,6 +8,7 @@ ones are shown pretty-printed next to the picture and the bitmap's ``count``.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as w
@@ -110,7 +111,7 @@ class BitmapExplorer(WidgetBase):
             close_machine(self.vm)
 
     # -- clicks -------------------------------------------------------------------------------
-    def _send(self, action: Any) -> None:
+    def _send(self, action: Callable[[], Any]) -> None:
         """Run ``action``; record the QMP messages it sent; show errors; redraw."""
         since = len(self.vm.transcript)
         try:
