@@ -84,10 +84,10 @@ class TransactionLab(WidgetBase):
                                   style={"description_width": "initial"})
         self.fail_after = w.BoundedIntText(value=0, min=0, max=MAX_READS, description="Reads before",
                                            tooltip="reads of the failing drive's backup that succeed "
-                                                               "before one fails (0 = the first read fails)")
+                                                   "before one fails (0 = the first read fails)")
         self.mode = w.ToggleButtons(options=MODES, value=mode, description="Completion",
                                     tooltips=["each job completes or fails on its own",
-                                              "one job fails: all jobs of the transaction are cancelled"])
+                                              "if one job fails, the others are cancelled"])
         self.sync = w.ToggleButtons(options=SYNC_MODES, value=sync, description="Sync",
                                     tooltips=["copy the bitmap's clusters; the bitmap is synced on success",
                                               "copy the bitmap's clusters; bitmap-mode decides its fate",
