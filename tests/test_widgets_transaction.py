@@ -36,6 +36,7 @@ def test_default_is_the_seed_individual():
          "bitmap1 holds every change since the point d1-full.qcow2 holds"]]
     assert "incremental on d0-incr-1.qcow2" in lab.summary.value
     assert lab.blkdebug == FAIL_ON_READ
+    assert "<b>drive1's file node</b>" in lab.events.value and "&quot;errno&quot;: 5" in lab.events.value
     assert lab.drawn == "timeline" and lab.picture.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert "BLOCK_JOB_ERROR" in lab.events.value and "&quot;completion-mode&quot;" not in lab.events.value
 
@@ -60,7 +61,7 @@ def test_no_failure_keeps_everything(mode):
     assert "no drive fails" in lab.summary.value and "<b>Delete:</b> nothing" in lab.summary.value
     assert [r[3] for r in advice_rows(lab.result)] == ["incremental on d0-incr-1.qcow2",
                                                         "incremental on d1-incr-1.qcow2"]
-    assert lab.blkdebug is None
+    assert lab.blkdebug is None and "blkdebug" not in lab.events.value
 
 
 def test_reads_before_the_failure():

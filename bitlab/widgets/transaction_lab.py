@@ -181,7 +181,11 @@ class TransactionLab(WidgetBase):
                                f"<b>Delete:</b> {html.escape(', '.join(delete) or 'nothing')}</p>")
         self.summary.value += table(ADVICE_HEADER, advice_rows(out), caption="bitlab.chain.advise")
         rows = [_event_row(i, ev) for i, ev in enumerate(out.events)]
-        self.events.value = ("<b>The transaction and its events</b>"
+        fault = "" if out.failing is None else (
+            f"<b>{html.escape(out.failing)}'s file node</b> (blkdebug between qcow2 and its file)"
+            + pre({"driver": "blkdebug", "image": {"driver": "file", "filename": f"{out.failing}.qcow2"},
+                   **fail_on_read(out.fail_after)}))
+        self.events.value = (fault + "<b>The transaction and its events</b>"
                              + pre({"execute": "transaction", "arguments": out.transaction})
                              + table(["#", "event", "job", "status / len, offset, error"], rows))
         self.draw()
