@@ -28,6 +28,18 @@ from .sim import Scheduler
 from .units import parse_size
 
 
+def _copy_message(value: Any) -> Any:
+    """A deep copy of a wire message: JSON containers are rebuilt, JSON scalars are immutable and
+    shared, anything else goes through ``copy.deepcopy`` (same result, a fraction of the time)."""
+    if isinstance(value, dict):
+        return {key: _copy_message(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_message(item) for item in value]
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    return copy.deepcopy(value)
+
+
 def _opt_str(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -76,7 +88,7 @@ class Machine(GuestIO, Monitor):
     # -- QMP ----------------------------------------------------------------------
     def execute(self, message: dict) -> dict:
         """Run one wire-shaped QMP message and return the wire-shaped reply."""
-        self.transcript.append({"kind": "cmd", "message": copy.deepcopy(message)})
+        self.transcript.append({"kind": "cmd", "message": _copy_message(message)})
         events_at = len(self.events)
         reply = TABLE.dispatch(self, message)
         self.transcript.append({"kind": "reply", "message": reply})

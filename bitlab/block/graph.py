@@ -14,6 +14,7 @@ import re
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
 from .blkdebug import BlkdebugNode
+from .info import NodeInfoCache
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
 from .store import ImageStore, StoredBitmap
 
@@ -41,6 +42,7 @@ class BlockGraph:
         self.monitor_owned: set[str] = set()
         self._rng = random.Random(seed)
         self._auto_counter = 0
+        self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
 
     # -- lookups ------------------------------------------------------------------
     def lookup_bs(self, name: str) -> BlockNode:

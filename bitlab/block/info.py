@@ -2,10 +2,14 @@
 
 Dicts are built in QAPI schema member order; :func:`bitlab.qmp_order.wire_order`
 turns that into the order QEMU sends. ``qemu-img info`` reuses :func:`image_info`.
+:class:`NodeInfoCache` keeps query-named-block-nodes entries while nothing they show changes.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from ..qmp_order import wire_order
 from .blkdebug import BlkdebugNode
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, round_sector
 from .store import ImageFile
@@ -59,9 +63,10 @@ def filter_or_cow(node: BlockNode) -> BlockNode | None:
     return node.backing
 
 
-def image_info(node: BlockNode, *, flat: bool = False) -> dict:
-    """ImageInfo of a node; unless ``flat``, with the chain below it as ``backing-image``."""
-    info = _image_info(node)
+def image_info(node: BlockNode, *, flat: bool = False, filename: str | None = None) -> dict:
+    """ImageInfo of a node; unless ``flat``, with the chain below it as ``backing-image``.
+    ``filename``: the node's filename, if the caller has it already."""
+    info = _image_info(node, node.filename if filename is None else filename)
     below = filter_or_cow(node)
     if below is not None and not flat and "backing-image" not in info:
         spec = info.pop("format-specific", None)
@@ -71,22 +76,22 @@ def image_info(node: BlockNode, *, flat: bool = False) -> dict:
     return info
 
 
-def _image_info(node: BlockNode) -> dict:
+def _image_info(node: BlockNode, filename: str) -> dict:
     if isinstance(node, NullNode):
-        return {"filename": node.filename, "format": node.driver, "actual-size": 0, "virtual-size": node.size}
+        return {"filename": filename, "format": node.driver, "actual-size": 0, "virtual-size": node.size}
     if isinstance(node, FileNode):
-        info = file_image_info(node.image, fmt="file", filename=node.filename)
+        info = file_image_info(node.image, fmt="file", filename=filename)
         info["virtual-size"] = node.size
         return info
     if isinstance(node, Qcow2Node):
         # the allocated size comes from the protocol below; blkdebug does not answer
-        return file_image_info(node.image, filename=node.filename,
+        return file_image_info(node.image, filename=filename,
                                has_actual_size=isinstance(node.child("file"), FileNode))
     if isinstance(node, BlkdebugNode):  # answers bdrv_get_info from its image, no allocated size
-        return {"filename": node.filename, "format": node.driver, "dirty-flag": False, "virtual-size": node.size}
+        return {"filename": filename, "format": node.driver, "dirty-flag": False, "virtual-size": node.size}
     # raw and filters: bdrv_get_info answers from below (file does, null-co does not); a filter
     # shows the cluster size of what it filters.
-    info = {"filename": node.filename, "format": node.driver}
+    info = {"filename": filename, "format": node.driver}
     bottom = node
     while bottom.child("file") is not None and not isinstance(bottom, Qcow2Node):
         bottom = bottom.child("file")
@@ -114,7 +119,8 @@ def backing_depth(node: BlockNode) -> int:
 
 def block_device_info(node: BlockNode, *, flat: bool = False) -> dict:
     """BlockDeviceInfo, one entry of query-named-block-nodes (schema order)."""
-    info: dict = {"file": node.filename, "node-name": node.node_name, "ro": node.read_only, "drv": node.driver}
+    filename = node.filename  # a ``json:`` filename takes some building: once per entry
+    info: dict = {"file": filename, "node-name": node.node_name, "ro": node.read_only, "drv": node.driver}
     if isinstance(node, Qcow2Node) and node.image.backing_file and node.backing is not None:
         info["backing_file"] = node.image.backing_file
     info["backing_file_depth"] = 0 if flat else backing_depth(node)
@@ -122,9 +128,91 @@ def block_device_info(node: BlockNode, *, flat: bool = False) -> dict:
     info["detect_zeroes"] = node.detect_zeroes
     for key in ("bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr"):
         info[key] = 0
-    info["image"] = image_info(node, flat=flat)
+    info["image"] = image_info(node, flat=flat, filename=filename)
     info["cache"] = {"writeback": True, "direct": node.cache_direct, "no-flush": node.cache_no_flush}
     info["write_threshold"] = 0
     if node.bitmaps:
         info["dirty-bitmaps"] = [bm.info() for bm in node.bitmaps]
     return info
+
+
+def _image_state(image: ImageFile) -> tuple:
+    """Every field of an image file that an entry shows (file_length stands for its data)."""
+    return (image.name, image.fmt, image.size, image.cluster_size, image.backing_file, image.backing_fmt,
+            image.compat, image.file_length(),
+            tuple((sb.name, sb.granularity, sb.in_use, sb.enabled) for sb in image.bitmaps))
+
+
+def _subtree_state(node: BlockNode, memo: dict[int, tuple]) -> tuple:
+    """What an entry for ``node`` is built from, except its dirty bitmaps: the node itself, its
+    image file and, recursively, its children (filenames, backing chains and filters all live
+    below a node). Other node fields never change after blockdev-add."""
+    state = memo.get(id(node))
+    if state is None:
+        image = node.__dict__.get("image")  # file and qcow2 nodes; blkdebug's image is its child's
+        image_state = None
+        if image is not None:  # a format node and its file node share one image
+            image_state = memo.get(id(image))
+            if image_state is None:
+                image_state = memo[id(image)] = _image_state(image)
+        state = (node, node.read_only, image_state,
+                 tuple([(role, _subtree_state(child, memo)) for role, child in node.children]))
+        memo[id(node)] = state
+    return state
+
+
+class NodeInfoCache:
+    """query-named-block-nodes entries, rebuilt only when something an entry shows has changed.
+
+    Invalidation rule: an entry is reused while its node's :func:`_subtree_state` (the node,
+    its image file and every node and image file below it) is equal to the one it was built
+    from. Dirty bitmaps change with every write, so ``dirty-bitmaps`` is built on every query.
+    Every reply gets its own copy of a cached entry (whoever gets a reply may change it).
+    """
+
+    def __init__(self) -> None:
+        # (node, flat) -> (state built from, entry without dirty-bitmaps in wire order, member order)
+        self._entries: dict[tuple[BlockNode, bool], tuple[tuple, dict, tuple[str, ...]]] = {}
+
+    def entries(self, nodes: list[BlockNode], *, flat: bool) -> list[dict]:
+        """:func:`block_device_info` of each node, in wire order (the order QEMU sends)."""
+        memo: dict[int, tuple] = {}
+        out = []
+        for node in nodes:
+            state = _subtree_state(node, memo)
+            cached = self._entries.get((node, flat))
+            if cached is None or cached[0] != state:
+                cached = self._build(node, flat, state)
+                self._entries[(node, flat)] = cached
+            _, static, order = cached
+            entry = _copy_json(static)
+            if node.bitmaps:
+                entry["dirty-bitmaps"] = [wire_order(bm.info()) for bm in node.bitmaps]
+                entry = {key: entry[key] for key in order}
+            out.append(entry)
+        alive = set(nodes)
+        for key in [key for key in self._entries if key[0] not in alive]:
+            del self._entries[key]
+        return out
+
+    @staticmethod
+    def _build(node: BlockNode, flat: bool, state: tuple) -> tuple[tuple, dict, tuple[str, ...]]:
+        info = block_device_info(node, flat=flat)
+        info.pop("dirty-bitmaps", None)
+        return state, wire_order(info), _order_with_bitmaps(tuple(info))
+
+
+@lru_cache(maxsize=64)
+def _order_with_bitmaps(members: tuple[str, ...]) -> tuple[str, ...]:
+    """Where ``dirty-bitmaps`` goes among the other members (wire order depends on the names only)."""
+    return tuple(wire_order(dict.fromkeys((*members, "dirty-bitmaps"))))
+
+
+_CONTAINERS = (dict, list)
+
+
+def _copy_json(value: dict | list) -> dict | list:
+    """A deep copy of JSON data: containers are rebuilt, scalars (immutable) are shared."""
+    if type(value) is dict:
+        return {key: _copy_json(item) if type(item) in _CONTAINERS else item for key, item in value.items()}
+    return [_copy_json(item) if type(item) in _CONTAINERS else item for item in value]

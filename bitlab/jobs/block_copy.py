@@ -433,6 +433,8 @@ class BlockCopy:
         first = bits.find(1, min(call.cursor // cs, len(bits)))
         if first < 0:
             return None
+        if zeroes_only and self.cluster_kinds(first * cs, min((first + 1) * cs, self.len))[0]:
+            return None  # the first task reads data (as the plan below would find, at a fraction of its cost)
         now = self.scheduler.clock.now_ns
         horizon = getattr(self.scheduler, "horizon_ns", None)
         horizon = now if horizon is None else max(horizon, now)
@@ -584,7 +586,12 @@ class BlockCopy:
 
 def _plain(node: BlockNode) -> bool:
     """A node tree of drivers whose batched I/O is exact (no blkdebug anywhere)."""
-    return type(node) in BULK_DRIVERS and all(_plain(child) for _, child in node.children)
+    if type(node) not in BULK_DRIVERS:
+        return False
+    for _, child in node.children:
+        if not _plain(child):
+            return False
+    return True
 
 
 def _set_runs(raw: np.ndarray, b0: int, b1: int) -> tuple[np.ndarray, np.ndarray]:

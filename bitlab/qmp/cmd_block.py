@@ -19,10 +19,9 @@ def qmp_blockdev_del(vm: Any, args: dict) -> None:
     vm.close_node(args["node-name"])
 
 
-@TABLE.command("query-named-block-nodes", QueryNamedBlockNodes)
+@TABLE.command("query-named-block-nodes", QueryNamedBlockNodes, wire_ordered=True)
 def qmp_query_named_block_nodes(vm: Any, args: dict) -> list:
-    flat = args.get("flat", False)
-    return [block_device_info(node, flat=flat) for node in vm.graph.newest_first()]
+    return vm.graph.info_cache.entries(vm.graph.newest_first(), flat=args.get("flat", False))
 
 
 @TABLE.command("query-block")

@@ -23,6 +23,7 @@ class Command:
     handler: Handler
     returns: QType | None = None
     boxed: bool = False  # arguments are one flat union (blockdev-add)
+    wire_ordered: bool = False  # the handler returns its value in wire order already
 
 
 class CommandTable:
@@ -32,9 +33,9 @@ class CommandTable:
         self.commands: dict[str, Command] = {}
 
     def command(self, name: str, args: Struct | Union_ | None = None, returns: QType | None = None,
-                boxed: bool = False) -> Callable[[Handler], Handler]:
+                boxed: bool = False, wire_ordered: bool = False) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
-            self.commands[name] = Command(name, args, fn, returns, boxed)
+            self.commands[name] = Command(name, args, fn, returns, boxed, wire_ordered)
             return fn
         return register
 
@@ -46,24 +47,25 @@ class CommandTable:
         visitor = Visitor()
         args = {} if arguments is None else arguments
         if cmd.args is None:
-            return visitor.visit_struct((), args, "")
+            return visitor.visit_struct((), args, "", frozenset())
         if isinstance(cmd.args, Union_):
             return visitor.visit(cmd.args, args, None, "")
-        return visitor.visit_struct(cmd.args.all_members(), args, "")
+        return visitor.visit_struct(cmd.args.all_members(), args, "", cmd.args.member_names)
 
     def dispatch(self, ctx: Any, message: Any) -> dict:
         """Run one wire message; return the wire reply (``return`` or ``error``, ``id``)."""
         msg_id = message.get("id") if isinstance(message, dict) else None
         try:
-            result = self._run(ctx, message)
-            reply: dict = {"return": result}
+            result, ordered = self._run(ctx, message)
+            reply: dict = {"return": result if ordered else wire_order(result)}
         except QMPError as err:
-            reply = {"error": err.to_wire()}
+            reply = {"error": wire_order(err.to_wire())}
         if isinstance(message, dict) and "id" in message:
-            reply["id"] = msg_id
-        return wire_order(reply)
+            reply["id"] = wire_order(msg_id)
+        return {key: reply[key] for key in wire_order(dict.fromkeys(reply))}  # members already ordered
 
-    def _run(self, ctx: Any, message: Any) -> Any:
+    def _run(self, ctx: Any, message: Any) -> tuple[Any, bool]:
+        """The command's value, and whether it is in wire order already."""
         if not isinstance(message, dict):
             raise QMPError("QMP input must be a JSON object")
         for key in message:
@@ -87,7 +89,7 @@ class CommandTable:
             raise QMPError(f"The command {name} does not support OOB")
         args = self.check_args(cmd, arguments)
         result = cmd.handler(ctx, args)
-        return {} if result is None else result
+        return ({}, True) if result is None else (result, cmd.wire_ordered)
 
 
 TABLE = CommandTable()

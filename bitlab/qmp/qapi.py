@@ -9,6 +9,7 @@ purposes: checking arguments with QEMU's exact error texts
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Union
 
 from ..errors import QMPError
@@ -53,7 +54,15 @@ class Struct:
     base: Struct | None = None
 
     def all_members(self) -> tuple[Member, ...]:
+        return self._all_members
+
+    @cached_property
+    def _all_members(self) -> tuple[Member, ...]:  # types never change: computed once
         return (self.base.all_members() if self.base else ()) + self.members
+
+    @cached_property
+    def member_names(self) -> frozenset[str]:
+        return frozenset(mem.name for mem in self._all_members)
 
 
 @dataclass(frozen=True)
@@ -110,8 +119,14 @@ def _type_error(path: str, expected: str) -> QMPError:
     return QMPError(f"Invalid parameter type for '{path}', expected: {expected}")
 
 
+_EXACT_KINDS = {type(None): "null", bool: "bool", float: "number", str: "str", list: "list", dict: "dict"}
+
+
 def _json_kind(value: Any) -> str:
     """The QObject type QEMU's JSON parser would produce."""
+    kind = _EXACT_KINDS.get(type(value))  # the usual JSON types, in one look-up
+    if kind is not None:
+        return kind
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -150,15 +165,17 @@ class Visitor:
                 raise _type_error(path, "array")
             return [self.visit(qtype.element, v, None, f"{path}[{i}]") for i, v in enumerate(value)]
         if isinstance(qtype, Struct):
-            return self.visit_struct(qtype.all_members(), value, path)
+            return self.visit_struct(qtype.all_members(), value, path, qtype.member_names)
         if isinstance(qtype, Union_):
             return self._union(qtype, value, path)
         if isinstance(qtype, Alternate):
             return self._alternate(qtype, value, name, path)
         raise TypeError(qtype)
 
-    def visit_struct(self, members: tuple[Member, ...], value: Any, path: str, extra: tuple[str, ...] = ()) -> dict:
-        if _json_kind(value) != "dict":
+    def visit_struct(self, members: tuple[Member, ...], value: Any, path: str,
+                     known: frozenset[str] | None = None) -> dict:
+        """Visit ``members``; any other key is unexpected unless in ``known`` (default: the members' names)."""
+        if type(value) is not dict and _json_kind(value) != "dict":
             raise _type_error(path or "null", "object")
         out: dict = {}
         for mem in members:
@@ -166,7 +183,8 @@ class Visitor:
                 out[mem.name] = self.visit(mem.type, value[mem.name], mem.name, _join(path, mem.name))
             elif not mem.optional:
                 raise QMPError(f"Parameter '{_join(path, mem.name)}' is missing")
-        known = {mem.name for mem in members} | set(extra)
+        if known is None:
+            known = frozenset(mem.name for mem in members)
         for key in value:
             if key not in known:
                 raise QMPError(f"Parameter '{_join(path, key)}' is unexpected")
@@ -175,13 +193,14 @@ class Visitor:
     def _union(self, qtype: Union_, value: Any, path: str) -> dict:
         if _json_kind(value) != "dict":
             raise _type_error(path or "null", "object")
-        base = qtype.base.all_members()
+        base, base_names = qtype.base.all_members(), qtype.base.member_names
         # Base members first (the discriminator among them), without the unexpected check.
-        out = self.visit_struct(base, {k: v for k, v in value.items() if k in {b.name for b in base}}, path)
+        out = self.visit_struct(base, {k: v for k, v in value.items() if k in base_names}, path, base_names)
         variant = qtype.variants.get(out[qtype.discriminator])
         variant_members = variant.all_members() if variant else ()
         rest = {k: v for k, v in value.items() if k not in out}
-        out.update(self.visit_struct(variant_members, rest, path, extra=tuple(b.name for b in base)))
+        known = base_names | variant.member_names if variant else base_names
+        out.update(self.visit_struct(variant_members, rest, path, known))
         return out
 
     def _alternate(self, qtype: Alternate, value: Any, name: str | None, path: str) -> Any:
