@@ -183,3 +183,16 @@ def test_on_real_qemu():
     lab.run.click()
     assert lab.status.value == ""
     assert drive_rows(lab.result) == [D0_CANCELLED, D1_FAILED]
+
+
+@pytest.mark.qemu
+def test_model_matches_real_qemu():
+    """run_seed's variations give the same rows and chain advice on real QEMU 7.2 (about 10 s)."""
+    cases = [{}, {"failing": None}, {"fail_after": 1}, {"fail_after": 2}, {"sync": "full", "failing": None},
+             {"sync": "bitmap", "bitmap_mode": "always"},
+             {"drives": ("drive0", "drive1", "drive2", "drive3"), "failing": "drive2"}]
+    for kw in cases:
+        for mode in ("individual", "grouped"):
+            sim, real = run_seed(mode, chain=True, **kw), run_seed(mode, chain=True, backend="qemu", **kw)
+            assert drive_rows(real) == drive_rows(sim), (mode, kw)
+            assert advice_rows(real) == advice_rows(sim), (mode, kw)
