@@ -72,6 +72,28 @@ def test_clicks_counts_and_sent_qmp():
     assert ex.picture.value[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def legend(ex):
+    return [t.get_text() for t in ex.figure.axes[0].get_legend().get_texts()]
+
+
+def test_picture_shows_what_the_click_changed():
+    ex = BitmapExplorer()
+    assert ex.figure.axes[0].get_title().startswith("bitmap0 on drive0\ngranularity 64 KiB, count 0")
+    ex.offset.value, ex.length.value = 126976, 8192
+    ex.write_button.click()
+    assert legend(ex) == ["neither: 1022 bits", "both: 0 bits", "only before the click: 0 bits",
+                          "only after it: 2 bits"]
+    ex.offset.value = 0
+    ex.write_button.click()  # cluster 1 was dirty already; cluster 0 is new
+    assert legend(ex) == ["neither: 1021 bits", "both: 2 bits", "only before the click: 0 bits",
+                          "only after it: 1 bits"]
+    ex.clear_button.click()
+    assert legend(ex)[2] == "only before the click: 3 bits"
+    ex.granularity.value = 131072  # a new bitmap of another size: drawn on its own
+    ax = ex.figure.axes[0]
+    assert ax.get_legend() is None and "count 0 (0 B): 0 of 512 bits dirty" in ax.get_title()
+
+
 def test_disabled_shows_not_recording():
     ex = BitmapExplorer()
     ex.disable_button.click()

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as w
+from matplotlib.figure import Figure
 
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError
 from ..qemu_img import QemuImgError
 from ..units import format_size
-from ..viz import plot_dirty_bitmap
+from ..viz import plot_bitmap_compare, plot_dirty_bitmap
 from ._common import WidgetBase, backend_picker, close_machine, error_html, new_machine, png, pre
 
 GRANULARITIES = tuple(1 << k for k in range(9, 21))  # 512 B ... 1 MiB (QEMU allows up to 2 GiB)
@@ -29,7 +30,8 @@ class BitmapExplorer(WidgetBase):
 
     Controls: ``backend``, ``granularity`` (re-creates the bitmap: remove, then add), ``offset``
     and ``length`` in bytes, buttons ``write_button`` / ``discard_button`` / ``clear_button`` /
-    ``enable_button`` / ``disable_button``. Shown: ``picture`` (PNG), ``count`` and ``status``
+    ``enable_button`` / ``disable_button``. Shown: ``picture`` (PNG: the bitmap before the last
+    click overlaid with the bitmap after it), ``count`` and ``status``
     (HTML), ``qmp`` (the last messages sent). Data: ``sent`` (every QMP message the clicks
     sent, in order) and ``result`` (the bitmap after the last click).
     """
@@ -39,6 +41,7 @@ class BitmapExplorer(WidgetBase):
         self.node, self.name, self.size = node, bitmap, size
         self.sent: list[dict] = []
         self.result: DirtyBitmap | None = None
+        self.figure: Figure | None = None  # what ``picture`` shows
         self._own = vm is None
         self.backend, self.backend_note = backend_picker(getattr(vm, "backend", backend))
         self.backend.disabled = self.backend.disabled or not self._own  # a given machine is kept
@@ -145,14 +148,19 @@ class BitmapExplorer(WidgetBase):
 
     # -- view ---------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Read the bitmap back (QEMU's own numbers) and redraw."""
+        """Read the bitmap back (QEMU's own numbers) and redraw: the bitmap before the last click
+        overlaid with the bitmap after it (what the click changed), or just the bitmap."""
         info = next(b for b in self._bitmaps() if b.get("name") == self.name)
         bm = self.vm.dirty_bitmap(self.node, self.name)
-        self.result = bm
+        before, self.result = self.result, bm
         bits = info["count"] // info["granularity"]
         self.count.value = (f"<b>{html.escape(self.name)}</b> on <code>{html.escape(self.node)}</code>: "
                             f"count <b>{info['count']}</b> bytes ({format_size(info['count'])}) = {bits} of "
                             f"{bm.nbits} bits dirty at granularity {info['granularity']}; "
                             f"recording: <b>{str(info['recording']).lower()}</b>")
-        fig = plot_dirty_bitmap(bm, title=f"{self.name} on {self.node}")
-        self.picture.value = png(fig)
+        if before is not None and (before.granularity, before.size) == (bm.granularity, bm.size):
+            fig = plot_bitmap_compare(before, bm, ("before the click", "after it"),
+                                      title=f"{self.name} on {self.node}: what the last click changed")
+        else:
+            fig = plot_dirty_bitmap(bm, title=f"{self.name} on {self.node}")
+        self.picture.value, self.figure = png(fig), fig
