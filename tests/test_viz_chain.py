@@ -89,10 +89,10 @@ def test_every_style_has_its_own_hatch():
     assert len(set(hatches)) == len(hatches)
 
 
-def test_rejects_loops_duplicates_and_nothing():
+def test_rejects_loops_and_duplicates_and_says_when_empty():
     with pytest.raises(ValueError, match="loop: a -> b -> a"):
         chain_layout([Img("a", "d", "b", True, True, ""), Img("b", "d", "a", True, True, "")])
     with pytest.raises(ValueError, match="twice"):
         chain_layout([Img("a", "d", None, True, True, ""), Img("a", "d", None, True, True, "")])
-    with pytest.raises(ValueError, match="no images"):
-        plot_chain([])
+    empty = plot_chain([]).axes[0]
+    assert [t.get_text() for t in empty.texts] == ["no backup images"] and not empty.patches

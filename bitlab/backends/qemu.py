@@ -231,7 +231,9 @@ class QemuMachine(GuestIO, Monitor):
 
     def _connected(self, sock: str) -> Any:
         qmp = self._protocol(sock)
-        qmp.connect(negotiate=True)
+        # The legacy client's connect and close wait without limit; a QEMU that accepted the
+        # connection but never greets (seen once under heavy load) must not hang bitlab.
+        qmp._sync(qmp._qmp.connect(sock), self.timeout)
         return qmp
 
     def _stop(self, *, kill: bool = False) -> None:
@@ -246,8 +248,8 @@ class QemuMachine(GuestIO, Monitor):
                 except Exception:  # noqa: BLE001 - it may already be gone
                     pass
             try:
-                self._qmp.close()
-            except Exception:  # noqa: BLE001
+                self._qmp._sync(self._qmp._qmp.disconnect(), 5)
+            except Exception:  # noqa: BLE001 - gone, or stuck: the process is killed below
                 pass
             self._qmp = None
         if proc is not None:
@@ -642,6 +644,9 @@ class _OwnThread:
         if not callable(attr):
             return attr
         return lambda *args, **kwargs: self._pool.submit(attr, *args, **kwargs).result()
+
+    def _sync(self, future: Any, timeout: float | None = None) -> Any:
+        return self._pool.submit(self._obj._sync, future, timeout).result()
 
     def close(self) -> None:
         try:

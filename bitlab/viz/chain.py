@@ -180,14 +180,17 @@ def plot_chain(images: Sequence[ChainImage], *, title: str | None = None, ax: Ax
     legend, and in words inside each box. Draws into ``ax`` if given; returns the Figure.
     """
     layout = chain_layout(images)
-    if not layout.boxes:
-        raise ValueError("no images to draw")
     if ax is None:
         fig = Figure(figsize=(1.2 + 3.3 * layout.columns, 1.6 + 1.45 * layout.rows), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure.figure
 
+    if not layout.boxes:  # e.g. before any backup: say so rather than fail
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no backup images", ha="center", va="center", transform=ax.transAxes, gid="empty")
+        ax.set_title(title if title else "backup chains", fontsize="medium")
+        return fig
     where = {b.image: b for b in layout.boxes}
     for b in layout.boxes:
         x0, y0 = b.column - BOX_W / 2, b.row - BOX_H / 2

@@ -233,20 +233,13 @@ def timeline_lanes(events: Sequence[Mapping[str, Any]], *, marks: Sequence[tuple
         if isinstance(at, AtEvent):
             later = [n for n, (i, _) in enumerate(picked) if i >= at.index]
             xm = (pos[later[0]] - (0.5 if x == "order" else 0.0)) if later else xmax
-        elif isinstance(at, Mapping):
-            t = _micros(at)
-            if x == "order":
+        else:
+            t = _micros(at) if isinstance(at, Mapping) else t0 + round(float(at) * 1e6)
+            if x == "order":  # before the first job event at or after that time
                 later = [n for n, tn in enumerate(times) if tn >= t]
                 xm = later[0] - 0.5 if later else xmax
             else:
                 xm = (t - t0) / 1e6 * scale
-        else:
-            t = t0 + round(float(at) * 1e6)
-            if x == "order":
-                later = [n for n, tn in enumerate(times) if tn >= t]
-                xm = later[0] - 0.5 if later else xmax
-            else:
-                xm = float(at) * scale
         lines.append(MarkLine(xm, label))
     return Timeline(tuple(lanes), tuple(lines), x, unit, xmax)
 
