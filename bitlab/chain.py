@@ -180,16 +180,19 @@ def _exists(vm: Any, key: str) -> bool:
 
 
 def restore(vm: Any, image: str) -> Content:
-    """The content a guest would read from ``image`` opened with its backing chain."""
+    """The content a guest would read from ``image`` opened with its backing chain — read as an operator
+    would restore it, with ``qemu-img convert -O raw`` (simulated, or real on ``backend="qemu"``)."""
     key = vm._image_key(image)
-    if vm.backend != "sim":
-        tmp = ".bitlab-restore.raw"
-        vm.qemu_img("convert", "-U", "-O", "raw", key, tmp)
-        try:
-            return Content.from_bytes(np.fromfile(os.path.join(vm.workdir, tmp), dtype=np.uint8))
-        finally:
-            os.unlink(os.path.join(vm.workdir, tmp))
-    return Content.of_layers([(f.is_qcow2, f.size, f.data) for f in vm._image_layers(key)])
+    tmp = ".bitlab-restore.raw"
+    vm.qemu_img("convert", "-U", "-O", "raw", key, tmp)
+    if vm.backend == "sim":
+        content = Content.from_map(vm.images[tmp].data)
+        vm.images.remove(tmp)
+        return content
+    try:
+        return Content.from_bytes(np.fromfile(os.path.join(vm.workdir, tmp), dtype=np.uint8))
+    finally:
+        os.unlink(os.path.join(vm.workdir, tmp))
 
 
 # -- the analysis --------------------------------------------------------------------------------

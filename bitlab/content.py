@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .block.extents import UNALLOCATED, ExtentMap
+from .block.extents import ExtentMap
 
 
 def _runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -27,13 +27,6 @@ def _runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray) -> tuple[np.nd
     idx = np.flatnonzero(new)
     last = np.append(idx[1:], starts.size) - 1
     return starts[idx], ends[last], vals[idx]
-
-
-def _held(data: ExtentMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The runs a qcow2 layer holds itself (zero clusters read 0)."""
-    starts, ends, vals = data.extents()
-    own = vals != UNALLOCATED
-    return starts[own], ends[own], np.maximum(vals[own], 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,16 +60,6 @@ class Content:
     @classmethod
     def from_map(cls, emap: ExtentMap) -> Content:
         return cls.from_runs(emap.size, *emap.extents())
-
-    @classmethod
-    def of_layers(cls, layers: list[tuple[bool, int, ExtentMap]]) -> Content:
-        """What an image chain reads: ``layers`` are ``(is_qcow2, size, data)`` from the top image down to
-        its base; a qcow2 layer reads through where it holds nothing, zero clusters read 0."""
-        base_qcow2, base_size, base_data = layers[-1]
-        content = cls.blank(base_size).overlay(*_held(base_data)) if base_qcow2 else cls.from_map(base_data)
-        for _, size, data in reversed(layers[:-1]):
-            content = content.resized(size).overlay(*_held(data))
-        return content
 
     def to_map(self) -> ExtentMap:
         emap = ExtentMap(self.size, fill=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from .guest import GuestIO
 from .history import NOTED_COMMANDS, history_of
 from .jobs.job import JobManager
 from .monitor import Monitor
+from .qemu_img import Layer, read_chain
 from .qmp import TABLE
 from .qmp.hmp import parse_qemu_io
 from .qmp.qapi import wire_order
@@ -287,23 +289,18 @@ class Machine(GuestIO, Monitor):
         file = self._file_of(node) if node is not None else None
         return self.images[file].data.version if file is not None and file in self.images else 0
 
-    def _image_layers(self, key: str) -> list:
-        """The image file and its backing files, top first."""
-        layers = [self.images[key]]
-        while layers[-1].is_qcow2 and layers[-1].backing_file:
-            layers.append(self.images[self.graph.store_key(layers[-1].backing_file)])
-        return layers
-
     def _capture_content(self, name: str) -> Callable[[], Content]:
         """What a guest of ``name`` reads now, exactly: the drive's image chain is copied (cheap copies of
-        its runs) and composed only if someone asks."""
+        its runs) and read, as qemu-img would read it, only if someone asks."""
         node = self._node(name)
         file = self._file_of(node)
         if file is None or file not in self.images:  # null-co and friends read zeroes
             content = Content.from_runs(node.size, *node.read_extents(0, node.size))
             return lambda: content
-        layers = [(f.is_qcow2, f.size, f.data.copy()) for f in self._image_layers(file)]
-        return lambda: Content.of_layers(layers)
+        chain = _qemu_img.open_chain(self.images, self.graph.store_key, file, lock=None)
+        frozen = [Layer(layer.name, dataclasses.replace(layer.image, data=layer.image.data.copy()))
+                  for layer in chain]
+        return lambda: Content.from_runs(frozen[0].size, *read_chain(frozen, 0, frozen[0].size))
 
     # -- images -------------------------------------------------------------------
     def qemu_img(self, *args: str) -> str:

@@ -303,21 +303,23 @@ class BlockGraph:
                 stored.in_use = True
 
     def _store_bitmaps(self, node: Qcow2Node) -> None:
-        """On a clean close every persistent bitmap is written to the image, newest first."""
+        """On a clean close every persistent bitmap is written to the image: the bitmap directory
+        keeps its order, new bitmaps are appended newest first (qcow2_store_persistent_dirty_bitmaps)."""
         if node.read_only:
             return
+        live = {bm.name: bm for bm in node.bitmaps if bm.persistent}
         stored = []
-        for bm in node.bitmaps:
-            if not bm.persistent:
-                continue
-            if bm.inconsistent:
-                old = next((s for s in node.image.bitmaps if s.name == bm.name), None)
-                if old is not None:
-                    stored.append(old)
-                continue
-            stored.append(StoredBitmap(bm.name or "", bm.granularity, bm.bits.copy(),
-                                       enabled=not bm.disabled or bm.successor is not None))
+        for old in node.image.bitmaps:
+            bm = live.pop(old.name, None)
+            if bm is not None:
+                stored.append(old if bm.inconsistent else self._stored(bm))
+        stored += [self._stored(bm) for bm in node.bitmaps if bm.persistent and bm.name in live]
         node.image.bitmaps = stored
+
+    @staticmethod
+    def _stored(bm: DirtyBitmap) -> StoredBitmap:
+        return StoredBitmap(bm.name or "", bm.granularity, bm.bits.copy(),
+                            enabled=not bm.disabled or bm.successor is not None)
 
     # -- closing ------------------------------------------------------------------
     def release(self, node: BlockNode, *, clean: bool = True) -> None:

@@ -394,7 +394,6 @@ class Qcow2Node(FormatNode):
         self.file.debug_event("write_aio")
         self.file.debug_check("write", None, length)  # host offsets in the file are not modelled
         self.image.data.write(offset, length, value)
-        self.image.note_allocation()
 
     def pread(self, offset, length):
         """Data runs are read from the file (read_aio); holes come from the backing file."""
@@ -435,7 +434,6 @@ class Qcow2Node(FormatNode):
             self.file.debug_event("write_aio")
             self.file.debug_check("write", None, 0)
         self.image.data.write_batch(offsets, lengths, values)
-        self.image.note_allocation()
 
     def _whole_clusters(self, offset: int, length: int) -> tuple[int, int]:
         cs = self.image.cluster_size
@@ -448,10 +446,14 @@ class Qcow2Node(FormatNode):
     def write_zeroes_batch(self, offsets, lengths):
         """:meth:`_store_zeroes` for many ranges (that must not overlap): whole clusters that hold
         nothing become zero clusters in one extent-map batch, other ranges go one by one."""
+        self.image.note_allocation()  # sample the peak first: this may free host clusters
         offsets = np.asarray(offsets, dtype=np.int64)
         ends = offsets + np.asarray(lengths, dtype=np.int64)
         order = np.argsort(offsets, kind="stable")
         if np.any(ends[order[:-1]] > offsets[order[1:]]):
+            super().write_zeroes_batch(offsets, ends - offsets)
+            return
+        if self.image.compat == "0.10":  # no zero clusters: range by range
             super().write_zeroes_batch(offsets, ends - offsets)
             return
         self._dirty_batch(offsets, ends - offsets)
@@ -474,7 +476,14 @@ class Qcow2Node(FormatNode):
     def _store_zeroes(self, offset, length):
         """qcow2_co_pwrite_zeroes: whole clusters become zero clusters (no data). A partly covered
         cluster that already reads as zeroes becomes a zero cluster too; otherwise its part is
-        written as zero bytes (the generic fallback)."""
+        written as zero bytes (the generic fallback). A v2 image has no zero clusters: without a
+        backing file its clusters are unallocated instead, with one the zeroes are written as data."""
+        self.image.note_allocation()  # sample the peak first: this may free host clusters
+        if self.image.compat == "0.10" and self.backing is not None:
+            self.image.data.write(offset, length, 0)
+            self.image.note_allocation()
+            return
+        zero = ZERO if self.image.compat != "0.10" else UNALLOCATED
         cs = self.image.cluster_size
         first, last = offset // cs, (offset + length - 1) // cs
         for cluster in {first, last}:  # the (at most two) partial clusters
@@ -482,8 +491,9 @@ class Qcow2Node(FormatNode):
             lo, hi = max(offset, c_start), min(offset + length, c_end)
             if lo == c_start and hi == c_end:
                 continue
-            if self._reads_zero(c_start, c_end):
-                self.image.data.write(c_start, c_end - c_start, ZERO)
+            if self._zero_cluster_possible(c_start, c_end, lo, hi):
+                hosted = zero == ZERO and self.image.data.value_at(c_start) == ZERO_ALLOC  # keeps its host cluster
+                self.image.data.write(c_start, c_end - c_start, ZERO_ALLOC if hosted else zero)
             else:
                 self.image.data.write(lo, hi - lo, 0)
         start, end = self._whole_clusters(offset, length)
@@ -492,7 +502,11 @@ class Qcow2Node(FormatNode):
         self.image.note_allocation()
 
     def _zero_clusters(self, start: int, end: int) -> None:
-        """Whole clusters become zero clusters; those holding a host cluster keep it (no unmap)."""
+        """Whole clusters become zero clusters; those holding a host cluster keep it (no unmap). In a
+        v2 image (no backing file here) they are unallocated."""
+        if self.image.compat == "0.10":
+            self.image.data.write(start, end - start, UNALLOCATED)
+            return
         cs = self.image.cluster_size
         starts, ends, vals = self.image.data.extents(start, end - start)
         hosted = (vals >= 0) | (vals == ZERO_ALLOC)
@@ -501,13 +515,55 @@ class Qcow2Node(FormatNode):
             lo, hi = s // cs * cs, min(-(-e // cs) * cs, end)
             self.image.data.write(lo, hi - lo, ZERO_ALLOC)
 
-    def _reads_zero(self, start: int, end: int) -> bool:
-        """is_zero via block status: no data here, nor in a backing file."""
-        starts, ends, is_data = self.block_status(start, end - start)
-        return not is_data.any()
+    def _zero_cluster_possible(self, c_start: int, c_end: int, lo: int, hi: int) -> bool:
+        """qcow2_co_pwrite_zeroes on part ``[lo, hi)`` of one cluster: it becomes a zero cluster if it
+        holds no data and the rest of it (head and tail) already reads as zeroes."""
+        _, _, vals = self.image.data.extents(c_start, c_end - c_start)
+        if (vals >= 0).any():
+            return False
+        return not self.status_data(c_start, lo) and not self.status_data(hi, c_end)
+
+    def status_data(self, start: int, end: int) -> bool:
+        """Whether block status reports data anywhere in ``[start, end)``, as qcow2 answers it: for
+        whole clusters (a cluster holding any data is data), unallocated ones from the backing file."""
+        end = min(end, self.image.data.size)
+        if end <= start:
+            return False
+        cs = self.image.cluster_size
+        lo, hi = start // cs * cs, min(-(-end // cs) * cs, self.image.data.size)
+        starts, ends, vals = self.image.data.extents(lo, hi - lo)
+        if (vals >= 0).any():
+            return True
+        backing = self.backing
+        if backing is None:
+            return False
+        holes = vals == UNALLOCATED  # whole clusters here: writes that leave part of a cluster are data
+        for s, e in zip(np.maximum(starts[holes], start).tolist(), np.minimum(ends[holes], end).tolist()):
+            if s >= min(e, backing.size):
+                continue
+            if isinstance(backing, Qcow2Node):
+                if backing.status_data(s, min(e, backing.size)):
+                    return True
+            elif backing.block_status(s, min(e, backing.size) - s)[2].any():
+                return True
+        return False
 
     def _unmap(self, offset, length):
-        # qcow2 discards whole clusters only; with a backing file they become zero clusters.
+        self.image.note_allocation()  # sample the peak first: this may free host clusters
+        # qcow2 discards whole clusters only (qcow2_cluster_discard, not a full discard): with a
+        # backing file, or where the cluster was allocated, a v3 image keeps a zero cluster; an
+        # unallocated cluster without backing stays so.
         start, end = self._whole_clusters(offset, length)
-        if end > start:
-            self.image.data.write(start, end - start, ZERO if self.backing is not None else UNALLOCATED)
+        if end <= start:
+            return
+        if self.image.compat == "0.10":  # no zero clusters in v2: with a backing file nothing happens
+            if self.backing is None:
+                self.image.data.write(start, end - start, UNALLOCATED)
+        elif self.backing is not None:
+            self.image.data.write(start, end - start, ZERO)
+        else:
+            cs = self.image.cluster_size
+            starts, ends, vals = self.image.data.extents(start, end - start)
+            held = vals != UNALLOCATED
+            lo, hi = starts[held] // cs * cs, np.minimum(-(-ends[held] // cs) * cs, end)
+            self.image.data.write_batch(lo, hi - lo, ZERO)

@@ -1,22 +1,24 @@
 """``qemu-img`` on the machine's image store, with qemu-img 7.2's texts and exit codes.
 
 One module per concern: :mod:`.image` (create, info, check), :mod:`.compare`, :mod:`.mapping`
-(map), :mod:`.rebase`, :mod:`.commit`; :mod:`.layers` reads chains (allocation, block status,
+(map), :mod:`.rebase`, :mod:`.commit`, :mod:`.convert`; :mod:`.layers` reads chains (allocation, block status,
 content) for them, vectorised.
 """
 
 from __future__ import annotations
 
 from ..block.store import ImageStore
-from ._common import KeyFn, QemuImgError
+from ._common import KeyFn, Layer, QemuImgError, open_chain
 from .commit import img_commit
 from .compare import img_compare
+from .convert import img_convert
 from .image import INT64_MAX, QCOW2_MAX_L1_ENTRIES, SIZE_HELP, check, create, info
+from .layers import content as read_chain
 from .mapping import img_map
 from .rebase import img_rebase
 
 COMMANDS = {"create": create, "info": info, "check": check, "compare": img_compare, "map": img_map,
-            "rebase": img_rebase, "commit": img_commit}
+            "rebase": img_rebase, "commit": img_commit, "convert": img_convert}
 
 
 def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> str:
@@ -29,5 +31,6 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
     return COMMANDS[sub](store, rest, key_fn)
 
 
-__all__ = ["QemuImgError", "KeyFn", "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
-           "img_commit", "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]
+__all__ = ["QemuImgError", "KeyFn", "Layer", "open_chain", "read_chain",
+           "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
+           "img_commit", "img_convert", "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.extents import ZERO, clip_runs
+from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.store import ImageStore
 from ..errors import QMPError
 from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
@@ -21,6 +21,10 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
     each dirty chunk (granularity-aligned) is copied where the chain reads data, and written as
     zeroes (unmapped) where it reads zeroes."""
     base = chain[base_index]
+    grows_over_backing = (base.size < chain[0].size and base_index + 1 < len(chain)
+                          and chain[base_index + 1].size > base.size)
+    if grows_over_backing and base.image.compat == "0.10":  # no zero clusters to cover the backing file
+        raise QemuImgError("qemu-img: Block job failed: Operation not supported\n")
     for level in range(base_index):  # what the images above read from the base is about to change
         cow_fill(chain[level:])
     _grow(chain, base_index)
@@ -39,11 +43,11 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
     s, e, c, _, _ = chain_status(chain)
     ps, pe, run, _ = clip_runs(s, e, np.arange(s.size, dtype=np.int64), ds, de)
     ps, pe, is_data = _mirror_methods(ps, pe, c[run] == DATA, grain)
+    base.image.note_allocation()  # sample the peak first: zero writes may free host clusters
     data = base.image.data
     zs, ze = ps[~is_data], pe[~is_data]
-    if zs.size:
-        zero = ZERO if base.image.is_qcow2 else 0
-        data.write_batch(zs, ze - zs, zero)
+    if zs.size:  # write zeroes with unmap: zero clusters; v2 has none (unallocated, or data with a backing file)
+        data.write_batch(zs, ze - zs, _zero_value(chain, base_index))
     if is_data.any():
         cs_, ce_, cv, _ = clip_runs(*content(chain, 0, size), ps[is_data], pe[is_data])
         data.write_batch(cs_, ce_ - cs_, cv)
@@ -82,6 +86,17 @@ def _mirror_methods(ps: np.ndarray, pe: np.ndarray, is_data: np.ndarray, grain: 
         o = end
         k = j
     return np.array(out_s, dtype=np.int64), np.array(out_e, dtype=np.int64), np.array(out_copy, dtype=bool)
+
+
+def _zero_value(chain: list[Layer], base_index: int) -> int:
+    """What writing zeroes (with unmap) leaves in the base: a zero cluster, or in a qcow2 v2 image
+    unallocated clusters without a backing file and zero bytes with one."""
+    image = chain[base_index].image
+    if not image.is_qcow2:
+        return 0
+    if image.compat != "0.10":
+        return ZERO
+    return 0 if base_index + 1 < len(chain) else UNALLOCATED
 
 
 def _grow(chain: list[Layer], base_index: int) -> None:

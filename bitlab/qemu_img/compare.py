@@ -6,21 +6,27 @@ import numpy as np
 
 from ..block.store import ImageStore
 from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
-from .layers import content, first_difference
-from .mapping import map_entries
+from .layers import DATA, UNALLOC, chain_status, content, first_difference, split_runs
 
 SECTOR = 512
 
 
 def _status_runs(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """bdrv_block_status_above's flags per run (allocated, data, zero, offset valid, EOF), as one
-    integer per run: ``(starts, flags)``."""
-    entries = map_entries(chain, 0, size)
+    """bdrv_block_status_above's answers from offset 0 on, one per call: ``(starts, flags)`` with the
+    flags allocated, data, zero, offset valid and EOF. A qcow2 layer answers for one L2 table at a
+    time, so a run ends at the L2 table boundaries of every layer it was looked up in."""
+    s, e, c, d, h = chain_status(chain)
+    for level, layer in enumerate(chain):
+        if layer.image.is_qcow2:
+            cs = layer.image.cluster_size
+            s, e, idx = split_runs(s, e, d >= level, cs * (cs // 8))
+            c, d, h = c[idx], d[idx], h[idx]
+    keep = s < size
+    s, e, c, d, h = s[keep], np.minimum(e[keep], size), c[keep], d[keep], h[keep]
     bottom = len(chain) - 1  # unallocated above the bottom: past a shorter backing file, zeroes "allocated" there
-    starts = np.array([e["start"] for e in entries], dtype=np.int64)
-    flags = np.array([(e["present"] or e["depth"] < bottom) | e["data"] << 1 | e["zero"] << 2 | ("offset" in e) << 3
-                      | (e["start"] + e["length"] >= size) << 4 for e in entries], dtype=np.int64)
-    return starts, flags
+    present = (c != UNALLOC) | (d < bottom)
+    flags = (present.astype(np.int64) | (c == DATA) << 1 | (c != DATA) << 2 | (h >= 0) << 3 | (e >= size) << 4)
+    return s, flags
 
 
 def _first_status_difference(chain1: list[Layer], chain2: list[Layer], size: int) -> int | None:

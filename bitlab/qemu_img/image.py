@@ -7,10 +7,11 @@ from ..block.node import round_sector
 from ..block.store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, ImageStore
 from ..qmp_order import to_json_pretty, wire_order
 from ..units import format_size, parse_size
-from ._common import KeyFn, QemuImgError, backing_name, open_image
+from ._common import KeyFn, Layer, QemuImgError, backing_name, open_image
 from ._common import options as _options
 from ._common import split_args as _split_args
 from ._common import store_key as _key
+from .layers import layer_runs
 
 INT64_MAX = (1 << 63) - 1
 QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8  # QCOW_MAX_L1_SIZE is 32 MiB of 8-byte entries
@@ -51,9 +52,10 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if not backing_fmt:
             raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n"
                                "Detected format of qcow2.")
-        bkey = _key(key_fn, backing)
+        full = backing_name(filename, backing)  # relative to the new image's directory
+        bkey = _key(key_fn, full)
         if bkey not in store:
-            raise QemuImgError(f"qemu-img: {filename}: Could not open '{backing}': No such file or directory\n"
+            raise QemuImgError(f"qemu-img: {filename}: Could not open '{full}': No such file or directory\n"
                                "Could not open backing image.\n")
         base = store[bkey]
     if size is None:
@@ -154,6 +156,8 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
         fmt = "qcow2" if image.is_qcow2 and fmt in (None, "qcow2") else "raw"
         chain.append(file_image_info(image, fmt=fmt, filename=name))
+        if "full-backing-filename" in chain[-1]:  # relative to the image's directory
+            chain[-1]["full-backing-filename"] = backing_name(name, image.backing_file or "")
         if "--backing-chain" not in opts or fmt != "qcow2" or not image.backing_file:
             break
         name, fmt = backing_name(name, image.backing_file), image.backing_fmt
@@ -177,5 +181,23 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
     cs = image.cluster_size
     l1 = 8 * -(-image.size // (cs * (cs // 8)))
-    end = (QCOW2_EMPTY_CLUSTERS + -(-l1 // cs) + image.l2_tables() + image.allocated_clusters()) * cs
-    return f"No errors were found on the image.\nImage end offset: {end}\n"
+    allocated = image.allocated_clusters()
+    end = (QCOW2_EMPTY_CLUSTERS + -(-l1 // cs) + image.l2_tables() + allocated) * cs
+    out = "No errors were found on the image.\n"
+    if allocated:
+        total = -(-image.size // cs)
+        out += (f"{allocated}/{total} = {allocated * 100 / total:0.2f}% allocated, "
+                f"{_fragmented(Layer(positional[0], image)) * 100 / allocated:0.2f}% fragmented, "
+                "0.00% compressed clusters\n")
+    return out + f"Image end offset: {end}\n"
+
+
+def _fragmented(layer: Layer) -> int:
+    """Clusters whose host cluster does not follow the previous one's in the same L2 table (qcow2's
+    check counts them table by table)."""
+    s, e, _, host = layer_runs(layer)
+    hosted = host >= 0
+    s, e, host = s[hosted], e[hosted], host[hosted]
+    cs = layer.image.cluster_size
+    table = s // (cs * (cs // 8))
+    return int(((host[1:] != host[:-1] + (e[:-1] - s[:-1])) & (table[1:] == table[:-1])).sum())

@@ -42,8 +42,10 @@ def allocation(image: ImageFile) -> Runs:
     s, e, v = image.data.extents()
     if not s.size:
         return s, e, v
-    if not image.is_qcow2:
-        return _promote(s, e, np.where(v != 0, DATA, ZERO_HOSTED), RAW_BLOCK, image.data.size, ZERO_HOSTED)
+    if not image.is_qcow2:  # QEMU writes the first block of every raw file it creates (allocate_first_block)
+        first = min(RAW_BLOCK, image.data.size)
+        return _promote(np.append(s, 0), np.append(e, first), np.append(np.where(v != 0, DATA, ZERO_HOSTED), DATA),
+                        RAW_BLOCK, image.data.size, ZERO_HOSTED)
     codes = np.select([v >= 0, v == ZERO_ALLOC, v == ZERO], [DATA, ZERO_HOSTED, ZERO_PLAIN], UNALLOC)
     return _promote(s, e, codes, image.cluster_size, image.data.size, UNALLOC)
 
@@ -52,20 +54,17 @@ def _ints(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)
 
 
-def _split_at(starts: np.ndarray, ends: np.ndarray, codes: np.ndarray, where: np.ndarray,
-              step: int) -> Runs:
-    """Split the runs marked ``where`` at every multiple of ``step`` inside them."""
+def split_runs(starts: np.ndarray, ends: np.ndarray, where: np.ndarray, step: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contiguous runs, those marked ``where`` cut at every multiple of ``step`` inside them.
+    Returns the new starts and ends and, for each new run, the index of the run it came from."""
     extra = np.where(where, (ends - 1) // step - starts // step, 0)
     if not extra.any():
-        return starts, ends, codes
-    idx = np.repeat(_ints(starts.size), extra)
-    k = _ints(idx.size) - np.repeat(np.cumsum(extra) - extra, extra) + 1
-    cuts = (starts[idx] // step + k) * step
-    new_s = np.concatenate((starts, cuts))
-    new_c = np.concatenate((codes, codes[idx]))
-    order = np.argsort(new_s, kind="stable")
-    new_s, new_c = new_s[order], new_c[order]
-    return new_s, np.append(new_s[1:], ends[-1]), new_c
+        return starts, ends, _ints(starts.size)
+    idx = np.repeat(_ints(starts.size), extra + 1)
+    k = _ints(idx.size) - np.repeat(np.cumsum(extra + 1) - (extra + 1), extra + 1)
+    new_s = np.where(k == 0, starts[idx], (starts[idx] // step + k) * step)
+    return new_s, np.append(new_s[1:], ends[-1]), idx
 
 
 def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -74,13 +73,14 @@ def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     s, e, c = allocation(image)
     if layer.size > image.data.size:  # the tail of the last sector
         s, e = np.append(s, image.data.size), np.append(e, layer.size)
-        c = np.append(c, UNALLOC if image.is_qcow2 else ZERO_HOSTED)
+        c = np.append(c, UNALLOC if image.is_qcow2 else c[-1] if c.size else DATA)
     if not image.is_qcow2:
         return s, e, c, s.copy()
     cs = image.cluster_size
     per_l2 = cs * (cs // 8)
     hosted = (c == DATA) | (c == ZERO_HOSTED)
-    s, e, c = _split_at(s, e, c, hosted, per_l2)
+    s, e, idx = split_runs(s, e, hosted, per_l2)
+    c = c[idx]
     hosted = (c == DATA) | (c == ZERO_HOSTED)
     used = c != UNALLOC
     r0, r1 = s[used] // per_l2, (e[used] - 1) // per_l2

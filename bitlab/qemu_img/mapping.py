@@ -54,6 +54,7 @@ def _hex(value: int) -> str:
 
 
 def format_json(entries: list[dict]) -> str:
+    """dump_map_entry's JSON: one entry a line, in a list."""
     lines = []
     for e in entries:
         text = (f'{{ "start": {e["start"]}, "length": {e["length"]}, "depth": {e["depth"]}, '
@@ -65,6 +66,7 @@ def format_json(entries: list[dict]) -> str:
 
 
 def format_human(entries: list[dict]) -> str:
+    """dump_map_entry's table: the ranges that hold data, with their host offset and file."""
     out = [HUMAN_HEADER]
     for e in entries:
         if e["data"] and not e["zero"]:
@@ -78,7 +80,7 @@ def _offset_arg(text: str, what: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise QemuImgError(f"qemu-img: Invalid {what} specified! You may use k, M, G, T, P or E suffixes for \n"
+        raise QemuImgError(f"qemu-img: Invalid {what} specified. You may use k, M, G, T, P or E suffixes for\n"
                            "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
     return value
 

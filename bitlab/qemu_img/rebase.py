@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.extents import clip_runs
+from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.store import ImageStore
 from ._common import USAGE, KeyFn, Layer, QemuImgError, backing_name, inner_reason, open_chain, open_image, split_args
 from .image import RAW_PROBE_WARNING
@@ -12,10 +12,13 @@ from .layers import UNALLOC, allocation, content, cow_fill, differing
 
 
 def _copy_differences(chain: list[Layer], new_chain: list[Layer] | None) -> None:
-    """Safe mode: every cluster the image does not allocate and whose old backing content differs
-    from the new one gets the old content (qcow2 writes whole clusters)."""
+    """Safe mode: where the image allocates nothing and the old backing content differs from the
+    new one, write the old content (qcow2 allocates whole clusters, copying the rest from the old
+    backing file). Past the end of the old backing file that content is zeroes, written as zeroes:
+    whole clusters there become zero clusters."""
     top = chain[0]
     size = top.size
+    old_size = chain[1].size if len(chain) > 1 else 0
     old = _view(chain[1:], size) if len(chain) > 1 else _zeroes(size)  # the old backing chain's content
     new = _zeroes(size) if new_chain is None else _view(new_chain, size)
     ds, de = differing(old, new)
@@ -25,12 +28,31 @@ def _copy_differences(chain: list[Layer], new_chain: list[Layer] | None) -> None
     unit = image.cluster_size if image.is_qcow2 else 512
     s, e, c = allocation(image)
     free_s, free_e = s[c == UNALLOC], e[c == UNALLOC]
-    ws, we, _, _ = clip_runs(free_s, free_e, np.zeros(free_s.size, dtype=np.int64), ds // unit * unit,
-                            np.minimum(-(-de // unit) * unit, size))
-    if not ws.size:
-        return
-    ps, pe, pv, _ = clip_runs(*old, ws, we)
-    image.data.write_batch(ps, pe - ps, pv)
+    zero_from = -(-old_size // unit) * unit  # clusters wholly past the old backing file's end
+    lo, hi = ds // unit * unit, np.minimum(-(-de // unit) * unit, size)
+    for zeroes in (False, True):
+        q_s, q_e = (np.maximum(lo, zero_from), hi) if zeroes else (lo, np.minimum(hi, zero_from))
+        keep = q_e > q_s
+        ws, we, _, _ = clip_runs(free_s, free_e, np.zeros(free_s.size, dtype=np.int64), q_s[keep], q_e[keep])
+        if not ws.size:
+            continue
+        if zeroes:
+            image.data.write_batch(ws, we - ws, _zero_value(chain))
+        else:
+            ps, pe, pv, _ = clip_runs(*old, ws, we)
+            image.data.write_batch(ps, pe - ps, pv)
+
+
+def _zero_value(chain: list[Layer]) -> int:
+    """What writing zeroes leaves in the image: zero clusters; a qcow2 v2 image has none, so zero
+    bytes with a backing file and, without one, unallocated clusters (which then show the new
+    backing file: QEMU 7.2 does that)."""
+    image = chain[0].image
+    if not image.is_qcow2:
+        return 0
+    if image.compat != "0.10":
+        return ZERO
+    return 0 if len(chain) > 1 else UNALLOCATED
 
 
 def _zeroes(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
