@@ -31,6 +31,7 @@ bench: $(STAMP_TEST)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/fuzz.py
 	$(PY) benchmarks/viz.py
+	$(PY) benchmarks/widgets.py
 
 lint: $(STAMP_TEST)
 	$(PY) -m ruff check bitlab tests benchmarks tools
