@@ -52,6 +52,7 @@ bench: $(STAMP_TEST)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/fuzz.py
 	$(PY) benchmarks/viz.py
+	$(PY) benchmarks/widgets.py
 	$(PY) benchmarks/notebooks.py
 
 lint: $(STAMP_TEST)

@@ -394,7 +394,6 @@ class Qcow2Node(FormatNode):
         self.file.debug_event("write_aio")
         self.file.debug_check("write", None, length)  # host offsets in the file are not modelled
         self.image.data.write(offset, length, value)
-        self.image.note_allocation()
 
     def pread(self, offset, length):
         """Data runs are read from the file (read_aio); holes come from the backing file."""
@@ -435,7 +434,6 @@ class Qcow2Node(FormatNode):
             self.file.debug_event("write_aio")
             self.file.debug_check("write", None, 0)
         self.image.data.write_batch(offsets, lengths, values)
-        self.image.note_allocation()
 
     def _whole_clusters(self, offset: int, length: int) -> tuple[int, int]:
         cs = self.image.cluster_size
@@ -448,6 +446,7 @@ class Qcow2Node(FormatNode):
     def write_zeroes_batch(self, offsets, lengths):
         """:meth:`_store_zeroes` for many ranges (that must not overlap): whole clusters that hold
         nothing become zero clusters in one extent-map batch, other ranges go one by one."""
+        self.image.note_allocation()  # sample the peak first: this may free host clusters
         offsets = np.asarray(offsets, dtype=np.int64)
         ends = offsets + np.asarray(lengths, dtype=np.int64)
         order = np.argsort(offsets, kind="stable")
@@ -479,6 +478,7 @@ class Qcow2Node(FormatNode):
         cluster that already reads as zeroes becomes a zero cluster too; otherwise its part is
         written as zero bytes (the generic fallback). A v2 image has no zero clusters: without a
         backing file its clusters are unallocated instead, with one the zeroes are written as data."""
+        self.image.note_allocation()  # sample the peak first: this may free host clusters
         if self.image.compat == "0.10" and self.backing is not None:
             self.image.data.write(offset, length, 0)
             self.image.note_allocation()
@@ -549,6 +549,7 @@ class Qcow2Node(FormatNode):
         return False
 
     def _unmap(self, offset, length):
+        self.image.note_allocation()  # sample the peak first: this may free host clusters
         # qcow2 discards whole clusters only (qcow2_cluster_discard, not a full discard): with a
         # backing file, or where the cluster was allocated, a v3 image keeps a zero cluster; an
         # unallocated cluster without backing stays so.

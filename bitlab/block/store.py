@@ -91,7 +91,9 @@ class ImageFile:
         return head + -(-l1_bytes // cs) * cs + allocated * cs
 
     def note_allocation(self) -> int:
-        """Record host clusters in use (L2 tables and data) after a change; returns the high-water mark."""
+        """Record host clusters in use (L2 tables and data); returns the high-water mark. Data writes only
+        ever add host clusters, so it is enough to call this before anything that may free them (zero
+        writes, discards) and whenever the file length is read."""
         if self.is_qcow2 and self._seen_version != self.data.version:
             self._host_clusters = max(self._host_clusters, self.l2_tables() + self.allocated_clusters())
             self._seen_version = self.data.version
@@ -101,6 +103,7 @@ class ImageFile:
         """qcow2_make_empty, as qemu-img commit leaves the top image: nothing allocated. A v3 file
         without bitmaps is rewritten from scratch (header, refcounts, a whole-cluster L1 table);
         otherwise every cluster is discarded and the file keeps its length."""
+        self.note_allocation()  # the length it keeps
         self.data.write(0, self.data.size, UNALLOCATED)
         if self.compat != "0.10" and not self.bitmaps:
             self.data = ExtentMap(self.size, fill=UNALLOCATED)

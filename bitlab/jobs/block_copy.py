@@ -473,6 +473,11 @@ class BlockCopy:
             zero = ~seg_data[owner]
         if zeroes_only:
             stop = int(np.argmin(zero)) if not zero.all() else zero.size
+            # A task that follows would start in a free worker of a partial last wave (zero tasks all
+            # last LATENCY_NS), and its read can be seen (blkdebug): keep whole waves only, unless
+            # nothing follows.
+            if stop < zero.size or bits.find(1, int(t_e[stop - 1]) if stop else 0) >= 0:
+                stop = stop // workers * workers
             if stop == 0:
                 return None
             t_s, t_e, zero = t_s[:stop], t_e[:stop], zero[:stop]

@@ -43,6 +43,7 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
     s, e, c, _, _ = chain_status(chain)
     ps, pe, run, _ = clip_runs(s, e, np.arange(s.size, dtype=np.int64), ds, de)
     ps, pe, is_data = _mirror_methods(ps, pe, c[run] == DATA, grain)
+    base.image.note_allocation()  # sample the peak first: zero writes may free host clusters
     data = base.image.data
     zs, ze = ps[~is_data], pe[~is_data]
     if zs.size:  # write zeroes with unmap: zero clusters; v2 has none (unallocated, or data with a backing file)
