@@ -93,4 +93,5 @@ def test_jupyterlab_runs_a_notebook_and_renders_its_widgets(jupyterlab: Any, pag
     views = page.locator(".jp-OutputArea-output > .jupyter-widgets, .jp-OutputArea-output .widget-vbox")
     assert views.count() >= widget_cells(LAB_NOTEBOOK)
     assert page.get_by_text("Error displaying widget").count() == 0
+    rendered.first.scroll_into_view_if_needed()
     screenshot(page, "jupyterlab-" + Path(LAB_NOTEBOOK).stem)
