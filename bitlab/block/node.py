@@ -399,9 +399,17 @@ class Qcow2Node(FormatNode):
         """Data runs are read from the file (read_aio); holes come from the backing file."""
         starts, ends, vals = self.image.data.extents(offset, length)
         data = vals >= 0
-        for s, e in zip(starts[data], ends[data]):
-            self.file.debug_event("read_aio")
-            self.file.debug_check("read", None, int(e - s))
+        # qcow2 reads one request per stretch of allocated clusters (host-contiguous as clusters
+        # allocated in guest order are): a partly written cluster is allocated whole.
+        cs = self.image.cluster_size
+        first, last = starts[data] // cs, (ends[data] - 1) // cs
+        if first.size:
+            new = np.ones(first.size, dtype=bool)
+            new[1:] = first[1:] > last[:-1] + 1
+            run_last = np.maximum.reduceat(last, np.flatnonzero(new))
+            for lo, hi in zip(first[new].tolist(), run_last.tolist()):
+                self.file.debug_event("read_aio")
+                self.file.debug_check("read", None, min((hi + 1) * cs, offset + length) - max(lo * cs, offset))
         backing = self.backing
         if backing is not None:
             for s, e in zip(starts[vals == UNALLOCATED], ends[vals == UNALLOCATED]):
