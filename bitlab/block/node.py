@@ -14,7 +14,7 @@ import numpy as np
 
 from ..bitmap import DirtyBitmap
 from ..qmp_order import wire_order
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs
+from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, fill_holes
 from .store import ImageFile
 
 SECTOR = 512
@@ -364,28 +364,7 @@ class Qcow2Node(FormatNode):
         backing = self.backing
         if backing is None:
             return starts, ends, np.where(holes, 0, vals)
-        return self._through_backing(starts, ends, vals, holes, backing.size, backing.read_extents)
-
-    @staticmethod
-    def _through_backing(starts, ends, vals, holes, backing_size, read):
-        """Fill the holes from the backing file (``read(offset, length)`` over their whole span,
-        clipped to each hole), and with 0 past its end; vectorised, runs in order."""
-        hs, he = starts[holes], ends[holes]
-        inside = hs < backing_size
-        parts_s, parts_e, parts_v = [starts[~holes]], [ends[~holes]], [vals[~holes]]
-        if inside.any():
-            lo, hi = int(hs[inside][0]), int(min(he[inside][-1], backing_size))
-            bs, be, bv = read(lo, hi - lo)
-            cs, ce, cv, _ = clip_runs(bs, be, np.asarray(bv, dtype=np.int64), hs[inside],
-                                      np.minimum(he[inside], backing_size))
-            parts_s.append(cs), parts_e.append(ce), parts_v.append(cv)
-        past = he > backing_size
-        parts_s.append(np.maximum(hs[past], backing_size)), parts_e.append(he[past])
-        parts_v.append(np.zeros(int(past.sum()), dtype=np.int64))
-        out_s = np.concatenate(parts_s).astype(np.int64)
-        order = np.argsort(out_s, kind="stable")
-        return (out_s[order], np.concatenate(parts_e).astype(np.int64)[order],
-                np.concatenate(parts_v).astype(np.int64)[order])
+        return fill_holes(starts, ends, vals, holes, backing.size, backing.read_extents)
 
     def _store(self, offset, length, value):
         if self.image.data.value_at(offset) < 0 or self.image.data.value_at(offset + length - 1) < 0:
@@ -424,7 +403,7 @@ class Qcow2Node(FormatNode):
         holes = vals == UNALLOCATED
         if backing is None or not holes.any():
             return starts, ends, is_data
-        s, e, d = self._through_backing(starts, ends, is_data.astype(np.int64), holes, backing.size,
+        s, e, d = fill_holes(starts, ends, is_data.astype(np.int64), holes, backing.size,
                                        backing.block_status)
         return s, e, d.astype(bool)
 
