@@ -189,6 +189,8 @@ def test_on_real_qemu():
 def test_model_matches_real_qemu():
     """run_seed's variations give the same rows and chain advice on real QEMU 7.2 (about 10 s)."""
     cases = [{}, {"failing": None}, {"fail_after": 1}, {"fail_after": 2}, {"sync": "full", "failing": None},
+             {"failing": "drive0", "fail_after": 1}, {"failing": "drive0", "fail_after": 2},
+             {"sync": "full"},
              {"sync": "bitmap", "bitmap_mode": "always"},
              {"drives": ("drive0", "drive1", "drive2", "drive3"), "failing": "drive2"}]
     for kw in cases:

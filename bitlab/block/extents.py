@@ -88,6 +88,28 @@ def clip_runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, q_starts: 
     return out_s, out_e, vals[run], ptr
 
 
+def fill_holes(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, holes: np.ndarray, backing_size: int,
+               read) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs with their ``holes`` filled from a backing file: ``read(offset, length)`` over the holes'
+    whole span, clipped to each hole, and 0 past the backing file's end; vectorised, runs in order."""
+    hs, he = starts[holes], ends[holes]
+    inside = hs < backing_size
+    parts_s, parts_e, parts_v = [starts[~holes]], [ends[~holes]], [vals[~holes]]
+    if inside.any():
+        lo, hi = int(hs[inside][0]), int(min(he[inside][-1], backing_size))
+        bs, be, bv = read(lo, hi - lo)
+        cs, ce, cv, _ = clip_runs(bs, be, np.asarray(bv, dtype=np.int64), hs[inside],
+                                  np.minimum(he[inside], backing_size))
+        parts_s.append(cs), parts_e.append(ce), parts_v.append(cv)
+    past = he > backing_size
+    parts_s.append(np.maximum(hs[past], backing_size)), parts_e.append(he[past])
+    parts_v.append(np.zeros(int(past.sum()), dtype=np.int64))
+    out_s = np.concatenate(parts_s).astype(np.int64)
+    order = np.argsort(out_s, kind="stable")
+    return (out_s[order], np.concatenate(parts_e).astype(np.int64)[order],
+            np.concatenate(parts_v).astype(np.int64)[order])
+
+
 class ExtentMap:
     """Byte offset -> content value, stored as sorted run starts and values (plus a pending log)."""
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..bitmap import DirtyBitmap
 from ..qmp_order import wire_order
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs
+from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, fill_holes
 from .store import ImageFile
 
 SECTOR = 512
@@ -364,28 +364,7 @@ class Qcow2Node(FormatNode):
         backing = self.backing
         if backing is None:
             return starts, ends, np.where(holes, 0, vals)
-        return self._through_backing(starts, ends, vals, holes, backing.size, backing.read_extents)
-
-    @staticmethod
-    def _through_backing(starts, ends, vals, holes, backing_size, read):
-        """Fill the holes from the backing file (``read(offset, length)`` over their whole span,
-        clipped to each hole), and with 0 past its end; vectorised, runs in order."""
-        hs, he = starts[holes], ends[holes]
-        inside = hs < backing_size
-        parts_s, parts_e, parts_v = [starts[~holes]], [ends[~holes]], [vals[~holes]]
-        if inside.any():
-            lo, hi = int(hs[inside][0]), int(min(he[inside][-1], backing_size))
-            bs, be, bv = read(lo, hi - lo)
-            cs, ce, cv, _ = clip_runs(bs, be, np.asarray(bv, dtype=np.int64), hs[inside],
-                                      np.minimum(he[inside], backing_size))
-            parts_s.append(cs), parts_e.append(ce), parts_v.append(cv)
-        past = he > backing_size
-        parts_s.append(np.maximum(hs[past], backing_size)), parts_e.append(he[past])
-        parts_v.append(np.zeros(int(past.sum()), dtype=np.int64))
-        out_s = np.concatenate(parts_s).astype(np.int64)
-        order = np.argsort(out_s, kind="stable")
-        return (out_s[order], np.concatenate(parts_e).astype(np.int64)[order],
-                np.concatenate(parts_v).astype(np.int64)[order])
+        return fill_holes(starts, ends, vals, holes, backing.size, backing.read_extents)
 
     def _store(self, offset, length, value):
         if self.image.data.value_at(offset) < 0 or self.image.data.value_at(offset + length - 1) < 0:
@@ -399,9 +378,17 @@ class Qcow2Node(FormatNode):
         """Data runs are read from the file (read_aio); holes come from the backing file."""
         starts, ends, vals = self.image.data.extents(offset, length)
         data = vals >= 0
-        for s, e in zip(starts[data], ends[data]):
-            self.file.debug_event("read_aio")
-            self.file.debug_check("read", None, int(e - s))
+        # qcow2 reads one request per stretch of allocated clusters (host-contiguous as clusters
+        # allocated in guest order are): a partly written cluster is allocated whole.
+        cs = self.image.cluster_size
+        first, last = starts[data] // cs, (ends[data] - 1) // cs
+        if first.size:
+            new = np.ones(first.size, dtype=bool)
+            new[1:] = first[1:] > last[:-1] + 1
+            run_last = np.maximum.reduceat(last, np.flatnonzero(new))
+            for lo, hi in zip(first[new].tolist(), run_last.tolist()):
+                self.file.debug_event("read_aio")
+                self.file.debug_check("read", None, min((hi + 1) * cs, offset + length) - max(lo * cs, offset))
         backing = self.backing
         if backing is not None:
             for s, e in zip(starts[vals == UNALLOCATED], ends[vals == UNALLOCATED]):
@@ -416,7 +403,7 @@ class Qcow2Node(FormatNode):
         holes = vals == UNALLOCATED
         if backing is None or not holes.any():
             return starts, ends, is_data
-        s, e, d = self._through_backing(starts, ends, is_data.astype(np.int64), holes, backing.size,
+        s, e, d = fill_holes(starts, ends, is_data.astype(np.int64), holes, backing.size,
                                        backing.block_status)
         return s, e, d.astype(bool)
 

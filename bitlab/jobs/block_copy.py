@@ -65,6 +65,7 @@ SLICE_NS = 100_000_000  # BLOCK_COPY_SLICE_TIME
 # The simulated storage: every request costs a latency plus its bytes at this rate.
 LATENCY_NS = 50_000
 BYTES_PER_S = 2 << 30
+ERROR_NS = 1_000  # blkdebug completes a failed request from a bottom half, before any real I/O
 
 BULK = True  # False: always the per-task path (tests compare the two)
 BULK_MAX_TASKS = 1 << 20  # tasks one batch may hold (bounds its memory)
@@ -353,7 +354,9 @@ class BlockCopy:
             call.cursor = task.offset + task.nbytes
             self._begin(task)
             call.in_flight += 1
-            delay = 0 if (task.error is not None and _immediately(task)) else io_time_ns(task.nbytes, not task.zero)
+            delay = io_time_ns(task.nbytes, not task.zero)
+            if task.error is not None:  # an injected error: at once, or from a bottom half (next loop turn)
+                delay = 0 if _immediately(task) else ERROR_NS
             timer = self.scheduler.after(delay, lambda t=task: self._complete(call, t))
             call.timers.append(timer)
             call.tasks.append((timer, task))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs
+from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs, fill_holes
 from ..block.store import QCOW2_EMPTY_CLUSTERS, ImageFile
 from ._common import Layer
 
@@ -137,21 +137,8 @@ def content(chain: list[Layer], lo: int, hi: int, level: int = 0) -> Runs:
         return s, e, v
     if level + 1 == len(chain):
         return s, e, np.where(holes, 0, v)
-    bsize = chain[level + 1].size
-    hs, he = s[holes], e[holes]
-    inside = hs < bsize
-    parts_s, parts_e, parts_v = [s[~holes]], [e[~holes]], [v[~holes]]
-    if inside.any():
-        bs, be, bv = content(chain, int(hs[inside][0]), int(min(he[inside][-1], bsize)), level + 1)
-        cs_, ce_, cv, _ = clip_runs(bs, be, bv, hs[inside], np.minimum(he[inside], bsize))
-        parts_s.append(cs_), parts_e.append(ce_), parts_v.append(cv)
-    past = he > bsize
-    parts_s.append(np.maximum(hs[past], bsize)), parts_e.append(he[past])
-    parts_v.append(np.zeros(int(past.sum()), dtype=np.int64))
-    out_s = np.concatenate(parts_s).astype(np.int64)
-    order = np.argsort(out_s, kind="stable")
-    return (out_s[order], np.concatenate(parts_e).astype(np.int64)[order],
-            np.concatenate(parts_v).astype(np.int64)[order])
+    return fill_holes(s, e, v, holes, chain[level + 1].size,
+                      lambda off, length: content(chain, off, off + length, level + 1))
 
 
 def first_difference(a: Runs, b: Runs) -> int | None:

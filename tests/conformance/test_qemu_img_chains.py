@@ -364,6 +364,22 @@ def test_info_bitmaps_match_real_qemu():
 OFFSET = re.compile(r', "offset": \d+')
 
 
+def _merged_map(text: str) -> str:
+    """``map --output=json`` without host offsets, neighbours with the same status merged: block-copy's
+    parallel tasks allocate the target's clusters in a different order from run to run on real QEMU,
+    so whether two data clusters are host-contiguous (one entry or two) varies too."""
+    merged: list[dict] = []
+    for entry in json.loads(text):
+        entry.pop("offset", None)
+        last = merged[-1] if merged else None
+        if last is not None and {k: v for k, v in last.items() if k not in ("start", "length")} == \
+                {k: v for k, v in entry.items() if k not in ("start", "length")}:
+            last["length"] += entry["length"]
+        else:
+            merged.append(entry)
+    return json.dumps(merged)
+
+
 def _restore(vm: Machine) -> list[tuple[int, str, str]]:
     """The operator's restore after a full and an incremental backup: compare the chain with the
     drive's content (a closed full backup of it now), commit the incremental into the full one,
@@ -373,6 +389,8 @@ def _restore(vm: Machine) -> list[tuple[int, str, str]]:
             out = (0, vm.qemu_img(*args), "")
         except QemuImgError as err:
             out = (err.returncode, err.stdout, err.stderr)
+        if args[0] == "map" and out[0] == 0:
+            return (out[0], _merged_map(out[1]), out[2])
         return (out[0], OFFSET.sub("", out[1]), out[2])
 
     vm.add_drive("drive0", "4M")
