@@ -32,6 +32,7 @@ qemu-io's report lines carry real timings on both daemons; bitlab's simulator pr
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,6 +113,31 @@ def _child_refs(value: Any, key: str = "") -> list[str]:
     if isinstance(value, list):
         return [name for v in value for name in _child_refs(v, key)]
     return [value] if isinstance(value, str) and key in CHILD_KEYS else []
+
+
+_LIVE: weakref.WeakSet[QemuMachine] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At interpreter exit, stop every QEMU still running (a Jupyter kernel's globals are never closed, and
+    a QEMU in its own session would outlive the kernel). QMP may be unusable by now (its worker thread is
+    shut down), so each QEMU gets SIGTERM — QEMU's clean quit — and SIGKILL if it lingers."""
+    procs = []
+    for vm in list(_LIVE):
+        proc = getattr(vm, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            procs.append((vm, proc))
+    deadline = time.monotonic() + 3.0
+    for vm, proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        vm._proc = None
+        shutil.rmtree(vm.workdir, ignore_errors=True)
 
 
 class QemuMachine(GuestIO, Monitor):
@@ -192,12 +219,15 @@ class QemuMachine(GuestIO, Monitor):
 
     def _argv(self, sock: str) -> list[str]:
         chardev = f"socket,id=qmp0,path={sock},server=on,wait=off"
+        # setpriv --pdeathsig: QEMU gets SIGTERM (its clean quit) when the thread that started it dies, so a
+        # Jupyter kernel that is killed (nbval stops kernels with SIGKILL) leaves no QEMU behind
+        guard = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
         if self.kind == "qsd":
-            return [QSD, "--chardev", chardev, "--monitor", "chardev=qmp0",
+            return [*guard, QSD, "--chardev", chardev, "--monitor", "chardev=qmp0",
                     "--nbd-server", f"addr.type=unix,addr.path={self._nbd_sock}"]
         argv = [SYSTEM, "-M", "none", "-nodefaults", "-display", "none", "-accel", "tcg",
                 "-chardev", chardev, "-mon", "chardev=qmp0,mode=control"]
-        return ["stdbuf", "-o0", "-e0", *argv] if shutil.which("stdbuf") else argv
+        return [*guard, "stdbuf", "-o0", "-e0", *argv] if shutil.which("stdbuf") else [*guard, *argv]
 
     def _start(self) -> None:
         sock = os.path.join(self.workdir, ".qmp.sock")
@@ -209,6 +239,7 @@ class QemuMachine(GuestIO, Monitor):
         with open(self._out, "ab") as out:
             self._proc = subprocess.Popen(self._argv(sock), cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
                                           stderr=subprocess.STDOUT, start_new_session=True)
+        _LIVE.add(self)
         deadline = begin + self.timeout
         while True:
             try:

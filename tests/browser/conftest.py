@@ -1,0 +1,207 @@
+"""Real-browser fixtures: Debian's chromium driven by Playwright, against Voila and JupyterLab on 127.0.0.1.
+
+Tests here are marked ``browser``: without chromium, Playwright, Voila or JupyterLab they are skipped
+with the reason, and they fail instead when ``BITLAB_REQUIRE_BROWSER=1`` (CI). Each server is
+started on a free port with its own config, runtime and settings directories under the test's
+temporary directory, and stopped by its own process id.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CHROMIUM = os.environ.get("BITLAB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+SERVER_TIMEOUT = 90.0
+PAGE_TIMEOUT_MS = 240_000  # Voila runs the whole notebook before it shows it; the machine may be busy
+
+
+def browser_missing() -> str | None:
+    """Why the browser tier cannot run here, or None."""
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        return f"chromium not installed ({CHROMIUM}): apt-get install -y chromium"
+    for module, package in (("playwright", "playwright"), ("voila", "voila"), ("jupyterlab", "jupyterlab")):
+        if importlib.util.find_spec(module) is None:
+            return f"Python package {package} not installed: pip install -e '.[test]'"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _browser_gate(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``browser`` skip without a browser, or fail when BITLAB_REQUIRE_BROWSER=1."""
+    if request.node.get_closest_marker("browser") is None:
+        return
+    reason = browser_missing()
+    if reason is None:
+        return
+    if os.environ.get("BITLAB_REQUIRE_BROWSER") == "1":
+        pytest.fail("BITLAB_REQUIRE_BROWSER=1 but " + reason)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = SERVER_TIMEOUT) -> None:
+    """Poll ``url`` until it answers 200 (the server's log is shown if it dies or never answers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"no answer from {url} in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = SERVER_TIMEOUT) -> None:
+    """Wait until ``port`` on 127.0.0.1 accepts connections (no HTTP request: Voila would run the notebook)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+class Server:
+    """A Jupyter-family server subprocess on 127.0.0.1, in its own process group."""
+
+    def __init__(self, argv: list[str], url: str, home: Path, env: dict[str, str]) -> None:
+        self.url = url
+        self.log = home / "server.log"
+        self._out = self.log.open("w")
+        self.proc = subprocess.Popen(argv, cwd=home, env=env, stdout=self._out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._out.close()
+
+
+def server_env(home: Path) -> dict[str, str]:
+    """Environment for a server: this checkout's bitlab, private Jupyter directories, no news popup."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER")}
+    settings = home / "lab-settings"
+    news = settings / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
+    env.update(PYTHONPATH=str(ROOT), JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "rt"),
+               JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
+    return env
+
+
+def copy_notebook(name: str, home: Path) -> Path:
+    """The course notebook ``name`` copied into ``home`` (the servers never write to the checkout)."""
+    src = ROOT / "notebooks" / name
+    dst = home / "notebooks" / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst)
+    return dst
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def voila(home: Path) -> Iterator[Any]:
+    """``voila(notebook_name)`` serves one course notebook with Voila and returns its URL."""
+    servers: list[Server] = []
+
+    def start(name: str) -> str:
+        nb = copy_notebook(name, home)
+        port = free_port()
+        argv = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
+                "--ServerApp.port_retries=0", "--show_tracebacks=True", str(nb)]
+        server = Server(argv, f"http://127.0.0.1:{port}/", home, server_env(home))
+        servers.append(server)
+        wait_port(port, server.proc, server.log)
+        return server.url
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def jupyterlab(home: Path) -> Iterator[Any]:
+    """``jupyterlab(notebook_name)`` starts JupyterLab on a copy of the notebook; returns the notebook's URL."""
+    servers: list[Server] = []
+
+    def start(name: str) -> str:
+        copy_notebook(name, home)
+        port, token = free_port(), secrets.token_hex(16)
+        argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+                "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={home / 'notebooks'}", "--LabApp.news_url=", "--ServerApp.open_browser=False"]
+        if os.geteuid() == 0:
+            argv.append("--allow-root")
+        base = f"http://127.0.0.1:{port}"
+        server = Server(argv, base, home, server_env(home))
+        servers.append(server)
+        wait_http(f"{base}/api/status?token={token}", server.proc, server.log)
+        return f"{base}/lab/tree/{name}?token={token}"
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    """A fresh Playwright page in Debian's chromium (headless)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(PAGE_TIMEOUT_MS)
+        yield pg
+        context.close()
+        browser.close()
+
+
+def screenshot(pg: Any, name: str) -> Path:
+    """Save a full-page screenshot to test-artifacts/NAME.png (gitignored) and return its path."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True)
+    return path
