@@ -118,6 +118,39 @@ def _child_refs(value: Any, key: str = "") -> list[str]:
 _LIVE: weakref.WeakSet[QemuMachine] = weakref.WeakSet()
 
 
+WORKDIR_PREFIX = "bitlab-qemu-"
+OWNER_FILE = ".owner"  # the PID of the Python that made the work directory
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_workdirs(tmp: str | None = None) -> list[str]:
+    """Remove work directories whose Python died without closing its machine (say a kernel killed with
+    SIGKILL: its QEMU stops by --pdeathsig, but nobody removed the files); returns what was removed."""
+    tmp = tmp or tempfile.gettempdir()
+    removed = []
+    for path in Path(tmp).glob(WORKDIR_PREFIX + "*"):
+        owner = path / OWNER_FILE
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            pid = int(owner.read_text())
+        except (OSError, ValueError, KeyError):
+            continue  # not ours, or from an older bitlab: left alone
+        if not _alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
 @atexit.register
 def _stop_all() -> None:
     """At interpreter exit, stop every QEMU still running (a Jupyter kernel's globals are never closed, and
@@ -169,7 +202,9 @@ class QemuMachine(GuestIO, Monitor):
         self.daemon = daemon
         self.kind: str | None = None
         self.timeout = timeout
-        self.workdir = tempfile.mkdtemp(prefix="bitlab-qemu-")
+        remove_stale_workdirs()
+        self.workdir = tempfile.mkdtemp(prefix=WORKDIR_PREFIX)
+        Path(self.workdir, OWNER_FILE).write_text(str(os.getpid()))
         self.events: list[dict] = []
         self.transcript: list[dict] = []
         self.backstage: list[dict] = []  # the backend's own helper commands and their replies
