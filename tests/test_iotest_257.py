@@ -7,19 +7,10 @@ The expected numbers are those of tests/qemu-iotests/257.out (QEMU 7.2 = 9.1 her
 import pytest
 
 from bitlab import Machine
+from bitlab.syncmodes import BLKDEBUG, GRANULARITY, GROUPS
 
-G = 65536
-GROUPS = {
-    0: [(0x0000000, G), (0x0100000, G), (0x2000000, G), (0x3FF0000, G)],
-    1: [(0x0000000, G), (0x00F8000, G), (0x2008000, G), (0x3FE0000, G)],
-    2: [(0x0010000, G), (0x00E8000, G), (0x2018000, G), (0x3FE0000, 0x20000)],
-    3: [(0x0010000, 0x30000), (0x00D8000, G), (0x2028000, G), (0x3FC0000, G)],
-}
-BLKDEBUG = {
-    "set-state": [{"event": "flush_to_disk", "state": 1, "new_state": 2},
-                  {"event": "read_aio", "state": 2, "new_state": 3}],
-    "inject-error": [{"event": "read_aio", "errno": 5, "state": 3, "immediately": False, "once": True}],
-}
+# iotest 257's writes and its blkdebug rules, shared with the model behind SyncModeLab
+G = GRANULARITY
 
 # sync, bitmap-mode, failure: #1 end event (len, offset), bits after #1, after G3, #2 len, after #2
 MATRIX = [
