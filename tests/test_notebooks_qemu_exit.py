@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -21,22 +22,26 @@ print(vm._proc.pid, other._proc.pid, flush=True)
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return not (status.exists() and "\\nState:\\tZ" in status.read_text())
-
-
-def stopped(pids: list[int]) -> list[int]:
-    """The pids still running after a grace period."""
+def stopped(pids: list[int], grace: float = 10.0) -> list[int]:
+    """The pids still running after a grace period: each process's pidfd becomes readable when it
+    ends, so this waits on those events instead of polling."""
     assert len(pids) == 2
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return [p for p in pids if alive(p)]
+    fds = {}
+    for pid in pids:
+        try:
+            fds[pid] = os.pidfd_open(pid)
+        except ProcessLookupError:
+            pass  # already gone
+    try:
+        deadline = time.monotonic() + grace
+        waiting = dict(fds)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(list(waiting.values()), [], [], left)
+            waiting = {pid: fd for pid, fd in waiting.items() if fd not in ready}
+        return sorted(waiting)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 @pytest.mark.qemu
@@ -65,8 +70,8 @@ def test_qemu_stops_when_its_python_is_killed() -> None:
     """nbval stops its kernels with SIGKILL: no atexit runs, yet QEMU must not outlive them."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("BITLAB_BACKEND", None)
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT + "import time\ntime.sleep(60)\n"], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT + "import sys\nsys.stdin.read()\n"], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # waits until killed
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]
     finally:

@@ -17,9 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,44 +62,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = SERVER_TIMEOUT) -> None:
-    """Poll ``url`` until it answers 200 (the server's log is shown if it dies or never answers)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"no answer from {url} in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = SERVER_TIMEOUT) -> None:
-    """Wait until ``port`` on 127.0.0.1 accepts connections (no HTTP request: Voila would run the notebook)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.25)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 class Server:
-    """A Jupyter-family server subprocess on 127.0.0.1, in its own process group."""
+    """A Jupyter-family server subprocess on 127.0.0.1, in its own process group.
 
-    def __init__(self, argv: list[str], url: str, home: Path, env: dict[str, str]) -> None:
+    Its output goes to ``server.log``; :meth:`wait` returns once the server has printed its own
+    address (``ready``), which Jupyter Server and Voila do only when they listen — no polling.
+    """
+
+    def __init__(self, argv: list[str], url: str, home: Path, env: dict[str, str], ready: str) -> None:
         self.url = url
         self.log = home / "server.log"
-        self._out = self.log.open("w")
-        self.proc = subprocess.Popen(argv, cwd=home, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self._ready_text = ready
+        self._ready = threading.Event()
+        self._ended = False
+        self.proc = subprocess.Popen(argv, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True, text=True, errors="replace")
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with self.log.open("w") as log:
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                log.write(line)
+                log.flush()
+                if self._ready_text in line:
+                    self._ready.set()
+        self._ended = True
+        self._ready.set()  # the server exited: wait() reports it
+
+    def wait(self, timeout: float = SERVER_TIMEOUT) -> None:
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"{self.url} not up after {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+        if self._ended:
+            raise RuntimeError(f"server exited with {self.proc.wait()}:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -111,7 +104,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self._out.close()
+        self._reader.join(timeout=15)
 
 
 def server_env(home: Path) -> dict[str, str]:
@@ -150,9 +143,9 @@ def voila(home: Path) -> Iterator[Any]:
         port = free_port()
         argv = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
                 "--ServerApp.port_retries=0", "--show_tracebacks=True", str(nb)]
-        server = Server(argv, f"http://127.0.0.1:{port}/", home, server_env(home))
+        server = Server(argv, f"http://127.0.0.1:{port}/", home, server_env(home), ready=f"127.0.0.1:{port}")
         servers.append(server)
-        wait_port(port, server.proc, server.log)
+        server.wait()  # no HTTP request to find out: Voila would run the notebook for it
         return server.url
 
     yield start
@@ -174,9 +167,9 @@ def jupyterlab(home: Path) -> Iterator[Any]:
         if os.geteuid() == 0:
             argv.append("--allow-root")
         base = f"http://127.0.0.1:{port}"
-        server = Server(argv, base, home, server_env(home))
+        server = Server(argv, base, home, server_env(home), ready=f"127.0.0.1:{port}")
         servers.append(server)
-        wait_http(f"{base}/api/status?token={token}", server.proc, server.log)
+        server.wait()
         return f"{base}/lab/tree/{name}?token={token}"
 
     yield start
