@@ -574,8 +574,11 @@ class QemuMachine(GuestIO, Monitor):
 
     def dirty_bitmap(self, node: str, name: str) -> DirtyBitmap:
         """The bits of bitmap ``name`` on ``node``, read as a client would: an NBD export of the
-        bitmap (``qemu:dirty-bitmap:NAME``) mapped with qemu-img, checked against QEMU's sha256."""
+        bitmap (``qemu:dirty-bitmap:NAME``) mapped with qemu-img, checked against QEMU's sha256.
+        ``node`` may name a device, as the bitmap commands accept."""
         sha = self._helper_value("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name})
+        node = next((b["inserted"]["node-name"] for b in self._helper_value("query-block")
+                     if b["device"] == node and "inserted" in b), node)
         info = next(i for i in self._helper_value("query-named-block-nodes", {"flat": True}) if i["node-name"] == node)
         flags = next(b for b in info.get("dirty-bitmaps", []) if b.get("name") == name)
         bm = DirtyBitmap(size=info["image"]["virtual-size"], granularity=flags["granularity"], name=name,

@@ -438,3 +438,19 @@ def test_works_inside_a_running_asyncio_loop(daemon):
     sim.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b"})
     sim.write("d0", 0, 4096)
     assert asyncio.run(inside()) == sim.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "d0", "name": "b"})
+
+
+def test_dirty_bitmap_by_device_name_on_both_backends():
+    """``vm.dirty_bitmap("drive0", ...)`` names a -drive device, as the bitmap commands accept."""
+    got = []
+    for vm in (Machine(), Machine(backend="qemu", daemon="system")):
+        try:
+            vm.add_drive("drive0", "4M")
+            vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "bitmap0"})
+            vm.write("drive0", "1M", "64k", 0x41)
+            bm = vm.dirty_bitmap("drive0", "bitmap0")
+            got.append((bm.bits.count(), bm.granularity, bm.sha256()))
+        finally:
+            if hasattr(vm, "close"):
+                vm.close()
+    assert got[0] == got[1] and got[0][0] == 1
