@@ -74,7 +74,10 @@ class SyncModeResult:
                 self.len2, self.bits2)
 
 
-class _Run:
+class Iotest257Run:
+    """iotest 257's machinery on one machine: drive0 (with the failing blkdebug layer when
+    ``failure``), its write groups, full reference backups, targets and backups of bitmap0."""
+
     def __init__(self, vm: Machine, failure: bool) -> None:
         self.vm, self.refs = vm, 0
         vm.qemu_img("create", "-f", "qcow2", "drive0.qcow2", "64M")
@@ -141,7 +144,7 @@ def run_sync_mode(sync: str, bitmap_mode: str, outcome: str = "success", *, back
 
 def _play(vm: Machine, sync: str, mode: str, outcome: str, keep: bool) -> SyncModeResult:
     res = SyncModeResult(sync, mode, outcome)
-    run = _Run(vm, outcome == "failure")
+    run = Iotest257Run(vm, outcome == "failure")
     run.write_group(0)
     run.reference()
     vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "bitmap0", "granularity": GRANULARITY})

@@ -7,9 +7,10 @@ The expected numbers are those of tests/qemu-iotests/257.out (QEMU 7.2 = 9.1 her
 import pytest
 
 from bitlab import Machine
-from bitlab.syncmodes import BLKDEBUG, GRANULARITY, GROUPS
+from bitlab.syncmodes import GRANULARITY, Iotest257Run
 
-# iotest 257's writes and its blkdebug rules, shared with the model behind SyncModeLab
+# iotest 257's writes, blkdebug rules and steps come from bitlab.syncmodes (SyncModeLab's model);
+# the expected numbers below are QEMU's own.
 G = GRANULARITY
 
 # sync, bitmap-mode, failure: #1 end event (len, offset), bits after #1, after G3, #2 len, after #2
@@ -38,74 +39,29 @@ MATRIX = [
 ]
 
 
-def write_group(vm, n):
-    for offset, length in GROUPS[n]:
-        vm.write("drive0", offset, length, 0x40 + n)
-
-
 def bitmap0(vm):
     node = next(n for n in vm.qmp("query-named-block-nodes", {"flat": True}) if n["node-name"] == "drive0")
     return next(b for b in node["dirty-bitmaps"] if b.get("name") == "bitmap0")
 
 
-class Run:
-    """One scenario of iotest 257, with its own machine."""
-
-    def __init__(self, failure):
-        self.vm = vm = Machine()
-        self.refs = 0
-        vm.qemu_img("create", "-f", "qcow2", "drive0.qcow2", "64M")
-        file = {"driver": "file", "filename": "drive0.qcow2"}
-        if failure == "int":
-            file = {"driver": "blkdebug", "image": file, **BLKDEBUG}
-        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "drive0", "file": file})
-
-    def target(self, name):
-        self.vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "64M")
-        self.vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
-                                     "file": {"driver": "file", "filename": f"{name}.qcow2"}})
-
-    def reference_backup(self):
-        name = f"ref{self.refs}"
-        self.refs += 1
-        self.target(name)
-        self.vm.qmp("blockdev-backup", {"job-id": name, "device": "drive0", "target": name, "sync": "full"})
-        self.vm.run()
-
-    def backup(self, job_id, target, sync, mode):
-        n = len(self.vm.events)
-        self.vm.qmp("blockdev-backup", {
-            "job-id": job_id, "device": "drive0", "target": target, "sync": sync, "bitmap": "bitmap0",
-            "bitmap-mode": mode, "auto-finalize": False, "filter-node-name": "backup-top",
-            "x-perf": {"max-workers": 1}})
-        self.vm.run()
-        return n
-
-    def end_event(self, since, job_id):
-        for ev in self.vm.events[since:]:
-            if ev["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED") and ev["data"]["device"] == job_id:
-                return ev
-        raise AssertionError(f"no end event for {job_id}")
-
-
 @pytest.mark.parametrize("sync,mode,failure,end1,bits1,bits_g3,len2,bits2", MATRIX,
                          ids=[f"{r[0]}-{r[1]}-{r[2]}" for r in MATRIX])
 def test_257_row(sync, mode, failure, end1, bits1, bits_g3, len2, bits2):
-    run = Run(failure)
-    vm = run.vm
-    write_group(vm, 0)
-    run.reference_backup()
+    vm = Machine()
+    run = Iotest257Run(vm, failure == "int")
+    run.write_group(0)
+    run.reference()
     vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "bitmap0", "granularity": G})
-    write_group(vm, 1)
+    run.write_group(1)
     assert bitmap0(vm)["count"] == 393216
-    run.reference_backup()
+    run.reference()
     if failure == "int":
         vm.qemu_io("drive0", "flush")
     run.target("backup_target")
     since = run.backup("backup_1", "backup_target", sync, mode)
     if failure != "int":
         assert vm.qmp("query-jobs")[0]["status"] == "pending"
-        write_group(vm, 2)
+        run.write_group(2)
         frozen = bitmap0(vm)
         assert (frozen["busy"], frozen["recording"], frozen["count"]) == (True, True, 393216)
         vm.qmp("job-cancel" if failure == "sim" else "job-finalize", {"id": "backup_1"})
@@ -114,9 +70,9 @@ def test_257_row(sync, mode, failure, end1, bits1, bits_g3, len2, bits2):
     assert (ev["event"].removeprefix("BLOCK_JOB_"), ev["data"]["len"], ev["data"]["offset"]) == end1
     assert ("error" in ev["data"]) == (failure == "int")
     assert bitmap0(vm)["count"] == bits1 * G
-    write_group(vm, 3)
+    run.write_group(3)
     assert bitmap0(vm)["count"] == bits_g3 * G
-    run.reference_backup()
+    run.reference()
     run.target("backup_target_2")
     since = run.backup("backup_2", "backup_target_2", "bitmap", mode)
     vm.qmp("job-finalize", {"id": "backup_2"})
