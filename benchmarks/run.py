@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -40,6 +39,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,23 +420,22 @@ def bench_block_copy() -> None:
 
 
 # -- the seed scenario, in-process and on real QEMU -----------------------------------------------
-def _seed_replay() -> Callable[[str], tuple]:
-    """tests/trace_replay.py's replay(mode), with each trace file parsed once."""
+def _seed_replay() -> types.ModuleType:
+    """tests/trace_replay.py (replay(mode), Summary, commands(mode))."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests import trace_replay
 
-    trace_replay.load = functools.cache(trace_replay.load)
     return trace_replay
 
 
-async def _qsd_seed(trace: dict, workdir: str) -> list[dict]:
-    """Run a recorded seed trace's commands on a fresh qemu-storage-daemon; per step, the
-    bitmaps and job sequences as tests/trace_replay.py summarises them."""
+async def _qsd_seed(mode: str, workdir: str) -> list[dict]:
+    """Send a recorded seed trace's commands (tests/trace_replay.py ``records``) to a fresh
+    qemu-storage-daemon, guest writes with qemu-io over the trace's NBD exports; per step, the
+    bitmaps and job sequences, summarised from the commands' replies as the in-process replay does."""
     from qemu.qmp import QMPClient
 
-    from tests.trace_replay import job_sequences
+    from tests.trace_replay import Summary, job_sequences, records
 
-    prefix = f"ORACLE/work/qsd-nbd-{trace['mode']}/"
     sock = os.path.join(workdir, "qmp.sock")
     proc = await asyncio.create_subprocess_exec(QSD, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
                                                 "--monitor", "chardev=qmp0", stdout=subprocess.DEVNULL,
@@ -451,25 +450,21 @@ async def _qsd_seed(trace: dict, workdir: str) -> list[dict]:
     else:
         raise RuntimeError("could not connect to qemu-storage-daemon")
     steps: list[dict] = []
-    nodes: list = []
-    shas: dict = {}
+    summary = Summary()
     first_event = 0
     nbd_sock = None
     try:
-        for rec in trace["trace"]:
-            kind = rec["kind"]
+        for kind, item in records(mode, workdir + "/"):
             if kind == "step":
                 first_event = len(qmp.events.history)
-            elif kind == "cmd" and rec["execute"] != "quit":
-                args = json.loads(json.dumps(rec.get("arguments")).replace(prefix, workdir + "/"))
-                if rec["execute"] == "nbd-server-start":
+            elif kind == "cmd":
+                execute, args_json = item
+                args = json.loads(args_json)
+                if execute == "nbd-server-start":
                     nbd_sock = args["addr"]["data"]["path"]
-                reply = await qmp.execute(rec["execute"], args)
-                if rec["execute"] == "query-named-block-nodes":
-                    nodes = reply
-                elif rec["execute"] == "x-debug-block-dirty-bitmap-sha256":
-                    shas[(args["node"], args["name"])] = reply["sha256"]
-                elif rec["execute"] == "transaction":  # wait until every job is gone
+                reply = await qmp.execute(execute, args)
+                summary.reply(execute, args, reply)
+                if execute == "transaction":  # wait until every job is gone
                     ids = {a["data"]["job-id"] for a in args["actions"] if "job-id" in a["data"]}
                     while ids:
                         ev = await qmp.events.get()
@@ -477,19 +472,12 @@ async def _qsd_seed(trace: dict, workdir: str) -> list[dict]:
                             ids.discard(ev["data"]["id"])
             elif kind == "guest_io":
                 io = await asyncio.create_subprocess_exec(
-                    "qemu-io", "-f", "raw", f"nbd+unix:///{rec['node']}?socket={nbd_sock}", "-c", rec["cmd"],
+                    "qemu-io", "-f", "raw", f"nbd+unix:///{item['node']}?socket={nbd_sock}", "-c", item["cmd"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 await io.wait()
             elif kind == "bitmaps":
-                summary = {}
-                keys = ("name", "count", "granularity", "recording", "busy", "persistent")
-                for node in nodes:
-                    entries = [{**{k: bm[k] for k in keys}, "sha256": shas.get((node["node-name"], bm["name"]))}
-                               for bm in node.get("dirty-bitmaps", []) if "name" in bm]
-                    if entries:
-                        summary[node["node-name"]] = entries
                 events = [dict(e) for e in qmp.events.history[first_event:]]
-                steps.append({"bitmaps": summary, "jobs": job_sequences(events)})
+                steps.append({"bitmaps": summary.bitmaps(), "jobs": job_sequences(events)})
         with contextlib.suppress(Exception):
             await qmp.execute("quit")
     finally:
@@ -516,7 +504,7 @@ def run_qsd_seed(trace: dict) -> tuple[float, float, list[dict]]:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.join(tmp, name),
                             str(trace["config"]["image_size"])], check=True)
         t1 = time.perf_counter()
-        steps = asyncio.run(_qsd_seed(trace, tmp))
+        steps = asyncio.run(_qsd_seed(trace["mode"], tmp))
         t2 = time.perf_counter()
     return t2 - t0, t2 - t1, steps
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import marshal
 import os
 from collections.abc import Callable
 from typing import Any
@@ -31,15 +32,14 @@ from .units import parse_size
 
 
 def _copy_message(value: Any) -> Any:
-    """A deep copy of a wire message: JSON containers are rebuilt, JSON scalars are immutable and
-    shared, anything else goes through ``copy.deepcopy`` (same result, a fraction of the time)."""
-    if isinstance(value, dict):
-        return {key: _copy_message(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy_message(item) for item in value]
-    if value is None or type(value) in (str, int, float, bool):
-        return value
-    return copy.deepcopy(value)
+    """A deep copy of a wire message for the transcript. Plain data (JSON's types) goes through
+    ``marshal`` — bytes made here and read back at once, never input — which is several times
+    quicker than rebuilding it in Python; anything else (a caller's own objects) through
+    ``copy.deepcopy``."""
+    try:
+        return marshal.loads(marshal.dumps(value))
+    except ValueError:  # marshal takes only the built-in types, exactly
+        return copy.deepcopy(value)
 
 
 def _opt_str(value: object) -> str:

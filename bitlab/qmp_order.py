@@ -23,16 +23,23 @@ def tdb_hash(name: str) -> int:
 
 
 def wire_order(obj: Any) -> Any:
-    """Reorder every dict (recursively) as QEMU serialises a QDict built in insertion order."""
-    if isinstance(obj, dict):
+    """Reorder every dict (recursively) as QEMU serialises a QDict built in insertion order.
+    Always returns new containers; scalars are shared."""
+    kind = type(obj)
+    if kind is dict:
         out = {}
         for key in _member_order(tuple(obj)):
             value = obj[key]
-            out[key] = wire_order(value) if isinstance(value, (dict, list)) else value
+            out[key] = wire_order(value) if isinstance(value, _CONTAINERS) else value
         return out
-    if isinstance(obj, list):
-        return [wire_order(v) if isinstance(v, (dict, list)) else v for v in obj]
+    if kind is list:
+        return [wire_order(v) if isinstance(v, _CONTAINERS) else v for v in obj]
+    if isinstance(obj, (dict, list)):  # subclasses come out as plain containers
+        return wire_order(dict(obj) if isinstance(obj, dict) else list(obj))
     return obj
+
+
+_CONTAINERS = (dict, list)
 
 
 @lru_cache(maxsize=4096)

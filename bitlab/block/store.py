@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from bitarray import bitarray
 
 from .extents import UNALLOCATED, ZERO_ALLOC, ExtentMap
@@ -11,6 +12,15 @@ from .extents import UNALLOCATED, ZERO_ALLOC, ExtentMap
 QCOW2_DEFAULT_CLUSTER = 65536
 # An empty qcow2 file: header, L1 table, refcount table and one refcount block.
 QCOW2_EMPTY_CLUSTERS = 3
+
+
+def _distinct_units(starts: np.ndarray, ends: np.ndarray, used: np.ndarray, unit: int) -> int:
+    """How many ``unit``-sized blocks the runs marked ``used`` touch (runs sorted and disjoint)."""
+    if not used.any():
+        return 0
+    first = starts[used] // unit
+    last = (ends[used] - 1) // unit
+    return int((last - first + 1).sum()) - int(np.count_nonzero(first[1:] == last[:-1]))
 
 
 @dataclass
@@ -49,29 +59,20 @@ class ImageFile:
     def allocated_clusters(self) -> int:
         """Clusters of the virtual disk holding a host cluster in this file (qcow2): data, or
         zeroes written over data without unmapping it."""
-        starts, ends, vals = self.data.extents()
-        used = (vals >= 0) | (vals == ZERO_ALLOC)
-        if not used.any():
-            return 0
-        cs = self.cluster_size
-        first = starts[used] // cs
-        last = (ends[used] - 1) // cs
-        # Count distinct clusters touched by allocated runs (runs are sorted and disjoint).
-        total = int((last - first + 1).sum())
-        overlap = int((first[1:] == last[:-1]).sum())
-        return total - overlap
+        return self._host_usage()[1]
 
     def l2_tables(self) -> int:
         """L2 tables in use: one per L2-table-sized stretch holding any data."""
-        starts, ends, vals = self.data.extents()
-        used = vals != UNALLOCATED
-        if not used.any():
-            return 0
-        per_l2 = self.cluster_size * (self.cluster_size // 8)
-        first = starts[used] // per_l2
-        last = (ends[used] - 1) // per_l2
-        total = int((last - first + 1).sum())
-        return total - int((first[1:] == last[:-1]).sum())
+        return self._host_usage()[0]
+
+    def _host_usage(self) -> tuple[int, int]:
+        """(L2 tables in use, clusters holding a host cluster), from one look at the runs."""
+        starts, vals = self.data.runs()
+        ends = np.empty_like(starts)
+        ends[:-1] = starts[1:]
+        ends[-1] = self.data.size
+        return (_distinct_units(starts, ends, vals != UNALLOCATED, self.cluster_size * (self.cluster_size // 8)),
+                _distinct_units(starts, ends, (vals >= 0) | (vals == ZERO_ALLOC), self.cluster_size))
 
     def file_length(self) -> int:
         """Length of the host file in bytes (what the protocol node sees).
@@ -95,7 +96,7 @@ class ImageFile:
         ever add host clusters, so it is enough to call this before anything that may free them (zero
         writes, discards) and whenever the file length is read."""
         if self.is_qcow2 and self._seen_version != self.data.version:
-            self._host_clusters = max(self._host_clusters, self.l2_tables() + self.allocated_clusters())
+            self._host_clusters = max(self._host_clusters, sum(self._host_usage()))
             self._seen_version = self.data.version
         return self._host_clusters
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ..errors import QMPError
-from .qapi import QType, Struct, Union_, Visitor, wire_order
+from .qapi import NO_ARGS, Checker, NotFast, QType, Struct, Union_, Visitor, fast_checker, wire_order
 
 Handler = Callable[[Any, dict], Any]
 
@@ -24,6 +25,11 @@ class Command:
     returns: QType | None = None
     boxed: bool = False  # arguments are one flat union (blockdev-add)
     wire_ordered: bool = False  # the handler returns its value in wire order already
+
+    @cached_property
+    def checker(self) -> Checker:
+        """The fast checker of the arguments (:func:`bitlab.qmp.qapi.fast_checker`)."""
+        return fast_checker(self.args if self.args is not None else NO_ARGS)
 
 
 class CommandTable:
@@ -43,9 +49,14 @@ class CommandTable:
         return name in self.commands
 
     def check_args(self, cmd: Command, arguments: dict | None) -> dict:
-        """Visit the arguments as QEMU's generated marshaller does."""
-        visitor = Visitor()
+        """Visit the arguments as QEMU's generated marshaller does. Well-formed arguments take the
+        command's fast checker; anything else (every error) goes through the :class:`Visitor`."""
         args = {} if arguments is None else arguments
+        try:
+            return cmd.checker(args)
+        except NotFast:
+            pass
+        visitor = Visitor()
         if cmd.args is None:
             return visitor.visit_struct((), args, "", frozenset())
         if isinstance(cmd.args, Union_):

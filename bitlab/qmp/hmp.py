@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from functools import lru_cache
 from typing import Any
 
 from ..block.blkdebug import BlockIOError
@@ -37,6 +38,14 @@ def _report(verb: str, offset: int, length: int) -> str:
 
 def parse_qemu_io(command: str) -> tuple[str, dict]:
     """Parse one qemu-io command: write [-P pat] [-z] OFF LEN, read [-P pat] OFF LEN, discard OFF LEN."""
+    verb, opts = _parse_qemu_io(command)
+    return verb, dict(opts)
+
+
+@lru_cache(maxsize=1024)
+def _parse_qemu_io(command: str) -> tuple[str, dict]:
+    """:func:`parse_qemu_io`, remembered per command line (a pure function of the text; callers get
+    a copy of the options). A rejected line raises every time."""
     try:
         words = shlex.split(command)
     except ValueError:  # an unterminated quote: qemu-io itself splits at spaces and keeps quotes
@@ -169,9 +178,11 @@ INFO = {"block": info_block, "block-jobs": info_block_jobs}
 _QEMU_IO_HELP = 'Try "help qemu-io" for more information\r\n'
 
 
-def _hmp_args(text: str) -> tuple[list[str], str | None]:
+@lru_cache(maxsize=1024)
+def _hmp_args(text: str) -> tuple[tuple[str, ...], str | None]:
     """monitor/hmp.c's argument reader for ``qemu-io [-d] [-q] device "command"``: options,
-    a word, then a double-quoted string or a word. Returns (args, error text)."""
+    a word, then a double-quoted string or a word. Returns (args, error text); remembered per
+    line (a pure function of the text)."""
     pos, out = 0, []
     text = text.strip()
     while True:
@@ -187,7 +198,7 @@ def _hmp_args(text: str) -> tuple[list[str], str | None]:
                 buf.append(text[end])
                 end += 1
             if end >= len(text):
-                return out, "unterminated"
+                return tuple(out), "unterminated"
             out.append("".join(buf))
             pos = end + 1
         else:
@@ -196,7 +207,7 @@ def _hmp_args(text: str) -> tuple[list[str], str | None]:
                 end += 1
             out.append(text[pos:end])
             pos = end
-    return out, None
+    return tuple(out), None
 
 
 @TABLE.command("human-monitor-command", HumanMonitorCommand)
@@ -213,7 +224,8 @@ def qmp_hmp(vm: Any, args: dict) -> str:
     if name != "qemu-io":
         return f"unknown command: '{line.split()[0]}' (bitlab's monitor has qemu-io, info block, " \
                "info block-jobs)\r\n"
-    words, error = _hmp_args(rest)
+    args, error = _hmp_args(rest)
+    words = list(args)
     if error:
         vm.console_err.append("unterminated string\n")
         return "qemu-io: string expected\r\n" + _QEMU_IO_HELP

@@ -8,6 +8,7 @@ purposes: checking arguments with QEMU's exact error texts
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Union
@@ -270,3 +271,124 @@ def _accepts_kind(qtype: QType, kind: str) -> bool:
             return kind in ("int", "number")
         return kind == "int"
     return False
+
+
+# ----------------------------------------------------------------------------- fast checkers
+
+
+class NotFast(Exception):
+    """A fast checker met something it leaves to :class:`Visitor` (any error, any unusual value)."""
+
+
+Checker = Callable[[Any], Any]
+NO_ARGS = Struct("q_empty", ())  # a command without arguments takes an empty object
+_CHECKERS: dict[int, tuple[QType, Checker]] = {}  # id(type) -> (type, checker); types live forever
+
+
+def fast_checker(qtype: QType) -> Checker:
+    """A checker for well-formed input of ``qtype``: returns exactly what :meth:`Visitor.visit`
+    returns, or raises :class:`NotFast` wherever the visitor might raise or convert, so that the
+    visitor (and its error texts) decides those cases. Built once per type."""
+    got = _CHECKERS.get(id(qtype))
+    if got is None:
+        built: list[Checker] = []  # a recursive type (BlockdevRef in BlockdevOptions) meets itself while
+        _CHECKERS[id(qtype)] = (qtype, lambda v: built[0](v))  # being built: it calls the finished one
+        built.append(_compile(qtype))
+        got = _CHECKERS[id(qtype)] = (qtype, built[0])
+    return got[1]
+
+
+def _slow() -> Any:
+    raise NotFast
+
+
+def _compile(qtype: QType) -> Checker:
+    if isinstance(qtype, Builtin):
+        return _compile_builtin(qtype.name)
+    if isinstance(qtype, Enum):
+        values = frozenset(qtype.values)
+        return lambda v: v if type(v) is str and v in values else _slow()
+    if isinstance(qtype, Array):
+        element = fast_checker(qtype.element)
+        return lambda v: [element(x) for x in v] if type(v) is list else _slow()
+    if isinstance(qtype, Struct):
+        return _compile_members(qtype.all_members(), qtype.member_names)
+    if isinstance(qtype, Union_):
+        return _compile_union(qtype)
+    if isinstance(qtype, Alternate):
+        by_kind: dict[str, Checker] = {}
+        for kind in ("null", "bool", "int", "number", "str", "list", "dict"):
+            choice = next((c for c in qtype.choices if _accepts_kind(c, kind)), None)
+            if choice is not None:
+                by_kind[kind] = fast_checker(choice)
+
+        def alternate(v: Any) -> Any:
+            kind = _EXACT_KINDS.get(type(v)) or ("int" if type(v) is int and _I64_MIN <= v <= _U64_MAX else None)
+            check = by_kind.get(kind) if kind is not None else None
+            return check(v) if check is not None else _slow()
+        return alternate
+    raise TypeError(qtype)
+
+
+def _compile_builtin(name: str) -> Checker:
+    if name == "any":
+        return lambda v: v
+    if name == "str":
+        return lambda v: v if type(v) is str else _slow()
+    if name == "bool":
+        return lambda v: v if type(v) is bool else _slow()
+    if name == "null":
+        return lambda v: None if v is None else _slow()
+    if name == "number":
+        return lambda v: float(v) if type(v) is float or (type(v) is int and _I64_MIN <= v <= _U64_MAX) else _slow()
+    if name in ("uint64", "size"):
+        return lambda v: v if type(v) is int and 0 <= v <= _U64_MAX else _slow()
+    lo, hi = (_I64_MIN, _I64_MAX) if name in ("int", "int64") else _INT_RANGES[name]
+    return lambda v: v if type(v) is int and lo <= v <= hi else _slow()
+
+
+def _compile_members(members: tuple[Member, ...], known: frozenset[str]) -> Checker:
+    table = tuple((mem.name, fast_checker(mem.type), mem.optional) for mem in members)
+
+    def struct(v: Any) -> dict:
+        if type(v) is not dict:
+            _slow()
+        out = {}
+        for name, check, optional in table:
+            if name in v:
+                out[name] = check(v[name])
+            elif not optional:
+                _slow()
+        if len(out) != len(v):  # a member the type does not have
+            _slow()
+        return out
+    return struct
+
+
+def _compile_union(qtype: Union_) -> Checker:
+    base = tuple((mem.name, fast_checker(mem.type), mem.optional) for mem in qtype.base.all_members())
+    variants = {tag: tuple((mem.name, fast_checker(mem.type), mem.optional) for mem in variant.all_members())
+                for tag, variant in qtype.variants.items()}
+    discriminator = qtype.discriminator
+
+    def union(v: Any) -> dict:
+        if type(v) is not dict:
+            _slow()
+        out = {}
+        for name, check, optional in base:
+            if name in v:
+                out[name] = check(v[name])
+            elif not optional:
+                _slow()
+        members = variants.get(out.get(discriminator))
+        if members is None:
+            _slow()
+        for name, check, optional in members:
+            if name in v:
+                out[name] = check(v[name])
+            elif not optional:
+                _slow()
+        if len(out) != len(v):  # a member neither the base nor the variant has
+            _slow()
+        return out
+    return union
