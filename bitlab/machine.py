@@ -27,6 +27,7 @@ from .qemu_img import Layer, read_chain
 from .qmp import TABLE
 from .qmp.hmp import parse_qemu_io
 from .qmp.qapi import wire_order
+from .qmp_order import wire_member_order
 from .sim import Scheduler
 from .units import parse_size
 
@@ -108,10 +109,10 @@ class Machine(GuestIO, Monitor):
 
     def emit(self, event: str, data: dict | None = None) -> dict:
         """Record a QMP event stamped with the simulated clock."""
-        msg: dict = {"event": event, "timestamp": self.clock.timestamp()}
+        parts = {"event": event, "timestamp": wire_order(self.clock.timestamp())}
         if data is not None:
-            msg["data"] = data
-        msg = wire_order(msg)
+            parts["data"] = wire_order(data)
+        msg = {key: parts[key] for key in wire_member_order(tuple(parts))}
         self.events.append(msg)
         self.transcript.append({"kind": "event", "message": msg})
         for listener in list(self.listeners):
