@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .block.paths import full_backing_filename
+from .block.paths import full_backing_filename, strip_file_protocol
 from .content import Content
 from .errors import QMPError
 from .history import BackupStart, BitmapOp, history_of
@@ -175,7 +175,7 @@ def _backing(vm: Any, key: str) -> str | None:
             return None
         backing = json.loads(vm.qemu_img("info", "-U", "--output=json", key)).get("full-backing-filename")
     try:
-        return vm._image_key(backing) if backing else None
+        return vm._image_key(strip_file_protocol(backing) or backing) if backing else None
     except QMPError:  # outside the work directory: gone, as far as the machine knows
         return None
 

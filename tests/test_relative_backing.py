@@ -170,6 +170,8 @@ def test_chain_analysis_follows_relative_names():
     vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "sub/top.qcow2")
     assert chain._backing(vm, "sub/top.qcow2") == "sub/base.qcow2"
     assert chain.restore(vm, "sub/top.qcow2") == chain.restore(vm, "sub/base.qcow2")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "file:base.qcow2", "-F", "qcow2", "sub/proto.qcow2")
+    assert chain._backing(vm, "sub/proto.qcow2") == "base.qcow2"
 
 
 # -- qemu-img (simulator, QEMU's texts) ----------------------------------------------------------------
