@@ -298,6 +298,23 @@ def _images_steps(vm: Machine, record: Callable) -> None:
     record("img", vm.qemu_img, "convert", "-O", "raw", "sub/up.qcow2", "sub/up.raw")
     record("img", vm.qemu_img, "compare", "-f", "raw", "sub/up.raw", "base.qcow2")
     record("chain", chain._backing, vm, "sub/up.qcow2")
+    # a missing or escaping backing file: info shows the names without opening it; reading through it fails
+    record("img", vm.qemu_img, "create", "-q", "-f", "qcow2", "-u", "-b", "../../bitlab-nowhere.qcow2", "-F", "qcow2",
+           "sub/esc.qcow2", "1M")
+    for name in ("sub/g.qcow2", "sub/esc.qcow2"):
+        record("info", img, "info", "--output=json", name)
+        record("img", vm.qemu_img, "info", "--backing-chain", name)
+        record("img", vm.qemu_img, "map", name)
+        record("img", vm.qemu_img, "compare", name, "base.qcow2")
+        record("img", vm.qemu_img, "convert", "-O", "raw", name, "out.raw")
+        record("img", vm.qemu_img, "commit", name)
+        record("img", vm.qemu_img, "rebase", "-b", "base.qcow2", "-F", "qcow2", name)
+        record("img", vm.qemu_img, "rebase", "-u", "-b", "../base.qcow2", "-F", "qcow2", name)
+        record("info", img, "info", "--output=json", name)
+    # an absolute name for the new image: its backing file is looked for beside it
+    record("img", vm.qemu_img, "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", f"{vm.workdir}/sub/a.qcow2")
+    record("info", img, "info", "--output=json", f"{vm.workdir}/sub/a.qcow2")
+    record("img", vm.qemu_img, "compare", f"{vm.workdir}/sub/a.qcow2", "sub/base.qcow2")
 
 
 def _qmp_steps(vm: Machine, record: Callable) -> None:
@@ -343,3 +360,31 @@ def _top_entries(vm: Machine, record: Callable) -> None:
 def test_the_overlay_s_own_entry_matches_real_qemu():
     """The overlay keeps its plain filename and shows ``full-backing-filename`` / ``backing_file`` resolved."""
     assert _play("sim", _top_entries) == _play("qemu", _top_entries)
+
+
+def _backup_steps(vm: Machine, record: Callable) -> None:
+    two_bases(vm)
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "sub/top.qcow2")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "sub/t.qcow2")
+    add(vm, "src", "sub/top.qcow2")
+    vm.write("src", "64k", "64k", pattern=0x33)
+    img = _json_img(vm)
+    for job, target, mode in (("j0", "t2.qcow2", "absolute-paths"), ("j1", "sub/t.qcow2", "existing"),
+                              ("j2", "../t.qcow2", "existing")):
+        record("backup", vm.qmp, "drive-backup", {"job-id": job, "device": "src", "target": target, "mode": mode,
+                                                  "format": "qcow2", "sync": "top"})
+        vm.run()
+        record("events", lambda j=job: [(e["event"], e["data"]["len"], e["data"]["offset"])
+                                        for e in vm.events if e["event"] == "BLOCK_JOB_COMPLETED"
+                                        and e["data"]["device"] == j])
+    vm.qmp("blockdev-del", {"node-name": "src"})  # QEMU writes its cached qcow2 metadata on close
+    for target in ("t2.qcow2", "sub/t.qcow2"):
+        record("info", img, "info", "--output=json", "--backing-chain", target)
+        record("img", vm.qemu_img, "compare", target, "sub/top.qcow2")
+
+
+@pytest.mark.qemu
+def test_drive_backup_targets_match_real_qemu():
+    """A new target is created with the source's backing node's name, relative to the target; an
+    existing target opens its own backing file beside it."""
+    assert _play("sim", _backup_steps) == _play("qemu", _backup_steps)
