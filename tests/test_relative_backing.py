@@ -354,9 +354,6 @@ def _top_entries(vm: Machine, record: Callable) -> None:
 
 
 @pytest.mark.qemu
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="needs bitlab/block/node.py (auto_backing_file in backing_overridden) and "
-                   "bitlab/block/info.py (full-backing-filename, backing_file) to use the resolved names")
 def test_the_overlay_s_own_entry_matches_real_qemu():
     """The overlay keeps its plain filename and shows ``full-backing-filename`` / ``backing_file`` resolved."""
     assert _play("sim", _top_entries) == _play("qemu", _top_entries)

@@ -215,7 +215,7 @@ class BlockGraph:
         child = self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
         self._attach(node, "backing", child)
         # bdrv_open_backing_file: an implicit backing file is the one the image names (auto_backing_file)
-        node.auto_backing_file = child.filename  # type: ignore[attr-defined]
+        node.auto_backing_file = child.filename
 
     def _check_lock(self, image, driver: str, read_only: bool, file_node: BlockNode) -> None:
         """File locking: qcow2 takes the write permission and shares it with nobody."""
