@@ -178,15 +178,19 @@ class Machine(GuestIO, Monitor):
         self.graph.devices[name] = node
         return node.node_name
 
-    def create_image(self, filename: str, fmt: str, size: int, backing: BlockNode | None) -> None:
-        """bdrv_img_create, as drive-backup uses it."""
+    def create_image(self, filename: str, fmt: str, size: int, backing: BlockNode | None,
+                     open_backing: bool = True) -> None:
+        """bdrv_img_create, as drive-backup uses it. With ``open_backing`` False (sync=none's
+        BDRV_O_NO_BACKING) the backing file is only named in the new image, not opened. Errors
+        carry bdrv_img_create's message alone (no file name prefix, no hint line)."""
         args = ["create", "-f", fmt]
         if backing is not None:
-            args += ["-b", backing.filename, "-F", backing.driver]
+            args += ["-b", backing.filename, "-F", backing.driver] + ([] if open_backing else ["-u"])
         try:
             self.qemu_img(*args, filename, str(size))
         except _qemu_img.QemuImgError as err:
-            raise generic(err.stderr.strip().removeprefix("qemu-img: ")) from None
+            first = err.stderr.strip().splitlines()[0].removeprefix("qemu-img: ").removeprefix(f"{filename}: ")
+            raise generic(first) from None
 
     def probe_format(self, filename: str) -> str:
         key = self.graph.store_key(filename)

@@ -385,3 +385,27 @@ def test_drive_backup_targets_match_real_qemu():
     """A new target is created with the source's backing node's name, relative to the target; an
     existing target opens its own backing file beside it."""
     assert _play("sim", _backup_steps) == _play("qemu", _backup_steps)
+
+
+def _new_target_steps(vm: Machine, record: Callable) -> None:
+    two_bases(vm)
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "sub/top.qcow2")
+    add(vm, "src", "sub/top.qcow2")
+    vm.write("src", 0, "64k", pattern=0x44)
+    img = _json_img(vm)
+    # sync=none names the source in the new image without opening it (BDRV_O_NO_BACKING): the name,
+    # relative to sub/, does not resolve, and QEMU still creates the target.
+    record("backup", vm.qmp, "drive-backup", {"job-id": "n", "device": "src", "target": "sub/n.qcow2",
+                                              "format": "qcow2", "sync": "none"})
+    vm.qmp("block-job-cancel", {"device": "n"})
+    vm.run()
+    record("info", img, "info", "--output=json", "sub/n.qcow2")
+    # sync=top opens the backing file to create the target: sub/ + sub/base.qcow2 is missing.
+    record("backup", vm.qmp, "drive-backup", {"job-id": "t", "device": "src", "target": "sub/t3.qcow2",
+                                              "format": "qcow2", "sync": "top"})
+
+
+@pytest.mark.qemu
+def test_new_drive_backup_targets_in_sub_directories_match_real_qemu():
+    """sync=none does not open the backing file it names; sync=top does, and fails with QEMU's bare text."""
+    assert _play("sim", _new_target_steps) == _play("qemu", _new_target_steps)
