@@ -13,6 +13,7 @@ import re
 
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
+from ..qmp_order import wire_member_order
 from .blkdebug import BlkdebugNode
 from .info import NodeInfoCache
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
@@ -163,6 +164,13 @@ class BlockGraph:
             if align and (align < 0 or align & (align - 1)):
                 self.release(node)
                 raise generic(f"Cannot meet constraints with align {align}")
+            # an empty list is left over when QEMU flattens the options: an option blkdebug does not take
+            empty = [key for key in ("inject-error", "set-state", "take-child-perms", "unshare-child-perms")
+                     if opts.get(key) == []]
+            if empty:
+                self.release(node)
+                first = wire_member_order(tuple(empty))[0]
+                raise generic(f"Block protocol 'blkdebug' doesn't support the option '{first}'")
             return node
         if driver in ("raw", "qcow2"):
             file_node = self._child(opts["file"], opts, ro)
