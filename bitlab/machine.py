@@ -167,9 +167,9 @@ class Machine(GuestIO, Monitor):
             self.qemu_img("create", "-f", format, filename, str(size))
         file_opts: dict = {"driver": "file", "filename": filename}
         if blkdebug is not None:
-            # -drive options are strings (QemuOpts): 2 -> "2", True -> "on"
-            rules = {key: [{k: _opt_str(v) for k, v in rule.items()} for rule in blkdebug.get(key, [])]
-                     for key in ("inject-error", "set-state") if key in blkdebug}
+            # -drive options are strings (QemuOpts): 2 -> "2", True -> "on"; no rule, no option
+            rules = {key: [{k: _opt_str(v) for k, v in rule.items()} for rule in blkdebug[key]]
+                     for key in ("inject-error", "set-state") if blkdebug.get(key)}
             file_opts = {"driver": "blkdebug", "image": file_opts, **rules}
         opts: dict = {"driver": format, "file": file_opts}
         if node_name is not None:

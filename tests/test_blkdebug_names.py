@@ -73,3 +73,36 @@ def test_an_empty_list_is_an_option_blkdebug_does_not_take(extra, option):
 @pytest.mark.qemu
 def test_names_and_refusals_match_real_qemu():
     assert play("sim") == play("qemu")
+
+
+def _filter_stacks(backend: str) -> list:
+    """ImageInfo of blkdebug and raw over null-co and over a file (``dirty-flag`` only where
+    bdrv_get_info reaches a driver that answers); actual-size is the host's and left out."""
+    vm = Machine(backend=backend)
+    try:
+        vm.qemu_img("create", "-f", "raw", "r.raw", "1M")
+        null = {"driver": "null-co", "size": 1 << 20}
+        for name, opts in (("b1", {"driver": "blkdebug", "image": {**null, "node-name": "n1"}}),
+                           ("r2", {"driver": "raw", "file": {"driver": "blkdebug", "node-name": "b2",
+                                                             "image": {**null, "node-name": "n2"}}}),
+                           ("r3", {"driver": "raw", "file": {"driver": "blkdebug", "node-name": "b3", "image": {
+                               "driver": "file", "node-name": "f3", "filename": "r.raw"}}}),
+                           ("b4", {"driver": "blkdebug", "image": {"driver": "raw", "node-name": "r4",
+                                                                   "file": {**null, "node-name": "n4"}}})):
+            vm.qmp("blockdev-add", {**opts, "node-name": name})
+        return sorted((e["node-name"], {k: v for k, v in e["image"].items() if k not in ("filename", "actual-size")})
+                      for e in vm.qmp("query-named-block-nodes", {"flat": True}))
+    finally:
+        if backend == "qemu":
+            vm.close()
+
+
+def test_blkdebug_over_null_co_has_no_dirty_flag():
+    infos = dict(_filter_stacks("sim"))
+    assert infos["b1"] == {"format": "blkdebug", "virtual-size": 1 << 20}
+    assert infos["r3"] == {"format": "raw", "dirty-flag": False, "virtual-size": 1 << 20}
+
+
+@pytest.mark.qemu
+def test_filter_stacks_match_real_qemu():
+    assert _filter_stacks("sim") == _filter_stacks("qemu")

@@ -93,14 +93,18 @@ def _image_info(node: BlockNode, filename: str) -> dict:
             info["full-backing-filename"] = node_full_backing_filename(node, node.image.backing_file or "")
         return info
     if isinstance(node, BlkdebugNode):  # answers bdrv_get_info from its image, no allocated size
-        return {"filename": filename, "format": node.driver, "dirty-flag": False, "virtual-size": node.size}
+        info = {"filename": filename, "format": node.driver}
+        if _answers_get_info(node.inner):
+            info["dirty-flag"] = False
+        info["virtual-size"] = node.size
+        return info
     # raw and filters: bdrv_get_info answers from below (file does, null-co does not); a filter
     # shows the cluster size of what it filters.
     info = {"filename": filename, "format": node.driver}
     bottom = node
     while bottom.child("file") is not None and not isinstance(bottom, Qcow2Node):
         bottom = bottom.child("file")
-    if isinstance(bottom, (FileNode, Qcow2Node)):
+    if _answers_get_info(node):
         info["dirty-flag"] = False
     protocol = bottom
     while protocol.child("file") is not None:
@@ -111,6 +115,17 @@ def _image_info(node: BlockNode, filename: str) -> dict:
     if isinstance(bottom, Qcow2Node) and node.driver == "copy-before-write":
         info["cluster-size"] = bottom.image.cluster_size
     return info
+
+
+def _answers_get_info(node: BlockNode) -> bool:
+    """bdrv_get_info succeeds (so ImageInfo has ``dirty-flag``): file and qcow2 answer; raw, blkdebug
+    and filters ask the node below them; null-co does not answer."""
+    while not isinstance(node, (FileNode, Qcow2Node)):
+        below = node.child("file") or node.child("image")
+        if below is None:
+            return False
+        node = below
+    return True
 
 
 def backing_depth(node: BlockNode) -> int:
