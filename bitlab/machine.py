@@ -13,6 +13,7 @@ import numpy as np
 
 from . import qemu_img as _qemu_img
 from .bitmap import DirtyBitmap
+from .block.export import BlockExports
 from .block.graph import BlockGraph
 from .block.node import BlockNode
 from .block.store import ImageStore
@@ -82,6 +83,7 @@ class Machine(GuestIO, Monitor):
         self.scheduler = scheduler if scheduler is not None else Scheduler(self.clock)
         self.listeners: list[Callable[[dict], None]] = []  # called with every event as it is emitted
         self.jobs = JobManager(self.emit, self.scheduler)
+        self.exports = BlockExports(self.graph.blks, self.emit)  # the NBD server and block exports
         self.events: list[dict] = []
         self.transcript: list[dict] = []  # every QMP message and reply, in order
         self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)
@@ -93,6 +95,8 @@ class Machine(GuestIO, Monitor):
         self.transcript.append({"kind": "cmd", "message": _copy_message(message)})
         events_at = len(self.events)
         reply = TABLE.dispatch(self, message)
+        if "return" in reply and message.get("execute") == "quit":
+            self.exports.close_all()  # qemu-storage-daemon's exit: each export goes before the reply is sent
         self.transcript.append({"kind": "reply", "message": reply})
         if message.get("execute") in NOTED_COMMANDS and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
