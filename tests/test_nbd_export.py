@@ -1,0 +1,127 @@
+"""NBD exports at the QMP level against real QEMU 7.2, beyond the replies test_golden_qemu.py compares.
+
+tests/golden/nbd_export.json (group ``nbd_export`` of tools/golden_scenarios.py) was recorded on
+qemu-storage-daemon 7.2: here every step's BLOCK_EXPORT_DELETED events, and how many events came
+before the reply, must be what QEMU sent. The seed traces' ``quit`` deletes the recorder's exports;
+bitlab's must do the same. Then the rules bitlab adds because it opens no socket.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bitlab import Machine
+from bitlab.conformance import run_step
+
+from . import golden_replay as g
+from . import trace_replay
+
+EXPORT_COMMANDS = {"nbd-server-start", "nbd-server-stop", "block-export-add", "block-export-del",
+                   "query-block-exports"}
+SCENARIOS = g.scenarios("nbd_export")
+
+
+def _export_events(events: list[dict]) -> list[dict]:
+    return [ev["data"] for ev in events if ev["event"] == "BLOCK_EXPORT_DELETED"]
+
+
+def _events_before_reply(transcript: list[dict]) -> int:
+    """Events between a command and its reply in a slice of ``vm.transcript``."""
+    kinds = [entry["kind"] for entry in transcript]
+    return kinds[:kinds.index("reply")].count("event")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[sc["name"] for sc in SCENARIOS])
+def test_export_events_match_real_qemu(scenario: dict) -> None:
+    """Per step: the same BLOCK_EXPORT_DELETED events, and for the export commands the same number
+    of events before the reply (QEMU sends them first: deletion completes inside the command)."""
+    vm = g.build_machine(scenario)
+    deleted = 0
+    for rec in scenario["steps"]:
+        step = g._subst(rec["step"], "WORKDIR", vm.workdir)
+        events_at, transcript_at = len(vm.events), len(vm.transcript)
+        run_step(vm, step)
+        assert _export_events(vm.events[events_at:]) == _export_events(rec["events"]), rec["step"]
+        deleted += len(_export_events(rec["events"]))
+        if step.get("qmp", {}).get("execute") in EXPORT_COMMANDS:
+            assert _events_before_reply(vm.transcript[transcript_at:]) == rec["events-before-reply"], rec["step"]
+    if scenario["name"] in ("server", "export-bitmaps", "export-during-backup"):
+        assert deleted > 0  # the recording holds deletions to compare
+
+
+@pytest.mark.parametrize("mode", ["individual", "grouped"])
+def test_quit_deletes_the_exports_as_the_seed_trace_shows(mode: str) -> None:
+    """The seed traces end with ``quit``: QEMU deletes each export, oldest first, before replying."""
+    trace = trace_replay.load(mode)["trace"]
+    quit_at = next(i for i, rec in enumerate(trace) if rec["kind"] == "cmd" and rec["execute"] == "quit")
+    want = [rec["data"] for rec in trace[quit_at:] if rec["kind"] == "event"]
+    assert want == [{"id": "exp-drive0"}, {"id": "exp-drive1"}]
+    reply_at = next(i for i, rec in enumerate(trace) if rec["kind"] == "return" and rec["execute"] == "quit")
+    assert all(rec["kind"] == "event" for rec in trace[quit_at + 1:reply_at])
+
+    vm, _ = trace_replay.replay(mode)
+    assert [e["id"] for e in vm.qmp("query-block-exports")] == ["exp-drive1", "exp-drive0"]  # newest first
+    events_at, transcript_at = len(vm.events), len(vm.transcript)
+    assert vm.execute({"execute": "quit"}) == {"return": {}}
+    assert _export_events(vm.events[events_at:]) == want
+    assert _events_before_reply(vm.transcript[transcript_at:]) == len(want)
+    assert vm.qmp("query-block-exports") == []
+
+
+def test_seed_traces_replay_their_nbd_commands() -> None:
+    """Nothing of the traces is skipped any more: the recorder's server and exports run on bitlab."""
+    sent = [item[0] for kind, item in trace_replay.commands("individual") if kind == "cmd"]
+    assert sent.count("nbd-server-start") == 1 and sent.count("block-export-add") == 2
+
+
+# -- what bitlab adds: it binds nothing, so addresses follow its own rule -----------------------------
+
+
+def _start(vm: Machine, addr: dict) -> dict:
+    return vm.execute({"execute": "nbd-server-start", "arguments": {"addr": addr}})
+
+
+@pytest.mark.parametrize("path", ["/tmp/x.sock", "../x.sock", "a/../../x.sock"])
+def test_unix_socket_outside_the_work_directory_is_refused(path: str) -> None:
+    vm = Machine()
+    reply = _start(vm, {"type": "unix", "data": {"path": path}})
+    assert reply["error"]["desc"] == (f"Failed to bind socket to {path}: bitlab keeps every socket inside its "
+                                      f"work directory {vm.workdir}")
+    assert _start(vm, {"type": "unix", "data": {"path": f"{vm.workdir}/sub/x.sock"}}) == {"return": {}}
+
+
+def test_only_local_inet_addresses() -> None:
+    vm = Machine()
+    for addr in ({"type": "inet", "data": {"host": "0.0.0.0", "port": "10809"}},
+                 {"type": "vsock", "data": {"cid": "2", "port": "10809"}}):
+        assert "listens only on a unix socket in its work directory or on 127.0.0.1 / localhost" in \
+            _start(vm, addr)["error"]["desc"]
+    assert _start(vm, {"type": "inet", "data": {"host": "localhost", "port": "10809"}}) == {"return": {}}
+    assert vm.exports.server is not None and vm.exports.server.addr["host"] == "localhost"
+
+
+def test_only_nbd_exports_are_simulated() -> None:
+    vm = Machine()
+    vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "n0", "size": 1 << 20})
+    reply = vm.execute({"execute": "block-export-add", "arguments": {
+        "type": "fuse", "id": "f0", "node-name": "n0", "mountpoint": "mnt"}})
+    assert reply["error"]["desc"] == "bitlab simulates only NBD exports, not 'fuse'"
+
+
+def test_pull_mode_backup_bitmap_is_busy_while_exported() -> None:
+    """A pull-mode incremental backup: freeze the bitmap (disable it), export it read-only, release it."""
+    vm = Machine()
+    vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "n0", "size": 64 << 20})
+    vm.qmp("block-dirty-bitmap-add", {"node": "n0", "name": "b0"})
+    vm.write("n0", 0, "128k")
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-dirty-bitmap-disable", {"node": "n0", "name": "b0"})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "pull", "node-name": "n0", "bitmaps": ["b0"]})
+    snapshot = vm.dirty_bitmap("n0", "b0")
+    assert (snapshot.busy, snapshot.count) == (True, 131072)
+    reply = vm.execute({"execute": "block-dirty-bitmap-remove", "arguments": {"node": "n0", "name": "b0"}})
+    assert reply["error"]["desc"] == "Bitmap 'b0' is currently in use by another operation and cannot be used"
+    vm.qmp("block-export-del", {"id": "pull"})
+    assert vm.events[-1]["data"] == {"id": "pull"}
+    assert vm.dirty_bitmap("n0", "b0").busy is False
+    vm.qmp("block-dirty-bitmap-remove", {"node": "n0", "name": "b0"})
