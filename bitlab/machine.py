@@ -83,7 +83,7 @@ class Machine(GuestIO, Monitor):
         self.scheduler = scheduler if scheduler is not None else Scheduler(self.clock)
         self.listeners: list[Callable[[dict], None]] = []  # called with every event as it is emitted
         self.jobs = JobManager(self.emit, self.scheduler)
-        self.exports = BlockExports(self.graph.blks, self.emit)  # the NBD server and block exports
+        self.exports = BlockExports(self.graph.blks, self.emit, self.graph._drop_unowned)  # NBD server, exports
         self.events: list[dict] = []
         self.transcript: list[dict] = []  # every QMP message and reply, in order
         self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)

@@ -125,3 +125,19 @@ def test_pull_mode_backup_bitmap_is_busy_while_exported() -> None:
     assert vm.events[-1]["data"] == {"id": "pull"}
     assert vm.dirty_bitmap("n0", "b0").busy is False
     vm.qmp("block-dirty-bitmap-remove", {"node": "n0", "name": "b0"})
+
+
+def test_deleting_an_export_of_a_backup_filter_keeps_the_backup_running() -> None:
+    """The export's BlockBackend was the filter's only parent; the filter still belongs to its job."""
+    vm = Machine()
+    for name in ("n0", "t0"):
+        vm.qmp("blockdev-add", {"driver": "null-co", "node-name": name, "size": 64 << 20})
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("blockdev-backup", {"job-id": "j0", "device": "n0", "target": "t0", "sync": "full", "speed": 1 << 20,
+                               "filter-node-name": "cbw0"})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "e0", "node-name": "cbw0"})
+    vm.qmp("block-export-del", {"id": "e0"})
+    assert "cbw0" in [n["node-name"] for n in vm.qmp("query-named-block-nodes", {"flat": True})]
+    vm.qmp("block-job-set-speed", {"device": "j0", "speed": 0})
+    vm.run()
+    assert [ev["event"] for ev in vm.events if ev["event"].startswith("BLOCK_JOB")] == ["BLOCK_JOB_COMPLETED"]

@@ -54,9 +54,10 @@ class BlockExports:
     deletes them oldest first, each with its ``BLOCK_EXPORT_DELETED``.
     """
 
-    def __init__(self, blks: list, emit: Callable[..., object]) -> None:
+    def __init__(self, blks: list, emit: Callable[..., object], release: Callable[[BlockNode], None]) -> None:
         self.blks = blks  # the graph's anonymous BlockBackends, exports among them
         self.emit = emit
+        self.release = release  # closes a node nothing holds any more (the export may have been the last)
         self.server: NbdServer | None = None
         self.exports: list[BlockExport] = []
 
@@ -81,6 +82,8 @@ class BlockExports:
             bm.busy = False
         self.exports.remove(exp)
         self.blks.remove(exp)
+        if exp.node.driver != "copy-before-write":  # a backup's filter lives as long as its job
+            self.release(exp.node)
         self.emit("BLOCK_EXPORT_DELETED", {"id": exp.id})
 
     def close_all(self, export_type: str | None = None) -> None:

@@ -166,14 +166,29 @@ def _export_bitmaps(vm: Any, node: BlockNode, refs: list, readonly: bool) -> lis
     return found
 
 
-def _permission_conflict(node: BlockNode) -> str | None:
-    """A writable export of a backup's source: the copy-before-write filter shares no writes."""
-    cbw = getattr(node, "filtered_by", None)
-    if cbw is None or cbw.child("file") is not node:
-        return None
-    return (f"Permission conflict on node '{node.node_name}': permissions 'write' are both required by an "
-            f"unnamed block device (uses node '{node.node_name}' as 'root' child) and unshared by node "
-            f"'{cbw.node_name}' (uses node '{node.node_name}' as 'file' child).")
+def _unsharing_parent(vm: Any, node: BlockNode, perm: str) -> tuple[BlockNode, str] | None:
+    """A parent that does not share ``perm`` ('write' or 'resize') on ``node``, and its child role.
+
+    A read-write qcow2 node takes write and resize on its file and shares neither (format
+    metadata); a backup's copy-before-write filter shares no writes on its source.
+    """
+    for parent in vm.graph.nodes.values():
+        for role, child in parent.children:
+            if child is node and role == "file":
+                if parent.driver == "qcow2" and not parent.read_only:
+                    return parent, role
+                if parent.driver == "copy-before-write" and perm == "write":
+                    return parent, role
+    return None
+
+
+def _conflict(node: BlockNode, perm: str, parent: BlockNode, role: str, *, export_requires: bool) -> str:
+    """bdrv_check_perm's text for the export's anonymous BlockBackend (child 'root') and a node parent."""
+    blk = f"an unnamed block device (uses node '{node.node_name}' as 'root' child)"
+    other = f"node '{parent.node_name}' (uses node '{node.node_name}' as '{role}' child)"
+    first, second = (blk, other) if export_requires else (other, blk)
+    return (f"Permission conflict on node '{node.node_name}': permissions '{perm}' are both required by {first} "
+            f"and unshared by {second}.")
 
 
 @TABLE.command("block-export-add", BlockExportOptions, boxed=True)
@@ -195,10 +210,10 @@ def qmp_block_export_add(vm: Any, args: dict) -> None:
         raise generic("Cannot export read-only node as writable")
     if "iothread" in args:
         raise generic(f'iothread "{args["iothread"]}" not found')  # bitlab has no iothreads
-    if writable:
-        conflict = _permission_conflict(node)
-        if conflict is not None:
-            raise generic(conflict)
+    if writable:  # blk_insert_bs: the export's BlockBackend takes write
+        unsharing = _unsharing_parent(vm, node, "write")
+        if unsharing is not None:
+            raise generic(_conflict(node, "write", *unsharing, export_requires=True))
     # nbd_export_create
     if exports.server is None:
         raise generic("NBD server not running")
@@ -210,6 +225,9 @@ def qmp_block_export_add(vm: Any, args: dict) -> None:
         raise generic(f"description '{description}' too long")
     if exports.find_name(name) is not None:
         raise generic(f"NBD server already has export named '{name}'")
+    resizing = _unsharing_parent(vm, node, "resize")  # the export shares everything but resize
+    if resizing is not None:
+        raise generic(_conflict(node, "resize", *resizing, export_requires=False))
     bitmaps = _export_bitmaps(vm, node, args.get("bitmaps", []), readonly=not writable)
     exports.add(BlockExport(export_id, node, name, description=description, writable=writable,
                             writethrough=args.get("writethrough", False),
