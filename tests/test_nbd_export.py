@@ -43,7 +43,10 @@ def test_export_events_match_real_qemu(scenario: dict) -> None:
         run_step(vm, step)
         assert _export_events(vm.events[events_at:]) == _export_events(rec["events"]), rec["step"]
         deleted += len(_export_events(rec["events"]))
-        if step.get("qmp", {}).get("execute") in EXPORT_COMMANDS:
+        only_exports = all(ev["event"] == "BLOCK_EXPORT_DELETED" for ev in rec["events"])
+        if step.get("qmp", {}).get("execute") in EXPORT_COMMANDS and only_exports:
+            # (a command's drained section also pauses and resumes running jobs in QEMU: those
+            # JOB_STATUS_CHANGE pairs are QEMU's own variation, masked in every job comparison)
             assert _events_before_reply(vm.transcript[transcript_at:]) == rec["events-before-reply"], rec["step"]
     if scenario["name"] in ("server", "export-bitmaps", "export-during-backup"):
         assert deleted > 0  # the recording holds deletions to compare

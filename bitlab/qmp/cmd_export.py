@@ -24,6 +24,7 @@ from .qapi import SIZE as QSIZE
 from .types import BlockDirtyBitmapOrStr
 
 NBD_MAX_STRING_SIZE = 4096  # export names and descriptions (nbd.h)
+UNIX_PATH_MAX = 108  # sizeof(sun_path); the path needs no terminating NUL
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 UINT16 = Builtin("uint16")
 
@@ -99,6 +100,8 @@ def _check_address(vm: Any, addr: dict) -> dict:
         raise generic("only QEMU supports file descriptor passing")  # qemu-storage-daemon's monitor
     if kind == "unix":
         path = data["path"]
+        if len(path.encode()) > UNIX_PATH_MAX:
+            raise generic(f"UNIX socket path '{path}' is too long")
         full = posixpath.normpath(path if posixpath.isabs(path) else posixpath.join(vm.workdir, path))
         if not full.startswith(vm.workdir.rstrip("/") + "/"):
             raise generic(f"Failed to bind socket to {path}: bitlab keeps every socket inside its work "
