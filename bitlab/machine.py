@@ -320,5 +320,7 @@ class Machine(GuestIO, Monitor):
 
         A clean quit stores persistent bitmaps; after a kill they reload inconsistent.
         """
+        if clean:
+            self.exports.close_all()  # as at quit: each export goes, with its BLOCK_EXPORT_DELETED
         self.graph.close_all(clean=clean)
         return Machine(images=self.images, start_ns=self.clock.now_ns, workdir=self.workdir, backend="sim")

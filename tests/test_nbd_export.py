@@ -144,3 +144,23 @@ def test_deleting_an_export_of_a_backup_filter_keeps_the_backup_running() -> Non
     vm.qmp("block-job-set-speed", {"device": "j0", "speed": 0})
     vm.run()
     assert [ev["event"] for ev in vm.events if ev["event"].startswith("BLOCK_JOB")] == ["BLOCK_JOB_COMPLETED"]
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_restart_ends_the_exports(clean: bool) -> None:
+    """A clean restart quits (each export deleted, with its event); a kill just ends everything."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "d0.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "drive0", "file": {"driver": "file",
+                                                                              "filename": "d0.qcow2"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b0", "persistent": True, "disabled": True})
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "e0", "node-name": "drive0", "bitmaps": ["b0"]})
+    new = vm.restart(clean=clean)
+    assert _export_events(vm.events) == ([{"id": "e0"}] if clean else [])
+    assert new.qmp("query-block-exports") == [] and new.exports.server is None
+    new.qmp("blockdev-add", {"driver": "qcow2", "node-name": "drive0", "file": {"driver": "file",
+                                                                               "filename": "d0.qcow2"}})
+    bitmaps = new.qmp("query-named-block-nodes", {"flat": True})[0].get("dirty-bitmaps", [])
+    # stored at the clean close (not busy once reloaded); a kill never stored it
+    assert [(bm["name"], bm["busy"]) for bm in bitmaps] == ([("b0", False)] if clean else [])
