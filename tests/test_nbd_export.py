@@ -17,7 +17,7 @@ from . import golden_replay as g
 from . import trace_replay
 
 EXPORT_COMMANDS = {"nbd-server-start", "nbd-server-stop", "block-export-add", "block-export-del",
-                   "query-block-exports"}
+                   "query-block-exports", "nbd-server-add", "nbd-server-remove"}
 SCENARIOS = g.scenarios("nbd_export")
 
 
@@ -48,7 +48,7 @@ def test_export_events_match_real_qemu(scenario: dict) -> None:
             # (a command's drained section also pauses and resumes running jobs in QEMU: those
             # JOB_STATUS_CHANGE pairs are QEMU's own variation, masked in every job comparison)
             assert _events_before_reply(vm.transcript[transcript_at:]) == rec["events-before-reply"], rec["step"]
-    if scenario["name"] in ("server", "export-bitmaps", "export-during-backup"):
+    if scenario["name"] in ("server", "export-bitmaps", "export-during-backup", "deprecated-nbd-server-add"):
         assert deleted > 0  # the recording holds deletions to compare
 
 

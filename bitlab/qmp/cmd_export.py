@@ -86,6 +86,10 @@ BlockExportOptions = Union_(
 )
 BlockExportRemoveMode = Enum("BlockExportRemoveMode", ("safe", "hard"))
 BlockExportDel = struct("q_obj_block-export-del-arg", m("id", STR), m("*mode", BlockExportRemoveMode))
+NbdServerAddOptions = struct(
+    "NbdServerAddOptions", m("device", STR), m("*writable", BOOL), m("*bitmap", STR), base=BlockExportOptionsNbdBase,
+)
+NbdServerRemove = struct("q_obj_nbd-server-remove-arg", m("name", STR), m("*mode", BlockExportRemoveMode))
 BlockExportInfo = struct(
     "BlockExportInfo", m("id", STR), m("type", BlockExportType), m("node-name", STR), m("shutting-down", BOOL),
 )
@@ -196,7 +200,11 @@ def _conflict(node: BlockNode, perm: str, parent: BlockNode, role: str, *, expor
 
 @TABLE.command("block-export-add", BlockExportOptions, boxed=True)
 def qmp_block_export_add(vm: Any, args: dict) -> None:
-    """blk_exp_add, then nbd_export_create."""
+    add_export(vm, args)
+
+
+def add_export(vm: Any, args: dict) -> None:
+    """blk_exp_add, then nbd_export_create (checked BlockExportOptions)."""
     exports = vm.exports
     export_id = args["id"]
     if not id_wellformed(export_id):
@@ -244,6 +252,33 @@ def qmp_block_export_del(vm: Any, args: dict) -> None:
     if exp is None:
         raise generic(f"Export '{args['id']}' is not found")
     vm.exports.delete(exp)
+
+
+# -- the deprecated pair (blockdev-nbd.c): block-export-add / -del under other names ---------------
+
+@TABLE.command("nbd-server-add", NbdServerAddOptions, boxed=True)
+def qmp_nbd_server_add(vm: Any, args: dict) -> None:
+    """A device or node; the export's id and name default to ``device``; a read-only node is
+    exported read-only instead of refused."""
+    node = vm.graph.lookup_bs(args["device"])
+    name = args.get("name", args["device"])
+    opts: dict = {"type": "nbd", "id": name, "node-name": node.node_name, "name": name}
+    for key in ("description", "writable"):
+        if key in args:
+            opts[key] = args[key]
+    if "bitmap" in args:
+        opts["bitmaps"] = [args["bitmap"]]
+    if node.read_only:
+        opts["writable"] = False
+    add_export(vm, opts)
+
+
+@TABLE.command("nbd-server-remove", NbdServerRemove)
+def qmp_nbd_server_remove(vm: Any, args: dict) -> None:
+    exp = vm.exports.find(args["name"])
+    if exp is not None and exp.type != "nbd":
+        raise generic(f"Block export '{args['name']}' is not an NBD export")
+    qmp_block_export_del(vm, {"id": args["name"], **({"mode": args["mode"]} if "mode" in args else {})})
 
 
 @TABLE.command("query-block-exports", returns=Array(BlockExportInfo))
