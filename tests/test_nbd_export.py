@@ -106,9 +106,12 @@ def test_only_local_inet_addresses() -> None:
 def test_only_nbd_exports_are_simulated() -> None:
     vm = Machine()
     vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "n0", "size": 1 << 20})
-    reply = vm.execute({"execute": "block-export-add", "arguments": {
-        "type": "fuse", "id": "f0", "node-name": "n0", "mountpoint": "mnt"}})
+    fuse = {"type": "fuse", "id": "f0", "node-name": "n0", "mountpoint": "mnt"}
+    reply = vm.execute({"execute": "block-export-add", "arguments": fuse})
     assert reply["error"]["desc"] == "bitlab simulates only NBD exports, not 'fuse'"
+    # the checks common to every export type come first, as in QEMU's blk_exp_add
+    reply = vm.execute({"execute": "block-export-add", "arguments": {**fuse, "node-name": "nope"}})
+    assert reply["error"]["desc"] == "Cannot find device='' nor node-name='nope'"
 
 
 def test_pull_mode_backup_bitmap_is_busy_while_exported() -> None:

@@ -211,8 +211,6 @@ def add_export(vm: Any, args: dict) -> None:
         raise generic("Invalid block export id")
     if exports.find(export_id) is not None:
         raise generic(f"Block export id '{export_id}' is already in use")
-    if args["type"] != "nbd":
-        raise generic(f"bitlab simulates only NBD exports, not '{args['type']}'")
     node = vm.graph.nodes.get(args["node-name"])  # bdrv_lookup_bs(NULL, node-name): node names only
     if node is None:
         raise generic(f"Cannot find device='' nor node-name='{args['node-name']}'")
@@ -225,6 +223,8 @@ def add_export(vm: Any, args: dict) -> None:
         unsharing = _unsharing_parent(vm, node, "write")
         if unsharing is not None:
             raise generic(_conflict(node, "write", *unsharing, export_requires=True))
+    if args["type"] != "nbd":  # where QEMU's driver would create the export
+        raise generic(f"bitlab simulates only NBD exports, not '{args['type']}'")
     # nbd_export_create
     if exports.server is None:
         raise generic("NBD server not running")
