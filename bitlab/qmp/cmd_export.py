@@ -174,18 +174,20 @@ def _export_bitmaps(vm: Any, node: BlockNode, refs: list, readonly: bool) -> lis
 
 
 def _unsharing_parent(vm: Any, node: BlockNode, perm: str) -> tuple[BlockNode, str] | None:
-    """A parent that does not share ``perm`` ('write' or 'resize') on ``node``, and its child role.
+    """A parent that does not share ``perm`` with the export on ``node``, and its child role.
 
-    A read-write qcow2 node takes write and resize on its file and shares neither (format
-    metadata); a backup's copy-before-write filter shares no writes on its source.
+    'write': a qcow2 node shares no writes on its file (format metadata), nor does a backup's
+    copy-before-write filter on its source. 'resize' (which the export shares with nobody): a
+    read-write qcow2 node takes it on its file.
     """
     for parent in vm.graph.nodes.values():
         for role, child in parent.children:
-            if child is node and role == "file":
-                if parent.driver == "qcow2" and not parent.read_only:
-                    return parent, role
-                if parent.driver == "copy-before-write" and perm == "write":
-                    return parent, role
+            if child is not node or role != "file":
+                continue
+            if perm == "write" and parent.driver in ("qcow2", "copy-before-write"):
+                return parent, role
+            if perm == "resize" and parent.driver == "qcow2" and not parent.read_only:
+                return parent, role
     return None
 
 
@@ -275,9 +277,7 @@ def qmp_nbd_server_add(vm: Any, args: dict) -> None:
 
 @TABLE.command("nbd-server-remove", NbdServerRemove)
 def qmp_nbd_server_remove(vm: Any, args: dict) -> None:
-    exp = vm.exports.find(args["name"])
-    if exp is not None and exp.type != "nbd":
-        raise generic(f"Block export '{args['name']}' is not an NBD export")
+    """block-export-del by another name (every bitlab export is an NBD export)."""
     qmp_block_export_del(vm, {"id": args["name"], **({"mode": args["mode"]} if "mode" in args else {})})
 
 
