@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from .block.paths import full_backing_filename, strip_file_protocol
 from .content import Content
+from .errors import QMPError
 from .history import BackupStart, BitmapOp, history_of
 
 END_EVENTS = ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
@@ -165,12 +167,17 @@ def _backing(vm: Any, key: str) -> str | None:
         if key not in vm.images:
             return None
         image = vm.images[key]
-        return vm.graph.store_key(image.backing_file) if image.is_qcow2 and image.backing_file else None
-    if not os.path.exists(os.path.join(vm.workdir, key)):
+        if not image.is_qcow2 or not image.backing_file:
+            return None
+        backing = full_backing_filename(key, image.backing_file)  # relative to the image's directory
+    else:
+        if not os.path.exists(os.path.join(vm.workdir, key)):
+            return None
+        backing = json.loads(vm.qemu_img("info", "-U", "--output=json", key)).get("full-backing-filename")
+    try:
+        return vm._image_key(strip_file_protocol(backing) or backing) if backing else None
+    except QMPError:  # outside the work directory: gone, as far as the machine knows
         return None
-    info = json.loads(vm.qemu_img("info", "-U", "--output=json", key))
-    backing = info.get("backing-filename")
-    return vm._image_key(backing) if backing else None
 
 
 def _exists(vm: Any, key: str) -> bool:

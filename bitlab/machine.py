@@ -28,6 +28,7 @@ from .qemu_img import Layer, read_chain
 from .qmp import TABLE
 from .qmp.hmp import parse_qemu_io
 from .qmp.qapi import wire_order
+from .qmp_order import wire_member_order
 from .sim import Scheduler
 from .units import parse_size
 
@@ -112,10 +113,10 @@ class Machine(GuestIO, Monitor):
 
     def emit(self, event: str, data: dict | None = None) -> dict:
         """Record a QMP event stamped with the simulated clock."""
-        msg: dict = {"event": event, "timestamp": self.clock.timestamp()}
+        parts = {"event": event, "timestamp": wire_order(self.clock.timestamp())}
         if data is not None:
-            msg["data"] = data
-        msg = wire_order(msg)
+            parts["data"] = wire_order(data)
+        msg = {key: parts[key] for key in wire_member_order(tuple(parts))}
         self.events.append(msg)
         self.transcript.append({"kind": "event", "message": msg})
         for listener in list(self.listeners):
@@ -181,15 +182,19 @@ class Machine(GuestIO, Monitor):
         self.graph.devices[name] = node
         return node.node_name
 
-    def create_image(self, filename: str, fmt: str, size: int, backing: BlockNode | None) -> None:
-        """bdrv_img_create, as drive-backup uses it."""
+    def create_image(self, filename: str, fmt: str, size: int, backing: BlockNode | None,
+                     open_backing: bool = True) -> None:
+        """bdrv_img_create, as drive-backup uses it. With ``open_backing`` False (sync=none's
+        BDRV_O_NO_BACKING) the backing file is only named in the new image, not opened. Errors
+        carry bdrv_img_create's message alone (no file name prefix, no hint line)."""
         args = ["create", "-f", fmt]
         if backing is not None:
-            args += ["-b", backing.filename, "-F", backing.driver]
+            args += ["-b", backing.filename, "-F", backing.driver] + ([] if open_backing else ["-u"])
         try:
             self.qemu_img(*args, filename, str(size))
         except _qemu_img.QemuImgError as err:
-            raise generic(err.stderr.strip().removeprefix("qemu-img: ")) from None
+            first = err.stderr.strip().splitlines()[0].removeprefix("qemu-img: ").removeprefix(f"{filename}: ")
+            raise generic(first) from None
 
     def probe_format(self, filename: str) -> str:
         key = self.graph.store_key(filename)

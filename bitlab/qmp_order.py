@@ -42,6 +42,11 @@ def wire_order(obj: Any) -> Any:
 _CONTAINERS = (dict, list)
 
 
+def wire_member_order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The order QEMU sends an object's members in, given the order they were added in."""
+    return _member_order(keys)
+
+
 @lru_cache(maxsize=4096)
 def _member_order(keys: tuple[str, ...]) -> tuple[str, ...]:
     """The serialisation order of a QDict's keys, given their insertion order (a pure function)."""

@@ -58,6 +58,10 @@ def _bool(value: bool | str) -> bool:
     return value in (True, "on", "true", "yes") if isinstance(value, str) else bool(value)
 
 
+# blkdebug_strong_runtime_opts besides the rules: any of them keeps the json: filename
+_STRONG_OPTIONS = ("config", "align", "max-transfer", "opt-write-zero", "max-write-zero", "opt-discard", "max-discard")
+
+
 class Rule:
     """One inject-error or set-state rule (from QMP, or as -drive option strings)."""
 
@@ -100,7 +104,12 @@ class BlkdebugNode(BlockNode):
         return round_sector(self.inner.size)
 
     def plain_filename(self) -> str | None:
-        return None
+        """blkdebug_refresh_filename: ``blkdebug::FILE`` while no rule and no other strong option is set
+        and the image has a plain name of its own; otherwise the ``json:`` form."""
+        if self._rule_options or any(key in self.options for key in _STRONG_OPTIONS):
+            return None
+        inner = self.inner.plain_filename()
+        return None if inner is None else f"blkdebug::{inner}"
 
     def full_options(self) -> dict:
         """blkdebug's rules are QemuOpts lists, so they appear flattened ("set-state.0.event").
@@ -111,6 +120,7 @@ class BlkdebugNode(BlockNode):
         """
         opts: dict = {"driver": "blkdebug"}
         opts.update(self._rule_options)
+        opts.update((key, self.options[key]) for key in _STRONG_OPTIONS if key in self.options)
         opts["image"] = self.inner.full_options()
         return opts
 

@@ -13,9 +13,11 @@ import re
 
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
+from ..qmp_order import wire_member_order
 from .blkdebug import BlkdebugNode
 from .info import NodeInfoCache
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
+from .paths import node_full_backing_filename, strip_file_protocol
 from .store import ImageStore, StoredBitmap
 
 _NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
@@ -73,17 +75,17 @@ class BlockGraph:
 
     # -- files --------------------------------------------------------------------
     def store_key(self, filename: str) -> str:
-        """The image store's name for a path; paths may not leave the work directory."""
+        """The image store's name for a path (relative to the work directory, as QEMU's own working
+        directory is). Nothing exists outside the work directory: a path that leaves it (absolute, or
+        through ``..``) gives QEMU's text for a missing file."""
         path = filename
         if posixpath.isabs(path):
             if not path.startswith(self.workdir + "/"):
-                raise generic(f"Could not open '{filename}': bitlab keeps every file inside its work "
-                              f"directory {self.workdir}")
+                raise generic(f"Could not open '{filename}': No such file or directory")
             path = path[len(self.workdir) + 1:]
         path = posixpath.normpath(path)
-        if path.startswith(".."):
-            raise generic(f"Could not open '{filename}': bitlab keeps every file inside its work "
-                          f"directory {self.workdir}")
+        if path == ".." or path.startswith("../"):
+            raise generic(f"Could not open '{filename}': No such file or directory")
         return path
 
     # -- naming -------------------------------------------------------------------
@@ -163,6 +165,13 @@ class BlockGraph:
             if align and (align < 0 or align & (align - 1)):
                 self.release(node)
                 raise generic(f"Cannot meet constraints with align {align}")
+            # an empty list is left over when QEMU flattens the options: an option blkdebug does not take
+            empty = [key for key in ("inject-error", "set-state", "take-child-perms", "unshare-child-perms")
+                     if opts.get(key) == []]
+            if empty:
+                self.release(node)
+                first = wire_member_order(tuple(empty))[0]
+                raise generic(f"Block protocol 'blkdebug' doesn't support the option '{first}'")
             return node
         if driver in ("raw", "qcow2"):
             file_node = self._child(opts["file"], opts, ro)
@@ -200,14 +209,22 @@ class BlockGraph:
             return
         if not image.backing_file:
             return
-        key = self.store_key(image.backing_file)
+        # bdrv_open_backing_file: a relative name is relative to the image's directory
+        filename = node_full_backing_filename(node, image.backing_file) or ""
+        path = strip_file_protocol(filename)
+        if path is None:
+            raise generic(f"Could not open backing file: bitlab does not simulate the protocol of '{filename}'")
+        try:
+            key = self.store_key(path)
+        except QMPError:
+            key = None
         if key not in self.store:
-            raise generic(f"Could not open backing file: Could not open '{image.backing_file}': "
-                          "No such file or directory")
+            raise generic(f"Could not open backing file: Could not open '{path}': No such file or directory")
         fmt = image.backing_fmt or self.store[key].fmt
-        child = self.open({"driver": fmt, "file": {"driver": "file", "filename": image.backing_file}},
-                          read_only=True)
+        child = self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
         self._attach(node, "backing", child)
+        # bdrv_open_backing_file: an implicit backing file is the one the image names (auto_backing_file)
+        node.auto_backing_file = child.filename
 
     def _check_lock(self, image, driver: str, read_only: bool, file_node: BlockNode) -> None:
         """File locking: qcow2 takes the write permission and shares it with nobody."""

@@ -13,6 +13,7 @@ from functools import lru_cache
 from ..qmp_order import wire_order
 from .blkdebug import BlkdebugNode
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, round_sector
+from .paths import node_full_backing_filename
 from .store import ImageFile
 
 
@@ -86,8 +87,11 @@ def _image_info(node: BlockNode, filename: str) -> dict:
         return info
     if isinstance(node, Qcow2Node):
         # the allocated size comes from the protocol below; blkdebug does not answer
-        return file_image_info(node.image, filename=filename,
+        info = file_image_info(node.image, filename=filename,
                                has_actual_size=isinstance(node.child("file"), FileNode))
+        if "full-backing-filename" in info:  # relative to the node's directory
+            info["full-backing-filename"] = node_full_backing_filename(node, node.image.backing_file or "")
+        return info
     if isinstance(node, BlkdebugNode):  # answers bdrv_get_info from its image, no allocated size
         return {"filename": filename, "format": node.driver, "dirty-flag": False, "virtual-size": node.size}
     # raw and filters: bdrv_get_info answers from below (file does, null-co does not); a filter
@@ -122,8 +126,8 @@ def block_device_info(node: BlockNode, *, flat: bool = False) -> dict:
     """BlockDeviceInfo, one entry of query-named-block-nodes (schema order)."""
     filename = node.filename  # a ``json:`` filename takes some building: once per entry
     info: dict = {"file": filename, "node-name": node.node_name, "ro": node.read_only, "drv": node.driver}
-    if isinstance(node, Qcow2Node) and node.image.backing_file and node.backing is not None:
-        info["backing_file"] = node.image.backing_file
+    if node.backing is not None:  # bdrv_cow_bs(bs)->filename
+        info["backing_file"] = node.backing.filename
     info["backing_file_depth"] = 0 if flat else backing_depth(node)
     info["encrypted"] = False
     info["detect_zeroes"] = node.detect_zeroes

@@ -333,6 +333,7 @@ class Qcow2Node(FormatNode):
     def __init__(self, node_name: str, *, image: ImageFile, **kw) -> None:
         super().__init__(node_name, **kw)
         self.image = image
+        self.auto_backing_file: str | None = None  # the backing file's name as opened, resolved (graph)
 
     @property
     def size(self) -> int:
@@ -347,7 +348,8 @@ class Qcow2Node(FormatNode):
         backing = self.backing
         if backing is None:
             return bool(self.image.backing_file)
-        return backing.filename != self.image.backing_file
+        auto = self.auto_backing_file if self.auto_backing_file is not None else self.image.backing_file
+        return backing.filename != auto
 
     def full_options(self) -> dict:
         opts = super().full_options()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..block.paths import full_backing_filename, strip_file_protocol
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
 
@@ -59,12 +59,26 @@ def split_args(args: list[str], with_value: set[str], flags: set[str]) -> tuple[
     return opts, positional
 
 
-def store_key(key_fn: KeyFn, name: str) -> str:
-    """The store's name for a path (errors in qemu-img's words)."""
+def find_key(key_fn: KeyFn, name: str) -> str | None:
+    """The store's name for a file to open, or None where nothing can exist (outside the work
+    directory), so that the caller answers as for a missing file."""
+    path = strip_file_protocol(name)
+    if path is None:
+        raise QemuImgError(f"qemu-img: Could not open '{name}': bitlab does not simulate this protocol\n")
+    try:
+        return key_fn(path)
+    except QMPError:
+        return None
+
+
+def new_key(key_fn: KeyFn, name: str, context: str = "") -> str:
+    """The store's name for a file to create; outside the work directory no directory exists, so
+    qemu-img's "Could not create" (after ``context``, e.g. "error while converting raw: ")."""
     try:
         return key_fn(name)
-    except QMPError as err:
-        raise QemuImgError(f"qemu-img: {err.desc}\n") from None
+    except QMPError:
+        raise QemuImgError(f"qemu-img: {name}: {context}Could not create '{name}': No such file or directory\n") \
+            from None
 
 
 @dataclass
@@ -82,10 +96,14 @@ class Layer:
 
 
 def backing_name(overlay: str, backing: str) -> str:
-    """A relative backing file name is relative to the overlay's directory."""
-    if posixpath.isabs(backing):
-        return backing
-    return posixpath.join(posixpath.dirname(overlay), backing)
+    """The name a backing file is opened under: relative to the overlay's directory, joined as QEMU
+    joins it (``sub/top.qcow2`` naming ``../base.qcow2`` opens ``sub/../base.qcow2``)."""
+    return full_backing_filename(overlay, backing) or ""
+
+
+def opened_name(name: str) -> str:
+    """The name an image opened as ``name`` goes by: ``file:x`` is ``x`` (file-posix strips its prefix)."""
+    return strip_file_protocol(name) or name
 
 
 def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None
@@ -95,8 +113,8 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     ``lock`` is what qemu-img asks of the file lock: ``"shared"`` to read (no ``-U``), ``"write"``
     to change it; a qcow2 node holding the file read-write shares neither.
     """
-    key = store_key(key_fn, name)
-    if key not in store:
+    key = find_key(key_fn, name)
+    if key is None or key not in store:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': No such file or directory\n")
     image = store[key]
     if lock and any(not shares for _, shares in image.lockers):
@@ -124,7 +142,7 @@ def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     chain = [Layer(name, open_image(store, key_fn, name, fmt, lock))]
     while chain[-1].image.is_qcow2 and chain[-1].image.backing_file:
         top = chain[-1]
-        below = backing_name(top.name, top.image.backing_file or "")
+        below = opened_name(backing_name(top.name, top.image.backing_file or ""))
         try:
             image = open_image(store, key_fn, below, top.image.backing_fmt)
         except QemuImgError as err:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
+from ..block.paths import path_combine, path_has_protocol
 from ..block.store import ImageStore
-from ..errors import QMPError
-from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
+from ._common import USAGE, KeyFn, Layer, QemuImgError, find_key, open_chain, split_args
 from .layers import DATA, UNALLOC, chain_status, content, cow_fill
 
 
@@ -121,6 +121,23 @@ def _dirty_bitmaps(base: Layer, starts: np.ndarray, ends: np.ndarray) -> None:
                 stored.bits[lo:hi] = 1
 
 
+def find_backing_image(chain: list[Layer], name: str, key_fn: KeyFn) -> int:
+    """bdrv_find_backing_image: the index of the image ``name`` designates in ``chain`` (0 if none).
+    A relative name is relative to the directory of each overlay in turn (not to the working
+    directory); with a protocol prefix on either side the names are compared as text."""
+    for level in range(len(chain) - 1):
+        overlay, below = chain[level], chain[level + 1]
+        named = overlay.image.backing_file or ""
+        if path_has_protocol(name) or path_has_protocol(named):
+            if name in (named, below.name):
+                return level + 1
+            continue
+        wanted = find_key(key_fn, path_combine(overlay.name, name))
+        if wanted is not None and wanted == find_key(key_fn, below.name):
+            return level + 1
+    return 0
+
+
 def img_commit(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img commit [-q] [-f fmt] [-b base] [-d] [-p] [-r rate] filename."""
     opts, positional = split_args(args, {"-f", "-b", "-t", "-r"}, {"-q", "-d", "-p"})
@@ -134,12 +151,7 @@ def img_commit(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if base_name is None:
         base_index = 1
     else:
-        keys = [key_fn(layer.name) for layer in chain]
-        try:
-            wanted = key_fn(base_name)
-        except QMPError:
-            wanted = None
-        base_index = keys.index(wanted, 1) if wanted in keys[1:] else 0
+        base_index = find_backing_image(chain, base_name, key_fn)
         if not base_index:
             raise QemuImgError(f"qemu-img: Did not find '{base_name}' in the backing chain of '{filename}'\n")
     commit_into(chain, base_index)

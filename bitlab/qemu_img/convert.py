@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageStore
 from ..units import parse_size
-from ._common import KeyFn, QemuImgError, open_chain, options, split_args, store_key
+from ._common import KeyFn, QemuImgError, new_key, open_chain, options, split_args
 from .layers import content
 
 
@@ -27,7 +27,7 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
     size = chain[0].size
     s, e, v = content(chain, 0, size)
-    key = store_key(key_fn, positional[1])
+    key = new_key(key_fn, positional[1], f"error while converting {fmt}: ")
     if fmt == "raw":
         target = store.create(key, "raw", size)
     else:

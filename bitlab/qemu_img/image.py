@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ..block.info import file_image_info
 from ..block.node import round_sector
+from ..block.paths import full_backing_filename
 from ..block.store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, ImageStore
 from ..qmp_order import to_json_pretty, wire_order
 from ..units import format_size, parse_size
-from ._common import KeyFn, Layer, QemuImgError, backing_name, open_image
+from ._common import KeyFn, Layer, QemuImgError, backing_name, find_key, new_key, open_image, opened_name
 from ._common import options as _options
 from ._common import split_args as _split_args
-from ._common import store_key as _key
 from .layers import layer_runs
 
 INT64_MAX = (1 << 63) - 1
@@ -48,16 +48,22 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if backing and fmt != "qcow2":
         raise QemuImgError(f"qemu-img: {filename}: Backing file not supported for file format '{fmt}'\n")
     base: ImageFile | None = None
-    if backing:
+    if backing and "-u" in opts:  # unsafe: the backing file is not opened
         if not backing_fmt:
-            raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n"
-                               "Detected format of qcow2.")
-        full = backing_name(filename, backing)  # relative to the new image's directory
-        bkey = _key(key_fn, full)
-        if bkey not in store:
+            raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n")
+    elif backing:
+        try:  # relative to the new image's directory
+            full = full_backing_filename(filename, backing) or ""
+        except ValueError as err:
+            raise QemuImgError(f"qemu-img: {filename}: {err}\n") from None
+        bkey = find_key(key_fn, full)
+        if bkey is None or bkey not in store:
             raise QemuImgError(f"qemu-img: {filename}: Could not open '{full}': No such file or directory\n"
                                "Could not open backing image.\n")
         base = store[bkey]
+        if not backing_fmt:
+            raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n"
+                               f"Detected format of {base.fmt}.")
     if size is None:
         if base is None:
             raise QemuImgError(f"qemu-img: {filename}: Image creation needs a size parameter\n")
@@ -68,20 +74,30 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         compat = "0.10"
     elif compat in ("v3", "1.1"):
         compat = "1.1"
-    key = _key(key_fn, filename)
     if fmt == "raw":
-        store.create(key, "raw", size)
-        return "" if quiet else f"Formatting '{filename}', fmt=raw size={size}\n"
+        line = f"Formatting '{filename}', fmt=raw size={size}\n"
+        store.create(_new_key(key_fn, filename, "" if quiet else line), "raw", size)
+        return "" if quiet else line
     backing_text = f" backing_file={backing} backing_fmt={backing_fmt}" if backing else ""
     compat_text = " compat=0.10" if "compat" in options and compat == "0.10" else (
         f" compat={options['compat']}" if "compat" in options else "")
     line = (f"Formatting '{filename}', fmt=qcow2 cluster_size={cluster} extended_l2=off "
             f"compression_type=zlib size={size}{backing_text}{compat_text} lazy_refcounts=off refcount_bits=16\n")
+    key = _new_key(key_fn, filename, "" if quiet else line)
     if -(-size // (cluster * cluster // 8)) > QCOW2_MAX_L1_ENTRIES:
         raise _too_large(filename, line)
     image = store.create(key, "qcow2", size, cluster_size=cluster, backing_file=backing, backing_fmt=backing_fmt)
     image.compat = compat
     return "" if quiet else line
+
+
+def _new_key(key_fn: KeyFn, filename: str, stdout: str) -> str:
+    """The new file's name in the store; qemu-img prints its "Formatting" line before it fails."""
+    try:
+        return new_key(key_fn, filename)
+    except QemuImgError as err:
+        err.stdout = stdout
+        raise
 
 
 def _too_large(filename: str, stdout: str) -> QemuImgError:
@@ -145,8 +161,8 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     name: str | None = positional[0]
     fmt: str | None = opts.get("-f")
     while name is not None:
-        key = _key(key_fn, name)
-        if key not in store:
+        key = find_key(key_fn, name)
+        if key is None or key not in store:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': "
                                "No such file or directory\n")
         image = store[key]
@@ -160,7 +176,7 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             chain[-1]["full-backing-filename"] = backing_name(name, image.backing_file or "")
         if "--backing-chain" not in opts or fmt != "qcow2" or not image.backing_file:
             break
-        name, fmt = backing_name(name, image.backing_file), image.backing_fmt
+        name, fmt = opened_name(backing_name(name, image.backing_file)), image.backing_fmt
     if opts.get("--output") == "json":
         out = [wire_order(i) for i in chain]
         return to_json_pretty(out if "--backing-chain" in opts else out[0]) + "\n"
@@ -172,8 +188,8 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     _, positional = _split_args(args, {"-f", "--output", "-r"}, {"-U", "-q"})
     if not positional:
         raise QemuImgError("qemu-img: Expecting one image file name\n")
-    key = _key(key_fn, positional[0])
-    if key not in store:
+    key = find_key(key_fn, positional[0])
+    if key is None or key not in store:
         raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Could not open '{positional[0]}': "
                            "No such file or directory\n")
     image = store[key]

@@ -160,7 +160,7 @@ def drive_backup_prepare(vm: Any, args: dict, txn: JobTxn | None) -> tuple[Any, 
         if sync == "none":
             backing_for_new = source
         if mode != "existing":
-            vm.create_image(args["target"], fmt, source.size, backing_for_new)
+            vm.create_image(args["target"], fmt, source.size, backing_for_new, open_backing=sync != "none")
         opts: dict = {"discard": "unmap", "detect-zeroes": "unmap",
                       "file": {"driver": "file", "filename": args["target"]}}
         opts["driver"] = fmt or vm.probe_format(args["target"])

@@ -97,7 +97,11 @@ class Server:
             raise RuntimeError(f"server exited with {self.proc.wait()}:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        """Stop the server; if it had ended on its own, print why (shown with a failed test)."""
+        if self.proc.poll() is not None:
+            print(f"{self.url}: the server ended on its own with {self.proc.returncode}:\n"
+                  f"{self.log.read_text()[-3000:]}")
+        else:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
