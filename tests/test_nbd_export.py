@@ -86,10 +86,10 @@ def _start(vm: Machine, addr: dict) -> dict:
 
 @pytest.mark.parametrize("path", ["/tmp/x.sock", "../x.sock", "a/../../x.sock"])
 def test_unix_socket_outside_the_work_directory_is_refused(path: str) -> None:
+    """Nothing exists outside the work directory, as for image files."""
     vm = Machine()
     reply = _start(vm, {"type": "unix", "data": {"path": path}})
-    assert reply["error"]["desc"] == (f"Failed to bind socket to {path}: bitlab keeps every socket inside its "
-                                      f"work directory {vm.workdir}")
+    assert reply["error"]["desc"] == f"Failed to bind socket to {path}: No such file or directory"  # QEMU's text
     assert _start(vm, {"type": "unix", "data": {"path": f"{vm.workdir}/sub/x.sock"}}) == {"return": {}}
 
 
@@ -99,6 +99,9 @@ def test_only_local_inet_addresses() -> None:
                  {"type": "vsock", "data": {"cid": "2", "port": "10809"}}):
         assert "listens only on a unix socket in its work directory or on 127.0.0.1 / localhost" in \
             _start(vm, addr)["error"]["desc"]
+    reply = _start(vm, {"type": "inet", "data": {"host": "127.0.0.1", "port": "abc"}})
+    assert reply["error"]["desc"] == ("address resolution failed for 127.0.0.1:abc: Servname not supported for "
+                                      "ai_socktype")  # qemu-storage-daemon 7.2's text
     assert _start(vm, {"type": "inet", "data": {"host": "localhost", "port": "10809"}}) == {"return": {}}
     assert vm.exports.server is not None and vm.exports.server.addr["host"] == "localhost"
 

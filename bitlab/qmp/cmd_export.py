@@ -4,13 +4,15 @@ QEMU 7.2's checks in its order and with its texts (blockdev-nbd.c ``nbd_server_s
 block/export/export.c ``blk_exp_add`` / ``qmp_block_export_del``, nbd/server.c
 ``nbd_export_create``), recorded in tests/golden/nbd_export.json. bitlab keeps only what QMP
 observes (:mod:`bitlab.block.export`); it opens no socket and speaks no NBD, so addresses are
-checked against bitlab's own rule instead: a unix socket inside the work directory, or
-127.0.0.1 / localhost. Only ``type: nbd`` exports are simulated.
+checked against bitlab's own rule instead: a unix socket inside the work directory (nothing
+exists outside it: QEMU's text for a missing directory), or 127.0.0.1 / localhost. Only
+``type: nbd`` exports are simulated.
 """
 
 from __future__ import annotations
 
 import posixpath
+import socket
 from typing import Any
 
 from ..block.export import BlockExport, NbdServer
@@ -107,11 +109,17 @@ def _check_address(vm: Any, addr: dict) -> dict:
         if len(path.encode()) > UNIX_PATH_MAX:
             raise generic(f"UNIX socket path '{path}' is too long")
         full = posixpath.normpath(path if posixpath.isabs(path) else posixpath.join(vm.workdir, path))
-        if not full.startswith(vm.workdir.rstrip("/") + "/"):
-            raise generic(f"Failed to bind socket to {path}: bitlab keeps every socket inside its work "
-                          f"directory {vm.workdir}")
+        if not full.startswith(vm.workdir.rstrip("/") + "/"):  # nothing exists outside the work directory
+            raise generic(f"Failed to bind socket to {path}: No such file or directory")
         return {"type": "unix", **data, "path": full}
     if kind == "inet" and data["host"] in LOCAL_HOSTS:
+        port = data["port"]
+        if not port.isdigit():
+            try:
+                socket.getservbyname(port, "tcp")
+            except OSError:
+                raise generic(f"address resolution failed for {data['host']}:{port}: Servname not supported "
+                              "for ai_socktype") from None
         return {"type": "inet", **data}
     raise generic(f"bitlab's NBD server listens only on a unix socket in its work directory or on "
                   f"127.0.0.1 / localhost, not on {kind} {data}")
