@@ -13,6 +13,7 @@ import numpy as np
 
 from . import qemu_img as _qemu_img
 from .bitmap import DirtyBitmap
+from .block.export import BlockExports
 from .block.graph import BlockGraph
 from .block.node import BlockNode
 from .block.store import ImageStore
@@ -83,6 +84,7 @@ class Machine(GuestIO, Monitor):
         self.scheduler = scheduler if scheduler is not None else Scheduler(self.clock)
         self.listeners: list[Callable[[dict], None]] = []  # called with every event as it is emitted
         self.jobs = JobManager(self.emit, self.scheduler)
+        self.exports = BlockExports(self.graph.blks, self.emit, self.graph._drop_unowned)  # NBD server, exports
         self.events: list[dict] = []
         self.transcript: list[dict] = []  # every QMP message and reply, in order
         self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)
@@ -94,6 +96,8 @@ class Machine(GuestIO, Monitor):
         self.transcript.append({"kind": "cmd", "message": _copy_message(message)})
         events_at = len(self.events)
         reply = TABLE.dispatch(self, message)
+        if "return" in reply and message.get("execute") == "quit":
+            self.exports.close_all()  # qemu-storage-daemon's exit: each export goes before the reply is sent
         self.transcript.append({"kind": "reply", "message": reply})
         if message.get("execute") in NOTED_COMMANDS and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
@@ -321,5 +325,7 @@ class Machine(GuestIO, Monitor):
 
         A clean quit stores persistent bitmaps; after a kill they reload inconsistent.
         """
+        if clean:
+            self.exports.close_all()  # as at quit: each export goes, with its BLOCK_EXPORT_DELETED
         self.graph.close_all(clean=clean)
         return Machine(images=self.images, start_ns=self.clock.now_ns, workdir=self.workdir, backend="sim")

@@ -61,7 +61,7 @@ def test_conformance_count():
         total += len(scenario["steps"])
         matched += len(scenario["steps"]) - len(bad)
     print(f"golden conformance: {matched}/{total} steps identical to QEMU 7.2")
-    assert total > 3000 and matched / total > 0.98
+    assert total >= 3373 and matched >= 3368  # 3368/3373: the 5 others are listed in golden_replay.py
 
 
 @pytest.mark.qemu

@@ -387,6 +387,11 @@ def played() -> list[Machine]:
         vm.qmp("query-block-jobs")
         vm.qmp("job-finalize", {"id": "drive1"})
         vm.run()
+        vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "exported", "size": 1 << 20})
+        vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+        vm.qmp("block-export-add", {"type": "nbd", "id": "e0", "node-name": "exported"})
+        vm.qmp("query-block-exports")
+        vm.qmp("nbd-server-stop")
         out.append(vm)
     return out
 

@@ -42,6 +42,7 @@ class BlockGraph:
         self.nodes: dict[str, BlockNode] = {}
         self.devices: dict[str, BlockNode] = {}
         self.monitor_owned: set[str] = set()
+        self.blks: list = []  # anonymous BlockBackends on nodes (block exports): objects with a ``node``
         self._rng = random.Random(seed)
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
@@ -263,6 +264,9 @@ class BlockGraph:
         for device, root in self.devices.items():
             if root is source:
                 self.devices[device] = cbw
+        for blk in self.blks:
+            if blk.node is source:
+                blk.node = cbw
 
     def remove_filter(self, cbw: BlockNode, copy_bitmap: DirtyBitmap, owner: BlockNode) -> None:
         """bdrv_cbw_drop: what the filter filtered (the source, or a later backup's filter)
@@ -277,6 +281,9 @@ class BlockGraph:
         for device, root in self.devices.items():
             if root is cbw:
                 self.devices[device] = source
+        for blk in self.blks:
+            if blk.node is cbw:
+                blk.node = source
         for _, child in cbw.children:
             child.parents -= 1
         cbw.children = []
@@ -355,7 +362,7 @@ class BlockGraph:
 
     def _drop_unowned(self, node: BlockNode, *, clean: bool = True) -> None:
         """Close a node nobody holds any more (neither a parent, the monitor, nor a device)."""
-        if any(root is node for root in self.devices.values()):
+        if any(root is node for root in self.devices.values()) or any(blk.node is node for blk in self.blks):
             return
         if node.parents == 0 and node.node_name not in self.monitor_owned:
             self.release(node, clean=clean)
@@ -365,6 +372,8 @@ class BlockGraph:
         node = self.nodes.get(name)
         if node is None:
             raise generic(f"Failed to find node with node-name='{name}'")
+        if any(blk.node is node for blk in self.blks):
+            raise generic(f"Node {name} is in use")
         if name not in self.monitor_owned:
             raise generic(f"Node {name} is not owned by the monitor")
         if node.job_blocker:

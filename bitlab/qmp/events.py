@@ -33,5 +33,6 @@ EVENTS: dict[str, Struct] = {
     ),
     "BLOCK_JOB_PENDING": struct("q_obj_BLOCK_JOB_PENDING-arg", m("type", JobType), m("id", STR)),
     "JOB_STATUS_CHANGE": struct("q_obj_JOB_STATUS_CHANGE-arg", m("id", STR), m("status", JobStatus)),
+    "BLOCK_EXPORT_DELETED": struct("q_obj_BLOCK_EXPORT_DELETED-arg", m("id", STR)),
 }
 """Event name -> the QAPI type of its ``data``, in QEMU's schema order."""

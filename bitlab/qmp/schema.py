@@ -36,6 +36,8 @@ from .qapi import ANY, BOOL, INT, STR, Alternate, Array, Builtin, Enum, Member, 
 
 COMMAND_FEATURES: dict[str, tuple[str, ...]] = {
     "drive-backup": ("deprecated",),
+    "nbd-server-add": ("deprecated",),
+    "nbd-server-remove": ("deprecated",),
     "x-debug-block-dirty-bitmap-sha256": ("unstable",),
 }
 """Features of commands and events, as declared in QEMU 7.2's qapi/*.json."""
