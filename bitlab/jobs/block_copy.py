@@ -6,7 +6,16 @@ data and zeroes (zero runs are written as zeroes, without a read); up to
 ``max_workers`` tasks in flight; a rate limit checked before each task. A task
 clears its bits when it starts and sets them again if it fails. Reads happen
 when a task starts (that is the point in time its data belongs to), writes when
-it completes, on the machine's simulated clock.
+it completes, on the machine's simulated clock. A task is whole clusters for the
+bitmap, the progress and the rate limit (the last cluster counts whole, so ``len``
+is the disk rounded up to the job's cluster); its I/O stops at the end of the disk.
+
+Zero clusters on the target: a zero task is a write-zeroes request (no unmap: the
+target's clusters keep their host clusters). A data task is one write request of
+its whole buffer, so a target opened with detect-zeroes (drive-backup opens its
+target with ``detect-zeroes=unmap``) turns a task whose buffer is all zeroes into a
+write-zeroes request that may unmap (:meth:`BlockNode.write_buffer`); a task that
+mixes data and zero bytes stays data, every cluster of it.
 
 The bulk path
 -------------
@@ -40,8 +49,9 @@ failed) — first *settles* the batch to the current time: waves already over
 complete now, the wave in progress stays in flight, later waves are put back (bits
 set again, as if never started). So every state anything can see is the wave
 model's state at that time. One case keeps the per-task path: a qcow2 target where
-the batch would write zeroes over clusters that hold data (the image file's size is
-a high-water mark that could depend on the order of the writes).
+the batch would write zeroes (zero tasks, or zeroes the target detects) over clusters
+that hold data (the image file's size is a high-water mark that could depend on the
+order of the writes).
 
 The count of dirty clusters is kept while a call runs (``bitarray.count`` over the
 whole bitmap once per call, not once per task).
@@ -110,6 +120,9 @@ class RateLimit:
 
 @dataclass
 class Task:
+    """A task of whole clusters (``nbytes`` counts the last cluster whole, as QEMU's ``req.bytes``
+    does for progress and the rate limit); its I/O stops at the end of the disk."""
+
     offset: int
     nbytes: int
     zero: bool
@@ -122,8 +135,10 @@ class Task:
 class Batch:
     """Tasks the bulk path started together, run ``workers`` at a time in waves.
 
-    Task ``i`` copies ``[offsets[i], offsets[i] + nbytes[i])``, as zeroes if ``zero[i]``,
-    else the source runs ``run_s/run_e/run_v[ptr[i]:ptr[i+1]]`` read when it started.
+    Task ``i`` copies ``[offsets[i], offsets[i] + nbytes[i])`` (whole clusters; its I/O stops at the
+    end of the disk), as zeroes if ``zero[i]``,
+    else the source runs ``run_s/run_e/run_v[ptr[i]:ptr[i+1]]`` read when it started; those
+    the target's detect-zeroes turns into write-zeroes requests are ``detected[i]``.
     Wave ``w`` holds tasks ``w*workers`` on and starts at ``wave_start[w]``; the next wave
     starts when it ends, the last one ends at ``end``.
     """
@@ -138,6 +153,7 @@ class Batch:
     wave_start: np.ndarray
     end: int
     workers: int
+    detected: np.ndarray
     error = None  # batches run where no request can fail
     error_is_read = True
 
@@ -151,7 +167,7 @@ class Batch:
         p0, p1 = int(self.ptr[i0]), int(self.ptr[i1])
         return Batch(self.offsets[i0:i1], self.nbytes[i0:i1], self.zero[i0:i1], self.run_s[p0:p1],
                      self.run_e[p0:p1], self.run_v[p0:p1], self.ptr[i0 : i1 + 1] - p0, wave_start, end,
-                     self.workers)
+                     self.workers, self.detected[i0:i1])
 
 
 @dataclass
@@ -202,12 +218,17 @@ class BlockCopy:
     def _clusters(self, nbytes: int) -> int:
         return -(-nbytes // self.cluster_size)
 
+    def _io(self, task: Task) -> int:
+        """The bytes a task reads and writes (block_copy_do_copy: up to the end of the disk)."""
+        return min(task.offset + task.nbytes, self.len) - task.offset
+
     # -- tasks ---------------------------------------------------------------------------
     def _next_task(self, offset: int, limit: int) -> Task | None:
         """block_copy_task_create + block status: the next dirty run at or after ``offset``.
 
         The run is cut at ``limit`` (at most 1 MiB) and where the source switches
-        between data and zeroes, looked at cluster by cluster.
+        between data and zeroes, looked at cluster by cluster. It is whole clusters, even past
+        the end of the disk (block_copy_block_status aligns the last one up).
         """
         cs = self.cluster_size
         found = self.bitmap.bits.find(1, offset // cs)
@@ -217,8 +238,8 @@ class BlockCopy:
         if end_bit < 0:
             end_bit = self.bitmap.nbits
         start = found * cs
-        end = min(end_bit * cs, start + max(cs, min(limit, MAX_BUFFER) // cs * cs), self.len)
-        kinds = self.cluster_kinds(start, end)
+        end = min(end_bit * cs, start + max(cs, min(limit, MAX_BUFFER) // cs * cs))
+        kinds = self.cluster_kinds(start, min(end, self.len))
         changes = np.flatnonzero(kinds != kinds[0])
         stop = min(start + (int(changes[0]) if changes.size else kinds.size) * cs, end)
         return Task(start, stop - start, zero=not bool(kinds[0]))
@@ -252,7 +273,7 @@ class BlockCopy:
         self.in_flight_bytes += task.nbytes
         if not task.zero:
             try:
-                task.runs = self.source.pread(task.offset, task.nbytes)
+                task.runs = self.source.pread(task.offset, self._io(task))
             except BlockIOError as err:
                 task.error, task.error_is_read = err, True
 
@@ -265,10 +286,10 @@ class BlockCopy:
         if task.error is None:
             try:
                 if task.zero:
-                    self.target.write_zeroes(task.offset, task.nbytes)
+                    self.target.write_zeroes(task.offset, self._io(task))
                 else:
                     starts, ends, vals = task.runs
-                    self.target.write_batch(starts, ends - starts, vals)
+                    self.target.write_buffer(task.offset, self._io(task), starts, ends, vals)
             except BlockIOError as err:
                 task.error, task.error_is_read = err, False
         if task.error is not None:
@@ -285,7 +306,7 @@ class BlockCopy:
         """Copy every dirty cluster overlapping the range before a guest write lands."""
         cs = self.cluster_size
         start = offset // cs * cs
-        end = min(-(-(offset + length) // cs) * cs, self.len)
+        end = min(-(-(offset + length) // cs), self.bitmap.nbits) * cs
         call = self.call
         if call is not None and not call.finished:
             self._settle(call)
@@ -354,7 +375,7 @@ class BlockCopy:
             call.cursor = task.offset + task.nbytes
             self._begin(task)
             call.in_flight += 1
-            delay = io_time_ns(task.nbytes, not task.zero)
+            delay = io_time_ns(self._io(task), not task.zero)
             if task.error is not None:  # an injected error: at once, or from a bottom half (next loop turn)
                 delay = 0 if _immediately(task) else ERROR_NS
             timer = self.scheduler.after(delay, lambda t=task: self._complete(call, t))
@@ -408,7 +429,9 @@ class BlockCopy:
         if plan is None:
             return False
         offsets, nbytes, zero, nclusters, wave_start, end = plan
-        if not self._zeroes_keep_allocation(offsets, nbytes, zero):
+        run_s, run_e, run_v, ptr = self._read(offsets, nbytes, zero)
+        detected = self._detected(zero, run_v, ptr)
+        if not self._zeroes_keep_allocation(offsets, nbytes, zero | detected):
             return False
         cs = self.cluster_size
         # Every dirty bit from the first task to the last belongs to a task of the batch.
@@ -416,8 +439,7 @@ class BlockCopy:
         if self._nset is not None:
             self._nset -= nclusters
         self.in_flight_bytes += int(nbytes.sum())
-        run_s, run_e, run_v, ptr = self._read(offsets, nbytes, zero)
-        batch = Batch(offsets, nbytes, zero, run_s, run_e, run_v, ptr, wave_start, end, call.max_workers)
+        batch = Batch(offsets, nbytes, zero, run_s, run_e, run_v, ptr, wave_start, end, call.max_workers, detected)
         call.found = True
         call.cursor = int(offsets[-1] + nbytes[-1])
         call.in_flight += 1
@@ -486,8 +508,9 @@ class BlockCopy:
             t_s, t_e, zero = t_s[:stop], t_e[:stop], zero[:stop]
         # Waves of `workers` tasks: a wave followed by another lasts the mean of its tasks (the
         # pool stays busy), the last one its longest task (the pool drains).
-        nbytes = np.minimum(t_e * cs, self.len) - t_s * cs
-        dur = np.where(zero, LATENCY_NS, 2 * LATENCY_NS + 2 * (nbytes * 1_000_000_000 // BYTES_PER_S))
+        nbytes = (t_e - t_s) * cs
+        io = np.minimum(t_e * cs, self.len) - t_s * cs
+        dur = np.where(zero, LATENCY_NS, 2 * LATENCY_NS + 2 * (io * 1_000_000_000 // BYTES_PER_S))
         firsts = np.arange(0, dur.size, workers)
         wave_end = now + np.cumsum(-(-np.add.reduceat(dur, firsts) // workers))
         nwaves = max(1, int(np.searchsorted(wave_end, horizon, "right")))
@@ -523,6 +546,14 @@ class BlockCopy:
             re[-1] -= int(total[k]) - max_clusters
         return rs, re
 
+    def _detected(self, zero: np.ndarray, run_v: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+        """Data tasks whose buffer is all zeroes, if the target detects zeroes (:meth:`BlockNode.write_buffer`:
+        they become write-zeroes requests)."""
+        if self.target.zero_detected() is None:
+            return np.zeros(zero.size, dtype=bool)
+        nonzero = np.concatenate(([0], np.cumsum(run_v != 0)))
+        return ~zero & (nonzero[ptr[1:]] == nonzero[ptr[:-1]])
+
     def _zeroes_keep_allocation(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> bool:
         """False if zero writes would reach clusters of a qcow2 target that hold something."""
         target = self.target
@@ -541,7 +572,7 @@ class BlockCopy:
 
     def _read(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> tuple:
         """The source content of every data task: one read over them all, clipped to each."""
-        ends = offsets + nbytes
+        ends = np.minimum(offsets + nbytes, self.len)
         data = ~zero
         if not data.any():
             empty = np.zeros(0, dtype=np.int64)
@@ -558,12 +589,20 @@ class BlockCopy:
         done = int(nbytes.sum())
         self.in_flight_bytes -= done
         p0, p1 = int(batch.ptr[i0]), int(batch.ptr[i1])
+        detected = batch.detected[i0:i1]
         if p1 > p0:
-            starts = batch.run_s[p0:p1]
-            self.target.write_batch(starts, batch.run_e[p0:p1] - starts, batch.run_v[p0:p1])
-        zero = batch.zero[i0:i1]
+            starts, ends, vals = batch.run_s[p0:p1], batch.run_e[p0:p1], batch.run_v[p0:p1]
+            if detected.any():  # their runs are written as zeroes below
+                keep = ~np.repeat(detected, np.diff(batch.ptr[i0 : i1 + 1]))
+                starts, ends, vals = starts[keep], ends[keep], vals[keep]
+            if starts.size:
+                self.target.write_batch(starts, ends - starts, vals)
+        offsets, zero = batch.offsets[i0:i1], batch.zero[i0:i1]
+        io = np.minimum(offsets + nbytes, self.len) - offsets
         if zero.any():
-            self.target.write_zeroes_batch(batch.offsets[i0:i1][zero], nbytes[zero])
+            self.target.write_zeroes_batch(offsets[zero], io[zero])
+        if detected.any():
+            self.target.write_zeroes_batch(offsets[detected], io[detected], bool(self.target.zero_detected()))
         self._report(done)
 
     def _settle(self, call: Call) -> None:
