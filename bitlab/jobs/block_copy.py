@@ -429,9 +429,12 @@ class BlockCopy:
         if plan is None:
             return False
         offsets, nbytes, zero, nclusters, wave_start, end = plan
+        detects = self.target.zero_detected() is not None
+        if not detects and not self._zeroes_keep_allocation(offsets, nbytes, zero):
+            return False  # (checked before the read: this repeats at every launch)
         run_s, run_e, run_v, ptr = self._read(offsets, nbytes, zero)
         detected = self._detected(zero, run_v, ptr)
-        if not self._zeroes_keep_allocation(offsets, nbytes, zero | detected):
+        if detects and not self._zeroes_keep_allocation(offsets, nbytes, zero | detected):
             return False
         cs = self.cluster_size
         # Every dirty bit from the first task to the last belongs to a task of the batch.
