@@ -369,3 +369,71 @@ def test_partial_last_cluster_matches_real_qemu(target_cluster, monkeypatch):
     assert _odd(Machine(), target_cluster) == want
     monkeypatch.setattr(block_copy, "BULK", False)
     assert _odd(Machine(), target_cluster) == want
+
+
+# -- tasks end where the source's block status answer ends ---------------------------------------------
+
+def _layers(vm: Machine) -> str:
+    """Cluster 0 data in the overlay, cluster 1 zero bytes in its backing file: two status extents, two
+    tasks, so the target detects cluster 1's zeroes (one task of both would be data)."""
+    vm.qemu_img("create", "-f", "qcow2", "b.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "b", "file": {"driver": "file", "filename": "b.qcow2"}})
+    vm.write("b", K, K, 0)
+    vm.write("b", 8 * K, K, 0x42)
+    vm.qmp("blockdev-del", {"node-name": "b"})
+    vm.qemu_img("create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "src.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "src", "file": {"driver": "file", "filename": "src.qcow2"}})
+    vm.write("src", 0, K, 0x41)
+    vm.write("src", 7 * K, K, 0)
+    vm.qmp("drive-backup", {"job-id": "j", "device": "src", "target": "t.qcow2", "sync": "full", "format": "qcow2"})
+    vm.run()
+    return vm.qemu_img("map", "--output=json", "t.qcow2")
+
+
+def test_a_backing_file_extent_is_a_task_of_its_own():
+    assert _entries(_layers(Machine())) == [
+        (0, 65536, True, False, True, True), (65536, 458752, True, True, False, False),
+        (524288, 65536, True, False, True, True), (589824, 458752, True, True, False, False)]
+
+
+def _big_cluster(vm: Machine) -> tuple[str, list]:
+    """A target with 2 MiB clusters: the job's cluster is 2 MiB. In [0, 2M) the status answer at 0
+    (unallocated up to the zero cluster at 1M) is shorter than that: QEMU copies the cluster as data.
+    [2M, 4M) is one unallocated extent: a zero cluster."""
+    vm.qemu_img("create", "-f", "qcow2", "src.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "src", "file": {"driver": "file", "filename": "src.qcow2"}})
+    vm.write_zeroes("src", 1 << 20, K)
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=2M", "t.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "t.qcow2"}})
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "tgt", "sync": "full"})
+    vm.run()
+    events = [(e["event"], e["data"]["len"]) for e in vm.events if e["event"].startswith("BLOCK_JOB")]
+    vm.qmp("blockdev-del", {"node-name": "tgt"})
+    return vm.qemu_img("map", "--output=json", "t.qcow2"), events
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+def test_a_status_extent_shorter_than_the_job_cluster_is_copied_as_data(bulk, monkeypatch):
+    monkeypatch.setattr(block_copy, "BULK", bulk)
+    assert _big_cluster(Machine()) == (
+        '[{ "start": 0, "length": 2097152, "depth": 0, "present": true, "zero": false, "data": true, '
+        '"offset": 10485760},\n'
+        '{ "start": 2097152, "length": 2097152, "depth": 0, "present": true, "zero": true, "data": false}]\n',
+        [("BLOCK_JOB_COMPLETED", 4194304)])
+
+
+@pytest.mark.qemu
+def test_status_extents_match_real_qemu():
+    real = Machine(backend="qemu")
+    try:
+        want = _layers(real)
+    finally:
+        real.close()
+    real = Machine(backend="qemu")
+    try:
+        want = want, _big_cluster(real)
+    finally:
+        real.close()
+    got = _layers(Machine()), _big_cluster(Machine())
+    assert _entries(got[0]) == _entries(want[0])
+    assert got[1] == want[1]

@@ -12,9 +12,9 @@ import json
 
 import numpy as np
 
-from ..bitmap import DirtyBitmap
+from ..bitmap import DirtyBitmap, merge_ranges
 from ..qmp_order import wire_order
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, fill_holes
+from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
 from .store import ImageFile
 
 SECTOR = 512
@@ -23,6 +23,17 @@ SECTOR = 512
 def round_sector(n: int) -> int:
     """bdrv_getlength: node lengths are whole 512-byte sectors."""
     return -(-n // SECTOR) * SECTOR
+
+
+def merge_flag_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted adjacent runs with a bool each, neighbours with the same bool merged."""
+    if flags.size <= 1:
+        return starts, ends, flags
+    new = np.ones(flags.size, dtype=bool)
+    new[1:] = flags[1:] != flags[:-1]
+    last = np.append(np.flatnonzero(new)[1:] - 1, flags.size - 1)
+    return starts[new], ends[last], flags[new]
 
 
 class BlockNode:
@@ -151,6 +162,12 @@ class BlockNode:
         """Runs (starts, ends, is_data): False where the range reads as zeroes without data."""
         starts, ends, vals = self.read_extents(offset, length)
         return starts, ends, np.ones(starts.size, dtype=bool)
+
+    def copy_status(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block status extent by extent, as bdrv_block_status_above answers block-copy: runs (starts,
+        ends, zero), cut wherever QEMU's answer ends. Here: maximal runs of :meth:`block_status`."""
+        starts, ends, is_data = self.block_status(offset, length)
+        return merge_flag_runs(starts, ends, ~np.asarray(is_data, dtype=bool))
 
     def is_allocated(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runs (starts, ends, allocated) in this node's own layer (bdrv_is_allocated)."""
@@ -432,6 +449,40 @@ class Qcow2Node(FormatNode):
         s, e, d = fill_holes(starts, ends, is_data.astype(np.int64), holes, backing.size,
                                        backing.block_status)
         return s, e, d.astype(bool)
+
+    def copy_status(self, offset, length):
+        """qcow2_co_block_status through the backing chain: a run of clusters of one kind is one extent
+        (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
+        ones, which the backing file answers, zeroes past its end or without one). Host offsets are taken
+        as contiguous (bitlab lays clusters out in guest order)."""
+        cs = self.image.cluster_size
+        lo, hi = offset, offset + length
+        starts, ends, vals = self.image.data.extents(lo, length)
+        data = vals >= 0
+        if data.any():  # a cluster holding any data is a data cluster: whole clusters, merged
+            first, last = merge_ranges(starts[data] // cs, (ends[data] - 1) // cs)
+            d_s, d_e = np.maximum(first * cs, lo), np.minimum((last + 1) * cs, hi)
+            gap_s = np.concatenate(([lo], d_e))
+            gap_e = np.concatenate((d_s, [hi]))
+            keep = gap_e > gap_s
+            z_s, z_e, z_v, _ = clip_runs(starts[~data], ends[~data], vals[~data], gap_s[keep], gap_e[keep])
+            starts = np.concatenate((d_s, z_s))
+            order = np.argsort(starts, kind="stable")
+            starts = starts[order]
+            ends = np.concatenate((d_e, z_e))[order]
+            vals = np.concatenate((np.zeros(d_s.size, dtype=np.int64), z_v))[order]
+        is_data = (vals >= 0).astype(np.int64)
+        holes = vals == UNALLOCATED
+        backing = self.backing
+        if backing is None or not holes.any():
+            return starts, ends, is_data == 0
+
+        def backing_status(off: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            s, e, zero = backing.copy_status(off, n)
+            return s, e, (~zero).astype(np.int64)
+
+        s, e, d = fill_holes(starts, ends, is_data, holes, backing.size, backing_status)
+        return s, e, d == 0
 
     def is_allocated(self, offset, length):
         starts, ends, vals = self.image.data.extents(offset, length)

@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bitmap import DirtyBitmap, bits_from_bool, merge_ranges, range_mask
+from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
 from ..block.blkdebug import BlockIOError
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
@@ -78,6 +78,7 @@ BYTES_PER_S = 2 << 30
 ERROR_NS = 1_000  # blkdebug completes a failed request from a bottom half, before any real I/O
 
 BULK = True  # False: always the per-task path (tests compare the two)
+ZERO_RUN, DATA_RUN, ONE_CLUSTER = 0, 1, 2  # cluster kinds (BlockCopy.classify)
 BULK_MAX_TASKS = 1 << 20  # tasks one batch may hold (bounds its memory)
 # Drivers whose batched I/O is exactly their one-by-one I/O (exact types, not subclasses).
 BULK_DRIVERS = (NullNode, FileNode, RawNode, Qcow2Node)
@@ -226,9 +227,9 @@ class BlockCopy:
     def _next_task(self, offset: int, limit: int) -> Task | None:
         """block_copy_task_create + block status: the next dirty run at or after ``offset``.
 
-        The run is cut at ``limit`` (at most 1 MiB) and where the source switches
-        between data and zeroes, looked at cluster by cluster. It is whole clusters, even past
-        the end of the disk (block_copy_block_status aligns the last one up).
+        The run is cut at ``limit`` (at most 1 MiB) and where the source's block status
+        answer ends (:meth:`classify`). It is whole clusters, even past the end of the disk
+        (block_copy_block_status aligns the last one up).
         """
         cs = self.cluster_size
         found = self.bitmap.bits.find(1, offset // cs)
@@ -239,21 +240,28 @@ class BlockCopy:
             end_bit = self.bitmap.nbits
         start = found * cs
         end = min(end_bit * cs, start + max(cs, min(limit, MAX_BUFFER) // cs * cs))
-        kinds = self.cluster_kinds(start, min(end, self.len))
-        changes = np.flatnonzero(kinds != kinds[0])
-        stop = min(start + (int(changes[0]) if changes.size else kinds.size) * cs, end)
-        return Task(start, stop - start, zero=not bool(kinds[0]))
+        k0, k1, kind = self.classify(start, min(end, self.len))
+        return Task(start, min(int(k1[0]) * cs, end) - start, zero=kind[0] == ZERO_RUN)
 
-    def cluster_kinds(self, start: int, end: int) -> np.ndarray:
-        """One bool per cluster of ``[start, end)``: True if any byte of it is data."""
+    def classify(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """block_copy_block_status over the clusters of ``[start, end)`` (``start`` cluster-aligned):
+        runs of clusters ``[k0, k1)`` with their ``kind``. A cluster is ``ZERO_RUN`` or ``DATA_RUN`` when
+        the source's status extent at its start (:meth:`BlockNode.copy_status`) covers all of it, and
+        its task may go on to the end of that extent; otherwise QEMU copies that one cluster as data
+        (``ONE_CLUSTER``: an extent shorter than the job's cluster). An extent reaching ``end`` covers
+        the last cluster too (QEMU aligns up at the end of the disk) if it reaches a cluster further
+        from the start of its first cluster (a task starting in a partial last cluster copies it as data)."""
         cs = self.cluster_size
-        nclusters = -(-(end - start) // cs)
-        starts, ends, is_data = self.source.block_status(start, end - start)
-        if not is_data.any():
-            return np.zeros(nclusters, dtype=bool)
-        first = (starts[is_data] - start) // cs
-        last = (ends[is_data] - 1 - start) // cs
-        return range_mask(nclusters, first, last)
+        s, e, zero = self.source.copy_status(start, end - start)
+        a = -(-s // cs)  # the clusters whose start lies in each extent: a .. ceil(e / cs) - 1
+        b = np.where((e >= end) & (e - a * cs >= cs), -(-e // cs), e // cs)  # those it covers whole: a .. b - 1
+        covered = b > a
+        short = (b < -(-e // cs)) & (b >= a)  # the extent ends inside cluster b, which starts in it
+        k0 = np.concatenate((a[covered], b[short]))
+        k1 = np.concatenate((b[covered], b[short] + 1))
+        kind = np.concatenate((np.where(zero[covered], ZERO_RUN, DATA_RUN), np.full(int(short.sum()), ONE_CLUSTER)))
+        order = np.argsort(k0, kind="stable")
+        return k0[order], k1[order], kind[order]
 
     def reset_unallocated(self) -> None:
         """sync=top: clusters the source's top layer does not allocate need no copy."""
@@ -461,7 +469,7 @@ class BlockCopy:
         first = bits.find(1, min(call.cursor // cs, len(bits)))
         if first < 0:
             return None
-        if zeroes_only and self.cluster_kinds(first * cs, min((first + 1) * cs, self.len))[0]:
+        if zeroes_only and self.classify(first * cs, min((first + 1) * cs, self.len))[2][0] != ZERO_RUN:
             return None  # the first task reads data (as the plan below would find, at a fraction of its cost)
         now = self.scheduler.clock.now_ns
         horizon = getattr(self.scheduler, "horizon_ns", None)
@@ -470,25 +478,19 @@ class BlockCopy:
         chunk = max(1, min(call.max_chunk, MAX_BUFFER) // cs)  # clusters per task at most
         want = int(min(BULK_MAX_TASKS, (1 + (horizon - now) // LATENCY_NS) * workers))
         rs, re = self._dirty_runs(first, want, want * chunk)
-        # Cut the runs where the source switches between data and zeroes (whole clusters).
+        # Cut the runs where the source's block status answers end (classify: whole clusters).
         lo, hi = int(rs[0]) * cs, min(int(re[-1]) * cs, self.len)
-        st, en, is_data = self.source.block_status(lo, hi - lo)
-        data = np.asarray(is_data, dtype=bool) & (en > st)
+        k0, _, kind = self.classify(lo, hi)
         seg_s, seg_e = rs, re
-        if data.any():
-            ds, dl = merge_ranges(st[data] // cs, (en[data] - 1) // cs)
-            de = dl + 1
-            bounds = np.column_stack((ds, de)).ravel()
+        bounds = k0[1:]
+        if bounds.size:
             r = np.maximum(np.searchsorted(rs, bounds, "right") - 1, 0)
             inside = (bounds > rs[r]) & (bounds < re[r])
             if inside.any():
                 seg_s = np.sort(np.concatenate((rs, bounds[inside])), kind="stable")
                 seg_e = np.minimum(np.append(seg_s[1:], np.iinfo(np.int64).max),
                                    re[np.searchsorted(rs, seg_s, "right") - 1])
-            k = np.searchsorted(ds, seg_s, "right") - 1
-            seg_data = (k >= 0) & (seg_s < de[np.maximum(k, 0)])
-        else:
-            seg_data = np.zeros(seg_s.size, dtype=bool)
+        seg_data = kind[np.searchsorted(k0, seg_s, "right") - 1] != ZERO_RUN
         # Chunks of at most `chunk` clusters from the start of each segment.
         pieces = -(-(seg_e - seg_s) // chunk)
         if pieces.max() == 1:
@@ -499,6 +501,8 @@ class BlockCopy:
             t_s = seg_s[owner] + nth * chunk
             t_e = np.minimum(t_s + chunk, seg_e[owner])
             zero = ~seg_data[owner]
+        if self.len % cs:  # a task starting in the partial last cluster is data (classify)
+            zero = zero & (t_s != self.len // cs)
         if zeroes_only:
             stop = int(np.argmin(zero)) if not zero.all() else zero.size
             # A task that follows would start in a free worker of a partial last wave (zero tasks all
