@@ -459,7 +459,8 @@ class Qcow2Node(FormatNode):
         lo, hi = offset, offset + length
         starts, ends, vals = self.image.data.extents(lo, length)
         data = vals >= 0
-        if data.any():  # a cluster holding any data is a data cluster: whole clusters, merged
+        if data.any() and not ((starts[data] % cs == 0) & ((ends[data] % cs == 0) | (ends[data] == hi))).all():
+            # a cluster holding any data is a data cluster: whole clusters, merged
             first, last = merge_ranges(starts[data] // cs, (ends[data] - 1) // cs)
             d_s, d_e = np.maximum(first * cs, lo), np.minimum((last + 1) * cs, hi)
             gap_s = np.concatenate(([lo], d_e))
@@ -471,6 +472,12 @@ class Qcow2Node(FormatNode):
             starts = starts[order]
             ends = np.concatenate((d_e, z_e))[order]
             vals = np.concatenate((np.zeros(d_s.size, dtype=np.int64), z_v))[order]
+        elif data.any():  # whole clusters already: neighbouring data runs are one extent
+            key = np.where(data, 0, vals)
+            new = np.ones(key.size, dtype=bool)
+            new[1:] = key[1:] != key[:-1]
+            last = np.append(np.flatnonzero(new)[1:] - 1, key.size - 1)
+            starts, ends, vals = starts[new], ends[last], key[new]
         is_data = (vals >= 0).astype(np.int64)
         holes = vals == UNALLOCATED
         backing = self.backing

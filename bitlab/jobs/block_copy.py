@@ -1,8 +1,9 @@
 """block-copy: copy the dirty clusters of a copy bitmap from source to target.
 
 As block/block-copy.c does it: clusters of the *job cluster size*; tasks of
-contiguous dirty clusters up to 1 MiB, split where the source switches between
-data and zeroes (zero runs are written as zeroes, without a read); up to
+contiguous dirty clusters up to 1 MiB, split where the source's block status
+extent ends (:meth:`BlockCopy.classify`; zero extents are written as zeroes, without
+a read, and a cluster whose extent is shorter than it is copied as data); up to
 ``max_workers`` tasks in flight; a rate limit checked before each task. A task
 clears its bits when it starts and sets them again if it fails. Reads happen
 when a task starts (that is the point in time its data belongs to), writes when
@@ -257,11 +258,12 @@ class BlockCopy:
         b = np.where((e >= end) & (e - a * cs >= cs), -(-e // cs), e // cs)  # those it covers whole: a .. b - 1
         covered = b > a
         short = (b < -(-e // cs)) & (b >= a)  # the extent ends inside cluster b, which starts in it
-        k0 = np.concatenate((a[covered], b[short]))
-        k1 = np.concatenate((b[covered], b[short] + 1))
-        kind = np.concatenate((np.where(zero[covered], ZERO_RUN, DATA_RUN), np.full(int(short.sum()), ONE_CLUSTER)))
-        order = np.argsort(k0, kind="stable")
-        return k0[order], k1[order], kind[order]
+        # Each extent gives its covered run, then its short cluster: interleaved, they are in order.
+        keep = np.column_stack((covered, short)).ravel()
+        k0 = np.column_stack((a, b)).ravel()[keep]
+        k1 = np.column_stack((b, b + 1)).ravel()[keep]
+        kind = np.column_stack((np.where(zero, ZERO_RUN, DATA_RUN), np.full(a.size, ONE_CLUSTER))).ravel()[keep]
+        return k0, k1, kind
 
     def reset_unallocated(self) -> None:
         """sync=top: clusters the source's top layer does not allocate need no copy."""
