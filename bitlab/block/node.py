@@ -25,7 +25,7 @@ def round_sector(n: int) -> int:
     return -(-n // SECTOR) * SECTOR
 
 
-def merge_flag_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray
+def _merge_flag_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted adjacent runs with a bool each, neighbours with the same bool merged."""
     if flags.size <= 1:
@@ -167,7 +167,7 @@ class BlockNode:
         """Block status extent by extent, as bdrv_block_status_above answers block-copy: runs (starts,
         ends, zero), cut wherever QEMU's answer ends. Here: maximal runs of :meth:`block_status`."""
         starts, ends, is_data = self.block_status(offset, length)
-        return merge_flag_runs(starts, ends, ~np.asarray(is_data, dtype=bool))
+        return _merge_flag_runs(starts, ends, ~np.asarray(is_data, dtype=bool))
 
     def is_allocated(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runs (starts, ends, allocated) in this node's own layer (bdrv_is_allocated)."""
