@@ -177,10 +177,10 @@ class BlkdebugNode(BlockNode):
         self._dirty_batch(offsets, lengths)
         self.inner.write_batch(offsets, lengths, values)
 
-    def write_zeroes(self, offset, length):
+    def write_zeroes(self, offset, length, unmap=False):
         self._dirty(offset, length)
         self.debug_check("write-zeroes", offset, length)
-        self.inner.write_zeroes(offset, length)
+        self.inner.write_zeroes(offset, length, unmap)
 
     def read_extents(self, offset, length):
         return self.inner.read_extents(offset, length)

@@ -57,10 +57,10 @@ class CbwNode(BlockNode):
             self._guard(off, ln)
         self.source.write_batch(offsets, lengths, values)
 
-    def write_zeroes(self, offset, length):
+    def write_zeroes(self, offset, length, unmap=False):
         self._dirty(offset, length)
         self._guard(offset, length)
-        self.source.write_zeroes(offset, length)
+        self.source.write_zeroes(offset, length, unmap)
 
     def discard(self, offset, length):
         self._guard(offset, length)

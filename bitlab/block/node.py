@@ -12,9 +12,9 @@ import json
 
 import numpy as np
 
-from ..bitmap import DirtyBitmap
+from ..bitmap import DirtyBitmap, merge_ranges
 from ..qmp_order import wire_order
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, fill_holes
+from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
 from .store import ImageFile
 
 SECTOR = 512
@@ -23,6 +23,17 @@ SECTOR = 512
 def round_sector(n: int) -> int:
     """bdrv_getlength: node lengths are whole 512-byte sectors."""
     return -(-n // SECTOR) * SECTOR
+
+
+def _merge_flag_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted adjacent runs with a bool each, neighbours with the same bool merged."""
+    if flags.size <= 1:
+        return starts, ends, flags
+    new = np.ones(flags.size, dtype=bool)
+    new[1:] = flags[1:] != flags[:-1]
+    last = np.append(np.flatnonzero(new)[1:] - 1, flags.size - 1)
+    return starts[new], ends[last], flags[new]
 
 
 class BlockNode:
@@ -88,26 +99,48 @@ class BlockNode:
                 bm.set_ranges(offsets, lengths)
 
     # -- guest I/O ----------------------------------------------------------------
+    def zero_detected(self) -> bool | None:
+        """detect-zeroes (bdrv_aligned_pwritev): a write request whose buffer is all zeroes becomes a
+        write-zeroes request; None if the node does not detect, else whether it may unmap."""
+        if self.detect_zeroes == "off":
+            return None
+        return self.detect_zeroes == "unmap"
+
     def write(self, offset: int, length: int, value: int) -> None:
-        """A tracked write (or write-zeroes with ``value`` 0)."""
+        """A tracked write request of ``value`` bytes (a zero write if the node detects zeroes)."""
+        unmap = self.zero_detected() if value == 0 else None
+        if unmap is not None:
+            self.write_zeroes(offset, length, unmap=unmap)
+            return
         self._dirty(offset, length)
         self._store(offset, length, value)
+
+    def write_buffer(self, offset: int, length: int, starts: np.ndarray, ends: np.ndarray,
+                     values: np.ndarray) -> None:
+        """One write request of ``[offset, offset + length)`` whose buffer holds the runs (a block-copy
+        bounce buffer): with detect-zeroes an all-zero buffer becomes a write-zeroes request."""
+        unmap = None if values.any() else self.zero_detected()
+        if unmap is not None:
+            self.write_zeroes(offset, length, unmap=unmap)
+        else:
+            self.write_batch(starts, ends - starts, values)
 
     def write_batch(self, offsets: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> None:
         self._dirty_batch(offsets, lengths)
         self._store_batch(offsets, lengths, values)
 
-    def write_zeroes(self, offset: int, length: int) -> None:
-        """``write -z``: dirties like a write; formats may store it without data."""
+    def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        """``write -z`` (``unmap``: BDRV_REQ_MAY_UNMAP, ``write -z -u``): dirties like a write; formats
+        may store it without data."""
         self._dirty(offset, length)
-        self._store_zeroes(offset, length)
+        self._store_zeroes(offset, length, unmap)
 
-    def write_zeroes_batch(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+    def write_zeroes_batch(self, offsets: np.ndarray, lengths: np.ndarray, unmap: bool = False) -> None:
         """Many :meth:`write_zeroes` (ranges that do not overlap); drivers may do them at once."""
         for off, ln in zip(np.asarray(offsets).tolist(), np.asarray(lengths).tolist()):
-            self.write_zeroes(off, ln)
+            self.write_zeroes(off, ln, unmap)
 
-    def _store_zeroes(self, offset: int, length: int) -> None:
+    def _store_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
         self._store(offset, length, 0)
 
     def discard(self, offset: int, length: int) -> None:
@@ -129,6 +162,12 @@ class BlockNode:
         """Runs (starts, ends, is_data): False where the range reads as zeroes without data."""
         starts, ends, vals = self.read_extents(offset, length)
         return starts, ends, np.ones(starts.size, dtype=bool)
+
+    def copy_status(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block status extent by extent, as bdrv_block_status_above answers block-copy: runs (starts,
+        ends, zero), cut wherever QEMU's answer ends. Here: maximal runs of :meth:`block_status`."""
+        starts, ends, is_data = self.block_status(offset, length)
+        return _merge_flag_runs(starts, ends, ~np.asarray(is_data, dtype=bool))
 
     def is_allocated(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runs (starts, ends, allocated) in this node's own layer (bdrv_is_allocated)."""
@@ -213,7 +252,7 @@ class NullNode(BlockNode):
     def _store_batch(self, offsets, lengths, values):
         pass
 
-    def write_zeroes_batch(self, offsets, lengths):
+    def write_zeroes_batch(self, offsets, lengths, unmap=False):
         self._dirty_batch(offsets, lengths)
 
     def discard(self, offset, length):
@@ -252,7 +291,7 @@ class FileNode(BlockNode):
         if not self.image.is_qcow2:
             self.image.data.write_batch(offsets, lengths, values)
 
-    def write_zeroes_batch(self, offsets, lengths):
+    def write_zeroes_batch(self, offsets, lengths, unmap=False):
         self._dirty_batch(offsets, lengths)
         self._store_batch(offsets, lengths, 0)
 
@@ -291,6 +330,10 @@ class RawNode(FormatNode):
         return self.file.size
 
     def write(self, offset, length, value):
+        unmap = self.zero_detected() if value == 0 else None
+        if unmap is not None:
+            self.write_zeroes(offset, length, unmap=unmap)
+            return
         self._dirty(offset, length)
         self.file.debug_event("write_aio")
         self.file.write(offset, length, value)
@@ -307,11 +350,11 @@ class RawNode(FormatNode):
         self._dirty_batch(offsets, lengths)
         self.file.write_batch(offsets, lengths, values)
 
-    def write_zeroes(self, offset, length):
+    def write_zeroes(self, offset, length, unmap=False):
         self._dirty(offset, length)
-        self.file.write_zeroes(offset, length)
+        self.file.write_zeroes(offset, length)  # a raw file reads zeroes either way
 
-    def write_zeroes_batch(self, offsets, lengths):
+    def write_zeroes_batch(self, offsets, lengths, unmap=False):
         self._dirty_batch(offsets, lengths)
         self.file.write_zeroes_batch(offsets, lengths)
 
@@ -409,6 +452,47 @@ class Qcow2Node(FormatNode):
                                        backing.block_status)
         return s, e, d.astype(bool)
 
+    def copy_status(self, offset, length):
+        """qcow2_co_block_status through the backing chain: a run of clusters of one kind is one extent
+        (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
+        ones, which the backing file answers, zeroes past its end or without one). Host offsets are taken
+        as contiguous (bitlab lays clusters out in guest order)."""
+        cs = self.image.cluster_size
+        lo, hi = offset, offset + length
+        starts, ends, vals = self.image.data.extents(lo, length)
+        data = vals >= 0
+        if data.any() and not ((starts[data] % cs == 0) & ((ends[data] % cs == 0) | (ends[data] == hi))).all():
+            # a cluster holding any data is a data cluster: whole clusters, merged
+            first, last = merge_ranges(starts[data] // cs, (ends[data] - 1) // cs)
+            d_s, d_e = np.maximum(first * cs, lo), np.minimum((last + 1) * cs, hi)
+            gap_s = np.concatenate(([lo], d_e))
+            gap_e = np.concatenate((d_s, [hi]))
+            keep = gap_e > gap_s
+            z_s, z_e, z_v, _ = clip_runs(starts[~data], ends[~data], vals[~data], gap_s[keep], gap_e[keep])
+            starts = np.concatenate((d_s, z_s))
+            order = np.argsort(starts, kind="stable")
+            starts = starts[order]
+            ends = np.concatenate((d_e, z_e))[order]
+            vals = np.concatenate((np.zeros(d_s.size, dtype=np.int64), z_v))[order]
+        elif data.any():  # whole clusters already: neighbouring data runs are one extent
+            key = np.where(data, 0, vals)
+            new = np.ones(key.size, dtype=bool)
+            new[1:] = key[1:] != key[:-1]
+            last = np.append(np.flatnonzero(new)[1:] - 1, key.size - 1)
+            starts, ends, vals = starts[new], ends[last], key[new]
+        is_data = (vals >= 0).astype(np.int64)
+        holes = vals == UNALLOCATED
+        backing = self.backing
+        if backing is None or not holes.any():
+            return starts, ends, is_data == 0
+
+        def backing_status(off: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            s, e, zero = backing.copy_status(off, n)
+            return s, e, (~zero).astype(np.int64)
+
+        s, e, d = fill_holes(starts, ends, is_data, holes, backing.size, backing_status)
+        return s, e, d == 0
+
     def is_allocated(self, offset, length):
         starts, ends, vals = self.image.data.extents(offset, length)
         return starts, ends, vals != UNALLOCATED
@@ -432,41 +516,45 @@ class Qcow2Node(FormatNode):
             end = -(-self.size // cs) * cs
         return start, max(start, end)
 
-    def write_zeroes_batch(self, offsets, lengths):
+    def write_zeroes_batch(self, offsets, lengths, unmap=False):
         """:meth:`_store_zeroes` for many ranges (that must not overlap): whole clusters that hold
-        nothing become zero clusters in one extent-map batch, other ranges go one by one."""
+        nothing (or anything, with ``unmap``) become zero clusters in one extent-map batch, other
+        ranges go one by one."""
         self.image.note_allocation()  # sample the peak first: this may free host clusters
         offsets = np.asarray(offsets, dtype=np.int64)
         ends = offsets + np.asarray(lengths, dtype=np.int64)
         order = np.argsort(offsets, kind="stable")
         if np.any(ends[order[:-1]] > offsets[order[1:]]):
-            super().write_zeroes_batch(offsets, ends - offsets)
+            super().write_zeroes_batch(offsets, ends - offsets, unmap)
             return
         if self.image.compat == "0.10":  # no zero clusters: range by range
-            super().write_zeroes_batch(offsets, ends - offsets)
+            super().write_zeroes_batch(offsets, ends - offsets, unmap)
             return
         self._dirty_batch(offsets, ends - offsets)
         cs = self.image.cluster_size
         whole = (offsets % cs == 0) & ((ends % cs == 0) | (ends >= self.size)) & (ends > offsets)
-        if whole.any():  # whole clusters holding nothing simply become zero clusters
+        if whole.any() and not unmap:  # whole clusters holding nothing simply become zero clusters
             index = np.flatnonzero(whole)
             _, _, vals, ptr = self.image.data.gather(offsets[index], ends[index])
             held = (vals != UNALLOCATED) & (vals != ZERO)
             busy = np.zeros(index.size, dtype=bool)
             busy[np.repeat(np.arange(index.size), np.diff(ptr))[held]] = True
             whole[index[busy]] = False
-            plain = index[~busy]
+        plain = np.flatnonzero(whole)  # with unmap, every whole cluster drops its host cluster
+        if plain.size:
             self.image.data.write_batch(offsets[plain], ends[plain] - offsets[plain], ZERO)
         for off, end in zip(offsets[~whole].tolist(), ends[~whole].tolist()):
             if end > off:
-                self._store_zeroes(off, end - off)
+                self._store_zeroes(off, end - off, unmap)
         self.image.note_allocation()
 
-    def _store_zeroes(self, offset, length):
+    def _store_zeroes(self, offset, length, unmap=False):
         """qcow2_co_pwrite_zeroes: whole clusters become zero clusters (no data). A partly covered
         cluster that already reads as zeroes becomes a zero cluster too; otherwise its part is
-        written as zero bytes (the generic fallback). A v2 image has no zero clusters: without a
-        backing file its clusters are unallocated instead, with one the zeroes are written as data."""
+        written as zero bytes (the generic fallback). A zero cluster keeps the host cluster it had
+        unless ``unmap`` (BDRV_REQ_MAY_UNMAP: zero_in_l2_slice frees it). A v2 image has no zero
+        clusters: without a backing file its clusters are unallocated instead, with one the zeroes
+        are written as data."""
         self.image.note_allocation()  # sample the peak first: this may free host clusters
         if self.image.compat == "0.10" and self.backing is not None:
             self.image.data.write(offset, length, 0)
@@ -481,20 +569,23 @@ class Qcow2Node(FormatNode):
             if lo == c_start and hi == c_end:
                 continue
             if self._zero_cluster_possible(c_start, c_end, lo, hi):
-                hosted = zero == ZERO and self.image.data.value_at(c_start) == ZERO_ALLOC  # keeps its host cluster
+                hosted = zero == ZERO and not unmap and self.image.data.value_at(c_start) == ZERO_ALLOC
                 self.image.data.write(c_start, c_end - c_start, ZERO_ALLOC if hosted else zero)
             else:
                 self.image.data.write(lo, hi - lo, 0)
         start, end = self._whole_clusters(offset, length)
         if end > start:
-            self._zero_clusters(start, end)
+            self._zero_clusters(start, end, unmap)
         self.image.note_allocation()
 
-    def _zero_clusters(self, start: int, end: int) -> None:
-        """Whole clusters become zero clusters; those holding a host cluster keep it (no unmap). In a
-        v2 image (no backing file here) they are unallocated."""
+    def _zero_clusters(self, start: int, end: int, unmap: bool = False) -> None:
+        """Whole clusters become zero clusters; those holding a host cluster keep it unless ``unmap``.
+        In a v2 image (no backing file here) they are unallocated."""
         if self.image.compat == "0.10":
             self.image.data.write(start, end - start, UNALLOCATED)
+            return
+        if unmap:
+            self.image.data.write(start, end - start, ZERO)
             return
         cs = self.image.cluster_size
         starts, ends, vals = self.image.data.extents(start, end - start)

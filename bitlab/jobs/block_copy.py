@@ -1,12 +1,22 @@
 """block-copy: copy the dirty clusters of a copy bitmap from source to target.
 
 As block/block-copy.c does it: clusters of the *job cluster size*; tasks of
-contiguous dirty clusters up to 1 MiB, split where the source switches between
-data and zeroes (zero runs are written as zeroes, without a read); up to
+contiguous dirty clusters up to 1 MiB, split where the source's block status
+extent ends (:meth:`BlockCopy.classify`; zero extents are written as zeroes, without
+a read, and a cluster whose extent is shorter than it is copied as data); up to
 ``max_workers`` tasks in flight; a rate limit checked before each task. A task
 clears its bits when it starts and sets them again if it fails. Reads happen
 when a task starts (that is the point in time its data belongs to), writes when
-it completes, on the machine's simulated clock.
+it completes, on the machine's simulated clock. A task is whole clusters for the
+bitmap, the progress and the rate limit (the last cluster counts whole, so ``len``
+is the disk rounded up to the job's cluster); its I/O stops at the end of the disk.
+
+Zero clusters on the target: a zero task is a write-zeroes request (no unmap: the
+target's clusters keep their host clusters). A data task is one write request of
+its whole buffer, so a target opened with detect-zeroes (drive-backup opens its
+target with ``detect-zeroes=unmap``) turns a task whose buffer is all zeroes into a
+write-zeroes request that may unmap (:meth:`BlockNode.write_buffer`); a task that
+mixes data and zero bytes stays data, every cluster of it.
 
 The bulk path
 -------------
@@ -40,8 +50,9 @@ failed) — first *settles* the batch to the current time: waves already over
 complete now, the wave in progress stays in flight, later waves are put back (bits
 set again, as if never started). So every state anything can see is the wave
 model's state at that time. One case keeps the per-task path: a qcow2 target where
-the batch would write zeroes over clusters that hold data (the image file's size is
-a high-water mark that could depend on the order of the writes).
+the batch would write zeroes (zero tasks, or zeroes the target detects) over clusters
+that hold data (the image file's size is a high-water mark that could depend on the
+order of the writes).
 
 The count of dirty clusters is kept while a call runs (``bitarray.count`` over the
 whole bitmap once per call, not once per task).
@@ -55,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bitmap import DirtyBitmap, bits_from_bool, merge_ranges, range_mask
+from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
 from ..block.blkdebug import BlockIOError
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
@@ -68,6 +79,7 @@ BYTES_PER_S = 2 << 30
 ERROR_NS = 1_000  # blkdebug completes a failed request from a bottom half, before any real I/O
 
 BULK = True  # False: always the per-task path (tests compare the two)
+ZERO_RUN, DATA_RUN, ONE_CLUSTER = 0, 1, 2  # cluster kinds (BlockCopy.classify)
 BULK_MAX_TASKS = 1 << 20  # tasks one batch may hold (bounds its memory)
 # Drivers whose batched I/O is exactly their one-by-one I/O (exact types, not subclasses).
 BULK_DRIVERS = (NullNode, FileNode, RawNode, Qcow2Node)
@@ -110,6 +122,9 @@ class RateLimit:
 
 @dataclass
 class Task:
+    """A task of whole clusters (``nbytes`` counts the last cluster whole, as QEMU's ``req.bytes``
+    does for progress and the rate limit); its I/O stops at the end of the disk."""
+
     offset: int
     nbytes: int
     zero: bool
@@ -122,8 +137,10 @@ class Task:
 class Batch:
     """Tasks the bulk path started together, run ``workers`` at a time in waves.
 
-    Task ``i`` copies ``[offsets[i], offsets[i] + nbytes[i])``, as zeroes if ``zero[i]``,
-    else the source runs ``run_s/run_e/run_v[ptr[i]:ptr[i+1]]`` read when it started.
+    Task ``i`` copies ``[offsets[i], offsets[i] + nbytes[i])`` (whole clusters; its I/O stops at the
+    end of the disk), as zeroes if ``zero[i]``,
+    else the source runs ``run_s/run_e/run_v[ptr[i]:ptr[i+1]]`` read when it started; those
+    the target's detect-zeroes turns into write-zeroes requests are ``detected[i]``.
     Wave ``w`` holds tasks ``w*workers`` on and starts at ``wave_start[w]``; the next wave
     starts when it ends, the last one ends at ``end``.
     """
@@ -138,6 +155,7 @@ class Batch:
     wave_start: np.ndarray
     end: int
     workers: int
+    detected: np.ndarray
     error = None  # batches run where no request can fail
     error_is_read = True
 
@@ -151,7 +169,7 @@ class Batch:
         p0, p1 = int(self.ptr[i0]), int(self.ptr[i1])
         return Batch(self.offsets[i0:i1], self.nbytes[i0:i1], self.zero[i0:i1], self.run_s[p0:p1],
                      self.run_e[p0:p1], self.run_v[p0:p1], self.ptr[i0 : i1 + 1] - p0, wave_start, end,
-                     self.workers)
+                     self.workers, self.detected[i0:i1])
 
 
 @dataclass
@@ -202,12 +220,17 @@ class BlockCopy:
     def _clusters(self, nbytes: int) -> int:
         return -(-nbytes // self.cluster_size)
 
+    def _io(self, task: Task) -> int:
+        """The bytes a task reads and writes (block_copy_do_copy: up to the end of the disk)."""
+        return min(task.offset + task.nbytes, self.len) - task.offset
+
     # -- tasks ---------------------------------------------------------------------------
     def _next_task(self, offset: int, limit: int) -> Task | None:
         """block_copy_task_create + block status: the next dirty run at or after ``offset``.
 
-        The run is cut at ``limit`` (at most 1 MiB) and where the source switches
-        between data and zeroes, looked at cluster by cluster.
+        The run is cut at ``limit`` (at most 1 MiB) and where the source's block status
+        answer ends (:meth:`classify`). It is whole clusters, even past the end of the disk
+        (block_copy_block_status aligns the last one up).
         """
         cs = self.cluster_size
         found = self.bitmap.bits.find(1, offset // cs)
@@ -217,22 +240,30 @@ class BlockCopy:
         if end_bit < 0:
             end_bit = self.bitmap.nbits
         start = found * cs
-        end = min(end_bit * cs, start + max(cs, min(limit, MAX_BUFFER) // cs * cs), self.len)
-        kinds = self.cluster_kinds(start, end)
-        changes = np.flatnonzero(kinds != kinds[0])
-        stop = min(start + (int(changes[0]) if changes.size else kinds.size) * cs, end)
-        return Task(start, stop - start, zero=not bool(kinds[0]))
+        end = min(end_bit * cs, start + max(cs, min(limit, MAX_BUFFER) // cs * cs))
+        k0, k1, kind = self.classify(start, min(end, self.len))
+        return Task(start, min(int(k1[0]) * cs, end) - start, zero=kind[0] == ZERO_RUN)
 
-    def cluster_kinds(self, start: int, end: int) -> np.ndarray:
-        """One bool per cluster of ``[start, end)``: True if any byte of it is data."""
+    def classify(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """block_copy_block_status over the clusters of ``[start, end)`` (``start`` cluster-aligned):
+        runs of clusters ``[k0, k1)`` with their ``kind``. A cluster is ``ZERO_RUN`` or ``DATA_RUN`` when
+        the source's status extent at its start (:meth:`BlockNode.copy_status`) covers all of it, and
+        its task may go on to the end of that extent; otherwise QEMU copies that one cluster as data
+        (``ONE_CLUSTER``: an extent shorter than the job's cluster). An extent reaching ``end`` covers
+        the last cluster too (QEMU aligns up at the end of the disk) if it reaches a cluster further
+        from the start of its first cluster (a task starting in a partial last cluster copies it as data)."""
         cs = self.cluster_size
-        nclusters = -(-(end - start) // cs)
-        starts, ends, is_data = self.source.block_status(start, end - start)
-        if not is_data.any():
-            return np.zeros(nclusters, dtype=bool)
-        first = (starts[is_data] - start) // cs
-        last = (ends[is_data] - 1 - start) // cs
-        return range_mask(nclusters, first, last)
+        s, e, zero = self.source.copy_status(start, end - start)
+        a = -(-s // cs)  # the clusters whose start lies in each extent: a .. ceil(e / cs) - 1
+        b = np.where((e >= end) & (e - a * cs >= cs), -(-e // cs), e // cs)  # those it covers whole: a .. b - 1
+        covered = b > a
+        short = (b < -(-e // cs)) & (b >= a)  # the extent ends inside cluster b, which starts in it
+        # Each extent gives its covered run, then its short cluster: interleaved, they are in order.
+        keep = np.column_stack((covered, short)).ravel()
+        k0 = np.column_stack((a, b)).ravel()[keep]
+        k1 = np.column_stack((b, b + 1)).ravel()[keep]
+        kind = np.column_stack((np.where(zero, ZERO_RUN, DATA_RUN), np.full(a.size, ONE_CLUSTER))).ravel()[keep]
+        return k0, k1, kind
 
     def reset_unallocated(self) -> None:
         """sync=top: clusters the source's top layer does not allocate need no copy."""
@@ -252,7 +283,7 @@ class BlockCopy:
         self.in_flight_bytes += task.nbytes
         if not task.zero:
             try:
-                task.runs = self.source.pread(task.offset, task.nbytes)
+                task.runs = self.source.pread(task.offset, self._io(task))
             except BlockIOError as err:
                 task.error, task.error_is_read = err, True
 
@@ -265,10 +296,10 @@ class BlockCopy:
         if task.error is None:
             try:
                 if task.zero:
-                    self.target.write_zeroes(task.offset, task.nbytes)
+                    self.target.write_zeroes(task.offset, self._io(task))
                 else:
                     starts, ends, vals = task.runs
-                    self.target.write_batch(starts, ends - starts, vals)
+                    self.target.write_buffer(task.offset, self._io(task), starts, ends, vals)
             except BlockIOError as err:
                 task.error, task.error_is_read = err, False
         if task.error is not None:
@@ -285,7 +316,7 @@ class BlockCopy:
         """Copy every dirty cluster overlapping the range before a guest write lands."""
         cs = self.cluster_size
         start = offset // cs * cs
-        end = min(-(-(offset + length) // cs) * cs, self.len)
+        end = min(-(-(offset + length) // cs), self.bitmap.nbits) * cs
         call = self.call
         if call is not None and not call.finished:
             self._settle(call)
@@ -354,7 +385,7 @@ class BlockCopy:
             call.cursor = task.offset + task.nbytes
             self._begin(task)
             call.in_flight += 1
-            delay = io_time_ns(task.nbytes, not task.zero)
+            delay = io_time_ns(self._io(task), not task.zero)
             if task.error is not None:  # an injected error: at once, or from a bottom half (next loop turn)
                 delay = 0 if _immediately(task) else ERROR_NS
             timer = self.scheduler.after(delay, lambda t=task: self._complete(call, t))
@@ -408,7 +439,12 @@ class BlockCopy:
         if plan is None:
             return False
         offsets, nbytes, zero, nclusters, wave_start, end = plan
-        if not self._zeroes_keep_allocation(offsets, nbytes, zero):
+        detects = self.target.zero_detected() is not None
+        if not detects and not self._zeroes_keep_allocation(offsets, nbytes, zero):
+            return False  # (checked before the read: this repeats at every launch)
+        run_s, run_e, run_v, ptr = self._read(offsets, nbytes, zero)
+        detected = self._detected(zero, run_v, ptr)
+        if detects and not self._zeroes_keep_allocation(offsets, nbytes, zero | detected):
             return False
         cs = self.cluster_size
         # Every dirty bit from the first task to the last belongs to a task of the batch.
@@ -416,8 +452,7 @@ class BlockCopy:
         if self._nset is not None:
             self._nset -= nclusters
         self.in_flight_bytes += int(nbytes.sum())
-        run_s, run_e, run_v, ptr = self._read(offsets, nbytes, zero)
-        batch = Batch(offsets, nbytes, zero, run_s, run_e, run_v, ptr, wave_start, end, call.max_workers)
+        batch = Batch(offsets, nbytes, zero, run_s, run_e, run_v, ptr, wave_start, end, call.max_workers, detected)
         call.found = True
         call.cursor = int(offsets[-1] + nbytes[-1])
         call.in_flight += 1
@@ -436,7 +471,7 @@ class BlockCopy:
         first = bits.find(1, min(call.cursor // cs, len(bits)))
         if first < 0:
             return None
-        if zeroes_only and self.cluster_kinds(first * cs, min((first + 1) * cs, self.len))[0]:
+        if zeroes_only and self.classify(first * cs, min((first + 1) * cs, self.len))[2][0] != ZERO_RUN:
             return None  # the first task reads data (as the plan below would find, at a fraction of its cost)
         now = self.scheduler.clock.now_ns
         horizon = getattr(self.scheduler, "horizon_ns", None)
@@ -445,25 +480,19 @@ class BlockCopy:
         chunk = max(1, min(call.max_chunk, MAX_BUFFER) // cs)  # clusters per task at most
         want = int(min(BULK_MAX_TASKS, (1 + (horizon - now) // LATENCY_NS) * workers))
         rs, re = self._dirty_runs(first, want, want * chunk)
-        # Cut the runs where the source switches between data and zeroes (whole clusters).
+        # Cut the runs where the source's block status answers end (classify: whole clusters).
         lo, hi = int(rs[0]) * cs, min(int(re[-1]) * cs, self.len)
-        st, en, is_data = self.source.block_status(lo, hi - lo)
-        data = np.asarray(is_data, dtype=bool) & (en > st)
+        k0, _, kind = self.classify(lo, hi)
         seg_s, seg_e = rs, re
-        if data.any():
-            ds, dl = merge_ranges(st[data] // cs, (en[data] - 1) // cs)
-            de = dl + 1
-            bounds = np.column_stack((ds, de)).ravel()
+        bounds = k0[1:]
+        if bounds.size:
             r = np.maximum(np.searchsorted(rs, bounds, "right") - 1, 0)
             inside = (bounds > rs[r]) & (bounds < re[r])
             if inside.any():
                 seg_s = np.sort(np.concatenate((rs, bounds[inside])), kind="stable")
                 seg_e = np.minimum(np.append(seg_s[1:], np.iinfo(np.int64).max),
                                    re[np.searchsorted(rs, seg_s, "right") - 1])
-            k = np.searchsorted(ds, seg_s, "right") - 1
-            seg_data = (k >= 0) & (seg_s < de[np.maximum(k, 0)])
-        else:
-            seg_data = np.zeros(seg_s.size, dtype=bool)
+        seg_data = kind[np.searchsorted(k0, seg_s, "right") - 1] != ZERO_RUN
         # Chunks of at most `chunk` clusters from the start of each segment.
         pieces = -(-(seg_e - seg_s) // chunk)
         if pieces.max() == 1:
@@ -474,6 +503,8 @@ class BlockCopy:
             t_s = seg_s[owner] + nth * chunk
             t_e = np.minimum(t_s + chunk, seg_e[owner])
             zero = ~seg_data[owner]
+        if self.len % cs:  # a task starting in the partial last cluster is data (classify)
+            zero = zero & (t_s != self.len // cs)
         if zeroes_only:
             stop = int(np.argmin(zero)) if not zero.all() else zero.size
             # A task that follows would start in a free worker of a partial last wave (zero tasks all
@@ -486,8 +517,9 @@ class BlockCopy:
             t_s, t_e, zero = t_s[:stop], t_e[:stop], zero[:stop]
         # Waves of `workers` tasks: a wave followed by another lasts the mean of its tasks (the
         # pool stays busy), the last one its longest task (the pool drains).
-        nbytes = np.minimum(t_e * cs, self.len) - t_s * cs
-        dur = np.where(zero, LATENCY_NS, 2 * LATENCY_NS + 2 * (nbytes * 1_000_000_000 // BYTES_PER_S))
+        nbytes = (t_e - t_s) * cs
+        io = np.minimum(t_e * cs, self.len) - t_s * cs
+        dur = np.where(zero, LATENCY_NS, 2 * LATENCY_NS + 2 * (io * 1_000_000_000 // BYTES_PER_S))
         firsts = np.arange(0, dur.size, workers)
         wave_end = now + np.cumsum(-(-np.add.reduceat(dur, firsts) // workers))
         nwaves = max(1, int(np.searchsorted(wave_end, horizon, "right")))
@@ -523,6 +555,14 @@ class BlockCopy:
             re[-1] -= int(total[k]) - max_clusters
         return rs, re
 
+    def _detected(self, zero: np.ndarray, run_v: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+        """Data tasks whose buffer is all zeroes, if the target detects zeroes (:meth:`BlockNode.write_buffer`:
+        they become write-zeroes requests)."""
+        if self.target.zero_detected() is None:
+            return np.zeros(zero.size, dtype=bool)
+        nonzero = np.concatenate(([0], np.cumsum(run_v != 0)))
+        return ~zero & (nonzero[ptr[1:]] == nonzero[ptr[:-1]])
+
     def _zeroes_keep_allocation(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> bool:
         """False if zero writes would reach clusters of a qcow2 target that hold something."""
         target = self.target
@@ -541,7 +581,7 @@ class BlockCopy:
 
     def _read(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> tuple:
         """The source content of every data task: one read over them all, clipped to each."""
-        ends = offsets + nbytes
+        ends = np.minimum(offsets + nbytes, self.len)
         data = ~zero
         if not data.any():
             empty = np.zeros(0, dtype=np.int64)
@@ -558,12 +598,20 @@ class BlockCopy:
         done = int(nbytes.sum())
         self.in_flight_bytes -= done
         p0, p1 = int(batch.ptr[i0]), int(batch.ptr[i1])
+        detected = batch.detected[i0:i1]
         if p1 > p0:
-            starts = batch.run_s[p0:p1]
-            self.target.write_batch(starts, batch.run_e[p0:p1] - starts, batch.run_v[p0:p1])
-        zero = batch.zero[i0:i1]
+            starts, ends, vals = batch.run_s[p0:p1], batch.run_e[p0:p1], batch.run_v[p0:p1]
+            if detected.any():  # their runs are written as zeroes below
+                keep = ~np.repeat(detected, np.diff(batch.ptr[i0 : i1 + 1]))
+                starts, ends, vals = starts[keep], ends[keep], vals[keep]
+            if starts.size:
+                self.target.write_batch(starts, ends - starts, vals)
+        offsets, zero = batch.offsets[i0:i1], batch.zero[i0:i1]
+        io = np.minimum(offsets + nbytes, self.len) - offsets
         if zero.any():
-            self.target.write_zeroes_batch(batch.offsets[i0:i1][zero], nbytes[zero])
+            self.target.write_zeroes_batch(offsets[zero], io[zero])
+        if detected.any():
+            self.target.write_zeroes_batch(offsets[detected], io[detected], bool(self.target.zero_detected()))
         self._report(done)
 
     def _settle(self, call: Call) -> None:
