@@ -69,8 +69,8 @@ def clip_runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, q_starts: 
     vals = np.asarray(vals, dtype=np.int64)
     q_starts = np.asarray(q_starts, dtype=np.int64)
     q_ends = np.asarray(q_ends, dtype=np.int64)
-    first = np.searchsorted(ends, q_starts, "right")  # first run ending after the query starts
-    last = np.searchsorted(starts, q_ends, "left")  # runs [first, last) start before it ends
+    first = ends.searchsorted(q_starts, "right")  # first run ending after the query starts
+    last = starts.searchsorted(q_ends, "left")  # runs [first, last) start before it ends
     counts = np.where(q_ends > q_starts, np.maximum(last - first, 0), 0)
     ptr = np.zeros(q_starts.size + 1, dtype=np.int64)
     np.cumsum(counts, out=ptr[1:])
@@ -192,8 +192,8 @@ class ExtentMap:
         if length <= 0 or end <= offset:
             return
         starts, vals = self._starts, self._vals
-        i = int(np.searchsorted(starts, offset, "left"))  # runs [0, i) start before offset
-        j = int(np.searchsorted(starts, end, "left"))  # runs [i, j) are overwritten
+        i = int(starts.searchsorted(offset, "left"))  # runs [0, i) start before offset
+        j = int(starts.searchsorted(end, "left"))  # runs [i, j) are overwritten
         tail_val = vals[j - 1]
         new_starts = [offset]
         new_vals = [value]
@@ -208,7 +208,9 @@ class ExtentMap:
         """Apply many writes in order (later ones win): logged, merged vectorised on the next read."""
         offsets = np.array(offsets, dtype=np.int64, ndmin=1)  # a copy: the caller may reuse its arrays
         ends = np.minimum(offsets + np.asarray(lengths, dtype=np.int64), self.size)
-        values = np.array(np.broadcast_to(np.asarray(values, dtype=np.int64), offsets.shape))
+        values_in = values
+        values = np.empty(offsets.shape, dtype=np.int64)
+        values[...] = values_in  # broadcast, and a copy
         keep = ends > offsets
         if not keep.all():
             offsets, ends, values = offsets[keep], ends[keep], values[keep]
@@ -220,13 +222,17 @@ class ExtentMap:
 
     def _merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Merge writes ``[offsets, ends)`` (in order, later wins) into the runs."""
-        if np.all(offsets[1:] >= offsets[:-1]):
-            if np.all(ends[:-1] <= offsets[1:]):
+        if (offsets[1:] >= offsets[:-1]).all():
+            if (ends[:-1] <= offsets[1:]).all():
+                if (ends[:-1] == offsets[1:]).all() and (values == values[0]).all():
+                    # Back to back, one value (a job's zero tasks): one write of the whole stretch.
+                    self._write_now(int(offsets[0]), int(ends[-1] - offsets[0]), int(values[0]))
+                    return
                 self._merge_disjoint(offsets, ends, values)
                 return
         else:
             order = np.argsort(offsets, kind="stable")
-            if np.all(ends[order[:-1]] <= offsets[order[1:]]):
+            if (ends[order[:-1]] <= offsets[order[1:]]).all():
                 self._merge_disjoint(offsets[order], ends[order], values[order])
                 return
         bounds = np.unique(np.concatenate((self._starts, offsets, ends)))
@@ -278,13 +284,14 @@ class ExtentMap:
         end = self.size if length is None else min(offset + length, self.size)
         if end <= offset:
             return _EMPTY, _EMPTY, _EMPTY
-        i = int(np.searchsorted(self._starts, offset, "right")) - 1
-        j = int(np.searchsorted(self._starts, end, "left"))
+        i = int(self._starts.searchsorted(offset, "right")) - 1
+        j = int(self._starts.searchsorted(end, "left"))
         starts = self._starts[i:j].copy()
         vals = self._vals[i:j].copy()
-        ends = np.append(starts[1:], end)
+        ends = np.empty(starts.size, dtype=np.int64)  # each run ends where the next starts (before `end`)
+        ends[:-1] = starts[1:]
+        ends[-1] = end
         starts[0] = offset
-        ends = np.minimum(ends, end)
         return starts, ends, vals
 
     def gather(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -293,13 +300,15 @@ class ExtentMap:
         Returns ``(starts, ends, values, ptr)`` as :func:`clip_runs` does.
         """
         self._flush()
-        run_ends = np.append(self._starts[1:], self.size)
+        run_ends = np.empty(self._starts.size, dtype=np.int64)
+        run_ends[:-1] = self._starts[1:]
+        run_ends[-1] = self.size
         return clip_runs(self._starts, run_ends, self._vals, np.minimum(starts, self.size),
                          np.minimum(ends, self.size))
 
     def value_at(self, offset: int) -> int:
         self._flush()
-        return int(self._vals[np.searchsorted(self._starts, offset, "right") - 1])
+        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
 
     def allocated_bytes(self) -> int:
         starts, ends, vals = self.extents()
