@@ -148,3 +148,53 @@ def test_a_whole_disk_zero_batch_plans_one_wave():
     offsets, nbytes, zero, nclusters, wave_start, end = bcs._plan(call)
     assert offsets.tolist() == list(range(0, 5 * M, M)) and wave_start.tolist() == [now]
     assert end == now + LATENCY_NS and nclusters == 80
+
+
+@given(st.integers(1, 120), st.lists(st.tuples(st.integers(0, 119), st.integers(1, 40), st.integers(-1, 1)),
+                                     min_size=1, max_size=25))
+@settings(max_examples=300, deadline=None)
+def test_single_writes_keep_the_runs_compact(size, writes):
+    """One write at a time (each merged alone): few values, so a write often meets its own value."""
+    emap = ExtentMap(size)
+    ref = np.full(size, UNALLOCATED, dtype=np.int64)
+    for off, ln, val in writes:
+        if off >= size:
+            continue
+        emap.write(off, ln, val)
+        ref[off : off + ln] = val
+        starts, ends, vals = emap.extents()
+        assert np.repeat(vals, ends - starts).tolist() == ref.tolist()
+        assert (vals[1:] != vals[:-1]).all()
+
+
+def test_a_write_that_ends_where_a_run_of_its_value_starts_joins_it():
+    emap = ExtentMap(100)
+    emap.write(50, 10, 5)
+    emap.extents()
+    emap.write(40, 10, 5)
+    starts, ends, vals = emap.extents()
+    assert starts.tolist() == [0, 40, 60] and ends.tolist() == [40, 60, 100] and vals.tolist() == [-1, 5, -1]
+
+
+def test_timers_run_in_time_then_scheduling_order_and_cancelled_ones_never():
+    from bitlab.clock import SimClock
+    from bitlab.sim import Scheduler
+
+    sched = Scheduler(SimClock(0))
+    ran: list[tuple[str, int]] = []
+
+    def note(name: str):
+        return lambda: ran.append((name, sched.clock.now_ns))
+
+    sched.at(30, note("c"))
+    sched.at(10, note("a1"))
+    dropped = sched.at(10, note("dropped"))
+    sched.at(10, note("a2"))
+    sched.after(20, note("b"))
+    dropped.cancel()
+    assert sched.next_time == 10
+    assert sched.run(until_ns=20) == 3
+    assert ran == [("a1", 10), ("a2", 10), ("b", 20)] and sched.clock.now_ns == 20
+    sched.at(5, note("late"))  # in the past: runs now, after nothing else
+    assert sched.step() and ran[-1] == ("late", 20)
+    assert sched.run() == 1 and ran[-1] == ("c", 30) and sched.next_time is None and not sched.step()

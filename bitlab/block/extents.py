@@ -118,7 +118,7 @@ class ExtentMap:
     def __init__(self, size: int, fill: int = UNALLOCATED) -> None:
         self.size = int(size)
         self._starts = np.zeros(1, dtype=np.int64)
-        self._vals = np.full(1, fill, dtype=np.int64)
+        self._vals = np.array([fill], dtype=np.int64)
         self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (offsets, ends, values), in order
         self._po: list[int] = []  # single writes not yet in _log: offsets, lengths, values
         self._pl: list[int] = []
@@ -194,15 +194,23 @@ class ExtentMap:
         starts, vals = self._starts, self._vals
         i = int(starts.searchsorted(offset, "left"))  # runs [0, i) start before offset
         j = int(starts.searchsorted(end, "left"))  # runs [i, j) are overwritten
-        tail_val = vals[j - 1]
-        new_starts = [offset]
-        new_vals = [value]
-        if end < self.size and not (j < starts.size and starts[j] == end):
-            new_starts.append(end)
-            new_vals.append(int(tail_val))
-        ns = np.concatenate((starts[:i], new_starts, starts[j:]))
-        nv = np.concatenate((vals[:i], new_vals, vals[j:]))
-        self._starts, self._vals = self._compact(ns, nv)
+        tail_val = int(vals[j - 1])
+        # The runs are compact (no two neighbours hold one value) and stay so: equal values can
+        # only meet where the new run touches the run before it and the run after it.
+        new_starts: list[int] = []
+        new_vals: list[int] = []
+        if i == 0 or int(vals[i - 1]) != value:
+            new_starts.append(offset)
+            new_vals.append(value)
+        rest = j  # the first old run kept after the write
+        if end < self.size and not (j < starts.size and starts[j] == end):  # the overwritten run goes on
+            if tail_val != value:
+                new_starts.append(end)
+                new_vals.append(tail_val)
+        elif j < starts.size and int(vals[j]) == value:  # the next run starts at `end` with this value
+            rest = j + 1
+        self._starts = np.concatenate((starts[:i], np.array(new_starts, dtype=np.int64), starts[rest:]))
+        self._vals = np.concatenate((vals[:i], np.array(new_vals, dtype=np.int64), vals[rest:]))
 
     def write_batch(self, offsets: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> None:
         """Apply many writes in order (later ones win): logged, merged vectorised on the next read."""
@@ -284,8 +292,12 @@ class ExtentMap:
         end = self.size if length is None else min(offset + length, self.size)
         if end <= offset:
             return _EMPTY, _EMPTY, _EMPTY
-        i = int(self._starts.searchsorted(offset, "right")) - 1
-        j = int(self._starts.searchsorted(end, "left"))
+        n = self._starts.size
+        if n == 1 or (offset == 0 and end == self.size):  # one run, or the whole map (runs start at 0)
+            i, j = 0, n
+        else:
+            i = int(self._starts.searchsorted(offset, "right")) - 1
+            j = int(self._starts.searchsorted(end, "left"))
         starts = self._starts[i:j].copy()
         vals = self._vals[i:j].copy()
         ends = np.empty(starts.size, dtype=np.int64)  # each run ends where the next starts (before `end`)
