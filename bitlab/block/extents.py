@@ -73,12 +73,12 @@ def clip_runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, q_starts: 
     last = starts.searchsorted(q_ends, "left")  # runs [first, last) start before it ends
     counts = np.where(q_ends > q_starts, np.maximum(last - first, 0), 0)
     ptr = np.zeros(q_starts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
+    counts.cumsum(out=ptr[1:])
     total = int(ptr[-1])
     if total == 0:
         return _EMPTY, _EMPTY, _EMPTY, ptr
     if total == np.count_nonzero(counts):  # no query spans two runs (the usual case)
-        owner = np.flatnonzero(counts)
+        owner = counts.nonzero()[0]
         run = first[owner]
     else:
         owner = np.repeat(np.arange(q_starts.size, dtype=np.int64), counts)

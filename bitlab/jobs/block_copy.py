@@ -185,7 +185,7 @@ class BlockCopy:
         self.on_progress = on_progress  # (bytes done now, remaining)
         self.len = source.size
         self.bitmap = DirtyBitmap(self.len, cluster_size, disabled=True)
-        self.bitmap.set_range(0, self.len)
+        self.bitmap.bits.setall(1)  # every cluster to copy
         self.in_flight_bytes = 0
         self.skip_unallocated = False
         self.rate = RateLimit()
@@ -458,14 +458,16 @@ class BlockCopy:
         if data.any():
             ds, dl = merge_ranges(st[data] // cs, (en[data] - 1) // cs)
             de = dl + 1
-            bounds = np.column_stack((ds, de)).ravel()
-            r = np.maximum(np.searchsorted(rs, bounds, "right") - 1, 0)
+            bounds = np.empty(2 * ds.size, dtype=np.int64)  # ds[0], de[0], ds[1], de[1], ...
+            bounds[0::2] = ds
+            bounds[1::2] = de
+            r = np.maximum(rs.searchsorted(bounds, "right") - 1, 0)
             inside = (bounds > rs[r]) & (bounds < re[r])
             if inside.any():
                 seg_s = np.sort(np.concatenate((rs, bounds[inside])), kind="stable")
-                seg_e = np.minimum(np.append(seg_s[1:], np.iinfo(np.int64).max),
-                                   re[np.searchsorted(rs, seg_s, "right") - 1])
-            k = np.searchsorted(ds, seg_s, "right") - 1
+                seg_e = np.minimum(np.concatenate((seg_s[1:], [np.iinfo(np.int64).max])),
+                                   re[rs.searchsorted(seg_s, "right") - 1])
+            k = ds.searchsorted(seg_s, "right") - 1
             seg_data = (k >= 0) & (seg_s < de[np.maximum(k, 0)])
         else:
             seg_data = np.zeros(seg_s.size, dtype=bool)
