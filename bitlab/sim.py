@@ -77,11 +77,12 @@ class Scheduler:
     def run(self, until_ns: int | None = None, max_steps: int = 10_000_000) -> int:
         """Run timers until none is left or the next is after ``until_ns``; returns steps run."""
         steps = 0
+        heap = self._heap
         outer, self.horizon_ns = self.horizon_ns, FOREVER if until_ns is None else until_ns
         try:
             while steps < max_steps:
-                nxt = self.next_time
-                if nxt is None or (until_ns is not None and nxt > until_ns):
+                self._prune()  # as next_time does
+                if not heap or (until_ns is not None and heap[0][0] > until_ns):
                     break
                 self.step()
                 steps += 1
