@@ -504,7 +504,7 @@ class BlockCopy:
         if dur.size <= workers:  # a single wave (what the general case below comes to, in fewer steps)
             n = min(dur.size, want)
             wave_start = np.array([now], dtype=np.int64)
-            end = now + int(dur[:n].max())
+            end = int(now + dur[:n].max())
         else:
             firsts = np.arange(0, dur.size, workers)
             wave_end = now + np.cumsum(-(-np.add.reduceat(dur, firsts) // workers))
