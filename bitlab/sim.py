@@ -29,11 +29,15 @@ class Timer:
 
 
 class Scheduler:
-    """A heap of timers on a :class:`SimClock`."""
+    """A heap of timers on a :class:`SimClock`.
+
+    The heap holds ``(when, seq, timer)`` tuples: the same order as the timers' own
+    (``seq`` is unique, so two entries never compare their timers), compared in C.
+    """
 
     def __init__(self, clock: SimClock) -> None:
         self.clock = clock
-        self._heap: list[Timer] = []
+        self._heap: list[tuple[int, int, Timer]] = []
         self._seq = 0
         # How far the current run() may take the clock (FOREVER: until idle); None outside
         # run(), e.g. in a single step(). Work that does many simulated steps in one event
@@ -43,27 +47,28 @@ class Scheduler:
     def at(self, when_ns: int, fn: Callable[[], None]) -> Timer:
         self._seq += 1
         timer = Timer(max(when_ns, self.clock.now_ns), self._seq, fn)
-        heapq.heappush(self._heap, timer)
+        heapq.heappush(self._heap, (timer.when, timer.seq, timer))
         return timer
 
     def after(self, delay_ns: int, fn: Callable[[], None]) -> Timer:
         return self.at(self.clock.now_ns + max(0, int(delay_ns)), fn)
 
     def _prune(self) -> None:
-        while self._heap and self._heap[0].cancelled:
-            heapq.heappop(self._heap)
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
 
     @property
     def next_time(self) -> int | None:
         self._prune()
-        return self._heap[0].when if self._heap else None
+        return self._heap[0][0] if self._heap else None
 
     def step(self) -> bool:
         """Run the next timer; False when nothing is scheduled."""
         self._prune()
         if not self._heap:
             return False
-        timer = heapq.heappop(self._heap)
+        _, _, timer = heapq.heappop(self._heap)
         if timer.when > self.clock.now_ns:
             self.clock.now_ns = timer.when
         timer.fn()
@@ -72,11 +77,12 @@ class Scheduler:
     def run(self, until_ns: int | None = None, max_steps: int = 10_000_000) -> int:
         """Run timers until none is left or the next is after ``until_ns``; returns steps run."""
         steps = 0
+        heap = self._heap
         outer, self.horizon_ns = self.horizon_ns, FOREVER if until_ns is None else until_ns
         try:
             while steps < max_steps:
-                nxt = self.next_time
-                if nxt is None or (until_ns is not None and nxt > until_ns):
+                self._prune()  # as next_time does
+                if not heap or (until_ns is not None and heap[0][0] > until_ns):
                     break
                 self.step()
                 steps += 1

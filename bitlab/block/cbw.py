@@ -24,8 +24,7 @@ class CbwNode(BlockNode):
         super().__init__(node_name, **kw)
         self.before_write = before_write
         self.done = DirtyBitmap(size, cluster_size, disabled=True)
-        access = DirtyBitmap(size, cluster_size, disabled=True)
-        access.set_range(0, size)
+        access = DirtyBitmap(size, cluster_size, disabled=True, bits=~self.done.bits)  # every cluster
         self.add_bitmap(self.done)
         self.add_bitmap(access)
 

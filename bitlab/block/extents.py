@@ -69,16 +69,16 @@ def clip_runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, q_starts: 
     vals = np.asarray(vals, dtype=np.int64)
     q_starts = np.asarray(q_starts, dtype=np.int64)
     q_ends = np.asarray(q_ends, dtype=np.int64)
-    first = np.searchsorted(ends, q_starts, "right")  # first run ending after the query starts
-    last = np.searchsorted(starts, q_ends, "left")  # runs [first, last) start before it ends
+    first = ends.searchsorted(q_starts, "right")  # first run ending after the query starts
+    last = starts.searchsorted(q_ends, "left")  # runs [first, last) start before it ends
     counts = np.where(q_ends > q_starts, np.maximum(last - first, 0), 0)
     ptr = np.zeros(q_starts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
+    counts.cumsum(out=ptr[1:])
     total = int(ptr[-1])
     if total == 0:
         return _EMPTY, _EMPTY, _EMPTY, ptr
     if total == np.count_nonzero(counts):  # no query spans two runs (the usual case)
-        owner = np.flatnonzero(counts)
+        owner = counts.nonzero()[0]
         run = first[owner]
     else:
         owner = np.repeat(np.arange(q_starts.size, dtype=np.int64), counts)
@@ -118,7 +118,7 @@ class ExtentMap:
     def __init__(self, size: int, fill: int = UNALLOCATED) -> None:
         self.size = int(size)
         self._starts = np.zeros(1, dtype=np.int64)
-        self._vals = np.full(1, fill, dtype=np.int64)
+        self._vals = np.array([fill], dtype=np.int64)
         self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (offsets, ends, values), in order
         self._po: list[int] = []  # single writes not yet in _log: offsets, lengths, values
         self._pl: list[int] = []
@@ -192,23 +192,33 @@ class ExtentMap:
         if length <= 0 or end <= offset:
             return
         starts, vals = self._starts, self._vals
-        i = int(np.searchsorted(starts, offset, "left"))  # runs [0, i) start before offset
-        j = int(np.searchsorted(starts, end, "left"))  # runs [i, j) are overwritten
-        tail_val = vals[j - 1]
-        new_starts = [offset]
-        new_vals = [value]
-        if end < self.size and not (j < starts.size and starts[j] == end):
-            new_starts.append(end)
-            new_vals.append(int(tail_val))
-        ns = np.concatenate((starts[:i], new_starts, starts[j:]))
-        nv = np.concatenate((vals[:i], new_vals, vals[j:]))
-        self._starts, self._vals = self._compact(ns, nv)
+        i = int(starts.searchsorted(offset, "left"))  # runs [0, i) start before offset
+        j = int(starts.searchsorted(end, "left"))  # runs [i, j) are overwritten
+        tail_val = int(vals[j - 1])
+        # The runs are compact (no two neighbours hold one value) and stay so: equal values can
+        # only meet where the new run touches the run before it and the run after it.
+        new_starts: list[int] = []
+        new_vals: list[int] = []
+        if i == 0 or int(vals[i - 1]) != value:
+            new_starts.append(offset)
+            new_vals.append(value)
+        rest = j  # the first old run kept after the write
+        if end < self.size and not (j < starts.size and starts[j] == end):  # the overwritten run goes on
+            if tail_val != value:
+                new_starts.append(end)
+                new_vals.append(tail_val)
+        elif j < starts.size and int(vals[j]) == value:  # the next run starts at `end` with this value
+            rest = j + 1
+        self._starts = np.concatenate((starts[:i], np.array(new_starts, dtype=np.int64), starts[rest:]))
+        self._vals = np.concatenate((vals[:i], np.array(new_vals, dtype=np.int64), vals[rest:]))
 
     def write_batch(self, offsets: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> None:
         """Apply many writes in order (later ones win): logged, merged vectorised on the next read."""
         offsets = np.array(offsets, dtype=np.int64, ndmin=1)  # a copy: the caller may reuse its arrays
         ends = np.minimum(offsets + np.asarray(lengths, dtype=np.int64), self.size)
-        values = np.array(np.broadcast_to(np.asarray(values, dtype=np.int64), offsets.shape))
+        values_in = values
+        values = np.empty(offsets.shape, dtype=np.int64)
+        values[...] = values_in  # broadcast, and a copy
         keep = ends > offsets
         if not keep.all():
             offsets, ends, values = offsets[keep], ends[keep], values[keep]
@@ -220,13 +230,17 @@ class ExtentMap:
 
     def _merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Merge writes ``[offsets, ends)`` (in order, later wins) into the runs."""
-        if np.all(offsets[1:] >= offsets[:-1]):
-            if np.all(ends[:-1] <= offsets[1:]):
+        if (offsets[1:] >= offsets[:-1]).all():
+            if (ends[:-1] <= offsets[1:]).all():
+                if (ends[:-1] == offsets[1:]).all() and (values == values[0]).all():
+                    # Back to back, one value (a job's zero tasks): one write of the whole stretch.
+                    self._write_now(int(offsets[0]), int(ends[-1] - offsets[0]), int(values[0]))
+                    return
                 self._merge_disjoint(offsets, ends, values)
                 return
         else:
             order = np.argsort(offsets, kind="stable")
-            if np.all(ends[order[:-1]] <= offsets[order[1:]]):
+            if (ends[order[:-1]] <= offsets[order[1:]]).all():
                 self._merge_disjoint(offsets[order], ends[order], values[order])
                 return
         bounds = np.unique(np.concatenate((self._starts, offsets, ends)))
@@ -278,13 +292,18 @@ class ExtentMap:
         end = self.size if length is None else min(offset + length, self.size)
         if end <= offset:
             return _EMPTY, _EMPTY, _EMPTY
-        i = int(np.searchsorted(self._starts, offset, "right")) - 1
-        j = int(np.searchsorted(self._starts, end, "left"))
+        n = self._starts.size
+        if n == 1 or (offset == 0 and end == self.size):  # one run, or the whole map (runs start at 0)
+            i, j = 0, n
+        else:
+            i = int(self._starts.searchsorted(offset, "right")) - 1
+            j = int(self._starts.searchsorted(end, "left"))
         starts = self._starts[i:j].copy()
         vals = self._vals[i:j].copy()
-        ends = np.append(starts[1:], end)
+        ends = np.empty(starts.size, dtype=np.int64)  # each run ends where the next starts (before `end`)
+        ends[:-1] = starts[1:]
+        ends[-1] = end
         starts[0] = offset
-        ends = np.minimum(ends, end)
         return starts, ends, vals
 
     def gather(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -293,13 +312,15 @@ class ExtentMap:
         Returns ``(starts, ends, values, ptr)`` as :func:`clip_runs` does.
         """
         self._flush()
-        run_ends = np.append(self._starts[1:], self.size)
+        run_ends = np.empty(self._starts.size, dtype=np.int64)
+        run_ends[:-1] = self._starts[1:]
+        run_ends[-1] = self.size
         return clip_runs(self._starts, run_ends, self._vals, np.minimum(starts, self.size),
                          np.minimum(ends, self.size))
 
     def value_at(self, offset: int) -> int:
         self._flush()
-        return int(self._vals[np.searchsorted(self._starts, offset, "right") - 1])
+        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
 
     def allocated_bytes(self) -> int:
         starts, ends, vals = self.extents()

@@ -81,6 +81,7 @@ ERROR_NS = 1_000  # blkdebug completes a failed request from a bottom half, befo
 BULK = True  # False: always the per-task path (tests compare the two)
 ZERO_RUN, DATA_RUN, ONE_CLUSTER = 0, 1, 2  # cluster kinds (BlockCopy.classify)
 BULK_MAX_TASKS = 1 << 20  # tasks one batch may hold (bounds its memory)
+FEW_RUNS = 16  # dirty runs a plan finds with bitarray's searches before it turns to numpy
 # Drivers whose batched I/O is exactly their one-by-one I/O (exact types, not subclasses).
 BULK_DRIVERS = (NullNode, FileNode, RawNode, Qcow2Node)
 
@@ -202,7 +203,7 @@ class BlockCopy:
         self.on_progress = on_progress  # (bytes done now, remaining)
         self.len = source.size
         self.bitmap = DirtyBitmap(self.len, cluster_size, disabled=True)
-        self.bitmap.set_range(0, self.len)
+        self.bitmap.bits.setall(1)  # every cluster to copy
         self.in_flight_bytes = 0
         self.skip_unallocated = False
         self.rate = RateLimit()
@@ -494,15 +495,21 @@ class BlockCopy:
                                    re[np.searchsorted(rs, seg_s, "right") - 1])
         seg_data = kind[np.searchsorted(k0, seg_s, "right") - 1] != ZERO_RUN
         # Chunks of at most `chunk` clusters from the start of each segment.
-        pieces = -(-(seg_e - seg_s) // chunk)
-        if pieces.max() == 1:
-            t_s, t_e, zero = seg_s, seg_e, ~seg_data
+        if seg_s.size == 1:  # one segment (say a whole disk of zeroes): a task every `chunk` clusters
+            s0, e0 = int(seg_s[0]), int(seg_e[0])
+            t_s = np.arange(s0, e0, chunk, dtype=np.int64)
+            t_e = np.minimum(t_s + chunk, e0)
+            zero = np.full(t_s.size, not seg_data[0])
         else:
-            owner = np.repeat(np.arange(seg_s.size), pieces)
-            nth = np.arange(owner.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-            t_s = seg_s[owner] + nth * chunk
-            t_e = np.minimum(t_s + chunk, seg_e[owner])
-            zero = ~seg_data[owner]
+            pieces = -(-(seg_e - seg_s) // chunk)
+            if pieces.max() == 1:
+                t_s, t_e, zero = seg_s, seg_e, ~seg_data
+            else:
+                owner = np.repeat(np.arange(seg_s.size), pieces)
+                nth = np.arange(owner.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+                t_s = seg_s[owner] + nth * chunk
+                t_e = np.minimum(t_s + chunk, seg_e[owner])
+                zero = ~seg_data[owner]
         if self.len % cs:  # a task starting in the partial last cluster is data (classify)
             zero = zero & (t_s != self.len // cs)
         if zeroes_only:
@@ -520,19 +527,27 @@ class BlockCopy:
         nbytes = (t_e - t_s) * cs
         io = np.minimum(t_e * cs, self.len) - t_s * cs
         dur = np.where(zero, LATENCY_NS, 2 * LATENCY_NS + 2 * (io * 1_000_000_000 // BYTES_PER_S))
-        firsts = np.arange(0, dur.size, workers)
-        wave_end = now + np.cumsum(-(-np.add.reduceat(dur, firsts) // workers))
-        nwaves = max(1, int(np.searchsorted(wave_end, horizon, "right")))
-        n = min(dur.size, nwaves * workers, want)
-        nwaves = -(-n // workers)
-        wave_start = np.concatenate(([now], wave_end[: nwaves - 1])).astype(np.int64)
-        end = int(wave_start[-1] + dur[firsts[nwaves - 1] : n].max())
+        if dur.size <= workers:  # a single wave (what the general case below comes to, in fewer steps)
+            n = min(dur.size, want)
+            wave_start = np.array([now], dtype=np.int64)
+            end = int(now + dur[:n].max())
+        else:
+            firsts = np.arange(0, dur.size, workers)
+            wave_end = now + np.cumsum(-(-np.add.reduceat(dur, firsts) // workers))
+            nwaves = max(1, int(wave_end.searchsorted(horizon, "right")))
+            n = min(dur.size, nwaves * workers, want)
+            nwaves = -(-n // workers)
+            wave_start = np.concatenate(([now], wave_end[: nwaves - 1])).astype(np.int64)
+            end = int(wave_start[-1] + dur[firsts[nwaves - 1] : n].max())
         nclusters = int((t_e[:n] - t_s[:n]).sum())
         return t_s[:n] * cs, nbytes[:n], zero[:n], nclusters, wave_start, end
 
     def _dirty_runs(self, first: int, max_runs: int, max_clusters: int) -> tuple[np.ndarray, np.ndarray]:
         """Runs of set bits from bit ``first`` on, [starts, ends), enough for ``max_runs`` runs or
         ``max_clusters`` clusters (a longer last run is cut there)."""
+        few = self._few_dirty_runs(first, max_runs, max_clusters)
+        if few is not None:
+            return few
         bits = self.bitmap.bits
         nbits = len(bits)
         raw = np.frombuffer(bits, dtype=np.uint8)
@@ -562,6 +577,32 @@ class BlockCopy:
             return np.zeros(zero.size, dtype=bool)
         nonzero = np.concatenate(([0], np.cumsum(run_v != 0)))
         return ~zero & (nonzero[ptr[1:]] == nonzero[ptr[:-1]])
+
+    def _few_dirty_runs(self, first: int, max_runs: int, max_clusters: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`_dirty_runs` by bitarray's own searches, when the answer has at most ``FEW_RUNS`` runs
+        (the usual case: numpy's per-call cost dwarfs the work then); None if it has more."""
+        bits = self.bitmap.bits
+        nbits = len(bits)
+        rs: list[int] = []
+        re: list[int] = []
+        total = 0
+        start = first
+        while len(rs) < FEW_RUNS:
+            end = bits.find(0, start)
+            if end < 0:
+                end = nbits
+            take = min(end - start, max_clusters - total)
+            rs.append(start)
+            re.append(start + take)
+            total += take
+            if total >= max_clusters or len(rs) >= max_runs:
+                break
+            start = bits.find(1, end)
+            if start < 0:
+                break
+        else:
+            return None
+        return np.array(rs, dtype=np.int64), np.array(re, dtype=np.int64)
 
     def _zeroes_keep_allocation(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> bool:
         """False if zero writes would reach clusters of a qcow2 target that hold something."""
