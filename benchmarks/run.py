@@ -481,7 +481,8 @@ async def _qsd_seed(mode: str, workdir: str) -> list[dict]:
         with contextlib.suppress(Exception):
             await qmp.execute("quit")
     finally:
-        await qmp.disconnect()
+        with contextlib.suppress(EOFError):  # the daemon may close the socket first after quit
+            await qmp.disconnect()
         try:
             await asyncio.wait_for(proc.wait(), 5)
         except TimeoutError:
