@@ -481,7 +481,7 @@ async def _qsd_seed(mode: str, workdir: str) -> list[dict]:
         with contextlib.suppress(Exception):
             await qmp.execute("quit")
     finally:
-        with contextlib.suppress(EOFError):  # the daemon may close the socket first after quit
+        with contextlib.suppress(EOFError, ConnectionError):  # the daemon may close the socket first after quit
             await qmp.disconnect()
         try:
             await asyncio.wait_for(proc.wait(), 5)
