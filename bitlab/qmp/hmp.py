@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import shlex
 from functools import lru_cache
 from typing import Any
 
 from ..block.blkdebug import BlockIOError
 from ..errors import QMPError, generic
-from ..units import parse_size
 from .commands import TABLE
+from .qemu_io import QemuIoError
+from .qemu_io import parse_qemu_io as parse_request
 from .types import HumanMonitorCommand
-
-
-class QemuIoError(Exception):
-    """A qemu-io command line that qemu-io itself would reject (printed, not raised over QMP)."""
 
 
 def _cvtstr(value: float) -> str:
@@ -37,67 +33,21 @@ def _report(verb: str, offset: int, length: int) -> str:
 
 
 def parse_qemu_io(command: str) -> tuple[str, dict]:
-    """Parse one qemu-io command: write [-P pat] [-z] OFF LEN, read [-P pat] OFF LEN, discard OFF LEN."""
-    verb, opts = _parse_qemu_io(command)
-    return verb, dict(opts)
-
-
-@lru_cache(maxsize=1024)
-def _parse_qemu_io(command: str) -> tuple[str, dict]:
-    """:func:`parse_qemu_io`, remembered per command line (a pure function of the text; callers get
-    a copy of the options). A rejected line raises every time."""
-    try:
-        words = shlex.split(command)
-    except ValueError:  # an unterminated quote: qemu-io itself splits at spaces and keeps quotes
-        words = command.split()
-    if not words:
-        raise QemuIoError("no command")
-    verb, rest = words[0], words[1:]
-    aliases = {"w": "write", "r": "read", "d": "discard"}
-    verb = aliases.get(verb, verb)
-    if verb == "flush":
-        if rest:
-            raise QemuIoError("bad number of arguments to flush")
-        return verb, {}
-    if verb not in ("write", "read", "discard"):
-        raise QemuIoError(f"command \"{words[0]}\" not found")
-    opts: dict = {}
-    positional: list[str] = []
-    i = 0
-    while i < len(rest):  # getopt: "-P 0x41", "-P0x41", "-zq"
-        word = rest[i]
-        if word.startswith("-") and len(word) > 1 and not word[1].isdigit():
-            flags = word[1:]
-            while flags:
-                flag, flags = flags[0], flags[1:]
-                if flag == "P" and verb in ("write", "read"):
-                    if not flags:
-                        i += 1
-                        if i >= len(rest):
-                            raise QemuIoError(f"{verb}: option requires an argument -- 'P'")
-                        flags = rest[i]
-                    try:
-                        opts["pattern"] = int(flags, 0)
-                    except ValueError:
-                        raise QemuIoError(f"non-numeric pattern -- {flags}") from None
-                    flags = ""
-                elif flag == "z" and verb == "write":
-                    opts["zero"] = True
-                elif flag in ("q", "u"):
-                    pass
-                else:
-                    raise QemuIoError(f"{verb}: invalid option -- '{flag}'")
-        else:
-            positional.append(word)
-        i += 1
-    if len(positional) != 2:
-        raise QemuIoError(f"bad number of arguments to {verb}")
-    try:
-        opts["offset"] = parse_size(positional[0])
-        opts["length"] = parse_size(positional[1])
-    except ValueError as err:
-        raise QemuIoError(str(err)) from None
-    return verb, opts
+    """One qemu-io command as ``(verb, options)``: ``offset``, ``length``, ``pattern``, ``zero``,
+    ``unmap``, ``quiet`` (what the real backend's NBD path takes). Raises :class:`QemuIoError`."""
+    req = parse_request(command)
+    if req.verb in ("flush", ""):
+        return req.verb, {}
+    opts: dict = {"offset": req.offset, "length": req.length}
+    if req.pattern is not None:
+        opts["pattern"] = req.pattern
+    if req.zero:
+        opts["zero"] = True
+    if req.unmap:
+        opts["unmap"] = True
+    if req.quiet:
+        opts["quiet"] = True
+    return req.verb, opts
 
 
 def run_qemu_io(vm: Any, device: str, command: str) -> str:
@@ -118,9 +68,12 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
                           f"an unnamed block device (uses node '{device}' as 'root' child) and unshared by "
                           f"node '{holder.node_name}' (uses node '{device}' as 'file' child).")
     try:
-        verb, opts = parse_qemu_io(command)
+        req = parse_request(command)
     except QemuIoError as err:
-        vm.console_err.append(f"{err}\n")  # qemu-io complains on stderr
+        vm.console_err.append(err.stderr)
+        return err.stdout
+    verb, offset, length = req.verb, req.offset, req.length
+    if verb == "":
         return ""
     if verb == "flush":
         try:
@@ -128,26 +81,27 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
         except BlockIOError:
             pass  # qemu-io 7.2 prints nothing when a flush fails
         return ""
-    offset, length = opts["offset"], opts["length"]
     if offset + length > node.size:
         return f"{verb} failed: Input/output error\n"
+    report = "" if req.quiet else _report({"write": "wrote"}.get(verb, verb), offset, length)
     try:
         if verb == "write":
-            if opts.get("zero"):
-                node.write_zeroes(offset, length)
+            if req.zero:
+                node.write_zeroes(offset, length, unmap=req.unmap)
             else:
-                node.write(offset, length, opts.get("pattern", 0xCD))
-            return _report("wrote", offset, length)
+                node.write(offset, length, 0xCD if req.pattern is None else req.pattern)
+            return report
         if verb == "discard":
             node.discard(offset, length)
-            return _report("discard", offset, length)
-        starts, ends, vals = node.pread(offset, length)
+            return report
+        starts, ends, vals = node.pread(offset + req.pattern_offset, req.pattern_count) if req.pattern is not None \
+            else node.pread(offset, length)
     except BlockIOError as err:
         return f"{verb} failed: {os.strerror(err.errno)}\n"
-    out = ""
-    if "pattern" in opts and (vals != opts["pattern"]).any():
-        out = f"Pattern verification failed at offset {offset}, {length} bytes\n"
-    return out + _report("read", offset, length)
+    if req.pattern is not None and req.pattern_count and (vals != req.pattern).any():
+        report = f"Pattern verification failed at offset {offset + req.pattern_offset}, {req.pattern_count} bytes\n" \
+            + report
+    return report
 
 
 def info_block(vm: Any) -> str:
@@ -240,4 +194,8 @@ def qmp_hmp(vm: Any, args: dict) -> str:
     except QMPError as err:
         prefix = "" if err.desc.startswith("Permission conflict") else "Error: "
         return f"{prefix}{err.desc}\r\n"
-    return ""
+    try:  # warn_report reaches the monitor: a hex size with a suffix
+        warnings = parse_request(words[1]).warnings
+    except QemuIoError:
+        warnings = ()
+    return "".join(f"warning: {text}\r\n" for text in warnings)

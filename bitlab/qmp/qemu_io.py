@@ -1,0 +1,234 @@
+"""qemu-io's command line, as QEMU 7.2's qemu-io-cmds.c reads it (for HMP ``qemu-io``).
+
+bitlab runs ``read``, ``write``, ``discard`` and ``flush`` (and their one-letter names). Their
+checks come in qemu-io's order with its texts, and on its streams: the argument count and
+getopt's complaints on stderr, the usage line and every other complaint on stdout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+BDRV_REQUEST_MAX_BYTES = 2147483136  # MIN(SIZE_MAX, INT_MAX) aligned down to the sector
+_I64_MAX = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class Command:
+    """One of qemu-io's commands: its names, argument counts, getopt letters (``:`` takes an
+    argument), usage text, and the letters bitlab does not simulate."""
+
+    name: str
+    altname: str
+    argmin: int
+    argmax: int  # -1: no limit
+    optstring: str
+    args: str
+    oneline: str
+    unsimulated: str = ""
+
+    @property
+    def usage(self) -> str:
+        return f"{self.name} {self.args} -- {self.oneline}\n" if self.args else f"{self.name} -- {self.oneline}\n"
+
+
+COMMANDS = {cmd.name: cmd for cmd in (
+    Command("read", "r", 2, -1, "bCl:pP:qs:v", "[-abCqv] [-P pattern [-s off] [-l len]] off len",
+            "reads a number of bytes at a specified offset", unsimulated="bCv"),
+    Command("write", "w", 2, -1, "bcCfnpP:qs:uz", "[-bcCfnquz] [-P pattern | -s source_file] off len",
+            "writes a number of bytes at a specified offset", unsimulated="bcCns"),
+    Command("discard", "d", 2, -1, "Cq", "[-Cq] off len", "discards a number of bytes at a specified offset",
+            unsimulated="C"),
+    Command("flush", "f", 0, 0, "", "", "flush all in-core file state to disk"),
+)}
+ALIASES = {cmd.altname: cmd for cmd in COMMANDS.values()}
+# qemu-io's other commands: they exist in QEMU, bitlab does not run them
+OTHER_COMMANDS = {"abort", "aio_flush", "aio_read", "aio_write", "alloc", "break", "help", "info", "length", "map",
+                  "readv", "remove_break", "reopen", "resume", "sigraise", "sleep", "truncate", "wait_break",
+                  "writev", "zone_append", "zone_close", "zone_finish", "zone_open", "zone_report", "zone_reset"}
+
+
+class QemuIoError(Exception):
+    """A command qemu-io refuses before any I/O: what it prints on stdout and on stderr."""
+
+    def __init__(self, stdout: str = "", stderr: str = "") -> None:
+        super().__init__((stderr + stdout).strip())
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed command: ``verb`` (read, write, discard, flush), its range and flags."""
+
+    verb: str
+    offset: int = 0
+    length: int = 0
+    pattern: int | None = None  # write: the byte written (0xcd if None); read: the byte verified
+    pattern_offset: int = 0  # read -s
+    pattern_count: int = 0  # read -l (the verified stretch)
+    zero: bool = False  # write -z
+    unmap: bool = False  # write -z -u
+    quiet: bool = False  # -q: no report lines
+    warnings: tuple[str, ...] = field(default=())  # warn_report texts (hex with a suffix)
+
+
+def _cvtnum_error(text: str, too_large: bool = False) -> QemuIoError:
+    if too_large:
+        return QemuIoError(f"Parsing error: argument too large -- {text}\n")
+    return QemuIoError(f"Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {text}\n")
+
+
+_NUMBER = re.compile(r"\+?(?:(0[xX][0-9a-fA-F]+)|(\d+)(?:\.(\d*))?)([bBkKmMgGtTpPeE]?)")
+_SHIFT = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+def cvtnum(text: str, warnings: list[str]) -> int:
+    """qemu-io's cvtnum (qemu_strtosz, at most INT64_MAX): bytes by default, binary suffixes, a
+    fraction only with a suffix, hex (with a suffix: accepted, with QEMU's deprecation warning)."""
+    m = _NUMBER.fullmatch(text)
+    if m is None:
+        raise _cvtnum_error(text)
+    hexa, whole, frac, suffix = m.groups()
+    mul = 1 << _SHIFT[suffix.lower()]
+    if hexa is not None:
+        value = int(hexa, 16) * mul
+        if suffix:
+            warnings.append(f"Using a multiplier suffix on hex numbers is deprecated: {text}")
+    else:
+        fraction = float("0." + frac) if frac else 0.0
+        if fraction and mul == 1:
+            raise _cvtnum_error(text)
+        value = int(whole) * mul + int(fraction * mul)
+    if value > _I64_MAX:
+        raise _cvtnum_error(text, too_large=True)
+    return value
+
+
+_STRTOL = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+
+
+def _pattern(text: str) -> int:
+    """parse_pattern: strtol with base 0 (hex, octal, decimal) over the whole word, one byte."""
+    value = -1
+    if _STRTOL.fullmatch(text):
+        body = text.lstrip("+-")
+        base = 16 if body[:2].lower() == "0x" else 8 if body.startswith("0") else 10
+        value = int(body, base) * (-1 if text.startswith("-") else 1)
+    if not 0 <= value <= 255:
+        raise QemuIoError(f"{text} is not a valid pattern byte\n")
+    return value
+
+
+def _getopt(cmd: Command, typed: str, words: list[str], args: list[str]) -> Iterator[tuple[str, str]]:
+    """GNU getopt, permuting: yields the options in order (the caller checks each as it comes) and
+    collects the other words in ``args``; ``--`` ends the options; a letter followed by ``:`` takes
+    the rest of its word or the next word. An unknown letter: getopt's complaint, then the usage."""
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--":
+            args += words[i + 1:]
+            return
+        if word.startswith("-") and len(word) > 1:
+            j = 1
+            while j < len(word):
+                letter = word[j]
+                k = cmd.optstring.find(letter)
+                if k < 0 or letter == ":":
+                    raise QemuIoError(cmd.usage, f"{typed}: invalid option -- '{letter}'\n")
+                if cmd.optstring[k + 1 : k + 2] == ":":
+                    if j + 1 < len(word):
+                        yield letter, word[j + 1:]
+                    elif i + 1 < len(words):
+                        i += 1
+                        yield letter, words[i]
+                    else:
+                        raise QemuIoError(cmd.usage, f"{typed}: option requires an argument -- '{letter}'\n")
+                    break
+                yield letter, ""
+                j += 1
+        else:
+            args.append(word)
+        i += 1
+
+
+def parse_qemu_io(line: str) -> Request:
+    """One qemu-io command line; raises :class:`QemuIoError` with qemu-io's output where it refuses."""
+    return _parse(line)
+
+
+@lru_cache(maxsize=1024)
+def _parse(line: str) -> Request:
+    """:func:`parse_qemu_io`, remembered per line (a pure function of the text; a refusal raises anew)."""
+    words = line.split()
+    if not words:
+        return Request("")
+    typed = words[0]
+    cmd = COMMANDS.get(typed) or ALIASES.get(typed)
+    if cmd is None:
+        if typed in OTHER_COMMANDS:
+            raise QemuIoError(stderr=f"bitlab's qemu-io runs read, write, discard and flush; "
+                                     f"\"{typed}\" is not simulated\n")
+        raise QemuIoError(stderr=f"command \"{typed}\" not found\n")
+    count = len(words) - 1
+    if count < cmd.argmin or (cmd.argmax != -1 and count > cmd.argmax):
+        expected = (f"at least {cmd.argmin}" if cmd.argmax == -1 else str(cmd.argmin) if cmd.argmin == cmd.argmax
+                    else f"between {cmd.argmin} and {cmd.argmax}")
+        raise QemuIoError(stderr=f"bad argument count {count} to {typed}, expected {expected} arguments\n")
+    if cmd.name == "flush":
+        return Request("flush")
+    args: list[str] = []
+    flags: dict[str, str] = {}
+    warnings: list[str] = []
+    pattern = None
+    pattern_offset = pattern_count = None
+    for letter, value in _getopt(cmd, typed, words[1:], args):  # each option is checked as it comes
+        if letter == "P":
+            pattern = _pattern(value)
+        elif letter == "s" and cmd.name == "read":
+            pattern_offset = cvtnum(value, warnings)
+        elif letter == "l":
+            pattern_count = cvtnum(value, warnings)
+        flags[letter] = value
+    if len(args) != 2:
+        raise QemuIoError(cmd.usage)
+    if cmd.name == "write":
+        _write_checks(flags)
+    offset = cvtnum(args[0], warnings)
+    length = cvtnum(args[1], warnings)
+    if length > BDRV_REQUEST_MAX_BYTES:
+        tail = " without -n" if cmd.name == "write" else ""
+        raise QemuIoError(f"length cannot exceed {BDRV_REQUEST_MAX_BYTES}{tail}, given {args[1]}\n")
+    if cmd.name == "read":
+        if (pattern_count is not None or pattern_offset is not None) and pattern is None:
+            raise QemuIoError(cmd.usage)
+        pattern_offset = pattern_offset or 0
+        if pattern_count is None:
+            pattern_count = length - pattern_offset
+        if pattern_count < 0 or pattern_count + pattern_offset > length:
+            raise QemuIoError("pattern verification range exceeds end of read data\n")
+    unsimulated = [letter for letter in flags if letter in cmd.unsimulated]
+    if unsimulated:
+        raise QemuIoError(stderr=f"bitlab's qemu-io does not simulate {cmd.name} -{unsimulated[0]}\n")
+    return Request(cmd.name, offset, length, pattern, pattern_offset or 0,
+                   length if pattern_count is None else pattern_count, zero="z" in flags,
+                   unmap="u" in flags, quiet="q" in flags, warnings=tuple(warnings))
+
+
+def _write_checks(flags: dict[str, str]) -> None:
+    """write_f's checks of its flags, in its order."""
+    zero = "z" in flags
+    if "b" in flags and zero:
+        raise QemuIoError("-b and -z cannot be specified at the same time\n")
+    if "f" in flags and ("b" in flags or "c" in flags):
+        raise QemuIoError("-f and -b or -c cannot be specified at the same time\n")
+    if "n" in flags and not zero:
+        raise QemuIoError("-n requires -z to be specified\n")
+    if "u" in flags and not zero:
+        raise QemuIoError("-u requires -z to be specified\n")
+    if zero + ("P" in flags) + ("s" in flags) > 1:
+        raise QemuIoError("Only one of -z, -P, and -s can be specified at the same time\n")
