@@ -66,12 +66,7 @@ def _shape(full: dict, drop: set, extra: dict, roll: int, members) -> dict:
 
 
 def generic(cmd, args):
-    visitor = Visitor()
-    if cmd.args is None:
-        return visitor.visit_struct((), args, "", frozenset())
-    if isinstance(cmd.args, Union_):
-        return visitor.visit(cmd.args, args, None, "")
-    return visitor.visit_struct(cmd.args.all_members(), args, "", cmd.args.member_names)
+    return TABLE.visit_args(cmd, args)
 
 
 def same(a, b) -> bool:

@@ -55,7 +55,11 @@ class CommandTable:
         try:
             return cmd.checker(args)
         except NotFast:
-            pass
+            return self.visit_args(cmd, args)
+
+    @staticmethod
+    def visit_args(cmd: Command, args: dict) -> dict:
+        """The arguments through QEMU's input visitor (every error, with its text)."""
         visitor = Visitor()
         if cmd.args is None:
             return visitor.visit_struct((), args, "", frozenset())
