@@ -248,7 +248,9 @@ class Machine(GuestIO, Monitor):
     def write_batch(self, node: str, offsets: Any, lengths: Any, patterns: Any = 0xCD) -> None:
         """Many guest writes at once, applied in order, straight to the engine (no QMP).
 
-        ``offsets`` and ``lengths`` are arrays (or scalars) of bytes; millions are fine.
+        ``offsets`` and ``lengths`` are arrays (or scalars) of bytes; millions are fine. Bytes are
+        stored as given: a node's ``detect-zeroes`` does not turn zero patterns into zero writes here
+        (``vm.write`` does, as QEMU does per request).
         """
         target = self._node(node)
         offs = np.asarray(offsets, dtype=np.int64)
