@@ -15,7 +15,10 @@ import math
 import os
 import socket
 import struct
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 NBD_MAGIC = 0x4E42444D41474943  # "NBDMAGIC"
@@ -35,6 +38,7 @@ INFO_BLOCK_SIZE = 3
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 6
 CMD_FLAG_NO_HOLE = 1 << 1
 
+UNIX_PATH_MAX = 108  # sizeof(sun_path), the terminating NUL included
 MAX_PAYLOAD = 32 << 20  # QEMU's NBD_MAX_BUFFER_SIZE: the most a READ or WRITE may carry
 MAX_LENGTH = 1 << 30  # chunk size of TRIM and WRITE_ZEROES (the length field is 32-bit)
 
@@ -56,11 +60,24 @@ def _connect(address: Address, timeout: float) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(address)
+        with reachable(address) as path:
+            sock.connect(path)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+@contextmanager
+def reachable(path: str) -> Iterator[str]:
+    """A name to connect to the unix socket ``path`` by: itself, or for a name too long for a socket
+    address (QEMU bound it relative to its own directory) a short symlink to it, while in use."""
+    if len(os.fsencode(path)) < UNIX_PATH_MAX or path.startswith("\0"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        os.symlink(path, os.path.join(folder, "s"))
+        yield os.path.join(folder, "s")
 
 
 class NBDClient:

@@ -72,6 +72,10 @@ EXPORT_PREFIX = PRIVATE_PREFIX + "guest-"  # id and name of the export of a node
 BITMAP_EXPORT = PRIVATE_PREFIX + "bitmap"  # id and name of the export that dirty_bitmap reads
 BITMAP_KEY = "#bitmap"  # its key in QemuMachine._exports (no node can be named so)
 NBD_EXPORTERS = {"block-export-add", "nbd-server-add"}  # commands that need a running NBD server
+# Commands whose permission checks the backend's exports (writable, never sharing resize) would change:
+# they run with those exports out of the way, as on a QEMU without them.
+PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "blockdev-mirror", "drive-mirror",
+                       "block-commit", "block-stream"}
 CHILD_KEYS = {"file", "backing", "data-file", "image", "raw", "test", "target", "children"}
 
 
@@ -382,6 +386,12 @@ class QemuMachine(GuestIO, Monitor):
                 return self._blockdev_del(message)
         if name in ("nbd-server-start", "nbd-server-stop") or name in NBD_EXPORTERS:
             return self._nbd_server_command(message)
+        if name in PERMISSION_COMMANDS and self._exports:
+            moved = self._stand_aside(server=False)
+            try:
+                return self._send(message)
+            finally:
+                self._come_back(moved)
         if name in NOTED_COMMANDS:
             self._collect()
         events_at = len(self.events)
@@ -488,11 +498,11 @@ class QemuMachine(GuestIO, Monitor):
             self._server, self._users_server = self._nbd_sock, False
         return self._server
 
-    def _stand_aside(self) -> dict[str, str | None]:
-        """Remove the backend's exports, and its own server: QEMU then is as the user left it.
-        Returns where each export was attached, for :meth:`_come_back`."""
+    def _stand_aside(self, *, server: bool = True) -> dict[str, str | None]:
+        """Remove the backend's exports, and (``server``) its own server: QEMU then is as the user
+        left it. Returns where each export was attached, for :meth:`_come_back`."""
         moved = {node: self._unexport(node) for node in list(self._exports)}
-        if self._server is not None and not self._users_server:
+        if server and self._server is not None and not self._users_server:
             self._helper("nbd-server-stop")
             self._server = None
         return moved
@@ -689,10 +699,11 @@ class QemuMachine(GuestIO, Monitor):
             reply_value(reply)
             self._exports[BITMAP_KEY] = BITMAP_EXPORT
             try:
-                where = (f"server.type=unix,server.path={server}" if isinstance(server, str) else
-                         f"server.type=inet,server.host={server[0]},server.port={server[1]}")
-                opts = f"driver=nbd,{where},export={BITMAP_EXPORT},x-dirty-bitmap=qemu:dirty-bitmap:{name}"
-                extents = json.loads(self.qemu_img("map", "--output=json", "--image-opts", opts))
+                with nbd.reachable(server if isinstance(server, str) else "") as path:
+                    where = (f"server.type=unix,server.path={path}" if isinstance(server, str) else
+                             f"server.type=inet,server.host={server[0]},server.port={server[1]}")
+                    opts = f"driver=nbd,{where},export={BITMAP_EXPORT},x-dirty-bitmap=qemu:dirty-bitmap:{name}"
+                    extents = json.loads(self.qemu_img("map", "--output=json", "--image-opts", opts))
             finally:
                 self._unexport(BITMAP_KEY)
         finally:

@@ -9,11 +9,16 @@ must be the same, and the real backend must still reproduce what the bare QEMU r
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bitlab import Machine
+from bitlab.backends.qemu import QSD
 from bitlab.conformance import compare_jobs, normalise, run_step
 from bitlab.errors import QMPError
 
@@ -217,3 +222,99 @@ def test_dirty_bitmap_reads_over_the_users_server():
         vm.qmp("nbd-server-stop")
         assert vm.dirty_bitmap("d0", "b").count == 65536
         assert [ev for ev in vm.events if ev["event"] == "BLOCK_EXPORT_DELETED"] == []
+
+
+# -- permission answers: the backend's exports stand aside --------------------------------------------
+
+
+class BareQemu:
+    """A qemu-storage-daemon with nothing of bitlab's: the judge of what a user must see."""
+
+    def __init__(self, workdir: Path) -> None:
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        self.workdir = workdir
+        sock = str(workdir / "bare.sock")
+        self.proc = subprocess.Popen([QSD, "--chardev", f"socket,id=m,path={sock},server=on,wait=off",
+                                      "--monitor", "chardev=m"], cwd=workdir, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.qmp = QEMUMonitorProtocol(sock)
+        for _ in range(5000):
+            if os.path.exists(sock):
+                break
+            self.proc.wait(0.001) if self.proc.poll() is not None else time.sleep(0.001)
+        self.qmp.connect()
+
+    def execute(self, message: dict) -> dict:
+        return self.qmp.cmd_obj(message)
+
+    def qemu_img(self, *args: str) -> str:
+        return subprocess.run(["qemu-img", *args], cwd=self.workdir, check=True, capture_output=True,
+                              text=True).stdout
+
+    def close(self) -> None:
+        for call in (lambda: self.qmp.cmd_obj({"execute": "quit"}), self.qmp.close):
+            try:
+                call()
+            except EOFError:  # QEMU may close the socket before its reply is read
+                pass
+        self.proc.wait(10)
+
+
+def permission_steps(vm: Any) -> list[dict]:
+    """Commands whose permission checks a hidden writable export (sharing no resize) would change,
+    with a user's export present too."""
+    vm.qemu_img("create", "-f", "qcow2", "d0.qcow2", "4M")
+    vm.qemu_img("create", "-f", "qcow2", "d1.qcow2", "4M")
+    steps = [
+        {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "d0", "file": {
+            "driver": "file", "node-name": "f0", "filename": "d0.qcow2"}}},
+        {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "d1", "file": {
+            "driver": "file", "node-name": "f1", "filename": "d1.qcow2"}}},
+        {"execute": "block_resize", "arguments": {"node-name": "d0", "size": 8 << 20}},
+        {"execute": "blockdev-reopen", "arguments": {"options": [{"driver": "qcow2", "node-name": "d0",
+                                                                  "read-only": True, "file": "f0"}]}},
+        {"execute": "blockdev-reopen", "arguments": {"options": [{"driver": "qcow2", "node-name": "d0",
+                                                                  "read-only": False, "file": "f0"}]}},
+        {"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": "u.sock"}}}},
+        {"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e1", "node-name": "d1",
+                                                      "writable": True}},
+        {"execute": "block_resize", "arguments": {"node-name": "d1", "size": 8 << 20}},
+        {"execute": "block_resize", "arguments": {"node-name": "d0", "size": 16 << 20}},
+        {"execute": "blockdev-del", "arguments": {"node-name": "d1"}},
+        {"execute": "block-export-del", "arguments": {"id": "e1"}},
+        {"execute": "query-block-exports"},
+        {"execute": "blockdev-del", "arguments": {"node-name": "d1"}},
+        {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
+    ]
+    return [vm.execute(message) for message in steps]
+
+
+def test_permission_answers_are_a_bare_qemus(tmp_path: Path) -> None:
+    bare = BareQemu(tmp_path)
+    try:
+        want = permission_steps(bare)
+    finally:
+        bare.close()
+    with Machine(backend="qemu") as vm:
+        vm.qemu_img("create", "-f", "qcow2", "x.qcow2", "1M")
+        got = permission_steps(vm)
+        assert vm.write("d0", 0, 65536).startswith("wrote 65536/65536")  # guest I/O still works
+    got, want = g._subst(got, vm.workdir, "WORKDIR"), g._subst(want, str(tmp_path), "WORKDIR")
+    assert normalise(got) == normalise(want)
+    assert got[2] == {"return": {}} and got[3] == {"return": {}}  # a hidden export shares no resize, holds write
+
+
+def test_guest_io_over_a_users_server_on_a_long_socket_name():
+    """QEMU binds a relative unix socket name in its directory: 100 characters there are fine for it,
+    and guest I/O still reaches the server although the absolute name is too long for a socket."""
+    name = "s" * 96 + ".sok"
+    with Machine(backend="qemu") as vm:
+        add_qcow2(vm, "d0")
+        assert len(os.path.join(vm.workdir, name)) > 108
+        vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": name}}})
+        assert vm.write("d0", 0, 512, 0x41).startswith("wrote 512/512")
+        assert vm.read("d0", 0, 512, 0x41).startswith("read 512/512")
+        vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b"})
+        vm.write("d0", 65536, 512)
+        assert vm.dirty_bitmap("d0", "b").count == 65536  # read by qemu-img over the same server
