@@ -327,6 +327,7 @@ class QemuMachine(GuestIO, Monitor):
             if not kill:
                 try:
                     self._qmp.cmd_obj({"execute": "quit"})
+                    self._collect()  # what QEMU sent before its reply (a user's exports, deleted)
                 except Exception:  # noqa: BLE001 - it may already be gone
                     pass
             try:

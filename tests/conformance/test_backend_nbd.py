@@ -318,3 +318,30 @@ def test_guest_io_over_a_users_server_on_a_long_socket_name():
         vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b"})
         vm.write("d0", 65536, 512)
         assert vm.dirty_bitmap("d0", "b").count == 65536  # read by qemu-img over the same server
+
+
+def restart_with_an_export(vm: Any, clean: bool) -> list[Any]:
+    add_qcow2(vm, "drive0", "64M")
+    vm.write("drive0", 0, 512)
+    vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b0", "persistent": True, "disabled": True})
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "e0", "node-name": "drive0", "bitmaps": ["b0"]})
+    new = vm.restart(clean=clean)
+    out = [[(ev["event"], ev["data"]) for ev in vm.events], new.qmp("query-block-exports")]
+    new.qmp("blockdev-add", {"driver": "qcow2", "node-name": "drive0",
+                             "file": {"driver": "file", "filename": "drive0.qcow2"}})
+    nodes = new.qmp("query-named-block-nodes", {"flat": True})
+    out.append([(bm["name"], bm["busy"]) for bm in nodes[0].get("dirty-bitmaps", [])])
+    out += [new.execute({"execute": "nbd-server-stop"}), new.write("drive0", 0, 512)]
+    return out
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_restart_with_a_users_export(clean: bool) -> None:
+    """A clean restart quits: the user's export is deleted with its event (and nothing of the
+    backend's shows); after either restart no server runs, and guest I/O works."""
+    with Machine(backend="qemu") as vm:
+        real = restart_with_an_export(vm, clean)
+    assert normalise(real) == normalise(restart_with_an_export(Machine(), clean))
+    assert real[0] == ([("BLOCK_EXPORT_DELETED", {"id": "e0"})] if clean else [])
+    assert real[3]["error"]["desc"] == "NBD server not running" and real[4].startswith("wrote 512/512")
