@@ -14,16 +14,26 @@ simulator's methods: ``qmp``, ``execute``, ``events``, ``write``/``discard``/``r
   one request, like HMP ``qemu-io`` on a node name; an NBD export never shares the resize
   permission, though, so the file node under a format node cannot be reached even to read
   (QEMU's permission conflict), where HMP ``qemu-io`` can read it.
+
+The backend's NBD plumbing is invisible. Its exports' ids and names begin with ``bitlab-``
+(reserved), ``query-block-exports`` and ``BLOCK_EXPORT_DELETED`` leave them out, and commands
+whose answers they would change run with them out of the way: ``blockdev-add`` of a parent,
+``blockdev-del``, and the permission-checking :data:`PERMISSION_COMMANDS`. QEMU has one NBD
+server: the backend starts its own (``nbd-server-start`` on ``<workdir>/.nbd.sock``) only when
+it needs one and no server runs. A user's ``nbd-server-start`` / ``-stop`` and NBD
+``block-export-add`` / ``nbd-server-add`` are answered as on a QEMU without the backend's
+server and exports (they are removed for the command and come back after it); a server the
+user starts is used by the backend too, and when the user stops it (QEMU deletes the user's
+exports, with their events) the backend's exports come back on a server of its own.
 - **the system emulator** (``daemon="system"``): ``qemu-system-x86_64 -M none``, headless,
   with ``-drive`` devices added through HMP ``drive_add`` and guest I/O through HMP
   ``qemu-io``.
 
 ``daemon="auto"`` (the default; ``BITLAB_QEMU_DAEMON`` may set another) starts nothing until
 first use: ``add_drive`` or HMP first starts the system emulator, anything else
-qemu-storage-daemon. The backend's own helper commands (exports, job polls, lookups) are
-kept out of ``transcript`` (they are listed in ``backstage``), and their
-``BLOCK_EXPORT_DELETED`` events out of ``events``. It always stops its own QEMU (QMP
-``quit``, then SIGKILL of only its own PID).
+qemu-storage-daemon. The backend's own helper commands (exports, its server, job polls,
+lookups) are kept out of ``transcript`` (they are listed in ``backstage``). It always stops
+its own QEMU (QMP ``quit``, then SIGKILL of only its own PID).
 
 qemu-io's report lines carry real timings on both daemons; bitlab's simulator prints
 ``00.00 sec (inf bytes/sec and inf ops/sec)`` instead.
