@@ -283,8 +283,8 @@ class QemuMachine(GuestIO, Monitor):
         # setpriv --pdeathsig: QEMU gets SIGTERM (its clean quit) when the thread that started it dies, so a
         # Jupyter kernel that is killed (nbval stops kernels with SIGKILL) leaves no QEMU behind
         guard = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
-        if self.kind == "qsd":  # with the backend's NBD server: without it, 2 in 400 runs of the random
-            # scenarios here saw qemu-storage-daemon 7.2 abort in its first blockdev-add ("free(): invalid next size")
+        if self.kind == "qsd":  # with the backend's NBD server: without it, 7 in 800 random scenarios (two run at
+            # once) lost qemu-storage-daemon 7.2 at its first commands, once with "free(): invalid next size (fast)"
             return [*guard, QSD, "--chardev", chardev, "--monitor", "chardev=qmp0",
                     "--nbd-server", f"addr.type=unix,addr.path={self._nbd_sock}"]
         argv = [SYSTEM, "-M", "none", "-nodefaults", "-display", "none", "-accel", "tcg",
