@@ -14,17 +14,6 @@ simulator's methods: ``qmp``, ``execute``, ``events``, ``write``/``discard``/``r
   one request, like HMP ``qemu-io`` on a node name; an NBD export never shares the resize
   permission, though, so the file node under a format node cannot be reached even to read
   (QEMU's permission conflict), where HMP ``qemu-io`` can read it.
-
-The backend's NBD plumbing is invisible. Its exports' ids and names begin with ``bitlab-``
-(reserved), ``query-block-exports`` and ``BLOCK_EXPORT_DELETED`` leave them out, and commands
-whose answers they would change run with them out of the way: ``blockdev-add`` of a parent,
-``blockdev-del``, and the permission-checking :data:`PERMISSION_COMMANDS`. QEMU has one NBD
-server: the backend's own listens on ``<workdir>/.nbd.sock`` (qemu-storage-daemon starts with
-it; otherwise it is started when needed and no server runs). A user's ``nbd-server-start`` / ``-stop`` and NBD
-``block-export-add`` / ``nbd-server-add`` are answered as on a QEMU without the backend's
-server and exports (they are removed for the command and come back after it); a server the
-user starts is used by the backend too, and when the user stops it (QEMU deletes the user's
-exports, with their events) the backend's exports come back on a server of its own.
 - **the system emulator** (``daemon="system"``): ``qemu-system-x86_64 -M none``, headless,
   with ``-drive`` devices added through HMP ``drive_add`` and guest I/O through HMP
   ``qemu-io``.
@@ -34,6 +23,17 @@ first use: ``add_drive`` or HMP first starts the system emulator, anything else
 qemu-storage-daemon. The backend's own helper commands (exports, its server, job polls,
 lookups) are kept out of ``transcript`` (they are listed in ``backstage``). It always stops
 its own QEMU (QMP ``quit``, then SIGKILL of only its own PID).
+
+The backend's NBD plumbing is invisible. Its exports' ids and names begin with ``bitlab-``
+(reserved), ``query-block-exports`` and ``BLOCK_EXPORT_DELETED`` leave them out, and commands
+whose answers they would change run with them out of the way: ``blockdev-add`` of a parent,
+``blockdev-del``, and the permission-checking :data:`PERMISSION_COMMANDS`. QEMU has one NBD
+server: the backend's own listens on ``<workdir>/.nbd.sock`` (qemu-storage-daemon starts with
+it; otherwise it is started when needed and no server runs). A user's ``nbd-server-start`` /
+``-stop`` and NBD ``block-export-add`` / ``nbd-server-add`` are answered as on a QEMU without
+the backend's server and exports (they are removed for the command and come back after it); a server the
+user starts is used by the backend too, and when the user stops it (QEMU deletes the user's
+exports, with their events) the backend's exports come back on a server of its own.
 
 qemu-io's report lines carry real timings on both daemons; bitlab's simulator prints
 ``00.00 sec (inf bytes/sec and inf ops/sec)`` instead.
@@ -557,15 +557,27 @@ class QemuMachine(GuestIO, Monitor):
         return reply
 
     def _address(self, args: dict) -> nbd.Address:
-        """Where the user's NBD server listens (``nbd-server-start``'s ``addr``)."""
+        """Where the user's NBD server listens (``nbd-server-start``'s ``addr``); "" where bitlab's
+        client cannot connect (a vsock address)."""
         addr = args["addr"]
         data = addr.get("data", {})
         if addr.get("type") == "unix":
             return "\0" + data["path"] if data.get("abstract") else os.path.join(self.workdir, data["path"])
         if addr.get("type") == "inet":
-            port = int(data["port"]) if str(data["port"]).isdigit() else socket.getservbyname(data["port"])
-            return data["host"], port or self._listening_port()
-        raise QMPError(f"bitlab's guest I/O cannot reach an NBD server on a {addr.get('type')} address")
+            try:
+                port = int(data["port"]) if str(data["port"]).isdigit() else socket.getservbyname(data["port"])
+                return data["host"], port or self._listening_port()
+            except (OSError, RuntimeError):
+                return ""
+        return ""
+
+    def _reachable_server(self) -> nbd.Address:
+        """The running NBD server's address for bitlab's own clients (one started if none runs)."""
+        server = self._own_server()
+        if not server:
+            raise RuntimeError("bitlab's guest I/O cannot reach the NBD server you started (only unix "
+                               "sockets and TCP are supported); stop it with nbd-server-stop")
+        return server
 
     def _listening_port(self) -> int:
         """The TCP port QEMU chose for ``"port": "0"`` (the kernel's table of its listening sockets)."""
@@ -704,7 +716,7 @@ class QemuMachine(GuestIO, Monitor):
                          disabled=not flags["recording"], busy=flags["busy"], persistent=flags["persistent"],
                          inconsistent=flags.get("inconsistent", False))
         had_server = self._server is not None
-        server = self._own_server()
+        server = self._reachable_server()
         export = {"type": "nbd", "id": BITMAP_EXPORT, "node-name": node, "name": BITMAP_EXPORT,
                   "writable": not bm.disabled, "bitmaps": [name]}
         try:
@@ -791,7 +803,7 @@ class QemuMachine(GuestIO, Monitor):
             if failed is not None:
                 reply_value(failed)
         try:
-            return nbd.qemu_io(self._own_server(), EXPORT_PREFIX + node, verb, opts, self.timeout)
+            return nbd.qemu_io(self._reachable_server(), EXPORT_PREFIX + node, verb, opts, self.timeout)
         finally:
             if temporary:
                 self._unexport(node)
