@@ -208,9 +208,11 @@ def test_stopping_the_users_server_during_a_backup():
     assert real[-1] == [("BLOCK_EXPORT_DELETED", {"id": "pull"})]
 
 
-def test_dirty_bitmap_reads_over_the_users_server():
-    """dirty_bitmap's own export goes on the user's server when one runs, and leaves nothing behind."""
-    with Machine(backend="qemu") as vm:
+@pytest.mark.parametrize("daemon", ["qsd", "system"])
+def test_dirty_bitmap_reads_over_the_users_server(daemon: str) -> None:
+    """dirty_bitmap's own export goes on the user's server when one runs, and leaves nothing behind
+    (the system emulator has no server of its own until dirty_bitmap needs one)."""
+    with Machine(backend="qemu", daemon=daemon) as vm:
         add_qcow2(vm, "d0")
         vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b"})
         vm.write("d0", 65536, 65536)
