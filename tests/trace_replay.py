@@ -97,9 +97,10 @@ def commands(mode: str) -> list[tuple[str, object]]:
             if kind != "cmd" or item[0] not in SKIP]  # type: ignore[index]
 
 
-def replay(mode: str) -> tuple[Machine, dict[str, dict]]:
-    """Run the trace's commands on a Machine; return per step: bitmaps and job sequences."""
-    vm = Machine()
+def replay(mode: str, vm: Machine | None = None) -> tuple[Machine, dict[str, dict]]:
+    """Run the trace's commands on ``vm`` (a new simulator by default); return per step: bitmaps and
+    job sequences."""
+    vm = Machine() if vm is None else vm
     size = str(load_config(mode)["image_size"])
     steps: dict[str, dict] = {}
     step, first_event, summary = None, 0, Summary()
@@ -112,7 +113,8 @@ def replay(mode: str) -> tuple[Machine, dict[str, dict]]:
             if execute == "blockdev-add":
                 file = args["file"]
                 filename = file.get("filename") or file["image"]["filename"]
-                if filename not in vm.images:
+                made = filename in vm.images if hasattr(vm, "images") else Path(vm.workdir, filename).exists()
+                if not made:
                     vm.qemu_img("create", "-f", "qcow2", filename, size)
             message = {"execute": execute}
             if args is not None:

@@ -15,7 +15,10 @@ import math
 import os
 import socket
 import struct
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 NBD_MAGIC = 0x4E42444D41474943  # "NBDMAGIC"
@@ -35,6 +38,7 @@ INFO_BLOCK_SIZE = 3
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 6
 CMD_FLAG_NO_HOLE = 1 << 1
 
+UNIX_PATH_MAX = 108  # sizeof(sun_path), the terminating NUL included
 MAX_PAYLOAD = 32 << 20  # QEMU's NBD_MAX_BUFFER_SIZE: the most a READ or WRITE may carry
 MAX_LENGTH = 1 << 30  # chunk size of TRIM and WRITE_ZEROES (the length field is 32-bit)
 
@@ -47,22 +51,50 @@ class NBDError(OSError):
     """The NBD server refused the connection or broke the protocol."""
 
 
+Address = str | tuple[str, int]  # a unix socket's path, or (host, port) of a TCP socket
+
+
+def _connect(address: Address, timeout: float) -> socket.socket:
+    if isinstance(address, tuple):
+        return socket.create_connection(address, timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with reachable(address) as path:
+            sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@contextmanager
+def reachable(path: str) -> Iterator[str]:
+    """A name to connect to the unix socket ``path`` by: itself, or for a name too long for a socket
+    address (QEMU bound it relative to its own directory) a short symlink to it, while in use."""
+    if len(os.fsencode(path)) < UNIX_PATH_MAX or path.startswith("\0"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        os.symlink(path, os.path.join(folder, "s"))
+        yield os.path.join(folder, "s")
+
+
 class NBDClient:
-    """One NBD connection to a named export on a unix socket.
+    """One NBD connection to a named export on a unix socket (a path) or TCP (host, port).
 
     The request methods return a host errno (0 on success); they never send a flush of
     their own. ``size`` is the export's size in bytes.
     """
 
-    def __init__(self, path: str, export: str, timeout: float = 30.0) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def __init__(self, address: Address, export: str, timeout: float = 30.0) -> None:
+        self._sock = _connect(address, timeout)
         self._sock.settimeout(timeout)
         self._handle = 0
         self.size = 0
         self.flags = 0
         self.max_payload = MAX_PAYLOAD
         try:
-            self._sock.connect(path)
             self._handshake(export)
         except BaseException:
             self._sock.close()
@@ -205,14 +237,14 @@ def report(verb: str, offset: int, length: int, seconds: float) -> str:
             f"{cvtstr(length)}, 1 ops; {timestr(seconds)} ({cvtstr(rate)}/sec and {ops:.4f} ops/sec)\n")
 
 
-def qemu_io(path: str, export: str, verb: str, opts: dict, timeout: float = 30.0) -> str:
+def qemu_io(address: Address, export: str, verb: str, opts: dict, timeout: float = 30.0) -> str:
     """Run one parsed qemu-io command (``bitlab.qmp.hmp.parse_qemu_io``) over NBD; its output.
 
     ``write`` (``pattern``, or ``zero``), ``read`` (``pattern`` verified), ``discard`` and
     ``flush``; none of them flushes except ``flush``. A range past the end fails with EIO
     before anything is sent, as qemu-io's own bounds check does.
     """
-    with NBDClient(path, export, timeout) as nbd:
+    with NBDClient(address, export, timeout) as nbd:
         if verb == "flush":
             err = nbd.flush()
             return f"flush failed: {os.strerror(err)}\n" if err else ""

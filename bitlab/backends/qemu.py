@@ -20,10 +20,20 @@ simulator's methods: ``qmp``, ``execute``, ``events``, ``write``/``discard``/``r
 
 ``daemon="auto"`` (the default; ``BITLAB_QEMU_DAEMON`` may set another) starts nothing until
 first use: ``add_drive`` or HMP first starts the system emulator, anything else
-qemu-storage-daemon. The backend's own helper commands (exports, job polls, lookups) are
-kept out of ``transcript`` (they are listed in ``backstage``), and their
-``BLOCK_EXPORT_DELETED`` events out of ``events``. It always stops its own QEMU (QMP
-``quit``, then SIGKILL of only its own PID).
+qemu-storage-daemon. The backend's own helper commands (exports, its server, job polls,
+lookups) are kept out of ``transcript`` (they are listed in ``backstage``). It always stops
+its own QEMU (QMP ``quit``, then SIGKILL of only its own PID).
+
+The backend's NBD plumbing is invisible. Its exports' ids and names begin with ``bitlab-``
+(reserved), ``query-block-exports`` and ``BLOCK_EXPORT_DELETED`` leave them out, and commands
+whose answers they would change run with them out of the way: ``blockdev-add`` of a parent,
+``blockdev-del``, and the permission-checking :data:`PERMISSION_COMMANDS`. QEMU has one NBD
+server: the backend's own listens on ``<workdir>/.nbd.sock`` (qemu-storage-daemon starts with
+it; otherwise it is started when needed and no server runs). A user's ``nbd-server-start`` /
+``-stop`` and NBD ``block-export-add`` / ``nbd-server-add`` are answered as on a QEMU without
+the backend's server and exports (they are removed for the command and come back after it); a server the
+user starts is used by the backend too, and when the user stops it (QEMU deletes the user's
+exports, with their events) the backend's exports come back on a server of its own.
 
 qemu-io's report lines carry real timings on both daemons; bitlab's simulator prints
 ``00.00 sec (inf bytes/sec and inf ops/sec)`` instead.
@@ -37,6 +47,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -66,7 +77,15 @@ PACKAGE_OF = {QSD: "qemu-system-common", SYSTEM: "qemu-system-x86", "qemu-img": 
               "qemu-io": "qemu-utils"}
 PACKAGES = "qemu-system-x86 qemu-system-common qemu-utils"  # everything both daemons need
 SETTLED = ("concluded", "pending", "paused")
-EXPORT_PREFIX = "bitlab-guest-"  # ids of the backend's own NBD exports
+PRIVATE_PREFIX = "bitlab-"  # export ids and names reserved for the backend's own NBD exports
+EXPORT_PREFIX = PRIVATE_PREFIX + "guest-"  # id and name of the export of a node for guest I/O
+BITMAP_EXPORT = PRIVATE_PREFIX + "bitmap"  # id and name of the export that dirty_bitmap reads
+BITMAP_KEY = "#bitmap"  # its key in QemuMachine._exports (no node can be named so)
+NBD_EXPORTERS = {"block-export-add", "nbd-server-add"}  # commands that need a running NBD server
+# Commands whose permission checks the backend's exports (writable, never sharing resize) would change:
+# they run with those exports out of the way, as on a QEMU without them.
+PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "blockdev-mirror", "drive-mirror",
+                       "block-commit", "block-stream"}
 CHILD_KEYS = {"file", "backing", "data-file", "image", "raw", "test", "target", "children"}
 
 
@@ -113,6 +132,11 @@ def _child_refs(value: Any, key: str = "") -> list[str]:
     if isinstance(value, list):
         return [name for v in value for name in _child_refs(v, key)]
     return [value] if isinstance(value, str) and key in CHILD_KEYS else []
+
+
+def _private(export_id: object) -> bool:
+    """Whether an export id is one of the backend's own (hidden from the user)."""
+    return isinstance(export_id, str) and export_id.startswith(PRIVATE_PREFIX)
 
 
 _LIVE: weakref.WeakSet[QemuMachine] = weakref.WeakSet()
@@ -213,7 +237,9 @@ class QemuMachine(GuestIO, Monitor):
         self._proc: subprocess.Popen | None = None
         self._qmp: Any = None
         self._closed = False
-        self._exports: dict[str, str] = {}  # export name (= the node addressed) -> export id
+        self._exports: dict[str, str] = {}  # the node addressed -> id (= NBD name) of the backend's export
+        self._server: nbd.Address | None = None  # where QEMU's one NBD server listens, if it runs
+        self._users_server = False  # whether it was started by the user (else by the backend)
         self._out = Path(self.workdir, ".qemu.out")
         self._out_pos = 0
         self._nbd_sock = os.path.join(self.workdir, ".nbd.sock")
@@ -257,7 +283,8 @@ class QemuMachine(GuestIO, Monitor):
         # setpriv --pdeathsig: QEMU gets SIGTERM (its clean quit) when the thread that started it dies, so a
         # Jupyter kernel that is killed (nbval stops kernels with SIGKILL) leaves no QEMU behind
         guard = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
-        if self.kind == "qsd":
+        if self.kind == "qsd":  # with the backend's NBD server: without it, 7 in 800 random scenarios (two run at
+            # once) lost qemu-storage-daemon 7.2 at its first commands, once with "free(): invalid next size (fast)"
             return [*guard, QSD, "--chardev", chardev, "--monitor", "chardev=qmp0",
                     "--nbd-server", f"addr.type=unix,addr.path={self._nbd_sock}"]
         argv = [SYSTEM, "-M", "none", "-nodefaults", "-display", "none", "-accel", "tcg",
@@ -270,6 +297,7 @@ class QemuMachine(GuestIO, Monitor):
             if os.path.exists(path):
                 os.unlink(path)
         self._exports.clear()
+        self._server, self._users_server = None, False
         begin = time.monotonic()
         with open(self._out, "ab") as out:
             self._proc = subprocess.Popen(self._argv(sock), cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
@@ -292,6 +320,8 @@ class QemuMachine(GuestIO, Monitor):
                 time.sleep(0.002)
         qmp.settimeout(self.timeout)
         self._qmp = qmp
+        if self.kind == "qsd":  # started with its NBD server (see _argv)
+            self._server = self._nbd_sock
         self.startup_ms = (time.monotonic() - begin) * 1000
         self._out_pos = self._out.stat().st_size
 
@@ -311,6 +341,7 @@ class QemuMachine(GuestIO, Monitor):
             if not kill:
                 try:
                     self._qmp.cmd_obj({"execute": "quit"})
+                    self._collect()  # what QEMU sent before its reply (a user's exports, deleted)
                 except Exception:  # noqa: BLE001 - it may already be gone
                     pass
             try:
@@ -325,6 +356,7 @@ class QemuMachine(GuestIO, Monitor):
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._exports.clear()
+        self._server, self._users_server = None, False
 
     def close(self) -> None:
         """Quit QEMU (QMP quit, then SIGKILL of our own PID only if it lingers) and remove the
@@ -367,6 +399,14 @@ class QemuMachine(GuestIO, Monitor):
                 return self._blockdev_add(message)
             if name == "blockdev-del":
                 return self._blockdev_del(message)
+        if name in ("nbd-server-start", "nbd-server-stop") or name in NBD_EXPORTERS:
+            return self._nbd_server_command(message)
+        if name in PERMISSION_COMMANDS and self._exports:
+            moved = self._stand_aside(server=False)
+            try:
+                return self._send(message)
+            finally:
+                self._come_back(moved)
         if name in NOTED_COMMANDS:
             self._collect()
         events_at = len(self.events)
@@ -425,6 +465,8 @@ class QemuMachine(GuestIO, Monitor):
         else:
             reply = self._qmp.cmd_obj(message)
         self._collect()
+        if message.get("execute") == "query-block-exports" and isinstance(reply.get("return"), list):
+            reply = {**reply, "return": [e for e in reply["return"] if not _private(e.get("id"))]}
         self.transcript.append({"kind": "reply", "message": reply})
         return reply
 
@@ -453,19 +495,108 @@ class QemuMachine(GuestIO, Monitor):
         except TimeoutError:  # nothing arrived within ``wait``
             return 0
         while ev is not None:
-            if not (ev.get("event") == "BLOCK_EXPORT_DELETED"
-                    and str(ev.get("data", {}).get("id", "")).startswith(EXPORT_PREFIX)):
+            if not (ev.get("event") == "BLOCK_EXPORT_DELETED" and _private(ev.get("data", {}).get("id"))):
                 self.events.append(ev)
                 self.transcript.append({"kind": "event", "message": ev})
                 count += 1
             ev = self._qmp.pull_event(wait=False)
         return count
 
-    # -- NBD exports (qemu-storage-daemon) ---------------------------------------------------
+    # -- NBD: QEMU's one server, shared with the user ----------------------------------------
+    def _own_server(self) -> nbd.Address:
+        """Where the NBD server listens; started on the backend's private socket if none runs."""
+        if self._server is None:
+            if os.path.exists(self._nbd_sock):
+                os.unlink(self._nbd_sock)
+            reply_value(self._helper("nbd-server-start", {"addr": {"type": "unix",
+                                                                    "data": {"path": self._nbd_sock}}}))
+            self._server, self._users_server = self._nbd_sock, False
+        return self._server
+
+    def _stand_aside(self, *, server: bool = True) -> dict[str, str | None]:
+        """Remove the backend's exports, and (``server``) its own server: QEMU then is as the user
+        left it. Returns where each export was attached, for :meth:`_come_back`."""
+        moved = {node: self._unexport(node) for node in list(self._exports)}
+        if server and self._server is not None and not self._users_server:
+            self._helper("nbd-server-stop")
+            self._server = None
+        return moved
+
+    def _come_back(self, moved: dict[str, str | None]) -> None:
+        """Export again what :meth:`_stand_aside` removed, on whichever server runs now."""
+        for node, attached in moved.items():
+            if node != BITMAP_KEY:
+                self._export(node, attached)
+
+    def _nbd_server_command(self, message: dict) -> dict:
+        """The user's ``nbd-server-start`` / ``-stop`` or NBD ``block-export-add`` / ``nbd-server-add``,
+        answered by QEMU as if the backend had no NBD server and no exports of its own.
+
+        A server the user starts is the one QEMU server from then on: the backend exports there
+        too. When the user stops it, the backend's exports go first (the user's are deleted by
+        QEMU with their events) and come back on a server of the backend's own."""
+        name = message.get("execute")
+        args = message.get("arguments")
+        exporting = name in NBD_EXPORTERS and (name == "nbd-server-add" or
+                                              (isinstance(args, dict) and args.get("type") == "nbd"))
+        if (name in NBD_EXPORTERS and not exporting) or (self._users_server and name != "nbd-server-stop") \
+                or (self._server is None and not self._exports):
+            reply = self._send(message)  # nothing of the backend's is in the way
+            if name == "nbd-server-start" and "return" in reply:
+                self._server, self._users_server = self._address(args), True
+            return reply
+        moved = self._stand_aside()
+        try:
+            reply = self._send(message)
+            if "return" in reply and name == "nbd-server-start":
+                self._server, self._users_server = self._address(args), True
+            elif "return" in reply and name == "nbd-server-stop":
+                self._server, self._users_server = None, False
+        finally:
+            self._come_back(moved)
+        return reply
+
+    def _address(self, args: dict) -> nbd.Address:
+        """Where the user's NBD server listens (``nbd-server-start``'s ``addr``); "" where bitlab's
+        client cannot connect (a vsock address)."""
+        addr = args["addr"]
+        data = addr.get("data", {})
+        if addr.get("type") == "unix":
+            return "\0" + data["path"] if data.get("abstract") else os.path.join(self.workdir, data["path"])
+        if addr.get("type") == "inet":
+            try:
+                port = int(data["port"]) if str(data["port"]).isdigit() else socket.getservbyname(data["port"])
+                return data["host"], port or self._listening_port()
+            except (OSError, RuntimeError):
+                return ""
+        return ""
+
+    def _reachable_server(self) -> nbd.Address:
+        """The running NBD server's address for bitlab's own clients (one started if none runs)."""
+        server = self._own_server()
+        if not server:
+            raise RuntimeError("bitlab's guest I/O cannot reach the NBD server you started (only unix "
+                               "sockets and TCP are supported); stop it with nbd-server-stop")
+        return server
+
+    def _listening_port(self) -> int:
+        """The TCP port QEMU chose for ``"port": "0"`` (the kernel's table of its listening sockets)."""
+        assert self._proc is not None
+        fds = Path(f"/proc/{self._proc.pid}/fd")
+        inodes = {os.readlink(fd)[8:-1] for fd in fds.iterdir() if os.readlink(fd).startswith("socket:[")}
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    return int(fields[1].rsplit(":", 1)[1], 16)
+        raise RuntimeError("the NBD server's TCP port was not found")
+
+    # -- the backend's NBD exports (guest I/O on qemu-storage-daemon) -------------------------
     def _export(self, node: str, attach: str | None = None, *, writable: bool = True) -> dict | None:
-        """Export ``node`` over NBD under its own name (attached to ``attach`` if given);
+        """Export ``node`` over NBD as ``bitlab-guest-<node>`` (attached to ``attach`` if given);
         None, or the error reply. A read-only node is exported read-only."""
-        args = {"type": "nbd", "id": EXPORT_PREFIX + node, "node-name": attach or node, "name": node,
+        self._own_server()
+        args = {"type": "nbd", "id": EXPORT_PREFIX + node, "node-name": attach or node, "name": EXPORT_PREFIX + node,
                 "writable": writable}
         reply = self._helper("block-export-add", args)
         if writable and "error" in reply and "read-only" in reply["error"]["desc"]:
@@ -584,21 +715,28 @@ class QemuMachine(GuestIO, Monitor):
         bm = DirtyBitmap(size=info["image"]["virtual-size"], granularity=flags["granularity"], name=name,
                          disabled=not flags["recording"], busy=flags["busy"], persistent=flags["persistent"],
                          inconsistent=flags.get("inconsistent", False))
-        if self.kind != "qsd":  # the system emulator has no NBD server until asked (error once it runs)
-            self._helper("nbd-server-start", {"addr": {"type": "unix", "data": {"path": self._nbd_sock}}})
-        export = {"type": "nbd", "id": EXPORT_PREFIX + "bitmap", "node-name": node, "name": EXPORT_PREFIX + "bitmap",
+        had_server = self._server is not None
+        server = self._reachable_server()
+        export = {"type": "nbd", "id": BITMAP_EXPORT, "node-name": node, "name": BITMAP_EXPORT,
                   "writable": not bm.disabled, "bitmaps": [name]}
-        reply = self._helper("block-export-add", export)
-        if "error" in reply and "read-only" in reply["error"]["desc"]:
-            reply = self._helper("block-export-add", {**export, "writable": False})
-        reply_value(reply)
-        self._exports[export["id"]] = export["id"]
         try:
-            opts = (f"driver=nbd,server.type=unix,server.path={self._nbd_sock},export={export['name']},"
-                    f"x-dirty-bitmap=qemu:dirty-bitmap:{name}")
-            extents = json.loads(self.qemu_img("map", "--output=json", "--image-opts", opts))
+            reply = self._helper("block-export-add", export)
+            if "error" in reply and "read-only" in reply["error"]["desc"]:
+                reply = self._helper("block-export-add", {**export, "writable": False})
+            reply_value(reply)
+            self._exports[BITMAP_KEY] = BITMAP_EXPORT
+            try:
+                with nbd.reachable(server if isinstance(server, str) else "") as path:
+                    where = (f"server.type=unix,server.path={path}" if isinstance(server, str) else
+                             f"server.type=inet,server.host={server[0]},server.port={server[1]}")
+                    opts = f"driver=nbd,{where},export={BITMAP_EXPORT},x-dirty-bitmap=qemu:dirty-bitmap:{name}"
+                    extents = json.loads(self.qemu_img("map", "--output=json", "--image-opts", opts))
+            finally:
+                self._unexport(BITMAP_KEY)
         finally:
-            self._unexport(export["id"])
+            if not had_server and not self._exports:  # started for this read only
+                self._helper("nbd-server-stop")
+                self._server = None
         dirty = [e for e in extents if not e["data"]]  # NBD reports dirty areas as holes
         bm.set_ranges(np.array([e["start"] for e in dirty], dtype=np.int64),
                       np.array([e["length"] for e in dirty], dtype=np.int64))
@@ -665,7 +803,7 @@ class QemuMachine(GuestIO, Monitor):
             if failed is not None:
                 reply_value(failed)
         try:
-            return nbd.qemu_io(self._nbd_sock, node, verb, opts, self.timeout)
+            return nbd.qemu_io(self._reachable_server(), EXPORT_PREFIX + node, verb, opts, self.timeout)
         finally:
             if temporary:
                 self._unexport(node)
