@@ -97,3 +97,32 @@ def test_every_case_matches_the_real_qemu_io(tmp_path):
         real.append((TIMING.sub("", done.stdout), done.stderr))
     assert dict(zip(CASES, sim_outputs())) == dict(zip(CASES, real))
     subprocess.run(["qemu-img", "check", "-q", image], check=True)
+
+
+QSD_CASES = ["write -q -P 0x22 0 4096", "read -q -P 0x22 0 4096", "read -P 0x22 -s 8 -l 8 0 4096",
+             "read -P 0x22 -s 4090 0 8192", "write -z -u 0 65536", "read -P 0 0 65536", "write -u 0 512", ""]
+
+
+def _qio(backend: str, daemon: str | None = None) -> list:
+    vm = Machine(backend=backend) if daemon is None else Machine(backend=backend, daemon=daemon)
+    try:
+        vm.qemu_img("create", "-f", "qcow2", "d.qcow2", "1M")
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "d0", "discard": "unmap",
+                                "file": {"driver": "file", "filename": "d.qcow2"}})
+        out = []
+        for case in QSD_CASES:
+            try:
+                out.append(TIMING.sub("", vm.qemu_io("d0", case)))
+            except QemuIoError as err:
+                out.append(("refused", err.stdout, err.stderr))
+        return out
+    finally:
+        if backend == "qemu":
+            vm.close()
+
+
+@pytest.mark.qemu
+def test_qemu_io_over_nbd_on_qemu_storage_daemon_matches():
+    """On qemu-storage-daemon the real backend sends qemu-io's requests over NBD: -q, -u and
+    read -s/-l behave as on bitlab."""
+    assert _qio("qemu", "qsd") == _qio("sim")

@@ -174,15 +174,19 @@ class NBDClient:
         """NBD_CMD_FLUSH: the only way this client flushes."""
         return self._request(CMD_FLUSH)
 
-    def read(self, offset: int, length: int, pattern: int | None = None) -> tuple[int, bool]:
-        """Read a range; returns (errno, whether every byte equals ``pattern``)."""
+    def read(self, offset: int, length: int, pattern: int | None = None,
+             verify: tuple[int, int] | None = None) -> tuple[int, bool]:
+        """Read a range; returns (errno, whether every byte equals ``pattern``), looking only at the
+        bytes ``[verify[0], verify[0] + verify[1])`` if given (qemu-io ``read -s``/``-l``)."""
         matches = True
+        lo, hi = (offset, offset + length) if verify is None else (verify[0], verify[0] + verify[1])
         for start, size in _chunks(offset, length, self.max_payload):
             err = self._request(CMD_READ, start, size)
             if err:
                 return err, matches
             data = self._recv(size)
-            if pattern is not None and matches and data.count(pattern & 0xFF) != size:
+            a, b = max(lo, start) - start, min(hi, start + size) - start
+            if pattern is not None and matches and b > a and data[a:b].count(pattern & 0xFF) != b - a:
                 matches = False
         return 0, matches
 
@@ -240,8 +244,9 @@ def report(verb: str, offset: int, length: int, seconds: float) -> str:
 def qemu_io(address: Address, export: str, verb: str, opts: dict, timeout: float = 30.0) -> str:
     """Run one parsed qemu-io command (``bitlab.qmp.hmp.parse_qemu_io``) over NBD; its output.
 
-    ``write`` (``pattern``, or ``zero``), ``read`` (``pattern`` verified), ``discard`` and
-    ``flush``; none of them flushes except ``flush``. A range past the end fails with EIO
+    ``write`` (``pattern``, or ``zero`` with ``unmap``), ``read`` (``pattern`` verified over
+    ``pattern_offset``/``pattern_count``), ``discard`` and ``flush``, ``quiet`` without the report
+    lines; none of them flushes except ``flush``. A range past the end fails with EIO
     before anything is sent, as qemu-io's own bounds check does.
     """
     with NBDClient(address, export, timeout) as nbd:
@@ -253,18 +258,22 @@ def qemu_io(address: Address, export: str, verb: str, opts: dict, timeout: float
             return f"{verb} failed: {os.strerror(errno.EIO)}\n"
         start = time.perf_counter()
         matches = True
+        check_at = offset + opts.get("pattern_offset", 0)
+        check_len = opts.get("pattern_count", length)
         if verb == "write" and opts.get("zero"):
-            err = nbd.write_zeroes(offset, length)
+            err = nbd.write_zeroes(offset, length, may_unmap=opts.get("unmap", False))
         elif verb == "write":
             err = nbd.write(offset, length, opts.get("pattern", 0xCD))
         elif verb == "discard":
             err = nbd.trim(offset, length)
         elif verb == "read":
-            err, matches = nbd.read(offset, length, opts.get("pattern"))
+            err, matches = nbd.read(offset, length, opts.get("pattern"), verify=(check_at, check_len))
         else:
             raise ValueError(f"qemu-io command {verb!r} is not supported over NBD")
         seconds = time.perf_counter() - start
     if err:
         return f"{verb} failed: {os.strerror(err)}\n"
-    out = "" if matches else f"Pattern verification failed at offset {offset}, {length} bytes\n"
+    out = "" if matches else f"Pattern verification failed at offset {check_at}, {check_len} bytes\n"
+    if opts.get("quiet"):
+        return out
     return out + report({"write": "wrote"}.get(verb, verb), offset, length, seconds)

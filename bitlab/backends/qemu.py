@@ -788,7 +788,7 @@ class QemuMachine(GuestIO, Monitor):
         """
         if self._ensure() == "qsd":
             verb, opts = parse_qemu_io(command)  # qemu-io's own complaints, as bitlab raises them
-            return self._nbd_io(node, verb, opts)
+            return self._nbd_io(node, verb, opts) if verb else ""
         self.console_take()
         reply = self.hmp(f'qemu-io {node} "{command}"')
         if reply:

@@ -41,6 +41,8 @@ def parse_qemu_io(command: str) -> tuple[str, dict]:
     opts: dict = {"offset": req.offset, "length": req.length}
     if req.pattern is not None:
         opts["pattern"] = req.pattern
+        if req.verb == "read" and (req.pattern_offset, req.pattern_count) != (0, req.length):
+            opts["pattern_offset"], opts["pattern_count"] = req.pattern_offset, req.pattern_count
     if req.zero:
         opts["zero"] = True
     if req.unmap:
