@@ -2,7 +2,7 @@
 
 They mix guest writes, every bitmap command (with wrong names and granularities too),
 backups of every sync and bitmap mode (valid and invalid combinations), transactions in
-both completion modes, and queries. They stay away from what crashes or hangs QEMU 7.2
+both completion modes, NBD exports (of bitmaps too), and queries. They stay away from what crashes or hangs QEMU 7.2
 (see shared/reference/real-qemu.md): an empty merge list; an enable/disable action on a
 missing bitmap; a transaction touching a bitmap and rolling back a backup of it with
 bitmap-mode always; a grouped transaction with non-backup actions after two backups.
@@ -25,6 +25,8 @@ class _State:
         self.bitmaps: dict[str, set[str]] = {n: set() for n in nodes}
         self.targets = 0
         self.jobs = 0
+        self.exports: list[str] = []  # export ids that may exist
+        self.server = False
 
     def node(self) -> str:
         return self.rng.choice(self.nodes + (["nope"] if self.rng.random() < 0.05 else []))
@@ -54,8 +56,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": n,
                                            "file": {"driver": "file", "filename": f"{n}.qcow2"}}))
     for _ in range(rng.randint(6, 24)):
-        op = rng.choices(["write", "add", "manage", "merge", "sha", "query", "backup", "txn"],
-                         weights=[30, 12, 10, 5, 5, 4, 10, 8])[0]
+        op = rng.choices(["write", "add", "manage", "merge", "sha", "query", "backup", "txn", "export"],
+                         weights=[30, 12, 10, 5, 5, 4, 10, 8, 6])[0]
         steps += _OPS[op](st, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     for node in nodes:
@@ -200,5 +202,31 @@ def _txn(st: _State, size: int) -> list[dict]:
     return steps
 
 
+def _export(st: _State, size: int) -> list[dict]:
+    """NBD exports (pull-mode backup): an exported bitmap is busy, a writable export meets a
+    running backup's permissions; ids, names and missing bitmaps or nodes as they come."""
+    rng = st.rng
+    steps: list[dict] = []
+    if not st.server:
+        steps.append(_qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}}))
+        st.server = True
+    kind = rng.choices(["add", "del", "query"], weights=[6, 3, 1])[0]
+    if kind == "add":
+        node = st.node()
+        export_id = f"e{rng.randrange(3)}"
+        args: dict = {"type": "nbd", "id": export_id, "node-name": node,
+                      "name": rng.choice([node, "x0", "x1"]), "writable": rng.random() < 0.5}
+        if rng.random() < 0.7:
+            args["bitmaps"] = [st.bitmap(node)]
+        st.exports.append(export_id)
+        steps.append(_qmp("block-export-add", args))
+    elif kind == "del":
+        export_id = rng.choice(st.exports + ["nope"]) if st.exports else "nope"
+        steps.append(_qmp("block-export-del", {"id": export_id}))
+    else:
+        steps.append(_qmp("query-block-exports"))
+    return steps
+
+
 _OPS = {"write": _write, "add": _add, "manage": _manage, "merge": _merge, "sha": _sha, "query": _query,
-        "backup": _backup, "txn": _txn}
+        "backup": _backup, "txn": _txn, "export": _export}
