@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -234,18 +233,31 @@ class BareQemu:
 
     def __init__(self, workdir: Path) -> None:
         from qemu.qmp.legacy import QEMUMonitorProtocol
+        from qemu.qmp.protocol import ConnectError
 
         self.workdir = workdir
         sock = str(workdir / "bare.sock")
         self.proc = subprocess.Popen([QSD, "--chardev", f"socket,id=m,path={sock},server=on,wait=off",
                                       "--monitor", "chardev=m"], cwd=workdir, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.qmp = QEMUMonitorProtocol(sock)
+        # Connect once the socket exists; a connection made while the monitor is still being set up
+        # can fail its negotiation under load: try again. Waiting is on the process (it may exit).
         for _ in range(5000):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"qemu-storage-daemon exited with {self.proc.returncode}")
             if os.path.exists(sock):
-                break
-            self.proc.wait(0.001) if self.proc.poll() is not None else time.sleep(0.001)
-        self.qmp.connect()
+                try:
+                    self.qmp = QEMUMonitorProtocol(sock)
+                    self.qmp.connect()
+                    break
+                except (OSError, ConnectError):
+                    pass
+            try:
+                self.proc.wait(0.002)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            raise RuntimeError("qemu-storage-daemon's QMP socket did not come up")
 
     def execute(self, message: dict) -> dict:
         return self.qmp.cmd_obj(message)
