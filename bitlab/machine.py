@@ -26,8 +26,8 @@ from .jobs.job import JobManager
 from .monitor import Monitor
 from .qemu_img import Layer, read_chain
 from .qmp import TABLE
-from .qmp.hmp import parse_qemu_io
 from .qmp.qapi import wire_order
+from .qmp.qemu_io import parse_qemu_io
 from .qmp_order import wire_member_order
 from .sim import Scheduler
 from .units import parse_size

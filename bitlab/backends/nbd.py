@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
+from ..qmp.qemu_io import Request
+
 NBD_MAGIC = 0x4E42444D41474943  # "NBDMAGIC"
 OPTS_MAGIC = 0x49484156454F5054  # "IHAVEOPT"
 REP_MAGIC = 0x3E889045565A9
@@ -241,39 +243,38 @@ def report(verb: str, offset: int, length: int, seconds: float) -> str:
             f"{cvtstr(length)}, 1 ops; {timestr(seconds)} ({cvtstr(rate)}/sec and {ops:.4f} ops/sec)\n")
 
 
-def qemu_io(address: Address, export: str, verb: str, opts: dict, timeout: float = 30.0) -> str:
-    """Run one parsed qemu-io command (``bitlab.qmp.hmp.parse_qemu_io``) over NBD; its output.
+def qemu_io(address: Address, export: str, req: Request, timeout: float = 30.0) -> str:
+    """Run one parsed qemu-io command (:func:`bitlab.qmp.qemu_io.parse_qemu_io`) over NBD; its output.
 
-    ``write`` (``pattern``, or ``zero`` with ``unmap``), ``read`` (``pattern`` verified over
-    ``pattern_offset``/``pattern_count``), ``discard`` and ``flush``, ``quiet`` without the report
-    lines; none of them flushes except ``flush``. A range past the end fails with EIO
-    before anything is sent, as qemu-io's own bounds check does.
+    ``write`` (a pattern, or zeroes that may unmap with ``-u``), ``read`` (the pattern verified over
+    ``-s``/``-l``), ``discard`` and ``flush``; ``-q`` without the report lines; none of them flushes
+    except ``flush``. A range past the end fails with EIO before anything is sent, as qemu-io's own
+    bounds check does.
     """
+    verb, offset, length = req.verb, req.offset, req.length
     with NBDClient(address, export, timeout) as nbd:
         if verb == "flush":
             err = nbd.flush()
             return f"flush failed: {os.strerror(err)}\n" if err else ""
-        offset, length = opts["offset"], opts["length"]
         if offset < 0 or offset + length > nbd.size:
             return f"{verb} failed: {os.strerror(errno.EIO)}\n"
         start = time.perf_counter()
         matches = True
-        check_at = offset + opts.get("pattern_offset", 0)
-        check_len = opts.get("pattern_count", length)
-        if verb == "write" and opts.get("zero"):
-            err = nbd.write_zeroes(offset, length, may_unmap=opts.get("unmap", False))
+        check_at = offset + req.pattern_offset
+        if verb == "write" and req.zero:
+            err = nbd.write_zeroes(offset, length, may_unmap=req.unmap)
         elif verb == "write":
-            err = nbd.write(offset, length, opts.get("pattern", 0xCD))
+            err = nbd.write(offset, length, 0xCD if req.pattern is None else req.pattern)
         elif verb == "discard":
             err = nbd.trim(offset, length)
         elif verb == "read":
-            err, matches = nbd.read(offset, length, opts.get("pattern"), verify=(check_at, check_len))
+            err, matches = nbd.read(offset, length, req.pattern, verify=(check_at, req.pattern_count))
         else:
             raise ValueError(f"qemu-io command {verb!r} is not supported over NBD")
         seconds = time.perf_counter() - start
     if err:
         return f"{verb} failed: {os.strerror(err)}\n"
-    out = "" if matches else f"Pattern verification failed at offset {check_at}, {check_len} bytes\n"
-    if opts.get("quiet"):
+    out = "" if matches else f"Pattern verification failed at offset {check_at}, {req.pattern_count} bytes\n"
+    if req.quiet:
         return out
     return out + report({"write": "wrote"}.get(verb, verb), offset, length, seconds)

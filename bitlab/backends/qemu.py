@@ -66,7 +66,7 @@ from ..guest import GuestIO
 from ..history import NOTED_COMMANDS, history_of
 from ..monitor import Monitor, command, reply_value
 from ..qemu_img import QemuImgError
-from ..qmp.hmp import parse_qemu_io
+from ..qmp.qemu_io import Request, parse_qemu_io
 from . import nbd
 
 SYSTEM = "qemu-system-x86_64"
@@ -787,23 +787,23 @@ class QemuMachine(GuestIO, Monitor):
         (which, like a guest's device, sits above a backup's filter), without a flush.
         """
         if self._ensure() == "qsd":
-            verb, opts = parse_qemu_io(command)  # qemu-io's own complaints, as bitlab raises them
-            return self._nbd_io(node, verb, opts) if verb else ""
+            req = parse_qemu_io(command)  # qemu-io's own complaints, as bitlab raises them
+            return self._nbd_io(node, req) if req.verb else ""
         self.console_take()
         reply = self.hmp(f'qemu-io {node} "{command}"')
         if reply:
             raise QMPError(reply.strip().removeprefix("Error: "))
         return self.console_take()
 
-    def _nbd_io(self, node: str, verb: str, opts: dict) -> str:
+    def _nbd_io(self, node: str, req: Request) -> str:
         temporary = node not in self._exports
         if temporary:  # not a blockdev-add'ed node: exported for this request only, and like HMP
             # qemu-io's own BlockBackend it takes the write permission only to write or discard
-            failed = self._export(node, writable=verb in ("write", "discard"))
+            failed = self._export(node, writable=req.verb in ("write", "discard"))
             if failed is not None:
                 reply_value(failed)
         try:
-            return nbd.qemu_io(self._reachable_server(), EXPORT_PREFIX + node, verb, opts, self.timeout)
+            return nbd.qemu_io(self._reachable_server(), EXPORT_PREFIX + node, req, self.timeout)
         finally:
             if temporary:
                 self._unexport(node)

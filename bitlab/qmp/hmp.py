@@ -9,8 +9,7 @@ from typing import Any
 from ..block.blkdebug import BlockIOError
 from ..errors import QMPError, generic
 from .commands import TABLE
-from .qemu_io import QemuIoError
-from .qemu_io import parse_qemu_io as parse_request
+from .qemu_io import QemuIoError, parse_qemu_io
 from .types import HumanMonitorCommand
 
 
@@ -32,26 +31,6 @@ def _report(verb: str, offset: int, length: int) -> str:
             f"{_cvtstr(length)}, 1 ops; 00.00 sec (inf bytes/sec and inf ops/sec)\n")
 
 
-def parse_qemu_io(command: str) -> tuple[str, dict]:
-    """One qemu-io command as ``(verb, options)``: ``offset``, ``length``, ``pattern``, ``zero``,
-    ``unmap``, ``quiet`` (what the real backend's NBD path takes). Raises :class:`QemuIoError`."""
-    req = parse_request(command)
-    if req.verb in ("flush", ""):
-        return req.verb, {}
-    opts: dict = {"offset": req.offset, "length": req.length}
-    if req.pattern is not None:
-        opts["pattern"] = req.pattern
-        if req.verb == "read" and (req.pattern_offset, req.pattern_count) != (0, req.length):
-            opts["pattern_offset"], opts["pattern_count"] = req.pattern_offset, req.pattern_count
-    if req.zero:
-        opts["zero"] = True
-    if req.unmap:
-        opts["unmap"] = True
-    if req.quiet:
-        opts["quiet"] = True
-    return req.verb, opts
-
-
 def run_qemu_io(vm: Any, device: str, command: str) -> str:
     """Run a qemu-io command against a device or node; returns qemu-io's output."""
     node = vm.graph.devices.get(device)
@@ -70,7 +49,7 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
                           f"an unnamed block device (uses node '{device}' as 'root' child) and unshared by "
                           f"node '{holder.node_name}' (uses node '{device}' as 'file' child).")
     try:
-        req = parse_request(command)
+        req = parse_qemu_io(command)
     except QemuIoError as err:
         vm.console_err.append(err.stderr)
         return err.stdout
@@ -197,7 +176,7 @@ def qmp_hmp(vm: Any, args: dict) -> str:
         prefix = "" if err.desc.startswith("Permission conflict") else "Error: "
         return f"{prefix}{err.desc}\r\n"
     try:  # warn_report reaches the monitor: a hex size with a suffix
-        warnings = parse_request(words[1]).warnings
+        warnings = parse_qemu_io(words[1]).warnings
     except QemuIoError:
         warnings = ()
     return "".join(f"warning: {text}\r\n" for text in warnings)
