@@ -126,3 +126,24 @@ def test_qemu_io_over_nbd_on_qemu_storage_daemon_matches():
     """On qemu-storage-daemon the real backend sends qemu-io's requests over NBD: -q, -u and
     read -s/-l behave as on bitlab."""
     assert _qio("qemu", "qsd") == _qio("sim")
+
+
+def _monitor(backend: str) -> list:
+    vm = Machine(backend=backend)
+    try:
+        vm.add_drive("drive0", "1M", blkdebug={"inject-error": []})  # no rule: no -drive option at all
+        reply = vm.hmp('qemu-io drive0 "read 0x1k 0"')
+        out = TIMING.sub("", vm.console_take() + vm.console_take("stderr"))
+        names = sorted(entry["file"].replace(vm.workdir + "/", "") for entry in
+                       vm.qmp("query-named-block-nodes", {"flat": True}))
+        return [reply, out, names]
+    finally:
+        if backend == "qemu":
+            vm.close()
+
+
+@pytest.mark.qemu
+def test_monitor_warning_and_a_drive_without_rules_match_the_system_emulator():
+    """qemu-system-x86_64 -M none: the hex-suffix warning comes back as HMP's reply; a blkdebug
+    drive with an empty rule list is named blkdebug::FILE."""
+    assert _monitor("sim") == _monitor("qemu")
