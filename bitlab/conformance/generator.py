@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+from .gen_running import running_backup
+
 K, M = 1 << 10, 1 << 20
 GRANULARITIES = [512, 4096, 65536, 131072, 1 << 20, 64000, 256]  # the last two are refused
 SYNCS = ["full", "top", "bitmap", "incremental", "none"]
@@ -56,8 +58,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": n,
                                            "file": {"driver": "file", "filename": f"{n}.qcow2"}}))
     for _ in range(rng.randint(6, 24)):
-        op = rng.choices(["write", "add", "manage", "merge", "sha", "query", "backup", "txn", "export"],
-                         weights=[30, 12, 10, 5, 5, 4, 10, 8, 6])[0]
+        op = rng.choices(["write", "add", "manage", "merge", "sha", "query", "backup", "txn", "export", "running"],
+                         weights=[30, 12, 10, 5, 5, 4, 10, 8, 6, 3])[0]
         steps += _OPS[op](st, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     for node in nodes:
@@ -229,4 +231,4 @@ def _export(st: _State, size: int) -> list[dict]:
 
 
 _OPS = {"write": _write, "add": _add, "manage": _manage, "merge": _merge, "sha": _sha, "query": _query,
-        "backup": _backup, "txn": _txn, "export": _export}
+        "backup": _backup, "txn": _txn, "export": _export, "running": running_backup}

@@ -107,7 +107,12 @@ class BackupJob(Job):
             self._init_bitmap()
         if self.sync == "none":
             return  # only copy-before-write works; the job ends when cancelled
+        self._copy()
+
+    def _copy(self) -> None:
+        """backup_loop's block_copy_async (the call may even end before this returns)."""
         self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+        self.bcs.launch(self.call)
 
     def _init_bitmap(self) -> None:
         """backup_init_bcs_bitmap (and the sync=top pass over unallocated clusters)."""
@@ -138,7 +143,7 @@ class BackupJob(Job):
         if action == "report":
             self.run_returned(-err.errno, strerror(err.errno))
         elif action == "ignore":
-            self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+            self._copy()
         else:  # stop: the job is user-paused until resumed
             self.io_status = "nospace" if err.errno == ENOSPC else "failed"
             self.user_paused = True
@@ -159,13 +164,11 @@ class BackupJob(Job):
             # Stopped on an error: backup_loop retries once more before it sees the cancel,
             # so the requests it starts still complete.
             self.io_status = "ok"
-            self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+            self._copy()
             self.manager.scheduler.after(0, self.bcs.cancel)
-        else:
-            self.manager.scheduler.after(0, self._cancelled_while_idle)
-
-    def _cancelled_while_idle(self) -> None:
-        if not self.deferred_to_main_loop and self.status in ("running", "ready"):
+        elif not self.deferred_to_main_loop and self.status in ("running", "ready"):
+            # Idle (sync=none waits in job_yield; a resumed job between calls): job_cancel enters
+            # the job, backup_run returns and job_exit runs before the monitor's next command.
             self.run_returned(0)
 
     def stop_work(self) -> None:

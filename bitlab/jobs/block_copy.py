@@ -322,6 +322,7 @@ class BlockCopy:
         if call is not None and not call.finished:
             self._settle(call)
             self._end_failed_reads(call, start, end)
+            self._wait_in_flight(call, start, end)
         pos = start
         while pos < end:
             task = self._next_task(pos, end - pos)
@@ -349,12 +350,34 @@ class BlockCopy:
         if failed and call.in_flight == 0:
             call.timers.append(self.scheduler.after(0, lambda: self._launch(call)))  # ends the call
 
+    def _wait_in_flight(self, call: Call, start: int, end: int) -> None:
+        """block_copy_wait_one: copy-before-write waits for the requests in flight on its range,
+        so they have completed (and counted as progress) when the guest write returns.
+
+        Only under a rate limit, where the requests in flight are QEMU's exactly (the first ones of
+        each slice); without one they are the timing model's, and a batch's wave stays in flight."""
+        if not self.rate.speed:
+            return
+        waited = [(tm, t) for tm, t in call.tasks if isinstance(t, Task) and t.error is None
+                  and t.offset < end and start < t.offset + t.nbytes]
+        for timer, task in waited:
+            timer.cancel()
+            call.tasks = [(tm, t) for tm, t in call.tasks if t is not task]
+            call.in_flight -= 1
+            self._finish(task)
+        if waited:  # the call goes on (or ends) in its own coroutine, after the guest's write
+            call.timers.append(self.scheduler.after(0, lambda: self._launch(call)))
+
     # -- asynchronous copy (the job's background copy) ---------------------------------------
     def start(self, max_workers: int, max_chunk: int, done: Callable[[Call], None]) -> Call:
         self.call = Call(max_workers, max_chunk or MAX_BUFFER, done)
         self._nset = self.bitmap.bits.count()
-        self.scheduler.after(0, lambda: self._launch(self.call))
         return self.call
+
+    def launch(self, call: Call) -> None:
+        """block_copy_async enters the call's coroutine at once: its first requests start now
+        (their clusters are no longer dirty for a guest write's copy-before-write)."""
+        self._launch(call)
 
     def cancel(self) -> None:
         call = self.call

@@ -1,0 +1,161 @@
+"""Random steps around a backup that runs while the guest writes (copy-before-write).
+
+The backup starts throttled to 1 byte/s: QEMU 7.2's rate limiter lets the first block-copy
+request (one cluster: ``x-perf`` ``max-chunk``) through and then sleeps for hours, so once that
+request has finished the job's progress is deterministic on real QEMU. While it runs: guest writes and zero writes (each
+copied before it lands), bitmap commands on the job's bitmap and others, queries (the
+copy-before-write filter node shows up), a second backup of the same node or onto the same
+target, speed changes, pause and resume, cancel. Then the speed goes to 0 (or the job is
+cancelled), the jobs settle and the target's *content* is checked with ``qemu-img compare``
+against a copy of the source made just before the job started.
+
+Stays away from what is not deterministic on QEMU 7.2: host offsets in a target's
+``qemu-img map`` (block-copy writes its chunks in parallel, allocation order varies), any
+query before the first request has finished (hence the settle after each start), and speeds
+large enough to let a second request through while the scenario runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SETTLE = 0.1  # seconds: a started job's first request has surely finished on real QEMU
+SYNCS = ["full", "full", "top", "bitmap", "incremental", "none"]
+MODES = [None, "on-success", "always", "never"]
+TINY_SPEEDS = [1, 2, 100, 4096]  # all far below what would let a second request through
+
+
+def _qmp(execute: str, arguments: dict | None = None) -> dict:
+    msg: dict = {"execute": execute}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    return {"qmp": msg}
+
+
+def _new_target(st: Any, size: int, steps: list[dict]) -> str:
+    st.targets += 1
+    target = f"t{st.targets}"
+    steps.append({"qemu-img": ["create", "-f", "qcow2", f"{target}.qcow2", str(size)]})
+    steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
+                                       "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
+    return target
+
+
+def _start(st: Any, node: str, target: str, sync: str) -> dict:
+    """A blockdev-backup step, throttled to 1 byte/s."""
+    rng = st.rng
+    st.jobs += 1
+    # One cluster a request: QEMU also ends a request where the source's host clusters stop being
+    # contiguous, which bitlab does not lay out (README, Known differences).
+    args: dict = {"job-id": f"job{st.jobs}", "device": node, "target": target, "sync": sync, "speed": 1,
+                  "x-perf": {"max-chunk": 65536}}
+    if sync in ("bitmap", "incremental") or rng.random() < 0.4:
+        args["bitmap"] = st.bitmap(node)
+        if sync != "incremental" or rng.random() < 0.3:
+            mode = rng.choice(MODES if rng.random() < 0.1 else MODES[1:])
+            if mode is not None:
+                args["bitmap-mode"] = mode
+    return _qmp("blockdev-backup", args)
+
+
+def _guest_io(st: Any, size: int, node: str) -> dict:
+    rng = st.rng
+    offset = rng.randrange(0, size // 512) * 512
+    length = min(rng.choice([512, 4096, 65536, 100 * 1024, 1 << 20]), size - offset)
+    io: dict = {"node": node, "offset": offset, "length": length}
+    if rng.random() < 0.8:
+        io["pattern"] = rng.randrange(1, 256)
+        return {"write": io}
+    return {"zero": io}
+
+
+def _bitmap_command(st: Any, node: str, job_bitmap: str | None) -> dict:
+    rng = st.rng
+    name = job_bitmap if job_bitmap is not None and rng.random() < 0.5 else st.bitmap(node)
+    cmd = rng.choice(["add", "clear", "remove", "enable", "disable", "merge", "sha"])
+    if cmd == "add":
+        new = rng.choice(["b0", "b1", "b2"])
+        if new not in st.bitmaps[node]:
+            st.bitmaps[node].add(new)
+        return _qmp("block-dirty-bitmap-add", {"node": node, "name": new})
+    if cmd == "merge":
+        other = st.bitmap(node)
+        target, source = (name, other) if rng.random() < 0.5 else (other, name)
+        return _qmp("block-dirty-bitmap-merge", {"node": node, "target": target, "bitmaps": [source]})
+    if cmd == "sha":
+        return _qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name})
+    if cmd == "remove":
+        st.bitmaps[node].discard(name)  # the set only holds bitmaps that surely exist
+    return _qmp(f"block-dirty-bitmap-{cmd}", {"node": node, "name": name})
+
+
+def running_backup(st: Any, size: int) -> list[dict]:
+    """A throttled backup, things done to it and around it while it runs, then its content."""
+    rng = st.rng
+    steps: list[dict] = []
+    node = rng.choice(st.nodes)
+    sync = rng.choice(SYNCS)
+    if sync in ("bitmap", "incremental") and not st.bitmaps[node] and rng.random() < 0.8:
+        steps.append(_qmp("block-dirty-bitmap-add", {"node": node, "name": "b0"}))
+        st.bitmaps[node].add("b0")
+    if rng.random() < 0.7:  # more than the first request's 1 MiB to copy, so that the job runs on
+        offset = rng.randrange(0, size // (64 << 10)) * (64 << 10)
+        steps.append({"write": {"node": node, "offset": offset, "pattern": rng.randrange(1, 256),
+                                "length": min(rng.choice([1, 2, 3]) << 20, size - offset)}})
+    ref = f"r{st.targets + 1}.qcow2"  # the source as the job will see it when it starts
+    steps.append({"qemu-img": ["convert", "-U", "-O", "qcow2", f"{node}.qcow2", ref]})
+    target = _new_target(st, size, steps)
+    steps.append(_start(st, node, target, sync))
+    jobs = [f"job{st.jobs}"]
+    job_bitmap = steps[-1]["qmp"]["arguments"].get("bitmap")
+    fresh = True  # a job started and nothing waited for its first request yet
+
+    def settle() -> None:
+        # Progress, the block-copy bitmap's count and a cancelled job's offset are only
+        # deterministic on real QEMU once the first request has finished.
+        nonlocal fresh
+        if fresh:
+            steps.append({"sleep": SETTLE})
+            fresh = False
+
+    for _ in range(rng.randint(2, 7)):
+        what = rng.choices(["io", "bitmap", "query", "second", "speed", "pause", "resume", "cancel"],
+                           weights=[30, 14, 10, 5, 6, 5, 4, 2])[0]
+        if what == "io":
+            steps.append(_guest_io(st, size, rng.choice(st.nodes)))
+        elif what == "bitmap":
+            steps.append(_bitmap_command(st, node, job_bitmap))
+        elif what == "query":
+            settle()
+            query = rng.choice(["query-block-jobs", "query-jobs", "query-named-block-nodes"])
+            steps.append(_qmp(query, {"flat": True} if query == "query-named-block-nodes" else None))
+        elif what == "second":  # of the same node (a new target), or onto the same target
+            settle()
+            same_target = rng.random() < 0.5
+            other = target if same_target else _new_target(st, size, steps)
+            steps.append(_start(st, rng.choice(st.nodes) if same_target else node, other, rng.choice(SYNCS)))
+            jobs.append(f"job{st.jobs}")
+            fresh = True
+        elif what == "speed":
+            speed = rng.choice(TINY_SPEEDS + [-1])
+            steps.append(_qmp("block-job-set-speed", {"device": rng.choice(jobs), "speed": speed}))
+        else:  # pause, resume or cancel, through either family of verbs
+            if what != "resume":
+                settle()
+            verb = rng.choice([f"job-{what}", f"block-job-{what}"])
+            steps.append(_qmp(verb, {"id" if verb.startswith("job-") else "device": rng.choice(jobs)}))
+    for name in jobs:  # let every job finish (a sync=none job runs until cancelled)
+        steps.append(_qmp("job-resume", {"id": name}))
+        sync_none = any(s.get("qmp", {}).get("arguments", {}).get("job-id") == name
+                        and s["qmp"]["arguments"]["sync"] == "none" for s in steps)
+        if sync_none or rng.random() < 0.15:
+            settle()
+            steps.append(_qmp("job-cancel", {"id": name}))
+        else:
+            steps.append(_qmp("block-job-set-speed", {"device": name, "speed": 0}))
+    steps.append({"settle-jobs": True})
+    steps.append({"flush": {"node": target}})  # the target's qcow2 metadata onto its file
+    steps.append({"qemu-img": ["compare", "-U", ref, f"{target}.qcow2"]})
+    if rng.random() < 0.3:
+        steps.append({"qemu-img": ["compare", "-U", f"{node}.qcow2", f"{target}.qcow2"]})
+    return steps

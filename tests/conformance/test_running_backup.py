@@ -1,0 +1,124 @@
+"""A backup while the guest writes: what real QEMU 7.2 shows between the start and the end.
+
+The plain tests assert QEMU's numbers (taken from qemu-storage-daemon 7.2 runs, repeated: they
+do not vary); the ``qemu`` tests play the same steps on both backends.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bitlab import Machine
+from bitlab.conformance import random_scenario
+from bitlab.conformance.gen_running import running_backup
+from bitlab.conformance.generator import _State
+from bitlab.conformance.runner import compare, play
+from bitlab.conformance.steps import run_step
+
+M = 1 << 20
+
+
+def _qmp(execute: str, arguments: dict | None = None) -> dict:
+    return {"qmp": {"execute": execute, **({"arguments": arguments} if arguments is not None else {})}}
+
+
+def _setup() -> list[dict]:
+    """A 4 MiB source with data in its first 2 MiB, and an empty target."""
+    steps: list[dict] = []
+    for name in ("d0", "t"):
+        steps += [{"qemu-img": ["create", "-f", "qcow2", f"{name}.qcow2", "4M"]},
+                  _qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                        "file": {"driver": "file", "filename": f"{name}.qcow2"}})]
+    steps.insert(2, {"write": {"node": "d0", "offset": 0, "length": 2 * M, "pattern": 2}})
+    return steps
+
+
+def _throttled(chunk: int | None = None) -> dict:
+    args: dict = {"job-id": "j", "device": "d0", "target": "t", "sync": "full", "speed": 1}
+    if chunk is not None:
+        args["x-perf"] = {"max-chunk": chunk}
+    return _qmp("blockdev-backup", args)
+
+
+def _write_at_0(chunk: int | None = None) -> list[dict]:
+    """A throttled full backup, and at once a guest write on its first request's first cluster."""
+    return [*_setup(), _throttled(chunk), {"write": {"node": "d0", "offset": 0, "length": 512, "pattern": 3}},
+            _qmp("query-jobs"), _qmp("job-cancel", {"id": "j"}), {"settle-jobs": True}]
+
+
+def _cancel_sync_none() -> list[dict]:
+    """job-cancel of a sync=none backup, then a query and a guest write before time runs."""
+    return [*_setup(), _qmp("blockdev-backup", {"job-id": "n", "device": "d0", "target": "t", "sync": "none"}),
+            {"write": {"node": "d0", "offset": 3 * M, "length": 512, "pattern": 4}},
+            _qmp("job-cancel", {"id": "n"}), _qmp("query-block-jobs"),
+            {"write": {"node": "d0", "offset": 3 * M + 65536, "length": 512, "pattern": 5}},
+            {"settle-jobs": True}, {"flush": {"node": "t"}},
+            {"qemu-img": ["compare", "-U", "d0.qcow2", "t.qcow2"]}]
+
+
+def _play_sim(steps: list[dict]) -> list:
+    return play({"name": "t", "steps": steps}, "sim").replies
+
+
+def test_the_first_request_starts_with_the_command():
+    # block_copy_async enters its coroutine at once: the first 1 MiB is no longer dirty in the
+    # block-copy bitmap when blockdev-backup returns
+    vm = Machine()
+    for step in _setup():
+        run_step(vm, step)
+    vm.execute(_throttled()["qmp"])
+    d0 = next(n for n in vm.qmp("query-named-block-nodes", {"flat": True}) if n["node-name"] == "d0")
+    assert [b["count"] for b in d0["dirty-bitmaps"]] == [3 * M]
+
+
+@pytest.mark.parametrize("chunk", [65536, None])
+def test_a_guest_write_waits_for_the_throttled_request_on_its_range(chunk):
+    steps = _write_at_0(chunk)
+    replies = _play_sim(steps)
+    progress = replies[steps.index(_qmp("query-jobs"))]["return"][0]["current-progress"]
+    assert progress == (65536 if chunk else M)  # QEMU: the write returned after that request
+
+
+def test_cancelling_a_sync_none_backup_ends_it_before_the_next_command():
+    vm = Machine()
+    steps = _cancel_sync_none()
+    for step in steps[: steps.index(_qmp("job-cancel", {"id": "n"}))]:
+        run_step(vm, step)
+    vm.events.clear()
+    assert vm.execute({"execute": "job-cancel", "arguments": {"id": "n"}}) == {"return": {}}
+    assert [(e["event"], e["data"]) for e in vm.events] == [
+        ("JOB_STATUS_CHANGE", {"status": "aborting", "id": "n"}),
+        ("BLOCK_JOB_CANCELLED", {"device": "n", "len": 4 * M, "offset": 65536, "speed": 0, "type": "backup"}),
+        ("JOB_STATUS_CHANGE", {"status": "concluded", "id": "n"}),
+        ("JOB_STATUS_CHANGE", {"status": "null", "id": "n"})]
+    assert vm.qmp("query-block-jobs") == []
+    replies = _play_sim(steps)
+    # the write after the cancel is not copied: the target holds only the cluster at 3 MiB
+    assert replies[-1] == {"stdout": "Content mismatch at offset 0!\n", "stderr": "", "returncode": 1}
+
+
+def test_random_running_backups_use_tiny_speeds_and_check_content():
+    st = _State(random.Random(3), ["d0", "d1"])
+    steps = [s for _ in range(20) for s in running_backup(st, 8 * M)]
+    starts = [s["qmp"]["arguments"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-backup"]
+    assert starts and all(a["speed"] == 1 and a["x-perf"] == {"max-chunk": 65536} for a in starts)
+    assert sum(1 for s in steps if s.get("qemu-img", [""])[0] == "compare") >= 20
+    assert any(s.get("sleep") for s in steps)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("make", [_write_at_0, _cancel_sync_none])
+def test_on_real_qemu(make):
+    scenario = {"name": make.__name__, "steps": make()}
+    real = play(scenario, "qemu")
+    assert real.error is None
+    assert compare(scenario, real, play(scenario, "sim")) == []
+
+
+@pytest.mark.qemu
+def test_a_random_scenario_with_running_backups_on_real_qemu():
+    scenario = random_scenario(5, 1)
+    assert any(s.get("qmp", {}).get("arguments", {}).get("speed") == 1 for s in scenario["steps"])
+    assert compare(scenario, play(scenario, "qemu"), play(scenario, "sim")) == []
