@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SETTLE = 0.1  # seconds: a started job's first request has surely finished on real QEMU
+SETTLE = 0.05  # seconds: a started job's first request (64 KiB) has surely finished on real QEMU
 SYNCS = ["full", "full", "top", "bitmap", "incremental", "none"]
 MODES = [None, "on-success", "always", "never"]
 TINY_SPEEDS = [1, 2, 100, 4096]  # all far below what would let a second request through
@@ -108,48 +108,50 @@ def running_backup(st: Any, size: int) -> list[dict]:
     steps.append(_start(st, node, target, sync))
     jobs = [f"job{st.jobs}"]
     job_bitmap = steps[-1]["qmp"]["arguments"].get("bitmap")
-    fresh = True  # a job started and nothing waited for its first request yet
+    fresh = [(node, sync)]  # jobs started whose first request nothing waited for yet
 
     def settle() -> None:
-        # Progress, the block-copy bitmap's count and a cancelled job's offset are only
-        # deterministic on real QEMU once the first request has finished.
-        nonlocal fresh
-        if fresh:
+        # Progress, the block-copy bitmap's count, a cancelled job's offset and whether a job
+        # with little to copy has ended are only deterministic on real QEMU once the first
+        # requests have finished. A guest write on a full backup's first cluster waits for its
+        # request (no real time spent); else sleep.
+        if fresh and set(fresh) == {(fresh[0][0], "full")}:
+            steps.append({"write": {"node": fresh[0][0], "offset": 0, "length": 512,
+                                    "pattern": rng.randrange(1, 256)}})
+        elif fresh:
             steps.append({"sleep": SETTLE})
-            fresh = False
+        fresh.clear()
 
     for _ in range(rng.randint(2, 7)):
         what = rng.choices(["io", "bitmap", "query", "second", "speed", "pause", "resume", "cancel"],
                            weights=[30, 14, 10, 5, 6, 5, 4, 2])[0]
+        if what != "io":  # (a job with one cluster to copy has ended on real QEMU by then)
+            settle()
         if what == "io":
             steps.append(_guest_io(st, size, rng.choice(st.nodes)))
         elif what == "bitmap":
             steps.append(_bitmap_command(st, node, job_bitmap))
         elif what == "query":
-            settle()
             query = rng.choice(["query-block-jobs", "query-jobs", "query-named-block-nodes"])
             steps.append(_qmp(query, {"flat": True} if query == "query-named-block-nodes" else None))
         elif what == "second":  # of the same node (a new target), or onto the same target
-            settle()
             same_target = rng.random() < 0.5
             other = target if same_target else _new_target(st, size, steps)
             steps.append(_start(st, rng.choice(st.nodes) if same_target else node, other, rng.choice(SYNCS)))
             jobs.append(f"job{st.jobs}")
-            fresh = True
+            fresh.append((steps[-1]["qmp"]["arguments"]["device"], steps[-1]["qmp"]["arguments"]["sync"]))
         elif what == "speed":
             speed = rng.choice(TINY_SPEEDS + [-1])
             steps.append(_qmp("block-job-set-speed", {"device": rng.choice(jobs), "speed": speed}))
         else:  # pause, resume or cancel, through either family of verbs
-            if what != "resume":
-                settle()
             verb = rng.choice([f"job-{what}", f"block-job-{what}"])
             steps.append(_qmp(verb, {"id" if verb.startswith("job-") else "device": rng.choice(jobs)}))
+    settle()
     for name in jobs:  # let every job finish (a sync=none job runs until cancelled)
         steps.append(_qmp("job-resume", {"id": name}))
         sync_none = any(s.get("qmp", {}).get("arguments", {}).get("job-id") == name
                         and s["qmp"]["arguments"]["sync"] == "none" for s in steps)
         if sync_none or rng.random() < 0.15:
-            settle()
             steps.append(_qmp("job-cancel", {"id": name}))
         else:
             steps.append(_qmp("block-job-set-speed", {"device": name, "speed": 0}))
