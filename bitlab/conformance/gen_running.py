@@ -105,9 +105,15 @@ def running_backup(st: Any, size: int) -> list[dict]:
     ref = f"r{st.targets + 1}.qcow2"  # the source as the job will see it when it starts
     steps.append({"qemu-img": ["convert", "-U", "-O", "qcow2", f"{node}.qcow2", ref]})
     target = _new_target(st, size, steps)
-    steps.append(_start(st, node, target, sync))
-    jobs = [f"job{st.jobs}"]
-    job_bitmap = steps[-1]["qmp"]["arguments"].get("bitmap")
+    start = _start(st, node, target, sync)
+    job_bitmap = start["qmp"]["arguments"].get("bitmap")
+    if rng.random() < 0.25:  # in a transaction, with a bitmap added after it (which may fail: a rollback)
+        new = rng.choice(["b0", "b1", "b2"])
+        start = _qmp("transaction", {"actions": [
+            {"type": "blockdev-backup", "data": start["qmp"]["arguments"]},
+            {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": new}}]})
+    steps.append(start)
+    jobs = {f"job{st.jobs}": sync}
     fresh = [(node, sync)]  # jobs started whose first request nothing waited for yet
 
     def settle() -> None:
@@ -123,8 +129,8 @@ def running_backup(st: Any, size: int) -> list[dict]:
         fresh.clear()
 
     for _ in range(rng.randint(2, 7)):
-        what = rng.choices(["io", "bitmap", "query", "second", "speed", "pause", "resume", "cancel"],
-                           weights=[30, 14, 10, 5, 6, 5, 4, 2])[0]
+        what = rng.choices(["io", "bitmap", "query", "second", "speed", "pause", "resume", "cancel", "target"],
+                           weights=[30, 14, 10, 5, 6, 5, 4, 2, 4])[0]
         if what != "io":  # (a job with one cluster to copy has ended on real QEMU by then)
             settle()
         if what == "io":
@@ -138,20 +144,21 @@ def running_backup(st: Any, size: int) -> list[dict]:
             same_target = rng.random() < 0.5
             other = target if same_target else _new_target(st, size, steps)
             steps.append(_start(st, rng.choice(st.nodes) if same_target else node, other, rng.choice(SYNCS)))
-            jobs.append(f"job{st.jobs}")
-            fresh.append((steps[-1]["qmp"]["arguments"]["device"], steps[-1]["qmp"]["arguments"]["sync"]))
+            args = steps[-1]["qmp"]["arguments"]
+            jobs[args["job-id"]] = args["sync"]
+            fresh.append((args["device"], args["sync"]))
+        elif what == "target":  # a guest write on the job's target
+            steps.append(_guest_io(st, size, target))
         elif what == "speed":
             speed = rng.choice(TINY_SPEEDS + [-1])
-            steps.append(_qmp("block-job-set-speed", {"device": rng.choice(jobs), "speed": speed}))
+            steps.append(_qmp("block-job-set-speed", {"device": rng.choice(list(jobs)), "speed": speed}))
         else:  # pause, resume or cancel, through either family of verbs
             verb = rng.choice([f"job-{what}", f"block-job-{what}"])
-            steps.append(_qmp(verb, {"id" if verb.startswith("job-") else "device": rng.choice(jobs)}))
+            steps.append(_qmp(verb, {"id" if verb.startswith("job-") else "device": rng.choice(list(jobs))}))
     settle()
-    for name in jobs:  # let every job finish (a sync=none job runs until cancelled)
+    for name, job_sync in jobs.items():  # let every job finish (a sync=none job runs until cancelled)
         steps.append(_qmp("job-resume", {"id": name}))
-        sync_none = any(s.get("qmp", {}).get("arguments", {}).get("job-id") == name
-                        and s["qmp"]["arguments"]["sync"] == "none" for s in steps)
-        if sync_none or rng.random() < 0.15:
+        if job_sync == "none" or rng.random() < 0.15:
             steps.append(_qmp("job-cancel", {"id": name}))
         else:
             steps.append(_qmp("block-job-set-speed", {"device": name, "speed": 0}))
