@@ -62,8 +62,8 @@ class CbwNode(BlockNode):
         self.source.write_zeroes(offset, length, unmap)
 
     def discard(self, offset, length):
-        self._guard(offset, length)
-        self.source.discard(offset, length)
+        """Nothing: bdrv_cbw_append opens the filter with BDRV_O_RDWR only, without BDRV_O_UNMAP,
+        so bdrv_co_pdiscard returns at the filter (nothing copied, dirtied or discarded below)."""
 
     def read_extents(self, offset, length):
         return self.source.read_extents(offset, length)

@@ -63,10 +63,10 @@ def _guest_io(st: Any, size: int, node: str) -> dict:
     offset = rng.randrange(0, size // 512) * 512
     length = min(rng.choice([512, 4096, 65536, 100 * 1024, 1 << 20]), size - offset)
     io: dict = {"node": node, "offset": offset, "length": length}
-    if rng.random() < 0.8:
+    kind = rng.choices(["write", "zero", "discard"], weights=[16, 3, 1])[0]
+    if kind == "write":
         io["pattern"] = rng.randrange(1, 256)
-        return {"write": io}
-    return {"zero": io}
+    return {kind: io}
 
 
 def _bitmap_command(st: Any, node: str, job_bitmap: str | None) -> dict:

@@ -58,6 +58,24 @@ def _cancel_sync_none() -> list[dict]:
             {"qemu-img": ["compare", "-U", "d0.qcow2", "t.qcow2"]}]
 
 
+def _discard_during_backup() -> list[dict]:
+    """A discard through the copy-before-write filter, on a source opened with discard=unmap."""
+    return [{"qemu-img": ["create", "-f", "qcow2", "d0.qcow2", "4M"]},
+            _qmp("blockdev-add", {"driver": "qcow2", "node-name": "d0", "discard": "unmap",
+                                  "file": {"driver": "file", "filename": "d0.qcow2", "discard": "unmap"}}),
+            {"write": {"node": "d0", "offset": 0, "length": 2 * M, "pattern": 2}},
+            _qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b0"}),
+            *_setup()[3:],
+            _qmp("blockdev-backup", {"job-id": "j", "device": "d0", "target": "t", "sync": "none"}),
+            {"discard": {"node": "d0", "offset": M, "length": M}},
+            _qmp("query-named-block-nodes", {"flat": True}), _qmp("query-block-jobs"),
+            _qmp("job-cancel", {"id": "j"}), {"settle-jobs": True},
+            {"qemu-img": ["map", "--output=json", "-U", "d0.qcow2"]},
+            {"discard": {"node": "d0", "offset": M, "length": M}},  # without the filter: discarded
+            _qmp("query-named-block-nodes", {"flat": True}),
+            {"qemu-img": ["map", "--output=json", "-U", "d0.qcow2"]}]
+
+
 def _play_sim(steps: list[dict]) -> list:
     return play({"name": "t", "steps": steps}, "sim").replies
 
@@ -99,6 +117,18 @@ def test_cancelling_a_sync_none_backup_ends_it_before_the_next_command():
     assert replies[-1] == {"stdout": "Content mismatch at offset 0!\n", "stderr": "", "returncode": 1}
 
 
+def test_a_discard_during_a_backup_stops_at_the_filter():
+    steps = _discard_during_backup()
+    replies = _play_sim(steps)
+    count = [next(b["count"] for n in r["return"] if n["node-name"] == "d0"
+                  for b in n["dirty-bitmaps"] if b.get("name") == "b0") for r in (replies[8], replies[14])]
+    assert count == [0, M]  # QEMU: not dirtied through the filter, dirtied without it
+    assert replies[9]["return"][0]["offset"] == 0  # nothing copied before the discard
+    assert '"start": 1048576, "length": 1048576' not in replies[12]["stdout"]  # not discarded
+    assert '{ "start": 1048576, "length": 1048576, "depth": 0, "present": true, "zero": true, "data": false}' \
+        in replies[15]["stdout"]
+
+
 def test_random_running_backups_use_tiny_speeds_and_check_content():
     st = _State(random.Random(3), ["d0", "d1"])
     steps = [s for _ in range(20) for s in running_backup(st, 8 * M)]
@@ -109,7 +139,7 @@ def test_random_running_backups_use_tiny_speeds_and_check_content():
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("make", [_write_at_0, _cancel_sync_none])
+@pytest.mark.parametrize("make", [_write_at_0, _cancel_sync_none, _discard_during_backup])
 def test_on_real_qemu(make):
     scenario = {"name": make.__name__, "steps": make()}
     real = play(scenario, "qemu")
