@@ -32,23 +32,28 @@ def _qmp(execute: str, arguments: dict | None = None) -> dict:
     return {"qmp": msg}
 
 
-def _new_target(st: Any, size: int, steps: list[dict]) -> str:
+def _new_target(st: Any, size: int, steps: list[dict]) -> tuple[str, int]:
+    """A new qcow2 target (its name and cluster size: sometimes not 64 KiB)."""
     st.targets += 1
     target = f"t{st.targets}"
-    steps.append({"qemu-img": ["create", "-f", "qcow2", f"{target}.qcow2", str(size)]})
+    cluster = st.rng.choice([4096, 131072]) if st.rng.random() < 0.15 else 65536
+    options = ["-o", f"cluster_size={cluster}"] if cluster != 65536 else []
+    steps.append({"qemu-img": ["create", "-f", "qcow2", *options, f"{target}.qcow2", str(size)]})
     steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
                                        "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
-    return target
+    return target, cluster
 
 
-def _start(st: Any, node: str, target: str, sync: str) -> dict:
+def _start(st: Any, node: str, target: tuple[str, int], sync: str) -> dict:
     """A blockdev-backup step, throttled to 1 byte/s."""
     rng = st.rng
     st.jobs += 1
     # One cluster a request: QEMU also ends a request where the source's host clusters stop being
-    # contiguous, which bitlab does not lay out (README, Known differences).
-    args: dict = {"job-id": f"job{st.jobs}", "device": node, "target": target, "sync": sync, "speed": 1,
-                  "x-perf": {"max-chunk": 65536}}
+    # contiguous, which bitlab does not lay out (README, Known differences). The job's cluster is
+    # the target's if larger than 64 KiB (and a smaller max-chunk an error, now and then).
+    chunk = max(65536, target[1]) if rng.random() < 0.9 else 65536
+    args: dict = {"job-id": f"job{st.jobs}", "device": node, "target": target[0], "sync": sync, "speed": 1,
+                  "x-perf": {"max-chunk": chunk}}
     if sync in ("bitmap", "incremental") or rng.random() < 0.4:
         args["bitmap"] = st.bitmap(node)
         if sync != "incremental" or rng.random() < 0.3:
@@ -60,8 +65,12 @@ def _start(st: Any, node: str, target: str, sync: str) -> dict:
 
 def _guest_io(st: Any, size: int, node: str) -> dict:
     rng = st.rng
-    offset = rng.randrange(0, size // 512) * 512
-    length = min(rng.choice([512, 4096, 65536, 100 * 1024, 1 << 20]), size - offset)
+    if rng.random() < 0.2:  # unaligned
+        offset = rng.randrange(0, size - 1)
+        length = min(rng.randrange(1, 200_000), size - offset)
+    else:
+        offset = rng.randrange(0, size // 512) * 512
+        length = min(rng.choice([512, 4096, 65536, 100 * 1024, 1 << 20]), size - offset)
     io: dict = {"node": node, "offset": offset, "length": length}
     kind = rng.choices(["write", "zero", "discard"], weights=[16, 3, 1])[0]
     if kind == "write":
@@ -104,8 +113,8 @@ def running_backup(st: Any, size: int) -> list[dict]:
                                 "length": min(rng.choice([1, 2, 3]) << 20, size - offset)}})
     ref = f"r{st.targets + 1}.qcow2"  # the source as the job will see it when it starts
     steps.append({"qemu-img": ["convert", "-U", "-O", "qcow2", f"{node}.qcow2", ref]})
-    target = _new_target(st, size, steps)
-    start = _start(st, node, target, sync)
+    target, cluster = _new_target(st, size, steps)
+    start = _start(st, node, (target, cluster), sync)
     job_bitmap = start["qmp"]["arguments"].get("bitmap")
     if rng.random() < 0.25:  # in a transaction, with a bitmap added after it (which may fail: a rollback)
         new = rng.choice(["b0", "b1", "b2"])
@@ -142,7 +151,7 @@ def running_backup(st: Any, size: int) -> list[dict]:
             steps.append(_qmp(query, {"flat": True} if query == "query-named-block-nodes" else None))
         elif what == "second":  # of the same node (a new target), or onto the same target
             same_target = rng.random() < 0.5
-            other = target if same_target else _new_target(st, size, steps)
+            other = (target, cluster) if same_target else _new_target(st, size, steps)
             steps.append(_start(st, rng.choice(st.nodes) if same_target else node, other, rng.choice(SYNCS)))
             args = steps[-1]["qmp"]["arguments"]
             jobs[args["job-id"]] = args["sync"]
