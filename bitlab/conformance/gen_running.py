@@ -32,15 +32,16 @@ def _qmp(execute: str, arguments: dict | None = None) -> dict:
     return {"qmp": msg}
 
 
-def _new_target(st: Any, size: int, steps: list[dict]) -> tuple[str, int]:
-    """A new qcow2 target (its name and cluster size: sometimes not 64 KiB)."""
+def _new_target(st: Any, size: int, steps: list[dict], add: bool = True) -> tuple[str, int]:
+    """A new qcow2 target (its name and cluster size: sometimes not 64 KiB), a node unless not ``add``."""
     st.targets += 1
     target = f"t{st.targets}"
     cluster = st.rng.choice([4096, 131072]) if st.rng.random() < 0.15 else 65536
     options = ["-o", f"cluster_size={cluster}"] if cluster != 65536 else []
     steps.append({"qemu-img": ["create", "-f", "qcow2", *options, f"{target}.qcow2", str(size)]})
-    steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
-                                       "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
+    if add:
+        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
+                                           "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
     return target, cluster
 
 
@@ -113,13 +114,17 @@ def running_backup(st: Any, size: int) -> list[dict]:
                                 "length": min(rng.choice([1, 2, 3]) << 20, size - offset)}})
     ref = f"r{st.targets + 1}.qcow2"  # the source as the job will see it when it starts
     steps.append({"qemu-img": ["convert", "-U", "-O", "qcow2", f"{node}.qcow2", ref]})
-    target, cluster = _new_target(st, size, steps)
+    drive = rng.random() < 0.15  # drive-backup: QEMU opens the target file itself (detect-zeroes=unmap)
+    target, cluster = _new_target(st, size, steps, add=not drive)
     start = _start(st, node, (target, cluster), sync)
     job_bitmap = start["qmp"]["arguments"].get("bitmap")
+    if drive:
+        start = _qmp("drive-backup", {**start["qmp"]["arguments"], "target": f"{target}.qcow2",
+                                      "format": "qcow2", "mode": "existing"})
     if rng.random() < 0.25:  # in a transaction, with a bitmap added after it (which may fail: a rollback)
         new = rng.choice(["b0", "b1", "b2"])
         start = _qmp("transaction", {"actions": [
-            {"type": "blockdev-backup", "data": start["qmp"]["arguments"]},
+            {"type": start["qmp"]["execute"], "data": start["qmp"]["arguments"]},
             {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": new}}]})
     steps.append(start)
     jobs = {f"job{st.jobs}": sync}
@@ -156,8 +161,8 @@ def running_backup(st: Any, size: int) -> list[dict]:
             args = steps[-1]["qmp"]["arguments"]
             jobs[args["job-id"]] = args["sync"]
             fresh.append((args["device"], args["sync"]))
-        elif what == "target":  # a guest write on the job's target
-            steps.append(_guest_io(st, size, target))
+        elif what == "target":  # a guest write on the job's target (drive-backup's has no node name)
+            steps.append(_guest_io(st, size, node if drive else target))
         elif what == "speed":
             speed = rng.choice(TINY_SPEEDS + [-1])
             steps.append(_qmp("block-job-set-speed", {"device": rng.choice(list(jobs)), "speed": speed}))
@@ -172,7 +177,8 @@ def running_backup(st: Any, size: int) -> list[dict]:
         else:
             steps.append(_qmp("block-job-set-speed", {"device": name, "speed": 0}))
     steps.append({"settle-jobs": True})
-    steps.append({"flush": {"node": target}})  # the target's qcow2 metadata onto its file
+    if not drive:  # (drive-backup closes its target at the end)
+        steps.append({"flush": {"node": target}})  # the target's qcow2 metadata onto its file
     steps.append({"qemu-img": ["compare", "-U", ref, f"{target}.qcow2"]})
     if rng.random() < 0.3:
         steps.append({"qemu-img": ["compare", "-U", f"{node}.qcow2", f"{target}.qcow2"]})

@@ -76,6 +76,14 @@ def _discard_during_backup() -> list[dict]:
             {"qemu-img": ["map", "--output=json", "-U", "d0.qcow2"]}]
 
 
+def _drive_backup_target() -> list[dict]:
+    """drive-backup opens its target with detect-zeroes=unmap; the target's file node does not inherit it."""
+    return [*_setup()[:4], _qmp("drive-backup", {"job-id": "j", "device": "d0", "target": "t.qcow2", "sync": "full",
+                                                 "format": "qcow2", "mode": "existing", "speed": 1}),
+            {"write": {"node": "d0", "offset": 0, "length": 512, "pattern": 3}},
+            _qmp("query-named-block-nodes", {"flat": True}), _qmp("job-cancel", {"id": "j"}), {"settle-jobs": True}]
+
+
 def _play_sim(steps: list[dict]) -> list:
     return play({"name": "t", "steps": steps}, "sim").replies
 
@@ -129,6 +137,13 @@ def test_a_discard_during_a_backup_stops_at_the_filter():
         in replies[15]["stdout"]
 
 
+def test_detect_zeroes_is_not_inherited_by_a_file_child():
+    nodes = _play_sim(_drive_backup_target())[6]["return"]
+    target = next(n for n in nodes if n["image"]["filename"] == "t.qcow2" and n["drv"] == "qcow2")
+    target_file = next(n for n in nodes if n["image"]["filename"] == "t.qcow2" and n["drv"] == "file")
+    assert (target["detect_zeroes"], target_file["detect_zeroes"]) == ("unmap", "off")
+
+
 def test_random_running_backups_use_tiny_speeds_and_check_content():
     st = _State(random.Random(3), ["d0", "d1"])
     steps = [s for _ in range(20) for s in running_backup(st, 8 * M)]
@@ -139,7 +154,7 @@ def test_random_running_backups_use_tiny_speeds_and_check_content():
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("make", [_write_at_0, _cancel_sync_none, _discard_during_backup])
+@pytest.mark.parametrize("make", [_write_at_0, _cancel_sync_none, _discard_during_backup, _drive_backup_target])
 def test_on_real_qemu(make):
     scenario = {"name": make.__name__, "steps": make()}
     real = play(scenario, "qemu")
