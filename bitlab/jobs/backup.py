@@ -89,8 +89,10 @@ class BackupJob(Job):
 
     # -- speed and progress -----------------------------------------------------------
     def set_speed(self, speed: int) -> None:
+        """backup_set_speed: the new speed, and the background call woken (block_copy_kick)."""
         self.speed = speed
         self.bcs.rate.set_speed(speed)
+        self.bcs.kick()
 
     def _progress(self, done: int, remaining: int) -> None:
         self.progress_current += done

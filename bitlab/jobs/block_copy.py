@@ -189,6 +189,7 @@ class Call:
     finished: bool = False
     timers: list = field(default_factory=list)
     tasks: list = field(default_factory=list)  # (timer, task or batch) in flight
+    sleep: Any = None  # the rate limiter's sleep the call's loop is in (its timer), if any
 
 
 class BlockCopy:
@@ -365,7 +366,7 @@ class BlockCopy:
             call.tasks = [(tm, t) for tm, t in call.tasks if t is not task]
             call.in_flight -= 1
             self._finish(task)
-        if waited:  # the call goes on (or ends) in its own coroutine, after the guest's write
+        if waited and call.sleep is None:  # the loop waits for them (the call ends after the guest's write)
             call.timers.append(self.scheduler.after(0, lambda: self._launch(call)))
 
     # -- asynchronous copy (the job's background copy) ---------------------------------------
@@ -375,8 +376,13 @@ class BlockCopy:
         return self.call
 
     def launch(self, call: Call) -> None:
-        """block_copy_async enters the call's coroutine at once: its first requests start now
-        (their clusters are no longer dirty for a guest write's copy-before-write)."""
+        """block_copy_async enters the call's coroutine at once: under a rate limit its first
+        requests start now (their clusters are no longer dirty for a guest write's copy-before-write).
+        Without one, what is in flight when is the timing model's: the call starts when time runs
+        (so that a batch keeps its whole waves)."""
+        if not self.rate.speed:
+            self.scheduler.after(0, lambda: self._launch(call))
+            return
         self._launch(call)
 
     def cancel(self) -> None:
@@ -402,7 +408,8 @@ class BlockCopy:
             now = self.scheduler.clock.now_ns
             wait = self.rate.delay(now, 0)
             if wait > 0:
-                call.timers.append(self.scheduler.after(wait, lambda: self._launch(call)))
+                call.sleep = self.scheduler.after(wait, lambda: self._wake(call))
+                call.timers.append(call.sleep)
                 return
             self.rate.delay(now, task.nbytes)
             call.found = True
@@ -427,8 +434,21 @@ class BlockCopy:
             call.error, call.error_is_read = task.error, task.error_is_read
         if call.in_flight == 0 and (call.cancelled or call.error is not None):
             self._end(call)
-        elif not call.cancelled and call.error is None:
+        elif not call.cancelled and call.error is None and call.sleep is None:
+            # a free worker: the loop goes on, unless it sleeps on the rate limiter (then it
+            # goes on when it wakes, even if nothing is left to copy by then)
             self._launch(call)
+
+    def _wake(self, call: Call) -> None:
+        call.sleep = None
+        self._launch(call)
+
+    def kick(self) -> None:
+        """block_copy_kick (a new speed): a call sleeping on the rate limiter wakes at once."""
+        call = self.call
+        if call is not None and not call.finished and call.sleep is not None:
+            call.sleep.cancel()
+            self._wake(call)
 
     def _end(self, call: Call) -> None:
         if not call.finished:

@@ -84,6 +84,30 @@ def _drive_backup_target() -> list[dict]:
             _qmp("query-named-block-nodes", {"flat": True}), _qmp("job-cancel", {"id": "j"}), {"settle-jobs": True}]
 
 
+def _bitmap_setup() -> list[dict]:
+    """Four dirty clusters at 1 MiB in bitmap b0, and an empty target."""
+    steps = _setup()
+    steps[2] = {"write": {"node": "d0", "offset": M, "length": 4 * 65536, "pattern": 2}}
+    return [*steps[:2], _qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b0"}), *steps[2:]]
+
+
+def _copied_while_asleep() -> list[dict]:
+    """A guest write copies what the throttled job had left: the job still sleeps on the rate limit."""
+    return [*_bitmap_setup(),
+            _qmp("blockdev-backup", {"job-id": "j", "device": "d0", "target": "t", "sync": "incremental",
+                                     "bitmap": "b0", "speed": 1, "x-perf": {"max-chunk": 65536}}),
+            {"write": {"node": "d0", "offset": M, "length": 4 * 65536, "pattern": 3}},
+            {"sleep": 0.05}, _qmp("query-jobs"), _qmp("job-cancel", {"id": "j"}), {"settle-jobs": True},
+            _qmp("x-debug-block-dirty-bitmap-sha256", {"node": "d0", "name": "b0"})]
+
+
+def _speed_wakes_the_job() -> list[dict]:
+    """block-job-set-speed wakes a job sleeping on the rate limit (block_copy_kick)."""
+    return [*_setup(), _throttled(65536), {"sleep": 0.05}, _qmp("query-jobs"),
+            _qmp("block-job-set-speed", {"device": "j", "speed": 0}), {"sleep": 0.3}, _qmp("query-jobs"),
+            {"settle-jobs": True}]
+
+
 def _play_sim(steps: list[dict]) -> list:
     return play({"name": "t", "steps": steps}, "sim").replies
 
@@ -144,6 +168,19 @@ def test_detect_zeroes_is_not_inherited_by_a_file_child():
     assert (target["detect_zeroes"], target_file["detect_zeroes"]) == ("unmap", "off")
 
 
+def test_a_job_asleep_on_the_rate_limit_ends_only_when_it_wakes():
+    replies = _play_sim(_copied_while_asleep())
+    assert replies[9] == {"return": [{"current-progress": 262144, "status": "running", "total-progress": 262144,
+                                      "type": "backup", "id": "j"}]}
+    assert replies[10] == {"return": {}}  # cancelled: everything was copied, the job had not ended
+
+
+def test_a_new_speed_wakes_the_job():
+    replies = _play_sim(_speed_wakes_the_job())
+    assert replies[7]["return"][0]["current-progress"] == 65536
+    assert replies[10] == {"return": []}  # done 0.3 s after the new speed
+
+
 def test_random_running_backups_use_tiny_speeds_and_check_content():
     st = _State(random.Random(3), ["d0", "d1"])
     steps = [s for _ in range(20) for s in running_backup(st, 8 * M)]
@@ -154,7 +191,8 @@ def test_random_running_backups_use_tiny_speeds_and_check_content():
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("make", [_write_at_0, _cancel_sync_none, _discard_during_backup, _drive_backup_target])
+@pytest.mark.parametrize("make", [_write_at_0, _cancel_sync_none, _discard_during_backup, _drive_backup_target,
+                                  _copied_while_asleep, _speed_wakes_the_job])
 def test_on_real_qemu(make):
     scenario = {"name": make.__name__, "steps": make()}
     real = play(scenario, "qemu")
