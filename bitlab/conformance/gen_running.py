@@ -1,18 +1,19 @@
 """Random steps around a backup that runs while the guest writes (copy-before-write).
 
-The backup starts throttled to 1 byte/s: QEMU 7.2's rate limiter lets the first block-copy
-request (one cluster: ``x-perf`` ``max-chunk``) through and then sleeps for hours, so once that
-request has finished the job's progress is deterministic on real QEMU. While it runs: guest writes and zero writes (each
-copied before it lands), bitmap commands on the job's bitmap and others, queries (the
-copy-before-write filter node shows up), a second backup of the same node or onto the same
-target, speed changes, pause and resume, cancel. Then the speed goes to 0 (or the job is
-cancelled), the jobs settle and the target's *content* is checked with ``qemu-img compare``
-against a copy of the source made just before the job started.
+The backup (blockdev-backup or drive-backup, alone or in a transaction) starts throttled to
+1 byte/s: QEMU 7.2's rate limiter lets the first block-copy request (one job cluster: ``x-perf``
+``max-chunk``) through and then sleeps for hours, so once that request has finished the job's
+progress is deterministic on real QEMU. While it runs: guest writes (aligned or not), zero
+writes and discards on the source, the other node or the target; bitmap commands on the job's
+bitmap and others; queries (the copy-before-write filter node shows up); a second backup of the
+same node or onto the same target; speed changes, pause, resume, cancel. Then the speed goes to
+0 (or the job is cancelled), the jobs settle and the target's *content* is checked with
+``qemu-img compare`` against a copy of the source made just before the job started.
 
-Stays away from what is not deterministic on QEMU 7.2: host offsets in a target's
-``qemu-img map`` (block-copy writes its chunks in parallel, allocation order varies), any
-query before the first request has finished (hence the settle after each start), and speeds
-large enough to let a second request through while the scenario runs.
+Stays away from what is not deterministic on QEMU 7.2: host offsets in a target's ``qemu-img
+map`` (block-copy writes its chunks in parallel, allocation order varies); anything but a guest
+write before the first requests have finished (hence a wait first: a guest write on a full
+backup's first cluster, else a short sleep); speeds that let a second request through.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def running_backup(st: Any, size: int) -> list[dict]:
     if sync in ("bitmap", "incremental") and not st.bitmaps[node] and rng.random() < 0.8:
         steps.append(_qmp("block-dirty-bitmap-add", {"node": node, "name": "b0"}))
         st.bitmaps[node].add("b0")
-    if rng.random() < 0.7:  # more than the first request's 1 MiB to copy, so that the job runs on
+    if rng.random() < 0.7:  # data to copy after the first request, so that the job runs on
         offset = rng.randrange(0, size // (64 << 10)) * (64 << 10)
         steps.append({"write": {"node": node, "offset": offset, "pattern": rng.randrange(1, 256),
                                 "length": min(rng.choice([1, 2, 3]) << 20, size - offset)}})
