@@ -59,7 +59,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
                                            "file": {"driver": "file", "filename": f"{n}.qcow2"}}))
     for _ in range(rng.randint(6, 24)):
         op = rng.choices(["write", "add", "manage", "merge", "sha", "query", "backup", "txn", "export", "running"],
-                         weights=[30, 12, 10, 5, 5, 4, 10, 8, 6, 3])[0]
+                         weights=[30, 12, 10, 5, 5, 4, 10, 8, 6, 1])[0]
         steps += _OPS[op](st, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     for node in nodes:
