@@ -147,6 +147,7 @@ def merge_bitmaps(vm: Any, args: dict) -> DirtyBitmap:
                 raise generic(f"Dirty bitmap '{src_ref}' not found")
         else:
             _, src = vm.graph.lookup_bitmap(src_ref["node"], src_ref["name"])
+        check_bitmap(dst, DEFAULT)  # QEMU 7.2: a busy target fails once a source is found, before its checks
         check_bitmap(src, ALLOW_RO)
         if src.size != anon.size:
             raise generic(
@@ -154,7 +155,6 @@ def merge_bitmaps(vm: Any, args: dict) -> DirtyBitmap:
                 f"source size is {src.size}) and can't be merged"
             )
         anon.merge_from(src)
-    check_bitmap(dst, DEFAULT)
     dst.merge_from(anon)
     return dst
 
