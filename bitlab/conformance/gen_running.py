@@ -18,6 +18,7 @@ backup's first cluster, else a short sleep); speeds that let a second request th
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 SETTLE = 0.05  # seconds: a started job's first request (64 KiB) has surely finished on real QEMU
@@ -187,3 +188,24 @@ def running_backup(st: Any, size: int) -> list[dict]:
     if rng.random() < 0.3:
         steps.append({"qemu-img": ["compare", "-U", f"{node}.qcow2", f"{target}.qcow2"]})
     return steps
+
+
+def running_scenario(seed: int, index: int = 0, size: int = 8 << 20) -> dict:
+    """A scenario built around such backups (``bitlab conformance --focus running``): a few guest
+    writes and bitmap commands, and one to six of them; the same (seed, index), the same steps."""
+    from . import generator as gen  # (the generator imports this module)
+    rng = random.Random(f"running{seed}/{index}")
+    st = gen._State(rng, ["d0", "d1"][: rng.randint(1, 2)])
+    steps: list[dict] = []
+    for n in st.nodes:
+        steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
+        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": n,
+                                           "file": {"driver": "file", "filename": f"{n}.qcow2"}}))
+    for _ in range(rng.randint(3, 10)):
+        steps += gen._OPS[rng.choices(["write", "add", "manage", "running"], weights=[30, 15, 5, 10])[0]](st, size)
+    steps += running_backup(st, size)
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    for node in st.nodes:
+        for name in sorted(st.bitmaps[node]):
+            steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name}))
+    return {"name": f"running-{seed}-{index}", "steps": steps}

@@ -7,11 +7,12 @@ import random
 import time
 
 from ..backends.qemu import QemuNotFound, qemu_missing
+from .gen_running import running_scenario
 from .generator import random_scenario
 from .runner import check
 
 
-def report(scenarios: int, seed: int, show: int = 5) -> tuple[str, int]:
+def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None) -> tuple[str, int]:
     """The report text and the number of scenarios that differ."""
     missing = qemu_missing()
     if missing:
@@ -19,7 +20,7 @@ def report(scenarios: int, seed: int, show: int = 5) -> tuple[str, int]:
     start = time.monotonic()
     differing: dict[str, list] = {}
     for index in range(scenarios):
-        scenario = random_scenario(seed, index)
+        scenario = (running_scenario if focus == "running" else random_scenario)(seed, index)
         diffs = check(scenario)
         if diffs:
             differing[scenario["name"]] = diffs
@@ -38,19 +39,22 @@ def report(scenarios: int, seed: int, show: int = 5) -> tuple[str, int]:
     if len(differing) > show:
         lines.append(f"... and {len(differing) - show} more")
     if differing:
-        lines += ["", f"replay: bitlab conformance --seed {seed} --scenarios {scenarios}"]
+        focus_arg = f" --focus {focus}" if focus else ""
+        lines += ["", f"replay: bitlab conformance --seed {seed} --scenarios {scenarios}{focus_arg}"]
     return "\n".join(lines), len(differing)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", type=int, default=50, help="how many random scenarios (default 50)")
     parser.add_argument("--seed", type=int, default=None, help="the seed (default: a new one, printed)")
+    parser.add_argument("--focus", choices=["running"], default=None,
+                        help="scenarios built around backups that run while the guest writes")
 
 
 def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     try:
-        text, bad = report(args.scenarios, seed)
+        text, bad = report(args.scenarios, seed, focus=args.focus)
     except QemuNotFound as err:
         print(err)
         return 2

@@ -12,8 +12,9 @@ import pytest
 
 from bitlab import Machine
 from bitlab.conformance import random_scenario
-from bitlab.conformance.gen_running import running_backup
+from bitlab.conformance.gen_running import running_backup, running_scenario
 from bitlab.conformance.generator import _State
+from bitlab.conformance.report import report
 from bitlab.conformance.runner import compare, play
 from bitlab.conformance.steps import run_step
 
@@ -188,6 +189,18 @@ def test_random_running_backups_use_tiny_speeds_and_check_content():
     assert starts and all(a["speed"] == 1 and a["x-perf"]["max-chunk"] in (65536, 131072) for a in starts)
     assert sum(1 for s in steps if s.get("qemu-img", [""])[0] == "compare") >= 20
     assert any(s.get("sleep") for s in steps)
+
+
+def test_focused_scenarios_are_seeded_and_hold_running_backups():
+    assert running_scenario(4, 2) == running_scenario(4, 2) != running_scenario(4, 3)
+    starts = [s for i in range(5) for s in running_scenario(1, i)["steps"] if s.get("qemu-img", [""])[0] == "convert"]
+    assert len(starts) >= 5  # one a scenario at least
+
+
+@pytest.mark.qemu
+def test_conformance_report_focused_on_running_backups():
+    text, bad = report(2, 94, focus="running")
+    assert bad == 0 and "scenarios run                2" in text
 
 
 @pytest.mark.qemu
