@@ -416,8 +416,18 @@ class Qcow2Node(FormatNode):
             self.file.debug_event("cluster_alloc")
             self.file.debug_event("l2_update")
         self.file.debug_event("write_aio")
-        self.file.debug_check("write", None, length)  # host offsets in the file are not modelled
+        self._check_write(offset, length)
         self.image.data.write(offset, length, value)
+
+    def _check_write(self, offset: int, length: int) -> None:
+        """blkdebug's verdict on the data write; host offsets in the file are not modelled. qcow2 wrote
+        the L2 table of a cluster it allocates before the data write, which may fail."""
+        try:
+            self.file.debug_check("write", None, length)
+        except Exception:  # BlockIOError (blkdebug.py imports this module)
+            if self.image.data.value_at(offset) == UNALLOCATED:
+                self.image.note_failed_write(offset)
+            raise
 
     def pread(self, offset, length):
         """Data runs are read from the file (read_aio); holes come from the backing file."""
@@ -505,7 +515,7 @@ class Qcow2Node(FormatNode):
     def _store_batch(self, offsets, lengths, values):
         if len(offsets):
             self.file.debug_event("write_aio")
-            self.file.debug_check("write", None, 0)
+            self._check_write(int(offsets[0]), 0)
         self.image.data.write_batch(offsets, lengths, values)
 
     def _whole_clusters(self, offset: int, length: int) -> tuple[int, int]:

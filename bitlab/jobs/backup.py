@@ -157,9 +157,11 @@ class BackupJob(Job):
             self.bcs.cancel()
         elif self.io_status != "ok" and self.sync != "none":
             # Stopped on an error: backup_loop retries once more before it sees the cancel,
-            # so the requests it starts still complete.
+            # so the requests it starts still complete, and so does the next task, created
+            # before block-copy waited for a free worker (the spare).
             self.io_status = "ok"
             self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+            self.call.spare = 1
             self.manager.scheduler.after(0, self.bcs.cancel)
         else:
             self.manager.scheduler.after(0, self._cancelled_while_idle)

@@ -1,0 +1,177 @@
+"""The job life cycle as the random conformance meets it: QEMU 7.2's answers, found by
+``bitlab conformance`` and checked on real QEMU (the ``qemu``-marked tests replay them there)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bitlab import Machine
+from bitlab.conformance import check, random_scenario
+from bitlab.conformance.generator import LIFE_CHANCE
+
+# -- detect-zeroes belongs to the node it is set on ------------------------------------------------------
+
+
+def _open_with_detect_zeroes(vm: Any) -> dict[str, str]:
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "1M")
+    vm.qemu_img("create", "-f", "raw", "r.raw", "1M")
+    vm.qemu_img("create", "-f", "qcow2", "s.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "r", "discard": "unmap", "detect-zeroes": "unmap",
+                            "file": {"driver": "file", "filename": "r.raw", "node-name": "rf"}})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a", "detect-zeroes": "on", "file": {
+        "driver": "blkdebug", "node-name": "ab", "image": {"driver": "file", "filename": "a.qcow2", "node-name": "af"}}})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "s", "file": {"driver": "file", "filename": "s.qcow2"}})
+    # drive-backup opens its target with detect-zeroes=unmap: the target's file node does not get it
+    vm.qmp("drive-backup", {"job-id": "j", "device": "s", "target": "t.qcow2", "format": "qcow2", "sync": "full",
+                            "auto-dismiss": False, "auto-finalize": False})
+    vm.run()
+    return {n["node-name"] if not n["node-name"].startswith("#") else f"{n['drv']}:{n['image']['filename']}":
+            n["detect_zeroes"] for n in vm.qmp("query-named-block-nodes", {"flat": True})}
+
+
+def test_detect_zeroes_is_not_inherited_by_children():
+    assert _open_with_detect_zeroes(Machine()) == {
+        "r": "unmap", "rf": "off", "a": "on", "ab": "off", "af": "off", "s": "off", "file:s.qcow2": "off",
+        "qcow2:t.qcow2": "unmap", "file:t.qcow2": "off", "copy-before-write:s.qcow2": "off"}
+
+
+@pytest.mark.qemu
+def test_detect_zeroes_is_not_inherited_by_children_on_real_qemu():
+    with Machine(backend="qemu") as vm:
+        real = _open_with_detect_zeroes(vm)
+    assert real == _open_with_detect_zeroes(Machine())
+
+
+# -- cancelling a job that an error stopped ----------------------------------------------------------------
+
+
+def stopped_then_cancelled(clusters: int, sync: str, workers: int) -> dict:
+    """A backup stopped by a read error (on-source-error stop), then cancelled: backup_loop starts
+    one more block-copy call before it sees the cancel; its first tasks still complete."""
+    steps: list[dict] = [
+        {"qemu-img": ["create", "-f", "qcow2", "s.qcow2", "8M"]},
+        {"qemu-img": ["create", "-f", "qcow2", "t.qcow2", "8M"]},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "s", "file": {
+            "driver": "blkdebug", "image": {"driver": "file", "filename": "s.qcow2"},
+            "inject-error": [{"event": "read_aio", "errno": 5, "once": True}]}}}},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "t",
+                                                          "file": {"driver": "file", "filename": "t.qcow2"}}}},
+    ]
+    steps += [{"write": {"node": "s", "offset": i * 131072, "length": 512, "pattern": 5}} for i in range(clusters)]
+    steps += [
+        {"qmp": {"execute": "blockdev-backup", "arguments": {
+            "job-id": "j", "device": "s", "target": "t", "sync": sync, "on-source-error": "stop",
+            "auto-dismiss": False, "x-perf": {"max-workers": workers}}}},
+        {"settle-jobs": True},
+        {"qmp": {"execute": "query-jobs"}},
+        {"qmp": {"execute": "job-cancel", "arguments": {"id": "j"}}},
+        {"settle-jobs": True},
+        {"qmp": {"execute": "query-jobs"}},
+    ]
+    return {"name": f"stop-cancel-{clusters}-{sync}-{workers}", "steps": steps}
+
+
+CANCELLED = [  # (clusters, sync, max-workers) -> (progress when stopped, when cancelled), from QEMU 7.2
+    ((2, "top", 1), (0, 131072, 131072)),
+    ((6, "top", 1), (0, 131072, 393216)),
+    ((6, "top", 2), (65536, 262144, 393216)),
+    ((6, "full", 1), (0, 131072, 8388608)),
+    ((6, "full", 2), (65536, 262144, 8388608)),
+    ((1, "full", 1), (0, 1114112, 8388608)),
+]
+
+
+@pytest.mark.parametrize(("case", "want"), CANCELLED, ids=[f"{c}-{s}-{w}" for (c, s, w), _ in CANCELLED])
+def test_cancel_after_a_stop_completes_a_task_per_worker_and_one_more(case: tuple, want: tuple) -> None:
+    from bitlab.conformance import play
+
+    out = play(stopped_then_cancelled(*case), "sim")
+    assert out.error is None
+    stopped, cancelled = out.replies[-4]["return"][0], out.replies[-1]["return"][0]
+    assert (stopped["status"], stopped["current-progress"]) == ("paused", want[0])
+    assert cancelled == {"id": "j", "type": "backup", "status": "concluded", "current-progress": want[1],
+                         "total-progress": want[2], "error": "Operation canceled"}
+    ends = [ev["data"] for ev in out.events if ev["event"] == "BLOCK_JOB_CANCELLED"]
+    assert ends == [{"type": "backup", "device": "j", "len": want[2], "offset": want[1], "speed": 0}]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("case", [c for c, _ in CANCELLED], ids=[f"{c}-{s}-{w}" for (c, s, w), _ in CANCELLED])
+def test_cancel_after_a_stop_on_real_qemu(case: tuple) -> None:
+    assert check(stopped_then_cancelled(*case)) == []
+
+
+# -- the generator's life-cycle episodes -------------------------------------------------------------------
+
+
+def _life_steps(seed: int, count: int) -> list[dict]:
+    """The steps of life-cycle episodes (their jobs are lj<n>, their nodes s<n> and lt<n>), and queries."""
+    return [step for i in range(count) for step in random_scenario(seed, i)["steps"]
+            if '"lj' in json.dumps(step) or step.get("qmp", {}).get("execute", "").startswith("query-")
+            or '"s' in json.dumps(step.get("qmp", {}).get("arguments", {}))]
+
+
+def test_random_scenarios_walk_the_job_life_cycle():
+    """Every verb, on both command families, with the flags and error policies, appears."""
+    steps = _life_steps(7, 60)
+    executes = {s["qmp"]["execute"] for s in steps if "qmp" in s}
+    for verb in ("finalize", "dismiss", "cancel", "pause", "resume", "complete"):
+        assert f"job-{verb}" in executes and f"block-job-{verb}" in executes, verb
+    assert {"query-jobs", "query-block-jobs", "drive-backup", "transaction", "block-job-set-speed"} <= executes
+    text = json.dumps(steps)
+    for needle in ('"auto-finalize": false', '"auto-dismiss": false', '"on-source-error": "stop"',
+                   '"on-target-error": "enospc"', '"on-source-error": "ignore"', '"force": true',
+                   '"mode": "absolute-paths"', '"inject-error"', '"set-state"', '"completion-mode": "grouped"'):
+        assert needle in text, needle
+    assert 0 < LIFE_CHANCE < 1
+
+
+def test_life_cycle_episodes_stay_deterministic():
+    """What would make real QEMU's outcome depend on timing, or never settle, is never generated: an
+    error that recurs with 'ignore' (endless retries), a stop inside a grouped transaction (the others
+    wait forever), a sync 'none' job left running at a settle, more than one worker."""
+    for index in range(150):
+        steps = random_scenario(3, index)["steps"]
+        endless: set[str] = set()  # life-cycle jobs of sync 'none'
+        running: set[str] = set()
+        for step in steps:
+            msg = step.get("qmp", {})
+            args = msg.get("arguments", {})
+            if msg.get("execute") == "blockdev-add" and args.get("file", {}).get("driver") == "blkdebug":
+                rule = args["file"]["inject-error"][0]
+                assert rule.get("once") or not _ignored(steps, args["node-name"]), step
+            if msg.get("execute") in ("blockdev-backup", "drive-backup") and str(args.get("job-id", "")).startswith("lj"):
+                assert args["x-perf"] == {"max-workers": 1}
+                if args["sync"] == "none":
+                    endless.add(args["job-id"])
+                    running.add(args["job-id"])
+            if msg.get("execute") == "transaction" and '"lj' in json.dumps(args):
+                for action in args["actions"]:
+                    for side, key in (("source", "device"), ("target", "target")):
+                        if action["data"].get(f"on-{side}-error") == "stop":
+                            assert not _has_error(steps, action["data"][key]), step
+            if msg.get("execute") in ("job-pause", "block-job-pause", "job-cancel", "block-job-cancel"):
+                running.discard(args.get("id", args.get("device")))  # a running job is never user-paused
+            if msg.get("execute") in ("job-resume", "block-job-resume"):
+                running |= {args.get("id", args.get("device"))} & endless
+            if "settle-jobs" in step:
+                assert not running, (index, running)
+
+
+def _ignored(steps: list[dict], node: str) -> bool:
+    for step in steps:
+        args = step.get("qmp", {}).get("arguments", {})
+        if step.get("qmp", {}).get("execute") in ("blockdev-backup", "drive-backup") and node in (
+                args.get("device"), args.get("target")):
+            side = "source" if args.get("device") == node else "target"
+            if args.get(f"on-{side}-error") == "ignore":
+                return True
+    return False
+
+
+def _has_error(steps: list[dict], node: str) -> bool:
+    text = json.dumps([s for s in steps if s.get("qmp", {}).get("arguments", {}).get("node-name") == node])
+    return "inject-error" in text
