@@ -22,7 +22,8 @@ def _open_with_detect_zeroes(vm: Any) -> dict[str, str]:
     vm.qmp("blockdev-add", {"driver": "raw", "node-name": "r", "discard": "unmap", "detect-zeroes": "unmap",
                             "file": {"driver": "file", "filename": "r.raw", "node-name": "rf"}})
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a", "detect-zeroes": "on", "file": {
-        "driver": "blkdebug", "node-name": "ab", "image": {"driver": "file", "filename": "a.qcow2", "node-name": "af"}}})
+        "driver": "blkdebug", "node-name": "ab",
+        "image": {"driver": "file", "filename": "a.qcow2", "node-name": "af"}}})
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "s", "file": {"driver": "file", "filename": "s.qcow2"}})
     # drive-backup opens its target with detect-zeroes=unmap: the target's file node does not get it
     vm.qmp("drive-backup", {"job-id": "j", "device": "s", "target": "t.qcow2", "format": "qcow2", "sync": "full",
@@ -48,19 +49,21 @@ def test_detect_zeroes_is_not_inherited_by_children_on_real_qemu():
 # -- cancelling a job that an error stopped ----------------------------------------------------------------
 
 
-def stopped_then_cancelled(clusters: int, sync: str, workers: int) -> dict:
+def stopped_then_cancelled(clusters: int, sync: str, workers: int, once: bool = True, first: int = 0,
+                           gap: int = 131072) -> dict:
     """A backup stopped by a read error (on-source-error stop), then cancelled: backup_loop starts
-    one more block-copy call before it sees the cancel; its first tasks still complete."""
+    one more block-copy call before it sees the cancel; its first tasks still complete, and the
+    task created before it waited for a worker too, unless a task failed (the error recurs)."""
     steps: list[dict] = [
         {"qemu-img": ["create", "-f", "qcow2", "s.qcow2", "8M"]},
         {"qemu-img": ["create", "-f", "qcow2", "t.qcow2", "8M"]},
         {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "s", "file": {
             "driver": "blkdebug", "image": {"driver": "file", "filename": "s.qcow2"},
-            "inject-error": [{"event": "read_aio", "errno": 5, "once": True}]}}}},
+            "inject-error": [{"event": "read_aio", "errno": 5, "once": once}]}}}},
         {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "t",
                                                           "file": {"driver": "file", "filename": "t.qcow2"}}}},
     ]
-    steps += [{"write": {"node": "s", "offset": i * 131072, "length": 512, "pattern": 5}} for i in range(clusters)]
+    steps += [{"write": {"node": "s", "offset": first + i * gap, "length": 512, "pattern": 5}} for i in range(clusters)]
     steps += [
         {"qmp": {"execute": "blockdev-backup", "arguments": {
             "job-id": "j", "device": "s", "target": "t", "sync": sync, "on-source-error": "stop",
@@ -71,7 +74,7 @@ def stopped_then_cancelled(clusters: int, sync: str, workers: int) -> dict:
         {"settle-jobs": True},
         {"qmp": {"execute": "query-jobs"}},
     ]
-    return {"name": f"stop-cancel-{clusters}-{sync}-{workers}", "steps": steps}
+    return {"name": f"stop-cancel-{clusters}-{sync}-{workers}-{once}-{first}-{gap}", "steps": steps}
 
 
 CANCELLED = [  # (clusters, sync, max-workers) -> (progress when stopped, when cancelled), from QEMU 7.2
@@ -81,10 +84,14 @@ CANCELLED = [  # (clusters, sync, max-workers) -> (progress when stopped, when c
     ((6, "full", 1), (0, 131072, 8388608)),
     ((6, "full", 2), (65536, 262144, 8388608)),
     ((1, "full", 1), (0, 1114112, 8388608)),
+    ((4, "full", 1, False, 5866496, 65536), (5832704, 5832704, 8388608)),  # the spare never runs
+    ((4, "full", 1, True, 5866496, 65536), (5832704, 7143424, 8388608)),
+    ((4, "top", 1, False, 0, 65536), (0, 0, 262144)),
 ]
+IDS = ["-".join(map(str, case)) for case, _ in CANCELLED]
 
 
-@pytest.mark.parametrize(("case", "want"), CANCELLED, ids=[f"{c}-{s}-{w}" for (c, s, w), _ in CANCELLED])
+@pytest.mark.parametrize(("case", "want"), CANCELLED, ids=IDS)
 def test_cancel_after_a_stop_completes_a_task_per_worker_and_one_more(case: tuple, want: tuple) -> None:
     from bitlab.conformance import play
 
@@ -99,7 +106,7 @@ def test_cancel_after_a_stop_completes_a_task_per_worker_and_one_more(case: tupl
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("case", [c for c, _ in CANCELLED], ids=[f"{c}-{s}-{w}" for (c, s, w), _ in CANCELLED])
+@pytest.mark.parametrize("case", [c for c, _ in CANCELLED], ids=IDS)
 def test_cancel_after_a_stop_on_real_qemu(case: tuple) -> None:
     assert check(stopped_then_cancelled(*case)) == []
 
@@ -143,7 +150,8 @@ def test_life_cycle_episodes_stay_deterministic():
             if msg.get("execute") == "blockdev-add" and args.get("file", {}).get("driver") == "blkdebug":
                 rule = args["file"]["inject-error"][0]
                 assert rule.get("once") or not _ignored(steps, args["node-name"]), step
-            if msg.get("execute") in ("blockdev-backup", "drive-backup") and str(args.get("job-id", "")).startswith("lj"):
+            life = str(args.get("job-id", "")).startswith("lj")
+            if msg.get("execute") in ("blockdev-backup", "drive-backup") and life:
                 assert args["x-perf"] == {"max-workers": 1}
                 if args["sync"] == "none":
                     endless.add(args["job-id"])
@@ -175,3 +183,55 @@ def _ignored(steps: list[dict], node: str) -> bool:
 def _has_error(steps: list[dict], node: str) -> bool:
     text = json.dumps([s for s in steps if s.get("qmp", {}).get("arguments", {}).get("node-name") == node])
     return "inject-error" in text
+
+
+# -- a failed data write leaves its L2 table behind -------------------------------------------------------
+
+
+def failed_target_write(once: bool) -> dict:
+    """A backup whose first target write fails (on-target-error report): qcow2 has allocated and
+    written the L2 table before the data write failed, so the target file keeps it."""
+    steps: list[dict] = [
+        {"qemu-img": ["create", "-f", "qcow2", "s.qcow2", "8M"]},
+        {"qemu-img": ["create", "-f", "qcow2", "t.qcow2", "8M"]},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "s",
+                                                          "file": {"driver": "file", "filename": "s.qcow2"}}}},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "t", "file": {
+            "driver": "blkdebug", "node-name": "tb",
+            "image": {"driver": "file", "filename": "t.qcow2", "node-name": "tf"},
+            "inject-error": [{"event": "write_aio", "errno": 5, "once": once}]}}}},
+        {"write": {"node": "s", "offset": 1 << 20, "length": 65536, "pattern": 7}},
+        {"qmp": {"execute": "blockdev-backup", "arguments": {"job-id": "j", "device": "s", "target": "t",
+                                                             "sync": "top", "x-perf": {"max-workers": 1}}}},
+        {"settle-jobs": True},
+        {"qmp": {"execute": "query-named-block-nodes", "arguments": {"flat": True}}},
+        {"qemu-img": ["create", "-f", "qcow2", "u.qcow2", "8M"]},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "u",
+                                                          "file": {"driver": "file", "filename": "u.qcow2"}}}},
+        {"qmp": {"execute": "blockdev-backup", "arguments": {"job-id": "k", "device": "s", "target": "u",
+                                                             "sync": "top", "x-perf": {"max-workers": 1}}}},
+        {"settle-jobs": True},
+        {"qmp": {"execute": "query-named-block-nodes", "arguments": {"flat": True}}},
+    ]
+    return {"name": f"failed-target-write-{once}", "steps": steps}
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_a_failed_data_write_keeps_the_l2_table(once: bool) -> None:
+    from bitlab.conformance import play
+
+    out = play(failed_target_write(once), "sim")
+    sizes = {n["node-name"]: n["image"]["virtual-size"] for n in out.replies[7]["return"]}
+    assert (sizes["tf"], sizes["tb"]) == (327680, 327680)  # header, refcounts, L1, and the L2 table
+    sizes = {n["node-name"]: n["image"]["virtual-size"] for n in out.replies[-1]["return"]}
+    assert sizes["tf"] == 327680
+    ends = [ev["data"] for ev in out.events if ev["event"] == "BLOCK_JOB_COMPLETED"]
+    assert ends == [{"type": "backup", "device": "j", "len": 65536, "offset": 0, "speed": 0,
+                     "error": "Input/output error"},
+                    {"type": "backup", "device": "k", "len": 65536, "offset": 65536, "speed": 0}]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("once", [True, False])
+def test_a_failed_data_write_keeps_the_l2_table_on_real_qemu(once: bool) -> None:
+    assert check(failed_target_write(once)) == []
