@@ -235,3 +235,16 @@ def test_a_failed_data_write_keeps_the_l2_table(once: bool) -> None:
 @pytest.mark.parametrize("once", [True, False])
 def test_a_failed_data_write_keeps_the_l2_table_on_real_qemu(once: bool) -> None:
     assert check(failed_target_write(once)) == []
+
+
+def test_life_cycle_episodes_leave_the_other_steps_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The episodes draw from their own random stream: without them, every seed gives the steps it
+    gave before they existed."""
+    from bitlab.conformance import generator
+
+    monkeypatch.setattr(generator, "_life", lambda st, lf, size: [{"episode": lf.rng.random()}])
+    marked = [random_scenario(11, i)["steps"] for i in range(30)]
+    monkeypatch.setattr(generator, "LIFE_CHANCE", 0.0)
+    plain = [random_scenario(11, i)["steps"] for i in range(30)]
+    assert sum(1 for steps in marked for s in steps if "episode" in s) > 30
+    assert [[s for s in steps if "episode" not in s] for steps in marked] == plain

@@ -6,6 +6,26 @@ both completion modes, NBD exports (of bitmaps too), and queries. They stay away
 (see shared/reference/real-qemu.md): an empty merge list; an enable/disable action on a
 missing bitmap; a transaction touching a bitmap and rolling back a backup of it with
 bitmap-mode always; a grouped transaction with non-backup actions after two backups.
+
+Between those steps come *job life-cycle episodes* (:func:`_life`; their own random stream
+and names — sources ``s<n>``, targets ``lt<n>``, jobs ``lj<n>`` — so the steps above are what
+they were for every seed): a backup (blockdev-backup, sometimes drive-backup creating its
+target) or a grouped transaction of backups, with ``auto-finalize``/``auto-dismiss`` false or
+not, error policies (``on-source-error``/``on-target-error`` report, ignore, stop, enospc)
+and blkdebug errors (EIO or ENOSPC, once or recurring, at once or armed by the first guest
+write) on new qcow2 nodes; then, in whatever state the job settled (pending, concluded,
+stopped by an error, paused), job-* and block-job-* finalize, dismiss, cancel (force or
+not), pause, resume, complete and set-speed, on its id, an older one or a missing one, and
+query-jobs / query-block-jobs. Real QEMU's outcome never depends on its timing:
+
+- every job has ``x-perf: {max-workers: 1}`` (where an error strikes is then fixed) and
+  ``settle-jobs`` follows every step that may move a job, so verbs meet settled jobs only;
+- a sync ``none`` job (it runs until cancelled) is paused or cancelled before it settles,
+  and cancelled right after any resume;
+- an error that recurs is never combined with ``ignore`` (the job would retry forever);
+- in a grouped transaction, a failing member reports (a stopped one would keep the others
+  waiting forever), and its siblings have nothing to copy (sync ``top`` of an empty node)
+  or run until cancelled (sync ``none``), so their cancel does not race their progress.
 """
 
 from __future__ import annotations
