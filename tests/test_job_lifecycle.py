@@ -266,3 +266,53 @@ def test_block_copy_tasks_follow_host_contiguity():
                                     {"write": {"node": "s", "offset": 33280, "length": 512, "pattern": 2}},
                                     {"write": {"node": "s", "offset": 427008, "length": 65536, "pattern": 3}}]
     assert check(scenario) == []
+
+
+# -- raw over blkdebug over null-co: events, block status, allocation --------------------------------------
+
+NULL = {"driver": "null-co", "size": 1 << 20}
+
+
+def raw_null_backup(source: dict, target: dict, sync: str, policy: str) -> dict:
+    """A backup between nodes without files: raw fires read_aio/write_aio on its file (blkdebug), and
+    null-co answers block status with neither data nor zeroes (without read-zeroes)."""
+    return {"name": f"raw-null-{sync}-{policy}", "steps": [
+        {"qmp": {"execute": "blockdev-add", "arguments": {"node-name": "s", **source}}},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"node-name": "t", **target}}},
+        {"qmp": {"execute": "blockdev-backup", "arguments": {
+            "job-id": "j", "device": "s", "target": "t", "sync": sync, "on-source-error": policy,
+            "on-target-error": policy, "auto-dismiss": False, "x-perf": {"max-workers": 1}}}},
+        {"settle-jobs": True},
+        {"qmp": {"execute": "query-block-jobs"}},
+    ]}
+
+
+def _raw_over(event: str | None, read_zeroes: bool = False) -> dict:
+    inner = {**NULL, "read-zeroes": read_zeroes} if read_zeroes else NULL
+    if event is None:
+        return {"driver": "raw", "file": inner}
+    return {"driver": "raw", "file": {"driver": "blkdebug", "image": inner,
+                                      "inject-error": [{"event": event, "errno": 5, "once": True}]}}
+
+
+RAW_NULL = [  # (source, target, sync) -> (status, offset, len, io-status) when settled, from QEMU 7.2
+    ((_raw_over("read_aio"), NULL, "full"), ("paused", 0, 1 << 20, "failed")),  # null-co is read as data
+    ((_raw_over("read_aio"), NULL, "top"), ("concluded", 0, 0, "ok")),  # ... and allocates nothing
+    ((_raw_over(None, True), NULL, "top"), ("concluded", 1 << 20, 1 << 20, "ok")),  # read-zeroes: zeroes
+    ((NULL, _raw_over("write_aio"), "full"), ("paused", 0, 1 << 20, "failed")),  # a block-copy write
+]
+
+
+@pytest.mark.parametrize(("case", "want"), RAW_NULL, ids=[str(i) for i in range(len(RAW_NULL))])
+def test_raw_over_blkdebug_over_null_co(case: tuple, want: tuple) -> None:
+    from bitlab.conformance import play
+
+    out = play(raw_null_backup(*case, "stop"), "sim")
+    job = out.replies[-1]["return"][0]
+    assert (job["status"], job["offset"], job["len"], job["io-status"]) == want
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("case", [c for c, _ in RAW_NULL], ids=[str(i) for i in range(len(RAW_NULL))])
+def test_raw_over_blkdebug_over_null_co_on_real_qemu(case: tuple) -> None:
+    assert check(raw_null_backup(*case, "stop")) == []

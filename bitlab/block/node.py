@@ -163,6 +163,12 @@ class BlockNode:
         starts, ends, vals = self.read_extents(offset, length)
         return starts, ends, np.ones(starts.size, dtype=bool)
 
+    @property
+    def reports_zeroes(self) -> bool:
+        """Whether block status calls what reads as zeroes zero (a file's holes); null-co does only with
+        read-zeroes (null_co_block_status), so a raw node above it has data everywhere."""
+        return True
+
     def copy_status(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Block status extent by extent, as bdrv_block_status_above answers block-copy: runs (starts,
         ends, zero), cut wherever QEMU's answer ends. Here: maximal runs of :meth:`block_status`."""
@@ -242,6 +248,14 @@ class NullNode(BlockNode):
         if any(key in self.options for key in self.strong_options):
             return None
         return f"{self.driver}://"
+
+    @property
+    def reports_zeroes(self) -> bool:
+        return self.read_zeroes
+
+    def is_allocated(self, offset, length):
+        """Neither data nor zeroes without read-zeroes: not allocated (bdrv_co_block_status)."""
+        return np.array([offset]), np.array([offset + length]), np.array([self.read_zeroes])
 
     def read_extents(self, offset, length):
         return np.array([offset]), np.array([offset + length]), np.array([0])
@@ -342,12 +356,19 @@ class RawNode(FormatNode):
         self.file.debug_event("read_aio")
         return self.file.pread(offset, length)
 
+    def is_allocated(self, offset, length):
+        return self.file.is_allocated(offset, length)  # BDRV_BLOCK_RAW: the file answers
+
     def block_status(self, offset, length):
         starts, ends, vals = self.read_extents(offset, length)
+        if not self.file.reports_zeroes:
+            return starts, ends, np.ones(starts.size, dtype=bool)
         return starts, ends, vals != 0
 
     def write_batch(self, offsets, lengths, values):
         self._dirty_batch(offsets, lengths)
+        if len(offsets):
+            self.file.debug_event("write_aio")  # raw_co_pwritev
         self.file.write_batch(offsets, lengths, values)
 
     def write_zeroes(self, offset, length, unmap=False):
