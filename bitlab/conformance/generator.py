@@ -257,7 +257,7 @@ _OPS = {"write": _write, "add": _add, "manage": _manage, "merge": _merge, "sha":
 
 # -- the job life cycle (own random stream and names, so the steps above stay as they were) ------------
 
-LIFE_CHANCE = 0.15  # after each op of the mix, the chance of a job life-cycle episode
+LIFE_CHANCE = 0.05  # after each op of the mix, the chance of a job life-cycle episode
 ACTIONS = ["report", "ignore", "stop", "enospc"]
 VERBS = ["query-jobs", "query-block-jobs", "finalize", "dismiss", "cancel", "pause", "resume", "complete",
          "set-speed"]
@@ -281,8 +281,15 @@ class _Life:
         return self.jobs[-1]
 
 
-def _image(name: str, size: int, blkdebug: dict | None = None) -> list[dict]:
-    """qemu-img create, then blockdev-add: qcow2 over file, or over blkdebug over file."""
+def _image(name: str, size: int, blkdebug: dict | None = None, null: bool = False) -> list[dict]:
+    """qemu-img create, then blockdev-add: qcow2 over file, or over blkdebug over file. ``null``: no
+    file (cheaper on real QEMU): null-co, or raw over blkdebug over null-co (raw fires the events; without
+    read-zeroes null-co is all data to read, yet nothing is allocated for a sync 'top')."""
+    if null:
+        if blkdebug is None:
+            return [_qmp("blockdev-add", {"driver": "null-co", "node-name": name, "size": size})]
+        return [_qmp("blockdev-add", {"driver": "raw", "node-name": name, "file": {
+            "driver": "blkdebug", "image": {"driver": "null-co", "size": size}, **blkdebug}})]
     file: dict = {"driver": "file", "filename": f"{name}.qcow2"}
     if blkdebug is not None:
         file = {"driver": "blkdebug", "image": file, **blkdebug}
@@ -290,13 +297,15 @@ def _image(name: str, size: int, blkdebug: dict | None = None) -> list[dict]:
             _qmp("blockdev-add", {"driver": "qcow2", "node-name": name, "file": file})]
 
 
-def _rules(rng: random.Random, event: str, action: str | None, errno: int | None = None) -> dict:
-    """blkdebug options: one error on ``event`` (EIO or ENOSPC), now or armed by the first guest write.
-    An error that comes back on every retry is never combined with 'ignore' (the job would retry forever)."""
+def _rules(rng: random.Random, event: str, action: str | None, errno: int | None = None,
+           armed: bool = False) -> dict:
+    """blkdebug options: one error on ``event`` (EIO or ENOSPC), now or (``armed``: never) armed by the
+    first guest write. An error that comes back on every retry is never combined with 'ignore' (the
+    job would retry forever)."""
     rule: dict = {"event": event, "errno": errno or rng.choice([5, 28])}
     if action == "ignore" or rng.random() < 0.6:
         rule["once"] = True
-    if event == "write_aio" or rng.random() < 0.7:
+    if event == "write_aio" or armed or rng.random() < 0.7:
         return {"inject-error": [rule]}
     rule["state"] = 2
     return {"set-state": [{"event": "write_aio", "state": 1, "new_state": 2}], "inject-error": [rule]}
@@ -306,10 +315,15 @@ def _source(lf: _Life, steps: list[dict], small: int, action: str | None, errno:
     """A new source node of ``small`` bytes with data; over blkdebug failing its first (or every) data
     read unless ``action`` is None. The writes go in ascending order: qcow2 then lays the clusters out
     in guest order, as bitlab does (QEMU's block status splits data where host clusters are not
-    contiguous, so block-copy's tasks would be cut differently)."""
+    contiguous, so block-copy's tasks would be cut differently). With an error, sometimes raw over
+    null-co instead: data everywhere for sync 'full', nothing allocated for 'top' (its name says it)."""
     rng = lf.rng
-    node = lf.name("s")
-    steps += _image(node, small, None if action is None else _rules(rng, "read_aio", action, errno))
+    null = action is not None and rng.random() < 0.4
+    node = lf.name("sn" if null else "s")
+    rules = None if action is None else _rules(rng, "read_aio", action, errno, armed=null)
+    steps += _image(node, small, rules, null)
+    if null:
+        return node
     writes = []
     for _ in range(rng.randint(1, 3)):
         offset = rng.randrange(0, small // 512) * 512
@@ -320,8 +334,11 @@ def _source(lf: _Life, steps: list[dict], small: int, action: str | None, errno:
 
 
 def _target(lf: _Life, steps: list[dict], size: int, action: str | None, errno: int | None = None) -> str:
+    """A new target node: qcow2 (over blkdebug failing a data write unless ``action`` is None), or
+    without a file half the time."""
     name = lf.name("lt")
-    steps += _image(name, size, None if action is None else _rules(lf.rng, "write_aio", action, errno))
+    null = lf.rng.random() < 0.5
+    steps += _image(name, size, None if action is None else _rules(lf.rng, "write_aio", action, errno), null)
     return name
 
 
@@ -426,11 +443,13 @@ def _grouped(st: _State, lf: _Life, size: int, steps: list[dict]) -> list[str]:
             errno = 5 if action == "enospc" else rng.choice([5, 28])  # ENOSPC with 'enospc' stops
             source = _source(lf, steps, M, "report" if side == "source" else None, errno)
             target = _target(lf, steps, M, "report" if side == "target" else None, errno)
-            args.update(device=source, target=target, sync=rng.choice(["full", "top"]))
+            sync = "full" if source.startswith("sn") else rng.choice(["full", "top"])  # it surely fails
+            args.update(device=source, target=target, sync=sync)
         else:
             source = lf.name("s")
-            steps += _image(source, M)
-            if not fail and rng.random() < 0.5:
+            null = rng.random() < 0.6  # null-co: nothing allocated for a sync 'top'
+            steps += _image(source, M, null=null)
+            if not null and not fail and rng.random() < 0.5:
                 steps.append({"write": {"node": source, "offset": 0, "length": 64 * K, "pattern": 0x5A}})
             sync = rng.choice(["none", "top"]) if fail else rng.choice(["full", "top"])
             args.update(device=source, target=_target(lf, steps, M, None), sync=sync)
