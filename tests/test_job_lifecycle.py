@@ -325,3 +325,43 @@ def test_raw_over_blkdebug_over_null_co(case: tuple, want: tuple) -> None:
 @pytest.mark.parametrize("case", [c for c, _ in RAW_NULL], ids=[str(i) for i in range(len(RAW_NULL))])
 def test_raw_over_blkdebug_over_null_co_on_real_qemu(case: tuple) -> None:
     assert check(raw_null_backup(*case, "stop")) == []
+
+
+def null_stopped_then_cancelled(target: dict, once: bool) -> dict:
+    """raw over blkdebug over null-co, stopped by a read error, then cancelled: when neither node's I/O
+    yields (null-co), backup_loop's last block-copy call copies everything before the job sees the
+    cancel; a qcow2 target's writes yield, so only the task and the spare complete."""
+    source = {"driver": "raw", "file": {"driver": "blkdebug", "image": {"driver": "null-co", "size": 4 << 20},
+                                        "inject-error": [{"event": "read_aio", "errno": 5, "once": once}]}}
+    steps = [{"qemu-img": ["create", "-f", "qcow2", "t.qcow2", "4M"]},
+             {"qmp": {"execute": "blockdev-add", "arguments": {"node-name": "s", **source}}},
+             {"qmp": {"execute": "blockdev-add", "arguments": {"node-name": "t", **target}}},
+             {"qmp": {"execute": "blockdev-backup", "arguments": {
+                 "job-id": "j", "device": "s", "target": "t", "sync": "full", "on-source-error": "stop",
+                 "x-perf": {"max-workers": 1}}}},
+             {"settle-jobs": True},
+             {"qmp": {"execute": "job-cancel", "arguments": {"id": "j"}}},
+             {"settle-jobs": True}]
+    return {"name": f"null-stop-cancel-{target['driver']}-{once}", "steps": steps}
+
+
+NULL_CANCELLED = [  # (target, once) -> the cancelled job's offset, from QEMU 7.2
+    (({"driver": "null-co", "size": 4 << 20}, True), 4 << 20),
+    (({"driver": "null-co", "size": 4 << 20}, False), 0),  # the error recurs: nothing more
+    (({"driver": "qcow2", "file": {"driver": "file", "filename": "t.qcow2"}}, True), 2 << 20),
+]
+
+
+@pytest.mark.parametrize(("case", "want"), NULL_CANCELLED, ids=["null", "null-recurring", "qcow2"])
+def test_cancel_after_a_stop_between_nodes_without_files(case: tuple, want: int) -> None:
+    from bitlab.conformance import play
+
+    out = play(null_stopped_then_cancelled(*case), "sim")
+    ends = [ev["data"] for ev in out.events if ev["event"] == "BLOCK_JOB_CANCELLED"]
+    assert ends == [{"type": "backup", "device": "j", "len": 4 << 20, "offset": want, "speed": 0}]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("case", [c for c, _ in NULL_CANCELLED], ids=["null", "null-recurring", "qcow2"])
+def test_cancel_after_a_stop_between_nodes_without_files_on_real_qemu(case: tuple) -> None:
+    assert check(null_stopped_then_cancelled(*case)) == []
