@@ -365,3 +365,46 @@ def test_cancel_after_a_stop_between_nodes_without_files(case: tuple, want: int)
 @pytest.mark.parametrize("case", [c for c, _ in NULL_CANCELLED], ids=["null", "null-recurring", "qcow2"])
 def test_cancel_after_a_stop_between_nodes_without_files_on_real_qemu(case: tuple) -> None:
     assert check(null_stopped_then_cancelled(*case)) == []
+
+
+# -- copy-before-write: one failing task does not stop the others of the range -----------------------------
+
+
+def cbw_write_fails() -> dict:
+    """A guest write over clusters 1-3 under a sync 'none' backup whose target fails its first data
+    write: the data task (clusters 1-2) fails, so does the guest write, but the zero task (cluster 3)
+    ran beside it and completed."""
+    return {"name": "cbw-partial-failure", "steps": [
+        {"qemu-img": ["create", "-f", "qcow2", "d.qcow2", "1M"]},
+        {"qemu-img": ["create", "-f", "qcow2", "t.qcow2", "1M"]},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "d",
+                                                          "file": {"driver": "file", "filename": "d.qcow2"}}}},
+        {"write": {"node": "d", "offset": 65536, "length": 131072, "pattern": 1}},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "t", "file": {
+            "driver": "blkdebug", "image": {"driver": "file", "filename": "t.qcow2"},
+            "inject-error": [{"event": "write_aio", "errno": 5, "once": True}]}}}},
+        {"qmp": {"execute": "blockdev-backup", "arguments": {"job-id": "j", "device": "d", "target": "t",
+                                                             "sync": "none"}}},
+        {"write": {"node": "d", "offset": 70000, "length": 160000, "pattern": 2}},
+        {"qmp": {"execute": "query-jobs"}},
+        {"write": {"node": "d", "offset": 70000, "length": 160000, "pattern": 3}},
+        {"qmp": {"execute": "query-jobs"}},
+        {"qmp": {"execute": "job-cancel", "arguments": {"id": "j"}}},
+        {"settle-jobs": True},
+    ]}
+
+
+def test_copy_before_write_completes_the_other_tasks_of_a_failing_range():
+    from bitlab.conformance import play
+
+    out = play(cbw_write_fails(), "sim")
+    assert out.replies[6] == {"ok": False, "stdout": "write failed: Input/output error\n", "stderr": "",
+                              "returncode": 1}
+    assert out.replies[7]["return"][0]["current-progress"] == 65536
+    assert out.replies[8] == {"ok": True}  # the error was once: clusters 1-2 are copied now
+    assert out.replies[9]["return"][0]["current-progress"] == 196608
+
+
+@pytest.mark.qemu
+def test_copy_before_write_completes_the_other_tasks_of_a_failing_range_on_real_qemu():
+    assert check(cbw_write_fails()) == []

@@ -480,8 +480,8 @@ def _verb(lf: _Life, verb: str, job: str, settle: bool = True) -> list[dict]:
         args: dict = {key: job}
         if verb == "cancel" and rng.random() < 0.5:
             args["force"] = rng.random() < 0.7
-        if verb == "set-speed":
-            args["speed"] = rng.choice([0, 0, -1])
+        if verb == "set-speed":  # a settled job: its throttled progress is not seen before it ends
+            args["speed"] = rng.choice([0, -1, 64 * M])
         steps = [_qmp(f"block-job-{verb}", args)]
     elif verb == "set-speed":
         steps = [_qmp("block-job-set-speed", {"device": job, "speed": 0})]

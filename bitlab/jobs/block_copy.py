@@ -324,15 +324,22 @@ class BlockCopy:
             self._settle(call)
             self._end_failed_reads(call, start, end)
         pos = start
+        error = None
         while pos < end:
             task = self._next_task(pos, end - pos)
             if task is None or task.offset >= end:
-                return
+                break
             task.nbytes = min(task.nbytes, end - task.offset)
             self._begin(task)
-            if not self._finish(task):
-                raise task.error
+            if not self._finish(task) and error is None:
+                # The range's tasks all start before the first one ends (one worker each), so the
+                # others still complete; only a read failing at once stops the loop before the next.
+                error = task.error
+                if task.error_is_read and _immediately(task):
+                    break
             pos = task.offset + task.nbytes
+        if error is not None:
+            raise error
 
     def _end_failed_reads(self, call: Call, start: int, end: int) -> None:
         """copy-before-write waits for the requests in flight on its range (block_copy_wait_one).
