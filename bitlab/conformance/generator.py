@@ -317,14 +317,17 @@ def _rules(rng: random.Random, event: str, action: str | None, errno: int | None
     return {"set-state": [{"event": "write_aio", "state": 1, "new_state": 2}], "inject-error": [rule]}
 
 
-def _source(lf: _Life, steps: list[dict], small: int, action: str | None, errno: int | None = None) -> str:
+def _source(lf: _Life, steps: list[dict], small: int, action: str | None, errno: int | None = None,
+            null_ok: bool = True) -> str:
     """A new source node of ``small`` bytes with data; over blkdebug failing its first (or every) data
     read unless ``action`` is None. The writes go in ascending order: qcow2 then lays the clusters out
     in guest order, as bitlab does (QEMU's block status splits data where host clusters are not
-    contiguous, so block-copy's tasks would be cut differently). With an error, sometimes raw over
-    null-co instead: data everywhere for sync 'full', nothing allocated for 'top' (its name says it)."""
+    contiguous, so block-copy's tasks would be cut differently). With an error, sometimes (``null_ok``)
+    raw over null-co instead: data everywhere for sync 'full', nothing allocated for 'top' (its name
+    says it). Not for drive-backup: its target detects zeroes, and what null-co leaves in a read
+    buffer is whatever the memory held."""
     rng = lf.rng
-    null = action is not None and rng.random() < 0.4
+    null = null_ok and action is not None and rng.random() < 0.4
     node = lf.name("sn" if null else "s")
     rules = None if action is None else _rules(rng, "read_aio", action, errno, armed=null)
     steps += _image(node, small, rules, null)
@@ -396,7 +399,7 @@ def _single(st: _State, lf: _Life, size: int, steps: list[dict], drive: bool) ->
         tgt_err = None
     if src_err is not None or rng.random() < 0.3:
         size = rng.choice([M, 4 * M, size])  # the target's size too
-        args["device"] = _source(lf, steps, size, src_err)
+        args["device"] = _source(lf, steps, size, src_err, null_ok=not drive)
         args["sync"] = rng.choice(["full", "full", "top", "none"])
     else:
         node = rng.choice(st.nodes)
