@@ -410,3 +410,48 @@ def test_copy_before_write_completes_the_other_tasks_of_a_failing_range():
 @pytest.mark.qemu
 def test_copy_before_write_completes_the_other_tasks_of_a_failing_range_on_real_qemu():
     assert check(cbw_write_fails()) == []
+
+
+# -- a merge checks its target before each source ----------------------------------------------------------
+
+
+def merge_into_busy(bitmaps: list, target: str) -> dict:
+    """Bitmap b is busy (its incremental backup waits pending); merges into and from it."""
+    return {"name": f"merge-{target}-{'-'.join(bitmaps)}", "steps": [
+        {"qemu-img": ["create", "-f", "qcow2", "d.qcow2", "1M"]},
+        {"qemu-img": ["create", "-f", "qcow2", "t.qcow2", "1M"]},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "d",
+                                                          "file": {"driver": "file", "filename": "d.qcow2"}}}},
+        {"qmp": {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "t",
+                                                          "file": {"driver": "file", "filename": "t.qcow2"}}}},
+        {"qmp": {"execute": "block-dirty-bitmap-add", "arguments": {"node": "d", "name": "b"}}},
+        {"qmp": {"execute": "block-dirty-bitmap-add", "arguments": {"node": "d", "name": "c"}}},
+        {"qmp": {"execute": "blockdev-backup", "arguments": {"job-id": "j", "device": "d", "target": "t",
+                                                             "sync": "incremental", "bitmap": "b",
+                                                             "auto-finalize": False}}},
+        {"settle-jobs": True},
+        {"qmp": {"execute": "block-dirty-bitmap-merge", "arguments": {"node": "d", "target": target,
+                                                                      "bitmaps": bitmaps}}},
+    ]}
+
+
+BUSY_TEXT = "Bitmap 'b' is currently in use by another operation and cannot be used"
+MERGES = [  # (sources, target) -> QEMU 7.2's error
+    ((["c", "x"], "b"), BUSY_TEXT),  # the target, checked at the first source, before 'x' is looked up
+    ((["x", "c"], "b"), "Dirty bitmap 'x' not found"),
+    ((["c", "b"], "c"), BUSY_TEXT),  # a busy source
+]
+
+
+@pytest.mark.parametrize(("case", "want"), MERGES, ids=["target-busy", "missing-first", "source-busy"])
+def test_merge_checks_the_target_before_each_source(case: tuple, want: str) -> None:
+    from bitlab.conformance import play
+
+    out = play(merge_into_busy(*case), "sim")
+    assert out.replies[-1] == {"error": {"class": "GenericError", "desc": want}}
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("case", [c for c, _ in MERGES], ids=["target-busy", "missing-first", "source-busy"])
+def test_merge_checks_the_target_before_each_source_on_real_qemu(case: tuple) -> None:
+    assert check(merge_into_busy(*case)) == []

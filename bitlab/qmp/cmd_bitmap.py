@@ -131,7 +131,8 @@ def qmp_disable(vm: Any, args: dict) -> None:
 def merge_bitmaps(vm: Any, args: dict) -> DirtyBitmap:
     """block_dirty_bitmap_merge: sources gather into an anonymous bitmap, then the target.
 
-    On any error the target is unchanged.
+    Each source is looked up, then the target checked (bdrv_merge_dirty_bitmap checks its
+    destination first), then the source. On any error the target is unchanged.
     """
     node, dst = vm.graph.lookup_bitmap(args["node"], args["target"])
     sources = args["bitmaps"]
@@ -147,6 +148,7 @@ def merge_bitmaps(vm: Any, args: dict) -> DirtyBitmap:
                 raise generic(f"Dirty bitmap '{src_ref}' not found")
         else:
             _, src = vm.graph.lookup_bitmap(src_ref["node"], src_ref["name"])
+        check_bitmap(dst, DEFAULT)
         check_bitmap(src, ALLOW_RO)
         if src.size != anon.size:
             raise generic(
@@ -154,7 +156,6 @@ def merge_bitmaps(vm: Any, args: dict) -> DirtyBitmap:
                 f"source size is {src.size}) and can't be merged"
             )
         anon.merge_from(src)
-    check_bitmap(dst, DEFAULT)
     dst.merge_from(anon)
     return dst
 
