@@ -31,7 +31,7 @@ def error_action(policy: str, errno: int) -> str:
 
 def _instant(node: BlockNode) -> bool:
     """Whether I/O on ``node`` completes without yielding: null-co without latency-ns, and raw or
-    blkdebug (without an error to inject) over such a node."""
+    blkdebug over such a node (a request blkdebug fails does yield, but the failure ends the call)."""
     if node.driver == "null-co":
         return not node.options.get("latency-ns")
     child = node.child("file") if node.driver == "raw" else node.child("image") if node.driver == "blkdebug" else None

@@ -397,6 +397,7 @@ class BlockCopy:
             self._end(call)
 
     def _start_task(self, call: Call, task: Task) -> None:
+        """The task starts (its read now) and completes after its I/O time."""
         call.found = True
         call.cursor = task.offset + task.nbytes
         self._begin(task)
