@@ -103,6 +103,13 @@ class BlkdebugNode(BlockNode):
     def size(self) -> int:
         return round_sector(self.inner.size)
 
+    @property
+    def reports_zeroes(self) -> bool:
+        return self.inner.reports_zeroes  # bdrv_co_block_status_from_file
+
+    def is_allocated(self, offset, length):
+        return self.inner.is_allocated(offset, length)
+
     def plain_filename(self) -> str | None:
         """blkdebug_refresh_filename: ``blkdebug::FILE`` while no rule and no other strong option is set
         and the image has a plain name of its own; otherwise the ``json:`` form."""
@@ -174,7 +181,11 @@ class BlkdebugNode(BlockNode):
         self.inner.write(offset, length, value)
 
     def write_batch(self, offsets, lengths, values):
+        """One write request (a block-copy buffer) whose data comes as runs."""
         self._dirty_batch(offsets, lengths)
+        if len(offsets):
+            start = int(offsets[0])
+            self.debug_check("write", start, int(offsets[-1] + lengths[-1]) - start)
         self.inner.write_batch(offsets, lengths, values)
 
     def write_zeroes(self, offset, length, unmap=False):

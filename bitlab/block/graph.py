@@ -239,7 +239,7 @@ class BlockGraph:
         if isinstance(ref, str):
             return self.lookup_bs(ref)
         inherited = dict(ref)
-        for key in ("discard", "cache"):  # (not detect-zeroes: bdrv_inherited_options does not pass it on)
+        for key in ("discard", "cache"):  # bdrv_inherited_options: detect-zeroes is never inherited
             if key in parent_opts and key not in inherited:
                 inherited[key] = parent_opts[key]
         return self.open(inherited, read_only=bool(parent_opts.get("read-only", read_only)))

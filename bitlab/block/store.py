@@ -49,6 +49,7 @@ class ImageFile:
     compat: str = "1.1"  # qcow2 version: "1.1" (v3) or "0.10" (v2)
     lockers: list = field(default_factory=list)  # format nodes holding the file's "write" lock
     l1_padded: bool = False  # the L1 table fills whole clusters (a qcow2 file emptied by qemu-img commit)
+    l2_kept: set[int] = field(default_factory=set)  # L2 tables written for data writes that then failed
     _host_clusters: int = 0  # high-water mark: a qcow2 file never shrinks (but make_empty may truncate it)
     _seen_version: int = -1  # the data version _host_clusters was last updated for
 
@@ -71,8 +72,23 @@ class ImageFile:
         ends = np.empty_like(starts)
         ends[:-1] = starts[1:]
         ends[-1] = self.data.size
-        return (_distinct_units(starts, ends, vals != UNALLOCATED, self.cluster_size * (self.cluster_size // 8)),
-                _distinct_units(starts, ends, (vals >= 0) | (vals == ZERO_ALLOC), self.cluster_size))
+        per_l2 = self.cluster_size * (self.cluster_size // 8)
+        l2 = _distinct_units(starts, ends, vals != UNALLOCATED, per_l2)
+        l2 += sum(1 for i in self.l2_kept if not self._l2_used(i))
+        return l2, _distinct_units(starts, ends, (vals >= 0) | (vals == ZERO_ALLOC), self.cluster_size)
+
+    def _l2_used(self, index: int) -> bool:
+        """Whether L2 table ``index`` maps anything."""
+        per_l2 = self.cluster_size * (self.cluster_size // 8)
+        return bool((self.data.extents(index * per_l2, per_l2)[2] != UNALLOCATED).any())
+
+    def note_failed_write(self, offset: int) -> None:
+        """A data write at ``offset`` (an unallocated cluster) failed after qcow2 had written the
+        cluster's L2 table (l2_allocate, before the data write): the table stays in the file."""
+        index = offset // (self.cluster_size * (self.cluster_size // 8))
+        if self.is_qcow2 and not self._l2_used(index):
+            self.l2_kept.add(index)
+            self._seen_version = -1
 
     def file_length(self) -> int:
         """Length of the host file in bytes (what the protocol node sees).
@@ -109,6 +125,7 @@ class ImageFile:
         if self.compat != "0.10" and not self.bitmaps:
             self.data = ExtentMap(self.size, fill=UNALLOCATED)
             self._host_clusters, self._seen_version = 0, -1
+            self.l2_kept.clear()
             self.l1_padded = True
 
 

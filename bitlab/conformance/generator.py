@@ -6,6 +6,32 @@ both completion modes, NBD exports (of bitmaps too), and queries. They stay away
 (see shared/reference/real-qemu.md): an empty merge list; an enable/disable action on a
 missing bitmap; a transaction touching a bitmap and rolling back a backup of it with
 bitmap-mode always; a grouped transaction with non-backup actions after two backups.
+
+Between those steps come *job life-cycle episodes* (:func:`_life`; their own random stream
+and names — sources ``s<n>``, targets ``lt<n>``, jobs ``lj<n>`` — so the steps above are what
+they were for every seed): a backup (blockdev-backup, sometimes drive-backup creating its
+target) or a grouped transaction of backups, with ``auto-finalize``/``auto-dismiss`` false or
+not, error policies (``on-source-error``/``on-target-error`` report, ignore, stop, enospc)
+and blkdebug errors (EIO or ENOSPC, once or recurring, at once or armed by the first guest
+write) on new qcow2 nodes, or on raw over null-co (``sn<n>``; no file: cheaper on real QEMU);
+then, in whatever state the job settled (pending, concluded, stopped by an error, paused),
+job-* and block-job-* finalize, dismiss, cancel (force or not), pause, resume, complete and
+set-speed, on its id, an older one or a missing one, and query-jobs / query-block-jobs.
+Real QEMU's outcome never depends on its timing:
+
+- every job has ``x-perf: {max-workers: 1}`` (where an error strikes is then fixed) and
+  ``settle-jobs`` follows every step that may move a job, so verbs meet settled jobs only;
+- a sync ``none`` job (it runs until cancelled) is paused or cancelled before it settles,
+  and cancelled right after any resume;
+- an error that recurs is never combined with ``ignore`` (the job would retry forever);
+- in a grouped transaction, a failing member reports (a stopped one would keep the others
+  waiting forever) and surely fails (it reads data), and its siblings have nothing to copy
+  (sync ``top`` of an empty node) or run until cancelled (sync ``none``), so their cancel
+  does not race their progress;
+- the sources of errors are written in ascending order, and d0/d1 (written in any order)
+  never stop on a target error: bitlab lays qcow2 clusters out in guest order, QEMU in write
+  order, which cuts block-copy's tasks differently (not modelled; see the xfail test in
+  tests/test_job_lifecycle.py).
 """
 
 from __future__ import annotations
@@ -52,6 +78,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     rng = random.Random(f"{seed}/{index}")
     nodes = ["d0", "d1"][: rng.randint(1, 2)]
     st = _State(rng, nodes)
+    life = _Life(random.Random(f"{seed}/{index}/life"))
     steps: list[dict] = []
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
@@ -61,6 +88,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         op = rng.choices(["write", "add", "manage", "merge", "sha", "query", "backup", "txn", "export", "running"],
                          weights=[30, 12, 10, 5, 5, 4, 10, 8, 6, 1])[0]
         steps += _OPS[op](st, size)
+        if life.rng.random() < LIFE_CHANCE:
+            steps += _life(st, life, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     for node in nodes:
         for name in sorted(st.bitmaps[node]):
@@ -232,3 +261,239 @@ def _export(st: _State, size: int) -> list[dict]:
 
 _OPS = {"write": _write, "add": _add, "manage": _manage, "merge": _merge, "sha": _sha, "query": _query,
         "backup": _backup, "txn": _txn, "export": _export, "running": running_backup}
+
+
+# -- the job life cycle (own random stream and names, so the steps above stay as they were) ------------
+
+LIFE_CHANCE = 0.05  # after each op of the mix, the chance of a job life-cycle episode
+ACTIONS = ["report", "ignore", "stop", "enospc"]
+VERBS = ["query-jobs", "query-block-jobs", "finalize", "dismiss", "cancel", "pause", "resume", "complete",
+         "set-speed"]
+
+
+class _Life:
+    """What the life-cycle episodes of one scenario share: their random stream and counters."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.nodes = 0  # s<n>: sources, lt<n>: targets
+        self.jobs: list[str] = []  # lj<n>, every id used so far
+        self.endless: set[str] = set()  # sync 'none' jobs: they run until cancelled
+
+    def name(self, prefix: str) -> str:
+        self.nodes += 1
+        return f"{prefix}{self.nodes}"
+
+    def job_id(self) -> str:
+        self.jobs.append(f"lj{len(self.jobs) + 1}")
+        return self.jobs[-1]
+
+
+def _image(name: str, size: int, blkdebug: dict | None = None, null: bool = False) -> list[dict]:
+    """qemu-img create, then blockdev-add: qcow2 over file, or over blkdebug over file. ``null``: no
+    file (cheaper on real QEMU): null-co, or raw over blkdebug over null-co (raw fires the events; without
+    read-zeroes null-co is all data to read, yet nothing is allocated for a sync 'top')."""
+    if null:
+        if blkdebug is None:
+            return [_qmp("blockdev-add", {"driver": "null-co", "node-name": name, "size": size})]
+        return [_qmp("blockdev-add", {"driver": "raw", "node-name": name, "file": {
+            "driver": "blkdebug", "image": {"driver": "null-co", "size": size}, **blkdebug}})]
+    file: dict = {"driver": "file", "filename": f"{name}.qcow2"}
+    if blkdebug is not None:
+        file = {"driver": "blkdebug", "image": file, **blkdebug}
+    return [{"qemu-img": ["create", "-f", "qcow2", f"{name}.qcow2", str(size)]},
+            _qmp("blockdev-add", {"driver": "qcow2", "node-name": name, "file": file})]
+
+
+def _rules(rng: random.Random, event: str, action: str | None, errno: int | None = None,
+           armed: bool = False) -> dict:
+    """blkdebug options: one error on ``event`` (EIO or ENOSPC), now or (``armed``: never) armed by the
+    first guest write. An error that comes back on every retry is never combined with 'ignore' (the
+    job would retry forever)."""
+    rule: dict = {"event": event, "errno": errno or rng.choice([5, 28])}
+    if action == "ignore" or rng.random() < 0.6:
+        rule["once"] = True
+    if event == "write_aio" or armed or rng.random() < 0.7:
+        return {"inject-error": [rule]}
+    rule["state"] = 2
+    return {"set-state": [{"event": "write_aio", "state": 1, "new_state": 2}], "inject-error": [rule]}
+
+
+def _source(lf: _Life, steps: list[dict], small: int, action: str | None, errno: int | None = None,
+            null_ok: bool = True) -> str:
+    """A new source node of ``small`` bytes with data; over blkdebug failing its first (or every) data
+    read unless ``action`` is None. The writes go in ascending order: qcow2 then lays the clusters out
+    in guest order, as bitlab does (QEMU's block status splits data where host clusters are not
+    contiguous, so block-copy's tasks would be cut differently). With an error, sometimes (``null_ok``)
+    raw over null-co instead: data everywhere for sync 'full', nothing allocated for 'top' (its name
+    says it). Not for drive-backup: its target detects zeroes, and what null-co leaves in a read
+    buffer is whatever the memory held."""
+    rng = lf.rng
+    null = null_ok and action is not None and rng.random() < 0.4
+    node = lf.name("sn" if null else "s")
+    rules = None if action is None else _rules(rng, "read_aio", action, errno, armed=null)
+    steps += _image(node, small, rules, null)
+    if null:
+        return node
+    writes = []
+    for _ in range(rng.randint(1, 3)):
+        offset = rng.randrange(0, small // 512) * 512
+        length = min(rng.choice([512, 64 * K, 200 * K]), small - offset)
+        writes.append({"node": node, "offset": offset, "length": length, "pattern": rng.randrange(1, 256)})
+    steps += [{"write": io} for io in sorted(writes, key=lambda io: io["offset"])]
+    return node
+
+
+def _target(lf: _Life, steps: list[dict], size: int, action: str | None, errno: int | None = None) -> str:
+    """A new target node: qcow2 (over blkdebug failing a data write unless ``action`` is None), or
+    without a file half the time."""
+    name = lf.name("lt")
+    null = lf.rng.random() < 0.5
+    steps += _image(name, size, None if action is None else _rules(lf.rng, "write_aio", action, errno), null)
+    return name
+
+
+def _actions(rng: random.Random, args: dict, allow: list[str]) -> tuple[str | None, str | None]:
+    """Error policies (sometimes) and the injected errors' sides: (source action, target action), None
+    for no injected error on that side."""
+    src = tgt = None
+    for side in ("source", "target"):
+        if rng.random() < 0.6:
+            action = rng.choice(allow)
+            args[f"on-{side}-error"] = action
+        else:
+            action = "report"
+        if rng.random() < (0.6 if side == "source" else 0.3):
+            if side == "source":
+                src = action
+            else:
+                tgt = action
+    return src, tgt
+
+
+def _job_flags(rng: random.Random, args: dict) -> None:
+    for flag in ("auto-finalize", "auto-dismiss"):
+        if rng.random() < 0.6:
+            args[flag] = rng.random() < 0.3
+
+
+def _life(st: _State, lf: _Life, size: int) -> list[dict]:
+    """One episode: a job (or a grouped transaction of jobs) started and settled, then verbs and
+    queries on it in whatever state it settled in (pending, concluded, paused by the user or by an
+    error), on wrong ids too; 'settle-jobs' after every step that may move a job."""
+    rng = lf.rng
+    steps: list[dict] = []
+    kind = rng.choices(["single", "grouped", "drive"], weights=[6, 3, 1])[0]
+    ids = _grouped(st, lf, size, steps) if kind == "grouped" else _single(st, lf, size, steps, kind == "drive")
+    for _ in range(rng.randint(1, 5)):
+        pick = rng.random()
+        job = rng.choice(ids) if pick < 0.75 else rng.choice(lf.jobs) if pick < 0.9 else rng.choice(["nope", "job1"])
+        steps += _verb(lf, rng.choice(VERBS), job)
+    return steps
+
+
+def _single(st: _State, lf: _Life, size: int, steps: list[dict], drive: bool) -> list[str]:
+    rng = lf.rng
+    job = lf.job_id()
+    args: dict = {"job-id": job}
+    src_err, tgt_err = _actions(rng, args, ACTIONS)
+    if drive:
+        tgt_err = None
+    if src_err is not None or rng.random() < 0.3:
+        size = rng.choice([M, 4 * M, size])  # the target's size too
+        args["device"] = _source(lf, steps, size, src_err, null_ok=not drive)
+        args["sync"] = rng.choice(["full", "full", "top", "none"])
+    else:
+        node = rng.choice(st.nodes)
+        args["device"] = node
+        args["sync"] = rng.choice(SYNCS)
+        if tgt_err is not None:  # the guest wrote d0/d1 in any order: no stop (see _source), so the
+            tgt_err = args["on-target-error"] = rng.choice(["report", "ignore"])  # failed task's size is unseen
+        have = sorted(st.bitmaps[node])
+        if have and (args["sync"] in ("bitmap", "incremental") or rng.random() < 0.3):
+            args["bitmap"] = rng.choice(have)
+            if rng.random() < 0.5:
+                args["bitmap-mode"] = rng.choice(MODES[1:])
+    if drive:
+        target = lf.name("lt")
+        args.update(target=f"{target}.qcow2", format="qcow2", mode="absolute-paths")
+    else:
+        args["target"] = _target(lf, steps, size, tgt_err)
+    args["x-perf"] = {"max-workers": 1}  # where an error strikes does not depend on timing
+    _job_flags(rng, args)
+    if rng.random() < 0.04:
+        del args["job-id"]
+    steps.append(_qmp("drive-backup" if drive else "blockdev-backup", args))
+    if args["sync"] == "none":
+        lf.endless.add(job)
+        steps += _verb(lf, rng.choice(["pause", "pause", "cancel"]), job, settle=False)
+    steps.append({"settle-jobs": True})
+    return [job]
+
+
+def _grouped(st: _State, lf: _Life, size: int, steps: list[dict]) -> list[str]:
+    """A grouped transaction of backups of new nodes. When one of them fails (an injected error,
+    reported: a stopped member would keep the others waiting), the others are cancelled where the
+    outcome does not depend on timing: they run until cancelled (sync 'none') or have nothing to copy
+    (sync 'top' of an empty node). Without a failure they may copy data."""
+    rng = lf.rng
+    fail = rng.random() < 0.7
+    actions = []
+    for i in range(rng.randint(2, 3)):
+        args: dict = {"job-id": lf.job_id()}
+        for side in ("source", "target"):
+            if rng.random() < 0.5:
+                args[f"on-{side}-error"] = rng.choice(ACTIONS)
+        if i == 0 and fail:
+            side = rng.choice(["source", "source", "target"])
+            action = rng.choice([None, "report", "enospc"])
+            if action is None:
+                args.pop(f"on-{side}-error", None)
+            else:
+                args[f"on-{side}-error"] = action
+            errno = 5 if action == "enospc" else rng.choice([5, 28])  # ENOSPC with 'enospc' stops
+            source = _source(lf, steps, M, "report" if side == "source" else None, errno)
+            target = _target(lf, steps, M, "report" if side == "target" else None, errno)
+            sync = "full" if source.startswith("sn") else rng.choice(["full", "top"])  # it surely fails
+            args.update(device=source, target=target, sync=sync)
+        else:
+            source = lf.name("s")
+            null = rng.random() < 0.6  # null-co: nothing allocated for a sync 'top'
+            steps += _image(source, M, null=null)
+            if not null and not fail and rng.random() < 0.5:
+                steps.append({"write": {"node": source, "offset": 0, "length": 64 * K, "pattern": 0x5A}})
+            sync = rng.choice(["none", "top"]) if fail else rng.choice(["full", "top"])
+            args.update(device=source, target=_target(lf, steps, M, None), sync=sync)
+        args["x-perf"] = {"max-workers": 1}
+        _job_flags(rng, args)
+        actions.append({"type": "blockdev-backup", "data": args})
+    rng.shuffle(actions)
+    steps.append(_qmp("transaction", {"actions": actions, "properties": {"completion-mode": "grouped"}}))
+    steps.append({"settle-jobs": True})
+    return [a["data"]["job-id"] for a in actions]
+
+
+def _verb(lf: _Life, verb: str, job: str, settle: bool = True) -> list[dict]:
+    """One job command (job-* or block-job-*) on ``job``, then settle; a resumed job that runs until
+    cancelled is cancelled at once."""
+    rng = lf.rng
+    if verb.startswith("query-"):
+        return [_qmp(verb)]
+    block = rng.random() < 0.5
+    if block:
+        key = "id" if verb in ("finalize", "dismiss") else "device"
+        args: dict = {key: job}
+        if verb == "cancel" and rng.random() < 0.5:
+            args["force"] = rng.random() < 0.7
+        if verb == "set-speed":  # a settled job: its throttled progress is not seen before it ends
+            args["speed"] = rng.choice([0, -1, 64 * M])
+        steps = [_qmp(f"block-job-{verb}", args)]
+    elif verb == "set-speed":
+        steps = [_qmp("block-job-set-speed", {"device": job, "speed": 0})]
+    else:
+        steps = [_qmp(f"job-{verb}", {"id": job})]
+    if verb == "resume" and job in lf.endless:
+        steps.append(_qmp("job-cancel", {"id": job}))
+    if settle:
+        steps.append({"settle-jobs": True})
+    return steps

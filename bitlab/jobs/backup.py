@@ -29,6 +29,15 @@ def error_action(policy: str, errno: int) -> str:
     return "stop" if errno == ENOSPC else "report"  # enospc, auto
 
 
+def _instant(node: BlockNode) -> bool:
+    """Whether I/O on ``node`` completes without yielding: null-co without latency-ns, and raw or
+    blkdebug over such a node (a request blkdebug fails does yield, but the failure ends the call)."""
+    if node.driver == "null-co":
+        return not node.options.get("latency-ns")
+    child = node.child("file") if node.driver == "raw" else node.child("image") if node.driver == "blkdebug" else None
+    return child is not None and _instant(child)
+
+
 class BackupJob(Job):
     """One backup: source -> target through a copy-before-write filter."""
 
@@ -164,9 +173,16 @@ class BackupJob(Job):
             self.bcs.cancel()
         elif self.io_status != "ok" and self.sync != "none":
             # Stopped on an error: backup_loop retries once more before it sees the cancel,
-            # so the requests it starts still complete.
+            # so the requests it starts still complete, and so does the next task, created
+            # before block-copy waited for a free worker (the spare). Between nodes whose I/O
+            # never yields, that call copies everything before the job looks again.
             self.io_status = "ok"
-            self._copy()
+            self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+            if _instant(self.source) and _instant(self.target):
+                self.bcs.launch(self.call)
+                return
+            self.call.spare = 1  # before the call's first requests (under a rate limit they start now)
+            self.bcs.launch(self.call)
             self.manager.scheduler.after(0, self.bcs.cancel)
         elif not self.deferred_to_main_loop and self.status in ("running", "ready"):
             # Idle (sync=none waits in job_yield; a resumed job between calls): job_cancel enters

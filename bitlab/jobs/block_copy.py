@@ -186,6 +186,7 @@ class Call:
     error: BlockIOError | None = None
     error_is_read: bool = True
     cancelled: bool = False
+    spare: int = 0  # a task created before the cancel was seen: it takes the first freed worker
     finished: bool = False
     timers: list = field(default_factory=list)
     tasks: list = field(default_factory=list)  # (timer, task or batch) in flight
@@ -325,15 +326,22 @@ class BlockCopy:
             self._end_failed_reads(call, start, end)
             self._wait_in_flight(call, start, end)
         pos = start
+        error = None
         while pos < end:
             task = self._next_task(pos, end - pos)
             if task is None or task.offset >= end:
-                return
+                break
             task.nbytes = min(task.nbytes, end - task.offset)
             self._begin(task)
-            if not self._finish(task):
-                raise task.error
+            if not self._finish(task) and error is None:
+                # The range's tasks all start before the first one ends (one worker each), so the
+                # others still complete; only a read failing at once stops the loop before the next.
+                error = task.error
+                if task.error_is_read and _immediately(task):
+                    break
             pos = task.offset + task.nbytes
+        if error is not None:
+            raise error
 
     def _end_failed_reads(self, call: Call, start: int, end: int) -> None:
         """copy-before-write waits for the requests in flight on its range (block_copy_wait_one).
@@ -412,26 +420,36 @@ class BlockCopy:
                 call.timers.append(call.sleep)
                 return
             self.rate.delay(now, task.nbytes)
-            call.found = True
-            call.cursor = task.offset + task.nbytes
-            self._begin(task)
-            call.in_flight += 1
-            delay = io_time_ns(self._io(task), not task.zero)
-            if task.error is not None:  # an injected error: at once, or from a bottom half (next loop turn)
-                delay = 0 if _immediately(task) else ERROR_NS
-            timer = self.scheduler.after(delay, lambda t=task: self._complete(call, t))
-            call.timers.append(timer)
-            call.tasks.append((timer, task))
+            self._start_task(call, task)
             if task.error is not None and _immediately(task):
                 break
         if call.in_flight == 0:
             self._end(call)
+
+    def _start_task(self, call: Call, task: Task) -> None:
+        """The task starts (its read now) and completes after its I/O time."""
+        call.found = True
+        call.cursor = task.offset + task.nbytes
+        self._begin(task)
+        call.in_flight += 1
+        delay = io_time_ns(self._io(task), not task.zero)
+        if task.error is not None:  # an injected error: at once, or from a bottom half (next loop turn)
+            delay = 0 if _immediately(task) else ERROR_NS
+        timer = self.scheduler.after(delay, lambda t=task: self._complete(call, t))
+        call.timers.append(timer)
+        call.tasks.append((timer, task))
 
     def _complete(self, call: Call, task: Task | Batch) -> None:
         call.tasks = [(tm, t) for tm, t in call.tasks if t is not task]
         call.in_flight -= 1
         if not self._finish(task) and call.error is None:
             call.error, call.error_is_read = task.error, task.error_is_read
+        if call.spare and call.cancelled and call.error is None:
+            # block_copy_task_run: the spare runs unless a task has failed (the pool's status)
+            call.spare = 0
+            spare = self._next_task(call.cursor, call.max_chunk)
+            if spare is not None:
+                self._start_task(call, spare)
         if call.in_flight == 0 and (call.cancelled or call.error is not None):
             self._end(call)
         elif not call.cancelled and call.error is None and call.sleep is None:

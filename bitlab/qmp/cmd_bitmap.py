@@ -131,7 +131,8 @@ def qmp_disable(vm: Any, args: dict) -> None:
 def merge_bitmaps(vm: Any, args: dict) -> DirtyBitmap:
     """block_dirty_bitmap_merge: sources gather into an anonymous bitmap, then the target.
 
-    On any error the target is unchanged.
+    Each source is looked up, then the target checked (bdrv_merge_dirty_bitmap checks its
+    destination first), then the source. On any error the target is unchanged.
     """
     node, dst = vm.graph.lookup_bitmap(args["node"], args["target"])
     sources = args["bitmaps"]
