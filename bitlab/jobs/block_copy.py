@@ -347,13 +347,8 @@ class BlockCopy:
         """copy-before-write waits for the requests in flight on its range (block_copy_wait_one).
         A task whose read failed has ended in QEMU by then: here it ends now, so its bits are
         back and the guest write copies those clusters first (the failure stays the job's)."""
-        failed = [(tm, t) for tm, t in call.tasks if isinstance(t, Task) and t.error is not None
-                  and t.offset < end and start < t.offset + t.nbytes]
-        for timer, task in failed:
-            timer.cancel()
-            call.tasks = [(tm, t) for tm, t in call.tasks if t is not task]
-            call.in_flight -= 1
-            self._finish(task)
+        failed = self._end_tasks_on(call, start, end, failed=True)
+        for task in failed:
             if call.error is None:
                 call.error, call.error_is_read = task.error, task.error_is_read
         if failed and call.in_flight == 0:
@@ -367,15 +362,21 @@ class BlockCopy:
         each slice); without one they are the timing model's, and a batch's wave stays in flight."""
         if not self.rate.speed:
             return
-        waited = [(tm, t) for tm, t in call.tasks if isinstance(t, Task) and t.error is None
+        waited = self._end_tasks_on(call, start, end, failed=False)
+        if waited and call.sleep is None:  # the loop waits for them (the call ends after the guest's write)
+            call.timers.append(self.scheduler.after(0, lambda: self._launch(call)))
+
+    def _end_tasks_on(self, call: Call, start: int, end: int, *, failed: bool) -> list[Task]:
+        """End now the single tasks in flight on ``[start, end)`` whose read failed (``failed``) or
+        did not; return them."""
+        ending = [(tm, t) for tm, t in call.tasks if isinstance(t, Task) and (t.error is not None) == failed
                   and t.offset < end and start < t.offset + t.nbytes]
-        for timer, task in waited:
+        for timer, task in ending:
             timer.cancel()
             call.tasks = [(tm, t) for tm, t in call.tasks if t is not task]
             call.in_flight -= 1
             self._finish(task)
-        if waited and call.sleep is None:  # the loop waits for them (the call ends after the guest's write)
-            call.timers.append(self.scheduler.after(0, lambda: self._launch(call)))
+        return [task for _, task in ending]
 
     # -- asynchronous copy (the job's background copy) ---------------------------------------
     def start(self, max_workers: int, max_chunk: int, done: Callable[[Call], None]) -> Call:
