@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -73,6 +74,7 @@ SYSTEM = "qemu-system-x86_64"
 QSD = "qemu-storage-daemon"
 DAEMONS = ("auto", "qsd", "system")
 DAEMON_ENV = "BITLAB_QEMU_DAEMON"
+CONNECT_ATTEMPT_S = 5.0  # one attempt to reach a starting QEMU's monitor (see QemuMachine._connected)
 PACKAGE_OF = {QSD: "qemu-system-common", SYSTEM: "qemu-system-x86", "qemu-img": "qemu-utils",
               "qemu-io": "qemu-utils"}
 PACKAGES = "qemu-system-x86 qemu-system-common qemu-utils"  # everything both daemons need
@@ -328,8 +330,16 @@ class QemuMachine(GuestIO, Monitor):
     def _connected(self, sock: str) -> Any:
         qmp = self._protocol(sock)
         # The legacy client's connect and close wait without limit; a QEMU that accepted the
-        # connection but never greets (seen once under heavy load) must not hang bitlab.
-        qmp._sync(qmp._qmp.connect(sock), self.timeout)
+        # connection but never greets (seen under heavy load, twice in a CI run) must not hang
+        # bitlab: each attempt gets a few seconds, then the connection is dropped (QEMU's monitor
+        # serves one client, and takes the next once this one is gone) and _start tries again
+        # until its deadline.
+        try:
+            qmp._sync(qmp._qmp.connect(sock), min(self.timeout, CONNECT_ATTEMPT_S))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                qmp._sync(qmp._qmp.disconnect(), 1.0)
+            raise
         return qmp
 
     def _stop(self, *, kill: bool = False) -> None:

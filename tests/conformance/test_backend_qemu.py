@@ -458,3 +458,44 @@ def test_dirty_bitmap_by_device_name_on_both_backends():
             if hasattr(vm, "close"):
                 vm.close()
     assert got[0] == got[1] and got[0][0] == 1
+
+
+def test_a_monitor_that_never_greets_is_dropped_and_tried_again(monkeypatch, tmp_path):
+    """A starting QEMU that accepted the connection but sends no greeting: the attempt ends after
+    CONNECT_ATTEMPT_S with the connection closed (QEMU's monitor serves one client at a time), and
+    the next attempt, which gets a greeting, connects."""
+    import socket
+    import threading
+
+    from bitlab.backends import qemu as backend
+
+    monkeypatch.setattr(backend, "CONNECT_ATTEMPT_S", 0.05)
+    sock_path = str(tmp_path / "m.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sock_path)
+    server.listen(2)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        silent, _ = server.accept()
+        seen.append(silent.recv(100))  # b"" once the client has given up and closed
+        silent.close()
+        talk, _ = server.accept()
+        talk.sendall(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, '
+                     b'"capabilities": []}}\r\n')
+        seen.append(talk.recv(1000))
+        talk.sendall(b'{"return": {}}\r\n')
+        seen.append(talk.recv(100))
+        talk.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with QemuMachine(daemon="qsd", timeout=3600) as vm:  # the whole start's limit: not one attempt's
+        with pytest.raises(TimeoutError):
+            vm._connected(sock_path)
+        qmp = vm._connected(sock_path)
+        qmp.close()
+    thread.join(5)
+    server.close()
+    assert seen[0] == b""
+    assert b'"qmp_capabilities"' in seen[1]
