@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -155,14 +157,16 @@ CASES = ["drive-full", "drive-incremental", "drive-top", "drive-existing", "driv
          "blockdev-unmap-top"]
 
 
+def on_real_qemu(play: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """``play(vm, ...)`` on a fresh machine of the real-QEMU backend, closed afterwards."""
+    with Machine(backend="qemu") as real:
+        return play(real, *args, **kw)
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("case", CASES)
 def test_backup_targets_match_real_qemu(case):
-    real = Machine(backend="qemu")
-    try:
-        want = outcome(real, case)
-    finally:
-        real.close()
+    want = on_real_qemu(outcome, case)
     got = outcome(Machine(), case)
     assert got["map"] == want["map"]
     assert got["events"] == want["events"]
@@ -189,11 +193,7 @@ def random_writes(seed: int) -> list[tuple[str, int, int, int]]:
 @pytest.mark.parametrize("seed", range(12))
 def test_random_sources_match_real_qemu(seed):
     case = CASES[seed % len(CASES)]
-    real = Machine(backend="qemu")
-    try:
-        want = outcome(real, case, random_writes(seed))
-    finally:
-        real.close()
+    want = on_real_qemu(outcome, case, random_writes(seed))
     assert outcome(Machine(), case, random_writes(seed)) == want
 
 
@@ -286,11 +286,7 @@ def test_detect_zeroes_on_keeps_host_clusters():
                                 {"drive": False, "existing": True, "detect": "on"}])
 def test_small_maps_match_real_qemu(kw):
     """The exact outputs above are QEMU's (host offsets compared where one task allocates)."""
-    real = Machine(backend="qemu")
-    try:
-        want = _small(real, **kw)
-    finally:
-        real.close()
+    want = on_real_qemu(_small, **kw)
     got = _small(Machine(), **kw)
     assert got[1] == want[1]
     assert _entries(got[0]) == _entries(want[0])
@@ -346,11 +342,7 @@ def test_guest_zero_bytes_with_detect_zeroes_unmap_drop_the_host_cluster():
 @pytest.mark.parametrize("detect", ["off", "on", "unmap"])
 def test_guest_zero_writes_match_real_qemu(detect):
     """Host offsets compared too, except after an unmap (bitlab does not lay out freed clusters)."""
-    real = Machine(backend="qemu")
-    try:
-        want = _guest_detect(real, detect)
-    finally:
-        real.close()
+    want = on_real_qemu(_guest_detect, detect)
     got = _guest_detect(Machine(), detect)
     assert (_entries(got) if detect == "unmap" else got) == (_entries(want) if detect == "unmap" else want)
 
@@ -390,11 +382,7 @@ def test_progress_counts_the_last_cluster_whole():
 @pytest.mark.qemu
 @pytest.mark.parametrize("target_cluster", [None, 4096, 2 << 20])
 def test_partial_last_cluster_matches_real_qemu(target_cluster, monkeypatch):
-    real = Machine(backend="qemu")
-    try:
-        want = _odd(real, target_cluster)
-    finally:
-        real.close()
+    want = on_real_qemu(_odd, target_cluster)
     assert _odd(Machine(), target_cluster) == want
     monkeypatch.setattr(block_copy, "BULK", False)
     assert _odd(Machine(), target_cluster) == want
@@ -453,16 +441,8 @@ def test_a_status_extent_shorter_than_the_job_cluster_is_copied_as_data(bulk, mo
 
 @pytest.mark.qemu
 def test_status_extents_match_real_qemu():
-    real = Machine(backend="qemu")
-    try:
-        want = _layers(real)
-    finally:
-        real.close()
-    real = Machine(backend="qemu")
-    try:
-        want = want, _big_cluster(real)
-    finally:
-        real.close()
+    want = on_real_qemu(_layers)
+    want = want, on_real_qemu(_big_cluster)
     got = _layers(Machine()), _big_cluster(Machine())
     assert _entries(got[0]) == _entries(want[0])
     assert got[1] == want[1]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 
 from bitlab import Machine
 from bitlab.backends import nbd
+from bitlab.backends import qemu as backend
 from bitlab.backends.qemu import DAEMON_ENV, QSD, SYSTEM, QemuDaemonError, QemuMachine, QemuNotFound, qemu_missing
 from bitlab.conformance import normalise, random_scenario
 from bitlab.conformance.runner import compare, play
@@ -464,11 +467,6 @@ def test_a_monitor_that_never_greets_is_dropped_and_tried_again(monkeypatch, tmp
     """A starting QEMU that accepted the connection but sends no greeting: the attempt ends after
     CONNECT_ATTEMPT_S with the connection closed (QEMU's monitor serves one client at a time), and
     the next attempt, which gets a greeting, connects."""
-    import socket
-    import threading
-
-    from bitlab.backends import qemu as backend
-
     monkeypatch.setattr(backend, "CONNECT_ATTEMPT_S", 0.05)
     sock_path = str(tmp_path / "m.sock")
     server = socket.socket(socket.AF_UNIX)
