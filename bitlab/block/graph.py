@@ -43,6 +43,7 @@ class BlockGraph:
         self.devices: dict[str, BlockNode] = {}
         self.monitor_owned: set[str] = set()
         self.blks: list = []  # anonymous BlockBackends on nodes (block exports): objects with a ``node``
+        self.job_held: set[str] = set()  # backup filters: their job holds them, whoever their parents are
         self._rng = random.Random(seed)
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
@@ -250,51 +251,65 @@ class BlockGraph:
 
     # -- filters (a backup's copy-before-write) ---------------------------------------------
     def insert_filter(self, source: BlockNode, cbw: BlockNode, target: BlockNode, copy_bitmap: DirtyBitmap) -> None:
-        """bdrv_cbw_append: the filter takes the source's place under all its parents
-        (devices, and a filter an earlier backup put there)."""
+        """bdrv_cbw_append: the filter takes the source's place under all its parents (bdrv_replace_node):
+        devices, exports, an earlier backup's filter, an overlay's or an earlier sync=none target's
+        backing link; not a parent inside the filter's own subtree (should_update_child: that would
+        make a loop), such as this job's sync=none target."""
         self.nodes[cbw.node_name] = cbw
-        above = source.filtered_by
-        if above is not None:
-            self._replace_child(above, source, cbw)
+        self.job_held.add(cbw.node_name)
         self._attach(cbw, "file", source)
         self._attach(cbw, "target", target)
         source.add_bitmap(copy_bitmap)
-        cbw.filtered_by = above
+        cbw.filtered_by = source.filtered_by
         source.filtered_by = cbw
-        for device, root in self.devices.items():
-            if root is source:
-                self.devices[device] = cbw
-        for blk in self.blks:
-            if blk.node is source:
-                blk.node = cbw
+        self._replace_node(source, cbw)
 
     def remove_filter(self, cbw: BlockNode, copy_bitmap: DirtyBitmap, owner: BlockNode) -> None:
         """bdrv_cbw_drop: what the filter filtered (the source, or a later backup's filter)
-        is back in its place; the copy bitmap leaves the job's source ``owner``."""
+        is back in its place under every parent; the copy bitmap leaves the job's source ``owner``."""
         if copy_bitmap in owner.bitmaps:
             owner.bitmaps.remove(copy_bitmap)
         source = cbw.child("file")
-        above = cbw.filtered_by
-        if above is not None:
-            self._replace_child(above, cbw, source)
-        source.filtered_by = above
-        for device, root in self.devices.items():
-            if root is cbw:
-                self.devices[device] = source
-        for blk in self.blks:
-            if blk.node is cbw:
-                blk.node = source
+        assert source is not None
+        self._replace_node(cbw, source)
+        source.filtered_by = cbw.filtered_by
         for _, child in cbw.children:
             child.parents -= 1
         cbw.children = []
         cbw.filtered_by = None
+        self.job_held.discard(cbw.node_name)
         self.nodes.pop(cbw.node_name, None)
+
+    def subtree(self, top: BlockNode) -> set[int]:
+        """The ids of ``top`` and every node below it."""
+        seen: set[int] = set()
+        todo = [top]
+        while todo:
+            node = todo.pop()
+            if id(node) not in seen:
+                seen.add(id(node))
+                todo.extend(child for _, child in node.children)
+        return seen
+
+    def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
+        """bdrv_replace_node: every parent of ``old`` outside ``new``'s subtree now points at ``new``."""
+        inside = self.subtree(new)
+        for parent in list(self.nodes.values()):
+            if id(parent) not in inside and any(child is old for _, child in parent.children):
+                self._replace_child(parent, old, new)
+        for device, root in self.devices.items():
+            if root is old:
+                self.devices[device] = new
+        for blk in self.blks:
+            if blk.node is old:
+                blk.node = new
 
     @staticmethod
     def _replace_child(parent: BlockNode, old: BlockNode, new: BlockNode) -> None:
+        count = sum(1 for _, child in parent.children if child is old)
         parent.children = [(role, new if child is old else child) for role, child in parent.children]
-        old.parents -= 1
-        new.parents += 1
+        old.parents -= count
+        new.parents += count
 
     def release_job_target(self, target: BlockNode) -> None:
         """A drive-backup target opened for the job goes with it."""
@@ -363,6 +378,8 @@ class BlockGraph:
     def _drop_unowned(self, node: BlockNode, *, clean: bool = True) -> None:
         """Close a node nobody holds any more (neither a parent, the monitor, nor a device)."""
         if any(root is node for root in self.devices.values()) or any(blk.node is node for blk in self.blks):
+            return
+        if node.node_name in self.job_held:
             return
         if node.parents == 0 and node.node_name not in self.monitor_owned:
             self.release(node, clean=clean)

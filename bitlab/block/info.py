@@ -59,9 +59,11 @@ def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str |
 
 
 def filter_or_cow(node: BlockNode) -> BlockNode | None:
-    """bdrv_filter_or_cow_bs: what a filter filters, or a format's backing node."""
+    """bdrv_filter_or_cow_bs: what a filter (copy-before-write, blkdebug) filters, or a format's backing node."""
     if node.driver == "copy-before-write":
         return node.child("file")
+    if node.driver == "blkdebug":
+        return node.child("image")
     return node.backing
 
 

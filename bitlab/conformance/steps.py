@@ -3,7 +3,8 @@
 A scenario is ``{"name", "steps": [...]}`` (optionally ``"drives": [...]`` for ``-drive``
 devices); a step is one of ``{"qmp": message}``, ``{"hmp": line}``, ``{"qemu-img": argv}``,
 ``{"write"|"zero"|"discard": {"node", "offset", "length"[, "pattern"]}}``,
-``{"flush": {"node"}}``, ``{"wait-job": {"id", "status"}}``, ``{"settle-jobs": true}``,
+``{"read": {"node", "offset", "length", "pattern"}}`` (qemu-io ``read -P``), ``{"flush": {"node"}}``,
+``{"wait-job": {"id", "status"}}``, ``{"settle-jobs": true}``,
 ``{"restart": true}`` / ``{"kill": true}`` (the format of tests/golden/).
 """
 
@@ -28,6 +29,10 @@ def run_step(vm: Any, step: dict) -> Any:
         return reply
     if "hmp" in step:
         return vm.execute({"execute": "human-monitor-command", "arguments": {"command-line": step["hmp"]}})
+    if "read" in step:
+        io = step["read"]
+        out = vm.guest_io(io["node"], f"read -P {io.get('pattern', 0):#x} {io['offset']} {io['length']}")
+        return {"stdout": out}
     if "flush" in step:
         vm.guest_io(step["flush"]["node"], "flush")
         return {"ok": True}
