@@ -32,12 +32,18 @@ Real QEMU's outcome never depends on its timing:
   never stop on a target error: bitlab lays qcow2 clusters out in guest order, QEMU in write
   order, which cuts block-copy's tasks differently (not modelled; see the xfail test in
   tests/test_job_lifecycle.py).
+
+After 3% of the steps comes an episode of :mod:`.gen_parents` (its own stream and names too:
+``ps<n>``, ``po<n>``, ``pj<n>x<m>``): a backup whose filter takes the source's place under an
+overlay and an earlier sync=none target.
 """
 
 from __future__ import annotations
 
 import random
 
+from .gen_parents import CHANCE as PARENTS_CHANCE
+from .gen_parents import Parents, parents_episode
 from .gen_running import running_backup
 
 K, M = 1 << 10, 1 << 20
@@ -79,6 +85,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     nodes = ["d0", "d1"][: rng.randint(1, 2)]
     st = _State(rng, nodes)
     life = _Life(random.Random(f"{seed}/{index}/life"))
+    parents = Parents(random.Random(f"{seed}/{index}/parents"))
     steps: list[dict] = []
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
@@ -90,6 +97,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         steps += _OPS[op](st, size)
         if life.rng.random() < LIFE_CHANCE:
             steps += _life(st, life, size)
+        if parents.rng.random() < PARENTS_CHANCE:
+            steps += parents_episode(parents)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     for node in nodes:
         for name in sorted(st.bitmaps[node]):

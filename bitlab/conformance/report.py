@@ -7,9 +7,12 @@ import random
 import time
 
 from ..backends.qemu import QemuNotFound, qemu_missing
+from .gen_parents import parents_scenario
 from .gen_running import running_scenario
 from .generator import random_scenario
 from .runner import check
+
+FOCUS = {"running": running_scenario, "parents": parents_scenario}
 
 
 def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None) -> tuple[str, int]:
@@ -20,7 +23,7 @@ def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None) -
     start = time.monotonic()
     differing: dict[str, list] = {}
     for index in range(scenarios):
-        scenario = (running_scenario if focus == "running" else random_scenario)(seed, index)
+        scenario = FOCUS.get(focus or "", random_scenario)(seed, index)
         diffs = check(scenario)
         if diffs:
             differing[scenario["name"]] = diffs
@@ -47,8 +50,9 @@ def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None) -
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", type=int, default=50, help="how many random scenarios (default 50)")
     parser.add_argument("--seed", type=int, default=None, help="the seed (default: a new one, printed)")
-    parser.add_argument("--focus", choices=["running"], default=None,
-                        help="scenarios built around backups that run while the guest writes")
+    parser.add_argument("--focus", choices=sorted(FOCUS), default=None,
+                        help="scenarios built around backups that run while the guest writes (running), or "
+                             "around the parents of a backup's source: overlays, earlier targets (parents)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import pytest
 
+from bitlab.conformance.gen_parents import parents_scenario
+from bitlab.conformance.generator import random_scenario
+from bitlab.conformance.report import report
 from bitlab.conformance.runner import compare, play
 
 M = 1 << 20
@@ -213,3 +216,33 @@ def test_parents_follow_the_filter_as_in_qemu(make):
     for out in (real, sim):
         out.replies = [_without_throttled_files(r) for r in out.replies]
     assert [d.render() for d in compare(scenario, real, sim)] == []
+
+
+def _overlays(steps: list[dict]) -> list[str]:
+    return [s["qmp"]["arguments"]["backing"] for s in steps
+            if s.get("qmp", {}).get("execute") == "blockdev-add" and "backing" in s["qmp"]["arguments"]]
+
+
+def test_random_episodes_build_overlays_and_earlier_sync_none_targets():
+    scenarios = [parents_scenario(3, i)["steps"] for i in range(10)]
+    assert parents_scenario(3, 4) == parents_scenario(3, 4) != parents_scenario(3, 5)
+    assert all(_overlays(steps) for steps in scenarios)
+    starts = [s["qmp"] for steps in scenarios for s in steps
+              if s.get("qmp", {}).get("execute") in ("blockdev-backup", "drive-backup")]
+    assert any(m["arguments"]["sync"] == "none" and m["execute"] == "drive-backup" for m in starts)
+    assert any(m["arguments"]["device"].startswith("po") for m in starts)  # a backup of an overlay
+    # no guest write on a source once an overlay holds it
+    for steps in scenarios:
+        held: set[str] = set()
+        for step in steps:
+            held.update(_overlays([step]))
+            assert step.get("write", {}).get("node") not in held
+    # the random mix has them too (in a random stream of their own)
+    mixed = [random_scenario(5, i)["steps"] for i in range(40)]
+    assert sum(1 for steps in mixed if _overlays(steps)) >= 5
+
+
+@pytest.mark.qemu
+def test_conformance_report_focused_on_parents():
+    text, bad = report(3, 11, focus="parents")
+    assert bad == 0 and "scenarios run                3" in text

@@ -1,0 +1,163 @@
+"""Random episodes around the parents of a backup's source (block.c ``bdrv_replace_node``).
+
+A fresh source ``ps<n>`` with data, an overlay ``po<n>`` whose ``backing`` is that source, and
+sometimes an earlier ``sync=none`` backup of the source (drive-backup onto an existing image, whose
+backing link the job sets, or blockdev-backup onto a node). Then a throttled backup of the source:
+its copy-before-write filter takes the source's place under the overlay and the earlier target.
+While it runs: reads through the overlay, queries (``json:`` filenames, ``backing-image`` chains),
+query-block, blockdev-del of the overlay or the source, a second backup (of the overlay, or of the
+source again), throttled or run to its end. Then every job ends (cancelled, or its speed lifted),
+in random order, and the graph is queried again.
+
+Stays away from what differs for other reasons: no guest write on the source once the overlay
+holds it (on qemu-storage-daemon the backend's export of a node taken as a child is gone, and a
+request of its own on the source meets the filter's permissions), overlay writes only before any
+backup and in ascending order (qcow2's host layout), a query only after a started job's first
+request has surely finished (``SETTLE``), and ``settle-jobs`` only when no sync=none job is left.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .gen_running import SETTLE
+
+K, M = 1 << 10, 1 << 20
+CHANCE = 0.03  # after each op of the random mix, the chance of an episode
+
+
+def _qmp(execute: str, arguments: dict | None = None) -> dict:
+    msg: dict = {"execute": execute}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    return {"qmp": msg}
+
+
+def _qcow2(name: str, size: int, backing: str | None = None) -> list[dict]:
+    args: dict = {"driver": "qcow2", "node-name": name, "file": {"driver": "file", "filename": f"{name}.qcow2"}}
+    if backing is not None:
+        args["backing"] = backing
+    return [{"qemu-img": ["create", "-f", "qcow2", f"{name}.qcow2", str(size)]}, _qmp("blockdev-add", args)]
+
+
+class Parents:
+    """What the episodes of one scenario share: their random stream and a counter for names."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.count = 0
+        self.names = 0
+
+    def name(self, prefix: str) -> str:
+        self.names += 1
+        return f"{prefix}{self.count}x{self.names}"
+
+
+def parents_episode(pr: Parents, size: int = 4 * M) -> list[dict]:
+    """One episode (see the module docstring)."""
+    rng = pr.rng
+    pr.count += 1
+    n = pr.count
+    src, ov = f"ps{n}", f"po{n}"
+    steps = _qcow2(src, size)
+    patterns = [0]
+    offsets = sorted(rng.randrange(0, size // (64 * K)) * 64 * K for _ in range(rng.randint(1, 3)))
+    for offset in offsets:  # ascending: qcow2 lays the clusters out in guest order, as bitlab does
+        patterns.append(rng.randrange(1, 256))
+        steps.append({"write": {"node": src, "offset": offset, "length": min(rng.choice([64 * K, M]), size - offset),
+                                "pattern": patterns[-1]}})
+    steps += _qcow2(ov, size, backing=src)
+    if rng.random() < 0.5:
+        patterns.append(rng.randrange(1, 256))
+        steps.append({"write": {"node": ov, "offset": rng.randrange(0, size // 512) * 512,
+                                "length": rng.choice([512, 4 * K, 64 * K]), "pattern": patterns[-1]}})
+    jobs: dict[str, str] = {}  # job id -> sync, of the jobs that end below
+    started = [0]
+
+    def job_id() -> str:
+        started[0] += 1
+        return f"pj{n}x{started[0]}"
+
+    if rng.random() < 0.4:  # an earlier sync=none backup of the source: its target's backing is the source
+        jid = job_id()
+        if rng.random() < 0.6:
+            image = pr.name("pn")
+            steps += [{"qemu-img": ["create", "-f", "qcow2", f"{image}.qcow2", str(size)]},
+                      _qmp("drive-backup", {"job-id": jid, "device": src, "target": f"{image}.qcow2",
+                                            "sync": "none", "format": "qcow2", "mode": "existing"})]
+        else:
+            target = pr.name("pt")
+            steps += [*_qcow2(target, size), _qmp("blockdev-backup", {"job-id": jid, "device": src,
+                                                                      "target": target, "sync": "none"})]
+        jobs[jid] = "none"
+    steps += _backup(pr, src, job_id(), jobs, size, throttled=True)
+    on_overlay: list[str] = []  # throttled backups of the overlay (they run until they end below)
+    overlay = True  # po<n> still there (a blockdev-del of it succeeds while no job holds it)
+    for _ in range(rng.randint(2, 6)):
+        what = rng.choices(["read", "query", "block", "del", "second"], weights=[6, 5, 1, 2, 3])[0]
+        if what == "read":
+            offset = rng.randrange(0, size // 512) * 512
+            node = ov if overlay and rng.random() < 0.8 else src
+            steps.append({"read": {"node": node, "offset": offset, "pattern": rng.choice(patterns),
+                                   "length": min(rng.choice([512, 64 * K, M]), size - offset)}})
+        elif what == "query":
+            steps.append(_qmp("query-named-block-nodes", {"flat": True} if rng.random() < 0.4 else None))
+        elif what == "block":
+            steps.append(_qmp("query-block"))
+        elif what == "del":
+            node = rng.choice([ov, src])
+            steps.append(_qmp("blockdev-del", {"node-name": node}))
+            if node == ov and not on_overlay:  # deleted: nothing holds it
+                overlay = False
+        elif len(jobs) < 6:
+            device = ov if overlay and rng.random() < 0.75 else src
+            jid = job_id()
+            steps += _backup(pr, device, jid, jobs, size, throttled=rng.random() < 0.5)
+            if device == ov and jid in jobs:
+                on_overlay.append(jid)
+    order = list(jobs)
+    rng.shuffle(order)
+    for jid in order:  # every job ends: cancelled, or run to its end
+        if jobs[jid] == "none" or rng.random() < 0.5:
+            steps.append(_qmp("job-cancel", {"id": jid}))
+        else:
+            steps.append(_qmp("block-job-set-speed", {"device": jid, "speed": 0}))
+        steps.append({"wait-job": {"id": jid, "status": "null"}})
+        if rng.random() < 0.5:
+            steps.append(_qmp("query-named-block-nodes", {"flat": True} if rng.random() < 0.4 else None))
+    steps.append(_qmp("query-named-block-nodes"))
+    if rng.random() < 0.5:
+        steps.append(_qmp("blockdev-del", {"node-name": ov}))
+    return steps
+
+
+def _backup(pr: Parents, device: str, jid: str, jobs: dict[str, str], size: int, *, throttled: bool) -> list[dict]:
+    """A full backup of ``device`` onto a new node (throttled: one request, then asleep; else run to its
+    end and its target read), sometimes with a named filter."""
+    rng = pr.rng
+    target = pr.name("pt")
+    steps = _qcow2(target, size)
+    args: dict = {"job-id": jid, "device": device, "target": target, "sync": "full"}
+    if rng.random() < 0.5:
+        args["filter-node-name"] = pr.name("pf")
+    if throttled:
+        args.update(speed=1, **{"x-perf": {"max-chunk": 65536}})
+    steps.append(_qmp("blockdev-backup", args))
+    if throttled:
+        jobs[jid] = "full"
+        steps.append({"sleep": SETTLE})
+    else:
+        steps += [{"wait-job": {"id": jid, "status": "null"}},
+                  {"read": {"node": target, "offset": 0, "length": size, "pattern": 0}}]
+    return steps
+
+
+def parents_scenario(seed: int, index: int = 0, size: int = 4 * M) -> dict:
+    """A scenario of one to three such episodes (``bitlab conformance --focus parents``)."""
+    rng = random.Random(f"parents{seed}/{index}")
+    pr = Parents(rng)
+    steps: list[dict] = []
+    for _ in range(rng.randint(1, 3)):
+        steps += parents_episode(pr, size)
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    return {"name": f"parents-{seed}-{index}", "steps": steps}
