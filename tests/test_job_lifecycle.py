@@ -87,6 +87,14 @@ CANCELLED = [  # (clusters, sync, max-workers) -> (progress when stopped, when c
     ((4, "full", 1, False, 5866496, 65536), (5832704, 5832704, 8388608)),  # the spare never runs
     ((4, "full", 1, True, 5866496, 65536), (5832704, 7143424, 8388608)),
     ((4, "top", 1, False, 0, 65536), (0, 0, 262144)),
+    # several workers: once the target's L2 table exists, a zero task completes as it starts (no I/O,
+    # no worker held), so the last call runs on through every zero task up to the spare
+    ((4, "full", 2, True, 0, 65536), (1048576, 8388608, 8388608)),
+    ((4, "full", 2, False, 0, 65536), (1048576, 8126464, 8388608)),
+    ((4, "full", 3, True, 0, 131072), (131072, 1507328, 8388608)),
+    ((6, "full", 3, True, 0, 262144), (262144, 1048576, 8388608)),
+    ((6, "full", 4, True, 0, 131072), (196608, 655360, 8388608)),
+    ((2, "full", 3, False, 0, 131072), (65536, 8257536, 8388608)),
 ]
 IDS = ["-".join(map(str, case)) for case, _ in CANCELLED]
 

@@ -428,10 +428,15 @@ class BlockCopy:
             self._end(call)
 
     def _start_task(self, call: Call, task: Task) -> None:
-        """The task starts (its read now) and completes after its I/O time."""
+        """The task starts (its read now) and completes after its I/O time, or at once (no worker
+        held) when it writes zeroes that need no I/O (:meth:`_zeroes_at_once`)."""
         call.found = True
         call.cursor = task.offset + task.nbytes
         self._begin(task)
+        if task.zero and self._zeroes_at_once(task):
+            if not self._finish(task) and call.error is None:
+                call.error, call.error_is_read = task.error, task.error_is_read
+            return
         call.in_flight += 1
         delay = io_time_ns(self._io(task), not task.zero)
         if task.error is not None:  # an injected error: at once, or from a bottom half (next loop turn)
@@ -439,6 +444,24 @@ class BlockCopy:
         timer = self.scheduler.after(delay, lambda t=task: self._complete(call, t))
         call.timers.append(timer)
         call.tasks.append((timer, task))
+
+    def _zeroes_at_once(self, task: Task) -> bool:
+        """Whether a zero task completes inside aio_task_pool_start_task, never yielding: qcow2 (v3)
+        writes zeroes into its L2 table in the cache, with no I/O once the table exists (here: once
+        some cluster it maps is allocated or zero), so the task holds no worker and block-copy's
+        loop goes straight on to the next task. A table yet to be allocated is written (it yields)."""
+        target = self.target
+        if type(target) is not Qcow2Node or target.image.compat == "0.10":
+            return False
+        cs = target.image.cluster_size
+        span = cs * (cs // 8)  # the guest bytes one L2 table maps
+        first = task.offset // span * span
+        last = -(-(task.offset + self._io(task)) // span) * span
+        for table in range(first, last, span):
+            _, _, vals = target.image.data.extents(table, span)
+            if not (vals != UNALLOCATED).any():
+                return False
+        return True
 
     def _complete(self, call: Call, task: Task | Batch) -> None:
         call.tasks = [(tm, t) for tm, t in call.tasks if t is not task]
