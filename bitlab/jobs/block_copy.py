@@ -449,9 +449,12 @@ class BlockCopy:
         """Whether a zero task completes inside aio_task_pool_start_task, never yielding: qcow2 (v3)
         writes zeroes into its L2 table in the cache, with no I/O once the table exists (here: once
         some cluster it maps is allocated or zero), so the task holds no worker and block-copy's
-        loop goes straight on to the next task. A table yet to be allocated is written (it yields)."""
+        loop goes straight on to the next task. A table yet to be allocated is written (it yields).
+        null-co (and raw over it) never yields either."""
         target = self.target
-        if type(target) is not Qcow2Node or target.image.compat == "0.10":
+        if type(target) is not Qcow2Node:
+            return _zeroes_never_yield(target)
+        if target.image.compat == "0.10":
             return False
         cs = target.image.cluster_size
         span = cs * (cs // 8)  # the guest bytes one L2 table maps
@@ -807,6 +810,19 @@ def _bit_positions(x: np.ndarray, byte0: int) -> np.ndarray:
     owner = np.repeat(np.arange(nz.size), count)
     nth = np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count)
     return (nz[owner].astype(np.int64) + byte0) * 8 + _NTH_BIT[v[owner], nth]
+
+
+def _zeroes_never_yield(node: BlockNode) -> bool:
+    """A write-zeroes request that completes without yielding: null-co without latency-ns, raw over such
+    a node, blkdebug over one with no error rules (a failed request completes from a bottom half)."""
+    if type(node) is NullNode:
+        return not node.options.get("latency-ns")
+    if type(node) is RawNode:
+        return _zeroes_never_yield(node.file)
+    if node.driver == "blkdebug":
+        inner = node.child("image")
+        return not node.options.get("inject-error") and inner is not None and _zeroes_never_yield(inner)
+    return False
 
 
 def _immediately(task: Task) -> bool:
