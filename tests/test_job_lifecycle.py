@@ -151,24 +151,36 @@ def test_random_scenarios_walk_the_job_life_cycle(monkeypatch: pytest.MonkeyPatc
 def test_life_cycle_episodes_stay_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
     """What would make real QEMU's outcome depend on timing, or never settle, is never generated: an
     error that recurs with 'ignore' (endless retries), a stop inside a grouped transaction (the others
-    wait forever), a sync 'none' job left running at a settle, more than one worker, a grouped
+    wait forever), a sync 'none' job left running at a settle, more than one worker but for a fresh
+    source's read errors onto a qcow2 node, a grouped
     transaction's failing member on raw over null-co that a sync 'top' would leave with nothing to read."""
     from bitlab.conformance import generator
 
     monkeypatch.setattr(generator, "LIFE_CHANCE", 0.3)
+    several = 0
     for index in range(150):
         steps = random_scenario(3, index)["steps"]
         endless: set[str] = set()  # life-cycle jobs of sync 'none'
         running: set[str] = set()
+        added: dict[str, dict] = {}
         for step in steps:
             msg = step.get("qmp", {})
             args = msg.get("arguments", {})
             if msg.get("execute") == "blockdev-add" and args.get("file", {}).get("driver") == "blkdebug":
                 rule = args["file"]["inject-error"][0]
                 assert rule.get("once") or not _ignored(steps, args["node-name"]), step
+            if msg.get("execute") == "blockdev-add":
+                added[args["node-name"]] = args
             life = str(args.get("job-id", "")).startswith("lj")
             if msg.get("execute") in ("blockdev-backup", "drive-backup") and life:
-                assert args["x-perf"] == {"max-workers": 1}
+                workers = args["x-perf"]["max-workers"]
+                several += workers > 1
+                if workers > 1:  # only a fresh source's read errors, onto a qcow2 node over a plain file
+                    source, target = added[args["device"]], added.get(args["target"], {})
+                    assert msg["execute"] == "blockdev-backup" and source["node-name"].startswith("s")
+                    assert source["driver"] == "qcow2" and target["driver"] == "qcow2"
+                    assert target["file"]["driver"] == "file"
+                    assert args.get("sync") in ("full", "top", "none")
                 # drive-backup's target detects zeroes: null-co's read buffers hold what memory held
                 assert msg["execute"] == "blockdev-backup" or not args["device"].startswith("sn")
                 if args["sync"] == "none":
@@ -186,6 +198,7 @@ def test_life_cycle_episodes_stay_deterministic(monkeypatch: pytest.MonkeyPatch)
                 running |= {args.get("id", args.get("device"))} & endless
             if "settle-jobs" in step:
                 assert not running, (index, running)
+    assert several >= 10
 
 
 def _ignored(steps: list[dict], node: str) -> bool:
