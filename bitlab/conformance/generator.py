@@ -20,9 +20,10 @@ set-speed, on its id, an older one or a missing one, and query-jobs / query-bloc
 Real QEMU's outcome never depends on its timing:
 
 - every job has ``x-perf: {max-workers: 1}`` (where an error strikes is then fixed), except a
-  single blockdev-backup of a fresh source whose only errors are its reads onto a qcow2 node (1 to 4
-  workers: blkdebug fails a read from a bottom half, before any other request completes; with a
-  null-co or drive-backup target QEMU's outcome varies from run to run), and ``settle-jobs`` follows every
+  single blockdev-backup of a fresh source whose only errors are its reads onto a qcow2 node, its
+  first task a read (1 to 4 workers: blkdebug fails a read from a bottom half, before any other
+  request completes; with a null-co or drive-backup target, or zero tasks first, QEMU's outcome
+  varies from run to run), and ``settle-jobs`` follows every
   step that may move a job, so verbs meet settled jobs only;
 - a sync ``none`` job (it runs until cancelled) is paused or cancelled before it settles,
   and cancelled right after any resume;
@@ -279,7 +280,7 @@ _OPS = {"write": _write, "add": _add, "manage": _manage, "merge": _merge, "sha":
 
 LIFE_CHANCE = 0.05  # after each op of the mix, the chance of a job life-cycle episode
 ACTIONS = ["report", "ignore", "stop", "enospc"]
-WORKERS = [1, 1, 2, 3, 4]  # max-workers of a single backup of a fresh source with no target error
+WORKERS = [1, 2, 2, 3, 4]  # max-workers of a single backup of a fresh source with no target error
 VERBS = ["query-jobs", "query-block-jobs", "finalize", "dismiss", "cancel", "pause", "resume", "complete",
          "set-speed"]
 
@@ -436,9 +437,14 @@ def _single(st: _State, lf: _Life, size: int, steps: list[dict], drive: bool) ->
     # error is a read of a fresh source written in ascending order (blkdebug fails it from a bottom
     # half, before any other request in flight completes) and the target a qcow2 node: with a
     # null-co one or drive-backup's (detect-zeroes=unmap), QEMU 7.2's outcome varies from run to run.
+    # The failing read must also be the first task: zero tasks before it race the error for the
+    # target's first L2 table.
     fresh = args["device"].startswith("s") and not args["device"].startswith("sn") and tgt_err is None
     qcow2 = not drive and steps[-1]["qmp"]["arguments"]["driver"] == "qcow2"
-    args["x-perf"] = {"max-workers": rng.choice(WORKERS) if fresh and qcow2 else 1}
+    first = min((s["write"]["offset"] for s in steps if s.get("write", {}).get("node") == args["device"]),
+                default=size)
+    several = fresh and qcow2 and (args["sync"] != "full" or first < 65536)
+    args["x-perf"] = {"max-workers": rng.choice(WORKERS) if several else 1}
     _job_flags(rng, args)
     if rng.random() < 0.04:
         del args["job-id"]
