@@ -23,7 +23,7 @@ import random
 from .gen_running import SETTLE
 
 K, M = 1 << 10, 1 << 20
-CHANCE = 0.03  # after each op of the random mix, the chance of an episode
+CHANCE = 0.02  # after each op of the random mix, the chance of an episode
 
 
 def _qmp(execute: str, arguments: dict | None = None) -> dict:

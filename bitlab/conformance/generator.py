@@ -37,7 +37,7 @@ Real QEMU's outcome never depends on its timing:
   order, which cuts block-copy's tasks differently (not modelled; see the xfail test in
   tests/test_job_lifecycle.py).
 
-After 3% of the steps comes an episode of :mod:`.gen_parents` (its own stream and names too:
+After 2% of the steps comes an episode of :mod:`.gen_parents` (its own stream and names too:
 ``ps<n>``, ``po<n>``, ``pj<n>x<m>``): a backup whose filter takes the source's place under an
 overlay and an earlier sync=none target.
 """
