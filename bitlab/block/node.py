@@ -616,22 +616,35 @@ class Qcow2Node(FormatNode):
         if self.image.compat == "0.10" and self.backing is not None:
             self.image.data.write(offset, length, 0)
             return
+        cs = self.image.cluster_size
+        end = offset + length
+        start, stop = self._whole_clusters(offset, length)
+        if stop > start:  # head, whole clusters, tail: in this order, as bdrv_co_do_pwrite_zeroes splits it
+            pieces = [(offset, start), (start, stop), (stop, end)]
+        else:  # one or two partial clusters
+            boundary = min((offset // cs + 1) * cs, end)
+            pieces = [(offset, boundary), (boundary, end)]
+        for lo, hi in pieces:
+            if hi <= lo:
+                continue
+            if lo % cs == 0 and (hi % cs == 0 or hi >= self.size) and hi - lo >= cs:
+                self._zero_clusters(lo, hi, unmap)
+            else:
+                self._zero_part(lo, hi, unmap)
+
+    def _zero_part(self, lo: int, hi: int, unmap: bool) -> None:
+        """Zeroes over part ``[lo, hi)`` of one cluster: a zero cluster if it may be one, else zero bytes."""
         zero = ZERO if self.image.compat != "0.10" else UNALLOCATED
         cs = self.image.cluster_size
-        first, last = offset // cs, (offset + length - 1) // cs
-        for cluster in {first, last}:  # the (at most two) partial clusters
-            c_start, c_end = cluster * cs, min((cluster + 1) * cs, self.size)
-            lo, hi = max(offset, c_start), min(offset + length, c_end)
-            if lo == c_start and hi == c_end:
-                continue
-            if self._zero_cluster_possible(c_start, c_end, lo, hi):
-                hosted = zero == ZERO and not unmap and self.image.data.value_at(c_start) == ZERO_ALLOC
-                self.image.data.write(c_start, c_end - c_start, ZERO_ALLOC if hosted else zero)
-            else:
-                self.image.data.write(lo, hi - lo, 0)
-        start, end = self._whole_clusters(offset, length)
-        if end > start:
-            self._zero_clusters(start, end, unmap)
+        c_start = lo // cs * cs
+        c_end = min(c_start + cs, self.size)
+        if lo == c_start and hi >= c_end:
+            self._zero_clusters(c_start, c_end, unmap)
+        elif self._zero_cluster_possible(c_start, c_end, lo, hi):
+            hosted = zero == ZERO and not unmap and self.image.data.value_at(c_start) == ZERO_ALLOC
+            self.image.data.write(c_start, c_end - c_start, ZERO_ALLOC if hosted else zero)
+        else:
+            self.image.data.write(lo, hi - lo, 0)
 
     def _zero_clusters(self, start: int, end: int, unmap: bool = False) -> None:
         """Whole clusters become zero clusters; those holding a host cluster keep it unless ``unmap``.

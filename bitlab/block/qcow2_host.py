@@ -79,7 +79,7 @@ class HostLayout:
         """A new file: header, refcount table, refcount block, L1 table (qcow2_co_create)."""
         nclusters = -(-self.size // self.cs)
         self.guest = ExtentMap(max(nclusters, 1), fill=NONE)
-        self.l2 = ExtentMap(max(self.l1_entries, 1), fill=-1)
+        self.l2 = ExtentMap(HOST_SPACE, fill=-1)  # by L1 index (an L1 table may grow)
         self.meta = 3 + self.l1_clusters
         self.free = ExtentMap(HOST_SPACE, fill=FREE)
         self.free.write(0, self.meta, USED)
@@ -353,7 +353,10 @@ class HostLayout:
     def resize(self, size: int) -> None:
         """The virtual disk grows or shrinks (the L1 table stays where it is)."""
         self.size = size
-        self.guest.resize(max(-(-size // self.cs), 1))
+        old, new = self.guest.size, max(-(-size // self.cs), 1)
+        self.guest.resize(new)
+        if new > old:
+            self.guest.write(old, new - old, NONE)
 
     def reconcile(self, c0: int, c1: int, starts: np.ndarray, ends: np.ndarray) -> None:
         """Guest clusters ``[c0, c1)`` hold a host cluster exactly where runs ``[starts, ends)``
