@@ -530,10 +530,9 @@ class Qcow2Node(FormatNode):
             last = np.append(np.flatnonzero(new)[1:] - 1, key.size - 1)
             starts, ends, vals = starts[new], ends[last], key[new]
         if data.any():  # an extent is one stretch of contiguous host clusters (qcow2_get_host_offset)
-            c0 = lo // cs
-            g_s, _, _ = self.image.layout.guest.extents(c0, -(-hi // cs) - c0)
-            cuts = g_s[1:] * cs  # where the host offset jumps (or host clusters begin or end)
-            j = np.searchsorted(starts, cuts, "right") - 1
+            g_s, _ = self.image.layout.guest.runs()
+            cuts = g_s[g_s.searchsorted(lo // cs, "right"):g_s.searchsorted(-(-hi // cs), "left")] * cs
+            j = np.searchsorted(starts, cuts, "right") - 1  # (cuts: where the host offset jumps)
             cuts = cuts[(vals[j] >= 0) & (starts[j] != cuts)]
             if cuts.size:
                 old = starts

@@ -259,18 +259,21 @@ class HostLayout:
         idx = np.flatnonzero(touch)
         if not idx.size:
             return
+        ascending = bool(np.all(c0[idx][1:] >= c1[idx][:-1]))  # and disjoint: guest order is request order
         # new data clusters: each to the first request touching it, where nothing was hosted
         d = np.flatnonzero(data & (c1 > c0))
         if d.size:
-            if np.all(c0[d][1:] >= c1[d][:-1]):
+            if ascending:
                 ps, pe, owner = c0[d], c1[d], d
             else:
                 ps, pe, own = _first_touch(c0[d], c1[d])
                 owner = d[own]
-            qs, qe, qv, ptr = self.guest.gather(ps, pe)
-            new = qv == NONE
-            owner = np.repeat(owner, np.diff(ptr))[new]
-            ps, pe = qs[new], qe[new]
+            _, g_vals = self.guest.runs()
+            if g_vals.size > 1 or g_vals[0] != NONE:  # (nothing is hosted yet in a new image)
+                qs, qe, qv, ptr = self.guest.gather(ps, pe)
+                new = qv == NONE
+                owner = np.repeat(owner, np.diff(ptr))[new]
+                ps, pe = qs[new], qe[new]
             if ps.size:  # cut at L2 tables
                 extra = (pe - 1) // P - ps // P
                 if extra.any():
@@ -285,55 +288,63 @@ class HostLayout:
             ps = pe = owner = np.zeros(0, dtype=np.int64)
         # new L2 tables: each to the first request touching its stretch
         s0, s1 = c0[idx] // P, (c1[idx] - 1) // P + 1
-        ts, te, town = _first_touch(s0, s1)
-        n = te - ts
-        tab = np.repeat(ts, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        t_owner = idx[np.repeat(town, n)]
+        if ascending and np.all(s1 - s0 == 1):  # each request in one table: its first request is its first
+            first = np.append(True, s0[1:] != s0[:-1])
+            tab, t_owner = s0[first], idx[first]
+        else:
+            ts, te, town = _first_touch(s0, s1)
+            n = te - ts
+            tab = np.repeat(ts, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            t_owner = idx[np.repeat(town, n)]
         if tab.size:
             lv_s, lv_e, lv, lptr = self.l2.gather(tab, tab + 1)
             missing = lv < 0
             tab, t_owner = tab[missing], t_owner[missing]
         t_key = np.maximum(c0[t_owner], tab * P)
-        ev_owner = np.concatenate((t_owner, owner))
-        ev_key = np.concatenate((t_key, ps))
-        ev_type = np.concatenate((np.zeros(tab.size, dtype=np.int64), np.ones(ps.size, dtype=np.int64)))
-        ev_n = np.concatenate((np.ones(tab.size, dtype=np.int64), pe - ps))
+        nt, nd = tab.size, ps.size
+        ev_n = np.concatenate((np.ones(nt, dtype=np.int64), pe - ps))
         if not ev_n.size:
             return
-        if np.all(c0[idx][1:] >= c1[idx][:-1]):  # requests in ascending guest order: two sorted lists to merge
-            order = np.argsort(ev_key * 2 + ev_type, kind="stable")
+        if ascending:  # two lists sorted by guest cluster to merge, a table before the data it maps
+            order = np.empty(nt + nd, dtype=np.int64)
+            order[np.arange(nt) + np.searchsorted(ps, t_key, "left")] = np.arange(nt)
+            order[np.arange(nd) + np.searchsorted(t_key, ps, "right")] = nt + np.arange(nd)
         else:
+            ev_owner = np.concatenate((t_owner, owner))
+            ev_key = np.concatenate((t_key, ps))
+            ev_type = np.concatenate((np.zeros(nt, dtype=np.int64), np.ones(nd, dtype=np.int64)))
             order = np.lexsort((ev_type, ev_key, ev_owner))
         counts = ev_n[order]
         host = self.top + np.cumsum(counts) - counts
-        host = self._with_refblocks(host, counts)
+        host, end = self._with_refblocks(host, counts)
         at = np.empty_like(host)
         at[order] = host
-        nt = tab.size
         if nt:
             self.l2.write_batch(tab, 1, at[:nt])
         if ps.size:
             self.guest.write_batch(ps, pe - ps, at[nt:] - ps)
-        end = int(host[-1] + counts[-1])
         self._take(self.top, end - self.top)
         self.fci = end
 
-    def _with_refblocks(self, host: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Allocations in a row from the file's end, each new refcount block taking the cluster
-        after the allocation that first reaches past the covered clusters."""
+    def _with_refblocks(self, host: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
+        """Allocations in a row from the file's end, each new refcount block taking the cluster after
+        the allocation that first reaches past the covered clusters: (their hosts, the new end)."""
         ends = host + counts
-        while int(ends[-1]) > self.refblocks * self.refblock_span:
-            i = int(np.searchsorted(ends, self.refblocks * self.refblock_span, "right"))
-            pos = int(ends[i])
-            self.free.write(pos, 1, USED)
-            self.refblocks += 1
-            host[i + 1:] += 1
-            ends[i + 1:] += 1
-            if i + 1 < host.size:
-                continue
-            self.top = max(self.top, pos + 1)
-            break
-        return host
+        n, k, last = host.size, 0, 0
+        after = []
+        while True:  # the k refcount blocks so far sit after allocations <= i: each shifts what follows
+            i = max(int(np.searchsorted(ends, (self.refblocks + k) * self.refblock_span - k, "right")), last)
+            if i >= n:
+                break
+            after.append(i)
+            k += 1
+            last = i
+        self.refblocks += k
+        if k:
+            shift = np.zeros(n + 1, dtype=np.int64)
+            np.add.at(shift, np.array(after, dtype=np.int64) + 1, 1)
+            host = host + np.cumsum(shift)[:n]
+        return host, int(host[-1] + counts[-1]) + after.count(n - 1)
 
     # -- what it amounts to ----------------------------------------------------------------
     def used_clusters(self) -> int:
