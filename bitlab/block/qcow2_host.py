@@ -87,6 +87,8 @@ class HostLayout:
         self.fci = 0
         self.refblocks = 1
         self.grown = False  # anything allocated since the file was made
+        self.bitmap_clusters: dict[str, list[tuple[int, int]]] = {}  # a stored bitmap's data and table
+        self.directory: tuple[int, int] | None = None  # the bitmap directory: (first cluster, clusters)
 
     # -- free space ---------------------------------------------------------------------------
     def _free_runs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -345,6 +347,34 @@ class HostLayout:
             np.add.at(shift, np.array(after, dtype=np.int64) + 1, 1)
             host = host + np.cumsum(shift)[:n]
         return host, int(host[-1] + counts[-1]) + after.count(n - 1)
+
+    # -- persistent bitmaps --------------------------------------------------------------------
+    def store_bitmap(self, name: str, nonzero: np.ndarray, table_clusters: int) -> None:
+        """store_bitmap: a cluster for each of the bitmap's data clusters holding a set bit, one
+        after another, then its table (its old clusters stay until :meth:`drop_bitmap`)."""
+        runs = []
+        for _ in range(int(np.count_nonzero(nonzero))):  # (at most 1024 clusters: 64 MiB of bits)
+            runs.append((self.alloc(1), 1))
+        runs.append((self.alloc(table_clusters), table_clusters))
+        self.bitmap_clusters[f"new:{name}"] = runs
+
+    def drop_bitmap(self, name: str) -> None:
+        """free_bitmap_clusters: a bitmap's old data clusters and table."""
+        runs = self.bitmap_clusters.pop(name, [])
+        if runs:
+            self.release(np.array([r[0] for r in runs]), np.array([r[0] + r[1] for r in runs]))
+
+    def store_directory(self, clusters: int) -> None:
+        """update_ext_header_and_dir: a new bitmap directory (none for no bitmaps), then the old one freed,
+        then the old clusters of the bitmaps just stored (``new:`` entries take their names)."""
+        old = self.directory
+        self.directory = (self.alloc(clusters), clusters) if clusters else None
+        if old is not None:
+            self.release(np.array([old[0]]), np.array([old[0] + old[1]]))
+        for key in [k for k in self.bitmap_clusters if k.startswith("new:")]:
+            name = key[4:]
+            self.drop_bitmap(name)
+            self.bitmap_clusters[name] = self.bitmap_clusters.pop(key)
 
     # -- what it amounts to ----------------------------------------------------------------
     def used_clusters(self) -> int:

@@ -43,6 +43,42 @@ class ImageFile:
     l1_padded: bool = False  # the L1 table fills whole clusters (a qcow2 file emptied by qemu-img commit)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
 
+    def __setattr__(self, name: str, value) -> None:
+        old = self.__dict__.get("bitmaps")
+        object.__setattr__(self, name, value)
+        if name == "bitmaps" and self.__dict__.get("_layout") is not None and old is not None:
+            self._bitmaps_stored(old, value)
+
+    def _bitmaps_stored(self, old: list[StoredBitmap], new: list[StoredBitmap]) -> None:
+        """The bitmap directory was written (``new`` replaces ``old``): on a clean close every bitmap
+        written anew (new ones first, newest first, then the loaded ones newest first, as the node lists
+        them), or one removed; then the new directory, and the old clusters freed."""
+        if not old and not new:
+            return
+        layout = self.layout
+        kept = {id(b) for b in old}
+        fresh = [b for b in new if id(b) not in kept]
+        known = {b.name for b in old}
+        order = [b for b in fresh if b.name not in known] + [b for b in reversed(new) if id(b) not in kept
+                                                               and b.name in known]
+        for b in order:
+            layout.store_bitmap(b.name, *self._bitmap_clusters(b))
+        names = {b.name for b in new}
+        size = sum(-(-(24 + len(b.name.encode())) // 8) * 8 for b in new)
+        layout.store_directory(-(-size // self.cluster_size))
+        for b in old:
+            if b.name not in names:
+                layout.drop_bitmap(b.name)
+
+    def _bitmap_clusters(self, bitmap: StoredBitmap) -> tuple[np.ndarray, int]:
+        """Which clusters of a bitmap's data hold a set bit, and its table's clusters."""
+        cs = self.cluster_size
+        raw = np.frombuffer(bitmap.bits.tobytes(), dtype=np.uint8)
+        n = -(-raw.size // cs)
+        padded = np.zeros(n * cs, dtype=np.uint8)
+        padded[:raw.size] = raw
+        return padded.reshape(n, cs).any(axis=1), -(-8 * n // cs)
+
     def __post_init__(self) -> None:
         if self.is_qcow2:
             starts, vals = self.data.runs()
