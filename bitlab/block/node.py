@@ -15,6 +15,7 @@ import numpy as np
 from ..bitmap import DirtyBitmap, merge_ranges
 from ..qmp_order import wire_order
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
+from .qcow2_host import NONE
 from .store import ImageFile
 
 SECTOR = 512
@@ -530,14 +531,17 @@ class Qcow2Node(FormatNode):
             last = np.append(np.flatnonzero(new)[1:] - 1, key.size - 1)
             starts, ends, vals = starts[new], ends[last], key[new]
         if data.any():  # an extent is one stretch of contiguous host clusters (qcow2_get_host_offset)
-            g_s, _ = self.image.layout.guest.runs()
-            cuts = g_s[g_s.searchsorted(lo // cs, "right"):g_s.searchsorted(-(-hi // cs), "left")] * cs
-            j = np.searchsorted(starts, cuts, "right") - 1  # (cuts: where the host offset jumps)
+            g_s, g_v = self.image.layout.guest.runs()
+            a, b = int(g_s.searchsorted(lo // cs, "right")), int(g_s.searchsorted(-(-hi // cs), "left"))
+            # where the host offset jumps between two clusters that have host clusters
+            both = (g_v[a - 1:b - 1] != NONE) & (g_v[a:b] != NONE)
+            cuts = g_s[a:b][both] * cs
+            j = np.searchsorted(starts, cuts, "right") - 1
             cuts = cuts[(vals[j] >= 0) & (starts[j] != cuts)]
             if cuts.size:
-                old = starts
-                starts = np.sort(np.concatenate((old, cuts)))
-                vals = vals[np.searchsorted(old, starts, "right") - 1]
+                at = np.searchsorted(starts, cuts)
+                vals = np.insert(vals, at, vals[at - 1])
+                starts = np.insert(starts, at, cuts)
                 ends = np.append(starts[1:], ends[-1])
         is_data = (vals >= 0).astype(np.int64)
         holes = vals == UNALLOCATED
