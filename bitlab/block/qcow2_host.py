@@ -223,11 +223,18 @@ class HostLayout:
         c0, c1 = offsets // cs, -(-ends // cs)
         data = values >= 0
         zeroing = (values == ZERO) | (values == UNALLOCATED)
-        whole_end = np.where(ends >= self.size, c1, ends // cs)
-        f0, f1 = -(-offsets // cs), whole_end  # the clusters a zero write covers whole
-        frees = zeroing & (f1 > f0)
-        if frees.any():
-            frees &= self._may_free(f0, f1, c0[data], c1[data])
+        if not zeroing.any():
+            if not self.has_holes():
+                self._batch(c0, c1, data, zeroing)
+                return
+            f0 = f1 = c0
+            frees = zeroing
+        else:
+            f0 = -(-offsets // cs)  # the clusters a zero write covers whole
+            f1 = np.where(ends >= self.size, c1, ends // cs)
+            frees = zeroing & (f1 > f0)
+            if frees.any():
+                frees &= self._may_free(f0, f1, c0[data], c1[data])
         n, i = offsets.size, 0
         while i < n:
             if not self.has_holes():
@@ -258,15 +265,17 @@ class HostLayout:
         clusters take the next clusters in request order (a cumulative sum)."""
         P = self.per_l2
         touch = (data | zeroing) & (c1 > c0)
-        idx = np.flatnonzero(touch)
-        if not idx.size:
+        if not touch.all():  # (requests are numbered among those that remain)
+            c0, c1, data = c0[touch], c1[touch], data[touch]
+        if not c0.size:
             return
-        ascending = bool(np.all(c0[idx][1:] >= c1[idx][:-1]))  # and disjoint: guest order is request order
+        ascending = bool(np.all(c0[1:] >= c1[:-1]))  # and disjoint: guest order is request order
         # new data clusters: each to the first request touching it, where nothing was hosted
-        d = np.flatnonzero(data & (c1 > c0))
+        every = bool(data.all())
+        d = np.arange(c0.size) if every else np.flatnonzero(data)
         if d.size:
             if ascending:
-                ps, pe, owner = c0[d], c1[d], d
+                ps, pe, owner = (c0, c1, d) if every else (c0[d], c1[d], d)
             else:
                 ps, pe, own = _first_touch(c0[d], c1[d])
                 owner = d[own]
@@ -289,15 +298,15 @@ class HostLayout:
         else:
             ps = pe = owner = np.zeros(0, dtype=np.int64)
         # new L2 tables: each to the first request touching its stretch
-        s0, s1 = c0[idx] // P, (c1[idx] - 1) // P + 1
+        s0, s1 = c0 // P, (c1 - 1) // P + 1
         if ascending and np.all(s1 - s0 == 1):  # each request in one table: its first request is its first
             first = np.append(True, s0[1:] != s0[:-1])
-            tab, t_owner = s0[first], idx[first]
+            tab, t_owner = s0[first], np.flatnonzero(first)
         else:
             ts, te, town = _first_touch(s0, s1)
             n = te - ts
             tab = np.repeat(ts, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-            t_owner = idx[np.repeat(town, n)]
+            t_owner = np.repeat(town, n)
         if tab.size:
             lv_s, lv_e, lv, lptr = self.l2.gather(tab, tab + 1)
             missing = lv < 0
