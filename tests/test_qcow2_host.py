@@ -275,3 +275,37 @@ def test_persistent_bitmaps_take_host_clusters(remove: bool) -> None:
 def test_persistent_bitmap_layout_is_qemus(remove: bool) -> None:
     with Machine(backend="qemu") as real:
         assert bitmap_sessions(real, remove) == BITMAP_SESSIONS[remove]
+
+
+def test_an_image_made_from_content_is_laid_out_in_guest_order() -> None:
+    """A copy of an image (its content only, as the machine's history keeps) gets the layout of clusters
+    written in ascending guest order: here the same as the original's."""
+    import dataclasses
+
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "1G")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "a.qcow2"}})
+    for offset in (0, 600 * MiB, 601 * MiB):
+        vm.write("n", offset, 65536, 1)
+    image = vm.images["a.qcow2"]
+    copy = dataclasses.replace(image, data=image.data.copy())
+    assert copy.layout is not image.layout
+    assert copy.layout.guest == image.layout.guest
+    assert copy.file_length() == image.file_length() == 589824  # L2, data, L2, two data after 4 clusters
+
+
+def test_content_and_layout_agree_after_odd_zero_writes() -> None:
+    """A zero run over the only written bytes of a cluster leaves it without data: the layout frees its
+    host cluster (and a write into an unhosted cluster through ZERO_ALLOC gets one), whatever wrote it."""
+    from bitlab.block.extents import ZERO, ZERO_ALLOC
+    from bitlab.block.store import ImageStore
+
+    image = ImageStore().create("a.qcow2", "qcow2", 1 << 30)
+    image.data.write(0, 512, 7)
+    image.data.write(65536, 512, 7)
+    assert image.allocated_clusters() == 2
+    image.data.write(0, 512, ZERO)
+    assert image.allocated_clusters() == 1 and image.layout.used_clusters() == 6  # 4 + L2 + one data
+    image.data.write(3 * 65536, 65536, ZERO_ALLOC)
+    s, e, v = image.layout.hosted()
+    assert list(zip(s.tolist(), e.tolist(), (s + v).tolist())) == [(1, 2, 6), (3, 4, 5)]

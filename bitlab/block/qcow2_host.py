@@ -64,11 +64,10 @@ def _runs_with_ends(emap: ExtentMap) -> tuple[np.ndarray, np.ndarray, np.ndarray
 class HostLayout:
     """The host clusters of one qcow2 file: metadata, L2 tables and data, and the free ones."""
 
-    def __init__(self, size: int, cluster_size: int, compat: str = "1.1") -> None:
+    def __init__(self, size: int, cluster_size: int) -> None:
         self.cs = cluster_size
         self.per_l2 = cluster_size // 8  # guest clusters per L2 table
         self.refblock_span = cluster_size * 8 // 16  # host clusters one refcount block covers (16-bit refcounts)
-        self.v2 = compat == "0.10"
         self.size = size
         nclusters = -(-size // cluster_size)
         self.l1_entries = -(-nclusters // self.per_l2)
@@ -423,10 +422,10 @@ class HostLayout:
             self._request(a, b)
 
     @classmethod
-    def in_guest_order(cls, size: int, cluster_size: int, compat: str, starts: np.ndarray,
+    def in_guest_order(cls, size: int, cluster_size: int, starts: np.ndarray,
                        ends: np.ndarray) -> HostLayout:
         """A layout for clusters ``[starts, ends)`` written in ascending guest order."""
-        layout = cls(size, cluster_size, compat)
+        layout = cls(size, cluster_size)
         if starts.size:
             zero = np.zeros(starts.size, dtype=bool)
             layout._batch(starts, ends, ~zero, zero)

@@ -83,7 +83,7 @@ class ImageFile:
         if self.is_qcow2:
             starts, vals = self.data.runs()
             if starts.size == 1 and vals[0] == UNALLOCATED:  # a new image: follow its writes from the start
-                self._follow(HostLayout(self.size, self.cluster_size, self.compat))
+                self._follow(HostLayout(self.size, self.cluster_size))
 
     @property
     def is_qcow2(self) -> bool:
@@ -101,7 +101,7 @@ class ImageFile:
         self.data.runs()  # writes still pending reach the layout first
         if self._layout is None:
             starts, ends = self._hosted_clusters(0, self.data.size)
-            self._follow(HostLayout.in_guest_order(self.size, self.cluster_size, self.compat, starts, ends))
+            self._follow(HostLayout.in_guest_order(self.size, self.cluster_size, starts, ends))
         assert self._layout is not None
         return self._layout
 
