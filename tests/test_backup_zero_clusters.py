@@ -173,15 +173,18 @@ def test_backup_targets_match_real_qemu(case):
     assert got["sizes"] == want["sizes"]
 
 
-def random_writes(seed: int) -> list[tuple[str, int, int, int]]:
-    """Writes in ascending order that do not overlap, whole and partial clusters, data, zero bytes and
-    zero writes. (QEMU then places host clusters in guest order, as bitlab does: see the README.)"""
+def random_writes(seed: int, shuffle: bool = False) -> list[tuple[str, int, int, int]]:
+    """Writes that do not overlap, whole and partial clusters, data, zero bytes and zero writes, in
+    ascending order or (``shuffle``) any (qcow2 lays the source's clusters out in write order, and
+    block status, hence the copy tasks, follows them)."""
     rng = random.Random(seed)
     writes, pos = [], 0
     while True:
         pos += rng.choice([0, 0, K, 4096, 3 * K])
         length = rng.choice([4096, K, K, 2 * K, 5 * K, 20 * K, 1 << 20])
         if pos + length > SIZE:
+            if shuffle:
+                rng.shuffle(writes)
             return writes
         verb = rng.choice(["write", "write", "write0", "zero"])
         pattern = rng.choice([0x41, 0x42]) if verb == "write" else 0
@@ -193,8 +196,11 @@ def random_writes(seed: int) -> list[tuple[str, int, int, int]]:
 @pytest.mark.parametrize("seed", range(12))
 def test_random_sources_match_real_qemu(seed):
     case = CASES[seed % len(CASES)]
-    want = on_real_qemu(outcome, case, random_writes(seed))
-    assert outcome(Machine(), case, random_writes(seed)) == want
+    # Out of order only where the target frees nothing: freed clusters go to whichever of the job's
+    # parallel requests allocates next, which varies from run to run in QEMU (its file length too).
+    writes = random_writes(seed, shuffle="unmap" not in case and "existing" not in case)
+    want = on_real_qemu(outcome, case, writes)
+    assert outcome(Machine(), case, writes) == want
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -284,16 +284,14 @@ def test_life_cycle_episodes_leave_the_other_steps_as_they_were(monkeypatch: pyt
     assert [[s for s in steps if "episode" not in s] for steps in marked] == plain
 
 
-# -- not modelled: qcow2 host clusters in write order ----------------------------------------------------
+# -- qcow2 host clusters in write order: block status ends a data extent where they stop being contiguous ---
 
 
 @pytest.mark.qemu
-@pytest.mark.xfail(strict=True, reason="bitlab lays qcow2 clusters out in guest order; QEMU in the order "
-                                       "they were written, and block status splits data where they are "
-                                       "not contiguous (block-copy's tasks are cut there)")
 def test_block_copy_tasks_follow_host_contiguity():
-    """Guest clusters 1-2 written before cluster 0: QEMU's first task is cluster 0 alone, so the
-    cancelled retry after a stop copies clusters 0 and 1-2 (3), bitlab 0-2 and 3-5 (6)."""
+    """Guest clusters 1-2 written before cluster 0: the first task is cluster 0 alone (its host cluster
+    comes after theirs), so the cancelled retry after a stop copies clusters 0 and 1-2 (3), not 0-2
+    and 3-5 (6, as if laid out in guest order)."""
     scenario = stopped_then_cancelled(1, "full", 1)
     at = next(i for i, step in enumerate(scenario["steps"]) if "write" in step)
     scenario["steps"][at:at + 1] = [{"write": {"node": "s", "offset": 109568, "length": 65536, "pattern": 1}},

@@ -113,7 +113,7 @@ def fill_holes(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, holes: np
 class ExtentMap:
     """Byte offset -> content value, stored as sorted run starts and values (plus a pending log)."""
 
-    __slots__ = ("size", "_starts", "_vals", "_log", "_po", "_pl", "_pv", "version")
+    __slots__ = ("size", "_starts", "_vals", "_log", "_po", "_pl", "_pv", "version", "watch")
 
     def __init__(self, size: int, fill: int = UNALLOCATED) -> None:
         self.size = int(size)
@@ -124,6 +124,7 @@ class ExtentMap:
         self._pl: list[int] = []
         self._pv: list[int] = []
         self.version = 0  # bumped by every change, so derived figures can be cached
+        self.watch = None  # told of every batch of writes, in order, as it is merged (a qcow2 host layout)
 
     # -- the pending log --------------------------------------------------------------
     def _seal(self) -> None:
@@ -145,10 +146,14 @@ class ExtentMap:
             offsets = np.concatenate([c[0] for c in log])
             ends = np.concatenate([c[1] for c in log])
             values = np.concatenate([c[2] for c in log])
+        if self.watch is not None:
+            self.watch.before_merge(offsets, ends, values)
         if offsets.size == 1:
             self._write_now(int(offsets[0]), int(ends[0] - offsets[0]), int(values[0]))
         else:
             self._merge(offsets, ends, values)
+        if self.watch is not None:
+            self.watch.after_merge(offsets, ends, values)
 
     @property
     def pending(self) -> int:
@@ -337,6 +342,8 @@ class ExtentMap:
             self._vals = np.append(self._vals, UNALLOCATED)
         self.size = size
         self.version += 1
+        if self.watch is not None:
+            self.watch.resized(size)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ExtentMap):

@@ -15,6 +15,7 @@ import numpy as np
 from ..bitmap import DirtyBitmap, merge_ranges
 from ..qmp_order import wire_order
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
+from .qcow2_host import NONE
 from .store import ImageFile
 
 SECTOR = 512
@@ -397,6 +398,7 @@ class Qcow2Node(FormatNode):
     def __init__(self, node_name: str, *, image: ImageFile, **kw) -> None:
         super().__init__(node_name, **kw)
         self.image = image
+        image.reopened()
         self.auto_backing_file: str | None = None  # the backing file's name as opened, resolved (graph)
 
     @property
@@ -454,15 +456,15 @@ class Qcow2Node(FormatNode):
         """Data runs are read from the file (read_aio); holes come from the backing file."""
         starts, ends, vals = self.image.data.extents(offset, length)
         data = vals >= 0
-        # qcow2 reads one request per stretch of allocated clusters (host-contiguous as clusters
-        # allocated in guest order are): a partly written cluster is allocated whole.
+        # qcow2 reads one request per stretch of allocated clusters contiguous in the file too: a
+        # partly written cluster is allocated whole.
         cs = self.image.cluster_size
         first, last = starts[data] // cs, (ends[data] - 1) // cs
         if first.size:
             new = np.ones(first.size, dtype=bool)
             new[1:] = first[1:] > last[:-1] + 1
-            run_last = np.maximum.reduceat(last, np.flatnonzero(new))
-            for lo, hi in zip(first[new].tolist(), run_last.tolist()):
+            run_first, run_last = self._host_contiguous(first[new], np.maximum.reduceat(last, np.flatnonzero(new)))
+            for lo, hi in zip(run_first.tolist(), run_last.tolist()):
                 self.file.debug_event("read_aio")
                 self.file.debug_check("read", None, min((hi + 1) * cs, offset + length) - max(lo * cs, offset))
         backing = self.backing
@@ -471,6 +473,23 @@ class Qcow2Node(FormatNode):
                 if s < backing.size:
                     backing.pread(int(s), int(min(e, backing.size) - s))
         return self.read_extents(offset, length)
+
+    def _host_contiguous(self, first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster runs ``[first, last]`` (sorted, disjoint) cut where their host clusters stop being
+        contiguous in the file."""
+        g_s, _, _ = self.image.layout.guest.extents(int(first[0]), int(last[-1]) + 1 - int(first[0]))
+        cuts = g_s[1:]
+        if not cuts.size:
+            return first, last
+        j = np.searchsorted(first, cuts, "right") - 1
+        inside = (j >= 0) & (cuts > first[np.maximum(j, 0)]) & (cuts <= last[np.maximum(j, 0)])
+        cuts = cuts[inside]
+        if not cuts.size:
+            return first, last
+        new_first = np.sort(np.concatenate((first, cuts)))
+        owner = np.searchsorted(first, new_first, "right") - 1
+        new_last = np.where(np.append(owner[1:] == owner[:-1], False), np.append(new_first[1:], 0) - 1, last[owner])
+        return new_first, new_last
 
     def block_status(self, offset, length):
         starts, ends, vals = self.image.data.extents(offset, length)
@@ -486,8 +505,8 @@ class Qcow2Node(FormatNode):
     def copy_status(self, offset, length):
         """qcow2_co_block_status through the backing chain: a run of clusters of one kind is one extent
         (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
-        ones, which the backing file answers, zeroes past its end or without one). Host offsets are taken
-        as contiguous (bitlab lays clusters out in guest order)."""
+        ones, which the backing file answers, zeroes past its end or without one). A data extent ends
+        where its host clusters stop being contiguous in the file."""
         cs = self.image.cluster_size
         lo, hi = offset, offset + length
         starts, ends, vals = self.image.data.extents(lo, length)
@@ -511,6 +530,19 @@ class Qcow2Node(FormatNode):
             new[1:] = key[1:] != key[:-1]
             last = np.append(np.flatnonzero(new)[1:] - 1, key.size - 1)
             starts, ends, vals = starts[new], ends[last], key[new]
+        if data.any():  # an extent is one stretch of contiguous host clusters (qcow2_get_host_offset)
+            g_s, g_v = self.image.layout.guest.runs()
+            a, b = int(g_s.searchsorted(lo // cs, "right")), int(g_s.searchsorted(-(-hi // cs), "left"))
+            # where the host offset jumps between two clusters that have host clusters
+            both = (g_v[a - 1:b - 1] != NONE) & (g_v[a:b] != NONE)
+            cuts = g_s[a:b][both] * cs
+            j = np.searchsorted(starts, cuts, "right") - 1
+            cuts = cuts[(vals[j] >= 0) & (starts[j] != cuts)]
+            if cuts.size:
+                at = np.searchsorted(starts, cuts)
+                vals = np.insert(vals, at, vals[at - 1])
+                starts = np.insert(starts, at, cuts)
+                ends = np.append(starts[1:], ends[-1])
         is_data = (vals >= 0).astype(np.int64)
         holes = vals == UNALLOCATED
         backing = self.backing
@@ -551,7 +583,6 @@ class Qcow2Node(FormatNode):
         """:meth:`_store_zeroes` for many ranges (that must not overlap): whole clusters that hold
         nothing (or anything, with ``unmap``) become zero clusters in one extent-map batch, other
         ranges go one by one."""
-        self.image.note_allocation()  # sample the peak first: this may free host clusters
         offsets = np.asarray(offsets, dtype=np.int64)
         ends = offsets + np.asarray(lengths, dtype=np.int64)
         order = np.argsort(offsets, kind="stable")
@@ -577,7 +608,6 @@ class Qcow2Node(FormatNode):
         for off, end in zip(offsets[~whole].tolist(), ends[~whole].tolist()):
             if end > off:
                 self._store_zeroes(off, end - off, unmap)
-        self.image.note_allocation()
 
     def _store_zeroes(self, offset, length, unmap=False):
         """qcow2_co_pwrite_zeroes: whole clusters become zero clusters (no data). A partly covered
@@ -586,28 +616,38 @@ class Qcow2Node(FormatNode):
         unless ``unmap`` (BDRV_REQ_MAY_UNMAP: zero_in_l2_slice frees it). A v2 image has no zero
         clusters: without a backing file its clusters are unallocated instead, with one the zeroes
         are written as data."""
-        self.image.note_allocation()  # sample the peak first: this may free host clusters
         if self.image.compat == "0.10" and self.backing is not None:
             self.image.data.write(offset, length, 0)
-            self.image.note_allocation()
             return
+        cs = self.image.cluster_size
+        end = offset + length
+        start, stop = self._whole_clusters(offset, length)
+        if stop > start:  # head, whole clusters, tail: in this order, as bdrv_co_do_pwrite_zeroes splits it
+            pieces = [(offset, start), (start, stop), (stop, end)]
+        else:  # one or two partial clusters
+            boundary = min((offset // cs + 1) * cs, end)
+            pieces = [(offset, boundary), (boundary, end)]
+        for lo, hi in pieces:
+            if hi <= lo:
+                continue
+            if lo % cs == 0 and (hi % cs == 0 or hi >= self.size) and hi - lo >= cs:
+                self._zero_clusters(lo, hi, unmap)
+            else:
+                self._zero_part(lo, hi, unmap)
+
+    def _zero_part(self, lo: int, hi: int, unmap: bool) -> None:
+        """Zeroes over part ``[lo, hi)`` of one cluster: a zero cluster if it may be one, else zero bytes."""
         zero = ZERO if self.image.compat != "0.10" else UNALLOCATED
         cs = self.image.cluster_size
-        first, last = offset // cs, (offset + length - 1) // cs
-        for cluster in {first, last}:  # the (at most two) partial clusters
-            c_start, c_end = cluster * cs, min((cluster + 1) * cs, self.size)
-            lo, hi = max(offset, c_start), min(offset + length, c_end)
-            if lo == c_start and hi == c_end:
-                continue
-            if self._zero_cluster_possible(c_start, c_end, lo, hi):
-                hosted = zero == ZERO and not unmap and self.image.data.value_at(c_start) == ZERO_ALLOC
-                self.image.data.write(c_start, c_end - c_start, ZERO_ALLOC if hosted else zero)
-            else:
-                self.image.data.write(lo, hi - lo, 0)
-        start, end = self._whole_clusters(offset, length)
-        if end > start:
-            self._zero_clusters(start, end, unmap)
-        self.image.note_allocation()
+        c_start = lo // cs * cs
+        c_end = min(c_start + cs, self.size)
+        if lo == c_start and hi >= c_end:
+            self._zero_clusters(c_start, c_end, unmap)
+        elif self._zero_cluster_possible(c_start, c_end, lo, hi):
+            hosted = zero == ZERO and not unmap and self.image.data.value_at(c_start) == ZERO_ALLOC
+            self.image.data.write(c_start, c_end - c_start, ZERO_ALLOC if hosted else zero)
+        else:
+            self.image.data.write(lo, hi - lo, 0)
 
     def _zero_clusters(self, start: int, end: int, unmap: bool = False) -> None:
         """Whole clusters become zero clusters; those holding a host cluster keep it unless ``unmap``.
@@ -621,10 +661,18 @@ class Qcow2Node(FormatNode):
         cs = self.image.cluster_size
         starts, ends, vals = self.image.data.extents(start, end - start)
         hosted = (vals >= 0) | (vals == ZERO_ALLOC)
-        self.image.data.write(start, end - start, ZERO)
-        for s, e in zip(starts[hosted].tolist(), ends[hosted].tolist()):  # one step per run
-            lo, hi = s // cs * cs, min(-(-e // cs) * cs, end)
-            self.image.data.write(lo, hi - lo, ZERO_ALLOC)
+        if not hosted.any():
+            self.image.data.write(start, end - start, ZERO)
+            return
+        # the clusters keeping their host cluster, and the zero clusters between: one request
+        first, last = merge_ranges(starts[hosted] // cs, (ends[hosted] - 1) // cs)
+        keep_s, keep_e = first * cs, np.minimum((last + 1) * cs, end)
+        gap_s, gap_e = np.append(start, keep_e), np.append(keep_s, end)
+        offs = np.concatenate((keep_s, gap_s))
+        lens = np.concatenate((keep_e - keep_s, gap_e - gap_s))
+        vals = np.concatenate((np.full(keep_s.size, ZERO_ALLOC), np.full(gap_s.size, ZERO)))
+        order = np.argsort(offs, kind="stable")
+        self.image.data.write_batch(offs[order], lens[order], vals[order])
 
     def _zero_cluster_possible(self, c_start: int, c_end: int, lo: int, hi: int) -> bool:
         """qcow2_co_pwrite_zeroes on part ``[lo, hi)`` of one cluster: it becomes a zero cluster if it
@@ -660,13 +708,14 @@ class Qcow2Node(FormatNode):
         return False
 
     def _unmap(self, offset, length):
-        self.image.note_allocation()  # sample the peak first: this may free host clusters
         # qcow2 discards whole clusters only (qcow2_cluster_discard, not a full discard): with a
         # backing file, or where the cluster was allocated, a v3 image keeps a zero cluster; an
         # unallocated cluster without backing stays so.
         start, end = self._whole_clusters(offset, length)
         if end <= start:
             return
+        if self.image.compat != "0.10" or self.backing is None:
+            self.image.discard_clusters(start, end)
         if self.image.compat == "0.10":  # no zero clusters in v2: with a backing file nothing happens
             if self.backing is None:
                 self.image.data.write(start, end - start, UNALLOCATED)

@@ -8,19 +8,11 @@ import numpy as np
 from bitarray import bitarray
 
 from .extents import UNALLOCATED, ZERO_ALLOC, ExtentMap
+from .qcow2_host import HostLayout
 
 QCOW2_DEFAULT_CLUSTER = 65536
 # An empty qcow2 file: header, L1 table, refcount table and one refcount block.
 QCOW2_EMPTY_CLUSTERS = 3
-
-
-def _distinct_units(starts: np.ndarray, ends: np.ndarray, used: np.ndarray, unit: int) -> int:
-    """How many ``unit``-sized blocks the runs marked ``used`` touch (runs sorted and disjoint)."""
-    if not used.any():
-        return 0
-    first = starts[used] // unit
-    last = (ends[used] - 1) // unit
-    return int((last - first + 1).sum()) - int(np.count_nonzero(first[1:] == last[:-1]))
 
 
 @dataclass
@@ -36,7 +28,7 @@ class StoredBitmap:
 
 @dataclass
 class ImageFile:
-    """One file: raw bytes, or a qcow2 image with its virtual disk content."""
+    """One file: raw bytes, or a qcow2 image with its virtual disk content and host layout."""
 
     name: str
     fmt: str  # "raw" or "qcow2"
@@ -49,84 +41,166 @@ class ImageFile:
     compat: str = "1.1"  # qcow2 version: "1.1" (v3) or "0.10" (v2)
     lockers: list = field(default_factory=list)  # format nodes holding the file's "write" lock
     l1_padded: bool = False  # the L1 table fills whole clusters (a qcow2 file emptied by qemu-img commit)
-    l2_kept: set[int] = field(default_factory=set)  # L2 tables written for data writes that then failed
-    _host_clusters: int = 0  # high-water mark: a qcow2 file never shrinks (but make_empty may truncate it)
-    _seen_version: int = -1  # the data version _host_clusters was last updated for
+    _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value) -> None:
+        old = self.__dict__.get("bitmaps")
+        object.__setattr__(self, name, value)
+        if name == "bitmaps" and self.__dict__.get("_layout") is not None and old is not None:
+            self._bitmaps_stored(old, value)
+
+    def _bitmaps_stored(self, old: list[StoredBitmap], new: list[StoredBitmap]) -> None:
+        """The bitmap directory was written (``new`` replaces ``old``): on a clean close every bitmap
+        written anew (new ones first, newest first, then the loaded ones newest first, as the node lists
+        them), or one removed; then the new directory, and the old clusters freed."""
+        if not old and not new:
+            return
+        layout = self.layout
+        kept = {id(b) for b in old}
+        fresh = [b for b in new if id(b) not in kept]
+        known = {b.name for b in old}
+        order = [b for b in fresh if b.name not in known] + [b for b in reversed(new) if id(b) not in kept
+                                                               and b.name in known]
+        for b in order:
+            layout.store_bitmap(b.name, *self._bitmap_clusters(b))
+        names = {b.name for b in new}
+        size = sum(-(-(24 + len(b.name.encode())) // 8) * 8 for b in new)
+        layout.store_directory(-(-size // self.cluster_size))
+        for b in old:
+            if b.name not in names:
+                layout.drop_bitmap(b.name)
+
+    def _bitmap_clusters(self, bitmap: StoredBitmap) -> tuple[np.ndarray, int]:
+        """Which clusters of a bitmap's data hold a set bit, and its table's clusters."""
+        cs = self.cluster_size
+        raw = np.frombuffer(bitmap.bits.tobytes(), dtype=np.uint8)
+        n = -(-raw.size // cs)
+        padded = np.zeros(n * cs, dtype=np.uint8)
+        padded[:raw.size] = raw
+        return padded.reshape(n, cs).any(axis=1), -(-8 * n // cs)
+
+    def __post_init__(self) -> None:
+        if self.is_qcow2:
+            starts, vals = self.data.runs()
+            if starts.size == 1 and vals[0] == UNALLOCATED:  # a new image: follow its writes from the start
+                self._follow(HostLayout(self.size, self.cluster_size))
 
     @property
     def is_qcow2(self) -> bool:
         return self.fmt == "qcow2"
 
+    # -- the host layout ----------------------------------------------------------------------
+    def _follow(self, layout: HostLayout) -> None:
+        self._layout = layout
+        self.data.watch = self
+
+    @property
+    def layout(self) -> HostLayout:
+        """Where the file's clusters are (qcow2), every write so far taken into account. An image
+        made from content alone (a copy) gets its clusters laid out in ascending guest order."""
+        self.data.runs()  # writes still pending reach the layout first
+        if self._layout is None:
+            starts, ends = self._hosted_clusters(0, self.data.size)
+            self._follow(HostLayout.in_guest_order(self.size, self.cluster_size, starts, ends))
+        assert self._layout is not None
+        return self._layout
+
+    def _hosted_clusters(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of clusters (indices) of bytes ``[lo, hi)`` holding a host cluster by their content:
+        data, or zeroes that kept their host cluster."""
+        cs = self.cluster_size
+        s, e, v = self.data.extents(lo, hi - lo)
+        keep = (v >= 0) | (v == ZERO_ALLOC)
+        if not keep.any():
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        first, last = s[keep] // cs, -(-e[keep] // cs)
+        new = np.ones(first.size, dtype=bool)
+        new[1:] = first[1:] > last[:-1]
+        return first[new], np.maximum.reduceat(last, np.flatnonzero(new))
+
+    def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """The content map merges writes: the layout allocates and frees for them, in order."""
+        if self._layout is not None:
+            self._layout.before_merge(offsets, ends, values)
+
+    def after_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """Where zero writes landed, the layout holds host clusters exactly where the content says."""
+        zeroing = values < 0
+        if self._layout is None or not zeroing.any():
+            return
+        cs = self.cluster_size
+        c0, c1 = int(offsets[zeroing].min()) // cs, -(-int(ends[zeroing].max()) // cs)
+        starts, stops = self._hosted_clusters(c0 * cs, min(c1 * cs, self.data.size))
+        self._layout.reconcile(c0, c1, np.maximum(starts, c0), np.minimum(stops, c1))
+
+    def resized(self, size: int) -> None:
+        if self._layout is not None:
+            self._layout.resize(size)
+
+    def reopened(self) -> None:
+        """A qcow2 driver opens the file: free_cluster_index starts again from 0."""
+        if self.is_qcow2:
+            self.layout.reopen()
+
     def allocated_clusters(self) -> int:
         """Clusters of the virtual disk holding a host cluster in this file (qcow2): data, or
         zeroes written over data without unmapping it."""
-        return self._host_usage()[1]
+        s, e, _ = self.layout.hosted()
+        return int((e - s).sum())
 
     def l2_tables(self) -> int:
-        """L2 tables in use: one per L2-table-sized stretch holding any data."""
-        return self._host_usage()[0]
-
-    def _host_usage(self) -> tuple[int, int]:
-        """(L2 tables in use, clusters holding a host cluster), from one look at the runs."""
-        starts, vals = self.data.runs()
-        ends = np.empty_like(starts)
-        ends[:-1] = starts[1:]
-        ends[-1] = self.data.size
-        per_l2 = self.cluster_size * (self.cluster_size // 8)
-        l2 = _distinct_units(starts, ends, vals != UNALLOCATED, per_l2)
-        l2 += sum(1 for i in self.l2_kept if not self._l2_used(i))
-        return l2, _distinct_units(starts, ends, (vals >= 0) | (vals == ZERO_ALLOC), self.cluster_size)
-
-    def _l2_used(self, index: int) -> bool:
-        """Whether L2 table ``index`` maps anything."""
-        per_l2 = self.cluster_size * (self.cluster_size // 8)
-        return bool((self.data.extents(index * per_l2, per_l2)[2] != UNALLOCATED).any())
+        """L2 tables in the file."""
+        return self.layout.l2_count()
 
     def note_failed_write(self, offset: int) -> None:
         """A data write at ``offset`` (an unallocated cluster) failed after qcow2 had written the
-        cluster's L2 table (l2_allocate, before the data write): the table stays in the file."""
-        index = offset // (self.cluster_size * (self.cluster_size // 8))
-        if self.is_qcow2 and not self._l2_used(index):
-            self.l2_kept.add(index)
-            self._seen_version = -1
+        cluster's L2 table (l2_allocate, before the data write): the table stays in the file (the
+        data cluster allocated for it is freed again)."""
+        if self.is_qcow2:
+            cluster = offset // self.cluster_size
+            self.layout.touch_l2(cluster, cluster + 1)
+
+    def discard_clusters(self, start: int, end: int) -> None:
+        """qcow2_cluster_discard over whole clusters ``[start, end)`` (bytes): table by table, an L2
+        table where there is none, and the clusters' host clusters freed. Call before writing the
+        content it leaves."""
+        if self.is_qcow2 and end > start:
+            cs = self.cluster_size
+            c0, c1 = start // cs, -(-end // cs)
+            self.layout.zero_request(c0, c1, c0, c1)
 
     def file_length(self) -> int:
         """Length of the host file in bytes (what the protocol node sees).
 
         A new qcow2 file is header, refcount table and refcount block (one cluster
-        each) and the L1 table; every L2 table and data cluster adds a cluster.
+        each) and the L1 table; it grows to hold the last host cluster ever allocated.
         """
         if not self.is_qcow2:
             return self.size
+        layout = self.layout
+        if layout.grown:
+            return layout.top * self.cluster_size
+        l1_bytes = 8 * layout.l1_entries
         cs = self.cluster_size
-        per_l2 = cs * (cs // 8)
-        l1_bytes = 8 * -(-self.size // per_l2)
-        head = QCOW2_EMPTY_CLUSTERS * cs
-        allocated = self.note_allocation()
-        if not allocated:
-            return head + (-(-l1_bytes // cs) * cs if self.l1_padded else l1_bytes)
-        return head + -(-l1_bytes // cs) * cs + allocated * cs
-
-    def note_allocation(self) -> int:
-        """Record host clusters in use (L2 tables and data); returns the high-water mark. Data writes only
-        ever add host clusters, so it is enough to call this before anything that may free them (zero
-        writes, discards) and whenever the file length is read."""
-        if self.is_qcow2 and self._seen_version != self.data.version:
-            self._host_clusters = max(self._host_clusters, sum(self._host_usage()))
-            self._seen_version = self.data.version
-        return self._host_clusters
+        return QCOW2_EMPTY_CLUSTERS * cs + (-(-l1_bytes // cs) * cs if self.l1_padded else l1_bytes)
 
     def make_empty(self) -> None:
         """qcow2_make_empty, as qemu-img commit leaves the top image: nothing allocated. A v3 file
         without bitmaps is rewritten from scratch (header, refcounts, a whole-cluster L1 table);
-        otherwise every cluster is discarded and the file keeps its length."""
-        self.note_allocation()  # the length it keeps
-        self.data.write(0, self.data.size, UNALLOCATED)
+        otherwise every cluster is discarded, L2 table by L2 table (which gives every stretch
+        without one an L2 table), and the file keeps its length."""
+        layout = self.layout
         if self.compat != "0.10" and not self.bitmaps:
-            self.data = ExtentMap(self.size, fill=UNALLOCATED)
-            self._host_clusters, self._seen_version = 0, -1
-            self.l2_kept.clear()
+            self.data.watch = None
+            self.data.write(0, self.data.size, UNALLOCATED)
+            self.data.runs()
+            self.data.watch = self
+            layout.reset()
             self.l1_padded = True
+            return
+        self.discard_clusters(0, self.data.size)
+        self.data.write(0, self.data.size, UNALLOCATED)
 
 
 class ImageStore:

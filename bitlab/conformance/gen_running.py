@@ -51,10 +51,12 @@ def _start(st: Any, node: str, target: tuple[str, int], sync: str) -> dict:
     """A blockdev-backup step, throttled to 1 byte/s."""
     rng = st.rng
     st.jobs += 1
-    # One cluster a request: QEMU also ends a request where the source's host clusters stop being
-    # contiguous, which bitlab does not lay out (README, Known differences). The job's cluster is
-    # the target's if larger than 64 KiB (and a smaller max-chunk an error, now and then).
+    # One or four job clusters a request (a request also ends where the source's host clusters stop
+    # being contiguous). The job's cluster is the target's if larger than 64 KiB (and a smaller
+    # max-chunk an error, now and then).
     chunk = max(65536, target[1]) if rng.random() < 0.9 else 65536
+    if rng.random() < 0.3:
+        chunk *= 4
     args: dict = {"job-id": f"job{st.jobs}", "device": node, "target": target[0], "sync": sync, "speed": 1,
                   "x-perf": {"max-chunk": chunk}}
     if sync in ("bitmap", "incremental") or rng.random() < 0.4:

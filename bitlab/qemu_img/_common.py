@@ -127,6 +127,8 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
         raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
     if fmt == "raw" and image.is_qcow2:
         raise QemuImgError(f"qemu-img: bitlab does not simulate reading the qcow2 file '{name}' as raw\n")
+    if lock == "write":
+        image.reopened()
     return image
 
 

@@ -43,15 +43,19 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
     s, e, c, _, _ = chain_status(chain)
     ps, pe, run, _ = clip_runs(s, e, np.arange(s.size, dtype=np.int64), ds, de)
     ps, pe, is_data = _mirror_methods(ps, pe, c[run] == DATA, grain)
-    base.image.note_allocation()  # sample the peak first: zero writes may free host clusters
+    base.image.reopened()  # qemu-img commit opens the base read-write
     data = base.image.data
+    # in guest order, as the job copies: write zeroes with unmap (zero clusters; v2 has none: unallocated,
+    # or data with a backing file) and data
     zs, ze = ps[~is_data], pe[~is_data]
-    if zs.size:  # write zeroes with unmap: zero clusters; v2 has none (unallocated, or data with a backing file)
-        data.write_batch(zs, ze - zs, _zero_value(chain, base_index))
+    zv = np.full(zs.size, _zero_value(chain, base_index), dtype=np.int64)
+    cs_ = ce_ = cv = np.zeros(0, dtype=np.int64)
     if is_data.any():
         cs_, ce_, cv, _ = clip_runs(*content(chain, 0, size), ps[is_data], pe[is_data])
-        data.write_batch(cs_, ce_ - cs_, cv)
-    base.image.note_allocation()
+    offs = np.concatenate((zs, cs_))
+    if offs.size:
+        order = np.argsort(offs, kind="stable")
+        data.write_batch(offs[order], np.concatenate((ze - zs, ce_ - cs_))[order], np.concatenate((zv, cv))[order])
     _dirty_bitmaps(base, ps, pe)
 
 

@@ -25,7 +25,10 @@ def _status_runs(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray]
     s, e, c, d, h = s[keep], np.minimum(e[keep], size), c[keep], d[keep], h[keep]
     bottom = len(chain) - 1  # unallocated above the bottom: past a shorter backing file, zeroes "allocated" there
     present = (c != UNALLOC) | (d < bottom)
-    flags = (present.astype(np.int64) | (c == DATA) << 1 | (c != DATA) << 2 | (h >= 0) << 3 | (e >= size) << 4)
+    # EOF: the answer reaches the top image's end, or, unallocated all the way down, the bottom image's
+    # (bdrv_co_common_block_status_above keeps the last layer's flags)
+    eof = (e >= size) | (~present & (e == chain[bottom].size))
+    flags = (present.astype(np.int64) | (c == DATA) << 1 | (c != DATA) << 2 | (h >= 0) << 3 | eof << 4)
     return s, flags
 
 

@@ -35,6 +35,5 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         target = store.create(key, "qcow2", size, cluster_size=cluster)
     data = v != 0
     target.data.write_batch(s[data], (e - s)[data], v[data])
-    target.note_allocation()
     return ""
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..block.info import file_image_info
 from ..block.node import round_sector
 from ..block.paths import full_backing_filename
-from ..block.store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, ImageStore
+from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
 from ..qmp_order import to_json_pretty, wire_order
 from ..units import format_size, parse_size
 from ._common import KeyFn, Layer, QemuImgError, backing_name, find_key, new_key, open_image, opened_name
 from ._common import options as _options
 from ._common import split_args as _split_args
-from .layers import layer_runs
+from .layers import layer_runs, split_runs
 
 INT64_MAX = (1 << 63) - 1
 QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8  # QCOW_MAX_L1_SIZE is 32 MiB of 8-byte entries
@@ -196,9 +198,8 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if not image.is_qcow2:
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
     cs = image.cluster_size
-    l1 = 8 * -(-image.size // (cs * (cs // 8)))
     allocated = image.allocated_clusters()
-    end = (QCOW2_EMPTY_CLUSTERS + -(-l1 // cs) + image.l2_tables() + allocated) * cs
+    end = image.layout.end_cluster() * cs
     out = "No errors were found on the image.\n"
     if allocated:
         total = -(-image.size // cs)
@@ -213,7 +214,8 @@ def _fragmented(layer: Layer) -> int:
     check counts them table by table)."""
     s, e, _, host = layer_runs(layer)
     hosted = host >= 0
-    s, e, host = s[hosted], e[hosted], host[hosted]
     cs = layer.image.cluster_size
+    s, e, idx = split_runs(s[hosted], e[hosted], np.ones(int(hosted.sum()), dtype=bool), cs * (cs // 8))
+    host = host[hosted][idx] + s - s[np.searchsorted(idx, idx, "left")]
     table = s // (cs * (cs // 8))
     return int(((host[1:] != host[:-1] + (e[:-1] - s[:-1])) & (table[1:] == table[:-1])).sum())

@@ -3,9 +3,8 @@
 Everything is vectorised over runs (numpy), never a Python loop per cluster. Run arrays are
 ``(starts, ends, ...)``, sorted and disjoint, covering the range asked for.
 
-Host offsets (``qemu-img map``'s ``offset``) are simulated for a qcow2 file whose clusters were
-allocated in ascending guest order: after the header, refcount table, refcount block and L1
-table, each L2 table just before the first cluster it maps, data clusters in guest order.
+Host offsets (``qemu-img map``'s ``offset``) come from the image's host layout
+(:mod:`bitlab.block.qcow2_host`): clusters where qcow2 allocated them, in the order they were written.
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs, fill_holes
-from ..block.store import QCOW2_EMPTY_CLUSTERS, ImageFile
+from ..block.qcow2_host import NONE
+from ..block.store import ImageFile
 from ._common import Layer
 
 # Allocation codes, ordered so that the strongest state of a cluster wins.
@@ -21,6 +21,7 @@ UNALLOC, ZERO_PLAIN, ZERO_HOSTED, DATA = 0, 1, 2, 3
 RAW_BLOCK = 4096  # the host filesystem's block: the granularity of a raw file's holes
 
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
+Runs4 = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _promote(starts: np.ndarray, ends: np.ndarray, codes: np.ndarray, unit: int, size: int,
@@ -68,7 +69,8 @@ def split_runs(starts: np.ndarray, ends: np.ndarray, where: np.ndarray, step: in
 
 
 def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A layer's allocation over its virtual size, with the host offset of each run (-1: none)."""
+    """A layer's allocation over its virtual size, with the host offset of each run (-1: none); a
+    qcow2 run of host clusters is cut where they stop being contiguous in the file."""
     image = layer.image
     s, e, c = allocation(image)
     if layer.size > image.data.size:  # the tail of the last sector
@@ -76,23 +78,27 @@ def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         c = np.append(c, UNALLOC if image.is_qcow2 else c[-1] if c.size else DATA)
     if not image.is_qcow2:
         return s, e, c, s.copy()
+    return host_runs(image, s, e, c)
+
+
+def host_runs(image: ImageFile, s: np.ndarray, e: np.ndarray, c: np.ndarray) -> Runs4:
+    """Runs ``(s, e, c)`` of a qcow2 image (cluster-aligned but at the disk's end) with the host offset
+    of each: runs holding host clusters (``DATA``, ``ZERO_HOSTED``) cut where the layout's runs are."""
     cs = image.cluster_size
-    per_l2 = cs * (cs // 8)
     hosted = (c == DATA) | (c == ZERO_HOSTED)
-    s, e, idx = split_runs(s, e, hosted, per_l2)
-    c = c[idx]
-    hosted = (c == DATA) | (c == ZERO_HOSTED)
-    used = c != UNALLOC
-    r0, r1 = s[used] // per_l2, (e[used] - 1) // per_l2
-    n = r1 - r0 + 1
-    regions = np.unique(np.repeat(r0, n) + _ints(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
-    clusters = np.where(hosted, -(-e // cs) - s // cs, 0)
-    before = np.cumsum(clusters) - clusters
-    l1_clusters = -(-8 * -(-image.size // per_l2) // cs)
-    first_free = QCOW2_EMPTY_CLUSTERS + l1_clusters
-    tables = np.searchsorted(regions, s // per_l2, "right")
-    host = np.where(hosted, (first_free + before + tables) * cs + s % cs, -1)
-    return s, e, c, host
+    host = np.full(s.size, -1, dtype=np.int64)
+    if not hosted.any():
+        return s, e, c, host
+    hs, he = s[hosted], e[hosted]
+    ps, pe, pv, ptr = image.layout.guest.gather(hs // cs, -(-he // cs))
+    owner = np.repeat(np.flatnonzero(hosted), np.diff(ptr))
+    bs, be = np.maximum(ps * cs, s[owner]), np.minimum(pe * cs, e[owner])
+    bh = np.where(pv != NONE, (ps + pv) * cs + (bs - ps * cs), -1)
+    keep = ~hosted
+    out = [np.concatenate((s[keep], bs)), np.concatenate((e[keep], be)), np.concatenate((c[keep], c[owner])),
+           np.concatenate((host[keep], bh))]
+    order = np.argsort(out[0], kind="stable")
+    return tuple(a[order] for a in out)  # type: ignore[return-value]
 
 
 def chain_status(chain: list[Layer], level: int = 0) -> tuple[np.ndarray, ...]:

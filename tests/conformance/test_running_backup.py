@@ -186,7 +186,9 @@ def test_random_running_backups_use_tiny_speeds_and_check_content():
     st = _State(random.Random(3), ["d0", "d1"])
     steps = [s for _ in range(20) for s in running_backup(st, 8 * M)]
     starts = [s["qmp"]["arguments"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-backup"]
-    assert starts and all(a["speed"] == 1 and a["x-perf"]["max-chunk"] in (65536, 131072) for a in starts)
+    assert starts and all(a["speed"] == 1 and a["x-perf"]["max-chunk"] in (65536, 131072, 4 * 65536, 4 * 131072)
+                          for a in starts)
+    assert any(a["x-perf"]["max-chunk"] > 131072 for a in starts)  # a first request of several clusters
     assert sum(1 for s in steps if s.get("qemu-img", [""])[0] == "compare") >= 20
     assert any(s.get("sleep") for s in steps)
 

@@ -1,0 +1,432 @@
+"""Where a qcow2 image's clusters live in its host file, allocated in the order writes arrive.
+
+QEMU 7.2 (qcow2-refcount.c ``alloc_clusters_noref``) gives each allocation the first run of free
+host clusters at or after ``free_cluster_index``, which an allocation moves past its clusters and a
+freed cluster lowers again (to 0 when the image is opened). A write request (qcow2-cluster.c
+``qcow2_alloc_host_offset``) works one L2 table at a time: the table first (``l2_allocate``, for any
+write, zero write or discard into a stretch without one), then the request's new data clusters of
+that stretch, contiguous, right after the host cluster the request used last if that one is free
+(``qcow2_alloc_clusters_at``), else anywhere (first fit). A cluster that already has a host cluster
+(data, or a zero cluster that kept it) is written in place. When an allocation reaches past the
+clusters the refcount blocks cover, a new refcount block takes the first free cluster after it
+and the allocation is retried (``alloc_refcount_block``).
+
+:class:`HostLayout` keeps it sparse: the guest->host map is an :class:`ExtentMap` over guest
+clusters whose value is ``host - guest`` (a contiguous allocation is one run), the L2 tables an
+:class:`ExtentMap` over L1 entries, free space an :class:`ExtentMap` over host clusters. It follows
+the image's content map: :meth:`HostLayout.before_merge` sees each batch of writes in order. While
+the only free space is the file's tail, a batch allocates with one cumulative sum; with holes it
+goes request by request (never cluster by cluster).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .extents import UNALLOCATED, ZERO, ExtentMap, _stab_max
+
+NONE = -(1 << 62)  # guest map value: no host cluster
+USED, FREE = 0, 1
+HOST_SPACE = 1 << 56  # host clusters a file may ever have (the free map's size)
+
+
+def _first_touch(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ranges ``[lo[i], hi[i])`` in order, the pieces of their union with the first range
+    covering each: ``(starts, ends, owner)`` sorted by start."""
+    bounds = np.sort(np.concatenate((lo, hi)))
+    bounds = bounds[np.append(True, bounds[1:] != bounds[:-1])]
+    if bounds.size < 2:
+        return (np.zeros(0, dtype=np.int64),) * 3
+    left = np.searchsorted(bounds, lo)
+    right = np.searchsorted(bounds, hi)
+    n = lo.size
+    win = _stab_max(bounds.size - 1, left[::-1], right[::-1])  # largest reversed index: the first range
+    keep = win >= 0
+    return bounds[:-1][keep], bounds[1:][keep], (n - 1 - win)[keep]
+
+
+def _inside(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether each point lies in one of the ranges ``[starts, ends)`` (sorted, disjoint)."""
+    if not starts.size:
+        return np.zeros(points.size, dtype=bool)
+    j = np.searchsorted(starts, points, "right") - 1
+    return (j >= 0) & (points < ends[np.maximum(j, 0)])
+
+
+def _runs_with_ends(emap: ExtentMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    starts, vals = emap.runs()
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1] = emap.size
+    return starts, ends, vals
+
+
+class HostLayout:
+    """The host clusters of one qcow2 file: metadata, L2 tables and data, and the free ones."""
+
+    def __init__(self, size: int, cluster_size: int) -> None:
+        self.cs = cluster_size
+        self.per_l2 = cluster_size // 8  # guest clusters per L2 table
+        self.refblock_span = cluster_size * 8 // 16  # host clusters one refcount block covers (16-bit refcounts)
+        self.size = size
+        nclusters = -(-size // cluster_size)
+        self.l1_entries = -(-nclusters // self.per_l2)
+        self.l1_clusters = -(-8 * self.l1_entries // cluster_size)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new file: header, refcount table, refcount block, L1 table (qcow2_co_create)."""
+        nclusters = -(-self.size // self.cs)
+        self.guest = ExtentMap(max(nclusters, 1), fill=NONE)
+        self.l2 = ExtentMap(HOST_SPACE, fill=-1)  # by L1 index (an L1 table may grow)
+        self.meta = 3 + self.l1_clusters
+        self.free = ExtentMap(HOST_SPACE, fill=FREE)
+        self.free.write(0, self.meta, USED)
+        self.top = self.meta  # clusters the file holds (it never shrinks)
+        self.fci = 0
+        self.refblocks = 1
+        self.grown = False  # anything allocated since the file was made
+        self.bitmap_clusters: dict[str, list[tuple[int, int]]] = {}  # a stored bitmap's data and table
+        self.directory: tuple[int, int] | None = None  # the bitmap directory: (first cluster, clusters)
+
+    # -- free space ---------------------------------------------------------------------------
+    def _free_runs(self) -> tuple[np.ndarray, np.ndarray]:
+        s, e, v = _runs_with_ends(self.free)
+        return s[v == FREE], e[v == FREE]
+
+    def has_holes(self) -> bool:
+        """Whether free host clusters lie before the file's end."""
+        starts, vals = self.free.runs()
+        return int(np.count_nonzero(vals == FREE)) > 1 or int(starts[-1]) < self.top
+
+    def _take(self, start: int, n: int) -> None:
+        self.free.write(start, n, USED)
+        self.top = max(self.top, start + n)
+        self.grown = True
+
+    def _refblocks_for(self, end: int) -> None:
+        """New refcount blocks for an allocation ending at ``end``: each the first free cluster
+        from ``end`` on (alloc_refcount_block, then the allocation is retried in place)."""
+        while end > self.refblocks * self.refblock_span:
+            fs, fe = self._free_runs()
+            i = int(np.searchsorted(fe, end, "right"))
+            pos = max(int(fs[i]), end)
+            self._take(pos, 1)
+            self.refblocks += 1
+
+    def alloc(self, n: int) -> int:
+        """alloc_clusters_noref: the first ``n`` free clusters in a row from free_cluster_index."""
+        fs, fe = self._free_runs()
+        i = int(np.searchsorted(fe, self.fci, "right"))
+        start = np.maximum(fs[i:], self.fci)
+        fit = np.flatnonzero(fe[i:] - start >= n)
+        pos = int(start[fit[0]])
+        self._take(pos, n)
+        self.fci = pos + n
+        self._refblocks_for(pos + n)
+        return pos
+
+    def alloc_at(self, pos: int, n: int) -> int:
+        """qcow2_alloc_clusters_at: as many of ``n`` clusters from ``pos`` on as are free."""
+        fs, fe = self._free_runs()
+        i = int(np.searchsorted(fe, pos, "right"))
+        if i >= fs.size or fs[i] > pos:
+            return 0
+        k = min(n, int(fe[i]) - pos)
+        self._take(pos, k)
+        self._refblocks_for(pos + k)
+        return k
+
+    def release(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Host clusters ``[starts, ends)`` lose their last reference."""
+        keep = ends > starts
+        if not keep.any():
+            return
+        starts, ends = starts[keep], ends[keep]
+        self.free.write_batch(starts, ends - starts, FREE)
+        self.fci = min(self.fci, int(starts.min()))
+
+    def reopen(self) -> None:
+        """The image is opened again: free_cluster_index starts at 0."""
+        self.fci = 0
+
+    # -- L2 tables ------------------------------------------------------------------------
+    def l2_missing(self, lo: int, hi: int) -> np.ndarray:
+        """The L2 tables of ``[lo, hi]`` (indices) that do not exist."""
+        s, e, v = self.l2.extents(lo, hi + 1 - lo)
+        none = v < 0
+        n = e[none] - s[none]
+        return np.repeat(s[none], n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+
+    def touch_l2(self, c0: int, c1: int) -> None:
+        """get_cluster_table for guest clusters ``[c0, c1)``: L2 tables where there are none."""
+        if c1 <= c0:
+            return
+        for index in self.l2_missing(c0 // self.per_l2, (c1 - 1) // self.per_l2).tolist():
+            self.l2.write(index, 1, self.alloc(1))
+
+    # -- guest clusters ---------------------------------------------------------------------
+    def hosted(self, c0: int = 0, c1: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runs of guest clusters in ``[c0, c1)`` holding a host cluster: (starts, ends, host - guest)."""
+        s, e, v = self.guest.extents(c0, None if c1 is None else c1 - c0)
+        keep = v != NONE
+        return s[keep], e[keep], v[keep]
+
+    def _request(self, c0: int, c1: int) -> None:
+        """A data write over guest clusters ``[c0, c1)``, one L2 table after another."""
+        expected = -1
+        for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
+            lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
+            if self.l2.value_at(index) < 0:
+                self.l2.write(index, 1, self.alloc(1))
+            s, e, v = self.guest.extents(lo, hi - lo)
+            for a, b, d in zip(s.tolist(), e.tolist(), v.tolist()):
+                if d != NONE:  # written in place (COPIED)
+                    expected = a + d + (b - a)
+                    continue
+                while b > a:
+                    if expected >= 0:
+                        k = self.alloc_at(expected, b - a)
+                        if k:
+                            self.guest.write(a, k, expected - a)
+                            a += k
+                            expected += k
+                            continue
+                    pos = self.alloc(b - a)
+                    self.guest.write(a, b - a, pos - a)
+                    expected = pos + (b - a)
+                    a = b
+
+    def zero_request(self, c0: int, c1: int, f0: int, f1: int) -> None:
+        """A zero write or discard over guest clusters ``[c0, c1)``: L2 tables where missing, and the
+        host clusters of ``[f0, f1)`` (the clusters it covers whole) are freed, table by table."""
+        for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
+            lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
+            if self.l2.value_at(index) < 0:
+                self.l2.write(index, 1, self.alloc(1))
+            lo, hi = max(lo, f0), min(hi, f1)
+            if hi > lo:
+                self.unhost(lo, hi)
+
+    def unhost(self, lo: int, hi: int) -> None:
+        """Guest clusters ``[lo, hi)`` drop their host clusters."""
+        s, e, v = self.hosted(lo, hi)
+        if s.size:
+            self.guest.write(lo, hi - lo, NONE)
+            self.release(s + v, e + v)
+
+    # -- a batch of content writes ----------------------------------------------------------
+    def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """Content writes ``[offsets, ends)`` of ``values`` (bytes, in order) reach the image."""
+        cs = self.cs
+        c0, c1 = offsets // cs, -(-ends // cs)
+        data = values >= 0
+        zeroing = (values == ZERO) | (values == UNALLOCATED)
+        if not zeroing.any():
+            if not self.has_holes():
+                self._batch(c0, c1, data, zeroing)
+                return
+            f0 = f1 = c0
+            frees = zeroing
+        else:
+            f0 = -(-offsets // cs)  # the clusters a zero write covers whole
+            f1 = np.where(ends >= self.size, c1, ends // cs)
+            frees = zeroing & (f1 > f0)
+            if frees.any():
+                frees &= self._may_free(f0, f1, c0[data], c1[data])
+        n, i = offsets.size, 0
+        while i < n:
+            if not self.has_holes():
+                rest = np.flatnonzero(frees[i:])
+                k = i + int(rest[0]) if rest.size else n
+                if k > i:
+                    self._batch(c0[i:k], c1[i:k], data[i:k], zeroing[i:k])
+                    i = k
+                    continue
+            if data[i]:
+                self._request(int(c0[i]), int(c1[i]))
+            elif zeroing[i]:
+                self.zero_request(int(c0[i]), int(c1[i]), int(f0[i]), int(f1[i]))
+            i += 1
+
+    def _may_free(self, f0: np.ndarray, f1: np.ndarray, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+        """Whether each range ``[f0, f1)`` meets a hosted cluster or a range ``[d0, d1)`` (conservative)."""
+        hs, he, _ = self.hosted()
+        out = np.zeros(f0.size, dtype=bool)
+        for s, e in ((hs, he), (np.sort(d0), np.maximum.accumulate(d1[np.argsort(d0)]) if d0.size else d1)):
+            if s.size:
+                j = np.searchsorted(s, f1, "left") - 1  # the last range starting before f1
+                out |= (j >= 0) & (e[np.maximum(j, 0)] > f0)
+        return out
+
+    def _batch(self, c0: np.ndarray, c1: np.ndarray, data: np.ndarray, zeroing: np.ndarray) -> None:
+        """Requests that free nothing, the free space being the file's tail: L2 tables and data
+        clusters take the next clusters in request order (a cumulative sum)."""
+        P = self.per_l2
+        touch = (data | zeroing) & (c1 > c0)
+        if not touch.all():  # (requests are numbered among those that remain)
+            c0, c1, data = c0[touch], c1[touch], data[touch]
+        if not c0.size:
+            return
+        ascending = bool(np.all(c0[1:] >= c1[:-1]))  # and disjoint: guest order is request order
+        # new data clusters: each to the first request touching it, where nothing was hosted
+        every = bool(data.all())
+        d = np.arange(c0.size) if every else np.flatnonzero(data)
+        if d.size:
+            if ascending:
+                ps, pe, owner = (c0, c1, d) if every else (c0[d], c1[d], d)
+            else:
+                ps, pe, own = _first_touch(c0[d], c1[d])
+                owner = d[own]
+            _, g_vals = self.guest.runs()
+            if g_vals.size > 1 or g_vals[0] != NONE:  # (nothing is hosted yet in a new image)
+                qs, qe, qv, ptr = self.guest.gather(ps, pe)
+                new = qv == NONE
+                owner = np.repeat(owner, np.diff(ptr))[new]
+                ps, pe = qs[new], qe[new]
+            if ps.size:  # cut at L2 tables
+                extra = (pe - 1) // P - ps // P
+                if extra.any():
+                    rep = np.repeat(np.arange(ps.size), extra + 1)
+                    k = np.arange(rep.size) - np.repeat(np.cumsum(extra + 1) - (extra + 1), extra + 1)
+                    nps = np.where(k == 0, ps[rep], (ps[rep] // P + k) * P)
+                    npe = np.minimum(np.append(nps[1:], 0), pe[rep])
+                    last = np.append(rep[1:] != rep[:-1], True)
+                    npe = np.where(last, pe[rep], npe)
+                    ps, pe, owner = nps, npe, owner[rep]
+        else:
+            ps = pe = owner = np.zeros(0, dtype=np.int64)
+        # new L2 tables: each to the first request touching its stretch
+        s0, s1 = c0 // P, (c1 - 1) // P + 1
+        if ascending and np.all(s1 - s0 == 1):  # each request in one table: its first request is its first
+            first = np.append(True, s0[1:] != s0[:-1])
+            tab, t_owner = s0[first], np.flatnonzero(first)
+        else:
+            ts, te, town = _first_touch(s0, s1)
+            n = te - ts
+            tab = np.repeat(ts, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            t_owner = np.repeat(town, n)
+        if tab.size:
+            lv_s, lv_e, lv, lptr = self.l2.gather(tab, tab + 1)
+            missing = lv < 0
+            tab, t_owner = tab[missing], t_owner[missing]
+        t_key = np.maximum(c0[t_owner], tab * P)
+        nt, nd = tab.size, ps.size
+        ev_n = np.concatenate((np.ones(nt, dtype=np.int64), pe - ps))
+        if not ev_n.size:
+            return
+        if ascending:  # two lists sorted by guest cluster to merge, a table before the data it maps
+            order = np.empty(nt + nd, dtype=np.int64)
+            order[np.arange(nt) + np.searchsorted(ps, t_key, "left")] = np.arange(nt)
+            order[np.arange(nd) + np.searchsorted(t_key, ps, "right")] = nt + np.arange(nd)
+        else:
+            ev_owner = np.concatenate((t_owner, owner))
+            ev_key = np.concatenate((t_key, ps))
+            ev_type = np.concatenate((np.zeros(nt, dtype=np.int64), np.ones(nd, dtype=np.int64)))
+            order = np.lexsort((ev_type, ev_key, ev_owner))
+        counts = ev_n[order]
+        host = self.top + np.cumsum(counts) - counts
+        host, end = self._with_refblocks(host, counts)
+        at = np.empty_like(host)
+        at[order] = host
+        if nt:
+            self.l2.write_batch(tab, 1, at[:nt])
+        if ps.size:
+            self.guest.write_batch(ps, pe - ps, at[nt:] - ps)
+        self._take(self.top, end - self.top)
+        self.fci = end
+
+    def _with_refblocks(self, host: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
+        """Allocations in a row from the file's end, each new refcount block taking the cluster after
+        the allocation that first reaches past the covered clusters: (their hosts, the new end)."""
+        ends = host + counts
+        n, k, last = host.size, 0, 0
+        after = []
+        while True:  # the k refcount blocks so far sit after allocations <= i: each shifts what follows
+            i = max(int(np.searchsorted(ends, (self.refblocks + k) * self.refblock_span - k, "right")), last)
+            if i >= n:
+                break
+            after.append(i)
+            k += 1
+            last = i
+        self.refblocks += k
+        if k:
+            shift = np.zeros(n + 1, dtype=np.int64)
+            np.add.at(shift, np.array(after, dtype=np.int64) + 1, 1)
+            host = host + np.cumsum(shift)[:n]
+        return host, int(host[-1] + counts[-1]) + after.count(n - 1)
+
+    # -- persistent bitmaps --------------------------------------------------------------------
+    def store_bitmap(self, name: str, nonzero: np.ndarray, table_clusters: int) -> None:
+        """store_bitmap: a cluster for each of the bitmap's data clusters holding a set bit, one
+        after another, then its table (its old clusters stay until :meth:`drop_bitmap`)."""
+        runs = []
+        for _ in range(int(np.count_nonzero(nonzero))):  # (at most 1024 clusters: 64 MiB of bits)
+            runs.append((self.alloc(1), 1))
+        runs.append((self.alloc(table_clusters), table_clusters))
+        self.bitmap_clusters[f"new:{name}"] = runs
+
+    def drop_bitmap(self, name: str) -> None:
+        """free_bitmap_clusters: a bitmap's old data clusters and table."""
+        runs = self.bitmap_clusters.pop(name, [])
+        if runs:
+            self.release(np.array([r[0] for r in runs]), np.array([r[0] + r[1] for r in runs]))
+
+    def store_directory(self, clusters: int) -> None:
+        """update_ext_header_and_dir: a new bitmap directory (none for no bitmaps), then the old one freed,
+        then the old clusters of the bitmaps just stored (``new:`` entries take their names)."""
+        old = self.directory
+        self.directory = (self.alloc(clusters), clusters) if clusters else None
+        if old is not None:
+            self.release(np.array([old[0]]), np.array([old[0] + old[1]]))
+        for key in [k for k in self.bitmap_clusters if k.startswith("new:")]:
+            name = key[4:]
+            self.drop_bitmap(name)
+            self.bitmap_clusters[name] = self.bitmap_clusters.pop(key)
+
+    # -- what it amounts to ----------------------------------------------------------------
+    def used_clusters(self) -> int:
+        """Host clusters in use (refcount > 0)."""
+        s, e, v = _runs_with_ends(self.free)
+        return int((e - s)[v == USED].sum())
+
+    def end_cluster(self) -> int:
+        """One past the last host cluster in use (qemu-img check's image end offset / cluster)."""
+        starts, vals = self.free.runs()
+        return int(starts[-1]) if vals[-1] == FREE else HOST_SPACE
+
+    def l2_count(self) -> int:
+        s, e, v = _runs_with_ends(self.l2)
+        return int((e - s)[v >= 0].sum())
+
+    def resize(self, size: int) -> None:
+        """The virtual disk grows or shrinks (the L1 table stays where it is)."""
+        self.size = size
+        old, new = self.guest.size, max(-(-size // self.cs), 1)
+        self.guest.resize(new)
+        if new > old:
+            self.guest.write(old, new - old, NONE)
+
+    def reconcile(self, c0: int, c1: int, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Guest clusters ``[c0, c1)`` hold a host cluster exactly where runs ``[starts, ends)``
+        (clusters, sorted, disjoint) say: the others drop theirs, the missing ones are allocated."""
+        hs, he, _ = self.hosted(c0, c1)
+        if np.array_equal(hs, starts) and np.array_equal(he, ends):
+            return
+        bounds = np.unique(np.concatenate(([c0, c1], hs, he, starts, ends)))
+        seg = bounds[:-1]
+        in_layout, in_data = _inside(seg, hs, he), _inside(seg, starts, ends)
+        for a, b in zip(seg[in_layout & ~in_data].tolist(), bounds[1:][in_layout & ~in_data].tolist()):
+            self.unhost(a, b)
+        for a, b in zip(seg[in_data & ~in_layout].tolist(), bounds[1:][in_data & ~in_layout].tolist()):
+            self._request(a, b)
+
+    @classmethod
+    def in_guest_order(cls, size: int, cluster_size: int, starts: np.ndarray,
+                       ends: np.ndarray) -> HostLayout:
+        """A layout for clusters ``[starts, ends)`` written in ascending guest order."""
+        layout = cls(size, cluster_size)
+        if starts.size:
+            zero = np.zeros(starts.size, dtype=bool)
+            layout._batch(starts, ends, ~zero, zero)
+        return layout
