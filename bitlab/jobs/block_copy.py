@@ -447,24 +447,17 @@ class BlockCopy:
 
     def _zeroes_at_once(self, task: Task) -> bool:
         """Whether a zero task completes inside aio_task_pool_start_task, never yielding: qcow2 (v3)
-        writes zeroes into its L2 table in the cache, with no I/O once the table exists (here: once
-        some cluster it maps is allocated or zero), so the task holds no worker and block-copy's
-        loop goes straight on to the next task. A table yet to be allocated is written (it yields).
-        null-co (and raw over it) never yields either."""
+        writes zeroes into its L2 table in the cache, with no I/O once the table exists, so the task
+        holds no worker and block-copy's loop goes straight on to the next task. A table yet to be
+        allocated is written (it yields). null-co (and raw over it) never yields either."""
         target = self.target
         if type(target) is not Qcow2Node:
             return _zeroes_never_yield(target)
         if target.image.compat == "0.10":
             return False
         cs = target.image.cluster_size
-        span = cs * (cs // 8)  # the guest bytes one L2 table maps
-        first = task.offset // span * span
-        last = -(-(task.offset + self._io(task)) // span) * span
-        for table in range(first, last, span):
-            _, _, vals = target.image.data.extents(table, span)
-            if not (vals != UNALLOCATED).any():
-                return False
-        return True
+        first, last = task.offset // cs, (task.offset + self._io(task) - 1) // cs
+        return not target.image.layout.l2_missing(first // (cs // 8), last // (cs // 8)).size
 
     def _complete(self, call: Call, task: Task | Batch) -> None:
         call.tasks = [(tm, t) for tm, t in call.tasks if t is not task]
