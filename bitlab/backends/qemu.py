@@ -88,6 +88,10 @@ NBD_EXPORTERS = {"block-export-add", "nbd-server-add"}  # commands that need a r
 # they run with those exports out of the way, as on a QEMU without them.
 PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "blockdev-mirror", "drive-mirror",
                        "block-commit", "block-stream"}
+# Commands that insert a backup's filter: they run with the backend's exports out of the way (bitlab's guest
+# holds no BlockBackend, whose writes would make the filter stop sharing writes on the source at once), which
+# come back above the filter.
+BACKUP_COMMANDS = {"blockdev-backup", "drive-backup", "transaction"}
 CHILD_KEYS = {"file", "backing", "data-file", "image", "raw", "test", "target", "children"}
 
 
@@ -420,7 +424,14 @@ class QemuMachine(GuestIO, Monitor):
         if name in NOTED_COMMANDS:
             self._collect()
         events_at = len(self.events)
-        reply = self._send(message)
+        if name in BACKUP_COMMANDS and kind == "qsd" and any(node != BITMAP_KEY for node in self._exports):
+            moved = self._stand_aside(server=False)
+            try:
+                reply = self._send(message)
+            finally:
+                self._come_back({node: self._filter_above(node) for node in moved if node != BITMAP_KEY})
+        else:
+            reply = self._send(message)
         if name in NOTED_COMMANDS and isinstance(reply, dict) and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
         return reply
@@ -805,11 +816,11 @@ class QemuMachine(GuestIO, Monitor):
             raise QMPError(reply.strip().removeprefix("Error: "))
         return self.console_take()
 
-    def _nbd_io(self, node: str, req: Request) -> str:
+    def _nbd_io(self, node: str, req: Request, attach: str | None = None) -> str:
         temporary = node not in self._exports
-        if temporary:  # not a blockdev-add'ed node: exported for this request only, and like HMP
-            # qemu-io's own BlockBackend it takes the write permission only to write or discard
-            failed = self._export(node, writable=req.verb in ("write", "discard"))
+        if temporary:  # not a blockdev-add'ed node: exported for this request only (at ``attach`` if given),
+            # and like HMP qemu-io's own BlockBackend it takes the write permission only to write or discard
+            failed = self._export(node, attach, writable=req.verb in ("write", "discard"))
             if failed is not None:
                 reply_value(failed)
         try:
@@ -834,10 +845,31 @@ class QemuMachine(GuestIO, Monitor):
         return name
 
     def guest_io(self, node: str, command: str) -> str:
-        """A guest's request to ``node`` (a device, or a node as a guest would see it)."""
+        """A guest's request to ``node`` (a device, or a node as a guest would see it).
+
+        On qemu-storage-daemon a node without an export of its own (one a ``blockdev-add`` took as a
+        child) gets one for the request where a guest would enter: above a backup's filter, as bitlab
+        and the system emulator address it."""
         if self._ensure() == "qsd":
-            return self.qemu_io(node, command)
+            if node in self._exports:
+                return self.qemu_io(node, command)
+            req = parse_qemu_io(command)
+            filtered = self._filter_above(node)
+            return self._nbd_io(node, req, filtered) if req.verb else ""
         return self.qemu_io(self.guest_name(node), command)
+
+    def _filter_above(self, name: str) -> str | None:
+        """The topmost copy-before-write filter over node ``name`` (up their 'file' links), if any."""
+        filters = {node["node-name"] for node in self._helper_value("query-named-block-nodes", {"flat": True})
+                   if node["drv"] == "copy-before-write"}
+        graph = self._helper_value("x-debug-query-block-graph")
+        names = {node["id"]: node["name"] for node in graph["nodes"]}
+        above = {names[edge["child"]]: names[edge["parent"]] for edge in graph["edges"]
+                 if edge["name"] == "file" and names[edge["parent"]] in filters}
+        top = None
+        while name in above:
+            name = top = above[name]
+        return top
 
 
 class _OwnThread:
