@@ -274,3 +274,16 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_job_link_failure_creates_and_ends_the_job():
+    """block_job_create made the job before its link failed: created, then null (job_early_fail)."""
+    vm = Machine()
+    play(vm, [F, OV, T, NBD, export("e", "f")])
+    since = len(vm.events)
+    with pytest.raises(QMPError):
+        vm.qmp(*backup("ov", "t"))
+    assert [(e["event"], e["data"]) for e in vm.events[since:]] == [
+        ("JOB_STATUS_CHANGE", {"status": "created", "id": "j"}), ("JOB_STATUS_CHANGE", {"status": "null", "id": "j"})]
+    vm.qmp("block-export-del", {"id": "e"})
+    vm.qmp(*backup("ov", "t"))  # nothing was left behind: the same backup now starts

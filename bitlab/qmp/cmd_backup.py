@@ -95,14 +95,17 @@ def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn 
         cluster = cluster_size_for(target)
         if max_chunk and max_chunk < cluster:
             raise generic(f"Required max-chunk ({max_chunk}) is less than backup cluster size ({cluster})")
-        job_id = args.get("job-id")
-        if job_id is None:
-            job_id = vm.device_name(source)
-        vm.jobs.check_new_id(job_id)  # job_create, before block_job_add_bdrv
-        check.job(job_id)  # the job's link makes the filter stop sharing writes on the source
     except QMPError:
         _reclaim(source, bitmap)
         raise
+    job_id = args.get("job-id")
+    if job_id is None:
+        job_id = vm.device_name(source)
+    try:  # block_job_add_bdrv, once job_create has made the job: the job's link makes the filter share no
+        check.job(job_id)  # writes on the source (nor its overlay on its backing)
+        link_error = None
+    except QMPError as err:
+        link_error = err
     speed = args.get("speed", 0)
     job = BackupJob(
         vm.jobs, job_id, graph=vm.graph, source=source, target=target, sync=sync, bitmap=bitmap,
@@ -111,6 +114,9 @@ def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn 
         max_workers=max_workers, max_chunk=max_chunk, txn=txn, auto_finalize=args.get("auto-finalize", True),
         auto_dismiss=args.get("auto-dismiss", True), speed=max(0, speed), owns_target=owns_target,
     )
+    if link_error is not None:
+        job.early_fail()
+        raise link_error
     if speed < 0:
         job.early_fail()
         raise generic("Parameter 'speed' expects a non-negative value")
