@@ -197,7 +197,8 @@ class BlockGraph:
             if driver == "qcow2" and (image is None or not image.is_qcow2):
                 self._drop_unowned(file_node)
                 raise generic("Image is not in qcow2 format")
-            self._check_lock(image, driver, ro, file_node)
+            if not isinstance(opts["file"], str):  # a file node taken by reference opens no file: its
+                self._check_lock(image, driver, ro, file_node)  # links' permissions decide (below)
             if driver == "raw":
                 node = RawNode(name or self.auto_name(), auto_named=name is None, **common)
             else:

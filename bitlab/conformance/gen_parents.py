@@ -14,7 +14,8 @@ writes to the source while the overlay holds it (through the filters above it; r
 backup of the overlay makes the overlay's backing link share no writes), and NBD exports of the
 source, writable or not, before any backup or while they run (refused while the source's own filter
 or the overlay's backup share no writes; one made before the backups moves up to the source's filter,
-and a backup of the overlay then fails on its write permission). Their filters are all named, as the permission errors name them.
+and a backup of the overlay then fails on its write permission). Their filters are all named, as
+the permission errors name them.
 
 Stays away from what differs for other reasons: overlay writes only before any backup and in
 ascending order (qcow2's host layout), a query only after a started job's first request has surely
@@ -126,8 +127,8 @@ def parents_episode(pr: Parents, size: int = 4 * M) -> list[dict]:
         elif what == "del":
             node = rng.choice([ov, src])
             steps.append(_qmp("blockdev-del", {"node-name": node}))
-            if node == ov and not on_overlay:  # deleted: nothing holds it
-                overlay = False
+            if node == ov and (not on_overlay or pr.writers):  # deleted: nothing holds it (with writers, a
+                overlay = False  # backup of the overlay may have failed: it may be gone, left alone from now)
         elif len(jobs) < 6:
             device = ov if overlay and rng.random() < 0.75 else src
             jid = job_id()
