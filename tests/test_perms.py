@@ -295,3 +295,38 @@ def test_job_link_failure_creates_and_ends_the_job():
         ("JOB_STATUS_CHANGE", {"status": "created", "id": "j"}), ("JOB_STATUS_CHANGE", {"status": "null", "id": "j"})]
     vm.qmp("block-export-del", {"id": "e"})
     vm.qmp(*backup("ov", "t"))  # nothing was left behind: the same backup now starts
+
+
+def _guest_writes(vm) -> list[str]:
+    """Guest writes to ``f`` (which the overlay holds) while ``f`` is backed up, then while ``ov`` is too."""
+    play(vm, [F, OV, T, qcow2("t2", "d.qcow2"), backup("f", "t", job="j1", **SLOW, **{"filter-node-name": "c1"})])
+    out = []
+    for step in (None, backup("ov", "t2", job="j2", **SLOW, **{"filter-node-name": "c2"})):
+        if step is not None:
+            vm.qmp(*step)
+        try:
+            out.append(vm.write("f", 0, 512, 7).splitlines()[0])
+        except QMPError as err:
+            out.append(err.desc)
+    return out
+
+
+GUEST_WRITES = ["wrote 512/512 bytes at offset 0",
+                conflict("c1", "write", "an unnamed block device root", "node 'ov' backing")]
+
+
+def test_guest_writes_enter_above_the_filter():
+    """The guest's request enters above the source's filter: allowed, until a backup of the overlay
+    makes the overlay's backing link (now to the filter) share no writes."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "d.qcow2", "64M")
+    assert _guest_writes(vm) == GUEST_WRITES
+
+
+@pytest.mark.qemu
+def test_guest_writes_enter_above_the_filter_on_qemu_storage_daemon():
+    """On qemu-storage-daemon the backend's export of ``f`` went when the overlay took it: the
+    request's own export is made above the filters over ``f``, where bitlab's guest enters."""
+    with Machine(backend="qemu", daemon="qsd") as real:
+        real.qemu_img("create", "-f", "qcow2", "d.qcow2", "64M")
+        assert _guest_writes(real) == GUEST_WRITES

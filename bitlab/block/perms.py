@@ -250,9 +250,23 @@ def check_attach(graph: Any, parent: BlockNode, role: str, child: BlockNode) -> 
 
 def check_blk(graph: Any, node: BlockNode, perm: int, shared: int = ALL, desc: str = UNNAMED) -> None:
     """blk_insert_bs of a new BlockBackend taking ``perm``."""
+    if _alone(graph, node):  # nothing else uses it, and what it takes below does not change
+        if node.read_only and perm & (WRITE | WRITE_UNCHANGED):
+            raise generic("Block node is read-only")
+        return
     view = PermView(graph)
     view.add_blk(node, Blk(desc, perm, shared))
     view.check(node)
+
+
+def _alone(graph: Any, node: BlockNode) -> bool:
+    """No parent of any kind, and a driver whose links below take the same whatever its parents take
+    (a writable qcow2 always writes its file; file and null-co have no children)."""
+    if node.parents or node.node_name in graph.job_held:
+        return False
+    if any(root is node for root in graph.devices.values()) or any(blk.node is node for blk in graph.blks):
+        return False
+    return node.driver in ("file", "null-co", "null-aio") or (node.driver == "qcow2" and not node.read_only)
 
 
 def check_export(graph: Any, node: BlockNode, writable: bool) -> tuple[str | None, str | None]:
