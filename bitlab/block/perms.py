@@ -111,10 +111,9 @@ class PermView:
     """A copy of the graph's links, newest parent first, that a change can be tried on."""
 
     def __init__(self, graph: Any) -> None:
-        self.graph = graph
         self.children: dict[int, list[tuple[str, BlockNode]]] = {}
         self.parents: dict[int, list[Edge]] = {}
-        stamped: list[tuple[int, int, Edge]] = []  # (stamp, tie, edge into node id)
+        stamped: list[tuple[int, int, Edge]] = []  # (when the link was made, id of its child, the link)
         nodes = list(graph.nodes.values())
         for node in nodes:
             self.children[id(node)] = list(reversed(node.children))  # QLIST_INSERT_HEAD: newest first
