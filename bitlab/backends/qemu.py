@@ -88,10 +88,11 @@ NBD_EXPORTERS = {"block-export-add", "nbd-server-add"}  # commands that need a r
 # they run with those exports out of the way, as on a QEMU without them.
 PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "blockdev-mirror", "drive-mirror",
                        "block-commit", "block-stream"}
-# Commands that insert a backup's filter: they run with the backend's exports out of the way (bitlab's guest
-# holds no BlockBackend, whose writes would make the filter stop sharing writes on the source at once), which
-# come back above the filter.
+# Commands that insert a backup's filter: they run with the backend's exports of their sources out of the way
+# (bitlab's guest holds no BlockBackend; an export above the filter would make it share no writes on the source
+# already when it replaces the source, not only once the job links to it), which come back above the filter.
 BACKUP_COMMANDS = {"blockdev-backup", "drive-backup", "transaction"}
+BACKUP_ACTIONS = {"blockdev-backup", "drive-backup"}
 CHILD_KEYS = {"file", "backing", "data-file", "image", "raw", "test", "target", "children"}
 
 
@@ -138,6 +139,17 @@ def _child_refs(value: Any, key: str = "") -> list[str]:
     if isinstance(value, list):
         return [name for v in value for name in _child_refs(v, key)]
     return [value] if isinstance(value, str) and key in CHILD_KEYS else []
+
+
+def _backup_sources(name: str | None, args: object) -> list[str]:
+    """The nodes a backup command (or a transaction's backup actions) backs up."""
+    if name not in BACKUP_COMMANDS or not isinstance(args, dict):
+        return []
+    actions = args.get("actions", []) if name == "transaction" else [{"type": name, "data": args}]
+    if not isinstance(actions, list):
+        return []
+    return [a["data"]["device"] for a in actions if isinstance(a, dict) and a.get("type") in BACKUP_ACTIONS
+            and isinstance(a.get("data"), dict) and isinstance(a["data"].get("device"), str)]
 
 
 def _private(export_id: object) -> bool:
@@ -424,12 +436,15 @@ class QemuMachine(GuestIO, Monitor):
         if name in NOTED_COMMANDS:
             self._collect()
         events_at = len(self.events)
-        if name in BACKUP_COMMANDS and kind == "qsd" and any(node != BITMAP_KEY for node in self._exports):
-            moved = self._stand_aside(server=False)
+        sources = _backup_sources(name, message.get("arguments")) if kind == "qsd" else []
+        if any(node in self._exports for node in sources):
+            moved = [node for node in dict.fromkeys(sources) if node in self._exports]
+            for node in moved:
+                self._unexport(node)
             try:
                 reply = self._send(message)
             finally:
-                self._come_back({node: self._filter_above(node) for node in moved if node != BITMAP_KEY})
+                self._come_back({node: self._filter_above(node) for node in moved})
         else:
             reply = self._send(message)
         if name in NOTED_COMMANDS and isinstance(reply, dict) and "return" in reply:
