@@ -27,7 +27,8 @@ its own QEMU (QMP ``quit``, then SIGKILL of only its own PID).
 The backend's NBD plumbing is invisible. Its exports' ids and names begin with ``bitlab-``
 (reserved), ``query-block-exports`` and ``BLOCK_EXPORT_DELETED`` leave them out, and commands
 whose answers they would change run with them out of the way: ``blockdev-add`` of a parent,
-``blockdev-del``, and the permission-checking :data:`PERMISSION_COMMANDS`. QEMU has one NBD
+``blockdev-del``, the permission-checking :data:`PERMISSION_COMMANDS`, and the backup commands
+(the export of each source; it comes back above the new filter). QEMU has one NBD
 server: the backend's own listens on ``<workdir>/.nbd.sock`` (qemu-storage-daemon starts with
 it; otherwise it is started when needed and no server runs). A user's ``nbd-server-start`` /
 ``-stop`` and NBD ``block-export-add`` / ``nbd-server-add`` are answered as on a QEMU without
