@@ -276,6 +276,19 @@ def test_device_write_then_backup_on_both_backends():
                                     + conflict("d0", "write", "block device 'drive0' root", "node 'ov' backing"))
 
 
+def test_job_link_failure_creates_and_ends_the_job():
+    """block_job_create made the job before its link failed: created, then null (job_early_fail)."""
+    vm = Machine()
+    play(vm, [F, OV, T, NBD, export("e", "f")])
+    since = len(vm.events)
+    with pytest.raises(QMPError):
+        vm.qmp(*backup("ov", "t"))
+    assert [(e["event"], e["data"]) for e in vm.events[since:]] == [
+        ("JOB_STATUS_CHANGE", {"status": "created", "id": "j"}), ("JOB_STATUS_CHANGE", {"status": "null", "id": "j"})]
+    vm.qmp("block-export-del", {"id": "e"})
+    vm.qmp(*backup("ov", "t"))  # nothing was left behind: the same backup now starts
+
+
 def _guest_writes(vm) -> list[str]:
     """Guest writes to ``f`` (which the overlay holds) while ``f`` is backed up, then while ``ov`` is too."""
     play(vm, [F, OV, T, qcow2("t2", "d.qcow2"), backup("f", "t", job="j1", **SLOW, **{"filter-node-name": "c1"})])
