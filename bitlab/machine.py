@@ -180,6 +180,7 @@ class Machine(GuestIO, Monitor):
             opts["node-name"] = node_name
         node = self.graph.open(opts)
         self.graph.devices[name] = node
+        self.graph.stamp(("device", name))
         return node.node_name
 
     def create_image(self, filename: str, fmt: str, size: int, backing: BlockNode | None,

@@ -27,7 +27,8 @@ its own QEMU (QMP ``quit``, then SIGKILL of only its own PID).
 The backend's NBD plumbing is invisible. Its exports' ids and names begin with ``bitlab-``
 (reserved), ``query-block-exports`` and ``BLOCK_EXPORT_DELETED`` leave them out, and commands
 whose answers they would change run with them out of the way: ``blockdev-add`` of a parent,
-``blockdev-del``, and the permission-checking :data:`PERMISSION_COMMANDS`. QEMU has one NBD
+``blockdev-del``, the permission-checking :data:`PERMISSION_COMMANDS`, and the backup commands
+(the export of each source; it comes back above the new filter). QEMU has one NBD
 server: the backend's own listens on ``<workdir>/.nbd.sock`` (qemu-storage-daemon starts with
 it; otherwise it is started when needed and no server runs). A user's ``nbd-server-start`` /
 ``-stop`` and NBD ``block-export-add`` / ``nbd-server-add`` are answered as on a QEMU without
@@ -88,6 +89,11 @@ NBD_EXPORTERS = {"block-export-add", "nbd-server-add"}  # commands that need a r
 # they run with those exports out of the way, as on a QEMU without them.
 PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "blockdev-mirror", "drive-mirror",
                        "block-commit", "block-stream"}
+# Commands that insert a backup's filter: they run with the backend's exports of their sources out of the way
+# (bitlab's guest holds no BlockBackend; an export above the filter would make it share no writes on the source
+# already when it replaces the source, not only once the job links to it), which come back above the filter.
+BACKUP_COMMANDS = {"blockdev-backup", "drive-backup", "transaction"}
+BACKUP_ACTIONS = {"blockdev-backup", "drive-backup"}
 CHILD_KEYS = {"file", "backing", "data-file", "image", "raw", "test", "target", "children"}
 
 
@@ -134,6 +140,17 @@ def _child_refs(value: Any, key: str = "") -> list[str]:
     if isinstance(value, list):
         return [name for v in value for name in _child_refs(v, key)]
     return [value] if isinstance(value, str) and key in CHILD_KEYS else []
+
+
+def _backup_sources(name: str | None, args: object) -> list[str]:
+    """The nodes a backup command (or a transaction's backup actions) backs up."""
+    if name not in BACKUP_COMMANDS or not isinstance(args, dict):
+        return []
+    actions = args.get("actions", []) if name == "transaction" else [{"type": name, "data": args}]
+    if not isinstance(actions, list):
+        return []
+    return [a["data"]["device"] for a in actions if isinstance(a, dict) and a.get("type") in BACKUP_ACTIONS
+            and isinstance(a.get("data"), dict) and isinstance(a["data"].get("device"), str)]
 
 
 def _private(export_id: object) -> bool:
@@ -420,7 +437,17 @@ class QemuMachine(GuestIO, Monitor):
         if name in NOTED_COMMANDS:
             self._collect()
         events_at = len(self.events)
-        reply = self._send(message)
+        sources = _backup_sources(name, message.get("arguments")) if kind == "qsd" else []
+        if any(node in self._exports for node in sources):
+            moved = [node for node in dict.fromkeys(sources) if node in self._exports]
+            for node in moved:
+                self._unexport(node)
+            try:
+                reply = self._send(message)
+            finally:
+                self._come_back({node: self._filter_above(node) for node in moved})
+        else:
+            reply = self._send(message)
         if name in NOTED_COMMANDS and isinstance(reply, dict) and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
         return reply
@@ -805,11 +832,11 @@ class QemuMachine(GuestIO, Monitor):
             raise QMPError(reply.strip().removeprefix("Error: "))
         return self.console_take()
 
-    def _nbd_io(self, node: str, req: Request) -> str:
+    def _nbd_io(self, node: str, req: Request, attach: str | None = None) -> str:
         temporary = node not in self._exports
-        if temporary:  # not a blockdev-add'ed node: exported for this request only, and like HMP
-            # qemu-io's own BlockBackend it takes the write permission only to write or discard
-            failed = self._export(node, writable=req.verb in ("write", "discard"))
+        if temporary:  # not a blockdev-add'ed node: exported for this request only (at ``attach`` if given),
+            # and like HMP qemu-io's own BlockBackend it takes the write permission only to write or discard
+            failed = self._export(node, attach, writable=req.verb in ("write", "discard"))
             if failed is not None:
                 reply_value(failed)
         try:
@@ -834,10 +861,31 @@ class QemuMachine(GuestIO, Monitor):
         return name
 
     def guest_io(self, node: str, command: str) -> str:
-        """A guest's request to ``node`` (a device, or a node as a guest would see it)."""
+        """A guest's request to ``node`` (a device, or a node as a guest would see it).
+
+        On qemu-storage-daemon a node without an export of its own (one a ``blockdev-add`` took as a
+        child) gets one for the request where a guest would enter: above a backup's filter, as bitlab
+        and the system emulator address it."""
         if self._ensure() == "qsd":
-            return self.qemu_io(node, command)
+            if node in self._exports:
+                return self.qemu_io(node, command)
+            req = parse_qemu_io(command)
+            filtered = self._filter_above(node)
+            return self._nbd_io(node, req, filtered) if req.verb else ""
         return self.qemu_io(self.guest_name(node), command)
+
+    def _filter_above(self, name: str) -> str | None:
+        """The topmost copy-before-write filter over node ``name`` (up their 'file' links), if any."""
+        filters = {node["node-name"] for node in self._helper_value("query-named-block-nodes", {"flat": True})
+                   if node["drv"] == "copy-before-write"}
+        graph = self._helper_value("x-debug-query-block-graph")
+        names = {node["id"]: node["name"] for node in graph["nodes"]}
+        above = {names[edge["child"]]: names[edge["parent"]] for edge in graph["edges"]
+                 if edge["name"] == "file" and names[edge["parent"]] in filters}
+        top = None
+        while name in above:
+            name = top = above[name]
+        return top
 
 
 class _OwnThread:

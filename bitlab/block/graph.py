@@ -7,6 +7,7 @@ raised as GenericError.
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import random
 import re
@@ -14,6 +15,7 @@ import re
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
 from ..qmp_order import wire_member_order
+from . import perms
 from .blkdebug import BlkdebugNode
 from .info import NodeInfoCache
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
@@ -47,6 +49,15 @@ class BlockGraph:
         self._rng = random.Random(seed)
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
+        # permissions (bitlab.block.perms): when each link was made (QEMU lists a node's parents newest
+        # first), keyed (id(parent node), role), ("device", name) or ("blk", id(blk)); what each device takes
+        self.link_order: dict[tuple, int] = {}
+        self.device_perm: dict[str, int] = {}
+        self._stamps = itertools.count(1)
+
+    def stamp(self, key: tuple) -> None:
+        """A link made (or moved) now: the newest parent of its child."""
+        self.link_order[key] = next(self._stamps)
 
     # -- lookups ------------------------------------------------------------------
     def lookup_bs(self, name: str) -> BlockNode:
@@ -161,6 +172,12 @@ class BlockGraph:
             except QMPError:
                 self.nodes.pop(node.node_name, None)
                 raise
+            try:
+                perms.check_attach(self, node, "image", inner)
+            except QMPError:
+                self.nodes.pop(node.node_name, None)
+                self._drop_unowned(inner)
+                raise
             self._attach(node, "image", inner)
             align = opts.get("align", 0)
             if align and (align < 0 or align & (align - 1)):
@@ -180,11 +197,18 @@ class BlockGraph:
             if driver == "qcow2" and (image is None or not image.is_qcow2):
                 self._drop_unowned(file_node)
                 raise generic("Image is not in qcow2 format")
-            self._check_lock(image, driver, ro, file_node)
+            if not isinstance(opts["file"], str):  # a file node taken by reference opens no file: its
+                self._check_lock(image, driver, ro, file_node)  # links' permissions decide (below)
             if driver == "raw":
                 node = RawNode(name or self.auto_name(), auto_named=name is None, **common)
             else:
                 node = Qcow2Node(name or self.auto_name(), image=image, auto_named=name is None, **common)
+            node.read_only = ro  # what its link to the file takes depends on it
+            try:  # bdrv_attach_child: a node given by reference may have parents that share less
+                perms.check_attach(self, node, "file", file_node)
+            except QMPError:
+                self._drop_unowned(file_node)
+                raise
             if image is not None and not ro:
                 image.lockers.append((node, driver == "raw"))
             self._attach(node, "file", file_node)
@@ -248,6 +272,7 @@ class BlockGraph:
     def _attach(self, parent: BlockNode, role: str, child: BlockNode) -> None:
         parent.children.append((role, child))
         child.parents += 1
+        self.stamp((id(parent), role))
 
     # -- filters (a backup's copy-before-write) ---------------------------------------------
     def insert_filter(self, source: BlockNode, cbw: BlockNode, target: BlockNode, copy_bitmap: DirtyBitmap) -> None:
@@ -294,15 +319,22 @@ class BlockGraph:
     def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every parent of ``old`` outside ``new``'s subtree now points at ``new``."""
         inside = self.subtree(new)
+        moved: list[tuple] = []
         for parent in list(self.nodes.values()):
             if id(parent) not in inside and any(child is old for _, child in parent.children):
+                moved += [(id(parent), role) for role, child in parent.children if child is old]
                 self._replace_child(parent, old, new)
         for device, root in self.devices.items():
             if root is old:
                 self.devices[device] = new
+                moved.append(("device", device))
         for blk in self.blks:
             if blk.node is old:
                 blk.node = new
+                moved.append(("blk", id(blk)))
+        # each moved link goes to the head of new's parents, newest of old's first: their order reverses
+        for key in sorted(moved, key=lambda key: -self.link_order.get(key, 0)):
+            self.stamp(key)
 
     @staticmethod
     def _replace_child(parent: BlockNode, old: BlockNode, new: BlockNode) -> None:

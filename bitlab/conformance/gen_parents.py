@@ -9,11 +9,17 @@ query-block, blockdev-del of the overlay or the source, a second backup (of the 
 source again), throttled or run to its end. Then every job ends (cancelled, or its speed lifted),
 in random order, and the graph is queried again.
 
-Stays away from what differs for other reasons: no guest write on the source once the overlay
-holds it (on qemu-storage-daemon the backend's export of a node taken as a child is gone, and a
-request of its own on the source meets the filter's permissions), overlay writes only before any
-backup and in ascending order (qcow2's host layout), a query only after a started job's first
-request has surely finished (``SETTLE``), and ``settle-jobs`` only when no sync=none job is left.
+In half of the episodes (``writers``) permissions come into play (bitlab/block/perms.py): guest
+writes to the source while the overlay holds it (through the filters above it; refused while a
+backup of the overlay makes the overlay's backing link share no writes), and NBD exports of the
+source, writable or not, before any backup or while they run (refused while the source's own filter
+or the overlay's backup share no writes; one made before the backups moves up to the source's filter,
+and a backup of the overlay then fails on its write permission). Their filters are all named, as
+the permission errors name them.
+
+Stays away from what differs for other reasons: overlay writes only before any backup and in
+ascending order (qcow2's host layout), a query only after a started job's first request has surely
+finished (``SETTLE``), and ``settle-jobs`` only when no sync=none job is left.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class Parents:
         self.rng = rng
         self.count = 0
         self.names = 0
+        self.server = False  # an NBD server was started (for the episodes' exports)
+        self.writers = False  # this episode writes the source and exports it (its filters are named)
 
     def name(self, prefix: str) -> str:
         self.names += 1
@@ -59,6 +67,7 @@ def parents_episode(pr: Parents, size: int = 4 * M) -> list[dict]:
     pr.count += 1
     n = pr.count
     src, ov = f"ps{n}", f"po{n}"
+    pr.writers = rng.random() < 0.5
     steps = _qcow2(src, size)
     patterns = [0]
     offsets = sorted(rng.randrange(0, size // (64 * K)) * 64 * K for _ in range(rng.randint(1, 3)))
@@ -71,6 +80,8 @@ def parents_episode(pr: Parents, size: int = 4 * M) -> list[dict]:
         patterns.append(rng.randrange(1, 256))
         steps.append({"write": {"node": ov, "offset": rng.randrange(0, size // 512) * 512,
                                 "length": rng.choice([512, 4 * K, 64 * K]), "pattern": patterns[-1]}})
+    if pr.writers and rng.random() < 0.5:  # an export before any backup: the filter takes it over
+        steps += _export(pr, src)
     jobs: dict[str, str] = {}  # job id -> sync, of the jobs that end below
     started = [0]
 
@@ -80,22 +91,31 @@ def parents_episode(pr: Parents, size: int = 4 * M) -> list[dict]:
 
     if rng.random() < 0.4:  # an earlier sync=none backup of the source: its target's backing is the source
         jid = job_id()
+        named = {"filter-node-name": pr.name("pf")} if pr.writers else {}
         if rng.random() < 0.6:
             image = pr.name("pn")
             steps += [{"qemu-img": ["create", "-f", "qcow2", f"{image}.qcow2", str(size)]},
                       _qmp("drive-backup", {"job-id": jid, "device": src, "target": f"{image}.qcow2",
-                                            "sync": "none", "format": "qcow2", "mode": "existing"})]
+                                            "sync": "none", "format": "qcow2", "mode": "existing", **named})]
         else:
             target = pr.name("pt")
             steps += [*_qcow2(target, size), _qmp("blockdev-backup", {"job-id": jid, "device": src,
-                                                                      "target": target, "sync": "none"})]
+                                                                      "target": target, "sync": "none", **named})]
         jobs[jid] = "none"
     steps += _backup(pr, src, job_id(), jobs, size, throttled=True)
     on_overlay: list[str] = []  # throttled backups of the overlay (they run until they end below)
     overlay = True  # po<n> still there (a blockdev-del of it succeeds while no job holds it)
     for _ in range(rng.randint(2, 6)):
-        what = rng.choices(["read", "query", "block", "del", "second"], weights=[6, 5, 1, 2, 3])[0]
-        if what == "read":
+        what = rng.choices(["read", "query", "block", "del", "second", "write", "export"],
+                           weights=[6, 5, 1, 2, 3] + ([4, 2] if pr.writers else [0, 0]))[0]
+        if what == "write":  # the guest's BlockBackend on the source takes write
+            patterns.append(rng.randrange(1, 256))
+            offset = rng.randrange(0, size // 512) * 512
+            steps.append({"write": {"node": src, "offset": offset, "pattern": patterns[-1],
+                                    "length": min(rng.choice([512, 64 * K]), size - offset)}})
+        elif what == "export":
+            steps += _export(pr, src)
+        elif what == "read":
             offset = rng.randrange(0, size // 512) * 512
             node = ov if overlay and rng.random() < 0.8 else src
             steps.append({"read": {"node": node, "offset": offset, "pattern": rng.choice(patterns),
@@ -107,8 +127,8 @@ def parents_episode(pr: Parents, size: int = 4 * M) -> list[dict]:
         elif what == "del":
             node = rng.choice([ov, src])
             steps.append(_qmp("blockdev-del", {"node-name": node}))
-            if node == ov and not on_overlay:  # deleted: nothing holds it
-                overlay = False
+            if node == ov and (not on_overlay or pr.writers):  # deleted: nothing holds it (with writers, a
+                overlay = False  # backup of the overlay may have failed: it may be gone, left alone from now)
         elif len(jobs) < 6:
             device = ov if overlay and rng.random() < 0.75 else src
             jid = job_id()
@@ -131,6 +151,18 @@ def parents_episode(pr: Parents, size: int = 4 * M) -> list[dict]:
     return steps
 
 
+def _export(pr: Parents, node: str) -> list[dict]:
+    """An NBD export of ``node``, writable or not (the server started first)."""
+    steps = []
+    if not pr.server:
+        steps.append(_qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "parents.sock"}}}))
+        pr.server = True
+    export_id = pr.name("px")
+    steps.append(_qmp("block-export-add", {"type": "nbd", "id": export_id, "node-name": node,
+                                           "writable": pr.rng.random() < 0.7}))
+    return steps
+
+
 def _backup(pr: Parents, device: str, jid: str, jobs: dict[str, str], size: int, *, throttled: bool) -> list[dict]:
     """A full backup of ``device`` onto a new node (throttled: one request, then asleep; else run to its
     end and its target read), sometimes with a named filter."""
@@ -138,7 +170,7 @@ def _backup(pr: Parents, device: str, jid: str, jobs: dict[str, str], size: int,
     target = pr.name("pt")
     steps = _qcow2(target, size)
     args: dict = {"job-id": jid, "device": device, "target": target, "sync": "full"}
-    if rng.random() < 0.5:
+    if pr.writers or rng.random() < 0.5:
         args["filter-node-name"] = pr.name("pf")
     if throttled:
         args.update(speed=1, **{"x-perf": {"max-chunk": 65536}})

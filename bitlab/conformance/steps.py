@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import QMPError
 from ..qemu_img import QemuImgError
 
 
@@ -49,7 +50,10 @@ def run_step(vm: Any, step: dict) -> Any:
             io = step[verb]
             command = {"write": f"write -P {io.get('pattern', 0x41):#x}", "zero": "write -z",
                        "discard": "discard"}[verb]
-            out = vm.guest_io(io["node"], f"{command} {io['offset']} {io['length']}")
+            try:
+                out = vm.guest_io(io["node"], f"{command} {io['offset']} {io['length']}")
+            except QMPError as err:  # the request's BlockBackend cannot take the write permission
+                return {"ok": False, "error": err.desc}
             if io.get("flush", True):
                 vm.guest_io(io["node"], "flush")  # qemu-io over NBD flushes when it exits
             if "failed" in out:

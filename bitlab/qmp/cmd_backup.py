@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..bitmap import DirtyBitmap
+from ..block import perms
 from ..errors import QMPError, generic
 from ..jobs.backup import BackupJob
 from ..jobs.job import JobTxn
@@ -86,16 +87,11 @@ def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn 
                 filter_name = vm.graph.auto_name()
             else:
                 vm.graph.check_name(filter_name)
-            if target.read_only:
-                raise generic("Block node is read-only")
-            holder = target.filtered_by
-            if holder is not None:
-                raise generic(f"Permission conflict on node '{target.node_name}': permissions 'write' are both "
-                              f"required by node '{filter_name}' (uses node '{target.node_name}' as 'target' "
-                              f"child) and unshared by node '{holder.node_name}' (uses node "
-                              f"'{target.node_name}' as 'file' child).")
+            check = perms.BackupCheck(vm.graph, source, target, filter_name)
+            check.create(target)  # the filter's links: a read-only target, or one whose parents share no writes
         except QMPError as err:
             raise generic(f"Could not create node: {err.desc}") from None
+        check.replace()  # the filter under the source's parents
         cluster = cluster_size_for(target)
         if max_chunk and max_chunk < cluster:
             raise generic(f"Required max-chunk ({max_chunk}) is less than backup cluster size ({cluster})")
@@ -105,6 +101,11 @@ def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn 
     job_id = args.get("job-id")
     if job_id is None:
         job_id = vm.device_name(source)
+    try:  # block_job_add_bdrv, once job_create has made the job: the job's link makes the filter share no
+        check.job(job_id)  # writes on the source (nor its overlay on its backing)
+        link_error = None
+    except QMPError as err:
+        link_error = err
     speed = args.get("speed", 0)
     job = BackupJob(
         vm.jobs, job_id, graph=vm.graph, source=source, target=target, sync=sync, bitmap=bitmap,
@@ -113,6 +114,9 @@ def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn 
         max_workers=max_workers, max_chunk=max_chunk, txn=txn, auto_finalize=args.get("auto-finalize", True),
         auto_dismiss=args.get("auto-dismiss", True), speed=max(0, speed), owns_target=owns_target,
     )
+    if link_error is not None:
+        job.early_fail()
+        raise link_error
     if speed < 0:
         job.early_fail()
         raise generic("Parameter 'speed' expects a non-negative value")

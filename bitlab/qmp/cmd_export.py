@@ -15,6 +15,7 @@ import posixpath
 import socket
 from typing import Any
 
+from ..block import perms
 from ..block.export import BlockExport, NbdServer
 from ..block.graph import id_wellformed
 from ..block.node import BlockNode
@@ -181,33 +182,6 @@ def _export_bitmaps(vm: Any, node: BlockNode, refs: list, readonly: bool) -> lis
     return found
 
 
-def _unsharing_parent(vm: Any, node: BlockNode, perm: str) -> tuple[BlockNode, str] | None:
-    """A parent that does not share ``perm`` with the export on ``node``, and its child role.
-
-    'write': a qcow2 node shares no writes on its file (format metadata), nor does a backup's
-    copy-before-write filter on its source. 'resize' (which the export shares with nobody): a
-    read-write qcow2 node takes it on its file.
-    """
-    for parent in vm.graph.nodes.values():
-        for role, child in parent.children:
-            if child is not node or role != "file":
-                continue
-            if perm == "write" and parent.driver in ("qcow2", "copy-before-write"):
-                return parent, role
-            if perm == "resize" and parent.driver == "qcow2" and not parent.read_only:
-                return parent, role
-    return None
-
-
-def _conflict(node: BlockNode, perm: str, parent: BlockNode, role: str, *, export_requires: bool) -> str:
-    """bdrv_check_perm's text for the export's anonymous BlockBackend (child 'root') and a node parent."""
-    blk = f"an unnamed block device (uses node '{node.node_name}' as 'root' child)"
-    other = f"node '{parent.node_name}' (uses node '{node.node_name}' as '{role}' child)"
-    first, second = (blk, other) if export_requires else (other, blk)
-    return (f"Permission conflict on node '{node.node_name}': permissions '{perm}' are both required by {first} "
-            f"and unshared by {second}.")
-
-
 @TABLE.command("block-export-add", BlockExportOptions, boxed=True)
 def qmp_block_export_add(vm: Any, args: dict) -> None:
     add_export(vm, args)
@@ -229,10 +203,11 @@ def add_export(vm: Any, args: dict) -> None:
         raise generic("Cannot export read-only node as writable")
     if "iothread" in args:
         raise generic(f'iothread "{args["iothread"]}" not found')  # bitlab has no iothreads
-    if writable:  # blk_insert_bs: the export's BlockBackend takes write
-        unsharing = _unsharing_parent(vm, node, "write")
-        if unsharing is not None:
-            raise generic(_conflict(node, "write", *unsharing, export_requires=True))
+    # blk_insert_bs: the export's BlockBackend reads (and writes), sharing all; later (nbd_export_create)
+    # it stops sharing resize
+    inserted, unshared_resize = perms.check_export(vm.graph, node, writable)
+    if inserted is not None:
+        raise generic(inserted)
     if args["type"] != "nbd":  # where QEMU's driver would create the export
         raise generic(f"bitlab simulates only NBD exports, not '{args['type']}'")
     # nbd_export_create
@@ -246,13 +221,14 @@ def add_export(vm: Any, args: dict) -> None:
         raise generic(f"description '{description}' too long")
     if exports.find_name(name) is not None:
         raise generic(f"NBD server already has export named '{name}'")
-    resizing = _unsharing_parent(vm, node, "resize")  # the export shares everything but resize
-    if resizing is not None:
-        raise generic(_conflict(node, "resize", *resizing, export_requires=False))
+    if unshared_resize is not None:
+        raise generic(unshared_resize)
     bitmaps = _export_bitmaps(vm, node, args.get("bitmaps", []), readonly=not writable)
-    exports.add(BlockExport(export_id, node, name, description=description, writable=writable,
-                            writethrough=args.get("writethrough", False),
-                            allocation_depth=args.get("allocation-depth", False), bitmaps=bitmaps))
+    exp = BlockExport(export_id, node, name, description=description, writable=writable,
+                      writethrough=args.get("writethrough", False),
+                      allocation_depth=args.get("allocation-depth", False), bitmaps=bitmaps)
+    exports.add(exp)
+    vm.graph.stamp(("blk", id(exp)))
 
 
 @TABLE.command("block-export-del", BlockExportDel)

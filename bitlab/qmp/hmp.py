@@ -6,6 +6,7 @@ import os
 from functools import lru_cache
 from typing import Any
 
+from ..block import perms
 from ..block.blkdebug import BlockIOError
 from ..errors import QMPError, generic
 from .commands import TABLE
@@ -31,28 +32,29 @@ def _report(verb: str, offset: int, length: int) -> str:
             f"{_cvtstr(length)}, 1 ops; 00.00 sec (inf bytes/sec and inf ops/sec)\n")
 
 
+WRITERS = ("write", "discard")  # qemu-io commands that need the write permission
+
+
 def run_qemu_io(vm: Any, device: str, command: str) -> str:
     """Run a qemu-io command against a device or node; returns qemu-io's output."""
     node = vm.graph.devices.get(device)
-    if node is None:
-        node = vm.graph.nodes.get(device)
-        if node is None:
-            raise generic(f"Cannot find device='' nor node-name='{device}'")
-        holder = node.filtered_by
-        if holder is None:  # a format node's file child: the format node does not share writes
-            holder = next((p for p in vm.graph.nodes.values() if p.driver == "qcow2"
-                           and any(r == "file" and c is node for r, c in p.children)), None)
-        if holder is not None:
-            # qemu-io on a node name opens its own BlockBackend on that node; a backup's filter
-            # above it does not share the write permission.
-            raise generic(f"Permission conflict on node '{device}': permissions 'write' are both required by "
-                          f"an unnamed block device (uses node '{device}' as 'root' child) and unshared by "
-                          f"node '{holder.node_name}' (uses node '{device}' as 'file' child).")
+    if node is None and vm.graph.nodes.get(device) is None:
+        raise generic(f"Cannot find device='' nor node-name='{device}'")
     try:
         req = parse_qemu_io(command)
     except QemuIoError as err:
         vm.console_err.append(err.stderr)
         return err.stdout
+    if node is None:
+        node = vm.graph.nodes[device]
+        if req.verb in WRITERS:  # qemu-io's own BlockBackend on the node (taking nothing) now takes write
+            perms.check_blk(vm.graph, node, perms.WRITE)
+    elif req.verb in WRITERS and not vm.graph.device_perm.get(device, perms.READ) & perms.WRITE:
+        # the device's BlockBackend takes write from now on (qemuio_command's blk_set_perm)
+        view = perms.PermView(vm.graph)
+        view.set_blk(node, f"block device '{device}'", perms.READ | perms.WRITE)
+        view.check(node)
+        vm.graph.device_perm[device] = perms.READ | perms.WRITE
     verb, offset, length = req.verb, req.offset, req.length
     if verb == "":
         return ""
@@ -173,7 +175,9 @@ def qmp_hmp(vm: Any, args: dict) -> str:
     try:
         vm.console.append(run_qemu_io(vm, words[0], words[1]))
     except QMPError as err:
-        prefix = "" if err.desc.startswith("Permission conflict") else "Error: "
+        # qemu-io reports a permission it cannot take itself (error_report_err): no "Error: "
+        own = err.desc.startswith("Permission conflict") or err.desc == "Block node is read-only"
+        prefix = "" if own else "Error: "
         return f"{prefix}{err.desc}\r\n"
     try:  # warn_report reaches the monitor: a hex size with a suffix
         warnings = parse_qemu_io(words[1]).warnings

@@ -1,0 +1,327 @@
+"""QEMU 7.2's block permissions over bitlab's graph (block.c, block/copy-before-write.c).
+
+Every edge into a node (a node's child link, or a BlockBackend's ``root`` link: devices, exports,
+qemu-io, jobs) takes permissions and shares permissions. A node's links to its children take
+what the driver's ``child_perm`` derives from the node's cumulative parents (what they all take,
+what they all share). Before a graph change is kept, QEMU walks the nodes it touched in
+topological order (``bdrv_topological_dfs``) and, for each, checks every ordered pair of
+parents (newest first, as ``bs->parents`` lists them: ``bdrv_parent_perms_conflict``), then
+that no writer sits on a read-only node (``bdrv_node_refresh_perm``). The first failure is the
+error, with QEMU's text, and nothing changes.
+
+bitlab checks on a :class:`PermView` of the graph with the change applied, never on the graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import generic
+from .node import BlockNode
+
+READ, WRITE, WRITE_UNCHANGED, RESIZE = 1, 2, 4, 8
+ALL = READ | WRITE | WRITE_UNCHANGED | RESIZE
+PERM_NAMES = ((READ, "consistent read"), (WRITE, "write"), (WRITE_UNCHANGED, "write unchanged"), (RESIZE, "resize"))
+QAPI_NAMES = {READ: "consistent-read", WRITE: "write", WRITE_UNCHANGED: "write-unchanged", RESIZE: "resize"}
+EXPORT_SHARED = ALL & ~RESIZE  # an NBD export shares everything but resize (nbd_export_create)
+UNNAMED = "an unnamed block device"
+
+
+def perm_names(perm: int) -> str:
+    """bdrv_perm_names: ``write, resize``."""
+    return ", ".join(name for bit, name in PERM_NAMES if perm & bit)
+
+
+def qapi_perms(perm: int) -> list[str]:
+    """The BlockPermission names of ``perm`` (x-debug-query-block-graph lists them high bit first)."""
+    return [QAPI_NAMES[bit] for bit in (RESIZE, WRITE_UNCHANGED, WRITE, READ) if perm & bit]
+
+
+@dataclass(eq=False)
+class Blk:
+    """A BlockBackend's root link (or a job's link): fixed permissions and how QEMU names its user."""
+
+    desc: str
+    perm: int
+    shared: int = ALL
+    role: str = "root"
+
+
+@dataclass(eq=False)
+class Edge:
+    """One parent link into a node: from a node (``parent``) or a BlockBackend (``blk``)."""
+
+    role: str
+    parent: BlockNode | None = None
+    blk: Blk | None = None
+
+    def user(self) -> str:
+        """bdrv_child_user_desc."""
+        return f"node '{self.parent.node_name}'" if self.parent is not None else self.blk.desc  # type: ignore[union-attr]
+
+
+def _filter_perms(perm: int, shared: int) -> tuple[int, int]:
+    """bdrv_filter_default_perms: everything passes through."""
+    return perm & ALL, shared & ALL
+
+
+def child_perm(node: BlockNode, role: str, perm: int, shared: int, has_parents: bool) -> tuple[int, int]:
+    """The driver's bdrv_child_perm for ``node``'s ``role`` child, from ``node``'s cumulative perms."""
+    driver = node.driver
+    if driver == "copy-before-write":
+        if role == "target":  # cbw_child_perm: write, sharing all but resize
+            return WRITE, ALL & ~RESIZE
+        nperm, nshared = _filter_perms(perm, shared)
+        if has_parents:
+            if perm & WRITE:
+                nperm |= READ
+            nshared &= ~(WRITE | RESIZE)
+        return nperm, nshared
+    if driver == "qcow2" and role == "backing":  # bdrv_default_perms_for_cow
+        nshared = (WRITE | RESIZE) if shared & WRITE else 0
+        return perm & READ, nshared | READ | WRITE_UNCHANGED
+    if driver == "qcow2":  # bdrv_default_perms_for_storage, a DATA | METADATA child
+        nperm, nshared = _filter_perms(perm, shared)
+        if not node.read_only:
+            nperm |= WRITE | RESIZE
+        nperm |= READ
+        nshared &= ~(WRITE | RESIZE)
+        if nperm & WRITE_UNCHANGED:
+            nperm |= WRITE
+        if nperm & WRITE:
+            nperm |= RESIZE
+        return nperm, nshared
+    nperm, nshared = _filter_perms(perm, shared)  # raw (no offset or size), blkdebug: filters
+    if driver == "blkdebug":
+        nperm |= _perm_set(node.options.get("take-child-perms", []))
+        nshared &= ~_perm_set(node.options.get("unshare-child-perms", []))
+    return nperm, nshared
+
+
+def _perm_set(names: list[str]) -> int:
+    by_name = {name: bit for bit, name in QAPI_NAMES.items()}
+    perm = 0
+    for name in names:
+        perm |= by_name.get(name, 0)
+    return perm
+
+
+class PermView:
+    """A copy of the graph's links, newest parent first, that a change can be tried on."""
+
+    def __init__(self, graph: Any) -> None:
+        self.children: dict[int, list[tuple[str, BlockNode]]] = {}
+        self.parents: dict[int, list[Edge]] = {}
+        stamped: list[tuple[int, int, Edge]] = []  # (when the link was made, id of its child, the link)
+        nodes = list(graph.nodes.values())
+        for node in nodes:
+            self.children[id(node)] = list(reversed(node.children))  # QLIST_INSERT_HEAD: newest first
+            for role, child in node.children:
+                stamped.append((graph.link_order.get((id(node), role), 0), id(child), Edge(role, parent=node)))
+        for name, root in graph.devices.items():
+            blk = Blk(f"block device '{name}'", graph.device_perm.get(name, READ))
+            stamped.append((graph.link_order.get(("device", name), 0), id(root), Edge("root", blk=blk)))
+        for exp in graph.blks:
+            perm = READ | (WRITE if getattr(exp, "writable", False) else 0)
+            edge = Edge("root", blk=Blk(UNNAMED, perm, EXPORT_SHARED))
+            stamped.append((graph.link_order.get(("blk", id(exp)), 0), id(exp.node), edge))
+        for name in graph.job_held:  # the backup job's 'main node' link: it takes nothing, shares all
+            node = graph.nodes.get(name)
+            if node is not None:
+                stamped.append((0, id(node), Edge("main node", blk=Blk("a block job", 0))))
+        stamped.sort(key=lambda item: -item[0])
+        for _, child_id, edge in stamped:
+            self.parents.setdefault(child_id, []).append(edge)
+
+    # -- changes (each new link is the newest parent of its child) -------------------------
+    def attach(self, parent: BlockNode, role: str, child: BlockNode) -> None:
+        """bdrv_attach_child."""
+        self.children.setdefault(id(parent), []).insert(0, (role, child))
+        self.parents.setdefault(id(child), []).insert(0, Edge(role, parent=parent))
+
+    def add_blk(self, node: BlockNode, blk: Blk) -> None:
+        """blk_insert_bs (or a job's block_job_add_bdrv)."""
+        self.parents.setdefault(id(node), []).insert(0, Edge(blk.role, blk=blk))
+
+    def set_blk(self, node: BlockNode, desc: str, perm: int) -> None:
+        """blk_set_perm on the (newest) BlockBackend of ``node`` described ``desc``."""
+        for edge in self.parents.get(id(node), []):
+            if edge.blk is not None and edge.blk.desc == desc:
+                edge.blk = Blk(desc, perm, edge.blk.shared, edge.blk.role)
+                return
+
+    def replace(self, old: BlockNode, new: BlockNode) -> None:
+        """bdrv_replace_node: ``old``'s parents outside ``new``'s subtree move to ``new``."""
+        inside = self.subtree(new)
+        keep, moved = [], []
+        for edge in self.parents.get(id(old), []):
+            (keep if edge.parent is not None and id(edge.parent) in inside else moved).append(edge)
+        self.parents[id(old)] = keep
+        for edge in moved:  # each goes to the head of new's list: their order reverses
+            self.parents.setdefault(id(new), []).insert(0, edge)
+            if edge.parent is not None:
+                self.children[id(edge.parent)] = [(role, new if child is old and role == edge.role else child)
+                                                  for role, child in self.children[id(edge.parent)]]
+
+    def subtree(self, top: BlockNode) -> set[int]:
+        seen: set[int] = set()
+        todo = [top]
+        while todo:
+            node = todo.pop()
+            if id(node) not in seen:
+                seen.add(id(node))
+                todo.extend(child for _, child in self.children.get(id(node), []))
+        return seen
+
+    # -- permissions ------------------------------------------------------------------------
+    def edge_perms(self, node: BlockNode, edge: Edge) -> tuple[int, int]:
+        """What a parent link into ``node`` takes and shares."""
+        if edge.blk is not None:
+            return edge.blk.perm, edge.blk.shared
+        parent = edge.parent
+        assert parent is not None
+        perm, shared = self.cumulative(parent)
+        return child_perm(parent, edge.role, perm, shared, bool(self.parents.get(id(parent))))
+
+    def cumulative(self, node: BlockNode) -> tuple[int, int]:
+        """bdrv_get_cumulative_perm."""
+        perm, shared = 0, ALL
+        for edge in self.parents.get(id(node), []):
+            p, s = self.edge_perms(node, edge)
+            perm, shared = perm | p, shared & s
+        return perm, shared
+
+    def topological(self, *starts: BlockNode) -> list[BlockNode]:
+        """bdrv_topological_dfs from each start in turn (later starts' nodes come first)."""
+        order: list[BlockNode] = []
+        found: set[int] = set()
+
+        def dfs(node: BlockNode) -> list[BlockNode]:
+            if id(node) in found:
+                return []
+            found.add(id(node))
+            below: list[BlockNode] = []
+            for _, child in self.children.get(id(node), []):
+                below = dfs(child) + below
+            return [node] + below
+
+        for start in starts:
+            order = dfs(start) + order
+        return order
+
+    def conflict(self, node: BlockNode) -> str | None:
+        """bdrv_parent_perms_conflict, then bdrv_node_refresh_perm's read-only check."""
+        edges = self.parents.get(id(node), [])
+        perms = [self.edge_perms(node, edge) for edge in edges]
+        name = node.node_name
+        for a, (_, a_shared) in zip(edges, perms):
+            for b, (b_perm, _) in zip(edges, perms):
+                if a is not b and b_perm & ~a_shared:
+                    return (f"Permission conflict on node '{name}': permissions '{perm_names(b_perm & ~a_shared)}' "
+                            f"are both required by {b.user()} (uses node '{name}' as '{b.role}' child) and "
+                            f"unshared by {a.user()} (uses node '{name}' as '{a.role}' child).")
+        if node.read_only and any(p & (WRITE | WRITE_UNCHANGED) for p, _ in perms):
+            return "Block node is read-only"
+        return None
+
+    def first_error(self, *starts: BlockNode) -> str | None:
+        """The first conflict below ``starts`` in QEMU's order, or None."""
+        for node in self.topological(*starts):
+            text = self.conflict(node)
+            if text is not None:
+                return text
+        return None
+
+    def check(self, *starts: BlockNode, prefix: str = "") -> None:
+        """bdrv_list_refresh_perms over the nodes below ``starts``: QEMU's first error, raised."""
+        text = self.first_error(*starts)
+        if text is not None:
+            raise generic(prefix + text)
+
+
+def check_attach(graph: Any, parent: BlockNode, role: str, child: BlockNode) -> None:
+    """bdrv_attach_child of an existing node (blockdev-add taking it by reference)."""
+    view = PermView(graph)
+    view.attach(parent, role, child)
+    view.check(child)
+
+
+def check_blk(graph: Any, node: BlockNode, perm: int, shared: int = ALL, desc: str = UNNAMED) -> None:
+    """blk_insert_bs of a new BlockBackend taking ``perm``."""
+    if _alone(graph, node):  # nothing else uses it, and what it takes below does not change
+        if node.read_only and perm & (WRITE | WRITE_UNCHANGED):
+            raise generic("Block node is read-only")
+        return
+    view = PermView(graph)
+    view.add_blk(node, Blk(desc, perm, shared))
+    view.check(node)
+
+
+def _alone(graph: Any, node: BlockNode) -> bool:
+    """No parent of any kind, and a driver whose links below take the same whatever its parents take
+    (a writable qcow2 always writes its file; file and null-co have no children)."""
+    if node.parents or node.node_name in graph.job_held:
+        return False
+    if any(root is node for root in graph.devices.values()) or any(blk.node is node for blk in graph.blks):
+        return False
+    return node.driver in ("file", "null-co", "null-aio") or (node.driver == "qcow2" and not node.read_only)
+
+
+def check_export(graph: Any, node: BlockNode, writable: bool) -> tuple[str | None, str | None]:
+    """blk_exp_add's blk_insert_bs (reads, and writes if writable, sharing all), then
+    nbd_export_create's blk_set_perm (sharing all but resize): the error of the first, else of the second."""
+    view = PermView(graph)
+    blk = Blk(UNNAMED, READ | (WRITE if writable else 0))
+    view.add_blk(node, blk)
+    inserted = view.first_error(node)
+    if inserted is not None:
+        return inserted, None
+    blk.shared = EXPORT_SHARED
+    return None, view.first_error(node)
+
+
+class FilterStandIn(BlockNode):
+    """The copy-before-write node a backup is about to open (its links are tried before it exists)."""
+
+    driver = "copy-before-write"
+
+
+class BackupCheck:
+    """bdrv_cbw_append then block_job_create, step by step in QEMU's order (the caller runs the
+    checks QEMU makes between them)."""
+
+    def __init__(self, graph: Any, source: BlockNode, target: BlockNode, filter_name: str) -> None:
+        self.view = PermView(graph)
+        self.source = source
+        self.cbw = FilterStandIn(filter_name)
+
+    def create(self, target: BlockNode) -> None:
+        """cbw_open: the filter's links to the source and the target (errors carry no prefix yet:
+        bdrv_insert_node adds 'Could not create node: ')."""
+        self.view.attach(self.cbw, "file", self.source)
+        self.view.check(self.source)
+        self.view.attach(self.cbw, "target", target)
+        self.view.check(target)
+
+    def replace(self) -> None:
+        """bdrv_replace_node(source, filter)."""
+        self.view.replace(self.source, self.cbw)
+        self.view.check(self.cbw, self.source, prefix="Could not replace node: ")
+
+    def job(self, job_id: str) -> None:
+        """block_job_create's link to the filter ('main node': takes nothing, shares all)."""
+        self.view.add_blk(self.cbw, Blk(f"backup job '{job_id}'", 0, ALL, "main node"))
+        self.view.check(self.cbw)
+
+
+def edges(graph: Any) -> list[tuple[str, str, str, list[str], list[str]]]:
+    """Every node-to-node link with its permissions, as x-debug-query-block-graph shows them:
+    (parent, role, child, perm, shared)."""
+    view = PermView(graph)
+    out = []
+    for node in graph.nodes.values():
+        for role, child in node.children:
+            perm, shared = view.edge_perms(child, Edge(role, parent=node))
+            out.append((node.node_name, role, child.node_name, qapi_perms(perm), qapi_perms(shared)))
+    return out
