@@ -216,6 +216,41 @@ def _stop_all() -> None:
         shutil.rmtree(vm.workdir, ignore_errors=True)
 
 
+class _Held:
+    """What a QemuMachine holds outside itself: its QEMU process, its QMP client, its work directory.
+
+    A machine nobody refers to any more is stopped by a ``weakref.finalize`` of this, not by
+    ``__del__``: the cyclic garbage collector takes a machine together with its QMP client's worker
+    thread pool (a Jupyter kernel's :class:`_OwnThread`), and clears the pool's weak references
+    first, which ends its worker thread; a ``quit`` sent from ``__del__`` then waited for that
+    thread forever (a notebook hung so on real QEMU). The finalizer keeps the client alive until
+    QEMU has quit."""
+
+    __slots__ = ("proc", "qmp", "workdir")
+
+    def __init__(self, workdir: str) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.qmp: Any = None
+        self.workdir = workdir
+
+    def release(self) -> None:
+        """QMP quit (SIGKILL of our own PID if QEMU lingers), then remove the private work directory."""
+        qmp, proc = self.qmp, self.proc
+        self.qmp = self.proc = None
+        if qmp is not None:
+            with contextlib.suppress(Exception):  # it may already be gone
+                qmp.cmd_obj({"execute": "quit"})
+            with contextlib.suppress(Exception):
+                qmp._sync(qmp._qmp.disconnect(), 5)
+        if proc is not None:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 class QemuMachine(GuestIO, Monitor):
     """A real QEMU 7.2 (qemu-storage-daemon or the system emulator) behind bitlab's Machine API.
 
@@ -253,8 +288,9 @@ class QemuMachine(GuestIO, Monitor):
         self.backstage: list[dict] = []  # the backend's own helper commands and their replies
         self.console: list[str] = []
         self.startup_ms: float | None = None
-        self._proc: subprocess.Popen | None = None
-        self._qmp: Any = None
+        self._held = _Held(self.workdir)  # its QEMU process and QMP client (properties _proc, _qmp)
+        self._finalizer = weakref.finalize(self, self._held.release)
+        self._finalizer.atexit = False  # at exit, _stop_all stops QEMU (QMP may be unusable by then)
         self._closed = False
         self._exports: dict[str, str] = {}  # the node addressed -> id (= NBD name) of the backend's export
         self._server: nbd.Address | None = None  # where QEMU's one NBD server listens, if it runs
@@ -265,6 +301,22 @@ class QemuMachine(GuestIO, Monitor):
         self._t0 = time.monotonic()
 
     # -- process ----------------------------------------------------------------------
+    @property
+    def _proc(self) -> subprocess.Popen | None:
+        return self._held.proc
+
+    @_proc.setter
+    def _proc(self, proc: subprocess.Popen | None) -> None:
+        self._held.proc = proc
+
+    @property
+    def _qmp(self) -> Any:
+        return self._held.qmp
+
+    @_qmp.setter
+    def _qmp(self, qmp: Any) -> None:
+        self._held.qmp = qmp
+
     @property
     def started(self) -> bool:
         """Whether a QEMU process runs for this machine now."""
@@ -397,10 +449,6 @@ class QemuMachine(GuestIO, Monitor):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_proc", None) is not None:
-            self.close()
 
     def restart(self, *, clean: bool = True) -> QemuMachine:
         """Quit (clean) or SIGKILL QEMU, then start the same kind again over the same files."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import shutil
 import socket
@@ -134,6 +136,27 @@ def test_context_manager_stops_qemu_even_after_an_error(daemon):
         vm.qmp("blockdev-del", {"node-name": "nope"})
     assert pid is not None and gone(pid)
     assert not vm.started and not os.path.exists(vm.workdir)
+
+
+def test_a_machine_the_garbage_collector_takes_quits_its_qemu(daemon):
+    """In a running event loop (a Jupyter kernel) the QMP client lives on a worker thread of its own; a
+    machine in a reference cycle is collected together with that thread's pool, whose weak references
+    are cleared first (its worker ends). Stopping QEMU from ``__del__`` then waited forever; the
+    machine's finalizer keeps the client until QEMU has quit."""
+
+    async def in_a_loop() -> tuple[int, str]:
+        vm = QemuMachine(daemon=daemon)
+        vm.qmp("query-jobs")
+        assert type(vm._qmp).__name__ == "_OwnThread"
+        vm.cycle = vm  # only the cyclic collector frees it
+        return vm._proc.pid, vm.workdir
+
+    pid, workdir = asyncio.run(in_a_loop())
+    collector = threading.Thread(target=gc.collect, daemon=True)
+    collector.start()
+    collector.join(60)
+    assert not collector.is_alive(), "the garbage collector hangs stopping QEMU"
+    assert gone(pid) and not os.path.exists(workdir)
 
 
 def test_missing_qemu_is_one_clear_message(monkeypatch):
