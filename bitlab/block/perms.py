@@ -113,6 +113,7 @@ class PermView:
     def __init__(self, graph: Any) -> None:
         self.children: dict[int, list[tuple[str, BlockNode]]] = {}
         self.parents: dict[int, list[Edge]] = {}
+        self._cumulative: dict[int, tuple[int, int]] = {}  # memo of cumulative(), cleared by every change
         stamped: list[tuple[int, int, Edge]] = []  # (when the link was made, id of its child, the link)
         nodes = list(graph.nodes.values())
         for node in nodes:
@@ -137,22 +138,27 @@ class PermView:
     # -- changes (each new link is the newest parent of its child) -------------------------
     def attach(self, parent: BlockNode, role: str, child: BlockNode) -> None:
         """bdrv_attach_child."""
+        self._cumulative.clear()
         self.children.setdefault(id(parent), []).insert(0, (role, child))
         self.parents.setdefault(id(child), []).insert(0, Edge(role, parent=parent))
 
     def add_blk(self, node: BlockNode, blk: Blk) -> None:
         """blk_insert_bs (or a job's block_job_add_bdrv)."""
+        self._cumulative.clear()
         self.parents.setdefault(id(node), []).insert(0, Edge(blk.role, blk=blk))
 
-    def set_blk(self, node: BlockNode, desc: str, perm: int) -> None:
-        """blk_set_perm on the (newest) BlockBackend of ``node`` described ``desc``."""
+    def set_blk(self, node: BlockNode, desc: str, perm: int, shared: int | None = None) -> None:
+        """blk_set_perm on the (newest) BlockBackend of ``node`` described ``desc`` (``shared``: as
+        it was, unless given)."""
+        self._cumulative.clear()
         for edge in self.parents.get(id(node), []):
             if edge.blk is not None and edge.blk.desc == desc:
-                edge.blk = Blk(desc, perm, edge.blk.shared, edge.blk.role)
+                edge.blk = Blk(desc, perm, edge.blk.shared if shared is None else shared, edge.blk.role)
                 return
 
     def replace(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: ``old``'s parents outside ``new``'s subtree move to ``new``."""
+        self._cumulative.clear()
         inside = self.subtree(new)
         keep, moved = [], []
         for edge in self.parents.get(id(old), []):
@@ -186,11 +192,14 @@ class PermView:
 
     def cumulative(self, node: BlockNode) -> tuple[int, int]:
         """bdrv_get_cumulative_perm."""
-        perm, shared = 0, ALL
-        for edge in self.parents.get(id(node), []):
-            p, s = self.edge_perms(node, edge)
-            perm, shared = perm | p, shared & s
-        return perm, shared
+        got = self._cumulative.get(id(node))
+        if got is None:
+            perm, shared = 0, ALL
+            for edge in self.parents.get(id(node), []):
+                p, s = self.edge_perms(node, edge)
+                perm, shared = perm | p, shared & s
+            got = self._cumulative[id(node)] = (perm, shared)
+        return got
 
     def topological(self, *starts: BlockNode) -> list[BlockNode]:
         """bdrv_topological_dfs from each start in turn (later starts' nodes come first)."""
@@ -277,7 +286,7 @@ def check_export(graph: Any, node: BlockNode, writable: bool) -> tuple[str | Non
     inserted = view.first_error(node)
     if inserted is not None:
         return inserted, None
-    blk.shared = EXPORT_SHARED
+    view.set_blk(node, UNNAMED, blk.perm, EXPORT_SHARED)
     return None, view.first_error(node)
 
 
