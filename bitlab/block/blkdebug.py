@@ -166,6 +166,9 @@ class BlkdebugNode(BlockNode):
     def hears_host_writes(self) -> bool:
         return bool(self.bitmaps) or self.inner.hears_host_writes()
 
+    def note_failed_write(self, offsets, lengths) -> None:
+        self._dirty_batch(offsets, lengths)
+
     def note_write(self, offsets, lengths) -> None:
         super().note_write(offsets, lengths)
         self.inner.note_write(offsets, lengths)

@@ -204,6 +204,10 @@ class BlockNode:
         """Whether writes a format driver makes to this node matter here: a dirty bitmap on it."""
         return bool(self.bitmaps)
 
+    def note_failed_write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """A write a driver here failed: only blkdebug dirties its bitmaps (bdrv_co_write_req_finish
+        dirties whatever the result; QEMU 7.2 asserts for a failed write past the end, bitlab clips)."""
+
     def note_write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """Writes a format driver above made at these byte ranges of this node (its data kept above):
         a write past the end grows the node and its bitmaps (bdrv_co_write_req_finish), then dirties."""
@@ -515,7 +519,7 @@ class Qcow2Node(FormatNode):
                 return
             lo, hi = self._cow_ranges(offsets, ends)
             pieces = None
-            if sectors and check:  # where the clusters will be: a dry run on a copy of the layout
+            if check:  # where the clusters will be: a dry run on a copy of the layout
                 probe = copy.deepcopy(self.image.layout)
                 probe.before_merge(offsets, ends, values)
                 pieces = []
@@ -537,16 +541,22 @@ class Qcow2Node(FormatNode):
         """blkdebug's verdict on the data write (``pieces``: (iotype, host offsets, lengths), None where
         no rule names a sector). qcow2 wrote the L2 table of a cluster it allocates before the data
         write, which may fail."""
+        done: list[tuple[int, int]] = []
         try:
             if pieces is None:
                 self.file.debug_check("write", None, 0)
             for iotype, hosts, lengths in pieces or ():
                 for host, n in zip(hosts.tolist(), lengths.tolist()):
+                    done.append((host, n))
                     self.file.debug_check(iotype, host, n)
         except Exception:  # BlockIOError (blkdebug.py imports this module)
-            if self.image.data.value_at(offset) == UNALLOCATED:
-                with self._file_sees():
+            with self._file_sees():
+                if self.image.data.value_at(offset) == UNALLOCATED:
                     self.image.note_failed_write(offset)
+                if done:  # the requests before reached the file; the failed one dirtied blkdebug's bitmaps
+                    ok = np.array(done[:-1], dtype=np.int64).reshape(-1, 2)
+                    self.file.note_write(ok[:, 0], ok[:, 1])
+                    self.file.note_failed_write(np.array([done[-1][0]]), np.array([done[-1][1]]))
             raise
 
     def pread(self, offset, length):
@@ -662,11 +672,17 @@ class Qcow2Node(FormatNode):
 
     def flush(self):
         """qcow2_co_flush_to_os writes back the L2 table and refcount block caches, then the file flushes."""
-        with self._file_sees():
-            self.image.layout.flush()
+        self.write_back()
         self.file.debug_event("flush_to_os")
         self.file.debug_event("flush_to_disk")
         self.file.debug_check("flush", 0, 0)
+
+    def write_back(self) -> None:
+        """The caches' dirty L2 tables and refcount blocks are written (a flush, or closing the node)."""
+        if self.image._layout is None:  # (an image not followed from its creation: nothing is dirty)
+            return
+        with self._file_sees():
+            self.image.layout.flush()
 
     def _store_batch(self, offsets, lengths, values):
         if not len(offsets):

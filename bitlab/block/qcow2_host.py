@@ -458,11 +458,12 @@ class HostLayout:
         host_last = int(at[last])
         self._refcounts_changed(np.array([self.top]), np.array([host_last + 1]))
         d_pos = pos[nt:]
-        self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_pos < cut], z_tab[z_owner < cut_owner]))).tolist())
+        z_before = (z_owner < cut_owner) | ((z_owner == cut_owner) & (z_tab < tab[last]))  # (table by table)
+        self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_pos < cut], z_tab[z_before]))).tolist())
         self._write_back_refblocks()
         self._write_back_l2()
         self._write(self.l1_offset + 8 * tab, np.full(nt, 8, dtype=np.int64))
-        self.dirty_l2.update(np.unique(np.concatenate((d_tab[d_pos > cut], z_tab[z_owner >= cut_owner]))).tolist())
+        self.dirty_l2.update(np.unique(np.concatenate((d_tab[d_pos > cut], z_tab[~z_before]))).tolist())
         if end > host_last + 1:
             self._refcounts_changed(np.array([host_last + 1]), np.array([end]))
 
