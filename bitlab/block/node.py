@@ -679,7 +679,7 @@ class Qcow2Node(FormatNode):
 
     def write_back(self) -> None:
         """The caches' dirty L2 tables and refcount blocks are written (a flush, or closing the node)."""
-        if self.image._layout is None:  # (an image not followed from its creation: nothing is dirty)
+        if self.image._layout is None or self.child("file") is None:  # (nothing dirty is known; no file yet)
             return
         with self._file_sees():
             self.image.layout.flush()
