@@ -26,10 +26,13 @@ def file_bitmaps(vm: Machine, node: str = "f") -> list[tuple[str, int, str]]:
 
 def guest_writes(vm: Machine, commands: list[str]) -> list[tuple[str, int, str]]:
     """A new 1 GiB image opened with a named file node ``f`` holding bitmaps of 512 bytes and 64 KiB
-    granularity; qemu-io commands on the qcow2 node ("clear": both bitmaps cleared)."""
+    granularity; qemu-io commands on the qcow2 node ("clear": both bitmaps cleared; "unmap" first: the
+    qcow2 node has discard=unmap, which its file node inherits)."""
     vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "1G")
-    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n",
+    unmap = {"discard": "unmap"} if commands[:1] == ["unmap"] else {}
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", **unmap,
                             "file": {"driver": "file", "filename": "a.qcow2", "node-name": "f"}})
+    commands = commands[1:] if unmap else commands
     for g in (512, 65536):
         vm.qmp("block-dirty-bitmap-add", {"node": "f", "name": f"g{g}", "granularity": g})
     for command in commands:
@@ -68,6 +71,23 @@ GUEST_CASES = {
     "zero-flushed": (["write -P 1 0 4k", "clear", "write -z 64k 64k", "flush"],
                      (131072, "cd02c0ea4c41fe48ef1ae448764c28e4dcc1235c535811a82469d55df9081982"),
                      (131072, "0c27700c82d333aa295692f1814040a962d7bc530253af661d97635dd5ed7af9")),
+    # a freed cluster: lowering a refcount makes the refcount cache depend on the L2 cache, which
+    # depended on it: the dirty refcount block is written at once; the data cluster's discard reaches
+    # the file (discard=unmap inherited)
+    "discard": (["unmap", "write -P 1 0 128k", "clear", "discard 0 64k"],
+                (131072, "47c4dc112718e77156bcec60cb743131136340702c68223716ab23cf29478210"),
+                (131072, "dd3168a635e962767dc4501dcef1d88bdfd9825d9c5a55d01dff715e7da9b5ec")),
+    "zero-unmap-flushed": (["unmap", "write -P 1 0 128k", "clear", "write -z -u 0 64k", "flush"],
+                (196608, "6d33289e037b5830035181a2d5269ebe0aff70b93be07b73203a37175b291cb3"),
+                (196608, "dcbe298920b50037fcfb8dda1e57ad49eeeedd8e0ddafc2deed4902c1bc11d3a")),
+    "discard-then-new-table": (["unmap", "write -P 1 0 128k", "write -P 1 1M 64k", "clear", "discard 0 64k",
+                                "write -P 2 700M 64k", "discard 1M 64k", "flush"],
+                (328192, "7c44cba24ca318449918d93acc4f2441f8324da4b56d6f41caf870a98be72e7c"),
+                (393216, "2533f740b831c94814a9f7e0a99df2826c6ce5559eb0546c2e3c5e3c6d892feb")),
+    # without unmap the discard is ignored; the file node sees nothing
+    "discard-ignored": (["write -P 1 0 128k", "clear", "discard 0 64k"],
+                (0, "b5fdab78d8947eacc864bfeecb4d2100780e5afe1cd8efafb124887913ac49fa"),
+                (0, "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc")),
 }
 
 
@@ -221,6 +241,7 @@ def test_batch_path_writes_back_what_requests_one_by_one_do(seed):
     assert a.end_cluster() == b.end_cluster()
     assert a.dirty_l2 == b.dirty_l2
     assert a.dirty_refblocks == b.dirty_refblocks
+    assert a.depends == b.depends
     assert _cluster_set(*a.drain_written(), cs) == _cluster_set(*b.drain_written(), cs)
     a.flush()
     b.flush()

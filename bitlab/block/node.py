@@ -476,16 +476,28 @@ class Qcow2Node(FormatNode):
         outer = not self._seeing
         if listen and outer:
             self.image.layout.drain_written()  # (older writes, made while nobody listened)
+            self.image.layout.drain_discarded()
         self._seeing += 1
         try:
             yield listen
         finally:
             self._seeing -= 1
         if listen:
-            offsets, lengths = self.image.layout.drain_written()
+            layout = self.image.layout
+            offsets, lengths = layout.drain_written()
             self.file.note_write(offsets, lengths)
+            offsets, lengths = layout.drain_discarded()
+            if self._passes_discards():  # (qcow2_process_discards; a file without unmap ignores them)
+                self.file.note_write(offsets, lengths)
         elif self.image._layout is not None:
             self.image._layout.written.clear()
+            self.image._layout.discarded.clear()
+
+    def _passes_discards(self) -> bool:
+        """Whether the file child takes the discards of freed clusters: it was opened with discard=unmap,
+        or inherited it from this node (the option not given)."""
+        file = self.file
+        return file.discard_unmap or ("discard" not in file.options and self.discard_unmap)
 
     def _cow_ranges(self, offsets: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The host-side extent of data writes ``[offsets, ends)``: a partly written cluster that gets a
@@ -519,7 +531,8 @@ class Qcow2Node(FormatNode):
                 return
             lo, hi = self._cow_ranges(offsets, ends)
             pieces = None
-            if check:  # where the clusters will be: a dry run on a copy of the layout
+            if check and (sectors or file.driver == "blkdebug"):  # (blkdebug's bitmaps see failed writes too)
+                # where the clusters will be: a dry run on a copy of the layout
                 probe = copy.deepcopy(self.image.layout)
                 probe.before_merge(offsets, ends, values)
                 pieces = []

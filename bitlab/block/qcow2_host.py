@@ -93,6 +93,8 @@ class HostLayout:
         self.dirty_refblocks: set[int] = set()  # refcount blocks changed in the cache, not written yet
         self.dirty_l2: set[int] = set()  # L2 tables (L1 indices) changed in the cache, not written yet
         self.written: list[tuple[np.ndarray, np.ndarray]] = []  # metadata writes (byte offsets, lengths)
+        self.discarded: list[tuple[np.ndarray, np.ndarray]] = []  # guest data clusters freed (host byte ranges)
+        self.depends: dict[str, str | None] = {"l2": None, "rb": None}  # qcow2_cache_set_dependency
 
     # -- free space ---------------------------------------------------------------------------
     def _free_runs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -127,14 +129,38 @@ class HostLayout:
         if offsets.size:
             self.written.append((offsets.astype(np.int64), lengths.astype(np.int64)))
 
+    def _flush_cache(self, which: str) -> None:
+        """qcow2_cache_flush of the L2 table cache (``l2``) or the refcount block cache (``rb``): the
+        cache it depends on first, if it has a dirty entry (qcow2_cache_entry_flush)."""
+        dirty = self.dirty_l2 if which == "l2" else self.dirty_refblocks
+        dep = self.depends[which]
+        if dep is not None and dirty:
+            self.depends[which] = None
+            self._flush_cache(dep)
+        if which == "l2":
+            self._write_back_l2()
+        else:
+            self._write_back_refblocks()
+
+    def _set_dependency(self, cache: str, dependency: str) -> None:
+        """qcow2_cache_set_dependency: ``cache`` is written only after ``dependency``; a dependency the
+        other way round is flushed first."""
+        if self.depends[dependency] is not None:
+            self.depends[dependency], dep = None, self.depends[dependency]
+            self._flush_cache(dep)
+        if self.depends[cache] not in (None, dependency):
+            self.depends[cache], dep = None, self.depends[cache]
+            self._flush_cache(dep)
+        self.depends[cache] = dependency
+
     def _write_back_refblocks(self) -> None:
-        """qcow2_cache_flush of the refcount block cache: each dirty block written whole."""
+        """The refcount block cache written: each dirty block whole."""
         hosts = [self.refblock_hosts[i] for i in sorted(self.dirty_refblocks) if i < len(self.refblock_hosts)]
         self.dirty_refblocks.clear()
         self._write(np.array(hosts, dtype=np.int64) * self.cs, np.full(len(hosts), self.cs, dtype=np.int64))
 
     def _write_back_l2(self) -> None:
-        """qcow2_cache_flush of the L2 table cache: each dirty table written whole."""
+        """The L2 table cache written: each dirty table whole."""
         if not self.dirty_l2:
             return
         index = np.array(sorted(self.dirty_l2), dtype=np.int64)
@@ -144,20 +170,30 @@ class HostLayout:
         self._write(hosts * self.cs, np.full(hosts.size, self.cs, dtype=np.int64))
 
     def flush(self) -> None:
-        """qcow2_write_caches: the L2 table cache (which depends on the refcount block cache, so that
-        one first), then the refcount block cache."""
-        self._write_back_refblocks()
-        self._write_back_l2()
+        """qcow2_write_caches: the L2 table cache, then the refcount block cache (each after the one it
+        depends on)."""
+        self._flush_cache("l2")
+        self._flush_cache("rb")
 
     def _l2_allocate(self, index: int) -> None:
         """l2_allocate: a cluster for the table, the refcount block cache flushed, the new table written
         with every other dirty one (the L2 cache flushed), then its L1 entry (8 bytes, written at once)."""
         host = self.alloc(1)
         self.l2.write(index, 1, host)
-        self._write_back_refblocks()
+        self._flush_cache("rb")
         self.dirty_l2.add(index)
-        self._write_back_l2()
+        self._flush_cache("l2")
         self._write(np.array([self.l1_offset + 8 * index]), np.array([8]))
+
+    def drain_discarded(self) -> tuple[np.ndarray, np.ndarray]:
+        """The data clusters freed since the last call (qcow2 passes their discard to the file): host
+        byte offsets and lengths."""
+        if not self.discarded:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        starts = np.concatenate([d[0] for d in self.discarded])
+        ends = np.concatenate([d[1] for d in self.discarded])
+        self.discarded.clear()
+        return starts * self.cs, (ends - starts) * self.cs
 
     def drain_written(self) -> tuple[np.ndarray, np.ndarray]:
         """The metadata writes since the last call: (host byte offsets, lengths)."""
@@ -208,6 +244,7 @@ class HostLayout:
         if not keep.any():
             return
         starts, ends = starts[keep], ends[keep]
+        self._set_dependency("rb", "l2")  # update_refcount, decreasing
         self.free.write_batch(starts, ends - starts, FREE)
         self._refcounts_changed(starts, ends)
         self.fci = min(self.fci, int(starts.min()))
@@ -271,8 +308,7 @@ class HostLayout:
             if self.l2.value_at(index) < 0:
                 self._l2_allocate(index)
             s, e, v = self.guest.extents(lo, hi - lo)
-            if (v == NONE).any():  # new clusters: their L2 entries change (qcow2_alloc_cluster_link_l2)
-                self.dirty_l2.add(index)
+            linked = bool((v == NONE).any())  # new clusters: their L2 entries change (qcow2_alloc_cluster_link_l2)
             for a, b, d in zip(s.tolist(), e.tolist(), v.tolist()):
                 if d != NONE:  # written in place (COPIED)
                     expected = a + d + (b - a)
@@ -289,6 +325,9 @@ class HostLayout:
                     self.guest.write(a, b - a, pos - a)
                     expected = pos + (b - a)
                     a = b
+            if linked:
+                self._set_dependency("l2", "rb")
+                self.dirty_l2.add(index)
 
     def zero_request(self, c0: int, c1: int, f0: int, f1: int) -> None:
         """A zero write or discard over guest clusters ``[c0, c1)``: L2 tables where missing, and the
@@ -308,6 +347,7 @@ class HostLayout:
         if s.size:
             self.guest.write(lo, hi - lo, NONE)
             self.release(s + v, e + v)
+            self.discarded.append((s + v, e + v))
 
     # -- a batch of content writes ----------------------------------------------------------
     def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
@@ -440,6 +480,8 @@ class HostLayout:
         is dirty by then, so the last one writes everything dirtied before it (refcount blocks of the
         clusters allocated so far, the tables of the requests before it, every new table)."""
         P = self.per_l2
+        if d_tab.size and self.depends["rb"] == "l2":  # the first link flushes the L2 cache (before the batch)
+            self._set_dependency("l2", "rb")
         z = np.flatnonzero(zeroing)
         if z.size:  # the tables a zero write changes
             n = (c1[z] - 1) // P - c0[z] // P + 1
@@ -450,7 +492,15 @@ class HostLayout:
         if not nt:
             self.dirty_l2.update(np.unique(np.concatenate((d_tab, z_tab))).tolist())
             self._refcounts_changed(np.array([self.top]), np.array([end]))
-            return
+            linked_after = bool(d_tab.size)
+        else:
+            linked_after = self._batch_tables(order, nt, tab, t_owner, at, d_tab, z_tab, z_owner, end)
+        if linked_after:  # links after the last table's write-back leave the L2 cache depending
+            self._set_dependency("l2", "rb")
+
+    def _batch_tables(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
+                      d_tab: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray, end: int) -> bool:
+        """:meth:`_batch_caches` where the batch makes new tables; whether data links follow the last."""
         pos = np.empty(order.size, dtype=np.int64)
         pos[order] = np.arange(order.size)
         last = int(np.argmax(pos[:nt]))
@@ -460,12 +510,13 @@ class HostLayout:
         d_pos = pos[nt:]
         z_before = (z_owner < cut_owner) | ((z_owner == cut_owner) & (z_tab < tab[last]))  # (table by table)
         self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_pos < cut], z_tab[z_before]))).tolist())
-        self._write_back_refblocks()
-        self._write_back_l2()
+        self._flush_cache("rb")
+        self._flush_cache("l2")
         self._write(self.l1_offset + 8 * tab, np.full(nt, 8, dtype=np.int64))
         self.dirty_l2.update(np.unique(np.concatenate((d_tab[d_pos > cut], z_tab[~z_before]))).tolist())
         if end > host_last + 1:
             self._refcounts_changed(np.array([host_last + 1]), np.array([end]))
+        return bool((d_pos > cut).any())
 
     def _with_refblocks(self, host: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
         """Allocations in a row from the file's end, each new refcount block taking the cluster after
