@@ -153,17 +153,22 @@ def test_life_cycle_episodes_stay_deterministic(monkeypatch: pytest.MonkeyPatch)
     error that recurs with 'ignore' (endless retries), a stop inside a grouped transaction (the others
     wait forever), a sync 'none' job left running at a settle, more than one worker but for a fresh
     source's read errors onto a qcow2 node, a grouped
-    transaction's failing member on raw over null-co that a sync 'top' would leave with nothing to read."""
+    transaction's failing member on raw over null-co that a sync 'top' would leave with nothing to read;
+    and no host layout (qemu-img map, check) of a target that several workers copied to."""
     from bitlab.conformance import generator
 
     monkeypatch.setattr(generator, "LIFE_CHANCE", 0.3)
-    several = 0
+    several = mapped = 0
     for index in range(150):
         steps = random_scenario(3, index)["steps"]
         endless: set[str] = set()  # life-cycle jobs of sync 'none'
         running: set[str] = set()
         added: dict[str, dict] = {}
+        parallel: set[str] = set()  # files of targets copied by several workers
         for step in steps:
+            if step.get("qemu-img", [""])[0] in ("map", "check"):
+                assert step["qemu-img"][-1] not in parallel, step
+                mapped += 1
             msg = step.get("qmp", {})
             args = msg.get("arguments", {})
             if msg.get("execute") == "blockdev-add" and args.get("file", {}).get("driver") == "blkdebug":
@@ -176,6 +181,7 @@ def test_life_cycle_episodes_stay_deterministic(monkeypatch: pytest.MonkeyPatch)
                 workers = args["x-perf"]["max-workers"]
                 several += workers > 1
                 if workers > 1:  # only a fresh source's read errors, onto a qcow2 node over a plain file
+                    parallel.add(added[args["target"]]["file"]["filename"])
                     source, target = added[args["device"]], added.get(args["target"], {})
                     assert msg["execute"] == "blockdev-backup" and source["node-name"].startswith("s")
                     assert source["driver"] == "qcow2" and target["driver"] == "qcow2"
@@ -200,7 +206,7 @@ def test_life_cycle_episodes_stay_deterministic(monkeypatch: pytest.MonkeyPatch)
                 running |= {args.get("id", args.get("device"))} & endless
             if "settle-jobs" in step:
                 assert not running, (index, running)
-    assert several >= 10
+    assert several >= 10 and mapped >= 10
 
 
 def _ignored(steps: list[dict], node: str) -> bool:
