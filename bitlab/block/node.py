@@ -536,8 +536,9 @@ class Qcow2Node(FormatNode):
                 probe = copy.deepcopy(self.image.layout)
                 probe.before_merge(offsets, ends, values)
                 pieces = []
-                if self.backing is None and (np.any(lo != offsets) or np.any(hi != ends)):
-                    _, h, n = probe.host_pieces(lo, hi)  # handle_alloc_space: zeroes first, then the data
+                cow = (lo != offsets) | (hi != ends)
+                if self.backing is None and cow.any():
+                    _, h, n = probe.host_pieces(lo[cow], hi[cow])  # handle_alloc_space: zeroes, then the data
                     pieces += [("write-zeroes", h, n)]
                     _, h, n = probe.host_pieces(offsets, ends)
                 else:  # the data, with the backing file's COW merged in

@@ -11,6 +11,10 @@ that stretch, contiguous, right after the host cluster the request used last if 
 clusters the refcount blocks cover, a new refcount block takes the first free cluster after it
 and the allocation is retried (``alloc_refcount_block``).
 
+It also keeps what qcow2's caches hold (qcow2-cache.c): which L2 tables and refcount blocks are dirty,
+which cache waits for the other (``qcow2_cache_set_dependency``), and logs the metadata writes they
+make (``l2_allocate``, a flush) and the data clusters freed, at host offsets, for the file node below.
+
 :class:`HostLayout` keeps it sparse: the guest->host map is an :class:`ExtentMap` over guest
 clusters whose value is ``host - guest`` (a contiguous allocation is one run), the L2 tables an
 :class:`ExtentMap` over L1 entries, free space an :class:`ExtentMap` over host clusters. It follows
