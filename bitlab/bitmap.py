@@ -200,6 +200,14 @@ class DirtyBitmap:
             mask = src_mask.reshape(-1, factor).any(axis=1)[: self.nbits]
         self.bits |= bits_from_bool(mask)
 
+    def grow(self, size: int) -> None:
+        """bdrv_dirty_bitmap_truncate when a write past its end grows the node: new bits are clean."""
+        if size > self.size:
+            self.size = size
+            self.bits.extend(_zeros(self.nbits - len(self.bits)))
+            if self.successor is not None:
+                self.successor.grow(size)
+
     def snapshot(self) -> bitarray:
         """A copy of the bits (for rollback)."""
         return self.bits.copy()

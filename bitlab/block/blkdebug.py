@@ -160,11 +160,24 @@ class BlkdebugNode(BlockNode):
                 new_state = rule.new_state
         self.state = new_state
 
+    def checks_sectors(self) -> bool:
+        return any(rule.offset != -1 for rule in self.rules) or self.inner.checks_sectors()
+
+    def hears_host_writes(self) -> bool:
+        return bool(self.bitmaps) or self.inner.hears_host_writes()
+
+    def note_failed_write(self, offsets, lengths) -> None:
+        self._dirty_batch(offsets, lengths)
+
+    def note_write(self, offsets, lengths) -> None:
+        super().note_write(offsets, lengths)
+        self.inner.note_write(offsets, lengths)
+
     def debug_check(self, iotype: str, offset: int | None, length: int) -> None:
         """rule_check: raise BlockIOError if an active rule matches this request.
 
-        ``sector`` is an offset in the image *file*; under qcow2 bitlab does not model where
-        data sits in the file (``offset`` None), so sector rules only match raw data.
+        ``sector`` is an offset in the image *file* (qcow2 data: its host offset, see
+        :meth:`Qcow2Node._write_data`); ``offset`` None is a request no sector rule matches.
         """
         for rule in self.active:
             hit = rule.offset == -1 or (offset is not None and length and offset <= rule.offset < offset + length)

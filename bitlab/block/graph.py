@@ -396,6 +396,7 @@ class BlockGraph:
     def release(self, node: BlockNode, *, clean: bool = True) -> None:
         """Close a node and the children only it held."""
         if clean and isinstance(node, Qcow2Node):
+            node.write_back()  # bdrv_close flushes first
             self._store_bitmaps(node)
         for _, child in node.children:
             child.parents -= 1

@@ -8,7 +8,10 @@ data: the image file for ``raw``/``qcow2``, nowhere for ``null-co``.
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -190,8 +193,30 @@ class BlockNode:
         """BLKDBG_EVENT reaching this node: only blkdebug reacts."""
 
     def debug_check(self, iotype: str, offset: int | None, length: int) -> None:
-        """A request reaching this node: only blkdebug may fail it (``offset`` None: host
-        offset unknown, as for qcow2 data whose placement in the file bitlab does not model)."""
+        """A request reaching this node: only blkdebug may fail it (``offset`` None: a request
+        blkdebug's ``sector`` rules need not see, when none is set)."""
+
+    def checks_sectors(self) -> bool:
+        """Whether a blkdebug rule here names a ``sector`` (a format then tells where its I/O lands)."""
+        return False
+
+    def hears_host_writes(self) -> bool:
+        """Whether writes a format driver makes to this node matter here: a dirty bitmap on it."""
+        return bool(self.bitmaps)
+
+    def note_failed_write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """A write a driver here failed: only blkdebug dirties its bitmaps (bdrv_co_write_req_finish
+        dirties whatever the result; QEMU 7.2 asserts for a failed write past the end, bitlab clips)."""
+
+    def note_write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """Writes a format driver above made at these byte ranges of this node (its data kept above):
+        a write past the end grows the node and its bitmaps (bdrv_co_write_req_finish), then dirties."""
+        if not self.bitmaps or not len(offsets):
+            return
+        end = round_sector(int((offsets + lengths).max()))
+        for bm in self.bitmaps:
+            bm.grow(end)
+        self._dirty_batch(offsets, lengths)
 
     def _store(self, offset: int, length: int, value: int) -> None:
         raise NotImplementedError
@@ -400,6 +425,7 @@ class Qcow2Node(FormatNode):
         self.image = image
         image.reopened()
         self.auto_backing_file: str | None = None  # the backing file's name as opened, resolved (graph)
+        self._seeing = 0  # nesting of _file_sees
 
     @property
     def size(self) -> int:
@@ -439,17 +465,112 @@ class Qcow2Node(FormatNode):
             self.file.debug_event("cluster_alloc")
             self.file.debug_event("l2_update")
         self.file.debug_event("write_aio")
-        self._check_write(offset, length)
-        self.image.data.write(offset, length, value)
+        self._write_data(np.array([offset]), np.array([offset + length]), np.array([value]))
 
-    def _check_write(self, offset: int, length: int) -> None:
-        """blkdebug's verdict on the data write; host offsets in the file are not modelled. qcow2 wrote
-        the L2 table of a cluster it allocates before the data write, which may fail."""
+    # -- I/O at host offsets: what the file child sees ------------------------------------------
+    @contextmanager
+    def _file_sees(self) -> Iterator[bool]:
+        """Around a change of the image: the metadata writes it makes reach the file child (its
+        bitmaps) at their host offsets. Yields whether the file child hears writes at all."""
+        listen = self.file.hears_host_writes()
+        outer = not self._seeing
+        if listen and outer:
+            self.image.layout.drain_written()  # (older writes, made while nobody listened)
+            self.image.layout.drain_discarded()
+        self._seeing += 1
         try:
-            self.file.debug_check("write", None, length)
+            yield listen
+        finally:
+            self._seeing -= 1
+        if listen:
+            layout = self.image.layout
+            offsets, lengths = layout.drain_written()
+            self.file.note_write(offsets, lengths)
+            offsets, lengths = layout.drain_discarded()
+            if self._passes_discards():  # (qcow2_process_discards; a file without unmap ignores them)
+                self.file.note_write(offsets, lengths)
+        elif self.image._layout is not None:
+            self.image._layout.written.clear()
+            self.image._layout.discarded.clear()
+
+    def _passes_discards(self) -> bool:
+        """Whether the file child takes the discards of freed clusters: it was opened with discard=unmap,
+        or inherited it from this node (the option not given)."""
+        file = self.file
+        return file.discard_unmap or ("discard" not in file.options and self.discard_unmap)
+
+    def _cow_ranges(self, offsets: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The host-side extent of data writes ``[offsets, ends)``: a partly written cluster that gets a
+        host cluster now (none yet, or a zero cluster keeping one) is written whole (the zero or backing
+        COW around the data: handle_alloc_space, perform_cow)."""
+        cs = self.image.cluster_size
+        g_s, g_v = self.image.layout.guest.runs()
+        d_s, d_v = self.image.data.runs()
+
+        def fresh(cluster: np.ndarray) -> np.ndarray:
+            hosted = g_v[np.searchsorted(g_s, cluster, "right") - 1] != NONE
+            zero_alloc = d_v[np.searchsorted(d_s, cluster * cs, "right") - 1] == ZERO_ALLOC
+            return ~hosted | zero_alloc
+
+        head, tail = offsets // cs, (ends - 1) // cs
+        lo = np.where((offsets % cs != 0) & fresh(head), head * cs, offsets)
+        hi = np.where((ends % cs != 0) & fresh(tail), (tail + 1) * cs, ends)
+        return lo, hi
+
+    def _write_data(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray, check: bool = True) -> None:
+        """Data writes ``[offsets, ends)`` (one request, or a buffer's runs) reach the image: blkdebug
+        checks them at their host offsets, the file child's bitmaps are dirtied there (newly allocated
+        clusters whole), together with the metadata writes they cause."""
+        file = self.file
+        sectors = file.checks_sectors()
+        with self._file_sees() as listen:
+            if not (listen or sectors and check):
+                if check:
+                    self._check_write(int(offsets[0]))
+                self.image.data.write_batch(offsets, ends - offsets, values)
+                return
+            lo, hi = self._cow_ranges(offsets, ends)
+            pieces = None
+            if check and (sectors or file.driver == "blkdebug"):  # (blkdebug's bitmaps see failed writes too)
+                # where the clusters will be: a dry run on a copy of the layout
+                probe = copy.deepcopy(self.image.layout)
+                probe.before_merge(offsets, ends, values)
+                pieces = []
+                cow = (lo != offsets) | (hi != ends)
+                if self.backing is None and cow.any():
+                    _, h, n = probe.host_pieces(lo[cow], hi[cow])  # handle_alloc_space: zeroes, then the data
+                    pieces += [("write-zeroes", h, n)]
+                    _, h, n = probe.host_pieces(offsets, ends)
+                else:  # the data, with the backing file's COW merged in
+                    _, h, n = probe.host_pieces(lo, hi)
+                pieces += [("write", h, n)]
+            if check:
+                self._check_write(int(offsets[0]), pieces)
+            self.image.data.write_batch(offsets, ends - offsets, values)
+            if listen:
+                _, h, n = self.image.layout.host_pieces(lo, hi)
+                file.note_write(h, n)
+
+    def _check_write(self, offset: int, pieces: list | None = None) -> None:
+        """blkdebug's verdict on the data write (``pieces``: (iotype, host offsets, lengths), None where
+        no rule names a sector). qcow2 wrote the L2 table of a cluster it allocates before the data
+        write, which may fail."""
+        done: list[tuple[int, int]] = []
+        try:
+            if pieces is None:
+                self.file.debug_check("write", None, 0)
+            for iotype, hosts, lengths in pieces or ():
+                for host, n in zip(hosts.tolist(), lengths.tolist()):
+                    done.append((host, n))
+                    self.file.debug_check(iotype, host, n)
         except Exception:  # BlockIOError (blkdebug.py imports this module)
-            if self.image.data.value_at(offset) == UNALLOCATED:
-                self.image.note_failed_write(offset)
+            with self._file_sees():
+                if self.image.data.value_at(offset) == UNALLOCATED:
+                    self.image.note_failed_write(offset)
+                if done:  # the requests before reached the file; the failed one dirtied blkdebug's bitmaps
+                    ok = np.array(done[:-1], dtype=np.int64).reshape(-1, 2)
+                    self.file.note_write(ok[:, 0], ok[:, 1])
+                    self.file.note_failed_write(np.array([done[-1][0]]), np.array([done[-1][1]]))
             raise
 
     def pread(self, offset, length):
@@ -464,9 +585,12 @@ class Qcow2Node(FormatNode):
             new = np.ones(first.size, dtype=bool)
             new[1:] = first[1:] > last[:-1] + 1
             run_first, run_last = self._host_contiguous(first[new], np.maximum.reduceat(last, np.flatnonzero(new)))
+            guest = self.image.layout.guest
             for lo, hi in zip(run_first.tolist(), run_last.tolist()):
                 self.file.debug_event("read_aio")
-                self.file.debug_check("read", None, min((hi + 1) * cs, offset + length) - max(lo * cs, offset))
+                start = max(lo * cs, offset)
+                host = start + guest.value_at(lo) * cs  # (a data cluster always has its host cluster)
+                self.file.debug_check("read", host, min((hi + 1) * cs, offset + length) - start)
         backing = self.backing
         if backing is not None:
             for s, e in zip(starts[vals == UNALLOCATED], ends[vals == UNALLOCATED]):
@@ -561,15 +685,26 @@ class Qcow2Node(FormatNode):
         return starts, ends, vals != UNALLOCATED
 
     def flush(self):
+        """qcow2_co_flush_to_os writes back the L2 table and refcount block caches, then the file flushes."""
+        self.write_back()
         self.file.debug_event("flush_to_os")
         self.file.debug_event("flush_to_disk")
         self.file.debug_check("flush", 0, 0)
 
+    def write_back(self) -> None:
+        """The caches' dirty L2 tables and refcount blocks are written (a flush, or closing the node)."""
+        if self.image._layout is None or self.child("file") is None:  # (nothing dirty is known; no file yet)
+            return
+        with self._file_sees():
+            self.image.layout.flush()
+
     def _store_batch(self, offsets, lengths, values):
-        if len(offsets):
-            self.file.debug_event("write_aio")
-            self._check_write(int(offsets[0]), 0)
-        self.image.data.write_batch(offsets, lengths, values)
+        if not len(offsets):
+            return
+        self.file.debug_event("write_aio")
+        offsets = np.asarray(offsets, dtype=np.int64)
+        values = np.broadcast_to(np.asarray(values, dtype=np.int64), offsets.shape)
+        self._write_data(offsets, offsets + np.asarray(lengths, dtype=np.int64), values)
 
     def _whole_clusters(self, offset: int, length: int) -> tuple[int, int]:
         cs = self.image.cluster_size
@@ -579,7 +714,19 @@ class Qcow2Node(FormatNode):
             end = -(-self.size // cs) * cs
         return start, max(start, end)
 
+    def write_zeroes(self, offset, length, unmap=False):
+        with self._file_sees():
+            super().write_zeroes(offset, length, unmap)
+
+    def discard(self, offset, length):
+        with self._file_sees():
+            super().discard(offset, length)
+
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
+        with self._file_sees():
+            self._write_zeroes_batch(offsets, lengths, unmap)
+
+    def _write_zeroes_batch(self, offsets, lengths, unmap=False):
         """:meth:`_store_zeroes` for many ranges (that must not overlap): whole clusters that hold
         nothing (or anything, with ``unmap``) become zero clusters in one extent-map batch, other
         ranges go one by one."""
@@ -617,7 +764,7 @@ class Qcow2Node(FormatNode):
         clusters: without a backing file its clusters are unallocated instead, with one the zeroes
         are written as data."""
         if self.image.compat == "0.10" and self.backing is not None:
-            self.image.data.write(offset, length, 0)
+            self._write_data(np.array([offset]), np.array([offset + length]), np.array([0]), check=False)
             return
         cs = self.image.cluster_size
         end = offset + length
@@ -646,8 +793,8 @@ class Qcow2Node(FormatNode):
         elif self._zero_cluster_possible(c_start, c_end, lo, hi):
             hosted = zero == ZERO and not unmap and self.image.data.value_at(c_start) == ZERO_ALLOC
             self.image.data.write(c_start, c_end - c_start, ZERO_ALLOC if hosted else zero)
-        else:
-            self.image.data.write(lo, hi - lo, 0)
+        else:  # the generic fallback: a write of zero bytes
+            self._write_data(np.array([lo]), np.array([hi]), np.array([0]), check=False)
 
     def _zero_clusters(self, start: int, end: int, unmap: bool = False) -> None:
         """Whole clusters become zero clusters; those holding a host cluster keep it unless ``unmap``.

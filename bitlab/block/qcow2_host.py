@@ -11,6 +11,10 @@ that stretch, contiguous, right after the host cluster the request used last if 
 clusters the refcount blocks cover, a new refcount block takes the first free cluster after it
 and the allocation is retried (``alloc_refcount_block``).
 
+It also keeps what qcow2's caches hold (qcow2-cache.c): which L2 tables and refcount blocks are dirty,
+which cache waits for the other (``qcow2_cache_set_dependency``), and logs the metadata writes they
+make (``l2_allocate``, a flush) and the data clusters freed, at host offsets, for the file node below.
+
 :class:`HostLayout` keeps it sparse: the guest->host map is an :class:`ExtentMap` over guest
 clusters whose value is ``host - guest`` (a contiguous allocation is one run), the L2 tables an
 :class:`ExtentMap` over L1 entries, free space an :class:`ExtentMap` over host clusters. It follows
@@ -72,6 +76,7 @@ class HostLayout:
         nclusters = -(-size // cluster_size)
         self.l1_entries = -(-nclusters // self.per_l2)
         self.l1_clusters = -(-8 * self.l1_entries // cluster_size)
+        self.l1_offset = 3 * cluster_size  # the L1 table: after header, refcount table and block
         self.reset()
 
     def reset(self) -> None:
@@ -88,6 +93,12 @@ class HostLayout:
         self.grown = False  # anything allocated since the file was made
         self.bitmap_clusters: dict[str, list[tuple[int, int]]] = {}  # a stored bitmap's data and table
         self.directory: tuple[int, int] | None = None  # the bitmap directory: (first cluster, clusters)
+        self.refblock_hosts = [2]  # the host cluster of each refcount block
+        self.dirty_refblocks: set[int] = set()  # refcount blocks changed in the cache, not written yet
+        self.dirty_l2: set[int] = set()  # L2 tables (L1 indices) changed in the cache, not written yet
+        self.written: list[tuple[np.ndarray, np.ndarray]] = []  # metadata writes (byte offsets, lengths)
+        self.discarded: list[tuple[np.ndarray, np.ndarray]] = []  # guest data clusters freed (host byte ranges)
+        self.depends: dict[str, str | None] = {"l2": None, "rb": None}  # qcow2_cache_set_dependency
 
     # -- free space ---------------------------------------------------------------------------
     def _free_runs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -99,10 +110,103 @@ class HostLayout:
         starts, vals = self.free.runs()
         return int(np.count_nonzero(vals == FREE)) > 1 or int(starts[-1]) < self.top
 
-    def _take(self, start: int, n: int) -> None:
+    def _take(self, start: int, n: int, counted: bool = True) -> None:
         self.free.write(start, n, USED)
         self.top = max(self.top, start + n)
         self.grown = True
+        if counted:
+            self._refcounts_changed(np.array([start]), np.array([start + n]))
+
+    def _refcounts_changed(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        """The refcount blocks covering host clusters ``[starts, ends)`` become dirty in the cache."""
+        span = self.refblock_span
+        first, last = starts // span, (ends - 1) // span
+        n = last - first + 1
+        if n.size and int(n.max()) == 1:
+            self.dirty_refblocks.update(first.tolist())
+            return
+        for a, b in zip(first.tolist(), last.tolist()):  # (a range over several refcount blocks)
+            self.dirty_refblocks.update(range(a, b + 1))
+
+    # -- metadata writes (the qcow2 caches) -----------------------------------------------------
+    def _write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        if offsets.size:
+            self.written.append((offsets.astype(np.int64), lengths.astype(np.int64)))
+
+    def _flush_cache(self, which: str) -> None:
+        """qcow2_cache_flush of the L2 table cache (``l2``) or the refcount block cache (``rb``): the
+        cache it depends on first, if it has a dirty entry (qcow2_cache_entry_flush)."""
+        dirty = self.dirty_l2 if which == "l2" else self.dirty_refblocks
+        dep = self.depends[which]
+        if dep is not None and dirty:
+            self.depends[which] = None
+            self._flush_cache(dep)
+        if which == "l2":
+            self._write_back_l2()
+        else:
+            self._write_back_refblocks()
+
+    def _set_dependency(self, cache: str, dependency: str) -> None:
+        """qcow2_cache_set_dependency: ``cache`` is written only after ``dependency``; a dependency the
+        other way round is flushed first."""
+        if self.depends[dependency] is not None:
+            self.depends[dependency], dep = None, self.depends[dependency]
+            self._flush_cache(dep)
+        if self.depends[cache] not in (None, dependency):
+            self.depends[cache], dep = None, self.depends[cache]
+            self._flush_cache(dep)
+        self.depends[cache] = dependency
+
+    def _write_back_refblocks(self) -> None:
+        """The refcount block cache written: each dirty block whole."""
+        hosts = [self.refblock_hosts[i] for i in sorted(self.dirty_refblocks) if i < len(self.refblock_hosts)]
+        self.dirty_refblocks.clear()
+        self._write(np.array(hosts, dtype=np.int64) * self.cs, np.full(len(hosts), self.cs, dtype=np.int64))
+
+    def _write_back_l2(self) -> None:
+        """The L2 table cache written: each dirty table whole."""
+        if not self.dirty_l2:
+            return
+        index = np.array(sorted(self.dirty_l2), dtype=np.int64)
+        self.dirty_l2.clear()
+        _, _, hosts, _ = self.l2.gather(index, index + 1)
+        hosts = hosts[hosts >= 0]
+        self._write(hosts * self.cs, np.full(hosts.size, self.cs, dtype=np.int64))
+
+    def flush(self) -> None:
+        """qcow2_write_caches: the L2 table cache, then the refcount block cache (each after the one it
+        depends on)."""
+        self._flush_cache("l2")
+        self._flush_cache("rb")
+
+    def _l2_allocate(self, index: int) -> None:
+        """l2_allocate: a cluster for the table, the refcount block cache flushed, the new table written
+        with every other dirty one (the L2 cache flushed), then its L1 entry (8 bytes, written at once)."""
+        host = self.alloc(1)
+        self.l2.write(index, 1, host)
+        self._flush_cache("rb")
+        self.dirty_l2.add(index)
+        self._flush_cache("l2")
+        self._write(np.array([self.l1_offset + 8 * index]), np.array([8]))
+
+    def drain_discarded(self) -> tuple[np.ndarray, np.ndarray]:
+        """The data clusters freed since the last call (qcow2 passes their discard to the file): host
+        byte offsets and lengths."""
+        if not self.discarded:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        starts = np.concatenate([d[0] for d in self.discarded])
+        ends = np.concatenate([d[1] for d in self.discarded])
+        self.discarded.clear()
+        return starts * self.cs, (ends - starts) * self.cs
+
+    def drain_written(self) -> tuple[np.ndarray, np.ndarray]:
+        """The metadata writes since the last call: (host byte offsets, lengths)."""
+        if not self.written:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        offsets = np.concatenate([w[0] for w in self.written])
+        lengths = np.concatenate([w[1] for w in self.written])
+        self.written.clear()
+        return offsets, lengths
 
     def _refblocks_for(self, end: int) -> None:
         """New refcount blocks for an allocation ending at ``end``: each the first free cluster
@@ -111,6 +215,7 @@ class HostLayout:
             fs, fe = self._free_runs()
             i = int(np.searchsorted(fe, end, "right"))
             pos = max(int(fs[i]), end)
+            self.refblock_hosts.append(pos)
             self._take(pos, 1)
             self.refblocks += 1
 
@@ -143,7 +248,9 @@ class HostLayout:
         if not keep.any():
             return
         starts, ends = starts[keep], ends[keep]
+        self._set_dependency("rb", "l2")  # update_refcount, decreasing
         self.free.write_batch(starts, ends - starts, FREE)
+        self._refcounts_changed(starts, ends)
         self.fci = min(self.fci, int(starts.min()))
 
     def reopen(self) -> None:
@@ -163,7 +270,7 @@ class HostLayout:
         if c1 <= c0:
             return
         for index in self.l2_missing(c0 // self.per_l2, (c1 - 1) // self.per_l2).tolist():
-            self.l2.write(index, 1, self.alloc(1))
+            self._l2_allocate(index)
 
     # -- guest clusters ---------------------------------------------------------------------
     def hosted(self, c0: int = 0, c1: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,14 +279,40 @@ class HostLayout:
         keep = v != NONE
         return s[keep], e[keep], v[keep]
 
+    def host_pieces(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Guest byte ranges ``[lo, hi)`` where they have host clusters, one piece per stretch of
+        contiguous host clusters (as qcow2_co_preadv_part/pwritev_part split a request), in order:
+        (range index, host byte offset, length)."""
+        cs = self.cs
+        lo, hi = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+        keep = np.flatnonzero(hi > lo)
+        if not keep.size:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        lo, hi = lo[keep], hi[keep]
+        c_lo, c_hi = int(lo.min()) // cs, -(-int(hi.max()) // cs)
+        rs, re, rv = self.guest.extents(c_lo, c_hi - c_lo)
+        bounds = rs[1:] * cs
+        a = np.searchsorted(bounds, lo, "right")
+        n = np.searchsorted(bounds, hi, "left") - a + 1  # pieces of each range
+        idx = np.repeat(np.arange(lo.size), n)
+        k = np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n)
+        run = np.repeat(a, n) + k
+        ps = np.where(k == 0, lo[idx], rs[run] * cs)
+        pe = np.minimum(re[run] * cs, hi[idx])
+        val = rv[run]
+        hosted = val != NONE
+        return keep[idx[hosted]], (ps + val * cs)[hosted], (pe - ps)[hosted]
+
     def _request(self, c0: int, c1: int) -> None:
         """A data write over guest clusters ``[c0, c1)``, one L2 table after another."""
         expected = -1
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
-                self.l2.write(index, 1, self.alloc(1))
+                self._l2_allocate(index)
             s, e, v = self.guest.extents(lo, hi - lo)
+            linked = bool((v == NONE).any())  # new clusters: their L2 entries change (qcow2_alloc_cluster_link_l2)
             for a, b, d in zip(s.tolist(), e.tolist(), v.tolist()):
                 if d != NONE:  # written in place (COPIED)
                     expected = a + d + (b - a)
@@ -196,6 +329,9 @@ class HostLayout:
                     self.guest.write(a, b - a, pos - a)
                     expected = pos + (b - a)
                     a = b
+            if linked:
+                self._set_dependency("l2", "rb")
+                self.dirty_l2.add(index)
 
     def zero_request(self, c0: int, c1: int, f0: int, f1: int) -> None:
         """A zero write or discard over guest clusters ``[c0, c1)``: L2 tables where missing, and the
@@ -203,7 +339,8 @@ class HostLayout:
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
-                self.l2.write(index, 1, self.alloc(1))
+                self._l2_allocate(index)
+            self.dirty_l2.add(index)  # (QEMU leaves entries that do not change clean)
             lo, hi = max(lo, f0), min(hi, f1)
             if hi > lo:
                 self.unhost(lo, hi)
@@ -214,6 +351,7 @@ class HostLayout:
         if s.size:
             self.guest.write(lo, hi - lo, NONE)
             self.release(s + v, e + v)
+            self.discarded.append((s + v, e + v))
 
     # -- a batch of content writes ----------------------------------------------------------
     def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
@@ -265,7 +403,7 @@ class HostLayout:
         P = self.per_l2
         touch = (data | zeroing) & (c1 > c0)
         if not touch.all():  # (requests are numbered among those that remain)
-            c0, c1, data = c0[touch], c1[touch], data[touch]
+            c0, c1, data, zeroing = c0[touch], c1[touch], data[touch], zeroing[touch]
         if not c0.size:
             return
         ascending = bool(np.all(c0[1:] >= c1[:-1]))  # and disjoint: guest order is request order
@@ -314,6 +452,8 @@ class HostLayout:
         nt, nd = tab.size, ps.size
         ev_n = np.concatenate((np.ones(nt, dtype=np.int64), pe - ps))
         if not ev_n.size:
+            empty = np.zeros(0, dtype=np.int64)
+            self._batch_caches(empty, 0, empty, empty, empty, empty, empty, c0, c1, zeroing, self.top)
             return
         if ascending:  # two lists sorted by guest cluster to merge, a table before the data it maps
             order = np.empty(nt + nd, dtype=np.int64)
@@ -333,8 +473,54 @@ class HostLayout:
             self.l2.write_batch(tab, 1, at[:nt])
         if ps.size:
             self.guest.write_batch(ps, pe - ps, at[nt:] - ps)
-        self._take(self.top, end - self.top)
+        self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, c0, c1, zeroing, end)
+        self._take(self.top, end - self.top, counted=False)
         self.fci = end
+
+    def _batch_caches(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
+                      d_tab: np.ndarray, d_owner: np.ndarray, c0: np.ndarray, c1: np.ndarray,
+                      zeroing: np.ndarray, end: int) -> None:
+        """What a batch leaves in the caches and writes: each new table's l2_allocate writes back what
+        is dirty by then, so the last one writes everything dirtied before it (refcount blocks of the
+        clusters allocated so far, the tables of the requests before it, every new table)."""
+        P = self.per_l2
+        if d_tab.size and self.depends["rb"] == "l2":  # the first link flushes the L2 cache (before the batch)
+            self._set_dependency("l2", "rb")
+        z = np.flatnonzero(zeroing)
+        if z.size:  # the tables a zero write changes
+            n = (c1[z] - 1) // P - c0[z] // P + 1
+            z_tab = np.repeat(c0[z] // P, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            z_owner = np.repeat(z, n)
+        else:
+            z_tab = z_owner = np.zeros(0, dtype=np.int64)
+        if not nt:
+            self.dirty_l2.update(np.unique(np.concatenate((d_tab, z_tab))).tolist())
+            self._refcounts_changed(np.array([self.top]), np.array([end]))
+            linked_after = bool(d_tab.size)
+        else:
+            linked_after = self._batch_tables(order, nt, tab, t_owner, at, d_tab, z_tab, z_owner, end)
+        if linked_after:  # links after the last table's write-back leave the L2 cache depending
+            self._set_dependency("l2", "rb")
+
+    def _batch_tables(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
+                      d_tab: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray, end: int) -> bool:
+        """:meth:`_batch_caches` where the batch makes new tables; whether data links follow the last."""
+        pos = np.empty(order.size, dtype=np.int64)
+        pos[order] = np.arange(order.size)
+        last = int(np.argmax(pos[:nt]))
+        cut, cut_owner = int(pos[last]), int(t_owner[last])
+        host_last = int(at[last])
+        self._refcounts_changed(np.array([self.top]), np.array([host_last + 1]))
+        d_pos = pos[nt:]
+        z_before = (z_owner < cut_owner) | ((z_owner == cut_owner) & (z_tab < tab[last]))  # (table by table)
+        self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_pos < cut], z_tab[z_before]))).tolist())
+        self._flush_cache("rb")
+        self._flush_cache("l2")
+        self._write(self.l1_offset + 8 * tab, np.full(nt, 8, dtype=np.int64))
+        self.dirty_l2.update(np.unique(np.concatenate((d_tab[d_pos > cut], z_tab[~z_before]))).tolist())
+        if end > host_last + 1:
+            self._refcounts_changed(np.array([host_last + 1]), np.array([end]))
+        return bool((d_pos > cut).any())
 
     def _with_refblocks(self, host: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
         """Allocations in a row from the file's end, each new refcount block taking the cluster after
@@ -354,6 +540,8 @@ class HostLayout:
             shift = np.zeros(n + 1, dtype=np.int64)
             np.add.at(shift, np.array(after, dtype=np.int64) + 1, 1)
             host = host + np.cumsum(shift)[:n]
+            for j, i in enumerate(after):  # each new block right after its allocation (and the blocks before)
+                self.refblock_hosts.append(int(host[i] + counts[i]) + after[:j].count(i))
         return host, int(host[-1] + counts[-1]) + after.count(n - 1)
 
     # -- persistent bitmaps --------------------------------------------------------------------

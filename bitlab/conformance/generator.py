@@ -37,6 +37,9 @@ Real QEMU's outcome never depends on its timing:
   tasks end where host clusters stop being contiguous (bitlab/block/qcow2_host.py), so where an
   error strikes, and a stopped job's progress, are QEMU's.
 
+A third of the scenarios' nodes have a named file node with a bitmap (``d0f``/``fb``), compared at
+the end: guest writes and copy-before-write dirty it at host offsets, with the metadata qcow2 writes.
+
 After 2% of the steps comes an episode of :mod:`.gen_parents` (its own stream and names too:
 ``ps<n>``, ``po<n>``, ``pj<n>x<m>``): a backup whose filter takes the source's place under an
 overlay and an earlier sync=none target.
@@ -54,6 +57,7 @@ K, M = 1 << 10, 1 << 20
 GRANULARITIES = [512, 4096, 65536, 131072, 1 << 20, 64000, 256]  # the last two are refused
 SYNCS = ["full", "top", "bitmap", "incremental", "none"]
 MODES = [None, "on-success", "always", "never"]
+FILE_BITMAP_CHANCE = 0.3  # a scenario's node gets a bitmap on its file node
 
 
 class _State:
@@ -91,10 +95,13 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     life = _Life(random.Random(f"{seed}/{index}/life"))
     parents = Parents(random.Random(f"{seed}/{index}/parents"))
     steps: list[dict] = []
+    watched = _watched_files(random.Random(f"{seed}/{index}/hostio"), nodes)
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
-        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": n,
-                                           "file": {"driver": "file", "filename": f"{n}.qcow2"}}))
+        file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
+        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": n, "file": file}))
+        if n in watched:
+            steps.append(_qmp("block-dirty-bitmap-add", {"node": f"{n}f", "name": "fb", "granularity": watched[n]}))
     for _ in range(rng.randint(6, 24)):
         op = rng.choices(["write", "add", "manage", "merge", "sha", "query", "backup", "txn", "export", "running"],
                          weights=[30, 12, 10, 5, 5, 4, 10, 8, 6, 1])[0]
@@ -107,7 +114,15 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     for node in nodes:
         for name in sorted(st.bitmaps[node]):
             steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name}))
+        if node in watched:
+            steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": f"{node}f", "name": "fb"}))
     return {"name": f"random-{seed}-{index}", "steps": steps}
+
+
+def _watched_files(rng: random.Random, nodes: list[str]) -> dict[str, int]:
+    """Nodes whose file node gets a name (``d0f``) and a bitmap ``fb`` (its granularity): qcow2's data
+    and metadata writes dirty it at host offsets. Their own stream: the other steps stay as they were."""
+    return {n: rng.choice([512, 65536]) for n in nodes if rng.random() < FILE_BITMAP_CHANCE}
 
 
 def _write(st: _State, size: int) -> list[dict]:

@@ -1,0 +1,248 @@
+"""qcow2 I/O reaching its file child at host offsets: dirty bitmaps on the file node (data and metadata
+writes) and blkdebug ``sector`` rules, with QEMU 7.2's numbers (recorded with qemu-storage-daemon 7.2 and
+qemu-system-x86_64 7.2, and compared with the running QEMU below)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitlab import Machine
+from bitlab.block.qcow2_host import HostLayout
+
+K, M = 1 << 10, 1 << 20
+
+
+def file_bitmaps(vm: Machine, node: str = "f") -> list[tuple[str, int, str]]:
+    """(name, count, sha256) of the bitmaps on ``node``, by name."""
+    out = []
+    for n in vm.qmp("query-named-block-nodes", {"flat": True}):
+        if n["node-name"] == node:
+            for b in n.get("dirty-bitmaps", []):
+                sha = vm.qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": b["name"]})["sha256"]
+                out.append((b["name"], b["count"], sha))
+    return sorted(out)
+
+
+def guest_writes(vm: Machine, commands: list[str]) -> list[tuple[str, int, str]]:
+    """A new 1 GiB image opened with a named file node ``f`` holding bitmaps of 512 bytes and 64 KiB
+    granularity; qemu-io commands on the qcow2 node ("clear": both bitmaps cleared; "unmap" first: the
+    qcow2 node has discard=unmap, which its file node inherits)."""
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "1G")
+    unmap = {"discard": "unmap"} if commands[:1] == ["unmap"] else {}
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", **unmap,
+                            "file": {"driver": "file", "filename": "a.qcow2", "node-name": "f"}})
+    commands = commands[1:] if unmap else commands
+    for g in (512, 65536):
+        vm.qmp("block-dirty-bitmap-add", {"node": "f", "name": f"g{g}", "granularity": g})
+    for command in commands:
+        if command == "clear":
+            for g in (512, 65536):
+                vm.qmp("block-dirty-bitmap-clear", {"node": "f", "name": f"g{g}"})
+        else:
+            vm.qemu_io("n", command)
+    return file_bitmaps(vm)
+
+
+# commands -> ((count at 512 bytes, sha256), (count at 64 KiB, sha256)), from QEMU 7.2
+GUEST_CASES = {
+    # refcount block (cluster 2, flushed by l2_allocate), the L1 entry (8 bytes in cluster 3), the L2
+    # table (4), three data clusters (5-7, written whole: zeroes around the data): 6 clusters at 64 KiB
+    "fresh-three-writes": (["write -P 1 0 4k", "write -P 2 1M 4k", "write -P 3 2M 4k"],
+                           (328192, "f3cc0ce14a497b4692fe44ee16897f552daabecb448930759c5cb81acc5212d4"),
+                           (393216, "a2711478a8193e4e8a8d38570d07cfc4ee4fbe0bfc0a5ba6def691a01c59cc8b")),
+    # a data cluster in an existing table: the table and refcount block stay dirty in the caches
+    "cached": (["write -P 1 0 4k", "clear", "write -P 2 1M 4k"],
+               (65536, "55ce4d1ecab71e1f8e4f06a2e03a127e686cbefbfa9cdbf25115a14e84a97fb0"),
+               (65536, "a06f129fc52abf6085679d7cd71dc41ec7580c7f5f73efef6d02dde22bb00994")),
+    # ... until a flush writes them back
+    "cached-flushed": (["write -P 1 0 4k", "clear", "write -P 2 1M 4k", "flush"],
+                       (196608, "207eca5d250444063c58b0a006fca52f33c7711895eb9d8490e427ed7685a89c"),
+                       (196608, "e398142931ca52d61ce08a16f68f29270fd272253bf84b7bc800899efb5698ca")),
+    # a new L2 table writes back every dirty table (the first one too) and the refcount block
+    "new-table": (["write -P 1 0 4k", "clear", "write -P 2 512M 4k"],
+                  (262656, "96c8431c0f5a291823339b74f515b5876be741303f62082ae411d0a1aa0199d7"),
+                  (327680, "ec6cd88b4b12a4f2fbbb68cc8cb8c27d0b6a65f2dd214a7e5af5babb7988553b")),
+    # an in-place write: its bytes only, at the host offset
+    "in-place": (["write -P 1 0 4k", "clear", "write -P 2 1000 8000"],
+                 (8704, "7cf5de4e5e69afd4b1af502975b25f4b5fe7d9ea5a7496b6c0a538938a26ea28"),
+                 (65536, "9d4ac218fb54041e3a70a8e14db1ea1af9f570f4842b4702ef9323f1ad8f0ec4")),
+    # a zero write changes the table only (written back by the flush, with the refcount block)
+    "zero-flushed": (["write -P 1 0 4k", "clear", "write -z 64k 64k", "flush"],
+                     (131072, "cd02c0ea4c41fe48ef1ae448764c28e4dcc1235c535811a82469d55df9081982"),
+                     (131072, "0c27700c82d333aa295692f1814040a962d7bc530253af661d97635dd5ed7af9")),
+    # a freed cluster: lowering a refcount makes the refcount cache depend on the L2 cache, which
+    # depended on it: the dirty refcount block is written at once; the data cluster's discard reaches
+    # the file (discard=unmap inherited)
+    "discard": (["unmap", "write -P 1 0 128k", "clear", "discard 0 64k"],
+                (131072, "47c4dc112718e77156bcec60cb743131136340702c68223716ab23cf29478210"),
+                (131072, "dd3168a635e962767dc4501dcef1d88bdfd9825d9c5a55d01dff715e7da9b5ec")),
+    "zero-unmap-flushed": (["unmap", "write -P 1 0 128k", "clear", "write -z -u 0 64k", "flush"],
+                (196608, "6d33289e037b5830035181a2d5269ebe0aff70b93be07b73203a37175b291cb3"),
+                (196608, "dcbe298920b50037fcfb8dda1e57ad49eeeedd8e0ddafc2deed4902c1bc11d3a")),
+    "discard-then-new-table": (["unmap", "write -P 1 0 128k", "write -P 1 1M 64k", "clear", "discard 0 64k",
+                                "write -P 2 700M 64k", "discard 1M 64k", "flush"],
+                (328192, "7c44cba24ca318449918d93acc4f2441f8324da4b56d6f41caf870a98be72e7c"),
+                (393216, "2533f740b831c94814a9f7e0a99df2826c6ce5559eb0546c2e3c5e3c6d892feb")),
+    # without unmap the discard is ignored; the file node sees nothing
+    "discard-ignored": (["write -P 1 0 128k", "clear", "discard 0 64k"],
+                (0, "b5fdab78d8947eacc864bfeecb4d2100780e5afe1cd8efafb124887913ac49fa"),
+                (0, "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GUEST_CASES))
+def test_file_node_bitmaps_see_host_offsets(case):
+    commands, (c512, s512), (c64, s64) = GUEST_CASES[case]
+    assert guest_writes(Machine(), commands) == [("g512", c512, s512), ("g65536", c64, s64)]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("case", sorted(GUEST_CASES))
+def test_file_node_bitmaps_match_real_qemu(case):
+    with Machine(backend="qemu") as real:
+        want = guest_writes(real, GUEST_CASES[case][0])
+    assert guest_writes(Machine(), GUEST_CASES[case][0]) == want
+
+
+def closed_over_file_node(vm: Machine) -> list[tuple[str, int, str]]:
+    """blockdev-del of a qcow2 node over a file node of its own: closing flushes the caches."""
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "file", "node-name": "f", "filename": "t.qcow2"})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": "f"})
+    vm.qemu_io("tgt", "write -P 9 0 4k")
+    vm.qmp("block-dirty-bitmap-add", {"node": "f", "name": "b", "granularity": 512})
+    vm.qemu_io("tgt", "write -P 9 1M 4k")
+    vm.qmp("blockdev-del", {"node-name": "tgt"})
+    return file_bitmaps(vm)
+
+
+def test_closing_writes_back_the_caches():
+    assert closed_over_file_node(Machine()) == [
+        ("b", 196608, "207eca5d250444063c58b0a006fca52f33c7711895eb9d8490e427ed7685a89c")]
+
+
+def backup_to_watched_target(vm: Machine) -> list[list[tuple[str, int, str]]]:
+    """A backup into a qcow2 target whose file node has bitmaps: after the job, after a flush."""
+    vm.qemu_img("create", "-f", "qcow2", "src.qcow2", "64M")
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "src", "file": {"driver": "file",
+                                                                            "filename": "src.qcow2"}})
+    for off, ln in ((0, 4096), (3 * M, 200 * K), (40 * M, 64 * K), (7 * M + 512, 1000)):
+        vm.qemu_io("src", f"write -P 5 {off} {ln}")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt",
+                            "file": {"driver": "file", "filename": "t.qcow2", "node-name": "f"}})
+    vm.qemu_io("tgt", "write -P 9 0 4k")
+    vm.qmp("block-dirty-bitmap-add", {"node": "f", "name": "b", "granularity": 512})
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
+                               "x-perf": {"max-workers": 1}})
+    vm.run()
+    out = [file_bitmaps(vm)]
+    vm.qemu_io("tgt", "flush")
+    return out + [file_bitmaps(vm)]
+
+
+def test_backup_writes_target_clusters_at_host_offsets_and_leaves_caches_dirty():
+    assert backup_to_watched_target(Machine()) == [
+        [("b", 458752, "16dc139a7b82a0526962b52bb3567f221afa2443c540d84b2dd8a29f713d3872")],
+        [("b", 589824, "159a9398120ec7b15d26b06f681b4dfc3160a45dcd1969efb85fd386f4785b96")]]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("play", [closed_over_file_node, backup_to_watched_target])
+def test_flushes_and_jobs_match_real_qemu(play):
+    with Machine(backend="qemu") as real:
+        want = play(real)
+    assert play(Machine()) == want
+
+
+def blkdebug_sectors(vm: Machine, rule: dict) -> list[str]:
+    """qcow2 over blkdebug with one inject-error rule: which qemu-io commands fail."""
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "1G")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "file": {
+        "driver": "blkdebug", "inject-error": [rule], "image": {"driver": "file", "filename": "a.qcow2"}}})
+    out = []
+    for command in ("write -P 1 1M 64k", "write -P 2 0 4k", "write -P 3 4k 4k", "read -P 1 1M 64k",
+                    "read -P 2 0 4k", "read -P 3 4k 4k", "read 60k 8k"):
+        text = vm.qemu_io("n", command)
+        out.append(f"{command}: {'failed' if 'failed' in text else 'ok'}")
+    return out
+
+
+# host clusters: L2 table 4 (sectors 512-639), guest 1M at 5 (640-767), guest 0 at 6 (768-895)
+SECTOR_CASES = {
+    "read-guest-0": {"event": "read_aio", "sector": 770, "iotype": "read"},
+    "read-guest-1M": {"event": "read_aio", "sector": 700, "iotype": "read"},
+    "write-data": {"event": "write_aio", "sector": 770, "iotype": "write"},
+    "write-around-data": {"event": "write_aio", "sector": 832, "iotype": "write"},  # the zeroes around it
+    "metadata-sector": {"event": "write_aio", "sector": 520},  # in the L2 table: metadata is not checked
+}
+SECTOR_RESULTS = {  # from QEMU 7.2
+    "read-guest-0": ["ok", "ok", "ok", "ok", "failed", "ok", "ok"],
+    "read-guest-1M": ["ok", "ok", "ok", "failed", "ok", "ok", "ok"],
+    "write-data": ["ok", "failed", "ok", "ok", "failed", "ok", "ok"],  # (read -P 2 0 4k: pattern mismatch)
+    "write-around-data": ["ok"] * 7,
+    "metadata-sector": ["ok"] * 7,
+}
+
+
+@pytest.mark.parametrize("case", sorted(SECTOR_CASES))
+def test_blkdebug_sector_rules_match_host_sectors(case):
+    got = [line.rsplit(": ", 1)[1] for line in blkdebug_sectors(Machine(), SECTOR_CASES[case])]
+    assert got == SECTOR_RESULTS[case]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("case", sorted(SECTOR_CASES))
+def test_blkdebug_sector_rules_match_real_qemu(case):
+    with Machine(backend="qemu") as real:
+        want = blkdebug_sectors(real, SECTOR_CASES[case])
+    assert blkdebug_sectors(Machine(), SECTOR_CASES[case]) == want
+
+
+# -- the layout's bookkeeping ---------------------------------------------------------------------
+def test_host_pieces_split_where_host_clusters_stop_being_contiguous():
+    layout = HostLayout(1 << 30, 65536)
+    layout._request(16, 17)  # L2 table at 4, guest cluster 16 at 5
+    layout._request(0, 2)  # guest clusters 0-1 at 6-7
+    idx, host, n = layout.host_pieces(np.array([100, 16 * 65536]), np.array([3 * 65536, 16 * 65536 + 10]))
+    assert idx.tolist() == [0, 1]  # cluster 2 has no host cluster
+    assert host.tolist() == [6 * 65536 + 100, 5 * 65536]
+    assert n.tolist() == [2 * 65536 - 100, 10]
+    idx, host, n = layout.host_pieces(np.array([15 * 65536]), np.array([18 * 65536]))
+    assert (idx.tolist(), host.tolist(), n.tolist()) == ([0], [5 * 65536], [65536])
+
+
+def _cluster_set(offsets: np.ndarray, lengths: np.ndarray, cs: int) -> set[int]:
+    out: set[int] = set()
+    for o, n in zip(offsets.tolist(), lengths.tolist()):
+        out.update(range(o // cs, -(-(o + n) // cs)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_batch_path_writes_back_what_requests_one_by_one_do(seed):
+    """The cumulative-sum path (a batch of requests into a file without holes) leaves the caches and
+    writes the clusters the request-by-request path does (within one refcount block: where new ones are
+    needed the two paths place clusters differently, a matter of the layout itself)."""
+    rng = np.random.default_rng(seed)
+    cs, size = 4096, 64 * M  # 512 clusters per L2 table: 32 tables; one refcount block covers 2048 clusters
+    n = int(rng.integers(1, 40))
+    c0 = rng.integers(0, size // cs - 40, n)
+    c1 = c0 + rng.integers(1, 40, n)
+    zero = rng.random(n) < 0.2
+    a, b = HostLayout(size, cs), HostLayout(size, cs)
+    a._batch(c0, c1, ~zero, zero)
+    for lo, hi, z in zip(c0.tolist(), c1.tolist(), zero.tolist()):
+        if z:
+            b.zero_request(lo, hi, lo, lo)
+        else:
+            b._request(lo, hi)
+    assert a.end_cluster() == b.end_cluster()
+    assert a.dirty_l2 == b.dirty_l2
+    assert a.dirty_refblocks == b.dirty_refblocks
+    assert a.depends == b.depends
+    assert _cluster_set(*a.drain_written(), cs) == _cluster_set(*b.drain_written(), cs)
+    a.flush()
+    b.flush()
+    assert _cluster_set(*a.drain_written(), cs) == _cluster_set(*b.drain_written(), cs)
