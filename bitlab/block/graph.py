@@ -18,7 +18,7 @@ from ..qmp_order import wire_member_order
 from . import perms
 from .blkdebug import BlkdebugNode
 from .info import NodeInfoCache
-from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
+from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode, subtree_ids
 from .paths import node_full_backing_filename, strip_file_protocol
 from .store import ImageStore, StoredBitmap
 
@@ -305,20 +305,9 @@ class BlockGraph:
         self.job_held.discard(cbw.node_name)
         self.nodes.pop(cbw.node_name, None)
 
-    def subtree(self, top: BlockNode) -> set[int]:
-        """The ids of ``top`` and every node below it."""
-        seen: set[int] = set()
-        todo = [top]
-        while todo:
-            node = todo.pop()
-            if id(node) not in seen:
-                seen.add(id(node))
-                todo.extend(child for _, child in node.children)
-        return seen
-
     def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every parent of ``old`` outside ``new``'s subtree now points at ``new``."""
-        inside = self.subtree(new)
+        inside = subtree_ids(new, lambda node: node.children)
         moved: list[tuple] = []
         for parent in list(self.nodes.values()):
             if id(parent) not in inside and any(child is old for _, child in parent.children):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -38,6 +38,18 @@ def _merge_flag_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray
     new[1:] = flags[1:] != flags[:-1]
     last = np.append(np.flatnonzero(new)[1:] - 1, flags.size - 1)
     return starts[new], ends[last], flags[new]
+
+
+def subtree_ids(top: BlockNode, children: Callable[[BlockNode], list[tuple[str, BlockNode]]]) -> set[int]:
+    """The ids of ``top`` and of every node below it, following ``children(node)`` (role, child) links."""
+    seen: set[int] = set()
+    todo = [top]
+    while todo:
+        node = todo.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            todo.extend(child for _, child in children(node))
+    return seen
 
 
 class BlockNode:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import generic
-from .node import BlockNode
+from .node import BlockNode, subtree_ids
 
 READ, WRITE, WRITE_UNCHANGED, RESIZE = 1, 2, 4, 8
 ALL = READ | WRITE | WRITE_UNCHANGED | RESIZE
@@ -159,7 +159,7 @@ class PermView:
     def replace(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: ``old``'s parents outside ``new``'s subtree move to ``new``."""
         self._cumulative.clear()
-        inside = self.subtree(new)
+        inside = subtree_ids(new, lambda node: self.children.get(id(node), []))
         keep, moved = [], []
         for edge in self.parents.get(id(old), []):
             (keep if edge.parent is not None and id(edge.parent) in inside else moved).append(edge)
@@ -169,16 +169,6 @@ class PermView:
             if edge.parent is not None:
                 self.children[id(edge.parent)] = [(role, new if child is old and role == edge.role else child)
                                                   for role, child in self.children[id(edge.parent)]]
-
-    def subtree(self, top: BlockNode) -> set[int]:
-        seen: set[int] = set()
-        todo = [top]
-        while todo:
-            node = todo.pop()
-            if id(node) not in seen:
-                seen.add(id(node))
-                todo.extend(child for _, child in self.children.get(id(node), []))
-        return seen
 
     # -- permissions ------------------------------------------------------------------------
     def edge_perms(self, node: BlockNode, edge: Edge) -> tuple[int, int]:
