@@ -100,6 +100,17 @@ CASES = {
                                 (196608, 8192, 218624)],
                                "400/131072 = 0.31% allocated, 0.00% fragmented, 0.00% compressed clusters\n"
                                "Image end offset: 226816\n", 226816)),
+    # the last request's clusters of its second L2 table continue its first table's (qcow2_alloc_clusters_at)
+    # and reach the first cluster no refcount block covers (256): the new block takes that cluster (the first
+    # free one from free_cluster_index, the request's clusters counted so far in use), the rest follow it
+    "refcount-block-inside-a-request": ((["-o", "cluster_size=512"], ["write -P 1 0 512", "write -P 2 36k 512",
+                                                                       "write -P 3 1M 92k", "write -P 4 20k 20k"],
+                                         "64M"),
+                                        ([(0, 512, 18432), (20480, 15360, 115712), (35840, 1024, 131584),
+                                          (36864, 512, 19456), (37376, 3584, 132608), (1048576, 32768, 20480),
+                                          (1081344, 32768, 53760), (1114112, 28672, 87040)],
+                                         "225/131072 = 0.17% allocated, 1.78% fragmented, 0.00% compressed clusters\n"
+                                         "Image end offset: 136192\n", 136192)),
 }
 
 

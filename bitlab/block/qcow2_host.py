@@ -8,8 +8,10 @@ write, zero write or discard into a stretch without one), then the request's new
 that stretch, contiguous, right after the host cluster the request used last if that one is free
 (``qcow2_alloc_clusters_at``), else anywhere (first fit). A cluster that already has a host cluster
 (data, or a zero cluster that kept it) is written in place. When an allocation reaches past the
-clusters the refcount blocks cover, a new refcount block takes the first free cluster after it
-and the allocation is retried (``alloc_refcount_block``).
+clusters the refcount blocks cover, a new refcount block takes the first free cluster from
+free_cluster_index and the allocation is retried (``alloc_refcount_block``): after a first-fit
+allocation (which moved the index past itself), but at the first uncovered cluster inside a request's
+continuation (``qcow2_alloc_clusters_at`` leaves the index alone), whose rest then follows the block.
 
 It also keeps what qcow2's caches hold (qcow2-cache.c): which L2 tables and refcount blocks are dirty,
 which cache waits for the other (``qcow2_cache_set_dependency``), and logs the metadata writes they
@@ -238,8 +240,24 @@ class HostLayout:
         if i >= fs.size or fs[i] > pos:
             return 0
         k = min(n, int(fe[i]) - pos)
-        self._take(pos, k)
-        self._refblocks_for(pos + k)
+        span = self.refblock_span
+        while pos + k > self.refblocks * span:  # update_refcount reaches an uncovered cluster: -EAGAIN
+            covered = self.refblocks * span
+            # alloc_refcount_block: the first free cluster from free_cluster_index, the clusters counted so
+            # far ([pos, covered)) in use; they are counted down again (lowering the index), then retried
+            j = int(np.searchsorted(fe, self.fci, "right"))
+            at = max(int(fs[j]), self.fci)
+            if pos <= at < covered:
+                at = covered
+            self.refblock_hosts.append(at)
+            self._take(at, 1)
+            self.refblocks += 1
+            self.fci = min(at + 1, pos) if covered > pos else at + 1
+            if pos <= at < pos + k:
+                k = at - pos
+            fs, fe = self._free_runs()
+        if k:
+            self._take(pos, k)
         return k
 
     def release(self, starts: np.ndarray, ends: np.ndarray) -> None:
@@ -422,6 +440,11 @@ class HostLayout:
                 new = qv == NONE
                 owner = np.repeat(owner, np.diff(ptr))[new]
                 ps, pe = qs[new], qe[new]
+            if ps.size > 1:  # a request's new clusters in a row are one allocation (a refcount block goes after all)
+                join = (ps[1:] == pe[:-1]) & (owner[1:] == owner[:-1])
+                if join.any():
+                    head = np.append(True, ~join)
+                    ps, pe, owner = ps[head], pe[np.append(~join, True)], owner[head]
             if ps.size:  # cut at L2 tables
                 extra = (pe - 1) // P - ps // P
                 if extra.any():
@@ -466,13 +489,19 @@ class HostLayout:
             order = np.lexsort((ev_type, ev_key, ev_owner))
         counts = ev_n[order]
         host = self.top + np.cumsum(counts) - counts
-        host, end = self._with_refblocks(host, counts)
+        cont = None
+        if ps.size and int(host[-1] + counts[-1]) > self.refblocks * self.refblock_span:
+            cont = self._continues(order, nt, ps, pe, c0[owner])
+        host, end, (split, before, rest) = self._with_refblocks(host, counts, cont)
         at = np.empty_like(host)
         at[order] = host
         if nt:
             self.l2.write_batch(tab, 1, at[:nt])
         if ps.size:
             self.guest.write_batch(ps, pe - ps, at[nt:] - ps)
+            if split.size:  # the clusters after a refcount block placed inside a request's allocation
+                d = order[split] - nt
+                self.guest.write_batch(ps[d] + before, pe[d] - ps[d] - before, rest - ps[d] - before)
         self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, c0, c1, zeroing, end)
         self._take(self.top, end - self.top, counted=False)
         self.fci = end
@@ -522,19 +551,57 @@ class HostLayout:
             self._refcounts_changed(np.array([host_last + 1]), np.array([end]))
         return bool((d_pos > cut).any())
 
-    def _with_refblocks(self, host: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
-        """Allocations in a row from the file's end, each new refcount block taking the cluster after
-        the allocation that first reaches past the covered clusters: (their hosts, the new end)."""
+    def _continues(self, order: np.ndarray, nt: int, ps: np.ndarray, pe: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """For allocations in ``order`` (``nt`` L2 tables, then data pieces ``[ps, pe)`` of requests
+        starting at ``lo``): whether each data piece goes where its request's previous cluster ends (the
+        file's end then), taken by qcow2_alloc_clusters_at rather than qcow2_alloc_clusters."""
+        n = order.size
+        is_data = order >= nt
+        d = np.maximum(order - nt, 0)
+        e_ps, e_pe, e_lo = ps[d], pe[d], lo[d]
+        cont = np.zeros(n, dtype=bool)
+        cont[1:] = is_data[1:] & is_data[:-1] & (e_pe[:-1] == e_ps[1:]) & (e_ps[1:] > e_lo[1:])
+        if n and is_data[0] and e_ps[0] > e_lo[0]:
+            before = int(e_ps[0]) - 1
+            value = int(self.guest.value_at(before))
+            cont[0] = value != NONE and before + value + 1 == self.top
+        return cont
+
+    def _with_refblocks(self, host: np.ndarray, counts: np.ndarray, cont: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Allocations in a row from the file's end (``cont``: which continue their request's previous
+        cluster, qcow2_alloc_clusters_at). A new refcount block takes the cluster after the allocation
+        that first reaches past the covered clusters (alloc_refcount_block: the first free cluster from
+        free_cluster_index, which that allocation moved past itself); one continuing a request puts it
+        at the first uncovered cluster instead, and the rest of its clusters follow the block. Returns
+        the hosts, the new end, and the allocations so split: (positions, clusters before the block,
+        host of the rest)."""
         ends = host + counts
         n, k, last = host.size, 0, 0
-        after = []
+        after: list[int] = []
+        second = np.zeros(n, dtype=bool)  # (the rest of a split allocation)
+        span = self.refblock_span
         while True:  # the k refcount blocks so far sit after allocations <= i: each shifts what follows
-            i = max(int(np.searchsorted(ends, (self.refblocks + k) * self.refblock_span - k, "right")), last)
+            covered = (self.refblocks + k) * span
+            i = max(int(np.searchsorted(ends, covered - k, "right")), last)
             if i >= n:
                 break
+            if cont is not None and cont[i]:  # the block at the first uncovered cluster, inside this one
+                m = covered - int(host[i]) - k
+                counts = np.insert(counts, i + 1, int(counts[i]) - m)
+                counts[i] = m
+                host = np.insert(host, i + 1, int(host[i]) + m)
+                ends = host + counts
+                cont = np.insert(cont, i + 1, False)
+                second = np.insert(second, i + 1, True)
+                n += 1
+                last = i + 1
+            else:
+                last = i
+            if cont is not None and i + 1 < n:
+                cont[i + 1] = False  # (the block takes the cluster it would have continued at)
             after.append(i)
             k += 1
-            last = i
         self.refblocks += k
         if k:
             shift = np.zeros(n + 1, dtype=np.int64)
@@ -542,7 +609,13 @@ class HostLayout:
             host = host + np.cumsum(shift)[:n]
             for j, i in enumerate(after):  # each new block right after its allocation (and the blocks before)
                 self.refblock_hosts.append(int(host[i] + counts[i]) + after[:j].count(i))
-        return host, int(host[-1] + counts[-1]) + after.count(n - 1)
+        end = int(host[-1] + counts[-1]) + after.count(n - 1)
+        if not second.any():
+            empty = np.zeros(0, dtype=np.int64)
+            return host, end, (empty, empty, empty)
+        j = np.flatnonzero(second)
+        first = ~second
+        return host[first], end, (np.cumsum(first)[j] - 1, counts[j - 1], host[j])
 
     # -- persistent bitmaps --------------------------------------------------------------------
     def store_bitmap(self, name: str, nonzero: np.ndarray, table_clusters: int) -> None:
