@@ -34,6 +34,8 @@ from .extents import UNALLOCATED, ZERO, ExtentMap, _stab_max
 NONE = -(1 << 62)  # guest map value: no host cluster
 USED, FREE = 0, 1
 HOST_SPACE = 1 << 56  # host clusters a file may ever have (the free map's size)
+SMALL_BATCH = 8  # requests a batch may have for the plain-integer path
+SMALL_ZERO_BATCH = 128  # zero writes a batch of them alone may have for it
 
 
 def _first_touch(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -375,6 +377,19 @@ class HostLayout:
     def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Content writes ``[offsets, ends)`` of ``values`` (bytes, in order) reach the image."""
         cs = self.cs
+        if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
+            vals = values.tolist()
+            zeros = [v == ZERO or v == UNALLOCATED for v in vals]
+            if not any(zeros):
+                small = len(vals) <= SMALL_BATCH
+            else:  # zero writes alone into an image hosting nothing: they free nothing
+                _, g_vals = self.guest.runs()
+                small = not any(v >= 0 for v in vals) and g_vals.size == 1 and g_vals[0] == NONE
+            if small and not self.has_holes():
+                reqs = [(o // cs, -(-e // cs), z) for o, e, v, z in zip(offsets.tolist(), ends.tolist(), vals, zeros)
+                        if v >= 0 or z]
+                if self._small_batch(reqs):
+                    return
         c0, c1 = offsets // cs, -(-ends // cs)
         data = values >= 0
         zeroing = (values == ZERO) | (values == UNALLOCATED)
@@ -404,6 +419,88 @@ class HostLayout:
             elif zeroing[i]:
                 self.zero_request(int(c0[i]), int(c1[i]), int(f0[i]), int(f1[i]))
             i += 1
+
+    def _small_batch(self, reqs: list[tuple[int, int, bool]]) -> bool:
+        """:meth:`_batch` for a few requests (guest cluster ranges, in order; zero writes that free
+        nothing flagged) into a file without holes, in plain integers, unless a new refcount block is
+        needed (then False, nothing done)."""
+        P = self.per_l2
+        reqs = [r for r in reqs if r[1] > r[0]]
+        if not reqs:
+            return True
+        events: list[tuple[int, int, int, int]] = []  # (owner, guest cluster, 0 table / 1 data, end or index)
+        seen_tables: set[int] = set()
+        z_tab: list[tuple[int, int]] = []  # (owner, index): the tables a zero write changes
+        for o, (a, b, zero) in enumerate(reqs):
+            stretch = range(a // P, (b - 1) // P + 1)
+            if zero:
+                z_tab.extend((o, index) for index in stretch)
+            else:
+                new = [(a, b)]
+                s, e, v = self.guest.extents(a, b - a)
+                taken = [(x, y) for x, y, d in zip(s.tolist(), e.tolist(), v.tolist()) if d != NONE]
+                for x, y in taken + [(x, y) for x, y, z in reqs[:o] if not z]:  # hosted, or an earlier request's
+                    new = [(p, q) for lo, hi in new for p, q in ((lo, min(hi, x)), (max(lo, y), hi)) if q > p]
+                for lo, hi in new:  # cut at L2 tables
+                    while lo < hi:
+                        cut = min(hi, (lo // P + 1) * P)
+                        events.append((o, lo, 1, cut))
+                        lo = cut
+            for index in stretch:
+                if index not in seen_tables:
+                    seen_tables.add(index)
+                    if self.l2.value_at(index) < 0:
+                        events.append((o, max(a, index * P), 0, index))
+        events.sort(key=lambda ev: ev[:3])
+        top = self.top
+        end = top + sum(1 if t == 0 else x - g for _, g, t, x in events)
+        if end > self.refblocks * self.refblock_span:
+            return False
+        tables, pos_last, host_last, host = [], -1, -1, top
+        for i, (_, g, t, x) in enumerate(events):
+            if t == 0:
+                self.l2.write(x, 1, host)
+                tables.append(x)
+                pos_last, host_last = i, host
+                host += 1
+            else:
+                self.guest.write(g, x - g, host - g)
+                host += x - g
+        d_tab = [(i, g // P) for i, (_, g, t, _) in enumerate(events) if t == 1]
+        if d_tab and self.depends["rb"] == "l2":
+            self._set_dependency("l2", "rb")
+        if not tables:
+            self.dirty_l2.update(d for _, d in d_tab)
+            self.dirty_l2.update(index for _, index in z_tab)
+            self._refcounts_changed_range(top, end)
+            linked_after = bool(d_tab)
+        else:
+            cut_owner, last_index = events[pos_last][0], events[pos_last][3]
+            z_before = [o < cut_owner or (o == cut_owner and index < last_index) for o, index in z_tab]
+            self._refcounts_changed_range(top, host_last + 1)
+            self.dirty_l2.update(tables)
+            self.dirty_l2.update(d for i, d in d_tab if i < pos_last)
+            self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if before)
+            self._flush_cache("rb")
+            self._flush_cache("l2")
+            l1_index = np.array(sorted(tables), dtype=np.int64)
+            self._write(self.l1_offset + 8 * l1_index, np.full(l1_index.size, 8, dtype=np.int64))
+            self.dirty_l2.update(d for i, d in d_tab if i > pos_last)
+            self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if not before)
+            if end > host_last + 1:
+                self._refcounts_changed_range(host_last + 1, end)
+            linked_after = any(i > pos_last for i, _ in d_tab)
+        if linked_after:
+            self._set_dependency("l2", "rb")
+        if events:
+            self._take(top, end - top, counted=False)
+            self.fci = end
+        return True
+
+    def _refcounts_changed_range(self, start: int, end: int) -> None:
+        """:meth:`_refcounts_changed` for one range ``[start, end)``."""
+        span = self.refblock_span
+        self.dirty_refblocks.update(range(start // span, (end - 1) // span + 1))
 
     def _may_free(self, f0: np.ndarray, f1: np.ndarray, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
         """Whether each range ``[f0, f1)`` meets a hosted cluster or a range ``[d0, d1)`` (conservative)."""
