@@ -119,3 +119,24 @@ def test_zero_writes_into_an_image_hosting_nothing_are_the_general_batch(seed: i
         _same(fast, general)
         layout = fast
     assert outcomes == [True] * 4
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_few_dirty_tables_are_written_back_as_many(seed: int) -> None:
+    """Writing back a few dirty L2 tables (looked up one by one) writes what the gathered lookup writes."""
+    rng = np.random.default_rng(seed)
+    cs = 4096
+    layout = HostLayout(64 << 20, cs)  # 32 L2 tables
+    off, ends, vals = _random_writes(rng, int(rng.integers(1, 30)), 16384, cs, 600, [1, 2])
+    layout.before_merge(off, ends, vals)
+    layout.written.clear()
+    dirty = set(rng.choice(32, int(rng.integers(1, 2 * SMALL_BATCH)), replace=False).tolist())
+    few, many = copy.deepcopy(layout), copy.deepcopy(layout)
+    few.dirty_l2 = set(dirty)
+    few._write_back_l2()
+    index = np.array(sorted(dirty), dtype=np.int64)
+    _, _, hosts, _ = many.l2.gather(index, index + 1)
+    hosts = hosts[hosts >= 0]
+    assert hosts.size  # (some of them exist)
+    assert [(o.tolist(), n.tolist()) for o, n in few.written] == [((hosts * cs).tolist(), [cs] * hosts.size)]
+    assert few.written[0][0].dtype == np.int64 and not few.dirty_l2

@@ -171,10 +171,14 @@ class HostLayout:
         """The L2 table cache written: each dirty table whole."""
         if not self.dirty_l2:
             return
-        index = np.array(sorted(self.dirty_l2), dtype=np.int64)
+        if len(self.dirty_l2) <= SMALL_BATCH:  # a few tables: looked up one by one
+            found = [self.l2.value_at(i) for i in sorted(self.dirty_l2)]
+            hosts = np.array([h for h in found if h >= 0], dtype=np.int64)
+        else:
+            index = np.array(sorted(self.dirty_l2), dtype=np.int64)
+            _, _, hosts, _ = self.l2.gather(index, index + 1)
+            hosts = hosts[hosts >= 0]
         self.dirty_l2.clear()
-        _, _, hosts, _ = self.l2.gather(index, index + 1)
-        hosts = hosts[hosts >= 0]
         self._write(hosts * self.cs, np.full(hosts.size, self.cs, dtype=np.int64))
 
     def flush(self) -> None:
