@@ -27,6 +27,8 @@ goes request by request (never cluster by cluster).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .extents import UNALLOCATED, ZERO, ExtentMap, _stab_max
@@ -592,7 +594,7 @@ class HostLayout:
         host = self.top + np.cumsum(counts) - counts
         cont = None
         if ps.size and int(host[-1] + counts[-1]) > self.refblocks * self.refblock_span:
-            cont = self._continues(order, nt, ps, pe, c0[owner])
+            cont = self._continues(order, nt, ps, pe, owner, c0)
         host, end, (split, before, rest) = self._with_refblocks(host, counts, cont)
         at = np.empty_like(host)
         at[order] = host
@@ -652,23 +654,30 @@ class HostLayout:
             self._refcounts_changed(np.array([host_last + 1]), np.array([end]))
         return bool((d_pos > cut).any())
 
-    def _continues(self, order: np.ndarray, nt: int, ps: np.ndarray, pe: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    def _continues(self, order: np.ndarray, nt: int, ps: np.ndarray, pe: np.ndarray, owner: np.ndarray,
+                   c0: np.ndarray) -> Callable[[int], bool]:
         """For allocations in ``order`` (``nt`` L2 tables, then data pieces ``[ps, pe)`` of requests
-        starting at ``lo``): whether each data piece goes where its request's previous cluster ends (the
-        file's end then), taken by qcow2_alloc_clusters_at rather than qcow2_alloc_clusters."""
-        n = order.size
-        is_data = order >= nt
-        d = np.maximum(order - nt, 0)
-        e_ps, e_pe, e_lo = ps[d], pe[d], lo[d]
-        cont = np.zeros(n, dtype=bool)
-        cont[1:] = is_data[1:] & is_data[:-1] & (e_pe[:-1] == e_ps[1:]) & (e_ps[1:] > e_lo[1:])
-        if n and is_data[0] and e_ps[0] > e_lo[0]:
-            before = int(e_ps[0]) - 1
-            value = int(self.guest.value_at(before))
-            cont[0] = value != NONE and before + value + 1 == self.top
-        return cont
+        ``owner`` starting at ``c0``): whether the one at a position goes where its request's previous
+        cluster ends (the file's end then), taken by qcow2_alloc_clusters_at, not qcow2_alloc_clusters."""
+        top = self.top
 
-    def _with_refblocks(self, host: np.ndarray, counts: np.ndarray, cont: np.ndarray | None = None
+        def continues(q: int) -> bool:
+            e = int(order[q])
+            if e < nt:
+                return False
+            d = e - nt
+            start = int(ps[d])
+            if start <= int(c0[owner[d]]):
+                return False
+            if q == 0:
+                value = int(self.guest.value_at(start - 1))
+                return value != NONE and start + value == top
+            before = int(order[q - 1])
+            return before >= nt and int(pe[before - nt]) == start
+
+        return continues
+
+    def _with_refblocks(self, host: np.ndarray, counts: np.ndarray, cont: Callable[[int], bool] | None = None
                         ) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Allocations in a row from the file's end (``cont``: which continue their request's previous
         cluster, qcow2_alloc_clusters_at). A new refcount block takes the cluster after the allocation
@@ -681,26 +690,27 @@ class HostLayout:
         n, k, last = host.size, 0, 0
         after: list[int] = []
         second = np.zeros(n, dtype=bool)  # (the rest of a split allocation)
+        taken: set[int] = set()  # allocations whose continuation cluster a block took
+        splits = 0
         span = self.refblock_span
         while True:  # the k refcount blocks so far sit after allocations <= i: each shifts what follows
             covered = (self.refblocks + k) * span
             i = max(int(np.searchsorted(ends, covered - k, "right")), last)
             if i >= n:
                 break
-            if cont is not None and cont[i]:  # the block at the first uncovered cluster, inside this one
-                m = covered - int(host[i]) - k
+            if cont is not None and not second[i] and i not in taken and cont(i - splits):
+                m = covered - int(host[i]) - k  # the block at the first uncovered cluster, inside this one
                 counts = np.insert(counts, i + 1, int(counts[i]) - m)
                 counts[i] = m
                 host = np.insert(host, i + 1, int(host[i]) + m)
                 ends = host + counts
-                cont = np.insert(cont, i + 1, False)
                 second = np.insert(second, i + 1, True)
                 n += 1
+                splits += 1  # (every split so far lies before any allocation still to look at)
                 last = i + 1
             else:
                 last = i
-            if cont is not None and i + 1 < n:
-                cont[i + 1] = False  # (the block takes the cluster it would have continued at)
+            taken.add(i + 1)  # (the block takes the cluster the next one would have continued at)
             after.append(i)
             k += 1
         self.refblocks += k
