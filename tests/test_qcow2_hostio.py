@@ -220,16 +220,18 @@ def _cluster_set(offsets: np.ndarray, lengths: np.ndarray, cs: int) -> set[int]:
     return out
 
 
+@pytest.mark.parametrize("cs", [4096, 512])
 @pytest.mark.parametrize("seed", range(40))
-def test_batch_path_writes_back_what_requests_one_by_one_do(seed):
-    """The cumulative-sum path (a batch of requests into a file without holes) leaves the caches and
-    writes the clusters the request-by-request path does (within one refcount block: where new ones are
-    needed the two paths place clusters differently, a matter of the layout itself)."""
+def test_batch_path_writes_back_what_requests_one_by_one_do(seed, cs):
+    """The cumulative-sum path (a batch of requests into a file without holes) places the clusters, leaves
+    the caches and writes the clusters the request-by-request path does; with 512-byte clusters across
+    several refcount blocks (256 host clusters each), some placed inside a request's allocation."""
     rng = np.random.default_rng(seed)
-    cs, size = 4096, 64 * M  # 512 clusters per L2 table: 32 tables; one refcount block covers 2048 clusters
-    n = int(rng.integers(1, 40))
-    c0 = rng.integers(0, size // cs - 40, n)
-    c1 = c0 + rng.integers(1, 40, n)
+    size = 64 * M  # 4 KiB: 512 clusters per L2 table, 2048 per refcount block; 512 B: 64 and 256
+    n = int(rng.integers(1, 40) if cs == 4096 else rng.integers(30, 80))
+    longest = 40 if cs == 4096 else int(rng.choice([100, 700]))
+    c0 = rng.integers(0, (size // cs - longest) if cs == 4096 else 6000, n)
+    c1 = c0 + rng.integers(1, longest, n)
     zero = rng.random(n) < 0.2
     a, b = HostLayout(size, cs), HostLayout(size, cs)
     a._batch(c0, c1, ~zero, zero)
@@ -239,6 +241,9 @@ def test_batch_path_writes_back_what_requests_one_by_one_do(seed):
         else:
             b._request(lo, hi)
     assert a.end_cluster() == b.end_cluster()
+    assert a.guest == b.guest and a.l2 == b.l2 and a.free == b.free
+    assert a.refblock_hosts == b.refblock_hosts
+    assert cs == 4096 or a.refblocks > 2
     assert a.dirty_l2 == b.dirty_l2
     assert a.dirty_refblocks == b.dirty_refblocks
     assert a.depends == b.depends

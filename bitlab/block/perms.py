@@ -241,9 +241,24 @@ class PermView:
 
 def check_attach(graph: Any, parent: BlockNode, role: str, child: BlockNode) -> None:
     """bdrv_attach_child of an existing node (blockdev-add taking it by reference)."""
+    text = attach_error_alone(graph, parent, role, child)
+    if text is not None:
+        if text:
+            raise generic(text)
+        return
     view = PermView(graph)
     view.attach(parent, role, child)
     view.check(child)
+
+
+def attach_error_alone(graph: Any, parent: BlockNode, role: str, child: BlockNode) -> str | None:
+    """What :func:`check_attach` finds without a view, where the new link is all there is: a child with
+    no parents and no children, a parent nothing uses (its link takes what the driver takes for no
+    parents; alone, it conflicts with nothing but a read-only child). ``""``: no error; None: not so."""
+    if child.children or not _unused(graph, child) or not _unused(graph, parent):
+        return None
+    perm, _ = child_perm(parent, role, 0, ALL, False)
+    return "Block node is read-only" if child.read_only and perm & (WRITE | WRITE_UNCHANGED) else ""
 
 
 def check_blk(graph: Any, node: BlockNode, perm: int, shared: int = ALL, desc: str = UNNAMED) -> None:
@@ -260,11 +275,15 @@ def check_blk(graph: Any, node: BlockNode, perm: int, shared: int = ALL, desc: s
 def _alone(graph: Any, node: BlockNode) -> bool:
     """No parent of any kind, and a driver whose links below take the same whatever its parents take
     (a writable qcow2 always writes its file; file and null-co have no children)."""
+    return _unused(graph, node) and (node.driver in ("file", "null-co", "null-aio")
+                                     or (node.driver == "qcow2" and not node.read_only))
+
+
+def _unused(graph: Any, node: BlockNode) -> bool:
+    """No parent of any kind: no node, device, export or job uses it."""
     if node.parents or node.node_name in graph.job_held:
         return False
-    if any(root is node for root in graph.devices.values()) or any(blk.node is node for blk in graph.blks):
-        return False
-    return node.driver in ("file", "null-co", "null-aio") or (node.driver == "qcow2" and not node.read_only)
+    return not (any(root is node for root in graph.devices.values()) or any(blk.node is node for blk in graph.blks))
 
 
 def check_export(graph: Any, node: BlockNode, writable: bool) -> tuple[str | None, str | None]:

@@ -8,8 +8,10 @@ write, zero write or discard into a stretch without one), then the request's new
 that stretch, contiguous, right after the host cluster the request used last if that one is free
 (``qcow2_alloc_clusters_at``), else anywhere (first fit). A cluster that already has a host cluster
 (data, or a zero cluster that kept it) is written in place. When an allocation reaches past the
-clusters the refcount blocks cover, a new refcount block takes the first free cluster after it
-and the allocation is retried (``alloc_refcount_block``).
+clusters the refcount blocks cover, a new refcount block takes the first free cluster from
+free_cluster_index and the allocation is retried (``alloc_refcount_block``): after a first-fit
+allocation (which moved the index past itself), but at the first uncovered cluster inside a request's
+continuation (``qcow2_alloc_clusters_at`` leaves the index alone), whose rest then follows the block.
 
 It also keeps what qcow2's caches hold (qcow2-cache.c): which L2 tables and refcount blocks are dirty,
 which cache waits for the other (``qcow2_cache_set_dependency``), and logs the metadata writes they
@@ -25,6 +27,8 @@ goes request by request (never cluster by cluster).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .extents import UNALLOCATED, ZERO, ExtentMap, _stab_max
@@ -32,6 +36,8 @@ from .extents import UNALLOCATED, ZERO, ExtentMap, _stab_max
 NONE = -(1 << 62)  # guest map value: no host cluster
 USED, FREE = 0, 1
 HOST_SPACE = 1 << 56  # host clusters a file may ever have (the free map's size)
+SMALL_BATCH = 8  # requests a batch may have for the plain-integer path
+SMALL_ZERO_BATCH = 128  # zero writes a batch of them alone may have for it
 
 
 def _first_touch(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,10 +173,14 @@ class HostLayout:
         """The L2 table cache written: each dirty table whole."""
         if not self.dirty_l2:
             return
-        index = np.array(sorted(self.dirty_l2), dtype=np.int64)
+        if len(self.dirty_l2) <= SMALL_BATCH:  # a few tables: looked up one by one
+            found = [self.l2.value_at(i) for i in sorted(self.dirty_l2)]
+            hosts = np.array([h for h in found if h >= 0], dtype=np.int64)
+        else:
+            index = np.array(sorted(self.dirty_l2), dtype=np.int64)
+            _, _, hosts, _ = self.l2.gather(index, index + 1)
+            hosts = hosts[hosts >= 0]
         self.dirty_l2.clear()
-        _, _, hosts, _ = self.l2.gather(index, index + 1)
-        hosts = hosts[hosts >= 0]
         self._write(hosts * self.cs, np.full(hosts.size, self.cs, dtype=np.int64))
 
     def flush(self) -> None:
@@ -238,8 +248,24 @@ class HostLayout:
         if i >= fs.size or fs[i] > pos:
             return 0
         k = min(n, int(fe[i]) - pos)
-        self._take(pos, k)
-        self._refblocks_for(pos + k)
+        span = self.refblock_span
+        while pos + k > self.refblocks * span:  # update_refcount reaches an uncovered cluster: -EAGAIN
+            covered = self.refblocks * span
+            # alloc_refcount_block: the first free cluster from free_cluster_index, the clusters counted so
+            # far ([pos, covered)) in use; they are counted down again (lowering the index), then retried
+            j = int(np.searchsorted(fe, self.fci, "right"))
+            at = max(int(fs[j]), self.fci)
+            if pos <= at < covered:
+                at = covered
+            self.refblock_hosts.append(at)
+            self._take(at, 1)
+            self.refblocks += 1
+            self.fci = min(at + 1, pos) if covered > pos else at + 1
+            if pos <= at < pos + k:
+                k = at - pos
+            fs, fe = self._free_runs()
+        if k:
+            self._take(pos, k)
         return k
 
     def release(self, starts: np.ndarray, ends: np.ndarray) -> None:
@@ -357,6 +383,19 @@ class HostLayout:
     def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Content writes ``[offsets, ends)`` of ``values`` (bytes, in order) reach the image."""
         cs = self.cs
+        if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
+            vals = values.tolist()
+            zeros = [v == ZERO or v == UNALLOCATED for v in vals]
+            if not any(zeros):
+                small = len(vals) <= SMALL_BATCH
+            else:  # zero writes alone into an image hosting nothing: they free nothing
+                _, g_vals = self.guest.runs()
+                small = not any(v >= 0 for v in vals) and g_vals.size == 1 and g_vals[0] == NONE
+            if small and not self.has_holes():
+                reqs = [(o // cs, -(-e // cs), z) for o, e, v, z in zip(offsets.tolist(), ends.tolist(), vals, zeros)
+                        if v >= 0 or z]
+                if self._small_batch(reqs):
+                    return
         c0, c1 = offsets // cs, -(-ends // cs)
         data = values >= 0
         zeroing = (values == ZERO) | (values == UNALLOCATED)
@@ -386,6 +425,88 @@ class HostLayout:
             elif zeroing[i]:
                 self.zero_request(int(c0[i]), int(c1[i]), int(f0[i]), int(f1[i]))
             i += 1
+
+    def _small_batch(self, reqs: list[tuple[int, int, bool]]) -> bool:
+        """:meth:`_batch` for a few requests (guest cluster ranges, in order; zero writes that free
+        nothing flagged) into a file without holes, in plain integers, unless a new refcount block is
+        needed (then False, nothing done)."""
+        P = self.per_l2
+        reqs = [r for r in reqs if r[1] > r[0]]
+        if not reqs:
+            return True
+        events: list[tuple[int, int, int, int]] = []  # (owner, guest cluster, 0 table / 1 data, end or index)
+        seen_tables: set[int] = set()
+        z_tab: list[tuple[int, int]] = []  # (owner, index): the tables a zero write changes
+        for o, (a, b, zero) in enumerate(reqs):
+            stretch = range(a // P, (b - 1) // P + 1)
+            if zero:
+                z_tab.extend((o, index) for index in stretch)
+            else:
+                new = [(a, b)]
+                s, e, v = self.guest.extents(a, b - a)
+                taken = [(x, y) for x, y, d in zip(s.tolist(), e.tolist(), v.tolist()) if d != NONE]
+                for x, y in taken + [(x, y) for x, y, z in reqs[:o] if not z]:  # hosted, or an earlier request's
+                    new = [(p, q) for lo, hi in new for p, q in ((lo, min(hi, x)), (max(lo, y), hi)) if q > p]
+                for lo, hi in new:  # cut at L2 tables
+                    while lo < hi:
+                        cut = min(hi, (lo // P + 1) * P)
+                        events.append((o, lo, 1, cut))
+                        lo = cut
+            for index in stretch:
+                if index not in seen_tables:
+                    seen_tables.add(index)
+                    if self.l2.value_at(index) < 0:
+                        events.append((o, max(a, index * P), 0, index))
+        events.sort(key=lambda ev: ev[:3])
+        top = self.top
+        end = top + sum(1 if t == 0 else x - g for _, g, t, x in events)
+        if end > self.refblocks * self.refblock_span:
+            return False
+        tables, pos_last, host_last, host = [], -1, -1, top
+        for i, (_, g, t, x) in enumerate(events):
+            if t == 0:
+                self.l2.write(x, 1, host)
+                tables.append(x)
+                pos_last, host_last = i, host
+                host += 1
+            else:
+                self.guest.write(g, x - g, host - g)
+                host += x - g
+        d_tab = [(i, g // P) for i, (_, g, t, _) in enumerate(events) if t == 1]
+        if d_tab and self.depends["rb"] == "l2":
+            self._set_dependency("l2", "rb")
+        if not tables:
+            self.dirty_l2.update(d for _, d in d_tab)
+            self.dirty_l2.update(index for _, index in z_tab)
+            self._refcounts_changed_range(top, end)
+            linked_after = bool(d_tab)
+        else:
+            cut_owner, last_index = events[pos_last][0], events[pos_last][3]
+            z_before = [o < cut_owner or (o == cut_owner and index < last_index) for o, index in z_tab]
+            self._refcounts_changed_range(top, host_last + 1)
+            self.dirty_l2.update(tables)
+            self.dirty_l2.update(d for i, d in d_tab if i < pos_last)
+            self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if before)
+            self._flush_cache("rb")
+            self._flush_cache("l2")
+            l1_index = np.array(sorted(tables), dtype=np.int64)
+            self._write(self.l1_offset + 8 * l1_index, np.full(l1_index.size, 8, dtype=np.int64))
+            self.dirty_l2.update(d for i, d in d_tab if i > pos_last)
+            self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if not before)
+            if end > host_last + 1:
+                self._refcounts_changed_range(host_last + 1, end)
+            linked_after = any(i > pos_last for i, _ in d_tab)
+        if linked_after:
+            self._set_dependency("l2", "rb")
+        if events:
+            self._take(top, end - top, counted=False)
+            self.fci = end
+        return True
+
+    def _refcounts_changed_range(self, start: int, end: int) -> None:
+        """:meth:`_refcounts_changed` for one range ``[start, end)``."""
+        span = self.refblock_span
+        self.dirty_refblocks.update(range(start // span, (end - 1) // span + 1))
 
     def _may_free(self, f0: np.ndarray, f1: np.ndarray, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
         """Whether each range ``[f0, f1)`` meets a hosted cluster or a range ``[d0, d1)`` (conservative)."""
@@ -422,6 +543,11 @@ class HostLayout:
                 new = qv == NONE
                 owner = np.repeat(owner, np.diff(ptr))[new]
                 ps, pe = qs[new], qe[new]
+            if ps.size > 1:  # a request's new clusters in a row are one allocation (a refcount block goes after all)
+                join = (ps[1:] == pe[:-1]) & (owner[1:] == owner[:-1])
+                if join.any():
+                    head = np.append(True, ~join)
+                    ps, pe, owner = ps[head], pe[np.append(~join, True)], owner[head]
             if ps.size:  # cut at L2 tables
                 extra = (pe - 1) // P - ps // P
                 if extra.any():
@@ -466,13 +592,19 @@ class HostLayout:
             order = np.lexsort((ev_type, ev_key, ev_owner))
         counts = ev_n[order]
         host = self.top + np.cumsum(counts) - counts
-        host, end = self._with_refblocks(host, counts)
+        cont = None
+        if ps.size and int(host[-1] + counts[-1]) > self.refblocks * self.refblock_span:
+            cont = self._continues(order, nt, ps, pe, owner, c0)
+        host, end, (split, before, rest) = self._with_refblocks(host, counts, cont)
         at = np.empty_like(host)
         at[order] = host
         if nt:
             self.l2.write_batch(tab, 1, at[:nt])
         if ps.size:
             self.guest.write_batch(ps, pe - ps, at[nt:] - ps)
+            if split.size:  # the clusters after a refcount block placed inside a request's allocation
+                d = order[split] - nt
+                self.guest.write_batch(ps[d] + before, pe[d] - ps[d] - before, rest - ps[d] - before)
         self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, c0, c1, zeroing, end)
         self._take(self.top, end - self.top, counted=False)
         self.fci = end
@@ -522,19 +654,65 @@ class HostLayout:
             self._refcounts_changed(np.array([host_last + 1]), np.array([end]))
         return bool((d_pos > cut).any())
 
-    def _with_refblocks(self, host: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
-        """Allocations in a row from the file's end, each new refcount block taking the cluster after
-        the allocation that first reaches past the covered clusters: (their hosts, the new end)."""
+    def _continues(self, order: np.ndarray, nt: int, ps: np.ndarray, pe: np.ndarray, owner: np.ndarray,
+                   c0: np.ndarray) -> Callable[[int], bool]:
+        """For allocations in ``order`` (``nt`` L2 tables, then data pieces ``[ps, pe)`` of requests
+        ``owner`` starting at ``c0``): whether the one at a position goes where its request's previous
+        cluster ends (the file's end then), taken by qcow2_alloc_clusters_at, not qcow2_alloc_clusters."""
+        top = self.top
+
+        def continues(q: int) -> bool:
+            e = int(order[q])
+            if e < nt:
+                return False
+            d = e - nt
+            start = int(ps[d])
+            if start <= int(c0[owner[d]]):
+                return False
+            if q == 0:
+                value = int(self.guest.value_at(start - 1))
+                return value != NONE and start + value == top
+            before = int(order[q - 1])
+            return before >= nt and int(pe[before - nt]) == start
+
+        return continues
+
+    def _with_refblocks(self, host: np.ndarray, counts: np.ndarray, cont: Callable[[int], bool] | None = None
+                        ) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Allocations in a row from the file's end (``cont``: which continue their request's previous
+        cluster, qcow2_alloc_clusters_at). A new refcount block takes the cluster after the allocation
+        that first reaches past the covered clusters (alloc_refcount_block: the first free cluster from
+        free_cluster_index, which that allocation moved past itself); one continuing a request puts it
+        at the first uncovered cluster instead, and the rest of its clusters follow the block. Returns
+        the hosts, the new end, and the allocations so split: (positions, clusters before the block,
+        host of the rest)."""
         ends = host + counts
         n, k, last = host.size, 0, 0
-        after = []
+        after: list[int] = []
+        second = np.zeros(n, dtype=bool)  # (the rest of a split allocation)
+        taken: set[int] = set()  # allocations whose continuation cluster a block took
+        splits = 0
+        span = self.refblock_span
         while True:  # the k refcount blocks so far sit after allocations <= i: each shifts what follows
-            i = max(int(np.searchsorted(ends, (self.refblocks + k) * self.refblock_span - k, "right")), last)
+            covered = (self.refblocks + k) * span
+            i = max(int(np.searchsorted(ends, covered - k, "right")), last)
             if i >= n:
                 break
+            if cont is not None and not second[i] and i not in taken and cont(i - splits):
+                m = covered - int(host[i]) - k  # the block at the first uncovered cluster, inside this one
+                counts = np.insert(counts, i + 1, int(counts[i]) - m)
+                counts[i] = m
+                host = np.insert(host, i + 1, int(host[i]) + m)
+                ends = host + counts
+                second = np.insert(second, i + 1, True)
+                n += 1
+                splits += 1  # (every split so far lies before any allocation still to look at)
+                last = i + 1
+            else:
+                last = i
+            taken.add(i + 1)  # (the block takes the cluster the next one would have continued at)
             after.append(i)
             k += 1
-            last = i
         self.refblocks += k
         if k:
             shift = np.zeros(n + 1, dtype=np.int64)
@@ -542,7 +720,13 @@ class HostLayout:
             host = host + np.cumsum(shift)[:n]
             for j, i in enumerate(after):  # each new block right after its allocation (and the blocks before)
                 self.refblock_hosts.append(int(host[i] + counts[i]) + after[:j].count(i))
-        return host, int(host[-1] + counts[-1]) + after.count(n - 1)
+        end = int(host[-1] + counts[-1]) + after.count(n - 1)
+        if not second.any():
+            empty = np.zeros(0, dtype=np.int64)
+            return host, end, (empty, empty, empty)
+        j = np.flatnonzero(second)
+        first = ~second
+        return host[first], end, (np.cumsum(first)[j] - 1, counts[j - 1], host[j])
 
     # -- persistent bitmaps --------------------------------------------------------------------
     def store_bitmap(self, name: str, nonzero: np.ndarray, table_clusters: int) -> None:

@@ -1,0 +1,77 @@
+"""The permission checks' fast path (bitlab/block/perms.py ``attach_error_alone``) against the general
+view it stands in for, on random graphs (seeded)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bitlab import Machine
+from bitlab.block import perms
+from bitlab.block.node import BlockNode
+from bitlab.errors import QMPError
+
+
+def _general(vm: Machine, parent: BlockNode, role: str, child: BlockNode) -> str:
+    view = perms.PermView(vm.graph)
+    view.attach(parent, role, child)
+    return view.first_error(child) or ""
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_attach_alone_is_the_general_check(seed: int) -> None:
+    """Random graphs (files, qcow2 and raw over them, read-only or not, devices, blkdebug): wherever the
+    fast path answers, the permission view gives the same error (or none); it answers for some."""
+    rng = random.Random(seed)
+    vm = Machine()
+    for i in range(4):
+        vm.qemu_img("create", "-f", "qcow2", f"i{i}.qcow2", "64M")
+    for i in range(rng.randint(2, 7)):
+        image = f"i{rng.randrange(4)}.qcow2"
+        ro = rng.random() < 0.4
+        kind = rng.choice(["file", "qcow2", "raw", "ref", "blkdebug"])
+        file = {"driver": "file", "filename": image, "read-only": ro or rng.random() < 0.3}
+        if kind == "file":
+            opts = {**file, "node-name": f"n{i}"}
+        elif kind == "ref" and vm.graph.nodes:
+            opts = {"driver": "raw", "node-name": f"n{i}", "read-only": ro, "file": rng.choice(list(vm.graph.nodes))}
+        elif kind == "blkdebug":
+            opts = {"driver": "blkdebug", "node-name": f"n{i}", "image": file}
+        else:
+            opts = {"driver": "qcow2" if kind != "raw" else "raw", "node-name": f"n{i}", "read-only": ro, "file": file}
+        try:
+            vm.qmp("blockdev-add", opts)
+        except QMPError:
+            pass
+    vm.qmp("blockdev-add", {"driver": "file", "node-name": "loose", "filename": "i0.qcow2",
+                            "read-only": rng.random() < 0.5})
+    answered = 0
+    nodes = list(vm.graph.nodes.values())
+    for _ in range(80):
+        child = rng.choice(nodes + [vm.graph.nodes["loose"]] * 3)
+        new = BlockNode(f"new{_}")  # a node being opened (not in the graph yet)
+        new.driver = rng.choice(["qcow2", "raw", "blkdebug", "copy-before-write"])  # type: ignore[misc]
+        parent = rng.choice(nodes + [new, new, new])
+        if parent is child:
+            continue
+        role = rng.choice(["file", "backing", "target", "image"])
+        for ro in (False, True):
+            parent.read_only = ro if parent is new else parent.read_only
+            fast = perms.attach_error_alone(vm.graph, parent, role, child)
+            if fast is not None:
+                answered += 1
+                assert fast == _general(vm, parent, role, child)
+    assert answered > 0
+
+
+def test_attach_alone_declines_a_child_in_use() -> None:
+    """A child something uses already, or one with children, goes to the view."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "q", "file": {"driver": "file", "filename": "a.qcow2"}})
+    q = vm.graph.nodes["q"]
+    file = q.children[0][1]
+    stand_in = perms.FilterStandIn("cbw")
+    assert perms.attach_error_alone(vm.graph, stand_in, "file", file) is None
+    assert perms.attach_error_alone(vm.graph, stand_in, "file", q) is None

@@ -1,0 +1,142 @@
+"""The qcow2 host layout's fast paths (bitlab/block/qcow2_host.py) against the general code they stand in for:
+both run on the same layout and input (seeded random), and every piece of state must come out the same."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from bitlab.block.extents import UNALLOCATED, ZERO, ZERO_ALLOC
+from bitlab.block.qcow2_host import SMALL_BATCH, HostLayout
+
+
+def _state(layout: HostLayout) -> dict:
+    written = [(o.tolist(), n.tolist()) for o, n in layout.written]
+    plain = {k: v for k, v in vars(layout).items() if k not in ("guest", "l2", "free", "written", "discarded")}
+    return {"guest": layout.guest.runs(), "l2": layout.l2.runs(), "free": layout.free.runs(), "written": written,
+            "discarded": [(s.tolist(), e.tolist()) for s, e in layout.discarded], **plain}
+
+
+def _same(a: HostLayout, b: HostLayout) -> None:
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        va, vb = sa[key], sb[key]
+        if isinstance(va, tuple) and isinstance(va[0], np.ndarray):
+            assert all(np.array_equal(x, y) for x, y in zip(va, vb)), key
+        else:
+            assert va == vb, key
+
+
+def _random_writes(rng: np.random.Generator, n: int, clusters: int, cs: int, longest: int,
+                   values: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    off = rng.integers(0, (clusters - longest) * cs, n) // 512 * 512
+    ends = off + rng.integers(1, longest * cs, n) // 512 * 512 + 512
+    return off, ends, rng.choice(values, n)
+
+
+@pytest.mark.parametrize("cs", [65536, 512])
+@pytest.mark.parametrize("seed", range(30))
+def test_small_batch_is_the_general_batch(seed: int, cs: int) -> None:
+    """A few data requests (overlapping, partial clusters, across L2 tables, over hosted clusters, values
+    that allocate nothing among them; with 512-byte clusters some need a new refcount block, where the
+    fast path gives way) give the layout, caches and metadata writes the cumulative-sum path gives."""
+    rng = np.random.default_rng(seed)
+    clusters = 3 * (cs // 8) if cs == 65536 else 3000
+    layout = HostLayout(clusters * cs, cs)
+    outcomes: list[bool] = []
+    for _ in range(int(rng.integers(0, 6))):  # earlier batches, through the general path
+        off, ends, vals = _random_writes(rng, int(rng.integers(1, 30)), clusters, cs, 40, [1, 2, 3])
+        layout.before_merge(off, ends, vals)
+        if layout.written and rng.random() < 0.5:
+            layout.flush()
+    if rng.random() < 0.3:
+        layout.written.clear()
+    for _ in range(8):
+        n = int(rng.integers(1, SMALL_BATCH + 1))
+        off, ends, vals = _random_writes(rng, n, clusters, cs, int(rng.choice([2, 40, 130])),
+                                         [1, 2, 5, ZERO_ALLOC, 7])
+        assert not layout.has_holes()
+        fast, general = copy.deepcopy(layout), copy.deepcopy(layout)
+        fast._small_batch = lambda reqs, f=fast: outcomes.append(HostLayout._small_batch(f, reqs)) or outcomes[-1]
+        fast.before_merge(off, ends, vals)
+        del fast._small_batch
+        zero = np.zeros(n, dtype=bool)
+        general._batch(off // cs, -(-ends // cs), vals >= 0, zero)
+        _same(fast, general)
+        layout = fast
+    assert outcomes.count(True) >= 4  # (the fast path was taken)
+
+
+def test_small_batch_gives_way_to_a_new_refcount_block() -> None:
+    """Reaching past the clusters the refcount blocks cover, the fast path does nothing and says so."""
+    cs = 512
+    layout = HostLayout(64 << 20, cs)  # 256 host clusters a refcount block; 35 of metadata
+    before = copy.deepcopy(layout)
+    assert not layout._small_batch([(0, 300, False)])
+    _same(layout, before)
+    assert layout._small_batch([(0, 200, False)]) and layout.top == 35 + 4 + 200
+
+
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("seed", range(10))
+def test_zero_writes_and_holes_take_the_general_path(seed: int, holes: bool) -> None:
+    """Zero writes, and a file with holes, go the general way (the fast path is not tried)."""
+    rng = np.random.default_rng(seed)
+    cs = 65536
+    layout = HostLayout(1 << 30, cs)
+    layout.before_merge(np.array([0]), np.array([10 * cs]), np.array([1]))
+    if holes:
+        layout.before_merge(np.array([3 * cs]), np.array([4 * cs]), np.array([UNALLOCATED]))
+    assert layout.has_holes() == holes
+    off, ends, vals = _random_writes(rng, 3, 16384, cs, 4, [1, ZERO, UNALLOCATED])
+    calls: list[int] = []
+    layout._small_batch = lambda reqs: calls.append(1) or HostLayout._small_batch(layout, reqs)
+    layout.before_merge(off, ends, vals)
+    zeroing = bool(np.isin(vals, [ZERO, UNALLOCATED]).any())
+    assert calls == ([] if zeroing or holes else [1])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_zero_writes_into_an_image_hosting_nothing_are_the_general_batch(seed: int) -> None:
+    """Zero writes alone (as a new target is zeroed), into an image with no data cluster (L2 tables
+    or not), give what the cumulative-sum path gives."""
+    rng = np.random.default_rng(seed)
+    cs = int(rng.choice([65536, 4096]))
+    clusters = 4 * (cs // 8)
+    layout = HostLayout(clusters * cs, cs)
+    outcomes: list[bool] = []
+    for _ in range(4):
+        n = int(rng.integers(1, 100))
+        off, ends, vals = _random_writes(rng, n, clusters, cs, int(rng.choice([3, 600])), [ZERO, UNALLOCATED])
+        fast, general = copy.deepcopy(layout), copy.deepcopy(layout)
+        fast._small_batch = lambda reqs, f=fast: outcomes.append(HostLayout._small_batch(f, reqs)) or outcomes[-1]
+        fast.before_merge(off, ends, vals)
+        del fast._small_batch
+        general._batch(off // cs, -(-ends // cs), np.zeros(n, dtype=bool), np.ones(n, dtype=bool))
+        _same(fast, general)
+        layout = fast
+    assert outcomes == [True] * 4
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_few_dirty_tables_are_written_back_as_many(seed: int) -> None:
+    """Writing back a few dirty L2 tables (looked up one by one) writes what the gathered lookup writes."""
+    rng = np.random.default_rng(seed)
+    cs = 4096
+    layout = HostLayout(64 << 20, cs)  # 32 L2 tables
+    off, ends, vals = _random_writes(rng, int(rng.integers(1, 30)), 16384, cs, 600, [1, 2])
+    layout.before_merge(off, ends, vals)
+    layout.written.clear()
+    dirty = set(rng.choice(32, int(rng.integers(1, 2 * SMALL_BATCH)), replace=False).tolist())
+    few, many = copy.deepcopy(layout), copy.deepcopy(layout)
+    few.dirty_l2 = set(dirty)
+    few._write_back_l2()
+    index = np.array(sorted(dirty), dtype=np.int64)
+    _, _, hosts, _ = many.l2.gather(index, index + 1)
+    hosts = hosts[hosts >= 0]
+    assert hosts.size  # (some of them exist)
+    assert [(o.tolist(), n.tolist()) for o, n in few.written] == [((hosts * cs).tolist(), [cs] * hosts.size)]
+    assert few.written[0][0].dtype == np.int64 and not few.dirty_l2
