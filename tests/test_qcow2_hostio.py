@@ -67,6 +67,13 @@ GUEST_CASES = {
     "in-place": (["write -P 1 0 4k", "clear", "write -P 2 1000 8000"],
                  (8704, "7cf5de4e5e69afd4b1af502975b25f4b5fe7d9ea5a7496b6c0a538938a26ea28"),
                  (65536, "9d4ac218fb54041e3a70a8e14db1ea1af9f570f4842b4702ef9323f1ad8f0ec4")),
+    # ... and a flush after it writes nothing more: no refcount changed, no table entry either
+    "in-place-flushed": (["write -P 1 0 4k", "flush", "clear", "write -P 2 1000 8000", "flush"],
+                         (8704, "7cf5de4e5e69afd4b1af502975b25f4b5fe7d9ea5a7496b6c0a538938a26ea28"),
+                         (65536, "9d4ac218fb54041e3a70a8e14db1ea1af9f570f4842b4702ef9323f1ad8f0ec4")),
+    "in-place-second-cluster-flushed": (["write -P 1 0 128k", "flush", "clear", "write -P 2 64k 4k", "flush"],
+                                        (4096, "6ae4677dbf8efa0cc7c04b72a478851177ed1d1e58cba6683d300e9d8b52dcf8"),
+                                        (65536, "a06f129fc52abf6085679d7cd71dc41ec7580c7f5f73efef6d02dde22bb00994")),
     # a zero write changes the table only (written back by the flush, with the refcount block)
     "zero-flushed": (["write -P 1 0 4k", "clear", "write -z 64k 64k", "flush"],
                      (131072, "cd02c0ea4c41fe48ef1ae448764c28e4dcc1235c535811a82469d55df9081982"),

@@ -478,7 +478,8 @@ class HostLayout:
         if not tables:
             self.dirty_l2.update(d for _, d in d_tab)
             self.dirty_l2.update(index for _, index in z_tab)
-            self._refcounts_changed_range(top, end)
+            if end > top:  # a batch that allocates nothing changes no refcount
+                self._refcounts_changed_range(top, end)
             linked_after = bool(d_tab)
         else:
             cut_owner, last_index = events[pos_last][0], events[pos_last][3]
@@ -627,7 +628,8 @@ class HostLayout:
             z_tab = z_owner = np.zeros(0, dtype=np.int64)
         if not nt:
             self.dirty_l2.update(np.unique(np.concatenate((d_tab, z_tab))).tolist())
-            self._refcounts_changed(np.array([self.top]), np.array([end]))
+            if end > self.top:  # a batch that allocates nothing changes no refcount
+                self._refcounts_changed(np.array([self.top]), np.array([end]))
             linked_after = bool(d_tab.size)
         else:
             linked_after = self._batch_tables(order, nt, tab, t_owner, at, d_tab, z_tab, z_owner, end)
