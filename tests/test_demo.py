@@ -49,3 +49,23 @@ def test_demo_text_and_json(capsys):
     assert data["individual"]["drives"]["drive0"]["next_base"] == "d0-full.qcow2"
     assert data["individual"]["drives"]["drive1"]["next_base"] == "d1-incr-1.qcow2"
     assert data["grouped"]["delete"] == ["d0-incr-1.qcow2", "d1-incr-1.qcow2"]
+
+
+def test_python_dash_m_bitlab_is_the_bitlab_command():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "bitlab", "demo", "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads(_demo_json())
+
+
+def _demo_json() -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["demo", "--json"]) == 0
+    return out.getvalue()
