@@ -208,6 +208,17 @@ class DirtyBitmap:
             if self.successor is not None:
                 self.successor.grow(size)
 
+    def truncate(self, size: int) -> None:
+        """bdrv_dirty_bitmap_truncate (block_resize): the node's new length; bits past a shrunk end
+        are gone, new ones clean (its successor too)."""
+        self.size = size
+        if self.nbits < len(self.bits):
+            del self.bits[self.nbits:]
+        else:
+            self.bits.extend(_zeros(self.nbits - len(self.bits)))
+        if self.successor is not None:
+            self.successor.truncate(size)
+
     def snapshot(self) -> bitarray:
         """A copy of the bits (for rollback)."""
         return self.bits.copy()

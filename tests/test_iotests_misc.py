@@ -1,4 +1,5 @@
-"""QEMU iotests 236 (bitmap transactions), 124 (busy/recording, grouped failure) and 219 (verbs)."""
+"""QEMU iotests 236 (bitmap transactions), 124 (busy/recording, grouped failure, a drive grown before its
+backup) and 219 (verbs)."""
 
 import pytest
 
@@ -75,8 +76,8 @@ def status(vm, device="drive0", name="bitmap0"):
     return {k: bm[k] for k in ("count", "granularity", "busy", "recording")}
 
 
-def machine_124(drives=("drive0",), blkdebug=("drive0",)):
-    vm = Machine()
+def machine_124(drives=("drive0",), blkdebug=("drive0",), vm=None):
+    vm = Machine() if vm is None else vm
     for d in drives:
         vm.add_drive(d, "64M", blkdebug=ARM_ON_FLUSH if d in blkdebug else None,
                      node_name="node" + d.removeprefix("drive"))
@@ -137,6 +138,52 @@ def test_124_transaction_failure_grouped_then_retry():
     assert len(ends) == 2 and all("error" not in e["data"] and e["data"]["len"] == e["data"]["offset"]
                                   for e in ends)
     assert status(vm, "drive0")["count"] == status(vm, "drive1")["count"] == 0
+
+
+def growing_before_backup(vm) -> dict:
+    """iotest 124's test_growing_before_backup: anchor, bitmap0, block_resize to 65 MiB, a write past the
+    old end, then an incremental into a 65 MiB image over the full backup; the outcome."""
+    machine_124(blkdebug=(), vm=vm)
+    assert vm.qmp("block_resize", {"device": "drive0", "size": 65 << 20}) == {}
+    grown = status(vm)
+    vm.qemu_io("drive0", "write 64M 64k")
+    dirty_after = status(vm)
+    vm.qemu_img("create", "-f", "qcow2", "-b", "drive0-full.qcow2", "-F", "qcow2", "drive0-inc1.qcow2", "65M")
+    since = len(vm.events)
+    vm.qmp("drive-backup", {"device": "drive0", "sync": "incremental", "bitmap": "bitmap0",
+                            "target": "drive0-inc1.qcow2", "format": "qcow2", "mode": "existing"})
+    vm.run()
+    end = next(e["data"] for e in vm.events[since:] if e["event"].startswith("BLOCK_JOB_") and
+               e["event"] != "BLOCK_JOB_PENDING")
+    sha = vm.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "node0", "name": "bitmap0"})["sha256"]
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "restored", "read-only": True,
+                            "file": {"driver": "file", "filename": "drive0-inc1.qcow2"}})
+    reads = [vm.qemu_io("restored", cmd).splitlines()[0]
+             for cmd in ("read -P 0xcd 64M 64k", "read -P 0 68091904 64k", "read -P 0 0 64k")]
+    return {"grown": grown, "dirty": dirty_after, "end": {k: end.get(k) for k in ("len", "offset", "error")},
+            "after": status(vm), "sha": sha, "reads": reads, "map": vm.qemu_io("restored", "map")}
+
+
+def test_124_growing_before_backup():
+    """The bitmap grew with the node (clean), the write past the old end dirtied bit 1024, and the
+    incremental copied exactly it."""
+    got = growing_before_backup(Machine())
+    assert got["grown"] == {"count": 0, "granularity": G, "busy": False, "recording": True}
+    assert got["dirty"]["count"] == 65536
+    assert got["end"] == {"len": 65536, "offset": 65536, "error": None}
+    assert got["after"]["count"] == 0
+    assert got["reads"] == ["read 65536/65536 bytes at offset 67108864", "read 65536/65536 bytes at offset 68091904",
+                            "read 65536/65536 bytes at offset 0"]
+    assert got["map"] == ("64 MiB (0x4000000) bytes not allocated at offset 0 bytes (0x0)\n"
+                          "64 KiB (0x10000) bytes     allocated at offset 64 MiB (0x4000000)\n"
+                          "960 KiB (0xf0000) bytes not allocated at offset 64.062 MiB (0x4010000)\n")
+
+
+@pytest.mark.qemu
+def test_124_growing_before_backup_matches_the_system_emulator():
+    with Machine(backend="qemu", daemon="system") as real:
+        want = growing_before_backup(real)
+    assert growing_before_backup(Machine()) == want
 
 
 def test_124_bad_granularity_and_missing_bitmap():

@@ -258,3 +258,33 @@ def test_batch_path_writes_back_what_requests_one_by_one_do(seed, cs):
     a.flush()
     b.flush()
     assert _cluster_set(*a.drain_written(), cs) == _cluster_set(*b.drain_written(), cs)
+
+
+# Force Unit Access: qcow2 does not support it, so the block layer flushes the node after the write,
+# writing back the L2 table and refcount block (the same bytes as "cached-flushed" / "zero-flushed")
+FUA_CASES = {
+    "fua-write": (["write -P 1 0 4k", "clear", "write -f -P 2 1M 4k"],
+                  (196608, "207eca5d250444063c58b0a006fca52f33c7711895eb9d8490e427ed7685a89c"),
+                  (196608, "e398142931ca52d61ce08a16f68f29270fd272253bf84b7bc800899efb5698ca")),
+    "fua-writev": (["write -P 1 0 4k", "clear", "writev -f -P 2 1M 2k 2k"],
+                   (196608, "207eca5d250444063c58b0a006fca52f33c7711895eb9d8490e427ed7685a89c"),
+                   (196608, "e398142931ca52d61ce08a16f68f29270fd272253bf84b7bc800899efb5698ca")),
+    "fua-zero": (["write -P 1 0 4k", "clear", "write -f -z 1M 64k"],
+                 (131072, "cd02c0ea4c41fe48ef1ae448764c28e4dcc1235c535811a82469d55df9081982"),
+                 (131072, "0c27700c82d333aa295692f1814040a962d7bc530253af661d97635dd5ed7af9")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUA_CASES))
+def test_fua_writes_flush_the_qcow2_node(case):
+    commands, (c512, s512), (c64, s64) = FUA_CASES[case]
+    assert guest_writes(Machine(), commands) == [("g512", c512, s512), ("g65536", c64, s64)]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("daemon", ["system", "qsd"])  # HMP qemu-io, and NBD's FUA flag
+def test_fua_writes_match_real_qemu(daemon):
+    for commands, *_ in FUA_CASES.values():
+        with Machine(backend="qemu", daemon=daemon) as real:
+            want = guest_writes(real, commands)
+        assert guest_writes(Machine(), commands) == want

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-from ..qmp.qemu_io import Request
+from ..qmp.qemu_io import Request, cvtstr, dump_buffer
 
 NBD_MAGIC = 0x4E42444D41474943  # "NBDMAGIC"
 OPTS_MAGIC = 0x49484156454F5054  # "IHAVEOPT"
@@ -38,7 +38,7 @@ INFO_EXPORT = 0
 INFO_BLOCK_SIZE = 3
 
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 6
-CMD_FLAG_NO_HOLE = 1 << 1
+CMD_FLAG_FUA, CMD_FLAG_NO_HOLE = 1 << 0, 1 << 1
 
 UNIX_PATH_MAX = 108  # sizeof(sun_path), the terminating NUL included
 MAX_PAYLOAD = 32 << 20  # QEMU's NBD_MAX_BUFFER_SIZE: the most a READ or WRITE may carry
@@ -147,17 +147,17 @@ class NBDClient:
         return NBD_ERRNO.get(error, errno.EINVAL) if error else 0
 
     # -- requests ---------------------------------------------------------------------------
-    def write(self, offset: int, length: int, pattern: int) -> int:
-        """Write ``length`` bytes of ``pattern`` (in chunks the server accepts)."""
+    def write(self, offset: int, length: int, pattern: int, *, fua: bool = False) -> int:
+        """Write ``length`` bytes of ``pattern`` (in chunks the server accepts), each with FUA if asked."""
         for start, size in _chunks(offset, length, self.max_payload):
-            err = self._request(CMD_WRITE, start, size, bytes([pattern & 0xFF]) * size)
+            err = self._request(CMD_WRITE, start, size, bytes([pattern & 0xFF]) * size, flags=CMD_FLAG_FUA * fua)
             if err:
                 return err
         return 0
 
-    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> int:
+    def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False, fua: bool = False) -> int:
         """Write zeroes; like qemu-io's ``write -z`` without ``-u``, no holes unless ``may_unmap``."""
-        flags = 0 if may_unmap else CMD_FLAG_NO_HOLE
+        flags = (0 if may_unmap else CMD_FLAG_NO_HOLE) | CMD_FLAG_FUA * fua
         for start, size in _chunks(offset, length, MAX_LENGTH):
             err = self._request(CMD_WRITE_ZEROES, start, size, flags=flags)
             if err:
@@ -177,9 +177,10 @@ class NBDClient:
         return self._request(CMD_FLUSH)
 
     def read(self, offset: int, length: int, pattern: int | None = None,
-             verify: tuple[int, int] | None = None) -> tuple[int, bool]:
+             verify: tuple[int, int] | None = None, keep: bytearray | None = None) -> tuple[int, bool]:
         """Read a range; returns (errno, whether every byte equals ``pattern``), looking only at the
-        bytes ``[verify[0], verify[0] + verify[1])`` if given (qemu-io ``read -s``/``-l``)."""
+        bytes ``[verify[0], verify[0] + verify[1])`` if given (qemu-io ``read -s``/``-l``); the bytes
+        read are added to ``keep`` if given (``read -v``)."""
         matches = True
         lo, hi = (offset, offset + length) if verify is None else (verify[0], verify[0] + verify[1])
         for start, size in _chunks(offset, length, self.max_payload):
@@ -187,6 +188,8 @@ class NBDClient:
             if err:
                 return err, matches
             data = self._recv(size)
+            if keep is not None:
+                keep += data
             a, b = max(lo, start) - start, min(hi, start + size) - start
             if pattern is not None and matches and b > a and data[a:b].count(pattern & 0xFF) != b - a:
                 matches = False
@@ -216,17 +219,6 @@ def _chunks(offset: int, length: int, most: int) -> list[tuple[int, int]]:
 
 
 # -- qemu-io's texts -------------------------------------------------------------------------
-def cvtstr(value: float) -> str:
-    """qemu-io's cvtstr: three decimals and a binary unit, a ".000" cut off."""
-    suffix = "bytes"
-    for shift, unit in ((60, "EiB"), (50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
-        if value >= 1 << shift:
-            value, suffix = value / (1 << shift), unit
-            break
-    text = f"{value:.3f}"
-    return (text[: text.index(".000")] if ".000" in text else text) + " " + suffix
-
-
 def timestr(seconds: float) -> str:
     """qemu-io's timestr: "00.01 sec" below a second, else "H:MM:SS.ss"."""
     whole = int(seconds)
@@ -246,35 +238,42 @@ def report(verb: str, offset: int, length: int, seconds: float) -> str:
 def qemu_io(address: Address, export: str, req: Request, timeout: float = 30.0) -> str:
     """Run one parsed qemu-io command (:func:`bitlab.qmp.qemu_io.parse_qemu_io`) over NBD; its output.
 
-    ``write`` (a pattern, or zeroes that may unmap with ``-u``), ``read`` (the pattern verified over
-    ``-s``/``-l``), ``discard`` and ``flush``; ``-q`` without the report lines; none of them flushes
-    except ``flush``. A range past the end fails with EIO before anything is sent, as qemu-io's own
-    bounds check does.
+    ``write`` / ``writev`` (a pattern, or zeroes that may unmap with ``-u``), ``read`` / ``readv`` (the
+    pattern verified over ``-s``/``-l``, the buffer dumped with ``-v``), ``discard``, ``flush`` and
+    ``length``; ``-q`` without the report lines; none of them flushes except ``flush``. A range past
+    the end fails with EIO before anything is sent, as qemu-io's own bounds check does. ``alloc``,
+    ``map`` and ``info`` need the block layer's own answers: ValueError.
     """
     verb, offset, length = req.verb, req.offset, req.length
+    if verb not in ("read", "readv", "write", "writev", "discard", "flush", "length"):
+        raise ValueError(f"qemu-io command {verb!r} is not supported over NBD")
     with NBDClient(address, export, timeout) as nbd:
         if verb == "flush":
             err = nbd.flush()
             return f"flush failed: {os.strerror(err)}\n" if err else ""
+        if verb == "length":
+            return f"{cvtstr(nbd.size)}\n"
         if offset < 0 or offset + length > nbd.size:
             return f"{verb} failed: {os.strerror(errno.EIO)}\n"
         start = time.perf_counter()
         matches = True
         check_at = offset + req.pattern_offset
+        kept = bytearray() if req.verbose and not req.quiet else None
         if verb == "write" and req.zero:
-            err = nbd.write_zeroes(offset, length, may_unmap=req.unmap)
-        elif verb == "write":
-            err = nbd.write(offset, length, 0xCD if req.pattern is None else req.pattern)
+            err = nbd.write_zeroes(offset, length, may_unmap=req.unmap, fua=req.fua)
+        elif verb in ("write", "writev"):
+            err = nbd.write(offset, length, 0xCD if req.pattern is None else req.pattern, fua=req.fua)
         elif verb == "discard":
             err = nbd.trim(offset, length)
-        elif verb == "read":
-            err, matches = nbd.read(offset, length, req.pattern, verify=(check_at, req.pattern_count))
         else:
-            raise ValueError(f"qemu-io command {verb!r} is not supported over NBD")
+            err, matches = nbd.read(offset, length, req.pattern, verify=(check_at, req.pattern_count), keep=kept)
         seconds = time.perf_counter() - start
     if err:
         return f"{verb} failed: {os.strerror(err)}\n"
     out = "" if matches else f"Pattern verification failed at offset {check_at}, {req.pattern_count} bytes\n"
     if req.quiet:
         return out
-    return out + report({"write": "wrote"}.get(verb, verb), offset, length, seconds)
+    if kept is not None:
+        out += dump_buffer(bytes(kept), offset)
+    return out + report({"write": "wrote", "writev": "wrote", "readv": "read"}.get(verb, verb), offset, length,
+                        seconds)

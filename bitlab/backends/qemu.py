@@ -108,6 +108,9 @@ class QemuNotFound(RuntimeError):
             f"apt-get install --no-install-recommends {packages}")
 
 
+NBD_UNANSWERED = ("alloc", "map", "info")  # qemu-io commands that qemu-storage-daemon cannot answer over NBD
+
+
 class QemuDaemonError(RuntimeError):
     """The scenario needs what the running daemon cannot do (devices and HMP on qsd)."""
 
@@ -876,11 +879,17 @@ class QemuMachine(GuestIO, Monitor):
             return self._nbd_io(node, req) if req.verb else ""
         self.console_take()
         reply = self.hmp(f'qemu-io {node} "{command}"')
+        if reply and parse_qemu_io(command).verb == "info":  # its format-specific lines come through the monitor
+            return self.console_take() + reply.replace("\r\n", "\n")
         if reply:
             raise QMPError(reply.strip().removeprefix("Error: "))
         return self.console_take()
 
     def _nbd_io(self, node: str, req: Request, attach: str | None = None) -> str:
+        if req.verb in NBD_UNANSWERED:
+            raise QemuDaemonError(f"qemu-io '{req.verb}' needs the block layer's own answers, which NBD does not "
+                                  "carry: use the system emulator (Machine(backend='qemu', daemon='system'), "
+                                  "or add_drive first)")
         temporary = node not in self._exports
         if temporary:  # not a blockdev-add'ed node: exported for this request only (at ``attach`` if given),
             # and like HMP qemu-io's own BlockBackend it takes the write permission only to write or discard

@@ -73,3 +73,6 @@ class CbwNode(BlockNode):
 
     def block_status(self, offset, length):
         return self.source.block_status(offset, length)
+
+    def is_allocated(self, offset, length):
+        return self.source.is_allocated(offset, length)  # a filter: the node below answers

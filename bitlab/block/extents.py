@@ -337,7 +337,7 @@ class ExtentMap:
         if size < self.size:
             keep = self._starts < size
             self._starts, self._vals = self._starts[keep], self._vals[keep]
-        elif size > self.size and self._vals[-1] != UNALLOCATED:
+        elif size > self.size and (not self._vals.size or self._vals[-1] != UNALLOCATED):
             self._starts = np.append(self._starts, self.size)
             self._vals = np.append(self._vals, UNALLOCATED)
         self.size = size

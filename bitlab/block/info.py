@@ -130,6 +130,56 @@ def _answers_get_info(node: BlockNode) -> bool:
     return True
 
 
+PROTOCOL_DRIVERS = ("file", "null-co", "null-aio", "blkdebug")  # drivers with a protocol_name too
+
+
+def driver_names(node: BlockNode) -> list[str]:
+    """The driver's format_name, then its protocol_name if it has one (qemu-io ``info`` prints both)."""
+    return [node.driver] * (2 if node.driver in PROTOCOL_DRIVERS else 1)
+
+
+def driver_info(node: BlockNode) -> tuple[int, int] | None:
+    """bdrv_get_info: (cluster size, VM state offset), or None where it fails (null-co). qcow2 keeps
+    VM state after the last L2 table's worth of disk; file answers zeroes; raw and filters ask below."""
+    while not isinstance(node, (FileNode, Qcow2Node)):
+        below = node.child("file") or node.child("image")
+        if below is None:
+            return None
+        node = below
+    if isinstance(node, FileNode):
+        return 0, 0
+    cs = node.image.cluster_size
+    per_l1_entry = cs * (cs // 8)
+    return cs, -(-node.image.size // per_l1_entry) * per_l1_entry
+
+
+def format_specific(node: BlockNode) -> dict | None:
+    """bdrv_get_specific_info of the node itself (ImageInfoSpecific): qcow2 has one."""
+    return qcow2_format_specific(node.image) if isinstance(node, Qcow2Node) else None
+
+
+def dump_specific(value: object, indent: int) -> list[str]:
+    """bdrv_image_info_specific_dump's lines for a QAPI value (members in wire order): dashes in names
+    become spaces, lists are numbered, nested values go four columns further in."""
+    pad = " " * indent
+    items = value.items() if isinstance(value, dict) else ((f"[{i}]", item) for i, item in enumerate(value))
+    lines: list[str] = []
+    for key, item in items:
+        label = key.replace("-", " ") if isinstance(value, dict) else key
+        if isinstance(item, (dict, list)):
+            lines.append(f"{pad}{label}:")
+            lines += dump_specific(item, indent + 4)
+        else:
+            lines.append(f"{pad}{label}: {_scalar(item)}")
+    return lines
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def backing_depth(node: BlockNode) -> int:
     depth = 0
     below = filter_or_cow(node)

@@ -16,12 +16,14 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..bitmap import DirtyBitmap, merge_ranges
+from ..errors import generic
 from ..qmp_order import wire_order
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
 from .qcow2_host import NONE
 from .store import ImageFile
 
 SECTOR = 512
+QCOW_MAX_L1_SIZE = 32 << 20  # bytes of L1 table qcow2 accepts
 
 
 def round_sector(n: int) -> int:
@@ -192,7 +194,7 @@ class BlockNode:
         return _merge_flag_runs(starts, ends, ~np.asarray(is_data, dtype=bool))
 
     def is_allocated(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Runs (starts, ends, allocated) in this node's own layer (bdrv_is_allocated)."""
+        """Maximal runs (starts, ends, allocated) in this node's own layer (bdrv_is_allocated)."""
         return np.array([offset]), np.array([offset + length]), np.array([True])
 
     def flush(self) -> None:
@@ -200,6 +202,26 @@ class BlockNode:
         file = self.child("file")
         if file is not None:
             file.flush()
+
+    # -- resizing -----------------------------------------------------------------
+    def resize(self, size: int) -> None:
+        """bdrv_co_truncate (block_resize): the driver changes the node's length, then its dirty
+        bitmaps take the new length. QMPError with QEMU's text where the driver refuses."""
+        self._truncate(size)
+        self.bitmaps_follow()
+
+    def bitmaps_follow(self) -> None:
+        """bdrv_dirty_bitmap_truncate: every bitmap takes the node's length."""
+        for bm in self.bitmaps:
+            bm.truncate(self.size)
+
+    def _truncate(self, size: int) -> None:
+        """The driver's truncate: filters pass it to the node they filter, others cannot resize."""
+        below = self.child("file") if self.driver == "copy-before-write" else self.child("image") \
+            if self.driver == "blkdebug" else None
+        if below is None:
+            raise generic("Image format driver does not support resize")
+        below.resize(size)
 
     def debug_event(self, event: str) -> None:
         """BLKDBG_EVENT reaching this node: only blkdebug reacts."""
@@ -324,6 +346,13 @@ class FileNode(BlockNode):
     def size(self) -> int:
         return round_sector(self.image.file_length())
 
+    def _truncate(self, size):
+        """raw_co_truncate (file-posix): the file takes the new length, zeroes past the old end."""
+        if self.image.is_qcow2:  # only reachable on a file node without its qcow2 parent
+            raise generic("bitlab does not simulate resizing the file of a qcow2 image by itself")
+        self.image.data.resize(size)
+        self.image.size = size
+
     def full_options(self) -> dict:
         return {"driver": "file", "filename": self.options.get("filename", self.image.name)}
 
@@ -380,6 +409,13 @@ class RawNode(FormatNode):
     @property
     def size(self) -> int:
         return self.file.size
+
+    def _truncate(self, size):
+        """raw_co_truncate: a fixed ``size`` cannot change; otherwise the file is resized (after the
+        ``offset``)."""
+        if "size" in self.options:
+            raise generic("Cannot resize fixed-size raw disks")
+        self.file.resize(size + int(self.options.get("offset", 0)))
 
     def write(self, offset, length, value):
         unmap = self.zero_detected() if value == 0 else None
@@ -693,8 +729,25 @@ class Qcow2Node(FormatNode):
         return s, e, d == 0
 
     def is_allocated(self, offset, length):
-        starts, ends, vals = self.image.data.extents(offset, length)
-        return starts, ends, vals != UNALLOCATED
+        """Whole clusters, as the L2 table maps them: a cluster holding data or zeroes is allocated in
+        this layer even where only some of its bytes were written through this node (qcow2 copied the
+        rest from the backing file). Maximal runs."""
+        cs, end = self.image.cluster_size, offset + length
+        lo, hi = offset // cs * cs, min(-(-end // cs) * cs, self.image.data.size)
+        starts, ends, vals = self.image.data.extents(lo, max(hi - lo, 0))
+        mapped = vals != UNALLOCATED
+        first, last = starts[mapped] // cs * cs, -(-ends[mapped] // cs) * cs
+        if first.size:  # clusters touched by data or zeroes, overlapping stretches joined
+            new = np.ones(first.size, dtype=bool)
+            new[1:] = first[1:] > np.maximum.accumulate(last)[:-1]
+            first, last = first[new], np.maximum.reduceat(last, np.flatnonzero(new))
+        first, last = np.clip(first, offset, end), np.clip(last, offset, end)
+        bounds = np.concatenate(([offset], np.column_stack((first, last)).ravel(), [end]))
+        s, e = bounds[:-1], bounds[1:]
+        flags = np.zeros(s.size, dtype=bool)
+        flags[1::2] = True
+        keep = e > s
+        return s[keep], e[keep], flags[keep]
 
     def flush(self):
         """qcow2_co_flush_to_os writes back the L2 table and refcount block caches, then the file flushes."""
@@ -702,6 +755,48 @@ class Qcow2Node(FormatNode):
         self.file.debug_event("flush_to_os")
         self.file.debug_event("flush_to_disk")
         self.file.debug_check("flush", 0, 0)
+
+    def _truncate(self, size):
+        """qcow2_co_truncate. Shrinking discards the clusters past the new end (an L2 table where none
+        was, as qcow2_cluster_discard does), frees the L2 tables the L1 table no longer needs, writes
+        the caches and the refcount table, and cuts the file after its last cluster in use. Growing
+        makes the L1 table larger if it must (a new table elsewhere) and, where the backing file is
+        longer than the old disk, writes zeroes into the new stretch (bdrv_co_truncate's
+        BDRV_REQ_ZERO_WRITE: zero clusters, nobody's bitmaps dirtied). The header's size field is
+        written last (8 bytes at 24)."""
+        if size % 512:
+            raise generic("The new size must be a multiple of 512")
+        image, cs = self.image, self.image.cluster_size
+        old = image.size
+        layout = image.layout
+        with self._file_sees() as listen:
+            if size < old:
+                keep, old_end = -(-size // cs) * cs, -(-old // cs) * cs
+                if keep < old_end:
+                    image.discard_clusters(keep, old_end)
+                    image.data.write(keep, old - keep, UNALLOCATED)
+                    layout = image.layout  # (the write merged before the L1 table shrinks)
+                layout.shrink_l1(layout.l1_needed(size))
+                layout.flush()
+            elif size > old and layout.l1_needed(size) > layout.l1_entries:
+                if 8 * layout.l1_needed(size) > QCOW_MAX_L1_SIZE:
+                    raise generic("Failed to grow the L1 table: File too large")
+                layout.grow_l1(layout.l1_needed(size))
+            image.data.resize(size)
+            image.size = size
+            backing = self.backing
+            if size > old and backing is not None and backing.size > old:
+                self._store_zeroes(old, size - old)
+            if listen:
+                header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
+                self.file.note_write(*header)  # (shrinking: the refcount table rewritten first)
+            if size < old:
+                layout.truncate_file()
+        if size < old:  # the file was cut: its node (and any filter over it) takes the new length
+            node = self.file
+            while node is not None:
+                node.bitmaps_follow()
+                node = node.child("image") if node.driver == "blkdebug" else None
 
     def write_back(self) -> None:
         """The caches' dirty L2 tables and refcount blocks are written (a flush, or closing the node)."""

@@ -93,7 +93,8 @@ class HostLayout:
         self.meta = 3 + self.l1_clusters
         self.free = ExtentMap(HOST_SPACE, fill=FREE)
         self.free.write(0, self.meta, USED)
-        self.top = self.meta  # clusters the file holds (it never shrinks)
+        self.top = self.meta  # clusters the file holds (it shrinks only when qcow2 shrinks)
+        self.partial_end: int | None = None  # the file's length when its last cluster is a new L1 table
         self.fci = 0
         self.refblocks = 1
         self.grown = False  # anything allocated since the file was made
@@ -118,7 +119,8 @@ class HostLayout:
 
     def _take(self, start: int, n: int, counted: bool = True) -> None:
         self.free.write(start, n, USED)
-        self.top = max(self.top, start + n)
+        if start + n > self.top:
+            self.top, self.partial_end = start + n, None
         self.grown = True
         if counted:
             self._refcounts_changed(np.array([start]), np.array([start + n]))
@@ -794,6 +796,47 @@ class HostLayout:
             self.unhost(a, b)
         for a, b in zip(seg[in_data & ~in_layout].tolist(), bounds[1:][in_data & ~in_layout].tolist()):
             self._request(a, b)
+
+    # -- block_resize ------------------------------------------------------------------------
+    def l1_needed(self, size: int) -> int:
+        """L1 entries a disk of ``size`` bytes needs (size_to_l1)."""
+        clusters = -(-size // self.cs)
+        return -(-clusters // self.per_l2)
+
+    def grow_l1(self, entries: int) -> None:
+        """qcow2_grow_l1_table with an exact size: a table of ``entries`` entries in clusters newly
+        allocated, the refcount block cache flushed, the table written (its entries only), the header
+        pointed at it (12 bytes at 36), then the old table's clusters freed."""
+        n = -(-8 * entries // self.cs)
+        new = self.alloc(n)
+        if new + n == self.top:  # the file ends where the table's entries end
+            self.partial_end = new * self.cs + 8 * entries
+        self._flush_cache("rb")
+        self._write(np.array([new * self.cs, 36]), np.array([8 * entries, 12]))
+        old, old_n = self.l1_offset // self.cs, self.l1_clusters
+        self.l1_offset, self.l1_entries, self.l1_clusters = new * self.cs, entries, n
+        self.release(np.array([old]), np.array([old + old_n]))
+
+    def shrink_l1(self, entries: int) -> None:
+        """qcow2_shrink_l1_table: the entries from ``entries`` on written as zeroes and their L2 tables
+        freed (their discard passed on); the table keeps its size."""
+        if entries >= self.l1_entries:
+            return
+        self._write(np.array([self.l1_offset + 8 * entries]), np.array([8 * (self.l1_entries - entries)]))
+        s, e, v = self.l2.extents(entries, self.l1_entries - entries)
+        hosts = np.concatenate([np.full(int(b - a), h) for a, b, h in zip(s, e, v) if h >= 0] or [np.zeros(0)])
+        hosts = np.sort(hosts.astype(np.int64))[::-1]  # freed from the last entry down
+        self.l2.write(entries, self.l1_entries - entries, -1)
+        self.dirty_l2.difference_update(range(entries, self.l1_entries))
+        for host in hosts.tolist():
+            self.release(np.array([host]), np.array([host + 1]))
+            self.discarded.append((np.array([host]), np.array([host + 1])))
+
+    def truncate_file(self) -> None:
+        """The file cut after its last cluster in use (qcow2 shrinking: qcow2_get_last_cluster)."""
+        end = self.end_cluster()
+        if self.grown and end < self.top:
+            self.top, self.partial_end = end, None
 
     @classmethod
     def in_guest_order(cls, size: int, cluster_size: int, starts: np.ndarray,

@@ -180,7 +180,7 @@ class ImageFile:
             return self.size
         layout = self.layout
         if layout.grown:
-            return layout.top * self.cluster_size
+            return layout.partial_end or layout.top * self.cluster_size
         l1_bytes = 8 * layout.l1_entries
         cs = self.cluster_size
         return QCOW2_EMPTY_CLUSTERS * cs + (-(-l1_bytes // cs) * cs if self.l1_padded else l1_bytes)

@@ -58,6 +58,7 @@ GRANULARITIES = [512, 4096, 65536, 131072, 1 << 20, 64000, 256]  # the last two 
 SYNCS = ["full", "top", "bitmap", "incremental", "none"]
 MODES = [None, "on-success", "always", "never"]
 FILE_BITMAP_CHANCE = 0.3  # a scenario's node gets a bitmap on its file node
+RESIZE_CHANCE = 0.06  # after a step, a block_resize episode (its own random stream)
 
 
 class _State:
@@ -96,6 +97,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     parents = Parents(random.Random(f"{seed}/{index}/parents"))
     steps: list[dict] = []
     watched = _watched_files(random.Random(f"{seed}/{index}/hostio"), nodes)
+    resizes = random.Random(f"{seed}/{index}/resize")
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -110,6 +112,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += _life(st, life, size)
         if parents.rng.random() < PARENTS_CHANCE:
             steps += parents_episode(parents)
+        if resizes.random() < RESIZE_CHANCE:
+            steps += _resize(resizes, st, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     for node in nodes:
         for name in sorted(st.bitmaps[node]):
@@ -117,6 +121,25 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         if node in watched:
             steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": f"{node}f", "name": "fb"}))
     return {"name": f"random-{seed}-{index}", "steps": steps}
+
+
+def _resize(rng: random.Random, st: _State, size: int) -> list[dict]:
+    """block_resize of a node (larger, smaller, to nothing, or a size QEMU refuses), a write across the
+    old end, the bitmaps' counts and sums, then back to ``size`` (which discards what lay past it)."""
+    node = rng.choice(st.nodes)
+    new = rng.choice([size + 512 * rng.randrange(1, 4096), 512 * rng.randrange(0, size // 512), 2 * size,
+                      size // 2, 0, size + 100, -1])
+    where = {"device": node} if rng.random() < 0.3 else {"node-name": node}
+    steps = [_qmp("block_resize", {**where, "size": new})]
+    if new > size:
+        offset = size - 512 * rng.randrange(0, 9)
+        steps.append({"write": {"node": node, "offset": offset, "length": min(64 * K, new - offset),
+                                "pattern": rng.randrange(1, 256)}})
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    steps += [_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name})
+              for name in sorted(st.bitmaps[node])]
+    steps.append(_qmp("block_resize", {"node-name": node, "size": size}))
+    return steps
 
 
 def _watched_files(rng: random.Random, nodes: list[str]) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.info import file_image_info
+from ..block.info import dump_specific, file_image_info
 from ..block.node import round_sector
 from ..block.paths import full_backing_filename
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
@@ -108,33 +108,6 @@ def _too_large(filename: str, stdout: str) -> QemuImgError:
                         "(try using a larger cluster size)\n", stdout=stdout)
 
 
-def _dump_value(value: object, indent: int) -> list[str]:
-    pad = " " * indent
-    lines: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            label = key.replace("-", " ")
-            if isinstance(item, (dict, list)):
-                lines.append(f"{pad}{label}:")
-                lines += _dump_value(item, indent + 4)
-            else:
-                lines.append(f"{pad}{label}: {_scalar(item)}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            if isinstance(item, (dict, list)):
-                lines.append(f"{pad}[{i}]:")
-                lines += _dump_value(item, indent + 4)
-            else:
-                lines.append(f"{pad}[{i}]: {_scalar(item)}")
-    return lines
-
-
-def _scalar(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _human(info: dict) -> str:
     """bdrv_image_info_dump's text."""
     lines = [f"image: {info['filename']}", f"file format: {info['format']}",
@@ -150,7 +123,7 @@ def _human(info: dict) -> str:
             lines.append(f"backing file format: {info['backing-filename-format']}")
     if "format-specific" in info:
         lines.append("Format specific information:")
-        lines += _dump_value(wire_order(info["format-specific"]["data"]), 4)
+        lines += dump_specific(wire_order(info["format-specific"]["data"]), 4)
     return "\n".join(lines) + "\n"
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..block import perms
 from ..block.info import block_device_info
+from ..errors import generic
 from .commands import TABLE
-from .types import BlockdevDel, BlockdevOptions, QueryNamedBlockNodes
+from .types import BlockdevDel, BlockdevOptions, BlockResize, QueryNamedBlockNodes
 
 
 @TABLE.command("blockdev-add", BlockdevOptions, boxed=True)
@@ -17,6 +19,25 @@ def qmp_blockdev_add(vm: Any, args: dict) -> None:
 @TABLE.command("blockdev-del", BlockdevDel)
 def qmp_blockdev_del(vm: Any, args: dict) -> None:
     vm.close_node(args["node-name"])
+
+
+@TABLE.command("block_resize", BlockResize)
+def qmp_block_resize(vm: Any, args: dict) -> None:
+    """qmp_block_resize: the node (bdrv_lookup_bs: a device's root, else a node name), a size that is
+    not negative, no job's op blocker on the node, a BlockBackend that can take the resize permission,
+    then the driver's truncate."""
+    device, name = args.get("device"), args.get("node-name")
+    node = vm.graph.devices.get(device) if device is not None else None
+    if node is None and name is not None:
+        node = vm.graph.nodes.get(name)
+    if node is None:
+        raise generic(f"Cannot find device='{device or ''}' nor node-name='{name or ''}'")
+    if args["size"] < 0:
+        raise generic("Parameter 'size' expects a >0 size")
+    if node.job_blocker:  # a backup's filter and target, until the job is cleaned up (its source is not)
+        raise generic(f"Device '{device if device is not None else '(null)'}' is in use")
+    perms.check_blk(vm.graph, node, perms.RESIZE)
+    node.resize(args["size"])
 
 
 @TABLE.command("query-named-block-nodes", QueryNamedBlockNodes, wire_ordered=True)

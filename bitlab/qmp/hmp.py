@@ -6,37 +6,30 @@ import os
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from ..block import perms
 from ..block.blkdebug import BlockIOError
+from ..block.info import driver_info, driver_names, dump_specific, format_specific
 from ..errors import QMPError, generic
+from ..qmp_order import wire_order
 from .commands import TABLE
-from .qemu_io import QemuIoError, parse_qemu_io
+from .qemu_io import QemuIoError, cvtstr, dump_buffer, parse_qemu_io
 from .types import HumanMonitorCommand
-
-
-def _cvtstr(value: float) -> str:
-    """qemu-io's cvtstr: three decimals and a binary unit, ".000" trimmed."""
-    for shift, unit in ((60, "EiB"), (50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
-        if value >= 1 << shift:
-            value, suffix = value / (1 << shift), unit
-            break
-    else:
-        suffix = "bytes"
-    text = f"{value:.3f}"
-    return (text[: text.index(".000")] if ".000" in text else text) + " " + suffix
 
 
 def _report(verb: str, offset: int, length: int) -> str:
     """qemu-io's two report lines. Simulated I/O takes no time, so the rate is shown as inf."""
     return (f"{verb} {length}/{length} bytes at offset {offset}\n"
-            f"{_cvtstr(length)}, 1 ops; 00.00 sec (inf bytes/sec and inf ops/sec)\n")
+            f"{cvtstr(length)}, 1 ops; 00.00 sec (inf bytes/sec and inf ops/sec)\n")
 
 
-WRITERS = ("write", "discard")  # qemu-io commands that need the write permission
+WRITERS = ("write", "writev", "discard")  # qemu-io commands that need the write permission
 
 
-def run_qemu_io(vm: Any, device: str, command: str) -> str:
-    """Run a qemu-io command against a device or node; returns qemu-io's output."""
+def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str] | None = None) -> str:
+    """Run a qemu-io command against a device or node; returns qemu-io's output (its stdout).
+    What qemu-io prints through the monitor (``info``'s format-specific lines) goes to ``monitor``."""
     node = vm.graph.devices.get(device)
     if node is None and vm.graph.nodes.get(device) is None:
         raise generic(f"Cannot find device='' nor node-name='{device}'")
@@ -64,27 +57,93 @@ def run_qemu_io(vm: Any, device: str, command: str) -> str:
         except BlockIOError:
             pass  # qemu-io 7.2 prints nothing when a flush fails
         return ""
+    if verb in QUERIES:
+        return QUERIES[verb](node, req, monitor if monitor is not None else [])
     if offset + length > node.size:
         return f"{verb} failed: Input/output error\n"
-    report = "" if req.quiet else _report({"write": "wrote"}.get(verb, verb), offset, length)
+    report = "" if req.quiet else _report({"write": "wrote", "writev": "wrote", "readv": "read"}.get(verb, verb),
+                                          offset, length)
     try:
-        if verb == "write":
+        if verb in ("write", "writev"):
             if req.zero:
                 node.write_zeroes(offset, length, unmap=req.unmap)
             else:
                 node.write(offset, length, 0xCD if req.pattern is None else req.pattern)
+            if req.fua:
+                _emulate_fua(node)
             return report
         if verb == "discard":
             node.discard(offset, length)
             return report
-        starts, ends, vals = node.pread(offset + req.pattern_offset, req.pattern_count) if req.pattern is not None \
-            else node.pread(offset, length)
+        if req.verbose and not req.quiet:
+            starts, ends, vals = node.pread(offset, length)
+            data = np.repeat(np.asarray(vals, dtype=np.uint8), ends - starts).tobytes()
+            checked = data[req.pattern_offset:req.pattern_offset + req.pattern_count]
+            differs = req.pattern is not None and checked.count(req.pattern) != len(checked)
+            report = dump_buffer(data, offset) + report
+        else:
+            starts, ends, vals = node.pread(offset + req.pattern_offset, req.pattern_count) \
+                if req.pattern is not None else node.pread(offset, length)
+            differs = req.pattern is not None and req.pattern_count and bool((vals != req.pattern).any())
     except BlockIOError as err:
         return f"{verb} failed: {os.strerror(err.errno)}\n"
-    if req.pattern is not None and req.pattern_count and (vals != req.pattern).any():
+    if differs:
         report = f"Pattern verification failed at offset {offset + req.pattern_offset}, {req.pattern_count} bytes\n" \
             + report
     return report
+
+
+def _emulate_fua(node: Any) -> None:
+    """A Force Unit Access write (``-f``): filters and raw pass the flag down; qcow2 does not support it,
+    so the block layer flushes the qcow2 node after the write (bdrv_driver_pwritev), writing back its
+    metadata caches. A file takes FUA itself (nothing to write back)."""
+    while node.driver in ("copy-before-write", "blkdebug", "raw"):
+        node = node.child("file") or node.child("image")
+    if node.driver == "qcow2":
+        node.flush()
+
+
+def _alloc(node: Any, req: Any, monitor: list[str]) -> str:
+    """alloc_f: the bytes allocated in the node's own layer, from ``offset`` up to ``count`` bytes or
+    the end of the node (the count shown is what was looked at)."""
+    count = max(0, min(req.length, node.size - req.offset))
+    total = 0
+    if count:
+        starts, ends, allocated = node.is_allocated(req.offset, count)
+        total = int((ends - starts)[allocated].sum())
+    return f"{total}/{count} bytes allocated at offset {cvtstr(req.offset)}\n"
+
+
+def _map(node: Any, req: Any, monitor: list[str]) -> str:
+    """map_f: the node's allocated and unallocated stretches, start to end."""
+    if not node.size:
+        return ""
+    starts, ends, allocated = node.is_allocated(0, node.size)  # maximal runs
+    return "".join(f"{cvtstr(int(e - s))} (0x{int(e - s):x}) bytes {'    allocated' if a else 'not allocated'} "
+                   f"at offset {cvtstr(int(s))} (0x{int(s):x})\n" for s, e, a in zip(starts, ends, allocated))
+
+
+def _length(node: Any, req: Any, monitor: list[str]) -> str:
+    return f"{cvtstr(node.size)}\n"
+
+
+def _info(node: Any, req: Any, monitor: list[str]) -> str:
+    """info_f: the driver's names, bdrv_get_info's cluster size and VM state offset (a filter asks
+    the node below; a driver without it ends the output), and the format-specific information, which
+    qemu-io prints through the monitor."""
+    out = "".join(f"format name: {name}\n" for name in driver_names(node))
+    got = driver_info(node)
+    if got is None:
+        return out
+    out += f"cluster size: {cvtstr(got[0])}\nvm state offset: {cvtstr(got[1])}\n"
+    specific = format_specific(node)
+    if specific is not None:
+        out += "Format specific information:\n"
+        monitor.append("".join(f"{line}\r\n" for line in dump_specific(wire_order(specific["data"]), 4)))
+    return out
+
+
+QUERIES = {"alloc": _alloc, "map": _map, "length": _length, "info": _info}
 
 
 def info_block(vm: Any) -> str:
@@ -172,8 +231,9 @@ def qmp_hmp(vm: Any, args: dict) -> str:
         return "qemu-io: extraneous characters at the end of line\r\n" + _QEMU_IO_HELP
     if len(words) < 2:
         return "qemu-io: string expected\r\n" + _QEMU_IO_HELP
+    monitor: list[str] = []
     try:
-        vm.console.append(run_qemu_io(vm, words[0], words[1]))
+        vm.console.append(run_qemu_io(vm, words[0], words[1], monitor))
     except QMPError as err:
         # qemu-io reports a permission it cannot take itself (error_report_err): no "Error: "
         own = err.desc.startswith("Permission conflict") or err.desc == "Block node is read-only"
@@ -183,4 +243,4 @@ def qmp_hmp(vm: Any, args: dict) -> str:
         warnings = parse_qemu_io(words[1]).warnings
     except QemuIoError:
         warnings = ()
-    return "".join(f"warning: {text}\r\n" for text in warnings)
+    return "".join(monitor) + "".join(f"warning: {text}\r\n" for text in warnings)

@@ -1,8 +1,9 @@
 """qemu-io's command line, as QEMU 7.2's qemu-io-cmds.c reads it (for HMP ``qemu-io``).
 
-bitlab runs ``read``, ``write``, ``discard`` and ``flush`` (and their one-letter names). Their
-checks come in qemu-io's order with its texts, and on its streams: the argument count and
-getopt's complaints on stderr, the usage line and every other complaint on stdout.
+bitlab runs ``read``, ``readv``, ``write``, ``writev``, ``discard``, ``flush``, ``alloc``, ``map``,
+``length`` and ``info`` (and their one-letter names). Their checks come in qemu-io's order with
+its texts, and on its streams: the argument count and getopt's complaints on stderr, the usage
+line and every other complaint on stdout.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Command:
     args: str
     oneline: str
     unsimulated: str = ""
+    getopt: bool = True  # alloc, map, length and info read their words as they are
 
     @property
     def usage(self) -> str:
@@ -37,18 +39,26 @@ class Command:
 
 COMMANDS = {cmd.name: cmd for cmd in (
     Command("read", "r", 2, -1, "bCl:pP:qs:v", "[-abCqv] [-P pattern [-s off] [-l len]] off len",
-            "reads a number of bytes at a specified offset", unsimulated="bCv"),
+            "reads a number of bytes at a specified offset", unsimulated="bC"),
+    Command("readv", "", 2, -1, "CP:qv", "[-Cqv] [-P pattern] off len [len..]",
+            "reads a number of bytes at a specified offset", unsimulated="C"),
     Command("write", "w", 2, -1, "bcCfnpP:qs:uz", "[-bcCfnquz] [-P pattern | -s source_file] off len",
             "writes a number of bytes at a specified offset", unsimulated="bcCns"),
+    Command("writev", "", 2, -1, "CfqP:", "[-Cfq] [-P pattern] off len [len..]",
+            "writes a number of bytes at a specified offset", unsimulated="C"),
     Command("discard", "d", 2, -1, "Cq", "[-Cq] off len", "discards a number of bytes at a specified offset",
             unsimulated="C"),
     Command("flush", "f", 0, 0, "", "", "flush all in-core file state to disk"),
+    Command("alloc", "a", 1, 2, "", "offset [count]", "checks if offset is allocated in the file", getopt=False),
+    Command("map", "", 0, 0, "", "", "prints the allocated areas of a file", getopt=False),
+    Command("length", "l", 0, 0, "", "", "gets the length of the current file", getopt=False),
+    Command("info", "i", 0, 0, "", "", "prints information about the current file", getopt=False),
 )}
-ALIASES = {cmd.altname: cmd for cmd in COMMANDS.values()}
-# qemu-io's other commands: they exist in QEMU, bitlab does not run them
-OTHER_COMMANDS = {"abort", "aio_flush", "aio_read", "aio_write", "alloc", "break", "help", "info", "length", "map",
-                  "readv", "remove_break", "reopen", "resume", "sigraise", "sleep", "truncate", "wait_break",
-                  "writev", "zone_append", "zone_close", "zone_finish", "zone_open", "zone_report", "zone_reset"}
+ALIASES = {cmd.altname: cmd for cmd in COMMANDS.values() if cmd.altname}
+# qemu-io 7.2's other commands in HMP: they exist in QEMU, bitlab does not run them
+OTHER_COMMANDS = {"abort", "aio_flush", "aio_read", "aio_write", "break", "help", "?", "remove_break", "reopen",
+                  "resume", "sigraise", "sleep", "truncate", "t", "wait_break"}
+VECTORED = ("readv", "writev")
 
 
 class QemuIoError(Exception):
@@ -73,6 +83,8 @@ class Request:
     zero: bool = False  # write -z
     unmap: bool = False  # write -z -u
     quiet: bool = False  # -q: no report lines
+    verbose: bool = False  # read -v, readv -v: the buffer dumped
+    fua: bool = False  # write -f, writev -f: Force Unit Access
     warnings: tuple[str, ...] = field(default=())  # warn_report texts (hex with a suffix)
 
 
@@ -171,7 +183,7 @@ def _parse(line: str) -> Request:
     cmd = COMMANDS.get(typed) or ALIASES.get(typed)
     if cmd is None:
         if typed in OTHER_COMMANDS:
-            raise QemuIoError(stderr=f"bitlab's qemu-io runs read, write, discard and flush; "
+            raise QemuIoError(stderr=f"bitlab's qemu-io runs {', '.join(COMMANDS)}; "
                                      f"\"{typed}\" is not simulated\n")
         raise QemuIoError(stderr=f"command \"{typed}\" not found\n")
     count = len(words) - 1
@@ -179,11 +191,15 @@ def _parse(line: str) -> Request:
         expected = (f"at least {cmd.argmin}" if cmd.argmax == -1 else str(cmd.argmin) if cmd.argmin == cmd.argmax
                     else f"between {cmd.argmin} and {cmd.argmax}")
         raise QemuIoError(stderr=f"bad argument count {count} to {typed}, expected {expected} arguments\n")
-    if cmd.name == "flush":
-        return Request("flush")
+    if cmd.name in ("flush", "map", "length", "info"):
+        return Request(cmd.name)
+    warnings: list[str] = []
+    if cmd.name == "alloc":  # alloc_f reads argv itself: no getopt; 512 bytes unless a count is given
+        offset = cvtnum(words[1], warnings)
+        return Request("alloc", offset, cvtnum(words[2], warnings) if count == 2 else 512,
+                       warnings=tuple(warnings))
     args: list[str] = []
     flags: dict[str, str] = {}
-    warnings: list[str] = []
     pattern = None
     pattern_offset = pattern_count = None
     for letter, value in _getopt(cmd, typed, words[1:], args):  # each option is checked as it comes
@@ -194,6 +210,8 @@ def _parse(line: str) -> Request:
         elif letter == "l":
             pattern_count = cvtnum(value, warnings)
         flags[letter] = value
+    if cmd.name in VECTORED:
+        return _vectored(cmd, args, flags, pattern, warnings)
     if len(args) != 2:
         raise QemuIoError(cmd.usage)
     if cmd.name == "write":
@@ -216,7 +234,53 @@ def _parse(line: str) -> Request:
         raise QemuIoError(stderr=f"bitlab's qemu-io does not simulate {cmd.name} -{unsimulated[0]}\n")
     return Request(cmd.name, offset, length, pattern, pattern_offset or 0,
                    length if pattern_count is None else pattern_count, zero="z" in flags,
-                   unmap="u" in flags, quiet="q" in flags, warnings=tuple(warnings))
+                   unmap="u" in flags, quiet="q" in flags, verbose="v" in flags, fua="f" in flags,
+                   warnings=tuple(warnings))
+
+
+def _vectored(cmd: Command, args: list[str], flags: dict[str, str], pattern: int | None,
+              warnings: list[str]) -> Request:
+    """readv_f / writev_f after getopt: the offset, then create_iovec's lengths, one request."""
+    if len(args) < 2:
+        raise QemuIoError(cmd.usage)
+    offset = cvtnum(args[0], warnings)
+    total = 0
+    for text in args[1:]:
+        length = cvtnum(text, warnings)
+        if length > BDRV_REQUEST_MAX_BYTES:
+            raise QemuIoError(f"Argument '{text}' exceeds maximum size {BDRV_REQUEST_MAX_BYTES}\n")
+        if total > BDRV_REQUEST_MAX_BYTES - length:
+            raise QemuIoError(f"The total number of bytes exceed the maximum size {BDRV_REQUEST_MAX_BYTES}\n")
+        total += length
+    unsimulated = [letter for letter in flags if letter in cmd.unsimulated]
+    if unsimulated:
+        raise QemuIoError(stderr=f"bitlab's qemu-io does not simulate {cmd.name} -{unsimulated[0]}\n")
+    return Request(cmd.name, offset, total, pattern, 0, total, quiet="q" in flags, verbose="v" in flags,
+                   fua="f" in flags, warnings=tuple(warnings))
+
+
+_PRINTABLE = bytes(c if chr(c).isascii() and chr(c).isalnum() else ord(".") for c in range(256))
+
+
+def dump_buffer(data: bytes, offset: int) -> str:
+    """qemu-io's dump_buffer (read -v): 16 bytes a line, the address in hex, the bytes in hex, then
+    the bytes that are letters or digits (C locale), dots for the rest."""
+    lines = []
+    for i in range(0, len(data), 16):  # one line of output each: bounded by what is printed
+        chunk = data[i:i + 16]
+        lines.append(f"{offset + i:08x}:  {chunk.hex(' ')}  {chunk.translate(_PRINTABLE).decode()}\n")
+    return "".join(lines)
+
+
+def cvtstr(value: float) -> str:
+    """qemu-io's cvtstr: three decimals and a binary unit, a ".000" cut off."""
+    suffix = "bytes"
+    for shift, unit in ((60, "EiB"), (50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if value >= 1 << shift:
+            value, suffix = value / (1 << shift), unit
+            break
+    text = f"{value:.3f}"
+    return (text[: text.index(".000")] if ".000" in text else text) + " " + suffix
 
 
 def _write_checks(flags: dict[str, str]) -> None:

@@ -9,7 +9,6 @@ from .qapi import (
     INT32,
     INT64,
     NULL,
-    SIZE,
     STR,
     UINT32,
     Alternate,
@@ -97,7 +96,7 @@ _variants.update({"null-co": BlockdevOptionsNull, "null-aio": BlockdevOptionsNul
 BlockdevDel = struct("q_obj_blockdev-del-arg", m("node-name", STR))
 QueryNamedBlockNodes = struct("q_obj_query-named-block-nodes-arg", m("*flat", BOOL))
 HumanMonitorCommand = struct("q_obj_human-monitor-command-arg", m("command-line", STR), m("*cpu-index", INT))
-BlockResize = struct("q_obj_block_resize-arg", m("*device", STR), m("*node-name", STR), m("size", SIZE))
+BlockResize = struct("q_obj_block_resize-arg", m("*device", STR), m("*node-name", STR), m("size", INT))
 
 # -- blkdebug ------------------------------------------------------------------------------
 

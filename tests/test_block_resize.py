@@ -1,0 +1,222 @@
+"""block_resize: QEMU 7.2's checks and texts, bitmaps that follow the node's length, qcow2 shrinking and
+growing (discarded clusters, the L1 table, the file cut after its last cluster), and iotest 124's
+test_growing_before_backup."""
+
+import json
+import re
+import time
+
+import pytest
+
+from bitlab import Machine
+
+
+def _nodes(vm) -> dict:
+    """Per named node: virtual size and its bitmaps' counts (auto-named nodes left out)."""
+    return {n["node-name"]: (n["image"]["virtual-size"], [(b["name"], b["count"]) for b in n.get("dirty-bitmaps", [])])
+            for n in vm.qmp("query-named-block-nodes", {"flat": True}) if not n["node-name"].startswith("#")}
+
+
+def _reply(vm, args: dict):
+    """block_resize's return or error (automatic node names are numbered in each program's own order)."""
+    reply = vm.execute({"execute": "block_resize", "arguments": args})
+    if "error" in reply:
+        return {**reply["error"], "desc": re.sub(r"#block\d+", "#blockNNN", reply["error"]["desc"])}
+    return reply["return"]
+
+
+RESIZES = [{"node-name": "d0", "size": 68157440}, {"node-name": "d0", "size": -1}, {"node-name": "d0", "size": 1000},
+           {"node-name": "d0", "size": 33554432}, {"device": "d0", "size": 1024}, {"node-name": "nope", "size": 1024},
+           {"size": 1024}, {"device": "x", "node-name": "d0", "size": 1024}, {"node-name": "d0", "size": "1M"},
+           {"node-name": "r0", "size": 2097152}, {"node-name": "r0", "size": 1000},
+           {"node-name": "n0", "size": 2097152},
+           {"node-name": "f0", "size": 1048576}, {"node-name": "d0", "size": 0}, {"node-name": "d0", "size": 1 << 62},
+           {"node-name": "d0", "size": 67108864}]
+
+
+def _qsd_story(vm) -> list:
+    """A qcow2 node with data and bitmaps (on it and on its file), a raw node, null-co: resized every way."""
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "64M")
+    vm.qemu_img("create", "-f", "raw", "r.raw", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "d0",
+                            "file": {"driver": "file", "filename": "a.qcow2", "node-name": "f0"}})
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "r0",
+                            "file": {"driver": "file", "filename": "r.raw", "node-name": "rf"}})
+    vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "n0", "size": 1048576})
+    vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b0", "granularity": 65536})
+    vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "p0", "persistent": True})
+    vm.qmp("block-dirty-bitmap-add", {"node": "f0", "name": "fb"})
+    vm.qemu_io("d0", "write -P 1 0 1M")
+    out = []
+    for args in RESIZES:
+        shas = [vm.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "d0", "name": b})["sha256"] for b in ("b0", "p0")]
+        out.append((json.dumps(args), _reply(vm, args), _nodes(vm), shas))
+    return out
+
+
+def test_texts_sizes_and_bitmaps():
+    """As qemu-storage-daemon 7.2 answered (recorded)."""
+    got = {args: (reply, nodes) for args, reply, nodes, _ in _qsd_story(Machine())}
+    grow, shrink = json.dumps(RESIZES[0]), json.dumps(RESIZES[3])
+    # growing: the bitmaps grow with clean bits; the header's size field dirties the file's first cluster
+    assert got[grow] == ({}, {"n0": (1048576, []), "r0": (1048576, []), "rf": (1048576, []),
+                              "d0": (68157440, [("p0", 1048576), ("b0", 1048576)]), "f0": (1376256, [("fb", 1310720)])})
+    # shrinking rewrites the refcount table too
+    assert got[shrink][1]["f0"] == (1376256, [("fb", 1376256)])
+    assert got[json.dumps(RESIZES[1])][0] == {"class": "GenericError", "desc": "Parameter 'size' expects a >0 size"}
+    assert got[json.dumps(RESIZES[2])][0]["desc"] == "The new size must be a multiple of 512"
+    assert got[json.dumps(RESIZES[4])][0]["desc"] == "Cannot find device='d0' nor node-name=''"
+    assert got[json.dumps(RESIZES[7])] == ({}, got[json.dumps(RESIZES[7])][1])  # a device that is not: the node
+    assert got[json.dumps(RESIZES[7])][1]["d0"] == (1024, [("p0", 65536), ("b0", 65536)])
+    assert got[json.dumps(RESIZES[7])][1]["f0"] == (393216, [("fb", 393216)])  # cut after the data cluster
+    assert got[json.dumps(RESIZES[8])][0]["desc"] == "Invalid parameter type for 'size', expected: integer"
+    assert got[json.dumps(RESIZES[10])][1]["r0"] == (1024, [])  # a 1000-byte file: a 1024-byte node
+    assert got[json.dumps(RESIZES[11])][0]["desc"] == "Image format driver does not support resize"
+    assert got[json.dumps(RESIZES[12])][0]["desc"] == (
+        "Permission conflict on node 'f0': permissions 'resize' are both required by an unnamed block device (uses "
+        "node 'f0' as 'root' child) and unshared by node 'd0' (uses node 'f0' as 'file' child).")
+    assert got[json.dumps(RESIZES[13])][1]["f0"] == (262144, [("fb", 262144)])  # no L2 table left
+    assert got[json.dumps(RESIZES[14])][0]["desc"] == "Failed to grow the L1 table: File too large"
+
+
+def test_bitmap_sha256_after_resizing():
+    shas = [s for *_, s in _qsd_story(Machine())]
+    assert shas[1] == shas[2] and shas[1][0] == shas[1][1]
+    assert shas[1][0].startswith("1485f0eb6c82f2ef")  # grown to 65 MiB (QEMU 7.2's sum)
+    assert shas[4][0].startswith("9f0a4f1b805c05c9")  # shrunk to 32 MiB
+
+
+@pytest.mark.qemu
+def test_resizing_matches_qemu_storage_daemon():
+    with Machine(backend="qemu", daemon="qsd") as real:
+        want = _qsd_story(real)
+    assert _qsd_story(Machine()) == want
+
+
+def _busy_story(vm, wait) -> list:
+    """A device during a backup (its filter and target are in use; its source is held by the filter's
+    permissions), an export, an overlay that grows past its backing file's end (zeroes written:
+    allocated), a v2 image shrunk, an L1 table that must grow."""
+    vm.add_drive("drive0", "64M", node_name="node0")
+    for args in (["-f", "qcow2", "t.qcow2", "64M"], ["-f", "qcow2", "base.qcow2", "64M"],
+                 ["-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "ov.qcow2", "32M"],
+                 ["-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "64M"]):
+        vm.qemu_img("create", *args)
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "t.qcow2",
+                                                                            "node-name": "tf"}})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "ov",
+                            "file": {"driver": "file", "filename": "ov.qcow2", "node-name": "ovf"}})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "v2",
+                            "file": {"driver": "file", "filename": "v2.qcow2", "node-name": "v2f"}})
+    for node, name in (("drive0", "b0"), ("ovf", "ofb"), ("v2f", "vfb"), ("tf", "tfb")):
+        vm.qmp("block-dirty-bitmap-add", {"node": node, "name": name})
+    vm.qemu_io("drive0", "write -P 1 0 1M")
+    vm.qemu_io("v2", "write -P 1 0 1M")
+    out = []
+    vm.qmp("blockdev-backup", {"device": "drive0", "target": "tgt", "sync": "full", "speed": 1, "job-id": "j"})
+    wait()
+    for args in ({"device": "drive0", "size": 1 << 27}, {"node-name": "node0", "size": 1 << 27},
+                 {"node-name": "tgt", "size": 1 << 27}):
+        out.append(_reply(vm, args))
+    vm.qmp("block-job-cancel", {"device": "j", "force": True})
+    wait()
+    out.append(_reply(vm, {"device": "drive0", "size": 68157440}))
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "e", "node-name": "tgt"})
+    out.append(_reply(vm, {"node-name": "tgt", "size": 1 << 27}))
+    vm.qmp("block-export-del", {"id": "e"})
+    for args in ({"node-name": "ov", "size": 1 << 26}, {"node-name": "v2", "size": 1 << 20},
+                 {"node-name": "tgt", "size": 1 << 30}):
+        out.append(_reply(vm, args))
+    out += [_nodes(vm), vm.qemu_io("ov", "map"), vm.qemu_io("drive0", "map")]
+    return out
+
+
+def test_a_job_keeps_its_nodes_from_resizing():
+    sim = Machine()
+    got = _busy_story(sim, lambda: sim.run(until=sim.now + 0.2))
+    assert got[0] == {"class": "GenericError", "desc": "Device 'drive0' is in use"}  # the device's root: the filter
+    assert got[1]["desc"].startswith("Permission conflict on node 'node0': permissions 'resize' are both required "
+                                     "by an unnamed block device (uses node 'node0' as 'root' child) and unshared by "
+                                     "node '#block")
+    assert got[2] == {"class": "GenericError", "desc": "Device '(null)' is in use"}
+    assert got[3] == {}
+    # an NBD export does not share the resize permission
+    assert got[4]["desc"].startswith("Permission conflict on node 'tgt': permissions 'resize' are both required")
+    assert got[9] == ("32 MiB (0x2000000) bytes not allocated at offset 0 bytes (0x0)\n"
+                      "32 MiB (0x2000000) bytes     allocated at offset 32 MiB (0x2000000)\n")
+
+
+@pytest.mark.qemu
+def test_jobs_exports_overlays_and_l1_growth_match_the_system_emulator():
+    with Machine(backend="qemu", daemon="system") as real:
+        want = _busy_story(real, lambda: time.sleep(0.2))
+    sim = Machine()
+    assert _busy_story(sim, lambda: sim.run(until=sim.now + 0.2)) == want
+
+
+def _filter_story(vm) -> list:
+    """blkdebug between a format node and its file passes the truncate on; qcow2 over blkdebug shrinks
+    and grows its L1 table (a new table at the file's end: the file ends where its entries end)."""
+    vm.qemu_img("create", "-f", "raw", "r.raw", "1M")
+    vm.qemu_img("create", "-f", "qcow2", "q.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "r0", "file": {
+        "driver": "blkdebug", "node-name": "bd", "image": {"driver": "file", "filename": "r.raw", "node-name": "rf"}}})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "q0", "file": {
+        "driver": "blkdebug", "node-name": "qbd",
+        "image": {"driver": "file", "filename": "q.qcow2", "node-name": "qf"}}})
+    for node in ("bd", "rf", "qbd", "qf", "r0", "q0"):
+        vm.qmp("block-dirty-bitmap-add", {"node": node, "name": "m", "granularity": 512})
+    vm.qemu_io("q0", "write -P 1 0 2M")
+    vm.qemu_io("r0", "write -P 1 0 4k")
+    out = []
+    for args in ({"node-name": "r0", "size": 2097152}, {"node-name": "bd", "size": 524288},
+                 {"node-name": "q0", "size": 1048576}, {"node-name": "q0", "size": 1 << 30}):
+        out.append((_reply(vm, args), _nodes(vm)))
+    return out + [vm.qemu_io("q0", "map")]
+
+
+def test_filters_pass_it_on_and_a_new_l1_table_ends_the_file():
+    got = _filter_story(Machine())
+    assert got[3][1]["qf"] == (1376768, [("m", 1246720)])  # 21 clusters and the new table's 16 bytes, rounded up
+    assert got[1][1]["rf"] == (524288, [("m", 4096)])
+
+
+@pytest.mark.qemu
+def test_filters_match_the_system_emulator():
+    with Machine(backend="qemu", daemon="system") as real:
+        want = _filter_story(real)
+    assert _filter_story(Machine()) == want
+
+
+def _resize_scenarios(count: int) -> list[dict]:
+    from bitlab.conformance.generator import random_scenario
+
+    found = []
+    for index in range(400):
+        scenario = random_scenario(4711, index)
+        if any(step.get("qmp", {}).get("execute") == "block_resize" for step in scenario["steps"]):
+            found.append(scenario)
+        if len(found) == count:
+            break
+    return found
+
+
+def test_random_scenarios_resize_their_nodes_now_and_then():
+    """The generator's resize episodes (their own random stream): a resize, a write across the old end,
+    the bitmaps, then back to the first size."""
+    scenarios = _resize_scenarios(6)
+    assert len(scenarios) == 6
+    sizes = {step["qmp"]["arguments"]["size"] for s in scenarios for step in s["steps"]
+             if step.get("qmp", {}).get("execute") == "block_resize"}
+    assert 8 << 20 in sizes and len(sizes) >= 4
+
+
+@pytest.mark.qemu
+def test_random_resize_episodes_match_real_qemu():
+    from bitlab.conformance.runner import compare, play
+
+    for scenario in _resize_scenarios(4):
+        real = play(scenario, "qemu")
+        assert real.error is None
+        assert compare(scenario, real, play(scenario, "sim")) == []

@@ -1,0 +1,142 @@
+"""qemu-io's ``map``, ``alloc``, ``length``, ``info``, ``read -v``, ``readv`` and ``writev`` through HMP, on
+every kind of node, against the system emulator (QEMU 7.2)."""
+
+import re
+
+import pytest
+
+from bitlab import Machine
+from bitlab.backends.qemu import QemuDaemonError
+
+TIMING = re.compile(r"^.* ops; .*\n", re.M)
+
+
+def _scene(vm) -> dict:
+    """Drives, an overlay over a backing file, raw, null-co with and without read-zeroes."""
+    vm.qemu_img("create", "-f", "qcow2", "base.qcow2", "1M")
+    vm.qemu_img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "2M")
+    vm.qemu_img("create", "-f", "raw", "r.raw", "1M")
+    vm.add_drive("drive0", "1M")
+    vm.add_drive("drive1", "1M", blkdebug={"inject-error": [{"event": "read_aio", "sector": 2048}]})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "top",
+                            "file": {"driver": "file", "filename": "top.qcow2", "node-name": "topf"}})
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "raw0", "file": {"driver": "file", "filename": "r.raw"}})
+    vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "nul", "size": 1048576})
+    vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "nulz", "size": 1048576, "read-zeroes": True})
+    vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b0", "persistent": True})
+    return {"drive0": ["write -P 0x11 0 192k", "write -z 256k 64k", "write -z -u 320k 64k", "map", "alloc 0 1M",
+                       "info", "length", "read -v 190k 64", "readv -P 0x11 0 512 512", "writev -P 0x22 1k 512 512",
+                       "readv -v 1k 40"],
+            # a 4 KiB write into an overlay allocates its whole cluster (the rest copied from the backing file)
+            "top": ["map", "write -P 0x33 1M 4k", "map", "alloc 0", "alloc 1M 64k", "alloc 1M", "info", "length"],
+            "topf": ["map", "info", "length", "alloc 0 1M"],
+            "raw0": ["map", "info", "alloc 0 4k", "write -z 0 4k", "map"],
+            "nul": ["map", "info", "alloc 0"], "nulz": ["map", "info"],
+            "drive1": ["map", "info", "length", "read -v 1M 16", "alloc 0"]}
+
+
+def _outputs(vm) -> list:
+    out = []
+    for node, commands in _scene(vm).items():
+        for command in commands:
+            vm.console_take()
+            reply = vm.hmp(f'qemu-io {node} "{command}"')
+            out.append((node, command, reply, TIMING.sub("", vm.console_take())))
+    return out
+
+
+def test_map_alloc_info_texts():
+    """As the system emulator printed them (recorded)."""
+    got = {(node, cmd): (reply, out) for node, cmd, reply, out in _outputs(Machine())}
+    assert got["drive0", "map"] == ("", "192 KiB (0x30000) bytes     allocated at offset 0 bytes (0x0)\n"
+                                        "64 KiB (0x10000) bytes not allocated at offset 192 KiB (0x30000)\n"
+                                        "128 KiB (0x20000) bytes     allocated at offset 256 KiB (0x40000)\n"
+                                        "640 KiB (0xa0000) bytes not allocated at offset 384 KiB (0x60000)\n")
+    assert got["drive0", "alloc 0 1M"] == ("", "327680/1048576 bytes allocated at offset 0 bytes\n")
+    # info: the format-specific lines come through the monitor
+    assert got["drive0", "info"] == (
+        "    compat: 1.1\r\n    compression type: zlib\r\n    lazy refcounts: false\r\n    refcount bits: 16\r\n"
+        "    corrupt: false\r\n    extended l2: false\r\n",
+        "format name: qcow2\ncluster size: 64 KiB\nvm state offset: 512 MiB\nFormat specific information:\n")
+    assert got["top", "alloc 1M 64k"] == ("", "65536/65536 bytes allocated at offset 1 MiB\n")
+    assert got["topf", "info"] == ("", "format name: file\nformat name: file\ncluster size: 0 bytes\n"
+                                       "vm state offset: 0 bytes\n")
+    assert got["topf", "length"] == ("", "384 KiB\n")  # the file's length: header, tables, one data cluster
+    assert got["nul", "info"] == ("", "format name: null-co\nformat name: null-co\n")
+    assert got["nul", "map"] == ("", "1 MiB (0x100000) bytes not allocated at offset 0 bytes (0x0)\n")
+    assert got["nulz", "map"] == ("", "1 MiB (0x100000) bytes     allocated at offset 0 bytes (0x0)\n")
+    assert got["drive0", "readv -v 1k 40"][1].startswith(
+        "00000400:  22 22 22 22 22 22 22 22 22 22 22 22 22 22 22 22  ................\n"
+        "00000410:  22 22 22 22 22 22 22 22 22 22 22 22 22 22 22 22  ................\n"
+        "00000420:  22 22 22 22 22 22 22 22  ........\nread 40/40 bytes at offset 1024\n")
+
+
+def test_qemu_io_info_through_the_machine():
+    """vm.qemu_io gives info's lines in the order a reader expects (stdout, then the monitor's)."""
+    vm = Machine()
+    vm.add_drive("drive0", "1M")
+    assert vm.qemu_io("drive0", "info").splitlines()[3:5] == ["Format specific information:", "    compat: 1.1"]
+
+
+@pytest.mark.qemu
+def test_every_node_kind_matches_the_system_emulator():
+    with Machine(backend="qemu", daemon="system") as real:
+        want = _outputs(real)
+    assert _outputs(Machine()) == want
+
+
+def _during_backup(vm, wait) -> list:
+    """A device and its filter while a backup runs (the filter answers from its source)."""
+    vm.add_drive("drive0", "1M")
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "t.qcow2"}})
+    vm.hmp('qemu-io drive0 "write -P 0x41 64k 100"')
+    vm.qmp("blockdev-backup", {"device": "drive0", "target": "tgt", "sync": "full", "speed": 1, "job-id": "j"})
+    wait()  # the first cluster is copied, then the rate limit holds the job
+    cbw = next(n["node-name"] for n in vm.qmp("query-named-block-nodes", {"flat": True})
+               if n["drv"] == "copy-before-write")
+    out = []
+    for node, command in [("drive0", "map"), ("drive0", "alloc 0 1M"), ("drive0", "info"),
+                          ("drive0", "read -v 65530 20"), ("tgt", "map"), (cbw, "map"), (cbw, "info"), (cbw, "length")]:
+        vm.console_take()
+        reply = vm.hmp(f'qemu-io {node} "{command}"')
+        out.append((node == cbw, command, reply, TIMING.sub("", vm.console_take())))
+    vm.qmp("block-job-cancel", {"device": "j", "force": True})
+    return out
+
+
+def test_filter_answers_from_its_source():
+    got = _during_backup(Machine(), lambda: None)
+    assert got[0][3] == ("64 KiB (0x10000) bytes not allocated at offset 0 bytes (0x0)\n"
+                         "64 KiB (0x10000) bytes     allocated at offset 64 KiB (0x10000)\n"
+                         "896 KiB (0xe0000) bytes not allocated at offset 128 KiB (0x20000)\n")
+    assert got[6][3] == "format name: copy-before-write\ncluster size: 64 KiB\nvm state offset: 512 MiB\n"
+
+
+@pytest.mark.qemu
+def test_filter_during_a_backup_matches_the_system_emulator():
+    import time
+
+    with Machine(backend="qemu", daemon="system") as real:
+        want = _during_backup(real, lambda: time.sleep(0.5))
+    sim = Machine()
+    assert _during_backup(sim, lambda: sim.run(until=0.5)) == want
+
+
+QSD = ["write -P 0x41 0 4k", "length", "read -v 4090 12", "readv -P 0x41 0 1k 1k", "writev -P 0x42 8k 512 512",
+       "readv -v 8k 20", "read -v -q 0 16"]
+
+
+def _over_nbd(vm) -> list:
+    vm.qemu_img("create", "-f", "qcow2", "d.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "d0", "file": {"driver": "file", "filename": "d.qcow2"}})
+    return [TIMING.sub("", vm.qemu_io("d0", command)) for command in QSD]
+
+
+@pytest.mark.qemu
+def test_length_readv_writev_and_dumps_over_nbd_on_qemu_storage_daemon():
+    with Machine(backend="qemu", daemon="qsd") as real:
+        want = _over_nbd(real)
+        with pytest.raises(QemuDaemonError, match="qemu-io 'map' needs the block layer's own answers"):
+            real.qemu_io("d0", "map")
+    assert _over_nbd(Machine()) == want
