@@ -137,6 +137,61 @@ def _over_nbd(vm) -> list:
 def test_length_readv_writev_and_dumps_over_nbd_on_qemu_storage_daemon():
     with Machine(backend="qemu", daemon="qsd") as real:
         want = _over_nbd(real)
-        with pytest.raises(QemuDaemonError, match="qemu-io 'map' needs the block layer's own answers"):
-            real.qemu_io("d0", "map")
+        for verb in ("map", "truncate 2M"):
+            with pytest.raises(QemuDaemonError, match=f"qemu-io '{verb.split()[0]}' needs the block layer itself"):
+                real.qemu_io("d0", verb)
     assert _over_nbd(Machine()) == want
+
+
+TRUNCATES = [("drive0", "truncate 65M"), ("drive0", "t 64M"), ("drive0", "truncate 1 2 3"),
+             ("drive0", "truncate -m xyz 65M"), ("drive0", "truncate 1000"), ("drive0", "truncate x"),
+             ("drive0", "truncate -m off x"), ("a", "truncate 2M"), ("af", "truncate 2M"), ("n", "truncate 2M"),
+             ("node0", "truncate 32M"), ("drive0", "truncate -m off 16M"), ("drive0", "length")]
+
+
+def _truncates(vm) -> list:
+    """qemu-io's truncate through HMP: blk_truncate on the device's or the node's BlockBackend, which
+    takes write and resize first; errors come back as the monitor's reply."""
+    vm.add_drive("drive0", "64M", node_name="node0")
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a",
+                            "file": {"driver": "file", "filename": "a.qcow2", "node-name": "af"}})
+    vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "n", "size": 1048576})
+    vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"})
+    out = []
+    for node, command in TRUNCATES:
+        vm.console_take()
+        out.append((node, command, vm.hmp(f'qemu-io {node} "{command}"'), vm.console_take()))
+    sizes = {n["node-name"]: n["image"]["virtual-size"] for n in vm.qmp("query-named-block-nodes", {"flat": True})
+             if not n["node-name"].startswith("#")}
+    return out + [sizes, vm.qmp("query-named-block-nodes", {"flat": True})[-1].get("dirty-bitmaps")]
+
+
+def test_truncate_texts():
+    got = {(node, cmd): (reply, out) for node, cmd, reply, out in _truncates(Machine())[:-2]}
+    assert got["drive0", "truncate 1 2 3"] == ("The new size must be a multiple of 512\r\n", "")  # the first word
+    assert got["drive0", "truncate -m xyz 65M"] == ("Invalid preallocation mode 'xyz'\r\n", "")
+    assert got["drive0", "truncate -m off x"] == (
+        "", "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- -m\n")  # (argv[1])
+    assert got["af", "truncate 2M"] == (
+        "Permission conflict on node 'af': permissions 'write, resize' are both required by an unnamed block device "
+        "(uses node 'af' as 'root' child) and unshared by node 'a' (uses node 'af' as 'file' child).\r\n", "")
+    assert got["n", "truncate 2M"] == ("Image format driver does not support resize\r\n", "")
+    assert got["drive0", "length"] == ("", "16 MiB\n")
+
+
+def test_truncate_refusals_on_stderr():
+    vm = Machine()
+    vm.add_drive("drive0", "1M")
+    for command, err in (("truncate", "bad argument count 0 to truncate, expected between 1 and 3 arguments\n"),
+                         ("truncate -1", "truncate: invalid option -- '1'\n"),
+                         ("truncate -m full 2M", "bitlab's qemu-io does not simulate truncate -m full\n")):
+        vm.hmp(f'qemu-io drive0 "{command}"')
+        assert vm.console_take("stderr") == err
+
+
+@pytest.mark.qemu
+def test_truncate_matches_the_system_emulator():
+    with Machine(backend="qemu", daemon="system") as real:
+        want = _truncates(real)
+    assert _truncates(Machine()) == want

@@ -242,7 +242,7 @@ def qemu_io(address: Address, export: str, req: Request, timeout: float = 30.0) 
     pattern verified over ``-s``/``-l``, the buffer dumped with ``-v``), ``discard``, ``flush`` and
     ``length``; ``-q`` without the report lines; none of them flushes except ``flush``. A range past
     the end fails with EIO before anything is sent, as qemu-io's own bounds check does. ``alloc``,
-    ``map`` and ``info`` need the block layer's own answers: ValueError.
+    ``map``, ``info`` and ``truncate`` need the block layer itself: ValueError.
     """
     verb, offset, length = req.verb, req.offset, req.length
     if verb not in ("read", "readv", "write", "writev", "discard", "flush", "length"):

@@ -108,7 +108,7 @@ class QemuNotFound(RuntimeError):
             f"apt-get install --no-install-recommends {packages}")
 
 
-NBD_UNANSWERED = ("alloc", "map", "info")  # qemu-io commands that qemu-storage-daemon cannot answer over NBD
+NBD_UNANSWERED = ("alloc", "map", "info", "truncate")  # qemu-io commands NBD cannot carry to qemu-storage-daemon
 
 
 class QemuDaemonError(RuntimeError):
@@ -887,9 +887,9 @@ class QemuMachine(GuestIO, Monitor):
 
     def _nbd_io(self, node: str, req: Request, attach: str | None = None) -> str:
         if req.verb in NBD_UNANSWERED:
-            raise QemuDaemonError(f"qemu-io '{req.verb}' needs the block layer's own answers, which NBD does not "
-                                  "carry: use the system emulator (Machine(backend='qemu', daemon='system'), "
-                                  "or add_drive first)")
+            raise QemuDaemonError(f"qemu-io '{req.verb}' needs the block layer itself, which NBD does not reach: "
+                                  "use the system emulator (Machine(backend='qemu', daemon='system'), or add_drive "
+                                  "first), or block_resize for truncate")
         temporary = node not in self._exports
         if temporary:  # not a blockdev-add'ed node: exported for this request only (at ``attach`` if given),
             # and like HMP qemu-io's own BlockBackend it takes the write permission only to write or discard

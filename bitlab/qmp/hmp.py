@@ -37,17 +37,21 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str] | None = 
         req = parse_qemu_io(command)
     except QemuIoError as err:
         vm.console_err.append(err.stderr)
+        if err.monitor and monitor is not None:
+            monitor.append(err.monitor.replace("\n", "\r\n"))
         return err.stdout
+    needs = {"truncate": perms.WRITE | perms.RESIZE}.get(req.verb, perms.WRITE if req.verb in WRITERS else 0)
     if node is None:
         node = vm.graph.nodes[device]
-        if req.verb in WRITERS:  # qemu-io's own BlockBackend on the node (taking nothing) now takes write
-            perms.check_blk(vm.graph, node, perms.WRITE)
-    elif req.verb in WRITERS and not vm.graph.device_perm.get(device, perms.READ) & perms.WRITE:
-        # the device's BlockBackend takes write from now on (qemuio_command's blk_set_perm)
+        if needs:  # qemu-io's own BlockBackend on the node (taking nothing) now takes what the command needs
+            perms.check_blk(vm.graph, node, needs)
+    elif needs & ~vm.graph.device_perm.get(device, perms.READ):
+        # the device's BlockBackend takes it from now on (qemuio_command's blk_set_perm)
+        perm = vm.graph.device_perm.get(device, perms.READ) | needs
         view = perms.PermView(vm.graph)
-        view.set_blk(node, f"block device '{device}'", perms.READ | perms.WRITE)
+        view.set_blk(node, f"block device '{device}'", perm)
         view.check(node)
-        vm.graph.device_perm[device] = perms.READ | perms.WRITE
+        vm.graph.device_perm[device] = perm
     verb, offset, length = req.verb, req.offset, req.length
     if verb == "":
         return ""
@@ -59,6 +63,13 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str] | None = 
         return ""
     if verb in QUERIES:
         return QUERIES[verb](node, req, monitor if monitor is not None else [])
+    if verb == "truncate":  # blk_truncate; its error comes through the monitor (error_report_err)
+        try:
+            node.resize(offset)
+        except QMPError as err:
+            if monitor is not None:
+                monitor.append(f"{err.desc}\r\n")
+        return ""
     if offset + length > node.size:
         return f"{verb} failed: Input/output error\n"
     report = "" if req.quiet else _report({"write": "wrote", "writev": "wrote", "readv": "read"}.get(verb, verb),

@@ -53,21 +53,24 @@ COMMANDS = {cmd.name: cmd for cmd in (
     Command("map", "", 0, 0, "", "", "prints the allocated areas of a file", getopt=False),
     Command("length", "l", 0, 0, "", "", "gets the length of the current file", getopt=False),
     Command("info", "i", 0, 0, "", "", "prints information about the current file", getopt=False),
+    Command("truncate", "t", 1, 3, "m:", "[-m prealloc_mode] off", "truncates the current file at the given offset"),
 )}
+PREALLOC_MODES = ("off", "metadata", "falloc", "full")
 ALIASES = {cmd.altname: cmd for cmd in COMMANDS.values() if cmd.altname}
 # qemu-io 7.2's other commands in HMP: they exist in QEMU, bitlab does not run them
 OTHER_COMMANDS = {"abort", "aio_flush", "aio_read", "aio_write", "break", "help", "?", "remove_break", "reopen",
-                  "resume", "sigraise", "sleep", "truncate", "t", "wait_break"}
+                  "resume", "sigraise", "sleep", "wait_break"}
 VECTORED = ("readv", "writev")
 
 
 class QemuIoError(Exception):
     """A command qemu-io refuses before any I/O: what it prints on stdout and on stderr."""
 
-    def __init__(self, stdout: str = "", stderr: str = "") -> None:
-        super().__init__((stderr + stdout).strip())
+    def __init__(self, stdout: str = "", stderr: str = "", monitor: str = "") -> None:
+        super().__init__((stderr + stdout + monitor).strip())
         self.stdout = stdout
         self.stderr = stderr
+        self.monitor = monitor  # error_report's text: under HMP it is the monitor's reply
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Request:
     unmap: bool = False  # write -z -u
     quiet: bool = False  # -q: no report lines
     verbose: bool = False  # read -v, readv -v: the buffer dumped
+    prealloc: str = "off"  # truncate -m
     fua: bool = False  # write -f, writev -f: Force Unit Access
     warnings: tuple[str, ...] = field(default=())  # warn_report texts (hex with a suffix)
 
@@ -209,7 +213,17 @@ def _parse(line: str) -> Request:
             pattern_offset = cvtnum(value, warnings)
         elif letter == "l":
             pattern_count = cvtnum(value, warnings)
+        elif letter == "m" and value not in PREALLOC_MODES:
+            raise QemuIoError(monitor=f"Invalid preallocation mode '{value}'\n")
         flags[letter] = value
+    if cmd.name == "truncate":  # the first word that is not an option (a parse error names argv[1])
+        try:
+            offset = cvtnum(args[0], warnings)
+        except QemuIoError:
+            raise _cvtnum_error(words[1]) from None
+        if flags.get("m", "off") != "off":
+            raise QemuIoError(stderr=f"bitlab's qemu-io does not simulate truncate -m {flags['m']}\n")
+        return Request("truncate", offset, warnings=tuple(warnings))
     if cmd.name in VECTORED:
         return _vectored(cmd, args, flags, pattern, warnings)
     if len(args) != 2:
