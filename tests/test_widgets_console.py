@@ -117,8 +117,11 @@ def test_same_replies_on_real_qemu():
     sim, real = QMPConsole(), QMPConsole(backend="qemu")
     try:
         for text in (EXAMPLES["add a bitmap"], EXAMPLES["guest write (HMP qemu-io)"],
-                     EXAMPLES["a mistake (bad granularity)"], EXAMPLES["bitmap sha256"], "query-jobs"):
+                     EXAMPLES["a mistake (bad granularity)"], EXAMPLES["bitmap sha256"], "query-jobs",
+                     EXAMPLES["allocated stretches (HMP qemu-io map)"], EXAMPLES["grow the drive (block_resize)"]):
             assert run(real, text) == run(sim, text)
+        sizes = [[b["inserted"]["image"]["virtual-size"] for b in run(c, "query-block")["return"]] for c in (real, sim)]
+        assert sizes[0] == sizes[1] and sizes[0][0] == 68157440
         assert run(real, EXAMPLES["full backup"]) == run(sim, EXAMPLES["full backup"]) == {"return": {}}
         assert [e["event"] for e in real.last_events] == [e["event"] for e in sim.last_events]
     finally:

@@ -22,6 +22,9 @@ EXAMPLES: dict[str, str] = {
     "guest write (HMP qemu-io)": '{"execute": "human-monitor-command", '
                                  '"arguments": {"command-line": "qemu-io drive0 \\"write -P 0x41 0 64k\\""}}',
     "bitmap counts": "query-named-block-nodes flat=true",
+    "allocated stretches (HMP qemu-io map)": '{"execute": "human-monitor-command", '
+                                             '"arguments": {"command-line": "qemu-io drive0 map"}}',
+    "grow the drive (block_resize)": "block_resize device=drive0 size=68157440",
     "full backup": '{"execute": "drive-backup", "arguments": {"device": "drive0", "target": "d0-full.qcow2", '
                    '"sync": "full", "format": "qcow2"}}',
     "incremental transaction": json.dumps({"execute": "transaction", "arguments": {"actions": [
