@@ -27,9 +27,9 @@ def _report(verb: str, offset: int, length: int) -> str:
 WRITERS = ("write", "writev", "discard")  # qemu-io commands that need the write permission
 
 
-def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str] | None = None) -> str:
-    """Run a qemu-io command against a device or node; returns qemu-io's output (its stdout).
-    What qemu-io prints through the monitor (``info``'s format-specific lines) goes to ``monitor``."""
+def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
+    """Run a qemu-io command against a device or node; returns qemu-io's output (its stdout). What
+    qemu-io prints through the monitor (error_report, ``info``'s format-specific lines) goes to ``monitor``."""
     node = vm.graph.devices.get(device)
     if node is None and vm.graph.nodes.get(device) is None:
         raise generic(f"Cannot find device='' nor node-name='{device}'")
@@ -37,7 +37,7 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str] | None = 
         req = parse_qemu_io(command)
     except QemuIoError as err:
         vm.console_err.append(err.stderr)
-        if err.monitor and monitor is not None:
+        if err.monitor:
             monitor.append(err.monitor.replace("\n", "\r\n"))
         return err.stdout
     needs = {"truncate": perms.WRITE | perms.RESIZE}.get(req.verb, perms.WRITE if req.verb in WRITERS else 0)
@@ -62,13 +62,12 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str] | None = 
             pass  # qemu-io 7.2 prints nothing when a flush fails
         return ""
     if verb in QUERIES:
-        return QUERIES[verb](node, req, monitor if monitor is not None else [])
+        return QUERIES[verb](node, req, monitor)
     if verb == "truncate":  # blk_truncate; its error comes through the monitor (error_report_err)
         try:
             node.resize(offset)
         except QMPError as err:
-            if monitor is not None:
-                monitor.append(f"{err.desc}\r\n")
+            monitor.append(f"{err.desc}\r\n")
         return ""
     if offset + length > node.size:
         return f"{verb} failed: Input/output error\n"
