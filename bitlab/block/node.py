@@ -206,7 +206,9 @@ class BlockNode:
     # -- resizing -----------------------------------------------------------------
     def resize(self, size: int) -> None:
         """bdrv_co_truncate (block_resize): the driver changes the node's length, then its dirty
-        bitmaps take the new length. QMPError with QEMU's text where the driver refuses."""
+        bitmaps take the new length. QMPError with QEMU's text where it or the driver refuses."""
+        if self.read_only:
+            raise generic("Image is read-only")
         self._truncate(size)
         self.bitmaps_follow()
 

@@ -739,7 +739,9 @@ class HostLayout:
         runs = []
         for _ in range(int(np.count_nonzero(nonzero))):  # (at most 1024 clusters: 64 MiB of bits)
             runs.append((self.alloc(1), 1))
-        runs.append((self.alloc(table_clusters), table_clusters))
+        table = self.alloc(table_clusters)
+        runs.append((table, table_clusters))
+        self._written_partly(table, table_clusters, 8 * nonzero.size)  # one entry per data cluster
         self.bitmap_clusters[f"new:{name}"] = runs
 
     def drop_bitmap(self, name: str) -> None:
@@ -748,11 +750,19 @@ class HostLayout:
         if runs:
             self.release(np.array([r[0] for r in runs]), np.array([r[0] + r[1] for r in runs]))
 
-    def store_directory(self, clusters: int) -> None:
-        """update_ext_header_and_dir: a new bitmap directory (none for no bitmaps), then the old one freed,
-        then the old clusters of the bitmaps just stored (``new:`` entries take their names)."""
+    def _written_partly(self, start: int, n: int, nbytes: int) -> None:
+        """Clusters ``[start, start + n)`` just allocated get only their first ``nbytes`` written: if
+        they end the file, the file ends there."""
+        if start + n == self.top:
+            self.partial_end = start * self.cs + nbytes
+
+    def store_directory(self, clusters: int, nbytes: int = 0) -> None:
+        """update_ext_header_and_dir: a new bitmap directory of ``nbytes`` (none for no bitmaps), then the
+        old one freed, then the old clusters of the bitmaps just stored (``new:`` entries take their names)."""
         old = self.directory
         self.directory = (self.alloc(clusters), clusters) if clusters else None
+        if self.directory is not None:
+            self._written_partly(*self.directory, nbytes)
         if old is not None:
             self.release(np.array([old[0]]), np.array([old[0] + old[1]]))
         for key in [k for k in self.bitmap_clusters if k.startswith("new:")]:
@@ -809,8 +819,7 @@ class HostLayout:
         pointed at it (12 bytes at 36), then the old table's clusters freed."""
         n = -(-8 * entries // self.cs)
         new = self.alloc(n)
-        if new + n == self.top:  # the file ends where the table's entries end
-            self.partial_end = new * self.cs + 8 * entries
+        self._written_partly(new, n, 8 * entries)
         self._flush_cache("rb")
         self._write(np.array([new * self.cs, 36]), np.array([8 * entries, 12]))
         old, old_n = self.l1_offset // self.cs, self.l1_clusters

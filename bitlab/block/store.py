@@ -65,7 +65,7 @@ class ImageFile:
             layout.store_bitmap(b.name, *self._bitmap_clusters(b))
         names = {b.name for b in new}
         size = sum(-(-(24 + len(b.name.encode())) // 8) * 8 for b in new)
-        layout.store_directory(-(-size // self.cluster_size))
+        layout.store_directory(-(-size // self.cluster_size), size)
         for b in old:
             if b.name not in names:
                 layout.drop_bitmap(b.name)
