@@ -499,11 +499,16 @@ class HostLayout:
         if not reqs:
             return True
         flags = self._flags_any()
-        zeros = [(a, b, int(v != UNALLOCATED)) for a, b, v in reqs if v < 0]
+        zeros = reqs[0][2] < 0  # (zero writes alone, or data writes alone)
         if zeros:
-            spans = sorted((a, b) for a, b, _ in reqs)
-            if any(spans[k + 1][0] < spans[k][1] for k in range(len(spans) - 1)):
-                return False
+            end = 0
+            for a, b, _ in reqs:
+                if a < end:  # not in ascending order: do two meet?
+                    spans = sorted((a, b) for a, b, _ in reqs)
+                    if any(spans[k + 1][0] < spans[k][1] for k in range(len(spans) - 1)):
+                        return False
+                    break
+                end = b
         elif flags and any(self.zero_flag.extents(a, b - a)[2].any() for a, b, _ in reqs):
             return False
         events: list[tuple[int, int, int, int]] = []  # (owner, guest cluster, 0 table / 1 data, end or index)
@@ -513,10 +518,14 @@ class HostLayout:
             stretch = range(a // P, (b - 1) // P + 1)
             if v < 0:  # (nothing is hosted: an entry changes where its zero flag does)
                 flag = int(v != UNALLOCATED)
-                for index in stretch:
-                    lo, hi = max(a, index * P), min(b, (index + 1) * P)
-                    if (bool((self.zero_flag.extents(lo, hi - lo)[2] != flag).any()) if flags else flag):
-                        z_tab.append((o, index))
+                if not flags:
+                    if flag:
+                        z_tab.extend((o, index) for index in stretch)
+                else:
+                    for index in stretch:
+                        lo, hi = max(a, index * P), min(b, (index + 1) * P)
+                        if (self.zero_flag.extents(lo, hi - lo)[2] != flag).any():
+                            z_tab.append((o, index))
             else:
                 new = [(a, b)]
                 s, e, v = self.guest.extents(a, b - a)
@@ -578,8 +587,10 @@ class HostLayout:
         if events:
             self._take(top, end - top, counted=False)
             self.fci = end
-        for a, b, flag in zeros:
-            self.zero_flag.write(a, b - a, flag)
+        if zeros:
+            starts = np.array([a for a, _, _ in reqs], dtype=np.int64)
+            self.zero_flag.write_batch(starts, np.array([b for _, b, _ in reqs], dtype=np.int64) - starts,
+                                       np.array([v != UNALLOCATED for _, _, v in reqs], dtype=np.int64))
         return True
 
     def _refcounts_changed_range(self, start: int, end: int) -> None:
