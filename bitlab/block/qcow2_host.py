@@ -587,10 +587,14 @@ class HostLayout:
         if events:
             self._take(top, end - top, counted=False)
             self.fci = end
-        if zeros:
-            starts = np.array([a for a, _, _ in reqs], dtype=np.int64)
-            self.zero_flag.write_batch(starts, np.array([b for _, b, _ in reqs], dtype=np.int64) - starts,
-                                       np.array([v != UNALLOCATED for _, _, v in reqs], dtype=np.int64))
+        if zeros:  # the zero flags, a write for each stretch of requests back to back setting the same
+            a0, b0, f0 = reqs[0][0], reqs[0][1], reqs[0][2] != UNALLOCATED
+            for a, b, v in reqs[1:]:
+                if a != b0 or (v != UNALLOCATED) != f0:
+                    self.zero_flag.write(a0, b0 - a0, f0)
+                    a0, f0 = a, v != UNALLOCATED
+                b0 = b
+            self.zero_flag.write(a0, b0 - a0, f0)
         return True
 
     def _refcounts_changed_range(self, start: int, end: int) -> None:
