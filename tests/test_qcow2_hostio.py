@@ -245,8 +245,35 @@ def test_backup_zero_writes_leave_zero_clusters_tables_clean():
         [("b", 393216, "6c02fc28dad4c39eca457924c43b3894c23584eceecb35c52008ea848aa2c8c2")]]
 
 
+def zeroed_after_convert(vm: Machine) -> list[list[tuple[str, int, str]]]:
+    """An image qemu-img convert wrote, opened (its caches empty: qemu-img wrote them back on closing it), then
+    zero writes over its unallocated clusters, each flushed: each writes its table only."""
+    vm.qemu_img("create", "-f", "qcow2", "s.qcow2", "1G")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "s", "file": {"driver": "file", "filename": "s.qcow2"}})
+    for command in ("write -z 0 128k", "write -P 1 1M 64k", "write -P 1 2M 64k", "write -z 2M 64k"):
+        vm.qemu_io("s", command)
+    vm.qmp("blockdev-del", {"node-name": "s"})
+    vm.qemu_img("convert", "-O", "qcow2", "s.qcow2", "d.qcow2")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n",
+                            "file": {"driver": "file", "filename": "d.qcow2", "node-name": "f"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "f", "name": "b", "granularity": 512})
+    out = []
+    for command in ("write -z 0 64k", "write -z 2M 64k"):
+        vm.qemu_io("n", command)
+        vm.qemu_io("n", "flush")
+        out.append(file_bitmaps(vm))
+    return out
+
+
+def test_an_image_is_opened_with_empty_caches():
+    # (the table at host cluster 4, bytes 262144-327679 at 512-byte granularity, both times)
+    sha = "a202621aff10ecdaaaceaae08099720a9be17e5a002f09786c44020529f0725e"
+    assert zeroed_after_convert(Machine()) == [[("b", 65536, sha)], [("b", 65536, sha)]]
+
+
 @pytest.mark.qemu
-@pytest.mark.parametrize("play", [closed_over_file_node, backup_to_watched_target, backup_into_zeroed_target])
+@pytest.mark.parametrize("play", [closed_over_file_node, backup_to_watched_target, backup_into_zeroed_target,
+                                  zeroed_after_convert])
 def test_flushes_and_jobs_match_real_qemu(play):
     with Machine(backend="qemu") as real:
         want = play(real)

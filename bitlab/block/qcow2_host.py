@@ -297,8 +297,12 @@ class HostLayout:
         self.fci = min(self.fci, int(starts.min()))
 
     def reopen(self) -> None:
-        """The image is opened again: free_cluster_index starts at 0."""
+        """The image is opened again: free_cluster_index starts at 0, the caches empty (whoever had it open
+        before wrote them back on closing it, as qemu-img does)."""
         self.fci = 0
+        self.dirty_l2.clear()
+        self.dirty_refblocks.clear()
+        self.depends = {"l2": None, "rb": None}
 
     # -- L2 tables ------------------------------------------------------------------------
     def l2_missing(self, lo: int, hi: int) -> np.ndarray:
@@ -926,4 +930,8 @@ class HostLayout:
         if starts.size:
             zero = np.zeros(starts.size, dtype=bool)
             layout._batch(starts, ends, ~zero, zero)
+        layout.dirty_l2.clear()  # (as a file just opened: nothing in the caches)
+        layout.dirty_refblocks.clear()
+        layout.written.clear()
+        layout.depends = {"l2": None, "rb": None}
         return layout
