@@ -15,7 +15,10 @@ continuation (``qcow2_alloc_clusters_at`` leaves the index alone), whose rest th
 
 It also keeps what qcow2's caches hold (qcow2-cache.c): which L2 tables and refcount blocks are dirty,
 which cache waits for the other (``qcow2_cache_set_dependency``), and logs the metadata writes they
-make (``l2_allocate``, a flush) and the data clusters freed, at host offsets, for the file node below.
+make (``l2_allocate``, a flush) and the data clusters freed, at host offsets, for the file node below;
+with each guest cluster's zero flag (``QCOW_OFLAG_ZERO``), a request dirties a table exactly where it
+changes an entry (``zero_in_l2_slice``, ``discard_in_l2_slice`` and ``qcow2_alloc_cluster_link_l2`` leave
+the others alone).
 
 :class:`HostLayout` keeps it sparse: the guest->host map is an :class:`ExtentMap` over guest
 clusters whose value is ``host - guest`` (a contiguous allocation is one run), the L2 tables an
