@@ -27,11 +27,14 @@ def file_bitmaps(vm: Machine, node: str = "f") -> list[tuple[str, int, str]]:
 def guest_writes(vm: Machine, commands: list[str]) -> list[tuple[str, int, str]]:
     """A new 1 GiB image opened with a named file node ``f`` holding bitmaps of 512 bytes and 64 KiB
     granularity; qemu-io commands on the qcow2 node ("clear": both bitmaps cleared; "v2" first: a v2 image,
-    ``-o compat=0.10``; "unmap" first (after it): the qcow2 node has discard=unmap, which its file node
-    inherits)."""
-    v2 = commands[:1] == ["v2"]
-    commands = commands[1:] if v2 else commands
-    vm.qemu_img("create", "-f", "qcow2", *(["-o", "compat=0.10"] if v2 else []), "a.qcow2", "1G")
+    ``-o compat=0.10``, "backing" first: over an empty backing file; "unmap" first (after them): the qcow2
+    node has discard=unmap, which its file node inherits)."""
+    v2, backing = commands[:1] == ["v2"], commands[:1] == ["backing"]
+    commands = commands[1:] if v2 or backing else commands
+    if backing:
+        vm.qemu_img("create", "-f", "qcow2", "b.qcow2", "1G")
+    vm.qemu_img("create", "-f", "qcow2", *(["-o", "compat=0.10"] if v2 else []),
+                *(["-b", "b.qcow2", "-F", "qcow2"] if backing else []), "a.qcow2", "1G")
     unmap = {"discard": "unmap"} if commands[:1] == ["unmap"] else {}
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", **unmap,
                             "file": {"driver": "file", "filename": "a.qcow2", "node-name": "f"}})
@@ -142,6 +145,18 @@ GUEST_CASES = {
                 (0, "2ea9ab9198d1638007400cd2c3bef1cc745b864b76011a0e1bc52180ac6452d4"),
                 (0, "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc")),
     "discard-zero-flushed": (["unmap", "write -z 0 128k", "flush", "clear", "discard 64k 64k", "flush"],
+                (0, "5b6fb58e61fa475939767d68a446f97f1bff02c0e5935a3ea8bb51e6515783d8"),
+                (0, "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc")),
+    # over a backing file a discard leaves a zero cluster: an unallocated cluster changes, a zero one not
+    "backing-discard-unallocated-flushed": (["backing", "unmap", "write -P 1 0 4k", "flush", "clear",
+                                             "discard 64k 64k", "flush"],
+                (65536, "a202621aff10ecdaaaceaae08099720a9be17e5a002f09786c44020529f0725e"),
+                (65536, "5eb6da0e0e522104c6d50b0748e6893762f7f2c00a7163a46ccbb535bfd61a0d")),
+    "backing-discard-zero-flushed": (["backing", "unmap", "write -z 0 128k", "flush", "clear", "discard 64k 64k",
+                                      "flush"],
+                (0, "5b6fb58e61fa475939767d68a446f97f1bff02c0e5935a3ea8bb51e6515783d8"),
+                (0, "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc")),
+    "backing-zero-over-zero-flushed": (["backing", "write -z 0 128k", "flush", "clear", "write -z 64k 64k", "flush"],
                 (0, "5b6fb58e61fa475939767d68a446f97f1bff02c0e5935a3ea8bb51e6515783d8"),
                 (0, "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc")),
     # a v2 image: a zero write is a discard, leaving unallocated clusters as they are and freeing data ones
