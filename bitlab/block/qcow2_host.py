@@ -725,9 +725,12 @@ class HostLayout:
         P = self.per_l2
         z = np.flatnonzero(zeroing)
         had_flags = self._flags_any()
-        if had_flags:  # data writes clear the zero flags of the clusters they allocate
+        if had_flags and z.size < c0.size:  # data writes clear the zero flags of the clusters they allocate
             d = np.flatnonzero(~zeroing)
-            self.zero_flag.write_batch(c0[d], c1[d] - c0[d], 0)
+            s, e, v, _ = self.zero_flag.gather(c0[d], c1[d])
+            on = v == 1
+            if on.any():
+                self.zero_flag.write_batch(s[on], e[on] - s[on], 0)
         if not z.size:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
@@ -735,14 +738,15 @@ class HostLayout:
         z_tab = np.repeat(c0[z] // P, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
         z_owner = np.repeat(z, n)
         flag = flags[z_owner].astype(np.int64)
+        lo, hi = np.maximum(c0[z_owner], z_tab * P), np.minimum(c1[z_owner], (z_tab + 1) * P)
         if had_flags:
-            lo, hi = np.maximum(c0[z_owner], z_tab * P), np.minimum(c1[z_owner], (z_tab + 1) * P)
             _, _, v, ptr = self.zero_flag.gather(lo, hi)
             piece = np.repeat(np.arange(lo.size), np.diff(ptr))
             changed = np.bincount(piece[v != flag[piece]], minlength=lo.size) > 0
         else:
             changed = flag == 1
-        self.zero_flag.write_batch(c0[z], c1[z] - c0[z], flags[z].astype(np.int64))
+        if changed.any():  # (the flags of a table's clusters change where any of them does)
+            self.zero_flag.write_batch(lo[changed], hi[changed] - lo[changed], flag[changed])
         return z_tab[changed], z_owner[changed]
 
     def _batch_caches(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
