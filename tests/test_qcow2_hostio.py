@@ -4,6 +4,8 @@ qemu-system-x86_64 7.2, and compared with the running QEMU below)."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -185,6 +187,37 @@ def test_file_node_bitmaps_match_real_qemu(case):
     with Machine(backend="qemu") as real:
         want = guest_writes(real, GUEST_CASES[case][0])
     assert guest_writes(Machine(), GUEST_CASES[case][0]) == want
+
+
+def random_zero_commands(seed: int) -> list[str]:
+    """qemu-io commands for :func:`guest_writes`: a v2 image, a backing file or discard=unmap at times; writes,
+    zero writes (``-u`` or not) and discards over two L2 tables, whole clusters or not; then a flush, the
+    bitmaps cleared, and mostly zero writes and discards, each table dirty or clean as they leave it."""
+    rng = random.Random(seed)
+    out = ["v2"] if rng.random() < 0.2 else ["backing"] if rng.random() < 0.25 else []
+    out += ["unmap"] if rng.random() < 0.5 else []
+    n = rng.randint(3, 14)
+    for i in range(n):
+        if i == n // 2:
+            out += ["flush", "clear"]
+        kind = rng.choices(["write -P 7", "write -z", "write -z -u", "discard", "flush", "clear"],
+                           [5, 4, 2, 2, 2, 1] if i < n // 2 else [1, 5, 2, 2, 1, 0])[0]
+        table = rng.choice([0, 0, 0, 512 * 1024])  # (KiB: the first table, or the second)
+        if rng.random() < 0.6:
+            offset, length = table + 64 * rng.randint(0, 6), 64 * rng.randint(1, 3)
+        else:
+            offset, length = table + 4 * rng.randint(0, 100), 4 * rng.randint(1, 40)
+        out.append(kind if kind in ("flush", "clear") else f"{kind} {offset}k {length}k")
+    return out + ["flush"]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("seed", range(60))
+def test_random_zero_writes_dirty_what_real_qemu_does(seed):
+    commands = random_zero_commands(seed)
+    with Machine(backend="qemu") as real:
+        want = guest_writes(real, commands)
+    assert guest_writes(Machine(), commands) == want
 
 
 def closed_over_file_node(vm: Machine) -> list[tuple[str, int, str]]:
