@@ -290,7 +290,8 @@ def test_persistent_bitmap_layout_is_qemus(remove: bool) -> None:
 
 def test_an_image_made_from_content_is_laid_out_in_guest_order() -> None:
     """A copy of an image (its content only, as the machine's history keeps) gets the layout of clusters
-    written in ascending guest order: here the same as the original's."""
+    written in ascending guest order: here the same as the original's, zero clusters (keeping their host
+    cluster or not) included."""
     import dataclasses
 
     vm = Machine()
@@ -298,10 +299,14 @@ def test_an_image_made_from_content_is_laid_out_in_guest_order() -> None:
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "a.qcow2"}})
     for offset in (0, 600 * MiB, 601 * MiB):
         vm.write("n", offset, 65536, 1)
+    vm.qemu_io("n", "write -z 600M 64k")  # (keeps its host cluster)
+    vm.qemu_io("n", "write -z 2M 128k")
     image = vm.images["a.qcow2"]
     copy = dataclasses.replace(image, data=image.data.copy())
     assert copy.layout is not image.layout
     assert copy.layout.guest == image.layout.guest
+    assert copy.layout.zero_flag == image.layout.zero_flag
+    assert copy.layout.zero_flag.runs()[0].tolist() == [0, 32, 34, 9600, 9601]
     assert copy.file_length() == image.file_length() == 589824  # L2, data, L2, two data after 4 clusters
 
 

@@ -15,7 +15,10 @@ continuation (``qcow2_alloc_clusters_at`` leaves the index alone), whose rest th
 
 It also keeps what qcow2's caches hold (qcow2-cache.c): which L2 tables and refcount blocks are dirty,
 which cache waits for the other (``qcow2_cache_set_dependency``), and logs the metadata writes they
-make (``l2_allocate``, a flush) and the data clusters freed, at host offsets, for the file node below.
+make (``l2_allocate``, a flush) and the data clusters freed, at host offsets, for the file node below;
+with each guest cluster's zero flag (``QCOW_OFLAG_ZERO``), a request dirties a table exactly where it
+changes an entry (``zero_in_l2_slice``, ``discard_in_l2_slice`` and ``qcow2_alloc_cluster_link_l2`` leave
+the others alone).
 
 :class:`HostLayout` keeps it sparse: the guest->host map is an :class:`ExtentMap` over guest
 clusters whose value is ``host - guest`` (a contiguous allocation is one run), the L2 tables an
@@ -31,7 +34,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .extents import UNALLOCATED, ZERO, ExtentMap, _stab_max
+from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, _stab_max
 
 NONE = -(1 << 62)  # guest map value: no host cluster
 USED, FREE = 0, 1
@@ -63,6 +66,22 @@ def _inside(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndar
     return (j >= 0) & (points < ends[np.maximum(j, 0)])
 
 
+def _covered_before(c0: np.ndarray, c1: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """For ranges ``[c0[i], c1[i])`` in order: whether an earlier range of those ``among`` shares a point with each."""
+    out = np.zeros(c0.size, dtype=bool)
+    idx = np.flatnonzero(among & (c1 > c0))
+    if not idx.size or bool((c0[1:] >= c1[:-1]).all()):  # (ranges in ascending order meet no earlier one)
+        return out
+    ps, pe, own = _first_touch(c0[idx], c1[idx])
+    first = np.append(idx[own], np.iinfo(np.int64).max)  # the first range over each piece of their union
+    a = np.searchsorted(pe, c0, "right")
+    b = np.searchsorted(ps, c1, "left")  # pieces [a, b) meet range i
+    has = np.flatnonzero((b > a) & (c1 > c0))
+    if has.size:
+        out[has] = np.minimum.reduceat(first, np.column_stack((a[has], b[has])).ravel())[::2] < has
+    return out
+
+
 def _runs_with_ends(emap: ExtentMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     starts, vals = emap.runs()
     ends = np.empty_like(starts)
@@ -89,6 +108,7 @@ class HostLayout:
         """A new file: header, refcount table, refcount block, L1 table (qcow2_co_create)."""
         nclusters = -(-self.size // self.cs)
         self.guest = ExtentMap(max(nclusters, 1), fill=NONE)
+        self.zero_flag = ExtentMap(max(nclusters, 1), fill=0)  # 1 where the L2 entry has QCOW_OFLAG_ZERO
         self.l2 = ExtentMap(HOST_SPACE, fill=-1)  # by L1 index (an L1 table may grow)
         self.meta = 3 + self.l1_clusters
         self.free = ExtentMap(HOST_SPACE, fill=FREE)
@@ -282,8 +302,12 @@ class HostLayout:
         self.fci = min(self.fci, int(starts.min()))
 
     def reopen(self) -> None:
-        """The image is opened again: free_cluster_index starts at 0."""
+        """The image is opened again: free_cluster_index starts at 0, the caches empty (whoever had it open
+        before wrote them back on closing it, as qemu-img does)."""
         self.fci = 0
+        self.dirty_l2.clear()
+        self.dirty_refblocks.clear()
+        self.depends = {"l2": None, "rb": None}
 
     # -- L2 tables ------------------------------------------------------------------------
     def l2_missing(self, lo: int, hi: int) -> np.ndarray:
@@ -335,12 +359,14 @@ class HostLayout:
     def _request(self, c0: int, c1: int) -> None:
         """A data write over guest clusters ``[c0, c1)``, one L2 table after another."""
         expected = -1
+        flags = self._flags_any()
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
                 self._l2_allocate(index)
             s, e, v = self.guest.extents(lo, hi - lo)
-            linked = bool((v == NONE).any())  # new clusters: their L2 entries change (qcow2_alloc_cluster_link_l2)
+            # new clusters, or zero clusters keeping theirs: their L2 entries change (qcow2_alloc_cluster_link_l2)
+            linked = bool((v == NONE).any()) or flags and bool(self.zero_flag.extents(lo, hi - lo)[2].any())
             for a, b, d in zip(s.tolist(), e.tolist(), v.tolist()):
                 if d != NONE:  # written in place (COPIED)
                     expected = a + d + (b - a)
@@ -360,17 +386,43 @@ class HostLayout:
             if linked:
                 self._set_dependency("l2", "rb")
                 self.dirty_l2.add(index)
+        if flags:
+            self.zero_flag.write(c0, c1 - c0, 0)
 
-    def zero_request(self, c0: int, c1: int, f0: int, f1: int) -> None:
-        """A zero write or discard over guest clusters ``[c0, c1)``: L2 tables where missing, and the
-        host clusters of ``[f0, f1)`` (the clusters it covers whole) are freed, table by table."""
+    def _flags_any(self) -> bool:
+        """Whether any guest cluster is a zero cluster (its L2 entry has the zero flag)."""
+        _, vals = self.zero_flag.runs()
+        return vals.size > 1 or bool(vals[0])
+
+    def zero_request(self, c0: int, c1: int, f0: int, f1: int, value: int = ZERO) -> None:
+        """A zero write over guest clusters ``[c0, c1)``, table by table: an L2 table where missing; the
+        host clusters of ``[f0, f1)`` (the clusters it covers whole) freed, unless ``value`` (the content it
+        leaves: zero clusters, ones keeping their host cluster, or unallocated clusters as in a v2 image)
+        keeps them; the table changed (dirty in the cache) where an entry changes, its zero flag or its host
+        cluster (zero_in_l2_slice and discard_in_l2_slice leave an entry that stays, and its table, alone)."""
+        flag = int(value != UNALLOCATED)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
                 self._l2_allocate(index)
-            self.dirty_l2.add(index)  # (QEMU leaves entries that do not change clean)
-            lo, hi = max(lo, f0), min(hi, f1)
-            if hi > lo:
+            a, b = max(lo, f0), min(hi, f1)
+            frees = b > a and value != ZERO_ALLOC and bool(self.hosted(a, b)[0].size)
+            if frees or bool((self.zero_flag.extents(lo, hi - lo)[2] != flag).any()):
+                self.dirty_l2.add(index)
+            if frees:
+                self.unhost(a, b)
+        self.zero_flag.write(c0, c1 - c0, flag)
+
+    def discard(self, c0: int, c1: int) -> None:
+        """qcow2_cluster_discard over guest clusters ``[c0, c1)``, before the content it leaves is written:
+        table by table, an L2 table where missing, and the clusters holding host clusters changed and
+        freed (whether the others change, that content's zero write tells)."""
+        for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
+            lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
+            if self.l2.value_at(index) < 0:
+                self._l2_allocate(index)
+            if self.hosted(lo, hi)[0].size:
+                self.dirty_l2.add(index)
                 self.unhost(lo, hi)
 
     def unhost(self, lo: int, hi: int) -> None:
@@ -387,67 +439,107 @@ class HostLayout:
         cs = self.cs
         if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
             vals = values.tolist()
-            zeros = [v == ZERO or v == UNALLOCATED for v in vals]
-            if not any(zeros):
+            if not any(v < 0 for v in vals):
                 small = len(vals) <= SMALL_BATCH
             else:  # zero writes alone into an image hosting nothing: they free nothing
                 _, g_vals = self.guest.runs()
                 small = not any(v >= 0 for v in vals) and g_vals.size == 1 and g_vals[0] == NONE
             if small and not self.has_holes():
-                reqs = [(o // cs, -(-e // cs), z) for o, e, v, z in zip(offsets.tolist(), ends.tolist(), vals, zeros)
-                        if v >= 0 or z]
+                reqs = [(o // cs, -(-e // cs), v) for o, e, v in zip(offsets.tolist(), ends.tolist(), vals)]
                 if self._small_batch(reqs):
                     return
         c0, c1 = offsets // cs, -(-ends // cs)
         data = values >= 0
-        zeroing = (values == ZERO) | (values == UNALLOCATED)
+        zeroing = ~data  # zero clusters (keeping their host cluster or not), unallocated ones
+        single = self._links_in_place(c0, c1, data)  # requests that go one by one
         if not zeroing.any():
-            if not self.has_holes():
+            if not single.any() and not self.has_holes():
                 self._batch(c0, c1, data, zeroing)
                 return
             f0 = f1 = c0
-            frees = zeroing
         else:
             f0 = -(-offsets // cs)  # the clusters a zero write covers whole
             f1 = np.where(ends >= self.size, c1, ends // cs)
-            frees = zeroing & (f1 > f0)
+            frees = zeroing & (values != ZERO_ALLOC) & (f1 > f0)
             if frees.any():
                 frees &= self._may_free(f0, f1, c0[data], c1[data])
+            # a zero write after another write over its clusters, a data write after a zero write over
+            # its: what the entries held before it depends on the order
+            single |= frees | _covered_before(c0, c1, np.ones(c0.size, dtype=bool)) & zeroing
+            single |= _covered_before(c0, c1, zeroing) & data
+        flags = values != UNALLOCATED
         n, i = offsets.size, 0
         while i < n:
             if not self.has_holes():
-                rest = np.flatnonzero(frees[i:])
+                rest = np.flatnonzero(single[i:])
                 k = i + int(rest[0]) if rest.size else n
                 if k > i:
-                    self._batch(c0[i:k], c1[i:k], data[i:k], zeroing[i:k])
+                    self._batch(c0[i:k], c1[i:k], data[i:k], zeroing[i:k], flags[i:k])
                     i = k
                     continue
             if data[i]:
                 self._request(int(c0[i]), int(c1[i]))
-            elif zeroing[i]:
-                self.zero_request(int(c0[i]), int(c1[i]), int(f0[i]), int(f1[i]))
+            else:
+                self.zero_request(int(c0[i]), int(c1[i]), int(f0[i]), int(f1[i]), int(values[i]))
             i += 1
 
-    def _small_batch(self, reqs: list[tuple[int, int, bool]]) -> bool:
-        """:meth:`_batch` for a few requests (guest cluster ranges, in order; zero writes that free
-        nothing flagged) into a file without holes, in plain integers, unless a new refcount block is
-        needed (then False, nothing done)."""
+    def _links_in_place(self, c0: np.ndarray, c1: np.ndarray, data: np.ndarray) -> np.ndarray:
+        """Which data requests cover a zero cluster keeping its host cluster (written in place, its L2
+        entry changes: qcow2_alloc_cluster_link_l2)."""
+        out = np.zeros(c0.size, dtype=bool)
+        if not self._flags_any() or not data.any():
+            return out
+        d = np.flatnonzero(data & (c1 > c0))
+        s, e, v, ptr = self.zero_flag.gather(c0[d], c1[d])
+        on = v == 1
+        if on.any():
+            owner = np.repeat(d, np.diff(ptr))[on]
+            _, _, g, g_ptr = self.guest.gather(s[on], e[on])
+            out[owner[np.repeat(np.arange(owner.size), np.diff(g_ptr))[g != NONE]]] = True
+        return out
+
+    def _small_batch(self, reqs: list[tuple[int, int, int]]) -> bool:
+        """:meth:`_batch` for a few requests (guest cluster ranges, in order, and the value written: zero
+        writes, which must free nothing, have a negative one) into a file without holes, in plain integers,
+        unless a new refcount block is needed, a data write meets a zero cluster or a zero write an earlier
+        write (then False, nothing done)."""
         P = self.per_l2
         reqs = [r for r in reqs if r[1] > r[0]]
         if not reqs:
             return True
+        flags = self._flags_any()
+        zeros = reqs[0][2] < 0  # (zero writes alone, or data writes alone)
+        if zeros:
+            end = 0
+            for a, b, _ in reqs:
+                if a < end:  # not in ascending order: do two meet?
+                    spans = sorted((a, b) for a, b, _ in reqs)
+                    if any(spans[k + 1][0] < spans[k][1] for k in range(len(spans) - 1)):
+                        return False
+                    break
+                end = b
+        elif flags and any(self.zero_flag.extents(a, b - a)[2].any() for a, b, _ in reqs):
+            return False
         events: list[tuple[int, int, int, int]] = []  # (owner, guest cluster, 0 table / 1 data, end or index)
         seen_tables: set[int] = set()
         z_tab: list[tuple[int, int]] = []  # (owner, index): the tables a zero write changes
-        for o, (a, b, zero) in enumerate(reqs):
+        for o, (a, b, v) in enumerate(reqs):
             stretch = range(a // P, (b - 1) // P + 1)
-            if zero:
-                z_tab.extend((o, index) for index in stretch)
+            if v < 0:  # (nothing is hosted: an entry changes where its zero flag does)
+                flag = int(v != UNALLOCATED)
+                if not flags:
+                    if flag:
+                        z_tab.extend((o, index) for index in stretch)
+                else:
+                    for index in stretch:
+                        lo, hi = max(a, index * P), min(b, (index + 1) * P)
+                        if (self.zero_flag.extents(lo, hi - lo)[2] != flag).any():
+                            z_tab.append((o, index))
             else:
                 new = [(a, b)]
                 s, e, v = self.guest.extents(a, b - a)
                 taken = [(x, y) for x, y, d in zip(s.tolist(), e.tolist(), v.tolist()) if d != NONE]
-                for x, y in taken + [(x, y) for x, y, z in reqs[:o] if not z]:  # hosted, or an earlier request's
+                for x, y in taken + [(x, y) for x, y, w in reqs[:o] if w >= 0]:  # hosted, or an earlier request's
                     new = [(p, q) for lo, hi in new for p, q in ((lo, min(hi, x)), (max(lo, y), hi)) if q > p]
                 for lo, hi in new:  # cut at L2 tables
                     while lo < hi:
@@ -504,6 +596,14 @@ class HostLayout:
         if events:
             self._take(top, end - top, counted=False)
             self.fci = end
+        if zeros:  # the zero flags, a write for each stretch of requests back to back setting the same
+            a0, b0, f0 = reqs[0][0], reqs[0][1], reqs[0][2] != UNALLOCATED
+            for a, b, v in reqs[1:]:
+                if a != b0 or (v != UNALLOCATED) != f0:
+                    self.zero_flag.write(a0, b0 - a0, f0)
+                    a0, f0 = a, v != UNALLOCATED
+                b0 = b
+            self.zero_flag.write(a0, b0 - a0, f0)
         return True
 
     def _refcounts_changed_range(self, start: int, end: int) -> None:
@@ -521,15 +621,22 @@ class HostLayout:
                 out |= (j >= 0) & (e[np.maximum(j, 0)] > f0)
         return out
 
-    def _batch(self, c0: np.ndarray, c1: np.ndarray, data: np.ndarray, zeroing: np.ndarray) -> None:
+    def _batch(self, c0: np.ndarray, c1: np.ndarray, data: np.ndarray, zeroing: np.ndarray,
+               flags: np.ndarray | None = None) -> None:
         """Requests that free nothing, the free space being the file's tail: L2 tables and data
-        clusters take the next clusters in request order (a cumulative sum)."""
+        clusters take the next clusters in request order (a cumulative sum). A zero write sets the zero
+        flag (``flags``; all by default) or clears it (unallocated clusters); none may meet an earlier
+        request's clusters, nor a data request an earlier zero write's, nor a zero cluster holding a host
+        cluster (what an entry held before a request is then what it held before the batch)."""
         P = self.per_l2
+        if flags is None:
+            flags = np.ones(c0.size, dtype=bool)
         touch = (data | zeroing) & (c1 > c0)
         if not touch.all():  # (requests are numbered among those that remain)
-            c0, c1, data, zeroing = c0[touch], c1[touch], data[touch], zeroing[touch]
+            c0, c1, data, zeroing, flags = c0[touch], c1[touch], data[touch], zeroing[touch], flags[touch]
         if not c0.size:
             return
+        z_tab, z_owner = self._zero_tables(c0, c1, zeroing, flags)
         ascending = bool(np.all(c0[1:] >= c1[:-1]))  # and disjoint: guest order is request order
         # new data clusters: each to the first request touching it, where nothing was hosted
         every = bool(data.all())
@@ -582,7 +689,7 @@ class HostLayout:
         ev_n = np.concatenate((np.ones(nt, dtype=np.int64), pe - ps))
         if not ev_n.size:
             empty = np.zeros(0, dtype=np.int64)
-            self._batch_caches(empty, 0, empty, empty, empty, empty, empty, c0, c1, zeroing, self.top)
+            self._batch_caches(empty, 0, empty, empty, empty, empty, empty, z_tab, z_owner, self.top)
             return
         if ascending:  # two lists sorted by guest cluster to merge, a table before the data it maps
             order = np.empty(nt + nd, dtype=np.int64)
@@ -608,26 +715,51 @@ class HostLayout:
             if split.size:  # the clusters after a refcount block placed inside a request's allocation
                 d = order[split] - nt
                 self.guest.write_batch(ps[d] + before, pe[d] - ps[d] - before, rest - ps[d] - before)
-        self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, c0, c1, zeroing, end)
+        self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, z_tab, z_owner, end)
         self._take(self.top, end - self.top, counted=False)
         self.fci = end
 
+    def _zero_tables(self, c0: np.ndarray, c1: np.ndarray, zeroing: np.ndarray, flags: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The L2 tables the zero writes of a batch change, with the request changing each: where an entry's
+        zero flag changes (zero_in_l2_slice; no zero write here frees a cluster, none meets an earlier
+        request); then the zero flags set and cleared as the batch leaves them."""
+        P = self.per_l2
+        z = np.flatnonzero(zeroing)
+        had_flags = self._flags_any()
+        if had_flags and z.size < c0.size:  # data writes clear the zero flags of the clusters they allocate
+            d = np.flatnonzero(~zeroing)
+            s, e, v, _ = self.zero_flag.gather(c0[d], c1[d])
+            on = v == 1
+            if on.any():
+                self.zero_flag.write_batch(s[on], e[on] - s[on], 0)
+        if not z.size:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        n = (c1[z] - 1) // P - c0[z] // P + 1
+        z_tab = np.repeat(c0[z] // P, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        z_owner = np.repeat(z, n)
+        flag = flags[z_owner].astype(np.int64)
+        lo, hi = np.maximum(c0[z_owner], z_tab * P), np.minimum(c1[z_owner], (z_tab + 1) * P)
+        if had_flags:
+            _, _, v, ptr = self.zero_flag.gather(lo, hi)
+            piece = np.repeat(np.arange(lo.size), np.diff(ptr))
+            changed = np.bincount(piece[v != flag[piece]], minlength=lo.size) > 0
+        else:
+            changed = flag == 1
+        if changed.any():  # (the flags of a table's clusters change where any of them does)
+            self.zero_flag.write_batch(lo[changed], hi[changed] - lo[changed], flag[changed])
+        return z_tab[changed], z_owner[changed]
+
     def _batch_caches(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
-                      d_tab: np.ndarray, d_owner: np.ndarray, c0: np.ndarray, c1: np.ndarray,
-                      zeroing: np.ndarray, end: int) -> None:
+                      d_tab: np.ndarray, d_owner: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray,
+                      end: int) -> None:
         """What a batch leaves in the caches and writes: each new table's l2_allocate writes back what
         is dirty by then, so the last one writes everything dirtied before it (refcount blocks of the
-        clusters allocated so far, the tables of the requests before it, every new table)."""
-        P = self.per_l2
+        clusters allocated so far, the tables of the requests before it, every new table); ``z_tab``:
+        the tables its zero writes change (``z_owner``: which)."""
         if d_tab.size and self.depends["rb"] == "l2":  # the first link flushes the L2 cache (before the batch)
             self._set_dependency("l2", "rb")
-        z = np.flatnonzero(zeroing)
-        if z.size:  # the tables a zero write changes
-            n = (c1[z] - 1) // P - c0[z] // P + 1
-            z_tab = np.repeat(c0[z] // P, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-            z_owner = np.repeat(z, n)
-        else:
-            z_tab = z_owner = np.zeros(0, dtype=np.int64)
         if not nt:
             self.dirty_l2.update(np.unique(np.concatenate((d_tab, z_tab))).tolist())
             if end > self.top:  # a batch that allocates nothing changes no refcount
@@ -790,8 +922,10 @@ class HostLayout:
         self.size = size
         old, new = self.guest.size, max(-(-size // self.cs), 1)
         self.guest.resize(new)
+        self.zero_flag.resize(new)
         if new > old:
             self.guest.write(old, new - old, NONE)
+            self.zero_flag.write(old, new - old, 0)
 
     def reconcile(self, c0: int, c1: int, starts: np.ndarray, ends: np.ndarray) -> None:
         """Guest clusters ``[c0, c1)`` hold a host cluster exactly where runs ``[starts, ends)``
@@ -855,4 +989,8 @@ class HostLayout:
         if starts.size:
             zero = np.zeros(starts.size, dtype=bool)
             layout._batch(starts, ends, ~zero, zero)
+        layout.dirty_l2.clear()  # (as a file just opened: nothing in the caches)
+        layout.dirty_refblocks.clear()
+        layout.written.clear()
+        layout.depends = {"l2": None, "rb": None}
         return layout

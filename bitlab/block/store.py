@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from bitarray import bitarray
 
-from .extents import UNALLOCATED, ZERO_ALLOC, ExtentMap
+from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
 from .qcow2_host import HostLayout
 
 QCOW2_DEFAULT_CLUSTER = 65536
@@ -101,9 +101,20 @@ class ImageFile:
         self.data.runs()  # writes still pending reach the layout first
         if self._layout is None:
             starts, ends = self._hosted_clusters(0, self.data.size)
-            self._follow(HostLayout.in_guest_order(self.size, self.cluster_size, starts, ends))
+            layout = HostLayout.in_guest_order(self.size, self.cluster_size, starts, ends)
+            self._zero_flags(layout)
+            self._follow(layout)
         assert self._layout is not None
         return self._layout
+
+    def _zero_flags(self, layout: HostLayout) -> None:
+        """The layout's zero clusters, as the content has them: clusters reading as zeroes without data."""
+        cs = self.cluster_size
+        s, e, v = self.data.extents()
+        zero, data = (v == ZERO) | (v == ZERO_ALLOC), v >= 0
+        if zero.any():
+            layout.zero_flag.write_batch(s[zero] // cs, -(-e[zero] // cs) - s[zero] // cs, 1)
+            layout.zero_flag.write_batch(s[data] // cs, -(-e[data] // cs) - s[data] // cs, 0)
 
     def _hosted_clusters(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """Runs of clusters (indices) of bytes ``[lo, hi)`` holding a host cluster by their content:
@@ -168,7 +179,7 @@ class ImageFile:
         if self.is_qcow2 and end > start:
             cs = self.cluster_size
             c0, c1 = start // cs, -(-end // cs)
-            self.layout.zero_request(c0, c1, c0, c1)
+            self.layout.discard(c0, c1)
 
     def file_length(self) -> int:
         """Length of the host file in bytes (what the protocol node sees).
