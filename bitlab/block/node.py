@@ -643,9 +643,36 @@ class Qcow2Node(FormatNode):
         (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
         ones, which the backing file answers, zeroes past its end or without one). A data extent ends
         where its host clusters stop being contiguous in the file."""
+        starts, ends, vals = self.image.data.extents(offset, length)
+        if starts.size == 1:
+            one = self._copy_status_one(offset, offset + length, starts, ends, int(vals[0]))
+            if one is not None:
+                return one
+        return self._copy_status_general(offset, length, starts, ends, vals)
+
+    def _copy_status_one(self, lo: int, hi: int, starts: np.ndarray, ends: np.ndarray,
+                         val: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """:meth:`copy_status` of a range the image holds as one run of ``val``, in plain ints, where the
+        answer is that run: zeroes the backing file need not answer, or data from a cluster boundary within
+        one stretch of contiguous host clusters. None: ask :meth:`_copy_status_general`."""
+        if val < 0:
+            if val == UNALLOCATED and self.backing is not None:
+                return None
+            return starts, ends, np.ones(1, dtype=bool)
+        cs = self.image.cluster_size
+        end = int(ends[0])
+        if lo % cs or (end % cs and end != hi):
+            return None
+        g_s, _ = self.image.layout.guest.runs()
+        if int(g_s.searchsorted(-(-hi // cs), "left")) > int(g_s.searchsorted(lo // cs, "right")):
+            return None  # a host run starts inside: the extent may be cut there
+        return starts, ends, np.zeros(1, dtype=bool)
+
+    def _copy_status_general(self, offset: int, length: int, starts: np.ndarray, ends: np.ndarray,
+                             vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`copy_status` of the image's runs ``starts/ends/vals`` over the range, vectorised."""
         cs = self.image.cluster_size
         lo, hi = offset, offset + length
-        starts, ends, vals = self.image.data.extents(lo, length)
         data = vals >= 0
         if data.any() and not ((starts[data] % cs == 0) & ((ends[data] % cs == 0) | (ends[data] == hi))).all():
             # a cluster holding any data is a data cluster: whole clusters, merged

@@ -212,6 +212,12 @@ class PermView:
     def conflict(self, node: BlockNode) -> str | None:
         """bdrv_parent_perms_conflict, then bdrv_node_refresh_perm's read-only check."""
         edges = self.parents.get(id(node), [])
+        if len(edges) < 2 and not node.read_only:
+            return None  # no pair of parents to conflict, no read-only check: nothing to compute
+        return self.conflict_general(node, edges)
+
+    def conflict_general(self, node: BlockNode, edges: list[Edge]) -> str | None:
+        """:meth:`conflict` over every ordered pair of ``edges`` (``node``'s parents), perms computed."""
         perms = [self.edge_perms(node, edge) for edge in edges]
         name = node.node_name
         for a, (_, a_shared) in zip(edges, perms):

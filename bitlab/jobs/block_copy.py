@@ -255,18 +255,10 @@ class BlockCopy:
         (``ONE_CLUSTER``: an extent shorter than the job's cluster). An extent reaching ``end`` covers
         the last cluster too (QEMU aligns up at the end of the disk) if it reaches a cluster further
         from the start of its first cluster (a task starting in a partial last cluster copies it as data)."""
-        cs = self.cluster_size
         s, e, zero = self.source.copy_status(start, end - start)
-        a = -(-s // cs)  # the clusters whose start lies in each extent: a .. ceil(e / cs) - 1
-        b = np.where((e >= end) & (e - a * cs >= cs), -(-e // cs), e // cs)  # those it covers whole: a .. b - 1
-        covered = b > a
-        short = (b < -(-e // cs)) & (b >= a)  # the extent ends inside cluster b, which starts in it
-        # Each extent gives its covered run, then its short cluster: interleaved, they are in order.
-        keep = np.column_stack((covered, short)).ravel()
-        k0 = np.column_stack((a, b)).ravel()[keep]
-        k1 = np.column_stack((b, b + 1)).ravel()[keep]
-        kind = np.column_stack((np.where(zero, ZERO_RUN, DATA_RUN), np.full(a.size, ONE_CLUSTER))).ravel()[keep]
-        return k0, k1, kind
+        if s.size == 1:
+            return kinds_one(int(s[0]), int(e[0]), bool(zero[0]), end, self.cluster_size)
+        return kinds(s, e, zero, end, self.cluster_size)
 
     def reset_unallocated(self) -> None:
         """sync=top: clusters the source's top layer does not allocate need no copy."""
@@ -820,3 +812,36 @@ def _zeroes_never_yield(node: BlockNode) -> bool:
 
 def _immediately(task: Task) -> bool:
     return task.error is not None and task.error.immediately
+
+
+def kinds(s: np.ndarray, e: np.ndarray, zero: np.ndarray, end: int, cs: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:meth:`BlockCopy.classify`'s runs ``[k0, k1)`` of clusters of size ``cs`` and their kinds, from the
+    source's status extents ``[s, e)`` (zero or not) over a range ending at ``end``."""
+    a = -(-s // cs)  # the clusters whose start lies in each extent: a .. ceil(e / cs) - 1
+    b = np.where((e >= end) & (e - a * cs >= cs), -(-e // cs), e // cs)  # those it covers whole: a .. b - 1
+    covered = b > a
+    short = (b < -(-e // cs)) & (b >= a)  # the extent ends inside cluster b, which starts in it
+    # Each extent gives its covered run, then its short cluster: interleaved, they are in order.
+    keep = np.column_stack((covered, short)).ravel()
+    k0 = np.column_stack((a, b)).ravel()[keep]
+    k1 = np.column_stack((b, b + 1)).ravel()[keep]
+    kind = np.column_stack((np.where(zero, ZERO_RUN, DATA_RUN), np.full(a.size, ONE_CLUSTER))).ravel()[keep]
+    return k0, k1, kind
+
+
+def kinds_one(s: int, e: int, zero: bool, end: int, cs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`kinds` of a single status extent, in plain ints."""
+    a = -(-s // cs)
+    up = -(-e // cs)
+    b = up if e >= end and e - a * cs >= cs else e // cs
+    k0, k1, kind = [], [], []
+    if b > a:  # the clusters it covers whole
+        k0.append(a)
+        k1.append(b)
+        kind.append(ZERO_RUN if zero else DATA_RUN)
+    if a <= b < up:  # the short cluster it ends in
+        k0.append(b)
+        k1.append(b + 1)
+        kind.append(ONE_CLUSTER)
+    return np.array(k0, dtype=np.int64), np.array(k1, dtype=np.int64), np.array(kind, dtype=np.int64)

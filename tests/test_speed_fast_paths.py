@@ -1,0 +1,143 @@
+"""Fast paths of the jobs, their transactions and permissions against the general code they stand in for
+(seeded random inputs): copy_status and classify of a single extent, the permission check of a node with
+fewer than two parents."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from bitlab import Machine
+from bitlab.block import perms
+from bitlab.block.node import BlockNode
+from bitlab.errors import QMPError
+from bitlab.jobs.block_copy import kinds, kinds_one
+
+K = 1024
+
+
+def _same(a: tuple, b: tuple) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.tolist() == y.tolist()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_kinds_of_one_extent_are_the_general_ones(seed: int) -> None:
+    """Single extents starting on a job cluster, ending anywhere up to the range's end (itself anywhere)."""
+    rng = random.Random(seed)
+    for _ in range(300):
+        cs = rng.choice([512, 4 * K, 64 * K, 1 << 20])
+        s = rng.randrange(0, 50) * cs
+        end = s + rng.randrange(1, 5 * cs)
+        e = rng.choice([end, rng.randrange(s + 1, end + 1)])
+        zero = rng.random() < 0.5
+        _same(kinds_one(s, e, zero, end, cs),
+              kinds(np.array([s]), np.array([e]), np.array([zero]), end, cs))
+
+
+def _random_image(rng: random.Random, backing: bool) -> tuple[Machine, BlockNode]:
+    vm = Machine()
+    cs = rng.choice([512, 4 * K, 64 * K])
+    size = rng.choice([4 << 20, (4 << 20) + 7 * 512])
+    if backing:
+        vm.qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cs}", "base.qcow2", str(size))
+        vm.qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cs}", "-b", "base.qcow2", "-F", "qcow2",
+                    "top.qcow2", str(size))
+    else:
+        vm.qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cs}", "top.qcow2", str(size))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "top", "discard": "unmap",
+                            "file": {"driver": "file", "filename": "top.qcow2"}})
+    node = vm.graph.nodes["top"]
+    targets = ["top"] + (["top.backing"] if backing else [])
+    for _ in range(rng.randint(8, 30)):
+        where = targets[-1] if rng.random() < 0.3 else "top"
+        at = node if where == "top" else node.backing
+        off = rng.randrange(0, size // 512) * 512
+        n = min(rng.choice([512, cs, 3 * cs, 17 * 512, 200 * K, 1 << 20]), size - off)
+        op = rng.random()
+        if op < 0.6:
+            at.write(off, n, rng.choice([0, 0x41, 0x42]))
+        elif op < 0.8:
+            at.write_zeroes(off, n, unmap=rng.random() < 0.5)
+        else:
+            at.discard(off, n)
+    return vm, node
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_copy_status_of_one_run_is_the_general_answer(seed: int) -> None:
+    """Random qcow2 images (cluster sizes 512 B to 64 KiB, an odd size, a backing file or not) after random
+    writes, zero writes and discards; random ranges: wherever the single-run path answers, the general
+    path gives the same extents."""
+    rng = random.Random(seed)
+    vm, node = _random_image(rng, backing=seed % 3 == 0)
+    answered = 0
+    for _ in range(150):
+        cs = node.image.cluster_size
+        if rng.random() < 0.5:  # a few clusters from a cluster boundary (what classify asks)
+            off = rng.randrange(0, node.size // cs) * cs
+            length = min(node.size - off, cs * rng.randint(1, 3))
+        else:
+            off = rng.randrange(0, node.size // 512) * 512
+            length = min(rng.randrange(1, node.size - off + 1), rng.choice([512, 4 * K, 64 * K, 1 << 20, node.size]))
+        starts, ends, vals = node.image.data.extents(off, length)
+        general = node._copy_status_general(off, length, starts.copy(), ends.copy(), vals.copy())
+        if starts.size == 1 and node._copy_status_one(off, off + length, starts, ends, int(vals[0])) is not None:
+            answered += 1
+        _same(node.copy_status(off, length), general)
+    assert answered > 0
+
+
+def _random_graph(rng: random.Random) -> Machine:
+    vm = Machine()
+    for i in range(4):
+        vm.qemu_img("create", "-f", "qcow2", f"i{i}.qcow2", "64M")
+    for i in range(rng.randint(2, 8)):
+        image = f"i{rng.randrange(4)}.qcow2"
+        ro = rng.random() < 0.4
+        kind = rng.choice(["file", "qcow2", "raw", "ref", "blkdebug"])
+        file = {"driver": "file", "filename": image, "read-only": ro or rng.random() < 0.3}
+        if kind == "file":
+            opts = {**file, "node-name": f"n{i}"}
+        elif kind == "ref" and vm.graph.nodes:
+            opts = {"driver": "raw", "node-name": f"n{i}", "read-only": ro, "file": rng.choice(list(vm.graph.nodes))}
+        elif kind == "blkdebug":
+            opts = {"driver": "blkdebug", "node-name": f"n{i}", "image": file,
+                    "take-child-perms": rng.sample(["write", "resize", "consistent-read"], rng.randint(0, 2)) or None,
+                    "unshare-child-perms": rng.sample(["write", "resize"], rng.randint(0, 1)) or None}
+            opts = {k: v for k, v in opts.items() if v is not None}
+        else:
+            opts = {"driver": "qcow2" if kind != "raw" else "raw", "node-name": f"n{i}", "read-only": ro, "file": file}
+        try:
+            vm.qmp("blockdev-add", opts)
+        except QMPError:
+            pass
+    return vm
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_conflict_of_a_node_with_one_parent_is_the_general_check(seed: int) -> None:
+    """Random graphs, then random links and BlockBackends tried on a view (so that conflicts and writers
+    on read-only nodes occur): every node's check is the all-pairs one, and both outcomes occur."""
+    rng = random.Random(seed)
+    vm = _random_graph(rng)
+    nodes = list(vm.graph.nodes.values())
+    view = perms.PermView(vm.graph)
+    outcomes = set()
+    for step in range(40):
+        if rng.random() < 0.5:
+            new = BlockNode(f"new{step}")
+            new.driver = rng.choice(["qcow2", "raw", "blkdebug", "copy-before-write"])  # type: ignore[misc]
+            new.read_only = rng.random() < 0.3
+            view.attach(new, rng.choice(["file", "backing", "target", "image"]), rng.choice(nodes))  # no loop
+        else:
+            view.add_blk(rng.choice(nodes), perms.Blk("blk", rng.randrange(16), rng.randrange(16)))
+        for node in nodes:
+            edges = view.parents.get(id(node), [])
+            fast = view.conflict(node)
+            assert fast == view.conflict_general(node, edges)
+            outcomes.add((len(edges) < 2, fast is None))
+    assert (True, True) in outcomes and (False, False) in outcomes
