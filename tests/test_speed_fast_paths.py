@@ -141,3 +141,42 @@ def test_conflict_of_a_node_with_one_parent_is_the_general_check(seed: int) -> N
             assert fast == view.conflict_general(node, edges)
             outcomes.add((len(edges) < 2, fast is None))
     assert (True, True) in outcomes and (False, False) in outcomes
+
+
+def _topological_by_prepending(view: perms.PermView, *starts: BlockNode) -> list[BlockNode]:
+    """bdrv_topological_dfs as QEMU writes it: each node prepended after its children."""
+    order: list[BlockNode] = []
+    found: set[int] = set()
+
+    def dfs(node: BlockNode) -> list[BlockNode]:
+        if id(node) in found:
+            return []
+        found.add(id(node))
+        below: list[BlockNode] = []
+        for _, child in view.children.get(id(node), []):
+            below = dfs(child) + below
+        return [node] + below
+
+    for start in starts:
+        order = dfs(start) + order
+    return order
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_topological_order_is_qemus(seed: int) -> None:
+    """Random graphs with shared children (new parents linked to random nodes): the reversed post-order is
+    QEMU's prepending walk, from one start or several (repeated ones included)."""
+    rng = random.Random(seed)
+    vm = _random_graph(rng)
+    nodes = list(vm.graph.nodes.values())
+    view = perms.PermView(vm.graph)
+    tops = []
+    for step in range(6):
+        new = BlockNode(f"new{step}")
+        for _ in range(rng.randint(1, 3)):
+            view.attach(new, rng.choice(["file", "backing", "target"]), rng.choice(nodes + tops))
+        tops.append(new)
+    for _ in range(30):
+        starts = rng.sample(nodes + tops, rng.randint(1, 4)) + ([rng.choice(nodes)] if rng.random() < 0.3 else [])
+        assert [n.node_name for n in view.topological(*starts)] == \
+            [n.node_name for n in _topological_by_prepending(view, *starts)]

@@ -42,13 +42,13 @@ def _merge_flag_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray
 
 def subtree_ids(top: BlockNode, children: Callable[[BlockNode], list[tuple[str, BlockNode]]]) -> set[int]:
     """The ids of ``top`` and of every node below it, following ``children(node)`` (role, child) links."""
-    seen: set[int] = set()
+    seen = {id(top)}
     todo = [top]
     while todo:
-        node = todo.pop()
-        if id(node) not in seen:
-            seen.add(id(node))
-            todo.extend(child for _, child in children(node))
+        for _, child in children(todo.pop()):
+            if id(child) not in seen:
+                seen.add(id(child))
+                todo.append(child)
     return seen
 
 

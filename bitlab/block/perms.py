@@ -107,6 +107,10 @@ def _perm_set(names: list[str]) -> int:
     return perm
 
 
+def _newest_first(item: tuple[int, int, Edge]) -> int:
+    return item[0]
+
+
 class PermView:
     """A copy of the graph's links, newest parent first, that a change can be tried on."""
 
@@ -115,25 +119,32 @@ class PermView:
         self.parents: dict[int, list[Edge]] = {}
         self._cumulative: dict[int, tuple[int, int]] = {}  # memo of cumulative(), cleared by every change
         stamped: list[tuple[int, int, Edge]] = []  # (when the link was made, id of its child, the link)
-        nodes = list(graph.nodes.values())
-        for node in nodes:
-            self.children[id(node)] = list(reversed(node.children))  # QLIST_INSERT_HEAD: newest first
-            for role, child in node.children:
-                stamped.append((graph.link_order.get((id(node), role), 0), id(child), Edge(role, parent=node)))
+        when = graph.link_order.get
+        children = self.children
+        for node in graph.nodes.values():
+            links = node.children
+            children[id(node)] = links[::-1]  # QLIST_INSERT_HEAD: newest first
+            for role, child in links:
+                stamped.append((when((id(node), role), 0), id(child), Edge(role, node)))
         for name, root in graph.devices.items():
             blk = Blk(f"block device '{name}'", graph.device_perm.get(name, READ))
-            stamped.append((graph.link_order.get(("device", name), 0), id(root), Edge("root", blk=blk)))
+            stamped.append((when(("device", name), 0), id(root), Edge("root", blk=blk)))
         for exp in graph.blks:
             perm = READ | (WRITE if getattr(exp, "writable", False) else 0)
             edge = Edge("root", blk=Blk(UNNAMED, perm, EXPORT_SHARED))
-            stamped.append((graph.link_order.get(("blk", id(exp)), 0), id(exp.node), edge))
+            stamped.append((when(("blk", id(exp)), 0), id(exp.node), edge))
         for name in graph.job_held:  # the backup job's 'main node' link: it takes nothing, shares all
             node = graph.nodes.get(name)
             if node is not None:
                 stamped.append((0, id(node), Edge("main node", blk=Blk("a block job", 0))))
-        stamped.sort(key=lambda item: -item[0])
+        stamped.sort(key=_newest_first, reverse=True)  # (a stable sort: equal stamps keep their order)
+        parents = self.parents
         for _, child_id, edge in stamped:
-            self.parents.setdefault(child_id, []).append(edge)
+            got = parents.get(child_id)
+            if got is None:
+                parents[child_id] = [edge]
+            else:
+                got.append(edge)
 
     # -- changes (each new link is the newest parent of its child) -------------------------
     def attach(self, parent: BlockNode, role: str, child: BlockNode) -> None:
@@ -192,22 +203,24 @@ class PermView:
         return got
 
     def topological(self, *starts: BlockNode) -> list[BlockNode]:
-        """bdrv_topological_dfs from each start in turn (later starts' nodes come first)."""
-        order: list[BlockNode] = []
+        """bdrv_topological_dfs from each start in turn (later starts' nodes come first): QEMU prepends
+        each node to the list once its children are done, so the list is the post-order reversed."""
+        post: list[BlockNode] = []
         found: set[int] = set()
+        children = self.children
 
-        def dfs(node: BlockNode) -> list[BlockNode]:
-            if id(node) in found:
-                return []
+        def dfs(node: BlockNode) -> None:
             found.add(id(node))
-            below: list[BlockNode] = []
-            for _, child in self.children.get(id(node), []):
-                below = dfs(child) + below
-            return [node] + below
+            for _, child in children.get(id(node), ()):
+                if id(child) not in found:
+                    dfs(child)
+            post.append(node)
 
         for start in starts:
-            order = dfs(start) + order
-        return order
+            if id(start) not in found:
+                dfs(start)
+        post.reverse()
+        return post
 
     def conflict(self, node: BlockNode) -> str | None:
         """bdrv_parent_perms_conflict, then bdrv_node_refresh_perm's read-only check."""
