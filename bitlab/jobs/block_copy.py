@@ -69,7 +69,7 @@ import numpy as np
 from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
 from ..block.blkdebug import BlockIOError
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
-from ..block.node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
+from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
 
 MAX_BUFFER = 1 << 20  # BLOCK_COPY_MAX_BUFFER
 SLICE_NS = 100_000_000  # BLOCK_COPY_SLICE_TIME
@@ -256,8 +256,8 @@ class BlockCopy:
         the last cluster too (QEMU aligns up at the end of the disk) if it reaches a cluster further
         from the start of its first cluster (a task starting in a partial last cluster copies it as data)."""
         s, e, zero = self.source.copy_status(start, end - start)
-        if s.size == 1:
-            return kinds_one(int(s[0]), int(e[0]), bool(zero[0]), end, self.cluster_size)
+        if s.size <= FEW_EXTENTS:
+            return kinds_few(s.tolist(), e.tolist(), zero.tolist(), end, self.cluster_size)
         return kinds(s, e, zero, end, self.cluster_size)
 
     def reset_unallocated(self) -> None:
@@ -830,18 +830,20 @@ def kinds(s: np.ndarray, e: np.ndarray, zero: np.ndarray, end: int, cs: int
     return k0, k1, kind
 
 
-def kinds_one(s: int, e: int, zero: bool, end: int, cs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`kinds` of a single status extent, in plain ints."""
-    a = -(-s // cs)
-    up = -(-e // cs)
-    b = up if e >= end and e - a * cs >= cs else e // cs
+def kinds_few(s: list[int], e: list[int], zero: list[bool], end: int, cs: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`kinds` of a few status extents, in plain ints."""
     k0, k1, kind = [], [], []
-    if b > a:  # the clusters it covers whole
-        k0.append(a)
-        k1.append(b)
-        kind.append(ZERO_RUN if zero else DATA_RUN)
-    if a <= b < up:  # the short cluster it ends in
-        k0.append(b)
-        k1.append(b + 1)
-        kind.append(ONE_CLUSTER)
+    for start, stop, z in zip(s, e, zero):
+        a = -(-start // cs)
+        up = -(-stop // cs)
+        b = up if stop >= end and stop - a * cs >= cs else stop // cs
+        if b > a:  # the clusters it covers whole
+            k0.append(a)
+            k1.append(b)
+            kind.append(ZERO_RUN if z else DATA_RUN)
+        if a <= b < up:  # the short cluster it ends in
+            k0.append(b)
+            k1.append(b + 1)
+            kind.append(ONE_CLUSTER)
     return np.array(k0, dtype=np.int64), np.array(k1, dtype=np.int64), np.array(kind, dtype=np.int64)
