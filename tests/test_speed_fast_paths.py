@@ -13,7 +13,7 @@ from bitlab import Machine
 from bitlab.block import perms
 from bitlab.block.node import BlockNode
 from bitlab.errors import QMPError
-from bitlab.jobs.block_copy import kinds, kinds_few
+from bitlab.jobs.block_copy import BlockCopy, kinds, kinds_few
 
 K = 1024
 
@@ -182,3 +182,37 @@ def test_topological_order_is_qemus(seed: int) -> None:
         starts = rng.sample(nodes + tops, rng.randint(1, 4)) + ([rng.choice(nodes)] if rng.random() < 0.3 else [])
         assert [n.node_name for n in view.topological(*starts)] == \
             [n.node_name for n in _topological_by_prepending(view, *starts)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_zeroes_keep_allocation_of_a_target_without_data_is_the_general_answer(seed: int) -> None:
+    """Random qcow2 targets (new, zeroed, partly written, discarded) and random batches of zero and data
+    tasks: the answer from the target's few runs is the one from the clusters the zero tasks reach."""
+    rng = random.Random(seed)
+    vm, node = _random_image(rng, backing=False)
+    no_data = rng.random() < 0.5
+    if no_data:  # a new target, or one with zero writes only
+        vm = Machine()
+        vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "4M")
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "t", "file": {"driver": "file", "filename": "t.qcow2"}})
+        node = vm.graph.nodes["t"]
+        for _ in range(rng.randint(0, 4)):
+            node.write_zeroes(rng.randrange(0, 64) * 64 * K, rng.choice([512, 64 * K, 200 * K]),
+                              unmap=rng.random() < 0.5)
+        if seed % 4 == 1:  # a few data clusters too (bytes of 0 among them): few runs, but not all empty
+            for _ in range(rng.randint(1, 3)):
+                node.write(rng.randrange(0, 16) * 64 * K, rng.choice([512, 64 * K]), 0 if seed % 8 == 1 else 0x41)
+            no_data = False
+    bcs = BlockCopy(node, node, 64 * K, vm.scheduler, lambda done, remaining: None)
+    short = 0
+    for _ in range(40):
+        n = rng.randint(1, 6)
+        clusters = range(0, 16 if rng.random() < 0.5 else node.size // (64 * K))
+        offsets = np.array(sorted(rng.sample(clusters, n)), dtype=np.int64) * 64 * K
+        nbytes = np.array([64 * K] * n, dtype=np.int64)
+        zero = np.array([rng.random() < 0.7 for _ in range(n)])
+        general = bcs._zeroes_keep_allocation_general(offsets, nbytes, zero)
+        assert bcs._zeroes_keep_allocation(offsets, nbytes, zero) == general
+        _, run_v = node.image.data.runs()
+        short += run_v.size <= 16 and zero.any() and general
+    assert short > 0 or not no_data

@@ -682,6 +682,14 @@ class BlockCopy:
         target = self.target
         if type(target) is not Qcow2Node or not zero.any():
             return True
+        _, run_v = target.image.data.runs()
+        if run_v.size <= FEW_EXTENTS and all(v in (UNALLOCATED, ZERO) for v in run_v.tolist()):
+            return True  # no cluster anywhere holds something (a new target)
+        return self._zeroes_keep_allocation_general(offsets, nbytes, zero)
+
+    def _zeroes_keep_allocation_general(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> bool:
+        """:meth:`_zeroes_keep_allocation` over the clusters the zero writes reach."""
+        target = self.target
         cs, size = target.image.cluster_size, target.size
         off = offsets[zero]
         end = off + nbytes[zero]
