@@ -216,3 +216,51 @@ def test_zeroes_keep_allocation_of_a_target_without_data_is_the_general_answer(s
         _, run_v = node.image.data.runs()
         short += run_v.size <= 16 and zero.any() and general
     assert short > 0 or not no_data
+
+
+def _plans(bcs: BlockCopy, call, zeroes_only: bool) -> tuple:
+    from bitlab.jobs import block_copy
+    try:
+        block_copy.PLAN_FEW = True
+        few = bcs._plan(call, zeroes_only)
+        block_copy.PLAN_FEW = False
+        general = bcs._plan(call, zeroes_only)
+    finally:
+        block_copy.PLAN_FEW = True
+    return few, general
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_plans_in_plain_ints_are_the_vectorised_ones(seed: int) -> None:
+    """Random sources (qcow2 images after random writes, odd sizes), random dirty bitmaps, cursors, worker
+    counts, chunk sizes and horizons, both kinds of plan: the plain-int plan is the vectorised one, array for
+    array (dtypes too)."""
+    from bitlab.jobs.block_copy import LATENCY_NS, Call
+    rng = random.Random(seed)
+    vm, node = _random_image(rng, backing=seed % 4 == 0)
+    cs = rng.choice([64 * K, 128 * K])
+    bcs = BlockCopy(node, node, cs, vm.scheduler, lambda done, remaining: None)
+    nbits = bcs.bitmap.nbits
+    compared = 0
+    for _ in range(30):
+        bcs.bitmap.bits.setall(0)
+        for _ in range(rng.randint(0, 12)):
+            a = rng.randrange(nbits)
+            bcs.bitmap.bits[a:min(nbits, a + rng.choice([1, 2, 3, 17, nbits]))] = 1
+        if rng.random() < 0.2:
+            bcs.bitmap.bits.setall(1)
+        call = Call(rng.choice([1, 2, 3, 8, 64]), rng.choice([cs, 2 * cs, 3 * cs, 1 << 20]), lambda c: None,
+                    cursor=rng.choice([0, 0, rng.randrange(bcs.len)]))
+        vm.scheduler.horizon_ns = rng.choice([None, vm.clock.now_ns + rng.choice([0, LATENCY_NS, 10 ** 6, 10 ** 9])])
+        for zeroes_only in (False, True):
+            few, general = _plans(bcs, call, zeroes_only)
+            assert (few is None) == (general is None)
+            if few is not None:
+                compared += 1
+                for a, b in zip(few, general):
+                    if isinstance(a, np.ndarray):
+                        assert a.dtype == b.dtype and a.tolist() == b.tolist()
+                    else:
+                        assert type(a) is type(b) and a == b
+    vm.scheduler.horizon_ns = None
+    assert compared > 0

@@ -60,8 +60,10 @@ whole bitmap once per call, not once per task).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -82,6 +84,8 @@ BULK = True  # False: always the per-task path (tests compare the two)
 ZERO_RUN, DATA_RUN, ONE_CLUSTER = 0, 1, 2  # cluster kinds (BlockCopy.classify)
 BULK_MAX_TASKS = 1 << 20  # tasks one batch may hold (bounds its memory)
 FEW_RUNS = 16  # dirty runs a plan finds with bitarray's searches before it turns to numpy
+FEW_TASKS = 1024  # tasks a plan cuts in plain ints (more: numpy)
+PLAN_FEW = True  # False: plans always vectorised (tests compare the two)
 # Drivers whose batched I/O is exactly their one-by-one I/O (exact types, not subclasses).
 BULK_DRIVERS = (NullNode, FileNode, RawNode, Qcow2Node)
 
@@ -557,6 +561,10 @@ class BlockCopy:
         # Cut the runs where the source's block status answers end (classify: whole clusters).
         lo, hi = int(rs[0]) * cs, min(int(re[-1]) * cs, self.len)
         k0, _, kind = self.classify(lo, hi)
+        if PLAN_FEW and rs.size <= FEW_RUNS and k0.size <= 2 * FEW_EXTENTS:
+            segments = _segments_few(rs.tolist(), re.tolist(), k0.tolist(), kind.tolist())
+            if sum(-(-(e - s) // chunk) for s, e, _ in segments) <= FEW_TASKS:
+                return self._plan_few(segments, zeroes_only, now, horizon, workers, chunk, want)
         seg_s, seg_e = rs, re
         bounds = k0[1:]
         if bounds.size:
@@ -614,6 +622,46 @@ class BlockCopy:
             end = int(wave_start[-1] + dur[firsts[nwaves - 1] : n].max())
         nclusters = int((t_e[:n] - t_s[:n]).sum())
         return t_s[:n] * cs, nbytes[:n], zero[:n], nclusters, wave_start, end
+
+    def _plan_few(self, segments: list[tuple[int, int, bool]], zeroes_only: bool, now: int, horizon: int,
+                  workers: int, chunk: int, want: int) -> tuple | None:
+        """:meth:`_plan` from its segments (clusters ``[s, e)``, data or not) on, in plain ints, for a plan of
+        at most ``FEW_TASKS`` tasks (numpy's cost per call dwarfs the work then)."""
+        cs, size = self.cluster_size, self.len
+        t_s: list[int] = []
+        t_e: list[int] = []
+        zero: list[bool] = []
+        for s, e, data in segments:  # chunks of at most `chunk` clusters from the start of each segment
+            for start in range(s, e, chunk):
+                t_s.append(start)
+                t_e.append(min(start + chunk, e))
+                zero.append(not data)
+        if size % cs:  # a task starting in the partial last cluster is data (classify)
+            zero = [z and start != size // cs for z, start in zip(zero, t_s)]
+        if zeroes_only:
+            stop = zero.index(False) if False in zero else len(zero)
+            if stop < len(zero) or self.bitmap.bits.find(1, t_e[stop - 1] if stop else 0) >= 0:
+                stop = stop // workers * workers  # whole waves only (see _plan)
+            if stop == 0:
+                return None
+            t_s, t_e, zero = t_s[:stop], t_e[:stop], zero[:stop]
+        dur = [LATENCY_NS if z else 2 * LATENCY_NS + 2 * ((min(e * cs, size) - s * cs) * 1_000_000_000 // BYTES_PER_S)
+               for s, e, z in zip(t_s, t_e, zero)]
+        if len(dur) <= workers:  # a single wave
+            n = min(len(dur), want)
+            wave_start = [now]
+            end = now + max(dur[:n])
+        else:
+            firsts = range(0, len(dur), workers)
+            wave_end = list(accumulate((-(-sum(dur[f:f + workers]) // workers) for f in firsts), initial=now))[1:]
+            nwaves = max(1, bisect_right(wave_end, horizon))
+            n = min(len(dur), nwaves * workers, want)
+            nwaves = -(-n // workers)
+            wave_start = [now] + wave_end[: nwaves - 1]
+            end = wave_start[-1] + max(dur[firsts[nwaves - 1]:n])
+        nclusters = sum(t_e[:n]) - sum(t_s[:n])
+        return (np.array(t_s[:n], dtype=np.int64) * cs, (np.array(t_e[:n], dtype=np.int64) - t_s[:n]) * cs,
+                np.array(zero[:n], dtype=bool), nclusters, np.array(wave_start, dtype=np.int64), end)
 
     def _dirty_runs(self, first: int, max_runs: int, max_clusters: int) -> tuple[np.ndarray, np.ndarray]:
         """Runs of set bits from bit ``first`` on, [starts, ends), enough for ``max_runs`` runs or
@@ -760,6 +808,24 @@ class BlockCopy:
         call.timers.remove(timer)
         call.tasks.remove((timer, batch))
         self._schedule(call, batch.part(i0, i1, batch.wave_start[w : w + 1], batch.wave_end(w)))
+
+
+def _segments_few(rs: list[int], re: list[int], k0: list[int], kind: list[int]) -> list[tuple[int, int, bool]]:
+    """The dirty runs ``[rs, re)`` cut where classify's runs (starting at ``k0``, of ``kind``) start inside
+    them: segments ``(start, end, data)`` (:meth:`BlockCopy._plan`'s vectorised cut, in plain ints)."""
+    cuts = []
+    for b in k0[1:]:
+        r = max(bisect_right(rs, b) - 1, 0)
+        if rs[r] < b < re[r]:
+            cuts.append(b)
+    seg_s = sorted(rs + cuts) if cuts else rs
+    out = []
+    for i, s in enumerate(seg_s):
+        e = re[bisect_right(rs, s) - 1]
+        if cuts and i + 1 < len(seg_s):
+            e = min(seg_s[i + 1], e)
+        out.append((s, e, kind[bisect_right(k0, s) - 1] != ZERO_RUN))
+    return out
 
 
 def _plain(node: BlockNode) -> bool:
