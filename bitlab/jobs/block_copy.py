@@ -84,7 +84,7 @@ BULK = True  # False: always the per-task path (tests compare the two)
 ZERO_RUN, DATA_RUN, ONE_CLUSTER = 0, 1, 2  # cluster kinds (BlockCopy.classify)
 BULK_MAX_TASKS = 1 << 20  # tasks one batch may hold (bounds its memory)
 FEW_RUNS = 16  # dirty runs a plan finds with bitarray's searches before it turns to numpy
-FEW_TASKS = 1024  # tasks a plan cuts in plain ints (more: numpy)
+FEW_TASKS = 128  # tasks a plan cuts in plain ints (more: numpy, faster past about this many)
 PLAN_FEW = True  # False: plans always vectorised (tests compare the two)
 # Drivers whose batched I/O is exactly their one-by-one I/O (exact types, not subclasses).
 BULK_DRIVERS = (NullNode, FileNode, RawNode, Qcow2Node)
@@ -632,12 +632,13 @@ class BlockCopy:
         t_e: list[int] = []
         zero: list[bool] = []
         for s, e, data in segments:  # chunks of at most `chunk` clusters from the start of each segment
-            for start in range(s, e, chunk):
-                t_s.append(start)
-                t_e.append(min(start + chunk, e))
-                zero.append(not data)
-        if size % cs:  # a task starting in the partial last cluster is data (classify)
-            zero = [z and start != size // cs for z, start in zip(zero, t_s)]
+            starts = range(s, e, chunk)
+            t_s += starts
+            t_e += starts[1:]
+            t_e.append(e)
+            zero += [not data] * len(starts)
+        if size % cs and size // cs in t_s:  # a task starting in the partial last cluster is data (classify)
+            zero[t_s.index(size // cs)] = False
         if zeroes_only:
             stop = zero.index(False) if False in zero else len(zero)
             if stop < len(zero) or self.bitmap.bits.find(1, t_e[stop - 1] if stop else 0) >= 0:
@@ -645,8 +646,10 @@ class BlockCopy:
             if stop == 0:
                 return None
             t_s, t_e, zero = t_s[:stop], t_e[:stop], zero[:stop]
-        dur = [LATENCY_NS if z else 2 * LATENCY_NS + 2 * ((min(e * cs, size) - s * cs) * 1_000_000_000 // BYTES_PER_S)
-               for s, e, z in zip(t_s, t_e, zero)]
+        if all(zero):
+            dur = [LATENCY_NS] * len(zero)
+        else:
+            dur = [LATENCY_NS if z else io_time_ns(min(e * cs, size) - s * cs, True) for s, e, z in zip(t_s, t_e, zero)]
         if len(dur) <= workers:  # a single wave
             n = min(len(dur), want)
             wave_start = [now]
