@@ -123,13 +123,19 @@ def _random_graph(rng: random.Random) -> Machine:
 @pytest.mark.parametrize("seed", range(25))
 def test_conflict_of_a_node_with_one_parent_is_the_general_check(seed: int) -> None:
     """Random graphs, then random links and BlockBackends tried on a view (so that conflicts and writers
-    on read-only nodes occur): every node's check is the all-pairs one, and both outcomes occur."""
+    on read-only nodes occur): every node's check is the all-pairs one, the first error below random
+    starts is the first all-pairs error in topological order, and both outcomes occur."""
     rng = random.Random(seed)
     vm = _random_graph(rng)
     nodes = list(vm.graph.nodes.values())
     view = perms.PermView(vm.graph)
     outcomes = set()
     for step in range(40):
+        starts = rng.sample(nodes, rng.randint(1, min(3, len(nodes))))
+        every = (view.conflict_general(n, view.parents.get(id(n), [])) for n in view.topological(*starts))
+        first = next((text for text in every if text is not None), None)
+        assert view.first_error(*starts) == first
+        outcomes.add(("first", first is None))
         if rng.random() < 0.5:
             new = BlockNode(f"new{step}")
             new.driver = rng.choice(["qcow2", "raw", "blkdebug", "copy-before-write"])  # type: ignore[misc]
@@ -143,6 +149,7 @@ def test_conflict_of_a_node_with_one_parent_is_the_general_check(seed: int) -> N
             assert fast == view.conflict_general(node, edges)
             outcomes.add((len(edges) < 2, fast is None))
     assert (True, True) in outcomes and (False, False) in outcomes
+    assert ("first", True) in outcomes and ("first", False) in outcomes
 
 
 def _topological_by_prepending(view: perms.PermView, *starts: BlockNode) -> list[BlockNode]:

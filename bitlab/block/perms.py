@@ -244,11 +244,15 @@ class PermView:
         return None
 
     def first_error(self, *starts: BlockNode) -> str | None:
-        """The first conflict below ``starts`` in QEMU's order, or None."""
+        """The first conflict below ``starts`` in QEMU's order, or None (:meth:`conflict` of each node, its
+        shortcut written out: a node with no parents, or one parent and not read-only, has nothing to check)."""
+        parents = self.parents
         for node in self.topological(*starts):
-            text = self.conflict(node)
-            if text is not None:
-                return text
+            edges = parents.get(id(node))
+            if edges and (len(edges) > 1 or node.read_only):
+                text = self.conflict_general(node, edges)
+                if text is not None:
+                    return text
         return None
 
     def check(self, *starts: BlockNode, prefix: str = "") -> None:
