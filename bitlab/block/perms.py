@@ -208,17 +208,21 @@ class PermView:
         post: list[BlockNode] = []
         found: set[int] = set()
         children = self.children
-
-        def dfs(node: BlockNode) -> None:
-            found.add(id(node))
-            for _, child in children.get(id(node), ()):
-                if id(child) not in found:
-                    dfs(child)
-            post.append(node)
-
         for start in starts:
-            if id(start) not in found:
-                dfs(start)
+            if id(start) in found:
+                continue
+            found.add(id(start))
+            stack = [(start, iter(children.get(id(start), ())))]  # the walk's path: each node, its next links
+            while stack:
+                node, links = stack[-1]
+                for _, child in links:
+                    if id(child) not in found:  # go down to the first child not seen yet
+                        found.add(id(child))
+                        stack.append((child, iter(children.get(id(child), ()))))
+                        break
+                else:  # every child done: the node is
+                    stack.pop()
+                    post.append(node)
         post.reverse()
         return post
 
