@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -24,6 +25,7 @@ from .store import ImageFile
 
 SECTOR = 512
 QCOW_MAX_L1_SIZE = 32 << 20  # bytes of L1 table qcow2 accepts
+FEW_EXTENTS = 16  # copy_status works in plain ints up to this many runs
 
 
 def round_sector(n: int) -> int:
@@ -44,13 +46,13 @@ def _merge_flag_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray
 
 def subtree_ids(top: BlockNode, children: Callable[[BlockNode], list[tuple[str, BlockNode]]]) -> set[int]:
     """The ids of ``top`` and of every node below it, following ``children(node)`` (role, child) links."""
-    seen: set[int] = set()
+    seen = {id(top)}
     todo = [top]
     while todo:
-        node = todo.pop()
-        if id(node) not in seen:
-            seen.add(id(node))
-            todo.extend(child for _, child in children(node))
+        for _, child in children(todo.pop()):
+            if id(child) not in seen:
+                seen.add(id(child))
+                todo.append(child)
     return seen
 
 
@@ -681,9 +683,72 @@ class Qcow2Node(FormatNode):
         (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
         ones, which the backing file answers, zeroes past its end or without one). A data extent ends
         where its host clusters stop being contiguous in the file."""
+        starts, ends, vals = self.image.data.extents(offset, length)
+        if starts.size <= FEW_EXTENTS:
+            few = self._copy_status_few(offset, offset + length, starts.tolist(), ends.tolist(), vals.tolist())
+            if few is not None:
+                return few
+        return self._copy_status_general(offset, length, starts, ends, vals)
+
+    def _copy_status_few(self, lo: int, hi: int, starts: list[int], ends: list[int],
+                         vals: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """:meth:`_copy_status_general` step by step in plain ints, for the few runs ``starts/ends/vals`` of the
+        range ``[lo, hi)`` (numpy's cost per call dwarfs the work then). None where the backing file would
+        answer (holes under a backing file): ask the general path."""
+        cs = self.image.cluster_size
+        data = [v >= 0 for v in vals]
+        if any(data):
+            if not all(s % cs == 0 and (e % cs == 0 or e == hi) for s, e, d in zip(starts, ends, data) if d):
+                # a cluster holding any data is a data cluster: whole clusters, merged (touching ones too)
+                merged: list[list[int]] = []
+                for s, e, d in zip(starts, ends, data):
+                    if not d:
+                        continue
+                    first, last = s // cs, (e - 1) // cs
+                    if merged and first <= merged[-1][1] + 1:
+                        merged[-1][1] = max(merged[-1][1], last)
+                    else:
+                        merged.append([first, last])
+                d_s = [max(first * cs, lo) for first, _ in merged]
+                d_e = [min((last + 1) * cs, hi) for _, last in merged]
+                pieces = [(s, e, 0) for s, e in zip(d_s, d_e)]
+                others = [(s, e, v) for s, e, v, d in zip(starts, ends, vals, data) if not d]
+                for g_s, g_e in zip([lo] + d_e, d_s + [hi]):  # the gaps between: the other runs, clipped
+                    if g_e > g_s:
+                        pieces += [(max(s, g_s), min(e, g_e), v) for s, e, v in others if e > g_s and s < g_e]
+                pieces.sort()
+                starts, ends, vals = [p[0] for p in pieces], [p[1] for p in pieces], [p[2] for p in pieces]
+            else:  # whole clusters already: neighbouring data runs are one extent
+                key = [0 if d else v for v, d in zip(vals, data)]
+                new = [k for k in range(len(key)) if k == 0 or key[k] != key[k - 1]]
+                starts = [starts[k] for k in new]
+                ends = [ends[k - 1] for k in new[1:]] + [ends[-1]]
+                vals = [key[k] for k in new]
+            # an extent is one stretch of contiguous host clusters (qcow2_get_host_offset)
+            g_s, g_v = self.image.layout.guest.runs()
+            a, b = int(g_s.searchsorted(lo // cs, "right")), int(g_s.searchsorted(-(-hi // cs), "left"))
+            if b > a:
+                run_s, run_v = g_s[a - 1:b].tolist(), g_v[a - 1:b].tolist()
+                cuts = [run_s[k] * cs for k in range(1, len(run_s)) if run_v[k - 1] != NONE and run_v[k] != NONE]
+                kept = []
+                for cut in cuts:
+                    j = bisect_right(starts, cut) - 1
+                    if vals[j] >= 0 and starts[j] != cut:
+                        kept.append((cut, vals[j]))
+                if kept:
+                    pieces = sorted(list(zip(starts, vals)) + kept, key=lambda p: p[0])
+                    starts, vals = [p[0] for p in pieces], [p[1] for p in pieces]
+                    ends = starts[1:] + [ends[-1]]
+        if self.backing is not None and UNALLOCATED in vals:
+            return None
+        return (np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64),
+                np.array([v < 0 for v in vals], dtype=bool))
+
+    def _copy_status_general(self, offset: int, length: int, starts: np.ndarray, ends: np.ndarray,
+                             vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`copy_status` of the image's runs ``starts/ends/vals`` over the range, vectorised."""
         cs = self.image.cluster_size
         lo, hi = offset, offset + length
-        starts, ends, vals = self.image.data.extents(lo, length)
         data = vals >= 0
         if data.any() and not ((starts[data] % cs == 0) & ((ends[data] % cs == 0) | (ends[data] == hi))).all():
             # a cluster holding any data is a data cluster: whole clusters, merged

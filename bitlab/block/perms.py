@@ -107,6 +107,10 @@ def _perm_set(names: list[str]) -> int:
     return perm
 
 
+def _newest_first(item: tuple[int, int, Edge]) -> int:
+    return item[0]
+
+
 class PermView:
     """A copy of the graph's links, newest parent first, that a change can be tried on."""
 
@@ -115,25 +119,32 @@ class PermView:
         self.parents: dict[int, list[Edge]] = {}
         self._cumulative: dict[int, tuple[int, int]] = {}  # memo of cumulative(), cleared by every change
         stamped: list[tuple[int, int, Edge]] = []  # (when the link was made, id of its child, the link)
-        nodes = list(graph.nodes.values())
-        for node in nodes:
-            self.children[id(node)] = list(reversed(node.children))  # QLIST_INSERT_HEAD: newest first
-            for role, child in node.children:
-                stamped.append((graph.link_order.get((id(node), role), 0), id(child), Edge(role, parent=node)))
+        when = graph.link_order.get
+        children = self.children
+        for node in graph.nodes.values():
+            links = node.children
+            children[id(node)] = links[::-1]  # QLIST_INSERT_HEAD: newest first
+            for role, child in links:
+                stamped.append((when((id(node), role), 0), id(child), Edge(role, node)))
         for name, root in graph.devices.items():
             blk = Blk(f"block device '{name}'", graph.device_perm.get(name, READ))
-            stamped.append((graph.link_order.get(("device", name), 0), id(root), Edge("root", blk=blk)))
+            stamped.append((when(("device", name), 0), id(root), Edge("root", blk=blk)))
         for exp in graph.blks:
             perm = READ | (WRITE if getattr(exp, "writable", False) else 0)
             edge = Edge("root", blk=Blk(UNNAMED, perm, EXPORT_SHARED))
-            stamped.append((graph.link_order.get(("blk", id(exp)), 0), id(exp.node), edge))
+            stamped.append((when(("blk", id(exp)), 0), id(exp.node), edge))
         for name in graph.job_held:  # the backup job's 'main node' link: it takes nothing, shares all
             node = graph.nodes.get(name)
             if node is not None:
                 stamped.append((0, id(node), Edge("main node", blk=Blk("a block job", 0))))
-        stamped.sort(key=lambda item: -item[0])
+        stamped.sort(key=_newest_first, reverse=True)  # (a stable sort: equal stamps keep their order)
+        parents = self.parents
         for _, child_id, edge in stamped:
-            self.parents.setdefault(child_id, []).append(edge)
+            got = parents.get(child_id)
+            if got is None:
+                parents[child_id] = [edge]
+            else:
+                got.append(edge)
 
     # -- changes (each new link is the newest parent of its child) -------------------------
     def attach(self, parent: BlockNode, role: str, child: BlockNode) -> None:
@@ -192,26 +203,38 @@ class PermView:
         return got
 
     def topological(self, *starts: BlockNode) -> list[BlockNode]:
-        """bdrv_topological_dfs from each start in turn (later starts' nodes come first)."""
-        order: list[BlockNode] = []
+        """bdrv_topological_dfs from each start in turn (later starts' nodes come first): QEMU prepends
+        each node to the list once its children are done, so the list is the post-order reversed."""
+        post: list[BlockNode] = []
         found: set[int] = set()
-
-        def dfs(node: BlockNode) -> list[BlockNode]:
-            if id(node) in found:
-                return []
-            found.add(id(node))
-            below: list[BlockNode] = []
-            for _, child in self.children.get(id(node), []):
-                below = dfs(child) + below
-            return [node] + below
-
+        children = self.children
         for start in starts:
-            order = dfs(start) + order
-        return order
+            if id(start) in found:
+                continue
+            found.add(id(start))
+            stack = [(start, iter(children.get(id(start), ())))]  # the walk's path: each node, its next links
+            while stack:
+                node, links = stack[-1]
+                for _, child in links:
+                    if id(child) not in found:  # go down to the first child not seen yet
+                        found.add(id(child))
+                        stack.append((child, iter(children.get(id(child), ()))))
+                        break
+                else:  # every child done: the node is
+                    stack.pop()
+                    post.append(node)
+        post.reverse()
+        return post
 
     def conflict(self, node: BlockNode) -> str | None:
         """bdrv_parent_perms_conflict, then bdrv_node_refresh_perm's read-only check."""
         edges = self.parents.get(id(node), [])
+        if len(edges) < 2 and not node.read_only:
+            return None  # no pair of parents to conflict, no read-only check: nothing to compute
+        return self.conflict_general(node, edges)
+
+    def conflict_general(self, node: BlockNode, edges: list[Edge]) -> str | None:
+        """:meth:`conflict` over every ordered pair of ``edges`` (``node``'s parents), perms computed."""
         perms = [self.edge_perms(node, edge) for edge in edges]
         name = node.node_name
         for a, (_, a_shared) in zip(edges, perms):
@@ -225,11 +248,15 @@ class PermView:
         return None
 
     def first_error(self, *starts: BlockNode) -> str | None:
-        """The first conflict below ``starts`` in QEMU's order, or None."""
+        """The first conflict below ``starts`` in QEMU's order, or None (:meth:`conflict` of each node, its
+        shortcut written out: a node with no parents, or one parent and not read-only, has nothing to check)."""
+        parents = self.parents
         for node in self.topological(*starts):
-            text = self.conflict(node)
-            if text is not None:
-                return text
+            edges = parents.get(id(node))
+            if edges and (len(edges) > 1 or node.read_only):
+                text = self.conflict_general(node, edges)
+                if text is not None:
+                    return text
         return None
 
     def check(self, *starts: BlockNode, prefix: str = "") -> None:

@@ -60,8 +60,10 @@ whole bitmap once per call, not once per task).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -69,7 +71,7 @@ import numpy as np
 from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
 from ..block.blkdebug import BlockIOError
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
-from ..block.node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode
+from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
 
 MAX_BUFFER = 1 << 20  # BLOCK_COPY_MAX_BUFFER
 SLICE_NS = 100_000_000  # BLOCK_COPY_SLICE_TIME
@@ -82,6 +84,8 @@ BULK = True  # False: always the per-task path (tests compare the two)
 ZERO_RUN, DATA_RUN, ONE_CLUSTER = 0, 1, 2  # cluster kinds (BlockCopy.classify)
 BULK_MAX_TASKS = 1 << 20  # tasks one batch may hold (bounds its memory)
 FEW_RUNS = 16  # dirty runs a plan finds with bitarray's searches before it turns to numpy
+FEW_TASKS = 128  # tasks a plan cuts in plain ints (more: numpy, faster past about this many)
+PLAN_FEW = True  # False: plans always vectorised (tests compare the two)
 # Drivers whose batched I/O is exactly their one-by-one I/O (exact types, not subclasses).
 BULK_DRIVERS = (NullNode, FileNode, RawNode, Qcow2Node)
 
@@ -255,18 +259,10 @@ class BlockCopy:
         (``ONE_CLUSTER``: an extent shorter than the job's cluster). An extent reaching ``end`` covers
         the last cluster too (QEMU aligns up at the end of the disk) if it reaches a cluster further
         from the start of its first cluster (a task starting in a partial last cluster copies it as data)."""
-        cs = self.cluster_size
         s, e, zero = self.source.copy_status(start, end - start)
-        a = -(-s // cs)  # the clusters whose start lies in each extent: a .. ceil(e / cs) - 1
-        b = np.where((e >= end) & (e - a * cs >= cs), -(-e // cs), e // cs)  # those it covers whole: a .. b - 1
-        covered = b > a
-        short = (b < -(-e // cs)) & (b >= a)  # the extent ends inside cluster b, which starts in it
-        # Each extent gives its covered run, then its short cluster: interleaved, they are in order.
-        keep = np.column_stack((covered, short)).ravel()
-        k0 = np.column_stack((a, b)).ravel()[keep]
-        k1 = np.column_stack((b, b + 1)).ravel()[keep]
-        kind = np.column_stack((np.where(zero, ZERO_RUN, DATA_RUN), np.full(a.size, ONE_CLUSTER))).ravel()[keep]
-        return k0, k1, kind
+        if s.size <= FEW_EXTENTS:
+            return kinds_few(s.tolist(), e.tolist(), zero.tolist(), end, self.cluster_size)
+        return kinds(s, e, zero, end, self.cluster_size)
 
     def reset_unallocated(self) -> None:
         """sync=top: clusters the source's top layer does not allocate need no copy."""
@@ -565,6 +561,10 @@ class BlockCopy:
         # Cut the runs where the source's block status answers end (classify: whole clusters).
         lo, hi = int(rs[0]) * cs, min(int(re[-1]) * cs, self.len)
         k0, _, kind = self.classify(lo, hi)
+        if PLAN_FEW and rs.size <= FEW_RUNS and k0.size <= 2 * FEW_EXTENTS:
+            segments = _segments_few(rs.tolist(), re.tolist(), k0.tolist(), kind.tolist())
+            if sum(-(-(e - s) // chunk) for s, e, _ in segments) <= FEW_TASKS:
+                return self._plan_few(segments, zeroes_only, now, horizon, workers, chunk, want)
         seg_s, seg_e = rs, re
         bounds = k0[1:]
         if bounds.size:
@@ -622,6 +622,49 @@ class BlockCopy:
             end = int(wave_start[-1] + dur[firsts[nwaves - 1] : n].max())
         nclusters = int((t_e[:n] - t_s[:n]).sum())
         return t_s[:n] * cs, nbytes[:n], zero[:n], nclusters, wave_start, end
+
+    def _plan_few(self, segments: list[tuple[int, int, bool]], zeroes_only: bool, now: int, horizon: int,
+                  workers: int, chunk: int, want: int) -> tuple | None:
+        """:meth:`_plan` from its segments (clusters ``[s, e)``, data or not) on, in plain ints, for a plan of
+        at most ``FEW_TASKS`` tasks (numpy's cost per call dwarfs the work then)."""
+        cs, size = self.cluster_size, self.len
+        t_s: list[int] = []
+        t_e: list[int] = []
+        zero: list[bool] = []
+        for s, e, data in segments:  # chunks of at most `chunk` clusters from the start of each segment
+            starts = range(s, e, chunk)
+            t_s += starts
+            t_e += starts[1:]
+            t_e.append(e)
+            zero += [not data] * len(starts)
+        if size % cs and size // cs in t_s:  # a task starting in the partial last cluster is data (classify)
+            zero[t_s.index(size // cs)] = False
+        if zeroes_only:
+            stop = zero.index(False) if False in zero else len(zero)
+            if stop < len(zero) or self.bitmap.bits.find(1, t_e[stop - 1] if stop else 0) >= 0:
+                stop = stop // workers * workers  # whole waves only (see _plan)
+            if stop == 0:
+                return None
+            t_s, t_e, zero = t_s[:stop], t_e[:stop], zero[:stop]
+        if all(zero):
+            dur = [LATENCY_NS] * len(zero)
+        else:
+            dur = [LATENCY_NS if z else io_time_ns(min(e * cs, size) - s * cs, True) for s, e, z in zip(t_s, t_e, zero)]
+        if len(dur) <= workers:  # a single wave
+            n = min(len(dur), want)
+            wave_start = [now]
+            end = now + max(dur[:n])
+        else:
+            firsts = range(0, len(dur), workers)
+            wave_end = list(accumulate((-(-sum(dur[f:f + workers]) // workers) for f in firsts), initial=now))[1:]
+            nwaves = max(1, bisect_right(wave_end, horizon))
+            n = min(len(dur), nwaves * workers, want)
+            nwaves = -(-n // workers)
+            wave_start = [now] + wave_end[: nwaves - 1]
+            end = wave_start[-1] + max(dur[firsts[nwaves - 1]:n])
+        nclusters = sum(t_e[:n]) - sum(t_s[:n])
+        return (np.array(t_s[:n], dtype=np.int64) * cs, (np.array(t_e[:n], dtype=np.int64) - t_s[:n]) * cs,
+                np.array(zero[:n], dtype=bool), nclusters, np.array(wave_start, dtype=np.int64), end)
 
     def _dirty_runs(self, first: int, max_runs: int, max_clusters: int) -> tuple[np.ndarray, np.ndarray]:
         """Runs of set bits from bit ``first`` on, [starts, ends), enough for ``max_runs`` runs or
@@ -690,6 +733,14 @@ class BlockCopy:
         target = self.target
         if type(target) is not Qcow2Node or not zero.any():
             return True
+        _, run_v = target.image.data.runs()
+        if run_v.size <= FEW_EXTENTS and all(v in (UNALLOCATED, ZERO) for v in run_v.tolist()):
+            return True  # no cluster anywhere holds something (a new target)
+        return self._zeroes_keep_allocation_general(offsets, nbytes, zero)
+
+    def _zeroes_keep_allocation_general(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> bool:
+        """:meth:`_zeroes_keep_allocation` over the clusters the zero writes reach."""
+        target = self.target
         cs, size = target.image.cluster_size, target.size
         off = offsets[zero]
         end = off + nbytes[zero]
@@ -762,6 +813,24 @@ class BlockCopy:
         self._schedule(call, batch.part(i0, i1, batch.wave_start[w : w + 1], batch.wave_end(w)))
 
 
+def _segments_few(rs: list[int], re: list[int], k0: list[int], kind: list[int]) -> list[tuple[int, int, bool]]:
+    """The dirty runs ``[rs, re)`` cut where classify's runs (starting at ``k0``, of ``kind``) start inside
+    them: segments ``(start, end, data)`` (:meth:`BlockCopy._plan`'s vectorised cut, in plain ints)."""
+    cuts = []
+    for b in k0[1:]:
+        r = max(bisect_right(rs, b) - 1, 0)
+        if rs[r] < b < re[r]:
+            cuts.append(b)
+    seg_s = sorted(rs + cuts) if cuts else rs
+    out = []
+    for i, s in enumerate(seg_s):
+        e = re[bisect_right(rs, s) - 1]
+        if cuts and i + 1 < len(seg_s):
+            e = min(seg_s[i + 1], e)
+        out.append((s, e, kind[bisect_right(k0, s) - 1] != ZERO_RUN))
+    return out
+
+
 def _plain(node: BlockNode) -> bool:
     """A node tree of drivers whose batched I/O is exact (no blkdebug anywhere)."""
     if type(node) not in BULK_DRIVERS:
@@ -820,3 +889,38 @@ def _zeroes_never_yield(node: BlockNode) -> bool:
 
 def _immediately(task: Task) -> bool:
     return task.error is not None and task.error.immediately
+
+
+def kinds(s: np.ndarray, e: np.ndarray, zero: np.ndarray, end: int, cs: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:meth:`BlockCopy.classify`'s runs ``[k0, k1)`` of clusters of size ``cs`` and their kinds, from the
+    source's status extents ``[s, e)`` (zero or not) over a range ending at ``end``."""
+    a = -(-s // cs)  # the clusters whose start lies in each extent: a .. ceil(e / cs) - 1
+    b = np.where((e >= end) & (e - a * cs >= cs), -(-e // cs), e // cs)  # those it covers whole: a .. b - 1
+    covered = b > a
+    short = (b < -(-e // cs)) & (b >= a)  # the extent ends inside cluster b, which starts in it
+    # Each extent gives its covered run, then its short cluster: interleaved, they are in order.
+    keep = np.column_stack((covered, short)).ravel()
+    k0 = np.column_stack((a, b)).ravel()[keep]
+    k1 = np.column_stack((b, b + 1)).ravel()[keep]
+    kind = np.column_stack((np.where(zero, ZERO_RUN, DATA_RUN), np.full(a.size, ONE_CLUSTER))).ravel()[keep]
+    return k0, k1, kind
+
+
+def kinds_few(s: list[int], e: list[int], zero: list[bool], end: int, cs: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`kinds` of a few status extents, in plain ints."""
+    k0, k1, kind = [], [], []
+    for start, stop, z in zip(s, e, zero):
+        a = -(-start // cs)
+        up = -(-stop // cs)
+        b = up if stop >= end and stop - a * cs >= cs else stop // cs
+        if b > a:  # the clusters it covers whole
+            k0.append(a)
+            k1.append(b)
+            kind.append(ZERO_RUN if z else DATA_RUN)
+        if a <= b < up:  # the short cluster it ends in
+            k0.append(b)
+            k1.append(b + 1)
+            kind.append(ONE_CLUSTER)
+    return np.array(k0, dtype=np.int64), np.array(k1, dtype=np.int64), np.array(kind, dtype=np.int64)
