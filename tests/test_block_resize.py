@@ -220,3 +220,40 @@ def test_random_resize_episodes_match_real_qemu():
         real = play(scenario, "qemu")
         assert real.error is None
         assert compare(scenario, real, play(scenario, "sim")) == []
+
+
+def _stored_bitmap_story(vm) -> list:
+    """An image reopened with a stored persistent bitmap (its directory ends the file, partly written),
+    resized both ways, closed, checked; a read-only node refuses."""
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "64M")
+    add = {"driver": "qcow2", "node-name": "d0", "file": {"driver": "file", "filename": "a.qcow2", "node-name": "f0"}}
+    vm.qmp("blockdev-add", add)
+    vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "p0", "persistent": True})
+    vm.qemu_io("d0", "write -P 1 0 1M")
+    vm.qmp("blockdev-del", {"node-name": "d0"})
+    vm.qmp("blockdev-add", add)
+    vm.qmp("block-dirty-bitmap-add", {"node": "f0", "name": "fb"})
+    out = [_nodes(vm)]
+    for size in (1 << 27, 1 << 25):
+        out += [_reply(vm, {"node-name": "d0", "size": size}), _nodes(vm)]
+    out.append(vm.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "d0", "name": "p0"}))
+    vm.qmp("blockdev-del", {"node-name": "d0"})
+    out += [vm.qemu_img("check", "a.qcow2"), vm.qemu_img("map", "--output=json", "a.qcow2")]
+    info = json.loads(vm.qemu_img("info", "--output=json", "a.qcow2"))
+    out.append({k: v for k, v in info.items() if k not in ("actual-size", "filename")})
+    vm.qmp("blockdev-add", {**add, "read-only": True})
+    out.append(_reply(vm, {"node-name": "d0", "size": 1 << 26}))
+    return out
+
+
+def test_a_reopened_image_with_a_stored_bitmap():
+    got = _stored_bitmap_story(Machine())
+    assert got[0]["f0"] == (1507840, [("fb", 0)])  # 23 clusters and the bitmap directory's bytes
+    assert got[-1] == {"class": "GenericError", "desc": "Image is read-only"}
+
+
+@pytest.mark.qemu
+def test_a_reopened_image_with_a_stored_bitmap_matches_qemu_storage_daemon():
+    with Machine(backend="qemu", daemon="qsd") as real:
+        want = _stored_bitmap_story(real)
+    assert _stored_bitmap_story(Machine()) == want
