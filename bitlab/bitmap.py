@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from bitarray import bitarray
 
+from .errors import generic
+
 MAX_NAME_SIZE = 1023  # BDRV_BITMAP_MAX_NAME_SIZE
 
 
@@ -59,6 +61,22 @@ def range_mask(nbits: int, first: np.ndarray, last: np.ndarray) -> np.ndarray:
     diff[starts] = 1
     diff[ends + 1] = -1
     return np.cumsum(diff[:nbits], dtype=np.int8).view(bool)
+
+
+# bdrv_dirty_bitmap_check flags
+BUSY, RO, INCONSISTENT = 1, 2, 4
+DEFAULT = BUSY | RO | INCONSISTENT
+ALLOW_RO = BUSY | INCONSISTENT
+
+
+def check_bitmap(bm: DirtyBitmap, flags: int) -> None:
+    """bdrv_dirty_bitmap_check: the first failing condition wins (QMPError with QEMU's text)."""
+    if flags & BUSY and bm.busy:
+        raise generic(f"Bitmap '{bm.name}' is currently in use by another operation and cannot be used")
+    if flags & RO and bm.readonly:
+        raise generic(f"Bitmap '{bm.name}' is readonly and cannot be modified")
+    if flags & INCONSISTENT and bm.inconsistent:
+        raise generic(f"Bitmap '{bm.name}' is inconsistent and cannot be used")
 
 
 @dataclass(eq=False)

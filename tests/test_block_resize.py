@@ -257,3 +257,35 @@ def test_a_reopened_image_with_a_stored_bitmap_matches_qemu_storage_daemon():
     with Machine(backend="qemu", daemon="qsd") as real:
         want = _stored_bitmap_story(real)
     assert _stored_bitmap_story(Machine()) == want
+
+
+def _inconsistent_story(vm) -> list:
+    """Stored bitmaps left in use by a kill come back inconsistent: a qcow2 resize checks each stored
+    bitmap in the directory's order (qcow2_truncate_bitmaps_check) until they are removed."""
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "64M")
+    add = {"driver": "qcow2", "node-name": "d0", "file": {"driver": "file", "filename": "a.qcow2"}}
+    vm.qmp("blockdev-add", add)
+    vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "p0", "persistent": True})
+    vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "p1", "persistent": True, "disabled": True})
+    vm.qmp("blockdev-del", {"node-name": "d0"})
+    vm.qmp("blockdev-add", add)
+    vm.restart(clean=False)
+    vm.qmp("blockdev-add", add)
+    out = [_reply(vm, {"node-name": "d0", "size": 1 << 27})]
+    for name in ("p0", "p1"):
+        vm.qmp("block-dirty-bitmap-remove", {"node": "d0", "name": name})
+        out.append(_reply(vm, {"node-name": "d0", "size": 1 << 27}))
+    return out
+
+
+def test_inconsistent_stored_bitmaps_block_a_resize():
+    assert _inconsistent_story(Machine()) == [
+        {"class": "GenericError", "desc": "Bitmap 'p1' is inconsistent and cannot be used"},
+        {"class": "GenericError", "desc": "Bitmap 'p1' is inconsistent and cannot be used"}, {}]
+
+
+@pytest.mark.qemu
+def test_inconsistent_stored_bitmaps_match_qemu_storage_daemon():
+    with Machine(backend="qemu", daemon="qsd") as real:
+        want = _inconsistent_story(real)
+    assert _inconsistent_story(Machine()) == want

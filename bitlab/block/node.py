@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..bitmap import DirtyBitmap, merge_ranges
+from ..bitmap import DEFAULT, DirtyBitmap, check_bitmap, merge_ranges
 from ..errors import generic
 from ..qmp_order import wire_order
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
@@ -834,6 +834,11 @@ class Qcow2Node(FormatNode):
         if size % 512:
             raise generic("The new size must be a multiple of 512")
         image, cs = self.image, self.image.cluster_size
+        for stored in image.bitmaps:  # qcow2_truncate_bitmaps_check, in the bitmap directory's order
+            loaded = next((bm for bm in self.bitmaps if bm.name == stored.name), None)
+            if loaded is None:
+                raise generic("Cannot resize qcow2 with persistent bitmaps that were not loaded")
+            check_bitmap(loaded, DEFAULT)
         old = image.size
         layout = image.layout
         with self._file_sees() as listen:

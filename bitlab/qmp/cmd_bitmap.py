@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bitmap import MAX_NAME_SIZE, DirtyBitmap
+from ..bitmap import ALLOW_RO, BUSY, DEFAULT, MAX_NAME_SIZE, RO, DirtyBitmap, check_bitmap
 from ..errors import generic
 from .commands import TABLE
 from .types import (
@@ -14,23 +14,8 @@ from .types import (
     BlockDirtyBitmapSha256,
 )
 
-# bdrv_dirty_bitmap_check flags
-BUSY, RO, INCONSISTENT = 1, 2, 4
-DEFAULT = BUSY | RO | INCONSISTENT
-ALLOW_RO = BUSY | INCONSISTENT
-
 QCOW2_MAX_BITMAPS = 65535
 BME_MAX_PHYS_SIZE = 64 << 20  # a stored bitmap's data may not exceed 64 MiB
-
-
-def check_bitmap(bm: DirtyBitmap, flags: int) -> None:
-    """bdrv_dirty_bitmap_check: the first failing condition wins."""
-    if flags & BUSY and bm.busy:
-        raise generic(f"Bitmap '{bm.name}' is currently in use by another operation and cannot be used")
-    if flags & RO and bm.readonly:
-        raise generic(f"Bitmap '{bm.name}' is readonly and cannot be modified")
-    if flags & INCONSISTENT and bm.inconsistent:
-        raise generic(f"Bitmap '{bm.name}' is inconsistent and cannot be used")
 
 
 def default_granularity(node: Any) -> int:
