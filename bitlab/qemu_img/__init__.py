@@ -16,9 +16,10 @@ from .image import INT64_MAX, QCOW2_MAX_L1_ENTRIES, SIZE_HELP, check, create, in
 from .layers import content as read_chain
 from .mapping import img_map
 from .rebase import img_rebase
+from .resize import img_resize
 
 COMMANDS = {"create": create, "info": info, "check": check, "compare": img_compare, "map": img_map,
-            "rebase": img_rebase, "commit": img_commit, "convert": img_convert}
+            "rebase": img_rebase, "commit": img_commit, "convert": img_convert, "resize": img_resize}
 
 
 def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> str:
@@ -33,4 +34,4 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
 
 __all__ = ["QemuImgError", "KeyFn", "Layer", "open_chain", "read_chain",
            "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
-           "img_commit", "img_convert", "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]
+           "img_commit", "img_convert", "img_resize", "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]
