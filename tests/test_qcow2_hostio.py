@@ -220,6 +220,61 @@ def test_random_zero_writes_dirty_what_real_qemu_does(seed):
     assert guest_writes(Machine(), commands) == want
 
 
+def small_cluster_writes(vm: Machine, cluster_size: int, commands: list[str]) -> list[list[tuple[str, int, str]]]:
+    """A 64 MiB image of small clusters (a refcount block covers 8 MiB of file at 4 KiB, 128 KiB at 512 bytes),
+    opened with discard=unmap over a file node with a 512-byte bitmap; qemu-io commands ("clear": the bitmap
+    cleared); the bitmap after each flush."""
+    vm.qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster_size}", "a.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "discard": "unmap",
+                            "file": {"driver": "file", "filename": "a.qcow2", "node-name": "f"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "f", "name": "b", "granularity": 512})
+    out = []
+    for command in commands:
+        if command == "clear":
+            vm.qmp("block-dirty-bitmap-clear", {"node": "f", "name": "b"})
+        else:
+            vm.qemu_io("n", command)
+        if command == "flush":
+            out.append(file_bitmaps(vm))
+    return out
+
+
+def test_a_new_refcount_block_writes_its_refcount_table_entry():
+    # 9 MiB of data in one request at 4 KiB clusters: the second refcount block, hooked up in the refcount
+    # table (8 bytes, a sector of the file's second cluster), then the flush
+    got = small_cluster_writes(Machine(), 4096, ["write -P 1 0 9M", "flush", "clear", "write -z 0 9M", "flush"])
+    assert got == [[("b", 9466880, "a0b522d88da9b84ce606fe9a5844b5ec3bc2f3f6eb81abdeccec50bc1bf7241e")],
+                   [("b", 20480, "d3b3abc91819911c92b5fc230cf2fe9414f47336666ec6420f43415ab772eac3")]]
+
+
+def random_small_cluster_commands(seed: int) -> tuple[int, list[str]]:
+    """A cluster size (4 KiB or 512 bytes) and qemu-io commands for :func:`small_cluster_writes`: writes, zero
+    writes and discards over four L2 tables' worth of clusters, some of them long enough to need new
+    refcount blocks; a flush and the bitmap cleared halfway."""
+    rng = random.Random(seed)
+    cs = rng.choice([4096, 512])
+    span = cs // 8 * cs  # (bytes an L2 table maps)
+    out = []
+    n = rng.randint(4, 16)
+    for i in range(n):
+        if i == n // 2:
+            out += ["flush", "clear"]
+        kind = rng.choices(["write -P 7", "write -z", "write -z -u", "discard", "flush"], [4, 4, 2, 2, 1])[0]
+        offset = rng.randint(0, 3) * span + rng.randint(0, 40) * (cs // 2)
+        length = rng.randint(1, 30) * (cs // 2) if rng.random() < 0.7 else rng.randint(1, 3) * span
+        out.append(kind if kind == "flush" else f"{kind} {offset} {length}")
+    return cs, out + ["flush"]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("seed", range(40))
+def test_random_small_cluster_writes_match_real_qemu(seed):
+    cs, commands = random_small_cluster_commands(seed)
+    with Machine(backend="qemu") as real:
+        want = small_cluster_writes(real, cs, commands)
+    assert small_cluster_writes(Machine(), cs, commands) == want
+
+
 def closed_over_file_node(vm: Machine) -> list[tuple[str, int, str]]:
     """blockdev-del of a qcow2 node over a file node of its own: closing flushes the caches."""
     vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "64M")

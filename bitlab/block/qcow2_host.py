@@ -247,9 +247,18 @@ class HostLayout:
             fs, fe = self._free_runs()
             i = int(np.searchsorted(fe, end, "right"))
             pos = max(int(fs[i]), end)
-            self.refblock_hosts.append(pos)
+            self._hook_refblock(pos)
             self._take(pos, 1)
             self.refblocks += 1
+
+    def _hook_refblock(self, host: int) -> None:
+        """A new refcount block at host cluster ``host``: alloc_refcount_block writes its refcount table
+        entry (8 bytes, at once; the refcount table is the file's second cluster and, not growing here,
+        holds a cluster's worth of entries)."""
+        index = len(self.refblock_hosts)
+        self.refblock_hosts.append(host)
+        if index < self.cs // 8:
+            self._write(np.array([self.cs + 8 * index]), np.array([8]))
 
     def alloc(self, n: int) -> int:
         """alloc_clusters_noref: the first ``n`` free clusters in a row from free_cluster_index."""
@@ -279,7 +288,7 @@ class HostLayout:
             at = max(int(fs[j]), self.fci)
             if pos <= at < covered:
                 at = covered
-            self.refblock_hosts.append(at)
+            self._hook_refblock(at)
             self._take(at, 1)
             self.refblocks += 1
             self.fci = min(at + 1, pos) if covered > pos else at + 1
@@ -855,7 +864,7 @@ class HostLayout:
             np.add.at(shift, np.array(after, dtype=np.int64) + 1, 1)
             host = host + np.cumsum(shift)[:n]
             for j, i in enumerate(after):  # each new block right after its allocation (and the blocks before)
-                self.refblock_hosts.append(int(host[i] + counts[i]) + after[:j].count(i))
+                self._hook_refblock(int(host[i] + counts[i]) + after[:j].count(i))
         end = int(host[-1] + counts[-1]) + after.count(n - 1)
         if not second.any():
             empty = np.zeros(0, dtype=np.int64)
