@@ -323,19 +323,30 @@ class BlockCopy:
             self._wait_in_flight(call, start, end)
         pos = start
         error = None
+        reading: list[Task] = []  # data tasks whose read yields: they write after the loop, in order
+        read_at_once = _never_yields(self.source)
         while pos < end:
             task = self._next_task(pos, end - pos)
             if task is None or task.offset >= end:
                 break
             task.nbytes = min(task.nbytes, end - task.offset)
             self._begin(task)
-            if not self._finish(task) and error is None:
-                # The range's tasks all start before the first one ends (one worker each), so the
-                # others still complete; only a read failing at once stops the loop before the next.
-                error = task.error
-                if task.error_is_read and _immediately(task):
-                    break
+            # The range's tasks all start before the first one ends (a worker each): a zero task's
+            # write and a read are issued as its task starts, a data task writes once its read is
+            # back (at once from a source that never yields, else after every task has started).
+            # Only a request failing without yielding (blkdebug's ``immediately``) stops the loop
+            # before the next task (aio_task_pool_status).
+            if task.zero or read_at_once or task.error is not None:
+                if not self._finish(task) and error is None:
+                    error = task.error
+                    if _immediately(task):
+                        break
+            else:
+                reading.append(task)
             pos = task.offset + task.nbytes
+        for task in reading:
+            if not self._finish(task) and error is None:
+                error = task.error
         if error is not None:
             raise error
 
@@ -885,6 +896,15 @@ def _zeroes_never_yield(node: BlockNode) -> bool:
         inner = node.child("image")
         return not node.options.get("inject-error") and inner is not None and _zeroes_never_yield(inner)
     return False
+
+
+def _never_yields(node: BlockNode) -> bool:
+    """Whether a request that succeeds completes without yielding: null-co without latency-ns, and raw
+    or blkdebug over such a node (blkdebug yields only for a request it fails)."""
+    if type(node) is NullNode:
+        return not node.options.get("latency-ns")
+    below = node.file if type(node) is RawNode else node.child("image") if node.driver == "blkdebug" else None
+    return below is not None and _never_yields(below)
 
 
 def _immediately(task: Task) -> bool:
