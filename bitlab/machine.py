@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import marshal
 import os
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from .bitmap import DirtyBitmap
 from .block.export import BlockExports
 from .block.graph import BlockGraph
 from .block.node import BlockNode
-from .block.store import ImageStore
+from .block.store import ImageFile, ImageStore
 from .clock import DEFAULT_START_NS, SimClock
 from .content import Content
 from .errors import QMPError, generic
@@ -28,7 +27,6 @@ from .qemu_img import Layer, read_chain
 from .qmp import TABLE
 from .qmp.qapi import wire_order
 from .qmp.qemu_io import parse_qemu_io
-from .qmp_order import wire_member_order
 from .sim import Scheduler
 from .units import parse_size
 
@@ -52,6 +50,16 @@ def _opt_str(value: object) -> str:
 
 # Where the simulated machine's files appear to live (absolute paths must be inside).
 DEFAULT_WORKDIR = "/var/lib/bitlab"
+
+
+def _frozen(image: ImageFile) -> ImageFile:
+    """A copy of an image file to read its content from later: its runs copied, nothing rebuilt (no host
+    layout, no locks: a reader needs neither)."""
+    frozen = copy.copy(image)
+    object.__setattr__(frozen, "data", image.data.copy())
+    object.__setattr__(frozen, "_layout", None)
+    object.__setattr__(frozen, "lockers", [])
+    return frozen
 
 
 class Machine(GuestIO, Monitor):
@@ -113,10 +121,10 @@ class Machine(GuestIO, Monitor):
 
     def emit(self, event: str, data: dict | None = None) -> dict:
         """Record a QMP event stamped with the simulated clock."""
-        parts = {"event": event, "timestamp": wire_order(self.clock.timestamp())}
+        micros = self.clock.now_ns // 1000  # (the timestamp's members are in wire order already)
+        msg = {"timestamp": {"seconds": micros // 1_000_000, "microseconds": micros % 1_000_000}, "event": event}
         if data is not None:
-            parts["data"] = wire_order(data)
-        msg = {key: parts[key] for key in wire_member_order(tuple(parts))}
+            msg["data"] = wire_order(data)
         self.events.append(msg)
         self.transcript.append({"kind": "event", "message": msg})
         for listener in list(self.listeners):
@@ -312,8 +320,7 @@ class Machine(GuestIO, Monitor):
             content = Content.from_runs(node.size, *node.read_extents(0, node.size))
             return lambda: content
         chain = _qemu_img.open_chain(self.images, self.graph.store_key, file, lock=None)
-        frozen = [Layer(layer.name, dataclasses.replace(layer.image, data=layer.image.data.copy()))
-                  for layer in chain]
+        frozen = [Layer(layer.name, _frozen(layer.image)) for layer in chain]
         return lambda: Content.from_runs(frozen[0].size, *read_chain(frozen, 0, frozen[0].size))
 
     # -- images -------------------------------------------------------------------
