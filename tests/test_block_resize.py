@@ -289,3 +289,36 @@ def test_inconsistent_stored_bitmaps_match_qemu_storage_daemon():
     with Machine(backend="qemu", daemon="qsd") as real:
         want = _inconsistent_story(real)
     assert _inconsistent_story(Machine()) == want
+
+
+def _backing_story(vm, wait) -> list:
+    """A node that is another's backing file is op-blocked (bdrv_backing_attach): an overlay's base, and
+    the source of a drive-backup sync=none (the new target's backing), until the job is gone."""
+    vm.qemu_img("create", "-f", "qcow2", "base.qcow2", "8M")
+    vm.qemu_img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "ov.qcow2", "8M")
+    vm.qemu_img("create", "-f", "qcow2", "d0.qcow2", "8M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "base",
+                            "file": {"driver": "file", "filename": "base.qcow2"}})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "ov", "backing": "base",
+                            "file": {"driver": "file", "filename": "ov.qcow2"}})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "d0", "file": {"driver": "file", "filename": "d0.qcow2"}})
+    out = [_reply(vm, {"node-name": "base", "size": 1 << 24}), _reply(vm, {"node-name": "ov", "size": 1 << 24})]
+    vm.qmp("drive-backup", {"job-id": "j", "device": "d0", "sync": "none", "target": "t.qcow2", "format": "qcow2"})
+    out.append(_reply(vm, {"node-name": "d0", "size": 1 << 24}))
+    vm.qmp("block-job-cancel", {"device": "j"})
+    wait()
+    return out + [_reply(vm, {"node-name": "d0", "size": 1 << 24})]
+
+
+def test_a_backing_node_is_in_use():
+    sim = Machine()
+    in_use = {"class": "GenericError", "desc": "Device '(null)' is in use"}
+    assert _backing_story(sim, sim.run) == [in_use, {}, in_use, {}]
+
+
+@pytest.mark.qemu
+def test_a_backing_node_is_in_use_on_qemu_storage_daemon():
+    with Machine(backend="qemu", daemon="qsd") as real:
+        want = _backing_story(real, lambda: time.sleep(0.3))
+    sim = Machine()
+    assert _backing_story(sim, sim.run) == want

@@ -34,7 +34,10 @@ def qmp_block_resize(vm: Any, args: dict) -> None:
         raise generic(f"Cannot find device='{device or ''}' nor node-name='{name or ''}'")
     if args["size"] < 0:
         raise generic("Parameter 'size' expects a >0 size")
-    if node.job_blocker:  # a backup's filter and target, until the job is cleaned up (its source is not)
+    # op blockers: a backup's filter and target until the job is cleaned up (not its source), and any
+    # node that is another's backing file (bdrv_backing_attach): a drive-backup sync=none target's source
+    if node.job_blocker or any(role == "backing" and child is node
+                               for parent in vm.graph.nodes.values() for role, child in parent.children):
         raise generic(f"Device '{device if device is not None else '(null)'}' is in use")
     perms.check_blk(vm.graph, node, perms.RESIZE)
     node.resize(args["size"])
