@@ -9,6 +9,7 @@ import time
 import pytest
 
 from bitlab import Machine
+from tests.both import on_both
 
 
 def _nodes(vm) -> dict:
@@ -88,9 +89,8 @@ def test_bitmap_sha256_after_resizing():
 
 @pytest.mark.qemu
 def test_resizing_matches_qemu_storage_daemon():
-    with Machine(backend="qemu", daemon="qsd") as real:
-        want = _qsd_story(real)
-    assert _qsd_story(Machine()) == want
+    want, got = on_both(_qsd_story)
+    assert got == want
 
 
 def _busy_story(vm, wait) -> list:
@@ -149,10 +149,8 @@ def test_a_job_keeps_its_nodes_from_resizing():
 
 @pytest.mark.qemu
 def test_jobs_exports_overlays_and_l1_growth_match_the_system_emulator():
-    with Machine(backend="qemu", daemon="system") as real:
-        want = _busy_story(real, lambda: time.sleep(0.2))
-    sim = Machine()
-    assert _busy_story(sim, lambda: sim.run(until=sim.now + 0.2)) == want
+    want, got = on_both(_busy_story, "system", lambda: time.sleep(0.2))
+    assert got == want
 
 
 def _filter_story(vm) -> list:
@@ -184,9 +182,8 @@ def test_filters_pass_it_on_and_a_new_l1_table_ends_the_file():
 
 @pytest.mark.qemu
 def test_filters_match_the_system_emulator():
-    with Machine(backend="qemu", daemon="system") as real:
-        want = _filter_story(real)
-    assert _filter_story(Machine()) == want
+    want, got = on_both(_filter_story, "system")
+    assert got == want
 
 
 def _resize_scenarios(count: int) -> list[dict]:
@@ -254,9 +251,8 @@ def test_a_reopened_image_with_a_stored_bitmap():
 
 @pytest.mark.qemu
 def test_a_reopened_image_with_a_stored_bitmap_matches_qemu_storage_daemon():
-    with Machine(backend="qemu", daemon="qsd") as real:
-        want = _stored_bitmap_story(real)
-    assert _stored_bitmap_story(Machine()) == want
+    want, got = on_both(_stored_bitmap_story)
+    assert got == want
 
 
 def _inconsistent_story(vm) -> list:
@@ -286,9 +282,8 @@ def test_inconsistent_stored_bitmaps_block_a_resize():
 
 @pytest.mark.qemu
 def test_inconsistent_stored_bitmaps_match_qemu_storage_daemon():
-    with Machine(backend="qemu", daemon="qsd") as real:
-        want = _inconsistent_story(real)
-    assert _inconsistent_story(Machine()) == want
+    want, got = on_both(_inconsistent_story)
+    assert got == want
 
 
 def _backing_story(vm, wait) -> list:
@@ -318,7 +313,5 @@ def test_a_backing_node_is_in_use():
 
 @pytest.mark.qemu
 def test_a_backing_node_is_in_use_on_qemu_storage_daemon():
-    with Machine(backend="qemu", daemon="qsd") as real:
-        want = _backing_story(real, lambda: time.sleep(0.3))
-    sim = Machine()
-    assert _backing_story(sim, sim.run) == want
+    want, got = on_both(_backing_story, "qsd", lambda: time.sleep(0.3))
+    assert got == want

@@ -4,6 +4,7 @@ backup) and 219 (verbs)."""
 import pytest
 
 from bitlab import Machine, QMPError
+from tests.both import on_both
 
 G = 65536
 
@@ -181,9 +182,8 @@ def test_124_growing_before_backup():
 
 @pytest.mark.qemu
 def test_124_growing_before_backup_matches_the_system_emulator():
-    with Machine(backend="qemu", daemon="system") as real:
-        want = growing_before_backup(real)
-    assert growing_before_backup(Machine()) == want
+    want, got = on_both(growing_before_backup, "system")
+    assert got == want
 
 
 def test_124_bad_granularity_and_missing_bitmap():

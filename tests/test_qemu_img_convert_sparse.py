@@ -4,6 +4,7 @@ qemu-img 7.2 checks them."""
 import pytest
 
 from bitlab import Machine, QemuImgError
+from tests.both import on_both
 
 
 def _img(vm, *args):
@@ -44,6 +45,5 @@ def test_texts_and_a_fully_allocated_output():
 
 @pytest.mark.qemu
 def test_matches_qemu_img():
-    with Machine(backend="qemu", daemon="qsd") as real:
-        want = _story(real)
-    assert _story(Machine()) == want
+    want, got = on_both(_story)
+    assert got == want

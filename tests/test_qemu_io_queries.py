@@ -7,6 +7,7 @@ import pytest
 
 from bitlab import Machine
 from bitlab.backends.qemu import QemuDaemonError
+from tests.both import on_both
 
 TIMING = re.compile(r"^.* ops; .*\n", re.M)
 
@@ -80,9 +81,8 @@ def test_qemu_io_info_through_the_machine():
 
 @pytest.mark.qemu
 def test_every_node_kind_matches_the_system_emulator():
-    with Machine(backend="qemu", daemon="system") as real:
-        want = _outputs(real)
-    assert _outputs(Machine()) == want
+    want, got = on_both(_outputs, "system")
+    assert got == want
 
 
 def _during_backup(vm, wait) -> list:
@@ -192,9 +192,8 @@ def test_truncate_refusals_on_stderr():
 
 @pytest.mark.qemu
 def test_truncate_matches_the_system_emulator():
-    with Machine(backend="qemu", daemon="system") as real:
-        want = _truncates(real)
-    assert _truncates(Machine()) == want
+    want, got = on_both(_truncates, "system")
+    assert got == want
 
 
 def _overlay_history(vm, seed: int) -> list:
