@@ -452,6 +452,10 @@ class BlockCopy:
         call.timers.append(timer)
         call.tasks.append((timer, task))
 
+    def _zero_batch_at_once(self, offsets: np.ndarray, nbytes: np.ndarray) -> bool:
+        """:meth:`_zeroes_at_once` for every zero task of a batch (their clusters ``offsets``/``nbytes``)."""
+        return self._zeroes_at_once(Task(int(offsets[0]), int(offsets[-1] + nbytes[-1] - offsets[0]), True))
+
     def _zeroes_at_once(self, task: Task) -> bool:
         """Whether a zero task completes inside aio_task_pool_start_task, never yielding: qcow2 (v3)
         writes zeroes into its L2 table in the cache, with no I/O once the table exists, so the task
@@ -528,6 +532,11 @@ class BlockCopy:
         if plan is None:
             return False
         offsets, nbytes, zero, nclusters, wave_start, end = plan
+        if zero.all() and self._zero_batch_at_once(offsets, nbytes):
+            # zero tasks that need no I/O complete as they start and hold no worker (as on the per-task
+            # path, :meth:`_start_task`): the batch takes no time, and the data task after it starts now
+            now = self.scheduler.clock.now_ns
+            wave_start, end = np.full(wave_start.size, now, dtype=np.int64), now
         detects = self.target.zero_detected() is not None
         if not detects and not self._zeroes_keep_allocation(offsets, nbytes, zero):
             return False  # (checked before the read: this repeats at every launch)
