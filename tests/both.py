@@ -8,12 +8,15 @@ from typing import Any
 from bitlab import Machine
 
 
-def on_both(story: Callable[..., Any], daemon: str = "qsd", real_wait: Callable[[], None] | None = None
-            ) -> tuple[Any, Any]:
-    """``story(vm)`` (or ``story(vm, wait)``, given how each side lets time pass: real time for QEMU, the
-    simulated clock for bitlab) on a real ``daemon`` and on a new simulator; (real, simulated)."""
-    sim = Machine()
+def on_both(story: Callable[..., Any], daemon: str = "qsd", wait_s: float | None = None) -> tuple[Any, Any]:
+    """``story(vm)`` on a real ``daemon`` and on a new simulator; (real, simulated). With ``wait_s``,
+    ``story(vm, wait)`` where ``wait()`` lets that much time pass on each side's own clock
+    (``vm.run(until=...)``: real time for QEMU, simulated time for bitlab)."""
+    def play(vm: Machine) -> Any:
+        if wait_s is None:
+            return story(vm)
+        return story(vm, lambda: vm.run(until=vm.now + wait_s))
+
     with Machine(backend="qemu", daemon=daemon) as real:
-        want = story(real) if real_wait is None else story(real, real_wait)
-    got = story(sim) if real_wait is None else story(sim, lambda: sim.run(until=sim.now + 0.2))
-    return want, got
+        want = play(real)
+    return want, play(Machine())

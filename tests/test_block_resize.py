@@ -4,7 +4,6 @@ test_growing_before_backup."""
 
 import json
 import re
-import time
 
 import pytest
 
@@ -149,7 +148,7 @@ def test_a_job_keeps_its_nodes_from_resizing():
 
 @pytest.mark.qemu
 def test_jobs_exports_overlays_and_l1_growth_match_the_system_emulator():
-    want, got = on_both(_busy_story, "system", lambda: time.sleep(0.2))
+    want, got = on_both(_busy_story, "system", 0.2)
     assert got == want
 
 
@@ -313,5 +312,5 @@ def test_a_backing_node_is_in_use():
 
 @pytest.mark.qemu
 def test_a_backing_node_is_in_use_on_qemu_storage_daemon():
-    want, got = on_both(_backing_story, "qsd", lambda: time.sleep(0.3))
+    want, got = on_both(_backing_story, "qsd", 0.3)
     assert got == want
