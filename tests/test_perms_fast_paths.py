@@ -10,7 +10,7 @@ import pytest
 from bitlab import Machine
 from bitlab.block import perms
 from bitlab.block.node import BlockNode
-from bitlab.errors import QMPError
+from tests.graphs import random_graph
 
 
 def _general(vm: Machine, parent: BlockNode, role: str, child: BlockNode) -> str:
@@ -24,26 +24,7 @@ def test_attach_alone_is_the_general_check(seed: int) -> None:
     """Random graphs (files, qcow2 and raw over them, read-only or not, devices, blkdebug): wherever the
     fast path answers, the permission view gives the same error (or none); it answers for some."""
     rng = random.Random(seed)
-    vm = Machine()
-    for i in range(4):
-        vm.qemu_img("create", "-f", "qcow2", f"i{i}.qcow2", "64M")
-    for i in range(rng.randint(2, 7)):
-        image = f"i{rng.randrange(4)}.qcow2"
-        ro = rng.random() < 0.4
-        kind = rng.choice(["file", "qcow2", "raw", "ref", "blkdebug"])
-        file = {"driver": "file", "filename": image, "read-only": ro or rng.random() < 0.3}
-        if kind == "file":
-            opts = {**file, "node-name": f"n{i}"}
-        elif kind == "ref" and vm.graph.nodes:
-            opts = {"driver": "raw", "node-name": f"n{i}", "read-only": ro, "file": rng.choice(list(vm.graph.nodes))}
-        elif kind == "blkdebug":
-            opts = {"driver": "blkdebug", "node-name": f"n{i}", "image": file}
-        else:
-            opts = {"driver": "qcow2" if kind != "raw" else "raw", "node-name": f"n{i}", "read-only": ro, "file": file}
-        try:
-            vm.qmp("blockdev-add", opts)
-        except QMPError:
-            pass
+    vm = random_graph(rng, 7)
     vm.qmp("blockdev-add", {"driver": "file", "node-name": "loose", "filename": "i0.qcow2",
                             "read-only": rng.random() < 0.5})
     answered = 0

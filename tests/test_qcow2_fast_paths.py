@@ -52,6 +52,20 @@ def _random_writes(rng: np.random.Generator, n: int, clusters: int, cs: int, lon
     return off, ends, rng.choice(values, n)
 
 
+def _both_paths(layout: HostLayout, off: np.ndarray, ends: np.ndarray, vals: np.ndarray,
+                outcomes: list[bool]) -> HostLayout:
+    """One batch merged on a copy of ``layout`` with the small-batch fast path (whether it answered goes to
+    ``outcomes``) and on a copy without it: the two must be the same; the first is returned."""
+    fast, general = copy.deepcopy(layout), _general(layout)
+    fast._small_batch = lambda reqs, f=fast: outcomes.append(HostLayout._small_batch(f, reqs)) or outcomes[-1]
+    fast.before_merge(off, ends, vals)
+    del fast._small_batch
+    general.before_merge(off, ends, vals)
+    del general._small_batch
+    _same(fast, general)
+    return fast
+
+
 @pytest.mark.parametrize("cs", [65536, 512])
 @pytest.mark.parametrize("seed", range(30))
 def test_small_batch_is_the_general_batch(seed: int, cs: int) -> None:
@@ -75,14 +89,7 @@ def test_small_batch_is_the_general_batch(seed: int, cs: int) -> None:
         n = int(rng.integers(1, SMALL_BATCH + 1))
         off, ends, vals = _random_writes(rng, n, clusters, cs, int(rng.choice([2, 40, 130])), [1, 2, 5, 7])
         assert not layout.has_holes()
-        fast, general = copy.deepcopy(layout), _general(layout)
-        fast._small_batch = lambda reqs, f=fast: outcomes.append(HostLayout._small_batch(f, reqs)) or outcomes[-1]
-        fast.before_merge(off, ends, vals)
-        del fast._small_batch
-        general.before_merge(off, ends, vals)
-        del general._small_batch
-        _same(fast, general)
-        layout = fast
+        layout = _both_paths(layout, off, ends, vals, outcomes)
     assert outcomes.count(True) >= (4 if seed % 2 == 0 else 1)  # (the fast path was taken)
 
 
@@ -134,15 +141,8 @@ def test_zero_writes_into_an_image_hosting_nothing_are_the_general_batch(seed: i
             ends = np.minimum(ends, np.append(off[1:], clusters * cs))
             keep = np.append(True, off[1:] >= ends[:-1]) & (ends > off)
             off, ends, vals = off[keep], ends[keep], vals[keep]
-        fast, general = copy.deepcopy(layout), _general(layout)
-        fast._small_batch = lambda reqs, f=fast: outcomes.append(HostLayout._small_batch(f, reqs)) or outcomes[-1]
-        fast.before_merge(off, ends, vals)
-        del fast._small_batch
-        general.before_merge(off, ends, vals)
-        del general._small_batch
-        _same(fast, general)
+        layout = _both_paths(layout, off, ends, vals, outcomes)
         assert outcomes[-1] or not disjoint
-        layout = fast
     assert layout._flags_any()
 
 

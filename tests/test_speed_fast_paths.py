@@ -12,8 +12,8 @@ import pytest
 from bitlab import Machine
 from bitlab.block import perms
 from bitlab.block.node import BlockNode
-from bitlab.errors import QMPError
 from bitlab.jobs.block_copy import BlockCopy, kinds, kinds_few
+from tests.graphs import random_graph
 
 K = 1024
 
@@ -93,40 +93,13 @@ def test_copy_status_of_few_runs_is_the_general_answer(seed: int) -> None:
     assert answered > 0
 
 
-def _random_graph(rng: random.Random) -> Machine:
-    vm = Machine()
-    for i in range(4):
-        vm.qemu_img("create", "-f", "qcow2", f"i{i}.qcow2", "64M")
-    for i in range(rng.randint(2, 8)):
-        image = f"i{rng.randrange(4)}.qcow2"
-        ro = rng.random() < 0.4
-        kind = rng.choice(["file", "qcow2", "raw", "ref", "blkdebug"])
-        file = {"driver": "file", "filename": image, "read-only": ro or rng.random() < 0.3}
-        if kind == "file":
-            opts = {**file, "node-name": f"n{i}"}
-        elif kind == "ref" and vm.graph.nodes:
-            opts = {"driver": "raw", "node-name": f"n{i}", "read-only": ro, "file": rng.choice(list(vm.graph.nodes))}
-        elif kind == "blkdebug":
-            opts = {"driver": "blkdebug", "node-name": f"n{i}", "image": file,
-                    "take-child-perms": rng.sample(["write", "resize", "consistent-read"], rng.randint(0, 2)) or None,
-                    "unshare-child-perms": rng.sample(["write", "resize"], rng.randint(0, 1)) or None}
-            opts = {k: v for k, v in opts.items() if v is not None}
-        else:
-            opts = {"driver": "qcow2" if kind != "raw" else "raw", "node-name": f"n{i}", "read-only": ro, "file": file}
-        try:
-            vm.qmp("blockdev-add", opts)
-        except QMPError:
-            pass
-    return vm
-
-
 @pytest.mark.parametrize("seed", range(25))
 def test_conflict_of_a_node_with_one_parent_is_the_general_check(seed: int) -> None:
     """Random graphs, then random links and BlockBackends tried on a view (so that conflicts and writers
     on read-only nodes occur): every node's check is the all-pairs one, the first error below random
     starts is the first all-pairs error in topological order, and both outcomes occur."""
     rng = random.Random(seed)
-    vm = _random_graph(rng)
+    vm = random_graph(rng, 8, child_perms=True)
     nodes = list(vm.graph.nodes.values())
     view = perms.PermView(vm.graph)
     outcomes = set()
@@ -176,7 +149,7 @@ def test_topological_order_is_qemus(seed: int) -> None:
     """Random graphs with shared children (new parents linked to random nodes): the reversed post-order is
     QEMU's prepending walk, from one start or several (repeated ones included)."""
     rng = random.Random(seed)
-    vm = _random_graph(rng)
+    vm = random_graph(rng, 8, child_perms=True)
     nodes = list(vm.graph.nodes.values())
     view = perms.PermView(vm.graph)
     tops = []
