@@ -188,7 +188,7 @@ class Machine(GuestIO, Monitor):
             opts["node-name"] = node_name
         node = self.graph.open(opts)
         self.graph.devices[name] = node
-        self.graph.stamp(("device", name))
+        self.graph.new_backend(("device", name))
         return node.node_name
 
     def create_image(self, filename: str, fmt: str, size: int, backing: BlockNode | None,

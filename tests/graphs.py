@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 
 from bitlab import Machine
 from bitlab.errors import QMPError
@@ -37,3 +39,17 @@ def random_graph(rng: random.Random, most: int, child_perms: bool = False) -> Ma
         except QMPError:
             pass
     return vm
+
+
+def block_graph(vm: Machine) -> dict:
+    """``x-debug-query-block-graph`` with automatic node names' numbers left out (QEMU's counter and
+    random digits), its lists as sent."""
+    return json.loads(re.sub(r'"#block\d+"', '"#block"', json.dumps(vm.qmp("x-debug-query-block-graph"))))
+
+
+def node_edges(vm: Machine) -> list[tuple[str, str, str, list[str], list[str]]]:
+    """The graph's node-to-node links from ``x-debug-query-block-graph``: (parent, role, child, perm, shared)."""
+    graph = vm.qmp("x-debug-query-block-graph")
+    names = {node["id"]: node["name"] for node in graph["nodes"] if node["type"] == "block-driver"}
+    return [(names[e["parent"]], e["name"], names[e["child"]], e["perm"], e["shared-perm"])
+            for e in graph["edges"] if e["parent"] in names]

@@ -13,8 +13,9 @@ import contextlib
 import pytest
 
 from bitlab import Machine
-from bitlab.block import perms
 from bitlab.errors import QMPError
+
+from .graphs import block_graph, node_edges
 
 M = 1 << 20
 NBD = ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
@@ -141,16 +142,16 @@ def test_permissions_as_qemu(name, steps, last):
 def test_failed_backup_changes_nothing():
     vm = Machine()
     play(vm, [F, OV, T, NBD, export("e", "f"), export("e2", "ov")])
-    before = perms.edges(vm.graph)
+    before = node_edges(vm)
     with pytest.raises(QMPError, match="^GenericError: Could not replace node: Permission conflict"):
         vm.qmp(*backup("ov", "t", **{"filter-node-name": "cbw"}))
-    assert perms.edges(vm.graph) == before
+    assert node_edges(vm) == before
     assert [e["node-name"] for e in vm.qmp("query-block-exports")] == ["ov", "f"]
     vm.qmp("block-export-del", {"id": "e2"})
-    before = perms.edges(vm.graph)
+    before = node_edges(vm)
     with pytest.raises(QMPError, match="^GenericError: Permission conflict on node 'f'"):
         vm.qmp(*backup("ov", "t", **{"filter-node-name": "cbw"}))  # now the job's link fails
-    assert perms.edges(vm.graph) == before
+    assert node_edges(vm) == before
     assert "cbw" not in vm.graph.nodes and vm.qmp("query-block-jobs") == []
     assert vm.graph.nodes["ov"].child("backing") is vm.graph.nodes["f"]
 
@@ -181,14 +182,14 @@ RUNNING_OVERLAY_BACKUP = [
 def test_edge_permissions_as_qemu_computes_them():
     vm = Machine()
     play(vm, [F, OV, T, NBD, export("e2", "ov"), backup("ov", "t", **SLOW, **{"filter-node-name": "cbw"})])
-    assert sorted(perms.edges(vm.graph)) == sorted(RUNNING_OVERLAY_BACKUP)
+    assert sorted(node_edges(vm)) == sorted(RUNNING_OVERLAY_BACKUP)
 
 
 def test_read_only_backing_edges():
     """A read-only qcow2 reads its file and shares reads and unchanged writes; a fresh overlay takes nothing."""
     vm = Machine()
     play(vm, [qcow2("f", "a.qcow2", **{"read-only": True}), OV])
-    assert sorted(perms.edges(vm.graph)) == sorted([
+    assert sorted(node_edges(vm)) == sorted([
         ("ov", "file", "ovF", ["resize", "write", "consistent-read"], ["write-unchanged", "consistent-read"]),
         ("ov", "backing", "f", [], ["resize", "write-unchanged", "write", "consistent-read"]),
         ("f", "file", "fF", ["consistent-read"], ["write-unchanged", "consistent-read"]),
@@ -248,9 +249,18 @@ def _device_then(vm, steps: list) -> None:
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
 @pytest.mark.parametrize("name, steps, last", CASES, ids=[case[0] for case in CASES])
 def test_permissions_on_both_backends(name, steps, last, daemon):
+    """The last step's reply, and then the whole graph as x-debug-query-block-graph shows it."""
+    settle = not any(args.get("speed") for _, args in steps)  # jobs that finish: let them (a slow one runs on)
     with Machine(backend="qemu", daemon=daemon) as real:
         replies = play(real, steps)
-    assert replies == play(Machine(), steps) == ["ok"] * (len(steps) - 1) + [last]
+        if settle:
+            real.run()
+        graph = block_graph(real)
+    sim = Machine()
+    assert replies == play(sim, steps) == ["ok"] * (len(steps) - 1) + [last]
+    if settle:
+        sim.run()
+    assert graph == block_graph(sim)
 
 
 @pytest.mark.qemu

@@ -85,10 +85,10 @@ EXPORT_PREFIX = PRIVATE_PREFIX + "guest-"  # id and name of the export of a node
 BITMAP_EXPORT = PRIVATE_PREFIX + "bitmap"  # id and name of the export that dirty_bitmap reads
 BITMAP_KEY = "#bitmap"  # its key in QemuMachine._exports (no node can be named so)
 NBD_EXPORTERS = {"block-export-add", "nbd-server-add"}  # commands that need a running NBD server
-# Commands whose permission checks the backend's exports (writable, never sharing resize) would change:
-# they run with those exports out of the way, as on a QEMU without them.
+# Commands whose permission checks the backend's exports (writable, never sharing resize) would change, and
+# the graph dump that would show them: they run with those exports out of the way, as on a QEMU without them.
 PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "blockdev-mirror", "drive-mirror",
-                       "block-commit", "block-stream"}
+                       "block-commit", "block-stream", "x-debug-query-block-graph"}
 # Commands that insert a backup's filter: they run with the backend's exports of their sources out of the way
 # (bitlab's guest holds no BlockBackend; an export above the filter would make it share no writes on the source
 # already when it replaces the source, not only once the job links to it), which come back above the filter.

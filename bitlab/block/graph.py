@@ -53,11 +53,18 @@ class BlockGraph:
         # first), keyed (id(parent node), role), ("device", name) or ("blk", id(blk)); what each device takes
         self.link_order: dict[tuple, int] = {}
         self.device_perm: dict[str, int] = {}
+        self.born: dict[tuple, int] = {}  # when each BlockBackend (device or export) was made: their list order
         self._stamps = itertools.count(1)
 
     def stamp(self, key: tuple) -> None:
         """A link made (or moved) now: the newest parent of its child."""
         self.link_order[key] = next(self._stamps)
+
+    def new_backend(self, key: tuple) -> None:
+        """A BlockBackend made now (``("device", name)`` or ``("blk", id(export))``): its root link is
+        its node's newest parent, and it goes last in QEMU's list of BlockBackends."""
+        self.stamp(key)
+        self.born[key] = self.link_order[key]
 
     # -- lookups ------------------------------------------------------------------
     def lookup_bs(self, name: str) -> BlockNode:
@@ -312,7 +319,7 @@ class BlockGraph:
         for parent in list(self.nodes.values()):
             if id(parent) not in inside and any(child is old for _, child in parent.children):
                 moved += [(id(parent), role) for role, child in parent.children if child is old]
-                self._replace_child(parent, old, new)
+                self._replace_child(parent, old, new, self.link_order)
         for device, root in self.devices.items():
             if root is old:
                 self.devices[device] = new
@@ -326,11 +333,15 @@ class BlockGraph:
             self.stamp(key)
 
     @staticmethod
-    def _replace_child(parent: BlockNode, old: BlockNode, new: BlockNode) -> None:
-        count = sum(1 for _, child in parent.children if child is old)
-        parent.children = [(role, new if child is old else child) for role, child in parent.children]
-        old.parents -= count
-        new.parents += count
+    def _replace_child(parent: BlockNode, old: BlockNode, new: BlockNode, link_order: dict) -> None:
+        """A link moved to ``new`` is detached from its parent and attached again: it becomes the parent's
+        newest child (QEMU 7.2's bdrv_child_cb_detach / _attach). QEMU moves the links newest first, so
+        among several moved links of one parent the oldest ends up newest."""
+        moved = [role for role, child in parent.children if child is old]
+        moved.sort(key=lambda role: -link_order.get((id(parent), role), 0))
+        parent.children = [link for link in parent.children if link[1] is not old] + [(role, new) for role in moved]
+        old.parents -= len(moved)
+        new.parents += len(moved)
 
     def release_job_target(self, target: BlockNode) -> None:
         """A drive-backup target opened for the job goes with it."""

@@ -107,6 +107,16 @@ def _perm_set(names: list[str]) -> int:
     return perm
 
 
+def device_blk(graph: Any, name: str) -> Blk:
+    """A device's BlockBackend: reads (and what qemu-io through the monitor made it take), sharing all."""
+    return Blk(f"block device '{name}'", graph.device_perm.get(name, READ))
+
+
+def export_blk(exp: Any) -> Blk:
+    """A block export's BlockBackend: reads, writes if writable, sharing all but resize."""
+    return Blk(UNNAMED, READ | (WRITE if getattr(exp, "writable", False) else 0), EXPORT_SHARED)
+
+
 def _newest_first(item: tuple[int, int, Edge]) -> int:
     return item[0]
 
@@ -127,12 +137,9 @@ class PermView:
             for role, child in links:
                 stamped.append((when((id(node), role), 0), id(child), Edge(role, node)))
         for name, root in graph.devices.items():
-            blk = Blk(f"block device '{name}'", graph.device_perm.get(name, READ))
-            stamped.append((when(("device", name), 0), id(root), Edge("root", blk=blk)))
+            stamped.append((when(("device", name), 0), id(root), Edge("root", blk=device_blk(graph, name))))
         for exp in graph.blks:
-            perm = READ | (WRITE if getattr(exp, "writable", False) else 0)
-            edge = Edge("root", blk=Blk(UNNAMED, perm, EXPORT_SHARED))
-            stamped.append((when(("blk", id(exp)), 0), id(exp.node), edge))
+            stamped.append((when(("blk", id(exp)), 0), id(exp.node), Edge("root", blk=export_blk(exp))))
         for name in graph.job_held:  # the backup job's 'main node' link: it takes nothing, shares all
             node = graph.nodes.get(name)
             if node is not None:
@@ -177,9 +184,10 @@ class PermView:
         self.parents[id(old)] = keep
         for edge in moved:  # each goes to the head of new's list: their order reverses
             self.parents.setdefault(id(new), []).insert(0, edge)
-            if edge.parent is not None:
-                self.children[id(edge.parent)] = [(role, new if child is old and role == edge.role else child)
-                                                  for role, child in self.children[id(edge.parent)]]
+            if edge.parent is not None:  # and to the head of its parent's children (detached, attached again)
+                links = self.children[id(edge.parent)]
+                self.children[id(edge.parent)] = [(edge.role, new)] + [
+                    link for link in links if not (link[1] is old and link[0] == edge.role)]
 
     # -- permissions ------------------------------------------------------------------------
     def edge_perms(self, node: BlockNode, edge: Edge) -> tuple[int, int]:
@@ -359,14 +367,3 @@ class BackupCheck:
         self.view.add_blk(self.cbw, Blk(f"backup job '{job_id}'", 0, ALL, "main node"))
         self.view.check(self.cbw)
 
-
-def edges(graph: Any) -> list[tuple[str, str, str, list[str], list[str]]]:
-    """Every node-to-node link with its permissions, as x-debug-query-block-graph shows them:
-    (parent, role, child, perm, shared)."""
-    view = PermView(graph)
-    out = []
-    for node in graph.nodes.values():
-        for role, child in node.children:
-            perm, shared = view.edge_perms(child, Edge(role, parent=node))
-            out.append((node.node_name, role, child.node_name, qapi_perms(perm), qapi_perms(shared)))
-    return out

@@ -145,7 +145,9 @@ def parents_episode(pr: Parents, size: int = 4 * M) -> list[dict]:
         steps.append({"wait-job": {"id": jid, "status": "null"}})
         if rng.random() < 0.5:
             steps.append(_qmp("query-named-block-nodes", {"flat": True} if rng.random() < 0.4 else None))
+            steps.append(_qmp("x-debug-query-block-graph"))
     steps.append(_qmp("query-named-block-nodes"))
+    steps.append(_qmp("x-debug-query-block-graph"))
     if rng.random() < 0.5:
         steps.append(_qmp("blockdev-del", {"node-name": ov}))
     return steps

@@ -206,6 +206,7 @@ def running_scenario(seed: int, index: int = 0, size: int = 8 << 20) -> dict:
         steps += gen._OPS[rng.choices(["write", "add", "manage", "running"], weights=[30, 15, 5, 10])[0]](st, size)
     steps += running_backup(st, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    steps.append(_qmp("x-debug-query-block-graph"))
     for node in st.nodes:
         for name in sorted(st.bitmaps[node]):
             steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name}))

@@ -115,6 +115,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         if resizes.random() < RESIZE_CHANCE:
             steps += _resize(resizes, st, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    steps.append(_qmp("x-debug-query-block-graph"))
     for node in nodes:
         for name in sorted(st.bitmaps[node]):
             steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name}))

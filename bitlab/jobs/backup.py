@@ -96,6 +96,12 @@ class BackupJob(Job):
     def node_ids(self) -> set[int]:
         return {id(self.source), id(self.target), id(self.cbw)}
 
+    def block_links(self) -> list[tuple[str, Any]]:
+        """'main node' (the filter) and 'target', from creation until the job's clean drops the filter."""
+        if self.graph.nodes.get(self.cbw.node_name) is not self.cbw:
+            return []
+        return [("main node", self.cbw), ("target", self.target)]
+
     # -- speed and progress -----------------------------------------------------------
     def set_speed(self, speed: int) -> None:
         """backup_set_speed: the new speed, and the background call woken (block_copy_kick)."""

@@ -168,6 +168,11 @@ class Job:
         """The nodes the job holds (a drain of any of them pauses it)."""
         return set()
 
+    def block_links(self) -> list[tuple[str, Any]]:
+        """A block job's links to its nodes (block_job_add_bdrv), in the order it made them, while it
+        holds them."""
+        return []
+
     def drain_pause(self) -> None:
         """A drained section begins: pause now (bdrv_drained_begin polls until the job stops)."""
         if self.drain_paused or self.completed or self.deferred_to_main_loop:

@@ -1,4 +1,5 @@
-"""Block node commands: blockdev-add/-del, query-named-block-nodes, query-block."""
+"""Block node commands: blockdev-add/-del, block_resize, query-named-block-nodes, query-block,
+x-debug-query-block-graph."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from ..block import perms
 from ..block.info import block_device_info
+from ..block.xdbg import block_graph
 from ..errors import generic
 from .commands import TABLE
 from .types import BlockdevDel, BlockdevOptions, BlockResize, QueryNamedBlockNodes
@@ -56,3 +58,8 @@ def qmp_query_block(vm: Any, args: dict) -> list:
         out.append({"device": device, "locked": False, "removable": True, "inserted": block_device_info(node),
                     "type": "unknown"})
     return out
+
+
+@TABLE.command("x-debug-query-block-graph")
+def qmp_x_debug_query_block_graph(vm: Any, args: dict) -> dict:
+    return block_graph(vm.graph, reversed(vm.jobs.jobs))  # QEMU's job list is newest first

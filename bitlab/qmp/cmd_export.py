@@ -228,7 +228,7 @@ def add_export(vm: Any, args: dict) -> None:
                       writethrough=args.get("writethrough", False),
                       allocation_depth=args.get("allocation-depth", False), bitmaps=bitmaps)
     exports.add(exp)
-    vm.graph.stamp(("blk", id(exp)))
+    vm.graph.new_backend(("blk", id(exp)))
 
 
 @TABLE.command("block-export-del", BlockExportDel)

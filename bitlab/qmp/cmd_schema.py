@@ -16,9 +16,9 @@ from typing import Any
 from . import cmd_bitmap, cmd_block, cmd_job, cmd_misc, hmp, transaction  # noqa: F401  (registered first)
 from .commands import TABLE
 from .events import JobStatus, JobType
-from .qapi import BOOL, INT, INT64, STR, UINT32, Array, Enum, QType, Struct, Union_, m, struct
+from .qapi import BOOL, INT, INT64, STR, UINT32, UINT64, Array, Enum, QType, Struct, Union_, m, struct
 from .schema import SchemaInfo, schema_info
-from .types import BlockdevDetectZeroesOptions, BlockDirtyBitmapSha256, BlockDirtyInfo
+from .types import BlockdevDetectZeroesOptions, BlockDirtyBitmapSha256, BlockDirtyInfo, BlockPermission
 
 # -- ImageInfo (recursive: backing-image, and vmdk extents) ------------------------------------
 
@@ -112,6 +112,17 @@ BlockInfo = struct(
     m("*inserted", BlockDeviceInfo), m("*tray_open", BOOL), m("*io-status", BlockDeviceIoStatus),
 )
 
+# -- x-debug-query-block-graph ----------------------------------------------------------------
+
+XDbgBlockGraphNodeType = Enum("XDbgBlockGraphNodeType", ("block-backend", "block-job", "block-driver"))
+XDbgBlockGraph = struct(
+    "XDbgBlockGraph",
+    m("nodes", Array(struct("XDbgBlockGraphNode", m("id", UINT64), m("type", XDbgBlockGraphNodeType),
+                            m("name", STR)))),
+    m("edges", Array(struct("XDbgBlockGraphEdge", m("parent", UINT64), m("child", UINT64), m("name", STR),
+                            m("perm", Array(BlockPermission)), m("shared-perm", Array(BlockPermission))))),
+)
+
 # -- jobs -------------------------------------------------------------------------------------
 
 JobInfo = struct(
@@ -142,6 +153,7 @@ RETURNS: dict[str, QType] = {
     "query-commands": Array(CommandInfo),
     "human-monitor-command": STR,
     "query-qmp-schema": Array(SchemaInfo),
+    "x-debug-query-block-graph": XDbgBlockGraph,
 }
 """Reply types of commands registered without one (QEMU's ``returns``)."""
 

@@ -39,6 +39,7 @@ COMMAND_FEATURES: dict[str, tuple[str, ...]] = {
     "nbd-server-add": ("deprecated",),
     "nbd-server-remove": ("deprecated",),
     "x-debug-block-dirty-bitmap-sha256": ("unstable",),
+    "x-debug-query-block-graph": ("unstable",),
 }
 """Features of commands and events, as declared in QEMU 7.2's qapi/*.json."""
 
