@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .block.xdbg import link_lines
+
 
 def wire(vm: Any, n: int = 2, *, events: bool = False) -> None:
     """Print the last ``n`` QMP messages of ``vm.transcript`` as wire JSON (``->`` to QEMU, ``<-`` back);
@@ -70,3 +72,9 @@ def outcomes(vm: Any, since: int = 0) -> dict[str, str]:
         elif event["event"] == "BLOCK_JOB_CANCELLED":
             ends[data["device"]] = "cancelled"
     return dict(sorted(ends.items()))
+
+
+def show_graph(vm: Any) -> None:
+    """Print every link of the block graph (``x-debug-query-block-graph``), in QEMU's walk order."""
+    for line in link_lines(vm.qmp("x-debug-query-block-graph")):
+        print(line)

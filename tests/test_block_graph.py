@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from bitlab import Machine
+from bitlab.block.xdbg import link_lines
 
 from .both import on_both
 from .graphs import block_graph
@@ -182,3 +183,19 @@ STORIES: list[tuple[Callable[[Machine], object], str]] = [
 def test_graph_as_real_qemu(story, daemon):
     real, sim = on_both(story, daemon=daemon)
     assert sim == real
+
+
+def test_links_as_text_in_walk_order():
+    assert link_lines(DRIVE_BACKUP_RUNNING) == [
+        "drive0 -root-> #block: takes read write; shares all",
+        "j1 -target-> tgt: takes nothing; shares all",
+        "j1 -main node-> #block: takes nothing; shares all",
+        "#block -file-> #block: takes read write resize; shares read unchanged",
+        "tgt -file-> tgtF: takes read write resize; shares read unchanged",
+        "#block -target-> tgt: takes write; shares read write unchanged",
+        "#block -file-> #block: takes read write; shares read unchanged",
+    ]
+    exported = {"nodes": [{"id": 1, "type": "block-backend", "name": ""}, {"id": 2, "type": "block-driver", "name": "a"}],
+                "edges": [{"parent": 1, "child": 2, "name": "root", "perm": ["consistent-read"],
+                           "shared-perm": ["write-unchanged", "write", "consistent-read"]}]}
+    assert link_lines(exported) == ["(export) -root-> a: takes read; shares read write unchanged"]

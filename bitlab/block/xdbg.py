@@ -9,7 +9,7 @@ in reverse walk order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .perms import ALL, Edge, PermView, device_blk, export_blk, qapi_perms
@@ -60,3 +60,22 @@ def block_graph(graph: Any, jobs: Iterable[Any]) -> dict:
             perm, shared = view.edge_perms(child, Edge(role, parent=node))
             walk.edge(node, child, role, perm, shared)
     return {"nodes": walk.nodes[::-1], "edges": walk.edges[::-1]}
+
+
+SHORT = {"consistent-read": "read", "write": "write", "write-unchanged": "unchanged", "resize": "resize"}
+
+
+def perm_words(perms: Sequence[str]) -> str:
+    """A link's ``perm`` or ``shared-perm`` in words, low bit first (QEMU lists them high bit first),
+    shortened: ``read write resize``; ``all`` for all four, ``nothing`` for none."""
+    if len(perms) == len(SHORT):
+        return "all"
+    return " ".join(SHORT.get(p, p) for p in reversed(perms)) or "nothing"
+
+
+def link_lines(graph: dict) -> list[str]:
+    """Each link of an ``x-debug-query-block-graph`` reply in QEMU's walk order, as
+    ``parent -role-> child: takes …; shares …`` (an unnamed BlockBackend shows as ``(export)``)."""
+    names = {n["id"]: n["name"] or "(export)" for n in graph["nodes"]}
+    return [f"{names[e['parent']]} -{e['name']}-> {names[e['child']]}: takes {perm_words(e['perm'])}; "
+            f"shares {perm_words(e['shared-perm'])}" for e in reversed(graph["edges"])]

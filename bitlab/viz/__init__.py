@@ -9,14 +9,16 @@ from matplotlib.figure import Figure
 from .bitmap import BitmapGrid, bitmap_grid, plot_bitmap, plot_dirty_bitmap
 from .chain import ChainArrow, ChainBox, ChainImage, ChainLayout, chain_layout, plot_chain
 from .compare import CompareGrid, compare_grid, plot_bitmap_compare
+from .graph import GraphBox, GraphLayout, GraphLink, graph_layout, plot_block_graph
 from .outcome import DriveRow, outcome_rows, plot_outcome
 from .timeline import AtEvent, Lane, Marker, MarkLine, Segment, Timeline, plot_timeline, timeline_lanes
 
 __all__ = [
     "AtEvent", "BitmapGrid", "ChainArrow", "ChainBox", "ChainImage", "ChainLayout", "CompareGrid", "DriveRow",
-    "Lane", "MarkLine", "Marker", "Segment", "Timeline", "bitmap_grid", "chain_layout", "compare_grid",
-    "outcome_rows", "plot_bitmap", "plot_bitmap_compare", "plot_chain", "plot_dirty_bitmap", "plot_outcome",
-    "plot_timeline", "show", "timeline_lanes",
+    "GraphBox", "GraphLayout", "GraphLink", "Lane", "MarkLine", "Marker", "Segment", "Timeline", "bitmap_grid",
+    "chain_layout", "compare_grid", "graph_layout", "outcome_rows", "plot_bitmap", "plot_bitmap_compare",
+    "plot_block_graph", "plot_chain", "plot_dirty_bitmap", "plot_outcome", "plot_timeline", "show",
+    "timeline_lanes",
 ]
 
 
