@@ -195,7 +195,8 @@ def test_links_as_text_in_walk_order():
         "#block -target-> tgt: takes write; shares read write unchanged",
         "#block -file-> #block: takes read write; shares read unchanged",
     ]
-    exported = {"nodes": [{"id": 1, "type": "block-backend", "name": ""}, {"id": 2, "type": "block-driver", "name": "a"}],
+    exported = {"nodes": [{"id": 1, "type": "block-backend", "name": ""},
+                          {"id": 2, "type": "block-driver", "name": "a"}],
                 "edges": [{"parent": 1, "child": 2, "name": "root", "perm": ["consistent-read"],
                            "shared-perm": ["write-unchanged", "write", "consistent-read"]}]}
     assert link_lines(exported) == ["(export) -root-> a: takes read; shares read write unchanged"]
