@@ -160,6 +160,8 @@ def running_backup(st: Any, size: int) -> list[dict]:
         elif what == "query":
             query = rng.choice(["query-block-jobs", "query-jobs", "query-named-block-nodes"])
             steps.append(_qmp(query, {"flat": True} if query == "query-named-block-nodes" else None))
+            if query == "query-named-block-nodes":  # and the graph with the jobs' links
+                steps.append(_qmp("x-debug-query-block-graph"))
         elif what == "second":  # of the same node (a new target), or onto the same target
             same_target = rng.random() < 0.5
             other = (target, cluster) if same_target else _new_target(st, size, steps)

@@ -203,7 +203,7 @@ def _sha(st: _State, size: int) -> list[dict]:
 
 
 def _query(st: _State, size: int) -> list[dict]:
-    return [_qmp("query-named-block-nodes", {"flat": True})]
+    return [_qmp("query-named-block-nodes", {"flat": True}), _qmp("x-debug-query-block-graph")]
 
 
 def _backup_args(st: _State, size: int, steps: list[dict], *, always_ok: bool = True) -> dict:
