@@ -53,12 +53,6 @@ EXPECTED_DIFFERENCES: dict[str, dict[str, str]] = {
         **{f"args[driver={d}]": "bitlab does not simulate this block driver: it takes only the base members "
                                 "(QEMU's schema would give them a branch type; bitlab shows q_empty)"
            for d in UNSIMULATED_DRIVERS},
-        "args[driver=qcow2].overlap-check: only in b":
-            "KNOWN GAP in bitlab/qmp/types.py: BlockdevOptionsQcow2 lacks overlap-check (alternate "
-            "Qcow2OverlapCheckFlags|Qcow2OverlapCheckMode); bitlab calls it unexpected",
-        "args[driver=qcow2].encrypt: only in b":
-            "KNOWN GAP in bitlab/qmp/types.py: BlockdevOptionsQcow2 lacks encrypt (BlockdevQcow2Encryption); "
-            "bitlab does not simulate encrypted images",
     },
     "human-monitor-command": {
         "human-monitor-command: features [] vs ['savevm-monitor-nodes']":

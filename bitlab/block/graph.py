@@ -216,6 +216,10 @@ class BlockGraph:
             except QMPError:
                 self._drop_unowned(file_node)
                 raise
+            if driver == "qcow2" and "encrypt" in opts:  # qcow2_update_options_prepare: never encrypted here
+                self._drop_unowned(file_node)
+                raise generic("No encryption in image header, but options specified format "
+                              f"'{opts['encrypt']['format']}'")
             if image is not None and not ro:
                 image.lockers.append((node, driver == "raw"))
             self._attach(node, "file", file_node)

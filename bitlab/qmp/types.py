@@ -82,12 +82,28 @@ BlockdevOptionsRaw = struct(
 BlockdevOptionsGenericCOWFormat = struct(
     "BlockdevOptionsGenericCOWFormat", m("*backing", BlockdevRefOrNull), base=BlockdevOptionsGenericFormat,
 )
+Qcow2OverlapCheckMode = Enum("Qcow2OverlapCheckMode", ("none", "constant", "cached", "all"))
+Qcow2OverlapChecks = Alternate("Qcow2OverlapChecks", (
+    struct("Qcow2OverlapCheckFlags", m("*template", Qcow2OverlapCheckMode),
+           *(m(f"*{name}", BOOL) for name in ("main-header", "active-l1", "active-l2", "refcount-table",
+                                              "refcount-block", "snapshot-table", "inactive-l1", "inactive-l2",
+                                              "bitmap-directory"))),
+    Qcow2OverlapCheckMode,
+))
+_QCryptoKey = (m("*key-secret", STR),)
+BlockdevQcow2Encryption = Union_(
+    "BlockdevQcow2Encryption",
+    struct("q_obj_BlockdevQcow2Encryption-base",
+           m("format", Enum("BlockdevQcow2EncryptionFormat", ("aes", "luks")))),
+    "format",
+    {"aes": struct("QCryptoBlockOptionsQCow", *_QCryptoKey), "luks": struct("QCryptoBlockOptionsLUKS", *_QCryptoKey)},
+)
 BlockdevOptionsQcow2 = struct(
     "BlockdevOptionsQcow2",
     m("*lazy-refcounts", BOOL), m("*pass-discard-request", BOOL), m("*pass-discard-snapshot", BOOL),
-    m("*pass-discard-other", BOOL), m("*cache-size", INT), m("*l2-cache-size", INT),
-    m("*l2-cache-entry-size", INT), m("*refcount-cache-size", INT), m("*cache-clean-interval", INT),
-    m("*data-file", BlockdevRef),
+    m("*pass-discard-other", BOOL), m("*overlap-check", Qcow2OverlapChecks), m("*cache-size", INT),
+    m("*l2-cache-size", INT), m("*l2-cache-entry-size", INT), m("*refcount-cache-size", INT),
+    m("*cache-clean-interval", INT), m("*encrypt", BlockdevQcow2Encryption), m("*data-file", BlockdevRef),
     base=BlockdevOptionsGenericCOWFormat,
 )
 _variants.update({"null-co": BlockdevOptionsNull, "null-aio": BlockdevOptionsNull,
