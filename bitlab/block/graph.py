@@ -15,12 +15,12 @@ import re
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
 from ..qmp_order import wire_member_order
-from . import perms
+from . import perms, qcow2_opts
 from .blkdebug import BlkdebugNode
 from .info import NodeInfoCache
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode, subtree_ids
 from .paths import node_full_backing_filename, strip_file_protocol
-from .store import ImageStore, StoredBitmap
+from .store import ImageFile, ImageStore, StoredBitmap
 
 _NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 MAX_NODE_NAME = 31  # sizeof(bs->node_name) - 1
@@ -216,10 +216,8 @@ class BlockGraph:
             except QMPError:
                 self._drop_unowned(file_node)
                 raise
-            if driver == "qcow2" and "encrypt" in opts:  # qcow2_update_options_prepare: never encrypted here
-                self._drop_unowned(file_node)
-                raise generic("No encryption in image header, but options specified format "
-                              f"'{opts['encrypt']['format']}'")
+            if driver == "qcow2":
+                self._check_qcow2_open(opts, image, file_node)
             if image is not None and not ro:
                 image.lockers.append((node, driver == "raw"))
             self._attach(node, "file", file_node)
@@ -234,6 +232,24 @@ class BlockGraph:
             return node
         raise generic(f"bitlab does not simulate the '{driver}' block driver "
                       "(supported: null-co, null-aio, file, raw, qcow2, blkdebug)")
+
+    def _check_qcow2_open(self, opts: dict, image: ImageFile, file_node: BlockNode) -> None:
+        """qcow2_do_open after the header: the runtime options (bitlab.block.qcow2_opts), then an external
+        data file (bitlab's images never have one: the child is opened, then refused), then what bitlab
+        does not simulate."""
+        error = qcow2_opts.open_error(opts, image)
+        if error is None and "data-file" in opts:
+            try:
+                data_file = self._child(opts["data-file"], opts, bool(opts.get("read-only", False)))
+            except QMPError:
+                self._drop_unowned(file_node)
+                raise
+            self._drop_unowned(data_file)
+            error = "'data-file' can only be set for images with an external data file"
+        error = error or qcow2_opts.not_simulated(opts, image, opts.get("discard", "ignore") == "unmap")
+        if error is not None:
+            self._drop_unowned(file_node)
+            raise generic(error)
 
     def _open_backing(self, node: Qcow2Node, opts: dict) -> None:
         image = node.image
