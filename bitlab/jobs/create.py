@@ -27,15 +27,16 @@ class CreateJob(Job):
 
     def run(self) -> None:
         self.progress_total = self.progress_current + 1  # job_progress_set_remaining(1)
-        if isinstance(self.work, CreateFailed):
-            self._done(self.work)
+        if isinstance(self.work, CreateFailed) and self.work.early:
+            self._done(self.work)  # before the first wait: job_exit runs before the command's reply
         else:
             self.timer = self.manager.scheduler.after(0, self._create)
 
     def _create(self) -> None:
         self.timer = None
-        assert not isinstance(self.work, CreateFailed)
         try:
+            if isinstance(self.work, CreateFailed):
+                raise self.work
             self.work()
         except CreateFailed as failed:
             self._done(failed)
