@@ -5,6 +5,8 @@ and (tier ``qemu``) on both, compared whole."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from typing import Any
 
@@ -58,6 +60,8 @@ def flow_story(vm: Machine) -> dict:
     vm.qmp("blockdev-add", {"driver": "file", "node-name": "f", "filename": "t.qcow2"})
     vm.qmp("block-dirty-bitmap-add", {"node": "f", "name": "b0", "granularity": 65536})
     vm.qmp("block-dirty-bitmap-add", {"node": "f", "name": "b1", "granularity": 512})
+    out["file-node"] = [(n["image"]["virtual-size"], n["image"]["format"])
+                        for n in vm.qmp("query-named-block-nodes", {"flat": True})]
     create(vm, "c2", driver="qcow2", file="f", size=64 * M)
     vm.run()
     out["jobs-qcow2"] = vm.qmp("query-jobs")
@@ -84,6 +88,7 @@ def test_the_documented_flow():
     assert got["jobs-file"] == [{"id": "c1", "type": "create", "status": "concluded", "current-progress": 1,
                                  "total-progress": 1}]
     assert got["jobs-qcow2"][0]["status"] == "concluded" and got["block-jobs"] == []
+    assert got["file-node"] == [(0, "file")]
     q, f = got["nodes"]
     assert (q["node-name"], q["drv"], q["image"]["virtual-size"], q["image"]["cluster-size"]) == ("q", "qcow2",
                                                                                                   64 * M, 65536)
@@ -230,6 +235,9 @@ def errors_story(vm: Machine) -> dict:
     vm.qmp("blockdev-add", {"driver": "file", "node-name": "f", "filename": "t.img"})
     vm.qmp("blockdev-add", {"driver": "file", "node-name": "rof", "filename": "rof.img", "read-only": True})
     vm.write("u", "0", "4k")
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "old", "file": {"driver": "file", "filename": "data.img"}})
+    vm.write("old", "0", "64k", pattern=0x41)
+    vm.qmp("blockdev-del", {"node-name": "old"})
     out = {}
     create(vm, "e-taken", driver="file", filename="taken.img", size=0)  # left concluded: its id stays in use
     vm.run()
@@ -240,6 +248,8 @@ def errors_story(vm: Machine) -> dict:
         out[job_id] = outcome(vm, job_id, options)
         if job_id in ("q-neg", "q-huge"):
             out[f"{job_id}-length"] = file_length(vm, "t.img")
+    vm.qemu_img("create", "-f", "raw", "zero.img", "4096")
+    out["data-map"] = vm.qemu_img("compare", "-f", "raw", "-F", "raw", "data.img", "zero.img")
     out["lengths"] = {name: file_length(vm, name) for name in ("neg.img", "meta.img", "ok.img", "data.img", "e.img",
                                                                "t.img")}
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "new", "file": "f"})
@@ -320,6 +330,7 @@ def test_every_error_has_qemus_text():
     # what the failed and the successful creates left behind
     assert got["lengths"] == {"neg.img": 0, "meta.img": 0, "ok.img": 1000, "data.img": 4096, "e.img": 1792,
                               "t.img": QCOW2_64M}
+    assert got["data-map"] == "Images are identical.\n"  # the old data is gone: emptied, then resized
     assert got["f-after-size"] == 0 and got["q-neg-length"] == got["q-huge-length"] == 3 * 65536
     assert got["images"]["new"]["backing-filename"] == "base.qcow2"
     assert got["images"]["new"]["backing-filename-format"] == "qcow2"
@@ -396,6 +407,8 @@ def test_paths_stay_in_the_work_directory():
         "Could not create '../x.img': No such file or directory"
     outcome(vm, "e", {"driver": "file", "filename": f"{vm.workdir}/in.img", "size": 512})
     assert vm.images["in.img"].size == 512
+    # (as for qemu-img create, every sub-directory exists: on QEMU this one would have to be made first)
+    assert "error" not in outcome(vm, "f", {"driver": "file", "filename": "sub/x.img", "size": 0})["job"]
 
 
 def test_a_new_image_is_the_one_qemu_img_makes():
@@ -422,3 +435,30 @@ def test_format_image_writes_in_place():
     assert format_image(image, "qcow2", M, cluster_size=65536) is store["x"]
     assert (image.fmt, image.size, image.file_length()) == ("qcow2", M, QCOW2_64M)
     assert image.data.version > version
+
+
+def test_on_the_wire_the_reply_comes_first(tmp_path):
+    """``bitlab serve``: created and running, the reply, then waiting, pending and concluded — the order
+    qemu-storage-daemon sends them in."""
+    from bitlab.qmp.server import QMPServer, realtime_machine
+
+    async def session() -> list[dict]:
+        server = QMPServer(realtime_machine())
+        reader, writer = await asyncio.open_unix_connection(await server.start_unix(str(tmp_path / "qmp.sock")))
+        lines = []
+        try:
+            await reader.readline()
+            for message in ({"execute": "qmp_capabilities"},
+                            {"execute": "blockdev-create", "arguments": {"job-id": "c", "options": {
+                                "driver": "file", "filename": "x.img", "size": 0}}}):
+                writer.write(json.dumps(message).encode() + b"\n")
+                await writer.drain()
+            for _ in range(7):
+                lines.append(json.loads(await asyncio.wait_for(reader.readline(), 10)))
+        finally:
+            writer.close()
+            server.close()
+        return lines
+
+    got = [m.get("data", {}).get("status", "reply") for m in asyncio.run(session())]
+    assert got == ["reply", "created", "running", "reply", "waiting", "pending", "concluded"]
