@@ -136,9 +136,11 @@ def _open_file(graph: Any, ref: dict | str) -> tuple[BlockNode | None, ImageFile
         except QMPError as err:
             raise CreateFailed(err.desc, errno=_errno.EIO) from None
         return node, node.__dict__.get("image") if node.driver == "file" else None
-    if ref.get("driver") != "file" or set(ref) - {"driver", "filename", "node-name"}:
-        raise not_simulated("an inline 'file' other than {\"driver\": \"file\", \"filename\": ...}: add the node "
-                            "with blockdev-add and name it")
+    name = ref.get("node-name")
+    if ref.get("driver") != "file" or set(ref) - {"driver", "filename", "node-name"} \
+            or (name is not None and (name in graph.nodes or name in graph.devices)):
+        raise not_simulated("an inline 'file' other than {\"driver\": \"file\", \"filename\": ...} (and a new "
+                            "node-name): add the node with blockdev-add and name it")
     filename = ref["filename"]
     try:
         key = graph.store_key(filename)
@@ -241,8 +243,8 @@ def _prepare_qcow2(graph: Any, opts: dict) -> Work:
         if node.parents:
             raise not_simulated(f"a qcow2 image written into node '{node.node_name}' while another node uses it")
     else:
-        assert image is not None
-        _check_unused(graph, image, ref["filename"] if isinstance(ref, dict) else "", early=False)
+        assert image is not None and isinstance(ref, dict)
+        _check_unused(graph, image, ref["filename"], early=False)
     _not_simulated_qcow2(opts)
     assert image is not None
     size = _int64(opts["size"])

@@ -10,7 +10,6 @@ simulated instant, once the clock is stepped (``vm.run()``), after the command's
 from __future__ import annotations
 
 from ..block.create import CreateFailed, Work
-from ..sim import Timer
 from .job import Job, JobManager
 
 
@@ -23,17 +22,15 @@ class CreateJob(Job):
     def __init__(self, manager: JobManager, job_id: str, work: Work | CreateFailed) -> None:
         super().__init__(manager, job_id, auto_finalize=True, auto_dismiss=False)
         self.work = work
-        self.timer: Timer | None = None
 
     def run(self) -> None:
         self.progress_total = self.progress_current + 1  # job_progress_set_remaining(1)
         if isinstance(self.work, CreateFailed) and self.work.early:
             self._done(self.work)  # before the first wait: job_exit runs before the command's reply
         else:
-            self.timer = self.manager.scheduler.after(0, self._create)
+            self.manager.scheduler.after(0, self._create)
 
     def _create(self) -> None:
-        self.timer = None
         try:
             if isinstance(self.work, CreateFailed):
                 raise self.work
