@@ -23,8 +23,8 @@ from .store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, forma
 
 Work = Callable[[], None]
 
-# Drivers whose block module Debian's qemu-storage-daemon 7.2 does not have (qemu-block-extra), and the
-# drivers with a create function (the branches of BlockdevCreateOptions).
+# Drivers whose block module Debian's qemu-storage-daemon 7.2 does not have (qemu-block-extra; the system
+# emulator has blkreplay built in), and the drivers with a create function (BlockdevCreateOptions' branches).
 NOT_BUILT = frozenset({"blkreplay", "ftp", "ftps", "gluster", "http", "https", "iscsi", "nfs", "rbd", "ssh"})
 CAN_CREATE = frozenset({"file", "gluster", "luks", "nfs", "parallels", "qcow", "qcow2", "qed", "rbd", "ssh", "vdi",
                         "vhdx", "vmdk", "vpc"})
