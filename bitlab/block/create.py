@@ -212,8 +212,6 @@ def _not_simulated_qcow2(opts: dict) -> None:
                                ("preallocation", "off", "preallocated qcow2 images")):
         if opts.get(key, default) != default:
             raise not_simulated(f"{what} ('{key}')")
-    if "encrypt" in opts:
-        raise not_simulated("encrypted qcow2 images ('encrypt')")
 
 
 def qcow2_file_length(size: int, cluster_size: int) -> int:
@@ -267,6 +265,11 @@ def _prepare_qcow2(graph: Any, opts: dict) -> Work:
         format_image(image, "qcow2", size, cluster_size=cluster, compat=compat, backing_file=opts.get("backing-file"),
                      backing_fmt=opts.get("backing-fmt"))
         _written(node, image)
+        encrypt = opts.get("encrypt")
+        if encrypt is not None:  # qcow2_set_up_encryption, last: bitlab has no secret objects (no object-add)
+            key = encrypt.get("key-secret")
+            raise CreateFailed("Parameter 'encrypt.key-secret' is required for cipher" if key is None
+                               else f"No secret with id '{key}'", early=False)
 
     return create
 
