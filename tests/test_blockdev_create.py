@@ -475,3 +475,26 @@ def test_on_the_wire_the_reply_comes_first(tmp_path):
 
     got = [m.get("data", {}).get("status", "reply") for m in asyncio.run(session())]
     assert got == ["reply", "created", "running", "reply", "waiting", "pending", "concluded"]
+
+
+SHAPES = [(0, 65536, "v3"), (M, 512, "v2"), (3 * M + 512, 4096, "v3"), (5 << 40, 2 * M, "v3"), (1 << 40, 65536, "v2")]
+
+
+def shapes_story(vm: Machine) -> list:
+    """New images of several sizes, cluster sizes and versions: the file's length, qemu-img check and map."""
+    out = []
+    for i, (size, cluster, version) in enumerate(SHAPES):
+        name = f"s{i}.qcow2"
+        outcome(vm, f"f{i}", {"driver": "file", "filename": name, "size": 0})
+        vm.qmp("blockdev-add", {"driver": "file", "node-name": f"n{i}", "filename": name})
+        out.append(outcome(vm, f"q{i}", {"driver": "qcow2", "file": f"n{i}", "size": size, "cluster-size": cluster,
+                                         "version": version})["statuses"])
+        out.append((file_length(vm, name), vm.qemu_img("check", "-U", name),
+                    vm.qemu_img("map", "-U", "--output=json", name)))
+    return out
+
+
+@pytest.mark.qemu
+def test_new_images_match_qemu():
+    real, sim = on_both(shapes_story)
+    assert sim == real
