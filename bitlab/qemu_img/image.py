@@ -7,7 +7,13 @@ import numpy as np
 from ..block.info import dump_specific, file_image_info
 from ..block.node import round_sector
 from ..block.paths import full_backing_filename
-from ..block.store import QCOW2_DEFAULT_CLUSTER, QCOW2_MAX_L1_ENTRIES, ImageFile, ImageStore, qcow2_l1_fits
+from ..block.store import (
+    QCOW2_DEFAULT_CLUSTER,
+    QCOW2_MAX_L1_ENTRIES,  # noqa: F401  (re-exported by bitlab.qemu_img)
+    ImageFile,
+    ImageStore,
+    qcow2_l1_fits,
+)
 from ..qmp_order import to_json_pretty, wire_order
 from ..units import format_size, parse_size
 from ._common import KeyFn, Layer, QemuImgError, backing_name, find_key, new_key, open_image, opened_name
@@ -16,7 +22,6 @@ from ._common import split_args as _split_args
 from .layers import layer_runs, split_runs
 
 INT64_MAX = (1 << 63) - 1
-__all__ = ["INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP", "check", "create", "info"]
 SIZE_HELP = ("qemu-img: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
              "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
 RAW_PROBE_WARNING = (
