@@ -121,6 +121,7 @@ def test_the_reply_comes_before_the_end_and_run_brings_it():
     assert kinds == [("cmd", None), ("event", "created"), ("event", "running"), ("reply", None)]
     assert vm.qmp("query-jobs") == [{"id": "c1", "type": "create", "status": "running", "current-progress": 0,
                                      "total-progress": 1}]
+    assert vm.images["x.img"].size == 0  # made before the job's first wait (qemu_create), resized after it
     start = vm.now
     vm.run()
     assert vm.now == start  # the create takes no simulated time

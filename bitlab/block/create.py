@@ -93,8 +93,8 @@ def _check_unused(graph: Any, image: ImageFile, filename: str, early: bool) -> N
 
 
 def _prepare_file(graph: Any, opts: dict) -> Work:
-    """raw_co_create: the hint, the new file, its locks; then (after the first wait) the file emptied and
-    resized."""
+    """raw_co_create: the hint, the file (made at once if new), its locks; then (after the first wait) the
+    file emptied and resized."""
     filename = opts["filename"]
     hint = opts.get("extent-size-hint")
     if hint is not None and hint > 0xFFFFFFFF:
@@ -111,9 +111,9 @@ def _prepare_file(graph: Any, opts: dict) -> Work:
         raise not_simulated(f"preallocation '{prealloc}' (the file would read the same zeroes; only the disk space "
                             "it takes differs)")
     size = _int64(opts["size"])
+    image = store[key] if key in store else store.create(key, "raw", 0)  # qemu_create: O_CREAT, no wait
 
     def create() -> None:
-        image = store[key] if key in store else store.create(key, "raw", 0)
         format_image(image, "raw", 0)  # "Clear the file by truncating it to 0"
         if prealloc == "metadata":
             raise CreateFailed("Unsupported preallocation mode: metadata", early=False, errno=_errno.ENOTSUP)
