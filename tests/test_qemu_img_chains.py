@@ -102,6 +102,18 @@ def test_map_window_and_errors(two):
                                                "No such file or directory\n")
 
 
+def test_map_with_nothing_to_map_prints_its_first_entry():
+    """qemu-img 7.2's img_map dumps its first (empty) entry even when the loop never ran (measured)."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "z.qcow2", "0")
+    vm.qemu_img("create", "-f", "qcow2", "m.qcow2", "1M")
+    empty = '[{{ "start": {}, "length": 0, "depth": 0, "present": false, "zero": false, "data": false}}]\n'
+    assert vm.qemu_img("map", "--output=json", "z.qcow2") == empty.format(0)
+    assert vm.qemu_img("map", "--output=json", "--start-offset=2M", "m.qcow2") == empty.format(2097152)
+    assert vm.qemu_img("map", "--output=json", "--start-offset=4k", "--max-length=0", "m.qcow2") == empty.format(4096)
+    assert vm.qemu_img("map", "z.qcow2") == "Offset          Length          Mapped to       File\n"
+
+
 def test_map_past_the_end_of_a_shorter_backing_file():
     vm = Machine()
     vm.qemu_img("create", "-q", "-f", "qcow2", "base.qcow2", "4M")

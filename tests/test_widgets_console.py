@@ -106,6 +106,19 @@ def test_jobs_wait_for_run_when_asked():
     assert run(c, "query-jobs")["return"] == []
 
 
+def test_the_create_examples_make_a_backup_target():
+    """blockdev-create of a file, blockdev-add of it, blockdev-create of a qcow2 in it: QEMU's documented way."""
+    c = QMPConsole()
+    assert run(c, EXAMPLES["create a file (blockdev-create)"]) == {"return": {}}
+    assert [e["data"]["status"] for e in c.last_events] == ["created", "running", "waiting", "pending", "concluded"]
+    assert run(c, EXAMPLES["dismiss the create job"]) == {"return": {}}
+    assert run(c, EXAMPLES["open the new file"]) == {"return": {}}
+    assert run(c, EXAMPLES["create a qcow2 in it"]) == {"return": {}}
+    assert run(c, "query-jobs")["return"] == [{"id": "create1", "type": "create", "status": "concluded",
+                                               "current-progress": 1, "total-progress": 1}]
+    assert run(c, "blockdev-add driver=qcow2 node-name=target file=target-file") == {"return": {}}
+
+
 def test_every_example_parses():
     for text in EXAMPLES.values():
         assert parse_input(text)["execute"]

@@ -482,7 +482,10 @@ class QemuMachine(GuestIO, Monitor):
         if name in PERMISSION_COMMANDS and self._exports:
             moved = self._stand_aside(server=False)
             try:
-                return self._send(message)
+                reply = self._send(message)
+                if name == "blockdev-create" and "return" in reply:
+                    self._wait_created(message["arguments"].get("job-id"))
+                return reply
             finally:
                 self._come_back(moved)
         if name in NOTED_COMMANDS:
@@ -746,6 +749,15 @@ class QemuMachine(GuestIO, Monitor):
     def now(self) -> float:
         """Seconds since the machine was made."""
         return time.monotonic() - self._t0
+
+    def _wait_created(self, job_id: Any) -> None:
+        """Until the create job has written its image: an export added while it runs on the node aborts
+        QEMU 7.2 (``bdrv_do_drained_begin_quiesce: Assertion `!qemu_in_coroutine()' failed``)."""
+        limit = time.monotonic() + self.timeout
+        while any(job["id"] == job_id and job["status"] == "running" for job in self._helper_value("query-jobs")):
+            if time.monotonic() > limit:
+                raise TimeoutError(f"create job {job_id!r} did not finish within {self.timeout} s")
+            self._collect(wait=0.002)
 
     def _settled(self) -> bool:
         return all(job["status"] in SETTLED for job in self._helper_value("query-jobs"))

@@ -11,6 +11,7 @@ from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
 from .qcow2_host import HostLayout
 
 QCOW2_DEFAULT_CLUSTER = 65536
+QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8  # QCOW_MAX_L1_SIZE is 32 MiB of 8-byte entries
 # An empty qcow2 file: header, L1 table, refcount table and one refcount block.
 QCOW2_EMPTY_CLUSTERS = 3
 
@@ -214,6 +215,32 @@ class ImageFile:
         self.data.write(0, self.data.size, UNALLOCATED)
 
 
+def qcow2_l1_fits(size: int, cluster_size: int) -> bool:
+    """Whether a qcow2 image of ``size`` bytes needs no more L1 entries than QCOW_MAX_L1_SIZE holds."""
+    return -(-size // (cluster_size * cluster_size // 8)) <= QCOW2_MAX_L1_ENTRIES
+
+
+def format_image(image: ImageFile, fmt: str, size: int, *, cluster_size: int = QCOW2_DEFAULT_CLUSTER,
+                 compat: str = "1.1", backing_file: str | None = None, backing_fmt: str | None = None) -> ImageFile:
+    """Write a new, empty image into the file ``image`` (in place: nodes that hold the file see it): a raw
+    file of ``size`` zero bytes, or a qcow2 image as qcow2_co_create leaves it (nothing allocated)."""
+    object.__setattr__(image, "_layout", None)
+    image.data.watch = None
+    image.fmt = fmt
+    image.size = size
+    image.cluster_size = cluster_size if fmt == "qcow2" else 0
+    image.backing_file, image.backing_fmt = backing_file, backing_fmt
+    image.bitmaps = []
+    image.compat = compat
+    image.l1_padded = False
+    old = image.__dict__.get("data")
+    image.data = ExtentMap(size, fill=UNALLOCATED if fmt == "qcow2" else 0)
+    if old is not None:
+        image.data.version = old.version + 1  # the file changed (readers that remember a version see it)
+    image.__post_init__()
+    return image
+
+
 class ImageStore:
     """Files by name. Names are plain relative paths inside the machine's work directory."""
 
@@ -245,7 +272,9 @@ class ImageStore:
         cluster_size: int = QCOW2_DEFAULT_CLUSTER,
         backing_file: str | None = None,
         backing_fmt: str | None = None,
+        compat: str = "1.1",
     ) -> ImageFile:
+        """A new file ``name`` holding a new image (as :func:`format_image` writes one); one of that name goes."""
         image = ImageFile(
             name=name,
             fmt=fmt,
@@ -254,5 +283,6 @@ class ImageStore:
             cluster_size=cluster_size if fmt == "qcow2" else 0,
             backing_file=backing_file,
             backing_fmt=backing_fmt,
+            compat=compat,
         )
         return self.add(image)

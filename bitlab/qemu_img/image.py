@@ -7,7 +7,13 @@ import numpy as np
 from ..block.info import dump_specific, file_image_info
 from ..block.node import round_sector
 from ..block.paths import full_backing_filename
-from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
+from ..block.store import (
+    QCOW2_DEFAULT_CLUSTER,
+    QCOW2_MAX_L1_ENTRIES,  # noqa: F401  (re-exported by bitlab.qemu_img)
+    ImageFile,
+    ImageStore,
+    qcow2_l1_fits,
+)
 from ..qmp_order import to_json_pretty, wire_order
 from ..units import format_size, parse_size
 from ._common import KeyFn, Layer, QemuImgError, backing_name, find_key, new_key, open_image, opened_name
@@ -16,7 +22,6 @@ from ._common import split_args as _split_args
 from .layers import layer_runs, split_runs
 
 INT64_MAX = (1 << 63) - 1
-QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8  # QCOW_MAX_L1_SIZE is 32 MiB of 8-byte entries
 SIZE_HELP = ("qemu-img: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
              "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
 RAW_PROBE_WARNING = (
@@ -86,10 +91,9 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     line = (f"Formatting '{filename}', fmt=qcow2 cluster_size={cluster} extended_l2=off "
             f"compression_type=zlib size={size}{backing_text}{compat_text} lazy_refcounts=off refcount_bits=16\n")
     key = _new_key(key_fn, filename, "" if quiet else line)
-    if -(-size // (cluster * cluster // 8)) > QCOW2_MAX_L1_ENTRIES:
+    if not qcow2_l1_fits(size, cluster):
         raise _too_large(filename, line)
-    image = store.create(key, "qcow2", size, cluster_size=cluster, backing_file=backing, backing_fmt=backing_fmt)
-    image.compat = compat
+    store.create(key, "qcow2", size, cluster_size=cluster, backing_file=backing, backing_fmt=backing_fmt, compat=compat)
     return "" if quiet else line
 
 

@@ -18,7 +18,7 @@ def map_entries(chain: list[Layer], start: int = 0, length: int | None = None) -
     end = chain[0].size if length is None else min(chain[0].size, start + length)
     keep = (e > start) & (s < end)
     s, e, c, d, h = s[keep], e[keep], c[keep], d[keep], h[keep]
-    if not s.size:
+    if not s.size or start >= end:
         return []
     cut = start - s[0]
     if cut > 0:
@@ -98,6 +98,8 @@ def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     length = _offset_arg(opts["--max-length"], "max length") if "--max-length" in opts else None
     shared = "-U" in opts or "--force-share" in opts
     chain = open_chain(store, key_fn, positional[0], opts.get("-f"), None if shared else "shared")
-    entries = map_entries(chain, start, length)
+    # nothing to map (an empty image, a start at or past the end): img_map still dumps its first entry
+    entries = map_entries(chain, start, length) or [{"start": start, "length": 0, "depth": 0, "present": False,
+                                                     "zero": False, "data": False}]
     return format_json(entries) if output == "json" else format_human(entries)
 

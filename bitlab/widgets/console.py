@@ -25,6 +25,12 @@ EXAMPLES: dict[str, str] = {
     "allocated stretches (HMP qemu-io map)": '{"execute": "human-monitor-command", '
                                              '"arguments": {"command-line": "qemu-io drive0 map"}}',
     "grow the drive (block_resize)": "block_resize device=drive0 size=68157440",
+    "create a file (blockdev-create)": '{"execute": "blockdev-create", "arguments": {"job-id": "create0", '
+                                       '"options": {"driver": "file", "filename": "target.qcow2", "size": 0}}}',
+    "dismiss the create job": "job-dismiss id=create0",
+    "open the new file": "blockdev-add driver=file node-name=target-file filename=target.qcow2",
+    "create a qcow2 in it": '{"execute": "blockdev-create", "arguments": {"job-id": "create1", '
+                            '"options": {"driver": "qcow2", "file": "target-file", "size": 67108864}}}',
     "full backup": '{"execute": "drive-backup", "arguments": {"device": "drive0", "target": "d0-full.qcow2", '
                    '"sync": "full", "format": "qcow2"}}',
     "incremental transaction": json.dumps({"execute": "transaction", "arguments": {"actions": [
