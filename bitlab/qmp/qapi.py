@@ -14,7 +14,8 @@ from functools import cached_property
 from typing import Any, Union
 
 from ..errors import QMPError
-from ..qmp_order import tdb_hash, wire_order  # noqa: F401  (re-exported)
+from ..qmp_order import tdb_hash, wire_member_order, wire_order  # noqa: F401  (re-exported)
+from .ghash import first_left
 
 # ----------------------------------------------------------------------------- types
 
@@ -174,8 +175,11 @@ class Visitor:
         raise TypeError(qtype)
 
     def visit_struct(self, members: tuple[Member, ...], value: Any, path: str,
-                     known: frozenset[str] | None = None) -> dict:
-        """Visit ``members``; any other key is unexpected unless in ``known`` (default: the members' names)."""
+                     known: frozenset[str] | None = None, frame: dict | None = None,
+                     consumed: tuple[str, ...] = ()) -> dict:
+        """Visit ``members``; any other key is unexpected unless in ``known`` (default: the members' names).
+        ``frame`` is the whole object when ``value`` is part of it (a union's variant members) and
+        ``consumed`` its members visited before: which unexpected key QEMU names depends on both."""
         if type(value) is not dict and _json_kind(value) != "dict":
             raise _type_error(path or "null", "object")
         out: dict = {}
@@ -188,7 +192,10 @@ class Visitor:
             known = frozenset(mem.name for mem in members)
         for key in value:
             if key not in known:
-                raise QMPError(f"Parameter '{_join(path, key)}' is unexpected")
+                whole = value if frame is None else frame
+                taken = (*consumed, *(mem.name for mem in members if mem.name in value))
+                first = first_left(wire_member_order(tuple(whole)), taken)  # GLib's order, not the input's
+                raise QMPError(f"Parameter '{_join(path, first or key)}' is unexpected")
         return out
 
     def _union(self, qtype: Union_, value: Any, path: str) -> dict:
@@ -201,7 +208,8 @@ class Visitor:
         variant_members = variant.all_members() if variant else ()
         rest = {k: v for k, v in value.items() if k not in out}
         known = base_names | variant.member_names if variant else base_names
-        out.update(self.visit_struct(variant_members, rest, path, known))
+        base_taken = tuple(mem.name for mem in base if mem.name in value)
+        out.update(self.visit_struct(variant_members, rest, path, known, value, base_taken))
         return out
 
     def _alternate(self, qtype: Alternate, value: Any, name: str | None, path: str) -> Any:
