@@ -18,7 +18,16 @@ from .commands import TABLE
 from .events import JobStatus, JobType
 from .qapi import BOOL, INT, INT64, STR, UINT32, UINT64, Array, Enum, QType, Struct, Union_, m, struct
 from .schema import SchemaInfo, schema_info
-from .types import BlockdevDetectZeroesOptions, BlockDirtyBitmapSha256, BlockDirtyInfo, BlockPermission
+from .types import (
+    BlockdevDetectZeroesOptions,
+    BlockDirtyBitmapSha256,
+    BlockDirtyInfo,
+    BlockPermission,
+    QCryptoCipherAlgorithm,
+    QCryptoCipherMode,
+    QCryptoHashAlgorithm,
+    QCryptoIVGenAlgorithm,
+)
 
 # -- ImageInfo (recursive: backing-image, and vmdk extents) ------------------------------------
 
@@ -31,14 +40,6 @@ SnapshotInfo = struct(
     m("id", STR), m("name", STR), m("vm-state-size", INT), m("date-sec", INT), m("date-nsec", INT),
     m("vm-clock-sec", INT), m("vm-clock-nsec", INT), m("*icount", INT),
 )
-QCryptoCipherAlgorithm = Enum("QCryptoCipherAlgorithm", (
-    "aes-128", "aes-192", "aes-256", "des", "3des", "cast5-128", "serpent-128", "serpent-192", "serpent-256",
-    "twofish-128", "twofish-192", "twofish-256",
-))
-QCryptoCipherMode = Enum("QCryptoCipherMode", ("ecb", "cbc", "xts", "ctr"))
-QCryptoIVGenAlgorithm = Enum("QCryptoIVGenAlgorithm", ("plain", "plain64", "essiv"))
-QCryptoHashAlgorithm = Enum("QCryptoHashAlgorithm", ("md5", "sha1", "sha224", "sha256", "sha384", "sha512",
-                                                     "ripemd160"))
 QCryptoBlockInfoLUKSSlot = struct(
     "QCryptoBlockInfoLUKSSlot", m("active", BOOL), m("*iters", INT), m("*stripes", INT), m("key-offset", INT),
 )

@@ -8,23 +8,22 @@ from __future__ import annotations
 
 from .cmd_export import InetSocketAddress, InetSocketAddressBase, SocketAddress
 from .qapi import BOOL, INT, SIZE, STR, Array, Enum, Union_, m, struct
-from .types import BlockdevDriver, BlockdevRef
+from .types import (
+    BlockdevDriver,
+    BlockdevRef,
+    QCryptoBlockOptionsLUKS,
+    QCryptoBlockOptionsQCow,
+    QCryptoCipherAlgorithm,
+    QCryptoCipherMode,
+    QCryptoHashAlgorithm,
+    QCryptoIVGenAlgorithm,
+)
 
 PreallocMode = Enum("PreallocMode", ("off", "metadata", "falloc", "full"))
 
 # -- crypto.json ------------------------------------------------------------------------------
 
 QCryptoBlockFormat = Enum("QCryptoBlockFormat", ("qcow", "luks"))
-QCryptoCipherAlgorithm = Enum("QCryptoCipherAlgorithm", (
-    "aes-128", "aes-192", "aes-256", "des", "3des", "cast5-128", "serpent-128", "serpent-192", "serpent-256",
-    "twofish-128", "twofish-192", "twofish-256",
-))
-QCryptoCipherMode = Enum("QCryptoCipherMode", ("ecb", "cbc", "xts", "ctr"))
-QCryptoIVGenAlgorithm = Enum("QCryptoIVGenAlgorithm", ("plain", "plain64", "essiv"))
-QCryptoHashAlgorithm = Enum("QCryptoHashAlgorithm", ("md5", "sha1", "sha224", "sha256", "sha384", "sha512",
-                                                     "ripemd160"))
-QCryptoBlockOptionsQCow = struct("QCryptoBlockOptionsQCow", m("*key-secret", STR))
-QCryptoBlockOptionsLUKS = struct("QCryptoBlockOptionsLUKS", m("*key-secret", STR))
 QCryptoBlockCreateOptionsLUKS = struct(
     "QCryptoBlockCreateOptionsLUKS",
     m("*cipher-alg", QCryptoCipherAlgorithm), m("*cipher-mode", QCryptoCipherMode),

@@ -90,13 +90,23 @@ Qcow2OverlapChecks = Alternate("Qcow2OverlapChecks", (
                                               "bitmap-directory"))),
     Qcow2OverlapCheckMode,
 ))
-_QCryptoKey = (m("*key-secret", STR),)
+# crypto.json: what the qcow2 options and blockdev-create's encryption options share
+QCryptoCipherAlgorithm = Enum("QCryptoCipherAlgorithm", (
+    "aes-128", "aes-192", "aes-256", "des", "3des", "cast5-128", "serpent-128", "serpent-192", "serpent-256",
+    "twofish-128", "twofish-192", "twofish-256",
+))
+QCryptoCipherMode = Enum("QCryptoCipherMode", ("ecb", "cbc", "xts", "ctr"))
+QCryptoIVGenAlgorithm = Enum("QCryptoIVGenAlgorithm", ("plain", "plain64", "essiv"))
+QCryptoHashAlgorithm = Enum("QCryptoHashAlgorithm", ("md5", "sha1", "sha224", "sha256", "sha384", "sha512",
+                                                     "ripemd160"))
+QCryptoBlockOptionsQCow = struct("QCryptoBlockOptionsQCow", m("*key-secret", STR))
+QCryptoBlockOptionsLUKS = struct("QCryptoBlockOptionsLUKS", m("*key-secret", STR))
 BlockdevQcow2Encryption = Union_(
     "BlockdevQcow2Encryption",
     struct("q_obj_BlockdevQcow2Encryption-base",
            m("format", Enum("BlockdevQcow2EncryptionFormat", ("aes", "luks")))),
     "format",
-    {"aes": struct("QCryptoBlockOptionsQCow", *_QCryptoKey), "luks": struct("QCryptoBlockOptionsLUKS", *_QCryptoKey)},
+    {"aes": QCryptoBlockOptionsQCow, "luks": QCryptoBlockOptionsLUKS},
 )
 BlockdevOptionsQcow2 = struct(
     "BlockdevOptionsQcow2",
