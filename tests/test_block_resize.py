@@ -314,3 +314,36 @@ def test_a_backing_node_is_in_use():
 def test_a_backing_node_is_in_use_on_qemu_storage_daemon():
     want, got = on_both(_backing_story, "qsd", 0.3)
     assert got == want
+
+
+def _index_past_the_end_story(vm) -> list:
+    """A shrink frees clusters after free_cluster_index had moved past an earlier free one (a two-cluster
+    write did not fit there), and cuts the file below them: the next write allocates from the index,
+    leaving a hole (conformance seed 4101, scenario 149)."""
+    vm.qemu_img("create", "-f", "qcow2", "d0.qcow2", "8M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "d0",
+                            "file": {"driver": "file", "filename": "d0.qcow2", "node-name": "d0f"}})
+    out = []
+    for op, *args in [("w", 7200768, 4096), ("w", 1779200, 4096), ("w", 3171840, 262144), ("r", 4194304),
+                      ("r", 8388608), ("w", 7887360, 65536), ("w", 6886400, 262144), ("r", 931328),
+                      ("r", 8388608), ("w", 1738752, 262144)]:
+        if op == "w":
+            vm.guest_io("d0", f"write -P 0x11 {args[0]} {args[1]}")
+            vm.guest_io("d0", "flush")
+        else:
+            vm.qmp("block_resize", {"node-name": "d0", "size": args[0]})
+        out.append(_nodes(vm)["d0f"][0])
+    return [out, json.loads(vm.qemu_img("map", "-U", "--output=json", "d0.qcow2"))[1]]
+
+
+def test_allocation_after_a_shrink_starts_at_the_free_cluster_index():
+    lengths, data = _index_past_the_end_story(Machine())
+    assert lengths == [393216, 458752, 786432, 786432, 786432, 917504, 1245184, 327680, 327680, 720896]
+    assert data == {"start": 1703936, "length": 327680, "depth": 0, "present": True, "zero": False, "data": True,
+                    "offset": 393216}  # cluster 5 stays free: a hole
+
+
+@pytest.mark.qemu
+def test_allocation_after_a_shrink_matches_qemu_storage_daemon():
+    real, sim = on_both(_index_past_the_end_story)
+    assert sim == real

@@ -133,9 +133,11 @@ class HostLayout:
         return s[v == FREE], e[v == FREE]
 
     def has_holes(self) -> bool:
-        """Whether free host clusters lie before the file's end."""
+        """Whether the next clusters allocated might not be the file's tail: free host clusters lie before
+        the file's end, or free_cluster_index is past it (a shrink cut the file below clusters it freed
+        after the index had moved on: QEMU then allocates from the index, leaving a hole)."""
         starts, vals = self.free.runs()
-        return int(np.count_nonzero(vals == FREE)) > 1 or int(starts[-1]) < self.top
+        return int(np.count_nonzero(vals == FREE)) > 1 or int(starts[-1]) < self.top or self.fci > self.top
 
     def _take(self, start: int, n: int, counted: bool = True) -> None:
         self.free.write(start, n, USED)

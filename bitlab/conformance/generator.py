@@ -59,6 +59,7 @@ SYNCS = ["full", "top", "bitmap", "incremental", "none"]
 MODES = [None, "on-success", "always", "never"]
 FILE_BITMAP_CHANCE = 0.3  # a scenario's node gets a bitmap on its file node
 RESIZE_CHANCE = 0.06  # after a step, a block_resize episode (its own random stream)
+CREATE_CHANCE = 0.05  # after a step, a blockdev-create episode (its own random stream)
 
 
 class _State:
@@ -98,6 +99,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     steps: list[dict] = []
     watched = _watched_files(random.Random(f"{seed}/{index}/hostio"), nodes)
     resizes = random.Random(f"{seed}/{index}/resize")
+    creates = random.Random(f"{seed}/{index}/create")
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -114,6 +116,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += parents_episode(parents)
         if resizes.random() < RESIZE_CHANCE:
             steps += _resize(resizes, st, size)
+        if creates.random() < CREATE_CHANCE:
+            steps += _create(creates, st, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("x-debug-query-block-graph"))
     for node in nodes:
@@ -122,6 +126,39 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         if node in watched:
             steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": f"{node}f", "name": "fb"}))
     return {"name": f"random-{seed}-{index}", "steps": steps}
+
+
+def _create(rng: random.Random, st: _State, size: int) -> list[dict]:
+    """blockdev-create of a file, its file node, a qcow2 in it (a random version, cluster size and size,
+    now and then one QEMU refuses, or a backing file), each job settled, listed and dismissed; the qcow2
+    node, a full backup of a drive into it, then both nodes deleted."""
+    st.targets += 1
+    name = f"c{st.targets}"
+    steps = [_qmp("blockdev-create", {"job-id": f"{name}-file", "options": {
+                 "driver": "file", "filename": f"{name}.qcow2", "size": 0}}),
+             {"settle-jobs": True}, _qmp("query-jobs"), _qmp("job-dismiss", {"id": f"{name}-file"}),
+             _qmp("blockdev-add", {"driver": "file", "node-name": f"{name}f", "filename": f"{name}.qcow2"})]
+    opts: dict = {"driver": "qcow2", "file": f"{name}f",
+                  "size": rng.choice([size, size, size // 2, 2 * size, size + 512, size + 100])}
+    if rng.random() < 0.4:
+        opts["cluster-size"] = rng.choice([512, 4096, 65536, 2 << 20, 1000])
+    if rng.random() < 0.3:
+        opts["version"] = rng.choice(["v2", "v3"])
+    if rng.random() < 0.15:
+        opts["backing-file"] = f"{rng.choice(st.nodes)}.qcow2"
+        if rng.random() < 0.7:
+            opts["backing-fmt"] = "qcow2"
+    steps += [_qmp("blockdev-create", {"job-id": f"{name}-qcow2", "options": opts}), {"settle-jobs": True},
+              _qmp("query-jobs"), _qmp("job-dismiss", {"id": f"{name}-qcow2"}),
+              _qmp("blockdev-add", {"driver": "qcow2", "node-name": name, "file": f"{name}f", "backing": None}),
+              _qmp("query-named-block-nodes", {"flat": True})]
+    if rng.random() < 0.5:
+        st.jobs += 1
+        steps += [_qmp("blockdev-backup", {"job-id": f"job{st.jobs}", "device": rng.choice(st.nodes), "target": name,
+                                           "sync": "full"}), {"settle-jobs": True}]
+    steps += [_qmp("blockdev-del", {"node-name": name}), _qmp("blockdev-del", {"node-name": f"{name}f"}),
+              {"qemu-img": ["info", f"{name}.qcow2"]}]
+    return steps
 
 
 def _resize(rng: random.Random, st: _State, size: int) -> list[dict]:
