@@ -171,7 +171,8 @@ def test_life_cycle_episodes_stay_deterministic(monkeypatch: pytest.MonkeyPatch)
                 mapped += 1
             msg = step.get("qmp", {})
             args = msg.get("arguments", {})
-            if msg.get("execute") == "blockdev-add" and args.get("file", {}).get("driver") == "blkdebug":
+            file = args.get("file")  # a node name (the create episodes) or a definition
+            if msg.get("execute") == "blockdev-add" and isinstance(file, dict) and file.get("driver") == "blkdebug":
                 rule = args["file"]["inject-error"][0]
                 assert rule.get("once") or not _ignored(steps, args["node-name"]), step
             if msg.get("execute") == "blockdev-add":
