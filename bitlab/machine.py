@@ -58,7 +58,6 @@ def _frozen(image: ImageFile) -> ImageFile:
     frozen = copy.copy(image)
     object.__setattr__(frozen, "data", image.data.copy())
     object.__setattr__(frozen, "_layout", None)
-    object.__setattr__(frozen, "lockers", [])
     return frozen
 
 

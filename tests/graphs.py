@@ -10,11 +10,12 @@ from bitlab import Machine
 from bitlab.errors import QMPError
 
 
-def random_graph(rng: random.Random, most: int, child_perms: bool = False) -> Machine:
+def random_graph(rng: random.Random, most: int, child_perms: bool = False, vm: Machine | None = None) -> Machine:
     """Four 64 MiB qcow2 images, then 2 to ``most`` nodes over them: file nodes, qcow2 and raw over a new
     file node or (raw) over an existing node, blkdebug (with random ``take-child-perms`` /
-    ``unshare-child-perms`` if ``child_perms``), read-only or not; nodes QEMU refuses are left out."""
-    vm = Machine()
+    ``unshare-child-perms`` if ``child_perms``), read-only or not; nodes QEMU refuses are left out. On
+    ``vm`` if given (real QEMU too), else on a new simulator."""
+    vm = Machine() if vm is None else vm
     for i in range(4):
         vm.qemu_img("create", "-f", "qcow2", f"i{i}.qcow2", "64M")
     for i in range(rng.randint(2, most)):
@@ -24,8 +25,8 @@ def random_graph(rng: random.Random, most: int, child_perms: bool = False) -> Ma
         file = {"driver": "file", "filename": image, "read-only": ro or rng.random() < 0.3}
         if kind == "file":
             opts = {**file, "node-name": f"n{i}"}
-        elif kind == "ref" and vm.graph.nodes:
-            opts = {"driver": "raw", "node-name": f"n{i}", "read-only": ro, "file": rng.choice(list(vm.graph.nodes))}
+        elif kind == "ref" and (names := [n["node-name"] for n in vm.qmp("query-named-block-nodes")][::-1]):
+            opts = {"driver": "raw", "node-name": f"n{i}", "read-only": ro, "file": rng.choice(names)}
         elif kind == "blkdebug":
             opts = {"driver": "blkdebug", "node-name": f"n{i}", "image": file}
             if child_perms:

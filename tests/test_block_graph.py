@@ -8,6 +8,7 @@ expected graph below is the system emulator's answer (automatic node names' numb
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import pytest
@@ -16,7 +17,7 @@ from bitlab import Machine
 from bitlab.block.xdbg import link_lines
 
 from .both import on_both
-from .graphs import block_graph
+from .graphs import block_graph, random_graph
 
 M = 1 << 20
 ALL = ["resize", "write-unchanged", "write", "consistent-read"]
@@ -200,3 +201,14 @@ def test_links_as_text_in_walk_order():
                 "edges": [{"parent": 1, "child": 2, "name": "root", "perm": ["consistent-read"],
                            "shared-perm": ["write-unchanged", "write", "consistent-read"]}]}
     assert link_lines(exported) == ["(export) -root-> a: takes read; shares read write unchanged"]
+
+
+@pytest.mark.qemu
+def test_random_graphs_as_qemu_shows_them():
+    """Random graphs of file, qcow2, raw and blkdebug nodes (with child permissions), read-only or not,
+    nodes taken by reference: the whole graph as the system emulator shows it (on qemu-storage-daemon the
+    real backend's own guest exports would write the top nodes, and take their files' locks)."""
+    for seed in range(12):
+        real, sim = on_both(lambda vm, seed=seed: block_graph(random_graph(random.Random(seed), 8, True, vm)),
+                            daemon="system")
+        assert sim == real, seed

@@ -83,8 +83,9 @@ def test_graph_changes_show_at_once():
     """A backup's filter comes and goes; nodes are added and deleted; a backing file is opened."""
     vm = machine()
     check(vm)
+    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", "4M")  # (base.qcow2 is top's backing file: locked)
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt",
-                            "file": {"driver": "file", "filename": "base.qcow2"}, "backing": None})
+                            "file": {"driver": "file", "filename": "tgt.qcow2"}, "backing": None})
     check(vm)
     vm.write("top", 0, 65536, 0x43)
     vm.qmp("blockdev-backup", {"job-id": "j", "device": "top", "target": "tgt", "sync": "full"})
@@ -135,8 +136,9 @@ def test_random_operations_never_read_a_stale_entry(seed):
             elif op == "run":
                 vm.run()
             elif op == "add":
-                vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "extra",
-                                        "file": {"driver": "file", "filename": "base.qcow2"}})
+                vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "extra",  # (top's backing file:
+                                        "file": {"driver": "file", "filename": "base.qcow2",  # no locks, or
+                                                 "locking": "off"}})  # QEMU refuses the write lock)
             elif op == "del":
                 vm.qmp("blockdev-del", {"node-name": "extra"})
         except QMPError:

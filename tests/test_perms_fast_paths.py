@@ -25,7 +25,8 @@ def test_attach_alone_is_the_general_check(seed: int) -> None:
     fast path answers, the permission view gives the same error (or none); it answers for some."""
     rng = random.Random(seed)
     vm = random_graph(rng, 7)
-    vm.qmp("blockdev-add", {"driver": "file", "node-name": "loose", "filename": "i0.qcow2",
+    vm.qemu_img("create", "-f", "qcow2", "loose.qcow2", "64M")  # a file of its own: no other node's locks
+    vm.qmp("blockdev-add", {"driver": "file", "node-name": "loose", "filename": "loose.qcow2",
                             "read-only": rng.random() < 0.5})
     answered = 0
     nodes = list(vm.graph.nodes.values())
@@ -56,3 +57,6 @@ def test_attach_alone_declines_a_child_in_use() -> None:
     stand_in = perms.FilterStandIn("cbw")
     assert perms.attach_error_alone(vm.graph, stand_in, "file", file) is None
     assert perms.attach_error_alone(vm.graph, stand_in, "file", q) is None
+    # a file node nothing uses, on a file another node has open: their locks may meet
+    vm.qmp("blockdev-add", {"driver": "file", "node-name": "f2", "filename": "a.qcow2"})
+    assert perms.attach_error_alone(vm.graph, stand_in, "file", vm.graph.nodes["f2"]) is None

@@ -105,7 +105,8 @@ def test_conflict_of_a_node_with_one_parent_is_the_general_check(seed: int) -> N
     outcomes = set()
     for step in range(40):
         starts = rng.sample(nodes, rng.randint(1, min(3, len(nodes))))
-        every = (view.conflict_general(n, view.parents.get(id(n), [])) for n in view.topological(*starts))
+        every = (view.conflict_general(n, view.parents.get(id(n), []))
+                 or (view.lock_conflict(n) if n.driver == "file" else None) for n in view.topological(*starts))
         first = next((text for text in every if text is not None), None)
         assert view.first_error(*starts) == first
         outcomes.add(("first", first is None))

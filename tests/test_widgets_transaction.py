@@ -193,8 +193,13 @@ def test_model_matches_real_qemu():
              {"sync": "full"},
              {"sync": "bitmap", "bitmap_mode": "always"},
              {"drives": ("drive0", "drive1", "drive2", "drive3"), "failing": "drive2"}]
+    def rows(out) -> list:
+        # how far a job cancelled with its group got before the cancel is QEMU's own run-to-run variation
+        return [[*row[:3], "?/" + row[3].split("/")[1], *row[4:]] if row[1] == "CANCELLED" else row
+                for row in drive_rows(out)]
+
     for kw in cases:
         for mode in ("individual", "grouped"):
             sim, real = run_seed(mode, chain=True, **kw), run_seed(mode, chain=True, backend="qemu", **kw)
-            assert drive_rows(real) == drive_rows(sim), (mode, kw)
+            assert rows(real) == rows(sim), (mode, kw)
             assert advice_rows(real) == advice_rows(sim), (mode, kw)

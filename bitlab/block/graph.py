@@ -49,6 +49,8 @@ class BlockGraph:
         self._rng = random.Random(seed)
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
+        if store.locks is None:  # the machine's graph: another program (qemu-img) meets its file locks
+            store.locks = lambda image: perms.file_locks(self, image)
         # permissions (bitlab.block.perms): when each link was made (QEMU lists a node's parents newest
         # first), keyed (id(parent node), role), ("device", name) or ("blk", id(blk)); what each device takes
         self.link_order: dict[tuple, int] = {}
@@ -204,8 +206,6 @@ class BlockGraph:
             if driver == "qcow2" and (image is None or not image.is_qcow2):
                 self._drop_unowned(file_node)
                 raise generic("Image is not in qcow2 format")
-            if not isinstance(opts["file"], str):  # a file node taken by reference opens no file: its
-                self._check_lock(image, driver, ro, file_node)  # links' permissions decide (below)
             if driver == "raw":
                 node = RawNode(name or self.auto_name(), auto_named=name is None, **common)
             else:
@@ -218,8 +218,6 @@ class BlockGraph:
                 raise
             if driver == "qcow2":
                 self._check_qcow2_open(opts, image, file_node)
-            if image is not None and not ro:
-                image.lockers.append((node, driver == "raw"))
             self._attach(node, "file", file_node)
             named(node)
             if isinstance(node, Qcow2Node):
@@ -277,15 +275,6 @@ class BlockGraph:
         self._attach(node, "backing", child)
         # bdrv_open_backing_file: an implicit backing file is the one the image names (auto_backing_file)
         node.auto_backing_file = child.filename
-
-    def _check_lock(self, image, driver: str, read_only: bool, file_node: BlockNode) -> None:
-        """File locking: qcow2 takes the write permission and shares it with nobody."""
-        if image is None or read_only:
-            return
-        shares = driver == "raw"
-        if any(not other_shares or not shares for _, other_shares in image.lockers):
-            self._drop_unowned(file_node)
-            raise generic('Failed to get "write" lock')
 
     def _child(self, ref: dict | str, parent_opts: dict, read_only: bool) -> BlockNode:
         if isinstance(ref, str):
@@ -422,9 +411,6 @@ class BlockGraph:
             child.parents -= 1
             self._drop_unowned(child, clean=clean)
         node.children = []
-        image = node.__dict__.get("image")  # a format node's own image (not a filter's view)
-        if image is not None:
-            image.lockers = [(n, sh) for n, sh in image.lockers if n is not node]
         self.nodes.pop(node.node_name, None)
         self.monitor_owned.discard(node.node_name)
 

@@ -38,6 +38,24 @@ def qapi_perms(perm: int) -> list[str]:
     return [QAPI_NAMES[bit] for bit in (RESIZE, WRITE_UNCHANGED, WRITE, READ) if perm & bit]
 
 
+def lock_error(perm: int, shared: int, others: list[tuple[int, int]]) -> str | None:
+    """file-posix's locks (raw_check_lock_bytes): a file descriptor taking ``perm`` and sharing ``shared``,
+    against the (perm, shared) of the others open on the same file. Each holds a lock byte per permission
+    it takes and per permission it does not share; taking a permission another does not share, or not
+    sharing one another takes, fails, in permission order."""
+    held = unshared = 0
+    for other_perm, other_shared in others:
+        held |= other_perm
+        unshared |= ALL & ~other_shared
+    for bit, name in PERM_NAMES:
+        if perm & bit & unshared:
+            return f'Failed to get "{name}" lock'
+    for bit, name in PERM_NAMES:
+        if not shared & bit and held & bit:
+            return f'Failed to get shared "{name}" lock'
+    return None
+
+
 @dataclass(eq=False)
 class Blk:
     """A BlockBackend's root link (or a job's link): fixed permissions and how QEMU names its user."""
@@ -128,10 +146,14 @@ class PermView:
         self.children: dict[int, list[tuple[str, BlockNode]]] = {}
         self.parents: dict[int, list[Edge]] = {}
         self._cumulative: dict[int, tuple[int, int]] = {}  # memo of cumulative(), cleared by every change
+        self.files: dict[int, list[BlockNode]] = {}  # id(image) -> the file nodes open on it (their locks)
         stamped: list[tuple[int, int, Edge]] = []  # (when the link was made, id of its child, the link)
         when = graph.link_order.get
         children = self.children
+        files = self.files
         for node in graph.nodes.values():
+            if node.driver == "file" and node.options.get("locking") != "off":  # (locking=off: no lock bytes)
+                files.setdefault(id(node.image), []).append(node)
             links = node.children
             children[id(node)] = links[::-1]  # QLIST_INSERT_HEAD: newest first
             for role, child in links:
@@ -265,7 +287,19 @@ class PermView:
                 text = self.conflict_general(node, edges)
                 if text is not None:
                     return text
+            if node.driver == "file" and len(self.files.get(id(node.image), ())) > 1:
+                text = self.lock_conflict(node)
+                if text is not None:
+                    return text
         return None
+
+    def lock_conflict(self, node: BlockNode) -> str | None:
+        """The file driver's set_perm: ``node``'s locks against the other file nodes open on its file."""
+        holders = self.files.get(id(node.image), [])
+        if not any(other is node for other in holders):  # locking=off: it neither holds nor tests a lock
+            return None
+        perm, shared = self.cumulative(node)
+        return lock_error(perm, shared, [self.cumulative(other) for other in holders if other is not node])
 
     def check(self, *starts: BlockNode, prefix: str = "") -> None:
         """bdrv_list_refresh_perms over the nodes below ``starts``: QEMU's first error, raised."""
@@ -290,7 +324,7 @@ def attach_error_alone(graph: Any, parent: BlockNode, role: str, child: BlockNod
     """What :func:`check_attach` finds without a view, where the new link is all there is: a child with
     no parents and no children, a parent nothing uses (its link takes what the driver takes for no
     parents; alone, it conflicts with nothing but a read-only child). ``""``: no error; None: not so."""
-    if child.children or not _unused(graph, child) or not _unused(graph, parent):
+    if child.children or not _unused(graph, child) or not _unused(graph, parent) or shares_file(graph, child):
         return None
     perm, _ = child_perm(parent, role, 0, ALL, False)
     return "Block node is read-only" if child.read_only and perm & (WRITE | WRITE_UNCHANGED) else ""
@@ -307,11 +341,25 @@ def check_blk(graph: Any, node: BlockNode, perm: int, shared: int = ALL, desc: s
     view.check(node)
 
 
+def shares_file(graph: Any, node: BlockNode) -> bool:
+    """A file node whose file another file node has open too (their locks may meet)."""
+    return node.driver == "file" and any(other is not node and other.driver == "file" and other.image is node.image
+                                         for other in graph.nodes.values())  # (locking=off ones too: the view knows)
+
+
+def file_locks(graph: Any, image: Any) -> list[tuple[int, int]]:
+    """What each file node open on ``image`` takes and shares (its locks), for another process."""
+    if not any(node.driver == "file" and node.image is image for node in graph.nodes.values()):
+        return []
+    view = PermView(graph)
+    return [view.cumulative(node) for node in view.files.get(id(image), ())]
+
+
 def _alone(graph: Any, node: BlockNode) -> bool:
     """No parent of any kind, and a driver whose links below take the same whatever its parents take
     (a writable qcow2 always writes its file; file and null-co have no children)."""
-    return _unused(graph, node) and (node.driver in ("file", "null-co", "null-aio")
-                                     or (node.driver == "qcow2" and not node.read_only))
+    return _unused(graph, node) and not shares_file(graph, node) and (
+        node.driver in ("file", "null-co", "null-aio") or (node.driver == "qcow2" and not node.read_only))
 
 
 def _unused(graph: Any, node: BlockNode) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +41,6 @@ class ImageFile:
     backing_fmt: str | None = None
     bitmaps: list[StoredBitmap] = field(default_factory=list)
     compat: str = "1.1"  # qcow2 version: "1.1" (v3) or "0.10" (v2)
-    lockers: list = field(default_factory=list)  # format nodes holding the file's "write" lock
     l1_padded: bool = False  # the L1 table fills whole clusters (a qcow2 file emptied by qemu-img commit)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -246,6 +246,8 @@ class ImageStore:
 
     def __init__(self) -> None:
         self.files: dict[str, ImageFile] = {}
+        # what the file nodes open on an image take and share (file-posix's locks), set by the machine's graph
+        self.locks: Callable[[ImageFile], list[tuple[int, int]]] | None = None
 
     def __contains__(self, name: str) -> bool:
         return name in self.files

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..block import perms
 from ..block.paths import full_backing_filename, strip_file_protocol
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
@@ -110,17 +111,20 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
                ) -> ImageFile:
     """The file ``name`` opened with format ``fmt`` (probed when None), or qemu-img's error.
 
-    ``lock`` is what qemu-img asks of the file lock: ``"shared"`` to read (no ``-U``), ``"write"``
-    to change it; a qcow2 node holding the file read-write shares neither.
+    ``lock`` is what qemu-img asks of the file's locks: ``"shared"`` to read (no ``-U``: it reads and
+    shares no writes), ``"write"`` to change it (it also writes and resizes), against the file nodes a
+    running QEMU has open on it (bitlab.block.perms.lock_error).
     """
     key = find_key(key_fn, name)
     if key is None or key not in store:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': No such file or directory\n")
     image = store[key]
-    if lock and any(not shares for _, shares in image.lockers):
-        what = 'shared "write"' if lock == "shared" else '"write"'
-        raise QemuImgError(f"qemu-img: Could not open '{name}': Failed to get {what} lock\n"
-                           f"Is another process using the image [{name}]?\n")
+    if lock and store.locks is not None:
+        perm = perms.READ | (perms.WRITE | perms.RESIZE if lock == "write" else 0)
+        error = perms.lock_error(perm, perms.READ | perms.WRITE_UNCHANGED, store.locks(image))
+        if error is not None:
+            raise QemuImgError(f"qemu-img: Could not open '{name}': {error}\n"
+                               f"Is another process using the image [{name}]?\n")
     if fmt not in (None, "raw", "qcow2"):
         raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
     if fmt == "qcow2" and not image.is_qcow2:
