@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import QMPError, generic
 from . import perms
-from .node import BlockNode, Qcow2Node
+from .node import BlockNode
 from .store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, format_image, qcow2_l1_fits
 
 Work = Callable[[], None]
@@ -80,11 +80,13 @@ def _users(graph: Any, image: ImageFile) -> list[BlockNode]:
 
 
 def _check_unused(graph: Any, image: ImageFile, filename: str, early: bool) -> None:
-    """raw_co_create's file locks: a qcow2 node over the file shares no writes with us. QEMU would write
-    a file that a raw or bare file node has open under it (which keeps its old length): not simulated."""
+    """raw_co_create's file locks (it writes and resizes, sharing all but resize) against the file nodes
+    open on the file. QEMU would write a file that a node has open without a conflicting lock (which keeps
+    its old length): not simulated."""
+    error = perms.lock_error(perms.WRITE | perms.RESIZE, perms.ALL & ~perms.RESIZE, perms.file_locks(graph, image))
+    if error is not None:
+        raise CreateFailed(error, early=early, errno=_errno.EAGAIN)
     users = _users(graph, image)
-    if any(isinstance(node, Qcow2Node) for node in users):
-        raise CreateFailed('Failed to get "write" lock', early=early, errno=_errno.EAGAIN)
     if users:
         raise not_simulated(f"writing the file '{filename}' while node '{users[0].node_name}' has it open")
 
