@@ -145,6 +145,16 @@ def _child_refs(value: Any, key: str = "") -> list[str]:
     return [value] if isinstance(value, str) and key in CHILD_KEYS else []
 
 
+def _filenames(value: Any) -> set[str]:
+    """The files a blockdev-add's options open (every ``file`` driver's ``filename``)."""
+    if isinstance(value, dict):
+        own = {value["filename"]} if value.get("driver") == "file" and isinstance(value.get("filename"), str) else set()
+        return own.union(*(_filenames(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_filenames(v) for v in value))
+    return set()
+
+
 def _backup_sources(name: str | None, args: object) -> list[str]:
     """The nodes a backup command (or a transaction's backup actions) backs up."""
     if name not in BACKUP_COMMANDS or not isinstance(args, dict):
@@ -726,13 +736,25 @@ class QemuMachine(GuestIO, Monitor):
         """blockdev-add, then export the new node; exports of nodes it takes as children go first."""
         args = message["arguments"]
         moved = {name: self._unexport(name) for name in dict.fromkeys(_child_refs(args)) if name in self._exports}
+        aside: dict[str, str | None] = {}
+        if self._exports and self._opened(_filenames(args)):  # a file open already: the exports' write locks
+            aside = self._stand_aside(server=False)  # would meet the new node's (a bare QEMU has none)
         reply = self._send(message)
         if "error" in reply:
             for name, attached in moved.items():
                 self._export(name, attached)
-        elif isinstance(args.get("node-name"), str):
+        self._come_back(aside)
+        if "return" in reply and isinstance(args.get("node-name"), str):
             self._export(args["node-name"])
         return reply
+
+    def _opened(self, filenames: set[str]) -> bool:
+        """Whether a file node has one of ``filenames`` open (by the name QEMU reports)."""
+        if not filenames:
+            return False
+        keys = {self._image_key(name) for name in filenames}
+        return any(node["drv"] == "file" and self._image_key(node["image"]["filename"]) in keys
+                   for node in self._helper_value("query-named-block-nodes", {"flat": True}))
 
     def _blockdev_del(self, message: dict) -> dict:
         """blockdev-del without the export in the way (put back if the command fails)."""
