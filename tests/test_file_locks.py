@@ -3,8 +3,9 @@ against the nodes a running QEMU has open, as QEMU 7.2's system emulator answers
 
 Each file node holds a lock byte for every permission its parents take and for every one they do not
 share; taking what another does not share (``Failed to get "write" lock``), or not sharing what another
-takes (``Failed to get shared "resize" lock``), fails. A node nobody uses takes nothing, so holds nothing. On qemu-storage-daemon the real backend's own guest exports write
-every top node: they stand aside while a node opens a file that is open already, but not for qemu-img.
+takes (``Failed to get shared "resize" lock``), fails. A node nobody uses takes nothing, so holds nothing.
+On qemu-storage-daemon the real backend's own guest exports write every top node: they stand aside while
+a node opens a file that is open already, but not for qemu-img.
 """
 
 from __future__ import annotations
