@@ -133,8 +133,9 @@ class BlockGraph:
         self.monitor_owned.add(node.node_name)
         return node
 
-    def open(self, opts: dict, *, read_only: bool = False) -> BlockNode:
-        """Open one node (and its children) from checked BlockdevOptions."""
+    def open(self, opts: dict, *, read_only: bool = False, no_backing: bool = False) -> BlockNode:
+        """Open one node (and its children) from checked BlockdevOptions (``no_backing``: BDRV_O_NO_BACKING,
+        the backing file the image names is not opened)."""
         name = opts.get("node-name")
         if name is not None:
             self.check_name(name)
@@ -222,7 +223,8 @@ class BlockGraph:
             named(node)
             if isinstance(node, Qcow2Node):
                 try:
-                    self._open_backing(node, opts)
+                    if not no_backing:
+                        self._open_backing(node, opts)
                 except Exception:
                     self.release(node)
                     raise
@@ -353,10 +355,57 @@ class BlockGraph:
         self._attach(node, "backing", backing)
 
     def guest_view(self, node: BlockNode) -> BlockNode:
-        """Where a guest's I/O to ``node`` enters: the filter above it during a backup."""
-        while getattr(node, "filtered_by", None) is not None:
-            node = node.filtered_by
-        return node
+        """Where a guest's I/O to ``node`` enters: the filter above it during a backup, and the overlay an
+        external snapshot put above it while that overlay still has it as its backing file (the guest, a
+        parent of the node, moved up with the node's other parents)."""
+        while True:
+            if node.filtered_by is not None:
+                node = node.filtered_by
+                continue
+            over = node.overlay
+            if over is not None and self.nodes.get(over.node_name) is over and over.backing is node:
+                node = over
+                continue
+            return node
+
+    # -- external snapshots (block.c bdrv_append) ------------------------------------------------
+    def append(self, new: BlockNode, old: BlockNode) -> None:
+        """bdrv_append: ``new`` gets ``old`` as its backing child and takes its place under every other
+        parent (devices, exports, nodes). Nothing changes if the links would make a cycle or conflict."""
+        if id(new) in subtree_ids(old, lambda node: node.children):  # bdrv_recurse_has_child
+            raise generic(f"Making '{old.node_name}' a backing child of '{new.node_name}' would create a cycle")
+        view = perms.PermView(self)
+        view.attach(new, "backing", old)
+        view.replace(old, new)
+        view.check(new)
+        self.set_backing(new, old)
+        self._replace_node(old, new)
+
+    def unappend(self, new: BlockNode, old: BlockNode) -> None:
+        """external_snapshot_abort: the overlay drops its backing link, ``old`` is back under its parents."""
+        new.children = [(role, child) for role, child in new.children if not (role == "backing" and child is old)]
+        old.parents -= 1
+        self.link_order.pop((id(new), "backing"), None)
+        self._replace_node(new, old)
+
+    def reopen_read_only(self, node: BlockNode) -> None:
+        """bdrv_reopen_set_read_only(node, true): the node and the children it opened itself become
+        read-only; a qcow2 node stores its persistent bitmaps, which become read-only, and drops its lock."""
+        if node.read_only:
+            return
+        if isinstance(node, Qcow2Node):
+            node.write_back()
+            self._store_bitmaps(node)
+            for bm in node.bitmaps:
+                if bm.persistent:
+                    bm.readonly = True
+        image = node.__dict__.get("image")
+        if image is not None:
+            image.lockers = [(n, sh) for n, sh in image.lockers if n is not node]
+        node.read_only = True
+        for role, child in node.children:
+            if role in ("file", "image") and child.node_name not in self.monitor_owned:
+                self.reopen_read_only(child)
 
     # -- persistent bitmaps -------------------------------------------------------
     def _load_bitmaps(self, node: Qcow2Node) -> None:
