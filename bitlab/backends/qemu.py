@@ -94,6 +94,7 @@ PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "bl
 # already when it replaces the source, not only once the job links to it), which come back above the filter.
 BACKUP_COMMANDS = {"blockdev-backup", "drive-backup", "transaction"}
 BACKUP_ACTIONS = {"blockdev-backup", "drive-backup"}
+SNAPSHOT_ACTIONS = {"blockdev-snapshot-sync", "blockdev-snapshot"}  # external snapshots: see _snapshot
 CHILD_KEYS = {"file", "backing", "data-file", "image", "raw", "test", "target", "children"}
 
 
@@ -154,6 +155,25 @@ def _backup_sources(name: str | None, args: object) -> list[str]:
         return []
     return [a["data"]["device"] for a in actions if isinstance(a, dict) and a.get("type") in BACKUP_ACTIONS
             and isinstance(a.get("data"), dict) and isinstance(a["data"].get("device"), str)]
+
+
+def _snapshots(name: str | None, args: object) -> dict[str, str] | None:
+    """The external snapshots a command (or a transaction's actions) takes: old node -> overlay node (as
+    named in the arguments), or None if it takes none."""
+    if not isinstance(args, dict) or name not in SNAPSHOT_ACTIONS | {"transaction"}:
+        return None
+    actions = args.get("actions", []) if name == "transaction" else [{"type": name, "data": args}]
+    if not isinstance(actions, list):
+        return None
+    found: dict[str, str] = {}
+    snapshots = [a["data"] for a in actions if isinstance(a, dict) and a.get("type") in SNAPSHOT_ACTIONS
+                 and isinstance(a.get("data"), dict)]
+    for data in snapshots:
+        old = data.get("node", data.get("node-name", data.get("device")))
+        new = data.get("overlay", data.get("snapshot-node-name"))
+        if isinstance(old, str) and isinstance(new, str):
+            found[old] = new
+    return found if snapshots else None
 
 
 def _private(export_id: object) -> bool:
@@ -479,6 +499,9 @@ class QemuMachine(GuestIO, Monitor):
                 return self._blockdev_del(message)
         if name in ("nbd-server-start", "nbd-server-stop") or name in NBD_EXPORTERS:
             return self._nbd_server_command(message)
+        snapshots = _snapshots(name, message.get("arguments")) if kind == "qsd" else None
+        if snapshots is not None and self._exports:
+            return self._snapshot(message, snapshots)
         if name in PERMISSION_COMMANDS and self._exports:
             moved = self._stand_aside(server=False)
             try:
@@ -731,14 +754,56 @@ class QemuMachine(GuestIO, Monitor):
             self._export(args["node-name"])
         return reply
 
+    def _snapshot(self, message: dict, snapshots: dict[str, str]) -> dict:
+        """An external snapshot on qemu-storage-daemon: the backend's exports (BlockBackends that would keep
+        a new overlay alive, or make an exported overlay "in use") stand aside, as on a QEMU without them.
+        If it worked, an export that was on a snapshotted node comes back on the top of its new chain — the
+        overlay, if it is still there (one over a node without parents goes at once) — as the guest's view
+        moves there in bitlab; the others come back where they were."""
+        noted = message.get("execute") in NOTED_COMMANDS
+        if noted:
+            self._collect()
+        moved = self._stand_aside(server=False)
+        events_at = len(self.events)
+        reply: dict = {}
+        try:
+            reply = self._send(message)
+        finally:
+            self._snapshot_come_back(moved, snapshots if "return" in reply else {})
+        if noted and "return" in reply:
+            history_of(self).note_command(self, message, reply, events_at)
+        return reply
+
+    def _snapshot_come_back(self, moved: dict[str, str | None], snapshots: dict[str, str]) -> None:
+        """Export again what stood aside for a snapshot: up to the overlays (above a backup's filter, if a
+        transaction started one there), or where it was if that cannot be."""
+        for node, attached in moved.items():
+            if node == BITMAP_KEY:
+                continue
+            was = attached or node
+            place = was
+            while place in snapshots:
+                place = snapshots[place]
+            if snapshots:
+                place = self._filter_above(place) or place
+            if place == was or self._export(node, place) is not None:
+                self._export(node, attached)
+
     def _blockdev_del(self, message: dict) -> dict:
-        """blockdev-del without the export in the way (put back if the command fails)."""
+        """blockdev-del without the backend's exports in the way: the node's own, and those that came up
+        onto it with a snapshot (put back if the command fails; those go back to their own node if not)."""
         node = message["arguments"].get("node-name")
-        exported = isinstance(node, str) and node in self._exports
-        attached = self._unexport(node) if exported else None
+        if not isinstance(node, str):
+            return self._send(message)
+        on_node = {info["id"] for info in self._helper_value("query-block-exports") if info["node-name"] == node}
+        moved = {key: self._unexport(key) for key in list(self._exports)
+                 if key == node or (key != BITMAP_KEY and self._exports[key] in on_node)}
         reply = self._send(message)
-        if exported and "error" in reply:
-            self._export(node, attached)
+        for key, attached in moved.items():
+            if "error" in reply:
+                self._export(key, attached)
+            elif key != node:
+                self._export(key)
         return reply
 
     # -- time -----------------------------------------------------------------------------

@@ -473,14 +473,14 @@ class BlockGraph:
             raise generic(f"Failed to find node with node-name='{name}'")
         if any(blk.node is node for blk in self.blks):
             raise generic(f"Node {name} is in use")
-        if name not in self.monitor_owned:
-            raise generic(f"Node {name} is not owned by the monitor")
-        if node.job_blocker:
+        if node.job_blocker:  # op blockers (BLOCK_OP_TYPE_DRIVE_DEL) come before the monitor's ownership
             raise generic(f"Node '{name}' is busy: {node.job_blocker}")
         for parent in self.nodes.values():
             for role, child in parent.children:
                 if child is node and role == "backing":
                     raise generic(f"Node '{name}' is busy: node is used as backing hd of '{parent.node_name}'")
+        if name not in self.monitor_owned:
+            raise generic(f"Node {name} is not owned by the monitor")
         if node.parents or any(dev is node for dev in self.devices.values()):
             raise generic(f"Block device {name} is in use")
         self.release(node)

@@ -1,0 +1,324 @@
+"""External snapshots (blockdev-snapshot-sync, blockdev-snapshot): QEMU 7.2's checks and texts, what follows
+(the old node read-only, the guest's writes in the overlay, bitmaps that stay behind), transactions that roll
+a snapshot back — in the simulator with QEMU's exact texts, and the same stories on real QEMU 7.2."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from bitlab import Machine
+from bitlab.errors import QMPError
+from tests.both import on_both
+
+AUTO = re.compile(r"#block\d+")
+HOST = re.compile(r"disk size: .*|\d+ ops; .*")  # host file layout and timings: not simulated
+
+
+def _mask(value: Any) -> Any:
+    """Host-file layout is not simulated (``actual-size`` left out); automatic node names differ."""
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items() if k != "actual-size"}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    if isinstance(value, str):
+        return HOST.sub("", AUTO.sub("#auto", value))
+    return value
+
+
+class Recorder:
+    """Runs QMP commands on a machine and keeps each reply (masked) or error text, in order."""
+
+    def __init__(self, vm: Machine) -> None:
+        self.vm, self.out = vm, []
+
+    def __call__(self, name: str, args: dict | None = None) -> Any:
+        try:
+            value = _mask(self.vm.qmp(name, args))
+        except QMPError as err:
+            value = f"{err.error_class}: {_mask(err.desc)}"
+        self.out.append((name, value))
+        return value
+
+    def note(self, what: str, value: Any) -> None:
+        self.out.append((what, _mask(value)))
+
+
+def _bitmaps(vm: Machine) -> dict:
+    """Per named node: read-only, and its bitmaps' (name, count)."""
+    return {n["node-name"]: (n["ro"], [(b["name"], b["count"]) for b in n.get("dirty-bitmaps", [])])
+            for n in vm.qmp("query-named-block-nodes", {"flat": True}) if not n["node-name"].startswith("#")}
+
+
+def _txn(*actions: tuple[str, dict], **props: str) -> dict:
+    args: dict = {"actions": [{"type": kind, "data": data} for kind, data in actions]}
+    if props:
+        args["properties"] = {k.replace("_", "-"): v for k, v in props.items()}
+    return args
+
+
+# -- the stories --------------------------------------------------------------------------------------------
+
+def sync_errors_story(vm: Machine) -> list:
+    """blockdev-snapshot-sync on a bare qcow2 node: every check in order; then a snapshot whose overlay
+    nobody holds (it goes at once, the old node stays read-only)."""
+    r = Recorder(vm)
+    vm.qemu_img("create", "-f", "qcow2", "base.qcow2", "64M")
+    vm.qemu_img("create", "-f", "qcow2", "ovb.qcow2", "64M")
+    r("blockdev-add", {"driver": "qcow2", "node-name": "drive0", "file": {"driver": "file", "filename": "base.qcow2"}})
+    r("blockdev-add", {"driver": "null-co", "node-name": "null0", "size": 64 << 20})
+    r("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"})
+    for args in [
+        {"node-name": "drive0", "snapshot-file": "ov1.qcow2"},
+        {"device": "drive0", "snapshot-file": "ov1.qcow2"},
+        {"snapshot-file": "ov1.qcow2", "snapshot-node-name": "ov1"},
+        {"node-name": "nope", "snapshot-file": "ov1.qcow2", "snapshot-node-name": "ov1"},
+        {"node-name": "drive0", "snapshot-file": "ov1.qcow2", "snapshot-node-name": "drive0"},
+        {"node-name": "drive0", "snapshot-file": "ov1.qcow2", "snapshot-node-name": "null0"},
+        {"node-name": "drive0", "snapshot-file": "ovx.qcow2", "snapshot-node-name": "ovx", "mode": "existing"},
+        {"node-name": "drive0", "snapshot-file": "ovr.img", "snapshot-node-name": "ovx", "format": "raw"},
+        {"node-name": "drive0", "snapshot-file": "ovf.img", "snapshot-node-name": "ovx", "format": "file"},
+        {"node-name": "drive0", "snapshot-file": "ovz.img", "snapshot-node-name": "ovx", "format": "bogus"},
+        {"node-name": "drive0", "snapshot-file": "base.qcow2", "snapshot-node-name": "ovx"},
+        {"node-name": "drive0", "snapshot-file": "ov2.qcow2", "snapshot-node-name": "#x"},
+        {"node-name": "drive0", "snapshot-file": "ov1.qcow2", "snapshot-node-name": "ov1", "format": "qcow2",
+         "mode": "absolute-paths"},
+    ]:
+        r("blockdev-snapshot-sync", args)
+    r.note("files", sorted(f for f in ("ov1.qcow2", "ov2.qcow2", "ovx.qcow2", "ovr.img", "ovf.img")
+                           if _exists(vm, f)))
+    r.note("ov1 chain", vm.qemu_img("info", "--backing-chain", "ov1.qcow2"))
+    r("query-named-block-nodes")
+    r("x-debug-query-block-graph")
+    r.note("bitmaps", _bitmaps(vm))
+    r("blockdev-snapshot-sync", {"node-name": "null0", "snapshot-file": "ovn.qcow2", "snapshot-node-name": "ovn",
+                                 "mode": "existing"})
+    r("blockdev-snapshot-sync", {"node-name": "drive0", "snapshot-file": "ovb.qcow2", "snapshot-node-name": "ovb",
+                                 "mode": "existing"})
+    r.note("ovb", vm.qemu_img("info", "ovb.qcow2"))
+    return r.out
+
+
+def _exists(vm: Machine, name: str) -> bool:
+    try:
+        vm.qemu_img("info", name)
+    except Exception:
+        return False
+    return True
+
+
+def overlay_story(vm: Machine) -> list:
+    """blockdev-snapshot with blockdev-add'ed overlays: what an overlay may be, then a chain of two whose
+    top takes the guest's writes while the bitmap on the old node stops counting."""
+    r = Recorder(vm)
+    for name, fmt in (("base.qcow2", "qcow2"), ("ovn.qcow2", "qcow2"), ("ovm.qcow2", "qcow2"), ("ovr.raw", "raw")):
+        vm.qemu_img("create", "-f", fmt, name, "64M")
+    vm.qemu_img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "ovb.qcow2")
+    r("blockdev-add", {"driver": "qcow2", "node-name": "drive0", "file": {"driver": "file", "filename": "base.qcow2"}})
+    r("blockdev-add", {"driver": "null-co", "node-name": "null0", "size": 64 << 20})
+    r("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"})
+    vm.write("drive0", "0", "64k")
+    r("blockdev-add", {"driver": "raw", "node-name": "ovr", "file": {"driver": "file", "filename": "ovr.raw"}})
+    r("blockdev-add", {"driver": "qcow2", "node-name": "ovb", "file": {"driver": "file", "filename": "ovb.qcow2"},
+                       "backing": "null0"})
+    for args in [
+        {"node": "drive0", "overlay": "drive0"},
+        {"node": "nope", "overlay": "drive0"},
+        {"node": "drive0", "overlay": "nope"},
+        {"node": "drive0", "overlay": "null0"},
+        {"node": "drive0", "overlay": "ovr"},
+        {"node": "drive0", "overlay": "ovb"},
+        {"node": "null0", "overlay": "ovb"},
+    ]:
+        r("blockdev-snapshot", args)
+    r("blockdev-add", {"driver": "qcow2", "node-name": "ovn", "backing": None,
+                       "file": {"driver": "file", "filename": "ovn.qcow2"}})
+    r("blockdev-snapshot", {"node": "drive0", "overlay": "ovn"})
+    vm.write("drive0", "1M", "64k")
+    r("block-dirty-bitmap-add", {"node": "ovn", "name": "b1"})
+    vm.write("ovn", "2M", "64k")
+    r("blockdev-add", {"driver": "qcow2", "node-name": "ovm", "backing": None,
+                       "file": {"driver": "file", "filename": "ovm.qcow2"}})
+    r("blockdev-snapshot", {"node": "drive0", "overlay": "ovm"})
+    r("blockdev-snapshot", {"node": "ovn", "overlay": "ovm"})
+    vm.write("drive0", "3M", "64k")
+    r.note("bitmaps", _bitmaps(vm))
+    r.note("drive0 reads", [vm.guest_io("drive0", f"read -P {p} {o} 64k") for p, o in
+                            ((0xCD, "0"), (0xCD, "1M"), (0xCD, "2M"), (0xCD, "3M"), (0, "4M"))])
+    r("query-named-block-nodes")
+    r("x-debug-query-block-graph")
+    r.note("chain", vm.qemu_img("info", "--backing-chain", "-U", "ovm.qcow2"))
+    r("blockdev-del", {"node-name": "drive0"})
+    r("blockdev-del", {"node-name": "ovn"})
+    r("blockdev-del", {"node-name": "ovm"})
+    r("blockdev-del", {"node-name": "ovn"})
+    r.note("bitmaps after", _bitmaps(vm))
+    r("x-debug-query-block-graph")
+    return r.out
+
+
+def device_story(vm: Machine) -> list:
+    """A -drive device: snapshots by device name (automatic overlay names), query-block, writes and bitmaps,
+    a backup of the device afterwards, and the op blocker of a running backup."""
+    r = Recorder(vm)
+    vm.add_drive("drive0", "64M", node_name="d0")
+    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", "64M")
+    r("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"})
+    vm.write("drive0", "0", "64k")
+    r("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "drive0.qcow2"})
+    r("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "ov1.qcow2"})
+    r("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "ov1.qcow2"})
+    vm.write("drive0", "1M", "64k")
+    r("query-block")
+    r("block-dirty-bitmap-add", {"node": "drive0", "name": "b1"})
+    vm.write("drive0", "2M", "64k")
+    r.note("bitmaps", _bitmaps(vm))
+    r("blockdev-del", {"node-name": "d0"})
+    r("blockdev-snapshot-sync", {"node-name": "d0", "snapshot-file": "ov9.qcow2", "snapshot-node-name": "ov9"})
+    r("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "ov2.qcow2", "format": "qcow2",
+                                 "snapshot-node-name": "ov2"})
+    r("query-block")
+    r("x-debug-query-block-graph")
+    r("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "tgt.qcow2"}})
+    r("blockdev-backup", {"device": "drive0", "target": "tgt", "sync": "full", "job-id": "j", "speed": 1})
+    r("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "ov3.qcow2"})
+    r("blockdev-snapshot-sync", {"node-name": "tgt", "snapshot-file": "ov3.qcow2", "snapshot-node-name": "ov3"})
+    r("block-job-cancel", {"device": "j", "force": True})
+    vm.run()
+    r.note("chain", vm.qemu_img("info", "--backing-chain", "-U", "ov2.qcow2"))
+    return r.out
+
+
+def transaction_story(vm: Machine) -> list:
+    """Snapshots in transactions: rolled back by a later failing action (the created image stays), the
+    completion mode check, and the documentation's pattern: a snapshot and a new bitmap on the overlay."""
+    r = Recorder(vm)
+    vm.add_drive("drive0", "64M", node_name="d0")
+    vm.qemu_img("create", "-f", "qcow2", "ovm.qcow2", "64M")
+    r("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"})
+    r("blockdev-add", {"driver": "qcow2", "node-name": "ovm", "backing": None,
+                       "file": {"driver": "file", "filename": "ovm.qcow2"}})
+    r("transaction", _txn(("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "ovt.qcow2",
+                                                      "snapshot-node-name": "ovt"}), ("abort", {})))
+    r.note("ovt", vm.qemu_img("info", "-U", "ovt.qcow2"))
+    r("transaction", _txn(("blockdev-snapshot", {"node": "d0", "overlay": "ovm"}),
+                          ("block-dirty-bitmap-add", {"node": "nope", "name": "x"})))
+    r("transaction", _txn(("blockdev-snapshot", {"node": "d0", "overlay": "ovm"}),
+                          ("block-dirty-bitmap-add", {"node": "ovm", "name": "b1"}), completion_mode="grouped"))
+    r("query-block")
+    r("x-debug-query-block-graph")
+    r.note("bitmaps", _bitmaps(vm))
+    r("transaction", _txn(("blockdev-snapshot", {"node": "d0", "overlay": "ovm"}),
+                          ("block-dirty-bitmap-add", {"node": "ovm", "name": "b1"})))
+    r("transaction", _txn(("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "ov2.qcow2",
+                                                      "snapshot-node-name": "ov2"}),
+                          ("block-dirty-bitmap-add", {"node": "ov2", "name": "b2"}),
+                          ("block-dirty-bitmap-disable", {"node": "ovm", "name": "b1"})))
+    vm.write("drive0", "1M", "64k")
+    r.note("bitmaps", _bitmaps(vm))
+    r("query-block")
+    r("x-debug-query-block-graph")
+    return r.out
+
+
+STORIES = {"sync-errors": (sync_errors_story, "qsd"), "overlay": (overlay_story, "qsd"),
+           "device": (device_story, "system"), "transaction": (transaction_story, "system")}
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", STORIES)
+def test_story_as_on_qemu(name: str) -> None:
+    story, daemon = STORIES[name]
+    want, got = on_both(story, daemon=daemon)
+    assert len(got) == len(want)
+    for w, g in zip(want, got):
+        assert g == w, json.dumps(w)[:400]
+
+
+# -- simulator only: QEMU 7.2's texts, measured --------------------------------------------------------------
+
+def test_sync_error_texts() -> None:
+    out = dict(enumerate(sync_errors_story(Machine())))
+    texts = [value for name, value in out.values() if name == "blockdev-snapshot-sync"]
+    assert texts == [
+        "GenericError: New overlay node-name missing",
+        "GenericError: Cannot find device='drive0' nor node-name=''",
+        "GenericError: Cannot find device='' nor node-name=''",
+        "GenericError: Cannot find device='' nor node-name='nope'",
+        "GenericError: New overlay node-name already in use",
+        "GenericError: New overlay node-name already in use",
+        "GenericError: Could not open 'ovx.qcow2': No such file or directory",
+        "GenericError: Backing file not supported for file format 'raw'",
+        "GenericError: Backing file not supported for file format 'file'",
+        "GenericError: Unknown file format 'bogus'",
+        "GenericError: Error: Trying to create an image with the same filename as the backing file",
+        "GenericError: Invalid node-name: '#x'",
+        {},
+        "GenericError: Could not open 'ovn.qcow2': No such file or directory",
+        {},
+    ]
+    assert out[16] == ("files", ["ov1.qcow2", "ov2.qcow2"])  # made before the node name was refused: it stays
+    assert out[20] == ("bitmaps", {"null0": (False, []), "drive0": (True, [("b0", 0)])})
+
+
+def test_overlay_error_texts() -> None:
+    out = overlay_story(Machine())
+    texts = [value for name, value in out if name == "blockdev-snapshot"]
+    assert texts[:7] == [
+        "GenericError: Making 'drive0' a backing child of 'drive0' would create a cycle",
+        "GenericError: Cannot find device='nope' nor node-name='nope'",
+        "GenericError: Cannot find device='nope' nor node-name='nope'",
+        "GenericError: The overlay does not support backing images",
+        "GenericError: The overlay does not support backing images",
+        "GenericError: The overlay already has a backing image",
+        "GenericError: Node 'null0' is busy: node is used as backing hd of 'ovb'",
+    ]
+    assert texts[7:] == [{}, "GenericError: Node 'drive0' is busy: node is used as backing hd of 'ovn'", {}]
+    assert dict(out)["bitmaps"] == {"ovm": (False, []), "ovn": (True, [("b1", 65536)]), "ovb": (False, []),
+                                    "ovr": (False, []), "null0": (False, []), "drive0": (True, [("b0", 65536)])}
+
+
+def test_bare_node_overlay_goes_at_once() -> None:
+    """Nothing holds a new overlay over a node without parents: it is closed when the command ends, and the
+    old node stays read-only with its bitmaps (QEMU 7.2 does the same)."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a", "file": {"driver": "file", "filename": "a.qcow2"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "a", "name": "b", "persistent": True})
+    vm.qmp("blockdev-snapshot-sync", {"node-name": "a", "snapshot-file": "o.qcow2", "snapshot-node-name": "o"})
+    assert "o" not in vm.graph.nodes and vm.graph.nodes["a"].read_only
+    assert vm.graph.nodes["a"].bitmaps[0].readonly
+    with pytest.raises(QMPError, match="Bitmap 'b' is readonly and cannot be modified"):
+        vm.qmp("block-dirty-bitmap-clear", {"node": "a", "name": "b"})
+    assert json.loads(vm.qemu_img("info", "--output=json", "o.qcow2"))["backing-filename"] == "a.qcow2"
+
+
+def test_guest_writes_go_to_the_overlay() -> None:
+    """After a snapshot of a device the old node's bitmap stops counting; one added on the device counts."""
+    vm = Machine()
+    vm.add_drive("drive0", "64M", node_name="d0")
+    vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"})
+    vm.write("drive0", "0", "64k")
+    vm.qmp("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "o.qcow2", "snapshot-node-name": "o"})
+    vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b1"})
+    vm.write("drive0", "1M", "128k")
+    assert vm.dirty_bitmap("d0", "b0").count == 65536
+    assert vm.dirty_bitmap("o", "b1").count == 131072
+    assert vm.contents("drive0", 0, "2M") == [(0, 65536, 0xCD), (65536, 1 << 20, 0), (1 << 20, (1 << 20) + 131072,
+                                                                                        0xCD),
+                                              ((1 << 20) + 131072, 2 << 20, 0)]
+    assert vm.graph.nodes["d0"].read_extents(1 << 20, 65536)[2].tolist() == [0]
+
+
+def test_abort_rolls_back_and_keeps_the_image() -> None:
+    vm = Machine()
+    vm.add_drive("drive0", "64M", node_name="d0")
+    with pytest.raises(QMPError, match="Transaction aborted using Abort action"):
+        vm.qmp("transaction", _txn(("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "o.qcow2"}),
+                                   ("abort", {})))
+    assert vm.graph.devices["drive0"].node_name == "d0" and not vm.graph.nodes["d0"].read_only
+    assert sorted(vm.graph.nodes) == sorted(["d0", vm.graph.nodes["d0"].child("file").node_name])
+    assert "o.qcow2" in vm.images
