@@ -134,7 +134,7 @@ class Machine(GuestIO, Monitor):
     # -- naming -------------------------------------------------------------------
     def device_name(self, node: BlockNode) -> str:
         """bdrv_get_device_name: the device whose root is this node (or the filter above it), else ''."""
-        view = self.graph.guest_view(node)
+        view = self.graph.filter_view(node)
         for device, root in self.graph.devices.items():
             if root is node or root is view:
                 return device

@@ -55,6 +55,7 @@ class BlockGraph:
         self.device_perm: dict[str, int] = {}
         self.born: dict[tuple, int] = {}  # when each BlockBackend (device or export) was made: their list order
         self._stamps = itertools.count(1)
+        self.guests: dict[int, tuple[BlockNode, BlockNode]] = {}  # id(node) -> (node, where its guest is now)
 
     def stamp(self, key: tuple) -> None:
         """A link made (or moved) now: the newest parent of its child."""
@@ -330,6 +331,11 @@ class BlockGraph:
             if blk.node is old:
                 blk.node = new
                 moved.append(("blk", id(blk)))
+        for key, (node, at) in list(self.guests.items()):  # the guests on old move too
+            if at is old:
+                self.guests[key] = (node, new)
+        if id(old) not in self.guests:
+            self.guests[id(old)] = (old, new)
         # each moved link goes to the head of new's parents, newest of old's first: their order reverses
         for key in sorted(moved, key=lambda key: -self.link_order.get(key, 0)):
             self.stamp(key)
@@ -354,19 +360,21 @@ class BlockGraph:
         """bdrv_set_backing_hd."""
         self._attach(node, "backing", backing)
 
+    def filter_view(self, node: BlockNode) -> BlockNode:
+        """The topmost backup filter above ``node`` (up the filters' 'file' links), or the node itself."""
+        while node.filtered_by is not None:
+            node = node.filtered_by
+        return node
+
     def guest_view(self, node: BlockNode) -> BlockNode:
-        """Where a guest's I/O to ``node`` enters: the filter above it during a backup, and the overlay an
-        external snapshot put above it while that overlay still has it as its backing file (the guest, a
-        parent of the node, moved up with the node's other parents)."""
-        while True:
-            if node.filtered_by is not None:
-                node = node.filtered_by
-                continue
-            over = node.overlay
-            if over is not None and self.nodes.get(over.node_name) is over and over.backing is node:
-                node = over
-                continue
+        """Where a guest's I/O to ``node`` enters. The guest is like a parent of the node (a BlockBackend,
+        as the device's or an export's): it moves with every bdrv_replace_node — up to a backup's filter
+        and back, up to an external snapshot's overlay — unless where it went is closed (an overlay nobody
+        held goes at once: bitlab's guest holds nothing), then it is back on the node."""
+        moved = self.guests.get(id(node))
+        if moved is None or moved[0] is not node or self.nodes.get(moved[1].node_name) is not moved[1]:
             return node
+        return moved[1]
 
     # -- external snapshots (block.c bdrv_append) ------------------------------------------------
     def append(self, new: BlockNode, old: BlockNode) -> None:
@@ -456,6 +464,7 @@ class BlockGraph:
             image.lockers = [(n, sh) for n, sh in image.lockers if n is not node]
         self.nodes.pop(node.node_name, None)
         self.monitor_owned.discard(node.node_name)
+        self.guests.pop(id(node), None)
 
     def _drop_unowned(self, node: BlockNode, *, clean: bool = True) -> None:
         """Close a node nobody holds any more (neither a parent, the monitor, nor a device)."""

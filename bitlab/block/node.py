@@ -76,7 +76,6 @@ class BlockNode:
         self.children: list[tuple[str, BlockNode]] = []
         self.parents: int = 0
         self.filtered_by: BlockNode | None = None  # a backup's copy-before-write filter above
-        self.overlay: BlockNode | None = None  # the overlay an external snapshot put above (graph.guest_view)
         self.job_blocker: str | None = None  # why a running job keeps other jobs off this node
 
     # -- geometry -----------------------------------------------------------------

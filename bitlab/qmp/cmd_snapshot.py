@@ -112,10 +112,9 @@ class ExternalSnapshot:
         self.appended = True
 
     def commit(self) -> None:
-        """The old node becomes read-only; the guest's view moves to the overlay."""
-        assert self.old is not None and self.new is not None
+        """The old node becomes read-only."""
+        assert self.old is not None
         self.vm.graph.reopen_read_only(self.old)
-        self.old.overlay = self.new
 
     def abort(self) -> None:
         if self.appended and self.new is not None and self.old is not None:
