@@ -513,13 +513,12 @@ class QemuMachine(GuestIO, Monitor):
         events_at = len(self.events)
         sources = _backup_sources(name, message.get("arguments")) if kind == "qsd" else []
         if any(node in self._exports for node in sources):
-            moved = [node for node in dict.fromkeys(sources) if node in self._exports]
-            for node in moved:
-                self._unexport(node)
+            # each comes back above the filter over where it was (a snapshot's overlay stays above it)
+            moved = {node: self._unexport(node) or node for node in dict.fromkeys(sources) if node in self._exports}
             try:
                 reply = self._send(message)
             finally:
-                self._come_back({node: self._filter_above(node) for node in moved})
+                self._come_back({node: self._filter_above(at) or at for node, at in moved.items()})
         else:
             reply = self._send(message)
         if name in NOTED_COMMANDS and isinstance(reply, dict) and "return" in reply:
