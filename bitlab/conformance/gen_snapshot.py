@@ -1,16 +1,19 @@
 """Random external-snapshot episodes (blockdev.c external_snapshot_*, block.c bdrv_append).
 
-On a stream of their own (``{seed}/{index}/snapshot``) and with names of their own (overlays ``sv<n>``), so
-the other steps of a scenario stay what they were for every seed. An episode either tries what QEMU refuses
-(an overlay node name missing or taken, a missing node or overlay, the node as its own overlay, an overlay
-with a backing file, an old node that is another's backing file, ``mode: existing`` without the file), or
-puts a blockdev-add'ed overlay (``"backing": null``) on top of a scenario node's chain — alone, or in a
-transaction with a new bitmap on the overlay, sometimes rolled back by a later ``abort`` — or rolls back a
-``blockdev-snapshot-sync`` (the image it made stays). Then a guest write to the scenario node (it lands in
-the overlay: its bitmaps count it, the old node's do not) and the nodes' bitmaps.
+On a stream of their own (``{seed}/{index}/snapshot``) and with names of their own (a disk ``sb`` with a
+bitmap, overlays ``sv<n>``), so the other steps of a scenario stay what they were for every seed. An episode
+either tries what QEMU refuses, on the scenario's nodes or on ``sb``'s chain (an overlay node name missing or
+taken, a missing node or overlay, the node as its own overlay, an overlay with a backing file, an old node
+that is another's backing file, ``mode: existing`` without the file, a format without backing files), or
+puts a blockdev-add'ed overlay (``"backing": null``) on top of ``sb``'s chain — alone, or in a transaction
+with a new bitmap on the overlay, sometimes rolled back by a later ``abort`` — or rolls back a
+``blockdev-snapshot-sync`` (the image it made stays). Then a guest write to ``sb`` (it lands in the top
+overlay: its bitmaps count it, the old nodes' do not) and the nodes' bitmaps.
 
-A ``blockdev-snapshot-sync`` that succeeds is left out: on qemu-storage-daemon nothing holds its overlay, so
-it goes at once and leaves the scenario node read-only for the rest of the scenario.
+Only ``sb`` gets overlays: below one, a scenario node would be read-only and out of its guest's way, and the
+mix's running backups of it would wait on nothing in bitlab (their cancel completes on a later request there,
+at once on QEMU). A ``blockdev-snapshot-sync`` that succeeds is left out: on qemu-storage-daemon nothing holds
+its overlay, so it goes at once.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class Snapshots:
     def __init__(self, rng: random.Random, nodes: list[str]) -> None:
         self.rng = rng
         self.count = 0
-        self.top = {node: node for node in nodes}  # the scenario node -> the top of its chain
+        self.nodes = nodes  # the scenario's nodes: refusals only
+        self.top: str | None = None  # the top of sb's chain, once sb is made
 
     def new_name(self) -> str:
         self.count += 1
@@ -49,18 +53,26 @@ def _overlay(name: str, size: int, backing: str | None = None) -> list[dict]:
 def snapshot_episode(sn: Snapshots, size: int) -> list[dict]:
     """One episode (see the module's docstring)."""
     rng = sn.rng
-    node = rng.choice(sorted(sn.top))
-    top = sn.top[node]
-    kind = rng.choices(["refused", "append", "txn", "rollback"], weights=[3, 3, 3, 1])[0]
     steps: list[dict] = []
+    if sn.top is None:
+        sn.top = "sb"
+        steps += _overlay("sb", size)[:1] + [
+            _qmp("blockdev-add", {"driver": "qcow2", "node-name": "sb",
+                                  "file": {"driver": "file", "filename": "sb.qcow2"}}),
+            _qmp("block-dirty-bitmap-add", {"node": "sb", "name": "b0", "granularity": rng.choice([512, 65536])})]
+    node = "sb"
+    top = sn.top
+    kind = rng.choices(["refused", "append", "txn", "rollback"], weights=[3, 3, 3, 1])[0]
     if kind == "refused":
+        if rng.random() < 0.5:
+            node = top = rng.choice(sn.nodes)
         name = sn.new_name()
         tries = [
             ("blockdev-snapshot-sync", {"node-name": top, "snapshot-file": f"{name}.qcow2"}),
             ("blockdev-snapshot-sync", {"node-name": "nope", "snapshot-file": f"{name}.qcow2",
                                         "snapshot-node-name": name}),
             ("blockdev-snapshot-sync", {"node-name": top, "snapshot-file": f"{name}.qcow2",
-                                        "snapshot-node-name": rng.choice(sorted(sn.top))}),
+                                        "snapshot-node-name": rng.choice(sn.nodes)}),
             ("blockdev-snapshot-sync", {"node-name": top, "snapshot-file": f"{name}.qcow2",
                                         "snapshot-node-name": name, "mode": "existing"}),
             ("blockdev-snapshot-sync", {"node-name": node, "snapshot-file": f"{name}.qcow2",
@@ -86,7 +98,7 @@ def snapshot_episode(sn: Snapshots, size: int) -> list[dict]:
         action = {"type": "blockdev-snapshot", "data": {"node": top, "overlay": name}}
         if kind == "append":
             steps.append(_qmp("blockdev-snapshot", action["data"]))
-            sn.top[node] = name
+            sn.top = name
         else:
             actions = [action, {"type": "block-dirty-bitmap-add",
                                 "data": {"node": name, "name": "b0", "granularity": rng.choice([512, 65536])}}]
@@ -95,11 +107,12 @@ def snapshot_episode(sn: Snapshots, size: int) -> list[dict]:
                 actions.append({"type": "abort", "data": {}})
             steps.append(_qmp("transaction", {"actions": actions}))
             if not aborted:
-                sn.top[node] = name
+                sn.top = name
     offset = rng.randrange(0, size // 512) * 512
-    steps.append({"write": {"node": node, "offset": offset, "length": min(64 << 10, size - offset),
+    steps.append({"write": {"node": "sb", "offset": offset, "length": min(64 << 10, size - offset),
                             "pattern": rng.randrange(1, 256)}})
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": "sb", "name": "b0"}))
     return steps
 
 
