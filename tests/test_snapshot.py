@@ -322,3 +322,44 @@ def test_abort_rolls_back_and_keeps_the_image() -> None:
     assert vm.graph.devices["drive0"].node_name == "d0" and not vm.graph.nodes["d0"].read_only
     assert sorted(vm.graph.nodes) == sorted(["d0", vm.graph.nodes["d0"].child("file").node_name])
     assert "o.qcow2" in vm.images
+
+
+# -- bitlab.chain: an overlay is not a backup image ------------------------------------------------------------
+
+def chain_story(vm: Machine) -> list:
+    """The documentation's pattern: a full backup with b0, writes, then a snapshot and a new bitmap b1 on the
+    overlay at once; b0 stays behind (a backup of the device cannot find it), and an incremental backup with
+    b1 has no image of b1's point in time below it (the overlay's backing file is not a backup)."""
+    from bitlab import chain
+
+    r = Recorder(vm)
+    vm.add_drive("drive0", "64M", node_name="d0")
+    r("transaction", _txn(("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"}),
+                          ("drive-backup", {"device": "drive0", "target": "full.qcow2", "sync": "full"})))
+    vm.run()
+    vm.write("drive0", "0", "64k")
+    r("transaction", _txn(("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "ov.qcow2",
+                                                      "snapshot-node-name": "ov"}),
+                          ("block-dirty-bitmap-add", {"node": "ov", "name": "b1"})))
+    vm.write("drive0", "1M", "64k")
+    r("drive-backup", {"device": "drive0", "target": "inc1.qcow2", "sync": "incremental", "bitmap": "b0"})
+    r("drive-backup", {"device": "drive0", "target": "inc2.qcow2", "sync": "incremental", "bitmap": "b1"})
+    vm.run()
+    r.note("verdicts", [(v.image, v.valid, v.reason) for v in chain.verdicts(vm)])
+    r.note("advice", {d: (a.keep, a.delete, a.next_sync, a.reason) for d, a in chain.advise(vm).items()})
+    return r.out
+
+
+def test_chain_after_snapshot() -> None:
+    out = dict(chain_story(Machine()))
+    assert out["verdicts"] == [
+        ("full.qcow2", True, "complete full backup of drive0"),
+        ("inc2.qcow2", False, "b1 held the changes since an image of that point (none exists), but the image's "
+                              "backing file is none: restoring it would lose writes")]
+    assert out["drive-backup"] == {}
+
+
+@pytest.mark.qemu
+def test_chain_after_snapshot_as_on_qemu() -> None:
+    want, got = on_both(chain_story, daemon="system")
+    assert got == want
