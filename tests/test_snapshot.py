@@ -363,3 +363,41 @@ def test_chain_after_snapshot() -> None:
 def test_chain_after_snapshot_as_on_qemu() -> None:
     want, got = on_both(chain_story, daemon="system")
     assert got == want
+
+
+def readme_story(vm: Machine) -> list:
+    """README's example: no events; the old node's persistent bitmap read-only, a non-persistent one still
+    clearable; the overlay's new bitmap counts the guest's write."""
+    r = Recorder(vm)
+    vm.add_drive("drive0", "64M", node_name="d0")
+    r("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"})
+    r("block-dirty-bitmap-add", {"node": "drive0", "name": "p", "persistent": True})
+    events_at = len(vm.events)
+    r("transaction", _txn(("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "top.qcow2",
+                                                      "snapshot-node-name": "top"}),
+                          ("block-dirty-bitmap-add", {"node": "top", "name": "b1"})))
+    vm.write("drive0", "1M", "64k")
+    r.note("events", vm.events[events_at:])
+    r("blockdev-del", {"node-name": "d0"})
+    r("block-dirty-bitmap-clear", {"node": "d0", "name": "p"})
+    r("block-dirty-bitmap-clear", {"node": "d0", "name": "b0"})
+    r("block-dirty-bitmap-remove", {"node": "d0", "name": "p"})
+    r.note("bitmaps", _bitmaps(vm))
+    return r.out
+
+
+def test_readme_story() -> None:
+    assert readme_story(Machine())[3:] == [
+        ("events", []),
+        ("blockdev-del", "GenericError: Node 'd0' is busy: node is used as backing hd of 'top'"),
+        ("block-dirty-bitmap-clear", "GenericError: Bitmap 'p' is readonly and cannot be modified"),
+        ("block-dirty-bitmap-clear", {}),
+        ("block-dirty-bitmap-remove", "GenericError: Bitmap 'p' is readonly and cannot be modified"),
+        ("bitmaps", {"top": (False, [("b1", 65536)]), "d0": (True, [("p", 0), ("b0", 0)])}),
+    ]
+
+
+@pytest.mark.qemu
+def test_readme_story_as_on_qemu() -> None:
+    want, got = on_both(readme_story, daemon="system")
+    assert got == want
