@@ -401,3 +401,53 @@ def test_readme_story() -> None:
 def test_readme_story_as_on_qemu() -> None:
     want, got = on_both(readme_story, daemon="system")
     assert got == want
+
+
+# -- blockdev-snapshot-internal-sync: QEMU's refusals (internal snapshots are not simulated) -------------------
+
+def internal_story(vm: Machine) -> list:
+    r = Recorder(vm)
+    vm.add_drive("drive0", "64M", node_name="d0")
+    vm.add_drive("drive1", "64M", "raw", node_name="r0")
+    r("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+    vm.qemu_img("create", "-f", "qcow2", "ro.qcow2", "64M")
+    r("blockdev-add", {"driver": "qcow2", "node-name": "ro", "read-only": True,
+                       "file": {"driver": "file", "filename": "ro.qcow2"}})
+
+    def internal(device: str, name: str = "s", **props: str) -> None:
+        r("transaction", _txn(("blockdev-snapshot-internal-sync", {"device": device, "name": name}), **props))
+
+    internal("nope")
+    internal("drive0", completion_mode="grouped")
+    internal("drive0", "")
+    internal("drive1")
+    internal("n0")
+    internal("ro")
+    r("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "o1.qcow2", "snapshot-node-name": "o1"})
+    internal("d0")
+    return r.out
+
+
+def test_internal_snapshot_refusals() -> None:
+    texts = [value for name, value in internal_story(Machine()) if name == "transaction"]
+    assert texts == [
+        "GenericError: Cannot find device='nope' nor node-name='nope'",
+        "GenericError: Action 'blockdev-snapshot-internal-sync' does not support Transaction property "
+        "completion-mode = grouped",
+        "GenericError: Name is empty",
+        "GenericError: Block format 'raw' used by device 'drive1' does not support internal snapshots",
+        "GenericError: Block format 'null-co' used by device 'n0' does not support internal snapshots",
+        "GenericError: Device 'ro' is read only",
+        "GenericError: Need a root block node",
+    ]
+    vm = Machine()
+    vm.add_drive("drive0", "64M")
+    with pytest.raises(QMPError, match="bitlab does not simulate the transaction action "
+                                       "'blockdev-snapshot-internal-sync'"):
+        vm.qmp("transaction", _txn(("blockdev-snapshot-internal-sync", {"device": "drive0", "name": "s"})))
+
+
+@pytest.mark.qemu
+def test_internal_snapshot_refusals_as_on_qemu() -> None:
+    want, got = on_both(internal_story, daemon="system")
+    assert got == want

@@ -15,7 +15,7 @@ from ..errors import QMPError, generic
 from ..jobs.job import JobTxn
 from .cmd_backup import blockdev_backup_prepare, drive_backup_prepare
 from .cmd_bitmap import ALLOW_RO, BUSY, DEFAULT, RO, add_bitmap, check_bitmap, merge_bitmaps
-from .cmd_snapshot import ExternalSnapshot
+from .cmd_snapshot import ExternalSnapshot, check_op_blockers
 from .commands import TABLE
 from .types import BlockdevBackup, BlockdevSnapshot, BlockdevSnapshotSync, DriveBackup, TransactionArgs
 
@@ -191,8 +191,28 @@ class Snapshot(Action):
             self.state.clean()
 
 
-class NotSimulated(Action):
+class InternalSnapshot(Action):
+    """internal_snapshot_prepare's checks, in its order with its texts; bitlab does not simulate internal
+    snapshots themselves."""
+
     def prepare(self) -> None:
+        self.check_completion_mode()
+        device = self.data["device"]
+        graph = self.vm.graph
+        node = graph.lookup_bs(device)  # qmp_get_root_bs
+        if any(child is node for parent in graph.nodes.values() for _, child in parent.children):
+            raise generic("Need a root block node")
+        check_op_blockers(self.vm, node)
+        if node.read_only:
+            raise generic(f"Device '{device}' is read only")
+        inner = node
+        while inner.driver == "raw" and inner.child("file") is not None:  # bdrv_can_snapshot's fallback
+            inner = inner.child("file")
+        if inner.driver != "qcow2":
+            raise generic(f"Block format '{node.driver}' used by device '{device}' does not support internal "
+                          "snapshots")
+        if not self.data["name"]:
+            raise generic("Name is empty")
         raise generic(f"bitlab does not simulate the transaction action '{self.kind}'")
 
 
@@ -207,7 +227,7 @@ ACTIONS: dict[str, type[Action]] = {
     "blockdev-backup": Backup,
     "drive-backup": Backup,
     "blockdev-snapshot": Snapshot,
-    "blockdev-snapshot-internal-sync": NotSimulated,
+    "blockdev-snapshot-internal-sync": InternalSnapshot,
     "blockdev-snapshot-sync": Snapshot,
 }
 
