@@ -451,3 +451,36 @@ def test_internal_snapshot_refusals() -> None:
 def test_internal_snapshot_refusals_as_on_qemu() -> None:
     want, got = on_both(internal_story, daemon="system")
     assert got == want
+
+
+def bare_node_story(vm: Machine) -> list:
+    """A guest of a bare node follows it up to the overlays of two snapshots (one in a transaction with a
+    backup of the old node, whose filter goes between them), on either daemon."""
+    r = Recorder(vm)
+    for name in ("a", "o1", "o2", "t"):
+        vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "64M")
+    r("blockdev-add", {"driver": "qcow2", "node-name": "a", "file": {"driver": "file", "filename": "a.qcow2"}})
+    r("blockdev-add", {"driver": "qcow2", "node-name": "t", "file": {"driver": "file", "filename": "t.qcow2"}})
+    r("block-dirty-bitmap-add", {"node": "a", "name": "b0"})
+    for name in ("o1", "o2"):
+        r("blockdev-add", {"driver": "qcow2", "node-name": name, "backing": None,
+                           "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+    vm.write("a", "0", "64k")
+    r("blockdev-snapshot", {"node": "a", "overlay": "o1"})
+    vm.write("a", "1M", "64k")
+    r("transaction", _txn(("blockdev-snapshot", {"node": "o1", "overlay": "o2"}),
+                          ("blockdev-backup", {"device": "a", "target": "t", "sync": "full", "job-id": "j"})))
+    vm.write("a", "2M", "64k")
+    vm.run()
+    r.note("reads", [vm.read("a", o, "64k", 0xCD) for o in ("0", "1M", "2M")])
+    r.note("bitmaps", _bitmaps(vm))
+    r("x-debug-query-block-graph")
+    return r.out
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("daemon", ["qsd", "system"])
+def test_bare_node_guest_follows_as_on_qemu(daemon: str) -> None:
+    want, got = on_both(bare_node_story, daemon=daemon)
+    assert got == want
+    assert dict(got)["bitmaps"]["o2"] == (False, [])

@@ -316,6 +316,7 @@ class QemuMachine(GuestIO, Monitor):
         self._finalizer.atexit = False  # at exit, _stop_all stops QEMU (QMP may be unusable by then)
         self._closed = False
         self._exports: dict[str, str] = {}  # the node addressed -> id (= NBD name) of the backend's export
+        self._overlays: dict[str, str] = {}  # system emulator: a snapshotted node -> the overlay put above it
         self._server: nbd.Address | None = None  # where QEMU's one NBD server listens, if it runs
         self._users_server = False  # whether it was started by the user (else by the backend)
         self._out = Path(self.workdir, ".qemu.out")
@@ -499,8 +500,8 @@ class QemuMachine(GuestIO, Monitor):
                 return self._blockdev_del(message)
         if name in ("nbd-server-start", "nbd-server-stop") or name in NBD_EXPORTERS:
             return self._nbd_server_command(message)
-        snapshots = _snapshots(name, message.get("arguments")) if kind == "qsd" else None
-        if snapshots is not None and self._exports:
+        snapshots = _snapshots(name, message.get("arguments"))
+        if snapshots is not None and kind == "qsd" and self._exports:
             return self._snapshot(message, snapshots)
         if name in PERMISSION_COMMANDS and self._exports:
             moved = self._stand_aside(server=False)
@@ -521,6 +522,8 @@ class QemuMachine(GuestIO, Monitor):
                 self._come_back({node: self._filter_above(at) or at for node, at in moved.items()})
         else:
             reply = self._send(message)
+        if snapshots and "return" in reply:  # the system emulator: a guest of the old node follows it up
+            self._overlays.update(snapshots)
         if name in NOTED_COMMANDS and isinstance(reply, dict) and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
         return reply
@@ -974,6 +977,7 @@ class QemuMachine(GuestIO, Monitor):
             return (self._export_node(name) if name in self._exports else None) or name
         if any(b["device"] == name for b in self._helper_value("query-block")):
             return name
+        name = self._overlay_above(name)
         nodes = self._helper_value("query-named-block-nodes", {"flat": True})
         filename = next((node["file"] for node in nodes if node["node-name"] == name), None)
         for node in nodes:
@@ -994,6 +998,27 @@ class QemuMachine(GuestIO, Monitor):
             filtered = self._filter_above(node)
             return self._nbd_io(node, req, filtered) if req.verb else ""
         return self.qemu_io(self.guest_name(node), command)
+
+    def _overlay_above(self, name: str) -> str:
+        """The top overlay that snapshots put above node ``name`` (each still holding the node below as its
+        backing file, through a backup's filter maybe), or ``name``: where bitlab's guest of the node went."""
+        if name not in self._overlays:
+            return name
+        graph = self._helper_value("x-debug-query-block-graph")
+        names = {node["id"]: node["name"] for node in graph["nodes"]}
+        below = {(names[edge["parent"]], edge["name"]): names[edge["child"]] for edge in graph["edges"]
+                 if edge["parent"] in names and edge["child"] in names}
+        drivers = {node["node-name"]: node["drv"] for node in self._helper_value("query-named-block-nodes",
+                                                                                   {"flat": True})}
+        while name in self._overlays:
+            over = self._overlays[name]
+            child = below.get((over, "backing"))
+            while child is not None and drivers.get(child) == "copy-before-write":
+                child = below.get((child, "file"))
+            if child != name:
+                break
+            name = over
+        return name
 
     def _filter_above(self, name: str) -> str | None:
         """The topmost copy-before-write filter over node ``name`` (up their 'file' links), if any."""
