@@ -224,8 +224,33 @@ def transaction_story(vm: Machine) -> list:
     return r.out
 
 
+def in_use_story(vm: Machine) -> list:
+    """An overlay a user's NBD export reads is in use; a writable export of the node refuses a read-only
+    overlay (the permission check of bdrv_append) and moves up onto a writable one."""
+    r = Recorder(vm)
+    for name in ("a", "o1", "o2"):
+        vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "64M")
+    r("blockdev-add", {"driver": "qcow2", "node-name": "a", "file": {"driver": "file", "filename": "a.qcow2"}})
+    r("blockdev-add", {"driver": "qcow2", "node-name": "o1", "backing": None,
+                       "file": {"driver": "file", "filename": "o1.qcow2"}})
+    r("blockdev-add", {"driver": "qcow2", "node-name": "o2", "read-only": True, "backing": None,
+                       "file": {"driver": "file", "filename": "o2.qcow2"}})
+    r("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    r("block-export-add", {"type": "nbd", "id": "e1", "node-name": "o1", "writable": False})
+    r("blockdev-snapshot", {"node": "a", "overlay": "o1"})
+    r("block-export-del", {"id": "e1"})
+    r("block-export-add", {"type": "nbd", "id": "e2", "node-name": "a", "writable": True})
+    r("blockdev-snapshot", {"node": "a", "overlay": "o2"})
+    r("blockdev-snapshot", {"node": "a", "overlay": "o1"})
+    r("query-block-exports")
+    r("x-debug-query-block-graph")
+    r.note("bitmaps", _bitmaps(vm))
+    return r.out
+
+
 STORIES = {"sync-errors": (sync_errors_story, "qsd"), "overlay": (overlay_story, "qsd"),
-           "device": (device_story, "system"), "transaction": (transaction_story, "system")}
+           "device": (device_story, "system"), "transaction": (transaction_story, "system"),
+           "in-use": (in_use_story, "qsd")}
 
 
 @pytest.mark.qemu
@@ -262,6 +287,14 @@ def test_sync_error_texts() -> None:
     ]
     assert out[16] == ("files", ["ov1.qcow2", "ov2.qcow2"])  # made before the node name was refused: it stays
     assert out[20] == ("bitmaps", {"null0": (False, []), "drive0": (True, [("b0", 0)])})
+
+
+def test_in_use_texts() -> None:
+    out = in_use_story(Machine())
+    assert [value for name, value in out if name == "blockdev-snapshot"] == [
+        "GenericError: The overlay is already in use", "GenericError: Block node is read-only", {}]
+    assert dict(out)["query-block-exports"] == [{"node-name": "o1", "shutting-down": False, "type": "nbd",
+                                                 "id": "e2"}]
 
 
 def test_overlay_error_texts() -> None:
