@@ -49,7 +49,7 @@ class Recorder:
 
 def _bitmaps(vm: Machine) -> dict:
     """Per named node: read-only, and its bitmaps' (name, count)."""
-    return {n["node-name"]: (n["ro"], [(b["name"], b["count"]) for b in n.get("dirty-bitmaps", [])])
+    return {n["node-name"]: (n["ro"], [(b.get("name"), b["count"]) for b in n.get("dirty-bitmaps", [])])
             for n in vm.qmp("query-named-block-nodes", {"flat": True}) if not n["node-name"].startswith("#")}
 
 
@@ -248,9 +248,35 @@ def in_use_story(vm: Machine) -> list:
     return r.out
 
 
+def during_backup_story(vm: Machine) -> list:
+    """A snapshot of a backup's source by node name while the job runs (no op blocker on the source): the
+    overlay takes the source's place under the job's filter, the guest's writes go through the filter into
+    the overlay, and the target still gets the source's point in time."""
+    r = Recorder(vm)
+    vm.add_drive("drive0", "64M", node_name="d0")
+    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", "64M")
+    r("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "tgt.qcow2"}})
+    r("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"})
+    vm.write("drive0", "0", "64k")
+    r("blockdev-backup", {"device": "drive0", "target": "tgt", "sync": "full", "job-id": "j", "speed": 1,
+                          "filter-node-name": "f"})
+    r("blockdev-snapshot-sync", {"node-name": "d0", "snapshot-file": "ov.qcow2", "snapshot-node-name": "ov"})
+    r("x-debug-query-block-graph")
+    vm.write("drive0", "1M", "64k")
+    r.note("bitmaps", _bitmaps(vm))
+    r("block-job-set-speed", {"device": "j", "speed": 0})
+    vm.run()
+    r("query-block")
+    r("x-debug-query-block-graph")
+    r.note("bitmaps", _bitmaps(vm))
+    r("blockdev-del", {"node-name": "tgt"})  # written back: qemu-img sees what the job wrote
+    r.note("target", vm.qemu_img("compare", "-U", "tgt.qcow2", "drive0.qcow2"))
+    return r.out
+
+
 STORIES = {"sync-errors": (sync_errors_story, "qsd"), "overlay": (overlay_story, "qsd"),
            "device": (device_story, "system"), "transaction": (transaction_story, "system"),
-           "in-use": (in_use_story, "qsd")}
+           "in-use": (in_use_story, "qsd"), "during-backup": (during_backup_story, "system")}
 
 
 @pytest.mark.qemu
@@ -287,6 +313,12 @@ def test_sync_error_texts() -> None:
     ]
     assert out[16] == ("files", ["ov1.qcow2", "ov2.qcow2"])  # made before the node name was refused: it stays
     assert out[20] == ("bitmaps", {"null0": (False, []), "drive0": (True, [("b0", 0)])})
+
+
+def test_during_backup() -> None:
+    out = dict(during_backup_story(Machine()))
+    assert out["target"] == "Images are identical.\n"
+    assert out["bitmaps"] == {"ov": (False, []), "tgt": (False, []), "d0": (True, [("b0", 65536)])}
 
 
 def test_in_use_texts() -> None:
