@@ -314,6 +314,7 @@ class BlockGraph:
         cbw.filtered_by = None
         self.job_held.discard(cbw.node_name)
         self.nodes.pop(cbw.node_name, None)
+        self.guests.pop(id(cbw), None)
 
     def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every parent of ``old`` outside ``new``'s subtree now points at ``new``."""
