@@ -133,7 +133,7 @@ class Machine(GuestIO, Monitor):
     # -- naming -------------------------------------------------------------------
     def device_name(self, node: BlockNode) -> str:
         """bdrv_get_device_name: the device whose root is this node (or the filter above it), else ''."""
-        view = self.graph.guest_view(node)
+        view = self.graph.filter_view(node)
         for device, root in self.graph.devices.items():
             if root is node or root is view:
                 return device
@@ -305,15 +305,24 @@ class Machine(GuestIO, Monitor):
         return self.device_or_node_name(node) if node is not None else name
 
     def _write_generation(self, name: str) -> int:
-        """Changes so far to the drive's image file (its version counter)."""
+        """Changes so far to the drive's image files (their version counters, summed down its backing chain:
+        after an external snapshot the overlay's count on, from what the old top had)."""
         node = self.graph.devices.get(name) or self.graph.nodes.get(name)
-        file = self._file_of(node) if node is not None else None
-        return self.images[file].data.version if file is not None and file in self.images else 0
+        while node is not None and node.driver == "copy-before-write":  # a backup's filter: what it filters
+            node = node.child("file")
+        total = 0
+        while node is not None:
+            file = self._file_of(node)
+            if file is not None and file in self.images:
+                total += self.images[file].data.version
+            node = node.backing
+        return total
 
     def _capture_content(self, name: str) -> Callable[[], Content]:
         """What a guest of ``name`` reads now, exactly: the drive's image chain is copied (cheap copies of
-        its runs) and read, as qemu-img would read it, only if someone asks."""
-        node = self._node(name)
+        its runs) and read, as qemu-img would read it, only if someone asks. A node's own content: a backup's
+        filter reads the same, a snapshot's overlay above it (where the guest's writes now go) does not."""
+        node = self.graph.filter_view(self.graph.devices.get(name) or self.graph.lookup_node(name))
         file = self._file_of(node)
         if file is None or file not in self.images:  # null-co and friends read zeroes
             content = Content.from_runs(node.size, *node.read_extents(0, node.size))

@@ -94,6 +94,7 @@ PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "bl
 # already when it replaces the source, not only once the job links to it), which come back above the filter.
 BACKUP_COMMANDS = {"blockdev-backup", "drive-backup", "transaction"}
 BACKUP_ACTIONS = {"blockdev-backup", "drive-backup"}
+SNAPSHOT_ACTIONS = {"blockdev-snapshot-sync", "blockdev-snapshot"}  # external snapshots: see _snapshot
 CHILD_KEYS = {"file", "backing", "data-file", "image", "raw", "test", "target", "children"}
 
 
@@ -164,6 +165,25 @@ def _backup_sources(name: str | None, args: object) -> list[str]:
         return []
     return [a["data"]["device"] for a in actions if isinstance(a, dict) and a.get("type") in BACKUP_ACTIONS
             and isinstance(a.get("data"), dict) and isinstance(a["data"].get("device"), str)]
+
+
+def _snapshots(name: str | None, args: object) -> dict[str, str] | None:
+    """The external snapshots a command (or a transaction's actions) takes: old node -> overlay node (as
+    named in the arguments), or None if it takes none."""
+    if not isinstance(args, dict) or name not in SNAPSHOT_ACTIONS | {"transaction"}:
+        return None
+    actions = args.get("actions", []) if name == "transaction" else [{"type": name, "data": args}]
+    if not isinstance(actions, list):
+        return None
+    found: dict[str, str] = {}
+    snapshots = [a["data"] for a in actions if isinstance(a, dict) and a.get("type") in SNAPSHOT_ACTIONS
+                 and isinstance(a.get("data"), dict)]
+    for data in snapshots:
+        old = data.get("node", data.get("node-name", data.get("device")))
+        new = data.get("overlay", data.get("snapshot-node-name"))
+        if isinstance(old, str) and isinstance(new, str):
+            found[old] = new
+    return found if snapshots else None
 
 
 def _private(export_id: object) -> bool:
@@ -306,6 +326,7 @@ class QemuMachine(GuestIO, Monitor):
         self._finalizer.atexit = False  # at exit, _stop_all stops QEMU (QMP may be unusable by then)
         self._closed = False
         self._exports: dict[str, str] = {}  # the node addressed -> id (= NBD name) of the backend's export
+        self._overlays: dict[str, str] = {}  # system emulator: a snapshotted node -> the overlay put above it
         self._server: nbd.Address | None = None  # where QEMU's one NBD server listens, if it runs
         self._users_server = False  # whether it was started by the user (else by the backend)
         self._out = Path(self.workdir, ".qemu.out")
@@ -489,6 +510,9 @@ class QemuMachine(GuestIO, Monitor):
                 return self._blockdev_del(message)
         if name in ("nbd-server-start", "nbd-server-stop") or name in NBD_EXPORTERS:
             return self._nbd_server_command(message)
+        snapshots = _snapshots(name, message.get("arguments"))
+        if snapshots is not None and kind == "qsd" and self._exports:
+            return self._snapshot(message, snapshots)
         if name in PERMISSION_COMMANDS and self._exports:
             moved = self._stand_aside(server=False)
             try:
@@ -503,15 +527,16 @@ class QemuMachine(GuestIO, Monitor):
         events_at = len(self.events)
         sources = _backup_sources(name, message.get("arguments")) if kind == "qsd" else []
         if any(node in self._exports for node in sources):
-            moved = [node for node in dict.fromkeys(sources) if node in self._exports]
-            for node in moved:
-                self._unexport(node)
+            # each comes back above the filter over where it was (a snapshot's overlay stays above it)
+            moved = {node: self._unexport(node) or node for node in dict.fromkeys(sources) if node in self._exports}
             try:
                 reply = self._send(message)
             finally:
-                self._come_back({node: self._filter_above(node) for node in moved})
+                self._come_back({node: self._filter_above(at) or at for node, at in moved.items()})
         else:
             reply = self._send(message)
+        if snapshots and "return" in reply:  # the system emulator: a guest of the old node follows it up
+            self._overlays.update(snapshots)
         if name in NOTED_COMMANDS and isinstance(reply, dict) and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
         return reply
@@ -756,14 +781,56 @@ class QemuMachine(GuestIO, Monitor):
         return any(node["drv"] == "file" and self._image_key(node["image"]["filename"]) in keys
                    for node in self._helper_value("query-named-block-nodes", {"flat": True}))
 
+    def _snapshot(self, message: dict, snapshots: dict[str, str]) -> dict:
+        """An external snapshot on qemu-storage-daemon: the backend's exports (BlockBackends that would keep
+        a new overlay alive, or make an exported overlay "in use") stand aside, as on a QEMU without them.
+        If it worked, an export that was on a snapshotted node comes back on the top of its new chain — the
+        overlay, if it is still there (one over a node without parents goes at once) — as the guest's view
+        moves there in bitlab; the others come back where they were."""
+        noted = message.get("execute") in NOTED_COMMANDS
+        if noted:
+            self._collect()
+        moved = self._stand_aside(server=False)
+        events_at = len(self.events)
+        reply: dict = {}
+        try:
+            reply = self._send(message)
+        finally:
+            self._snapshot_come_back(moved, snapshots if "return" in reply else {})
+        if noted and "return" in reply:
+            history_of(self).note_command(self, message, reply, events_at)
+        return reply
+
+    def _snapshot_come_back(self, moved: dict[str, str | None], snapshots: dict[str, str]) -> None:
+        """Export again what stood aside for a snapshot: up to the overlays (above a backup's filter, if a
+        transaction started one there), or where it was if that cannot be."""
+        for node, attached in moved.items():
+            if node == BITMAP_KEY:
+                continue
+            was = attached or node
+            place = was
+            while place in snapshots:
+                place = snapshots[place]
+            if snapshots:
+                place = self._filter_above(place) or place
+            if place == was or self._export(node, place) is not None:
+                self._export(node, attached)
+
     def _blockdev_del(self, message: dict) -> dict:
-        """blockdev-del without the export in the way (put back if the command fails)."""
+        """blockdev-del without the backend's exports in the way: the node's own, and those that came up
+        onto it with a snapshot (put back if the command fails; those go back to their own node if not)."""
         node = message["arguments"].get("node-name")
-        exported = isinstance(node, str) and node in self._exports
-        attached = self._unexport(node) if exported else None
+        if not isinstance(node, str):
+            return self._send(message)
+        on_node = {info["id"] for info in self._helper_value("query-block-exports") if info["node-name"] == node}
+        moved = {key: self._unexport(key) for key in list(self._exports)
+                 if key == node or (key != BITMAP_KEY and self._exports[key] in on_node)}
         reply = self._send(message)
-        if exported and "error" in reply:
-            self._export(node, attached)
+        for key, attached in moved.items():
+            if "error" in reply:
+                self._export(key, attached)
+            elif key != node:
+                self._export(key)
         return reply
 
     # -- time -----------------------------------------------------------------------------
@@ -944,6 +1011,7 @@ class QemuMachine(GuestIO, Monitor):
             return (self._export_node(name) if name in self._exports else None) or name
         if any(b["device"] == name for b in self._helper_value("query-block")):
             return name
+        name = self._overlay_above(name)
         nodes = self._helper_value("query-named-block-nodes", {"flat": True})
         filename = next((node["file"] for node in nodes if node["node-name"] == name), None)
         for node in nodes:
@@ -964,6 +1032,27 @@ class QemuMachine(GuestIO, Monitor):
             filtered = self._filter_above(node)
             return self._nbd_io(node, req, filtered) if req.verb else ""
         return self.qemu_io(self.guest_name(node), command)
+
+    def _overlay_above(self, name: str) -> str:
+        """The top overlay that snapshots put above node ``name`` (each still holding the node below as its
+        backing file, through a backup's filter maybe), or ``name``: where bitlab's guest of the node went."""
+        if name not in self._overlays:
+            return name
+        graph = self._helper_value("x-debug-query-block-graph")
+        names = {node["id"]: node["name"] for node in graph["nodes"]}
+        below = {(names[edge["parent"]], edge["name"]): names[edge["child"]] for edge in graph["edges"]
+                 if edge["parent"] in names and edge["child"] in names}
+        drivers = {node["node-name"]: node["drv"] for node in self._helper_value("query-named-block-nodes",
+                                                                                   {"flat": True})}
+        while name in self._overlays:
+            over = self._overlays[name]
+            child = below.get((over, "backing"))
+            while child is not None and drivers.get(child) == "copy-before-write":
+                child = below.get((child, "file"))
+            if child != name:
+                break
+            name = over
+        return name
 
     def _filter_above(self, name: str) -> str | None:
         """The topmost copy-before-write filter over node ``name`` (up their 'file' links), if any."""

@@ -57,6 +57,7 @@ class BlockGraph:
         self.device_perm: dict[str, int] = {}
         self.born: dict[tuple, int] = {}  # when each BlockBackend (device or export) was made: their list order
         self._stamps = itertools.count(1)
+        self.guests: dict[int, tuple[BlockNode, BlockNode]] = {}  # id(node) -> (node, where its guest is now)
 
     def stamp(self, key: tuple) -> None:
         """A link made (or moved) now: the newest parent of its child."""
@@ -135,8 +136,9 @@ class BlockGraph:
         self.monitor_owned.add(node.node_name)
         return node
 
-    def open(self, opts: dict, *, read_only: bool = False) -> BlockNode:
-        """Open one node (and its children) from checked BlockdevOptions."""
+    def open(self, opts: dict, *, read_only: bool = False, no_backing: bool = False) -> BlockNode:
+        """Open one node (and its children) from checked BlockdevOptions (``no_backing``: BDRV_O_NO_BACKING,
+        the backing file the image names is not opened)."""
         name = opts.get("node-name")
         if name is not None:
             self.check_name(name)
@@ -222,7 +224,8 @@ class BlockGraph:
             named(node)
             if isinstance(node, Qcow2Node):
                 try:
-                    self._open_backing(node, opts)
+                    if not no_backing:
+                        self._open_backing(node, opts)
                 except Exception:
                     self.release(node)
                     raise
@@ -320,6 +323,7 @@ class BlockGraph:
         cbw.filtered_by = None
         self.job_held.discard(cbw.node_name)
         self.nodes.pop(cbw.node_name, None)
+        self.guests.pop(id(cbw), None)
 
     def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every parent of ``old`` outside ``new``'s subtree now points at ``new``."""
@@ -337,6 +341,11 @@ class BlockGraph:
             if blk.node is old:
                 blk.node = new
                 moved.append(("blk", id(blk)))
+        for key, (node, at) in list(self.guests.items()):  # the guests on old move too
+            if at is old:
+                self.guests[key] = (node, new)
+        if id(old) not in self.guests:
+            self.guests[id(old)] = (old, new)
         # each moved link goes to the head of new's parents, newest of old's first: their order reverses
         for key in sorted(moved, key=lambda key: -self.link_order.get(key, 0)):
             self.stamp(key)
@@ -361,11 +370,60 @@ class BlockGraph:
         """bdrv_set_backing_hd."""
         self._attach(node, "backing", backing)
 
-    def guest_view(self, node: BlockNode) -> BlockNode:
-        """Where a guest's I/O to ``node`` enters: the filter above it during a backup."""
-        while getattr(node, "filtered_by", None) is not None:
+    def filter_view(self, node: BlockNode) -> BlockNode:
+        """The topmost backup filter above ``node`` (up the filters' 'file' links), or the node itself."""
+        while node.filtered_by is not None:
             node = node.filtered_by
         return node
+
+    def guest_view(self, node: BlockNode) -> BlockNode:
+        """Where a guest's I/O to ``node`` enters. The guest is like a parent of the node (a BlockBackend,
+        as the device's or an export's): it moves with every bdrv_replace_node — up to a backup's filter
+        and back, up to an external snapshot's overlay — unless where it went is closed (an overlay nobody
+        held goes at once: bitlab's guest holds nothing), then it is back on the node."""
+        moved = self.guests.get(id(node))
+        if moved is None or moved[0] is not node or self.nodes.get(moved[1].node_name) is not moved[1]:
+            return node
+        return moved[1]
+
+    # -- external snapshots (block.c bdrv_append) ------------------------------------------------
+    def append(self, new: BlockNode, old: BlockNode) -> None:
+        """bdrv_append: ``new`` gets ``old`` as its backing child and takes its place under every other
+        parent (devices, exports, nodes). Nothing changes if the links would make a cycle or conflict."""
+        if id(new) in subtree_ids(old, lambda node: node.children):  # bdrv_recurse_has_child
+            raise generic(f"Making '{old.node_name}' a backing child of '{new.node_name}' would create a cycle")
+        view = perms.PermView(self)
+        view.attach(new, "backing", old)
+        view.replace(old, new)
+        view.check(new)
+        self.set_backing(new, old)
+        self._replace_node(old, new)
+
+    def unappend(self, new: BlockNode, old: BlockNode) -> None:
+        """external_snapshot_abort: the overlay drops its backing link, ``old`` is back under its parents."""
+        new.children = [(role, child) for role, child in new.children if not (role == "backing" and child is old)]
+        old.parents -= 1
+        self.link_order.pop((id(new), "backing"), None)
+        self._replace_node(new, old)
+
+    def reopen_read_only(self, node: BlockNode) -> None:
+        """bdrv_reopen_set_read_only(node, true): the node and the children it opened itself become
+        read-only; a qcow2 node stores its persistent bitmaps, which become read-only, and drops its lock."""
+        if node.read_only:
+            return
+        if isinstance(node, Qcow2Node):
+            node.write_back()
+            self._store_bitmaps(node)
+            for bm in node.bitmaps:
+                if bm.persistent:
+                    bm.readonly = True
+        image = node.__dict__.get("image")
+        if image is not None:
+            image.lockers = [(n, sh) for n, sh in image.lockers if n is not node]
+        node.read_only = True
+        for role, child in node.children:
+            if role in ("file", "image") and child.node_name not in self.monitor_owned:
+                self.reopen_read_only(child)
 
     # -- persistent bitmaps -------------------------------------------------------
     def _load_bitmaps(self, node: Qcow2Node) -> None:
@@ -413,6 +471,7 @@ class BlockGraph:
         node.children = []
         self.nodes.pop(node.node_name, None)
         self.monitor_owned.discard(node.node_name)
+        self.guests.pop(id(node), None)
 
     def _drop_unowned(self, node: BlockNode, *, clean: bool = True) -> None:
         """Close a node nobody holds any more (neither a parent, the monitor, nor a device)."""
@@ -430,14 +489,14 @@ class BlockGraph:
             raise generic(f"Failed to find node with node-name='{name}'")
         if any(blk.node is node for blk in self.blks):
             raise generic(f"Node {name} is in use")
-        if name not in self.monitor_owned:
-            raise generic(f"Node {name} is not owned by the monitor")
-        if node.job_blocker:
+        if node.job_blocker:  # op blockers (BLOCK_OP_TYPE_DRIVE_DEL) come before the monitor's ownership
             raise generic(f"Node '{name}' is busy: {node.job_blocker}")
         for parent in self.nodes.values():
             for role, child in parent.children:
                 if child is node and role == "backing":
                     raise generic(f"Node '{name}' is busy: node is used as backing hd of '{parent.node_name}'")
+        if name not in self.monitor_owned:
+            raise generic(f"Node {name} is not owned by the monitor")
         if node.parents or any(dev is node for dev in self.devices.values()):
             raise generic(f"Block device {name} is in use")
         self.release(node)

@@ -40,7 +40,8 @@ Real QEMU's outcome never depends on its timing:
 A third of the scenarios' nodes have a named file node with a bitmap (``d0f``/``fb``), compared at
 the end: guest writes and copy-before-write dirty it at host offsets, with the metadata qcow2 writes.
 
-After 2% of the steps comes an episode of :mod:`.gen_parents` (its own stream and names too:
+After 4% of the steps comes an external snapshot episode of :mod:`.gen_snapshot` (its own stream and
+names: overlays ``sv<n>``). After 2% of the steps comes an episode of :mod:`.gen_parents` (its own stream and names too:
 ``ps<n>``, ``po<n>``, ``pj<n>x<m>``): a backup whose filter takes the source's place under an
 overlay and an earlier sync=none target.
 """
@@ -52,6 +53,8 @@ import random
 from .gen_parents import CHANCE as PARENTS_CHANCE
 from .gen_parents import Parents, parents_episode
 from .gen_running import running_backup
+from .gen_snapshot import CHANCE as SNAPSHOT_CHANCE
+from .gen_snapshot import Snapshots, snapshot_episode
 
 K, M = 1 << 10, 1 << 20
 GRANULARITIES = [512, 4096, 65536, 131072, 1 << 20, 64000, 256]  # the last two are refused
@@ -100,6 +103,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     watched = _watched_files(random.Random(f"{seed}/{index}/hostio"), nodes)
     resizes = random.Random(f"{seed}/{index}/resize")
     creates = random.Random(f"{seed}/{index}/create")
+    snapshots = Snapshots(random.Random(f"{seed}/{index}/snapshot"), nodes)
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -118,6 +122,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += _resize(resizes, st, size)
         if creates.random() < CREATE_CHANCE:
             steps += _create(creates, st, size)
+        if snapshots.rng.random() < SNAPSHOT_CHANCE:
+            steps += snapshot_episode(snapshots, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("x-debug-query-block-graph"))
     for node in nodes:

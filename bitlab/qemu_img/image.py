@@ -54,6 +54,9 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError("qemu-img: Invalid image size specified. Must be between 0 and 9223372036854775807.\n")
     if backing and fmt != "qcow2":
         raise QemuImgError(f"qemu-img: {filename}: Backing file not supported for file format '{fmt}'\n")
+    if backing and backing == filename:
+        raise QemuImgError(f"qemu-img: {filename}: Error: Trying to create an image with the same filename as the "
+                           "backing file\n")
     base: ImageFile | None = None
     if backing and "-u" in opts:  # unsafe: the backing file is not opened
         if not backing_fmt:

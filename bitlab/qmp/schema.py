@@ -35,6 +35,7 @@ from .qapi import ANY, BOOL, INT, STR, Alternate, Array, Builtin, Enum, Member, 
 # ----------------------------------------------------------------------------- features
 
 COMMAND_FEATURES: dict[str, tuple[str, ...]] = {
+    "blockdev-snapshot": ("allow-write-only-overlay",),
     "drive-backup": ("deprecated",),
     "nbd-server-add": ("deprecated",),
     "nbd-server-remove": ("deprecated",),

@@ -15,8 +15,9 @@ from ..errors import QMPError, generic
 from ..jobs.job import JobTxn
 from .cmd_backup import blockdev_backup_prepare, drive_backup_prepare
 from .cmd_bitmap import ALLOW_RO, BUSY, DEFAULT, RO, add_bitmap, check_bitmap, merge_bitmaps
+from .cmd_snapshot import ExternalSnapshot, check_op_blockers
 from .commands import TABLE
-from .types import BlockdevBackup, DriveBackup, TransactionArgs
+from .types import BlockdevBackup, BlockdevSnapshot, BlockdevSnapshotSync, DriveBackup, TransactionArgs
 
 BACKUP_ACTIONS = ("blockdev-backup", "drive-backup")
 
@@ -167,8 +168,51 @@ class Backup(Action):
             self.vm.jobs.drain_end(self.source)
 
 
-class NotSimulated(Action):
+class Snapshot(Action):
+    """external_snapshot_*: blockdev-snapshot-sync and blockdev-snapshot (bitlab.qmp.cmd_snapshot)."""
+
+    state = None
+
     def prepare(self) -> None:
+        self.check_completion_mode()
+        self.state = ExternalSnapshot(self.vm, self.kind, self.data)
+        self.state.prepare()
+
+    def commit(self) -> None:
+        if self.state is not None:
+            self.state.commit()
+
+    def abort(self) -> None:
+        if self.state is not None:
+            self.state.abort()
+
+    def clean(self) -> None:
+        if self.state is not None:
+            self.state.clean()
+
+
+class InternalSnapshot(Action):
+    """internal_snapshot_prepare's checks, in its order with its texts; bitlab does not simulate internal
+    snapshots themselves."""
+
+    def prepare(self) -> None:
+        self.check_completion_mode()
+        device = self.data["device"]
+        graph = self.vm.graph
+        node = graph.lookup_bs(device)  # qmp_get_root_bs
+        if any(child is node for parent in graph.nodes.values() for _, child in parent.children):
+            raise generic("Need a root block node")
+        check_op_blockers(self.vm, node)
+        if node.read_only:
+            raise generic(f"Device '{device}' is read only")
+        inner = node
+        while inner.driver == "raw" and inner.child("file") is not None:  # bdrv_can_snapshot's fallback
+            inner = inner.child("file")
+        if inner.driver != "qcow2":
+            raise generic(f"Block format '{node.driver}' used by device '{device}' does not support internal "
+                          "snapshots")
+        if not self.data["name"]:
+            raise generic("Name is empty")
         raise generic(f"bitlab does not simulate the transaction action '{self.kind}'")
 
 
@@ -182,9 +226,9 @@ ACTIONS: dict[str, type[Action]] = {
     "block-dirty-bitmap-merge": BitmapMerge,
     "blockdev-backup": Backup,
     "drive-backup": Backup,
-    "blockdev-snapshot": NotSimulated,
-    "blockdev-snapshot-internal-sync": NotSimulated,
-    "blockdev-snapshot-sync": NotSimulated,
+    "blockdev-snapshot": Snapshot,
+    "blockdev-snapshot-internal-sync": InternalSnapshot,
+    "blockdev-snapshot-sync": Snapshot,
 }
 
 
@@ -223,6 +267,16 @@ def qmp_blockdev_backup(vm: Any, args: dict) -> None:
 @TABLE.command("drive-backup", DriveBackup)
 def qmp_drive_backup(vm: Any, args: dict) -> None:
     run_transaction(vm, [{"type": "drive-backup", "data": args}], None)
+
+
+@TABLE.command("blockdev-snapshot-sync", BlockdevSnapshotSync)
+def qmp_blockdev_snapshot_sync(vm: Any, args: dict) -> None:
+    run_transaction(vm, [{"type": "blockdev-snapshot-sync", "data": args}], None)
+
+
+@TABLE.command("blockdev-snapshot", BlockdevSnapshot)
+def qmp_blockdev_snapshot(vm: Any, args: dict) -> None:
+    run_transaction(vm, [{"type": "blockdev-snapshot", "data": args}], None)
 
 
 __all__ = ["BACKUP_ACTIONS", "run_transaction"]

@@ -1,0 +1,119 @@
+"""Random external-snapshot episodes (blockdev.c external_snapshot_*, block.c bdrv_append).
+
+On a stream of their own (``{seed}/{index}/snapshot``) and with names of their own (a disk ``sb`` with a
+bitmap, overlays ``sv<n>``), so the other steps of a scenario stay what they were for every seed. An episode
+either tries what QEMU refuses, on the scenario's nodes or on ``sb``'s chain (an overlay node name missing or
+taken, a missing node or overlay, the node as its own overlay, an overlay with a backing file, an old node
+that is another's backing file, ``mode: existing`` without the file, a format without backing files), or
+puts a blockdev-add'ed overlay (``"backing": null``) on top of ``sb``'s chain — alone, or in a transaction
+with a new bitmap on the overlay, sometimes rolled back by a later ``abort`` — or rolls back a
+``blockdev-snapshot-sync`` (the image it made stays). Then a guest write to ``sb`` (it lands in the top
+overlay: its bitmaps count it, the old nodes' do not) and the nodes' bitmaps.
+
+Only ``sb`` gets overlays: below one, a scenario node would be read-only and out of its guest's way, and the
+mix's running backups of it would wait on nothing in bitlab (their cancel completes on a later request there,
+at once on QEMU). A ``blockdev-snapshot-sync`` that succeeds is left out: on qemu-storage-daemon nothing holds
+its overlay, so it goes at once.
+"""
+
+from __future__ import annotations
+
+import random
+
+CHANCE = 0.04  # after each op of the random mix, the chance of an episode
+
+
+def _qmp(execute: str, arguments: dict | None = None) -> dict:
+    msg: dict = {"execute": execute}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    return {"qmp": msg}
+
+
+class Snapshots:
+    """What the episodes of one scenario share: their random stream, names, and each node's top."""
+
+    def __init__(self, rng: random.Random, nodes: list[str]) -> None:
+        self.rng = rng
+        self.count = 0
+        self.nodes = nodes  # the scenario's nodes: refusals only
+        self.top: str | None = None  # the top of sb's chain, once sb is made
+
+    def new_name(self) -> str:
+        self.count += 1
+        return f"sv{self.count}"
+
+
+def _overlay(name: str, size: int, backing: str | None = None) -> list[dict]:
+    args: dict = {"driver": "qcow2", "node-name": name, "file": {"driver": "file", "filename": f"{name}.qcow2"},
+                  "backing": backing}
+    return [{"qemu-img": ["create", "-f", "qcow2", f"{name}.qcow2", str(size)]}, _qmp("blockdev-add", args)]
+
+
+def snapshot_episode(sn: Snapshots, size: int) -> list[dict]:
+    """One episode (see the module's docstring)."""
+    rng = sn.rng
+    steps: list[dict] = []
+    if sn.top is None:
+        sn.top = "sb"
+        steps += _overlay("sb", size)[:1] + [
+            _qmp("blockdev-add", {"driver": "qcow2", "node-name": "sb",
+                                  "file": {"driver": "file", "filename": "sb.qcow2"}}),
+            _qmp("block-dirty-bitmap-add", {"node": "sb", "name": "b0", "granularity": rng.choice([512, 65536])})]
+    node = "sb"
+    top = sn.top
+    kind = rng.choices(["refused", "append", "txn", "rollback"], weights=[3, 3, 3, 1])[0]
+    if kind == "refused":
+        if rng.random() < 0.5:
+            node = top = rng.choice(sn.nodes)
+        name = sn.new_name()
+        tries = [
+            ("blockdev-snapshot-sync", {"node-name": top, "snapshot-file": f"{name}.qcow2"}),
+            ("blockdev-snapshot-sync", {"node-name": "nope", "snapshot-file": f"{name}.qcow2",
+                                        "snapshot-node-name": name}),
+            ("blockdev-snapshot-sync", {"node-name": top, "snapshot-file": f"{name}.qcow2",
+                                        "snapshot-node-name": rng.choice(sn.nodes)}),
+            ("blockdev-snapshot-sync", {"node-name": top, "snapshot-file": f"{name}.qcow2",
+                                        "snapshot-node-name": name, "mode": "existing"}),
+            ("blockdev-snapshot-sync", {"node-name": node, "snapshot-file": f"{name}.qcow2",
+                                        "snapshot-node-name": name, "format": "raw"}),
+            ("blockdev-snapshot", {"node": top, "overlay": top}),
+            ("blockdev-snapshot", {"node": top, "overlay": "nope"}),
+            ("blockdev-snapshot", {"node": "nope", "overlay": top}),
+        ]
+        if top != node:  # the old node is the overlay's backing file now
+            tries.append(("blockdev-snapshot", {"node": node, "overlay": top}))
+        for execute, args in rng.sample(tries, rng.randint(1, 3)):
+            steps.append(_qmp(execute, args))
+        return steps
+    name = sn.new_name()
+    if kind == "rollback":
+        steps.append(_qmp("transaction", {"actions": [
+            {"type": "blockdev-snapshot-sync", "data": {"node-name": top, "snapshot-file": f"{name}.qcow2",
+                                                        "snapshot-node-name": name}},
+            {"type": "abort", "data": {}}]}))
+        steps.append({"qemu-img": ["info", "-U", f"{name}.qcow2"]})
+    else:
+        steps += _overlay(name, size)
+        action = {"type": "blockdev-snapshot", "data": {"node": top, "overlay": name}}
+        if kind == "append":
+            steps.append(_qmp("blockdev-snapshot", action["data"]))
+            sn.top = name
+        else:
+            actions = [action, {"type": "block-dirty-bitmap-add",
+                                "data": {"node": name, "name": "b0", "granularity": rng.choice([512, 65536])}}]
+            aborted = rng.random() < 0.3
+            if aborted:
+                actions.append({"type": "abort", "data": {}})
+            steps.append(_qmp("transaction", {"actions": actions}))
+            if not aborted:
+                sn.top = name
+    offset = rng.randrange(0, size // 512) * 512
+    steps.append({"write": {"node": "sb", "offset": offset, "length": min(64 << 10, size - offset),
+                            "pattern": rng.randrange(1, 256)}})
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": "sb", "name": "b0"}))
+    return steps
+
+
+__all__ = ["CHANCE", "Snapshots", "snapshot_episode"]
