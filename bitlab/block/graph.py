@@ -408,7 +408,8 @@ class BlockGraph:
 
     def reopen_read_only(self, node: BlockNode) -> None:
         """bdrv_reopen_set_read_only(node, true): the node and the children it opened itself become
-        read-only; a qcow2 node stores its persistent bitmaps, which become read-only, and drops its lock."""
+        read-only; a qcow2 node stores its persistent bitmaps, which become read-only; the locks its file node
+        holds follow from what it takes now."""
         if node.read_only:
             return
         if isinstance(node, Qcow2Node):
@@ -417,10 +418,7 @@ class BlockGraph:
             for bm in node.bitmaps:
                 if bm.persistent:
                     bm.readonly = True
-        image = node.__dict__.get("image")
-        if image is not None:
-            image.lockers = [(n, sh) for n, sh in image.lockers if n is not node]
-        node.read_only = True
+        node.read_only = True  # (its file node's locks follow from what the read-only node takes)
         for role, child in node.children:
             if role in ("file", "image") and child.node_name not in self.monitor_owned:
                 self.reopen_read_only(child)
