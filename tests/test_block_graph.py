@@ -170,12 +170,29 @@ def grouped_transaction_fails(vm: Machine) -> list[dict]:
     return [block_graph(vm)]
 
 
+def backup_refused_after_its_filter(vm: Machine) -> dict:
+    """A second backup of a node under a running backup's filter fails at the max-chunk check, after
+    bdrv_cbw_append: its own filter came and went, and the first filter's link to the node was detached
+    and attached again (now its newest child). Conformance seed 1169654802, scenario 165."""
+    _node(vm, "d0", "d0.qcow2")
+    _node(vm, "t6", "t6.qcow2")
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=131072", "t7.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "t7", "file": {"driver": "file", "filename": "t7.qcow2"}})
+    slow = {"sync": "full", "speed": 1, "x-perf": {"max-chunk": 65536}}
+    vm.qmp("blockdev-backup", {"job-id": "j6", "device": "d0", "target": "t6", **slow})
+    reply = vm.execute({"execute": "blockdev-backup", "arguments": {"job-id": "j7", "device": "d0", "target": "t7",
+                                                                    **slow}})
+    assert reply["error"]["desc"] == "Required max-chunk (65536) is less than backup cluster size (131072)"
+    return block_graph(vm)
+
+
 STORIES: list[tuple[Callable[[Machine], object], str]] = [
     (drive_backup_running, "system"),
     (exports_and_two_jobs, "qsd"),
     (exports_and_two_jobs, "system"),
     (devices_exports_and_drive_backup, "system"),
     (grouped_transaction_fails, "qsd"),
+    (backup_refused_after_its_filter, "qsd"),
 ]
 
 
@@ -212,3 +229,12 @@ def test_random_graphs_as_qemu_shows_them():
             real, sim = on_both(lambda vm, seed=seed: block_graph(random_graph(random.Random(seed), 8, True, vm)),
                                 daemon=daemon)
             assert sim == real, (seed, daemon)
+
+
+def test_a_refused_backup_reattaches_the_links_its_filter_moved():
+    graph = backup_refused_after_its_filter(Machine())
+    names = {n["id"]: n["name"] for n in graph["nodes"]}
+    filter_links = [(e["name"], names[e["child"]]) for e in graph["edges"] if names[e["parent"]] == "#block"
+                    and names[e["child"]] in ("d0", "t6")]
+    assert filter_links == [("target", "t6"), ("file", "d0")]  # walk order reversed: 'file' is the newest child
+

@@ -17,6 +17,7 @@ from ..errors import QMPError, generic
 from ..qmp_order import wire_member_order
 from . import perms, qcow2_opts
 from .blkdebug import BlkdebugNode
+from .cbw import CbwNode
 from .info import NodeInfoCache
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode, subtree_ids
 from .paths import node_full_backing_filename, strip_file_protocol
@@ -324,6 +325,16 @@ class BlockGraph:
         self.job_held.discard(cbw.node_name)
         self.nodes.pop(cbw.node_name, None)
         self.guests.pop(id(cbw), None)
+
+    def pass_filter(self, source: BlockNode, target: BlockNode, name: str, cluster_size: int) -> None:
+        """A backup that fails after bdrv_cbw_append (the max-chunk check): its copy-before-write filter
+        is appended and dropped again, and the links it moved come back detached and attached again (the
+        newest children of their parents, the newest parents of the source)."""
+        cbw = CbwNode(name, cluster_size=cluster_size, before_write=lambda offset, length: None, size=source.size,
+                      auto_named=name.startswith("#"))
+        copy_bitmap = DirtyBitmap(source.size, cluster_size, disabled=True)
+        self.insert_filter(source, cbw, target, copy_bitmap)
+        self.remove_filter(cbw, copy_bitmap, source)
 
     def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every parent of ``old`` outside ``new``'s subtree now points at ``new``."""

@@ -93,7 +93,8 @@ def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn 
             raise generic(f"Could not create node: {err.desc}") from None
         check.replace()  # the filter under the source's parents
         cluster = cluster_size_for(target)
-        if max_chunk and max_chunk < cluster:
+        if max_chunk and max_chunk < cluster:  # backup_job_create checks it with the filter in place
+            vm.graph.pass_filter(source, target, filter_name, cluster)
             raise generic(f"Required max-chunk ({max_chunk}) is less than backup cluster size ({cluster})")
     except QMPError:
         _reclaim(source, bitmap)
