@@ -27,16 +27,10 @@ from __future__ import annotations
 import random
 
 from .gen_running import SETTLE
+from .steps import qmp_step as _qmp
 
 K, M = 1 << 10, 1 << 20
 CHANCE = 0.02  # after each op of the random mix, the chance of an episode
-
-
-def _qmp(execute: str, arguments: dict | None = None) -> dict:
-    msg: dict = {"execute": execute}
-    if arguments is not None:
-        msg["arguments"] = arguments
-    return {"qmp": msg}
 
 
 def _qcow2(name: str, size: int, backing: str | None = None) -> list[dict]:

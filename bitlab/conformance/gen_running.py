@@ -21,17 +21,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from .steps import qmp_step as _qmp
+
 SETTLE = 0.05  # seconds: a started job's first request (64 KiB) has surely finished on real QEMU
 SYNCS = ["full", "full", "top", "bitmap", "incremental", "none"]
 MODES = [None, "on-success", "always", "never"]
 TINY_SPEEDS = [1, 2, 100, 4096]  # all far below what would let a second request through
-
-
-def _qmp(execute: str, arguments: dict | None = None) -> dict:
-    msg: dict = {"execute": execute}
-    if arguments is not None:
-        msg["arguments"] = arguments
-    return {"qmp": msg}
 
 
 def _new_target(st: Any, size: int, steps: list[dict], add: bool = True) -> tuple[str, int]:

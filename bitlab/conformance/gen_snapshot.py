@@ -20,14 +20,9 @@ from __future__ import annotations
 
 import random
 
+from .steps import qmp_step as _qmp
+
 CHANCE = 0.04  # after each op of the random mix, the chance of an episode
-
-
-def _qmp(execute: str, arguments: dict | None = None) -> dict:
-    msg: dict = {"execute": execute}
-    if arguments is not None:
-        msg["arguments"] = arguments
-    return {"qmp": msg}
 
 
 class Snapshots:

@@ -55,6 +55,7 @@ from .gen_parents import Parents, parents_episode
 from .gen_running import running_backup
 from .gen_snapshot import CHANCE as SNAPSHOT_CHANCE
 from .gen_snapshot import Snapshots, snapshot_episode
+from .steps import qmp_step as _qmp
 
 K, M = 1 << 10, 1 << 20
 GRANULARITIES = [512, 4096, 65536, 131072, 1 << 20, 64000, 256]  # the last two are refused
@@ -83,13 +84,6 @@ class _State:
         if have and (existing or self.rng.random() < 0.8):
             return self.rng.choice(have)
         return self.rng.choice(["b0", "b1", "b2", "x"])
-
-
-def _qmp(execute: str, arguments: dict | None = None) -> dict:
-    msg: dict = {"execute": execute}
-    if arguments is not None:
-        msg["arguments"] = arguments
-    return {"qmp": msg}
 
 
 def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:

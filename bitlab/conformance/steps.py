@@ -16,6 +16,14 @@ from ..errors import QMPError
 from ..qemu_img import QemuImgError
 
 
+def qmp_step(execute: str, arguments: dict | None = None) -> dict:
+    """A scenario step sending one QMP command."""
+    msg: dict = {"execute": execute}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    return {"qmp": msg}
+
+
 def run_step(vm: Any, step: dict) -> Any:
     """Run one step on ``vm`` (a bitlab Machine or a QemuMachine); return its result."""
     if "qemu-img" in step:
