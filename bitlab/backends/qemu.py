@@ -885,9 +885,19 @@ class QemuMachine(GuestIO, Monitor):
 
     # -- images and drives -----------------------------------------------------------------
     def qemu_img(self, *args: str) -> str:
-        """Real qemu-img in the work directory; its stdout, or :class:`QemuImgError`."""
-        out = subprocess.run(["qemu-img", *map(str, args)], cwd=self.workdir, capture_output=True, text=True,
-                             timeout=60)
+        """Real qemu-img in the work directory; its stdout, or :class:`QemuImgError`. Without ``-U`` it meets
+        the file locks of the QEMU running here: the backend's own guest exports (which write every top
+        node) stand aside meanwhile if it opens a file QEMU has open, as on a QEMU without them."""
+        args = tuple(map(str, args))
+        aside: dict[str, str | None] = {}
+        if self._exports and not {"-U", "--force-share"} & set(args):
+            files = {arg for arg in args if os.path.isfile(os.path.join(self.workdir, arg))}
+            if self._opened(files):
+                aside = self._stand_aside(server=False)
+        try:
+            out = subprocess.run(["qemu-img", *args], cwd=self.workdir, capture_output=True, text=True, timeout=60)
+        finally:
+            self._come_back(aside)
         if out.returncode != 0:
             raise QemuImgError(out.stderr, out.returncode, out.stdout)
         return out.stdout
