@@ -549,3 +549,50 @@ def test_bare_node_guest_follows_as_on_qemu(daemon: str) -> None:
     want, got = on_both(bare_node_story, daemon=daemon)
     assert got == want
     assert dict(got)["bitmaps"]["o2"] == (False, [])
+
+
+# -- the internal-snapshot commands: QEMU's refusals, then (a qcow2 image) bitlab's "not simulated" or, for a
+# delete, "does not exist" (bitlab makes no internal snapshots, so none exists) ------------------------------
+
+INTERNAL_COMMANDS = [
+    ("blockdev-snapshot-internal-sync", {"device": "nope", "name": "s"},
+     "GenericError: Cannot find device='nope' nor node-name='nope'"),
+    ("blockdev-snapshot-internal-sync", {"device": "drive0", "name": ""}, "GenericError: Name is empty"),
+    ("blockdev-snapshot-internal-sync", {"device": "drive1", "name": "s"},
+     "GenericError: Block format 'raw' used by device 'drive1' does not support internal snapshots"),
+    ("blockdev-snapshot-delete-internal-sync", {"device": "nope", "name": "s"},
+     "GenericError: Cannot find device='nope' nor node-name='nope'"),
+    ("blockdev-snapshot-delete-internal-sync", {"device": "drive0"}, "GenericError: Name or id must be provided"),
+    ("blockdev-snapshot-delete-internal-sync", {"device": "drive0", "id": "1"},
+     "GenericError: Snapshot with id '1' and name 'null' does not exist on device 'drive0'"),
+    ("blockdev-snapshot-delete-internal-sync", {"device": "drive0", "id": "1", "name": "s"},
+     "GenericError: Snapshot with id '1' and name 's' does not exist on device 'drive0'"),
+    ("blockdev-snapshot-delete-internal-sync", {"device": "drive1", "name": "s"},
+     "GenericError: Failed to get a snapshot list: Operation not supported"),
+    ("blockdev-snapshot-delete-internal-sync", {"device": "d0", "name": "s"},
+     "GenericError: Snapshot with id 'null' and name 's' does not exist on device 'd0'"),
+]
+
+
+def internal_commands_story(vm: Machine) -> list:
+    r = Recorder(vm)
+    vm.add_drive("drive0", "64M", node_name="d0")
+    vm.add_drive("drive1", "64M", "raw", node_name="r0")
+    for name, args, _ in INTERNAL_COMMANDS:
+        r(name, args)
+    return r.out
+
+
+def test_internal_snapshot_commands() -> None:
+    assert [value for _, value in internal_commands_story(Machine())] == [text for *_, text in INTERNAL_COMMANDS]
+    vm = Machine()
+    vm.add_drive("drive0", "64M")
+    with pytest.raises(QMPError, match="bitlab does not simulate the transaction action "
+                                       "'blockdev-snapshot-internal-sync'"):
+        vm.qmp("blockdev-snapshot-internal-sync", {"device": "drive0", "name": "s"})
+
+
+@pytest.mark.qemu
+def test_internal_snapshot_commands_as_on_qemu() -> None:
+    want, got = on_both(internal_commands_story, daemon="system")
+    assert got == want

@@ -155,6 +155,7 @@ RETURNS: dict[str, QType] = {
     "human-monitor-command": STR,
     "query-qmp-schema": Array(SchemaInfo),
     "x-debug-query-block-graph": XDbgBlockGraph,
+    "blockdev-snapshot-delete-internal-sync": SnapshotInfo,
 }
 """Reply types of commands registered without one (QEMU's ``returns``)."""
 

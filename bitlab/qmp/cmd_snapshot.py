@@ -31,6 +31,21 @@ def lookup_device_or_node(graph: Any, device: str | None, node_name: str | None)
     raise generic(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
 
 
+def root_node(graph: Any, device: str) -> BlockNode:
+    """qmp_get_root_bs: a device's root, or a node nothing has as its child (``Need a root block node``)."""
+    node = graph.lookup_bs(device)
+    if any(child is node for parent in graph.nodes.values() for _, child in parent.children):
+        raise generic("Need a root block node")
+    return node
+
+
+def snapshot_capable(node: BlockNode) -> bool:
+    """bdrv_can_snapshot / bdrv_snapshot_list: qcow2, or raw passing it on to what it filters."""
+    while node.driver == "raw" and node.child("file") is not None:  # bdrv_snapshot_fallback
+        node = node.child("file")
+    return node.driver == "qcow2"
+
+
 def check_op_blockers(vm: Any, node: BlockNode) -> None:
     """bdrv_op_is_blocked(BLOCK_OP_TYPE_EXTERNAL_SNAPSHOT): a backup's filter and target, and a node that
     is another's backing file (the newest such parent names the blocker)."""
@@ -128,4 +143,4 @@ class ExternalSnapshot:
             self.vm.graph._drop_unowned(self.new)
 
 
-__all__ = ["ExternalSnapshot", "check_op_blockers", "lookup_device_or_node"]
+__all__ = ["ExternalSnapshot", "check_op_blockers", "lookup_device_or_node", "root_node", "snapshot_capable"]

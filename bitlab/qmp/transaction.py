@@ -15,9 +15,17 @@ from ..errors import QMPError, generic
 from ..jobs.job import JobTxn
 from .cmd_backup import blockdev_backup_prepare, drive_backup_prepare
 from .cmd_bitmap import ALLOW_RO, BUSY, DEFAULT, RO, add_bitmap, check_bitmap, merge_bitmaps
-from .cmd_snapshot import ExternalSnapshot, check_op_blockers
+from .cmd_snapshot import ExternalSnapshot, check_op_blockers, root_node, snapshot_capable
 from .commands import TABLE
-from .types import BlockdevBackup, BlockdevSnapshot, BlockdevSnapshotSync, DriveBackup, TransactionArgs
+from .types import (
+    BlockdevBackup,
+    BlockdevSnapshot,
+    BlockdevSnapshotDeleteInternal,
+    BlockdevSnapshotInternal,
+    BlockdevSnapshotSync,
+    DriveBackup,
+    TransactionArgs,
+)
 
 BACKUP_ACTIONS = ("blockdev-backup", "drive-backup")
 
@@ -198,17 +206,11 @@ class InternalSnapshot(Action):
     def prepare(self) -> None:
         self.check_completion_mode()
         device = self.data["device"]
-        graph = self.vm.graph
-        node = graph.lookup_bs(device)  # qmp_get_root_bs
-        if any(child is node for parent in graph.nodes.values() for _, child in parent.children):
-            raise generic("Need a root block node")
+        node = root_node(self.vm.graph, device)
         check_op_blockers(self.vm, node)
         if node.read_only:
             raise generic(f"Device '{device}' is read only")
-        inner = node
-        while inner.driver == "raw" and inner.child("file") is not None:  # bdrv_can_snapshot's fallback
-            inner = inner.child("file")
-        if inner.driver != "qcow2":
+        if not snapshot_capable(node):
             raise generic(f"Block format '{node.driver}' used by device '{device}' does not support internal "
                           "snapshots")
         if not self.data["name"]:
@@ -277,6 +279,26 @@ def qmp_blockdev_snapshot_sync(vm: Any, args: dict) -> None:
 @TABLE.command("blockdev-snapshot", BlockdevSnapshot)
 def qmp_blockdev_snapshot(vm: Any, args: dict) -> None:
     run_transaction(vm, [{"type": "blockdev-snapshot", "data": args}], None)
+
+
+@TABLE.command("blockdev-snapshot-internal-sync", BlockdevSnapshotInternal)
+def qmp_blockdev_snapshot_internal_sync(vm: Any, args: dict) -> None:
+    run_transaction(vm, [{"type": "blockdev-snapshot-internal-sync", "data": args}], None)
+
+
+@TABLE.command("blockdev-snapshot-delete-internal-sync", BlockdevSnapshotDeleteInternal)
+def qmp_blockdev_snapshot_delete_internal_sync(vm: Any, args: dict) -> dict:
+    """QEMU's checks in its order; no image here holds an internal snapshot (bitlab makes none), so a
+    snapshot-capable node never has the one asked for."""
+    device, snap_id, name = args["device"], args.get("id"), args.get("name")
+    node = root_node(vm.graph, device)
+    if snap_id is None and name is None:
+        raise generic("Name or id must be provided")
+    check_op_blockers(vm, node)
+    if not snapshot_capable(node):
+        raise generic("Failed to get a snapshot list: Operation not supported")
+    raise generic(f"Snapshot with id '{snap_id if snap_id is not None else 'null'}' and name "
+                  f"'{name if name is not None else 'null'}' does not exist on device '{device}'")
 
 
 __all__ = ["BACKUP_ACTIONS", "run_transaction"]

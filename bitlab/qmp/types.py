@@ -179,6 +179,8 @@ BlockJobId = struct("q_obj_block-job-finalize-arg", m("id", STR))
 
 BlockdevSnapshot = struct("BlockdevSnapshot", m("node", STR), m("overlay", STR))
 BlockdevSnapshotInternal = struct("BlockdevSnapshotInternal", m("device", STR), m("name", STR))
+BlockdevSnapshotDeleteInternal = struct("q_obj_blockdev-snapshot-delete-internal-sync-arg", m("device", STR),
+                                        m("*id", STR), m("*name", STR))
 BlockdevSnapshotSync = struct(
     "BlockdevSnapshotSync",
     m("*device", STR), m("*node-name", STR), m("snapshot-file", STR), m("*snapshot-node-name", STR),
