@@ -9,6 +9,7 @@ completion mode itself, inside its prepare.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import QMPError, generic
@@ -261,29 +262,17 @@ def qmp_transaction(vm: Any, args: dict) -> None:
     run_transaction(vm, args["actions"], args.get("properties"))
 
 
-@TABLE.command("blockdev-backup", BlockdevBackup)
-def qmp_blockdev_backup(vm: Any, args: dict) -> None:
-    run_transaction(vm, [{"type": "blockdev-backup", "data": args}], None)
+def _one_action(kind: str) -> Callable[[Any, dict], None]:
+    """A command that is a transaction of one action of its own name (blockdev_do_action)."""
+    def handler(vm: Any, args: dict) -> None:
+        run_transaction(vm, [{"type": kind, "data": args}], None)
+    return handler
 
 
-@TABLE.command("drive-backup", DriveBackup)
-def qmp_drive_backup(vm: Any, args: dict) -> None:
-    run_transaction(vm, [{"type": "drive-backup", "data": args}], None)
-
-
-@TABLE.command("blockdev-snapshot-sync", BlockdevSnapshotSync)
-def qmp_blockdev_snapshot_sync(vm: Any, args: dict) -> None:
-    run_transaction(vm, [{"type": "blockdev-snapshot-sync", "data": args}], None)
-
-
-@TABLE.command("blockdev-snapshot", BlockdevSnapshot)
-def qmp_blockdev_snapshot(vm: Any, args: dict) -> None:
-    run_transaction(vm, [{"type": "blockdev-snapshot", "data": args}], None)
-
-
-@TABLE.command("blockdev-snapshot-internal-sync", BlockdevSnapshotInternal)
-def qmp_blockdev_snapshot_internal_sync(vm: Any, args: dict) -> None:
-    run_transaction(vm, [{"type": "blockdev-snapshot-internal-sync", "data": args}], None)
+for _kind, _args in (("blockdev-backup", BlockdevBackup), ("drive-backup", DriveBackup),
+                     ("blockdev-snapshot-sync", BlockdevSnapshotSync), ("blockdev-snapshot", BlockdevSnapshot),
+                     ("blockdev-snapshot-internal-sync", BlockdevSnapshotInternal)):
+    TABLE.command(_kind, _args)(_one_action(_kind))
 
 
 @TABLE.command("blockdev-snapshot-delete-internal-sync", BlockdevSnapshotDeleteInternal)
