@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bitlab.backends.qemu import qmp_chardev
 from bitlab.qmp import TABLE
 
 END = b'\xff{"execute": "query-version", "id": "end"}'
@@ -136,7 +137,7 @@ def _argv_bitlab(sock: str) -> list[str]:
 
 def _argv_qsd(sock: str) -> list[str]:
     return [shutil.which("qemu-storage-daemon") or "qemu-storage-daemon", "--chardev",
-            f"socket,id=m,path={sock},server=on,wait=off", "--monitor", "chardev=m"]
+            qmp_chardev(sock, "m"), "--monitor", "chardev=m"]
 
 
 class Conn:

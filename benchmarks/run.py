@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from bitlab import Machine
+from bitlab.backends.qemu import qmp_chardev
 from bitlab.bitmap import DirtyBitmap
 from bitlab.jobs import block_copy
 
@@ -316,7 +317,7 @@ def bench_real_qemu(dirty_vm: Machine) -> None:
         sock = os.path.join(tmp, "qmp.sock")
         log_path = os.path.join(tmp, "qsd.log")
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([QSD, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
+            proc = subprocess.Popen([QSD, "--chardev", qmp_chardev(sock),
                                      "--monitor", "chardev=qmp0"],
                                     stdout=subprocess.DEVNULL, stderr=log)
         try:
@@ -437,7 +438,7 @@ async def _qsd_seed(mode: str, workdir: str) -> list[dict]:
     from tests.trace_replay import Summary, job_sequences, records
 
     sock = os.path.join(workdir, "qmp.sock")
-    proc = await asyncio.create_subprocess_exec(QSD, "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
+    proc = await asyncio.create_subprocess_exec(QSD, "--chardev", qmp_chardev(sock),
                                                 "--monitor", "chardev=qmp0", stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.DEVNULL, cwd=workdir)
     qmp = QMPClient("bitlab-bench-seed")

@@ -29,6 +29,7 @@ import pytest
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from bitlab import __version__
+from bitlab.backends.qemu import qmp_chardev
 from bitlab.qmp import qjson
 from bitlab.qmp.server import QMPServer, realtime_machine
 from bitlab.rt import RealtimeScheduler, WallClock
@@ -228,7 +229,7 @@ def test_protocol_texts(sock_dir: Path, negotiated: bool, oob: bool, data: bytes
 def test_same_bytes_as_qemu(sock_dir: Path) -> None:
     """Every case above, and the greeting, byte for byte against qemu-storage-daemon."""
     qsock = sock_dir / "qsd.sock"
-    proc = subprocess.Popen([QSD, "--chardev", f"socket,id=m,path={qsock},server=on,wait=off",
+    proc = subprocess.Popen([QSD, "--chardev", qmp_chardev(qsock, "m"),
                              "--monitor", "chardev=m"])
 
     def norm(line: bytes) -> bytes:

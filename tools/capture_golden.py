@@ -53,6 +53,8 @@ from qemu.qmp.error import QMPError
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_scenarios import GROUPS, SCENARIOS
 
+from bitlab.backends.qemu import qmp_chardev
+
 QSD = "qemu-storage-daemon"
 QEMU_SYSTEM = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
@@ -180,6 +182,7 @@ class Daemon:
         self.exports: set[str] = set()
         self.nbd_started = False
         self.serial = 0
+        self.log_start = 0
         self.consumed: dict[tuple[str, str, int], int] = {}
 
     @property
@@ -194,7 +197,7 @@ class Daemon:
 
     def argv(self, sock: Path) -> list[str]:
         """Command line of the QEMU process for this flavour."""
-        chardev = f"socket,id=qmp0,path={sock},server=on,wait=off"
+        chardev = qmp_chardev(sock)
         if self.machine == "qsd":
             return [QSD, "--chardev", chardev, "--monitor", "chardev=qmp0"]
         argv = ["stdbuf", "-o0", QEMU_SYSTEM, "-M", "none", "-nodefaults", "-display", "none", "-accel", "tcg"]
@@ -211,7 +214,8 @@ class Daemon:
         """Spawn the daemon in the work directory and connect to its monitor."""
         self.serial += 1
         sock = self.ctldir / f"qmp{self.serial}.sock"
-        log = (self.ctldir / f"qsd{self.serial}.log").open("wb")
+        self.log_start = 0
+        log = self.log_path.open("wb")
         out = log if self.machine == "qsd" else self.stdout_log.open("wb")
         self.proc = subprocess.Popen(
             self.argv(sock),
@@ -238,6 +242,7 @@ class Daemon:
                     raise
                 await asyncio.sleep(0.005)
         self.client = client
+        self.log_start = self.log_path.stat().st_size  # past "QEMU waiting for connection on: ..."
 
     async def stop(self) -> None:
         """Quit the daemon (kill it if it does not go) and disconnect."""
@@ -256,10 +261,15 @@ class Daemon:
                 await asyncio.to_thread(self.proc.wait)
             self.proc = None
 
+    @property
+    def log_path(self) -> Path:
+        """Where the current daemon's stderr (and a storage daemon's stdout) goes."""
+        return self.ctldir / f"qsd{self.serial}.log"
+
     def log_text(self) -> str:
-        """Return the current daemon's stdout and stderr so far."""
-        log = self.ctldir / f"qsd{self.serial}.log"
-        return log.read_text(errors="replace") if log.exists() else ""
+        """Return what the current daemon wrote there since its monitor connected."""
+        log = self.log_path
+        return log.read_bytes()[self.log_start:].decode(errors="replace") if log.exists() else ""
 
     async def kill(self) -> None:
         """SIGKILL the daemon (no clean shutdown) and disconnect."""

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bitlab import Machine
-from bitlab.backends.qemu import QSD
+from bitlab.backends.qemu import QSD, qmp_chardev
 from bitlab.conformance import compare_jobs, normalise, run_step
 from bitlab.errors import QMPError
 
@@ -237,7 +237,7 @@ class BareQemu:
 
         self.workdir = workdir
         sock = str(workdir / "bare.sock")
-        self.proc = subprocess.Popen([QSD, "--chardev", f"socket,id=m,path={sock},server=on,wait=off",
+        self.proc = subprocess.Popen([QSD, "--chardev", qmp_chardev(sock, "m"),
                                       "--monitor", "chardev=m"], cwd=workdir, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Connect once the socket exists; a connection made while the monitor is still being set up

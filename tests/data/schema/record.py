@@ -20,16 +20,18 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
+from bitlab.backends.qemu import qmp_chardev
+
 HERE = Path(__file__).parent
 QUERIES = ("query-version", "query-qmp-schema", "query-commands", "query-events")
 
 
 def _argv(kind: str, sock: str) -> list[str]:
     if kind == "qsd":
-        return ["qemu-storage-daemon", "--chardev", f"socket,id=qmp0,path={sock},server=on,wait=off",
+        return ["qemu-storage-daemon", "--chardev", qmp_chardev(sock),
                 "--monitor", "chardev=qmp0"]
     return ["qemu-system-x86_64", "-M", "none", "-nodefaults", "-display", "none", "-accel", "tcg",
-            "-chardev", f"socket,id=qmp0,path={sock},server=on,wait=off", "-mon", "chardev=qmp0,mode=control"]
+            "-chardev", qmp_chardev(sock), "-mon", "chardev=qmp0,mode=control"]
 
 
 async def _record(kind: str) -> dict:
