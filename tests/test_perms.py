@@ -332,3 +332,33 @@ def test_guest_writes_enter_above_the_filter_on_qemu_storage_daemon():
     with Machine(backend="qemu", daemon="qsd") as real:
         real.qemu_img("create", "-f", "qcow2", "d.qcow2", "64M")
         assert _guest_writes(real) == GUEST_WRITES
+
+
+def _stacked_writes(vm) -> list[str]:
+    """Two backups of ``f`` stack their filters (the second's between the first's and ``f``): a guest's
+    writes to ``f`` enter above both; HMP ``qemu-io`` on the lower filter meets the upper one's 'file' link."""
+    vm.qemu_img("create", "-f", "qcow2", "d.qcow2", "64M")
+    play(vm, [F, T, qcow2("t2", "d.qcow2"), backup("f", "t", job="j1", **SLOW, **{"filter-node-name": "c1"}),
+              backup("f", "t2", job="j2", **SLOW, **{"filter-node-name": "c2"})])
+    return [vm.write("f", offset, 512, 7).splitlines()[0] for offset in (0, M)]
+
+
+STACKED_WRITES = ["wrote 512/512 bytes at offset 0", "wrote 512/512 bytes at offset 1048576"]
+STACKED_LOWER = conflict("c2", "write", "an unnamed block device root", "node 'c1' file")
+
+
+def test_guest_writes_enter_above_stacked_filters():
+    vm = Machine()
+    assert _stacked_writes(vm) == STACKED_WRITES
+    assert vm.execute({"execute": "human-monitor-command",
+                       "arguments": {"command-line": 'qemu-io c2 "write 0 512"'}})["return"] == STACKED_LOWER + "\r\n"
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("daemon", ["qsd", "system"])
+def test_guest_writes_enter_above_stacked_filters_on_qemu(daemon):
+    """The system emulator's guest enters at the topmost filter too (not at the newest, lowest one)."""
+    with Machine(backend="qemu", daemon=daemon) as real:
+        assert _stacked_writes(real) == STACKED_WRITES
+        if daemon == "system":
+            assert real.hmp('qemu-io c2 "write 0 512"') == STACKED_LOWER + "\r\n"

@@ -1035,12 +1035,9 @@ class QemuMachine(GuestIO, Monitor):
         if any(b["device"] == name for b in self._helper_value("query-block")):
             return name
         name = self._overlay_above(name)
-        nodes = self._helper_value("query-named-block-nodes", {"flat": True})
-        filename = next((node["file"] for node in nodes if node["node-name"] == name), None)
-        for node in nodes:
-            if node["drv"] == "copy-before-write" and node["image"].get("filename") == filename:
-                return node["node-name"]
-        return name
+        # the topmost filter: backups of one node stack their filters (the newest lowest), and only
+        # the top one shares the write permission on its child
+        return self._filter_above(name) or name
 
     def guest_io(self, node: str, command: str) -> str:
         """A guest's request to ``node`` (a device, or a node as a guest would see it).

@@ -15,8 +15,9 @@ from .runner import check
 FOCUS = {"running": running_scenario, "parents": parents_scenario}
 
 
-def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None) -> tuple[str, int]:
-    """The report text and the number of scenarios that differ."""
+def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None,
+           daemon: str | None = None) -> tuple[str, int]:
+    """The report text and the number of scenarios that differ (real QEMU's ``daemon``: see :func:`.runner.play`)."""
     missing = qemu_missing()
     if missing:
         raise QemuNotFound(missing)
@@ -24,12 +25,12 @@ def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None) -
     differing: dict[str, list] = {}
     for index in range(scenarios):
         scenario = FOCUS.get(focus or "", random_scenario)(seed, index)
-        diffs = check(scenario)
+        diffs = check(scenario, daemon)
         if diffs:
             differing[scenario["name"]] = diffs
     elapsed = time.monotonic() - start
     lines = [
-        f"bitlab conformance against real QEMU 7.2 (seed {seed})",
+        f"bitlab conformance against real QEMU 7.2 (seed {seed}{f', daemon {daemon}' if daemon else ''})",
         "",
         f"  {'scenarios run':<22}{scenarios:>8}",
         f"  {'identical':<22}{scenarios - len(differing):>8}",
@@ -43,6 +44,7 @@ def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None) -
         lines.append(f"... and {len(differing) - show} more")
     if differing:
         focus_arg = f" --focus {focus}" if focus else ""
+        focus_arg += f" --daemon {daemon}" if daemon else ""
         lines += ["", f"replay: bitlab conformance --seed {seed} --scenarios {scenarios}{focus_arg}"]
     return "\n".join(lines), len(differing)
 
@@ -53,12 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--focus", choices=sorted(FOCUS), default=None,
                         help="scenarios built around backups that run while the guest writes (running), or "
                              "around the parents of a backup's source: overlays, earlier targets (parents)")
+    parser.add_argument("--daemon", choices=["auto", "qsd", "system"], default=None,
+                        help="real QEMU's daemon: qemu-storage-daemon (qsd), the system emulator (system), or "
+                             "auto (default, or BITLAB_QEMU_DAEMON): the system emulator only for -drive or HMP")
 
 
 def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     try:
-        text, bad = report(args.scenarios, seed, focus=args.focus)
+        text, bad = report(args.scenarios, seed, focus=args.focus, daemon=args.daemon)
     except QemuNotFound as err:
         print(err)
         return 2

@@ -47,10 +47,11 @@ class Difference:
         return head + "\n" + "\n".join(list(diff)[:60])
 
 
-def play(scenario: dict, backend: str) -> Outcome:
-    """Run every step of ``scenario`` on a fresh machine of ``backend`` ('sim' or 'qemu')."""
+def play(scenario: dict, backend: str, daemon: str | None = None) -> Outcome:
+    """Run every step of ``scenario`` on a fresh machine of ``backend`` ('sim' or 'qemu'; real QEMU's
+    ``daemon``: 'qsd', 'system' or 'auto', by default ``BITLAB_QEMU_DAEMON`` or 'auto')."""
     out = Outcome()
-    vm = Machine(backend=backend)
+    vm = Machine(backend=backend, daemon=daemon)
     try:
         for drive in scenario.get("drives", []):
             vm.add_drive(drive["id"], drive.get("size", "64M"), drive.get("format", "qcow2"),
@@ -88,9 +89,9 @@ def compare(scenario: dict, real: Outcome, sim: Outcome) -> list[Difference]:
     return diffs
 
 
-def check(scenario: dict) -> list[Difference]:
-    """Play on real QEMU and on bitlab; the differences (empty when identical)."""
-    return compare(scenario, play(scenario, "qemu"), play(scenario, "sim"))
+def check(scenario: dict, daemon: str | None = None) -> list[Difference]:
+    """Play on real QEMU (its ``daemon``) and on bitlab; the differences (empty when identical)."""
+    return compare(scenario, play(scenario, "qemu", daemon), play(scenario, "sim"))
 
 
 def random_run(count: int, seed: int) -> tuple[int, list[Difference]]:

@@ -253,3 +253,12 @@ def test_random_episodes_build_overlays_and_earlier_sync_none_targets():
 def test_conformance_report_focused_on_parents():
     text, bad = report(3, 11, focus="parents")
     assert bad == 0 and "scenarios run                3" in text
+
+
+@pytest.mark.qemu
+def test_conformance_report_on_the_system_emulator():
+    """Scenario 0 of seed 9006 stacks two backups' filters over ``ps1`` and writes to it; on the system
+    emulator the backend once sent that write to the lower filter (QEMU: a permission conflict)."""
+    text, bad = report(1, 9006, focus="parents", daemon="system")
+    assert text.startswith("bitlab conformance against real QEMU 7.2 (seed 9006, daemon system)\n")
+    assert bad == 0, text
