@@ -19,6 +19,7 @@ import numpy as np
 from ..bitmap import DEFAULT, DirtyBitmap, check_bitmap, merge_ranges
 from ..errors import generic
 from ..qmp_order import wire_order
+from . import wstats
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
 from .qcow2_host import NONE
 from .store import ImageFile
@@ -60,6 +61,8 @@ class BlockNode:
     """Common node behaviour; drivers override the data path and the image info."""
 
     driver = ""
+    write_threshold: int = 0  # block-set-write-threshold (wstats): 0 while disarmed
+    threshold_emit: wstats.Emit | None = None
 
     def __init__(self, node_name: str, *, auto_named: bool = False, options: dict | None = None) -> None:
         opts = options or {}
@@ -109,11 +112,16 @@ class BlockNode:
         self.bitmaps.insert(0, bm)
 
     def _dirty(self, offset: int, length: int) -> None:
+        """A write, write-zeroes or discard request reaches this node: its write threshold, its bitmaps."""
+        if self.write_threshold:
+            wstats.check(self, offset, length)
         for bm in self.bitmaps:
             if not bm.disabled:
                 bm.set_range(offset, length)
 
     def _dirty_batch(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        if self.write_threshold:
+            wstats.check_batch(self, offsets, lengths)
         for bm in self.bitmaps:
             if not bm.disabled:
                 bm.set_ranges(offsets, lengths)
@@ -143,6 +151,8 @@ class BlockNode:
         if unmap is not None:
             self.write_zeroes(offset, length, unmap=unmap)
         else:
+            if self.write_threshold:  # the request, not the runs of its buffer
+                wstats.check(self, offset, length)
             self.write_batch(starts, ends - starts, values)
 
     def write_batch(self, offsets: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> None:
@@ -239,8 +249,9 @@ class BlockNode:
         return False
 
     def hears_host_writes(self) -> bool:
-        """Whether writes a format driver makes to this node matter here: a dirty bitmap on it."""
-        return bool(self.bitmaps)
+        """Whether writes a format driver makes to this node matter here: a dirty bitmap or a write
+        threshold on it."""
+        return bool(self.bitmaps) or self.write_threshold > 0
 
     def note_failed_write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """A write a driver here failed: only blkdebug dirties its bitmaps (bdrv_co_write_req_finish
@@ -249,6 +260,8 @@ class BlockNode:
     def note_write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """Writes a format driver above made at these byte ranges of this node (its data kept above):
         a write past the end grows the node and its bitmaps (bdrv_co_write_req_finish), then dirties."""
+        if self.write_threshold and len(offsets):
+            wstats.check_batch(self, offsets, lengths)
         if not self.bitmaps or not len(offsets):
             return
         end = round_sector(int((offsets + lengths).max()))
@@ -600,7 +613,9 @@ class Qcow2Node(FormatNode):
                 self._check_write(int(offsets[0]), pieces)
             self.image.data.write_batch(offsets, ends - offsets, values)
             if listen:
-                _, h, n = self.image.layout.host_pieces(lo, hi)
+                layout = self.image.layout
+                file.note_write(*layout.drain_written())  # the allocation's metadata goes first (l2_allocate)
+                _, h, n = layout.host_pieces(lo, hi)
                 file.note_write(h, n)
 
     def _check_write(self, offset: int, pieces: list | None = None) -> None:
