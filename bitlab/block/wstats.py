@@ -1,4 +1,7 @@
-"""Write thresholds (QEMU's block/write-threshold.c): ``block-set-write-threshold`` arms a node, and the
+"""What a node counts of the write requests reaching it: its write threshold, its highest write, a file
+node's discards.
+
+Write thresholds (QEMU's block/write-threshold.c): ``block-set-write-threshold`` arms a node, and the
 first write request to that node whose end passes the threshold sends ``BLOCK_WRITE_THRESHOLD`` and
 disarms it (the threshold goes back to 0).
 
@@ -46,3 +49,16 @@ def check_batch(node: Any, offsets: np.ndarray, lengths: np.ndarray) -> None:
     past = np.flatnonzero(ends > node.write_threshold)
     if past.size:
         _fire(node, int(ends[past[0]]))
+
+
+def note_highest(node: Any, offsets: np.ndarray, lengths: np.ndarray) -> None:
+    """Write requests completed on ``node``: bs->wr_highest_offset (bdrv_co_write_req_finish)."""
+    end = int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max())
+    if end > node.wr_highest_offset:
+        node.wr_highest_offset = end
+
+
+def note_discards(node: Any, offsets: np.ndarray, lengths: np.ndarray) -> None:
+    """Discards a format driver above passed to ``node`` (a file node counts them: raw_account_discard)."""
+    if node.driver == "file":
+        node.discards = (node.discards[0] + len(offsets), node.discards[1] + int(np.sum(lengths)))
