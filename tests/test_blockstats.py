@@ -89,11 +89,16 @@ def test_drive_exact() -> None:
 
 def _masked(value: Any, names: dict[str, str]) -> Any:
     """Auto-generated node names (``#block`` and a random number) by order of appearance."""
-    text = re.sub(r"#block\d+", lambda mt: names.setdefault(mt.group(), f"#auto{len(names)}"), repr(value))
-    return text
+    if isinstance(value, dict):
+        return {k: _masked(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, names) for v in value]
+    if isinstance(value, str) and re.fullmatch(r"#block\d+", value):
+        return names.setdefault(value, f"#auto{len(names)}")
+    return value
 
 
-def drive_story(vm: Machine) -> str:
+def drive_story(vm: Machine) -> list:
     vm.add_drive("drive0", "4M")
     vm.add_drive("drive1", "4M", format="raw")
     vm.hmp('qemu-io drive0 "write 0 64k"')
@@ -140,3 +145,37 @@ def test_qsd_matches_qemu() -> None:
     real, sim = on_both(qsd_story)
     assert real == sim
     assert real[0] == []  # the real backend's own exports are anonymous BlockBackends: not listed
+
+
+def backup_filter_story(vm: Machine) -> list:
+    """A running drive-backup: the device's BlockBackend sits on the backup's filter (the device's node
+    under ``parent`` and ``backing``); a guest write passes the thresholds of the filter and of the node."""
+    vm.add_drive("drive0", "4M", node_name="d0")
+    vm.hmp('qemu-io drive0 "write 0 3M"')
+    vm.qmp("drive-backup", {"device": "drive0", "target": "b.qcow2", "sync": "full", "format": "qcow2",
+                            "job-id": "j", "speed": 65536})
+    (cbw,) = [n["node-name"] for n in vm.qmp("query-named-block-nodes") if n["drv"] == "copy-before-write"]
+    vm.qmp("block-set-write-threshold", {"node-name": cbw, "write-threshold": 4096})
+    vm.qmp("block-set-write-threshold", {"node-name": "d0", "write-threshold": 3 * MiB + 100})
+    vm.hmp('qemu-io drive0 "write 3M 64k"')
+    out = [[e["data"] for e in vm.events if e["event"] == "BLOCK_WRITE_THRESHOLD"], vm.qmp("query-blockstats")]
+    vm.qmp("job-cancel", {"id": "j"})
+    vm.run(until=vm.now + 0.5)
+    return _masked(out, {})
+
+
+def test_backup_filter_exact() -> None:
+    events, blockstats = backup_filter_story(Machine())
+    assert events == [{"node-name": "#auto0", "amount-exceeded": 3 * MiB + 65536 - 4096, "write-threshold": 4096},
+                      {"node-name": "d0", "amount-exceeded": 65436, "write-threshold": 3 * MiB + 100}]
+    d0 = {"node-name": "d0", "stats": stats(3 * MiB + 65536),
+          "parent": {"node-name": "#auto1", "stats": stats(3538944), "driver-specific": file_specific()}}
+    assert blockstats == [{"device": "drive0", "node-name": "#auto0", "stats": stats(3 * MiB + 65536, blk=True),
+                           "parent": d0, "backing": d0}]
+    assert list(blockstats[0]) == ["device", "parent", "stats", "backing", "node-name"]  # (wire order)
+
+
+@pytest.mark.qemu
+def test_backup_filter_matches_qemu() -> None:
+    real, sim = on_both(backup_filter_story, daemon="system")
+    assert real == sim
