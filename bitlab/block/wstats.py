@@ -14,20 +14,23 @@ host offsets). ``amount-exceeded`` is the request's end minus the threshold.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # (node.py imports this module)
+    from .node import BlockNode
 
 Emit = Callable[[str, dict], Any]
 
 
-def set_threshold(node: Any, threshold: int, emit: Emit) -> None:
+def set_threshold(node: BlockNode, threshold: int, emit: Emit) -> None:
     """bdrv_write_threshold_set: 0 disarms; ``emit`` sends the event when a request passes it."""
     node.write_threshold = threshold
     node.threshold_emit = emit if threshold else None
 
 
-def _fire(node: Any, end: int) -> None:
+def _fire(node: BlockNode, end: int) -> None:
     threshold, emit = node.write_threshold, node.threshold_emit
     node.write_threshold, node.threshold_emit = 0, None  # autodisable (before the event: a listener sees 0)
     if emit is not None:
@@ -35,13 +38,13 @@ def _fire(node: Any, end: int) -> None:
                                        "write-threshold": threshold})
 
 
-def check(node: Any, offset: int, length: int) -> None:
+def check(node: BlockNode, offset: int, length: int) -> None:
     """One request ``[offset, offset + length)`` reaches an armed ``node``."""
     if offset + length > node.write_threshold:
         _fire(node, offset + length)
 
 
-def check_batch(node: Any, offsets: np.ndarray, lengths: np.ndarray) -> None:
+def check_batch(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray) -> None:
     """Requests reaching an armed ``node`` in this order: the first one past the threshold fires."""
     if node.write_threshold >= 1 << 63:  # (no request ends there)
         return
@@ -51,14 +54,14 @@ def check_batch(node: Any, offsets: np.ndarray, lengths: np.ndarray) -> None:
         _fire(node, int(ends[past[0]]))
 
 
-def note_highest(node: Any, offsets: np.ndarray, lengths: np.ndarray) -> None:
+def note_highest(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray) -> None:
     """Write requests completed on ``node``: bs->wr_highest_offset (bdrv_co_write_req_finish)."""
     end = int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max())
     if end > node.wr_highest_offset:
         node.wr_highest_offset = end
 
 
-def note_discards(node: Any, offsets: np.ndarray, lengths: np.ndarray) -> None:
+def note_discards(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray) -> None:
     """Discards a format driver above passed to ``node`` (a file node counts them: raw_account_discard)."""
     if node.driver == "file":
         node.discards = (node.discards[0] + len(offsets), node.discards[1] + int(np.sum(lengths)))
