@@ -378,6 +378,8 @@ def played() -> list[Machine]:
             vm.qmp(name)
         vm.qmp("query-named-block-nodes", {"flat": True})
         vm.qmp("query-named-block-nodes")
+        root = next(b["inserted"]["node-name"] for b in vm.qmp("query-block") if b["device"] == "drive0")
+        vm.qmp("block-set-write-threshold", {"node-name": root, "write-threshold": 4096})
         vm.qmp("human-monitor-command", {"command-line": 'qemu-io drive0 "write 0 64k"'})
         vm.qmp("job-cancel", {"id": "drive0"})
         vm.run()

@@ -169,9 +169,9 @@ class BlkdebugNode(BlockNode):
     def note_failed_write(self, offsets, lengths) -> None:
         self._dirty_batch(offsets, lengths)
 
-    def note_write(self, offsets, lengths) -> None:
-        super().note_write(offsets, lengths)
-        self.inner.note_write(offsets, lengths)
+    def note_write(self, offsets, lengths, discard=False) -> None:
+        super().note_write(offsets, lengths, discard)
+        self.inner.note_write(offsets, lengths, discard)
 
     def debug_check(self, iotype: str, offset: int | None, length: int) -> None:
         """rule_check: raise BlockIOError if an active rule matches this request.

@@ -202,7 +202,7 @@ def block_device_info(node: BlockNode, *, flat: bool = False) -> dict:
         info[key] = 0
     info["image"] = image_info(node, flat=flat, filename=filename)
     info["cache"] = {"writeback": True, "direct": node.cache_direct, "no-flush": node.cache_no_flush}
-    info["write_threshold"] = 0
+    info["write_threshold"] = node.write_threshold
     if node.bitmaps:
         info["dirty-bitmaps"] = [bm.info() for bm in node.bitmaps]
     return info
@@ -290,6 +290,7 @@ class NodeInfoCache:
                     cached = self._build(node, flat, state, lengths)
             self._entries[(node, flat)] = cached
             entry = marshal.loads(cached[2])
+            entry["write_threshold"] = node.write_threshold  # (block-set-write-threshold: not in the state)
             if node.bitmaps:
                 entry["dirty-bitmaps"] = [wire_order(bm.info()) for bm in node.bitmaps]
                 entry = {key: entry[key] for key in cached[3]}

@@ -19,6 +19,7 @@ import numpy as np
 from ..bitmap import DEFAULT, DirtyBitmap, check_bitmap, merge_ranges
 from ..errors import generic
 from ..qmp_order import wire_order
+from . import wstats
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
 from .qcow2_host import NONE
 from .store import ImageFile
@@ -60,6 +61,10 @@ class BlockNode:
     """Common node behaviour; drivers override the data path and the image info."""
 
     driver = ""
+    write_threshold: int = 0  # block-set-write-threshold (wstats): 0 while disarmed
+    threshold_emit: wstats.Emit | None = None
+    wr_highest_offset: int = 0  # the end of the highest write request that reached the node (not discards)
+    discards: tuple[int, int] = (0, 0)  # file-posix: discards done (requests, bytes)
 
     def __init__(self, node_name: str, *, auto_named: bool = False, options: dict | None = None) -> None:
         opts = options or {}
@@ -108,12 +113,22 @@ class BlockNode:
     def add_bitmap(self, bm: DirtyBitmap) -> None:
         self.bitmaps.insert(0, bm)
 
-    def _dirty(self, offset: int, length: int) -> None:
+    def _dirty(self, offset: int, length: int, discard: bool = False) -> None:
+        """A write, write-zeroes or discard request reaches this node: its write threshold, its highest
+        write, its bitmaps."""
+        if self.write_threshold:
+            wstats.check(self, offset, length)
+        if offset + length > self.wr_highest_offset and not discard:
+            self.wr_highest_offset = offset + length
         for bm in self.bitmaps:
             if not bm.disabled:
                 bm.set_range(offset, length)
 
     def _dirty_batch(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        if self.write_threshold:
+            wstats.check_batch(self, offsets, lengths)
+        if len(offsets):
+            wstats.note_highest(self, offsets, lengths)
         for bm in self.bitmaps:
             if not bm.disabled:
                 bm.set_ranges(offsets, lengths)
@@ -143,6 +158,8 @@ class BlockNode:
         if unmap is not None:
             self.write_zeroes(offset, length, unmap=unmap)
         else:
+            if self.write_threshold:  # the request, not the runs of its buffer
+                wstats.check(self, offset, length)
             self.write_batch(starts, ends - starts, values)
 
     def write_batch(self, offsets: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> None:
@@ -167,7 +184,7 @@ class BlockNode:
         """A discard: ignored entirely unless the node was opened with discard=unmap."""
         if not self.discard_unmap:
             return
-        self._dirty(offset, length)
+        self._dirty(offset, length, discard=True)
         self._unmap(offset, length)
 
     def read_extents(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,16 +256,21 @@ class BlockNode:
         return False
 
     def hears_host_writes(self) -> bool:
-        """Whether writes a format driver makes to this node matter here: a dirty bitmap on it."""
-        return bool(self.bitmaps)
+        """Whether writes a format driver makes to this node matter here: a dirty bitmap or a write
+        threshold on it."""
+        return bool(self.bitmaps) or self.write_threshold > 0
 
     def note_failed_write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """A write a driver here failed: only blkdebug dirties its bitmaps (bdrv_co_write_req_finish
         dirties whatever the result; QEMU 7.2 asserts for a failed write past the end, bitlab clips)."""
 
-    def note_write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+    def note_write(self, offsets: np.ndarray, lengths: np.ndarray, discard: bool = False) -> None:
         """Writes a format driver above made at these byte ranges of this node (its data kept above):
         a write past the end grows the node and its bitmaps (bdrv_co_write_req_finish), then dirties."""
+        if self.write_threshold and len(offsets):
+            wstats.check_batch(self, offsets, lengths)
+        if len(offsets):
+            (wstats.note_discards if discard else wstats.note_highest)(self, offsets, lengths)
         if not self.bitmaps or not len(offsets):
             return
         end = round_sector(int((offsets + lengths).max()))
@@ -381,6 +403,7 @@ class FileNode(BlockNode):
         self._store_batch(offsets, lengths, 0)
 
     def _unmap(self, offset, length):
+        self.discards = (self.discards[0] + 1, self.discards[1] + length)  # raw_account_discard
         if not self.image.is_qcow2:
             self.image.data.write(offset, length, 0)
 
@@ -460,7 +483,7 @@ class RawNode(FormatNode):
     def discard(self, offset, length):
         if not self.discard_unmap:
             return
-        self._dirty(offset, length)
+        self._dirty(offset, length, discard=True)
         self.file.discard(offset, length)
 
     def read_extents(self, offset, length):
@@ -540,7 +563,7 @@ class Qcow2Node(FormatNode):
             self.file.note_write(offsets, lengths)
             offsets, lengths = layout.drain_discarded()
             if self._passes_discards():  # (qcow2_process_discards; a file without unmap ignores them)
-                self.file.note_write(offsets, lengths)
+                self.file.note_write(offsets, lengths, discard=True)
         elif self.image._layout is not None:
             self.image._layout.written.clear()
             self.image._layout.discarded.clear()
@@ -600,7 +623,9 @@ class Qcow2Node(FormatNode):
                 self._check_write(int(offsets[0]), pieces)
             self.image.data.write_batch(offsets, ends - offsets, values)
             if listen:
-                _, h, n = self.image.layout.host_pieces(lo, hi)
+                layout = self.image.layout
+                file.note_write(*layout.drain_written())  # the allocation's metadata goes first (l2_allocate)
+                _, h, n = layout.host_pieces(lo, hi)
                 file.note_write(h, n)
 
     def _check_write(self, offset: int, pieces: list | None = None) -> None:

@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
+from ..block import wstats
 from ..block.blkdebug import BlockIOError
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
@@ -792,6 +793,8 @@ class BlockCopy:
         self.in_flight_bytes -= done
         p0, p1 = int(batch.ptr[i0]), int(batch.ptr[i1])
         detected = batch.detected[i0:i1]
+        if self.target.write_threshold:
+            _threshold_order(self.target, batch.offsets[i0:i1], nbytes, batch.zero[i0:i1], self.len)
         if p1 > p0:
             starts, ends, vals = batch.run_s[p0:p1], batch.run_e[p0:p1], batch.run_v[p0:p1]
             if detected.any():  # their runs are written as zeroes below
@@ -831,6 +834,15 @@ class BlockCopy:
         call.timers.remove(timer)
         call.tasks.remove((timer, batch))
         self._schedule(call, batch.part(i0, i1, batch.wave_start[w : w + 1], batch.wave_end(w)))
+
+
+def _threshold_order(target: BlockNode, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray,
+                     end: int) -> None:
+    """The target's write threshold sees the tasks' write requests as QEMU sends them: a zero task writes
+    as soon as it starts, a data task after its read (block_copy_do_copy)."""
+    order = np.concatenate((np.flatnonzero(zero), np.flatnonzero(~zero)))
+    offs = offsets[order]
+    wstats.check_batch(target, offs, np.minimum(offs + nbytes[order], end) - offs)
 
 
 def _segments_few(rs: list[int], re: list[int], k0: list[int], kind: list[int]) -> list[tuple[int, int, bool]]:

@@ -9,7 +9,7 @@ a backup job never becomes ready).
 from __future__ import annotations
 
 from ..jobs.status import STATUSES
-from .qapi import INT, STR, Enum, Struct, m, struct
+from .qapi import INT, STR, UINT64, Enum, Struct, m, struct
 
 JobType = Enum("JobType", (
     "commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load", "snapshot-save",
@@ -34,5 +34,9 @@ EVENTS: dict[str, Struct] = {
     "BLOCK_JOB_PENDING": struct("q_obj_BLOCK_JOB_PENDING-arg", m("type", JobType), m("id", STR)),
     "JOB_STATUS_CHANGE": struct("q_obj_JOB_STATUS_CHANGE-arg", m("id", STR), m("status", JobStatus)),
     "BLOCK_EXPORT_DELETED": struct("q_obj_BLOCK_EXPORT_DELETED-arg", m("id", STR)),
+    "BLOCK_WRITE_THRESHOLD": struct(
+        "q_obj_BLOCK_WRITE_THRESHOLD-arg", m("node-name", STR), m("amount-exceeded", UINT64),
+        m("write-threshold", UINT64),
+    ),
 }
 """Event name -> the QAPI type of its ``data``, in QEMU's schema order."""
