@@ -45,7 +45,8 @@ names: overlays ``sv<n>``). After 2% of the steps comes an episode of :mod:`.gen
 ``ps<n>``, ``po<n>``, ``pj<n>x<m>``): a backup whose filter takes the source's place under an
 overlay and an earlier sync=none target. After 5% of the steps comes a write-threshold episode of
 :mod:`.gen_threshold` (its own stream), and a throttled backup may get a threshold on its target or source;
-``query-blockstats`` (every node's ``wr_highest_offset``) follows the final ``query-named-block-nodes``.
+``query-blockstats`` (every node's ``wr_highest_offset``; then the named BlockBackends: none) follows the
+final ``query-named-block-nodes``.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += threshold_episode(thresholds, nodes, watched, st.targets, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
+    steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)
     steps.append(_qmp("x-debug-query-block-graph"))
     for node in nodes:
         for name in sorted(st.bitmaps[node]):
