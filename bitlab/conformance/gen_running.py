@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .gen_threshold import running_disarm, running_threshold
+from .gen_threshold import running_threshold
 from .steps import qmp_step as _qmp
 
 SETTLE = 0.05  # seconds: a started job's first request (64 KiB) has surely finished on real QEMU
@@ -128,9 +128,10 @@ def running_backup(st: Any, size: int) -> list[dict]:
         start = _qmp("transaction", {"actions": [
             {"type": start["qmp"]["execute"], "data": start["qmp"]["arguments"]},
             {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": new}}]})
-    armed = running_threshold(getattr(st, "thresholds", None), node, target, size)
+    armed, after = running_threshold(getattr(st, "thresholds", None), node, target, size)
     steps += armed
     steps.append(start)
+    steps += after
     jobs = {f"job{st.jobs}": sync}
     fresh = [(node, sync)]  # jobs started whose first request nothing waited for yet
 
@@ -176,7 +177,6 @@ def running_backup(st: Any, size: int) -> list[dict]:
             verb = rng.choice([f"job-{what}", f"block-job-{what}"])
             steps.append(_qmp(verb, {"id" if verb.startswith("job-") else "device": rng.choice(list(jobs))}))
     settle()
-    steps += running_disarm(armed, target)
     for name, job_sync in jobs.items():  # let every job finish (a sync=none job runs until cancelled)
         steps.append(_qmp("job-resume", {"id": name}))
         if job_sync == "none" or rng.random() < 0.15:

@@ -8,13 +8,16 @@ and then followed by a guest write on the node that ends past the threshold or n
 ``query-named-block-nodes`` shows what is left armed, ``query-blockstats`` every node's
 ``wr_highest_offset``.
 
-A throttled backup of :mod:`.gen_running` may get a threshold too, armed before the job starts (on its
-target: block-copy's first request and the copy-before-write of guest writes to the source fire it; or on
-its source: the guest's writes). Whichever request passes it first is QEMU's while the job is throttled (it
-copies one request and then sleeps; copy-before-write happens in the guest write's own request), so a
-target's threshold is set back to 0 before the job's speed goes to 0: then block-copy's workers write in
-parallel, and which of their requests reaches the node first varies from run to run on QEMU 7.2 (seen:
-three different ``amount-exceeded`` for one scenario).
+A throttled backup of :mod:`.gen_running` may get a threshold too, armed before the job starts: on its source
+(the guest's writes fire it), or on its target, where block-copy's tasks and copy-before-write's copies run in
+parallel (a guest write over several job clusters copies them at once; so do the job's workers once its speed
+is 0): which of them reaches the node first varies from run to run on QEMU 7.2 (seen: two ``amount-exceeded``
+alternating for one scenario, three for another). So a target's threshold is either
+
+- in the target's last 64 KiB (``end``): every request that passes it ends at the end of the disk (job
+  clusters are aligned), so the event is the same whichever comes first; it stays armed; or
+- anywhere (``first``): the job copies its first request and sleeps (throttled), the scenario waits for it
+  (``sleep``: on bitlab's clock a guest write sent at once would reach the filter first), and disarms it.
 
 On streams of their own (``{seed}/{index}/threshold``, ``running{seed}/{index}/threshold``), so the other
 steps of a scenario stay what they were for every seed.
@@ -28,6 +31,7 @@ from .steps import qmp_step as _qmp
 
 CHANCE = 0.05  # after each op of the random mix, the chance of an episode
 RUNNING_CHANCE = 0.4  # the chance that a throttled backup's target or source gets a threshold
+WAIT = 0.05  # seconds: a started job's first request has surely been written on real QEMU (gen_running.SETTLE)
 
 
 def _offset(rng: random.Random, size: int) -> int:
@@ -54,16 +58,17 @@ def threshold_episode(rng: random.Random, nodes: list[str], watched: dict[str, i
     return steps
 
 
-def running_threshold(rng: random.Random | None, node: str, target: str, size: int) -> list[dict]:
-    """Before a throttled backup of ``node`` onto ``target`` starts: maybe a threshold on either."""
+def running_threshold(rng: random.Random | None, node: str, target: str, size: int) -> tuple[list[dict], list[dict]]:
+    """Around a throttled backup of ``node`` onto ``target`` (see the module's docstring): the steps before
+    it starts, and those right after."""
     if rng is None or rng.random() >= RUNNING_CHANCE:
-        return []
-    on = target if rng.random() < 0.7 else node
-    return [_qmp("block-set-write-threshold", {"node-name": on, "write-threshold": _offset(rng, size)})]
+        return [], []
+    if rng.random() < 0.3:
+        return [_set(node, _offset(rng, size))], []
+    if rng.random() < 0.6:  # end
+        return [_set(target, size - rng.randrange(1, 129) * 512)], []
+    return [_set(target, _offset(rng, size))], [{"sleep": WAIT}, _set(target, 0)]
 
 
-def running_disarm(armed: list[dict], target: str) -> list[dict]:
-    """Before a throttled backup onto ``target`` is let go: disarm the threshold ``armed`` put on the target."""
-    if armed and armed[0]["qmp"]["arguments"]["node-name"] == target:
-        return [_qmp("block-set-write-threshold", {"node-name": target, "write-threshold": 0})]
-    return []
+def _set(node: str, threshold: int) -> dict:
+    return _qmp("block-set-write-threshold", {"node-name": node, "write-threshold": threshold})

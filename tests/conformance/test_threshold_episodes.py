@@ -49,7 +49,7 @@ def test_threshold_stream_leaves_the_other_steps_alone(seed: int, monkeypatch: p
     plain = [gen_running.running_scenario(seed, i)["steps"] for i in range(40)]
     inserted = [s for a, b in zip(without + plain, with_ + running) for s in _insertions(a, b)]
     kinds = {s["qmp"]["execute"] if "qmp" in s else next(iter(s)) for s in inserted}
-    assert kinds == {"block-set-write-threshold", "query-blockstats", "write"}
+    assert kinds == {"block-set-write-threshold", "query-blockstats", "write", "sleep"}
     assert sum(1 for s in inserted if _threshold_step(s)) > 40
 
 
