@@ -122,7 +122,31 @@ def test_blkdebug_matches_qemu() -> None:
 
 @pytest.mark.qemu
 def test_threshold_scenarios_match_qemu() -> None:
-    """Scenarios of seed 11001 whose threshold events once differed (a running backup's target armed
-    while block-copy's workers ran in parallel: QEMU's order varies) or whose blockstats did."""
+    """Scenarios whose threshold events once differed (a running backup's target armed while block-copy's
+    workers or a copy-before-write over several clusters wrote in parallel: QEMU's order varies; a guest
+    write sent right after the job started) or whose blockstats did (resizes, blkdebug)."""
     for index in (24, 37, 132):
         assert check(generator.random_scenario(11001, index)) == []
+    for index in (5, 165):
+        assert check(gen_running.running_scenario(11004, index)) == []
+
+
+def test_running_target_thresholds_are_at_the_end_or_disarmed() -> None:
+    """A throttled backup's target is armed in its last 64 KiB, or disarmed right after the job's first
+    request (a wait, then 0)."""
+    seen = set()
+    for i in range(60):
+        steps = gen_running.running_scenario(11004, i)["steps"]
+        for j, step in enumerate(steps):
+            args = step.get("qmp", {}).get("arguments", {})
+            if step.get("qmp", {}).get("execute") != "block-set-write-threshold" or not args["node-name"][0] == "t":
+                continue
+            value = args["write-threshold"]
+            if value >= 8 * MiB - 65536:
+                seen.add("end")
+            elif value and steps[j + 1]["qmp"]["execute"] == "blockdev-backup":
+                assert steps[j + 2:j + 4] == [{"sleep": gen_threshold.WAIT},
+                                              {"qmp": {"execute": "block-set-write-threshold", "arguments": {
+                                                  "node-name": args["node-name"], "write-threshold": 0}}}]
+                seen.add("first")
+    assert seen == {"end", "first"}
