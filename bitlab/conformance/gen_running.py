@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from .gen_threshold import running_threshold
 from .steps import qmp_step as _qmp
 
 SETTLE = 0.05  # seconds: a started job's first request (64 KiB) has surely finished on real QEMU
@@ -127,7 +128,10 @@ def running_backup(st: Any, size: int) -> list[dict]:
         start = _qmp("transaction", {"actions": [
             {"type": start["qmp"]["execute"], "data": start["qmp"]["arguments"]},
             {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": new}}]})
+    armed, after = running_threshold(getattr(st, "thresholds", None), node, target, size)
+    steps += armed
     steps.append(start)
+    steps += after
     jobs = {f"job{st.jobs}": sync}
     fresh = [(node, sync)]  # jobs started whose first request nothing waited for yet
 
@@ -194,6 +198,7 @@ def running_scenario(seed: int, index: int = 0, size: int = 8 << 20) -> dict:
     from . import generator as gen  # (the generator imports this module)
     rng = random.Random(f"running{seed}/{index}")
     st = gen._State(rng, ["d0", "d1"][: rng.randint(1, 2)])
+    st.thresholds = random.Random(f"running{seed}/{index}/threshold")
     steps: list[dict] = []
     for n in st.nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})

@@ -43,7 +43,10 @@ the end: guest writes and copy-before-write dirty it at host offsets, with the m
 After 4% of the steps comes an external snapshot episode of :mod:`.gen_snapshot` (its own stream and
 names: overlays ``sv<n>``). After 2% of the steps comes an episode of :mod:`.gen_parents` (its own stream and names too:
 ``ps<n>``, ``po<n>``, ``pj<n>x<m>``): a backup whose filter takes the source's place under an
-overlay and an earlier sync=none target.
+overlay and an earlier sync=none target. After 5% of the steps comes a write-threshold episode of
+:mod:`.gen_threshold` (its own stream), and a throttled backup may get a threshold on its target or source;
+``query-blockstats`` (every node's ``wr_highest_offset``; then the named BlockBackends: none) follows the
+final ``query-named-block-nodes``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ from .gen_parents import Parents, parents_episode
 from .gen_running import running_backup
 from .gen_snapshot import CHANCE as SNAPSHOT_CHANCE
 from .gen_snapshot import Snapshots, snapshot_episode
+from .gen_threshold import CHANCE as THRESHOLD_CHANCE
+from .gen_threshold import threshold_episode
 from .steps import qmp_step as _qmp
 
 K, M = 1 << 10, 1 << 20
@@ -75,6 +80,7 @@ class _State:
         self.jobs = 0
         self.exports: list[str] = []  # export ids that may exist
         self.server = False
+        self.thresholds: random.Random | None = None  # write thresholds' own stream (gen_threshold)
 
     def node(self) -> str:
         return self.rng.choice(self.nodes + (["nope"] if self.rng.random() < 0.05 else []))
@@ -98,6 +104,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     resizes = random.Random(f"{seed}/{index}/resize")
     creates = random.Random(f"{seed}/{index}/create")
     snapshots = Snapshots(random.Random(f"{seed}/{index}/snapshot"), nodes)
+    thresholds = st.thresholds = random.Random(f"{seed}/{index}/threshold")
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -118,7 +125,11 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += _create(creates, st, size)
         if snapshots.rng.random() < SNAPSHOT_CHANCE:
             steps += snapshot_episode(snapshots, size)
+        if thresholds.random() < THRESHOLD_CHANCE:
+            steps += threshold_episode(thresholds, nodes, watched, st.targets, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    steps.append(_qmp("query-blockstats", {"query-nodes": True}))
+    steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)
     steps.append(_qmp("x-debug-query-block-graph"))
     for node in nodes:
         for name in sorted(st.bitmaps[node]):

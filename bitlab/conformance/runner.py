@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..machine import Machine
-from .compare import compare_jobs, normalise
+from .compare import compare_jobs, compare_thresholds, normalise
 from .generator import random_scenario
 from .steps import run_step
 
@@ -86,6 +86,8 @@ def compare(scenario: dict, real: Outcome, sim: Outcome) -> list[Difference]:
             diffs.append(Difference(name, i, json.dumps(step)[:160], a, b))
     for job, (a, b) in compare_jobs(real.events, sim.events).items():
         diffs.append(Difference(name, None, f"events of job {job}", a, b))
+    for node, (a, b) in compare_thresholds(real.events, sim.events).items():
+        diffs.append(Difference(name, None, f"BLOCK_WRITE_THRESHOLD events of node {node}", a, b))
     return diffs
 
 
