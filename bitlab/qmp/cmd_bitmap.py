@@ -27,10 +27,12 @@ def default_granularity(node: Any) -> int:
 
 
 def _can_store_persistent(vm: Any, node: Any, name: str, granularity: int) -> None:
-    """bdrv_can_store_new_dirty_bitmap: qcow2 only, with qcow2's constraints."""
+    """bdrv_can_store_new_dirty_bitmap: qcow2 only; a name in use; then qcow2's constraints."""
     label = vm.device_or_node_name(node)
     if node.driver != "qcow2":
         raise generic(f"Can't store persistent bitmaps to {label}: Operation not supported")
+    if node.find_bitmap(name) is not None:  # (before qcow2's own checks: a loaded bitmap is also stored)
+        raise generic(f"Bitmap already exists: {name}")
     prefix = f"Can't make bitmap '{name}' persistent in '{label}': "
     if node.image.compat == "0.10":
         raise generic(prefix + "Cannot store dirty bitmaps in qcow2 v2 files")

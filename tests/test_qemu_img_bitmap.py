@@ -1,0 +1,100 @@
+"""qemu-img bitmap: img_bitmap's argument handling and texts, its actions as the QMP bitmap commands on the
+image opened read-write, and what it leaves stored (qemu-img info, check, and the bitmaps a daemon loads),
+against qemu-img 7.2."""
+
+import re
+
+import pytest
+
+from bitlab import Machine, QemuImgError
+from tests.both import on_both
+
+M = 1 << 20
+CASES = [["a.qcow2", "x"], ["--add", "a.qcow2"], ["--add", "a.qcow2", "x", "y"],
+         ["-g", "4096", "--remove", "a.qcow2", "x"],
+         ["-F", "qcow2", "--add", "a.qcow2", "x"], ["-b", "b.qcow2", "--add", "a.qcow2", "x"],
+         ["-g", "1000", "--add", "a.qcow2", "x"], ["-g", "-5", "--add", "a.qcow2", "x"],
+         ["-g", "1k", "--add", "a.qcow2", "x"], ["-g", "256", "--add", "a.qcow2", "y"],
+         ["-g", "4G", "--add", "a.qcow2", "y"], ["-g", "0", "--add", "a.qcow2", "g0"],
+         ["-g", "99E", "--add", "a.qcow2", "y"], ["--add", "r.img", "x"], ["--add", "v2.qcow2", "x"],
+         ["--add", "a.qcow2", "x"], ["--add", "--add", "a.qcow2", "z"],
+         ["--disable", "--enable", "--clear", "--merge", "x", "a.qcow2", "z"], ["--merge", "nope", "a.qcow2", "z"],
+         ["--merge", "x", "-b", "b.qcow2", "a.qcow2", "z"], ["--merge", "x", "-b", "nope.qcow2", "a.qcow2", "z"],
+         ["--remove", "--remove", "a.qcow2", "z"], ["--add", "a.qcow2", ""], ["--bogus", "a.qcow2", "x"],
+         ["--merge"], ["--add", "nope.qcow2", "q"], ["--clear", "a.qcow2", "nope"],
+         ["--add", "-b", "a.qcow2", "--merge=x", "b.qcow2", "m"], ["--disable", "b.qcow2", "m"],
+         ["-g", "2M", "--add", "b.qcow2", "big"], ["--merge", "m", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2", "x"],
+         ["-f", "qcow2", "--add", "-g512", "a.qcow2", "s"], ["--add", "used.qcow2", "u"]]
+
+
+AUTO = re.compile(r"#block\d+")  # automatic node names: QEMU's numbers vary from run to run
+DISK = re.compile(r"disk size: .*")  # what the host file system allocates
+
+
+def _img(vm, *args):
+    try:
+        return ("ok", DISK.sub("disk size: N", vm.qemu_img(*args)))
+    except QemuImgError as err:
+        return ("err", AUTO.sub("#blockN", err.stderr), err.returncode)
+
+
+def _story(vm) -> list:
+    for name in ("a.qcow2", "b.qcow2", "used.qcow2"):
+        vm.qemu_img("create", "-f", "qcow2", name, str(8 * M))
+    vm.qemu_img("create", "-f", "raw", "r.img", str(M))
+    vm.qemu_img("create", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", str(M))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "u", "file": {"driver": "file", "filename": "used.qcow2"}})
+    vm.write("u", 0, 65536)
+    out = [(case, _img(vm, "bitmap", *case)) for case in CASES]
+    for name in ("a.qcow2", "b.qcow2"):
+        out += [_img(vm, "info", name), _img(vm, "check", name)]
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a", "file": {"driver": "file", "filename": "a.qcow2"}})
+    vm.write("a", M, 4096)
+    out.append([(b["name"], b["count"], b["recording"], b["granularity"], b["persistent"])
+                for n in vm.qmp("query-named-block-nodes", {"flat": True}) if n["node-name"] == "a"
+                for b in n.get("dirty-bitmaps", [])])
+    return out
+
+
+def test_texts():
+    got = dict((" ".join(case), result) for case, result in _story(Machine())[:len(CASES)])
+    assert got["a.qcow2 x"] == ("err", "qemu-img: Need at least one of --add, --remove, --clear, --enable, "
+                                       "--disable, or --merge\n", 1)
+    assert got["--add a.qcow2"] == ("err", "qemu-img: Expecting filename and bitmap name\n", 1)
+    assert got["-g 4096 --remove a.qcow2 x"] == ("err", "qemu-img: granularity only supported with --add\n", 1)
+    assert got["-F qcow2 --add a.qcow2 x"] == ("err", "qemu-img: -F only supported with -b\n", 1)
+    assert got["-b b.qcow2 --add a.qcow2 x"] == (
+        "err", "qemu-img: Merge bitmap source file only supported with --merge\n", 1)
+    assert got["-g 1000 --add a.qcow2 x"] == (
+        "err", "qemu-img: Operation add on bitmap x failed: Granularity must be power of 2 and at least 512\n", 1)
+    assert got["-g 4G --add a.qcow2 y"] == got["-g 1000 --add a.qcow2 x"][:1] + (
+        "qemu-img: Operation add on bitmap y failed: Granularity must be power of 2 and at least 512\n", 1)
+    assert got["-g -5 --add a.qcow2 x"] == ("err", "qemu-img: Invalid granularity specified. You may use k, M, G, T, "
+                                                   "P or E suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, "
+                                                   "terabytes, petabytes and exabytes.\n", 1)
+    assert got["-g 1k --add a.qcow2 x"] == ("ok", "")
+    assert got["--add a.qcow2 x"] == (
+        "err", "qemu-img: Operation add on bitmap x failed: Bitmap already exists: x\n", 1)
+    assert got["--add --add a.qcow2 z"] == (
+        "err", "qemu-img: Operation add on bitmap z failed: Bitmap already exists: z\n", 1)
+    assert got["--remove --remove a.qcow2 z"] == (  # the first --add of z above was stored, the first remove too
+        "err", "qemu-img: Operation remove on bitmap z failed: Dirty bitmap 'z' not found\n", 1)
+    assert got["--add v2.qcow2 x"][1].endswith(": Cannot store dirty bitmaps in qcow2 v2 files\n")
+    assert got["--merge"] == ("err", "qemu-img: missing argument for option '--merge'\n"
+                                     "Try 'qemu-img --help' for more information\n", 1)
+    assert got["--add used.qcow2 u"][1].startswith(
+        "qemu-img: Could not open 'used.qcow2': Failed to get \"write\" lock")
+
+
+def test_stored():
+    out = _story(Machine())
+    info_a = out[len(CASES)][1]
+    assert "name: x\n            granularity: 1024\n" in info_a  # (merged from b's disabled m: still enabled)
+    assert "name: s\n            granularity: 512\n" in info_a and "name: z" not in info_a
+    assert out[-1] == [("s", 4096, True, 512, True), ("g0", 65536, True, 65536, True), ("x", 4096, True, 1024, True)]
+
+
+@pytest.mark.qemu
+def test_matches_qemu_img():
+    want, got = on_both(_story)
+    assert got == want
