@@ -44,6 +44,8 @@ After 4% of the steps comes an external snapshot episode of :mod:`.gen_snapshot`
 names: overlays ``sv<n>``). After 2% of the steps comes an episode of :mod:`.gen_parents` (its own stream and names too:
 ``ps<n>``, ``po<n>``, ``pj<n>x<m>``): a backup whose filter takes the source's place under an
 overlay and an earlier sync=none target.
+After 3% of the steps comes a persistent-bitmap episode of :mod:`.gen_persist` (its own stream and
+names: ``pp``, bitmaps ``p0``..``p2``): bitmaps stored on closing the image, read by qemu-img, loaded again.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ import random
 
 from .gen_parents import CHANCE as PARENTS_CHANCE
 from .gen_parents import Parents, parents_episode
+from .gen_persist import CHANCE as PERSIST_CHANCE
+from .gen_persist import Persist, persist_episode
 from .gen_running import running_backup
 from .gen_snapshot import CHANCE as SNAPSHOT_CHANCE
 from .gen_snapshot import Snapshots, snapshot_episode
@@ -98,6 +102,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     resizes = random.Random(f"{seed}/{index}/resize")
     creates = random.Random(f"{seed}/{index}/create")
     snapshots = Snapshots(random.Random(f"{seed}/{index}/snapshot"), nodes)
+    persist = Persist(random.Random(f"{seed}/{index}/persist"))
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -118,6 +123,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += _create(creates, st, size)
         if snapshots.rng.random() < SNAPSHOT_CHANCE:
             steps += snapshot_episode(snapshots, size)
+        if persist.rng.random() < PERSIST_CHANCE:
+            steps += persist_episode(persist, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("x-debug-query-block-graph"))
     for node in nodes:
