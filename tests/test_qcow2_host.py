@@ -332,6 +332,39 @@ def test_closing_with_only_inconsistent_bitmaps_is_qemus(remove: bool) -> None:
     assert inconsistent_close(Machine(backend="qemu"), remove) == INCONSISTENT_CLOSE[remove]
 
 
+def unstored_removal(vm: Machine, txn: bool) -> str:
+    """A persistent bitmap removed before it was ever stored (by the command or in a transaction) leaves the
+    image alone: on close the stored bitmap's new table and directory reuse the clusters freed last time."""
+    node = {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "u.qcow2"}}
+    vm.qemu_img("create", "-f", "qcow2", "u.qcow2", "8M")
+    vm.qemu_img("bitmap", "--add", "u.qcow2", "kept")
+    vm.qemu_img("bitmap", "--clear", "u.qcow2", "kept")  # (stored anew: the first table and directory freed)
+    vm.qmp("blockdev-add", node)
+    vm.qmp("block-dirty-bitmap-add", {"node": "n", "name": "new", "persistent": True})
+    remove = {"node": "n", "name": "new"}
+    if txn:
+        vm.qmp("transaction", {"actions": [{"type": "block-dirty-bitmap-remove", "data": remove}]})
+    else:
+        vm.qmp("block-dirty-bitmap-remove", remove)
+    vm.qmp("blockdev-del", {"node-name": "n"})
+    return vm.qemu_img("check", "u.qcow2")
+
+
+UNSTORED_REMOVAL = "No errors were found on the image.\nImage end offset: 393216\n"  # QEMU 7.2, checked below
+
+
+@pytest.mark.parametrize("txn", [False, True])
+def test_removing_an_unstored_bitmap_leaves_the_image(txn: bool) -> None:
+    assert unstored_removal(Machine(), txn) == UNSTORED_REMOVAL
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("txn", [False, True])
+def test_removing_an_unstored_bitmap_is_qemus(txn: bool) -> None:
+    with Machine(backend="qemu") as real:
+        assert unstored_removal(real, txn) == UNSTORED_REMOVAL
+
+
 def test_an_image_made_from_content_is_laid_out_in_guest_order() -> None:
     """A copy of an image (its content only, as the machine's history keeps) gets the layout of clusters
     written in ascending guest order: here the same as the original's, zero clusters (keeping their host

@@ -89,9 +89,15 @@ def qmp_add(vm: Any, args: dict) -> None:
 def qmp_remove(vm: Any, args: dict) -> None:
     node, bm = vm.graph.lookup_bitmap(args["node"], args["name"])
     check_bitmap(bm, BUSY | RO)
-    if bm.persistent and node.driver == "qcow2":
-        node.image.bitmaps = [sb for sb in node.image.bitmaps if sb.name != bm.name]
+    unstore(node, bm)
     node.bitmaps.remove(bm)
+
+
+def unstore(node: Any, bm: DirtyBitmap) -> None:
+    """qcow2_co_remove_persistent_dirty_bitmap: a persistent bitmap stored in the image leaves it at once (a
+    new bitmap directory); one not stored yet leaves the image as it is."""
+    if bm.persistent and node.driver == "qcow2" and any(sb.name == bm.name for sb in node.image.bitmaps):
+        node.image.bitmaps = [sb for sb in node.image.bitmaps if sb.name != bm.name]
 
 
 @TABLE.command("block-dirty-bitmap-clear", BlockDirtyBitmap)
