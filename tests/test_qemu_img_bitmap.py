@@ -98,3 +98,62 @@ def test_stored():
 def test_matches_qemu_img():
     want, got = on_both(_story)
     assert got == want
+
+
+CONVERT = [["--bitmaps", "-O", "qcow2", "src.qcow2", "c1.qcow2"], ["--skip-broken-bitmaps", "-O", "qcow2", "src.qcow2",
+                                                                   "c2.qcow2"],
+           ["--bitmaps", "-O", "raw", "src.qcow2", "c3.raw"], ["--bitmaps", "-O", "qcow2", "r.img", "c4.qcow2"],
+           ["--bitmaps", "-O", "qcow2", "-o", "cluster_size=4096", "src.qcow2", "c5.qcow2"],
+           ["--bitmaps", "-O", "qcow2", "broken.qcow2", "c6.qcow2"],
+           ["--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2", "broken.qcow2", "c7.qcow2"]]
+
+
+def _convert_story(vm) -> list:
+    """convert --bitmaps: the source's persistent bitmaps (bits, granularity, enabled or not) in the new image."""
+    node = {"driver": "qcow2", "node-name": "s", "file": {"driver": "file", "filename": "src.qcow2"}}
+    vm.qemu_img("create", "-f", "qcow2", "src.qcow2", str(8 * M))
+    vm.qemu_img("create", "-f", "raw", "r.img", str(M))
+    vm.qmp("blockdev-add", node)
+    vm.qmp("block-dirty-bitmap-add", {"node": "s", "name": "a", "persistent": True, "granularity": 512})
+    vm.qmp("block-dirty-bitmap-add", {"node": "s", "name": "b", "persistent": True})
+    vm.write("s", M, 3 * 65536)
+    vm.qmp("block-dirty-bitmap-disable", {"node": "s", "name": "b"})
+    vm.qmp("block-dirty-bitmap-add", {"node": "s", "name": "c", "persistent": True, "granularity": 1 << 20})
+    vm.write("s", 5 * M, 4096)
+    vm.qmp("blockdev-del", {"node-name": "s"})
+    vm.qemu_img("create", "-f", "qcow2", "broken.qcow2", str(M))
+    vm.qemu_img("bitmap", "--add", "broken.qcow2", "ok")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "k",
+                            "file": {"driver": "file", "filename": "broken.qcow2"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "k", "name": "left", "persistent": True})
+    vm = vm.restart(clean=False)  # 'ok' was loaded (in use): inconsistent from now on; 'left' never stored
+    out: list = [(case, _img(vm, "convert", *case)) for case in CONVERT]
+    for name in ("c1.qcow2", "c5.qcow2", "c7.qcow2"):
+        out += [_img(vm, "info", name), _img(vm, "check", name)]
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "c", "file": {"driver": "file", "filename": "c1.qcow2"}})
+    out += [vm.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "c", "name": name}) for name in "abc"]
+    getattr(vm, "close", lambda: None)()
+    return out
+
+
+def test_convert_bitmaps():
+    out = _convert_story(Machine())
+    got = dict((" ".join(case), result) for case, result in out[:len(CONVERT)])
+    assert got["--bitmaps -O qcow2 src.qcow2 c1.qcow2"] == ("ok", "")
+    assert got["--skip-broken-bitmaps -O qcow2 src.qcow2 c2.qcow2"] == (
+        "err", "qemu-img: Use of --skip-broken-bitmaps requires --bitmaps\n", 1)
+    assert got["--bitmaps -O raw src.qcow2 c3.raw"] == (
+        "err", "qemu-img: Format driver 'raw' does not support bitmaps\n", 1)
+    assert got["--bitmaps -O qcow2 broken.qcow2 c6.qcow2"] == (
+        "err", "qemu-img: Cannot copy inconsistent bitmap 'ok'\n"
+               "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it\n", 1)
+    info = out[len(CONVERT)][1]
+    assert info.index("name: c\n") < info.index("name: b\n") < info.index("name: a\n")  # (the source's order)
+    assert "flags:\n            name: b\n" in info  # (disabled: no 'auto')
+    assert "bitmaps" not in out[len(CONVERT) + 4][1]  # c7: the inconsistent one skipped
+
+
+@pytest.mark.qemu
+def test_convert_bitmaps_match_qemu_img():
+    want, got = on_both(_convert_story)
+    assert got == want
