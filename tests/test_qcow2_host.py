@@ -365,6 +365,36 @@ def test_removing_an_unstored_bitmap_is_qemus(txn: bool) -> None:
         assert unstored_removal(real, txn) == UNSTORED_REMOVAL
 
 
+def reused_tail(vm: Machine) -> list[int]:
+    """The file's length (its node's virtual size) when its partly written last cluster (a bitmap directory)
+    is freed and taken again by a data write: the file then ends where that cluster does."""
+    node = {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "t.qcow2", "node-name": "f"}}
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", "t.qcow2", "8M")
+    vm.qmp("blockdev-add", node)
+    vm.qmp("block-dirty-bitmap-add", {"node": "n", "name": "b", "persistent": True, "disabled": True})
+    vm.qmp("blockdev-del", {"node-name": "n"})
+    vm.qmp("blockdev-add", node)
+
+    def length() -> int:
+        return next(n["image"]["virtual-size"] for n in vm.qmp("query-named-block-nodes", {"flat": True})
+                    if n["node-name"] == "f")
+
+    out = [length()]
+    vm.qmp("block-dirty-bitmap-remove", {"node": "n", "name": "b"})
+    vm.write("n", 5 << 20, 4096, 7)
+    return out + [length()]
+
+
+def test_a_reused_last_cluster_is_written_whole() -> None:
+    assert reused_tail(Machine()) == [20992, 24576]
+
+
+@pytest.mark.qemu
+def test_a_reused_last_cluster_is_qemus() -> None:
+    with Machine(backend="qemu") as real:
+        assert reused_tail(real) == [20992, 24576]
+
+
 def test_an_image_made_from_content_is_laid_out_in_guest_order() -> None:
     """A copy of an image (its content only, as the machine's history keeps) gets the layout of clusters
     written in ascending guest order: here the same as the original's, zero clusters (keeping their host
