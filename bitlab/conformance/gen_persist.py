@@ -7,6 +7,8 @@ adds bitmaps, persistent or not (a granularity QEMU refuses now and then, on the
 sometimes rolled back by an ``abort``, writes, and removes, clears, enables, disables and merges; then closes the
 image (``blockdev-del``: the persistent bitmaps are stored), reads it with ``qemu-img info`` and ``check``, now and
 then changes it with ``qemu-img bitmap``, and opens it again: the bitmaps come back, their flags and sums compared.
+Sometimes ``qemu-img convert --bitmaps`` then copies it (``ppc<n>.qcow2``), closed or open (``-U``: its bitmaps
+are in use there, so inconsistent to the copy).
 
 Not here: ``qemu-img map`` of the image once bitmaps were stored. Their clusters make QEMU take the image for
 one with preallocated metadata (qcow2_detect_metadata_preallocation), and map then asks the host file system
@@ -32,6 +34,7 @@ class Persist:
         self.rng = rng
         self.made = False
         self.v2 = False
+        self.copies = 0  # ppc<n>.qcow2: qemu-img convert --bitmaps copies
 
 
 def _open() -> dict:
@@ -62,6 +65,15 @@ def persist_episode(pe: Persist, size: int) -> list[dict]:
         steps += [{"qemu-img": argv + ["pp.qcow2", rng.choice(NAMES)]}, {"qemu-img": ["info", "pp.qcow2"]}]
     steps += [_open(), _qmp("query-named-block-nodes", {"flat": True})]
     steps += [_qmp("x-debug-block-dirty-bitmap-sha256", {"node": "pp", "name": name}) for name in NAMES]
+    if rng.random() < 0.3:  # a copy with its bitmaps, of the open image (-U: its bitmaps are in use) or not
+        pe.copies += 1
+        copy = f"ppc{pe.copies}.qcow2"
+        shared = rng.random() < 0.3
+        argv = ["convert", "--bitmaps"] + (["--skip-broken-bitmaps"] if rng.random() < 0.5 else [])
+        argv += (["-U"] if shared else []) + ["-O", "qcow2", "pp.qcow2", copy]
+        steps += ([] if shared else [_qmp("blockdev-del", {"node-name": "pp"})])
+        steps += [{"qemu-img": argv}, {"qemu-img": ["info", copy]}, {"qemu-img": ["check", copy]}]
+        steps += ([] if shared else [_open()])
     return steps
 
 

@@ -14,7 +14,7 @@ from bitlab.conformance.runner import check
 
 def _touches_pp(step: dict) -> bool:
     text = json.dumps(step)
-    return any(mark in text for mark in ('"pp"', '"ppf"', "pp.qcow2"))
+    return any(mark in text for mark in ('"pp"', '"ppf"', "pp.qcow2", '"ppc'))
 
 
 def test_other_steps_unchanged(monkeypatch):
