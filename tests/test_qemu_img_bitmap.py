@@ -157,3 +157,34 @@ def test_convert_bitmaps():
 def test_convert_bitmaps_match_qemu_img():
     want, got = on_both(_convert_story)
     assert got == want
+
+
+
+def _commit_story(vm) -> list:
+    """qemu-img commit over images with persistent bitmaps: the base (back to read-only after the job) and the
+    top (closed) store theirs anew, so their new tables and directories come after what they hold."""
+    out = []
+    for flags in ([], ["-d"]):
+        vm.qemu_img("create", "-f", "qcow2", "b.qcow2", str(8 * M))
+        vm.qemu_img("bitmap", "--add", "b.qcow2", "x")
+        vm.qemu_img("create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2")
+        vm.qemu_img("bitmap", "--add", "-g", "512", "t.qcow2", "tx")
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "t", "file": {"driver": "file", "filename": "t.qcow2"}})
+        vm.write("t", M, M)
+        vm.qmp("blockdev-del", {"node-name": "t"})
+        out.append(_img(vm, "commit", *flags, "t.qcow2"))
+        out += [_img(vm, verb, name) for name in ("b.qcow2", "t.qcow2") for verb in ("check", "info")]
+    return out
+
+
+def test_commit_stores_bitmaps_anew():
+    out = _commit_story(Machine())
+    assert out[0] == ("ok", "Image committed.\n")
+    assert out[1] == ("ok", "No errors were found on the image.\n16/128 = 12.50% allocated, 0.00% fragmented, "
+                            "0.00% compressed clusters\nImage end offset: 1703936\n")
+
+
+@pytest.mark.qemu
+def test_commit_bitmaps_match_qemu_img():
+    want, got = on_both(_commit_story)
+    assert got == want
