@@ -288,6 +288,113 @@ def test_persistent_bitmap_layout_is_qemus(remove: bool) -> None:
         assert bitmap_sessions(real, remove) == BITMAP_SESSIONS[remove]
 
 
+def inconsistent_close(vm: Machine, remove: bool) -> list[str]:
+    """Bitmaps left in use by a kill, loaded inconsistent, then the image closed: with nothing to write, QEMU
+    leaves the bitmap directory where it is (need_write); a removal rewrites it at once."""
+    node = {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "k.qcow2"}}
+    vm.qemu_img("create", "-f", "qcow2", "k.qcow2", "8M")
+    vm.qmp("blockdev-add", node)
+    vm.qmp("block-dirty-bitmap-add", {"node": "n", "name": "x", "persistent": True})
+    vm.qmp("block-dirty-bitmap-add", {"node": "n", "name": "y", "persistent": True, "disabled": True})
+    vm.write("n", 0, 1 << 20, 5)
+    vm = vm.restart()
+    vm.qmp("blockdev-add", node)  # (in use from here on)
+    vm = vm.restart(clean=False)
+    vm.qmp("blockdev-add", node)
+    if remove:
+        vm.qmp("block-dirty-bitmap-remove", {"node": "n", "name": "x"})
+    vm.qmp("blockdev-del", {"node-name": "n"})
+    out = [vm.qemu_img("check", "k.qcow2"), vm.qemu_img("info", "k.qcow2").split("bitmaps:")[1]]
+    getattr(vm, "close", lambda: None)()  # (a restarted real machine is not the one a with-block closes)
+    return out
+
+
+INCONSISTENT_CLOSE = {  # QEMU 7.2 (qemu-storage-daemon), checked below
+    False: [_check("16/128 = 12.50% allocated, 0.00% fragmented", 1638400),
+            "\n        [0]:\n            flags:\n                [0]: in-use\n            name: y\n"
+            "            granularity: 65536\n        [1]:\n            flags:\n                [0]: in-use\n"
+            "                [1]: auto\n            name: x\n            granularity: 65536\n"
+            "    refcount bits: 16\n    corrupt: false\n    extended l2: false\n"],
+    True: [_check("16/128 = 12.50% allocated, 0.00% fragmented", 1703936),
+           "\n        [0]:\n            flags:\n                [0]: in-use\n            name: y\n"
+           "            granularity: 65536\n    refcount bits: 16\n    corrupt: false\n    extended l2: false\n"],
+}
+
+
+@pytest.mark.parametrize("remove", [False, True])
+def test_closing_with_only_inconsistent_bitmaps_writes_nothing(remove: bool) -> None:
+    assert inconsistent_close(Machine(), remove) == INCONSISTENT_CLOSE[remove]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("remove", [False, True])
+def test_closing_with_only_inconsistent_bitmaps_is_qemus(remove: bool) -> None:
+    assert inconsistent_close(Machine(backend="qemu"), remove) == INCONSISTENT_CLOSE[remove]
+
+
+def unstored_removal(vm: Machine, txn: bool) -> str:
+    """A persistent bitmap removed before it was ever stored (by the command or in a transaction) leaves the
+    image alone: on close the stored bitmap's new table and directory reuse the clusters freed last time."""
+    node = {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "u.qcow2"}}
+    vm.qemu_img("create", "-f", "qcow2", "u.qcow2", "8M")
+    vm.qemu_img("bitmap", "--add", "u.qcow2", "kept")
+    vm.qemu_img("bitmap", "--clear", "u.qcow2", "kept")  # (stored anew: the first table and directory freed)
+    vm.qmp("blockdev-add", node)
+    vm.qmp("block-dirty-bitmap-add", {"node": "n", "name": "new", "persistent": True})
+    remove = {"node": "n", "name": "new"}
+    if txn:
+        vm.qmp("transaction", {"actions": [{"type": "block-dirty-bitmap-remove", "data": remove}]})
+    else:
+        vm.qmp("block-dirty-bitmap-remove", remove)
+    vm.qmp("blockdev-del", {"node-name": "n"})
+    return vm.qemu_img("check", "u.qcow2")
+
+
+UNSTORED_REMOVAL = "No errors were found on the image.\nImage end offset: 393216\n"  # QEMU 7.2, checked below
+
+
+@pytest.mark.parametrize("txn", [False, True])
+def test_removing_an_unstored_bitmap_leaves_the_image(txn: bool) -> None:
+    assert unstored_removal(Machine(), txn) == UNSTORED_REMOVAL
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("txn", [False, True])
+def test_removing_an_unstored_bitmap_is_qemus(txn: bool) -> None:
+    with Machine(backend="qemu") as real:
+        assert unstored_removal(real, txn) == UNSTORED_REMOVAL
+
+
+def reused_tail(vm: Machine) -> list[int]:
+    """The file's length (its node's virtual size) when its partly written last cluster (a bitmap directory)
+    is freed and taken again by a data write: the file then ends where that cluster does."""
+    node = {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "t.qcow2", "node-name": "f"}}
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", "t.qcow2", "8M")
+    vm.qmp("blockdev-add", node)
+    vm.qmp("block-dirty-bitmap-add", {"node": "n", "name": "b", "persistent": True, "disabled": True})
+    vm.qmp("blockdev-del", {"node-name": "n"})
+    vm.qmp("blockdev-add", node)
+
+    def length() -> int:
+        return next(n["image"]["virtual-size"] for n in vm.qmp("query-named-block-nodes", {"flat": True})
+                    if n["node-name"] == "f")
+
+    out = [length()]
+    vm.qmp("block-dirty-bitmap-remove", {"node": "n", "name": "b"})
+    vm.write("n", 5 << 20, 4096, 7)
+    return out + [length()]
+
+
+def test_a_reused_last_cluster_is_written_whole() -> None:
+    assert reused_tail(Machine()) == [20992, 24576]
+
+
+@pytest.mark.qemu
+def test_a_reused_last_cluster_is_qemus() -> None:
+    with Machine(backend="qemu") as real:
+        assert reused_tail(real) == [20992, 24576]
+
+
 def test_an_image_made_from_content_is_laid_out_in_guest_order() -> None:
     """A copy of an image (its content only, as the machine's history keeps) gets the layout of clusters
     written in ascending guest order: here the same as the original's, zero clusters (keeping their host

@@ -4,6 +4,7 @@ import pytest
 
 from bitlab import Machine, QMPError
 
+from .both import on_both
 from .conftest import add_qcow2
 
 
@@ -115,6 +116,44 @@ def test_persistent_only_on_qcow2():
     long = "p" * 1024
     assert err(vm, ADD, {"node": "q", "name": long, "persistent": True}) == (
         "GenericError", f"Can't make bitmap '{long}' persistent in 'q': Name length exceeds maximum (1023 characters)")
+
+
+def _taken_name(vm) -> list:
+    """A persistent add of a name in use: qcow2 v3 and v2 say it is taken before their own checks."""
+    vm.qemu_img("create", "-f", "qcow2", "t3.qcow2", "8M")
+    vm.qemu_img("create", "-f", "qcow2", "-o", "compat=0.10", "t2.qcow2", "8M")
+    vm.qemu_img("bitmap", "--add", "t3.qcow2", "stored")
+    out = []
+    for node in ("t3", "t2"):
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": node,
+                                "file": {"driver": "file", "filename": f"{node}.qcow2", "node-name": f"{node}f"}})
+        vm.qmp(ADD, {"node": node, "name": "y"})
+        vm.qmp(ADD, {"node": f"{node}f", "name": "y"})
+        for args in ({"name": "y", "persistent": True}, {"name": "y", "persistent": True, "granularity": 1000},
+                     {"name": "stored", "persistent": True}):
+            for where in (node, f"{node}f"):
+                try:
+                    out.append(vm.qmp(ADD, {"node": where, **args}))
+                except QMPError as error:
+                    out.append(error.desc)
+    return out
+
+
+def test_persistent_name_taken():
+    got = _taken_name(Machine())
+    taken = "Bitmap already exists: y"
+    assert got[:6] == [taken, "Can't store persistent bitmaps to t3f: Operation not supported",
+                       "Granularity must be power of 2 and at least 512",
+                       "Granularity must be power of 2 and at least 512",
+                       "Bitmap already exists: stored",
+                       "Can't store persistent bitmaps to t3f: Operation not supported"]
+    assert got[6] == taken  # (not "Cannot store dirty bitmaps in qcow2 v2 files")
+
+
+@pytest.mark.qemu
+def test_persistent_name_taken_matches_qemu():
+    want, got = on_both(_taken_name)
+    assert got == want
 
 
 def test_disabled_bitmap_ignores_writes(qvm):

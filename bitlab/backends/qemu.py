@@ -339,6 +339,7 @@ class QemuMachine(GuestIO, Monitor):
         self._finalizer.atexit = False  # at exit, _stop_all stops QEMU (QMP may be unusable by then)
         self._closed = False
         self._exports: dict[str, str] = {}  # the node addressed -> id (= NBD name) of the backend's export
+        self._read_only: set[str] = set()  # nodes whose export is read-only (the node is)
         self._overlays: dict[str, str] = {}  # system emulator: a snapshotted node -> the overlay put above it
         self._server: nbd.Address | None = None  # where QEMU's one NBD server listens, if it runs
         self._users_server = False  # whether it was started by the user (else by the backend)
@@ -738,11 +739,14 @@ class QemuMachine(GuestIO, Monitor):
         args = {"type": "nbd", "id": EXPORT_PREFIX + node, "node-name": attach or node, "name": EXPORT_PREFIX + node,
                 "writable": writable}
         reply = self._helper("block-export-add", args)
-        if writable and "error" in reply and "read-only" in reply["error"]["desc"]:
+        read_only = writable and "error" in reply and "read-only" in reply["error"]["desc"]
+        if read_only:
             reply = self._helper("block-export-add", {**args, "writable": False})
         if "error" in reply:
             return reply
         self._exports[node] = args["id"]
+        if read_only:
+            self._read_only.add(node)
         return None
 
     def _export_node(self, node: str) -> str | None:
@@ -756,6 +760,7 @@ class QemuMachine(GuestIO, Monitor):
     def _unexport(self, node: str) -> str | None:
         """Remove the export of ``node`` and wait until it is gone; where it was attached."""
         export_id = self._exports.pop(node, None)
+        self._read_only.discard(node)
         if export_id is None:
             return None
         attached = None
@@ -1021,6 +1026,9 @@ class QemuMachine(GuestIO, Monitor):
             if failed is not None:
                 reply_value(failed)
         try:
+            if req.verb in ("write", "discard") and node in self._read_only:
+                # (over NBD: EPERM; a guest's BlockBackend, like HMP qemu-io's, cannot take the permission)
+                raise QMPError("Block node is read-only")
             return nbd.qemu_io(self._reachable_server(), EXPORT_PREFIX + node, req, self.timeout)
         finally:
             if temporary:

@@ -451,10 +451,13 @@ class BlockGraph:
 
     def _store_bitmaps(self, node: Qcow2Node) -> None:
         """On a clean close every persistent bitmap is written to the image: the bitmap directory
-        keeps its order, new bitmaps are appended newest first (qcow2_store_persistent_dirty_bitmaps)."""
+        keeps its order, new bitmaps are appended newest first (qcow2_store_persistent_dirty_bitmaps); with no
+        bitmap to write (none, or only inconsistent ones), the image is left alone."""
         if node.read_only:
             return
         live = {bm.name: bm for bm in node.bitmaps if bm.persistent}
+        if all(bm.inconsistent or bm.readonly for bm in live.values()):
+            return  # nothing to write (need_write): the directory stays where it is, in-use flags stay set
         stored = []
         for old in node.image.bitmaps:
             bm = live.pop(old.name, None)

@@ -143,6 +143,8 @@ class HostLayout:
         self.free.write(start, n, USED)
         if start + n > self.top:
             self.top, self.partial_end = start + n, None
+        elif start + n == self.top:  # the file's partly written last cluster, freed and taken again: written whole
+            self.partial_end = None
         self.grown = True
         if counted:
             self._refcounts_changed(np.array([start]), np.array([start + n]))

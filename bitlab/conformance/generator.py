@@ -47,6 +47,8 @@ overlay and an earlier sync=none target. After 5% of the steps comes a write-thr
 :mod:`.gen_threshold` (its own stream), and a throttled backup may get a threshold on its target or source;
 ``query-blockstats`` (every node's ``wr_highest_offset``; then the named BlockBackends: none) follows the
 final ``query-named-block-nodes``.
+After 3% of the steps comes a persistent-bitmap episode of :mod:`.gen_persist` (its own stream and
+names: ``pp``, bitmaps ``p0``..``p2``): bitmaps stored on closing the image, read by qemu-img, loaded again.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ import random
 
 from .gen_parents import CHANCE as PARENTS_CHANCE
 from .gen_parents import Parents, parents_episode
+from .gen_persist import CHANCE as PERSIST_CHANCE
+from .gen_persist import Persist, persist_episode
 from .gen_running import running_backup
 from .gen_snapshot import CHANCE as SNAPSHOT_CHANCE
 from .gen_snapshot import Snapshots, snapshot_episode
@@ -105,6 +109,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     creates = random.Random(f"{seed}/{index}/create")
     snapshots = Snapshots(random.Random(f"{seed}/{index}/snapshot"), nodes)
     thresholds = st.thresholds = random.Random(f"{seed}/{index}/threshold")
+    persist = Persist(random.Random(f"{seed}/{index}/persist"))
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -127,6 +132,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += snapshot_episode(snapshots, size)
         if thresholds.random() < THRESHOLD_CHANCE:
             steps += threshold_episode(thresholds, nodes, watched, st.targets, size)
+        if persist.rng.random() < PERSIST_CHANCE:
+            steps += persist_episode(persist, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..block.store import ImageStore
 from ._common import KeyFn, Layer, QemuImgError, open_chain
+from .bitmap import img_bitmap
 from .commit import img_commit
 from .compare import img_compare
 from .convert import img_convert
@@ -19,7 +20,8 @@ from .rebase import img_rebase
 from .resize import img_resize
 
 COMMANDS = {"create": create, "info": info, "check": check, "compare": img_compare, "map": img_map,
-            "rebase": img_rebase, "commit": img_commit, "convert": img_convert, "resize": img_resize}
+            "rebase": img_rebase, "commit": img_commit, "convert": img_convert, "resize": img_resize,
+            "bitmap": img_bitmap}
 
 
 def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> str:
@@ -34,4 +36,5 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
 
 __all__ = ["QemuImgError", "KeyFn", "Layer", "open_chain", "read_chain",
            "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
-           "img_commit", "img_convert", "img_resize", "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]
+           "img_commit", "img_convert", "img_resize", "img_bitmap",
+           "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]

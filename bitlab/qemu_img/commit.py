@@ -6,7 +6,7 @@ import numpy as np
 
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.paths import path_combine, path_has_protocol
-from ..block.store import ImageStore
+from ..block.store import ImageFile, ImageStore, StoredBitmap
 from ._common import USAGE, KeyFn, Layer, QemuImgError, find_key, open_chain, split_args
 from .layers import DATA, UNALLOC, chain_status, content, cow_fill
 
@@ -159,7 +159,18 @@ def img_commit(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if not base_index:
             raise QemuImgError(f"qemu-img: Did not find '{base_name}' in the backing chain of '{filename}'\n")
     commit_into(chain, base_index)
+    restore_bitmaps(chain[base_index].image)  # the job done, the base goes back to read-only
     if base_name is None and "-d" not in opts:
         chain[0].image.make_empty()
+    restore_bitmaps(chain[0].image)  # closed: it was opened read-write
     return "" if "-q" in opts else "Image committed.\n"
+
+
+def restore_bitmaps(image: ImageFile) -> None:
+    """An image opened read-write stores its consistent persistent bitmaps anew when it closes or goes back
+    to read-only (see BlockGraph._store_bitmaps); with none to write it is left alone."""
+    if not image.is_qcow2 or all(b.in_use for b in image.bitmaps):
+        return
+    image.bitmaps = [b if b.in_use else StoredBitmap(b.name, b.granularity, b.bits.copy(), enabled=b.enabled)
+                     for b in image.bitmaps]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageStore
+from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore, StoredBitmap
 from ..units import parse_size
 from ._common import KeyFn, QemuImgError, new_key, open_chain, options, split_args
 from .layers import content
@@ -17,13 +17,19 @@ SPARSE_RANGE_ERROR = ("qemu-img: Invalid buffer size for sparse output specified
 
 
 def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
-    """qemu-img convert [-f fmt] [-O raw|qcow2] [-o options] [-q] [-p] [-U] filename output_filename.
+    """qemu-img convert [-f fmt] [-O raw|qcow2] [-o options] [--bitmaps [--skip-broken-bitmaps]] [-q] [-p] [-U]
+    filename output_filename.
 
     Zero stretches are not written (the new image reads zeroes there): a qcow2 target allocates
     only the clusters holding non-zero bytes; with ``-S 0`` every byte is written (fully allocated).
+    ``--bitmaps`` copies the source's persistent bitmaps (see :func:`_copy_bitmaps`).
     """
     opts, positional = split_args(args, {"-f", "-O", "-o", "-S", "-m", "-t", "-T"},
-                                  {"-q", "-p", "-U", "--force-share", "-W", "-n"})
+                                  {"-q", "-p", "-U", "--force-share", "-W", "-n", "--bitmaps",
+                                   "--skip-broken-bitmaps"})
+    bitmaps = "--bitmaps" in opts
+    if "--skip-broken-bitmaps" in opts and not bitmaps:
+        raise QemuImgError("qemu-img: Use of --skip-broken-bitmaps requires --bitmaps\n")
     if len(positional) < 2:
         raise QemuImgError("qemu-img: Must specify image file name\n")
     if len(positional) > 2:
@@ -43,6 +49,8 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: bitlab does not simulate a fully allocated raw output (-S 0)\n")
     lock = None if "-U" in opts or "--force-share" in opts else "shared"
     chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
+    if bitmaps:
+        _check_bitmaps(chain[0].image, "--skip-broken-bitmaps" in opts)
     size = chain[0].size
     s, e, v = content(chain, 0, size)
     key = new_key(key_fn, positional[1], f"error while converting {fmt}: ")
@@ -51,7 +59,29 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     else:
         cluster = parse_size(options(opts.get("-o", "")).get("cluster_size", QCOW2_DEFAULT_CLUSTER))
         target = store.create(key, "qcow2", size, cluster_size=cluster)
+    if bitmaps and not target.is_qcow2:
+        raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
     data = v != 0 if sparse else np.ones(v.size, dtype=bool)  # -S 0: zeroes written too (fully allocated)
     target.data.write_batch(s[data], (e - s)[data], v[data])
+    if bitmaps:
+        _copy_bitmaps(chain[0].image, target)
     return ""
+
+
+def _check_bitmaps(source: ImageFile, skip_broken: bool) -> None:
+    """convert_check_bitmaps: a qcow2 v3 source; no bitmap left in use, unless skipped."""
+    if not source.is_qcow2 or source.compat == "0.10":
+        raise QemuImgError("qemu-img: Source lacks bitmap support\n")
+    broken = [b.name for b in reversed(source.bitmaps) if b.in_use]  # (as loaded: the newest first)
+    if broken and not skip_broken:
+        raise QemuImgError(f"qemu-img: Cannot copy inconsistent bitmap '{broken[0]}'\n"
+                           "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it\n")
+
+
+def _copy_bitmaps(source: ImageFile, target: ImageFile) -> None:
+    """convert_copy_bitmaps: each consistent persistent bitmap of the source added to the target with its
+    granularity and enabled state, then merged; stored when the target closes, in the source's order.
+    (The warning for a skipped inconsistent bitmap goes to stderr, which a success does not return here.)"""
+    target.bitmaps = [StoredBitmap(b.name, b.granularity, b.bits.copy(), enabled=b.enabled)
+                      for b in source.bitmaps if not b.in_use]
 

@@ -27,10 +27,12 @@ def default_granularity(node: Any) -> int:
 
 
 def _can_store_persistent(vm: Any, node: Any, name: str, granularity: int) -> None:
-    """bdrv_can_store_new_dirty_bitmap: qcow2 only, with qcow2's constraints."""
+    """bdrv_can_store_new_dirty_bitmap: qcow2 only; a name in use; then qcow2's constraints."""
     label = vm.device_or_node_name(node)
     if node.driver != "qcow2":
         raise generic(f"Can't store persistent bitmaps to {label}: Operation not supported")
+    if node.find_bitmap(name) is not None:  # (before qcow2's own checks: a loaded bitmap is also stored)
+        raise generic(f"Bitmap already exists: {name}")
     prefix = f"Can't make bitmap '{name}' persistent in '{label}': "
     if node.image.compat == "0.10":
         raise generic(prefix + "Cannot store dirty bitmaps in qcow2 v2 files")
@@ -87,9 +89,15 @@ def qmp_add(vm: Any, args: dict) -> None:
 def qmp_remove(vm: Any, args: dict) -> None:
     node, bm = vm.graph.lookup_bitmap(args["node"], args["name"])
     check_bitmap(bm, BUSY | RO)
-    if bm.persistent and node.driver == "qcow2":
-        node.image.bitmaps = [sb for sb in node.image.bitmaps if sb.name != bm.name]
+    unstore(node, bm)
     node.bitmaps.remove(bm)
+
+
+def unstore(node: Any, bm: DirtyBitmap) -> None:
+    """qcow2_co_remove_persistent_dirty_bitmap: a persistent bitmap stored in the image leaves it at once (a
+    new bitmap directory); one not stored yet leaves the image as it is."""
+    if bm.persistent and node.driver == "qcow2" and any(sb.name == bm.name for sb in node.image.bitmaps):
+        node.image.bitmaps = [sb for sb in node.image.bitmaps if sb.name != bm.name]
 
 
 @TABLE.command("block-dirty-bitmap-clear", BlockDirtyBitmap)

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import QMPError, generic
 from ..jobs.job import JobTxn
 from .cmd_backup import blockdev_backup_prepare, drive_backup_prepare
-from .cmd_bitmap import ALLOW_RO, BUSY, DEFAULT, RO, add_bitmap, check_bitmap, merge_bitmaps
+from .cmd_bitmap import ALLOW_RO, BUSY, DEFAULT, RO, add_bitmap, check_bitmap, merge_bitmaps, unstore
 from .cmd_snapshot import ExternalSnapshot, check_op_blockers, root_node, snapshot_capable
 from .commands import TABLE
 from .types import (
@@ -138,8 +138,7 @@ class BitmapRemove(Action):
         self.check_completion_mode()
         self.node, bm = self.vm.graph.lookup_bitmap(self.data["node"], self.data["name"])
         check_bitmap(bm, BUSY | RO)
-        if bm.persistent and self.node.driver == "qcow2":
-            self.node.image.bitmaps = [sb for sb in self.node.image.bitmaps if sb.name != bm.name]
+        unstore(self.node, bm)
         self.bitmap = bm
         bm.busy = True  # later actions of this transaction see it busy
 

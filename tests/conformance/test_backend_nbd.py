@@ -359,3 +359,19 @@ def test_restart_with_a_users_export(clean: bool) -> None:
     assert normalise(real) == normalise(restart_with_an_export(Machine(), clean))
     assert real[0] == ([("BLOCK_EXPORT_DELETED", {"id": "e0"})] if clean else [])
     assert real[3]["error"]["desc"] == "NBD server not running" and real[4].startswith("wrote 512/512")
+
+
+def _read_only_writes(vm: Any) -> list:
+    """A guest's writes to a node opened read-only: refused as its BlockBackend cannot take the permission."""
+    vm.qemu_img("create", "-f", "qcow2", "ro.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "ro", "read-only": True,
+                            "file": {"driver": "file", "filename": "ro.qcow2"}})
+    return [run_step(vm, {verb: {"node": "ro", "offset": 0, "length": 65536}}) for verb in ("write", "zero", "discard")]
+
+
+@pytest.mark.parametrize("daemon", ["qsd", "system"])
+def test_writes_to_a_read_only_node(daemon: str) -> None:
+    refused = {"ok": False, "error": "Block node is read-only"}
+    assert _read_only_writes(Machine()) == [refused] * 3
+    with Machine(backend="qemu", daemon=daemon) as real:
+        assert _read_only_writes(real) == [refused] * 3

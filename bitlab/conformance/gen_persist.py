@@ -1,0 +1,107 @@
+"""Random persistent-bitmap episodes: bitmaps stored in a qcow2 image and loaded again.
+
+On a stream of their own (``{seed}/{index}/persist``) and with names of their own (an image ``pp`` with file node
+``ppf``, bitmaps ``p0``..``p2``), so the other steps of a scenario stay what they were for every seed. The first
+episode makes ``pp`` (a random cluster size, sometimes a v2 image, which refuses persistent bitmaps). An episode
+adds bitmaps, persistent or not (a granularity QEMU refuses now and then, on the file node too), in a transaction
+sometimes rolled back by an ``abort``, writes, and removes, clears, enables, disables and merges; then closes the
+image (``blockdev-del``: the persistent bitmaps are stored), reads it with ``qemu-img info`` and ``check``, now and
+then changes it with ``qemu-img bitmap``, and opens it again: the bitmaps come back, their flags and sums compared.
+Sometimes ``qemu-img convert --bitmaps`` then copies it (``ppc<n>.qcow2``), closed or open (``-U``: its bitmaps
+are in use there, so inconsistent to the copy).
+
+Not here: ``qemu-img map`` of the image once bitmaps were stored. Their clusters make QEMU take the image for
+one with preallocated metadata (qcow2_detect_metadata_preallocation), and map then asks the host file system
+about each data cluster: see README "Known differences".
+"""
+
+from __future__ import annotations
+
+import random
+
+from .steps import qmp_step as _qmp
+
+CHANCE = 0.03  # after each op of the random mix, the chance of an episode
+NAMES = ["p0", "p1", "p2"]
+GRANULARITIES = [512, 4096, 65536, 1 << 20, 1000]  # the last is refused
+K = 1 << 10
+
+
+class Persist:
+    """What the episodes of one scenario share: their random stream and whether ``pp`` exists."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.made = False
+        self.v2 = False
+        self.copies = 0  # ppc<n>.qcow2: qemu-img convert --bitmaps copies
+
+
+def _open() -> dict:
+    return _qmp("blockdev-add", {"driver": "qcow2", "node-name": "pp",
+                                 "file": {"driver": "file", "filename": "pp.qcow2", "node-name": "ppf"}})
+
+
+def persist_episode(pe: Persist, size: int) -> list[dict]:
+    """One episode (see the module's docstring)."""
+    rng = pe.rng
+    steps: list[dict] = []
+    if not pe.made:
+        pe.made = True
+        pe.v2 = rng.random() < 0.1
+        opts = [f"cluster_size={rng.choice([4096, 65536, 65536, 1 << 20])}"] + (["compat=0.10"] if pe.v2 else [])
+        steps += [{"qemu-img": ["create", "-f", "qcow2", "-o", ",".join(opts), "pp.qcow2", str(size)]}, _open()]
+    for _ in range(rng.randint(2, 7)):
+        steps += _action(rng, size)
+    steps += [_qmp("query-named-block-nodes", {"flat": True}), _qmp("blockdev-del", {"node-name": "pp"}),
+              {"qemu-img": ["info", "pp.qcow2"]}, {"qemu-img": ["check", "pp.qcow2"]}]
+    if rng.random() < 0.4:
+        verbs = rng.sample(["--add", "--remove", "--clear", "--enable", "--disable", "--merge"], rng.randint(1, 2))
+        argv = ["bitmap"]
+        for verb in verbs:
+            argv += [verb, rng.choice(NAMES)] if verb == "--merge" else [verb]
+        if "--add" in verbs and rng.random() < 0.5:
+            argv += ["-g", str(rng.choice(GRANULARITIES))]
+        steps += [{"qemu-img": argv + ["pp.qcow2", rng.choice(NAMES)]}, {"qemu-img": ["info", "pp.qcow2"]}]
+    steps += [_open(), _qmp("query-named-block-nodes", {"flat": True})]
+    steps += [_qmp("x-debug-block-dirty-bitmap-sha256", {"node": "pp", "name": name}) for name in NAMES]
+    if rng.random() < 0.3:  # a copy with its bitmaps, of the open image (-U: its bitmaps are in use) or not
+        pe.copies += 1
+        copy = f"ppc{pe.copies}.qcow2"
+        shared = rng.random() < 0.3
+        argv = ["convert", "--bitmaps"] + (["--skip-broken-bitmaps"] if rng.random() < 0.5 else [])
+        argv += (["-U"] if shared else []) + ["-O", "qcow2", "pp.qcow2", copy]
+        steps += ([] if shared else [_qmp("blockdev-del", {"node-name": "pp"})])
+        steps += [{"qemu-img": argv}, {"qemu-img": ["info", copy]}, {"qemu-img": ["check", copy]}]
+        steps += ([] if shared else [_open()])
+    return steps
+
+
+def _action(rng: random.Random, size: int) -> list[dict]:
+    kind = rng.choices(["add", "write", "manage", "merge", "txn", "info"], weights=[5, 4, 3, 1, 1, 1])[0]
+    name = rng.choice(NAMES)
+    if kind == "add":
+        args: dict = {"node": "pp" if rng.random() < 0.9 else "ppf", "name": name,
+                      "persistent": rng.random() < 0.8}
+        if rng.random() < 0.6:
+            args["granularity"] = rng.choice(GRANULARITIES)
+        if rng.random() < 0.2:
+            args["disabled"] = True
+        return [_qmp("block-dirty-bitmap-add", args)]
+    if kind == "write":  # whole 4 KiB blocks (see the module's docstring)
+        offset = rng.randrange(0, size // (4 * K)) * 4 * K
+        length = min(rng.choice([4 * K, 64 * K, 192 * K]), size - offset)
+        return [{"write": {"node": "pp", "offset": offset, "length": length, "pattern": rng.randrange(1, 256)}}]
+    if kind == "manage":
+        verb = rng.choice(["remove", "clear", "enable", "disable"])
+        return [_qmp(f"block-dirty-bitmap-{verb}", {"node": "pp", "name": name})]
+    if kind == "merge":
+        return [_qmp("block-dirty-bitmap-merge", {"node": "pp", "target": name,
+                                                  "bitmaps": rng.sample(NAMES, rng.randint(1, 2))})]
+    if kind == "txn":  # a persistent add, then a remove (maybe of it), sometimes rolled back
+        actions = [{"type": "block-dirty-bitmap-add", "data": {"node": "pp", "name": name, "persistent": True}},
+                   {"type": "block-dirty-bitmap-remove", "data": {"node": "pp", "name": rng.choice(NAMES)}}]
+        if rng.random() < 0.5:
+            actions.append({"type": "abort", "data": {}})
+        return [_qmp("transaction", {"actions": actions})]
+    return [{"qemu-img": ["info", "-U", "pp.qcow2"]}]

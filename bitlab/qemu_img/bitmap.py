@@ -1,0 +1,153 @@
+"""qemu-img bitmap: persistent bitmaps of an image changed offline (qemu-img.c img_bitmap).
+
+The image is opened read-write as a node (its backing chain below it), the actions run in command-line
+order as the QMP commands do (an ``--add`` makes a persistent bitmap), and the image is closed, which
+stores the bitmaps, even after an action failed: the actions before it stay done.
+"""
+
+from __future__ import annotations
+
+from ..block.graph import BlockGraph
+from ..block.node import BlockNode
+from ..block.store import ImageStore
+from ..errors import QMPError
+from ..qmp.cmd_bitmap import add_bitmap, merge_bitmaps, qmp_clear, qmp_disable, qmp_enable, qmp_remove
+from ..units import parse_size
+from ._common import USAGE, KeyFn, QemuImgError, find_key, open_image
+from .image import RAW_PROBE_WARNING
+
+ACTIONS = {"--add": "add", "--remove": "remove", "--clear": "clear", "--enable": "enable", "--disable": "disable"}
+WITH_VALUE = {"-b": "-b", "--source-file": "-b", "-f": "-f", "-F": "-F", "--source-format": "-F", "-g": "-g",
+              "--granularity": "-g", "--merge": "--merge", "--object": "--object"}
+INT64_MAX = (1 << 63) - 1
+
+
+class _Offline:
+    """What the QMP bitmap commands need of a machine: qemu-img's graph, nodes named by node name."""
+
+    def __init__(self, graph: BlockGraph) -> None:
+        self.graph = graph
+
+    def device_or_node_name(self, node: BlockNode) -> str:
+        return node.node_name
+
+
+def _parse(args: list[str]) -> tuple[dict[str, str], list[tuple[str, str]], list[str]]:
+    """getopt_long(":b:f:F:g:h"): options (last one wins), the actions in order, the other words."""
+    opts: dict[str, str] = {}
+    actions: list[tuple[str, str]] = []
+    positional: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            positional += args[i:]
+            break
+        if not arg.startswith("-") or arg == "-":
+            positional.append(arg)
+            continue
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg[:2], "", arg[2:])
+        if name in ACTIONS and not eq:
+            actions.append((ACTIONS[name], ""))
+            continue
+        if name in ("--image-opts", "-h", "--help"):
+            raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img bitmap {name}'\n")
+        if name not in WITH_VALUE:
+            raise QemuImgError(f"qemu-img: unrecognized option '{arg}'\n{USAGE}")
+        if not eq and not value:
+            if i >= len(args):
+                raise QemuImgError(f"qemu-img: missing argument for option '{arg}'\n{USAGE}")
+            value = args[i]
+            i += 1
+        key = WITH_VALUE[name]
+        if key == "--merge":
+            actions.append(("merge", value))
+        elif key == "--object":
+            raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img bitmap --object'\n")
+        elif key == "-g":
+            opts["-g"] = str(_granularity(value))
+        else:
+            opts[key] = value
+    return opts, actions, positional
+
+
+def _granularity(text: str) -> int:
+    """cvtnum("granularity", ...): a size in [0, INT64_MAX]."""
+    try:
+        value = parse_size(text)
+    except ValueError as err:
+        if "too large" not in str(err):
+            raise QemuImgError("qemu-img: Invalid granularity specified. You may use k, M, G, T, P or E suffixes for\n"
+                               "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n"
+                               ) from None
+        value = INT64_MAX + 1
+    if value > INT64_MAX:
+        raise QemuImgError(f"qemu-img: Invalid granularity specified. Must be between 0 and {INT64_MAX}.\n")
+    return value
+
+
+def img_bitmap(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
+    """qemu-img bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...
+    [-b source_file [-F source_fmt]] [-g granularity] [-f fmt] filename bitmap."""
+    opts, actions, positional = _parse(args)
+    granularity = int(opts.get("-g", "0"))
+    if not actions:
+        raise QemuImgError("qemu-img: Need at least one of --add, --remove, --clear, --enable, --disable, or --merge\n")
+    if granularity and not any(op == "add" for op, _ in actions):
+        raise QemuImgError("qemu-img: granularity only supported with --add\n")
+    if "-F" in opts and "-b" not in opts:
+        raise QemuImgError("qemu-img: -F only supported with -b\n")
+    if "-b" in opts and not any(op == "merge" for op, _ in actions):
+        raise QemuImgError("qemu-img: Merge bitmap source file only supported with --merge\n")
+    if len(positional) != 2:
+        raise QemuImgError("qemu-img: Expecting filename and bitmap name\n")
+    filename, bitmap = positional
+    fmt = opts.get("-f")
+    image = open_image(store, key_fn, filename, fmt, "write")
+    warning = "" if fmt or image.is_qcow2 else RAW_PROBE_WARNING.format(filename)
+    graph = BlockGraph(store, "/")
+    try:
+        node = _open(graph, key_fn, filename, image.is_qcow2, read_only=False)
+        source = node
+        if "-b" in opts:
+            src_name = opts["-b"]
+            src_image = open_image(store, key_fn, src_name, opts.get("-F"), "shared")
+            source = _open(graph, key_fn, src_name, src_image.is_qcow2, read_only=True)
+        vm = _Offline(graph)
+        for op, src in actions:
+            try:
+                _act(vm, op, node, source, bitmap, src, granularity)
+            except QMPError as err:
+                raise QemuImgError(f"{warning}qemu-img: Operation {op} on bitmap {bitmap} failed: {err.desc}\n"
+                                   ) from None
+    finally:
+        graph.close_all()  # (the bitmaps are stored, whatever failed)
+    return ""
+
+
+def _open(graph: BlockGraph, key_fn: KeyFn, filename: str, qcow2: bool, read_only: bool) -> BlockNode:
+    """The image as a node with an automatic name (``#block…``), as img_open gives it."""
+    opts = {"driver": "qcow2" if qcow2 else "raw", "file": {"driver": "file", "filename": find_key(key_fn, filename)}}
+    try:
+        node = graph.open(opts, read_only=read_only)
+    except QMPError as err:
+        raise QemuImgError(f"qemu-img: Could not open '{filename}': {err.desc}\n") from None
+    graph.monitor_owned.add(node.node_name)
+    return node
+
+
+def _act(vm: _Offline, op: str, node: BlockNode, source: BlockNode, bitmap: str, src: str,
+         granularity: int) -> None:
+    """One action, as the QMP command (qemu-img passes the granularity on as a uint32)."""
+    where = {"node": node.node_name, "name": bitmap}
+    if op == "add":
+        args: dict = {**where, "persistent": True}
+        if granularity:
+            args["granularity"] = granularity & 0xFFFFFFFF
+        add_bitmap(vm, args)
+    elif op == "merge":
+        merge_bitmaps(vm, {"node": node.node_name, "target": bitmap,
+                           "bitmaps": [{"node": source.node_name, "name": src}]})
+    else:
+        {"remove": qmp_remove, "clear": qmp_clear, "enable": qmp_enable, "disable": qmp_disable}[op](vm, where)
