@@ -28,6 +28,11 @@ class StoredBitmap:
     in_use: bool = False  # set while an open image may change it; left set by a crash
 
 
+def _directory_bytes(bitmaps: list[StoredBitmap]) -> int:
+    """The size of a bitmap directory: each entry 24 bytes and its name, padded to 8 bytes."""
+    return sum(-(-(24 + len(b.name.encode())) // 8) * 8 for b in bitmaps)
+
+
 @dataclass
 class ImageFile:
     """One file: raw bytes, or a qcow2 image with its virtual disk content and host layout."""
@@ -65,11 +70,16 @@ class ImageFile:
         for b in order:
             layout.store_bitmap(b.name, *self._bitmap_clusters(b))
         names = {b.name for b in new}
-        size = sum(-(-(24 + len(b.name.encode())) // 8) * 8 for b in new)
+        size = _directory_bytes(new)
         layout.store_directory(-(-size // self.cluster_size), size)
         for b in old:
             if b.name not in names:
                 layout.drop_bitmap(b.name)
+
+    def directory_range(self) -> tuple[int, int] | None:
+        """Where the bitmap directory is in the file: (byte offset, bytes), None without one (qcow2)."""
+        directory = self.layout.directory if self.is_qcow2 and self.bitmaps else None
+        return None if directory is None else (directory[0] * self.cluster_size, _directory_bytes(self.bitmaps))
 
     def _bitmap_clusters(self, bitmap: StoredBitmap) -> tuple[np.ndarray, int]:
         """Which clusters of a bitmap's data hold a set bit, and its table's clusters."""

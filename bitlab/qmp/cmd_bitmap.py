@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..bitmap import ALLOW_RO, BUSY, DEFAULT, MAX_NAME_SIZE, RO, DirtyBitmap, check_bitmap
 from ..errors import generic
 from .commands import TABLE
@@ -97,7 +99,22 @@ def unstore(node: Any, bm: DirtyBitmap) -> None:
     """qcow2_co_remove_persistent_dirty_bitmap: a persistent bitmap stored in the image leaves it at once (a
     new bitmap directory); one not stored yet leaves the image as it is."""
     if bm.persistent and node.driver == "qcow2" and any(sb.name == bm.name for sb in node.image.bitmaps):
-        node.image.bitmaps = [sb for sb in node.image.bitmaps if sb.name != bm.name]
+        image = node.image
+        image.bitmaps = [sb for sb in image.bitmaps if sb.name != bm.name]
+        # update_ext_header_and_dir, as the file node sees it (its highest write, threshold and bitmaps):
+        # what allocating the new directory wrote, the directory (if any bitmap is left), the caches
+        # flushed (qcow2_flush_caches), then the header (the whole first cluster)
+        layout = image.layout
+        writes = [layout.drain_written()]
+        directory = image.directory_range()
+        if directory is not None:
+            writes.append((np.array([directory[0]], dtype=np.int64), np.array([directory[1]], dtype=np.int64)))
+        layout.flush()
+        writes.append(layout.drain_written())
+        writes.append((np.zeros(1, dtype=np.int64), np.array([image.cluster_size], dtype=np.int64)))
+        file = node.child("file")
+        if file is not None:
+            file.note_write(np.concatenate([w[0] for w in writes]), np.concatenate([w[1] for w in writes]))
 
 
 @TABLE.command("block-dirty-bitmap-clear", BlockDirtyBitmap)
