@@ -57,17 +57,14 @@ class ImageFile:
 
     def _bitmaps_stored(self, old: list[StoredBitmap], new: list[StoredBitmap]) -> None:
         """The bitmap directory was written (``new`` replaces ``old``): on a clean close every bitmap
-        written anew (new ones first, newest first, then the loaded ones newest first, as the node lists
-        them), or one removed; then the new directory, and the old clusters freed."""
+        written anew in the new directory's order (qcow2_store_persistent_dirty_bitmaps: the loaded ones as
+        the directory had them, then the new ones, newest first), or one removed; then the new directory,
+        and the old clusters freed."""
         if not old and not new:
             return
         layout = self.layout
         kept = {id(b) for b in old}
-        fresh = [b for b in new if id(b) not in kept]
-        known = {b.name for b in old}
-        order = [b for b in fresh if b.name not in known] + [b for b in reversed(new) if id(b) not in kept
-                                                               and b.name in known]
-        for b in order:
+        for b in [b for b in new if id(b) not in kept]:
             layout.store_bitmap(b.name, *self._bitmap_clusters(b))
         names = {b.name for b in new}
         size = _directory_bytes(new)
