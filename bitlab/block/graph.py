@@ -12,8 +12,6 @@ import posixpath
 import random
 import re
 
-import numpy as np
-
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
 from ..qmp_order import wire_member_order
@@ -440,7 +438,7 @@ class BlockGraph:
     def _load_bitmaps(self, node: Qcow2Node) -> None:
         """Persistent bitmaps come back on open (oldest first); one left in use is inconsistent. Opened
         read-write, qcow2 marks them in use: the header, the directory in place, the header again
-        (update_ext_header_and_dir_in_place), written to its file node."""
+        (:meth:`Qcow2Node.mark_bitmaps_in_use`)."""
         marked = False
         for stored in node.image.bitmaps:
             bm = DirtyBitmap(node.size, stored.granularity, name=stored.name, persistent=True,
@@ -454,12 +452,8 @@ class BlockGraph:
             if not node.read_only:
                 marked = marked or not stored.in_use
                 stored.in_use = True
-        directory = node.image.directory_range() if marked else None
-        file = node.child("file")
-        if directory is not None and file is not None:
-            cs = node.image.cluster_size  # qcow2_update_header writes the whole first cluster
-            file.note_write(np.array([0, directory[0], 0], dtype=np.int64),
-                            np.array([cs, directory[1], cs], dtype=np.int64))
+        if marked:
+            node.mark_bitmaps_in_use()
 
     def _store_bitmaps(self, node: Qcow2Node) -> None:
         """On a clean close every persistent bitmap is written to the image: the bitmap directory

@@ -568,6 +568,48 @@ class Qcow2Node(FormatNode):
             self.image._layout.written.clear()
             self.image._layout.discarded.clear()
 
+    # -- persistent bitmaps' metadata (qcow2-bitmap.c), as the file node sees it ----------------------
+    def _bitmap_metadata(self, writes: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Metadata writes to the file node, in order, each followed by qcow2_update_header (the whole
+        first cluster): its highest write, threshold and bitmaps see them."""
+        header = (np.zeros(1, dtype=np.int64), np.array([self.image.cluster_size], dtype=np.int64))
+        parts = [part for write in writes for part in (write, header)]
+        self.file.note_write(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def _directory(self) -> tuple[np.ndarray, np.ndarray]:
+        where = self.image.directory_range()
+        if where is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.array([where[0]], dtype=np.int64), np.array([where[1]], dtype=np.int64)
+
+    def mark_bitmaps_in_use(self) -> None:
+        """update_ext_header_and_dir_in_place (an open read-write marks its stored bitmaps in use): the header,
+        the bitmap directory rewritten in place, the header again."""
+        if self.image.directory_range() is None:  # (a layout built from content alone has no directory)
+            return
+        self._bitmap_metadata([(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)), self._directory()])
+
+    def unstore_bitmap(self, name: str) -> None:
+        """qcow2_co_remove_persistent_dirty_bitmap: the bitmap leaves the image at once. update_ext_header_and_dir
+        writes what allocating the new directory wrote and the directory (if a bitmap is left), flushes the caches
+        (qcow2_flush_caches), writes the header; then free_bitmap_clusters discards the bitmap's data clusters
+        (QCOW2_DISCARD_ALWAYS: a file opened with discard=ignore drops them; a child's discard defaults to unmap)."""
+        image = self.image
+        layout = image.layout
+        data = layout.bitmap_clusters.get(name, [])[:-1]  # (its table comes last)
+        image.bitmaps = [sb for sb in image.bitmaps if sb.name != name]
+        allocated = layout.drain_written()
+        directory = self._directory()
+        layout.flush()
+        flushed = layout.drain_written()
+        written = tuple(np.concatenate([a, b, c]) for a, b, c in zip(allocated, directory, flushed))
+        self._bitmap_metadata([written])
+        file = self.file
+        if data and (file.discard_unmap or "discard" not in file.options):
+            cs = image.cluster_size
+            file.note_write(np.array([r[0] * cs for r in data], dtype=np.int64),
+                            np.array([r[1] * cs for r in data], dtype=np.int64), discard=True)
+
     def _passes_discards(self) -> bool:
         """Whether the file child takes the discards of freed clusters: it was opened with discard=unmap,
         or inherited it from this node (the option not given)."""

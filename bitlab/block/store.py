@@ -27,6 +27,10 @@ class StoredBitmap:
     enabled: bool = True  # the "auto" flag
     in_use: bool = False  # set while an open image may change it; left set by a crash
 
+    def anew(self) -> StoredBitmap:
+        """The bitmap as an open image stores it again: a new entry (new clusters), not in use."""
+        return StoredBitmap(self.name, self.granularity, self.bits.copy(), enabled=self.enabled)
+
 
 def _directory_bytes(bitmaps: list[StoredBitmap]) -> int:
     """The size of a bitmap directory: each entry 24 bytes and its name, padded to 8 bytes."""

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.paths import path_combine, path_has_protocol
-from ..block.store import ImageFile, ImageStore, StoredBitmap
+from ..block.store import ImageFile, ImageStore
 from ._common import USAGE, KeyFn, Layer, QemuImgError, find_key, open_chain, split_args
 from .layers import DATA, UNALLOC, chain_status, content, cow_fill
 
@@ -171,6 +171,5 @@ def restore_bitmaps(image: ImageFile) -> None:
     to read-only (see BlockGraph._store_bitmaps); with none to write it is left alone."""
     if not image.is_qcow2 or all(b.in_use for b in image.bitmaps):
         return
-    image.bitmaps = [b if b.in_use else StoredBitmap(b.name, b.granularity, b.bits.copy(), enabled=b.enabled)
-                     for b in image.bitmaps]
+    image.bitmaps = [b if b.in_use else b.anew() for b in image.bitmaps]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore, StoredBitmap
+from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
 from ..units import parse_size
 from ._common import KeyFn, QemuImgError, new_key, open_chain, options, split_args
 from .layers import content
@@ -82,6 +82,5 @@ def _copy_bitmaps(source: ImageFile, target: ImageFile) -> None:
     """convert_copy_bitmaps: each consistent persistent bitmap of the source added to the target with its
     granularity and enabled state, then merged; stored when the target closes, in the source's order.
     (The warning for a skipped inconsistent bitmap goes to stderr, which a success does not return here.)"""
-    target.bitmaps = [StoredBitmap(b.name, b.granularity, b.bits.copy(), enabled=b.enabled)
-                      for b in source.bitmaps if not b.in_use]
+    target.bitmaps = [b.anew() for b in source.bitmaps if not b.in_use]
 

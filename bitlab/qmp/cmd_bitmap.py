@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ..bitmap import ALLOW_RO, BUSY, DEFAULT, MAX_NAME_SIZE, RO, DirtyBitmap, check_bitmap
 from ..errors import generic
 from .commands import TABLE
@@ -96,33 +94,10 @@ def qmp_remove(vm: Any, args: dict) -> None:
 
 
 def unstore(node: Any, bm: DirtyBitmap) -> None:
-    """qcow2_co_remove_persistent_dirty_bitmap: a persistent bitmap stored in the image leaves it at once (a
-    new bitmap directory); one not stored yet leaves the image as it is."""
+    """A persistent bitmap stored in the image leaves it at once (:meth:`Qcow2Node.unstore_bitmap`); one not
+    stored yet leaves the image as it is."""
     if bm.persistent and node.driver == "qcow2" and any(sb.name == bm.name for sb in node.image.bitmaps):
-        image = node.image
-        data = image.layout.bitmap_clusters.get(bm.name, [])[:-1]  # (its table comes last)
-        image.bitmaps = [sb for sb in image.bitmaps if sb.name != bm.name]
-        # update_ext_header_and_dir, as the file node sees it (its highest write, threshold and bitmaps):
-        # what allocating the new directory wrote, the directory (if any bitmap is left), the caches
-        # flushed (qcow2_flush_caches), then the header (the whole first cluster)
-        layout = image.layout
-        writes = [layout.drain_written()]
-        directory = image.directory_range()
-        if directory is not None:
-            writes.append((np.array([directory[0]], dtype=np.int64), np.array([directory[1]], dtype=np.int64)))
-        layout.flush()
-        writes.append(layout.drain_written())
-        writes.append((np.zeros(1, dtype=np.int64), np.array([image.cluster_size], dtype=np.int64)))
-        file = node.child("file")
-        if file is None:
-            return
-        file.note_write(np.concatenate([w[0] for w in writes]), np.concatenate([w[1] for w in writes]))
-        # free_bitmap_clusters: the bitmap's data clusters are freed with QCOW2_DISCARD_ALWAYS, a discard the
-        # file takes unless opened with discard=ignore (a child's discard option defaults to unmap)
-        if data and (file.discard_unmap or "discard" not in file.options):
-            cs = image.cluster_size
-            file.note_write(np.array([r[0] * cs for r in data], dtype=np.int64),
-                            np.array([r[1] * cs for r in data], dtype=np.int64), discard=True)
+        node.unstore_bitmap(bm.name)
 
 
 @TABLE.command("block-dirty-bitmap-clear", BlockDirtyBitmap)
