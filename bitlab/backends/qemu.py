@@ -28,7 +28,9 @@ The backend's NBD plumbing is invisible. Its exports' ids and names begin with `
 (reserved), ``query-block-exports`` and ``BLOCK_EXPORT_DELETED`` leave them out, and commands
 whose answers they would change run with them out of the way: ``blockdev-add`` of a parent,
 ``blockdev-del``, the permission-checking :data:`PERMISSION_COMMANDS`, and the backup commands
-(the export of each source; it comes back above the new filter). QEMU has one NBD
+(the export of each source; it comes back above the new filter). ``x-debug-query-block-graph`` runs with
+them in place, its reply rewritten as without them (:mod:`bitlab.backends.xdbg_hide`): taking them away
+drains their nodes. QEMU has one NBD
 server: the backend's own listens on ``<workdir>/.nbd.sock`` (qemu-storage-daemon starts with
 it; otherwise it is started when needed and no server runs). A user's ``nbd-server-start`` /
 ``-stop`` and NBD ``block-export-add`` / ``nbd-server-add`` are answered as on a QEMU without
@@ -69,7 +71,7 @@ from ..history import NOTED_COMMANDS, history_of
 from ..monitor import Monitor, command, reply_value
 from ..qemu_img import QemuImgError
 from ..qmp.qemu_io import Request, parse_qemu_io
-from . import nbd
+from . import nbd, xdbg_hide
 
 SYSTEM = "qemu-system-x86_64"
 QSD = "qemu-storage-daemon"
@@ -98,10 +100,14 @@ EXPORT_PREFIX = PRIVATE_PREFIX + "guest-"  # id and name of the export of a node
 BITMAP_EXPORT = PRIVATE_PREFIX + "bitmap"  # id and name of the export that dirty_bitmap reads
 BITMAP_KEY = "#bitmap"  # its key in QemuMachine._exports (no node can be named so)
 NBD_EXPORTERS = {"block-export-add", "nbd-server-add"}  # commands that need a running NBD server
-# Commands whose permission checks the backend's exports (writable, never sharing resize) would change, and
-# the graph dump that would show them: they run with those exports out of the way, as on a QEMU without them.
+# Commands whose permission checks the backend's exports (writable, never sharing resize) would change: they run
+# with those exports out of the way, as on a QEMU without them.
 PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "blockdev-mirror", "drive-mirror",
-                       "block-commit", "block-stream", "x-debug-query-block-graph"}
+                       "block-commit", "block-stream"}
+# The graph dump, which would show them: it runs with them in place (taking them away drains their nodes, which
+# wakes a backup asleep on its rate limit) and its reply is rewritten as without them (see xdbg_hide).
+GRAPH_QUERY = "x-debug-query-block-graph"
+OWN_PERMS_OPTIONS = {"take-child-perms", "unshare-child-perms"}  # blkdebug options the graph shows no trace of
 # Commands that insert a backup's filter: they run with the backend's exports of their sources out of the way
 # (bitlab's guest holds no BlockBackend; an export above the filter would make it share no writes on the source
 # already when it replaces the source, not only once the job links to it), which come back above the filter.
@@ -166,6 +172,15 @@ def _filenames(value: Any) -> set[str]:
         return own.union(*(_filenames(v) for v in value.values()))
     if isinstance(value, list):
         return set().union(*(_filenames(v) for v in value))
+    return set()
+
+
+def _keys(value: Any) -> set[str]:
+    """Every key of a command's arguments, at any depth."""
+    if isinstance(value, dict):
+        return set(value).union(*(_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value))
     return set()
 
 
@@ -527,6 +542,8 @@ class QemuMachine(GuestIO, Monitor):
         snapshots = _snapshots(name, message.get("arguments"))
         if snapshots is not None and kind == "qsd" and self._exports:
             return self._snapshot(message, snapshots)
+        if name == GRAPH_QUERY and self._exports:
+            return self._graph_query(message)
         if name in PERMISSION_COMMANDS and self._exports:
             moved = self._stand_aside(server=False)
             try:
@@ -597,6 +614,14 @@ class QemuMachine(GuestIO, Monitor):
 
     def _send(self, message: dict) -> dict:
         self.transcript.append({"kind": "cmd", "message": message})
+        reply = self._exchange(message)
+        if message.get("execute") == "query-block-exports" and isinstance(reply.get("return"), list):
+            reply = {**reply, "return": [e for e in reply["return"] if not _private(e.get("id"))]}
+        self.transcript.append({"kind": "reply", "message": reply})
+        return reply
+
+    def _exchange(self, message: dict) -> dict:
+        """One command and its reply, and the events QEMU sent meanwhile."""
         if "id" in message and not isinstance(message["id"], str):
             # QEMU echoes any JSON id; qemu.qmp accepts only strings: send a string, put it back
             reply = self._qmp.cmd_obj({**message, "id": json.dumps(message["id"])})
@@ -605,10 +630,40 @@ class QemuMachine(GuestIO, Monitor):
         else:
             reply = self._qmp.cmd_obj(message)
         self._collect()
-        if message.get("execute") == "query-block-exports" and isinstance(reply.get("return"), list):
-            reply = {**reply, "return": [e for e in reply["return"] if not _private(e.get("id"))]}
-        self.transcript.append({"kind": "reply", "message": reply})
         return reply
+
+    def _graph_query(self, message: dict) -> dict:
+        """x-debug-query-block-graph with the backend's exports in place, answered as without them (see
+        :mod:`bitlab.backends.xdbg_hide`); where the reply cannot tell, asked again with them out of the way."""
+        entry = {"kind": "cmd", "message": message}
+        self.transcript.append(entry)
+        reply = self._exchange(message)
+        hidden = self._hide_exports(reply["return"]) if isinstance(reply.get("return"), dict) else None
+        if hidden is not None or "error" in reply:
+            reply = {**reply, "return": hidden} if hidden is not None else reply
+            self.transcript.append({"kind": "reply", "message": reply})
+            return reply
+        self.transcript.remove(entry)
+        self.backstage.append({"message": message, "reply": reply})
+        moved = self._stand_aside(server=False)
+        try:
+            return self._send(message)
+        finally:
+            self._come_back(moved)
+
+    def _hide_exports(self, graph: dict) -> dict | None:
+        """``graph`` as without the backend's exports, or None where it cannot tell."""
+        ids = {export_id: node for node, export_id in self._exports.items() if node != BITMAP_KEY}
+        exports = [xdbg_hide.Export(info["node-name"], ids[info["id"]] not in self._read_only)
+                   for info in self._helper_value("query-block-exports") if info["id"] in ids]
+        if len(exports) != len(ids):
+            return None
+        own_perms = any(OWN_PERMS_OPTIONS & _keys(entry["message"].get("arguments"))
+                        for entry in self.transcript if entry["kind"] == "cmd"
+                        and entry["message"].get("execute") in ("blockdev-add", "blockdev-reopen"))
+        infos = {node["node-name"]: xdbg_hide.NodeInfo(node["drv"], node["ro"], node["file"], own_perms)
+                 for node in self._helper_value("query-named-block-nodes", {"flat": True})}
+        return xdbg_hide.without_exports(graph, exports, infos)
 
     def qmp(self, name: str, arguments: dict | None = None) -> Any:
         """Run a command; its value, or :class:`QMPError` with QEMU's class and text."""
