@@ -5,7 +5,8 @@ which wakes a backup asleep on its rate limit. Instead the query runs with them 
 is rewritten:
 
 - each export's BlockBackend (an unnamed ``block-backend`` whose ``root`` link goes to the exported node,
-  taking read, and write if writable, sharing all but resize) and its link go;
+  taking read, and write if writable, sharing all but resize) and its link go; where the user's own exports
+  on that node look the same, every way to pick the backend's must give the same graph, or it gives up;
 - the links below an exported node take and share what their drivers' ``bdrv_child_perm`` gives for the
   parents left (QEMU 7.2's ``bdrv_default_perms`` and the drivers' own rules, block.c, raw-format.c,
   blkdebug.c, copy-before-write.c); each rule is checked first against the reply itself (the rule applied
@@ -17,7 +18,9 @@ is rewritten:
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ ALL = READ | WRITE | WRITE_UNCHANGED | RESIZE
 BITS = {"consistent-read": READ, "write": WRITE, "write-unchanged": WRITE_UNCHANGED, "resize": RESIZE}
 HIGH_FIRST = ("resize", "write-unchanged", "write", "consistent-read")  # the order QEMU lists them in
 Perms = tuple[int, int]  # (perm, shared)
+MAX_CHOICES = 64  # ways to pick the exports' BlockBackends among alike ones worth trying
 
 
 @dataclass(frozen=True)
@@ -163,21 +167,28 @@ def _numbering(walk: list[tuple[dict, list[dict]]]) -> dict[int, int]:
     return ids
 
 
-def _ours(walk: list[tuple[dict, list[dict]]], names: dict[int, str], exports: list[Export]) -> set[int] | None:
-    """The ids of the exports' BlockBackends (for several alike on one node, the newest: the backend puts
-    its exports back after every command that adds one of the user's); None if one is not found."""
+def _choices(walk: list[tuple[dict, list[dict]]], names: dict[int, str], exports: list[Export]) -> list[set[int]]:
+    """The ways to pick the exports' BlockBackends from the reply: each export's is an unnamed BlockBackend
+    whose one link is a ``root`` link to its node, taking and sharing what it does. Several alike on one node
+    (the user's own export, writable as the backend's) give several ways; [] if an export has none, or
+    past MAX_CHOICES ways."""
     share = _names(ALL & ~RESIZE)
-    found: set[int] = set()
-    backends = [(node, own[0]) for node, own in walk
+    backends = [(node["id"], own[0]) for node, own in walk
                 if node["type"] == "block-backend" and node["name"] == "" and len(own) == 1]
+    wanted: dict[tuple[str, bool], int] = {}
     for exp in exports:
-        perm = _names(READ | (WRITE if exp.writable else 0))
-        match = [node["id"] for node, edge in backends if node["id"] not in found and edge["name"] == "root"
-                 and names.get(edge["child"]) == exp.node and edge["perm"] == perm and edge["shared-perm"] == share]
-        if not match:
-            return None
-        found.add(match[-1])  # the walk goes oldest first
-    return found
+        wanted[(exp.node, exp.writable)] = wanted.get((exp.node, exp.writable), 0) + 1
+    ways: list[list[tuple[int, ...]]] = []
+    for (node, writable), count in wanted.items():
+        perm = _names(READ | (WRITE if writable else 0))
+        alike = [bid for bid, edge in backends if edge["name"] == "root" and names.get(edge["child"]) == node
+                 and edge["perm"] == perm and edge["shared-perm"] == share]
+        if len(alike) < count:
+            return []
+        ways.append(list(itertools.combinations(alike, count)))
+    if math.prod(len(w) for w in ways) > MAX_CHOICES:
+        return []
+    return [set().union(*pick) for pick in itertools.product(*ways)]
 
 
 def _parents(walk: list[tuple[dict, list[dict]]]) -> dict[int, list[dict]]:
@@ -214,16 +225,22 @@ def without_exports(graph: dict, exports: list[Export], infos: dict[str, NodeInf
     if walk is None or any(old != new for old, new in _numbering(walk).items()):
         return None
     names = {node["id"]: node["name"] for node, _ in walk if node["type"] == "block-driver"}
-    ours = _ours(walk, names, exports)
-    if ours is None:
-        return None
+    answers = [_without(walk, names, ours, infos) for ours in _choices(walk, names, exports)]
+    if not answers or any(answer is None or answer != answers[0] for answer in answers):
+        return None  # (two ways giving two graphs: which BlockBackend is the backend's, the reply cannot tell)
+    return {**graph, **answers[0]}
+
+
+def _without(walk: list[tuple[dict, list[dict]]], names: dict[int, str], ours: set[int],
+             infos: dict[str, NodeInfo]) -> dict | None:
+    """The nodes and edges of the walk without the BlockBackends ``ours``; None where it cannot tell."""
     kept = [(node, [dict(edge) for edge in own]) for node, own in walk if node["id"] not in ours]
     if not _settle(kept, names, infos, _parents(walk), _parents(kept)):
         return None
     ids = _numbering(kept)
     nodes = [{**node, "id": ids[node["id"]]} for node, _ in kept]
     edges = [{**edge, "parent": ids[edge["parent"]], "child": ids[edge["child"]]} for _, own in kept for edge in own]
-    return {**graph, "nodes": nodes[::-1], "edges": edges[::-1]}
+    return {"nodes": nodes[::-1], "edges": edges[::-1]}
 
 
 def _settle(kept: list[tuple[dict, list[dict]]], names: dict[int, str], infos: dict[str, NodeInfo],

@@ -81,17 +81,30 @@ def test_an_export_not_in_the_reply_gives_up():
     assert without_exports(copy.deepcopy(WITH), [*EXPORTS, Export("d0", True)], INFOS) is None
 
 
-def test_of_two_alike_backends_on_a_node_the_newest_is_the_backends():
-    # the user's own writable export on t (id 1), a read-only one on u (3), then the backend's on t (5)
-    graph = {"nodes": _nodes([(4, "block-driver", "u"), (6, "block-driver", "#block1"), (2, "block-driver", "t"),
-                              (5, "block-backend", ""), (3, "block-backend", ""), (1, "block-backend", "")]),
-             "edges": [_edge(2, 6, "file", [Z, W, R], [U, R]), _edge(5, 2, "root", [W, R], [U, W, R]),
-                       _edge(3, 4, "root", [R], [U, W, R]), _edge(1, 2, "root", [W, R], [U, W, R])]}
-    got = without_exports(graph, [Export("t", True)], {"t": NodeInfo("qcow2", False)})
-    assert got == {"nodes": _nodes([(4, "block-driver", "u"), (5, "block-driver", "#block1"),
-                                    (2, "block-driver", "t"), (3, "block-backend", ""), (1, "block-backend", "")]),
-                   "edges": [_edge(2, 5, "file", [Z, W, R], [U, R]), _edge(3, 4, "root", [R], [U, W, R]),
-                             _edge(1, 2, "root", [W, R], [U, W, R])]}
+def _alike(middle: bool) -> dict:
+    """The user's own writable export on t (BlockBackend 1), with or without a read-only one on u next
+    (3), then the backend's on t (5 or 3)."""
+    last = 5 if middle else 3
+    nodes = [(4 if middle else 5, "block-driver", "u"), (6 if middle else 4, "block-driver", "#block1"),
+             (2, "block-driver", "t"), (last, "block-backend", "")]
+    edges = [_edge(2, nodes[1][0], "file", [Z, W, R], [U, R]), _edge(last, 2, "root", [W, R], [U, W, R])]
+    if middle:
+        nodes.append((3, "block-backend", ""))
+        edges.append(_edge(3, 4, "root", [R], [U, W, R]))
+    return {"nodes": _nodes([*nodes, (1, "block-backend", "")]),
+            "edges": [*edges, _edge(1, 2, "root", [W, R], [U, W, R])]}
+
+
+def test_alike_backends_side_by_side_leave_one_graph():
+    got = without_exports(_alike(False), [Export("t", True)], {"t": NodeInfo("qcow2", False)})
+    assert got == {"nodes": _nodes([(4, "block-driver", "u"), (3, "block-driver", "#block1"),
+                                    (2, "block-driver", "t"), (1, "block-backend", "")]),
+                   "edges": [_edge(2, 3, "file", [Z, W, R], [U, R]), _edge(1, 2, "root", [W, R], [U, W, R])]}
+
+
+def test_alike_backends_apart_cannot_be_told():
+    # without 1: 3 -> u is numbered 1; without 5: 1 -> t is: which one is the backend's, the reply cannot say
+    assert without_exports(_alike(True), [Export("t", True)], {"t": NodeInfo("qcow2", False)}) is None
 
 
 def _qmp(execute: str, arguments: dict | None = None) -> dict:
