@@ -44,6 +44,7 @@ CASES = [
     ({"refcount-cache-size": 1 << 62}, "Refcount cache size too big"),
     ({"cache-size": 1 << 62, "refcount-cache-size": 65536}, "L2 cache size too big"),
     ({"lazy-refcounts": False, "pass-discard-request": False, "pass-discard-snapshot": True}, None),
+    ({"pass-discard-request": True}, None),
     ({"data-file": {"driver": "file", "filename": "d.raw"}},
      "'data-file' can only be set for images with an external data file"),
     ({"data-file": "nonode"}, "Cannot find device='nonode' nor node-name='nonode'"),
@@ -67,7 +68,6 @@ NOT_SIMULATED = [
     ({"cache-size": 65536}, "option 'cache-size'"),
     ({"l2-cache-entry-size": 4096}, "option 'l2-cache-entry-size'"),
     ({"lazy-refcounts": True}, "option 'lazy-refcounts'"),
-    ({"pass-discard-request": True}, "option 'pass-discard-request'"),
     ({"pass-discard-other": True}, "option 'pass-discard-other'"),
     ({"pass-discard-snapshot": False}, "option 'pass-discard-snapshot'"),
 ]

@@ -248,7 +248,7 @@ class BlockGraph:
                 raise
             self._drop_unowned(data_file)
             error = "'data-file' can only be set for images with an external data file"
-        error = error or qcow2_opts.not_simulated(opts, image, opts.get("discard", "ignore") == "unmap")
+        error = error or qcow2_opts.not_simulated(opts, image)
         if error is not None:
             self._drop_unowned(file_node)
             raise generic(error)
@@ -284,9 +284,9 @@ class BlockGraph:
         if isinstance(ref, str):
             return self.lookup_bs(ref)
         inherited = dict(ref)
-        for key in ("discard", "cache"):  # bdrv_inherited_options: detect-zeroes is never inherited
-            if key in parent_opts and key not in inherited:
-                inherited[key] = parent_opts[key]
+        if "cache" in parent_opts and "cache" not in inherited:  # bdrv_inherited_options: detect-zeroes is
+            inherited["cache"] = parent_opts["cache"]  # never inherited, and discard defaults to unmap
+        inherited.setdefault("discard", "unmap")
         return self.open(inherited, read_only=bool(parent_opts.get("read-only", read_only)))
 
     def _attach(self, parent: BlockNode, role: str, child: BlockNode) -> None:

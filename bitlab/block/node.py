@@ -544,9 +544,11 @@ class Qcow2Node(FormatNode):
 
     # -- I/O at host offsets: what the file child sees ------------------------------------------
     @contextmanager
-    def _file_sees(self) -> Iterator[bool]:
+    def _file_sees(self, always: bool = False) -> Iterator[bool]:
         """Around a change of the image: the metadata writes it makes reach the file child (its
-        bitmaps) at their host offsets. Yields whether the file child hears writes at all."""
+        bitmaps) at their host offsets, and the discards of the clusters it frees where they pass
+        (``always``: QCOW2_DISCARD_ALWAYS frees, else QCOW2_DISCARD_REQUEST ones; see
+        :meth:`_passes_discards`). Yields whether the file child hears writes at all."""
         listen = self.file.hears_host_writes()
         outer = not self._seeing
         if listen and outer:
@@ -562,7 +564,7 @@ class Qcow2Node(FormatNode):
             offsets, lengths = layout.drain_written()
             self.file.note_write(offsets, lengths)
             offsets, lengths = layout.drain_discarded()
-            if self._passes_discards():  # (qcow2_process_discards; a file without unmap ignores them)
+            if self._passes_discards(always):  # (qcow2_process_discards; a file without unmap ignores them)
                 self.file.note_write(offsets, lengths, discard=True)
         elif self.image._layout is not None:
             self.image._layout.written.clear()
@@ -591,30 +593,36 @@ class Qcow2Node(FormatNode):
 
     def unstore_bitmap(self, name: str) -> None:
         """qcow2_co_remove_persistent_dirty_bitmap: the bitmap leaves the image at once. update_ext_header_and_dir
-        writes what allocating the new directory wrote and the directory (if a bitmap is left), flushes the caches
-        (qcow2_flush_caches), writes the header; then free_bitmap_clusters discards the bitmap's data clusters
-        (QCOW2_DISCARD_ALWAYS: a file opened with discard=ignore drops them; a child's discard defaults to unmap)."""
+        writes what allocating the new directory wrote, the directory and flushes the caches (qcow2_flush_caches)
+        if a bitmap is left, then writes the header; then free_bitmap_clusters discards the bitmap's data clusters
+        (QCOW2_DISCARD_ALWAYS: see :meth:`_passes_discards`)."""
         image = self.image
         layout = image.layout
         data = layout.bitmap_clusters.get(name, [])[:-1]  # (its table comes last)
         image.bitmaps = [sb for sb in image.bitmaps if sb.name != name]
         allocated = layout.drain_written()
         directory = self._directory()
-        layout.flush()
+        if image.bitmaps:  # (a new directory stored: qcow2_flush_caches; none left: only the header)
+            layout.flush()
         flushed = layout.drain_written()
         written = tuple(np.concatenate([a, b, c]) for a, b, c in zip(allocated, directory, flushed))
         self._bitmap_metadata([written])
         file = self.file
-        if data and (file.discard_unmap or "discard" not in file.options):
+        if data and self._passes_discards(always=True):
             cs = image.cluster_size
             file.note_write(np.array([r[0] * cs for r in data], dtype=np.int64),
                             np.array([r[1] * cs for r in data], dtype=np.int64), discard=True)
 
-    def _passes_discards(self) -> bool:
-        """Whether the file child takes the discards of freed clusters: it was opened with discard=unmap,
-        or inherited it from this node (the option not given)."""
-        file = self.file
-        return file.discard_unmap or ("discard" not in file.options and self.discard_unmap)
+    def _passes_discards(self, always: bool = False) -> bool:
+        """Whether the discards of the clusters this node frees reach its file child (update_refcount,
+        qcow2_process_discards): qcow2 passes QCOW2_DISCARD_ALWAYS ones (shrinking, a stored bitmap removed)
+        always, QCOW2_DISCARD_REQUEST ones (a guest discard, a zero write that may unmap) if
+        ``pass-discard-request`` (default: this node opened with discard=unmap); the file child then drops them
+        unless it was opened with discard=unmap (a child opened with its parent defaults to unmap whatever
+        the parent's option, bdrv_inherited_options; a node added by itself to ignore)."""
+        if not always and not self.options.get("pass-discard-request", self.discard_unmap):
+            return False
+        return self.file.discard_unmap
 
     def _cow_ranges(self, offsets: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The host-side extent of data writes ``[offsets, ends)``: a partly written cluster that gets a
@@ -908,7 +916,7 @@ class Qcow2Node(FormatNode):
             check_bitmap(loaded, DEFAULT)
         old = image.size
         layout = image.layout
-        with self._file_sees() as listen:
+        with self._file_sees(always=True) as listen:
             if size < old:
                 keep, old_end = -(-size // cs) * cs, -(-old // cs) * cs
                 if keep < old_end:

@@ -79,7 +79,7 @@ def open_error(opts: dict, image: Any) -> str | None:
     return None
 
 
-def not_simulated(opts: dict, image: Any, discard_unmap: bool) -> str | None:
+def not_simulated(opts: dict, image: Any) -> str | None:
     """bitlab's refusal of options QEMU accepts (after :func:`open_error` found none) but bitlab does
     not simulate, naming the option."""
     cluster = image.cluster_size
@@ -91,7 +91,7 @@ def not_simulated(opts: dict, image: Any, discard_unmap: bool) -> str | None:
                     f"(option '{key}')")
     if opts.get("lazy-refcounts"):
         return NOT_SIMULATED + "lazy refcounts (option 'lazy-refcounts')"
-    defaults = {"pass-discard-request": discard_unmap, "pass-discard-snapshot": True, "pass-discard-other": False}
+    defaults = {"pass-discard-snapshot": True, "pass-discard-other": False}  # (pass-discard-request is simulated)
     for key, default in defaults.items():
         if key in opts and opts[key] != default:
             return NOT_SIMULATED + f"qcow2 discard pass-through other than QEMU's default (option '{key}')"

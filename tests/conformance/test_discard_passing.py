@@ -1,0 +1,113 @@
+"""What reaches a qcow2 node's file child when qcow2 frees clusters, over the discard options.
+
+A 4 MiB qcow2 image with 2 MiB written; a dirty bitmap on its file node (64 KiB granularity); then one
+operation that frees clusters: a guest discard of the first 1 MiB, a zero write of it that may unmap
+(``write -z -u``), ``block_resize`` to 1 MiB, or ``block-dirty-bitmap-remove`` of a stored persistent
+bitmap (512-byte granularity: one data cluster). Seen on the file node: file-posix's discard counters
+(``discard-nb-ok``, ``discard-bytes-ok``) and the bitmap's count. The table is qemu-storage-daemon 7.2's
+(every case measured): qcow2 passes QCOW2_DISCARD_REQUEST frees (the guest discard, the zero write) only
+with ``pass-discard-request`` (default: its own discard=unmap), QCOW2_DISCARD_ALWAYS ones (the shrink, the
+stored bitmap) always; the file node then drops them unless it has discard=unmap, which a child opened
+with its parent has by default whatever the parent's option, and a node added by itself has not.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from bitlab import Machine
+
+M = 1 << 20
+QCOW2_DISCARD = (None, "ignore", "unmap")
+PASS_REQUEST = (None, True, False)
+FILE_DISCARD = (None, "ignore", "unmap")
+FORMS = ("inline", "ref")  # the file node given inside the qcow2 node's options, or added before by itself
+OPS = ("discard", "zero-unmap", "shrink", "unstore")
+CASES = list(itertools.product(QCOW2_DISCARD, PASS_REQUEST, FILE_DISCARD, FORMS, OPS))
+
+# QEMU 7.2, measured:
+FILE_TAKES = {(None, "inline"), ("unmap", "inline"), ("unmap", "ref")}  # (file discard, form): unmap
+REQUEST_PASSED = {(None, True), ("ignore", True), ("unmap", None), ("unmap", True)}  # (qcow2 discard, pass-...)
+# (discard-nb-ok, discard-bytes-ok, the file bitmap's count) when the discard reaches the file, and when not
+SEEN = {"discard": ((1, M, M), (0, 0, 0)), "zero-unmap": ((1, M, M), (0, 0, 0)),
+        "shrink": ((1, M, 4 * 65536), (0, 0, 4 * 65536)), "unstore": ((1, 65536, 2 * 65536), (0, 0, 65536))}
+
+
+def _expected(qcow2_discard: str | None, pass_request: bool | None, file_discard: str | None, form: str,
+              op: str) -> tuple[int, int, int]:
+    reaches = (file_discard, form) in FILE_TAKES
+    if op in ("discard", "zero-unmap"):
+        reaches = reaches and (qcow2_discard, pass_request) in REQUEST_PASSED
+    if op == "discard":  # a guest discard does nothing on a qcow2 node without discard=unmap
+        reaches = reaches and qcow2_discard == "unmap"
+    return SEEN[op][0 if reaches else 1]
+
+
+def _case(vm: Machine, i: int, qcow2_discard: str | None, pass_request: bool | None, file_discard: str | None,
+          form: str, op: str) -> tuple[int, int, int]:
+    name, image, file_node = f"q{i}", f"q{i}.qcow2", f"q{i}f"
+    vm.qemu_img("create", "-f", "qcow2", image, "4M")
+    file_opts: dict = {"driver": "file", "filename": image, "node-name": file_node}
+    if file_discard is not None:
+        file_opts["discard"] = file_discard
+    if form == "ref":
+        vm.qmp("blockdev-add", file_opts)
+    args: dict = {"driver": "qcow2", "node-name": name, "file": file_node if form == "ref" else file_opts}
+    if qcow2_discard is not None:
+        args["discard"] = qcow2_discard
+    if pass_request is not None:
+        args["pass-discard-request"] = pass_request
+    vm.qmp("blockdev-add", args)
+    vm.write(name, 0, 2 * M, pattern=0x11)
+    vm.guest_io(name, "flush")
+    if op == "unstore":
+        vm.qmp("block-dirty-bitmap-add", {"node": name, "name": "pb", "persistent": True, "granularity": 512})
+        vm.write(name, 0, 65536, pattern=0x12)
+        vm.qmp("blockdev-del", {"node-name": name})
+        vm.qmp("blockdev-add", args)
+    vm.qmp("block-dirty-bitmap-add", {"node": file_node, "name": "fb", "granularity": 65536})
+    if op == "discard":
+        vm.guest_io(name, f"discard 0 {M}")
+    elif op == "zero-unmap":
+        vm.guest_io(name, f"write -z -u 0 {M}")
+    elif op == "shrink":
+        vm.qmp("block_resize", {"node-name": name, "size": M})
+    else:
+        vm.qmp("block-dirty-bitmap-remove", {"node": name, "name": "pb"})
+    stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == file_node)
+    node = next(n for n in vm.qmp("query-named-block-nodes", {"flat": True}) if n["node-name"] == file_node)
+    count = next(b["count"] for b in node["dirty-bitmaps"] if b["name"] == "fb")
+    vm.qmp("blockdev-del", {"node-name": name})
+    if form == "ref":
+        vm.qmp("blockdev-del", {"node-name": file_node})
+    return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"], count
+
+
+def _play(vm: Machine, cases: list[tuple]) -> dict[tuple, tuple[int, int, int]]:
+    return {case: _case(vm, i, *case) for i, case in enumerate(cases)}
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_what_reaches_the_file_node(op):
+    cases = [case for case in CASES if case[-1] == op]
+    assert _play(Machine(), cases) == {case: _expected(*case) for case in cases}
+
+
+def test_an_inline_child_may_detect_zeroes_with_unmap_by_default():
+    # its discard defaults to unmap (bdrv_inherited_options), whatever the qcow2 node's
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a", "discard": "ignore", "file": {
+        "driver": "file", "filename": "a.qcow2", "node-name": "af", "detect-zeroes": "unmap"}})
+    nodes = {n["node-name"]: n["detect_zeroes"] for n in vm.qmp("query-named-block-nodes", {"flat": True})}
+    assert nodes == {"a": "off", "af": "unmap"}
+
+
+@pytest.mark.qemu
+def test_both_backends_agree_over_the_matrix():
+    with Machine(backend="qemu", daemon="qsd") as real:
+        want = _play(real, CASES)
+    assert want == {case: _expected(*case) for case in CASES}
+    assert _play(Machine(), CASES) == want
