@@ -654,16 +654,19 @@ class QemuMachine(GuestIO, Monitor):
     def _hide_exports(self, graph: dict) -> dict | None:
         """``graph`` as without the backend's exports, or None where it cannot tell."""
         ids = {export_id: node for node, export_id in self._exports.items() if node != BITMAP_KEY}
-        exports = [xdbg_hide.Export(info["node-name"], ids[info["id"]] not in self._read_only)
-                   for info in self._helper_value("query-block-exports") if info["id"] in ids]
+        infos = self._helper_value("query-block-exports")[::-1]  # (QEMU lists the newest first)
+        on_node = [info["node-name"] for info in infos]
+        exports = [xdbg_hide.Export(info["node-name"], ids[info["id"]] not in self._read_only,
+                                    on_node[:i].count(info["node-name"]), on_node.count(info["node-name"]))
+                   for i, info in enumerate(infos) if info["id"] in ids]
         if len(exports) != len(ids):
             return None
         own_perms = any(OWN_PERMS_OPTIONS & _keys(entry["message"].get("arguments"))
                         for entry in self.transcript if entry["kind"] == "cmd"
                         and entry["message"].get("execute") in ("blockdev-add", "blockdev-reopen"))
-        infos = {node["node-name"]: xdbg_hide.NodeInfo(node["drv"], node["ro"], node["file"], own_perms)
+        nodes = {node["node-name"]: xdbg_hide.NodeInfo(node["drv"], node["ro"], node["file"], own_perms)
                  for node in self._helper_value("query-named-block-nodes", {"flat": True})}
-        return xdbg_hide.without_exports(graph, exports, infos)
+        return xdbg_hide.without_exports(graph, exports, nodes)
 
     def qmp(self, name: str, arguments: dict | None = None) -> Any:
         """Run a command; its value, or :class:`QMPError` with QEMU's class and text."""

@@ -34,10 +34,14 @@ MAX_CHOICES = 64  # ways to pick the exports' BlockBackends among alike ones wor
 
 @dataclass(frozen=True)
 class Export:
-    """One of the backend's exports: the node it is attached to, and whether it is writable."""
+    """One of the backend's exports: the node it is attached to, whether it is writable and, where known,
+    its place among all the exports on that node (the user's too), oldest first, and how many there are
+    (query-block-exports lists them newest first; each made its BlockBackend when it was added)."""
 
     node: str
     writable: bool
+    place: int = 0
+    on_node: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,20 +173,30 @@ def _numbering(walk: list[tuple[dict, list[dict]]]) -> dict[int, int]:
 
 def _choices(walk: list[tuple[dict, list[dict]]], names: dict[int, str], exports: list[Export]) -> list[set[int]]:
     """The ways to pick the exports' BlockBackends from the reply: each export's is an unnamed BlockBackend
-    whose one link is a ``root`` link to its node, taking and sharing what it does. Several alike on one node
-    (the user's own export, writable as the backend's) give several ways; [] if an export has none, or
-    past MAX_CHOICES ways."""
+    whose one link is a ``root`` link to its node, taking and sharing what it does. Where the unnamed
+    BlockBackends on a node are as many as the exports there, they are those exports in the order they were
+    added (the walk goes oldest first): one way. Otherwise several alike on one node (the user's own export,
+    writable as the backend's) give several ways; [] if an export has none, or past MAX_CHOICES ways."""
     share = _names(ALL & ~RESIZE)
-    backends = [(node["id"], own[0]) for node, own in walk
-                if node["type"] == "block-backend" and node["name"] == "" and len(own) == 1]
+    on_node: dict[str, list[tuple[int, dict]]] = {}
+    for node, own in walk:
+        if node["type"] == "block-backend" and node["name"] == "" and len(own) == 1 and own[0]["name"] == "root":
+            on_node.setdefault(names.get(own[0]["child"], ""), []).append((node["id"], own[0]))
     wanted: dict[tuple[str, bool], int] = {}
-    for exp in exports:
-        wanted[(exp.node, exp.writable)] = wanted.get((exp.node, exp.writable), 0) + 1
     ways: list[list[tuple[int, ...]]] = []
+    for exp in exports:
+        perm = _names(READ | (WRITE if exp.writable else 0))
+        here = on_node.get(exp.node, [])
+        if exp.on_node and len(here) == exp.on_node:
+            bid, edge = here[exp.place]
+            if edge["perm"] != perm or edge["shared-perm"] != share:
+                return []
+            ways.append([(bid,)])
+        else:
+            wanted[(exp.node, exp.writable)] = wanted.get((exp.node, exp.writable), 0) + 1
     for (node, writable), count in wanted.items():
         perm = _names(READ | (WRITE if writable else 0))
-        alike = [bid for bid, edge in backends if edge["name"] == "root" and names.get(edge["child"]) == node
-                 and edge["perm"] == perm and edge["shared-perm"] == share]
+        alike = [bid for bid, edge in on_node.get(node, []) if edge["perm"] == perm and edge["shared-perm"] == share]
         if len(alike) < count:
             return []
         ways.append(list(itertools.combinations(alike, count)))

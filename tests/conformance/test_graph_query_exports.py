@@ -107,6 +107,22 @@ def test_alike_backends_apart_cannot_be_told():
     assert without_exports(_alike(True), [Export("t", True)], {"t": NodeInfo("qcow2", False)}) is None
 
 
+NEWEST_IS_OURS = {"nodes": _nodes([(4, "block-driver", "u"), (5, "block-driver", "#block1"), (2, "block-driver", "t"),
+                                     (3, "block-backend", ""), (1, "block-backend", "")]),
+                  "edges": [_edge(2, 5, "file", [Z, W, R], [U, R]), _edge(3, 4, "root", [R], [U, W, R]),
+                            _edge(1, 2, "root", [W, R], [U, W, R])]}
+OLDEST_IS_OURS = {"nodes": _nodes([(2, "block-driver", "u"), (5, "block-driver", "#block1"), (4, "block-driver", "t"),
+                                   (3, "block-backend", ""), (1, "block-backend", "")]),
+                  "edges": [_edge(4, 5, "file", [Z, W, R], [U, R]), _edge(3, 4, "root", [W, R], [U, W, R]),
+                            _edge(1, 2, "root", [R], [U, W, R])]}
+
+
+@pytest.mark.parametrize("place, want", [(1, NEWEST_IS_OURS), (0, OLDEST_IS_OURS)])
+def test_the_exports_order_tells_alike_backends_apart(place, want):
+    # query-block-exports: two exports on t, the backend's the newer (1) or the older (0)
+    assert without_exports(_alike(True), [Export("t", True, place, 2)], {"t": NodeInfo("qcow2", False)}) == want
+
+
 def _qmp(execute: str, arguments: dict | None = None) -> dict:
     return {"qmp": {"execute": execute, **({"arguments": arguments} if arguments is not None else {})}}
 
