@@ -151,10 +151,11 @@ class BlockNode:
         self._store(offset, length, value)
 
     def write_buffer(self, offset: int, length: int, starts: np.ndarray, ends: np.ndarray,
-                     values: np.ndarray) -> None:
+                     values: np.ndarray, detect: bool = True) -> None:
         """One write request of ``[offset, offset + length)`` whose buffer holds the runs (a block-copy
-        bounce buffer): with detect-zeroes an all-zero buffer becomes a write-zeroes request."""
-        unmap = None if values.any() else self.zero_detected()
+        bounce buffer): with detect-zeroes an all-zero buffer becomes a write-zeroes request (not for
+        ``detect=False``: block-copy's copy_range, which passes no buffer)."""
+        unmap = None if values.any() or not detect else self.zero_detected()
         if unmap is not None:
             self.write_zeroes(offset, length, unmap=unmap)
         else:

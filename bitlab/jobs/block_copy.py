@@ -1,7 +1,8 @@
 """block-copy: copy the dirty clusters of a copy bitmap from source to target.
 
 As block/block-copy.c does it: clusters of the *job cluster size*; tasks of
-contiguous dirty clusters up to 1 MiB, split where the source's block status
+contiguous dirty clusters up to 1 MiB (16 MiB once x-perf ``use-copy-range`` worked:
+:meth:`BlockCopy.set_copy_opts`), split where the source's block status
 extent ends (:meth:`BlockCopy.classify`; zero extents are written as zeroes, without
 a read, and a cluster whose extent is shorter than it is copied as data); up to
 ``max_workers`` tasks in flight; a rate limit checked before each task. A task
@@ -75,6 +76,10 @@ from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
 
 MAX_BUFFER = 1 << 20  # BLOCK_COPY_MAX_BUFFER
+MAX_COPY_RANGE = 16 << 20  # BLOCK_COPY_MAX_COPY_RANGE
+NO_LIMIT = 1 << 62  # a call's max-chunk of 0: the method's chunk size only
+# block_copy_set_copy_opts: how data is copied (BlockCopyMethod, zero tasks aside)
+READ_WRITE, RANGE_SMALL, RANGE_FULL = "read-write", "copy-range-small", "copy-range-full"
 SLICE_NS = 100_000_000  # BLOCK_COPY_SLICE_TIME
 # The simulated storage: every request costs a latency plus its bytes at this rate.
 LATENCY_NS = 50_000
@@ -134,6 +139,8 @@ class Task:
     offset: int
     nbytes: int
     zero: bool
+    method: str = READ_WRITE  # the copy's method when the task was made
+    written: bool = False  # copy_range wrote the target as the task started
     runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     error: BlockIOError | None = None
     error_is_read: bool = True
@@ -192,6 +199,7 @@ class Call:
     error_is_read: bool = True
     cancelled: bool = False
     spare: int = 0  # a task created before the cancel was seen: it takes the first freed worker
+    method: str | None = None  # the method of the next task (made as the last one started), None: the copy's
     finished: bool = False
     timers: list = field(default_factory=list)
     tasks: list = field(default_factory=list)  # (timer, task or batch) in flight
@@ -214,8 +222,26 @@ class BlockCopy:
         self.in_flight_bytes = 0
         self.skip_unallocated = False
         self.rate = RateLimit()
+        self.method = READ_WRITE
+        self.ranges = False  # whether copy_range works from the source to the target
         self.call: Call | None = None
         self._nset: int | None = None  # set bits of the bitmap, kept while a call runs
+
+    def set_copy_opts(self, use_copy_range: bool) -> None:
+        """block_copy_set_copy_opts (x-perf ``use-copy-range``): data starts copied by copy_range in tasks
+        of up to 1 MiB; the first one that succeeds makes the tasks made after it up to 16 MiB
+        (``RANGE_FULL``), the first one that fails goes back to read and write for good. copy_range
+        writes the target without detect-zeroes (bdrv_co_copy_range_internal): a drive-backup target's
+        zero-filled data stays data. It works between qcow2, raw and file nodes over files (the image
+        store is one file system); any other node on the way answers ENOTSUP. On a qcow2 target over
+        such a node QEMU has allocated the cluster first: not simulated (its copy falls back at once)."""
+        self.method = RANGE_SMALL if use_copy_range else READ_WRITE
+        self.ranges = use_copy_range and _copies_ranges(self.source) and _copies_ranges(self.target)
+
+    @staticmethod
+    def chunk(method: str) -> int:
+        """block_copy_chunk_size: the most a task made with ``method`` may copy."""
+        return MAX_COPY_RANGE if method == RANGE_FULL else MAX_BUFFER
 
     # -- progress ------------------------------------------------------------------------
     def remaining(self) -> int:
@@ -233,14 +259,15 @@ class BlockCopy:
         return min(task.offset + task.nbytes, self.len) - task.offset
 
     # -- tasks ---------------------------------------------------------------------------
-    def _next_task(self, offset: int, limit: int) -> Task | None:
+    def _next_task(self, offset: int, limit: int, method: str | None = None) -> Task | None:
         """block_copy_task_create + block status: the next dirty run at or after ``offset``.
 
-        The run is cut at ``limit`` (at most 1 MiB) and where the source's block status
-        answer ends (:meth:`classify`). It is whole clusters, even past the end of the disk
-        (block_copy_block_status aligns the last one up).
+        The run is cut at ``limit`` (at most :meth:`chunk` of ``method``, by default the copy's) and
+        where the source's block status answer ends (:meth:`classify`). It is whole clusters, even past
+        the end of the disk (block_copy_block_status aligns the last one up).
         """
         cs = self.cluster_size
+        method = method or self.method
         found = self.bitmap.bits.find(1, offset // cs)
         if found < 0:
             return None
@@ -248,9 +275,9 @@ class BlockCopy:
         if end_bit < 0:
             end_bit = self.bitmap.nbits
         start = found * cs
-        end = min(end_bit * cs, start + max(cs, min(limit, MAX_BUFFER) // cs * cs))
+        end = min(end_bit * cs, start + max(cs, min(limit, self.chunk(method)) // cs * cs))
         k0, k1, kind = self.classify(start, min(end, self.len))
-        return Task(start, min(int(k1[0]) * cs, end) - start, zero=kind[0] == ZERO_RUN)
+        return Task(start, min(int(k1[0]) * cs, end) - start, zero=kind[0] == ZERO_RUN, method=method)
 
     def classify(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """block_copy_block_status over the clusters of ``[start, end)`` (``start`` cluster-aligned):
@@ -286,14 +313,22 @@ class BlockCopy:
                 task.runs = self.source.pread(task.offset, self._io(task))
             except BlockIOError as err:
                 task.error, task.error_is_read = err, True
+            if task.error is None and task.method != READ_WRITE and self.ranges:
+                # copy_range: the target (qcow2_co_copy_range_to) allocates its clusters as the request
+                # starts, in the order tasks start; no detect-zeroes, and nothing below it can fail
+                starts, ends, vals = task.runs
+                self.target.write_buffer(task.offset, self._io(task), starts, ends, vals, detect=False)
+                task.written = True
 
     def _finish(self, task: Task | Batch) -> bool:
-        """The task ends: write the target (unless the read failed); True on success."""
+        """The task ends: write the target (unless the read failed or copy_range wrote it); True on success."""
         if isinstance(task, Batch):
             self._finish_batch(task, 0, len(task))
             return True
         self.in_flight_bytes -= task.nbytes
-        if task.error is None:
+        if not task.zero and task.method == self.method:  # block_copy_task_entry: the outcome sets the method
+            self.method = RANGE_FULL if task.written else READ_WRITE
+        if task.error is None and not task.written:
             try:
                 if task.zero:
                     self.target.write_zeroes(task.offset, self._io(task))
@@ -326,8 +361,9 @@ class BlockCopy:
         error = None
         reading: list[Task] = []  # data tasks whose read yields: they write after the loop, in order
         read_at_once = _never_yields(self.source)
+        method = self.method  # every task of the range is made before the first one ends
         while pos < end:
-            task = self._next_task(pos, end - pos)
+            task = self._next_task(pos, end - pos, method)
             if task is None or task.offset >= end:
                 break
             task.nbytes = min(task.nbytes, end - task.offset)
@@ -388,7 +424,7 @@ class BlockCopy:
 
     # -- asynchronous copy (the job's background copy) ---------------------------------------
     def start(self, max_workers: int, max_chunk: int, done: Callable[[Call], None]) -> Call:
-        self.call = Call(max_workers, max_chunk or MAX_BUFFER, done)
+        self.call = Call(max_workers, max_chunk or NO_LIMIT, done)
         self._nset = self.bitmap.bits.count()
         return self.call
 
@@ -416,10 +452,10 @@ class BlockCopy:
         if call.in_flight == 0 and not call.cancelled and call.error is None and self._launch_batch(call):
             return
         while call.in_flight < call.max_workers and not call.cancelled and call.error is None:
-            task = self._next_task(call.cursor, call.max_chunk)
+            task = self._next_task(call.cursor, call.max_chunk, call.method)
             if task is None:
                 if call.found and self.bitmap.count:
-                    call.cursor, call.found = 0, False  # another pass: bits came back
+                    call.cursor, call.found, call.method = 0, False, None  # another pass: bits came back
                     continue
                 break
             now = self.scheduler.clock.now_ns
@@ -441,6 +477,7 @@ class BlockCopy:
         call.found = True
         call.cursor = task.offset + task.nbytes
         self._begin(task)
+        call.method = self.method  # block-copy's loop makes the next task now, before it waits for a worker
         if task.zero and self._zeroes_at_once(task):
             if not self._finish(task) and call.error is None:
                 call.error, call.error_is_read = task.error, task.error_is_read
@@ -479,7 +516,7 @@ class BlockCopy:
         if call.spare and call.cancelled and call.error is None:
             # block_copy_task_run: the spare runs unless a task has failed (the pool's status)
             call.spare = 0
-            spare = self._next_task(call.cursor, call.max_chunk)
+            spare = self._next_task(call.cursor, call.max_chunk, call.method)
             if spare is not None:
                 self._start_task(call, spare)
         if call.in_flight == 0 and (call.cancelled or call.error is not None):
@@ -491,6 +528,7 @@ class BlockCopy:
 
     def _wake(self, call: Call) -> None:
         call.sleep = None
+        call.method = None  # the task that met the rate limit is made again
         self._launch(call)
 
     def kick(self) -> None:
@@ -525,8 +563,9 @@ class BlockCopy:
     # -- the bulk path (see the module docstring) ------------------------------------------
     def _launch_batch(self, call: Call) -> bool:
         """Start the next batch; False if the per-task path must go on instead."""
-        if not (BULK and not self.rate.speed and _plain(self.target)):
-            return False
+        if not (BULK and not self.rate.speed and _plain(self.target)) or self.method == RANGE_SMALL \
+                or call.method not in (None, self.method):
+            return False  # (copy_range's first data tasks decide the chunk size: one task at a time)
         # Zero tasks never read the source: with blkdebug (or anything) below it, a batch of
         # zero tasks is still exact; it ends before the first data task.
         plan = self._plan(call, zeroes_only=not _plain(self.source))
@@ -576,7 +615,7 @@ class BlockCopy:
         horizon = getattr(self.scheduler, "horizon_ns", None)
         horizon = now if horizon is None else max(horizon, now)
         workers = max(1, call.max_workers)
-        chunk = max(1, min(call.max_chunk, MAX_BUFFER) // cs)  # clusters per task at most
+        chunk = max(1, min(call.max_chunk, self.chunk(self.method)) // cs)  # clusters per task at most
         want = int(min(BULK_MAX_TASKS, (1 + (horizon - now) // LATENCY_NS) * workers))
         rs, re = self._dirty_runs(first, want, want * chunk)
         # Cut the runs where the source's block status answers end (classify: whole clusters).
@@ -718,7 +757,7 @@ class BlockCopy:
     def _detected(self, zero: np.ndarray, run_v: np.ndarray, ptr: np.ndarray) -> np.ndarray:
         """Data tasks whose buffer is all zeroes, if the target detects zeroes (:meth:`BlockNode.write_buffer`:
         they become write-zeroes requests)."""
-        if self.target.zero_detected() is None:
+        if self.target.zero_detected() is None or self.method == RANGE_FULL:  # (copy_range does not detect)
             return np.zeros(zero.size, dtype=bool)
         nonzero = np.concatenate(([0], np.cumsum(run_v != 0)))
         return ~zero & (nonzero[ptr[1:]] == nonzero[ptr[:-1]])
@@ -904,6 +943,17 @@ def _bit_positions(x: np.ndarray, byte0: int) -> np.ndarray:
     owner = np.repeat(np.arange(nz.size), count)
     nth = np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count)
     return (nz[owner].astype(np.int64) + byte0) * 8 + _NTH_BIT[v[owner], nth]
+
+
+def _copies_ranges(node: BlockNode) -> bool:
+    """Whether bdrv_co_copy_range reaches a file through ``node`` (qcow2 with its backing chain, raw, file)."""
+    if type(node) is FileNode:
+        return True
+    if type(node) is RawNode:
+        return _copies_ranges(node.file)
+    if type(node) is Qcow2Node:
+        return _copies_ranges(node.file) and (node.backing is None or _copies_ranges(node.backing))
+    return False
 
 
 def _zeroes_never_yield(node: BlockNode) -> bool:
