@@ -750,7 +750,15 @@ class Qcow2Node(FormatNode):
         """qcow2_co_block_status through the backing chain: a run of clusters of one kind is one extent
         (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
         ones, which the backing file answers, zeroes past its end or without one). A data extent ends
-        where its host clusters stop being contiguous in the file."""
+        where its host clusters stop being contiguous in the file. A range that starts or ends inside a
+        cluster is answered for the whole cluster (a job cluster smaller than the image's: data written
+        anywhere in a cluster makes all of it data), then cut to the range."""
+        cs = self.image.cluster_size
+        lo, hi = offset // cs * cs, max(offset + length, min(-(-(offset + length) // cs) * cs, self.size))
+        if (lo, hi) != (offset, offset + length):
+            s, e, zero = self.copy_status(lo, hi - lo)
+            keep = (e > offset) & (s < offset + length)
+            return np.maximum(s[keep], offset), np.minimum(e[keep], offset + length), zero[keep]
         starts, ends, vals = self.image.data.extents(offset, length)
         if starts.size <= FEW_EXTENTS:
             few = self._copy_status_few(offset, offset + length, starts.tolist(), ends.tolist(), vals.tolist())

@@ -223,7 +223,7 @@ class BlockCopy:
         self.skip_unallocated = False
         self.rate = RateLimit()
         self.method = READ_WRITE
-        self.ranges = False  # whether copy_range works from the source to the target
+        self.ranges = False  # whether copy_range reaches a file on both sides
         self.call: Call | None = None
         self._nset: int | None = None  # set bits of the bitmap, kept while a call runs
 
@@ -236,7 +236,7 @@ class BlockCopy:
         store is one file system); any other node on the way answers ENOTSUP. On a qcow2 target over
         such a node QEMU has allocated the cluster first: not simulated (its copy falls back at once)."""
         self.method = RANGE_SMALL if use_copy_range else READ_WRITE
-        self.ranges = use_copy_range and _copies_ranges(self.source) and _copies_ranges(self.target)
+        self.ranges = _copies_ranges(self.source) and _copies_ranges(self.target)  # data reaches files
 
     @staticmethod
     def chunk(method: str) -> int:
@@ -308,17 +308,17 @@ class BlockCopy:
         if self._nset is not None:
             self._nset -= self._clusters(task.nbytes)
         self.in_flight_bytes += task.nbytes
-        if not task.zero:
-            try:
-                task.runs = self.source.pread(task.offset, self._io(task))
-            except BlockIOError as err:
-                task.error, task.error_is_read = err, True
-            if task.error is None and task.method != READ_WRITE and self.ranges:
-                # copy_range: the target (qcow2_co_copy_range_to) allocates its clusters as the request
-                # starts, in the order tasks start; no detect-zeroes, and nothing below it can fail
-                starts, ends, vals = task.runs
-                self.target.write_buffer(task.offset, self._io(task), starts, ends, vals, detect=False)
+        if task.zero:
+            if task.method != READ_WRITE:  # zeroes allocate as they start too (qcow2 holds its lock meanwhile)
+                self.target.write_zeroes(task.offset, self._io(task))
                 task.written = True
+            return
+        if task.method != READ_WRITE and self._copy_range(task):
+            return
+        try:
+            task.runs = self.source.pread(task.offset, self._io(task))
+        except BlockIOError as err:
+            task.error, task.error_is_read = err, True
 
     def _finish(self, task: Task | Batch) -> bool:
         """The task ends: write the target (unless the read failed or copy_range wrote it); True on success."""
@@ -344,6 +344,35 @@ class BlockCopy:
             self._report(0)
             return False
         self._report(task.nbytes)
+        return True
+
+    def _copy_range(self, task: Task) -> bool:
+        """bdrv_co_copy_range as the task starts; False where it answers ENOTSUP (block-copy then reads and
+        writes). The target (qcow2_co_copy_range_to) allocates its clusters then, in the order tasks start.
+        qcow2_co_copy_range_from goes cluster by cluster: the clusters holding no data (zero ones, unallocated
+        ones past the backing chain) are a write-zeroes request on the target, even when a data cluster after
+        them then fails; data clusters are copied if a file lies below (blkdebug or null-co: ENOTSUP). Raw and
+        file copy every byte. Nothing detects zeroes."""
+        if type(self.target) not in (Qcow2Node, RawNode, FileNode):
+            return False  # (no copy_range at the target's top: ENOTSUP before anything)
+        io = self._io(task)
+        if type(self.source) is not Qcow2Node:
+            if not self.ranges:
+                return False
+            starts, ends, vals = task.runs = self.source.read_extents(task.offset, io)
+            self.target.write_buffer(task.offset, io, starts, ends, vals, detect=False)
+            task.written = True
+            return True
+        s, e, zero = self.source.copy_status(task.offset, io)
+        for lo, hi, z in zip(s.tolist(), e.tolist(), zero.tolist()):
+            if z:
+                self.target.write_zeroes(lo, hi - lo)
+                continue
+            if not self.ranges:
+                return False
+            starts, ends, vals = self.source.read_extents(lo, hi - lo)
+            self.target.write_buffer(lo, hi - lo, starts, ends, vals, detect=False)
+        task.written = True
         return True
 
     # -- synchronous copy (copy-before-write) ----------------------------------------------
@@ -476,9 +505,10 @@ class BlockCopy:
         held) when it writes zeroes that need no I/O (:meth:`_zeroes_at_once`)."""
         call.found = True
         call.cursor = task.offset + task.nbytes
+        at_once = task.zero and self._zeroes_at_once(task)
         self._begin(task)
         call.method = self.method  # block-copy's loop makes the next task now, before it waits for a worker
-        if task.zero and self._zeroes_at_once(task):
+        if at_once:
             if not self._finish(task) and call.error is None:
                 call.error, call.error_is_read = task.error, task.error_is_read
             return
@@ -563,9 +593,8 @@ class BlockCopy:
     # -- the bulk path (see the module docstring) ------------------------------------------
     def _launch_batch(self, call: Call) -> bool:
         """Start the next batch; False if the per-task path must go on instead."""
-        if not (BULK and not self.rate.speed and _plain(self.target)) or self.method == RANGE_SMALL \
-                or call.method not in (None, self.method):
-            return False  # (copy_range's first data tasks decide the chunk size: one task at a time)
+        if not (BULK and not self.rate.speed and _plain(self.target)) or self.method != READ_WRITE:
+            return False  # (copy_range: task by task, see set_copy_opts)
         # Zero tasks never read the source: with blkdebug (or anything) below it, a batch of
         # zero tasks is still exact; it ends before the first data task.
         plan = self._plan(call, zeroes_only=not _plain(self.source))
@@ -757,7 +786,7 @@ class BlockCopy:
     def _detected(self, zero: np.ndarray, run_v: np.ndarray, ptr: np.ndarray) -> np.ndarray:
         """Data tasks whose buffer is all zeroes, if the target detects zeroes (:meth:`BlockNode.write_buffer`:
         they become write-zeroes requests)."""
-        if self.target.zero_detected() is None or self.method == RANGE_FULL:  # (copy_range does not detect)
+        if self.target.zero_detected() is None:
             return np.zeros(zero.size, dtype=bool)
         nonzero = np.concatenate(([0], np.cumsum(run_v != 0)))
         return ~zero & (nonzero[ptr[1:]] == nonzero[ptr[:-1]])
