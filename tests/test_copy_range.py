@@ -9,16 +9,14 @@
   started, before it waits for a worker: with one worker the second task is still 1 MiB, the third
   16 MiB. A throttled job shows it: 1 + 1 + 16 MiB pass the rate limiter before it sleeps.
 
-The expected texts and numbers are real QEMU 7.2's (qemu-storage-daemon). The other copy option,
-``compress``, is refused on a qcow2 target where QEMU would write compressed clusters (bitlab writes none);
-elsewhere QEMU's own error comes first.
+The expected texts and numbers are real QEMU 7.2's (qemu-storage-daemon).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from bitlab import Machine, QMPError
+from bitlab import Machine
 from tests.both import on_both
 
 K, M = 1 << 10, 1 << 20
@@ -98,17 +96,3 @@ def test_copy_range_targets_on_both(use_copy_range: bool, blkdebug: bool) -> Non
 def test_copy_range_chunks_on_both(use_copy_range: bool, offset: int) -> None:
     real, sim = on_both(lambda vm, wait: _throttled(vm, use_copy_range, wait), wait_s=0.05)
     assert real == sim == offset
-
-
-@pytest.mark.parametrize("driver", ["qcow2", "raw"])
-def test_compressed_backups_are_refused(driver: str) -> None:
-    vm = Machine()
-    vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "src", "size": M})
-    vm.qemu_img("create", "-f", driver, "t.img", str(M))
-    vm.qmp("blockdev-add", {"driver": driver, "node-name": "t", "file": {"driver": "file", "filename": "t.img"}})
-    with pytest.raises(QMPError) as err:
-        vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "t", "sync": "full", "compress": True})
-    assert err.value.desc == {
-        "qcow2": "bitlab does not simulate compressed backups ('compress': true): it writes no compressed clusters",
-        "raw": "Compression is not supported for this drive "}[driver]
-    assert vm.qmp("query-jobs") == []
