@@ -80,6 +80,8 @@ MAX_COPY_RANGE = 16 << 20  # BLOCK_COPY_MAX_COPY_RANGE
 NO_LIMIT = 1 << 62  # a call's max-chunk of 0: the method's chunk size only
 # block_copy_set_copy_opts: how data is copied (BlockCopyMethod, zero tasks aside)
 READ_WRITE, RANGE_SMALL, RANGE_FULL = "read-write", "copy-range-small", "copy-range-full"
+READ_WRITE_CLUSTER = "read-write-cluster"  # compress: one cluster a task
+RANGES = (RANGE_SMALL, RANGE_FULL)
 SLICE_NS = 100_000_000  # BLOCK_COPY_SLICE_TIME
 # The simulated storage: every request costs a latency plus its bytes at this rate.
 LATENCY_NS = 50_000
@@ -227,20 +229,23 @@ class BlockCopy:
         self.call: Call | None = None
         self._nset: int | None = None  # set bits of the bitmap, kept while a call runs
 
-    def set_copy_opts(self, use_copy_range: bool) -> None:
+    def set_copy_opts(self, use_copy_range: bool, compress: bool = False) -> None:
         """block_copy_set_copy_opts (x-perf ``use-copy-range``): data starts copied by copy_range in tasks
         of up to 1 MiB; the first one that succeeds makes the tasks made after it up to 16 MiB
         (``RANGE_FULL``), the first one that fails goes back to read and write for good. copy_range
         writes the target without detect-zeroes (bdrv_co_copy_range_internal): a drive-backup target's
         zero-filled data stays data. It works between qcow2, raw and file nodes over files (the image
         store is one file system); any other node on the way answers ENOTSUP. On a qcow2 target over
-        such a node QEMU has allocated the cluster first: not simulated (its copy falls back at once)."""
-        self.method = RANGE_SMALL if use_copy_range else READ_WRITE
+        such a node QEMU has allocated the cluster first: not simulated (its copy falls back at once).
+        ``compress`` copies one cluster a task, by read and write, whatever ``use_copy_range`` says (the
+        compressed clusters QEMU writes are not simulated: bitlab writes them as they are)."""
+        self.method = READ_WRITE_CLUSTER if compress else RANGE_SMALL if use_copy_range else READ_WRITE
         self.ranges = _copies_ranges(self.source) and _copies_ranges(self.target)  # data reaches files
 
-    @staticmethod
-    def chunk(method: str) -> int:
+    def chunk(self, method: str) -> int:
         """block_copy_chunk_size: the most a task made with ``method`` may copy."""
+        if method == READ_WRITE_CLUSTER:
+            return self.cluster_size
         return MAX_COPY_RANGE if method == RANGE_FULL else MAX_BUFFER
 
     # -- progress ------------------------------------------------------------------------
@@ -309,11 +314,11 @@ class BlockCopy:
             self._nset -= self._clusters(task.nbytes)
         self.in_flight_bytes += task.nbytes
         if task.zero:
-            if task.method != READ_WRITE:  # zeroes allocate as they start too (qcow2 holds its lock meanwhile)
+            if task.method in RANGES:  # zeroes allocate as they start too (qcow2 holds its lock meanwhile)
                 self.target.write_zeroes(task.offset, self._io(task))
                 task.written = True
             return
-        if task.method != READ_WRITE and self._copy_range(task):
+        if task.method in RANGES and self._copy_range(task):
             return
         try:
             task.runs = self.source.pread(task.offset, self._io(task))
@@ -326,7 +331,8 @@ class BlockCopy:
             self._finish_batch(task, 0, len(task))
             return True
         self.in_flight_bytes -= task.nbytes
-        if not task.zero and task.method == self.method:  # block_copy_task_entry: the outcome sets the method
+        if not task.zero and task.method == self.method and task.method in RANGES:
+            # block_copy_task_entry: copy_range's outcome sets the method
             self.method = RANGE_FULL if task.written else READ_WRITE
         if task.error is None and not task.written:
             try:
@@ -593,7 +599,8 @@ class BlockCopy:
     # -- the bulk path (see the module docstring) ------------------------------------------
     def _launch_batch(self, call: Call) -> bool:
         """Start the next batch; False if the per-task path must go on instead."""
-        if not (BULK and not self.rate.speed and _plain(self.target)) or self.method != READ_WRITE:
+        if not (BULK and not self.rate.speed and _plain(self.target)) or self.method not in (READ_WRITE,
+                                                                                            READ_WRITE_CLUSTER):
             return False  # (copy_range: task by task, see set_copy_opts)
         # Zero tasks never read the source: with blkdebug (or anything) below it, a batch of
         # zero tasks is still exact; it ends before the first data task.
