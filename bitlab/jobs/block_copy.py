@@ -77,7 +77,8 @@ from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, 
 
 MAX_BUFFER = 1 << 20  # BLOCK_COPY_MAX_BUFFER
 MAX_COPY_RANGE = 16 << 20  # BLOCK_COPY_MAX_COPY_RANGE
-NO_LIMIT = 1 << 62  # a call's max-chunk of 0: the method's chunk size only
+NO_LIMIT = 1 << 62
+INT_MAX = (1 << 31) - 1  # a call's max-chunk of 0: the method's chunk size only
 # block_copy_set_copy_opts: how data is copied (BlockCopyMethod, zero tasks aside)
 READ_WRITE, RANGE_SMALL, RANGE_FULL = "read-write", "copy-range-small", "copy-range-full"
 READ_WRITE_CLUSTER = "read-write-cluster"  # compress: one cluster a task
@@ -226,6 +227,9 @@ class BlockCopy:
         self.rate = RateLimit()
         self.method = READ_WRITE
         self.ranges = False  # whether copy_range reaches a file on both sides
+        # block_copy_max_transfer, aligned down to the cluster (blkdebug's max-transfer, through the parents)
+        limit = min((n for n in (_max_transfer(source), _max_transfer(target), INT_MAX) if n), default=INT_MAX)
+        self.max_transfer = limit // cluster_size * cluster_size
         self.call: Call | None = None
         self._nset: int | None = None  # set bits of the bitmap, kept while a call runs
 
@@ -238,15 +242,17 @@ class BlockCopy:
         store is one file system); any other node on the way answers ENOTSUP. On a qcow2 target over
         such a node QEMU has allocated the cluster first: not simulated (its copy falls back at once).
         ``compress`` copies one cluster a task, by read and write, whatever ``use_copy_range`` says (the
-        compressed clusters QEMU writes are not simulated: bitlab writes them as they are)."""
-        self.method = READ_WRITE_CLUSTER if compress else RANGE_SMALL if use_copy_range else READ_WRITE
+        compressed clusters QEMU writes are not simulated: bitlab writes them as they are), and so does a
+        ``max_transfer`` below the cluster size; a larger one caps the tasks."""
+        cluster_tasks = compress or self.max_transfer < self.cluster_size  # (copy_range ignores max_transfer)
+        self.method = READ_WRITE_CLUSTER if cluster_tasks else RANGE_SMALL if use_copy_range else READ_WRITE
         self.ranges = _copies_ranges(self.source) and _copies_ranges(self.target)  # data reaches files
 
     def chunk(self, method: str) -> int:
         """block_copy_chunk_size: the most a task made with ``method`` may copy."""
         if method == READ_WRITE_CLUSTER:
             return self.cluster_size
-        return MAX_COPY_RANGE if method == RANGE_FULL else MAX_BUFFER
+        return min(max(self.cluster_size, MAX_COPY_RANGE if method == RANGE_FULL else MAX_BUFFER), self.max_transfer)
 
     # -- progress ------------------------------------------------------------------------
     def remaining(self) -> int:
@@ -979,6 +985,15 @@ def _bit_positions(x: np.ndarray, byte0: int) -> np.ndarray:
     owner = np.repeat(np.arange(nz.size), count)
     nth = np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count)
     return (nz[owner].astype(np.int64) + byte0) * 8 + _NTH_BIT[v[owner], nth]
+
+
+def _max_transfer(node: BlockNode) -> int:
+    """bl.max_transfer (0: no limit): blkdebug's ``max-transfer``, else the smallest of its children's
+    (bdrv_merge_limits)."""
+    own = node.options.get("max-transfer", 0) if node.driver == "blkdebug" else 0
+    if own:
+        return own
+    return min((n for n in (_max_transfer(child) for _, child in node.children) if n), default=0)
 
 
 def _copies_ranges(node: BlockNode) -> bool:
