@@ -95,3 +95,31 @@ def test_constraints_on_both() -> None:
 def test_max_transfer_on_both(max_transfer: int, offset: int) -> None:
     real, sim = on_both(lambda vm, wait: _first_request(vm, max_transfer, wait), wait_s=0.05)
     assert real == sim == offset
+
+
+def _read_error_in_a_big_cluster(vm: Machine) -> dict:
+    """A read of part of a 2 MiB qcow2 cluster that holds data elsewhere reads the host cluster: blkdebug's
+    read_aio fires (the backup's first 1 MiB task fails, nothing is copied)."""
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=2097152", "s.qcow2", str(4 * M))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "s", "file": {
+        "driver": "blkdebug", "image": {"driver": "file", "filename": "s.qcow2"},
+        "inject-error": [{"event": "read_aio", "errno": 5, "once": True}]}})
+    vm.write("s", 1630208, 512, pattern=0x41)
+    vm.qmp("drive-backup", {"job-id": "j", "device": "s", "sync": "full", "target": "t.qcow2", "format": "qcow2",
+                            "x-perf": {"max-workers": 1}})
+    vm.run()
+    return [e["data"] for e in vm.events if e["event"] == "BLOCK_JOB_COMPLETED"][0]
+
+
+READ_ERROR_COMPLETED = {"device": "j", "len": 4194304, "offset": 0, "speed": 0, "type": "backup",
+                        "error": "Input/output error"}
+
+
+def test_a_read_inside_a_data_cluster_reads_the_file() -> None:
+    assert _read_error_in_a_big_cluster(Machine()) == READ_ERROR_COMPLETED
+
+
+@pytest.mark.qemu
+def test_a_read_inside_a_data_cluster_on_both() -> None:
+    real, sim = on_both(_read_error_in_a_big_cluster)
+    assert real == sim == READ_ERROR_COMPLETED

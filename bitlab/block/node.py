@@ -695,11 +695,14 @@ class Qcow2Node(FormatNode):
 
     def pread(self, offset, length):
         """Data runs are read from the file (read_aio); holes come from the backing file."""
-        starts, ends, vals = self.image.data.extents(offset, length)
+        cs = self.image.cluster_size
+        # a cluster holding data anywhere is read from the file, even where the range holds none of it
+        lo = offset // cs * cs
+        hi = max(offset + length, min(-(-(offset + length) // cs) * cs, self.image.data.size))
+        starts, ends, vals = self.image.data.extents(lo, hi - lo)
         data = vals >= 0
         # qcow2 reads one request per stretch of allocated clusters contiguous in the file too: a
         # partly written cluster is allocated whole.
-        cs = self.image.cluster_size
         first, last = starts[data] // cs, (ends[data] - 1) // cs
         if first.size:
             new = np.ones(first.size, dtype=bool)
@@ -713,8 +716,9 @@ class Qcow2Node(FormatNode):
                 self.file.debug_check("read", host, min((hi + 1) * cs, offset + length) - start)
         backing = self.backing
         if backing is not None:
-            for s, e in zip(starts[vals == UNALLOCATED], ends[vals == UNALLOCATED]):
-                if s < backing.size:
+            holes = vals == UNALLOCATED
+            for s, e in zip(np.maximum(starts[holes], offset), np.minimum(ends[holes], offset + length)):
+                if s < min(e, backing.size):
                     backing.pread(int(s), int(min(e, backing.size) - s))
         return self.read_extents(offset, length)
 

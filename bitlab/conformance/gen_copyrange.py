@@ -3,9 +3,9 @@
 On a stream of their own (``{seed}/{index}/copyrange``) and with names of their own (sources ``cr<n>``, targets
 ``ct<n>``, jobs ``cj<n>``, a bitmap ``cb``), so the other steps of a scenario stay what they were for every seed.
 An episode makes a fresh qcow2 source (a random cluster size; sometimes a size that is not a multiple of the
-clusters; sometimes over blkdebug, which copy_range cannot pass: the first task falls back to read and write,
-and a read error may strike), writes data, zero-filled data, zeroes and discards in any order, sometimes with a
-bitmap ``cb`` added halfway, and backs it up: drive-backup onto an image prepared with ``qemu-img create`` (mode
+clusters, or of 512 bytes; sometimes over blkdebug, which copy_range cannot pass: the first task falls back to read
+and write, and a read error may strike), writes data, zero-filled data, zeroes and discards in any order, sometimes
+with a bitmap ``cb`` added halfway, and backs it up: drive-backup onto an image prepared with ``qemu-img create`` (mode
 ``existing``, with or without ``format``, sometimes on top of the previous episode's target as its backing file,
 which QEMU opens with it: a zero write on part of a cluster reads the rest there) or one it creates
 (``absolute-paths``), or blockdev-backup onto a qcow2 node with or without ``detect-zeroes``; sync full, top or
@@ -63,7 +63,7 @@ def copy_range_episode(cr: CopyRange, size: int) -> list[dict]:
     cr.count += 1
     n = cr.count
     src, tgt, job = f"cr{n}", f"ct{n}", f"cj{n}"
-    ssize = rng.choice([M, 4 * M, size, 4 * M + 512 * rng.randrange(1, 2048)])
+    ssize = rng.choice([M, 4 * M, size, 4 * M + 512 * rng.randrange(1, 2048), 4 * M + rng.randrange(1, 512)])
     cluster = rng.choice([65536, 65536, 65536, 4096, 2 * M])
     blkdebug = rng.random() < 0.15
     read_error = blkdebug and rng.random() < 0.5
