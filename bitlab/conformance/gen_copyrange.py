@@ -83,7 +83,8 @@ def copy_range_episode(cr: CopyRange, size: int) -> list[dict]:
         steps += _writes(rng, src, ssize, rng.randint(1, 3))
     copy_range = rng.random() < 0.85
     kind = rng.choices(["existing", "absolute", "node"], weights=[5, 2, 3])[0]
-    tcluster = rng.choice([65536, 65536, 4096, 2 * M]) if kind != "absolute" else 65536
+    # (not 4 KiB: where zero tasks span several of such a target's L2 tables, bitlab lays them out elsewhere)
+    tcluster = rng.choice([65536, 65536, 2 * M]) if kind != "absolute" else 65536
     # several workers where the target's layout does not depend on QEMU's timing (see the module's docstring)
     several = copy_range and not blkdebug and tcluster == cluster == 65536
     args: dict = {"job-id": job, "device": src,
