@@ -452,3 +452,68 @@ def test_status_extents_match_real_qemu():
     got = _layers(Machine()), _big_cluster(Machine())
     assert _entries(got[0]) == _entries(want[0])
     assert got[1] == want[1]
+
+
+def _big_source_clusters(vm: Machine, use_copy_range: bool = False) -> str:
+    """A source of 2 MiB clusters (one written 64 KiB into), backed up in job clusters of 64 KiB onto a node
+    that does not detect zeroes: the whole 2 MiB cluster is data to block status, so the second 1 MiB task
+    (which starts inside it and holds no written byte) copies data too."""
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=2097152", "src.qcow2", str(SIZE))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "src", "file": {"driver": "file", "filename": "src.qcow2"}})
+    vm.write("src", 596480, K, 0x92)
+    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", str(SIZE))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "tgt.qcow2"}})
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
+                               "x-perf": {"max-workers": 1, "use-copy-range": use_copy_range}})
+    vm.run()
+    vm.qmp("blockdev-del", {"node-name": "tgt"})
+    return vm.qemu_img("map", "--output=json", "tgt.qcow2")
+
+
+BIG_SOURCE_CLUSTERS_MAP = (
+    '[{ "start": 0, "length": 2097152, "depth": 0, "present": true, "zero": false, "data": true, "offset": 327680},\n'
+    '{ "start": 2097152, "length": 6291456, "depth": 0, "present": true, "zero": true, "data": false}]\n')
+
+
+@pytest.mark.parametrize(("use_copy_range", "bulk"), [(False, True), (False, False), (True, True)])
+def test_source_clusters_larger_than_the_job_cluster_are_data_whole(use_copy_range, bulk, monkeypatch):
+    monkeypatch.setattr(block_copy, "BULK", bulk)  # (copy_range copies task by task)
+    assert _big_source_clusters(Machine(), use_copy_range) == BIG_SOURCE_CLUSTERS_MAP
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("use_copy_range", [False, True])
+def test_source_clusters_larger_than_the_job_cluster_match_real_qemu(use_copy_range):
+    real = on_real_qemu(_big_source_clusters, use_copy_range)
+    assert real == _big_source_clusters(Machine(), use_copy_range) == BIG_SOURCE_CLUSTERS_MAP
+
+
+def _unaligned_size(vm: Machine) -> list[str]:
+    """A qcow2 image created with a size that is no multiple of 512 (qemu-img rounds it up to a sector,
+    silently), written in its last sector and backed up: the last cluster is data to its rounded end."""
+    size = 3 * (1 << 20) + 100
+    vm.qemu_img("create", "-f", "qcow2", "src.qcow2", str(size))
+    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", str(size))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "src", "file": {"driver": "file", "filename": "src.qcow2"}})
+    vm.write("src", size - 612, 1024, 0x55)
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "tgt.qcow2"}})
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "tgt", "sync": "full"})
+    vm.run()
+    vm.qmp("blockdev-del", {"node-name": "tgt"})
+    vm.qmp("blockdev-del", {"node-name": "src"})
+    return [vm.qemu_img("map", "--output=json", image) for image in ("src.qcow2", "tgt.qcow2")]
+
+
+UNALIGNED_MAP = (
+    '[{ "start": 0, "length": 3080192, "depth": 0, "present": false, "zero": true, "data": false},\n'
+    '{ "start": 3080192, "length": 66048, "depth": 0, "present": true, "zero": false, "data": true, "offset": %d}]\n')
+
+
+def test_unaligned_image_sizes_round_up_to_a_sector():
+    assert _unaligned_size(Machine()) == [UNALIGNED_MAP % 327680, UNALIGNED_MAP.replace(
+        '"present": false', '"present": true') % 327680]
+
+
+@pytest.mark.qemu
+def test_unaligned_image_sizes_match_real_qemu():
+    assert on_real_qemu(_unaligned_size) == _unaligned_size(Machine())

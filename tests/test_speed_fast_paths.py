@@ -73,7 +73,8 @@ def _random_image(rng: random.Random, backing: bool) -> tuple[Machine, BlockNode
 def test_copy_status_of_few_runs_is_the_general_answer(seed: int) -> None:
     """Random qcow2 images (cluster sizes 512 B to 64 KiB, an odd size, a backing file or not) after random
     writes, zero writes and discards; random ranges: wherever the plain-int path answers, the general
-    path gives the same extents."""
+    path gives the same extents. A range that starts or ends inside a cluster is answered for its whole
+    clusters, then cut to the range."""
     rng = random.Random(seed)
     vm, node = _random_image(rng, backing=seed % 3 == 0)
     answered = 0
@@ -85,11 +86,16 @@ def test_copy_status_of_few_runs_is_the_general_answer(seed: int) -> None:
         else:
             off = rng.randrange(0, node.size // 512) * 512
             length = min(rng.randrange(1, node.size - off + 1), rng.choice([512, 4 * K, 64 * K, 1 << 20, node.size]))
-        starts, ends, vals = node.image.data.extents(off, length)
-        general = node._copy_status_general(off, length, starts.copy(), ends.copy(), vals.copy())
-        if node._copy_status_few(off, off + length, starts.tolist(), ends.tolist(), vals.tolist()) is not None:
+        lo, hi = off // cs * cs, max(off + length, min(-(-(off + length) // cs) * cs, node.size))
+        starts, ends, vals = node.image.data.extents(lo, hi - lo)
+        general = node._copy_status_general(lo, hi - lo, starts.copy(), ends.copy(), vals.copy())
+        few = node._copy_status_few(lo, hi, starts.tolist(), ends.tolist(), vals.tolist())
+        if few is not None:
             answered += 1
-        _same(node.copy_status(off, length), general)
+            _same(few, general)
+        keep = (general[1] > off) & (general[0] < off + length)
+        _same(node.copy_status(off, length), (np.maximum(general[0][keep], off),
+                                              np.minimum(general[1][keep], off + length), general[2][keep]))
     assert answered > 0
 
 

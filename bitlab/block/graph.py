@@ -191,10 +191,10 @@ class BlockGraph:
                 self._drop_unowned(inner)
                 raise
             self._attach(node, "image", inner)
-            align = opts.get("align", 0)
-            if align and (align < 0 or align & (align - 1)):
+            problem = blkdebug_constraints(opts)
+            if problem is not None:
                 self.release(node)
-                raise generic(f"Cannot meet constraints with align {align}")
+                raise generic(problem)
             # an empty list is left over when QEMU flattens the options: an option blkdebug does not take
             empty = [key for key in ("inject-error", "set-state", "take-child-perms", "unshare-child-perms")
                      if opts.get(key) == []]
@@ -526,3 +526,22 @@ class BlockGraph:
                 self.release(node, clean=clean)
         for node in self.newest_first():
             self.release(node, clean=clean)
+
+
+INT_MAX = (1 << 31) - 1
+
+
+def blkdebug_constraints(opts: dict) -> str | None:
+    """blkdebug_open's checks of its limits, in its order: ``align`` a power of two, the others below INT_MAX and
+    multiples of the alignment (at least the file's request alignment, 1 byte), the maxima of their optimum too."""
+    align = opts.get("align", 0)
+    if align and (align < 0 or align >= INT_MAX or align & (align - 1)):
+        return f"Cannot meet constraints with align {align}"
+    align = max(align, 1)
+    for key, multiple_of in (("max-transfer", None), ("opt-write-zero", None), ("max-write-zero", "opt-write-zero"),
+                             ("opt-discard", None), ("max-discard", "opt-discard")):
+        value = opts.get(key, 0)
+        unit = max(opts.get(multiple_of, 0), align) if multiple_of else align
+        if value and (value < 0 or value >= INT_MAX or value % unit):
+            return f"Cannot meet constraints with {key} {value}"
+    return None

@@ -151,10 +151,11 @@ class BlockNode:
         self._store(offset, length, value)
 
     def write_buffer(self, offset: int, length: int, starts: np.ndarray, ends: np.ndarray,
-                     values: np.ndarray) -> None:
+                     values: np.ndarray, detect: bool = True) -> None:
         """One write request of ``[offset, offset + length)`` whose buffer holds the runs (a block-copy
-        bounce buffer): with detect-zeroes an all-zero buffer becomes a write-zeroes request."""
-        unmap = None if values.any() else self.zero_detected()
+        bounce buffer): with detect-zeroes an all-zero buffer becomes a write-zeroes request (not for
+        ``detect=False``: block-copy's copy_range, which passes no buffer)."""
+        unmap = None if values.any() or not detect else self.zero_detected()
         if unmap is not None:
             self.write_zeroes(offset, length, unmap=unmap)
         else:
@@ -702,11 +703,14 @@ class Qcow2Node(FormatNode):
 
     def pread(self, offset, length):
         """Data runs are read from the file (read_aio); holes come from the backing file."""
-        starts, ends, vals = self.image.data.extents(offset, length)
+        cs = self.image.cluster_size
+        # a cluster holding data anywhere is read from the file, even where the range holds none of it
+        lo = offset // cs * cs
+        hi = max(offset + length, min(-(-(offset + length) // cs) * cs, self.image.data.size))
+        starts, ends, vals = self.image.data.extents(lo, hi - lo)
         data = vals >= 0
         # qcow2 reads one request per stretch of allocated clusters contiguous in the file too: a
         # partly written cluster is allocated whole.
-        cs = self.image.cluster_size
         first, last = starts[data] // cs, (ends[data] - 1) // cs
         if first.size:
             new = np.ones(first.size, dtype=bool)
@@ -720,8 +724,9 @@ class Qcow2Node(FormatNode):
                 self.file.debug_check("read", host, min((hi + 1) * cs, offset + length) - start)
         backing = self.backing
         if backing is not None:
-            for s, e in zip(starts[vals == UNALLOCATED], ends[vals == UNALLOCATED]):
-                if s < backing.size:
+            holes = vals == UNALLOCATED
+            for s, e in zip(np.maximum(starts[holes], offset), np.minimum(ends[holes], offset + length)):
+                if s < min(e, backing.size):
                     backing.pread(int(s), int(min(e, backing.size) - s))
         return self.read_extents(offset, length)
 
@@ -757,7 +762,15 @@ class Qcow2Node(FormatNode):
         """qcow2_co_block_status through the backing chain: a run of clusters of one kind is one extent
         (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
         ones, which the backing file answers, zeroes past its end or without one). A data extent ends
-        where its host clusters stop being contiguous in the file."""
+        where its host clusters stop being contiguous in the file. A range that starts or ends inside a
+        cluster is answered for the whole cluster (a job cluster smaller than the image's: data written
+        anywhere in a cluster makes all of it data), then cut to the range."""
+        cs = self.image.cluster_size
+        lo, hi = offset // cs * cs, max(offset + length, min(-(-(offset + length) // cs) * cs, self.size))
+        if (lo, hi) != (offset, offset + length):
+            s, e, zero = self.copy_status(lo, hi - lo)
+            keep = (e > offset) & (s < offset + length)
+            return np.maximum(s[keep], offset), np.minimum(e[keep], offset + length), zero[keep]
         starts, ends, vals = self.image.data.extents(offset, length)
         if starts.size <= FEW_EXTENTS:
             few = self._copy_status_few(offset, offset + length, starts.tolist(), ends.tolist(), vals.tolist())

@@ -48,7 +48,7 @@ class BackupJob(Job):
                  filter_name: str, on_source_error: str = "report", on_target_error: str = "report",
                  max_workers: int = 64, max_chunk: int = 0, txn: JobTxn | None = None,
                  auto_finalize: bool = True, auto_dismiss: bool = True, speed: int = 0,
-                 owns_target: bool = False) -> None:
+                 owns_target: bool = False, use_copy_range: bool = False, compress: bool = False) -> None:
         self.graph = graph
         self.source = source
         self.target = target
@@ -63,6 +63,7 @@ class BackupJob(Job):
         self.initialised = False
         self.call: Call | None = None
         self.bcs = BlockCopy(source, target, cluster_size, manager.scheduler, self._progress)
+        self.bcs.set_copy_opts(use_copy_range, compress)
         self.cbw = CbwNode(filter_name, cluster_size=cluster_size, before_write=self.before_write,
                            size=source.size, auto_named=filter_name.startswith("#"))
         graph.insert_filter(source, self.cbw, target, self.bcs.bitmap)

@@ -1,7 +1,8 @@
 """block-copy: copy the dirty clusters of a copy bitmap from source to target.
 
 As block/block-copy.c does it: clusters of the *job cluster size*; tasks of
-contiguous dirty clusters up to 1 MiB, split where the source's block status
+contiguous dirty clusters up to 1 MiB (16 MiB once x-perf ``use-copy-range`` worked:
+:meth:`BlockCopy.set_copy_opts`), split where the source's block status
 extent ends (:meth:`BlockCopy.classify`; zero extents are written as zeroes, without
 a read, and a cluster whose extent is shorter than it is copied as data); up to
 ``max_workers`` tasks in flight; a rate limit checked before each task. A task
@@ -75,6 +76,13 @@ from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
 
 MAX_BUFFER = 1 << 20  # BLOCK_COPY_MAX_BUFFER
+MAX_COPY_RANGE = 16 << 20  # BLOCK_COPY_MAX_COPY_RANGE
+NO_LIMIT = 1 << 62
+INT_MAX = (1 << 31) - 1  # a call's max-chunk of 0: the method's chunk size only
+# block_copy_set_copy_opts: how data is copied (BlockCopyMethod, zero tasks aside)
+READ_WRITE, RANGE_SMALL, RANGE_FULL = "read-write", "copy-range-small", "copy-range-full"
+READ_WRITE_CLUSTER = "read-write-cluster"  # compress: one cluster a task
+RANGES = (RANGE_SMALL, RANGE_FULL)
 SLICE_NS = 100_000_000  # BLOCK_COPY_SLICE_TIME
 # The simulated storage: every request costs a latency plus its bytes at this rate.
 LATENCY_NS = 50_000
@@ -134,6 +142,8 @@ class Task:
     offset: int
     nbytes: int
     zero: bool
+    method: str = READ_WRITE  # the copy's method when the task was made
+    written: bool = False  # copy_range wrote the target as the task started
     runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     error: BlockIOError | None = None
     error_is_read: bool = True
@@ -192,6 +202,7 @@ class Call:
     error_is_read: bool = True
     cancelled: bool = False
     spare: int = 0  # a task created before the cancel was seen: it takes the first freed worker
+    method: str | None = None  # the method of the next task (made as the last one started), None: the copy's
     finished: bool = False
     timers: list = field(default_factory=list)
     tasks: list = field(default_factory=list)  # (timer, task or batch) in flight
@@ -214,8 +225,34 @@ class BlockCopy:
         self.in_flight_bytes = 0
         self.skip_unallocated = False
         self.rate = RateLimit()
+        self.method = READ_WRITE
+        self.ranges = False  # whether copy_range reaches a file on both sides
+        # block_copy_max_transfer, aligned down to the cluster (blkdebug's max-transfer, through the parents)
+        limit = min((n for n in (_max_transfer(source), _max_transfer(target), INT_MAX) if n), default=INT_MAX)
+        self.max_transfer = limit // cluster_size * cluster_size
         self.call: Call | None = None
         self._nset: int | None = None  # set bits of the bitmap, kept while a call runs
+
+    def set_copy_opts(self, use_copy_range: bool, compress: bool = False) -> None:
+        """block_copy_set_copy_opts (x-perf ``use-copy-range``): data starts copied by copy_range in tasks
+        of up to 1 MiB; the first one that succeeds makes the tasks made after it up to 16 MiB
+        (``RANGE_FULL``), the first one that fails goes back to read and write for good. copy_range
+        writes the target without detect-zeroes (bdrv_co_copy_range_internal): a drive-backup target's
+        zero-filled data stays data. It works between qcow2, raw and file nodes over files (the image
+        store is one file system); any other node on the way answers ENOTSUP. On a qcow2 target over
+        such a node QEMU has allocated the cluster first: not simulated (its copy falls back at once).
+        ``compress`` copies one cluster a task, by read and write, whatever ``use_copy_range`` says (the
+        compressed clusters QEMU writes are not simulated: bitlab writes them as they are), and so does a
+        ``max_transfer`` below the cluster size; a larger one caps the tasks."""
+        cluster_tasks = compress or self.max_transfer < self.cluster_size  # (copy_range ignores max_transfer)
+        self.method = READ_WRITE_CLUSTER if cluster_tasks else RANGE_SMALL if use_copy_range else READ_WRITE
+        self.ranges = _copies_ranges(self.source) and _copies_ranges(self.target)  # data reaches files
+
+    def chunk(self, method: str) -> int:
+        """block_copy_chunk_size: the most a task made with ``method`` may copy."""
+        if method == READ_WRITE_CLUSTER:
+            return self.cluster_size
+        return min(max(self.cluster_size, MAX_COPY_RANGE if method == RANGE_FULL else MAX_BUFFER), self.max_transfer)
 
     # -- progress ------------------------------------------------------------------------
     def remaining(self) -> int:
@@ -233,14 +270,15 @@ class BlockCopy:
         return min(task.offset + task.nbytes, self.len) - task.offset
 
     # -- tasks ---------------------------------------------------------------------------
-    def _next_task(self, offset: int, limit: int) -> Task | None:
+    def _next_task(self, offset: int, limit: int, method: str | None = None) -> Task | None:
         """block_copy_task_create + block status: the next dirty run at or after ``offset``.
 
-        The run is cut at ``limit`` (at most 1 MiB) and where the source's block status
-        answer ends (:meth:`classify`). It is whole clusters, even past the end of the disk
-        (block_copy_block_status aligns the last one up).
+        The run is cut at ``limit`` (at most :meth:`chunk` of ``method``, by default the copy's) and
+        where the source's block status answer ends (:meth:`classify`). It is whole clusters, even past
+        the end of the disk (block_copy_block_status aligns the last one up).
         """
         cs = self.cluster_size
+        method = method or self.method
         found = self.bitmap.bits.find(1, offset // cs)
         if found < 0:
             return None
@@ -248,9 +286,9 @@ class BlockCopy:
         if end_bit < 0:
             end_bit = self.bitmap.nbits
         start = found * cs
-        end = min(end_bit * cs, start + max(cs, min(limit, MAX_BUFFER) // cs * cs))
+        end = min(end_bit * cs, start + max(cs, min(limit, self.chunk(method)) // cs * cs))
         k0, k1, kind = self.classify(start, min(end, self.len))
-        return Task(start, min(int(k1[0]) * cs, end) - start, zero=kind[0] == ZERO_RUN)
+        return Task(start, min(int(k1[0]) * cs, end) - start, zero=kind[0] == ZERO_RUN, method=method)
 
     def classify(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """block_copy_block_status over the clusters of ``[start, end)`` (``start`` cluster-aligned):
@@ -281,19 +319,28 @@ class BlockCopy:
         if self._nset is not None:
             self._nset -= self._clusters(task.nbytes)
         self.in_flight_bytes += task.nbytes
-        if not task.zero:
-            try:
-                task.runs = self.source.pread(task.offset, self._io(task))
-            except BlockIOError as err:
-                task.error, task.error_is_read = err, True
+        if task.zero:
+            if task.method in RANGES:  # zeroes allocate as they start too (qcow2 holds its lock meanwhile)
+                self.target.write_zeroes(task.offset, self._io(task))
+                task.written = True
+            return
+        if task.method in RANGES and self._copy_range(task):
+            return
+        try:
+            task.runs = self.source.pread(task.offset, self._io(task))
+        except BlockIOError as err:
+            task.error, task.error_is_read = err, True
 
     def _finish(self, task: Task | Batch) -> bool:
-        """The task ends: write the target (unless the read failed); True on success."""
+        """The task ends: write the target (unless the read failed or copy_range wrote it); True on success."""
         if isinstance(task, Batch):
             self._finish_batch(task, 0, len(task))
             return True
         self.in_flight_bytes -= task.nbytes
-        if task.error is None:
+        if not task.zero and task.method == self.method and task.method in RANGES:
+            # block_copy_task_entry: copy_range's outcome sets the method
+            self.method = RANGE_FULL if task.written else READ_WRITE
+        if task.error is None and not task.written:
             try:
                 if task.zero:
                     self.target.write_zeroes(task.offset, self._io(task))
@@ -311,6 +358,35 @@ class BlockCopy:
         self._report(task.nbytes)
         return True
 
+    def _copy_range(self, task: Task) -> bool:
+        """bdrv_co_copy_range as the task starts; False where it answers ENOTSUP (block-copy then reads and
+        writes). The target (qcow2_co_copy_range_to) allocates its clusters then, in the order tasks start.
+        qcow2_co_copy_range_from goes cluster by cluster: the clusters holding no data (zero ones, unallocated
+        ones past the backing chain) are a write-zeroes request on the target, even when a data cluster after
+        them then fails; data clusters are copied if a file lies below (blkdebug or null-co: ENOTSUP). Raw and
+        file copy every byte. Nothing detects zeroes."""
+        if type(self.target) not in (Qcow2Node, RawNode, FileNode):
+            return False  # (no copy_range at the target's top: ENOTSUP before anything)
+        io = self._io(task)
+        if type(self.source) is not Qcow2Node:
+            if not self.ranges:
+                return False
+            starts, ends, vals = task.runs = self.source.read_extents(task.offset, io)
+            self.target.write_buffer(task.offset, io, starts, ends, vals, detect=False)
+            task.written = True
+            return True
+        s, e, zero = self.source.copy_status(task.offset, io)
+        for lo, hi, z in zip(s.tolist(), e.tolist(), zero.tolist()):
+            if z:
+                self.target.write_zeroes(lo, hi - lo)
+                continue
+            if not self.ranges:
+                return False
+            starts, ends, vals = self.source.read_extents(lo, hi - lo)
+            self.target.write_buffer(lo, hi - lo, starts, ends, vals, detect=False)
+        task.written = True
+        return True
+
     # -- synchronous copy (copy-before-write) ----------------------------------------------
     def copy_now(self, offset: int, length: int) -> None:
         """Copy every dirty cluster overlapping the range before a guest write lands."""
@@ -326,8 +402,9 @@ class BlockCopy:
         error = None
         reading: list[Task] = []  # data tasks whose read yields: they write after the loop, in order
         read_at_once = _never_yields(self.source)
+        method = self.method  # every task of the range is made before the first one ends
         while pos < end:
-            task = self._next_task(pos, end - pos)
+            task = self._next_task(pos, end - pos, method)
             if task is None or task.offset >= end:
                 break
             task.nbytes = min(task.nbytes, end - task.offset)
@@ -388,7 +465,7 @@ class BlockCopy:
 
     # -- asynchronous copy (the job's background copy) ---------------------------------------
     def start(self, max_workers: int, max_chunk: int, done: Callable[[Call], None]) -> Call:
-        self.call = Call(max_workers, max_chunk or MAX_BUFFER, done)
+        self.call = Call(max_workers, max_chunk or NO_LIMIT, done)
         self._nset = self.bitmap.bits.count()
         return self.call
 
@@ -416,10 +493,10 @@ class BlockCopy:
         if call.in_flight == 0 and not call.cancelled and call.error is None and self._launch_batch(call):
             return
         while call.in_flight < call.max_workers and not call.cancelled and call.error is None:
-            task = self._next_task(call.cursor, call.max_chunk)
+            task = self._next_task(call.cursor, call.max_chunk, call.method)
             if task is None:
                 if call.found and self.bitmap.count:
-                    call.cursor, call.found = 0, False  # another pass: bits came back
+                    call.cursor, call.found, call.method = 0, False, None  # another pass: bits came back
                     continue
                 break
             now = self.scheduler.clock.now_ns
@@ -440,8 +517,10 @@ class BlockCopy:
         held) when it writes zeroes that need no I/O (:meth:`_zeroes_at_once`)."""
         call.found = True
         call.cursor = task.offset + task.nbytes
+        at_once = task.zero and self._zeroes_at_once(task)
         self._begin(task)
-        if task.zero and self._zeroes_at_once(task):
+        call.method = self.method  # block-copy's loop makes the next task now, before it waits for a worker
+        if at_once:
             if not self._finish(task) and call.error is None:
                 call.error, call.error_is_read = task.error, task.error_is_read
             return
@@ -479,7 +558,7 @@ class BlockCopy:
         if call.spare and call.cancelled and call.error is None:
             # block_copy_task_run: the spare runs unless a task has failed (the pool's status)
             call.spare = 0
-            spare = self._next_task(call.cursor, call.max_chunk)
+            spare = self._next_task(call.cursor, call.max_chunk, call.method)
             if spare is not None:
                 self._start_task(call, spare)
         if call.in_flight == 0 and (call.cancelled or call.error is not None):
@@ -491,6 +570,7 @@ class BlockCopy:
 
     def _wake(self, call: Call) -> None:
         call.sleep = None
+        call.method = None  # the task that met the rate limit is made again
         self._launch(call)
 
     def kick(self) -> None:
@@ -525,8 +605,9 @@ class BlockCopy:
     # -- the bulk path (see the module docstring) ------------------------------------------
     def _launch_batch(self, call: Call) -> bool:
         """Start the next batch; False if the per-task path must go on instead."""
-        if not (BULK and not self.rate.speed and _plain(self.target)):
-            return False
+        if not (BULK and not self.rate.speed and _plain(self.target)) or self.method not in (READ_WRITE,
+                                                                                            READ_WRITE_CLUSTER):
+            return False  # (copy_range: task by task, see set_copy_opts)
         # Zero tasks never read the source: with blkdebug (or anything) below it, a batch of
         # zero tasks is still exact; it ends before the first data task.
         plan = self._plan(call, zeroes_only=not _plain(self.source))
@@ -576,7 +657,7 @@ class BlockCopy:
         horizon = getattr(self.scheduler, "horizon_ns", None)
         horizon = now if horizon is None else max(horizon, now)
         workers = max(1, call.max_workers)
-        chunk = max(1, min(call.max_chunk, MAX_BUFFER) // cs)  # clusters per task at most
+        chunk = max(1, min(call.max_chunk, self.chunk(self.method)) // cs)  # clusters per task at most
         want = int(min(BULK_MAX_TASKS, (1 + (horizon - now) // LATENCY_NS) * workers))
         rs, re = self._dirty_runs(first, want, want * chunk)
         # Cut the runs where the source's block status answers end (classify: whole clusters).
@@ -904,6 +985,26 @@ def _bit_positions(x: np.ndarray, byte0: int) -> np.ndarray:
     owner = np.repeat(np.arange(nz.size), count)
     nth = np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count)
     return (nz[owner].astype(np.int64) + byte0) * 8 + _NTH_BIT[v[owner], nth]
+
+
+def _max_transfer(node: BlockNode) -> int:
+    """bl.max_transfer (0: no limit): blkdebug's ``max-transfer``, else the smallest of its children's
+    (bdrv_merge_limits)."""
+    own = node.options.get("max-transfer", 0) if node.driver == "blkdebug" else 0
+    if own:
+        return own
+    return min((n for n in (_max_transfer(child) for _, child in node.children) if n), default=0)
+
+
+def _copies_ranges(node: BlockNode) -> bool:
+    """Whether bdrv_co_copy_range reaches a file through ``node`` (qcow2 with its backing chain, raw, file)."""
+    if type(node) is FileNode:
+        return True
+    if type(node) is RawNode:
+        return _copies_ranges(node.file)
+    if type(node) is Qcow2Node:
+        return _copies_ranges(node.file) and (node.backing is None or _copies_ranges(node.backing))
+    return False
 
 
 def _zeroes_never_yield(node: BlockNode) -> bool:

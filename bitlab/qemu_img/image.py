@@ -96,7 +96,9 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     key = _new_key(key_fn, filename, "" if quiet else line)
     if not qcow2_l1_fits(size, cluster):
         raise _too_large(filename, line)
-    store.create(key, "qcow2", size, cluster_size=cluster, backing_file=backing, backing_fmt=backing_fmt, compat=compat)
+    # qcow2_co_create_opts rounds the size up to a sector, silently (the line above says what was asked)
+    store.create(key, "qcow2", round_sector(size), cluster_size=cluster, backing_file=backing, backing_fmt=backing_fmt,
+                 compat=compat)
     return "" if quiet else line
 
 

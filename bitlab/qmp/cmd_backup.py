@@ -114,6 +114,7 @@ def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn 
         on_source_error=args.get("on-source-error", "report"), on_target_error=args.get("on-target-error", "report"),
         max_workers=max_workers, max_chunk=max_chunk, txn=txn, auto_finalize=args.get("auto-finalize", True),
         auto_dismiss=args.get("auto-dismiss", True), speed=max(0, speed), owns_target=owns_target,
+        use_copy_range=perf.get("use-copy-range", False), compress=args.get("compress", False),
     )
     if link_error is not None:
         job.early_fail()
