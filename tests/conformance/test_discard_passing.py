@@ -111,3 +111,23 @@ def test_both_backends_agree_over_the_matrix():
         want = _play(real, CASES)
     assert want == {case: _expected(*case) for case in CASES}
     assert _play(Machine(), CASES) == want
+
+
+def test_a_shrink_s_discards_fire_the_file_node_s_write_threshold():
+    # the discards a shrink passes to the file node are write requests there (bdrv_co_write_req_prepare checks
+    # the threshold for discards too): seed 15041, scenario 52 (QEMU 7.2: the same event)
+    from bitlab.conformance.generator import random_scenario
+    from bitlab.conformance.runner import play
+
+    out = play(random_scenario(15041, 52), "sim")
+    assert [e["data"] for e in out.events if e["event"] == "BLOCK_WRITE_THRESHOLD"] == [
+        {"node-name": "d0f", "write-threshold": 1208320, "amount-exceeded": 36864}]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("seed,index", [(15041, 52), (15032, 116)])
+def test_shrinks_under_a_file_node_threshold_match_qemu(seed, index):
+    from bitlab.conformance.generator import random_scenario
+    from bitlab.conformance.runner import check
+
+    assert check(random_scenario(seed, index)) == []
