@@ -544,14 +544,19 @@ class Qcow2Node(FormatNode):
 
     # -- I/O at host offsets: what the file child sees ------------------------------------------
     @contextmanager
-    def _file_sees(self, always: bool = False) -> Iterator[bool]:
+    def _file_sees(self, always: bool = False, frees: bool = False) -> Iterator[bool]:
         """Around a change of the image: the metadata writes it makes reach the file child (its
         bitmaps) at their host offsets, and the discards of the clusters it frees where they pass
         (``always``: QCOW2_DISCARD_ALWAYS frees, else QCOW2_DISCARD_REQUEST ones; see
-        :meth:`_passes_discards`). Yields whether the file child hears writes at all."""
+        :meth:`_passes_discards`). Yields whether the file child hears writes at all.
+
+        A file child that hears no writes still counts the discards that reach it (raw_account_discard)
+        where the change may free clusters (``frees``: a discard, a zero write, a shrink); data writes
+        and flushes free none, so they leave the content's pending writes unmerged."""
         listen = self.file.hears_host_writes()
         outer = not self._seeing
-        if listen and outer:
+        counts = not listen and frees and self._passes_discards(always)
+        if (listen or counts) and outer:
             self.image.layout.drain_written()  # (older writes, made while nobody listened)
             self.image.layout.drain_discarded()
         self._seeing += 1
@@ -567,6 +572,10 @@ class Qcow2Node(FormatNode):
             if self._passes_discards(always):  # (qcow2_process_discards; a file without unmap ignores them)
                 self.file.note_write(offsets, lengths, discard=True)
         elif self.image._layout is not None:
+            if counts:  # (the file node's discard counters only: it has no bitmap or threshold)
+                offsets, lengths = self.image.layout.drain_discarded()
+                if len(offsets):
+                    self.file.note_write(offsets, lengths, discard=True)
             self.image._layout.written.clear()
             self.image._layout.discarded.clear()
 
@@ -916,7 +925,7 @@ class Qcow2Node(FormatNode):
             check_bitmap(loaded, DEFAULT)
         old = image.size
         layout = image.layout
-        with self._file_sees(always=True) as listen:
+        with self._file_sees(always=True, frees=True) as listen:
             if size < old:
                 keep, old_end = -(-size // cs) * cs, -(-old // cs) * cs
                 if keep < old_end:
@@ -969,15 +978,15 @@ class Qcow2Node(FormatNode):
         return start, max(start, end)
 
     def write_zeroes(self, offset, length, unmap=False):
-        with self._file_sees():
+        with self._file_sees(frees=True):
             super().write_zeroes(offset, length, unmap)
 
     def discard(self, offset, length):
-        with self._file_sees():
+        with self._file_sees(frees=True):
             super().discard(offset, length)
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
-        with self._file_sees():
+        with self._file_sees(frees=True):
             self._write_zeroes_batch(offsets, lengths, unmap)
 
     def _write_zeroes_batch(self, offsets, lengths, unmap=False):

@@ -46,7 +46,8 @@ def _expected(qcow2_discard: str | None, pass_request: bool | None, file_discard
 
 
 def _case(vm: Machine, i: int, qcow2_discard: str | None, pass_request: bool | None, file_discard: str | None,
-          form: str, op: str) -> tuple[int, int, int]:
+          form: str, op: str, listen: bool = True) -> tuple[int, int, int | None]:
+    """One case (``listen``: with the bitmap on the file node, else its count is None)."""
     name, image, file_node = f"q{i}", f"q{i}.qcow2", f"q{i}f"
     vm.qemu_img("create", "-f", "qcow2", image, "4M")
     file_opts: dict = {"driver": "file", "filename": image, "node-name": file_node}
@@ -67,7 +68,8 @@ def _case(vm: Machine, i: int, qcow2_discard: str | None, pass_request: bool | N
         vm.write(name, 0, 65536, pattern=0x12)
         vm.qmp("blockdev-del", {"node-name": name})
         vm.qmp("blockdev-add", args)
-    vm.qmp("block-dirty-bitmap-add", {"node": file_node, "name": "fb", "granularity": 65536})
+    if listen:
+        vm.qmp("block-dirty-bitmap-add", {"node": file_node, "name": "fb", "granularity": 65536})
     if op == "discard":
         vm.guest_io(name, f"discard 0 {M}")
     elif op == "zero-unmap":
@@ -78,21 +80,28 @@ def _case(vm: Machine, i: int, qcow2_discard: str | None, pass_request: bool | N
         vm.qmp("block-dirty-bitmap-remove", {"node": name, "name": "pb"})
     stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == file_node)
     node = next(n for n in vm.qmp("query-named-block-nodes", {"flat": True}) if n["node-name"] == file_node)
-    count = next(b["count"] for b in node["dirty-bitmaps"] if b["name"] == "fb")
+    count = next((b["count"] for b in node.get("dirty-bitmaps", []) if b["name"] == "fb"), None)
     vm.qmp("blockdev-del", {"node-name": name})
     if form == "ref":
         vm.qmp("blockdev-del", {"node-name": file_node})
     return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"], count
 
 
-def _play(vm: Machine, cases: list[tuple]) -> dict[tuple, tuple[int, int, int]]:
-    return {case: _case(vm, i, *case) for i, case in enumerate(cases)}
+def _play(vm: Machine, cases: list[tuple], listen: bool = True) -> dict[tuple, tuple[int, int, int | None]]:
+    return {case: _case(vm, i, *case, listen=listen) for i, case in enumerate(cases)}
 
 
 @pytest.mark.parametrize("op", OPS)
 def test_what_reaches_the_file_node(op):
     cases = [case for case in CASES if case[-1] == op]
     assert _play(Machine(), cases) == {case: _expected(*case) for case in cases}
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_a_file_node_without_bitmaps_counts_them_alike(op):
+    # the counters do not depend on the file node hearing qcow2's writes
+    cases = [case for case in CASES if case[-1] == op]
+    assert _play(Machine(), cases, listen=False) == {case: _expected(*case)[:2] + (None,) for case in cases}
 
 
 def test_an_inline_child_may_detect_zeroes_with_unmap_by_default():
@@ -111,3 +120,7 @@ def test_both_backends_agree_over_the_matrix():
         want = _play(real, CASES)
     assert want == {case: _expected(*case) for case in CASES}
     assert _play(Machine(), CASES) == want
+    with Machine(backend="qemu", daemon="qsd") as real:
+        unheard = _play(real, CASES, listen=False)
+    assert unheard == {case: want[case][:2] + (None,) for case in CASES}
+    assert _play(Machine(), CASES, listen=False) == unheard
