@@ -124,3 +124,36 @@ def test_both_backends_agree_over_the_matrix():
         unheard = _play(real, CASES, listen=False)
     assert unheard == {case: want[case][:2] + (None,) for case in CASES}
     assert _play(Machine(), CASES, listen=False) == unheard
+
+
+def _merging(vm: Machine, op: str) -> tuple[int, int]:
+    """Guest clusters 40, 20 and 60 written in that order (host clusters adjacent, guest order not), then one
+    request frees them: the file counts (discard-nb-ok, discard-bytes-ok)."""
+    vm.qemu_img("create", "-f", "qcow2", "m.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "m", "discard": "unmap",
+                            "file": {"driver": "file", "filename": "m.qcow2", "node-name": "mf"}})
+    for cluster in (40, 20, 60):
+        vm.write("m", cluster * 65536, 65536, pattern=0x21)
+    vm.guest_io("m", "flush")
+    if op == "shrink":
+        vm.qmp("block_resize", {"node-name": "m", "size": M})
+    else:
+        vm.guest_io("m", f"{'discard' if op == 'discard' else 'write -z -u'} {M} {3 * M}")
+    stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == "mf")
+    vm.qmp("blockdev-del", {"node-name": "m"})
+    return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"]
+
+
+MERGED = {"discard": (1, 3 * 65536), "zero-unmap": (1, 3 * 65536), "shrink": (1, 3 * 65536)}  # QEMU 7.2, measured
+
+
+@pytest.mark.parametrize("op", sorted(MERGED))
+def test_one_request_passes_clusters_adjacent_on_the_host_as_one_discard(op):
+    assert _merging(Machine(), op) == MERGED[op]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("op", sorted(MERGED))
+def test_merging_as_qemu(op):
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _merging(real, op) == MERGED[op]
