@@ -628,10 +628,18 @@ class Qcow2Node(FormatNode):
         always, QCOW2_DISCARD_REQUEST ones (a guest discard, a zero write that may unmap) if
         ``pass-discard-request`` (default: this node opened with discard=unmap); the file child then drops them
         unless it was opened with discard=unmap (a child opened with its parent defaults to unmap whatever
-        the parent's option, bdrv_inherited_options; a node added by itself to ignore)."""
+        the parent's option, bdrv_inherited_options; a node added by itself to ignore). A blkdebug node between
+        them passes them on (blkdebug_co_pdiscard) only if it has discard=unmap too: every node down to the file
+        drops a discard without it (bdrv_co_pdiscard)."""
         if not always and not self.options.get("pass-discard-request", self.discard_unmap):
             return False
-        return self.file.discard_unmap
+        node = self.file
+        while node.driver == "blkdebug":
+            below = node.child("image")
+            if not node.discard_unmap or below is None:
+                return False
+            node = below
+        return node.discard_unmap
 
     def _cow_ranges(self, offsets: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The host-side extent of data writes ``[offsets, ends)``: a partly written cluster that gets a

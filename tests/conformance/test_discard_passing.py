@@ -157,3 +157,39 @@ def test_one_request_passes_clusters_adjacent_on_the_host_as_one_discard(op):
 def test_merging_as_qemu(op):
     with Machine(backend="qemu", daemon="qsd") as real:
         assert _merging(real, op) == MERGED[op]
+
+
+def _through_blkdebug(vm: Machine, form: str) -> tuple[int, int]:
+    """qcow2 over blkdebug over a file, one of them without discard=unmap; a shrink frees 3 MiB: what the file
+    counts. ``file-alone``: the file added by itself (ignore), blkdebug inline (unmap by default);
+    ``debug-alone``: blkdebug added by itself (ignore) over an inline file (unmap by default); ``inline``: both."""
+    vm.qemu_img("create", "-f", "qcow2", "b.qcow2", "4M")
+    file: dict | str = {"driver": "file", "filename": "b.qcow2", "node-name": "bf"}
+    if form == "file-alone":
+        vm.qmp("blockdev-add", file)
+        file = "bf"
+    debug: dict | str = {"driver": "blkdebug", "node-name": "bd", "image": file}
+    if form == "debug-alone":
+        vm.qmp("blockdev-add", debug)
+        debug = "bd"
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "b", "file": debug})
+    vm.write("b", 0, 4 * M, pattern=0x31)
+    vm.qmp("block_resize", {"node-name": "b", "size": M})
+    stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == "bf")
+    vm.qmp("blockdev-del", {"node-name": "b"})
+    return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"]
+
+
+THROUGH = {"file-alone": (0, 0), "debug-alone": (0, 0), "inline": (1, 3 * M)}  # QEMU 7.2, measured
+
+
+@pytest.mark.parametrize("form", sorted(THROUGH))
+def test_every_node_down_to_the_file_must_pass_discards(form):
+    assert _through_blkdebug(Machine(), form) == THROUGH[form]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("form", sorted(THROUGH))
+def test_through_blkdebug_as_qemu(form):
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _through_blkdebug(real, form) == THROUGH[form]
