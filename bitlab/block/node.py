@@ -576,8 +576,9 @@ class Qcow2Node(FormatNode):
                 offsets, lengths = self.image.layout.drain_discarded()
                 if len(offsets):
                     self.file.note_write(offsets, lengths, discard=True)
+            elif outer:  # (a change within one that frees clusters, e.g. its partial clusters' data: the outer counts)
+                self.image._layout.discarded.clear()
             self.image._layout.written.clear()
-            self.image._layout.discarded.clear()
 
     # -- persistent bitmaps' metadata (qcow2-bitmap.c), as the file node sees it ----------------------
     def _bitmap_metadata(self, writes: list[tuple[np.ndarray, np.ndarray]]) -> None:

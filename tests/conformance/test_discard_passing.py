@@ -193,3 +193,30 @@ def test_every_node_down_to_the_file_must_pass_discards(form):
 def test_through_blkdebug_as_qemu(form):
     with Machine(backend="qemu", daemon="qsd") as real:
         assert _through_blkdebug(real, form) == THROUGH[form]
+
+
+def _unaligned_zero(vm: Machine, listen: bool) -> tuple[int, int]:
+    """``write -z -u`` from 4 KiB over 192 KiB of data: its whole clusters freed, zeroes written into the partial
+    ones (``listen``: the file node has a bitmap)."""
+    vm.qemu_img("create", "-f", "qcow2", "z.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "z", "discard": "unmap",
+                            "file": {"driver": "file", "filename": "z.qcow2", "node-name": "zf"}})
+    if listen:
+        vm.qmp("block-dirty-bitmap-add", {"node": "zf", "name": "fb"})
+    vm.write("z", 0, M, pattern=0x41)
+    vm.guest_io("z", "write -z -u 4096 196608")
+    stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == "zf")
+    vm.qmp("blockdev-del", {"node-name": "z"})
+    return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"]
+
+
+@pytest.mark.parametrize("listen", [False, True])
+def test_an_unaligned_zero_write_passes_the_discard_of_its_whole_clusters(listen):
+    assert _unaligned_zero(Machine(), listen) == (1, 2 * 65536)  # QEMU 7.2, measured
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("listen", [False, True])
+def test_an_unaligned_zero_write_as_qemu(listen):
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _unaligned_zero(real, listen) == (1, 2 * 65536)
