@@ -949,6 +949,8 @@ class Qcow2Node(FormatNode):
                 layout.grow_l1(layout.l1_needed(size))
             image.data.resize(size)
             image.size = size
+            if size < old:
+                self._keep_last_cluster(size)
             backing = self.backing
             if size > old and backing is not None and backing.size > old:
                 self._store_zeroes(old, size - old)
@@ -962,6 +964,19 @@ class Qcow2Node(FormatNode):
             while node is not None:
                 node.bitmaps_follow()
                 node = node.child("image") if node.driver == "blkdebug" else None
+
+    def _keep_last_cluster(self, size: int) -> None:
+        """A shrink keeps the host cluster of a last cluster the new end cuts, though the data written into it may
+        lie past the end: what is left of it inside the disk is data (the zeroes of its COW; without a backing
+        file, which the COW would have copied instead), as ``qemu-img map`` shows."""
+        image, cs = self.image, self.image.cluster_size
+        tail = size // cs * cs
+        if size == tail or self.backing is not None or not image.layout.hosted(tail // cs, tail // cs + 1)[0].size:
+            return
+        starts, ends, vals = image.data.extents(tail, size - tail)
+        holes = vals == UNALLOCATED
+        if holes.any():
+            image.data.write_batch(starts[holes], (ends - starts)[holes], 0)
 
     def write_back(self) -> None:
         """The caches' dirty L2 tables and refcount blocks are written (a flush, or closing the node)."""

@@ -49,12 +49,15 @@ overlay and an earlier sync=none target. After 5% of the steps comes a write-thr
 final ``query-named-block-nodes``.
 After 3% of the steps comes a persistent-bitmap episode of :mod:`.gen_persist` (its own stream and
 names: ``pp``, bitmaps ``p0``..``p2``): bitmaps stored on closing the image, read by qemu-img, loaded again.
+After 3% of the steps comes a discard-option episode of :mod:`.gen_discard` (its own stream and names: ``dq<n>``).
 """
 
 from __future__ import annotations
 
 import random
 
+from .gen_discard import CHANCE as DISCARD_CHANCE
+from .gen_discard import Discards, discard_episode
 from .gen_parents import CHANCE as PARENTS_CHANCE
 from .gen_parents import Parents, parents_episode
 from .gen_persist import CHANCE as PERSIST_CHANCE
@@ -110,6 +113,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     snapshots = Snapshots(random.Random(f"{seed}/{index}/snapshot"), nodes)
     thresholds = st.thresholds = random.Random(f"{seed}/{index}/threshold")
     persist = Persist(random.Random(f"{seed}/{index}/persist"))
+    discards = Discards(random.Random(f"{seed}/{index}/discard"))
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -134,6 +138,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += threshold_episode(thresholds, nodes, watched, st.targets, size)
         if persist.rng.random() < PERSIST_CHANCE:
             steps += persist_episode(persist, size)
+        if discards.rng.random() < DISCARD_CHANCE:
+            steps += discard_episode(discards, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)

@@ -220,3 +220,28 @@ def test_an_unaligned_zero_write_passes_the_discard_of_its_whole_clusters(listen
 def test_an_unaligned_zero_write_as_qemu(listen):
     with Machine(backend="qemu", daemon="qsd") as real:
         assert _unaligned_zero(real, listen) == (1, 2 * 65536)
+
+
+def _cut_cluster(vm: Machine) -> str:
+    """Data written into the second half of a cluster, then a shrink into its first half: ``qemu-img map``."""
+    vm.qemu_img("create", "-f", "qcow2", "c.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "c", "file": {"driver": "file", "filename": "c.qcow2"}})
+    vm.write("c", M + 40960, 65536, pattern=0x51)
+    vm.qmp("block_resize", {"node-name": "c", "size": M + 20480})
+    vm.qmp("blockdev-del", {"node-name": "c"})
+    return vm.qemu_img("map", "--output=json", "c.qcow2")
+
+
+CUT_MAP = ('[{ "start": 0, "length": 1048576, "depth": 0, "present": false, "zero": true, "data": false},\n'
+           '{ "start": 1048576, "length": 20480, "depth": 0, "present": true, "zero": false, "data": true, '
+           '"offset": 327680}]\n')  # QEMU 7.2, measured
+
+
+def test_a_shrink_keeps_the_data_cluster_it_cuts():
+    assert _cut_cluster(Machine()) == CUT_MAP
+
+
+@pytest.mark.qemu
+def test_a_cut_cluster_as_qemu():
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _cut_cluster(real) == CUT_MAP
