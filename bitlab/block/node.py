@@ -1149,7 +1149,10 @@ class Qcow2Node(FormatNode):
         if end <= start:
             return
         if self.image.compat != "0.10" or self.backing is None:
-            self.image.discard_clusters(start, end)
+            cs = self.image.cluster_size
+            last = self.size // cs * cs if self.size % cs else end  # a partial last cluster: a request of its own
+            for lo, hi in ((start, last), (last, end)) if start < last < end else ((start, end),):
+                self.image.discard_clusters(lo, hi)
         if self.image.compat == "0.10":  # no zero clusters in v2: with a backing file nothing happens
             if self.backing is None:
                 self.image.data.write(start, end - start, UNALLOCATED)

@@ -416,7 +416,8 @@ class HostLayout:
         keeps them; the table changed (dirty in the cache) where an entry changes, its zero flag or its host
         cluster (zero_in_l2_slice and discard_in_l2_slice leave an entry that stays, and its table, alone)."""
         flag = int(value != UNALLOCATED)
-        mark = len(self.discarded)
+        mark, split = len(self.discarded), None
+        last = self.size // self.cs if self.size % self.cs else -1  # a partial last cluster
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
@@ -426,18 +427,22 @@ class HostLayout:
             if frees or bool((self.zero_flag.extents(lo, hi - lo)[2] != flag).any()):
                 self.dirty_l2.add(index)
             if frees:
+                if a < last < b:  # the block layer sends the disk's partial last cluster as a request of its own
+                    self.unhost(a, last)
+                    split = len(self.discarded)
+                    a = last
                 self.unhost(a, b)
-        self._one_request(mark)
+        self._one_request(mark, split)
         self.zero_flag.write(c0, c1 - c0, flag)
 
-    def _one_request(self, mark: int) -> None:
-        """The clusters freed since ``discarded`` held ``mark`` entries were freed by one request: qcow2
-        caches their discards (s->cache_discards) and merges those adjacent on the host
+    def _one_request(self, mark: int, stop: int | None = None) -> None:
+        """The clusters freed since ``discarded`` held ``mark`` entries (up to entry ``stop``) were freed by one
+        request: qcow2 caches their discards (s->cache_discards) and merges those adjacent on the host
         (update_refcount_discard) before passing them on, so they make one entry."""
-        if len(self.discarded) > mark + 1:
-            new = self.discarded[mark:]
-            del self.discarded[mark:]
-            self.discarded.append((np.concatenate([d[0] for d in new]), np.concatenate([d[1] for d in new])))
+        stop = len(self.discarded) if stop is None else stop
+        if stop > mark + 1:
+            new = self.discarded[mark:stop]
+            self.discarded[mark:stop] = [(np.concatenate([d[0] for d in new]), np.concatenate([d[1] for d in new]))]
 
     def discard(self, c0: int, c1: int) -> None:
         """qcow2_cluster_discard over guest clusters ``[c0, c1)``, before the content it leaves is written:

@@ -245,3 +245,31 @@ def test_a_shrink_keeps_the_data_cluster_it_cuts():
 def test_a_cut_cluster_as_qemu():
     with Machine(backend="qemu", daemon="qsd") as real:
         assert _cut_cluster(real) == CUT_MAP
+
+
+def _to_the_end(vm: Machine, verb: str) -> tuple[int, int]:
+    """A 1 MiB + 32 KiB disk full of data; a discard or ``write -z -u`` from 768 KiB to its end frees four
+    whole clusters and the partial last one."""
+    vm.qemu_img("create", "-f", "qcow2", "e.qcow2", str(M + 32768))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "e", "discard": "unmap",
+                            "file": {"driver": "file", "filename": "e.qcow2", "node-name": "ef"}})
+    vm.write("e", 0, M + 32768, pattern=0x61)
+    vm.guest_io("e", f"{verb} 786432 {M + 32768 - 786432}")
+    stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == "ef")
+    vm.qmp("blockdev-del", {"node-name": "e"})
+    return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"]
+
+
+TO_THE_END = {"discard": (2, 5 * 65536), "write -z -u": (2, 5 * 65536)}  # QEMU 7.2, measured
+
+
+@pytest.mark.parametrize("verb", sorted(TO_THE_END))
+def test_the_partial_last_cluster_is_a_request_of_its_own(verb):
+    assert _to_the_end(Machine(), verb) == TO_THE_END[verb]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("verb", sorted(TO_THE_END))
+def test_to_the_end_as_qemu(verb):
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _to_the_end(real, verb) == TO_THE_END[verb]
