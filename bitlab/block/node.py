@@ -545,14 +545,19 @@ class Qcow2Node(FormatNode):
 
     # -- I/O at host offsets: what the file child sees ------------------------------------------
     @contextmanager
-    def _file_sees(self, always: bool = False) -> Iterator[bool]:
+    def _file_sees(self, always: bool = False, frees: bool = False) -> Iterator[bool]:
         """Around a change of the image: the metadata writes it makes reach the file child (its
         bitmaps) at their host offsets, and the discards of the clusters it frees where they pass
         (``always``: QCOW2_DISCARD_ALWAYS frees, else QCOW2_DISCARD_REQUEST ones; see
-        :meth:`_passes_discards`). Yields whether the file child hears writes at all."""
+        :meth:`_passes_discards`). Yields whether the file child hears writes at all.
+
+        A file child that hears no writes still counts the discards that reach it (raw_account_discard)
+        where the change may free clusters (``frees``: a discard, a zero write, a shrink); data writes
+        and flushes free none, so they leave the content's pending writes unmerged."""
         listen = self.file.hears_host_writes()
         outer = not self._seeing
-        if listen and outer:
+        counts = not listen and frees and self._passes_discards(always)
+        if (listen or counts) and outer:
             self.image.layout.drain_written()  # (older writes, made while nobody listened)
             self.image.layout.drain_discarded()
         self._seeing += 1
@@ -568,8 +573,13 @@ class Qcow2Node(FormatNode):
             if self._passes_discards(always):  # (qcow2_process_discards; a file without unmap ignores them)
                 self.file.note_write(offsets, lengths, discard=True)
         elif self.image._layout is not None:
+            if counts:  # (the file node's discard counters only: it has no bitmap or threshold)
+                offsets, lengths = self.image.layout.drain_discarded()
+                if len(offsets):
+                    self.file.note_write(offsets, lengths, discard=True)
+            elif outer:  # (a change within one that frees clusters, e.g. its partial clusters' data: the outer counts)
+                self.image._layout.discarded.clear()
             self.image._layout.written.clear()
-            self.image._layout.discarded.clear()
 
     # -- persistent bitmaps' metadata (qcow2-bitmap.c), as the file node sees it ----------------------
     def _bitmap_metadata(self, writes: list[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -620,10 +630,18 @@ class Qcow2Node(FormatNode):
         always, QCOW2_DISCARD_REQUEST ones (a guest discard, a zero write that may unmap) if
         ``pass-discard-request`` (default: this node opened with discard=unmap); the file child then drops them
         unless it was opened with discard=unmap (a child opened with its parent defaults to unmap whatever
-        the parent's option, bdrv_inherited_options; a node added by itself to ignore)."""
+        the parent's option, bdrv_inherited_options; a node added by itself to ignore). A blkdebug node between
+        them passes them on (blkdebug_co_pdiscard) only if it has discard=unmap too: every node down to the file
+        drops a discard without it (bdrv_co_pdiscard)."""
         if not always and not self.options.get("pass-discard-request", self.discard_unmap):
             return False
-        return self.file.discard_unmap
+        node = self.file
+        while node.driver == "blkdebug":
+            below = node.child("image")
+            if not node.discard_unmap or below is None:
+                return False
+            node = below
+        return node.discard_unmap
 
     def _cow_ranges(self, offsets: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The host-side extent of data writes ``[offsets, ends)``: a partly written cluster that gets a
@@ -929,7 +947,7 @@ class Qcow2Node(FormatNode):
             check_bitmap(loaded, DEFAULT)
         old = image.size
         layout = image.layout
-        with self._file_sees(always=True) as listen:
+        with self._file_sees(always=True, frees=True) as listen:
             if size < old:
                 keep, old_end = -(-size // cs) * cs, -(-old // cs) * cs
                 if keep < old_end:
@@ -944,6 +962,8 @@ class Qcow2Node(FormatNode):
                 layout.grow_l1(layout.l1_needed(size))
             image.data.resize(size)
             image.size = size
+            if size < old:
+                self._keep_last_cluster(size)
             backing = self.backing
             if size > old and backing is not None and backing.size > old:
                 self._store_zeroes(old, size - old)
@@ -957,6 +977,19 @@ class Qcow2Node(FormatNode):
             while node is not None:
                 node.bitmaps_follow()
                 node = node.child("image") if node.driver == "blkdebug" else None
+
+    def _keep_last_cluster(self, size: int) -> None:
+        """A shrink keeps the host cluster of a last cluster the new end cuts, though the data written into it may
+        lie past the end: what is left of it inside the disk is data (the zeroes of its COW; without a backing
+        file, which the COW would have copied instead), as ``qemu-img map`` shows."""
+        image, cs = self.image, self.image.cluster_size
+        tail = size // cs * cs
+        if size == tail or self.backing is not None or not image.layout.hosted(tail // cs, tail // cs + 1)[0].size:
+            return
+        starts, ends, vals = image.data.extents(tail, size - tail)
+        holes = vals == UNALLOCATED
+        if holes.any():
+            image.data.write_batch(starts[holes], (ends - starts)[holes], 0)
 
     def write_back(self) -> None:
         """The caches' dirty L2 tables and refcount blocks are written (a flush, or closing the node)."""
@@ -982,15 +1015,15 @@ class Qcow2Node(FormatNode):
         return start, max(start, end)
 
     def write_zeroes(self, offset, length, unmap=False):
-        with self._file_sees():
+        with self._file_sees(frees=True):
             super().write_zeroes(offset, length, unmap)
 
     def discard(self, offset, length):
-        with self._file_sees():
+        with self._file_sees(frees=True):
             super().discard(offset, length)
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
-        with self._file_sees():
+        with self._file_sees(frees=True):
             self._write_zeroes_batch(offsets, lengths, unmap)
 
     def _write_zeroes_batch(self, offsets, lengths, unmap=False):
@@ -1129,7 +1162,10 @@ class Qcow2Node(FormatNode):
         if end <= start:
             return
         if self.image.compat != "0.10" or self.backing is None:
-            self.image.discard_clusters(start, end)
+            cs = self.image.cluster_size
+            last = self.size // cs * cs if self.size % cs else end  # a partial last cluster: a request of its own
+            for lo, hi in ((start, last), (last, end)) if start < last < end else ((start, end),):
+                self.image.discard_clusters(lo, hi)
         if self.image.compat == "0.10":  # no zero clusters in v2: with a backing file nothing happens
             if self.backing is None:
                 self.image.data.write(start, end - start, UNALLOCATED)

@@ -226,12 +226,14 @@ class HostLayout:
         self._write(np.array([self.l1_offset + 8 * index]), np.array([8]))
 
     def drain_discarded(self) -> tuple[np.ndarray, np.ndarray]:
-        """The data clusters freed since the last call (qcow2 passes their discard to the file): host
-        byte offsets and lengths."""
+        """The discards qcow2 passed to the file for the data clusters freed since the last call: host byte
+        offsets and lengths, one per stretch adjacent on the host that one request freed (qcow2_process_discards:
+        each entry of ``discarded`` is a request's, whose stretches are merged, in host order)."""
         if not self.discarded:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        starts = np.concatenate([d[0] for d in self.discarded])
-        ends = np.concatenate([d[1] for d in self.discarded])
+        merged = [_merged(*d) for d in self.discarded]
+        starts = np.concatenate([m[0] for m in merged])
+        ends = np.concatenate([m[1] for m in merged])
         self.discarded.clear()
         return starts * self.cs, (ends - starts) * self.cs
 
@@ -414,6 +416,8 @@ class HostLayout:
         keeps them; the table changed (dirty in the cache) where an entry changes, its zero flag or its host
         cluster (zero_in_l2_slice and discard_in_l2_slice leave an entry that stays, and its table, alone)."""
         flag = int(value != UNALLOCATED)
+        mark, split = len(self.discarded), None
+        last = self.size // self.cs if self.size % self.cs else -1  # a partial last cluster
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
@@ -423,13 +427,28 @@ class HostLayout:
             if frees or bool((self.zero_flag.extents(lo, hi - lo)[2] != flag).any()):
                 self.dirty_l2.add(index)
             if frees:
+                if a < last < b:  # the block layer sends the disk's partial last cluster as a request of its own
+                    self.unhost(a, last)
+                    split = len(self.discarded)
+                    a = last
                 self.unhost(a, b)
+        self._one_request(mark, split)
         self.zero_flag.write(c0, c1 - c0, flag)
+
+    def _one_request(self, mark: int, stop: int | None = None) -> None:
+        """The clusters freed since ``discarded`` held ``mark`` entries (up to entry ``stop``) were freed by one
+        request: qcow2 caches their discards (s->cache_discards) and merges those adjacent on the host
+        (update_refcount_discard) before passing them on, so they make one entry."""
+        stop = len(self.discarded) if stop is None else stop
+        if stop > mark + 1:
+            new = self.discarded[mark:stop]
+            self.discarded[mark:stop] = [(np.concatenate([d[0] for d in new]), np.concatenate([d[1] for d in new]))]
 
     def discard(self, c0: int, c1: int) -> None:
         """qcow2_cluster_discard over guest clusters ``[c0, c1)``, before the content it leaves is written:
         table by table, an L2 table where missing, and the clusters holding host clusters changed and
         freed (whether the others change, that content's zero write tells)."""
+        mark = len(self.discarded)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
@@ -437,6 +456,7 @@ class HostLayout:
             if self.hosted(lo, hi)[0].size:
                 self.dirty_l2.add(index)
                 self.unhost(lo, hi)
+        self._one_request(mark)
 
     def unhost(self, lo: int, hi: int) -> None:
         """Guest clusters ``[lo, hi)`` drop their host clusters."""
@@ -1007,3 +1027,16 @@ class HostLayout:
         layout.written.clear()
         layout.depends = {"l2": None, "rb": None}
         return layout
+
+
+def _merged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint ranges ``[starts, ends)`` sorted, those that touch merged into one."""
+    if starts.size < 2:
+        return starts, ends
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    first = np.ones(s.size, dtype=bool)
+    first[1:] = s[1:] != e[:-1]
+    last = np.ones(s.size, dtype=bool)
+    last[:-1] = first[1:]
+    return s[first], e[last]

@@ -17,12 +17,10 @@ MASKS = [
     (re.compile(r"ops; .*"), "ops; TIMING"),  # qemu-io's measured rate
 ]
 HOST_KEYS = {"actual-size", "timestamp"}  # host file system allocation; wall-clock time
-# Known differences (README "Known differences"), not QEMU's variation, masked in query-blockstats: bitlab
-# does not count the discards qcow2 passes to its file node for clusters it frees (e.g. when it shrinks), and
-# an automatically named file node under a qcow2 node (with any blkdebug node between them) does not hear
-# qcow2's host writes: its ``wr_highest_offset`` is inferred from the file's length, which misses what
-# QEMU wrote past the final end (a grown L1 table or refcount structures before a shrink; a header update).
-UNHEARD_DISCARDS = {"discard-nb-ok", "discard-bytes-ok"}
+# Known differences (README "Known differences"), not QEMU's variation, masked in query-blockstats: an
+# automatically named file node under a qcow2 node (with any blkdebug node between them) does not hear qcow2's
+# host writes: its ``wr_highest_offset`` is inferred from the file's length, which misses what QEMU wrote past
+# the final end (a grown L1 table or refcount structures before a shrink; a header update).
 
 
 def _is_file(obj: Any) -> bool:
@@ -32,9 +30,6 @@ def _is_file(obj: Any) -> bool:
 
 def _blockstats_masked(obj: dict) -> dict:
     """A query-blockstats entry with what bitlab does not hear masked (see above)."""
-    if _is_file(obj):
-        obj = {**obj, "driver-specific": {k: (None if k in UNHEARD_DISCARDS else v)
-                                          for k, v in obj["driver-specific"].items()}}
     unheard = str(obj.get("node-name", "")).startswith("#block") and (_is_file(obj) or _is_file(obj.get("parent")))
     if unheard:
         obj = {**obj, "stats": {**obj["stats"], "wr_highest_offset": None}}

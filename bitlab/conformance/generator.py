@@ -51,6 +51,7 @@ After 3% of the steps comes a persistent-bitmap episode of :mod:`.gen_persist` (
 names: ``pp``, bitmaps ``p0``..``p2``): bitmaps stored on closing the image, read by qemu-img, loaded again.
 After 3% of the steps comes a copy-offloading episode of :mod:`.gen_copyrange` (its own stream and names: ``cr<n>``,
 ``ct<n>``): a backup with x-perf ``use-copy-range`` onto a prepared, created or opened target.
+After 3% of the steps comes a discard-option episode of :mod:`.gen_discard` (its own stream and names: ``dq<n>``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ import random
 
 from .gen_copyrange import CHANCE as COPYRANGE_CHANCE
 from .gen_copyrange import CopyRange, copy_range_episode
+from .gen_discard import CHANCE as DISCARD_CHANCE
+from .gen_discard import Discards, discard_episode
 from .gen_parents import CHANCE as PARENTS_CHANCE
 from .gen_parents import Parents, parents_episode
 from .gen_persist import CHANCE as PERSIST_CHANCE
@@ -115,6 +118,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     thresholds = st.thresholds = random.Random(f"{seed}/{index}/threshold")
     persist = Persist(random.Random(f"{seed}/{index}/persist"))
     copyrange = CopyRange(random.Random(f"{seed}/{index}/copyrange"))
+    discards = Discards(random.Random(f"{seed}/{index}/discard"))
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -141,6 +145,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += persist_episode(persist, size)
         if copyrange.rng.random() < COPYRANGE_CHANCE:
             steps += copy_range_episode(copyrange, size)
+        if discards.rng.random() < DISCARD_CHANCE:
+            steps += discard_episode(discards, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)

@@ -46,7 +46,8 @@ def _expected(qcow2_discard: str | None, pass_request: bool | None, file_discard
 
 
 def _case(vm: Machine, i: int, qcow2_discard: str | None, pass_request: bool | None, file_discard: str | None,
-          form: str, op: str) -> tuple[int, int, int]:
+          form: str, op: str, listen: bool = True) -> tuple[int, int, int | None]:
+    """One case (``listen``: with the bitmap on the file node, else its count is None)."""
     name, image, file_node = f"q{i}", f"q{i}.qcow2", f"q{i}f"
     vm.qemu_img("create", "-f", "qcow2", image, "4M")
     file_opts: dict = {"driver": "file", "filename": image, "node-name": file_node}
@@ -67,7 +68,8 @@ def _case(vm: Machine, i: int, qcow2_discard: str | None, pass_request: bool | N
         vm.write(name, 0, 65536, pattern=0x12)
         vm.qmp("blockdev-del", {"node-name": name})
         vm.qmp("blockdev-add", args)
-    vm.qmp("block-dirty-bitmap-add", {"node": file_node, "name": "fb", "granularity": 65536})
+    if listen:
+        vm.qmp("block-dirty-bitmap-add", {"node": file_node, "name": "fb", "granularity": 65536})
     if op == "discard":
         vm.guest_io(name, f"discard 0 {M}")
     elif op == "zero-unmap":
@@ -78,21 +80,28 @@ def _case(vm: Machine, i: int, qcow2_discard: str | None, pass_request: bool | N
         vm.qmp("block-dirty-bitmap-remove", {"node": name, "name": "pb"})
     stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == file_node)
     node = next(n for n in vm.qmp("query-named-block-nodes", {"flat": True}) if n["node-name"] == file_node)
-    count = next(b["count"] for b in node["dirty-bitmaps"] if b["name"] == "fb")
+    count = next((b["count"] for b in node.get("dirty-bitmaps", []) if b["name"] == "fb"), None)
     vm.qmp("blockdev-del", {"node-name": name})
     if form == "ref":
         vm.qmp("blockdev-del", {"node-name": file_node})
     return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"], count
 
 
-def _play(vm: Machine, cases: list[tuple]) -> dict[tuple, tuple[int, int, int]]:
-    return {case: _case(vm, i, *case) for i, case in enumerate(cases)}
+def _play(vm: Machine, cases: list[tuple], listen: bool = True) -> dict[tuple, tuple[int, int, int | None]]:
+    return {case: _case(vm, i, *case, listen=listen) for i, case in enumerate(cases)}
 
 
 @pytest.mark.parametrize("op", OPS)
 def test_what_reaches_the_file_node(op):
     cases = [case for case in CASES if case[-1] == op]
     assert _play(Machine(), cases) == {case: _expected(*case) for case in cases}
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_a_file_node_without_bitmaps_counts_them_alike(op):
+    # the counters do not depend on the file node hearing qcow2's writes
+    cases = [case for case in CASES if case[-1] == op]
+    assert _play(Machine(), cases, listen=False) == {case: _expected(*case)[:2] + (None,) for case in cases}
 
 
 def test_an_inline_child_may_detect_zeroes_with_unmap_by_default():
@@ -111,6 +120,159 @@ def test_both_backends_agree_over_the_matrix():
         want = _play(real, CASES)
     assert want == {case: _expected(*case) for case in CASES}
     assert _play(Machine(), CASES) == want
+    with Machine(backend="qemu", daemon="qsd") as real:
+        unheard = _play(real, CASES, listen=False)
+    assert unheard == {case: want[case][:2] + (None,) for case in CASES}
+    assert _play(Machine(), CASES, listen=False) == unheard
+
+
+def _merging(vm: Machine, op: str) -> tuple[int, int]:
+    """Guest clusters 40, 20 and 60 written in that order (host clusters adjacent, guest order not), then one
+    request frees them: the file counts (discard-nb-ok, discard-bytes-ok)."""
+    vm.qemu_img("create", "-f", "qcow2", "m.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "m", "discard": "unmap",
+                            "file": {"driver": "file", "filename": "m.qcow2", "node-name": "mf"}})
+    for cluster in (40, 20, 60):
+        vm.write("m", cluster * 65536, 65536, pattern=0x21)
+    vm.guest_io("m", "flush")
+    if op == "shrink":
+        vm.qmp("block_resize", {"node-name": "m", "size": M})
+    else:
+        vm.guest_io("m", f"{'discard' if op == 'discard' else 'write -z -u'} {M} {3 * M}")
+    stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == "mf")
+    vm.qmp("blockdev-del", {"node-name": "m"})
+    return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"]
+
+
+MERGED = {"discard": (1, 3 * 65536), "zero-unmap": (1, 3 * 65536), "shrink": (1, 3 * 65536)}  # QEMU 7.2, measured
+
+
+@pytest.mark.parametrize("op", sorted(MERGED))
+def test_one_request_passes_clusters_adjacent_on_the_host_as_one_discard(op):
+    assert _merging(Machine(), op) == MERGED[op]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("op", sorted(MERGED))
+def test_merging_as_qemu(op):
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _merging(real, op) == MERGED[op]
+
+
+def _through_blkdebug(vm: Machine, form: str) -> tuple[int, int]:
+    """qcow2 over blkdebug over a file, one of them without discard=unmap; a shrink frees 3 MiB: what the file
+    counts. ``file-alone``: the file added by itself (ignore), blkdebug inline (unmap by default);
+    ``debug-alone``: blkdebug added by itself (ignore) over an inline file (unmap by default); ``inline``: both."""
+    vm.qemu_img("create", "-f", "qcow2", "b.qcow2", "4M")
+    file: dict | str = {"driver": "file", "filename": "b.qcow2", "node-name": "bf"}
+    if form == "file-alone":
+        vm.qmp("blockdev-add", file)
+        file = "bf"
+    debug: dict | str = {"driver": "blkdebug", "node-name": "bd", "image": file}
+    if form == "debug-alone":
+        vm.qmp("blockdev-add", debug)
+        debug = "bd"
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "b", "file": debug})
+    vm.write("b", 0, 4 * M, pattern=0x31)
+    vm.qmp("block_resize", {"node-name": "b", "size": M})
+    stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == "bf")
+    vm.qmp("blockdev-del", {"node-name": "b"})
+    return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"]
+
+
+THROUGH = {"file-alone": (0, 0), "debug-alone": (0, 0), "inline": (1, 3 * M)}  # QEMU 7.2, measured
+
+
+@pytest.mark.parametrize("form", sorted(THROUGH))
+def test_every_node_down_to_the_file_must_pass_discards(form):
+    assert _through_blkdebug(Machine(), form) == THROUGH[form]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("form", sorted(THROUGH))
+def test_through_blkdebug_as_qemu(form):
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _through_blkdebug(real, form) == THROUGH[form]
+
+
+def _unaligned_zero(vm: Machine, listen: bool) -> tuple[int, int]:
+    """``write -z -u`` from 4 KiB over 192 KiB of data: its whole clusters freed, zeroes written into the partial
+    ones (``listen``: the file node has a bitmap)."""
+    vm.qemu_img("create", "-f", "qcow2", "z.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "z", "discard": "unmap",
+                            "file": {"driver": "file", "filename": "z.qcow2", "node-name": "zf"}})
+    if listen:
+        vm.qmp("block-dirty-bitmap-add", {"node": "zf", "name": "fb"})
+    vm.write("z", 0, M, pattern=0x41)
+    vm.guest_io("z", "write -z -u 4096 196608")
+    stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == "zf")
+    vm.qmp("blockdev-del", {"node-name": "z"})
+    return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"]
+
+
+@pytest.mark.parametrize("listen", [False, True])
+def test_an_unaligned_zero_write_passes_the_discard_of_its_whole_clusters(listen):
+    assert _unaligned_zero(Machine(), listen) == (1, 2 * 65536)  # QEMU 7.2, measured
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("listen", [False, True])
+def test_an_unaligned_zero_write_as_qemu(listen):
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _unaligned_zero(real, listen) == (1, 2 * 65536)
+
+
+def _cut_cluster(vm: Machine) -> str:
+    """Data written into the second half of a cluster, then a shrink into its first half: ``qemu-img map``."""
+    vm.qemu_img("create", "-f", "qcow2", "c.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "c", "file": {"driver": "file", "filename": "c.qcow2"}})
+    vm.write("c", M + 40960, 65536, pattern=0x51)
+    vm.qmp("block_resize", {"node-name": "c", "size": M + 20480})
+    vm.qmp("blockdev-del", {"node-name": "c"})
+    return vm.qemu_img("map", "--output=json", "c.qcow2")
+
+
+CUT_MAP = ('[{ "start": 0, "length": 1048576, "depth": 0, "present": false, "zero": true, "data": false},\n'
+           '{ "start": 1048576, "length": 20480, "depth": 0, "present": true, "zero": false, "data": true, '
+           '"offset": 327680}]\n')  # QEMU 7.2, measured
+
+
+def test_a_shrink_keeps_the_data_cluster_it_cuts():
+    assert _cut_cluster(Machine()) == CUT_MAP
+
+
+@pytest.mark.qemu
+def test_a_cut_cluster_as_qemu():
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _cut_cluster(real) == CUT_MAP
+
+
+def _to_the_end(vm: Machine, verb: str) -> tuple[int, int]:
+    """A 1 MiB + 32 KiB disk full of data; a discard or ``write -z -u`` from 768 KiB to its end frees four
+    whole clusters and the partial last one."""
+    vm.qemu_img("create", "-f", "qcow2", "e.qcow2", str(M + 32768))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "e", "discard": "unmap",
+                            "file": {"driver": "file", "filename": "e.qcow2", "node-name": "ef"}})
+    vm.write("e", 0, M + 32768, pattern=0x61)
+    vm.guest_io("e", f"{verb} 786432 {M + 32768 - 786432}")
+    stats = next(s for s in vm.qmp("query-blockstats", {"query-nodes": True}) if s.get("node-name") == "ef")
+    vm.qmp("blockdev-del", {"node-name": "e"})
+    return stats["driver-specific"]["discard-nb-ok"], stats["driver-specific"]["discard-bytes-ok"]
+
+
+TO_THE_END = {"discard": (2, 5 * 65536), "write -z -u": (2, 5 * 65536)}  # QEMU 7.2, measured
+
+
+@pytest.mark.parametrize("verb", sorted(TO_THE_END))
+def test_the_partial_last_cluster_is_a_request_of_its_own(verb):
+    assert _to_the_end(Machine(), verb) == TO_THE_END[verb]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("verb", sorted(TO_THE_END))
+def test_to_the_end_as_qemu(verb):
+    with Machine(backend="qemu", daemon="qsd") as real:
+        assert _to_the_end(real, verb) == TO_THE_END[verb]
 
 
 def test_a_shrink_s_discards_fire_the_file_node_s_write_threshold():

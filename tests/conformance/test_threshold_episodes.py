@@ -81,19 +81,19 @@ def test_compare_thresholds_per_node() -> None:
 
 
 def test_blockstats_masks_only_what_bitlab_does_not_hear() -> None:
-    """An automatically named file node's wr_highest_offset (and one of a blkdebug node over it) and every
-    file node's discard counters are masked; named nodes' and format nodes' counters are compared."""
+    """An automatically named file node's wr_highest_offset (and one of a blkdebug node over it) is masked;
+    named nodes' and format nodes' counters, and every file node's discard counters, are compared."""
     auto = {"node-name": "#block123", "stats": stats(4096), "driver-specific": file_specific(1, 512)}
     debug = {"node-name": "#block456", "stats": stats(4096), "parent": auto}
     named = {"node-name": "d0f", "stats": stats(4096), "driver-specific": file_specific(1, 512)}
     fmt = {"node-name": "d0", "stats": stats(8192), "parent": named}
     out = normalise([auto, debug, fmt])
     assert out[0]["stats"]["wr_highest_offset"] is None and out[1]["stats"]["wr_highest_offset"] is None
-    assert out[0]["driver-specific"] == {"driver": "file", "discard-nb-ok": None, "discard-nb-failed": 0,
-                                         "discard-bytes-ok": None}
+    assert out[0]["driver-specific"] == {"driver": "file", "discard-nb-ok": 1, "discard-nb-failed": 0,
+                                         "discard-bytes-ok": 512}
     assert out[2]["stats"]["wr_highest_offset"] == 8192
     assert out[2]["parent"]["stats"]["wr_highest_offset"] == 4096
-    assert out[2]["parent"]["driver-specific"]["discard-nb-ok"] is None
+    assert out[2]["parent"]["driver-specific"]["discard-nb-ok"] == 1
 
 
 def blkdebug_story(vm: Machine) -> list:

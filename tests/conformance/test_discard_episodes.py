@@ -1,0 +1,66 @@
+"""The discard-option episodes of the random scenarios (bitlab/conformance/gen_discard.py): on their own stream,
+so the rest of every scenario stays as it was, and identical on real QEMU 7.2."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from bitlab.conformance import generator
+from bitlab.conformance.gen_discard import Discards, discard_episode
+from bitlab.conformance.generator import random_scenario
+from bitlab.conformance.runner import check
+
+
+def _touches_dq(step: dict) -> bool:
+    return "dq" in json.dumps(step)  # (its nodes dq<n>, dq<n>f, dq<n>d, dqt<n>, its images, jobs dqj<n>)
+
+
+def _episode_step(step: dict) -> bool:
+    """A step only an episode makes: on its own nodes and images, or the job settling and the counters."""
+    return _touches_dq(step) or step == {"settle-jobs": True} or step.get("qmp", {}) == {
+        "execute": "query-blockstats", "arguments": {"query-nodes": True}}
+
+
+def test_other_steps_unchanged(monkeypatch):
+    with_episodes = [random_scenario(16500, i)["steps"] for i in range(12)]
+    monkeypatch.setattr(generator, "DISCARD_CHANCE", 0.0)
+    without = [random_scenario(16500, i)["steps"] for i in range(12)]
+    assert sum(any(map(_touches_dq, steps)) for steps in with_episodes) == 4
+    for steps, base in zip(with_episodes, without):
+        extra, rest = [], iter(base)
+        want = next(rest, None)
+        for step in steps:  # the scenario without episodes, in order, and only episode steps between
+            if step == want:
+                want = next(rest, None)
+            else:
+                extra.append(step)
+        assert want is None
+        assert all(map(_episode_step, extra))
+    assert not any(_touches_dq(s) for steps in without for s in steps)
+
+
+def test_episode_opens_counts_and_checks():
+    steps = discard_episode(Discards(random.Random("16500/0/discard")), 8 << 20)
+    assert steps[0] == {"qemu-img": ["create", "-f", "qcow2", "dq1.qcow2", str(8 << 20)]}
+    adds = [s["qmp"]["arguments"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-add"]
+    assert any(a.get("node-name") == "dq1" and a["driver"] == "qcow2" for a in adds)
+    assert {"qmp": {"execute": "blockdev-del", "arguments": {"node-name": "dq1"}}} in steps
+    assert steps[-1] == {"qemu-img": ["check", "dq1.qcow2"]}
+    # detect-zeroes=unmap always comes with discard=unmap, and never on a file node
+    for _ in range(40):
+        for step in discard_episode(Discards(random.Random(_)), 8 << 20):
+            for args in [step.get("qmp", {}).get("arguments", {})]:
+                for opts in (args, args.get("file") if isinstance(args.get("file"), dict) else {}):
+                    if opts.get("detect-zeroes") == "unmap":
+                        assert opts["discard"] == "unmap" and opts["driver"] == "qcow2"
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("index", [0, 5, 9])
+def test_identical_on_qemu(index):
+    scenario = random_scenario(16500, index)
+    assert any(map(_touches_dq, scenario["steps"]))
+    assert check(scenario) == []
