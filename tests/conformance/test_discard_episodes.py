@@ -13,6 +13,8 @@ from bitlab.conformance.gen_discard import Discards, discard_episode
 from bitlab.conformance.generator import random_scenario
 from bitlab.conformance.runner import check
 
+from .episodes import added_steps
+
 
 def _touches_dq(step: dict) -> bool:
     return "dq" in json.dumps(step)  # (its nodes dq<n>, dq<n>f, dq<n>d, dqt<n>, its images, jobs dqj<n>)
@@ -30,14 +32,7 @@ def test_other_steps_unchanged(monkeypatch):
     without = [random_scenario(16500, i)["steps"] for i in range(12)]
     assert sum(any(map(_touches_dq, steps)) for steps in with_episodes) == 4
     for steps, base in zip(with_episodes, without):
-        extra, rest = [], iter(base)
-        want = next(rest, None)
-        for step in steps:  # the scenario without episodes, in order, and only episode steps between
-            if step == want:
-                want = next(rest, None)
-            else:
-                extra.append(step)
-        assert want is None
+        extra = added_steps(steps, base)  # the scenario without episodes, in order, and episode steps
         assert all(map(_episode_step, extra))
     assert not any(_touches_dq(s) for steps in without for s in steps)
 
