@@ -24,8 +24,19 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-READ, WRITE, WRITE_UNCHANGED, RESIZE = 1, 2, 4, 8
-ALL = READ | WRITE | WRITE_UNCHANGED | RESIZE
+from ..block.perms import (
+    ALL,
+    CBW_TARGET_PERMS,
+    READ,
+    RESIZE,
+    WRITE,
+    WRITE_UNCHANGED,
+    cbw_file_perms,
+    cow_perms,
+    filter_perms,
+    storage_perms,
+)
+
 BITS = {"consistent-read": READ, "write": WRITE, "write-unchanged": WRITE_UNCHANGED, "resize": RESIZE}
 HIGH_FIRST = ("resize", "write-unchanged", "write", "consistent-read")  # the order QEMU lists them in
 Perms = tuple[int, int]  # (perm, shared)
@@ -65,34 +76,7 @@ def _names(perm: int) -> list[str]:
     return [name for name in HIGH_FIRST if perm & BITS[name]]
 
 
-# -- the drivers' child permissions (QEMU 7.2) ------------------------------------------------------------
-def _filtered(perm: int, shared: int) -> Perms:
-    """bdrv_filter_default_perms: everything passes through."""
-    return perm & ALL, shared & ALL
-
-
-def _cow(perm: int, shared: int) -> Perms:
-    """bdrv_default_perms_for_cow (a backing child)."""
-    return perm & READ, ((WRITE | RESIZE) if shared & WRITE else 0) | READ | WRITE_UNCHANGED
-
-
-def _storage(perm: int, shared: int, *, metadata: bool, data: bool, writable: bool) -> Perms:
-    """bdrv_default_perms_for_storage."""
-    perm, shared = _filtered(perm, shared)
-    if metadata:
-        if writable:
-            perm |= WRITE | RESIZE
-        perm |= READ
-        shared &= ~(WRITE | RESIZE)
-    if data:
-        shared &= ~RESIZE
-        if perm & WRITE_UNCHANGED:
-            perm |= WRITE
-        if perm & WRITE:
-            perm |= RESIZE
-    return perm, shared
-
-
+# -- the drivers' child permissions (QEMU 7.2): bitlab.block.perms' rules ------------------------------------
 def _raw_data(node: NodeInfo) -> list[bool]:
     """raw_open: with an offset or a size the child is a DATA child, else FILTERED (both show in the
     node's json: filename, the driver's strong options); both if that cannot be read."""
@@ -114,34 +98,27 @@ def rules(node: NodeInfo, role: str, roles: set[str]) -> list[Rule]:
     drv = node.driver
     if drv == "qcow2":
         if role == "backing":
-            return [lambda p, s, _: _cow(p, s)]
+            return [lambda p, s, _: cow_perms(p, s)]
         if role in ("file", "data-file"):
             metadata, data = role == "file", role == "data-file" or "data-file" not in roles
-            return [lambda p, s, _: _storage(p, s, metadata=metadata, data=data, writable=not node.read_only)]
+            return [lambda p, s, _: storage_perms(p, s, metadata=metadata, data=data, writable=not node.read_only)]
         return []
     if drv == "raw" and role == "file":
         def raw(data: bool) -> Rule:
             def rule(p: int, s: int, _: bool) -> Perms:
                 if not data:
-                    return _filtered(p, s)
-                nperm, nshared = _storage(p, s, metadata=False, data=True, writable=False)
+                    return filter_perms(p, s)
+                nperm, nshared = storage_perms(p, s, metadata=False, data=True, writable=False)
                 return (nperm & ~(WRITE | RESIZE)) | (p & (WRITE | RESIZE)), nshared  # raw_child_perm
             return rule
         return [raw(data) for data in _raw_data(node)]
     if drv == "blkdebug" and role == "image" and not node.own_perms:
-        return [lambda p, s, _: _filtered(p, s)]
+        return [lambda p, s, _: filter_perms(p, s)]
     if drv == "copy-before-write":
         if role == "target":
-            return [lambda p, s, _: (WRITE, ALL & ~RESIZE)]
+            return [lambda p, s, _: CBW_TARGET_PERMS]
         if role == "file":
-            def cbw(p: int, s: int, has_parents: bool) -> Perms:
-                nperm, nshared = _filtered(p, s)
-                if has_parents:
-                    if p & WRITE:
-                        nperm |= READ
-                    nshared &= ~(WRITE | RESIZE)
-                return nperm, nshared
-            return [cbw]
+            return [cbw_file_perms]
     return []
 
 

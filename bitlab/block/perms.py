@@ -79,38 +79,57 @@ class Edge:
         return f"node '{self.parent.node_name}'" if self.parent is not None else self.blk.desc  # type: ignore[union-attr]
 
 
-def _filter_perms(perm: int, shared: int) -> tuple[int, int]:
+def filter_perms(perm: int, shared: int) -> tuple[int, int]:
     """bdrv_filter_default_perms: everything passes through."""
     return perm & ALL, shared & ALL
+
+
+def cow_perms(perm: int, shared: int) -> tuple[int, int]:
+    """bdrv_default_perms_for_cow (a backing child)."""
+    return perm & READ, ((WRITE | RESIZE) if shared & WRITE else 0) | READ | WRITE_UNCHANGED
+
+
+def storage_perms(perm: int, shared: int, *, metadata: bool, data: bool, writable: bool) -> tuple[int, int]:
+    """bdrv_default_perms_for_storage (a METADATA and/or DATA child)."""
+    perm, shared = filter_perms(perm, shared)
+    if metadata:
+        if writable:
+            perm |= WRITE | RESIZE
+        perm |= READ
+        shared &= ~(WRITE | RESIZE)
+    if data:
+        shared &= ~RESIZE
+        if perm & WRITE_UNCHANGED:
+            perm |= WRITE
+        if perm & WRITE:
+            perm |= RESIZE
+    return perm, shared
+
+
+CBW_TARGET_PERMS = (WRITE, ALL & ~RESIZE)  # cbw_child_perm's target: write, sharing all but resize
+
+
+def cbw_file_perms(perm: int, shared: int, has_parents: bool) -> tuple[int, int]:
+    """cbw_child_perm's file: a filter's, but with parents it reads to copy before a write and shares no
+    writes or resizes."""
+    nperm, nshared = filter_perms(perm, shared)
+    if has_parents:
+        if perm & WRITE:
+            nperm |= READ
+        nshared &= ~(WRITE | RESIZE)
+    return nperm, nshared
 
 
 def child_perm(node: BlockNode, role: str, perm: int, shared: int, has_parents: bool) -> tuple[int, int]:
     """The driver's bdrv_child_perm for ``node``'s ``role`` child, from ``node``'s cumulative perms."""
     driver = node.driver
     if driver == "copy-before-write":
-        if role == "target":  # cbw_child_perm: write, sharing all but resize
-            return WRITE, ALL & ~RESIZE
-        nperm, nshared = _filter_perms(perm, shared)
-        if has_parents:
-            if perm & WRITE:
-                nperm |= READ
-            nshared &= ~(WRITE | RESIZE)
-        return nperm, nshared
-    if driver == "qcow2" and role == "backing":  # bdrv_default_perms_for_cow
-        nshared = (WRITE | RESIZE) if shared & WRITE else 0
-        return perm & READ, nshared | READ | WRITE_UNCHANGED
-    if driver == "qcow2":  # bdrv_default_perms_for_storage, a DATA | METADATA child
-        nperm, nshared = _filter_perms(perm, shared)
-        if not node.read_only:
-            nperm |= WRITE | RESIZE
-        nperm |= READ
-        nshared &= ~(WRITE | RESIZE)
-        if nperm & WRITE_UNCHANGED:
-            nperm |= WRITE
-        if nperm & WRITE:
-            nperm |= RESIZE
-        return nperm, nshared
-    nperm, nshared = _filter_perms(perm, shared)  # raw (no offset or size), blkdebug: filters
+        return CBW_TARGET_PERMS if role == "target" else cbw_file_perms(perm, shared, has_parents)
+    if driver == "qcow2" and role == "backing":
+        return cow_perms(perm, shared)
+    if driver == "qcow2":  # a DATA | METADATA child
+        return storage_perms(perm, shared, metadata=True, data=True, writable=not node.read_only)
+    nperm, nshared = filter_perms(perm, shared)  # raw (no offset or size), blkdebug: filters
     if driver == "blkdebug":
         nperm |= _perm_set(node.options.get("take-child-perms", []))
         nshared &= ~_perm_set(node.options.get("unshare-child-perms", []))
