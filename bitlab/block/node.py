@@ -719,12 +719,16 @@ class Qcow2Node(FormatNode):
                     self.file.note_failed_write(np.array([done[-1][0]]), np.array([done[-1][1]]))
             raise
 
+    def _cluster_span(self, offset: int, length: int) -> tuple[int, int]:
+        """``[offset, offset + length)`` widened to the whole clusters it touches (the disk's end cuts the last)."""
+        cs = self.image.cluster_size
+        return offset // cs * cs, max(offset + length, min(-(-(offset + length) // cs) * cs, self.size))
+
     def pread(self, offset, length):
         """Data runs are read from the file (read_aio); holes come from the backing file."""
         cs = self.image.cluster_size
         # a cluster holding data anywhere is read from the file, even where the range holds none of it
-        lo = offset // cs * cs
-        hi = max(offset + length, min(-(-(offset + length) // cs) * cs, self.image.data.size))
+        lo, hi = self._cluster_span(offset, length)
         starts, ends, vals = self.image.data.extents(lo, hi - lo)
         data = vals >= 0
         # qcow2 reads one request per stretch of allocated clusters contiguous in the file too: a
@@ -783,8 +787,7 @@ class Qcow2Node(FormatNode):
         where its host clusters stop being contiguous in the file. A range that starts or ends inside a
         cluster is answered for the whole cluster (a job cluster smaller than the image's: data written
         anywhere in a cluster makes all of it data), then cut to the range."""
-        cs = self.image.cluster_size
-        lo, hi = offset // cs * cs, max(offset + length, min(-(-(offset + length) // cs) * cs, self.size))
+        lo, hi = self._cluster_span(offset, length)
         if (lo, hi) != (offset, offset + length):
             s, e, zero = self.copy_status(lo, hi - lo)
             keep = (e > offset) & (s < offset + length)
