@@ -480,3 +480,15 @@ def test_partial_zero_write_keeps_a_zero_cluster_s_host_cluster():
         '[{ "start": 0, "length": 65536, "depth": 0, "present": true, "zero": true, "data": false, '
         '"offset": 327680},\n'
         '{ "start": 65536, "length": 983040, "depth": 0, "present": false, "zero": true, "data": false}]\n')
+
+
+def test_create_prints_compat_as_given_before_the_backing_file():
+    """As qemu-img 7.2.22 printed it (``compat=v2`` stays ``v2``)."""
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "b.qcow2", "1M")
+    for compat in ("v2", "0.10", "1.1"):
+        assert vm.qemu_img("create", "-f", "qcow2", "-o", f"compat={compat}", "-b", "b.qcow2", "-F", "qcow2",
+                           f"t{compat}.qcow2") == (
+            f"Formatting 't{compat}.qcow2', fmt=qcow2 cluster_size=65536 extended_l2=off compression_type=zlib "
+            f"size=1048576 compat={compat} backing_file=b.qcow2 backing_fmt=qcow2 lazy_refcounts=off "
+            "refcount_bits=16\n")
