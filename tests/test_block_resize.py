@@ -448,3 +448,28 @@ def test_a_grow_over_a_longer_backing_file_writes_the_rest_of_the_last_cluster()
 def test_a_grow_over_a_longer_backing_file_matches_qemu_storage_daemon():
     want, got = on_both(_regrow_over_backing_story)
     assert got == want
+
+
+def _v2_grow_fails_story(vm) -> list:
+    """A v2 overlay that must grow its L1 table over a longer backing file: the new table is written (its
+    file node's bitmap sees it), then the grow fails; the image keeps its size."""
+    vm.qemu_img("create", "-f", "qcow2", "b.qcow2", "4G")
+    vm.qemu_img("create", "-f", "qcow2", "-o", "compat=0.10", "-b", "b.qcow2", "-F", "qcow2", "o.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "o",
+                            "file": {"driver": "file", "filename": "o.qcow2", "node-name": "of"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "of", "name": "x", "granularity": 512})
+    out = [_reply(vm, {"node-name": "o", "size": 2 << 30}), _nodes(vm)]
+    vm.qmp("blockdev-del", {"node-name": "o"})
+    return out + [vm.qemu_img("check", "o.qcow2")]
+
+
+def test_a_v2_grow_over_a_longer_backing_file_fails_after_its_l1_table_grew():
+    out = _v2_grow_fails_story(Machine())
+    assert out[:2] == [{"class": "GenericError", "desc": "Failed to zero out new clusters: Operation not supported"},
+                       {"o": (1 << 20, []), "of": (262656, [("x", 66560)])}]  # (refcount block, L1 table, header)
+
+
+@pytest.mark.qemu
+def test_a_v2_grow_over_a_longer_backing_file_matches_qemu_storage_daemon():
+    want, got = on_both(_v2_grow_fails_story)
+    assert got == want

@@ -953,6 +953,7 @@ class Qcow2Node(FormatNode):
         layout = image.layout
         backing = self.backing
         zeroes = size > old and backing is not None and backing.size > old  # BDRV_REQ_ZERO_WRITE
+        fails = zeroes and image.compat == "0.10" and size > -(-old // cs) * cs  # (v2 has no zero clusters)
         with self._file_sees(always=True, frees=True) as listen:
             if size < old:
                 image.keep_tail(size)
@@ -967,26 +968,34 @@ class Qcow2Node(FormatNode):
                 if 8 * layout.l1_needed(size) > QCOW_MAX_L1_SIZE:
                     raise generic("Failed to grow the L1 table: File too large")
                 layout.grow_l1(layout.l1_needed(size))
-            if zeroes and image.compat == "0.10" and size > -(-old // cs) * cs:  # no zero clusters in v2
-                raise generic("Failed to zero out new clusters: Operation not supported")
-            image.data.resize(size)
-            image.size = size
-            if size < old:
-                self._keep_last_cluster(size)
-            elif size > old:
-                image.expose_tail(old)
-            if zeroes:
-                self._zero_grown(old, size)
-            if listen:
-                header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
-                self.file.note_write(*header)  # (shrinking: the refcount table rewritten first)
-            if size < old:
-                layout.truncate_file()
+            if not fails:
+                self._new_length(old, size, zeroes, listen)
+        if fails:  # (the L1 table grew first)
+            raise generic("Failed to zero out new clusters: Operation not supported")
         if size < old:  # the file was cut: its node (and any filter over it) takes the new length
             node = self.file
             while node is not None:
                 node.bitmaps_follow()
                 node = node.child("image") if node.driver == "blkdebug" else None
+
+    def _new_length(self, old: int, size: int, zeroes: bool, listen: bool) -> None:
+        """The end of :meth:`_truncate` from ``old`` to ``size``: the content takes the new length (a grow shows
+        the rest of the old last cluster, with ``zeroes`` writes zeroes), the header's size field is written
+        (seen by the file node where ``listen``: it hears writes), and a shrink cuts the file."""
+        image, cs = self.image, self.image.cluster_size
+        image.data.resize(size)
+        image.size = size
+        if size < old:
+            self._keep_last_cluster(size)
+        elif size > old:
+            image.expose_tail(old)
+        if zeroes:
+            self._zero_grown(old, size)
+        if listen:
+            header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
+            self.file.note_write(*header)  # (shrinking: the refcount table rewritten first)
+        if size < old:
+            image.layout.truncate_file()
 
     def _zero_grown(self, old: int, size: int) -> None:
         """qcow2_co_truncate with BDRV_REQ_ZERO_WRITE (the backing file is longer than the old disk): the new
