@@ -347,3 +347,129 @@ def test_allocation_after_a_shrink_starts_at_the_free_cluster_index():
 def test_allocation_after_a_shrink_matches_qemu_storage_daemon():
     real, sim = on_both(_index_past_the_end_story)
     assert sim == real
+
+
+# -- a grow after a shrink into a cluster ---------------------------------------------------------------------
+def _reads(vm, node: str, pattern: int, offset: int, length: int) -> bool:
+    """Whether ``[offset, offset + length)`` of ``node`` reads as ``pattern`` bytes (qemu-io ``read -P``)."""
+    return "Pattern verification failed" not in vm.qemu_io(node, f"read -P {pattern:#x} {offset} {length}")
+
+
+def _add(vm, node: str, image: str) -> None:
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": node, "file": {"driver": "file", "filename": image}})
+
+
+def _regrow_story(vm) -> list:
+    """qcow2 disks (64 KiB clusters) shrunk into cluster 1 (to 100 KiB) and grown again, without a backing file:
+    a data cluster shows its old bytes again (grown inside the cluster, then past it), a zero cluster (``write
+    -z -u`` to the end: all of it, or ``write -z``: keeping its host cluster) reads zeroes whole and a backup
+    copies it as zeroes, a cluster given a host cluster again after the shrink reads its COW's zeroes."""
+    K = 1 << 10
+    out = []
+    for n, zero in enumerate([None, "write -z -u", "write -z", "write -z -u, write -P 0x22 64k 4k"]):
+        node, image = f"d{n}", f"d{n}.qcow2"
+        vm.qemu_img("create", "-f", "qcow2", image, "1M")
+        _add(vm, node, image)
+        vm.qemu_io(node, "write -P 0x11 0 256k")
+        vm.qmp("block_resize", {"node-name": node, "size": 100 * K})
+        for command in (zero or "").split(", "):
+            if command:
+                vm.qemu_io(node, f"{command} 64k 36k" if command.startswith("write -z") else command)
+        vm.qmp("block_resize", {"node-name": node, "size": 110 * K})
+        vm.qmp("block_resize", {"node-name": node, "size": 1 << 20})
+        out.append([_reads(vm, node, p, o, ln) for p, o, ln in ((0x11, 100 * K, 28 * K), (0, 100 * K, 28 * K),
+                                                                 (0, 68 * K, 32 * K), (0, 128 * K, 64 * K))])
+        vm.qemu_img("create", "-f", "qcow2", f"t{n}.qcow2", "1M")
+        _add(vm, f"t{n}", f"t{n}.qcow2")
+        vm.qmp("blockdev-backup", {"job-id": f"j{n}", "device": node, "target": f"t{n}", "sync": "full",
+                                   "x-perf": {"max-workers": 1}})
+        vm.run()
+        for name in (node, f"t{n}"):
+            vm.qmp("blockdev-del", {"node-name": name})
+        out += [vm.qemu_img("map", "--output=json", name) for name in (image, f"t{n}.qcow2")]
+        out.append(vm.qemu_img("check", f"t{n}.qcow2"))
+    return out
+
+
+def test_a_grow_after_a_shrink_into_a_cluster_shows_that_cluster():
+    out = _regrow_story(Machine())
+    # [0x11 at 100K..128K, zeroes there, zeroes at 68K..100K, zeroes past the cluster]
+    assert out[0::4] == [[True, False, False, True], [False, True, True, True], [False, True, True, True],
+                         [False, True, True, True]]
+    data = ('[{ "start": 0, "length": 131072, "depth": 0, "present": true, "zero": false, "data": true, '
+            '"offset": 327680},')
+    short = data.replace("131072", "65536")  # the backup's target: the zero cluster copied as zeroes
+    assert [m.splitlines()[0] for m in out[2::4]] == [data, short, short, data]
+    assert out[7] == "No errors were found on the image.\n1/16 = 6.25% allocated, 0.00% fragmented, 0.00% compressed " \
+                     "clusters\nImage end offset: 393216\n"
+
+
+@pytest.mark.qemu
+def test_a_grow_after_a_shrink_into_a_cluster_matches_qemu_storage_daemon():
+    want, got = on_both(_regrow_story)
+    assert got == want
+
+
+def _regrow_over_backing_story(vm) -> list:
+    """An overlay shrunk into a cluster and grown again over a longer backing file (bdrv_co_truncate's
+    BDRV_REQ_ZERO_WRITE): the rest of the old last cluster is written as zero bytes (a data cluster, whether it
+    was unallocated or a zero cluster), the new clusters are zero clusters; a v2 overlay fails unless the grow
+    stays inside the cluster. The ``compat`` option as ``qemu-img create`` prints it."""
+    K = 1 << 10
+    out = [vm.qemu_img("create", "-f", "qcow2", "b.qcow2", "8M")]
+    _add(vm, "b", "b.qcow2")
+    vm.qemu_io("b", "write -P 0x22 0 64k")
+    vm.qmp("blockdev-del", {"node-name": "b"})
+    for n, (opts, zero) in enumerate([((), False), ((), True), (("-o", "compat=v2"), False)]):
+        node, image = f"o{n}", f"o{n}.qcow2"
+        out.append(vm.qemu_img("create", "-f", "qcow2", *opts, "-b", "b.qcow2", "-F", "qcow2", image, "1M"))
+        _add(vm, node, image)
+        vm.qmp("block_resize", {"node-name": node, "size": 100 * K})
+        if zero:
+            vm.qemu_io(node, "write -z -u 64k 36k")
+        out += [_reply(vm, {"node-name": node, "size": 120 * K}), _reply(vm, {"node-name": node, "size": 1 << 20}),
+                _nodes(vm)[node]]
+        vm.qmp("blockdev-del", {"node-name": node})
+        out += [vm.qemu_img("map", "--output=json", image), vm.qemu_img("check", image)]
+    return out
+
+
+def test_a_grow_over_a_longer_backing_file_writes_the_rest_of_the_last_cluster():
+    out = _regrow_over_backing_story(Machine())
+    assert out[2:5] == [{}, {}, (1 << 20, [])]
+    assert '{ "start": 65536, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true' in out[5]
+    assert out[13].splitlines()[0].endswith(" compat=v2 backing_file=b.qcow2 backing_fmt=qcow2 lazy_refcounts=off "
+                                           "refcount_bits=16")
+    assert out[-5:-2] == [{}, {"class": "GenericError", "desc": "Failed to zero out new clusters: Operation not "
+                                                                "supported"}, (120 << 10, [])]
+
+
+@pytest.mark.qemu
+def test_a_grow_over_a_longer_backing_file_matches_qemu_storage_daemon():
+    want, got = on_both(_regrow_over_backing_story)
+    assert got == want
+
+
+def _v2_grow_fails_story(vm) -> list:
+    """A v2 overlay that must grow its L1 table over a longer backing file: the new table is written (its
+    file node's bitmap sees it), then the grow fails; the image keeps its size."""
+    vm.qemu_img("create", "-f", "qcow2", "b.qcow2", "4G")
+    vm.qemu_img("create", "-f", "qcow2", "-o", "compat=0.10", "-b", "b.qcow2", "-F", "qcow2", "o.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "o",
+                            "file": {"driver": "file", "filename": "o.qcow2", "node-name": "of"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "of", "name": "x", "granularity": 512})
+    out = [_reply(vm, {"node-name": "o", "size": 2 << 30}), _nodes(vm)]
+    vm.qmp("blockdev-del", {"node-name": "o"})
+    return out + [vm.qemu_img("check", "o.qcow2")]
+
+
+def test_a_v2_grow_over_a_longer_backing_file_fails_after_its_l1_table_grew():
+    out = _v2_grow_fails_story(Machine())
+    assert out[:2] == [{"class": "GenericError", "desc": "Failed to zero out new clusters: Operation not supported"},
+                       {"o": (1 << 20, []), "of": (262656, [("x", 66560)])}]  # (refcount block, L1 table, header)
+
+
+@pytest.mark.qemu
+def test_a_v2_grow_over_a_longer_backing_file_matches_qemu_storage_daemon():
+    want, got = on_both(_v2_grow_fails_story)
+    assert got == want

@@ -11,6 +11,7 @@ import json
 import pytest
 
 from bitlab import Machine, QemuImgError
+from tests.both import on_both
 
 
 def qemu_io(vm: Machine, filename: str, *commands: str) -> None:
@@ -480,3 +481,50 @@ def test_partial_zero_write_keeps_a_zero_cluster_s_host_cluster():
         '[{ "start": 0, "length": 65536, "depth": 0, "present": true, "zero": true, "data": false, '
         '"offset": 327680},\n'
         '{ "start": 65536, "length": 983040, "depth": 0, "present": false, "zero": true, "data": false}]\n')
+
+
+def _commit_regrow_story(vm: Machine) -> list:
+    """qemu-img commit grows a base shrunk into a cluster (to 100 KiB) to the top's length: without a longer
+    backing file below it the base shows its old last cluster's bytes again; over one they are written as zeroes.
+    What the base reads there, and its map (host offsets left out: the mirror job's order)."""
+    out = []
+    for n, below in enumerate(("64k", "2M")):
+        a, b, c = f"a{n}.qcow2", f"b{n}.qcow2", f"c{n}.qcow2"
+        vm.qemu_img("create", "-q", "-f", "qcow2", a, below)
+        qemu_io(vm, a, f"write -P 0x11 0 {below}")
+        vm.qemu_img("create", "-q", "-f", "qcow2", "-b", a, "-F", "qcow2", b, "1M")
+        qemu_io(vm, b, "write -P 0x22 0 128k")
+        vm.qemu_img("resize", "--shrink", b, "100K")
+        vm.qemu_img("create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", c, "4M")
+        qemu_io(vm, c, "write -P 0x33 1M 64k")
+        vm.qemu_img("commit", c)
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": f"b{n}", "file": {"driver": "file", "filename": b}})
+        out.append(["Pattern verification failed" not in vm.qemu_io(f"b{n}", f"read -P {p} 100k 28k")
+                    for p in ("0x22", "0")])
+        vm.qmp("blockdev-del", {"node-name": f"b{n}"})
+        out.append([{k: v for k, v in e.items() if k != "offset"}
+                    for e in json.loads(vm.qemu_img("map", "--output=json", b))])
+    return out
+
+
+def test_commit_grows_a_base_as_block_resize_does():
+    reads = _commit_regrow_story(Machine())[0::2]
+    assert reads == [[True, False], [False, True]]
+
+
+@pytest.mark.qemu
+def test_commit_grows_a_base_as_qemu_img_does():
+    want, got = on_both(_commit_regrow_story, "system")  # (qemu_io here is HMP's)
+    assert got == want
+
+
+def test_create_prints_compat_as_given_before_the_backing_file():
+    """As qemu-img 7.2.22 printed it (``compat=v2`` stays ``v2``)."""
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "b.qcow2", "1M")
+    for compat in ("v2", "0.10", "1.1"):
+        assert vm.qemu_img("create", "-f", "qcow2", "-o", f"compat={compat}", "-b", "b.qcow2", "-F", "qcow2",
+                           f"t{compat}.qcow2") == (
+            f"Formatting 't{compat}.qcow2', fmt=qcow2 cluster_size=65536 extended_l2=off compression_type=zlib "
+            f"size=1048576 compat={compat} backing_file=b.qcow2 backing_fmt=qcow2 lazy_refcounts=off "
+            "refcount_bits=16\n")

@@ -935,10 +935,11 @@ class Qcow2Node(FormatNode):
     def _truncate(self, size):
         """qcow2_co_truncate. Shrinking discards the clusters past the new end (an L2 table where none
         was, as qcow2_cluster_discard does), frees the L2 tables the L1 table no longer needs, writes
-        the caches and the refcount table, and cuts the file after its last cluster in use. Growing
-        makes the L1 table larger if it must (a new table elsewhere) and, where the backing file is
-        longer than the old disk, writes zeroes into the new stretch (bdrv_co_truncate's
-        BDRV_REQ_ZERO_WRITE: zero clusters, nobody's bitmaps dirtied). The header's size field is
+        the caches and the refcount table, and cuts the file after its last cluster in use; a data cluster
+        it cuts keeps its bytes past the end (:meth:`ImageFile.keep_tail`). Growing makes the L1 table larger
+        if it must (a new table elsewhere), shows the rest of the old last cluster as that cluster reads
+        (:meth:`ImageFile.expose_tail`) and, where the backing file is longer than the old disk, writes zeroes
+        into the new stretch (:meth:`_zero_grown`; a v2 image fails there). The header's size field is
         written last (8 bytes at 24)."""
         if size % 512:
             raise generic("The new size must be a multiple of 512")
@@ -950,8 +951,12 @@ class Qcow2Node(FormatNode):
             check_bitmap(loaded, DEFAULT)
         old = image.size
         layout = image.layout
+        backing = self.backing
+        zeroes = size > old and backing is not None and backing.size > old  # BDRV_REQ_ZERO_WRITE
+        fails = zeroes and image.compat == "0.10" and size > -(-old // cs) * cs  # (v2 has no zero clusters)
         with self._file_sees(always=True, frees=True) as listen:
             if size < old:
+                image.keep_tail(size)
                 keep, old_end = -(-size // cs) * cs, -(-old // cs) * cs
                 if keep < old_end:
                     image.discard_clusters(keep, old_end)
@@ -963,23 +968,45 @@ class Qcow2Node(FormatNode):
                 if 8 * layout.l1_needed(size) > QCOW_MAX_L1_SIZE:
                     raise generic("Failed to grow the L1 table: File too large")
                 layout.grow_l1(layout.l1_needed(size))
-            image.data.resize(size)
-            image.size = size
-            if size < old:
-                self._keep_last_cluster(size)
-            backing = self.backing
-            if size > old and backing is not None and backing.size > old:
-                self._store_zeroes(old, size - old)
-            if listen:
-                header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
-                self.file.note_write(*header)  # (shrinking: the refcount table rewritten first)
-            if size < old:
-                layout.truncate_file()
+            if not fails:
+                self._new_length(old, size, zeroes, listen)
+        if fails:  # (the L1 table grew first)
+            raise generic("Failed to zero out new clusters: Operation not supported")
         if size < old:  # the file was cut: its node (and any filter over it) takes the new length
             node = self.file
             while node is not None:
                 node.bitmaps_follow()
                 node = node.child("image") if node.driver == "blkdebug" else None
+
+    def _new_length(self, old: int, size: int, zeroes: bool, listen: bool) -> None:
+        """The end of :meth:`_truncate` from ``old`` to ``size``: the content takes the new length (a grow shows
+        the rest of the old last cluster, with ``zeroes`` writes zeroes), the header's size field is written
+        (seen by the file node where ``listen``: it hears writes), and a shrink cuts the file."""
+        image, cs = self.image, self.image.cluster_size
+        image.data.resize(size)
+        image.size = size
+        if size < old:
+            self._keep_last_cluster(size)
+        elif size > old:
+            image.expose_tail(old)
+        if zeroes:
+            self._zero_grown(old, size)
+        if listen:
+            header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
+            self.file.note_write(*header)  # (shrinking: the refcount table rewritten first)
+        if size < old:
+            image.layout.truncate_file()
+
+    def _zero_grown(self, old: int, size: int) -> None:
+        """qcow2_co_truncate with BDRV_REQ_ZERO_WRITE (the backing file is longer than the old disk): the new
+        clusters become zero clusters, then the rest of the old last cluster is written as zero bytes (a data
+        write, which gives that cluster a host cluster if it had none). Nobody's bitmaps are dirtied."""
+        cs = self.image.cluster_size
+        start = min(-(-old // cs) * cs, size)
+        if size > start:
+            self._zero_clusters(start, size)
+        if start > old:
+            self._write_data(np.array([old]), np.array([start]), np.array([0]), check=False)
 
     def _keep_last_cluster(self, size: int) -> None:
         """A shrink keeps the host cluster of a last cluster the new end cuts, though the data written into it may

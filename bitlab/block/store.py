@@ -51,6 +51,9 @@ class ImageFile:
     bitmaps: list[StoredBitmap] = field(default_factory=list)
     compat: str = "1.1"  # qcow2 version: "1.1" (v3) or "0.10" (v2)
     l1_padded: bool = False  # the L1 table fills whole clusters (a qcow2 file emptied by qemu-img commit)
+    # what the host cluster of a data cluster a shrink cut holds past the disk's end (qcow2): runs (guest
+    # offsets: starts, ends, values) from the end to the cluster's; see keep_tail
+    tail: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value) -> None:
@@ -143,7 +146,14 @@ class ImageFile:
         return first[new], np.maximum.reduceat(last, np.flatnonzero(new))
 
     def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
-        """The content map merges writes: the layout allocates and frees for them, in order."""
+        """The content map merges writes: the layout allocates and frees for them, in order. A zero write or
+        discard reaching the cluster whose tail is kept ends it (a zero cluster reads zeroes whole; a data write
+        allocating it again fills its tail with the zeroes of its COW)."""
+        if self.tail is not None:
+            first = int(self.tail[0][0]) // self.cluster_size * self.cluster_size
+            zeroing = values < 0
+            if ((offsets[zeroing] < first + self.cluster_size) & (ends[zeroing] > first)).any():
+                self.tail = None
         if self._layout is not None:
             self._layout.before_merge(offsets, ends, values)
 
@@ -156,6 +166,54 @@ class ImageFile:
         c0, c1 = int(offsets[zeroing].min()) // cs, -(-int(ends[zeroing].max()) // cs)
         starts, stops = self._hosted_clusters(c0 * cs, min(c1 * cs, self.data.size))
         self._layout.reconcile(c0, c1, np.maximum(starts, c0), np.minimum(stops, c1))
+
+    # -- the bytes of the last cluster past the disk's end (qcow2) --------------------------------
+    def _data_cluster(self, start: int, end: int) -> bool:
+        """Whether the cluster of bytes ``[start, end)`` (inside the disk) holds data: it has a host cluster
+        whose bytes it reads."""
+        return bool((self.data.extents(start, end - start)[2] >= 0).any())
+
+    def keep_tail(self, size: int) -> None:
+        """A shrink to ``size`` (the content not cut yet): qcow2_co_truncate frees only the clusters wholly past
+        the new end, so a data cluster it cuts keeps in its host cluster the bytes past the end, which a later
+        grow shows again (:meth:`expose_tail`); the zeroes of its COW where nothing was written."""
+        cs, old = self.cluster_size, self.size
+        start, end = size // cs * cs, -(-size // cs) * cs
+        if size == end or not self._data_cluster(start, size):
+            self.tail = None
+            return
+        s, e, v = self.data.extents(size, min(old, end) - size)
+        runs = [(s, e, np.maximum(v, 0))]  # (holes, zero clusters' zeroes: zero bytes in a data cluster)
+        if old < end:  # what this cluster kept past the old end
+            runs.append(self.tail or (np.array([old]), np.array([end]), np.array([0])))
+        self.tail = tuple(np.concatenate(parts) for parts in zip(*runs))  # type: ignore[assignment]
+
+    def expose_tail(self, old: int) -> None:
+        """A grow from ``old`` (the content already at the new length): the rest of the old last cluster reads
+        as that cluster does, qcow2_co_truncate changing none: a zero cluster's zeroes, an unallocated cluster's
+        holes, a data cluster's host bytes (those a shrink kept, else the zeroes of its COW). The layout has
+        that cluster as it was (nothing is written)."""
+        cs = self.cluster_size
+        start, end = old // cs * cs, min(-(-old // cs) * cs, self.size)
+        if end <= old:
+            return
+        _, _, kinds = self.data.extents(start, old - start)
+        tail, self.tail = self.tail, None
+        if (kinds >= 0).any():
+            ts, te, tv = tail or (np.array([old]), np.array([-(-old // cs) * cs]), np.array([0]))
+            if end < te[-1]:  # a grow inside the cluster: the rest stays kept
+                keep = te > end
+                self.tail = (np.maximum(ts[keep], end), te[keep], tv[keep])
+            inside = ts < end
+            runs = (ts[inside], np.minimum(te[inside], end), tv[inside])
+        elif kinds[-1] in (ZERO, ZERO_ALLOC):  # (a zero cluster is one whole)
+            runs = (np.array([old]), np.array([end]), kinds[-1:])
+        else:
+            return
+        watch, self.data.watch = self.data.watch, None
+        self.data.write_batch(runs[0], runs[1] - runs[0], runs[2])
+        self.data.runs()
+        self.data.watch = watch
 
     def resized(self, size: int) -> None:
         if self._layout is not None:
@@ -214,6 +272,7 @@ class ImageFile:
         otherwise every cluster is discarded, L2 table by L2 table (which gives every stretch
         without one an L2 table), and the file keeps its length."""
         layout = self.layout
+        self.tail = None
         if self.compat != "0.10" and not self.bitmaps:
             self.data.watch = None
             self.data.write(0, self.data.size, UNALLOCATED)
@@ -244,6 +303,7 @@ def format_image(image: ImageFile, fmt: str, size: int, *, cluster_size: int = Q
     image.bitmaps = []
     image.compat = compat
     image.l1_padded = False
+    image.tail = None
     old = image.__dict__.get("data")
     image.data = ExtentMap(size, fill=UNALLOCATED if fmt == "qcow2" else 0)
     if old is not None:

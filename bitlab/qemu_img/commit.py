@@ -104,16 +104,23 @@ def _zero_value(chain: list[Layer], base_index: int) -> int:
 
 
 def _grow(chain: list[Layer], base_index: int) -> None:
-    """A base shorter than the top grows to its length (bdrv_co_truncate); where the base's own
-    backing file is longer, the new area becomes zero clusters so that it keeps reading zeroes."""
+    """A base shorter than the top grows to its length (bdrv_co_truncate, as block_resize grows it): the rest
+    of its old last cluster reads as that cluster does (:meth:`ImageFile.expose_tail`); where the base's own
+    backing file is longer, the new clusters become zero clusters and the rest of the old last cluster is
+    written as zero bytes, so that it all keeps reading zeroes."""
     base, length = chain[base_index], chain[0].size
-    old = base.size
-    if old >= length or not base.image.is_qcow2:
+    image, old = base.image, base.size
+    if old >= length or not image.is_qcow2:
         return
-    base.image.size = length
-    base.image.data.resize(length)
+    image.size = length
+    image.data.resize(length)
+    image.expose_tail(old)
     if base_index + 1 < len(chain) and chain[base_index + 1].size > old:
-        base.image.data.write(old, length - old, ZERO)
+        start = min(-(-old // image.cluster_size) * image.cluster_size, length)
+        if length > start:
+            image.data.write(start, length - start, ZERO)
+        if start > old:
+            image.data.write(old, start - old, 0)
 
 
 def _dirty_bitmaps(base: Layer, starts: np.ndarray, ends: np.ndarray) -> None:

@@ -89,10 +89,9 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         store.create(_new_key(key_fn, filename, "" if quiet else line), "raw", size)
         return "" if quiet else line
     backing_text = f" backing_file={backing} backing_fmt={backing_fmt}" if backing else ""
-    compat_text = " compat=0.10" if "compat" in options and compat == "0.10" else (
-        f" compat={options['compat']}" if "compat" in options else "")
+    compat_text = f" compat={options['compat']}" if "compat" in options else ""  # as given (v2, 0.10, ...)
     line = (f"Formatting '{filename}', fmt=qcow2 cluster_size={cluster} extended_l2=off "
-            f"compression_type=zlib size={size}{backing_text}{compat_text} lazy_refcounts=off refcount_bits=16\n")
+            f"compression_type=zlib size={size}{compat_text}{backing_text} lazy_refcounts=off refcount_bits=16\n")
     key = _new_key(key_fn, filename, "" if quiet else line)
     if not qcow2_l1_fits(size, cluster):
         raise _too_large(filename, line)

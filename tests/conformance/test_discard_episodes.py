@@ -59,3 +59,28 @@ def test_identical_on_qemu(index):
     scenario = random_scenario(16500, index)
     assert any(map(_touches_dq, scenario["steps"]))
     assert check(scenario) == []
+
+
+def _grows_after_a_shrink_into_a_cluster(steps: list[dict]) -> bool:
+    size = None
+    for step in steps:
+        if step.get("qmp", {}).get("execute") == "block_resize":
+            new = step["qmp"]["arguments"]["size"]
+            if size is not None and size % 65536 and new > size:
+                return True
+            size = new
+    return False
+
+
+def test_episodes_grow_a_disk_after_a_shrink_into_a_cluster():
+    """The rest of that cluster then reads as the cluster does (tests/test_block_resize.py), so the episodes
+    grow such disks again."""
+    episodes = [discard_episode(Discards(random.Random(f"18020/{n}/discard")), 8 << 20) for n in range(30)]
+    assert [n for n, steps in enumerate(episodes) if _grows_after_a_shrink_into_a_cluster(steps)] == [8, 9, 26, 28]
+
+
+@pytest.mark.qemu
+def test_a_grow_after_a_shrink_into_a_data_cluster_then_a_backup_on_qemu():
+    steps = discard_episode(Discards(random.Random("18020/151/discard")), 8 << 20)
+    assert _grows_after_a_shrink_into_a_cluster(steps)
+    assert check({"name": "18020/151", "steps": steps}) == []
