@@ -126,6 +126,7 @@ class HostLayout:
         self.written: list[tuple[np.ndarray, np.ndarray]] = []  # metadata writes (byte offsets, lengths)
         self.discarded: list[tuple[np.ndarray, np.ndarray]] = []  # guest data clusters freed (host byte ranges)
         self.cached_from: int | None = None  # while a request frees clusters: its first entry not yet passed
+        self.one_request = False  # the next batch of data writes is one request (a buffer's runs)
         self.depends: dict[str, str | None] = {"l2": None, "rb": None}  # qcow2_cache_set_dependency
 
     # -- free space ---------------------------------------------------------------------------
@@ -475,8 +476,12 @@ class HostLayout:
 
     # -- a batch of content writes ----------------------------------------------------------
     def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
-        """Content writes ``[offsets, ends)`` of ``values`` (bytes, in order) reach the image."""
+        """Content writes ``[offsets, ends)`` of ``values`` (bytes, in order) reach the image (``one_request``:
+        data writes side by side that are one request's)."""
         cs = self.cs
+        if self.one_request:
+            self._request(int(offsets.min()) // cs, -(-int(ends.max()) // cs))
+            return
         if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
             vals = values.tolist()
             if not any(v < 0 for v in vals):
