@@ -100,6 +100,15 @@ CASES = {
                                 (196608, 8192, 218624)],
                                "400/131072 = 0.31% allocated, 0.00% fragmented, 0.00% compressed clusters\n"
                                "Image end offset: 226816\n", 226816)),
+    # qemu-img check counts a cluster fragmented where its host cluster does not follow the previous host cluster
+    # of its L2 table, the unallocated entries between left out: the run written across the two tables (2044k)
+    # leaves the second table's first cluster followed by the one at 2056k (check_refcounts_l2)
+    "fragments-table-by-table": ((["-o", "cluster_size=4096"], ["write -P 1 0 4k", "write -P 2 2112k 4k",
+                                                                 "write -P 3 2044k 8k", "write -P 4 2056k 4k"], "8M"),
+                                 ([(0, 4096, 20480), (2093056, 8192, 32768), (2105344, 4096, 40960),
+                                   (2162688, 4096, 28672)],
+                                  "5/2048 = 0.24% allocated, 40.00% fragmented, 0.00% compressed clusters\n"
+                                  "Image end offset: 45056\n", 45056)),
     # the last request's clusters of its second L2 table continue its first table's (qcow2_alloc_clusters_at)
     # and reach the first cluster no refcount block covers (256): the new block takes that cluster (the first
     # free one from free_cluster_index, the request's clusters counted so far in use), the rest follow it

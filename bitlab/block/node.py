@@ -19,7 +19,7 @@ import numpy as np
 from ..bitmap import DEFAULT, DirtyBitmap, check_bitmap, merge_ranges
 from ..errors import generic
 from ..qmp_order import wire_order
-from . import wstats
+from . import qcow2_opts, wstats
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
 from .qcow2_host import NONE
 from .store import ImageFile
@@ -500,8 +500,10 @@ class Qcow2Node(FormatNode):
         super().__init__(node_name, **kw)
         self.image = image
         image.reopened()
+        self.l2_slice = qcow2_opts.l2_slice_bytes(image.cluster_size, image.size)  # (read_cache_sizes at open)
         self.auto_backing_file: str | None = None  # the backing file's name as opened, resolved (graph)
         self._seeing = 0  # nesting of _file_sees
+        self._one_buffer = False  # the data writes under way are one buffer's runs (one request)
 
     @property
     def size(self) -> int:
@@ -524,6 +526,18 @@ class Qcow2Node(FormatNode):
         if self.backing is None and self.image.backing_file:
             opts["backing"] = None
         return opts
+
+    def write_buffer(self, offset, length, starts, ends, values, detect=True):
+        """A buffer of several runs is one write request: qcow2 allocates its clusters together (contiguous,
+        table by table), not run by run."""
+        if starts.size < 2:
+            super().write_buffer(offset, length, starts, ends, values, detect)
+            return
+        self._one_buffer = True
+        try:
+            super().write_buffer(offset, length, starts, ends, values, detect)
+        finally:
+            self._one_buffer = False
 
     def read_extents(self, offset, length):
         starts, ends, vals = self.image.data.extents(offset, length)
@@ -671,13 +685,14 @@ class Qcow2Node(FormatNode):
             if not (listen or sectors and check):
                 if check:
                     self._check_write(int(offsets[0]))
-                self.image.data.write_batch(offsets, ends - offsets, values)
+                self._merge_writes(offsets, ends, values)
                 return
             lo, hi = self._cow_ranges(offsets, ends)
             pieces = None
             if check and (sectors or file.driver == "blkdebug"):  # (blkdebug's bitmaps see failed writes too)
                 # where the clusters will be: a dry run on a copy of the layout
                 probe = copy.deepcopy(self.image.layout)
+                probe.one_request = self._one_buffer
                 probe.before_merge(offsets, ends, values)
                 pieces = []
                 cow = (lo != offsets) | (hi != ends)
@@ -690,12 +705,27 @@ class Qcow2Node(FormatNode):
                 pieces += [("write", h, n)]
             if check:
                 self._check_write(int(offsets[0]), pieces)
-            self.image.data.write_batch(offsets, ends - offsets, values)
+            self._merge_writes(offsets, ends, values)
             if listen:
                 layout = self.image.layout
                 file.note_write(*layout.drain_written())  # the allocation's metadata goes first (l2_allocate)
                 _, h, n = layout.host_pieces(lo, hi)
                 file.note_write(h, n)
+
+    def _merge_writes(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """The data writes reach the image's content; a buffer's runs as one request (the layout merges them
+        at once, apart from any other write)."""
+        data = self.image.data
+        if not self._one_buffer or offsets.size < 2:
+            data.write_batch(offsets, ends - offsets, values)
+            return
+        layout = self.image.layout  # (the writes before merged first)
+        layout.one_request = True
+        try:
+            data.write_batch(offsets, ends - offsets, values)
+            data.runs()
+        finally:
+            layout.one_request = False
 
     def _check_write(self, offset: int, pieces: list | None = None) -> None:
         """blkdebug's verdict on the data write (``pieces``: (iotype, host offsets, lengths), None where
@@ -784,12 +814,29 @@ class Qcow2Node(FormatNode):
         """qcow2_co_block_status through the backing chain: a run of clusters of one kind is one extent
         (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
         ones, which the backing file answers, zeroes past its end or without one). A data extent ends
-        where its host clusters stop being contiguous in the file. A range that starts or ends inside a
-        cluster is answered for the whole cluster (a job cluster smaller than the image's: data written
-        anywhere in a cluster makes all of it data), then cut to the range."""
+        where its host clusters stop being contiguous in the file, any extent at the end of an L2 slice
+        (qcow2_get_host_offset answers one slice: 2 MiB of 4 KiB clusters, 32 KiB of 512-byte ones; the
+        backing file is asked no further). A range that starts or ends inside a cluster is answered for the
+        whole cluster (a job cluster smaller than the image's: data written anywhere in a cluster makes all
+        of it data), then cut to the range."""
+        s, e, zero = self._status_runs(offset, length)
+        span = self.l2_slice
+        if offset // span == (offset + length - 1) // span:
+            return s, e, zero
+        cuts = np.arange((offset // span + 1) * span, offset + length, span, dtype=np.int64)
+        cuts = cuts[~np.isin(cuts, s)]
+        if not cuts.size:
+            return s, e, zero
+        owner = np.searchsorted(s, cuts, "right") - 1
+        order = np.argsort(np.concatenate((s, cuts)), kind="stable")
+        starts = np.concatenate((s, cuts))[order]
+        return starts, np.append(starts[1:], e[-1]), np.concatenate((zero, zero[owner]))[order]
+
+    def _status_runs(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`copy_status` before the cuts at L2 slices."""
         lo, hi = self._cluster_span(offset, length)
         if (lo, hi) != (offset, offset + length):
-            s, e, zero = self.copy_status(lo, hi - lo)
+            s, e, zero = self._status_runs(lo, hi - lo)
             keep = (e > offset) & (s < offset + length)
             return np.maximum(s[keep], offset), np.minimum(e[keep], offset + length), zero[keep]
         starts, ends, vals = self.image.data.extents(offset, length)

@@ -125,6 +125,8 @@ class HostLayout:
         self.dirty_l2: set[int] = set()  # L2 tables (L1 indices) changed in the cache, not written yet
         self.written: list[tuple[np.ndarray, np.ndarray]] = []  # metadata writes (byte offsets, lengths)
         self.discarded: list[tuple[np.ndarray, np.ndarray]] = []  # guest data clusters freed (host byte ranges)
+        self.cached_from: int | None = None  # while a request frees clusters: its first entry not yet passed
+        self.one_request = False  # the next batch of data writes is one request (a buffer's runs)
         self.depends: dict[str, str | None] = {"l2": None, "rb": None}  # qcow2_cache_set_dependency
 
     # -- free space ---------------------------------------------------------------------------
@@ -267,7 +269,10 @@ class HostLayout:
             self._write(np.array([self.cs + 8 * index]), np.array([8]))
 
     def alloc(self, n: int) -> int:
-        """alloc_clusters_noref: the first ``n`` free clusters in a row from free_cluster_index."""
+        """alloc_clusters_noref: the first ``n`` free clusters in a row from free_cluster_index. The discards a
+        request freeing clusters has cached so far are passed first (they may be for these clusters)."""
+        if self.cached_from is not None:
+            self._pass_cached()
         fs, fe = self._free_runs()
         i = int(np.searchsorted(fe, self.fci, "right"))
         start = np.maximum(fs[i:], self.fci)
@@ -416,7 +421,7 @@ class HostLayout:
         keeps them; the table changed (dirty in the cache) where an entry changes, its zero flag or its host
         cluster (zero_in_l2_slice and discard_in_l2_slice leave an entry that stays, and its table, alone)."""
         flag = int(value != UNALLOCATED)
-        mark, split = len(self.discarded), None
+        self.cached_from = len(self.discarded)
         last = self.size // self.cs if self.size % self.cs else -1  # a partial last cluster
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
@@ -429,26 +434,29 @@ class HostLayout:
             if frees:
                 if a < last < b:  # the block layer sends the disk's partial last cluster as a request of its own
                     self.unhost(a, last)
-                    split = len(self.discarded)
+                    self._pass_cached()
                     a = last
                 self.unhost(a, b)
-        self._one_request(mark, split)
+        self._pass_cached(end=True)
         self.zero_flag.write(c0, c1 - c0, flag)
 
-    def _one_request(self, mark: int, stop: int | None = None) -> None:
-        """The clusters freed since ``discarded`` held ``mark`` entries (up to entry ``stop``) were freed by one
-        request: qcow2 caches their discards (s->cache_discards) and merges those adjacent on the host
-        (update_refcount_discard) before passing them on, so they make one entry."""
-        stop = len(self.discarded) if stop is None else stop
-        if stop > mark + 1:
-            new = self.discarded[mark:stop]
-            self.discarded[mark:stop] = [(np.concatenate([d[0] for d in new]), np.concatenate([d[1] for d in new]))]
+    def _pass_cached(self, end: bool = False) -> None:
+        """qcow2_process_discards: a request freeing clusters caches their discards (s->cache_discards) and merges
+        those adjacent on the host (update_refcount_discard); it passes them on at its ``end``, or before it
+        allocates a cluster (a new L2 table: alloc_clusters_noref). Those passed together make one entry of
+        ``discarded``."""
+        mark = self.cached_from
+        assert mark is not None
+        if len(self.discarded) > mark + 1:
+            new = self.discarded[mark:]
+            self.discarded[mark:] = [(np.concatenate([d[0] for d in new]), np.concatenate([d[1] for d in new]))]
+        self.cached_from = None if end else len(self.discarded)
 
     def discard(self, c0: int, c1: int) -> None:
         """qcow2_cluster_discard over guest clusters ``[c0, c1)``, before the content it leaves is written:
         table by table, an L2 table where missing, and the clusters holding host clusters changed and
         freed (whether the others change, that content's zero write tells)."""
-        mark = len(self.discarded)
+        self.cached_from = len(self.discarded)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
@@ -456,7 +464,7 @@ class HostLayout:
             if self.hosted(lo, hi)[0].size:
                 self.dirty_l2.add(index)
                 self.unhost(lo, hi)
-        self._one_request(mark)
+        self._pass_cached(end=True)
 
     def unhost(self, lo: int, hi: int) -> None:
         """Guest clusters ``[lo, hi)`` drop their host clusters."""
@@ -468,8 +476,12 @@ class HostLayout:
 
     # -- a batch of content writes ----------------------------------------------------------
     def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
-        """Content writes ``[offsets, ends)`` of ``values`` (bytes, in order) reach the image."""
+        """Content writes ``[offsets, ends)`` of ``values`` (bytes, in order) reach the image (``one_request``:
+        data writes side by side that are one request's)."""
         cs = self.cs
+        if self.one_request:
+            self._request(int(offsets.min()) // cs, -(-int(ends.max()) // cs))
+            return
         if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
             vals = values.tolist()
             if not any(v < 0 for v in vals):

@@ -55,6 +55,14 @@ def _cache_sizes(opts: dict, cluster: int, disk: int) -> tuple[int, int, int]:
     return l2, entry, refcount
 
 
+def l2_slice_bytes(cluster: int, disk: int) -> int:
+    """The guest bytes one L2 slice maps with the default cache options (read_cache_sizes: a slice is a cache
+    entry, the whole table unless the default cache cannot hold every table and the clusters exceed 4 KiB).
+    qcow2_get_host_offset answers one slice at most: block status, reads and writes stop at its end."""
+    _, entry, _ = _cache_sizes({}, cluster, disk)
+    return entry // 8 * cluster
+
+
 def open_error(opts: dict, image: Any) -> str | None:
     """QEMU's error for opening a qcow2 node with runtime options ``opts`` over ``image``, if any."""
     for key in wire_member_order(tuple(k for k in opts if k in SIZE_OPTIONS)):  # qemu_opts_absorb_qdict

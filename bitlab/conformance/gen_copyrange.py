@@ -8,7 +8,8 @@ and write, and a read error may strike), writes data, zero-filled data, zeroes a
 with a bitmap ``cb`` added halfway, and backs it up: drive-backup onto an image prepared with ``qemu-img create`` (mode
 ``existing``, with or without ``format``, sometimes on top of the previous episode's target as its backing file,
 which QEMU opens with it: a zero write on part of a cluster reads the rest there) or one it creates
-(``absolute-paths``), or blockdev-backup onto a qcow2 node with or without ``detect-zeroes``; sync full, top or
+(``absolute-paths``), or blockdev-backup onto a qcow2 node with or without ``detect-zeroes``; the target's clusters
+64 KiB, 4 KiB (several L2 tables: zero tasks make theirs in task order) or 2 MiB; sync full, top or
 bitmap; ``use-copy-range`` mostly on, a max-chunk now and then. Sometimes the job is throttled to its first
 request while the guest writes (copy-before-write copies through the same method), never over all it has left:
 on the system emulator the real backend's guest writes (HMP qemu-io) drain the node, and a job asleep with
@@ -83,8 +84,7 @@ def copy_range_episode(cr: CopyRange, size: int) -> list[dict]:
         steps += _writes(rng, src, ssize, rng.randint(1, 3))
     copy_range = rng.random() < 0.85
     kind = rng.choices(["existing", "absolute", "node"], weights=[5, 2, 3])[0]
-    # (not 4 KiB: where zero tasks span several of such a target's L2 tables, bitlab lays them out elsewhere)
-    tcluster = rng.choice([65536, 65536, 2 * M]) if kind != "absolute" else 65536
+    tcluster = rng.choice([65536, 65536, 4096, 2 * M]) if kind != "absolute" else 65536
     # several workers where the target's layout does not depend on QEMU's timing (see the module's docstring)
     several = copy_range and not blkdebug and tcluster == cluster == 65536
     args: dict = {"job-id": job, "device": src,

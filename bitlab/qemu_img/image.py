@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..block.info import dump_specific, file_image_info
 from ..block.node import round_sector
 from ..block.paths import full_backing_filename
@@ -191,12 +189,15 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
 
 
 def _fragmented(layer: Layer) -> int:
-    """Clusters whose host cluster does not follow the previous one's in the same L2 table (qcow2's
-    check counts them table by table)."""
+    """Clusters whose host cluster does not follow the previous host cluster in the same L2 table
+    (check_refcounts_l2 counts them table by table, unallocated and plain zero entries between left out)."""
     s, e, _, host = layer_runs(layer)
-    hosted = host >= 0
     cs = layer.image.cluster_size
-    s, e, idx = split_runs(s[hosted], e[hosted], np.ones(int(hosted.sum()), dtype=bool), cs * (cs // 8))
-    host = host[hosted][idx] + s - s[np.searchsorted(idx, idx, "left")]
-    table = s // (cs * (cs // 8))
+    span = cs * (cs // 8)
+    runs_s = s
+    s, e, idx = split_runs(s, e, host >= 0, span)
+    hosted = host[idx] >= 0
+    s, e, idx = s[hosted], e[hosted], idx[hosted]
+    host = host[idx] + s - runs_s[idx]
+    table = s // span
     return int(((host[1:] != host[:-1] + (e[:-1] - s[:-1])) & (table[1:] == table[:-1])).sum())

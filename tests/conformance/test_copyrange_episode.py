@@ -42,10 +42,13 @@ def test_episodes_back_up_with_copy_range():
     assert {b["arguments"].get("mode") for b in backups} == {"existing", "absolute-paths", None}
     for b in backups:  # several workers only where QEMU's layout of the target does not depend on timing
         assert b["arguments"]["x-perf"]["max-workers"] == 1 or b["arguments"]["x-perf"]["use-copy-range"]
+    targets = {s["qemu-img"][4] for i in range(60) for s in random_scenario(15101, i)["steps"]
+               if "qemu-img" in s and s["qemu-img"][0] == "create" and re.search(r"ct\d+\.qcow2", json.dumps(s))}
+    assert targets == {"cluster_size=65536", "cluster_size=4096", "cluster_size=2097152"}  # 4 KiB: several L2 tables
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("index", [4, 10, 11])
+@pytest.mark.parametrize("index", [4, 10, 11, 33])  # 33: a 4 KiB-cluster target
 def test_identical_on_qemu(index):
     scenario = random_scenario(15101, index)
     assert any(map(_touches_cr, scenario["steps"]))

@@ -53,8 +53,16 @@ def test_episode_opens_counts_and_checks():
                         assert opts["discard"] == "unmap" and opts["driver"] == "qcow2"
 
 
+def test_images_and_targets_have_64k_or_4k_clusters():
+    # 4 KiB: an 8 MiB disk has four L2 tables, which a freeing request may have to make
+    creates = [s["qemu-img"] for seed in range(30) for s in discard_episode(Discards(random.Random(seed)), 8 << 20)
+               if s.get("qemu-img", [None])[0] == "create"]
+    assert {tuple(c[3:5]) if c[3] == "-o" else "default" for c in creates} == {("-o", "cluster_size=4096"), "default"}
+    assert any(c[-2].startswith("dqt") and "cluster_size=4096" in c for c in creates)
+
+
 @pytest.mark.qemu
-@pytest.mark.parametrize("index", [0, 5, 9])
+@pytest.mark.parametrize("index", [0, 5, 9])  # 5, 9: 4 KiB clusters
 def test_identical_on_qemu(index):
     scenario = random_scenario(16500, index)
     assert any(map(_touches_dq, scenario["steps"]))
