@@ -57,6 +57,18 @@ def subtree_ids(top: BlockNode, children: Callable[[BlockNode], list[tuple[str, 
     return seen
 
 
+def _cut_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray, step: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs ``(starts, ends, flags)`` cut at every multiple of ``step`` inside them."""
+    extra = (ends - 1) // step - starts // step
+    if not extra.any():
+        return starts, ends, flags
+    idx = np.repeat(np.arange(starts.size), extra + 1)
+    k = np.arange(idx.size) - np.repeat(np.cumsum(extra + 1) - (extra + 1), extra + 1)
+    new_s = np.where(k == 0, starts[idx], (starts[idx] // step + k) * step)
+    return new_s, np.append(new_s[1:], ends[-1]), flags[idx]
+
+
 def _touched(first: np.ndarray, last: np.ndarray, n: int) -> np.ndarray:
     """A mask of ``n`` items, set in every range ``[first, last)``."""
     delta = np.zeros(n + 1, dtype=np.int64)
@@ -835,11 +847,13 @@ class Qcow2Node(FormatNode):
             return np.maximum(s[keep], offset), np.minimum(e[keep], offset + length), zero[keep]
         split = recurse and (self._prealloc if self._prealloc is not None else self._metadata_prealloc())
         starts, ends, vals = self.image.data.extents(offset, length)
+        few = None
         if starts.size <= FEW_EXTENTS and not split:
             few = self._copy_status_few(offset, offset + length, starts.tolist(), ends.tolist(), vals.tolist())
-            if few is not None:
-                return few
-        return self._copy_status_general(offset, length, starts, ends, vals, split)
+        out = few if few is not None else self._copy_status_general(offset, length, starts, ends, vals, split)
+        cs = self.image.cluster_size
+        table = cs * (cs // 8)  # the guest bytes one L2 table maps: qcow2 answers for one table at a time
+        return out if offset // table == (offset + length - 1) // table else _cut_runs(*out, table)
 
     def _metadata_prealloc(self) -> bool:
         """qcow2_detect_metadata_preallocation, as qcow2_co_block_status runs it the first time anything asks
