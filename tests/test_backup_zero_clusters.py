@@ -488,6 +488,37 @@ def test_source_clusters_larger_than_the_job_cluster_match_real_qemu(use_copy_ra
     assert real == _big_source_clusters(Machine(), use_copy_range) == BIG_SOURCE_CLUSTERS_MAP
 
 
+def _small_source_clusters(vm: Machine, cluster: int) -> str:
+    """A source of small clusters (4 KiB written), backed up in job clusters of 64 KiB: qcow2 answers block
+    status for one L2 table at a time (qcow2_get_host_offset), which maps 32 KiB at 512-byte clusters, so every
+    answer is shorter than the job cluster and every job cluster is copied as data; at 1 KiB a table maps
+    128 KiB, and the zero tasks are cut at its ends."""
+    vm.qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster}", "src.qcow2", str(SIZE))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "src", "file": {"driver": "file", "filename": "src.qcow2"}})
+    vm.write("src", 8192, 4096, 0x93)
+    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", str(SIZE))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "tgt.qcow2"}})
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
+                               "x-perf": {"max-workers": 1}})
+    vm.run()
+    vm.qmp("blockdev-del", {"node-name": "tgt"})
+    return vm.qemu_img("map", "--output=json", "tgt.qcow2")
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+def test_source_clusters_of_512_bytes_are_copied_as_data(bulk, monkeypatch):
+    monkeypatch.setattr(block_copy, "BULK", bulk)
+    assert _small_source_clusters(Machine(), 512) == (
+        '[{ "start": 0, "length": 8388608, "depth": 0, "present": true, "zero": false, "data": true, '
+        '"offset": 327680}]\n')
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("cluster", [512, 1024])
+def test_small_source_clusters_match_real_qemu(cluster):
+    assert on_real_qemu(_small_source_clusters, cluster) == _small_source_clusters(Machine(), cluster)
+
+
 def _unaligned_size(vm: Machine) -> list[str]:
     """A qcow2 image created with a size that is no multiple of 512 (qemu-img rounds it up to a sector,
     silently), written in its last sector and backed up: the last cluster is data to its rounded end."""

@@ -46,9 +46,9 @@ def test_a_write_that_allocates_shows_at_once():
     vm.write("top", 0, 65536, 0x41)
     after = [entry["image"]["actual-size"] for entry in vm.qmp("query-named-block-nodes", {"flat": True})
              if entry["node-name"] == "top"]
-    # a new image: header, refcount table and block, and the 8-byte L1 table; then the L1 table
-    # takes a whole cluster, plus an L2 table and a data cluster
-    assert (sizes, after) == ([3 * 65536 + 8], [6 * 65536])
+    # what the file allocates, in 4 KiB blocks: a new image's header, refcount table and block whole and
+    # the L1 table's block; then an L2 table and a data cluster, whole
+    assert (sizes, after) == ([(3 * 16 + 1) * 4096], [(3 * 16 + 1 + 2 * 16) * 4096])
     check(vm)
 
 

@@ -14,9 +14,11 @@ from bitlab.block.qcow2_host import SMALL_BATCH, HostLayout
 
 def _state(layout: HostLayout) -> dict:
     written = [(o.tolist(), n.tolist()) for o, n in layout.written]
-    plain = {k: v for k, v in vars(layout).items() if k not in ("guest", "l2", "free", "written", "discarded")}
+    maps = ("guest", "l2", "free", "written", "discarded", "fs", "_fs_marks", "cow_written")
+    plain = {k: v for k, v in vars(layout).items() if k not in maps}
     return {"guest": layout.guest.runs(), "l2": layout.l2.runs(), "free": layout.free.runs(), "written": written,
-            "discarded": [(s.tolist(), e.tolist()) for s, e in layout.discarded], **plain}
+            "discarded": [(s.tolist(), e.tolist()) for s, e in layout.discarded], "fs": layout.fs_blocks().runs(),
+            "cow_written": layout.cow_written.runs(), **plain}
 
 
 def _same(a: HostLayout, b: HostLayout) -> None:

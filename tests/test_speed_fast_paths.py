@@ -11,7 +11,7 @@ import pytest
 
 from bitlab import Machine
 from bitlab.block import perms
-from bitlab.block.node import BlockNode
+from bitlab.block.node import BlockNode, _cut_runs
 from bitlab.jobs.block_copy import BlockCopy, kinds, kinds_few
 from tests.graphs import random_graph
 
@@ -93,6 +93,9 @@ def test_copy_status_of_few_runs_is_the_general_answer(seed: int) -> None:
         if few is not None:
             answered += 1
             _same(few, general)
+        table = cs * (cs // 8)  # (qcow2 answers for one L2 table at a time)
+        if lo // table != (hi - 1) // table:
+            general = _cut_runs(*general, table)
         keep = (general[1] > off) & (general[0] < off + length)
         _same(node.copy_status(off, length), _slices((np.maximum(general[0][keep], off),
                                                       np.minimum(general[1][keep], off + length), general[2][keep]),

@@ -327,6 +327,18 @@ class ExtentMap:
         self._flush()
         return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
 
+    def peek(self, offset: int) -> int:
+        """:meth:`value_at` without merging the pending writes (the last one covering ``offset`` wins): for a
+        look at a few offsets that should not cost a merge."""
+        for o, n, v in zip(reversed(self._po), reversed(self._pl), reversed(self._pv)):
+            if o <= offset < o + n:
+                return v
+        for offsets, ends, values in reversed(self._log):
+            hit = np.flatnonzero((offsets <= offset) & (offset < ends))
+            if hit.size:
+                return int(values[hit[-1]])
+        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
+
     def allocated_bytes(self) -> int:
         starts, ends, vals = self.extents()
         return int((ends - starts)[vals != UNALLOCATED].sum())

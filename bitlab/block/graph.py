@@ -471,6 +471,7 @@ class BlockGraph:
                 stored.append(old if bm.inconsistent else self._stored(bm))
         stored += [self._stored(bm) for bm in node.bitmaps if bm.persistent and bm.name in live]
         node.image.bitmaps = stored
+        node.discard_freed_bitmaps()
 
     @staticmethod
     def _stored(bm: DirtyBitmap) -> StoredBitmap:

@@ -39,11 +39,12 @@ def qcow2_format_specific(image: ImageFile) -> dict:
 
 def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str | None = None,
                     has_actual_size: bool = True) -> dict:
-    """ImageInfo of an image file opened with its own format (qemu-img info)."""
+    """ImageInfo of an image file opened with its own format (qemu-img info). ``actual-size`` is what the
+    file allocates on the host (:meth:`ImageFile.allocated_size`)."""
     fmt = fmt or image.fmt
     info: dict = {"filename": filename or image.name, "format": fmt, "dirty-flag": False}
     if has_actual_size:
-        info["actual-size"] = image.file_length()
+        info["actual-size"] = image.allocated_size()
     if fmt == "qcow2":
         info["virtual-size"] = round_sector(image.size)
         info["cluster-size"] = image.cluster_size
@@ -278,7 +279,7 @@ class NodeInfoCache:
         out = []
         for node in nodes:
             state, images = _subtree_state(node, memo)
-            lengths = tuple([image.file_length() for image in images])
+            lengths = tuple([image.allocation_key() for image in images])
             cached = self._entries.get((node, flat))
             if cached is None or cached[0] != state:
                 cached = self._build(node, flat, state, lengths)

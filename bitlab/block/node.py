@@ -19,7 +19,7 @@ import numpy as np
 from ..bitmap import DEFAULT, DirtyBitmap, check_bitmap, merge_ranges
 from ..errors import generic
 from ..qmp_order import wire_order
-from . import qcow2_opts, wstats
+from . import hostfs, qcow2_opts, wstats
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
 from .qcow2_host import NONE
 from .store import ImageFile
@@ -55,6 +55,26 @@ def subtree_ids(top: BlockNode, children: Callable[[BlockNode], list[tuple[str, 
                 seen.add(id(child))
                 todo.append(child)
     return seen
+
+
+def _cut_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray, step: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs ``(starts, ends, flags)`` cut at every multiple of ``step`` inside them."""
+    extra = (ends - 1) // step - starts // step
+    if not extra.any():
+        return starts, ends, flags
+    idx = np.repeat(np.arange(starts.size), extra + 1)
+    k = np.arange(idx.size) - np.repeat(np.cumsum(extra + 1) - (extra + 1), extra + 1)
+    new_s = np.where(k == 0, starts[idx], (starts[idx] // step + k) * step)
+    return new_s, np.append(new_s[1:], ends[-1]), flags[idx]
+
+
+def _touched(first: np.ndarray, last: np.ndarray, n: int) -> np.ndarray:
+    """A mask of ``n`` items, set in every range ``[first, last)``."""
+    delta = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(delta, first, 1)
+    np.add.at(delta, last, -1)
+    return np.cumsum(delta[:-1]) > 0
 
 
 class BlockNode:
@@ -403,6 +423,12 @@ class FileNode(BlockNode):
         self._dirty_batch(offsets, lengths)
         self._store_batch(offsets, lengths, 0)
 
+    def note_write(self, offsets, lengths, discard=False):
+        """A qcow2 node's discards that reach the file (it has ``discard=unmap``) punch holes in it."""
+        if discard and self.discard_unmap and self.image.is_qcow2 and len(offsets):
+            self.image.layout.punch(offsets, lengths)
+        super().note_write(offsets, lengths, discard)
+
     def _unmap(self, offset, length):
         self.discards = (self.discards[0] + 1, self.discards[1] + length)  # raw_account_discard
         if not self.image.is_qcow2:
@@ -504,6 +530,7 @@ class Qcow2Node(FormatNode):
         self.auto_backing_file: str | None = None  # the backing file's name as opened, resolved (graph)
         self._seeing = 0  # nesting of _file_sees
         self._one_buffer = False  # the data writes under way are one buffer's runs (one request)
+        self._prealloc: bool | None = None  # s->metadata_preallocation, once checked (see _metadata_prealloc)
 
     @property
     def size(self) -> int:
@@ -638,6 +665,16 @@ class Qcow2Node(FormatNode):
             file.note_write(np.array([r[0] * cs for r in data], dtype=np.int64),
                             np.array([r[1] * cs for r in data], dtype=np.int64), discard=True)
 
+    def discard_freed_bitmaps(self) -> None:
+        """The persistent bitmaps were just stored anew (a clean close): free_bitmap_clusters discards the old
+        ones' data clusters (QCOW2_DISCARD_ALWAYS, see :meth:`_passes_discards`), which punches holes in the file."""
+        layout = self.image.layout
+        runs, layout.bitmaps_freed = layout.bitmaps_freed, []
+        if runs and self._passes_discards(always=True):
+            cs = self.image.cluster_size
+            self.file.note_write(np.array([r[0] * cs for r in runs], dtype=np.int64),
+                                 np.array([r[1] * cs for r in runs], dtype=np.int64), discard=True)
+
     def _passes_discards(self, always: bool = False) -> bool:
         """Whether the discards of the clusters this node frees reach its file child (update_refcount,
         qcow2_process_discards): qcow2 passes QCOW2_DISCARD_ALWAYS ones (shrinking, a stored bitmap removed)
@@ -679,6 +716,11 @@ class Qcow2Node(FormatNode):
         """Data writes ``[offsets, ends)`` (one request, or a buffer's runs) reach the image: blkdebug
         checks them at their host offsets, the file child's bitmaps are dirtied there (newly allocated
         clusters whole), together with the metadata writes they cause."""
+        if (int(offsets[0]) | int(ends[-1])) % self.image.cluster_size and (self._prealloc is None or self.backing):
+            if self._prealloc is None:
+                self._cow_asks_status(offsets, ends)
+            if self.backing is not None:
+                self._note_cow(offsets, ends)
         file = self.file
         sectors = file.checks_sectors()
         with self._file_sees() as listen:
@@ -726,6 +768,14 @@ class Qcow2Node(FormatNode):
             data.runs()
         finally:
             layout.one_request = False
+    def _cow_asks_status(self, offsets: np.ndarray, ends: np.ndarray) -> None:
+        """A data write about to fill part of a cluster that gets a host cluster now asks block status of
+        the copy on write around it (handle_alloc_space, is_zero_cow: bdrv_is_allocated_above), which checks
+        the image as it is before the write (:meth:`_metadata_prealloc`)."""
+        start, end = int(offsets[0]), int(ends[-1])
+        lo, hi = self._cow_ranges(np.array([start]), np.array([end]))
+        if int(lo[0]) != start or int(hi[0]) != end:
+            self._metadata_prealloc()
 
     def _check_write(self, offset: int, pieces: list | None = None) -> None:
         """blkdebug's verdict on the data write (``pieces``: (iotype, host offsets, lengths), None where
@@ -810,7 +860,7 @@ class Qcow2Node(FormatNode):
                                        backing.block_status)
         return s, e, d.astype(bool)
 
-    def copy_status(self, offset, length):
+    def copy_status(self, offset, length, recurse=True):
         """qcow2_co_block_status through the backing chain: a run of clusters of one kind is one extent
         (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
         ones, which the backing file answers, zeroes past its end or without one). A data extent ends
@@ -818,33 +868,107 @@ class Qcow2Node(FormatNode):
         (qcow2_get_host_offset answers one slice: 2 MiB of 4 KiB clusters, 32 KiB of 512-byte ones; the
         backing file is asked no further). A range that starts or ends inside a cluster is answered for the
         whole cluster (a job cluster smaller than the image's: data written anywhere in a cluster makes all
-        of it data), then cut to the range."""
-        s, e, zero = self._status_runs(offset, length)
+        of it data), then cut to the range. If the image looks as if its metadata were preallocated
+        (:meth:`_metadata_prealloc`), the file answers for the data extents (``recurse``; not for qcow2's
+        copy_range, which reads the L2 tables only)."""
+        out = self._status_runs(offset, length, recurse)
         span = self.l2_slice
-        if offset // span == (offset + length - 1) // span:
-            return s, e, zero
-        cuts = np.arange((offset // span + 1) * span, offset + length, span, dtype=np.int64)
-        cuts = cuts[~np.isin(cuts, s)]
-        if not cuts.size:
-            return s, e, zero
-        owner = np.searchsorted(s, cuts, "right") - 1
-        order = np.argsort(np.concatenate((s, cuts)), kind="stable")
-        starts = np.concatenate((s, cuts))[order]
-        return starts, np.append(starts[1:], e[-1]), np.concatenate((zero, zero[owner]))[order]
+        return out if offset // span == (offset + length - 1) // span else _cut_runs(*out, span)
 
-    def _status_runs(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _status_runs(self, offset: int, length: int, recurse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`copy_status` before the cuts at L2 slices."""
         lo, hi = self._cluster_span(offset, length)
         if (lo, hi) != (offset, offset + length):
-            s, e, zero = self._status_runs(lo, hi - lo)
+            s, e, zero = self._status_runs(lo, hi - lo, recurse)
             keep = (e > offset) & (s < offset + length)
             return np.maximum(s[keep], offset), np.minimum(e[keep], offset + length), zero[keep]
+        split = recurse and (self._prealloc if self._prealloc is not None else self._metadata_prealloc())
         starts, ends, vals = self.image.data.extents(offset, length)
-        if starts.size <= FEW_EXTENTS:
+        few = None
+        if starts.size <= FEW_EXTENTS and not split:
             few = self._copy_status_few(offset, offset + length, starts.tolist(), ends.tolist(), vals.tolist())
-            if few is not None:
-                return few
-        return self._copy_status_general(offset, length, starts, ends, vals)
+        return few if few is not None else self._copy_status_general(offset, length, starts, ends, vals, split)
+
+    def _metadata_prealloc(self) -> bool:
+        """qcow2_detect_metadata_preallocation, as qcow2_co_block_status runs it the first time anything asks
+        this node for block status (s->metadata_preallocation_checked): whether the image looks as if its
+        metadata were preallocated (:func:`bitlab.block.hostfs.metadata_preallocated`); then block status asks
+        the file about data clusters (BDRV_BLOCK_RECURSE) until the node is closed."""
+        if self._prealloc is None:
+            self._prealloc = self.image.metadata_preallocated()
+        return self._prealloc
+
+    def _cow_zeroable(self, lo: int, hi: int) -> bool:
+        """Whether a copy on write region ``[lo, hi)`` counts as zeroes for qcow2 (is_zero_cow: one answer of
+        bdrv_is_allocated_above from this node down covers the whole region, and it is unallocated all the
+        way down, or a zero cluster, or past the end of a shorter backing file), so that qcow2 zeroes the new
+        clusters (file-posix: unwritten) instead of copying (written)."""
+        node, length = self, hi - lo
+        while isinstance(node, Qcow2Node):
+            if lo >= node.size:  # (zeroes past the end of a layer, answered for the whole request)
+                return length == hi - lo
+            kind, n = node._cluster_run(lo, min(length, node.size - lo))
+            if kind != UNALLOCATED:
+                return kind in (ZERO, ZERO_ALLOC) and n == hi - lo
+            length = min(length, n)
+            node = node.backing
+        return node is None and length == hi - lo  # (a raw or other layer answers data)
+
+    def _cluster_run(self, lo: int, length: int) -> tuple[int, int]:
+        """qcow2_get_host_offset's run from ``lo``: the kind of its cluster (data as 0, ZERO, ZERO_ALLOC or
+        UNALLOCATED), and how many bytes of ``[lo, lo + length)`` clusters of that kind cover in a row."""
+        cs = self.image.cluster_size
+        c0 = lo // cs
+        s, e, v = self.image.data.extents(c0 * cs, -(-(lo + length) // cs) * cs - c0 * cs)
+        first, last = s // cs - c0, -(-e // cs) - c0  # the clusters each run touches
+        n = int(last[-1])
+        kinds = np.full(n, UNALLOCATED, dtype=np.int64)
+        for value in (ZERO_ALLOC, ZERO):  # (a cluster holds one kind of zeroes, or data, or nothing)
+            hit = v == value
+            kinds[_touched(first[hit], last[hit], n)] = value
+        kinds[_touched(first[v >= 0], last[v >= 0], n)] = 0
+        same = np.flatnonzero(kinds != kinds[0])
+        end = (c0 + (int(same[0]) if same.size else n)) * cs
+        return int(kinds[0]), min(end, lo + length) - lo
+
+    def _note_cow(self, offsets: np.ndarray, ends: np.ndarray) -> None:
+        """A data write over part of a cluster that gets a host cluster now: qcow2 zeroes the new clusters
+        first unless the copy on write around the data finds the backing file's data (is_zero_cow), and then
+        copies it, writing the head and tail clusters whole (``layout.cow_written``, for hostfs)."""
+        start, end = int(offsets[0]), int(ends[-1])
+        lo, hi = self._cow_ranges(np.array([start]), np.array([end]))
+        lo, hi = int(lo[0]), int(hi[0])
+        if lo == start and hi == end:
+            return
+        if not (self._cow_zeroable(lo, start) if lo < start else True) or \
+                not (self._cow_zeroable(end, hi) if end < hi else True):
+            cs = self.image.cluster_size
+            for c in {lo // cs, (hi - 1) // cs}:
+                if c * cs < start or (c + 1) * cs > end:
+                    self.image.layout.cow_written.write(c, 1, hostfs.COPIED)
+
+    def _file_answers(self, starts: np.ndarray, ends: np.ndarray, vals: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runs of the image's content with its data runs cut where the file's answer (SEEK_DATA/SEEK_HOLE
+        at their host offsets) ends: a piece where the file has a hole or unwritten blocks becomes zeroes
+        (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO, which block-copy takes for zeroes)."""
+        data = np.flatnonzero(vals >= 0)
+        if not data.size:
+            return starts, ends, vals
+        idx, host, n = self.image.layout.host_pieces(starts[data], ends[data])
+        first = np.ones(idx.size, dtype=bool)  # the first piece of each run
+        first[1:] = idx[1:] != idx[:-1]
+        before = np.cumsum(n) - n  # the guest offset of each piece: its run's start, plus the pieces before it
+        g_start = starts[data][idx] + before - before[np.maximum.accumulate(np.where(first, np.arange(idx.size), 0))]
+        ps, pe, zero, owner = hostfs.file_pieces(self.image.host_blocks(), host, host + n)
+        g_s = g_start[owner] + ps - host[owner]
+        g_e = g_s + (pe - ps)
+        others = np.setdiff1d(np.arange(vals.size), data)
+        out_s = np.concatenate((starts[others], g_s))
+        order = np.argsort(out_s, kind="stable")
+        out_e = np.concatenate((ends[others], g_e))
+        out_v = np.concatenate((vals[others], np.where(zero, ZERO, vals[data][idx][owner])))
+        return out_s[order], out_e[order], out_v[order]
 
     def _copy_status_few(self, lo: int, hi: int, starts: list[int], ends: list[int],
                          vals: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -901,8 +1025,9 @@ class Qcow2Node(FormatNode):
                 np.array([v < 0 for v in vals], dtype=bool))
 
     def _copy_status_general(self, offset: int, length: int, starts: np.ndarray, ends: np.ndarray,
-                             vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`copy_status` of the image's runs ``starts/ends/vals`` over the range, vectorised."""
+                             vals: np.ndarray, split: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`copy_status` of the image's runs ``starts/ends/vals`` over the range, vectorised (``split``:
+        the file answers for the data extents)."""
         cs = self.image.cluster_size
         lo, hi = offset, offset + length
         data = vals >= 0
@@ -938,6 +1063,8 @@ class Qcow2Node(FormatNode):
                 vals = np.insert(vals, at, vals[at - 1])
                 starts = np.insert(starts, at, cuts)
                 ends = np.append(starts[1:], ends[-1])
+        if split:
+            starts, ends, vals = self._file_answers(starts, ends, vals)
         is_data = (vals >= 0).astype(np.int64)
         holes = vals == UNALLOCATED
         backing = self.backing
@@ -955,6 +1082,7 @@ class Qcow2Node(FormatNode):
         """Whole clusters, as the L2 table maps them: a cluster holding data or zeroes is allocated in
         this layer even where only some of its bytes were written through this node (qcow2 copied the
         rest from the backing file). Maximal runs."""
+        self._metadata_prealloc()  # (bdrv_is_allocated asks qcow2 for block status)
         cs, end = self.image.cluster_size, offset + length
         lo, hi = offset // cs * cs, min(-(-end // cs) * cs, self.image.data.size)
         starts, ends, vals = self.image.data.extents(lo, max(hi - lo, 0))
@@ -1212,6 +1340,7 @@ class Qcow2Node(FormatNode):
         end = min(end, self.image.data.size)
         if end <= start:
             return False
+        self._metadata_prealloc()  # (is_zero asks block status)
         cs = self.image.cluster_size
         lo, hi = start // cs * cs, min(-(-end // cs) * cs, self.image.data.size)
         starts, ends, vals = self.image.data.extents(lo, hi - lo)

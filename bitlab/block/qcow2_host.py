@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import hostfs
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, _stab_max
 
 NONE = -(1 << 62)  # guest map value: no host cluster
@@ -41,6 +42,7 @@ USED, FREE = 0, 1
 HOST_SPACE = 1 << 56  # host clusters a file may ever have (the free map's size)
 SMALL_BATCH = 8  # requests a batch may have for the plain-integer path
 SMALL_ZERO_BATCH = 128  # zero writes a batch of them alone may have for it
+MAX_FS_MARKS = 1024  # metadata writes kept before they go into the file's block map
 
 
 def _first_touch(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,6 +104,8 @@ class HostLayout:
         self.l1_entries = -(-nclusters // self.per_l2)
         self.l1_clusters = -(-8 * self.l1_entries // cluster_size)
         self.l1_offset = 3 * cluster_size  # the L1 table: after header, refcount table and block
+        # told of guest clusters [lo, hi) about to lose their host clusters, while the content still has them
+        self.on_unhost: Callable[[int, int], None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -109,6 +113,8 @@ class HostLayout:
         nclusters = -(-self.size // self.cs)
         self.guest = ExtentMap(max(nclusters, 1), fill=NONE)
         self.zero_flag = ExtentMap(max(nclusters, 1), fill=0)  # 1 where the L2 entry has QCOW_OFLAG_ZERO
+        # hostfs.COPIED where a partial write's copy on write copied the backing file's data (wrote the cluster whole)
+        self.cow_written = ExtentMap(max(nclusters, 1), fill=0)
         self.l2 = ExtentMap(HOST_SPACE, fill=-1)  # by L1 index (an L1 table may grow)
         self.meta = 3 + self.l1_clusters
         self.free = ExtentMap(HOST_SPACE, fill=FREE)
@@ -128,6 +134,14 @@ class HostLayout:
         self.cached_from: int | None = None  # while a request frees clusters: its first entry not yet passed
         self.one_request = False  # the next batch of data writes is one request (a buffer's runs)
         self.depends: dict[str, str | None] = {"l2": None, "rb": None}  # qcow2_cache_set_dependency
+        # the file's blocks (hostfs): what qcow2_co_create writes (header, refcount table and block whole,
+        # the L1 table's entries), then every metadata write, freed clusters, punched holes
+        self.fs = hostfs.new_fs()
+        # metadata writes not in ``fs`` yet: first what qcow2_co_create wrote
+        self._fs_marks: list[tuple] = [([0, self.l1_offset], [3 * self.cs, 8 * self.l1_entries])]
+        # ``fs`` holds only what creating the file and writing L2 tables and refcounts wrote, nothing was freed
+        self.fs_plain = True
+        self.bitmaps_freed: list[tuple[int, int]] = []  # data clusters of stored bitmaps just dropped (runs)
 
     # -- free space ---------------------------------------------------------------------------
     def _free_runs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +180,9 @@ class HostLayout:
     def _write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         if offsets.size:
             self.written.append((offsets.astype(np.int64), lengths.astype(np.int64)))
+            self._fs_marks.append((offsets, lengths))
+            if len(self._fs_marks) > MAX_FS_MARKS:
+                self.fs_blocks()
 
     def _flush_cache(self, which: str) -> None:
         """qcow2_cache_flush of the L2 table cache (``l2``) or the refcount block cache (``rb``): the
@@ -265,6 +282,7 @@ class HostLayout:
         holds a cluster's worth of entries)."""
         index = len(self.refblock_hosts)
         self.refblock_hosts.append(host)
+        self._fs_marks.append(([host * self.cs], [self.cs]))  # (written at once, whole)
         if index < self.cs // 8:
             self._write(np.array([self.cs + 8 * index]), np.array([8]))
 
@@ -316,6 +334,7 @@ class HostLayout:
         if not keep.any():
             return
         starts, ends = starts[keep], ends[keep]
+        self.fs_plain = False
         self._set_dependency("rb", "l2")  # update_refcount, decreasing
         self.free.write_batch(starts, ends - starts, FREE)
         self._refcounts_changed(starts, ends)
@@ -470,6 +489,10 @@ class HostLayout:
         """Guest clusters ``[lo, hi)`` drop their host clusters."""
         s, e, v = self.hosted(lo, hi)
         if s.size:
+            if self.on_unhost is not None:
+                self.on_unhost(lo, hi)
+            self.fs_plain = False
+            self.cow_written.write(lo, hi - lo, 0)
             self.guest.write(lo, hi - lo, NONE)
             self.release(s + v, e + v)
             self.discarded.append((s + v, e + v))
@@ -916,6 +939,9 @@ class HostLayout:
         runs = []
         for _ in range(int(np.count_nonzero(nonzero))):  # (at most 1024 clusters: 64 MiB of bits)
             runs.append((self.alloc(1), 1))
+        if runs:  # (store_bitmap_data writes each data cluster whole)
+            hostfs.mark(self.fs_blocks(), np.array([r[0] for r in runs]) * self.cs, np.full(len(runs), self.cs))
+            self.fs_plain = False
         table = self.alloc(table_clusters)
         runs.append((table, table_clusters))
         self._written_partly(table, table_clusters, 8 * nonzero.size)  # one entry per data cluster
@@ -924,12 +950,15 @@ class HostLayout:
     def drop_bitmap(self, name: str) -> None:
         """free_bitmap_clusters: a bitmap's old data clusters and table."""
         runs = self.bitmap_clusters.pop(name, [])
+        self.bitmaps_freed += runs[:-1]  # (the table comes last)
         if runs:
             self.release(np.array([r[0] for r in runs]), np.array([r[0] + r[1] for r in runs]))
 
     def _written_partly(self, start: int, n: int, nbytes: int) -> None:
         """Clusters ``[start, start + n)`` just allocated get only their first ``nbytes`` written: if
         they end the file, the file ends there."""
+        hostfs.mark(self.fs_blocks(), np.array([start * self.cs]), np.array([nbytes]))
+        self.fs_plain = False
         if start + n == self.top:
             self.partial_end = start * self.cs + nbytes
 
@@ -953,6 +982,25 @@ class HostLayout:
         s, e, v = _runs_with_ends(self.free)
         return int((e - s)[v == USED].sum())
 
+    def used_before(self, end: int) -> int:
+        """Host clusters in use (refcount > 0) among the first ``end``."""
+        s, e, v = _runs_with_ends(self.free)
+        used = v == USED
+        return int((np.minimum(e[used], end) - np.minimum(s[used], end)).sum())
+
+    def fs_blocks(self) -> ExtentMap:
+        """``fs`` with every metadata write so far in it."""
+        if self._fs_marks:
+            marks, self._fs_marks = self._fs_marks, []
+            hostfs.mark(self.fs, np.concatenate([np.asarray(m[0], dtype=np.int64) for m in marks]),
+                        np.concatenate([np.asarray(m[1], dtype=np.int64) for m in marks]))
+        return self.fs
+
+    def punch(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """The file node punched holes at these byte ranges (a discard qcow2 passed, ``discard=unmap``)."""
+        hostfs.punch(self.fs_blocks(), offsets, lengths)
+        self.fs_plain = False
+
     def end_cluster(self) -> int:
         """One past the last host cluster in use (qemu-img check's image end offset / cluster)."""
         starts, vals = self.free.runs()
@@ -968,6 +1016,7 @@ class HostLayout:
         old, new = self.guest.size, max(-(-size // self.cs), 1)
         self.guest.resize(new)
         self.zero_flag.resize(new)
+        self.cow_written.resize(new)
         if new > old:
             self.guest.write(old, new - old, NONE)
             self.zero_flag.write(old, new - old, 0)
@@ -1025,6 +1074,8 @@ class HostLayout:
         end = self.end_cluster()
         if self.grown and end < self.top:
             self.top, self.partial_end = end, None
+            hostfs.cut(self.fs_blocks(), end * self.cs)
+            self.fs_plain = False
 
     @classmethod
     def in_guest_order(cls, size: int, cluster_size: int, starts: np.ndarray,

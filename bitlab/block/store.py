@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from bitarray import bitarray
 
+from . import hostfs
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
 from .qcow2_host import HostLayout
 
@@ -55,6 +56,7 @@ class ImageFile:
     # offsets: starts, ends, values) from the end to the cluster's; see keep_tail
     tail: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
+    _allocated: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (key, allocated_size)
 
     def __setattr__(self, name: str, value) -> None:
         old = self.__dict__.get("bitmaps")
@@ -70,6 +72,7 @@ class ImageFile:
         if not old and not new:
             return
         layout = self.layout
+        layout.bitmaps_freed.clear()
         kept = {id(b) for b in old}
         for b in [b for b in new if id(b) not in kept]:
             layout.store_bitmap(b.name, *self._bitmap_clusters(b))
@@ -108,6 +111,58 @@ class ImageFile:
     def _follow(self, layout: HostLayout) -> None:
         self._layout = layout
         self.data.watch = self
+        layout.on_unhost = self._unhosting
+
+    def _unhosting(self, lo: int, hi: int) -> None:
+        """Guest clusters ``[lo, hi)`` are about to lose their host clusters: the file keeps their blocks."""
+        assert self._layout is not None
+        hostfs.record(self._layout, self.data, lo, hi)
+
+    def keep_host_blocks(self, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` (whole clusters) become zero clusters that keep their host clusters: the
+        file keeps their blocks as they are."""
+        if self.is_qcow2:
+            cs = self.cluster_size
+            hostfs.record(self.layout, self.data, start // cs, -(-end // cs))
+            self.layout.fs_plain = False
+
+    def host_blocks(self) -> hostfs.Runs:
+        """The file's blocks (see :mod:`bitlab.block.hostfs`): runs (first block, end block, state)."""
+        if not self.is_qcow2:
+            return hostfs.raw_blocks(self.data)
+        return hostfs.qcow2_blocks(self.layout, self.data, self.file_length())
+
+    def allocated_size(self) -> int:
+        """What the file allocates on the host, ``st_blocks * 512`` (``actual-size``, ``disk size``)."""
+        layout = self.layout if self.is_qcow2 else None
+        if layout is not None and layout.fs_plain:  # (what plain_allocation looks at)
+            key: tuple = (self.data.version, layout.top, layout.grown, layout.l1_entries, id(layout))
+        else:
+            key = self.allocation_key()
+        cached = self.__dict__.get("_allocated")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        plain = None if layout is None else hostfs.plain_allocation(layout, self.data, self.file_length())
+        size = hostfs.allocated_size(self.host_blocks()) if plain is None else plain
+        object.__setattr__(self, "_allocated", (key, size))
+        return size
+
+    def allocation_key(self) -> tuple:
+        """Changes whenever :meth:`allocated_size` (or the file's length) may: a write to the content, or to the
+        file's block map (without merging pending writes)."""
+        layout = self._layout
+        if layout is None:
+            return (self.data.version,)
+        return self.data.version, layout.fs.version, len(layout._fs_marks), id(layout)
+
+    def metadata_preallocated(self) -> bool:
+        """Whether qcow2 takes this image for one with preallocated metadata (qcow2_detect_metadata_preallocation)."""
+        if not self.is_qcow2:
+            return False
+        layout = self.layout
+        if layout.fs_plain and layout.l1_clusters <= 1:
+            return False  # (all but the L1 table's tail is allocated: real clusters reach the count, less one)
+        return hostfs.metadata_preallocated(layout, self.file_length(), self.allocated_size())
 
     @property
     def layout(self) -> HostLayout:
@@ -279,7 +334,11 @@ class ImageFile:
             self.data.runs()
             self.data.watch = self
             layout.reset()
-            self.l1_padded = True
+            self.l1_padded = True  # (make_completely_empty zeroes the L1 table's clusters)
+            cs = self.cluster_size
+            hostfs.mark(layout.fs_blocks(), np.array([layout.l1_offset]), np.array([layout.l1_clusters * cs]),
+                        hostfs.UNWRITTEN)
+            layout.fs_plain = False
             return
         self.discard_clusters(0, self.data.size)
         self.data.write(0, self.data.size, UNALLOCATED)

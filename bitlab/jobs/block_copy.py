@@ -375,7 +375,7 @@ class BlockCopy:
             self.target.write_buffer(task.offset, io, starts, ends, vals, detect=False)
             task.written = True
             return True
-        s, e, zero = self.source.copy_status(task.offset, io)
+        s, e, zero = self.source.copy_status(task.offset, io, recurse=False)
         for lo, hi, z in zip(s.tolist(), e.tolist(), zero.tolist()):
             if z:
                 self.target.write_zeroes(lo, hi - lo)

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..block.store import ImageStore
 from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
-from .layers import DATA, UNALLOC, chain_status, content, first_difference, split_runs
+from .layers import DATA, UNALLOC, chain_status, content, file_status, first_difference, split_runs
 
 SECTOR = 512
 
@@ -15,20 +15,20 @@ def _status_runs(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray]
     """bdrv_block_status_above's answers from offset 0 on, one per call: ``(starts, flags)`` with the
     flags allocated, data, zero, offset valid and EOF. A qcow2 layer answers for one L2 table at a
     time, so a run ends at the L2 table boundaries of every layer it was looked up in."""
-    s, e, c, d, h = chain_status(chain)
+    s, e, c, d, h, z = file_status(chain, *chain_status(chain))
     for level, layer in enumerate(chain):
         if layer.image.is_qcow2:
             cs = layer.image.cluster_size
             s, e, idx = split_runs(s, e, d >= level, cs * (cs // 8))
-            c, d, h = c[idx], d[idx], h[idx]
+            c, d, h, z = c[idx], d[idx], h[idx], z[idx]
     keep = s < size
-    s, e, c, d, h = s[keep], np.minimum(e[keep], size), c[keep], d[keep], h[keep]
+    s, e, c, d, h, z = s[keep], np.minimum(e[keep], size), c[keep], d[keep], h[keep], z[keep]
     bottom = len(chain) - 1  # unallocated above the bottom: past a shorter backing file, zeroes "allocated" there
     present = (c != UNALLOC) | (d < bottom)
     # EOF: the answer reaches the top image's end, or, unallocated all the way down, the bottom image's
     # (bdrv_co_common_block_status_above keeps the last layer's flags)
     eof = (e >= size) | (~present & (e == chain[bottom].size))
-    flags = (present.astype(np.int64) | (c == DATA) << 1 | (c != DATA) << 2 | (h >= 0) << 3 | eof << 4)
+    flags = (present.astype(np.int64) | (c == DATA) << 1 | ((c != DATA) | z) << 2 | (h >= 0) << 3 | eof << 4)
     return s, flags
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..block import hostfs
 from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs, fill_holes
 from ..block.qcow2_host import NONE
 from ..block.store import ImageFile
@@ -123,6 +124,33 @@ def chain_status(chain: list[Layer], level: int = 0) -> tuple[np.ndarray, ...]:
     out = [np.concatenate([p[i] for p in parts]).astype(np.int64) for i in range(5)]
     order = np.argsort(out[0], kind="stable")
     return tuple(a[order] for a in out)
+
+
+def file_status(chain: list[Layer], s: np.ndarray, e: np.ndarray, c: np.ndarray, d: np.ndarray,
+                h: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`chain_status` runs as bdrv_block_status_above answers with ``want_zero``: a qcow2 layer that
+    looks as if its metadata were preallocated has the file below answer for its data clusters
+    (:mod:`bitlab.block.hostfs`), so its data runs are cut where the file's holes and unwritten blocks
+    begin and end, and those pieces are zero too. Returns ``(starts, ends, codes, depths, hosts, zero)``."""
+    zero = np.zeros(s.size, dtype=bool)
+    for level, layer in enumerate(chain):
+        image = layer.image
+        mine = np.flatnonzero((d == level) & (c == DATA) & (h >= 0))
+        if not image.is_qcow2 or not mine.size:
+            continue
+        if not image.metadata_preallocated():
+            continue
+        blocks = image.host_blocks()
+        ps, pe, pz, owner = hostfs.file_pieces(blocks, h[mine], h[mine] + (e[mine] - s[mine]))
+        run = mine[owner]
+        keep = np.setdiff1d(np.arange(s.size), mine)
+        g_s = s[run] + ps - h[run]
+        out = [np.concatenate((s[keep], g_s)), np.concatenate((e[keep], g_s + pe - ps)),
+               np.concatenate((c[keep], c[run])), np.concatenate((d[keep], d[run])), np.concatenate((h[keep], ps)),
+               np.concatenate((zero[keep], pz))]
+        order = np.argsort(out[0], kind="stable")
+        s, e, c, d, h, zero = (a[order] for a in out)
+    return s, e, c, d, h, zero
 
 
 def content(chain: list[Layer], lo: int, hi: int, level: int = 0) -> Runs:

@@ -7,17 +7,17 @@ import numpy as np
 from ..block.store import ImageStore
 from ..units import parse_size
 from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
-from .layers import DATA, UNALLOC, ZERO_HOSTED, ZERO_PLAIN, chain_status
+from .layers import DATA, UNALLOC, ZERO_HOSTED, ZERO_PLAIN, chain_status, file_status
 
 HUMAN_HEADER = f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File\n"
 
 
 def map_entries(chain: list[Layer], start: int = 0, length: int | None = None) -> list[dict]:
     """MapEntry dicts as qemu-img map merges them (same depth and flags, contiguous host offsets)."""
-    s, e, c, d, h = chain_status(chain)
+    s, e, c, d, h, z = file_status(chain, *chain_status(chain))
     end = chain[0].size if length is None else min(chain[0].size, start + length)
     keep = (e > start) & (s < end)
-    s, e, c, d, h = s[keep], e[keep], c[keep], d[keep], h[keep]
+    s, e, c, d, h, z = s[keep], e[keep], c[keep], d[keep], h[keep], z[keep]
     if not s.size or start >= end:
         return []
     cut = start - s[0]
@@ -25,7 +25,7 @@ def map_entries(chain: list[Layer], start: int = 0, length: int | None = None) -
         s[0] = start
         h[0] = h[0] + cut if h[0] >= 0 else -1
     e[-1] = min(e[-1], end)
-    present, zero, data = c != UNALLOC, np.isin(c, (UNALLOC, ZERO_PLAIN, ZERO_HOSTED)), c == DATA
+    present, zero, data = c != UNALLOC, np.isin(c, (UNALLOC, ZERO_PLAIN, ZERO_HOSTED)) | z, c == DATA
     same = np.ones(s.size, dtype=bool)
     same[0] = False
     for key in (d, present, zero, data):
