@@ -519,6 +519,34 @@ def test_small_source_clusters_match_real_qemu(cluster):
     assert on_real_qemu(_small_source_clusters, cluster) == _small_source_clusters(Machine(), cluster)
 
 
+def _tail_past_a_table(vm: Machine) -> str:
+    """A source of 4 KiB clusters (an L2 table maps 2 MiB) of 4 MiB + 87 bytes (a sector more than 4 MiB): the
+    last answer starts at the table boundary at 4 MiB and is 512 bytes long, shorter than the job cluster, so
+    that last bit is copied as data (random-18200-93, a copy-range episode)."""
+    size = (4 << 20) + 87
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", "src.qcow2", str(size))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "src", "file": {"driver": "file", "filename": "src.qcow2"}})
+    vm.write("src", 3965440, 4096, 0x08)
+    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", str(size))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "tgt.qcow2"}})
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
+                               "x-perf": {"max-workers": 1}})
+    vm.run()
+    vm.qmp("blockdev-del", {"node-name": "tgt"})
+    return vm.qemu_img("map", "--output=json", "tgt.qcow2")
+
+
+def test_the_tail_past_an_l2_table_is_copied_as_data():
+    entries = json.loads(_tail_past_a_table(Machine()))
+    assert entries[-1] == {"start": 4 << 20, "length": 512, "depth": 0, "present": True, "zero": False, "data": True,
+                           "offset": 393216}
+
+
+@pytest.mark.qemu
+def test_the_tail_past_an_l2_table_matches_real_qemu():
+    assert on_real_qemu(_tail_past_a_table) == _tail_past_a_table(Machine())
+
+
 def _unaligned_size(vm: Machine) -> list[str]:
     """A qcow2 image created with a size that is no multiple of 512 (qemu-img rounds it up to a sector,
     silently), written in its last sector and backed up: the last cluster is data to its rounded end."""

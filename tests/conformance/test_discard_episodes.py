@@ -43,7 +43,7 @@ def test_episode_opens_counts_and_checks():
     adds = [s["qmp"]["arguments"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-add"]
     assert any(a.get("node-name") == "dq1" and a["driver"] == "qcow2" for a in adds)
     assert {"qmp": {"execute": "blockdev-del", "arguments": {"node-name": "dq1"}}} in steps
-    assert steps[-1] == {"qemu-img": ["check", "dq1.qcow2"]}
+    assert steps[-2:] == [{"qemu-img": ["map", "--output=json", "dq1.qcow2"]}, {"qemu-img": ["check", "dq1.qcow2"]}]
     # detect-zeroes=unmap always comes with discard=unmap, and never on a file node
     for _ in range(40):
         for step in discard_episode(Discards(random.Random(_)), 8 << 20):
