@@ -493,10 +493,16 @@ def _small_source_clusters(vm: Machine, cluster: int) -> str:
     status for one L2 table at a time (qcow2_get_host_offset), which maps 32 KiB at 512-byte clusters, so every
     answer is shorter than the job cluster and every job cluster is copied as data; at 1 KiB a table maps
     128 KiB, and the zero tasks are cut at its ends."""
-    vm.qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster}", "src.qcow2", str(SIZE))
+    return _one_write_backed_up(vm, cluster, SIZE, 8192, 0x93)
+
+
+def _one_write_backed_up(vm: Machine, cluster: int, size: int, offset: int, pattern: int) -> str:
+    """A qcow2 source of ``cluster``-byte clusters with 4 KiB written at ``offset``, backed up whole by one
+    worker onto a new qcow2 target (64 KiB clusters): the target's map."""
+    vm.qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster}", "src.qcow2", str(size))
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "src", "file": {"driver": "file", "filename": "src.qcow2"}})
-    vm.write("src", 8192, 4096, 0x93)
-    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", str(SIZE))
+    vm.write("src", offset, 4096, pattern)
+    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", str(size))
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "tgt.qcow2"}})
     vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
                                "x-perf": {"max-workers": 1}})
@@ -523,17 +529,7 @@ def _tail_past_a_table(vm: Machine) -> str:
     """A source of 4 KiB clusters (an L2 table maps 2 MiB) of 4 MiB + 87 bytes (a sector more than 4 MiB): the
     last answer starts at the table boundary at 4 MiB and is 512 bytes long, shorter than the job cluster, so
     that last bit is copied as data (random-18200-93, a copy-range episode)."""
-    size = (4 << 20) + 87
-    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", "src.qcow2", str(size))
-    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "src", "file": {"driver": "file", "filename": "src.qcow2"}})
-    vm.write("src", 3965440, 4096, 0x08)
-    vm.qemu_img("create", "-f", "qcow2", "tgt.qcow2", str(size))
-    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": {"driver": "file", "filename": "tgt.qcow2"}})
-    vm.qmp("blockdev-backup", {"job-id": "j", "device": "src", "target": "tgt", "sync": "full",
-                               "x-perf": {"max-workers": 1}})
-    vm.run()
-    vm.qmp("blockdev-del", {"node-name": "tgt"})
-    return vm.qemu_img("map", "--output=json", "tgt.qcow2")
+    return _one_write_backed_up(vm, 4096, (4 << 20) + 87, 3965440, 0x08)
 
 
 def test_the_tail_past_an_l2_table_is_copied_as_data():
