@@ -10,9 +10,10 @@ then changes it with ``qemu-img bitmap``, and opens it again: the bitmaps come b
 Sometimes ``qemu-img convert --bitmaps`` then copies it (``ppc<n>.qcow2``), closed or open (``-U``: its bitmaps
 are in use there, so inconsistent to the copy).
 
-``qemu-img map`` of the closed image (after the close, after ``qemu-img bitmap``): stored bitmaps often make QEMU
-take it for an image with preallocated metadata (qcow2_detect_metadata_preallocation), and map then asks the host
-file system about each data cluster (bitlab.block.hostfs). Not once a copy has read the image (see :func:`_map`).
+Not here: ``qemu-img map`` of the closed image. Stored bitmaps often make QEMU take it for an image with
+preallocated metadata (qcow2_detect_metadata_preallocation), and map then asks the host file system about each
+data cluster (bitlab.block.hostfs), whose answer on QEMU varied from run to run under load (CI dry run: seed
+14001, scenario 115, step 197; the host's page cache and write-back): README "Known differences".
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def persist_episode(pe: Persist, size: int) -> list[dict]:
     for _ in range(rng.randint(2, 7)):
         steps += _action(rng, size)
     steps += [_qmp("query-named-block-nodes", {"flat": True}), _qmp("blockdev-del", {"node-name": "pp"}),
-              {"qemu-img": ["info", "pp.qcow2"]}, {"qemu-img": ["check", "pp.qcow2"]}] + _map(pe)
+              {"qemu-img": ["info", "pp.qcow2"]}, {"qemu-img": ["check", "pp.qcow2"]}]
     if rng.random() < 0.4:
         verbs = rng.sample(["--add", "--remove", "--clear", "--enable", "--disable", "--merge"], rng.randint(1, 2))
         argv = ["bitmap"]
@@ -62,7 +63,7 @@ def persist_episode(pe: Persist, size: int) -> list[dict]:
             argv += [verb, rng.choice(NAMES)] if verb == "--merge" else [verb]
         if "--add" in verbs and rng.random() < 0.5:
             argv += ["-g", str(rng.choice(GRANULARITIES))]
-        steps += [{"qemu-img": argv + ["pp.qcow2", rng.choice(NAMES)]}, {"qemu-img": ["info", "pp.qcow2"]}] + _map(pe)
+        steps += [{"qemu-img": argv + ["pp.qcow2", rng.choice(NAMES)]}, {"qemu-img": ["info", "pp.qcow2"]}]
     steps += [_open(), _qmp("query-named-block-nodes", {"flat": True})]
     steps += [_qmp("x-debug-block-dirty-bitmap-sha256", {"node": "pp", "name": name}) for name in NAMES]
     if rng.random() < 0.3:  # a copy with its bitmaps, of the open image (-U: its bitmaps are in use) or not
@@ -75,13 +76,6 @@ def persist_episode(pe: Persist, size: int) -> list[dict]:
         steps += [{"qemu-img": argv}, {"qemu-img": ["info", copy]}, {"qemu-img": ["check", copy]}]
         steps += ([] if shared else [_open()])
     return steps
-
-
-def _map(pe: Persist) -> list[dict]:
-    """``qemu-img map`` of the closed image, until a copy read it: its stored bitmaps may make QEMU take it for
-    an image with preallocated metadata and ask the host file system about its data clusters, whose
-    never-written blocks a read leaves in the host's page cache (README "Known differences")."""
-    return [] if pe.copies else [{"qemu-img": ["map", "--output=json", "pp.qcow2"]}]
 
 
 def _action(rng: random.Random, size: int) -> list[dict]:

@@ -41,25 +41,16 @@ def test_episode_stores_and_loads():
     assert {"qemu-img": ["info", "pp.qcow2"]} in mine
 
 
-def test_episodes_map_the_image_until_a_copy_read_it():
-    """After the close (and after qemu-img bitmap) the image is mapped, but not in the episodes after one that
-    copied it (the copy read it through the host's page cache)."""
-    rng = random.Random(5)
-    pe = Persist(rng)
-    maps = {"map", "--output=json", "pp.qcow2"}
+def test_episodes_do_not_map_the_image():
+    """QEMU's map of an image with stored bitmaps varies with the host's page cache: the episodes leave it out."""
+    pe = Persist(random.Random(5))
     for _ in range(12):
-        copied = pe.copies
-        steps = persist_episode(pe, 8 << 20)
-        mapped = [i for i, s in enumerate(steps) if set(s.get("qemu-img", [])) == maps]
-        closed = steps.index({"qemu-img": ["check", "pp.qcow2"]})
-        assert (mapped[:1] == [closed + 1]) if not copied else not mapped
-    assert pe.copies
+        assert not [s for s in persist_episode(pe, 8 << 20) if s.get("qemu-img", [None])[0] == "map"]
 
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("index", [0, 7])
 def test_identical_on_qemu(index):
-    """(Index 7 maps an image QEMU takes for one with preallocated metadata.)"""
     scenario = random_scenario(12100, index)
     assert any(map(_touches_pp, scenario["steps"]))
     assert check(scenario) == []
