@@ -1124,12 +1124,10 @@ class QemuMachine(GuestIO, Monitor):
         backing file, through a backup's filter maybe), or ``name``: where bitlab's guest of the node went."""
         if name not in self._overlays:
             return name
-        graph = self._helper_value("x-debug-query-block-graph")
+        graph, drivers = self._graph_view()
         names = {node["id"]: node["name"] for node in graph["nodes"]}
         below = {(names[edge["parent"]], edge["name"]): names[edge["child"]] for edge in graph["edges"]
                  if edge["parent"] in names and edge["child"] in names}
-        drivers = {node["node-name"]: node["drv"] for node in self._helper_value("query-named-block-nodes",
-                                                                                   {"flat": True})}
         while name in self._overlays:
             over = self._overlays[name]
             child = below.get((over, "backing"))
@@ -1140,11 +1138,24 @@ class QemuMachine(GuestIO, Monitor):
             name = over
         return name
 
+    def _graph_view(self) -> tuple[dict, dict[str, str]]:
+        """``x-debug-query-block-graph`` and each node's driver, taken while the graph stood still: a job
+        ending between two queries removes its filter (asked again until the drivers before and after
+        the graph agree)."""
+        drivers = None
+        for _ in range(20):
+            graph = self._helper_value("x-debug-query-block-graph")
+            after = {node["node-name"]: node["drv"]
+                     for node in self._helper_value("query-named-block-nodes", {"flat": True})}
+            if after == drivers:
+                break
+            drivers = after
+        return graph, after
+
     def _filter_above(self, name: str) -> str | None:
         """The topmost copy-before-write filter over node ``name`` (up their 'file' links), if any."""
-        filters = {node["node-name"] for node in self._helper_value("query-named-block-nodes", {"flat": True})
-                   if node["drv"] == "copy-before-write"}
-        graph = self._helper_value("x-debug-query-block-graph")
+        graph, drivers = self._graph_view()
+        filters = {node for node, drv in drivers.items() if drv == "copy-before-write"}
         names = {node["id"]: node["name"] for node in graph["nodes"]}
         above = {names[edge["child"]]: names[edge["parent"]] for edge in graph["edges"]
                  if edge["name"] == "file" and names[edge["parent"]] in filters}
