@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import hashlib
 import json
 import logging
 import os
+import pstats
 import resource
 import shutil
 import statistics
@@ -73,6 +75,18 @@ def timings(fn: Callable[[], object], *, repeats: int = REPEATS, number: int = 1
             fn()
         times.append((time.perf_counter() - t0) / number)
     return times
+
+
+def python_calls(fn: Callable[[], object], runs: int = 5) -> int:
+    """Python function calls per run of ``fn`` (cProfile's count, after one warm-up run): a figure that,
+    unlike wall time, does not depend on what else the machine is doing."""
+    fn()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(runs):
+        fn()
+    prof.disable()
+    return round(pstats.Stats(prof).total_calls / runs)  # type: ignore[attr-defined]
 
 
 def median_seconds(fn: Callable[[], object], **kw) -> float:
@@ -529,6 +543,8 @@ def bench_seed() -> None:
     for mode in ("individual", "grouped"):
         t_sim = median_seconds(lambda m=mode: trace_replay.replay(m))
         add(f"{mode}: bitlab in-process (replay of the trace's commands)", t_sim * 1e3, "ms")
+        add(f"{mode}:   Python function calls per replay (cProfile; the same on a busy machine)",
+            python_calls(lambda m=mode: trace_replay.replay(m)), "calls")
         if not have_qsd:
             continue
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
