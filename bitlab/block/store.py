@@ -176,14 +176,6 @@ class ImageFile:
         """L2 tables in the file."""
         return self.layout.l2_count()
 
-    def note_failed_write(self, offset: int) -> None:
-        """A data write at ``offset`` (an unallocated cluster) failed after qcow2 had written the
-        cluster's L2 table (l2_allocate, before the data write): the table stays in the file (the
-        data cluster allocated for it is freed again)."""
-        if self.is_qcow2:
-            cluster = offset // self.cluster_size
-            self.layout.touch_l2(cluster, cluster + 1)
-
     def discard_clusters(self, start: int, end: int) -> None:
         """qcow2_cluster_discard over whole clusters ``[start, end)`` (bytes): table by table, an L2
         table where there is none, and the clusters' host clusters freed. Call before writing the

@@ -1,0 +1,358 @@
+"""A qcow2 node's requests to a blkdebug node below it, with QEMU 7.2's blkdebug events, in QEMU's order.
+
+block/qcow2*.c fire events on the file child (BLKDBG_EVENT) around the requests they make of it, and
+block/io.c fires ``pwritev``/``pwritev_zero``, ``pwritev_done`` and the read-modify-write ones on the
+blkdebug node itself for each write request that reaches it. An armed rule fails the next request of its
+type, whichever it is: metadata or data. Measured with qemu-io's ``break``/``resume`` on QEMU 7.2 (every
+event suspends the request; the order in which they come is the trace) and with inject-error rules on
+qemu-storage-daemon.
+
+While an operation of a qcow2 node runs, its host layout (:mod:`.qcow2_host`) records what it does to the
+metadata: L2 tables loaded or allocated (``l2_load``; ``cluster_alloc``, ``refblock_alloc``,
+``refblock_load``, the refcount block cache written and flushed, ``l2_alloc_write``, the L2 cache
+written and flushed, ``l1_update``: one sector of the L1 table, written and flushed), data clusters
+allocated, clusters freed (``cluster_free`` for each), cache write-backs (``refblock_update_part``,
+``l2_update``), with a marker where each piece of the guest's data goes. :func:`run` turns the markers into
+the data's own steps (qcow2_co_pwritev_task): ``write_aio`` and the write; for new clusters the guest
+write covers only in part (copy-on-write), either ``cluster_alloc_space`` and a write-zeroes request of
+the new clusters when the rest reads as zeroes (handle_alloc_space), or ``cow_read`` (the rest read
+through the backing file: ``read_backing_aio``), ``write_aio``, ``cow_write`` and one write of the
+clusters (perform_cow); then the discards of the clusters freed, and runs the lot through the blkdebug
+node.
+
+When a request fails the operation fails with its errno, and the image is left as QEMU leaves it: the
+pieces of a guest write whose data was written and linked keep it, an L2 table whose allocation
+completed stays (its data cluster is freed again: qcow2_alloc_cluster_abort), everything else is as it
+was (a failed L2 table, L1 or refcount write frees what the allocation took). A cache write-back writes
+every dirty entry and fails at its end; the entries whose writes failed stay dirty.
+
+Not simulated for blkdebug: new refcount blocks (their own events, the refcount table entry and the
+allocation's retry), a zero write or discard that fails after changing part of its range, and a guest
+write of several pieces whose tasks QEMU runs in parallel (the first failure ends the write here; in
+QEMU the pieces already started go on).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import generic
+from .ioerror import BlockIOError
+from .qcow2_host import NONE
+
+if TYPE_CHECKING:
+    from .blkdebug import BlkdebugNode
+
+# the events a qcow2 operation may fire on its file, by kind of operation
+IO_WRITE_EVENTS = frozenset({"pwritev", "pwritev_zero", "pwritev_done", "pwritev_rmw_head", "pwritev_rmw_after_head",
+                             "pwritev_rmw_tail", "pwritev_rmw_after_tail"})
+WRITE_EVENTS = IO_WRITE_EVENTS | {"cluster_alloc", "refblock_alloc", "refblock_load", "refblock_update_part",
+                                  "l2_alloc_write", "l2_update", "l1_update", "l2_load", "cluster_alloc_space",
+                                  "cow_read", "cow_write", "read_backing_aio", "write_aio", "cluster_free"}
+READ_EVENTS = frozenset({"l2_load", "read_aio", "read_backing_aio"})
+FLUSH_EVENTS = IO_WRITE_EVENTS | {"refblock_update_part", "l2_update"}
+COW_MERGE_READS = 16384  # perform_cow reads both COW regions at once if the data between is no longer
+
+
+def tracer(node: Any, events: frozenset[str]) -> BlkdebugNode | None:
+    """The blkdebug node under a qcow2 ``node`` if its rules may see an operation that fires (some of)
+    ``events``: then the operation goes request by request (see :meth:`BlkdebugNode.sees`)."""
+    file = node.child("file")
+    if file is None or file.driver != "blkdebug" or node.tracing or not file.sees(events):
+        return None
+    return file
+
+
+class _Snapshot:
+    """What a failed operation gives back: the image's content and host layout as they were."""
+
+    def __init__(self, image: Any) -> None:
+        self.image = image
+        starts, vals = image.data.runs()
+        self.starts, self.vals, self.size = starts.copy(), vals.copy(), image.data.size
+        layout = image.layout
+        log, layout.log = layout.log, None
+        self.layout = copy.deepcopy(layout)
+        layout.log = log
+
+    def restore(self) -> None:
+        data = self.image.data
+        data.runs()  # (nothing pending is left over)
+        data._starts, data._vals, data.size = self.starts, self.vals, self.size
+        data.version += 1
+        self.image._layout = self.layout
+        self.layout.written.clear()
+        self.layout.discarded.clear()
+
+
+class _Marks:
+    """Where the steps of the items stand: an L2 table's allocation done, a piece of data written."""
+
+    def __init__(self) -> None:
+        self.tables: dict[int, int] = {}  # L1 index -> the item after which its allocation is complete
+        self.pieces: list[tuple[int, int, int]] = []  # (item, guest start, guest end): data written and linked
+
+
+def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], always: bool = False, frees: bool = False) -> None:
+    """Run ``op`` (a change of the qcow2 ``node``'s image) with its host layout recording, then its events
+    and requests through ``blk``; on a failure (BlockIOError) the image is left as QEMU leaves it.
+    ``always``/``frees``: which discards the clusters it frees pass (see Qcow2Node._passes_discards)."""
+    image = node.image
+    snap = _Snapshot(image)
+    zero_before = image.layout.zero_flag.copy()
+    layout = image.layout
+    layout.log = []
+    node.tracing = True
+    requests: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    node.trace_requests = requests
+    try:
+        op()
+        layout = image.layout  # (every write merged: the log is complete)
+        log = layout.log
+    finally:
+        image.layout.log = None
+        node.tracing = False
+        node.trace_requests = None
+    marks = _Marks()
+    items = _expand(node, log, requests, zero_before, marks)
+    if frees or always:
+        offsets, lengths = layout.drain_discarded()
+        if node._passes_discards(always, below=False):
+            items += [("d", o, n) for o, n in zip(offsets.tolist(), lengths.tolist())]
+    layout.written.clear()
+    layout.discarded.clear()
+    try:
+        blk.run(items)
+    except BlockIOError as err:
+        _failed(node, snap, marks, requests, err.at)  # type: ignore[attr-defined]
+        raise
+
+
+def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, at: int) -> None:
+    """The image after a request failed at item ``at``: as it was, but for the data pieces written and
+    linked before (their content), and the L2 tables allocated before (in the same places)."""
+    snap.restore()
+    image = node.image
+    node.tracing = True  # (again, but recording nothing: what QEMU did before the failure)
+    try:
+        done = [(lo, hi) for item, lo, hi in marks.pieces if item < at]
+        for lo, hi in done:
+            for offsets, ends, values in requests:
+                keep = (ends > lo) & (offsets < hi)
+                if keep.any():
+                    o, e = np.maximum(offsets[keep], lo), np.minimum(ends[keep], hi)
+                    image.data.write_batch(o, e - o, values[keep])
+        tables = sorted(index for index, item in marks.tables.items() if item < at)
+        layout = image.layout
+        per = layout.per_l2
+        for index in tables:
+            layout.touch_l2(index * per, index * per + 1)
+        layout.written.clear()
+        layout.discarded.clear()
+    finally:
+        node.tracing = False
+
+
+def _expand(node: Any, log: list, requests: list, zero_before: Any, marks: _Marks) -> list:
+    """The layout's log with each piece's markers turned into its task's steps."""
+    cs = node.image.cluster_size
+    items: list = []
+    request: tuple[int, int] | None = None
+    piece: list[tuple[int, int, str]] = []
+    for entry in log:
+        kind = entry[0]
+        if kind == "req":
+            request = entry[1], entry[2]
+        elif kind == "new-refblock":
+            raise generic("bitlab does not simulate the requests of a new qcow2 refcount block for blkdebug "
+                          f"('{node.file.node_name}')")
+        elif kind == "data":
+            piece.append(entry[1:])
+        elif kind == "piece-end":
+            assert request is not None
+            lo, hi = max(request[0], piece[0][0] * cs), min(request[1], piece[-1][1] * cs)
+            items += _task(node, zero_before, lo, hi, piece)
+            marks.pieces.append((len(items) - 1, lo, hi))
+            piece = []
+        else:
+            if kind == "w" and entry[3] == "l1":  # qcow2_write_l1_entry: the entries of one aligned block
+                size = max(8, min(node.file.align, cs))
+                entry = ("w", entry[1] // size * size, size, "l1", entry[4])
+            items.append(entry)
+            if kind == "f" and len(items) >= 2 and items[-2][0] == "w" and items[-2][3] == "l1":
+                marks.tables[items[-2][4]] = len(items) - 1
+    return items
+
+
+def _task(node: Any, zero_before: Any, lo: int, hi: int, piece: list[tuple[int, int, str]]) -> list:
+    """qcow2_co_pwritev_task of guest bytes ``[lo, hi)`` over clusters ``piece`` ((first, end, kind) runs,
+    contiguous on the host): each run of new clusters (or zero clusters keeping theirs) the data covers
+    only in part is an L2Meta with copy-on-write regions. handle_alloc_space zeroes one whose regions read
+    as zeroes (``cluster_alloc_space``, a write-zeroes request of its clusters); the data is written
+    (``write_aio``) unless merge_cow joins it to the one L2Meta it fills the middle of; then perform_cow
+    reads each L2Meta's regions (``cow_read``: one read if the data between is short, else one each;
+    the backing file answers) and writes them (``cow_write``), the merged one with the data."""
+    cs = node.image.cluster_size
+    guest = node.image.layout.guest
+    shift = int(guest.value_at(piece[0][0])) * cs  # guest byte + shift = host byte
+    metas = []
+    for c0, c1, kind in piece:
+        if kind == "copied":
+            continue
+        start, end = max(lo, c0 * cs), min(hi, c1 * cs)
+        regions = [r for r in ((c0 * cs, start), (end, c1 * cs)) if r[1] > r[0]]
+        if regions:
+            metas.append((c0, c1, start, end, regions))
+    items: list = []
+    cow = []
+    for meta in metas:
+        c0, c1, _, _, regions = meta
+        if all(_reads_zero(node, zero_before, a, b) for a, b in regions):  # handle_alloc_space
+            items += [("ev", "cluster_alloc_space", 1), ("z", c0 * cs + shift, (c1 - c0) * cs, "cow", None)]
+        else:
+            cow.append(meta)
+    merged = next((m for m in cow if (m[2], m[3]) == (lo, hi)), None)  # (merge_cow: the data fills its middle)
+    if merged is None:
+        items += [("ev", "write_aio", 1), ("w", lo + shift, hi - lo, "data", None)]
+    for meta in cow:  # perform_cow
+        c0, c1, start, end, regions = meta
+        head = (c0 * cs, start) if start > c0 * cs else None
+        tail = (end, c1 * cs) if end < c1 * cs else None
+        reads = [(head[0], tail[1])] if head and tail and end - start <= COW_MERGE_READS else regions
+        for a, b in reads:
+            items.append(("ev", "cow_read", 1))
+            if not zero_before.value_at(a // cs):
+                items += _read_backing(node, a, b)
+        if meta is merged:
+            first, last = regions[0][0], regions[-1][1]
+            items += [("ev", "write_aio", 1), ("ev", "cow_write", 1), ("w", first + shift, last - first, "data", None)]
+        else:
+            for a, b in regions:
+                items += [("ev", "cow_write", 1), ("w", a + shift, b - a, "data", None)]
+    return items
+
+
+def _reads_zero(node: Any, zero_before: Any, a: int, b: int) -> bool:
+    """is_zero_cow for one COW region ``[a, b)`` of a cluster being allocated: a zero cluster, no backing file,
+    or one that has no data there (past its end too)."""
+    cs = node.image.cluster_size
+    if zero_before.value_at(a // cs):
+        return True
+    backing = node.backing
+    if backing is None or a >= backing.size:
+        return True
+    return not _backing_data(backing, a, min(b, backing.size))
+
+
+def _backing_data(backing: Any, a: int, b: int) -> bool:
+    if getattr(backing, "status_data", None) is not None:
+        return bool(backing.status_data(a, b))
+    return bool(backing.block_status(a, b - a)[2].any())
+
+
+def read_items(node: Any, offset: int, length: int) -> list:
+    """qcow2_co_preadv_part: table by table (``l2_load`` and its read where the cache lacks it), piece by
+    piece in guest order: data clusters contiguous on the host (``read_aio``, a read), unallocated ones
+    (``read_backing_aio``, the backing file's read, or nothing without one), zero clusters (nothing)."""
+    image = node.image
+    layout = image.layout
+    cs, per = image.cluster_size, layout.per_l2
+    end = offset + length
+    c0, c1 = offset // cs, -(-end // cs)
+    layout.log = items = []
+    try:
+        for index in range(c0 // per, (c1 - 1) // per + 1):
+            lo, hi = max(c0, index * per), min(c1, (index + 1) * per)
+            if layout.l2.value_at(index) >= 0:
+                layout.load_l2(index)
+            for a, b, kind, host in _pieces(layout, lo, hi):
+                g_lo, g_hi = max(a * cs, offset), min(b * cs, end)
+                if kind == "data":
+                    items += [("ev", "read_aio", 1), ("r", g_lo + (host - a) * cs, g_hi - g_lo, "data", None)]
+                elif kind == "unallocated":
+                    items += _read_backing(node, g_lo, g_hi)
+    finally:
+        layout.log = None
+    return items
+
+
+def _read_backing(node: Any, a: int, b: int) -> list:
+    """An unallocated stretch ``[a, b)`` read from the backing file (nothing without one): its event, then
+    the backing node's own read of what lies before its end (past it, zeroes)."""
+    backing = node.backing
+    if backing is None:
+        return []
+    items: list = [("ev", "read_backing_aio", 1)]
+    if a < backing.size:
+        end = min(b, backing.size)
+        items.append(("call", lambda: backing.pread(a, end - a)))
+    return items
+
+
+def _pieces(layout: Any, c0: int, c1: int) -> list[tuple[int, int, str, int]]:
+    """Guest clusters ``[c0, c1)`` as qcow2_get_host_offset cuts them: runs of one kind ("data" contiguous
+    on the host, "zero", "unallocated"), with the host cluster of each data run's start."""
+    gs, ge, gv = layout.guest.extents(c0, c1 - c0)
+    zs, ze, zv = layout.zero_flag.extents(c0, c1 - c0)
+    bounds = np.unique(np.concatenate((gs, ge, zs, ze)))
+    out: list[tuple[int, int, str, int]] = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        d = int(gv[np.searchsorted(gs, a, "right") - 1])
+        z = int(zv[np.searchsorted(zs, a, "right") - 1])
+        kind = "zero" if z else "data" if d != NONE else "unallocated"
+        host = a + d if kind == "data" else -1
+        if out and out[-1][2] == kind and out[-1][1] == a and (kind != "data" or out[-1][3] + (a - out[-1][0]) == host):
+            out[-1] = (out[-1][0], b, kind, out[-1][3])
+        else:
+            out.append((a, b, kind, host))
+    return out
+
+
+def write_back(node: Any, blk: BlkdebugNode) -> None:
+    """qcow2_write_caches: every dirty L2 table, then every dirty refcount block, each written after its
+    event; an entry whose write failed stays dirty and the write-back fails (BlockIOError)."""
+    layout = node.image.layout
+    layout.log = []
+    try:
+        layout.flush()
+        items = layout.log
+    finally:
+        layout.log = None
+    layout.written.clear()
+    try:
+        blk.run(items)
+    except BlockIOError as err:
+        for kind, key in getattr(err, "entries", []):
+            (layout.dirty_refblocks if kind == "rb" else layout.dirty_l2).add(key)
+        raise
+
+
+
+OPEN_ERRORS = {"header": "Could not read qcow2 header", "l1": "Could not read L1 table",
+               "reftable": "Could not initialize refcount handling"}
+
+
+def open_reads(image: Any, blk: BlkdebugNode) -> str | None:
+    """qcow2_do_open's first reads: the header (112 bytes), the L1 table, then ``reftable_load`` and the
+    refcount table (one cluster); QEMU's error if one fails. (The header extensions and the backing file's
+    name are read next: no sector rule can match them and no event comes between; a bitmap directory's
+    reads are not simulated.)"""
+    if not blk.sees(frozenset({"reftable_load"})):
+        return None
+    layout = image.layout
+    cs = image.cluster_size
+    items: list = [("r", 0, 104 if image.compat == "0.10" else 112, "header", None)]
+    if layout.l1_entries:
+        items.append(("r", layout.l1_offset, 8 * layout.l1_entries, "l1", None))
+    items += [("ev", "reftable_load", 1), ("r", cs, cs, "reftable", None)]
+    try:
+        blk.run(items)
+    except BlockIOError as err:
+        kind = items[err.at][3]  # type: ignore[attr-defined]
+        return f"{OPEN_ERRORS[kind]}: {os.strerror(err.errno)}"
+    return None
