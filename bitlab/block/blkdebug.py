@@ -336,15 +336,18 @@ class BlkdebugNode(BlockNode):
         for p_lo, p_hi, iotype in pieces:
             self.request(iotype, p_lo, p_hi - p_lo, host=True)
 
-    def run(self, items: list) -> None:
+    def run(self, items: list) -> list[tuple[str, object]]:
         """The events and requests of a format driver's operation, in order (see qcow2_host's log):
         ``("ev", name, times)``, ``("seq", names, times)``, ``("w"|"z"|"r", offset, length, kind, key)``,
-        ``("f",)`` a flush, ``("d", offset, length)`` a discard, ``("call", fn)`` work elsewhere (a backing
-        file's read) and ``("end", cache)``: a cache written entry by entry goes on after a failed write
-        (qcow2_cache_write) and fails at its end. BlockIOError carries ``at`` (the item that made it fail)
-        and ``entries`` (the cache entries whose writes failed: (kind, key))."""
+        ``("f",)`` a flush, ``("d", offset, length)`` a discard (its failure ignored), ``("call", fn)`` work
+        elsewhere (a backing file's read), ``("end", cache)``: a cache written entry by entry goes on after a
+        failed write and fails at its end (qcow2_cache_write), and ``("soft", +1/-1)`` around what may fail
+        unnoticed (qcow2_cache_set_dependency's flushes). Returns the cache entries whose writes failed
+        ((kind, key): they stay dirty); BlockIOError carries them too (``entries``), and ``at``, the item
+        that made the operation fail."""
         failed: BlockIOError | None = None
         entries: list[tuple[str, object]] = []
+        soft = 0
         for at, item in enumerate(items):
             op = item[0]
             try:
@@ -358,20 +361,29 @@ class BlkdebugNode(BlockNode):
                     self.read_request(item[1], item[2])
                 elif op == "f":
                     self.flush_request()
-                elif op == "d":
-                    self.discard(item[1], item[2])
+                elif op == "d":  # (qcow2_process_discards: a failed discard is only traced)
+                    try:
+                        self.discard(item[1], item[2])
+                    except BlockIOError:
+                        pass
                 elif op == "call":
                     item[1]()
-                elif op == "end" and failed is not None:
+                elif op == "soft":
+                    soft += item[1]
+                elif op == "end" and failed is not None and not soft:
                     raise failed
             except BlockIOError as err:
+                if op == "w" and item[3] in ("rb", "l2"):
+                    entries.append((item[3], item[4]))
+                if soft:
+                    continue
                 if failed is None:
                     err.at, err.entries = at, entries  # type: ignore[attr-defined]
                     failed = err
                 if op == "w" and item[3] in ("rb", "l2"):
-                    entries.append((item[3], item[4]))
                     continue
                 raise failed from None
+        return entries
 
     # -- I/O passes through -------------------------------------------------------------
     def write(self, offset, length, value):

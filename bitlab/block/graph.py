@@ -170,6 +170,8 @@ class BlockGraph:
             key = self.store_key(opts["filename"])
             if key not in self.store:
                 raise generic(f"Could not open '{opts['filename']}': No such file or directory")
+            if self.store[key].unknown:
+                raise generic(self.store[key].unknown)
             node = FileNode(name or self.auto_name(), image=self.store[key], auto_named=name is None, **common)
             return named(node)
         if driver == "blkdebug":

@@ -669,6 +669,15 @@ class Qcow2Node(FormatNode):
             node = below
         return node.discard_unmap
 
+    def _tables_used(self, offset: int, length: int) -> None:
+        """The L2 tables of ``[offset, offset + length)`` looked up while no blkdebug rule below watched: QEMU has
+        them in its cache from now on (no ``l2_load`` for them later)."""
+        file = self.child("file")
+        layout = self.image._layout
+        if file is not None and file.driver == "blkdebug" and layout is not None and length > 0:
+            cs = self.image.cluster_size
+            layout.tables_used(offset // cs, -(-(offset + length) // cs))
+
     def _cow_ranges(self, offsets: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The host-side extent of data writes ``[offsets, ends)``: a partly written cluster that gets a
         host cluster now (none yet, or a zero cluster keeping one) is written whole (the zero or backing
@@ -701,6 +710,7 @@ class Qcow2Node(FormatNode):
             self.image.data.write_batch(offsets, ends - offsets, values)
             self.image.data.runs()  # (merged now: its steps come before whatever follows)
             return
+        self._tables_used(int(offsets[0]), int(ends[-1] - offsets[0]))
         with self._file_sees() as listen:
             if not listen:
                 self.image.data.write_batch(offsets, ends - offsets, values)
@@ -724,6 +734,7 @@ class Qcow2Node(FormatNode):
         if blk is not None:
             blk.run(qcow2_trace.read_items(self, offset, length))
         else:
+            self._tables_used(offset, length)
             backing = self.backing
             if backing is not None:
                 lo, hi = self._cluster_span(offset, length)
@@ -752,6 +763,7 @@ class Qcow2Node(FormatNode):
         return new_first, new_last
 
     def block_status(self, offset, length):
+        self._tables_used(offset, length)
         starts, ends, vals = self.image.data.extents(offset, length)
         is_data = vals >= 0
         backing = self.backing
@@ -770,6 +782,7 @@ class Qcow2Node(FormatNode):
         cluster is answered for the whole cluster (a job cluster smaller than the image's: data written
         anywhere in a cluster makes all of it data), then cut to the range."""
         lo, hi = self._cluster_span(offset, length)
+        self._tables_used(lo, hi - lo)
         if (lo, hi) != (offset, offset + length):
             s, e, zero = self.copy_status(lo, hi - lo)
             keep = (e > offset) & (s < offset + length)
@@ -984,11 +997,16 @@ class Qcow2Node(FormatNode):
         if blk is None or self.read_only or self.image._layout is None:
             self.write_back()
             return
-        for step in (self.flush, lambda: qcow2_trace.write_back(self, blk)):
-            try:
-                step()
-            except BlockIOError:
-                pass
+        try:
+            self.flush()
+        except BlockIOError:
+            pass
+        try:
+            qcow2_trace.write_back(self, blk)
+        except BlockIOError:  # (QEMU leaves the file without metadata bitlab keeps: nobody may use it now)
+            self.image.unknown = (f"bitlab does not know what QEMU 7.2 left in '{self.image.name}': its qcow2 "
+                                  f"metadata could not be written back when node '{self.node_name}' closed "
+                                  f"(blkdebug '{blk.node_name}')")
 
     def write_back(self) -> None:
         """The caches' dirty L2 tables and refcount blocks are written (a flush, or closing the node)."""
@@ -1018,6 +1036,7 @@ class Qcow2Node(FormatNode):
             self._dirty(offset, length)
             qcow2_trace.run(self, blk, lambda: self._store_zeroes(offset, length, unmap), frees=True)
             return
+        self._tables_used(offset, length)
         with self._file_sees(frees=True):
             super().write_zeroes(offset, length, unmap)
 
@@ -1027,6 +1046,7 @@ class Qcow2Node(FormatNode):
             self._dirty(offset, length, discard=True)
             qcow2_trace.run(self, blk, lambda: self._unmap(offset, length), frees=True)
             return
+        self._tables_used(offset, length)
         with self._file_sees(frees=True):
             super().discard(offset, length)
 
@@ -1036,6 +1056,9 @@ class Qcow2Node(FormatNode):
             for off, ln in zip(np.asarray(offsets).tolist(), np.asarray(lengths).tolist()):
                 self.write_zeroes(off, ln, unmap)
             return
+        if len(offsets):
+            lo = int(np.min(offsets))
+            self._tables_used(lo, int(np.max(np.asarray(offsets) + np.asarray(lengths))) - lo)
         with self._file_sees(frees=True):
             self._write_zeroes_batch(offsets, lengths, unmap)
 

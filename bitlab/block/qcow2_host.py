@@ -199,9 +199,11 @@ class HostLayout:
         n = last - first + 1
         if n.size and int(n.max()) == 1:
             self.dirty_refblocks.update(first.tolist())
+            self.rb_cached.update(first.tolist())
             return
         for a, b in zip(first.tolist(), last.tolist()):  # (a range over several refcount blocks)
             self.dirty_refblocks.update(range(a, b + 1))
+            self.rb_cached.update(range(a, b + 1))
 
     # -- metadata writes (the qcow2 caches) -----------------------------------------------------
     def _write(self, offsets: np.ndarray, lengths: np.ndarray, kind: str = "", keys: list | None = None) -> None:
@@ -232,6 +234,8 @@ class HostLayout:
     def _set_dependency(self, cache: str, dependency: str) -> None:
         """qcow2_cache_set_dependency: ``cache`` is written only after ``dependency``; a dependency the
         other way round is flushed first."""
+        if self.log is not None:  # (qcow2 goes on whether these flushes fail or not)
+            self.log.append(("soft", 1))
         if self.depends[dependency] is not None:
             self.depends[dependency], dep = None, self.depends[dependency]
             self._flush_cache(dep)
@@ -239,6 +243,8 @@ class HostLayout:
             self.depends[cache], dep = None, self.depends[cache]
             self._flush_cache(dep)
         self.depends[cache] = dependency
+        if self.log is not None:
+            self.log.append(("soft", -1))
 
     def _write_back_refblocks(self) -> None:
         """The refcount block cache written: each dirty block whole."""
@@ -429,14 +435,10 @@ class HostLayout:
         for index in self.l2_missing(c0 // self.per_l2, (c1 - 1) // self.per_l2).tolist():
             self._l2_allocate(index)
 
-    def get_tables(self, c0: int, c1: int) -> None:
-        """get_cluster_table for guest clusters ``[c0, c1)``, table by table: loaded, or allocated where
-        missing."""
-        for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
-            if self.l2.value_at(index) < 0:
-                self._l2_allocate(index)
-            else:
-                self.load_l2(index)
+    def tables_used(self, c0: int, c1: int) -> None:
+        """Guest clusters ``[c0, c1)`` were looked up without a recorder (their L2 tables are in the cache now)."""
+        if c1 > c0:
+            self.l2_cached.update(range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1))
 
     # -- guest clusters ---------------------------------------------------------------------
     def hosted(self, c0: int = 0, c1: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -739,6 +741,7 @@ class HostLayout:
         for i, (_, g, t, x) in enumerate(events):
             if t == 0:
                 self.l2.write(x, 1, host)
+                self.l2_cached.add(x)
                 tables.append(x)
                 pos_last, host_last = i, host
                 host += 1
@@ -789,6 +792,7 @@ class HostLayout:
         """:meth:`_refcounts_changed` for one range ``[start, end)``."""
         span = self.refblock_span
         self.dirty_refblocks.update(range(start // span, (end - 1) // span + 1))
+        self.rb_cached.update(range(start // span, (end - 1) // span + 1))
 
     def _may_free(self, f0: np.ndarray, f1: np.ndarray, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
         """Whether each range ``[f0, f1)`` meets a hosted cluster or a range ``[d0, d1)`` (conservative)."""
@@ -889,6 +893,7 @@ class HostLayout:
         at[order] = host
         if nt:
             self.l2.write_batch(tab, 1, at[:nt])
+            self.l2_cached.update(tab.tolist())
         if ps.size:
             self.guest.write_batch(ps, pe - ps, at[nt:] - ps)
             if split.size:  # the clusters after a refcount block placed inside a request's allocation

@@ -51,6 +51,7 @@ class ImageFile:
     bitmaps: list[StoredBitmap] = field(default_factory=list)
     compat: str = "1.1"  # qcow2 version: "1.1" (v3) or "0.10" (v2)
     l1_padded: bool = False  # the L1 table fills whole clusters (a qcow2 file emptied by qemu-img commit)
+    unknown: str | None = None  # why bitlab cannot tell what the file holds (it refuses to open it then)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value) -> None:
@@ -236,6 +237,7 @@ def format_image(image: ImageFile, fmt: str, size: int, *, cluster_size: int = Q
     image.bitmaps = []
     image.compat = compat
     image.l1_padded = False
+    image.unknown = None
     old = image.__dict__.get("data")
     image.data = ExtentMap(size, fill=UNALLOCATED if fmt == "qcow2" else 0)
     if old is not None:
