@@ -1,15 +1,40 @@
 """``blkdebug``: rules that inject I/O errors when the driver above reports events.
 
 As in block/blkdebug.c: the state starts at 1; an event runs every rule registered
-for it whose ``state`` is 0 or the current state. ``set-state`` rules pick the next
-state; ``inject-error`` rules become the *active* rules (replacing the previous
-set), and the next request of a matching I/O type (and sector, if given) fails with
-``errno``; a ``once`` rule is then removed for good.
+for it whose ``state`` is 0 or the current state, newest first. ``set-state`` rules pick the next
+state (the oldest one taken wins); ``inject-error`` rules become the *active* rules (replacing the
+previous set), and the next request of a matching I/O type (default: read, write, write-zeroes,
+discard, flush; block-status only when named) and sector, if given, fails with ``errno``; a ``once``
+rule is then removed for good. ``none`` fires as the node opens (blkdebug_open), so its rules are armed
+at once: the first request fails.
 
-bitlab's qcow2 and raw nodes report ``read_aio`` and ``write_aio`` for data reads and
-writes, ``cluster_alloc`` and ``l2_update`` when a write allocates clusters, and
-``flush_to_os``/``flush_to_disk`` for flushes; QEMU reports many more (metadata
-events) that bitlab does not model.
+The events bitlab fires, measured on QEMU 7.2 (qemu-io ``break``/``resume`` and inject-error rules):
+
+- on this node itself, block/io.c's for each write request reaching it: ``pwritev`` (``pwritev_zero``
+  for a write-zeroes request), then the rule check, then ``pwritev_done`` (after a failed one too); with
+  ``align``, an unaligned request is padded (bdrv_pad_request): ``pwritev_rmw_head``/``pwritev_rmw_tail``,
+  the read of the blocks around it, ``pwritev_rmw_after_head``/``pwritev_rmw_after_tail`` (one read, and the
+  events in this order, when both fall in one buffer), and a write-zeroes request's unaligned head and tail
+  become data writes; reads, writes and the bitmaps and ``wr_highest_offset`` of this node and of the file
+  below count the padded range. A failed read-modify-write read is ignored by QEMU 7.2, which writes
+  whatever its bounce buffer held around the data: bitlab refuses to guess (GenericError). The limits are
+  not merged upward: the node above sends its requests as they are, this node pads them.
+- from raw above: ``read_aio`` before a read, ``write_aio`` before a write; ``flush_to_os`` and (if it was
+  written since its last flush) ``flush_to_disk`` for a flush of the raw node, and its own flush checked
+  only if something was written to it since its last one (bdrv_co_flush's write generations).
+- from qcow2 above, in QEMU's order (:mod:`.qcow2_trace`): the open's reads (header, L1 table,
+  ``reftable_load`` and the refcount table: QEMU's error texts when one fails), and for each operation its
+  metadata steps (``cluster_alloc``, ``refblock_alloc``, ``refblock_load``, ``refblock_update_part``,
+  ``l2_alloc_write``, ``l2_update``, ``l1_update``, ``l2_load``, ``cluster_free``) and data steps
+  (``write_aio``, ``cluster_alloc_space``, ``cow_read``, ``read_backing_aio``, ``cow_write``, ``read_aio``),
+  each request of its own failing as QEMU fails it.
+
+Never fired (bitlab has no compressed clusters, internal snapshots, vmstate, copy-on-read, nor
+``qemu-img commit``'s make-empty): ``l2_update_compressed``, ``l2_alloc_cow_read``, ``read_compressed``,
+``write_compressed``, ``vmstate_load``, ``vmstate_save``, ``cluster_alloc_bytes``, ``cor_write``,
+``empty_image_prepare``. Not simulated, refused (GenericError) where a rule may see them: a new refcount
+block's (``refblock_alloc_*``, ``reftable_grow``/``reftable_update``), a qcow2 resize's (``l1_grow_*``,
+``l1_shrink_*``).
 """
 
 from __future__ import annotations
@@ -174,7 +199,9 @@ class BlkdebugNode(BlockNode):
                 break
 
     def hears_host_writes(self) -> bool:
-        return bool(self.bitmaps) or self.inner.hears_host_writes()
+        """Always: a format driver's writes come here request by request (qcow2's too: the node below it,
+        and this one, then count exactly what QEMU counts)."""
+        return True
 
     def note_write(self, offsets, lengths, discard=False) -> None:
         if not discard and self.align > 1 and len(offsets):  # the file below sees the padded requests

@@ -938,6 +938,10 @@ class Qcow2Node(FormatNode):
         written last (8 bytes at 24)."""
         if size % 512:
             raise generic("The new size must be a multiple of 512")
+        blk = qcow2_trace.tracer(self, qcow2_trace.RESIZE_EVENTS)
+        if blk is not None:
+            raise generic(f"bitlab does not simulate the blkdebug events and requests of a qcow2 resize "
+                          f"(blkdebug '{blk.node_name}')")
         image, cs = self.image, self.image.cluster_size
         for stored in image.bitmaps:  # qcow2_truncate_bitmaps_check, in the bitmap directory's order
             loaded = next((bm for bm in self.bitmaps if bm.name == stored.name), None)

@@ -55,6 +55,8 @@ WRITE_EVENTS = IO_WRITE_EVENTS | {"cluster_alloc", "refblock_alloc", "refblock_l
                                   "l2_alloc_write", "l2_update", "l1_update", "l2_load", "cluster_alloc_space",
                                   "cow_read", "cow_write", "read_backing_aio", "write_aio", "cluster_free"}
 READ_EVENTS = frozenset({"l2_load", "read_aio", "read_backing_aio"})
+RESIZE_EVENTS = WRITE_EVENTS | {"l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table",
+                                "l1_shrink_write_table", "l1_shrink_free_l2_clusters"}
 FLUSH_EVENTS = IO_WRITE_EVENTS | {"refblock_update_part", "l2_update"}
 COW_MERGE_READS = 16384  # perform_cow reads both COW regions at once if the data between is no longer
 

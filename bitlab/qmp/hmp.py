@@ -104,13 +104,13 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
 
 
 def _emulate_fua(node: Any) -> None:
-    """A Force Unit Access write (``-f``): filters and raw pass the flag down; qcow2 does not support it,
-    so the block layer flushes the qcow2 node after the write (bdrv_driver_pwritev), writing back its
-    metadata caches. A file takes FUA itself (nothing to write back)."""
-    while node.driver in ("copy-before-write", "blkdebug", "raw"):
-        node = node.child("file") or node.child("image")
-    if node.driver == "qcow2":
-        node.flush()
+    """A Force Unit Access write (``-f``): no driver here supports the flag (file-posix does not, so neither do
+    the nodes that pass it down), so the block layer flushes the node that got the write (bdrv_driver_pwritev):
+    a qcow2 node writes back its metadata caches; raw and blkdebug fire blkdebug's flush events. A backup's
+    copy-before-write filter stands for its source here."""
+    while node.driver == "copy-before-write":
+        node = node.child("file")
+    node.flush()
 
 
 def _alloc(node: Any, req: Any, monitor: list[str]) -> str:
