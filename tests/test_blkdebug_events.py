@@ -238,7 +238,8 @@ def test_rule_members_under_qcow2_on_both(rule: dict) -> None:
 
 
 RAW_OPS = [("write", 512, 512), ("write", 8192, 512), ("zero", 12288, 8192), ("write", 70000, 512),
-           ("discard", 65536, 65536), ("read", 0, 4096), ("flush",), ("write", 300000, 4096), ("flush",), ("read", 600, 100)]
+           ("discard", 65536, 65536), ("read", 0, 4096), ("flush",), ("write", 300000, 4096), ("flush",),
+           ("read", 600, 100)]
 IO_EVENTS = ["none", "write_aio", "read_aio", "flush_to_os", "flush_to_disk", "pwritev", "pwritev_zero",
              "pwritev_done", "pwritev_rmw_after_head", "pwritev_rmw_after_tail"]
 
