@@ -154,6 +154,7 @@ class HostLayout:
             self._ev("refblock_alloc")
             self._ev("refblock_load")
             self._read_refblock(block)
+            self.log.append(("rc", block))  # (its refcounts change in the cache here)
 
     def _read_refblock(self, block: int) -> None:
         if block not in self.rb_cached and block < len(self.refblock_hosts):
@@ -403,6 +404,7 @@ class HostLayout:
             for a, b in zip(starts.tolist(), ends.tolist()):  # (the other blocks they meet, read once)
                 for block in range(a // self.refblock_span, (b - 1) // self.refblock_span + 1):
                     self._read_refblock(block)
+                    self.log.append(("rc", block))
             n = int((ends - starts).sum())
             if n > 1:
                 self.log.append(("seq", ("cluster_free", "refblock_alloc", "refblock_load"), n - 1))

@@ -131,7 +131,7 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], always: bool = Fal
     try:
         entries = blk.run(items)
     except BlockIOError as err:
-        _failed(node, snap, marks, requests, err.at)  # type: ignore[attr-defined]
+        _failed(node, snap, marks, requests, items, err.at)  # type: ignore[attr-defined]
         _redirty(image.layout, err.entries)  # type: ignore[attr-defined]
         raise
     _redirty(image.layout, entries)
@@ -143,15 +143,22 @@ def _redirty(layout: Any, entries: list[tuple[str, object]]) -> None:
         (layout.dirty_refblocks if kind == "rb" else layout.dirty_l2).add(key)
 
 
-def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, at: int) -> None:
+def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: list, at: int) -> None:
     """The image after a request failed at item ``at``: as it was, but for the data pieces written and
-    linked before (their content), and the L2 tables allocated before (in the same places)."""
-    taken = _taken(snap.layout, node.image.layout)
+    linked before (their content), and the L2 tables allocated before (in the same places); the refcount
+    blocks whose counts changed before stay dirty (what was allocated is freed again in the cache)."""
     snap.restore()
     image = node.image
-    span = image.layout.refblock_span
-    for a, b in taken:  # (their refcounts went up and down again in the cache: those blocks are dirty)
-        image.layout.dirty_refblocks.update(range(a // span, (b - 1) // span + 1))
+    done = items[:at]
+    image.layout.dirty_refblocks.update(item[1] for item in done if item[0] == "rc")
+    image.layout.rb_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "rb")  # (read: cached)
+    image.layout.l2_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "l2")
+    end = max((item[1] + item[2] for item in done if item[0] in ("w", "z")), default=0)
+    end = -(-end // node.file.align) * node.file.align  # (as blkdebug padded the requests)
+    layout = image.layout
+    if end > image.file_length():  # (what was written stays in the file, which never shrinks here)
+        cs = image.cluster_size
+        layout.top, layout.partial_end, layout.grown = -(-end // cs), end if end % cs else None, True
     node.tracing = True  # (again, but recording nothing: what QEMU did before the failure)
     try:
         done = [(lo, hi) for item, lo, hi in marks.pieces if item < at]
@@ -170,23 +177,6 @@ def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, at: int) 
         layout.discarded.clear()
     finally:
         node.tracing = False
-
-
-def _taken(before: Any, after: Any) -> list[tuple[int, int]]:
-    """Host clusters in use ``after`` that were free ``before``: (start, end) runs."""
-    bs, be, bv = _runs(before.free)
-    as_, ae, av = _runs(after.free)
-    bounds = np.unique(np.concatenate((bs, be, as_, ae)))
-    seg = bounds[:-1]
-    used_after = av[np.searchsorted(as_, seg, "right") - 1] == 0
-    free_before = bv[np.searchsorted(bs, seg, "right") - 1] != 0
-    new = used_after & free_before
-    return list(zip(seg[new].tolist(), bounds[1:][new].tolist()))
-
-
-def _runs(emap: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    starts, vals = emap.runs()
-    return starts, np.append(starts[1:], emap.size), vals
 
 
 def _expand(node: Any, log: list, requests: list, zero_before: Any, marks: _Marks) -> list:

@@ -129,9 +129,12 @@ def blkdebug_episode(bd: Blkdebugs, source_size: int) -> list[dict]:
     if not qcow2:
         steps.append(_qmp("block-dirty-bitmap-add", {"node": f"{name}d", "name": "bd", "granularity": 512}))
     discards = discard and (align <= 1 or unit % align == 0)
-    for _ in range(rng.randint(2, 8)):
+    # (a rule armed as the node opens may fail the format's open: the node is then missing, and the real
+    # backend's guest words that error its own way)
+    opens = {r["event"] for r in rules["inject-error"] + rules.get("set-state", [])} & {"none", "reftable_load"}
+    for _ in range(0 if opens else rng.randint(2, 8)):
         steps.append(_request(rng, name, size, unit, discards))
-    if qcow2 and rng.random() < 0.3:
+    if qcow2 and not opens and rng.random() < 0.3:
         steps += _backup(bd, name, size)
     steps += [_qmp("query-named-block-nodes", {"flat": True}), _qmp("query-blockstats", {"query-nodes": True})]
     if all(rule.get("once") for rule in rules["inject-error"]):
