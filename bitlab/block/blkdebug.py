@@ -397,7 +397,7 @@ class BlkdebugNode(BlockNode):
                     item[1]()
                 elif op == "soft":
                     soft += item[1]
-                elif op == "rc":  # (a refcount block changed in the driver's cache: nothing reaches this node)
+                elif op in ("rc", "mark"):  # (the driver's own bookkeeping: nothing reaches this node)
                     pass
                 elif op == "end" and failed is not None and not soft:
                     raise failed

@@ -291,7 +291,11 @@ class HostLayout:
         """l2_allocate: a cluster for the table, the refcount block cache flushed, the new table written
         with every other dirty one (the L2 cache flushed), then its L1 entry (8 bytes, written at once and
         flushed: bdrv_pwrite_sync)."""
+        if self.log is not None:
+            self.log.append(("mark", "table", index))  # (a failure from here on frees its cluster again)
         host = self.alloc(1)
+        if self.log is not None:
+            self.log.append(("mark", "table", host))
         self.l2.write(index, 1, host)
         self._flush_cache("rb")
         self.dirty_l2.add(index)
@@ -301,7 +305,18 @@ class HostLayout:
         self._ev("l1_update")
         self._write(np.array([self.l1_offset + 8 * index]), np.array([8]), "l1", [index])
         if self.log is not None:
-            self.log.append(("f",))
+            self.log += [("f",), ("mark", "end")]
+
+    def free_again(self, host: int, n: int, discard: bool) -> None:
+        """A recorder's steps of qcow2_free_clusters of host clusters ``[host, host + n)`` that an operation took
+        and gives back after a failure (the layout itself is as before the operation): ``cluster_free``, the
+        dependency flush, the refcount block's events, then (``discard``: QCOW2_DISCARD_ALWAYS, an L2 table's)
+        the discard of the clusters."""
+        self._ev("cluster_free")
+        self._set_dependency("rb", "l2")
+        self._refcount_events(host, host + n)
+        if discard:
+            self.log.append(("d", host * self.cs, n * self.cs))
 
     def drain_discarded(self) -> tuple[np.ndarray, np.ndarray]:
         """The discards qcow2 passed to the file for the data clusters freed since the last call: host byte

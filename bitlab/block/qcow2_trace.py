@@ -133,8 +133,34 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], always: bool = Fal
     except BlockIOError as err:
         _failed(node, snap, marks, requests, items, err.at)  # type: ignore[attr-defined]
         _redirty(image.layout, err.entries)  # type: ignore[attr-defined]
+        _give_back(node, blk, items, err.at, sends=not (frees or always))  # type: ignore[attr-defined]
         raise
     _redirty(image.layout, entries)
+
+
+def _give_back(node: Any, blk: BlkdebugNode, items: list, at: int, sends: bool) -> None:
+    """The steps QEMU takes after a request failed inside an L2 table's allocation (l2_allocate frees its
+    cluster) or a piece's task (qcow2_alloc_cluster_abort frees its new clusters): qcow2_free_clusters for each,
+    whose own failures go unnoticed. A freed L2 table's discard is sent (``sends``) unless the operation caches
+    its discards (a zero write or a discard: they are dropped with its failure, qcow2_process_discards)."""
+    context = next((item for item in reversed(items[:at]) if item[0] == "mark"), ("mark", "end"))
+    if context[1] == "end":
+        return
+    if context[1] == "table":  # (the second mark holds the table's cluster, once it has one)
+        marks = [item for item in items[:at] if item[0] == "mark"]
+        frees = [(marks[-1][2], 1)] if len(marks) >= 2 and marks[-2][1] == "table" else []
+    else:
+        frees = context[2]
+    layout = node.image.layout
+    layout.log = log = []
+    try:
+        for host, n in frees:
+            layout.free_again(host, n, discard=sends and context[1] == "table")
+    finally:
+        layout.log = None
+    layout.written.clear()
+    if log:
+        _redirty(layout, blk.run([("soft", 1)] + log + [("soft", -1)]))
 
 
 def _redirty(layout: Any, entries: list[tuple[str, object]]) -> None:
@@ -149,20 +175,9 @@ def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: li
     blocks whose counts changed before stay dirty (what was allocated is freed again in the cache)."""
     snap.restore()
     image = node.image
-    done = items[:at]
-    image.layout.dirty_refblocks.update(item[1] for item in done if item[0] == "rc")
-    image.layout.rb_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "rb")  # (read: cached)
-    image.layout.l2_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "l2")
-    end = max((item[1] + item[2] for item in done if item[0] in ("w", "z")), default=0)
-    end = -(-end // node.file.align) * node.file.align  # (as blkdebug padded the requests)
-    layout = image.layout
-    if end > image.file_length():  # (what was written stays in the file, which never shrinks here)
-        cs = image.cluster_size
-        layout.top, layout.partial_end, layout.grown = -(-end // cs), end if end % cs else None, True
     node.tracing = True  # (again, but recording nothing: what QEMU did before the failure)
     try:
-        done = [(lo, hi) for item, lo, hi in marks.pieces if item < at]
-        for lo, hi in done:
+        for lo, hi in [(lo, hi) for item, lo, hi in marks.pieces if item < at]:
             for offsets, ends, values in requests:
                 keep = (ends > lo) & (offsets < hi)
                 if keep.any():
@@ -177,6 +192,15 @@ def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: li
         layout.discarded.clear()
     finally:
         node.tracing = False
+    done = items[:at]
+    layout.dirty_refblocks.update(item[1] for item in done if item[0] == "rc")
+    layout.rb_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "rb")  # (read: cached)
+    layout.l2_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "l2")
+    end = max((item[1] + item[2] for item in done if item[0] in ("w", "z")), default=0)
+    end = -(-end // node.file.align) * node.file.align  # (as blkdebug padded the requests)
+    if end > image.file_length():  # (what was written stays in the file, which never shrinks here)
+        cs = image.cluster_size
+        layout.top, layout.partial_end, layout.grown = -(-end // cs), end if end % cs else None, True
 
 
 def _expand(node: Any, log: list, requests: list, zero_before: Any, marks: _Marks) -> list:
@@ -197,8 +221,12 @@ def _expand(node: Any, log: list, requests: list, zero_before: Any, marks: _Mark
         elif kind == "piece-end":
             assert request is not None
             lo, hi = max(request[0], piece[0][0] * cs), min(request[1], piece[-1][1] * cs)
+            guest = node.image.layout.guest
+            new = [(int(guest.value_at(c0)) + c0, c1 - c0) for c0, c1, k in piece if k == "new"]
+            items.append(("mark", "task", new))  # (a failure from here on frees its new clusters again)
             items += _task(node, zero_before, lo, hi, piece)
             marks.pieces.append((len(items) - 1, lo, hi))
+            items.append(("mark", "end"))
             piece = []
         else:
             if kind == "w" and entry[3] == "l1":  # qcow2_write_l1_entry: the entries of one aligned block
@@ -351,7 +379,6 @@ def write_back(node: Any, blk: BlkdebugNode) -> None:
         _redirty(layout, err.entries)  # type: ignore[attr-defined]
         raise
     _redirty(layout, entries)
-
 
 
 OPEN_ERRORS = {"header": "Could not read qcow2 header", "l1": "Could not read L1 table",
