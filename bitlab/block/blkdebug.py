@@ -168,11 +168,30 @@ class BlkdebugNode(BlockNode):
         return tuple((k, v) for prefix in ("inject-error.", "set-state.") for k, v in walked if k.startswith(prefix))
 
     # -- rules ------------------------------------------------------------------------
+    def _waiting(self, events: frozenset[str]) -> list[Rule]:
+        """The rules one of ``events`` may run during an operation that fires them: in the current state, or in
+        one the set-state rules they run may lead to."""
+        states, rules = {self.state}, [rule for rule in self.rules if rule.event in events]
+        grew = True
+        while grew:
+            grew = False
+            for rule in rules:
+                if rule.kind == "set-state" and (not rule.state or rule.state in states) \
+                        and rule.new_state not in states:
+                    states.add(rule.new_state)
+                    grew = True
+        return [rule for rule in rules if not rule.state or rule.state in states]
+
     def sees(self, events: frozenset[str]) -> bool:
         """Whether an operation of a driver above that may fire ``events`` (and make requests) must go step by
-        step here: a rule is armed (it may fail one of its requests), a rule waits for one of the events, or
+        step here: a rule is armed (it may fail one of its requests), a rule may run on one of the events, or
         a caller logs them. Otherwise its events change nothing, and no request can fail."""
-        return bool(self.active) or self.log is not None or any(rule.event in events for rule in self.rules)
+        return bool(self.active) or self.log is not None or bool(self._waiting(events))
+
+    def may_fail(self, events: frozenset[str]) -> bool:
+        """Whether a request may fail in an operation that fires (some of) ``events``: a rule is armed, or an
+        inject-error rule may run on one of them."""
+        return bool(self.active) or any(rule.kind == "inject-error" for rule in self._waiting(events))
 
     def debug_event(self, name: str, times: int = 1) -> None:
         """blkdebug_debug_event, ``times`` in a row. QEMU keeps each event's rules newest first
@@ -199,9 +218,7 @@ class BlkdebugNode(BlockNode):
                 break
 
     def hears_host_writes(self) -> bool:
-        """Always: a format driver's writes come here request by request (qcow2's too: the node below it,
-        and this one, then count exactly what QEMU counts)."""
-        return True
+        return bool(self.bitmaps) or self.inner.hears_host_writes()
 
     def note_write(self, offsets, lengths, discard=False) -> None:
         if not discard and self.align > 1 and len(offsets):  # the file below sees the padded requests

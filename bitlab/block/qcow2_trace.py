@@ -105,7 +105,7 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], always: bool = Fal
     and requests through ``blk``; on a failure (BlockIOError) the image is left as QEMU leaves it.
     ``always``/``frees``: which discards the clusters it frees pass (see Qcow2Node._passes_discards)."""
     image = node.image
-    snap = _Snapshot(image)
+    snap = _Snapshot(image) if blk.may_fail(RESIZE_EVENTS) else None  # (nothing to give back otherwise)
     zero_before = image.layout.zero_flag.copy()
     layout = image.layout
     layout.log = []
@@ -131,6 +131,7 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], always: bool = Fal
     try:
         entries = blk.run(items)
     except BlockIOError as err:
+        assert snap is not None
         _failed(node, snap, marks, requests, items, err.at)  # type: ignore[attr-defined]
         _redirty(image.layout, err.entries)  # type: ignore[attr-defined]
         _give_back(node, blk, items, err.at, sends=not (frees or always))  # type: ignore[attr-defined]

@@ -83,13 +83,18 @@ def qmp_query_blockstats(vm: Any, args: dict) -> list:
 
 
 def _qcow2_files(nodes: Any) -> dict[int, int]:
-    """File nodes that a qcow2 node above wrote to: id -> the highest write bitlab infers (see :func:`_highest`;
-    under a blkdebug node, which hears every host write, the file node counts them itself)."""
+    """File nodes that a qcow2 node above wrote to (and a blkdebug node between them, which passes the
+    writes on): id -> the highest write bitlab infers (see :func:`_highest`)."""
     out: dict[int, int] = {}
     for node in nodes:
         below = node.child("file") if node.driver == "qcow2" and node.wr_highest_offset else None
-        if below is not None and below.driver == "file":  # (through a blkdebug node it hears them all)
+        debug = below if below is not None and below.driver == "blkdebug" else None
+        if debug is not None:
+            below = debug.child("image")
+        if below is not None and below.driver == "file":
             out[id(below)] = below.image.file_length()
+            if debug is not None:
+                out[id(debug)] = out[id(below)]
     return out
 
 
