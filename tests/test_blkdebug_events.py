@@ -291,3 +291,33 @@ def test_align_pads_what_blkdebug_and_the_file_count() -> None:
 def test_align_padding_on_both() -> None:
     real, sim = on_both(_padding)
     assert real == sim == PADDED
+
+
+def _pieces_after_a_failure(vm: Machine) -> list[str]:
+    """A read of three data stretches not contiguous on the host: qcow2 reads them as parallel tasks, so after the
+    second one's read fails (not ``immediately``) the third one's task still starts: its ``read_aio`` arms the
+    next rule, which fails its read, and the reads after see no rule left."""
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "top", "file": {
+        "driver": "blkdebug", "image": {"driver": "file", "filename": "t.qcow2"},
+        "set-state": [{"event": "read_aio", "state": s, "new_state": s + 1} for s in (1, 2, 3)],
+        "inject-error": [{"event": "read_aio", "state": 2, "errno": 5, "once": True},
+                         {"event": "read_aio", "state": 3, "errno": 28, "once": True}]}})
+    for offset in (0, 196608, 458752):
+        vm.write("top", offset, 512, pattern=0x11)
+    return [vm.guest_io("top", f"read -P 0x11 {o} {n}").splitlines()[0]
+            for o, n in ((0, 1 << 20), (0, 512), (196608, 512), (458752, 512))]
+
+
+PIECES = ["read failed: Input/output error", "read 512/512 bytes at offset 0", "read 512/512 bytes at offset 196608",
+          "read 512/512 bytes at offset 458752"]
+
+
+def test_the_pieces_of_a_read_go_on_after_a_failure() -> None:
+    assert _pieces_after_a_failure(Machine()) == PIECES
+
+
+@pytest.mark.qemu
+def test_the_pieces_of_a_read_on_both() -> None:
+    real, sim = on_both(_pieces_after_a_failure)
+    assert real == sim == PIECES

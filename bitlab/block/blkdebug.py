@@ -65,6 +65,7 @@ BLKDEBUG_EVENTS = (
 IO_TYPES = ("read", "write", "write-zeroes", "discard", "flush", "block-status")
 DEFAULT_IOTYPES = frozenset(IO_TYPES) - {"block-status"}  # a rule without iotype (add_rule's default mask)
 EIO = 5
+TASKS = 8  # QCOW2_MAX_WORKERS: the pieces of a request qcow2 starts before it waits for one to end
 _RULE_MEMBERS = {
     "inject-error": ("event", "state", "iotype", "errno", "sector", "once", "immediately"),
     "set-state": ("event", "state", "new_state"),
@@ -364,36 +365,50 @@ class BlkdebugNode(BlockNode):
         if not zeroes:
             self.request("write", lo, hi - lo, host=True)
             return
+        for p_lo, p_hi, zero in self._zero_pieces(offset, length):
+            self.request("write-zeroes" if zero else "write", p_lo, p_hi - p_lo, host=True)
+
+    def _zero_pieces(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """bdrv_co_do_zero_pwritev's requests for an unaligned write-zeroes: the padded head (the whole buffer
+        when head and tail fall in one), the aligned middle (zeroes), the padded tail: (start, end, zeroes)."""
         a = self.align
         end = offset + length
+        lo, hi = self._padded(offset, length)
         buf_len = 2 * a if hi - lo > a and offset % a and end % a else a
-        pos = offset
         pieces = []
+        pos = offset
         if offset % a or hi - lo == buf_len:
-            pieces.append((lo, lo + (buf_len if hi - lo == buf_len else a), "write"))
+            pieces.append((lo, lo + (buf_len if hi - lo == buf_len else a), False))
             pos = pieces[-1][1]
         if end - pos >= a and pos < end:
-            pieces.append((pos, pos + (end - pos) // a * a, "write-zeroes"))
+            pieces.append((pos, pos + (end - pos) // a * a, True))
             pos = pieces[-1][1]
         if pos < end:
-            pieces.append((pos, pos + a, "write"))
-        for p_lo, p_hi, iotype in pieces:
-            self.request(iotype, p_lo, p_hi - p_lo, host=True)
+            pieces.append((pos, pos + a, False))
+        return pieces
 
     def run(self, items: list) -> list[tuple[str, object]]:
         """The events and requests of a format driver's operation, in order (see qcow2_host's log):
         ``("ev", name, times)``, ``("seq", names, times)``, ``("w"|"z"|"r", offset, length, kind, key)``,
         ``("f",)`` a flush, ``("d", offset, length)`` a discard (its failure ignored), ``("call", fn)`` work
         elsewhere (a backing file's read), ``("end", cache)``: a cache written entry by entry goes on after a
-        failed write and fails at its end (qcow2_cache_write), and ``("soft", +1/-1)`` around what may fail
-        unnoticed (qcow2_cache_set_dependency's flushes). Returns the cache entries whose writes failed
+        failed write and fails at its end (qcow2_cache_write), ``("soft", +1/-1)`` around what may fail
+        unnoticed (qcow2_cache_set_dependency's flushes), and ``("task",)`` before each piece of a read, which
+        qcow2 reads in parallel (aio_task_pool): after a failure that did not strike at once the pieces started
+        with it go on, up to :data:`TASKS` of them. Returns the cache entries whose writes failed
         ((kind, key): they stay dirty); BlockIOError carries them too (``entries``), and ``at``, the item
         that made the operation fail."""
         failed: BlockIOError | None = None
         entries: list[tuple[str, object]] = []
         soft = 0
+        task = -1  # ("task",) items: the parallel tasks of a read (see read_tasks)
         for at, item in enumerate(items):
             op = item[0]
+            if op == "task":
+                task += 1
+                if failed is not None and task >= TASKS:
+                    raise failed
+                continue
             try:
                 if op == "ev":
                     self.debug_event(item[1], item[2])
@@ -428,7 +443,11 @@ class BlkdebugNode(BlockNode):
                     failed = err
                 if op == "w" and item[3] in ("rb", "l2"):
                     continue
+                if task >= 0 and not err.immediately and not (op == "r" and item[3] == "l2"):
+                    continue  # (the tasks started before the error is seen go on; not the reads of their tables)
                 raise failed from None
+        if failed is not None:
+            raise failed
         return entries
 
     # -- I/O passes through -------------------------------------------------------------
@@ -477,19 +496,7 @@ class BlkdebugNode(BlockNode):
             self.inner.write_zeroes(offset, length, unmap)
             return
         self._rmw(offset, length)
-        a = self.align
-        buf_len = 2 * a if hi - lo > a and offset % a and end % a else a
-        pieces = []  # (start, end, zeroes)
-        pos = offset
-        if offset % a or hi - lo == buf_len:
-            pieces.append((lo, lo + (buf_len if hi - lo == buf_len else a), False))
-            pos = pieces[-1][1]
-        if end - pos >= a and pos < end:
-            pieces.append((pos, pos + (end - pos) // a * a, True))
-            pos = pieces[-1][1]
-        if pos < end:
-            pieces.append((pos, pos + a, False))
-        for p_lo, p_hi, zero in pieces:
+        for p_lo, p_hi, zero in self._zero_pieces(offset, length):
             self.request("write-zeroes" if zero else "write", p_lo, p_hi - p_lo)
             if zero:
                 self.inner.write_zeroes(p_lo, p_hi - p_lo, unmap)

@@ -745,23 +745,6 @@ class Qcow2Node(FormatNode):
                         backing.pread(int(s), int(min(e, backing.size) - s))
         return self.read_extents(offset, length)
 
-    def _host_contiguous(self, first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cluster runs ``[first, last]`` (sorted, disjoint) cut where their host clusters stop being
-        contiguous in the file."""
-        g_s, _, _ = self.image.layout.guest.extents(int(first[0]), int(last[-1]) + 1 - int(first[0]))
-        cuts = g_s[1:]
-        if not cuts.size:
-            return first, last
-        j = np.searchsorted(first, cuts, "right") - 1
-        inside = (j >= 0) & (cuts > first[np.maximum(j, 0)]) & (cuts <= last[np.maximum(j, 0)])
-        cuts = cuts[inside]
-        if not cuts.size:
-            return first, last
-        new_first = np.sort(np.concatenate((first, cuts)))
-        owner = np.searchsorted(first, new_first, "right") - 1
-        new_last = np.where(np.append(owner[1:] == owner[:-1], False), np.append(new_first[1:], 0) - 1, last[owner])
-        return new_first, new_last
-
     def block_status(self, offset, length):
         self._tables_used(offset, length)
         starts, ends, vals = self.image.data.extents(offset, length)

@@ -323,9 +323,10 @@ def read_items(node: Any, offset: int, length: int) -> list:
             for a, b, kind, host in _pieces(layout, lo, hi):
                 g_lo, g_hi = max(a * cs, offset), min(b * cs, end)
                 if kind == "data":
-                    items += [("ev", "read_aio", 1), ("r", g_lo + (host - a) * cs, g_hi - g_lo, "data", None)]
-                elif kind == "unallocated":
-                    items += _read_backing(node, g_lo, g_hi)
+                    host_lo = g_lo + (host - a) * cs
+                    items += [("task",), ("ev", "read_aio", 1), ("r", host_lo, g_hi - g_lo, "data", None)]
+                elif kind == "unallocated" and node.backing is not None:
+                    items += [("task",)] + _read_backing(node, g_lo, g_hi)
     finally:
         layout.log = None
     return items
