@@ -321,3 +321,16 @@ def test_the_pieces_of_a_read_go_on_after_a_failure() -> None:
 def test_the_pieces_of_a_read_on_both() -> None:
     real, sim = on_both(_pieces_after_a_failure)
     assert real == sim == PIECES
+
+
+def test_a_new_refcount_block_is_refused() -> None:
+    """A write that needs a new refcount block (512-byte clusters: one covers 128 KiB of file) while a rule may
+    see it: bitlab refuses it and leaves the image as it was."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=512", "t.qcow2", "1M")
+    vm.qmp("blockdev-add", _qcow2_spec(**{"inject-error": [{"event": "pwritev_done", "errno": 5, "iotype": "read"}]}))
+    vm.write("top", 0, 64 * K)
+    before = vm.qemu_img("map", "--output=json", "-U", "t.qcow2")
+    with pytest.raises(QMPError, match="does not simulate the requests of a new qcow2 refcount block"):
+        vm.write("top", 64 * K, 128 * K)
+    assert vm.qemu_img("map", "--output=json", "-U", "t.qcow2") == before

@@ -702,7 +702,7 @@ class Qcow2Node(FormatNode):
         they cause; over a blkdebug node whose rules may see them, step by step (:mod:`.qcow2_trace`)."""
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS)
         if blk is not None:
-            qcow2_trace.run(self, blk, lambda: self._write_data(offsets, ends, values))
+            qcow2_trace.run(self, blk, lambda: self._write_data(offsets, ends, values), int(ends[-1] - offsets[0]))
             return
         if self.tracing:  # (where the request's data goes: the layout marks its pieces)
             self.trace_requests.append((offsets, ends, values))
@@ -1021,7 +1021,7 @@ class Qcow2Node(FormatNode):
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS)
         if blk is not None:
             self._dirty(offset, length)
-            qcow2_trace.run(self, blk, lambda: self._store_zeroes(offset, length, unmap), frees=True)
+            qcow2_trace.run(self, blk, lambda: self._store_zeroes(offset, length, unmap), length, frees=True)
             return
         self._tables_used(offset, length)
         with self._file_sees(frees=True):
@@ -1031,7 +1031,7 @@ class Qcow2Node(FormatNode):
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS) if self.discard_unmap else None
         if blk is not None:
             self._dirty(offset, length, discard=True)
-            qcow2_trace.run(self, blk, lambda: self._unmap(offset, length), frees=True)
+            qcow2_trace.run(self, blk, lambda: self._unmap(offset, length), length, frees=True)
             return
         self._tables_used(offset, length)
         with self._file_sees(frees=True):

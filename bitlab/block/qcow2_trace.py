@@ -26,10 +26,12 @@ completed stays (its data cluster is freed again: qcow2_alloc_cluster_abort), ev
 was (a failed L2 table, L1 or refcount write frees what the allocation took). A cache write-back writes
 every dirty entry and fails at its end; the entries whose writes failed stay dirty.
 
-Not simulated for blkdebug: new refcount blocks (their own events, the refcount table entry and the
-allocation's retry), a zero write or discard that fails after changing part of its range, and a guest
-write of several pieces whose tasks QEMU runs in parallel (the first failure ends the write here; in
-QEMU the pieces already started go on).
+The pieces of a read run as parallel tasks (aio_task_pool): after a failure the pieces started with it go
+on, their events and checks included. Not simulated for blkdebug: new refcount blocks (their own events, the
+refcount table entry and the allocation's retry: refused), a zero write or discard that fails after changing
+part of its range, and the parallel tasks of a guest write of several pieces (the first failure ends the
+write here; in QEMU the pieces already started go on, and a piece's ``pwritev_done`` may come after the next
+piece's allocation).
 """
 
 from __future__ import annotations
@@ -100,12 +102,16 @@ class _Marks:
         self.pieces: list[tuple[int, int, int]] = []  # (item, guest start, guest end): data written and linked
 
 
-def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], always: bool = False, frees: bool = False) -> None:
-    """Run ``op`` (a change of the qcow2 ``node``'s image) with its host layout recording, then its events
-    and requests through ``blk``; on a failure (BlockIOError) the image is left as QEMU leaves it.
-    ``always``/``frees``: which discards the clusters it frees pass (see Qcow2Node._passes_discards)."""
+def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, always: bool = False,
+        frees: bool = False) -> None:
+    """Run ``op`` (a change of the qcow2 ``node``'s image over ``length`` bytes) with its host layout recording,
+    then its events and requests through ``blk``; on a failure (BlockIOError) the image is left as QEMU leaves
+    it. ``always``/``frees``: which discards the clusters it frees pass (see Qcow2Node._passes_discards)."""
     image = node.image
-    snap = _Snapshot(image) if blk.may_fail(RESIZE_EVENTS) else None  # (nothing to give back otherwise)
+    layout = image.layout
+    clusters = -(-length // layout.cs) + 2 * (-(-length // (layout.cs * layout.per_l2)) + 1)
+    near = max(layout.top, layout.fci) + 2 * clusters + 8 >= layout.refblocks * layout.refblock_span  # (refused)
+    snap = _Snapshot(image) if near or blk.may_fail(WRITE_EVENTS) else None  # (nothing to give back otherwise)
     zero_before = image.layout.zero_flag.copy()
     layout = image.layout
     layout.log = []
@@ -121,6 +127,11 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], always: bool = Fal
         node.tracing = False
         node.trace_requests = None
     marks = _Marks()
+    if any(entry[0] == "new-refblock" for entry in log):
+        if snap is not None:
+            snap.restore()
+        raise generic("bitlab does not simulate the requests of a new qcow2 refcount block for blkdebug "
+                      f"('{blk.node_name}')")
     items = _expand(node, log, requests, zero_before, marks)
     if frees or always:
         offsets, lengths = layout.drain_discarded()
@@ -214,9 +225,6 @@ def _expand(node: Any, log: list, requests: list, zero_before: Any, marks: _Mark
         kind = entry[0]
         if kind == "req":
             request = entry[1], entry[2]
-        elif kind == "new-refblock":
-            raise generic("bitlab does not simulate the requests of a new qcow2 refcount block for blkdebug "
-                          f"('{node.file.node_name}')")
         elif kind == "data":
             piece.append(entry[1:])
         elif kind == "piece-end":
