@@ -334,3 +334,33 @@ def test_a_new_refcount_block_is_refused() -> None:
     with pytest.raises(QMPError, match="does not simulate the requests of a new qcow2 refcount block"):
         vm.write("top", 64 * K, 128 * K)
     assert vm.qemu_img("map", "--output=json", "-U", "t.qcow2") == before
+
+
+def _write_pieces_after_a_failure(vm: Machine) -> list:
+    """A write over two new clusters, one written before (in place, not next to them on the host) and another
+    new one: three pieces, which qcow2 writes as parallel tasks. The first one's zero write fails once (not
+    ``immediately``): the write fails, but the other pieces' data lands."""
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "2M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "top", "file": {
+        "driver": "blkdebug", "node-name": "dbg", "image": {"driver": "file", "filename": "t.qcow2"},
+        "set-state": [{"event": "cluster_alloc_space", "state": 1, "new_state": 2}],
+        "inject-error": [{"event": "cluster_alloc_space", "state": 2, "errno": 5, "once": True}]}})
+    vm.write("top", 1922048, 512, pattern=0x11)  # cluster 29 (the first zero write moves the state on)
+    out = [vm.write("top", 1782784, 204800, pattern=0x22).splitlines()[0]]  # clusters 27-28, 29, 30
+    out += [vm.guest_io("top", f"read -P {p:#x} {o} 512").splitlines()[0]
+            for o, p in ((1782784, 0), (1900544, 0x22), (1966080, 0x22))]
+    vm.qmp("blockdev-del", {"node-name": "top"})
+    out.append(json.loads(vm.qemu_img("map", "--output=json", "t.qcow2")))
+    return out
+
+
+def test_the_pieces_of_a_write_go_on_after_a_failure() -> None:
+    got = _write_pieces_after_a_failure(Machine())
+    assert got[:4] == ["write failed: Input/output error", "read 512/512 bytes at offset 1782784",
+                       "read 512/512 bytes at offset 1900544", "read 512/512 bytes at offset 1966080"]
+
+
+@pytest.mark.qemu
+def test_the_pieces_of_a_write_on_both() -> None:
+    real, sim = on_both(_write_pieces_after_a_failure)
+    assert real == sim

@@ -65,7 +65,7 @@ BLKDEBUG_EVENTS = (
 IO_TYPES = ("read", "write", "write-zeroes", "discard", "flush", "block-status")
 DEFAULT_IOTYPES = frozenset(IO_TYPES) - {"block-status"}  # a rule without iotype (add_rule's default mask)
 EIO = 5
-TASKS = 8  # QCOW2_MAX_WORKERS: the pieces of a request qcow2 starts before it waits for one to end
+TASKS = 8  # QCOW2_MAX_WORKERS: the tasks of a request qcow2 starts before it waits for one to end
 _RULE_MEMBERS = {
     "inject-error": ("event", "state", "iotype", "errno", "sector", "once", "immediately"),
     "set-state": ("event", "state", "new_state"),
@@ -393,21 +393,32 @@ class BlkdebugNode(BlockNode):
         ``("f",)`` a flush, ``("d", offset, length)`` a discard (its failure ignored), ``("call", fn)`` work
         elsewhere (a backing file's read), ``("end", cache)``: a cache written entry by entry goes on after a
         failed write and fails at its end (qcow2_cache_write), ``("soft", +1/-1)`` around what may fail
-        unnoticed (qcow2_cache_set_dependency's flushes), and ``("task",)`` before each piece of a read, which
-        qcow2 reads in parallel (aio_task_pool): after a failure that did not strike at once the pieces started
-        with it go on, up to :data:`TASKS` of them. Returns the cache entries whose writes failed
-        ((kind, key): they stay dirty); BlockIOError carries them too (``entries``), and ``at``, the item
-        that made the operation fail."""
+        unnoticed (qcow2_cache_set_dependency's flushes), and ``("task", ...)`` ... ``("task-end",)`` around
+        the steps of a piece that qcow2 runs as a parallel task (aio_task_pool): a task whose request fails
+        (not ``immediately``) ends, and the operation goes on (allocating and starting the next pieces, up to
+        :data:`TASKS` tasks) and fails at its end. Returns the cache entries whose writes failed ((kind, key):
+        they stay dirty); BlockIOError carries them too (``entries``), with ``at`` (the item that failed first),
+        ``done`` (which items were carried out), ``tasks`` (the items that began the tasks that failed) and
+        ``main`` (whether a step outside the tasks failed: the operation stopped there)."""
         failed: BlockIOError | None = None
         entries: list[tuple[str, object]] = []
-        soft = 0
-        task = -1  # ("task",) items: the parallel tasks of a read (see read_tasks)
+        done = [False] * len(items)
+        failed_tasks: list[int] = []
+        soft, tasks = 0, 0
+        main = False  # (the driver's own steps failed, not only its tasks)
+        task: int | None = None  # (the item that began the task under way)
+        skip = False
         for at, item in enumerate(items):
             op = item[0]
             if op == "task":
-                task += 1
-                if failed is not None and task >= TASKS:
-                    raise failed
+                if failed is not None and tasks >= TASKS:  # (the pool is full: the failure is seen now)
+                    break
+                task, skip, tasks = at, False, tasks + 1
+                continue
+            if op == "task-end":
+                task = None
+                continue
+            if skip:
                 continue
             try:
                 if op == "ev":
@@ -429,10 +440,9 @@ class BlkdebugNode(BlockNode):
                     item[1]()
                 elif op == "soft":
                     soft += item[1]
-                elif op in ("rc", "mark"):  # (the driver's own bookkeeping: nothing reaches this node)
-                    pass
-                elif op == "end" and failed is not None and not soft:
+                elif op == "end" and failed is not None and not soft and task is None and not failed_tasks:
                     raise failed
+                done[at] = True
             except BlockIOError as err:
                 if op == "w" and item[3] in ("rb", "l2"):
                     entries.append((item[3], item[4]))
@@ -443,10 +453,19 @@ class BlkdebugNode(BlockNode):
                     failed = err
                 if op == "w" and item[3] in ("rb", "l2"):
                     continue
-                if task >= 0 and not err.immediately and not (op == "r" and item[3] == "l2"):
-                    continue  # (the tasks started before the error is seen go on; not the reads of their tables)
-                raise failed from None
+                if task is not None:
+                    failed_tasks.append(task)
+                    skip = True
+                    if not err.immediately:  # (the others go on until the pool notices)
+                        continue
+                else:
+                    main = True
+                if failed is not err:  # (the driver's own error wins over its tasks')
+                    err.at, err.entries = at, entries  # type: ignore[attr-defined]
+                    failed = err
+                break
         if failed is not None:
+            failed.done, failed.tasks, failed.main = done, failed_tasks, main  # type: ignore[attr-defined]
             raise failed
         return entries
 

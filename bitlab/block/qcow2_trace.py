@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import generic
+from .extents import clip_runs
 from .ioerror import BlockIOError
 from .qcow2_host import NONE
 
@@ -100,6 +101,7 @@ class _Marks:
     def __init__(self) -> None:
         self.tables: dict[int, int] = {}  # L1 index -> the item after which its allocation is complete
         self.pieces: list[tuple[int, int, int]] = []  # (item, guest start, guest end): data written and linked
+        self.tasks: dict[int, tuple[int, int, list]] = {}  # the item beginning a piece's task -> (start, end, runs)
 
 
 def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, always: bool = False,
@@ -143,36 +145,78 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, alway
         entries = blk.run(items)
     except BlockIOError as err:
         assert snap is not None
-        _failed(node, snap, marks, requests, items, err.at)  # type: ignore[attr-defined]
+        if err.main:  # type: ignore[attr-defined]
+            _failed(node, snap, marks, requests, items, err)
+        else:
+            _tasks_failed(node, snap, marks, zero_before, err)
         _redirty(image.layout, err.entries)  # type: ignore[attr-defined]
-        _give_back(node, blk, items, err.at, sends=not (frees or always))  # type: ignore[attr-defined]
+        _give_back(node, blk, items, err, sends=not (frees or always))
         raise
     _redirty(image.layout, entries)
 
 
-def _give_back(node: Any, blk: BlkdebugNode, items: list, at: int, sends: bool) -> None:
-    """The steps QEMU takes after a request failed inside an L2 table's allocation (l2_allocate frees its
-    cluster) or a piece's task (qcow2_alloc_cluster_abort frees its new clusters): qcow2_free_clusters for each,
-    whose own failures go unnoticed. A freed L2 table's discard is sent (``sends``) unless the operation caches
-    its discards (a zero write or a discard: they are dropped with its failure, qcow2_process_discards)."""
-    context = next((item for item in reversed(items[:at]) if item[0] == "mark"), ("mark", "end"))
-    if context[1] == "end":
-        return
-    if context[1] == "table":  # (the second mark holds the table's cluster, once it has one)
-        marks = [item for item in items[:at] if item[0] == "mark"]
-        frees = [(marks[-1][2], 1)] if len(marks) >= 2 and marks[-2][1] == "table" else []
-    else:
-        frees = context[2]
+def _tasks_failed(node: Any, snap: _Snapshot, marks: _Marks, zero_before: Any, err: BlockIOError) -> None:
+    """The image after only tasks failed (the operation allocated everything, every piece's task started): the
+    failed pieces' guest bytes hold what they held and their new clusters are unlinked and free again
+    (qcow2_alloc_cluster_abort); the rest stays where it went."""
+    image = node.image
+    layout, data = image.layout, image.data
+    ends = np.append(snap.starts[1:], snap.size)
+    for task in err.tasks:  # type: ignore[attr-defined]
+        lo, hi, piece = marks.tasks[task]
+        s, e, v, _ = clip_runs(snap.starts, ends, snap.vals, np.array([lo]), np.array([hi]))
+        watch, data.watch = data.watch, None  # (the content as it was: nothing to allocate for it)
+        try:
+            data.write_batch(s, e - s, v)
+            data.runs()
+        finally:
+            data.watch = watch
+        for c0, c1, kind in piece:
+            if kind == "new":
+                hs, he, hv = layout.hosted(c0, c1)
+                layout.guest.write(c0, c1 - c0, NONE)
+                layout.release(hs + hv, he + hv)
+            zs, ze, zv = zero_before.extents(c0, c1 - c0)  # (a zero cluster stays one)
+            layout.zero_flag.write_batch(zs, ze - zs, zv)
+    layout.written.clear()
+    layout.discarded.clear()
+
+
+def _give_back(node: Any, blk: BlkdebugNode, items: list, err: BlockIOError, sends: bool) -> None:
+    """The steps QEMU takes after requests failed inside an L2 table's allocation (l2_allocate frees its
+    cluster at once) or in tasks (qcow2_alloc_cluster_abort frees their new clusters as they end):
+    qcow2_free_clusters for each, whose own failures go unnoticed. A freed L2 table's discard is sent
+    (``sends``) unless the operation caches its discards (a zero write or a discard: they are dropped with its
+    failure, qcow2_process_discards)."""
+    at: int = err.at  # type: ignore[attr-defined]
+    frees: list[tuple[int, int, bool]] = []  # (host cluster, clusters, an L2 table's)
+    main = [item for item, task in zip(items[:at], _in_task(items[:at])) if item[0] == "mark" and not task]
+    if len(main) >= 2 and main[-1][1] == "table" and main[-2][1] == "table":  # (the second holds its cluster)
+        frees.append((main[-1][2], 1, True))
+    for task in err.tasks:  # type: ignore[attr-defined]
+        frees += [(host, n, False) for host, n in items[task][1]]
     layout = node.image.layout
     layout.log = log = []
     try:
-        for host, n in frees:
-            layout.free_again(host, n, discard=sends and context[1] == "table")
+        for host, n, table in frees:
+            layout.free_again(host, n, discard=sends and table)
     finally:
         layout.log = None
     layout.written.clear()
     if log:
         _redirty(layout, blk.run([("soft", 1)] + log + [("soft", -1)]))
+
+
+def _in_task(items: list) -> list[bool]:
+    """Which items lie inside a ("task", ...) ... ("task-end",) bracket."""
+    out, inside = [], False
+    for item in items:
+        if item[0] == "task":
+            inside = True
+        elif item[0] == "task-end":
+            inside = False
+        out.append(inside)
+    return out
 
 
 def _redirty(layout: Any, entries: list[tuple[str, object]]) -> None:
@@ -181,21 +225,23 @@ def _redirty(layout: Any, entries: list[tuple[str, object]]) -> None:
         (layout.dirty_refblocks if kind == "rb" else layout.dirty_l2).add(key)
 
 
-def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: list, at: int) -> None:
-    """The image after a request failed at item ``at``: as it was, but for the data pieces written and
-    linked before (their content), and the L2 tables allocated before (in the same places); the refcount
-    blocks whose counts changed before stay dirty (what was allocated is freed again in the cache)."""
+def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: list, err: BlockIOError) -> None:
+    """The image after requests failed: as it was, but for the data pieces written and linked (their tasks
+    done: their content), and the L2 tables allocated (in the same places); the refcount blocks whose counts
+    changed stay dirty (what was allocated is freed again in the cache), what was read stays in the caches,
+    and the file keeps the length the writes that reached it gave it."""
     snap.restore()
     image = node.image
+    executed: list[bool] = err.done  # type: ignore[attr-defined]
     node.tracing = True  # (again, but recording nothing: what QEMU did before the failure)
     try:
-        for lo, hi in [(lo, hi) for item, lo, hi in marks.pieces if item < at]:
+        for lo, hi in [(lo, hi) for item, lo, hi in marks.pieces if executed[item]]:
             for offsets, ends, values in requests:
                 keep = (ends > lo) & (offsets < hi)
                 if keep.any():
                     o, e = np.maximum(offsets[keep], lo), np.minimum(ends[keep], hi)
                     image.data.write_batch(o, e - o, values[keep])
-        tables = sorted(index for index, item in marks.tables.items() if item < at)
+        tables = sorted(index for index, item in marks.tables.items() if executed[item])
         layout = image.layout
         per = layout.per_l2
         for index in tables:
@@ -204,7 +250,7 @@ def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: li
         layout.discarded.clear()
     finally:
         node.tracing = False
-    done = items[:at]
+    done = [item for item, ok in zip(items, executed) if ok]
     layout.dirty_refblocks.update(item[1] for item in done if item[0] == "rc")
     layout.rb_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "rb")  # (read: cached)
     layout.l2_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "l2")
@@ -232,10 +278,11 @@ def _expand(node: Any, log: list, requests: list, zero_before: Any, marks: _Mark
             lo, hi = max(request[0], piece[0][0] * cs), min(request[1], piece[-1][1] * cs)
             guest = node.image.layout.guest
             new = [(int(guest.value_at(c0)) + c0, c1 - c0) for c0, c1, k in piece if k == "new"]
-            items.append(("mark", "task", new))  # (a failure from here on frees its new clusters again)
+            marks.tasks[len(items)] = (lo, hi, piece)
+            items.append(("task", new))  # (a failure in it frees its new clusters again)
             items += _task(node, zero_before, lo, hi, piece)
             marks.pieces.append((len(items) - 1, lo, hi))
-            items.append(("mark", "end"))
+            items.append(("task-end",))
             piece = []
         else:
             if kind == "w" and entry[3] == "l1":  # qcow2_write_l1_entry: the entries of one aligned block
@@ -332,9 +379,10 @@ def read_items(node: Any, offset: int, length: int) -> list:
                 g_lo, g_hi = max(a * cs, offset), min(b * cs, end)
                 if kind == "data":
                     host_lo = g_lo + (host - a) * cs
-                    items += [("task",), ("ev", "read_aio", 1), ("r", host_lo, g_hi - g_lo, "data", None)]
+                    items += [("task", []), ("ev", "read_aio", 1), ("r", host_lo, g_hi - g_lo, "data", None),
+                              ("task-end",)]
                 elif kind == "unallocated" and node.backing is not None:
-                    items += [("task",)] + _read_backing(node, g_lo, g_hi)
+                    items += [("task", [])] + _read_backing(node, g_lo, g_hi) + [("task-end",)]
     finally:
         layout.log = None
     return items
