@@ -704,11 +704,18 @@ class Qcow2Node(FormatNode):
         if blk is not None:
             qcow2_trace.run(self, blk, lambda: self._write_data(offsets, ends, values), int(ends[-1] - offsets[0]))
             return
-        if self.tracing:  # (where the request's data goes: the layout marks its pieces)
+        if self.tracing:  # (one request, whatever runs its buffer holds: the layout marks its pieces)
             self.trace_requests.append((offsets, ends, values))
-            self.image.layout.log.append(("req", int(offsets[0]), int(ends[-1])))
-            self.image.data.write_batch(offsets, ends - offsets, values)
-            self.image.data.runs()  # (merged now: its steps come before whatever follows)
+            layout, data = self.image.layout, self.image.data
+            lo, hi = int(offsets[0]), int(ends[-1])
+            layout.log.append(("req", lo, hi))
+            layout._request(lo // layout.cs, -(-hi // layout.cs))
+            watch, data.watch = data.watch, None  # (the layout has seen the request)
+            try:
+                data.write_batch(offsets, ends - offsets, values)
+                data.runs()
+            finally:
+                data.watch = watch
             return
         self._tables_used(int(offsets[0]), int(ends[-1] - offsets[0]))
         with self._file_sees() as listen:

@@ -80,6 +80,7 @@ class _Snapshot:
         self.image = image
         starts, vals = image.data.runs()
         self.starts, self.vals, self.size = starts.copy(), vals.copy(), image.data.size
+        self.file_length = image.file_length()
         layout = image.layout
         log, layout.log = layout.log, None
         self.layout = copy.deepcopy(layout)
@@ -148,14 +149,15 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, alway
         if err.main:  # type: ignore[attr-defined]
             _failed(node, snap, marks, requests, items, err)
         else:
-            _tasks_failed(node, snap, marks, zero_before, err)
+            _tasks_failed(node, snap, marks, zero_before, items, err)
         _redirty(image.layout, err.entries)  # type: ignore[attr-defined]
         _give_back(node, blk, items, err, sends=not (frees or always))
         raise
     _redirty(image.layout, entries)
 
 
-def _tasks_failed(node: Any, snap: _Snapshot, marks: _Marks, zero_before: Any, err: BlockIOError) -> None:
+def _tasks_failed(node: Any, snap: _Snapshot, marks: _Marks, zero_before: Any, items: list,
+                  err: BlockIOError) -> None:
     """The image after only tasks failed (the operation allocated everything, every piece's task started): the
     failed pieces' guest bytes hold what they held and their new clusters are unlinked and free again
     (qcow2_alloc_cluster_abort); the rest stays where it went."""
@@ -180,6 +182,7 @@ def _tasks_failed(node: Any, snap: _Snapshot, marks: _Marks, zero_before: Any, e
             layout.zero_flag.write_batch(zs, ze - zs, zv)
     layout.written.clear()
     layout.discarded.clear()
+    _file_end(node, snap, [item for item, ok in zip(items, err.done) if ok])  # type: ignore[attr-defined]
 
 
 def _give_back(node: Any, blk: BlkdebugNode, items: list, err: BlockIOError, sends: bool) -> None:
@@ -254,11 +257,20 @@ def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: li
     layout.dirty_refblocks.update(item[1] for item in done if item[0] == "rc")
     layout.rb_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "rb")  # (read: cached)
     layout.l2_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "l2")
+    _file_end(node, snap, done)
+
+
+def _file_end(node: Any, snap: _Snapshot, done: list) -> None:
+    """The file's length after a failure: as before the operation, or as far as the writes that reached it went
+    (it never shrinks here; clusters allocated but not written do not lengthen it)."""
+    layout, cs = node.image.layout, node.image.cluster_size
     end = max((item[1] + item[2] for item in done if item[0] in ("w", "z")), default=0)
     end = -(-end // node.file.align) * node.file.align  # (as blkdebug padded the requests)
-    if end > image.file_length():  # (what was written stays in the file, which never shrinks here)
-        cs = image.cluster_size
+    before = snap.layout
+    if end > snap.file_length:
         layout.top, layout.partial_end, layout.grown = -(-end // cs), end if end % cs else None, True
+    else:
+        layout.top, layout.partial_end, layout.grown = before.top, before.partial_end, before.grown
 
 
 def _expand(node: Any, log: list, requests: list, zero_before: Any, marks: _Marks) -> list:
