@@ -199,24 +199,24 @@ class BlkdebugNode(BlockNode):
         (QLIST_INSERT_HEAD; inject-error rules are added before set-state ones) and takes them in
         that order: the first inject-error rule it takes clears the active list, each one goes to its
         head; the state a set-state rule picks wins over those taken after it."""
+        if times != 1:
+            self.fire_sequence((name,), times)
+            return
         if self.log is not None:
-            self.log.extend([name] * times)
-        for _ in range(min(times, 2 * len(self.rules) + 2)):  # (repeats settle within as many steps)
-            new_state, injected, before = None, False, (self.state, tuple(self.active))
-            for rule in reversed(self.rules):
-                if rule.event != name or (rule.state and rule.state != self.state):
-                    continue
-                if rule.kind == "inject-error":
-                    if not injected:
-                        self.active = []
-                        injected = True
-                    self.active.insert(0, rule)
-                elif new_state is None:
-                    new_state = rule.new_state
-            if new_state is not None:
-                self.state = new_state
-            if (self.state, tuple(self.active)) == before:
-                break
+            self.log.append(name)
+        new_state, injected = None, False
+        for rule in reversed(self.rules):
+            if rule.event != name or (rule.state and rule.state != self.state):
+                continue
+            if rule.kind == "inject-error":
+                if not injected:
+                    self.active = []
+                    injected = True
+                self.active.insert(0, rule)
+            elif new_state is None:
+                new_state = rule.new_state
+        if new_state is not None:
+            self.state = new_state
 
     def hears_host_writes(self) -> bool:
         return bool(self.bitmaps) or self.inner.hears_host_writes()
@@ -228,11 +228,9 @@ class BlkdebugNode(BlockNode):
         self.inner.note_write(offsets, lengths, discard)
 
     def debug_check(self, iotype: str, offset: int | None, length: int) -> None:
-        """rule_check: raise BlockIOError if an active rule matches this request.
-
-        ``sector`` is an offset in the image *file* (qcow2 data: its host offset, see
-        :meth:`Qcow2Node._write_data`); ``offset`` None is a request no sector rule matches.
-        """
+        """rule_check: raise BlockIOError if an active rule matches this request (``sector`` is an offset in
+        the image *file*: a qcow2 node's requests come at their host offsets); ``offset`` None is a request no
+        sector rule matches."""
         for rule in self.active:
             hit = rule.offset == -1 or (offset is not None and length and offset <= rule.offset < offset + length)
             if hit and iotype in rule.iotypes:
@@ -343,7 +341,7 @@ class BlkdebugNode(BlockNode):
         i = 0
         while i < times:
             key = (self.state, tuple(map(id, self.active)))
-            if key in seen and self.log is None:
+            if key in seen and self.log is None:  # (a cycle: skip whole turns of it)
                 period = i - seen[key]
                 i += (times - i) // period * period
                 seen.clear()
