@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from bitlab import Machine, QMPError
+from bitlab import Machine, QemuImgError, QMPError
 from bitlab.block.blkdebug import BLKDEBUG_EVENTS
 from tests.both import on_both
 
@@ -382,3 +382,71 @@ def test_the_pieces_of_a_write_go_on_after_a_failure() -> None:
 def test_the_pieces_of_a_write_on_both() -> None:
     real, sim = on_both(_write_pieces_after_a_failure)
     assert real == sim
+
+
+def _failed_task_then_flush(vm: Machine) -> list[str]:
+    """A write that allocates its L2 table fails in its data task: the table was written when it was allocated
+    and no link marked it dirty again, so the next flush writes no L2 table (no ``l2_update``: the state stays
+    2 and the next write's data is not failed)."""
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "top", "file": {
+        "driver": "blkdebug", "image": {"driver": "file", "filename": "t.qcow2"},
+        "set-state": [{"event": "cluster_alloc_space", "state": 1, "new_state": 2},
+                      {"event": "l2_update", "state": 2, "new_state": 3}],
+        "inject-error": [{"event": "cluster_alloc_space", "iotype": "write", "errno": 5, "once": True},
+                         {"event": "write_aio", "state": 3, "errno": 28, "once": True}]}})
+    out = [vm.write("top", 616960, 204800).splitlines()[0], vm.guest_io("top", "flush"),
+           vm.write("top", 2000000, 512).splitlines()[0]]
+    vm.qmp("blockdev-del", {"node-name": "top"})
+    return out + [vm.qemu_img("check", "t.qcow2")]
+
+
+def test_a_failed_task_leaves_its_l2_table_clean() -> None:
+    assert _failed_task_then_flush(Machine()) == [
+        "write failed: Input/output error", "", "wrote 512/512 bytes at offset 2000000",
+        "No errors were found on the image.\n1/64 = 1.56% allocated, 0.00% fragmented, 0.00% compressed clusters\n"
+        "Image end offset: 393216\n"]
+
+
+@pytest.mark.qemu
+def test_a_failed_task_and_a_flush_on_both() -> None:
+    real, sim = on_both(_failed_task_then_flush)
+    assert real == sim
+
+
+def _l1_flush_fails(vm: Machine, repair: bool) -> list[str]:
+    """The flush after an L2 table's L1 entry fails: l2_allocate frees the table again, but the entry on disk
+    points at it. A later allocation of that table writes the entry again (``repair``)."""
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "1M")
+    vm.qmp("blockdev-add", _qcow2_spec(**{"inject-error": [
+        {"event": "l1_update", "iotype": "flush", "errno": 5, "once": True}]}))
+    out = [vm.write("top", 0, 512).splitlines()[0], vm.read("top", 0, 512, pattern=0).splitlines()[0]]
+    if repair:
+        out.append(vm.write("top", 65536, 512).splitlines()[0])
+    vm.qmp("blockdev-del", {"node-name": "top"})
+    try:
+        return out + [vm.qemu_img("check", "t.qcow2")]
+    except QemuImgError as err:
+        return out + [str(err)]
+
+
+def test_a_failed_l1_flush_is_refused_when_the_image_is_used_again() -> None:
+    got = _l1_flush_fails(Machine(), repair=False)
+    assert got[:2] == ["write failed: Input/output error", "read 512/512 bytes at offset 0"]
+    assert "bitlab does not know what QEMU 7.2 left in 't.qcow2'" in got[2]
+    assert "failed to flush an L1 table entry it wrote" in got[2]
+
+
+@pytest.mark.qemu
+def test_a_failed_l1_flush_leaves_qemu_a_corrupt_image() -> None:
+    with Machine(backend="qemu") as vm:
+        got = _l1_flush_fails(vm, repair=False)
+    assert "ERROR cluster 4 refcount=0 reference=1" in got[2]
+    assert "ERROR OFLAG_COPIED L2 cluster: l1_index=0 l1_entry=8000000000040000 refcount=0" in got[2]
+
+
+@pytest.mark.qemu
+def test_a_failed_l1_flush_then_the_table_again_on_both() -> None:
+    real, sim = on_both(lambda vm: _l1_flush_fails(vm, repair=True))
+    assert real == sim
+    assert sim[3].startswith("No errors were found on the image.\n1/16 = 6.25% allocated")

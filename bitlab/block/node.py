@@ -987,6 +987,10 @@ class Qcow2Node(FormatNode):
     def close_flush(self) -> None:
         """bdrv_close: the node is flushed (a failure goes unreported), then qcow2_inactivate flushes the
         caches once more; over a blkdebug node whose rules may see it, with their events and requests."""
+        if self.image._layout is not None and self.image.layout.stale_l1:
+            self.image.unknown = (f"bitlab does not know what QEMU 7.2 left in '{self.image.name}': node "
+                                  f"'{self.node_name}' failed to flush an L1 table entry it wrote, and the entry "
+                                  "points at an L2 table that was freed again")
         blk = qcow2_trace.tracer(self, qcow2_trace.FLUSH_EVENTS | {"flush_to_os", "flush_to_disk"})
         if blk is None or self.read_only or self.image._layout is None:
             self.write_back()

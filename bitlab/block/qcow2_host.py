@@ -133,6 +133,7 @@ class HostLayout:
         self.depends: dict[str, str | None] = {"l2": None, "rb": None}  # qcow2_cache_set_dependency
         self.l2_cached: set[int] = set()  # L2 tables (L1 indices) in the cache: allocated or read since the open
         self.rb_cached: set[int] = set()  # refcount blocks in the cache (their reads since the open)
+        self.stale_l1: set[int] = set()  # L1 entries on disk pointing at a freed L2 table (a failed flush)
 
     # -- what a recorder sees (log) --------------------------------------------------------------
     def _ev(self, name: str, times: int = 1) -> None:
@@ -304,6 +305,7 @@ class HostLayout:
         self._flush_cache("l2")
         self._ev("l1_update")
         self._write(np.array([self.l1_offset + 8 * index]), np.array([8]), "l1", [index])
+        self.stale_l1.discard(index)
         if self.log is not None:
             self.log += [("f",), ("mark", "end")]
 

@@ -180,9 +180,27 @@ def _tasks_failed(node: Any, snap: _Snapshot, marks: _Marks, zero_before: Any, i
                 layout.release(hs + hv, he + hv)
             zs, ze, zv = zero_before.extents(c0, c1 - c0)  # (a zero cluster stays one)
             layout.zero_flag.write_batch(zs, ze - zs, zv)
+    _unlinked_tables(layout, snap, marks, items, err)
     layout.written.clear()
     layout.discarded.clear()
     _file_end(node, snap, [item for item, ok in zip(items, err.done) if ok])  # type: ignore[attr-defined]
+
+
+def _unlinked_tables(layout: Any, snap: _Snapshot, marks: _Marks, items: list, err: BlockIOError) -> None:
+    """An L2 table only failed tasks used is not dirty in the cache: they never linked their clusters
+    (qcow2_alloc_cluster_link_l2 marks it dirty), unless it was dirty before and no flush of the L2 cache
+    came between."""
+    per = layout.per_l2
+
+    def tables(task: int) -> set[int]:
+        return {t for c0, c1, _ in marks.tasks[task][2] for t in range(c0 // per, (c1 - 1) // per + 1)}
+
+    failed: set[int] = set().union(*(tables(task) for task in err.tasks))  # type: ignore[attr-defined]
+    linked: set[int] = set().union(*(tables(task) for task in marks.tasks if task not in err.tasks))  # type: ignore[attr-defined]
+    first = min(marks.tasks)
+    flushed = any(item == ("end", "l2") and ok for item, ok in zip(items[:first], err.done))  # type: ignore[attr-defined]
+    before = set() if flushed else snap.layout.dirty_l2
+    layout.dirty_l2.difference_update(failed - linked - before)
 
 
 def _give_back(node: Any, blk: BlkdebugNode, items: list, err: BlockIOError, sends: bool) -> None:
@@ -254,6 +272,9 @@ def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: li
     finally:
         node.tracing = False
     done = [item for item, ok in zip(items, executed) if ok]
+    at: int = err.at  # type: ignore[attr-defined]
+    if items[at] == ("f",) and items[at - 1][0] == "w" and items[at - 1][3] == "l1" and executed[at - 1]:
+        layout.stale_l1.add(items[at - 1][4])  # (l2_allocate gives its table back; the entry was written)
     layout.dirty_refblocks.update(item[1] for item in done if item[0] == "rc")
     layout.rb_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "rb")  # (read: cached)
     layout.l2_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "l2")
