@@ -9,10 +9,10 @@ On a stream of their own (``{seed}/{index}/blkdebug``) and with names of their o
 file node (and on the blkdebug node of a raw image). The blkdebug node gets one to three rules: ``inject-error``
 on any event bitlab fires (:data:`EVENTS`), EIO or ENOSPC, mostly ``once``, now and then with an ``iotype``, a
 ``sector`` (a cluster of the image's metadata or data) or ``immediately``, sometimes armed by a ``set-state``
-rule on another event. Then guest requests: writes, ``write -z`` (``-u``), discards, reads, flushes; sometimes a
-full backup of the node (one worker) onto a qcow2 target, itself over a blkdebug node with a rule of its own now
-and then. It ends with ``query-named-block-nodes`` and ``query-blockstats`` and, if every rule is ``once``, the
-nodes deleted and ``qemu-img check`` and ``map`` of a qcow2 image.
+rule on another event. Then guest requests: writes (``-f`` now and then on raw), ``write -z`` (``-u``), discards,
+reads, flushes; sometimes a full backup of the node (one worker) onto a qcow2 target, itself over a blkdebug node
+with a rule of its own now and then. It ends with ``query-named-block-nodes`` and ``query-blockstats`` and, if
+every rule is ``once``, the nodes deleted and ``qemu-img check`` and ``map`` of a qcow2 image.
 
 Avoided, each for its reason (README "Known differences" and "Where QEMU 7.2 crashes"):
 
@@ -27,10 +27,10 @@ Avoided, each for its reason (README "Known differences" and "Where QEMU 7.2 cra
   at a freed L2 table: bitlab refuses to say what the file holds);
 - more than one L2 table or refcount block (a write of several pieces runs its tasks in parallel in QEMU; new
   refcount blocks are not simulated for blkdebug);
-- the harness's flush after each write to a raw image (on the system emulator HMP ``qemu-io`` flushes a bare node
-  through a BlockBackend that takes no permission, so QEMU 7.2 does not flush the raw node's child: the blkdebug
-  node sees the flush events but not the flush; qemu-storage-daemon's writable export, like a guest's device,
-  flushes it, as bitlab does);
+- flushes of a raw image but FUA writes' (on the system emulator HMP ``qemu-io`` flushes a bare node through a
+  BlockBackend that takes no permission, so QEMU 7.2 does not flush the raw node's child: the blkdebug node sees
+  the flush events but not the flush; qemu-storage-daemon's writable export, like a guest's device, flushes it,
+  as bitlab does; a FUA write's flush holds the write permission on both), so no flush after its writes either;
 - ``qemu-img map`` of a raw image (bitlab's holes in raw files are not QEMU's: another episode's concern).
 """
 
@@ -86,16 +86,21 @@ def _rules(rng: random.Random, events: list[str], sectors: list[int], reads_ok: 
     return opts
 
 
-def _request(rng: random.Random, node: str, size: int, unit: int, discards: bool) -> dict:
-    """One guest request, its offset and length multiples of ``unit``."""
-    kinds = ["write", "write", "zero", "read", "flush"] + (["discard"] if discards else [])
+def _request(rng: random.Random, node: str, size: int, unit: int, discards: bool, qcow2: bool) -> dict:
+    """One guest request, its offset and length multiples of ``unit``. A raw image's are flushed only by FUA
+    writes (see the module's docstring)."""
+    kinds = ["write", "write", "zero", "read"] + (["flush"] if qcow2 else []) + (["discard"] if discards else [])
     kind = rng.choice(kinds)
     if kind == "flush":
         return {"flush": {"node": node}}
     offset = rng.randrange(0, size // unit) * unit
     length = min(rng.choice([unit, 4 * unit, 64 * K, 200 * K]) // unit * unit or unit, size - offset)
     io: dict = {"node": node, "offset": offset, "length": length}
+    if not qcow2 and kind != "read":
+        io["flush"] = False
     if kind == "write":
+        if not qcow2 and rng.random() < 0.3:
+            io["fua"] = True
         return {"write": io | {"pattern": rng.randrange(1, 256)}}
     if kind == "zero":
         return {"zero": io | ({"unmap": True} if rng.random() < 0.5 else {})}
@@ -139,10 +144,7 @@ def blkdebug_episode(bd: Blkdebugs, source_size: int) -> list[dict]:
     # backend's guest words that error its own way)
     opens = {r["event"] for r in rules["inject-error"] + rules.get("set-state", [])} & {"none", "reftable_load"}
     for _ in range(0 if opens else rng.randint(2, 8)):
-        step = _request(rng, name, size, unit, discards)
-        if not qcow2 and "read" not in step and "flush" not in step:
-            next(iter(step.values()))["flush"] = False  # (see the module's docstring)
-        steps.append(step)
+        steps.append(_request(rng, name, size, unit, discards, qcow2))
     if qcow2 and not opens and rng.random() < 0.3:
         steps += _backup(bd, name, size)
     steps += [_qmp("query-named-block-nodes", {"flat": True}), _qmp("query-blockstats", {"query-nodes": True})]
