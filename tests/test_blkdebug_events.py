@@ -450,3 +450,29 @@ def test_a_failed_l1_flush_then_the_table_again_on_both() -> None:
     real, sim = on_both(lambda vm: _l1_flush_fails(vm, repair=True))
     assert real == sim
     assert sim[3].startswith("No errors were found on the image.\n1/16 = 6.25% allocated")
+
+
+def _fua_writes(vm: Machine) -> list[str]:
+    """A FUA write's flush comes before the write's completion counts it (bdrv_co_write_req_finish): the raw
+    node's first one fires no ``flush_to_disk`` (nothing written since its open), the next one after a plain
+    write does, and the armed rule fails that flush, so the write."""
+    vm.qemu_img("create", "-f", "raw", "t.raw", "2M")
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "top", "file": {
+        "driver": "blkdebug", "image": {"driver": "file", "filename": "t.raw"},
+        "inject-error": [{"event": "flush_to_disk", "errno": 5, "once": True}]}})
+    return [vm.guest_io("top", command).splitlines()[0] for command in (
+        "write -f 1195520 65536", "write 1842176 512", "write -f 1328640 204800", "write -f 0 512")]
+
+
+FUA = ["wrote 65536/65536 bytes at offset 1195520", "wrote 512/512 bytes at offset 1842176",
+       "write failed: Input/output error", "wrote 512/512 bytes at offset 0"]
+
+
+def test_a_fua_writes_flush_counts_what_came_before() -> None:
+    assert _fua_writes(Machine()) == FUA
+
+
+@pytest.mark.qemu
+def test_fua_writes_on_both() -> None:
+    real, sim = on_both(_fua_writes)
+    assert real == sim == FUA
