@@ -476,3 +476,30 @@ def test_a_fua_writes_flush_counts_what_came_before() -> None:
 def test_fua_writes_on_both() -> None:
     real, sim = on_both(_fua_writes)
     assert real == sim == FUA
+
+
+def _dependency_flush_fails(vm: Machine) -> list[str]:
+    """A flush whose L2 table waits for the refcount block cache: that cache's flush fails, so the table is not
+    written (it stays dirty, and the dependency stays); the next flush writes it (``l2_update``), arming a rule
+    that fails the next read."""
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "2M")
+    vm.qmp("blockdev-add", _qcow2_spec(**{"inject-error": [
+        {"event": "l2_update", "errno": 28, "once": True, "iotype": "read"},
+        {"event": "cluster_alloc_space", "errno": 5, "once": True, "iotype": "flush", "immediately": True}]}))
+    commands = ["write -z -u 1696768 65536", "flush", "write -P 7 769536 204800", "flush", "read -P 7 770048 4096",
+                "flush", "read -P 7 770048 4096"]
+    return [(vm.guest_io("top", command).splitlines() or [""])[0] for command in commands]
+
+
+DEPENDENCY = ["wrote 65536/65536 bytes at offset 1696768", "", "wrote 204800/204800 bytes at offset 769536", "",
+              "read 4096/4096 bytes at offset 770048", "", "read failed: No space left on device"]
+
+
+def test_a_failed_dependency_flush_leaves_the_table_dirty() -> None:
+    assert _dependency_flush_fails(Machine()) == DEPENDENCY
+
+
+@pytest.mark.qemu
+def test_a_failed_dependency_flush_on_both() -> None:
+    real, sim = on_both(_dependency_flush_fails)
+    assert real == sim == DEPENDENCY

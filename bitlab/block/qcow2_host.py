@@ -223,7 +223,11 @@ class HostLayout:
         dep = self.depends[which]
         if dep is not None and dirty:
             self.depends[which] = None
+            if self.log is not None:
+                self.log.append(("dep", which, dep))  # (a failure before "dep-done" leaves the dependency)
             self._flush_cache(dep)
+            if self.log is not None:
+                self.log.append(("dep-done",))
         if which == "l2":
             self._write_back_l2()
         else:

@@ -468,8 +468,25 @@ def write_back(node: Any, blk: BlkdebugNode) -> None:
         entries = blk.run(items)
     except BlockIOError as err:
         _redirty(layout, err.entries)  # type: ignore[attr-defined]
+        _not_written(layout, items, err.done)  # type: ignore[attr-defined]
         raise
     _redirty(layout, entries)
+
+
+def _not_written(layout: Any, items: list, done: list[bool]) -> None:
+    """After a failed write-back: the entries it did not reach stay dirty (qcow2_cache_entry_flush skips an entry
+    whose dependency flush failed, and qcow2_write_caches stops after a cache that failed), and a dependency
+    whose flush did not complete stays (qcow2_cache_flush_dependency clears it only then)."""
+    _redirty(layout, [(item[3], item[4]) for item, ok in zip(items, done)
+                      if not ok and item[0] == "w" and item[3] in ("rb", "l2")])
+    open_deps: list[tuple[str, str]] = []
+    for item, ok in zip(items, done):
+        if item[0] == "dep":
+            open_deps.append((item[1], item[2]))
+        elif item[0] == "dep-done":
+            which, dep = open_deps.pop()
+            if not ok:
+                layout.depends[which] = dep
 
 
 OPEN_ERRORS = {"header": "Could not read qcow2 header", "l1": "Could not read L1 table",
