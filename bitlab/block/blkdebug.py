@@ -21,7 +21,8 @@ The events bitlab fires, measured on QEMU 7.2 (qemu-io ``break``/``resume`` and 
   not merged upward: the node above sends its requests as they are, this node pads them.
 - from raw above: ``read_aio`` before a read, ``write_aio`` before a write; ``flush_to_os`` and (if it was
   written since its last flush) ``flush_to_disk`` for a flush of the raw node, and its own flush checked
-  only if something was written to it since its last one (bdrv_co_flush's write generations).
+  only if something was written to it since its last one (bdrv_co_flush's write generations; a FUA write's
+  flush comes before the raw node counts that write, after this node did).
 - from qcow2 above, in QEMU's order (:mod:`.qcow2_trace`): the open's reads (header, L1 table,
   ``reftable_load`` and the refcount table: QEMU's error texts when one fails), and for each operation its
   metadata steps (``cluster_alloc``, ``refblock_alloc``, ``refblock_load``, ``refblock_update_part``,
