@@ -624,12 +624,16 @@ class HostLayout:
         """qcow2_process_discards: a request freeing clusters caches their discards (s->cache_discards) and merges
         those adjacent on the host (update_refcount_discard); it passes them on at its ``end``, or before it
         allocates a cluster (a new L2 table: alloc_clusters_noref). Those passed together make one entry of
-        ``discarded``."""
+        ``discarded``; a recorder (``log``) gets them where they are passed instead: ``("d", offset, length)``,
+        whose failure qcow2 ignores (a request that fails later does not take them back)."""
         mark = self.cached_from
         assert mark is not None
         if len(self.discarded) > mark + 1:
             new = self.discarded[mark:]
             self.discarded[mark:] = [(np.concatenate([d[0] for d in new]), np.concatenate([d[1] for d in new]))]
+        if self.log is not None and len(self.discarded) > mark:
+            starts, ends = _merged(*self.discarded.pop())
+            self.log += [("d", a * self.cs, (b - a) * self.cs) for a, b in zip(starts.tolist(), ends.tolist())]
         self.cached_from = None if end else len(self.discarded)
 
     def discard(self, c0: int, c1: int) -> None:

@@ -11,14 +11,14 @@ While an operation of a qcow2 node runs, its host layout (:mod:`.qcow2_host`) re
 metadata: L2 tables loaded or allocated (``l2_load``; ``cluster_alloc``, ``refblock_alloc``,
 ``refblock_load``, the refcount block cache written and flushed, ``l2_alloc_write``, the L2 cache
 written and flushed, ``l1_update``: one sector of the L1 table, written and flushed), data clusters
-allocated, clusters freed (``cluster_free`` for each), cache write-backs (``refblock_update_part``,
-``l2_update``), with a marker where each piece of the guest's data goes. :func:`run` turns the markers into
-the data's own steps (qcow2_co_pwritev_task): ``write_aio`` and the write; for new clusters the guest
-write covers only in part (copy-on-write), either ``cluster_alloc_space`` and a write-zeroes request of
-the new clusters when the rest reads as zeroes (handle_alloc_space), or ``cow_read`` (the rest read
-through the backing file: ``read_backing_aio``), ``write_aio``, ``cow_write`` and one write of the
-clusters (perform_cow); then the discards of the clusters freed, and runs the lot through the blkdebug
-node.
+allocated, clusters freed (``cluster_free`` for each) and the discards of those that qcow2 passes (before a new
+cluster is allocated, ``cluster_alloc`` first, or at the request's end), cache write-backs
+(``refblock_update_part``, ``l2_update``), with a marker where each piece of the guest's data goes. :func:`run`
+turns the markers into the data's own steps (qcow2_co_pwritev_task): ``write_aio`` and the write; for new
+clusters the guest write covers only in part (copy-on-write), either ``cluster_alloc_space`` and a
+write-zeroes request of the new clusters when the rest reads as zeroes (handle_alloc_space), or ``cow_read``
+(the rest read through the backing file: ``read_backing_aio``), ``write_aio``, ``cow_write`` and one write of
+the clusters (perform_cow), and runs the lot through the blkdebug node.
 
 When a request fails the operation fails with its errno, and the image is left as QEMU leaves it: the
 pieces of a guest write whose data was written and linked keep it, an L2 table whose allocation
@@ -135,11 +135,9 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, alway
             snap.restore()
         raise generic("bitlab does not simulate the requests of a new qcow2 refcount block for blkdebug "
                       f"('{blk.node_name}')")
+    if not ((frees or always) and node._passes_discards(always, below=False)):
+        log = [entry for entry in log if entry[0] != "d"]  # (the discards it passed: see HostLayout._pass_cached)
     items = _expand(node, log, requests, zero_before, marks)
-    if frees or always:
-        offsets, lengths = layout.drain_discarded()
-        if node._passes_discards(always, below=False):
-            items += [("d", o, n) for o, n in zip(offsets.tolist(), lengths.tolist())]
     layout.written.clear()
     layout.discarded.clear()
     try:
