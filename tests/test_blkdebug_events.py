@@ -556,3 +556,34 @@ def test_discards_passed_before_a_new_table_on_both(case: str) -> None:
     real, sim = on_both(lambda vm: _discards_before_a_table(vm, rules, inspect))
     assert real[:3] == expected
     assert sim == real
+
+
+def _holes_punched_through_blkdebug(vm: Machine) -> list:
+    """A qcow2 image over a blkdebug node whose rule sees its writes (so they go step by step) over a file node, all
+    with ``discard=unmap``: a guest discard and a ``write -z -u`` free clusters, whose discards reach the file node
+    through blkdebug and punch holes in the file (``actual-size`` while open and after, and the image's map)."""
+    vm.qemu_img("create", "-f", "qcow2", "p.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "file", "filename": "p.qcow2", "node-name": "pf", "discard": "unmap"})
+    vm.qmp("blockdev-add", {"driver": "blkdebug", "node-name": "pd", "image": "pf", "discard": "unmap",
+                            "inject-error": [{"event": "cluster_free", "iotype": "block-status", "errno": 5}]})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "p", "discard": "unmap", "file": "pd"})
+    out: list = [vm.write("p", 0, 2 * M, pattern=0x33).splitlines()[0],
+                 vm.guest_io("p", "discard 65536 1M").splitlines()[0],
+                 vm.guest_io("p", "write -z -u 1572864 524288").splitlines()[0]]
+    nodes = {n["node-name"]: n for n in vm.qmp("query-named-block-nodes", {"flat": True})}
+    out.append(nodes["pf"]["image"]["actual-size"])
+    for node in ("p", "pd", "pf"):
+        vm.qmp("blockdev-del", {"node-name": node})
+    return out + [json.loads(vm.qemu_img("info", "--output=json", "p.qcow2"))["actual-size"],
+                  json.loads(vm.qemu_img("map", "--output=json", "p.qcow2"))]
+
+
+def test_holes_punched_through_blkdebug() -> None:
+    got = _holes_punched_through_blkdebug(Machine())
+    assert got[3:5] == [790528, 790528]  # (QEMU 7.2, measured)
+
+
+@pytest.mark.qemu
+def test_holes_punched_through_blkdebug_on_both() -> None:
+    real, sim = on_both(_holes_punched_through_blkdebug)
+    assert sim == real

@@ -453,9 +453,12 @@ class FileNode(BlockNode):
         super().note_write(offsets, lengths, discard)
 
     def _unmap(self, offset, length):
+        """A discard request that reached the file (a qcow2 node's over blkdebug: it punches a hole)."""
         self.discards = (self.discards[0] + 1, self.discards[1] + length)  # raw_account_discard
         if not self.image.is_qcow2:
             self.image.data.write(offset, length, 0)
+        else:
+            self.image.layout.punch(np.array([offset]), np.array([length]))
 
 
 class FormatNode(BlockNode):
