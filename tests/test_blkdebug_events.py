@@ -585,5 +585,20 @@ def test_holes_punched_through_blkdebug() -> None:
 
 @pytest.mark.qemu
 def test_holes_punched_through_blkdebug_on_both() -> None:
+    """(QEMU's file has an extent-tree block more where ext4 placed its three extents in more pieces on the disk:
+    README, "Known differences", the host file system; without the holes it would be 1 MiB and more.)"""
     real, sim = on_both(_holes_punched_through_blkdebug)
-    assert sim == real
+    assert sim[:3] + sim[5:] == real[:3] + real[5:]
+    assert [r - s for r, s in zip(real[3:5], sim[3:5])] in ([0, 0], [4096, 4096])
+
+
+def test_a_failed_request_gives_back_a_layout_that_follows_its_image() -> None:
+    """The layout a failed request restores (an L2 table's write failed) tells the image itself, not a copy of it, of
+    the clusters it frees (the file keeps their blocks: hostfs), and the image's content goes on feeding it."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "1M")
+    vm.qmp("blockdev-add", _qcow2_spec(**{"inject-error": [{"event": "l2_alloc_write", "errno": 5, "once": True}]}))
+    assert vm.write("top", 0, 4096).startswith("write failed: Input/output error")
+    image = vm.graph.nodes["top"].image
+    layout = image.layout
+    assert layout.on_unhost.__self__ is image and image.data.watch is image

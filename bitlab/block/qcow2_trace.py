@@ -82,16 +82,16 @@ class _Snapshot:
         self.starts, self.vals, self.size = starts.copy(), vals.copy(), image.data.size
         self.file_length = image.file_length()
         layout = image.layout
-        log, layout.log = layout.log, None
+        log, hook, layout.log, layout.on_unhost = layout.log, layout.on_unhost, None, None  # (not the image)
         self.layout = copy.deepcopy(layout)
-        layout.log = log
+        layout.log, layout.on_unhost = log, hook
 
     def restore(self) -> None:
         data = self.image.data
         data.runs()  # (nothing pending is left over)
         data._starts, data._vals, data.size = self.starts, self.vals, self.size
         data.version += 1
-        self.image._layout = self.layout
+        self.image._follow(self.layout)
         self.layout.written.clear()
         self.layout.discarded.clear()
 
