@@ -196,11 +196,12 @@ COMMANDS = {"write": "write -P 0x11 {} {}", "zero": "write -z {} {}", "zero-unma
 
 
 def _matrix(vm: Machine, fmt: str, events: list[str], align: int = 0, rule: dict | None = None,
-            ops: list[tuple] = OPS) -> dict:
+            ops: list[tuple] = OPS, bitmaps: bool = True) -> dict:
     """For each event: an image of ``fmt``, its file node and a blkdebug node with one ``once`` rule on it
     (``rule``: more members) added by themselves, the format node over them; a bitmap on the file node (and
-    on the blkdebug node over raw); then ``ops``; what the guest saw, the bitmaps' counts and the nodes'
-    ``wr_highest_offset``; then the nodes closed, ``qemu-img check`` and ``map`` of a qcow2 image."""
+    on the blkdebug node over raw; none without ``bitmaps``); then ``ops``; what the guest saw, the bitmaps'
+    counts and the nodes' ``wr_highest_offset``; then the nodes closed, ``qemu-img check`` and ``map`` of a qcow2
+    image."""
     out: dict = {}
     for i, event in enumerate(events):
         image, f, d, top = f"i{i}.img", f"f{i}", f"d{i}", f"n{i}"
@@ -216,7 +217,7 @@ def _matrix(vm: Machine, fmt: str, events: list[str], align: int = 0, rule: dict
         except QMPError as err:
             out[event] = err.desc
             continue
-        for node in [f] + ([d] if fmt == "raw" else []):
+        for node in ([f] + ([d] if fmt == "raw" else [])) * bitmaps:
             vm.qmp("block-dirty-bitmap-add", {"node": node, "name": "b", "granularity": 512})
         seen = [vm.guest_io(top, COMMANDS[op[0]].format(*op[1:])).split("\n")[0] for op in ops]
         nodes = {n["node-name"]: n for n in vm.qmp("query-named-block-nodes", {"flat": True})}
@@ -243,6 +244,21 @@ SIMULATED = [e for e in BLKDEBUG_EVENTS if e not in ("refblock_alloc_hookup", "r
 def test_every_event_under_qcow2_on_both() -> None:
     real, sim = on_both(lambda vm: _matrix(vm, "qcow2", SIMULATED))
     assert sim == real
+
+
+@pytest.mark.qemu
+def test_every_event_under_qcow2_without_bitmaps_on_both() -> None:
+    """Nothing hears the qcow2 node's writes to its file: they still count in blkdebug's write generation."""
+    real, sim = on_both(lambda vm: _matrix(vm, "qcow2", SIMULATED, bitmaps=False))
+    assert sim == real
+
+
+def test_a_flush_after_writes_nobody_hears_reaches_blkdebug() -> None:
+    """No bitmap on the file nodes: the qcow2 node's writes still reached blkdebug (bdrv_co_write_req_finish counts
+    them in its write generation), so the flush that armed the rule reaches it and fails (qemu-io prints nothing
+    for a failed flush), and the next write finds no rule left."""
+    got = _matrix(Machine(), "qcow2", ["flush_to_disk"], bitmaps=False)["flush_to_disk"]["seen"]
+    assert got[6:8] == ["", "wrote 512/512 bytes at offset 300000"]
 
 
 @pytest.mark.qemu

@@ -641,6 +641,8 @@ class Qcow2Node(FormatNode):
             if self._passes_discards(always):  # (qcow2_process_discards; a file without unmap ignores them)
                 self.file.note_write(offsets, lengths, discard=True)
         elif self.image._layout is not None:
+            if self.image._layout.written:  # (metadata requests reached the file: its write generation)
+                self.file.write_gen += 1
             if counts:  # (the file node's discard counters only: it has no bitmap or threshold)
                 offsets, lengths = self.image.layout.drain_discarded()
                 if len(offsets):
@@ -779,6 +781,7 @@ class Qcow2Node(FormatNode):
         self._tables_used(int(offsets[0]), int(ends[-1] - offsets[0]))
         with self._file_sees() as listen:
             if not listen:
+                self.file.write_gen += 1  # (bdrv_co_write_req_finish: a blkdebug file's flush then reaches its rules)
                 self._merge_writes(offsets, ends, values)
                 return
             lo, hi = self._cow_ranges(offsets, ends)
