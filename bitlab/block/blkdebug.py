@@ -1,22 +1,53 @@
 """``blkdebug``: rules that inject I/O errors when the driver above reports events.
 
 As in block/blkdebug.c: the state starts at 1; an event runs every rule registered
-for it whose ``state`` is 0 or the current state. ``set-state`` rules pick the next
-state; ``inject-error`` rules become the *active* rules (replacing the previous
-set), and the next request of a matching I/O type (and sector, if given) fails with
-``errno``; a ``once`` rule is then removed for good.
+for it whose ``state`` is 0 or the current state, newest first. ``set-state`` rules pick the next
+state (the oldest one taken wins); ``inject-error`` rules become the *active* rules (replacing the
+previous set), and the next request of a matching I/O type (default: read, write, write-zeroes,
+discard, flush; block-status only when named) and sector, if given, fails with ``errno``; a ``once``
+rule is then removed for good. ``none`` fires as the node opens (blkdebug_open), so its rules are armed
+at once: the first request fails.
 
-bitlab's qcow2 and raw nodes report ``read_aio`` and ``write_aio`` for data reads and
-writes, ``cluster_alloc`` and ``l2_update`` when a write allocates clusters, and
-``flush_to_os``/``flush_to_disk`` for flushes; QEMU reports many more (metadata
-events) that bitlab does not model.
+The events bitlab fires, measured on QEMU 7.2 (qemu-io ``break``/``resume`` and inject-error rules):
+
+- on this node itself, block/io.c's for each write request reaching it: ``pwritev`` (``pwritev_zero``
+  for a write-zeroes request), then the rule check, then ``pwritev_done`` (after a failed one too); with
+  ``align``, an unaligned request is padded (bdrv_pad_request): ``pwritev_rmw_head``/``pwritev_rmw_tail``,
+  the read of the blocks around it, ``pwritev_rmw_after_head``/``pwritev_rmw_after_tail`` (one read, and the
+  events in this order, when both fall in one buffer), and a write-zeroes request's unaligned head and tail
+  become data writes; reads, writes and the bitmaps and ``wr_highest_offset`` of this node and of the file
+  below count the padded range. A failed read-modify-write read is ignored by QEMU 7.2, which writes
+  whatever its bounce buffer held around the data: bitlab refuses to guess (GenericError). The limits are
+  not merged upward: the node above sends its requests as they are, this node pads them.
+- from raw above: ``read_aio`` before a read, ``write_aio`` before a write; ``flush_to_os`` and (if it was
+  written since its last flush) ``flush_to_disk`` for a flush of the raw node, and its own flush checked
+  only if something was written to it since its last one (bdrv_co_flush's write generations; a FUA write's
+  flush comes before the raw node counts that write, after this node did).
+- from qcow2 above, in QEMU's order (:mod:`.qcow2_trace`): the open's reads (header, L1 table,
+  ``reftable_load`` and the refcount table: QEMU's error texts when one fails), and for each operation its
+  metadata steps (``cluster_alloc``, ``refblock_alloc``, ``refblock_load``, ``refblock_update_part``,
+  ``l2_alloc_write``, ``l2_update``, ``l1_update``, ``l2_load``, ``cluster_free``) and data steps
+  (``write_aio``, ``cluster_alloc_space``, ``cow_read``, ``read_backing_aio``, ``cow_write``, ``read_aio``),
+  each request of its own failing as QEMU fails it.
+
+Never fired (bitlab has no compressed clusters, internal snapshots, vmstate, copy-on-read, nor
+``qemu-img commit``'s make-empty): ``l2_update_compressed``, ``l2_alloc_cow_read``, ``read_compressed``,
+``write_compressed``, ``vmstate_load``, ``vmstate_save``, ``cluster_alloc_bytes``, ``cor_write``,
+``empty_image_prepare``. Not simulated, refused (GenericError) where a rule may see them: a new refcount
+block's (``refblock_alloc_*``, ``reftable_grow``/``reftable_update``), a qcow2 resize's (``l1_grow_*``,
+``l1_shrink_*``).
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
+
+from ..errors import generic
 from ..qmp_order import wire_order
+from .extents import clip_runs
+from .ioerror import BlockIOError
 from .node import BlockNode, round_sector
 
 BLKDEBUG_EVENTS = (
@@ -33,21 +64,13 @@ BLKDEBUG_EVENTS = (
     "l1_shrink_free_l2_clusters", "cor_write", "cluster_alloc_space", "none",
 )
 IO_TYPES = ("read", "write", "write-zeroes", "discard", "flush", "block-status")
+DEFAULT_IOTYPES = frozenset(IO_TYPES) - {"block-status"}  # a rule without iotype (add_rule's default mask)
 EIO = 5
+TASKS = 8  # QCOW2_MAX_WORKERS: the tasks of a request qcow2 starts before it waits for one to end
 _RULE_MEMBERS = {
     "inject-error": ("event", "state", "iotype", "errno", "sector", "once", "immediately"),
     "set-state": ("event", "state", "new_state"),
 }
-
-
-class BlockIOError(Exception):
-    """An I/O request failed with ``errno`` (positive)."""
-
-    def __init__(self, errno: int, operation: str, immediately: bool = False) -> None:
-        super().__init__(f"{operation} failed: errno {errno}")
-        self.errno = errno
-        self.operation = operation
-        self.immediately = immediately
 
 
 def _int(value: int | str) -> int:
@@ -75,7 +98,7 @@ class Rule:
         self.offset = -1 if sector == -1 else sector * 512
         self.once = _bool(opts.get("once", False))
         self.immediately = _bool(opts.get("immediately", False))
-        self.iotypes = {opts["iotype"]} if "iotype" in opts else set(IO_TYPES)
+        self.iotypes = {opts["iotype"]} if "iotype" in opts else DEFAULT_IOTYPES
 
 
 class BlkdebugNode(BlockNode):
@@ -88,6 +111,9 @@ class BlkdebugNode(BlockNode):
         self.state = 1
         self.rules = [Rule("inject-error", r) for r in inject_error] + [Rule("set-state", r) for r in set_state]
         self.active: list[Rule] = []
+        self.align = max(_int(self.options.get("align") or 0), 1)  # bs->bl.request_alignment
+        self.log: list[str] | None = None  # the events fired here, when a caller asks (tests, tools)
+        self.debug_event("none")  # blkdebug_open's last step: rules on "none" are armed at once
 
     @property
     def inner(self) -> BlockNode:
@@ -144,11 +170,43 @@ class BlkdebugNode(BlockNode):
         return tuple((k, v) for prefix in ("inject-error.", "set-state.") for k, v in walked if k.startswith(prefix))
 
     # -- rules ------------------------------------------------------------------------
-    def debug_event(self, name: str) -> None:
-        """blkdebug_debug_event."""
-        new_state = self.state
-        injected = False
-        for rule in list(self.rules):
+    def _waiting(self, events: frozenset[str]) -> list[Rule]:
+        """The rules one of ``events`` may run during an operation that fires them: in the current state, or in
+        one the set-state rules they run may lead to."""
+        states, rules = {self.state}, [rule for rule in self.rules if rule.event in events]
+        grew = True
+        while grew:
+            grew = False
+            for rule in rules:
+                if rule.kind == "set-state" and (not rule.state or rule.state in states) \
+                        and rule.new_state not in states:
+                    states.add(rule.new_state)
+                    grew = True
+        return [rule for rule in rules if not rule.state or rule.state in states]
+
+    def sees(self, events: frozenset[str]) -> bool:
+        """Whether an operation of a driver above that may fire ``events`` (and make requests) must go step by
+        step here: a rule is armed (it may fail one of its requests), a rule may run on one of the events, or
+        a caller logs them. Otherwise its events change nothing, and no request can fail."""
+        return bool(self.active) or self.log is not None or bool(self._waiting(events))
+
+    def may_fail(self, events: frozenset[str]) -> bool:
+        """Whether a request may fail in an operation that fires (some of) ``events``: a rule is armed, or an
+        inject-error rule may run on one of them."""
+        return bool(self.active) or any(rule.kind == "inject-error" for rule in self._waiting(events))
+
+    def debug_event(self, name: str, times: int = 1) -> None:
+        """blkdebug_debug_event, ``times`` in a row. QEMU keeps each event's rules newest first
+        (QLIST_INSERT_HEAD; inject-error rules are added before set-state ones) and takes them in
+        that order: the first inject-error rule it takes clears the active list, each one goes to its
+        head; the state a set-state rule picks wins over those taken after it."""
+        if times != 1:
+            self.fire_sequence((name,), times)
+            return
+        if self.log is not None:
+            self.log.append(name)
+        new_state, injected = None, False
+        for rule in reversed(self.rules):
             if rule.event != name or (rule.state and rule.state != self.state):
                 continue
             if rule.kind == "inject-error":
@@ -156,29 +214,24 @@ class BlkdebugNode(BlockNode):
                     self.active = []
                     injected = True
                 self.active.insert(0, rule)
-            else:
+            elif new_state is None:
                 new_state = rule.new_state
-        self.state = new_state
-
-    def checks_sectors(self) -> bool:
-        return any(rule.offset != -1 for rule in self.rules) or self.inner.checks_sectors()
+        if new_state is not None:
+            self.state = new_state
 
     def hears_host_writes(self) -> bool:
         return bool(self.bitmaps) or self.inner.hears_host_writes()
 
-    def note_failed_write(self, offsets, lengths) -> None:
-        self._dirty_batch(offsets, lengths)
-
     def note_write(self, offsets, lengths, discard=False) -> None:
+        if not discard and self.align > 1 and len(offsets):  # the file below sees the padded requests
+            offsets, lengths = self._padded_batch(offsets, lengths)
         super().note_write(offsets, lengths, discard)
         self.inner.note_write(offsets, lengths, discard)
 
     def debug_check(self, iotype: str, offset: int | None, length: int) -> None:
-        """rule_check: raise BlockIOError if an active rule matches this request.
-
-        ``sector`` is an offset in the image *file* (qcow2 data: its host offset, see
-        :meth:`Qcow2Node._write_data`); ``offset`` None is a request no sector rule matches.
-        """
+        """rule_check: raise BlockIOError if an active rule matches this request (``sector`` is an offset in
+        the image *file*: a qcow2 node's requests come at their host offsets); ``offset`` None is a request no
+        sector rule matches."""
         for rule in self.active:
             hit = rule.offset == -1 or (offset is not None and length and offset <= rule.offset < offset + length)
             if hit and iotype in rule.iotypes:
@@ -187,33 +240,328 @@ class BlkdebugNode(BlockNode):
                     self.rules.remove(rule)
                 raise BlockIOError(rule.errno, "read" if iotype == "read" else "write", rule.immediately)
 
+    # -- the block layer's request path into this node (block/io.c) --------------------------
+    def _padded(self, offset: int, length: int) -> tuple[int, int]:
+        """bdrv_pad_request: the request widened to whole blocks of ``align``."""
+        a = self.align
+        return offset // a * a, -(-(offset + length) // a) * a
+
+    def _padded_batch(self, offsets, lengths) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.asarray(offsets, dtype=np.int64)
+        ends = offsets + np.asarray(lengths, dtype=np.int64)
+        a = self.align
+        lo = offsets // a * a
+        return lo, -(-ends // a) * a - lo
+
+    def _rmw(self, offset: int, length: int) -> None:
+        """bdrv_padding_rmw_read: the aligned blocks around an unaligned write are read first, one read
+        if head and tail fall in one buffer (merge_reads), with their events. QEMU 7.2 ignores a failed
+        read and writes whatever its bounce buffer held around the data: bitlab refuses to guess."""
+        a = self.align
+        end = offset + length
+        head, tail = offset % a, -end % a
+        lo, hi = offset - head, end + tail
+        buf_len = 2 * a if hi - lo > a and head and tail else a
+        merge = hi - lo == buf_len
+        if head or merge:
+            if head:
+                self.debug_event("pwritev_rmw_head")
+            if merge and tail:
+                self.debug_event("pwritev_rmw_tail")
+            self._rmw_read(lo, buf_len if merge else a)
+            if head:
+                self.debug_event("pwritev_rmw_after_head")
+            if merge and tail:
+                self.debug_event("pwritev_rmw_after_tail")
+            if merge:
+                return
+        if tail:
+            self.debug_event("pwritev_rmw_tail")
+            self._rmw_read(hi - a, a)
+            self.debug_event("pwritev_rmw_after_tail")
+
+    def _rmw_read(self, offset: int, length: int) -> None:
+        try:
+            self.debug_check("read", offset, length)
+        except BlockIOError as err:
+            raise generic(f"bitlab does not simulate a failed read-modify-write read (blkdebug "
+                          f"'{self.node_name}', align {self.align}: errno {err.errno}): QEMU 7.2 ignores the "
+                          "error and writes whatever its bounce buffer held around the data") from None
+
+    def request(self, iotype: str, offset: int, length: int, host: bool = False) -> None:
+        """bdrv_aligned_pwritev of one aligned write or write-zeroes request on this node: its events, the
+        rule check (BlockIOError), and, failed or not, what bdrv_co_write_req_finish counts (``host``: a
+        format driver's write, which the node below sees too, growing the file)."""
+        self.debug_event("pwritev_zero" if iotype == "write-zeroes" else "pwritev")
+        try:
+            self.debug_check(iotype, offset, length)
+        except BlockIOError:
+            self.debug_event("pwritev_done")
+            self._dirty(offset, length)
+            raise
+        self.debug_event("pwritev_done")
+        if host:
+            self.note_write(np.array([offset]), np.array([length]))
+        else:
+            self._dirty(offset, length)
+
+    def flush_request(self) -> None:
+        """bdrv_co_flush of this node by a driver above (bdrv_flush(bs->file->bs)): its flush reaches the
+        rules only if something was written since the last one."""
+        if self.write_gen != self.flushed_gen:
+            gen = self.write_gen
+            self.debug_check("flush", 0, 0)
+            self.flushed_gen = gen
+
+    def read_request(self, offset: int, length: int) -> tuple[int, int]:
+        """A read request from a driver above: padded, then checked; the padded range."""
+        lo, hi = self._padded(offset, length)
+        self.debug_check("read", lo, hi - lo)
+        return lo, hi
+
+    def _store_padded(self, lo: int, hi: int, starts, ends, vals) -> None:
+        """The image gets the padded request ``[lo, hi)``: the blocks' old bytes around the runs written."""
+        first, last = int(starts[0]) if len(starts) else hi, int(ends[-1]) if len(ends) else lo
+        parts = [(np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64),
+                  np.asarray(vals, dtype=np.int64))]
+        for a, b in ((lo, first), (last, hi)):
+            if b > a:
+                s, e, v = self.inner.read_extents(a, b - a)
+                s, e, v, _ = clip_runs(s, e, v, np.array([a]), np.array([b]))
+                parts.append((s, e, v))
+        s = np.concatenate([p[0] for p in parts])
+        order = np.argsort(s, kind="stable")
+        e = np.concatenate([p[1] for p in parts])[order]
+        v = np.concatenate([p[2] for p in parts])[order]
+        self.inner.write_batch(s[order], e - s[order], v)
+
+    def fire_sequence(self, names: tuple[str, ...], times: int) -> None:
+        """Events ``names`` in this order, the whole sequence ``times`` over (the state settles into a
+        cycle: only the repeats that can change something are taken)."""
+        seen: dict[tuple, int] = {}
+        i = 0
+        while i < times:
+            key = (self.state, tuple(map(id, self.active)))
+            if key in seen and self.log is None:  # (a cycle: skip whole turns of it)
+                period = i - seen[key]
+                i += (times - i) // period * period
+                seen.clear()
+                if i >= times:
+                    break
+            seen[key] = i
+            for name in names:
+                self.debug_event(name)
+            i += 1
+
+    def host_write(self, offset: int, length: int, zeroes: bool = False) -> None:
+        """A write (or write-zeroes) request of a format driver above, whose data it keeps itself: padded
+        as any request, checked, and, once it succeeded, seen by the node below."""
+        lo, hi = self._padded(offset, length)
+        if (lo, hi) == (offset, offset + length):
+            self.request("write-zeroes" if zeroes else "write", offset, length, host=True)
+            return
+        self._rmw(offset, length)
+        if not zeroes:
+            self.request("write", lo, hi - lo, host=True)
+            return
+        for p_lo, p_hi, zero in self._zero_pieces(offset, length):
+            self.request("write-zeroes" if zero else "write", p_lo, p_hi - p_lo, host=True)
+
+    def _zero_pieces(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """bdrv_co_do_zero_pwritev's requests for an unaligned write-zeroes: the padded head (the whole buffer
+        when head and tail fall in one), the aligned middle (zeroes), the padded tail: (start, end, zeroes)."""
+        a = self.align
+        end = offset + length
+        lo, hi = self._padded(offset, length)
+        buf_len = 2 * a if hi - lo > a and offset % a and end % a else a
+        pieces = []
+        pos = offset
+        if offset % a or hi - lo == buf_len:
+            pieces.append((lo, lo + (buf_len if hi - lo == buf_len else a), False))
+            pos = pieces[-1][1]
+        if end - pos >= a and pos < end:
+            pieces.append((pos, pos + (end - pos) // a * a, True))
+            pos = pieces[-1][1]
+        if pos < end:
+            pieces.append((pos, pos + a, False))
+        return pieces
+
+    def run(self, items: list) -> list[tuple[str, object]]:
+        """The events and requests of a format driver's operation, in order (see qcow2_host's log):
+        ``("ev", name, times)``, ``("seq", names, times)``, ``("w"|"z"|"r", offset, length, kind, key)``,
+        ``("f",)`` a flush, ``("d", offset, length)`` a discard (its failure ignored), ``("call", fn)`` work
+        elsewhere (a backing file's read), ``("end", cache)``: a cache written entry by entry goes on after a
+        failed write and fails at its end (qcow2_cache_write), ``("soft", +1/-1)`` around what may fail
+        unnoticed (qcow2_cache_set_dependency's flushes), and ``("task", ...)`` ... ``("task-end",)`` around
+        the steps of a piece that qcow2 runs as a parallel task (aio_task_pool): a task whose request fails
+        (not ``immediately``) ends, and the operation goes on (allocating and starting the next pieces, up to
+        :data:`TASKS` tasks) and fails at its end. Returns the cache entries whose writes failed ((kind, key):
+        they stay dirty); BlockIOError carries them too (``entries``), with ``at`` (the item that failed first),
+        ``done`` (which items were carried out), ``tasks`` (the items that began the tasks that failed) and
+        ``main`` (whether a step outside the tasks failed: the operation stopped there)."""
+        failed: BlockIOError | None = None
+        entries: list[tuple[str, object]] = []
+        done = [False] * len(items)
+        failed_tasks: list[int] = []
+        soft, tasks = 0, 0
+        main = False  # (the driver's own steps failed, not only its tasks)
+        task: int | None = None  # (the item that began the task under way)
+        skip = False
+        for at, item in enumerate(items):
+            op = item[0]
+            if op == "task":
+                if failed is not None and tasks >= TASKS:  # (the pool is full: the failure is seen now)
+                    break
+                task, skip, tasks = at, False, tasks + 1
+                continue
+            if op == "task-end":
+                task = None
+                continue
+            if skip:
+                continue
+            try:
+                if op == "ev":
+                    self.debug_event(item[1], item[2])
+                elif op == "seq":
+                    self.fire_sequence(item[1], item[2])
+                elif op == "w" or op == "z":
+                    self.host_write(item[1], item[2], zeroes=op == "z")
+                elif op == "r":
+                    self.read_request(item[1], item[2])
+                elif op == "f":
+                    self.flush_request()
+                elif op == "d":  # (qcow2_process_discards: a failed discard is only traced)
+                    try:
+                        self.discard(item[1], item[2])
+                    except BlockIOError:
+                        pass
+                elif op == "call":
+                    item[1]()
+                elif op == "soft":
+                    soft += item[1]
+                elif op == "end" and failed is not None and not soft and task is None and not failed_tasks:
+                    raise failed
+                done[at] = True
+            except BlockIOError as err:
+                if op == "w" and item[3] in ("rb", "l2"):
+                    entries.append((item[3], item[4]))
+                if soft:
+                    continue
+                if failed is None:
+                    err.at, err.entries = at, entries  # type: ignore[attr-defined]
+                    failed = err
+                if op == "w" and item[3] in ("rb", "l2"):
+                    continue
+                if task is not None:
+                    failed_tasks.append(task)
+                    skip = True
+                    if not err.immediately:  # (the others go on until the pool notices)
+                        continue
+                else:
+                    main = True
+                if failed is not err:  # (the driver's own error wins over its tasks')
+                    err.at, err.entries = at, entries  # type: ignore[attr-defined]
+                    failed = err
+                break
+        if failed is not None:
+            failed.done, failed.tasks, failed.main = done, failed_tasks, main  # type: ignore[attr-defined]
+            raise failed
+        return entries
+
     # -- I/O passes through -------------------------------------------------------------
     def write(self, offset, length, value):
-        self._dirty(offset, length)
-        self.debug_check("write", offset, length)
-        self.inner.write(offset, length, value)
+        unmap = self.zero_detected() if value == 0 else None
+        if unmap is not None:
+            self.write_zeroes(offset, length, unmap=unmap)
+            return
+        lo, hi = self._padded(offset, length)
+        if (lo, hi) == (offset, offset + length):
+            self.request("write", offset, length)
+            self.inner.write(offset, length, value)
+            return
+        self._rmw(offset, length)
+        self.request("write", lo, hi - lo)
+        self._store_padded(lo, hi, [offset], [offset + length], [value])
 
     def write_batch(self, offsets, lengths, values):
         """One write request (a block-copy buffer) whose data comes as runs."""
-        self._dirty_batch(offsets, lengths)
-        if len(offsets):
-            start = int(offsets[0])
-            self.debug_check("write", start, int(offsets[-1] + lengths[-1]) - start)
+        if not len(offsets):
+            return
+        start, end = int(offsets[0]), int(offsets[-1] + lengths[-1])
+        lo, hi = self._padded(start, end - start)
+        if (lo, hi) != (start, end):
+            self._rmw(start, end - start)
+            self.request("write", lo, hi - lo)
+            offsets = np.asarray(offsets, dtype=np.int64)
+            self._store_padded(lo, hi, offsets, offsets + np.asarray(lengths, dtype=np.int64),
+                               np.broadcast_to(np.asarray(values, dtype=np.int64), offsets.shape))
+            return
+        self.debug_event("pwritev")
+        try:
+            self.debug_check("write", start, end - start)
+        finally:
+            self.debug_event("pwritev_done")
+            self._dirty_batch(offsets, lengths)
         self.inner.write_batch(offsets, lengths, values)
 
     def write_zeroes(self, offset, length, unmap=False):
-        self._dirty(offset, length)
-        self.debug_check("write-zeroes", offset, length)
-        self.inner.write_zeroes(offset, length, unmap)
+        """bdrv_co_do_zero_pwritev: an unaligned head and tail are read first and written as data (one write
+        if both fall in one buffer); the aligned middle is a write-zeroes request."""
+        end = offset + length
+        lo, hi = self._padded(offset, length)
+        if (lo, hi) == (offset, end):
+            self.request("write-zeroes", offset, length)
+            self.inner.write_zeroes(offset, length, unmap)
+            return
+        self._rmw(offset, length)
+        for p_lo, p_hi, zero in self._zero_pieces(offset, length):
+            self.request("write-zeroes" if zero else "write", p_lo, p_hi - p_lo)
+            if zero:
+                self.inner.write_zeroes(p_lo, p_hi - p_lo, unmap)
+            else:
+                self._store_padded(p_lo, p_hi, [max(p_lo, offset)], [min(p_hi, end)], [0])
+
+    def discard(self, offset, length):
+        """bdrv_co_pdiscard: dropped without discard=unmap; the range is counted whole, then passed on in
+        pieces at the alignment (``opt-discard``, else ``align``); blkdebug turns a piece shorter than
+        ``align`` away (ENOTSUP; QEMU 7.2 divides by zero there unless ``opt-discard`` is set) and checks
+        the others."""
+        if not self.discard_unmap:
+            return
+        self._dirty(offset, length, discard=True)
+        r = self.align
+        a = max(r, _int(self.options.get("opt-discard") or 0))
+        head, tail = offset % a, (offset + length) % a
+        while length > 0:
+            num = length
+            if head:
+                num = min(length, a - head)
+                if num % r:
+                    num %= r
+                head = (head + num) % a
+            elif tail:
+                if num > a:
+                    num -= tail
+                elif tail % r and tail > r:
+                    tail %= r
+                    num -= tail
+            if num >= r:
+                self.debug_check("discard", offset, num)
+                self.inner.discard(offset, num)
+            offset, length = offset + num, length - num
 
     def read_extents(self, offset, length):
         return self.inner.read_extents(offset, length)
 
     def pread(self, offset, length):
-        self.debug_check("read", offset, length)
-        return self.inner.pread(offset, length)
+        lo, hi = self.read_request(offset, length)
+        if (lo, hi) == (offset, offset + length):
+            return self.inner.pread(offset, length)
+        s, e, v = self.inner.pread(lo, hi - lo)
+        s, e, v, _ = clip_runs(s, e, v, np.array([offset]), np.array([offset + length]))
+        return s, e, v
 
-    def flush(self) -> None:
+    def _flush_to_disk(self) -> None:
         self.debug_check("flush", 0, 0)
 
     def _store(self, offset, length, value):

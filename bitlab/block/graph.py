@@ -15,7 +15,7 @@ import re
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
 from ..qmp_order import wire_member_order
-from . import perms, qcow2_opts
+from . import perms, qcow2_opts, qcow2_trace
 from .blkdebug import BlkdebugNode
 from .cbw import CbwNode
 from .info import NodeInfoCache
@@ -170,6 +170,8 @@ class BlockGraph:
             key = self.store_key(opts["filename"])
             if key not in self.store:
                 raise generic(f"Could not open '{opts['filename']}': No such file or directory")
+            if self.store[key].unknown:
+                raise generic(self.store[key].unknown)
             node = FileNode(name or self.auto_name(), image=self.store[key], auto_named=name is None, **common)
             return named(node)
         if driver == "blkdebug":
@@ -220,6 +222,11 @@ class BlockGraph:
                 self._drop_unowned(file_node)
                 raise
             if driver == "qcow2":
+                if file_node.driver == "blkdebug":  # (its reads: a blkdebug rule may fail one)
+                    problem = qcow2_trace.open_reads(image, file_node)
+                    if problem is not None:
+                        self._drop_unowned(file_node)
+                        raise generic(problem)
                 self._check_qcow2_open(opts, image, file_node)
             self._attach(node, "file", file_node)
             named(node)
@@ -482,7 +489,7 @@ class BlockGraph:
     def release(self, node: BlockNode, *, clean: bool = True) -> None:
         """Close a node and the children only it held."""
         if clean and isinstance(node, Qcow2Node):
-            node.write_back()  # bdrv_close flushes first
+            node.close_flush()  # bdrv_close flushes first
             self._store_bitmaps(node)
         for _, child in node.children:
             child.parents -= 1

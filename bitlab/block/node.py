@@ -8,7 +8,6 @@ data: the image file for ``raw``/``qcow2``, nowhere for ``null-co``.
 
 from __future__ import annotations
 
-import copy
 import json
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
@@ -19,8 +18,9 @@ import numpy as np
 from ..bitmap import DEFAULT, DirtyBitmap, check_bitmap, merge_ranges
 from ..errors import generic
 from ..qmp_order import wire_order
-from . import hostfs, qcow2_opts, wstats
+from . import hostfs, qcow2_opts, qcow2_trace, wstats
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
+from .ioerror import BlockIOError
 from .qcow2_host import NONE
 from .store import ImageFile
 
@@ -85,6 +85,8 @@ class BlockNode:
     threshold_emit: wstats.Emit | None = None
     wr_highest_offset: int = 0  # the end of the highest write request that reached the node (not discards)
     discards: tuple[int, int] = (0, 0)  # file-posix: discards done (requests, bytes)
+    write_gen: int = 0  # bs->write_gen: write, write-zeroes and discard requests that reached the node
+    flushed_gen: int = 0  # bs->flushed_gen: write_gen at the last flush that succeeded
 
     def __init__(self, node_name: str, *, auto_named: bool = False, options: dict | None = None) -> None:
         opts = options or {}
@@ -138,6 +140,7 @@ class BlockNode:
         write, its bitmaps."""
         if self.write_threshold:
             wstats.check(self, offset, length)
+        self.write_gen += 1
         if offset + length > self.wr_highest_offset and not discard:
             self.wr_highest_offset = offset + length
         for bm in self.bitmaps:
@@ -147,6 +150,7 @@ class BlockNode:
     def _dirty_batch(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         if self.write_threshold:
             wstats.check_batch(self, offsets, lengths)
+        self.write_gen += len(offsets)
         if len(offsets):
             wstats.note_highest(self, offsets, lengths)
         for bm in self.bitmaps:
@@ -238,10 +242,37 @@ class BlockNode:
         return np.array([offset]), np.array([offset + length]), np.array([True])
 
     def flush(self) -> None:
-        """A flush request."""
-        file = self.child("file")
-        if file is not None:
-            file.flush()
+        """bdrv_co_flush: blkdebug's ``flush_to_os`` event on the primary child, the driver's write-back
+        (qcow2: its caches), then, if anything was written to the node since its last flush (and unless
+        cache.no-flush), ``flush_to_disk`` and the driver's flush; then the children it writes, each
+        flushed even if one fails. A read-only node flushes nothing. BlockIOError if a step failed."""
+        if self.read_only:
+            return
+        gen = self.write_gen
+        primary = self.child("file") or self.child("image")
+        if primary is not None:
+            primary.debug_event("flush_to_os")
+        self._flush_to_os()
+        if not self.cache_no_flush and gen != self.flushed_gen:
+            if primary is not None:
+                primary.debug_event("flush_to_disk")
+            self._flush_to_disk()
+        error = None
+        for role, child in self.children:
+            if role in ("file", "image"):
+                try:
+                    child.flush()
+                except BlockIOError as err:
+                    error = error or err
+        if error is not None:
+            raise error
+        self.flushed_gen = gen
+
+    def _flush_to_os(self) -> None:
+        """The driver's bdrv_co_flush_to_os (what it caches written back)."""
+
+    def _flush_to_disk(self) -> None:
+        """The driver's bdrv_co_flush_to_disk."""
 
     # -- resizing -----------------------------------------------------------------
     def resize(self, size: int) -> None:
@@ -269,27 +300,19 @@ class BlockNode:
         """BLKDBG_EVENT reaching this node: only blkdebug reacts."""
 
     def debug_check(self, iotype: str, offset: int | None, length: int) -> None:
-        """A request reaching this node: only blkdebug may fail it (``offset`` None: a request
-        blkdebug's ``sector`` rules need not see, when none is set)."""
-
-    def checks_sectors(self) -> bool:
-        """Whether a blkdebug rule here names a ``sector`` (a format then tells where its I/O lands)."""
-        return False
+        """A request reaching this node: only blkdebug may fail it."""
 
     def hears_host_writes(self) -> bool:
         """Whether writes a format driver makes to this node matter here: a dirty bitmap or a write
         threshold on it."""
         return bool(self.bitmaps) or self.write_threshold > 0
 
-    def note_failed_write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
-        """A write a driver here failed: only blkdebug dirties its bitmaps (bdrv_co_write_req_finish
-        dirties whatever the result; QEMU 7.2 asserts for a failed write past the end, bitlab clips)."""
-
     def note_write(self, offsets: np.ndarray, lengths: np.ndarray, discard: bool = False) -> None:
         """Writes a format driver above made at these byte ranges of this node (its data kept above):
         a write past the end grows the node and its bitmaps (bdrv_co_write_req_finish), then dirties."""
         if self.write_threshold and len(offsets):
             wstats.check_batch(self, offsets, lengths)
+        self.write_gen += len(offsets)
         if len(offsets):
             (wstats.note_discards if discard else wstats.note_highest)(self, offsets, lengths)
         if not self.bitmaps or not len(offsets):
@@ -430,9 +453,12 @@ class FileNode(BlockNode):
         super().note_write(offsets, lengths, discard)
 
     def _unmap(self, offset, length):
+        """A discard request that reached the file (a qcow2 node's over blkdebug: it punches a hole)."""
         self.discards = (self.discards[0] + 1, self.discards[1] + length)  # raw_account_discard
         if not self.image.is_qcow2:
             self.image.data.write(offset, length, 0)
+        else:
+            self.image.layout.punch(np.array([offset]), np.array([length]))
 
 
 class FormatNode(BlockNode):
@@ -501,11 +527,11 @@ class RawNode(FormatNode):
 
     def write_zeroes(self, offset, length, unmap=False):
         self._dirty(offset, length)
-        self.file.write_zeroes(offset, length)  # a raw file reads zeroes either way
+        self.file.write_zeroes(offset, length, unmap)  # raw_co_pwrite_zeroes passes the flags
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
         self._dirty_batch(offsets, lengths)
-        self.file.write_zeroes_batch(offsets, lengths)
+        self.file.write_zeroes_batch(offsets, lengths, unmap)
 
     def discard(self, offset, length):
         if not self.discard_unmap:
@@ -531,6 +557,8 @@ class Qcow2Node(FormatNode):
         self._seeing = 0  # nesting of _file_sees
         self._one_buffer = False  # the data writes under way are one buffer's runs (one request)
         self._prealloc: bool | None = None  # s->metadata_preallocation, once checked (see _metadata_prealloc)
+        self.tracing = False  # an operation runs step by step for a blkdebug node below (qcow2_trace)
+        self.trace_requests: list | None = None  # its data requests (offsets, ends, values)
 
     @property
     def size(self) -> int:
@@ -578,10 +606,6 @@ class Qcow2Node(FormatNode):
         return fill_holes(starts, ends, vals, holes, backing.size, backing.read_extents)
 
     def _store(self, offset, length, value):
-        if self.image.data.value_at(offset) < 0 or self.image.data.value_at(offset + length - 1) < 0:
-            self.file.debug_event("cluster_alloc")
-            self.file.debug_event("l2_update")
-        self.file.debug_event("write_aio")
         self._write_data(np.array([offset]), np.array([offset + length]), np.array([value]))
 
     # -- I/O at host offsets: what the file child sees ------------------------------------------
@@ -595,6 +619,9 @@ class Qcow2Node(FormatNode):
         A file child that hears no writes still counts the discards that reach it (raw_account_discard)
         where the change may free clusters (``frees``: a discard, a zero write, a shrink); data writes
         and flushes free none, so they leave the content's pending writes unmerged."""
+        if self.tracing:  # (the steps recorded reach the file themselves: see qcow2_trace)
+            yield False
+            return
         listen = self.file.hears_host_writes()
         outer = not self._seeing
         counts = not listen and frees and self._passes_discards(always)
@@ -614,6 +641,8 @@ class Qcow2Node(FormatNode):
             if self._passes_discards(always):  # (qcow2_process_discards; a file without unmap ignores them)
                 self.file.note_write(offsets, lengths, discard=True)
         elif self.image._layout is not None:
+            if self.image._layout.written:  # (metadata requests reached the file: its write generation)
+                self.file.write_gen += 1
             if counts:  # (the file node's discard counters only: it has no bitmap or threshold)
                 offsets, lengths = self.image.layout.drain_discarded()
                 if len(offsets):
@@ -675,7 +704,7 @@ class Qcow2Node(FormatNode):
             self.file.note_write(np.array([r[0] * cs for r in runs], dtype=np.int64),
                                  np.array([r[1] * cs for r in runs], dtype=np.int64), discard=True)
 
-    def _passes_discards(self, always: bool = False) -> bool:
+    def _passes_discards(self, always: bool = False, below: bool = True) -> bool:
         """Whether the discards of the clusters this node frees reach its file child (update_refcount,
         qcow2_process_discards): qcow2 passes QCOW2_DISCARD_ALWAYS ones (shrinking, a stored bitmap removed)
         always, QCOW2_DISCARD_REQUEST ones (a guest discard, a zero write that may unmap) if
@@ -686,6 +715,8 @@ class Qcow2Node(FormatNode):
         drops a discard without it (bdrv_co_pdiscard)."""
         if not always and not self.options.get("pass-discard-request", self.discard_unmap):
             return False
+        if not below:  # (qcow2's own choice: the nodes below take theirs as the requests reach them)
+            return True
         node = self.file
         while node.driver == "blkdebug":
             below = node.child("image")
@@ -693,6 +724,15 @@ class Qcow2Node(FormatNode):
                 return False
             node = below
         return node.discard_unmap
+
+    def _tables_used(self, offset: int, length: int) -> None:
+        """The L2 tables of ``[offset, offset + length)`` looked up while no blkdebug rule below watched: QEMU has
+        them in its cache from now on (no ``l2_load`` for them later)."""
+        file = self.child("file")
+        layout = self.image._layout
+        if file is not None and file.driver == "blkdebug" and layout is not None and length > 0:
+            cs = self.image.cluster_size
+            layout.tables_used(offset // cs, -(-(offset + length) // cs))
 
     def _cow_ranges(self, offsets: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The host-side extent of data writes ``[offsets, ends)``: a partly written cluster that gets a
@@ -712,47 +752,44 @@ class Qcow2Node(FormatNode):
         hi = np.where((ends % cs != 0) & fresh(tail), (tail + 1) * cs, ends)
         return lo, hi
 
-    def _write_data(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray, check: bool = True) -> None:
-        """Data writes ``[offsets, ends)`` (one request, or a buffer's runs) reach the image: blkdebug
-        checks them at their host offsets, the file child's bitmaps are dirtied there (newly allocated
-        clusters whole), together with the metadata writes they cause."""
+    def _write_data(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """Data writes ``[offsets, ends)`` (one request, or a buffer's runs) reach the image: the file child's
+        bitmaps are dirtied at their host offsets (newly allocated clusters whole), with the metadata writes
+        they cause; over a blkdebug node whose rules may see them, step by step (:mod:`.qcow2_trace`)."""
+        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS)
+        if blk is not None:
+            qcow2_trace.run(self, blk, lambda: self._write_data(offsets, ends, values), int(ends[-1] - offsets[0]))
+            return
         if (int(offsets[0]) | int(ends[-1])) % self.image.cluster_size and (self._prealloc is None or self.backing):
             if self._prealloc is None:
                 self._cow_asks_status(offsets, ends)
             if self.backing is not None:
                 self._note_cow(offsets, ends)
-        file = self.file
-        sectors = file.checks_sectors()
+        if self.tracing:  # (one request, whatever runs its buffer holds: the layout marks its pieces)
+            self.trace_requests.append((offsets, ends, values))
+            layout, data = self.image.layout, self.image.data
+            lo, hi = int(offsets[0]), int(ends[-1])
+            layout.log.append(("req", lo, hi))
+            layout._request(lo // layout.cs, -(-hi // layout.cs))
+            watch, data.watch = data.watch, None  # (the layout has seen the request)
+            try:
+                data.write_batch(offsets, ends - offsets, values)
+                data.runs()
+            finally:
+                data.watch = watch
+            return
+        self._tables_used(int(offsets[0]), int(ends[-1] - offsets[0]))
         with self._file_sees() as listen:
-            if not (listen or sectors and check):
-                if check:
-                    self._check_write(int(offsets[0]))
+            if not listen:
+                self.file.write_gen += 1  # (bdrv_co_write_req_finish: a blkdebug file's flush then reaches its rules)
                 self._merge_writes(offsets, ends, values)
                 return
             lo, hi = self._cow_ranges(offsets, ends)
-            pieces = None
-            if check and (sectors or file.driver == "blkdebug"):  # (blkdebug's bitmaps see failed writes too)
-                # where the clusters will be: a dry run on a copy of the layout
-                probe = copy.deepcopy(self.image.layout)
-                probe.one_request = self._one_buffer
-                probe.before_merge(offsets, ends, values)
-                pieces = []
-                cow = (lo != offsets) | (hi != ends)
-                if self.backing is None and cow.any():
-                    _, h, n = probe.host_pieces(lo[cow], hi[cow])  # handle_alloc_space: zeroes, then the data
-                    pieces += [("write-zeroes", h, n)]
-                    _, h, n = probe.host_pieces(offsets, ends)
-                else:  # the data, with the backing file's COW merged in
-                    _, h, n = probe.host_pieces(lo, hi)
-                pieces += [("write", h, n)]
-            if check:
-                self._check_write(int(offsets[0]), pieces)
             self._merge_writes(offsets, ends, values)
-            if listen:
-                layout = self.image.layout
-                file.note_write(*layout.drain_written())  # the allocation's metadata goes first (l2_allocate)
-                _, h, n = layout.host_pieces(lo, hi)
-                file.note_write(h, n)
+            layout = self.image.layout
+            self.file.note_write(*layout.drain_written())  # the allocation's metadata goes first (l2_allocate)
+            _, h, n = layout.host_pieces(lo, hi)
+            self.file.note_write(h, n)
 
     def _merge_writes(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """The data writes reach the image's content; a buffer's runs as one request (the layout merges them
@@ -768,6 +805,7 @@ class Qcow2Node(FormatNode):
             data.runs()
         finally:
             layout.one_request = False
+
     def _cow_asks_status(self, offsets: np.ndarray, ends: np.ndarray) -> None:
         """A data write about to fill part of a cluster that gets a host cluster now asks block status of
         the copy on write around it (handle_alloc_space, is_zero_cow: bdrv_is_allocated_above), which checks
@@ -777,79 +815,31 @@ class Qcow2Node(FormatNode):
         if int(lo[0]) != start or int(hi[0]) != end:
             self._metadata_prealloc()
 
-    def _check_write(self, offset: int, pieces: list | None = None) -> None:
-        """blkdebug's verdict on the data write (``pieces``: (iotype, host offsets, lengths), None where
-        no rule names a sector). qcow2 wrote the L2 table of a cluster it allocates before the data
-        write, which may fail."""
-        done: list[tuple[int, int]] = []
-        try:
-            if pieces is None:
-                self.file.debug_check("write", None, 0)
-            for iotype, hosts, lengths in pieces or ():
-                for host, n in zip(hosts.tolist(), lengths.tolist()):
-                    done.append((host, n))
-                    self.file.debug_check(iotype, host, n)
-        except Exception:  # BlockIOError (blkdebug.py imports this module)
-            with self._file_sees():
-                if self.image.data.value_at(offset) == UNALLOCATED:
-                    self.image.note_failed_write(offset)
-                if done:  # the requests before reached the file; the failed one dirtied blkdebug's bitmaps
-                    ok = np.array(done[:-1], dtype=np.int64).reshape(-1, 2)
-                    self.file.note_write(ok[:, 0], ok[:, 1])
-                    self.file.note_failed_write(np.array([done[-1][0]]), np.array([done[-1][1]]))
-            raise
-
     def _cluster_span(self, offset: int, length: int) -> tuple[int, int]:
         """``[offset, offset + length)`` widened to the whole clusters it touches (the disk's end cuts the last)."""
         cs = self.image.cluster_size
         return offset // cs * cs, max(offset + length, min(-(-(offset + length) // cs) * cs, self.size))
 
     def pread(self, offset, length):
-        """Data runs are read from the file (read_aio); holes come from the backing file."""
-        cs = self.image.cluster_size
-        # a cluster holding data anywhere is read from the file, even where the range holds none of it
-        lo, hi = self._cluster_span(offset, length)
-        starts, ends, vals = self.image.data.extents(lo, hi - lo)
-        data = vals >= 0
-        # qcow2 reads one request per stretch of allocated clusters contiguous in the file too: a
-        # partly written cluster is allocated whole.
-        first, last = starts[data] // cs, (ends[data] - 1) // cs
-        if first.size:
-            new = np.ones(first.size, dtype=bool)
-            new[1:] = first[1:] > last[:-1] + 1
-            run_first, run_last = self._host_contiguous(first[new], np.maximum.reduceat(last, np.flatnonzero(new)))
-            guest = self.image.layout.guest
-            for lo, hi in zip(run_first.tolist(), run_last.tolist()):
-                self.file.debug_event("read_aio")
-                start = max(lo * cs, offset)
-                host = start + guest.value_at(lo) * cs  # (a data cluster always has its host cluster)
-                self.file.debug_check("read", host, min((hi + 1) * cs, offset + length) - start)
-        backing = self.backing
-        if backing is not None:
-            holes = vals == UNALLOCATED
-            for s, e in zip(np.maximum(starts[holes], offset), np.minimum(ends[holes], offset + length)):
-                if s < min(e, backing.size):
-                    backing.pread(int(s), int(min(e, backing.size) - s))
+        """A read request: qcow2_co_preadv_part's steps run through a blkdebug node below whose rules may see
+        them (:func:`.qcow2_trace.read_items`); the backing file reads its holes."""
+        blk = qcow2_trace.tracer(self, qcow2_trace.READ_EVENTS)
+        if blk is not None:
+            blk.run(qcow2_trace.read_items(self, offset, length))
+        else:
+            self._tables_used(offset, length)
+            backing = self.backing
+            if backing is not None:
+                lo, hi = self._cluster_span(offset, length)
+                starts, ends, vals = self.image.data.extents(lo, hi - lo)
+                holes = vals == UNALLOCATED
+                for s, e in zip(np.maximum(starts[holes], offset), np.minimum(ends[holes], offset + length)):
+                    if s < min(e, backing.size):
+                        backing.pread(int(s), int(min(e, backing.size) - s))
         return self.read_extents(offset, length)
 
-    def _host_contiguous(self, first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cluster runs ``[first, last]`` (sorted, disjoint) cut where their host clusters stop being
-        contiguous in the file."""
-        g_s, _, _ = self.image.layout.guest.extents(int(first[0]), int(last[-1]) + 1 - int(first[0]))
-        cuts = g_s[1:]
-        if not cuts.size:
-            return first, last
-        j = np.searchsorted(first, cuts, "right") - 1
-        inside = (j >= 0) & (cuts > first[np.maximum(j, 0)]) & (cuts <= last[np.maximum(j, 0)])
-        cuts = cuts[inside]
-        if not cuts.size:
-            return first, last
-        new_first = np.sort(np.concatenate((first, cuts)))
-        owner = np.searchsorted(first, new_first, "right") - 1
-        new_last = np.where(np.append(owner[1:] == owner[:-1], False), np.append(new_first[1:], 0) - 1, last[owner])
-        return new_first, new_last
-
     def block_status(self, offset, length):
+        self._tables_used(offset, length)
         starts, ends, vals = self.image.data.extents(offset, length)
         is_data = vals >= 0
         backing = self.backing
@@ -878,6 +868,7 @@ class Qcow2Node(FormatNode):
     def _status_runs(self, offset: int, length: int, recurse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`copy_status` before the cuts at L2 slices."""
         lo, hi = self._cluster_span(offset, length)
+        self._tables_used(lo, hi - lo)
         if (lo, hi) != (offset, offset + length):
             s, e, zero = self._status_runs(lo, hi - lo, recurse)
             keep = (e > offset) & (s < offset + length)
@@ -1100,12 +1091,13 @@ class Qcow2Node(FormatNode):
         keep = e > s
         return s[keep], e[keep], flags[keep]
 
-    def flush(self):
-        """qcow2_co_flush_to_os writes back the L2 table and refcount block caches, then the file flushes."""
-        self.write_back()
-        self.file.debug_event("flush_to_os")
-        self.file.debug_event("flush_to_disk")
-        self.file.debug_check("flush", 0, 0)
+    def _flush_to_os(self):
+        """qcow2_co_flush_to_os writes back the L2 table and refcount block caches."""
+        blk = qcow2_trace.tracer(self, qcow2_trace.FLUSH_EVENTS)
+        if blk is not None and self.image._layout is not None:
+            qcow2_trace.write_back(self, blk)
+        else:
+            self.write_back()
 
     def _truncate(self, size):
         """qcow2_co_truncate. Shrinking discards the clusters past the new end (an L2 table where none
@@ -1118,6 +1110,10 @@ class Qcow2Node(FormatNode):
         written last (8 bytes at 24)."""
         if size % 512:
             raise generic("The new size must be a multiple of 512")
+        blk = qcow2_trace.tracer(self, qcow2_trace.RESIZE_EVENTS)
+        if blk is not None:
+            raise generic(f"bitlab does not simulate the blkdebug events and requests of a qcow2 resize "
+                          f"(blkdebug '{blk.node_name}')")
         image, cs = self.image, self.image.cluster_size
         for stored in image.bitmaps:  # qcow2_truncate_bitmaps_check, in the bitmap directory's order
             loaded = next((bm for bm in self.bitmaps if bm.name == stored.name), None)
@@ -1181,7 +1177,7 @@ class Qcow2Node(FormatNode):
         if size > start:
             self._zero_clusters(start, size)
         if start > old:
-            self._write_data(np.array([old]), np.array([start]), np.array([0]), check=False)
+            self._write_data(np.array([old]), np.array([start]), np.array([0]))
 
     def _keep_last_cluster(self, size: int) -> None:
         """A shrink keeps the host cluster of a last cluster the new end cuts, though the data written into it may
@@ -1196,6 +1192,28 @@ class Qcow2Node(FormatNode):
         if holes.any():
             image.data.write_batch(starts[holes], (ends - starts)[holes], 0)
 
+    def close_flush(self) -> None:
+        """bdrv_close: the node is flushed (a failure goes unreported), then qcow2_inactivate flushes the
+        caches once more; over a blkdebug node whose rules may see it, with their events and requests."""
+        if self.image._layout is not None and self.image.layout.stale_l1:
+            self.image.unknown = (f"bitlab does not know what QEMU 7.2 left in '{self.image.name}': node "
+                                  f"'{self.node_name}' failed to flush an L1 table entry it wrote, and the entry "
+                                  "points at an L2 table that was freed again")
+        blk = qcow2_trace.tracer(self, qcow2_trace.FLUSH_EVENTS | {"flush_to_os", "flush_to_disk"})
+        if blk is None or self.read_only or self.image._layout is None:
+            self.write_back()
+            return
+        try:
+            self.flush()
+        except BlockIOError:
+            pass
+        try:
+            qcow2_trace.write_back(self, blk)
+        except BlockIOError:  # (QEMU leaves the file without metadata bitlab keeps: nobody may use it now)
+            self.image.unknown = (f"bitlab does not know what QEMU 7.2 left in '{self.image.name}': its qcow2 "
+                                  f"metadata could not be written back when node '{self.node_name}' closed "
+                                  f"(blkdebug '{blk.node_name}')")
+
     def write_back(self) -> None:
         """The caches' dirty L2 tables and refcount blocks are written (a flush, or closing the node)."""
         if self.image._layout is None or self.child("file") is None:  # (nothing dirty is known; no file yet)
@@ -1206,7 +1224,6 @@ class Qcow2Node(FormatNode):
     def _store_batch(self, offsets, lengths, values):
         if not len(offsets):
             return
-        self.file.debug_event("write_aio")
         offsets = np.asarray(offsets, dtype=np.int64)
         values = np.broadcast_to(np.asarray(values, dtype=np.int64), offsets.shape)
         self._write_data(offsets, offsets + np.asarray(lengths, dtype=np.int64), values)
@@ -1220,14 +1237,34 @@ class Qcow2Node(FormatNode):
         return start, max(start, end)
 
     def write_zeroes(self, offset, length, unmap=False):
+        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS)
+        if blk is not None:
+            self._dirty(offset, length)
+            qcow2_trace.run(self, blk, lambda: self._store_zeroes(offset, length, unmap), length, frees=True)
+            return
+        self._tables_used(offset, length)
         with self._file_sees(frees=True):
             super().write_zeroes(offset, length, unmap)
 
     def discard(self, offset, length):
+        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS) if self.discard_unmap else None
+        if blk is not None:
+            self._dirty(offset, length, discard=True)
+            qcow2_trace.run(self, blk, lambda: self._unmap(offset, length), length, frees=True)
+            return
+        self._tables_used(offset, length)
         with self._file_sees(frees=True):
             super().discard(offset, length)
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
+        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS)
+        if blk is not None:  # (one request after another)
+            for off, ln in zip(np.asarray(offsets).tolist(), np.asarray(lengths).tolist()):
+                self.write_zeroes(off, ln, unmap)
+            return
+        if len(offsets):
+            lo = int(np.min(offsets))
+            self._tables_used(lo, int(np.max(np.asarray(offsets) + np.asarray(lengths))) - lo)
         with self._file_sees(frees=True):
             self._write_zeroes_batch(offsets, lengths, unmap)
 
@@ -1269,7 +1306,7 @@ class Qcow2Node(FormatNode):
         clusters: without a backing file its clusters are unallocated instead, with one the zeroes
         are written as data."""
         if self.image.compat == "0.10" and self.backing is not None:
-            self._write_data(np.array([offset]), np.array([offset + length]), np.array([0]), check=False)
+            self._write_data(np.array([offset]), np.array([offset + length]), np.array([0]))
             return
         cs = self.image.cluster_size
         end = offset + length
@@ -1299,7 +1336,7 @@ class Qcow2Node(FormatNode):
             hosted = zero == ZERO and not unmap and self.image.data.value_at(c_start) == ZERO_ALLOC
             self.image.data.write(c_start, c_end - c_start, ZERO_ALLOC if hosted else zero)
         else:  # the generic fallback: a write of zero bytes
-            self._write_data(np.array([lo]), np.array([hi]), np.array([0]), check=False)
+            self._write_data(np.array([lo]), np.array([hi]), np.array([0]))
 
     def _zero_clusters(self, start: int, end: int, unmap: bool = False) -> None:
         """Whole clusters become zero clusters; those holding a host cluster keep it unless ``unmap``.

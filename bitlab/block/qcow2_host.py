@@ -26,6 +26,10 @@ clusters whose value is ``host - guest`` (a contiguous allocation is one run), t
 the image's content map: :meth:`HostLayout.before_merge` sees each batch of writes in order. While
 the only free space is the file's tail, a batch allocates with one cumulative sum; with holes it
 goes request by request (never cluster by cluster).
+
+With :attr:`HostLayout.log` set (a list: a qcow2 node over a blkdebug node whose rules may see its requests),
+the layout also records, in QEMU's order, the blkdebug events and the requests its work makes of the file
+(:class:`bitlab.block.blkdebug.BlkdebugNode` runs them), and batches go request by request.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class HostLayout:
         self.l1_offset = 3 * cluster_size  # the L1 table: after header, refcount table and block
         # told of guest clusters [lo, hi) about to lose their host clusters, while the content still has them
         self.on_unhost: Callable[[int, int], None] | None = None
+        self.log: list | None = None  # events and requests, in order, while someone records them
         self.reset()
 
     def reset(self) -> None:
@@ -142,6 +147,46 @@ class HostLayout:
         # ``fs`` holds only what creating the file and writing L2 tables and refcounts wrote, nothing was freed
         self.fs_plain = True
         self.bitmaps_freed: list[tuple[int, int]] = []  # data clusters of stored bitmaps just dropped (runs)
+        self.l2_cached: set[int] = set()  # L2 tables (L1 indices) in the cache: allocated or read since the open
+        self.rb_cached: set[int] = set()  # refcount blocks in the cache (their reads since the open)
+        self.stale_l1: set[int] = set()  # L1 entries on disk pointing at a freed L2 table (a failed flush)
+
+    # -- what a recorder sees (log) --------------------------------------------------------------
+    def _ev(self, name: str, times: int = 1) -> None:
+        """A blkdebug event qcow2 fires on its file (BLKDBG_EVENT)."""
+        if self.log is not None and times > 0:
+            self.log.append(("ev", name, times))
+
+    def _refcount_events(self, start: int, end: int, scanned: int | None = None) -> None:
+        """update_refcount over host clusters ``[start, end)``: alloc_refcount_block and load_refcount_block
+        for each refcount block it meets, which is read from the file where the cache lacks it (for an
+        allocation, the blocks its search for free clusters from ``scanned`` met were read first)."""
+        if self.log is None or end <= start:
+            return
+        span = self.refblock_span
+        if scanned is not None:
+            for block in range(min(scanned, start) // span, min((end - 1) // span + 1, self.refblocks)):
+                self._read_refblock(block)
+        for block in range(start // span, (end - 1) // span + 1):
+            self._ev("refblock_alloc")
+            self._ev("refblock_load")
+            self._read_refblock(block)
+            self.log.append(("rc", block))  # (its refcounts change in the cache here)
+
+    def _read_refblock(self, block: int) -> None:
+        if block not in self.rb_cached and block < len(self.refblock_hosts):
+            self.rb_cached.add(block)
+            self.log.append(("r", self.refblock_hosts[block] * self.cs, self.cs, "rb", block))
+
+    def load_l2(self, index: int) -> None:
+        """The cache gets L2 table ``index`` (l2_load): read from the file if it is not there yet."""
+        if index in self.l2_cached:
+            return
+        self.l2_cached.add(index)
+        host = self.l2.value_at(index)
+        if self.log is not None and host >= 0:
+            self._ev("l2_load")
+            self.log.append(("r", host * self.cs, self.cs, "l2", index))
 
     # -- free space ---------------------------------------------------------------------------
     def _free_runs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -172,34 +217,50 @@ class HostLayout:
         n = last - first + 1
         if n.size and int(n.max()) == 1:
             self.dirty_refblocks.update(first.tolist())
+            self.rb_cached.update(first.tolist())
             return
         for a, b in zip(first.tolist(), last.tolist()):  # (a range over several refcount blocks)
             self.dirty_refblocks.update(range(a, b + 1))
+            self.rb_cached.update(range(a, b + 1))
 
     # -- metadata writes (the qcow2 caches) -----------------------------------------------------
-    def _write(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+    def _write(self, offsets: np.ndarray, lengths: np.ndarray, kind: str = "", keys: list | None = None) -> None:
         if offsets.size:
             self.written.append((offsets.astype(np.int64), lengths.astype(np.int64)))
             self._fs_marks.append((offsets, lengths))
             if len(self._fs_marks) > MAX_FS_MARKS:
                 self.fs_blocks()
+            if self.log is not None:
+                for i, (off, n) in enumerate(zip(offsets.tolist(), lengths.tolist())):
+                    self.log.append(("w", off, n, kind, None if keys is None else keys[i]))
 
-    def _flush_cache(self, which: str) -> None:
+    def _flush_cache(self, which: str, sync: bool = True) -> None:
         """qcow2_cache_flush of the L2 table cache (``l2``) or the refcount block cache (``rb``): the
-        cache it depends on first, if it has a dirty entry (qcow2_cache_entry_flush)."""
+        cache it depends on first, if it has a dirty entry (qcow2_cache_entry_flush), then the file
+        flushed (not for ``sync`` False: qcow2_cache_write alone)."""
         dirty = self.dirty_l2 if which == "l2" else self.dirty_refblocks
         dep = self.depends[which]
         if dep is not None and dirty:
             self.depends[which] = None
+            if self.log is not None:
+                self.log.append(("dep", which, dep))  # (a failure before "dep-done" leaves the dependency)
             self._flush_cache(dep)
+            if self.log is not None:
+                self.log.append(("dep-done",))
         if which == "l2":
             self._write_back_l2()
         else:
             self._write_back_refblocks()
+        if self.log is not None:
+            self.log.append(("end", which))  # (qcow2_cache_write writes every entry, then fails)
+            if sync:
+                self.log.append(("f",))
 
     def _set_dependency(self, cache: str, dependency: str) -> None:
         """qcow2_cache_set_dependency: ``cache`` is written only after ``dependency``; a dependency the
         other way round is flushed first."""
+        if self.log is not None:  # (qcow2 goes on whether these flushes fail or not)
+            self.log.append(("soft", 1))
         if self.depends[dependency] is not None:
             self.depends[dependency], dep = None, self.depends[dependency]
             self._flush_cache(dep)
@@ -207,16 +268,32 @@ class HostLayout:
             self.depends[cache], dep = None, self.depends[cache]
             self._flush_cache(dep)
         self.depends[cache] = dependency
+        if self.log is not None:
+            self.log.append(("soft", -1))
 
     def _write_back_refblocks(self) -> None:
         """The refcount block cache written: each dirty block whole."""
-        hosts = [self.refblock_hosts[i] for i in sorted(self.dirty_refblocks) if i < len(self.refblock_hosts)]
+        blocks = [i for i in sorted(self.dirty_refblocks) if i < len(self.refblock_hosts)]
+        hosts = [self.refblock_hosts[i] for i in blocks]
         self.dirty_refblocks.clear()
+        if self.log is not None:
+            for block, host in zip(blocks, hosts):
+                self._ev("refblock_update_part")
+                self._write(np.array([host * self.cs]), np.array([self.cs]), "rb", [block])
+            return
         self._write(np.array(hosts, dtype=np.int64) * self.cs, np.full(len(hosts), self.cs, dtype=np.int64))
 
     def _write_back_l2(self) -> None:
         """The L2 table cache written: each dirty table whole."""
         if not self.dirty_l2:
+            return
+        if self.log is not None:
+            for index in sorted(self.dirty_l2):
+                host = self.l2.value_at(index)
+                if host >= 0:
+                    self._ev("l2_update")
+                    self._write(np.array([host * self.cs]), np.array([self.cs]), "l2", [index])
+            self.dirty_l2.clear()
             return
         if len(self.dirty_l2) <= SMALL_BATCH:  # a few tables: looked up one by one
             found = [self.l2.value_at(i) for i in sorted(self.dirty_l2)]
@@ -231,18 +308,40 @@ class HostLayout:
     def flush(self) -> None:
         """qcow2_write_caches: the L2 table cache, then the refcount block cache (each after the one it
         depends on)."""
-        self._flush_cache("l2")
-        self._flush_cache("rb")
+        self._flush_cache("l2", sync=False)
+        self._flush_cache("rb", sync=False)
 
     def _l2_allocate(self, index: int) -> None:
         """l2_allocate: a cluster for the table, the refcount block cache flushed, the new table written
-        with every other dirty one (the L2 cache flushed), then its L1 entry (8 bytes, written at once)."""
+        with every other dirty one (the L2 cache flushed), then its L1 entry (8 bytes, written at once and
+        flushed: bdrv_pwrite_sync)."""
+        if self.log is not None:
+            self.log.append(("mark", "table", index))  # (a failure from here on frees its cluster again)
         host = self.alloc(1)
+        if self.log is not None:
+            self.log.append(("mark", "table", host))
         self.l2.write(index, 1, host)
         self._flush_cache("rb")
         self.dirty_l2.add(index)
+        self.l2_cached.add(index)
+        self._ev("l2_alloc_write")
         self._flush_cache("l2")
-        self._write(np.array([self.l1_offset + 8 * index]), np.array([8]))
+        self._ev("l1_update")
+        self._write(np.array([self.l1_offset + 8 * index]), np.array([8]), "l1", [index])
+        self.stale_l1.discard(index)
+        if self.log is not None:
+            self.log += [("f",), ("mark", "end")]
+
+    def free_again(self, host: int, n: int, discard: bool) -> None:
+        """A recorder's steps of qcow2_free_clusters of host clusters ``[host, host + n)`` that an operation took
+        and gives back after a failure (the layout itself is as before the operation): ``cluster_free``, the
+        dependency flush, the refcount block's events, then (``discard``: QCOW2_DISCARD_ALWAYS, an L2 table's)
+        the discard of the clusters."""
+        self._ev("cluster_free")
+        self._set_dependency("rb", "l2")
+        self._refcount_events(host, host + n)
+        if discard:
+            self.log.append(("d", host * self.cs, n * self.cs))
 
     def drain_discarded(self) -> tuple[np.ndarray, np.ndarray]:
         """The discards qcow2 passed to the file for the data clusters freed since the last call: host byte
@@ -283,12 +382,17 @@ class HostLayout:
         index = len(self.refblock_hosts)
         self.refblock_hosts.append(host)
         self._fs_marks.append(([host * self.cs], [self.cs]))  # (written at once, whole)
+        self.rb_cached.add(index)
+        if self.log is not None:
+            self.log.append(("new-refblock", index))  # (not simulated for blkdebug: see qcow2 nodes)
         if index < self.cs // 8:
-            self._write(np.array([self.cs + 8 * index]), np.array([8]))
+            self._write(np.array([self.cs + 8 * index]), np.array([8]), "reftable", [index])
 
     def alloc(self, n: int) -> int:
         """alloc_clusters_noref: the first ``n`` free clusters in a row from free_cluster_index. The discards a
-        request freeing clusters has cached so far are passed first (they may be for these clusters)."""
+        request freeing clusters has cached so far are passed first (they may be for these clusters), after
+        qcow2_alloc_clusters fired ``cluster_alloc``."""
+        self._ev("cluster_alloc")  # (qcow2_alloc_clusters)
         if self.cached_from is not None:
             self._pass_cached()
         fs, fe = self._free_runs()
@@ -296,6 +400,7 @@ class HostLayout:
         start = np.maximum(fs[i:], self.fci)
         fit = np.flatnonzero(fe[i:] - start >= n)
         pos = int(start[fit[0]])
+        self._refcount_events(pos, pos + n, scanned=self.fci)
         self._take(pos, n)
         self.fci = pos + n
         self._refblocks_for(pos + n)
@@ -308,6 +413,7 @@ class HostLayout:
         if i >= fs.size or fs[i] > pos:
             return 0
         k = min(n, int(fe[i]) - pos)
+        self._refcount_events(pos, pos + k, scanned=pos)
         span = self.refblock_span
         while pos + k > self.refblocks * span:  # update_refcount reaches an uncovered cluster: -EAGAIN
             covered = self.refblocks * span
@@ -335,7 +441,19 @@ class HostLayout:
             return
         starts, ends = starts[keep], ends[keep]
         self.fs_plain = False
+        if self.log is not None:  # qcow2_free_clusters for each cluster (qcow2_free_any_cluster)
+            self._ev("cluster_free")
         self._set_dependency("rb", "l2")  # update_refcount, decreasing
+        if self.log is not None:
+            first = int(starts[0])
+            self._refcount_events(first, first + 1)
+            for a, b in zip(starts.tolist(), ends.tolist()):  # (the other blocks they meet, read once)
+                for block in range(a // self.refblock_span, (b - 1) // self.refblock_span + 1):
+                    self._read_refblock(block)
+                    self.log.append(("rc", block))
+            n = int((ends - starts).sum())
+            if n > 1:
+                self.log.append(("seq", ("cluster_free", "refblock_alloc", "refblock_load"), n - 1))
         self.free.write_batch(starts, ends - starts, FREE)
         self._refcounts_changed(starts, ends)
         self.fci = min(self.fci, int(starts.min()))
@@ -347,6 +465,8 @@ class HostLayout:
         self.dirty_l2.clear()
         self.dirty_refblocks.clear()
         self.depends = {"l2": None, "rb": None}
+        self.l2_cached.clear()
+        self.rb_cached.clear()
 
     # -- L2 tables ------------------------------------------------------------------------
     def l2_missing(self, lo: int, hi: int) -> np.ndarray:
@@ -362,6 +482,11 @@ class HostLayout:
             return
         for index in self.l2_missing(c0 // self.per_l2, (c1 - 1) // self.per_l2).tolist():
             self._l2_allocate(index)
+
+    def tables_used(self, c0: int, c1: int) -> None:
+        """Guest clusters ``[c0, c1)`` were looked up without a recorder (their L2 tables are in the cache now)."""
+        if c1 > c0:
+            self.l2_cached.update(range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1))
 
     # -- guest clusters ---------------------------------------------------------------------
     def hosted(self, c0: int = 0, c1: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -396,37 +521,71 @@ class HostLayout:
         return keep[idx[hosted]], (ps + val * cs)[hosted], (pe - ps)[hosted]
 
     def _request(self, c0: int, c1: int) -> None:
-        """A data write over guest clusters ``[c0, c1)``, one L2 table after another."""
+        """A data write over guest clusters ``[c0, c1)``, one L2 table after another. A recorder (``log``) also
+        gets the request's pieces: markers for its clusters ("data", first, end, "new"/"copied"/"zero"), and
+        "piece-end" where qcow2_alloc_host_offset stops gathering a piece contiguous on the host (its task
+        writes the data next); the tables' links come after the request's last allocation."""
         expected = -1
         flags = self._flags_any()
+        log = self.log
+        links: list[int] = []
+        piece = False  # (a recorder's: a piece is open, its task not started)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
                 self._l2_allocate(index)
+            elif log is not None:
+                self.load_l2(index)
             s, e, v = self.guest.extents(lo, hi - lo)
             # new clusters, or zero clusters keeping theirs: their L2 entries change (qcow2_alloc_cluster_link_l2)
             linked = bool((v == NONE).any()) or flags and bool(self.zero_flag.extents(lo, hi - lo)[2].any())
             for a, b, d in zip(s.tolist(), e.tolist(), v.tolist()):
                 if d != NONE:  # written in place (COPIED)
+                    if log is not None:
+                        if piece and expected != a + d:  # (the host offset jumps: the piece ends)
+                            log.append(("piece-end",))
+                        self._log_copied(a, b)
+                        piece = True
                     expected = a + d + (b - a)
                     continue
                 while b > a:
-                    if expected >= 0:
+                    if expected >= 0:  # (qcow2_alloc_clusters_at, where the piece goes on)
                         k = self.alloc_at(expected, b - a)
                         if k:
                             self.guest.write(a, k, expected - a)
+                            if log is not None:
+                                log.append(("data", a, a + k, "new"))
                             a += k
                             expected += k
                             continue
+                    if log is not None and piece:
+                        log.append(("piece-end",))
                     pos = self.alloc(b - a)
                     self.guest.write(a, b - a, pos - a)
+                    if log is not None:
+                        log.append(("data", a, b, "new"))
+                        piece = True
                     expected = pos + (b - a)
                     a = b
-            if linked:
+            if linked and log is not None:
+                links.append(index)
+            elif linked:
                 self._set_dependency("l2", "rb")
                 self.dirty_l2.add(index)
+        if piece:
+            log.append(("piece-end",))
+        for index in links:  # (a recorder's order: the pieces' tasks link them after the last allocation)
+            self._set_dependency("l2", "rb")
+            self.dirty_l2.add(index)
         if flags:
             self.zero_flag.write(c0, c1 - c0, 0)
+
+    def _log_copied(self, a: int, b: int) -> None:
+        """A recorder's markers for hosted clusters ``[a, b)`` written in place: zero clusters keeping their host
+        cluster ("zero") apart, their task treats them as new ones (keep_old_clusters, copy-on-write)."""
+        zs, ze, zv = self.zero_flag.extents(a, b - a)
+        for za, zb, z in zip(zs.tolist(), ze.tolist(), zv.tolist()):
+            self.log.append(("data", za, zb, "zero" if z else "copied"))
 
     def _flags_any(self) -> bool:
         """Whether any guest cluster is a zero cluster (its L2 entry has the zero flag)."""
@@ -446,6 +605,8 @@ class HostLayout:
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
                 self._l2_allocate(index)
+            elif self.log is not None:
+                self.load_l2(index)
             a, b = max(lo, f0), min(hi, f1)
             frees = b > a and value != ZERO_ALLOC and bool(self.hosted(a, b)[0].size)
             if frees or bool((self.zero_flag.extents(lo, hi - lo)[2] != flag).any()):
@@ -463,12 +624,16 @@ class HostLayout:
         """qcow2_process_discards: a request freeing clusters caches their discards (s->cache_discards) and merges
         those adjacent on the host (update_refcount_discard); it passes them on at its ``end``, or before it
         allocates a cluster (a new L2 table: alloc_clusters_noref). Those passed together make one entry of
-        ``discarded``."""
+        ``discarded``; a recorder (``log``) gets them where they are passed instead: ``("d", offset, length)``,
+        whose failure qcow2 ignores (a request that fails later does not take them back)."""
         mark = self.cached_from
         assert mark is not None
         if len(self.discarded) > mark + 1:
             new = self.discarded[mark:]
             self.discarded[mark:] = [(np.concatenate([d[0] for d in new]), np.concatenate([d[1] for d in new]))]
+        if self.log is not None and len(self.discarded) > mark:
+            starts, ends = _merged(*self.discarded.pop())
+            self.log += [("d", a * self.cs, (b - a) * self.cs) for a, b in zip(starts.tolist(), ends.tolist())]
         self.cached_from = None if end else len(self.discarded)
 
     def discard(self, c0: int, c1: int) -> None:
@@ -480,6 +645,8 @@ class HostLayout:
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
             if self.l2.value_at(index) < 0:
                 self._l2_allocate(index)
+            elif self.log is not None:
+                self.load_l2(index)
             if self.hosted(lo, hi)[0].size:
                 self.dirty_l2.add(index)
                 self.unhost(lo, hi)
@@ -504,6 +671,15 @@ class HostLayout:
         cs = self.cs
         if self.one_request:
             self._request(int(offsets.min()) // cs, -(-int(ends.max()) // cs))
+            return
+        if self.log is not None:  # (a recorder sees every request's own steps)
+            for o, e, v in zip(offsets.tolist(), ends.tolist(), values.tolist()):
+                if v >= 0:
+                    self._request(o // cs, -(-e // cs))
+                else:
+                    f0 = -(-o // cs)
+                    f1 = -(-e // cs) if e >= self.size else e // cs
+                    self.zero_request(o // cs, -(-e // cs), f0, f1, v)
             return
         if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
             vals = values.tolist()
@@ -628,6 +804,7 @@ class HostLayout:
         for i, (_, g, t, x) in enumerate(events):
             if t == 0:
                 self.l2.write(x, 1, host)
+                self.l2_cached.add(x)
                 tables.append(x)
                 pos_last, host_last = i, host
                 host += 1
@@ -678,6 +855,7 @@ class HostLayout:
         """:meth:`_refcounts_changed` for one range ``[start, end)``."""
         span = self.refblock_span
         self.dirty_refblocks.update(range(start // span, (end - 1) // span + 1))
+        self.rb_cached.update(range(start // span, (end - 1) // span + 1))
 
     def _may_free(self, f0: np.ndarray, f1: np.ndarray, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
         """Whether each range ``[f0, f1)`` meets a hosted cluster or a range ``[d0, d1)`` (conservative)."""
@@ -778,6 +956,7 @@ class HostLayout:
         at[order] = host
         if nt:
             self.l2.write_batch(tab, 1, at[:nt])
+            self.l2_cached.update(tab.tolist())
         if ps.size:
             self.guest.write_batch(ps, pe - ps, at[nt:] - ps)
             if split.size:  # the clusters after a refcount block placed inside a request's allocation

@@ -55,6 +55,7 @@ class ImageFile:
     # what the host cluster of a data cluster a shrink cut holds past the disk's end (qcow2): runs (guest
     # offsets: starts, ends, values) from the end to the cluster's; see keep_tail
     tail: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    unknown: str | None = None  # why bitlab cannot tell what the file holds (it refuses to open it then)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
     _allocated: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (key, allocated_size)
 
@@ -289,14 +290,6 @@ class ImageFile:
         """L2 tables in the file."""
         return self.layout.l2_count()
 
-    def note_failed_write(self, offset: int) -> None:
-        """A data write at ``offset`` (an unallocated cluster) failed after qcow2 had written the
-        cluster's L2 table (l2_allocate, before the data write): the table stays in the file (the
-        data cluster allocated for it is freed again)."""
-        if self.is_qcow2:
-            cluster = offset // self.cluster_size
-            self.layout.touch_l2(cluster, cluster + 1)
-
     def discard_clusters(self, start: int, end: int) -> None:
         """qcow2_cluster_discard over whole clusters ``[start, end)`` (bytes): table by table, an L2
         table where there is none, and the clusters' host clusters freed. Call before writing the
@@ -363,6 +356,7 @@ def format_image(image: ImageFile, fmt: str, size: int, *, cluster_size: int = Q
     image.compat = compat
     image.l1_padded = False
     image.tail = None
+    image.unknown = None
     old = image.__dict__.get("data")
     image.data = ExtentMap(size, fill=UNALLOCATED if fmt == "qcow2" else 0)
     if old is not None:

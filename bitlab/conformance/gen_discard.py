@@ -112,7 +112,7 @@ def _open(rng: random.Random, name: str) -> tuple[list[dict], list[str], str | N
 
 def _range(rng: random.Random, size: int) -> tuple[int, int]:
     """A request inside the disk: 4 KiB-aligned mostly, 512-aligned now and then."""
-    unit = 4 * K if rng.random() < 0.8 else 512
+    unit = 4 * K if rng.random() < 0.8 and size >= 4 * K else 512  # (a shrink may leave less than 4 KiB)
     offset = rng.randrange(0, size // unit) * unit
     return offset, min(rng.choice([4 * K, 64 * K, 192 * K, M]), size - offset)
 

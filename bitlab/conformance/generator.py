@@ -52,12 +52,16 @@ names: ``pp``, bitmaps ``p0``..``p2``): bitmaps stored on closing the image, rea
 After 3% of the steps comes a copy-offloading episode of :mod:`.gen_copyrange` (its own stream and names: ``cr<n>``,
 ``ct<n>``): a backup with x-perf ``use-copy-range`` onto a prepared, created or opened target.
 After 3% of the steps comes a discard-option episode of :mod:`.gen_discard` (its own stream and names: ``dq<n>``).
+After 3% of the steps comes a blkdebug episode of :mod:`.gen_blkdebug` (its own stream and names: ``be<n>``): rules on
+any event bitlab fires under a raw or qcow2 node, ``align`` now and then, the requests they fail.
 """
 
 from __future__ import annotations
 
 import random
 
+from .gen_blkdebug import CHANCE as BLKDEBUG_CHANCE
+from .gen_blkdebug import Blkdebugs, blkdebug_episode
 from .gen_copyrange import CHANCE as COPYRANGE_CHANCE
 from .gen_copyrange import CopyRange, copy_range_episode
 from .gen_discard import CHANCE as DISCARD_CHANCE
@@ -119,6 +123,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     persist = Persist(random.Random(f"{seed}/{index}/persist"))
     copyrange = CopyRange(random.Random(f"{seed}/{index}/copyrange"))
     discards = Discards(random.Random(f"{seed}/{index}/discard"))
+    blkdebugs = Blkdebugs(random.Random(f"{seed}/{index}/blkdebug"))
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -147,6 +152,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += copy_range_episode(copyrange, size)
         if discards.rng.random() < DISCARD_CHANCE:
             steps += discard_episode(discards, size)
+        if blkdebugs.rng.random() < BLKDEBUG_CHANCE:
+            steps += blkdebug_episode(blkdebugs, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)

@@ -7,12 +7,13 @@ import random
 import time
 
 from ..backends.qemu import QemuNotFound, qemu_missing
+from .gen_blkdebug import blkdebug_scenario
 from .gen_parents import parents_scenario
 from .gen_running import running_scenario
 from .generator import random_scenario
 from .runner import check
 
-FOCUS = {"running": running_scenario, "parents": parents_scenario}
+FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario}
 
 
 def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None,
@@ -53,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", type=int, default=50, help="how many random scenarios (default 50)")
     parser.add_argument("--seed", type=int, default=None, help="the seed (default: a new one, printed)")
     parser.add_argument("--focus", choices=sorted(FOCUS), default=None,
-                        help="scenarios built around backups that run while the guest writes (running), or "
-                             "around the parents of a backup's source: overlays, earlier targets (parents)")
+                        help="scenarios built around backups that run while the guest writes (running), "
+                             "around the parents of a backup's source: overlays, earlier targets (parents), or "
+                             "around blkdebug's events and failed requests under raw and qcow2 nodes (blkdebug)")
     parser.add_argument("--daemon", choices=["auto", "qsd", "system"], default=None,
                         help="real QEMU's daemon: qemu-storage-daemon (qsd), the system emulator (system), or "
                              "auto (default, or BITLAB_QEMU_DAEMON): the system emulator only for -drive or HMP")

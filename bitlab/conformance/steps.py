@@ -3,7 +3,8 @@
 A scenario is ``{"name", "steps": [...]}`` (optionally ``"drives": [...]`` for ``-drive``
 devices); a step is one of ``{"qmp": message}``, ``{"hmp": line}``, ``{"qemu-img": argv}``,
 ``{"write"|"zero"|"discard": {"node", "offset", "length"[, "pattern"]}}`` (a zero write may unmap with
-``"unmap": true``: ``write -z -u``),
+``"unmap": true``: ``write -z -u``; a write with ``"fua": true`` is ``write -f``; ``"flush": false``: no flush
+after it),
 ``{"read": {"node", "offset", "length", "pattern"}}`` (qemu-io ``read -P``), ``{"flush": {"node"}}``,
 ``{"wait-job": {"id", "status"}}``, ``{"settle-jobs": true}``,
 ``{"restart": true}`` / ``{"kill": true}`` (the format of tests/golden/).
@@ -57,7 +58,7 @@ def run_step(vm: Any, step: dict) -> Any:
     for verb in ("write", "discard", "zero"):
         if verb in step:
             io = step[verb]
-            command = {"write": f"write -P {io.get('pattern', 0x41):#x}",
+            command = {"write": f"write {'-f ' if io.get('fua') else ''}-P {io.get('pattern', 0x41):#x}",
                        "zero": "write -z -u" if io.get("unmap") else "write -z", "discard": "discard"}[verb]
             try:
                 out = vm.guest_io(io["node"], f"{command} {io['offset']} {io['length']}")

@@ -119,6 +119,8 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     if key is None or key not in store:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': No such file or directory\n")
     image = store[key]
+    if image.unknown:
+        raise QemuImgError(f"qemu-img: {image.unknown}\n")
     if lock and store.locks is not None:
         perm = perms.READ | (perms.WRITE | perms.RESIZE if lock == "write" else 0)
         error = perms.lock_error(perm, perms.READ | perms.WRITE_UNCHANGED, store.locks(image))

@@ -147,6 +147,8 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': "
                                "No such file or directory\n")
         image = store[key]
+        if image.unknown:
+            raise QemuImgError(f"qemu-img: {image.unknown}\n")
         if not chain and "-U" not in opts and "--force-share" not in opts:
             open_image(store, key_fn, name, None, "shared")  # the file lock
         if fmt == "qcow2" and not image.is_qcow2:
@@ -174,6 +176,8 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Could not open '{positional[0]}': "
                            "No such file or directory\n")
     image = store[key]
+    if image.unknown:
+        raise QemuImgError(f"qemu-img: {image.unknown}\n")
     if not image.is_qcow2:
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
     cs = image.cluster_size

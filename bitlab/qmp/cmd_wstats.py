@@ -91,7 +91,7 @@ def _qcow2_files(nodes: Any) -> dict[int, int]:
         debug = below if below is not None and below.driver == "blkdebug" else None
         if debug is not None:
             below = debug.child("image")
-        if below is not None and below.driver == "file":
+        if below is not None and below.driver == "file" and below.image.layout.grown:  # (else nothing allocated)
             out[id(below)] = below.image.file_length()
             if debug is not None:
                 out[id(debug)] = out[id(below)]

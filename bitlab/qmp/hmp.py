@@ -75,12 +75,14 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
                                           offset, length)
     try:
         if verb in ("write", "writev"):
+            flushed = _fua_node(node)
+            gen = flushed.write_gen
             if req.zero:
                 node.write_zeroes(offset, length, unmap=req.unmap)
             else:
                 node.write(offset, length, 0xCD if req.pattern is None else req.pattern)
             if req.fua:
-                _emulate_fua(node)
+                _emulate_fua(flushed, gen)
             return report
         if verb == "discard":
             node.discard(offset, length)
@@ -103,14 +105,25 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
     return report
 
 
-def _emulate_fua(node: Any) -> None:
-    """A Force Unit Access write (``-f``): filters and raw pass the flag down; qcow2 does not support it,
-    so the block layer flushes the qcow2 node after the write (bdrv_driver_pwritev), writing back its
-    metadata caches. A file takes FUA itself (nothing to write back)."""
-    while node.driver in ("copy-before-write", "blkdebug", "raw"):
-        node = node.child("file") or node.child("image")
-    if node.driver == "qcow2":
+def _fua_node(node: Any) -> Any:
+    """The node a Force Unit Access write (``-f``) flushes: no driver here supports the flag (file-posix does
+    not, so neither do the nodes that pass it down), so the block layer flushes the node that got the write
+    (bdrv_driver_pwritev); a backup's copy-before-write filter stands for its source here."""
+    while node.driver == "copy-before-write":
+        node = node.child("file")
+    return node
+
+
+def _emulate_fua(node: Any, gen: int) -> None:
+    """The flush after a FUA write to ``node``, whose write generation was ``gen`` before it: the flush comes
+    before the write's own completion counts it (bdrv_co_write_req_finish), so it fires ``flush_to_disk`` only
+    if the node was written before since its last flush; its children got the write already. A qcow2 node
+    writes back its metadata caches; raw and blkdebug fire blkdebug's flush events."""
+    after, node.write_gen = node.write_gen, gen
+    try:
         node.flush()
+    finally:
+        node.write_gen = after
 
 
 def _alloc(node: Any, req: Any, monitor: list[str]) -> str:

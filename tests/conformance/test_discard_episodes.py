@@ -9,7 +9,7 @@ import random
 import pytest
 
 from bitlab.conformance import generator
-from bitlab.conformance.gen_discard import Discards, discard_episode
+from bitlab.conformance.gen_discard import Discards, _range, discard_episode
 from bitlab.conformance.generator import random_scenario
 from bitlab.conformance.runner import check
 
@@ -97,3 +97,13 @@ def test_a_grow_after_a_shrink_into_a_data_cluster_then_a_backup_on_qemu():
     steps = discard_episode(Discards(random.Random("18020/151/discard")), 8 << 20)
     assert _grows_after_a_shrink_into_a_cluster(steps)
     assert check({"name": "18020/151", "steps": steps}) == []
+
+
+def test_requests_on_a_disk_shrunk_below_4k():
+    """A shrink may leave less than 4 KiB: the requests after it are 512-byte aligned (random scenario
+    1012931046/179 raised there)."""
+    rng = random.Random(1)
+    for _ in range(200):
+        offset, length = _range(rng, 2048)
+        assert offset % 512 == 0 and length > 0 and offset + length <= 2048
+    assert random_scenario(1012931046, 179)["steps"]
