@@ -34,6 +34,18 @@ def test_single_writes_match_reference(size, ops):
     assert flatten(emap) == reference(size, ops)
 
 
+@given(st.integers(1, 300), writes)
+@settings(max_examples=300)
+def test_each_write_read_at_once_matches_reference(size, ops):
+    """A read after every write merges one pending write at a time (the single-write path of ``_flush``)."""
+    emap = ExtentMap(size)
+    for i, (off, ln, val) in enumerate(ops):
+        emap.write(off, ln, val)
+        assert flatten(emap) == reference(size, ops[: i + 1])
+        starts, vals = emap.runs()
+        assert starts[0] == 0 and (vals[1:] != vals[:-1]).all()  # compact: no two neighbours alike
+
+
 @given(st.integers(1, 300), writes, writes)
 @settings(max_examples=300)
 def test_batch_equals_sequential(size, first, ops):

@@ -138,6 +138,11 @@ class ExtentMap:
         """Merge every pending write into the runs (later writes win)."""
         if not self._po and not self._log:
             return
+        if self.watch is None and not self._log and len(self._po) == 1:  # one write, no one to tell: as it is
+            offset, length, value = self._po[0], self._pl[0], self._pv[0]
+            self._po, self._pl, self._pv = [], [], []
+            self._write_now(offset, length, value)
+            return
         self._seal()
         log, self._log = self._log, []
         if len(log) == 1:
@@ -197,8 +202,8 @@ class ExtentMap:
         if length <= 0 or end <= offset:
             return
         starts, vals = self._starts, self._vals
-        i = int(starts.searchsorted(offset, "left"))  # runs [0, i) start before offset
-        j = int(starts.searchsorted(end, "left"))  # runs [i, j) are overwritten
+        # runs [0, i) start before offset, runs [i, j) are overwritten
+        i, j = starts.searchsorted((offset, end), "left").tolist()
         tail_val = int(vals[j - 1])
         # The runs are compact (no two neighbours hold one value) and stay so: equal values can
         # only meet where the new run touches the run before it and the run after it.
