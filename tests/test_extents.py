@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bitlab.block import extents
 from bitlab.block.extents import UNALLOCATED, ExtentMap
 
 writes = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 80), st.integers(-1, 5)), max_size=40)
@@ -44,6 +45,22 @@ def test_each_write_read_at_once_matches_reference(size, ops):
         assert flatten(emap) == reference(size, ops[: i + 1])
         starts, vals = emap.runs()
         assert starts[0] == 0 and (vals[1:] != vals[:-1]).all()  # compact: no two neighbours alike
+
+
+@given(st.integers(1, 300), writes)
+@settings(max_examples=200)
+def test_write_on_a_few_runs_is_the_general_one(size, ops):
+    """``_write_now`` on plain integers (a map of a few runs) leaves exactly the runs the numpy path does."""
+    small, general = ExtentMap(size), ExtentMap(size)
+    for off, ln, val in ops:
+        small._write_now(off, ln, val)
+        saved, extents.SMALL_RUNS = extents.SMALL_RUNS, 0
+        try:
+            general._write_now(off, ln, val)
+        finally:
+            extents.SMALL_RUNS = saved
+        assert small._starts.dtype == general._starts.dtype == small._vals.dtype == np.int64
+        assert small._starts.tolist() == general._starts.tolist() and small._vals.tolist() == general._vals.tolist()
 
 
 @given(st.integers(1, 300), writes, writes)

@@ -17,6 +17,8 @@ array rebuilds. Every method that looks at ``_starts``/``_vals`` calls
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 import numpy as np
 
 UNALLOCATED = -1
@@ -110,6 +112,33 @@ def fill_holes(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, holes: np
             np.concatenate(parts_v).astype(np.int64)[order])
 
 
+SMALL_RUNS = 32  # runs a map may have for :meth:`ExtentMap._write_now` to work on plain integers
+
+
+def _write_runs(starts: list[int], vals: list[int], size: int, offset: int, end: int,
+                value: int) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`ExtentMap._write_now` on runs as lists: bytes ``[offset, end)`` (inside the map) set to
+    ``value``; the runs stay compact (no two neighbours hold one value)."""
+    i = bisect_left(starts, offset)  # runs [0, i) start before offset
+    j = bisect_left(starts, end)  # runs [i, j) are overwritten
+    tail_val = vals[j - 1]
+    new_s = starts[:i]
+    new_v = vals[:i]
+    if i == 0 or vals[i - 1] != value:
+        new_s.append(offset)
+        new_v.append(value)
+    rest = j  # the first old run kept after the write
+    if end < size and not (j < len(starts) and starts[j] == end):  # the overwritten run goes on
+        if tail_val != value:
+            new_s.append(end)
+            new_v.append(tail_val)
+    elif j < len(starts) and vals[j] == value:  # the next run starts at `end` with this value
+        rest = j + 1
+    new_s += starts[rest:]
+    new_v += vals[rest:]
+    return np.array(new_s, dtype=np.int64), np.array(new_v, dtype=np.int64)
+
+
 class ExtentMap:
     """Byte offset -> content value, stored as sorted run starts and values (plus a pending log)."""
 
@@ -200,6 +229,10 @@ class ExtentMap:
     def _write_now(self, offset: int, length: int, value: int) -> None:
         end = min(offset + length, self.size)
         if length <= 0 or end <= offset:
+            return
+        if self._starts.size <= SMALL_RUNS:  # a few runs: in plain integers, where numpy's fixed cost dominates
+            self._starts, self._vals = _write_runs(self._starts.tolist(), self._vals.tolist(), self.size,
+                                                   offset, end, value)
             return
         starts, vals = self._starts, self._vals
         # runs [0, i) start before offset, runs [i, j) are overwritten
