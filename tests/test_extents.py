@@ -63,6 +63,38 @@ def test_write_on_a_few_runs_is_the_general_one(size, ops):
         assert small._starts.tolist() == general._starts.tolist() and small._vals.tolist() == general._vals.tolist()
 
 
+@given(st.integers(1, 300), writes, st.lists(st.tuples(st.integers(0, 320), st.integers(0, 120)), max_size=8))
+@settings(max_examples=200)
+def test_look_ups_on_a_few_runs_are_the_general_ones(size, ops, queries):
+    """``value_at`` and ``extents`` on plain integers (a map of a few runs) answer as the numpy path does."""
+    emap = ExtentMap(size)
+    for off, ln, val in ops:
+        emap.write(off, ln, val)
+    emap.runs()
+    small = [(emap.value_at(min(off, size - 1)), [a.tolist() for a in emap.extents(off, ln)]) for off, ln in queries]
+    small.append((None, [a.tolist() for a in emap.extents()]))
+    saved, extents.SMALL_RUNS = extents.SMALL_RUNS, 0
+    try:
+        general = [(emap.value_at(min(off, size - 1)), [a.tolist() for a in emap.extents(off, ln)])
+                   for off, ln in queries]
+        general.append((None, [a.tolist() for a in emap.extents()]))
+    finally:
+        extents.SMALL_RUNS = saved
+    assert small == general
+
+
+def test_a_new_map_shares_read_only_arrays_and_every_change_makes_its_own():
+    a, b = ExtentMap(100), ExtentMap(200)
+    assert a.runs()[0] is b.runs()[0] and not a.runs()[0].flags.writeable
+    a.write(10, 5, 7)
+    starts, vals = a.runs()
+    assert starts.flags.writeable and vals.flags.writeable
+    assert b.runs()[0].tolist() == [0] and b.runs()[1].tolist() == [UNALLOCATED]
+    for arr in a.extents() + b.extents():
+        arr[...] = 0  # what extents() returns is the caller's own
+    assert b.extents()[2].tolist() == [UNALLOCATED] and a.value_at(12) == 7
+
+
 @given(st.integers(1, 300), writes, writes)
 @settings(max_examples=300)
 def test_batch_equals_sequential(size, first, ops):

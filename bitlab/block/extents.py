@@ -17,7 +17,7 @@ array rebuilds. Every method that looks at ``_starts``/``_vals`` calls
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 
 import numpy as np
 
@@ -112,7 +112,21 @@ def fill_holes(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, holes: np
             np.concatenate(parts_v).astype(np.int64)[order])
 
 
-SMALL_RUNS = 32  # runs a map may have for :meth:`ExtentMap._write_now` to work on plain integers
+SMALL_RUNS = 32  # runs a map may have for its single writes and look-ups to work on plain integers
+_FIRST_START = np.zeros(1, dtype=np.int64)  # a new map's one run starts at 0
+_FIRST_START.flags.writeable = False
+_FILLS: dict[int, np.ndarray] = {}  # a new map's one value, by value (read-only)
+
+
+def _fill(value: int) -> np.ndarray:
+    """A read-only array of one value, shared by the new maps filled with it."""
+    arr = _FILLS.get(value)
+    if arr is None:
+        arr = np.array([value], dtype=np.int64)
+        arr.flags.writeable = False
+        if len(_FILLS) < 16:
+            _FILLS[value] = arr
+    return arr
 
 
 def _write_runs(starts: list[int], vals: list[int], size: int, offset: int, end: int,
@@ -146,8 +160,8 @@ class ExtentMap:
 
     def __init__(self, size: int, fill: int = UNALLOCATED) -> None:
         self.size = int(size)
-        self._starts = np.zeros(1, dtype=np.int64)
-        self._vals = np.array([fill], dtype=np.int64)
+        self._starts = _FIRST_START  # (read-only arrays, shared: every change makes new ones)
+        self._vals = _fill(int(fill))
         self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (offsets, ends, values), in order
         self._po: list[int] = []  # single writes not yet in _log: offsets, lengths, values
         self._pl: list[int] = []
@@ -336,6 +350,13 @@ class ExtentMap:
         if end <= offset:
             return _EMPTY, _EMPTY, _EMPTY
         n = self._starts.size
+        if n <= SMALL_RUNS and offset >= 0:  # a few runs: found in plain integers
+            run_starts = self._starts.tolist()
+            i = bisect_right(run_starts, offset) - 1
+            j = bisect_left(run_starts, end)
+            starts = np.array(run_starts[i:j], dtype=np.int64)
+            starts[0] = offset
+            return starts, np.array(run_starts[i + 1 : j] + [end], dtype=np.int64), self._vals[i:j].copy()
         if n == 1 or (offset == 0 and end == self.size):  # one run, or the whole map (runs start at 0)
             i, j = 0, n
         else:
@@ -363,6 +384,8 @@ class ExtentMap:
 
     def value_at(self, offset: int) -> int:
         self._flush()
+        if self._starts.size <= SMALL_RUNS:  # a few runs: found in plain integers
+            return self._vals.tolist()[bisect_right(self._starts.tolist(), offset) - 1]
         return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
 
     def peek(self, offset: int) -> int:
