@@ -95,6 +95,32 @@ def test_a_new_map_shares_read_only_arrays_and_every_change_makes_its_own():
     assert b.extents()[2].tolist() == [UNALLOCATED] and a.value_at(12) == 7
 
 
+@given(st.integers(1, 300), writes,
+       st.lists(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 80), st.integers(-1, 5)), min_size=2,
+                         max_size=8), max_size=6))
+@settings(max_examples=300)
+def test_a_few_writes_merged_one_by_one_are_the_vectorised_merge(size, first, batches):
+    """Batches of up to ``SMALL_MERGE`` pending writes on a few runs are merged one after the other in
+    plain integers: the runs are exactly those the vectorised merge leaves (overlapping, unsorted,
+    back to back, past the end)."""
+    small, general = ExtentMap(size), ExtentMap(size)
+    for emap in (small, general):
+        for off, ln, val in first:
+            emap.write(off, ln, val)
+        emap.runs()
+    for batch in batches:
+        for emap, threshold in ((small, extents.SMALL_RUNS), (general, 0)):
+            for off, ln, val in batch:
+                emap.write(off, ln, val)  # (merged at the next read: one chunk of the log)
+            saved, extents.SMALL_RUNS = extents.SMALL_RUNS, threshold
+            try:
+                emap.runs()
+            finally:
+                extents.SMALL_RUNS = saved
+        assert small._starts.tolist() == general._starts.tolist() and small._vals.tolist() == general._vals.tolist()
+        assert small._starts.dtype == small._vals.dtype == np.int64
+
+
 @given(st.integers(1, 300), writes, writes)
 @settings(max_examples=300)
 def test_batch_equals_sequential(size, first, ops):

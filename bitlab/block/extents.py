@@ -113,6 +113,7 @@ def fill_holes(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, holes: np
 
 
 SMALL_RUNS = 32  # runs a map may have for its single writes and look-ups to work on plain integers
+SMALL_MERGE = 8  # pending writes merged one after the other, in plain integers, into a map of a few runs
 _FIRST_START = np.zeros(1, dtype=np.int64)  # a new map's one run starts at 0
 _FIRST_START.flags.writeable = False
 _FILLS: dict[int, np.ndarray] = {}  # a new map's one value, by value (read-only)
@@ -130,9 +131,9 @@ def _fill(value: int) -> np.ndarray:
 
 
 def _write_runs(starts: list[int], vals: list[int], size: int, offset: int, end: int,
-                value: int) -> tuple[np.ndarray, np.ndarray]:
+                value: int) -> tuple[list[int], list[int]]:
     """:meth:`ExtentMap._write_now` on runs as lists: bytes ``[offset, end)`` (inside the map) set to
-    ``value``; the runs stay compact (no two neighbours hold one value)."""
+    ``value``; the runs stay compact (no two neighbours hold one value). Returns new lists."""
     i = bisect_left(starts, offset)  # runs [0, i) start before offset
     j = bisect_left(starts, end)  # runs [i, j) are overwritten
     tail_val = vals[j - 1]
@@ -150,7 +151,7 @@ def _write_runs(starts: list[int], vals: list[int], size: int, offset: int, end:
         rest = j + 1
     new_s += starts[rest:]
     new_v += vals[rest:]
-    return np.array(new_s, dtype=np.int64), np.array(new_v, dtype=np.int64)
+    return new_s, new_v
 
 
 class ExtentMap:
@@ -245,8 +246,8 @@ class ExtentMap:
         if length <= 0 or end <= offset:
             return
         if self._starts.size <= SMALL_RUNS:  # a few runs: in plain integers, where numpy's fixed cost dominates
-            self._starts, self._vals = _write_runs(self._starts.tolist(), self._vals.tolist(), self.size,
-                                                   offset, end, value)
+            starts, vals = _write_runs(self._starts.tolist(), self._vals.tolist(), self.size, offset, end, value)
+            self._starts, self._vals = np.array(starts, dtype=np.int64), np.array(vals, dtype=np.int64)
             return
         starts, vals = self._starts, self._vals
         # runs [0, i) start before offset, runs [i, j) are overwritten
@@ -287,6 +288,18 @@ class ExtentMap:
 
     def _merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Merge writes ``[offsets, ends)`` (in order, later wins) into the runs."""
+        if offsets.size <= SMALL_MERGE and self._starts.size <= SMALL_RUNS:
+            # a few writes into a few runs: one after the other, in plain integers (the runs are compact,
+            # so they come out as the vectorised merge leaves them)
+            size = self.size
+            writes = [(offset, min(end, size), value)
+                      for offset, end, value in zip(offsets.tolist(), ends.tolist(), values.tolist())]
+            if all(0 <= offset < end for offset, end, _ in writes):
+                starts, vals = self._starts.tolist(), self._vals.tolist()
+                for offset, end, value in writes:
+                    starts, vals = _write_runs(starts, vals, size, offset, end, value)
+                self._starts, self._vals = np.array(starts, dtype=np.int64), np.array(vals, dtype=np.int64)
+                return
         if (offsets[1:] >= offsets[:-1]).all():
             if (ends[:-1] <= offsets[1:]).all():
                 if (ends[:-1] == offsets[1:]).all() and (values == values[0]).all():
