@@ -38,9 +38,10 @@ def qcow2_format_specific(image: ImageFile) -> dict:
 
 
 def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str | None = None,
-                    has_actual_size: bool = True) -> dict:
+                    has_actual_size: bool = True, specific: bool = True) -> dict:
     """ImageInfo of an image file opened with its own format (qemu-img info). ``actual-size`` is what the
-    file allocates on the host (:meth:`ImageFile.allocated_size`)."""
+    file allocates on the host (:meth:`ImageFile.allocated_size`). Without ``specific``, no
+    ``format-specific`` (for a caller that wants the other members only)."""
     fmt = fmt or image.fmt
     info: dict = {"filename": filename or image.name, "format": fmt, "dirty-flag": False}
     if has_actual_size:
@@ -53,7 +54,8 @@ def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str |
             info["full-backing-filename"] = image.backing_file
             if image.backing_fmt:
                 info["backing-filename-format"] = image.backing_fmt
-        info["format-specific"] = qcow2_format_specific(image)
+        if specific:
+            info["format-specific"] = qcow2_format_specific(image)
     else:
         info["virtual-size"] = round_sector(image.file_length())
     return info
@@ -81,17 +83,18 @@ def image_info(node: BlockNode, *, flat: bool = False, filename: str | None = No
     return info
 
 
-def _image_info(node: BlockNode, filename: str) -> dict:
+def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
+    """The node's own ImageInfo members (``specific``: see :func:`file_image_info`)."""
     if isinstance(node, NullNode):
         return {"filename": filename, "format": node.driver, "actual-size": 0, "virtual-size": node.size}
     if isinstance(node, FileNode):
-        info = file_image_info(node.image, fmt="file", filename=filename)
+        info = file_image_info(node.image, fmt="file", filename=filename, specific=specific)
         info["virtual-size"] = node.size
         return info
     if isinstance(node, Qcow2Node):
         # the allocated size comes from the protocol below; blkdebug does not answer
         info = file_image_info(node.image, filename=filename,
-                               has_actual_size=isinstance(node.child("file"), FileNode))
+                               has_actual_size=isinstance(node.child("file"), FileNode), specific=specific)
         if "full-backing-filename" in info:  # relative to the node's directory
             info["full-backing-filename"] = node_full_backing_filename(node, node.image.backing_file or "")
         return info
@@ -244,7 +247,7 @@ def _live_sizes(node: BlockNode, info: dict) -> bool:
     to date: ``actual-size`` and ``virtual-size`` are the members that follow the data written.
     False if the members present differ from what the node would show now (rebuild instead)."""
     while True:
-        fresh = _image_info(node, "")
+        fresh = _image_info(node, "", specific=False)  # (the sizes are all it looks at)
         for key in ("actual-size", "virtual-size"):
             if (key in fresh) != (key in info):
                 return False
