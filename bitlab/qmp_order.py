@@ -30,16 +30,18 @@ def wire_order(obj: Any) -> Any:
         out = {}
         for key in _member_order(tuple(obj)):
             value = obj[key]
-            out[key] = wire_order(value) if isinstance(value, _CONTAINERS) else value
+            out[key] = value if type(value) in _SCALARS else wire_order(value)
         return out
     if kind is list:
-        return [wire_order(v) if isinstance(v, _CONTAINERS) else v for v in obj]
+        return [v if type(v) in _SCALARS else wire_order(v) for v in obj]
     if isinstance(obj, (dict, list)):  # subclasses come out as plain containers
         return wire_order(dict(obj) if isinstance(obj, dict) else list(obj))
     return obj
 
 
-_CONTAINERS = (dict, list)
+# JSON's scalar types, exactly: a value of one of them is shared as it is, with no call (anything
+# else goes through wire_order, which returns what is not a container unchanged)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def wire_member_order(keys: tuple[str, ...]) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bitlab.block import extents
 from bitlab.block.extents import UNALLOCATED, ExtentMap
 
 writes = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 80), st.integers(-1, 5)), max_size=40)
@@ -32,6 +33,92 @@ def test_single_writes_match_reference(size, ops):
     for off, ln, val in ops:
         emap.write(off, ln, val)
     assert flatten(emap) == reference(size, ops)
+
+
+@given(st.integers(1, 300), writes)
+@settings(max_examples=300)
+def test_each_write_read_at_once_matches_reference(size, ops):
+    """A read after every write merges one pending write at a time (the single-write path of ``_flush``)."""
+    emap = ExtentMap(size)
+    for i, (off, ln, val) in enumerate(ops):
+        emap.write(off, ln, val)
+        assert flatten(emap) == reference(size, ops[: i + 1])
+        starts, vals = emap.runs()
+        assert starts[0] == 0 and (vals[1:] != vals[:-1]).all()  # compact: no two neighbours alike
+
+
+@given(st.integers(1, 300), writes)
+@settings(max_examples=200)
+def test_write_on_a_few_runs_is_the_general_one(size, ops):
+    """``_write_now`` on plain integers (a map of a few runs) leaves exactly the runs the numpy path does."""
+    small, general = ExtentMap(size), ExtentMap(size)
+    for off, ln, val in ops:
+        small._write_now(off, ln, val)
+        saved, extents.SMALL_RUNS = extents.SMALL_RUNS, 0
+        try:
+            general._write_now(off, ln, val)
+        finally:
+            extents.SMALL_RUNS = saved
+        assert small._starts.dtype == general._starts.dtype == small._vals.dtype == np.int64
+        assert small._starts.tolist() == general._starts.tolist() and small._vals.tolist() == general._vals.tolist()
+
+
+@given(st.integers(1, 300), writes, st.lists(st.tuples(st.integers(0, 320), st.integers(0, 120)), max_size=8))
+@settings(max_examples=200)
+def test_look_ups_on_a_few_runs_are_the_general_ones(size, ops, queries):
+    """``value_at`` and ``extents`` on plain integers (a map of a few runs) answer as the numpy path does."""
+    emap = ExtentMap(size)
+    for off, ln, val in ops:
+        emap.write(off, ln, val)
+    emap.runs()
+    small = [(emap.value_at(min(off, size - 1)), [a.tolist() for a in emap.extents(off, ln)]) for off, ln in queries]
+    small.append((None, [a.tolist() for a in emap.extents()]))
+    saved, extents.SMALL_RUNS = extents.SMALL_RUNS, 0
+    try:
+        general = [(emap.value_at(min(off, size - 1)), [a.tolist() for a in emap.extents(off, ln)])
+                   for off, ln in queries]
+        general.append((None, [a.tolist() for a in emap.extents()]))
+    finally:
+        extents.SMALL_RUNS = saved
+    assert small == general
+
+
+def test_a_new_map_shares_read_only_arrays_and_every_change_makes_its_own():
+    a, b = ExtentMap(100), ExtentMap(200)
+    assert a.runs()[0] is b.runs()[0] and not a.runs()[0].flags.writeable
+    a.write(10, 5, 7)
+    starts, vals = a.runs()
+    assert starts.flags.writeable and vals.flags.writeable
+    assert b.runs()[0].tolist() == [0] and b.runs()[1].tolist() == [UNALLOCATED]
+    for arr in a.extents() + b.extents():
+        arr[...] = 0  # what extents() returns is the caller's own
+    assert b.extents()[2].tolist() == [UNALLOCATED] and a.value_at(12) == 7
+
+
+@given(st.integers(1, 300), writes,
+       st.lists(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 80), st.integers(-1, 5)), min_size=2,
+                         max_size=8), max_size=6))
+@settings(max_examples=300)
+def test_a_few_writes_merged_one_by_one_are_the_vectorised_merge(size, first, batches):
+    """Batches of up to ``SMALL_MERGE`` pending writes on a few runs are merged one after the other in
+    plain integers: the runs are exactly those the vectorised merge leaves (overlapping, unsorted,
+    back to back, past the end)."""
+    small, general = ExtentMap(size), ExtentMap(size)
+    for emap in (small, general):
+        for off, ln, val in first:
+            emap.write(off, ln, val)
+        emap.runs()
+    for batch in batches:
+        for emap, threshold in ((small, extents.SMALL_RUNS), (general, 0)):
+            for off, ln, val in batch:
+                emap.write(off, ln, val)  # (merged at the next read: one chunk of the log)
+            saved, extents.SMALL_RUNS = extents.SMALL_RUNS, threshold
+            try:
+                emap.runs()
+            finally:
+                extents.SMALL_RUNS = saved
+        assert small._starts.tolist() == general._starts.tolist() and small._vals.tolist() == general._vals.tolist()
+        assert small._starts.dtype == small._vals.dtype == np.int64
 
 
 @given(st.integers(1, 300), writes, writes)

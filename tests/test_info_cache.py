@@ -160,3 +160,17 @@ def test_a_stored_bitmap_removed_from_an_open_image_shows_at_once():
     top = next(e for e in vm.qmp("query-named-block-nodes", {"flat": True}) if e["node-name"] == "top")
     assert "bitmaps" not in top["image"]["format-specific"]["data"]
     check(vm)
+
+
+def test_a_reply_built_or_brought_up_to_date_by_its_query_shares_nothing_with_the_cache():
+    """The entry a query builds (or whose sizes it brings up to date) goes into that reply as it is:
+    changing it must not reach the next reply."""
+    vm = machine()
+    for step in ("built", "sizes", "cached"):
+        if step == "sizes":
+            vm.write("top", 0, 65536, 0x44)  # (top's entry is kept, its actual-size brought up to date)
+        top = next(e for e in vm.qmp("query-named-block-nodes", {"flat": False}) if e["node-name"] == "top")
+        top["image"]["actual-size"] = -1
+        top["image"]["backing-image"]["virtual-size"] = -1
+        top["cache"]["direct"] = "changed"
+        check(vm)

@@ -17,6 +17,8 @@ array rebuilds. Every method that looks at ``_starts``/``_vals`` calls
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+
 import numpy as np
 
 UNALLOCATED = -1
@@ -110,6 +112,48 @@ def fill_holes(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, holes: np
             np.concatenate(parts_v).astype(np.int64)[order])
 
 
+SMALL_RUNS = 32  # runs a map may have for its single writes and look-ups to work on plain integers
+SMALL_MERGE = 8  # pending writes merged one after the other, in plain integers, into a map of a few runs
+_FIRST_START = np.zeros(1, dtype=np.int64)  # a new map's one run starts at 0
+_FIRST_START.flags.writeable = False
+_FILLS: dict[int, np.ndarray] = {}  # a new map's one value, by value (read-only)
+
+
+def _fill(value: int) -> np.ndarray:
+    """A read-only array of one value, shared by the new maps filled with it."""
+    arr = _FILLS.get(value)
+    if arr is None:
+        arr = np.array([value], dtype=np.int64)
+        arr.flags.writeable = False
+        if len(_FILLS) < 16:
+            _FILLS[value] = arr
+    return arr
+
+
+def _write_runs(starts: list[int], vals: list[int], size: int, offset: int, end: int,
+                value: int) -> tuple[list[int], list[int]]:
+    """:meth:`ExtentMap._write_now` on runs as lists: bytes ``[offset, end)`` (inside the map) set to
+    ``value``; the runs stay compact (no two neighbours hold one value). Returns new lists."""
+    i = bisect_left(starts, offset)  # runs [0, i) start before offset
+    j = bisect_left(starts, end)  # runs [i, j) are overwritten
+    tail_val = vals[j - 1]
+    new_s = starts[:i]
+    new_v = vals[:i]
+    if i == 0 or vals[i - 1] != value:
+        new_s.append(offset)
+        new_v.append(value)
+    rest = j  # the first old run kept after the write
+    if end < size and not (j < len(starts) and starts[j] == end):  # the overwritten run goes on
+        if tail_val != value:
+            new_s.append(end)
+            new_v.append(tail_val)
+    elif j < len(starts) and vals[j] == value:  # the next run starts at `end` with this value
+        rest = j + 1
+    new_s += starts[rest:]
+    new_v += vals[rest:]
+    return new_s, new_v
+
+
 class ExtentMap:
     """Byte offset -> content value, stored as sorted run starts and values (plus a pending log)."""
 
@@ -117,8 +161,8 @@ class ExtentMap:
 
     def __init__(self, size: int, fill: int = UNALLOCATED) -> None:
         self.size = int(size)
-        self._starts = np.zeros(1, dtype=np.int64)
-        self._vals = np.array([fill], dtype=np.int64)
+        self._starts = _FIRST_START  # (read-only arrays, shared: every change makes new ones)
+        self._vals = _fill(int(fill))
         self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (offsets, ends, values), in order
         self._po: list[int] = []  # single writes not yet in _log: offsets, lengths, values
         self._pl: list[int] = []
@@ -137,6 +181,11 @@ class ExtentMap:
     def _flush(self) -> None:
         """Merge every pending write into the runs (later writes win)."""
         if not self._po and not self._log:
+            return
+        if self.watch is None and not self._log and len(self._po) == 1:  # one write, no one to tell: as it is
+            offset, length, value = self._po[0], self._pl[0], self._pv[0]
+            self._po, self._pl, self._pv = [], [], []
+            self._write_now(offset, length, value)
             return
         self._seal()
         log, self._log = self._log, []
@@ -196,9 +245,13 @@ class ExtentMap:
         end = min(offset + length, self.size)
         if length <= 0 or end <= offset:
             return
+        if self._starts.size <= SMALL_RUNS:  # a few runs: in plain integers, where numpy's fixed cost dominates
+            starts, vals = _write_runs(self._starts.tolist(), self._vals.tolist(), self.size, offset, end, value)
+            self._starts, self._vals = np.array(starts, dtype=np.int64), np.array(vals, dtype=np.int64)
+            return
         starts, vals = self._starts, self._vals
-        i = int(starts.searchsorted(offset, "left"))  # runs [0, i) start before offset
-        j = int(starts.searchsorted(end, "left"))  # runs [i, j) are overwritten
+        # runs [0, i) start before offset, runs [i, j) are overwritten
+        i, j = starts.searchsorted((offset, end), "left").tolist()
         tail_val = int(vals[j - 1])
         # The runs are compact (no two neighbours hold one value) and stay so: equal values can
         # only meet where the new run touches the run before it and the run after it.
@@ -235,6 +288,18 @@ class ExtentMap:
 
     def _merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Merge writes ``[offsets, ends)`` (in order, later wins) into the runs."""
+        if offsets.size <= SMALL_MERGE and self._starts.size <= SMALL_RUNS:
+            # a few writes into a few runs: one after the other, in plain integers (the runs are compact,
+            # so they come out as the vectorised merge leaves them)
+            size = self.size
+            writes = [(offset, min(end, size), value)
+                      for offset, end, value in zip(offsets.tolist(), ends.tolist(), values.tolist())]
+            if all(0 <= offset < end for offset, end, _ in writes):
+                starts, vals = self._starts.tolist(), self._vals.tolist()
+                for offset, end, value in writes:
+                    starts, vals = _write_runs(starts, vals, size, offset, end, value)
+                self._starts, self._vals = np.array(starts, dtype=np.int64), np.array(vals, dtype=np.int64)
+                return
         if (offsets[1:] >= offsets[:-1]).all():
             if (ends[:-1] <= offsets[1:]).all():
                 if (ends[:-1] == offsets[1:]).all() and (values == values[0]).all():
@@ -298,6 +363,13 @@ class ExtentMap:
         if end <= offset:
             return _EMPTY, _EMPTY, _EMPTY
         n = self._starts.size
+        if n <= SMALL_RUNS and offset >= 0:  # a few runs: found in plain integers
+            run_starts = self._starts.tolist()
+            i = bisect_right(run_starts, offset) - 1
+            j = bisect_left(run_starts, end)
+            starts = np.array(run_starts[i:j], dtype=np.int64)
+            starts[0] = offset
+            return starts, np.array(run_starts[i + 1 : j] + [end], dtype=np.int64), self._vals[i:j].copy()
         if n == 1 or (offset == 0 and end == self.size):  # one run, or the whole map (runs start at 0)
             i, j = 0, n
         else:
@@ -325,6 +397,8 @@ class ExtentMap:
 
     def value_at(self, offset: int) -> int:
         self._flush()
+        if self._starts.size <= SMALL_RUNS:  # a few runs: found in plain integers
+            return self._vals.tolist()[bisect_right(self._starts.tolist(), offset) - 1]
         return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
 
     def peek(self, offset: int) -> int:

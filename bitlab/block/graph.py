@@ -348,8 +348,9 @@ class BlockGraph:
         inside = subtree_ids(new, lambda node: node.children)
         moved: list[tuple] = []
         for parent in list(self.nodes.values()):
-            if id(parent) not in inside and any(child is old for _, child in parent.children):
-                moved += [(id(parent), role) for role, child in parent.children if child is old]
+            roles = [role for role, child in parent.children if child is old]
+            if roles and id(parent) not in inside:
+                moved += [(id(parent), role) for role in roles]
                 self._replace_child(parent, old, new, self.link_order)
         for device, root in self.devices.items():
             if root is old:

@@ -38,9 +38,10 @@ def qcow2_format_specific(image: ImageFile) -> dict:
 
 
 def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str | None = None,
-                    has_actual_size: bool = True) -> dict:
+                    has_actual_size: bool = True, specific: bool = True) -> dict:
     """ImageInfo of an image file opened with its own format (qemu-img info). ``actual-size`` is what the
-    file allocates on the host (:meth:`ImageFile.allocated_size`)."""
+    file allocates on the host (:meth:`ImageFile.allocated_size`). Without ``specific``, no
+    ``format-specific`` (for a caller that wants the other members only)."""
     fmt = fmt or image.fmt
     info: dict = {"filename": filename or image.name, "format": fmt, "dirty-flag": False}
     if has_actual_size:
@@ -53,7 +54,8 @@ def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str |
             info["full-backing-filename"] = image.backing_file
             if image.backing_fmt:
                 info["backing-filename-format"] = image.backing_fmt
-        info["format-specific"] = qcow2_format_specific(image)
+        if specific:
+            info["format-specific"] = qcow2_format_specific(image)
     else:
         info["virtual-size"] = round_sector(image.file_length())
     return info
@@ -81,17 +83,18 @@ def image_info(node: BlockNode, *, flat: bool = False, filename: str | None = No
     return info
 
 
-def _image_info(node: BlockNode, filename: str) -> dict:
+def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
+    """The node's own ImageInfo members (``specific``: see :func:`file_image_info`)."""
     if isinstance(node, NullNode):
         return {"filename": filename, "format": node.driver, "actual-size": 0, "virtual-size": node.size}
     if isinstance(node, FileNode):
-        info = file_image_info(node.image, fmt="file", filename=filename)
+        info = file_image_info(node.image, fmt="file", filename=filename, specific=specific)
         info["virtual-size"] = node.size
         return info
     if isinstance(node, Qcow2Node):
         # the allocated size comes from the protocol below; blkdebug does not answer
         info = file_image_info(node.image, filename=filename,
-                               has_actual_size=isinstance(node.child("file"), FileNode))
+                               has_actual_size=isinstance(node.child("file"), FileNode), specific=specific)
         if "full-backing-filename" in info:  # relative to the node's directory
             info["full-backing-filename"] = node_full_backing_filename(node, node.image.backing_file or "")
         return info
@@ -211,8 +214,9 @@ def block_device_info(node: BlockNode, *, flat: bool = False) -> dict:
 
 def _image_state(image: ImageFile) -> tuple:
     """Every field of an image file that an entry shows, except its length (see :class:`NodeInfoCache`)."""
+    stored = image.bitmaps
     return (image.name, image.fmt, image.size, image.cluster_size, image.backing_file, image.backing_fmt,
-            image.compat, tuple((sb.name, sb.granularity, sb.in_use, sb.enabled) for sb in image.bitmaps))
+            image.compat, tuple([(sb.name, sb.granularity, sb.in_use, sb.enabled) for sb in stored]) if stored else ())
 
 
 def _subtree_state(node: BlockNode, memo: dict[int, tuple]) -> tuple[tuple, tuple[ImageFile, ...]]:
@@ -229,9 +233,12 @@ def _subtree_state(node: BlockNode, memo: dict[int, tuple]) -> tuple[tuple, tupl
             if image_state is None:
                 image_state = memo[id(image)] = _image_state(image)
             images = (image,)
-        kids = [(role, _subtree_state(child, memo)) for role, child in node.children]
-        state = (node, node.read_only, image_state, tuple([(role, kid[0]) for role, kid in kids]))
-        got = memo[id(node)] = (state, images + tuple([img for _, kid in kids for img in kid[1]]))
+        links = []
+        for role, child in node.children:
+            kid_state, kid_images = _subtree_state(child, memo)
+            links.append((role, kid_state))
+            images += kid_images
+        got = memo[id(node)] = ((node, node.read_only, image_state, tuple(links)), images)
     return got
 
 
@@ -240,7 +247,7 @@ def _live_sizes(node: BlockNode, info: dict) -> bool:
     to date: ``actual-size`` and ``virtual-size`` are the members that follow the data written.
     False if the members present differ from what the node would show now (rebuild instead)."""
     while True:
-        fresh = _image_info(node, "")
+        fresh = _image_info(node, "", specific=False)  # (the sizes are all it looks at)
         for key in ("actual-size", "virtual-size"):
             if (key in fresh) != (key in info):
                 return False
@@ -265,7 +272,8 @@ class NodeInfoCache:
     every write, so ``dirty-bitmaps`` is built on every query.
     Every reply gets its own copy of a cached entry (whoever gets a reply may change it): the
     entry is kept marshalled, and each query unmarshals it (bytes this cache wrote itself, never
-    input; a fraction of the cost of rebuilding the dicts in Python).
+    input; a fraction of the cost of rebuilding the dicts in Python). An entry built or brought up
+    to date by this query is new already: it goes into the reply as it is, after it was marshalled.
     """
 
     def __init__(self) -> None:
@@ -280,17 +288,20 @@ class NodeInfoCache:
         for node in nodes:
             state, images = _subtree_state(node, memo)
             lengths = tuple([image.allocation_key() for image in images])
-            cached = self._entries.get((node, flat))
+            key = (node, flat)
+            cached = self._entries.get(key)
+            entry = None  # a dict built or brought up to date just now goes into the reply as it is
             if cached is None or cached[0] != state:
-                cached = self._build(node, flat, state, lengths)
+                cached, entry = self._build(node, flat, state, lengths)
             elif cached[1] != lengths:
                 entry = marshal.loads(cached[2])
                 if _live_sizes(node, entry["image"]):
                     cached = (state, lengths, marshal.dumps(entry), cached[3])
                 else:
-                    cached = self._build(node, flat, state, lengths)
-            self._entries[(node, flat)] = cached
-            entry = marshal.loads(cached[2])
+                    cached, entry = self._build(node, flat, state, lengths)
+            self._entries[key] = cached
+            if entry is None:
+                entry = marshal.loads(cached[2])
             entry["write_threshold"] = node.write_threshold  # (block-set-write-threshold: not in the state)
             if node.bitmaps:
                 entry["dirty-bitmaps"] = [wire_order(bm.info()) for bm in node.bitmaps]
@@ -303,10 +314,12 @@ class NodeInfoCache:
 
     @staticmethod
     def _build(node: BlockNode, flat: bool, state: tuple,
-               lengths: tuple[int, ...]) -> tuple[tuple, tuple[int, ...], bytes, tuple[str, ...]]:
+               lengths: tuple[int, ...]) -> tuple[tuple[tuple, tuple[int, ...], bytes, tuple[str, ...]], dict]:
+        """A new cache entry, and the entry itself (in wire order: new containers, shared with nothing)."""
         info = block_device_info(node, flat=flat)
         info.pop("dirty-bitmaps", None)
-        return state, lengths, marshal.dumps(wire_order(info)), _order_with_bitmaps(tuple(info))
+        entry = wire_order(info)
+        return (state, lengths, marshal.dumps(entry), _order_with_bitmaps(tuple(info))), entry
 
 
 @lru_cache(maxsize=64)

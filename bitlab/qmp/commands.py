@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from ..errors import QMPError
-from .qapi import NO_ARGS, Checker, NotFast, QType, Struct, Union_, Visitor, fast_checker, wire_order
+from .qapi import NO_ARGS, Checker, NotFast, QType, Struct, Union_, Visitor, fast_checker, wire_member_order, wire_order
 
 Handler = Callable[[Any, dict], Any]
 
@@ -77,7 +77,8 @@ class CommandTable:
             reply = {"error": wire_order(err.to_wire())}
         if isinstance(message, dict) and "id" in message:
             reply["id"] = wire_order(msg_id)
-        return {key: reply[key] for key in wire_order(dict.fromkeys(reply))}  # members already ordered
+            return {key: reply[key] for key in wire_member_order(tuple(reply))}  # members already ordered
+        return reply
 
     def _run(self, ctx: Any, message: Any) -> tuple[Any, bool]:
         """The command's value, and whether it is in wire order already."""
