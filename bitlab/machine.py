@@ -61,6 +61,32 @@ def _frozen(image: ImageFile) -> ImageFile:
     return frozen
 
 
+class EventSink:
+    """A machine's QMP events: stamped with its clock, kept in its event list and transcript, passed to
+    its listeners. The machine's parts that emit (jobs, exports, write thresholds) hold this, not the
+    machine: no reference cycle runs through them, and a machine nobody holds is freed at once."""
+
+    __slots__ = ("clock", "events", "transcript", "listeners")
+
+    def __init__(self, clock: SimClock) -> None:
+        self.clock = clock
+        self.events: list[dict] = []
+        self.transcript: list[dict] = []
+        self.listeners: list[Callable[[dict], None]] = []
+
+    def emit(self, event: str, data: dict | None = None) -> dict:
+        """Record a QMP event stamped with the simulated clock."""
+        micros = self.clock.now_ns // 1000  # (the timestamp's members are in wire order already)
+        msg = {"timestamp": {"seconds": micros // 1_000_000, "microseconds": micros % 1_000_000}, "event": event}
+        if data is not None:
+            msg["data"] = wire_order(data)
+        self.events.append(msg)
+        self.transcript.append({"kind": "event", "message": msg})
+        for listener in list(self.listeners):
+            listener(msg)
+        return msg
+
+
 class Machine(GuestIO, Monitor):
     """A simulated QEMU 7.2, driven by QMP.
 
@@ -89,11 +115,12 @@ class Machine(GuestIO, Monitor):
         self.graph = BlockGraph(self.images, workdir, seed=seed)
         self.clock = clock if clock is not None else SimClock(start_ns)
         self.scheduler = scheduler if scheduler is not None else Scheduler(self.clock)
-        self.listeners: list[Callable[[dict], None]] = []  # called with every event as it is emitted
-        self.jobs = JobManager(self.emit, self.scheduler)
-        self.exports = BlockExports(self.graph.blks, self.emit, self.graph._drop_unowned)  # NBD server, exports
-        self.events: list[dict] = []
-        self.transcript: list[dict] = []  # every QMP message and reply, in order
+        self.sink = EventSink(self.clock)
+        self.listeners = self.sink.listeners  # called with every event as it is emitted
+        self.jobs = JobManager(self.sink.emit, self.scheduler)
+        self.exports = BlockExports(self.graph.blks, self.sink.emit, self.graph._drop_unowned)  # NBD server, exports
+        self.events = self.sink.events
+        self.transcript = self.sink.transcript  # every QMP message and reply, in order
         self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)
         self.console_err: list[str] = []  # ... and on stderr
 
@@ -119,16 +146,8 @@ class Machine(GuestIO, Monitor):
                            readonly=bm.readonly, bits=bm.bits.copy())
 
     def emit(self, event: str, data: dict | None = None) -> dict:
-        """Record a QMP event stamped with the simulated clock."""
-        micros = self.clock.now_ns // 1000  # (the timestamp's members are in wire order already)
-        msg = {"timestamp": {"seconds": micros // 1_000_000, "microseconds": micros % 1_000_000}, "event": event}
-        if data is not None:
-            msg["data"] = wire_order(data)
-        self.events.append(msg)
-        self.transcript.append({"kind": "event", "message": msg})
-        for listener in list(self.listeners):
-            listener(msg)
-        return msg
+        """Record a QMP event stamped with the simulated clock (:meth:`EventSink.emit`)."""
+        return self.sink.emit(event, data)
 
     # -- naming -------------------------------------------------------------------
     def device_name(self, node: BlockNode) -> str:

@@ -15,9 +15,17 @@ from .clock import SimClock
 FOREVER = 1 << 62  # a horizon no simulation reaches
 
 
+def _spent() -> None:
+    """What a timer holds once it has run or was cancelled."""
+
+
 @dataclass(order=True)
 class Timer:
-    """A scheduled callback; :meth:`cancel` stops it from running."""
+    """A scheduled callback; :meth:`cancel` stops it from running.
+
+    A timer that has run or was cancelled lets go of its callback: whoever keeps the timer (to
+    cancel it) does not keep the callback's closure alive, so no reference cycle goes through it
+    (a machine nobody holds any more is freed at once, without the garbage collector)."""
 
     when: int
     seq: int
@@ -26,6 +34,7 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.fn = _spent
 
 
 class Scheduler:
@@ -71,7 +80,8 @@ class Scheduler:
         _, _, timer = heapq.heappop(self._heap)
         if timer.when > self.clock.now_ns:
             self.clock.now_ns = timer.when
-        timer.fn()
+        fn, timer.fn = timer.fn, _spent
+        fn()
         return True
 
     def run(self, until_ns: int | None = None, max_steps: int = 10_000_000) -> int:

@@ -11,6 +11,9 @@ import itertools
 import posixpath
 import random
 import re
+import weakref
+from functools import partial
+from typing import Any
 
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
@@ -26,6 +29,12 @@ from .store import ImageFile, ImageStore, StoredBitmap
 _NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 MAX_NODE_NAME = 31  # sizeof(bs->node_name) - 1
 INT64_MAX = (1 << 63) - 1
+
+
+def _file_locks(graph: weakref.ref, image: Any) -> list[tuple[int, int]]:
+    """perms.file_locks of the graph, while it exists (a machine that is gone holds no locks)."""
+    alive = graph()
+    return [] if alive is None else perms.file_locks(alive, image)
 
 
 def id_wellformed(name: str) -> bool:
@@ -51,7 +60,7 @@ class BlockGraph:
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
         if store.locks is None:  # the machine's graph: another program (qemu-img) meets its file locks
-            store.locks = lambda image: perms.file_locks(self, image)
+            store.locks = partial(_file_locks, weakref.ref(self))  # (weak: the store holds no cycle to the graph)
         # permissions (bitlab.block.perms): when each link was made (QEMU lists a node's parents newest
         # first), keyed (id(parent node), role), ("device", name) or ("blk", id(blk)); what each device takes
         self.link_order: dict[tuple, int] = {}

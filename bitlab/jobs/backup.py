@@ -13,7 +13,7 @@ from ..bitmap import DirtyBitmap
 from ..block.cbw import CbwNode
 from ..block.node import BlockNode
 from .block_copy import BlockCopy, Call
-from .job import Job, JobManager, JobTxn, strerror
+from .job import Job, JobManager, JobTxn, strerror, weak_method
 
 ENOSPC = 28
 
@@ -62,9 +62,10 @@ class BackupJob(Job):
         self.owns_target = owns_target
         self.initialised = False
         self.call: Call | None = None
-        self.bcs = BlockCopy(source, target, cluster_size, manager.scheduler, self._progress)
+        self.bcs = BlockCopy(source, target, cluster_size, manager.scheduler, weak_method(self._progress))
         self.bcs.set_copy_opts(use_copy_range, compress)
-        self.cbw = CbwNode(filter_name, cluster_size=cluster_size, before_write=self.before_write,
+        # copy-before-write: the filter copies what the guest is about to overwrite (errors fail the write)
+        self.cbw = CbwNode(filter_name, cluster_size=cluster_size, before_write=self.bcs.copy_now,
                            size=source.size, auto_named=filter_name.startswith("#"))
         graph.insert_filter(source, self.cbw, target, self.bcs.bitmap)
         self.cbw.job_blocker = target.job_blocker = "block device is in use by block job: backup"
@@ -129,7 +130,7 @@ class BackupJob(Job):
 
     def _copy(self) -> None:
         """backup_loop's block_copy_async (the call may even end before this returns)."""
-        self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+        self.call = self.bcs.start(self.max_workers, self.max_chunk, weak_method(self._call_done))
         self.bcs.launch(self.call)
 
     def _init_bitmap(self) -> None:
@@ -184,7 +185,7 @@ class BackupJob(Job):
             # before block-copy waited for a free worker (the spare). Between nodes whose I/O
             # never yields, that call copies everything before the job looks again.
             self.io_status = "ok"
-            self.call = self.bcs.start(self.max_workers, self.max_chunk, self._call_done)
+            self.call = self.bcs.start(self.max_workers, self.max_chunk, weak_method(self._call_done))
             if _instant(self.source) and _instant(self.target):
                 self.bcs.launch(self.call)
                 return
@@ -199,10 +200,6 @@ class BackupJob(Job):
     def stop_work(self) -> None:
         self.bcs.stop()
         self.call = None
-
-    def before_write(self, offset: int, length: int) -> None:
-        """copy-before-write: copy what the guest is about to overwrite (errors fail the write)."""
-        self.bcs.copy_now(offset, length)
 
     # -- the end --------------------------------------------------------------------------
     def _cleanup_sync_bitmap(self, ret: int) -> None:

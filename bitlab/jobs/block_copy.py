@@ -328,8 +328,8 @@ class BlockCopy:
             return
         try:
             task.runs = self.source.pread(task.offset, self._io(task))
-        except BlockIOError as err:
-            task.error, task.error_is_read = err, True
+        except BlockIOError as err:  # (kept without its traceback: its frames would hold the task in a cycle)
+            task.error, task.error_is_read = err.with_traceback(None), True
 
     def _finish(self, task: Task | Batch) -> bool:
         """The task ends: write the target (unless the read failed or copy_range wrote it); True on success."""
@@ -348,7 +348,7 @@ class BlockCopy:
                     starts, ends, vals = task.runs
                     self.target.write_buffer(task.offset, self._io(task), starts, ends, vals)
             except BlockIOError as err:
-                task.error, task.error_is_read = err, False
+                task.error, task.error_is_read = err.with_traceback(None), False
         if task.error is not None:
             self.bitmap.set_range(task.offset, task.nbytes)
             if self._nset is not None:

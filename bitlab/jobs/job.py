@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,20 @@ ECANCELED = _errno.ECANCELED
 def strerror(code: int) -> str:
     """strerror(3) for a positive errno, as glibc spells it."""
     return os.strerror(code)
+
+
+def weak_method(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` (a job's bound method) through a weak reference to the job, for a part the job owns
+    to call back (its block-copy state) without a reference cycle; once nothing holds the job
+    (dismissed, and no user keeps it) nobody can see what the call would have changed: it does nothing."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+
+    return call
 
 
 class JobTxn:

@@ -64,7 +64,7 @@ def qmp_block_set_write_threshold(vm: Any, args: dict) -> None:
     node = vm.graph.nodes.get(name)
     if node is None:
         raise generic(f"Device '{name}' not found")
-    wstats.set_threshold(node, args["write-threshold"], vm.emit)
+    wstats.set_threshold(node, args["write-threshold"], vm.sink.emit)
 
 
 @TABLE.command("query-blockstats", QueryBlockstats, Array(BlockStats))
