@@ -19,6 +19,8 @@ Sections
   (f) the seed scenario (tests/data/qemu-traces) replayed in-process, and the same
       commands on a real qemu-storage-daemon (guest writes with qemu-io over NBD),
       with a check that both give the same bitmaps and job events       goal >= 100x
+      and where each side's time goes: the daemon's start, qemu-img create, each kind
+      of command (a transaction until its jobs are gone), qemu-io's guest writes
 
 Times are medians of several repeats of ``time.perf_counter`` measurements.
 """
@@ -45,6 +47,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -443,15 +446,40 @@ def _seed_replay() -> types.ModuleType:
     return trace_replay
 
 
-async def _qsd_seed(mode: str, workdir: str) -> list[dict]:
+def _part(execute: str) -> str:
+    """The part of the seed scenario a command belongs to (make bench's breakdown)."""
+    if execute == "transaction":
+        return "transaction (until its jobs are gone)"
+    if execute in ("query-named-block-nodes", "blockdev-add", "blockdev-del", "x-debug-block-dirty-bitmap-sha256"):
+        return execute
+    return "other commands"
+
+
+Parts = dict[str, list]  # part of the scenario -> [seconds, count]
+
+
+def _took(parts: Parts, part: str, since: float) -> None:
+    entry = parts.setdefault(part, [0.0, 0])
+    entry[0] += time.perf_counter() - since
+    entry[1] += 1
+
+
+async def _qsd_seed(mode: str, workdir: str, parts: Parts | None = None) -> list[dict]:
     """Send a recorded seed trace's commands (tests/trace_replay.py ``records``) to a fresh
     qemu-storage-daemon, guest writes with qemu-io over the trace's NBD exports; per step, the
-    bitmaps and job sequences, summarised from the commands' replies as the in-process replay does."""
+    bitmaps and job sequences, summarised from the commands' replies as the in-process replay does.
+    ``parts`` adds up the seconds (and count) of each part of the scenario (see :func:`_part`)."""
     from qemu.qmp import QMPClient
 
     from tests.trace_replay import Summary, job_sequences, records
 
+    parts = {} if parts is None else parts
+
+    def took(part: str, since: float) -> None:
+        _took(parts, part, since)
+
     sock = os.path.join(workdir, "qmp.sock")
+    t_spawn = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(QSD, "--chardev", qmp_chardev(sock),
                                                 "--monitor", "chardev=qmp0", stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.DEVNULL, cwd=workdir)
@@ -464,6 +492,7 @@ async def _qsd_seed(mode: str, workdir: str) -> list[dict]:
             await asyncio.sleep(0.002)
     else:
         raise RuntimeError("could not connect to qemu-storage-daemon")
+    took("start", t_spawn)
     steps: list[dict] = []
     summary = Summary()
     first_event = 0
@@ -477,6 +506,7 @@ async def _qsd_seed(mode: str, workdir: str) -> list[dict]:
                 args = json.loads(args_json)
                 if execute == "nbd-server-start":
                     nbd_sock = args["addr"]["data"]["path"]
+                t_cmd = time.perf_counter()
                 reply = await qmp.execute(execute, args)
                 summary.reply(execute, args, reply)
                 if execute == "transaction":  # wait until every job is gone
@@ -485,14 +515,18 @@ async def _qsd_seed(mode: str, workdir: str) -> list[dict]:
                         ev = await qmp.events.get()
                         if ev["event"] == "JOB_STATUS_CHANGE" and ev["data"]["status"] == "null":
                             ids.discard(ev["data"]["id"])
+                took(_part(execute), t_cmd)
             elif kind == "guest_io":
+                t_io = time.perf_counter()
                 io = await asyncio.create_subprocess_exec(
                     "qemu-io", "-f", "raw", f"nbd+unix:///{item['node']}?socket={nbd_sock}", "-c", item["cmd"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 await io.wait()
+                took("guest write", t_io)
             elif kind == "bitmaps":
                 events = [dict(e) for e in qmp.events.history[first_event:]]
                 steps.append({"bitmaps": summary.bitmaps(), "jobs": job_sequences(events)})
+        t_quit = time.perf_counter()
         with contextlib.suppress(Exception):
             await qmp.execute("quit")
     finally:
@@ -503,11 +537,14 @@ async def _qsd_seed(mode: str, workdir: str) -> list[dict]:
         except TimeoutError:
             proc.terminate()
             await proc.wait()
+    took("quit", t_quit)
     return steps
 
 
-def run_qsd_seed(trace: dict) -> tuple[float, float, list[dict]]:
-    """The seed scenario on real QEMU: (seconds with qemu-img, seconds of the daemon session, steps)."""
+def run_qsd_seed(trace: dict, parts: Parts | None = None) -> tuple[float, float, list[dict]]:
+    """The seed scenario on real QEMU: (seconds with qemu-img, seconds of the daemon session, steps); ``parts``
+    adds up the seconds of each part (see :func:`_qsd_seed`)."""
+    parts = {} if parts is None else parts
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bitlab-seed-") as tmp:
         prefix = f"ORACLE/work/qsd-nbd-{trace['mode']}/"
@@ -517,12 +554,61 @@ def run_qsd_seed(trace: dict) -> tuple[float, float, list[dict]]:
                 file = rec["arguments"]["file"]
                 files.add((file.get("filename") or file["image"]["filename"]).replace(prefix, ""))
         for name in sorted(files):
+            t_img = time.perf_counter()
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.join(tmp, name),
                             str(trace["config"]["image_size"])], check=True)
+            _took(parts, "qemu-img create", t_img)
         t1 = time.perf_counter()
-        steps = asyncio.run(_qsd_seed(trace["mode"], tmp))
+        steps = asyncio.run(_qsd_seed(trace["mode"], tmp, parts))
         t2 = time.perf_counter()
     return t2 - t0, t2 - t1, steps
+
+
+class _Timed:
+    """Wraps a Machine's methods so that each outer call adds its time to ``parts`` (a command's
+    ``vm.run()`` counts with that command: its jobs)."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts, self.busy, self.last = parts, False, "other commands"
+
+    def wrap(self, method: Callable, part: Callable[..., str | None]) -> Callable:
+        def call(*args: Any, **kw: Any) -> Any:
+            name = part(*args)
+            if self.busy or name is None:  # (a method the replay called may call another: time the outer one)
+                return method(*args, **kw)
+            self.busy, t = True, time.perf_counter()
+            try:
+                return method(*args, **kw)
+            finally:
+                self.busy = False
+                if name == "run":
+                    self.parts[self.last][0] += time.perf_counter() - t
+                else:
+                    _took(self.parts, name, t)
+                    self.last = name
+        return call
+
+
+def sim_seed_parts(trace_replay: types.ModuleType, mode: str, runs: int = 20) -> Parts:
+    """The in-process replay's time by part of the scenario, split as :func:`_qsd_seed` splits real QEMU's."""
+    parts: Parts = {}
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        vm = Machine()
+        _took(parts, "start", t0)
+        timed = _Timed(parts)
+        vm.execute = timed.wrap(vm.execute, lambda message: _part(message["execute"]))  # type: ignore[method-assign]
+        vm.run = timed.wrap(vm.run, lambda *a: "run")  # type: ignore[method-assign]
+        vm.write = timed.wrap(vm.write, lambda *a: "guest write")  # type: ignore[method-assign]
+        vm.qemu_img = timed.wrap(  # type: ignore[method-assign]
+            vm.qemu_img, lambda *a: "qemu-img create" if a[0] == "create" else None)
+        trace_replay.replay(mode, vm)
+    return {k: [v[0] / runs, v[1] / runs] for k, v in parts.items()}
+
+
+PART_ORDER = ("start", "qemu-img create", "blockdev-add", "query-named-block-nodes",
+              "transaction (until its jobs are gone)", "x-debug-block-dirty-bitmap-sha256", "blockdev-del",
+              "other commands", "guest write", "quit")
 
 
 def _comparable(steps: list[dict], without_optional: Callable) -> list[dict]:
@@ -549,8 +635,9 @@ def bench_seed() -> None:
             continue
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
         trace = trace_replay.load(mode)
+        qsd_parts: Parts = {}
         try:
-            runs = [run_qsd_seed(trace) for _ in range(3)]
+            runs = [run_qsd_seed(trace, qsd_parts) for _ in range(3)]
         except Exception as exc:  # report, do not crash the whole bench
             add(f"  skipped: qemu-storage-daemon failed: {exc!r}"[:150], "", "")
             continue
@@ -564,6 +651,13 @@ def bench_seed() -> None:
         same = all(_comparable(r[2], trace_replay.without_optional)
                    == _comparable(list(sim_steps.values()), trace_replay.without_optional) for r in runs)
         add(f"{mode}:   bitmaps (count, sha256) and job events per step equal", "yes" if same else "NO", "")
+        sim_parts = sim_seed_parts(trace_replay, mode)
+        for part in PART_ORDER:  # where each side's time goes (bitlab's figure; ratio = qsd / bitlab)
+            q = qsd_parts.get(part, [0.0, 0])
+            b = sim_parts.get(part, [0.0, 0])
+            n = round(q[1] / len(runs))
+            add(f"{mode}:   {part} x{n}: qsd {q[0] / len(runs) * 1e3:.2f} ms, bitlab", b[0] * 1e3, "ms", "",
+                q[0] / b[0] if b[0] else None)
     if have_qsd:
         add("  (ratio = real QEMU / bitlab: how many times faster bitlab is)", "", "")
     else:

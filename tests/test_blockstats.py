@@ -179,3 +179,52 @@ def test_backup_filter_exact() -> None:
 def test_backup_filter_matches_qemu() -> None:
     real, sim = on_both(backup_filter_story, daemon="system")
     assert real == sim
+
+
+def highest_story(vm: Machine) -> dict[str, int]:
+    """File nodes that hear nothing but qcow2's writes (no bitmap, no threshold): a file grown then cut by a
+    shrink, an image with data opened again and rewritten in place, a grow that writes only the header's size
+    field, a named file node left when its qcow2 node went, a blkdebug node with ``align`` over a file."""
+    def add(name: str, file: dict | str, **opts: Any) -> None:
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name, "file": file, **opts})
+
+    def inline(image: str, node: str) -> dict:
+        return {"driver": "file", "filename": image, "node-name": node}
+
+    for image in ("s", "o", "g", "n", "d"):
+        vm.qemu_img("create", "-f", "qcow2", f"{image}.qcow2", "4M")
+    add("s", inline("s.qcow2", "sf"))
+    vm.write("s", 0, 3 * MiB)
+    vm.qmp("block_resize", {"node-name": "s", "size": MiB})  # qcow2 cuts its file: the highest write stays
+    add("o", inline("o.qcow2", "of"))
+    vm.write("o", 0, 2 * MiB)
+    vm.qmp("blockdev-del", {"node-name": "o"})
+    add("o", inline("o.qcow2", "of"))
+    vm.write("o", MiB + 4096, 4096)  # in place: not the file's end
+    add("g", inline("g.qcow2", "gf"))
+    vm.qmp("block_resize", {"node-name": "g", "size": 8 * MiB})  # the header's size field: 8 bytes at 24
+    vm.qmp("blockdev-add", inline("n.qcow2", "nf"))
+    add("n", "nf")
+    vm.write("n", 0, 65536)
+    vm.qmp("blockdev-del", {"node-name": "n"})
+    add("d", {"driver": "blkdebug", "node-name": "dd", "align": 4096, "image": inline("d.qcow2", "df")})
+    vm.qmp("block_resize", {"node-name": "d", "size": 8 * MiB})  # padded to 4096 by blkdebug
+    return {s["node-name"]: s["stats"]["wr_highest_offset"] for s in vm.qmp("query-blockstats", {"query-nodes": True})
+}
+
+
+def test_file_highest_without_hearing_exact() -> None:
+    K = 65536
+    assert highest_story(Machine()) == {
+        "sf": 53 * K, "s": 3 * MiB,  # header, refcount table and block, L1, an L2 table, 48 data clusters
+        "of": 21 * K + 8192, "o": MiB + 8192,  # guest cluster 16 is host cluster 21
+        "gf": 32, "g": 0,
+        "nf": 6 * K,
+        "df": 4096, "dd": 4096, "d": 0,
+    }
+
+
+@pytest.mark.qemu
+def test_file_highest_without_hearing_matches_qemu() -> None:
+    real, sim = on_both(highest_story)
+    assert real == sim

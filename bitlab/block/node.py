@@ -411,10 +411,16 @@ class FileNode(BlockNode):
     def __init__(self, node_name: str, *, image: ImageFile, **kw) -> None:
         super().__init__(node_name, **kw)
         self.image = image
+        layout = image._layout if image.is_qcow2 else None
+        # a qcow2 file's end at open (None: not laid out yet, taken at the first write): see wstats.highest
+        self.wr_mark: int | None = None if layout is None else wstats.grown_end(layout)
 
     @property
     def size(self) -> int:
         return round_sector(self.image.file_length())
+
+    def hears_host_writes(self) -> bool:
+        return bool(self.bitmaps) or self.write_threshold > 0 or wstats.highest_unknown(self)
 
     def _truncate(self, size):
         """raw_co_truncate (file-posix): the file takes the new length, zeroes past the old end."""
@@ -626,7 +632,8 @@ class Qcow2Node(FormatNode):
         outer = not self._seeing
         counts = not listen and frees and self._passes_discards(always)
         if (listen or counts) and outer:
-            self.image.layout.drain_written()  # (older writes, made while nobody listened)
+            # (older writes, made while nobody listened: their highest)
+            wstats.note_unheard(self.file, self.image.layout.drain_written())
             self.image.layout.drain_discarded()
         self._seeing += 1
         try:
@@ -643,6 +650,7 @@ class Qcow2Node(FormatNode):
         elif self.image._layout is not None:
             if self.image._layout.written:  # (metadata requests reached the file: its write generation)
                 self.file.write_gen += 1
+                wstats.note_unheard(self.file, self.image._layout.drain_written())
             if counts:  # (the file node's discard counters only: it has no bitmap or threshold)
                 offsets, lengths = self.image.layout.drain_discarded()
                 if len(offsets):
@@ -1162,11 +1170,13 @@ class Qcow2Node(FormatNode):
             image.expose_tail(old)
         if zeroes:
             self._zero_grown(old, size)
+        header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
         if listen:
-            header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
             self.file.note_write(*header)  # (shrinking: the refcount table rewritten first)
+        else:
+            wstats.note_unheard(self.file, header)
         if size < old:
-            image.layout.truncate_file()
+            wstats.cut_file(self.file, image.layout.truncate_file)
 
     def _zero_grown(self, old: int, size: int) -> None:
         """qcow2_co_truncate with BDRV_REQ_ZERO_WRITE (the backing file is longer than the old disk): the new

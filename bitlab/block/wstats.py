@@ -65,3 +65,86 @@ def note_discards(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray) -> 
     """Discards a format driver above passed to ``node`` (a file node counts them: raw_account_discard)."""
     if node.driver == "file":
         node.discards = (node.discards[0] + len(offsets), node.discards[1] + int(np.sum(lengths)))
+
+
+# -- a qcow2 file's highest write, without hearing every write ---------------------------------------------------
+# qcow2 writes its file at host offsets. Telling a file node each of those writes costs the image's pending
+# writes being laid out at once, write by write, so a file node hears them only while it needs them: a bitmap
+# or a threshold on it (node.hears_host_writes), or while its highest write is not known otherwise.
+# It is known otherwise once the file has grown since the node opened: qcow2 grows its file only by writing
+# (a new cluster is written whole, a new L1 table to its last entry: the layout's ``partial_end``), so the
+# file's end then is a write's end, and no write inside the file passes it. ``wr_mark`` is the end the file had
+# when the node opened (or was last cut by a qcow2 shrink); a file that grew past it wrote its end.
+def grown_end(layout: Any) -> int:
+    """The end of a qcow2 file once qcow2 allocated in it (0 before: nothing was written past its start)."""
+    return (layout.partial_end or layout.top * layout.cs) if layout.grown else 0
+
+
+def highest_unknown(node: Any) -> bool:
+    """Whether a file node must hear a qcow2 parent's writes to know its highest write: the file (as laid out
+    so far: writes still pending can only grow it, or write below its end) has not grown since the node
+    opened, and no write heard reached its end."""
+    image = node.image
+    layout = image._layout if image.fmt == "qcow2" else None
+    if layout is None:
+        return False
+    end = grown_end(layout)
+    if node.wr_mark is None:
+        node.wr_mark = end
+    return end <= node.wr_mark and node.wr_highest_offset < end
+
+
+def _grown_part(file: Any, align: int = 1) -> int:
+    """The file's end if qcow2 grew it since ``file`` opened (every pending write laid out), else 0; padded to
+    ``align`` (a blkdebug node's request alignment above: the file sees the padded request too)."""
+    image = file.image
+    if image.fmt != "qcow2" or image._layout is None or file.wr_mark is None:
+        return 0
+    end = grown_end(image.layout)
+    return -(-end // align) * align if end > file.wr_mark else 0
+
+
+def _path(node: Any) -> list:
+    """``node`` and, for a blkdebug node, the nodes below it down to the file (their ``image`` children)."""
+    path = [node]
+    while path[-1].driver == "blkdebug" and path[-1].child("image") is not None:
+        path.append(path[-1].child("image"))
+    return path
+
+
+def highest(node: Any) -> int:
+    """bs->wr_highest_offset: the writes the node heard, and for a file node of a qcow2 image (or a blkdebug node
+    over one) the end the file reached growing (see above)."""
+    path = _path(node)
+    file = path[-1]
+    if file.driver != "file":
+        return node.wr_highest_offset
+    align = max((n.align for n in path[:-1]), default=1)
+    return max(node.wr_highest_offset, _grown_part(file, align))
+
+
+def cut_file(node: Any, cut: Callable[[], None]) -> None:
+    """A qcow2 shrink cuts its file (``cut``) below ``node`` (its file child): the highest writes keep the end
+    the file had reached, and the file's new end is where it grows from."""
+    path = _path(node)
+    for n in path:
+        n.wr_highest_offset = highest(n)
+    cut()
+    file = path[-1]
+    if file.driver == "file" and file.image._layout is not None:
+        file.wr_mark = grown_end(file.image.layout)
+
+
+def note_unheard(node: Any, writes: tuple[np.ndarray, np.ndarray]) -> None:
+    """Writes a qcow2 node made to its file child ``node`` while it did not hear them (their bitmaps and
+    thresholds nothing to see): only the highest writes of ``node`` and the nodes below it move."""
+    offsets, lengths = writes
+    if not len(offsets):
+        return
+    end = int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max())
+    align = 1
+    for n in _path(node):
+        align = max(align, getattr(n, "align", 1))
+        padded = -(-end // align) * align
+        if padded > n.wr_highest_offset:
+            n.wr_highest_offset = padded

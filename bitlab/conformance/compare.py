@@ -17,23 +17,6 @@ MASKS = [
     (re.compile(r"ops; .*"), "ops; TIMING"),  # qemu-io's measured rate
 ]
 HOST_KEYS = {"actual-size", "timestamp"}  # host file system allocation; wall-clock time
-# Known differences (README "Known differences"), not QEMU's variation, masked in query-blockstats: an
-# automatically named file node under a qcow2 node (with any blkdebug node between them) does not hear qcow2's
-# host writes: its ``wr_highest_offset`` is inferred from the file's length, which misses what QEMU wrote past
-# the final end (a grown L1 table or refcount structures before a shrink; a header update).
-
-
-def _is_file(obj: Any) -> bool:
-    specific = obj.get("driver-specific") if isinstance(obj, dict) else None
-    return isinstance(specific, dict) and specific.get("driver") == "file" and "stats" in obj
-
-
-def _blockstats_masked(obj: dict) -> dict:
-    """A query-blockstats entry with what bitlab does not hear masked (see above)."""
-    unheard = str(obj.get("node-name", "")).startswith("#block") and (_is_file(obj) or _is_file(obj.get("parent")))
-    if unheard:
-        obj = {**obj, "stats": {**obj["stats"], "wr_highest_offset": None}}
-    return obj
 
 
 def normalise(obj: Any) -> Any:
@@ -43,8 +26,6 @@ def normalise(obj: Any) -> Any:
         # json: filenames for several rules exactly; compare them as JSON.
         return "json:" + json.dumps(json.loads(obj[5:]), sort_keys=True)
     if isinstance(obj, dict):
-        if "stats" in obj and "node-name" in obj:
-            obj = _blockstats_masked(obj)
         return {k: (None if k in HOST_KEYS else normalise(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [normalise(v) for v in obj]

@@ -23,8 +23,8 @@ it cached so far first. Not 512 bytes: an 8 MiB disk's file then outgrows its re
 128 KiB) and a shrink frees the refcount blocks it leaves empty (qcow2_shrink_reftable), neither simulated (README
 "Known differences").
 
-A named file node (or blkdebug node) gets a dirty bitmap, so it hears qcow2's host writes: without one its
-``wr_highest_offset`` is a known difference (README), compared only where the node is named.
+A named file node (or blkdebug node) gets a dirty bitmap, so it hears qcow2's host writes one by one; without one
+its ``wr_highest_offset`` comes from the file's growth (bitlab/block/wstats.py), compared all the same.
 """
 
 from __future__ import annotations

@@ -71,38 +71,14 @@ def qmp_block_set_write_threshold(vm: Any, args: dict) -> None:
 def qmp_query_blockstats(vm: Any, args: dict) -> list:
     """qmp_query_blockstats: with ``query-nodes``, every node (oldest first, node level); else every
     named BlockBackend (bitlab's ``-drive`` devices; qsd's exports are anonymous: none)."""
-    hosted = _qcow2_files(vm.graph.nodes.values())
     if args.get("query-nodes"):
-        return [_node_stats(node, False, hosted) for node in vm.graph.nodes.values()]
+        return [_node_stats(node, False) for node in vm.graph.nodes.values()]
     out = []
     for device, root in vm.graph.devices.items():
-        entry = {"device": device, **_node_stats(root, True, hosted)}
+        entry = {"device": device, **_node_stats(root, True)}
         entry["stats"]["account_invalid"] = entry["stats"]["account_failed"] = True  # -drive's defaults
         out.append(entry)
     return out
-
-
-def _qcow2_files(nodes: Any) -> dict[int, int]:
-    """File nodes that a qcow2 node above wrote to (and a blkdebug node between them, which passes the
-    writes on): id -> the highest write bitlab infers (see :func:`_highest`)."""
-    out: dict[int, int] = {}
-    for node in nodes:
-        below = node.child("file") if node.driver == "qcow2" and node.wr_highest_offset else None
-        debug = below if below is not None and below.driver == "blkdebug" else None
-        if debug is not None:
-            below = debug.child("image")
-        if below is not None and below.driver == "file" and below.image.layout.grown:  # (else nothing allocated)
-            out[id(below)] = below.image.file_length()
-            if debug is not None:
-                out[id(debug)] = out[id(below)]
-    return out
-
-
-def _highest(node: BlockNode, hosted: dict[int, int]) -> int:
-    """bs->wr_highest_offset. A file node below qcow2 hears qcow2's host writes only while a bitmap or a
-    threshold is on it; otherwise bitlab takes the file's length once qcow2 wrote to it (qcow2 allocates
-    at the end of its file: exact for images that grew, an upper bound for overwrites only)."""
-    return max(node.wr_highest_offset, hosted.get(id(node), 0))
 
 
 def _parent(node: BlockNode) -> BlockNode | None:
@@ -110,10 +86,10 @@ def _parent(node: BlockNode) -> BlockNode | None:
     return node.child("image") if node.driver == "blkdebug" else node.child("file")
 
 
-def _node_stats(node: BlockNode, blk_level: bool, hosted: dict[int, int]) -> dict:
+def _node_stats(node: BlockNode, blk_level: bool) -> dict:
     """bdrv_query_bds_stats: BlockStats of ``node`` (schema order)."""
     stats: dict = dict.fromkeys(_COUNTERS, 0)
-    stats["wr_highest_offset"] = _highest(node, hosted)
+    stats["wr_highest_offset"] = wstats.highest(node)
     stats.update(dict.fromkeys(_FAILED, 0))
     stats.update({"account_invalid": False, "account_failed": False, "timed_stats": []})
     out: dict = {"node-name": node.node_name, "stats": stats}
@@ -123,8 +99,8 @@ def _node_stats(node: BlockNode, blk_level: bool, hosted: dict[int, int]) -> dic
                                   "discard-bytes-ok": nbytes}
     parent = _parent(node)
     if parent is not None:
-        out["parent"] = _node_stats(parent, blk_level, hosted)
+        out["parent"] = _node_stats(parent, blk_level)
     below = filter_or_cow(node) if blk_level else None
     if below is not None:
-        out["backing"] = _node_stats(below, blk_level, hosted)
+        out["backing"] = _node_stats(below, blk_level)
     return out
