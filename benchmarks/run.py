@@ -63,6 +63,7 @@ WRITE_SIZE = 4096
 SEED = 20240601
 REPEATS = 5
 QSD = "/usr/bin/qemu-storage-daemon"
+QSD_RUNS = 5  # the seed scenario on qemu-storage-daemon: its time varies by a third from run to run (median)
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -637,7 +638,7 @@ def bench_seed() -> None:
         trace = trace_replay.load(mode)
         qsd_parts: Parts = {}
         try:
-            runs = [run_qsd_seed(trace, qsd_parts) for _ in range(3)]
+            runs = [run_qsd_seed(trace, qsd_parts) for _ in range(QSD_RUNS)]
         except Exception as exc:  # report, do not crash the whole bench
             add(f"  skipped: qemu-storage-daemon failed: {exc!r}"[:150], "", "")
             continue
