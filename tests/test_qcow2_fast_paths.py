@@ -206,3 +206,34 @@ def test_batches_with_zero_writes_are_request_by_request(seed: int, cs: int) -> 
                 layout.flush()
             layout.written.clear()
     assert changed
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_zero_writes_back_to_back_are_one_write_each_run(seed: int) -> None:
+    """Zero writes back to back (as a backup zeroes its target, chunk after chunk), across L2 tables, some
+    setting the zero flag and some clearing it, some tables there already: the small-batch path joins each run
+    setting one flag into one write, and leaves what it leaves taking them one by one, and what the general
+    path leaves."""
+    rng = np.random.default_rng(seed)
+    cs = 4096
+    clusters = 6 * (cs // 8)
+    layout = HostLayout(clusters * cs, cs)
+    if seed % 2:  # some tables exist (and zero flags, for odd seeds above 10)
+        layout.before_merge(np.array([cs * 600]), np.array([cs * 1800]), np.array([ZERO if seed > 10 else
+                                                                                     UNALLOCATED]))
+    cuts = np.sort(rng.choice(np.arange(1, clusters), int(rng.integers(2, 100)), replace=False))
+    first = int(rng.integers(0, cuts.size - 1))
+    off, ends = cuts[first:-1] * cs, cuts[first + 1:] * cs
+    vals = rng.choice([ZERO, ZERO, ZERO_ALLOC, UNALLOCATED], off.size)
+    if rng.random() < 0.5:  # (one gap)
+        gap = int(rng.integers(0, off.size))
+        off, ends, vals = np.delete(off, gap), np.delete(ends, gap), np.delete(vals, gap)
+    outcomes: list[bool] = []
+    joined = _both_paths(layout, off, ends, vals, outcomes)
+    assert outcomes == [True]
+    one_by_one = copy.deepcopy(layout)
+    reqs = [(o // cs, e // cs, v) for o, e, v in zip(off.tolist(), ends.tolist(), vals.tolist())]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("bitlab.block.qcow2_host._joined", lambda reqs: reqs)
+        assert one_by_one._small_batch(reqs)
+    _same(joined, one_by_one)

@@ -88,6 +88,23 @@ def _covered_before(c0: np.ndarray, c1: np.ndarray, among: np.ndarray) -> np.nda
     return out
 
 
+def _joined(reqs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Zero writes (guest cluster ranges, in order, and the value written) with each run of them back to back
+    that sets the same zero flag made one write, for :meth:`HostLayout._small_batch`: the run changes the
+    tables its writes change, meets each new table no earlier write met before the writes after it do, and
+    sets the zero flags they set (so the batch does the same, in one step for the run instead of one a write)."""
+    out = [reqs[0]]
+    last_a, last_b, last_v = reqs[0]
+    for a, b, v in reqs[1:]:
+        if a == last_b and (v == UNALLOCATED) == (last_v == UNALLOCATED):
+            last_b = b
+            out[-1] = (last_a, b, last_v)
+        else:
+            out.append((a, b, v))
+            last_a, last_b, last_v = a, b, v
+    return out
+
+
 def _runs_with_ends(emap: ExtentMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     starts, vals = emap.runs()
     ends = np.empty_like(starts)
@@ -754,6 +771,7 @@ class HostLayout:
         flags = self._flags_any()
         zeros = reqs[0][2] < 0  # (zero writes alone, or data writes alone)
         if zeros:
+            reqs = _joined(reqs)
             end = 0
             for a, b, _ in reqs:
                 if a < end:  # not in ascending order: do two meet?
