@@ -39,7 +39,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import hostfs
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, _stab_max
+from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, _stab_max
 
 NONE = -(1 << 62)  # guest map value: no host cluster
 USED, FREE = 0, 1
@@ -215,7 +215,9 @@ class HostLayout:
         the file's end, or free_cluster_index is past it (a shrink cut the file below clusters it freed
         after the index had moved on: QEMU then allocates from the index, leaving a hole)."""
         starts, vals = self.free.runs()
-        return int(np.count_nonzero(vals == FREE)) > 1 or int(starts[-1]) < self.top or self.fci > self.top
+        # (a few runs, the usual case, counted in plain integers)
+        free = vals.tolist().count(FREE) if vals.size <= SMALL_RUNS else int(np.count_nonzero(vals == FREE))
+        return free > 1 or int(starts[-1]) < self.top or self.fci > self.top
 
     def _take(self, start: int, n: int, counted: bool = True) -> None:
         self.free.write(start, n, USED)
@@ -243,7 +245,8 @@ class HostLayout:
     # -- metadata writes (the qcow2 caches) -----------------------------------------------------
     def _write(self, offsets: np.ndarray, lengths: np.ndarray, kind: str = "", keys: list | None = None) -> None:
         if offsets.size:
-            self.written.append((offsets.astype(np.int64), lengths.astype(np.int64)))
+            # (shared with _fs_marks: neither list's arrays are changed in place, only concatenated)
+            self.written.append((offsets.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False)))
             self._fs_marks.append((offsets, lengths))
             if len(self._fs_marks) > MAX_FS_MARKS:
                 self.fs_blocks()
@@ -298,7 +301,8 @@ class HostLayout:
                 self._ev("refblock_update_part")
                 self._write(np.array([host * self.cs]), np.array([self.cs]), "rb", [block])
             return
-        self._write(np.array(hosts, dtype=np.int64) * self.cs, np.full(len(hosts), self.cs, dtype=np.int64))
+        self._write(np.array([h * self.cs for h in hosts], dtype=np.int64),
+                    np.array([self.cs] * len(hosts), dtype=np.int64))
 
     def _write_back_l2(self) -> None:
         """The L2 table cache written: each dirty table whole."""
@@ -314,13 +318,13 @@ class HostLayout:
             return
         if len(self.dirty_l2) <= SMALL_BATCH:  # a few tables: looked up one by one
             found = [self.l2.value_at(i) for i in sorted(self.dirty_l2)]
-            hosts = np.array([h for h in found if h >= 0], dtype=np.int64)
+            offsets = np.array([h * self.cs for h in found if h >= 0], dtype=np.int64)
         else:
             index = np.array(sorted(self.dirty_l2), dtype=np.int64)
             _, _, hosts, _ = self.l2.gather(index, index + 1)
-            hosts = hosts[hosts >= 0]
+            offsets = hosts[hosts >= 0] * self.cs
         self.dirty_l2.clear()
-        self._write(hosts * self.cs, np.full(hosts.size, self.cs, dtype=np.int64))
+        self._write(offsets, np.array([self.cs] * offsets.size, dtype=np.int64))
 
     def flush(self) -> None:
         """qcow2_write_caches: the L2 table cache, then the refcount block cache (each after the one it
@@ -847,8 +851,8 @@ class HostLayout:
             self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if before)
             self._flush_cache("rb")
             self._flush_cache("l2")
-            l1_index = np.array(sorted(tables), dtype=np.int64)
-            self._write(self.l1_offset + 8 * l1_index, np.full(l1_index.size, 8, dtype=np.int64))
+            self._write(np.array([self.l1_offset + 8 * i for i in sorted(tables)], dtype=np.int64),
+                        np.array([8] * len(tables), dtype=np.int64))
             self.dirty_l2.update(d for i, d in d_tab if i > pos_last)
             self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if not before)
             if end > host_last + 1:
