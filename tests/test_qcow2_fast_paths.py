@@ -237,3 +237,19 @@ def test_zero_writes_back_to_back_are_one_write_each_run(seed: int) -> None:
         mp.setattr("bitlab.block.qcow2_host._joined", lambda reqs: reqs)
         assert one_by_one._small_batch(reqs)
     _same(joined, one_by_one)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_holes_are_counted_alike_in_few_runs_and_many(seed: int) -> None:
+    """has_holes counts the free runs in plain integers for a few runs, with numpy for many: the answer is
+    what the free map's runs say either way."""
+    rng = np.random.default_rng(seed)
+    cs = 65536
+    layout = HostLayout(1 << 30, cs)
+    layout.before_merge(np.array([0]), np.array([100 * cs]), np.array([1]))
+    freed = np.sort(rng.choice(100, [0, 1, 3, 40][seed % 4], replace=False))
+    if freed.size:
+        layout.release(freed + 7, freed + 8)
+    starts, vals = layout.free.runs()
+    expected = int((vals == 1).sum()) > 1 or int(starts[-1]) < layout.top or layout.fci > layout.top
+    assert layout.has_holes() == expected == bool(freed.size) and (vals.size > 32) == (freed.size == 40)
