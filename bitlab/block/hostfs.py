@@ -265,7 +265,7 @@ def plain_allocation(layout: HostLayout, data: ExtentMap, file_length: int) -> i
             else:
                 runs.append([lo, hi, state])
         at = end
-    extents = sum(-(-(hi - lo) // MAX_EXTENT[state]) for lo, hi, state in runs)
+    extents = sum([-(-(hi - lo) // MAX_EXTENT[state]) for lo, hi, state in runs])
     return (head + tail[1] - tail[0] + tree_blocks(extents)) * BLOCK
 
 

@@ -704,11 +704,11 @@ class HostLayout:
             return
         if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
             vals = values.tolist()
-            if not any(v < 0 for v in vals):
+            if min(vals) >= 0:
                 small = len(vals) <= SMALL_BATCH
             else:  # zero writes alone into an image hosting nothing: they free nothing
                 _, g_vals = self.guest.runs()
-                small = not any(v >= 0 for v in vals) and g_vals.size == 1 and g_vals[0] == NONE
+                small = max(vals) < 0 and g_vals.size == 1 and g_vals[0] == NONE
             if small and not self.has_holes():
                 reqs = [(o // cs, -(-e // cs), v) for o, e, v in zip(offsets.tolist(), ends.tolist(), vals)]
                 if self._small_batch(reqs):
@@ -817,7 +817,7 @@ class HostLayout:
                     seen_tables.add(index)
                     if self.l2.value_at(index) < 0:
                         events.append((o, max(a, index * P), 0, index))
-        events.sort(key=lambda ev: ev[:3])
+        events.sort()  # (by owner, guest cluster, table before data: no two events have all three alike)
         top = self.top
         end = top + sum(1 if t == 0 else x - g for _, g, t, x in events)
         if end > self.refblocks * self.refblock_span:

@@ -135,7 +135,7 @@ class ImageFile:
 
     def allocated_size(self) -> int:
         """What the file allocates on the host, ``st_blocks * 512`` (``actual-size``, ``disk size``)."""
-        layout = self.layout if self.is_qcow2 else None
+        layout = self.layout if self.fmt == "qcow2" else None  # (is_qcow2, inline: a hot path)
         if layout is not None and layout.fs_plain:  # (what plain_allocation looks at)
             key: tuple = (self.data.version, layout.top, layout.grown, layout.l1_entries, id(layout))
         else:
@@ -305,7 +305,7 @@ class ImageFile:
         A new qcow2 file is header, refcount table and refcount block (one cluster
         each) and the L1 table; it grows to hold the last host cluster ever allocated.
         """
-        if not self.is_qcow2:
+        if self.fmt != "qcow2":  # (is_qcow2, inline: a hot path)
             return self.size
         layout = self.layout
         if layout.grown:
