@@ -795,7 +795,7 @@ class HostLayout:
                 flag = int(v != UNALLOCATED)
                 if not flags:
                     if flag:
-                        z_tab.extend((o, index) for index in stretch)
+                        z_tab.extend([(o, index) for index in stretch])
                 else:
                     for index in stretch:
                         lo, hi = max(a, index * P), min(b, (index + 1) * P)
@@ -819,7 +819,7 @@ class HostLayout:
                         events.append((o, max(a, index * P), 0, index))
         events.sort()  # (by owner, guest cluster, table before data: no two events have all three alike)
         top = self.top
-        end = top + sum(1 if t == 0 else x - g for _, g, t, x in events)
+        end = top + sum([1 if t == 0 else x - g for _, g, t, x in events])
         if end > self.refblocks * self.refblock_span:
             return False
         tables, pos_last, host_last, host = [], -1, -1, top
@@ -837,8 +837,8 @@ class HostLayout:
         if d_tab and self.depends["rb"] == "l2":
             self._set_dependency("l2", "rb")
         if not tables:
-            self.dirty_l2.update(d for _, d in d_tab)
-            self.dirty_l2.update(index for _, index in z_tab)
+            self.dirty_l2.update([d for _, d in d_tab])
+            self.dirty_l2.update([index for _, index in z_tab])
             if end > top:  # a batch that allocates nothing changes no refcount
                 self._refcounts_changed_range(top, end)
             linked_after = bool(d_tab)
@@ -847,17 +847,17 @@ class HostLayout:
             z_before = [o < cut_owner or (o == cut_owner and index < last_index) for o, index in z_tab]
             self._refcounts_changed_range(top, host_last + 1)
             self.dirty_l2.update(tables)
-            self.dirty_l2.update(d for i, d in d_tab if i < pos_last)
-            self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if before)
+            self.dirty_l2.update([d for i, d in d_tab if i < pos_last])
+            self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if before])
             self._flush_cache("rb")
             self._flush_cache("l2")
             self._write(np.array([self.l1_offset + 8 * i for i in sorted(tables)], dtype=np.int64),
                         np.array([8] * len(tables), dtype=np.int64))
-            self.dirty_l2.update(d for i, d in d_tab if i > pos_last)
-            self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if not before)
+            self.dirty_l2.update([d for i, d in d_tab if i > pos_last])
+            self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if not before])
             if end > host_last + 1:
                 self._refcounts_changed_range(host_last + 1, end)
-            linked_after = any(i > pos_last for i, _ in d_tab)
+            linked_after = bool(d_tab) and d_tab[-1][0] > pos_last  # (d_tab is in event order)
         if linked_after:
             self._set_dependency("l2", "rb")
         if events:
