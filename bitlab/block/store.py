@@ -169,7 +169,9 @@ class ImageFile:
     def layout(self) -> HostLayout:
         """Where the file's clusters are (qcow2), every write so far taken into account. An image
         made from content alone (a copy) gets its clusters laid out in ascending guest order."""
-        self.data.runs()  # writes still pending reach the layout first
+        data = self.data
+        if data._po or data._log:  # writes still pending reach the layout first (ExtentMap.runs merges them)
+            data.runs()
         if self._layout is None:
             starts, ends = self._hosted_clusters(0, self.data.size)
             layout = HostLayout.in_guest_order(self.size, self.cluster_size, starts, ends)
