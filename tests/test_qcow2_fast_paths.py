@@ -253,3 +253,32 @@ def test_holes_are_counted_alike_in_few_runs_and_many(seed: int) -> None:
     starts, vals = layout.free.runs()
     expected = int((vals == 1).sum()) > 1 or int(starts[-1]) < layout.top or layout.fci > layout.top
     assert layout.has_holes() == expected == bool(freed.size) and (vals.size > 32) == (freed.size == 40)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_zero_writes_where_nothing_is_hosted_skip_the_reconcile(seed: int) -> None:
+    """Zero writes into an image where neither the content nor the layout has a host cluster leave the layout
+    as the reconcile after them would (which then has nothing to do); with zero clusters keeping their host
+    cluster or data written, the reconcile runs as before."""
+    from bitlab.block.store import ImageStore
+
+    rng = np.random.default_rng(seed)
+    cs = 65536
+    images = [ImageStore().create("a.qcow2", "qcow2", 64 << 20) for _ in range(2)]
+    images[1]._hosts_nothing = lambda: False  # (always the general path)
+    skipped = []
+    for _ in range(3):
+        n = int(rng.integers(1, 20))
+        off, ends, vals = _random_writes(rng, n, 1024, cs, 40, [ZERO, UNALLOCATED, ZERO, ZERO_ALLOC, 7])
+        if rng.random() < 0.6:
+            vals = np.where(vals == ZERO_ALLOC, ZERO, vals) if rng.random() < 0.5 else np.full(n, ZERO)
+        skipped.append(images[0]._hosts_nothing())
+        for image in images:
+            image.data.write_batch(off, ends - off, vals)
+            image.data.runs()
+        hooks = [image.layout.on_unhost for image in images]  # (each image's own)
+        images[1].layout.on_unhost = hooks[0]
+        _same(images[0].layout, images[1].layout)
+        images[1].layout.on_unhost = hooks[1]
+        assert images[0].data == images[1].data
+    assert skipped[0]

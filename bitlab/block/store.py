@@ -9,8 +9,8 @@ import numpy as np
 from bitarray import bitarray
 
 from . import hostfs
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
-from .qcow2_host import HostLayout
+from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
+from .qcow2_host import NONE, HostLayout
 
 QCOW2_DEFAULT_CLUSTER = 65536
 QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8  # QCOW_MAX_L1_SIZE is 32 MiB of 8-byte entries
@@ -218,12 +218,25 @@ class ImageFile:
     def after_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Where zero writes landed, the layout holds host clusters exactly where the content says."""
         zeroing = values < 0
-        if self._layout is None or not zeroing.any():
+        if self._layout is None or not zeroing.any() or self._hosts_nothing():
             return
         cs = self.cluster_size
         c0, c1 = int(offsets[zeroing].min()) // cs, -(-int(ends[zeroing].max()) // cs)
         starts, stops = self._hosted_clusters(c0 * cs, min(c1 * cs, self.data.size))
         self._layout.reconcile(c0, c1, np.maximum(starts, c0), np.minimum(stops, c1))
+
+    def _hosts_nothing(self) -> bool:
+        """Whether neither the layout nor the content (a few runs of it looked at) has a host cluster anywhere
+        (so the layout holds them where the content says: a new image a backup zeroes, say)."""
+        assert self._layout is not None
+        _, hosted = self._layout.guest.runs()
+        if hosted.size != 1 or hosted[0] != NONE:
+            return False
+        _, vals = self.data.runs()
+        if vals.size > SMALL_RUNS:
+            return False
+        kinds = vals.tolist()
+        return max(kinds) < 0 and ZERO_ALLOC not in kinds
 
     # -- the bytes of the last cluster past the disk's end (qcow2) --------------------------------
     def _data_cluster(self, start: int, end: int) -> bool:
