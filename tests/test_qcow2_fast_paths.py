@@ -206,3 +206,79 @@ def test_batches_with_zero_writes_are_request_by_request(seed: int, cs: int) -> 
                 layout.flush()
             layout.written.clear()
     assert changed
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_zero_writes_back_to_back_are_one_write_each_run(seed: int) -> None:
+    """Zero writes back to back (as a backup zeroes its target, chunk after chunk), across L2 tables, some
+    setting the zero flag and some clearing it, some tables there already: the small-batch path joins each run
+    setting one flag into one write, and leaves what it leaves taking them one by one, and what the general
+    path leaves."""
+    rng = np.random.default_rng(seed)
+    cs = 4096
+    clusters = 6 * (cs // 8)
+    layout = HostLayout(clusters * cs, cs)
+    if seed % 2:  # some tables exist (and zero flags, for odd seeds above 10)
+        layout.before_merge(np.array([cs * 600]), np.array([cs * 1800]), np.array([ZERO if seed > 10 else
+                                                                                     UNALLOCATED]))
+    cuts = np.sort(rng.choice(np.arange(1, clusters), int(rng.integers(2, 100)), replace=False))
+    first = int(rng.integers(0, cuts.size - 1))
+    off, ends = cuts[first:-1] * cs, cuts[first + 1:] * cs
+    vals = rng.choice([ZERO, ZERO, ZERO_ALLOC, UNALLOCATED], off.size)
+    if rng.random() < 0.5:  # (one gap)
+        gap = int(rng.integers(0, off.size))
+        off, ends, vals = np.delete(off, gap), np.delete(ends, gap), np.delete(vals, gap)
+    outcomes: list[bool] = []
+    joined = _both_paths(layout, off, ends, vals, outcomes)
+    assert outcomes == [True]
+    one_by_one = copy.deepcopy(layout)
+    reqs = [(o // cs, e // cs, v) for o, e, v in zip(off.tolist(), ends.tolist(), vals.tolist())]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("bitlab.block.qcow2_host._joined", lambda reqs: reqs)
+        assert one_by_one._small_batch(reqs)
+    _same(joined, one_by_one)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_holes_are_counted_alike_in_few_runs_and_many(seed: int) -> None:
+    """has_holes counts the free runs in plain integers for a few runs, with numpy for many: the answer is
+    what the free map's runs say either way."""
+    rng = np.random.default_rng(seed)
+    cs = 65536
+    layout = HostLayout(1 << 30, cs)
+    layout.before_merge(np.array([0]), np.array([100 * cs]), np.array([1]))
+    freed = np.sort(rng.choice(100, [0, 1, 3, 40][seed % 4], replace=False))
+    if freed.size:
+        layout.release(freed + 7, freed + 8)
+    starts, vals = layout.free.runs()
+    expected = int((vals == 1).sum()) > 1 or int(starts[-1]) < layout.top or layout.fci > layout.top
+    assert layout.has_holes() == expected == bool(freed.size) and (vals.size > 32) == (freed.size == 40)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_zero_writes_where_nothing_is_hosted_skip_the_reconcile(seed: int) -> None:
+    """Zero writes into an image where neither the content nor the layout has a host cluster leave the layout
+    as the reconcile after them would (which then has nothing to do); with zero clusters keeping their host
+    cluster or data written, the reconcile runs as before."""
+    from bitlab.block.store import ImageStore
+
+    rng = np.random.default_rng(seed)
+    cs = 65536
+    images = [ImageStore().create("a.qcow2", "qcow2", 64 << 20) for _ in range(2)]
+    images[1]._hosts_nothing = lambda: False  # (always the general path)
+    skipped = []
+    for _ in range(3):
+        n = int(rng.integers(1, 20))
+        off, ends, vals = _random_writes(rng, n, 1024, cs, 40, [ZERO, UNALLOCATED, ZERO, ZERO_ALLOC, 7])
+        if rng.random() < 0.6:
+            vals = np.where(vals == ZERO_ALLOC, ZERO, vals) if rng.random() < 0.5 else np.full(n, ZERO)
+        skipped.append(images[0]._hosts_nothing())
+        for image in images:
+            image.data.write_batch(off, ends - off, vals)
+            image.data.runs()
+        hooks = [image.layout.on_unhost for image in images]  # (each image's own)
+        images[1].layout.on_unhost = hooks[0]
+        _same(images[0].layout, images[1].layout)
+        images[1].layout.on_unhost = hooks[1]
+        assert images[0].data == images[1].data
+    assert skipped[0]

@@ -294,7 +294,7 @@ class ExtentMap:
             size = self.size
             writes = [(offset, min(end, size), value)
                       for offset, end, value in zip(offsets.tolist(), ends.tolist(), values.tolist())]
-            if all(0 <= offset < end for offset, end, _ in writes):
+            if all([0 <= offset < end for offset, end, _ in writes]):
                 starts, vals = self._starts.tolist(), self._vals.tolist()
                 for offset, end, value in writes:
                     starts, vals = _write_runs(starts, vals, size, offset, end, value)

@@ -250,7 +250,7 @@ def plain_allocation(layout: HostLayout, data: ExtentMap, file_length: int) -> i
     if starts.size > FEW_RUNS:
         return None
     s, v = starts.tolist(), vals.tolist()
-    if any(x >= 0 and (a % cs or b % cs) for a, b, x in zip(s, s[1:] + [data.size], v)):
+    if any([x >= 0 and (a % cs or b % cs) for a, b, x in zip(s, s[1:] + [data.size], v)]):
         unwritten = _unwritten_blocks(layout, s, v, data.size)
     else:
         unwritten = []  # (data in whole clusters only)
@@ -265,7 +265,7 @@ def plain_allocation(layout: HostLayout, data: ExtentMap, file_length: int) -> i
             else:
                 runs.append([lo, hi, state])
         at = end
-    extents = sum(-(-(hi - lo) // MAX_EXTENT[state]) for lo, hi, state in runs)
+    extents = sum([-(-(hi - lo) // MAX_EXTENT[state]) for lo, hi, state in runs])
     return (head + tail[1] - tail[0] + tree_blocks(extents)) * BLOCK
 
 
@@ -281,7 +281,7 @@ def _unwritten_blocks(layout: HostLayout, starts: list[int], vals: list[int], si
     partial = set()
     for a, b, v in zip(starts, ends, vals):
         if v >= 0:
-            partial.update(c for c, cut in ((a // cs, a % cs), ((b - 1) // cs, b % cs)) if cut)
+            partial.update([c for c, cut in ((a // cs, a % cs), ((b - 1) // cs, b % cs)) if cut])
     out = []
     for c in sorted(partial):
         lo, hi = c * cs, (c + 1) * cs

@@ -219,12 +219,12 @@ def _image_state(image: ImageFile) -> tuple:
             image.compat, tuple([(sb.name, sb.granularity, sb.in_use, sb.enabled) for sb in stored]) if stored else ())
 
 
-def _subtree_state(node: BlockNode, memo: dict[int, tuple]) -> tuple[tuple, tuple[ImageFile, ...]]:
+def _subtree_state(node: BlockNode, memo: dict) -> tuple[tuple, tuple[ImageFile, ...]]:
     """What an entry for ``node`` is built from, except its dirty bitmaps and file lengths: the node
     itself, its image file and, recursively, its children (filenames, backing chains and filters all
     live below a node); and the image files of that subtree, whose lengths the entry shows. Other
-    node fields never change after blockdev-add."""
-    got = memo.get(id(node))
+    node fields never change after blockdev-add. ``memo``: by node, and by the id of an image file."""
+    got = memo.get(node)
     if got is None:
         image = node.__dict__.get("image")  # file and qcow2 nodes; blkdebug's image is its child's
         image_state, images = None, ()
@@ -238,7 +238,7 @@ def _subtree_state(node: BlockNode, memo: dict[int, tuple]) -> tuple[tuple, tupl
             kid_state, kid_images = _subtree_state(child, memo)
             links.append((role, kid_state))
             images += kid_images
-        got = memo[id(node)] = ((node, node.read_only, image_state, tuple(links)), images)
+        got = memo[node] = ((node, node.read_only, image_state, tuple(links)), images)
     return got
 
 
@@ -283,7 +283,7 @@ class NodeInfoCache:
 
     def entries(self, nodes: list[BlockNode], *, flat: bool) -> list[dict]:
         """:func:`block_device_info` of each node, in wire order (the order QEMU sends)."""
-        memo: dict[int, tuple] = {}
+        memo: dict = {}
         out = []
         for node in nodes:
             state, images = _subtree_state(node, memo)

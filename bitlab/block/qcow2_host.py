@@ -39,7 +39,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import hostfs
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, _stab_max
+from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, _stab_max
 
 NONE = -(1 << 62)  # guest map value: no host cluster
 USED, FREE = 0, 1
@@ -85,6 +85,23 @@ def _covered_before(c0: np.ndarray, c1: np.ndarray, among: np.ndarray) -> np.nda
     has = np.flatnonzero((b > a) & (c1 > c0))
     if has.size:
         out[has] = np.minimum.reduceat(first, np.column_stack((a[has], b[has])).ravel())[::2] < has
+    return out
+
+
+def _joined(reqs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Zero writes (guest cluster ranges, in order, and the value written) with each run of them back to back
+    that sets the same zero flag made one write, for :meth:`HostLayout._small_batch`: the run changes the
+    tables its writes change, meets each new table no earlier write met before the writes after it do, and
+    sets the zero flags they set (so the batch does the same, in one step for the run instead of one a write)."""
+    out = [reqs[0]]
+    last_a, last_b, last_v = reqs[0]
+    for a, b, v in reqs[1:]:
+        if a == last_b and (v == UNALLOCATED) == (last_v == UNALLOCATED):
+            last_b = b
+            out[-1] = (last_a, b, last_v)
+        else:
+            out.append((a, b, v))
+            last_a, last_b, last_v = a, b, v
     return out
 
 
@@ -198,7 +215,9 @@ class HostLayout:
         the file's end, or free_cluster_index is past it (a shrink cut the file below clusters it freed
         after the index had moved on: QEMU then allocates from the index, leaving a hole)."""
         starts, vals = self.free.runs()
-        return int(np.count_nonzero(vals == FREE)) > 1 or int(starts[-1]) < self.top or self.fci > self.top
+        # (a few runs, the usual case, counted in plain integers)
+        free = vals.tolist().count(FREE) if vals.size <= SMALL_RUNS else int(np.count_nonzero(vals == FREE))
+        return free > 1 or int(starts[-1]) < self.top or self.fci > self.top
 
     def _take(self, start: int, n: int, counted: bool = True) -> None:
         self.free.write(start, n, USED)
@@ -226,7 +245,8 @@ class HostLayout:
     # -- metadata writes (the qcow2 caches) -----------------------------------------------------
     def _write(self, offsets: np.ndarray, lengths: np.ndarray, kind: str = "", keys: list | None = None) -> None:
         if offsets.size:
-            self.written.append((offsets.astype(np.int64), lengths.astype(np.int64)))
+            # (shared with _fs_marks: neither list's arrays are changed in place, only concatenated)
+            self.written.append((offsets.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False)))
             self._fs_marks.append((offsets, lengths))
             if len(self._fs_marks) > MAX_FS_MARKS:
                 self.fs_blocks()
@@ -281,7 +301,8 @@ class HostLayout:
                 self._ev("refblock_update_part")
                 self._write(np.array([host * self.cs]), np.array([self.cs]), "rb", [block])
             return
-        self._write(np.array(hosts, dtype=np.int64) * self.cs, np.full(len(hosts), self.cs, dtype=np.int64))
+        self._write(np.array([h * self.cs for h in hosts], dtype=np.int64),
+                    np.array([self.cs] * len(hosts), dtype=np.int64))
 
     def _write_back_l2(self) -> None:
         """The L2 table cache written: each dirty table whole."""
@@ -297,13 +318,13 @@ class HostLayout:
             return
         if len(self.dirty_l2) <= SMALL_BATCH:  # a few tables: looked up one by one
             found = [self.l2.value_at(i) for i in sorted(self.dirty_l2)]
-            hosts = np.array([h for h in found if h >= 0], dtype=np.int64)
+            offsets = np.array([h * self.cs for h in found if h >= 0], dtype=np.int64)
         else:
             index = np.array(sorted(self.dirty_l2), dtype=np.int64)
             _, _, hosts, _ = self.l2.gather(index, index + 1)
-            hosts = hosts[hosts >= 0]
+            offsets = hosts[hosts >= 0] * self.cs
         self.dirty_l2.clear()
-        self._write(hosts * self.cs, np.full(hosts.size, self.cs, dtype=np.int64))
+        self._write(offsets, np.array([self.cs] * offsets.size, dtype=np.int64))
 
     def flush(self) -> None:
         """qcow2_write_caches: the L2 table cache, then the refcount block cache (each after the one it
@@ -683,11 +704,11 @@ class HostLayout:
             return
         if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
             vals = values.tolist()
-            if not any(v < 0 for v in vals):
+            if min(vals) >= 0:
                 small = len(vals) <= SMALL_BATCH
             else:  # zero writes alone into an image hosting nothing: they free nothing
                 _, g_vals = self.guest.runs()
-                small = not any(v >= 0 for v in vals) and g_vals.size == 1 and g_vals[0] == NONE
+                small = max(vals) < 0 and g_vals.size == 1 and g_vals[0] == NONE
             if small and not self.has_holes():
                 reqs = [(o // cs, -(-e // cs), v) for o, e, v in zip(offsets.tolist(), ends.tolist(), vals)]
                 if self._small_batch(reqs):
@@ -754,6 +775,7 @@ class HostLayout:
         flags = self._flags_any()
         zeros = reqs[0][2] < 0  # (zero writes alone, or data writes alone)
         if zeros:
+            reqs = _joined(reqs)
             end = 0
             for a, b, _ in reqs:
                 if a < end:  # not in ascending order: do two meet?
@@ -773,7 +795,7 @@ class HostLayout:
                 flag = int(v != UNALLOCATED)
                 if not flags:
                     if flag:
-                        z_tab.extend((o, index) for index in stretch)
+                        z_tab.extend([(o, index) for index in stretch])
                 else:
                     for index in stretch:
                         lo, hi = max(a, index * P), min(b, (index + 1) * P)
@@ -795,9 +817,9 @@ class HostLayout:
                     seen_tables.add(index)
                     if self.l2.value_at(index) < 0:
                         events.append((o, max(a, index * P), 0, index))
-        events.sort(key=lambda ev: ev[:3])
+        events.sort()  # (by owner, guest cluster, table before data: no two events have all three alike)
         top = self.top
-        end = top + sum(1 if t == 0 else x - g for _, g, t, x in events)
+        end = top + sum([1 if t == 0 else x - g for _, g, t, x in events])
         if end > self.refblocks * self.refblock_span:
             return False
         tables, pos_last, host_last, host = [], -1, -1, top
@@ -815,8 +837,8 @@ class HostLayout:
         if d_tab and self.depends["rb"] == "l2":
             self._set_dependency("l2", "rb")
         if not tables:
-            self.dirty_l2.update(d for _, d in d_tab)
-            self.dirty_l2.update(index for _, index in z_tab)
+            self.dirty_l2.update([d for _, d in d_tab])
+            self.dirty_l2.update([index for _, index in z_tab])
             if end > top:  # a batch that allocates nothing changes no refcount
                 self._refcounts_changed_range(top, end)
             linked_after = bool(d_tab)
@@ -825,17 +847,17 @@ class HostLayout:
             z_before = [o < cut_owner or (o == cut_owner and index < last_index) for o, index in z_tab]
             self._refcounts_changed_range(top, host_last + 1)
             self.dirty_l2.update(tables)
-            self.dirty_l2.update(d for i, d in d_tab if i < pos_last)
-            self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if before)
+            self.dirty_l2.update([d for i, d in d_tab if i < pos_last])
+            self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if before])
             self._flush_cache("rb")
             self._flush_cache("l2")
-            l1_index = np.array(sorted(tables), dtype=np.int64)
-            self._write(self.l1_offset + 8 * l1_index, np.full(l1_index.size, 8, dtype=np.int64))
-            self.dirty_l2.update(d for i, d in d_tab if i > pos_last)
-            self.dirty_l2.update(index for (_, index), before in zip(z_tab, z_before) if not before)
+            self._write(np.array([self.l1_offset + 8 * i for i in sorted(tables)], dtype=np.int64),
+                        np.array([8] * len(tables), dtype=np.int64))
+            self.dirty_l2.update([d for i, d in d_tab if i > pos_last])
+            self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if not before])
             if end > host_last + 1:
                 self._refcounts_changed_range(host_last + 1, end)
-            linked_after = any(i > pos_last for i, _ in d_tab)
+            linked_after = bool(d_tab) and d_tab[-1][0] > pos_last  # (d_tab is in event order)
         if linked_after:
             self._set_dependency("l2", "rb")
         if events:

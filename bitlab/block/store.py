@@ -9,8 +9,8 @@ import numpy as np
 from bitarray import bitarray
 
 from . import hostfs
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
-from .qcow2_host import HostLayout
+from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
+from .qcow2_host import NONE, HostLayout
 
 QCOW2_DEFAULT_CLUSTER = 65536
 QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8  # QCOW_MAX_L1_SIZE is 32 MiB of 8-byte entries
@@ -135,7 +135,7 @@ class ImageFile:
 
     def allocated_size(self) -> int:
         """What the file allocates on the host, ``st_blocks * 512`` (``actual-size``, ``disk size``)."""
-        layout = self.layout if self.is_qcow2 else None
+        layout = self.layout if self.fmt == "qcow2" else None  # (is_qcow2, inline: a hot path)
         if layout is not None and layout.fs_plain:  # (what plain_allocation looks at)
             key: tuple = (self.data.version, layout.top, layout.grown, layout.l1_entries, id(layout))
         else:
@@ -169,7 +169,9 @@ class ImageFile:
     def layout(self) -> HostLayout:
         """Where the file's clusters are (qcow2), every write so far taken into account. An image
         made from content alone (a copy) gets its clusters laid out in ascending guest order."""
-        self.data.runs()  # writes still pending reach the layout first
+        data = self.data
+        if data._po or data._log:  # writes still pending reach the layout first (ExtentMap.runs merges them)
+            data.runs()
         if self._layout is None:
             starts, ends = self._hosted_clusters(0, self.data.size)
             layout = HostLayout.in_guest_order(self.size, self.cluster_size, starts, ends)
@@ -216,12 +218,25 @@ class ImageFile:
     def after_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Where zero writes landed, the layout holds host clusters exactly where the content says."""
         zeroing = values < 0
-        if self._layout is None or not zeroing.any():
+        if self._layout is None or not zeroing.any() or self._hosts_nothing():
             return
         cs = self.cluster_size
         c0, c1 = int(offsets[zeroing].min()) // cs, -(-int(ends[zeroing].max()) // cs)
         starts, stops = self._hosted_clusters(c0 * cs, min(c1 * cs, self.data.size))
         self._layout.reconcile(c0, c1, np.maximum(starts, c0), np.minimum(stops, c1))
+
+    def _hosts_nothing(self) -> bool:
+        """Whether neither the layout nor the content (a few runs of it looked at) has a host cluster anywhere
+        (so the layout holds them where the content says: a new image a backup zeroes, say)."""
+        assert self._layout is not None
+        _, hosted = self._layout.guest.runs()
+        if hosted.size != 1 or hosted[0] != NONE:
+            return False
+        _, vals = self.data.runs()
+        if vals.size > SMALL_RUNS:
+            return False
+        kinds = vals.tolist()
+        return max(kinds) < 0 and ZERO_ALLOC not in kinds
 
     # -- the bytes of the last cluster past the disk's end (qcow2) --------------------------------
     def _data_cluster(self, start: int, end: int) -> bool:
@@ -305,7 +320,7 @@ class ImageFile:
         A new qcow2 file is header, refcount table and refcount block (one cluster
         each) and the L1 table; it grows to hold the last host cluster ever allocated.
         """
-        if not self.is_qcow2:
+        if self.fmt != "qcow2":  # (is_qcow2, inline: a hot path)
             return self.size
         layout = self.layout
         if layout.grown:
