@@ -24,7 +24,8 @@ The events bitlab fires, measured on QEMU 7.2 (qemu-io ``break``/``resume`` and 
   only if something was written to it since its last one (bdrv_co_flush's write generations; a FUA write's
   flush comes before the raw node counts that write, after this node did).
 - from qcow2 above, in QEMU's order (:mod:`.qcow2_trace`): the open's reads (header, L1 table,
-  ``reftable_load`` and the refcount table: QEMU's error texts when one fails), and for each operation its
+  ``reftable_load``, the refcount table, the header extensions, the backing file's name: QEMU's error texts
+  when one fails), and for each operation its
   metadata steps (``cluster_alloc``, ``refblock_alloc``, ``refblock_load``, ``refblock_update_part``,
   ``l2_alloc_write``, ``l2_update``, ``l1_update``, ``l2_load``, ``cluster_free``) and data steps
   (``write_aio``, ``cluster_alloc_space``, ``cow_read``, ``read_backing_aio``, ``cow_write``, ``read_aio``),

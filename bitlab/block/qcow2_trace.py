@@ -488,14 +488,43 @@ def _not_written(layout: Any, items: list, done: list[bool]) -> None:
 
 
 OPEN_ERRORS = {"header": "Could not read qcow2 header", "l1": "Could not read L1 table",
-               "reftable": "Could not initialize refcount handling"}
+               "reftable": "Could not initialize refcount handling",
+               "ext": "qcow2_read_extension: ERROR: pread fail from offset {offset}",
+               "format": "ERROR: ext_backing_format: Could not read format name",
+               "bitmaps": "bitmaps_ext: Could not read ext header", "backing": "Could not read backing file name"}
+FEATURE_TABLE = 384  # QEMU 7.2's feature name table extension: 8 features of 48 bytes
+
+
+def _extension_reads(image: Any) -> list:
+    """qcow2_read_extensions' reads, then the backing file name's, for the header qcow2_update_header writes:
+    after the header (112 bytes, v2 72) the backing format extension, the feature table (v3), the bitmaps
+    extension, the end marker, the backing file name; each extension's 8-byte header is read, the data only
+    of the backing format's and of the bitmaps extension (the feature table is skipped)."""
+    offset = 72 if image.compat == "0.10" else 112
+    extensions: list[tuple[str | None, int]] = []
+    if image.backing_file and image.backing_fmt:
+        extensions.append(("format", len(image.backing_fmt.encode())))
+    if image.compat != "0.10":
+        extensions.append((None, FEATURE_TABLE))
+    if image.bitmaps:
+        extensions.append(("bitmaps", 24))
+    items: list = []
+    for kind, length in extensions:
+        items.append(("r", offset, 8, "ext", None))
+        if kind is not None:
+            items.append(("r", offset + 8, length, kind, None))
+        offset += 8 + -(-length // 8) * 8
+    items.append(("r", offset, 8, "ext", None))  # QCOW2_EXT_MAGIC_END
+    if image.backing_file:
+        items.append(("r", offset + 8, len(image.backing_file.encode()), "backing", None))
+    return items
 
 
 def open_reads(image: Any, blk: BlkdebugNode) -> str | None:
-    """qcow2_do_open's first reads: the header (112 bytes), the L1 table, then ``reftable_load`` and the
-    refcount table (one cluster); QEMU's error if one fails. (The header extensions and the backing file's
-    name are read next: no sector rule can match them and no event comes between; a bitmap directory's
-    reads are not simulated.)"""
+    """qcow2_do_open's reads: the header (112 bytes), the L1 table, then ``reftable_load`` and the refcount
+    table (one cluster), the header extensions and the backing file's name (:func:`_extension_reads`: a rule
+    armed by ``reftable_load`` fails them where its sector is in the request, which blkdebug's ``align`` pads);
+    QEMU's error if one fails. (A bitmap directory's reads are not simulated.)"""
     if not blk.sees(frozenset({"reftable_load"})):
         return None
     layout = image.layout
@@ -503,10 +532,10 @@ def open_reads(image: Any, blk: BlkdebugNode) -> str | None:
     items: list = [("r", 0, 104 if image.compat == "0.10" else 112, "header", None)]
     if layout.l1_entries:
         items.append(("r", layout.l1_offset, 8 * layout.l1_entries, "l1", None))
-    items += [("ev", "reftable_load", 1), ("r", cs, cs, "reftable", None)]
+    items += [("ev", "reftable_load", 1), ("r", cs, cs, "reftable", None), *_extension_reads(image)]
     try:
         blk.run(items)
     except BlockIOError as err:
-        kind = items[err.at][3]  # type: ignore[attr-defined]
-        return f"{OPEN_ERRORS[kind]}: {os.strerror(err.errno)}"
+        _, offset, _, kind, _ = items[err.at]  # type: ignore[attr-defined]
+        return f"{OPEN_ERRORS[kind].format(offset=offset)}: {os.strerror(err.errno)}"
     return None
