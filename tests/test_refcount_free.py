@@ -1,7 +1,7 @@
 """A machine nobody holds any more is freed by reference counting alone: no reference cycle runs
 through its parts (event sink, image store, jobs, block-copy calls, timers, I/O errors), so the
-garbage collector has nothing of it to find. (Only the image files' own small cycles with their host
-layouts remain; they hold nothing of the machine.)"""
+garbage collector has nothing of it to find: not even the image files, whose content maps and host
+layouts hold them weakly."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def no_collector() -> Iterator[None]:
 
 
 def _refs(vm: Machine) -> list[weakref.ref]:
-    return [weakref.ref(part) for part in (vm, vm.graph, vm.jobs, vm.exports, vm.scheduler, vm.images)]
+    images = list(vm.images)  # (its ImageFile objects, each with its host layout)
+    parts = (vm, vm.graph, vm.jobs, vm.exports, vm.scheduler, vm.images, *images, *(i._layout for i in images))
+    return [weakref.ref(part) for part in parts if part is not None]
 
 
 @pytest.mark.parametrize("mode", ["individual", "grouped"])

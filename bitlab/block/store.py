@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -110,9 +111,11 @@ class ImageFile:
 
     # -- the host layout ----------------------------------------------------------------------
     def _follow(self, layout: HostLayout) -> None:
+        """The layout follows the content's merged writes. (The content map and the layout hold the image
+        weakly: no reference cycle, so a store nobody holds is freed at once, without the garbage collector.)"""
         self._layout = layout
-        self.data.watch = self
-        layout.on_unhost = self._unhosting
+        self.data.watch = weakref.proxy(self)
+        layout.on_unhost = _unhost_hook(weakref.ref(self))
 
     def _unhosting(self, lo: int, hi: int) -> None:
         """Guest clusters ``[lo, hi)`` are about to lose their host clusters: the file keeps their blocks."""
@@ -340,7 +343,7 @@ class ImageFile:
             self.data.watch = None
             self.data.write(0, self.data.size, UNALLOCATED)
             self.data.runs()
-            self.data.watch = self
+            self.data.watch = weakref.proxy(self)
             layout.reset()
             self.l1_padded = True  # (make_completely_empty zeroes the L1 table's clusters)
             cs = self.cluster_size
@@ -350,6 +353,15 @@ class ImageFile:
             return
         self.discard_clusters(0, self.data.size)
         self.data.write(0, self.data.size, UNALLOCATED)
+
+
+def _unhost_hook(image: weakref.ref) -> Callable[[int, int], None]:
+    """ImageFile._unhosting through a weak reference to the image (see ImageFile._follow)."""
+    def unhosting(lo: int, hi: int) -> None:
+        alive = image()
+        if alive is not None:
+            alive._unhosting(lo, hi)
+    return unhosting
 
 
 def qcow2_l1_fits(size: int, cluster_size: int) -> bool:
