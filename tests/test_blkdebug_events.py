@@ -617,4 +617,5 @@ def test_a_failed_request_gives_back_a_layout_that_follows_its_image() -> None:
     assert vm.write("top", 0, 4096).startswith("write failed: Input/output error")
     image = vm.graph.nodes["top"].image
     layout = image.layout
-    assert layout.on_unhost.__self__ is image and image.data.watch is image
+    # (both hold the image weakly: the hook's referent, and the proxy's attributes are the image's own)
+    assert layout.on_unhost.image() is image and image.data.watch._layout is image._layout

@@ -115,7 +115,7 @@ class ImageFile:
         weakly: no reference cycle, so a store nobody holds is freed at once, without the garbage collector.)"""
         self._layout = layout
         self.data.watch = weakref.proxy(self)
-        layout.on_unhost = _unhost_hook(weakref.ref(self))
+        layout.on_unhost = _Unhosting(self)
 
     def _unhosting(self, lo: int, hi: int) -> None:
         """Guest clusters ``[lo, hi)`` are about to lose their host clusters: the file keeps their blocks."""
@@ -355,13 +355,18 @@ class ImageFile:
         self.data.write(0, self.data.size, UNALLOCATED)
 
 
-def _unhost_hook(image: weakref.ref) -> Callable[[int, int], None]:
+class _Unhosting:
     """ImageFile._unhosting through a weak reference to the image (see ImageFile._follow)."""
-    def unhosting(lo: int, hi: int) -> None:
-        alive = image()
+
+    __slots__ = ("image",)
+
+    def __init__(self, image: ImageFile) -> None:
+        self.image = weakref.ref(image)
+
+    def __call__(self, lo: int, hi: int) -> None:
+        alive = self.image()
         if alive is not None:
             alive._unhosting(lo, hi)
-    return unhosting
 
 
 def qcow2_l1_fits(size: int, cluster_size: int) -> bool:
