@@ -617,5 +617,4 @@ def test_a_failed_request_gives_back_a_layout_that_follows_its_image() -> None:
     assert vm.write("top", 0, 4096).startswith("write failed: Input/output error")
     image = vm.graph.nodes["top"].image
     layout = image.layout
-    # (both hold the image weakly: the hook's referent, and the proxy's attributes are the image's own)
-    assert layout.on_unhost.image() is image and image.data.watch._layout is image._layout
+    assert layout.on_unhost.image() is image and image.data.watch.image() is image  # (held weakly)

@@ -119,3 +119,16 @@ def test_weak_method_calls_while_the_object_lives_and_does_nothing_after() -> No
     del counter
     assert ref() is None
     call(1)  # nothing to call any more
+
+
+def test_a_content_map_that_outlived_its_image_merges_alone() -> None:
+    """The map holds its image weakly: once the image is gone, its merges tell nobody (and do not fail)."""
+    from bitlab.block.store import ImageStore
+
+    image = ImageStore().create("a.qcow2", "qcow2", 1 << 20)
+    data, ref = image.data, weakref.ref(image)
+    del image
+    assert ref() is None
+    data.write(0, 65536, 7)
+    data.resize(2 << 20)
+    assert data.value_at(0) == 7 and data.size == 2 << 20

@@ -114,7 +114,7 @@ class ImageFile:
         """The layout follows the content's merged writes. (The content map and the layout hold the image
         weakly: no reference cycle, so a store nobody holds is freed at once, without the garbage collector.)"""
         self._layout = layout
-        self.data.watch = weakref.proxy(self)
+        self.data.watch = _Watcher(self)
         layout.on_unhost = _Unhosting(self)
 
     def _unhosting(self, lo: int, hi: int) -> None:
@@ -343,7 +343,7 @@ class ImageFile:
             self.data.watch = None
             self.data.write(0, self.data.size, UNALLOCATED)
             self.data.runs()
-            self.data.watch = weakref.proxy(self)
+            self.data.watch = _Watcher(self)
             layout.reset()
             self.l1_padded = True  # (make_completely_empty zeroes the L1 table's clusters)
             cs = self.cluster_size
@@ -353,6 +353,31 @@ class ImageFile:
             return
         self.discard_clusters(0, self.data.size)
         self.data.write(0, self.data.size, UNALLOCATED)
+
+
+class _Watcher:
+    """What an image's content map tells it (each batch of writes merged, a resize), through a weak reference
+    to the image (see ImageFile._follow); a map that outlived its image tells nobody."""
+
+    __slots__ = ("image",)
+
+    def __init__(self, image: ImageFile) -> None:
+        self.image = weakref.ref(image)
+
+    def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        alive = self.image()
+        if alive is not None:
+            alive.before_merge(offsets, ends, values)
+
+    def after_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        alive = self.image()
+        if alive is not None:
+            alive.after_merge(offsets, ends, values)
+
+    def resized(self, size: int) -> None:
+        alive = self.image()
+        if alive is not None:
+            alive.resized(size)
 
 
 class _Unhosting:
