@@ -11,7 +11,9 @@ which QEMU opens with it: a zero write on part of a cluster reads the rest there
 (``absolute-paths``), or blockdev-backup onto a qcow2 node with or without ``detect-zeroes``; the target's clusters
 64 KiB, 4 KiB (several L2 tables: zero tasks make theirs in task order) or 2 MiB; sync full, top or
 bitmap; ``use-copy-range`` mostly on, a max-chunk now and then. Sometimes the job is throttled to its first
-request while the guest writes (copy-before-write copies through the same method), never over all it has left:
+request while the guest writes (copy-before-write copies through the same method, with up to 64 workers: only
+where several workers are fixed, see below; seed 19155 scenario 132 varied from run to run on QEMU itself
+before), never over all it has left:
 on the system emulator the real backend's guest writes (HMP qemu-io) drain the node, and a job asleep with
 nothing left would complete there (README "Known differences"). Then the target's ``qemu-img map`` and
 ``check``, and the bitmap's sum.
@@ -112,7 +114,9 @@ def copy_range_episode(cr: CopyRange, size: int) -> list[dict]:
         node.update(rng.choice([{}, {"detect-zeroes": "on"}, {"detect-zeroes": "unmap", "discard": "unmap"}]))
         steps.append(_qmp("blockdev-add", node))
         args["target"] = tgt
-    throttled = not blkdebug and ssize >= 4 * M and rng.random() < 0.3
+    # (throttled, the guest's writes go through copy-before-write, whose copy of a write's range has up to 64
+    # workers whatever x-perf says: only where several workers are fixed, see above, is the target's layout)
+    throttled = not blkdebug and ssize >= 4 * M and rng.random() < 0.3 and several
     if throttled:  # data first and last: the first request copies the first, the guest's writes miss the last
         args["speed"] = 1
         steps += [{"write": {"node": src, "offset": offset, "length": 4 * K, "pattern": rng.randrange(1, 256)}}
