@@ -1141,6 +1141,11 @@ class Qcow2Node(FormatNode):
                     image.discard_clusters(keep, old_end)
                     image.data.write(keep, old - keep, UNALLOCATED)
                     layout = image.layout  # (the write merged before the L1 table shrinks)
+                    if listen:  # qcow2_cluster_discard's writes (a dependency's flush, a new L2 table), its discards
+                        self.file.note_write(*layout.drain_written())
+                        offsets, lengths = layout.drain_discarded()
+                        if self._passes_discards(True):
+                            self.file.note_write(offsets, lengths, discard=True)
                 layout.shrink_l1(layout.l1_needed(size))
                 layout.flush()
             elif size > old and layout.l1_needed(size) > layout.l1_entries:
@@ -1172,6 +1177,8 @@ class Qcow2Node(FormatNode):
             self._zero_grown(old, size)
         header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
         if listen:
+            if size < old:  # (qcow2_shrink_reftable writes the caches before the refcount table)
+                self.file.note_write(*image.layout.drain_written())
             self.file.note_write(*header)  # (shrinking: the refcount table rewritten first)
         else:
             wstats.note_unheard(self.file, header)
