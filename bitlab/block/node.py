@@ -641,12 +641,7 @@ class Qcow2Node(FormatNode):
         finally:
             self._seeing -= 1
         if listen:
-            layout = self.image.layout
-            offsets, lengths = layout.drain_written()
-            self.file.note_write(offsets, lengths)
-            offsets, lengths = layout.drain_discarded()
-            if self._passes_discards(always):  # (qcow2_process_discards; a file without unmap ignores them)
-                self.file.note_write(offsets, lengths, discard=True)
+            self._tell_file(always)
         elif self.image._layout is not None:
             if self.image._layout.written:  # (metadata requests reached the file: its write generation)
                 self.file.write_gen += 1
@@ -658,6 +653,15 @@ class Qcow2Node(FormatNode):
             elif outer:  # (a change within one that frees clusters, e.g. its partial clusters' data: the outer counts)
                 self.image._layout.discarded.clear()
             self.image._layout.written.clear()
+
+    def _tell_file(self, always: bool) -> None:
+        """A file child that hears writes gets the metadata writes made so far, then the discards of the clusters
+        freed where they pass (qcow2_process_discards; a file without unmap ignores them)."""
+        layout = self.image.layout
+        self.file.note_write(*layout.drain_written())
+        offsets, lengths = layout.drain_discarded()
+        if self._passes_discards(always):
+            self.file.note_write(offsets, lengths, discard=True)
 
     # -- persistent bitmaps' metadata (qcow2-bitmap.c), as the file node sees it ----------------------
     def _bitmap_metadata(self, writes: list[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -1142,10 +1146,7 @@ class Qcow2Node(FormatNode):
                     image.data.write(keep, old - keep, UNALLOCATED)
                     layout = image.layout  # (the write merged before the L1 table shrinks)
                     if listen:  # qcow2_cluster_discard's writes (a dependency's flush, a new L2 table), its discards
-                        self.file.note_write(*layout.drain_written())
-                        offsets, lengths = layout.drain_discarded()
-                        if self._passes_discards(True):
-                            self.file.note_write(offsets, lengths, discard=True)
+                        self._tell_file(always=True)
                 layout.shrink_l1(layout.l1_needed(size))
                 layout.flush()
             elif size > old and layout.l1_needed(size) > layout.l1_entries:
