@@ -230,6 +230,7 @@ class BlockGraph:
             except QMPError:
                 self._drop_unowned(file_node)
                 raise
+            marked = False
             if driver == "qcow2":
                 if file_node.driver == "blkdebug":  # (its reads: a blkdebug rule may fail one)
                     problem = qcow2_trace.open_reads(image, file_node)
@@ -237,6 +238,11 @@ class BlockGraph:
                         self._drop_unowned(file_node)
                         raise generic(problem)
                 self._check_qcow2_open(opts, image, file_node)
+                if file_node.driver == "blkdebug":  # (qcow2_load_dirty_bitmaps, before the backing file opens)
+                    problem, marked = qcow2_trace.bitmap_open(image, file_node, ro)
+                    if problem is not None:
+                        self._drop_unowned(file_node)
+                        raise generic(problem)
             self._attach(node, "file", file_node)
             named(node)
             if isinstance(node, Qcow2Node):
@@ -246,7 +252,7 @@ class BlockGraph:
                 except Exception:
                     self.release(node)
                     raise
-                self._load_bitmaps(node)
+                self._load_bitmaps(node, told=marked)
             return node
         raise generic(f"bitlab does not simulate the '{driver}' block driver "
                       "(supported: null-co, null-aio, file, raw, qcow2, blkdebug)")
@@ -452,10 +458,10 @@ class BlockGraph:
                 self.reopen_read_only(child)
 
     # -- persistent bitmaps -------------------------------------------------------
-    def _load_bitmaps(self, node: Qcow2Node) -> None:
+    def _load_bitmaps(self, node: Qcow2Node, told: bool = False) -> None:
         """Persistent bitmaps come back on open (oldest first); one left in use is inconsistent. Opened
         read-write, qcow2 marks them in use: the header, the directory in place, the header again
-        (:meth:`Qcow2Node.mark_bitmaps_in_use`)."""
+        (:meth:`Qcow2Node.mark_bitmaps_in_use`; ``told``: a blkdebug file already had those writes)."""
         marked = False
         for stored in node.image.bitmaps:
             bm = DirtyBitmap(node.size, stored.granularity, name=stored.name, persistent=True,
@@ -469,7 +475,7 @@ class BlockGraph:
             if not node.read_only:
                 marked = marked or not stored.in_use
                 stored.in_use = True
-        if marked:
+        if marked and not told:
             node.mark_bitmaps_in_use()
 
     def _store_bitmaps(self, node: Qcow2Node) -> None:
@@ -481,6 +487,12 @@ class BlockGraph:
         live = {bm.name: bm for bm in node.bitmaps if bm.persistent}
         if all(bm.inconsistent or bm.readonly for bm in live.values()):
             return  # nothing to write (need_write): the directory stays where it is, in-use flags stay set
+        blk = node.file
+        if isinstance(blk, BlkdebugNode) and blk.may_fail(qcow2_trace.WRITE_EVENTS):
+            node.image.unknown = (f"bitlab does not know what QEMU 7.2 left in '{node.image.name}': node "
+                                  f"'{node.node_name}' stored its persistent bitmaps through blkdebug "
+                                  f"'{blk.node_name}', whose rules may fail those requests (not simulated)")
+            return
         stored = []
         for old in node.image.bitmaps:
             bm = live.pop(old.name, None)

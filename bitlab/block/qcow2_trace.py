@@ -524,7 +524,7 @@ def open_reads(image: Any, blk: BlkdebugNode) -> str | None:
     """qcow2_do_open's reads: the header (112 bytes), the L1 table, then ``reftable_load`` and the refcount
     table (one cluster), the header extensions and the backing file's name (:func:`_extension_reads`: a rule
     armed by ``reftable_load`` fails them where its sector is in the request, which blkdebug's ``align`` pads);
-    QEMU's error if one fails. (A bitmap directory's reads are not simulated.)"""
+    QEMU's error if one fails. (The persistent bitmaps' reads come later: :func:`bitmap_open`.)"""
     if not blk.sees(frozenset({"reftable_load"})):
         return None
     layout = image.layout
@@ -539,3 +539,64 @@ def open_reads(image: Any, blk: BlkdebugNode) -> str | None:
         _, offset, _, kind, _ = items[err.at]  # type: ignore[attr-defined]
         return f"{OPEN_ERRORS[kind].format(offset=offset)}: {os.strerror(err.errno)}"
     return None
+
+
+BITMAP_ERRORS = {"bmdir": "Failed to read bitmap directory",
+                 "bmtable": "Could not read bitmap_table table from image for bitmap '{name}'",
+                 "bmdata": "Could not read bitmap '{name}' from image", "mark": "Can't update bitmap directory"}
+
+
+def _bitmap_reads(image: Any) -> list | None:
+    """qcow2_load_dirty_bitmaps' reads: the bitmap directory, then for each bitmap not in use (in the directory's
+    order) its table (8 bytes an entry) and its data clusters in the table's order (a zero entry is not read);
+    None where the layout does not know where they are."""
+    where = image.directory_range()
+    clusters = image.layout.bitmap_clusters
+    if where is None or any(b.name not in clusters for b in image.bitmaps if not b.in_use):
+        return None
+    cs = image.cluster_size
+    items: list = [("r", where[0], where[1], "bmdir", None)]
+    for bitmap in image.bitmaps:
+        if bitmap.in_use:  # (load_bitmap: its data is unusable, nothing more is read)
+            continue
+        runs = clusters[bitmap.name]
+        nbytes = -(-len(bitmap.bits) // 8)
+        entries = -(-nbytes // cs)  # (one for each cluster of the bitmap's bytes)
+        items.append(("r", runs[-1][0] * cs, 8 * entries, "bmtable", bitmap.name))
+        items += [("r", start * cs, cs, "bmdata", bitmap.name) for start, _ in runs[:-1]]
+    return items
+
+
+def bitmap_open(image: Any, blk: BlkdebugNode, read_only: bool) -> tuple[str | None, bool]:
+    """qcow2_load_dirty_bitmaps as the blkdebug node below sees it: the reads of :func:`_bitmap_reads`, then, on
+    a read-write open of bitmaps not in use, update_ext_header_and_dir_in_place: the header (autoclear bit
+    dropped; qcow2_update_header writes the whole first cluster) and a flush, the directory in place (bitmaps
+    in use), the header and a flush, the header (bit set again) and a flush. Returns QEMU's error if a request
+    fails (None) and whether the marking writes were made here. A failure after the first header write
+    leaves the image without its bitmaps' autoclear bit (QEMU then drops them and leaks their clusters:
+    bitlab marks the image unknown); one at the last flush leaves them in use."""
+    if not image.bitmaps:
+        return None, False
+    items = _bitmap_reads(image)
+    if items is None:
+        return None, False
+    marks = not read_only and any(not b.in_use for b in image.bitmaps)
+    if marks:
+        where = image.directory_range()
+        header = ("w", 0, image.cluster_size, "mark", None)
+        items += [header, ("f",), ("w", where[0], where[1], "mark", None), header, ("f",), header, ("f",)]
+    try:
+        blk.run(items)
+    except BlockIOError as err:
+        at = err.at  # type: ignore[attr-defined]
+        kind, name = (items[at][3], items[at][4]) if items[at][0] != "f" else ("mark", None)
+        first_write = next(i for i, item in enumerate(items) if item[0] == "w") if marks else len(items)
+        if marks and at == len(items) - 1:  # (the header and directory say in use)
+            for bitmap in image.bitmaps:
+                bitmap.in_use = True
+        elif at > first_write:
+            image.unknown = (f"bitlab does not know what QEMU 7.2 left in '{image.name}': qcow2 could not mark its "
+                             f"persistent bitmaps in use (blkdebug '{blk.node_name}'), its bitmaps' autoclear bit "
+                             "is left unset (QEMU drops them and leaks their clusters)")
+        return f"{BITMAP_ERRORS[kind].format(name=name)}: {os.strerror(err.errno)}", marks
+    return None, marks
