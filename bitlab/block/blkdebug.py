@@ -114,6 +114,7 @@ class BlkdebugNode(BlockNode):
         self.active: list[Rule] = []
         self.align = max(_int(self.options.get("align") or 0), 1)  # bs->bl.request_alignment
         self.log: list[str] | None = None  # the events fired here, when a caller asks (tests, tools)
+        self.refcounts_lost = False  # a refcount block read failed where qcow2 ignores it (see run)
         self.debug_event("none")  # blkdebug_open's last step: rules on "none" are armed at once
 
     @property
@@ -388,18 +389,19 @@ class BlkdebugNode(BlockNode):
         return pieces
 
     def run(self, items: list) -> list[tuple[str, object]]:
-        """The events and requests of a format driver's operation, in order (see qcow2_host's log):
-        ``("ev", name, times)``, ``("seq", names, times)``, ``("w"|"z"|"r", offset, length, kind, key)``,
-        ``("f",)`` a flush, ``("d", offset, length)`` a discard (its failure ignored), ``("call", fn)`` work
-        elsewhere (a backing file's read), ``("end", cache)``: a cache written entry by entry goes on after a
-        failed write and fails at its end (qcow2_cache_write), ``("soft", +1/-1)`` around what may fail
-        unnoticed (qcow2_cache_set_dependency's flushes), and ``("task", ...)`` ... ``("task-end",)`` around
-        the steps of a piece that qcow2 runs as a parallel task (aio_task_pool): a task whose request fails
-        (not ``immediately``) ends, and the operation goes on (allocating and starting the next pieces, up to
-        :data:`TASKS` tasks) and fails at its end. Returns the cache entries whose writes failed ((kind, key):
-        they stay dirty); BlockIOError carries them too (``entries``), with ``at`` (the item that failed first),
-        ``done`` (which items were carried out), ``tasks`` (the items that began the tasks that failed) and
-        ``main`` (whether a step outside the tasks failed: the operation stopped there)."""
+        """The events and requests of a format driver's operation, in order (see qcow2_host's log): ``("ev", name,
+        times)``, ``("seq", names, times)``, ``("w"|"z"|"r", offset, length, kind, key)``, ``("f",)`` a flush,
+        ``("d", offset, length)`` a discard (its failure ignored), ``("call", fn)`` work elsewhere (a backing
+        file's read), ``("end", cache)``: a cache written entry by entry goes on after a failed write and fails
+        at its end (qcow2_cache_write), ``("soft", +1/-1)`` around what may fail unnoticed
+        (qcow2_cache_set_dependency's flushes, qcow2_free_clusters' refcount updates: a refcount block whose
+        read failed there is read again at its next ``("rc", block)``), and ``("task", ...)`` ...
+        ``("task-end",)`` around the steps of a piece that qcow2 runs as a parallel task (aio_task_pool): a task
+        whose request fails (not ``immediately``) ends, and the operation goes on (allocating and starting the
+        next pieces, up to :data:`TASKS` tasks) and fails at its end. Returns the cache entries whose writes
+        failed ((kind, key): they stay dirty); BlockIOError carries them too (``entries``), with ``at`` (the
+        item that failed first), ``done`` (which items were carried out), ``tasks`` (the items that began the
+        tasks that failed) and ``main`` (whether a step outside the tasks failed: the operation stopped there)."""
         failed: BlockIOError | None = None
         entries: list[tuple[str, object]] = []
         done = [False] * len(items)
@@ -408,6 +410,7 @@ class BlkdebugNode(BlockNode):
         main = False  # (the driver's own steps failed, not only its tasks)
         task: int | None = None  # (the item that began the task under way)
         skip = False
+        lost: dict[object, tuple[int, int]] = {}  # refcount blocks whose read failed unnoticed: not in the cache
         for at, item in enumerate(items):
             op = item[0]
             if op == "task":
@@ -429,6 +432,11 @@ class BlkdebugNode(BlockNode):
                     self.host_write(item[1], item[2], zeroes=op == "z")
                 elif op == "r":
                     self.read_request(item[1], item[2])
+                    if item[3] == "rb":
+                        lost.pop(item[4], None)
+                elif op == "rc" and item[1] in lost:  # (its next update_refcount reads it again: qcow2_cache_get)
+                    self.read_request(*lost[item[1]])
+                    del lost[item[1]]
                 elif op == "f":
                     self.flush_request()
                 elif op == "d":  # (qcow2_process_discards: a failed discard is only traced)
@@ -446,7 +454,12 @@ class BlkdebugNode(BlockNode):
             except BlockIOError as err:
                 if op == "w" and item[3] in ("rb", "l2"):
                     entries.append((item[3], item[4]))
-                if soft:
+                if soft:  # (a refcount block read failed there: that refcount update is lost, a cluster leaks)
+                    if op == "r" and item[3] == "rb":
+                        lost[item[4]] = item[1], item[2]
+                        self.refcounts_lost = True
+                    elif op == "rc":
+                        self.refcounts_lost = True
                     continue
                 if failed is None:
                     err.at, err.entries = at, entries  # type: ignore[attr-defined]

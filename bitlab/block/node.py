@@ -1258,7 +1258,8 @@ class Qcow2Node(FormatNode):
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS)
         if blk is not None:
             self._dirty(offset, length)
-            qcow2_trace.run(self, blk, lambda: self._store_zeroes(offset, length, unmap), length, frees=True)
+            qcow2_trace.run(self, blk, lambda: self._store_zeroes(offset, length, unmap), length, frees=True,
+                            done=(offset, lambda upto: self._store_zeroes(offset, upto - offset, unmap)))
             return
         self._tables_used(offset, length)
         with self._file_sees(frees=True):
@@ -1268,7 +1269,8 @@ class Qcow2Node(FormatNode):
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS) if self.discard_unmap else None
         if blk is not None:
             self._dirty(offset, length, discard=True)
-            qcow2_trace.run(self, blk, lambda: self._unmap(offset, length), length, frees=True)
+            qcow2_trace.run(self, blk, lambda: self._unmap(offset, length), length, frees=True,
+                            done=(offset, lambda upto: self._unmap(offset, upto - offset)))
             return
         self._tables_used(offset, length)
         with self._file_sees(frees=True):

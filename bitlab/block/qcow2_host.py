@@ -464,6 +464,7 @@ class HostLayout:
         self.fs_plain = False
         if self.log is not None:  # qcow2_free_clusters for each cluster (qcow2_free_any_cluster)
             self._ev("cluster_free")
+            self.log.append(("soft", 1))  # (qcow2_free_clusters ignores update_refcount's failure)
         self._set_dependency("rb", "l2")  # update_refcount, decreasing
         if self.log is not None:
             first = int(starts[0])
@@ -475,6 +476,7 @@ class HostLayout:
             n = int((ends - starts).sum())
             if n > 1:
                 self.log.append(("seq", ("cluster_free", "refblock_alloc", "refblock_load"), n - 1))
+            self.log.append(("soft", -1))
         self.free.write_batch(starts, ends - starts, FREE)
         self._refcounts_changed(starts, ends)
         self.fci = min(self.fci, int(starts.min()))

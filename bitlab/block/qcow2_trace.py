@@ -28,8 +28,7 @@ every dirty entry and fails at its end; the entries whose writes failed stay dir
 
 The pieces of a read run as parallel tasks (aio_task_pool): after a failure the pieces started with it go
 on, their events and checks included. Not simulated for blkdebug: new refcount blocks (their own events, the
-refcount table entry and the allocation's retry: refused), a zero write or discard that fails after changing
-part of its range, and the parallel tasks of a guest write of several pieces (the first failure ends the
+refcount table entry and the allocation's retry: refused), and the parallel tasks of a guest write of several pieces (the first failure ends the
 write here; in QEMU the pieces already started go on, and a piece's ``pwritev_done`` may come after the next
 piece's allocation).
 """
@@ -106,10 +105,13 @@ class _Marks:
 
 
 def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, always: bool = False,
-        frees: bool = False) -> None:
+        frees: bool = False, done: tuple[int, Callable[[int], None]] | None = None) -> None:
     """Run ``op`` (a change of the qcow2 ``node``'s image over ``length`` bytes) with its host layout recording,
     then its events and requests through ``blk``; on a failure (BlockIOError) the image is left as QEMU leaves
-    it. ``always``/``frees``: which discards the clusters it frees pass (see Qcow2Node._passes_discards)."""
+    it. ``always``/``frees``: which discards the clusters it frees pass (see Qcow2Node._passes_discards).
+    ``done``: for a zero write or discard, which qcow2 carries out L2 table by L2 table (qcow2_cluster_zeroize,
+    qcow2_cluster_discard), its start and the same change up to a guest offset: the tables before the one whose
+    request failed keep it (:func:`_tables_done`)."""
     image = node.image
     layout = image.layout
     clusters = -(-length // layout.cs) + 2 * (-(-length // (layout.cs * layout.per_l2)) + 1)
@@ -144,14 +146,28 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, alway
         entries = blk.run(items)
     except BlockIOError as err:
         assert snap is not None
+        _refcounts_lost(node, blk)
         if err.main:  # type: ignore[attr-defined]
             _failed(node, snap, marks, requests, items, err)
+            if done is not None:
+                _tables_done(node, items, err.at, *done)  # type: ignore[attr-defined]
         else:
             _tasks_failed(node, snap, marks, zero_before, items, err)
         _redirty(image.layout, err.entries)  # type: ignore[attr-defined]
         _give_back(node, blk, items, err, sends=not (frees or always))
         raise
+    _refcounts_lost(node, blk)
     _redirty(image.layout, entries)
+
+
+def _refcounts_lost(node: Any, blk: BlkdebugNode) -> None:
+    """A refcount block read failed in qcow2_free_clusters, which goes on without it: that cluster keeps its
+    refcount with nothing pointing at it (a leak, which bitlab does not model: it refuses the image afterwards)."""
+    if blk.refcounts_lost:
+        blk.refcounts_lost = False
+        node.image.unknown = (f"bitlab does not know what QEMU 7.2 left in '{node.image.name}': a refcount block read "
+                              f"failed as node '{node.node_name}' freed clusters (blkdebug '{blk.node_name}'): QEMU "
+                              "goes on, and those clusters leak")
 
 
 def _tasks_failed(node: Any, snap: _Snapshot, marks: _Marks, zero_before: Any, items: list,
@@ -224,6 +240,7 @@ def _give_back(node: Any, blk: BlkdebugNode, items: list, err: BlockIOError, sen
     layout.written.clear()
     if log:
         _redirty(layout, blk.run([("soft", 1)] + log + [("soft", -1)]))
+        _refcounts_lost(node, blk)
 
 
 def _in_task(items: list) -> list[bool]:
@@ -277,6 +294,36 @@ def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: li
     layout.rb_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "rb")  # (read: cached)
     layout.l2_cached.update(item[4] for item in done if item[0] == "r" and item[3] == "l2")
     _file_end(node, snap, done)
+
+
+def _tables_done(node: Any, items: list, at: int, start: int, change: Callable[[int], None]) -> None:
+    """A zero write or discard that failed in L2 table ``t`` (its read, or its allocation) leaves the tables
+    before it done: their entries changed in the cache (zeroes, clusters freed; the discards it cached are
+    dropped with the failure: qcow2_process_discards). ``change(upto)`` makes the change up to that table."""
+    table = None
+    allocating = False  # (l2_allocate marks its table's index, then its host cluster)
+    for item in items[:at + 1]:
+        if item[0] == "r" and item[3] == "l2":
+            table = item[4]
+        elif item[0] == "mark" and item[1] == "table":
+            if not allocating:
+                table = item[2]
+            allocating = not allocating
+    if table is None:
+        return
+    layout = node.image.layout
+    upto = table * layout.per_l2 * layout.cs
+    if upto <= start:
+        return
+    # (recorded as run() records, then dropped: its requests are those already made, none reaches the file)
+    node.tracing, node.trace_requests, layout.log = True, [], []
+    try:
+        change(upto)
+        layout = node.image.layout
+        layout.written.clear()
+        layout.discarded.clear()
+    finally:
+        node.tracing, node.trace_requests, node.image.layout.log = False, None, None
 
 
 def _file_end(node: Any, snap: _Snapshot, done: list) -> None:
