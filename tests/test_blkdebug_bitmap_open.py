@@ -193,3 +193,38 @@ def test_storing_bitmaps_over_a_rule_fails_on_qemu() -> None:
     with Machine(backend="qemu") as vm:
         assert closing_story(vm) == "opened [('bm1', 131072), ('bm0', 131072)]"
         assert _after(vm, "c.qcow2") == [[("bm0", ["in-use", "auto"]), ("bm1", ["in-use", "auto"])], CHECK_OK]
+
+
+def query_story(vm: Machine) -> dict:
+    """An image with a stored bitmap opened over blkdebug, a rule armed by the open's first write (the in-use
+    marking's header) failing reads of the bitmap directory: query-named-block-nodes reads it for each image
+    info it builds (the image's bitmaps in ``format-specific``), and fails with it."""
+    out = {}
+    for i, once in enumerate([True, False]):
+        name = f"q{i}.qcow2"
+        _image(vm, name)
+        blk = {"driver": "blkdebug", "image": {"driver": "file", "filename": name},
+               "inject-error": [{"event": "pwritev", "iotype": "read", "errno": 5, "sector": DIRECTORY,
+                                 "once": once}]}
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": f"n{i}", "file": blk})
+        for k, flat in enumerate([True, False, True]):
+            try:
+                nodes = vm.qmp("query-named-block-nodes", {"flat": flat})
+                out[f"once={once} query {k}"] = [n["node-name"] for n in nodes if n["drv"] == "qcow2"]
+            except QMPError as err:
+                out[f"once={once} query {k}"] = err.desc
+        vm.qmp("blockdev-del", {"node-name": f"n{i}"})
+    return out
+
+
+def test_queries_read_the_directory_exact() -> None:
+    failed = f"Failed to read bitmap directory: {EIO}"
+    assert query_story(Machine()) == {
+        "once=True query 0": failed, "once=True query 1": ["n0"], "once=True query 2": ["n0"],
+        "once=False query 0": failed, "once=False query 1": failed, "once=False query 2": failed}
+
+
+@pytest.mark.qemu
+def test_queries_read_the_directory_on_qemu() -> None:
+    real, sim = on_both(query_story)
+    assert real == sim

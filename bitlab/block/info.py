@@ -8,10 +8,14 @@ turns that into the order QEMU sends. ``qemu-img info`` reuses :func:`image_info
 from __future__ import annotations
 
 import marshal
+import os
+from collections.abc import Iterable
 from functools import lru_cache
 
+from ..errors import generic
 from ..qmp_order import wire_order
 from .blkdebug import BlkdebugNode
+from .ioerror import BlockIOError
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, round_sector
 from .paths import node_full_backing_filename
 from .store import ImageFile
@@ -68,6 +72,29 @@ def filter_or_cow(node: BlockNode) -> BlockNode | None:
     if node.driver == "blkdebug":
         return node.child("image")
     return node.backing
+
+
+def bitmap_directory_reads(nodes: Iterable[BlockNode], *, flat: bool) -> None:
+    """The reads a query's image infos make, in QEMU's order (each node's own, then unless ``flat`` the chain
+    below it): qcow2_get_specific_info lists a v3 image's persistent bitmaps from its bitmap directory, read
+    from the file every time (qcow2_get_bitmap_info_list). Over a blkdebug node with an armed rule that read
+    may fail, and the query fails with it."""
+    nodes = list(nodes)
+    if not [node for node in nodes if node.driver == "blkdebug" and node.active]:  # (nothing can fail: at once)
+        return
+    for node in nodes:
+        below: BlockNode | None = node
+        while below is not None:
+            if isinstance(below, Qcow2Node):
+                blk = below.child("file")
+                if isinstance(blk, BlkdebugNode) and blk.active and below.image.compat != "0.10":
+                    where = below.image.directory_range()
+                    if where is not None:
+                        try:
+                            blk.read_request(*where)
+                        except BlockIOError as err:
+                            raise generic(f"Failed to read bitmap directory: {os.strerror(err.errno)}") from None
+            below = None if flat else filter_or_cow(below)
 
 
 def image_info(node: BlockNode, *, flat: bool = False, filename: str | None = None) -> dict:

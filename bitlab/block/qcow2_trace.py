@@ -27,10 +27,11 @@ was (a failed L2 table, L1 or refcount write frees what the allocation took). A 
 every dirty entry and fails at its end; the entries whose writes failed stay dirty.
 
 The pieces of a read run as parallel tasks (aio_task_pool): after a failure the pieces started with it go
-on, their events and checks included. Not simulated for blkdebug: new refcount blocks (their own events, the
-refcount table entry and the allocation's retry: refused), and the parallel tasks of a guest write of several pieces (the first failure ends the
-write here; in QEMU the pieces already started go on, and a piece's ``pwritev_done`` may come after the next
-piece's allocation).
+on, their events and checks included. A zero write or discard goes L2 table by L2 table: one failing in a
+later table leaves the tables before it changed. Not simulated for blkdebug: new refcount blocks (their own
+events, the refcount table entry and the allocation's retry: refused), and the parallel tasks of a guest write
+of several pieces (the first failure ends the write here; in QEMU the pieces already started go on, and a
+piece's ``pwritev_done`` may come after the next piece's allocation).
 """
 
 from __future__ import annotations

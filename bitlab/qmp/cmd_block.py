@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..block import perms
-from ..block.info import block_device_info
+from ..block.info import bitmap_directory_reads, block_device_info
 from ..block.xdbg import block_graph
 from ..errors import generic
 from .commands import TABLE
@@ -47,12 +47,15 @@ def qmp_block_resize(vm: Any, args: dict) -> None:
 
 @TABLE.command("query-named-block-nodes", QueryNamedBlockNodes, wire_ordered=True)
 def qmp_query_named_block_nodes(vm: Any, args: dict) -> list:
-    return vm.graph.info_cache.entries(vm.graph.newest_first(), flat=args.get("flat", False))
+    nodes, flat = vm.graph.newest_first(), args.get("flat", False)
+    bitmap_directory_reads(reversed(nodes), flat=flat)  # (bdrv_named_nodes_list: the oldest node first)
+    return vm.graph.info_cache.entries(nodes, flat=flat)
 
 
 @TABLE.command("query-block")
 def qmp_query_block(vm: Any, args: dict) -> list:
     out = []
+    bitmap_directory_reads(vm.graph.devices.values(), flat=False)
     for device, node in vm.graph.devices.items():
         # -drive if=none: a removable BlockBackend without a device model (so no io-status)
         out.append({"device": device, "locked": False, "removable": True, "inserted": block_device_info(node),
