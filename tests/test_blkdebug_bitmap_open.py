@@ -228,3 +228,58 @@ def test_queries_read_the_directory_exact() -> None:
 def test_queries_read_the_directory_on_qemu() -> None:
     real, sim = on_both(query_story)
     assert real == sim
+
+
+def remove_story(vm: Machine) -> dict:
+    """block-dirty-bitmap-remove of a persistent bitmap: qcow2 reads the bitmap directory first (a stored bitmap's
+    or not), and a rule armed by the open's first write fails that read: the command fails, nothing changes."""
+    out = {}
+    for i, (sector, name) in enumerate([(DIRECTORY, "bm0"), (DIRECTORY, "new"), (None, "bm1")]):
+        image = f"d{i}.qcow2"
+        _image(vm, image)
+        rule: dict = {"event": "pwritev", "iotype": "read", "errno": 5, "once": True}
+        if sector is not None:
+            rule["sector"] = sector
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": f"n{i}", "file": {
+            "driver": "blkdebug", "image": {"driver": "file", "filename": image}, "inject-error": [rule]}})
+        if name == "new":
+            vm.qmp("block-dirty-bitmap-add", {"node": f"n{i}", "name": "new", "persistent": True})
+        try:
+            vm.qmp("block-dirty-bitmap-remove", {"node": f"n{i}", "name": name})
+            out[f"remove {name}"] = "removed"
+        except QMPError as err:
+            out[f"remove {name}"] = err.desc
+        out[f"remove {name}: left"] = [b["name"] for b in
+                                       vm.qmp("query-named-block-nodes", {"flat": True})[0]["dirty-bitmaps"]]
+        vm.qmp("blockdev-del", {"node-name": f"n{i}"})
+        out[f"remove {name}: stored"] = _after(vm, image)[0]
+    return out
+
+
+def test_removing_reads_the_directory_exact() -> None:
+    failed = f"Failed to read bitmap directory: {EIO}"
+    assert remove_story(Machine()) == {
+        "remove bm0": failed, "remove bm0: left": ["bm1", "bm0"], "remove bm0: stored": BOTH,
+        "remove new": failed, "remove new: left": ["new", "bm1", "bm0"],
+        "remove new: stored": [*BOTH, ("new", ["auto"])],
+        "remove bm1": failed, "remove bm1: left": ["bm1", "bm0"], "remove bm1: stored": BOTH}
+
+
+def test_removing_a_stored_bitmap_under_rules_is_refused() -> None:
+    """What follows the read (a new directory, the caches, the header, the bitmap's clusters freed) is not traced
+    for blkdebug: refused where a rule may see it, with nothing changed."""
+    vm = Machine()
+    _image(vm, "s.qcow2")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "file": {
+        "driver": "blkdebug", "node-name": "b", "image": {"driver": "file", "filename": "s.qcow2"},
+        "inject-error": [{"event": "cluster_alloc", "errno": 5}]}})
+    with pytest.raises(QMPError, match="bitlab does not simulate the blkdebug events and requests of removing a "
+                                       "persistent bitmap from 's.qcow2' \\(blkdebug 'b'"):
+        vm.qmp("block-dirty-bitmap-remove", {"node": "n", "name": "bm0"})
+    assert [b.name for b in vm.images["s.qcow2"].bitmaps] == ["bm0", "bm1"]
+
+
+@pytest.mark.qemu
+def test_removing_reads_the_directory_on_qemu() -> None:
+    real, sim = on_both(remove_story)
+    assert real == sim

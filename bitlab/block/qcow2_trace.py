@@ -648,3 +648,27 @@ def bitmap_open(image: Any, blk: BlkdebugNode, read_only: bool) -> tuple[str | N
                              "is left unset (QEMU drops them and leaks their clusters)")
         return f"{BITMAP_ERRORS[kind].format(name=name)}: {os.strerror(err.errno)}", marks
     return None, marks
+
+
+def bitmap_remove(node: Any) -> None:
+    """qcow2_co_remove_persistent_dirty_bitmap as a blkdebug node below sees it: with bitmaps stored, the directory
+    is read first (whether or not the bitmap is among them), and its failure is the command's; then, for a stored
+    bitmap, a new directory, the caches flushed, the header and the bitmap's clusters freed, which bitlab does not
+    trace: refused where a rule may see them (nothing changed)."""
+    blk = node.child("file")
+    where = node.image.directory_range()
+    if blk is None or blk.driver != "blkdebug" or where is None:
+        return
+    try:
+        blk.read_request(*where)
+    except BlockIOError as err:
+        raise generic(f"Failed to read bitmap directory: {os.strerror(err.errno)}") from None
+
+
+def bitmap_unstore_refused(node: Any) -> str | None:
+    """Why bitlab refuses to remove a stored bitmap from ``node``'s image: a blkdebug rule below may see it."""
+    blk = node.child("file")
+    if blk is None or blk.driver != "blkdebug" or not blk.sees(WRITE_EVENTS | {"flush_to_os", "flush_to_disk"}):
+        return None
+    return (f"bitlab does not simulate the blkdebug events and requests of removing a persistent bitmap from "
+            f"'{node.image.name}' (blkdebug '{blk.node_name}' has rules that may see them)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..bitmap import ALLOW_RO, BUSY, DEFAULT, MAX_NAME_SIZE, RO, DirtyBitmap, check_bitmap
+from ..block import qcow2_trace
 from ..errors import generic
 from .commands import TABLE
 from .types import (
@@ -96,7 +97,13 @@ def qmp_remove(vm: Any, args: dict) -> None:
 def unstore(node: Any, bm: DirtyBitmap) -> None:
     """A persistent bitmap stored in the image leaves it at once (:meth:`Qcow2Node.unstore_bitmap`); one not
     stored yet leaves the image as it is."""
-    if bm.persistent and node.driver == "qcow2" and any(sb.name == bm.name for sb in node.image.bitmaps):
+    if not bm.persistent or node.driver != "qcow2" or not node.image.bitmaps:
+        return
+    qcow2_trace.bitmap_remove(node)  # (the directory is read first: over blkdebug, that read may fail)
+    if any(sb.name == bm.name for sb in node.image.bitmaps):
+        refused = qcow2_trace.bitmap_unstore_refused(node)
+        if refused is not None:
+            raise generic(refused)
         node.unstore_bitmap(bm.name)
 
 
