@@ -283,3 +283,30 @@ def test_removing_a_stored_bitmap_under_rules_is_refused() -> None:
 def test_removing_reads_the_directory_on_qemu() -> None:
     real, sim = on_both(remove_story)
     assert real == sim
+
+
+def device_story(vm: Machine) -> dict:
+    """The same for a device's drive (``-drive file.driver=blkdebug,...``): query-block builds its image info too."""
+    _image(vm, "dev.qcow2")
+    vm.add_drive("drive0", "1G", file="dev.qcow2", blkdebug={
+        "inject-error": [{"event": "pwritev", "iotype": "read", "errno": 5, "sector": DIRECTORY}]})
+    out = {}
+    for k in range(2):
+        for query in ("query-block", "query-named-block-nodes"):
+            try:
+                out[f"{query} {k}"] = len(vm.qmp(query))
+            except QMPError as err:
+                out[f"{query} {k}"] = err.desc
+    return out
+
+
+def test_device_queries_read_the_directory_exact() -> None:
+    failed = f"Failed to read bitmap directory: {EIO}"
+    assert device_story(Machine()) == {f"{q} {k}": failed for k in range(2)
+                                       for q in ("query-block", "query-named-block-nodes")}
+
+
+@pytest.mark.qemu
+def test_device_queries_read_the_directory_on_qemu() -> None:
+    real, sim = on_both(device_story, daemon="system")
+    assert real == sim

@@ -1039,8 +1039,12 @@ class QemuMachine(GuestIO, Monitor):
         reply = self.hmp(f"drive_add 0 {','.join(opts)}")
         if reply.strip() not in ("", "OK"):
             raise QMPError(reply.strip())
-        root = next(b for b in self.qmp("query-block") if b["device"] == name)
-        return root["inserted"]["node-name"]
+        # (the block graph names the device's root node without building image infos, which would read a qcow2
+        # image's bitmap directory: over blkdebug, an armed rule may fail that read or be used up by it)
+        graph = self._helper_value("x-debug-query-block-graph")
+        names = {node["id"]: node["name"] for node in graph["nodes"]}
+        device = next(node["id"] for node in graph["nodes"] if node["type"] == "block-backend" and node["name"] == name)
+        return names[next(edge["child"] for edge in graph["edges"] if edge["parent"] == device)]
 
     # -- guest I/O --------------------------------------------------------------------------
     def hmp(self, command_line: str) -> str:

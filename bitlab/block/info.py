@@ -74,13 +74,13 @@ def filter_or_cow(node: BlockNode) -> BlockNode | None:
     return node.backing
 
 
-def bitmap_directory_reads(nodes: Iterable[BlockNode], *, flat: bool) -> None:
+def bitmap_directory_reads(every: Iterable[BlockNode], nodes: Iterable[BlockNode], *, flat: bool) -> None:
     """The reads a query's image infos make, in QEMU's order (each node's own, then unless ``flat`` the chain
     below it): qcow2_get_specific_info lists a v3 image's persistent bitmaps from its bitmap directory, read
     from the file every time (qcow2_get_bitmap_info_list). Over a blkdebug node with an armed rule that read
-    may fail, and the query fails with it."""
-    nodes = list(nodes)
-    if not [node for node in nodes if node.driver == "blkdebug" and node.active]:  # (nothing can fail: at once)
+    may fail, and the query fails with it. ``every``: all the graph's nodes (none a blkdebug node with an armed
+    rule: nothing can fail)."""
+    if not [node for node in every if node.driver == "blkdebug" and node.active]:
         return
     for node in nodes:
         below: BlockNode | None = node

@@ -48,14 +48,14 @@ def qmp_block_resize(vm: Any, args: dict) -> None:
 @TABLE.command("query-named-block-nodes", QueryNamedBlockNodes, wire_ordered=True)
 def qmp_query_named_block_nodes(vm: Any, args: dict) -> list:
     nodes, flat = vm.graph.newest_first(), args.get("flat", False)
-    bitmap_directory_reads(reversed(nodes), flat=flat)  # (bdrv_named_nodes_list: the oldest node first)
+    bitmap_directory_reads(nodes, reversed(nodes), flat=flat)  # (bdrv_named_nodes_list: the oldest node first)
     return vm.graph.info_cache.entries(nodes, flat=flat)
 
 
 @TABLE.command("query-block")
 def qmp_query_block(vm: Any, args: dict) -> list:
     out = []
-    bitmap_directory_reads(vm.graph.devices.values(), flat=False)
+    bitmap_directory_reads(vm.graph.nodes.values(), vm.graph.devices.values(), flat=False)
     for device, node in vm.graph.devices.items():
         # -drive if=none: a removable BlockBackend without a device model (so no io-status)
         out.append({"device": device, "locked": False, "removable": True, "inserted": block_device_info(node),
