@@ -310,3 +310,36 @@ def test_device_queries_read_the_directory_exact() -> None:
 def test_device_queries_read_the_directory_on_qemu() -> None:
     real, sim = on_both(device_story, daemon="system")
     assert real == sim
+
+
+def resize_story(vm: Machine) -> dict:
+    """block_resize of an image with stored bitmaps reads the bitmap directory first (qcow2_truncate_bitmaps_check):
+    a rule armed by the open's first write fails it, and the resize with it (the image keeps its size)."""
+    out = {}
+    for i, (sector, size) in enumerate([(DIRECTORY, 2 << 30), (None, 2 << 30), (DIRECTORY, 512 << 20)]):
+        image = f"s{i}.qcow2"
+        _image(vm, image)
+        rule: dict = {"event": "pwritev", "iotype": "read", "errno": 5, "once": True}
+        if sector is not None:
+            rule["sector"] = sector
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": f"n{i}", "file": {
+            "driver": "blkdebug", "image": {"driver": "file", "filename": image}, "inject-error": [rule]}})
+        try:
+            vm.qmp("block_resize", {"node-name": f"n{i}", "size": size})
+            out[f"resize {i}"] = "resized"
+        except QMPError as err:
+            out[f"resize {i}"] = err.desc
+        vm.qmp("blockdev-del", {"node-name": f"n{i}"})
+        out[f"resize {i}: size"] = json.loads(vm.qemu_img("info", "--output=json", image))["virtual-size"]
+    return out
+
+
+def test_resizing_reads_the_directory_exact() -> None:
+    assert resize_story(Machine()) == {key: value for i in range(3) for key, value in (
+        (f"resize {i}", f"Failed to read bitmap directory: {EIO}"), (f"resize {i}: size", 1 << 30))}
+
+
+@pytest.mark.qemu
+def test_resizing_reads_the_directory_on_qemu() -> None:
+    real, sim = on_both(resize_story)
+    assert real == sim

@@ -1122,6 +1122,8 @@ class Qcow2Node(FormatNode):
         written last (8 bytes at 24)."""
         if size % 512:
             raise generic("The new size must be a multiple of 512")
+        if self.image.bitmaps:  # (qcow2_truncate_bitmaps_check reads the bitmap directory)
+            qcow2_trace.directory_read(self)
         blk = qcow2_trace.tracer(self, qcow2_trace.RESIZE_EVENTS)
         if blk is not None:
             raise generic(f"bitlab does not simulate the blkdebug events and requests of a qcow2 resize "

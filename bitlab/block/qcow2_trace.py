@@ -650,11 +650,12 @@ def bitmap_open(image: Any, blk: BlkdebugNode, read_only: bool) -> tuple[str | N
     return None, marks
 
 
-def bitmap_remove(node: Any) -> None:
-    """qcow2_co_remove_persistent_dirty_bitmap as a blkdebug node below sees it: with bitmaps stored, the directory
-    is read first (whether or not the bitmap is among them), and its failure is the command's; then, for a stored
-    bitmap, a new directory, the caches flushed, the header and the bitmap's clusters freed, which bitlab does not
-    trace: refused where a rule may see them (nothing changed)."""
+def directory_read(node: Any) -> None:
+    """bitmap_list_load's read of the bitmap directory, as a blkdebug node below sees it, where a command reads it
+    first (with bitmaps stored): qcow2_co_remove_persistent_dirty_bitmap (whether or not the bitmap is among them;
+    for a stored one, what follows — a new directory, the caches flushed, the header, the bitmap's clusters freed —
+    is not traced: :func:`bitmap_unstore_refused`) and qcow2_truncate_bitmaps_check. Its failure is the
+    command's."""
     blk = node.child("file")
     where = node.image.directory_range()
     if blk is None or blk.driver != "blkdebug" or where is None:

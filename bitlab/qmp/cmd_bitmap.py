@@ -99,7 +99,7 @@ def unstore(node: Any, bm: DirtyBitmap) -> None:
     stored yet leaves the image as it is."""
     if not bm.persistent or node.driver != "qcow2" or not node.image.bitmaps:
         return
-    qcow2_trace.bitmap_remove(node)  # (the directory is read first: over blkdebug, that read may fail)
+    qcow2_trace.directory_read(node)  # (the directory is read first: over blkdebug, that read may fail)
     if any(sb.name == bm.name for sb in node.image.bitmaps):
         refused = qcow2_trace.bitmap_unstore_refused(node)
         if refused is not None:
