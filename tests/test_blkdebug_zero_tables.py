@@ -128,3 +128,47 @@ def test_a_lost_refcount_update_matches_qemu() -> None:
             with pytest.raises(QemuImgError, match="Leaked cluster"):
                 vm.qemu_img("check", name)
     assert real == lost_story(Machine())
+
+
+# A discard over a range without an L2 table allocates one (qcow2_cluster_discard's get_cluster_table), whose L1
+# entry is written and flushed (bdrv_pwrite_sync): the blkdebug node is flushed after its last write, so the guest's
+# flush that follows fires ``flush_to_disk`` on it (qcow2 was written) without reaching its rules, and the rule it
+# armed fails the next request: the write.
+FLUSHED = {"discard over no L2 table": [("discard", 262144, 196608)],
+           "unaligned discard over no L2 table": [("discard", 257024, 204800)],
+           "discard of part of a cluster": [("discard", 1024, 2048)],
+           "write then discard": [("write", 0, 4096), ("discard", 257024, 204800)],
+           "zero write": [("write -z", 262144, 196608)]}
+
+
+def flushed_story(vm: Machine) -> dict:
+    """Each case on a new image, a rule on ``flush_to_disk`` (once): the requests, each followed by a flush (as
+    qemu-io over NBD flushes as it exits), then a write elsewhere."""
+    out = {}
+    for i, (name, ops) in enumerate(FLUSHED.items()):
+        vm.qemu_img("create", "-f", "qcow2", f"f{i}.qcow2", "4M")
+        vm.qmp("blockdev-add", {"driver": "file", "node-name": f"f{i}", "filename": f"f{i}.qcow2"})
+        vm.qmp("blockdev-add", {"driver": "blkdebug", "node-name": f"d{i}", "image": f"f{i}", "discard": "unmap",
+                                "inject-error": [{"event": "flush_to_disk", "errno": 5, "once": True}]})
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": f"q{i}", "file": f"d{i}", "discard": "unmap"})
+        replies = []
+        for verb, offset, length in [*ops, ("write -P 0x13", 1839104, 512)]:
+            replies.append(vm.guest_io(f"q{i}", f"{verb} {offset} {length}").splitlines()[0])
+            vm.guest_io(f"q{i}", "flush")
+        out[name] = replies[-1]
+    return out
+
+
+def test_a_flush_after_an_allocating_discard_exact() -> None:
+    failed, wrote = "write failed: Input/output error", "wrote 512/512 bytes at offset 1839104"
+    assert flushed_story(Machine()) == {
+        "discard over no L2 table": failed, "unaligned discard over no L2 table": failed,
+        "discard of part of a cluster": failed,  # (nothing written below: the node's flush never reaches the rule)
+        "write then discard": wrote,  # (the first flush reached the rule: it failed that flush, once)
+        "zero write": wrote}  # (the blkdebug node was written after its last flush: the flush uses the rule up)
+
+
+@pytest.mark.qemu
+def test_a_flush_after_an_allocating_discard_matches_qemu() -> None:
+    real, sim = on_both(flushed_story)
+    assert real == sim

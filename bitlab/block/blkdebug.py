@@ -192,6 +192,10 @@ class BlkdebugNode(BlockNode):
         a caller logs them. Otherwise its events change nothing, and no request can fail."""
         return bool(self.active) or self.log is not None or bool(self._waiting(events))
 
+    def fails_flushes(self) -> bool:
+        """Whether an inject-error rule may fail a flush request (one without a ``sector``: a flush has none)."""
+        return any(rule.kind == "inject-error" and rule.offset == -1 and "flush" in rule.iotypes for rule in self.rules)
+
     def may_fail(self, events: frozenset[str]) -> bool:
         """Whether a request may fail in an operation that fires (some of) ``events``: a rule is armed, or an
         inject-error rule may run on one of them."""

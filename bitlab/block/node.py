@@ -1257,7 +1257,7 @@ class Qcow2Node(FormatNode):
         return start, max(start, end)
 
     def write_zeroes(self, offset, length, unmap=False):
-        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS)
+        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS, flushed=True)
         if blk is not None:
             self._dirty(offset, length)
             qcow2_trace.run(self, blk, lambda: self._store_zeroes(offset, length, unmap), length, frees=True,
@@ -1268,7 +1268,7 @@ class Qcow2Node(FormatNode):
             super().write_zeroes(offset, length, unmap)
 
     def discard(self, offset, length):
-        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS) if self.discard_unmap else None
+        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS, flushed=True) if self.discard_unmap else None
         if blk is not None:
             self._dirty(offset, length, discard=True)
             qcow2_trace.run(self, blk, lambda: self._unmap(offset, length), length, frees=True,
@@ -1279,7 +1279,7 @@ class Qcow2Node(FormatNode):
             super().discard(offset, length)
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
-        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS)
+        blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS, flushed=True)
         if blk is not None:  # (one request after another)
             for off, ln in zip(np.asarray(offsets).tolist(), np.asarray(lengths).tolist()):
                 self.write_zeroes(off, ln, unmap)

@@ -64,11 +64,16 @@ FLUSH_EVENTS = IO_WRITE_EVENTS | {"refblock_update_part", "l2_update"}
 COW_MERGE_READS = 16384  # perform_cow reads both COW regions at once if the data between is no longer
 
 
-def tracer(node: Any, events: frozenset[str]) -> BlkdebugNode | None:
+def tracer(node: Any, events: frozenset[str], flushed: bool = False) -> BlkdebugNode | None:
     """The blkdebug node under a qcow2 ``node`` if its rules may see an operation that fires (some of)
-    ``events``: then the operation goes request by request (see :meth:`BlkdebugNode.sees`)."""
+    ``events``: then the operation goes request by request (see :meth:`BlkdebugNode.sees`). ``flushed``: the
+    operation may end with a flush of the blkdebug node (a zero write or discard allocating an L2 table ends
+    with its L1 entry's bdrv_pwrite_sync), so whether a later flush reaches a rule that fails flushes depends on
+    its requests: traced then too."""
     file = node.child("file")
-    if file is None or file.driver != "blkdebug" or node.tracing or not file.sees(events):
+    if file is None or file.driver != "blkdebug" or node.tracing:
+        return None
+    if not file.sees(events) and not (flushed and file.fails_flushes()):
         return None
     return file
 
