@@ -1429,8 +1429,9 @@ class Qcow2Node(FormatNode):
         if self.image.compat != "0.10" or self.backing is None:
             cs = self.image.cluster_size
             last = self.size // cs * cs if self.size % cs else end  # a partial last cluster: a request of its own
+            zero = "none" if self.image.compat == "0.10" else "all" if self.backing is not None else "hosted"
             for lo, hi in ((start, last), (last, end)) if start < last < end else ((start, end),):
-                self.image.discard_clusters(lo, hi)
+                self.image.discard_clusters(lo, hi, zero)
         if self.image.compat == "0.10":  # no zero clusters in v2: with a backing file nothing happens
             if self.backing is None:
                 self.image.data.write(start, end - start, UNALLOCATED)

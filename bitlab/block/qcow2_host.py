@@ -659,10 +659,12 @@ class HostLayout:
             self.log += [("d", a * self.cs, (b - a) * self.cs) for a, b in zip(starts.tolist(), ends.tolist())]
         self.cached_from = None if end else len(self.discarded)
 
-    def discard(self, c0: int, c1: int) -> None:
+    def discard(self, c0: int, c1: int, zero: str = "none") -> None:
         """qcow2_cluster_discard over guest clusters ``[c0, c1)``, before the content it leaves is written:
         table by table, an L2 table where missing, and the clusters holding host clusters changed and
-        freed (whether the others change, that content's zero write tells)."""
+        freed. ``zero``: which entries become zero clusters in the same step (discard_in_l2_slice, before the
+        next table's allocation may flush the L2 cache): "hosted" (a v3 image), "all" (one with a backing
+        file), "none" (a v2 image, a full discard); the content's zero write then changes nothing more."""
         self.cached_from = len(self.discarded)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
@@ -670,8 +672,16 @@ class HostLayout:
                 self._l2_allocate(index)
             elif self.log is not None:
                 self.load_l2(index)
-            if self.hosted(lo, hi)[0].size:
+            hs, he, _ = self.hosted(lo, hi)
+            changed = bool(hs.size)
+            if zero == "all":
+                changed = changed or bool((self.zero_flag.extents(lo, hi - lo)[2] != 1).any())
+                self.zero_flag.write(lo, hi - lo, 1)
+            elif zero == "hosted" and hs.size:
+                self.zero_flag.write_batch(hs, he - hs, 1)
+            if changed:
                 self.dirty_l2.add(index)
+            if hs.size:
                 self.unhost(lo, hi)
         self._pass_cached(end=True)
 

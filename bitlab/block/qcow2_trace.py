@@ -321,13 +321,17 @@ def _tables_done(node: Any, items: list, at: int, start: int, change: Callable[[
     upto = table * layout.per_l2 * layout.cs
     if upto <= start:
         return
-    # (recorded as run() records, then dropped: its requests are those already made, none reaches the file)
+    # (recorded as run() records, then dropped: its requests are those already made, none reaches the file; the
+    # refcount blocks it reads are in the cache only if those reads succeeded then: see _failed)
+    cached = set(layout.rb_cached)
     node.tracing, node.trace_requests, layout.log = True, [], []
     try:
         change(upto)
         layout = node.image.layout
         layout.written.clear()
         layout.discarded.clear()
+        layout.rb_cached = cached
+        layout.dirty_refblocks.intersection_update(cached)  # (one that could not be read has no changes cached)
     finally:
         node.tracing, node.trace_requests, node.image.layout.log = False, None, None
 

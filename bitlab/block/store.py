@@ -308,14 +308,14 @@ class ImageFile:
         """L2 tables in the file."""
         return self.layout.l2_count()
 
-    def discard_clusters(self, start: int, end: int) -> None:
+    def discard_clusters(self, start: int, end: int, zero: str = "none") -> None:
         """qcow2_cluster_discard over whole clusters ``[start, end)`` (bytes): table by table, an L2
-        table where there is none, and the clusters' host clusters freed. Call before writing the
-        content it leaves."""
+        table where there is none, and the clusters' host clusters freed (``zero``: see HostLayout.discard).
+        Call before writing the content it leaves."""
         if self.is_qcow2 and end > start:
             cs = self.cluster_size
             c0, c1 = start // cs, -(-end // cs)
-            self.layout.discard(c0, c1)
+            self.layout.discard(c0, c1, zero)
 
     def file_length(self) -> int:
         """Length of the host file in bytes (what the protocol node sees).
