@@ -210,3 +210,33 @@ def test_what_a_request_leaves_for_the_next_exact() -> None:
 def test_what_a_request_leaves_for_the_next_matches_qemu() -> None:
     real, sim = on_both(later_story)
     assert real == sim
+
+
+def placed_story(vm: Machine) -> list:
+    """A discard over three tables (the middle one without an L2 table) that fails reading the third table's:
+    the first table's clusters were freed before the middle table was allocated, which takes the first of them;
+    the next allocation comes after it (qemu-img map shows where a later write's cluster went)."""
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", "p.qcow2", "8M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "w", "file": {"driver": "file", "filename": "p.qcow2"}})
+    for table in (0, 4):
+        vm.write("w", table * MIB, 2 * MIB, 0x5A)
+    vm.qmp("blockdev-del", {"node-name": "w"})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "q", "discard": "unmap", "file": {
+        "driver": "blkdebug", "image": {"driver": "file", "filename": "p.qcow2"},
+        "inject-error": [{"event": "l2_alloc_write", "iotype": "read", "errno": 5, "once": True}]}})
+    replies = [vm.guest_io("q", command).splitlines()[0] for command in ("discard 4096 5242880",
+                                                                       "write -P 0x13 7340032 512")]
+    vm.qmp("blockdev-del", {"node-name": "q"})
+    return [*replies, [(m["start"], m.get("offset")) for m in json.loads(vm.qemu_img("map", "--output=json", "p.qcow2"))
+                       if m["data"]]]
+
+
+def test_a_failed_discard_places_the_next_cluster_exact() -> None:
+    assert placed_story(Machine()) == ["discard failed: Input/output error", "wrote 512/512 bytes at offset 7340032",
+                                       [(0, 20480), (4194304, 2121728), (7340032, 32768)]]
+
+
+@pytest.mark.qemu
+def test_a_failed_discard_places_the_next_cluster_on_qemu() -> None:
+    real, sim = on_both(placed_story)
+    assert real == sim

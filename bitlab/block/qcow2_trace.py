@@ -154,9 +154,7 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, alway
         assert snap is not None
         _refcounts_lost(node, blk)
         if err.main:  # type: ignore[attr-defined]
-            _failed(node, snap, marks, requests, items, err)
-            if done is not None:
-                _tables_done(node, items, err.at, *done)  # type: ignore[attr-defined]
+            _failed(node, snap, marks, requests, items, err, done)
         else:
             _tasks_failed(node, snap, marks, zero_before, items, err)
         _redirty(image.layout, err.entries)  # type: ignore[attr-defined]
@@ -267,11 +265,13 @@ def _redirty(layout: Any, entries: list[tuple[str, object]]) -> None:
         (layout.dirty_refblocks if kind == "rb" else layout.dirty_l2).add(key)
 
 
-def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: list, err: BlockIOError) -> None:
+def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: list, err: BlockIOError,
+            done_tables: tuple[int, Callable[[int], None]] | None = None) -> None:
     """The image after requests failed: as it was, but for the data pieces written and linked (their tasks
-    done: their content), and the L2 tables allocated (in the same places); the refcount blocks whose counts
-    changed stay dirty (what was allocated is freed again in the cache), what was read stays in the caches,
-    and the file keeps the length the writes that reached it gave it."""
+    done: their content), the tables a zero write or discard finished (``done_tables``: see :func:`run`) and the
+    L2 tables allocated (in the same places); the refcount blocks whose counts changed stay dirty (what was
+    allocated is freed again in the cache), what was read stays in the caches, and the file keeps the length the
+    writes that reached it gave it."""
     snap.restore()
     image = node.image
     executed: list[bool] = err.done  # type: ignore[attr-defined]
@@ -283,6 +283,8 @@ def _failed(node: Any, snap: _Snapshot, marks: _Marks, requests: list, items: li
                 if keep.any():
                     o, e = np.maximum(offsets[keep], lo), np.minimum(ends[keep], hi)
                     image.data.write_batch(o, e - o, values[keep])
+        if done_tables is not None:  # (in QEMU's order: a later table's allocation comes after their changes)
+            _tables_done(node, items, err.at, *done_tables)  # type: ignore[attr-defined]
         tables = sorted(index for index, item in marks.tables.items() if executed[item])
         layout = image.layout
         per = layout.per_l2
@@ -324,6 +326,7 @@ def _tables_done(node: Any, items: list, at: int, start: int, change: Callable[[
     # (recorded as run() records, then dropped: its requests are those already made, none reaches the file; the
     # refcount blocks it reads are in the cache only if those reads succeeded then: see _failed)
     cached = set(layout.rb_cached)
+    tracing = node.tracing
     node.tracing, node.trace_requests, layout.log = True, [], []
     try:
         change(upto)
@@ -333,7 +336,7 @@ def _tables_done(node: Any, items: list, at: int, start: int, change: Callable[[
         layout.rb_cached = cached
         layout.dirty_refblocks.intersection_update(cached)  # (one that could not be read has no changes cached)
     finally:
-        node.tracing, node.trace_requests, node.image.layout.log = False, None, None
+        node.tracing, node.trace_requests, node.image.layout.log = tracing, None, None
 
 
 def _file_end(node: Any, snap: _Snapshot, done: list) -> None:
