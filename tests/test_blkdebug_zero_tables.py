@@ -179,13 +179,18 @@ def later_story(vm: Machine) -> dict:
     a discard whose first table's entry changes before the next table's allocation flushes the L2 cache (the
     table is clean afterwards: the guest's flush writes nothing, so ``flush_to_disk`` does not reach the rule);
     a zero write whose refcount block cannot be read (it stays out of the cache: the next allocation reads it)."""
-    cases = {"discard": ([0], "discard 2093056 4194304", {"event": "flush_to_disk", "errno": 5, "once": True}),
+    cases = {"discard": ([0], "discard 2093056 4194304", {"event": "flush_to_disk", "errno": 5, "once": True}, ""),
              "zero write": ([2], "write -z -u 3145728 3145728",
-                            {"event": "refblock_load", "iotype": "read", "errno": 5})}
+                            {"event": "refblock_load", "iotype": "read", "errno": 5}, ""),
+             # v2: no zero clusters, so a zero write without a backing file is a discard (table by table too)
+             "v2 zero write": ([0], "write -z 4096 5242880", {"event": "l2_alloc_write", "errno": 5, "once": True},
+                               ",compat=0.10"),
+             "v2 discard": ([0, 2, 4], "discard 0 2097152", {"event": "cluster_free", "iotype": "read", "errno": 5},
+                            ",compat=0.10")}
     out = {}
-    for i, (name, (written, request, rule)) in enumerate(cases.items()):
+    for i, (name, (written, request, rule, compat)) in enumerate(cases.items()):
         image = f"n{i}.qcow2"
-        vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", image, "8M")
+        vm.qemu_img("create", "-f", "qcow2", "-o", f"cluster_size=4096{compat}", image, "8M")
         vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "w", "file": {"driver": "file", "filename": image}})
         for table in written:
             vm.write("w", table * MIB, 2 * MIB, 0x5A)
@@ -197,13 +202,20 @@ def later_story(vm: Machine) -> dict:
             reply = vm.guest_io(f"q{i}", f"{command}")
             replies.append(reply.splitlines()[0] if reply else "")
         out[name] = replies
+        if name == "v2 zero write":  # (the first table's clusters unallocated, the write's cluster the second freed)
+            vm.qmp("blockdev-del", {"node-name": f"q{i}"})
+            out[name + ": data"] = [(m["start"], m["length"], m.get("offset")) for m in
+                                    json.loads(vm.qemu_img("map", "--output=json", image)) if m["data"]]
     return out
 
 
 def test_what_a_request_leaves_for_the_next_exact() -> None:
     failed = "write failed: Input/output error"
     assert later_story(Machine()) == {"discard": ["discard 4194304/4194304 bytes at offset 2093056", "", failed],
-                                      "zero write": [failed, "", failed]}
+                                      "zero write": [failed, "", failed],
+                                      "v2 zero write": [failed, "", "wrote 512/512 bytes at offset 7340032"],
+                                      "v2 zero write: data": [(0, 4096, 20480), (7340032, 4096, 28672)],
+                                      "v2 discard": ["discard 2097152/2097152 bytes at offset 0", "", failed]}
 
 
 @pytest.mark.qemu

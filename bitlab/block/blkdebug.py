@@ -115,6 +115,7 @@ class BlkdebugNode(BlockNode):
         self.align = max(_int(self.options.get("align") or 0), 1)  # bs->bl.request_alignment
         self.log: list[str] | None = None  # the events fired here, when a caller asks (tests, tools)
         self.refcounts_lost = False  # a refcount block read failed where qcow2 ignores it (see run)
+        self.uncached: set = set()  # the refcount blocks whose reads failed so in the last run, never read since
         self.debug_event("none")  # blkdebug_open's last step: rules on "none" are armed at once
 
     @property
@@ -481,6 +482,7 @@ class BlkdebugNode(BlockNode):
                     err.at, err.entries = at, entries  # type: ignore[attr-defined]
                     failed = err
                 break
+        self.uncached = set(lost)
         if failed is not None:
             failed.done, failed.tasks, failed.main = done, failed_tasks, main  # type: ignore[attr-defined]
             raise failed

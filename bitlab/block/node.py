@@ -1260,8 +1260,12 @@ class Qcow2Node(FormatNode):
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS, flushed=True)
         if blk is not None:
             self._dirty(offset, length)
+            # (v2 has no zero clusters: without a backing file qcow2 discards, table by table too; with one the
+            # block layer writes zeroes instead)
+            by_table = self.image.compat != "0.10" or self.backing is None
             qcow2_trace.run(self, blk, lambda: self._store_zeroes(offset, length, unmap), length, frees=True,
-                            done=(offset, lambda upto: self._store_zeroes(offset, upto - offset, unmap)))
+                            done=(offset, lambda upto: self._store_zeroes(offset, upto - offset, unmap))
+                            if by_table else None)
             return
         self._tables_used(offset, length)
         with self._file_sees(frees=True):

@@ -166,7 +166,13 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, alway
 
 def _refcounts_lost(node: Any, blk: BlkdebugNode) -> None:
     """A refcount block read failed in qcow2_free_clusters, which goes on without it: that cluster keeps its
-    refcount with nothing pointing at it (a leak, which bitlab does not model: it refuses the image afterwards)."""
+    refcount with nothing pointing at it (a leak, which bitlab does not model: it refuses the image afterwards),
+    and the block is not in the cache (nor are changes to it) until a later read of it succeeds."""
+    if blk.uncached:
+        layout = node.image.layout
+        layout.rb_cached.difference_update(blk.uncached)
+        layout.dirty_refblocks.difference_update(blk.uncached)
+        blk.uncached = set()
     if blk.refcounts_lost:
         blk.refcounts_lost = False
         node.image.unknown = (f"bitlab does not know what QEMU 7.2 left in '{node.image.name}': a refcount block read "
