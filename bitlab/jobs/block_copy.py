@@ -490,10 +490,14 @@ class BlockCopy:
     def _launch(self, call: Call) -> None:
         if call.finished:
             return
-        if call.in_flight == 0 and not call.cancelled and call.error is None and self._launch_batch(call):
-            return
+        first = None  # the per-task path's next task, if the bulk path already made it
+        if call.in_flight == 0 and not call.cancelled and call.error is None:
+            started = self._launch_batch(call)
+            if started is True:
+                return
+            first = started or None
         while call.in_flight < call.max_workers and not call.cancelled and call.error is None:
-            task = self._next_task(call.cursor, call.max_chunk, call.method)
+            task, first = first or self._next_task(call.cursor, call.max_chunk, call.method), None
             if task is None:
                 if call.found and self.bitmap.count:
                     call.cursor, call.found, call.method = 0, False, None  # another pass: bits came back
@@ -603,14 +607,20 @@ class BlockCopy:
         self._nset = None
 
     # -- the bulk path (see the module docstring) ------------------------------------------
-    def _launch_batch(self, call: Call) -> bool:
-        """Start the next batch; False if the per-task path must go on instead."""
+    def _launch_batch(self, call: Call) -> bool | Task:
+        """Start the next batch (True); False if the per-task path must go on instead, or the task it
+        goes on with when this found it (a data task where only zero tasks may be batched)."""
         if not (BULK and not self.rate.speed and _plain(self.target)) or self.method not in (READ_WRITE,
                                                                                             READ_WRITE_CLUSTER):
             return False  # (copy_range: task by task, see set_copy_opts)
         # Zero tasks never read the source: with blkdebug (or anything) below it, a batch of
         # zero tasks is still exact; it ends before the first data task.
-        plan = self._plan(call, zeroes_only=not _plain(self.source))
+        zeroes_only = not _plain(self.source)
+        if zeroes_only:  # the per-task path's first task (as the plan would find, at a fraction of its cost)
+            first = self._next_task(call.cursor, call.max_chunk, call.method)
+            if first is None or not first.zero:
+                return first or False  # (the per-task path takes it as it is: nothing changed since)
+        plan = self._plan(call, zeroes_only)
         if plan is None:
             return False
         offsets, nbytes, zero, nclusters, wave_start, end = plan
@@ -651,8 +661,6 @@ class BlockCopy:
         first = bits.find(1, min(call.cursor // cs, len(bits)))
         if first < 0:
             return None
-        if zeroes_only and self.classify(first * cs, min((first + 1) * cs, self.len))[2][0] != ZERO_RUN:
-            return None  # the first task reads data (as the plan below would find, at a fraction of its cost)
         now = self.scheduler.clock.now_ns
         horizon = getattr(self.scheduler, "horizon_ns", None)
         horizon = now if horizon is None else max(horizon, now)
