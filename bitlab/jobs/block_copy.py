@@ -228,7 +228,7 @@ class BlockCopy:
         self.method = READ_WRITE
         self.ranges = False  # whether copy_range reaches a file on both sides
         # block_copy_max_transfer, aligned down to the cluster (blkdebug's max-transfer, through the parents)
-        limit = min((n for n in (_max_transfer(source), _max_transfer(target), INT_MAX) if n), default=INT_MAX)
+        limit = min(_max_transfer(source) or INT_MAX, _max_transfer(target) or INT_MAX, INT_MAX)
         self.max_transfer = limit // cluster_size * cluster_size
         self.call: Call | None = None
         self._nset: int | None = None  # set bits of the bitmap, kept while a call runs
@@ -1056,7 +1056,12 @@ def _max_transfer(node: BlockNode) -> int:
     own = node.options.get("max-transfer", 0) if node.driver == "blkdebug" else 0
     if own:
         return own
-    return min((n for n in (_max_transfer(child) for _, child in node.children) if n), default=0)
+    least = 0
+    for _, child in node.children:
+        n = _max_transfer(child)
+        if n and (not least or n < least):
+            least = n
+    return least
 
 
 def _copies_ranges(node: BlockNode) -> bool:
