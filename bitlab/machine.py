@@ -76,14 +76,20 @@ class EventSink:
 
     def emit(self, event: str, data: dict | None = None) -> dict:
         """Record a QMP event stamped with the simulated clock."""
+        return self.emit_wire(event, None if data is None else wire_order(data))
+
+    def emit_wire(self, event: str, data: dict | None) -> dict:
+        """:meth:`emit` of ``data`` already in wire order: a new dict of scalars that no caller keeps
+        (as :func:`wire_order` would have made it)."""
         micros = self.clock.now_ns // 1000  # (the timestamp's members are in wire order already)
         msg = {"timestamp": {"seconds": micros // 1_000_000, "microseconds": micros % 1_000_000}, "event": event}
         if data is not None:
-            msg["data"] = wire_order(data)
+            msg["data"] = data
         self.events.append(msg)
         self.transcript.append({"kind": "event", "message": msg})
-        for listener in list(self.listeners):
-            listener(msg)
+        if self.listeners:
+            for listener in list(self.listeners):
+                listener(msg)
         return msg
 
 
@@ -117,7 +123,7 @@ class Machine(GuestIO, Monitor):
         self.scheduler = scheduler if scheduler is not None else Scheduler(self.clock)
         self.sink = EventSink(self.clock)
         self.listeners = self.sink.listeners  # called with every event as it is emitted
-        self.jobs = JobManager(self.sink.emit, self.scheduler)
+        self.jobs = JobManager(self.sink.emit, self.scheduler, self.sink.emit_wire)
         self.exports = BlockExports(self.graph.blks, self.sink.emit, self.graph._drop_unowned)  # NBD server, exports
         self.events = self.sink.events
         self.transcript = self.sink.transcript  # every QMP message and reply, in order
