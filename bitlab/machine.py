@@ -55,9 +55,8 @@ DEFAULT_WORKDIR = "/var/lib/bitlab"
 def _frozen(image: ImageFile) -> ImageFile:
     """A copy of an image file to read its content from later: its runs copied, nothing rebuilt (no host
     layout, no locks: a reader needs neither)."""
-    frozen = copy.copy(image)
-    object.__setattr__(frozen, "data", image.data.copy())
-    object.__setattr__(frozen, "_layout", None)
+    frozen = object.__new__(type(image))  # copy.copy's own steps for a plain instance, without its dispatch
+    frozen.__dict__.update(image.__dict__, data=image.data.copy(), _layout=None)
     return frozen
 
 
