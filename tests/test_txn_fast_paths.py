@@ -67,3 +67,83 @@ def test_frozen_image_is_a_copy_with_its_own_runs() -> None:
     assert frozen.data.runs()[0].tolist() == image.data.runs()[0].tolist()
     vm.write("drive0", 0, 65536, 0x22)  # the live file changes, the copy does not
     assert frozen.data.runs()[1].tolist() != image.data.runs()[1].tolist()
+
+
+def _replace_node_reference(graph, old, new) -> None:
+    """BlockGraph._replace_node as first written: new's subtree walked first, every node's links listed."""
+    from bitlab.block.node import subtree_ids
+
+    inside = subtree_ids(new, lambda node: node.children)
+    moved: list[tuple] = []
+    for parent in list(graph.nodes.values()):
+        roles = [role for role, child in parent.children if child is old]
+        if roles and id(parent) not in inside:
+            moved += [(id(parent), role) for role in roles]
+            graph._replace_child(parent, old, new, graph.link_order)
+    for device, root in graph.devices.items():
+        if root is old:
+            graph.devices[device] = new
+            moved.append(("device", device))
+    for blk in graph.blks:
+        if blk.node is old:
+            blk.node = new
+            moved.append(("blk", id(blk)))
+    for key, (node, at) in list(graph.guests.items()):
+        if at is old:
+            graph.guests[key] = (node, new)
+    if id(old) not in graph.guests:
+        graph.guests[id(old)] = (old, new)
+    for key in sorted(moved, key=lambda key: -graph.link_order.get(key, 0)):
+        graph.stamp(key)
+
+
+def _graph_state(vm: Machine) -> tuple:
+    """Every node's links and parent count, the device's node, and every link's order stamp (by names)."""
+    g = vm.graph
+    names = {id(n): name for name, n in g.nodes.items()}
+    links = {name: [(role, child.node_name) for role, child in n.children] for name, n in g.nodes.items()}
+    order = sorted((str(names.get(a, a)), b, stamp) for (a, b), stamp in g.link_order.items())
+    return links, {d: n.node_name for d, n in g.devices.items()}, order, {n: g.nodes[n].parents for n in g.nodes}
+
+
+def test_replace_node_is_the_reference_walk() -> None:
+    """Random graphs with a device and nodes over nodes (a node inside the new node's subtree among the old
+    one's parents, too, as a sync=none target is): moving every parent of a node to a new filter above it
+    gives the links, link order and parent counts the reference walk gives."""
+    import random
+
+    from bitlab.block.cbw import CbwNode
+    from tests.graphs import random_graph
+
+    inside = compared = 0
+    for seed in range(30):
+        states = []
+        for replace in (lambda g, o, n: g._replace_node(o, n), _replace_node_reference):
+            rng = random.Random(seed)
+            vm = random_graph(random.Random(seed), 8)
+            nodes = list(vm.graph.nodes.values())
+            if not nodes:
+                break
+            vm.graph.devices["dev"] = nodes[0]
+            vm.graph.new_backend(("device", "dev"))
+            old = rng.choice(nodes)
+            new = CbwNode(f"f{seed}", cluster_size=65536, before_write=lambda o, n: None, size=64 << 20)
+            vm.graph.nodes[new.node_name] = new
+            vm.graph._attach(new, "file", old)
+            others = [n for n in nodes if n is not old and id(n) not in _below(old)]
+            if others and rng.random() < 0.5:  # a parent of old inside new's subtree: it keeps its link
+                other = rng.choice(others)
+                vm.graph._attach(other, "backing", old)
+                vm.graph._attach(new, "target", other)
+                inside += replace is _replace_node_reference
+            replace(vm.graph, old, new)
+            states.append(_graph_state(vm))
+        assert states[:1] == states[1:]
+        compared += len(states) == 2
+    assert inside > 0 and compared > 20
+
+
+def _below(node) -> set[int]:
+    from bitlab.block.node import subtree_ids
+
+    return subtree_ids(node, lambda n: n.children)
