@@ -756,7 +756,8 @@ class BlockCopy:
             if stop == 0:
                 return None
             t_s, t_e, zero = t_s[:stop], t_e[:stop], zero[:stop]
-        if all(zero):
+        all_zero = all(zero)
+        if all_zero:
             dur = [LATENCY_NS] * len(zero)
         else:
             dur = [LATENCY_NS if z else io_time_ns(min(e * cs, size) - s * cs, True) for s, e, z in zip(t_s, t_e, zero)]
@@ -773,8 +774,10 @@ class BlockCopy:
             wave_start = [now] + wave_end[: nwaves - 1]
             end = wave_start[-1] + max(dur[firsts[nwaves - 1]:n])
         nclusters = sum(t_e[:n]) - sum(t_s[:n])
-        return (np.array(t_s[:n], dtype=np.int64) * cs, (np.array(t_e[:n], dtype=np.int64) - t_s[:n]) * cs,
-                np.array(zero[:n], dtype=bool), nclusters, np.array(wave_start, dtype=np.int64), end)
+        first = np.array(t_s[:n], dtype=np.int64)  # (each list made an array once)
+        clusters = np.array(t_e[:n], dtype=np.int64) - first
+        return (first * cs, clusters * cs, np.ones(n, dtype=bool) if all_zero else np.array(zero[:n], dtype=bool),
+                nclusters, np.array(wave_start, dtype=np.int64), end)
 
     def _dirty_runs(self, first: int, max_runs: int, max_clusters: int) -> tuple[np.ndarray, np.ndarray]:
         """Runs of set bits from bit ``first`` on, [starts, ends), enough for ``max_runs`` runs or
