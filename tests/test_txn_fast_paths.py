@@ -147,3 +147,18 @@ def _below(node) -> set[int]:
     from bitlab.block.node import subtree_ids
 
     return subtree_ids(node, lambda n: n.children)
+
+
+def test_a_backup_uses_exactly_its_node_ids() -> None:
+    """BackupJob.uses (identity tests) is Job.uses (membership in node_ids) for every node of the graph."""
+    from bitlab.jobs.job import Job
+
+    vm = Machine()
+    vm.add_drive("drive0", "4M")
+    vm.add_drive("target0", "4M")
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "drive0", "target": "target0", "sync": "full",
+                               "auto-finalize": False})
+    (job,) = vm.jobs.jobs
+    nodes = list(vm.graph.nodes.values())
+    assert sum(job.uses(n) for n in nodes) == 3
+    assert all(job.uses(n) == Job.uses(job, n) for n in nodes)

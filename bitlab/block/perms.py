@@ -15,6 +15,7 @@ bitlab checks on a :class:`PermView` of the graph with the change applied, never
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from ..errors import generic
@@ -154,8 +155,7 @@ def export_blk(exp: Any) -> Blk:
     return Blk(UNNAMED, READ | (WRITE if getattr(exp, "writable", False) else 0), EXPORT_SHARED)
 
 
-def _newest_first(item: tuple[int, int, Edge]) -> int:
-    return item[0]
+_newest_first = itemgetter(0)  # a stamped link's stamp
 
 
 class PermView:

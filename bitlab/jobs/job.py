@@ -90,7 +90,7 @@ class JobManager:
 
     def attach_drained(self, job: Job) -> None:
         """A job created on a drained node starts out paused by the drain."""
-        if any(key in self.drained for key in job.node_ids()) and not job.drain_paused:
+        if not job.drain_paused and not self.drained.keys().isdisjoint(job.node_ids()):
             job.drain_paused = True
             job.pause_count += 1
 
