@@ -633,7 +633,7 @@ class BlockCopy:
         if not detects and not self._zeroes_keep_allocation(offsets, nbytes, zero):
             return False  # (checked before the read: this repeats at every launch)
         run_s, run_e, run_v, ptr = self._read(offsets, nbytes, zero)
-        detected = self._detected(zero, run_v, ptr)
+        detected = self._detected(zero, run_v, ptr) if detects else np.zeros(zero.size, dtype=bool)
         if detects and not self._zeroes_keep_allocation(offsets, nbytes, zero | detected):
             return False
         cs = self.cluster_size
@@ -867,11 +867,11 @@ class BlockCopy:
 
     def _read(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> tuple:
         """The source content of every data task: one read over them all, clipped to each."""
-        ends = np.minimum(offsets + nbytes, self.len)
-        data = ~zero
-        if not data.any():
+        if zero.all():
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty, np.zeros(offsets.size + 1, dtype=np.int64)
+        ends = np.minimum(offsets + nbytes, self.len)
+        data = ~zero
         lo, hi = int(offsets[data][0]), int(ends[data][-1])
         st, en, vals = self.source.read_extents(lo, hi - lo)
         return clip_runs(st, en, vals, offsets, np.where(zero, offsets, ends))
