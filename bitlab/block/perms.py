@@ -57,7 +57,7 @@ def lock_error(perm: int, shared: int, others: list[tuple[int, int]]) -> str | N
     return None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Blk:
     """A BlockBackend's root link (or a job's link): fixed permissions and how QEMU names its user."""
 
@@ -67,7 +67,7 @@ class Blk:
     role: str = "root"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Edge:
     """One parent link into a node: from a node (``parent``) or a BlockBackend (``blk``)."""
 
