@@ -70,7 +70,8 @@ def test_frozen_image_is_a_copy_with_its_own_runs() -> None:
 
 
 def _replace_node_reference(graph, old, new) -> None:
-    """BlockGraph._replace_node as first written: new's subtree walked first, every node's links listed."""
+    """BlockGraph._replace_node as first written: new's subtree walked first, every node's links listed
+    (the BlockBackends and guests then move as the graph moves them)."""
     from bitlab.block.node import subtree_ids
 
     inside = subtree_ids(new, lambda node: node.children)
@@ -80,21 +81,7 @@ def _replace_node_reference(graph, old, new) -> None:
         if roles and id(parent) not in inside:
             moved += [(id(parent), role) for role in roles]
             graph._replace_child(parent, old, new, graph.link_order)
-    for device, root in graph.devices.items():
-        if root is old:
-            graph.devices[device] = new
-            moved.append(("device", device))
-    for blk in graph.blks:
-        if blk.node is old:
-            blk.node = new
-            moved.append(("blk", id(blk)))
-    for key, (node, at) in list(graph.guests.items()):
-        if at is old:
-            graph.guests[key] = (node, new)
-    if id(old) not in graph.guests:
-        graph.guests[id(old)] = (old, new)
-    for key in sorted(moved, key=lambda key: -graph.link_order.get(key, 0)):
-        graph.stamp(key)
+    graph._move_backends(old, new, moved)
 
 
 def _graph_state(vm: Machine) -> tuple:

@@ -359,6 +359,11 @@ class BlockGraph:
 
     def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every parent of ``old`` outside ``new``'s subtree now points at ``new``."""
+        self._move_backends(old, new, self._move_node_links(old, new))
+
+    def _move_node_links(self, old: BlockNode, new: BlockNode) -> list[tuple]:
+        """:meth:`_replace_node`'s node parents: the links of ``old``'s parents outside ``new``'s subtree
+        move to ``new``; returns their keys (``link_order``'s)."""
         inside: set[int] | None = None  # new's subtree, walked once a parent of old other than new is found
         moved: list[tuple] = []
         for parent in self.nodes.values():
@@ -374,6 +379,11 @@ class BlockGraph:
             if id(parent) not in inside:
                 moved += [(id(parent), role) for role, child in parent.children if child is old]
                 self._replace_child(parent, old, new, self.link_order)
+        return moved
+
+    def _move_backends(self, old: BlockNode, new: BlockNode, moved: list[tuple]) -> None:
+        """:meth:`_replace_node`'s BlockBackends and guests: devices, exports and guests on ``old`` move to
+        ``new``; then every moved link (``moved``: the node links already moved) is stamped."""
         for device, root in self.devices.items():
             if root is old:
                 self.devices[device] = new
