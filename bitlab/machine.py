@@ -55,9 +55,8 @@ DEFAULT_WORKDIR = "/var/lib/bitlab"
 def _frozen(image: ImageFile) -> ImageFile:
     """A copy of an image file to read its content from later: its runs copied, nothing rebuilt (no host
     layout, no locks: a reader needs neither)."""
-    frozen = copy.copy(image)
-    object.__setattr__(frozen, "data", image.data.copy())
-    object.__setattr__(frozen, "_layout", None)
+    frozen = object.__new__(type(image))  # copy.copy's own steps for a plain instance, without its dispatch
+    frozen.__dict__.update(image.__dict__, data=image.data.copy(), _layout=None)
     return frozen
 
 
@@ -76,14 +75,20 @@ class EventSink:
 
     def emit(self, event: str, data: dict | None = None) -> dict:
         """Record a QMP event stamped with the simulated clock."""
+        return self.emit_wire(event, None if data is None else wire_order(data))
+
+    def emit_wire(self, event: str, data: dict | None) -> dict:
+        """:meth:`emit` of ``data`` already in wire order: a new dict of scalars that no caller keeps
+        (as :func:`wire_order` would have made it)."""
         micros = self.clock.now_ns // 1000  # (the timestamp's members are in wire order already)
         msg = {"timestamp": {"seconds": micros // 1_000_000, "microseconds": micros % 1_000_000}, "event": event}
         if data is not None:
-            msg["data"] = wire_order(data)
+            msg["data"] = data
         self.events.append(msg)
         self.transcript.append({"kind": "event", "message": msg})
-        for listener in list(self.listeners):
-            listener(msg)
+        if self.listeners:
+            for listener in list(self.listeners):
+                listener(msg)
         return msg
 
 
@@ -117,7 +122,7 @@ class Machine(GuestIO, Monitor):
         self.scheduler = scheduler if scheduler is not None else Scheduler(self.clock)
         self.sink = EventSink(self.clock)
         self.listeners = self.sink.listeners  # called with every event as it is emitted
-        self.jobs = JobManager(self.sink.emit, self.scheduler)
+        self.jobs = JobManager(self.sink.emit, self.scheduler, self.sink.emit_wire)
         self.exports = BlockExports(self.graph.blks, self.sink.emit, self.graph._drop_unowned)  # NBD server, exports
         self.events = self.sink.events
         self.transcript = self.sink.transcript  # every QMP message and reply, in order

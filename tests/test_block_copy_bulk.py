@@ -30,7 +30,7 @@ def batches(monkeypatch):
 
     def counted(self, call):
         ok = real(self, call)
-        started.append(ok)
+        started.append(ok is True)  # (False, or the per-task path's first task: no batch)
         return ok
 
     monkeypatch.setattr(block_copy.BlockCopy, "_launch_batch", counted)

@@ -140,7 +140,7 @@ def test_conflict_of_a_node_with_one_parent_is_the_general_check(seed: int) -> N
     outcomes = set()
     for step in range(40):
         starts = rng.sample(nodes, rng.randint(1, min(3, len(nodes))))
-        every = (view.conflict_general(n, view.parents.get(id(n), []))
+        every = (view.conflict_general(n, view.parents.get(n, []))
                  or (view.lock_conflict(n) if n.driver == "file" else None) for n in view.topological(*starts))
         first = next((text for text in every if text is not None), None)
         assert view.first_error(*starts) == first
@@ -153,7 +153,7 @@ def test_conflict_of_a_node_with_one_parent_is_the_general_check(seed: int) -> N
         else:
             view.add_blk(rng.choice(nodes), perms.Blk("blk", rng.randrange(16), rng.randrange(16)))
         for node in nodes:
-            edges = view.parents.get(id(node), [])
+            edges = view.parents.get(node, [])
             fast = view.conflict(node)
             assert fast == view.conflict_general(node, edges)
             outcomes.add((len(edges) < 2, fast is None))
@@ -171,7 +171,7 @@ def _topological_by_prepending(view: perms.PermView, *starts: BlockNode) -> list
             return []
         found.add(id(node))
         below: list[BlockNode] = []
-        for _, child in view.children.get(id(node), []):
+        for _, child in view.children.get(node, []):
             below = dfs(child) + below
         return [node] + below
 

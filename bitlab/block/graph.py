@@ -37,6 +37,11 @@ def _file_locks(graph: weakref.ref, image: Any) -> list[tuple[int, int]]:
     return [] if alive is None else perms.file_locks(alive, image)
 
 
+def _children(node: BlockNode) -> list[tuple[str, BlockNode]]:
+    """A node's (role, child) links, for subtree walks."""
+    return node.children
+
+
 def id_wellformed(name: str) -> bool:
     """util/id.c: a letter first, then letters, digits, '-', '.', '_'."""
     return bool(_NODE_NAME_RE.match(name))
@@ -360,13 +365,31 @@ class BlockGraph:
 
     def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every parent of ``old`` outside ``new``'s subtree now points at ``new``."""
-        inside = subtree_ids(new, lambda node: node.children)
+        self._move_backends(old, new, self._move_node_links(old, new))
+
+    def _move_node_links(self, old: BlockNode, new: BlockNode) -> list[tuple]:
+        """:meth:`_replace_node`'s node parents: the links of ``old``'s parents outside ``new``'s subtree
+        move to ``new``; returns their keys (``link_order``'s)."""
+        inside: set[int] | None = None  # new's subtree, walked once a parent of old other than new is found
         moved: list[tuple] = []
-        for parent in list(self.nodes.values()):
-            roles = [role for role, child in parent.children if child is old]
-            if roles and id(parent) not in inside:
-                moved += [(id(parent), role) for role in roles]
+        for parent in self.nodes.values():
+            for _, child in parent.children:
+                if child is old:
+                    break
+            else:
+                continue  # not a parent of old
+            if parent is new:  # (new is in its own subtree)
+                continue
+            if inside is None:
+                inside = subtree_ids(new, _children)
+            if id(parent) not in inside:
+                moved += [(id(parent), role) for role, child in parent.children if child is old]
                 self._replace_child(parent, old, new, self.link_order)
+        return moved
+
+    def _move_backends(self, old: BlockNode, new: BlockNode, moved: list[tuple]) -> None:
+        """:meth:`_replace_node`'s BlockBackends and guests: devices, exports and guests on ``old`` move to
+        ``new``; then every moved link (``moved``: the node links already moved) is stamped."""
         for device, root in self.devices.items():
             if root is old:
                 self.devices[device] = new
@@ -381,7 +404,9 @@ class BlockGraph:
         if id(old) not in self.guests:
             self.guests[id(old)] = (old, new)
         # each moved link goes to the head of new's parents, newest of old's first: their order reverses
-        for key in sorted(moved, key=lambda key: -self.link_order.get(key, 0)):
+        if len(moved) > 1:
+            moved.sort(key=lambda key: -self.link_order.get(key, 0))
+        for key in moved:
             self.stamp(key)
 
     @staticmethod

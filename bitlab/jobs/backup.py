@@ -98,6 +98,10 @@ class BackupJob(Job):
     def node_ids(self) -> set[int]:
         return {id(self.source), id(self.target), id(self.cbw)}
 
+    def uses(self, node: Any) -> bool:
+        """:meth:`Job.uses` without building :meth:`node_ids`."""
+        return node is self.source or node is self.target or node is self.cbw
+
     def block_links(self) -> list[tuple[str, Any]]:
         """'main node' (the filter) and 'target', from creation until the job's clean drops the filter."""
         if self.graph.nodes.get(self.cbw.node_name) is not self.cbw:

@@ -228,7 +228,7 @@ class BlockCopy:
         self.method = READ_WRITE
         self.ranges = False  # whether copy_range reaches a file on both sides
         # block_copy_max_transfer, aligned down to the cluster (blkdebug's max-transfer, through the parents)
-        limit = min((n for n in (_max_transfer(source), _max_transfer(target), INT_MAX) if n), default=INT_MAX)
+        limit = min(_max_transfer(source) or INT_MAX, _max_transfer(target) or INT_MAX, INT_MAX)
         self.max_transfer = limit // cluster_size * cluster_size
         self.call: Call | None = None
         self._nset: int | None = None  # set bits of the bitmap, kept while a call runs
@@ -490,10 +490,14 @@ class BlockCopy:
     def _launch(self, call: Call) -> None:
         if call.finished:
             return
-        if call.in_flight == 0 and not call.cancelled and call.error is None and self._launch_batch(call):
-            return
+        first = None  # the per-task path's next task, if the bulk path already made it
+        if call.in_flight == 0 and not call.cancelled and call.error is None:
+            started = self._launch_batch(call)
+            if started is True:
+                return
+            first = started or None
         while call.in_flight < call.max_workers and not call.cancelled and call.error is None:
-            task = self._next_task(call.cursor, call.max_chunk, call.method)
+            task, first = first or self._next_task(call.cursor, call.max_chunk, call.method), None
             if task is None:
                 if call.found and self.bitmap.count:
                     call.cursor, call.found, call.method = 0, False, None  # another pass: bits came back
@@ -603,14 +607,20 @@ class BlockCopy:
         self._nset = None
 
     # -- the bulk path (see the module docstring) ------------------------------------------
-    def _launch_batch(self, call: Call) -> bool:
-        """Start the next batch; False if the per-task path must go on instead."""
+    def _launch_batch(self, call: Call) -> bool | Task:
+        """Start the next batch (True); False if the per-task path must go on instead, or the task it
+        goes on with when this found it (a data task where only zero tasks may be batched)."""
         if not (BULK and not self.rate.speed and _plain(self.target)) or self.method not in (READ_WRITE,
                                                                                             READ_WRITE_CLUSTER):
             return False  # (copy_range: task by task, see set_copy_opts)
         # Zero tasks never read the source: with blkdebug (or anything) below it, a batch of
         # zero tasks is still exact; it ends before the first data task.
-        plan = self._plan(call, zeroes_only=not _plain(self.source))
+        zeroes_only = not _plain(self.source)
+        if zeroes_only:  # the per-task path's first task (as the plan would find, at a fraction of its cost)
+            first = self._next_task(call.cursor, call.max_chunk, call.method)
+            if first is None or not first.zero:
+                return first or False  # (the per-task path takes it as it is: nothing changed since)
+        plan = self._plan(call, zeroes_only)
         if plan is None:
             return False
         offsets, nbytes, zero, nclusters, wave_start, end = plan
@@ -623,7 +633,7 @@ class BlockCopy:
         if not detects and not self._zeroes_keep_allocation(offsets, nbytes, zero):
             return False  # (checked before the read: this repeats at every launch)
         run_s, run_e, run_v, ptr = self._read(offsets, nbytes, zero)
-        detected = self._detected(zero, run_v, ptr)
+        detected = self._detected(zero, run_v, ptr) if detects else np.zeros(zero.size, dtype=bool)
         if detects and not self._zeroes_keep_allocation(offsets, nbytes, zero | detected):
             return False
         cs = self.cluster_size
@@ -651,8 +661,6 @@ class BlockCopy:
         first = bits.find(1, min(call.cursor // cs, len(bits)))
         if first < 0:
             return None
-        if zeroes_only and self.classify(first * cs, min((first + 1) * cs, self.len))[2][0] != ZERO_RUN:
-            return None  # the first task reads data (as the plan below would find, at a fraction of its cost)
         now = self.scheduler.clock.now_ns
         horizon = getattr(self.scheduler, "horizon_ns", None)
         horizon = now if horizon is None else max(horizon, now)
@@ -748,7 +756,8 @@ class BlockCopy:
             if stop == 0:
                 return None
             t_s, t_e, zero = t_s[:stop], t_e[:stop], zero[:stop]
-        if all(zero):
+        all_zero = all(zero)
+        if all_zero:
             dur = [LATENCY_NS] * len(zero)
         else:
             dur = [LATENCY_NS if z else io_time_ns(min(e * cs, size) - s * cs, True) for s, e, z in zip(t_s, t_e, zero)]
@@ -765,8 +774,10 @@ class BlockCopy:
             wave_start = [now] + wave_end[: nwaves - 1]
             end = wave_start[-1] + max(dur[firsts[nwaves - 1]:n])
         nclusters = sum(t_e[:n]) - sum(t_s[:n])
-        return (np.array(t_s[:n], dtype=np.int64) * cs, (np.array(t_e[:n], dtype=np.int64) - t_s[:n]) * cs,
-                np.array(zero[:n], dtype=bool), nclusters, np.array(wave_start, dtype=np.int64), end)
+        first = np.array(t_s[:n], dtype=np.int64)  # (each list made an array once)
+        clusters = np.array(t_e[:n], dtype=np.int64) - first
+        return (first * cs, clusters * cs, np.ones(n, dtype=bool) if all_zero else np.array(zero[:n], dtype=bool),
+                nclusters, np.array(wave_start, dtype=np.int64), end)
 
     def _dirty_runs(self, first: int, max_runs: int, max_clusters: int) -> tuple[np.ndarray, np.ndarray]:
         """Runs of set bits from bit ``first`` on, [starts, ends), enough for ``max_runs`` runs or
@@ -856,11 +867,11 @@ class BlockCopy:
 
     def _read(self, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray) -> tuple:
         """The source content of every data task: one read over them all, clipped to each."""
-        ends = np.minimum(offsets + nbytes, self.len)
-        data = ~zero
-        if not data.any():
+        if zero.all():
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty, np.zeros(offsets.size + 1, dtype=np.int64)
+        ends = np.minimum(offsets + nbytes, self.len)
+        data = ~zero
         lo, hi = int(offsets[data][0]), int(ends[data][-1])
         st, en, vals = self.source.read_extents(lo, hi - lo)
         return clip_runs(st, en, vals, offsets, np.where(zero, offsets, ends))
@@ -1048,7 +1059,12 @@ def _max_transfer(node: BlockNode) -> int:
     own = node.options.get("max-transfer", 0) if node.driver == "blkdebug" else 0
     if own:
         return own
-    return min((n for n in (_max_transfer(child) for _, child in node.children) if n), default=0)
+    least = 0
+    for _, child in node.children:
+        n = _max_transfer(child)
+        if n and (not least or n < least):
+            least = n
+    return least
 
 
 def _copies_ranges(node: BlockNode) -> bool:

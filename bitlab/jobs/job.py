@@ -17,9 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import QMPError, generic
+from ..qmp_order import wire_member_order
 from .status import COMPLETED, TRANSITIONS, VERBS
 
 _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+# JOB_STATUS_CHANGE's data ({"id", "status"} in schema order) as QEMU sends it: its members' wire order
+_ID_FIRST = wire_member_order(("id", "status"))[0] == "id"
 ECANCELED = _errno.ECANCELED
 
 
@@ -57,8 +60,10 @@ class JobTxn:
 class JobManager:
     """All jobs of a machine, with the machine's event sink and scheduler."""
 
-    def __init__(self, emit: Callable[[str, dict], Any], scheduler: Any) -> None:
+    def __init__(self, emit: Callable[[str, dict], Any], scheduler: Any,
+                 emit_wire: Callable[[str, dict], Any]) -> None:
         self.emit = emit
+        self.emit_wire = emit_wire  # for data in wire order already (EventSink.emit_wire)
         self.scheduler = scheduler
         self.jobs: list[Job] = []
         self.drained: dict[int, int] = {}  # id(node) -> drain count
@@ -85,7 +90,7 @@ class JobManager:
 
     def attach_drained(self, job: Job) -> None:
         """A job created on a drained node starts out paused by the drain."""
-        if any(key in self.drained for key in job.node_ids()) and not job.drain_paused:
+        if not job.drain_paused and not self.drained.keys().isdisjoint(job.node_ids()):
             job.drain_paused = True
             job.pause_count += 1
 
@@ -161,7 +166,8 @@ class Job:
             raise AssertionError(f"illegal job transition {self.status} -> {status} ({self.id})")
         old, self.status = self.status, status
         if old != status:
-            self.manager.emit("JOB_STATUS_CHANGE", {"id": self.id, "status": status})
+            data = {"id": self.id, "status": status} if _ID_FIRST else {"status": status, "id": self.id}
+            self.manager.emit_wire("JOB_STATUS_CHANGE", data)
 
     def apply_verb(self, verb: str) -> None:
         if self.status not in VERBS[verb]:
