@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 
+from bitlab.block import qcow2_host
 from bitlab.block.extents import UNALLOCATED, ZERO, ZERO_ALLOC
 from bitlab.block.qcow2_host import SMALL_BATCH, HostLayout
 
@@ -237,6 +238,42 @@ def test_zero_writes_back_to_back_are_one_write_each_run(seed: int) -> None:
         mp.setattr("bitlab.block.qcow2_host._joined", lambda reqs: reqs)
         assert one_by_one._small_batch(reqs)
     _same(joined, one_by_one)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_zero_writes_back_to_back_setting_one_flag_are_joined_before_the_batch(seed: int) -> None:
+    """Zero writes back to back all setting one zero flag (a backup zeroing a new target) are one request before
+    the small batch even sees them (_back_to_back, in numpy): the layout is what the general path and the requests
+    taken one by one leave; a gap, a flag that differs or a data write leaves them as they are."""
+    rng = np.random.default_rng(seed)
+    cs = 4096
+    clusters = 6 * (cs // 8)
+    layout = HostLayout(clusters * cs, cs)
+    cuts = np.sort(rng.choice(np.arange(1, clusters), int(rng.integers(3, 100)), replace=False))
+    off, ends = cuts[:-1] * cs, cuts[1:] * cs
+    if seed % 3 == 1:  # (partial clusters: back to back in bytes, in clusters only where they meet a cluster's end)
+        off, ends = off - 512, ends - 512
+    kinds = [UNALLOCATED] if seed % 2 else [ZERO, ZERO_ALLOC]
+    vals = rng.choice(kinds, off.size)
+    c0, c1 = off // cs, -(-ends // cs)
+    joined = qcow2_host._back_to_back(c0, c1, vals, vals.tolist())
+    assert joined == (None if seed % 3 == 1 else [(int(c0[0]), int(c1[-1]), int(vals[0]))])
+    outcomes: list[bool] = []
+    fast = _both_paths(layout, off, ends, vals, outcomes)
+    assert outcomes == [joined is not None]  # (writes sharing a partial cluster meet: the general path)
+    one_by_one = copy.deepcopy(layout)
+    for o, e, v in zip(off.tolist(), ends.tolist(), vals.tolist()):
+        one_by_one.zero_request(o // cs, -(-e // cs), -(-o // cs), e // cs, v)
+    assert fast.guest == one_by_one.guest and fast.l2 == one_by_one.l2 and fast.zero_flag == one_by_one.zero_flag
+    assert fast.dirty_l2 == one_by_one.dirty_l2 and fast.free == one_by_one.free
+    gap = np.delete(np.arange(off.size), off.size // 2)
+    assert qcow2_host._back_to_back(c0[gap], c1[gap], vals[gap], vals[gap].tolist()) is None
+    mixed = vals.copy()
+    mixed[-1] = ZERO if seed % 2 else UNALLOCATED
+    assert qcow2_host._back_to_back(c0, c1, mixed, mixed.tolist()) is None
+    data = vals.copy()
+    data[0] = 7
+    assert qcow2_host._back_to_back(c0, c1, data, data.tolist()) is None
 
 
 @pytest.mark.parametrize("seed", range(10))

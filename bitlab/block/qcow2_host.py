@@ -34,6 +34,7 @@ the layout also records, in QEMU's order, the blkdebug events and the requests i
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 import numpy as np
@@ -103,6 +104,19 @@ def _joined(reqs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
             out.append((a, b, v))
             last_a, last_b, last_v = a, b, v
     return out
+
+
+def _back_to_back(c0: np.ndarray, c1: np.ndarray, values: np.ndarray,
+                  vals: list[int]) -> list[tuple[int, int, int]] | None:
+    """Zero writes over guest clusters ``[c0, c1)`` (``vals``: ``values`` as a list) that :func:`_joined` makes one
+    write (each starting where the one before ends, all setting the same zero flag), as that write; else None.
+    (Found in numpy: a new target zeroed by a backup gets many such writes.)"""
+    if len(vals) < 2 or max(vals) >= 0 or bool((c0[1:] != c1[:-1]).any()):
+        return None
+    unalloc = values == UNALLOCATED
+    if bool((unalloc != unalloc[0]).any()):
+        return None
+    return [(int(c0[0]), int(c1[-1]), vals[0])]
 
 
 def _runs_with_ends(emap: ExtentMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -710,7 +724,9 @@ class HostLayout:
                 _, g_vals = self.guest.runs()
                 small = max(vals) < 0 and g_vals.size == 1 and g_vals[0] == NONE
             if small and not self.has_holes():
-                reqs = [(o // cs, -(-e // cs), v) for o, e, v in zip(offsets.tolist(), ends.tolist(), vals)]
+                reqs = _back_to_back(offsets // cs, -(-ends // cs), values, vals)
+                if reqs is None:
+                    reqs = [(o // cs, -(-e // cs), v) for o, e, v in zip(offsets.tolist(), ends.tolist(), vals)]
                 if self._small_batch(reqs):
                     return
         c0, c1 = offsets // cs, -(-ends // cs)
@@ -786,6 +802,11 @@ class HostLayout:
                 end = b
         elif flags and any(self.zero_flag.extents(a, b - a)[2].any() for a, b, _ in reqs):
             return False
+        g_starts = g_vals = None  # the guest map's runs as lists (a few runs; the loop below changes no map)
+        if not zeros:
+            starts, vals = self.guest.runs()
+            if starts.size <= SMALL_RUNS:
+                g_starts, g_vals = starts.tolist() + [self.guest.size], vals.tolist()
         events: list[tuple[int, int, int, int]] = []  # (owner, guest cluster, 0 table / 1 data, end or index)
         seen_tables: set[int] = set()
         z_tab: list[tuple[int, int]] = []  # (owner, index): the tables a zero write changes
@@ -803,8 +824,12 @@ class HostLayout:
                             z_tab.append((o, index))
             else:
                 new = [(a, b)]
-                s, e, v = self.guest.extents(a, b - a)
-                taken = [(x, y) for x, y, d in zip(s.tolist(), e.tolist(), v.tolist()) if d != NONE]
+                if g_starts is None:
+                    s, e, v = self.guest.extents(a, b - a)
+                    taken = [(x, y) for x, y, d in zip(s.tolist(), e.tolist(), v.tolist()) if d != NONE]
+                else:  # (the runs of [a, b) found in the lists)
+                    i, j = bisect_right(g_starts, a) - 1, bisect_left(g_starts, b)
+                    taken = [(max(g_starts[k], a), min(g_starts[k + 1], b)) for k in range(i, j) if g_vals[k] != NONE]
                 for x, y in taken + [(x, y) for x, y, w in reqs[:o] if w >= 0]:  # hosted, or an earlier request's
                     new = [(p, q) for lo, hi in new for p, q in ((lo, min(hi, x)), (max(lo, y), hi)) if q > p]
                 for lo, hi in new:  # cut at L2 tables
