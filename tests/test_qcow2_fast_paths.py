@@ -14,7 +14,7 @@ from bitlab.block.qcow2_host import SMALL_BATCH, HostLayout
 
 
 def _state(layout: HostLayout) -> dict:
-    written = [(o.tolist(), n.tolist()) for o, n in layout.written]
+    written = [(np.asarray(o).tolist(), np.asarray(n).tolist()) for o, n in layout.written]
     maps = ("guest", "l2", "free", "written", "discarded", "fs", "_fs_marks", "cow_written")
     plain = {k: v for k, v in vars(layout).items() if k not in maps}
     return {"guest": layout.guest.runs(), "l2": layout.l2.runs(), "free": layout.free.runs(), "written": written,
@@ -43,6 +43,7 @@ def _general(layout: HostLayout) -> HostLayout:
 def _written_clusters(layout: HostLayout) -> set[int]:
     out: set[int] = set()
     for o, n in layout.written:
+        o, n = np.asarray(o), np.asarray(n)
         for a, b in zip((o // layout.cs).tolist(), (-(-(o + n) // layout.cs)).tolist()):
             out.update(range(a, b))
     return out
@@ -166,8 +167,10 @@ def test_few_dirty_tables_are_written_back_as_many(seed: int) -> None:
     _, _, hosts, _ = many.l2.gather(index, index + 1)
     hosts = hosts[hosts >= 0]
     assert hosts.size  # (some of them exist)
-    assert [(o.tolist(), n.tolist()) for o, n in few.written] == [((hosts * cs).tolist(), [cs] * hosts.size)]
-    assert few.written[0][0].dtype == np.int64 and not few.dirty_l2
+    assert len(few.written) == 1 and not few.dirty_l2
+    offsets, lengths = few.drain_written()
+    assert offsets.tolist() == (hosts * cs).tolist() and lengths.tolist() == [cs] * hosts.size
+    assert offsets.dtype == lengths.dtype == np.int64
 
 
 @pytest.mark.parametrize("cs", [65536, 4096])

@@ -119,6 +119,13 @@ def _back_to_back(c0: np.ndarray, c1: np.ndarray, values: np.ndarray,
     return [(int(c0[0]), int(c1[-1]), vals[0])]
 
 
+Ints = list[int] | np.ndarray  # host byte offsets or lengths of metadata writes (see HostLayout._write)
+
+
+def _ints(values: Ints) -> list[int]:
+    return values.tolist() if isinstance(values, np.ndarray) else values
+
+
 def _runs_with_ends(emap: ExtentMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     starts, vals = emap.runs()
     ends = np.empty_like(starts)
@@ -257,15 +264,18 @@ class HostLayout:
             self.rb_cached.update(range(a, b + 1))
 
     # -- metadata writes (the qcow2 caches) -----------------------------------------------------
-    def _write(self, offsets: np.ndarray, lengths: np.ndarray, kind: str = "", keys: list | None = None) -> None:
-        if offsets.size:
-            # (shared with _fs_marks: neither list's arrays are changed in place, only concatenated)
-            self.written.append((offsets.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False)))
+    def _write(self, offsets: Ints, lengths: Ints, kind: str = "", keys: list | None = None) -> None:
+        """Metadata writes at host byte ``offsets`` of ``lengths`` (lists of ints or int64 arrays, kept as they
+        are: most are dropped unread, and :meth:`drain_written` and :meth:`fs_blocks` make arrays of the rest)."""
+        if len(offsets):
+            # (shared with _fs_marks: neither list's entries are changed in place, only concatenated)
+            self.written.append((offsets, lengths))
             self._fs_marks.append((offsets, lengths))
             if len(self._fs_marks) > MAX_FS_MARKS:
                 self.fs_blocks()
             if self.log is not None:
-                for i, (off, n) in enumerate(zip(offsets.tolist(), lengths.tolist())):
+                offs, lens = _ints(offsets), _ints(lengths)
+                for i, (off, n) in enumerate(zip(offs, lens)):
                     self.log.append(("w", off, n, kind, None if keys is None else keys[i]))
 
     def _flush_cache(self, which: str, sync: bool = True) -> None:
@@ -313,10 +323,9 @@ class HostLayout:
         if self.log is not None:
             for block, host in zip(blocks, hosts):
                 self._ev("refblock_update_part")
-                self._write(np.array([host * self.cs]), np.array([self.cs]), "rb", [block])
+                self._write([host * self.cs], [self.cs], "rb", [block])
             return
-        self._write(np.array([h * self.cs for h in hosts], dtype=np.int64),
-                    np.array([self.cs] * len(hosts), dtype=np.int64))
+        self._write([h * self.cs for h in hosts], [self.cs] * len(hosts))
 
     def _write_back_l2(self) -> None:
         """The L2 table cache written: each dirty table whole."""
@@ -327,18 +336,18 @@ class HostLayout:
                 host = self.l2.value_at(index)
                 if host >= 0:
                     self._ev("l2_update")
-                    self._write(np.array([host * self.cs]), np.array([self.cs]), "l2", [index])
+                    self._write([host * self.cs], [self.cs], "l2", [index])
             self.dirty_l2.clear()
             return
         if len(self.dirty_l2) <= SMALL_BATCH:  # a few tables: looked up one by one
             found = [self.l2.value_at(i) for i in sorted(self.dirty_l2)]
-            offsets = np.array([h * self.cs for h in found if h >= 0], dtype=np.int64)
+            offsets: Ints = [h * self.cs for h in found if h >= 0]
         else:
             index = np.array(sorted(self.dirty_l2), dtype=np.int64)
             _, _, hosts, _ = self.l2.gather(index, index + 1)
             offsets = hosts[hosts >= 0] * self.cs
         self.dirty_l2.clear()
-        self._write(offsets, np.array([self.cs] * offsets.size, dtype=np.int64))
+        self._write(offsets, [self.cs] * len(offsets))
 
     def flush(self) -> None:
         """qcow2_write_caches: the L2 table cache, then the refcount block cache (each after the one it
@@ -362,7 +371,7 @@ class HostLayout:
         self._ev("l2_alloc_write")
         self._flush_cache("l2")
         self._ev("l1_update")
-        self._write(np.array([self.l1_offset + 8 * index]), np.array([8]), "l1", [index])
+        self._write([self.l1_offset + 8 * index], [8], "l1", [index])
         self.stale_l1.discard(index)
         if self.log is not None:
             self.log += [("f",), ("mark", "end")]
@@ -394,8 +403,8 @@ class HostLayout:
         """The metadata writes since the last call: (host byte offsets, lengths)."""
         if not self.written:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        offsets = np.concatenate([w[0] for w in self.written])
-        lengths = np.concatenate([w[1] for w in self.written])
+        offsets = np.concatenate([np.asarray(w[0], dtype=np.int64) for w in self.written])
+        lengths = np.concatenate([np.asarray(w[1], dtype=np.int64) for w in self.written])
         self.written.clear()
         return offsets, lengths
 
@@ -421,7 +430,7 @@ class HostLayout:
         if self.log is not None:
             self.log.append(("new-refblock", index))  # (not simulated for blkdebug: see qcow2 nodes)
         if index < self.cs // 8:
-            self._write(np.array([self.cs + 8 * index]), np.array([8]), "reftable", [index])
+            self._write([self.cs + 8 * index], [8], "reftable", [index])
 
     def alloc(self, n: int) -> int:
         """alloc_clusters_noref: the first ``n`` free clusters in a row from free_cluster_index. The discards a
@@ -876,8 +885,7 @@ class HostLayout:
             self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if before])
             self._flush_cache("rb")
             self._flush_cache("l2")
-            self._write(np.array([self.l1_offset + 8 * i for i in sorted(tables)], dtype=np.int64),
-                        np.array([8] * len(tables), dtype=np.int64))
+            self._write([self.l1_offset + 8 * i for i in sorted(tables)], [8] * len(tables))
             self.dirty_l2.update([d for i, d in d_tab if i > pos_last])
             self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if not before])
             if end > host_last + 1:
