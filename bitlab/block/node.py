@@ -479,8 +479,8 @@ class FormatNode(BlockNode):
     def plain_filename(self) -> str | None:
         if any(key in self.options for key in self.strong_options) or self.backing_overridden():
             return None
-        child = self.file.filename
-        return None if child.startswith("json:") else child
+        child = self.file.plain_filename()  # (its ``json:`` form, if it has no plain one, would be built for nothing)
+        return None if child is None or child.startswith("json:") else child
 
     def backing_overridden(self) -> bool:
         return False
