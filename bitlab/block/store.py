@@ -60,10 +60,14 @@ class ImageFile:
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
     _allocated: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (key, allocated_size)
 
-    def __setattr__(self, name: str, value) -> None:
-        old = self.__dict__.get("bitmaps")
-        object.__setattr__(self, name, value)
-        if name == "bitmaps" and self.__dict__.get("_layout") is not None and old is not None:
+    def _get_bitmaps(self) -> list[StoredBitmap]:
+        return self.__dict__["_bitmaps"]
+
+    def _set_bitmaps(self, value: list[StoredBitmap]) -> None:
+        """``bitmaps`` assigned: a laid-out image stores the new directory (see :meth:`_bitmaps_stored`)."""
+        old = self.__dict__.get("_bitmaps")
+        self.__dict__["_bitmaps"] = value
+        if old is not None and self.__dict__.get("_layout") is not None:
             self._bitmaps_stored(old, value)
 
     def _bitmaps_stored(self, old: list[StoredBitmap], new: list[StoredBitmap]) -> None:
@@ -353,6 +357,11 @@ class ImageFile:
             return
         self.discard_clusters(0, self.data.size)
         self.data.write(0, self.data.size, UNALLOCATED)
+
+
+# ``bitmaps`` is a field whose assignment writes the bitmap directory: a property over the field (set after the
+# dataclass is made, which keeps the field; the other fields are plain attributes, set without a call)
+ImageFile.bitmaps = property(ImageFile._get_bitmaps, ImageFile._set_bitmaps)  # type: ignore[assignment]
 
 
 class _Watcher:
