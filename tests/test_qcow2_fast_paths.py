@@ -322,3 +322,22 @@ def test_zero_writes_where_nothing_is_hosted_skip_the_reconcile(seed: int) -> No
         images[1].layout.on_unhost = hooks[1]
         assert images[0].data == images[1].data
     assert skipped[0]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_highest_end_of_the_metadata_writes_is_the_drained_writes_highest(seed: int) -> None:
+    """drain_written_end (for a file node's highest write) is the highest end of what drain_written returns (its
+    entries lists or arrays, as their makers left them), 0 without writes; both empty the writes."""
+    rng = np.random.default_rng(seed)
+    cs = int(rng.choice([65536, 4096]))
+    layout = HostLayout(3 * (cs // 8) * cs, cs)
+    for _ in range(int(rng.integers(1, 5))):
+        off, ends, vals = _random_writes(rng, int(rng.integers(1, 30)), 3 * (cs // 8), cs, 40, [1, 2, ZERO])
+        layout.before_merge(off, ends, vals)
+        if rng.random() < 0.5:
+            layout.flush()
+    assert layout.written and {type(o) for o, _ in layout.written} >= {list}
+    ends_of, arrays = copy.deepcopy(layout), copy.deepcopy(layout)
+    offsets, lengths = arrays.drain_written()
+    assert ends_of.drain_written_end() == int((offsets + lengths).max())
+    assert not ends_of.written and not arrays.written and ends_of.drain_written_end() == 0

@@ -633,7 +633,7 @@ class Qcow2Node(FormatNode):
         counts = not listen and frees and self._passes_discards(always)
         if (listen or counts) and outer:
             # (older writes, made while nobody listened: their highest)
-            wstats.note_unheard(self.file, self.image.layout.drain_written())
+            wstats.note_unheard_end(self.file, self.image.layout.drain_written_end())
             self.image.layout.drain_discarded()
         self._seeing += 1
         try:
@@ -645,7 +645,7 @@ class Qcow2Node(FormatNode):
         elif self.image._layout is not None:
             if self.image._layout.written:  # (metadata requests reached the file: its write generation)
                 self.file.write_gen += 1
-                wstats.note_unheard(self.file, self.image._layout.drain_written())
+                wstats.note_unheard_end(self.file, self.image._layout.drain_written_end())
             if counts:  # (the file node's discard counters only: it has no bitmap or threshold)
                 offsets, lengths = self.image.layout.drain_discarded()
                 if len(offsets):

@@ -399,6 +399,19 @@ class HostLayout:
         self.discarded.clear()
         return starts * self.cs, (ends - starts) * self.cs
 
+    def drain_written_end(self) -> int:
+        """:meth:`drain_written` for a reader of their highest end only (0 without any): no arrays made."""
+        end = 0
+        for offsets, lengths in self.written:
+            if type(offsets) is list and type(lengths) is list:  # (a few ints: no numpy)
+                for o, n in zip(offsets, lengths):
+                    if o + n > end:
+                        end = o + n
+            else:
+                end = max(end, int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max()))
+        self.written.clear()
+        return end
+
     def drain_written(self) -> tuple[np.ndarray, np.ndarray]:
         """The metadata writes since the last call: (host byte offsets, lengths)."""
         if not self.written:
