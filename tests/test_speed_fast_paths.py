@@ -11,7 +11,7 @@ import pytest
 
 from bitlab import Machine
 from bitlab.block import perms
-from bitlab.block.node import BlockNode, _cut_runs
+from bitlab.block.node import BlockNode, _cut_runs, subtree_ids
 from bitlab.jobs.block_copy import BlockCopy, kinds, kinds_few
 from tests.graphs import random_graph
 
@@ -307,3 +307,15 @@ def test_format_filename_asks_its_child_for_a_plain_name_only(seed: int) -> None
         if any(key in node.options for key in node.strong_options) or node.backing_overridden():
             general = None
         assert node.plain_filename() == general
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_subtree_ids_are_the_ids_below_a_node(seed: int) -> None:
+    """subtree_ids (a walk over nodes, ids taken at the end) is every node reachable from the top, by id."""
+    vm = random_graph(random.Random(seed), 10)
+
+    def below(node: BlockNode) -> set[int]:
+        return {id(node)}.union(*[below(child) for _, child in node.children])
+
+    for node in vm.graph.nodes.values():
+        assert subtree_ids(node, lambda n: n.children) == below(node)

@@ -47,14 +47,14 @@ def _merge_flag_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray
 
 def subtree_ids(top: BlockNode, children: Callable[[BlockNode], list[tuple[str, BlockNode]]]) -> set[int]:
     """The ids of ``top`` and of every node below it, following ``children(node)`` (role, child) links."""
-    seen = {id(top)}
+    seen = {top}  # (nodes hash by identity)
     todo = [top]
     while todo:
         for _, child in children(todo.pop()):
-            if id(child) not in seen:
-                seen.add(id(child))
+            if child not in seen:
+                seen.add(child)
                 todo.append(child)
-    return seen
+    return set(map(id, seen))
 
 
 def _cut_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray, step: int
