@@ -235,7 +235,7 @@ class ExtentMap:
     # -- writing ----------------------------------------------------------------------
     def write(self, offset: int, length: int, value: int) -> None:
         """Set bytes ``[offset, offset+length)`` to ``value`` (logged; merged on the next read)."""
-        if length <= 0 or min(offset + length, self.size) <= offset:
+        if length <= 0 or offset >= self.size:  # (nothing inside the map)
             return
         self._po.append(int(offset))
         self._pl.append(int(length))

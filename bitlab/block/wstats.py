@@ -56,7 +56,10 @@ def check_batch(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray) -> No
 
 def note_highest(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray) -> None:
     """Write requests completed on ``node``: bs->wr_highest_offset (bdrv_co_write_req_finish)."""
-    end = int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max())
+    if len(offsets) == 1:  # (one request: its end, without numpy)
+        end = int(offsets[0]) + int(lengths[0])
+    else:
+        end = int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max())
     if end > node.wr_highest_offset:
         node.wr_highest_offset = end
 
