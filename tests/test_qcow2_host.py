@@ -3,6 +3,7 @@ against the request-by-request one."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import subprocess
@@ -467,8 +468,8 @@ def test_small_clusters_many_refcount_blocks_as_qemu(tmp_path, seed: int) -> Non
 
 
 def test_assigning_an_images_bitmaps_writes_its_directory() -> None:
-    """``ImageFile.bitmaps`` is a property: assigning it on a laid-out image writes a new bitmap directory (and
-    frees the old), creating the image does not; every other field is a plain attribute."""
+    """``ImageFile.bitmaps`` is set through a descriptor: assigning it on a laid-out image writes a new bitmap
+    directory (and frees the old), creating the image does not; reading it and every other field are plain."""
     image = ImageStore().create("a.qcow2", "qcow2", 64 << 20)
     assert image.bitmaps == [] and image.layout.directory is None and image.layout.top == 4
     image.bitmaps = [StoredBitmap("b", 65536, bitarray(1024))]
@@ -478,4 +479,5 @@ def test_assigning_an_images_bitmaps_writes_its_directory() -> None:
     assert image.layout.directory not in (None, first)
     image.bitmaps = []
     assert image.layout.directory is None and image.bitmaps == []
-    assert isinstance(ImageFile.bitmaps, property) and "bitmaps" in {f.name for f in dataclasses.fields(ImageFile)}
+    assert "bitmaps" in {f.name for f in dataclasses.fields(ImageFile)} and image.__dict__["bitmaps"] == []
+    assert repr(image).count("bitmaps=[]") == 1 and image == copy.copy(image)

@@ -60,16 +60,6 @@ class ImageFile:
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
     _allocated: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (key, allocated_size)
 
-    def _get_bitmaps(self) -> list[StoredBitmap]:
-        return self.__dict__["_bitmaps"]
-
-    def _set_bitmaps(self, value: list[StoredBitmap]) -> None:
-        """``bitmaps`` assigned: a laid-out image stores the new directory (see :meth:`_bitmaps_stored`)."""
-        old = self.__dict__.get("_bitmaps")
-        self.__dict__["_bitmaps"] = value
-        if old is not None and self.__dict__.get("_layout") is not None:
-            self._bitmaps_stored(old, value)
-
     def _bitmaps_stored(self, old: list[StoredBitmap], new: list[StoredBitmap]) -> None:
         """The bitmap directory was written (``new`` replaces ``old``): on a clean close every bitmap
         written anew in the new directory's order (qcow2_store_persistent_dirty_bitmaps: the loaded ones as
@@ -359,9 +349,20 @@ class ImageFile:
         self.data.write(0, self.data.size, UNALLOCATED)
 
 
-# ``bitmaps`` is a field whose assignment writes the bitmap directory: a property over the field (set after the
-# dataclass is made, which keeps the field; the other fields are plain attributes, set without a call)
-ImageFile.bitmaps = property(ImageFile._get_bitmaps, ImageFile._set_bitmaps)  # type: ignore[assignment]
+class _StoredBitmaps:
+    """``ImageFile.bitmaps``, a field whose assignment writes the bitmap directory: a descriptor with ``__set__``
+    only, so reading it is reading the instance's own attribute (no call), and the other fields are plain
+    attributes (set after the dataclass is made, which keeps the field)."""
+
+    def __set__(self, image: ImageFile, value: list[StoredBitmap]) -> None:
+        """A laid-out image stores the new directory (see :meth:`ImageFile._bitmaps_stored`)."""
+        old = image.__dict__.get("bitmaps")
+        image.__dict__["bitmaps"] = value
+        if old is not None and image.__dict__.get("_layout") is not None:
+            image._bitmaps_stored(old, value)
+
+
+ImageFile.bitmaps = _StoredBitmaps()  # type: ignore[assignment]
 
 
 class _Watcher:
