@@ -341,3 +341,28 @@ def test_the_highest_end_of_the_metadata_writes_is_the_drained_writes_highest(se
     offsets, lengths = arrays.drain_written()
     assert ends_of.drain_written_end() == int((offsets + lengths).max())
     assert not ends_of.written and not arrays.written and ends_of.drain_written_end() == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_first_fit_in_plain_ints_is_the_numpy_one(seed: int) -> None:
+    """alloc's first fit from free_cluster_index over a few free runs (plain ints) is the numpy search's, for
+    files with holes (clusters freed again) and free_cluster_index anywhere; a cluster taken dirties the refcount
+    blocks _refcounts_changed would."""
+    rng = np.random.default_rng(seed)
+    cs = 4096
+    layout = HostLayout(64 << 20, cs)
+    for _ in range(int(rng.integers(1, 6))):
+        layout.alloc(int(rng.integers(1, 3000)))
+        if layout.top > 40 and rng.random() < 0.7:
+            lo = int(rng.integers(8, layout.top - 4))
+            layout.release(np.array([lo]), np.array([lo + int(rng.integers(1, 4))]))
+    for _ in range(10):
+        layout.fci = int(rng.integers(0, layout.top + 10))
+        n = int(rng.integers(1, 40))
+        assert layout._first_fit(n) == layout._first_fit_general(n)
+    start, n = int(rng.integers(0, 5000)), int(rng.integers(1, 3000))
+    by_range, by_arrays = copy.deepcopy(layout), copy.deepcopy(layout)
+    by_range._take(start, n)
+    by_arrays._take(start, n, counted=False)
+    by_arrays._refcounts_changed(np.array([start]), np.array([start + n]))
+    assert by_range.dirty_refblocks == by_arrays.dirty_refblocks and by_range.rb_cached == by_arrays.rb_cached

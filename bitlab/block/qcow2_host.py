@@ -248,7 +248,7 @@ class HostLayout:
             self.partial_end = None
         self.grown = True
         if counted:
-            self._refcounts_changed(np.array([start]), np.array([start + n]))
+            self._refcounts_changed_range(start, start + n)
 
     def _refcounts_changed(self, starts: np.ndarray, ends: np.ndarray) -> None:
         """The refcount blocks covering host clusters ``[starts, ends)`` become dirty in the cache."""
@@ -445,6 +445,28 @@ class HostLayout:
         if index < self.cs // 8:
             self._write([self.cs + 8 * index], [8], "reftable", [index])
 
+    def _first_fit(self, n: int) -> int:
+        """The first host cluster of the first ``n`` free ones in a row from free_cluster_index (the free map
+        ends with free space: there is one). A few free runs are looked at in plain ints."""
+        starts, vals = self.free.runs()
+        if starts.size > SMALL_RUNS:
+            return self._first_fit_general(n)
+        fci = self.fci
+        for a, b, v in zip(starts.tolist(), starts[1:].tolist() + [self.free.size], vals.tolist()):
+            if v == FREE:
+                a = a if a > fci else fci
+                if b - a >= n:
+                    return a
+        raise AssertionError("no free space left")  # (the map's last run is free, up to HOST_SPACE)
+
+    def _first_fit_general(self, n: int) -> int:
+        """:meth:`_first_fit` in numpy."""
+        fs, fe = self._free_runs()
+        i = int(np.searchsorted(fe, self.fci, "right"))
+        start = np.maximum(fs[i:], self.fci)
+        fit = np.flatnonzero(fe[i:] - start >= n)
+        return int(start[fit[0]])
+
     def alloc(self, n: int) -> int:
         """alloc_clusters_noref: the first ``n`` free clusters in a row from free_cluster_index. The discards a
         request freeing clusters has cached so far are passed first (they may be for these clusters), after
@@ -452,11 +474,7 @@ class HostLayout:
         self._ev("cluster_alloc")  # (qcow2_alloc_clusters)
         if self.cached_from is not None:
             self._pass_cached()
-        fs, fe = self._free_runs()
-        i = int(np.searchsorted(fe, self.fci, "right"))
-        start = np.maximum(fs[i:], self.fci)
-        fit = np.flatnonzero(fe[i:] - start >= n)
-        pos = int(start[fit[0]])
+        pos = self._first_fit(n)
         self._refcount_events(pos, pos + n, scanned=self.fci)
         self._take(pos, n)
         self.fci = pos + n
