@@ -317,15 +317,19 @@ class HostLayout:
 
     def _write_back_refblocks(self) -> None:
         """The refcount block cache written: each dirty block whole."""
-        blocks = [i for i in sorted(self.dirty_refblocks) if i < len(self.refblock_hosts)]
-        hosts = [self.refblock_hosts[i] for i in blocks]
+        if not self.dirty_refblocks:
+            return
+        known, cs = self.refblock_hosts, self.cs
+        blocks = sorted(self.dirty_refblocks)
+        if blocks[-1] >= len(known):  # (blocks without a host cluster yet are left out)
+            blocks = [i for i in blocks if i < len(known)]
         self.dirty_refblocks.clear()
         if self.log is not None:
-            for block, host in zip(blocks, hosts):
+            for block in blocks:
                 self._ev("refblock_update_part")
-                self._write([host * self.cs], [self.cs], "rb", [block])
+                self._write([known[block] * cs], [cs], "rb", [block])
             return
-        self._write([h * self.cs for h in hosts], [self.cs] * len(hosts))
+        self._write([known[i] * cs for i in blocks], [cs] * len(blocks))
 
     def _write_back_l2(self) -> None:
         """The L2 table cache written: each dirty table whole."""
