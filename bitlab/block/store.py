@@ -134,7 +134,7 @@ class ImageFile:
         """What the file allocates on the host, ``st_blocks * 512`` (``actual-size``, ``disk size``)."""
         layout = self.layout if self.fmt == "qcow2" else None  # (is_qcow2, inline: a hot path)
         if layout is not None and layout.fs_plain:  # (what plain_allocation looks at)
-            key: tuple = (self.data.version, layout.top, layout.grown, layout.l1_entries, id(layout))
+            key: tuple = (self.data.version, layout.top, layout.grown, layout.l1_entries, layout)
         else:
             key = self.allocation_key()
         cached = self.__dict__.get("_allocated")
@@ -147,11 +147,11 @@ class ImageFile:
 
     def allocation_key(self) -> tuple:
         """Changes whenever :meth:`allocated_size` (or the file's length) may: a write to the content, or to the
-        file's block map (without merging pending writes)."""
+        file's block map (without merging pending writes). (The layout itself, compared by identity.)"""
         layout = self._layout
         if layout is None:
             return (self.data.version,)
-        return self.data.version, layout.fs.version, len(layout._fs_marks), id(layout)
+        return self.data.version, layout.fs.version, len(layout._fs_marks), layout
 
     def metadata_preallocated(self) -> bool:
         """Whether qcow2 takes this image for one with preallocated metadata (qcow2_detect_metadata_preallocation)."""
