@@ -123,7 +123,10 @@ class BlockNode:
 
     @property
     def backing(self) -> BlockNode | None:
-        return self.child("backing")
+        for role, node in self.children:  # (child("backing"), without a second call: a hot look-up)
+            if role == "backing":
+                return node
+        return None
 
     # -- bitmaps ------------------------------------------------------------------
     def find_bitmap(self, name: str) -> DirtyBitmap | None:
@@ -472,9 +475,10 @@ class FormatNode(BlockNode):
 
     @property
     def file(self) -> BlockNode:
-        node = self.child("file")
-        assert node is not None
-        return node
+        for role, node in self.children:  # (child("file"), without a second call: a hot look-up)
+            if role == "file":
+                return node
+        raise AssertionError(f"format node '{self.node_name}' without a file child")
 
     def plain_filename(self) -> str | None:
         if any(key in self.options for key in self.strong_options) or self.backing_overridden():
