@@ -8,12 +8,13 @@ import copy
 import numpy as np
 import pytest
 
+from bitlab.block import qcow2_host
 from bitlab.block.extents import UNALLOCATED, ZERO, ZERO_ALLOC
 from bitlab.block.qcow2_host import SMALL_BATCH, HostLayout
 
 
 def _state(layout: HostLayout) -> dict:
-    written = [(o.tolist(), n.tolist()) for o, n in layout.written]
+    written = [(np.asarray(o).tolist(), np.asarray(n).tolist()) for o, n in layout.written]
     maps = ("guest", "l2", "free", "written", "discarded", "fs", "_fs_marks", "cow_written")
     plain = {k: v for k, v in vars(layout).items() if k not in maps}
     return {"guest": layout.guest.runs(), "l2": layout.l2.runs(), "free": layout.free.runs(), "written": written,
@@ -42,6 +43,7 @@ def _general(layout: HostLayout) -> HostLayout:
 def _written_clusters(layout: HostLayout) -> set[int]:
     out: set[int] = set()
     for o, n in layout.written:
+        o, n = np.asarray(o), np.asarray(n)
         for a, b in zip((o // layout.cs).tolist(), (-(-(o + n) // layout.cs)).tolist()):
             out.update(range(a, b))
     return out
@@ -165,8 +167,10 @@ def test_few_dirty_tables_are_written_back_as_many(seed: int) -> None:
     _, _, hosts, _ = many.l2.gather(index, index + 1)
     hosts = hosts[hosts >= 0]
     assert hosts.size  # (some of them exist)
-    assert [(o.tolist(), n.tolist()) for o, n in few.written] == [((hosts * cs).tolist(), [cs] * hosts.size)]
-    assert few.written[0][0].dtype == np.int64 and not few.dirty_l2
+    assert len(few.written) == 1 and not few.dirty_l2
+    offsets, lengths = few.drain_written()
+    assert offsets.tolist() == (hosts * cs).tolist() and lengths.tolist() == [cs] * hosts.size
+    assert offsets.dtype == lengths.dtype == np.int64
 
 
 @pytest.mark.parametrize("cs", [65536, 4096])
@@ -239,6 +243,42 @@ def test_zero_writes_back_to_back_are_one_write_each_run(seed: int) -> None:
     _same(joined, one_by_one)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_zero_writes_back_to_back_setting_one_flag_are_joined_before_the_batch(seed: int) -> None:
+    """Zero writes back to back all setting one zero flag (a backup zeroing a new target) are one request before
+    the small batch even sees them (_back_to_back, in numpy): the layout is what the general path and the requests
+    taken one by one leave; a gap, a flag that differs or a data write leaves them as they are."""
+    rng = np.random.default_rng(seed)
+    cs = 4096
+    clusters = 6 * (cs // 8)
+    layout = HostLayout(clusters * cs, cs)
+    cuts = np.sort(rng.choice(np.arange(1, clusters), int(rng.integers(3, 100)), replace=False))
+    off, ends = cuts[:-1] * cs, cuts[1:] * cs
+    if seed % 3 == 1:  # (partial clusters: back to back in bytes, in clusters only where they meet a cluster's end)
+        off, ends = off - 512, ends - 512
+    kinds = [UNALLOCATED] if seed % 2 else [ZERO, ZERO_ALLOC]
+    vals = rng.choice(kinds, off.size)
+    c0, c1 = off // cs, -(-ends // cs)
+    joined = qcow2_host._back_to_back(c0, c1, vals, vals.tolist())
+    assert joined == (None if seed % 3 == 1 else [(int(c0[0]), int(c1[-1]), int(vals[0]))])
+    outcomes: list[bool] = []
+    fast = _both_paths(layout, off, ends, vals, outcomes)
+    assert outcomes == [joined is not None]  # (writes sharing a partial cluster meet: the general path)
+    one_by_one = copy.deepcopy(layout)
+    for o, e, v in zip(off.tolist(), ends.tolist(), vals.tolist()):
+        one_by_one.zero_request(o // cs, -(-e // cs), -(-o // cs), e // cs, v)
+    assert fast.guest == one_by_one.guest and fast.l2 == one_by_one.l2 and fast.zero_flag == one_by_one.zero_flag
+    assert fast.dirty_l2 == one_by_one.dirty_l2 and fast.free == one_by_one.free
+    gap = np.delete(np.arange(off.size), off.size // 2)
+    assert qcow2_host._back_to_back(c0[gap], c1[gap], vals[gap], vals[gap].tolist()) is None
+    mixed = vals.copy()
+    mixed[-1] = ZERO if seed % 2 else UNALLOCATED
+    assert qcow2_host._back_to_back(c0, c1, mixed, mixed.tolist()) is None
+    data = vals.copy()
+    data[0] = 7
+    assert qcow2_host._back_to_back(c0, c1, data, data.tolist()) is None
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_holes_are_counted_alike_in_few_runs_and_many(seed: int) -> None:
     """has_holes counts the free runs in plain integers for a few runs, with numpy for many: the answer is
@@ -282,3 +322,47 @@ def test_zero_writes_where_nothing_is_hosted_skip_the_reconcile(seed: int) -> No
         images[1].layout.on_unhost = hooks[1]
         assert images[0].data == images[1].data
     assert skipped[0]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_highest_end_of_the_metadata_writes_is_the_drained_writes_highest(seed: int) -> None:
+    """drain_written_end (for a file node's highest write) is the highest end of what drain_written returns (its
+    entries lists or arrays, as their makers left them), 0 without writes; both empty the writes."""
+    rng = np.random.default_rng(seed)
+    cs = int(rng.choice([65536, 4096]))
+    layout = HostLayout(3 * (cs // 8) * cs, cs)
+    for _ in range(int(rng.integers(1, 5))):
+        off, ends, vals = _random_writes(rng, int(rng.integers(1, 30)), 3 * (cs // 8), cs, 40, [1, 2, ZERO])
+        layout.before_merge(off, ends, vals)
+        if rng.random() < 0.5:
+            layout.flush()
+    assert layout.written and {type(o) for o, _ in layout.written} >= {list}
+    ends_of, arrays = copy.deepcopy(layout), copy.deepcopy(layout)
+    offsets, lengths = arrays.drain_written()
+    assert ends_of.drain_written_end() == int((offsets + lengths).max())
+    assert not ends_of.written and not arrays.written and ends_of.drain_written_end() == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_first_fit_in_plain_ints_is_the_numpy_one(seed: int) -> None:
+    """alloc's first fit from free_cluster_index over a few free runs (plain ints) is the numpy search's, for
+    files with holes (clusters freed again) and free_cluster_index anywhere; a cluster taken dirties the refcount
+    blocks _refcounts_changed would."""
+    rng = np.random.default_rng(seed)
+    cs = 4096
+    layout = HostLayout(64 << 20, cs)
+    for _ in range(int(rng.integers(1, 6))):
+        layout.alloc(int(rng.integers(1, 3000)))
+        if layout.top > 40 and rng.random() < 0.7:
+            lo = int(rng.integers(8, layout.top - 4))
+            layout.release(np.array([lo]), np.array([lo + int(rng.integers(1, 4))]))
+    for _ in range(10):
+        layout.fci = int(rng.integers(0, layout.top + 10))
+        n = int(rng.integers(1, 40))
+        assert layout._first_fit(n) == layout._first_fit_general(n)
+    start, n = int(rng.integers(0, 5000)), int(rng.integers(1, 3000))
+    by_range, by_arrays = copy.deepcopy(layout), copy.deepcopy(layout)
+    by_range._take(start, n)
+    by_arrays._take(start, n, counted=False)
+    by_arrays._refcounts_changed(np.array([start]), np.array([start + n]))
+    assert by_range.dirty_refblocks == by_arrays.dirty_refblocks and by_range.rb_cached == by_arrays.rb_cached

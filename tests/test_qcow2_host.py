@@ -3,15 +3,19 @@ against the request-by-request one."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import subprocess
 
 import numpy as np
 import pytest
+from bitarray import bitarray
 
 from bitlab import Machine
 from bitlab.block.extents import ExtentMap
 from bitlab.block.qcow2_host import NONE, HostLayout
+from bitlab.block.store import ImageFile, ImageStore, StoredBitmap
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -461,3 +465,19 @@ def test_small_clusters_many_refcount_blocks_as_qemu(tmp_path, seed: int) -> Non
     sim = sim_layout(["-o", "cluster_size=512"], commands, "64M")
     assert real[2] > 256 * 512  # (past the first refcount block)
     assert (offsets(sim[0]), sim[1], sim[2]) == (offsets(real[0]), real[1], real[2])
+
+
+def test_assigning_an_images_bitmaps_writes_its_directory() -> None:
+    """``ImageFile.bitmaps`` is set through a descriptor: assigning it on a laid-out image writes a new bitmap
+    directory (and frees the old), creating the image does not; reading it and every other field are plain."""
+    image = ImageStore().create("a.qcow2", "qcow2", 64 << 20)
+    assert image.bitmaps == [] and image.layout.directory is None and image.layout.top == 4
+    image.bitmaps = [StoredBitmap("b", 65536, bitarray(1024))]
+    first = image.layout.directory
+    assert first is not None and [b.name for b in image.bitmaps] == ["b"]
+    image.bitmaps = image.bitmaps + [StoredBitmap("c", 65536, bitarray(1024))]
+    assert image.layout.directory not in (None, first)
+    image.bitmaps = []
+    assert image.layout.directory is None and image.bitmaps == []
+    assert "bitmaps" in {f.name for f in dataclasses.fields(ImageFile)} and image.__dict__["bitmaps"] == []
+    assert repr(image).count("bitmaps=[]") == 1 and image == copy.copy(image)

@@ -3,9 +3,12 @@ images never allow (encrypt), against qemu-storage-daemon 7.2: QEMU's replies, t
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bitlab import Machine
+from bitlab.block import qcow2_opts
 from bitlab.conformance.compare import normalise
 
 from .both import on_both
@@ -118,3 +121,25 @@ def test_on_both_backends():
 def test_qemu_opens_what_bitlab_refuses():
     real, _ = on_both(lambda vm: story(vm, NOT_SIMULATED))
     assert all(isinstance(reply, list) for reply in real)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_remembered_default_cache_sizes_are_the_computed_ones(seed: int) -> None:
+    """Options setting none of the cache sizes take the sizes remembered per geometry (qcow2_opts._sizes): what
+    read_cache_sizes computes for them; options setting one are computed (errors included)."""
+    rng = random.Random(seed)
+    cluster = 1 << rng.randrange(9, 22)
+    disk = rng.randrange(1, 1 << 45)
+    plain = {"lazy-refcounts": False, "overlap-check": "none"} if seed % 2 else {}
+    assert qcow2_opts._sizes(plain, cluster, disk) == qcow2_opts._cache_sizes({}, cluster, disk)
+    assert qcow2_opts.l2_slice_bytes(cluster, disk) == qcow2_opts._cache_sizes({}, cluster, disk)[1] // 8 * cluster
+    sized = {rng.choice(qcow2_opts.SIZE_OPTIONS): 1 << rng.randrange(9, 30)}
+    try:
+        expected: object = qcow2_opts._cache_sizes(sized, cluster, disk)
+    except ValueError as err:
+        expected = str(err)
+    try:
+        got: object = qcow2_opts._sizes(sized, cluster, disk)
+    except ValueError as err:
+        got = str(err)
+    assert got == expected

@@ -11,7 +11,7 @@ import pytest
 
 from bitlab import Machine
 from bitlab.block import perms
-from bitlab.block.node import BlockNode, _cut_runs
+from bitlab.block.node import BlockNode, _cut_runs, subtree_ids
 from bitlab.jobs.block_copy import BlockCopy, kinds, kinds_few
 from tests.graphs import random_graph
 
@@ -280,3 +280,42 @@ def test_plans_in_plain_ints_are_the_vectorised_ones(seed: int) -> None:
                         assert type(a) is type(b) and a == b
     vm.scheduler.horizon_ns = None
     assert compared > 0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_format_filename_asks_its_child_for_a_plain_name_only(seed: int) -> None:
+    """A format node's plain filename asks its file child for its plain name (FormatNode.plain_filename) instead
+    of building the child's whole filename and throwing a ``json:`` one away: the same answer for raw and qcow2
+    over file, blkdebug (with and without rules), raw and null-co children."""
+    rng = random.Random(seed)
+    vm = random_graph(rng, 8)
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "nul", "file": {"driver": "null-co", "size": 1 << 20}})
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "nul2", "file": {"driver": "null-co"}})
+    vm.qemu_img("create", "-f", "qcow2", "dbg.qcow2", "1M")
+    blkdebug = {"driver": "blkdebug", "image": {"driver": "file", "filename": "dbg.qcow2"}}
+    if seed % 2:  # (rules: a ``json:`` filename; none: ``blkdebug::dbg.qcow2``)
+        blkdebug["inject-error"] = [{"event": "read_aio"}]
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "dbg", "file": blkdebug})
+    vm.qemu_img("create", "-f", "qcow2", "plain.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "plain", "file": {"driver": "file",
+                                                                             "filename": "plain.qcow2"}})
+    formats = [n for n in vm.graph.nodes.values() if n.driver in ("raw", "qcow2")]
+    assert {n.file.driver for n in formats} >= {"file", "null-co", "blkdebug"}
+    for node in formats:
+        child = node.file.filename
+        general = None if child.startswith("json:") else child
+        if any(key in node.options for key in node.strong_options) or node.backing_overridden():
+            general = None
+        assert node.plain_filename() == general
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_subtree_ids_are_the_ids_below_a_node(seed: int) -> None:
+    """subtree_ids (a walk over nodes, ids taken at the end) is every node reachable from the top, by id."""
+    vm = random_graph(random.Random(seed), 10)
+
+    def below(node: BlockNode) -> set[int]:
+        return {id(node)}.union(*[below(child) for _, child in node.children])
+
+    for node in vm.graph.nodes.values():
+        assert subtree_ids(node, lambda n: n.children) == below(node)

@@ -162,7 +162,8 @@ class ExtentMap:
     def __init__(self, size: int, fill: int = UNALLOCATED) -> None:
         self.size = int(size)
         self._starts = _FIRST_START  # (read-only arrays, shared: every change makes new ones)
-        self._vals = _fill(int(fill))
+        vals = _FILLS.get(fill) if type(fill) is int else None  # (the usual fills, shared, without a call)
+        self._vals = _fill(int(fill)) if vals is None else vals
         self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (offsets, ends, values), in order
         self._po: list[int] = []  # single writes not yet in _log: offsets, lengths, values
         self._pl: list[int] = []
@@ -234,7 +235,7 @@ class ExtentMap:
     # -- writing ----------------------------------------------------------------------
     def write(self, offset: int, length: int, value: int) -> None:
         """Set bytes ``[offset, offset+length)`` to ``value`` (logged; merged on the next read)."""
-        if length <= 0 or min(offset + length, self.size) <= offset:
+        if length <= 0 or offset >= self.size:  # (nothing inside the map)
             return
         self._po.append(int(offset))
         self._pl.append(int(length))

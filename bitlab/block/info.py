@@ -114,10 +114,8 @@ def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
     """The node's own ImageInfo members (``specific``: see :func:`file_image_info`)."""
     if isinstance(node, NullNode):
         return {"filename": filename, "format": node.driver, "actual-size": 0, "virtual-size": node.size}
-    if isinstance(node, FileNode):
-        info = file_image_info(node.image, fmt="file", filename=filename, specific=specific)
-        info["virtual-size"] = node.size
-        return info
+    if isinstance(node, FileNode):  # (virtual-size: the file's length in whole sectors, FileNode.size)
+        return file_image_info(node.image, fmt="file", filename=filename, specific=specific)
     if isinstance(node, Qcow2Node):
         # the allocated size comes from the protocol below; blkdebug does not answer
         info = file_image_info(node.image, filename=filename,
@@ -262,7 +260,7 @@ def _subtree_state(node: BlockNode, memo: dict) -> tuple[tuple, tuple[ImageFile,
             images = (image,)
         links = []
         for role, child in node.children:
-            kid_state, kid_images = _subtree_state(child, memo)
+            kid_state, kid_images = memo.get(child) or _subtree_state(child, memo)
             links.append((role, kid_state))
             images += kid_images
         got = memo[node] = ((node, node.read_only, image_state, tuple(links)), images)
@@ -281,9 +279,9 @@ def _live_sizes(node: BlockNode, info: dict) -> bool:
             if key in fresh:
                 info[key] = fresh[key]
         info = info.get("backing-image")
-        below = filter_or_cow(node)
         if info is None:
             return True
+        below = filter_or_cow(node)
         if below is None:
             return False
         node = below
@@ -313,7 +311,7 @@ class NodeInfoCache:
         memo: dict = {}
         out = []
         for node in nodes:
-            state, images = _subtree_state(node, memo)
+            state, images = memo.get(node) or _subtree_state(node, memo)
             lengths = tuple([image.allocation_key() for image in images])
             key = (node, flat)
             cached = self._entries.get(key)

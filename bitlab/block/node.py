@@ -47,14 +47,14 @@ def _merge_flag_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray
 
 def subtree_ids(top: BlockNode, children: Callable[[BlockNode], list[tuple[str, BlockNode]]]) -> set[int]:
     """The ids of ``top`` and of every node below it, following ``children(node)`` (role, child) links."""
-    seen = {id(top)}
+    seen = {top}  # (nodes hash by identity)
     todo = [top]
     while todo:
         for _, child in children(todo.pop()):
-            if id(child) not in seen:
-                seen.add(id(child))
+            if child not in seen:
+                seen.add(child)
                 todo.append(child)
-    return seen
+    return set(map(id, seen))
 
 
 def _cut_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray, step: int
@@ -123,7 +123,10 @@ class BlockNode:
 
     @property
     def backing(self) -> BlockNode | None:
-        return self.child("backing")
+        for role, node in self.children:  # (child("backing"), without a second call: a hot look-up)
+            if role == "backing":
+                return node
+        return None
 
     # -- bitmaps ------------------------------------------------------------------
     def find_bitmap(self, name: str) -> DirtyBitmap | None:
@@ -472,15 +475,16 @@ class FormatNode(BlockNode):
 
     @property
     def file(self) -> BlockNode:
-        node = self.child("file")
-        assert node is not None
-        return node
+        for role, node in self.children:  # (child("file"), without a second call: a hot look-up)
+            if role == "file":
+                return node
+        raise AssertionError(f"format node '{self.node_name}' without a file child")
 
     def plain_filename(self) -> str | None:
         if any(key in self.options for key in self.strong_options) or self.backing_overridden():
             return None
-        child = self.file.filename
-        return None if child.startswith("json:") else child
+        child = self.file.plain_filename()  # (its ``json:`` form, if it has no plain one, would be built for nothing)
+        return None if child is None or child.startswith("json:") else child
 
     def backing_overridden(self) -> bool:
         return False
@@ -633,7 +637,7 @@ class Qcow2Node(FormatNode):
         counts = not listen and frees and self._passes_discards(always)
         if (listen or counts) and outer:
             # (older writes, made while nobody listened: their highest)
-            wstats.note_unheard(self.file, self.image.layout.drain_written())
+            wstats.note_unheard_end(self.file, self.image.layout.drain_written_end())
             self.image.layout.drain_discarded()
         self._seeing += 1
         try:
@@ -645,7 +649,7 @@ class Qcow2Node(FormatNode):
         elif self.image._layout is not None:
             if self.image._layout.written:  # (metadata requests reached the file: its write generation)
                 self.file.write_gen += 1
-                wstats.note_unheard(self.file, self.image._layout.drain_written())
+                wstats.note_unheard_end(self.file, self.image._layout.drain_written_end())
             if counts:  # (the file node's discard counters only: it has no bitmap or threshold)
                 offsets, lengths = self.image.layout.drain_discarded()
                 if len(offsets):

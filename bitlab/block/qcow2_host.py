@@ -34,6 +34,7 @@ the layout also records, in QEMU's order, the blkdebug events and the requests i
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 import numpy as np
@@ -103,6 +104,26 @@ def _joined(reqs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
             out.append((a, b, v))
             last_a, last_b, last_v = a, b, v
     return out
+
+
+def _back_to_back(c0: np.ndarray, c1: np.ndarray, values: np.ndarray,
+                  vals: list[int]) -> list[tuple[int, int, int]] | None:
+    """Zero writes over guest clusters ``[c0, c1)`` (``vals``: ``values`` as a list) that :func:`_joined` makes one
+    write (each starting where the one before ends, all setting the same zero flag), as that write; else None.
+    (Found in numpy: a new target zeroed by a backup gets many such writes.)"""
+    if len(vals) < 2 or max(vals) >= 0 or bool((c0[1:] != c1[:-1]).any()):
+        return None
+    unalloc = values == UNALLOCATED
+    if bool((unalloc != unalloc[0]).any()):
+        return None
+    return [(int(c0[0]), int(c1[-1]), vals[0])]
+
+
+Ints = list[int] | np.ndarray  # host byte offsets or lengths of metadata writes (see HostLayout._write)
+
+
+def _ints(values: Ints) -> list[int]:
+    return values.tolist() if isinstance(values, np.ndarray) else values
 
 
 def _runs_with_ends(emap: ExtentMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -227,7 +248,7 @@ class HostLayout:
             self.partial_end = None
         self.grown = True
         if counted:
-            self._refcounts_changed(np.array([start]), np.array([start + n]))
+            self._refcounts_changed_range(start, start + n)
 
     def _refcounts_changed(self, starts: np.ndarray, ends: np.ndarray) -> None:
         """The refcount blocks covering host clusters ``[starts, ends)`` become dirty in the cache."""
@@ -243,15 +264,18 @@ class HostLayout:
             self.rb_cached.update(range(a, b + 1))
 
     # -- metadata writes (the qcow2 caches) -----------------------------------------------------
-    def _write(self, offsets: np.ndarray, lengths: np.ndarray, kind: str = "", keys: list | None = None) -> None:
-        if offsets.size:
-            # (shared with _fs_marks: neither list's arrays are changed in place, only concatenated)
-            self.written.append((offsets.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False)))
+    def _write(self, offsets: Ints, lengths: Ints, kind: str = "", keys: list | None = None) -> None:
+        """Metadata writes at host byte ``offsets`` of ``lengths`` (lists of ints or int64 arrays, kept as they
+        are: most are dropped unread, and :meth:`drain_written` and :meth:`fs_blocks` make arrays of the rest)."""
+        if len(offsets):
+            # (shared with _fs_marks: neither list's entries are changed in place, only concatenated)
+            self.written.append((offsets, lengths))
             self._fs_marks.append((offsets, lengths))
             if len(self._fs_marks) > MAX_FS_MARKS:
                 self.fs_blocks()
             if self.log is not None:
-                for i, (off, n) in enumerate(zip(offsets.tolist(), lengths.tolist())):
+                offs, lens = _ints(offsets), _ints(lengths)
+                for i, (off, n) in enumerate(zip(offs, lens)):
                     self.log.append(("w", off, n, kind, None if keys is None else keys[i]))
 
     def _flush_cache(self, which: str, sync: bool = True) -> None:
@@ -293,16 +317,19 @@ class HostLayout:
 
     def _write_back_refblocks(self) -> None:
         """The refcount block cache written: each dirty block whole."""
-        blocks = [i for i in sorted(self.dirty_refblocks) if i < len(self.refblock_hosts)]
-        hosts = [self.refblock_hosts[i] for i in blocks]
+        if not self.dirty_refblocks:
+            return
+        known, cs = self.refblock_hosts, self.cs
+        blocks = sorted(self.dirty_refblocks)
+        if blocks[-1] >= len(known):  # (blocks without a host cluster yet are left out)
+            blocks = [i for i in blocks if i < len(known)]
         self.dirty_refblocks.clear()
         if self.log is not None:
-            for block, host in zip(blocks, hosts):
+            for block in blocks:
                 self._ev("refblock_update_part")
-                self._write(np.array([host * self.cs]), np.array([self.cs]), "rb", [block])
+                self._write([known[block] * cs], [cs], "rb", [block])
             return
-        self._write(np.array([h * self.cs for h in hosts], dtype=np.int64),
-                    np.array([self.cs] * len(hosts), dtype=np.int64))
+        self._write([known[i] * cs for i in blocks], [cs] * len(blocks))
 
     def _write_back_l2(self) -> None:
         """The L2 table cache written: each dirty table whole."""
@@ -313,18 +340,18 @@ class HostLayout:
                 host = self.l2.value_at(index)
                 if host >= 0:
                     self._ev("l2_update")
-                    self._write(np.array([host * self.cs]), np.array([self.cs]), "l2", [index])
+                    self._write([host * self.cs], [self.cs], "l2", [index])
             self.dirty_l2.clear()
             return
         if len(self.dirty_l2) <= SMALL_BATCH:  # a few tables: looked up one by one
             found = [self.l2.value_at(i) for i in sorted(self.dirty_l2)]
-            offsets = np.array([h * self.cs for h in found if h >= 0], dtype=np.int64)
+            offsets: Ints = [h * self.cs for h in found if h >= 0]
         else:
             index = np.array(sorted(self.dirty_l2), dtype=np.int64)
             _, _, hosts, _ = self.l2.gather(index, index + 1)
             offsets = hosts[hosts >= 0] * self.cs
         self.dirty_l2.clear()
-        self._write(offsets, np.array([self.cs] * offsets.size, dtype=np.int64))
+        self._write(offsets, [self.cs] * len(offsets))
 
     def flush(self) -> None:
         """qcow2_write_caches: the L2 table cache, then the refcount block cache (each after the one it
@@ -348,7 +375,7 @@ class HostLayout:
         self._ev("l2_alloc_write")
         self._flush_cache("l2")
         self._ev("l1_update")
-        self._write(np.array([self.l1_offset + 8 * index]), np.array([8]), "l1", [index])
+        self._write([self.l1_offset + 8 * index], [8], "l1", [index])
         self.stale_l1.discard(index)
         if self.log is not None:
             self.log += [("f",), ("mark", "end")]
@@ -376,12 +403,25 @@ class HostLayout:
         self.discarded.clear()
         return starts * self.cs, (ends - starts) * self.cs
 
+    def drain_written_end(self) -> int:
+        """:meth:`drain_written` for a reader of their highest end only (0 without any): no arrays made."""
+        end = 0
+        for offsets, lengths in self.written:
+            if type(offsets) is list and type(lengths) is list:  # (a few ints: no numpy)
+                for o, n in zip(offsets, lengths):
+                    if o + n > end:
+                        end = o + n
+            else:
+                end = max(end, int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max()))
+        self.written.clear()
+        return end
+
     def drain_written(self) -> tuple[np.ndarray, np.ndarray]:
         """The metadata writes since the last call: (host byte offsets, lengths)."""
         if not self.written:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        offsets = np.concatenate([w[0] for w in self.written])
-        lengths = np.concatenate([w[1] for w in self.written])
+        offsets = np.concatenate([np.asarray(w[0], dtype=np.int64) for w in self.written])
+        lengths = np.concatenate([np.asarray(w[1], dtype=np.int64) for w in self.written])
         self.written.clear()
         return offsets, lengths
 
@@ -407,7 +447,29 @@ class HostLayout:
         if self.log is not None:
             self.log.append(("new-refblock", index))  # (not simulated for blkdebug: see qcow2 nodes)
         if index < self.cs // 8:
-            self._write(np.array([self.cs + 8 * index]), np.array([8]), "reftable", [index])
+            self._write([self.cs + 8 * index], [8], "reftable", [index])
+
+    def _first_fit(self, n: int) -> int:
+        """The first host cluster of the first ``n`` free ones in a row from free_cluster_index (the free map
+        ends with free space: there is one). A few free runs are looked at in plain ints."""
+        starts, vals = self.free.runs()
+        if starts.size > SMALL_RUNS:
+            return self._first_fit_general(n)
+        fci = self.fci
+        for a, b, v in zip(starts.tolist(), starts[1:].tolist() + [self.free.size], vals.tolist()):
+            if v == FREE:
+                a = a if a > fci else fci
+                if b - a >= n:
+                    return a
+        raise AssertionError("no free space left")  # (the map's last run is free, up to HOST_SPACE)
+
+    def _first_fit_general(self, n: int) -> int:
+        """:meth:`_first_fit` in numpy."""
+        fs, fe = self._free_runs()
+        i = int(np.searchsorted(fe, self.fci, "right"))
+        start = np.maximum(fs[i:], self.fci)
+        fit = np.flatnonzero(fe[i:] - start >= n)
+        return int(start[fit[0]])
 
     def alloc(self, n: int) -> int:
         """alloc_clusters_noref: the first ``n`` free clusters in a row from free_cluster_index. The discards a
@@ -416,11 +478,7 @@ class HostLayout:
         self._ev("cluster_alloc")  # (qcow2_alloc_clusters)
         if self.cached_from is not None:
             self._pass_cached()
-        fs, fe = self._free_runs()
-        i = int(np.searchsorted(fe, self.fci, "right"))
-        start = np.maximum(fs[i:], self.fci)
-        fit = np.flatnonzero(fe[i:] - start >= n)
-        pos = int(start[fit[0]])
+        pos = self._first_fit(n)
         self._refcount_events(pos, pos + n, scanned=self.fci)
         self._take(pos, n)
         self.fci = pos + n
@@ -722,7 +780,9 @@ class HostLayout:
                 _, g_vals = self.guest.runs()
                 small = max(vals) < 0 and g_vals.size == 1 and g_vals[0] == NONE
             if small and not self.has_holes():
-                reqs = [(o // cs, -(-e // cs), v) for o, e, v in zip(offsets.tolist(), ends.tolist(), vals)]
+                reqs = _back_to_back(offsets // cs, -(-ends // cs), values, vals)
+                if reqs is None:
+                    reqs = [(o // cs, -(-e // cs), v) for o, e, v in zip(offsets.tolist(), ends.tolist(), vals)]
                 if self._small_batch(reqs):
                     return
         c0, c1 = offsets // cs, -(-ends // cs)
@@ -798,6 +858,11 @@ class HostLayout:
                 end = b
         elif flags and any(self.zero_flag.extents(a, b - a)[2].any() for a, b, _ in reqs):
             return False
+        g_starts = g_vals = None  # the guest map's runs as lists (a few runs; the loop below changes no map)
+        if not zeros:
+            starts, vals = self.guest.runs()
+            if starts.size <= SMALL_RUNS:
+                g_starts, g_vals = starts.tolist() + [self.guest.size], vals.tolist()
         events: list[tuple[int, int, int, int]] = []  # (owner, guest cluster, 0 table / 1 data, end or index)
         seen_tables: set[int] = set()
         z_tab: list[tuple[int, int]] = []  # (owner, index): the tables a zero write changes
@@ -815,8 +880,12 @@ class HostLayout:
                             z_tab.append((o, index))
             else:
                 new = [(a, b)]
-                s, e, v = self.guest.extents(a, b - a)
-                taken = [(x, y) for x, y, d in zip(s.tolist(), e.tolist(), v.tolist()) if d != NONE]
+                if g_starts is None:
+                    s, e, v = self.guest.extents(a, b - a)
+                    taken = [(x, y) for x, y, d in zip(s.tolist(), e.tolist(), v.tolist()) if d != NONE]
+                else:  # (the runs of [a, b) found in the lists)
+                    i, j = bisect_right(g_starts, a) - 1, bisect_left(g_starts, b)
+                    taken = [(max(g_starts[k], a), min(g_starts[k + 1], b)) for k in range(i, j) if g_vals[k] != NONE]
                 for x, y in taken + [(x, y) for x, y, w in reqs[:o] if w >= 0]:  # hosted, or an earlier request's
                     new = [(p, q) for lo, hi in new for p, q in ((lo, min(hi, x)), (max(lo, y), hi)) if q > p]
                 for lo, hi in new:  # cut at L2 tables
@@ -863,8 +932,7 @@ class HostLayout:
             self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if before])
             self._flush_cache("rb")
             self._flush_cache("l2")
-            self._write(np.array([self.l1_offset + 8 * i for i in sorted(tables)], dtype=np.int64),
-                        np.array([8] * len(tables), dtype=np.int64))
+            self._write([self.l1_offset + 8 * i for i in sorted(tables)], [8] * len(tables))
             self.dirty_l2.update([d for i, d in d_tab if i > pos_last])
             self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if not before])
             if end > host_last + 1:

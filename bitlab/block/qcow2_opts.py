@@ -9,6 +9,7 @@ nothing bitlab simulates (no image here is ever corrupted; dropping clean cache 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from ..qmp_order import wire_member_order
@@ -55,11 +56,24 @@ def _cache_sizes(opts: dict, cluster: int, disk: int) -> tuple[int, int, int]:
     return l2, entry, refcount
 
 
+@lru_cache(maxsize=256)
+def _default_sizes(cluster: int, disk: int) -> tuple[int, int, int]:
+    """:func:`_cache_sizes` without options (a pure function of the image's geometry)."""
+    return _cache_sizes({}, cluster, disk)
+
+
+def _sizes(opts: dict, cluster: int, disk: int) -> tuple[int, int, int]:
+    """:func:`_cache_sizes`, the defaults remembered where ``opts`` set none of the sizes."""
+    if any(key in opts for key in SIZE_OPTIONS):
+        return _cache_sizes(opts, cluster, disk)
+    return _default_sizes(cluster, disk)
+
+
 def l2_slice_bytes(cluster: int, disk: int) -> int:
     """The guest bytes one L2 slice maps with the default cache options (read_cache_sizes: a slice is a cache
     entry, the whole table unless the default cache cannot hold every table and the clusters exceed 4 KiB).
     qcow2_get_host_offset answers one slice at most: block status, reads and writes stop at its end."""
-    _, entry, _ = _cache_sizes({}, cluster, disk)
+    _, entry, _ = _default_sizes(cluster, disk)
     return entry // 8 * cluster
 
 
@@ -70,7 +84,7 @@ def open_error(opts: dict, image: Any) -> str | None:
             return f"Parameter '{key}' expects a non-negative number below 2^64"
     cluster = image.cluster_size
     try:
-        l2, entry, refcount = _cache_sizes(opts, cluster, image.size)
+        l2, entry, refcount = _sizes(opts, cluster, image.size)
     except ValueError as err:
         return str(err)
     if max(l2 // entry, MIN_L2_CACHE_ENTRIES) > INT_MAX:
@@ -91,8 +105,8 @@ def not_simulated(opts: dict, image: Any) -> str | None:
     """bitlab's refusal of options QEMU accepts (after :func:`open_error` found none) but bitlab does
     not simulate, naming the option."""
     cluster = image.cluster_size
-    l2, entry, _ = _cache_sizes(opts, cluster, image.size)
-    default_l2, default_entry, _ = _cache_sizes({}, cluster, image.size)
+    l2, entry, _ = _sizes(opts, cluster, image.size)
+    default_l2, default_entry, _ = _default_sizes(cluster, image.size)
     for key in ("cache-size", "l2-cache-size", "l2-cache-entry-size"):
         if key in opts and (l2 < default_l2 or entry != default_entry):
             return (NOT_SIMULATED + f"a qcow2 L2 cache smaller than QEMU's default or with other entry sizes "

@@ -138,7 +138,7 @@ def run(node: Any, blk: BlkdebugNode, op: Callable[[], None], length: int, alway
         node.tracing = False
         node.trace_requests = None
     marks = _Marks()
-    if any(entry[0] == "new-refblock" for entry in log):
+    if any([entry[0] == "new-refblock" for entry in log]):
         if snap is not None:
             snap.restore()
         raise generic("bitlab does not simulate the requests of a new qcow2 refcount block for blkdebug "

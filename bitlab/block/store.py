@@ -60,12 +60,6 @@ class ImageFile:
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
     _allocated: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (key, allocated_size)
 
-    def __setattr__(self, name: str, value) -> None:
-        old = self.__dict__.get("bitmaps")
-        object.__setattr__(self, name, value)
-        if name == "bitmaps" and self.__dict__.get("_layout") is not None and old is not None:
-            self._bitmaps_stored(old, value)
-
     def _bitmaps_stored(self, old: list[StoredBitmap], new: list[StoredBitmap]) -> None:
         """The bitmap directory was written (``new`` replaces ``old``): on a clean close every bitmap
         written anew in the new directory's order (qcow2_store_persistent_dirty_bitmaps: the loaded ones as
@@ -140,7 +134,7 @@ class ImageFile:
         """What the file allocates on the host, ``st_blocks * 512`` (``actual-size``, ``disk size``)."""
         layout = self.layout if self.fmt == "qcow2" else None  # (is_qcow2, inline: a hot path)
         if layout is not None and layout.fs_plain:  # (what plain_allocation looks at)
-            key: tuple = (self.data.version, layout.top, layout.grown, layout.l1_entries, id(layout))
+            key: tuple = (self.data.version, layout.top, layout.grown, layout.l1_entries, layout)
         else:
             key = self.allocation_key()
         cached = self.__dict__.get("_allocated")
@@ -153,11 +147,11 @@ class ImageFile:
 
     def allocation_key(self) -> tuple:
         """Changes whenever :meth:`allocated_size` (or the file's length) may: a write to the content, or to the
-        file's block map (without merging pending writes)."""
+        file's block map (without merging pending writes). (The layout itself, compared by identity.)"""
         layout = self._layout
         if layout is None:
             return (self.data.version,)
-        return self.data.version, layout.fs.version, len(layout._fs_marks), id(layout)
+        return self.data.version, layout.fs.version, len(layout._fs_marks), layout
 
     def metadata_preallocated(self) -> bool:
         """Whether qcow2 takes this image for one with preallocated metadata (qcow2_detect_metadata_preallocation)."""
@@ -353,6 +347,22 @@ class ImageFile:
             return
         self.discard_clusters(0, self.data.size)
         self.data.write(0, self.data.size, UNALLOCATED)
+
+
+class _StoredBitmaps:
+    """``ImageFile.bitmaps``, a field whose assignment writes the bitmap directory: a descriptor with ``__set__``
+    only, so reading it is reading the instance's own attribute (no call), and the other fields are plain
+    attributes (set after the dataclass is made, which keeps the field)."""
+
+    def __set__(self, image: ImageFile, value: list[StoredBitmap]) -> None:
+        """A laid-out image stores the new directory (see :meth:`ImageFile._bitmaps_stored`)."""
+        old = image.__dict__.get("bitmaps")
+        image.__dict__["bitmaps"] = value
+        if old is not None and image.__dict__.get("_layout") is not None:
+            image._bitmaps_stored(old, value)
+
+
+ImageFile.bitmaps = _StoredBitmaps()  # type: ignore[assignment]
 
 
 class _Watcher:

@@ -56,7 +56,10 @@ def check_batch(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray) -> No
 
 def note_highest(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray) -> None:
     """Write requests completed on ``node``: bs->wr_highest_offset (bdrv_co_write_req_finish)."""
-    end = int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max())
+    if len(offsets) == 1:  # (one request: its end, without numpy)
+        end = int(offsets[0]) + int(lengths[0])
+    else:
+        end = int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max())
     if end > node.wr_highest_offset:
         node.wr_highest_offset = end
 
@@ -139,9 +142,14 @@ def note_unheard(node: Any, writes: tuple[np.ndarray, np.ndarray]) -> None:
     """Writes a qcow2 node made to its file child ``node`` while it did not hear them (their bitmaps and
     thresholds nothing to see): only the highest writes of ``node`` and the nodes below it move."""
     offsets, lengths = writes
-    if not len(offsets):
+    if len(offsets):
+        note_unheard_end(node, int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max()))
+
+
+def note_unheard_end(node: Any, end: int) -> None:
+    """:func:`note_unheard` given the writes' highest end (0: there were none)."""
+    if not end:
         return
-    end = int((np.asarray(offsets, dtype=np.int64) + np.asarray(lengths, dtype=np.int64)).max())
     align = 1
     for n in _path(node):
         align = max(align, getattr(n, "align", 1))

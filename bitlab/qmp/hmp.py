@@ -250,7 +250,7 @@ def qmp_hmp(vm: Any, args: dict) -> str:
         return "qemu-io: string expected\r\n" + _QEMU_IO_HELP
     while words and words[0] in ("-d", "-q"):
         words.pop(0)
-    if len(words) > 2 or any(w.startswith("'") or w.endswith("'") for w in words[1:]):
+    if len(words) > 2 or any([w.startswith("'") or w.endswith("'") for w in words[1:]]):
         return "qemu-io: extraneous characters at the end of line\r\n" + _QEMU_IO_HELP
     if len(words) < 2:
         return "qemu-io: string expected\r\n" + _QEMU_IO_HELP
