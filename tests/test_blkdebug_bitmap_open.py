@@ -195,18 +195,24 @@ def test_storing_bitmaps_over_a_rule_fails_on_qemu() -> None:
         assert _after(vm, "c.qcow2") == [[("bm0", ["in-use", "auto"]), ("bm1", ["in-use", "auto"])], CHECK_OK]
 
 
+def _armed(vm: Machine, image: str, node: str, sector: int | None, once: bool = True) -> None:
+    """A new image (see :func:`_image`) opened as ``node`` over blkdebug, a rule armed by the open's first write (the
+    in-use marking's header) failing reads (of ``sector``, or any)."""
+    _image(vm, image)
+    rule: dict = {"event": "pwritev", "iotype": "read", "errno": 5, "once": once}
+    if sector is not None:
+        rule["sector"] = sector
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": node, "file": {
+        "driver": "blkdebug", "image": {"driver": "file", "filename": image}, "inject-error": [rule]}})
+
+
 def query_story(vm: Machine) -> dict:
     """An image with a stored bitmap opened over blkdebug, a rule armed by the open's first write (the in-use
     marking's header) failing reads of the bitmap directory: query-named-block-nodes reads it for each image
     info it builds (the image's bitmaps in ``format-specific``), and fails with it."""
     out = {}
     for i, once in enumerate([True, False]):
-        name = f"q{i}.qcow2"
-        _image(vm, name)
-        blk = {"driver": "blkdebug", "image": {"driver": "file", "filename": name},
-               "inject-error": [{"event": "pwritev", "iotype": "read", "errno": 5, "sector": DIRECTORY,
-                                 "once": once}]}
-        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": f"n{i}", "file": blk})
+        _armed(vm, f"q{i}.qcow2", f"n{i}", DIRECTORY, once)
         for k, flat in enumerate([True, False, True]):
             try:
                 nodes = vm.qmp("query-named-block-nodes", {"flat": flat})
@@ -236,12 +242,7 @@ def remove_story(vm: Machine) -> dict:
     out = {}
     for i, (sector, name) in enumerate([(DIRECTORY, "bm0"), (DIRECTORY, "new"), (None, "bm1")]):
         image = f"d{i}.qcow2"
-        _image(vm, image)
-        rule: dict = {"event": "pwritev", "iotype": "read", "errno": 5, "once": True}
-        if sector is not None:
-            rule["sector"] = sector
-        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": f"n{i}", "file": {
-            "driver": "blkdebug", "image": {"driver": "file", "filename": image}, "inject-error": [rule]}})
+        _armed(vm, image, f"n{i}", sector)
         if name == "new":
             vm.qmp("block-dirty-bitmap-add", {"node": f"n{i}", "name": "new", "persistent": True})
         try:
@@ -318,12 +319,7 @@ def resize_story(vm: Machine) -> dict:
     out = {}
     for i, (sector, size) in enumerate([(DIRECTORY, 2 << 30), (None, 2 << 30), (DIRECTORY, 512 << 20)]):
         image = f"s{i}.qcow2"
-        _image(vm, image)
-        rule: dict = {"event": "pwritev", "iotype": "read", "errno": 5, "once": True}
-        if sector is not None:
-            rule["sector"] = sector
-        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": f"n{i}", "file": {
-            "driver": "blkdebug", "image": {"driver": "file", "filename": image}, "inject-error": [rule]}})
+        _armed(vm, image, f"n{i}", sector)
         try:
             vm.qmp("block_resize", {"node-name": f"n{i}", "size": size})
             out[f"resize {i}"] = "resized"
