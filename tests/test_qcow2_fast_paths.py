@@ -366,3 +366,17 @@ def test_first_fit_in_plain_ints_is_the_numpy_one(seed: int) -> None:
     by_arrays._take(start, n, counted=False)
     by_arrays._refcounts_changed(np.array([start]), np.array([start + n]))
     assert by_range.dirty_refblocks == by_arrays.dirty_refblocks and by_range.rb_cached == by_arrays.rb_cached
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_any_missing_table_is_a_missing_table(seed: int) -> None:
+    """l2_any_missing (block-copy's yes/no question) says whether l2_missing would list a table, for random
+    tables made and ranges asked."""
+    rng = np.random.default_rng(seed)
+    layout = HostLayout(4 << 30, 65536)  # (8 L2 tables)
+    for index in rng.choice(8, size=int(rng.integers(0, 8)), replace=False).tolist():
+        layout.touch_l2(index * layout.per_l2, index * layout.per_l2 + 1)
+    for _ in range(20):
+        lo = int(rng.integers(0, 8))
+        hi = int(rng.integers(lo, 8))
+        assert layout.l2_any_missing(lo, hi) == bool(layout.l2_missing(lo, hi).size)

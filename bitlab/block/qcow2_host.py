@@ -557,6 +557,10 @@ class HostLayout:
         n = e[none] - s[none]
         return np.repeat(s[none], n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
 
+    def l2_any_missing(self, lo: int, hi: int) -> bool:
+        """Whether an L2 table of ``[lo, hi]`` (indices) does not exist (:meth:`l2_missing` not empty)."""
+        return bool((self.l2.extents(lo, hi + 1 - lo)[2] < 0).any())
+
     def touch_l2(self, c0: int, c1: int) -> None:
         """get_cluster_table for guest clusters ``[c0, c1)``: L2 tables where there are none."""
         if c1 <= c0:

@@ -552,7 +552,7 @@ class BlockCopy:
             return False
         cs = target.image.cluster_size
         first, last = task.offset // cs, (task.offset + self._io(task) - 1) // cs
-        return not target.image.layout.l2_missing(first // (cs // 8), last // (cs // 8)).size
+        return not target.image.layout.l2_any_missing(first // (cs // 8), last // (cs // 8))
 
     def _complete(self, call: Call, task: Task | Batch) -> None:
         call.tasks = [(tm, t) for tm, t in call.tasks if t is not task]
@@ -930,7 +930,7 @@ class BlockCopy:
             cs = target.image.cluster_size
             per = cs // 8
             first, last = int(offsets[0]) // cs, (int(offsets[-1] + io[-1]) - 1) // cs
-            if layout.l2_missing(first // per, last // per).size:
+            if layout.l2_any_missing(first // per, last // per):
                 return True
         return several and layout.has_holes()
 
