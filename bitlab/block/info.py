@@ -8,14 +8,12 @@ turns that into the order QEMU sends. ``qemu-img info`` reuses :func:`image_info
 from __future__ import annotations
 
 import marshal
-import os
 from collections.abc import Iterable
 from functools import lru_cache
 
-from ..errors import generic
 from ..qmp_order import wire_order
+from . import qcow2_trace
 from .blkdebug import BlkdebugNode
-from .ioerror import BlockIOError
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, round_sector
 from .paths import node_full_backing_filename
 from .store import ImageFile
@@ -85,15 +83,10 @@ def bitmap_directory_reads(every: Iterable[BlockNode], nodes: Iterable[BlockNode
     for node in nodes:
         below: BlockNode | None = node
         while below is not None:
-            if isinstance(below, Qcow2Node):
+            if isinstance(below, Qcow2Node) and below.image.compat != "0.10":
                 blk = below.child("file")
-                if isinstance(blk, BlkdebugNode) and blk.active and below.image.compat != "0.10":
-                    where = below.image.directory_range()
-                    if where is not None:
-                        try:
-                            blk.read_request(*where)
-                        except BlockIOError as err:
-                            raise generic(f"Failed to read bitmap directory: {os.strerror(err.errno)}") from None
+                if isinstance(blk, BlkdebugNode) and blk.active:
+                    qcow2_trace.directory_read(below)
             below = None if flat else filter_or_cow(below)
 
 

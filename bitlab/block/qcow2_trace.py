@@ -681,7 +681,7 @@ def directory_read(node: Any) -> None:
     try:
         blk.read_request(*where)
     except BlockIOError as err:
-        raise generic(f"Failed to read bitmap directory: {os.strerror(err.errno)}") from None
+        raise generic(f"{BITMAP_ERRORS['bmdir']}: {os.strerror(err.errno)}") from None
 
 
 def bitmap_unstore_refused(node: Any) -> str | None:
