@@ -83,6 +83,23 @@ def test_look_ups_on_a_few_runs_are_the_general_ones(size, ops, queries):
     assert small == general
 
 
+@given(st.integers(1, 300), writes, st.lists(st.tuples(st.integers(0, 320), st.integers(0, 120)), max_size=8))
+@settings(max_examples=200)
+def test_any_in_is_the_gathered_values_looked_at(size, ops, queries):
+    """``any_in`` answers, range by range, what ``gather``'s pieces of each range and the reference model say."""
+    emap = ExtentMap(size)
+    for off, ln, val in ops:
+        emap.write(off, ln, val)
+    picks = lambda v: v >= 2  # noqa: E731
+    starts = np.array([q[0] for q in queries], dtype=np.int64)
+    ends = starts + np.array([q[1] for q in queries], dtype=np.int64)
+    got = emap.any_in(starts, ends, picks).tolist()
+    _, _, vals, ptr = emap.gather(starts, ends)
+    ref = reference(size, ops)
+    assert got == [bool(picks(vals[ptr[i]:ptr[i + 1]]).any()) for i in range(len(queries))]
+    assert got == [any(v >= 2 for v in ref[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
+
+
 def test_a_new_map_shares_read_only_arrays_and_every_change_makes_its_own():
     a, b = ExtentMap(100), ExtentMap(200)
     assert a.runs()[0] is b.runs()[0] and not a.runs()[0].flags.writeable

@@ -18,6 +18,7 @@ array rebuilds. Every method that looks at ``_starts``/``_vals`` calls
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 
 import numpy as np
 
@@ -395,6 +396,20 @@ class ExtentMap:
         run_ends[-1] = self.size
         return clip_runs(self._starts, run_ends, self._vals, np.minimum(starts, self.size),
                          np.minimum(ends, self.size))
+
+    def any_in(self, starts: np.ndarray, ends: np.ndarray, picks: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """For each range ``[starts[i], ends[i])``: whether a run inside it holds a value ``picks`` (run values ->
+        booleans) picks. (:meth:`gather`'s values of each range, looked at as counts: no pieces made.)"""
+        self._flush()
+        picked = picks(self._vals)
+        q_starts, q_ends = np.minimum(starts, self.size), np.minimum(ends, self.size)
+        if not picked.any():
+            return np.zeros(q_starts.size, dtype=bool)
+        count = np.zeros(picked.size + 1, dtype=np.int64)  # picked runs before each run
+        np.cumsum(picked, out=count[1:])
+        first = np.maximum(self._starts.searchsorted(q_starts, "right") - 1, 0)  # the run each range starts in
+        last = self._starts.searchsorted(q_ends, "left")  # runs [first, last) meet the range
+        return (q_ends > q_starts) & (count[np.maximum(last, first)] > count[first])
 
     def value_at(self, offset: int) -> int:
         self._flush()
