@@ -100,6 +100,32 @@ def test_any_in_is_the_gathered_values_looked_at(size, ops, queries):
     assert got == [any(v >= 2 for v in ref[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
 
 
+@given(st.integers(1, 300), writes, writes, st.lists(st.integers(0, 299), max_size=8), st.booleans())
+@settings(max_examples=200)
+def test_look_is_value_at_and_merges_nothing_while_a_few_single_writes_are_pending(size, merged, pending, at, few):
+    """``look`` answers what ``value_at`` answers; with a few single writes pending (and no batch) it leaves
+    them pending, on a map of a few runs or many."""
+    emap = ExtentMap(size)
+    for off, ln, val in merged:
+        emap.write(off, ln, val)
+    emap.runs()
+    for off, ln, val in pending[:extents.SMALL_PENDING] if few else pending:
+        emap.write(off, ln, val)
+    waiting = emap.pending
+    saved = extents.SMALL_RUNS
+    try:
+        for small in (saved, 0):
+            extents.SMALL_RUNS = small
+            got = [emap.look(min(x, size - 1)) for x in at]
+            assert emap.pending == (waiting if waiting <= extents.SMALL_PENDING else 0) or not at
+            emap_ref = ExtentMap(size)
+            for off, ln, val in merged + (pending[:extents.SMALL_PENDING] if few else pending):
+                emap_ref.write(off, ln, val)
+            assert got == [emap_ref.value_at(min(x, size - 1)) for x in at]
+    finally:
+        extents.SMALL_RUNS = saved
+
+
 def test_a_new_map_shares_read_only_arrays_and_every_change_makes_its_own():
     a, b = ExtentMap(100), ExtentMap(200)
     assert a.runs()[0] is b.runs()[0] and not a.runs()[0].flags.writeable

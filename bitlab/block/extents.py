@@ -115,6 +115,7 @@ def fill_holes(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, holes: np
 
 SMALL_RUNS = 32  # runs a map may have for its single writes and look-ups to work on plain integers
 SMALL_MERGE = 8  # pending writes merged one after the other, in plain integers, into a map of a few runs
+SMALL_PENDING = 8  # pending single writes ExtentMap.look looks through instead of merging them
 _FIRST_START = np.zeros(1, dtype=np.int64)  # a new map's one run starts at 0
 _FIRST_START.flags.writeable = False
 _FILLS: dict[int, np.ndarray] = {}  # a new map's one value, by value (read-only)
@@ -427,6 +428,19 @@ class ExtentMap:
             hit = np.flatnonzero((offsets <= offset) & (offset < ends))
             if hit.size:
                 return int(values[hit[-1]])
+        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
+
+    def look(self, offset: int) -> int:
+        """:meth:`value_at`, through :meth:`peek` while a few single writes alone are pending (looking through
+        them costs less than merging them; whoever reads the runs next merges them)."""
+        po = self._po
+        if self._log or not po or len(po) > SMALL_PENDING:
+            return self.value_at(offset)
+        for o, n, v in zip(reversed(po), reversed(self._pl), reversed(self._pv)):
+            if o <= offset < o + n:
+                return v
+        if self._starts.size <= SMALL_RUNS:
+            return self._vals.tolist()[bisect_right(self._starts.tolist(), offset) - 1]
         return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
 
     def allocated_bytes(self) -> int:

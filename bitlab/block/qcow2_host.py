@@ -344,7 +344,7 @@ class HostLayout:
             self.dirty_l2.clear()
             return
         if len(self.dirty_l2) <= SMALL_BATCH:  # a few tables: looked up one by one
-            found = [self.l2.value_at(i) for i in sorted(self.dirty_l2)]
+            found = [self.l2.look(i) for i in sorted(self.dirty_l2)]  # (the tables just allocated stay pending)
             offsets: Ints = [h * self.cs for h in found if h >= 0]
         else:
             index = np.array(sorted(self.dirty_l2), dtype=np.int64)
@@ -778,13 +778,14 @@ class HostLayout:
             return
         if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
             vals = values.tolist()
-            if min(vals) >= 0:
+            zeros = min(vals) < 0
+            if not zeros:
                 small = len(vals) <= SMALL_BATCH
             else:  # zero writes alone into an image hosting nothing: they free nothing
                 _, g_vals = self.guest.runs()
                 small = max(vals) < 0 and g_vals.size == 1 and g_vals[0] == NONE
             if small and not self.has_holes():
-                reqs = _back_to_back(offsets // cs, -(-ends // cs), values, vals)
+                reqs = _back_to_back(offsets // cs, -(-ends // cs), values, vals) if zeros and len(vals) > 1 else None
                 if reqs is None:
                     reqs = [(o // cs, -(-e // cs), v) for o, e, v in zip(offsets.tolist(), ends.tolist(), vals)]
                 if self._small_batch(reqs):
