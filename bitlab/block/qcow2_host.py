@@ -221,7 +221,7 @@ class HostLayout:
         if index in self.l2_cached:
             return
         self.l2_cached.add(index)
-        host = self.l2.value_at(index)
+        host = self.l2.look(index)
         if self.log is not None and host >= 0:
             self._ev("l2_load")
             self.log.append(("r", host * self.cs, self.cs, "l2", index))
@@ -337,7 +337,7 @@ class HostLayout:
             return
         if self.log is not None:
             for index in sorted(self.dirty_l2):
-                host = self.l2.value_at(index)
+                host = self.l2.look(index)
                 if host >= 0:
                     self._ev("l2_update")
                     self._write([host * self.cs], [self.cs], "l2", [index])
@@ -617,7 +617,7 @@ class HostLayout:
         piece = False  # (a recorder's: a piece is open, its task not started)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
-            if self.l2.value_at(index) < 0:
+            if self.l2.look(index) < 0:
                 self._l2_allocate(index)
             elif log is not None:
                 self.load_l2(index)
@@ -688,7 +688,7 @@ class HostLayout:
         last = self.size // self.cs if self.size % self.cs else -1  # a partial last cluster
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
-            if self.l2.value_at(index) < 0:
+            if self.l2.look(index) < 0:
                 self._l2_allocate(index)
             elif self.log is not None:
                 self.load_l2(index)
@@ -730,7 +730,7 @@ class HostLayout:
         self.cached_from = len(self.discarded)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
-            if self.l2.value_at(index) < 0:
+            if self.l2.look(index) < 0:
                 self._l2_allocate(index)
             elif self.log is not None:
                 self.load_l2(index)
@@ -901,7 +901,7 @@ class HostLayout:
             for index in stretch:
                 if index not in seen_tables:
                     seen_tables.add(index)
-                    if self.l2.value_at(index) < 0:
+                    if self.l2.look(index) < 0:
                         events.append((o, max(a, index * P), 0, index))
         events.sort()  # (by owner, guest cluster, table before data: no two events have all three alike)
         top = self.top
