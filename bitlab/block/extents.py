@@ -414,6 +414,12 @@ class ExtentMap:
 
     def value_at(self, offset: int) -> int:
         self._flush()
+        if self._starts.size <= SMALL_RUNS:  # a few runs: found in plain integers (as _run_value: a hot path)
+            return self._vals.tolist()[bisect_right(self._starts.tolist(), offset) - 1]
+        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
+
+    def _run_value(self, offset: int) -> int:
+        """The value of the run holding ``offset``, the pending writes aside."""
         if self._starts.size <= SMALL_RUNS:  # a few runs: found in plain integers
             return self._vals.tolist()[bisect_right(self._starts.tolist(), offset) - 1]
         return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
@@ -428,20 +434,14 @@ class ExtentMap:
             hit = np.flatnonzero((offsets <= offset) & (offset < ends))
             if hit.size:
                 return int(values[hit[-1]])
-        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
+        return self._run_value(offset)
 
     def look(self, offset: int) -> int:
         """:meth:`value_at`, through :meth:`peek` while a few single writes alone are pending (looking through
         them costs less than merging them; whoever reads the runs next merges them)."""
-        po = self._po
-        if self._log or not po or len(po) > SMALL_PENDING:
+        if self._log or not self._po or len(self._po) > SMALL_PENDING:
             return self.value_at(offset)
-        for o, n, v in zip(reversed(po), reversed(self._pl), reversed(self._pv)):
-            if o <= offset < o + n:
-                return v
-        if self._starts.size <= SMALL_RUNS:
-            return self._vals.tolist()[bisect_right(self._starts.tolist(), offset) - 1]
-        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
+        return self.peek(offset)
 
     def allocated_bytes(self) -> int:
         starts, ends, vals = self.extents()
