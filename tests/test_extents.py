@@ -18,6 +18,14 @@ def reference(size, ops):
     return ref
 
 
+def written(size, ops):
+    """A map of ``size`` bytes after the single writes ``ops``."""
+    emap = ExtentMap(size)
+    for off, ln, val in ops:
+        emap.write(off, ln, val)
+    return emap
+
+
 def flatten(emap):
     starts, ends, vals = emap.extents()
     out = []
@@ -67,9 +75,7 @@ def test_write_on_a_few_runs_is_the_general_one(size, ops):
 @settings(max_examples=200)
 def test_look_ups_on_a_few_runs_are_the_general_ones(size, ops, queries):
     """``value_at`` and ``extents`` on plain integers (a map of a few runs) answer as the numpy path does."""
-    emap = ExtentMap(size)
-    for off, ln, val in ops:
-        emap.write(off, ln, val)
+    emap = written(size, ops)
     emap.runs()
     small = [(emap.value_at(min(off, size - 1)), [a.tolist() for a in emap.extents(off, ln)]) for off, ln in queries]
     small.append((None, [a.tolist() for a in emap.extents()]))
@@ -81,6 +87,44 @@ def test_look_ups_on_a_few_runs_are_the_general_ones(size, ops, queries):
     finally:
         extents.SMALL_RUNS = saved
     assert small == general
+
+
+@given(st.integers(1, 300), writes, st.lists(st.tuples(st.integers(0, 320), st.integers(0, 120)), max_size=8))
+@settings(max_examples=200)
+def test_any_in_is_the_gathered_values_looked_at(size, ops, queries):
+    """``any_in`` answers, range by range, what ``gather``'s pieces of each range and the reference model say."""
+    emap = written(size, ops)
+    picks = lambda v: v >= 2  # noqa: E731
+    starts = np.array([q[0] for q in queries], dtype=np.int64)
+    ends = starts + np.array([q[1] for q in queries], dtype=np.int64)
+    got = emap.any_in(starts, ends, picks).tolist()
+    _, _, vals, ptr = emap.gather(starts, ends)
+    ref = reference(size, ops)
+    assert got == [bool(picks(vals[ptr[i]:ptr[i + 1]]).any()) for i in range(len(queries))]
+    assert got == [any(v >= 2 for v in ref[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
+
+
+@given(st.integers(1, 300), writes, writes, st.lists(st.integers(0, 299), max_size=8), st.booleans())
+@settings(max_examples=200)
+def test_look_is_value_at_and_merges_nothing_while_a_few_single_writes_are_pending(size, merged, pending, at, few):
+    """``look`` answers what ``value_at`` answers; with a few single writes pending (and no batch) it leaves
+    them pending, on a map of a few runs or many."""
+    pending = pending[:extents.SMALL_PENDING] if few else pending
+    emap = written(size, merged)
+    emap.runs()
+    for off, ln, val in pending:
+        emap.write(off, ln, val)
+    waiting = emap.pending
+    want = written(size, merged + pending)
+    saved = extents.SMALL_RUNS
+    try:
+        for small in (saved, 0):
+            extents.SMALL_RUNS = small
+            got = [emap.look(min(x, size - 1)) for x in at]
+            assert emap.pending == (waiting if waiting <= extents.SMALL_PENDING else 0) or not at
+            assert got == [want.value_at(min(x, size - 1)) for x in at]
+    finally:
+        extents.SMALL_RUNS = saved
 
 
 def test_a_new_map_shares_read_only_arrays_and_every_change_makes_its_own():

@@ -162,10 +162,14 @@ def test_a_stored_bitmap_removed_from_an_open_image_shows_at_once():
     check(vm)
 
 
-def test_a_reply_built_or_brought_up_to_date_by_its_query_shares_nothing_with_the_cache():
-    """The entry a query builds (or whose sizes it brings up to date) goes into that reply as it is:
+@pytest.mark.parametrize("bitmap", [False, True])
+def test_a_reply_built_or_brought_up_to_date_by_its_query_shares_nothing_with_the_cache(bitmap):
+    """The entry a query builds goes into that reply as it is, one whose sizes it brings up to date or
+    a cached one as a copy (with a dirty bitmap: put together in the order with ``dirty-bitmaps``):
     changing it must not reach the next reply."""
     vm = machine()
+    if bitmap:
+        vm.qmp("block-dirty-bitmap-add", {"node": "top", "name": "b0"})
     for step in ("built", "sizes", "cached"):
         if step == "sizes":
             vm.write("top", 0, 65536, 0x44)  # (top's entry is kept, its actual-size brought up to date)
@@ -173,4 +177,7 @@ def test_a_reply_built_or_brought_up_to_date_by_its_query_shares_nothing_with_th
         top["image"]["actual-size"] = -1
         top["image"]["backing-image"]["virtual-size"] = -1
         top["cache"]["direct"] = "changed"
+        top["image"]["format-specific"]["data"]["compat"] = "changed"
+        if bitmap:
+            top["dirty-bitmaps"][0]["count"] = -1
         check(vm)

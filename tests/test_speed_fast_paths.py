@@ -319,3 +319,27 @@ def test_subtree_ids_are_the_ids_below_a_node(seed: int) -> None:
 
     for node in vm.graph.nodes.values():
         assert subtree_ids(node, lambda n: n.children) == below(node)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_batch_of_zero_writes_is_the_zero_writes_one_by_one(seed: int) -> None:
+    """Random qcow2 images and random disjoint zero-write ranges (in ascending order or shuffled): the batch
+    (which finds the whole clusters holding nothing at once, :meth:`ExtentMap.any_in`) leaves the content the
+    same zero writes one by one leave."""
+    rng = random.Random(seed)
+    batch_vm, batch = _random_image(random.Random(seed), backing=False)
+    _, single = _random_image(random.Random(seed), backing=False)
+    cs = batch.image.cluster_size
+    for _ in range(6):
+        n = rng.randint(1, 8)
+        starts = sorted(rng.sample(range(0, batch.size // 512, 4), n))
+        ranges = [(a * 512, min(rng.choice([512, cs, 2 * cs, 3 * 512]), batch.size - a * 512)) for a in starts]
+        ranges = [(a, min(n, b - a)) for (a, n), b in zip(ranges, [r[0] for r in ranges[1:]] + [batch.size])]
+        if rng.random() < 0.5:
+            rng.shuffle(ranges)
+        offsets = np.array([r[0] for r in ranges], dtype=np.int64)
+        lengths = np.array([r[1] for r in ranges], dtype=np.int64)
+        batch.write_zeroes_batch(offsets, lengths)
+        for off, ln in ranges:
+            single.write_zeroes(off, ln)
+        assert [a.tolist() for a in batch.image.data.runs()] == [a.tolist() for a in single.image.data.runs()]

@@ -18,6 +18,7 @@ array rebuilds. Every method that looks at ``_starts``/``_vals`` calls
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 
 import numpy as np
 
@@ -114,6 +115,7 @@ def fill_holes(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, holes: np
 
 SMALL_RUNS = 32  # runs a map may have for its single writes and look-ups to work on plain integers
 SMALL_MERGE = 8  # pending writes merged one after the other, in plain integers, into a map of a few runs
+SMALL_PENDING = 8  # pending single writes ExtentMap.look looks through instead of merging them
 _FIRST_START = np.zeros(1, dtype=np.int64)  # a new map's one run starts at 0
 _FIRST_START.flags.writeable = False
 _FILLS: dict[int, np.ndarray] = {}  # a new map's one value, by value (read-only)
@@ -396,8 +398,28 @@ class ExtentMap:
         return clip_runs(self._starts, run_ends, self._vals, np.minimum(starts, self.size),
                          np.minimum(ends, self.size))
 
+    def any_in(self, starts: np.ndarray, ends: np.ndarray, picks: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """For each range ``[starts[i], ends[i])``: whether a run inside it holds a value ``picks`` (run values ->
+        booleans) picks. (:meth:`gather`'s values of each range, looked at as counts: no pieces made.)"""
+        self._flush()
+        picked = picks(self._vals)
+        q_starts, q_ends = np.minimum(starts, self.size), np.minimum(ends, self.size)
+        if not picked.any():
+            return np.zeros(q_starts.size, dtype=bool)
+        count = np.zeros(picked.size + 1, dtype=np.int64)  # picked runs before each run
+        np.cumsum(picked, out=count[1:])
+        first = np.maximum(self._starts.searchsorted(q_starts, "right") - 1, 0)  # the run each range starts in
+        last = self._starts.searchsorted(q_ends, "left")  # runs [first, last) meet the range
+        return (q_ends > q_starts) & (count[np.maximum(last, first)] > count[first])
+
     def value_at(self, offset: int) -> int:
         self._flush()
+        if self._starts.size <= SMALL_RUNS:  # a few runs: found in plain integers (as _run_value: a hot path)
+            return self._vals.tolist()[bisect_right(self._starts.tolist(), offset) - 1]
+        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
+
+    def _run_value(self, offset: int) -> int:
+        """The value of the run holding ``offset``, the pending writes aside."""
         if self._starts.size <= SMALL_RUNS:  # a few runs: found in plain integers
             return self._vals.tolist()[bisect_right(self._starts.tolist(), offset) - 1]
         return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
@@ -412,7 +434,14 @@ class ExtentMap:
             hit = np.flatnonzero((offsets <= offset) & (offset < ends))
             if hit.size:
                 return int(values[hit[-1]])
-        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
+        return self._run_value(offset)
+
+    def look(self, offset: int) -> int:
+        """:meth:`value_at`, through :meth:`peek` while a few single writes alone are pending (looking through
+        them costs less than merging them; whoever reads the runs next merges them)."""
+        if self._log or not self._po or len(self._po) > SMALL_PENDING:
+            return self.value_at(offset)
+        return self.peek(offset)
 
     def allocated_bytes(self) -> int:
         starts, ends, vals = self.extents()

@@ -7,7 +7,6 @@ turns that into the order QEMU sends. ``qemu-img info`` reuses :func:`image_info
 
 from __future__ import annotations
 
-import marshal
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -288,16 +287,15 @@ class NodeInfoCache:
     from. If only the lengths of those image files changed (data was written), the entry is
     kept and its sizes are brought up to date (:func:`_live_sizes`). Dirty bitmaps change with
     every write, so ``dirty-bitmaps`` is built on every query.
-    Every reply gets its own copy of a cached entry (whoever gets a reply may change it): the
-    entry is kept marshalled, and each query unmarshals it (bytes this cache wrote itself, never
-    input; a fraction of the cost of rebuilding the dicts in Python). An entry built or brought up
-    to date by this query is new already: it goes into the reply as it is, after it was marshalled.
+    The cache keeps its own entries, which no reply ever holds: every reply gets a copy
+    (:func:`_copy`: new containers, shared scalars), and an entry a query builds goes into the
+    reply as it is while the cache keeps a copy of it.
     """
 
     def __init__(self) -> None:
-        # (node, flat) -> (state built from, file lengths then, marshalled entry without
-        # dirty-bitmaps in wire order, member order with dirty-bitmaps)
-        self._entries: dict[tuple[BlockNode, bool], tuple[tuple, tuple[int, ...], bytes, tuple[str, ...]]] = {}
+        # (node, flat) -> (state built from, file lengths then, entry without dirty-bitmaps in wire
+        # order, member order with dirty-bitmaps)
+        self._entries: dict[tuple[BlockNode, bool], tuple[tuple, tuple[int, ...], dict, tuple[str, ...]]] = {}
 
     def entries(self, nodes: list[BlockNode], *, flat: bool) -> list[dict]:
         """:func:`block_device_info` of each node, in wire order (the order QEMU sends)."""
@@ -308,18 +306,17 @@ class NodeInfoCache:
             lengths = tuple([image.allocation_key() for image in images])
             key = (node, flat)
             cached = self._entries.get(key)
-            entry = None  # a dict built or brought up to date just now goes into the reply as it is
+            entry = None  # a dict built just now goes into the reply as it is
             if cached is None or cached[0] != state:
                 cached, entry = self._build(node, flat, state, lengths)
             elif cached[1] != lengths:
-                entry = marshal.loads(cached[2])
-                if _live_sizes(node, entry["image"]):
-                    cached = (state, lengths, marshal.dumps(entry), cached[3])
+                if _live_sizes(node, cached[2]["image"]):  # (the cache's own entry, brought up to date)
+                    cached = (state, lengths, cached[2], cached[3])
                 else:
                     cached, entry = self._build(node, flat, state, lengths)
             self._entries[key] = cached
             if entry is None:
-                entry = marshal.loads(cached[2])
+                entry = _copy(cached[2])
             entry["write_threshold"] = node.write_threshold  # (block-set-write-threshold: not in the state)
             if node.bitmaps:
                 entry["dirty-bitmaps"] = [wire_order(bm.info()) for bm in node.bitmaps]
@@ -332,12 +329,29 @@ class NodeInfoCache:
 
     @staticmethod
     def _build(node: BlockNode, flat: bool, state: tuple,
-               lengths: tuple[int, ...]) -> tuple[tuple[tuple, tuple[int, ...], bytes, tuple[str, ...]], dict]:
+               lengths: tuple[int, ...]) -> tuple[tuple[tuple, tuple[int, ...], dict, tuple[str, ...]], dict]:
         """A new cache entry, and the entry itself (in wire order: new containers, shared with nothing)."""
         info = block_device_info(node, flat=flat)
         info.pop("dirty-bitmaps", None)
         entry = wire_order(info)
-        return (state, lengths, marshal.dumps(entry), _order_with_bitmaps(tuple(info))), entry
+        return (state, lengths, _copy(entry), _order_with_bitmaps(tuple(info))), entry
+
+
+def _copy(entry: dict) -> dict:
+    """A copy of a JSON object as the cache keeps one: new dicts and lists all the way down, the same scalars."""
+    out = entry.copy()
+    for key, value in entry.items():
+        kind = type(value)
+        if kind is dict:
+            out[key] = _copy(value)
+        elif kind is list:
+            out[key] = _copy_list(value)
+    return out
+
+
+def _copy_list(items: list) -> list:
+    """:func:`_copy` of a JSON array."""
+    return [_copy(item) if type(item) is dict else _copy_list(item) if type(item) is list else item for item in items]
 
 
 @lru_cache(maxsize=64)

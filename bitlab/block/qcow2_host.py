@@ -221,7 +221,7 @@ class HostLayout:
         if index in self.l2_cached:
             return
         self.l2_cached.add(index)
-        host = self.l2.value_at(index)
+        host = self.l2.look(index)
         if self.log is not None and host >= 0:
             self._ev("l2_load")
             self.log.append(("r", host * self.cs, self.cs, "l2", index))
@@ -337,14 +337,14 @@ class HostLayout:
             return
         if self.log is not None:
             for index in sorted(self.dirty_l2):
-                host = self.l2.value_at(index)
+                host = self.l2.look(index)
                 if host >= 0:
                     self._ev("l2_update")
                     self._write([host * self.cs], [self.cs], "l2", [index])
             self.dirty_l2.clear()
             return
         if len(self.dirty_l2) <= SMALL_BATCH:  # a few tables: looked up one by one
-            found = [self.l2.value_at(i) for i in sorted(self.dirty_l2)]
+            found = [self.l2.look(i) for i in sorted(self.dirty_l2)]  # (the tables just allocated stay pending)
             offsets: Ints = [h * self.cs for h in found if h >= 0]
         else:
             index = np.array(sorted(self.dirty_l2), dtype=np.int64)
@@ -617,7 +617,7 @@ class HostLayout:
         piece = False  # (a recorder's: a piece is open, its task not started)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
-            if self.l2.value_at(index) < 0:
+            if self.l2.look(index) < 0:
                 self._l2_allocate(index)
             elif log is not None:
                 self.load_l2(index)
@@ -688,7 +688,7 @@ class HostLayout:
         last = self.size // self.cs if self.size % self.cs else -1  # a partial last cluster
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
-            if self.l2.value_at(index) < 0:
+            if self.l2.look(index) < 0:
                 self._l2_allocate(index)
             elif self.log is not None:
                 self.load_l2(index)
@@ -730,7 +730,7 @@ class HostLayout:
         self.cached_from = len(self.discarded)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
-            if self.l2.value_at(index) < 0:
+            if self.l2.look(index) < 0:
                 self._l2_allocate(index)
             elif self.log is not None:
                 self.load_l2(index)
@@ -778,13 +778,14 @@ class HostLayout:
             return
         if offsets.size <= SMALL_ZERO_BATCH:  # a few requests: plain integers where numpy's fixed cost dominates
             vals = values.tolist()
-            if min(vals) >= 0:
+            zeros = min(vals) < 0
+            if not zeros:
                 small = len(vals) <= SMALL_BATCH
             else:  # zero writes alone into an image hosting nothing: they free nothing
                 _, g_vals = self.guest.runs()
                 small = max(vals) < 0 and g_vals.size == 1 and g_vals[0] == NONE
             if small and not self.has_holes():
-                reqs = _back_to_back(offsets // cs, -(-ends // cs), values, vals)
+                reqs = _back_to_back(offsets // cs, -(-ends // cs), values, vals) if zeros and len(vals) > 1 else None
                 if reqs is None:
                     reqs = [(o // cs, -(-e // cs), v) for o, e, v in zip(offsets.tolist(), ends.tolist(), vals)]
                 if self._small_batch(reqs):
@@ -900,7 +901,7 @@ class HostLayout:
             for index in stretch:
                 if index not in seen_tables:
                     seen_tables.add(index)
-                    if self.l2.value_at(index) < 0:
+                    if self.l2.look(index) < 0:
                         events.append((o, max(a, index * P), 0, index))
         events.sort()  # (by owner, guest cluster, table before data: no two events have all three alike)
         top = self.top
