@@ -27,6 +27,7 @@ PERM_NAMES = ((READ, "consistent read"), (WRITE, "write"), (WRITE_UNCHANGED, "wr
 QAPI_NAMES = {READ: "consistent-read", WRITE: "write", WRITE_UNCHANGED: "write-unchanged", RESIZE: "resize"}
 EXPORT_SHARED = ALL & ~RESIZE  # an NBD export shares everything but resize (nbd_export_create)
 UNNAMED = "an unnamed block device"
+BLK_CACHE = True  # False: check_blk builds its view every time (tests compare the two)
 
 
 def perm_names(perm: int) -> str:
@@ -356,9 +357,18 @@ def check_blk(graph: Any, node: BlockNode, perm: int, shared: int = ALL, desc: s
         if node.read_only and perm & (WRITE | WRITE_UNCHANGED):
             raise generic("Block node is read-only")
         return
+    # The same check on an unchanged graph passes again (a guest's writes one after another): the key holds
+    # all a view reads that may change — graph.perm_version (links, nodes, filters, read-only flags), the
+    # BlockBackends' count (exports come with a stamp, go without one), what each device takes — and the
+    # node (its id: no node is opened or closed without a new version) and the new BlockBackend.
+    key = (graph.perm_version, len(graph.blks), tuple(graph.device_perm.items()), perm, shared, desc)
+    checked = graph.blk_checked
+    if BLK_CACHE and checked is not None and checked[1] == id(node) and checked[0] == key:
+        return
     view = PermView(graph)
     view.add_blk(node, Blk(desc, perm, shared))
     view.check(node)
+    graph.blk_checked = (key, id(node))
 
 
 def shares_file(graph: Any, node: BlockNode) -> bool:
