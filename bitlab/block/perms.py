@@ -169,16 +169,19 @@ class PermView:
         self._cumulative: dict[BlockNode, tuple[int, int]] = {}  # memo of cumulative(), cleared by every change
         self.files: dict[int, list[BlockNode]] = {}  # id(image) -> the file nodes open on it (their locks)
         stamped: list[tuple[int, BlockNode, Edge]] = []  # (when the link was made, its child, the link)
+        add = stamped.append
         when = graph.link_order.get
         children = self.children
         files = self.files
         for node in graph.nodes.values():
+            links = node.children
+            if links:  # (a node without children has no entry: every reader defaults to none)
+                children[node] = links[::-1]  # QLIST_INSERT_HEAD: newest first
+                key = id(node)
+                for role, child in links:
+                    add((when((key, role), 0), child, Edge(role, node)))
             if node.driver == "file" and node.options.get("locking") != "off":  # (locking=off: no lock bytes)
                 files.setdefault(id(node.image), []).append(node)
-            links = node.children
-            children[node] = links[::-1]  # QLIST_INSERT_HEAD: newest first
-            for role, child in links:
-                stamped.append((when((id(node), role), 0), child, Edge(role, node)))
         for name, root in graph.devices.items():
             stamped.append((when(("device", name), 0), root, Edge("root", blk=device_blk(graph, name))))
         for exp in graph.blks:
@@ -269,7 +272,11 @@ class PermView:
                 for _, child in links:
                     if child not in found:  # go down to the first child not seen yet
                         found.add(child)
-                        stack.append((child, iter(children.get(child, ()))))
+                        below = children.get(child)
+                        if below is None:  # no children: done at once
+                            post.append(child)
+                            continue
+                        stack.append((child, iter(below)))
                         break
                 else:  # every child done: the node is
                     stack.pop()
