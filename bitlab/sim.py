@@ -86,8 +86,10 @@ class Scheduler:
 
     def run(self, until_ns: int | None = None, max_steps: int = 10_000_000) -> int:
         """Run timers until none is left or the next is after ``until_ns``; returns steps run."""
-        steps = 0
         heap = self._heap
+        if not heap and until_ns is None:  # nothing scheduled, no time to reach: what the loop below does
+            return 0
+        steps = 0
         outer, self.horizon_ns = self.horizon_ns, FOREVER if until_ns is None else until_ns
         try:
             while steps < max_steps:

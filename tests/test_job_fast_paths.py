@@ -168,3 +168,21 @@ def test_timers_run_in_time_then_scheduling_order_and_cancelled_ones_never():
     sched.at(5, note("late"))  # in the past: runs now, after nothing else
     assert sched.step() and ran[-1] == ("late", 20)
     assert sched.run() == 1 and ran[-1] == ("c", 30) and sched.next_time is None and not sched.step()
+
+
+def test_run_with_nothing_scheduled_is_the_loop() -> None:
+    """Scheduler.run's shortcut (nothing scheduled, no time to reach) leaves what the loop leaves: no step,
+    the clock and the horizon as they were; a cancelled timer is pruned either way, and run(until) still
+    moves the clock."""
+    from bitlab.clock import SimClock
+    from bitlab.sim import Scheduler
+
+    sched = Scheduler(SimClock(1000))
+    assert sched.run() == 0
+    assert (sched.clock.now_ns, sched.horizon_ns, sched._heap) == (1000, None, [])
+    ran: list[int] = []
+    sched.after(5, lambda: ran.append(1)).cancel()
+    assert sched.run() == 0
+    assert (sched.clock.now_ns, ran, sched._heap) == (1000, [], [])
+    assert sched.run(until_ns=2000) == 0
+    assert sched.clock.now_ns == 2000

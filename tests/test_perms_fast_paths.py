@@ -10,6 +10,7 @@ import pytest
 from bitlab import Machine
 from bitlab.block import perms
 from bitlab.block.node import BlockNode
+from bitlab.errors import QMPError
 from tests.graphs import random_graph
 
 
@@ -60,3 +61,86 @@ def test_attach_alone_declines_a_child_in_use() -> None:
     # a file node nothing uses, on a file another node has open: their locks may meet
     vm.qmp("blockdev-add", {"driver": "file", "node-name": "f2", "filename": "a.qcow2"})
     assert perms.attach_error_alone(vm.graph, stand_in, "file", vm.graph.nodes["f2"]) is None
+
+
+def _blk_story(vm: Machine, rng: random.Random) -> list[str]:
+    """qemu-io writes and truncates on random nodes (perms.check_blk) between random graph changes: new
+    nodes over existing ones, exports added and deleted, nodes deleted; every reply or error, in order."""
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    out: list[str] = []
+    exports: list[str] = []
+    last = ""
+    for step in range(70):
+        names = sorted(vm.graph.nodes)
+        if not names:
+            break
+        name = rng.choice(names)
+        roll = rng.random()
+        try:
+            if roll < 0.55:
+                if not (last in names and rng.random() < 0.6):  # (the same node again, most often)
+                    last = name
+                command = rng.choice(["write 0 512", "write -P 0x5 4096 512", "truncate 64M"])
+                out.append(vm.hmp(f'qemu-io {last} "{command}"'))
+            elif roll < 0.7:
+                opts: dict = {"driver": rng.choice(["raw", "blkdebug"]), "node-name": f"s{step}",
+                              "read-only": rng.random() < 0.3}
+                opts["image" if opts["driver"] == "blkdebug" else "file"] = name
+                if opts["driver"] == "blkdebug" and rng.random() < 0.6:
+                    opts["unshare-child-perms"] = ["write"]
+                out.append(str(vm.qmp("blockdev-add", opts)))
+            elif roll < 0.82:
+                exports.append(f"e{step}")
+                out.append(str(vm.qmp("block-export-add", {"type": "nbd", "id": f"e{step}", "node-name": name,
+                                                           "writable": rng.random() < 0.7})))
+            elif roll < 0.9 and exports:
+                out.append(str(vm.qmp("block-export-del", {"id": exports.pop(rng.randrange(len(exports)))})))
+            else:
+                out.append(str(vm.qmp("blockdev-del", {"node-name": name})))
+        except QMPError as err:
+            out.append(f"error: {err.desc}")
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_check_blk_cache_is_the_view(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """perms.check_blk's cache of its last check that passed: on random graphs changed between the checks,
+    every reply is the one the view built each time gives; the cache spares some views."""
+    stories, views = [], []
+    built = 0
+    real = perms.PermView.__init__
+
+    def counted(self: perms.PermView, graph: object) -> None:
+        nonlocal built
+        built += 1
+        real(self, graph)
+
+    monkeypatch.setattr(perms.PermView, "__init__", counted)
+    for cache in (True, False):
+        monkeypatch.setattr(perms, "BLK_CACHE", cache)
+        built = 0
+        rng = random.Random(seed)
+        stories.append(_blk_story(random_graph(rng, 6, child_perms=True), rng))
+        views.append(built)
+    assert stories[0] == stories[1]
+    assert views[0] <= views[1]
+
+
+def test_check_blk_cache_goes_stale_on_each_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that passed, then a change its check reads: the next write's check sees it (a new link that
+    unshares writes, then that link gone). The same write again builds no view."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "q", "file": {"driver": "file", "filename": "a.qcow2"}})
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "e", "node-name": "q", "writable": False})
+    assert vm.hmp('qemu-io q "write 0 512"') == ""
+    monkeypatch.setattr(perms, "PermView", None)  # (the cache answers: no view is built)
+    assert vm.hmp('qemu-io q "write 0 512"') == ""
+    monkeypatch.undo()
+    vm.qmp("blockdev-add", {"driver": "blkdebug", "node-name": "d", "image": "q", "unshare-child-perms": ["write"]})
+    assert vm.hmp('qemu-io q "write 0 512"') == (
+        "Permission conflict on node 'q': permissions 'write' are both required by an unnamed block device (uses "
+        "node 'q' as 'root' child) and unshared by node 'd' (uses node 'q' as 'image' child).\r\n")
+    vm.qmp("blockdev-del", {"node-name": "d"})
+    assert vm.hmp('qemu-io q "write 0 512"') == ""

@@ -72,11 +72,18 @@ class BlockGraph:
         self.device_perm: dict[str, int] = {}
         self.born: dict[tuple, int] = {}  # when each BlockBackend (device or export) was made: their list order
         self._stamps = itertools.count(1)
+        # Bumped by every change made here that a permission check reads (bitlab.block.perms): a link made
+        # or moved (stamp), a node opened, closed or reopened read-only, a backup filter inserted or dropped.
+        # Not by what other modules change: the BlockBackends' list (an export's goes with no stamp; one
+        # comes with one) and what devices take (device_perm): perms.check_blk keys on those itself.
+        self.perm_version = 0
+        self.blk_checked: tuple | None = None  # perms.check_blk's last check that passed: (its key, id(node))
         self.guests: dict[int, tuple[BlockNode, BlockNode]] = {}  # id(node) -> (node, where its guest is now)
 
     def stamp(self, key: tuple) -> None:
         """A link made (or moved) now: the newest parent of its child."""
         self.link_order[key] = next(self._stamps)
+        self.perm_version += 1
 
     def new_backend(self, key: tuple) -> None:
         """A BlockBackend made now (``("device", name)`` or ``("blk", id(export))``): its root link is
@@ -166,6 +173,7 @@ class BlockGraph:
         def named(node: BlockNode) -> BlockNode:
             node.read_only = ro
             self.nodes[node.node_name] = node
+            self.perm_version += 1
             return node
 
         common = {"options": opts}
@@ -199,11 +207,13 @@ class BlockGraph:
                 inner = self._child(opts["image"], opts, ro)
             except QMPError:
                 self.nodes.pop(node.node_name, None)
+                self.perm_version += 1
                 raise
             try:
                 perms.check_attach(self, node, "image", inner)
             except QMPError:
                 self.nodes.pop(node.node_name, None)
+                self.perm_version += 1
                 self._drop_unowned(inner)
                 raise
             self._attach(node, "image", inner)
@@ -329,6 +339,7 @@ class BlockGraph:
         make a loop), such as this job's sync=none target."""
         self.nodes[cbw.node_name] = cbw
         self.job_held.add(cbw.node_name)
+        self.perm_version += 1
         self._attach(cbw, "file", source)
         self._attach(cbw, "target", target)
         source.add_bitmap(copy_bitmap)
@@ -351,6 +362,7 @@ class BlockGraph:
         cbw.filtered_by = None
         self.job_held.discard(cbw.node_name)
         self.nodes.pop(cbw.node_name, None)
+        self.perm_version += 1
         self.guests.pop(id(cbw), None)
 
     def pass_filter(self, source: BlockNode, target: BlockNode, name: str, cluster_size: int) -> None:
@@ -478,6 +490,7 @@ class BlockGraph:
                 if bm.persistent:
                     bm.readonly = True
         node.read_only = True  # (its file node's locks follow from what the read-only node takes)
+        self.perm_version += 1
         for role, child in node.children:
             if role in ("file", "image") and child.node_name not in self.monitor_owned:
                 self.reopen_read_only(child)
@@ -543,6 +556,7 @@ class BlockGraph:
             self._drop_unowned(child, clean=clean)
         node.children = []
         self.nodes.pop(node.node_name, None)
+        self.perm_version += 1
         self.monitor_owned.discard(node.node_name)
         self.guests.pop(id(node), None)
 

@@ -27,6 +27,7 @@ PERM_NAMES = ((READ, "consistent read"), (WRITE, "write"), (WRITE_UNCHANGED, "wr
 QAPI_NAMES = {READ: "consistent-read", WRITE: "write", WRITE_UNCHANGED: "write-unchanged", RESIZE: "resize"}
 EXPORT_SHARED = ALL & ~RESIZE  # an NBD export shares everything but resize (nbd_export_create)
 UNNAMED = "an unnamed block device"
+BLK_CACHE = True  # False: check_blk builds its view every time (tests compare the two)
 
 
 def perm_names(perm: int) -> str:
@@ -168,16 +169,19 @@ class PermView:
         self._cumulative: dict[BlockNode, tuple[int, int]] = {}  # memo of cumulative(), cleared by every change
         self.files: dict[int, list[BlockNode]] = {}  # id(image) -> the file nodes open on it (their locks)
         stamped: list[tuple[int, BlockNode, Edge]] = []  # (when the link was made, its child, the link)
+        add = stamped.append
         when = graph.link_order.get
         children = self.children
         files = self.files
         for node in graph.nodes.values():
+            links = node.children
+            if links:  # (a node without children has no entry: every reader defaults to none)
+                children[node] = links[::-1]  # QLIST_INSERT_HEAD: newest first
+                key = id(node)
+                for role, child in links:
+                    add((when((key, role), 0), child, Edge(role, node)))
             if node.driver == "file" and node.options.get("locking") != "off":  # (locking=off: no lock bytes)
                 files.setdefault(id(node.image), []).append(node)
-            links = node.children
-            children[node] = links[::-1]  # QLIST_INSERT_HEAD: newest first
-            for role, child in links:
-                stamped.append((when((id(node), role), 0), child, Edge(role, node)))
         for name, root in graph.devices.items():
             stamped.append((when(("device", name), 0), root, Edge("root", blk=device_blk(graph, name))))
         for exp in graph.blks:
@@ -268,7 +272,11 @@ class PermView:
                 for _, child in links:
                     if child not in found:  # go down to the first child not seen yet
                         found.add(child)
-                        stack.append((child, iter(children.get(child, ()))))
+                        below = children.get(child)
+                        if below is None:  # no children: done at once
+                            post.append(child)
+                            continue
+                        stack.append((child, iter(below)))
                         break
                 else:  # every child done: the node is
                     stack.pop()
@@ -356,9 +364,18 @@ def check_blk(graph: Any, node: BlockNode, perm: int, shared: int = ALL, desc: s
         if node.read_only and perm & (WRITE | WRITE_UNCHANGED):
             raise generic("Block node is read-only")
         return
+    # The same check on an unchanged graph passes again (a guest's writes one after another): the key holds
+    # all a view reads that may change — graph.perm_version (links, nodes, filters, read-only flags), the
+    # BlockBackends' count (exports come with a stamp, go without one), what each device takes — and the
+    # node (its id: no node is opened or closed without a new version) and the new BlockBackend.
+    key = (graph.perm_version, len(graph.blks), tuple(graph.device_perm.items()), perm, shared, desc)
+    checked = graph.blk_checked
+    if BLK_CACHE and checked is not None and checked[1] == id(node) and checked[0] == key:
+        return
     view = PermView(graph)
     view.add_blk(node, Blk(desc, perm, shared))
     view.check(node)
+    graph.blk_checked = (key, id(node))
 
 
 def shares_file(graph: Any, node: BlockNode) -> bool:

@@ -35,12 +35,13 @@ def weak_method(method: Callable[..., None]) -> Callable[..., None]:
     """``method`` (a job's bound method) through a weak reference to the job, for a part the job owns
     to call back (its block-copy state) without a reference cycle; once nothing holds the job
     (dismissed, and no user keeps it) nobody can see what the call would have changed: it does nothing."""
-    ref = weakref.WeakMethod(method)
+    ref = weakref.ref(method.__self__)  # (what weakref.WeakMethod keeps, without its bound method rebuilt per call)
+    func = method.__func__
 
     def call(*args: Any) -> None:
-        bound = ref()
-        if bound is not None:
-            bound(*args)
+        owner = ref()
+        if owner is not None:
+            func(owner, *args)
 
     return call
 
