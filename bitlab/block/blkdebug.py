@@ -42,6 +42,7 @@ block's (``refblock_alloc_*``, ``reftable_grow``/``reftable_update``), a qcow2 r
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -100,6 +101,26 @@ class Rule:
         self.once = _bool(opts.get("once", False))
         self.immediately = _bool(opts.get("immediately", False))
         self.iotypes = {opts["iotype"]} if "iotype" in opts else DEFAULT_IOTYPES
+
+
+class _Run:
+    """The state of one :meth:`BlkdebugNode.run`."""
+
+    __slots__ = ("items", "done", "entries", "failed", "failed_tasks", "pool_failed", "main", "soft", "lost", "where",
+                 "stopped")
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+        self.done = [False] * len(items)
+        self.entries: list[tuple[str, object]] = []  # cache entries whose writes failed
+        self.failed: BlockIOError | None = None  # the operation's error (the first)
+        self.failed_tasks: list[int] = []  # the items that began the tasks that failed
+        self.pool_failed = False  # a task ended failed (qcow2 starts no further piece)
+        self.main = False  # the driver's own steps failed, not only its tasks
+        self.soft = 0  # inside what may fail unnoticed
+        self.lost: dict[object, tuple[int, int]] = {}  # refcount blocks whose read failed unnoticed: not cached
+        self.where: dict[int, int] = {}  # a task's item -> the step it is at
+        self.stopped: int | None = None  # the item where qcow2 started no further piece (a task had failed)
 
 
 class BlkdebugNode(BlockNode):
@@ -264,6 +285,11 @@ class BlkdebugNode(BlockNode):
         """bdrv_padding_rmw_read: the aligned blocks around an unaligned write are read first, one read
         if head and tail fall in one buffer (merge_reads), with their events. QEMU 7.2 ignores a failed
         read and writes whatever its bounce buffer held around the data: bitlab refuses to guess."""
+        for _ in self._rmw_steps(offset, length):
+            pass
+
+    def _rmw_steps(self, offset: int, length: int) -> Iterator[None]:
+        """:meth:`_rmw` as a coroutine: it waits (yields) for each read."""
         a = self.align
         end = offset + length
         head, tail = offset % a, -end % a
@@ -276,6 +302,7 @@ class BlkdebugNode(BlockNode):
             if merge and tail:
                 self.debug_event("pwritev_rmw_tail")
             self._rmw_read(lo, buf_len if merge else a)
+            yield
             if head:
                 self.debug_event("pwritev_rmw_after_head")
             if merge and tail:
@@ -285,6 +312,7 @@ class BlkdebugNode(BlockNode):
         if tail:
             self.debug_event("pwritev_rmw_tail")
             self._rmw_read(hi - a, a)
+            yield
             self.debug_event("pwritev_rmw_after_tail")
 
     def _rmw_read(self, offset: int, length: int) -> None:
@@ -299,13 +327,22 @@ class BlkdebugNode(BlockNode):
         """bdrv_aligned_pwritev of one aligned write or write-zeroes request on this node: its events, the
         rule check (BlockIOError), and, failed or not, what bdrv_co_write_req_finish counts (``host``: a
         format driver's write, which the node below sees too, growing the file)."""
+        for _ in self._request_steps(iotype, offset, length, host):
+            pass
+
+    def _request_steps(self, iotype: str, offset: int, length: int, host: bool = False) -> Iterator[None]:
+        """:meth:`request` as a coroutine: it waits (yields) for the I/O after the rule check; a failing rule
+        not ``immediately`` reschedules the request first (blkdebug's inject_error), then it fails."""
         self.debug_event("pwritev_zero" if iotype == "write-zeroes" else "pwritev")
         try:
             self.debug_check(iotype, offset, length)
-        except BlockIOError:
+        except BlockIOError as err:
+            if not err.immediately:
+                yield
             self.debug_event("pwritev_done")
             self._dirty(offset, length)
             raise
+        yield
         self.debug_event("pwritev_done")
         if host:
             self.note_write(np.array([offset]), np.array([length]))
@@ -325,6 +362,17 @@ class BlkdebugNode(BlockNode):
         lo, hi = self._padded(offset, length)
         self.debug_check("read", lo, hi - lo)
         return lo, hi
+
+    def _read_steps(self, offset: int, length: int) -> Iterator[None]:
+        """:meth:`read_request` as a coroutine: it waits (yields) for the read, or, failing not
+        ``immediately``, to be rescheduled before it fails."""
+        try:
+            self.read_request(offset, length)
+        except BlockIOError as err:
+            if not err.immediately:
+                yield
+            raise
+        yield
 
     def _store_padded(self, lo: int, hi: int, starts, ends, vals) -> None:
         """The image gets the padded request ``[lo, hi)``: the blocks' old bytes around the runs written."""
@@ -363,16 +411,21 @@ class BlkdebugNode(BlockNode):
     def host_write(self, offset: int, length: int, zeroes: bool = False) -> None:
         """A write (or write-zeroes) request of a format driver above, whose data it keeps itself: padded
         as any request, checked, and, once it succeeded, seen by the node below."""
+        for _ in self._host_write_steps(offset, length, zeroes):
+            pass
+
+    def _host_write_steps(self, offset: int, length: int, zeroes: bool = False) -> Iterator[None]:
+        """:meth:`host_write` as a coroutine: it yields wherever QEMU waits for I/O."""
         lo, hi = self._padded(offset, length)
         if (lo, hi) == (offset, offset + length):
-            self.request("write-zeroes" if zeroes else "write", offset, length, host=True)
+            yield from self._request_steps("write-zeroes" if zeroes else "write", offset, length, host=True)
             return
-        self._rmw(offset, length)
+        yield from self._rmw_steps(offset, length)
         if not zeroes:
-            self.request("write", lo, hi - lo, host=True)
+            yield from self._request_steps("write", lo, hi - lo, host=True)
             return
         for p_lo, p_hi, zero in self._zero_pieces(offset, length):
-            self.request("write-zeroes" if zero else "write", p_lo, p_hi - p_lo, host=True)
+            yield from self._request_steps("write-zeroes" if zero else "write", p_lo, p_hi - p_lo, host=True)
 
     def _zero_pieces(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
         """bdrv_co_do_zero_pwritev's requests for an unaligned write-zeroes: the padded head (the whole buffer
@@ -401,92 +454,154 @@ class BlkdebugNode(BlockNode):
         at its end (qcow2_cache_write), ``("soft", +1/-1)`` around what may fail unnoticed
         (qcow2_cache_set_dependency's flushes, qcow2_free_clusters' refcount updates: a refcount block whose
         read failed there is read again at its next ``("rc", block)``), and ``("task", ...)`` ...
-        ``("task-end",)`` around the steps of a piece that qcow2 runs as a parallel task (aio_task_pool): a task
-        whose request fails (not ``immediately``) ends, and the operation goes on (allocating and starting the
-        next pieces, up to :data:`TASKS` tasks) and fails at its end. Returns the cache entries whose writes
+        ``("task-end",)`` around the steps of a piece that qcow2 runs as a parallel task (aio_task_pool).
+
+        A task runs until it waits for its first I/O (a request checked and sent on, or a failing one
+        rescheduled); meanwhile qcow2 allocates and starts the next pieces, up to :data:`TASKS` tasks at once
+        (then it waits for the oldest to end). Once the last piece has started, or the operation failed, the
+        tasks waiting go on, one after another in the order they started, before what follows the pieces. A task
+        whose request fails ends, and the operation fails at its end; once a task has ended failed (at once, for
+        a rule failing ``immediately``), qcow2 allocates and starts no further piece (``stopped``: the item
+        there). Returns the cache entries whose writes
         failed ((kind, key): they stay dirty); BlockIOError carries them too (``entries``), with ``at`` (the
         item that failed first), ``done`` (which items were carried out), ``tasks`` (the items that began the
         tasks that failed) and ``main`` (whether a step outside the tasks failed: the operation stopped there)."""
-        failed: BlockIOError | None = None
-        entries: list[tuple[str, object]] = []
-        done = [False] * len(items)
-        failed_tasks: list[int] = []
-        soft, tasks = 0, 0
-        main = False  # (the driver's own steps failed, not only its tasks)
-        task: int | None = None  # (the item that began the task under way)
-        skip = False
-        lost: dict[object, tuple[int, int]] = {}  # refcount blocks whose read failed unnoticed: not in the cache
+        run = _Run(items)
+        ends: dict[int, int] = {}  # a "task" item -> its "task-end" item
+        begun = 0
         for at, item in enumerate(items):
+            if item[0] == "task":
+                begun = at
+            elif item[0] == "task-end":
+                ends[begun] = at
+        last = max(ends.values(), default=-1)
+        waiting: list[tuple[int, Iterator[None]]] = []  # tasks started, waiting for their I/O: (item, steps)
+        at = 0
+        while at < len(items):
+            item = items[at]
             op = item[0]
             if op == "task":
-                if failed is not None and tasks >= TASKS:  # (the pool is full: the failure is seen now)
+                if len(waiting) >= TASKS:  # (aio_task_pool_wait_slot)
+                    self._task_on(run, *waiting.pop(0))
+                steps = self._task_steps(run, at, ends[at])
+                try:
+                    next(steps)
+                    waiting.append((at, steps))
+                except StopIteration:
+                    pass
+                except BlockIOError as err:
+                    self._task_failed(run, at, err)
+                at = ends[at] + 1
+                if run.pool_failed and at <= last:  # (the loop's aio_task_pool_status: no further piece)
+                    run.stopped = at
                     break
-                task, skip, tasks = at, False, tasks + 1
-                continue
-            if op == "task-end":
-                task = None
-                continue
-            if skip:
+                if at > last:  # (aio_task_pool_wait_all)
+                    while waiting:
+                        self._task_on(run, *waiting.pop(0))
                 continue
             try:
-                if op == "ev":
-                    self.debug_event(item[1], item[2])
-                elif op == "seq":
-                    self.fire_sequence(item[1], item[2])
-                elif op == "w" or op == "z":
-                    self.host_write(item[1], item[2], zeroes=op == "z")
-                elif op == "r":
-                    self.read_request(item[1], item[2])
-                    if item[3] == "rb":
-                        lost.pop(item[4], None)
-                elif op == "rc" and item[1] in lost:  # (its next update_refcount reads it again: qcow2_cache_get)
-                    self.read_request(*lost[item[1]])
-                    del lost[item[1]]
-                elif op == "f":
-                    self.flush_request()
-                elif op == "d":  # (qcow2_process_discards: a failed discard is only traced)
-                    try:
-                        self.discard(item[1], item[2])
-                    except BlockIOError:
-                        pass
-                elif op == "call":
-                    item[1]()
-                elif op == "soft":
-                    soft += item[1]
-                elif op == "end" and failed is not None and not soft and task is None and not failed_tasks:
-                    raise failed
-                done[at] = True
+                for _ in self._main_steps(run, at, item):
+                    pass
+                run.done[at] = True
             except BlockIOError as err:
                 if op == "w" and item[3] in ("rb", "l2"):
-                    entries.append((item[3], item[4]))
-                if soft:  # (a refcount block read failed there: that refcount update is lost, a cluster leaks)
+                    run.entries.append((item[3], item[4]))
+                if run.soft:  # (a refcount block read failed there: that refcount update is lost, a cluster leaks)
                     if op == "r" and item[3] == "rb":
-                        lost[item[4]] = item[1], item[2]
+                        run.lost[item[4]] = item[1], item[2]
                         self.refcounts_lost = True
                     elif op == "rc":
                         self.refcounts_lost = True
+                    at += 1
                     continue
-                if failed is None:
-                    err.at, err.entries = at, entries  # type: ignore[attr-defined]
-                    failed = err
+                if run.failed is None or run.failed is not err:  # (the driver's own error wins over its tasks')
+                    err.at, err.entries = at, run.entries  # type: ignore[attr-defined]
                 if op == "w" and item[3] in ("rb", "l2"):
+                    if run.failed is None:
+                        run.failed = err
+                    at += 1
                     continue
-                if task is not None:
-                    failed_tasks.append(task)
-                    skip = True
-                    if not err.immediately:  # (the others go on until the pool notices)
-                        continue
-                else:
-                    main = True
-                if failed is not err:  # (the driver's own error wins over its tasks')
-                    err.at, err.entries = at, entries  # type: ignore[attr-defined]
-                    failed = err
+                run.failed, run.main = err, True
                 break
-        self.uncached = set(lost)
+            at += 1
+        while waiting:  # (the tasks started go on after a failure of the operation's own steps)
+            self._task_on(run, *waiting.pop(0))
+        self.uncached = set(run.lost)
+        failed = run.failed
         if failed is not None:
-            failed.done, failed.tasks, failed.main = done, failed_tasks, main  # type: ignore[attr-defined]
+            failed.done, failed.tasks, failed.main = run.done, run.failed_tasks, run.main  # type: ignore[attr-defined]
+            failed.stopped = run.stopped  # type: ignore[attr-defined]
             raise failed
-        return entries
+        return run.entries
+
+    def _main_steps(self, run: _Run, at: int, item: tuple) -> Iterator[None]:
+        """One of the operation's own steps (outside its tasks)."""
+        op = item[0]
+        if op == "ev":
+            self.debug_event(item[1], item[2])
+        elif op == "seq":
+            self.fire_sequence(item[1], item[2])
+        elif op == "w" or op == "z":
+            yield from self._host_write_steps(item[1], item[2], zeroes=op == "z")
+        elif op == "r":
+            yield from self._read_steps(item[1], item[2])
+            if item[3] == "rb":
+                run.lost.pop(item[4], None)
+        elif op == "rc" and item[1] in run.lost:  # (its next update_refcount reads it again: qcow2_cache_get)
+            yield from self._read_steps(*run.lost[item[1]])
+            del run.lost[item[1]]
+        elif op == "f":
+            self.flush_request()
+        elif op == "d":  # (qcow2_process_discards: a failed discard is only traced)
+            try:
+                self.discard(item[1], item[2])
+            except BlockIOError:
+                pass
+        elif op == "call":
+            item[1]()
+        elif op == "soft":
+            run.soft += item[1]
+        elif op == "end" and run.failed is not None and not run.soft and not run.failed_tasks:
+            raise run.failed
+
+    def _task_steps(self, run: _Run, first: int, end: int) -> Iterator[None]:
+        """The steps of the task between items ``first`` ("task") and ``end`` ("task-end"), as a coroutine that
+        yields wherever QEMU's task waits for I/O; ``run.where[first]``: the step under way."""
+        items = run.items
+        for at in range(first + 1, end):
+            run.where[first] = at
+            item = items[at]
+            op = item[0]
+            if op == "ev":
+                self.debug_event(item[1], item[2])
+            elif op == "w" or op == "z":
+                yield from self._host_write_steps(item[1], item[2], zeroes=op == "z")
+            elif op == "r":
+                yield from self._read_steps(item[1], item[2])
+            elif op == "call":  # (the backing file's read: the task waits for it)
+                item[1]()
+                yield
+            else:
+                raise AssertionError(f"no {op!r} step in a qcow2 task")
+            run.done[at] = True
+
+    def _task_on(self, run: _Run, first: int, steps: Iterator[None]) -> None:
+        """A task that waited goes on to its end."""
+        try:
+            for _ in steps:
+                pass
+        except BlockIOError as err:
+            self._task_failed(run, first, err)
+
+    @staticmethod
+    def _task_failed(run: _Run, first: int, err: BlockIOError) -> None:
+        """The task begun at item ``first`` ended with ``err``: the operation fails at its end."""
+        run.failed_tasks.append(first)
+        run.pool_failed = True
+        if run.failed is None:
+            err.at, err.entries = run.where[first], run.entries  # type: ignore[attr-defined]
+            run.failed = err
+
 
     # -- I/O passes through -------------------------------------------------------------
     def write(self, offset, length, value):

@@ -26,12 +26,14 @@ completed stays (its data cluster is freed again: qcow2_alloc_cluster_abort), ev
 was (a failed L2 table, L1 or refcount write frees what the allocation took). A cache write-back writes
 every dirty entry and fails at its end; the entries whose writes failed stay dirty.
 
-The pieces of a read run as parallel tasks (aio_task_pool): after a failure the pieces started with it go
-on, their events and checks included. A zero write or discard goes L2 table by L2 table: one failing in a
-later table leaves the tables before it changed. Not simulated for blkdebug: new refcount blocks (their own
-events, the refcount table entry and the allocation's retry: refused), and the parallel tasks of a guest write
-of several pieces (the first failure ends the write here; in QEMU the pieces already started go on, and a
-piece's ``pwritev_done`` may come after the next piece's allocation).
+The pieces of a read or of a guest write run as parallel tasks (aio_task_pool): each task runs until it waits
+for its first I/O (its first request checked and sent on), qcow2 meanwhile allocates and starts the next piece,
+and the tasks go on once the last has started (:meth:`BlkdebugNode.run`). A failed task lets the others go on;
+qcow2 starts no further piece once one has ended failed (at once with ``immediately``), and the pieces it never
+started keep what they held. A zero write or discard goes L2 table by L2 table: one failing in a later table
+leaves the tables before it changed. Not simulated for blkdebug: new refcount blocks (their own events, the
+refcount table entry and the allocation's retry: refused), and which of the tasks waiting for their I/O goes on
+first (QEMU: as the host's I/O completes; bitlab: in the order they started, each to its end).
 """
 
 from __future__ import annotations
@@ -182,13 +184,18 @@ def _refcounts_lost(node: Any, blk: BlkdebugNode) -> None:
 
 def _tasks_failed(node: Any, snap: _Snapshot, marks: _Marks, zero_before: Any, items: list,
                   err: BlockIOError) -> None:
-    """The image after only tasks failed (the operation allocated everything, every piece's task started): the
-    failed pieces' guest bytes hold what they held and their new clusters are unlinked and free again
-    (qcow2_alloc_cluster_abort); the rest stays where it went."""
+    """The image after only tasks failed: the failed pieces' guest bytes hold what they held and their new
+    clusters are unlinked and free again (qcow2_alloc_cluster_abort); so are the pieces qcow2 no longer allocated
+    and started once a task had failed (``stopped``); the rest stays where it went."""
     image = node.image
     layout, data = image.layout, image.data
     ends = np.append(snap.starts[1:], snap.size)
-    for task in err.tasks:  # type: ignore[attr-defined]
+    stopped: int | None = err.stopped  # type: ignore[attr-defined]
+    unstarted = [] if stopped is None else [task for task in marks.tasks if task >= stopped]
+    if stopped is not None and not _allocations_only(items, stopped, err.done):  # type: ignore[attr-defined]
+        image.unknown = (f"bitlab does not know what QEMU 7.2 left in '{image.name}': a guest write's task failed, "
+                         "and qcow2 stopped before a piece whose allocation bitlab traced with its metadata requests")
+    for task in err.tasks + unstarted:  # type: ignore[attr-defined]
         lo, hi, piece = marks.tasks[task]
         s, e, v, _ = clip_runs(snap.starts, ends, snap.vals, np.array([lo]), np.array([hi]))
         watch, data.watch = data.watch, None  # (the content as it was: nothing to allocate for it)
@@ -204,23 +211,33 @@ def _tasks_failed(node: Any, snap: _Snapshot, marks: _Marks, zero_before: Any, i
                 layout.release(hs + hv, he + hv)
             zs, ze, zv = zero_before.extents(c0, c1 - c0)  # (a zero cluster stays one)
             layout.zero_flag.write_batch(zs, ze - zs, zv)
-    _unlinked_tables(layout, snap, marks, items, err)
+    _unlinked_tables(layout, snap, marks, items, err, err.tasks + unstarted)  # type: ignore[attr-defined]
     layout.written.clear()
     layout.discarded.clear()
     _file_end(node, snap, [item for item, ok in zip(items, err.done) if ok])  # type: ignore[attr-defined]
 
 
-def _unlinked_tables(layout: Any, snap: _Snapshot, marks: _Marks, items: list, err: BlockIOError) -> None:
-    """An L2 table only failed tasks used is not dirty in the cache: they never linked their clusters
-    (qcow2_alloc_cluster_link_l2 marks it dirty), unless it was dirty before and no flush of the L2 cache
-    came between."""
+def _allocations_only(items: list, stopped: int, done: list[bool]) -> bool:
+    """Whether the operation's own steps from item ``stopped`` on, which QEMU never took, are events and updates
+    of refcount blocks the steps it took updated too: the layout undoes them by freeing the clusters again."""
+    updated = {item[1] for item, ok in zip(items[:stopped], done) if ok and item[0] == "rc"}
+    inside = _in_task(items)
+    return all(item[0] in ("ev", "seq", "soft", "task", "task-end") or (item[0] == "rc" and item[1] in updated)
+               for item, task in zip(items[stopped:], inside[stopped:]) if not task or item[0] == "task")
+
+
+def _unlinked_tables(layout: Any, snap: _Snapshot, marks: _Marks, items: list, err: BlockIOError,
+                     gone: list[int]) -> None:
+    """An L2 table only tasks that failed or never started (``gone``) used is not dirty in the cache: they never
+    linked their clusters (qcow2_alloc_cluster_link_l2 marks it dirty), unless it was dirty before and no flush of
+    the L2 cache came between."""
     per = layout.per_l2
 
     def tables(task: int) -> set[int]:
         return {t for c0, c1, _ in marks.tasks[task][2] for t in range(c0 // per, (c1 - 1) // per + 1)}
 
-    failed: set[int] = set().union(*(tables(task) for task in err.tasks))  # type: ignore[attr-defined]
-    linked: set[int] = set().union(*(tables(task) for task in marks.tasks if task not in err.tasks))  # type: ignore[attr-defined]
+    failed: set[int] = set().union(*(tables(task) for task in gone))
+    linked: set[int] = set().union(*(tables(task) for task in marks.tasks if task not in gone))
     first = min(marks.tasks)
     flushed = any(item == ("end", "l2") and ok for item, ok in zip(items[:first], err.done))  # type: ignore[attr-defined]
     before = set() if flushed else snap.layout.dirty_l2
