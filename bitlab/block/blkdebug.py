@@ -500,7 +500,7 @@ class BlkdebugNode(BlockNode):
                         self._task_on(run, *waiting.pop(0))
                 continue
             try:
-                for _ in self._main_steps(run, at, item):
+                for _ in self._step(run, item):
                     pass
                 run.done[at] = True
             except BlockIOError as err:
@@ -534,8 +534,9 @@ class BlkdebugNode(BlockNode):
             raise failed
         return run.entries
 
-    def _main_steps(self, run: _Run, at: int, item: tuple) -> Iterator[None]:
-        """One of the operation's own steps (outside its tasks)."""
+    def _step(self, run: _Run, item: tuple) -> Iterator[None]:
+        """One step of the operation, as a coroutine that yields wherever QEMU waits for I/O (but a backing file's
+        read: see :meth:`_task_steps`)."""
         op = item[0]
         if op == "ev":
             self.debug_event(item[1], item[2])
@@ -571,18 +572,11 @@ class BlkdebugNode(BlockNode):
         for at in range(first + 1, end):
             run.where[first] = at
             item = items[at]
-            op = item[0]
-            if op == "ev":
-                self.debug_event(item[1], item[2])
-            elif op == "w" or op == "z":
-                yield from self._host_write_steps(item[1], item[2], zeroes=op == "z")
-            elif op == "r":
-                yield from self._read_steps(item[1], item[2])
-            elif op == "call":  # (the backing file's read: the task waits for it)
-                item[1]()
+            if item[0] not in ("ev", "w", "z", "r", "call"):
+                raise AssertionError(f"no {item[0]!r} step in a qcow2 task")
+            yield from self._step(run, item)
+            if item[0] == "call":  # (the backing file's read: the task waits for it)
                 yield
-            else:
-                raise AssertionError(f"no {op!r} step in a qcow2 task")
             run.done[at] = True
 
     def _task_on(self, run: _Run, first: int, steps: Iterator[None]) -> None:
