@@ -4,7 +4,9 @@ next pieces, and the tasks go on afterwards. So an armed rule fails the first ma
 here the already allocated middle piece's data write, sent while the first piece's new cluster is still being
 zeroed (a write-zeroes request, which an ``iotype: write`` rule does not match). The first and last pieces are
 written and linked, the middle keeps what it held, and the write fails. With ``immediately`` the failed task ends
-at once and qcow2 starts no further piece. Images of 64 KiB clusters; the write covers clusters 19 (in part, new),
+at once and qcow2 starts no further piece. Rules armed while the tasks go on (by a ``pwritev_done``, a later
+``write_aio``) fail whichever task reaches them first: bitlab takes the waiting tasks in the order they started,
+which is what QEMU did in these cases (measured). Images of 64 KiB clusters; the write covers clusters 19 (in part, new),
 20-21 (allocated before) and 22 (in part, new)."""
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ CASES = {
     "armed by a zeroing": {"inject-error": [{"event": "write_aio", "state": 2, "errno": 5, "once": True,
                                              "iotype": "write"}],
                            "set-state": [{"event": "pwritev_zero", "state": 1, "new_state": 2}]},
+    # armed while the tasks go on (the first piece's zeroing done, or the middle piece's write_aio seen): the
+    # first piece's data write fails, the middle and last pieces are written
+    "armed by a write done": {"inject-error": [{"event": "write_aio", "state": 2, "errno": 5, "once": True,
+                                                "iotype": "write"}],
+                              "set-state": [{"event": "pwritev_done", "state": 1, "new_state": 2}]},
+    "armed by a write_aio": {"inject-error": [{"event": "write_aio", "state": 2, "errno": 5, "once": True,
+                                               "iotype": "write"}],
+                             "set-state": [{"event": "write_aio", "state": 1, "new_state": 2}]},
+    # the second zeroing request (the last piece's) fails
+    "armed by a zeroing, failing one": {"inject-error": [{"event": "pwritev_zero", "state": 2, "errno": 5,
+                                                          "once": True, "iotype": "write-zeroes"}],
+                                        "set-state": [{"event": "pwritev_zero", "state": 1, "new_state": 2}]},
 }
 BOUNDS = [1245184, WRITE[0], 1310720, OLD[0], sum(OLD), 1441792, sum(WRITE), 1507328]  # cluster 19 to 22
 REGIONS = list(zip(BOUNDS[:-1], BOUNDS[1:]))
@@ -82,6 +96,10 @@ def test_the_middle_piece_fails_and_the_others_are_written() -> None:
                             "Image end offset: 524288"]
     assert [p for _, _, p in got["content"]] == [0, 7, 0, 0x4D, 0, 0, 0]
     assert out["armed by a zeroing"]["map"] == out["armed"]["map"]
+    for case in ("armed by a write done", "armed by a write_aio"):
+        assert out[case]["write"] == "write failed: Input/output error"
+        assert [p for _, _, p in out[case]["content"]] == [0, 0, 7, 7, 7, 7, 0]
+    assert [p for _, _, p in out["armed by a zeroing, failing one"]["content"]] == [0, 7, 7, 7, 7, 0, 0]
 
 
 @pytest.mark.qemu
