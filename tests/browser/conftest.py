@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,16 @@ class Server:
     """A Jupyter-family server subprocess on 127.0.0.1, in its own process group.
 
     Its output goes to ``server.log``; :meth:`wait` returns once the server has printed its own
-    address (``ready``), which Jupyter Server and Voila do only when they listen — no polling.
+    address (``ready``), which Voila does only when it listens. Jupyter Server 2 prints it before: it binds
+    its port in a callback of the IO loop it starts next (ServerApp.init_httpserver: ``io_loop.add_callback(
+    self._bind_http_server)``), so a browser sent there at once may find the port closed on a busy machine.
+    With ``port``, :meth:`wait` then also waits until the port takes a connection (tried every 50 ms).
     """
 
-    def __init__(self, argv: list[str], url: str, home: Path, env: dict[str, str], ready: str) -> None:
+    def __init__(self, argv: list[str], url: str, home: Path, env: dict[str, str], ready: str,
+                 port: int | None = None) -> None:
         self.url = url
+        self.port = port
         self.log = home / "server.log"
         self._ready_text = ready
         self._ready = threading.Event()
@@ -95,6 +101,21 @@ class Server:
             raise RuntimeError(f"{self.url} not up after {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
         if self._ended:
             raise RuntimeError(f"server exited with {self.proc.wait()}:\n{self.log.read_text()[-3000:]}")
+        if self.port is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=timeout).close()
+                return
+            except ConnectionRefusedError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n"
+                                       f"{self.log.read_text()[-3000:]}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.url} printed its address but took no connection within "
+                                       f"{timeout:.0f} s:\n{self.log.read_text()[-3000:]}") from None
+                time.sleep(0.05)  # (real time: a server process's port, not anything bitlab simulates)
 
     def stop(self) -> None:
         """Stop the server; if it had ended on its own, print why (shown with a failed test)."""
@@ -171,7 +192,7 @@ def jupyterlab(home: Path) -> Iterator[Any]:
         if os.geteuid() == 0:
             argv.append("--allow-root")
         base = f"http://127.0.0.1:{port}"
-        server = Server(argv, base, home, server_env(home), ready=f"127.0.0.1:{port}")
+        server = Server(argv, base, home, server_env(home), ready=f"127.0.0.1:{port}", port=port)
         servers.append(server)
         server.wait()
         return f"{base}/lab/tree/{name}?token={token}"
