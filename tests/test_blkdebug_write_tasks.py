@@ -6,8 +6,8 @@ zeroed (a write-zeroes request, which an ``iotype: write`` rule does not match).
 written and linked, the middle keeps what it held, and the write fails. With ``immediately`` the failed task ends
 at once and qcow2 starts no further piece. Rules armed while the tasks go on (by a ``pwritev_done``, a later
 ``write_aio``) fail whichever task reaches them first: bitlab takes the waiting tasks in the order they started,
-which is what QEMU did in these cases (measured). Images of 64 KiB clusters; the write covers clusters 19 (in part, new),
-20-21 (allocated before) and 22 (in part, new)."""
+which is what QEMU did in these cases (measured). Images of 64 KiB clusters; the write covers clusters 19 (in
+part, new), 20-21 (allocated before) and 22 (in part, new)."""
 
 from __future__ import annotations
 
