@@ -514,14 +514,14 @@ class BlkdebugNode(BlockNode):
                         self.refcounts_lost = True
                     at += 1
                     continue
-                if run.failed is None or run.failed is not err:  # (the driver's own error wins over its tasks')
+                if err is not run.failed:  # (a cache write-back's failure raised at its end keeps its place)
                     err.at, err.entries = at, run.entries  # type: ignore[attr-defined]
                 if op == "w" and item[3] in ("rb", "l2"):
                     if run.failed is None:
                         run.failed = err
                     at += 1
                     continue
-                run.failed, run.main = err, True
+                run.failed, run.main = err, True  # (the driver's own error wins over its tasks')
                 break
             at += 1
         while waiting:  # (the tasks started go on after a failure of the operation's own steps)
