@@ -70,7 +70,8 @@ class Server:
     address (``ready``), which Voila does only when it listens. Jupyter Server 2 prints it before: it binds
     its port in a callback of the IO loop it starts next (ServerApp.init_httpserver: ``io_loop.add_callback(
     self._bind_http_server)``), so a browser sent there at once may find the port closed on a busy machine.
-    With ``port``, :meth:`wait` then also waits until the port takes a connection (tried every 50 ms).
+    With ``port``, :meth:`wait` then also waits until the port takes a connection (tried again after each
+    50 ms wait on the server's exit).
     """
 
     def __init__(self, argv: list[str], url: str, home: Path, env: dict[str, str], ready: str,
@@ -80,6 +81,7 @@ class Server:
         self.log = home / "server.log"
         self._ready_text = ready
         self._ready = threading.Event()
+        self._exited = threading.Event()  # the server's output ended: it exited
         self._ended = False
         self.proc = subprocess.Popen(argv, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True, text=True, errors="replace")
@@ -94,6 +96,7 @@ class Server:
                 if self._ready_text in line:
                     self._ready.set()
         self._ended = True
+        self._exited.set()
         self._ready.set()  # the server exited: wait() reports it
 
     def wait(self, timeout: float = SERVER_TIMEOUT) -> None:
@@ -109,13 +112,12 @@ class Server:
                 socket.create_connection(("127.0.0.1", self.port), timeout=timeout).close()
                 return
             except ConnectionRefusedError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n"
+                if self._exited.wait(0.05):
+                    raise RuntimeError(f"server exited with {self.proc.wait()}:\n"
                                        f"{self.log.read_text()[-3000:]}") from None
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.url} printed its address but took no connection within "
                                        f"{timeout:.0f} s:\n{self.log.read_text()[-3000:]}") from None
-                time.sleep(0.05)  # (real time: a server process's port, not anything bitlab simulates)
 
     def stop(self) -> None:
         """Stop the server; if it had ended on its own, print why (shown with a failed test)."""
