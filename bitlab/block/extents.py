@@ -414,9 +414,7 @@ class ExtentMap:
 
     def value_at(self, offset: int) -> int:
         self._flush()
-        if self._starts.size <= SMALL_RUNS:  # a few runs: found in plain integers (as _run_value: a hot path)
-            return self._vals.tolist()[bisect_right(self._starts.tolist(), offset) - 1]
-        return int(self._vals[self._starts.searchsorted(offset, "right") - 1])
+        return self._run_value(offset)
 
     def _run_value(self, offset: int) -> int:
         """The value of the run holding ``offset``, the pending writes aside."""
