@@ -874,8 +874,9 @@ class Qcow2Node(FormatNode):
     def copy_status(self, offset, length, recurse=True):
         """qcow2_co_block_status through the backing chain: a run of clusters of one kind is one extent
         (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
-        ones, which the backing file answers, zeroes past its end or without one). A data extent ends
-        where its host clusters stop being contiguous in the file, any extent at the end of an L2 slice
+        ones, which the backing file answers, zeroes past its end or without one). A data extent, and
+        one of zero clusters keeping theirs, ends where its host clusters stop being contiguous in the file,
+        any extent at the end of an L2 slice
         (qcow2_get_host_offset answers one slice: 2 MiB of 4 KiB clusters, 32 KiB of 512-byte ones; the
         backing file is asked no further). A range that starts or ends inside a cluster is answered for the
         whole cluster (a job cluster smaller than the image's: data written anywhere in a cluster makes all
@@ -1016,7 +1017,9 @@ class Qcow2Node(FormatNode):
                 starts = [starts[k] for k in new]
                 ends = [ends[k - 1] for k in new[1:]] + [ends[-1]]
                 vals = [key[k] for k in new]
-            # an extent is one stretch of contiguous host clusters (qcow2_get_host_offset)
+        if any(data) or ZERO_ALLOC in vals:
+            # an extent of data or of zero clusters keeping theirs is one stretch of contiguous host clusters
+            # (qcow2_get_host_offset: count_contiguous_subclusters checks the offsets of both kinds)
             g_s, g_v = self.image.layout.guest.runs()
             a, b = int(g_s.searchsorted(lo // cs, "right")), int(g_s.searchsorted(-(-hi // cs), "left"))
             if b > a:
@@ -1025,7 +1028,7 @@ class Qcow2Node(FormatNode):
                 kept = []
                 for cut in cuts:
                     j = bisect_right(starts, cut) - 1
-                    if vals[j] >= 0 and starts[j] != cut:
+                    if (vals[j] >= 0 or vals[j] == ZERO_ALLOC) and starts[j] != cut:
                         kept.append((cut, vals[j]))
                 if kept:
                     pieces = sorted(list(zip(starts, vals)) + kept, key=lambda p: p[0])
@@ -1062,14 +1065,16 @@ class Qcow2Node(FormatNode):
             new[1:] = key[1:] != key[:-1]
             last = np.append(np.flatnonzero(new)[1:] - 1, key.size - 1)
             starts, ends, vals = starts[new], ends[last], key[new]
-        if data.any():  # an extent is one stretch of contiguous host clusters (qcow2_get_host_offset)
+        hosted = (vals >= 0) | (vals == ZERO_ALLOC)
+        if hosted.any():  # an extent of data or of zero clusters keeping theirs is one stretch of contiguous
+            # host clusters (qcow2_get_host_offset: count_contiguous_subclusters checks both kinds' offsets)
             g_s, g_v = self.image.layout.guest.runs()
             a, b = int(g_s.searchsorted(lo // cs, "right")), int(g_s.searchsorted(-(-hi // cs), "left"))
             # where the host offset jumps between two clusters that have host clusters
             both = (g_v[a - 1:b - 1] != NONE) & (g_v[a:b] != NONE)
             cuts = g_s[a:b][both] * cs
             j = np.searchsorted(starts, cuts, "right") - 1
-            cuts = cuts[(vals[j] >= 0) & (starts[j] != cuts)]
+            cuts = cuts[hosted[j] & (starts[j] != cuts)]
             if cuts.size:
                 at = np.searchsorted(starts, cuts)
                 vals = np.insert(vals, at, vals[at - 1])
