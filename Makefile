@@ -30,7 +30,7 @@ $(STAMP_DOCS): $(PY) pyproject.toml
 	@touch $@
 
 test: $(STAMP_TEST)
-	$(PY) -m ruff check bitlab tests benchmarks tools
+	$(PY) -m ruff check bitlab tests benchmarks tools notebooks
 	$(PY) -m pytest tests
 	$(MAKE) --no-print-directory nbval nbval-qemu
 
@@ -56,7 +56,7 @@ bench: $(STAMP_TEST)
 	$(PY) benchmarks/notebooks.py
 
 lint: $(STAMP_TEST)
-	$(PY) -m ruff check bitlab tests benchmarks tools
+	$(PY) -m ruff check bitlab tests benchmarks tools notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis site test-artifacts
