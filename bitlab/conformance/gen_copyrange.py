@@ -123,7 +123,7 @@ def copy_range_episode(cr: CopyRange, size: int) -> list[dict]:
                   for offset in (0, ssize - 64 * K)]
     steps.append(_qmp("drive-backup" if kind != "node" else "blockdev-backup", args))
     if throttled:  # its first request has been copied: guest writes go through copy-before-write
-        steps.append({"sleep": SETTLE})
+        steps.append({"sleep": SETTLE, "first-requests": [job]})
         steps += _writes(rng, src, ssize // 4, rng.randint(1, 3))
         steps.append(_qmp("query-block-jobs"))
         steps.append(_qmp("block-job-set-speed", {"device": job, "speed": 0}))

@@ -173,7 +173,7 @@ def _backup(pr: Parents, device: str, jid: str, jobs: dict[str, str], size: int,
     steps.append(_qmp("blockdev-backup", args))
     if throttled:
         jobs[jid] = "full"
-        steps.append({"sleep": SETTLE})
+        steps.append({"sleep": SETTLE, "first-requests": [jid]})
     else:
         steps += [{"wait-job": {"id": jid, "status": "null"}},
                   {"read": {"node": target, "offset": 0, "length": size, "pattern": 0}}]

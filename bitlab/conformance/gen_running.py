@@ -128,23 +128,23 @@ def running_backup(st: Any, size: int) -> list[dict]:
         start = _qmp("transaction", {"actions": [
             {"type": start["qmp"]["execute"], "data": start["qmp"]["arguments"]},
             {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": new}}]})
-    armed, after = running_threshold(getattr(st, "thresholds", None), node, target, size)
+    armed, after = running_threshold(getattr(st, "thresholds", None), node, target, size, f"job{st.jobs}")
     steps += armed
     steps.append(start)
     steps += after
     jobs = {f"job{st.jobs}": sync}
-    fresh = [(node, sync)]  # jobs started whose first request nothing waited for yet
+    fresh = [(node, sync, f"job{st.jobs}")]  # jobs started whose first request nothing waited for yet
 
     def settle() -> None:
         # Progress, the block-copy bitmap's count, a cancelled job's offset and whether a job
         # with little to copy has ended are only deterministic on real QEMU once the first
         # requests have finished. A guest write on a full backup's first cluster waits for its
         # request (no real time spent); else sleep.
-        if fresh and set(fresh) == {(fresh[0][0], "full")}:
+        if fresh and {(n, s) for n, s, _ in fresh} == {(fresh[0][0], "full")}:
             steps.append({"write": {"node": fresh[0][0], "offset": 0, "length": 512,
                                     "pattern": rng.randrange(1, 256)}})
-        elif fresh:
-            steps.append({"sleep": SETTLE})
+        elif fresh:  # (and on real QEMU until the jobs' first requests have been written, if that is later)
+            steps.append({"sleep": SETTLE, "first-requests": [jid for _, s, jid in fresh if s != "none"]})
         fresh.clear()
 
     for _ in range(rng.randint(2, 7)):
@@ -167,7 +167,7 @@ def running_backup(st: Any, size: int) -> list[dict]:
             steps.append(_start(st, rng.choice(st.nodes) if same_target else node, other, rng.choice(SYNCS)))
             args = steps[-1]["qmp"]["arguments"]
             jobs[args["job-id"]] = args["sync"]
-            fresh.append((args["device"], args["sync"]))
+            fresh.append((args["device"], args["sync"], args["job-id"]))
         elif what == "target":  # a guest write on the job's target (drive-backup's has no node name)
             steps.append(_guest_io(st, size, node if drive else target))
         elif what == "speed":

@@ -58,16 +58,17 @@ def threshold_episode(rng: random.Random, nodes: list[str], watched: dict[str, i
     return steps
 
 
-def running_threshold(rng: random.Random | None, node: str, target: str, size: int) -> tuple[list[dict], list[dict]]:
-    """Around a throttled backup of ``node`` onto ``target`` (see the module's docstring): the steps before
-    it starts, and those right after."""
+def running_threshold(rng: random.Random | None, node: str, target: str, size: int,
+                      job: str) -> tuple[list[dict], list[dict]]:
+    """Around a throttled backup ``job`` of ``node`` onto ``target`` (see the module's docstring): the steps
+    before it starts, and those right after."""
     if rng is None or rng.random() >= RUNNING_CHANCE:
         return [], []
     if rng.random() < 0.3:
         return [_set(node, _offset(rng, size))], []
     if rng.random() < 0.6:  # end
         return [_set(target, size - rng.randrange(1, 129) * 512)], []
-    return [_set(target, _offset(rng, size))], [{"sleep": WAIT}, _set(target, 0)]
+    return [_set(target, _offset(rng, size))], [{"sleep": WAIT, "first-requests": [job]}, _set(target, 0)]
 
 
 def _set(node: str, threshold: int) -> dict:

@@ -27,7 +27,9 @@ Real QEMU's outcome never depends on its timing:
   allocate clusters in an order QEMU does not fix), and ``settle-jobs`` follows every
   step that may move a job, so verbs meet settled jobs only;
 - a sync ``none`` job (it runs until cancelled) is paused or cancelled before it settles,
-  and cancelled right after any resume;
+  and cancelled right after any resume; cancelled if its target fails writes and its source is a
+  node of the mix (the guest's later writes there would copy onto it in parallel, and QEMU hands
+  out the host clusters its failed writes freed again in an order that varies);
 - an error that recurs is never combined with ``ignore`` (the job would retry forever);
 - in a grouped transaction, a failing member reports (a stopped one would keep the others
   waiting forever) and surely fails (it reads data), and its siblings have nothing to copy
@@ -571,7 +573,13 @@ def _single(st: _State, lf: _Life, size: int, steps: list[dict], drive: bool) ->
     steps.append(_qmp("drive-backup" if drive else "blockdev-backup", args))
     if args["sync"] == "none":
         lf.endless.add(job)
-        steps += _verb(lf, rng.choice(["pause", "pause", "cancel"]), job, settle=False)
+        verb = rng.choice(["pause", "pause", "cancel"])
+        if tgt_err is not None and args["device"] in st.nodes:
+            # a paused job keeps its copy-before-write filter: the mix's later guest writes on the node copy
+            # in parallel onto the failing target, whose failed allocations QEMU frees and hands out again in
+            # an order that varies from run to run (wr_highest_offset of its file)
+            verb = "cancel"
+        steps += _verb(lf, verb, job, settle=False)
     steps.append({"settle-jobs": True})
     return [job]
 

@@ -54,6 +54,8 @@ def run_step(vm: Any, step: dict) -> Any:
         return {"ok": True}
     if "sleep" in step:
         vm.run(until=vm.now + step["sleep"])
+        if step.get("first-requests") and vm.backend == "qemu":
+            first_requests(vm, step["first-requests"])
         return {"ok": True}
     for verb in ("write", "discard", "zero"):
         if verb in step:
@@ -70,6 +72,24 @@ def run_step(vm: Any, step: dict) -> Any:
                 return {"ok": False, "stdout": out, "stderr": "", "returncode": 1}
             return {"ok": True}
     raise ValueError(f"unknown step {step}")
+
+
+FIRST_REQUEST_LIMIT = 5.0  # seconds of real time past the sleep, at most
+
+
+def first_requests(vm: Any, ids: list[str]) -> None:
+    """On real QEMU, after a step's sleep: until each job of ``ids`` has finished its first block-copy request
+    (its progress has moved, as block_copy_task_entry counts a request's bytes once written) or is no longer
+    running (ended, paused, or gone). The sleep alone assumes the request takes less than that on a loaded
+    machine; the simulator's request is done by then in any case. Gives up after FIRST_REQUEST_LIMIT seconds
+    (a job that retries a failing request, on-error ignore, never moves)."""
+    limit = vm.now + FIRST_REQUEST_LIMIT
+    while vm.now < limit:
+        jobs = {job["id"]: job for job in vm.qmp("query-jobs")}
+        if all(jid not in jobs or jobs[jid]["status"] != "running" or jobs[jid]["current-progress"] > 0
+               for jid in ids):
+            return
+        vm.run(until=vm.now + 0.002)
 
 
 def wait_job(vm: Any, spec: dict) -> dict:

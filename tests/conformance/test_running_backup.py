@@ -6,13 +6,15 @@ do not vary); the ``qemu`` tests play the same steps on both backends.
 
 from __future__ import annotations
 
+import json
 import random
+import re
 
 import pytest
 
 from bitlab import Machine
 from bitlab.conformance import random_scenario
-from bitlab.conformance.gen_running import running_backup, running_scenario
+from bitlab.conformance.gen_running import SETTLE, running_backup, running_scenario
 from bitlab.conformance.generator import _State
 from bitlab.conformance.report import report
 from bitlab.conformance.runner import compare, play
@@ -190,13 +192,35 @@ def test_random_running_backups_use_tiny_speeds_and_check_content():
                           for a in starts)
     assert any(a["x-perf"]["max-chunk"] > 131072 for a in starts)  # a first request of several clusters
     assert sum(1 for s in steps if s.get("qemu-img", [""])[0] == "compare") >= 20
-    assert any(s.get("sleep") for s in steps)
+    sleeps = [(pos, s) for pos, s in enumerate(steps) if s.get("sleep")]
+    assert sleeps and all("first-requests" in s for _, s in sleeps) and any(s["first-requests"] for _, s in sleeps)
+    for pos, sleep in sleeps:  # jobs started before, of a sync that copies
+        before = json.dumps(steps[:pos])
+        assert all(f'"job-id": "{job}", "device": ' in before for job in sleep["first-requests"])
+        assert not any(re.search(f'"job-id": "{job}", "device": "[^"]*", "target": "[^"]*", "sync": "none"', before)
+                       for job in sleep["first-requests"])
 
 
 def test_focused_scenarios_are_seeded_and_hold_running_backups():
     assert running_scenario(4, 2) == running_scenario(4, 2) != running_scenario(4, 3)
     starts = [s for i in range(5) for s in running_scenario(1, i)["steps"] if s.get("qemu-img", [""])[0] == "convert"]
     assert len(starts) >= 5  # one a scenario at least
+
+
+def _first_request_waited() -> list[dict]:
+    """A throttled full backup (64 KiB a request), a sleep until its first request has been written; its
+    progress."""
+    return [*_setup(), _throttled(65536), {"sleep": SETTLE, "first-requests": ["j"]}, _qmp("query-jobs"),
+            _qmp("job-cancel", {"id": "j"}), {"settle-jobs": True}]
+
+
+@pytest.mark.qemu
+def test_a_sleep_waits_for_the_first_requests_on_real_qemu() -> None:
+    """On real QEMU the step returns once the job's first request has been written (its progress moved)."""
+    scenario = {"name": "first-requests", "steps": _first_request_waited()}
+    real = play(scenario, "qemu")
+    assert [(j["status"], j["current-progress"]) for j in real.replies[-3]["return"]] == [("running", 65536)]
+    assert compare(scenario, real, play(scenario, "sim")) == []
 
 
 @pytest.mark.qemu

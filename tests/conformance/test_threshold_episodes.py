@@ -143,7 +143,8 @@ def test_running_target_thresholds_are_at_the_end_or_disarmed() -> None:
             if value >= 8 * MiB - 65536:
                 seen.add("end")
             elif value and steps[j + 1]["qmp"]["execute"] == "blockdev-backup":
-                assert steps[j + 2:j + 4] == [{"sleep": gen_threshold.WAIT},
+                job = steps[j + 1]["qmp"]["arguments"]["job-id"]
+                assert steps[j + 2:j + 4] == [{"sleep": gen_threshold.WAIT, "first-requests": [job]},
                                               {"qmp": {"execute": "block-set-write-threshold", "arguments": {
                                                   "node-name": args["node-name"], "write-threshold": 0}}}]
                 seen.add("first")
