@@ -8,6 +8,10 @@ import shutil
 import pytest
 
 from bitlab import Machine
+from bitlab.block import info, perms
+
+# Every answer bitlab's caches give is checked against the uncached answer (AssertionError if stale).
+info.VERIFY_CACHE = perms.VERIFY_CACHE = True
 
 QEMU_TOOLS = ("qemu-storage-daemon", "qemu-system-x86_64", "qemu-img", "qemu-io")
 

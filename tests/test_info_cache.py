@@ -181,3 +181,16 @@ def test_a_reply_built_or_brought_up_to_date_by_its_query_shares_nothing_with_th
         if bitmap:
             top["dirty-bitmaps"][0]["count"] = -1
         check(vm)
+
+
+def test_a_stale_entry_is_an_assertion_error() -> None:
+    """The test suite checks every entry the cache answers with (tests/conftest.py): a field the cache's state
+    misses (here one changed behind its back) fails loudly instead of showing an old value."""
+    from bitlab.block import info
+
+    assert info.VERIFY_CACHE
+    vm = machine()
+    check(vm)
+    vm.graph.nodes["top"].cache_direct = True  # (never changes after blockdev-add, so not in the state)
+    with pytest.raises(AssertionError, match="query-named-block-nodes cache: stale entry for 'top'"):
+        vm.qmp("query-named-block-nodes", {"flat": True})

@@ -7,6 +7,7 @@ turns that into the order QEMU sends. ``qemu-img info`` reuses :func:`image_info
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -16,6 +17,8 @@ from .blkdebug import BlkdebugNode
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, round_sector
 from .paths import node_full_backing_filename
 from .store import ImageFile
+
+VERIFY_CACHE = False  # True (the test suite): every entry NodeInfoCache answers with is checked against a new one
 
 
 def qcow2_format_specific(image: ImageFile) -> dict:
@@ -321,6 +324,8 @@ class NodeInfoCache:
             if node.bitmaps:
                 entry["dirty-bitmaps"] = [wire_order(bm.info()) for bm in node.bitmaps]
                 entry = {key: entry[key] for key in cached[3]}
+            if VERIFY_CACHE:
+                _verify_entry(node, flat, entry)
             out.append(entry)
         alive = set(nodes)
         for key in [key for key in self._entries if key[0] not in alive]:
@@ -335,6 +340,15 @@ class NodeInfoCache:
         info.pop("dirty-bitmaps", None)
         entry = wire_order(info)
         return (state, lengths, _copy(entry), _order_with_bitmaps(tuple(info))), entry
+
+
+def _verify_entry(node: BlockNode, flat: bool, entry: dict) -> None:
+    """An entry :class:`NodeInfoCache` answered with, against one built anew (members, values and their wire
+    order): a stale entry (something it shows changed without changing its state) is an AssertionError."""
+    want = wire_order(block_device_info(node, flat=flat))
+    if json.dumps(entry) != json.dumps(want):
+        raise AssertionError(f"query-named-block-nodes cache: stale entry for {node.node_name!r}:\n"
+                             f"{json.dumps(entry)}\n!=\n{json.dumps(want)}")
 
 
 def _copy(entry: dict) -> dict:

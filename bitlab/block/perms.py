@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from ..errors import generic
+from ..errors import QMPError, generic
 from .node import BlockNode, subtree_ids
 
 READ, WRITE, WRITE_UNCHANGED, RESIZE = 1, 2, 4, 8
@@ -28,6 +28,7 @@ QAPI_NAMES = {READ: "consistent-read", WRITE: "write", WRITE_UNCHANGED: "write-u
 EXPORT_SHARED = ALL & ~RESIZE  # an NBD export shares everything but resize (nbd_export_create)
 UNNAMED = "an unnamed block device"
 BLK_CACHE = True  # False: check_blk builds its view every time (tests compare the two)
+VERIFY_CACHE = False  # True (the test suite): a check the cache passes is made again, AssertionError if it fails
 
 
 def perm_names(perm: int) -> str:
@@ -371,11 +372,24 @@ def check_blk(graph: Any, node: BlockNode, perm: int, shared: int = ALL, desc: s
     key = (graph.perm_version, len(graph.blks), tuple(graph.device_perm.items()), perm, shared, desc)
     checked = graph.blk_checked
     if BLK_CACHE and checked is not None and checked[1] == id(node) and checked[0] == key:
+        if VERIFY_CACHE:
+            _verify_blk(graph, node, Blk(desc, perm, shared))
         return
     view = PermView(graph)
     view.add_blk(node, Blk(desc, perm, shared))
     view.check(node)
     graph.blk_checked = (key, id(node))
+
+
+def _verify_blk(graph: Any, node: BlockNode, blk: Blk) -> None:
+    """The check :func:`check_blk`'s cache passed, made on a new view: a stale cache (a graph change that did
+    not bump ``graph.perm_version``) is an AssertionError, not a wrong answer."""
+    view = PermView(graph)
+    view.add_blk(node, blk)
+    try:
+        view.check(node)
+    except QMPError as err:
+        raise AssertionError(f"check_blk's cache passed a check that fails now: {err.desc}") from err
 
 
 def shares_file(graph: Any, node: BlockNode) -> bool:
