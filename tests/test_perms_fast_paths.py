@@ -126,15 +126,21 @@ def test_check_blk_cache_is_the_view(seed: int, monkeypatch: pytest.MonkeyPatch)
     assert views[0] <= views[1]
 
 
-def test_check_blk_cache_goes_stale_on_each_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write that passed, then a change its check reads: the next write's check sees it (a new link that
-    unshares writes, then that link gone). The same write again builds no view."""
+def _exported_q() -> Machine:
+    """A qcow2 node ``q`` exported read-only over NBD, and a guest write on it that passed (the cache holds it)."""
     vm = Machine()
     vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "64M")
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "q", "file": {"driver": "file", "filename": "a.qcow2"}})
     vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
     vm.qmp("block-export-add", {"type": "nbd", "id": "e", "node-name": "q", "writable": False})
     assert vm.hmp('qemu-io q "write 0 512"') == ""
+    return vm
+
+
+def test_check_blk_cache_goes_stale_on_each_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that passed, then a change its check reads: the next write's check sees it (a new link that
+    unshares writes, then that link gone). The same write again builds no view."""
+    vm = _exported_q()
     monkeypatch.setattr(perms, "VERIFY_CACHE", False)
     monkeypatch.setattr(perms, "PermView", None)  # (the cache answers: no view is built)
     assert vm.hmp('qemu-io q "write 0 512"') == ""
@@ -151,12 +157,7 @@ def test_a_stale_check_blk_cache_is_an_assertion_error() -> None:
     """The test suite checks each answer of the cache again: a change the version missed (here a node made
     read-only behind the graph's back) fails loudly instead of letting a write through."""
     assert perms.VERIFY_CACHE  # (tests/conftest.py)
-    vm = Machine()
-    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "64M")
-    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "q", "file": {"driver": "file", "filename": "a.qcow2"}})
-    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
-    vm.qmp("block-export-add", {"type": "nbd", "id": "e", "node-name": "q", "writable": False})
-    assert vm.hmp('qemu-io q "write 0 512"') == ""
+    vm = _exported_q()
     assert vm.hmp('qemu-io q "write 0 512"') == ""  # (the cache answers, and the check agrees)
     vm.graph.nodes["q"].read_only = True  # (no perm_version bump)
     with pytest.raises(AssertionError, match="cache passed a check that fails now: Block node is read-only"):
