@@ -875,14 +875,13 @@ class Qcow2Node(FormatNode):
         """qcow2_co_block_status through the backing chain: a run of clusters of one kind is one extent
         (data: clusters holding any data; zero clusters; zero clusters keeping a host cluster; unallocated
         ones, which the backing file answers, zeroes past its end or without one). A data extent, and
-        one of zero clusters keeping theirs, ends where its host clusters stop being contiguous in the file,
-        any extent at the end of an L2 slice
-        (qcow2_get_host_offset answers one slice: 2 MiB of 4 KiB clusters, 32 KiB of 512-byte ones; the
-        backing file is asked no further). A range that starts or ends inside a cluster is answered for the
-        whole cluster (a job cluster smaller than the image's: data written anywhere in a cluster makes all
-        of it data), then cut to the range. If the image looks as if its metadata were preallocated
-        (:meth:`_metadata_prealloc`), the file answers for the data extents (``recurse``; not for qcow2's
-        copy_range, which reads the L2 tables only)."""
+        one of zero clusters keeping theirs, ends where its host clusters stop being contiguous in the file
+        (count_contiguous_subclusters); any extent at the end of an L2 slice (qcow2_get_host_offset answers
+        one slice: 2 MiB of 4 KiB clusters, 32 KiB of 512-byte ones; the backing file is asked no further).
+        A range that starts or ends inside a cluster is answered for the whole cluster (a job cluster smaller
+        than the image's: data written anywhere in a cluster makes all of it data), then cut to the range.
+        If the image looks as if its metadata were preallocated (:meth:`_metadata_prealloc`), the file answers
+        for the data extents (``recurse``; not for qcow2's copy_range, which reads the L2 tables only)."""
         out = self._status_runs(offset, length, recurse)
         span = self.l2_slice
         return out if offset // span == (offset + length - 1) // span else _cut_runs(*out, span)
