@@ -540,6 +540,19 @@ class RawNode(FormatNode):
             self.file.debug_event("write_aio")  # raw_co_pwritev
         self.file.write_batch(offsets, lengths, values)
 
+    def write_buffer(self, offset, length, starts, ends, values, detect=True):
+        """One request here is one request on the file (raw_co_pwritev): its write threshold sees the whole
+        request, not the runs of its buffer."""
+        unmap = None if values.any() or not detect else self.zero_detected()
+        if unmap is not None:
+            self.write_zeroes(offset, length, unmap=unmap)
+            return
+        if self.write_threshold:
+            wstats.check(self, offset, length)
+        self._dirty_batch(starts, ends - starts)
+        self.file.debug_event("write_aio")
+        self.file.write_buffer(offset, length, starts, ends, values, detect)
+
     def write_zeroes(self, offset, length, unmap=False):
         self._dirty(offset, length)
         self.file.write_zeroes(offset, length, unmap)  # raw_co_pwrite_zeroes passes the flags

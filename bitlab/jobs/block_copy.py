@@ -877,16 +877,32 @@ class BlockCopy:
         return clip_runs(st, en, vals, offsets, np.where(zero, offsets, ends))
 
     def _finish_batch(self, batch: Batch, i0: int, i1: int) -> None:
-        """Tasks ``[i0, i1)`` of a batch complete: target writes, one progress report."""
+        """Tasks ``[i0, i1)`` of a batch complete: target writes, one progress report. An armed write threshold
+        (:func:`_threshold_hits`) fires before the writes with several workers (a zero task writes as it starts);
+        with one, between the writes of the tasks before its request and the request's own."""
+        if i1 <= i0:
+            return
+        done = int(batch.nbytes[i0:i1].sum())
+        self.in_flight_bytes -= done
+        armed = [node for node in _same_requests(self.target) if node.write_threshold]
+        hits = _threshold_hits(armed, batch.offsets[i0:i1], batch.nbytes[i0:i1], batch.zero[i0:i1], self.len,
+                               batch.workers) if armed else []
+        start = i0
+        for k, node, offset, length in hits:
+            if batch.workers == 1:
+                self._write_span(batch, start, i0 + k)
+                start = i0 + k
+            wstats.check(node, offset, length)
+        self._write_span(batch, start, i1)
+        self._report(done)
+
+    def _write_span(self, batch: Batch, i0: int, i1: int) -> None:
+        """The target writes of tasks ``[i0, i1)`` of a batch."""
         if i1 <= i0:
             return
         nbytes = batch.nbytes[i0:i1]
-        done = int(nbytes.sum())
-        self.in_flight_bytes -= done
         p0, p1 = int(batch.ptr[i0]), int(batch.ptr[i1])
         detected = batch.detected[i0:i1]
-        if self.target.write_threshold:
-            _threshold_order(self.target, batch.offsets[i0:i1], nbytes, batch.zero[i0:i1], self.len)
         offsets, zero = batch.offsets[i0:i1], batch.zero[i0:i1]
         io = np.minimum(offsets + nbytes, self.len) - offsets
         ptr = batch.ptr[i0 : i1 + 1] - p0
@@ -895,7 +911,6 @@ class BlockCopy:
             self._write_in_order(offsets, io, zero, detected, ptr, runs)
         else:
             self._write_tasks(offsets, io, zero, detected, ptr, runs)
-        self._report(done)
 
     def _write_tasks(self, offsets: np.ndarray, io: np.ndarray, zero: np.ndarray, detected: np.ndarray,
                      ptr: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -983,13 +998,31 @@ class BlockCopy:
         self._schedule(call, batch.part(i0, i1, batch.wave_start[w : w + 1], batch.wave_end(w)))
 
 
-def _threshold_order(target: BlockNode, offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray,
-                     end: int) -> None:
-    """The target's write threshold sees the tasks' write requests as QEMU sends them: a zero task writes
-    as soon as it starts, a data task after its read (block_copy_do_copy)."""
-    order = np.concatenate((np.flatnonzero(zero), np.flatnonzero(~zero)))
+def _same_requests(target: BlockNode) -> list[BlockNode]:
+    """The target and the nodes below it that see its write requests as they are (a raw node's file)."""
+    nodes = [target]
+    while type(nodes[-1]) is RawNode:
+        nodes.append(nodes[-1].file)
+    return nodes
+
+
+def _threshold_hits(armed: list[BlockNode], offsets: np.ndarray, nbytes: np.ndarray, zero: np.ndarray, end: int,
+                    workers: int) -> list[tuple[int, BlockNode, int, int]]:
+    """Where the write thresholds of ``armed`` (nodes of :func:`_same_requests`, top down) fire, in the order
+    they do: (task index, node, the request's offset and length). They see the tasks' write requests as QEMU
+    sends them: with one worker in task order; with several a zero task writes as soon as it starts, a data
+    task after its read (block_copy_do_copy). A data task is one request, whatever runs its buffer holds; a
+    node fires on the first request past its threshold, request by request, top down."""
+    order = np.arange(offsets.size) if workers == 1 else np.concatenate((np.flatnonzero(zero), np.flatnonzero(~zero)))
     offs = offsets[order]
-    wstats.check_batch(target, offs, np.minimum(offs + nbytes[order], end) - offs)
+    lens = np.minimum(offs + nbytes[order], end) - offs
+    hits = []
+    for depth, node in enumerate(armed):
+        past = np.flatnonzero(offs + lens > node.write_threshold)
+        if past.size:
+            i = int(past[0])
+            hits.append((i, depth, int(order[i]), node, int(offs[i]), int(lens[i])))
+    return [(k, node, offset, length) for _, _, k, node, offset, length in sorted(hits, key=lambda h: h[:2])]
 
 
 def _segments_few(rs: list[int], re: list[int], k0: list[int], kind: list[int]) -> list[tuple[int, int, bool]]:
