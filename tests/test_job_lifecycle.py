@@ -156,12 +156,12 @@ def test_life_cycle_episodes_stay_deterministic(monkeypatch: pytest.MonkeyPatch)
     source's read errors onto a qcow2 node, a grouped
     transaction's failing member on raw over null-co that a sync 'top' would leave with nothing to read,
     a sync 'none' job kept (paused) over a failing target while the mix may write on its source (copy-before-
-    write in parallel onto it); and no host layout (qemu-img map, check) of a target that several workers
-    copied to."""
+    write in parallel onto it), a write threshold on a target several workers copy to; and no host layout
+    (qemu-img map, check) of a target that several workers copied to."""
     from bitlab.conformance import generator
 
     monkeypatch.setattr(generator, "LIFE_CHANCE", 0.3)
-    several = mapped = kept_off = 0
+    several = mapped = kept_off = armed = 0
     for index in range(150):
         steps = random_scenario(3, index)["steps"]
         endless: set[str] = set()  # life-cycle jobs of sync 'none'
@@ -181,6 +181,11 @@ def test_life_cycle_episodes_stay_deterministic(monkeypatch: pytest.MonkeyPatch)
             if msg.get("execute") == "blockdev-add":
                 added[args["node-name"]] = args
             life = str(args.get("job-id", "")).startswith("lj")
+            if msg.get("execute") == "block-set-write-threshold" and args["node-name"].startswith("lt"):
+                job = steps[pos + 1]["qmp"]  # armed right before the backup onto it, which has one worker
+                assert job["execute"] == "blockdev-backup" and job["arguments"]["target"] == args["node-name"]
+                assert job["arguments"]["x-perf"]["max-workers"] == 1
+                armed += 1
             if msg.get("execute") in ("blockdev-backup", "drive-backup") and life:
                 workers = args["x-perf"]["max-workers"]
                 several += workers > 1
@@ -213,7 +218,7 @@ def test_life_cycle_episodes_stay_deterministic(monkeypatch: pytest.MonkeyPatch)
                 running |= {args.get("id", args.get("device"))} & endless
             if "settle-jobs" in step:
                 assert not running, (index, running)
-    assert several >= 10 and mapped >= 10 and kept_off >= 1
+    assert several >= 10 and mapped >= 10 and kept_off >= 1 and armed >= 10
 
 
 def _ignored(steps: list[dict], node: str) -> bool:

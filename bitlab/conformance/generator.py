@@ -31,6 +31,7 @@ Real QEMU's outcome never depends on its timing:
   node of the mix (the guest's later writes there would copy onto it in parallel, and QEMU hands
   out the host clusters its failed writes freed again in an order that varies);
 - an error that recurs is never combined with ``ignore`` (the job would retry forever);
+- a write threshold goes only on the target of a single backup with one worker (tasks written in order);
 - in a grouped transaction, a failing member reports (a stopped one would keep the others
   waiting forever) and surely fails (it reads data), and its siblings have nothing to copy
   (sync ``top`` of an empty node) or run until cancelled (sync ``none``), so their cancel
@@ -396,6 +397,7 @@ _OPS = {"write": _write, "add": _add, "manage": _manage, "merge": _merge, "sha":
 
 LIFE_CHANCE = 0.05  # after each op of the mix, the chance of a job life-cycle episode
 ACTIONS = ["report", "ignore", "stop", "enospc"]
+THRESHOLD_TARGETS = 0.25  # the chance that a single one-worker backup's target is armed (a write threshold)
 WORKERS = [1, 2, 2, 3, 4]  # max-workers of a single backup of a fresh source with no target error
 VERBS = ["query-jobs", "query-block-jobs", "finalize", "dismiss", "cancel", "pause", "resume", "complete",
          "set-speed"]
@@ -570,6 +572,12 @@ def _single(st: _State, lf: _Life, size: int, steps: list[dict], drive: bool) ->
     _job_flags(rng, args)
     if rng.random() < 0.04:
         del args["job-id"]
+    # one worker writes in task order: a threshold on the target (on a stream of its own, drawn from the
+    # episode's state without moving it) fires on the same request on QEMU every run
+    aux = random.Random(f"threshold/{job}/{sum(rng.getstate()[1][:8])}")
+    if args["x-perf"]["max-workers"] == 1 and not drive and aux.random() < THRESHOLD_TARGETS:
+        steps.append(_qmp("block-set-write-threshold", {"node-name": args["target"],
+                                                        "write-threshold": aux.randrange(1, size // 512) * 512}))
     steps.append(_qmp("drive-backup" if drive else "blockdev-backup", args))
     if args["sync"] == "none":
         lf.endless.add(job)
