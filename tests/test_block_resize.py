@@ -473,3 +473,38 @@ def test_a_v2_grow_over_a_longer_backing_file_fails_after_its_l1_table_grew():
 def test_a_v2_grow_over_a_longer_backing_file_matches_qemu_storage_daemon():
     want, got = on_both(_v2_grow_fails_story)
     assert got == want
+
+
+def _cut_cluster_story(vm: Machine) -> dict:
+    """A zero cluster (cluster 1 of 64 KiB) written in its second half gets a host cluster: a shrink to 22.5 KiB
+    into it keeps it, a data cluster whose data is all past the new end (its first half: the zeroes of its
+    copy on write); a grow shows the kept bytes again."""
+    vm.qemu_img("create", "-f", "qcow2", "c.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "c", "file": {"driver": "file", "filename": "c.qcow2"}})
+    vm.guest_io("c", "write -z -u 65536 65536")
+    vm.guest_io("c", "write -P 0xb5 98304 32768")
+    vm.qmp("block_resize", {"node-name": "c", "size": 65536 + 23040})
+    out: dict = {"read": vm.guest_io("c", "read -P 0 65536 23040").splitlines()[0]}
+    vm.qmp("blockdev-del", {"node-name": "c"})
+    out["shrunk"] = json.loads(vm.qemu_img("map", "--output=json", "c.qcow2"))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "c", "file": {"driver": "file", "filename": "c.qcow2"}})
+    vm.qmp("block_resize", {"node-name": "c", "size": 262144})
+    out["tail"] = vm.guest_io("c", "read -P 0xb5 98304 32768").splitlines()[0]
+    vm.qmp("blockdev-del", {"node-name": "c"})
+    out["grown"] = json.loads(vm.qemu_img("map", "--output=json", "c.qcow2"))
+    return out
+
+
+def test_a_cut_data_cluster_stays_data_with_its_data_past_the_end():
+    out = _cut_cluster_story(Machine())
+    assert out["read"] == "read 23040/23040 bytes at offset 65536"
+    assert [(e["start"], e["length"], e["data"], e.get("offset")) for e in out["shrunk"]] == [
+        (0, 65536, False, None), (65536, 23040, True, 327680)]
+    assert out["tail"] == "read 32768/32768 bytes at offset 98304"
+    assert [(e["start"], e["length"], e["data"]) for e in out["grown"]][:2] == [(0, 65536, False), (65536, 65536, True)]
+
+
+@pytest.mark.qemu
+def test_a_cut_data_cluster_matches_qemu_storage_daemon():
+    want, got = on_both(_cut_cluster_story)
+    assert got == want

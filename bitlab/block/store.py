@@ -244,12 +244,19 @@ class ImageFile:
     def keep_tail(self, size: int) -> None:
         """A shrink to ``size`` (the content not cut yet): qcow2_co_truncate frees only the clusters wholly past
         the new end, so a data cluster it cuts keeps in its host cluster the bytes past the end, which a later
-        grow shows again (:meth:`expose_tail`); the zeroes of its COW where nothing was written."""
+        grow shows again (:meth:`expose_tail`); the zeroes of its COW where nothing was written. The part that
+        stays is that data cluster's too, even when all its data lies past the end (``qemu-img map``: data)."""
         cs, old = self.cluster_size, self.size
         start, end = size // cs * cs, -(-size // cs) * cs
-        if size == end or not self._data_cluster(start, size):
+        if size == end or not self._data_cluster(start, min(old, end)):
             self.tail = None
             return
+        s, e, v = self.data.extents(start, size - start)
+        if (v < 0).any():  # the part that stays is the data cluster's too, its data all past the end or not
+            watch, self.data.watch = self.data.watch, None
+            self.data.write_batch(s[v < 0], (e - s)[v < 0], np.zeros(int((v < 0).sum()), dtype=np.int64))
+            self.data.runs()
+            self.data.watch = watch
         s, e, v = self.data.extents(size, min(old, end) - size)
         runs = [(s, e, np.maximum(v, 0))]  # (holes, zero clusters' zeroes: zero bytes in a data cluster)
         if old < end:  # what this cluster kept past the old end
