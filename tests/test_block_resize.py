@@ -508,3 +508,29 @@ def test_a_cut_data_cluster_stays_data_with_its_data_past_the_end():
 def test_a_cut_data_cluster_matches_qemu_storage_daemon():
     want, got = on_both(_cut_cluster_story)
     assert got == want
+
+
+def _discard_order_story(vm: Machine) -> list[dict]:
+    """Guest clusters 12, 5 and 10 written in that order (host clusters side by side): a shrink to 9 clusters
+    frees guest 10, then 12, whose host clusters do not touch. qcow2 passes the discards to its file node in the
+    order its list holds them (update_refcount_discard: as freed, touching ones joined), so a write threshold
+    on the file node (discards count, bdrv_co_write_req_prepare) fires on guest 10's host cluster first."""
+    vm.qemu_img("create", "-f", "qcow2", "o.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "o",
+                            "file": {"driver": "file", "filename": "o.qcow2", "node-name": "of"}})
+    for cluster in (12, 5, 10):
+        vm.guest_io("o", f"write -P 0x33 {cluster * 65536} 65536")
+    vm.qmp("block-set-write-threshold", {"node-name": "of", "write-threshold": 330000})
+    vm.qmp("block_resize", {"node-name": "o", "size": 9 * 65536})
+    return [{key: e["data"][key] for key in ("node-name", "amount-exceeded")}
+            for e in vm.events if e["event"] == "BLOCK_WRITE_THRESHOLD"]
+
+
+def test_a_shrink_passes_its_discards_in_qcow2s_list_order():
+    assert _discard_order_story(Machine()) == [{"node-name": "of", "amount-exceeded": 524288 - 330000}]
+
+
+@pytest.mark.qemu
+def test_a_shrink_passes_its_discards_in_qcow2s_list_order_on_qemu():
+    want, got = on_both(_discard_order_story)
+    assert got == want

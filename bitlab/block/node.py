@@ -681,7 +681,7 @@ class Qcow2Node(FormatNode):
         freed where they pass (qcow2_process_discards; a file without unmap ignores them)."""
         layout = self.image.layout
         self.file.note_write(*layout.drain_written())
-        offsets, lengths = layout.drain_discarded()
+        offsets, lengths = layout.drain_discarded(ordered=self._threshold_below())
         if self._passes_discards(always):
             self.file.note_write(offsets, lengths, discard=True)
 
@@ -737,6 +737,14 @@ class Qcow2Node(FormatNode):
             cs = self.image.cluster_size
             self.file.note_write(np.array([r[0] * cs for r in runs], dtype=np.int64),
                                  np.array([r[1] * cs for r in runs], dtype=np.int64), discard=True)
+
+    def _threshold_below(self) -> bool:
+        """Whether the file child, or a blkdebug node on the way to it, has a write threshold armed (it sees the
+        discards qcow2 passes one by one, in the order of qcow2's list)."""
+        node = self.file
+        while node.driver == "blkdebug" and not node.write_threshold:
+            node = node.child("image")
+        return bool(node.write_threshold)
 
     def _passes_discards(self, always: bool = False, below: bool = True) -> bool:
         """Whether the discards of the clusters this node frees reach its file child (update_refcount,

@@ -391,13 +391,15 @@ class HostLayout:
         if discard:
             self.log.append(("d", host * self.cs, n * self.cs))
 
-    def drain_discarded(self) -> tuple[np.ndarray, np.ndarray]:
+    def drain_discarded(self, ordered: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The discards qcow2 passed to the file for the data clusters freed since the last call: host byte
         offsets and lengths, one per stretch adjacent on the host that one request freed (qcow2_process_discards:
-        each entry of ``discarded`` is a request's, whose stretches are merged, in host order)."""
+        each entry of ``discarded`` is a request's, whose stretches are merged). In host order, or ``ordered``
+        (for a write threshold on the file, which sees them one by one) in the order of qcow2's list of
+        discards (:func:`_discard_list`)."""
         if not self.discarded:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        merged = [_merged(*d) for d in self.discarded]
+        merged = [(_discard_list if ordered else _merged)(*d) for d in self.discarded]
         starts = np.concatenate([m[0] for m in merged])
         ends = np.concatenate([m[1] for m in merged])
         self.discarded.clear()
@@ -1376,6 +1378,24 @@ class HostLayout:
         layout.written.clear()
         layout.depends = {"l2": None, "rb": None}
         return layout
+
+
+def _discard_list(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint ranges ``[starts, ends)`` freed in this order, as qcow2's list of discards holds them
+    (update_refcount_discard): a range that touches an entry (the first such) joins it, and then any other entry
+    that touches it joins it too, in list order; else it goes last."""
+    out: list[list[int]] = []
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        d = next((x for x in out if x[0] == hi or x[1] == lo), None)
+        if d is None:
+            out.append([lo, hi])
+            continue
+        d[0], d[1] = min(d[0], lo), max(d[1], hi)
+        for p in list(out):
+            if p is not d and p[0] <= d[1] and d[0] <= p[1]:
+                out.remove(p)
+                d[0], d[1] = min(d[0], p[0]), max(d[1], p[1])
+    return np.array([x[0] for x in out], dtype=np.int64), np.array([x[1] for x in out], dtype=np.int64)
 
 
 def _merged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
