@@ -253,10 +253,7 @@ class ImageFile:
             return
         s, e, v = self.data.extents(start, size - start)
         if (v < 0).any():  # the part that stays is the data cluster's too, its data all past the end or not
-            watch, self.data.watch = self.data.watch, None
-            self.data.write_batch(s[v < 0], (e - s)[v < 0], np.zeros(int((v < 0).sum()), dtype=np.int64))
-            self.data.runs()
-            self.data.watch = watch
+            self._write_unwatched(s[v < 0], e[v < 0], np.zeros(int((v < 0).sum()), dtype=np.int64))
         s, e, v = self.data.extents(size, min(old, end) - size)
         runs = [(s, e, np.maximum(v, 0))]  # (holes, zero clusters' zeroes: zero bytes in a data cluster)
         if old < end:  # what this cluster kept past the old end
@@ -285,8 +282,12 @@ class ImageFile:
             runs = (np.array([old]), np.array([end]), kinds[-1:])
         else:
             return
+        self._write_unwatched(*runs)
+
+    def _write_unwatched(self, starts: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """Content written without the layout hearing it (the clusters keep their host clusters as they are)."""
         watch, self.data.watch = self.data.watch, None
-        self.data.write_batch(runs[0], runs[1] - runs[0], runs[2])
+        self.data.write_batch(starts, ends - starts, values)
         self.data.runs()
         self.data.watch = watch
 
