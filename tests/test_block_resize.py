@@ -3,8 +3,10 @@ growing (discarded clusters, the L1 table, the file cut after its last cluster),
 test_growing_before_backup."""
 
 import json
+import random
 import re
 
+import numpy as np
 import pytest
 
 from bitlab import Machine
@@ -534,3 +536,34 @@ def test_a_shrink_passes_its_discards_in_qcow2s_list_order():
 def test_a_shrink_passes_its_discards_in_qcow2s_list_order_on_qemu():
     want, got = on_both(_discard_order_story)
     assert got == want
+
+
+def _discard_list_stepwise(freed: list[int]) -> list[list[int]]:
+    """update_refcount_discard step by step, for single clusters freed in this order: (start, end) entries."""
+    out: list[list[int]] = []
+    for lo in freed:
+        hi = lo + 1
+        d = next((x for x in out if x[0] == hi or x[1] == lo), None)
+        if d is None:
+            out.append([lo, hi])
+            continue
+        d[0], d[1] = min(d[0], lo), max(d[1], hi)
+        for p in list(out):
+            if p is not d and p[0] <= d[1] and d[0] <= p[1]:
+                out.remove(p)
+                d[0], d[1] = min(d[0], p[0]), max(d[1], p[1])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_discard_list_is_qemus_step_by_step_list(seed):
+    """bitlab orders the stretches of touching freed ranges by their earliest range, at once (numpy): the
+    same list as QEMU's step-by-step joining, on random orders of freed clusters."""
+    from bitlab.block.qcow2_host import _discard_list
+
+    rng = random.Random(seed)
+    for _ in range(400):
+        freed = rng.sample(range(60), rng.randint(1, 30))
+        starts = np.array(freed, dtype=np.int64)
+        got = _discard_list(starts, starts + 1)
+        assert [list(pair) for pair in zip(got[0].tolist(), got[1].tolist())] == _discard_list_stepwise(freed)

@@ -1382,20 +1382,22 @@ class HostLayout:
 
 def _discard_list(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint ranges ``[starts, ends)`` freed in this order, as qcow2's list of discards holds them
-    (update_refcount_discard): a range that touches an entry (the first such) joins it, and then any other entry
-    that touches it joins it too, in list order; else it goes last."""
-    out: list[list[int]] = []
-    for lo, hi in zip(starts.tolist(), ends.tolist()):
-        d = next((x for x in out if x[0] == hi or x[1] == lo), None)
-        if d is None:
-            out.append([lo, hi])
-            continue
-        d[0], d[1] = min(d[0], lo), max(d[1], hi)
-        for p in list(out):
-            if p is not d and p[0] <= d[1] and d[0] <= p[1]:
-                out.remove(p)
-                d[0], d[1] = min(d[0], p[0]), max(d[1], p[1])
-    return np.array([x[0] for x in out], dtype=np.int64), np.array([x[1] for x in out], dtype=np.int64)
+    (update_refcount_discard: a range that touches an entry joins the first such, which then takes in any other
+    entry touching it; else it goes last). So an entry is a stretch of touching ranges, and it sits where its
+    first range arrived: the stretches of :func:`_merged`, ordered by their earliest range."""
+    if starts.size < 2:
+        return starts, ends
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    first = np.ones(s.size, dtype=bool)
+    first[1:] = s[1:] != e[:-1]
+    group = np.cumsum(first) - 1
+    earliest = np.full(int(group[-1]) + 1, s.size, dtype=np.int64)
+    np.minimum.at(earliest, group, order)
+    last = np.ones(s.size, dtype=bool)
+    last[:-1] = first[1:]
+    by = np.argsort(earliest, kind="stable")
+    return s[first][by], e[last][by]
 
 
 def _merged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
