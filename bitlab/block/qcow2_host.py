@@ -1385,29 +1385,24 @@ def _discard_list(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.
     (update_refcount_discard: a range that touches an entry joins the first such, which then takes in any other
     entry touching it; else it goes last). So an entry is a stretch of touching ranges, and it sits where its
     first range arrived: the stretches of :func:`_merged`, ordered by their earliest range."""
+    return _merged(starts, ends, by_arrival=True)
+
+
+def _merged(starts: np.ndarray, ends: np.ndarray, by_arrival: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint ranges ``[starts, ends)`` sorted, those that touch merged into one (``by_arrival``: the merged
+    stretches ordered by the earliest of their ranges in the order given, not by offset)."""
     if starts.size < 2:
         return starts, ends
     order = np.argsort(starts, kind="stable")
     s, e = starts[order], ends[order]
     first = np.ones(s.size, dtype=bool)
     first[1:] = s[1:] != e[:-1]
+    last = np.ones(s.size, dtype=bool)
+    last[:-1] = first[1:]
+    if not by_arrival:
+        return s[first], e[last]
     group = np.cumsum(first) - 1
     earliest = np.full(int(group[-1]) + 1, s.size, dtype=np.int64)
     np.minimum.at(earliest, group, order)
-    last = np.ones(s.size, dtype=bool)
-    last[:-1] = first[1:]
     by = np.argsort(earliest, kind="stable")
     return s[first][by], e[last][by]
-
-
-def _merged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint ranges ``[starts, ends)`` sorted, those that touch merged into one."""
-    if starts.size < 2:
-        return starts, ends
-    order = np.argsort(starts, kind="stable")
-    s, e = starts[order], ends[order]
-    first = np.ones(s.size, dtype=bool)
-    first[1:] = s[1:] != e[:-1]
-    last = np.ones(s.size, dtype=bool)
-    last[:-1] = first[1:]
-    return s[first], e[last]
