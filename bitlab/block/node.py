@@ -188,7 +188,12 @@ class BlockNode:
         else:
             if self.write_threshold:  # the request, not the runs of its buffer
                 wstats.check(self, offset, length)
-            self.write_batch(starts, ends - starts, values)
+            self._write_buffer_data(offset, length, starts, ends, values, detect)
+
+    def _write_buffer_data(self, offset: int, length: int, starts: np.ndarray, ends: np.ndarray,
+                           values: np.ndarray, detect: bool) -> None:
+        """:meth:`write_buffer`'s data request, its threshold checked: here the runs of its buffer."""
+        self.write_batch(starts, ends - starts, values)
 
     def write_batch(self, offsets: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> None:
         self._dirty_batch(offsets, lengths)
@@ -540,15 +545,9 @@ class RawNode(FormatNode):
             self.file.debug_event("write_aio")  # raw_co_pwritev
         self.file.write_batch(offsets, lengths, values)
 
-    def write_buffer(self, offset, length, starts, ends, values, detect=True):
+    def _write_buffer_data(self, offset, length, starts, ends, values, detect):
         """One request here is one request on the file (raw_co_pwritev): its write threshold sees the whole
         request, not the runs of its buffer."""
-        unmap = None if values.any() or not detect else self.zero_detected()
-        if unmap is not None:
-            self.write_zeroes(offset, length, unmap=unmap)
-            return
-        if self.write_threshold:
-            wstats.check(self, offset, length)
         self._dirty_batch(starts, ends - starts)
         self.file.debug_event("write_aio")
         self.file.write_buffer(offset, length, starts, ends, values, detect)
