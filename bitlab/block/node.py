@@ -8,6 +8,7 @@ data: the image file for ``raw``/``qcow2``, nowhere for ``null-co``.
 
 from __future__ import annotations
 
+import errno
 import json
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import numpy as np
 from ..bitmap import DEFAULT, DirtyBitmap, check_bitmap, merge_ranges
 from ..errors import generic
 from ..qmp_order import wire_order
-from . import hostfs, qcow2_opts, qcow2_trace, wstats
+from . import compress, hostfs, qcow2_opts, qcow2_trace, wstats
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
 from .ioerror import BlockIOError
 from .qcow2_host import NONE
@@ -212,6 +213,14 @@ class BlockNode:
 
     def _store_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
         self._store(offset, length, 0)
+
+    def write_compressed(self, offset: int, length: int, starts: np.ndarray, ends: np.ndarray,
+                         values: np.ndarray) -> None:
+        """A write request with BDRV_REQ_WRITE_COMPRESSED (``write -c``) whose buffer holds the runs: a driver
+        that cannot compress fails it with ENOTSUP (bdrv_driver_pwritev_compressed); filters are not simulated."""
+        if self.driver in ("raw", "file", "null-co", "null-aio", "host_device"):
+            raise BlockIOError(errno.ENOTSUP, "write")
+        raise generic(f"bitlab does not simulate a compressed write through a {self.driver} node")
 
     def discard(self, offset: int, length: int) -> None:
         """A discard: ignored entirely unless the node was opened with discard=unmap."""
@@ -621,6 +630,86 @@ class Qcow2Node(FormatNode):
         finally:
             self._one_buffer = False
 
+    def _refuse_compressed(self, lo: int, hi: int, what: str) -> None:
+        """bitlab keeps no host bytes for a compressed cluster's rewrite: a request of ``what`` meeting one (bytes
+        ``[lo, hi)``) is refused, not answered wrongly."""
+        layout = self.image._layout
+        if layout is not None and layout.any_compressed:
+            cs = self.image.cluster_size
+            if layout.compressed_in(lo // cs, -(-hi // cs)):
+                raise generic(f"bitlab does not simulate {what} over a compressed cluster")
+
+    def write_compressed(self, offset, length, starts, ends, values):
+        """qcow2_co_pwritev_compressed_part: whole clusters only (the disk's last one may end inside: its task pads
+        it with zeroes), else EINVAL; one task a cluster (:meth:`write_compressed_clusters`). An empty request
+        rounds the file's length up to a whole sector. Tasks of several clusters run in parallel in QEMU (their
+        bytes packed in the order they finish): bitlab packs in guest order."""
+        image = self.image
+        cs = image.cluster_size
+        if length == 0:
+            image.layout.align_end()
+            return
+        if offset % cs or (length % cs and offset + length != self.size):
+            raise BlockIOError(errno.EINVAL, "write")
+        c0, c1 = offset // cs, -(-(offset + length) // cs)
+        self.write_compressed_clusters(np.arange(c0, c1, dtype=np.int64), np.full(c1 - c0, cs), starts, ends,
+                                       values)
+
+    def write_compressed_clusters(self, clusters: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
+                                  ends: np.ndarray, values: np.ndarray) -> None:
+        """Compressed write requests of one cluster each (``lengths``: the disk's last one may be shorter), in
+        order, their buffers the runs ``[starts, ends)``: qcow2_co_pwritev_compressed_task deflates each cluster
+        (:mod:`.compress`) and takes bytes for it (:meth:`.HostLayout.write_compressed`); a cluster that already
+        has a host offset fails with EIO (qcow2_alloc_compressed_cluster_offset). What bitlab does not simulate
+        it refuses before writing anything."""
+        image = self.image
+        cs = image.cluster_size
+        sizes = self._compress_sizes(clusters, starts, ends, values)
+        self._dirty_batch(clusters * cs, lengths)
+        with self._file_sees() as listen:
+            hosts = image.write_compressed(clusters, sizes, starts, ends, values)
+            if listen:
+                self.file.note_write(*image.layout.drain_written())
+                self.file.note_write(hosts, sizes)
+            else:
+                self.file.write_gen += 1
+
+    def _compress_sizes(self, clusters: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                        values: np.ndarray) -> np.ndarray:
+        """The compressed size of each cluster, once bitlab knows it can simulate their writes exactly (else a
+        GenericError saying what it does not simulate); a single cluster that already has a host offset raises
+        EIO as qcow2 does."""
+        image = self.image
+        why = None
+        if self.child("file") is None or self.file.driver != "file":
+            why = f"a compressed write to a qcow2 node over a {self.file.driver} node"
+        elif self.detect_zeroes != "off":
+            why = "a compressed write to a node with detect-zeroes"
+        layout = image.layout
+        hs, he, _ = layout.hosted(int(clusters[0]), int(clusters[-1]) + 1)
+        c_s, c_e = layout.compressed_runs(int(clusters[0]), int(clusters[-1]) + 1)
+        rs, re = np.concatenate((hs, c_s)), np.concatenate((he, c_e))
+        j = np.searchsorted(np.sort(rs), clusters, "right") - 1
+        ends_sorted = re[np.argsort(rs)]
+        met = bool(((j >= 0) & (clusters < ends_sorted[np.maximum(j, 0)])).any()) if rs.size else False
+        if why is None and met:
+            if clusters.size == 1:
+                raise BlockIOError(errno.EIO, "write")
+            why = "compressed writes of several clusters meeting one that has a host offset (QEMU's tasks race)"
+        sizes = None
+        if why is None:
+            try:
+                sizes = image.compressed_sizes(clusters, starts, ends, values)
+            except ValueError:
+                why = "compressing opaque content (bitlab knows no bytes for it)"
+        if sizes is not None and (sizes == compress.NOT_COMPRESSIBLE).any():
+            why = "a compressed write of a cluster that does not compress (QEMU writes it as a normal cluster)"
+        elif sizes is not None and not layout.compressed_fit(clusters, sizes):
+            why = "compressed clusters that need a new refcount block"
+        if why is not None:
+            raise generic(f"bitlab does not simulate {why}")
+        return sizes
+
     def read_extents(self, offset, length):
         starts, ends, vals = self.image.data.extents(offset, length)
         vals = np.where((vals == ZERO) | (vals == ZERO_ALLOC), 0, vals)
@@ -797,6 +886,7 @@ class Qcow2Node(FormatNode):
         """Data writes ``[offsets, ends)`` (one request, or a buffer's runs) reach the image: the file child's
         bitmaps are dirtied at their host offsets (newly allocated clusters whole), with the metadata writes
         they cause; over a blkdebug node whose rules may see them, step by step (:mod:`.qcow2_trace`)."""
+        self._refuse_compressed(int(offsets[0]), int(ends[-1]), "a write")
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS)
         if blk is not None:
             qcow2_trace.run(self, blk, lambda: self._write_data(offsets, ends, values), int(ends[-1] - offsets[0]))
@@ -903,8 +993,28 @@ class Qcow2Node(FormatNode):
         If the image looks as if its metadata were preallocated (:meth:`_metadata_prealloc`), the file answers
         for the data extents (``recurse``; not for qcow2's copy_range, which reads the L2 tables only)."""
         out = self._status_runs(offset, length, recurse)
+        layout = self.image._layout
+        if layout is not None and layout.any_compressed:
+            out = self._compressed_apart(out, offset, offset + length)
         span = self.l2_slice
         return out if offset // span == (offset + length - 1) // span else _cut_runs(*out, span)
+
+    def _compressed_apart(self, runs: tuple[np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Status runs cut at both ends of every compressed cluster: qcow2 answers for one at a time
+        (count_contiguous_subclusters)."""
+        cs = self.image.cluster_size
+        c_s, c_e = self.image.layout.compressed_runs(lo // cs, -(-hi // cs))
+        if not c_s.size:
+            return runs
+        n = c_e - c_s + 1
+        at = np.repeat(c_s, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        starts, ends, flags = runs
+        cuts = at * cs
+        cuts = cuts[(cuts > lo) & (cuts < hi)]
+        new = np.union1d(starts, cuts)
+        owner = np.searchsorted(starts, new, "right") - 1
+        return new, np.append(new[1:], ends[-1]), flags[owner]
 
     def _status_runs(self, offset: int, length: int, recurse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`copy_status` before the cuts at L2 slices."""
@@ -1155,6 +1265,8 @@ class Qcow2Node(FormatNode):
         written last (8 bytes at 24)."""
         if size % 512:
             raise generic("The new size must be a multiple of 512")
+        if size < self.image.size:
+            self._refuse_compressed(size, self.image.size, "shrinking")
         if self.image.bitmaps:  # (qcow2_truncate_bitmaps_check reads the bitmap directory)
             qcow2_trace.directory_read(self)
         blk = qcow2_trace.tracer(self, qcow2_trace.RESIZE_EVENTS)
@@ -1290,6 +1402,7 @@ class Qcow2Node(FormatNode):
         return start, max(start, end)
 
     def write_zeroes(self, offset, length, unmap=False):
+        self._refuse_compressed(offset, offset + length, "a zero write")
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS, flushed=True)
         if blk is not None:
             self._dirty(offset, length)
@@ -1305,6 +1418,8 @@ class Qcow2Node(FormatNode):
             super().write_zeroes(offset, length, unmap)
 
     def discard(self, offset, length):
+        if self.discard_unmap:
+            self._refuse_compressed(offset, offset + length, "a discard")
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS, flushed=True) if self.discard_unmap else None
         if blk is not None:
             self._dirty(offset, length, discard=True)
@@ -1316,6 +1431,9 @@ class Qcow2Node(FormatNode):
             super().discard(offset, length)
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
+        if len(offsets) and self.image._layout is not None and self.image._layout.any_compressed:
+            self._refuse_compressed(int(np.min(offsets)), int(np.max(np.asarray(offsets) + np.asarray(lengths))),
+                                    "a zero write")
         blk = qcow2_trace.tracer(self, qcow2_trace.WRITE_EVENTS, flushed=True)
         if blk is not None:  # (one request after another)
             for off, ln in zip(np.asarray(offsets).tolist(), np.asarray(lengths).tolist()):

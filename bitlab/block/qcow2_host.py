@@ -164,6 +164,7 @@ class HostLayout:
         self.free.write(0, self.meta, USED)
         self.top = self.meta  # clusters the file holds (it shrinks only when qcow2 shrinks)
         self.partial_end: int | None = None  # the file's length when its last cluster is a new L1 table
+        self.end_rounded = False  # the new file's length rounded up to whole sectors (see align_end)
         self.fci = 0
         self.refblocks = 1
         self.grown = False  # anything allocated since the file was made
@@ -188,6 +189,9 @@ class HostLayout:
         self.l2_cached: set[int] = set()  # L2 tables (L1 indices) in the cache: allocated or read since the open
         self.rb_cached: set[int] = set()  # refcount blocks in the cache (their reads since the open)
         self.stale_l1: set[int] = set()  # L1 entries on disk pointing at a freed L2 table (a failed flush)
+        self.compressed = ExtentMap(max(nclusters, 1), fill=0)  # 1 where the L2 entry is a compressed cluster's
+        self.any_compressed = False  # (a compressed cluster was ever written: the guards look only then)
+        self.free_byte_offset = 0  # qcow2_alloc_bytes: where the next compressed cluster may go (0: a new cluster)
 
     # -- what a recorder sees (log) --------------------------------------------------------------
     def _ev(self, name: str, times: int = 1) -> None:
@@ -545,6 +549,7 @@ class HostLayout:
         """The image is opened again: free_cluster_index starts at 0, the caches empty (whoever had it open
         before wrote them back on closing it, as qemu-img does)."""
         self.fci = 0
+        self.free_byte_offset = 0
         self.dirty_l2.clear()
         self.dirty_refblocks.clear()
         self.depends = {"l2": None, "rb": None}
@@ -1220,6 +1225,103 @@ class HostLayout:
         first = ~second
         return host[first], end, (np.cumsum(first)[j] - 1, counts[j - 1], host[j])
 
+    # -- compressed clusters (qcow2-cluster.c qcow2_alloc_compressed_cluster_offset) ------------------
+    def compressed_fit(self, clusters: np.ndarray, sizes: np.ndarray) -> bool:
+        """Whether writing these compressed clusters surely stays inside the host clusters the refcount blocks
+        cover (a new refcount block for qcow2_alloc_bytes, its -EAGAIN retry, is not simulated)."""
+        tables = np.unique(clusters // self.per_l2)
+        need = self.top + 2 * tables.size + int(sizes.sum()) // self.cs + 2
+        return need <= self.refblocks * self.refblock_span
+
+    def write_compressed(self, clusters: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Compressed clusters written one after another (guest ``clusters``, none holding a host cluster, of
+        ``sizes`` bytes): for each its L2 table where there is none (get_cluster_table), then its bytes
+        (qcow2_alloc_bytes, :meth:`_alloc_bytes`) and its L2 entry, dirty in the cache after the refcount blocks
+        (qcow2_cache_set_dependency). The file grows only by the bytes written. Returns their host byte offsets."""
+        cs = self.cs
+        end_before = (self.partial_end or self.top * cs) if self.grown else 0
+        offsets = np.empty(clusters.size, dtype=np.int64)
+        tables = clusters // self.per_l2
+        cuts = np.concatenate(([0], np.flatnonzero(tables[1:] != tables[:-1]) + 1, [clusters.size])).tolist()
+        for a, b in zip(cuts[:-1], cuts[1:]):  # (one L2 table after another)
+            index = int(tables[a])
+            if self.l2.look(index) < 0:
+                self._l2_allocate(index)
+            self._alloc_bytes(sizes[a:b], offsets[a:b])
+            self._set_dependency("l2", "rb")
+            self.dirty_l2.add(index)
+        ones = np.ones(clusters.size, dtype=np.int64)
+        self.compressed.write_batch(clusters, ones, ones)
+        self.zero_flag.write_batch(clusters, ones, np.zeros(clusters.size, dtype=np.int64))
+        self.any_compressed = True
+        self._fs_marks.append((offsets, sizes))  # (the compressed bytes alone are written)
+        self.fs_plain = False
+        hi = int((offsets + sizes).max())
+        if (hi - 1) // cs == self.top - 1:  # the file ends in a cluster of compressed bytes
+            end = max(hi, end_before) if end_before > (self.top - 1) * cs else hi
+            self.partial_end = None if end >= self.top * cs else end
+        return offsets
+
+    def _alloc_bytes(self, sizes: np.ndarray, out: np.ndarray) -> None:
+        """qcow2_alloc_bytes for chunks of ``sizes`` bytes in order (their offsets into ``out``): each goes at
+        free_byte_offset if it fits in that cluster; else a new cluster is taken (alloc_clusters_noref: first fit
+        from free_cluster_index) and the chunk runs on into it if it follows that cluster, or starts it. A chunk
+        that ends its cluster exactly leaves no free_byte_offset. One step per new cluster that is not the file's
+        tail; while the free space is the tail alone, the rest go in one cumulative sum."""
+        cs = self.cs
+        csum = np.cumsum(sizes)
+        i, n = 0, sizes.size
+        while i < n:
+            prev = int(csum[i - 1]) if i else 0
+            fbo = self.free_byte_offset
+            if fbo and cs - fbo % cs >= int(sizes[i]):
+                limit = (fbo // cs + 1) * cs
+            else:
+                new = self._first_fit(1)
+                if not (fbo and -(-fbo // cs) == new):
+                    fbo = new * cs
+                self._take(new, 1)
+                self.fci = new + 1
+                limit = (new + 1) * cs
+                if not self.has_holes():  # (the clusters after it are the tail: the chunks run on through them)
+                    extra = -(-(fbo + int(csum[-1]) - prev) // cs) - (new + 1)
+                    if extra > 0:
+                        self._take(new + 1, extra)
+                        self.fci = new + 1 + extra
+                        limit += extra * cs
+            k = int(np.searchsorted(csum, limit - fbo + prev, "right"))
+            out[i:k] = fbo + csum[i:k] - sizes[i:k] - prev
+            end = fbo + int(csum[k - 1]) - prev
+            self._refcounts_changed_range(fbo // cs, (end - 1) // cs + 1)
+            self.free_byte_offset = 0 if end % cs == 0 else end
+            i = k
+
+    def align_end(self) -> None:
+        """An empty compressed write: the file truncated to its length in whole sectors (bdrv_getlength rounds
+        up), which a file ending in compressed bytes grows to."""
+        if not self.grown:
+            self.end_rounded = True
+        elif self.partial_end:
+            self.partial_end = -(-self.partial_end // 512) * 512
+
+    def compressed_in(self, c0: int, c1: int) -> bool:
+        """Whether a guest cluster of ``[c0, c1)`` is a compressed cluster."""
+        if not self.any_compressed or c1 <= c0:
+            return False
+        return bool(self.compressed.extents(c0, min(c1, self.compressed.size) - c0)[2].any())
+
+    def compressed_runs(self, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of compressed guest clusters in ``[c0, c1)``: (starts, ends)."""
+        s, e, v = self.compressed.extents(c0, min(c1, self.compressed.size) - c0)
+        return s[v == 1], e[v == 1]
+
+    def compressed_count(self) -> int:
+        """Guest clusters that are compressed clusters."""
+        if not self.any_compressed:
+            return 0
+        s, e, v = _runs_with_ends(self.compressed)
+        return int((e - s)[v == 1].sum())
+
     # -- persistent bitmaps --------------------------------------------------------------------
     def store_bitmap(self, name: str, nonzero: np.ndarray, table_clusters: int) -> None:
         """store_bitmap: a cluster for each of the bitmap's data clusters holding a set bit, one
@@ -1305,9 +1407,11 @@ class HostLayout:
         self.guest.resize(new)
         self.zero_flag.resize(new)
         self.cow_written.resize(new)
+        self.compressed.resize(new)
         if new > old:
             self.guest.write(old, new - old, NONE)
             self.zero_flag.write(old, new - old, 0)
+            self.compressed.write(old, new - old, 0)
 
     def reconcile(self, c0: int, c1: int, starts: np.ndarray, ends: np.ndarray) -> None:
         """Guest clusters ``[c0, c1)`` hold a host cluster exactly where runs ``[starts, ends)``

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from bitarray import bitarray
 
-from . import hostfs
+from . import compress, hostfs
 from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
 from .qcow2_host import NONE, HostLayout
 
@@ -220,7 +220,10 @@ class ImageFile:
         cs = self.cluster_size
         c0, c1 = int(offsets[zeroing].min()) // cs, -(-int(ends[zeroing].max()) // cs)
         starts, stops = self._hosted_clusters(c0 * cs, min(c1 * cs, self.data.size))
-        self._layout.reconcile(c0, c1, np.maximum(starts, c0), np.minimum(stops, c1))
+        starts, stops = np.maximum(starts, c0), np.minimum(stops, c1)
+        if self._layout.any_compressed:  # (a compressed cluster's data has no host cluster of its own)
+            starts, stops = _minus(starts, stops, *self._layout.compressed_runs(c0, c1))
+        self._layout.reconcile(c0, c1, starts, stops)
 
     def _hosts_nothing(self) -> bool:
         """Whether neither the layout nor the content (a few runs of it looked at) has a host cluster anywhere
@@ -234,6 +237,29 @@ class ImageFile:
             return False
         kinds = vals.tolist()
         return max(kinds) < 0 and ZERO_ALLOC not in kinds
+
+    # -- compressed clusters ------------------------------------------------------------------------
+    def write_compressed(self, clusters: np.ndarray, sizes: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                         values: np.ndarray) -> np.ndarray:
+        """Guest ``clusters`` written compressed one after another (of ``sizes`` bytes: :meth:`compressed_sizes`),
+        holding the runs ``[starts, ends)`` of byte ``values``: the layout's bytes for them, then the content (the
+        layout has seen it). The caller has checked that none holds a host cluster and that each compresses.
+        Returns their host byte offsets."""
+        hosts = self.layout.write_compressed(clusters, sizes)
+        self._write_unwatched(np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64),
+                              np.asarray(values, dtype=np.int64))
+        return hosts
+
+    def compressed_sizes(self, clusters: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                         values: np.ndarray) -> np.ndarray:
+        """What each of ``clusters`` holding these runs compresses to (:data:`.compress.NOT_COMPRESSIBLE` where it
+        does not); ValueError for opaque tokens."""
+        return compress.cluster_sizes(starts, ends, values, clusters, self.cluster_size)
+
+    def has_compressed(self) -> bool:
+        """Whether the image holds a compressed cluster (qcow2)."""
+        layout = self._layout
+        return layout is not None and layout.compressed_count() > 0
 
     # -- the bytes of the last cluster past the disk's end (qcow2) --------------------------------
     def _data_cluster(self, start: int, end: int) -> bool:
@@ -332,7 +358,8 @@ class ImageFile:
             return layout.partial_end or layout.top * self.cluster_size
         l1_bytes = 8 * layout.l1_entries
         cs = self.cluster_size
-        return QCOW2_EMPTY_CLUSTERS * cs + (-(-l1_bytes // cs) * cs if self.l1_padded else l1_bytes)
+        length = QCOW2_EMPTY_CLUSTERS * cs + (-(-l1_bytes // cs) * cs if self.l1_padded else l1_bytes)
+        return -(-length // 512) * 512 if layout.end_rounded else length
 
     def make_empty(self) -> None:
         """qcow2_make_empty, as qemu-img commit leaves the top image: nothing allocated. A v3 file
@@ -355,6 +382,25 @@ class ImageFile:
             return
         self.discard_clusters(0, self.data.size)
         self.data.write(0, self.data.size, UNALLOCATED)
+
+
+def _minus(starts: np.ndarray, ends: np.ndarray, cut_s: np.ndarray, cut_e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranges ``[starts, ends)`` (sorted, disjoint) without the ranges ``[cut_s, cut_e)`` (sorted, disjoint)."""
+    if not cut_s.size or not starts.size:
+        return starts, ends
+    bounds = np.unique(np.concatenate((starts, ends, cut_s, cut_e)))
+    seg = bounds[:-1]
+
+    def inside(s: np.ndarray, e: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(s, seg, "right") - 1
+        return (j >= 0) & (seg < e[np.maximum(j, 0)])
+
+    keep = inside(starts, ends) & ~inside(cut_s, cut_e)
+    s, e = seg[keep], bounds[1:][keep]
+    new = np.ones(s.size, dtype=bool)
+    new[1:] = s[1:] != e[:-1]
+    last = np.append(np.flatnonzero(new)[1:] - 1, s.size - 1)
+    return s[new], e[last] if s.size else e
 
 
 class _StoredBitmaps:

@@ -226,6 +226,7 @@ class BlockCopy:
         self.skip_unallocated = False
         self.rate = RateLimit()
         self.method = READ_WRITE
+        self.compress = False  # data tasks write with BDRV_REQ_WRITE_COMPRESSED (backup's ``compress``)
         self.ranges = False  # whether copy_range reaches a file on both sides
         # block_copy_max_transfer, aligned down to the cluster (blkdebug's max-transfer, through the parents)
         limit = min(_max_transfer(source) or INT_MAX, _max_transfer(target) or INT_MAX, INT_MAX)
@@ -241,9 +242,10 @@ class BlockCopy:
         zero-filled data stays data. It works between qcow2, raw and file nodes over files (the image
         store is one file system); any other node on the way answers ENOTSUP. On a qcow2 target over
         such a node QEMU has allocated the cluster first: not simulated (its copy falls back at once).
-        ``compress`` copies one cluster a task, by read and write, whatever ``use_copy_range`` says (the
-        compressed clusters QEMU writes are not simulated: bitlab writes them as they are), and so does a
-        ``max_transfer`` below the cluster size; a larger one caps the tasks."""
+        ``compress`` copies one cluster a task, by read and write, whatever ``use_copy_range`` says, each data
+        task's write compressed (:meth:`Qcow2Node.write_compressed_clusters`; zero tasks write zeroes, without the
+        flag), and so does a ``max_transfer`` below the cluster size; a larger one caps the tasks."""
+        self.compress = compress
         cluster_tasks = compress or self.max_transfer < self.cluster_size  # (copy_range ignores max_transfer)
         self.method = READ_WRITE_CLUSTER if cluster_tasks else RANGE_SMALL if use_copy_range else READ_WRITE
         self.ranges = _copies_ranges(self.source) and _copies_ranges(self.target)  # data reaches files
@@ -344,6 +346,10 @@ class BlockCopy:
             try:
                 if task.zero:
                     self.target.write_zeroes(task.offset, self._io(task))
+                elif self.compress:
+                    starts, ends, vals = task.runs
+                    self.target.write_compressed_clusters(np.array([task.offset // self.cluster_size]),
+                                                          np.array([self._io(task)]), starts, ends, vals)
                 else:
                     starts, ends, vals = task.runs
                     self.target.write_buffer(task.offset, self._io(task), starts, ends, vals)
@@ -907,10 +913,28 @@ class BlockCopy:
         io = np.minimum(offsets + nbytes, self.len) - offsets
         ptr = batch.ptr[i0 : i1 + 1] - p0
         runs = batch.run_s[p0:p1], batch.run_e[p0:p1], batch.run_v[p0:p1]
-        if self._writes_in_order(offsets, io, zero | detected, ptr):
+        if self.compress:
+            self._write_compressed(offsets, io, np.where(zero, 1, np.where(detected, 2, 0)), ptr, runs)
+        elif self._writes_in_order(offsets, io, zero | detected, ptr):
             self._write_in_order(offsets, io, zero, detected, ptr, runs)
         else:
             self._write_tasks(offsets, io, zero, detected, ptr, runs)
+
+    def _write_compressed(self, offsets: np.ndarray, io: np.ndarray, kind: np.ndarray, ptr: np.ndarray,
+                          runs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """A compressed backup's target writes, in task order (one cluster a task): stretches of zero tasks
+        (``kind`` 1) as zero writes, of tasks whose zeroes the target detects (2) as zero writes that may unmap
+        as it says, of data tasks (0) compressed at once."""
+        starts, ends, vals = runs
+        cut = np.flatnonzero(kind[1:] != kind[:-1]) + 1
+        for a, b in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [kind.size])).tolist()):
+            if kind[a]:
+                unmap = kind[a] == 2 and bool(self.target.zero_detected())
+                self.target.write_zeroes_batch(offsets[a:b], io[a:b], unmap)
+            else:
+                r0, r1 = int(ptr[a]), int(ptr[b])
+                self.target.write_compressed_clusters(offsets[a:b] // self.cluster_size, io[a:b], starts[r0:r1],
+                                                      ends[r0:r1], vals[r0:r1])
 
     def _write_tasks(self, offsets: np.ndarray, io: np.ndarray, zero: np.ndarray, detected: np.ndarray,
                      ptr: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:

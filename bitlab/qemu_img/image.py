@@ -181,14 +181,16 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if not image.is_qcow2:
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
     cs = image.cluster_size
-    allocated = image.allocated_clusters()
+    compressed = image.layout.compressed_count()  # (allocated, compressed and fragmented by nature)
+    allocated = image.allocated_clusters() + compressed
     end = image.layout.end_cluster() * cs
     out = "No errors were found on the image.\n"
     if allocated:
         total = -(-image.size // cs)
+        fragmented = _fragmented(Layer(positional[0], image)) + compressed
         out += (f"{allocated}/{total} = {allocated * 100 / total:0.2f}% allocated, "
-                f"{_fragmented(Layer(positional[0], image)) * 100 / allocated:0.2f}% fragmented, "
-                "0.00% compressed clusters\n")
+                f"{fragmented * 100 / allocated:0.2f}% fragmented, "
+                f"{compressed * 100 / allocated:0.2f}% compressed clusters\n")
     return out + f"Image end offset: {end}\n"
 
 

@@ -66,9 +66,13 @@ def format_json(entries: list[dict]) -> str:
 
 
 def format_human(entries: list[dict]) -> str:
-    """dump_map_entry's table: the ranges that hold data, with their host offset and file."""
+    """dump_map_entry's table: the ranges that hold data, with their host offset and file; an entry of data
+    without one (compressed clusters) ends it with an error."""
     out = [HUMAN_HEADER]
     for e in entries:
+        if e["data"] and "offset" not in e:  # (a compressed cluster's data has no host offset of its own)
+            raise QemuImgError("qemu-img: File contains external, encrypted or compressed clusters.\n",
+                               stdout="".join(out))
         if e["data"] and not e["zero"]:
             out.append(f"{_hex(e['start']):<16}{_hex(e['length']):<16}{_hex(e['offset']):<16}{e['filename']}\n")
     return "".join(out)

@@ -79,6 +79,9 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
             gen = flushed.write_gen
             if req.zero:
                 node.write_zeroes(offset, length, unmap=req.unmap)
+            elif req.compress:
+                node.write_compressed(offset, length, np.array([offset]), np.array([offset + length]),
+                                      np.array([0xCD if req.pattern is None else req.pattern]))
             else:
                 node.write(offset, length, 0xCD if req.pattern is None else req.pattern)
             if req.fua:

@@ -43,7 +43,7 @@ COMMANDS = {cmd.name: cmd for cmd in (
     Command("readv", "", 2, -1, "CP:qv", "[-Cqv] [-P pattern] off len [len..]",
             "reads a number of bytes at a specified offset", unsimulated="C"),
     Command("write", "w", 2, -1, "bcCfnpP:qs:uz", "[-bcCfnquz] [-P pattern | -s source_file] off len",
-            "writes a number of bytes at a specified offset", unsimulated="bcCns"),
+            "writes a number of bytes at a specified offset", unsimulated="bCns"),
     Command("writev", "", 2, -1, "CfqP:", "[-Cfq] [-P pattern] off len [len..]",
             "writes a number of bytes at a specified offset", unsimulated="C"),
     Command("discard", "d", 2, -1, "Cq", "[-Cq] off len", "discards a number of bytes at a specified offset",
@@ -89,6 +89,7 @@ class Request:
     verbose: bool = False  # read -v, readv -v: the buffer dumped
     prealloc: str = "off"  # truncate -m
     fua: bool = False  # write -f, writev -f: Force Unit Access
+    compress: bool = False  # write -c: BDRV_REQ_WRITE_COMPRESSED (a zero write, -z, ignores it)
     warnings: tuple[str, ...] = field(default=())  # warn_report texts (hex with a suffix)
 
 
@@ -235,6 +236,10 @@ def _parse(line: str) -> Request:
     if length > BDRV_REQUEST_MAX_BYTES:
         tail = " without -n" if cmd.name == "write" else ""
         raise QemuIoError(f"length cannot exceed {BDRV_REQUEST_MAX_BYTES}{tail}, given {args[1]}\n")
+    if cmd.name == "write" and ("b" in flags or "c" in flags):  # (whole sectors only)
+        for value, what in ((offset, "offset"), (length, "count")):
+            if value % 512:
+                raise QemuIoError(f"{value} is not a sector-aligned value for '{what}'\n")
     if cmd.name == "read":
         if (pattern_count is not None or pattern_offset is not None) and pattern is None:
             raise QemuIoError(cmd.usage)
@@ -249,7 +254,7 @@ def _parse(line: str) -> Request:
     return Request(cmd.name, offset, length, pattern, pattern_offset or 0,
                    length if pattern_count is None else pattern_count, zero="z" in flags,
                    unmap="u" in flags, quiet="q" in flags, verbose="v" in flags, fua="f" in flags,
-                   warnings=tuple(warnings))
+                   compress="c" in flags, warnings=tuple(warnings))
 
 
 def _vectored(cmd: Command, args: list[str], flags: dict[str, str], pattern: int | None,

@@ -1,0 +1,172 @@
+"""qcow2 compressed clusters: qemu-io ``write -c`` and a backup with ``compress``, as QEMU 7.2 writes them.
+
+qcow2_co_pwritev_compressed_task deflates each cluster (raw zlib: 64 KiB of one byte to 79 bytes) and
+qcow2_alloc_bytes packs the chunks one after another into host clusters (a chunk may run into the next cluster
+only if it follows); a compressed cluster is data without a host offset (``qemu-img map``), allocated, compressed
+and fragmented for ``qemu-img check``. Measured on QEMU 7.2 (system emulator: qemu-io over NBD cannot compress).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bitlab import Machine, QemuImgError
+from bitlab.block.compress import cluster_sizes
+from bitlab.errors import QMPError
+
+from ..both import on_both
+
+K = 1 << 10
+
+
+def _qemu_io(vm: Machine, node: str, cmd: str) -> str:
+    return vm.qemu_io(node, cmd).split("\n")[0]
+
+
+def _write_story(vm: Machine) -> list:
+    """Compressed writes next to a normal one on a 4 MiB image: their replies, the file node's length and the
+    image's actual-size, then qemu-img map (JSON, human), check and info's disk size."""
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a", "file": {"driver": "file", "filename": "a.qcow2",
+                                                                           "node-name": "a-file"}})
+    out: list = [_qemu_io(vm, "a", cmd) for cmd in (
+        "write -c -P 0x11 0 64k", "write -c -P 0x22 64k 64k", "write -P 0x33 128k 64k", "write -c 256k 64k",
+        "write -c 0 64k", "write -c 512 64k", "write -c 64k 1k", "write -c -z 320k 64k",
+        "write -c -P 0 2M 64k", "read -P 0x22 64k 64k")]
+    nodes = {n["node-name"]: n["image"] for n in vm.qmp("query-named-block-nodes", {})}
+    out.append((nodes["a-file"]["virtual-size"], nodes["a"]["actual-size"]))
+    vm.qmp("blockdev-del", {"node-name": "a"})
+    out.append(vm.qemu_img("map", "--output=json", "a.qcow2"))
+    try:
+        vm.qemu_img("map", "a.qcow2")
+    except QemuImgError as err:
+        out.append((err.stdout, err.stderr, err.returncode))
+    out.append(vm.qemu_img("check", "a.qcow2"))
+    out.append([line for line in vm.qemu_img("info", "a.qcow2").splitlines() if "disk size" in line])
+    return out
+
+
+WRITE_STORY = [
+    "wrote 65536/65536 bytes at offset 0", "wrote 65536/65536 bytes at offset 65536",
+    "wrote 65536/65536 bytes at offset 131072", "wrote 65536/65536 bytes at offset 262144",
+    "write failed: Input/output error", "write failed: Invalid argument", "write failed: Invalid argument",
+    "wrote 65536/65536 bytes at offset 327680", "wrote 65536/65536 bytes at offset 2097152",
+    "read 65536/65536 bytes at offset 65536",
+    (458752, 335872),
+    '[{ "start": 0, "length": 131072, "depth": 0, "present": true, "zero": false, "data": true},\n'
+    '{ "start": 131072, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true, '
+    '"offset": 393216},\n'
+    '{ "start": 196608, "length": 65536, "depth": 0, "present": false, "zero": true, "data": false},\n'
+    '{ "start": 262144, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true},\n'
+    '{ "start": 327680, "length": 65536, "depth": 0, "present": true, "zero": true, "data": false},\n'
+    '{ "start": 393216, "length": 1703936, "depth": 0, "present": false, "zero": true, "data": false},\n'
+    '{ "start": 2097152, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true},\n'
+    '{ "start": 2162688, "length": 2031616, "depth": 0, "present": false, "zero": true, "data": false}]\n',
+    ("Offset          Length          Mapped to       File\n",
+     "qemu-img: File contains external, encrypted or compressed clusters.\n", 1),
+    "No errors were found on the image.\n5/64 = 7.81% allocated, 80.00% fragmented, 80.00% compressed clusters\n"
+    "Image end offset: 458752\n",
+    ["disk size: 328 KiB"],
+]
+
+
+def test_write_c_simulated() -> None:
+    assert _write_story(Machine()) == WRITE_STORY
+
+
+@pytest.mark.qemu
+def test_write_c_on_both() -> None:
+    real, sim = on_both(_write_story, daemon="system")
+    assert sim == real == WRITE_STORY
+
+
+def test_packing_and_file_length() -> None:
+    """Chunks of 79 bytes packed one after another after the L2 table (host cluster 5, 64 KiB clusters); a
+    reopened image starts a new cluster (free_byte_offset 0 after open); an empty write rounds the file's length
+    up to a sector; the last, partial cluster of a disk is padded (one chunk)."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "100k")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a", "file": {"driver": "file", "filename": "a.qcow2"}})
+    assert _qemu_io(vm, "a", "write -c -P 7 64k 36k") == "wrote 36864/36864 bytes at offset 65536"
+    image = vm.images["a.qcow2"]
+    assert image.file_length() == 5 * 64 * K + 84  # (measured: 327764)
+    assert _qemu_io(vm, "a", "write -c 0 0") == "wrote 0/0 bytes at offset 0"
+    assert image.file_length() == 5 * 64 * K + 512
+    layout = image.layout
+    assert layout.free_byte_offset == 5 * 64 * K + 84 and layout.compressed_count() == 1
+    layout.reopen()
+    assert layout.free_byte_offset == 0
+    sizes = cluster_sizes(np.array([0, 32 * K]), np.array([32 * K, 100 * K]), np.array([0x11, 0]),
+                          np.array([0, 1]), 64 * K)
+    assert sizes.tolist() == [80, 78]
+
+
+def test_refusals() -> None:
+    """What bitlab does not simulate over compressed clusters it refuses: a normal write, a zero write, a discard,
+    a shrink through one, qemu-img commit or rebase of such an image; raw answers ENOTSUP as QEMU does."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "1M")
+    vm.qemu_img("create", "-f", "raw", "r.raw", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a", "discard": "unmap",
+                            "file": {"driver": "file", "filename": "a.qcow2"}})
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": "r.raw"}})
+    assert _qemu_io(vm, "r", "write -c 0 64k") == "write failed: Operation not supported"
+    _qemu_io(vm, "a", "write -c 64k 64k")
+    for cmd, what in (("write 70k 4k", "a write"), ("write -z 64k 64k", "a zero write"),
+                      ("discard 0 1M", "a discard")):
+        with pytest.raises(QMPError, match=f"bitlab does not simulate {what} over a compressed cluster"):
+            vm.qemu_io("a", cmd)
+    with pytest.raises(QMPError, match="bitlab does not simulate shrinking over a compressed cluster"):
+        vm.qmp("block_resize", {"node-name": "a", "size": 64 * K})
+    assert _qemu_io(vm, "a", "write 128k 64k") == "wrote 65536/65536 bytes at offset 131072"  # (elsewhere: fine)
+    vm.qmp("blockdev-del", {"node-name": "a"})
+    vm.qemu_img("create", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "top.qcow2")
+    with pytest.raises(QemuImgError, match="bitlab does not simulate committing an image with compressed"):
+        vm.qemu_img("commit", "top.qcow2")
+
+
+def _backup_story(vm: Machine, workers: int) -> list:
+    """A compressed full backup (``workers``: x-perf max-workers, 0 for QEMU's default) of data, a zero
+    cluster and a partial cluster: the job's end, actual-size, the target's map and check, compare."""
+    vm.qemu_img("create", "-f", "qcow2", "s.qcow2", "4M")
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "s", "file": {"driver": "file", "filename": "s.qcow2"}})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "t", "file": {"driver": "file", "filename": "t.qcow2"}})
+    vm.write("s", 0, 64 * K, pattern=0x11)
+    vm.write("s", 64 * K, 32 * K, pattern=0x22)
+    vm.write("s", 192 * K, 128 * K, pattern=0x33)
+    vm.guest_io("s", f"write -z {1024 * K} {64 * K}")
+    vm.write("s", 2048 * K, 100 * K, pattern=0x44)
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "s", "target": "t", "sync": "full", "compress": True,
+                               "x-perf": {"max-workers": workers} if workers else {}})
+    vm.run()
+    ends = [(e["event"], e["data"].get("error")) for e in vm.events if e["event"] == "BLOCK_JOB_COMPLETED"]
+    size = {n["node-name"]: n["image"].get("actual-size") for n in vm.qmp("query-named-block-nodes", {})}["t"]
+    vm.qmp("blockdev-del", {"node-name": "t"})
+    vm.qmp("blockdev-del", {"node-name": "s"})
+    return [ends, size, json.loads(vm.qemu_img("map", "--output=json", "t.qcow2")), vm.qemu_img("check", "t.qcow2"),
+            vm.qemu_img("compare", "s.qcow2", "t.qcow2")]
+
+
+BACKUP_CHECK = ("No errors were found on the image.\n6/64 = 9.38% allocated, 100.00% fragmented, "
+                "100.00% compressed clusters\nImage end offset: 393216\n")
+
+
+def test_compressed_backup_simulated() -> None:
+    ends, size, entries, check, compare = _backup_story(Machine(), 1)
+    assert ends == [("BLOCK_JOB_COMPLETED", None)] and size == 270336 and check == BACKUP_CHECK
+    assert [(e["start"], e["length"], e["zero"], e["data"], e.get("offset")) for e in entries] == [
+        (0, 128 * K, False, True, None), (128 * K, 64 * K, True, False, None), (192 * K, 128 * K, False, True, None),
+        (320 * K, 1728 * K, True, False, None), (2048 * K, 128 * K, False, True, None),
+        (2176 * K, 1920 * K, True, False, None)]
+    assert compare == "Images are identical.\n"
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("workers", [1, 0])
+def test_compressed_backup_on_both(workers: int) -> None:
+    real, sim = on_both(lambda vm: _backup_story(vm, workers), daemon="system")
+    assert sim == real
