@@ -27,9 +27,7 @@ DIFFERENT_COMMANDS = {
 }
 DIFFERENT_SCENARIOS: dict[str, str] = {}
 # Other steps bitlab does not reproduce, with the reason.
-DIFFERENT_STEPS = {
-    ("nodes-and-arguments", 44): "compressed clusters' size in the host file is not modelled",
-}
+DIFFERENT_STEPS: dict[tuple[str, int], str] = {}
 # qcow2 files holding persistent bitmaps: bitlab does not lay out the bitmap directory and
 # tables in the host file, so the file node's length differs.
 PERSISTENT_LAYOUT = {"persistent", "persistent-read-only-node", "persistent-inconsistent-after-kill",

@@ -82,7 +82,7 @@ def test_hex_with_a_suffix_warns_on_the_monitor():
 def test_what_bitlab_does_not_run_says_so():
     for line, text in (("aio_write 0 512", "bitlab's qemu-io runs read, readv, write, writev, discard, flush, alloc, "
                                            "map, length, info, truncate; \"aio_write\" is not simulated\n"),
-                       ("write -c 0 512", "bitlab's qemu-io does not simulate write -c\n"),
+                       ("write -b 0 512", "bitlab's qemu-io does not simulate write -b\n"),
                        ("readv -C 0 512", "bitlab's qemu-io does not simulate readv -C\n")):
         with pytest.raises(QemuIoError) as err:
             parse_qemu_io(line)
