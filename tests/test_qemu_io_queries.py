@@ -136,6 +136,8 @@ def test_length_readv_writev_and_dumps_over_nbd_on_qemu_storage_daemon():
         for verb in ("map", "truncate 2M"):
             with pytest.raises(QemuDaemonError, match=f"qemu-io '{verb.split()[0]}' needs the block layer itself"):
                 real.qemu_io("d0", verb)
+        with pytest.raises(QemuDaemonError, match="qemu-io 'write -c' needs the block layer itself"):
+            real.qemu_io("d0", "write -c 0 64k")  # (NBD has no compressed writes: it would write a normal cluster)
     assert _over_nbd(Machine()) == want
 
 

@@ -1077,8 +1077,9 @@ class QemuMachine(GuestIO, Monitor):
         return self.console_take()
 
     def _nbd_io(self, node: str, req: Request, attach: str | None = None) -> str:
-        if req.verb in NBD_UNANSWERED:
-            raise QemuDaemonError(f"qemu-io '{req.verb}' needs the block layer itself, which NBD does not reach: "
+        if req.verb in NBD_UNANSWERED or req.compress:
+            what = "write -c" if req.compress else req.verb
+            raise QemuDaemonError(f"qemu-io '{what}' needs the block layer itself, which NBD does not reach: "
                                   "use the system emulator (Machine(backend='qemu', daemon='system'), or add_drive "
                                   "first), or block_resize for truncate")
         temporary = node not in self._exports

@@ -674,6 +674,20 @@ class Qcow2Node(FormatNode):
             else:
                 self.file.write_gen += 1
 
+    def compressed_write_meets_host(self, clusters: np.ndarray) -> bool:
+        """Whether one of guest ``clusters`` (ascending) already has a host offset (data, a zero cluster that kept
+        its host cluster, or a compressed cluster): qcow2_alloc_compressed_cluster_offset fails its write (EIO)."""
+        layout = self.image.layout
+        c0, c1 = int(clusters[0]), int(clusters[-1]) + 1
+        hs, he, _ = layout.hosted(c0, c1)
+        c_s, c_e = layout.compressed_runs(c0, c1)
+        rs, re = np.concatenate((hs, c_s)), np.concatenate((he, c_e))
+        if not rs.size:
+            return False
+        order = np.argsort(rs)
+        j = np.searchsorted(rs[order], clusters, "right") - 1
+        return bool(((j >= 0) & (clusters < re[order][np.maximum(j, 0)])).any())
+
     def _compress_sizes(self, clusters: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                         values: np.ndarray) -> np.ndarray:
         """The compressed size of each cluster, once bitlab knows it can simulate their writes exactly (else a
@@ -686,13 +700,7 @@ class Qcow2Node(FormatNode):
         elif self.detect_zeroes != "off":
             why = "a compressed write to a node with detect-zeroes"
         layout = image.layout
-        hs, he, _ = layout.hosted(int(clusters[0]), int(clusters[-1]) + 1)
-        c_s, c_e = layout.compressed_runs(int(clusters[0]), int(clusters[-1]) + 1)
-        rs, re = np.concatenate((hs, c_s)), np.concatenate((he, c_e))
-        j = np.searchsorted(np.sort(rs), clusters, "right") - 1
-        ends_sorted = re[np.argsort(rs)]
-        met = bool(((j >= 0) & (clusters < ends_sorted[np.maximum(j, 0)])).any()) if rs.size else False
-        if why is None and met:
+        if why is None and self.compressed_write_meets_host(clusters):
             if clusters.size == 1:
                 raise BlockIOError(errno.EIO, "write")
             why = "compressed writes of several clusters meeting one that has a host offset (QEMU's tasks race)"

@@ -643,6 +643,12 @@ class BlockCopy:
         if detects and not self._zeroes_keep_allocation(offsets, nbytes, zero | detected):
             return False
         cs = self.cluster_size
+        if self.compress and not zero.all():  # a data task onto a cluster with a host offset fails (EIO): task by task
+            data = ~(zero | detected)
+            first, count = offsets[data] // cs, -(-(offsets[data] + nbytes[data]) // cs) - offsets[data] // cs
+            clusters = np.repeat(first - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+            if clusters.size and self.target.compressed_write_meets_host(clusters):
+                return False
         # Every dirty bit from the first task to the last belongs to a task of the batch.
         self.bitmap.bits[int(offsets[0]) // cs : self._clusters(int(offsets[-1] + nbytes[-1]))] = 0
         if self._nset is not None:
