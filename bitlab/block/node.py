@@ -647,23 +647,47 @@ class Qcow2Node(FormatNode):
         image = self.image
         cs = image.cluster_size
         if length == 0:
+            if self.detect_zeroes != "off":
+                raise generic("bitlab does not simulate an empty compressed write to a node with detect-zeroes")
             image.layout.align_end()
+            return
+        if self.detect_zeroes != "off" and not np.asarray(values).any():
+            # bdrv_aligned_pwritev: a buffer of zeroes becomes a zero write before the driver sees the flag
+            self.write_zeroes(offset, length, unmap=self.detect_zeroes == "unmap")
             return
         if offset % cs or (length % cs and offset + length != self.size):
             raise BlockIOError(errno.EINVAL, "write")
         c0, c1 = offset // cs, -(-(offset + length) // cs)
         self.write_compressed_clusters(np.arange(c0, c1, dtype=np.int64), np.full(c1 - c0, cs), starts, ends,
-                                       values)
+                                       values, detect=False)
 
     def write_compressed_clusters(self, clusters: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
-                                  ends: np.ndarray, values: np.ndarray) -> None:
+                                  ends: np.ndarray, values: np.ndarray, detect: bool = True) -> None:
         """Compressed write requests of one cluster each (``lengths``: the disk's last one may be shorter), in
         order, their buffers the runs ``[starts, ends)``: qcow2_co_pwritev_compressed_task deflates each cluster
         (:mod:`.compress`) and takes bytes for it (:meth:`.HostLayout.write_compressed`); a cluster that already
         has a host offset fails with EIO (qcow2_alloc_compressed_cluster_offset). What bitlab does not simulate
-        it refuses before writing anything."""
+        it refuses before writing anything. On a node with detect-zeroes (``detect``: each cluster its own
+        request) a cluster of zeroes is a zero write (unmapping with ``unmap``), in its place in the order."""
         image = self.image
         cs = image.cluster_size
+        if detect and self.detect_zeroes != "off":
+            starts, ends, values = (np.asarray(a, dtype=np.int64) for a in (starts, ends, values))
+            n = clusters.size
+            at = np.searchsorted(clusters, starts // cs)  # (the clusters each nonzero run touches, by position)
+            upto = np.searchsorted(clusters, -(-ends // cs))
+            nonzero = values != 0
+            zero = ~_touched(at[nonzero], upto[nonzero], n)
+            if zero.any():
+                cut = np.flatnonzero(zero[1:] != zero[:-1]) + 1
+                for a, b in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [n])).tolist()):
+                    if zero[a]:
+                        self.write_zeroes_batch(clusters[a:b] * cs, lengths[a:b], unmap=self.detect_zeroes == "unmap")
+                    else:
+                        s, e, v, _ = clip_runs(starts, ends, values, clusters[a:a + 1] * cs,
+                                               clusters[b - 1:b] * cs + lengths[b - 1:b])
+                        self.write_compressed_clusters(clusters[a:b], lengths[a:b], s, e, v, detect=False)
+                return
         sizes = self._compress_sizes(clusters, starts, ends, values)
         self._dirty_batch(clusters * cs, lengths)
         with self._file_sees() as listen:
@@ -697,8 +721,6 @@ class Qcow2Node(FormatNode):
         why = None
         if self.child("file") is None or self.file.driver != "file":
             why = f"a compressed write to a qcow2 node over a {self.file.driver} node"
-        elif self.detect_zeroes != "off":
-            why = "a compressed write to a node with detect-zeroes"
         layout = image.layout
         if why is None and self.compressed_write_meets_host(clusters):
             if clusters.size == 1:
@@ -899,10 +921,13 @@ class Qcow2Node(FormatNode):
         if blk is not None:
             qcow2_trace.run(self, blk, lambda: self._write_data(offsets, ends, values), int(ends[-1] - offsets[0]))
             return
-        if (int(offsets[0]) | int(ends[-1])) % self.image.cluster_size and (self._prealloc is None or self.backing):
+        cs = self.image.cluster_size
+        if (int(offsets[0]) | int(ends[-1])) % cs:
+            # (a copy on write past the end of the disk, in its last partial cluster, is never zeroes)
+            past_end = self.size % cs != 0 and int(ends[-1]) > self.size - self.size % cs
             if self._prealloc is None:
                 self._cow_asks_status(offsets, ends)
-            if self.backing is not None:
+            if self.backing is not None or past_end:
                 self._note_cow(offsets, ends)
         if self.tracing:  # (one request, whatever runs its buffer holds: the layout marks its pieces)
             self.trace_requests.append((offsets, ends, values))
@@ -1013,13 +1038,13 @@ class Qcow2Node(FormatNode):
         (count_contiguous_subclusters)."""
         cs = self.image.cluster_size
         c_s, c_e = self.image.layout.compressed_runs(lo // cs, -(-hi // cs))
-        if not c_s.size:
+        starts, ends, flags = runs
+        if not c_s.size or not len(starts):
             return runs
         n = c_e - c_s + 1
         at = np.repeat(c_s, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        starts, ends, flags = runs
         cuts = at * cs
-        cuts = cuts[(cuts > lo) & (cuts < hi)]
+        cuts = cuts[(cuts > starts[0]) & (cuts < ends[-1])]
         new = np.union1d(starts, cuts)
         owner = np.searchsorted(starts, new, "right") - 1
         return new, np.append(new[1:], ends[-1]), flags[owner]
@@ -1052,7 +1077,11 @@ class Qcow2Node(FormatNode):
         """Whether a copy on write region ``[lo, hi)`` counts as zeroes for qcow2 (is_zero_cow: one answer of
         bdrv_is_allocated_above from this node down covers the whole region, and it is unallocated all the
         way down, or a zero cluster, or past the end of a shorter backing file), so that qcow2 zeroes the new
-        clusters (file-posix: unwritten) instead of copying (written)."""
+        clusters (file-posix: unwritten) instead of copying (written). A region reaching past this node's end
+        (the tail of a disk's last, partial cluster) is not: the answer stops at the end (measured with strace on
+        QEMU 7.2: such a write's cluster is written whole, zeroes included, not zeroed by fallocate)."""
+        if hi > self.size:
+            return False
         node, length = self, hi - lo
         while isinstance(node, Qcow2Node):
             if lo >= node.size:  # (zeroes past the end of a layer, answered for the whole request)
@@ -1102,10 +1131,19 @@ class Qcow2Node(FormatNode):
         """Runs of the image's content with its data runs cut where the file's answer (SEEK_DATA/SEEK_HOLE
         at their host offsets) ends: a piece where the file has a hole or unwritten blocks becomes zeroes
         (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO, which block-copy takes for zeroes)."""
-        data = np.flatnonzero(vals >= 0)
+        layout = self.image.layout
+        is_data = vals >= 0
+        if layout.any_compressed and starts.size:  # (no BDRV_BLOCK_RECURSE for a compressed cluster: no host offset)
+            starts, ends, vals = self._compressed_apart((starts, ends, vals), int(starts[0]), int(ends[-1]))
+            cs = self.image.cluster_size
+            c_s, c_e = layout.compressed_runs(int(starts[0]) // cs, -(-int(ends[-1]) // cs))
+            j = np.searchsorted(c_s, starts // cs, "right") - 1
+            compressed = (j >= 0) & (starts // cs < c_e[np.maximum(j, 0)]) if c_s.size else False
+            is_data = (vals >= 0) & ~compressed
+        data = np.flatnonzero(is_data)
         if not data.size:
             return starts, ends, vals
-        idx, host, n = self.image.layout.host_pieces(starts[data], ends[data])
+        idx, host, n = layout.host_pieces(starts[data], ends[data])
         first = np.ones(idx.size, dtype=bool)  # the first piece of each run
         first[1:] = idx[1:] != idx[:-1]
         before = np.cumsum(n) - n  # the guest offset of each piece: its run's start, plus the pieces before it

@@ -8,12 +8,14 @@ import time
 
 from ..backends.qemu import QemuNotFound, qemu_missing
 from .gen_blkdebug import blkdebug_scenario
+from .gen_compress import compress_scenario
 from .gen_parents import parents_scenario
 from .gen_running import running_scenario
 from .generator import random_scenario
 from .runner import check
 
-FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario}
+FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario,
+         "compress": compress_scenario}
 
 
 def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None,

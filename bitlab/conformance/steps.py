@@ -3,7 +3,8 @@
 A scenario is ``{"name", "steps": [...]}`` (optionally ``"drives": [...]`` for ``-drive``
 devices); a step is one of ``{"qmp": message}``, ``{"hmp": line}``, ``{"qemu-img": argv}``,
 ``{"write"|"zero"|"discard": {"node", "offset", "length"[, "pattern"]}}`` (a zero write may unmap with
-``"unmap": true``: ``write -z -u``; a write with ``"fua": true`` is ``write -f``; ``"flush": false``: no flush
+``"unmap": true``: ``write -z -u``; a write with ``"fua": true`` is ``write -f``, with ``"compress": true``
+``write -c``; ``"flush": false``: no flush
 after it),
 ``{"read": {"node", "offset", "length", "pattern"}}`` (qemu-io ``read -P``), ``{"flush": {"node"}}``,
 ``{"wait-job": {"id", "status"}}``, ``{"settle-jobs": true}``,
@@ -60,7 +61,8 @@ def run_step(vm: Any, step: dict) -> Any:
     for verb in ("write", "discard", "zero"):
         if verb in step:
             io = step[verb]
-            command = {"write": f"write {'-f ' if io.get('fua') else ''}-P {io.get('pattern', 0x41):#x}",
+            flags = ("-f " if io.get("fua") else "") + ("-c " if io.get("compress") else "")
+            command = {"write": f"write {flags}-P {io.get('pattern', 0x41):#x}",
                        "zero": "write -z -u" if io.get("unmap") else "write -z", "discard": "discard"}[verb]
             try:
                 out = vm.guest_io(io["node"], f"{command} {io['offset']} {io['length']}")

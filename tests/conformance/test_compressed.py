@@ -214,3 +214,40 @@ def test_compressed_backup_onto_allocated_cluster() -> None:
 def test_compressed_backup_onto_allocated_cluster_on_both() -> None:
     real, sim = on_both(_allocated_target_story, daemon="system")
     assert sim == real
+
+
+def _drive_backup_story(vm: Machine) -> list:
+    """drive-backup opens its target with ``detect-zeroes: unmap``: a compressed write of a cluster of zeroes
+    becomes a zero write (bdrv_aligned_pwritev, before the driver sees the flag), the others compress; so does
+    qemu-io ``write -c`` of zeroes on such a node (the whole request)."""
+    vm.qemu_img("create", "-f", "qcow2", "s.qcow2", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "s", "file": {"driver": "file", "filename": "s.qcow2"}})
+    vm.write("s", 0, 64 * K, pattern=0)  # data of zeroes
+    vm.write("s", 64 * K, 64 * K, pattern=0x33)
+    vm.write("s", 192 * K, 4 * K, pattern=0)
+    vm.write("s", 196 * K, 4 * K, pattern=0x44)
+    vm.qemu_img("create", "-f", "qcow2", "t.qcow2", "1M")
+    vm.qmp("drive-backup", {"job-id": "j", "device": "s", "target": "t.qcow2", "format": "qcow2", "mode": "existing",
+                            "sync": "full", "compress": True, "x-perf": {"max-workers": 1}})
+    vm.run()
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "u", "detect-zeroes": "on",
+                            "file": {"driver": "file", "filename": "t.qcow2"}})
+    out = [_qemu_io(vm, "u", "write -c -P 0 512k 64k"), _qemu_io(vm, "u", "write -c -P 0 640k 4k")]
+    vm.qmp("blockdev-del", {"node-name": "u"})
+    vm.qmp("blockdev-del", {"node-name": "s"})
+    return out + [json.loads(vm.qemu_img("map", "--output=json", "t.qcow2")), vm.qemu_img("check", "t.qcow2")]
+
+
+def test_drive_backup_compress_detects_zeroes() -> None:
+    *io, entries, check = _drive_backup_story(Machine())
+    assert io == ["wrote 65536/65536 bytes at offset 524288", "wrote 4096/4096 bytes at offset 655360"]
+    assert [(e["start"], e["length"], e["zero"], e["data"], e.get("offset")) for e in entries] == [
+        (0, 64 * K, True, False, None), (64 * K, 64 * K, False, True, None), (128 * K, 64 * K, True, False, None),
+        (192 * K, 64 * K, False, True, None), (256 * K, 768 * K, True, False, None)]
+    assert "2/16 = 12.50% allocated" in check and "100.00% compressed clusters" in check
+
+
+@pytest.mark.qemu
+def test_drive_backup_compress_on_both() -> None:
+    real, sim = on_both(_drive_backup_story, daemon="system")
+    assert sim == real

@@ -1,0 +1,171 @@
+"""Random compressed-cluster scenarios (``--focus compress``): qemu-io ``write -c`` and backups with ``compress``.
+
+A scenario has one drive (``drive0``: the system emulator, whose HMP qemu-io can compress; over NBD
+qemu-storage-daemon cannot), written with normal writes, zero writes and ``write -c`` of one cluster (or the
+disk's last, partial one), sometimes at an unaligned offset (EINVAL) or onto a cluster that already has a host
+offset (EIO). Then, a few times, a backup with ``"compress": true`` of the drive (or of a node made for it, of a
+random cluster size, sometimes with a bitmap for ``sync: bitmap``) onto a fresh qcow2 target (64 KiB, 128 KiB or
+2 MiB clusters), sometimes with data already in one of its clusters (that task's write fails: EIO), by
+blockdev-backup or drive-backup (``existing`` or ``absolute-paths``); then a plain backup *from* the compressed
+target onto another image. Each target is closed and its ``qemu-img map --output=json`` and ``check`` compared.
+
+Stays away from what QEMU does not fix: one worker for every backup (several compress, or decompress, in a
+thread pool: the packing order varies), one cluster per ``write -c`` (qcow2 runs a request's clusters as
+parallel tasks), target clusters no smaller than the job's (64 KiB: a job cluster over several target clusters is
+one request of several), no normal, zero or discard write over a compressed cluster (bitlab refuses them), and
+no ``qemu-img map`` of an image open elsewhere (README "Known differences").
+"""
+
+from __future__ import annotations
+
+import random
+
+from .steps import qmp_step as _qmp
+
+K, M = 1 << 10, 1 << 20
+
+
+class _Disk:
+    """What the generator knows of a qcow2 disk: its size, cluster size, and which clusters are compressed or
+    hold a host cluster (data written, or a zero write over data: zeroes keep no host cluster otherwise)."""
+
+    def __init__(self, size: int, cluster: int) -> None:
+        self.size, self.cluster = size, cluster
+        self.compressed: set[int] = set()
+        self.hosted: set[int] = set()
+
+    def clusters(self, offset: int, length: int) -> range:
+        return range(offset // self.cluster, -(-(offset + length) // self.cluster))
+
+    def touches_compressed(self, offset: int, length: int) -> bool:
+        return any(c in self.compressed for c in self.clusters(offset, length))
+
+
+def _guest_writes(rng: random.Random, node: str, disk: _Disk, count: int) -> list[dict]:
+    """Normal, zero and compressed writes on ``node``, none over a compressed cluster but a ``write -c`` (EIO)."""
+    steps: list[dict] = []
+    cs, size = disk.cluster, disk.size
+    last = (size - 1) // cs
+    for _ in range(count):
+        kind = rng.choices(["write", "zero", "compress", "bad"], weights=[4, 1, 6, 1])[0]
+        if kind == "compress":
+            c = rng.choice([rng.randrange(0, last + 1), last])
+            offset, length = c * cs, min(cs, size - c * cs)
+            pattern = 0 if rng.random() < 0.15 else rng.randrange(1, 256)
+            steps.append({"write": {"node": node, "offset": offset, "length": length, "pattern": pattern,
+                                    "compress": True}})
+            if c not in disk.hosted and c not in disk.compressed:
+                disk.compressed.add(c)  # (else EIO: nothing changes)
+            continue
+        if kind == "bad":  # an unaligned compressed write: EINVAL, nothing written
+            offset = rng.randrange(0, size // 512) * 512
+            if offset % cs == 0:
+                offset += 512 if offset + 512 < size else -512
+            steps.append({"write": {"node": node, "offset": offset, "length": min(cs, size - offset),
+                                    "pattern": 1, "compress": True}})
+            continue
+        for _ in range(20):  # somewhere clear of the compressed clusters
+            offset = rng.randrange(0, size // 512) * 512
+            length = min(rng.choice([512, 4 * K, 64 * K, 200 * K]), size - offset)
+            if not disk.touches_compressed(offset, length):
+                break
+        else:
+            continue
+        if kind == "write":
+            steps.append({"write": {"node": node, "offset": offset, "length": length,
+                                    "pattern": rng.randrange(0, 256)}})
+            disk.hosted.update(disk.clusters(offset, length))
+        else:
+            steps.append({"zero": {"node": node, "offset": offset, "length": length}})
+    return steps
+
+
+def _target(rng: random.Random, name: str, size: int, steps: list[dict], prefill: bool) -> None:
+    """A fresh qcow2 target image (64 KiB, 128 KiB or 2 MiB clusters), with data in one cluster if ``prefill``."""
+    cluster = rng.choice([64 * K, 64 * K, 128 * K, 2 * M])
+    steps.append({"qemu-img": ["create", "-f", "qcow2", "-o", f"cluster_size={cluster}", f"{name}.qcow2",
+                               str(size)]})
+    if prefill:
+        offset = rng.randrange(0, -(-size // cluster)) * cluster
+        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                           "file": {"driver": "file", "filename": f"{name}.qcow2"}}))
+        steps.append({"write": {"node": name, "offset": offset, "length": min(4 * K, size - offset),
+                                "pattern": rng.randrange(1, 256)}})
+        steps.append(_qmp("blockdev-del", {"node-name": name}))
+
+
+def _inspect(name: str) -> list[dict]:
+    return [{"qemu-img": ["map", "--output=json", f"{name}.qcow2"]}, {"qemu-img": ["check", f"{name}.qcow2"]}]
+
+
+def compress_scenario(seed: int, index: int) -> dict:
+    """One scenario (see the module's docstring)."""
+    rng = random.Random(f"{seed}/{index}/compress")
+    size = rng.choice([M, 4 * M, 4 * M + 512 * rng.randrange(1, 128)])
+    disk = _Disk(size, 64 * K)
+    steps = _guest_writes(rng, "drive0", disk, rng.randint(3, 10))
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    for n in range(1, rng.randint(1, 3) + 1):
+        src, tgt, copy, job = "drive0", f"z{n}", f"y{n}", f"zj{n}"
+        sync = "full"
+        if rng.random() < 0.4:  # a node of its own: a random cluster size, maybe a bitmap
+            src = f"s{n}"
+            cluster = rng.choice([4 * K, 64 * K, 64 * K, 2 * M])
+            steps += [{"qemu-img": ["create", "-f", "qcow2", "-o", f"cluster_size={cluster}", f"{src}.qcow2",
+                                    str(size)]},
+                      _qmp("blockdev-add", {"driver": "qcow2", "node-name": src,
+                                            "file": {"driver": "file", "filename": f"{src}.qcow2"}})]
+            own = _Disk(size, cluster)
+            plain = [s for s in _guest_writes(rng, src, own, rng.randint(1, 4)) if not s.get("write", {}).get(
+                "compress")]
+            steps += plain
+            if rng.random() < 0.5:
+                steps.append(_qmp("block-dirty-bitmap-add", {"node": src, "name": "zb"}))
+                steps += [s for s in _guest_writes(rng, src, own, rng.randint(1, 3))
+                          if not s.get("write", {}).get("compress")]
+                sync = "bitmap"
+        else:
+            sync = rng.choice(["full", "full", "top"])
+        prefill = rng.random() < 0.25
+        kind = rng.choices(["node", "existing", "absolute"], weights=[5, 3, 2])[0]
+        if kind == "absolute":
+            prefill = False
+        else:
+            _target(rng, tgt, size, steps, prefill)
+        args: dict = {"job-id": job, "device": src, "sync": sync, "compress": True, "x-perf": {"max-workers": 1}}
+        if sync == "bitmap":
+            args.update(bitmap="zb", **{"bitmap-mode": rng.choice(["on-success", "always", "never"])})
+        if kind == "node":
+            steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": tgt,
+                                               "file": {"driver": "file", "filename": f"{tgt}.qcow2"}}))
+            args["target"] = tgt
+            steps.append(_qmp("blockdev-backup", args))
+        else:
+            args.update(target=f"{tgt}.qcow2", format="qcow2",
+                        mode="existing" if kind == "existing" else "absolute-paths")
+            steps.append(_qmp("drive-backup", args))
+        steps.append({"settle-jobs": True})
+        if kind == "node":
+            steps.append(_qmp("blockdev-del", {"node-name": tgt}))
+        steps += _inspect(tgt)
+        if rng.random() < 0.5:  # a plain backup from the compressed target
+            steps += [{"qemu-img": ["create", "-f", "qcow2", f"{copy}.qcow2", str(size)]},
+                      _qmp("blockdev-add", {"driver": "qcow2", "node-name": tgt,
+                                            "file": {"driver": "file", "filename": f"{tgt}.qcow2"}}),
+                      _qmp("drive-backup", {"job-id": f"yj{n}", "device": tgt, "target": f"{copy}.qcow2",
+                                            "format": "qcow2", "mode": "existing", "sync": "full",
+                                            "x-perf": {"max-workers": 1}}),
+                      {"settle-jobs": True},
+                      _qmp("query-named-block-nodes", {"flat": True}),
+                      _qmp("blockdev-del", {"node-name": tgt})]
+            steps += _inspect(copy)
+        if sync == "bitmap":
+            steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": src, "name": "zb"}))
+        if src != "drive0":
+            steps.append(_qmp("blockdev-del", {"node-name": src}))
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    return {"name": f"compress-{seed}-{index}", "drives": [{"id": "drive0", "size": str(size), "format": "qcow2"}],
+            "steps": steps}
+
+
+__all__ = ["compress_scenario"]
