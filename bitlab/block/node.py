@@ -219,6 +219,8 @@ class BlockNode:
         """A write request with BDRV_REQ_WRITE_COMPRESSED (``write -c``) whose buffer holds the runs: a driver
         that cannot compress fails it with ENOTSUP (bdrv_driver_pwritev_compressed); filters are not simulated."""
         if self.driver in ("raw", "file", "null-co", "null-aio", "host_device"):
+            if length:  # (the request was tracked: bdrv_co_write_req_finish dirties it whatever it returned)
+                self._dirty(offset, length)
             raise BlockIOError(errno.ENOTSUP, "write")
         raise generic(f"bitlab does not simulate a compressed write through a {self.driver} node")
 
@@ -656,19 +658,23 @@ class Qcow2Node(FormatNode):
             self.write_zeroes(offset, length, unmap=self.detect_zeroes == "unmap")
             return
         if offset % cs or (length % cs and offset + length != self.size):
+            self._dirty(offset, length)  # (a failed request dirties its range all the same)
             raise BlockIOError(errno.EINVAL, "write")
         c0, c1 = offset // cs, -(-(offset + length) // cs)
         self.write_compressed_clusters(np.arange(c0, c1, dtype=np.int64), np.full(c1 - c0, cs), starts, ends,
-                                       values, detect=False)
+                                       values, detect=False, request=(offset, length))
 
     def write_compressed_clusters(self, clusters: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
-                                  ends: np.ndarray, values: np.ndarray, detect: bool = True) -> None:
+                                  ends: np.ndarray, values: np.ndarray, detect: bool = True,
+                                  request: tuple[int, int] | None = None) -> None:
         """Compressed write requests of one cluster each (``lengths``: the disk's last one may be shorter), in
         order, their buffers the runs ``[starts, ends)``: qcow2_co_pwritev_compressed_task deflates each cluster
         (:mod:`.compress`) and takes bytes for it (:meth:`.HostLayout.write_compressed`); a cluster that already
         has a host offset fails with EIO (qcow2_alloc_compressed_cluster_offset). What bitlab does not simulate
         it refuses before writing anything. On a node with detect-zeroes (``detect``: each cluster its own
-        request) a cluster of zeroes is a zero write (unmapping with ``unmap``), in its place in the order."""
+        request) a cluster of zeroes is a zero write (unmapping with ``unmap``), in its place in the order. The
+        node's bitmaps, write threshold and highest offset see each cluster's request (or the one ``request``,
+        offset and length, the clusters make), failed or not (bdrv_co_write_req_finish)."""
         image = self.image
         cs = image.cluster_size
         if detect and self.detect_zeroes != "off":
@@ -688,8 +694,12 @@ class Qcow2Node(FormatNode):
                                                clusters[b - 1:b] * cs + lengths[b - 1:b])
                         self.write_compressed_clusters(clusters[a:b], lengths[a:b], s, e, v, detect=False)
                 return
-        sizes = self._compress_sizes(clusters, starts, ends, values)
-        self._dirty_batch(clusters * cs, lengths)
+        try:
+            sizes = self._compress_sizes(clusters, starts, ends, values)
+        except BlockIOError:
+            self._dirty(*request) if request else self._dirty_batch(clusters * cs, lengths)
+            raise
+        self._dirty(*request) if request else self._dirty_batch(clusters * cs, lengths)
         with self._file_sees() as listen:
             hosts = image.write_compressed(clusters, sizes, starts, ends, values)
             if listen:

@@ -165,6 +165,7 @@ class HostLayout:
         self.top = self.meta  # clusters the file holds (it shrinks only when qcow2 shrinks)
         self.partial_end: int | None = None  # the file's length when its last cluster is a new L1 table
         self.end_rounded = False  # the new file's length rounded up to whole sectors (see align_end)
+        self.padded_from: int | None = None  # the file's end before align_end rounded it up (no write reached it)
         self.fci = 0
         self.refblocks = 1
         self.grown = False  # anything allocated since the file was made
@@ -1254,6 +1255,7 @@ class HostLayout:
         self.compressed.write_batch(clusters, ones, ones)
         self.zero_flag.write_batch(clusters, ones, np.zeros(clusters.size, dtype=np.int64))
         self.any_compressed = True
+        self.padded_from = None
         self._fs_marks.append((offsets, sizes))  # (the compressed bytes alone are written)
         self.fs_plain = False
         hi = int((offsets + sizes).max())
@@ -1302,6 +1304,7 @@ class HostLayout:
         if not self.grown:
             self.end_rounded = True
         elif self.partial_end:
+            self.padded_from = self.partial_end  # (a truncate: bs->wr_highest_offset stays where the writes ended)
             self.partial_end = -(-self.partial_end // 512) * 512
 
     def compressed_in(self, c0: int, c1: int) -> bool:

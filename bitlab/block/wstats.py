@@ -79,8 +79,13 @@ def note_discards(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray) -> 
 # file's end then is a write's end, and no write inside the file passes it. ``wr_mark`` is the end the file had
 # when the node opened (or was last cut by a qcow2 shrink); a file that grew past it wrote its end.
 def grown_end(layout: Any) -> int:
-    """The end of a qcow2 file once qcow2 allocated in it (0 before: nothing was written past its start)."""
-    return (layout.partial_end or layout.top * layout.cs) if layout.grown else 0
+    """The end of a qcow2 file once qcow2 allocated in it (0 before: nothing was written past its start); a
+    compressed cluster's end rounded up to a sector by a truncate (``padded_from``) is no write's."""
+    if not layout.grown:
+        return 0
+    end = layout.partial_end or layout.top * layout.cs
+    padded = layout.padded_from
+    return padded if padded is not None and end == -(-padded // 512) * 512 else end
 
 
 def highest_unknown(node: Any) -> bool:

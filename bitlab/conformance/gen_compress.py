@@ -4,7 +4,8 @@ A scenario has one drive (``drive0``: the system emulator, whose HMP qemu-io can
 qemu-storage-daemon cannot), written with normal writes, zero writes and ``write -c`` of one cluster (or the
 disk's last, partial one), sometimes at an unaligned offset (EINVAL) or onto a cluster that already has a host
 offset (EIO). Then, a few times, a backup with ``"compress": true`` of the drive (or of a node made for it, of a
-random cluster size, sometimes with a bitmap for ``sync: bitmap``) onto a fresh qcow2 target (64 KiB, 128 KiB or
+random cluster size, written the same way, sometimes closed and opened again between writes, sometimes with a
+bitmap for ``sync: bitmap``) onto a fresh qcow2 target (64 KiB, 128 KiB or
 2 MiB clusters), sometimes with data already in one of its clusters (that task's write fails: EIO), by
 blockdev-backup or drive-backup (``existing`` or ``absolute-paths``); then a plain backup *from* the compressed
 target onto another image. Each target is closed and its ``qemu-img map --output=json`` and ``check`` compared.
@@ -116,13 +117,14 @@ def compress_scenario(seed: int, index: int) -> dict:
                       _qmp("blockdev-add", {"driver": "qcow2", "node-name": src,
                                             "file": {"driver": "file", "filename": f"{src}.qcow2"}})]
             own = _Disk(size, cluster)
-            plain = [s for s in _guest_writes(rng, src, own, rng.randint(1, 4)) if not s.get("write", {}).get(
-                "compress")]
-            steps += plain
+            steps += _guest_writes(rng, src, own, rng.randint(1, 4))
+            if rng.random() < 0.3:  # opened again: qcow2_alloc_bytes starts a new cluster (free_byte_offset 0)
+                node = {"driver": "qcow2", "node-name": src, "file": {"driver": "file", "filename": f"{src}.qcow2"}}
+                steps += [_qmp("blockdev-del", {"node-name": src}), _qmp("blockdev-add", node)]
+                steps += _guest_writes(rng, src, own, rng.randint(1, 3))
             if rng.random() < 0.5:
                 steps.append(_qmp("block-dirty-bitmap-add", {"node": src, "name": "zb"}))
-                steps += [s for s in _guest_writes(rng, src, own, rng.randint(1, 3))
-                          if not s.get("write", {}).get("compress")]
+                steps += _guest_writes(rng, src, own, rng.randint(1, 3))
                 sync = "bitmap"
         else:
             sync = rng.choice(["full", "full", "top"])

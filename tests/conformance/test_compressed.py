@@ -251,3 +251,44 @@ def test_drive_backup_compress_detects_zeroes() -> None:
 def test_drive_backup_compress_on_both() -> None:
     real, sim = on_both(_drive_backup_story, daemon="system")
     assert sim == real
+
+
+def _failed_requests_story(vm: Machine) -> list:
+    """A compressed write that fails (EINVAL unaligned, ENOTSUP on raw, EIO onto an allocated cluster) was a
+    request all the same: bdrv_co_write_req_finish dirties its range and moves the highest offset, and the write
+    threshold saw it first; an empty one truncates the file to a whole sector, which is no write."""
+    vm.qemu_img("create", "-f", "qcow2", "a.qcow2", "1M")
+    vm.qemu_img("create", "-f", "raw", "r.raw", "1M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "a",
+                            "file": {"driver": "file", "filename": "a.qcow2", "node-name": "af"}})
+    vm.qmp("blockdev-add", {"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": "r.raw",
+                                                                         "node-name": "rf"}})
+    for node in ("a", "r"):
+        vm.qmp("block-dirty-bitmap-add", {"node": node, "name": "b", "granularity": 4096})
+    vm.qmp("block-set-write-threshold", {"node-name": "a", "write-threshold": 1000})
+    out: list = []
+    for node, cmd in (("a", "write -c 512 64k"), ("r", "write -c 0 64k"), ("a", "write -c 64k 64k"),
+                      ("a", "write -c 64k 64k"), ("a", "write -c 1M 0")):
+        out.append(_qemu_io(vm, node, cmd))
+        out.append({n["node-name"]: [b["count"] for b in n.get("dirty-bitmaps", [])]
+                    for n in vm.qmp("query-named-block-nodes", {}) if n["node-name"] in ("a", "r")})
+    out.append([e["data"] for e in vm.events if e["event"] == "BLOCK_WRITE_THRESHOLD"])
+    out.append({s["node-name"]: s["stats"]["wr_highest_offset"]
+                for s in vm.qmp("query-blockstats", {"query-nodes": True})})
+    return out
+
+
+def test_failed_compressed_requests_are_requests() -> None:
+    out = _failed_requests_story(Machine())
+    assert out[:6] == ["write failed: Invalid argument", {"a": [69632], "r": [0]},
+                       "write failed: Operation not supported", {"a": [69632], "r": [65536]},
+                       "wrote 65536/65536 bytes at offset 65536", {"a": [131072], "r": [65536]}]
+    assert out[6] == "write failed: Input/output error" and out[9] == {"a": [131072], "r": [65536]}
+    assert out[10] == [{"node-name": "a", "write-threshold": 1000, "amount-exceeded": 65048}]
+    assert out[11] == {"a": 131072, "af": 327759, "r": 65536, "rf": 0}
+
+
+@pytest.mark.qemu
+def test_failed_compressed_requests_on_both() -> None:
+    real, sim = on_both(_failed_requests_story, daemon="system")
+    assert sim == real
