@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..block.extents import clip_runs
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
 from ..units import parse_size
 from ._common import KeyFn, QemuImgError, new_key, open_chain, options, split_args
@@ -17,7 +18,7 @@ SPARSE_RANGE_ERROR = ("qemu-img: Invalid buffer size for sparse output specified
 
 
 def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
-    """qemu-img convert [-f fmt] [-O raw|qcow2] [-o options] [--bitmaps [--skip-broken-bitmaps]] [-q] [-p] [-U]
+    """qemu-img convert [-c] [-f fmt] [-O raw|qcow2] [-o options] [--bitmaps [--skip-broken-bitmaps]] [-q] [-p] [-U]
     filename output_filename.
 
     Zero stretches are not written (the new image reads zeroes there): a qcow2 target allocates
@@ -26,7 +27,7 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """
     opts, positional = split_args(args, {"-f", "-O", "-o", "-S", "-m", "-t", "-T"},
                                   {"-q", "-p", "-U", "--force-share", "-W", "-n", "--bitmaps",
-                                   "--skip-broken-bitmaps"})
+                                   "--skip-broken-bitmaps", "-c"})
     bitmaps = "--bitmaps" in opts
     if "--skip-broken-bitmaps" in opts and not bitmaps:
         raise QemuImgError("qemu-img: Use of --skip-broken-bitmaps requires --bitmaps\n")
@@ -45,6 +46,8 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     fmt = opts.get("-O", "raw")
     if fmt not in ("raw", "qcow2"):
         raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    if "-c" in opts and fmt == "raw":
+        raise QemuImgError("qemu-img: Compression not supported for this file format\n")
     if fmt == "raw" and not sparse:  # (a raw file's holes are its zero blocks here: written zeroes would be too)
         raise QemuImgError("qemu-img: bitlab does not simulate a fully allocated raw output (-S 0)\n")
     lock = None if "-U" in opts or "--force-share" in opts else "shared"
@@ -61,11 +64,48 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         target = store.create(key, "qcow2", size, cluster_size=cluster)
     if bitmaps and not target.is_qcow2:
         raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
-    data = v != 0 if sparse else np.ones(v.size, dtype=bool)  # -S 0: zeroes written too (fully allocated)
-    target.data.write_batch(s[data], (e - s)[data], v[data])
+    if "-c" in opts:
+        _write_compressed(target, s, e, v, sparse)
+    else:
+        data = v != 0 if sparse else np.ones(v.size, dtype=bool)  # -S 0: zeroes written too (fully allocated)
+        target.data.write_batch(s[data], (e - s)[data], v[data])
     if bitmaps:
         _copy_bitmaps(chain[0].image, target)
     return ""
+
+
+def _write_compressed(target: ImageFile, s: np.ndarray, e: np.ndarray, v: np.ndarray, sparse: int) -> None:
+    """-c: convert_co_write writes whole target clusters (the last one to the disk's end) compressed, in order
+    (``-W`` or not: each write waits for the one before), leaving out those that read zeroes unless ``-S 0``;
+    then an empty compressed write rounds the file's length up to a sector. What bitlab does not simulate
+    (content it has no bytes for, a cluster that does not compress, a new refcount block) it refuses."""
+    cs = target.cluster_size
+    n = -(-target.size // cs)
+    if sparse:
+        first, last = s[v != 0] // cs, -(-e[v != 0] // cs)
+        delta = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(delta, first, 1)
+        np.add.at(delta, last, -1)
+        clusters = np.flatnonzero(np.cumsum(delta[:-1]) > 0)
+    else:
+        clusters = np.arange(n, dtype=np.int64)
+    if clusters.size:
+        try:
+            sizes = target.compressed_sizes(clusters, s, e, v)
+        except ValueError:
+            raise QemuImgError("qemu-img: bitlab does not simulate compressing opaque content\n") from None
+        if (sizes < 0).any():
+            raise QemuImgError("qemu-img: bitlab does not simulate a compressed write of a cluster that does not "
+                               "compress (QEMU writes it as a normal cluster)\n")
+        if not target.layout.compressed_fit(clusters, sizes):
+            raise QemuImgError("qemu-img: bitlab does not simulate compressed clusters that need a new refcount "
+                               "block\n")
+        new = np.flatnonzero(np.diff(clusters, prepend=-2) != 1)  # the written clusters as ranges, their runs
+        q_s = clusters[new] * cs
+        q_e = np.minimum((clusters[np.append(new[1:], clusters.size) - 1] + 1) * cs, target.size)
+        ps, pe, pv, _ = clip_runs(s, e, v, q_s, q_e)
+        target.write_compressed(clusters, sizes, ps, pe, pv)
+    target.layout.align_end()
 
 
 def _check_bitmaps(source: ImageFile, skip_broken: bool) -> None:
