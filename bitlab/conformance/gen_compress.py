@@ -8,7 +8,8 @@ random cluster size, written the same way, sometimes closed and opened again bet
 bitmap for ``sync: bitmap``) onto a fresh qcow2 target (64 KiB, 128 KiB or
 2 MiB clusters), sometimes with data already in one of its clusters (that task's write fails: EIO), by
 blockdev-backup or drive-backup (``existing`` or ``absolute-paths``); then a plain backup *from* the compressed
-target onto another image. Each target is closed and its ``qemu-img map --output=json`` and ``check`` compared.
+target onto another image, or a ``qemu-img convert -c`` of it. Each target is closed and its ``qemu-img map
+--output=json`` and ``check`` compared.
 
 Stays away from what QEMU does not fix: one worker for every backup (several compress, or decompress, in a
 thread pool: the packing order varies), one cluster per ``write -c`` (qcow2 runs a request's clusters as
@@ -150,6 +151,10 @@ def compress_scenario(seed: int, index: int) -> dict:
         if kind == "node":
             steps.append(_qmp("blockdev-del", {"node-name": tgt}))
         steps += _inspect(tgt)
+        if rng.random() < 0.3:  # qemu-img convert -c of the target (closed by now)
+            extra = rng.choice([[], ["-o", "cluster_size=4096"], ["-o", "cluster_size=2M"], ["-S", "0"]])
+            steps.append({"qemu-img": ["convert", "-c", "-O", "qcow2", *extra, f"{tgt}.qcow2", f"x{n}.qcow2"]})
+            steps += _inspect(f"x{n}")
         if rng.random() < 0.5:  # a plain backup from the compressed target
             steps += [{"qemu-img": ["create", "-f", "qcow2", f"{copy}.qcow2", str(size)]},
                       _qmp("blockdev-add", {"driver": "qcow2", "node-name": tgt,

@@ -27,6 +27,10 @@ def test_scenarios_are_deterministic_and_varied():
     writes = [s["write"] for s in steps if "write" in s and s["write"].get("compress")]
     assert any(w["offset"] % (64 << 10) for w in writes)  # unaligned: EINVAL
     assert all(sc["drives"][0]["id"] == "drive0" for sc in scenarios)
+    assert any(s.get("qemu-img", [""])[0] == "convert" and "-c" in s["qemu-img"] for s in steps)
+    reopened = [s for s in steps if s.get("qmp", {}).get("execute") == "blockdev-del"
+                and s["qmp"]["arguments"]["node-name"].startswith("s")]
+    assert reopened
 
 
 def test_nothing_is_refused_on_the_simulator():
