@@ -31,6 +31,14 @@ def test_scenarios_are_deterministic_and_varied():
     reopened = [s for s in steps if s.get("qmp", {}).get("execute") == "blockdev-del"
                 and s["qmp"]["arguments"]["node-name"].startswith("s")]
     assert reopened
+    for sc in scenarios:  # a node a backup reads (but the drive) was opened without the page cache (gen_compress)
+        opened: dict[str, dict] = {}
+        for step in sc["steps"]:
+            execute, args = step.get("qmp", {}).get("execute"), step.get("qmp", {}).get("arguments", {})
+            if execute == "blockdev-add":
+                opened[args["node-name"]] = args
+            elif execute in ("blockdev-backup", "drive-backup") and args["device"] != "drive0":
+                assert opened[args["device"]].get("cache") == {"direct": True}
 
 
 def test_nothing_is_refused_on_the_simulator():
