@@ -694,12 +694,18 @@ class Qcow2Node(FormatNode):
                                                clusters[b - 1:b] * cs + lengths[b - 1:b])
                         self.write_compressed_clusters(clusters[a:b], lengths[a:b], s, e, v, detect=False)
                 return
+        def made() -> None:  # (written or failed with an errno, the requests were made; a refusal makes none)
+            if request:
+                self._dirty(*request)
+            else:
+                self._dirty_batch(clusters * cs, lengths)
+
         try:
             sizes = self._compress_sizes(clusters, starts, ends, values)
         except BlockIOError:
-            self._dirty(*request) if request else self._dirty_batch(clusters * cs, lengths)
+            made()
             raise
-        self._dirty(*request) if request else self._dirty_batch(clusters * cs, lengths)
+        made()
         with self._file_sees() as listen:
             hosts = image.write_compressed(clusters, sizes, starts, ends, values)
             if listen:
