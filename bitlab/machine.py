@@ -27,6 +27,7 @@ from .qemu_img import Layer, read_chain
 from .qmp import TABLE
 from .qmp.qapi import wire_order
 from .qmp.qemu_io import parse_qemu_io
+from .qmp.types import BlockdevDriver
 from .sim import Scheduler
 from .units import parse_size
 
@@ -218,7 +219,10 @@ class Machine(GuestIO, Monitor):
                      open_backing: bool = True) -> None:
         """bdrv_img_create, as drive-backup uses it. With ``open_backing`` False (sync=none's
         BDRV_O_NO_BACKING) the backing file is only named in the new image, not opened. Errors
-        carry bdrv_img_create's message alone (no file name prefix, no hint line)."""
+        carry bdrv_img_create's message alone (no file name prefix, no hint line); a format QEMU has no
+        driver for fails first, as bdrv_find_format does."""
+        if fmt not in BlockdevDriver.values:
+            raise generic(f"Unknown file format '{fmt}'")
         args = ["create", "-f", fmt]
         if backing is not None:
             args += ["-b", backing.filename, "-F", backing.driver] + ([] if open_backing else ["-u"])
