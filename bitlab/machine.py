@@ -136,9 +136,12 @@ class Machine(GuestIO, Monitor):
         self.transcript.append({"kind": "cmd", "message": _copy_message(message)})
         events_at = len(self.events)
         reply = TABLE.dispatch(self, message)
-        if "return" in reply and message.get("execute") == "quit":
+        quitting = message.get("execute") == "quit" and "return" in reply
+        if quitting:
             self.exports.close_all()  # qemu-storage-daemon's exit: each export goes before the reply is sent
         self.transcript.append({"kind": "reply", "message": reply})
+        if quitting:
+            self.jobs.cancel_sync_all()  # QEMU's exit after the reply: its jobs cancelled, each to the end
         if message.get("execute") in NOTED_COMMANDS and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
         return reply
