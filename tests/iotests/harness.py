@@ -35,7 +35,7 @@ class Log:
         """``iotests.log(vm.qmp(...))``."""
         return self.log(self.qmp(command, **args))
 
-    def poll(self, done: Callable[[], Any], limit: int = 100_000) -> Any:
+    def poll(self, done: Callable[[], Any], limit: int = 5_000) -> Any:
         """Repeat ``done()`` until it is true, letting a little time pass between tries."""
         for _ in range(limit):
             got = done()
@@ -47,11 +47,13 @@ class Log:
                 self.vm.run(until=self.vm.now + 0.002)
         raise AssertionError("condition never came true")
 
-    def event_wait(self, name: str) -> dict:
-        """The first ``name`` event not yet taken, waiting for it; its timestamp filtered."""
+    def event_wait(self, name: str, match: dict | None = None) -> dict:
+        """The first ``name`` event not yet taken (whose data holds ``match``'s members), waiting for it;
+        its timestamp filtered."""
         def first() -> dict | None:
             for i, event in enumerate(self.vm.events):
-                if i not in self._taken and event["event"] == name:
+                if i not in self._taken and event["event"] == name and \
+                        all(event.get("data", {}).get(k) == v for k, v in (match or {}).items()):
                     self._taken.add(i)
                     return event
             return None
