@@ -7,6 +7,8 @@ RUNNING (job-* and block-job-*), block-job-set-speed 0, the events to PENDING, t
 and CONCLUDED, job-finalize and job-dismiss, query-jobs empty at the end. The log is compared line by line
 with what 219.out shows for the backup jobs (timestamps filtered as the iotest does; the first query-jobs'
 progress is FILTERED there too).
+Beyond 219 (``other_states``): every job-* and block-job-* verb on a job left ``waiting`` by its grouped
+transaction and on one ``paused`` by the user, then the group cancelled, compared with the system emulator.
 Left out: the drive-mirror life cycle (READY, STANDBY, job-complete): bitlab has no mirror job.
 
 The backups run with ``x-perf: {"max-chunk": 65536}``: the installed QEMU 7.2.22 copies 1 MiB per block-copy
@@ -192,3 +194,60 @@ def test_219_default_chunk_on_both():
 
     want, got = on_both(pauses)
     assert got == want == [1 << 20, 2 << 20, 3 << 20]
+
+
+def other_states(vm) -> list:
+    """Beyond 219: every verb on a job left ``waiting`` by its grouped transaction, and on one ``paused``."""
+    for name in ("d0", "d1", "t0", "t1"):
+        vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "4M")
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+    t = Log(vm)
+    t.qmp_log("transaction", actions=[
+        {"type": "blockdev-backup", "data": {"device": "d0", "target": "t0", "sync": "full", "job-id": "a"}},
+        {"type": "blockdev-backup", "data": {"device": "d1", "target": "t1", "sync": "none", "job-id": "b"}}],
+              properties={"completion-mode": "grouped"})
+    t.poll(lambda: [j["status"] for j in t.qmp("query-jobs")["return"]] == ["running", "waiting"])
+    t.qmp_log("query-jobs")
+    for job, state_verbs in (("a", ("pause", "resume", "complete", "finalize", "dismiss")),):
+        for verb in state_verbs:
+            t.qmp_log(f"job-{verb}", id=job)
+        for verb in ("pause", "resume", "complete"):
+            t.qmp_log(f"block-job-{verb}", device=job)
+        t.qmp_log("block-job-set-speed", device=job, speed=1)
+        t.qmp_log("block-job-finalize", id=job)
+        t.qmp_log("block-job-dismiss", id=job)
+    t.qmp_log("job-pause", id="b")
+    t.poll(lambda: t.qmp("query-jobs")["return"][0]["status"] == "paused")
+    for verb in ("pause", "complete", "finalize", "dismiss"):
+        t.qmp_log(f"job-{verb}", id="b")
+    t.qmp_log("block-job-pause", device="b")
+    t.qmp_log("block-job-set-speed", device="b", speed=1)
+    t.qmp_log("block-job-cancel", device="b")
+    t.qmp_log("query-block-jobs")
+    t.qmp_log("job-resume", id="b")
+    t.qmp_log("job-resume", id="b")
+    t.qmp_log("job-cancel", id="b")
+    vm.run()
+    t.log([(e["event"], e.get("data")) for e in vm.events if e["event"] != "JOB_STATUS_CHANGE"])
+    t.qmp_log("query-jobs")
+    return t.lines
+
+
+def test_219_waiting_and_paused():
+    lines = other_states(Machine())
+    not_paused = "Can't resume a job that was not paused"
+    waiting = [f"Job 'a' in state 'waiting' cannot accept command verb '{verb}'" if verb else not_paused
+               for verb in ("pause", None, "complete", "finalize", "dismiss", "pause", None, "complete", "set-speed",
+                            "finalize", "dismiss")]
+    assert [line["error"]["desc"] for line in lines[2:13]] == waiting
+    assert lines[14] == {"error": {"class": "GenericError", "desc": "Job is already paused"}}
+    assert lines[20] == {"error": {"class": "GenericError", "desc": "The block job for device 'b' is currently paused"}}
+    assert [(e, d["device"], d["offset"]) for e, d in lines[-2]] == [("BLOCK_JOB_CANCELLED", "b", 0),
+                                                                    ("BLOCK_JOB_CANCELLED", "a", IMG_SIZE)]
+
+
+@pytest.mark.qemu
+def test_219_waiting_and_paused_on_both():
+    want, got = on_both(other_states, "system")
+    assert got == want
