@@ -56,6 +56,14 @@ def pause_resume(t: Log) -> None:
                 t.qmp_log("query-jobs")
 
 
+def refuse(t: Log, state: str) -> None:
+    """The verbs 219 sends in ``state`` that are refused there: job-*, then block-job-* (by device or id)."""
+    for verb in VERBS_IN[state]:
+        t.qmp_log(f"job-{verb}", id="job0")
+    for verb in VERBS_IN[state]:
+        t.qmp_log(f"block-job-{verb}", **({"id": "job0"} if verb in ("finalize", "dismiss") else {"device": "job0"}))
+
+
 def lifecycle(t: Log, auto_finalize: bool, auto_dismiss: bool) -> None:
     """219's test_job_lifecycle for drive-backup."""
     t.log("")
@@ -74,11 +82,7 @@ def lifecycle(t: Log, auto_finalize: bool, auto_dismiss: bool) -> None:
     t.log("")
     t.log("Pause/resume in RUNNING")
     pause_resume(t)
-    for verb in VERBS_IN["running"]:
-        t.qmp_log(f"job-{verb}", id="job0")
-    t.qmp_log("block-job-complete", device="job0")
-    t.qmp_log("block-job-finalize", id="job0")
-    t.qmp_log("block-job-dismiss", id="job0")
+    refuse(t, "running")
     t.qmp_log("block-job-set-speed", device="job0", speed=0)
     t.log("")
     t.log("Waiting for PENDING state...")
@@ -86,20 +90,12 @@ def lifecycle(t: Log, auto_finalize: bool, auto_dismiss: bool) -> None:
         t.log(t.event_wait("JOB_STATUS_CHANGE"))
     if not auto_finalize:
         t.qmp_log("query-jobs")
-        for verb in VERBS_IN["pending"]:
-            t.qmp_log(f"job-{verb}", id="job0")
-        t.qmp_log("block-job-pause", device="job0")
-        t.qmp_log("block-job-complete", device="job0")
-        t.qmp_log("block-job-dismiss", id="job0")
+        refuse(t, "pending")
         t.qmp_log("job-finalize", id="job0")
     t.log(t.event_wait("JOB_STATUS_CHANGE"))
     if not auto_dismiss:
         t.qmp_log("query-jobs")
-        for verb in VERBS_IN["concluded"]:
-            t.qmp_log(f"job-{verb}", id="job0")
-        t.qmp_log("block-job-pause", device="job0")
-        t.qmp_log("block-job-complete", device="job0")
-        t.qmp_log("block-job-finalize", id="job0")
+        refuse(t, "concluded")
         t.qmp_log("job-dismiss", id="job0")
     t.log(t.event_wait("JOB_STATUS_CHANGE"))
     t.qmp_log("query-jobs")
