@@ -27,6 +27,7 @@ from .qemu_img import Layer, read_chain
 from .qmp import TABLE
 from .qmp.qapi import wire_order
 from .qmp.qemu_io import parse_qemu_io
+from .qmp.types import BlockdevDriver
 from .sim import Scheduler
 from .units import parse_size
 
@@ -135,9 +136,12 @@ class Machine(GuestIO, Monitor):
         self.transcript.append({"kind": "cmd", "message": _copy_message(message)})
         events_at = len(self.events)
         reply = TABLE.dispatch(self, message)
-        if "return" in reply and message.get("execute") == "quit":
+        quitting = message.get("execute") == "quit" and "return" in reply
+        if quitting:
             self.exports.close_all()  # qemu-storage-daemon's exit: each export goes before the reply is sent
         self.transcript.append({"kind": "reply", "message": reply})
+        if quitting:
+            self.jobs.cancel_sync_all()  # QEMU's exit after the reply: its jobs cancelled, each to the end
         if message.get("execute") in NOTED_COMMANDS and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
         return reply
@@ -218,7 +222,10 @@ class Machine(GuestIO, Monitor):
                      open_backing: bool = True) -> None:
         """bdrv_img_create, as drive-backup uses it. With ``open_backing`` False (sync=none's
         BDRV_O_NO_BACKING) the backing file is only named in the new image, not opened. Errors
-        carry bdrv_img_create's message alone (no file name prefix, no hint line)."""
+        carry bdrv_img_create's message alone (no file name prefix, no hint line); a format QEMU has no
+        driver for fails first, as bdrv_find_format does."""
+        if fmt not in BlockdevDriver.values:
+            raise generic(f"Unknown file format '{fmt}'")
         args = ["create", "-f", fmt]
         if backing is not None:
             args += ["-b", backing.filename, "-F", backing.driver] + ([] if open_backing else ["-u"])

@@ -95,6 +95,22 @@ class JobManager:
             job.drain_paused = True
             job.pause_count += 1
 
+    def cancel_sync_all(self) -> None:
+        """What QEMU does with its jobs as it exits after ``quit`` (qemu_cleanup, qemu-storage-daemon's
+        main): bdrv_drain_all_begin pauses every running job, then job_cancel_sync_all force-cancels the
+        newest job and waits until it has completed, again and again until none is left (a concluded
+        job is dismissed)."""
+        for job in list(self.jobs):
+            job.drain_pause()
+        for _ in range(4 * len(self.jobs) + 4):
+            if not self.jobs:
+                return
+            job = self.jobs[-1]  # job_next: the newest
+            job.cancel(True)
+            while not job.completed and self.scheduler.step():
+                pass
+        raise AssertionError(f"jobs left after cancelling them all: {[job.id for job in self.jobs]}")
+
     def find(self, job_id: str) -> Job | None:
         for job in self.jobs:
             if job.id == job_id:
@@ -351,8 +367,8 @@ class Job:
             if self.is_cancelled:
                 txn_abort(self)
         else:
-            if self.paused and self.pause_count <= 0:
-                self.leave_pause()
+            if self.paused and (self.pause_count <= 0 or self.is_cancelled):
+                self.leave_pause()  # job_enter wakes it; a force-cancelled job does not pause again
             self.on_cancel()
 
     def user_cancel(self, force: bool) -> None:

@@ -1,0 +1,77 @@
+"""QEMU 7.2's iotest 141 (blockdev-del of a node a block job uses), drive-backup case.
+
+Ported: a qcow2 node ``drv0`` over a chain b <- m <- t (1 MiB each), drive-backup ``sync: none`` to a new
+qcow2 ``o.qcow2`` (QEMU prints bdrv_img_create's "Formatting" line on its stdout, with ``t.qcow2`` as the
+backing file), blockdev-del of drv0 refused ("Node 'drv0' is busy: node is used as backing hd of
+'NODE_NAME'", the target's generated node name filtered as the iotest does), block-job-cancel, the events
+(aborting, BLOCK_JOB_CANCELLED len 1048576 offset 0, concluded, null), then blockdev-del succeeds.
+The installed QEMU 7.2.22 (system emulator) also sends the drain's paused/running pair right after running
+(drive-backup runs as a one-action transaction; 219.out shows the pair too), which upstream's 141.out does
+not show: the installed QEMU wins, bitlab sends it.
+Left out: the drive-mirror, block-commit (active and not) and block-stream cases: bitlab has none of those jobs.
+bitlab prints no "Formatting" line (a known difference; test_141_formatting_line, xfail).
+On qemu-storage-daemon the backend's own NBD exports of drv0 are taken down and put back around
+blockdev-del, which drains the job twice more (two more paused/running pairs that are the harness's, not
+the story's): the comparison runs on the system emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from bitlab import Machine
+from tests.both import on_both
+from tests.iotests.harness import Log
+
+FORMATTING = ("Formatting 'o.qcow2', fmt=qcow2 cluster_size=65536 extended_l2=off compression_type=zlib "
+              "size=1048576 backing_file=t.qcow2 backing_fmt=qcow2 lazy_refcounts=off refcount_bits=16\n")
+
+
+def story(vm) -> list:
+    vm.qemu_img("create", "-f", "qcow2", "b.qcow2", "1M")
+    vm.qemu_img("create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "m.qcow2", "1M")
+    vm.qemu_img("create", "-f", "qcow2", "-b", "m.qcow2", "-F", "qcow2", "t.qcow2", "1M")
+    t = Log(vm)
+    t.qmp_log("blockdev-add", node_name="drv0", driver="qcow2", file={"driver": "file", "filename": "t.qcow2"})
+    vm.console_take()
+    t.qmp_log("drive-backup", job_id="job0", device="drv0", target="o.qcow2", format="qcow2", sync="none")
+    formatting = vm.console_take()  # (compared on its own: see test_141_formatting_line)
+    t.log(json.loads(re.sub(r"#block\d{3,}", "NODE_NAME", json.dumps(t.qmp("blockdev-del", node_name="drv0")))))
+    t.qmp_log("block-job-cancel", device="job0")
+    vm.run()
+    t.qmp_log("blockdev-del", node_name="drv0")
+    t.log([(e["event"], e.get("data")) for e in vm.events])
+    return [*t.lines, formatting]
+
+
+def status(value: str) -> tuple:
+    return ("JOB_STATUS_CHANGE", {"id": "job0", "status": value})
+
+
+def test_141_drive_backup():
+    ok = {"return": {}}
+    assert story(Machine())[:-1] == [
+        ok, ok,
+        {"error": {"class": "GenericError",
+                   "desc": "Node 'drv0' is busy: node is used as backing hd of 'NODE_NAME'"}},
+        ok, ok,
+        [status("created"), status("running"), status("paused"), status("running"), status("aborting"),
+         ("BLOCK_JOB_CANCELLED", {"device": "job0", "len": 1048576, "offset": 0, "speed": 0, "type": "backup"}),
+         status("concluded"), status("null")]]
+
+
+@pytest.mark.xfail(strict=True, reason="bitlab's Machine.create_image (drive-backup's bdrv_img_create) prints "
+                   "nothing; QEMU prints the Formatting line on stdout. The fix (machine.py) breaks "
+                   "tests/golden_replay.py, which reads the console after an hmp step without draining it first")
+def test_141_formatting_line():
+    assert story(Machine())[-1] == FORMATTING
+
+
+@pytest.mark.qemu
+def test_141_drive_backup_on_both():
+    want, got = on_both(story, "system")
+    assert want[-1] == FORMATTING
+    assert got[:-1] == want[:-1]
