@@ -12,6 +12,7 @@ import numpy as np
 
 from . import qemu_img as _qemu_img
 from .bitmap import DirtyBitmap
+from .block.drivers import QEMU_DRIVERS
 from .block.export import BlockExports
 from .block.graph import BlockGraph
 from .block.node import BlockNode
@@ -27,7 +28,6 @@ from .qemu_img import Layer, read_chain
 from .qmp import TABLE
 from .qmp.qapi import wire_order
 from .qmp.qemu_io import parse_qemu_io
-from .qmp.types import BlockdevDriver
 from .sim import Scheduler
 from .units import parse_size
 
@@ -223,14 +223,14 @@ class Machine(GuestIO, Monitor):
         """bdrv_img_create, as drive-backup uses it. With ``open_backing`` False (sync=none's
         BDRV_O_NO_BACKING) the backing file is only named in the new image, not opened. Errors
         carry bdrv_img_create's message alone (no file name prefix, no hint line); a format QEMU has no
-        driver for fails first, as bdrv_find_format does."""
-        if fmt not in BlockdevDriver.values:
+        driver for fails first, as bdrv_find_format does. It prints what qemu-img create prints."""
+        if fmt not in QEMU_DRIVERS:
             raise generic(f"Unknown file format '{fmt}'")
         args = ["create", "-f", fmt]
         if backing is not None:
             args += ["-b", backing.filename, "-F", backing.driver] + ([] if open_backing else ["-u"])
         try:
-            self.qemu_img(*args, filename, str(size))
+            self.console.append(self.qemu_img(*args, filename, str(size)))  # (its "Formatting '…'" line, on stdout)
         except _qemu_img.QemuImgError as err:
             first = err.stderr.strip().splitlines()[0].removeprefix("qemu-img: ").removeprefix(f"{filename}: ")
             raise generic(first) from None

@@ -133,6 +133,9 @@ def replay(scenario: dict, events: list | None = None) -> list[tuple[int, dict, 
             continue
         kind = next((k for k in GUEST_IO if k in step), None)
         failure = recorder.ensure(vm, step[kind]["node"]) if kind is not None else None
+        if "hmp" in step:  # (the recorder kept what the emulator printed during an HMP step only)
+            vm.console_take()
+            vm.console_take("stderr")
         got = {"ok": False, "setup": failure} if failure is not None else run_step(vm, step)
         got = _subst(got, vm.workdir, "WORKDIR")
         want = rec["reply"]

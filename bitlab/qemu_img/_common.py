@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..block import perms
+from ..block.drivers import QEMU_DRIVERS
 from ..block.paths import full_backing_filename, strip_file_protocol
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
@@ -128,6 +129,8 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
             raise QemuImgError(f"qemu-img: Could not open '{name}': {error}\n"
                                f"Is another process using the image [{name}]?\n")
     if fmt not in (None, "raw", "qcow2"):
+        if fmt not in QEMU_DRIVERS:
+            raise QemuImgError(f"qemu-img: Could not open '{name}': Unknown driver '{fmt}'\n")
         raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
     if fmt == "qcow2" and not image.is_qcow2:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")

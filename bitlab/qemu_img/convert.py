@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import clip_runs
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
 from ..units import parse_size
@@ -45,6 +46,8 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(SPARSE_RANGE_ERROR)
     fmt = opts.get("-O", "raw")
     if fmt not in ("raw", "qcow2"):
+        if fmt not in QEMU_DRIVERS:
+            raise QemuImgError(f"qemu-img: Unknown file format '{fmt}'\n")
         raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
     if "-c" in opts and fmt == "raw":
         raise QemuImgError("qemu-img: Compression not supported for this file format\n")

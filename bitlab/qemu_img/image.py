@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..block.drivers import QEMU_DRIVERS
 from ..block.info import dump_specific, file_image_info
 from ..block.node import round_sector
 from ..block.paths import full_backing_filename
@@ -37,6 +38,8 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     backing, backing_fmt = opts.get("-b"), opts.get("-F")
     options = _options(opts.get("-o", ""))
     if fmt not in ("raw", "qcow2"):
+        if fmt not in QEMU_DRIVERS and positional:  # (img_create's bdrv_find_format)
+            raise QemuImgError(f"qemu-img: {positional[0]}: Unknown file format '{fmt}'\n")
         raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
     if not positional:
         raise QemuImgError("qemu-img: Expecting image file name\nTry 'qemu-img --help' for more information\n")
@@ -141,6 +144,10 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     chain = []
     name: str | None = positional[0]
     fmt: str | None = opts.get("-f")
+    if fmt not in (None, "raw", "qcow2"):  # (the driver is looked up before the file is opened)
+        if fmt not in QEMU_DRIVERS:
+            raise QemuImgError(f"qemu-img: Could not open '{name}': Unknown driver '{fmt}'\n")
+        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
     while name is not None:
         key = find_key(key_fn, name)
         if key is None or key not in store:
@@ -168,9 +175,14 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
 
 def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img check on a qcow2 image: bitlab's images are never corrupt."""
-    _, positional = _split_args(args, {"-f", "--output", "-r"}, {"-U", "-q"})
+    opts, positional = _split_args(args, {"-f", "--output", "-r"}, {"-U", "-q"})
     if not positional:
         raise QemuImgError("qemu-img: Expecting one image file name\n")
+    fmt = opts.get("-f")
+    if fmt not in (None, "raw", "qcow2"):  # (the driver is looked up before the file is opened)
+        if fmt not in QEMU_DRIVERS:
+            raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Unknown driver '{fmt}'\n")
+        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
     key = find_key(key_fn, positional[0])
     if key is None or key not in store:
         raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Could not open '{positional[0]}': "
@@ -178,7 +190,9 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     image = store[key]
     if image.unknown:
         raise QemuImgError(f"qemu-img: {image.unknown}\n")
-    if not image.is_qcow2:
+    if fmt == "qcow2" and not image.is_qcow2:
+        raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Image is not in qcow2 format\n")
+    if not image.is_qcow2 or fmt == "raw":
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
     cs = image.cluster_size
     compressed = image.layout.compressed_count()  # (allocated, compressed and fragmented by nature)

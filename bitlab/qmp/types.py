@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..block.blkdebug import BLKDEBUG_EVENTS, IO_TYPES
+from ..block.drivers import QEMU_DRIVERS
 from .qapi import (
     BOOL,
     INT,
@@ -39,14 +40,7 @@ BlockDirtyInfo = struct(
 
 # -- blockdev-add ------------------------------------------------------------------
 
-BlockdevDriver = Enum("BlockdevDriver", (
-    "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress",
-    "copy-before-write", "copy-on-read", "dmg", "file", "snapshot-access", "ftp", "ftps",
-    "gluster", "host_cdrom", "host_device", "http", "https", "iscsi", "luks", "nbd",
-    "nfs", "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow",
-    "qcow2", "qed", "quorum", "raw", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx",
-    "vmdk", "vpc", "vvfat",
-))
+BlockdevDriver = Enum("BlockdevDriver", QEMU_DRIVERS)
 BlockdevDiscardOptions = Enum("BlockdevDiscardOptions", ("ignore", "unmap"))
 BlockdevDetectZeroesOptions = Enum("BlockdevDetectZeroesOptions", ("off", "on", "unmap"))
 BlockdevCacheOptions = struct("BlockdevCacheOptions", m("*direct", BOOL), m("*no-flush", BOOL))

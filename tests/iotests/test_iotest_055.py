@@ -181,9 +181,6 @@ def test_055_set_speed_on_both(cmd):
     assert got == want
 
 
-@pytest.mark.xfail(strict=True, reason="bitlab/qemu_img/image.py create() answers every format but raw and qcow2 "
-                   "with 'bitlab does not simulate the image format'; qemu-img 7.2.22 names a format it has no "
-                   "driver for as unknown (bdrv_find_format in img_create/bdrv_img_create), prefixed by the file name")
 def test_qemu_img_create_unknown_format():
     """Found beside 055's ``format: spaghetti-noodles`` (which drive-backup now answers as QEMU does)."""
     with pytest.raises(QemuImgError) as err:
