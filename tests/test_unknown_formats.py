@@ -12,7 +12,7 @@ from .both import on_both
 UNKNOWN = [("create", "-f", "spaghetti-noodles", "x.img", "1M"), ("info", "-f", "spaghetti", "s.qcow2"),
            ("info", "-f", "spaghetti", "nothing.img"), ("map", "-f", "spaghetti", "s.qcow2"),
            ("convert", "-O", "spaghetti", "s.qcow2", "o.x"), ("check", "-f", "spaghetti", "s.qcow2"),
-           ("check", "-f", "raw", "s.qcow2"), ("check", "-f", "qcow2", "r.raw")]
+           ("check", "-f", "raw", "s.qcow2"), ("check", "-f", "qcow2", "r.raw"), ("map", "-f", "spaghetti", "no.img")]
 
 
 def _story(vm: Machine) -> list:
@@ -37,7 +37,8 @@ def test_unknown_formats_simulated() -> None:
         ("qemu-img: Unknown file format 'spaghetti'\n", 1),
         ("qemu-img: Could not open 's.qcow2': Unknown driver 'spaghetti'\n", 1),
         ("qemu-img: This image format does not support checks\n", 63),
-        ("qemu-img: Could not open 'r.raw': Image is not in qcow2 format\n", 1)]
+        ("qemu-img: Could not open 'r.raw': Image is not in qcow2 format\n", 1),
+        ("qemu-img: Could not open 'no.img': Unknown driver 'spaghetti'\n", 1)]
 
 
 def test_known_but_not_simulated() -> None:

@@ -108,6 +108,15 @@ def opened_name(name: str) -> str:
     return strip_file_protocol(name) or name
 
 
+def check_driver(name: str, fmt: str | None) -> None:
+    """A format given with ``-f``, looked up before the file is opened: one QEMU has no driver for is unknown
+    (``Unknown driver``), one bitlab does not simulate is refused as such."""
+    if fmt not in (None, "raw", "qcow2"):
+        if fmt not in QEMU_DRIVERS:
+            raise QemuImgError(f"qemu-img: Could not open '{name}': Unknown driver '{fmt}'\n")
+        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+
+
 def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None
                ) -> ImageFile:
     """The file ``name`` opened with format ``fmt`` (probed when None), or qemu-img's error.
@@ -116,6 +125,7 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     shares no writes), ``"write"`` to change it (it also writes and resizes), against the file nodes a
     running QEMU has open on it (bitlab.block.perms.lock_error).
     """
+    check_driver(name, fmt)
     key = find_key(key_fn, name)
     if key is None or key not in store:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': No such file or directory\n")
@@ -128,10 +138,6 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
         if error is not None:
             raise QemuImgError(f"qemu-img: Could not open '{name}': {error}\n"
                                f"Is another process using the image [{name}]?\n")
-    if fmt not in (None, "raw", "qcow2"):
-        if fmt not in QEMU_DRIVERS:
-            raise QemuImgError(f"qemu-img: Could not open '{name}': Unknown driver '{fmt}'\n")
-        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
     if fmt == "qcow2" and not image.is_qcow2:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
     if fmt == "raw" and image.is_qcow2:

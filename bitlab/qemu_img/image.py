@@ -15,7 +15,17 @@ from ..block.store import (
 )
 from ..qmp_order import to_json_pretty, wire_order
 from ..units import format_size, parse_size
-from ._common import KeyFn, Layer, QemuImgError, backing_name, find_key, new_key, open_image, opened_name
+from ._common import (
+    KeyFn,
+    Layer,
+    QemuImgError,
+    backing_name,
+    check_driver,
+    find_key,
+    new_key,
+    open_image,
+    opened_name,
+)
 from ._common import options as _options
 from ._common import split_args as _split_args
 from .layers import layer_runs, split_runs
@@ -144,10 +154,7 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     chain = []
     name: str | None = positional[0]
     fmt: str | None = opts.get("-f")
-    if fmt not in (None, "raw", "qcow2"):  # (the driver is looked up before the file is opened)
-        if fmt not in QEMU_DRIVERS:
-            raise QemuImgError(f"qemu-img: Could not open '{name}': Unknown driver '{fmt}'\n")
-        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    check_driver(positional[0], fmt)
     while name is not None:
         key = find_key(key_fn, name)
         if key is None or key not in store:
@@ -179,10 +186,7 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if not positional:
         raise QemuImgError("qemu-img: Expecting one image file name\n")
     fmt = opts.get("-f")
-    if fmt not in (None, "raw", "qcow2"):  # (the driver is looked up before the file is opened)
-        if fmt not in QEMU_DRIVERS:
-            raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Unknown driver '{fmt}'\n")
-        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    check_driver(positional[0], fmt)
     key = find_key(key_fn, positional[0])
     if key is None or key not in store:
         raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Could not open '{positional[0]}': "
