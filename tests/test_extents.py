@@ -195,3 +195,18 @@ def test_extents_clip_to_window():
     emap.write(10, 20, 3)
     starts, ends, vals = emap.extents(15, 30)
     assert starts.tolist() == [15, 30] and ends.tolist() == [30, 45] and vals.tolist() == [3, UNALLOCATED]
+
+
+def test_touched_mask_and_range_items_match_their_loops():
+    from bitlab.block.extents import range_items, touched_mask
+
+    rng = np.random.default_rng(5)
+    first = rng.integers(0, 50, 30)
+    count = rng.integers(0, 6, 30)
+    want = np.zeros(60, dtype=bool)
+    items = []
+    for f, c in zip(first.tolist(), count.tolist()):
+        want[f:f + c] = True
+        items += range(f, f + c)
+    assert touched_mask(first, first + count, 60).tolist() == want.tolist()
+    assert range_items(first, count).tolist() == items

@@ -28,6 +28,19 @@ ZERO_ALLOC = -3  # a qcow2 zero cluster that keeps its host cluster; reads as 0
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
+def touched_mask(first: np.ndarray, last: np.ndarray, n: int) -> np.ndarray:
+    """A mask of ``n`` items, set in every range ``[first, last)``."""
+    delta = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(delta, first, 1)
+    np.add.at(delta, last, -1)
+    return np.cumsum(delta[:-1]) > 0
+
+
+def range_items(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Every item of the ranges ``[first[i], first[i] + count[i])``, range after range (no loop per item)."""
+    return np.repeat(first - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+
+
 def _stab_max(nseg: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """For each segment ``0..nseg-1``, the largest ``i`` with ``left[i] <= seg < right[i]``.
 

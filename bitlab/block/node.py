@@ -20,7 +20,7 @@ from ..bitmap import DEFAULT, DirtyBitmap, check_bitmap, merge_ranges
 from ..errors import generic
 from ..qmp_order import wire_order
 from . import compress, hostfs, qcow2_opts, qcow2_trace, wstats
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes
+from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes, range_items, touched_mask
 from .ioerror import BlockIOError
 from .qcow2_host import NONE
 from .store import ImageFile
@@ -68,14 +68,6 @@ def _cut_runs(starts: np.ndarray, ends: np.ndarray, flags: np.ndarray, step: int
     k = np.arange(idx.size) - np.repeat(np.cumsum(extra + 1) - (extra + 1), extra + 1)
     new_s = np.where(k == 0, starts[idx], (starts[idx] // step + k) * step)
     return new_s, np.append(new_s[1:], ends[-1]), flags[idx]
-
-
-def _touched(first: np.ndarray, last: np.ndarray, n: int) -> np.ndarray:
-    """A mask of ``n`` items, set in every range ``[first, last)``."""
-    delta = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(delta, first, 1)
-    np.add.at(delta, last, -1)
-    return np.cumsum(delta[:-1]) > 0
 
 
 class BlockNode:
@@ -683,7 +675,7 @@ class Qcow2Node(FormatNode):
             at = np.searchsorted(clusters, starts // cs)  # (the clusters each nonzero run touches, by position)
             upto = np.searchsorted(clusters, -(-ends // cs))
             nonzero = values != 0
-            zero = ~_touched(at[nonzero], upto[nonzero], n)
+            zero = ~touched_mask(at[nonzero], upto[nonzero], n)
             if zero.any():
                 cut = np.flatnonzero(zero[1:] != zero[:-1]) + 1
                 for a, b in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [n])).tolist()):
@@ -1057,9 +1049,7 @@ class Qcow2Node(FormatNode):
         starts, ends, flags = runs
         if not c_s.size or not len(starts):
             return runs
-        n = c_e - c_s + 1
-        at = np.repeat(c_s, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        cuts = at * cs
+        cuts = range_items(c_s, c_e - c_s + 1) * cs  # (each compressed cluster's start, and the end of a run)
         cuts = cuts[(cuts > starts[0]) & (cuts < ends[-1])]
         new = np.union1d(starts, cuts)
         owner = np.searchsorted(starts, new, "right") - 1
@@ -1120,8 +1110,8 @@ class Qcow2Node(FormatNode):
         kinds = np.full(n, UNALLOCATED, dtype=np.int64)
         for value in (ZERO_ALLOC, ZERO):  # (a cluster holds one kind of zeroes, or data, or nothing)
             hit = v == value
-            kinds[_touched(first[hit], last[hit], n)] = value
-        kinds[_touched(first[v >= 0], last[v >= 0], n)] = 0
+            kinds[touched_mask(first[hit], last[hit], n)] = value
+        kinds[touched_mask(first[v >= 0], last[v >= 0], n)] = 0
         same = np.flatnonzero(kinds != kinds[0])
         end = (c0 + (int(same[0]) if same.size else n)) * cs
         return int(kinds[0]), min(end, lo + length) - lo

@@ -72,7 +72,7 @@ import numpy as np
 from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
 from ..block import wstats
 from ..block.blkdebug import BlockIOError
-from ..block.extents import UNALLOCATED, ZERO, clip_runs
+from ..block.extents import UNALLOCATED, ZERO, clip_runs, range_items
 from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
 
 MAX_BUFFER = 1 << 20  # BLOCK_COPY_MAX_BUFFER
@@ -646,7 +646,7 @@ class BlockCopy:
         if self.compress and not zero.all():  # a data task onto a cluster with a host offset fails (EIO): task by task
             data = ~(zero | detected)
             first, count = offsets[data] // cs, -(-(offsets[data] + nbytes[data]) // cs) - offsets[data] // cs
-            clusters = np.repeat(first - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+            clusters = range_items(first, count)
             if clusters.size and self.target.compressed_write_meets_host(clusters):
                 return False
         # Every dirty bit from the first task to the last belongs to a task of the batch.

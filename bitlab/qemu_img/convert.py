@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..block.drivers import QEMU_DRIVERS
-from ..block.extents import clip_runs
+from ..block.extents import clip_runs, touched_mask
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
 from ..units import parse_size
 from ._common import KeyFn, QemuImgError, new_key, open_chain, options, split_args
@@ -85,11 +85,7 @@ def _write_compressed(target: ImageFile, s: np.ndarray, e: np.ndarray, v: np.nda
     cs = target.cluster_size
     n = -(-target.size // cs)
     if sparse:
-        first, last = s[v != 0] // cs, -(-e[v != 0] // cs)
-        delta = np.zeros(n + 1, dtype=np.int64)
-        np.add.at(delta, first, 1)
-        np.add.at(delta, last, -1)
-        clusters = np.flatnonzero(np.cumsum(delta[:-1]) > 0)
+        clusters = np.flatnonzero(touched_mask(s[v != 0] // cs, -(-e[v != 0] // cs), n))
     else:
         clusters = np.arange(n, dtype=np.int64)
     if clusters.size:
