@@ -129,6 +129,7 @@ class Machine(GuestIO, Monitor):
         self.transcript = self.sink.transcript  # every QMP message and reply, in order
         self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)
         self.console_err: list[str] = []  # ... and on stderr
+        self.runstate = "running"  # the VM's RunState: "running" or, after ``stop``, "paused"
 
     # -- QMP ----------------------------------------------------------------------
     def execute(self, message: dict) -> dict:

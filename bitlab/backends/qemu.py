@@ -19,8 +19,8 @@ simulator's methods: ``qmp``, ``execute``, ``events``, ``write``/``discard``/``r
   ``qemu-io``.
 
 ``daemon="auto"`` (the default; ``BITLAB_QEMU_DAEMON`` may set another) starts nothing until
-first use: ``add_drive`` or HMP first starts the system emulator, anything else
-qemu-storage-daemon. The backend's own helper commands (exports, its server, job polls,
+first use: ``add_drive``, HMP, ``stop``, ``cont`` or ``query-status`` first starts the system
+emulator, anything else qemu-storage-daemon. The backend's own helper commands (exports, its server, job polls,
 lookups) are kept out of ``transcript`` (they are listed in ``backstage``). It always stops
 its own QEMU (QMP ``quit``, then SIGKILL of only its own PID).
 
@@ -129,10 +129,11 @@ class QemuNotFound(RuntimeError):
 
 
 NBD_UNANSWERED = ("alloc", "map", "info", "truncate")  # qemu-io commands NBD cannot carry to qemu-storage-daemon
+SYSTEM_COMMANDS = ("human-monitor-command", "stop", "cont", "query-status")  # the system emulator's alone
 
 
 class QemuDaemonError(RuntimeError):
-    """The scenario needs what the running daemon cannot do (devices and HMP on qsd)."""
+    """The scenario needs what the running daemon cannot do (devices, HMP and the run state on qsd)."""
 
 
 def qemu_missing(daemon: str = "auto") -> list[str]:
@@ -387,7 +388,7 @@ class QemuMachine(GuestIO, Monitor):
 
     def _ensure(self, device: str | None = None) -> str:
         """Start QEMU on first use and return its kind; ``device`` names a use that needs the
-        system emulator (``add_drive``, HMP)."""
+        system emulator (``add_drive``, HMP, the run state's commands)."""
         if self._closed:
             raise RuntimeError("this QemuMachine is closed")
         if self.kind is None:
@@ -408,9 +409,9 @@ class QemuMachine(GuestIO, Monitor):
 
     def _device_message(self, what: str) -> str:
         forced = f" ({DAEMON_ENV}={os.environ[DAEMON_ENV]})" if os.environ.get(DAEMON_ENV) == self.daemon else ""
-        return (f"{what} needs QEMU's system emulator (-drive devices and HMP), but this machine runs "
-                f"qemu-storage-daemon{forced}, which has neither. Use Machine(backend='qemu', daemon='system'), "
-                f"or with daemon='auto' call add_drive or hmp before anything else.")
+        return (f"{what} needs QEMU's system emulator (-drive devices, HMP, stop/cont), but this machine runs "
+                f"qemu-storage-daemon{forced}, which has none of them. Use Machine(backend='qemu', daemon='system'), "
+                f"or with daemon='auto' call add_drive, hmp, stop, cont or query-status before anything else.")
 
     def _argv(self, sock: str) -> list[str]:
         chardev = qmp_chardev(sock)
@@ -526,11 +527,11 @@ class QemuMachine(GuestIO, Monitor):
     def execute(self, message: dict) -> dict:
         """Send one wire-shaped QMP message; its reply (recorded in ``transcript``).
 
-        ``human-monitor-command`` as the first command starts the system emulator (daemon
-        "auto"); later, qemu-storage-daemon gives its own CommandNotFound reply.
+        ``human-monitor-command``, ``stop``, ``cont`` or ``query-status`` as the first command starts the
+        system emulator (daemon "auto"); later, qemu-storage-daemon gives its own CommandNotFound reply.
         """
         name = message.get("execute")
-        first_hmp = name == "human-monitor-command" and self.kind is None and self.daemon != "qsd"
+        first_hmp = name in SYSTEM_COMMANDS and self.kind is None and self.daemon != "qsd"
         kind = self._ensure(name if first_hmp else None)
         if kind == "qsd" and isinstance(message.get("arguments"), dict):
             if name == "blockdev-add":
@@ -670,7 +671,7 @@ class QemuMachine(GuestIO, Monitor):
 
     def qmp(self, name: str, arguments: dict | None = None) -> Any:
         """Run a command; its value, or :class:`QMPError` with QEMU's class and text."""
-        if name == "human-monitor-command":
+        if name in SYSTEM_COMMANDS:
             self._ensure(name)  # on qemu-storage-daemon: a clear error rather than CommandNotFound
         return super().qmp(name, arguments)
 

@@ -62,6 +62,7 @@ class BackupJob(Job):
         self.owns_target = owns_target
         self.initialised = False
         self.call: Call | None = None
+        self.error_stopped = False  # an error paused the job (on-*-error stop); backup_loop retries after it
         self.bcs = BlockCopy(source, target, cluster_size, manager.scheduler, weak_method(self._progress))
         self.bcs.set_copy_opts(use_copy_range, compress)
         # copy-before-write: the filter copies what the guest is about to overwrite (errors fail the write)
@@ -122,6 +123,7 @@ class BackupJob(Job):
     # -- running ------------------------------------------------------------------------
     def run(self) -> None:
         """backup_run, resumed from wherever the job stopped."""
+        self.error_stopped = False
         if self.is_cancelled:
             self.run_returned(0)
             return
@@ -169,6 +171,7 @@ class BackupJob(Job):
             self._copy()
         else:  # stop: the job is user-paused until resumed
             self.io_status = "nospace" if err.errno == ENOSPC else "failed"
+            self.error_stopped = True
             self.user_paused = True
             self.pause_count += 1
             self.pause_point()
@@ -183,12 +186,12 @@ class BackupJob(Job):
     def on_cancel(self) -> None:
         if self.call is not None:
             self.bcs.cancel()
-        elif self.io_status != "ok" and self.sync != "none":
+        elif self.error_stopped and self.sync != "none":
             # Stopped on an error: backup_loop retries once more before it sees the cancel,
             # so the requests it starts still complete, and so does the next task, created
             # before block-copy waited for a free worker (the spare). Between nodes whose I/O
             # never yields, that call copies everything before the job looks again.
-            self.io_status = "ok"
+            self.io_status, self.error_stopped = "ok", False
             self.call = self.bcs.start(self.max_workers, self.max_chunk, weak_method(self._call_done))
             if _instant(self.source) and _instant(self.target):
                 self.bcs.launch(self.call)

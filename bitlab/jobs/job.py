@@ -89,6 +89,28 @@ class JobManager:
                     job.drain_paused = False
                     job.resume()
 
+    def drain_all(self, nodes: list[Any]) -> None:
+        """bdrv_drain_all_begin, then bdrv_drain_all_end, over ``nodes`` in the order they were made:
+        each node's drain pauses the jobs linked to it (block_job_add_bdrv's links: a backup's filter
+        and target, not its source), so a block job pauses at the first of its nodes and resumes at
+        the last (its pause count drops to zero only there)."""
+        at = {id(node): i for i, node in enumerate(nodes)}
+        spans = []
+        for job in list(self.jobs):
+            places = [at[id(node)] for _, node in job.block_links() if id(node) in at]
+            if places:
+                spans.append((min(places), max(places), job))
+        paused = []
+        for _, _, job in sorted(spans, key=lambda span: span[0]):
+            if not job.drain_paused:
+                job.drain_pause()
+                if job.drain_paused:
+                    paused.append(job)
+        for _, _, job in sorted(spans, key=lambda span: span[1]):
+            if job in paused:
+                job.drain_paused = False
+                job.resume()
+
     def attach_drained(self, job: Job) -> None:
         """A job created on a drained node starts out paused by the drain."""
         if not job.drain_paused and not self.drained.keys().isdisjoint(job.node_ids()):

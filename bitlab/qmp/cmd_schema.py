@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from . import cmd_bitmap, cmd_block, cmd_job, cmd_misc, cmd_wstats, hmp, transaction  # noqa: F401  (registered first)
+from . import cmd_bitmap, cmd_block, cmd_job, cmd_misc, cmd_runstate, cmd_wstats, hmp, transaction  # noqa: F401  (registered first)
 from .commands import TABLE
 from .events import JobStatus, JobType
 from .qapi import BOOL, INT, INT64, STR, UINT32, UINT64, Array, Enum, QType, Struct, Union_, m, struct

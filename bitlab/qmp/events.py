@@ -19,7 +19,9 @@ JobStatus = Enum("JobStatus", STATUSES)
 IoOperationType = Enum("IoOperationType", ("read", "write"))
 BlockErrorAction = Enum("BlockErrorAction", ("ignore", "report", "stop"))
 
-EVENTS: dict[str, Struct] = {
+EVENTS: dict[str, Struct | None] = {
+    "STOP": None,
+    "RESUME": None,
     "BLOCK_JOB_COMPLETED": struct(
         "q_obj_BLOCK_JOB_COMPLETED-arg",
         m("type", JobType), m("device", STR), m("len", INT), m("offset", INT), m("speed", INT), m("*error", STR),
@@ -39,4 +41,4 @@ EVENTS: dict[str, Struct] = {
         m("write-threshold", UINT64),
     ),
 }
-"""Event name -> the QAPI type of its ``data``, in QEMU's schema order."""
+"""Event name -> the QAPI type of its ``data`` (None: it has none), in QEMU's schema order."""

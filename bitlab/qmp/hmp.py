@@ -1,4 +1,4 @@
-"""human-monitor-command, as far as bitlab needs it: ``qemu-io NODE "CMD"``."""
+"""human-monitor-command, as far as bitlab needs it: ``qemu-io NODE "CMD"``, ``info``, ``stop`` and ``cont``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ..block.blkdebug import BlockIOError
 from ..block.info import driver_info, driver_names, dump_specific, format_specific
 from ..errors import QMPError, generic
 from ..qmp_order import wire_order
+from .cmd_runstate import status_line, vm_cont, vm_stop
 from .commands import TABLE
 from .qemu_io import QemuIoError, cvtstr, dump_buffer, parse_qemu_io
 from .types import HumanMonitorCommand
@@ -194,7 +195,17 @@ def info_block_jobs(vm: Any) -> str:
     return out
 
 
-INFO = {"block": info_block, "block-jobs": info_block_jobs}
+INFO = {"block": info_block, "block-jobs": info_block_jobs, "status": status_line}
+INFO_NO_ARGS = ("block-jobs", "status")  # (info block takes a device)
+
+NO_ARGS = {"stop": ("stop|s", vm_stop), "s": ("stop|s", vm_stop), "cont": ("cont|c", vm_cont),
+           "c": ("cont|c", vm_cont)}
+"""HMP commands without arguments: the name and its alias, as QEMU's errors show them, and what they run."""
+
+
+def _extraneous(label: str, help_name: str) -> str:
+    """monitor/hmp.c's reply to a command given more than it takes."""
+    return f'{label}: extraneous characters at the end of line\r\nTry "help {help_name}" for more information\r\n'
 
 
 _QEMU_IO_HELP = 'Try "help qemu-io" for more information\r\n'
@@ -234,18 +245,28 @@ def _hmp_args(text: str) -> tuple[tuple[str, ...], str | None]:
 
 @TABLE.command("human-monitor-command", HumanMonitorCommand)
 def qmp_hmp(vm: Any, args: dict) -> str:
-    """HMP, as far as bitlab has it: ``qemu-io``, ``info block``, ``info block-jobs``. Like
-    QEMU's, qemu-io's output goes to the emulator's stdout (``vm.console``); errors come back
-    as the command's text."""
+    """HMP, as far as bitlab has it: ``qemu-io``, ``info block``, ``info block-jobs``, ``info status``,
+    ``stop`` and ``cont``. Like QEMU's, qemu-io's output goes to the emulator's stdout (``vm.console``);
+    errors come back as the command's text."""
     line = args["command-line"].strip()
     name, _, rest = line.partition(" ")
     if not name:
         return ""
-    if name == "info" and rest.strip() in INFO:
-        return INFO[rest.strip()](vm)
+    if name in NO_ARGS:
+        label, run = NO_ARGS[name]
+        if rest.strip():
+            return _extraneous(label, name)
+        run(vm)
+        return ""
+    if name == "info":
+        what, _, more = rest.strip().partition(" ")
+        if what in INFO_NO_ARGS and more.strip():
+            return _extraneous(what, f"info {what}")
+        if what in INFO and not more.strip():
+            return INFO[what](vm)
     if name != "qemu-io":
         return f"unknown command: '{line.split()[0]}' (bitlab's monitor has qemu-io, info block, " \
-               "info block-jobs)\r\n"
+               "info block-jobs, info status, stop, cont)\r\n"
     args, error = _hmp_args(rest)
     words = list(args)
     if error:
