@@ -24,6 +24,7 @@ DIFFERENT_COMMANDS = {
     "query-version": "bitlab reports QEMU 7.2.0 with package 'bitlab <version>', not Debian's build",
     "query-commands": "bitlab implements a different set of commands",
     "human-monitor-command": "bitlab's monitor is the system emulator's, which has HMP; qsd has none",
+    "query-status": "bitlab's monitor is the system emulator's, which has a run state; qsd has none",
 }
 DIFFERENT_SCENARIOS: dict[str, str] = {}
 # Other steps bitlab does not reproduce, with the reason.
