@@ -243,6 +243,13 @@ def test_getopt_errors_lead_to_the_help(args, message):
     assert err.value.stderr.startswith(message + "\nqemu-img: bitlab does not simulate qemu-img's help")
 
 
+def test_help_is_not_simulated():
+    with pytest.raises(QemuImgError) as err:
+        Machine().qemu_img("measure", "--size", "1G", "-h")
+    assert err.value.stderr == ("qemu-img: bitlab does not simulate qemu-img's help "
+                                "(qemu-img prints it and exits with 0)\n")
+
+
 def test_getopt_long():
     positional: list[str] = []
     got = list(getopt_long(["a", "-Uf", "raw", "--si=1G", "-Oqcow2", "b", "--out", "json", "--", "-c"],
