@@ -158,9 +158,8 @@ def qcow2_measure(opts: dict, chain: list[Layer] | None) -> dict:
         required = virtual
     fully = prealloc_size(virtual, cs, refcount_bits.bit_length() - 1, extended_l2)
     info = {"required": fully - virtual + required, "fully-allocated": fully}
-    top = chain[0].image if chain else None
-    if version >= 3 and top is not None and top.is_qcow2 and top.compat != "0.10":
-        info["bitmaps"] = bitmaps_size(top, chain[0].size, cs)  # type: ignore[index]
+    if version >= 3 and chain and chain[0].image.is_qcow2 and chain[0].image.compat != "0.10":
+        info["bitmaps"] = bitmaps_size(chain[0].image, chain[0].size, cs)  # (both sides store bitmaps)
     return info
 
 
