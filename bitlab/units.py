@@ -6,7 +6,9 @@ import math
 import re
 
 _SUFFIXES = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-_SIZE_RE = re.compile(r"^\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?|\.\d+)\s*([bBkKmMgGtTpPeE]?)\s*$")
+# qemu_strtosz: leading blanks, an optional plus, then hex (no fraction; a suffix is deprecated but taken, and
+# b and e are hex digits there) or decimal with an optional fraction (no exponent), at most one suffix, no more
+_SIZE_RE = re.compile(r"^\s*\+?(?:0[xX]([0-9a-fA-F]+)([kKmMgGtTpP]?)|(\d+)(\.\d*)?([bBkKmMgGtTpPeE]?))$")
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
@@ -26,17 +28,17 @@ def parse_size(value: str | int) -> int:
     m = _SIZE_RE.match(str(value))
     if not m:
         raise ValueError(f"invalid size: {value!r}")
-    number, suffix = m.group(1), m.group(2).lower()
-    shift = _SUFFIXES[suffix]
-    if number.lower().startswith("0x"):
-        result = int(number, 16) << shift
-    elif "." in number:
-        if not suffix or suffix == "b":
-            raise ValueError(f"invalid size: {value!r} (fractions need a unit)")
-        whole, _, frac = number.partition(".")
-        result = (int(whole or "0") << shift) + int(float("0." + (frac or "0")) * (1 << shift))
+    hexa, hex_suffix, whole, frac, suffix = m.groups()
+    if hexa is not None:
+        result = int(hexa, 16) << _SUFFIXES[hex_suffix.lower()]
     else:
-        result = int(number) << shift
+        shift = _SUFFIXES[suffix.lower()]
+        # the fraction as do_strtosz keeps it: a 64-bit fixed-point number, scaled and rounded half up
+        valf = int(float("0" + frac) * 2.0 ** 64) if frac and frac != "." else 0
+        if valf and not shift:
+            raise ValueError(f"invalid size: {value!r} (fractions need a unit)")
+        scaled = valf << shift
+        result = (int(whole or "0") << shift) + (scaled >> 64) + ((scaled >> 63) & 1)
     if result >= 1 << 64:
         raise ValueError(f"invalid size: {value!r} (too large)")
     return result

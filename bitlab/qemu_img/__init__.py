@@ -1,8 +1,8 @@
 """``qemu-img`` on the machine's image store, with qemu-img 7.2's texts and exit codes.
 
 One module per concern: :mod:`.image` (create, info, check), :mod:`.compare`, :mod:`.mapping`
-(map), :mod:`.rebase`, :mod:`.commit`, :mod:`.convert`; :mod:`.layers` reads chains (allocation, block status,
-content) for them, vectorised.
+(map), :mod:`.rebase`, :mod:`.commit`, :mod:`.convert`, :mod:`.measure`; :mod:`.layers` reads chains
+(allocation, block status, content) for them, vectorised.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from .convert import img_convert
 from .image import INT64_MAX, QCOW2_MAX_L1_ENTRIES, SIZE_HELP, check, create, info
 from .layers import content as read_chain
 from .mapping import img_map
+from .measure import img_measure
 from .rebase import img_rebase
 from .resize import img_resize
 
 COMMANDS = {"create": create, "info": info, "check": check, "compare": img_compare, "map": img_map,
             "rebase": img_rebase, "commit": img_commit, "convert": img_convert, "resize": img_resize,
-            "bitmap": img_bitmap}
+            "bitmap": img_bitmap, "measure": img_measure}
 
 
 def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> str:
@@ -36,5 +37,5 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
 
 __all__ = ["QemuImgError", "KeyFn", "Layer", "open_chain", "read_chain",
            "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
-           "img_commit", "img_convert", "img_resize", "img_bitmap",
+           "img_commit", "img_convert", "img_resize", "img_bitmap", "img_measure",
            "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]

@@ -69,9 +69,10 @@ def split_runs(starts: np.ndarray, ends: np.ndarray, where: np.ndarray, step: in
     return new_s, np.append(new_s[1:], ends[-1]), idx
 
 
-def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def layer_runs(layer: Layer, hosts: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A layer's allocation over its virtual size, with the host offset of each run (-1: none); a
-    qcow2 run of host clusters is cut where they stop being contiguous in the file."""
+    qcow2 run of host clusters is cut where they stop being contiguous in the file (``hosts`` False: no
+    host offsets, all -1, for callers that only want the codes)."""
     image = layer.image
     s, e, c = allocation(image)
     if layer.size > image.data.size:  # the tail of the last sector
@@ -79,7 +80,7 @@ def layer_runs(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         c = np.append(c, UNALLOC if image.is_qcow2 else c[-1] if c.size else DATA)
     if not image.is_qcow2:
         return s, e, c, s.copy()
-    return host_runs(image, s, e, c)
+    return host_runs(image, s, e, c) if hosts else (s, e, c, np.full(s.size, -1, dtype=np.int64))
 
 
 def host_runs(image: ImageFile, s: np.ndarray, e: np.ndarray, c: np.ndarray) -> Runs4:
@@ -102,16 +103,17 @@ def host_runs(image: ImageFile, s: np.ndarray, e: np.ndarray, c: np.ndarray) -> 
     return tuple(a[order] for a in out)  # type: ignore[return-value]
 
 
-def chain_status(chain: list[Layer], level: int = 0) -> tuple[np.ndarray, ...]:
+def chain_status(chain: list[Layer], level: int = 0, hosts: bool = True) -> tuple[np.ndarray, ...]:
     """Block status of ``chain[level:]`` as qemu-img map sees it: runs of
     ``(starts, ends, codes, depths, hosts)``. A cluster no layer allocates is ``UNALLOC`` at the
-    bottom layer's depth; past the end of a shorter backing file, ``UNALLOC`` at the layer above."""
-    s, e, c, h = layer_runs(chain[level])
+    bottom layer's depth; past the end of a shorter backing file, ``UNALLOC`` at the layer above
+    (``hosts`` False: qcow2 layers give no host offsets, see layer_runs)."""
+    s, e, c, h = layer_runs(chain[level], hosts)
     d = np.full(s.size, level, dtype=np.int64)
     holes = c == UNALLOC
     if level + 1 == len(chain) or not holes.any():
         return s, e, c, d, h
-    bs, be, bc, bd, bh = chain_status(chain, level + 1)
+    bs, be, bc, bd, bh = chain_status(chain, level + 1, hosts)
     bsize = chain[level + 1].size
     hs, he = s[holes], e[holes]
     inside = hs < bsize
