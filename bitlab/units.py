@@ -13,6 +13,10 @@ _SIZE_RE = re.compile(r"^\s*\+?(?:0[xX]([0-9a-fA-F]+)([kKmMgGtTpP]?)|(\d+)(\.\d*
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
 
+class SizeTooLarge(ValueError):
+    """A well-formed size of 2**64 or more (qemu_strtosz's ERANGE)."""
+
+
 def parse_size(value: str | int) -> int:
     """Parse a size the way qemu_strtosz does: bytes by default, binary suffixes.
 
@@ -40,7 +44,7 @@ def parse_size(value: str | int) -> int:
         scaled = valf << shift
         result = (int(whole or "0") << shift) + (scaled >> 64) + ((scaled >> 63) & 1)
     if result >= 1 << 64:
-        raise ValueError(f"invalid size: {value!r} (too large)")
+        raise SizeTooLarge(f"invalid size: {value!r} (too large)")
     return result
 
 

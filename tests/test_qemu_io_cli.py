@@ -39,7 +39,9 @@ CASES = ["read 0", "read 0 1 2", "read -x 0 512", "read -P 0x11 0 512", "read -P
          "writev 0 0", "writev -P 0x33 -q 64k 1k", "write -P 0x41 300k 1k", "write -P 0x20 400k 16",
          "write -z 512k 64k", "read -v 0 20", "read -v 65530 20", "read -v -q 0 16", "read -v -P 0x11 0 16",
          "read -vP 0x12 -s 4 -l 4 0 16", "read -v 299k 2k", "read -v 400k 40", "readv -v 65532 8 8",
-         "map", "alloc 0 1M", "zone_open 0 0", "zone_report 0 0"]
+         "map", "alloc 0 1M", "zone_open 0 0", "zone_report 0 0",
+         # fractions of a unit round half up (qemu_strtosz): 0.512 bytes is 1
+         "write -P 0x42 500k 0.0005k", "read 0 0.0015k", "read 0 1.9999k", "read 0.0004k 0.4995k"]
 TIMING = re.compile(r"^.* ops; .*\n", re.M)  # qemu-io's measured rate (bitlab's clock takes no time)
 
 
@@ -93,6 +95,8 @@ def test_cvtnum_limits():
     warnings: list[str] = []
     assert cvtnum("9223372036854775807", warnings) == (1 << 63) - 1
     assert cvtnum("1.25k", warnings) == 1280 and cvtnum("0x200", warnings) == 512 and warnings == []
+    assert [cvtnum(text, warnings) for text in ("0.0005k", "0.0015k", "1.9999k", "0.0004k", "0.4995k")] == [
+        1, 2, 2048, 0, 511]
     with pytest.raises(QemuIoError, match="argument too large -- 8E"):
         cvtnum("8E", warnings)
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..units import SizeTooLarge, parse_size
+
 BDRV_REQUEST_MAX_BYTES = 2147483136  # MIN(SIZE_MAX, INT_MAX) aligned down to the sector
 _I64_MAX = (1 << 63) - 1
 
@@ -100,26 +102,23 @@ def _cvtnum_error(text: str, too_large: bool = False) -> QemuIoError:
 
 
 _NUMBER = re.compile(r"\+?(?:(0[xX][0-9a-fA-F]+)|(\d+)(?:\.(\d*))?)([bBkKmMgGtTpPeE]?)")
-_SHIFT = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 
 
 def cvtnum(text: str, warnings: list[str]) -> int:
-    """qemu-io's cvtnum (qemu_strtosz, at most INT64_MAX): bytes by default, binary suffixes, a
-    fraction only with a suffix, hex (with a suffix: accepted, with QEMU's deprecation warning)."""
+    """qemu-io's cvtnum (qemu_strtosz, :func:`~bitlab.units.parse_size`, at most INT64_MAX): bytes by default,
+    binary suffixes, a fraction only with a suffix (rounded half up), hex (with a suffix: accepted, with QEMU's
+    deprecation warning)."""
     m = _NUMBER.fullmatch(text)
     if m is None:
         raise _cvtnum_error(text)
-    hexa, whole, frac, suffix = m.groups()
-    mul = 1 << _SHIFT[suffix.lower()]
-    if hexa is not None:
-        value = int(hexa, 16) * mul
-        if suffix:
-            warnings.append(f"Using a multiplier suffix on hex numbers is deprecated: {text}")
-    else:
-        fraction = float("0." + frac) if frac else 0.0
-        if fraction and mul == 1:
-            raise _cvtnum_error(text)
-        value = int(whole) * mul + int(fraction * mul)
+    try:
+        value = parse_size(text)
+    except SizeTooLarge:
+        raise _cvtnum_error(text, too_large=True) from None
+    except ValueError:
+        raise _cvtnum_error(text) from None
+    if m.group(1) is not None and m.group(4):
+        warnings.append(f"Using a multiplier suffix on hex numbers is deprecated: {text}")
     if value > _I64_MAX:
         raise _cvtnum_error(text, too_large=True)
     return value
