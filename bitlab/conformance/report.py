@@ -6,21 +6,29 @@ import argparse
 import random
 import time
 
-from ..backends.qemu import QemuNotFound, qemu_missing
+import os
+
+from ..backends.qemu import DAEMON_ENV, QemuDaemonError, QemuNotFound, qemu_missing
 from .gen_blkdebug import blkdebug_scenario
 from .gen_compress import compress_scenario
 from .gen_parents import parents_scenario
 from .gen_running import running_scenario
+from .gen_runstate import runstate_scenario
 from .generator import random_scenario
 from .runner import check
 
 FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario,
-         "compress": compress_scenario}
+         "compress": compress_scenario, "runstate": runstate_scenario}
+SYSTEM_ONLY = {"runstate": "stop, cont and query-status"}
+"""Foci whose every scenario needs QEMU's system emulator: what it needs there."""
 
 
 def report(scenarios: int, seed: int, show: int = 5, focus: str | None = None,
            daemon: str | None = None) -> tuple[str, int]:
     """The report text and the number of scenarios that differ (real QEMU's ``daemon``: see :func:`.runner.play`)."""
+    if focus in SYSTEM_ONLY and (daemon or os.environ.get(DAEMON_ENV)) == "qsd":
+        raise QemuDaemonError(f"--focus {focus} needs QEMU's system emulator ({SYSTEM_ONLY[focus]}), which "
+                              "qemu-storage-daemon does not have: use --daemon system or auto")
     missing = qemu_missing()
     if missing:
         raise QemuNotFound(missing)
@@ -58,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--focus", choices=sorted(FOCUS), default=None,
                         help="scenarios built around backups that run while the guest writes (running), "
                              "around the parents of a backup's source: overlays, earlier targets (parents), or "
-                             "around blkdebug's events and failed requests under raw and qcow2 nodes (blkdebug)")
+                             "around blkdebug's events and failed requests under raw and qcow2 nodes (blkdebug), "
+                             "around stop, cont and query-status on the system emulator (runstate)")
     parser.add_argument("--daemon", choices=["auto", "qsd", "system"], default=None,
                         help="real QEMU's daemon: qemu-storage-daemon (qsd), the system emulator (system), or "
                              "auto (default, or BITLAB_QEMU_DAEMON): the system emulator only for -drive or HMP")
@@ -68,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     try:
         text, bad = report(args.scenarios, seed, focus=args.focus, daemon=args.daemon)
-    except QemuNotFound as err:
+    except (QemuNotFound, QemuDaemonError) as err:
         print(err)
         return 2
     print(text)
