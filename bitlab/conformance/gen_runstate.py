@@ -8,9 +8,9 @@ that the real backend's daemon "auto" starts it):
   every node, which pauses and resumes every job; a job that is mid-request pauses only once that request ends on
   QEMU, which varies, so no run-state step goes between a job's start (or a change that lets it copy: speed 0, a
   cancel) and that point;
-- a backup that a blkdebug error stops (``on-source-error`` / ``on-target-error``: ``stop``, or ``enospc`` with
-  ENOSPC) on its first request, waited for, then ``cont`` (which resets its ``io-status`` and leaves it paused), ``stop``, queries,
-  and a resume or a cancel;
+- a backup that a blkdebug error stops on its first request (``on-source-error`` / ``on-target-error``: ``stop``,
+  or ``enospc`` with ENOSPC), waited for, then ``cont`` (which resets its ``io-status`` and leaves it paused),
+  ``stop``, queries, and a resume or a cancel;
 - a qcow2 node over blkdebug whose ``set-state`` rules move on at ``flush_to_os`` / ``flush_to_disk`` and whose
   ``inject-error`` rules on later reads and writes depend on the state reached, so that whether ``stop`` flushed
   the node (every ``stop``: ``flush_to_os``; ``flush_to_disk`` only after a write) shows in their results.
@@ -21,7 +21,6 @@ Names of their own: error episodes ``rs<n>`` / ``rt<n>`` / ``rj<n>``, flush epis
 from __future__ import annotations
 
 import random
-from typing import Any
 
 from .gen_running import SETTLE, running_backup
 from .steps import qmp_step as _qmp

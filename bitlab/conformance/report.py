@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
-
-import os
 
 from ..backends.qemu import DAEMON_ENV, QemuDaemonError, QemuNotFound, qemu_missing
 from .gen_blkdebug import blkdebug_scenario
