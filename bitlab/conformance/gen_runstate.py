@@ -3,8 +3,9 @@
 mixed into three kinds of episode, on QEMU 7.2's system emulator (the scenario's first step is one of them, so
 that the real backend's daemon "auto" starts it):
 
-- the throttled backups of :func:`.gen_running.running_backup`, with run-state steps inserted where its jobs have
-  settled (each job's first request has finished: after its ``settle`` sleep or guest write). ``stop`` drains
+- the throttled backups of ``--focus running`` (:func:`.gen_running.running_scenario`, the same for the same
+  seed and index), with run-state steps inserted where its jobs have settled (each job's first request has
+  finished: after its ``settle`` sleep or guest write). ``stop`` drains
   every node, which pauses and resumes every job; a job that is mid-request pauses only once that request ends on
   QEMU, which varies, so no run-state step goes between a job's start (or a change that lets it copy: speed 0, a
   cancel) and that point;
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import random
 
-from .gen_running import SETTLE, running_backup
+from .gen_running import SETTLE, running_scenario
 from .steps import qmp_step as _qmp
 
 M = 1 << 20
@@ -160,27 +161,6 @@ def flush_episode(rng: random.Random, n: int) -> list[dict]:
     return steps
 
 
-def _backup_story(rng: random.Random, seed: int, index: int, size: int) -> list[dict]:
-    """gen_running's scenario (its nodes, a few writes and bitmap commands, a throttled backup) with run-state
-    steps where its jobs have settled."""
-    from . import generator as gen  # (the generator imports gen_running)
-    st = gen._State(random.Random(f"runstate{seed}/{index}/backup"), ["d0", "d1"][: rng.randint(1, 2)])
-    st.thresholds = random.Random(f"runstate{seed}/{index}/threshold")
-    steps: list[dict] = []
-    for n in st.nodes:
-        steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
-        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": n,
-                                           "file": {"driver": "file", "filename": f"{n}.qcow2"}}))
-    for _ in range(rng.randint(2, 6)):
-        steps += gen._OPS[st.rng.choices(["write", "add", "manage", "running"], weights=[30, 15, 5, 6])[0]](st, size)
-    steps += running_backup(st, size)
-    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
-    for node in st.nodes:
-        for name in sorted(st.bitmaps[node]):
-            steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name}))
-    return with_runstate(rng, steps)
-
-
 def runstate_scenario(seed: int, index: int = 0, size: int = 8 << 20) -> dict:
     """One to three episodes (a throttled backup story, an error-stopped backup, a flush story) with run-state
     commands; the same (seed, index), the same steps."""
@@ -189,8 +169,8 @@ def runstate_scenario(seed: int, index: int = 0, size: int = 8 << 20) -> dict:
     kinds = [k for k in ("backup", "error", "flush") if rng.random() < 0.5] or [rng.choice(["backup", "flush"])]
     rng.shuffle(kinds)
     for n, kind in enumerate(kinds, 1):
-        if kind == "backup":
-            steps += _backup_story(rng, seed, index, size)
+        if kind == "backup":  # --focus running's scenario (its nodes, writes, bitmaps, a throttled backup)
+            steps += with_runstate(rng, running_scenario(seed, index, size)["steps"])
         elif kind == "error":
             steps += error_episode(rng, n)
         else:
