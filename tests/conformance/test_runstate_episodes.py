@@ -46,6 +46,9 @@ def test_scenarios_are_deterministic_and_varied() -> None:
     rules = [s["qmp"]["arguments"]["file"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-add"
              and s["qmp"]["arguments"]["node-name"].startswith("rf")]
     assert {r["event"] for f in rules for r in f["set-state"]} == {"flush_to_os", "flush_to_disk"}
+    formats = {s["qmp"]["arguments"]["driver"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-add"
+               and s["qmp"]["arguments"]["node-name"].startswith("rf")}
+    assert formats == {"qcow2", "raw"}
     backups = [s["qmp"]["arguments"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-backup"
                and s["qmp"]["arguments"]["job-id"].startswith("rj")]
     assert {b.get("on-source-error", b.get("on-target-error")) for b in backups} == {"stop", "enospc"}
@@ -81,6 +84,6 @@ def test_nothing_is_refused_on_the_simulator() -> None:
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("index", [0, 1, 5, 7])  # backup and error, flush, backup and flush, error and flush
+@pytest.mark.parametrize("index", [0, 1, 5, 7])  # backup and error, flush (raw), backup and flush, error and flush
 def test_identical_on_qemu(index: int) -> None:
     assert check(runstate_scenario(19701, index)) == []
