@@ -64,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="the seed (default: a new one, printed)")
     parser.add_argument("--focus", choices=sorted(FOCUS), default=None,
                         help="scenarios built around backups that run while the guest writes (running), "
-                             "around the parents of a backup's source: overlays, earlier targets (parents), or "
-                             "around blkdebug's events and failed requests under raw and qcow2 nodes (blkdebug), "
+                             "around the parents of a backup's source: overlays, earlier targets (parents), "
+                             "around blkdebug's events and failed requests under raw and qcow2 nodes (blkdebug), or "
                              "around stop, cont and query-status on the system emulator (runstate)")
     parser.add_argument("--daemon", choices=["auto", "qsd", "system"], default=None,
                         help="real QEMU's daemon: qemu-storage-daemon (qsd), the system emulator (system), or "
