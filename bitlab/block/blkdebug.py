@@ -451,7 +451,9 @@ class BlkdebugNode(BlockNode):
         times)``, ``("seq", names, times)``, ``("w"|"z"|"r", offset, length, kind, key)``, ``("f",)`` a flush,
         ``("d", offset, length)`` a discard (its failure ignored), ``("call", fn)`` work elsewhere (a backing
         file's read), ``("end", cache)``: a cache written entry by entry goes on after a failed write and fails
-        at its end (qcow2_cache_write), ``("soft", +1/-1)`` around what may fail unnoticed
+        at its end (qcow2_cache_write), ``("links", +1/-1)`` around the tasks' links of their new clusters into
+        L2 tables (qcow2_alloc_cluster_link_l2, with its dependency flush: left out when every task failed, as
+        QEMU links only a task whose data was written), ``("soft", +1/-1)`` around what may fail unnoticed
         (qcow2_cache_set_dependency's flushes, qcow2_free_clusters' refcount updates: a refcount block whose
         read failed there is read again at its next ``("rc", block)``), and ``("task", ...)`` ...
         ``("task-end",)`` around the steps of a piece that qcow2 runs as a parallel task (aio_task_pool).
@@ -476,11 +478,16 @@ class BlkdebugNode(BlockNode):
                 ends[begun] = at
         last = max(ends.values(), default=-1)
         waiting: list[tuple[int, Iterator[None]]] = []  # tasks started, waiting for their I/O: (item, steps)
+        begun_tasks = 0
         at = 0
         while at < len(items):
             item = items[at]
             op = item[0]
+            if op == "links" and item[1] > 0 and begun_tasks and len(run.failed_tasks) == begun_tasks:
+                at = items.index(("links", -1), at) + 1  # (no task wrote its data: none links)
+                continue
             if op == "task":
+                begun_tasks += 1
                 if len(waiting) >= TASKS:  # (aio_task_pool_wait_slot)
                     self._task_on(run, *waiting.pop(0))
                 steps = self._task_steps(run, at, ends[at])
@@ -560,6 +567,8 @@ class BlkdebugNode(BlockNode):
                 pass
         elif op == "call":
             item[1]()
+        elif op == "links":  # (the tasks' links: see run)
+            pass
         elif op == "soft":
             run.soft += item[1]
         elif op == "end" and run.failed is not None and not run.soft and not run.failed_tasks:

@@ -667,9 +667,12 @@ class HostLayout:
                 self.dirty_l2.add(index)
         if piece:
             log.append(("piece-end",))
-        for index in links:  # (a recorder's order: the pieces' tasks link them after the last allocation)
-            self._set_dependency("l2", "rb")
-            self.dirty_l2.add(index)
+        if links:  # (a recorder's order: the pieces' tasks link them after the last allocation)
+            log.append(("links", 1))  # (qcow2_alloc_cluster_link_l2 runs in a task whose data was written)
+            for index in links:
+                self._set_dependency("l2", "rb")
+                self.dirty_l2.add(index)
+            log.append(("links", -1))
         if flags:
             self.zero_flag.write(c0, c1 - c0, 0)
 

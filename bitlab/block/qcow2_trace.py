@@ -222,7 +222,7 @@ def _allocations_only(items: list, stopped: int, done: list[bool]) -> bool:
     of refcount blocks the steps it took updated too: the layout undoes them by freeing the clusters again."""
     updated = {item[1] for item, ok in zip(items[:stopped], done) if ok and item[0] == "rc"}
     inside = _in_task(items)
-    return all(item[0] in ("ev", "seq", "soft", "task", "task-end") or (item[0] == "rc" and item[1] in updated)
+    return all(item[0] in ("ev", "seq", "soft", "links", "task", "task-end") or (item[0] == "rc" and item[1] in updated)
                for item, task in zip(items[stopped:], inside[stopped:]) if not task or item[0] == "task")
 
 
