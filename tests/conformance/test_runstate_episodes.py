@@ -46,7 +46,7 @@ def test_scenarios_are_deterministic_and_varied() -> None:
     rules = [s["qmp"]["arguments"]["file"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-add"
              and s["qmp"]["arguments"]["node-name"].startswith("rf")]
     assert {r["event"] for f in rules for r in f["set-state"]} == {"flush_to_os", "flush_to_disk"}
-    for f in rules:  # one rule an event arms at a time (README "Known differences": stop flushes a raw node's blkdebug child)
+    for f in rules:  # one rule an event arms at a time (README "Known differences": stop flushes a raw blkdebug child)
         armed = [(r["event"], r["state"]) for r in f["inject-error"]]
         assert len(armed) == len(set(armed))
     formats = {s["qmp"]["arguments"]["driver"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-add"
