@@ -153,6 +153,25 @@ def _open_file(graph: Any, ref: dict | str) -> tuple[BlockNode | None, ImageFile
     return None, graph.store[key]
 
 
+def cluster_size_error(cluster: int, extended_l2: bool) -> str | None:
+    """validate_cluster_size (qcow2_co_create and qcow2_measure both call it): QEMU's error, or None."""
+    if cluster not in CLUSTER_SIZES:
+        return "Cluster size must be a power of two between 512 and 2048k"
+    if extended_l2 and cluster < MIN_EXTL2_CLUSTER:
+        return f"Extended L2 entries are only supported with cluster sizes of at least {MIN_EXTL2_CLUSTER} bytes"
+    return None
+
+
+def refcount_bits_error(bits: int, version: int, hint: str) -> str | None:
+    """The refcount width's checks (qcow2_co_create, qcow2_opt_get_refcount_bits_del): QEMU's error, or None;
+    ``hint``: how the caller's syntax names compat 1.1."""
+    if bits > 64 or bits <= 0 or bits & (bits - 1):
+        return "Refcount width must be a power of two and may not exceed 64 bits"
+    if version < 3 and bits != 16:
+        return f"Different refcount widths than 16 bits require compatibility level 1.1 or above {hint}"
+    return None
+
+
 def _check_qcow2_options(opts: dict, early: bool) -> tuple[int, int]:
     """qcow2_co_create's validation, in its order; returns (version, cluster size)."""
     def fail(message: str) -> CreateFailed:
@@ -165,10 +184,9 @@ def _check_qcow2_options(opts: dict, early: bool) -> tuple[int, int]:
     extended_l2 = opts.get("extended-l2", False)
     if extended_l2 and version < 3:
         raise fail(f"Extended L2 entries are only supported with compatibility level 1.1 and above {_V3_HINT}")
-    if cluster not in CLUSTER_SIZES:
-        raise fail("Cluster size must be a power of two between 512 and 2048k")
-    if extended_l2 and cluster < MIN_EXTL2_CLUSTER:
-        raise fail(f"Extended L2 entries are only supported with cluster sizes of at least {MIN_EXTL2_CLUSTER} bytes")
+    error = cluster_size_error(cluster, extended_l2)
+    if error is not None:
+        raise fail(error)
     backing = opts.get("backing-file")
     if backing is not None and opts.get("preallocation", "off") != "off" and not extended_l2:
         raise fail("Backing file and preallocation can only be used at the same time if extended_l2 is on")
@@ -176,11 +194,9 @@ def _check_qcow2_options(opts: dict, early: bool) -> tuple[int, int]:
         raise fail("Backing format cannot be used without backing file")
     if version < 3 and opts.get("lazy-refcounts", False):
         raise fail(f"Lazy refcounts only supported with compatibility level 1.1 and above {_V3_HINT}")
-    bits = opts.get("refcount-bits", 16)
-    if bits > 64 or bits <= 0 or bits & (bits - 1):
-        raise fail("Refcount width must be a power of two and may not exceed 64 bits")
-    if version < 3 and bits != 16:
-        raise fail(f"Different refcount widths than 16 bits require compatibility level 1.1 or above {_V3_HINT}")
+    error = refcount_bits_error(opts.get("refcount-bits", 16), version, _V3_HINT)
+    if error is not None:
+        raise fail(error)
     data_file_raw = opts.get("data-file-raw", False)
     if data_file_raw and "data-file" not in opts:
         raise fail("data-file-raw requires data-file")
