@@ -10,9 +10,11 @@ from ..block.drivers import QEMU_DRIVERS
 from ..block.paths import full_backing_filename, strip_file_protocol
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
+from ..units import SizeTooLarge, parse_size
 
 KeyFn = Callable[[str], str]
 USAGE = "Try 'qemu-img --help' for more information\n"
+INT64_MAX = (1 << 63) - 1
 
 
 class QemuImgError(Exception):
@@ -23,6 +25,21 @@ class QemuImgError(Exception):
         self.stderr = stderr
         self.returncode = returncode
         self.stdout = stdout
+
+
+def cvtnum(name: str, text: str) -> int:
+    """qemu-img's cvtnum: a size (qemu_strtosz) from 0 to INT64_MAX, or QEMU's error naming ``name``: the
+    suffix help for what does not parse, the range for what does but is too large (2^64 and past it too)."""
+    try:
+        value = parse_size(text)
+    except SizeTooLarge:
+        value = INT64_MAX + 1
+    except ValueError:
+        raise QemuImgError(f"qemu-img: Invalid {name} specified. You may use k, M, G, T, P or E suffixes for\n"
+                           "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n") from None
+    if value > INT64_MAX:
+        raise QemuImgError(f"qemu-img: Invalid {name} specified. Must be between 0 and {INT64_MAX}.\n")
+    return value
 
 
 def options(text: str) -> dict[str, str]:

@@ -12,14 +12,12 @@ from ..block.node import BlockNode
 from ..block.store import ImageStore
 from ..errors import QMPError
 from ..qmp.cmd_bitmap import add_bitmap, merge_bitmaps, qmp_clear, qmp_disable, qmp_enable, qmp_remove
-from ..units import parse_size
-from ._common import USAGE, KeyFn, QemuImgError, find_key, open_image
+from ._common import USAGE, KeyFn, QemuImgError, cvtnum, find_key, open_image
 from .image import RAW_PROBE_WARNING
 
 ACTIONS = {"--add": "add", "--remove": "remove", "--clear": "clear", "--enable": "enable", "--disable": "disable"}
 WITH_VALUE = {"-b": "-b", "--source-file": "-b", "-f": "-f", "-F": "-F", "--source-format": "-F", "-g": "-g",
               "--granularity": "-g", "--merge": "--merge", "--object": "--object"}
-INT64_MAX = (1 << 63) - 1
 
 
 class _Offline:
@@ -66,25 +64,10 @@ def _parse(args: list[str]) -> tuple[dict[str, str], list[tuple[str, str]], list
         elif key == "--object":
             raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img bitmap --object'\n")
         elif key == "-g":
-            opts["-g"] = str(_granularity(value))
+            opts["-g"] = str(cvtnum("granularity", value))
         else:
             opts[key] = value
     return opts, actions, positional
-
-
-def _granularity(text: str) -> int:
-    """cvtnum("granularity", ...): a size in [0, INT64_MAX]."""
-    try:
-        value = parse_size(text)
-    except ValueError as err:
-        if "too large" not in str(err):
-            raise QemuImgError("qemu-img: Invalid granularity specified. You may use k, M, G, T, P or E suffixes for\n"
-                               "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n"
-                               ) from None
-        value = INT64_MAX + 1
-    if value > INT64_MAX:
-        raise QemuImgError(f"qemu-img: Invalid granularity specified. Must be between 0 and {INT64_MAX}.\n")
-    return value
 
 
 def img_bitmap(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:

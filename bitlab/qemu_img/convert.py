@@ -8,12 +8,10 @@ from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import clip_runs, touched_mask
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
 from ..units import parse_size
-from ._common import KeyFn, QemuImgError, new_key, open_chain, options, split_args
+from ._common import KeyFn, QemuImgError, cvtnum, new_key, open_chain, options, split_args
 from .layers import content
 
 MAX_SPARSE = 16 << 20  # MAX_BUF_SECTORS sectors
-SPARSE_SIZE_ERROR = ("qemu-img: Invalid buffer size for sparse output specified. You may use k, M, G, T, P or E "
-                     "suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
 SPARSE_RANGE_ERROR = ("qemu-img: Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 "
                       "up to 16777216. Select 0 to disable sparse detection (fully allocates output).\n")
 
@@ -38,10 +36,7 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: bitlab does not simulate converting several images into one\n")
     sparse = 4096  # -S: zero stretches at least this long are not written (0: everything is)
     if "-S" in opts:
-        try:
-            sparse = parse_size(opts["-S"])
-        except ValueError:
-            raise QemuImgError(SPARSE_SIZE_ERROR) from None
+        sparse = cvtnum("buffer size for sparse output", opts["-S"])
         if sparse % 512 or sparse > MAX_SPARSE:
             raise QemuImgError(SPARSE_RANGE_ERROR)
     fmt = opts.get("-O", "raw")

@@ -16,11 +16,13 @@ from ..block.store import (
 from ..qmp_order import to_json_pretty, wire_order
 from ..units import format_size, parse_size
 from ._common import (
+    INT64_MAX,
     KeyFn,
     Layer,
     QemuImgError,
     backing_name,
     check_driver,
+    cvtnum,
     find_key,
     new_key,
     open_image,
@@ -30,7 +32,6 @@ from ._common import options as _options
 from ._common import split_args as _split_args
 from .layers import layer_runs, split_runs
 
-INT64_MAX = (1 << 63) - 1
 SIZE_HELP = ("qemu-img: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
              "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
 RAW_PROBE_WARNING = (
@@ -56,13 +57,15 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     filename = positional[0]
     size_text = positional[1] if len(positional) > 1 else options.get("size")
     size: int | None = None
-    if size_text is not None:
+    if len(positional) > 1:  # (img_create's cvtnum)
+        size = cvtnum("image size", size_text)
+    elif size_text is not None:  # (-o size=: as the size option reads it)
         try:
             size = parse_size(size_text)
         except ValueError:
             raise QemuImgError(SIZE_HELP) from None
         if size > INT64_MAX:
-            raise QemuImgError("qemu-img: Invalid image size specified. Must be between 0 and 9223372036854775807.\n")
+            raise QemuImgError(f"qemu-img: Invalid image size specified. Must be between 0 and {INT64_MAX}.\n")
     if backing and fmt != "qcow2":
         raise QemuImgError(f"qemu-img: {filename}: Backing file not supported for file format '{fmt}'\n")
     if backing and backing == filename:

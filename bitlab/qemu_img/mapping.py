@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..block.store import ImageStore
-from ..units import parse_size
-from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
+from ._common import USAGE, KeyFn, Layer, QemuImgError, cvtnum, open_chain, split_args
 from .layers import DATA, UNALLOC, ZERO_HOSTED, ZERO_PLAIN, chain_status, file_status
 
 HUMAN_HEADER = f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File\n"
@@ -78,17 +77,6 @@ def format_human(entries: list[dict]) -> str:
     return "".join(out)
 
 
-def _offset_arg(text: str, what: str) -> int:
-    try:
-        value = parse_size(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise QemuImgError(f"qemu-img: Invalid {what} specified. You may use k, M, G, T, P or E suffixes for\n"
-                           "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
-    return value
-
-
 def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img map [-f fmt] [--output=human|json] [-U] [--start-offset=O] [--max-length=L] filename."""
     opts, positional = split_args(args, {"-f", "--output", "--start-offset", "--max-length"},
@@ -98,8 +86,8 @@ def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: --output must be used with human or json as argument.\n")
     if len(positional) != 1:
         raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
-    start = _offset_arg(opts["--start-offset"], "start offset") if "--start-offset" in opts else 0
-    length = _offset_arg(opts["--max-length"], "max length") if "--max-length" in opts else None
+    start = cvtnum("start offset", opts["--start-offset"]) if "--start-offset" in opts else 0
+    length = cvtnum("max length", opts["--max-length"]) if "--max-length" in opts else None
     shared = "-U" in opts or "--force-share" in opts
     chain = open_chain(store, key_fn, positional[0], opts.get("-f"), None if shared else "shared")
     # nothing to map (an empty image, a start at or past the end): img_map still dumps its first entry

@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.create import CLUSTER_SIZES, MIN_EXTL2_CLUSTER, NOT_BUILT
+from ..block.create import NOT_BUILT, cluster_size_error, refcount_bits_error
 from ..block.drivers import QEMU_DRIVERS
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
 from ..qmp_order import to_json_pretty, wire_order
-from ..units import parse_size
 from . import qemu_opts
-from ._common import KeyFn, Layer, QemuImgError, open_chain
+from ._common import KeyFn, Layer, QemuImgError, cvtnum, open_chain
 from .getopt import GetoptError, getopt_long
-from .image import SIZE_HELP
 from .layers import DATA, chain_status, file_status
 from .qemu_opts import BOOL, NUMBER, SIZE, STRING
 
 L1E_SIZE = 8
 QCOW_MAX_L1_SIZE = 0x2000000
 _U64 = 1 << 64
-INT64_MAX = (1 << 63) - 1
 LONG_OPTIONS = {"help": False, "image-opts": False, "object": True, "output": True, "size": True,
                 "force-share": False}
 # Drivers with creation options but no bdrv_measure, and the block modules the others come in (Debian's
@@ -126,21 +123,17 @@ def qcow2_measure(opts: dict, chain: list[Layer] | None) -> dict:
     """qcow2_measure: the options checked in QEMU's order, then the sizes (BlockMeasureInfo members)."""
     extended_l2 = bool(opts.get("extended_l2", False))
     cs = int(opts.get("cluster_size", QCOW2_DEFAULT_CLUSTER))
-    if cs not in CLUSTER_SIZES:
-        raise QemuImgError("qemu-img: Cluster size must be a power of two between 512 and 2048k\n")
-    if extended_l2 and cs < MIN_EXTL2_CLUSTER:
-        raise QemuImgError("qemu-img: Extended L2 entries are only supported with cluster sizes of at least "
-                           f"{MIN_EXTL2_CLUSTER} bytes\n")
+    error = cluster_size_error(cs, extended_l2)
+    if error is not None:
+        raise QemuImgError(f"qemu-img: {error}\n")
     compat = opts.get("compat")
     if compat not in (None, "0.10", "1.1"):
         raise QemuImgError(f"qemu-img: Invalid compatibility level: '{compat}'\n")
     version = 2 if compat == "0.10" else 3
     refcount_bits = int(opts.get("refcount_bits", 16))
-    if refcount_bits > 64 or refcount_bits & (refcount_bits - 1) or not refcount_bits:
-        raise QemuImgError("qemu-img: Refcount width must be a power of two and may not exceed 64 bits\n")
-    if version < 3 and refcount_bits != 16:
-        raise QemuImgError("qemu-img: Different refcount widths than 16 bits require compatibility level 1.1 "
-                           "or above (use compat=1.1 or greater)\n")
+    error = refcount_bits_error(refcount_bits, version, "(use compat=1.1 or greater)")
+    if error is not None:
+        raise QemuImgError(f"qemu-img: {error}\n")
     prealloc = opts.get("preallocation", "off")
     if prealloc not in PREALLOC_MODES:
         raise QemuImgError(f"qemu-img: invalid parameter value: {prealloc}\n")
@@ -167,19 +160,6 @@ def raw_measure(opts: dict, chain: list[Layer] | None) -> dict:
     """raw_measure: every byte of the virtual disk, whole sectors."""
     size = chain[0].size if chain else _round_up(int(opts.get("size", 0)), 512)
     return {"required": size, "fully-allocated": size}
-
-
-def _size_arg(text: str) -> int:
-    """cvtnum("image size"): a size from 0 to INT64_MAX."""
-    try:
-        value = parse_size(text)
-    except ValueError as err:
-        if "too large" not in str(err):
-            raise QemuImgError(SIZE_HELP) from None
-        value = _U64
-    if value > INT64_MAX:
-        raise QemuImgError(f"qemu-img: Invalid image size specified. Must be between 0 and {INT64_MAX}.\n")
-    return value
 
 
 def _snapshot_param(text: str) -> None:
@@ -257,7 +237,7 @@ def img_measure(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
                     raise QemuImgError("qemu-img: --output must be used with human or json as argument.\n")
                 output = text
             else:  # --size
-                size = _size_arg(text)
+                size = cvtnum("image size", text)
     except GetoptError as err:
         raise QemuImgError(f"{err.message}\nqemu-img: bitlab does not simulate qemu-img's help "
                            "(qemu-img prints it and exits with 0)\n") from None

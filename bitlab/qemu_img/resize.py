@@ -6,7 +6,7 @@ from ..block.graph import BlockGraph
 from ..block.store import ImageStore
 from ..errors import QMPError
 from ..units import parse_size
-from ._common import USAGE, KeyFn, QemuImgError, find_key, open_image
+from ._common import INT64_MAX, USAGE, KeyFn, QemuImgError, find_key, open_image
 from ._common import split_args as _split_args
 from .image import RAW_PROBE_WARNING
 
@@ -17,7 +17,6 @@ SHRINK_ERROR = ("qemu-img: Use the --shrink option to perform a shrink operation
                 "qemu-img: warning: Shrinking an image will delete all data beyond the shrunken image's end. "
                 "Before performing such an operation, make sure there is no important data there.\n")
 PREALLOC_MODES = ("off", "metadata", "falloc", "full")
-INT64_MAX = (1 << 63) - 1
 
 
 def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
