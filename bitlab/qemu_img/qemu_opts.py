@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ..units import parse_size
+from ..units import SizeTooLarge, parse_size
 from ._common import QemuImgError
 
 SIZE, NUMBER, BOOL, STRING = "size", "number", "bool", "string"
@@ -89,9 +89,9 @@ def parse_value(name: str, kind: str, value: str) -> int | bool | str:
     if kind == SIZE:
         try:
             return parse_size(value)
-        except ValueError as err:
-            if "too large" in str(err):
-                raise QemuImgError(f"qemu-img: Value '{value}' is out of range for parameter '{name}'\n") from None
+        except SizeTooLarge:
+            raise QemuImgError(f"qemu-img: Value '{value}' is out of range for parameter '{name}'\n") from None
+        except ValueError:
             raise QemuImgError(f"qemu-img: Parameter '{name}' expects a non-negative number below 2^64\n"
                                + SIZE_HINT) from None
     if kind == NUMBER:

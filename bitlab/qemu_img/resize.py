@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..block.graph import BlockGraph
 from ..block.store import ImageStore
 from ..errors import QMPError
-from ..units import parse_size
+from ..units import SizeTooLarge, parse_size
 from ._common import INT64_MAX, USAGE, KeyFn, QemuImgError, find_key, open_image
 from ._common import split_args as _split_args
 from .image import RAW_PROBE_WARNING
@@ -44,9 +44,9 @@ def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     number = size_text[1:] if relative else size_text
     try:
         n = parse_size(number)
-    except ValueError as err:  # (qemu_strtosz: -ERANGE at 2^64 and past it)
-        if "too large" in str(err):
-            raise QemuImgError(f"qemu-img: Value '{number}' is out of range for parameter 'size'\n") from None
+    except SizeTooLarge:  # (qemu_strtosz: -ERANGE at 2^64 and past it)
+        raise QemuImgError(f"qemu-img: Value '{number}' is out of range for parameter 'size'\n") from None
+    except ValueError:
         raise QemuImgError(SIZE_ERROR) from None
     image = open_image(store, key_fn, filename, fmt, "write")
     warning = "" if fmt or image.is_qcow2 else RAW_PROBE_WARNING.format(filename)
