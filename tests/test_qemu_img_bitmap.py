@@ -188,3 +188,31 @@ def test_commit_stores_bitmaps_anew():
 def test_commit_bitmaps_match_qemu_img():
     want, got = on_both(_commit_story)
     assert got == want
+
+
+def _no_backing_story(vm) -> list:
+    """img_bitmap opens the image and the ``-b`` source with BDRV_O_NO_BACKING: a missing backing file does
+    not matter, and a source whose backing file is the image itself takes no lock on it."""
+    vm.qemu_img("create", "-f", "qcow2", "b.qcow2", str(8 * M))
+    vm.qemu_img("bitmap", "--add", "b.qcow2", "b0")
+    vm.qemu_img("create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2", str(8 * M))
+    vm.qemu_img("create", "-u", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", "m.qcow2", str(8 * M))
+    out = [_img(vm, "bitmap", "--add", "t.qcow2", "t0"),
+           _img(vm, "bitmap", "--add", "--merge", "t0", "-b", "t.qcow2", "-F", "qcow2", "-f", "qcow2", "b.qcow2", "b1"),
+           _img(vm, "bitmap", "--add", "m.qcow2", "m0"),
+           _img(vm, "bitmap", "--add", "--merge", "m0", "-b", "m.qcow2", "b.qcow2", "b2"),
+           _img(vm, "bitmap", "--merge", "b0", "-b", "b.qcow2", "m.qcow2", "m0")]
+    return out + [_img(vm, "info", name) for name in ("b.qcow2", "m.qcow2")]
+
+
+def test_opens_without_backing():
+    out = _no_backing_story(Machine())
+    assert out[:5] == [("ok", "")] * 5
+    assert "name: b1\n" in out[5][1] and "name: b2\n" in out[5][1]
+    assert "name: m0\n" in out[6][1]
+
+
+@pytest.mark.qemu
+def test_opens_without_backing_match_qemu_img():
+    want, got = on_both(_no_backing_story)
+    assert got == want

@@ -1,6 +1,7 @@
 """qemu-img bitmap: persistent bitmaps of an image changed offline (qemu-img.c img_bitmap).
 
-The image is opened read-write as a node (its backing chain below it), the actions run in command-line
+The image is opened read-write as a node without its backing file (BDRV_O_NO_BACKING: a missing backing
+file does not matter, nor does a source whose backing file is the image), the actions run in command-line
 order as the QMP commands do (an ``--add`` makes a persistent bitmap), and the image is closed, which
 stores the bitmaps, even after an action failed: the actions before it stay done.
 """
@@ -110,10 +111,11 @@ def img_bitmap(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
 
 
 def _open(graph: BlockGraph, key_fn: KeyFn, filename: str, qcow2: bool, read_only: bool) -> BlockNode:
-    """The image as a node with an automatic name (``#block…``), as img_open gives it."""
+    """The image as a node with an automatic name (``#block…``), as img_open gives it: img_bitmap opens the
+    image and the ``-b`` source with BDRV_O_NO_BACKING."""
     opts = {"driver": "qcow2" if qcow2 else "raw", "file": {"driver": "file", "filename": find_key(key_fn, filename)}}
     try:
-        node = graph.open(opts, read_only=read_only)
+        node = graph.open(opts, read_only=read_only, no_backing=True)
     except QMPError as err:
         raise QemuImgError(f"qemu-img: Could not open '{filename}': {err.desc}\n") from None
     graph.monitor_owned.add(node.node_name)
