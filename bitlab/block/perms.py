@@ -59,6 +59,11 @@ def lock_error(perm: int, shared: int, others: list[tuple[int, int]]) -> str | N
     return None
 
 
+def is_lock_error(text: str) -> bool:
+    """Whether an error's text is one of :func:`lock_error`'s (qemu-img adds a hint to those)."""
+    return text.startswith(('Failed to get "', 'Failed to get shared "'))
+
+
 @dataclass(eq=False, slots=True)
 class Blk:
     """A BlockBackend's root link (or a job's link): fixed permissions and how QEMU names its user."""

@@ -24,6 +24,10 @@ COMMANDS = {"create": create, "info": info, "check": check, "compare": img_compa
             "rebase": img_rebase, "commit": img_commit, "convert": img_convert, "resize": img_resize,
             "bitmap": img_bitmap, "measure": img_measure}
 
+IMAGE_OPTS_NOT_SIMULATED = ("compare", "convert", "commit", "rebase", "resize")
+"""Subcommands whose --image-opts bitlab refuses (info, check, map and bitmap take it: :mod:`.image_opts`;
+measure refuses it itself)."""
+
 
 def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> str:
     """Run a qemu-img subcommand; returns stdout or raises QemuImgError."""
@@ -32,6 +36,8 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
     sub, rest = args[0], list(args[1:])
     if sub not in COMMANDS:
         raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img {sub}' yet\n")
+    if sub in IMAGE_OPTS_NOT_SIMULATED and "--image-opts" in rest[:rest.index("--") if "--" in rest else None]:
+        raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img {sub} --image-opts'\n")
     return COMMANDS[sub](store, rest, key_fn)
 
 

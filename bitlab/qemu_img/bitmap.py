@@ -8,6 +8,7 @@ stores the bitmaps, even after an action failed: the actions before it stay done
 
 from __future__ import annotations
 
+from ..block import perms
 from ..block.graph import BlockGraph
 from ..block.node import BlockNode
 from ..block.store import ImageStore
@@ -15,6 +16,7 @@ from ..errors import QMPError
 from ..qmp.cmd_bitmap import add_bitmap, merge_bitmaps, qmp_clear, qmp_disable, qmp_enable, qmp_remove
 from ._common import USAGE, KeyFn, QemuImgError, cvtnum, find_key, open_image
 from .image import RAW_PROBE_WARNING
+from .image_opts import image_args, named_by
 
 ACTIONS = {"--add": "add", "--remove": "remove", "--clear": "clear", "--enable": "enable", "--disable": "disable"}
 WITH_VALUE = {"-b": "-b", "--source-file": "-b", "-f": "-f", "-F": "-F", "--source-format": "-F", "-g": "-g",
@@ -50,7 +52,10 @@ def _parse(args: list[str]) -> tuple[dict[str, str], list[tuple[str, str]], list
         if name in ACTIONS and not eq:
             actions.append((ACTIONS[name], ""))
             continue
-        if name in ("--image-opts", "-h", "--help"):
+        if name == "--image-opts" and not eq:
+            opts["--image-opts"] = ""
+            continue
+        if name in ("-h", "--help"):
             raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img bitmap {name}'\n")
         if name not in WITH_VALUE:
             raise QemuImgError(f"qemu-img: unrecognized option '{arg}'\n{USAGE}")
@@ -73,7 +78,7 @@ def _parse(args: list[str]) -> tuple[dict[str, str], list[tuple[str, str]], list
 
 def img_bitmap(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...
-    [-b source_file [-F source_fmt]] [-g granularity] [-f fmt] filename bitmap."""
+    [-b source_file [-F source_fmt]] [-g granularity] [-f fmt | --image-opts] filename bitmap."""
     opts, actions, positional = _parse(args)
     granularity = int(opts.get("-g", "0"))
     if not actions:
@@ -86,13 +91,15 @@ def img_bitmap(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: Merge bitmap source file only supported with --merge\n")
     if len(positional) != 2:
         raise QemuImgError("qemu-img: Expecting filename and bitmap name\n")
-    filename, bitmap = positional
-    fmt = opts.get("-f")
-    image = open_image(store, key_fn, filename, fmt, "write")
+    filename, fmt, optstr = image_args(opts, positional[0])
+    bitmap = positional[1]
+    with named_by(optstr, filename):
+        image = open_image(store, key_fn, filename, fmt, "write")
     warning = "" if fmt or image.is_qcow2 else RAW_PROBE_WARNING.format(filename)
     graph = BlockGraph(store, "/")
     try:
-        node = _open(graph, key_fn, filename, image.is_qcow2, read_only=False)
+        with named_by(optstr, filename):
+            node = _open(graph, key_fn, filename, image.is_qcow2, read_only=False)
         source = node
         if "-b" in opts:
             src_name = opts["-b"]
@@ -117,7 +124,8 @@ def _open(graph: BlockGraph, key_fn: KeyFn, filename: str, qcow2: bool, read_onl
     try:
         node = graph.open(opts, read_only=read_only, no_backing=True)
     except QMPError as err:
-        raise QemuImgError(f"qemu-img: Could not open '{filename}': {err.desc}\n") from None
+        hint = f"Is another process using the image [{filename}]?\n" if perms.is_lock_error(err.desc) else ""
+        raise QemuImgError(f"qemu-img: Could not open '{filename}': {err.desc}\n{hint}") from None
     graph.monitor_owned.add(node.node_name)
     return node
 

@@ -30,6 +30,7 @@ from ._common import (
 )
 from ._common import options as _options
 from ._common import split_args as _split_args
+from .image_opts import image_args, named_by
 from .layers import layer_runs, split_runs
 
 SIZE_HELP = ("qemu-img: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
@@ -151,13 +152,20 @@ def _human(info: dict) -> str:
 
 def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img info [--output=json] [-f fmt] [-U] [--backing-chain] filename."""
-    opts, positional = _split_args(args, {"-f", "--output"}, {"-U", "--force-share", "--backing-chain"})
+    opts, positional = _split_args(args, {"-f", "--output"},
+                                   {"-U", "--force-share", "--backing-chain", "--image-opts"})
     if not positional:
         raise QemuImgError("qemu-img: Expecting one image file name\nTry 'qemu-img --help' for more information\n")
+    top, fmt, optstr = image_args(opts, positional[0])
+    with named_by(optstr, top):
+        return _info(store, opts, top, fmt, key_fn)
+
+
+def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, key_fn: KeyFn) -> str:
+    """:func:`info` of the image ``top`` opened as ``fmt`` (None: probed)."""
     chain = []
-    name: str | None = positional[0]
-    fmt: str | None = opts.get("-f")
-    check_driver(positional[0], fmt)
+    name: str | None = top
+    check_driver(top, fmt)
     while name is not None:
         key = find_key(key_fn, name)
         if key is None or key not in store:
@@ -185,20 +193,21 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
 
 def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img check on a qcow2 image: bitlab's images are never corrupt."""
-    opts, positional = _split_args(args, {"-f", "--output", "-r"}, {"-U", "-q"})
+    opts, positional = _split_args(args, {"-f", "--output", "-r"}, {"-U", "-q", "--image-opts"})
     if not positional:
         raise QemuImgError("qemu-img: Expecting one image file name\n")
-    fmt = opts.get("-f")
-    check_driver(positional[0], fmt)
-    key = find_key(key_fn, positional[0])
-    if key is None or key not in store:
-        raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Could not open '{positional[0]}': "
-                           "No such file or directory\n")
-    image = store[key]
-    if image.unknown:
-        raise QemuImgError(f"qemu-img: {image.unknown}\n")
-    if fmt == "qcow2" and not image.is_qcow2:
-        raise QemuImgError(f"qemu-img: Could not open '{positional[0]}': Image is not in qcow2 format\n")
+    name, fmt, optstr = image_args(opts, positional[0])
+    with named_by(optstr, name):
+        check_driver(name, fmt)
+        key = find_key(key_fn, name)
+        if key is None or key not in store:
+            raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': "
+                               "No such file or directory\n")
+        image = store[key]
+        if image.unknown:
+            raise QemuImgError(f"qemu-img: {image.unknown}\n")
+        if fmt == "qcow2" and not image.is_qcow2:
+            raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
     if not image.is_qcow2 or fmt == "raw":
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
     cs = image.cluster_size
@@ -208,7 +217,7 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     out = "No errors were found on the image.\n"
     if allocated:
         total = -(-image.size // cs)
-        fragmented = _fragmented(Layer(positional[0], image)) + compressed
+        fragmented = _fragmented(Layer(name, image)) + compressed
         out += (f"{allocated}/{total} = {allocated * 100 / total:0.2f}% allocated, "
                 f"{fragmented * 100 / allocated:0.2f}% fragmented, "
                 f"{compressed * 100 / allocated:0.2f}% compressed clusters\n")

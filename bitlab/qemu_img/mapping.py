@@ -6,6 +6,7 @@ import numpy as np
 
 from ..block.store import ImageStore
 from ._common import USAGE, KeyFn, Layer, QemuImgError, cvtnum, open_chain, split_args
+from .image_opts import image_args, named_by
 from .layers import DATA, UNALLOC, ZERO_HOSTED, ZERO_PLAIN, chain_status, file_status
 
 HUMAN_HEADER = f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File\n"
@@ -80,7 +81,7 @@ def format_human(entries: list[dict]) -> str:
 def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img map [-f fmt] [--output=human|json] [-U] [--start-offset=O] [--max-length=L] filename."""
     opts, positional = split_args(args, {"-f", "--output", "--start-offset", "--max-length"},
-                                  {"-U", "--force-share"})
+                                  {"-U", "--force-share", "--image-opts"})
     output = opts.get("--output", "human")
     if output not in ("human", "json"):
         raise QemuImgError("qemu-img: --output must be used with human or json as argument.\n")
@@ -89,7 +90,9 @@ def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     start = cvtnum("start offset", opts["--start-offset"]) if "--start-offset" in opts else 0
     length = cvtnum("max length", opts["--max-length"]) if "--max-length" in opts else None
     shared = "-U" in opts or "--force-share" in opts
-    chain = open_chain(store, key_fn, positional[0], opts.get("-f"), None if shared else "shared")
+    name, fmt, optstr = image_args(opts, positional[0])
+    with named_by(optstr, name):
+        chain = open_chain(store, key_fn, name, fmt, None if shared else "shared")
     # nothing to map (an empty image, a start at or past the end): img_map still dumps its first entry
     entries = map_entries(chain, start, length) or [{"start": start, "length": 0, "depth": 0, "present": False,
                                                      "zero": False, "data": False}]
