@@ -9,6 +9,11 @@ another removed through ``--image-opts``; ``rebase -u`` and a merge from the ove
 file (both opened without their backing files, so no lock conflict). 291 then reads each bitmap through
 qemu-nbd's ``x-dirty-bitmap`` map; bitlab has no NBD clients, so the port opens the image and compares each
 bitmap's dirty ranges and SHA-256 instead (on real QEMU read through bitlab's NBD client).
+
+Then tests/qemu-img-bitmaps' last part: the image left open read-write by a crash (``qemu-io -c abort``; here
+the machine's restart without a clean quit), so its bitmaps are in use; a bitmap added and one removed
+offline, and convert --bitmaps refused for the inconsistent ones, then with --skip-broken-bitmaps (whose
+warnings on stderr bitlab's ``qemu_img`` does not return on success).
 """
 
 from __future__ import annotations
@@ -76,6 +81,13 @@ def story(vm) -> list:
             out.append((name, list(zip(starts.tolist(), lengths.tolist())),
                         vm.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "n", "name": name})["sha256"]))
         vm.qmp("blockdev-del", {"node-name": "n"})
+    out.append("=== Check handling of inconsistent bitmap ===")  # (tests/qemu-img-bitmaps goes on so)
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "t"}})
+    vm = vm.restart(clean=False)  # qemu-io -c abort: the image was open read-write, its bitmaps left in use
+    out += [_img(vm, "bitmap", "--add", "t", "b4"), _img(vm, "bitmap", "--remove", "t", "b1"), _img(vm, "info", "t"),
+            _img(vm, "convert", "--bitmaps", "-O", "qcow2", "t", "t.copy"), _img(vm, "info", "t.copy"),
+            _img(vm, "convert", "--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2", "t", "t.copy"),
+            _img(vm, "info", "t.copy")]
     getattr(vm, "close", lambda: None)()
     return out
 
@@ -88,8 +100,15 @@ def test_bitlab():
     M = 1 << 20
     # 291.out's maps (the ranges x-dirty-bitmap reports as "data": false): b0 merged from the base, b1 cleared
     # before one write, b2 enabled for the last write only, b3 merged from b2
-    assert [(name, ranges) for name, ranges, _ in out[-4:]] == [
+    assert [(name, ranges) for name, ranges, _ in out[28:32]] == [
         ("b0", [(3 * M, M)]), ("b1", [(M, M)]), ("b2", [(2 * M, M)]), ("b3", [(2 * M, M)])]
+    assert out[33:35] == [("ok", ""), ("ok", "")]
+    assert "                [0]: in-use\n                [1]: auto\n            name: b2\n" in out[35][1]
+    assert out[36] == ("err", "qemu-img: Cannot copy inconsistent bitmap 'b0'\nTry --skip-broken-bitmaps, or use "
+                              "'qemu-img bitmap --remove' to delete it\n", 1)
+    assert out[37] == ("err", "qemu-img: Could not open 't.copy': Could not open 't.copy': No such file or "
+                              "directory\n", 1)
+    assert out[38] == ("ok", "") and "name: b4\n" in out[39][1] and "name: b2\n" not in out[39][1]
 
 
 @pytest.mark.qemu
