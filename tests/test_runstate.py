@@ -305,9 +305,19 @@ def test_simulator(name: str) -> None:
     assert story(Machine()) == want
 
 
+def _pause_order_free(events: list) -> list:
+    """The two jobs' ``paused`` events in either order: a job busy in its rate-limited copy call when the drain
+    comes pauses once backup_pause's cancel has woken it, so QEMU's order varies on a loaded machine (README
+    "Known differences"); bitlab pauses them in the drain's order."""
+    return [events[0], sorted(events[1:3], key=repr), *events[3:]]
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("name", STORIES)
 def test_on_both(name: str) -> None:
     story, want = STORIES[name]
     real, simulated = on_both(story, daemon="system")
-    assert real == simulated == want
+    assert simulated == want
+    if name.startswith("two-jobs"):
+        real, want = _pause_order_free(real), _pause_order_free(want)
+    assert real == want

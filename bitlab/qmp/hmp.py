@@ -1,4 +1,5 @@
-"""human-monitor-command, as far as bitlab needs it: ``qemu-io NODE "CMD"``, ``info``, ``stop`` and ``cont``."""
+"""human-monitor-command, as far as bitlab needs it: ``qemu-io NODE "CMD"``, ``info``, ``stop``, ``cont`` and
+``block_resize``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import numpy as np
 
 from ..block import perms
 from ..block.blkdebug import BlockIOError
+from ..block.graph import INT64_MAX
 from ..block.info import driver_info, driver_names, dump_specific, format_specific
 from ..errors import QMPError, generic
 from ..qmp_order import wire_order
+from ..units import parse_size_prefix
+from .cmd_block import qmp_block_resize
 from .cmd_runstate import status_line, vm_cont, vm_stop
 from .commands import TABLE
 from .qemu_io import QemuIoError, cvtstr, dump_buffer, parse_qemu_io
@@ -209,6 +213,33 @@ def _extraneous(label: str, help_name: str) -> str:
 
 
 _QEMU_IO_HELP = 'Try "help qemu-io" for more information\r\n'
+_RESIZE_HELP = 'Try "help block_resize" for more information\r\n'
+
+
+def _block_resize(vm: Any, rest: str) -> str:
+    """hmp_block_resize ("device:B,size:o"): a device name (a word or a quoted string), a size read by
+    qemu_strtosz_MiB (a number without a unit is MiB, at most INT64_MAX), nothing after it; then
+    qmp_block_resize of that device (no node name), its error as ``Error: ...``."""
+    words, _ = _hmp_args(rest)
+    if not words:
+        return "block_resize: block device name expected\r\n" + _RESIZE_HELP
+    device = words[0]
+    after = rest.lstrip()
+    after = after[after.index(device) + len(device):] if not after.startswith('"') else \
+        after[after.index('"', 1) + 1:]
+    try:
+        size, end = parse_size_prefix(after.lstrip(), "M")
+    except ValueError:
+        return "invalid size\r\n" + _RESIZE_HELP
+    if size > INT64_MAX:
+        return "invalid size\r\n" + _RESIZE_HELP
+    if after.lstrip()[end:].strip():
+        return "block_resize: extraneous characters at the end of line\r\n" + _RESIZE_HELP
+    try:
+        qmp_block_resize(vm, {"device": device, "size": size})
+    except QMPError as err:
+        return f"Error: {err.desc}\r\n"
+    return ""
 
 
 @lru_cache(maxsize=1024)
@@ -264,9 +295,11 @@ def qmp_hmp(vm: Any, args: dict) -> str:
             return _extraneous(what, f"info {what}")
         if what in INFO and not more.strip():
             return INFO[what](vm)
+    if name == "block_resize":
+        return _block_resize(vm, rest)
     if name != "qemu-io":
         return f"unknown command: '{line.split()[0]}' (bitlab's monitor has qemu-io, info block, " \
-               "info block-jobs, info status, stop, cont)\r\n"
+               "info block-jobs, info status, stop, cont, block_resize)\r\n"
     args, error = _hmp_args(rest)
     words = list(args)
     if error:
