@@ -172,7 +172,7 @@ def refcount_bits_error(bits: int, version: int, hint: str) -> str | None:
     return None
 
 
-def _check_qcow2_options(opts: dict, early: bool) -> tuple[int, int]:
+def check_qcow2_options(opts: dict, early: bool) -> tuple[int, int]:
     """qcow2_co_create's validation, in its order; returns (version, cluster size)."""
     def fail(message: str) -> CreateFailed:
         return CreateFailed(message, early=early)
@@ -220,7 +220,7 @@ def _check_data_file(graph: Any, opts: dict, version: int, early: bool) -> None:
             raise CreateFailed(err.desc, early=early, errno=_errno.EIO) from None
 
 
-def _not_simulated_qcow2(opts: dict) -> None:
+def not_simulated_qcow2(opts: dict) -> None:
     """Options QEMU takes that the image store cannot hold."""
     if "data-file" in opts:
         raise not_simulated("qcow2 images with an external data file")
@@ -245,7 +245,7 @@ def _prepare_qcow2(graph: Any, opts: dict) -> Work:
     ref = opts["file"]
     early = isinstance(ref, str)
     node, image = _open_file(graph, ref)
-    version, cluster = _check_qcow2_options(opts, early)
+    version, cluster = check_qcow2_options(opts, early)
     _check_data_file(graph, opts, version, early)
     if opts.get("compression-type", "zlib") != "zlib" and version < 3:
         raise CreateFailed(f"Non-zlib compression type is only supported with compatibility level 1.1 and above "
@@ -262,7 +262,7 @@ def _prepare_qcow2(graph: Any, opts: dict) -> Work:
     else:
         assert image is not None and isinstance(ref, dict)
         _check_unused(graph, image, ref["filename"], early=False)
-    _not_simulated_qcow2(opts)
+    not_simulated_qcow2(opts)
     assert image is not None
     size = _int64(opts["size"])
     fits = 0 <= size <= BDRV_MAX_LENGTH and qcow2_l1_fits(size, cluster)

@@ -8,12 +8,12 @@ One module per concern: :mod:`.image` (create, info, check), :mod:`.compare`, :m
 from __future__ import annotations
 
 from ..block.store import ImageStore
-from ._common import KeyFn, Layer, QemuImgError, open_chain
+from ._common import INT64_MAX, KeyFn, Layer, QemuImgError, open_chain
 from .bitmap import img_bitmap
 from .commit import img_commit
 from .compare import img_compare
 from .convert import img_convert
-from .image import INT64_MAX, QCOW2_MAX_L1_ENTRIES, SIZE_HELP, check, create, info
+from .image import QCOW2_MAX_L1_ENTRIES, SIZE_HELP, check, create, info
 from .layers import content as read_chain
 from .mapping import img_map
 from .measure import img_measure

@@ -52,32 +52,6 @@ def options(text: str) -> dict[str, str]:
     return out
 
 
-def split_args(args: list[str], with_value: set[str], flags: set[str]) -> tuple[dict[str, str], list[str]]:
-    """getopt-like: options before '--', positional arguments after or between.
-
-    Long options taking a value (in ``with_value``) accept ``--opt=value`` and ``--opt value``.
-    """
-    opts: dict[str, str] = {}
-    positional: list[str] = []
-    it = iter(args)
-    for arg in it:
-        if arg == "--":
-            positional.extend(it)
-            break
-        name, eq, value = arg.partition("=")
-        if arg.startswith("--") and eq and name in with_value:
-            opts[name] = value
-        elif arg in with_value:
-            opts[arg] = next(it, "")
-        elif arg in flags:
-            opts[arg] = ""
-        elif arg.startswith("-") and len(arg) > 1:
-            raise QemuImgError(f"qemu-img: unrecognized option '{arg}'\n{USAGE}")
-        else:
-            positional.append(arg)
-    return opts, positional
-
-
 def find_key(key_fn: KeyFn, name: str) -> str | None:
     """The store's name for a file to open, or None where nothing can exist (outside the work
     directory), so that the caller answers as for a missing file."""

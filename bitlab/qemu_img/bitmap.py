@@ -14,13 +14,12 @@ from ..block.node import BlockNode
 from ..block.store import ImageStore
 from ..errors import QMPError
 from ..qmp.cmd_bitmap import add_bitmap, merge_bitmaps, qmp_clear, qmp_disable, qmp_enable, qmp_remove
-from ._common import USAGE, KeyFn, QemuImgError, cvtnum, find_key, open_image
+from . import cmdline
+from ._common import KeyFn, QemuImgError, cvtnum, find_key, open_image
 from .image import RAW_PROBE_WARNING
 from .image_opts import image_args, named_by
 
 ACTIONS = {"--add": "add", "--remove": "remove", "--clear": "clear", "--enable": "enable", "--disable": "disable"}
-WITH_VALUE = {"-b": "-b", "--source-file": "-b", "-f": "-f", "-F": "-F", "--source-format": "-F", "-g": "-g",
-              "--granularity": "-g", "--merge": "--merge", "--object": "--object"}
 
 
 class _Offline:
@@ -35,44 +34,13 @@ class _Offline:
 
 def _parse(args: list[str]) -> tuple[dict[str, str], list[tuple[str, str]], list[str]]:
     """getopt_long(":b:f:F:g:h"): options (last one wins), the actions in order, the other words."""
-    opts: dict[str, str] = {}
-    actions: list[tuple[str, str]] = []
-    positional: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg == "--":
-            positional += args[i:]
-            break
-        if not arg.startswith("-") or arg == "-":
-            positional.append(arg)
-            continue
-        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg[:2], "", arg[2:])
-        if name in ACTIONS and not eq:
-            actions.append((ACTIONS[name], ""))
-            continue
-        if name == "--image-opts" and not eq:
-            opts["--image-opts"] = ""
-            continue
-        if name in ("-h", "--help"):
-            raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img bitmap {name}'\n")
-        if name not in WITH_VALUE:
-            raise QemuImgError(f"qemu-img: unrecognized option '{arg}'\n{USAGE}")
-        if not eq and not value:
-            if i >= len(args):
-                raise QemuImgError(f"qemu-img: missing argument for option '{arg}'\n{USAGE}")
-            value = args[i]
-            i += 1
-        key = WITH_VALUE[name]
-        if key == "--merge":
-            actions.append(("merge", value))
-        elif key == "--object":
-            raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img bitmap --object'\n")
-        elif key == "-g":
-            opts["-g"] = str(cvtnum("granularity", value))
-        else:
-            opts[key] = value
+    ordered: list[tuple[str, str]] = []
+    opts, positional = cmdline.parse("bitmap", args, {"-b", "-f", "-F", "-g", "--image-opts", "--merge", *ACTIONS},
+                                     {"-g": lambda v: cvtnum("granularity", v)}, ordered)
+    actions = [(ACTIONS[key], "") if key in ACTIONS else ("merge", value) for key, value in ordered
+               if key in ACTIONS or key == "--merge"]
+    if "-g" in opts:
+        opts["-g"] = str(cvtnum("granularity", opts["-g"]))
     return opts, actions, positional
 
 

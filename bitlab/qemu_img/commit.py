@@ -7,7 +7,9 @@ import numpy as np
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.paths import path_combine, path_has_protocol
 from ..block.store import ImageFile, ImageStore
-from ._common import USAGE, KeyFn, Layer, QemuImgError, find_key, open_chain, split_args
+from . import cmdline
+from ._common import USAGE, KeyFn, Layer, QemuImgError, cvtnum, find_key, open_chain
+from .image import RAW_PROBE_WARNING
 from .layers import DATA, UNALLOC, chain_status, content, cow_fill
 
 
@@ -154,13 +156,16 @@ def find_backing_image(chain: list[Layer], name: str, key_fn: KeyFn) -> int:
 
 def img_commit(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img commit [-q] [-f fmt] [-b base] [-d] [-p] [-r rate] filename."""
-    opts, positional = split_args(args, {"-f", "-b", "-t", "-r"}, {"-q", "-d", "-p"})
+    opts, positional = cmdline.parse("commit", args, {"-f", "-b", "-t", "-r", "-q", "-d"},
+                                     {"-r": lambda v: cvtnum("rate limit", v)})
     if len(positional) != 1:
         raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
+    cmdline.check_cache(opts, "-t")
     filename = positional[0]
     chain = open_chain(store, key_fn, filename, opts.get("-f"), "write")
-    if len(chain) == 1:
-        raise QemuImgError("qemu-img: Image does not have a backing file\n")
+    if len(chain) == 1:  # (a raw image probed and opened read-write: the block layer's warning first)
+        warning = "" if "-f" in opts or chain[0].image.is_qcow2 else RAW_PROBE_WARNING.format(filename)
+        raise QemuImgError(f"{warning}qemu-img: Image does not have a backing file\n")
     base_name = opts.get("-b")
     if base_name is None:
         base_index = 1

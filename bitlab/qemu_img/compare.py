@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..block.store import ImageStore
-from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain, split_args
+from . import cmdline
+from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain
 from .layers import DATA, UNALLOC, chain_status, content, file_status, first_difference, split_runs
 
 SECTOR = 512
@@ -53,11 +54,12 @@ def _nonzero(chain: list[Layer], lo: int, hi: int) -> int | None:
 def img_compare(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img compare [-f fmt] [-F fmt] [-q] [-s] [-U] filename1 filename2 (exit 0 equal, 1 different,
     2 error)."""
-    opts, positional = split_args(args, {"-f", "-F", "-T"}, {"-q", "-s", "-p", "-U", "--force-share"})
+    opts, positional = cmdline.parse("compare", args, {"-f", "-F", "-T", "-q", "-s", "-U"})
     if len(positional) != 2:
         raise QemuImgError(f"qemu-img: Expecting two image file names\n{USAGE}")
+    cmdline.check_cache(opts, "-T", "source cache", 2)
     quiet, strict = "-q" in opts, "-s" in opts
-    lock = None if "-U" in opts or "--force-share" in opts else "shared"
+    lock = None if "-U" in opts else "shared"
     try:  # -F does not default to -f: the second image's format is probed
         chain1 = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
         chain2 = open_chain(store, key_fn, positional[1], opts.get("-F"), lock)

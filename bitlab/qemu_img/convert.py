@@ -6,14 +6,32 @@ import numpy as np
 
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import clip_runs, touched_mask
-from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
-from ..units import parse_size
-from ._common import KeyFn, QemuImgError, cvtnum, new_key, open_chain, options, split_args
+from ..block.store import ImageFile, ImageStore
+from . import cmdline, qemu_opts
+from ._common import KeyFn, QemuImgError, cvtnum, new_key, open_chain
+from .image import qcow2_create_checks
 from .layers import content
 
+MAX_COROUTINES = 16  # img_convert's -m
 MAX_SPARSE = 16 << 20  # MAX_BUF_SECTORS sectors
 SPARSE_RANGE_ERROR = ("qemu-img: Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 "
                       "up to 16777216. Select 0 to disable sparse detection (fully allocates output).\n")
+
+
+def _coroutines(text: str) -> None:
+    """-m, as img_convert's loop checks it."""
+    value = cmdline.c_long(text)
+    if value is None or not 1 <= value <= MAX_COROUTINES:
+        raise QemuImgError("qemu-img: Invalid number of coroutines. Allowed number of coroutines is between 1 and "
+                           f"{MAX_COROUTINES}\n")
+
+
+def _sparse_size(text: str) -> int:
+    """-S, as img_convert's loop checks it: a size, whole sectors, at most MAX_BUF_SECTORS of them."""
+    sparse = cvtnum("buffer size for sparse output", text)
+    if sparse % 512 or sparse > MAX_SPARSE:
+        raise QemuImgError(SPARSE_RANGE_ERROR)
+    return sparse
 
 
 def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
@@ -24,42 +42,51 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     only the clusters holding non-zero bytes; with ``-S 0`` every byte is written (fully allocated).
     ``--bitmaps`` copies the source's persistent bitmaps (see :func:`_copy_bitmaps`).
     """
-    opts, positional = split_args(args, {"-f", "-O", "-o", "-S", "-m", "-t", "-T"},
-                                  {"-q", "-p", "-U", "--force-share", "-W", "-n", "--bitmaps",
-                                   "--skip-broken-bitmaps", "-c"})
+    opts, positional = cmdline.parse("convert", args, {"-f", "-O", "-o", "-S", "-m", "-r", "-T", "-q", "-U", "-W",
+                                                       "--bitmaps", "--skip-broken-bitmaps", "-c"},
+                                     {"-S": _sparse_size, "-m": _coroutines, "-r": lambda v: cvtnum("rate limit", v)})
     bitmaps = "--bitmaps" in opts
     if "--skip-broken-bitmaps" in opts and not bitmaps:
         raise QemuImgError("qemu-img: Use of --skip-broken-bitmaps requires --bitmaps\n")
     if len(positional) < 2:
         raise QemuImgError("qemu-img: Must specify image file name\n")
+    cmdline.check_cache(opts, "-T", "source cache")
     if len(positional) > 2:
         raise QemuImgError("qemu-img: bitlab does not simulate converting several images into one\n")
-    sparse = 4096  # -S: zero stretches at least this long are not written (0: everything is)
-    if "-S" in opts:
-        sparse = cvtnum("buffer size for sparse output", opts["-S"])
-        if sparse % 512 or sparse > MAX_SPARSE:
-            raise QemuImgError(SPARSE_RANGE_ERROR)
+    sparse = _sparse_size(opts["-S"]) if "-S" in opts else 4096  # zero stretches this long are not written
+    lock = None if "-U" in opts else "shared"
+    chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)  # the sources first
     fmt = opts.get("-O", "raw")
     if fmt not in ("raw", "qcow2"):
         if fmt not in QEMU_DRIVERS:
             raise QemuImgError(f"qemu-img: Unknown file format '{fmt}'\n")
         raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    if "-o" in opts and qemu_opts.has_help(opts["-o"]):
+        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -o help'\n")
+    values = qemu_opts.parse(opts.get("-o", ""), {**qemu_opts.FILE_OPTS, **qemu_opts.CREATE_OPTS[fmt]})
     if "-c" in opts and fmt == "raw":
         raise QemuImgError("qemu-img: Compression not supported for this file format\n")
     if fmt == "raw" and not sparse:  # (a raw file's holes are its zero blocks here: written zeroes would be too)
         raise QemuImgError("qemu-img: bitlab does not simulate a fully allocated raw output (-S 0)\n")
-    lock = None if "-U" in opts or "--force-share" in opts else "shared"
-    chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
     if bitmaps:
         _check_bitmaps(chain[0].image, "--skip-broken-bitmaps" in opts)
     size = chain[0].size
+    if any(name in values for name in ("backing_file", "backing_fmt")) or \
+            values.get("preallocation", "off") != "off" or values.get("nocow") or "extent_size_hint" in values:
+        raise QemuImgError("qemu-img: bitlab does not simulate these -o options of 'qemu-img convert'\n")
     s, e, v = content(chain, 0, size)
-    key = new_key(key_fn, positional[1], f"error while converting {fmt}: ")
+    out = positional[1]
+
+    def fail(message: str, stdout: str = "") -> QemuImgError:
+        return QemuImgError(f"qemu-img: {out}: error while converting {fmt}: {message}\n", stdout=stdout)
+
+    if fmt == "qcow2":
+        version, cluster = qcow2_create_checks(values, size, fail)
+    key = new_key(key_fn, out, f"error while converting {fmt}: ")
     if fmt == "raw":
         target = store.create(key, "raw", size)
     else:
-        cluster = parse_size(options(opts.get("-o", "")).get("cluster_size", QCOW2_DEFAULT_CLUSTER))
-        target = store.create(key, "qcow2", size, cluster_size=cluster)
+        target = store.create(key, "qcow2", size, cluster_size=cluster, compat="0.10" if version == 2 else "1.1")
     if bitmaps and not target.is_qcow2:
         raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
     if "-c" in opts:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from ..block.create import CreateFailed, check_qcow2_options, not_simulated_qcow2
 from ..block.drivers import QEMU_DRIVERS
 from ..block.info import dump_specific, file_image_info
 from ..block.node import round_sector
 from ..block.paths import full_backing_filename
 from ..block.store import (
-    QCOW2_DEFAULT_CLUSTER,
     QCOW2_MAX_L1_ENTRIES,  # noqa: F401  (re-exported by bitlab.qemu_img)
     ImageFile,
     ImageStore,
     qcow2_l1_fits,
 )
+from ..errors import QMPError
 from ..qmp_order import to_json_pretty, wire_order
-from ..units import format_size, parse_size
+from ..units import format_size
+from . import cmdline, qemu_opts
 from ._common import (
-    INT64_MAX,
+    USAGE,
     KeyFn,
     Layer,
     QemuImgError,
@@ -28,10 +32,9 @@ from ._common import (
     open_image,
     opened_name,
 )
-from ._common import options as _options
-from ._common import split_args as _split_args
 from .image_opts import image_args, named_by
 from .layers import layer_runs, split_runs
+from .qemu_opts import PREALLOC_MODES
 
 SIZE_HELP = ("qemu-img: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
              "qemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n")
@@ -43,77 +46,157 @@ RAW_PROBE_WARNING = (
 
 
 def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
-    """qemu-img create [-f fmt] [-b backing] [-F backing_fmt] [-o opts] filename [size]."""
-    opts, positional = _split_args(args, {"-f", "-b", "-F", "-o"}, {"-q", "-u"})
+    """qemu-img create [-q] [-f fmt] [-b backing] [-F backing_fmt] [-u] [-o opts] filename [size].
+
+    As img_create, then bdrv_img_create: ``-o`` read against the format's creation options (and
+    file-posix's), the size given once, ``-b``/``-F`` over ``backing_file``/``backing_fmt``, the backing file
+    opened for its size (not with ``-u``); the "Formatting" line; then the driver's create (qcow2's checks,
+    as blockdev-create's; on failure the new file is deleted)."""
+    opts, positional = cmdline.parse("create", args, {"-f", "-b", "-F", "-o", "-q", "-u"})
     quiet = "-q" in opts
     fmt = opts.get("-f", "raw")
-    backing, backing_fmt = opts.get("-b"), opts.get("-F")
-    options = _options(opts.get("-o", ""))
-    if fmt not in ("raw", "qcow2"):
-        if fmt not in QEMU_DRIVERS and positional:  # (img_create's bdrv_find_format)
-            raise QemuImgError(f"qemu-img: {positional[0]}: Unknown file format '{fmt}'\n")
-        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
     if not positional:
-        raise QemuImgError("qemu-img: Expecting image file name\nTry 'qemu-img --help' for more information\n")
+        raise QemuImgError(f"qemu-img: Expecting image file name\n{USAGE}")
     filename = positional[0]
-    size_text = positional[1] if len(positional) > 1 else options.get("size")
-    size: int | None = None
-    if len(positional) > 1:  # (img_create's cvtnum)
-        size = cvtnum("image size", size_text)
-    elif size_text is not None:  # (-o size=: as the size option reads it)
-        try:
-            size = parse_size(size_text)
-        except ValueError:
-            raise QemuImgError(SIZE_HELP) from None
-        if size > INT64_MAX:
-            raise QemuImgError(f"qemu-img: Invalid image size specified. Must be between 0 and {INT64_MAX}.\n")
-    if backing and fmt != "qcow2":
-        raise QemuImgError(f"qemu-img: {filename}: Backing file not supported for file format '{fmt}'\n")
-    if backing and backing == filename:
-        raise QemuImgError(f"qemu-img: {filename}: Error: Trying to create an image with the same filename as the "
-                           "backing file\n")
+    size: int | None = cvtnum("image size", positional[1]) if len(positional) > 1 else None
+    if len(positional) > 2:
+        raise QemuImgError(f"qemu-img: Unexpected argument: {positional[2]}\n{USAGE}")
+    if "-o" in opts and qemu_opts.has_help(opts["-o"]):
+        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img create -o help'\n")
+    if fmt not in ("raw", "qcow2"):
+        if fmt not in QEMU_DRIVERS:  # (bdrv_img_create's bdrv_find_format)
+            raise QemuImgError(f"qemu-img: {filename}: Unknown file format '{fmt}'\n")
+        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+
+    def fail(message: str, stdout: str = "") -> QemuImgError:
+        return QemuImgError(f"qemu-img: {filename}: {message}\n", stdout=stdout)
+
+    desc = {**qemu_opts.FILE_OPTS, **qemu_opts.CREATE_OPTS[fmt]}
+    try:
+        values = qemu_opts.parse(opts.get("-o", ""), desc)
+    except QemuImgError as err:
+        raise fail(err.stderr.removeprefix("qemu-img: ").rstrip("\n")) from None
+    given = dict(qemu_opts.items(opts.get("-o", "")))
+    if "size" in values:
+        if size is not None:
+            raise fail("The image size must be specified only once")
+        size = int(values["size"])
+    if "-b" in opts:
+        if fmt != "qcow2":
+            raise fail(f"Backing file not supported for file format '{fmt}'")
+        given["backing_file"] = values["backing_file"] = opts["-b"]
+    if "-F" in opts:
+        if fmt != "qcow2":
+            raise fail(f"Backing file format not supported for file format '{fmt}'")
+        given["backing_fmt"] = values["backing_fmt"] = opts["-F"]
+    backing, backing_fmt = values.get("backing_file"), values.get("backing_fmt")
+    assert backing is None or isinstance(backing, str)
+    assert backing_fmt is None or isinstance(backing_fmt, str)
+    if backing is not None and backing == filename:
+        raise fail("Error: Trying to create an image with the same filename as the backing file")
+    if backing == "":
+        raise fail("Expected backing file name, got empty string")
     base: ImageFile | None = None
-    if backing and "-u" in opts:  # unsafe: the backing file is not opened
-        if not backing_fmt:
-            raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n")
-    elif backing:
+    if backing and "-u" not in opts:
         try:  # relative to the new image's directory
             full = full_backing_filename(filename, backing) or ""
         except ValueError as err:
-            raise QemuImgError(f"qemu-img: {filename}: {err}\n") from None
+            raise fail(str(err)) from None
         bkey = find_key(key_fn, full)
         if bkey is None or bkey not in store:
-            raise QemuImgError(f"qemu-img: {filename}: Could not open '{full}': No such file or directory\n"
-                               "Could not open backing image.\n")
+            raise fail(f"Could not open '{full}': No such file or directory\nCould not open backing image.")
         base = store[bkey]
         if not backing_fmt:
             raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n"
                                f"Detected format of {base.fmt}.")
+    elif backing and not backing_fmt:
+        raise fail("Backing file specified without backing format")
     if size is None:
         if base is None:
-            raise QemuImgError(f"qemu-img: {filename}: Image creation needs a size parameter\n")
+            raise fail("Image creation needs a size parameter")
         size = round_sector(base.size) if backing_fmt == base.fmt == "qcow2" else round_sector(base.file_length())
-    cluster = parse_size(options.get("cluster_size", QCOW2_DEFAULT_CLUSTER))
-    compat = options.get("compat", "1.1")
-    if compat in ("v2", "0.10"):
-        compat = "0.10"
-    elif compat in ("v3", "1.1"):
-        compat = "1.1"
+    line = "" if quiet else _formatting(filename, fmt, desc, given, values, size)
     if fmt == "raw":
-        line = f"Formatting '{filename}', fmt=raw size={size}\n"
-        store.create(_new_key(key_fn, filename, "" if quiet else line), "raw", size)
-        return "" if quiet else line
-    backing_text = f" backing_file={backing} backing_fmt={backing_fmt}" if backing else ""
-    compat_text = f" compat={options['compat']}" if "compat" in options else ""  # as given (v2, 0.10, ...)
-    line = (f"Formatting '{filename}', fmt=qcow2 cluster_size={cluster} extended_l2=off "
-            f"compression_type=zlib size={size}{compat_text}{backing_text} lazy_refcounts=off refcount_bits=16\n")
-    key = _new_key(key_fn, filename, "" if quiet else line)
+        prealloc = str(values.get("preallocation", "off"))
+        if prealloc not in PREALLOC_MODES:
+            raise fail(f"invalid parameter value: {prealloc}", line)
+        if prealloc != "off":
+            raise QemuImgError(f"qemu-img: bitlab does not simulate a preallocated raw image "
+                               f"(preallocation={prealloc})\n", stdout=line)
+        store.create(_new_key(key_fn, filename, line), "raw", size)
+        return line
+    version, cluster = qcow2_create_checks(values, size, fail, line)
+    key = _new_key(key_fn, filename, line)
     if not qcow2_l1_fits(size, cluster):
         raise _too_large(filename, line)
     # qcow2_co_create_opts rounds the size up to a sector, silently (the line above says what was asked)
-    store.create(key, "qcow2", round_sector(size), cluster_size=cluster, backing_file=backing, backing_fmt=backing_fmt,
-                 compat=compat)
-    return "" if quiet else line
+    store.create(key, "qcow2", round_sector(size), cluster_size=cluster, backing_file=backing or None,
+                 backing_fmt=backing_fmt, compat="0.10" if version == 2 else "1.1")
+    return line
+
+
+def _formatting(filename: str, fmt: str, desc: dict[str, str], given: dict[str, str],
+                values: dict[str, int | bool | str], size: int) -> str:
+    """bdrv_img_create's "Formatting" line: qemu_opts_print over the creation options in the format's order
+    (file-posix's after), each set one as given (a size or number as read), else its default."""
+    names = [*qemu_opts.CREATE_OPTS[fmt], *(n for n in qemu_opts.FILE_OPTS if n not in qemu_opts.CREATE_OPTS[fmt])]
+    defaults = qemu_opts.DEFAULTS.get(fmt, {})
+    parts = []
+    for name in names:
+        if name == "size":
+            parts.append(f"size={size}")
+        elif name in given:
+            value = values[name] if desc[name] in (qemu_opts.SIZE, qemu_opts.NUMBER) else given[name]
+            parts.append(f"{name}={value}")
+        elif name in defaults:
+            parts.append(f"{name}={defaults[name]}")
+    return f"Formatting '{filename}', fmt={fmt} {' '.join(parts)}\n"
+
+
+def qcow2_create_checks(values: dict[str, int | bool | str], size: int, fail: Callable[..., QemuImgError],
+                        line: str = "") -> tuple[int, int]:
+    """qcow2_co_create_opts and qcow2_co_create's checks of ``-o``'s values (``fail(message, stdout)`` makes the
+    error as the caller words it; ``line``: what was printed before), then what bitlab does not simulate;
+    returns (version, cluster size)."""
+    qapi = _qcow2_create_options(values, size, fail, line)
+    try:
+        version, cluster = check_qcow2_options(qapi, early=True)
+        if qapi.get("compression-type", "zlib") != "zlib" and version < 3:
+            raise CreateFailed("Non-zlib compression type is only supported with compatibility level 1.1 and above "
+                               "(use version=v3 or greater)")
+    except CreateFailed as err:
+        raise fail(err.message, line) from None
+    try:
+        not_simulated_qcow2(qapi)
+    except QMPError as err:
+        raise QemuImgError(f"qemu-img: {err.desc}\n", stdout=line) from None
+    if "encrypt" in qapi:
+        raise QemuImgError("qemu-img: bitlab does not simulate encrypted qcow2 images\n", stdout=line)
+    return version, cluster
+
+
+QCOW2_ENUMS = {"version": ("v2", "v3"), "preallocation": PREALLOC_MODES, "compression-type": ("zlib", "zstd")}
+"""The enum members of BlockdevCreateOptionsQcow2 that -o sets, in the order the QAPI visitor meets them."""
+
+
+def _qcow2_create_options(values: dict[str, int | bool | str], size: int, fail: Callable[..., QemuImgError],
+                          line: str) -> dict:
+    """qcow2_co_create_opts: the -o values as BlockdevCreateOptionsQcow2 (compat 0.10/1.1 as v2/v3, the legacy
+    names renamed), the QAPI visitor's enum checks."""
+    renames = {"backing_file": "backing-file", "backing_fmt": "backing-fmt", "cluster_size": "cluster-size",
+               "lazy_refcounts": "lazy-refcounts", "extended_l2": "extended-l2", "refcount_bits": "refcount-bits",
+               "compat": "version", "data_file": "data-file", "data_file_raw": "data-file-raw",
+               "compression_type": "compression-type", "preallocation": "preallocation"}
+    qapi: dict = {"size": round_sector(size)}  # (qcow2_co_create_opts rounds it up to a sector, silently)
+    for name, value in values.items():
+        if name in renames:
+            qapi[renames[name]] = {"0.10": "v2", "1.1": "v3"}.get(value, value) if name == "compat" else value
+        elif name == "encryption" and value or name.startswith("encrypt."):
+            qapi["encrypt"] = True
+    for key, allowed in QCOW2_ENUMS.items():
+        if key in qapi and qapi[key] not in allowed:
+            raise fail(f"Parameter '{key}' does not accept value '{qapi[key]}'", line)
+    return qapi
 
 
 def _new_key(key_fn: KeyFn, filename: str, stdout: str) -> str:
@@ -152,10 +235,11 @@ def _human(info: dict) -> str:
 
 def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img info [--output=json] [-f fmt] [-U] [--backing-chain] filename."""
-    opts, positional = _split_args(args, {"-f", "--output"},
-                                   {"-U", "--force-share", "--backing-chain", "--image-opts"})
-    if not positional:
-        raise QemuImgError("qemu-img: Expecting one image file name\nTry 'qemu-img --help' for more information\n")
+    opts, positional = cmdline.parse("info", args, {"-f", "--output", "-U", "--backing-chain", "--image-opts"})
+    if len(positional) != 1:
+        raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
+    if opts.get("--output", "human") not in ("human", "json"):
+        raise QemuImgError("qemu-img: --output must be used with human or json as argument.\n")
     top, fmt, optstr = image_args(opts, positional[0])
     with named_by(optstr, top):
         return _info(store, opts, top, fmt, key_fn)
@@ -174,7 +258,7 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
         image = store[key]
         if image.unknown:
             raise QemuImgError(f"qemu-img: {image.unknown}\n")
-        if not chain and "-U" not in opts and "--force-share" not in opts:
+        if not chain and "-U" not in opts:
             open_image(store, key_fn, name, None, "shared")  # the file lock
         if fmt == "qcow2" and not image.is_qcow2:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
@@ -191,33 +275,50 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
     return "\n".join(_human(i) for i in chain)
 
 
+def _repair_mode(text: str) -> None:
+    """check's -r, as img_check's loop reads it."""
+    if text not in ("leaks", "all"):
+        raise QemuImgError(f"qemu-img: Unknown option value for -r (expecting 'leaks' or 'all'): {text}\n{USAGE}")
+
+
 def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
-    """qemu-img check on a qcow2 image: bitlab's images are never corrupt."""
-    opts, positional = _split_args(args, {"-f", "--output", "-r"}, {"-U", "-q", "--image-opts"})
-    if not positional:
-        raise QemuImgError("qemu-img: Expecting one image file name\n")
+    """qemu-img check [-q] [-f fmt | --image-opts] [--output=human|json] [-r leaks|all] [-U] filename on a
+    qcow2 image: bitlab's images are never corrupt, so there is nothing to report or repair. The image is
+    opened read-only with the shared file lock (``-U``: none), read-write with ``-r``."""
+    opts, positional = cmdline.parse("check", args, {"-f", "--output", "-r", "-T", "-U", "-q", "--image-opts"},
+                                     {"-r": _repair_mode})
+    if len(positional) != 1:
+        raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
+    output = opts.get("--output", "human")
+    if output not in ("human", "json"):
+        raise QemuImgError("qemu-img: --output must be used with human or json as argument.\n")
+    cmdline.check_cache(opts, "-T", "source cache")
     name, fmt, optstr = image_args(opts, positional[0])
     with named_by(optstr, name):
-        check_driver(name, fmt)
-        key = find_key(key_fn, name)
-        if key is None or key not in store:
-            raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': "
-                               "No such file or directory\n")
-        image = store[key]
-        if image.unknown:
-            raise QemuImgError(f"qemu-img: {image.unknown}\n")
-        if fmt == "qcow2" and not image.is_qcow2:
-            raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
+        if "-r" in opts and "-U" in opts:
+            check_driver(name, fmt)
+            raise QemuImgError(f"qemu-img: Could not open '{name}': force-share=on can only be used with "
+                               "read-only images\n")
+        image = open_image(store, key_fn, name, None if fmt == "raw" else fmt,
+                           None if "-U" in opts else "write" if "-r" in opts else "shared")
     if not image.is_qcow2 or fmt == "raw":
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
+    if "-q" in opts:
+        return ""
     cs = image.cluster_size
     compressed = image.layout.compressed_count()  # (allocated, compressed and fragmented by nature)
     allocated = image.allocated_clusters() + compressed
+    total = -(-image.size // cs)
+    fragmented = _fragmented(Layer(name, image)) + compressed if allocated else 0
     end = image.layout.end_cluster() * cs
+    if output == "json":  # ImageCheck: a member only where it is not zero
+        result = {"filename": name, "format": "qcow2", "check-errors": 0, "image-end-offset": end,
+                  "total-clusters": total, "allocated-clusters": allocated, "fragmented-clusters": fragmented,
+                  "compressed-clusters": compressed}
+        return to_json_pretty(wire_order({k: v for k, v in result.items() if v or k == "check-errors"
+                                          or isinstance(v, str)})) + "\n"
     out = "No errors were found on the image.\n"
     if allocated:
-        total = -(-image.size // cs)
-        fragmented = _fragmented(Layer(name, image)) + compressed
         out += (f"{allocated}/{total} = {allocated * 100 / total:0.2f}% allocated, "
                 f"{fragmented * 100 / allocated:0.2f}% fragmented, "
                 f"{compressed * 100 / allocated:0.2f}% compressed clusters\n")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..block.store import ImageStore
-from ._common import USAGE, KeyFn, Layer, QemuImgError, cvtnum, open_chain, split_args
+from . import cmdline
+from ._common import USAGE, KeyFn, Layer, QemuImgError, cvtnum, open_chain
 from .image_opts import image_args, named_by
 from .layers import DATA, UNALLOC, ZERO_HOSTED, ZERO_PLAIN, chain_status, file_status
 
@@ -80,16 +81,17 @@ def format_human(entries: list[dict]) -> str:
 
 def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img map [-f fmt] [--output=human|json] [-U] [--start-offset=O] [--max-length=L] filename."""
-    opts, positional = split_args(args, {"-f", "--output", "--start-offset", "--max-length"},
-                                  {"-U", "--force-share", "--image-opts"})
+    opts, positional = cmdline.parse("map", args, {"-f", "--output", "-s", "-l", "-U", "--image-opts"},
+                                     {"-s": lambda v: cvtnum("start offset", v),
+                                      "-l": lambda v: cvtnum("max length", v)})
+    if len(positional) != 1:
+        raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
     output = opts.get("--output", "human")
     if output not in ("human", "json"):
         raise QemuImgError("qemu-img: --output must be used with human or json as argument.\n")
-    if len(positional) != 1:
-        raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
-    start = cvtnum("start offset", opts["--start-offset"]) if "--start-offset" in opts else 0
-    length = cvtnum("max length", opts["--max-length"]) if "--max-length" in opts else None
-    shared = "-U" in opts or "--force-share" in opts
+    start = cvtnum("start offset", opts["-s"]) if "-s" in opts else 0
+    length = cvtnum("max length", opts["-l"]) if "-l" in opts else None
+    shared = "-U" in opts
     name, fmt, optstr = image_args(opts, positional[0])
     with named_by(optstr, name):
         chain = open_chain(store, key_fn, name, fmt, None if shared else "shared")

@@ -20,7 +20,7 @@ from . import qemu_opts
 from ._common import KeyFn, Layer, QemuImgError, cvtnum, open_chain
 from .getopt import GetoptError, getopt_long
 from .layers import DATA, chain_status, file_status
-from .qemu_opts import BOOL, NUMBER, SIZE, STRING
+from .qemu_opts import CREATE_OPTS, CRYPTO_OPTS, FILE_OPTS, PREALLOC_MODES, STRING
 
 L1E_SIZE = 8
 QCOW_MAX_L1_SIZE = 0x2000000
@@ -33,19 +33,6 @@ NO_MEASURE = frozenset({"file", "host_cdrom", "host_device", "nbd", "nvme", "par
                         "vhdx", "vmdk", "vpc"})
 MODULES = {"ftp": "curl", "ftps": "curl", "http": "curl", "https": "curl", "gluster": "gluster", "iscsi": "iscsi",
            "nfs": "nfs", "rbd": "rbd", "ssh": "ssh"}
-# creation options: file-posix's (always appended), raw's, qcow2's, luks's
-FILE_OPTS = {"size": SIZE, "nocow": BOOL, "preallocation": STRING, "extent_size_hint": SIZE}
-_CRYPTO = {"key-secret": STRING, "cipher-alg": STRING, "cipher-mode": STRING, "ivgen-alg": STRING,
-           "ivgen-hash-alg": STRING, "hash-alg": STRING, "iter-time": NUMBER}
-CREATE_OPTS = {
-    "raw": {"size": SIZE},
-    "qcow2": {"size": SIZE, "compat": STRING, "backing_file": STRING, "backing_fmt": STRING, "data_file": STRING,
-              "data_file_raw": BOOL, "encryption": BOOL, "encrypt.format": STRING,
-              **{f"encrypt.{k}": v for k, v in _CRYPTO.items()}, "cluster_size": SIZE, "preallocation": STRING,
-              "lazy_refcounts": BOOL, "refcount_bits": NUMBER, "compression_type": STRING, "extended_l2": BOOL},
-    "luks": {**_CRYPTO, "size": SIZE},
-}
-PREALLOC_MODES = ("off", "metadata", "falloc", "full")
 
 
 def _round_up(n: int, align: int) -> int:
@@ -111,7 +98,8 @@ def _not_simulated(what: str) -> QemuImgError:
 
 def _crypto(opts: dict, prefix: str) -> None:
     """A LUKS header's size needs its secret: qemu-img without ``--object`` has none."""
-    if any(key.startswith(prefix) and key[len(prefix):] in _CRYPTO and key != f"{prefix}key-secret" for key in opts):
+    if any(key.startswith(prefix) and key[len(prefix):] in CRYPTO_OPTS and key != f"{prefix}key-secret"
+           for key in opts):
         raise _not_simulated("measuring LUKS encryption options")
     secret = opts.get(f"{prefix}key-secret")
     if secret is None:

@@ -15,6 +15,22 @@ from ._common import QemuImgError
 SIZE, NUMBER, BOOL, STRING = "size", "number", "bool", "string"
 SIZE_HINT = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
              "and exabytes, respectively.\n")
+# creation options (each format's QemuOptsList, in QEMU's order, which the "Formatting" line follows; file-posix's
+# appended to every format's, the names a format already has left out) and the defaults that line shows
+FILE_OPTS = {"size": SIZE, "nocow": BOOL, "preallocation": STRING, "extent_size_hint": SIZE}
+CRYPTO_OPTS = {"key-secret": STRING, "cipher-alg": STRING, "cipher-mode": STRING, "ivgen-alg": STRING,
+               "ivgen-hash-alg": STRING, "hash-alg": STRING, "iter-time": NUMBER}
+CREATE_OPTS = {
+    "raw": {"size": SIZE},
+    "qcow2": {"encryption": BOOL, "encrypt.format": STRING, **{f"encrypt.{k}": v for k, v in CRYPTO_OPTS.items()},
+              "cluster_size": SIZE, "extended_l2": BOOL, "preallocation": STRING, "compression_type": STRING,
+              "size": SIZE, "compat": STRING, "backing_file": STRING, "backing_fmt": STRING, "data_file": STRING,
+              "data_file_raw": BOOL, "lazy_refcounts": BOOL, "refcount_bits": NUMBER},
+    "luks": {**CRYPTO_OPTS, "size": SIZE},
+}
+DEFAULTS = {"qcow2": {"cluster_size": "65536", "extended_l2": "off", "compression_type": "zlib",
+                      "lazy_refcounts": "off", "refcount_bits": "16"}}
+PREALLOC_MODES = ("off", "metadata", "falloc", "full")
 _TRUE, _FALSE = ("on", "yes", "true", "y"), ("off", "no", "false", "n")
 _U64 = re.compile(r"^\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")  # strtoull, base 0, all of it
 
@@ -70,6 +86,11 @@ def items(text: str) -> list[tuple[str, str]]:
         if at < len(text):  # at a comma
             at += 1
     return out
+
+
+def has_help(text: str) -> bool:
+    """has_help_option: an item named ``help`` or ``?``."""
+    return any(name in ("help", "?") for name, _ in items(text))
 
 
 def parse_number(name: str, value: str) -> int:

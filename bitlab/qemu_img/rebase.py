@@ -6,7 +6,8 @@ import numpy as np
 
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.store import ImageStore
-from ._common import USAGE, KeyFn, Layer, QemuImgError, backing_name, inner_reason, open_chain, open_image, split_args
+from . import cmdline
+from ._common import USAGE, KeyFn, Layer, QemuImgError, backing_name, inner_reason, open_chain, open_image
 from .image import RAW_PROBE_WARNING
 from .layers import UNALLOC, allocation, content, cow_fill, differing
 
@@ -72,12 +73,14 @@ def _view(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img rebase [-f fmt] [-u] [-q] [-p] -b backing_file [-F backing_fmt] filename."""
-    opts, positional = split_args(args, {"-f", "-F", "-b", "-t", "-T"}, {"-u", "-q", "-p", "-U", "--force-share"})
+    opts, positional = cmdline.parse("rebase", args, {"-f", "-F", "-b", "-t", "-T", "-u", "-q", "-U"})
     if len(positional) != 1:
         raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
     unsafe, backing, backing_fmt = "-u" in opts, opts.get("-b"), opts.get("-F")
     if not unsafe and backing is None:
         raise QemuImgError(f"qemu-img: Must specify backing file (-b) or use unsafe mode (-u)\n{USAGE}")
+    cmdline.check_cache(opts, "-t")
+    cmdline.check_cache(opts, "-T", "source cache")
     filename = positional[0]
     if unsafe:  # the old backing file need not exist
         top = Layer(filename, open_image(store, key_fn, filename, opts.get("-f"), "write"))
@@ -88,20 +91,21 @@ def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     else:
         chain = open_chain(store, key_fn, filename, opts.get("-f"), "write")
     image = chain[0].image
-    if not image.is_qcow2:
-        warning = "" if "-f" in opts else RAW_PROBE_WARNING.format(filename)
-        raise QemuImgError(f"{warning}qemu-img: Could not change the backing file to '{backing or ''}': "
-                           "Operation not supported\n")
+    warning = "" if "-f" in opts or image.is_qcow2 else RAW_PROBE_WARNING.format(filename)
+    new_chain = None
+    if not unsafe and backing:
+        below = backing_name(filename, backing)
+        try:
+            new_chain = open_chain(store, key_fn, below, backing_fmt)
+        except QemuImgError as err:
+            reason = inner_reason(err, below)
+            raise QemuImgError(f"{warning}qemu-img: Could not open new backing file '{backing}': {reason}\n"
+                               ) from None
+    if not image.is_qcow2:  # (nothing to copy: a raw image is all allocated) bdrv_change_backing_file
+        reason = "backing format must be specified" if backing and not backing_fmt else "Operation not supported"
+        raise QemuImgError(f"{warning}qemu-img: Could not change the backing file to '{backing or ''}': {reason}\n")
     cow_fill(chain)
     if not unsafe:
-        new_chain = None
-        if backing:
-            below = backing_name(filename, backing)
-            try:
-                new_chain = open_chain(store, key_fn, below, backing_fmt)
-            except QemuImgError as err:
-                reason = inner_reason(err, below)
-                raise QemuImgError(f"qemu-img: Could not open new backing file '{backing}': {reason}\n") from None
         _copy_differences(chain, new_chain)
     if backing and not backing_fmt:
         raise QemuImgError(f"qemu-img: Could not change the backing file to '{backing}': "

@@ -6,9 +6,10 @@ from ..block.graph import BlockGraph
 from ..block.store import ImageStore
 from ..errors import QMPError
 from ..units import SizeTooLarge, parse_size
+from . import cmdline
 from ._common import INT64_MAX, USAGE, KeyFn, QemuImgError, find_key, open_image
-from ._common import split_args as _split_args
 from .image import RAW_PROBE_WARNING
+from .qemu_opts import PREALLOC_MODES
 
 SIZE_ERROR = ("qemu-img: Parameter 'size' expects a non-negative number below 2^64\n"
               "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
@@ -16,7 +17,12 @@ SIZE_ERROR = ("qemu-img: Parameter 'size' expects a non-negative number below 2^
 SHRINK_ERROR = ("qemu-img: Use the --shrink option to perform a shrink operation.\n"
                 "qemu-img: warning: Shrinking an image will delete all data beyond the shrunken image's end. "
                 "Before performing such an operation, make sure there is no important data there.\n")
-PREALLOC_MODES = ("off", "metadata", "falloc", "full")
+
+
+def _prealloc_mode(text: str) -> None:
+    """--preallocation, as img_resize's loop reads it."""
+    if text not in PREALLOC_MODES:
+        raise QemuImgError(f"qemu-img: Invalid preallocation mode '{text}'\n")
 
 
 def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
@@ -30,13 +36,11 @@ def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if len(args) < 2:
         raise QemuImgError(f"qemu-img: Not enough arguments\n{USAGE}")
     size_text = args[-1]
-    opts, positional = _split_args(args[:-1], {"-f", "--preallocation", "--object"},
-                                   {"-q", "--shrink", "--image-opts"})
+    opts, positional = cmdline.parse("resize", args[:-1], {"-f", "--preallocation", "-q", "--shrink"},
+                                     {"--preallocation": _prealloc_mode})
     if len(positional) != 1:
         raise QemuImgError(f"qemu-img: Expecting image file name and size\n{USAGE}")
     prealloc = opts.get("--preallocation", "off")
-    if prealloc not in PREALLOC_MODES:
-        raise QemuImgError(f"qemu-img: Invalid preallocation mode '{prealloc}'\n")
     if prealloc != "off":
         raise QemuImgError(f"qemu-img: bitlab does not simulate --preallocation={prealloc}\n")
     filename, fmt = positional[0], opts.get("-f")
