@@ -42,16 +42,6 @@ def cvtnum(name: str, text: str) -> int:
     return value
 
 
-def options(text: str) -> dict[str, str]:
-    """``-o key=value,...`` as a dict."""
-    out = {}
-    for item in text.split(","):
-        if item:
-            key, _, value = item.partition("=")
-            out[key] = value
-    return out
-
-
 def find_key(key_fn: KeyFn, name: str) -> str | None:
     """The store's name for a file to open, or None where nothing can exist (outside the work
     directory), so that the caller answers as for a missing file."""
