@@ -2,12 +2,12 @@
 image opened read-write, and what it leaves stored (qemu-img info, check, and the bitmaps a daemon loads),
 against qemu-img 7.2."""
 
-import re
 
 import pytest
 
-from bitlab import Machine, QemuImgError
+from bitlab import Machine
 from tests.both import on_both
+from tests.imgrun import img as _img
 
 M = 1 << 20
 CASES = [["a.qcow2", "x"], ["--add", "a.qcow2"], ["--add", "a.qcow2", "x", "y"],
@@ -27,15 +27,7 @@ CASES = [["a.qcow2", "x"], ["--add", "a.qcow2"], ["--add", "a.qcow2", "x", "y"],
          ["-f", "qcow2", "--add", "-g512", "a.qcow2", "s"], ["--add", "used.qcow2", "u"]]
 
 
-AUTO = re.compile(r"#block\d+")  # automatic node names: QEMU's numbers vary from run to run
-DISK = re.compile(r"disk size: .*")  # what the host file system allocates
 
-
-def _img(vm, *args):
-    try:
-        return ("ok", DISK.sub("disk size: N", vm.qemu_img(*args)))
-    except QemuImgError as err:
-        return ("err", AUTO.sub("#blockN", err.stderr), err.returncode)
 
 
 def _story(vm) -> list:

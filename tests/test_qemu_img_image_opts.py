@@ -1,17 +1,15 @@
 """qemu-img --image-opts (bitlab/qemu_img/image_opts.py): info, check, map and bitmap take an image named by
 block options, with qemu-img 7.2's texts where the options name no image; other options are refused."""
 
-import re
 
 import pytest
 
-from bitlab import Machine, QemuImgError
+from bitlab import Machine
 from bitlab.qemu_img.image_opts import parse
 from tests.both import on_both
+from tests.imgrun import img as _img
 
 M = 1 << 20
-DISK = re.compile(r"disk size: .*")
-AUTO = re.compile(r"#block\d+")
 OPTS = ["driver=qcow2,file.filename=q.qcow2", "file.filename=q.qcow2", "file.driver=file,file.filename=q.qcow2",
         "driver=qcow2,file.driver=file,file.filename=q.qcow2", "driver=raw,file.filename=r.img",
         "file.filename=r.img", "driver=qcow2,file.filename=r.img", "driver=qcow2,file.filename=q.qcow2,driver=qcow2",
@@ -23,12 +21,6 @@ OPTS = ["driver=qcow2,file.filename=q.qcow2", "file.filename=q.qcow2", "file.dri
         "driver=qcow2,file.filename=q.qcow2,file.filename=r.img"]
 SUBCOMMANDS = (["info"], ["check"], ["map", "--output=json"], ["bitmap", "--add"])
 
-
-def _img(vm, *args):
-    try:
-        return ("ok", DISK.sub("disk size: N", vm.qemu_img(*args)))
-    except QemuImgError as err:
-        return ("err", AUTO.sub("#blockN", err.stderr), err.returncode)
 
 
 def _story(vm) -> list:

@@ -22,18 +22,12 @@ import re
 
 import pytest
 
-from bitlab import Machine, QemuImgError
+from bitlab import Machine
 from tests.both import on_both
+from tests.imgrun import img as _img
 
 TIMING = re.compile(r"\n[^\n]* ops; [^\n]*\n")
-DISK = re.compile(r"disk size: .*")
 
-
-def _img(vm, *args) -> tuple:
-    try:
-        return ("ok", DISK.sub("disk size: N", vm.qemu_img(*args)))
-    except QemuImgError as err:
-        return ("err", err.stderr, err.returncode)
 
 
 def _io(vm, filename: str, command: str) -> str:
