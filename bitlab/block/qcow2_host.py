@@ -755,12 +755,12 @@ class HostLayout:
             elif self.log is not None:
                 self.load_l2(index)
             hs, he, _ = self.hosted(lo, hi)
+            zs, ze, compressed = hs, he, False
             if self.any_compressed:  # (allocated too: a zero cluster where one was, freed the same way)
                 c_s, c_e = self.compressed_runs(lo, hi)
+                compressed = bool(c_s.size)
                 order = np.argsort(np.concatenate((hs, c_s)))
                 zs, ze = np.concatenate((hs, c_s))[order], np.concatenate((he, c_e))[order]
-            else:
-                c_s, zs, ze = hs[:0], hs, he
             changed = bool(zs.size)
             if zero == "all":
                 changed = changed or bool((self.zero_flag.extents(lo, hi - lo)[2] != 1).any())
@@ -771,7 +771,7 @@ class HostLayout:
                 self.dirty_l2.add(index)
             if hs.size:
                 self.unhost(lo, hi)
-            if c_s.size:
+            if compressed:
                 self.free_compressed(lo, hi, discard=True)
         self._pass_cached(end=True)
 

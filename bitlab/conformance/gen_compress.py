@@ -8,8 +8,9 @@ backup with ``"compress": true`` of the drive (or of a node made for it, of a ra
 same way, sometimes closed and opened again between writes, sometimes with a bitmap for ``sync: bitmap``) onto a
 fresh qcow2 target (64 KiB, 128 KiB or 2 MiB clusters), sometimes with data already in one of its clusters (that
 task's write fails: EIO), by blockdev-backup or drive-backup (``existing`` or ``absolute-paths``); then a plain
-backup *from* the compressed target onto another image, or a ``qemu-img convert -c`` of it. Each target is
-closed and its ``qemu-img map --output=json`` and ``check`` compared.
+backup *from* the compressed target onto another image, or a ``qemu-img convert -c`` of it, and at times a
+``qemu-img resize --shrink`` of it. Each target is closed and its ``qemu-img map --output=json`` and ``check``
+compared.
 
 Stays away from what QEMU does not fix: one worker for every backup (several compress, or decompress, in a
 thread pool: the packing order varies), one cluster per ``write -c`` (qcow2 runs a request's clusters as
@@ -231,6 +232,10 @@ def compress_scenario(seed: int, index: int) -> dict:
                       _qmp("query-named-block-nodes", {"flat": True}),
                       _qmp("blockdev-del", {"node-name": tgt})]
             steps += _inspect(copy)
+        if rng.random() < 0.25:  # a shrink of the (closed) target through its compressed clusters
+            new_size = rng.choice([rng.randrange(1, size // (64 * K)) * 64 * K, rng.randrange(1, size // 512) * 512])
+            steps.append({"qemu-img": ["resize", "--shrink", f"{tgt}.qcow2", str(new_size)]})
+            steps += _inspect(tgt)
         if sync == "bitmap":
             steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": src, "name": "zb"}))
         if src != "drive0":
