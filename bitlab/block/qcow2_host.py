@@ -193,6 +193,10 @@ class HostLayout:
         self.compressed = ExtentMap(max(nclusters, 1), fill=0)  # 1 where the L2 entry is a compressed cluster's
         self.any_compressed = False  # (a compressed cluster was ever written: the guards look only then)
         self.free_byte_offset = 0  # qcow2_alloc_bytes: where the next compressed cluster may go (0: a new cluster)
+        # a compressed cluster's L2 entry, by guest cluster: its chunk's host byte offset (-1: none) and compressed
+        # size (made with the first compressed cluster)
+        self._chunk_maps: tuple[ExtentMap, ExtentMap] | None = None
+        self.chunks_freed = False  # (a compressed cluster was ever freed: free_byte_offset may point into a freed one)
 
     # -- what a recorder sees (log) --------------------------------------------------------------
     def _ev(self, name: str, times: int = 1) -> None:
@@ -675,6 +679,8 @@ class HostLayout:
             log.append(("links", -1))
         if flags:
             self.zero_flag.write(c0, c1 - c0, 0)
+        if self.any_compressed:  # (qcow2_alloc_cluster_link_l2 frees the old entries: QCOW2_DISCARD_NEVER)
+            self.free_compressed(c0, c1, discard=False)
 
     def _log_copied(self, a: int, b: int) -> None:
         """A recorder's markers for hosted clusters ``[a, b)`` written in place: zero clusters keeping their host
@@ -705,8 +711,11 @@ class HostLayout:
                 self.load_l2(index)
             a, b = max(lo, f0), min(hi, f1)
             frees = b > a and value != ZERO_ALLOC and bool(self.hosted(a, b)[0].size)
-            if frees or bool((self.zero_flag.extents(lo, hi - lo)[2] != flag).any()):
+            compressed = b > a and self.compressed_in(a, b)  # (zero_in_l2_slice unmaps them always)
+            if frees or compressed or bool((self.zero_flag.extents(lo, hi - lo)[2] != flag).any()):
                 self.dirty_l2.add(index)
+            if compressed:
+                self.free_compressed(a, b, discard=True)
             if frees:
                 if a < last < b:  # the block layer sends the disk's partial last cluster as a request of its own
                     self.unhost(a, last)
@@ -746,16 +755,24 @@ class HostLayout:
             elif self.log is not None:
                 self.load_l2(index)
             hs, he, _ = self.hosted(lo, hi)
-            changed = bool(hs.size)
+            zs, ze, compressed = hs, he, False
+            if self.any_compressed:  # (allocated too: a zero cluster where one was, freed the same way)
+                c_s, c_e = self.compressed_runs(lo, hi)
+                compressed = bool(c_s.size)
+                order = np.argsort(np.concatenate((hs, c_s)))
+                zs, ze = np.concatenate((hs, c_s))[order], np.concatenate((he, c_e))[order]
+            changed = bool(zs.size)
             if zero == "all":
                 changed = changed or bool((self.zero_flag.extents(lo, hi - lo)[2] != 1).any())
                 self.zero_flag.write(lo, hi - lo, 1)
-            elif zero == "hosted" and hs.size:
-                self.zero_flag.write_batch(hs, he - hs, 1)
+            elif zero == "hosted" and zs.size:
+                self.zero_flag.write_batch(zs, ze - zs, 1)
             if changed:
                 self.dirty_l2.add(index)
             if hs.size:
                 self.unhost(lo, hi)
+            if compressed:
+                self.free_compressed(lo, hi, discard=True)
         self._pass_cached(end=True)
 
     def unhost(self, lo: int, hi: int) -> None:
@@ -778,7 +795,9 @@ class HostLayout:
         if self.one_request:
             self._request(int(offsets.min()) // cs, -(-int(ends.max()) // cs))
             return
-        if self.log is not None:  # (a recorder sees every request's own steps)
+        if self.log is not None or self.any_compressed and self.compressed_in(int(offsets.min()) // cs,
+                                                                               -(-int(ends.max()) // cs)):
+            # (a recorder sees every request's own steps; compressed clusters are freed request by request)
             for o, e, v in zip(offsets.tolist(), ends.tolist(), values.tolist()):
                 if v >= 0:
                     self._request(o // cs, -(-e // cs))
@@ -1256,6 +1275,12 @@ class HostLayout:
             self.dirty_l2.add(index)
         ones = np.ones(clusters.size, dtype=np.int64)
         self.compressed.write_batch(clusters, ones, ones)
+        if self._chunk_maps is None:
+            n = self.compressed.size
+            self._chunk_maps = (ExtentMap(n, fill=-1), ExtentMap(n, fill=0))
+        at, size = self._chunk_maps
+        at.write_batch(clusters, ones, offsets)
+        size.write_batch(clusters, ones, np.asarray(sizes, dtype=np.int64))
         self.zero_flag.write_batch(clusters, ones, np.zeros(clusters.size, dtype=np.int64))
         self.any_compressed = True
         self.padded_from = None
@@ -1281,6 +1306,8 @@ class HostLayout:
             fbo = self.free_byte_offset
             if fbo and cs - fbo % cs >= int(sizes[i]):
                 limit = (fbo // cs + 1) * cs
+                if self.chunks_freed and self.free.look(fbo // cs) == FREE:  # (freed since: refcount 0, taken again)
+                    self._take(fbo // cs, 1)
             else:
                 new = self._first_fit(1)
                 if not (fbo and -(-fbo // cs) == new):
@@ -1309,6 +1336,67 @@ class HostLayout:
         elif self.partial_end:
             self.padded_from = self.partial_end  # (a truncate: bs->wr_highest_offset stays where the writes ended)
             self.partial_end = -(-self.partial_end // 512) * 512
+
+    def chunks(self, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The compressed clusters of guest clusters ``[c0, c1)``: (guest clusters, their chunks' host byte offsets,
+        compressed sizes)."""
+        if self._chunk_maps is None:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        at, sizes = self._chunk_maps
+        c1 = min(c1, at.size)
+        s, _, v = at.extents(c0, max(c1 - c0, 0))
+        keep = v >= 0  # (one run a cluster: no two chunks share an offset)
+        s, v = s[keep], v[keep]
+        _, _, size, _ = sizes.gather(s, s + 1)
+        return s, v, size
+
+    def _chunk_clusters(self, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """The host clusters chunks touch (each one or two: update_refcount over its bytes), with repeats."""
+        return np.concatenate((offsets // self.cs, (offsets + sizes - 1) // self.cs))
+
+    def free_compressed(self, c0: int, c1: int, discard: bool) -> None:
+        """qcow2_free_any_cluster for the compressed clusters of guest clusters ``[c0, c1)`` (their L2 entries
+        change): qcow2_free_clusters over each chunk's bytes counts every host cluster it touches down by one
+        (update_refcount, decreasing: the refcount block cache then waits for the L2 table cache); a host cluster
+        no chunk touches any more is free again (free_cluster_index lowered to it) and, with ``discard``
+        (QCOW2_DISCARD_REQUEST passed through, see the node), its discard queued. free_byte_offset is left as it
+        is, even inside a freed cluster (qcow2_alloc_bytes then puts the next chunk there)."""
+        clusters, offsets, sizes = self.chunks(c0, c1)
+        if not clusters.size:
+            return
+        n = clusters.size
+        ones, zeros = np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        self.compressed.write_batch(clusters, ones, zeros)
+        assert self._chunk_maps is not None  # (there are chunks)
+        at, size = self._chunk_maps
+        at.write_batch(clusters, ones, ones * -1)
+        size.write_batch(clusters, ones, zeros)
+        touched = np.unique(self._chunk_clusters(offsets, sizes))
+        _, left, left_sizes = self.chunks(0, self.compressed.size)
+        freed = touched[~np.isin(touched, self._chunk_clusters(left, left_sizes))]
+        self._set_dependency("rb", "l2")
+        self._refcounts_changed(touched, touched + 1)
+        self.chunks_freed = True
+        if freed.size:
+            self.fs_plain = False
+            self.free.write_batch(freed, np.ones(freed.size, dtype=np.int64), np.full(freed.size, FREE))
+            self.fci = min(self.fci, int(freed[0]))
+            if discard:
+                self.discarded.append((freed, freed + 1))
+
+    def free_byte_offset_reused(self, cluster: int, size: int) -> bool:
+        """Whether the chunk of guest ``cluster`` (``size`` bytes, the next one written) goes at free_byte_offset
+        into a host cluster freed since and taken again for something else, or about to be taken for the cluster's
+        new L2 table (qcow2_alloc_bytes checks only that its refcount is not at its maximum: QEMU 7.2 writes the
+        chunk into it, over data or metadata)."""
+        fbo, cs = self.free_byte_offset, self.cs
+        if not (self.chunks_freed and fbo and cs - fbo % cs >= size):
+            return False
+        if self.free.look(fbo // cs) == FREE:
+            return self.l2.look(cluster // self.per_l2) < 0 and self._first_fit(1) == fbo // cs
+        _, left, left_sizes = self.chunks(0, self.compressed.size)
+        return not bool(np.isin(fbo // cs, self._chunk_clusters(left, left_sizes)))
 
     def compressed_in(self, c0: int, c1: int) -> bool:
         """Whether a guest cluster of ``[c0, c1)`` is a compressed cluster."""
@@ -1414,10 +1502,15 @@ class HostLayout:
         self.zero_flag.resize(new)
         self.cow_written.resize(new)
         self.compressed.resize(new)
+        for chunk_map in self._chunk_maps or ():
+            chunk_map.resize(new)
         if new > old:
             self.guest.write(old, new - old, NONE)
             self.zero_flag.write(old, new - old, 0)
             self.compressed.write(old, new - old, 0)
+            if self._chunk_maps is not None:
+                self._chunk_maps[0].write(old, new - old, -1)
+                self._chunk_maps[1].write(old, new - old, 0)
 
     def reconcile(self, c0: int, c1: int, starts: np.ndarray, ends: np.ndarray) -> None:
         """Guest clusters ``[c0, c1)`` hold a host cluster exactly where runs ``[starts, ends)``

@@ -3,20 +3,22 @@
 A scenario has one drive (``drive0``: the system emulator, whose HMP qemu-io can compress; over NBD
 qemu-storage-daemon cannot), written with normal writes, zero writes and ``write -c`` of one cluster (or the
 disk's last, partial one), sometimes at an unaligned offset (EINVAL) or onto a cluster that already has a host
-offset (EIO). Then, a few times, a backup with ``"compress": true`` of the drive (or of a node made for it, of a
-random cluster size, written the same way, sometimes closed and opened again between writes, sometimes with a
-bitmap for ``sync: bitmap``) onto a fresh qcow2 target (64 KiB, 128 KiB or
-2 MiB clusters), sometimes with data already in one of its clusters (that task's write fails: EIO), by
-blockdev-backup or drive-backup (``existing`` or ``absolute-paths``); then a plain backup *from* the compressed
-target onto another image, or a ``qemu-img convert -c`` of it. Each target is closed and its ``qemu-img map
---output=json`` and ``check`` compared.
+offset (EIO), and normal or zero writes over compressed clusters (freeing their chunks). Then, a few times, a
+backup with ``"compress": true`` of the drive (or of a node made for it, of a random cluster size, written the
+same way, sometimes closed and opened again between writes, sometimes with a bitmap for ``sync: bitmap``) onto a
+fresh qcow2 target (64 KiB, 128 KiB or 2 MiB clusters), sometimes with data already in one of its clusters (that
+task's write fails: EIO), by blockdev-backup or drive-backup (``existing`` or ``absolute-paths``); then a plain
+backup *from* the compressed target onto another image, or a ``qemu-img convert -c`` of it, and at times a
+``qemu-img resize --shrink`` of it. Each target is closed and its ``qemu-img map --output=json`` and ``check``
+compared.
 
 Stays away from what QEMU does not fix: one worker for every backup (several compress, or decompress, in a
 thread pool: the packing order varies), one cluster per ``write -c`` (qcow2 runs a request's clusters as
 parallel tasks), target clusters no smaller than the job's (64 KiB: a job cluster over several target clusters is
-one request of several), no normal, zero or discard write over a compressed cluster (bitlab refuses them), and
-no ``qemu-img map`` of an image open elsewhere (README "Known differences"), and the nodes of its own that a
-backup reads from opened with ``cache.direct`` (no page cache to make read blocks data, see ``DIRECT``).
+one request of several), no compressed write at a free_byte_offset whose host cluster was freed and may have been
+taken again (QEMU 7.2 writes the chunk there: bitlab refuses it), no ``qemu-img map`` of an image open elsewhere
+(README "Known differences"), and the nodes of its own that a backup reads from opened with ``cache.direct`` (no
+page cache to make read blocks data, see ``DIRECT``).
 """
 
 from __future__ import annotations
@@ -33,13 +35,17 @@ DIRECT = {"direct": True}
 
 
 class _Disk:
-    """What the generator knows of a qcow2 disk: its size, cluster size, and which clusters are compressed or
-    hold a host cluster (data written, or a zero write over data: zeroes keep no host cluster otherwise)."""
+    """What the generator knows of a qcow2 disk: its size, cluster size, which clusters are compressed or hold a
+    host cluster (data written, or a zero write over data: zeroes keep no host cluster otherwise), which L2 tables
+    exist, and whether a compressed cluster was freed since the node was opened (``freed``) and something
+    allocated after that (``reused``)."""
 
     def __init__(self, size: int, cluster: int) -> None:
         self.size, self.cluster = size, cluster
         self.compressed: set[int] = set()
         self.hosted: set[int] = set()
+        self.tables: set[int] = set()
+        self.freed = self.reused = False
 
     def clusters(self, offset: int, length: int) -> range:
         return range(offset // self.cluster, -(-(offset + length) // self.cluster))
@@ -47,22 +53,73 @@ class _Disk:
     def touches_compressed(self, offset: int, length: int) -> bool:
         return any(c in self.compressed for c in self.clusters(offset, length))
 
+    def touch(self, offset: int, length: int) -> None:
+        """A request over these bytes: their L2 tables exist now."""
+        per = self.cluster // 8
+        self.tables.update(range(offset // self.cluster // per, (-(-(offset + length) // self.cluster) - 1) // per + 1))
+
+    def may_compress(self, cluster: int) -> bool:
+        """Whether a compressed write of ``cluster`` stays clear of free_byte_offset in a host cluster that was freed
+        and may be taken again (by a write since, or by this cluster's new L2 table): QEMU 7.2 then writes the chunk
+        over data or metadata (bitlab refuses it)."""
+        return not self.freed or not self.reused and cluster // (self.cluster // 8) in self.tables
+
+    def reopened(self) -> None:
+        self.freed = self.reused = False  # (free_byte_offset 0)
+
+    def rewrite(self, offset: int, length: int, zero: bool) -> None:
+        """A normal (or zero) write over these bytes: the compressed clusters it meets are freed; each cluster it
+        covers whole becomes a zero cluster (``zero``), the others hold a host cluster."""
+        if self.freed:
+            self.reused = True
+        cs = self.cluster
+        for c in self.clusters(offset, length):
+            whole = offset <= c * cs and offset + length >= min((c + 1) * cs, self.size)
+            if c in self.compressed:
+                self.compressed.discard(c)
+                self.freed = True
+                if not (zero and whole):
+                    self.hosted.add(c)
+            elif not zero:
+                self.hosted.add(c)
+        self.touch(offset, length)
+
 
 def _guest_writes(rng: random.Random, node: str, disk: _Disk, count: int) -> list[dict]:
-    """Normal, zero and compressed writes on ``node``, none over a compressed cluster but a ``write -c`` (EIO)."""
+    """Normal, zero and compressed writes on ``node``; the normal and zero ones over compressed clusters at times
+    (whole or partial, a zero write unmapping or not), the compressed ones kept from a freed free_byte_offset
+    (:meth:`_Disk.may_compress`)."""
     steps: list[dict] = []
     cs, size = disk.cluster, disk.size
     last = (size - 1) // cs
     for _ in range(count):
-        kind = rng.choices(["write", "zero", "compress", "bad"], weights=[4, 1, 6, 1])[0]
+        kind = rng.choices(["write", "zero", "compress", "bad", "over"], weights=[4, 1, 6, 1, 3])[0]
         if kind == "compress":
             c = rng.choice([rng.randrange(0, last + 1), last])
+            if not disk.may_compress(c):
+                continue
             offset, length = c * cs, min(cs, size - c * cs)
             pattern = 0 if rng.random() < 0.15 else rng.randrange(1, 256)
             steps.append({"write": {"node": node, "offset": offset, "length": length, "pattern": pattern,
                                     "compress": True}})
             if c not in disk.hosted and c not in disk.compressed:
                 disk.compressed.add(c)  # (else EIO: nothing changes)
+                disk.touch(offset, length)
+            continue
+        if kind == "over":  # a normal or zero write over a compressed cluster, whole or in part
+            if not disk.compressed:
+                continue
+            c = rng.choice(sorted(disk.compressed))
+            offset = c * cs + rng.choice([0, 0, rng.randrange(0, (min(cs, size - c * cs)) // 512) * 512])
+            length = min(rng.choice([512, 4 * K, cs, 2 * cs]), size - offset)
+            verb = rng.choice(["write", "zero"])
+            io: dict = {"node": node, "offset": offset, "length": length}
+            if verb == "write":
+                io["pattern"] = rng.randrange(0, 256)
+            elif rng.random() < 0.5:
+                io["unmap"] = True
+            steps.append({verb: io})
+            disk.rewrite(offset, length, zero=verb == "zero")
             continue
         if kind == "bad":  # an unaligned compressed write: EINVAL, nothing written
             offset = rng.randrange(0, size // 512) * 512
@@ -81,9 +138,9 @@ def _guest_writes(rng: random.Random, node: str, disk: _Disk, count: int) -> lis
         if kind == "write":
             steps.append({"write": {"node": node, "offset": offset, "length": length,
                                     "pattern": rng.randrange(0, 256)}})
-            disk.hosted.update(disk.clusters(offset, length))
         else:
             steps.append({"zero": {"node": node, "offset": offset, "length": length}})
+        disk.rewrite(offset, length, zero=kind == "zero")
     return steps
 
 
@@ -130,6 +187,7 @@ def compress_scenario(seed: int, index: int) -> dict:
                 node = {"driver": "qcow2", "node-name": src, "cache": DIRECT,
                         "file": {"driver": "file", "filename": f"{src}.qcow2"}}
                 steps += [_qmp("blockdev-del", {"node-name": src}), _qmp("blockdev-add", node)]
+                own.reopened()
                 steps += _guest_writes(rng, src, own, rng.randint(1, 3))
             if rng.random() < 0.5:
                 steps.append(_qmp("block-dirty-bitmap-add", {"node": src, "name": "zb"}))
@@ -174,6 +232,10 @@ def compress_scenario(seed: int, index: int) -> dict:
                       _qmp("query-named-block-nodes", {"flat": True}),
                       _qmp("blockdev-del", {"node-name": tgt})]
             steps += _inspect(copy)
+        if rng.random() < 0.25:  # a shrink of the (closed) target through its compressed clusters
+            new_size = rng.choice([rng.randrange(1, size // (64 * K)) * 64 * K, rng.randrange(1, size // 512) * 512])
+            steps.append({"qemu-img": ["resize", "--shrink", f"{tgt}.qcow2", str(new_size)]})
+            steps += _inspect(tgt)
         if sync == "bitmap":
             steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": src, "name": "zb"}))
         if src != "drive0":

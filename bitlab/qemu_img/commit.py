@@ -23,9 +23,6 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
     each dirty chunk (granularity-aligned) is copied where the chain reads data, and written as
     zeroes (unmapped) where it reads zeroes."""
     base = chain[base_index]
-    if any(layer.image.has_compressed() for layer in chain[:base_index + 1]):
-        raise QemuImgError("qemu-img: bitlab does not simulate committing an image with compressed clusters "
-                           "or into one\n")
     grows_over_backing = (base.size < chain[0].size and base_index + 1 < len(chain)
                           and chain[base_index + 1].size > base.size)
     if grows_over_backing and base.image.compat == "0.10":  # no zero clusters to cover the backing file

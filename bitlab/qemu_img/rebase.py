@@ -17,8 +17,6 @@ def _copy_differences(chain: list[Layer], new_chain: list[Layer] | None) -> None
     new one, write the old content (qcow2 allocates whole clusters, copying the rest from the old
     backing file). Past the end of the old backing file that content is zeroes, written as zeroes:
     whole clusters there become zero clusters."""
-    if chain[0].image.has_compressed():
-        raise QemuImgError("qemu-img: bitlab does not simulate rebasing an image with compressed clusters\n")
     top = chain[0]
     size = top.size
     old_size = chain[1].size if len(chain) > 1 else 0

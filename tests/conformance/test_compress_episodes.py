@@ -28,6 +28,8 @@ def test_scenarios_are_deterministic_and_varied():
     assert any(w["offset"] % (64 << 10) for w in writes)  # unaligned: EINVAL
     assert all(sc["drives"][0]["id"] == "drive0" for sc in scenarios)
     assert any(s.get("qemu-img", [""])[0] == "convert" and "-c" in s["qemu-img"] for s in steps)
+    assert any(s.get("qemu-img", [""])[:2] == ["resize", "--shrink"] for s in steps)
+    assert any(s.get("zero", {}).get("unmap") for s in steps)  # (zero writes over compressed clusters only)
     reopened = [s for s in steps if s.get("qmp", {}).get("execute") == "blockdev-del"
                 and s["qmp"]["arguments"]["node-name"].startswith("s")]
     assert reopened
