@@ -22,6 +22,7 @@ from .content import Content
 from .errors import QMPError, generic
 from .guest import GuestIO
 from .history import NOTED_COMMANDS, history_of
+from .jobs.block_copy import cbw_block_copy
 from .jobs.job import JobManager
 from .monitor import Monitor
 from .qemu_img import Layer, read_chain
@@ -124,6 +125,7 @@ class Machine(GuestIO, Monitor):
         self.sink = EventSink(self.clock)
         self.listeners = self.sink.listeners  # called with every event as it is emitted
         self.jobs = JobManager(self.sink.emit, self.scheduler, self.sink.emit_wire)
+        self.graph.block_copy_factory = self._cbw_block_copy
         self.exports = BlockExports(self.graph.blks, self.sink.emit, self.graph._drop_unowned)  # NBD server, exports
         self.events = self.sink.events
         self.transcript = self.sink.transcript  # every QMP message and reply, in order
@@ -241,6 +243,10 @@ class Machine(GuestIO, Monitor):
         if key not in self.images:
             raise generic(f"Could not open '{filename}': No such file or directory")
         return self.images[key].fmt
+
+    def _cbw_block_copy(self, source: BlockNode, target: BlockNode, bitmap: DirtyBitmap | None) -> Any:
+        """The block-copy state of a copy-before-write node the user opens (on this machine's clock)."""
+        return cbw_block_copy(source, target, bitmap, self.scheduler)
 
     def close_node(self, name: str) -> None:
         self.graph.delete(name)

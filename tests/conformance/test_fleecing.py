@@ -1,0 +1,287 @@
+"""Image fleecing: a ``copy-before-write`` node and a ``snapshot-access`` node of the user's own
+(block/copy-before-write.c, block/snapshot-access.c).
+
+The plain tests assert QEMU 7.2's values, measured on the system emulator (HMP ``qemu-io``) and
+qemu-storage-daemon; the ``qemu`` tests play the same steps on both backends.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bitlab import Machine
+from bitlab.conformance.runner import compare, play
+from bitlab.conformance.steps import run_step
+
+K, M = 1 << 10, 1 << 20
+
+
+def _q(execute: str, arguments: dict | None = None) -> dict:
+    return {"qmp": {"execute": execute, **({"arguments": arguments} if arguments is not None else {})}}
+
+
+def _image(name: str, file: dict | None = None) -> list[dict]:
+    return [{"qemu-img": ["create", "-f", "qcow2", f"{name}.qcow2", "4M"]},
+            _q("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                "file": file or {"driver": "file", "filename": f"{name}.qcow2"}})]
+
+
+def _cbw(name: str = "c", **extra: object) -> dict:
+    return _q("blockdev-add", {"driver": "copy-before-write", "node-name": name, "file": "a", "target": "t", **extra})
+
+
+def _io(verb: str, node: str, offset: int, length: int, pattern: int | None = None) -> dict:
+    step: dict = {"node": node, "offset": offset, "length": length}
+    if pattern is not None:
+        step["pattern"] = pattern
+    return {verb: step}
+
+
+def _hmp(node: str, command: str) -> dict:
+    return {"hmp": f'qemu-io {node} "{command}"'}
+
+
+BAD_OPTIONS = [
+    _q("blockdev-add", {"driver": "copy-before-write", "node-name": "x", "file": "a"}),
+    _q("blockdev-add", {"driver": "copy-before-write", "node-name": "x", "target": "t"}),
+    _q("blockdev-add", {"driver": "copy-before-write", "node-name": "x", "file": "nope", "target": "t"}),
+    _q("blockdev-add", {"driver": "copy-before-write", "node-name": "x", "file": "a", "target": "nope"}),
+    _cbw("x", **{"on-cbw-error": "bogus"}), _cbw("x", **{"cbw-timeout": -1}), _cbw("x", **{"cbw-timeout": 1 << 32}),
+    _cbw("x", bitmap={"node": "nope", "name": "b"}), _cbw("x", bitmap={"node": "a", "name": "nope"}),
+    _cbw("x", bitmap={"node": "small", "name": "s"}),
+    _q("blockdev-add", {"driver": "snapshot-access", "node-name": "x"}),
+    _q("blockdev-add", {"driver": "snapshot-access", "node-name": "x", "file": "nope"}),
+]
+
+
+def setup_steps() -> list[dict]:
+    """Source a (data in its first MiB), target t, a 1 MiB null-co node with a bitmap."""
+    return [*_image("a"), _io("write", "a", 0, M, 0x11), *_image("t"),
+            _q("blockdev-add", {"driver": "null-co", "node-name": "small", "size": M}),
+            _q("block-dirty-bitmap-add", {"node": "small", "name": "s"})]
+
+
+def fleecing_steps() -> list[dict]:
+    """Bad options; then the filter and the snapshot over it; guest writes through the filter; reads of the
+    snapshot; a discard of the snapshot; blockdev-del in the wrong and the right order."""
+    return [*setup_steps(), *BAD_OPTIONS,
+            _cbw("c", **{"cbw-timeout": 5}),
+            _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sa", "file": "c", "discard": "unmap"}),
+            _io("write", "a", 32 * K, 16 * K, 0x22), _io("write", "a", 100 * K, 100 * K, 0x23),
+            _io("zero", "a", 2 * M, 64 * K),
+            _io("read", "a", 32 * K, 16 * K, 0x22), _io("read", "sa", 0, M, 0x11), _io("read", "sa", 2 * M, 64 * K, 0),
+            _io("read", "t", 0, 64 * K, 0x11), _io("read", "c", 100 * K, 100 * K, 0x23),
+            _q("query-named-block-nodes", {"flat": True}), _q("x-debug-query-block-graph"),
+            _io("discard", "sa", 0, 64 * K), _io("discard", "sa", 4 * M - 64 * K, 64 * K),
+            _io("write", "a", 0, 4 * K, 0x24), _io("read", "sa", 64 * K, 64 * K, 0x11),
+            _q("query-named-block-nodes", {"flat": True}),
+            _q("blockdev-del", {"node-name": "a"}), _q("blockdev-del", {"node-name": "t"}),
+            _q("blockdev-del", {"node-name": "c"}), _q("blockdev-del", {"node-name": "sa"}),
+            _q("blockdev-del", {"node-name": "c"}), _q("query-named-block-nodes", {"flat": True}),
+            _io("write", "a", 0, 64 * K, 0x25), _io("read", "t", 0, 4 * K, 0x11)]
+
+
+def monitor_steps() -> list[dict]:
+    """What HMP qemu-io shows of the snapshot (the system emulator): maps, reads that fail, writes."""
+    return [*setup_steps(), _cbw("c"),
+            _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sa", "file": "c", "discard": "unmap"}),
+            _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sb", "file": "a"}),
+            _hmp("a", "write -P 0x22 32k 16k"), _hmp("c", "write -P 0x22 32k 16k"),
+            _hmp("t", "map"), _hmp("sa", "map"), _hmp("sa", "read -v 196k 16"), _hmp("sa", "write -P 0x44 0 4k"),
+            _hmp("sa", "write -z 0 4k"), _hmp("sa", "info"), _hmp("sb", "read 0 64k"), _hmp("sb", "map"),
+            _hmp("sb", "discard 0 64k"),
+            _hmp("sa", "discard 64k 64k"), _hmp("sa", "read 64k 4k"), _hmp("sa", "read 60k 8k"),
+            _hmp("sa", "read -P 0x11 0 4k"), _hmp("sa", "alloc 0 64k"), _hmp("sa", "alloc 64k 64k"),
+            _hmp("sa", "map"), _hmp("t", "map"), _hmp("c", "discard 0 1M"), _hmp("c", "read -P 0x11 0 4k"),
+            _q("query-named-block-nodes", {"flat": True})]
+
+
+def bitmap_steps() -> list[dict]:
+    """The ``bitmap`` option: only its clusters are copied and readable."""
+    return [*setup_steps(), _q("block-dirty-bitmap-add", {"node": "a", "name": "ba", "granularity": 4096}),
+            _io("write", "a", 0, 4 * K, 0x12), _io("write", "a", 200 * K, 4 * K, 0x12),
+            _q("block-dirty-bitmap-disable", {"node": "a", "name": "ba"}),
+            _cbw("c", bitmap={"node": "a", "name": "ba"}),
+            _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sa", "file": "c"}),
+            _q("query-named-block-nodes", {"flat": True}),
+            _io("write", "a", 0, M, 0x22), _io("read", "t", 0, 4 * K, 0x12), _io("read", "t", 64 * K, 4 * K, 0),
+            _io("read", "sa", 0, 4 * K, 0x12), _io("read", "sa", 4 * K, 4 * K, 0x11),
+            _io("read", "sa", 204 * K, 52 * K, 0x11), _q("query-named-block-nodes", {"flat": True})]
+
+
+def _failing_target() -> list[dict]:
+    return _image("t", {"driver": "blkdebug", "image": {"driver": "file", "filename": "t.qcow2"},
+                        "inject-error": [{"event": "write_aio", "errno": 5}]})
+
+
+def on_error_steps() -> list[dict]:
+    """on-cbw-error with a target whose data writes fail: break-guest-write (the default) fails the guest's
+    write; break-snapshot lets it through and breaks the snapshot."""
+    return [*_image("a"), _io("write", "a", 0, M, 0x11), *_failing_target(),
+            _cbw("c"), _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sa", "file": "c"}),
+            _io("write", "a", 128 * K, 4 * K, 0x35), _io("read", "a", 128 * K, 4 * K, 0x11),
+            _io("read", "sa", 128 * K, 4 * K, 0x11), _q("query-named-block-nodes", {"flat": True}),
+            _q("blockdev-del", {"node-name": "sa"}), _q("blockdev-del", {"node-name": "c"}),
+            _cbw("c2", **{"on-cbw-error": "break-snapshot"}),
+            _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sa2", "file": "c2"}),
+            _io("read", "sa2", 64 * K, 4 * K, 0x11),
+            _io("write", "a", 0, 4 * K, 0x33), _io("read", "a", 0, 4 * K, 0x33), _io("write", "a", 64 * K, 4 * K, 0x34),
+            _io("read", "a", 64 * K, 4 * K, 0x34), _q("query-named-block-nodes", {"flat": True})]
+
+
+def broken_snapshot_steps() -> list[dict]:
+    """After a failed copy with break-snapshot, every snapshot read fails (HMP qemu-io: EACCES)."""
+    return [*_image("a"), _io("write", "a", 0, M, 0x11), *_failing_target(),
+            _cbw("c", **{"on-cbw-error": "break-snapshot"}),
+            _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sa", "file": "c"}),
+            _hmp("sa", "read -P 0x11 64k 4k"), _hmp("c", "write -P 0x33 0 4k"), _hmp("sa", "read 64k 4k"),
+            _hmp("sa", "map"), _hmp("c", "write -P 0x34 64k 4k"), _hmp("t", "map")]
+
+
+def _replies(steps: list[dict]) -> list:
+    out = play({"name": "t", "steps": steps}, "sim")
+    assert out.error is None
+    return out.replies
+
+
+def _at(steps: list[dict], replies: list, step: dict, nth: int = 0) -> object:
+    return replies[[i for i, s in enumerate(steps) if s == step][nth]]
+
+
+def _node(nodes: list[dict], name: str) -> dict:
+    return next(n for n in nodes if n["node-name"] == name)
+
+
+def _err(desc: str) -> dict:
+    return {"error": {"class": "GenericError", "desc": desc}}
+
+
+def _counts(node: dict) -> list[int]:
+    return [bm["count"] for bm in node.get("dirty-bitmaps", [])]
+
+
+def test_option_checks_say_what_qemu_says():
+    steps = fleecing_steps()
+    replies = _replies(steps)
+    assert [_at(steps, replies, step) for step in BAD_OPTIONS] == [
+        _err("Parameter 'target' is missing"), _err("Parameter 'file' is missing"),
+        _err("Cannot find device='nope' nor node-name='nope'"), _err("Cannot find device='nope' nor node-name='nope'"),
+        _err("Parameter 'on-cbw-error' does not accept value 'bogus'"),
+        _err("Parameter 'cbw-timeout' expects uint32_t"), _err("Parameter 'cbw-timeout' expects uint32_t"),
+        _err("Node 'nope' not found"), _err("Dirty bitmap 'nope' not found"),
+        _err("Cannot create block-copy-state: Failed to merge bitmap 's' to internal copy-bitmap: Bitmaps are of "
+             "different sizes (destination size is 4194304, source size is 1048576) and can't be merged"),
+        _err("Parameter 'file' is missing"), _err("Cannot find device='nope' nor node-name='nope'")]
+
+
+def test_guest_writes_copy_their_clusters_and_the_snapshot_keeps_the_old_data():
+    steps = fleecing_steps()
+    replies = _replies(steps)
+    reads = [r for s, r in zip(steps, replies) if "read" in s]
+    assert all(r["stdout"].startswith("read ") and "failed" not in r["stdout"] for r in reads)
+    nodes = _at(steps, replies, _q("query-named-block-nodes", {"flat": True}))["return"]
+    c, sa, a = _node(nodes, "c"), _node(nodes, "sa"), _node(nodes, "a")
+    # access (all), done: clusters 0-3 (writes at 32k and 100k..200k) and the one at 2 MiB (write-zeroes)
+    assert _counts(c) == [4 * M, 5 * 64 * K] and _counts(a) == [4 * M - 5 * 64 * K]
+    assert (c["image"]["format"], c["image"]["cluster-size"], c["file"], c["ro"]) == (
+        "copy-before-write", 64 * K, "a.qcow2", False)
+    assert sa["image"] == {"virtual-size": 4 * M, "filename": "a.qcow2", "format": "snapshot-access",
+                           "actual-size": sa["image"]["actual-size"]}
+    graph = _at(steps, replies, _q("x-debug-query-block-graph"))["return"]
+    names = {n["id"]: n["name"] for n in graph["nodes"]}
+    links = {(names[e["parent"]], e["name"], names[e["child"]]): (e["perm"], e["shared-perm"]) for e in graph["edges"]}
+    assert links[("sa", "file", "c")] == ([], ["resize", "write-unchanged", "write", "consistent-read"])
+    assert links[("c", "file", "a")] == ([], ["write-unchanged", "consistent-read"])
+    assert links[("c", "target", "t")] == (["write"], ["write-unchanged", "write", "consistent-read"])
+
+
+def test_a_discard_of_the_snapshot_drops_its_clusters_from_access_and_copy():
+    steps = fleecing_steps()
+    replies = _replies(steps)
+    nodes = _at(steps, replies, _q("query-named-block-nodes", {"flat": True}), 1)["return"]
+    # the two discarded clusters leave access (and the copy: the write at 0 copies nothing more)
+    assert _counts(_node(nodes, "c")) == [4 * M - 2 * 64 * K, 5 * 64 * K]
+    assert _counts(_node(nodes, "a")) == [4 * M - 6 * 64 * K]  # (cluster 0 was copied already)
+    dels = [_at(steps, replies, _q("blockdev-del", {"node-name": n})) for n in ("a", "t")]
+    assert dels == [_err("Block device a is in use"), _err("Block device t is in use")]
+    assert [r for s, r in zip(steps, replies) if s == _q("blockdev-del", {"node-name": "c"})] == [
+        _err("Block device c is in use"), {"return": {}}]
+    last = _at(steps, replies, _q("query-named-block-nodes", {"flat": True}), 2)["return"]
+    assert _counts(_node(last, "a")) == [] and {n["drv"] for n in last} == {"qcow2", "file", "null-co"}
+
+
+def test_what_hmp_qemu_io_shows_of_the_snapshot():
+    steps = monitor_steps()
+    replies = _replies(steps)
+    got = {s["hmp"]: r for s, r in zip(steps, replies) if "hmp" in s}
+    assert got['qemu-io a "write -P 0x22 32k 16k"'] == {"return": (
+        "Permission conflict on node 'a': permissions 'write' are both required by an unnamed block device "
+        "(uses node 'a' as 'root' child) and unshared by node 'c' (uses node 'a' as 'file' child).\r\n")}
+    vm = Machine()
+    for step in steps[:10]:
+        play_one(vm, step)
+    assert vm.qemu_io("sa", "read -v 196k 16").startswith(
+        "00031000:  11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11  ................\n")
+    assert vm.qemu_io("sa", "write -P 0x44 0 4k") == "write failed: Operation not supported\n"
+    assert vm.qemu_io("sa", "info") == "format name: snapshot-access\n"
+    assert vm.qemu_io("sb", "read 0 64k") == "read failed: Operation not supported\n"
+    assert vm.hmp('qemu-io sb "map"') == "Failed to get allocation status: Operation not supported\r\n"
+    assert vm.qemu_io("sa", "discard 64k 64k").startswith("discard 65536/65536 bytes at offset 65536\n")
+    assert vm.qemu_io("sa", "read 60k 8k") == "read failed: Permission denied\n"
+    assert vm.qemu_io("sa", "alloc 64k 64k") == "is_allocated failed: Permission denied\n"
+    assert vm.qemu_io("sa", "alloc 0 64k") == "65536/65536 bytes allocated at offset 0 bytes\n"
+    assert vm.hmp('qemu-io sa "map"') == "Failed to get allocation status: Permission denied\r\n"
+    with pytest.raises(Exception, match="bitlab refuses this: QEMU 7.2 aborts"):
+        vm.qemu_io("sa", "discard 70k 64k")
+
+
+def play_one(vm: Machine, step: dict) -> None:
+    run_step(vm, step)
+
+
+def test_the_bitmap_option_copies_and_shows_only_its_clusters():
+    steps = bitmap_steps()
+    replies = _replies(steps)
+    before, after = (r["return"] for s, r in zip(steps, replies) if s == _q("query-named-block-nodes", {"flat": True}))
+    assert _counts(_node(before, "c")) == [2 * 64 * K, 0]
+    assert _counts(_node(after, "c")) == [2 * 64 * K, 16 * 64 * K]
+    reads = [r["stdout"].splitlines()[0] for s, r in zip(steps, replies) if "read" in s]
+    assert reads == ["read 4096/4096 bytes at offset 0", "read 4096/4096 bytes at offset 65536",
+                     "read 4096/4096 bytes at offset 0", "read 4096/4096 bytes at offset 4096",
+                     "read 53248/53248 bytes at offset 208896"]
+
+
+def test_on_cbw_error_breaks_the_guest_write_or_the_snapshot():
+    steps = on_error_steps()
+    replies = _replies(steps)
+    failed = _at(steps, replies, _io("write", "a", 128 * K, 4 * K, 0x35))
+    assert failed == {"ok": False, "stdout": "write failed: Input/output error\n", "stderr": "", "returncode": 1}
+    first, second = (r["return"] for s, r in zip(steps, replies) if s == _q("query-named-block-nodes", {"flat": True}))
+    assert _counts(_node(first, "c")) == [4 * M, 0] and _counts(_node(second, "c2")) == [4 * M, 0]
+    assert all(r == {"ok": True} for s, r in zip(steps[-6:], replies[-6:]) if "write" in s)
+    steps = broken_snapshot_steps()
+    replies = _replies(steps)
+    assert [r["return"].splitlines()[0] if r["return"] else "" for s, r in zip(steps, replies) if "hmp" in s] == [
+        "", "", "", "Failed to get allocation status: Permission denied", "", ""]
+    vm = Machine()
+    for step in steps:
+        play_one(vm, step)
+    assert vm.qemu_io("sa", "read 64k 4k") == "read failed: Permission denied\n"
+    assert vm.qemu_io("t", "map") == "4 MiB (0x400000) bytes not allocated at offset 0 bytes (0x0)\n"
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("daemon", ["qsd", "system"])
+@pytest.mark.parametrize("make", [fleecing_steps, bitmap_steps, on_error_steps])
+def test_fleecing_as_in_qemu(make, daemon):
+    scenario = {"name": make.__name__, "steps": make()}
+    real, sim = play(scenario, "qemu", daemon), play(scenario, "sim")
+    assert [d.render() for d in compare(scenario, real, sim)] == []
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("make", [monitor_steps, broken_snapshot_steps])
+def test_hmp_qemu_io_on_the_snapshot_as_in_qemu(make):
+    scenario = {"name": make.__name__, "steps": make()}
+    real, sim = play(scenario, "qemu", "system"), play(scenario, "sim")
+    assert [d.render() for d in compare(scenario, real, sim)] == []
