@@ -130,6 +130,20 @@ class CbwNode(BlockNode):
         QEMU 7.2's hbitmap_status answers "not done" for a stretch of ``done`` clusters that ends before the
         end of the range asked (fixed in QEMU 8.0): such a stretch is read from the source, whose data the guest
         has overwritten there; only a last stretch that reaches the end of the read comes from the target."""
+        return self._snapshot_runs(offset, length, "pread")
+
+    def snapshot_status(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """cbw_co_snapshot_block_status: block status runs (starts, ends, is_data), each stretch asked of the
+        node :meth:`snapshot_read` reads it from."""
+        return self._snapshot_runs(offset, length, "block_status")
+
+    def snapshot_copy_status(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block status as block-copy asks it of a snapshot-access node (runs (starts, ends, zero)): each answer
+        ends where the stretch it was asked of ends, so a backup's tasks are cut there too."""
+        return self._snapshot_runs(offset, length, "copy_status")
+
+    def _snapshot_runs(self, offset: int, length: int, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``method`` (pread, block_status, copy_status) of the node each stretch of the range comes from."""
         self.snapshot_check(offset, length)
         if length <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -143,7 +157,8 @@ class CbwNode(BlockNode):
             done = bits[pos >> shift]
             nxt = bits.find(not done, pos >> shift)
             stop = end if nxt < 0 else min(end, nxt << shift)
-            parts.append((target if done and stop == end else self.source).pread(pos, stop - pos))
+            node = target if done and stop == end else self.source
+            parts.append(getattr(node, method)(pos, stop - pos))
             pos = stop
         if len(parts) == 1:
             return parts[0]

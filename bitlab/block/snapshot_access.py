@@ -47,8 +47,10 @@ class SnapshotAccessNode(BlockNode):
         return self.read_extents(offset, length)
 
     def block_status(self, offset, length):
-        starts, ends, _ = self.read_extents(offset, length)
-        return starts, ends, np.ones(starts.size, dtype=bool)
+        return self._snapshot("read").snapshot_status(offset, length)
+
+    def copy_status(self, offset, length):
+        return self._snapshot("read").snapshot_copy_status(offset, length)
 
     def is_allocated(self, offset, length):
         """snapshot_access_co_block_status: the snapshot must be readable over the whole range asked; then
