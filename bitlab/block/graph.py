@@ -620,6 +620,9 @@ class BlockGraph:
             source = node.child("file")
             if source is not None and node.copy_bitmap in source.bitmaps:
                 source.bitmaps.remove(node.copy_bitmap)
+            for key, (guest, at) in list(self.guests.items()):  # its guests go back down to what it filtered
+                if at is node and source is not None:
+                    self.guests[key] = (guest, source)
         for _, child in node.children:
             child.parents -= 1
             self._drop_unowned(child, clean=clean)

@@ -153,6 +153,48 @@ def push_backup_steps() -> list[dict]:
             _q("query-named-block-nodes", {"flat": True})]
 
 
+def more_steps() -> list[dict]:
+    """A filter with discard=unmap (copies, then discards below), write-zeroes with unmap through it, an NBD
+    export of the snapshot, a backup of the source while the filter sits over it, a second filter on top."""
+    return [*_image("a"), _io("write", "a", 0, M, 0x11), *_image("t"), *_image("u"), *_image("b"),
+            _cbw("c", discard="unmap"),
+            _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sa", "file": "c"}),
+            _io("discard", "a", 0, 128 * K),
+            {"zero": {"node": "a", "offset": 256 * K, "length": 64 * K, "unmap": True}},
+            _io("read", "t", 0, 128 * K, 0x11), _io("read", "t", 256 * K, 64 * K, 0x11), _io("read", "a", 0, 64 * K, 0),
+            _q("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}}),
+            _q("block-export-add", {"type": "nbd", "id": "e", "node-name": "sa"}),
+            _q("block-export-add", {"type": "nbd", "id": "e2", "node-name": "c", "writable": True}),
+            _q("query-block-exports"), _q("blockdev-del", {"node-name": "sa"}),
+            _q("block-export-del", {"id": "e"}), {"settle-jobs": True},
+            _q("blockdev-backup", {"job-id": "j", "device": "a", "target": "b", "sync": "full",
+                                   "filter-node-name": "f"}),
+            {"wait-job": {"id": "j", "status": "null"}}, _io("read", "b", 0, 128 * K, 0),
+            _io("read", "b", 128 * K, 128 * K, 0x11),
+            _q("blockdev-add", {"driver": "copy-before-write", "node-name": "c2", "file": "c", "target": "u"}),
+            _io("write", "a", 512 * K, 64 * K, 0x55), _io("read", "u", 512 * K, 64 * K, 0x11),
+            _io("read", "t", 512 * K, 64 * K, 0x11), _q("query-named-block-nodes", {"flat": True}),
+            _q("x-debug-query-block-graph"), _q("blockdev-del", {"node-name": "c"}),
+            _q("blockdev-del", {"node-name": "c2"}), _q("blockdev-del", {"node-name": "c"}),
+            _io("write", "a", 768 * K, 64 * K, 0x56), _io("read", "t", 768 * K, 64 * K, 0)]
+
+
+def device_steps() -> list[dict]:
+    """A filter over a device's node: the device stays where it is (no qom-set here) and writes past the filter;
+    once the device has written, the filter can have no parent (it would share no writes on the node), and a write
+    through the filter by its name meets the same conflict."""
+    return [_io("write", "drive0", 0, M, 0x11), *_image("t"),
+            _q("blockdev-add", {"driver": "copy-before-write", "node-name": "c", "file": "drive0", "target": "t"}),
+            _io("write", "drive0", 0, 64 * K, 0x21), _io("read", "t", 0, 64 * K, 0),
+            _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sa", "file": "c"}),
+            _io("write", "drive0", 64 * K, 64 * K, 0x22),
+            _io("write", "c", 128 * K, 64 * K, 0x23),
+            _io("read", "t", 128 * K, 64 * K, 0x11), _q("query-block"), _q("query-named-block-nodes"),
+            _q("x-debug-query-block-graph"),
+            _q("blockdev-del", {"node-name": "sa"}), _io("write", "drive0", 64 * K, 64 * K, 0x22),
+            _q("blockdev-del", {"node-name": "c"})]
+
+
 def _replies(steps: list[dict]) -> list:
     out = play({"name": "t", "steps": steps}, "sim")
     assert out.error is None
@@ -290,7 +332,7 @@ def test_on_cbw_error_breaks_the_guest_write_or_the_snapshot():
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
-@pytest.mark.parametrize("make", [fleecing_steps, bitmap_steps, on_error_steps, push_backup_steps])
+@pytest.mark.parametrize("make", [fleecing_steps, bitmap_steps, on_error_steps, push_backup_steps, more_steps])
 def test_fleecing_as_in_qemu(make, daemon):
     scenario = {"name": make.__name__, "steps": make()}
     real, sim = play(scenario, "qemu", daemon), play(scenario, "sim")
@@ -298,9 +340,9 @@ def test_fleecing_as_in_qemu(make, daemon):
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("make", [monitor_steps, broken_snapshot_steps])
+@pytest.mark.parametrize("make", [monitor_steps, broken_snapshot_steps, device_steps])
 def test_hmp_qemu_io_on_the_snapshot_as_in_qemu(make):
-    scenario = {"name": make.__name__, "steps": make()}
+    scenario = {"name": make.__name__, "steps": make(), "drives": [{"id": "drive0", "size": "4M"}]}
     real, sim = play(scenario, "qemu", "system"), play(scenario, "sim")
     assert [d.render() for d in compare(scenario, real, sim)] == []
 
@@ -347,3 +389,14 @@ def test_the_readme_example():
 def test_the_readme_example_on_qemu(daemon):
     with Machine(backend="qemu", daemon=daemon) as vm:
         assert _run_readme_example(vm) == README_READS
+
+
+def test_a_filter_deleted_under_another_gives_the_guest_back_to_the_one_below():
+    """After the top filter goes, the source's guest writes through the filter below it again (an export
+    keeps that one): its target gets the copy."""
+    steps = more_steps()
+    replies = _replies(steps)
+    dels = [r for s, r in zip(steps, replies) if s.get("qmp", {}).get("execute") == "blockdev-del"]
+    assert dels == [_err("Node sa is in use"), _err("Node c is in use"), {"return": {}}, _err("Node c is in use")]
+    assert replies[-2] == {"ok": True}
+    assert replies[-1]["stdout"].startswith("Pattern verification failed at offset 786432, 65536 bytes\n")
