@@ -88,9 +88,11 @@ class CbwNode(BlockNode):
         self.source.write_batch(offsets, lengths, values)
 
     def write_zeroes(self, offset, length, unmap=False):
+        """cbw_co_pwrite_zeroes: bdrv_co_pwrite_zeroes on the source keeps BDRV_REQ_MAY_UNMAP only if the source
+        was opened with discard=unmap (a guest's own request to the source keeps it either way)."""
         self._dirty(offset, length)
         self._guard(offset, length)
-        self.source.write_zeroes(offset, length, unmap)
+        self.source.write_zeroes(offset, length, unmap and self.source.discard_unmap)
 
     def discard(self, offset, length):
         """cbw_co_pdiscard: copy first, then discard below; only on a filter opened with discard=unmap

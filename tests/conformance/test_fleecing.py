@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from bitlab import Machine
+from bitlab.conformance.gen_fleecing import fleecing_scenario
+from bitlab.conformance.report import report
 from bitlab.conformance.runner import compare, play
 from bitlab.conformance.steps import run_step
 
@@ -193,6 +195,22 @@ def device_steps() -> list[dict]:
             _q("x-debug-query-block-graph"),
             _q("blockdev-del", {"node-name": "sa"}), _io("write", "drive0", 64 * K, 64 * K, 0x22),
             _q("blockdev-del", {"node-name": "c"})]
+
+
+def unmap_steps(how: str = "cbw", source_unmap: bool = False) -> list[dict]:
+    """``write -z -u`` through a copy-before-write filter (a user's or a backup's): bdrv_co_pwrite_zeroes keeps the
+    unmap flag only if the source was opened with discard=unmap."""
+    source: dict = {"driver": "qcow2", "node-name": "a", "file": {"driver": "file", "filename": "a.qcow2"}}
+    if source_unmap:
+        source["discard"] = "unmap"
+    start = _q("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "none"}) if how == "backup" \
+        else _cbw("c")
+    return [{"qemu-img": ["create", "-f", "qcow2", "-o", "cluster_size=4096", "a.qcow2", "4M"]},
+            _q("blockdev-add", source), _io("write", "a", 0, 2 * M, 0x11), *_image("t"), start,
+            {"zero": {"node": "a", "offset": 0, "length": 128 * K, "unmap": True}},
+            {"zero": {"node": "a", "offset": 1823232, "length": 64 * K, "unmap": True}},
+            {"zero": {"node": "a", "offset": 3020800, "length": 60 * K}},
+            _q("query-named-block-nodes", {"flat": True}), {"qemu-img": ["map", "-U", "--output=json", "a.qcow2"]}]
 
 
 def _replies(steps: list[dict]) -> list:
@@ -400,3 +418,43 @@ def test_a_filter_deleted_under_another_gives_the_guest_back_to_the_one_below():
     assert dels == [_err("Node sa is in use"), _err("Node c is in use"), {"return": {}}, _err("Node c is in use")]
     assert replies[-2] == {"ok": True}
     assert replies[-1]["stdout"].startswith("Pattern verification failed at offset 786432, 65536 bytes\n")
+
+
+def test_zero_writes_through_the_filter_unmap_only_on_a_source_opened_with_discard_unmap():
+    maps = {}
+    for source_unmap in (False, True):
+        steps = unmap_steps("cbw", source_unmap)
+        maps[source_unmap] = _replies(steps)[-1]["stdout"]
+    assert '{ "start": 0, "length": 131072, "depth": 0, "present": true, "zero": true, "data": false, "offset": ' \
+        in maps[False]  # zero clusters that keep their host clusters
+    assert '{ "start": 0, "length": 131072, "depth": 0, "present": true, "zero": true, "data": false}' in maps[True]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("how", ["cbw", "backup"])
+@pytest.mark.parametrize("source_unmap", [False, True])
+def test_zero_writes_through_the_filter_as_in_qemu(how, source_unmap):
+    scenario = {"name": "unmap", "steps": unmap_steps(how, source_unmap)}
+    real, sim = play(scenario, "qemu", "qsd"), play(scenario, "sim")
+    assert [d.render() for d in compare(scenario, real, sim)] == []
+
+
+def test_random_fleecing_episodes():
+    """``--focus fleecing``: reproducible, and the episodes hold what they are there for."""
+    assert fleecing_scenario(3, 4) == fleecing_scenario(3, 4) != fleecing_scenario(3, 5)
+    steps = [s for i in range(30) for s in fleecing_scenario(3, i)["steps"]]
+    adds = [s["qmp"]["arguments"] for s in steps if s.get("qmp", {}).get("execute") == "blockdev-add"]
+    cbws = [a for a in adds if a["driver"] == "copy-before-write"]
+    assert {a.get("on-cbw-error") for a in cbws} >= {None, "break-guest-write", "break-snapshot"}
+    assert any("bitmap" in a for a in cbws) and any("cbw-timeout" in a for a in cbws)
+    assert any(a.get("file", {}).get("driver") == "blkdebug" for a in adds if a["driver"] == "qcow2")
+    assert any(s.get("read", {}).get("node", "").startswith("fa") for s in steps)
+    assert any(s.get("discard", {}).get("node", "").startswith("fa") for s in steps)
+    assert any(s.get("qmp", {}).get("execute") == "blockdev-backup" for s in steps)
+    assert all(play(fleecing_scenario(3, i), "sim").error is None for i in range(10))
+
+
+@pytest.mark.qemu
+def test_conformance_report_focused_on_fleecing():
+    text, bad = report(3, 19801, focus="fleecing")
+    assert bad == 0 and "scenarios run                3" in text
