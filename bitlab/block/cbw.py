@@ -26,6 +26,25 @@ from .ioerror import BlockIOError
 from .node import BlockNode
 
 
+def pdiscard_alignment(node: BlockNode) -> int:
+    """bs->bl.pdiscard_alignment: qcow2's cluster, blkdebug's ``opt-discard``; raw and filters merge their
+    children's; files and null-co have none (0)."""
+    if node.driver == "qcow2":
+        return node.cluster_size or 0
+    own = int(node.options.get("opt-discard") or 0) if node.driver == "blkdebug" else 0
+    return max([own] + [pdiscard_alignment(child) for role, child in node.children if role in ("file", "image")])
+
+
+def discard_pieces(offset: int, length: int, align: int) -> list[tuple[int, int]]:
+    """bdrv_co_pdiscard's requests to the driver (request alignment 1): a head up to the first ``align``
+    boundary, the aligned middle, a tail."""
+    if align <= 1:
+        return [(offset, offset + length)]
+    end = offset + length
+    cuts = sorted({offset, end, min(end, -(-offset // align) * align), max(offset, end // align * align)})
+    return [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
+
+
 class CbwNode(BlockNode):
     """Filter node: children ``file`` (the source) and ``target``.
 
@@ -100,8 +119,13 @@ class CbwNode(BlockNode):
         if not self.discard_unmap:
             return
         self._dirty(offset, length, discard=True)
-        self._guard(offset, length)
-        self.source.discard(offset, length)
+        for lo, hi in discard_pieces(offset, length, self._discard_alignment()):
+            self._guard(lo, hi - lo)  # (a failed copy fails the discard: the pieces after it are not tried)
+            self.source.discard(lo, hi - lo)
+
+    def _discard_alignment(self) -> int:
+        """bs->bl.pdiscard_alignment: the filter merges its children's (bdrv_merge_limits)."""
+        return max(pdiscard_alignment(child) for _, child in self.children)
 
     def read_extents(self, offset, length):
         return self.source.read_extents(offset, length)

@@ -213,6 +213,16 @@ def unmap_steps(how: str = "cbw", source_unmap: bool = False) -> list[dict]:
             _q("query-named-block-nodes", {"flat": True}), {"qemu-img": ["map", "-U", "--output=json", "a.qcow2"]}]
 
 
+def failed_discard_steps() -> list[dict]:
+    """A discard through a filter with discard=unmap goes in bdrv_co_pdiscard's pieces (a head up to the first
+    cluster boundary, the middle, a tail): a copy that fails in the head fails the discard before the rest."""
+    failing = {"driver": "blkdebug", "image": {"driver": "file", "filename": "t.qcow2"},
+               "inject-error": [{"event": "write_aio", "errno": 5}]}
+    return [*_image("a"), _io("write", "a", 0, 2 * M, 0x11), *_image("t", failing), _cbw("c", discard="unmap"),
+            _io("discard", "a", 1480192, M), _q("query-named-block-nodes", {"flat": True}),
+            _io("write", "a", 1480192, M, 0x22), _q("query-named-block-nodes", {"flat": True})]
+
+
 def _replies(steps: list[dict]) -> list:
     out = play({"name": "t", "steps": steps}, "sim")
     assert out.error is None
@@ -350,7 +360,8 @@ def test_on_cbw_error_breaks_the_guest_write_or_the_snapshot():
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
-@pytest.mark.parametrize("make", [fleecing_steps, bitmap_steps, on_error_steps, push_backup_steps, more_steps])
+@pytest.mark.parametrize("make", [fleecing_steps, bitmap_steps, on_error_steps, push_backup_steps, more_steps,
+                                  failed_discard_steps])
 def test_fleecing_as_in_qemu(make, daemon):
     scenario = {"name": make.__name__, "steps": make()}
     real, sim = play(scenario, "qemu", daemon), play(scenario, "sim")
@@ -458,3 +469,14 @@ def test_random_fleecing_episodes():
 def test_conformance_report_focused_on_fleecing():
     text, bad = report(3, 19801, focus="fleecing")
     assert bad == 0 and "scenarios run                3" in text
+
+
+def test_a_discard_through_the_filter_copies_piece_by_piece():
+    steps = failed_discard_steps()
+    replies = _replies(steps)
+    assert replies[-4] == {"ok": False, "stdout": "discard failed: Input/output error\n", "stderr": "", "returncode": 1}
+    after_discard, after_write = (_node(r["return"], "a") for s, r in zip(steps, replies) if "qmp" in s
+                                  and s["qmp"]["execute"] == "query-named-block-nodes")
+    # the discard's head (cluster 22, data) failed first: nothing copied; the write's one call copied the
+    # zero clusters 32..38 (its data tasks failed)
+    assert _counts(after_discard) == [4 * M] and _counts(after_write) == [4 * M - 7 * 64 * K]
