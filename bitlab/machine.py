@@ -6,6 +6,7 @@ import copy
 import marshal
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -125,7 +126,8 @@ class Machine(GuestIO, Monitor):
         self.sink = EventSink(self.clock)
         self.listeners = self.sink.listeners  # called with every event as it is emitted
         self.jobs = JobManager(self.sink.emit, self.scheduler, self.sink.emit_wire)
-        self.graph.block_copy_factory = self._cbw_block_copy
+        # (the scheduler, not a bound method: the graph holds no reference back to the machine)
+        self.graph.block_copy_factory = partial(cbw_block_copy, scheduler=self.scheduler)
         self.exports = BlockExports(self.graph.blks, self.sink.emit, self.graph._drop_unowned)  # NBD server, exports
         self.events = self.sink.events
         self.transcript = self.sink.transcript  # every QMP message and reply, in order
@@ -243,10 +245,6 @@ class Machine(GuestIO, Monitor):
         if key not in self.images:
             raise generic(f"Could not open '{filename}': No such file or directory")
         return self.images[key].fmt
-
-    def _cbw_block_copy(self, source: BlockNode, target: BlockNode, bitmap: DirtyBitmap | None) -> Any:
-        """The block-copy state of a copy-before-write node the user opens (on this machine's clock)."""
-        return cbw_block_copy(source, target, bitmap, self.scheduler)
 
     def close_node(self, name: str) -> None:
         self.graph.delete(name)
