@@ -3,7 +3,7 @@ node of the user's own over a source the guest keeps writing (block/copy-before-
 
 On a stream of their own (``{seed}/{index}/fleecing``) and with names of their own (source ``fs<n>``, target
 ``ft<n>``, filter ``fc<n>``, snapshot ``fa<n>``, push-backup target ``fb<n>``, job ``fj<n>``, bitmap ``fm<n>``).
-An episode makes a qcow2 source of 2 or 4 MiB with data, and a target of 64 KiB, 4 KiB
+An episode makes a qcow2 source of 2 or 4 MiB (64 KiB or 4 KiB clusters) with data, and a target of 64 KiB, 4 KiB
 or 1 MiB clusters (the copy's cluster is the target's, at least 64 KiB), now and then over blkdebug with a rule
 failing its data writes (EIO, every time). Sometimes a bitmap of the source (4 KiB to 128 KiB granularity)
 records a few writes and is disabled, and the filter takes it as its ``bitmap``; ``on-cbw-error``,
@@ -66,7 +66,7 @@ def fleecing_episode(rng: random.Random, n: int) -> list[dict]:
     """One source, its filter and snapshot, the guest's requests and the reads; see the module docstring."""
     ep = Episode(rng, n)
     src, tgt, cbw, snap = f"fs{n}", f"ft{n}", f"fc{n}", f"fa{n}"
-    steps = _image(src, ep.size, 64 * K)
+    steps = _image(src, ep.size, rng.choice([64 * K, 64 * K, 4 * K]))
     steps.append({"write": {"node": src, "offset": 0, "length": ep.size // 2, "pattern": 0x11}})
     for _ in range(rng.randint(0, 2)):
         offset, length = _range(rng, ep.size)
