@@ -14,7 +14,7 @@ nodes deleted (sometimes in the wrong order first) and what the target and the s
 
 Stays away from what does not compare: reads of the snapshot where QEMU answers EACCES (a discarded cluster, one
 outside the bitmap, a snapshot a failed copy may have broken), which qemu-storage-daemon's NBD export reports as
-EPERM; a discard of the snapshot not aligned to the copy's clusters (QEMU 7.2 aborts); a push backup from a
+EINVAL; a discard of the snapshot not aligned to the copy's clusters (QEMU 7.2 aborts); a push backup from a
 snapshot that may refuse a read; host offsets in the filter's target (a guest write's copy has up to 64 workers,
 whose reads complete in no fixed order: README "Known differences"), and for the same reason a rule that fails only
 ``once`` (which of a copy's parallel tasks meets it first is not fixed).
