@@ -275,28 +275,41 @@ class BlockGraph:
                 self._load_bitmaps(node, told=marked)
             return node
         if driver == "copy-before-write":
-            return named(self._open_cbw(opts, name, ro))
+            node, at = self._open_cbw(opts, name, ro)
+            named(node)
+            later = list(self.nodes.items())[at:-1]  # the target's nodes, opened after it was named: moved behind it
+            for key, _ in later:
+                del self.nodes[key]
+            self.nodes.update(later)
+            return node
         if driver == "snapshot-access":
-            file_node = self._child(opts["file"], opts, ro)
-            node = SnapshotAccessNode(name or self.auto_name(), auto_named=name is None, **common)
-            node.read_only = ro
-            try:
-                perms.check_attach(self, node, "file", file_node)
-            except QMPError:
-                self._drop_unowned(file_node)
-                raise
-            self._attach(node, "file", file_node)
-            return named(node)
+            return named(self._open_snapshot_access(opts, name, ro))
         raise generic(f"bitlab does not simulate the '{driver}' block driver "
                       "(supported: null-co, null-aio, file, raw, qcow2, blkdebug, copy-before-write, "
                       "snapshot-access)")
 
-    def _open_cbw(self, opts: dict, name: str | None, ro: bool) -> CbwNode:
-        """cbw_open: the file child, the target child, the bitmap (block_dirty_bitmap_lookup), then block-copy's
-        state (its cluster size from the target, its copy bitmap on the source: the bitmap's bits, or all); the
-        ``access`` bitmap starts as the copy bitmap. The guest of the source now writes through the filter (as
-        after QEMU's ``qom-set`` of a device's drive onto it)."""
+    def _open_snapshot_access(self, opts: dict, name: str | None, ro: bool) -> SnapshotAccessNode:
+        """snapshot_access_open: its one child, ``file`` (opened before the node is named, as every ``file``)."""
+        file_node = self._child(opts["file"], opts, ro)
+        node = SnapshotAccessNode(name or self.auto_name(), auto_named=name is None, options=opts)
+        node.read_only = ro
+        try:
+            perms.check_attach(self, node, "file", file_node)
+        except QMPError:
+            self._drop_unowned(file_node)
+            raise
+        self._attach(node, "file", file_node)
+        return node
+
+    def _open_cbw(self, opts: dict, name: str | None, ro: bool) -> tuple[CbwNode, int]:
+        """cbw_open: the file child (bdrv_open_inherit opens a ``file`` before bdrv_open_common names the node),
+        the target child (after), the bitmap (block_dirty_bitmap_lookup), then block-copy's state (its cluster
+        size from the target, its copy bitmap on the source: the bitmap's bits, or all); the ``access`` bitmap
+        starts as the copy bitmap. The guest of the source now writes through the filter (as after QEMU's
+        ``qom-set`` of a device's drive onto it). Returns the node and where it goes in ``nodes``."""
         source = self._child(opts["file"], opts, ro)
+        at, auto_named = len(self.nodes), name is None
+        name = name or self.auto_name()
         opened = [source]
         try:
             target = self._child(opts["target"], opts, ro)
@@ -313,9 +326,9 @@ class BlockGraph:
                               f"file ({target.size} and {source.size} bytes)")
             assert self.block_copy_factory is not None
             bcs = self.block_copy_factory(source, target, bitmap)
-            node = CbwNode(name or self.auto_name(), cluster_size=bcs.cluster_size, before_write=bcs.copy_now,
-                           size=source.size, access_bits=bcs.bitmap.bits, copy_bitmap=bcs.bitmap,
-                           break_snapshot=opts.get("on-cbw-error") == "break-snapshot", auto_named=name is None,
+            node = CbwNode(name, cluster_size=bcs.cluster_size, before_write=bcs.copy_now, size=source.size,
+                           access_bits=bcs.bitmap.bits, copy_bitmap=bcs.bitmap,
+                           break_snapshot=opts.get("on-cbw-error") == "break-snapshot", auto_named=auto_named,
                            options=opts)
             node.read_only = ro
             perms.check_attach(self, node, "file", source)
@@ -331,7 +344,7 @@ class BlockGraph:
         self._attach(node, "target", target)
         source.add_bitmap(bcs.bitmap)
         self._move_guests(source, node)
-        return node
+        return node, at
 
     def _check_qcow2_open(self, opts: dict, image: ImageFile, file_node: BlockNode) -> None:
         """qcow2_do_open after the header: the runtime options (bitlab.block.qcow2_opts), then an external

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from bitlab import Machine
+from bitlab.conformance.compare import normalise
 from bitlab.conformance.gen_fleecing import fleecing_scenario
 from bitlab.conformance.report import report
 from bitlab.conformance.runner import compare, play
 from bitlab.conformance.steps import run_step
+from tests.both import on_both
 
 K, M = 1 << 10, 1 << 20
 
@@ -480,3 +482,36 @@ def test_a_discard_through_the_filter_copies_piece_by_piece():
     # the discard's head (cluster 22, data) failed first: nothing copied; the write's one call copied the
     # zero clusters 32..38 (its data tasks failed)
     assert _counts(after_discard) == [4 * M] and _counts(after_write) == [4 * M - 7 * 64 * K]
+
+
+def nested_story(vm: Machine) -> list:
+    """Children given as options: a ``file`` is opened before its parent is named (bdrv_open_inherit), a
+    copy-before-write ``target`` after; queries list the newest first."""
+    for name in ("source", "temp"):
+        vm.qemu_img("create", "-f", "qcow2", name, "1M")
+    out = [vm.qmp("blockdev-add", {
+        "node-name": "cbw", "driver": "copy-before-write", "cbw-timeout": 3,
+        "file": {"driver": "qcow2", "file": {"driver": "file", "filename": "source"}},
+        "target": {"driver": "qcow2",
+                   "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": "temp"}}}}),
+        vm.qmp("blockdev-add", {"node-name": "access", "driver": "snapshot-access", "file": {
+            "driver": "copy-before-write", "file": {"driver": "null-co"}, "target": {"driver": "null-co"}}})]
+    out += [normalise(vm.qmp("query-named-block-nodes")), normalise(vm.qmp("query-named-block-nodes", {"flat": True})),
+            normalise(vm.qmp("x-debug-query-block-graph")), vm.qmp("blockdev-del", {"node-name": "access"}),
+            vm.qmp("blockdev-del", {"node-name": "cbw"}), normalise(vm.qmp("query-named-block-nodes", {"flat": True}))]
+    return out
+
+
+def test_nested_children_are_named_in_qemu_order():
+    nodes = nested_story(Machine())[3]
+    assert [(n["drv"], n["node-name"]) for n in nodes] == [
+        ("snapshot-access", "access"), ("null-co", "#blockNNN"), ("copy-before-write", "#blockNNN"),
+        ("null-co", "#blockNNN"), ("qcow2", "#blockNNN"), ("file", "#blockNNN"), ("blkdebug", "#blockNNN"),
+        ("copy-before-write", "cbw"), ("qcow2", "#blockNNN"), ("file", "#blockNNN")]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("daemon", ["qsd", "system"])
+def test_nested_children_as_in_qemu(daemon):
+    real, simulated = on_both(nested_story, daemon)
+    assert real == simulated
