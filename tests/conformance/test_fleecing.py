@@ -19,6 +19,8 @@ from bitlab.conformance.report import report
 from bitlab.conformance.runner import compare, play
 from bitlab.conformance.steps import run_step
 from tests.both import on_both
+from tests.conformance.test_cbw_parents import _node, _replies
+from tests.conformance.test_cbw_parents import _reply as _at
 
 K, M = 1 << 10, 1 << 20
 
@@ -223,20 +225,6 @@ def failed_discard_steps() -> list[dict]:
     return [*_image("a"), _io("write", "a", 0, 2 * M, 0x11), *_image("t", failing), _cbw("c", discard="unmap"),
             _io("discard", "a", 1480192, M), _q("query-named-block-nodes", {"flat": True}),
             _io("write", "a", 1480192, M, 0x22), _q("query-named-block-nodes", {"flat": True})]
-
-
-def _replies(steps: list[dict]) -> list:
-    out = play({"name": "t", "steps": steps}, "sim")
-    assert out.error is None
-    return out.replies
-
-
-def _at(steps: list[dict], replies: list, step: dict, nth: int = 0) -> object:
-    return replies[[i for i, s in enumerate(steps) if s == step][nth]]
-
-
-def _node(nodes: list[dict], name: str) -> dict:
-    return next(n for n in nodes if n["node-name"] == name)
 
 
 def _err(desc: str) -> dict:
