@@ -6,6 +6,7 @@ import copy
 import marshal
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from .content import Content
 from .errors import QMPError, generic
 from .guest import GuestIO
 from .history import NOTED_COMMANDS, history_of
+from .jobs.block_copy import cbw_block_copy
 from .jobs.job import JobManager
 from .monitor import Monitor
 from .qemu_img import Layer, read_chain
@@ -124,6 +126,8 @@ class Machine(GuestIO, Monitor):
         self.sink = EventSink(self.clock)
         self.listeners = self.sink.listeners  # called with every event as it is emitted
         self.jobs = JobManager(self.sink.emit, self.scheduler, self.sink.emit_wire)
+        # (the scheduler, not a bound method: the graph holds no reference back to the machine)
+        self.graph.block_copy_factory = partial(cbw_block_copy, scheduler=self.scheduler)
         self.exports = BlockExports(self.graph.blks, self.sink.emit, self.graph._drop_unowned)  # NBD server, exports
         self.events = self.sink.events
         self.transcript = self.sink.transcript  # every QMP message and reply, in order

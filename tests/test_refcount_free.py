@@ -132,3 +132,21 @@ def test_a_content_map_that_outlived_its_image_merges_alone() -> None:
     data.write(0, 65536, 7)
     data.resize(2 << 20)
     assert data.value_at(0) == 7 and data.size == 2 << 20
+
+
+def test_a_fleecing_machine_frees_everything(no_collector: None) -> None:
+    """A copy-before-write node of the user's (its block-copy state) and a snapshot-access node over it are
+    freed with the machine."""
+    vm = Machine()
+    for name in ("s", "t"):
+        vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "4M")
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+    vm.write("s", 0, 65536, 0x5A)
+    vm.qmp("blockdev-add", {"driver": "copy-before-write", "node-name": "c", "file": "s", "target": "t"})
+    vm.qmp("blockdev-add", {"driver": "snapshot-access", "node-name": "sa", "file": "c"})
+    vm.write("s", 0, 4096, 0x5B)
+    assert vm.read("sa", 0, 4096, 0x5A).startswith("read 4096/4096")
+    refs = _refs(vm) + [weakref.ref(vm.graph.nodes["c"]), weakref.ref(vm.graph.nodes["sa"])]
+    del vm
+    assert [ref() for ref in refs] == [None] * len(refs)

@@ -12,6 +12,7 @@ import posixpath
 import random
 import re
 import weakref
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -24,6 +25,7 @@ from .cbw import CbwNode
 from .info import NodeInfoCache
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode, subtree_ids
 from .paths import node_full_backing_filename, strip_file_protocol
+from .snapshot_access import SnapshotAccessNode
 from .store import ImageFile, ImageStore, StoredBitmap
 
 _NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
@@ -79,6 +81,9 @@ class BlockGraph:
         self.perm_version = 0
         self.blk_checked: tuple | None = None  # perms.check_blk's last check that passed: (its key, id(node))
         self.guests: dict[int, tuple[BlockNode, BlockNode]] = {}  # id(node) -> (node, where its guest is now)
+        # block-copy for a copy-before-write node of the user's: (source, target, bitmap or None) -> a BlockCopy
+        # (bitlab.jobs.block_copy; the machine sets it: the jobs layer sits above this one)
+        self.block_copy_factory: Callable[[BlockNode, BlockNode, DirtyBitmap | None], Any] | None = None
 
     def stamp(self, key: tuple) -> None:
         """A link made (or moved) now: the newest parent of its child."""
@@ -269,8 +274,77 @@ class BlockGraph:
                     raise
                 self._load_bitmaps(node, told=marked)
             return node
+        if driver == "copy-before-write":
+            node, at = self._open_cbw(opts, name, ro)
+            named(node)
+            later = list(self.nodes.items())[at:-1]  # the target's nodes, opened after it was named: moved behind it
+            for key, _ in later:
+                del self.nodes[key]
+            self.nodes.update(later)
+            return node
+        if driver == "snapshot-access":
+            return named(self._open_snapshot_access(opts, name, ro))
         raise generic(f"bitlab does not simulate the '{driver}' block driver "
-                      "(supported: null-co, null-aio, file, raw, qcow2, blkdebug)")
+                      "(supported: null-co, null-aio, file, raw, qcow2, blkdebug, copy-before-write, "
+                      "snapshot-access)")
+
+    def _open_snapshot_access(self, opts: dict, name: str | None, ro: bool) -> SnapshotAccessNode:
+        """snapshot_access_open: its one child, ``file`` (opened before the node is named, as every ``file``)."""
+        file_node = self._child(opts["file"], opts, ro)
+        node = SnapshotAccessNode(name or self.auto_name(), auto_named=name is None, options=opts)
+        node.read_only = ro
+        try:
+            perms.check_attach(self, node, "file", file_node)
+        except QMPError:
+            self._drop_unowned(file_node)
+            raise
+        self._attach(node, "file", file_node)
+        return node
+
+    def _open_cbw(self, opts: dict, name: str | None, ro: bool) -> tuple[CbwNode, int]:
+        """cbw_open: the file child (bdrv_open_inherit opens a ``file`` before bdrv_open_common names the node),
+        the target child (after), the bitmap (block_dirty_bitmap_lookup), then block-copy's state (its cluster
+        size from the target, its copy bitmap on the source: the bitmap's bits, or all); the ``access`` bitmap
+        starts as the copy bitmap. The guest of the source now writes through the filter (as after QEMU's
+        ``qom-set`` of a device's drive onto it). Returns the node and where it goes in ``nodes``."""
+        source = self._child(opts["file"], opts, ro)
+        at, auto_named = len(self.nodes), name is None
+        name = name or self.auto_name()
+        opened = [source]
+        try:
+            target = self._child(opts["target"], opts, ro)
+            opened.append(target)
+            bitmap = None
+            if "bitmap" in opts:
+                bitmap = self.lookup_bitmap(opts["bitmap"]["node"], opts["bitmap"]["name"])[1]
+                if bitmap.size != source.size:
+                    raise generic(f"Cannot create block-copy-state: Failed to merge bitmap '{bitmap.name}' to "
+                                  f"internal copy-bitmap: Bitmaps are of different sizes (destination size is "
+                                  f"{source.size}, source size is {bitmap.size}) and can't be merged")
+            if target.size != source.size:
+                raise generic("bitlab does not simulate a copy-before-write target of another size than its "
+                              f"file ({target.size} and {source.size} bytes)")
+            assert self.block_copy_factory is not None
+            bcs = self.block_copy_factory(source, target, bitmap)
+            node = CbwNode(name, cluster_size=bcs.cluster_size, before_write=bcs.copy_now, size=source.size,
+                           access_bits=bcs.bitmap.bits, copy_bitmap=bcs.bitmap,
+                           break_snapshot=opts.get("on-cbw-error") == "break-snapshot", auto_named=auto_named,
+                           options=opts)
+            node.read_only = ro
+            perms.check_attach(self, node, "file", source)
+            view = perms.PermView(self)
+            view.attach(node, "file", source)
+            view.attach(node, "target", target)
+            view.check(target)
+        except QMPError:
+            for child in opened:
+                self._drop_unowned(child)
+            raise
+        self._attach(node, "file", source)
+        self._attach(node, "target", target)
+        source.add_bitmap(bcs.bitmap)
+        self._move_guests(source, node)
+        return node, at
 
     def _check_qcow2_open(self, opts: dict, image: ImageFile, file_node: BlockNode) -> None:
         """qcow2_do_open after the header: the runtime options (bitlab.block.qcow2_opts), then an external
@@ -410,16 +484,20 @@ class BlockGraph:
             if blk.node is old:
                 blk.node = new
                 moved.append(("blk", id(blk)))
-        for key, (node, at) in list(self.guests.items()):  # the guests on old move too
-            if at is old:
-                self.guests[key] = (node, new)
-        if id(old) not in self.guests:
-            self.guests[id(old)] = (old, new)
+        self._move_guests(old, new)
         # each moved link goes to the head of new's parents, newest of old's first: their order reverses
         if len(moved) > 1:
             moved.sort(key=lambda key: -self.link_order.get(key, 0))
         for key in moved:
             self.stamp(key)
+
+    def _move_guests(self, old: BlockNode, new: BlockNode) -> None:
+        """The guests on ``old`` (its own, and those that came up onto it) are on ``new`` now."""
+        for key, (node, at) in list(self.guests.items()):
+            if at is old:
+                self.guests[key] = (node, new)
+        if self.guest_view(old) is old:  # (its guest had not moved, or where it went is closed)
+            self.guests[id(old)] = (old, new)
 
     @staticmethod
     def _replace_child(parent: BlockNode, old: BlockNode, new: BlockNode, link_order: dict) -> None:
@@ -551,6 +629,13 @@ class BlockGraph:
         if clean and isinstance(node, Qcow2Node):
             node.close_flush()  # bdrv_close flushes first
             self._store_bitmaps(node)
+        if isinstance(node, CbwNode) and node.copy_bitmap is not None:  # block_copy_state_free
+            source = node.child("file")
+            if source is not None and node.copy_bitmap in source.bitmaps:
+                source.bitmaps.remove(node.copy_bitmap)
+            for key, (guest, at) in list(self.guests.items()):  # its guests go back down to what it filtered
+                if at is node and source is not None:
+                    self.guests[key] = (guest, source)
         for _, child in node.children:
             child.parents -= 1
             self._drop_unowned(child, clean=clean)

@@ -145,8 +145,10 @@ def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
 
 def _answers_get_info(node: BlockNode) -> bool:
     """bdrv_get_info succeeds (so ImageInfo has ``dirty-flag``): file and qcow2 answer; raw, blkdebug
-    and filters ask the node below them; null-co does not answer."""
+    and filters ask the node below them; null-co and snapshot-access (not a filter) do not answer."""
     while not isinstance(node, (FileNode, Qcow2Node)):
+        if node.driver == "snapshot-access":
+            return False
         below = node.child("file") or node.child("image")
         if below is None:
             return False
@@ -164,8 +166,11 @@ def driver_names(node: BlockNode) -> list[str]:
 
 def driver_info(node: BlockNode) -> tuple[int, int] | None:
     """bdrv_get_info: (cluster size, VM state offset), or None where it fails (null-co). qcow2 keeps
-    VM state after the last L2 table's worth of disk; file answers zeroes; raw and filters ask below."""
+    VM state after the last L2 table's worth of disk; file answers zeroes; raw and filters ask below;
+    snapshot-access fails."""
     while not isinstance(node, (FileNode, Qcow2Node)):
+        if node.driver == "snapshot-access":
+            return None
         below = node.child("file") or node.child("image")
         if below is None:
             return None

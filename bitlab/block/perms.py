@@ -133,6 +133,8 @@ def child_perm(node: BlockNode, role: str, perm: int, shared: int, has_parents: 
     driver = node.driver
     if driver == "copy-before-write":
         return CBW_TARGET_PERMS if role == "target" else cbw_file_perms(perm, shared, has_parents)
+    if driver == "snapshot-access":  # snapshot_access_child_perm: nothing taken, all shared
+        return 0, ALL
     if driver == "qcow2" and role == "backing":
         return cow_perms(perm, shared)
     if driver == "qcow2":  # a DATA | METADATA child

@@ -10,6 +10,7 @@ import time
 from ..backends.qemu import DAEMON_ENV, QemuDaemonError, QemuNotFound, qemu_missing
 from .gen_blkdebug import blkdebug_scenario
 from .gen_compress import compress_scenario
+from .gen_fleecing import fleecing_scenario
 from .gen_parents import parents_scenario
 from .gen_running import running_scenario
 from .gen_runstate import runstate_scenario
@@ -17,7 +18,7 @@ from .generator import random_scenario
 from .runner import check
 
 FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario,
-         "compress": compress_scenario, "runstate": runstate_scenario}
+         "compress": compress_scenario, "runstate": runstate_scenario, "fleecing": fleecing_scenario}
 SYSTEM_ONLY = {"runstate": "stop, cont and query-status"}
 """Foci whose every scenario needs QEMU's system emulator: what it needs there."""
 
@@ -65,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--focus", choices=sorted(FOCUS), default=None,
                         help="scenarios built around backups that run while the guest writes (running), "
                              "around the parents of a backup's source: overlays, earlier targets (parents), "
-                             "around blkdebug's events and failed requests under raw and qcow2 nodes (blkdebug), or "
+                             "around blkdebug's events and failed requests under raw and qcow2 nodes (blkdebug), "
+                             "around image fleecing: copy-before-write and snapshot-access nodes (fleecing), or "
                              "around stop, cont and query-status on the system emulator (runstate)")
     parser.add_argument("--daemon", choices=["auto", "qsd", "system"], default=None,
                         help="real QEMU's daemon: qemu-storage-daemon (qsd), the system emulator (system), or "

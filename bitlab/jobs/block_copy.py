@@ -209,6 +209,26 @@ class Call:
     sleep: Any = None  # the rate limiter's sleep the call's loop is in (its timer), if any
 
 
+def cluster_size_for(target: BlockNode) -> int:
+    """block_copy_calculate_cluster_size: max(64 KiB, the target's cluster size)."""
+    return max(65536, target.cluster_size or 0)
+
+
+def _no_progress(done: int, remaining: int) -> None:
+    """A copy-before-write node of the user's has no job to report progress to."""
+
+
+def cbw_block_copy(source: BlockNode, target: BlockNode, bitmap: DirtyBitmap | None, scheduler: Any) -> BlockCopy:
+    """block_copy_state_new for a copy-before-write node opened by blockdev-add: the copy bitmap holds the
+    ``bitmap`` option's bits (merged to the copy's clusters), or every cluster; data is read and written."""
+    bcs = BlockCopy(source, target, cluster_size_for(target), scheduler, _no_progress)
+    if bitmap is not None:
+        bcs.bitmap.bits.setall(0)
+        bcs.bitmap.merge_from(bitmap)
+    bcs.set_copy_opts(False)
+    return bcs
+
+
 class BlockCopy:
     """The copy state shared by a backup job and its copy-before-write filter."""
 

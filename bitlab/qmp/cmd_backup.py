@@ -12,6 +12,7 @@ from ..bitmap import DirtyBitmap
 from ..block import perms
 from ..errors import QMPError, generic
 from ..jobs.backup import BackupJob
+from ..jobs.block_copy import cluster_size_for
 from ..jobs.job import JobTxn
 from .cmd_bitmap import ALLOW_RO, BUSY, DEFAULT, check_bitmap
 
@@ -23,11 +24,6 @@ def _check_blocked(vm: Any, node: Any) -> None:
     """bdrv_op_is_blocked: nodes a running job uses refuse to serve another backup."""
     if getattr(node, "job_blocker", None):
         raise generic(f"Node '{vm.device_or_node_name(node)}' is busy: {node.job_blocker}")
-
-
-def cluster_size_for(target: Any) -> int:
-    """block_copy_calculate_cluster_size: max(64 KiB, the target's cluster size)."""
-    return max(65536, target.cluster_size or 0)
 
 
 def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn | None,

@@ -140,7 +140,10 @@ def _alloc(node: Any, req: Any, monitor: list[str]) -> str:
     count = max(0, min(req.length, node.size - req.offset))
     total = 0
     if count:
-        starts, ends, allocated = node.is_allocated(req.offset, count)
+        try:
+            starts, ends, allocated = node.is_allocated(req.offset, count)
+        except BlockIOError as err:  # (snapshot-access: a snapshot it may not read)
+            return f"is_allocated failed: {os.strerror(err.errno)}\n"
         total = int((ends - starts)[allocated].sum())
     return f"{total}/{count} bytes allocated at offset {cvtstr(req.offset)}\n"
 
@@ -149,7 +152,11 @@ def _map(node: Any, req: Any, monitor: list[str]) -> str:
     """map_f: the node's allocated and unallocated stretches, start to end."""
     if not node.size:
         return ""
-    starts, ends, allocated = node.is_allocated(0, node.size)  # maximal runs
+    try:
+        starts, ends, allocated = node.is_allocated(0, node.size)  # maximal runs
+    except BlockIOError as err:  # error_report, through the monitor (snapshot-access: EACCES, ENOTSUP)
+        monitor.append(f"Failed to get allocation status: {os.strerror(err.errno)}\r\n")
+        return ""
     return "".join(f"{cvtstr(int(e - s))} (0x{int(e - s):x}) bytes {'    allocated' if a else 'not allocated'} "
                    f"at offset {cvtstr(int(s))} (0x{int(s):x})\n" for s, e, a in zip(starts, ends, allocated))
 

@@ -110,8 +110,15 @@ BlockdevOptionsQcow2 = struct(
     m("*cache-clean-interval", INT), m("*encrypt", BlockdevQcow2Encryption), m("*data-file", BlockdevRef),
     base=BlockdevOptionsGenericCOWFormat,
 )
+OnCbwError = Enum("OnCbwError", ("break-guest-write", "break-snapshot"))
+BlockdevOptionsCbw = struct(
+    "BlockdevOptionsCbw",
+    m("target", BlockdevRef), m("*bitmap", BlockDirtyBitmap), m("*on-cbw-error", OnCbwError),
+    m("*cbw-timeout", UINT32), base=BlockdevOptionsGenericFormat,
+)
 _variants.update({"null-co": BlockdevOptionsNull, "null-aio": BlockdevOptionsNull,
-                  "file": BlockdevOptionsFile, "raw": BlockdevOptionsRaw, "qcow2": BlockdevOptionsQcow2})
+                  "file": BlockdevOptionsFile, "raw": BlockdevOptionsRaw, "qcow2": BlockdevOptionsQcow2,
+                  "copy-before-write": BlockdevOptionsCbw, "snapshot-access": BlockdevOptionsGenericFormat})
 
 BlockdevDel = struct("q_obj_blockdev-del-arg", m("node-name", STR))
 QueryNamedBlockNodes = struct("q_obj_query-named-block-nodes-arg", m("*flat", BOOL))
