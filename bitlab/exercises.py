@@ -164,6 +164,29 @@ def _grouped_cancel_offset() -> int:
     return ends[-1]["data"]["offset"]
 
 
+FLEECE_WRITES: list[tuple[int | str, int | str]] = [(0, "64k"), ("32k", "64k"), ("2M", "64k")]
+
+
+def _fleece_bytes() -> int:
+    """Bytes allocated in the fleece image after FLEECE_WRITES through a fleecing graph (notebook 08)."""
+    vm = Machine()
+    try:
+        vm.qemu_img("create", "-f", "qcow2", "disk.qcow2", "4M")
+        vm.qemu_img("create", "-f", "qcow2", "fleece.qcow2", "4M")
+        for name in ("disk", "fleece"):
+            vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                    "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+        vm.write("disk", 0, "1M", 0x11)
+        vm.qmp("blockdev-add", {"driver": "copy-before-write", "node-name": "cbw", "file": "disk",
+                                "target": "fleece"})
+        vm.qmp("blockdev-add", {"driver": "snapshot-access", "node-name": "snap", "file": "cbw"})
+        for offset, length in FLEECE_WRITES:
+            vm.write("disk", offset, length, 0x22)
+        return int(vm.qemu_io("fleece", "alloc 0 4M").split("/")[0])
+    finally:
+        _close(vm)
+
+
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
     Exercise("start-count", "count after a 64 KiB write at 0 and a 1-byte write at 100 KiB",
              "count is in bytes: the number of 64 KiB chunks touched, times 65536.", _start_count),
@@ -190,6 +213,9 @@ EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
     Exercise("grouped-cancel-offset", "offset of drive0's BLOCK_JOB_CANCELLED in the grouped seed run",
              "drive0 had finished copying before drive1 failed; len is the dirty bytes, not the disk size.",
              _grouped_cancel_offset),
+    Exercise("fleece-bytes", "bytes the fleece image holds after three guest writes through the filter",
+             "each write copies, once, every 64 KiB cluster it touches that was not copied yet — "
+             "even one the disk holds no data in.", _fleece_bytes),
 ]}
 
 _SOLVED: dict[tuple[str, str], Any] = {}
