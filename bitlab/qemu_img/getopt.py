@@ -59,8 +59,12 @@ class _Getopt:
         self.first_nonopt = self.last_nonopt = 1
         self.optstring = shortopts
         self.print_errors = not shortopts.startswith(":")
-        self.longopts = {name: (spec, f"--{name}") if isinstance(spec, bool) else spec
-                         for name, spec in longopts.items()}
+        self.longopts = longopts
+
+    def _spec(self, name: str) -> tuple[bool, str]:
+        """Long option ``name``'s (takes an argument, what getopt returns)."""
+        spec = self.longopts[name]
+        return (spec, f"--{name}") if isinstance(spec, bool) else spec
 
     def _fail(self, message: str, code: str = "?") -> GetoptError:
         word = self.argv[self.optind - 1] if self.optind >= 1 else ""
@@ -126,13 +130,13 @@ class _Getopt:
 
     def _long(self, text: str) -> tuple[str, str | None]:
         name, eq, value = text.partition("=")
-        found = self.longopts.get(name)
+        found = self._spec(name) if name in self.longopts else None
         full = name
         if found is None:  # an abbreviation: the first option it begins, unless another differs from it
             matches = [opt for opt in self.longopts if opt.startswith(name)]
             if matches:
-                full, found = matches[0], self.longopts[matches[0]]
-                ambiguous = [opt for opt in matches if opt == full or self.longopts[opt] != found]
+                full, found = matches[0], self._spec(matches[0])
+                ambiguous = [opt for opt in matches if opt == full or self._spec(opt) != found]
                 if len(ambiguous) > 1:
                     self.optind += 1
                     raise self._fail(f"option '--{text}' is ambiguous; possibilities:"
