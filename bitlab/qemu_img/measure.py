@@ -19,6 +19,7 @@ from ..qmp_order import to_json_pretty, wire_order
 from . import qemu_opts
 from ._common import KeyFn, Layer, QemuImgError, cvtnum, open_chain
 from .getopt import GetoptError, getopt_long
+from .image_opts import named_by, resolve
 from .layers import DATA, chain_status, file_status
 from .qemu_opts import CREATE_OPTS, CRYPTO_OPTS, FILE_OPTS, PREALLOC_MODES, STRING
 
@@ -240,9 +241,13 @@ def img_measure(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: Either --size N or one filename must be specified.\n")
     chain = None
     if filename is not None:
-        if image_opts:
-            raise _not_simulated("--image-opts")
-        chain = open_chain(store, key_fn, filename, fmt, None if force_share else "shared")
+        optstr = None
+        if image_opts:  # (img_open: the options name the image, -f may not)
+            if fmt is not None:
+                raise QemuImgError("qemu-img: --image-opts and --format are mutually exclusive\n")
+            optstr, (filename, fmt) = filename, resolve(filename)
+        with named_by(optstr, filename):
+            chain = open_chain(store, key_fn, filename, fmt, None if force_share else "shared")
         if snapshot:  # bitlab's images have no internal snapshots
             reason = "Can't find snapshot" if chain[0].image.is_qcow2 else \
                 "Block format 'raw' used by device '' does not support temporarily loading internal snapshots"
