@@ -8,7 +8,7 @@ from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import clip_runs, touched_mask
 from ..block.store import ImageFile, ImageStore
 from . import cmdline, qemu_opts
-from ._common import KeyFn, QemuImgError, cvtnum, new_key, open_chain
+from ._common import KeyFn, QemuImgError, cvtnum, new_key, open_chain, open_image
 from .image import qcow2_create_checks
 from .layers import content
 
@@ -43,11 +43,13 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     ``--bitmaps`` copies the source's persistent bitmaps (see :func:`_copy_bitmaps`).
     """
     opts, positional = cmdline.parse("convert", args, {"-f", "-O", "-o", "-S", "-m", "-r", "-T", "-q", "-U", "-W",
-                                                       "--bitmaps", "--skip-broken-bitmaps", "-c"},
+                                                       "--bitmaps", "--skip-broken-bitmaps", "-c", "-n"},
                                      {"-S": _sparse_size, "-m": _coroutines, "-r": lambda v: cvtnum("rate limit", v)})
     bitmaps = "--bitmaps" in opts
     if "--skip-broken-bitmaps" in opts and not bitmaps:
         raise QemuImgError("qemu-img: Use of --skip-broken-bitmaps requires --bitmaps\n")
+    if "-n" in opts and "-o" in opts:
+        raise QemuImgError("qemu-img: -o has no effect when skipping image creation\n")
     if len(positional) < 2:
         raise QemuImgError("qemu-img: Must specify image file name\n")
     cmdline.check_cache(opts, "-T", "source cache")
@@ -57,6 +59,8 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     lock = None if "-U" in opts else "shared"
     chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)  # the sources first
     fmt = opts.get("-O", "raw")
+    if "-n" in opts:
+        return _into_existing(store, key_fn, opts, chain, positional[1], fmt, sparse)
     if fmt not in ("raw", "qcow2"):
         if fmt not in QEMU_DRIVERS:
             raise QemuImgError(f"qemu-img: Unknown file format '{fmt}'\n")
@@ -96,6 +100,35 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         target.data.write_batch(s[data], (e - s)[data], v[data])
     if bitmaps:
         _copy_bitmaps(chain[0].image, target)
+    return ""
+
+
+def _into_existing(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain: list, out: str, fmt: str,
+                   sparse: int) -> str:
+    """-n: the output exists and is opened (read-write, its file lock) as ``fmt``; it must be at least as large
+    as the source; the source's data is written over it and its zero stretches as zeroes, which a raw file
+    punches as holes (blk_make_zero is not tried: no fallback on a file); past the source's end it keeps what
+    it held. bitlab simulates a raw output only."""
+    if fmt not in ("raw", "qcow2"):
+        if fmt not in QEMU_DRIVERS:
+            raise QemuImgError(f"qemu-img: Could not open '{out}': Unknown driver '{fmt}'\n")
+        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    if fmt != "raw":
+        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -n' into a qcow2 image\n")
+    if "-c" in opts:
+        raise QemuImgError("qemu-img: Compression not supported for this file format\n")
+    if not sparse:
+        raise QemuImgError("qemu-img: bitlab does not simulate a fully allocated raw output (-S 0)\n")
+    if "--bitmaps" in opts:
+        _check_bitmaps(chain[0].image, "--skip-broken-bitmaps" in opts)
+    target = open_image(store, key_fn, out, fmt, "write")
+    size = chain[0].size
+    if -(-target.file_length() // 512) * 512 < size:
+        raise QemuImgError("qemu-img: output file is smaller than input file\n")
+    if "--bitmaps" in opts:
+        raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
+    s, e, v = content(chain, 0, size)
+    target.data.write_batch(s, e - s, np.where(v < 0, 0, v))  # (what reads as zeroes is written as zeroes)
     return ""
 
 
