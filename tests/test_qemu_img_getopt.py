@@ -57,7 +57,7 @@ FIXED = [
     "convert -O qcow2 -o cluster_size=1000 q.qcow2 o.qcow2 ; info o.qcow2", "convert -c -O raw -o bogus=1 q.qcow2 o",
     "convert -O bogus nope o", "convert -c nope o", "convert -O qcow2 -o size=1M q.qcow2 o.qcow2",
     "rebase -b q.qcow2 -f raw r.img", "rebase -u -b q.qcow2 -F qcow2 r.img", "rebase -b nope -F qcow2 r.img",
-    "commit r.img",
+    "commit r.img", "rebase -u r.img", "rebase -u -b '' r.img",
 ]
 VALUES = ["q.qcow2", "t.qcow2", "r.img", "nope", "json", "human", "qcow2", "raw", "64k", "x", "b0", "all"]
 

@@ -101,7 +101,8 @@ def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
                                ) from None
     if not image.is_qcow2:  # (nothing to copy: a raw image is all allocated) bdrv_change_backing_file
         reason = "backing format must be specified" if backing and not backing_fmt else "Operation not supported"
-        raise QemuImgError(f"{warning}qemu-img: Could not change the backing file to '{backing or ''}': {reason}\n")
+        name = "(null)" if backing is None else backing  # (printf's text for a NULL string)
+        raise QemuImgError(f"{warning}qemu-img: Could not change the backing file to '{name}': {reason}\n")
     cow_fill(chain)
     if not unsafe:
         _copy_differences(chain, new_chain)
