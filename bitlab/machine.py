@@ -196,9 +196,9 @@ class Machine(GuestIO, Monitor):
 
     # -- drives (the system emulator's -drive if=none) ------------------------------
     def add_drive(self, name: str, size: int | str = "64M", format: str = "qcow2", *, file: str | None = None,
-                  blkdebug: dict | None = None, node_name: str | None = None) -> str:
-        """Like ``-drive if=none,id=NAME,file=FILE,format=FORMAT[,node-name=…]``: a device over a node
-        tree (nodes auto-named unless ``node_name`` is given).
+                  blkdebug: dict | None = None, node_name: str | None = None, read_only: bool = False) -> str:
+        """Like ``-drive if=none,id=NAME,file=FILE,format=FORMAT[,node-name=…][,readonly=on]``: a device over a
+        node tree (nodes auto-named unless ``node_name`` is given).
 
         ``blkdebug={"inject-error": [...], "set-state": [...]}`` puts a blkdebug node between the
         format node and its file. The image is created if it does not exist. Returns the root
@@ -218,7 +218,7 @@ class Machine(GuestIO, Monitor):
         opts: dict = {"driver": format, "file": file_opts}
         if node_name is not None:
             opts["node-name"] = node_name
-        node = self.graph.open(opts)
+        node = self.graph.open(opts, read_only=read_only)
         self.graph.devices[name] = node
         self.graph.new_backend(("device", name))
         return node.node_name

@@ -1021,7 +1021,7 @@ class QemuMachine(GuestIO, Monitor):
         return bm
 
     def add_drive(self, name: str, size: int | str = "64M", format: str = "qcow2", *, file: str | None = None,
-                  blkdebug: dict | None = None, node_name: str | None = None) -> str:
+                  blkdebug: dict | None = None, node_name: str | None = None, read_only: bool = False) -> str:
         """``-drive if=none,id=NAME,...`` added at run time with HMP ``drive_add`` (system emulator)."""
         self._ensure("add_drive")
         filename = file or f"{name}.{format}"
@@ -1030,6 +1030,8 @@ class QemuMachine(GuestIO, Monitor):
         opts = [f"if=none,id={name},format={format}"]
         if node_name is not None:
             opts.append(f"node-name={node_name}")
+        if read_only:
+            opts.append("readonly=on")
         if blkdebug is None:
             opts.append(f"file={filename}")
         else:
