@@ -34,6 +34,14 @@ def _boot(vm):
     return vm
 
 
+def _flush_and_boot(t: Log):
+    """The bitmaps as the iotest logs them, a clean quit and the next boot, whose bitmaps are logged too."""
+    t.lines.append(_bitmaps(t.vm))
+    t.vm = _boot(t.vm)
+    t.lines.append(_bitmaps(t.vm))
+    return t.vm
+
+
 def story(vm) -> list:
     lines: list = []
     vm.qemu_img("create", "-f", "qcow2", IMG, str(SIZE))
@@ -44,17 +52,11 @@ def story(vm) -> list:
     t.qmp_log("block-dirty-bitmap-add", node="drive0", name="Medium", persistent=True)
     t.qmp_log("block-dirty-bitmap-add", node="drive0", name="Large", granularity=128 * 1024, persistent=True)
     t.qmp_log("block-dirty-bitmap-add", node="drive0", name="Transient", persistent=False)
-    lines.append(_bitmaps(vm))
-    vm = _boot(vm)
-    t.vm = vm
-    lines.append(_bitmaps(vm))
+    vm = _flush_and_boot(t)
     t.qmp_log("block-dirty-bitmap-add", node="drive0", name="New", persistent=True)
     t.qmp_log("human-monitor-command", command_line="block_resize drive0 70G")
     t.qmp_log("block-dirty-bitmap-add", node="drive0", name="Newtwo", persistent=True)
-    lines.append(_bitmaps(vm))
-    vm = _boot(vm)
-    t.vm = vm
-    lines.append(_bitmaps(vm))
+    vm = _flush_and_boot(t)
     t.qmp_log("block-dirty-bitmap-add", node="drive0", name="NewB", persistent=True)
     t.qmp_log("block-dirty-bitmap-remove", node="drive0", name="New")
     t.qmp_log("human-monitor-command", command_line="block_resize drive0 50G")
