@@ -370,7 +370,11 @@ class BlockGraph:
         if backing is None:
             return
         if backing != "auto":
-            self._attach(node, "backing", self._child(backing, opts, True))
+            try:
+                child = self._child(backing, opts, True)
+            except QMPError as err:
+                raise generic(f"Could not open backing file: {err.desc}") from None
+            self._attach(node, "backing", child)
             return
         if not image.backing_file:
             return
@@ -386,7 +390,10 @@ class BlockGraph:
         if key not in self.store:
             raise generic(f"Could not open backing file: Could not open '{path}': No such file or directory")
         fmt = image.backing_fmt or self.store[key].fmt
-        child = self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
+        try:
+            child = self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
+        except QMPError as err:  # bdrv_open_backing_file: error_prepend (at every level of the chain)
+            raise generic(f"Could not open backing file: {err.desc}") from None
         self._attach(node, "backing", child)
         # bdrv_open_backing_file: an implicit backing file is the one the image names (auto_backing_file)
         node.auto_backing_file = child.filename
@@ -548,6 +555,17 @@ class BlockGraph:
         self.set_backing(new, old)
         self._replace_node(old, new)
 
+    def detach_backing(self, node: BlockNode) -> None:
+        """blockdev-reopen's ``backing: null``: the link goes; the old backing node closes unless held."""
+        child = node.child("backing")
+        if child is None:
+            return
+        node.children = [(role, c) for role, c in node.children if role != "backing"]
+        child.parents -= 1
+        self.link_order.pop((id(node), "backing"), None)
+        self.perm_version += 1
+        self._drop_unowned(child)
+
     def unappend(self, new: BlockNode, old: BlockNode) -> None:
         """external_snapshot_abort: the overlay drops its backing link, ``old`` is back under its parents."""
         new.children = [(role, child) for role, child in new.children if not (role == "backing" and child is old)]
@@ -562,16 +580,47 @@ class BlockGraph:
         if node.read_only:
             return
         if isinstance(node, Qcow2Node):
-            node.write_back()
-            self._store_bitmaps(node)
-            for bm in node.bitmaps:
-                if bm.persistent:
-                    bm.readonly = True
+            self.store_bitmaps_read_only(node)
         node.read_only = True  # (its file node's locks follow from what the read-only node takes)
         self.perm_version += 1
         for role, child in node.children:
             if role in ("file", "image") and child.node_name not in self.monitor_owned:
                 self.reopen_read_only(child)
+
+    def store_bitmaps_read_only(self, node: Qcow2Node) -> None:
+        """qcow2_reopen_bitmaps_ro (a qcow2 node reopened read-only, or staying so): the caches written back,
+        the persistent bitmaps stored, then read-only. A persistent bitmap not stored yet on a node that is
+        read-only already cannot be: ``No write access`` (qcow2_store_persistent_dirty_bitmaps)."""
+        if node.read_only:
+            if any(bm.persistent and not bm.readonly for bm in node.bitmaps):
+                raise generic("No write access")
+        else:
+            node.write_back()
+            self._store_bitmaps(node)
+        for bm in node.bitmaps:
+            if bm.persistent:
+                bm.readonly = True
+
+    def reopen_bitmaps_rw(self, node: Qcow2Node) -> None:
+        """qcow2_reopen_bitmaps_rw (a qcow2 node made read-write): every stored bitmap not in use is marked in
+        use (the header and the directory rewritten in place) and its bitmap is writable again. A stored bitmap
+        with no read-only bitmap of its name, or an inconsistent one, stops it: QEMU reports that on stderr
+        only and changes nothing."""
+        marked = []
+        for stored in node.image.bitmaps:
+            if stored.in_use:
+                continue
+            bm = next((b for b in node.bitmaps if b.name == stored.name), None)
+            if bm is None or not bm.readonly or bm.inconsistent:
+                return
+            marked.append((stored, bm))
+        if not marked:
+            return
+        for stored, _ in marked:
+            stored.in_use = True
+        node.mark_bitmaps_in_use()
+        for _, bm in marked:
+            bm.readonly = False
 
     # -- persistent bitmaps -------------------------------------------------------
     def _load_bitmaps(self, node: Qcow2Node, told: bool = False) -> None:
@@ -612,8 +661,8 @@ class BlockGraph:
         stored = []
         for old in node.image.bitmaps:
             bm = live.pop(old.name, None)
-            if bm is not None:
-                stored.append(old if bm.inconsistent else self._stored(bm))
+            if bm is not None:  # (a read-only one is as stored: QEMU skips it, its table stays)
+                stored.append(old if bm.inconsistent or bm.readonly else self._stored(bm))
         stored += [self._stored(bm) for bm in node.bitmaps if bm.persistent and bm.name in live]
         node.image.bitmaps = stored
         node.discard_freed_bitmaps()

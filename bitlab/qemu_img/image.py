@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..block.create import CreateFailed, check_qcow2_options, not_simulated_qcow2
 from ..block.drivers import QEMU_DRIVERS
@@ -106,6 +107,9 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if bkey is None or bkey not in store:
             raise fail(f"Could not open '{full}': No such file or directory\nCould not open backing image.")
         base = store[bkey]
+        missing = _chain_error(base, full, key_fn, store)
+        if missing is not None:
+            raise fail(f"{missing}\nCould not open backing image.")
         if not backing_fmt:
             raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n"
                                f"Detected format of {base.fmt}.")
@@ -338,3 +342,19 @@ def _fragmented(layer: Layer) -> int:
     host = host[idx] + s - runs_s[idx]
     table = s // span
     return int(((host[1:] != host[:-1] + (e[:-1] - s[:-1])) & (table[1:] == table[:-1])).sum())
+
+
+def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any) -> str | None:
+    """bdrv_img_create opens the backing file with its own backing chain: a file missing further down
+    fails it, each level prepending "Could not open backing file: " (bdrv_open_backing_file)."""
+    depth = 1
+    while image.backing_file and depth < 64:
+        try:
+            full = full_backing_filename(name, image.backing_file) or ""
+        except ValueError:
+            return None
+        key = find_key(key_fn, full)
+        if key is None or key not in store:
+            return "Could not open backing file: " * depth + f"Could not open '{full}': No such file or directory"
+        image, name, depth = store[key], full, depth + 1
+    return None
