@@ -132,15 +132,29 @@ def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
         bottom = bottom.child("file")
     if _answers_get_info(node):
         info["dirty-flag"] = False
-    protocol = bottom
-    while protocol.child("file") is not None:
-        protocol = protocol.child("file")
-    if not isinstance(protocol, BlkdebugNode):  # blkdebug cannot tell the allocated size
-        info["actual-size"] = 0
+    size = allocated_file_size(node)
+    if size is not None:
+        info["actual-size"] = size
     info["virtual-size"] = node.size
     if isinstance(bottom, Qcow2Node) and node.driver == "copy-before-write":
         info["cluster-size"] = bottom.image.cluster_size
     return info
+
+
+def allocated_file_size(node: BlockNode) -> int | None:
+    """bdrv_get_allocated_file_size: null-co 0, a file what its blocks take, raw and filters what their
+    child takes, qcow2 its file's; None where a protocol driver cannot tell (blkdebug: -ENOTSUP)."""
+    while True:
+        if isinstance(node, NullNode):
+            return 0
+        if isinstance(node, FileNode):
+            return node.image.allocated_size()
+        if isinstance(node, BlkdebugNode):
+            return None
+        child = node.child("file")
+        if child is None:
+            return None
+        node = child
 
 
 def _answers_get_info(node: BlockNode) -> bool:
@@ -248,7 +262,8 @@ def _subtree_state(node: BlockNode, memo: dict) -> tuple[tuple, tuple[ImageFile,
     """What an entry for ``node`` is built from, except its dirty bitmaps and file lengths: the node
     itself, its image file and, recursively, its children (filenames, backing chains and filters all
     live below a node); and the image files of that subtree, whose lengths the entry shows. Other
-    node fields never change after blockdev-add. ``memo``: by node, and by the id of an image file."""
+    node fields change only in a blockdev-add or a blockdev-reopen (``reopens`` counts them). ``memo``: by
+    node, and by the id of an image file."""
     got = memo.get(node)
     if got is None:
         image = node.__dict__.get("image")  # file and qcow2 nodes; blkdebug's image is its child's
@@ -263,7 +278,7 @@ def _subtree_state(node: BlockNode, memo: dict) -> tuple[tuple, tuple[ImageFile,
             kid_state, kid_images = memo.get(child) or _subtree_state(child, memo)
             links.append((role, kid_state))
             images += kid_images
-        got = memo[node] = ((node, node.read_only, image_state, tuple(links)), images)
+        got = memo[node] = ((node, node.read_only, node.reopens, image_state, tuple(links)), images)
     return got
 
 

@@ -80,6 +80,7 @@ class BlockNode:
     discards: tuple[int, int] = (0, 0)  # file-posix: discards done (requests, bytes)
     write_gen: int = 0  # bs->write_gen: write, write-zeroes and discard requests that reached the node
     flushed_gen: int = 0  # bs->flushed_gen: write_gen at the last flush that succeeded
+    reopens: int = 0  # blockdev-reopens committed on this node (its options, flags and filename may differ)
 
     def __init__(self, node_name: str, *, auto_named: bool = False, options: dict | None = None) -> None:
         opts = options or {}
