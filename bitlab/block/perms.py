@@ -176,6 +176,7 @@ class PermView:
         self.parents: dict[BlockNode, list[Edge]] = {}
         self._cumulative: dict[BlockNode, tuple[int, int]] = {}  # memo of cumulative(), cleared by every change
         self.files: dict[int, list[BlockNode]] = {}  # id(image) -> the file nodes open on it (their locks)
+        self.becoming_read_only: set[BlockNode] = set()  # nodes a blockdev-reopen makes read-only
         stamped: list[tuple[int, BlockNode, Edge]] = []  # (when the link was made, its child, the link)
         add = stamped.append
         when = graph.link_order.get
@@ -310,6 +311,8 @@ class PermView:
                             f"are both required by {b.user()} (uses node '{name}' as '{b.role}' child) and "
                             f"unshared by {a.user()} (uses node '{name}' as '{a.role}' child).")
         if node.read_only and any(p & (WRITE | WRITE_UNCHANGED) for p, _ in perms):
+            if node in self.becoming_read_only:  # (bdrv_is_writable_after_reopen: writable before the reopen)
+                return f"Read-only block node '{name}' cannot support read-write users"
             return "Block node is read-only"
         return None
 

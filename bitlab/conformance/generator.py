@@ -57,6 +57,9 @@ After 3% of the steps comes a copy-offloading episode of :mod:`.gen_copyrange` (
 After 3% of the steps comes a discard-option episode of :mod:`.gen_discard` (its own stream and names: ``dq<n>``).
 After 3% of the steps comes a blkdebug episode of :mod:`.gen_blkdebug` (its own stream and names: ``be<n>``): rules on
 any event bitlab fires under a raw or qcow2 node, ``align`` now and then, the requests they fail.
+After 3% of the steps comes a blockdev-reopen episode of :mod:`.gen_reopen` (its own stream and names: ``rp``,
+``rpf``, ``rq``, bitmaps ``r0``..``r2``): read-only and back with persistent bitmaps, options changed or reset,
+the backing file detached, what QEMU refuses; sometimes with a scenario node in the same command.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ from .gen_parents import CHANCE as PARENTS_CHANCE
 from .gen_parents import Parents, parents_episode
 from .gen_persist import CHANCE as PERSIST_CHANCE
 from .gen_persist import Persist, persist_episode
+from .gen_reopen import CHANCE as REOPEN_CHANCE
+from .gen_reopen import Reopens, reopen_episode
 from .gen_running import running_backup
 from .gen_snapshot import CHANCE as SNAPSHOT_CHANCE
 from .gen_snapshot import Snapshots, snapshot_episode
@@ -127,9 +132,12 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     copyrange = CopyRange(random.Random(f"{seed}/{index}/copyrange"))
     discards = Discards(random.Random(f"{seed}/{index}/discard"))
     blkdebugs = Blkdebugs(random.Random(f"{seed}/{index}/blkdebug"))
+    files: dict[str, dict] = {}
+    reopens = Reopens(random.Random(f"{seed}/{index}/reopen"), nodes, files)
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
+        files[n] = file
         steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": n, "file": file}))
         if n in watched:
             steps.append(_qmp("block-dirty-bitmap-add", {"node": f"{n}f", "name": "fb", "granularity": watched[n]}))
@@ -157,6 +165,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += discard_episode(discards, size)
         if blkdebugs.rng.random() < BLKDEBUG_CHANCE:
             steps += blkdebug_episode(blkdebugs, size)
+        if reopens.rng.random() < REOPEN_CHANCE:
+            steps += reopen_episode(reopens, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)

@@ -7,15 +7,33 @@ from typing import Any
 
 from ..block import perms
 from ..block.info import bitmap_directory_reads, block_device_info
+from ..block.reopen import blockdev_reopen
 from ..block.xdbg import block_graph
 from ..errors import generic
 from .commands import TABLE
-from .types import BlockdevDel, BlockdevOptions, BlockResize, QueryNamedBlockNodes
+from .types import BlockdevDel, BlockdevOptions, BlockdevReopen, BlockResize, QueryNamedBlockNodes
 
 
 @TABLE.command("blockdev-add", BlockdevOptions, boxed=True)
 def qmp_blockdev_add(vm: Any, args: dict) -> None:
     vm.graph.add(args)
+
+
+@TABLE.command("blockdev-reopen", BlockdevReopen)
+def qmp_blockdev_reopen(vm: Any, args: dict) -> None:
+    """qmp_blockdev_reopen (bitlab.block.reopen); each listed node drained while the reopen runs (its jobs
+    pause and resume)."""
+    drained: list = []
+
+    def drain(node: Any) -> None:
+        vm.jobs.drain_begin(node)
+        drained.append(node)
+
+    try:
+        blockdev_reopen(vm.graph, args["options"], drain)
+    finally:
+        for node in drained:
+            vm.jobs.drain_end(node)
 
 
 @TABLE.command("blockdev-del", BlockdevDel)

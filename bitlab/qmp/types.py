@@ -121,6 +121,7 @@ _variants.update({"null-co": BlockdevOptionsNull, "null-aio": BlockdevOptionsNul
                   "copy-before-write": BlockdevOptionsCbw, "snapshot-access": BlockdevOptionsGenericFormat})
 
 BlockdevDel = struct("q_obj_blockdev-del-arg", m("node-name", STR))
+BlockdevReopen = struct("q_obj_blockdev-reopen-arg", m("options", Array(BlockdevOptions)))
 QueryNamedBlockNodes = struct("q_obj_query-named-block-nodes-arg", m("*flat", BOOL))
 HumanMonitorCommand = struct("q_obj_human-monitor-command-arg", m("command-line", STR), m("*cpu-index", INT))
 BlockResize = struct("q_obj_block_resize-arg", m("*device", STR), m("*node-name", STR), m("size", INT))

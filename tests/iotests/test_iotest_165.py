@@ -2,13 +2,16 @@
 
 Ported: ``test_persistent`` whole (a persistent bitmap on a 1 GiB qcow2 drive, writes through HMP qemu-io,
 its SHA-256 after a clean quit, a read-only boot that must lose nothing, a read-write boot, more writes, one
-more boot), and ``test_reopen_rw`` up to its ``blockdev-reopen``, which bitlab does not simulate (on the
-read-only boot the bitmap loads with its hash, a guest write fails with ``Block node is read-only`` and changes
-nothing). iotests' ``vm.shutdown()`` is a clean quit: ``vm.restart()`` here, then the drive again, as
+more boot), and ``test_reopen_rw`` whole: on the read-only boot the bitmap loads with its hash, a guest write
+fails with ``Block node is read-only`` and changes nothing; ``blockdev-reopen`` read-write marks the stored
+bitmap in use again (qemu-img info -U shows its flags before and after) and the next writes are recorded.
+iotests' ``vm.shutdown()`` is a clean quit: ``vm.restart()`` here, then the drive again, as
 ``vm.launch()`` starts QEMU with the same ``-drive``. Compared with the system emulator.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -53,10 +56,25 @@ def story(vm) -> list:
     vm = _boot(vm, read_only=True)
     out.append(_sha(vm) == sha1)
     out += _write(vm, REGIONS2)  # read-only: refused, the bitmap unchanged
-    out += [_sha(vm) == sha1, [(b["name"], b["count"], b["recording"], b["persistent"]) for dev in vm.qmp("query-block")
-                               for b in dev.get("inserted", {}).get("dirty-bitmaps", [])]]
+    out += [_sha(vm) == sha1, _bitmaps(vm), _flags(vm)]
+    vm.qmp("blockdev-reopen", {"options": [{"node-name": "node0", "driver": "qcow2",
+                                            "file": {"driver": "file", "filename": "disk"}, "read-only": False}]})
+    out.append(_flags(vm))  # in use again
+    out += _write(vm, REGIONS2)  # read-write: the bitmap records it
+    out += [_sha(vm) == sha2, _bitmaps(vm)]
     getattr(vm, "close", lambda: None)()
     return out
+
+
+def _bitmaps(vm) -> list:
+    return [(b["name"], b["count"], b["recording"], b["persistent"]) for dev in vm.qmp("query-block")
+            for b in dev.get("inserted", {}).get("dirty-bitmaps", [])]
+
+
+def _flags(vm) -> list:
+    """The stored bitmap's flags, as qemu-img info -U shows them."""
+    info = json.loads(vm.qemu_img("info", "-U", "--output=json", "disk"))
+    return [(b["name"], b["flags"]) for b in info["format-specific"]["data"].get("bitmaps", [])]
 
 
 def test_bitlab() -> None:
@@ -66,6 +84,11 @@ def test_bitlab() -> None:
     assert out[9:11] == ["Block node is read-only\r\n"] * 2
     assert out[11] is True
     assert out[12] == [("bitmap0", 1179648, True, True)]  # 18 clusters of 64 KiB: regions1
+    assert out[13] == [("bitmap0", ["auto"])]  # stored, not in use: the node is read-only
+    assert out[14] == [("bitmap0", ["in-use", "auto"])]  # blockdev-reopen read-write marks it in use
+    assert out[15:17] == ["", ""]  # the writes go through now
+    assert out[17] is True  # regions1 and regions2 recorded: the hash test_reopen_rw expects
+    assert out[18] == [("bitmap0", 1179648 + 196608, True, True)]
 
 
 @pytest.mark.qemu

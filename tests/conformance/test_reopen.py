@@ -1,0 +1,285 @@
+"""blockdev-reopen (bitlab.block.reopen): read-only and back with persistent bitmaps, QEMU's option checks, a
+writer above the node, a backing child detached, jobs drained.
+
+The plain tests assert QEMU 7.2's values (measured on the system emulator and qemu-storage-daemon); the
+``qemu`` tests play the same steps on both daemons and compare every reply (automatic node names and host
+allocation masked) and every job's events.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bitlab import Machine
+from bitlab.conformance.runner import check
+from bitlab.conformance.steps import run_step
+
+K, M = 1 << 10, 1 << 20
+
+
+def _q(execute: str, arguments: dict | None = None) -> dict:
+    return {"qmp": {"execute": execute, **({"arguments": arguments} if arguments is not None else {})}}
+
+
+def _img(name: str, *extra: str) -> dict:
+    return {"qemu-img": ["create", "-f", "qcow2", *extra, f"{name}.qcow2", *([] if "-b" in extra else ["4M"])]}
+
+
+def _file(name: str) -> dict:
+    return {"driver": "file", "filename": f"{name}.qcow2"}
+
+
+def _reopen(*options: dict) -> dict:
+    return _q("blockdev-reopen", {"options": list(options)})
+
+
+def _n(name: str, **extra: object) -> dict:
+    """The options of qcow2 node ``name`` over its own file, as blockdev-add gave them."""
+    return {"driver": "qcow2", "node-name": name, "file": _file(name), **extra}
+
+
+NODES = _q("query-named-block-nodes", {"flat": True})
+INFO = {"qemu-img": ["info", "-U", "--output=json", "d.qcow2"]}
+
+# A persistent bitmap and a plain one across read-only and back, with the bitmap commands in between, then
+# every option check of qmp_blockdev_reopen and bdrv_reopen_prepare bitlab simulates.
+BITMAPS = [
+    _img("d"),
+    _q("blockdev-add", {"driver": "file", "node-name": "df", "filename": "d.qcow2"}),
+    _q("blockdev-add", {"driver": "qcow2", "node-name": "d", "file": "df"}),
+    _q("block-dirty-bitmap-add", {"node": "d", "name": "b0", "persistent": True}),
+    _q("block-dirty-bitmap-add", {"node": "d", "name": "b1"}),
+    _q("block-dirty-bitmap-add", {"node": "d", "name": "b4", "persistent": True, "disabled": True}),
+    {"write": {"node": "d", "offset": 0, "length": 64 * K}},
+    _reopen({"driver": "qcow2", "node-name": "d", "file": "df", "read-only": True}),
+    INFO, NODES,
+    {"write": {"node": "d", "offset": 64 * K, "length": 64 * K}},
+    _q("block-dirty-bitmap-clear", {"node": "d", "name": "b0"}),
+    _q("block-dirty-bitmap-clear", {"node": "d", "name": "b1"}),
+    _q("block-dirty-bitmap-add", {"node": "d", "name": "b2", "persistent": True}),
+    _q("block-dirty-bitmap-enable", {"node": "d", "name": "b4"}),
+    _q("block-dirty-bitmap-merge", {"node": "d", "target": "b1", "bitmaps": ["b0"]}),
+    _q("block-dirty-bitmap-merge", {"node": "d", "target": "b0", "bitmaps": ["b1"]}),
+    _q("block-dirty-bitmap-remove", {"node": "d", "name": "b0"}),
+    _q("x-debug-block-dirty-bitmap-sha256", {"node": "d", "name": "b0"}),
+    INFO, NODES,
+    # read-only again: qcow2 would store b2 (added read-only), and cannot
+    _reopen({"driver": "qcow2", "node-name": "d", "file": "df", "read-only": True}),
+    _reopen({"driver": "qcow2", "node-name": "d", "file": "df"}),
+    INFO,
+    {"write": {"node": "d", "offset": 192 * K, "length": 64 * K}},
+    NODES,
+    _reopen({"driver": "qcow2", "node-name": "d", "file": "df", "read-only": True}),
+    INFO,
+    _reopen({"driver": "qcow2", "node-name": "d", "file": "df"}),
+    # the checks, in QEMU's order
+    _reopen({"driver": "qcow2", "node-name": "d"}),
+    _reopen({"driver": "qcow2", "file": "df"}),
+    _reopen({"driver": "qcow2", "node-name": "nope", "file": "df"}),
+    _reopen({"driver": "raw", "node-name": "d", "file": "df"}),
+    _reopen({"driver": "file", "node-name": "df", "filename": "other.qcow2"}),
+    _reopen({"driver": "file", "node-name": "df", "filename": "d.qcow2", "read-only": True}),
+    _reopen({"driver": "qcow2", "node-name": "d", "file": _file("d")}),
+    _reopen({"driver": "qcow2", "node-name": "d", "file": "df", "force-share": True, "read-only": True}),
+    _reopen({"driver": "qcow2", "node-name": "d", "file": "df", "cache-size": -1}),
+    _reopen({"driver": "qcow2", "node-name": "d", "file": "df", "detect-zeroes": "unmap"}),
+    # a node listed twice: the second options win
+    _reopen({"driver": "qcow2", "node-name": "d", "file": "df"},
+            {"driver": "qcow2", "node-name": "d", "file": "df", "read-only": True}),
+    NODES, INFO,
+]
+
+CACHE_FLAGS = _reopen(_n("b", cache={"no-flush": True}, **{"detect-zeroes": "on", "pass-discard-request": True}))
+DETACH = _reopen(_n("o", backing=None))  # detached (and closed)
+
+# Options of nodes opened with children of their own: what may be left out, what may change.
+OPTIONS = [
+    _img("a"), _img("b"), _img("o", "-b", "a.qcow2", "-F", "qcow2"), _img("t"),
+    _q("blockdev-add", {"driver": "null-co", "node-name": "nul", "size": M}),
+    _reopen({"driver": "null-co", "node-name": "nul", "read-only": True}),
+    _reopen({"driver": "null-co", "node-name": "nul", "size": 2 * M}),
+    _reopen({"driver": "null-co", "node-name": "nul", "size": M, "read-only": True}),
+    _q("blockdev-add", _n("b", discard="unmap", cache={"direct": True}, **{"cache-size": M})),
+    _reopen(_n("b")),  # discard stays unmap (BDRV_O_UNMAP is kept), cache.direct and cache-size go back
+    NODES,
+    _reopen(_n("b", file={**_file("b"), "aio": "native"})),
+    _reopen(_n("b", file={**_file("b"), "locking": "off"})),
+    CACHE_FLAGS,
+    NODES,
+    _reopen(_n("b", **{"detect-zeroes": "unmap"})),
+    _reopen(_n("b", discard="ignore", **{"detect-zeroes": "unmap"})),
+    _q("blockdev-add", _n("t", file={**_file("t"), "aio": "threads", "locking": "auto"})),
+    _reopen(_n("t")),
+    _q("blockdev-add", _n("o")),
+    _reopen(_n("o")),
+    _reopen(_n("o", backing="o")),
+    _reopen(_n("o", backing="nope")),
+    _reopen(_n("o", backing={"driver": "qcow2", "file": _file("a")})),  # the backing node, reopened
+    _reopen(_n("o", backing={"driver": "qcow2", "file": _file("a"), "read-only": False})),
+    NODES,
+    DETACH,
+    NODES,
+    _reopen(_n("o", backing={"driver": "qcow2", "file": _file("a")})),
+    _reopen(_n("o", backing=None, **{"read-only": True}), _n("b", **{"read-only": True})),
+    NODES,
+    _q("blockdev-add", {"driver": "copy-before-write", "node-name": "cbw", "file": "b", "target": "t"}),
+    _reopen({"driver": "copy-before-write", "node-name": "cbw", "file": "b", "target": "t"}),
+    _q("blockdev-add", {"driver": "snapshot-access", "node-name": "sa", "file": "cbw"}),
+    _reopen({"driver": "snapshot-access", "node-name": "sa", "file": "cbw"}),
+    _reopen(_n("t", file=_file("t") | {"aio": "threads", "locking": "auto"}, **{"read-only": True})),
+    _q("blockdev-add", {"driver": "raw", "node-name": "r", "file": {"driver": "null-co", "size": M}}),
+    _reopen({"driver": "raw", "node-name": "r", "file": {"driver": "null-co", "size": M}, "read-only": True}),
+    _reopen({"driver": "raw", "node-name": "r", "file": {"driver": "null-co"}}),
+    _reopen({"driver": "raw", "node-name": "r", "file": {"driver": "null-co", "size": M, "node-name": "x"}}),
+    _q("blockdev-add", {"driver": "blkdebug", "node-name": "bd", "image": {"driver": "null-co"}, "align": 4096}),
+    _reopen({"driver": "blkdebug", "node-name": "bd", "image": {"driver": "null-co"}, "align": 4096}),
+    _reopen({"driver": "blkdebug", "node-name": "bd", "image": {"driver": "null-co"}}),
+    _reopen({"driver": "blkdebug", "node-name": "bd", "image": {"driver": "null-co"}, "align": 4096,
+             "read-only": True}),
+    NODES,
+]
+
+# A backup writing into the node: going read-only fails at the permission check, after qcow2 stored its
+# bitmaps and made them read-only (QEMU 7.2 does not undo that). Then jobs drained by a reopen of their source.
+WRITER = [
+    _img("d"), _img("s"),
+    _q("blockdev-add", _n("d")),
+    _q("block-dirty-bitmap-add", {"node": "d", "name": "b0", "persistent": True}),
+    {"write": {"node": "d", "offset": 0, "length": 64 * K}},
+    _q("blockdev-add", _n("s")),
+    {"write": {"node": "s", "offset": 0, "length": 2 * M}},
+    _q("blockdev-backup", {"job-id": "j", "device": "s", "target": "d", "sync": "full", "speed": 64 * K}),
+    _reopen(_n("d", **{"read-only": True})),
+    {"qemu-img": ["info", "-U", "--output=json", "d.qcow2"]},
+    _q("block-dirty-bitmap-clear", {"node": "d", "name": "b0"}),
+    _q("job-cancel", {"id": "j"}), {"settle-jobs": True},
+    _reopen(_n("d", **{"read-only": True})),
+    _reopen(_n("d")),
+    {"qemu-img": ["info", "-U", "--output=json", "d.qcow2"]},
+    _q("block-dirty-bitmap-clear", {"node": "d", "name": "b0"}),
+    _q("blockdev-backup", {"job-id": "j2", "device": "d", "target": "s", "sync": "full", "speed": 64 * K}),
+    _reopen(_n("d")),
+    _reopen(_n("d", **{"read-only": True})),
+    _q("job-cancel", {"id": "j2"}), {"settle-jobs": True},
+    NODES,
+]
+
+
+def _play(steps: list[dict]) -> list:
+    vm = Machine()
+    return [run_step(vm, step) for step in steps]
+
+
+def _at(replies: list, steps: list[dict], step: dict, nth: int = 0):
+    """The reply to the ``nth`` step equal to ``step``."""
+    return [r for s, r in zip(steps, replies) if s == step][nth]
+
+
+def _desc(reply: dict) -> str | None:
+    return reply.get("error", {}).get("desc")
+
+
+def test_read_only_and_back_keeps_the_persistent_bitmaps():
+    replies = _play(BITMAPS)
+    flags = [[(b["name"], b["flags"]) for b in json.loads(r["stdout"])["format-specific"]["data"]["bitmaps"]]
+             for s, r in zip(BITMAPS, replies) if s is INFO]
+    assert flags[0] == [("b4", []), ("b0", ["auto"])]  # stored at the reopen: not in use
+    assert flags[2] == [("b4", ["in-use"]), ("b0", ["in-use", "auto"])]  # read-write: in use again
+    assert flags[3] == [("b4", ["auto"]), ("b0", ["auto"]), ("b2", ["auto"])]  # b2 (added read-only) appended
+    texts = [_desc(r) for s, r in zip(BITMAPS, replies) if "qmp" in s]
+    readonly = "Bitmap 'b0' is readonly and cannot be modified"
+    assert texts.count(readonly) == 3  # clear, merge into it, remove: the stored bitmap is read-only
+    assert [r for s, r in zip(BITMAPS, replies) if "write" in s] == [
+        {"ok": True}, {"ok": False, "error": "Block node is read-only"}, {"ok": True}]
+    assert [t for t in texts if t and t != readonly] == [
+        "No write access",
+        "Parameter 'options[0].file' is missing",
+        "node-name not specified",
+        "Failed to find node with node-name='nope'",
+        "Cannot change the option 'driver'",
+        "Cannot change the option 'filename'",
+        "Read-only block node 'df' cannot support read-write users",
+        "Cannot change the option 'file.driver'",
+        "Cannot change the option 'force-share'",
+        "Parameter 'cache-size' expects a non-negative number below 2^64",
+        "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap",
+    ]
+    last = [n for n in _at(replies, BITMAPS, NODES, -1)["return"] if n["node-name"] == "d"][0]
+    assert last["ro"] is True  # listed twice: the second options won
+
+
+def test_option_checks_say_what_qemu_says():
+    texts = [_desc(r) for s, r in zip(OPTIONS, _play(OPTIONS)) if s.get("qmp", {}).get("execute") == "blockdev-reopen"]
+    assert texts == [
+        "Option 'size' cannot be reset to its default value",
+        "Cannot change the option 'size'",
+        None, None,
+        "Cannot change the option 'aio'",
+        "Cannot change the option 'locking'",
+        None, None,
+        "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap",
+        "Option 'locking' cannot be reset to its default value",
+        "backing is missing for 'o'",
+        "Making 'o' a backing child of 'o' would create a cycle",
+        "Cannot find device='' nor node-name='nope'",
+        None, None, None,
+        "Cannot change the option 'backing.driver'",  # no backing child left to reopen with them
+        None,
+        "Block format 'copy-before-write' used by node 'cbw' does not support reopening files",
+        "Block format 'snapshot-access' used by node 'sa' does not support reopening files",
+        "Read-only block node 't' cannot support read-write users",
+        None,
+        "Option 'size' cannot be reset to its default value",
+        "Cannot change the option 'node-name'",
+        None,
+        "Option 'align' cannot be reset to its default value",
+        None,
+    ]
+
+
+def _until(steps: list[dict], step: dict) -> Machine:
+    """A machine that played ``steps`` up to ``step`` (that very step object) included."""
+    vm = Machine()
+    for each in steps[:next(i for i, s in enumerate(steps) if s is step) + 1]:
+        run_step(vm, each)
+    return vm
+
+
+def test_flags_and_backing_follow_the_reopen():
+    assert CACHE_FLAGS["qmp"]["arguments"]["options"][0]["detect-zeroes"] == "on"
+    nodes = {n["node-name"]: n for n in _until(OPTIONS, CACHE_FLAGS).qmp("query-named-block-nodes", {"flat": True})}
+    assert (nodes["b"]["detect_zeroes"], nodes["b"]["cache"]["no-flush"], nodes["b"]["cache"]["direct"]) == (
+        "on", True, False)
+    assert DETACH["qmp"]["arguments"]["options"][0]["backing"] is None
+    nodes = {n["node-name"]: n for n in _until(OPTIONS, DETACH).qmp("query-named-block-nodes", {"flat": True})}
+    assert "backing_file" not in nodes["o"] and nodes["o"]["file"].startswith('json:{"backing": null')
+    assert [n["image"]["filename"] for n in nodes.values()].count("a.qcow2") == 0  # the backing node closed
+
+
+def test_a_failed_read_only_reopen_leaves_the_bitmaps_stored_and_read_only():
+    replies = _play(WRITER)
+    texts = [_desc(r) for s, r in zip(WRITER, replies) if s.get("qmp", {}).get("execute") in (
+        "blockdev-reopen", "block-dirty-bitmap-clear")]
+    assert texts == ["Read-only block node 'd' cannot support read-write users",
+                     "Bitmap 'b0' is readonly and cannot be modified",  # QEMU 7.2: stored, read-only, on a RW node
+                     None, None, None, None, None]
+    flags = [json.loads(r["stdout"])["format-specific"]["data"]["bitmaps"][0]["flags"]
+             for s, r in zip(WRITER, replies) if "qemu-img" in s and s["qemu-img"][0] == "info"]
+    assert flags == [["auto"], ["in-use", "auto"]]
+
+
+def test_a_reopen_drains_the_jobs_on_its_node():
+    vm = _until(WRITER, WRITER[-4])
+    statuses = [e["data"]["status"] for e in vm.events if e["event"] == "JOB_STATUS_CHANGE" and e["data"]["id"] == "j2"]
+    # blockdev-backup's own drained section, then each reopen's (QEMU: the same)
+    assert statuses == ["created", "running"] + ["paused", "running"] * 3
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("daemon", ["system", "qsd"])
+@pytest.mark.parametrize("steps", [BITMAPS, OPTIONS, WRITER], ids=["bitmaps", "options", "writer"])
+def test_blockdev_reopen_as_in_qemu(steps, daemon):
+    diffs = check({"name": "reopen", "steps": steps}, daemon)
+    assert [d.render() for d in diffs] == []
