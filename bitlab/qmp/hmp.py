@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from functools import lru_cache
 from typing import Any
@@ -79,6 +80,8 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
     report = "" if req.quiet else _report({"write": "wrote", "writev": "wrote", "readv": "read"}.get(verb, verb),
                                           offset, length)
     try:
+        if verb in ("write", "writev", "discard") and _has_readonly_bitmaps(node):
+            raise BlockIOError(errno.EPERM, verb)
         if verb in ("write", "writev"):
             flushed = _fua_node(node)
             gen = flushed.write_gen
@@ -111,6 +114,15 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
         report = f"Pattern verification failed at offset {offset + req.pattern_offset}, {req.pattern_count} bytes\n" \
             + report
     return report
+
+
+def _has_readonly_bitmaps(node: Any) -> bool:
+    """bdrv_has_readonly_bitmaps, which fails a write or discard with EPERM (bdrv_aligned_pwritev,
+    bdrv_co_pdiscard): on the node, or the one a backup's filter passes it to. Only a qcow2 node left
+    read-write by a failed read-only blockdev-reopen has such bitmaps (bitlab.block.reopen)."""
+    while node.driver == "copy-before-write":
+        node = node.child("file")
+    return any(bm.readonly for bm in node.bitmaps)
 
 
 def _fua_node(node: Any) -> Any:

@@ -142,7 +142,8 @@ OPTIONS = [
 ]
 
 # A backup writing into the node: going read-only fails at the permission check, after qcow2 stored its
-# bitmaps and made them read-only (QEMU 7.2 does not undo that). Then jobs drained by a reopen of their source.
+# bitmaps and made them read-only (QEMU 7.2 does not undo that: a guest write then fails with EPERM, as a node
+# with a read-only bitmap refuses writes). Then jobs drained by a reopen of their source.
 WRITER = [
     _img("d"), _img("s"),
     _q("blockdev-add", _n("d")),
@@ -155,6 +156,7 @@ WRITER = [
     {"qemu-img": ["info", "-U", "--output=json", "d.qcow2"]},
     _q("block-dirty-bitmap-clear", {"node": "d", "name": "b0"}),
     _q("job-cancel", {"id": "j"}), {"settle-jobs": True},
+    {"write": {"node": "d", "offset": 0, "length": 64 * K}},  # EPERM: a read-only bitmap on the node
     _reopen(_n("d", **{"read-only": True})),
     _reopen(_n("d")),
     {"qemu-img": ["info", "-U", "--output=json", "d.qcow2"]},
@@ -265,6 +267,8 @@ def test_a_failed_read_only_reopen_leaves_the_bitmaps_stored_and_read_only():
     assert texts == ["Read-only block node 'd' cannot support read-write users",
                      "Bitmap 'b0' is readonly and cannot be modified",  # QEMU 7.2: stored, read-only, on a RW node
                      None, None, None, None, None]
+    assert [r for s, r in zip(WRITER, replies) if "write" in s][2] == {
+        "ok": False, "stdout": "write failed: Operation not permitted\n", "stderr": "", "returncode": 1}
     flags = [json.loads(r["stdout"])["format-specific"]["data"]["bitmaps"][0]["flags"]
              for s, r in zip(WRITER, replies) if "qemu-img" in s and s["qemu-img"][0] == "info"]
     assert flags == [["auto"], ["in-use", "auto"]]
