@@ -9,8 +9,8 @@ read-only stores its persistent bitmaps while it is prepared, and they become re
 undo that if the reopen fails later (a writer above the node): the bitmaps stay stored and read-only on a
 read-write node. Made read-write, it marks them in use again after the commit.
 
-``backing: null`` detaches the backing child (closed if nothing else holds it). Not simulated (refused, naming
-what): replacing a ``file`` or ``backing`` child with another node, a raw node's
+``backing`` may name another node, or be null: the backing child is replaced or detached (the old one closed if
+nothing else holds it). Not simulated (refused, naming what): another ``file`` child, a raw node's
 new ``offset`` or ``size``, copy-before-write and snapshot-access nodes, and a qcow2 node over a blkdebug
 node with rules (their requests at the flush and for the bitmaps).
 """
@@ -100,7 +100,7 @@ class Entry:
     options: dict
     read_only: bool
     backing_missing: bool = False
-    detach_backing: bool = False  # backing: null, and the node has a backing child
+    new_backing: tuple = ()  # (the new backing node or None,) when the reopen changes it
 
 
 class Reopen:
@@ -243,10 +243,11 @@ class Reopen:
                 raise generic(f"Cannot find device='' nor node-name='{value}'")
             if _reaches(new, node):
                 raise generic(f"Making '{value}' a {role} child of '{node.node_name}' would create a cycle")
-        if node.child(role) is new:
+        old = node.child(role)
+        if old is new:
             return
-        if new is None:  # (only backing may be null: the QAPI type of file refuses it)
-            entry.detach_backing = True
+        if role == "backing":  # (null, or another node: bdrv_set_file_or_backing_noperm)
+            entry.new_backing = (new,)
             return
         raise generic(NOT_SIMULATED + f"blockdev-reopen giving '{node.node_name}' another {role} child")
 
@@ -254,19 +255,35 @@ class Reopen:
         """bdrv_list_refresh_perms with the new read-only flags; on failure the flags go back (a qcow2 node's
         stored bitmaps stay read-only, as in QEMU 7.2)."""
         graph = self.graph
-        before = [(e.node, e.node.read_only) for e in self.entries]
+        before = [(e.node, e.node.read_only, list(e.node.children)) for e in self.entries]
         going_ro = {e.node for e in self.entries if e.read_only and not e.node.read_only}
-        for entry in self.entries:
+        starts: list = []
+        for entry in self.entries:  # (bdrv_reopen_multiple's refresh list: each node, then its old backing, prepended)
+            starts.insert(0, entry.node)
             entry.node.read_only = entry.read_only
+            if entry.new_backing:
+                old = entry.node.child("backing")
+                if old is not None:
+                    starts.insert(0, old)
+                entry.node.children = [(r, c) for r, c in entry.node.children if r != "backing"]
+                if entry.new_backing[0] is not None:
+                    entry.node.children.append(("backing", entry.new_backing[0]))
         graph.perm_version += 1
         view = perms.PermView(graph)
+        for entry in self.entries:  # (a new link is its child's newest parent)
+            new = entry.new_backing[0] if entry.new_backing else None
+            if new is not None:
+                view.parents[new] = [e for e in view.parents.get(new, []) if e.parent is not entry.node]
+                view.parents[new].insert(0, perms.Edge("backing", parent=entry.node))
         view.becoming_read_only = going_ro
-        text = view.first_error(*[e.node for e in reversed(self.entries)])
+        text = view.first_error(*starts)
+        for node, ro, children in before:
+            node.read_only, node.children = ro, children
+        graph.perm_version += 1
         if text is not None:
-            for node, ro in before:
-                node.read_only = ro
-            graph.perm_version += 1
             raise generic(text)
+        for entry in self.entries:
+            entry.node.read_only = entry.read_only
 
     def _commit(self, entry: Entry) -> None:
         """bdrv_reopen_commit: the new options (children's kept as they were) and what they set."""
@@ -274,8 +291,8 @@ class Reopen:
         kept = {role: node.options[role] for role, _ in node.children if role in node.options}
         if "backing" in node.options:
             kept["backing"] = node.options["backing"]
-        if entry.detach_backing:
-            kept["backing"] = None
+        if entry.new_backing:
+            kept["backing"] = entry.new_backing[0] and entry.new_backing[0].node_name
         own = {k: v for k, v in opts.items() if k.split(".", 1)[0] not in kept}
         node.options = {**unflatten(own), **kept}
         if "discard" in opts:
@@ -285,8 +302,10 @@ class Reopen:
         node.cache_no_flush = _true(opts.get("cache.no-flush", False))
         node.reopens += 1
         self.graph.perm_version += 1
-        if entry.detach_backing:
+        if entry.new_backing:
             self.graph.detach_backing(node)
+            if entry.new_backing[0] is not None:
+                self.graph.set_backing(node, entry.new_backing[0])
 
     def _device_or_node_name(self, node: Any) -> str:
         for device, root in self.graph.devices.items():

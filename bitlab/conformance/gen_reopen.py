@@ -5,7 +5,8 @@ On a stream of their own (``{seed}/{index}/reopen``) and with names of their own
 steps of a scenario stay what they were for every seed. The first episode makes ``rp``. An episode adds bitmaps
 (persistent or not), writes, clears, removes, enables and merges them, and reopens: read-only or read-write,
 with ``discard``, ``detect-zeroes``, ``cache.no-flush`` and qcow2 options or without (back to their defaults),
-the file by reference (when added on its own) or as options, the backing file reopened or detached; or with
+the file by reference (when added on its own) or as options, the backing file reopened, detached or replaced
+by a node of its own (``rr``, which it then reads through); or with
 something QEMU refuses (another driver or file name, a missing node, a missing ``backing``, ``force-share``,
 detect-zeroes ``unmap`` without discard). Now and then a scenario node is reopened too, in the same command
 (its jobs drained). After each reopen, ``qemu-img info -U`` shows the stored bitmaps' flags, and the episode
@@ -34,6 +35,7 @@ class Reopens:
         self.separate = False  # rpf added on its own (the file given by reference)
         self.backing = False  # rp.qcow2 names rq.qcow2, opened with it
         self.detached = False  # rp's backing detached by a reopen
+        self.other = False  # rr (a node of its own) made rp's backing by a reopen
 
 
 def _file(re: Reopens) -> dict | str:
@@ -43,7 +45,9 @@ def _file(re: Reopens) -> dict | str:
 def _options(re: Reopens, **extra: object) -> dict:
     """rp's options as a reopen keeping its children gives them."""
     opts: dict = {"driver": "qcow2", "node-name": "rp", "file": _file(re)}
-    if re.backing:
+    if re.other:
+        opts["backing"] = "rr"
+    elif re.backing:
         opts["backing"] = None if re.detached else {"driver": "qcow2", "file": {"driver": "file",
                                                                               "filename": "rq.qcow2"}}
     return opts | extra
@@ -107,14 +111,25 @@ def _action(re: Reopens, size: int) -> list[dict]:
     if rng.random() < 0.15:
         extra["pass-discard-request"] = rng.random() < 0.5
     opts = _options(re, **extra)
+    steps: list[dict] = []
     if re.backing and not re.detached and rng.random() < 0.25:
         opts["backing"] = None
         re.detached = True
+    elif not re.other and rng.random() < 0.1:  # another node as the backing file (it shares its writes)
+        steps += [{"qemu-img": ["create", "-f", "qcow2", "rr.qcow2", str(size)]},
+                  _qmp("blockdev-add", {"driver": "qcow2", "node-name": "rr",
+                                        "file": {"driver": "file", "filename": "rr.qcow2"}}),
+                  {"write": {"node": "rr", "offset": 0, "length": 64 * K, "pattern": 0x72}}]
+        opts["backing"] = "rr"
+        re.other = True
     listed = [opts]
     if rng.random() < 0.2:  # a scenario node too (its jobs drained; read-write, its options as they were)
         node = rng.choice(re.nodes)
         listed.insert(rng.randrange(2), {"driver": "qcow2", "node-name": node, "file": re.files[node]})
-    return [_qmp("blockdev-reopen", {"options": listed}), {"qemu-img": ["info", "-U", "--output=json", "rp.qcow2"]}]
+    steps += [_qmp("blockdev-reopen", {"options": listed}), {"qemu-img": ["info", "-U", "--output=json", "rp.qcow2"]}]
+    if re.other and rng.random() < 0.5:  # what rp reads where it has no data of its own
+        steps.append({"read": {"node": "rp", "offset": 0, "length": 64 * K, "pattern": 0x72}})
+    return steps
 
 
 def _refused(re: Reopens) -> dict:

@@ -169,6 +169,31 @@ WRITER = [
 ]
 
 
+# Another backing node, by reference: the guest reads through it; a node of the image's own backing file
+# gives the plain filename back, a null-co node is taken as well, the node itself is a cycle.
+REBACK = [
+    _img("a"), _img("x"), _img("o", "-b", "a.qcow2", "-F", "qcow2"),
+    _q("blockdev-add", _n("x")),
+    {"write": {"node": "x", "offset": 0, "length": 64 * K, "pattern": 0x58}},
+    _q("blockdev-add", _n("o")),
+    _reopen(_n("o", backing="x")),
+    {"read": {"node": "o", "offset": 0, "length": 64 * K, "pattern": 0x58}},
+    NODES, _q("query-named-block-nodes"),
+    {"write": {"node": "x", "offset": 64 * K, "length": 64 * K, "pattern": 0x59}},  # the backing link shares writes
+    _q("blockdev-del", {"node-name": "x"}),
+    _reopen(_n("o", backing=None)),
+    _reopen(_n("o", backing="x")),
+    _q("blockdev-add", {"driver": "qcow2", "node-name": "y", "file": _file("a"), "read-only": True}),
+    _reopen(_n("o", backing="y")),
+    NODES,
+    _q("blockdev-del", {"node-name": "x"}),
+    _q("blockdev-add", {"driver": "null-co", "node-name": "nul", "size": 4 * M}),
+    _reopen(_n("o", backing="nul")),
+    _reopen(_n("o", backing="o")),
+    _q("x-debug-query-block-graph"),
+]
+
+
 def _play(steps: list[dict]) -> list:
     vm = Machine()
     return [run_step(vm, step) for step in steps]
@@ -281,9 +306,24 @@ def test_a_reopen_drains_the_jobs_on_its_node():
     assert statuses == ["created", "running"] + ["paused", "running"] * 3
 
 
+def test_another_backing_node_by_reference():
+    replies = _play(REBACK)
+    reads = [r for s, r in zip(REBACK, replies) if "read" in s]
+    assert len(reads) == 1 and "Pattern verification failed" not in reads[0]["stdout"]  # x's data, through o
+    files = [{n["node-name"]: n["file"] for n in r["return"]} for s, r in zip(REBACK, replies) if s is NODES]
+    assert files[0]["o"] == ('json:{"backing": {"driver": "qcow2", "file": {"driver": "file", "filename": '
+                             '"x.qcow2"}}, "driver": "qcow2", "file": {"driver": "file", "filename": "o.qcow2"}}')
+    assert files[1]["o"] == "o.qcow2"  # y opened a.qcow2: the image's own backing file again
+    texts = [_desc(r) for s, r in zip(REBACK, replies)
+             if "qmp" in s and s["qmp"]["execute"] != "query-named-block-nodes"]
+    assert "Node 'x' is busy: node is used as backing hd of 'o'" in texts
+    assert texts[-2] == "Making 'o' a backing child of 'o' would create a cycle"
+    assert texts.count(None) == len(texts) - 2
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["system", "qsd"])
-@pytest.mark.parametrize("steps", [BITMAPS, OPTIONS, WRITER], ids=["bitmaps", "options", "writer"])
+@pytest.mark.parametrize("steps", [BITMAPS, OPTIONS, WRITER, REBACK], ids=["bitmaps", "options", "writer", "reback"])
 def test_blockdev_reopen_as_in_qemu(steps, daemon):
     diffs = check({"name": "reopen", "steps": steps}, daemon)
     assert [d.render() for d in diffs] == []
