@@ -503,3 +503,40 @@ def test_nested_children_are_named_in_qemu_order():
 def test_nested_children_as_in_qemu(daemon):
     real, simulated = on_both(nested_story, daemon)
     assert real == simulated
+
+
+BIGGER_TARGET = [
+    {"qemu-img": ["create", "-f", "qcow2", "a.qcow2", "4M"]},
+    {"qemu-img": ["create", "-f", "qcow2", "big.qcow2", "8M"]},
+    _q("blockdev-add", {"driver": "qcow2", "node-name": "a", "file": {"driver": "file", "filename": "a.qcow2"}}),
+    _io("write", "a", 0, 4 * M, 0x11),
+    _q("blockdev-add", {"driver": "qcow2", "node-name": "big", "file": {"driver": "file", "filename": "big.qcow2"}}),
+    _q("blockdev-add", {"driver": "copy-before-write", "node-name": "c", "file": "a", "target": "big"}),
+    _io("write", "c", 3 * M, 64 * K, 0x22),
+    _q("blockdev-add", {"driver": "snapshot-access", "node-name": "s", "file": "c"}),
+    {"read": {"node": "s", "offset": 3 * M, "length": 64 * K, "pattern": 0x11}},  # the point in time
+    _q("query-named-block-nodes", {"flat": True}),
+    _q("x-debug-query-block-graph"),
+]
+
+
+def test_a_target_larger_than_the_source_takes_the_copies():
+    vm = Machine()
+    replies = [run_step(vm, step) for step in BIGGER_TARGET]
+    assert all("error" not in r for r in replies if isinstance(r, dict))
+    assert vm.contents("big", 3 * M, 64 * K) == [(3 * M, 3 * M + 64 * K, 0x11)]  # the old data, copied
+    vm.qmp("blockdev-del", {"node-name": "s"})
+    vm.qmp("blockdev-del", {"node-name": "c"})
+    vm.qemu_img("create", "-f", "qcow2", "small.qcow2", "2M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "small",
+                            "file": {"driver": "file", "filename": "small.qcow2"}})
+    with pytest.raises(Exception, match="smaller than its file .* QEMU 7.2 aborts"):
+        vm.qmp("blockdev-add", {"driver": "copy-before-write", "node-name": "c", "file": "a", "target": "small"})
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("daemon", ["system", "qsd"])
+def test_a_larger_target_as_in_qemu(daemon):
+    scenario = {"name": "bigger-target", "steps": BIGGER_TARGET}
+    real, sim = play(scenario, "qemu", daemon), play(scenario, "sim")
+    assert [d.render() for d in compare(scenario, real, sim)] == []
