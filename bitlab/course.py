@@ -39,6 +39,19 @@ def count(vm: Any, name: str, bitmap: str) -> int:
     raise KeyError(f"no bitmap {bitmap!r} on {name!r}")
 
 
+def show_bitmaps(vm: Any, name: str) -> None:
+    """Print each bitmap of a device or node on one line: name, count, and the flags QMP reports."""
+    for bm in bitmaps(vm, name):
+        flags = [flag for flag in ("recording", "persistent", "busy", "inconsistent") if bm.get(flag)]
+        print(f"{bm.get('name', '(anonymous)'):8} count {bm['count']:>9}  {' '.join(flags)}")
+
+
+def stored_bitmaps(vm: Any, filename: str) -> list[tuple[str, list[str]]]:
+    """The bitmaps a qcow2 image holds on disk, with their flags (``qemu-img info -U``: the image may be open)."""
+    info = json.loads(vm.qemu_img("info", "-U", "--output=json", filename))
+    return [(bm["name"], bm["flags"]) for bm in info.get("format-specific", {}).get("data", {}).get("bitmaps", [])]
+
+
 def events(vm: Any, since: int = 0, prefix: str = "") -> list[dict]:
     """The events emitted after the first ``since``, whose names start with ``prefix``."""
     return [e for e in vm.events[since:] if e["event"].startswith(prefix)]

@@ -187,6 +187,29 @@ def _fleece_bytes() -> int:
         _close(vm)
 
 
+def _reopen_count() -> int:
+    """count of a persistent bitmap after a boot that writes 1 MiB, a read-only boot whose write is refused,
+    blockdev-reopen read-write and a 64 KiB write at 1056 KiB (notebook 09)."""
+    vm = Machine()
+    try:
+        vm.qemu_img("create", "-f", "qcow2", "disk.qcow2", "64M")
+        vm.add_drive("drive0", file="disk.qcow2", node_name="d0")
+        vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b0", "persistent": True})
+        vm.write("drive0", 0, "1M", 0x11)
+        vm = vm.restart()
+        vm.add_drive("drive0", file="disk.qcow2", node_name="d0", read_only=True)
+        try:
+            vm.write("drive0", "1M", "64k", 0x22)
+        except QMPError:
+            pass  # Block node is read-only
+        vm.qmp("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": "d0",
+                                                "file": {"driver": "file", "filename": "disk.qcow2"}}]})
+        vm.write("drive0", "1056k", "64k", 0x33)
+        return count(vm, "drive0", "b0")
+    finally:
+        _close(vm)
+
+
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
     Exercise("start-count", "count after a 64 KiB write at 0 and a 1-byte write at 100 KiB",
              "count is in bytes: the number of 64 KiB chunks touched, times 65536.", _start_count),
@@ -216,6 +239,9 @@ EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
     Exercise("fleece-bytes", "bytes the fleece image holds after three guest writes through the filter",
              "each write copies, once, every 64 KiB cluster it touches that was not copied yet — "
              "even one the disk holds no data in.", _fleece_bytes),
+    Exercise("reopen-count", "count of b0 after a read-only boot, blockdev-reopen read-write and one more write",
+             "the read-only boot's write was refused and recorded nothing; a 64 KiB write that starts in the "
+             "middle of a 64 KiB cluster touches two.", _reopen_count),
 ]}
 
 _SOLVED: dict[tuple[str, str], Any] = {}

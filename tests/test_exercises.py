@@ -82,7 +82,7 @@ def test_unknown_exercise_names_the_known_ones() -> None:
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("name", ["start-count", "dirty-count", "rollback-count", "sync-on-success", "sync-always",
-                                  "grouped-cancel-offset"])
+                                  "grouped-cancel-offset", "reopen-count"])
 def test_answers_are_the_same_on_real_qemu(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = solution(name)
     monkeypatch.setenv("BITLAB_BACKEND", "qemu")
@@ -92,3 +92,8 @@ def test_answers_are_the_same_on_real_qemu(name: str, monkeypatch: pytest.Monkey
 def test_start_count_is_two_chunks() -> None:
     # 64 KiB at 0 -> chunk 0; one byte at 100 KiB -> chunk 1
     assert solution("start-count") == 2 * 65536
+
+
+def test_reopen_count_is_eighteen_chunks() -> None:
+    # the first boot's 1 MiB: chunks 0-15; the read-only boot: nothing; 64 KiB at 1056 KiB: chunks 16 and 17
+    assert solution("reopen-count") == 18 * 65536
