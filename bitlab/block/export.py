@@ -54,10 +54,12 @@ class BlockExports:
     deletes them oldest first, each with its ``BLOCK_EXPORT_DELETED``.
     """
 
-    def __init__(self, blks: list, emit: Callable[..., object], release: Callable[[BlockNode], None]) -> None:
+    def __init__(self, blks: list, emit: Callable[..., object], release: Callable[[BlockNode], None],
+                 drain: Callable[[BlockNode], None] = lambda node: None) -> None:
         self.blks = blks  # the graph's anonymous BlockBackends, exports among them
         self.emit = emit
         self.release = release  # closes a node nothing holds any more (the export may have been the last)
+        self.drain = drain  # a drained section of a node: its jobs pause and resume
         self.server: NbdServer | None = None
         self.exports: list[BlockExport] = []
 
@@ -77,7 +79,10 @@ class BlockExports:
         self.blks.append(exp)
 
     def delete(self, exp: BlockExport) -> None:
-        """blk_exp_delete_bh: the export goes, its bitmaps are released, BLOCK_EXPORT_DELETED."""
+        """blk_exp_delete_bh: the export goes (its node drained twice on the way: the jobs using it pause and
+        resume twice, measured on the system emulator), its bitmaps are released, BLOCK_EXPORT_DELETED."""
+        self.drain(exp.node)
+        self.drain(exp.node)
         for bm in exp.bitmaps:
             bm.busy = False
         self.exports.remove(exp)

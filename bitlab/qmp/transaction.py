@@ -235,7 +235,9 @@ ACTIONS: dict[str, type[Action]] = {
 
 
 def run_transaction(vm: Any, actions: list[dict], properties: dict | None) -> None:
-    """qmp_transaction."""
+    """qmp_transaction: all I/O drained first (bdrv_drain_all: every running job pauses and resumes, and a
+    backup whose copy was all done meanwhile by copy-before-write completes), then the actions."""
+    vm.jobs.drain_all(list(vm.graph.nodes.values()))
     mode = (properties or {}).get("completion-mode", "individual")
     txn = JobTxn() if mode != "individual" else None
     states: list[Action] = []

@@ -1,0 +1,130 @@
+"""Drained sections that pause and resume running jobs, as QEMU 7.2's commands make them.
+
+- qmp_transaction drains all I/O before its actions (bdrv_drain_all), and so do blockdev-backup and drive-backup,
+  which are transactions of one action: every running job pauses and resumes, and a throttled backup whose
+  remaining clusters copy-before-write has meanwhile copied completes there, before the new actions' checks.
+- An export's deletion (block-export-del, nbd-server-stop, quit) drains its node twice: the jobs using that node
+  pause and resume twice before BLOCK_EXPORT_DELETED.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bitlab import Machine
+
+M = 1 << 20
+
+
+def _node(vm, name: str) -> None:
+    vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                            "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+
+
+def _statuses(vm, since: int) -> list[str]:
+    return [e["data"]["status"] for e in vm.events[since:] if e["event"] == "JOB_STATUS_CHANGE"]
+
+
+def drains(vm, wait) -> list:
+    for name in ("a", "t", "b"):
+        _node(vm, name)
+    vm.write("a", 0, "2M", 0x11)
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "full", "speed": 1})
+    wait()
+    out = []
+    for cmd in (("transaction", {"actions": [{"type": "block-dirty-bitmap-add", "data": {"node": "b", "name": "x"}}]}),
+                ("block-dirty-bitmap-add", {"node": "b", "name": "y"}),  # not a transaction: no drain
+                ("transaction", {"actions": []})):
+        at = len(vm.events)
+        vm.qmp(*cmd)
+        wait()
+        out.append((cmd[0], _statuses(vm, at)))
+    return out
+
+
+def completes(vm, wait) -> list:
+    """A throttled incremental backup copies its first chunk and sleeps; a guest write through its filter copies
+    the rest; the next blockdev-backup of the node (its drain) ends the first job, which frees the bitmap."""
+    _node(vm, "a")
+    _node(vm, "t")
+    vm.qmp("block-dirty-bitmap-add", {"node": "a", "name": "b0"})
+    vm.write("a", 0, "1M", 0x11)
+    vm.qmp("blockdev-backup", {"job-id": "j1", "device": "a", "target": "t", "sync": "incremental", "bitmap": "b0",
+                               "speed": 1, "x-perf": {"max-chunk": 256 << 10}})
+    wait()
+    vm.write("a", "64k", "1M", 0x22)  # copy-before-write copies all j1 had left
+    at = len(vm.events)
+    vm.qmp("blockdev-backup", {"job-id": "j2", "device": "a", "target": "t", "sync": "incremental", "bitmap": "b0",
+                               "speed": 1})
+    wait()
+    return [_statuses(vm, at), [(e["event"], e["data"]["len"], e["data"]["offset"]) for e in vm.events[at:]
+                                if e["event"] == "BLOCK_JOB_COMPLETED"]]
+
+
+def test_every_transaction_drains_the_running_jobs():
+    vm = Machine()
+    assert drains(vm, lambda: vm.run(until=vm.now + 0.05)) == [
+        ("transaction", ["paused", "running"]), ("block-dirty-bitmap-add", []), ("transaction", ["paused", "running"])]
+
+
+def test_a_backup_with_nothing_left_completes_at_the_next_transaction():
+    vm = Machine()
+    statuses, completed = completes(vm, lambda: vm.run(until=vm.now + 0.05))
+    assert statuses[:7] == ["paused", "running", "waiting", "pending", "concluded", "null", "created"]
+    # j1: its megabyte, part copied by the filter; then j2 (b0 free again): the clusters written since, 1-16
+    assert completed == [("BLOCK_JOB_COMPLETED", M, M), ("BLOCK_JOB_COMPLETED", M, M)]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize(("story", "daemon"), [(drains, "qsd"), (drains, "system"), (completes, "qsd")],
+                         ids=["drains-qsd", "drains-system", "completes-qsd"])
+def test_matches_qemu(story, daemon):
+    """(``completes`` on qemu-storage-daemon only: on the system emulator the guest's write is HMP qemu-io,
+    whose own drain wakes and ends j1 already: README, Known differences.)"""
+    with Machine(backend="qemu", daemon=daemon) as real:
+        want = story(real, lambda: real.run(until=real.now + 0.1))
+    vm = Machine()
+    assert story(vm, lambda: vm.run(until=vm.now + 0.1)) == want
+
+
+def exports(vm, wait) -> list:
+    """Exports of a job's target, of an unrelated node and of its source, deleted one by one or by
+    nbd-server-stop: what the job sees of each command."""
+    for name in ("a", "t", "b"):
+        _node(vm, name)
+    vm.write("a", 0, "2M", 0x11)
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "full", "speed": 1})
+    wait()
+    server = ("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "n.sock"}}})
+    out = []
+    for cmd in (server, ("block-export-add", {"type": "nbd", "id": "e1", "node-name": "t"}),
+                ("block-export-del", {"id": "e1"}),
+                ("block-export-add", {"type": "nbd", "id": "e2", "node-name": "b"}),
+                ("block-export-del", {"id": "e2"}),
+                ("block-export-add", {"type": "nbd", "id": "e3", "node-name": "a"}),
+                ("nbd-server-stop", {}), server,
+                ("block-export-add", {"type": "nbd", "id": "e5", "node-name": "a"}),
+                ("block-export-del", {"id": "e5", "mode": "hard"})):
+        at = len(vm.events)
+        vm.qmp(*cmd)
+        wait()
+        out.append([e["data"].get("status", e["event"]) for e in vm.events[at:]
+                    if e["event"] in ("JOB_STATUS_CHANGE", "BLOCK_EXPORT_DELETED")])
+    return out
+
+
+def test_an_export_deletion_drains_its_node_twice():
+    vm = Machine()
+    twice = ["paused", "running", "paused", "running", "BLOCK_EXPORT_DELETED"]
+    assert exports(vm, lambda: vm.run(until=vm.now + 0.05)) == [
+        [], [], twice, [], ["BLOCK_EXPORT_DELETED"], [], twice, [], [], twice]
+
+
+@pytest.mark.qemu
+def test_export_deletions_match_the_system_emulator():
+    """(On qemu-storage-daemon the backend's own exports stand aside for some of these commands: more drains.)"""
+    with Machine(backend="qemu", daemon="system") as real:
+        want = exports(real, lambda: real.run(until=real.now + 0.1))
+    vm = Machine()
+    assert exports(vm, lambda: vm.run(until=vm.now + 0.1)) == want
