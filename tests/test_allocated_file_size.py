@@ -7,6 +7,7 @@ import pytest
 
 from bitlab import Machine
 from bitlab.conformance.steps import run_step
+from tests.both import on_both
 
 M = 1 << 20
 
@@ -49,6 +50,5 @@ def test_raw_and_filters_show_what_their_file_takes():
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
 def test_matches_qemu(daemon):
-    with Machine(backend="qemu", daemon=daemon) as real:
-        want = story(real)
-    assert story(Machine()) == want
+    want, got = on_both(story, daemon)
+    assert got == want

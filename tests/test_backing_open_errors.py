@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bitlab import Machine, QemuImgError
+from tests.both import on_both
 
 LOCK = 'Failed to get shared "write" lock'
 
@@ -59,6 +60,5 @@ def test_every_level_says_so():
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
 def test_matches_qemu(daemon):
-    with Machine(backend="qemu", daemon=daemon) as real:
-        want = story(real)
-    assert story(Machine()) == want
+    want, got = on_both(story, daemon)
+    assert got == want

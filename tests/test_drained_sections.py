@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from bitlab import Machine
+from tests.both import on_both
 
 M = 1 << 20
 
@@ -82,10 +83,8 @@ def test_a_backup_with_nothing_left_completes_at_the_next_transaction():
 def test_matches_qemu(story, daemon):
     """(``completes`` on qemu-storage-daemon only: on the system emulator the guest's write is HMP qemu-io,
     whose own drain wakes and ends j1 already: README, Known differences.)"""
-    with Machine(backend="qemu", daemon=daemon) as real:
-        want = story(real, lambda: real.run(until=real.now + 0.1))
-    vm = Machine()
-    assert story(vm, lambda: vm.run(until=vm.now + 0.1)) == want
+    want, got = on_both(story, daemon, wait_s=0.1)
+    assert got == want
 
 
 def exports(vm, wait) -> list:
@@ -124,7 +123,5 @@ def test_an_export_deletion_drains_its_node_twice():
 @pytest.mark.qemu
 def test_export_deletions_match_the_system_emulator():
     """(On qemu-storage-daemon the backend's own exports stand aside for some of these commands: more drains.)"""
-    with Machine(backend="qemu", daemon="system") as real:
-        want = exports(real, lambda: real.run(until=real.now + 0.1))
-    vm = Machine()
-    assert exports(vm, lambda: vm.run(until=vm.now + 0.1)) == want
+    want, got = on_both(exports, "system", wait_s=0.1)
+    assert got == want

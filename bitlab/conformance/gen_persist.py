@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 
 from .steps import qmp_step as _qmp
+from .steps import random_manage, random_write
 
 CHANCE = 0.03  # after each op of the random mix, the chance of an episode
 NAMES = ["p0", "p1", "p2"]
@@ -90,12 +91,9 @@ def _action(rng: random.Random, size: int) -> list[dict]:
             args["disabled"] = True
         return [_qmp("block-dirty-bitmap-add", args)]
     if kind == "write":  # whole 4 KiB blocks (see the module's docstring)
-        offset = rng.randrange(0, size // (4 * K)) * 4 * K
-        length = min(rng.choice([4 * K, 64 * K, 192 * K]), size - offset)
-        return [{"write": {"node": "pp", "offset": offset, "length": length, "pattern": rng.randrange(1, 256)}}]
+        return [random_write(rng, "pp", size, [4 * K, 64 * K, 192 * K])]
     if kind == "manage":
-        verb = rng.choice(["remove", "clear", "enable", "disable"])
-        return [_qmp(f"block-dirty-bitmap-{verb}", {"node": "pp", "name": name})]
+        return [random_manage(rng, "pp", name)]
     if kind == "merge":
         return [_qmp("block-dirty-bitmap-merge", {"node": "pp", "target": name,
                                                   "bitmaps": rng.sample(NAMES, rng.randint(1, 2))})]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 
 from .steps import qmp_step as _qmp
+from .steps import random_manage, random_write
 
 CHANCE = 0.03  # after each op of the random mix, the chance of an episode
 NAMES = ["r0", "r1", "r2"]
@@ -89,12 +90,9 @@ def _action(re: Reopens, size: int) -> list[dict]:
         return [_qmp("block-dirty-bitmap-add", {"node": "rp", "name": name, "persistent": rng.random() < 0.7,
                                                 "granularity": rng.choice([4096, 65536])})]
     if kind == "write":
-        offset = rng.randrange(0, size // (4 * K)) * 4 * K
-        length = min(rng.choice([4 * K, 64 * K, 256 * K]), size - offset)
-        return [{"write": {"node": "rp", "offset": offset, "length": length, "pattern": rng.randrange(1, 256)}}]
+        return [random_write(rng, "rp", size, [4 * K, 64 * K, 256 * K])]
     if kind == "manage":
-        verb = rng.choice(["remove", "clear", "enable", "disable"])
-        return [_qmp(f"block-dirty-bitmap-{verb}", {"node": "rp", "name": name})]
+        return [random_manage(rng, "rp", name)]
     if kind == "merge":
         return [_qmp("block-dirty-bitmap-merge", {"node": "rp", "target": name, "bitmaps": [rng.choice(NAMES)]})]
     if kind == "refused":

@@ -109,3 +109,16 @@ def wait_job(vm: Any, spec: dict) -> dict:
         if not vm.step():
             return {"timeout": True}
     return {"ok": True}
+
+
+def random_write(rng: Any, node: str, size: int, lengths: list[int]) -> dict:
+    """A guest write of whole 4 KiB blocks at a random place, of one of ``lengths``, with a random pattern."""
+    offset = rng.randrange(0, size // 4096) * 4096
+    length = min(rng.choice(lengths), size - offset)
+    return {"write": {"node": node, "offset": offset, "length": length, "pattern": rng.randrange(1, 256)}}
+
+
+def random_manage(rng: Any, node: str, name: str) -> dict:
+    """A remove, clear, enable or disable of bitmap ``name`` on ``node``."""
+    verb = rng.choice(["remove", "clear", "enable", "disable"])
+    return qmp_step(f"block-dirty-bitmap-{verb}", {"node": node, "name": name})
