@@ -135,6 +135,8 @@ class Machine(GuestIO, Monitor):
         self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)
         self.console_err: list[str] = []  # ... and on stderr
         self.runstate = "running"  # the VM's RunState: "running" or, after ``stop``, "paused"
+        # whose exit ``quit`` is: qemu-storage-daemon's (exports closed before the reply) unless "system"
+        self.daemon = daemon or "qsd"
 
     def _drain_section(self, node: BlockNode) -> None:
         """bdrv_drained_begin then _end on ``node``: the jobs using it pause and resume."""
@@ -148,10 +150,14 @@ class Machine(GuestIO, Monitor):
         events_at = len(self.events)
         reply = TABLE.dispatch(self, message)
         quitting = message.get("execute") == "quit" and "return" in reply
-        if quitting:
+        system = self.daemon == "system"
+        if quitting and not system:
             self.exports.close_all()  # qemu-storage-daemon's exit: each export goes before the reply is sent
         self.transcript.append({"kind": "reply", "message": reply})
         if quitting:
+            if system:  # the system emulator's main loop: SHUTDOWN, then qemu_cleanup closes the exports
+                self.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+                self.exports.close_all()
             self.jobs.cancel_sync_all()  # QEMU's exit after the reply: its jobs cancelled, each to the end
         if message.get("execute") in NOTED_COMMANDS and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
@@ -390,4 +396,5 @@ class Machine(GuestIO, Monitor):
         if clean:
             self.exports.close_all()  # as at quit: each export goes, with its BLOCK_EXPORT_DELETED
         self.graph.close_all(clean=clean)
-        return Machine(images=self.images, start_ns=self.clock.now_ns, workdir=self.workdir, backend="sim")
+        return Machine(images=self.images, start_ns=self.clock.now_ns, workdir=self.workdir, backend="sim",
+                       daemon=self.daemon)

@@ -19,4 +19,4 @@ def on_both(story: Callable[..., Any], daemon: str = "qsd", wait_s: float | None
 
     with Machine(backend="qemu", daemon=daemon) as real:
         want = play(real)
-    return want, play(Machine())
+    return want, play(Machine(daemon=daemon))

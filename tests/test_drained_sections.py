@@ -125,3 +125,35 @@ def test_export_deletions_match_the_system_emulator():
     """(On qemu-storage-daemon the backend's own exports stand aside for some of these commands: more drains.)"""
     want, got = on_both(exports, "system", wait_s=0.1)
     assert got == want
+
+
+def quits(vm, wait) -> list:
+    """quit with an export of a running backup's target: what QEMU sends after the reply."""
+    for name in ("a", "t"):
+        _node(vm, name)
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "e1", "node-name": "t", "writable": False})
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "full", "speed": 1})
+    wait()
+    at = len(vm.events)
+    assert vm.qmp("quit") == {}
+    if vm.backend != "sim":
+        vm._proc.wait(30)
+        while vm._collect(wait=0.2):
+            pass
+    return [(e["event"], e.get("data", {}).get("status", e.get("data"))) for e in vm.events[at:]]
+
+
+def test_the_system_emulators_quit_sends_shutdown_then_closes_the_exports():
+    vm = Machine(daemon="system")
+    got = quits(vm, lambda: vm.run(until=vm.now + 0.1))
+    assert got[0] == ("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+    assert [name for name, _ in got].index("BLOCK_EXPORT_DELETED") == 5  # after its node's two drains
+    vm = Machine()  # qemu-storage-daemon's: the exports went before the reply, no SHUTDOWN
+    assert "SHUTDOWN" not in [name for name, _ in quits(vm, lambda: vm.run(until=vm.now + 0.1))]
+
+
+@pytest.mark.qemu
+def test_quit_matches_the_system_emulator():
+    want, got = on_both(quits, "system", wait_s=0.1)
+    assert got == want

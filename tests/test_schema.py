@@ -405,6 +405,9 @@ def played() -> list[Machine]:
         vm.qmp("query-block-exports")
         vm.qmp("nbd-server-stop")
         out.append(vm)
+    vm = Machine(daemon="system")  # the system emulator's quit: SHUTDOWN
+    vm.qmp("quit")
+    out.append(vm)
     return out
 
 

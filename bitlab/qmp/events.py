@@ -9,7 +9,7 @@ a backup job never becomes ready).
 from __future__ import annotations
 
 from ..jobs.status import STATUSES
-from .qapi import INT, STR, UINT64, Enum, Struct, m, struct
+from .qapi import BOOL, INT, STR, UINT64, Enum, Struct, m, struct
 
 JobType = Enum("JobType", (
     "commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load", "snapshot-save",
@@ -19,7 +19,13 @@ JobStatus = Enum("JobStatus", STATUSES)
 IoOperationType = Enum("IoOperationType", ("read", "write"))
 BlockErrorAction = Enum("BlockErrorAction", ("ignore", "report", "stop"))
 
+ShutdownCause = Enum("ShutdownCause", (
+    "none", "host-error", "host-qmp-quit", "host-qmp-system-reset", "host-signal", "host-ui", "guest-shutdown",
+    "guest-reset", "guest-panic", "subsystem-reset", "snapshot-load",
+))
+
 EVENTS: dict[str, Struct | None] = {
+    "SHUTDOWN": struct("q_obj_SHUTDOWN-arg", m("guest", BOOL), m("reason", ShutdownCause)),  # Machine(daemon="system")
     "STOP": None,
     "RESUME": None,
     "BLOCK_JOB_COMPLETED": struct(
