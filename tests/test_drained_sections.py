@@ -157,3 +157,77 @@ def test_the_system_emulators_quit_sends_shutdown_then_closes_the_exports():
 def test_quit_matches_the_system_emulator():
     want, got = on_both(quits, "system", wait_s=0.1)
     assert got == want
+
+
+def two_backups(vm, wait) -> list:
+    """A throttled backup j of ``a``, then a quick one k of the same node: k's filter goes under j's, k's
+    prepare drains ``a`` (j pauses), k starts paused, both resume (the newest first), and k's end drops its
+    filter with ``a`` drained once more (j pauses and resumes again)."""
+    for name in ("a", "t", "t2"):
+        _node(vm, name)
+    vm.write("a", 0, "2M", 0x11)
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "full", "speed": 1})
+    wait()
+    at = len(vm.events)
+    vm.qmp("blockdev-backup", {"job-id": "k", "device": "a", "target": "t2", "sync": "full"})
+    wait()
+    return [(e["data"]["id"], e["data"]["status"]) for e in vm.events[at:] if e["event"] == "JOB_STATUS_CHANGE"]
+
+
+def test_a_backups_end_drains_its_source_for_the_other_jobs():
+    vm = Machine()
+    assert two_backups(vm, lambda: vm.run(until=vm.now + 0.2)) == [
+        ("j", "paused"), ("j", "running"),  # the transaction's bdrv_drain_all
+        ("j", "paused"), ("k", "created"), ("k", "running"), ("k", "paused"),  # k's prepare drains a
+        ("k", "running"), ("j", "running"),  # the drained section ends: the newest job first
+        ("k", "waiting"), ("k", "pending"), ("j", "paused"), ("j", "running"),  # k's filter dropped
+        ("k", "concluded"), ("k", "null")]
+
+
+@pytest.mark.qemu
+def test_two_backups_match_the_system_emulator():
+    want, got = on_both(two_backups, "system", wait_s=0.2)
+    assert got == want
+
+
+def stacked(vm, wait) -> list:
+    """Two throttled backups of one node (k's filter under j's), j cancelled (dropping its filter reaches no
+    other job: k's is below), a grouped transaction and a drive-backup of another node (each transaction drains
+    k), then k's end."""
+    for name in ("a", "b", "t", "t2", "t3"):
+        _node(vm, name)
+    vm.write("a", 0, "2M", 0x11)
+    vm.write("b", 0, "2M", 0x22)
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "full", "speed": 1})
+    wait()
+    steps = [("blockdev-backup", {"job-id": "k", "device": "a", "target": "t2", "sync": "full", "speed": 1}),
+             ("block-job-cancel", {"device": "j"}),
+             ("transaction", {"actions": [
+                 {"type": "blockdev-backup", "data": {"job-id": "g1", "device": "b", "target": "t3", "sync": "full"}},
+                 {"type": "blockdev-backup", "data": {"job-id": "g2", "device": "b", "target": "t", "sync": "full"}}],
+                 "properties": {"completion-mode": "grouped"}}),
+             ("drive-backup", {"job-id": "d", "device": "b", "target": "new.qcow2", "format": "qcow2", "sync": "full",
+                               "mode": "absolute-paths"}),
+             ("block-job-set-speed", {"device": "k", "speed": 0})]
+    out = []
+    for cmd in steps:
+        at = len(vm.events)
+        vm.qmp(*cmd)
+        wait()
+        out.append([(e["data"].get("id", e["data"].get("device")), e["data"].get("status", e["event"]))
+                    for e in vm.events[at:] if e["event"] in ("JOB_STATUS_CHANGE", "BLOCK_JOB_COMPLETED",
+                                                              "BLOCK_JOB_CANCELLED")])
+    return out
+
+
+def test_dropping_a_filter_reaches_only_the_jobs_above_it():
+    vm = Machine()
+    out = stacked(vm, lambda: vm.run(until=vm.now + 0.2))
+    assert out[1] == [("j", "aborting"), ("j", "BLOCK_JOB_CANCELLED"), ("j", "concluded"), ("j", "null")]
+    assert out[2][:2] == out[3][:2] == [("k", "paused"), ("k", "running")]  # each transaction's drain
+
+
+@pytest.mark.qemu
+def test_stacked_backups_match_the_system_emulator():
+    want, got = on_both(stacked, "system", wait_s=0.2)
+    assert got == want

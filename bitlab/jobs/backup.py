@@ -91,10 +91,22 @@ class BackupJob(Job):
             child = self.sync_bitmap.successor
             self.sync_bitmap.reclaim()
             self.source.bitmaps.remove(child)
-        self.graph.remove_filter(self.cbw, self.bcs.bitmap, self.source)
+        self._drop_filter()
         self.target.job_blocker = None
         if self.owns_target:
             self.graph.release_job_target(self.target)
+
+    def _drop_filter(self) -> None:
+        """bdrv_cbw_drop: bdrv_replace_node_common drains the filter itself while its parents move down to the
+        source, so a job whose filter sits above this one (an older backup of the same source) pauses, and
+        resumes as its link moves; a job whose filter is below is not reached."""
+        above = []
+        node = self.cbw.filtered_by
+        while node is not None:
+            above.append(node)
+            node = node.filtered_by
+        self.manager.drain_jobs([job for job in self.manager.jobs if getattr(job, "cbw", None) in above],
+                                lambda: self.graph.remove_filter(self.cbw, self.bcs.bitmap, self.source))
 
     def node_ids(self) -> set[int]:
         return {id(self.source), id(self.target), id(self.cbw)}
@@ -237,7 +249,7 @@ class BackupJob(Job):
     def clean(self) -> None:
         """backup_clean: drop the filter (and a drive-backup's own target)."""
         self.bcs.stop()
-        self.graph.remove_filter(self.cbw, self.bcs.bitmap, self.source)
+        self._drop_filter()
         self.target.job_blocker = None
         if self.owns_target:
             self.graph.release_job_target(self.target)

@@ -71,11 +71,12 @@ class JobManager:
 
     # -- drained sections (bdrv_drained_begin / _end) -----------------------------------
     def drain_begin(self, node: Any) -> None:
-        """Jobs using the node stop at a pause point until the section ends."""
+        """Jobs using the node stop at a pause point until the section ends (the newest first: its link is the
+        newest parent up the node's graph, and bdrv_parent_drained_begin walks the parents newest first)."""
         key = id(node)
         self.drained[key] = self.drained.get(key, 0) + 1
         if self.drained[key] == 1:
-            for job in list(self.jobs):
+            for job in list(reversed(self.jobs)):
                 if job.uses(node):
                     job.drain_pause()
 
@@ -84,10 +85,25 @@ class JobManager:
         self.drained[key] -= 1
         if self.drained[key] == 0:
             del self.drained[key]
-            for job in list(self.jobs):
+            for job in list(reversed(self.jobs)):
                 if job.uses(node) and job.drain_paused:
                     job.drain_paused = False
                     job.resume()
+
+    def drain_jobs(self, jobs: list[Job], during: Callable[[], Any]) -> None:
+        """A drained section that reaches ``jobs`` (the newest first), around ``during``."""
+        paused = []
+        for job in reversed(jobs):
+            if not job.drain_paused:
+                job.drain_pause()
+                if job.drain_paused:
+                    paused.append(job)
+        try:
+            during()
+        finally:
+            for job in paused:
+                job.drain_paused = False
+                job.resume()
 
     def drain_all(self, nodes: list[Any]) -> None:
         """bdrv_drain_all_begin, then bdrv_drain_all_end, over ``nodes`` in the order they were made:
