@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from ..qmp_order import wire_order
+from ..units import format_size
 from . import qcow2_trace
 from .blkdebug import BlkdebugNode
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, round_sector
@@ -199,6 +200,31 @@ def driver_info(node: BlockNode) -> tuple[int, int] | None:
 def format_specific(node: BlockNode) -> dict | None:
     """bdrv_get_specific_info of the node itself (ImageInfoSpecific): qcow2 has one."""
     return qcow2_format_specific(node.image) if isinstance(node, Qcow2Node) else None
+
+
+def image_info_dump(info: dict) -> str:
+    """bdrv_image_info_dump's text of one ImageInfo (qemu-img info, HMP ``info block -v``)."""
+    size = format_size(info["actual-size"]) if "actual-size" in info else "unavailable"
+    lines = [f"image: {info['filename']}", f"file format: {info['format']}",
+             f"virtual size: {format_size(info['virtual-size'])} ({info['virtual-size']} bytes)", f"disk size: {size}"]
+    if info.get("encrypted"):
+        lines.append("encrypted: yes")
+    if "cluster-size" in info:
+        lines.append(f"cluster_size: {info['cluster-size']}")
+    if info.get("dirty-flag"):
+        lines.append("cleanly shut down: no")
+    if "backing-filename" in info:
+        lines.append(f"backing file: {info['backing-filename']}")
+        if "full-backing-filename" not in info:
+            lines[-1] += " (cannot determine actual path)"
+        elif info["full-backing-filename"] != info["backing-filename"]:
+            lines[-1] += f" (actual path: {info['full-backing-filename']})"
+        if "backing-filename-format" in info:
+            lines.append(f"backing file format: {info['backing-filename-format']}")
+    if "format-specific" in info:
+        lines.append("Format specific information:")
+        lines += dump_specific(wire_order(info["format-specific"]["data"]), 4)
+    return "\n".join(lines) + "\n"
 
 
 def dump_specific(value: object, indent: int) -> list[str]:

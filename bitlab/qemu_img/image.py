@@ -7,7 +7,7 @@ from typing import Any
 
 from ..block.create import CreateFailed, check_qcow2_options, not_simulated_qcow2
 from ..block.drivers import QEMU_DRIVERS
-from ..block.info import dump_specific, file_image_info
+from ..block.info import file_image_info, image_info_dump
 from ..block.node import round_sector
 from ..block.paths import full_backing_filename
 from ..block.store import (
@@ -18,7 +18,6 @@ from ..block.store import (
 )
 from ..errors import QMPError
 from ..qmp_order import to_json_pretty, wire_order
-from ..units import format_size
 from . import cmdline, qemu_opts
 from ._common import (
     USAGE,
@@ -218,25 +217,6 @@ def _too_large(filename: str, stdout: str) -> QemuImgError:
                         "(try using a larger cluster size)\n", stdout=stdout)
 
 
-def _human(info: dict) -> str:
-    """bdrv_image_info_dump's text."""
-    lines = [f"image: {info['filename']}", f"file format: {info['format']}",
-             f"virtual size: {format_size(info['virtual-size'])} ({info['virtual-size']} bytes)",
-             f"disk size: {format_size(info['actual-size'])}"]
-    if "cluster-size" in info:
-        lines.append(f"cluster_size: {info['cluster-size']}")
-    if "backing-filename" in info:
-        lines.append(f"backing file: {info['backing-filename']}")
-        if info.get("full-backing-filename") != info["backing-filename"]:
-            lines[-1] += f" (actual path: {info['full-backing-filename']})"
-        if "backing-filename-format" in info:
-            lines.append(f"backing file format: {info['backing-filename-format']}")
-    if "format-specific" in info:
-        lines.append("Format specific information:")
-        lines += dump_specific(wire_order(info["format-specific"]["data"]), 4)
-    return "\n".join(lines) + "\n"
-
-
 def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img info [--output=json] [-f fmt] [-U] [--backing-chain] filename."""
     opts, positional = cmdline.parse("info", args, {"-f", "--output", "-U", "--backing-chain", "--image-opts"})
@@ -276,7 +256,7 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
     if opts.get("--output") == "json":
         out = [wire_order(i) for i in chain]
         return to_json_pretty(out if "--backing-chain" in opts else out[0]) + "\n"
-    return "\n".join(_human(i) for i in chain)
+    return "\n".join(image_info_dump(i) for i in chain)
 
 
 def _repair_mode(text: str) -> None:

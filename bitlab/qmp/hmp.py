@@ -13,7 +13,7 @@ import numpy as np
 from ..block import perms
 from ..block.blkdebug import BlockIOError
 from ..block.graph import INT64_MAX
-from ..block.info import driver_info, driver_names, dump_specific, format_specific
+from ..block.info import driver_info, driver_names, dump_specific, format_specific, image_info_dump
 from ..errors import QMPError, generic
 from ..qmp_order import wire_order
 from ..units import parse_size_prefix
@@ -196,14 +196,52 @@ def _info(node: Any, req: Any, monitor: list[str]) -> str:
 QUERIES = {"alloc": _alloc, "map": _map, "length": _length, "info": _info}
 
 
-def info_block(vm: Any) -> str:
-    """HMP ``info block`` for the devices (-drive)."""
-    out = []
-    for device, root in vm.graph.devices.items():
-        out.append(f"{device} ({root.node_name}): {root.filename} ({root.driver})\r\n"
-                   "    Removable device: not locked, tray closed\r\n"
-                   "    Cache mode:       writeback\r\n")
-    return "\r\n".join(out)
+def _print_block_info(name: str, inserted: dict, verbose: bool, removable: bool) -> str:
+    """print_block_info (block/monitor/block-hmp-cmds.c) of one device or node."""
+    out = (f"{name}: {inserted['file']} ({inserted['drv']}{', read-only' if inserted['ro'] else ''}"
+           f"{', encrypted' if inserted.get('encrypted') else ''})\n")
+    if removable:  # a -drive if=none device: removable, its tray closed, not locked
+        out += "    Removable device: not locked, tray closed\n"
+    cache = inserted["cache"]
+    out += (f"    Cache mode:       {'writeback' if cache['writeback'] else 'writethrough'}"
+            f"{', direct' if cache['direct'] else ''}{', ignore flushes' if cache['no-flush'] else ''}\n")
+    if "backing_file" in inserted:
+        out += f"    Backing file:     {inserted['backing_file']} (chain depth: {inserted['backing_file_depth']})\n"
+    if inserted["detect_zeroes"] != "off":
+        out += f"    Detect zeroes:    {inserted['detect_zeroes']}\n"
+    if verbose:
+        out += "\nImages:\n"
+        image: dict | None = inserted["image"]
+        while image is not None:
+            out += image_info_dump(image)
+            image = image.get("backing-image")
+    return out
+
+
+def info_block(vm: Any, rest: str = "") -> str:
+    """HMP ``info block [-n] [-v] [device]`` ("nodes:-n,verbose:-v,device:B?"): the devices (-drive) as
+    query-block shows them, or with ``-n`` (or a device name that is no device) the named nodes as
+    query-named-block-nodes does, each as print_block_info prints it."""
+    words = rest.split()
+    nodes = bool(words) and words[0] == "-n"
+    words = words[1:] if nodes else words
+    verbose = bool(words) and words[0] == "-v"
+    words = words[1:] if verbose else words
+    device = words[0] if words else None
+    out, printed = "", False
+    if not nodes:  # (a blank line before every entry but the list's first, printed or not)
+        for i, info in enumerate(TABLE.dispatch(vm, {"execute": "query-block"})["return"]):
+            if device is None or info["device"] == device:
+                inserted = info["inserted"]
+                out += ("\n" if i else "") + _print_block_info(f"{info['device']} ({inserted['node-name']})",
+                                                               inserted, verbose, info["removable"])
+                printed = True
+    if printed or (device is None and not nodes):
+        return out.replace("\n", "\r\n")
+    for i, node in enumerate(TABLE.dispatch(vm, {"execute": "query-named-block-nodes"})["return"]):
+        if device is None or node["node-name"] == device:
+            out += ("\n" if i else "") + _print_block_info(node["node-name"], node, verbose, False)
+    return out.replace("\n", "\r\n")
 
 
 def info_block_jobs(vm: Any) -> str:
@@ -312,6 +350,8 @@ def qmp_hmp(vm: Any, args: dict) -> str:
         what, _, more = rest.strip().partition(" ")
         if what in INFO_NO_ARGS and more.strip():
             return _extraneous(what, f"info {what}")
+        if what == "block":
+            return info_block(vm, more)
         if what in INFO and not more.strip():
             return INFO[what](vm)
     if name == "block_resize":
