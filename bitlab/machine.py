@@ -129,7 +129,7 @@ class Machine(GuestIO, Monitor):
         # (the scheduler, not a bound method: the graph holds no reference back to the machine)
         self.graph.block_copy_factory = partial(cbw_block_copy, scheduler=self.scheduler)
         self.exports = BlockExports(self.graph.blks, self.sink.emit, self.graph._drop_unowned,  # NBD server, exports
-                                    self._drain_section)
+                                    self.jobs.drain_section)
         self.events = self.sink.events
         self.transcript = self.sink.transcript  # every QMP message and reply, in order
         self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)
@@ -137,11 +137,6 @@ class Machine(GuestIO, Monitor):
         self.runstate = "running"  # the VM's RunState: "running" or, after ``stop``, "paused"
         # whose exit ``quit`` is: qemu-storage-daemon's (exports closed before the reply) unless "system"
         self.daemon = daemon or "qsd"
-
-    def _drain_section(self, node: BlockNode) -> None:
-        """bdrv_drained_begin then _end on ``node``: the jobs using it pause and resume."""
-        self.jobs.drain_begin(node)
-        self.jobs.drain_end(node)
 
     # -- QMP ----------------------------------------------------------------------
     def execute(self, message: dict) -> dict:

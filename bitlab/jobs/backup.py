@@ -7,6 +7,7 @@ for, and at the end abdicates or reclaims the bitmap as its bitmap-mode says.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from ..bitmap import DirtyBitmap
@@ -100,13 +101,17 @@ class BackupJob(Job):
         """bdrv_cbw_drop: bdrv_replace_node_common drains the filter itself while its parents move down to the
         source, so a job whose filter sits above this one (an older backup of the same source) pauses, and
         resumes as its link moves; a job whose filter is below is not reached."""
+        manager = self.__dict__.get("manager")  # (none yet when the job's creation failed)
+        if manager is None or self.cbw.filtered_by is None:
+            self.graph.remove_filter(self.cbw, self.bcs.bitmap, self.source)
+            return
         above = []
         node = self.cbw.filtered_by
         while node is not None:
             above.append(node)
             node = node.filtered_by
-        self.manager.drain_jobs([job for job in self.manager.jobs if getattr(job, "cbw", None) in above],
-                                lambda: self.graph.remove_filter(self.cbw, self.bcs.bitmap, self.source))
+        manager.drain_jobs([job for job in manager.jobs if getattr(job, "cbw", None) in above],
+                           partial(self.graph.remove_filter, self.cbw, self.bcs.bitmap, self.source))
 
     def node_ids(self) -> set[int]:
         return {id(self.source), id(self.target), id(self.cbw)}

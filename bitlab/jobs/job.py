@@ -90,6 +90,11 @@ class JobManager:
                     job.drain_paused = False
                     job.resume()
 
+    def drain_section(self, node: Any) -> None:
+        """bdrv_drained_begin then _end on ``node``: the jobs using it pause and resume."""
+        self.drain_begin(node)
+        self.drain_end(node)
+
     def drain_jobs(self, jobs: list[Job], during: Callable[[], Any]) -> None:
         """A drained section that reaches ``jobs`` (the newest first), around ``during``."""
         paused = []
