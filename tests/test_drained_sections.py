@@ -231,3 +231,42 @@ def test_dropping_a_filter_reaches_only_the_jobs_above_it():
 def test_stacked_backups_match_the_system_emulator():
     want, got = on_both(stacked, "system", wait_s=0.2)
     assert got == want
+
+
+def snapshots(vm, wait) -> list:
+    """External snapshots while two throttled backups run: the transaction's drain reaches both jobs, the
+    snapshot's drained section only the job using its node (a refused one drains as well)."""
+    for name in ("a", "b", "t", "t2"):
+        _node(vm, name)
+    vm.write("a", 0, "2M", 0x11)
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "full", "speed": 1})
+    vm.qmp("blockdev-backup", {"job-id": "k", "device": "b", "target": "t2", "sync": "full", "speed": 1})
+    wait()
+    out = []
+    for node in ("a", "t", "b"):
+        at = len(vm.events)
+        try:
+            vm.qmp("transaction", {"actions": [{"type": "blockdev-snapshot-sync", "data": {
+                "node-name": node, "snapshot-file": f"{node}s.qcow2", "snapshot-node-name": f"{node}s"}}]})
+        except Exception as err:  # noqa: BLE001 - t is a backup's target: refused
+            out.append(str(err))
+        wait()
+        out.append([(e["data"]["id"], e["data"]["status"]) for e in vm.events[at:]
+                    if e["event"] == "JOB_STATUS_CHANGE"])
+    return out
+
+
+def test_a_snapshot_drains_all_then_its_node():
+    vm = Machine()
+    drain_all = [("j", "paused"), ("k", "paused"), ("j", "running"), ("k", "running")]
+    assert snapshots(vm, lambda: vm.run(until=vm.now + 0.1)) == [
+        drain_all + [("j", "paused"), ("j", "running")],
+        "GenericError: Node 't' is busy: block device is in use by block job: backup",
+        drain_all + [("j", "paused"), ("j", "running")],
+        drain_all + [("k", "paused"), ("k", "running")]]
+
+
+@pytest.mark.qemu
+def test_snapshots_match_the_system_emulator():
+    want, got = on_both(snapshots, "system", wait_s=0.1)
+    assert got == want
