@@ -194,6 +194,23 @@ REBACK = [
 ]
 
 
+# Generic options: cache.direct and auto-read-only change, force-share may not (not even to false), a file's
+# locking neither; qcow2's runtime options may; a second listed node that does not exist fails the lot.
+GENERIC = [
+    _img("d"),
+    _q("blockdev-add", _n("d")),
+    _reopen(_n("d", cache={"direct": True})),
+    NODES,
+    _reopen(_n("d", **{"auto-read-only": True})),
+    _reopen(_n("d", **{"force-share": False})),
+    _reopen(_n("d", **{"read-only": True, "force-share": True})),
+    _reopen(_n("d", file={**_file("d"), "locking": "off"})),
+    _reopen(_n("d", **{"lazy-refcounts": False, "cache-clean-interval": 5, "overlap-check": "none"})),
+    _reopen(_n("d"), {"driver": "file", "node-name": "zz", "filename": "d.qcow2"}),
+    NODES,
+]
+
+
 def _play(steps: list[dict]) -> list:
     vm = Machine()
     return [run_step(vm, step) for step in steps]
@@ -306,6 +323,12 @@ def test_a_reopen_drains_the_jobs_on_its_node():
     assert statuses == ["created", "running"] + ["paused", "running"] * 3
 
 
+def test_generic_options():
+    texts = [_desc(r) for s, r in zip(GENERIC, _play(GENERIC)) if s.get("qmp", {}).get("execute") == "blockdev-reopen"]
+    assert texts == [None, None, "Cannot change the option 'force-share'", "Cannot change the option 'force-share'",
+                     "Cannot change the option 'locking'", None, "Failed to find node with node-name='zz'"]
+
+
 def test_another_backing_node_by_reference():
     replies = _play(REBACK)
     reads = [r for s, r in zip(REBACK, replies) if "read" in s]
@@ -323,7 +346,8 @@ def test_another_backing_node_by_reference():
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["system", "qsd"])
-@pytest.mark.parametrize("steps", [BITMAPS, OPTIONS, WRITER, REBACK], ids=["bitmaps", "options", "writer", "reback"])
+@pytest.mark.parametrize("steps", [BITMAPS, OPTIONS, WRITER, REBACK, GENERIC],
+                         ids=["bitmaps", "options", "writer", "reback", "generic"])
 def test_blockdev_reopen_as_in_qemu(steps, daemon):
     diffs = check({"name": "reopen", "steps": steps}, daemon)
     assert [d.render() for d in diffs] == []
