@@ -181,10 +181,7 @@ class Machine(GuestIO, Monitor):
 
     def device_or_node_name(self, node: BlockNode) -> str:
         """bdrv_get_device_or_node_name: the device above the node, else its node name."""
-        for device, root in self.graph.devices.items():
-            if root is node:
-                return device
-        return node.node_name
+        return self.graph.device_or_node_name(node)
 
     # -- simulated time -----------------------------------------------------------
     def step(self) -> bool:

@@ -79,7 +79,8 @@ def _int(value: int | str) -> int:
     return int(value, 0) if isinstance(value, str) else int(value)
 
 
-def _bool(value: bool | str) -> bool:
+def option_bool(value: bool | str) -> bool:
+    """A boolean option as QemuOpts reads it: typed, or -drive's on/off strings."""
     return value in (True, "on", "true", "yes") if isinstance(value, str) else bool(value)
 
 
@@ -98,8 +99,8 @@ class Rule:
         self.errno = _int(opts.get("errno", EIO))
         sector = _int(opts.get("sector", -1))
         self.offset = -1 if sector == -1 else sector * 512
-        self.once = _bool(opts.get("once", False))
-        self.immediately = _bool(opts.get("immediately", False))
+        self.once = option_bool(opts.get("once", False))
+        self.immediately = option_bool(opts.get("immediately", False))
         self.iotypes = {opts["iotype"]} if "iotype" in opts else DEFAULT_IOTYPES
 
 

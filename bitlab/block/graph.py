@@ -97,6 +97,13 @@ class BlockGraph:
         self.born[key] = self.link_order[key]
 
     # -- lookups ------------------------------------------------------------------
+    def device_or_node_name(self, node: BlockNode) -> str:
+        """bdrv_get_device_or_node_name: the device above the node, else its node name."""
+        for device, root in self.devices.items():
+            if root is node:
+                return device
+        return node.node_name
+
     def lookup_bs(self, name: str) -> BlockNode:
         """bdrv_lookup_bs(device, node): device names first, then node names."""
         node = self.devices.get(name) or self.nodes.get(name)

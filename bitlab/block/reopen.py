@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import generic
 from ..qmp_order import wire_member_order
 from . import perms, qcow2_opts
+from .blkdebug import option_bool
 from .ioerror import BlockIOError
 
 # bdrv_reset_options_allowed: what every driver lets a reopen leave out
@@ -81,11 +82,6 @@ def _same(new: Any, old: Any) -> bool:
     return type(new) is type(old) and new == old
 
 
-def _true(value: Any) -> bool:
-    """A boolean option as QemuOpts reads it (typed, or -drive's on/off)."""
-    return value is True or value in ("on", "true", "yes")
-
-
 def _own_options(node: Any) -> dict:
     """bs->options: the node's options, flattened, without its children's (bdrv_open removes them)."""
     roles = {role for role, _ in node.children} | {"backing"}
@@ -133,7 +129,7 @@ class Reopen:
                 options.setdefault("discard", "unmap")
         if keep_old:
             options = {**_own_options(node), **options}
-        read_only = _true(options.get("read-only", False))
+        read_only = option_bool(options.get("read-only", False))
         if entry is None:
             entry = Entry(node, options, read_only)
             self.entries.append(entry)
@@ -193,7 +189,7 @@ class Reopen:
         if opts.get("detect-zeroes") == "unmap" and not unmap:
             raise generic("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
         if node.driver in NOT_REOPENABLE:
-            raise generic(f"Block format '{node.driver}' used by node '{self._device_or_node_name(node)}' "
+            raise generic(f"Block format '{node.driver}' used by node '{self.graph.device_or_node_name(node)}' "
                           "does not support reopening files")
         old = _own_options(node)
         mutable = QCOW2_RUNTIME if node.driver == "qcow2" else MUTABLE.get(node.driver, ())
@@ -298,8 +294,8 @@ class Reopen:
         if "discard" in opts:
             node.discard_unmap = opts["discard"] == "unmap"
         node.detect_zeroes = opts.get("detect-zeroes", "off")
-        node.cache_direct = _true(opts.get("cache.direct", False))
-        node.cache_no_flush = _true(opts.get("cache.no-flush", False))
+        node.cache_direct = option_bool(opts.get("cache.direct", False))
+        node.cache_no_flush = option_bool(opts.get("cache.no-flush", False))
         node.reopens += 1
         self.graph.perm_version += 1
         if entry.new_backing:
@@ -307,11 +303,6 @@ class Reopen:
             if entry.new_backing[0] is not None:
                 self.graph.set_backing(node, entry.new_backing[0])
 
-    def _device_or_node_name(self, node: Any) -> str:
-        for device, root in self.graph.devices.items():
-            if root is node:
-                return device
-        return node.node_name
 
 
 def _reaches(start: Any, target: Any) -> bool:
