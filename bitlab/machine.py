@@ -30,6 +30,7 @@ from .qemu_img import Layer, read_chain
 from .qmp import TABLE
 from .qmp.qapi import wire_order
 from .qmp.qemu_io import parse_qemu_io
+from .qmp.qom import ObjectRoot
 from .sim import Scheduler
 from .units import parse_size
 
@@ -130,6 +131,9 @@ class Machine(GuestIO, Monitor):
         self.graph.block_copy_factory = partial(cbw_block_copy, scheduler=self.scheduler)
         self.exports = BlockExports(self.graph.blks, self.sink.emit, self.graph._drop_unowned,  # NBD server, exports
                                     self.jobs.drain_section)
+        self.objects = ObjectRoot(self.scheduler)  # object-add's /objects: throttle groups
+        self.graph.throttle_groups = self.objects.groups
+        self.jobs.throttle_drain = self.graph.drain_throttles
         self.events = self.sink.events
         self.transcript = self.sink.transcript  # every QMP message and reply, in order
         self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)

@@ -114,6 +114,8 @@ def rules(node: NodeInfo, role: str, roles: set[str]) -> list[Rule]:
         return [raw(data) for data in _raw_data(node)]
     if drv == "blkdebug" and role == "image" and not node.own_perms:
         return [lambda p, s, _: filter_perms(p, s)]
+    if drv == "throttle" and role == "file":  # bdrv_filter_default_perms
+        return [lambda p, s, _: filter_perms(p, s)]
     if drv == "snapshot-access" and role == "file":
         return [lambda p, s, _: (0, ALL)]
     if drv == "copy-before-write":

@@ -24,6 +24,7 @@ from ..bitmap import DirtyBitmap
 from ..errors import generic
 from .ioerror import BlockIOError
 from .node import BlockNode
+from .throttle import timeout
 
 
 def pdiscard_alignment(node: BlockNode) -> int:
@@ -66,6 +67,7 @@ class CbwNode(BlockNode):
         self.add_bitmap(self.access)
         self.copy_bitmap = copy_bitmap
         self.break_snapshot = break_snapshot
+        self.timeout_ns = int(self.options.get("cbw-timeout", 0)) * 1_000_000_000  # 0: none
         self.snapshot_error = 0  # the errno of the first failed copy (break-snapshot): the snapshot is gone
 
     @property
@@ -87,7 +89,8 @@ class CbwNode(BlockNode):
         if self.snapshot_error:
             return
         try:
-            self.before_write(offset, length)
+            with timeout(self.timeout_ns):
+                self.before_write(offset, length)
         except BlockIOError as err:
             if not self.break_snapshot:
                 raise

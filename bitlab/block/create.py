@@ -285,7 +285,7 @@ def _prepare_qcow2(graph: Any, opts: dict) -> Work:
                      backing_fmt=opts.get("backing-fmt"))
         _written(node, image)
         encrypt = opts.get("encrypt")
-        if encrypt is not None:  # qcow2_set_up_encryption, last: bitlab has no secret objects (no object-add)
+        if encrypt is not None:  # qcow2_set_up_encryption, last: bitlab has no secret objects
             key = encrypt.get("key-secret")
             raise CreateFailed("Parameter 'encrypt.key-secret' is required for cipher" if key is None
                                else f"No secret with id '{key}'", early=False)

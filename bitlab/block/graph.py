@@ -27,6 +27,7 @@ from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode, subtree_ids
 from .paths import node_full_backing_filename, strip_file_protocol
 from .snapshot_access import SnapshotAccessNode
 from .store import ImageFile, ImageStore, StoredBitmap
+from .throttle import ThrottleGroup, ThrottleNode, below_format
 
 _NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 MAX_NODE_NAME = 31  # sizeof(bs->node_name) - 1
@@ -84,6 +85,7 @@ class BlockGraph:
         # block-copy for a copy-before-write node of the user's: (source, target, bitmap or None) -> a BlockCopy
         # (bitlab.jobs.block_copy; the machine sets it: the jobs layer sits above this one)
         self.block_copy_factory: Callable[[BlockNode, BlockNode, DirtyBitmap | None], Any] | None = None
+        self.throttle_groups: dict[str, ThrottleGroup] = {}  # object-add's throttle groups (the machine's)
 
     def stamp(self, key: tuple) -> None:
         """A link made (or moved) now: the newest parent of its child."""
@@ -245,8 +247,18 @@ class BlockGraph:
             file_node = self._child(opts["file"], opts, ro)
             image = getattr(file_node, "image", None)
             if driver == "qcow2" and (image is None or not image.is_qcow2):
-                self._drop_unowned(file_node)
+                stand_in = BlockNode(name or "", options=opts)  # qcow2_open attaches its file, then reads it
+                stand_in.driver, stand_in.read_only = "qcow2", ro
+                try:
+                    perms.check_attach(self, stand_in, "file", file_node)
+                finally:
+                    self._drop_unowned(file_node)
                 raise generic("Image is not in qcow2 format")
+            throttled = below_format(file_node)
+            if throttled is not None and (driver == "qcow2" or "offset" in opts or "size" in opts):
+                self._drop_unowned(file_node)
+                raise generic(f"bitlab does not simulate a {driver} node over a throttle node "
+                              f"('{throttled.node_name}'): put the throttle node above the format node")
             if driver == "raw":
                 node = RawNode(name or self.auto_name(), auto_named=name is None, **common)
             else:
@@ -291,9 +303,55 @@ class BlockGraph:
             return node
         if driver == "snapshot-access":
             return named(self._open_snapshot_access(opts, name, ro))
+        if driver == "throttle":
+            return named(self._open_throttle(opts, name, ro))
         raise generic(f"bitlab does not simulate the '{driver}' block driver "
                       "(supported: null-co, null-aio, file, raw, qcow2, blkdebug, copy-before-write, "
-                      "snapshot-access)")
+                      "snapshot-access, throttle)")
+
+    def drain_throttles(self, node: BlockNode | None, begin: bool) -> None:
+        """A drained section's begin or end at the throttle nodes it reaches: ``node`` and every node above
+        it (bdrv_drained_begin drains the parents), or with None every node (bdrv_drain_all). Until the end
+        has run, a throttle node lets every request go (io_limits_disabled)."""
+        if not self.throttle_groups:
+            return
+        if node is None:
+            reached = [n for n in self.nodes.values() if isinstance(n, ThrottleNode)]
+        else:
+            reached, todo, seen = [], [node], {id(node)}
+            while todo:
+                below = todo.pop()
+                if isinstance(below, ThrottleNode):
+                    reached.append(below)
+                for parent in self.nodes.values():
+                    if id(parent) not in seen and any(child is below for _, child in parent.children):
+                        seen.add(id(parent))
+                        todo.append(parent)
+        for throttle in reached:
+            group = throttle.group
+            if begin:
+                group.drain_begin(throttle.member)
+            else:  # bdrv_drain_invoke: the driver's end runs from a coroutine scheduled for the next loop turn
+                group.scheduler.after(0, partial(group.drain_end, throttle.member))
+
+    def _open_throttle(self, opts: dict, name: str | None, ro: bool) -> ThrottleNode:
+        """throttle_open: the ``file`` child (opened before the node is named), then the group
+        (throttle_parse_options), which must exist."""
+        file_node = self._child(opts["file"], opts, ro)
+        group = self.throttle_groups.get(opts["throttle-group"])
+        if group is None:
+            self._drop_unowned(file_node)
+            raise generic(f"Throttle group '{opts['throttle-group']}' does not exist")
+        node = ThrottleNode(name or self.auto_name(), group=group, auto_named=name is None, options=opts)
+        node.read_only = ro
+        try:
+            perms.check_attach(self, node, "file", file_node)
+        except QMPError:
+            node.close()
+            self._drop_unowned(file_node)
+            raise
+        self._attach(node, "file", file_node)
+        return node
 
     def _open_snapshot_access(self, opts: dict, name: str | None, ro: bool) -> SnapshotAccessNode:
         """snapshot_access_open: its one child, ``file`` (opened before the node is named, as every ``file``)."""
@@ -693,6 +751,8 @@ class BlockGraph:
             for key, (guest, at) in list(self.guests.items()):  # its guests go back down to what it filtered
                 if at is node and source is not None:
                     self.guests[key] = (guest, source)
+        if isinstance(node, ThrottleNode):
+            node.close()
         for _, child in node.children:
             child.parents -= 1
             self._drop_unowned(child, clean=clean)

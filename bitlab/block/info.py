@@ -67,8 +67,9 @@ def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str |
 
 
 def filter_or_cow(node: BlockNode) -> BlockNode | None:
-    """bdrv_filter_or_cow_bs: what a filter (copy-before-write, blkdebug) filters, or a format's backing node."""
-    if node.driver == "copy-before-write":
+    """bdrv_filter_or_cow_bs: what a filter (copy-before-write, throttle, blkdebug) filters, or a format's backing
+    node."""
+    if node.driver in ("copy-before-write", "throttle"):
         return node.child("file")
     if node.driver == "blkdebug":
         return node.child("image")
@@ -137,7 +138,7 @@ def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
     if size is not None:
         info["actual-size"] = size
     info["virtual-size"] = node.size
-    if isinstance(bottom, Qcow2Node) and node.driver == "copy-before-write":
+    if isinstance(bottom, Qcow2Node) and node.driver in ("copy-before-write", "throttle"):
         info["cluster-size"] = bottom.image.cluster_size
     return info
 

@@ -212,6 +212,10 @@ class Reopen:
             taken |= {"offset", "size"}
         elif node.driver == "file":
             taken.add("x-check-cache-dropped")
+        elif node.driver == "throttle":  # throttle_reopen_prepare: the group must exist (it may change)
+            if opts["throttle-group"] not in self.graph.throttle_groups:
+                raise generic(f"Throttle group '{opts['throttle-group']}' does not exist")
+            taken.add("throttle-group")
         if node.driver == "qcow2" and entry.backing_missing and (node.child("backing") is not None
                                                                  or node.image.backing_file):
             raise generic(f"backing is missing for '{node.node_name}'")
@@ -298,6 +302,8 @@ class Reopen:
         node.cache_no_flush = option_bool(opts.get("cache.no-flush", False))
         node.reopens += 1
         self.graph.perm_version += 1
+        if node.driver == "throttle" and opts["throttle-group"] != node.group.name:  # throttle_reopen_commit
+            node.move_to(self.graph.throttle_groups[opts["throttle-group"]])
         if entry.new_backing:
             self.graph.detach_backing(node)
             if entry.new_backing[0] is not None:

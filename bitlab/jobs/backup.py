@@ -173,6 +173,13 @@ class BackupJob(Job):
         self.call = None
         if self.status not in ("running", "ready"):
             return
+        if self.pausing:  # backup_pause's call has ended
+            if self.is_cancelled:
+                self.pausing = False
+                self.run_returned(0)
+            else:
+                self.pause_waited()
+            return
         if self.is_cancelled or (call.error is None and not call.cancelled):
             self.run_returned(0)
             return
@@ -192,6 +199,14 @@ class BackupJob(Job):
             self.user_paused = True
             self.pause_count += 1
             self.pause_point()
+
+    def pause_wait(self) -> bool:
+        """backup_pause cancels the call and waits for its requests in flight: those a throttle node holds
+        take time (the others end at once, see :meth:`on_pause`)."""
+        if self.call is not None and self.bcs.throttled_in_flight(self.call):
+            self.bcs.cancel()
+            return True
+        return False
 
     def on_pause(self) -> None:
         """backup_pause cancels the block-copy call; requests in flight still complete (a drain

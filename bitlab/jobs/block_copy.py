@@ -74,6 +74,7 @@ from ..block import wstats
 from ..block.blkdebug import BlockIOError
 from ..block.extents import UNALLOCATED, ZERO, clip_runs, range_items
 from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
+from ..block.throttle import admitted, block_until, throttle_path
 
 MAX_BUFFER = 1 << 20  # BLOCK_COPY_MAX_BUFFER
 MAX_COPY_RANGE = 16 << 20  # BLOCK_COPY_MAX_COPY_RANGE
@@ -470,7 +471,13 @@ class BlockCopy:
         so they have completed (and counted as progress) when the guest write returns.
 
         Only under a rate limit, where the requests in flight are QEMU's exactly (the first ones of
-        each slice); without one they are the timing model's, and a batch's wave stays in flight."""
+        each slice); without one they are the timing model's, and a batch's wave stays in flight. A task
+        waiting at a throttle node is waited for as QEMU does: the guest's request blocks while the machine
+        runs until the task is done."""
+        if any(isinstance(tm, _Steps) for tm, _ in call.tasks):
+            block_until(self.scheduler, lambda: not any(isinstance(tm, _Steps) and t.offset < end
+                                                        and start < t.offset + t.nbytes for tm, t in call.tasks),
+                        "write")
         if not self.rate.speed:
             return
         waited = self._end_tasks_on(call, start, end, failed=False)
@@ -504,6 +511,10 @@ class BlockCopy:
             self.scheduler.after(0, lambda: self._launch(call))
             return
         self._launch(call)
+
+    def throttled_in_flight(self, call: Call) -> bool:
+        """Whether a task of the call is on its way through a throttle node."""
+        return any(isinstance(tm, _Steps) for tm, _ in call.tasks)
 
     def cancel(self) -> None:
         call = self.call
@@ -548,19 +559,46 @@ class BlockCopy:
         call.found = True
         call.cursor = task.offset + task.nbytes
         at_once = task.zero and self._zeroes_at_once(task)
-        self._begin(task)
+        src, tgt = throttle_path(self.source), throttle_path(self.target)
+        with admitted():  # (a throttle's wait is the task's own, below)
+            self._begin(task)
         call.method = self.method  # block-copy's loop makes the next task now, before it waits for a worker
         if at_once:
             if not self._finish(task) and call.error is None:
                 call.error, call.error_is_read = task.error, task.error_is_read
             return
         call.in_flight += 1
+        if (src or tgt) and task.error is None and not task.written:
+            self._start_throttled(call, task, src, tgt)
+            return
         delay = io_time_ns(self._io(task), not task.zero)
         if task.error is not None:  # an injected error: at once, or from a bottom half (next loop turn)
             delay = 0 if _immediately(task) else ERROR_NS
         timer = self.scheduler.after(delay, lambda t=task: self._complete(call, t))
         call.timers.append(timer)
         call.tasks.append((timer, task))
+
+    def _start_throttled(self, call: Call, task: Task, src: list, tgt: list) -> None:
+        """A task whose read or write passes throttle nodes: the read waits for each throttle on the source's
+        way (throttle_group_co_io_limits_intercept), takes its time, then the write waits for the target's
+        and takes its time; then the task completes."""
+        io = self._io(task)
+        steps = _Steps(self.scheduler)
+        call.timers.append(steps)
+        call.tasks.append((steps, task))
+        transfer = io * 1_000_000_000 // BYTES_PER_S
+
+        def complete() -> None:
+            with admitted():
+                self._complete(call, task)
+
+        def write() -> None:
+            steps.through(tgt, io, True, lambda: steps.after(LATENCY_NS + transfer * (not task.zero), complete))
+
+        if task.zero:
+            write()
+        else:
+            steps.through(src, io, False, lambda: steps.after(LATENCY_NS + transfer, write))
 
     def _zero_batch_at_once(self, offsets: np.ndarray, nbytes: np.ndarray) -> bool:
         """:meth:`_zeroes_at_once` for every zero task of a batch (their clusters ``offsets``/``nbytes``)."""
@@ -1046,6 +1084,35 @@ class BlockCopy:
         call.timers.remove(timer)
         call.tasks.remove((timer, batch))
         self._schedule(call, batch.part(i0, i1, batch.wave_start[w : w + 1], batch.wave_end(w)))
+
+
+class _Steps:
+    """A throttled task's steps (waits at throttle nodes, timed I/O), cancelled as one timer is: a step
+    after :meth:`cancel` does nothing (a request a throttle queued still takes its turn there)."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.timer: Any = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def after(self, delay: int, fn: Callable[[], None]) -> None:
+        if not self.cancelled:
+            self.timer = self.scheduler.after(delay, fn)
+
+    def through(self, nodes: list, nbytes: int, is_write: bool, then: Callable[[], None]) -> None:
+        """Pass each throttle node in turn (the topmost first), then ``then()``."""
+        if self.cancelled:
+            return
+        if not nodes:
+            then()
+            return
+        node, rest = nodes[0], nodes[1:]
+        node.group.intercept(node.member, nbytes, is_write, lambda: self.through(rest, nbytes, is_write, then))
 
 
 def _same_requests(target: BlockNode) -> list[BlockNode]:

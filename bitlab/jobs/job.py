@@ -68,6 +68,8 @@ class JobManager:
         self.scheduler = scheduler
         self.jobs: list[Job] = []
         self.drained: dict[int, int] = {}  # id(node) -> drain count
+        # the graph's drain of its throttle nodes (node, or None for all; begin): the machine sets it
+        self.throttle_drain: Callable[[Any, bool], None] | None = None
 
     # -- drained sections (bdrv_drained_begin / _end) -----------------------------------
     def drain_begin(self, node: Any) -> None:
@@ -75,12 +77,16 @@ class JobManager:
         newest parent up the node's graph, and bdrv_parent_drained_begin walks the parents newest first)."""
         key = id(node)
         self.drained[key] = self.drained.get(key, 0) + 1
+        if self.throttle_drain is not None:  # throttle_co_drain_begin: its queued requests go now
+            self.throttle_drain(node, True)
         if self.drained[key] == 1:
             for job in list(reversed(self.jobs)):
                 if job.uses(node):
                     job.drain_pause()
 
     def drain_end(self, node: Any) -> None:
+        """The section ends: its jobs go on (the first requests of a job resumed here start before a throttle
+        node's own end of the section, which bdrv_drain_invoke schedules for the next loop turn)."""
         key = id(node)
         self.drained[key] -= 1
         if self.drained[key] == 0:
@@ -89,6 +95,8 @@ class JobManager:
                 if job.uses(node) and job.drain_paused:
                     job.drain_paused = False
                     job.resume()
+        if self.throttle_drain is not None:
+            self.throttle_drain(node, False)
 
     def drain_section(self, node: Any) -> None:
         """bdrv_drained_begin then _end on ``node``: the jobs using it pause and resume."""
@@ -115,6 +123,8 @@ class JobManager:
         each node's drain pauses the jobs linked to it (block_job_add_bdrv's links: a backup's filter
         and target, not its source), so a block job pauses at the first of its nodes and resumes at
         the last (its pause count drops to zero only there)."""
+        if self.throttle_drain is not None:  # bdrv_drain_all_begin reaches every throttle node too
+            self.throttle_drain(None, True)
         at = {id(node): i for i, node in enumerate(nodes)}
         spans = []
         for job in list(self.jobs):
@@ -131,6 +141,8 @@ class JobManager:
             if job in paused:
                 job.drain_paused = False
                 job.resume()
+        if self.throttle_drain is not None:
+            self.throttle_drain(None, False)
 
     def attach_drained(self, job: Job) -> None:
         """A job created on a drained node starts out paused by the drain."""
@@ -202,6 +214,7 @@ class Job:
         self.pause_count = 1  # job_create: a job starts paused until job_start
         self.user_paused = False
         self.paused = False  # sitting at a pause point
+        self.pausing = False  # the driver's pause waits for requests in flight (throttled ones) to end
         self.busy = False
         self.cancelled = False
         self.force_cancel = False
@@ -305,6 +318,11 @@ class Job:
     def pause_point(self) -> bool:
         """job_pause_point: pause here if asked to; True if the job is now paused."""
         if self.pause_count > 0 and not self.is_cancelled:
+            if self.pausing:
+                return True
+            if not self.paused and not self.drain_paused and self.pause_wait():
+                self.pausing = True  # job_pause_point: the driver's pause returns when they have ended
+                return True
             if not self.paused:
                 self.paused = True
                 self.busy = False
@@ -313,6 +331,21 @@ class Job:
                 self.on_pause()
             return True
         return False
+
+    def pause_wait(self) -> bool:
+        """The driver's pause (before the job is paused): True if it waits for requests that take time to
+        end; it then calls :meth:`pause_waited`. (A drain's pause does not wait here: a drained throttle node
+        lets its requests go, and they end within the drained section.)"""
+        return False
+
+    def pause_waited(self) -> None:
+        """The driver's pause returned (job_pause_point): the job pauses if it is still asked to, else its
+        coroutine goes on."""
+        self.pausing = False
+        if self.pause_count > 0 and not self.is_cancelled:
+            self.pause_point()
+        elif not self.deferred_to_main_loop and self.status in ("running", "ready"):
+            self.run()
 
     def leave_pause(self) -> None:
         """The coroutine resumes from its pause point (job_enter after the last resume)."""
@@ -484,9 +517,10 @@ class Job:
     def block_job_info(self) -> dict:
         """BlockJobInfo (schema order)."""
         # busy: whether the job's coroutine runs. A backup waits for block-copy (or sleeps) whenever
-        # the monitor can look, so QEMU always shows false there.
+        # the monitor can look, so QEMU shows false there; but not in backup_pause, which yields the
+        # coroutine itself while the requests it waits for take their time (a throttle node's).
         info: dict = {"type": self.job_type, "device": self.id, "len": self.progress_total,
-                      "offset": self.progress_current, "busy": False, "paused": self.pause_count > 0,
+                      "offset": self.progress_current, "busy": self.pausing, "paused": self.pause_count > 0,
                       "speed": self.speed, "io-status": self.io_status, "ready": False, "status": self.status,
                       "auto-finalize": self.auto_finalize, "auto-dismiss": self.auto_dismiss}
         if self.ret or self.is_cancelled:

@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     cmd_export,
     cmd_job,
     cmd_misc,
+    cmd_object,
     cmd_runstate,
     cmd_schema,
     cmd_wstats,

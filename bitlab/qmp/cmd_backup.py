@@ -58,7 +58,10 @@ def do_backup_common(vm: Any, args: dict, source: Any, target: Any, txn: JobTxn 
     # backup_job_create
     if source is target:
         raise generic("Source and target cannot be the same")
-    if args.get("compress") and target.driver != "qcow2":
+    below = target
+    while below.driver == "throttle":  # bdrv_supports_compressed_writes: a filter asks what it filters
+        below = below.child("file")
+    if args.get("compress") and below.driver != "qcow2":
         raise generic(f"Compression is not supported for this drive {vm.device_name(target)}")
     _check_blocked(vm, source)
     _check_blocked(vm, target)

@@ -17,6 +17,8 @@ def qmp_blockdev_create(vm: Any, args: dict) -> None:
     image store cannot hold, the command fails instead and no job is left."""
     options = args["options"]
     check_driver(options["driver"])
+    if isinstance(options.get("encrypt"), dict) and "key-secret" in options["encrypt"]:
+        vm.objects.touch()  # (qcrypto_secret_lookup looks the secret up in /objects)
     vm.jobs.check_new_id(args["job-id"])
     work: Work | CreateFailed
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from ..block import perms
 from ..block.export import BlockExport, NbdServer
 from ..block.graph import id_wellformed
+from ..block.info import filter_or_cow
 from ..block.node import BlockNode
 from ..errors import generic
 from .cmd_bitmap import ALLOW_RO, check_bitmap
@@ -134,6 +135,7 @@ def qmp_nbd_server_start(vm: Any, args: dict) -> None:
         raise generic("NBD server already running")
     addr = _check_address(vm, args["addr"])
     if "tls-creds" in args:
+        vm.objects.touch()  # (looked up in /objects)
         raise generic(f"No TLS credentials with id '{args['tls-creds']}'")  # bitlab has no objects
     exports.server = NbdServer(addr, None, args.get("tls-authz"), args.get("max-connections", 0))
 
@@ -149,16 +151,6 @@ def qmp_nbd_server_stop(vm: Any, args: dict) -> None:
 
 # -- block-export-add -------------------------------------------------------------------------
 
-def filter_or_cow_child(node: BlockNode) -> BlockNode | None:
-    """bdrv_filter_or_cow_bs: a filter's child (blkdebug, copy-before-write), or a COW backing."""
-    driver = node.driver
-    if driver == "blkdebug":
-        return node.child("image")
-    if driver == "copy-before-write":
-        return node.child("file")
-    return node.child("backing")
-
-
 def _export_bitmaps(vm: Any, node: BlockNode, refs: list, readonly: bool) -> list:
     """nbd_export_create's bitmap loop: each one found, then checked, in the order given."""
     found = []
@@ -170,7 +162,7 @@ def _export_bitmaps(vm: Any, node: BlockNode, refs: list, readonly: bool) -> lis
                 bm = holder.find_bitmap(ref)
                 if bm is not None:
                     break
-                holder = filter_or_cow_child(holder)
+                holder = filter_or_cow(holder)
             if bm is None or holder is None:
                 raise generic(f"Bitmap '{ref}' is not found")
             if readonly and not holder.read_only and not bm.disabled:

@@ -18,7 +18,7 @@ from ..errors import generic
 from ..qemu_img import QemuImgError
 from .types import BlockdevDriver
 
-FILTER_DRIVERS = ("blkdebug", "copy-before-write")  # drivers with is_filter that bitlab simulates
+FILTER_DRIVERS = ("blkdebug", "copy-before-write", "throttle")  # drivers with is_filter that bitlab simulates
 BACKING_FORMATS = ("qcow2", "qcow", "qed", "vmdk")  # image formats with a backing file option
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..block.throttle import LIMIT_KEYS
 from .commands import TABLE, Command
 from .events import EVENTS
 from .qapi import ANY, BOOL, INT, STR, Alternate, Array, Builtin, Enum, Member, QType, Struct, Union_, m, struct
@@ -50,6 +51,9 @@ TYPE_FEATURES: dict[str, tuple[str, ...]] = {
     "BlockdevOptionsFile.x-check-cache-dropped": ("unstable",),
     "TransactionActionKind.drive-backup": ("deprecated",),
     "SchemaInfoEnum.values": ("deprecated",),
+    "ObjectType.x-remote-object": ("unstable",),
+    "ObjectType.x-vfio-user-server": ("unstable",),
+    **{f"ThrottleGroupProperties.x-{key}": ("unstable",) for key in LIMIT_KEYS},
 }
 """Features of types (``"Type"``), of members (``"Type.member"``, keyed by the struct that
 declares the member, not one inheriting it) and of enum values (``"Enum.value"``)."""

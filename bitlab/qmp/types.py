@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from ..block.blkdebug import BLKDEBUG_EVENTS, IO_TYPES
 from ..block.drivers import QEMU_DRIVERS
+from ..block.throttle import LIMIT_KEYS
 from .qapi import (
+    ANY,
     BOOL,
     INT,
     INT32,
@@ -148,6 +150,39 @@ BlockdevOptionsBlkdebug = struct(
     m("*unshare-child-perms", Array(BlockPermission)),
 )
 _variants["blkdebug"] = BlockdevOptionsBlkdebug
+
+# -- throttling: the throttle filter and its group object (qapi/qom.json) --------------------
+
+OBJECT_TYPES = (
+    "authz-list", "authz-listfile", "authz-pam", "authz-simple", "can-bus", "can-host-socketcan", "colo-compare",
+    "cryptodev-backend", "cryptodev-backend-builtin", "cryptodev-backend-lkcf", "cryptodev-vhost-user",
+    "dbus-vmstate", "filter-buffer", "filter-dump", "filter-mirror", "filter-redirector", "filter-replay",
+    "filter-rewriter", "input-barrier", "input-linux", "iothread", "main-loop", "memory-backend-epc",
+    "memory-backend-file", "memory-backend-memfd", "memory-backend-ram", "pef-guest", "pr-manager-helper", "qtest",
+    "rng-builtin", "rng-egd", "rng-random", "secret", "secret_keyring", "sev-guest", "thread-context",
+    "s390-pv-guest", "throttle-group", "tls-creds-anon", "tls-creds-psk", "tls-creds-x509", "tls-cipher-suites",
+    "x-remote-object", "x-vfio-user-server",
+)
+"""QEMU 7.2's ObjectType (qapi/qom.json), in its order."""
+
+
+ThrottleLimits = struct("ThrottleLimits", *(m(f"*{key}", INT) for key in LIMIT_KEYS))
+BlockdevOptionsThrottle = struct("BlockdevOptionsThrottle", m("throttle-group", STR), m("file", BlockdevRef))
+_variants["throttle"] = BlockdevOptionsThrottle
+ThrottleGroupProperties = struct(
+    "ThrottleGroupProperties", m("*limits", ThrottleLimits), *(m(f"*x-{key}", INT) for key in LIMIT_KEYS),
+)
+ObjectType = Enum("ObjectType", OBJECT_TYPES)
+ObjectOptions = Union_(
+    "ObjectOptions", struct("q_obj_ObjectOptions-base", m("qom-type", ObjectType), m("id", STR)), "qom-type",
+    {"throttle-group": ThrottleGroupProperties},
+)
+ObjectDel = struct("q_obj_object-del-arg", m("id", STR))
+QomList = struct("q_obj_qom-list-arg", m("path", STR))
+QomGet = struct("q_obj_qom-get-arg", m("path", STR), m("property", STR))
+QomSet = struct("q_obj_qom-set-arg", m("path", STR), m("property", STR), m("value", ANY))
+ObjectPropertyInfo = struct("ObjectPropertyInfo", m("name", STR), m("type", STR), m("*description", STR),
+                            m("*default-value", ANY))
 
 # -- backup ---------------------------------------------------------------------------------
 

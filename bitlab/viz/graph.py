@@ -134,7 +134,7 @@ def graph_layout(graph: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]] | 
     for row in rows:
         for i in row:
             n = info[i]
-            kind = "filter" if drivers.get(n["name"]) == "copy-before-write" else n["type"]
+            kind = "filter" if drivers.get(n["name"]) in ("copy-before-write", "throttle") else n["type"]
             boxes.append(GraphBox(i, kind, n["name"], _label(n["type"], n["name"], drivers.get(n["name"])),
                                   layer[i], pos[i]))
     job_ids = {n["id"] for n in graph["nodes"] if n["type"] == "block-job"}
