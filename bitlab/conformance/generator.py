@@ -60,6 +60,9 @@ any event bitlab fires under a raw or qcow2 node, ``align`` now and then, the re
 After 3% of the steps comes a blockdev-reopen episode of :mod:`.gen_reopen` (its own stream and names: ``rp``,
 ``rpf``, ``rq``, bitmaps ``r0``..``r2``): read-only and back with persistent bitmaps, options changed or reset,
 the backing file detached, what QEMU refuses; sometimes with a scenario node in the same command.
+After 3% of the steps comes a throttling episode of :mod:`.gen_throttle` (its own stream and names: groups ``tz0``,
+``tz1``, the throttle node ``tp`` over ``tpq``, jobs ``tj<n>``): groups made, read and changed, guest writes and
+backups through the throttle node, the node moved to the other group, both taken down.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ from .gen_snapshot import CHANCE as SNAPSHOT_CHANCE
 from .gen_snapshot import Snapshots, snapshot_episode
 from .gen_threshold import CHANCE as THRESHOLD_CHANCE
 from .gen_threshold import threshold_episode
+from .gen_throttle import CHANCE as THROTTLE_CHANCE
+from .gen_throttle import Throttles, throttle_episode
 from .steps import qmp_step as _qmp
 
 K, M = 1 << 10, 1 << 20
@@ -134,6 +139,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     blkdebugs = Blkdebugs(random.Random(f"{seed}/{index}/blkdebug"))
     files: dict[str, dict] = {}
     reopens = Reopens(random.Random(f"{seed}/{index}/reopen"), nodes, files)
+    throttles = Throttles(random.Random(f"{seed}/{index}/throttle"), nodes)
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -167,6 +173,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += blkdebug_episode(blkdebugs, size)
         if reopens.rng.random() < REOPEN_CHANCE:
             steps += reopen_episode(reopens, size)
+        if throttles.rng.random() < THROTTLE_CHANCE:
+            steps += throttle_episode(throttles, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)
