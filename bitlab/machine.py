@@ -133,7 +133,7 @@ class Machine(GuestIO, Monitor):
                                     self.jobs.drain_section)
         self.objects = ObjectRoot(self.scheduler)  # object-add's /objects: throttle groups
         self.graph.throttle_groups = self.objects.groups
-        self.jobs.throttle_drain = self.graph.drain_throttles
+        self.jobs.throttle_drain, self.jobs.throttle_groups = self.graph.drain_throttles, self.objects.groups
         self.events = self.sink.events
         self.transcript = self.sink.transcript  # every QMP message and reply, in order
         self.console: list[str] = []  # what the emulator prints on stdout (qemu-io output from HMP)

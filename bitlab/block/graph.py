@@ -19,7 +19,7 @@ from typing import Any
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
 from ..qmp_order import wire_member_order
-from . import perms, qcow2_opts, qcow2_trace
+from . import perms, qcow2_opts, qcow2_trace, throttle
 from .blkdebug import BlkdebugNode
 from .cbw import CbwNode
 from .info import NodeInfoCache
@@ -254,7 +254,7 @@ class BlockGraph:
                 finally:
                     self._drop_unowned(file_node)
                 raise generic("Image is not in qcow2 format")
-            throttled = below_format(file_node)
+            throttled = below_format(file_node) if throttle.members else None
             if throttled is not None and (driver == "qcow2" or "offset" in opts or "size" in opts):
                 self._drop_unowned(file_node)
                 raise generic(f"bitlab does not simulate a {driver} node over a throttle node "
@@ -327,12 +327,12 @@ class BlockGraph:
                     if id(parent) not in seen and any(child is below for _, child in parent.children):
                         seen.add(id(parent))
                         todo.append(parent)
-        for throttle in reached:
-            group = throttle.group
+        for tnode in reached:
+            group = tnode.group
             if begin:
-                group.drain_begin(throttle.member)
+                group.drain_begin(tnode.member)
             else:  # bdrv_drain_invoke: the driver's end runs from a coroutine scheduled for the next loop turn
-                group.scheduler.after(0, partial(group.drain_end, throttle.member))
+                group.scheduler.after(0, partial(group.drain_end, tnode.member))
 
     def _open_throttle(self, opts: dict, name: str | None, ro: bool) -> ThrottleNode:
         """throttle_open: the ``file`` child (opened before the node is named), then the group

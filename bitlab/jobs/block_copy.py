@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 
 from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
-from ..block import wstats
+from ..block import throttle, wstats
 from ..block.blkdebug import BlockIOError
 from ..block.extents import UNALLOCATED, ZERO, clip_runs, range_items
 from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
@@ -474,7 +474,7 @@ class BlockCopy:
         each slice); without one they are the timing model's, and a batch's wave stays in flight. A task
         waiting at a throttle node is waited for as QEMU does: the guest's request blocks while the machine
         runs until the task is done."""
-        if any(isinstance(tm, _Steps) for tm, _ in call.tasks):
+        if throttle.members and any(isinstance(tm, _Steps) for tm, _ in call.tasks):
             block_until(self.scheduler, lambda: not any(isinstance(tm, _Steps) and t.offset < end
                                                         and start < t.offset + t.nbytes for tm, t in call.tasks),
                         "write")
@@ -559,8 +559,12 @@ class BlockCopy:
         call.found = True
         call.cursor = task.offset + task.nbytes
         at_once = task.zero and self._zeroes_at_once(task)
-        src, tgt = throttle_path(self.source), throttle_path(self.target)
-        with admitted():  # (a throttle's wait is the task's own, below)
+        if throttle.members:  # (a throttle node somewhere: the task's requests may pass one)
+            src, tgt = throttle_path(self.source), throttle_path(self.target)
+            with admitted():  # (a throttle's wait is the task's own, below)
+                self._begin(task)
+        else:
+            src = tgt = []
             self._begin(task)
         call.method = self.method  # block-copy's loop makes the next task now, before it waits for a worker
         if at_once:

@@ -68,8 +68,10 @@ class JobManager:
         self.scheduler = scheduler
         self.jobs: list[Job] = []
         self.drained: dict[int, int] = {}  # id(node) -> drain count
-        # the graph's drain of its throttle nodes (node, or None for all; begin): the machine sets it
-        self.throttle_drain: Callable[[Any, bool], None] | None = None
+        # the graph's drain of its throttle nodes (node, or None for all; begin) and the groups whose nodes
+        # it reaches (nothing to do while there is none): the machine sets both
+        self.throttle_drain: Callable[[Any, bool], None] = lambda node, begin: None
+        self.throttle_groups: dict = {}
 
     # -- drained sections (bdrv_drained_begin / _end) -----------------------------------
     def drain_begin(self, node: Any) -> None:
@@ -77,7 +79,7 @@ class JobManager:
         newest parent up the node's graph, and bdrv_parent_drained_begin walks the parents newest first)."""
         key = id(node)
         self.drained[key] = self.drained.get(key, 0) + 1
-        if self.throttle_drain is not None:  # throttle_co_drain_begin: its queued requests go now
+        if self.throttle_groups:  # throttle_co_drain_begin: their queued requests go now
             self.throttle_drain(node, True)
         if self.drained[key] == 1:
             for job in list(reversed(self.jobs)):
@@ -95,7 +97,7 @@ class JobManager:
                 if job.uses(node) and job.drain_paused:
                     job.drain_paused = False
                     job.resume()
-        if self.throttle_drain is not None:
+        if self.throttle_groups:
             self.throttle_drain(node, False)
 
     def drain_section(self, node: Any) -> None:
@@ -123,7 +125,7 @@ class JobManager:
         each node's drain pauses the jobs linked to it (block_job_add_bdrv's links: a backup's filter
         and target, not its source), so a block job pauses at the first of its nodes and resumes at
         the last (its pause count drops to zero only there)."""
-        if self.throttle_drain is not None:  # bdrv_drain_all_begin reaches every throttle node too
+        if self.throttle_groups:  # bdrv_drain_all_begin reaches every throttle node too
             self.throttle_drain(None, True)
         at = {id(node): i for i, node in enumerate(nodes)}
         spans = []
@@ -141,7 +143,7 @@ class JobManager:
             if job in paused:
                 job.drain_paused = False
                 job.resume()
-        if self.throttle_drain is not None:
+        if self.throttle_groups:
             self.throttle_drain(None, False)
 
     def attach_drained(self, job: Job) -> None:
