@@ -293,6 +293,23 @@ COMPRESSED = [
 ]
 
 
+# Two throttle nodes in one group (2 MiB/s of writes), each the target of a backup started in one transaction:
+# the group lets their queued requests go in turn (round-robin over its members).
+GROUP = [
+    _img("a", "4M"), _img("b", "4M"), _img("x", "4M"), _img("y", "4M"),
+    _group("tg0", limits={"bps-write": 2 * M}),
+    _q("blockdev-add", _qcow2("a")), _q("blockdev-add", _qcow2("b")),
+    _write("a", 0, 4 * M), _write("b", 0, 4 * M),
+    _throttle("tx", _qcow2("x")), _throttle("ty", _qcow2("y")),
+    _q("transaction", {"actions": [
+        {"type": "blockdev-backup", "data": {"device": "a", "target": "tx", "sync": "full", "job-id": "ja"}},
+        {"type": "blockdev-backup", "data": {"device": "b", "target": "ty", "sync": "full", "job-id": "jb"}}]}),
+    {"sleep": 0.7}, JOBS, {"sleep": 0.5}, JOBS, {"sleep": 0.5}, JOBS, {"sleep": 0.5}, JOBS,
+    {"wait-job": {"id": "ja", "status": "null"}},
+    {"wait-job": {"id": "jb", "status": "null"}},
+]
+
+
 def _timed(vm: Machine, steps: list) -> list[int]:
     """Play ``steps`` on ``vm``; the simulated time each took (ns)."""
     from bitlab.conformance.steps import run_step
@@ -347,6 +364,14 @@ def test_a_drain_lets_the_queued_requests_go():
     assert done["timestamp"]["seconds"] * 10 ** 9 + done["timestamp"]["microseconds"] * 1000 - at < 1_000_000
 
 
+def test_a_group_lets_its_members_go_in_turn():
+    vm = Machine()
+    _timed(vm, GROUP[:12])
+    vm.run(until=vm.now + 1.2)
+    offsets = [job["offset"] for job in vm.qmp("query-block-jobs")]
+    assert offsets == [M, 2 * M] or offsets == [2 * M, M]  # three 1 MiB writes by 1.2 s at 2 MiB/s, in turn
+
+
 def test_a_backup_of_a_throttled_source_starts_unthrottled():
     vm = Machine()
     _timed(vm, GUEST[:11])
@@ -369,7 +394,7 @@ def test_a_user_pause_waits_for_the_throttled_requests():
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("steps", [BACKUP, GUEST, COMPRESSED], ids=["backup", "guest", "compressed"])
+@pytest.mark.parametrize("steps", [BACKUP, GUEST, COMPRESSED, GROUP], ids=["backup", "guest", "compressed", "group"])
 def test_throttled_requests_as_in_qemu(steps):
     diffs = check({"name": "throttle-io", "steps": steps}, "qsd")
     assert not diffs, "\n".join(str(d) for d in diffs)
