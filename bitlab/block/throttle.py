@@ -469,6 +469,10 @@ class ThrottleNode(BlockNode):
         return getattr(self.file, "image", None)
 
     @property
+    def cluster_size(self) -> int | None:
+        return self.file.cluster_size  # bdrv_get_info: a filter answers for what it filters
+
+    @property
     def reports_zeroes(self) -> bool:
         return self.file.reports_zeroes  # bdrv_co_block_status_from_file
 

@@ -10,7 +10,11 @@ records a few writes and is disabled, and the filter takes it as its ``bitmap``;
 ``cbw-timeout`` and ``discard=unmap`` on either node now and then. Then a mix of guest writes, zero writes and
 discards on the source (through the filter), reads of the snapshot and of the target, discards of the snapshot,
 and queries; sometimes a push backup from the snapshot (one worker) and ``qemu-img map`` of its target; then the
-nodes deleted (sometimes in the wrong order first) and what the target and the source hold.
+nodes deleted (sometimes in the wrong order first) and what the target and the source hold. On a stream of its own
+(``{seed}/{index}/fleecing/throttle``), now and then the filter's target is a ``throttle`` node (``fh<n>``, group
+``fg<n>``: 2 to 8 MiB/s of writes) over the target image: a guest write then waits for its copy; with a
+``cbw-timeout`` long enough never to strike (a timeout's ETIMEDOUT is EINVAL over qemu-storage-daemon's NBD export:
+the iotest's port compares it on the system emulator, tests/iotests/test_iotest_cbw.py).
 
 Stays away from what does not compare: reads of the snapshot where QEMU answers EACCES (a discarded cluster, one
 outside the bitmap, a snapshot a failed copy may have broken), which qemu-storage-daemon's NBD export reports as
@@ -62,8 +66,9 @@ class Episode:
         return self.readable and all(self.access[c] for c in self.clusters(offset, length))
 
 
-def fleecing_episode(rng: random.Random, n: int) -> list[dict]:
-    """One source, its filter and snapshot, the guest's requests and the reads; see the module docstring."""
+def fleecing_episode(rng: random.Random, n: int, throttled: random.Random | None = None) -> list[dict]:
+    """One source, its filter and snapshot, the guest's requests and the reads; see the module docstring.
+    ``throttled``: the stream that decides whether the filter's target is a throttle node."""
     ep = Episode(rng, n)
     src, tgt, cbw, snap = f"fs{n}", f"ft{n}", f"fc{n}", f"fa{n}"
     steps = _image(src, ep.size, rng.choice([64 * K, 64 * K, 4 * K]))
@@ -86,6 +91,17 @@ def fleecing_episode(rng: random.Random, n: int) -> list[dict]:
         options["cbw-timeout"] = rng.choice([0, 1, 30])
     if rng.random() < 0.3:
         options["discard"] = "unmap"
+    slow = throttled is not None and throttled.random() < 0.25
+    if slow:
+        assert throttled is not None
+        group, node = f"fg{n}", f"fh{n}"
+        steps.append(_qmp("object-add", {"qom-type": "throttle-group", "id": group,
+                                         "limits": {"bps-write": throttled.choice([2, 4, 8]) * M}}))
+        steps.append(_qmp("blockdev-add", {"driver": "throttle", "node-name": node, "throttle-group": group,
+                                           "file": tgt}))
+        options["target"] = node
+        if options.get("cbw-timeout") == 1:
+            options["cbw-timeout"] = 30
     steps.append(_qmp("blockdev-add", options))
     ep.sa_unmap = rng.random() < 0.7
     steps.append(_qmp("blockdev-add", {"driver": "snapshot-access", "node-name": snap, "file": cbw,
@@ -95,7 +111,9 @@ def fleecing_episode(rng: random.Random, n: int) -> list[dict]:
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     if ep.may_read(0, ep.size) and not ep.failing and rng.random() < 0.3:
         steps += _push_backup(ep, snap)
-    steps += _teardown(ep, src, tgt, cbw, snap)
+    steps += _teardown(ep, src, tgt, cbw, snap, f"fh{n}" if slow else None)
+    if slow:
+        steps.append(_qmp("object-del", {"id": f"fg{n}"}))
     return steps
 
 
@@ -160,13 +178,15 @@ def _push_backup(ep: Episode, snap: str) -> list[dict]:
                     {"qemu-img": ["map", "--output=json", f"fb{n}.qcow2"]}]
 
 
-def _teardown(ep: Episode, src: str, tgt: str, cbw: str, snap: str) -> list[dict]:
+def _teardown(ep: Episode, src: str, tgt: str, cbw: str, snap: str, slow: str | None = None) -> list[dict]:
     rng = ep.rng
     steps = []
     if rng.random() < 0.3:
         steps += [_qmp("blockdev-del", {"node-name": rng.choice([cbw, tgt, src])})]
-    steps += [_qmp("blockdev-del", {"node-name": snap}), _qmp("blockdev-del", {"node-name": cbw}),
-              {"read": {"node": tgt, "offset": 0, "length": ep.size, "pattern": 0x11}},
+    steps += [_qmp("blockdev-del", {"node-name": snap}), _qmp("blockdev-del", {"node-name": cbw})]
+    if slow is not None:
+        steps.append(_qmp("blockdev-del", {"node-name": slow}))
+    steps += [{"read": {"node": tgt, "offset": 0, "length": ep.size, "pattern": 0x11}},
               _qmp("blockdev-del", {"node-name": tgt})]
     steps.append({"read": {"node": src, "offset": 0, "length": ep.size, "pattern": 0x11}})
     steps.append({"write": {"node": src, "offset": 0, "length": 64 * K, "pattern": 0x99}})
@@ -176,7 +196,8 @@ def _teardown(ep: Episode, src: str, tgt: str, cbw: str, snap: str) -> list[dict
 def fleecing_scenario(seed: int, index: int = 0) -> dict:
     """A scenario of one to three such episodes (``bitlab conformance --focus fleecing``)."""
     rng = random.Random(f"{seed}/{index}/fleecing")
+    throttled = random.Random(f"{seed}/{index}/fleecing/throttle")
     steps: list[dict] = []
     for n in range(rng.randint(1, 3)):
-        steps += fleecing_episode(rng, n)
+        steps += fleecing_episode(rng, n, throttled)
     return {"name": f"fleecing-{seed}-{index}", "steps": steps}
