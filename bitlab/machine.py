@@ -293,7 +293,10 @@ class Machine(GuestIO, Monitor):
         the topmost filter above it (during a backup, the copy-before-write filter)."""
         if name in self.graph.devices:
             return name
-        return self.graph.guest_view(self.graph.lookup_node(name)).node_name
+        node = self.graph.nodes.get(name)
+        if node is None:
+            return name  # (the monitor's qemu-io then says QEMU's text: no such device or node)
+        return self.graph.guest_view(node).node_name
 
     def guest_io(self, node: str, command: str) -> str:
         """A guest's request (qemu-io through the monitor, addressed where the guest sits)."""
