@@ -86,6 +86,7 @@ class BlockGraph:
         # (bitlab.jobs.block_copy; the machine sets it: the jobs layer sits above this one)
         self.block_copy_factory: Callable[[BlockNode, BlockNode, DirtyBitmap | None], Any] | None = None
         self.throttle_groups: dict[str, ThrottleGroup] = {}  # object-add's throttle groups (the machine's)
+        self._throttle_drained: dict[int | None, list[list[ThrottleNode]]] = {}  # drained sections, by node
 
     def stamp(self, key: tuple) -> None:
         """A link made (or moved) now: the newest parent of its child."""
@@ -312,8 +313,14 @@ class BlockGraph:
     def drain_throttles(self, node: BlockNode | None, begin: bool) -> None:
         """A drained section's begin or end at the throttle nodes it reaches: ``node`` and every node above
         it (bdrv_drained_begin drains the parents), or with None every node (bdrv_drain_all). Until the end
-        has run, a throttle node lets every request go (io_limits_disabled)."""
+        has run, a throttle node lets every request go (io_limits_disabled). The end reaches the nodes the
+        begin reached, from a coroutine bdrv_drain_invoke schedules for the next turn of the main loop."""
         if not self.throttle_groups:
+            return
+        key = None if node is None else id(node)
+        if not begin:  # the nodes the section's begin reached (links may have moved since: bdrv_drop_filter)
+            for tnode in self._throttle_drained[key].pop():
+                tnode.group.scheduler.after(0, partial(tnode.group.drain_end, tnode.member))
             return
         if node is None:
             reached = [n for n in self.nodes.values() if isinstance(n, ThrottleNode)]
@@ -327,12 +334,9 @@ class BlockGraph:
                     if id(parent) not in seen and any(child is below for _, child in parent.children):
                         seen.add(id(parent))
                         todo.append(parent)
+        self._throttle_drained.setdefault(key, []).append(reached)
         for tnode in reached:
-            group = tnode.group
-            if begin:
-                group.drain_begin(tnode.member)
-            else:  # bdrv_drain_invoke: the driver's end runs from a coroutine scheduled for the next loop turn
-                group.scheduler.after(0, partial(group.drain_end, tnode.member))
+            tnode.group.drain_begin(tnode.member)
 
     def _open_throttle(self, opts: dict, name: str | None, ro: bool) -> ThrottleNode:
         """throttle_open: the ``file`` child (opened before the node is named), then the group

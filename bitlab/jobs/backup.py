@@ -102,6 +102,16 @@ class BackupJob(Job):
         source, so a job whose filter sits above this one (an older backup of the same source) pauses, and
         resumes as its link moves; a job whose filter is below is not reached."""
         manager = self.__dict__.get("manager")  # (none yet when the job's creation failed)
+        if manager is not None and manager.throttle_groups:  # a throttle node above is drained too
+            manager.throttle_drain(self.cbw, True)
+            try:
+                self._drop_filter_drained(manager)
+            finally:
+                manager.throttle_drain(self.cbw, False)
+            return
+        self._drop_filter_drained(manager)
+
+    def _drop_filter_drained(self, manager: Any) -> None:
         if manager is None or self.cbw.filtered_by is None:
             self.graph.remove_filter(self.cbw, self.bcs.bitmap, self.source)
             return

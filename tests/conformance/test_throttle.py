@@ -294,7 +294,9 @@ COMPRESSED = [
 
 
 # Two throttle nodes in one group (2 MiB/s of writes), each the target of a backup started in one transaction:
-# the group lets their queued requests go in turn (round-robin over its members).
+# the group lets their queued requests go one at a time, at the group's rate. Whose request goes next varies in
+# QEMU itself (measured: the two jobs' offsets at 0.7 s were 1+1, 2+0 or 0+2 MiB from run to run), so the story
+# compares the jobs' events; the plain test below checks the total.
 GROUP = [
     _img("a", "4M"), _img("b", "4M"), _img("x", "4M"), _img("y", "4M"),
     _group("tg0", limits={"bps-write": 2 * M}),
@@ -304,7 +306,6 @@ GROUP = [
     _q("transaction", {"actions": [
         {"type": "blockdev-backup", "data": {"device": "a", "target": "tx", "sync": "full", "job-id": "ja"}},
         {"type": "blockdev-backup", "data": {"device": "b", "target": "ty", "sync": "full", "job-id": "jb"}}]}),
-    {"sleep": 0.7}, JOBS, {"sleep": 0.5}, JOBS, {"sleep": 0.5}, JOBS, {"sleep": 0.5}, JOBS,
     {"wait-job": {"id": "ja", "status": "null"}},
     {"wait-job": {"id": "jb", "status": "null"}},
 ]
@@ -364,12 +365,13 @@ def test_a_drain_lets_the_queued_requests_go():
     assert done["timestamp"]["seconds"] * 10 ** 9 + done["timestamp"]["microseconds"] * 1000 - at < 1_000_000
 
 
-def test_a_group_lets_its_members_go_in_turn():
+def test_a_group_shares_its_rate_among_its_members():
     vm = Machine()
     _timed(vm, GROUP[:12])
-    vm.run(until=vm.now + 1.2)
-    offsets = [job["offset"] for job in vm.qmp("query-block-jobs")]
-    assert offsets == [M, 2 * M] or offsets == [2 * M, M]  # three 1 MiB writes by 1.2 s at 2 MiB/s, in turn
+    start = vm.now
+    for seconds, total in ((0.7, 2), (1.2, 3), (1.7, 4), (2.2, 5)):  # 1 MiB at 0 s, 0.4 s, 0.9 s, 1.4 s, 1.9 s ...
+        vm.run(until=start + seconds)
+        assert sum(job["offset"] for job in vm.qmp("query-block-jobs")) == total * M
 
 
 def test_a_backup_of_a_throttled_source_starts_unthrottled():
