@@ -24,13 +24,18 @@ from tests.iotests.harness import Log
 OK = {"return": {}}
 
 
-def story(vm, on_cbw_error: str) -> list:
-    t = Log(vm)
+def _source(vm, t: Log) -> None:
+    """setUp: both images, the source written (over a node of its own: the iotest runs the qemu-io tool)."""
     for name in ("source", "temp"):
         vm.qemu_img("create", "-f", "qcow2", name, "1M")
     t.qmp_log("blockdev-add", node_name="s", driver="qcow2", file={"driver": "file", "filename": "source"})
     vm.qemu_io("s", "write 0 1M")
     t.qmp_log("blockdev-del", node_name="s")
+
+
+def story(vm, on_cbw_error: str) -> list:
+    t = Log(vm)
+    _source(vm, t)
     t.qmp_log("blockdev-add", node_name="cbw", driver="copy-before-write", on_cbw_error=on_cbw_error,
               file={"driver": "qcow2", "file": {"driver": "file", "filename": "source"}},
               target={"driver": "qcow2", "file": {
@@ -65,11 +70,7 @@ def test_on_cbw_error_as_in_qemu(on_cbw_error):
 
 def timeout_story(vm, on_cbw_error: str) -> list:
     t = Log(vm)
-    for name in ("source", "temp"):
-        vm.qemu_img("create", "-f", "qcow2", name, "1M")
-    t.qmp_log("blockdev-add", node_name="s", driver="qcow2", file={"driver": "file", "filename": "source"})
-    vm.qemu_io("s", "write 0 1M")
-    t.qmp_log("blockdev-del", node_name="s")
+    _source(vm, t)
     t.qmp_log("object-add", qom_type="throttle-group", id="group0", limits={"bps-write": 300 * 1024})
     t.qmp_log("blockdev-add", node_name="cbw", driver="copy-before-write", on_cbw_error=on_cbw_error,
               cbw_timeout=1, file={"driver": "qcow2", "file": {"driver": "file", "filename": "source"}},
