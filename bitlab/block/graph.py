@@ -255,7 +255,7 @@ class BlockGraph:
                 finally:
                     self._drop_unowned(file_node)
                 raise generic("Image is not in qcow2 format")
-            throttled = below_format(file_node) if throttle.members else None
+            throttled = below_format(file_node) if throttle.open_nodes else None
             if throttled is not None and (driver == "qcow2" or "offset" in opts or "size" in opts):
                 self._drop_unowned(file_node)
                 raise generic(f"bitlab does not simulate a {driver} node over a throttle node "

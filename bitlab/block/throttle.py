@@ -30,7 +30,7 @@ THROTTLE_VALUE_MAX = 1_000_000_000_000_000  # include/qemu/throttle.h
 UINT_MAX = 0xFFFF_FFFF
 NS_PER_S = 1_000_000_000
 READ, WRITE = 0, 1
-members = 0  # throttle nodes open in any machine: none, and no request needs to look for one
+open_nodes = 0  # throttle nodes open in any machine: none, and no request needs to look for one
 
 # BucketType's order (THROTTLE_BPS_TOTAL ... THROTTLE_OPS_WRITE): throttle_is_valid checks them so.
 BUCKETS = ("bps-total", "bps-read", "bps-write", "iops-total", "iops-read", "iops-write")
@@ -191,22 +191,22 @@ class ThrottleGroup:
 
     def register(self, member: Member) -> None:
         """throttle_group_register_tgm."""
-        global members
+        global open_nodes
         for d in (READ, WRITE):
             if self.tokens[d] is None:
                 self.tokens[d] = member
         self.members.insert(0, member)
-        members += 1
+        open_nodes += 1
 
     def unregister(self, member: Member) -> None:
         """throttle_group_unregister_tgm (the member has nothing queued: it was drained)."""
-        global members
+        global open_nodes
         for d in (READ, WRITE):
             if self.tokens[d] is member:
                 nxt = self._next(member)
                 self.tokens[d] = None if nxt is member else nxt
         self.members.remove(member)
-        members -= 1
+        open_nodes -= 1
 
     # -- util/throttle.c ---------------------------------------------------------------------
     def _leak(self, now: int) -> None:
@@ -409,7 +409,7 @@ def throttle_path(node: BlockNode | None) -> list[ThrottleNode]:
     """The throttle nodes a request to ``node`` passes on its way down through filters (throttle, raw without
     offset or size, blkdebug, copy-before-write's file), the topmost first."""
     out: list[ThrottleNode] = []
-    if not members:
+    if not open_nodes:
         return out
     while node is not None:
         if isinstance(node, ThrottleNode):

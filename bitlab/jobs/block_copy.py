@@ -474,7 +474,7 @@ class BlockCopy:
         each slice); without one they are the timing model's, and a batch's wave stays in flight. A task
         waiting at a throttle node is waited for as QEMU does: the guest's request blocks while the machine
         runs until the task is done."""
-        if throttle.members and any(isinstance(tm, _Steps) for tm, _ in call.tasks):
+        if throttle.open_nodes and any(isinstance(tm, _Steps) for tm, _ in call.tasks):
             block_until(self.scheduler, lambda: not any(isinstance(tm, _Steps) and t.offset < end
                                                         and start < t.offset + t.nbytes for tm, t in call.tasks),
                         "write")
@@ -559,7 +559,7 @@ class BlockCopy:
         call.found = True
         call.cursor = task.offset + task.nbytes
         at_once = task.zero and self._zeroes_at_once(task)
-        if throttle.members:  # (a throttle node somewhere: the task's requests may pass one)
+        if throttle.open_nodes:  # (a throttle node somewhere: the task's requests may pass one)
             src, tgt = throttle_path(self.source), throttle_path(self.target)
             with admitted():  # (a throttle's wait is the task's own, below)
                 self._begin(task)
