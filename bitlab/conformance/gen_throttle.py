@@ -109,6 +109,8 @@ def throttle_episode(th: Throttles, size: int) -> list[dict]:
         else:  # a scenario node backed up into a throttled target
             steps.append(_qmp("blockdev-backup", {"device": rng.choice(th.nodes), "target": "tp", "sync": "top",
                                                   "job-id": jid}))
+        # (no cancel or pause: whether a job with little to copy is still there for them is QEMU's timing;
+        # tests/conformance/test_throttle.py pauses and cancels throttled backups in stories that wait for it)
         steps.append({"wait-job": {"id": jid, "status": "null"}})
         return steps
     if th.node_group is not None and roll < 0.92:
@@ -128,4 +130,24 @@ def throttle_episode(th: Throttles, size: int) -> list[dict]:
     return steps
 
 
-__all__ = ["CHANCE", "Throttles", "throttle_episode"]
+def throttle_scenario(seed: int, index: int = 0) -> dict:
+    """A scenario of such episodes alone (``bitlab conformance --focus throttle``): one or two qcow2 nodes of
+    8 MiB with data, then three to twelve episodes, then the nodes and the block graph."""
+    rng = random.Random(f"{seed}/{index}/throttle-focus")
+    nodes = ["d0", "d1"][: rng.randint(1, 2)]
+    steps: list[dict] = []
+    for node in nodes:
+        steps.append({"qemu-img": ["create", "-f", "qcow2", f"{node}.qcow2", str(8 * M)]})
+        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": node,
+                                           "file": {"driver": "file", "filename": f"{node}.qcow2"}}))
+        offset = rng.randrange(0, 8) * M
+        steps.append({"write": {"node": node, "offset": offset, "length": rng.choice([64 * K, M, 2 * M])}})
+    th = Throttles(random.Random(f"{seed}/{index}/throttle"), nodes)
+    for _ in range(rng.randint(3, 12)):
+        steps += throttle_episode(th, 8 * M)
+    steps += [_qmp("query-named-block-nodes", {"flat": True}), _qmp("x-debug-query-block-graph"),
+              _qmp("qom-list", {"path": "/objects"})]
+    return {"name": f"throttle-{seed}-{index}", "steps": steps}
+
+
+__all__ = ["CHANCE", "Throttles", "throttle_episode", "throttle_scenario"]
