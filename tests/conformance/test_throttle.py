@@ -400,3 +400,27 @@ def test_a_user_pause_waits_for_the_throttled_requests():
 def test_throttled_requests_as_in_qemu(steps):
     diffs = check({"name": "throttle-io", "steps": steps}, "qsd")
     assert not diffs, "\n".join(str(d) for d in diffs)
+
+
+def test_random_throttle_episodes():
+    """``--focus throttle``: reproducible, and the episodes hold what they are there for."""
+    from bitlab.conformance.gen_throttle import throttle_scenario
+    from bitlab.conformance.runner import play
+
+    assert throttle_scenario(3, 4) == throttle_scenario(3, 4) != throttle_scenario(3, 5)
+    steps = [s for i in range(40) for s in throttle_scenario(3, i)["steps"]]
+    executes = {s["qmp"]["execute"] for s in steps if "qmp" in s}
+    assert {"object-add", "object-del", "qom-get", "qom-set", "qom-list", "blockdev-reopen", "blockdev-backup"} \
+        <= executes
+    adds = [s["qmp"]["arguments"] for s in steps if s.get("qmp", {}).get("execute") == "object-add"]
+    assert any("limits" in a for a in adds) and any(k.startswith("x-") for a in adds for k in a)
+    assert any(s.get("write", {}).get("node") == "tp" for s in steps)
+    assert all(play(throttle_scenario(3, i), "sim").error is None for i in range(10))
+
+
+@pytest.mark.qemu
+def test_conformance_report_focused_on_throttling():
+    from bitlab.conformance.report import report
+
+    text, bad = report(5, 20031, focus="throttle")
+    assert bad == 0 and "scenarios run                5" in text
