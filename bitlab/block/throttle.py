@@ -424,6 +424,31 @@ def throttle_path(node: BlockNode | None) -> list[ThrottleNode]:
     return out
 
 
+def backing_reads(node: BlockNode, offset: int, length: int) -> list[tuple[ThrottleNode, int]]:
+    """The throttle nodes a read of ``[offset, offset + length)`` from ``node`` meets in backing chains below
+    it, each with the bytes of one request: a format node reads what its own layer does not hold from its
+    backing node (a request per unallocated stretch), and so on down the chain."""
+    out: list[tuple[ThrottleNode, int]] = []
+    if not open_nodes:
+        return out
+    while node is not None and (isinstance(node, ThrottleNode) or node.driver in ("raw", "copy-before-write",
+                                                                                   "blkdebug")):
+        node = node.child("image") if node.driver == "blkdebug" else node.child("file")
+        if node is None or _raw_window(node):
+            return out
+    backing = node.backing if node is not None else None
+    if backing is None:
+        return out
+    starts, ends, allocated = node.is_allocated(offset, length)
+    for s, e, held in zip(starts.tolist(), ends.tolist(), allocated.tolist()):
+        e = min(e, backing.size)
+        if held or e <= s:
+            continue
+        out += [(throttle, e - s) for throttle in throttle_path(backing)]
+        out += backing_reads(backing, s, e - s)
+    return out
+
+
 def _raw_window(node: BlockNode) -> bool:
     return node.driver == "raw" and ("offset" in node.options or "size" in node.options)
 
@@ -566,5 +591,5 @@ class ThrottleNode(BlockNode):
 
 
 __all__ = ["BUCKETS", "LIMIT_KEYS", "THROTTLE_VALUE_MAX", "Bucket", "Member", "ThrottleConfig", "ThrottleGroup",
-           "ThrottleNode", "admitted", "below_format", "block_until",
+           "ThrottleNode", "admitted", "backing_reads", "below_format", "block_until",
            "throttle_path", "timeout"]

@@ -74,7 +74,7 @@ from ..block import throttle, wstats
 from ..block.blkdebug import BlockIOError
 from ..block.extents import UNALLOCATED, ZERO, clip_runs, range_items
 from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
-from ..block.throttle import admitted, block_until, throttle_path
+from ..block.throttle import admitted, backing_reads, block_until, throttle_path
 
 MAX_BUFFER = 1 << 20  # BLOCK_COPY_MAX_BUFFER
 MAX_COPY_RANGE = 16 << 20  # BLOCK_COPY_MAX_COPY_RANGE
@@ -560,7 +560,10 @@ class BlockCopy:
         call.cursor = task.offset + task.nbytes
         at_once = task.zero and self._zeroes_at_once(task)
         if throttle.open_nodes:  # (a throttle node somewhere: the task's requests may pass one)
-            src, tgt = throttle_path(self.source), throttle_path(self.target)
+            src = [(node, self._io(task)) for node in throttle_path(self.source)]
+            if not task.zero:
+                src += backing_reads(self.source, task.offset, self._io(task))
+            tgt = [(node, self._io(task)) for node in throttle_path(self.target)]
             with admitted():  # (a throttle's wait is the task's own, below)
                 self._begin(task)
         else:
@@ -583,9 +586,10 @@ class BlockCopy:
         call.tasks.append((timer, task))
 
     def _start_throttled(self, call: Call, task: Task, src: list, tgt: list) -> None:
-        """A task whose read or write passes throttle nodes: the read waits for each throttle on the source's
-        way (throttle_group_co_io_limits_intercept), takes its time, then the write waits for the target's
-        and takes its time; then the task completes."""
+        """A task whose read or write passes throttle nodes (``src``, ``tgt``: each with its request's bytes):
+        the read waits at each throttle on the source's way, including backing nodes the read reaches
+        (throttle_group_co_io_limits_intercept), takes its time, then the write waits for the target's and
+        takes its time; then the task completes."""
         io = self._io(task)
         steps = _Steps(self.scheduler)
         call.timers.append(steps)
@@ -597,12 +601,12 @@ class BlockCopy:
                 self._complete(call, task)
 
         def write() -> None:
-            steps.through(tgt, io, True, lambda: steps.after(LATENCY_NS + transfer * (not task.zero), complete))
+            steps.through(tgt, True, lambda: steps.after(LATENCY_NS + transfer * (not task.zero), complete))
 
         if task.zero:
             write()
         else:
-            steps.through(src, io, False, lambda: steps.after(LATENCY_NS + transfer, write))
+            steps.through(src, False, lambda: steps.after(LATENCY_NS + transfer, write))
 
     def _zero_batch_at_once(self, offsets: np.ndarray, nbytes: np.ndarray) -> bool:
         """:meth:`_zeroes_at_once` for every zero task of a batch (their clusters ``offsets``/``nbytes``)."""
@@ -1108,15 +1112,15 @@ class _Steps:
         if not self.cancelled:
             self.timer = self.scheduler.after(delay, fn)
 
-    def through(self, nodes: list, nbytes: int, is_write: bool, then: Callable[[], None]) -> None:
-        """Pass each throttle node in turn (the topmost first), then ``then()``."""
+    def through(self, requests: list, is_write: bool, then: Callable[[], None]) -> None:
+        """Pass each throttle node with its request's bytes in turn (the topmost first), then ``then()``."""
         if self.cancelled:
             return
-        if not nodes:
+        if not requests:
             then()
             return
-        node, rest = nodes[0], nodes[1:]
-        node.group.intercept(node.member, nbytes, is_write, lambda: self.through(rest, nbytes, is_write, then))
+        (node, nbytes), rest = requests[0], requests[1:]
+        node.group.intercept(node.member, nbytes, is_write, lambda: self.through(rest, is_write, then))
 
 
 def _same_requests(target: BlockNode) -> list[BlockNode]:
