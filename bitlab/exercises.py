@@ -210,6 +210,28 @@ def _reopen_count() -> int:
         _close(vm)
 
 
+THROTTLED_BACKUP_LIMITS = {"bps-write": 2 * MiB}
+
+
+def _throttled_backup_seconds() -> int:
+    """Whole seconds (rounded down) a full backup of an 8 MiB disk holding 1 MiB of data takes into a target
+    throttled at THROTTLED_BACKUP_LIMITS (notebook 10)."""
+    vm = Machine(daemon="system")
+    try:
+        vm.add_drive("drive0", "8M")
+        vm.write("drive0", 0, "1M", 0x11)
+        vm.qemu_img("create", "-f", "qcow2", "target.qcow2", "8M")
+        vm.qmp("object-add", {"qom-type": "throttle-group", "id": "tg", "limits": THROTTLED_BACKUP_LIMITS})
+        vm.qmp("blockdev-add", {"driver": "throttle", "node-name": "target", "throttle-group": "tg",
+                                "file": {"driver": "qcow2", "file": {"driver": "file", "filename": "target.qcow2"}}})
+        start = vm.now
+        vm.qmp("blockdev-backup", {"device": "drive0", "target": "target", "sync": "full", "job-id": "j"})
+        vm.run()
+        return int(vm.now - start)
+    finally:
+        _close(vm)
+
+
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
     Exercise("start-count", "count after a 64 KiB write at 0 and a 1-byte write at 100 KiB",
              "count is in bytes: the number of 64 KiB chunks touched, times 65536.", _start_count),
@@ -242,6 +264,11 @@ EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
     Exercise("reopen-count", "count of b0 after a read-only boot, blockdev-reopen read-write and one more write",
              "the read-only boot's write was refused and recorded nothing; a 64 KiB write that starts in the "
              "middle of a 64 KiB cluster touches two.", _reopen_count),
+    Exercise("throttled-backup-seconds", "whole seconds, rounded down, a full backup of the 8 MiB disk takes into "
+             "a target throttled at 2 MiB/s of writes",
+             "the job writes all 8 MiB, zero clusters too, in 1 MiB requests; the first goes at once, each later "
+             "one waits until the bucket holds no more than a tenth of a second of the rate (0.2 MiB).",
+             _throttled_backup_seconds),
 ]}
 
 _SOLVED: dict[tuple[str, str], Any] = {}

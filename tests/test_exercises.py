@@ -82,7 +82,7 @@ def test_unknown_exercise_names_the_known_ones() -> None:
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("name", ["start-count", "dirty-count", "rollback-count", "sync-on-success", "sync-always",
-                                  "grouped-cancel-offset", "reopen-count"])
+                                  "grouped-cancel-offset", "reopen-count", "throttled-backup-seconds"])
 def test_answers_are_the_same_on_real_qemu(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = solution(name)
     monkeypatch.setenv("BITLAB_BACKEND", "qemu")
@@ -97,3 +97,9 @@ def test_start_count_is_two_chunks() -> None:
 def test_reopen_count_is_eighteen_chunks() -> None:
     # the first boot's 1 MiB: chunks 0-15; the read-only boot: nothing; 64 KiB at 1056 KiB: chunks 16 and 17
     assert solution("reopen-count") == 18 * 65536
+
+
+def test_throttled_backup_takes_three_whole_seconds() -> None:
+    # eight 1 MiB writes (the seven empty MiB as zero writes, which count as much) at 2 MiB/s, the bucket holding
+    # 0.2 MiB: the first at once, the second after 0.4 s, each later one 0.5 s after the one before: 3.4 s
+    assert solution("throttled-backup-seconds") == 3
