@@ -89,8 +89,10 @@ class CbwNode(BlockNode):
         if self.snapshot_error:
             return
         try:
-            with timeout(self.timeout_ns):
+            with timeout(self.timeout_ns) as record:
                 self.before_write(offset, length)
+            if record[2]:  # cbw-timeout struck: the copy completed, but too late
+                raise BlockIOError(errno.ETIMEDOUT, "write")
         except BlockIOError as err:
             if not self.break_snapshot:
                 raise
@@ -98,33 +100,39 @@ class CbwNode(BlockNode):
             return
         self.done.set_range(offset, length)
 
+    # (each request keeps the source it was made over: while its copy waits, at a throttle node, the backup may
+    # end and drop this filter; in QEMU the drop drains the filter, waiting for the request first)
     def write(self, offset, length, value):
+        source = self.source
         self._dirty(offset, length)
         self._guard(offset, length)
-        self.source.write(offset, length, value)
+        source.write(offset, length, value)
 
     def write_batch(self, offsets, lengths, values):
+        source = self.source
         self._dirty_batch(offsets, lengths)
         for off, ln in zip(offsets.tolist(), lengths.tolist()):
             self._guard(off, ln)
-        self.source.write_batch(offsets, lengths, values)
+        source.write_batch(offsets, lengths, values)
 
     def write_zeroes(self, offset, length, unmap=False):
         """cbw_co_pwrite_zeroes: bdrv_co_pwrite_zeroes on the source keeps BDRV_REQ_MAY_UNMAP only if the source
         was opened with discard=unmap (a guest's own request to the source keeps it either way)."""
+        source = self.source
         self._dirty(offset, length)
         self._guard(offset, length)
-        self.source.write_zeroes(offset, length, unmap and self.source.discard_unmap)
+        source.write_zeroes(offset, length, unmap and source.discard_unmap)
 
     def discard(self, offset, length):
         """cbw_co_pdiscard: copy first, then discard below; only on a filter opened with discard=unmap
         (bdrv_cbw_append opens a backup's with BDRV_O_RDWR only: there nothing is copied or discarded)."""
         if not self.discard_unmap:
             return
+        source = self.source
         self._dirty(offset, length, discard=True)
         for lo, hi in discard_pieces(offset, length, self._discard_alignment()):
             self._guard(lo, hi - lo)  # (a failed copy fails the discard: the pieces after it are not tried)
-            self.source.discard(lo, hi - lo)
+            source.discard(lo, hi - lo)
 
     def _discard_alignment(self) -> int:
         """bs->bl.pdiscard_alignment: the filter merges its children's (bdrv_merge_limits)."""

@@ -476,8 +476,7 @@ class BlockCopy:
         runs until the task is done."""
         if throttle.open_nodes and any(isinstance(tm, _Steps) for tm, _ in call.tasks):
             block_until(self.scheduler, lambda: not any(isinstance(tm, _Steps) and t.offset < end
-                                                        and start < t.offset + t.nbytes for tm, t in call.tasks),
-                        "write")
+                                                        and start < t.offset + t.nbytes for tm, t in call.tasks))
         if not self.rate.speed:
             return
         waited = self._end_tasks_on(call, start, end, failed=False)

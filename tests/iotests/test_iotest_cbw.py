@@ -8,9 +8,10 @@ With ``break-snapshot`` the guest's write succeeds and the snapshot read fails (
 of its own first (the iotest runs the qemu-io tool on the image).
 
 The ``cbw-timeout`` cases: the target is a ``throttle`` node (group ``group0``, 300 KiB/s of writes) over qcow2,
-``cbw-timeout`` 1 s. The first 512 KiB write copies at once (the bucket is empty); the second one's copy would
-wait about 1.4 s at the throttle, so it times out after 1 s: with ``break-guest-write`` the guest's write fails
-(ETIMEDOUT) and the snapshot still reads; with ``break-snapshot`` the write succeeds and the snapshot is gone.
+``cbw-timeout`` 1 s. The first 512 KiB write copies at once (the bucket is empty); the second one's copy waits
+(512 - 30) KiB / 300 KiB/s = 1.6 s at the throttle, so it times out after 1 s: with ``break-guest-write`` the
+guest's write fails (ETIMEDOUT) and the snapshot still reads; with ``break-snapshot`` the write succeeds and the
+snapshot is gone. Either way the write returns only once the copy has passed the throttle (measured: 1.61 s).
 """
 
 from __future__ import annotations
@@ -106,3 +107,18 @@ def test_cbw_timeout(on_cbw_error):
 def test_cbw_timeout_as_in_qemu(on_cbw_error):
     real, simulated = on_both(lambda vm: timeout_story(vm, on_cbw_error), daemon="system")
     assert real == simulated
+
+
+def test_a_timed_out_write_returns_when_its_copy_has_passed():
+    vm = Machine()
+    _source(vm, Log(vm))
+    vm.qmp("object-add", {"qom-type": "throttle-group", "id": "group0", "limits": {"bps-write": 300 * 1024}})
+    vm.qmp("blockdev-add", {"node-name": "cbw", "driver": "copy-before-write", "on-cbw-error": "break-guest-write",
+                            "cbw-timeout": 1, "file": {"driver": "qcow2", "file": {"driver": "file",
+                                                                                   "filename": "source"}},
+                            "target": {"driver": "throttle", "throttle-group": "group0", "file": {
+                                "driver": "qcow2", "file": {"driver": "file", "filename": "temp"}}}})
+    vm.qemu_io("cbw", "write 0 512K")
+    start = vm.clock.now_ns
+    assert vm.qemu_io("cbw", "write 512K 512K") == "write failed: Connection timed out\n"
+    assert abs(vm.clock.now_ns - start - (512 - 30) * 1024 * 10 ** 9 / (300 * 1024)) < 1_000_000
