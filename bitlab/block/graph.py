@@ -87,6 +87,7 @@ class BlockGraph:
         self.block_copy_factory: Callable[[BlockNode, BlockNode, DirtyBitmap | None], Any] | None = None
         self.throttle_groups: dict[str, ThrottleGroup] = {}  # object-add's throttle groups (the machine's)
         self._throttle_drained: dict[int | None, list[list[ThrottleNode]]] = {}  # drained sections, by node
+        self._throttle_ends: list[tuple[Any, list]] = []  # drained sections' ends not run yet (timer, [node])
 
     def stamp(self, key: tuple) -> None:
         """A link made (or moved) now: the newest parent of its child."""
@@ -314,14 +315,20 @@ class BlockGraph:
         """A drained section's begin or end at the throttle nodes it reaches: ``node`` and every node above
         it (bdrv_drained_begin drains the parents), or with None every node (bdrv_drain_all). Until the end
         has run, a throttle node lets every request go (io_limits_disabled). The end reaches the nodes the
-        begin reached, from a coroutine bdrv_drain_invoke schedules for the next turn of the main loop."""
+        begin reached, from a coroutine bdrv_drain_invoke schedules for the next turn of the main loop, or
+        sooner: a drained section's begin polls the main loop (AIO_WAIT_WHILE), which runs the ends waiting."""
         if not self.throttle_groups:
             return
         key = None if node is None else id(node)
         if not begin:  # the nodes the section's begin reached (links may have moved since: bdrv_drop_filter)
             for tnode in self._throttle_drained[key].pop():
-                tnode.group.scheduler.after(0, partial(tnode.group.drain_end, tnode.member))
+                end = [tnode]
+                timer = tnode.group.scheduler.after(0, partial(self._throttle_end, end))
+                self._throttle_ends.append((timer, end))
             return
+        for timer, end in self._throttle_ends:  # (the begin's poll)
+            timer.cancel()
+            self._throttle_end(end)
         if node is None:
             reached = [n for n in self.nodes.values() if isinstance(n, ThrottleNode)]
         else:
@@ -337,6 +344,13 @@ class BlockGraph:
         self._throttle_drained.setdefault(key, []).append(reached)
         for tnode in reached:
             tnode.group.drain_begin(tnode.member)
+
+    def _throttle_end(self, end: list) -> None:
+        """throttle_co_drain_end, once (from its scheduled coroutine or a later drain's poll)."""
+        if end:
+            tnode = end.pop()
+            tnode.group.drain_end(tnode.member)
+        self._throttle_ends = [(timer, e) for timer, e in self._throttle_ends if e]
 
     def _open_throttle(self, opts: dict, name: str | None, ro: bool) -> ThrottleNode:
         """throttle_open: the ``file`` child (opened before the node is named), then the group

@@ -505,8 +505,10 @@ class BlockCopy:
         """block_copy_async enters the call's coroutine at once: under a rate limit its first
         requests start now (their clusters are no longer dirty for a guest write's copy-before-write).
         Without one, what is in flight when is the timing model's: the call starts when time runs
-        (so that a batch keeps its whole waves)."""
-        if not self.rate.speed:
+        (so that a batch keeps its whole waves); but through a throttle node its requests start now too,
+        so a guest's write right after the command meets them there (measured: it waits for them)."""
+        if not self.rate.speed and not (throttle.open_nodes and (throttle_path(self.source)
+                                                                 or throttle_path(self.target))):
             self.scheduler.after(0, lambda: self._launch(call))
             return
         self._launch(call)

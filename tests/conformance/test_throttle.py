@@ -12,7 +12,7 @@ from bitlab import Machine
 from bitlab.conformance.runner import check
 from bitlab.errors import QMPError
 
-M = 1 << 20
+K, M = 1 << 10, 1 << 20
 
 
 def _q(execute: str, arguments: dict | None = None) -> dict:
@@ -401,6 +401,18 @@ def test_reads_through_a_throttled_backing_node_wait_there():
     at = done["timestamp"]["seconds"] * 10 ** 9 + done["timestamp"]["microseconds"] * 1000
     # (plus the model's 50 µs + 2 GiB/s per request: a few ms)
     assert abs(at - start - _qemu_wait_ns(M, M) - 2 * _qemu_wait_ns(M + M / 10, M)) < 5_000_000  # measured: 2.904 s
+
+
+def test_a_guest_write_right_after_the_backup_meets_its_requests_at_the_throttle():
+    """The job's first requests start with the command (its eight 1 MiB tasks; the zero ones write at once, and
+    the first passes): a guest write to the last cluster waits for that cluster's task, queued fourth (measured:
+    2.89 s). The transaction's drain_all had let every request go until its end ran: the source's drained
+    section, polling, ran it before the job started."""
+    vm = Machine()
+    _timed(vm, BACKUP[:8])
+    vm.qmp("blockdev-backup", {"device": "s", "target": "t", "sync": "full", "job-id": "j"})
+    took = _timed(vm, [_write("s", 7 * M, 64 * K)])[0]
+    assert abs(took - _qemu_wait_ns(M, M) - 2 * _qemu_wait_ns(M + M / 10, M)) < 5_000_000
 
 
 def test_a_backup_of_a_throttled_source_starts_unthrottled():
