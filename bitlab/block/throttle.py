@@ -407,9 +407,12 @@ def block_until(scheduler: Any, done: Callable[[], bool]) -> None:
 def throttle_path(node: BlockNode | None) -> list[ThrottleNode]:
     """The throttle nodes a request to ``node`` passes on its way down through filters (throttle, raw without
     offset or size, blkdebug, copy-before-write's file), the topmost first."""
+    return _through_filters(node)[0] if open_nodes else []
+
+
+def _through_filters(node: BlockNode | None) -> tuple[list[ThrottleNode], BlockNode | None]:
+    """The way down from ``node`` through filters: the throttle nodes on it, and the node it ends at."""
     out: list[ThrottleNode] = []
-    if not open_nodes:
-        return out
     while node is not None:
         if isinstance(node, ThrottleNode):
             out.append(node)
@@ -420,7 +423,7 @@ def throttle_path(node: BlockNode | None) -> list[ThrottleNode]:
             node = node.child("image")
         else:
             break
-    return out
+    return out, node
 
 
 def backing_reads(node: BlockNode, offset: int, length: int) -> list[tuple[ThrottleNode, int]]:
@@ -430,11 +433,7 @@ def backing_reads(node: BlockNode, offset: int, length: int) -> list[tuple[Throt
     out: list[tuple[ThrottleNode, int]] = []
     if not open_nodes:
         return out
-    while node is not None and (isinstance(node, ThrottleNode) or node.driver in ("raw", "copy-before-write",
-                                                                                   "blkdebug")):
-        node = node.child("image") if node.driver == "blkdebug" else node.child("file")
-        if node is None or _raw_window(node):
-            return out
+    node = _through_filters(node)[1]
     backing = node.backing if node is not None else None
     if backing is None:
         return out

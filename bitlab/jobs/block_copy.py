@@ -474,7 +474,7 @@ class BlockCopy:
         each slice); without one they are the timing model's, and a batch's wave stays in flight. A task
         waiting at a throttle node is waited for as QEMU does: the guest's request blocks while the machine
         runs until the task is done."""
-        if throttle.open_nodes and any(isinstance(tm, _Steps) for tm, _ in call.tasks):
+        if throttle.open_nodes and self.throttled_in_flight(call):
             block_until(self.scheduler, lambda: not any(isinstance(tm, _Steps) and t.offset < end
                                                         and start < t.offset + t.nbytes for tm, t in call.tasks))
         if not self.rate.speed:
