@@ -64,6 +64,9 @@ class BlockGraph:
         self.monitor_owned: set[str] = set()
         self.blks: list = []  # anonymous BlockBackends on nodes (block exports): objects with a ``node``
         self.job_held: set[str] = set()  # backup filters: their job holds them, whoever their parents are
+        # a mirror job's links (block_job_create, block_job_add_bdrv, its target's BlockBackend): (owner, node,
+        # perms.Blk, stamp key), for the permission checks
+        self.job_blks: list[tuple[Any, BlockNode, Any, tuple]] = []
         self._rng = random.Random(seed)
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
@@ -530,6 +533,51 @@ class BlockGraph:
         self.perm_version += 1
         self.guests.pop(id(cbw), None)
 
+    def insert_mirror_top(self, source: BlockNode, top: BlockNode) -> None:
+        """mirror_start_job's bdrv_append: the filter gets the source as its backing child and takes its place
+        under every parent (devices, exports, nodes)."""
+        self.nodes[top.node_name] = top
+        self.job_held.add(top.node_name)
+        self._attach(top, "backing", source)
+        self._replace_node(source, top)
+
+    def remove_mirror_top(self, top: BlockNode, target: BlockNode | None) -> None:
+        """mirror_exit_common: with ``target`` (the switch-over), what sat on the source sits on the target;
+        then the filter's parents go down to what it filtered, and the filter goes. A source nobody holds any
+        more (a device's implicit nodes) closes."""
+        source = top.child("backing")
+        assert source is not None
+        if target is not None:
+            self._replace_child(top, source, target, self.link_order)
+            self.stamp((id(top), "backing"))
+            below = target
+        else:
+            below = source
+        self._replace_node(top, below)
+        for _, child in top.children:
+            child.parents -= 1
+        top.children = []
+        self.job_held.discard(top.node_name)
+        self.nodes.pop(top.node_name, None)
+        self.perm_version += 1
+        self.guests.pop(id(top), None)
+        if target is not None:
+            self._move_guests(source, target)
+            self._drop_unowned(source)
+
+    def job_blk(self, owner: Any, node: BlockNode, blk: Any) -> None:
+        """A job's link to ``node`` (or its BlockBackend on it): the node's newest parent."""
+        key = ("jobblk", id(blk))
+        self.job_blks.append((owner, node, blk, key))
+        self.stamp(key)
+
+    def job_blks_release(self, owner: Any) -> None:
+        """The job's links go (block_job_remove_all_bdrv, blk_unref)."""
+        for entry in [e for e in self.job_blks if e[0] is owner]:
+            self.job_blks.remove(entry)
+            self.link_order.pop(entry[3], None)
+        self.perm_version += 1
+
     def pass_filter(self, source: BlockNode, target: BlockNode, name: str, cluster_size: int) -> None:
         """A backup that fails after bdrv_cbw_append (the max-chunk check): its copy-before-write filter
         is appended and dropped again, and the links it moved come back detached and attached again (the
@@ -602,9 +650,9 @@ class BlockGraph:
         new.parents += len(moved)
 
     def release_job_target(self, target: BlockNode) -> None:
-        """A drive-backup target opened for the job goes with it."""
-        if target.parents == 0 and target.node_name not in self.monitor_owned:
-            self.release(target)
+        """A drive-backup (or drive-mirror) target opened for the job goes with it, unless something holds it
+        now (a mirror's switch-over put it under the source's parents)."""
+        self._drop_unowned(target)
 
     def set_backing(self, node: BlockNode, backing: BlockNode) -> None:
         """bdrv_set_backing_hd."""
@@ -794,7 +842,8 @@ class BlockGraph:
         node = self.nodes.get(name)
         if node is None:
             raise generic(f"Failed to find node with node-name='{name}'")
-        if any(blk.node is node for blk in self.blks):
+        if any(blk.node is node for blk in self.blks) or any(
+                n is node and blk.role == "root" for _, n, blk, _ in self.job_blks):
             raise generic(f"Node {name} is in use")
         if node.job_blocker:  # op blockers (BLOCK_OP_TYPE_DRIVE_DEL) come before the monitor's ownership
             raise generic(f"Node '{name}' is busy: {node.job_blocker}")

@@ -71,6 +71,8 @@ def filter_or_cow(node: BlockNode) -> BlockNode | None:
     node."""
     if node.driver in ("copy-before-write", "throttle"):
         return node.child("file")
+    if node.driver == "mirror_top":
+        return node.child("backing")
     if node.driver == "blkdebug":
         return node.child("image")
     return node.backing
@@ -130,15 +132,15 @@ def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
     # shows the cluster size of what it filters.
     info = {"filename": filename, "format": node.driver}
     bottom = node
-    while bottom.child("file") is not None and not isinstance(bottom, Qcow2Node):
-        bottom = bottom.child("file")
+    while (bottom.child("file") or bottom.child("backing")) is not None and not isinstance(bottom, Qcow2Node):
+        bottom = bottom.child("file") or bottom.child("backing")  # type: ignore[assignment]
     if _answers_get_info(node):
         info["dirty-flag"] = False
     size = allocated_file_size(node)
     if size is not None:
         info["actual-size"] = size
     info["virtual-size"] = node.size
-    if isinstance(bottom, Qcow2Node) and node.driver in ("copy-before-write", "throttle"):
+    if isinstance(bottom, Qcow2Node) and node.driver in ("copy-before-write", "throttle", "mirror_top"):
         info["cluster-size"] = bottom.image.cluster_size
     return info
 
@@ -153,7 +155,7 @@ def allocated_file_size(node: BlockNode) -> int | None:
             return node.image.allocated_size()
         if isinstance(node, BlkdebugNode):
             return None
-        child = node.child("file")
+        child = node.child("file") or (node.child("backing") if node.driver == "mirror_top" else None)
         if child is None:
             return None
         node = child
@@ -165,7 +167,8 @@ def _answers_get_info(node: BlockNode) -> bool:
     while not isinstance(node, (FileNode, Qcow2Node)):
         if node.driver == "snapshot-access":
             return False
-        below = node.child("file") or node.child("image")
+        below = node.child("file") or node.child("image") or (
+            node.child("backing") if node.driver == "mirror_top" else None)
         if below is None:
             return False
         node = below

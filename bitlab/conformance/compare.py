@@ -65,7 +65,8 @@ def compare_thresholds(expected: list[dict], got: list[dict]) -> dict:
 
 def canonical(seq: list) -> list:
     """QEMU's own run-to-run variation removed: an optional 'waiting' before 'aborting', and
-    'paused', 'running' pairs from the drained sections of commands (also other jobs')."""
+    'paused', 'running' pairs from the drained sections of commands (also other jobs'), and a ready job's
+    'standby', 'ready' pairs likewise."""
     out: list = []
     for item in seq:
         if item == "aborting" and out and out[-1] == "waiting":
@@ -73,8 +74,19 @@ def canonical(seq: list) -> list:
         if item == "running" and out and out[-1] == "paused" and len(out) >= 2 and out[-2] == "running":
             out.pop()
             continue
+        if item == "ready" and out and out[-1] == "standby" and _last_status(out[:-1]) == "ready":
+            out.pop()
+            continue
         out.append(item)
     return out
+
+
+def _last_status(seq: list) -> str | None:
+    """The last status of a job's sequence (its end events are dicts)."""
+    for item in reversed(seq):
+        if isinstance(item, str):
+            return item
+    return None
 
 
 def compare_jobs(expected: list[dict], got: list[dict]) -> dict:

@@ -423,9 +423,17 @@ class Job:
                 self.err = strerror(-self.ret)
             self.transition("aborting")
 
+    def cancel_force(self, force: bool) -> bool:
+        """The driver's .cancel: whether a cancel is a forced one (backup's: always)."""
+        return True
+
+    def complete_request(self) -> None:
+        """The driver's .complete (job-complete); a job without one cannot be completed."""
+        raise generic(f"The active block job '{self.id}' cannot be completed")
+
     def cancel_async(self, force: bool) -> None:
-        """job_cancel_async (backup's .cancel makes every cancel a forced one)."""
-        force = True
+        """job_cancel_async (the driver's .cancel says whether the cancel is forced)."""
+        force = self.cancel_force(force)
         if self.user_paused:
             self.user_paused = False
             self.pause_count -= 1
@@ -504,8 +512,11 @@ class Job:
         self.dismiss()
 
     def user_complete(self) -> None:
+        """job_complete: the verb, then no complete after a cancel, then the driver's."""
         self.apply_verb("complete")
-        raise generic(f"The active block job '{self.id}' cannot be completed")
+        if self.cancelled:
+            raise generic(f"The active block job '{self.id}' cannot be completed")
+        self.complete_request()
 
     # -- queries ----------------------------------------------------------------------
     def job_info(self) -> dict:

@@ -6,6 +6,7 @@ from . import (  # noqa: F401
     cmd_create,
     cmd_export,
     cmd_job,
+    cmd_mirror,
     cmd_misc,
     cmd_object,
     cmd_runstate,

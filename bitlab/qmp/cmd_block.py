@@ -75,6 +75,8 @@ def qmp_query_block(vm: Any, args: dict) -> list:
     out = []
     bitmap_directory_reads(vm.graph.nodes.values(), vm.graph.devices.values(), flat=False)
     for device, node in vm.graph.devices.items():
+        while node.driver == "mirror_top" and node.auto_named:  # bdrv_skip_implicit_filters
+            node = node.child("backing")
         # -drive if=none: a removable BlockBackend without a device model (so no io-status)
         out.append({"device": device, "locked": False, "removable": True, "inserted": block_device_info(node),
                     "type": "unknown"})

@@ -2,8 +2,7 @@
 
 ``EVENTS`` is to events what the command table is to commands: the one place
 ``query-qmp-schema`` learns which events exist and what their ``data`` holds.
-Only events the engine actually sends are listed (``BLOCK_JOB_READY`` is not:
-a backup job never becomes ready).
+Only events the engine actually sends are listed.
 """
 
 from __future__ import annotations
@@ -38,6 +37,10 @@ EVENTS: dict[str, Struct | None] = {
     ),
     "BLOCK_JOB_ERROR": struct(
         "q_obj_BLOCK_JOB_ERROR-arg", m("device", STR), m("operation", IoOperationType), m("action", BlockErrorAction),
+    ),
+    "BLOCK_JOB_READY": struct(
+        "q_obj_BLOCK_JOB_READY-arg",
+        m("type", JobType), m("device", STR), m("len", INT), m("offset", INT), m("speed", INT),
     ),
     "BLOCK_JOB_PENDING": struct("q_obj_BLOCK_JOB_PENDING-arg", m("type", JobType), m("id", STR)),
     "JOB_STATUS_CHANGE": struct("q_obj_JOB_STATUS_CHANGE-arg", m("id", STR), m("status", JobStatus)),

@@ -203,6 +203,22 @@ BackupCommon = struct(
 DriveBackup = struct("DriveBackup", m("target", STR), m("*format", STR), m("*mode", NewImageMode),
                      base=BackupCommon)
 BlockdevBackup = struct("BlockdevBackup", m("target", STR), base=BackupCommon)
+MirrorCopyMode = Enum("MirrorCopyMode", ("background", "write-blocking"))
+BlockdevMirror = struct(
+    "q_obj_blockdev-mirror-arg",
+    m("*job-id", STR), m("device", STR), m("target", STR), m("*replaces", STR), m("sync", MirrorSyncMode),
+    m("*speed", INT), m("*granularity", UINT32), m("*buf-size", INT), m("*on-source-error", BlockdevOnError),
+    m("*on-target-error", BlockdevOnError), m("*filter-node-name", STR), m("*copy-mode", MirrorCopyMode),
+    m("*auto-finalize", BOOL), m("*auto-dismiss", BOOL),
+)
+DriveMirror = struct(
+    "DriveMirror",
+    m("*job-id", STR), m("device", STR), m("target", STR), m("*format", STR), m("*node-name", STR),
+    m("*replaces", STR), m("sync", MirrorSyncMode), m("*mode", NewImageMode), m("*speed", INT),
+    m("*granularity", UINT32), m("*buf-size", INT), m("*on-source-error", BlockdevOnError),
+    m("*on-target-error", BlockdevOnError), m("*unmap", BOOL), m("*copy-mode", MirrorCopyMode),
+    m("*auto-finalize", BOOL), m("*auto-dismiss", BOOL),
+)
 
 # -- jobs -----------------------------------------------------------------------------------
 

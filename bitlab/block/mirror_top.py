@@ -1,0 +1,98 @@
+"""``mirror_top``: the filter a mirror job puts above its source (block/mirror.c, QEMU 7.2).
+
+It has one child, ``backing`` (a filter whose filtered child is its backing link), and passes every
+request down; a guest's writes reach the source through it, where the job's dirty bitmap (an
+anonymous bitmap on the source, in QEMU 7.2) records them. It is implicit (``#block…``) unless the
+job's ``filter-node-name`` names it, and goes when the job ends. A discard through it is dropped: the
+node is opened read-write without ``discard=unmap``.
+"""
+
+from __future__ import annotations
+
+from .node import BlockNode
+
+
+class MirrorTopNode(BlockNode):
+    """The mirror job's filter over ``source`` (its ``backing`` child)."""
+
+    driver = "mirror_top"
+    on_write = None  # the job's hook: a guest wrote (a job asleep while ready wakes at its slice's end)
+
+    def __init__(self, node_name: str, **kw) -> None:
+        super().__init__(node_name, **kw)
+        self.stop = False  # mirror_exit_common: the filter no longer forwards permissions
+
+    @property
+    def source(self) -> BlockNode:
+        node = self.child("backing")
+        assert node is not None
+        return node
+
+    @property
+    def backing(self) -> BlockNode | None:
+        return None  # (its backing link is the filtered child, not a backing file)
+
+    @property
+    def size(self) -> int:
+        return self.source.size
+
+    @property
+    def image(self):  # the image file below, for format drivers above
+        return getattr(self.source, "image", None)
+
+    @property
+    def cluster_size(self) -> int | None:
+        return self.source.cluster_size  # bdrv_get_info: a filter answers for what it filters
+
+    @property
+    def reports_zeroes(self) -> bool:
+        return self.source.reports_zeroes
+
+    def plain_filename(self) -> str | None:
+        return self.source.filename  # bdrv_mirror_top_refresh_filename
+
+    def write(self, offset, length, value):
+        self._dirty(offset, length)
+        self.source.write(offset, length, value)
+        self._wrote()
+
+    def write_batch(self, offsets, lengths, values):
+        self._dirty_batch(offsets, lengths)
+        self.source.write_batch(offsets, lengths, values)
+        self._wrote()
+
+    def _write_buffer_data(self, offset, length, starts, ends, values, detect):
+        self._dirty(offset, length)
+        self.source.write_buffer(offset, length, starts, ends, values, detect)
+        self._wrote()
+
+    def write_zeroes(self, offset, length, unmap=False):
+        self._dirty(offset, length)
+        self.source.write_zeroes(offset, length, unmap and self.source.discard_unmap)
+        self._wrote()
+
+    def discard(self, offset, length):
+        if not self.discard_unmap:
+            return
+        self._dirty(offset, length, discard=True)
+        self.source.discard(offset, length)
+        self._wrote()
+
+    def _wrote(self) -> None:
+        if self.on_write is not None:
+            self.on_write()
+
+    def read_extents(self, offset, length):
+        return self.source.read_extents(offset, length)
+
+    def pread(self, offset, length):
+        return self.source.pread(offset, length)
+
+    def block_status(self, offset, length):
+        return self.source.block_status(offset, length)
+
+    def copy_status(self, offset, length, recurse=True):
+        return self.source.copy_status(offset, length)
+
+    def is_allocated(self, offset, length):
+        return self.source.is_allocated(offset, length)
