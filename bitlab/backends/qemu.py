@@ -95,6 +95,8 @@ PACKAGE_OF = {QSD: "qemu-system-common", SYSTEM: "qemu-system-x86", "qemu-img": 
               "qemu-io": "qemu-utils"}
 PACKAGES = "qemu-system-x86 qemu-system-common qemu-utils"  # everything both daemons need
 SETTLED = ("concluded", "pending", "paused")
+READY = ("ready", "standby")  # a mirror waiting for job-complete: run() is done, step() waits on (a command may be
+# on its way: job-complete's events come a moment later)
 PRIVATE_PREFIX = "bitlab-"  # export ids and names reserved for the backend's own NBD exports
 EXPORT_PREFIX = PRIVATE_PREFIX + "guest-"  # id and name of the export of a node for guest I/O
 BITMAP_EXPORT = PRIVATE_PREFIX + "bitmap"  # id and name of the export that dirty_bitmap reads
@@ -355,6 +357,8 @@ class QemuMachine(GuestIO, Monitor):
         self._finalizer.atexit = False  # at exit, _stop_all stops QEMU (QMP may be unusable by then)
         self._closed = False
         self._exports: dict[str, str] = {}  # the node addressed -> id (= NBD name) of the backend's export
+        self._mirror_sources: dict[str, str] = {}  # a mirror job's id -> the node it mirrors
+        self._switching: dict[str, dict[str, str | None]] = {}  # a completing mirror's id -> its source's export
         self._read_only: set[str] = set()  # nodes whose export is read-only (the node is)
         self._overlays: dict[str, str] = {}  # system emulator: a snapshotted node -> the overlay put above it
         self._server: nbd.Address | None = None  # where QEMU's one NBD server listens, if it runs
@@ -545,12 +549,19 @@ class QemuMachine(GuestIO, Monitor):
             return self._snapshot(message, snapshots)
         if name == GRAPH_QUERY and self._exports:
             return self._graph_query(message)
+        if self._switching:
+            self._switched()
+        if name in ("job-complete", "block-job-complete") and kind == "qsd":
+            return self._complete_mirror(message)
         if name in PERMISSION_COMMANDS and self._exports:
             moved = self._stand_aside(server=False)
             try:
                 reply = self._send(message)
                 if name == "blockdev-create" and "return" in reply:
                     self._wait_created(message["arguments"].get("job-id"))
+                if name in ("blockdev-mirror", "drive-mirror") and "return" in reply:
+                    args = message["arguments"]
+                    self._mirror_sources[args.get("job-id") or args["device"]] = args["device"]
                 return reply
             finally:
                 self._come_back(moved)
@@ -572,6 +583,33 @@ class QemuMachine(GuestIO, Monitor):
         if name in NOTED_COMMANDS and isinstance(reply, dict) and "return" in reply:
             history_of(self).note_command(self, message, reply, events_at)
         return reply
+
+    def _complete_mirror(self, message: dict) -> dict:
+        """``job-complete`` of a mirror: its switch-over moves every parent of the source to the target, the
+        backend's export of the source too, which would keep a target nothing else holds open (a drive-mirror
+        image). The export stands aside until the job has ended, then comes back on the source, as on a QEMU
+        without it."""
+        args = message.get("arguments") or {}
+        job_id = args.get("id", args.get("device"))
+        source = self._mirror_sources.get(job_id) if isinstance(job_id, str) else None
+        if source is None or source not in self._exports:
+            return self._send(message)
+        moved = {source: self._unexport(source)}
+        reply = self._send(message)
+        if "return" in reply:
+            self._switching[job_id] = moved
+        else:
+            self._come_back(moved)
+        return reply
+
+    def _switched(self) -> None:
+        """The exports of the completing mirrors that have ended come back (see :meth:`_complete_mirror`)."""
+        jobs = {job["id"]: job["status"] for job in self._helper_value("query-jobs")}
+        for job_id, moved in list(self._switching.items()):
+            if jobs.get(job_id, "null") in ("concluded", "null", "aborting"):
+                del self._switching[job_id]
+                self._mirror_sources.pop(job_id, None)
+                self._come_back(moved)
 
     # -- what bitlab.history and bitlab.chain ask of a backend ------------------------------
     def _image_key(self, path: str) -> str:
@@ -925,8 +963,9 @@ class QemuMachine(GuestIO, Monitor):
                 raise TimeoutError(f"create job {job_id!r} did not finish within {self.timeout} s")
             self._collect(wait=0.002)
 
-    def _settled(self) -> bool:
-        return all(job["status"] in SETTLED for job in self._helper_value("query-jobs"))
+    def _settled(self, ready: bool = False) -> bool:
+        statuses = SETTLED + READY if ready else SETTLED
+        return all(job["status"] in statuses for job in self._helper_value("query-jobs"))
 
     def run(self, until: float | None = None, timeout: float | None = None) -> None:
         """Wait until every job has settled (none left, or concluded, pending or paused), or until
@@ -939,8 +978,10 @@ class QemuMachine(GuestIO, Monitor):
         while True:
             if until is not None and self.now >= until:
                 return
-            if until is None and self._settled():
+            if until is None and self._settled(ready=True):
                 self._collect()
+                if self._switching:
+                    self._switched()
                 return
             if time.monotonic() > limit:
                 jobs = self._helper_value("query-jobs")
@@ -953,6 +994,8 @@ class QemuMachine(GuestIO, Monitor):
             return False
         before = len(self.events)
         self._collect()
+        if self._switching:
+            self._switched()
         settled = self._settled()  # its reply may come after the events that settled the jobs
         if len(self.events) > before:
             return True

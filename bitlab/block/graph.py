@@ -561,8 +561,9 @@ class BlockGraph:
         self.nodes.pop(top.node_name, None)
         self.perm_version += 1
         self.guests.pop(id(top), None)
+        if id(source) in self.guests:  # a guest that addresses the source by name writes to it again (HMP qemu-io
+            self.guests[id(source)] = (source, source)  # on the node's name, a new NBD client of it)
         if target is not None:
-            self._move_guests(source, target)
             self._drop_unowned(source)
 
     def job_blk(self, owner: Any, node: BlockNode, blk: Any) -> None:

@@ -63,6 +63,9 @@ the backing file detached, what QEMU refuses; sometimes with a scenario node in 
 After 3% of the steps comes a throttling episode of :mod:`.gen_throttle` (its own stream and names: groups ``tz0``,
 ``tz1``, the throttle node ``tp`` over ``tpq``, jobs ``tj<n>``): groups made, read and changed, guest writes and
 backups through the throttle node, the node moved to the other group, both taken down.
+After 3% of the steps comes a mirror episode of :mod:`.gen_mirror` (its own stream and names: targets ``mt<n>``,
+images ``mn<n>.qcow2``, jobs ``mj<n>``, filters ``mf<n>``): blockdev-mirror or drive-mirror of a scenario node,
+ready, guest writes, then the switch-over or a cancel.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ from .gen_snapshot import CHANCE as SNAPSHOT_CHANCE
 from .gen_snapshot import Snapshots, snapshot_episode
 from .gen_threshold import CHANCE as THRESHOLD_CHANCE
 from .gen_threshold import threshold_episode
+from .gen_mirror import CHANCE as MIRROR_CHANCE
+from .gen_mirror import Mirrors, mirror_episode
 from .gen_throttle import CHANCE as THROTTLE_CHANCE
 from .gen_throttle import Throttles, throttle_episode
 from .steps import qmp_step as _qmp
@@ -140,6 +145,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     files: dict[str, dict] = {}
     reopens = Reopens(random.Random(f"{seed}/{index}/reopen"), nodes, files)
     throttles = Throttles(random.Random(f"{seed}/{index}/throttle"), nodes)
+    mirrors = Mirrors(random.Random(f"{seed}/{index}/mirror"), nodes)
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -175,6 +181,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += reopen_episode(reopens, size)
         if throttles.rng.random() < THROTTLE_CHANCE:
             steps += throttle_episode(throttles, size)
+        if mirrors.rng.random() < MIRROR_CHANCE:
+            steps += mirror_episode(mirrors, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)

@@ -11,6 +11,7 @@ from ..backends.qemu import DAEMON_ENV, QemuDaemonError, QemuNotFound, qemu_miss
 from .gen_blkdebug import blkdebug_scenario
 from .gen_compress import compress_scenario
 from .gen_fleecing import fleecing_scenario
+from .gen_mirror import mirror_scenario
 from .gen_parents import parents_scenario
 from .gen_running import running_scenario
 from .gen_runstate import runstate_scenario
@@ -20,7 +21,7 @@ from .runner import check
 
 FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario,
          "compress": compress_scenario, "runstate": runstate_scenario, "fleecing": fleecing_scenario,
-         "throttle": throttle_scenario}
+         "throttle": throttle_scenario, "mirror": mirror_scenario}
 SYSTEM_ONLY = {"runstate": "stop, cont and query-status"}
 """Foci whose every scenario needs QEMU's system emulator: what it needs there."""
 

@@ -292,3 +292,28 @@ def test_drive_mirror_of_a_device_as_in_qemu():
 def test_mirror_modes_and_errors_as_in_qemu(steps):
     diffs = check({"name": "mirror", "steps": steps}, "qsd")
     assert not diffs, "\n".join(str(d) for d in diffs)
+
+
+def test_random_mirror_episodes():
+    """``--focus mirror``: reproducible, and the episodes hold what they are there for."""
+    from bitlab.conformance.gen_mirror import mirror_scenario
+    from bitlab.conformance.runner import play
+
+    assert mirror_scenario(3, 4) == mirror_scenario(3, 4) != mirror_scenario(3, 5)
+    steps = [s for i in range(40) for s in mirror_scenario(3, i)["steps"]]
+    executes = [s["qmp"]["execute"] for s in steps if "qmp" in s]
+    assert {"blockdev-mirror", "drive-mirror", "job-complete", "block-job-cancel", "job-cancel"} <= set(executes)
+    syncs = {s["qmp"]["arguments"]["sync"] for s in steps if s.get("qmp", {}).get("execute", "").endswith("-mirror")}
+    assert syncs == {"full", "top", "none"}
+    outcomes = [play(mirror_scenario(3, i), "sim") for i in range(10)]
+    assert all(out.error is None for out in outcomes)
+    events = [ev["event"] for out in outcomes for ev in out.events]
+    assert {"BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"} <= set(events)
+
+
+@pytest.mark.qemu
+def test_conformance_report_focused_on_mirror():
+    from bitlab.conformance.report import report
+
+    text, bad = report(5, 22031, focus="mirror")
+    assert bad == 0 and "scenarios run                5" in text

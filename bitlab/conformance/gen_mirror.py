@@ -1,0 +1,103 @@
+"""Random mirror episodes (block/mirror.c's job, blockdev.c's blockdev-mirror and drive-mirror).
+
+On a stream of their own (``{seed}/{index}/mirror``) and with names of their own (targets ``mt<n>``, new images
+``mn<n>.qcow2``, jobs ``mj<n>``, filters ``mf<n>``), so the other steps of a scenario stay what they were for every
+seed. An episode mirrors a scenario node (or, now and then, drive-mirrors it into a new image): into a qcow2 node
+of its size (now and then one of another size or cluster size), with a sync mode, granularity, buffer size or
+filter name picked at random. It waits for ``ready``, lets the guest write to the source, looks at the job, and
+ends it: ``job-complete`` (the switch-over), a plain ``block-job-cancel`` (completed without it), a forced one or
+``job-cancel``. Several data requests in flight end in an order QEMU varies from run to run, and with them the
+target's host clusters: the episodes map no target.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .steps import qmp_step as _qmp
+from .steps import random_write
+
+CHANCE = 0.03  # after each op of the random mix, the chance of an episode
+K, M = 1 << 10, 1 << 20
+
+
+class Mirrors:
+    """What the episodes of one scenario share: their random stream, the scenario's nodes, a counter."""
+
+    def __init__(self, rng: random.Random, nodes: list[str]) -> None:
+        self.rng = rng
+        self.nodes = nodes
+        self.n = 0
+
+
+def mirror_episode(mr: Mirrors, size: int) -> list[dict]:
+    rng = mr.rng
+    mr.n += 1
+    n = mr.n
+    jid, target, src = f"mj{n}", f"mt{n}", rng.choice(mr.nodes)
+    sync = rng.choice(["full", "full", "top", "none"])
+    args: dict = {"job-id": jid, "device": src, "sync": sync}
+    if rng.random() < 0.3:
+        args["granularity"] = rng.choice([4 * K, 64 * K, M])
+    if rng.random() < 0.15:
+        args["buf-size"] = rng.choice([64 * K, M])
+    if rng.random() < 0.2:
+        args["filter-node-name"] = f"mf{n}"
+    if rng.random() < 0.2:
+        args["on-source-error"] = rng.choice(["report", "stop", "ignore", "enospc"])
+    steps: list[dict] = []
+    if rng.random() < 0.25:  # drive-mirror into a new image (or an existing one)
+        image = f"mn{n}.qcow2"
+        mode = "absolute-paths" if rng.random() < 0.8 else "existing"
+        if mode == "existing":
+            steps.append({"qemu-img": ["create", "-f", "qcow2", image, str(size)]})
+        steps.append(_qmp("drive-mirror", {**args, "target": image, "format": "qcow2", "mode": mode}))
+    else:
+        tsize = size if rng.random() < 0.9 else size // 2  # another size: the job fails as it starts
+        create = ["create", "-f", "qcow2"]
+        if rng.random() < 0.2:
+            create += ["-o", f"cluster_size={rng.choice([4 * K, 2 * M])}"]
+        steps.append({"qemu-img": [*create, f"{target}.qcow2", str(tsize)]})
+        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
+                                           "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
+        steps.append(_qmp("blockdev-mirror", {**args, "target": target}))
+    steps.append({"wait-job": {"id": jid, "status": "ready"}})
+    for _ in range(rng.randint(0, 2)):
+        steps.append(random_write(rng, src, size, [4 * K, 64 * K, M]))
+    steps += [{"sleep": 0.25}, _qmp("query-block-jobs")]
+    if rng.random() < 0.3:
+        steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    end = rng.choices(["complete", "soft", "force", "job-cancel"], weights=[50, 20, 15, 15])[0]
+    if end == "complete":
+        steps.append(_qmp("job-complete", {"id": jid}))
+    elif end == "job-cancel":
+        steps.append(_qmp("job-cancel", {"id": jid}))
+    else:
+        steps.append(_qmp("block-job-cancel", {"device": jid, **({"force": True} if end == "force" else {})}))
+    steps.append({"wait-job": {"id": jid, "status": "null"}})
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    return steps
+
+
+def mirror_scenario(seed: int, index: int = 0) -> dict:
+    """A scenario of such episodes alone (``bitlab conformance --focus mirror``): one or two qcow2 nodes of 8 MiB
+    with data and a bitmap, then two to six episodes, then the nodes, the graph and the bitmaps."""
+    rng = random.Random(f"{seed}/{index}/mirror-focus")
+    nodes = ["d0", "d1"][: rng.randint(1, 2)]
+    size = 8 * M
+    steps: list[dict] = []
+    for node in nodes:
+        steps.append({"qemu-img": ["create", "-f", "qcow2", f"{node}.qcow2", str(size)]})
+        steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": node,
+                                           "file": {"driver": "file", "filename": f"{node}.qcow2"}}))
+        steps.append(_qmp("block-dirty-bitmap-add", {"node": node, "name": "b0", "granularity": 64 * K}))
+        steps.append({"write": {"node": node, "offset": rng.randrange(0, 8) * M, "length": rng.choice([64 * K, M])}})
+    mr = Mirrors(random.Random(f"{seed}/{index}/mirror"), nodes)
+    for _ in range(rng.randint(2, 6)):
+        steps += mirror_episode(mr, size)
+    steps += [_qmp("query-named-block-nodes", {"flat": True}), _qmp("x-debug-query-block-graph")]
+    steps += [_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": "b0"}) for node in nodes]
+    return {"name": f"mirror-{seed}-{index}", "steps": steps}
+
+
+__all__ = ["CHANCE", "Mirrors", "mirror_episode", "mirror_scenario"]
