@@ -78,6 +78,8 @@ from .gen_copyrange import CHANCE as COPYRANGE_CHANCE
 from .gen_copyrange import CopyRange, copy_range_episode
 from .gen_discard import CHANCE as DISCARD_CHANCE
 from .gen_discard import Discards, discard_episode
+from .gen_mirror import CHANCE as MIRROR_CHANCE
+from .gen_mirror import Mirrors, mirror_episode
 from .gen_parents import CHANCE as PARENTS_CHANCE
 from .gen_parents import Parents, parents_episode
 from .gen_persist import CHANCE as PERSIST_CHANCE
@@ -89,8 +91,6 @@ from .gen_snapshot import CHANCE as SNAPSHOT_CHANCE
 from .gen_snapshot import Snapshots, snapshot_episode
 from .gen_threshold import CHANCE as THRESHOLD_CHANCE
 from .gen_threshold import threshold_episode
-from .gen_mirror import CHANCE as MIRROR_CHANCE
-from .gen_mirror import Mirrors, mirror_episode
 from .gen_throttle import CHANCE as THROTTLE_CHANCE
 from .gen_throttle import Throttles, throttle_episode
 from .steps import qmp_step as _qmp
