@@ -102,6 +102,7 @@ class MirrorJob(Job):
         self.idle = False  # ready, nothing dirty, asleep until a write (or a command) wakes it
         self.last_pause_ns = 0
         self.cursor = 0  # the dirty iterator's position
+        self._count: int | None = None  # the dirty bytes, while the bitmap has changed only by iterations
         self.backing_after: BlockNode | None = None  # drive-mirror sync top / none: the target's backing node
         self.tables: set[int] = set()  # the target's L2 tables the job's requests have reached
         super().__init__(manager, job_id, txn=txn, auto_finalize=auto_finalize, auto_dismiss=auto_dismiss,
@@ -141,9 +142,16 @@ class MirrorJob(Job):
         return self.manager.scheduler.clock.now_ns
 
     # -- the guest ------------------------------------------------------------------------
+    def _dirty_count(self) -> int:
+        """bdrv_get_dirty_count, counted again only after the bitmap changed other than by an iteration."""
+        if self._count is None:
+            self._count = self.dirty.count
+        return self._count
+
     def _guest_wrote(self) -> None:
         """A write through the filter: a job asleep in ready wakes at the end of its slice (mirror_run's
         job_sleep_ns(BLOCK_JOB_SLICE_TIME) while it is ready and clean)."""
+        self._count = None
         if self.idle and self.sleep is None and not self.paused:
             slices = max(1, -(-(self.now - self.last_pause_ns) // SLICE_NS))
             self.sleep = self.manager.scheduler.at(self.last_pause_ns + slices * SLICE_NS, self._wake)
@@ -202,7 +210,7 @@ class MirrorJob(Job):
                     return
                 self._exit(self.s_ret if self.s_ret < 0 else 0, self.s_err)
                 return
-            cnt = self.dirty.count
+            cnt = self._dirty_count()
             self.progress_total = self.progress_current + self.bytes_in_flight + cnt
             if self.now - self.last_pause_ns < SLICE_NS and self.io_status == "ok":
                 if len(self.ops) >= MAX_IN_FLIGHT or self.buf_free == 0 or (cnt == 0 and self.ops):
@@ -217,7 +225,7 @@ class MirrorJob(Job):
                     self.transition("ready")
                     self.manager.emit("BLOCK_JOB_READY", self.event_data())
                 should_complete = self.should_complete or self.cancelled
-                cnt = self.dirty.count
+                cnt = self._dirty_count()
             if cnt == 0 and should_complete:
                 self._exit(0)
                 return
@@ -243,12 +251,15 @@ class MirrorJob(Job):
         if first < 0:
             first = bits.find(1, 0)
         offset = first * g
-        end_bit = bits.find(0, first)
+        stop = min(self.dirty.nbits, first + max(1, self.buf_size // g))
+        end_bit = bits.find(0, first, stop)
         if end_bit < 0:
-            end_bit = self.dirty.nbits
-        nb = max(1, min(end_bit - first, self.buf_size // g, self._next_in_flight(offset) // g - first))
+            end_bit = stop
+        nb = max(1, min(end_bit - first, self._next_in_flight(offset) // g - first))
         self.cursor = (first + nb) * g
         self.dirty.reset_range(offset, nb * g)
+        if self._count is not None:
+            self._count -= nb * g  # (the nb chunks were all dirty)
         size = self.source.size
         max_io = max(self.buf_size // MAX_IN_FLIGHT, MAX_IO_BYTES)
         while nb > 0 and offset < size:
@@ -331,6 +342,7 @@ class MirrorJob(Job):
         self.bytes_in_flight -= op.nbytes
         if op.error is not None:
             self.dirty.set_range(op.offset, op.nbytes)
+            self._count = None
             self._error(op.error, op.error_is_read)
         else:
             self.progress_current += op.nbytes
@@ -434,14 +446,15 @@ class MirrorJob(Job):
 
 def _status(node: BlockNode, offset: int, length: int) -> tuple[int, bool, bool]:
     """bdrv_co_block_status_above(source, NULL) over ``[offset, offset + length)``: where its first answer
-    ends, whether it is data, whether it reads as zeroes."""
+    ends, whether it is data, whether it reads as zeroes. null-co answers for the whole range: zeroes with
+    read-zeroes, else neither (the target's range is then discarded)."""
+    bottom = _below_filters(node)
+    if bottom.driver in ("null-co", "null-aio"):
+        return offset + length, False, bottom.reports_zeroes
     s, e, zero = node.copy_status(offset, length)
     end = int(e[0])
     if bool(zero[0]):
         return end, False, True
-    bottom = _below_filters(node)
-    if bottom.driver in ("null-co", "null-aio") and not bottom.reports_zeroes:
-        return offset + length, False, False  # neither data nor zeroes: the target's range is discarded
     return end, True, False
 
 
