@@ -27,6 +27,7 @@ class Outcome:
     replies: list[Any] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     error: str | None = None
+    daemon: str | None = None  # which QEMU played it (real QEMU's: its kind)
 
 
 @dataclass
@@ -68,6 +69,7 @@ def play(scenario: dict, backend: str, daemon: str | None = None) -> Outcome:
     except Exception as err:  # noqa: BLE001 - reported as a difference, with the scenario's seed
         out.error = f"{type(err).__name__}: {err}"
     finally:
+        out.daemon = getattr(vm, "kind", None) or getattr(vm, "daemon", None)
         close = getattr(vm, "close", None)
         if close is not None:
             close()
@@ -93,7 +95,8 @@ def compare(scenario: dict, real: Outcome, sim: Outcome) -> list[Difference]:
 
 def check(scenario: dict, daemon: str | None = None) -> list[Difference]:
     """Play on real QEMU (its ``daemon``) and on bitlab; the differences (empty when identical)."""
-    return compare(scenario, play(scenario, "qemu", daemon), play(scenario, "sim"))
+    real = play(scenario, "qemu", daemon)
+    return compare(scenario, real, play(scenario, "sim", "system" if real.daemon == "system" else None))
 
 
 def random_run(count: int, seed: int) -> tuple[int, list[Difference]]:

@@ -101,6 +101,8 @@ class MirrorJob(Job):
         self.asleep = False  # in a sleep that takes time (job->busy is false)
         self.idle = False  # ready, nothing dirty, asleep until a write (or a command) wakes it
         self.last_pause_ns = 0
+        self.woken = False  # a pause ended the job's sleep: it returns as the job resumes
+        self.slept_at = 0  # when the job went to sleep in ready, clean (it wakes every SLICE_NS from then)
         self.cursor = 0  # the dirty iterator's position
         self._count: int | None = None  # the dirty bytes, while the bitmap has changed only by iterations
         self.backing_after: BlockNode | None = None  # drive-mirror sync top / none: the target's backing node
@@ -153,25 +155,31 @@ class MirrorJob(Job):
         job_sleep_ns(BLOCK_JOB_SLICE_TIME) while it is ready and clean)."""
         self._count = None
         if self.idle and self.sleep is None and not self.paused:
-            slices = max(1, -(-(self.now - self.last_pause_ns) // SLICE_NS))
-            self.sleep = self.manager.scheduler.at(self.last_pause_ns + slices * SLICE_NS, self._wake)
+            slices = max(1, -(-(self.now - self.slept_at) // SLICE_NS))
+            self.sleep = self.manager.scheduler.at(self.slept_at + slices * SLICE_NS, self._wake)
 
     def _wake(self) -> None:
         self.sleep = None
         self.idle = self.asleep = False
+        self.last_pause_ns = self.now  # (mirror_run: when the sleep returns)
         if not self.deferred_to_main_loop and not self.paused:
             self._loop()
 
-    def _cancel_sleep(self) -> None:
+    def _cancel_sleep(self) -> bool:
+        """The job's sleep ends early (job_enter); whether it was asleep."""
+        asleep = self.sleep is not None or self.idle
         if self.sleep is not None:
             self.sleep.cancel()
             self.sleep = None
         self.idle = self.asleep = False
+        return asleep
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> None:
-        """mirror_run, resumed from wherever the job stopped."""
-        self._cancel_sleep()
+        """mirror_run, resumed from wherever the job stopped (a sleep a pause ended returns now)."""
+        if self._cancel_sleep() or self.woken:
+            self.woken = False
+            self.last_pause_ns = self.now
         if self.is_cancelled and not self.ops:
             self.run_returned(0)
             return
@@ -232,14 +240,13 @@ class MirrorJob(Job):
             if self.is_ready and not should_complete:
                 if not self.ops and cnt == 0:
                     self.idle = True  # job_sleep_ns(SLICE): only a write can change anything
-                    self.last_pause_ns = self.now
+                    self.slept_at = self.now
                     return
                 self.last_pause_ns = self.now
                 continue
             delay = self.rate.delay(self.now, 0)  # block_job_ratelimit_sleep
             self.sleep = self.manager.scheduler.after(delay, self._wake)
             self.asleep = delay > 0  # (a sleep of 0 only lets the main loop run: the job counts as busy)
-            self.last_pause_ns = self.now + delay
             return
 
     def _iteration(self) -> None:
@@ -381,8 +388,9 @@ class MirrorJob(Job):
         self.graph.remove_mirror_top(self.top, None)
 
     def on_pause(self) -> None:
-        """mirror_pause waits for the requests in flight (they end now); a sleep ends too."""
-        self._cancel_sleep()
+        """mirror_pause waits for the requests in flight (they end now); a sleep ends too (it returns when the
+        job resumes)."""
+        self.woken = self._cancel_sleep() or self.woken
         for op in list(self.ops):
             op.timer.cancel()
             self.waiting = False
@@ -392,6 +400,7 @@ class MirrorJob(Job):
         """job_enter: a sleeping job wakes and sees the cancel."""
         if self.sleep is not None or self.idle:
             self._cancel_sleep()
+            self.last_pause_ns = self.now
             self._loop()
 
     def complete_request(self) -> None:
@@ -401,6 +410,7 @@ class MirrorJob(Job):
         self.should_complete = True
         if not self.paused and (self.sleep is not None or self.idle):
             self._cancel_sleep()
+            self.last_pause_ns = self.now
             self._loop()
 
     def stop_work(self) -> None:
