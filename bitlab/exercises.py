@@ -232,6 +232,29 @@ def _throttled_backup_seconds() -> int:
         _close(vm)
 
 
+MIRROR_WRITES: list[tuple[int | str, int | str]] = [(0, "4k"), ("100k", "64k"), ("1M", "1M"), ("1536k", "1M"),
+                                                    ("40M", 1)]
+
+
+def _mirror_len() -> int:
+    """The ``len`` of BLOCK_JOB_READY for a drive-mirror (``sync: full``, into a new qcow2 image) of a fresh
+    64 MiB qcow2 drive after MIRROR_WRITES (notebook 11)."""
+    vm = Machine(daemon="system")
+    try:
+        vm.add_drive("drive0", "64M")
+        for offset, length in MIRROR_WRITES:
+            vm.write("drive0", offset, length, 0x11)
+        since = len(vm.events)
+        vm.qmp("drive-mirror", {"device": "drive0", "target": "new.qcow2", "format": "qcow2", "sync": "full",
+                                "mode": "absolute-paths"})
+        vm.run()
+        ready = [e for e in vm.events[since:] if e["event"] == "BLOCK_JOB_READY"]
+        vm.qmp("block-job-cancel", {"device": "drive0", "force": True})
+        return ready[-1]["data"]["len"]
+    finally:
+        _close(vm)
+
+
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
     Exercise("start-count", "count after a 64 KiB write at 0 and a 1-byte write at 100 KiB",
              "count is in bytes: the number of 64 KiB chunks touched, times 65536.", _start_count),
@@ -269,6 +292,11 @@ EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
              "the job writes all 8 MiB, zero clusters too, in 1 MiB requests; the first goes at once, each later "
              "one waits until the bucket holds no more than a tenth of a second of the rate (0.2 MiB).",
              _throttled_backup_seconds),
+    Exercise("mirror-len", "len of BLOCK_JOB_READY for a drive-mirror (sync full, into a new image) after five "
+             "guest writes on a fresh 64 MiB qcow2 drive",
+             "a drive-mirror into a new image copies what the source allocates, not the whole disk: qcow2 "
+             "allocates whole 64 KiB clusters, however small the write; a cluster written twice is copied once.",
+             _mirror_len),
 ]}
 
 _SOLVED: dict[tuple[str, str], Any] = {}

@@ -82,7 +82,8 @@ def test_unknown_exercise_names_the_known_ones() -> None:
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("name", ["start-count", "dirty-count", "rollback-count", "sync-on-success", "sync-always",
-                                  "grouped-cancel-offset", "reopen-count", "throttled-backup-seconds"])
+                                  "grouped-cancel-offset", "reopen-count", "throttled-backup-seconds",
+                                  "mirror-len"])
 def test_answers_are_the_same_on_real_qemu(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = solution(name)
     monkeypatch.setenv("BITLAB_BACKEND", "qemu")
@@ -103,3 +104,9 @@ def test_throttled_backup_takes_three_whole_seconds() -> None:
     # eight 1 MiB writes (the seven empty MiB as zero writes, which count as much) at 2 MiB/s, the bucket holding
     # 0.2 MiB: the first at once, the second after 0.4 s, each later one 0.5 s after the one before: 3.4 s
     assert solution("throttled-backup-seconds") == 3
+
+
+def test_mirror_len_is_the_allocated_clusters() -> None:
+    # qcow2 clusters of 64 KiB: 4k at 0 -> 0; 64k at 100k -> 1, 2; 1M at 1M -> 16-31; 1M at 1536k -> 24-39;
+    # one byte at 40M -> 640: 28 clusters; the new image reads as zeroes, so nothing else is copied
+    assert solution("mirror-len") == 28 * 65536
