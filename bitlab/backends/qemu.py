@@ -95,8 +95,7 @@ PACKAGE_OF = {QSD: "qemu-system-common", SYSTEM: "qemu-system-x86", "qemu-img": 
               "qemu-io": "qemu-utils"}
 PACKAGES = "qemu-system-x86 qemu-system-common qemu-utils"  # everything both daemons need
 SETTLED = ("concluded", "pending", "paused")
-READY = ("ready", "standby")  # a mirror waiting for job-complete: run() is done, step() waits on (a command may be
-# on its way: job-complete's events come a moment later)
+ENDING = {"job-complete", "block-job-complete", "job-cancel", "block-job-cancel"}  # a ready mirror then goes on
 PRIVATE_PREFIX = "bitlab-"  # export ids and names reserved for the backend's own NBD exports
 EXPORT_PREFIX = PRIVATE_PREFIX + "guest-"  # id and name of the export of a node for guest I/O
 BITMAP_EXPORT = PRIVATE_PREFIX + "bitmap"  # id and name of the export that dirty_bitmap reads
@@ -359,6 +358,7 @@ class QemuMachine(GuestIO, Monitor):
         self._exports: dict[str, str] = {}  # the node addressed -> id (= NBD name) of the backend's export
         self._mirror_sources: dict[str, str] = {}  # a mirror job's id -> the node it mirrors
         self._switching: dict[str, dict[str, str | None]] = {}  # a completing mirror's id -> its source's export
+        self._ending: set[str] = set()  # jobs told to complete or cancel: a ready one is on its way out
         self._read_only: set[str] = set()  # nodes whose export is read-only (the node is)
         self._overlays: dict[str, str] = {}  # system emulator: a snapshotted node -> the overlay put above it
         self._server: nbd.Address | None = None  # where QEMU's one NBD server listens, if it runs
@@ -551,6 +551,9 @@ class QemuMachine(GuestIO, Monitor):
             return self._graph_query(message)
         if self._switching:
             self._switched()
+        if name in ENDING and isinstance(message.get("arguments"), dict):
+            args = message["arguments"]
+            self._ending.add(str(args.get("id", args.get("device"))))
         if name in ("job-complete", "block-job-complete") and kind == "qsd":
             return self._complete_mirror(message)
         if name in PERMISSION_COMMANDS and self._exports:
@@ -964,8 +967,12 @@ class QemuMachine(GuestIO, Monitor):
             self._collect(wait=0.002)
 
     def _settled(self, ready: bool = False) -> bool:
-        statuses = SETTLED + READY if ready else SETTLED
-        return all(job["status"] in statuses for job in self._helper_value("query-jobs"))
+        """No job runs: each is concluded, pending or paused, or (``ready``) a mirror waiting for job-complete
+        that was not told to complete or cancel."""
+        jobs = self._helper_value("query-jobs")
+        self._ending &= {job["id"] for job in jobs}
+        return all(job["status"] in SETTLED or (ready and job["status"] == "standby") or (
+            ready and job["status"] == "ready" and job["id"] not in self._ending) for job in jobs)
 
     def run(self, until: float | None = None, timeout: float | None = None) -> None:
         """Wait until every job has settled (none left, or concluded, pending or paused), or until

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..block import perms
 from ..block.create import CreateFailed, check_qcow2_options, not_simulated_qcow2
 from ..block.drivers import QEMU_DRIVERS
 from ..block.info import file_image_info, image_info_dump
@@ -126,16 +127,29 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if prealloc != "off":
             raise QemuImgError(f"qemu-img: bitlab does not simulate a preallocated raw image "
                                f"(preallocation={prealloc})\n", stdout=line)
-        store.create(_new_key(key_fn, filename, line), "raw", size)
+        key = _new_key(key_fn, filename, line)
+        _check_unlocked(store, key, filename, line)
+        store.create(key, "raw", size)
         return line
     version, cluster = qcow2_create_checks(values, size, fail, line)
     key = _new_key(key_fn, filename, line)
+    _check_unlocked(store, key, filename, line)
     if not qcow2_l1_fits(size, cluster):
         raise _too_large(filename, line)
     # qcow2_co_create_opts rounds the size up to a sector, silently (the line above says what was asked)
     store.create(key, "qcow2", round_sector(size), cluster_size=cluster, backing_file=backing or None,
                  backing_fmt=backing_fmt, compat="0.10" if version == 2 else "1.1")
     return line
+
+
+def _check_unlocked(store: ImageStore, key: str, filename: str, line: str) -> None:
+    """raw_co_create takes the file's write lock before it truncates it: a file a running QEMU has open (a
+    node's locks do not share writes) cannot be created again."""
+    if key in store and store.locks is not None:
+        error = perms.lock_error(perms.WRITE | perms.RESIZE, perms.ALL, store.locks(store[key]))
+        if error is not None:
+            raise QemuImgError(f"qemu-img: {filename}: {error}\nIs another process using the image [{filename}]?\n",
+                               stdout=line)
 
 
 def _formatting(filename: str, fmt: str, desc: dict[str, str], given: dict[str, str],

@@ -133,6 +133,11 @@ ERRORS = [
 # allocated (a new qcow2 reads as zeroes: no zeroing), and after the switch-over the device is on the new node;
 # the old implicit nodes are closed, and the bitmap on them is gone.
 DRIVE = [
+    # (a new image over a file QEMU has open: raw_co_create's write lock, for qemu-img and the commands alike)
+    {"qemu-img": ["create", "-f", "qcow2", "d1.qcow2", "64M"]},
+    _q("drive-mirror", {"device": "drive0", "target": "d1.qcow2", "format": "qcow2", "sync": "full"}),
+    _q("drive-backup", {"device": "drive0", "target": "d1.qcow2", "format": "qcow2", "sync": "full"}),
+    _q("drive-mirror", {"device": "drive0", "target": "d0.qcow2", "sync": "full"}),
     {"hmp": 'qemu-io drive0 "write -P 0x41 0 1M"'},
     _q("block-dirty-bitmap-add", {"node": "drive0", "name": "b0", "granularity": 65536}),
     {"hmp": 'qemu-io drive0 "write -P 0x42 4M 64k"'},
@@ -146,7 +151,8 @@ DRIVE = [
     _q("block-dirty-bitmap-add", {"node": "drive0", "name": "b1", "granularity": 65536}),
     _q("query-block"),
 ]
-DRIVES = [{"id": "drive0", "file": "d0.qcow2", "format": "qcow2", "size": "64M"}]
+DRIVES = [{"id": "drive0", "file": "d0.qcow2", "format": "qcow2", "size": "64M"},
+          {"id": "drive1", "file": "d1.qcow2", "format": "qcow2", "size": "64M"}]
 
 # sync top and none over a backing chain: top copies what the overlay allocates, none only what the guest
 # writes during the job; drive-mirror gives its new image the source's backing node as it completes.
