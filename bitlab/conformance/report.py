@@ -70,8 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scenarios built around backups that run while the guest writes (running), "
                              "around the parents of a backup's source: overlays, earlier targets (parents), "
                              "around blkdebug's events and failed requests under raw and qcow2 nodes (blkdebug), "
-                             "around image fleecing: copy-before-write and snapshot-access nodes (fleecing), or "
-                             "around stop, cont and query-status on the system emulator (runstate)")
+                             "around image fleecing: copy-before-write and snapshot-access nodes (fleecing), "
+                             "around throttle groups and throttle nodes (throttle), around blockdev-mirror and "
+                             "drive-mirror (mirror), or around stop, cont and query-status on the system "
+                             "emulator (runstate)")
     parser.add_argument("--daemon", choices=["auto", "qsd", "system"], default=None,
                         help="real QEMU's daemon: qemu-storage-daemon (qsd), the system emulator (system), or "
                              "auto (default, or BITLAB_QEMU_DAEMON): the system emulator only for -drive or HMP")
