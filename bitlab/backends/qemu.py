@@ -565,6 +565,9 @@ class QemuMachine(GuestIO, Monitor):
                 if name in ("blockdev-mirror", "drive-mirror") and "return" in reply:
                     args = message["arguments"]
                     self._mirror_sources[args.get("job-id") or args["device"]] = args["device"]
+                    if args["device"] in moved:  # its export comes back above the job's filter, as bdrv_append
+                        at = moved[args["device"]] or args["device"]  # had put it
+                        moved[args["device"]] = self._filter_above(at) or at
                 return reply
             finally:
                 self._come_back(moved)
@@ -597,7 +600,8 @@ class QemuMachine(GuestIO, Monitor):
         source = self._mirror_sources.get(job_id) if isinstance(job_id, str) else None
         if source is None or source not in self._exports:
             return self._send(message)
-        moved = {source: self._unexport(source)}
+        self._unexport(source)
+        moved: dict[str, str | None] = {source: None}  # (back on the source itself: the filter will be gone)
         reply = self._send(message)
         if "return" in reply:
             self._switching[job_id] = moved
@@ -1211,12 +1215,14 @@ class QemuMachine(GuestIO, Monitor):
         return graph, after
 
     def _filter_above(self, name: str) -> str | None:
-        """The topmost copy-before-write filter over node ``name`` (up their 'file' links), if any."""
+        """The topmost job filter over node ``name`` (copy-before-write up its 'file' link, mirror_top up its
+        'backing' link), if any."""
         graph, drivers = self._graph_view()
-        filters = {node for node, drv in drivers.items() if drv == "copy-before-write"}
+        role = {node: "file" if drv == "copy-before-write" else "backing" for node, drv in drivers.items()
+                if drv in ("copy-before-write", "mirror_top")}
         names = {node["id"]: node["name"] for node in graph["nodes"]}
         above = {names[edge["child"]]: names[edge["parent"]] for edge in graph["edges"]
-                 if edge["name"] == "file" and names[edge["parent"]] in filters}
+                 if role.get(names[edge["parent"]]) == edge["name"]}
         top = None
         while name in above:
             name = top = above[name]

@@ -16,7 +16,7 @@ class MirrorTopNode(BlockNode):
     """The mirror job's filter over ``source`` (its ``backing`` child)."""
 
     driver = "mirror_top"
-    on_write = None  # the job's hook: a guest wrote (a job asleep while ready wakes at its slice's end)
+    job = None  # the mirror job's hooks (see _do_write)
 
     def __init__(self, node_name: str, **kw) -> None:
         super().__init__(node_name, **kw)
@@ -51,36 +51,51 @@ class MirrorTopNode(BlockNode):
     def plain_filename(self) -> str | None:
         return self.source.filename  # bdrv_mirror_top_refresh_filename
 
+    # (``job``: the mirror job's side of bdrv_mirror_top_do_write, None once it has let go of the filter: its
+    # ``copies_writes()`` says whether a write goes to the target too (copy-mode write-blocking), ``write_prepare``
+    # waits for the job's requests in flight over the range, ``write_target`` writes the target, ``wrote`` tells
+    # it a guest wrote)
+    def _do_write(self, offset: int, length: int, method: str, below, payload=None) -> None:
+        job = self.job
+        active = job is not None and job.copies_writes()
+        if active:
+            job.write_prepare(offset, length)
+        below()
+        if active:
+            job.write_target(method, offset, length, payload)
+        if job is not None:
+            job.wrote()
+
     def write(self, offset, length, value):
         self._dirty(offset, length)
-        self.source.write(offset, length, value)
-        self._wrote()
+        self._do_write(offset, length, "write", lambda: self.source.write(offset, length, value), value)
 
     def write_batch(self, offsets, lengths, values):
+        if self.job is not None and self.job.copies_writes():  # (each request is mirrored on its own)
+            for off, ln, v in zip(offsets.tolist(), lengths.tolist(), values.tolist()):
+                self.write(off, ln, v)
+            return
         self._dirty_batch(offsets, lengths)
         self.source.write_batch(offsets, lengths, values)
-        self._wrote()
+        if self.job is not None:
+            self.job.wrote()
 
     def _write_buffer_data(self, offset, length, starts, ends, values, detect):
         self._dirty(offset, length)
-        self.source.write_buffer(offset, length, starts, ends, values, detect)
-        self._wrote()
+        self._do_write(offset, length, "buffer",
+                       lambda: self.source.write_buffer(offset, length, starts, ends, values, detect),
+                       (starts, ends, values))
 
     def write_zeroes(self, offset, length, unmap=False):
         self._dirty(offset, length)
-        self.source.write_zeroes(offset, length, unmap and self.source.discard_unmap)
-        self._wrote()
+        self._do_write(offset, length, "zero",
+                       lambda: self.source.write_zeroes(offset, length, unmap and self.source.discard_unmap))
 
     def discard(self, offset, length):
         if not self.discard_unmap:
             return
         self._dirty(offset, length, discard=True)
-        self.source.discard(offset, length)
-        self._wrote()
-
-    def _wrote(self) -> None:
-        if self.on_write is not None:
-            self.on_write()
+        self._do_write(offset, length, "discard", lambda: self.source.discard(offset, length))
 
     def read_extents(self, offset, length):
         return self.source.read_extents(offset, length)

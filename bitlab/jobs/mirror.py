@@ -74,8 +74,9 @@ class MirrorJob(Job):
                  top: MirrorTopNode, sync: str, granularity: int, buf_size: int, zero_target: bool,
                  on_source_error: str = "report", on_target_error: str = "report", txn: JobTxn | None = None,
                  auto_finalize: bool = True, auto_dismiss: bool = True, speed: int = 0,
-                 owns_target: bool = False) -> None:
+                 owns_target: bool = False, copy_mode: str = "background") -> None:
         self.graph = graph
+        self.copy_mode = copy_mode
         self.source = source
         self.target = target
         self.top = top
@@ -87,7 +88,9 @@ class MirrorJob(Job):
         self.on_target_error = on_target_error
         self.owns_target = owns_target
         self.rate = RateLimit()
-        self.dirty = DirtyBitmap(source.size, granularity)  # QEMU 7.2: anonymous, on the source, recording
+        # QEMU 7.2: anonymous, on the source, recording (disabled with copy-mode write-blocking: the filter's
+        # writes go to the target themselves; a write that does not pass the filter is not seen)
+        self.dirty = DirtyBitmap(source.size, granularity, disabled=copy_mode == "write-blocking")
         self.ops: list[_Op] = []
         self.bytes_in_flight = 0
         self.buf_free = self.buf_size // granularity
@@ -110,7 +113,7 @@ class MirrorJob(Job):
         super().__init__(manager, job_id, txn=txn, auto_finalize=auto_finalize, auto_dismiss=auto_dismiss,
                          speed=speed)
         source.add_bitmap(self.dirty)
-        top.on_write = self._guest_wrote
+        top.job = self
         self.set_speed(speed)
 
     # -- what the job holds --------------------------------------------------------------
@@ -150,7 +153,61 @@ class MirrorJob(Job):
             self._count = self.dirty.count
         return self._count
 
-    def _guest_wrote(self) -> None:
+    # -- the filter's side (bdrv_mirror_top_do_write) ------------------------------------------
+    def copies_writes(self) -> bool:
+        """should_copy_to_target: copy-mode write-blocking, the job set up (its first pass marked), not failed,
+        not cancelled."""
+        return self.copy_mode == "write-blocking" and self.initialised and self.s_ret >= 0 and not self.is_cancelled
+
+    def write_prepare(self, offset: int, length: int) -> None:
+        """active_write_prepare: the guest's write waits for the job's requests in flight over its range (they
+        end now)."""
+        for op in [op for op in self.ops if op.offset < offset + length and offset < op.offset + op.nbytes]:
+            op.timer.cancel()
+            waiting, self.waiting = self.waiting, False
+            self._op_done(op)
+            self.waiting = waiting
+
+    def write_target(self, method: str, offset: int, length: int, payload: object) -> None:
+        """do_sync_target_write: the write goes to the target too, counted in ``len`` and ``offset``; the job's
+        bitmap (not recording in this mode) loses the granules it covers whole; an unaligned head or tail in a
+        granule still dirty stays for the background copy."""
+        g = self.granularity
+        bits = self.dirty.bits
+        if offset % g and bits[offset // g]:
+            skip = g - offset % g
+            if length <= skip:
+                return
+            offset, length = offset + skip, length - skip
+            if payload is not None and method == "buffer":
+                payload = _cut(payload, offset)
+        end = offset + length
+        if end % g and bits[(end - 1) // g]:
+            if length <= end % g:
+                return
+            length -= end % g
+        lo, hi = -(-offset // g) * g, (offset + length) // g * g
+        if lo < hi:
+            self.dirty.reset_range(lo, hi - lo)
+        self._count = None
+        self.progress_total += length
+        try:
+            if method == "write":
+                self.target.write(offset, length, payload)
+            elif method == "buffer":
+                starts, ends, values = payload
+                self.target.write_buffer(offset, length, starts, ends, values)
+            elif method == "zero":
+                self.target.write_zeroes(offset, length, True)
+            else:
+                self.target.discard(offset, length)
+        except BlockIOError as err:
+            self.dirty.set_range(offset // g * g, -(-(offset + length) // g) * g - offset // g * g)
+            self._error(err.with_traceback(None), False)
+            return
+        self.progress_current += length
+
+    def wrote(self) -> None:
         """A write through the filter: a job asleep in ready wakes at the end of its slice (mirror_run's
         job_sleep_ns(BLOCK_JOB_SLICE_TIME) while it is ready and clean)."""
         self._count = None
@@ -384,7 +441,7 @@ class MirrorJob(Job):
         self.txn.jobs.remove(self)
         if self.dirty in self.source.bitmaps:
             self.source.bitmaps.remove(self.dirty)
-        self.top.on_write = None
+        self.top.job = None
         self.graph.remove_mirror_top(self.top, None)
 
     def on_pause(self) -> None:
@@ -438,7 +495,7 @@ class MirrorJob(Job):
         filter goes."""
         if self.dirty in self.source.bitmaps:
             self.source.bitmaps.remove(self.dirty)
-        self.top.on_write = None
+        self.top.job = None
         self.exit_drained = False
         self.graph.remove_mirror_top(self.top, self.target if switch else None)
         self.graph.job_blks_release(self)
@@ -452,6 +509,13 @@ class MirrorJob(Job):
         info["ready"] = self.is_ready
         info["paused"] = info["paused"] or self.exit_drained
         return info
+
+
+def _cut(runs: tuple, offset: int) -> tuple:
+    """Runs (starts, ends, values) from ``offset`` on."""
+    starts, ends, values = (np.asarray(a) for a in runs)
+    keep = ends > offset
+    return np.maximum(starts[keep], offset), ends[keep], values[keep]
 
 
 def _status(node: BlockNode, offset: int, length: int) -> tuple[int, bool, bool]:

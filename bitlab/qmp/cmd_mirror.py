@@ -137,8 +137,6 @@ def mirror_common(vm: Any, args: dict, source: Any, target: Any, *, zero_target:
                           "cannot be guaranteed that doing so would not lead to an abrupt change of visible data")
     if sync in ("incremental", "bitmap"):
         raise generic(f"Sync mode '{sync}' not supported")
-    if args.get("copy-mode", "background") != "background":
-        raise generic("bitlab does not simulate copy-mode 'write-blocking' (active mirroring)")
     if args.get("unmap") is False:
         raise generic("bitlab does not simulate drive-mirror's unmap: false")
     return start_job(vm, args, source, target, sync, granularity, zero_target=zero_target, owns_target=owns_target)
@@ -174,7 +172,8 @@ def start_job(vm: Any, args: dict, source: Any, target: Any, sync: str, granular
                         on_source_error=args.get("on-source-error", "report"),
                         on_target_error=args.get("on-target-error", "report"),
                         auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
-                        speed=max(0, speed), owns_target=owns_target)
+                        speed=max(0, speed), owns_target=owns_target,
+                        copy_mode=args.get("copy-mode", "background"))
     except QMPError:
         graph.remove_mirror_top(top, None)
         raise

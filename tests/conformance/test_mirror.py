@@ -174,6 +174,25 @@ SYNC = [
 ]
 
 
+# copy-mode write-blocking: once the job has marked its first pass, a guest write through the filter is written
+# to the target as well before it completes; its granules already dirty (QEMU 7.2's bitmap records the write
+# itself first) keep an unaligned head or tail for the background copy. len and offset grow at once.
+ACTIVE = [
+    *SETUP,
+    _mirror(**{"copy-mode": "write-blocking"}, speed=M), {"sleep": 0.5}, JOBS,
+    _write("s", 40 * M, 64 * K, 0x51), JOBS,
+    _q("block-job-set-speed", {"device": "j", "speed": 0}), _wait("ready"), JOBS,
+    _write("s", 2 * M, 64 * K, 0x52), JOBS,
+    _write("s", 3 * M + 4 * K, 4 * K, 0x53), JOBS,
+    _write("s", 4 * M + 32 * K, M, 0x54), JOBS,
+    {"zero": {"node": "s", "offset": 6 * M, "length": 128 * K}}, JOBS,
+    {"sleep": 0.3}, JOBS,
+    _q("job-complete", {"id": "j"}), _wait("null"),
+    _q("blockdev-del", {"node-name": "t"}), _q("blockdev-del", {"node-name": "s"}),
+    {"qemu-img": ["compare", "s.qcow2", "t.qcow2"]},
+]
+
+
 def _blkdebug(name: str, event: str, iotype: str) -> dict:
     return {"driver": "qcow2", "node-name": name, "file": {
         "driver": "blkdebug", "node-name": f"{name}-dbg",
@@ -294,7 +313,7 @@ def test_drive_mirror_of_a_device_as_in_qemu():
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("steps", [SYNC, JOB_ERRORS], ids=["sync", "job-errors"])
+@pytest.mark.parametrize("steps", [SYNC, JOB_ERRORS, ACTIVE], ids=["sync", "job-errors", "active"])
 def test_mirror_modes_and_errors_as_in_qemu(steps):
     diffs = check({"name": "mirror", "steps": steps}, "qsd")
     assert not diffs, "\n".join(str(d) for d in diffs)
