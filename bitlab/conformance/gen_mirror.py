@@ -6,8 +6,8 @@ seed. An episode mirrors a scenario node (or, now and then, drive-mirrors it int
 of its size (now and then one of another size or cluster size), with a sync mode, granularity, buffer size,
 copy mode or filter name picked at random. It waits for ``ready``, lets the guest write to the source, looks at
 the job, and ends it: ``job-complete`` (the switch-over), a plain ``block-job-cancel`` (completed without it), a
-forced one or ``job-cancel``. Several data requests in flight end in an order QEMU varies from run to run, and with them the
-target's host clusters: the episodes map no target.
+forced one or ``job-cancel``. Several data requests in flight end in an order QEMU varies from run to run, and
+with them the target's host clusters: the episodes map no target.
 """
 
 from __future__ import annotations
