@@ -9,26 +9,11 @@ from ..block import perms
 from ..block.mirror_top import MirrorTopNode
 from ..errors import QMPError, generic
 from ..jobs.mirror import DEFAULT_BUF_SIZE, MirrorJob, default_granularity
-from .cmd_snapshot import root_node
+from .cmd_snapshot import check_op_blockers, root_node
 from .commands import TABLE
 from .types import BlockdevMirror, DriveMirror
 
 JOB_BLOCKER = "block device is in use by block job: mirror"
-
-
-def _check_blocked(vm: Any, node: Any) -> None:
-    """bdrv_op_is_blocked (MIRROR_SOURCE, MIRROR_TARGET): a job's nodes, and a node that is another's backing
-    file (the newest such parent names the blocker)."""
-    name = vm.device_or_node_name(node)
-    if node.job_blocker:
-        raise generic(f"Node '{name}' is busy: {node.job_blocker}")
-    graph = vm.graph
-    users = [parent for parent in graph.nodes.values()
-             if any(role == "backing" and child is node for role, child in parent.children)
-             and parent.driver != "mirror_top"]
-    if users:
-        newest = max(users, key=lambda parent: graph.link_order.get((id(parent), "backing"), 0))
-        raise generic(f"Node '{name}' is busy: node is used as backing hd of '{newest.node_name}'")
 
 
 def _skip_filters(node: Any) -> Any:
@@ -122,8 +107,8 @@ def mirror_common(vm: Any, args: dict, source: Any, target: Any, *, zero_target:
         raise generic("Parameter 'granularity' expects a value in range [512B, 64MB]")
     if granularity & (granularity - 1):
         raise generic("Parameter 'granularity' expects a power of 2")
-    _check_blocked(vm, source)
-    _check_blocked(vm, target)
+    check_op_blockers(vm, source)
+    check_op_blockers(vm, target)
     if sync == "top" and source.backing is None:
         sync = "full"
     replaces = args.get("replaces")
@@ -131,7 +116,7 @@ def mirror_common(vm: Any, args: dict, source: Any, target: Any, *, zero_target:
         to_replace = vm.graph.nodes.get(replaces)
         if to_replace is None:
             raise generic(f"Failed to find node with node-name='{replaces}'")
-        _check_blocked(vm, to_replace)  # (BLOCK_OP_TYPE_REPLACE)
+        check_op_blockers(vm, to_replace)  # (BLOCK_OP_TYPE_REPLACE)
         if to_replace is not source:
             raise generic(f"Cannot replace '{replaces}' by a node mirrored from '{source.node_name}', because it "
                           "cannot be guaranteed that doing so would not lead to an abrupt change of visible data")

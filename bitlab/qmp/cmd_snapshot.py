@@ -47,14 +47,15 @@ def snapshot_capable(node: BlockNode) -> bool:
 
 
 def check_op_blockers(vm: Any, node: BlockNode) -> None:
-    """bdrv_op_is_blocked(BLOCK_OP_TYPE_EXTERNAL_SNAPSHOT): a backup's filter and target, and a node that
-    is another's backing file (the newest such parent names the blocker)."""
+    """bdrv_op_is_blocked (EXTERNAL_SNAPSHOT, MIRROR_SOURCE, MIRROR_TARGET, REPLACE): a job's nodes, and a node
+    that is another's backing file (the newest such parent names the blocker)."""
     name = vm.device_or_node_name(node)
     if node.job_blocker:
         raise generic(f"Node '{name}' is busy: {node.job_blocker}")
     graph = vm.graph
-    users = [parent for parent in graph.nodes.values()
-             if any(role == "backing" and child is node for role, child in parent.children)]
+    users = [parent for parent in graph.nodes.values()  # (a mirror_top's backing link is its filtered child)
+             if any(role == "backing" and child is node for role, child in parent.children)
+             and parent.driver != "mirror_top"]
     if users:
         newest = max(users, key=lambda parent: graph.link_order.get((id(parent), "backing"), 0))
         raise generic(f"Node '{name}' is busy: node is used as backing hd of '{newest.node_name}'")
