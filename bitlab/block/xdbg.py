@@ -80,9 +80,17 @@ def perm_words(perms: Sequence[str]) -> str:
     return " ".join(SHORT.get(p, p) for p in reversed(perms)) or "nothing"
 
 
+def unnamed_backend(graph: dict, node_id: int) -> str:
+    """What an unnamed BlockBackend of a reply is: a block job's on its target (it takes no consistent read:
+    a mirror's) or an export."""
+    takes = [e["perm"] for e in graph["edges"] if e["parent"] == node_id]
+    return "job target" if takes and all("consistent-read" not in p for p in takes) else "export"
+
+
 def link_lines(graph: dict) -> list[str]:
     """Each link of an ``x-debug-query-block-graph`` reply in QEMU's walk order, as
-    ``parent -role-> child: takes …; shares …`` (an unnamed BlockBackend shows as ``(export)``)."""
-    names = {n["id"]: n["name"] or "(export)" for n in graph["nodes"]}
+    ``parent -role-> child: takes …; shares …`` (an unnamed BlockBackend shows as ``(export)``, a mirror's
+    target's as ``(job target)``)."""
+    names = {n["id"]: n["name"] or f"({unnamed_backend(graph, n['id'])})" for n in graph["nodes"]}
     return [f"{names[e['parent']]} -{e['name']}-> {names[e['child']]}: takes {perm_words(e['perm'])}; "
             f"shares {perm_words(e['shared-perm'])}" for e in reversed(graph["edges"])]

@@ -20,7 +20,7 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Patch
 
-from ..block.xdbg import perm_words
+from ..block.xdbg import perm_words, unnamed_backend
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -88,9 +88,11 @@ class GraphLayout:
         raise KeyError(name)
 
 
-def _label(kind: str, name: str, driver: str | None) -> str:
+def _label(kind: str, name: str, driver: str | None, unnamed: str = "export") -> str:
     if kind == "block-backend":
-        return f"{name}\nBlockBackend" if name else "BlockBackend\n(unnamed: an export)"
+        if name:
+            return f"{name}\nBlockBackend"
+        return f"BlockBackend\n(unnamed: {'an export' if unnamed == 'export' else 'a ' + unnamed})"
     if kind == "block-job":
         return f"{name}\nblock job"
     return f"{name}\n{driver}" if driver else name
@@ -134,8 +136,9 @@ def graph_layout(graph: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]] | 
     for row in rows:
         for i in row:
             n = info[i]
-            kind = "filter" if drivers.get(n["name"]) in ("copy-before-write", "throttle") else n["type"]
-            boxes.append(GraphBox(i, kind, n["name"], _label(n["type"], n["name"], drivers.get(n["name"])),
+            kind = "filter" if drivers.get(n["name"]) in ("copy-before-write", "throttle", "mirror_top") else n["type"]
+            boxes.append(GraphBox(i, kind, n["name"], _label(n["type"], n["name"], drivers.get(n["name"]),
+                                                             unnamed_backend(graph, i)),
                                   layer[i], pos[i]))
     job_ids = {n["id"] for n in graph["nodes"] if n["type"] == "block-job"}
     links = tuple(GraphLink(e["parent"], e["child"], e["name"], tuple(e["perm"]), tuple(e["shared-perm"]),

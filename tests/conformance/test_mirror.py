@@ -342,3 +342,16 @@ def test_conformance_report_focused_on_mirror():
 
     text, bad = report(5, 22031, focus="mirror")
     assert bad == 0 and "scenarios run                5" in text
+
+
+def test_the_graph_names_the_jobs_target_backend():
+    from bitlab.block.xdbg import link_lines
+    from bitlab.viz.graph import graph_layout
+
+    vm = _play(BASIC[:8])
+    graph = vm.qmp("x-debug-query-block-graph")
+    lines = link_lines(graph)
+    assert "(job target) -root-> t: takes write; shares unchanged" in lines
+    assert any(line.startswith("j -main node-> #block") and line.endswith("takes read; shares read write unchanged")
+               for line in lines)
+    assert "BlockBackend\n(unnamed: a job target)" in [box.label for box in graph_layout(graph).boxes]
