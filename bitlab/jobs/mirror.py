@@ -454,11 +454,14 @@ class MirrorJob(Job):
             self._op_done(op)
 
     def on_cancel(self) -> None:
-        """job_enter: a sleeping job wakes and sees the cancel."""
-        if self.sleep is not None or self.idle:
-            self._cancel_sleep()
+        """job_enter: the job wakes (from its sleep, or the pause a forced cancel ended) and sees the cancel; one
+        waiting for a request in flight sees it when the request ends."""
+        if self.deferred_to_main_loop or self.paused or self.waiting or not self.started:
+            return
+        if self._cancel_sleep() or self.woken:
+            self.woken = False
             self.last_pause_ns = self.now
-            self._loop()
+        self._loop()
 
     def complete_request(self) -> None:
         """mirror_complete (job-complete): the job switches over once it has drained."""

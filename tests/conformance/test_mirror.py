@@ -83,6 +83,9 @@ CANCEL = [
     *DROP,
 ]
 
+# quit with a ready mirror: QEMU's exit cancels it by force (the switch-over never happens).
+QUIT = [*SETUP, _mirror(), _wait("ready"), _q("quit")]
+
 # Pause, standby, speed; job-complete while paused waits for the resume.
 PAUSE = [
     *SETUP,
@@ -300,7 +303,8 @@ def test_command_errors_in_qemus_order():
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
-@pytest.mark.parametrize("steps", [BASIC, CANCEL, PAUSE, ERRORS], ids=["basic", "cancel", "pause", "errors"])
+@pytest.mark.parametrize("steps", [BASIC, CANCEL, PAUSE, ERRORS, QUIT], ids=["basic", "cancel", "pause", "errors",
+                                                                            "quit"])
 def test_mirror_as_in_qemu(steps, daemon):
     diffs = check({"name": "mirror", "steps": steps}, daemon)
     assert not diffs, "\n".join(str(d) for d in diffs)
