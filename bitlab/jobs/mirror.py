@@ -281,8 +281,9 @@ class MirrorJob(Job):
                 if len(self.ops) >= MAX_IN_FLIGHT or self.buf_free == 0 or (cnt == 0 and self.ops):
                     self.waiting = True  # an op's end calls the loop again
                     return
-                if cnt:
-                    self._iteration()
+                if cnt and not self._iteration():
+                    self.waiting = True  # for the request in flight over the first dirty chunk
+                    return
             should_complete = False
             if not self.ops and cnt == 0:
                 if not self.is_ready:
@@ -306,15 +307,19 @@ class MirrorJob(Job):
             self.asleep = delay > 0  # (a sleep of 0 only lets the main loop run: the job counts as busy)
             return
 
-    def _iteration(self) -> None:
+    def _iteration(self) -> bool:
         """mirror_iteration: the dirty chunks from the iterator's position on (up to buf-size), cleared, then
-        one request per block-status answer."""
+        one request per block-status answer. False if a request in flight over the first chunk must end first
+        (mirror_wait_on_conflicts): its end runs the loop again."""
         g = self.granularity
         bits = self.dirty.bits
         first = bits.find(1, self.cursor // g)
         if first < 0:
             first = bits.find(1, 0)
         offset = first * g
+        if any(op.offset < offset + g and offset < op.offset + op.nbytes for op in self.ops):
+            self.cursor = offset
+            return False
         stop = min(self.dirty.nbits, first + max(1, self.buf_size // g))
         end_bit = bits.find(0, first, stop)
         if end_bit < 0:
@@ -347,6 +352,7 @@ class MirrorJob(Job):
             self.rate.delay(self.now, io)  # block_job_ratelimit_processed_bytes
             offset += io
             nb -= -(-io // g)
+        return True
 
     def _next_in_flight(self, offset: int) -> int:
         """Where the first request in flight after ``offset`` begins (the in-flight bitmap's next set bit)."""
