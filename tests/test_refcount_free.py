@@ -150,3 +150,27 @@ def test_a_fleecing_machine_frees_everything(no_collector: None) -> None:
     refs = _refs(vm) + [weakref.ref(vm.graph.nodes["c"]), weakref.ref(vm.graph.nodes["sa"])]
     del vm
     assert [ref() for ref in refs] == [None] * len(refs)
+
+
+@pytest.mark.parametrize("speed", [0, 1 << 20])
+def test_a_mirror_that_ended_frees_everything(no_collector: None, speed: int) -> None:
+    """A mirror (ready and completed, or throttled with requests in flight and a sleep scheduled, then
+    cancelled): its job, filter, bitmap and timers are freed with the machine (the filter holds its job
+    weakly, the timers call back through weak references, the graph keeps the job's links by its id)."""
+    vm = Machine()
+    for name in ("s", "t"):
+        vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "32M")
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+    vm.write("s", 0, 1 << 20, 0x5A)
+    vm.qmp("blockdev-mirror", {"job-id": "m", "device": "s", "target": "t", "sync": "full", "speed": speed})
+    vm.run(until=vm.now + 0.5)
+    job = vm.jobs.jobs[0]
+    assert job.status == ("ready" if speed == 0 else "running")
+    refs = [*_refs(vm), weakref.ref(job), weakref.ref(job.top), weakref.ref(job.dirty)]
+    del job
+    vm.qmp("job-complete" if speed == 0 else "job-cancel", {"id": "m"})
+    vm.run()
+    assert vm.qmp("query-jobs") == []
+    del vm
+    assert [ref() for ref in refs] == [None] * len(refs)

@@ -64,7 +64,7 @@ class BlockGraph:
         self.monitor_owned: set[str] = set()
         self.blks: list = []  # anonymous BlockBackends on nodes (block exports): objects with a ``node``
         self.job_held: set[str] = set()  # backup filters: their job holds them, whoever their parents are
-        # a mirror job's links (block_job_create, block_job_add_bdrv, its target's BlockBackend): (owner, node,
+        # a mirror job's links (block_job_create, block_job_add_bdrv, its target's BlockBackend): (id(owner), node,
         # perms.Blk, stamp key), for the permission checks
         self.job_blks: list[tuple[Any, BlockNode, Any, tuple]] = []
         self._rng = random.Random(seed)
@@ -569,12 +569,12 @@ class BlockGraph:
     def job_blk(self, owner: Any, node: BlockNode, blk: Any) -> None:
         """A job's link to ``node`` (or its BlockBackend on it): the node's newest parent."""
         key = ("jobblk", id(blk))
-        self.job_blks.append((owner, node, blk, key))
+        self.job_blks.append((id(owner), node, blk, key))  # (the job's id: the graph holds no job)
         self.stamp(key)
 
     def job_blks_release(self, owner: Any) -> None:
         """The job's links go (block_job_remove_all_bdrv, blk_unref)."""
-        for entry in [e for e in self.job_blks if e[0] is owner]:
+        for entry in [e for e in self.job_blks if e[0] == id(owner)]:
             self.job_blks.remove(entry)
             self.link_order.pop(entry[3], None)
         self.perm_version += 1

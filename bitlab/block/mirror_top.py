@@ -9,6 +9,8 @@ node is opened read-write without ``discard=unmap``.
 
 from __future__ import annotations
 
+import weakref
+
 from .node import BlockNode
 
 
@@ -16,7 +18,15 @@ class MirrorTopNode(BlockNode):
     """The mirror job's filter over ``source`` (its ``backing`` child)."""
 
     driver = "mirror_top"
-    job = None  # the mirror job's hooks (see _do_write)
+    _job: weakref.ref | None = None  # the mirror job (see _do_write), held weakly: the job holds the filter
+
+    @property
+    def job(self):
+        return self._job() if self._job is not None else None
+
+    def attach(self, job) -> None:
+        """The job takes the filter (or, None, lets go of it)."""
+        self._job = weakref.ref(job) if job is not None else None
 
     def __init__(self, node_name: str, **kw) -> None:
         super().__init__(node_name, **kw)

@@ -48,7 +48,7 @@ def block_graph(graph: Any, jobs: Iterable[Any]) -> dict:
         if blk.role == "root":
             backends.append((graph.link_order.get(key, 0), blk, "", node, blk))
         else:
-            links[(id(owner), blk.role)] = blk
+            links[(owner, blk.role)] = blk
     backends.sort(key=lambda item: item[0])
     for _, key, name, root, blk in backends:
         walk.node(key, "block-backend", name)

@@ -14,6 +14,7 @@ cancelled; a plain ``block-job-cancel`` once ready completes it without the swit
 from __future__ import annotations
 
 import errno as _errno
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..block.mirror_top import MirrorTopNode
 from ..block.node import BlockNode, Qcow2Node
 from .backup import ENOSPC, error_action
 from .block_copy import RateLimit, _zeroes_never_yield, io_time_ns
-from .job import Job, JobManager, JobTxn, strerror
+from .job import Job, JobManager, JobTxn, strerror, weak_method
 
 MAX_IN_FLIGHT = 16
 MAX_IO_BYTES = 1 << 20
@@ -113,7 +114,10 @@ class MirrorJob(Job):
         super().__init__(manager, job_id, txn=txn, auto_finalize=auto_finalize, auto_dismiss=auto_dismiss,
                          speed=speed)
         source.add_bitmap(self.dirty)
-        top.job = self
+        top.attach(self)
+        # (the scheduler's timers call back through weak references: no reference cycle runs through the machine)
+        self._wake_cb = weak_method(self._wake)
+        self._op_done_cb = weak_method(self._op_done)
         self.set_speed(speed)
 
     # -- what the job holds --------------------------------------------------------------
@@ -213,7 +217,7 @@ class MirrorJob(Job):
         self._count = None
         if self.idle and self.sleep is None and not self.paused:
             slices = max(1, -(-(self.now - self.slept_at) // SLICE_NS))
-            self.sleep = self.manager.scheduler.at(self.slept_at + slices * SLICE_NS, self._wake)
+            self.sleep = self.manager.scheduler.at(self.slept_at + slices * SLICE_NS, self._wake_cb)
 
     def _wake(self) -> None:
         self.sleep = None
@@ -303,7 +307,7 @@ class MirrorJob(Job):
                 self.last_pause_ns = self.now
                 continue
             delay = self.rate.delay(self.now, 0)  # block_job_ratelimit_sleep
-            self.sleep = self.manager.scheduler.after(delay, self._wake)
+            self.sleep = self.manager.scheduler.after(delay, self._wake_cb)
             self.asleep = delay > 0  # (a sleep of 0 only lets the main loop run: the job counts as busy)
             return
 
@@ -376,7 +380,7 @@ class MirrorJob(Job):
             return
         # (several requests in flight complete in an order that varies in QEMU from run to run, and so do the
         # target's host clusters they allocate; bitlab's end in the order of their simulated durations)
-        op.timer = self.manager.scheduler.after(io_time_ns(nbytes, method == COPY), lambda: self._op_done(op))
+        op.timer = self.manager.scheduler.after(io_time_ns(nbytes, method == COPY), partial(self._op_done_cb, op))
 
     def _at_once(self, offset: int, nbytes: int, method: str) -> bool:
         """Whether a zero write (or discard) on the target completes without yielding: a discard the target
@@ -447,7 +451,7 @@ class MirrorJob(Job):
         self.txn.jobs.remove(self)
         if self.dirty in self.source.bitmaps:
             self.source.bitmaps.remove(self.dirty)
-        self.top.job = None
+        self.top.attach(None)
         self.graph.remove_mirror_top(self.top, None)
 
     def on_pause(self) -> None:
@@ -504,7 +508,7 @@ class MirrorJob(Job):
         filter goes."""
         if self.dirty in self.source.bitmaps:
             self.source.bitmaps.remove(self.dirty)
-        self.top.job = None
+        self.top.attach(None)
         self.exit_drained = False
         self.graph.remove_mirror_top(self.top, self.target if switch else None)
         self.graph.job_blks_release(self)
