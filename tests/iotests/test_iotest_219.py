@@ -1,4 +1,4 @@
-"""QEMU 7.2's iotest 219 (job-* and block-job-* verbs through a job's life), backup half.
+"""QEMU 7.2's iotest 219 (job-* and block-job-* verbs through a job's life).
 
 Ported: the four drive-backup life cycles (auto-finalize × auto-dismiss) on a 4 MiB qcow2 node fully
 written, at 256 KiB/s: pause/resume in RUNNING with each of block-job-pause/job-pause × block-job-resume/
@@ -9,7 +9,9 @@ with what 219.out shows for the backup jobs (timestamps filtered as the iotest d
 progress is FILTERED there too).
 Beyond 219 (``other_states``): every job-* and block-job-* verb on a job left ``waiting`` by its grouped
 transaction and on one ``paused`` by the user, then the group cancelled, compared with the system emulator.
-Left out: the drive-mirror life cycle (READY, STANDBY, job-complete): bitlab has no mirror job.
+The drive-mirror life cycle (``mirror_lifecycle``, 219's first): buf-size 64 KiB at 256 KiB/s, pause/resume in
+RUNNING (65536 a step), the verbs refused there, block-job-set-speed 0, READY, pause/resume in READY (STANDBY),
+finalize and dismiss refused there, job-complete, WAITING, PENDING, CONCLUDED, NULL, as 219.out shows it.
 
 The backups run with ``x-perf: {"max-chunk": 65536}``: the installed QEMU 7.2.22 copies 1 MiB per block-copy
 request by default (measured; bitlab too, ``test_219_default_chunk*``), so 219 as written pauses at 1, 2, 3 MiB and
@@ -101,9 +103,73 @@ def lifecycle(t: Log, auto_finalize: bool, auto_dismiss: bool) -> None:
     t.qmp_log("query-jobs")
 
 
+def mirror_lifecycle(t: Log) -> None:
+    """219's test_job_lifecycle for drive-mirror (has_ready)."""
+    t.log("")
+    t.log("")
+    t.log("Starting block job: drive-mirror (auto-finalize: True; auto-dismiss: True)")
+    t.qmp_log("drive-mirror", job_id="job0", device="drive0-node", target="copy.img", sync="full", speed=262144,
+              buf_size=65536)
+    result = t.qmp("query-jobs")
+    for j in result["return"]:
+        j["current-progress"] = j["total-progress"] = "FILTERED"
+    t.log(result)
+    t.log(t.event_wait("JOB_STATUS_CHANGE"))
+    t.log(t.event_wait("JOB_STATUS_CHANGE"))
+    t.poll(lambda: t.qmp("query-jobs")["return"][0]["total-progress"] >= IMG_SIZE)
+    t.log("")
+    t.log("Pause/resume in RUNNING")
+    pause_resume(t)
+    refuse(t, "running")
+    t.qmp_log("block-job-set-speed", device="job0", speed=0)
+    t.log("")
+    t.log("Waiting for READY state...")
+    t.event_wait("BLOCK_JOB_READY")
+    t.log(t.event_wait("JOB_STATUS_CHANGE"))
+    t.qmp_log("query-jobs")
+    t.log("")
+    t.log("Pause/resume in READY")
+    pause_resume(t)
+    for verb in ("finalize", "dismiss"):
+        t.qmp_log(f"job-{verb}", id="job0")
+    for verb in ("finalize", "dismiss"):
+        t.qmp_log(f"block-job-{verb}", id="job0")
+    t.qmp_log("job-complete", id="job0")
+    t.log("")
+    t.log("Waiting for PENDING state...")
+    for _ in range(4):  # waiting, pending, concluded, null
+        t.log(t.event_wait("JOB_STATUS_CHANGE"))
+    t.qmp_log("query-jobs")
+
+
+def mirror_expected() -> list:
+    """219.out's lines for the drive-mirror life cycle."""
+    ok = {"return": {}}
+    lines: list = ["", "", "Starting block job: drive-mirror (auto-finalize: True; auto-dismiss: True)", ok,
+                   jobs("running", "FILTERED", "FILTERED", "mirror"), ev("created"), ev("running"), "",
+                   "Pause/resume in RUNNING"]
+    progress = 65536
+    for pause in ("block-job-pause", "job-pause"):
+        for resume in ("block-job-resume", "job-resume"):
+            lines += [f"=== Testing {pause}/{resume} ===", ok, ev("paused"), jobs("paused", progress, kind="mirror"),
+                      ok, ev("running"), jobs("running", progress + 65536, kind="mirror")]
+            progress += 65536
+    lines += [refused("running", verb) for verb in VERBS_IN["running"]] * 2
+    lines += [ok, "", "Waiting for READY state...", ev("ready"), jobs("ready", IMG_SIZE, kind="mirror"), "",
+              "Pause/resume in READY"]
+    for pause in ("block-job-pause", "job-pause"):
+        for resume in ("block-job-resume", "job-resume"):
+            lines += [f"=== Testing {pause}/{resume} ===", ok, ev("standby"), jobs("standby", IMG_SIZE, kind="mirror"),
+                      ok, ev("ready"), jobs("ready", IMG_SIZE, kind="mirror")]
+    lines += [refused("ready", verb) for verb in ("finalize", "dismiss")] * 2
+    return [*lines, ok, "", "Waiting for PENDING state...", ev("waiting"), ev("pending"), ev("concluded"),
+            ev("null"), {"return": []}]
+
+
 def story(vm) -> list:
     setup(vm)
     t = Log(vm)
+    mirror_lifecycle(t)
     for auto_finalize in (True, False):
         for auto_dismiss in (True, False):
             lifecycle(t, auto_finalize, auto_dismiss)
@@ -114,9 +180,9 @@ def ev(status: str) -> dict:
     return {"data": {"id": "job0", "status": status}, "event": "JOB_STATUS_CHANGE", "timestamp": TIMESTAMP}
 
 
-def jobs(status: str, current: int | str, total: int | str = IMG_SIZE) -> dict:
+def jobs(status: str, current: int | str, total: int | str = IMG_SIZE, kind: str = "backup") -> dict:
     return {"return": [{"current-progress": current, "id": "job0", "status": status, "total-progress": total,
-                        "type": "backup"}]}
+                        "type": kind}]}
 
 
 def refused(state: str, verb: str) -> dict:
@@ -147,9 +213,9 @@ def expected(auto_finalize: bool, auto_dismiss: bool) -> list:
     return [*lines, ev("null"), {"return": []}]
 
 
-def test_219_backup_as_the_out_file():
-    """The simulator's log is 219.out's backup half, line by line."""
-    want = [line for af in (True, False) for ad in (True, False) for line in expected(af, ad)]
+def test_219_as_the_out_file():
+    """The simulator's log is 219.out, line by line (its drive-mirror life cycle, then the four backups)."""
+    want = mirror_expected() + [line for af in (True, False) for ad in (True, False) for line in expected(af, ad)]
     assert story(Machine()) == want
 
 
@@ -164,8 +230,9 @@ def test_219_default_chunk():
 
 
 @pytest.mark.qemu
-def test_219_backup_on_both():
-    want, got = on_both(story)
+def test_219_on_both():
+    """On the system emulator, as 219's VM (qemu-storage-daemon's backend adds drains of its own exports)."""
+    want, got = on_both(story, "system")
     assert got == want
 
 
