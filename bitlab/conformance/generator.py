@@ -182,7 +182,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         if throttles.rng.random() < THROTTLE_CHANCE:
             steps += throttle_episode(throttles, size)
         if mirrors.rng.random() < MIRROR_CHANCE:
-            steps += mirror_episode(mirrors, size)
+            steps += mirror_episode(mirrors, size, switch=not st.exports)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)

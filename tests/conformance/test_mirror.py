@@ -359,3 +359,23 @@ def test_the_graph_names_the_jobs_target_backend():
     assert any(line.startswith("j -main node-> #block") and line.endswith("takes read; shares read write unchanged")
                for line in lines)
     assert "BlockBackend\n(unnamed: a job target)" in [box.label for box in graph_layout(graph).boxes]
+
+
+def test_resize_of_a_switched_sources_exported_bitmap_is_sane():
+    """QEMU 7.2 aborts here (bdrv_dirty_bitmap_truncate: the bitmap an export moved away by the switch-over still
+    holds busy; found by a random scenario); bitlab resizes the node, its bitmaps with it."""
+    vm = Machine()
+    for name in ("d0", "mt"):
+        vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "8M")
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "d0", "name": "b1"})
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "e2", "node-name": "d0", "writable": True, "bitmaps": ["b1"]})
+    vm.qmp("blockdev-mirror", {"job-id": "j", "device": "d0", "target": "mt", "sync": "full"})
+    vm.run()
+    vm.qmp("job-complete", {"id": "j"})
+    vm.run()
+    assert vm.qmp("query-block-exports") == [{"type": "nbd", "id": "e2", "node-name": "mt", "shutting-down": False}]
+    assert vm.qmp("block_resize", {"node-name": "d0", "size": 16 << 20}) == {}
+    assert vm.qmp("query-named-block-nodes", {"flat": True})[-2]["image"]["virtual-size"] == 16 << 20

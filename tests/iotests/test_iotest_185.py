@@ -8,7 +8,9 @@ block-copy request is 1 MiB; 185.out, of an older QEMU, says 65536), concluded, 
 Added, same mechanism (job_cancel_sync_all, newest job first): a job left pending (auto-finalize off), one
 left concluded (auto-dismiss off: only dismissed), one paused by the user, a ``sync: none`` job, and two
 jobs of a grouped transaction.
-Left out: the commit, mirror and stream cases (bitlab has none of those jobs). The stories are compared with
+Ported too: 185's mirror case (drive-mirror at 64 KiB/s, quit while it runs: cancelled where it had got to),
+and beyond it a mirror that is ready when ``quit`` comes (cancelled by force: no switch-over).
+Left out: the commit and stream cases (bitlab has none of those jobs). The stories are compared with
 the system emulator's, SHUTDOWN event (first after the reply) included: ``Machine(daemon="system")`` quits as
 the system emulator does. (On qemu-storage-daemon the backend's own NBD exports of every node, closed at the
 exit, drain each job twice more.) 185 builds its
@@ -23,7 +25,7 @@ from bitlab import Machine
 from tests.both import on_both
 from tests.iotests.harness import Log
 
-M = 1 << 20
+K, M = 1 << 10, 1 << 20
 
 
 def quit_and_wait(vm) -> None:
@@ -62,6 +64,12 @@ def story(vm, wait, case: str) -> list:
         t.qmp_log("job-pause", id="job0")
     elif case == "sync-none":
         t.qmp_log("drive-backup", **{**backup, "sync": "none"})
+    elif case == "mirror":  # 185's mirror case: drive-mirror at 64 KiB/s into a new image
+        vm.write("disk", 0, 4 * M)
+        t.qmp_log("drive-mirror", **{k: v for k, v in backup.items() if k != "job-id"}, job_id="job0")
+    elif case == "mirror-ready":  # beyond 185: a mirror ready and waiting for job-complete
+        vm.write("disk", 0, 4 * M)
+        t.qmp_log("drive-mirror", **{**{k: v for k, v in backup.items() if k != "job-id"}, "speed": 0}, job_id="job0")
     elif case == "grouped":
         t.qmp_log("transaction", actions=[
             {"type": "drive-backup", "data": {**backup, "job-id": f"job{i}", "device": d, "target": f"c{i}.qcow2"}}
@@ -74,7 +82,7 @@ def story(vm, wait, case: str) -> list:
     return t.lines
 
 
-CASES = ["185", "pending", "concluded", "user-paused", "sync-none", "grouped"]
+CASES = ["185", "pending", "concluded", "user-paused", "sync-none", "grouped", "mirror", "mirror-ready"]
 
 
 def status(job: str, value: str) -> tuple:
@@ -92,6 +100,18 @@ def test_185_backup():
     assert lines == [{"return": {}}, [("job0", "running", M)], [
         status("job0", "paused"), status("job0", "running"), status("job0", "aborting"), cancelled("job0", M),
         status("job0", "concluded"), status("job0", "null")]]
+
+
+def test_185_mirror():
+    vm = Machine()
+    lines = story(vm, lambda: vm.run(until=vm.now + 0.5), "mirror")
+    """The new image reads as zeroes: only the 4 MiB written are copied, in one iteration (up to buf-size), then
+    the rate limit holds the job asleep until quit cancels it."""
+    assert lines[1] == [("job0", "running", 4 * M)]
+    assert lines[2] == [status("job0", "paused"), status("job0", "running"), status("job0", "aborting"),
+                        ("BLOCK_JOB_CANCELLED", {"device": "job0", "len": 4 * M, "offset": 4 * M, "speed": 65536,
+                                                 "type": "mirror"}),
+                        status("job0", "concluded"), status("job0", "null")]
 
 
 def test_185_pending_and_concluded_jobs():
