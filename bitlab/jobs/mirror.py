@@ -110,7 +110,9 @@ class MirrorJob(Job):
         self.cursor = 0  # the dirty iterator's position
         self._count: int | None = None  # the dirty bytes, while the bitmap has changed only by iterations
         self.backing_after: BlockNode | None = None  # drive-mirror sync top / none: the target's backing node
-        self.tables: set[int] = set()  # the target's L2 tables the job's requests have reached
+        self.tables: set[int] = set()
+        self.cow: DirtyBitmap | None = None  # chunks copied so far, where copies cover the target's clusters
+        self.target_cluster = 0  # the target's L2 tables the job's requests have reached
         super().__init__(manager, job_id, txn=txn, auto_finalize=auto_finalize, auto_dismiss=auto_dismiss,
                          speed=speed)
         source.add_bitmap(self.dirty)
@@ -249,9 +251,21 @@ class MirrorJob(Job):
             if self.source.size != self.target.size:
                 self._exit(-_errno.EINVAL, "Source and target image have different sizes")
                 return
+            self._cow_setup()
             self._dirty_init()
             self.last_pause_ns = self.now
         self._loop()
+
+    def _cow_setup(self) -> None:
+        """mirror_run: a target that names a backing file it has not opened, of clusters larger than the
+        granularity, gets a COW bitmap (copies cover its whole clusters) and a buffer of at least a cluster."""
+        tc = self.target.cluster_size or 512
+        image = getattr(self.target, "image", None)
+        if image is not None and image.backing_file and self.target.backing is None and self.granularity < tc:
+            self.target_cluster = tc
+            self.buf_size = max(self.buf_size, tc)
+            self.buf_free = self.buf_size // self.granularity
+            self.cow = DirtyBitmap(self.source.size, self.granularity, disabled=True)
 
     def _dirty_init(self) -> None:
         """mirror_dirty_init: what the first pass copies."""
@@ -350,13 +364,31 @@ class MirrorJob(Job):
                 if offset % tc == 0 and (end % tc == 0 or end == size):
                     method = ZERO if is_zero else DISCARD
             io = min(io, size - offset)
+            start, length = offset, io
             if method == COPY:
-                io = min(io, self.buf_size, g * 1024)  # mirror_co_read: buf-size and max_iov chunks
-            self._perform(offset, io, method)
+                io = length = min(io, self.buf_size, g * 1024)  # mirror_co_read: buf-size and max_iov chunks
+                if self.cow is not None:
+                    start, length = self._cow_align(offset, io)
+                    io = start + length - offset  # bytes_handled: up to the aligned end
+            self._perform(start, length, method)
             self.rate.delay(self.now, io)  # block_job_ratelimit_processed_bytes
             offset += io
             nb -= -(-io // g)
         return True
+
+    def _cow_align(self, offset: int, nbytes: int) -> tuple[int, int]:
+        """mirror_cow_align: a copy whose first or last chunk the job has not copied yet covers the target's whole
+        clusters (its backing file is not open: nothing else would fill the rest of a cluster)."""
+        g, tc, size = self.granularity, self.target_cluster, self.source.size
+        bits = self.cow.bits  # type: ignore[union-attr]
+        start, end = offset, offset + nbytes
+        need = not bits[offset // g] or not bits[(end - 1) // g]
+        if need:
+            start, end = offset // tc * tc, -(-end // tc) * tc
+        most = g * 1024
+        if end - start > most:
+            end = start + (most // tc * tc if need else most)
+        return start, min(end, size) - start
 
     def _next_in_flight(self, offset: int) -> int:
         """Where the first request in flight after ``offset`` begins (the in-flight bitmap's next set bit)."""
@@ -414,6 +446,8 @@ class MirrorJob(Job):
         self.ops.remove(op)
         self.buf_free += op.chunks
         self.bytes_in_flight -= op.nbytes
+        if op.error is None and self.cow is not None:
+            self.cow.set_range(op.offset, op.nbytes)
         if op.error is not None:
             self.dirty.set_range(op.offset, op.nbytes)
             self._count = None

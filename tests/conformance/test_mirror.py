@@ -174,6 +174,11 @@ SYNC = [
     _wait("ready", "k"), _q("job-complete", {"id": "k"}), _wait("null", "k"), NODES,
     {"qemu-img": ["map", "--output=json", "-U", "u.qcow2"]},
     {"qemu-img": ["info", "-U", "n.qcow2"]},
+    # a new image naming the source as its backing file, not opened, of 64 KiB clusters, mirrored at 4 KiB
+    # granularity: a copy covers the target's whole cluster (mirror_cow_align): a 4 KiB write counts 64 KiB
+    _q("drive-mirror", {"job-id": "c", "device": "s", "target": "c.qcow2", "sync": "none", "granularity": 4096}),
+    _wait("ready", "c"), _write("s", 5 * M + 4 * K, 4 * K, 0x46), {"sleep": 0.3}, JOBS,
+    _q("block-job-cancel", {"device": "c"}), _wait("null", "c"),
 ]
 
 
