@@ -18,20 +18,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from bitlab import Machine, QMPError
 
+from .test_stateful_jobs import _runs
+
 SIZE = 4 << 20
 G = 65536
-
-
-def _runs(extents) -> list[tuple[int, int, int]]:
-    starts, ends, vals = extents
-    out: list[tuple[int, int, int]] = []
-    for s, e, v in zip(starts.tolist(), ends.tolist(), vals.tolist()):
-        v = 0 if v < 0 else v
-        if out and out[-1][2] == v and out[-1][1] == s:
-            out[-1] = (out[-1][0], e, v)
-        else:
-            out.append((s, e, v))
-    return out
 
 
 class MirrorMachine(RuleBasedStateMachine):

@@ -66,14 +66,13 @@ def refuse(t: Log, state: str) -> None:
         t.qmp_log(f"block-job-{verb}", **({"id": "job0"} if verb in ("finalize", "dismiss") else {"device": "job0"}))
 
 
-def lifecycle(t: Log, auto_finalize: bool, auto_dismiss: bool) -> None:
-    """219's test_job_lifecycle for drive-backup."""
+def running_phase(t: Log, job: str, auto_finalize: bool, auto_dismiss: bool, **args: object) -> None:
+    """219's test_job_lifecycle up to ``block-job-set-speed 0``: the job started at 256 KiB/s, its first events,
+    pause/resume in RUNNING, the verbs refused there."""
     t.log("")
     t.log("")
-    t.log(f"Starting block job: drive-backup (auto-finalize: {auto_finalize}; auto-dismiss: {auto_dismiss})")
-    t.qmp_log("drive-backup", job_id="job0", device="drive0-node", target="copy.img", sync="full",
-              speed=262144, x_perf={"max-chunk": 65536},
-              **{"auto-finalize": auto_finalize, "auto-dismiss": auto_dismiss})
+    t.log(f"Starting block job: {job} (auto-finalize: {auto_finalize}; auto-dismiss: {auto_dismiss})")
+    t.qmp_log(job, job_id="job0", device="drive0-node", target="copy.img", sync="full", speed=262144, **args)
     result = t.qmp("query-jobs")
     for j in result["return"]:
         j["current-progress"] = j["total-progress"] = "FILTERED"
@@ -86,6 +85,12 @@ def lifecycle(t: Log, auto_finalize: bool, auto_dismiss: bool) -> None:
     pause_resume(t)
     refuse(t, "running")
     t.qmp_log("block-job-set-speed", device="job0", speed=0)
+
+
+def lifecycle(t: Log, auto_finalize: bool, auto_dismiss: bool) -> None:
+    """219's test_job_lifecycle for drive-backup."""
+    running_phase(t, "drive-backup", auto_finalize, auto_dismiss, x_perf={"max-chunk": 65536},
+                  **{"auto-finalize": auto_finalize, "auto-dismiss": auto_dismiss})
     t.log("")
     t.log("Waiting for PENDING state...")
     for _ in range(4):  # (219 waits for four changes here, as for mirror: paused, running, waiting, pending)
@@ -105,23 +110,7 @@ def lifecycle(t: Log, auto_finalize: bool, auto_dismiss: bool) -> None:
 
 def mirror_lifecycle(t: Log) -> None:
     """219's test_job_lifecycle for drive-mirror (has_ready)."""
-    t.log("")
-    t.log("")
-    t.log("Starting block job: drive-mirror (auto-finalize: True; auto-dismiss: True)")
-    t.qmp_log("drive-mirror", job_id="job0", device="drive0-node", target="copy.img", sync="full", speed=262144,
-              buf_size=65536)
-    result = t.qmp("query-jobs")
-    for j in result["return"]:
-        j["current-progress"] = j["total-progress"] = "FILTERED"
-    t.log(result)
-    t.log(t.event_wait("JOB_STATUS_CHANGE"))
-    t.log(t.event_wait("JOB_STATUS_CHANGE"))
-    t.poll(lambda: t.qmp("query-jobs")["return"][0]["total-progress"] >= IMG_SIZE)
-    t.log("")
-    t.log("Pause/resume in RUNNING")
-    pause_resume(t)
-    refuse(t, "running")
-    t.qmp_log("block-job-set-speed", device="job0", speed=0)
+    running_phase(t, "drive-mirror", True, True, buf_size=65536)
     t.log("")
     t.log("Waiting for READY state...")
     t.event_wait("BLOCK_JOB_READY")
