@@ -152,7 +152,7 @@ class MirrorJob(Job):
     def now(self) -> int:
         return self.manager.scheduler.clock.now_ns
 
-    # -- the guest ------------------------------------------------------------------------
+    # -- the dirty count --------------------------------------------------------------------
     def _dirty_count(self) -> int:
         """bdrv_get_dirty_count, counted again only after the bitmap changed other than by an iteration."""
         if self._count is None:
