@@ -126,6 +126,9 @@ class BackupMachine(RuleBasedStateMachine):
         except QMPError:
             self.settle_finished()
             return
+        # (the command's drain may have ended a job that had nothing left to copy, before this one took its
+        # bitmap: that job's end is settled first)
+        self.settle_finished()
         used = name if sync in ("bitmap", "incremental") or (name is not None) else None
         if used is not None:
             self.since_start[used] = set()
