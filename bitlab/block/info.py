@@ -66,16 +66,34 @@ def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str |
     return info
 
 
+FILTER_CHILD = {"copy-before-write": "file", "throttle": "file", "mirror_top": "backing", "blkdebug": "image"}
+"""The filters' filtered child (is_filter drivers)."""
+
+
 def filter_or_cow(node: BlockNode) -> BlockNode | None:
-    """bdrv_filter_or_cow_bs: what a filter (copy-before-write, throttle, blkdebug) filters, or a format's backing
-    node."""
-    if node.driver in ("copy-before-write", "throttle"):
-        return node.child("file")
-    if node.driver == "mirror_top":
-        return node.child("backing")
-    if node.driver == "blkdebug":
-        return node.child("image")
-    return node.backing
+    """bdrv_filter_or_cow_bs: what a filter (copy-before-write, throttle, mirror_top, blkdebug) filters, or a
+    format's backing node."""
+    role = FILTER_CHILD.get(node.driver)
+    return node.child(role) if role is not None else node.backing
+
+
+def skip_filters(node: BlockNode) -> BlockNode:
+    """bdrv_skip_filters: down through the filters above a node to the first that is none."""
+    while node.driver in FILTER_CHILD:
+        below = node.child(FILTER_CHILD[node.driver])
+        if below is None:
+            return node
+        node = below
+    return node
+
+
+def chain_contains(top: BlockNode | None, node: BlockNode) -> bool:
+    """bdrv_chain_contains: ``node`` is ``top`` or below it through filters and backing links."""
+    while top is not None:
+        if top is node:
+            return True
+        top = filter_or_cow(top)
+    return False
 
 
 def bitmap_directory_reads(every: Iterable[BlockNode], nodes: Iterable[BlockNode], *, flat: bool) -> None:

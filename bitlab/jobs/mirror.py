@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..bitmap import DirtyBitmap
+from ..block.info import skip_filters
 from ..block.ioerror import BlockIOError
 from ..block.mirror_top import MirrorTopNode
 from ..block.node import BlockNode, Qcow2Node
@@ -38,19 +39,6 @@ def default_granularity(target: BlockNode) -> int:
     """bdrv_get_default_bitmap_granularity: the target's cluster size within [4 KiB, 64 KiB], else 64 KiB."""
     cluster = target.cluster_size
     return max(4096, min(cluster, 65536)) if cluster else 65536
-
-
-def _below_filters(node: BlockNode) -> BlockNode:
-    """bdrv_skip_filters."""
-    while True:
-        if isinstance(node, MirrorTopNode):
-            node = node.source
-        elif node.driver in ("throttle", "copy-before-write") and node.child("file") is not None:
-            node = node.child("file")  # type: ignore[assignment]
-        elif node.driver == "blkdebug" and node.child("image") is not None:
-            node = node.child("image")  # type: ignore[assignment]
-        else:
-            return node
 
 
 class _Op:
@@ -569,7 +557,7 @@ def _status(node: BlockNode, offset: int, length: int) -> tuple[int, bool, bool]
     """bdrv_co_block_status_above(source, NULL) over ``[offset, offset + length)``: where its first answer
     ends, whether it is data, whether it reads as zeroes. null-co answers for the whole range: zeroes with
     read-zeroes, else neither (the target's range is then discarded)."""
-    bottom = _below_filters(node)
+    bottom = skip_filters(node)
     if bottom.driver in ("null-co", "null-aio"):
         return offset + length, False, bottom.reports_zeroes
     s, e, zero = node.copy_status(offset, length)
@@ -585,7 +573,7 @@ def _allocated(node: BlockNode, top_only: bool, into: DirtyBitmap) -> None:
     size = node.size
     layer: BlockNode | None = node
     while layer is not None:
-        layer = _below_filters(layer)
+        layer = skip_filters(layer)
         s, e, alloc = layer.is_allocated(0, size)
         keep = np.asarray(alloc, dtype=bool) & (np.asarray(e) > np.asarray(s))
         if keep.any():

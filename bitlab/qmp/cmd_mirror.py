@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..block import perms
+from ..block.info import chain_contains, skip_filters
 from ..block.mirror_top import MirrorTopNode
 from ..errors import QMPError, generic
 from ..jobs.mirror import DEFAULT_BUF_SIZE, MirrorJob, default_granularity
@@ -14,32 +15,6 @@ from .commands import TABLE
 from .types import BlockdevMirror, DriveMirror
 
 JOB_BLOCKER = "block device is in use by block job: mirror"
-
-
-def _skip_filters(node: Any) -> Any:
-    """bdrv_skip_filters."""
-    while True:
-        if node.driver in ("throttle", "copy-before-write") and node.child("file") is not None:
-            node = node.child("file")
-        elif node.driver == "blkdebug" and node.child("image") is not None:
-            node = node.child("image")
-        elif node.driver == "mirror_top":
-            node = node.child("backing")
-        else:
-            return node
-
-
-def _chain_contains(top: Any, node: Any) -> bool:
-    """bdrv_chain_contains: ``node`` is ``top`` or below it through filters and backing links."""
-    while top is not None:
-        if top is node:
-            return True
-        below = _skip_filters(top)
-        if below is not top:
-            top = below
-            continue
-        top = top.backing
-    return False
 
 
 @TABLE.command("blockdev-mirror", BlockdevMirror)
@@ -61,8 +36,8 @@ def qmp_drive_mirror(vm: Any, args: dict) -> None:
     mode = args.get("mode", "absolute-paths")
     fmt = args.get("format")
     if fmt is None and mode != "existing":
-        fmt = _skip_filters(source).driver
-    below = _skip_filters(source)
+        fmt = skip_filters(source).driver
+    below = skip_filters(source)
     backing = below.backing
     sync = args["sync"]
     if backing is None and sync == "top":
@@ -135,9 +110,9 @@ def start_job(vm: Any, args: dict, source: Any, target: Any, sync: str, granular
     if buf_size < 0:
         raise generic("Invalid parameter 'buf-size'")
     buf_size = buf_size or DEFAULT_BUF_SIZE
-    if _skip_filters(source) is _skip_filters(target):
+    if skip_filters(source) is skip_filters(target):
         raise generic("Can't mirror node into itself")
-    if _chain_contains(source, target):
+    if chain_contains(source, target):
         raise generic("bitlab does not simulate a mirror into a node of the source's backing chain (active commit)")
     graph = vm.graph
     name = args.get("filter-node-name")
