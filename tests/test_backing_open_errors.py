@@ -62,3 +62,38 @@ def test_every_level_says_so():
 def test_matches_qemu(daemon):
     want, got = on_both(story, daemon)
     assert got == want
+
+
+def named_story(vm) -> list:
+    """Backing options without ``file.filename`` over an image that names its backing file: that name is passed
+    down to the first protocol node (bdrv_open_backing_file), which a reference or a blkdebug image of its own
+    cannot take."""
+    img = vm.qemu_img
+    img("create", "-f", "qcow2", "base.qcow2", "64M")
+    img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "64M")
+    img("create", "-f", "qcow2", "-b", "top.qcow2", "-F", "qcow2", "over.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "file", "node-name": "bf", "filename": "base.qcow2"})
+    top = {"driver": "qcow2", "node-name": "top", "file": _file("top.qcow2")}
+    out = []
+    for file in ("bf", {"driver": "blkdebug", "image": "bf"}, {"driver": "blkdebug", "image": _file("base.qcow2")}):
+        out.append(_try(vm.qmp, "blockdev-add", {**top, "backing": {"driver": "qcow2", "file": file}}))
+    out.append(_try(vm.qmp, "blockdev-add", {"driver": "qcow2", "node-name": "over", "file": _file("over.qcow2"),
+                                             "backing": {**top, "backing": {"driver": "qcow2", "file": "bf"}}}))
+    out.append(_try(vm.qmp, "blockdev-add", {**top, "backing": {"driver": "raw", "file": _file("base.qcow2")}}))
+    return out
+
+
+def test_a_named_backing_file_reaches_the_protocol_node():
+    ref = "Cannot reference an existing block device with additional options or a new filename"
+    assert named_story(Machine()) == [
+        f"Could not open backing file: {ref}", f"Could not open backing file: {ref}",
+        "Could not open backing file: Can't specify 'file' and 'filename' options at the same time",
+        f"Could not open backing file: Could not open backing file: {ref}", {},
+    ]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("daemon", ["qsd", "system"])
+def test_a_named_backing_file_as_in_qemu(daemon):
+    want, got = on_both(named_story, daemon)
+    assert got == want

@@ -457,6 +457,8 @@ class BlockGraph:
         if backing is None:
             return
         if backing != "auto":
+            if isinstance(backing, dict) and image.backing_file:
+                _check_named_backing(backing)
             try:
                 child = self._child(backing, opts, True)
             except QMPError as err:
@@ -884,3 +886,17 @@ def blkdebug_constraints(opts: dict) -> str | None:
         if value and (value < 0 or value >= INT_MAX or value % unit):
             return f"Cannot meet constraints with {key} {value}"
     return None
+
+
+def _check_named_backing(options: dict) -> None:
+    """bdrv_open_backing_file: backing options that do not give ``file.filename`` are opened with the file name
+    the image names as well, which reaches the first protocol node below: one given by reference, or a blkdebug
+    node whose image is given by reference or with a file name of its own, cannot take it."""
+    file = options.get("file")
+    if isinstance(file, dict) and file.get("driver") == "blkdebug":
+        file = file.get("image")
+        if isinstance(file, dict) and "filename" in file:
+            raise generic("Could not open backing file: Can't specify 'file' and 'filename' options at the same time")
+    if isinstance(file, str):
+        raise generic("Could not open backing file: Cannot reference an existing block device with additional "
+                      "options or a new filename")
