@@ -562,7 +562,7 @@ class QemuMachine(GuestIO, Monitor):
                 reply = self._send(message)
                 if name == "blockdev-create" and "return" in reply:
                     self._wait_created(message["arguments"].get("job-id"))
-                if name in ("blockdev-mirror", "drive-mirror") and "return" in reply:
+                if name in ("blockdev-mirror", "drive-mirror", "block-commit") and "return" in reply:
                     args = message["arguments"]
                     self._mirror_sources[args.get("job-id") or args["device"]] = args["device"]
                     if args["device"] in moved:  # its export comes back above the job's filter, as bdrv_append

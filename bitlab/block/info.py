@@ -66,8 +66,11 @@ def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str |
     return info
 
 
-FILTER_CHILD = {"copy-before-write": "file", "throttle": "file", "mirror_top": "backing", "blkdebug": "image"}
+FILTER_CHILD = {"copy-before-write": "file", "throttle": "file", "mirror_top": "backing", "commit_top": "backing",
+                "blkdebug": "image"}
 """The filters' filtered child (is_filter drivers)."""
+JOB_FILTERS = ("mirror_top", "commit_top")
+"""The filters a job puts in the graph whose filtered child is their backing link (block/mirror.c, block/commit.c)."""
 
 
 def filter_or_cow(node: BlockNode) -> BlockNode | None:
@@ -158,7 +161,7 @@ def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
     if size is not None:
         info["actual-size"] = size
     info["virtual-size"] = node.size
-    if isinstance(bottom, Qcow2Node) and node.driver in ("copy-before-write", "throttle", "mirror_top"):
+    if isinstance(bottom, Qcow2Node) and node.driver in ("copy-before-write", "throttle", *JOB_FILTERS):
         info["cluster-size"] = bottom.image.cluster_size
     return info
 
@@ -173,7 +176,7 @@ def allocated_file_size(node: BlockNode) -> int | None:
             return node.image.allocated_size()
         if isinstance(node, BlkdebugNode):
             return None
-        child = node.child("file") or (node.child("backing") if node.driver == "mirror_top" else None)
+        child = node.child("file") or (node.child("backing") if node.driver in JOB_FILTERS else None)
         if child is None:
             return None
         node = child
@@ -186,7 +189,7 @@ def _answers_get_info(node: BlockNode) -> bool:
         if node.driver == "snapshot-access":
             return False
         below = node.child("file") or node.child("image") or (
-            node.child("backing") if node.driver == "mirror_top" else None)
+            node.child("backing") if node.driver in JOB_FILTERS else None)
         if below is None:
             return False
         node = below

@@ -31,6 +31,7 @@ class MirrorTopNode(BlockNode):
     def __init__(self, node_name: str, **kw) -> None:
         super().__init__(node_name, **kw)
         self.stop = False  # mirror_exit_common: the filter no longer forwards permissions
+        self.is_commit = False  # an active commit's: its target is in the source's backing chain
 
     @property
     def source(self) -> BlockNode:

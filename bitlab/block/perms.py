@@ -135,8 +135,13 @@ def child_perm(node: BlockNode, role: str, perm: int, shared: int, has_parents: 
         return CBW_TARGET_PERMS if role == "target" else cbw_file_perms(perm, shared, has_parents)
     if driver == "snapshot-access":  # snapshot_access_child_perm: nothing taken, all shared
         return 0, ALL
-    if driver == "mirror_top":  # bdrv_mirror_top_child_perm: a filter's, nothing once the job stops
-        return (0, ALL) if node.stop else filter_perms(perm, shared)
+    if driver == "commit_top":  # bdrv_commit_top_child_perm: nothing taken, all shared
+        return 0, ALL
+    if driver == "mirror_top":  # bdrv_mirror_top_child_perm: a filter's, nothing once the job stops; an active
+        if node.stop:  # commit's takes no consistent read (unshared above its base) and shares writes
+            return 0, ALL
+        nperm, nshared = filter_perms(perm, shared)
+        return (nperm & ~READ, nshared | WRITE) if node.is_commit else (nperm, nshared)
     if driver == "qcow2" and role == "backing":
         return cow_perms(perm, shared)
     if driver == "qcow2":  # a DATA | METADATA child
@@ -197,11 +202,11 @@ class PermView:
             stamped.append((when(("device", name), 0), root, Edge("root", blk=device_blk(graph, name))))
         for exp in graph.blks:
             stamped.append((when(("blk", id(exp)), 0), exp.node, Edge("root", blk=export_blk(exp))))
-        for _, node, blk, key in graph.job_blks:  # a mirror job's links
+        for _, node, blk, key in graph.job_blks:  # a mirror or commit job's links
             stamped.append((when(key, 0), node, Edge(blk.role, blk=blk)))
         for name in graph.job_held:  # the backup job's 'main node' link: it takes nothing, shares all
             node = graph.nodes.get(name)
-            if node is not None and node.driver != "mirror_top":
+            if node is not None and node.driver not in ("mirror_top", "commit_top"):
                 stamped.append((0, node, Edge("main node", blk=Blk("a block job", 0))))
         stamped.sort(key=_newest_first, reverse=True)  # (a stable sort: equal stamps keep their order)
         parents = self.parents

@@ -340,3 +340,11 @@ def blockdev_reopen(graph: Any, options_list: list[dict], drain: Callable[[Any],
         reopen.queue(node, flatten(opts))
     if reopen.entries:  # (an empty list: QEMU 7.2 asserts, bitlab does nothing)
         reopen.run()
+
+
+def set_read_only(graph: Any, node: Any, read_only: bool) -> None:
+    """bdrv_reopen_set_read_only: the node (and the children it opened itself) read-only or writable, its other
+    options kept."""
+    reopen = Reopen(graph)
+    reopen.queue(node, {"read-only": read_only}, keep_old=True)
+    reopen.run()

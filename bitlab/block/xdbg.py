@@ -43,12 +43,12 @@ def block_graph(graph: Any, jobs: Iterable[Any]) -> dict:
         backends.append((graph.born.get(("device", name), 0), ("device", name), name, root, device_blk(graph, name)))
     for exp in graph.blks:
         backends.append((graph.born.get(("blk", id(exp)), 0), exp, "", exp.node, export_blk(exp)))
-    links = {}  # a mirror job's links: (job, role) -> Blk; its target's BlockBackend
+    links = {}  # a mirror or commit job's links: (job, role, node) -> Blk; its BlockBackends
     for owner, node, blk, key in graph.job_blks:
         if blk.role == "root":
             backends.append((graph.link_order.get(key, 0), blk, "", node, blk))
         else:
-            links[(owner, blk.role)] = blk
+            links[(owner, blk.role, id(node))] = blk
     backends.sort(key=lambda item: item[0])
     for _, key, name, root, blk in backends:
         walk.node(key, "block-backend", name)
@@ -58,7 +58,7 @@ def block_graph(graph: Any, jobs: Iterable[Any]) -> dict:
             continue
         walk.node(job, "block-job", job.id)
         for role, node in reversed(job.block_links()):  # block_job_add_bdrv prepends: newest first
-            blk = links.get((id(job), role))  # a backup's own links take nothing and share all
+            blk = links.get((id(job), role, id(node)))  # a backup's own links take nothing and share all
             walk.edge(job, node, role, blk.perm if blk else 0, blk.shared if blk else ALL)
     view = PermView(graph)
     for node in graph.nodes.values():

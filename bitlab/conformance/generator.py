@@ -66,6 +66,9 @@ backups through the throttle node, the node moved to the other group, both taken
 After 3% of the steps comes a mirror episode of :mod:`.gen_mirror` (its own stream and names: targets ``mt<n>``,
 images ``mn<n>.qcow2``, jobs ``mj<n>``, filters ``mf<n>``): blockdev-mirror or drive-mirror of a scenario node,
 ready, guest writes, then the switch-over or a cancel.
+After 2% of the steps comes a commit episode of :mod:`.gen_commit` (its own stream and names: images and nodes
+``ck<n>b``/``m``/``t``, jobs ``cj<n>``, filters ``cf<n>``): a chain of two or three images committed, the active
+layer (ready, guest writes, then job-complete or a cancel) or the middle one (the commit job).
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ import random
 
 from .gen_blkdebug import CHANCE as BLKDEBUG_CHANCE
 from .gen_blkdebug import Blkdebugs, blkdebug_episode
+from .gen_commit import CHANCE as COMMIT_CHANCE
+from .gen_commit import Commits, commit_episode
 from .gen_copyrange import CHANCE as COPYRANGE_CHANCE
 from .gen_copyrange import CopyRange, copy_range_episode
 from .gen_discard import CHANCE as DISCARD_CHANCE
@@ -146,6 +151,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     reopens = Reopens(random.Random(f"{seed}/{index}/reopen"), nodes, files)
     throttles = Throttles(random.Random(f"{seed}/{index}/throttle"), nodes)
     mirrors = Mirrors(random.Random(f"{seed}/{index}/mirror"), nodes)
+    commits = Commits(random.Random(f"{seed}/{index}/commit"))
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -183,6 +189,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += throttle_episode(throttles, size)
         if mirrors.rng.random() < MIRROR_CHANCE:
             steps += mirror_episode(mirrors, size, switch=not st.exports)
+        if commits.rng.random() < COMMIT_CHANCE:
+            steps += commit_episode(commits, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)

@@ -9,6 +9,7 @@ import time
 
 from ..backends.qemu import DAEMON_ENV, QemuDaemonError, QemuNotFound, qemu_missing
 from .gen_blkdebug import blkdebug_scenario
+from .gen_commit import commit_scenario
 from .gen_compress import compress_scenario
 from .gen_fleecing import fleecing_scenario
 from .gen_mirror import mirror_scenario
@@ -21,7 +22,7 @@ from .runner import check
 
 FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario,
          "compress": compress_scenario, "runstate": runstate_scenario, "fleecing": fleecing_scenario,
-         "throttle": throttle_scenario, "mirror": mirror_scenario}
+         "throttle": throttle_scenario, "mirror": mirror_scenario, "commit": commit_scenario}
 SYSTEM_ONLY = {"runstate": "stop, cont and query-status"}
 """Foci whose every scenario needs QEMU's system emulator: what it needs there."""
 

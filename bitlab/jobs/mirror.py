@@ -63,8 +63,15 @@ class MirrorJob(Job):
                  top: MirrorTopNode, sync: str, granularity: int, buf_size: int, zero_target: bool,
                  on_source_error: str = "report", on_target_error: str = "report", txn: JobTxn | None = None,
                  auto_finalize: bool = True, auto_dismiss: bool = True, speed: int = 0,
-                 owns_target: bool = False, copy_mode: str = "background") -> None:
+                 owns_target: bool = False, copy_mode: str = "background",
+                 intermediates: tuple[BlockNode, ...] = ()) -> None:
         self.graph = graph
+        # active commit (commit_active_start): the target is a node of the source's backing chain; the job is a
+        # commit job, copies what the chain allocates above it, and holds the nodes between as intermediate nodes
+        self.is_commit = sync == "commit"
+        if self.is_commit:
+            self.job_type = "commit"
+        self.intermediates = intermediates
         self.copy_mode = copy_mode
         self.source = source
         self.target = target
@@ -112,16 +119,18 @@ class MirrorJob(Job):
 
     # -- what the job holds --------------------------------------------------------------
     def node_ids(self) -> set[int]:
-        return {id(self.source), id(self.target), id(self.top)}
+        return {id(self.source), id(self.target), id(self.top)} | {id(node) for node in self.intermediates}
 
     def uses(self, node: Any) -> bool:
-        return node is self.source or node is self.target or node is self.top
+        return node is self.source or node is self.target or node is self.top or node in self.intermediates
 
     def block_links(self) -> list[tuple[str, Any]]:
-        """'main node' (the filter), 'source' and 'target' (block_job_create, block_job_add_bdrv)."""
+        """'main node' (the filter), 'source', 'target' and an active commit's 'intermediate node's
+        (block_job_create, block_job_add_bdrv)."""
         if self.graph.nodes.get(self.top.node_name) is not self.top:
             return []
-        return [("main node", self.top), ("source", self.source), ("target", self.target)]
+        return [("main node", self.top), ("source", self.source), ("target", self.target),
+                *(("intermediate node", node) for node in self.intermediates)]
 
     @property
     def is_ready(self) -> bool:
@@ -236,7 +245,10 @@ class MirrorJob(Job):
             return
         if not self.initialised:
             self.initialised = True
-            if self.source.size != self.target.size:
+            if self.is_commit:  # active commit grows a base smaller than the top
+                if self.source.size > self.target.size:
+                    self.target.resize(self.source.size)
+            elif self.source.size != self.target.size:
                 self._exit(-_errno.EINVAL, "Source and target image have different sizes")
                 return
             self._cow_setup()
@@ -264,7 +276,13 @@ class MirrorJob(Job):
                 self.dirty.set_range(0, self.source.size)
                 return
             self.target.write_zeroes(0, self.target.size, True)  # the initial zeroing: no progress
-        _allocated(self.source, self.sync == "top", self.dirty)
+        if self.is_commit:
+            base: BlockNode | None = self.target
+        elif self.sync == "top":
+            base = skip_filters(self.source).backing
+        else:
+            base = None
+        _allocated(self.source, base, self.dirty)
 
     def _loop(self) -> None:
         """mirror_run's loop, up to the next point where the job waits."""
@@ -535,6 +553,8 @@ class MirrorJob(Job):
         self.graph.remove_mirror_top(self.top, self.target if switch else None)
         self.graph.job_blks_release(self)
         self.target.job_blocker = self.source.job_blocker = None
+        for node in self.intermediates:
+            node.job_blocker = None
         if self.owns_target:
             self.graph.release_job_target(self.target)
 
@@ -567,19 +587,20 @@ def _status(node: BlockNode, offset: int, length: int) -> tuple[int, bool, bool]
     return end, True, False
 
 
-def _allocated(node: BlockNode, top_only: bool, into: DirtyBitmap) -> None:
-    """bdrv_is_allocated_above(source, base_overlay): mark in ``into`` what the source allocates (``top_only``)
-    or what any layer of its chain does."""
+def _allocated(node: BlockNode, base: BlockNode | None, into: DirtyBitmap) -> None:
+    """bdrv_is_allocated_above(source, base_overlay): mark in ``into`` what the layers of the source's chain
+    above ``base`` allocate (every layer without one)."""
     size = node.size
+    stop = skip_filters(base) if base is not None else None
     layer: BlockNode | None = node
     while layer is not None:
         layer = skip_filters(layer)
+        if layer is stop:
+            break
         s, e, alloc = layer.is_allocated(0, size)
         keep = np.asarray(alloc, dtype=bool) & (np.asarray(e) > np.asarray(s))
         if keep.any():
             lo = np.asarray(s)[keep]
             hi = np.minimum(np.asarray(e)[keep], size)
             into.set_ranges(lo, hi - lo)
-        if top_only:
-            break
         layer = layer.backing

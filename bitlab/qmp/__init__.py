@@ -3,6 +3,7 @@
 from . import (  # noqa: F401
     cmd_bitmap,
     cmd_block,
+    cmd_commit,
     cmd_create,
     cmd_export,
     cmd_job,

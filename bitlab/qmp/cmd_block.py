@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..block import perms
-from ..block.info import bitmap_directory_reads, block_device_info
+from ..block.info import JOB_FILTERS, bitmap_directory_reads, block_device_info
 from ..block.reopen import blockdev_reopen
 from ..block.xdbg import block_graph
 from ..errors import generic
@@ -75,7 +75,7 @@ def qmp_query_block(vm: Any, args: dict) -> list:
     out = []
     bitmap_directory_reads(vm.graph.nodes.values(), vm.graph.devices.values(), flat=False)
     for device, node in vm.graph.devices.items():
-        while node.driver == "mirror_top" and node.auto_named:  # bdrv_skip_implicit_filters
+        while node.driver in JOB_FILTERS and node.auto_named:  # bdrv_skip_implicit_filters
             node = node.child("backing")
         # -drive if=none: a removable BlockBackend without a device model (so no io-status)
         out.append({"device": device, "locked": False, "removable": True, "inserted": block_device_info(node),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..block import perms
-from ..block.info import chain_contains, skip_filters
+from ..block.info import chain_contains, filter_or_cow, skip_filters
 from ..block.mirror_top import MirrorTopNode
 from ..errors import QMPError, generic
 from ..jobs.mirror import DEFAULT_BUF_SIZE, MirrorJob, default_granularity
@@ -15,6 +15,7 @@ from .commands import TABLE
 from .types import BlockdevMirror, DriveMirror
 
 JOB_BLOCKER = "block device is in use by block job: mirror"
+COMMIT_BLOCKER = "block device is in use by block job: commit"
 
 
 @TABLE.command("blockdev-mirror", BlockdevMirror)
@@ -104,7 +105,8 @@ def mirror_common(vm: Any, args: dict, source: Any, target: Any, *, zero_target:
 
 def start_job(vm: Any, args: dict, source: Any, target: Any, sync: str, granularity: int, *,
               zero_target: bool, owns_target: bool = False) -> MirrorJob:
-    """mirror_start_job: the filter, the job, the target's BlockBackend, the job's links; the job starts."""
+    """mirror_start_job: the filter, the job, the target's BlockBackend, the job's links; the job starts.
+    ``sync`` "commit": an active commit (commit_active_start) into ``target``, a node of the source's chain."""
     granularity = granularity or default_granularity(target)
     buf_size = args.get("buf-size", 0)
     if buf_size < 0:
@@ -112,8 +114,9 @@ def start_job(vm: Any, args: dict, source: Any, target: Any, sync: str, granular
     buf_size = buf_size or DEFAULT_BUF_SIZE
     if skip_filters(source) is skip_filters(target):
         raise generic("Can't mirror node into itself")
-    if chain_contains(source, target):
-        raise generic("bitlab does not simulate a mirror into a node of the source's backing chain (active commit)")
+    commit = sync == "commit"
+    if chain_contains(source, target) and not commit:
+        raise generic("bitlab does not simulate a mirror into a node of the source's backing chain")
     graph = vm.graph
     name = args.get("filter-node-name")
     if name is None:
@@ -124,6 +127,7 @@ def start_job(vm: Any, args: dict, source: Any, target: Any, sync: str, granular
     if job_id is None:
         job_id = vm.device_name(source)
     top = MirrorTopNode(name, auto_named=name.startswith("#"), options={"driver": "mirror_top"})
+    top.is_commit = commit
     graph.insert_mirror_top(source, top)
     speed = args.get("speed", 0)
     try:
@@ -133,29 +137,53 @@ def start_job(vm: Any, args: dict, source: Any, target: Any, sync: str, granular
                         on_target_error=args.get("on-target-error", "report"),
                         auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
                         speed=max(0, speed), owns_target=owns_target,
-                        copy_mode=args.get("copy-mode", "background"))
+                        copy_mode=args.get("copy-mode", "background"),
+                        intermediates=tuple(_intermediates(source, target)) if commit else ())
     except QMPError:
         graph.remove_mirror_top(top, None)
         raise
     try:
         if speed < 0:
             raise generic("Parameter 'speed' expects a non-negative value")
+        target_blk = perms.Blk(perms.UNNAMED, perms.WRITE, perms.WRITE_UNCHANGED)
+        if commit:  # the base in active use: anything but resize is shared; a smaller base grows
+            target_blk = perms.Blk(perms.UNNAMED, perms.WRITE | (perms.RESIZE if target.size < source.size else 0),
+                                   perms.WRITE_UNCHANGED | perms.READ | perms.WRITE)
         view = perms.PermView(graph)  # blk_insert_bs: the target's BlockBackend
-        view.add_blk(target, perms.Blk(perms.UNNAMED, perms.WRITE, perms.WRITE_UNCHANGED))
+        view.add_blk(target, target_blk)
         error = view.first_error(target)
         if error is not None:
             raise generic(error)
+        desc = f"{job.job_type} job '{job_id}'"
+        if commit:  # block_job_add_bdrv of each intermediate node (they disappear: no other job may use them)
+            shared = perms.WRITE_UNCHANGED | perms.WRITE
+            for node in job.intermediates:
+                view.add_blk(node, perms.Blk(desc, 0, shared, "intermediate node"))
+                error = view.first_error(node)
+                if error is not None:
+                    raise generic(error)
     except QMPError:
         job.early_fail()
         raise
-    desc = f"mirror job '{job_id}'"
     graph.job_blk(job, top, perms.Blk(desc, perms.READ, perms.READ | perms.WRITE_UNCHANGED | perms.WRITE,
                                       "main node"))
-    graph.job_blk(job, target, perms.Blk(perms.UNNAMED, perms.WRITE, perms.WRITE_UNCHANGED))
+    graph.job_blk(job, target, target_blk)
     graph.job_blk(job, source, perms.Blk(desc, 0, perms.WRITE_UNCHANGED | perms.WRITE | perms.READ, "source"))
     graph.job_blk(job, target, perms.Blk(desc, 0, perms.ALL, "target"))
-    for node in (top, source, target):
-        node.job_blocker = JOB_BLOCKER
+    for node in job.intermediates:
+        graph.job_blk(job, node, perms.Blk(desc, 0, perms.WRITE_UNCHANGED | perms.WRITE, "intermediate node"))
+    for node in (top, source, target, *job.intermediates):
+        node.job_blocker = JOB_BLOCKER if not commit else COMMIT_BLOCKER
     vm.jobs.attach_drained(job)
     job.start()
     return job
+
+
+def _intermediates(source: Any, base: Any) -> list:
+    """The nodes between an active commit's top and its base (bdrv_filter_or_cow_bs from the top's down)."""
+    out = []
+    node = filter_or_cow(source)
+    while node is not None and node is not base:
+        out.append(node)
+        node = filter_or_cow(node)
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..block import perms
+from ..block.info import JOB_FILTERS
 from ..block.node import BlockNode, Qcow2Node
 from ..errors import generic
 from ..qemu_img import QemuImgError
@@ -34,7 +35,8 @@ def lookup_device_or_node(graph: Any, device: str | None, node_name: str | None)
 def root_node(graph: Any, device: str) -> BlockNode:
     """qmp_get_root_bs: a device's root, or a node nothing has as its child (``Need a root block node``)."""
     node = graph.lookup_bs(device)
-    if any(child is node for parent in graph.nodes.values() for _, child in parent.children):
+    if any(child is node for parent in graph.nodes.values() for _, child in parent.children) or any(
+            held is node and blk.role != "root" for _, held, blk, _ in graph.job_blks):  # (a job's link is none)
         raise generic("Need a root block node")
     return node
 
@@ -55,7 +57,7 @@ def check_op_blockers(vm: Any, node: BlockNode) -> None:
     graph = vm.graph
     users = [parent for parent in graph.nodes.values()  # (a mirror_top's backing link is its filtered child)
              if any(role == "backing" and child is node for role, child in parent.children)
-             and parent.driver != "mirror_top"]
+             and parent.driver not in JOB_FILTERS]
     if users:
         newest = max(users, key=lambda parent: graph.link_order.get((id(parent), "backing"), 0))
         raise generic(f"Node '{name}' is busy: node is used as backing hd of '{newest.node_name}'")

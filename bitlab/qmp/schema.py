@@ -47,6 +47,8 @@ COMMAND_FEATURES: dict[str, tuple[str, ...]] = {
 
 TYPE_FEATURES: dict[str, tuple[str, ...]] = {
     "BackupCommon.x-perf": ("unstable",),
+    "q_obj_block-commit-arg.base": ("deprecated",),
+    "q_obj_block-commit-arg.top": ("deprecated",),
     "BlockdevOptionsFile": ("dynamic-auto-read-only",),
     "BlockdevOptionsFile.x-check-cache-dropped": ("unstable",),
     "TransactionActionKind.drive-backup": ("deprecated",),

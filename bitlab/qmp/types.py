@@ -219,6 +219,12 @@ DriveMirror = struct(
     m("*on-target-error", BlockdevOnError), m("*unmap", BOOL), m("*copy-mode", MirrorCopyMode),
     m("*auto-finalize", BOOL), m("*auto-dismiss", BOOL),
 )
+BlockCommit = struct(
+    "q_obj_block-commit-arg",
+    m("*job-id", STR), m("device", STR), m("*base-node", STR), m("*base", STR), m("*top-node", STR),
+    m("*top", STR), m("*backing-file", STR), m("*speed", INT), m("*on-error", BlockdevOnError),
+    m("*filter-node-name", STR), m("*auto-finalize", BOOL), m("*auto-dismiss", BOOL),
+)
 
 # -- jobs -----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["GraphBox", "GraphLayout", "GraphLink", "graph_layout", "plot_block_graph"]
 
 BOX_W, BOX_H, LAYER_H = 1.7, 0.62, 1.75
+FILTER_DRIVERS = ("copy-before-write", "throttle", "mirror_top", "commit_top")  # drawn as filters
 KINDS = {"block-backend": "BlockBackend", "block-job": "block job", "block-driver": "node"}
 
 
@@ -136,7 +137,7 @@ def graph_layout(graph: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]] | 
     for row in rows:
         for i in row:
             n = info[i]
-            kind = "filter" if drivers.get(n["name"]) in ("copy-before-write", "throttle", "mirror_top") else n["type"]
+            kind = "filter" if drivers.get(n["name"]) in FILTER_DRIVERS else n["type"]
             boxes.append(GraphBox(i, kind, n["name"], _label(n["type"], n["name"], drivers.get(n["name"]),
                                                              unnamed_backend(graph, i)),
                                   layer[i], pos[i]))

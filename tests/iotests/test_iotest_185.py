@@ -10,7 +10,9 @@ left concluded (auto-dismiss off: only dismissed), one paused by the user, a ``s
 jobs of a grouped transaction.
 Ported too: 185's mirror case (drive-mirror at 64 KiB/s, quit while it runs: cancelled where it had got to),
 and beyond it a mirror that is ready when ``quit`` comes (cancelled by force: no switch-over).
-Left out: the commit and stream cases (bitlab has none of those jobs). The stories are compared with
+Ported too: 185's commit case (the commit job of the middle image at 64 KiB/s: one 512 KiB chunk, then asleep
+until quit cancels it) and its active commit case (4 MiB to copy, done in one iteration). Left out: the stream
+case (bitlab has no stream job). The stories are compared with
 the system emulator's, SHUTDOWN event (first after the reply) included: ``Machine(daemon="system")`` quits as
 the system emulator does. (On qemu-storage-daemon the backend's own NBD exports of every node, closed at the
 exit, drain each job twice more.) 185 builds its
@@ -47,6 +49,22 @@ def events_after(vm, since: int) -> list:
     return [(e["event"], e.get("data")) for e in vm.events[since:]]
 
 
+def chain(vm) -> None:
+    """base <- mid <- top, 64 MiB each, 4 MiB of data in mid, opened with one blockdev-add as ``top``."""
+    vm.qemu_img("create", "-f", "qcow2", "base.qcow2", "64M")
+    for name, below in (("mid", "base"), ("top", "mid")):
+        vm.qemu_img("create", "-f", "qcow2", "-b", f"{below}.qcow2", "-F", "qcow2", f"{name}.qcow2", "64M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "w", "file": {"driver": "file", "filename": "mid.qcow2"},
+                            "backing": None})
+    vm.write("w", 0, 4 * M)
+    vm.qmp("blockdev-del", {"node-name": "w"})
+    opts: dict | None = None
+    for name in ("base", "mid", "top"):
+        opts = {"driver": "qcow2", "node-name": name, "file": {"driver": "file", "filename": f"{name}.qcow2"},
+                **({"backing": opts} if opts else {})}
+    vm.qmp("blockdev-add", opts)
+
+
 def story(vm, wait, case: str) -> list:
     node(vm, "disk")
     node(vm, "disk2")
@@ -70,6 +88,12 @@ def story(vm, wait, case: str) -> list:
     elif case == "mirror-ready":  # beyond 185: a mirror ready and waiting for job-complete
         vm.write("disk", 0, 4 * M)
         t.qmp_log("drive-mirror", **{**{k: v for k, v in backup.items() if k != "job-id"}, "speed": 0}, job_id="job0")
+    elif case in ("commit", "active-commit"):  # 185's chain: base <- mid (4 MiB written) <- top, as "disk"
+        chain(vm)
+        args = {"device": "top", "speed": 65536, "job-id": "job0"}
+        if case == "commit":
+            args.update({"top-node": "mid", "base-node": "base"})
+        t.qmp_log("block-commit", **args)
     elif case == "grouped":
         t.qmp_log("transaction", actions=[
             {"type": "drive-backup", "data": {**backup, "job-id": f"job{i}", "device": d, "target": f"c{i}.qcow2"}}
@@ -82,7 +106,8 @@ def story(vm, wait, case: str) -> list:
     return t.lines
 
 
-CASES = ["185", "pending", "concluded", "user-paused", "sync-none", "grouped", "mirror", "mirror-ready"]
+CASES = ["185", "pending", "concluded", "user-paused", "sync-none", "grouped", "mirror", "mirror-ready", "commit",
+         "active-commit"]
 
 
 def status(job: str, value: str) -> tuple:
@@ -111,6 +136,19 @@ def test_185_mirror():
     assert lines[2] == [status("job0", "paused"), status("job0", "running"), status("job0", "aborting"),
                         ("BLOCK_JOB_CANCELLED", {"device": "job0", "len": 4 * M, "offset": 4 * M, "speed": 65536,
                                                  "type": "mirror"}),
+                        status("job0", "concluded"), status("job0", "null")]
+
+
+@pytest.mark.parametrize("case, length, offset", [("commit", 64 * M, 512 * K), ("active-commit", 4 * M, 4 * M)])
+def test_185_commit(case, length, offset):
+    """185.out: the commit job has copied one 512 KiB chunk (len: the whole disk), the active commit the 4 MiB
+    in one iteration; quit cancels them where they are."""
+    vm = Machine()
+    lines = story(vm, lambda: vm.run(until=vm.now + 0.5), case)
+    assert lines[1] == [("job0", "running", offset)]
+    assert lines[2] == [status("job0", "paused"), status("job0", "running"), status("job0", "aborting"),
+                        ("BLOCK_JOB_CANCELLED", {"device": "job0", "len": length, "offset": offset, "speed": 65536,
+                                                 "type": "commit"}),
                         status("job0", "concluded"), status("job0", "null")]
 
 

@@ -1,0 +1,132 @@
+"""Random commit episodes (blockdev.c's block-commit; block/commit.c's job and block/mirror.c's active commit).
+
+On a stream of their own (``{seed}/{index}/commit``) and with names of their own (images and nodes ``ck<n>b``,
+``ck<n>m``, ``ck<n>t``, jobs ``cj<n>``, filters ``cf<n>``), so the other steps of a scenario stay what they were
+for every seed. An episode builds a chain of two or three qcow2 images with data in each (written while each is
+open alone), opens it with one blockdev-add, puts bitmaps on the base and the top, lets the guest write, and
+commits: the active layer (an active commit: ready, guest writes, then ``job-complete``, a plain or forced
+cancel, or ``job-cancel``), or, in a chain of three, the middle image (the commit job, now and then with
+``auto-finalize`` off, a ``backing-file`` name or a filter name). Then the nodes, the bitmaps, the top's image
+info; the chain goes. Where several requests of an active commit are in flight QEMU varies which it writes
+first, and with them the base's host clusters: only the commit job's base (one chunk at a time) is mapped.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .steps import qmp_step as _qmp
+from .steps import random_write
+
+CHANCE = 0.02  # after each op of the random mix, the chance of an episode
+K, M = 1 << 10, 1 << 20
+
+
+class Commits:
+    """What the episodes of one scenario share: their random stream and a counter."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.n = 0
+
+
+def _file(image: str) -> dict:
+    return {"driver": "file", "filename": f"{image}.qcow2"}
+
+
+def _image(rng: random.Random, name: str, backing: str | None, size: int) -> list[dict]:
+    """A qcow2 image (over ``backing``) with one or two extents of data, written while it is open alone."""
+    create = ["create", "-f", "qcow2"] + (["-b", f"{backing}.qcow2", "-F", "qcow2"] if backing else [])
+    steps: list[dict] = [{"qemu-img": [*create, f"{name}.qcow2", str(size)]},
+                         _qmp("blockdev-add", {"driver": "qcow2", "node-name": name, "file": _file(name),
+                                               "backing": None})]
+    steps += [random_write(rng, name, size, [64 * K, 512 * K, M]) for _ in range(rng.randint(1, 2))]
+    steps.append(_qmp("blockdev-del", {"node-name": name}))
+    return steps
+
+
+def commit_episode(cm: Commits, size: int) -> list[dict]:
+    """One episode (see the module's docstring)."""
+    rng = cm.rng
+    cm.n += 1
+    n = cm.n
+    names = [f"ck{n}t", f"ck{n}m", f"ck{n}b"] if rng.random() < 0.6 else [f"ck{n}t", f"ck{n}b"]
+    top, base = names[0], names[-1]
+    steps: list[dict] = []
+    below = None
+    for name in reversed(names):
+        steps += _image(rng, name, below, size)
+        below = name
+    opts: dict | None = None
+    for name in reversed(names):
+        node: dict = {"driver": "qcow2", "node-name": name, "file": _file(name)}
+        if opts is not None:
+            node["backing"] = opts
+        opts = node
+    steps.append(_qmp("blockdev-add", opts))
+    bitmaps = [(node, f"c{node[-1]}") for node in (base, top) if rng.random() < 0.7]
+    for node, bm in bitmaps:
+        steps.append(_qmp("block-dirty-bitmap-add", {"node": node, "name": bm,
+                                                     "granularity": rng.choice([4 * K, 64 * K])}))
+    for _ in range(rng.randint(0, 2)):
+        steps.append(random_write(rng, top, size, [4 * K, 64 * K]))
+    jid = f"cj{n}"
+    args: dict = {"job-id": jid, "device": top}
+    if rng.random() < 0.2:
+        args["filter-node-name"] = f"cf{n}"
+    if rng.random() < 0.2:
+        args["on-error"] = rng.choice(["report", "stop", "ignore", "enospc"])
+    active = len(names) == 2 or rng.random() < 0.5
+    if active:
+        if len(names) == 3 and rng.random() < 0.3:
+            args["base-node"] = names[1]  # (into the middle image: the base stays below it)
+        steps.append(_qmp("block-commit", args))
+        steps.append({"wait-job": {"id": jid, "status": "ready"}})
+        for _ in range(rng.randint(0, 2)):
+            steps.append(random_write(rng, top, size, [4 * K, 64 * K]))
+        steps += [{"sleep": 0.25}, _qmp("query-block-jobs")]
+        if rng.random() < 0.3:
+            steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+        end = rng.choices(["complete", "soft", "force", "job-cancel"], weights=[60, 15, 10, 15])[0]
+        if end == "complete":
+            steps.append(_qmp("job-complete", {"id": jid}))
+        elif end == "job-cancel":
+            steps.append(_qmp("job-cancel", {"id": jid}))
+        else:
+            steps.append(_qmp("block-job-cancel", {"device": jid, **({"force": True} if end == "force" else {})}))
+        steps.append({"wait-job": {"id": jid, "status": "null"}})
+    else:
+        args["top-node"] = names[1]
+        if rng.random() < 0.2:
+            args["backing-file"] = f"ck{n}-renamed.qcow2"
+        manual = rng.random() < 0.25
+        if manual:
+            args["auto-finalize"] = False
+        steps.append(_qmp("block-commit", args))
+        if manual:
+            steps += [{"wait-job": {"id": jid, "status": "pending"}}, _qmp("query-block-jobs"),
+                      _qmp("job-finalize", {"id": jid})]
+        steps.append({"wait-job": {"id": jid, "status": "null"}})
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    for node, bm in bitmaps:  # (the top keeps its chain: the base stays, whichever job ran)
+        steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": bm}))
+    steps.append({"qemu-img": ["info", "-U", f"{top}.qcow2"]})
+    steps.append(_qmp("blockdev-del", {"node-name": top}))
+    if not active:
+        steps.append({"qemu-img": ["map", "--output=json", f"{base}.qcow2"]})
+    return steps
+
+
+def commit_scenario(seed: int, index: int = 0) -> dict:
+    """A scenario of such episodes alone (``bitlab conformance --focus commit``): two to five episodes of 8 MiB
+    chains."""
+    rng = random.Random(f"{seed}/{index}/commit-focus")
+    cm = Commits(random.Random(f"{seed}/{index}/commit"))
+    steps: list[dict] = []
+    for _ in range(rng.randint(2, 5)):
+        steps += commit_episode(cm, 8 * M)
+    steps.append(_qmp("x-debug-query-block-graph"))
+    return {"name": f"commit-{seed}-{index}", "steps": steps}
+
+
+__all__ = ["CHANCE", "Commits", "commit_episode", "commit_scenario"]
