@@ -48,6 +48,27 @@ def _mirror_drains(vm: Any, device: str) -> None:
         vm.jobs.drain_jobs(jobs, lambda: None)
 
 
+def _refuse_drained(vm: Any, node: Any) -> None:
+    """A mirror or active commit that has finished copying (waiting for job-finalize, or for the monitor to end it)
+    keeps its source drained until its switch-over: QEMU holds a request through the filter or from above until
+    then (over NBD the client waits; HMP qemu-io would wait forever), and where it lands then depends on the
+    switch-over. bitlab does not simulate the held request."""
+    for job in vm.jobs.jobs:
+        if not getattr(job, "exit_drained", False):
+            continue
+        drained, todo = set(), [job.top, job.source]
+        while todo:  # the source, and everything above it (bdrv_drained_begin drains the parents)
+            here = todo.pop()
+            if id(here) in drained:
+                continue
+            drained.add(id(here))
+            todo += [parent for parent in vm.graph.nodes.values() if any(c is here for _, c in parent.children)]
+        if id(node) in drained:
+            raise generic(f"bitlab does not simulate I/O while job '{job.id}' ({job.status}) keeps "
+                          f"'{vm.device_or_node_name(job.source)}' drained: QEMU holds the request until the job "
+                          "is finalized")
+
+
 def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
     """Run a qemu-io command against a device or node; returns qemu-io's output (its stdout). What
     qemu-io prints through the monitor (error_report, ``info``'s format-specific lines) goes to ``monitor``."""
@@ -76,6 +97,7 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
     verb, offset, length = req.verb, req.offset, req.length
     if verb == "":
         return ""
+    _refuse_drained(vm, node)
     if verb == "flush":
         try:
             node.flush()

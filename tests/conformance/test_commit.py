@@ -423,3 +423,20 @@ def test_conformance_report_focused_on_commit():
 
     text, bad = report(5, 23201, focus="commit")
     assert bad == 0 and "scenarios run                5" in text
+
+
+def test_io_held_by_a_finished_job_is_refused():
+    """A mirror or active commit that has finished (here pending: auto-finalize off) keeps its source drained
+    until its switch-over; QEMU holds a guest's request until then (where it lands depends on the switch-over):
+    bitlab refuses it, naming the job, instead of writing where QEMU would not."""
+    vm = _play([*TWO, _q("blockdev-add", _chain("top", "base")),
+                _q("block-commit", {"job-id": "c", "device": "top", "auto-finalize": False}), _wait("ready"),
+                _q("job-complete", {"id": "c"}), _wait("pending")])
+    for io in (lambda: vm.write("top", 0, 4096), lambda: vm.read("top", 0, 4096)):
+        with pytest.raises(QMPError, match="bitlab does not simulate I/O while job 'c' \\(pending\\) keeps 'top' "
+                                           "drained: QEMU holds the request until the job is finalized"):
+            io()
+    vm.write("base", 0, 4096)  # (below the source: not drained)
+    vm.qmp("job-finalize", {"id": "c"})
+    vm.run()
+    assert vm.write("top", 0, 4096).startswith("wrote 4096/4096")
