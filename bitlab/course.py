@@ -46,6 +46,17 @@ def show_bitmaps(vm: Any, name: str) -> None:
         print(f"{bm.get('name', '(anonymous)'):8} count {bm['count']:>9}  {' '.join(flags)}")
 
 
+def show_nodes(vm: Any) -> None:
+    """Print each node of ``query-named-block-nodes`` on one line: driver, image file, read-only or read-write,
+    the node's name, then its bitmaps with their counts. (The name comes after the padded columns: QEMU's
+    automatic names, ``#block…``, vary in length from run to run.)"""
+    for info in vm.qmp("query-named-block-nodes", {"flat": True}):
+        marks = [f"{bm.get('name', '(anonymous)')} count {bm['count']}" for bm in info.get("dirty-bitmaps") or []]
+        access = "read-only" if info["ro"] else "read-write"
+        line = f"{info['drv']:10} {info['file']:12} {access:10} {info['node-name']}"
+        print(line + (f"  bitmaps: {', '.join(marks)}" if marks else ""))
+
+
 def stored_bitmaps(vm: Any, filename: str) -> list[tuple[str, list[str]]]:
     """The bitmaps a qcow2 image holds on disk, with their flags (``qemu-img info -U``: the image may be open)."""
     info = json.loads(vm.qemu_img("info", "-U", "--output=json", filename))

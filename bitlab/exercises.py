@@ -255,6 +255,31 @@ def _mirror_len() -> int:
         _close(vm)
 
 
+COMMIT_WRITES_BEFORE: list[tuple[int | str, int | str]] = [(0, "64k"), ("3M", "128k")]
+COMMIT_WRITES_OVERLAY: list[tuple[int | str, int | str]] = [(0, "4k"), ("1M", "4k"), ("3040k", "128k")]
+
+
+def _commit_count() -> int:
+    """b0's count after COMMIT_WRITES_BEFORE, an external snapshot, COMMIT_WRITES_OVERLAY into the overlay and an
+    active block-commit completed with job-complete, on a fresh 64 MiB qcow2 drive (notebook 12)."""
+    vm = Machine(daemon="system")
+    try:
+        vm.add_drive("drive0", "64M")
+        vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b0", "granularity": 65536})
+        for offset, length in COMMIT_WRITES_BEFORE:
+            vm.write("drive0", offset, length, 0x11)
+        vm.qmp("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "overlay.qcow2", "format": "qcow2"})
+        for offset, length in COMMIT_WRITES_OVERLAY:
+            vm.write("drive0", offset, length, 0x22)
+        vm.qmp("block-commit", {"device": "drive0"})
+        vm.run()
+        vm.qmp("job-complete", {"id": "drive0"})
+        vm.run()
+        return count(vm, "drive0", "b0")
+    finally:
+        _close(vm)
+
+
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
     Exercise("start-count", "count after a 64 KiB write at 0 and a 1-byte write at 100 KiB",
              "count is in bytes: the number of 64 KiB chunks touched, times 65536.", _start_count),
@@ -297,6 +322,11 @@ EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
              "a drive-mirror into a new image copies what the source allocates, not the whole disk: qcow2 "
              "allocates whole 64 KiB clusters, however small the write; a cluster written twice is copied once.",
              _mirror_len),
+    Exercise("commit-count", "count of b0 (on the base) after two writes, an external snapshot, three writes into "
+             "the overlay and an active block-commit completed with job-complete",
+             "the snapshot's writes reach the base only through the commit, which copies every 64 KiB cluster the "
+             "overlay allocates (however small the write) and writes it into the base; b0 records those writes "
+             "on top of what it had before the snapshot, and a cluster dirty twice counts once.", _commit_count),
 ]}
 
 _SOLVED: dict[tuple[str, str], Any] = {}

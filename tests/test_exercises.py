@@ -83,7 +83,7 @@ def test_unknown_exercise_names_the_known_ones() -> None:
 @pytest.mark.qemu
 @pytest.mark.parametrize("name", ["start-count", "dirty-count", "rollback-count", "sync-on-success", "sync-always",
                                   "grouped-cancel-offset", "reopen-count", "throttled-backup-seconds",
-                                  "mirror-len"])
+                                  "mirror-len", "commit-count"])
 def test_answers_are_the_same_on_real_qemu(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = solution(name)
     monkeypatch.setenv("BITLAB_BACKEND", "qemu")
@@ -110,3 +110,10 @@ def test_mirror_len_is_the_allocated_clusters() -> None:
     # qcow2 clusters of 64 KiB: 4k at 0 -> 0; 64k at 100k -> 1, 2; 1M at 1M -> 16-31; 1M at 1536k -> 24-39;
     # one byte at 40M -> 640: 28 clusters; the new image reads as zeroes, so nothing else is copied
     assert solution("mirror-len") == 28 * 65536
+
+
+def test_commit_count_is_the_union_of_b0_and_the_overlays_clusters() -> None:
+    # before the snapshot (recorded by b0): 64k at 0 -> cluster 0; 128k at 3M -> 48, 49. Into the overlay (copied
+    # into the base by the commit, whole clusters): 4k at 0 -> 0; 4k at 1M -> 16; 128k at 3040k -> 47, 48, 49.
+    # {0, 16, 47, 48, 49}: 5 clusters
+    assert solution("commit-count") == 5 * 65536

@@ -35,7 +35,7 @@ def code_cells(nb: dict) -> list[dict]:
 
 def test_the_course_is_there() -> None:
     numbers = [p.name[:2] for p in NOTEBOOKS]
-    assert numbers == [f"{n:02d}" for n in range(12)]
+    assert numbers == [f"{n:02d}" for n in range(13)]
     assert numbers == sorted(set(numbers))
 
 

@@ -73,3 +73,25 @@ def test_outcomes_of_the_seeds_individual_run() -> None:
     grouped = run_seed("grouped")
     since = len(grouped.machine.events) - sum(len(d.events) for d in grouped.drives.values())
     assert course.outcomes(grouped.machine, since) == {"drive0": "cancelled", "drive1": "failed: Input/output error"}
+
+
+def test_show_nodes_prints_each_node_with_its_bitmaps(capsys: pytest.CaptureFixture[str]) -> None:
+    vm = Machine(daemon="system")
+    vm.add_drive("drive0", "1M", file="d0.qcow2")
+    vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b0", "granularity": 65536})
+    vm.write("drive0", 0, "64k")
+    vm.qmp("blockdev-snapshot-sync", {"device": "drive0", "snapshot-file": "ov.qcow2", "format": "qcow2"})
+    names = [n["node-name"] for n in vm.qmp("query-named-block-nodes", {"flat": True})]
+    course.show_nodes(vm)
+    assert capsys.readouterr().out.splitlines() == [
+        f"qcow2      ov.qcow2     read-write {names[0]}",
+        f"file       ov.qcow2     read-write {names[1]}",
+        f"qcow2      d0.qcow2     read-only  {names[2]}  bitmaps: b0 count 65536",
+        f"file       d0.qcow2     read-only  {names[3]}",
+    ]
+    vm.qmp("block-commit", {"device": "drive0"})
+    vm.run()
+    course.show_nodes(vm)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("mirror_top ov.qcow2     read-write #block")
+    assert out[1].endswith("  bitmaps: (anonymous) count 0")
