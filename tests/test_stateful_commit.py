@@ -1,11 +1,11 @@
 """Random interleavings of guest writes, commit jobs (active and below the active layer, throttled or not),
-pauses, completes and cancels, over a chain base <- mid <- top.
+stream jobs, pauses, completes and cancels, over a chain base <- mid <- top.
 
 Invariants checked after every step:
 - jobs only take legal transitions (the engine asserts QEMU's table on every change);
 - ``offset <= len``;
-- a commit never changes what the top reads: the guest's view is its own writes over the images' data, whatever
-  the jobs did, before, during and after them;
+- a commit or a stream never changes what the top reads: the guest's view is its own writes over the images'
+  data, whatever the jobs did, before, during and after them;
 - an active commit that completed (job-complete) or was cancelled once ready left a base that reads as the top;
 - no change to the base goes unrecorded: every cluster where the base reads other than it did at the start is
   dirty in its bitmap, and counts equal popcount x granularity on every node.
@@ -117,6 +117,23 @@ class CommitMachine(RuleBasedStateMachine):
             assert err.error_class == "GenericError"
             return
         self.job, self.active, self.since = job, active, len(self.vm.events)
+        self.settle()
+
+    @precondition(lambda self: self.job is None)
+    @rule(base=st.sampled_from([None, "mid", "base"]), speed=st.sampled_from([0, 0, 1 << 20]), manual=st.booleans())
+    def stream(self, base, speed, manual):
+        self.n += 1
+        job = f"s{self.n}"
+        args: dict = {"job-id": job, "device": "top", "speed": speed, "auto-finalize": not manual}
+        if base is not None:
+            args["base-node"] = base
+        try:
+            self.vm.qmp("block-stream", args)
+        except QMPError as err:
+            assert err.error_class == "GenericError"
+            return
+        self.job, self.active, self.since = job, False, len(self.vm.events)
+        self.settle()
 
     @rule(steps=st.integers(1, 30))
     def step(self, steps):
@@ -142,7 +159,7 @@ class CommitMachine(RuleBasedStateMachine):
             else:
                 self.vm.qmp(verb, {"id": self.job})
         except QMPError as err:
-            assert err.error_class == "GenericError"
+            assert err.error_class in ("GenericError", "DeviceNotActive")
         self.settle()
 
     # -- invariants --------------------------------------------------------------------------

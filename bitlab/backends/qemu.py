@@ -562,7 +562,7 @@ class QemuMachine(GuestIO, Monitor):
                 reply = self._send(message)
                 if name == "blockdev-create" and "return" in reply:
                     self._wait_created(message["arguments"].get("job-id"))
-                if name in ("blockdev-mirror", "drive-mirror", "block-commit") and "return" in reply:
+                if name in ("blockdev-mirror", "drive-mirror", "block-commit", "block-stream") and "return" in reply:
                     args = message["arguments"]
                     self._mirror_sources[args.get("job-id") or args["device"]] = args["device"]
                     if args["device"] in moved:  # its export comes back above the job's filter, as bdrv_append
@@ -1215,11 +1215,11 @@ class QemuMachine(GuestIO, Monitor):
         return graph, after
 
     def _filter_above(self, name: str) -> str | None:
-        """The topmost job filter over node ``name`` (copy-before-write up its 'file' link, mirror_top up its
-        'backing' link), if any."""
+        """The topmost job filter over node ``name`` (copy-before-write and copy-on-read up their 'file' link,
+        mirror_top up its 'backing' link), if any."""
         graph, drivers = self._graph_view()
-        role = {node: "file" if drv == "copy-before-write" else "backing" for node, drv in drivers.items()
-                if drv in ("copy-before-write", "mirror_top")}
+        role = {node: "file" if drv in ("copy-before-write", "copy-on-read") else "backing"
+                for node, drv in drivers.items() if drv in ("copy-before-write", "mirror_top", "copy-on-read")}
         names = {node["id"]: node["name"] for node in graph["nodes"]}
         above = {names[edge["child"]]: names[edge["parent"]] for edge in graph["edges"]
                  if role.get(names[edge["parent"]]) == edge["name"]}

@@ -535,23 +535,23 @@ class BlockGraph:
         self.perm_version += 1
         self.guests.pop(id(cbw), None)
 
-    def insert_mirror_top(self, source: BlockNode, top: BlockNode) -> None:
-        """mirror_start_job's bdrv_append: the filter gets the source as its backing child and takes its place
-        under every parent (devices, exports, nodes)."""
+    def insert_mirror_top(self, source: BlockNode, top: BlockNode, role: str = "backing") -> None:
+        """mirror_start_job's bdrv_append (or stream_start's bdrv_insert_node, ``role`` 'file'): the filter gets
+        the source as its child and takes its place under every parent (devices, exports, nodes)."""
         self.nodes[top.node_name] = top
         self.job_held.add(top.node_name)
-        self._attach(top, "backing", source)
+        self._attach(top, role, source)
         self._replace_node(source, top)
 
     def remove_mirror_top(self, top: BlockNode, target: BlockNode | None) -> None:
         """mirror_exit_common: with ``target`` (the switch-over), what sat on the source sits on the target;
         then the filter's parents go down to what it filtered, and the filter goes. A source nobody holds any
         more (a device's implicit nodes) closes."""
-        source = top.child("backing")
+        source = top.child("backing") or top.child("file")
         assert source is not None
         if target is not None:
             self._replace_child(top, source, target, self.link_order)
-            self.stamp((id(top), "backing"))
+            self.stamp((id(top), top.children[-1][0]))
             below = target
         else:
             below = source
@@ -574,12 +574,18 @@ class BlockGraph:
         self.job_blks.append((id(owner), node, blk, key))  # (the job's id: the graph holds no job)
         self.stamp(key)
 
-    def job_blks_release(self, owner: Any) -> None:
-        """The job's links go (block_job_remove_all_bdrv, blk_unref)."""
-        for entry in [e for e in self.job_blks if e[0] == id(owner)]:
+    def job_blks_release(self, owner: Any, backends_only: bool = False) -> None:
+        """The job's links go (block_job_remove_all_bdrv, blk_unref; ``backends_only``: its BlockBackends, not its
+        links); a node only they held closes."""
+        released = []
+        for entry in [e for e in self.job_blks if e[0] == id(owner) and (e[2].role == "root" or not backends_only)]:
             self.job_blks.remove(entry)
             self.link_order.pop(entry[3], None)
+            released.append(entry[1])
         self.perm_version += 1
+        for node in dict.fromkeys(released):
+            if self.nodes.get(node.node_name) is node:
+                self._drop_unowned(node)
 
     def pass_filter(self, source: BlockNode, target: BlockNode, name: str, cluster_size: int) -> None:
         """A backup that fails after bdrv_cbw_append (the max-chunk check): its copy-before-write filter
@@ -660,6 +666,19 @@ class BlockGraph:
     def set_backing(self, node: BlockNode, backing: BlockNode) -> None:
         """bdrv_set_backing_hd."""
         self._attach(node, "backing", backing)
+
+    def replace_backing(self, node: BlockNode, new: BlockNode | None) -> None:
+        """bdrv_set_backing_hd: the node's backing link goes to ``new`` (or away); the old backing node, and the
+        chain below it, close where nobody else holds them (``new`` is held throughout)."""
+        if node.child("backing") is new:
+            return
+        if new is not None:
+            new.parents += 1
+        self.detach_backing(node)
+        if new is not None:
+            new.parents -= 1
+            self.set_backing(node, new)
+        self.perm_version += 1
 
     def filter_view(self, node: BlockNode) -> BlockNode:
         """The topmost backup filter above ``node`` (up the filters' 'file' links), or the node itself."""
@@ -835,8 +854,8 @@ class BlockGraph:
         """Close a node nobody holds any more (neither a parent, the monitor, nor a device)."""
         if any(root is node for root in self.devices.values()) or any(blk.node is node for blk in self.blks):
             return
-        if node.node_name in self.job_held:
-            return
+        if node.node_name in self.job_held or any(held is node for _, held, _, _ in self.job_blks):
+            return  # (a job's link holds it: block_job_add_bdrv's reference)
         if node.parents == 0 and node.node_name not in self.monitor_owned:
             self.release(node, clean=clean)
 

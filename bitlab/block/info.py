@@ -67,7 +67,7 @@ def file_image_info(image: ImageFile, *, fmt: str | None = None, filename: str |
 
 
 FILTER_CHILD = {"copy-before-write": "file", "throttle": "file", "mirror_top": "backing", "commit_top": "backing",
-                "blkdebug": "image"}
+                "copy-on-read": "file", "blkdebug": "image"}
 """The filters' filtered child (is_filter drivers)."""
 JOB_FILTERS = ("mirror_top", "commit_top")
 """The filters a job puts in the graph whose filtered child is their backing link (block/mirror.c, block/commit.c)."""
@@ -161,7 +161,7 @@ def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
     if size is not None:
         info["actual-size"] = size
     info["virtual-size"] = node.size
-    if isinstance(bottom, Qcow2Node) and node.driver in ("copy-before-write", "throttle", *JOB_FILTERS):
+    if isinstance(bottom, Qcow2Node) and node.driver in ("copy-before-write", "throttle", "copy-on-read", *JOB_FILTERS):
         info["cluster-size"] = bottom.image.cluster_size
     return info
 

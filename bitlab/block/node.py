@@ -132,9 +132,13 @@ class BlockNode:
     def add_bitmap(self, bm: DirtyBitmap) -> None:
         self.bitmaps.insert(0, bm)
 
+    untracked = False  # a driver's own write (copy-on-read's): no request here, so no threshold, stats or bitmaps
+
     def _dirty(self, offset: int, length: int, discard: bool = False) -> None:
         """A write, write-zeroes or discard request reaches this node: its write threshold, its highest
         write, its bitmaps."""
+        if self.untracked:
+            return
         if self.write_threshold:
             wstats.check(self, offset, length)
         self.write_gen += 1
@@ -145,6 +149,8 @@ class BlockNode:
                 bm.set_range(offset, length)
 
     def _dirty_batch(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        if self.untracked:
+            return
         if self.write_threshold:
             wstats.check_batch(self, offsets, lengths)
         self.write_gen += len(offsets)
@@ -180,7 +186,7 @@ class BlockNode:
         if unmap is not None:
             self.write_zeroes(offset, length, unmap=unmap)
         else:
-            if self.write_threshold:  # the request, not the runs of its buffer
+            if self.write_threshold and not self.untracked:  # the request, not the runs of its buffer
                 wstats.check(self, offset, length)
             self._write_buffer_data(offset, length, starts, ends, values, detect)
 
@@ -607,10 +613,42 @@ class Qcow2Node(FormatNode):
         auto = self.auto_backing_file if self.auto_backing_file is not None else self.image.backing_file
         return backing.filename != auto
 
+    def fill_cow(self) -> None:
+        """Give the partly written clusters the bytes qcow2 copied on write from the backing chain when it
+        allocated them (bitlab keeps only what was written), before the backing chain changes under the image
+        (a stream's new backing node): they keep reading what they did."""
+        image, backing = self.image, self.backing
+        if backing is None:
+            return
+        cs = image.cluster_size
+        s, e, v = image.data.extents()
+        holes = v == UNALLOCATED
+        hs, he = s[holes], e[holes]
+        head_end = np.minimum(he, -(-hs // cs) * cs)
+        tail_start = np.maximum(head_end, he // cs * cs)
+        has_head = (hs % cs != 0) & (head_end > hs)
+        has_tail = (he % cs != 0) & (he < image.data.size) & (he > tail_start)
+        q_s = np.concatenate((hs[has_head], tail_start[has_tail]))
+        q_e = np.concatenate((head_end[has_head], he[has_tail]))
+        if not q_s.size:
+            return
+        order = np.argsort(q_s, kind="stable")
+        q_s, q_e = q_s[order], q_e[order]
+        lo, hi = int(q_s[0]), min(int(q_e[-1]), backing.size)
+        if hi <= lo:
+            return
+        bs, be, bv = backing.read_extents(lo, hi - lo)
+        bv = np.where(np.asarray(bv) < 0, 0, bv)  # (what reads as zeroes, unallocated below too)
+        ps, pe, pv, _ = clip_runs(np.asarray(bs), np.asarray(be), bv, q_s, np.minimum(q_e, hi))
+        image.data.write_batch(ps, pe - ps, pv)
+
     def full_options(self) -> dict:
+        """bdrv_refresh_filename: the backing node's options only where it is not the one the image names."""
         opts = super().full_options()
         if self.backing is None and self.image.backing_file:
             opts["backing"] = None
+        elif "backing" in opts and not self.backing_overridden():
+            del opts["backing"]
         return opts
 
     def write_buffer(self, offset, length, starts, ends, values, detect=True):

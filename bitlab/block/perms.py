@@ -137,6 +137,9 @@ def child_perm(node: BlockNode, role: str, perm: int, shared: int, has_parents: 
         return 0, ALL
     if driver == "commit_top":  # bdrv_commit_top_child_perm: nothing taken, all shared
         return 0, ALL
+    if driver == "copy-on-read":  # cor_child_perm: read, write and resize passed through, write-unchanged taken
+        through = READ | WRITE | RESIZE
+        return (perm & through) | WRITE_UNCHANGED, (shared & through) | (ALL & ~through)
     if driver == "mirror_top":  # bdrv_mirror_top_child_perm: a filter's, nothing once the job stops; an active
         if node.stop:  # commit's takes no consistent read (unshared above its base) and shares writes
             return 0, ALL
@@ -206,7 +209,7 @@ class PermView:
             stamped.append((when(key, 0), node, Edge(blk.role, blk=blk)))
         for name in graph.job_held:  # the backup job's 'main node' link: it takes nothing, shares all
             node = graph.nodes.get(name)
-            if node is not None and node.driver not in ("mirror_top", "commit_top"):
+            if node is not None and node.driver not in ("mirror_top", "commit_top", "copy-on-read"):
                 stamped.append((0, node, Edge("main node", blk=Blk("a block job", 0))))
         stamped.sort(key=_newest_first, reverse=True)  # (a stable sort: equal stamps keep their order)
         parents = self.parents

@@ -1,14 +1,16 @@
-"""Random commit episodes (blockdev.c's block-commit; block/commit.c's job and block/mirror.c's active commit).
+"""Random commit and stream episodes (blockdev.c's block-commit and block-stream; block/commit.c's job,
+block/mirror.c's active commit, block/stream.c's job).
 
 On a stream of their own (``{seed}/{index}/commit``) and with names of their own (images and nodes ``ck<n>b``,
-``ck<n>m``, ``ck<n>t``, jobs ``cj<n>``, filters ``cf<n>``), so the other steps of a scenario stay what they were
+``ck<n>m``, ``ck<n>t``, jobs ``kj<n>``, filters ``kf<n>``), so the other steps of a scenario stay what they were
 for every seed. An episode builds a chain of two or three qcow2 images with data in each (written while each is
 open alone), opens it with one blockdev-add, puts bitmaps on the base and the top, lets the guest write, and
 commits: the active layer (an active commit: ready, guest writes, then ``job-complete``, a plain or forced
 cancel, or ``job-cancel``), or, in a chain of three, the middle image (the commit job, now and then with
-``auto-finalize`` off, a ``backing-file`` name or a filter name). Then the nodes, the bitmaps, the top's image
-info; the chain goes. Where several requests of an active commit are in flight QEMU varies which it writes
-first, and with them the base's host clusters: only the commit job's base (one chunk at a time) is mapped.
+``auto-finalize`` off, a ``backing-file`` name or a filter name); or it streams the chain (all of it, down to the
+base, or to ``bottom``) into the top. Then the nodes, the bitmaps, the top's image info; the chain goes. Where
+several requests of an active commit are in flight QEMU varies which it writes first, and with them the base's
+host clusters: only the commit job's base (one chunk at a time) and the stream job's top are mapped.
 """
 
 from __future__ import annotations
@@ -70,14 +72,31 @@ def commit_episode(cm: Commits, size: int) -> list[dict]:
                                                      "granularity": rng.choice([4 * K, 64 * K])}))
     for _ in range(rng.randint(0, 2)):
         steps.append(random_write(rng, top, size, [4 * K, 64 * K]))
-    jid = f"cj{n}"
+    jid = f"kj{n}"
     args: dict = {"job-id": jid, "device": top}
     if rng.random() < 0.2:
-        args["filter-node-name"] = f"cf{n}"
+        args["filter-node-name"] = f"kf{n}"
     if rng.random() < 0.2:
         args["on-error"] = rng.choice(["report", "stop", "ignore", "enospc"])
-    active = len(names) == 2 or rng.random() < 0.5
-    if active:
+    kind = rng.choices(["commit", "stream"], weights=[2, 1])[0]
+    active = kind == "commit" and (len(names) == 2 or rng.random() < 0.5)
+    if kind == "stream":
+        where = rng.choice(["all", "base-node", "bottom"] if len(names) == 3 else ["all", "bottom"])
+        if where == "base-node":
+            args["base-node"] = base
+            if rng.random() < 0.2:
+                args["backing-file"] = f"ck{n}-renamed.qcow2"
+        elif where == "bottom":
+            args["bottom"] = rng.choice(names[1:])
+        manual = rng.random() < 0.25
+        if manual:
+            args["auto-finalize"] = False
+        steps.append(_qmp("block-stream", args))
+        if manual:
+            steps += [{"wait-job": {"id": jid, "status": "pending"}}, _qmp("query-block-jobs"),
+                      _qmp("job-finalize", {"id": jid})]
+        steps.append({"wait-job": {"id": jid, "status": "null"}})
+    elif active:
         if len(names) == 3 and rng.random() < 0.3:
             args["base-node"] = names[1]  # (into the middle image: the base stays below it)
         steps.append(_qmp("block-commit", args))
@@ -112,7 +131,9 @@ def commit_episode(cm: Commits, size: int) -> list[dict]:
         steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": bm}))
     steps.append({"qemu-img": ["info", "-U", f"{top}.qcow2"]})
     steps.append(_qmp("blockdev-del", {"node-name": top}))
-    if not active:
+    if kind == "stream":
+        steps.append({"qemu-img": ["map", "--output=json", f"{top}.qcow2"]})
+    elif not active:
         steps.append({"qemu-img": ["map", "--output=json", f"{base}.qcow2"]})
     return steps
 

@@ -66,9 +66,10 @@ backups through the throttle node, the node moved to the other group, both taken
 After 3% of the steps comes a mirror episode of :mod:`.gen_mirror` (its own stream and names: targets ``mt<n>``,
 images ``mn<n>.qcow2``, jobs ``mj<n>``, filters ``mf<n>``): blockdev-mirror or drive-mirror of a scenario node,
 ready, guest writes, then the switch-over or a cancel.
-After 2% of the steps comes a commit episode of :mod:`.gen_commit` (its own stream and names: images and nodes
-``ck<n>b``/``m``/``t``, jobs ``cj<n>``, filters ``cf<n>``): a chain of two or three images committed, the active
-layer (ready, guest writes, then job-complete or a cancel) or the middle one (the commit job).
+After 2% of the steps comes a commit or stream episode of :mod:`.gen_commit` (its own stream and names: images and nodes
+``ck<n>b``/``m``/``t``, jobs ``kj<n>``, filters ``kf<n>``): a chain of two or three images committed, the active
+layer (ready, guest writes, then job-complete or a cancel) or the middle one (the commit job), or streamed into
+its top.
 """
 
 from __future__ import annotations

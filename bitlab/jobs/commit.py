@@ -187,14 +187,15 @@ class CommitJob(Job):
         graph = self.graph
         overlays = [node for node in graph.nodes.values()
                     if any(role == "backing" and child is self.filter for role, child in node.children)]
-        graph.job_blks_release(self)
         name = self.backing_file if self.backing_file is not None else self.base.filename
         graph.remove_mirror_top(self.filter, self.base)
         for overlay in overlays:  # bdrv_backing_update_filename (a read-only overlay is writable meanwhile)
             image = getattr(overlay, "image", None)
             if image is not None:
                 image.backing_file, image.backing_fmt = name, self.base.driver
-        self._unblock()
+                overlay.auto_backing_file = name  # (bdrv_change_backing_file)
+        graph.job_blks_release(self, backends_only=True)  # (blk_unref of the base's and the top's BlockBackends)
+        # (the job's links, and the nodes only they hold, stay until the job goes: see dismiss)
 
     def abort(self) -> None:
         """commit_abort: the filter goes, the overlay's backing link is back on the top."""
@@ -217,6 +218,12 @@ class CommitJob(Job):
             set_read_only(self.graph, self.base, True)
         if self.filter is not None and self.graph.nodes.get(self.filter.node_name) is self.filter:
             self.graph.remove_mirror_top(self.filter, None)
+
+    def dismiss(self) -> None:
+        """The job goes (job_unref after its dismissal): its links go with it, and the nodes only they held."""
+        super().dismiss()
+        self.graph.job_blks_release(self)
+        self._unblock()
 
     def _unblock(self) -> None:
         for node in (self.active, self.base, *self.intermediates):

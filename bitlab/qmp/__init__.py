@@ -12,6 +12,7 @@ from . import (  # noqa: F401
     cmd_object,
     cmd_runstate,
     cmd_schema,
+    cmd_stream,
     cmd_wstats,
     hmp,
     transaction,

@@ -75,8 +75,8 @@ def qmp_query_block(vm: Any, args: dict) -> list:
     out = []
     bitmap_directory_reads(vm.graph.nodes.values(), vm.graph.devices.values(), flat=False)
     for device, node in vm.graph.devices.items():
-        while node.driver in JOB_FILTERS and node.auto_named:  # bdrv_skip_implicit_filters
-            node = node.child("backing")
+        while (node.driver in JOB_FILTERS or node.driver == "copy-on-read") and node.auto_named:
+            node = node.child("backing") or node.child("file")  # bdrv_skip_implicit_filters
         # -drive if=none: a removable BlockBackend without a device model (so no io-status)
         out.append({"device": device, "locked": False, "removable": True, "inserted": block_device_info(node),
                     "type": "unknown"})

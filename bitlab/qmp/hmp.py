@@ -35,15 +35,16 @@ WRITERS = ("write", "writev", "discard")  # qemu-io commands that need the write
 
 def _mirror_drains(vm: Any, device: str) -> None:
     """HMP qemu-io on a node name makes a BlockBackend of its own, which drains the node twice as the command
-    ends (measured on the system emulator: a ready mirror goes standby, ready, standby, ready): a mirror job
-    linked to the node pauses and resumes, and a ready one copies what the write dirtied at once instead of
-    after its 100 ms sleep. (Other jobs are not drained here: README, Known differences.) The simulator's guest
+    ends (measured on the system emulator: a ready mirror goes standby, ready, standby, ready): a mirror, commit or
+    stream job linked to the node pauses and resumes, and a ready one copies what the write dirtied at once instead of
+    after its 100 ms sleep; a commit or stream job's rate-limit sleep ends. (Backups are not drained here: README,
+    Known differences.) The simulator's guest
     writes are the system emulator's HMP qemu-io only with ``Machine(daemon="system")``; qemu-storage-daemon's
     guest (an NBD client of an export kept for the node's life) drains nothing."""
     if getattr(vm, "daemon", "qsd") != "system" or device in vm.graph.devices:
         return
     node = vm.graph.nodes.get(device)
-    jobs = [job for job in vm.jobs.jobs if job.job_type == "mirror" and node is not None and job.uses(node)]
+    jobs = [job for job in vm.jobs.jobs if job.job_type != "backup" and node is not None and job.uses(node)]
     for _ in range(2 if jobs else 0):
         vm.jobs.drain_jobs(jobs, lambda: None)
 

@@ -225,6 +225,12 @@ BlockCommit = struct(
     m("*top", STR), m("*backing-file", STR), m("*speed", INT), m("*on-error", BlockdevOnError),
     m("*filter-node-name", STR), m("*auto-finalize", BOOL), m("*auto-dismiss", BOOL),
 )
+BlockStream = struct(
+    "q_obj_block-stream-arg",
+    m("*job-id", STR), m("device", STR), m("*base", STR), m("*base-node", STR), m("*backing-file", STR),
+    m("*bottom", STR), m("*speed", INT), m("*on-error", BlockdevOnError), m("*filter-node-name", STR),
+    m("*auto-finalize", BOOL), m("*auto-dismiss", BOOL),
+)
 
 # -- jobs -----------------------------------------------------------------------------------
 

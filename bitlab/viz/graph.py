@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["GraphBox", "GraphLayout", "GraphLink", "graph_layout", "plot_block_graph"]
 
 BOX_W, BOX_H, LAYER_H = 1.7, 0.62, 1.75
-FILTER_DRIVERS = ("copy-before-write", "throttle", "mirror_top", "commit_top")  # drawn as filters
+FILTER_DRIVERS = ("copy-before-write", "throttle", "mirror_top", "commit_top", "copy-on-read")  # drawn as filters
 KINDS = {"block-backend": "BlockBackend", "block-job": "block job", "block-driver": "node"}
 
 

@@ -136,6 +136,14 @@ INTERMEDIATE_NAMES = [
     {"qemu-img": ["info", "top.qcow2"]},
 ]
 
+# A commit job left concluded (auto-dismiss off): its links hold mid (and keep top busy) until it is dismissed.
+CONCLUDED = [
+    *THREE, _q("blockdev-add", _chain("top", "mid", "base")),
+    _q("block-commit", {"job-id": "c", "device": "top", "top-node": "mid", "auto-dismiss": False}),
+    _wait("concluded"), NODES, GRAPH, JOBS, _q("blockdev-del", {"node-name": "top"}),
+    _q("job-dismiss", {"id": "c"}), NODES, GRAPH, _q("blockdev-del", {"node-name": "top"}),
+]
+
 # Command errors, in QEMU's order of checks.
 ERRORS = [
     *THREE, *_image("lone", None, []),
@@ -270,9 +278,10 @@ def _play(steps: list[dict]) -> Machine:
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
-@pytest.mark.parametrize("steps", [ACTIVE, ACTIVE_CANCEL, ACTIVE_THREE, INTERMEDIATE, INTERMEDIATE_NAMES, ERRORS],
+@pytest.mark.parametrize("steps", [ACTIVE, ACTIVE_CANCEL, ACTIVE_THREE, INTERMEDIATE, INTERMEDIATE_NAMES, ERRORS,
+                                   CONCLUDED],
                          ids=["active", "active-cancel", "active-three", "intermediate", "intermediate-names",
-                              "errors"])
+                              "errors", "concluded"])
 def test_commit_as_in_qemu(steps, daemon):
     diffs = check({"name": "commit", "steps": steps}, daemon)
     assert not diffs, "\n".join(str(d) for d in diffs)

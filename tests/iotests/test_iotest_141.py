@@ -8,8 +8,8 @@ backing file), blockdev-del of drv0 refused ("Node 'drv0' is busy: node is used 
 The installed QEMU 7.2.22 (system emulator) also sends the drain's paused/running pair right after running
 (drive-backup runs as a one-action transaction; 219.out shows the pair too), which upstream's 141.out does
 not show: the installed QEMU wins, bitlab sends it.
-The drive-mirror, active block-commit and non-active block-commit cases: ported below (``job_story``), compared
-with 141.out's events and on the system emulator. Left out: the block-stream case (bitlab has no stream job).
+The drive-mirror, active block-commit, non-active block-commit and block-stream cases: ported below
+(``job_story``), compared with 141.out's events and on the system emulator.
 drive-backup's bdrv_img_create prints its "Formatting" line on stdout as qemu-img create does
 (test_141_formatting_line).
 On qemu-storage-daemon the backend's own NBD exports of drv0 are taken down and put back around
@@ -82,11 +82,12 @@ def job_story(vm, case: str) -> list:
     vm.qemu_img("create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "m.qcow2", "1M")
     vm.qemu_img("create", "-f", "qcow2", "-b", "m.qcow2", "-F", "qcow2", "t.qcow2", "1M")
     t = Log(vm)
-    if case == "commit":  # (qemu-io 'write 0 1M' on m.qcow2: something to commit)
-        t.qmp("blockdev-add", node_name="m", driver="qcow2", file={"driver": "file", "filename": "m.qcow2"},
+    if case in ("commit", "stream"):  # (qemu-io 'write 0 1M' on m.qcow2, or b.qcow2: something to do)
+        image = "m" if case == "commit" else "b"
+        t.qmp("blockdev-add", node_name=image, driver="qcow2", file={"driver": "file", "filename": f"{image}.qcow2"},
               backing=None)
-        vm.write("m", 0, 1 << 20)
-        t.qmp("blockdev-del", node_name="m")
+        vm.write(image, 0, 1 << 20)
+        t.qmp("blockdev-del", node_name=image)
     t.qmp_log("blockdev-add", node_name="drv0", driver="qcow2", file={"driver": "file", "filename": "t.qcow2"})
     vm.console_take()
     if case == "mirror":
@@ -95,6 +96,8 @@ def job_story(vm, case: str) -> list:
     elif case == "active":
         t.qmp_log("block-commit", job_id="job0", device="drv0")
         t.event_wait("BLOCK_JOB_READY")
+    elif case == "stream":
+        t.qmp_log("block-stream", job_id="job0", device="drv0", speed=1)
     else:
         t.qmp_log("block-commit", job_id="job0", device="drv0", top="m.qcow2", speed=1)
     t.qmp_log("blockdev-del", node_name="drv0")
@@ -116,6 +119,8 @@ def _end(kind: str, length: int, offset: int, speed: int, event: str = "BLOCK_JO
                           "pending", _end("commit", 0, 0, 0), "concluded", "null"]),
     ("commit", "commit", ["created", "running", "aborting", _end("commit", 1 << 20, 512 << 10, 1,
                                                                   "BLOCK_JOB_CANCELLED"), "concluded", "null"]),
+    ("stream", "stream", ["created", "running", "aborting", _end("stream", 1 << 20, 512 << 10, 1,
+                                                                  "BLOCK_JOB_CANCELLED"), "concluded", "null"]),
 ])
 def test_141_jobs(case, busy, events):
     """141.out: the job's node cannot go while it runs; after the cancel it can. (A ready mirror or active
@@ -129,7 +134,7 @@ def test_141_jobs(case, busy, events):
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("case", ["mirror", "active", "commit"])
+@pytest.mark.parametrize("case", ["mirror", "active", "commit", "stream"])
 def test_141_jobs_on_both(case):
     want, got = on_both(lambda vm: job_story(vm, case), "system")
     assert got == want

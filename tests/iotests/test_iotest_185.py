@@ -11,8 +11,8 @@ jobs of a grouped transaction.
 Ported too: 185's mirror case (drive-mirror at 64 KiB/s, quit while it runs: cancelled where it had got to),
 and beyond it a mirror that is ready when ``quit`` comes (cancelled by force: no switch-over).
 Ported too: 185's commit case (the commit job of the middle image at 64 KiB/s: one 512 KiB chunk, then asleep
-until quit cancels it) and its active commit case (4 MiB to copy, done in one iteration). Left out: the stream
-case (bitlab has no stream job). The stories are compared with
+until quit cancels it), its active commit case (4 MiB to copy, done in one iteration) and its stream case (one
+512 KiB chunk pulled into the top, len the whole disk). The stories are compared with
 the system emulator's, SHUTDOWN event (first after the reply) included: ``Machine(daemon="system")`` quits as
 the system emulator does. (On qemu-storage-daemon the backend's own NBD exports of every node, closed at the
 exit, drain each job twice more.) 185 builds its
@@ -88,12 +88,12 @@ def story(vm, wait, case: str) -> list:
     elif case == "mirror-ready":  # beyond 185: a mirror ready and waiting for job-complete
         vm.write("disk", 0, 4 * M)
         t.qmp_log("drive-mirror", **{**{k: v for k, v in backup.items() if k != "job-id"}, "speed": 0}, job_id="job0")
-    elif case in ("commit", "active-commit"):  # 185's chain: base <- mid (4 MiB written) <- top, as "disk"
+    elif case in ("commit", "active-commit", "stream"):  # 185's chain: base <- mid (4 MiB written) <- top
         chain(vm)
         args = {"device": "top", "speed": 65536, "job-id": "job0"}
         if case == "commit":
             args.update({"top-node": "mid", "base-node": "base"})
-        t.qmp_log("block-commit", **args)
+        t.qmp_log("block-stream" if case == "stream" else "block-commit", **args)
     elif case == "grouped":
         t.qmp_log("transaction", actions=[
             {"type": "drive-backup", "data": {**backup, "job-id": f"job{i}", "device": d, "target": f"c{i}.qcow2"}}
@@ -107,7 +107,7 @@ def story(vm, wait, case: str) -> list:
 
 
 CASES = ["185", "pending", "concluded", "user-paused", "sync-none", "grouped", "mirror", "mirror-ready", "commit",
-         "active-commit"]
+         "active-commit", "stream"]
 
 
 def status(job: str, value: str) -> tuple:
@@ -139,16 +139,17 @@ def test_185_mirror():
                         status("job0", "concluded"), status("job0", "null")]
 
 
-@pytest.mark.parametrize("case, length, offset", [("commit", 64 * M, 512 * K), ("active-commit", 4 * M, 4 * M)])
-def test_185_commit(case, length, offset):
+@pytest.mark.parametrize("case, length, offset", [("commit", 64 * M, 512 * K), ("active-commit", 4 * M, 4 * M),
+                                                  ("stream", 64 * M, 512 * K)])
+def test_185_commit_and_stream(case, length, offset):
     """185.out: the commit job has copied one 512 KiB chunk (len: the whole disk), the active commit the 4 MiB
-    in one iteration; quit cancels them where they are."""
+    in one iteration, the stream job one 512 KiB chunk; quit cancels them where they are."""
     vm = Machine()
     lines = story(vm, lambda: vm.run(until=vm.now + 0.5), case)
     assert lines[1] == [("job0", "running", offset)]
     assert lines[2] == [status("job0", "paused"), status("job0", "running"), status("job0", "aborting"),
                         ("BLOCK_JOB_CANCELLED", {"device": "job0", "len": length, "offset": offset, "speed": 65536,
-                                                 "type": "commit"}),
+                                                 "type": "stream" if case == "stream" else "commit"}),
                         status("job0", "concluded"), status("job0", "null")]
 
 
