@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .info import skip_filters
+from .info import allocated_above, skip_filters
 from .mirror_top import MirrorTopNode
 from .node import BlockNode
 
@@ -53,28 +53,13 @@ class CorNode(MirrorTopNode):
             s, e, alloc = top.is_allocated(pos, end - pos)
             n = int(e[0]) - pos
             if not bool(alloc[0]):
-                n, above = _allocated_above(skip_filters(below) if below is not None else None, self.bottom, pos, n)
+                n, above = allocated_above(skip_filters(below) if below is not None else None, self.bottom, pos, n)
                 if n == 0:
                     break
                 if above:
                     copied += copy_on_read(top, pos, n)
             pos += n
         return copied
-
-
-def _allocated_above(top: BlockNode | None, bottom: BlockNode | None, offset: int, nbytes: int) -> tuple[int, bool]:
-    """bdrv_is_allocated_above(top, bottom, include_base): the first layer (from ``top`` down to ``bottom``) that
-    allocates the bytes at ``offset`` answers, for no more than the layers above leave unallocated."""
-    node = top
-    while node is not None:
-        s, e, alloc = node.is_allocated(offset, nbytes)
-        nbytes = min(nbytes, int(e[0]) - offset)
-        if bool(alloc[0]):
-            return nbytes, True
-        if node is bottom:
-            break
-        node = skip_filters(node.backing) if node.backing is not None else None
-    return nbytes, False
 
 
 def copy_on_read(node: BlockNode, offset: int, length: int) -> int:

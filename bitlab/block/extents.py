@@ -72,6 +72,23 @@ def _stab_max(nseg: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return tree[size : size + nseg]
 
 
+def partial_cluster_holes(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, cluster: int,
+                          size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unallocated pieces of partly written clusters (an image's extents ``starts``/``ends``/``vals`` of
+    ``size`` bytes, ``cluster`` bytes a cluster), in order: what qcow2 copied on write from the backing chain
+    when it allocated them."""
+    holes = vals == UNALLOCATED
+    hs, he = starts[holes], ends[holes]
+    head_end = np.minimum(he, -(-hs // cluster) * cluster)
+    tail_start = np.maximum(head_end, he // cluster * cluster)
+    has_head = (hs % cluster != 0) & (head_end > hs)
+    has_tail = (he % cluster != 0) & (he < size) & (he > tail_start)
+    q_s = np.concatenate((hs[has_head], tail_start[has_tail]))
+    q_e = np.concatenate((head_end[has_head], he[has_tail]))
+    order = np.argsort(q_s, kind="stable")
+    return q_s[order], q_e[order]
+
+
 def clip_runs(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, q_starts: np.ndarray,
               q_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The runs ``(starts, ends, vals)`` (sorted, disjoint) clipped to each query range, vectorised.

@@ -99,6 +99,35 @@ def chain_contains(top: BlockNode | None, node: BlockNode) -> bool:
     return False
 
 
+def find_overlay(active: BlockNode, node: BlockNode | None) -> BlockNode | None:
+    """bdrv_find_overlay: the node of ``active``'s chain (filters skipped) whose backing node is ``node``; with
+    ``node`` None the chain's last node (bdrv_find_base)."""
+    stop = skip_filters(node) if node is not None else None
+    layer: BlockNode | None = skip_filters(active)
+    while layer is not None:
+        below = skip_filters(layer.backing) if layer.backing is not None else None
+        if below is stop:
+            return layer
+        layer = below
+    return None
+
+
+def allocated_above(top: BlockNode | None, bottom: BlockNode | None, offset: int, nbytes: int) -> tuple[int, bool]:
+    """bdrv_is_allocated_above(top, bottom, include_base): whether a layer from ``top`` down to ``bottom``
+    allocates the bytes at ``offset``, and for how many of ``nbytes``: the first layer that does answers, for no more
+    than the layers above leave unallocated; where none does, the run all of them leave unallocated."""
+    node = top
+    while node is not None:
+        s, e, alloc = node.is_allocated(offset, nbytes)
+        nbytes = min(nbytes, int(e[0]) - offset)
+        if bool(alloc[0]):
+            return nbytes, True
+        if node is bottom:
+            break
+        node = skip_filters(node.backing) if node.backing is not None else None
+    return nbytes, False
+
+
 def bitmap_directory_reads(every: Iterable[BlockNode], nodes: Iterable[BlockNode], *, flat: bool) -> None:
     """The reads a query's image infos make, in QEMU's order (each node's own, then unless ``flat`` the chain
     below it): qcow2_get_specific_info lists a v3 image's persistent bitmaps from its bitmap directory, read

@@ -20,7 +20,16 @@ from ..bitmap import DEFAULT, DirtyBitmap, check_bitmap, merge_ranges
 from ..errors import generic
 from ..qmp_order import wire_order
 from . import compress, hostfs, qcow2_opts, qcow2_trace, wstats
-from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs, fill_holes, range_items, touched_mask
+from .extents import (
+    UNALLOCATED,
+    ZERO,
+    ZERO_ALLOC,
+    clip_runs,
+    fill_holes,
+    partial_cluster_holes,
+    range_items,
+    touched_mask,
+)
 from .ioerror import BlockIOError
 from .qcow2_host import NONE
 from .store import ImageFile
@@ -620,20 +629,9 @@ class Qcow2Node(FormatNode):
         image, backing = self.image, self.backing
         if backing is None:
             return
-        cs = image.cluster_size
-        s, e, v = image.data.extents()
-        holes = v == UNALLOCATED
-        hs, he = s[holes], e[holes]
-        head_end = np.minimum(he, -(-hs // cs) * cs)
-        tail_start = np.maximum(head_end, he // cs * cs)
-        has_head = (hs % cs != 0) & (head_end > hs)
-        has_tail = (he % cs != 0) & (he < image.data.size) & (he > tail_start)
-        q_s = np.concatenate((hs[has_head], tail_start[has_tail]))
-        q_e = np.concatenate((head_end[has_head], he[has_tail]))
+        q_s, q_e = partial_cluster_holes(*image.data.extents(), image.cluster_size, image.data.size)
         if not q_s.size:
             return
-        order = np.argsort(q_s, kind="stable")
-        q_s, q_e = q_s[order], q_e[order]
         lo, hi = int(q_s[0]), min(int(q_e[-1]), backing.size)
         if hi <= lo:
             return

@@ -381,6 +381,16 @@ def attach_error_alone(graph: Any, parent: BlockNode, role: str, child: BlockNod
     return "Block node is read-only" if child.read_only and perm & (WRITE | WRITE_UNCHANGED) else ""
 
 
+def add_links(view: PermView, links: list[tuple[BlockNode, Blk]]) -> None:
+    """A job's BlockBackends and links (blk_insert_bs, block_job_add_bdrv), one after the other in ``view``: the
+    first a permission check refuses raises its error."""
+    for node, blk in links:
+        view.add_blk(node, blk)
+        error = view.first_error(node)
+        if error is not None:
+            raise generic(error)
+
+
 def check_blk(graph: Any, node: BlockNode, perm: int, shared: int = ALL, desc: str = UNNAMED) -> None:
     """blk_insert_bs of a new BlockBackend taking ``perm``."""
     if _alone(graph, node):  # nothing else uses it, and what it takes below does not change

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 
+from .gen_mirror import end_ready_job
 from .steps import qmp_step as _qmp
 from .steps import random_write
 
@@ -106,14 +107,7 @@ def commit_episode(cm: Commits, size: int) -> list[dict]:
         steps += [{"sleep": 0.25}, _qmp("query-block-jobs")]
         if rng.random() < 0.3:
             steps.append(_qmp("query-named-block-nodes", {"flat": True}))
-        end = rng.choices(["complete", "soft", "force", "job-cancel"], weights=[60, 15, 10, 15])[0]
-        if end == "complete":
-            steps.append(_qmp("job-complete", {"id": jid}))
-        elif end == "job-cancel":
-            steps.append(_qmp("job-cancel", {"id": jid}))
-        else:
-            steps.append(_qmp("block-job-cancel", {"device": jid, **({"force": True} if end == "force" else {})}))
-        steps.append({"wait-job": {"id": jid, "status": "null"}})
+        steps += end_ready_job(rng, jid, [60, 15, 10, 15])
     else:
         args["top-node"] = names[1]
         if rng.random() < 0.2:

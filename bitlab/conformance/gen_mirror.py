@@ -72,18 +72,24 @@ def mirror_episode(mr: Mirrors, size: int, switch: bool = True) -> list[dict]:
     steps += [{"sleep": 0.25}, _qmp("query-block-jobs")]
     if rng.random() < 0.3:
         steps.append(_qmp("query-named-block-nodes", {"flat": True}))
-    end = rng.choices(["complete", "soft", "force", "job-cancel"], weights=[50, 20, 15, 15])[0]
+    steps += end_ready_job(rng, jid, [50, 20, 15, 15], switch)
+    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
+    return steps
+
+
+def end_ready_job(rng: random.Random, jid: str, weights: list[int], switch: bool = True) -> list[dict]:
+    """A ready job's end, by the ``weights`` of job-complete (the switch-over; a plain cancel instead unless
+    ``switch``), a plain block-job-cancel (completed without it), a forced one and job-cancel; then its end."""
+    end = rng.choices(["complete", "soft", "force", "job-cancel"], weights=weights)[0]
     if end == "complete" and not switch:
         end = "soft"
     if end == "complete":
-        steps.append(_qmp("job-complete", {"id": jid}))
+        step = _qmp("job-complete", {"id": jid})
     elif end == "job-cancel":
-        steps.append(_qmp("job-cancel", {"id": jid}))
+        step = _qmp("job-cancel", {"id": jid})
     else:
-        steps.append(_qmp("block-job-cancel", {"device": jid, **({"force": True} if end == "force" else {})}))
-    steps.append({"wait-job": {"id": jid, "status": "null"}})
-    steps.append(_qmp("query-named-block-nodes", {"flat": True}))
-    return steps
+        step = _qmp("block-job-cancel", {"device": jid, **({"force": True} if end == "force" else {})})
+    return [step, {"wait-job": {"id": jid, "status": "null"}}]
 
 
 def mirror_scenario(seed: int, index: int = 0) -> dict:
@@ -107,4 +113,4 @@ def mirror_scenario(seed: int, index: int = 0) -> dict:
     return {"name": f"mirror-{seed}-{index}", "steps": steps}
 
 
-__all__ = ["CHANCE", "Mirrors", "mirror_episode", "mirror_scenario"]
+__all__ = ["CHANCE", "Mirrors", "end_ready_job", "mirror_episode", "mirror_scenario"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..block import hostfs
-from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs, fill_holes
+from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs, fill_holes, partial_cluster_holes
 from ..block.qcow2_host import NONE
 from ..block.store import ImageFile
 from ._common import Layer
@@ -208,20 +208,9 @@ def cow_fill(chain: list[Layer]) -> None:
     image = chain[0].image
     if not image.is_qcow2 or len(chain) < 2:
         return
-    cs = image.cluster_size
-    s, e, v = image.data.extents()
-    holes = v == UNALLOCATED
-    hs, he = s[holes], e[holes]
-    head_end = np.minimum(he, -(-hs // cs) * cs)
-    tail_start = np.maximum(head_end, he // cs * cs)
-    has_head = (hs % cs != 0) & (head_end > hs)
-    has_tail = (he % cs != 0) & (he < image.data.size) & (he > tail_start)
-    q_s = np.concatenate((hs[has_head], tail_start[has_tail]))
-    q_e = np.concatenate((head_end[has_head], he[has_tail]))
+    q_s, q_e = partial_cluster_holes(*image.data.extents(), image.cluster_size, image.data.size)
     if not q_s.size:
         return
-    order = np.argsort(q_s, kind="stable")
-    q_s, q_e = q_s[order], q_e[order]
     bs, be, bv = content(chain, int(q_s[0]), int(q_e[-1]))  # the holes read through the backing chain
     ps, pe, pv, _ = clip_runs(bs, be, bv, q_s, q_e)
     image.data.write_batch(ps, pe - ps, pv)

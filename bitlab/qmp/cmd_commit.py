@@ -9,7 +9,7 @@ from typing import Any
 
 from ..block import perms
 from ..block.commit_top import CommitTopNode
-from ..block.info import chain_contains, filter_or_cow, skip_filters
+from ..block.info import chain_contains, filter_or_cow, find_overlay, skip_filters
 from ..block.reopen import set_read_only
 from ..errors import QMPError, generic
 from ..jobs.commit import CommitJob
@@ -54,7 +54,7 @@ def qmp_block_commit(vm: Any, args: dict) -> None:
         if base_bs is None:
             raise generic(f"Can't find '{args['base']}' in the backing chain")
     else:
-        base_bs = _find_base(top_bs)
+        base_bs = find_overlay(top_bs, None)  # bdrv_find_base: the chain's last node
     below_base = filter_or_cow(base_bs)
     node = top_bs
     while node is not None and node is not below_base:  # BLOCK_OP_TYPE_COMMIT_TARGET
@@ -67,7 +67,7 @@ def qmp_block_commit(vm: Any, args: dict) -> None:
         raise generic("bitlab does not simulate an active commit of a node below the active layer (a writer on "
                       f"'{top_bs.node_name}')")
     if not active:
-        overlay = _find_overlay(bs, top_bs)
+        overlay = find_overlay(bs, top_bs)
         _check_blocker(vm, overlay)
         _commit_start(vm, args, bs, base_bs, top_bs)
         return
@@ -103,14 +103,6 @@ def _node(graph: Any, name: str) -> Any:
     return node
 
 
-def _find_base(top: Any) -> Any:
-    """bdrv_find_base: the bottom of the chain (the top itself without a backing file)."""
-    node = skip_filters(top)
-    while node.backing is not None:
-        node = skip_filters(node.backing)
-    return node
-
-
 def _find_backing_image(vm: Any, top: Any, name: str) -> Any:
     """bdrv_find_backing_image: the node of ``top``'s chain (below it) that the file name designates, relative to
     each overlay's directory in turn; None if none does."""
@@ -130,18 +122,6 @@ def _find_backing_image(vm: Any, top: Any, name: str) -> Any:
 def _has_writer(graph: Any, node: Any) -> bool:
     """bdrv_get_cumulative_perm(top) & BLK_PERM_WRITE."""
     return bool(perms.PermView(graph).cumulative(node)[0] & perms.WRITE)
-
-
-def _find_overlay(active: Any, node: Any) -> Any:
-    """bdrv_find_overlay(active, node): the node of the chain whose backing node (filters skipped) it is."""
-    stop = skip_filters(node)
-    layer = skip_filters(active)
-    while layer is not None:
-        below = skip_filters(layer.backing) if layer.backing is not None else None
-        if below is stop:
-            return layer
-        layer = below
-    return None
 
 
 def _commit_start(vm: Any, args: dict, bs: Any, base: Any, top: Any) -> None:
@@ -186,11 +166,7 @@ def _commit_start(vm: Any, args: dict, bs: Any, base: Any, top: Any) -> None:
         blks.append((base, perms.Blk(desc, 0, perms.ALL, "base")))
         blks.append((base, perms.Blk(perms.UNNAMED, base_perms, perms.READ | perms.WRITE_UNCHANGED)))
         blks.append((top, perms.Blk(perms.UNNAMED, 0, perms.ALL)))
-        for node, blk in blks:
-            view.add_blk(node, blk)
-            error = view.first_error(node)
-            if error is not None:
-                raise generic(error)
+        perms.add_links(view, blks)
     except QMPError:
         job.early_fail()
         raise

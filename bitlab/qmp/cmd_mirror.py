@@ -149,19 +149,11 @@ def start_job(vm: Any, args: dict, source: Any, target: Any, sync: str, granular
         if commit:  # the base in active use: anything but resize is shared; a smaller base grows
             target_blk = perms.Blk(perms.UNNAMED, perms.WRITE | (perms.RESIZE if target.size < source.size else 0),
                                    perms.WRITE_UNCHANGED | perms.READ | perms.WRITE)
-        view = perms.PermView(graph)  # blk_insert_bs: the target's BlockBackend
-        view.add_blk(target, target_blk)
-        error = view.first_error(target)
-        if error is not None:
-            raise generic(error)
         desc = f"{job.job_type} job '{job_id}'"
-        if commit:  # block_job_add_bdrv of each intermediate node (they disappear: no other job may use them)
-            shared = perms.WRITE_UNCHANGED | perms.WRITE
-            for node in job.intermediates:
-                view.add_blk(node, perms.Blk(desc, 0, shared, "intermediate node"))
-                error = view.first_error(node)
-                if error is not None:
-                    raise generic(error)
+        # blk_insert_bs: the target's BlockBackend; an active commit's block_job_add_bdrv of each intermediate
+        # node (they disappear: no other job may use them)
+        intermediate = perms.Blk(desc, 0, perms.WRITE_UNCHANGED | perms.WRITE, "intermediate node")
+        perms.add_links(perms.PermView(graph), [(target, target_blk), *((n, intermediate) for n in job.intermediates)])
     except QMPError:
         job.early_fail()
         raise
@@ -170,8 +162,8 @@ def start_job(vm: Any, args: dict, source: Any, target: Any, sync: str, granular
     graph.job_blk(job, target, target_blk)
     graph.job_blk(job, source, perms.Blk(desc, 0, perms.WRITE_UNCHANGED | perms.WRITE | perms.READ, "source"))
     graph.job_blk(job, target, perms.Blk(desc, 0, perms.ALL, "target"))
-    for node in job.intermediates:
-        graph.job_blk(job, node, perms.Blk(desc, 0, perms.WRITE_UNCHANGED | perms.WRITE, "intermediate node"))
+    for node in job.intermediates:  # (a link of its own each: the graph keys a link by its Blk)
+        graph.job_blk(job, node, perms.Blk(desc, 0, intermediate.shared, intermediate.role))
     for node in (top, source, target, *job.intermediates):
         node.job_blocker = JOB_BLOCKER if not commit else COMMIT_BLOCKER
     vm.jobs.attach_drained(job)

@@ -7,11 +7,11 @@ from typing import Any
 
 from ..block import perms
 from ..block.cor import CorNode
-from ..block.info import FILTER_CHILD, chain_contains, filter_or_cow, skip_filters
+from ..block.info import FILTER_CHILD, chain_contains, filter_or_cow, find_overlay
 from ..block.reopen import set_read_only
 from ..errors import QMPError, generic
 from ..jobs.stream import StreamJob
-from .cmd_commit import _find_backing_image, _find_overlay, _node
+from .cmd_commit import _find_backing_image, _node
 from .commands import TABLE
 from .types import BlockStream
 
@@ -60,7 +60,7 @@ def _stream_start(vm: Any, args: dict, bs: Any, base: Any, bottom: Any) -> None:
     if bottom is not None:
         base_overlay = above_base = bottom
     else:
-        base_overlay = _find_overlay(bs, base) if base is not None else _bottom(bs)
+        base_overlay = find_overlay(bs, base)
         if base_overlay is None:
             raise generic(f"'{base.node_name}' is not in the backing chain of '{bs.node_name}'")
         above_base = base_overlay
@@ -111,12 +111,7 @@ def _stream_start(vm: Any, args: dict, bs: Any, base: Any, bottom: Any) -> None:
         blks = [(cor, perms.Blk(perms.UNNAMED, perms.READ, shared | perms.WRITE)),
                 (bs, perms.Blk(desc, 0, shared | perms.WRITE, "active node"))]
         blks += [(node, perms.Blk(desc, 0, shared, "intermediate node")) for node in intermediates]
-        view = perms.PermView(graph)
-        for node, blk in blks:
-            view.add_blk(node, blk)
-            error = view.first_error(node)
-            if error is not None:
-                raise generic(error)
+        perms.add_links(perms.PermView(graph), blks)
     except QMPError:
         if job is not None:
             job.early_fail()
@@ -131,11 +126,3 @@ def _stream_start(vm: Any, args: dict, bs: Any, base: Any, bottom: Any) -> None:
     for node in (cor, bs, *intermediates):
         node.job_blocker = STREAM_BLOCKER
     job.start()
-
-
-def _bottom(node: Any) -> Any:
-    """bdrv_find_overlay(bs, NULL): the last node of the chain (filters skipped)."""
-    node = skip_filters(node)
-    while node.backing is not None:
-        node = skip_filters(node.backing)
-    return node

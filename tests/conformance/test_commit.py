@@ -15,16 +15,14 @@ from bitlab import Machine
 from bitlab.conformance.runner import check
 from bitlab.errors import QMPError
 
+from .stories import job_events
+from .stories import nodes as _nodes
+from .stories import play as _play
+from .stories import q as _q
+from .stories import write as _write
+
 K, M = 1 << 10, 1 << 20
 DISK = 64 * M
-
-
-def _q(execute: str, arguments: dict | None = None) -> dict:
-    return {"qmp": {"execute": execute, **({"arguments": arguments} if arguments is not None else {})}}
-
-
-def _write(node: str, offset: int, length: int, pattern: int = 0x41) -> dict:
-    return {"write": {"node": node, "offset": offset, "length": length, "pattern": pattern}}
 
 
 def _wait(status: str, job: str = "c") -> dict:
@@ -264,18 +262,6 @@ SIZES = [
 ]
 
 
-def _play(steps: list[dict]) -> Machine:
-    from bitlab.conformance.steps import run_step
-
-    vm = Machine()
-    for step in steps:
-        try:
-            run_step(vm, step)
-        except QMPError:
-            pass
-    return vm
-
-
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
 @pytest.mark.parametrize("steps", [ACTIVE, ACTIVE_CANCEL, ACTIVE_THREE, INTERMEDIATE, INTERMEDIATE_NAMES, ERRORS,
@@ -301,18 +287,7 @@ def test_commit_errors_pauses_sizes_as_in_qemu(steps):
 
 
 def _events(vm: Machine, job: str = "c") -> list:
-    out = []
-    for ev in vm.events:
-        data = ev["data"]
-        if ev["event"] == "JOB_STATUS_CHANGE" and data["id"] == job:
-            out.append(data["status"])
-        elif ev["event"].startswith("BLOCK_JOB") and data.get("device", data.get("id")) == job:
-            out.append((ev["event"], data.get("type"), data.get("len"), data.get("offset"), data.get("error")))
-    return out
-
-
-def _nodes(vm: Machine) -> dict:
-    return {n["node-name"]: n for n in vm.qmp("query-named-block-nodes", {"flat": True})}
+    return job_events(vm, job, with_type=True)
 
 
 def _count(vm: Machine, node: str, name: str) -> int:

@@ -10,14 +10,14 @@ import pytest
 
 from bitlab import Machine
 from bitlab.conformance.runner import check
-from bitlab.errors import QMPError
+
+from .stories import job_events
+from .stories import play as _play
+from .stories import q as _q
+from .stories import write as _write
 
 K, M = 1 << 10, 1 << 20
 DISK = 64 * M
-
-
-def _q(execute: str, arguments: dict | None = None) -> dict:
-    return {"qmp": {"execute": execute, **({"arguments": arguments} if arguments is not None else {})}}
 
 
 def _img(name: str, size: str = "64M") -> dict:
@@ -27,10 +27,6 @@ def _img(name: str, size: str = "64M") -> dict:
 def _qcow2(name: str, **opts: object) -> dict:
     return {"driver": "qcow2", "node-name": name,
             "file": {"driver": "file", "filename": f"{name}.qcow2", "node-name": f"{name}-file"}, **opts}
-
-
-def _write(node: str, offset: int, length: int, pattern: int = 0x41) -> dict:
-    return {"write": {"node": node, "offset": offset, "length": length, "pattern": pattern}}
 
 
 def _mirror(**args: object) -> dict:
@@ -227,27 +223,8 @@ JOB_ERRORS = [
 ]
 
 
-def _play(steps: list[dict]) -> Machine:
-    from bitlab.conformance.steps import run_step
-
-    vm = Machine()
-    for step in steps:
-        try:
-            run_step(vm, step)
-        except QMPError:
-            pass
-    return vm
-
-
 def _events(vm: Machine, job: str = "j") -> list:
-    out = []
-    for ev in vm.events:
-        data = ev["data"]
-        if ev["event"] == "JOB_STATUS_CHANGE" and data["id"] == job:
-            out.append(data["status"])
-        elif ev["event"].startswith("BLOCK_JOB") and data.get("device", data.get("id")) == job:
-            out.append((ev["event"], data.get("len"), data.get("offset"), data.get("error")))
-    return out
+    return job_events(vm, job)
 
 
 def test_a_full_mirror_copies_the_whole_disk_and_switches_over():

@@ -14,7 +14,12 @@ import pytest
 from bitlab import Machine
 from bitlab.conformance.runner import check
 from bitlab.errors import QMPError
-from tests.conformance.test_commit import GRAPH, JOBS, NODES, _chain, _image, _q, _wait, _write
+
+from .stories import nodes as _nodes
+from .stories import play as _play
+from .stories import q as _q
+from .stories import write as _write
+from .test_commit import GRAPH, JOBS, NODES, _chain, _image, _wait
 
 K, M = 1 << 10, 1 << 20
 DISK = 64 * M
@@ -145,22 +150,6 @@ def test_stream_as_in_qemu(steps, daemon):
 def test_stream_of_a_device_as_in_qemu():
     diffs = check({"name": "stream-drive", "drives": DRIVES, "steps": DRIVE}, "system")
     assert not diffs, "\n".join(str(d) for d in diffs)
-
-
-def _play(steps: list[dict]) -> Machine:
-    from bitlab.conformance.steps import run_step
-
-    vm = Machine()
-    for step in steps:
-        try:
-            run_step(vm, step)
-        except QMPError:
-            pass
-    return vm
-
-
-def _nodes(vm: Machine) -> dict:
-    return {n["node-name"]: n for n in vm.qmp("query-named-block-nodes", {"flat": True})}
 
 
 def test_a_stream_pulls_the_chain_into_the_top_unseen_by_its_bitmaps():
