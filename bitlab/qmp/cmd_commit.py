@@ -63,7 +63,9 @@ def qmp_block_commit(vm: Any, args: dict) -> None:
     if top_bs is base_bs:
         raise generic("cannot commit an image into itself")
     active = skip_filters(top_bs) is skip_filters(bs)
-    if not active and _has_writer(graph, top_bs):
+    if not active and _has_writer(graph, top_bs):  # (QEMU: an active commit of it)
+        if "backing-file" in args:
+            raise generic("'backing-file' specified, but 'top' has a writer on it")
         raise generic("bitlab does not simulate an active commit of a node below the active layer (a writer on "
                       f"'{top_bs.node_name}')")
     if not active:
