@@ -24,9 +24,10 @@ class CorNode(MirrorTopNode):
 
     driver = "copy-on-read"
 
-    def __init__(self, node_name: str, *, bottom: BlockNode | None = None, **kw) -> None:
+    def __init__(self, node_name: str, *, bottom: BlockNode | None = None, implicit: bool = False, **kw) -> None:
         super().__init__(node_name, **kw)
         self.bottom = bottom
+        self.implicit = implicit  # a stream job's, without filter-node-name
 
     @property
     def source(self) -> BlockNode:
@@ -35,8 +36,8 @@ class CorNode(MirrorTopNode):
         return node
 
     def plain_filename(self) -> str | None:
-        """An implicit filter's is its child's; a named one has no filename of its own (``json:``)."""
-        return self.source.filename if self.auto_named else None
+        """An implicit filter's is its child's; any other has no filename of its own (``json:``)."""
+        return self.source.filename if self.implicit else None
 
     def pread(self, offset, length):
         """cor_co_preadv_part: what needs it is copied first, then read as it is now."""
@@ -53,6 +54,10 @@ class CorNode(MirrorTopNode):
             s, e, alloc = top.is_allocated(pos, end - pos)
             n = int(e[0]) - pos
             if not bool(alloc[0]):
+                if self.bottom is None:  # (no bottom: BDRV_REQ_COPY_ON_READ on whatever the node does not allocate)
+                    copied += copy_on_read(top, pos, n)
+                    pos += n
+                    continue
                 n, above = allocated_above(skip_filters(below) if below is not None else None, self.bottom, pos, n)
                 if n == 0:
                     break

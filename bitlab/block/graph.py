@@ -22,7 +22,8 @@ from ..qmp_order import wire_member_order
 from . import perms, qcow2_opts, qcow2_trace, throttle
 from .blkdebug import BlkdebugNode
 from .cbw import CbwNode
-from .info import NodeInfoCache
+from .cor import CorNode
+from .info import FILTER_CHILD, NodeInfoCache
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode, subtree_ids
 from .paths import node_full_backing_filename, strip_file_protocol
 from .snapshot_access import SnapshotAccessNode
@@ -310,9 +311,11 @@ class BlockGraph:
             return named(self._open_snapshot_access(opts, name, ro))
         if driver == "throttle":
             return named(self._open_throttle(opts, name, ro))
+        if driver == "copy-on-read":
+            return named(self._open_cor(opts, name, ro))
         raise generic(f"bitlab does not simulate the '{driver}' block driver "
                       "(supported: null-co, null-aio, file, raw, qcow2, blkdebug, copy-before-write, "
-                      "snapshot-access, throttle)")
+                      "snapshot-access, throttle, copy-on-read)")
 
     def drain_throttles(self, node: BlockNode | None, begin: bool) -> None:
         """A drained section's begin or end at the throttle nodes it reaches: ``node`` and every node above
@@ -369,6 +372,31 @@ class BlockGraph:
             perms.check_attach(self, node, "file", file_node)
         except QMPError:
             node.close()
+            self._drop_unowned(file_node)
+            raise
+        self._attach(node, "file", file_node)
+        return node
+
+    def _open_cor(self, opts: dict, name: str | None, ro: bool) -> CorNode:
+        """cor_open: the ``file`` child (opened before the node is named), then ``bottom``: a node that exists and is
+        no filter (the chain down to it is frozen: not simulated)."""
+        file_node = self._child(opts["file"], opts, ro)
+        bottom = None
+        if "bottom" in opts:
+            bottom = self.nodes.get(opts["bottom"])
+            error = None
+            if bottom is None:
+                error = f"Bottom node '{opts['bottom']}' not found"
+            elif bottom.driver in FILTER_CHILD:
+                error = f"Bottom node '{opts['bottom']}' is a filter"
+            if error is not None:
+                self._drop_unowned(file_node)
+                raise generic(error)
+        node = CorNode(name or self.auto_name(), bottom=bottom, auto_named=name is None, options=opts)
+        node.read_only = ro
+        try:
+            perms.check_attach(self, node, "file", file_node)
+        except QMPError:
             self._drop_unowned(file_node)
             raise
         self._attach(node, "file", file_node)

@@ -80,6 +80,7 @@ def _stream_start(vm: Any, args: dict, bs: Any, base: Any, bottom: Any) -> None:
             except QMPError as err:  # (bdrv_insert_node)
                 raise generic(f"Could not create node: {err.desc}") from None
         cor = CorNode(name, bottom=base_overlay, auto_named=name.startswith("#"),
+                      implicit="filter-node-name" not in args,
                       options={"driver": "copy-on-read", "file": bs.node_name, "bottom": base_overlay.node_name})
         view = perms.PermView(graph)  # bdrv_insert_node: the filter takes the node's parents
         view.attach(cor, "file", bs)

@@ -169,6 +169,8 @@ OBJECT_TYPES = (
 ThrottleLimits = struct("ThrottleLimits", *(m(f"*{key}", INT) for key in LIMIT_KEYS))
 BlockdevOptionsThrottle = struct("BlockdevOptionsThrottle", m("throttle-group", STR), m("file", BlockdevRef))
 _variants["throttle"] = BlockdevOptionsThrottle
+BlockdevOptionsCor = struct("BlockdevOptionsCor", m("*bottom", STR), base=BlockdevOptionsGenericFormat)
+_variants["copy-on-read"] = BlockdevOptionsCor
 ThrottleGroupProperties = struct(
     "ThrottleGroupProperties", m("*limits", ThrottleLimits), *(m(f"*x-{key}", INT) for key in LIMIT_KEYS),
 )

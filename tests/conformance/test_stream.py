@@ -84,6 +84,21 @@ GUEST = [
     _q("blockdev-del", {"node-name": "top"}), *OFFLINE,
 ]
 
+# A copy-on-read node of the caller's over top: a read through it copies into top what a layer down to bottom (mid)
+# allocates (the base's data is not copied), or without bottom whatever top does not allocate (zeroes as zero
+# clusters); the bottom must exist and be no filter.
+COR_NODE = [
+    *THREE, _q("blockdev-add", _chain("top", "mid", "base")),
+    _q("blockdev-add", {"driver": "copy-on-read", "node-name": "cor", "file": "top", "bottom": "nope"}),
+    _q("blockdev-add", {"driver": "copy-on-read", "node-name": "cor", "file": "top", "bottom": "mid"}), NODES, GRAPH,
+    {"read": {"node": "cor", "offset": 0, "length": 64 * K}}, {"read": {"node": "cor", "offset": M, "length": 4096}},
+    {"read": {"node": "cor", "offset": 20 * M, "length": 4096}}, NODES, _q("blockdev-del", {"node-name": "cor"}),
+    _q("blockdev-add", {"driver": "copy-on-read", "node-name": "cor2", "file": "top"}),
+    {"read": {"node": "cor2", "offset": 8 * M, "length": 64 * K}},
+    {"read": {"node": "cor2", "offset": 16 * M, "length": 64 * K}},
+    _q("blockdev-del", {"node-name": "cor2"}), _q("blockdev-del", {"node-name": "top"}), *OFFLINE,
+]
+
 # Command errors, in QEMU's order of checks.
 ERRORS = [
     *THREE, *_image("lone", None, []),
@@ -139,8 +154,8 @@ DRIVES = [{"id": "drive0", "file": "d0.qcow2", "format": "qcow2", "size": "64M"}
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
-@pytest.mark.parametrize("steps", [BASIC, VARIANTS, GUEST, ERRORS, JOB_ERRORS],
-                         ids=["basic", "variants", "guest", "errors", "job-errors"])
+@pytest.mark.parametrize("steps", [BASIC, VARIANTS, GUEST, ERRORS, JOB_ERRORS, COR_NODE],
+                         ids=["basic", "variants", "guest", "errors", "job-errors", "cor-node"])
 def test_stream_as_in_qemu(steps, daemon):
     diffs = check({"name": "stream", "steps": steps}, daemon)
     assert not diffs, "\n".join(str(d) for d in diffs)
@@ -218,3 +233,19 @@ def test_a_concluded_stream_holds_its_nodes():
     vm.qmp("job-dismiss", {"id": "s"})
     assert set(_nodes(vm)) == {"base", "base-file", "top", "top-file"}
     assert vm.qmp("blockdev-del", {"node-name": "top"}) == {}
+
+
+def test_a_copy_on_read_node_copies_what_a_read_reaches():
+    """QEMU 7.2 (both daemons): with bottom, only what a layer down to it allocates is copied into top; the bottom
+    must exist."""
+    vm = _play(COR_NODE[:COR_NODE.index(GRAPH)])
+    with pytest.raises(QMPError, match="Bottom node 'nope' not found"):
+        vm.qmp("blockdev-add", {"driver": "copy-on-read", "node-name": "x", "file": "top", "bottom": "nope"})
+    assert _nodes(vm)["cor"]["file"].startswith('json:{"driver": "copy-on-read"')
+    top = vm.graph.nodes["top"]
+    before = top.is_allocated(0, DISK)
+    vm.read("cor", 8 * M, 4096)  # the base's data: below bottom, not copied
+    assert [a.tolist() for a in top.is_allocated(0, DISK)] == [a.tolist() for a in before]
+    vm.read("cor", M, 4096)  # mid's: its cluster copied into top
+    s, e, alloc = top.is_allocated(M, 64 * K)
+    assert bool(alloc[0]) and int(e[0]) == M + 64 * K
