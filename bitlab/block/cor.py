@@ -28,6 +28,7 @@ class CorNode(MirrorTopNode):
         super().__init__(node_name, **kw)
         self.bottom = bottom
         self.implicit = implicit  # a stream job's, without filter-node-name
+        self.frozen_keys: list = []  # the links down to bottom it froze (graph.freeze_chain)
 
     @property
     def source(self) -> BlockNode:

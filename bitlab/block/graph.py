@@ -68,6 +68,7 @@ class BlockGraph:
         # a mirror job's links (block_job_create, block_job_add_bdrv, its target's BlockBackend): (id(owner), node,
         # perms.Blk, stamp key), for the permission checks
         self.job_blks: list[tuple[Any, BlockNode, Any, tuple]] = []
+        self.frozen: set[tuple[int, str]] = set()  # (id(parent), role): links a job or a bottom froze
         self._rng = random.Random(seed)
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
@@ -400,6 +401,8 @@ class BlockGraph:
             self._drop_unowned(file_node)
             raise
         self._attach(node, "file", file_node)
+        if bottom is not None:  # cor_open: bdrv_freeze_backing_chain(bs, bottom)
+            node.frozen_keys = self.freeze_chain(node, bottom)
         return node
 
     def _open_snapshot_access(self, opts: dict, name: str | None, ro: bool) -> SnapshotAccessNode:
@@ -575,6 +578,7 @@ class BlockGraph:
         """mirror_exit_common: with ``target`` (the switch-over), what sat on the source sits on the target;
         then the filter's parents go down to what it filtered, and the filter goes. A source nobody holds any
         more (a device's implicit nodes) closes."""
+        self.unfreeze(getattr(top, "frozen_keys", []))  # (a copy-on-read node's chain to its bottom)
         source = top.child("backing") or top.child("file")
         assert source is not None
         if target is not None:
@@ -694,6 +698,24 @@ class BlockGraph:
     def set_backing(self, node: BlockNode, backing: BlockNode) -> None:
         """bdrv_set_backing_hd."""
         self._attach(node, "backing", backing)
+
+    def freeze_chain(self, top: BlockNode, base: BlockNode | None) -> list[tuple[int, str]]:
+        """bdrv_freeze_backing_chain(top, base): the filter and backing links from ``top`` down to ``base``; the keys
+        to give :meth:`unfreeze` (the caller has checked that none is frozen already)."""
+        keys = []
+        node: BlockNode | None = top
+        while node is not None and node is not base:
+            role = FILTER_CHILD.get(node.driver) or "backing"
+            child = node.child(role)
+            if child is None:
+                break
+            keys.append((id(node), role))
+            node = child
+        self.frozen.update(keys)
+        return keys
+
+    def unfreeze(self, keys: list[tuple[int, str]]) -> None:
+        self.frozen.difference_update(keys)
 
     def replace_backing(self, node: BlockNode, new: BlockNode | None) -> None:
         """bdrv_set_backing_hd: the node's backing link goes to ``new`` (or away); the old backing node, and the
@@ -857,6 +879,7 @@ class BlockGraph:
     # -- closing ------------------------------------------------------------------
     def release(self, node: BlockNode, *, clean: bool = True) -> None:
         """Close a node and the children only it held."""
+        self.unfreeze(getattr(node, "frozen_keys", []))
         if clean and isinstance(node, Qcow2Node):
             node.close_flush()  # bdrv_close flushes first
             self._store_bitmaps(node)

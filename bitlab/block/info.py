@@ -90,6 +90,23 @@ def skip_filters(node: BlockNode) -> BlockNode:
     return node
 
 
+def is_implicit_filter(node: BlockNode) -> bool:
+    """bs->implicit: a filter a job put in the graph without a name of the caller's."""
+    if node.driver in JOB_FILTERS:
+        return node.auto_named
+    return node.driver == "copy-on-read" and bool(getattr(node, "implicit", False))
+
+
+def skip_implicit_filters(node: BlockNode) -> BlockNode:
+    """bdrv_skip_implicit_filters."""
+    while is_implicit_filter(node):
+        below = node.child(FILTER_CHILD[node.driver])
+        if below is None:
+            break
+        node = below
+    return node
+
+
 def chain_contains(top: BlockNode | None, node: BlockNode) -> bool:
     """bdrv_chain_contains: ``node`` is ``top`` or below it through filters and backing links."""
     while top is not None:

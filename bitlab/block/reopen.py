@@ -26,6 +26,7 @@ from ..errors import generic
 from ..qmp_order import wire_member_order
 from . import perms, qcow2_opts
 from .blkdebug import option_bool
+from .info import is_implicit_filter, skip_implicit_filters
 from .ioerror import BlockIOError
 
 # bdrv_reset_options_allowed: what every driver lets a reopen leave out
@@ -246,6 +247,13 @@ class Reopen:
         old = node.child(role)
         if old is new:
             return
+        if old is not None:
+            if skip_implicit_filters(old) is new:
+                return
+            if is_implicit_filter(old):
+                raise generic(f"Cannot replace implicit {role} child of {node.node_name}")
+        if (id(node), role) in self.graph.frozen and old is not None:  # bdrv_set_file_or_backing_noperm
+            raise generic(f"Cannot change frozen '{role}' link from '{node.node_name}' to '{old.node_name}'")
         if role == "backing":  # (null, or another node: bdrv_set_file_or_backing_noperm)
             entry.new_backing = (new,)
             return

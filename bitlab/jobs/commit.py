@@ -40,6 +40,7 @@ class CommitJob(ChunkedJob):
         self.backing_file = backing_file
         self.base_read_only = base_read_only
         self.base_overlay: BlockNode | None = None
+        self.frozen: list = []  # the links from the filter down to the base (graph.freeze_chain)
         super().__init__(manager, job_id, graph=graph, on_error=on_error, auto_finalize=auto_finalize,
                          auto_dismiss=auto_dismiss, speed=speed)
 
@@ -90,8 +91,9 @@ class CommitJob(ChunkedJob):
 
     # -- the end ----------------------------------------------------------------------------
     def commit(self) -> None:
-        """commit_prepare: bdrv_drop_intermediate(commit_top, base, backing_file)."""
+        """commit_prepare: the chain thawed, bdrv_drop_intermediate(commit_top, base, backing_file)."""
         graph = self.graph
+        graph.unfreeze(self.frozen)
         overlays = [node for node in graph.nodes.values()
                     if any(role == "backing" and child is self.filter for role, child in node.children)]
         name = self.backing_file if self.backing_file is not None else self.base.filename
@@ -105,7 +107,8 @@ class CommitJob(ChunkedJob):
         # (the job's links, and the nodes only they hold, stay until the job goes: see dismiss)
 
     def abort(self) -> None:
-        """commit_abort: the filter goes, the overlay's backing link is back on the top."""
+        """commit_abort: the chain thawed, the filter goes, the overlay's backing link is back on the top."""
+        self.graph.unfreeze(self.frozen)
         self.graph.job_blks_release(self)
         if self.filter is not None and self.graph.nodes.get(self.filter.node_name) is self.filter:
             self.graph.remove_mirror_top(self.filter, None)

@@ -72,6 +72,7 @@ class MirrorJob(Job):
         if self.is_commit:
             self.job_type = "commit"
         self.intermediates = intermediates
+        self.frozen: list = []  # an active commit's frozen links (graph.freeze_chain)
         self.copy_mode = copy_mode
         self.source = source
         self.target = target
@@ -544,8 +545,9 @@ class MirrorJob(Job):
         self._exit_common(switch=False)
 
     def _exit_common(self, *, switch: bool) -> None:
-        """mirror_exit_common: the bitmap goes, the target takes the source's place (when completing), the
-        filter goes."""
+        """mirror_exit_common: the chain thawed, the bitmap goes, the target takes the source's place (when
+        completing), the filter goes."""
+        self.graph.unfreeze(self.frozen)
         if self.dirty in self.source.bitmaps:
             self.source.bitmaps.remove(self.dirty)
         self.top.attach(None)

@@ -177,4 +177,5 @@ def _commit_start(vm: Any, args: dict, bs: Any, base: Any, top: Any) -> None:
         graph.job_blk(job, node, blk)
     for node in (bs, *intermediates, base):
         node.job_blocker = COMMIT_BLOCKER
+    job.frozen = graph.freeze_chain(job.filter, base)  # bdrv_freeze_backing_chain(commit_top, base)
     job.start()

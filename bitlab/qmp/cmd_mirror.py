@@ -166,6 +166,8 @@ def start_job(vm: Any, args: dict, source: Any, target: Any, sync: str, granular
         graph.job_blk(job, node, perms.Blk(desc, 0, intermediate.shared, intermediate.role))
     for node in (top, source, target, *job.intermediates):
         node.job_blocker = JOB_BLOCKER if not commit else COMMIT_BLOCKER
+    if commit:  # bdrv_freeze_backing_chain(mirror_top, target)
+        job.frozen = graph.freeze_chain(top, target)
     vm.jobs.attach_drained(job)
     job.start()
     return job

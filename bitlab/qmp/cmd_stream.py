@@ -90,6 +90,7 @@ def _stream_start(vm: Any, args: dict, bs: Any, base: Any, bottom: Any) -> None:
             cor = None
             raise generic(error)
         graph.insert_mirror_top(bs, cor, "file")
+        cor.frozen_keys = graph.freeze_chain(cor, base_overlay)  # cor_open: its chain down to bottom
         job_id = args.get("job-id")
         if job_id is None:
             job_id = vm.device_name(cor)

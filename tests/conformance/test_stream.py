@@ -249,3 +249,46 @@ def test_a_copy_on_read_node_copies_what_a_read_reaches():
     vm.read("cor", M, 4096)  # mid's: its cluster copied into top
     s, e, alloc = top.is_allocated(M, 64 * K)
     assert bool(alloc[0]) and int(e[0]) == M + 64 * K
+
+
+def _reopen(node: str, backing: str | None) -> dict:
+    return _q("blockdev-reopen", {"options": [{"driver": "qcow2", "node-name": node, "file": f"{node}-file",
+                                               "backing": backing}]})
+
+
+# The chains the jobs freeze (bdrv_freeze_backing_chain): a blockdev-reopen that would change a frozen link is
+# refused, one that would replace a job's implicit filter too; after the job the link can change. (On the system
+# emulator: qemu-storage-daemon's backend lets its exports stand aside for blockdev-reopen, and those drains let a
+# throttled job copy on until it is done.)
+FROZEN = [
+    *THREE, _q("blockdev-add", _chain("top", "mid", "base")),
+    _q("block-commit", {"job-id": "c", "device": "top"}), _wait("ready", "c"),
+    _reopen("top", None), _reopen("mid", None), _q("job-cancel", {"id": "c"}), _wait("null", "c"),
+    _q("block-commit", {"job-id": "c", "device": "top", "top-node": "mid", "speed": 1}), {"sleep": 0.2},
+    _reopen("top", None), _reopen("top", "base"), _reopen("mid", None), _q("job-cancel", {"id": "c"}),
+    _wait("null", "c"),
+    _stream(**{"base-node": "base", "speed": 1}), {"sleep": 0.2}, _reopen("top", None), _reopen("mid", None),
+    _q("job-cancel", {"id": "s"}), _wait("null", "s"),
+    _q("blockdev-add", {"driver": "copy-on-read", "node-name": "cor", "file": "top", "bottom": "mid"}),
+    _reopen("top", None), _q("blockdev-del", {"node-name": "cor"}),
+    _reopen("mid", None), NODES,
+]
+
+
+@pytest.mark.qemu
+def test_frozen_chains_as_in_qemu():
+    diffs = check({"name": "frozen", "steps": FROZEN}, "system")
+    assert not diffs, "\n".join(str(d) for d in diffs)
+
+
+def test_a_frozen_link_cannot_change():
+    """QEMU 7.2's texts (the system emulator): an active commit freezes top's and mid's backing links, the commit
+    job puts its implicit filter under top."""
+    vm = _play(FROZEN[:FROZEN.index(_wait("ready", "c")) + 1])
+    with pytest.raises(QMPError, match="Cannot change frozen 'backing' link from 'top' to 'mid'"):
+        vm.qmp("blockdev-reopen", _reopen("top", None)["qmp"]["arguments"])
+    vm.qmp("job-cancel", {"id": "c"})
+    vm.run()
+    vm.qmp("block-commit", {"job-id": "c", "device": "top", "top-node": "mid", "speed": 1})
+    with pytest.raises(QMPError, match="Cannot replace implicit backing child of top"):
+        vm.qmp("blockdev-reopen", _reopen("top", "base")["qmp"]["arguments"])
