@@ -394,13 +394,7 @@ class BlockGraph:
                 self._drop_unowned(file_node)
                 raise generic(error)
         node = CorNode(name or self.auto_name(), bottom=bottom, auto_named=name is None, options=opts)
-        node.read_only = ro
-        try:
-            perms.check_attach(self, node, "file", file_node)
-        except QMPError:
-            self._drop_unowned(file_node)
-            raise
-        self._attach(node, "file", file_node)
+        self._attach_file(node, file_node, ro)
         if bottom is not None:  # cor_open: bdrv_freeze_backing_chain(bs, bottom)
             node.frozen_keys = self.freeze_chain(node, bottom)
         return node
@@ -409,6 +403,12 @@ class BlockGraph:
         """snapshot_access_open: its one child, ``file`` (opened before the node is named, as every ``file``)."""
         file_node = self._child(opts["file"], opts, ro)
         node = SnapshotAccessNode(name or self.auto_name(), auto_named=name is None, options=opts)
+        self._attach_file(node, file_node, ro)
+        return node
+
+    def _attach_file(self, node: BlockNode, file_node: BlockNode, ro: bool) -> None:
+        """A filter opened over its ``file`` child: the link if the permissions allow it, else the child goes
+        again (unless something else holds it)."""
         node.read_only = ro
         try:
             perms.check_attach(self, node, "file", file_node)
@@ -416,7 +416,6 @@ class BlockGraph:
             self._drop_unowned(file_node)
             raise
         self._attach(node, "file", file_node)
-        return node
 
     def _open_cbw(self, opts: dict, name: str | None, ro: bool) -> tuple[CbwNode, int]:
         """cbw_open: the file child (bdrv_open_inherit opens a ``file`` before bdrv_open_common names the node),

@@ -48,6 +48,20 @@ def _image(rng: random.Random, name: str, backing: str | None, size: int) -> lis
     return steps
 
 
+def _to_the_end(rng: random.Random, execute: str, args: dict) -> list[dict]:
+    """A job that completes on its own, started and waited for; now and then with auto-finalize off (pending, looked
+    at, finalized)."""
+    jid = args["job-id"]
+    manual = rng.random() < 0.25
+    if manual:
+        args["auto-finalize"] = False
+    steps = [_qmp(execute, args)]
+    if manual:
+        steps += [{"wait-job": {"id": jid, "status": "pending"}}, _qmp("query-block-jobs"),
+                  _qmp("job-finalize", {"id": jid})]
+    return [*steps, {"wait-job": {"id": jid, "status": "null"}}]
+
+
 def commit_episode(cm: Commits, size: int) -> list[dict]:
     """One episode (see the module's docstring)."""
     rng = cm.rng
@@ -89,14 +103,7 @@ def commit_episode(cm: Commits, size: int) -> list[dict]:
                 args["backing-file"] = f"ck{n}-renamed.qcow2"
         elif where == "bottom":
             args["bottom"] = rng.choice(names[1:])
-        manual = rng.random() < 0.25
-        if manual:
-            args["auto-finalize"] = False
-        steps.append(_qmp("block-stream", args))
-        if manual:
-            steps += [{"wait-job": {"id": jid, "status": "pending"}}, _qmp("query-block-jobs"),
-                      _qmp("job-finalize", {"id": jid})]
-        steps.append({"wait-job": {"id": jid, "status": "null"}})
+        steps += _to_the_end(rng, "block-stream", args)
     elif active:
         if len(names) == 3 and rng.random() < 0.3:
             args["base-node"] = names[1]  # (into the middle image: the base stays below it)
@@ -112,14 +119,7 @@ def commit_episode(cm: Commits, size: int) -> list[dict]:
         args["top-node"] = names[1]
         if rng.random() < 0.2:
             args["backing-file"] = f"ck{n}-renamed.qcow2"
-        manual = rng.random() < 0.25
-        if manual:
-            args["auto-finalize"] = False
-        steps.append(_qmp("block-commit", args))
-        if manual:
-            steps += [{"wait-job": {"id": jid, "status": "pending"}}, _qmp("query-block-jobs"),
-                      _qmp("job-finalize", {"id": jid})]
-        steps.append({"wait-job": {"id": jid, "status": "null"}})
+        steps += _to_the_end(rng, "block-commit", args)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     for node, bm in bitmaps:  # (the top keeps its chain: the base stays, whichever job ran)
         steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": bm}))
