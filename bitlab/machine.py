@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import marshal
 import os
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 from . import qemu_img as _qemu_img
 from .bitmap import DirtyBitmap
 from .block.drivers import QEMU_DRIVERS
-from .block.export import BlockExports
+from .block.export import BlockExports, NbdConnectError
 from .block.graph import BlockGraph
 from .block.node import BlockNode
 from .block.store import ImageFile, ImageStore
@@ -131,6 +132,8 @@ class Machine(GuestIO, Monitor):
         self.graph.block_copy_factory = partial(cbw_block_copy, scheduler=self.scheduler)
         self.exports = BlockExports(self.graph.blks, self.sink.emit, self.graph._drop_unowned,  # NBD server, exports
                                     self.jobs.drain_section)
+        # qemu-img's NBD client reaches this machine's NBD server (weakly: the store holds no cycle to the machine)
+        self.images.nbd = partial(_nbd_connect, weakref.ref(self.exports), workdir)
         self.objects = ObjectRoot(self.scheduler)  # object-add's /objects: throttle groups
         self.graph.throttle_groups = self.objects.groups
         self.jobs.throttle_drain, self.jobs.throttle_groups = self.graph.drain_throttles, self.objects.groups
@@ -397,3 +400,12 @@ class Machine(GuestIO, Monitor):
         self.graph.close_all(clean=clean)
         return Machine(images=self.images, start_ns=self.clock.now_ns, workdir=self.workdir, backend="sim",
                        daemon=self.daemon)
+
+
+def _nbd_connect(exports: weakref.ref, workdir: str, kind: str, where: str, name: str, context: str | None) -> Any:
+    """The image store's ``nbd`` hook: :meth:`BlockExports.connect` of a machine still alive."""
+    alive = exports()
+    if alive is None:
+        raise NbdConnectError(f"Failed to connect to '{where}': "
+                              f"{'No such file or directory' if kind == 'unix' else 'Connection refused'}")
+    return alive.connect(kind, where, name, context, workdir)

@@ -2,19 +2,122 @@
 blockdev-nbd.c, nbd/server.c).
 
 bitlab keeps the state QMP can observe — which exports exist, the node each one's
-BlockBackend sits on, the bitmaps it holds busy — and serves no NBD protocol: guest data
-still goes through ``vm.write`` (qemu-io). An export's BlockBackend is an anonymous parent of
-its node: it follows the node under a backup's copy-before-write filter and back, as QEMU's
-``bdrv_replace_node`` moves it (:class:`bitlab.block.graph.BlockGraph` keeps them in ``blks``).
+BlockBackend sits on, the bitmaps it holds busy — and serves no NBD protocol on a socket: guest data
+still goes through ``vm.write`` (qemu-io). qemu-img's NBD client reaches the server through
+:meth:`BlockExports.connect` (what one connection sees: :class:`NbdConnection`). An export's
+BlockBackend is an anonymous parent of its node: it follows the node under a backup's copy-before-write
+filter and back, as QEMU's ``bdrv_replace_node`` moves it (:class:`bitlab.block.graph.BlockGraph` keeps
+them in ``blks``).
 """
 
 from __future__ import annotations
 
+import posixpath
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..bitmap import DirtyBitmap
-from .node import BlockNode
+from .info import filter_or_cow, skip_filters
+from .node import STATUS_DATA, STATUS_DATA_ZERO, STATUS_NONE, STATUS_ZERO, BlockNode
+
+NBD_DEFAULT_PORT = "10809"
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+DIRTY_BITMAP_CONTEXT = "qemu:dirty-bitmap:"
+
+
+class NbdConnectError(Exception):
+    """An NBD client could not connect or negotiate: the reason, as QEMU's client words it."""
+
+
+@dataclass(frozen=True)
+class NbdConnection:
+    """What one NBD client sees of an export: its size, its content and its block status (the meta context
+    it negotiated: ``base:allocation``, or the bitmap ``x-dirty-bitmap`` named)."""
+
+    export: BlockExport
+    bitmap: DirtyBitmap | None = None
+    depth: bool = False  # the qemu:allocation-depth context
+
+    @property
+    def size(self) -> int:
+        return self.export.node.size
+
+    def check_simulated(self) -> None:
+        """A blkdebug node with rules below the export would see the server's requests, a copy-on-read node
+        would copy what they read: not simulated."""
+        todo = [self.export.node]
+        while todo:
+            node = todo.pop()
+            if node.driver == "copy-on-read" or (node.driver == "blkdebug" and getattr(node, "rules", None)):
+                raise NbdConnectError(f"bitlab does not simulate an NBD client's requests through the {node.driver} "
+                                      f"node '{node.node_name}'")
+            todo.extend(child for _, child in node.children)
+
+    def status(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runs (starts, ends, STATUS_* codes) as QEMU's NBD client answers block status (nbd_client_co_block_status:
+        a hole is not data, a zero flag zeroes). ``base:allocation``: the export's node's bdrv_block_status_above
+        (blockstatus_to_extents). A bitmap's context sends dirty as NBD_STATE_DIRTY, the bit the client reads as
+        NBD_STATE_HOLE: dirty is neither data nor zeroes, clean is data (qemu-img map's x-dirty-bitmap hack)."""
+        size = self.size
+        if self.depth:
+            return self._depth_status()
+        if self.bitmap is None:
+            return skip_filters(self.export.node).status_codes(0, size)
+        starts, lengths = self.bitmap.dirty_ranges()
+        ends = np.minimum(starts + lengths, size)
+        bounds = np.unique(np.concatenate(([0], starts, ends, [size])))
+        bounds = bounds[bounds <= size]
+        s, e = bounds[:-1], bounds[1:]
+        j = np.searchsorted(starts, s, "right") - 1
+        dirty = (j >= 0) & (s < ends[np.maximum(j, 0)]) if starts.size else np.zeros(s.size, dtype=bool)
+        return s, e, np.where(dirty, STATUS_NONE, STATUS_DATA)
+
+    def _depth_status(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``qemu:allocation-depth`` (blockalloc_to_extents): the depth of the layer each range is allocated in
+        (bdrv_is_allocated_above down the filters and backing files: 1 the export's node, 0 nowhere; a layer
+        shorter than the range allocates past its end), which the client reads as flags: bit 0 a hole, bit 1
+        zeroes."""
+        size = self.size
+        bounds, depth = np.array([0, size]), np.zeros(1, dtype=np.int64)
+        node: BlockNode | None = self.export.node
+        level = 0
+        while node is not None and (depth == 0).any():
+            level += 1
+            s, e, allocated = node.is_allocated(0, min(size, node.size)) if node.size else (
+                np.zeros(0, dtype=np.int64),) * 3
+            s, e = s[np.asarray(allocated, dtype=bool)], e[np.asarray(allocated, dtype=bool)]
+            if node.size < size:  # (past a shorter layer's end: allocated there)
+                s, e = np.append(s, node.size), np.append(e, size)
+            new = np.unique(np.concatenate((bounds, s, e)))
+            owner = np.searchsorted(bounds, new[:-1], "right") - 1
+            d = depth[owner]
+            j = np.searchsorted(s, new[:-1], "right") - 1
+            hit = (j >= 0) & (new[:-1] < e[np.maximum(j, 0)]) if s.size else np.zeros(d.size, dtype=bool)
+            bounds, depth = new, np.where((d == 0) & hit, level, d)
+            node = filter_or_cow(node)
+        data, zero = (depth & 1) == 0, (depth & 2) != 0
+        codes = np.select([data & zero, data, zero], [STATUS_DATA_ZERO, STATUS_DATA, STATUS_ZERO], STATUS_NONE)
+        return bounds[:-1], bounds[1:], codes
+
+    def content(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the client (qemu-img convert, compare) reads from the whole export: runs (starts, ends, values),
+        zeroes as 0. It reads extent by extent as the server's block status answers (zeroes it does not read), so
+        through a snapshot-access node no read ends after a stretch of copied clusters it started in (QEMU 7.2's
+        wide-read trap, see :meth:`bitlab.block.cbw.CbwNode.snapshot_read`, does not bite); elsewhere one read
+        of everything reads the same."""
+        node = self.export.node
+        if skip_filters(node).driver != "snapshot-access":
+            s, e, v = node.read_extents(0, self.size)
+            return s, e, np.where(v < 0, 0, v)
+        starts, ends, zero = node.copy_status(0, self.size)
+        parts = [(starts[zero], ends[zero], np.zeros(int(zero.sum()), dtype=np.int64))]
+        parts += [node.read_extents(int(a), int(b - a)) for a, b in zip(starts[~zero], ends[~zero])]
+        s, e, v = (np.concatenate([part[i] for part in parts]).astype(np.int64) for i in range(3))
+        order = np.argsort(s, kind="stable")
+        return s[order], e[order], np.where(v[order] < 0, 0, v[order])
 
 
 @dataclass(eq=False)
@@ -91,8 +194,51 @@ class BlockExports:
             self.release(exp.node)
         self.emit("BLOCK_EXPORT_DELETED", {"id": exp.id})
 
+    def connect(self, kind: str, where: str, name: str, context: str | None, workdir: str) -> NbdConnection:
+        """An NBD client (qemu-img) connects to ``where`` (a unix socket's path, relative to ``workdir``, or
+        ``host:port``), asks for the export ``name`` and the meta context ``context`` (None: base:allocation).
+        NbdConnectError with the client's reason where it would fail."""
+        server = self.server
+        if kind == "unix":
+            full = posixpath.normpath(where if posixpath.isabs(where) else posixpath.join(workdir, where))
+            if server is None or server.addr["type"] != "unix" or server.addr["path"] != full:
+                raise NbdConnectError(f"Failed to connect to '{where}': No such file or directory")
+        else:
+            host, _, port = where.rpartition(":")
+            if server is None or server.addr["type"] != "inet" or host not in LOCAL_HOSTS or \
+                    not _same_port(server.addr["port"], port):
+                raise NbdConnectError(f"Failed to connect to '{where}': Connection refused")
+        exp = self.find_name(name)
+        if exp is None:
+            raise NbdConnectError(f"Requested export not available\nserver reported: export '{name}' not present")
+        bitmap = None
+        if context is not None and context != "base:allocation":
+            wanted = context.removeprefix(DIRTY_BITMAP_CONTEXT) if context.startswith(DIRTY_BITMAP_CONTEXT) else None
+            bitmap = next((bm for bm in exp.bitmaps if bm.name == wanted), None)
+            if bitmap is None:  # (the server did not agree to the context: nbd_open fails)
+                if context == "qemu:allocation-depth" and exp.allocation_depth:
+                    conn = NbdConnection(exp, depth=True)
+                    conn.check_simulated()
+                    return conn
+                raise NbdConnectError("Could not open image: Invalid argument")
+        conn = NbdConnection(exp, bitmap)
+        conn.check_simulated()
+        return conn
+
     def close_all(self, export_type: str | None = None) -> None:
         """blk_exp_close_all_type: every export (of the type), oldest first."""
         for exp in reversed(list(self.exports)):
             if export_type is None or exp.type == export_type:
                 self.delete(exp)
+
+
+def _same_port(a: str, b: str) -> bool:
+    """Whether two ports (numbers or service names) are the same."""
+    def number(port: str) -> int | None:
+        if port.isdigit():
+            return int(port)
+        try:
+            return socket.getservbyname(port, "tcp")
+        except OSError:
+            return None
+    return number(a) is not None and number(a) == number(b)

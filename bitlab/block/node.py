@@ -37,6 +37,11 @@ from .store import ImageFile
 SECTOR = 512
 QCOW_MAX_L1_SIZE = 32 << 20  # bytes of L1 table qcow2 accepts
 FEW_EXTENTS = 16  # copy_status works in plain ints up to this many runs
+# bdrv_block_status_above's DATA and ZERO flags as codes (status_codes): zero only (0, also what fill_holes puts
+# past a backing file's end), data, data that reads as zeroes (a qcow2 data cluster the file has a hole under),
+# neither (null-co without read-zeroes)
+STATUS_ZERO, STATUS_DATA, STATUS_DATA_ZERO, STATUS_NONE = 0, 1, 2, 3
+_FILE_ZERO = -4  # (in _file_answers' runs: a data piece the file answers as zeroes)
 
 
 def round_sector(n: int) -> int:
@@ -264,6 +269,12 @@ class BlockNode:
         starts, ends, is_data = self.block_status(offset, length)
         return _merge_flag_runs(starts, ends, ~np.asarray(is_data, dtype=bool))
 
+    def status_codes(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """bdrv_block_status_above's DATA and ZERO flags over the range, as an NBD server's ``base:allocation``
+        reports them: runs (starts, ends, STATUS_* codes). Here: :meth:`copy_status`'s zeroes, data elsewhere."""
+        starts, ends, zero = self.copy_status(offset, length)
+        return starts, ends, np.where(zero, STATUS_ZERO, STATUS_DATA)
+
     def is_allocated(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Maximal runs (starts, ends, allocated) in this node's own layer (bdrv_is_allocated)."""
         return np.array([offset]), np.array([offset + length]), np.array([True])
@@ -410,6 +421,11 @@ class NullNode(BlockNode):
     def reports_zeroes(self) -> bool:
         return self.read_zeroes
 
+    def status_codes(self, offset, length):
+        """null_co_block_status: zeroes with read-zeroes, else neither data nor zeroes."""
+        code = STATUS_ZERO if self.read_zeroes else STATUS_NONE
+        return np.array([offset]), np.array([offset + length]), np.array([code])
+
     def is_allocated(self, offset, length):
         """Neither data nor zeroes without read-zeroes: not allocated (bdrv_co_block_status)."""
         return np.array([offset]), np.array([offset + length]), np.array([self.read_zeroes])
@@ -448,6 +464,12 @@ class FileNode(BlockNode):
 
     def hears_host_writes(self) -> bool:
         return bool(self.bitmaps) or self.write_threshold > 0 or wstats.highest_unknown(self)
+
+    def status_codes(self, offset, length):
+        """file-posix's block status (SEEK_DATA/SEEK_HOLE): data where the file has written blocks, zeroes in its
+        holes and unwritten blocks and past its end."""
+        ps, pe, zero, _ = hostfs.file_pieces(self.image.host_blocks(), np.array([offset]), np.array([offset + length]))
+        return ps, pe, np.where(zero, STATUS_ZERO, STATUS_DATA)
 
     def _truncate(self, size):
         """raw_co_truncate (file-posix): the file takes the new length, zeroes past the old end."""
@@ -551,6 +573,12 @@ class RawNode(FormatNode):
 
     def is_allocated(self, offset, length):
         return self.file.is_allocated(offset, length)  # BDRV_BLOCK_RAW: the file answers
+
+    def status_codes(self, offset, length):
+        """BDRV_BLOCK_RAW: the file answers (a raw node with an ``offset``: :meth:`copy_status`'s answer)."""
+        if "offset" in self.options:
+            return super().status_codes(offset, length)
+        return self.file.status_codes(offset, length)
 
     def block_status(self, offset, length):
         starts, ends, vals = self.read_extents(offset, length)
@@ -1086,6 +1114,12 @@ class Qcow2Node(FormatNode):
         span = self.l2_slice
         return out if offset // span == (offset + length - 1) // span else _cut_runs(*out, span)
 
+    def status_codes(self, offset, length):
+        """:meth:`copy_status`'s answers with their DATA flag kept: a data piece the file answers as zeroes
+        (BDRV_BLOCK_RECURSE, an image that looks preallocated) is data that reads as zeroes; holes are the backing
+        file's answer (zeroes past its end or without one)."""
+        return self._status_runs(offset, length, True, codes=True)
+
     def _compressed_apart(self, runs: tuple[np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Status runs cut at both ends of every compressed cluster: qcow2 answers for one at a time
@@ -1101,20 +1135,22 @@ class Qcow2Node(FormatNode):
         owner = np.searchsorted(starts, new, "right") - 1
         return new, np.append(new[1:], ends[-1]), flags[owner]
 
-    def _status_runs(self, offset: int, length: int, recurse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`copy_status` before the cuts at L2 slices."""
+    def _status_runs(self, offset: int, length: int, recurse: bool, codes: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`copy_status` before the cuts at L2 slices (``codes``: :meth:`status_codes`)."""
         lo, hi = self._cluster_span(offset, length)
         self._tables_used(lo, hi - lo)
         if (lo, hi) != (offset, offset + length):
-            s, e, zero = self._status_runs(lo, hi - lo, recurse)
+            s, e, zero = self._status_runs(lo, hi - lo, recurse, codes)
             keep = (e > offset) & (s < offset + length)
             return np.maximum(s[keep], offset), np.minimum(e[keep], offset + length), zero[keep]
         split = recurse and (self._prealloc if self._prealloc is not None else self._metadata_prealloc())
         starts, ends, vals = self.image.data.extents(offset, length)
         few = None
-        if starts.size <= FEW_EXTENTS and not split:
+        if starts.size <= FEW_EXTENTS and not split and not codes:
             few = self._copy_status_few(offset, offset + length, starts.tolist(), ends.tolist(), vals.tolist())
-        return few if few is not None else self._copy_status_general(offset, length, starts, ends, vals, split)
+        return few if few is not None else self._copy_status_general(offset, length, starts, ends, vals, split,
+                                                                     codes)
 
     def _metadata_prealloc(self) -> bool:
         """qcow2_detect_metadata_preallocation, as qcow2_co_block_status runs it the first time anything asks
@@ -1181,7 +1217,7 @@ class Qcow2Node(FormatNode):
     def _file_answers(self, starts: np.ndarray, ends: np.ndarray, vals: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runs of the image's content with its data runs cut where the file's answer (SEEK_DATA/SEEK_HOLE
-        at their host offsets) ends: a piece where the file has a hole or unwritten blocks becomes zeroes
+        at their host offsets) ends: a piece where the file has a hole or unwritten blocks becomes _FILE_ZERO
         (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO, which block-copy takes for zeroes)."""
         layout = self.image.layout
         is_data = vals >= 0
@@ -1207,7 +1243,7 @@ class Qcow2Node(FormatNode):
         out_s = np.concatenate((starts[others], g_s))
         order = np.argsort(out_s, kind="stable")
         out_e = np.concatenate((ends[others], g_e))
-        out_v = np.concatenate((vals[others], np.where(zero, ZERO, vals[data][idx][owner])))
+        out_v = np.concatenate((vals[others], np.where(zero, _FILE_ZERO, vals[data][idx][owner])))
         return out_s[order], out_e[order], out_v[order]
 
     def _copy_status_few(self, lo: int, hi: int, starts: list[int], ends: list[int],
@@ -1267,9 +1303,10 @@ class Qcow2Node(FormatNode):
                 np.array([v < 0 for v in vals], dtype=bool))
 
     def _copy_status_general(self, offset: int, length: int, starts: np.ndarray, ends: np.ndarray,
-                             vals: np.ndarray, split: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                             vals: np.ndarray, split: bool = False, codes: bool = False
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`copy_status` of the image's runs ``starts/ends/vals`` over the range, vectorised (``split``:
-        the file answers for the data extents)."""
+        the file answers for the data extents; ``codes``: :meth:`status_codes`' answer)."""
         cs = self.image.cluster_size
         lo, hi = offset, offset + length
         data = vals >= 0
@@ -1309,6 +1346,13 @@ class Qcow2Node(FormatNode):
                 ends = np.append(starts[1:], ends[-1])
         if split:
             starts, ends, vals = self._file_answers(starts, ends, vals)
+        if codes:
+            code = np.select([vals >= 0, vals == _FILE_ZERO], [STATUS_DATA, STATUS_DATA_ZERO], STATUS_ZERO)
+            backing = self.backing
+            holes = vals == UNALLOCATED
+            if backing is None or not holes.any():
+                return starts, ends, code
+            return fill_holes(starts, ends, code, holes, backing.size, backing.status_codes)
         is_data = (vals >= 0).astype(np.int64)
         holes = vals == UNALLOCATED
         backing = self.backing

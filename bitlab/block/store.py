@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from bitarray import bitarray
@@ -493,6 +494,8 @@ class ImageStore:
         self.files: dict[str, ImageFile] = {}
         # what the file nodes open on an image take and share (file-posix's locks), set by the machine's graph
         self.locks: Callable[[ImageFile], list[tuple[int, int]]] | None = None
+        # an NBD client's connection to the machine's NBD server (kind, where, export, context), set by the machine
+        self.nbd: Callable[[str, str, str, str | None], Any] | None = None
 
     def __contains__(self, name: str) -> bool:
         return name in self.files

@@ -70,6 +70,8 @@ After 2% of the steps comes a commit or stream episode of :mod:`.gen_commit` (it
 ``ck<n>b``/``m``/``t``, jobs ``kj<n>``, filters ``kf<n>``): a chain of two or three images committed, the active
 layer (ready, guest writes, then job-complete or a cancel) or the middle one (the commit job), or streamed into
 its top.
+After 60% of the export ops, qemu-img reads an export as a pull-mode backup tool would (its own stream): a map, with
+``x-dirty-bitmap`` or not, or its info.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     throttles = Throttles(random.Random(f"{seed}/{index}/throttle"), nodes)
     mirrors = Mirrors(random.Random(f"{seed}/{index}/mirror"), nodes)
     commits = Commits(random.Random(f"{seed}/{index}/commit"))
+    clients = random.Random(f"{seed}/{index}/nbd-client")
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -164,6 +167,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         op = rng.choices(["write", "add", "manage", "merge", "sha", "query", "backup", "txn", "export", "running"],
                          weights=[30, 12, 10, 5, 5, 4, 10, 8, 6, 1])[0]
         steps += _OPS[op](st, size)
+        if op == "export" and st.server and clients.random() < NBD_CLIENT_CHANCE:
+            steps += _nbd_client(clients, st)
         if life.rng.random() < LIFE_CHANCE:
             steps += _life(st, life, size)
         if parents.rng.random() < PARENTS_CHANCE:
@@ -422,6 +427,25 @@ def _export(st: _State, size: int) -> list[dict]:
     else:
         steps.append(_qmp("query-block-exports"))
     return steps
+
+
+NBD_CLIENT_CHANCE = 0.6  # after an export op, qemu-img reads an export (own random stream)
+
+
+def _nbd_client(rng: random.Random, st: _State) -> list[dict]:
+    """qemu-img as the backup tool's NBD client (its own random stream): ``map`` (json or human) or ``info`` of
+    an export by one of the names exports get, ``map`` with ``x-dirty-bitmap`` of a bitmap it may hold."""
+    name = rng.choice(st.nodes + ["x0", "x1"])
+    verb = rng.choices(["map", "human", "bitmap", "info"], weights=[3, 1, 4, 1])[0]
+    if verb == "info":
+        return [{"qemu-img": ["info", f"nbd+unix:///{name}?socket=nbd.sock"]}]
+    if verb != "bitmap":
+        return [{"qemu-img": ["map", *(["--output=json"] if verb == "map" else []),
+                              f"nbd+unix:///{name}?socket=nbd.sock"]}]
+    node = name if name in st.nodes else rng.choice(st.nodes)
+    bitmap = rng.choice(sorted(st.bitmaps[node]) + ["b0"])
+    return [{"qemu-img": ["map", "--output=json", "--image-opts", "driver=nbd,server.type=unix,server.path=nbd.sock,"
+                          f"export={name},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}"]}]
 
 
 _OPS = {"write": _write, "add": _add, "manage": _manage, "merge": _merge, "sha": _sha, "query": _query,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..block.store import ImageStore
-from . import cmdline
+from . import cmdline, nbd
 from ._common import USAGE, KeyFn, Layer, QemuImgError, open_chain
 from .layers import DATA, UNALLOC, chain_status, content, file_status, first_difference, split_runs
 
@@ -61,11 +61,15 @@ def img_compare(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     quiet, strict = "-q" in opts, "-s" in opts
     lock = None if "-U" in opts else "shared"
     try:  # -F does not default to -f: the second image's format is probed
-        chain1 = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
-        chain2 = open_chain(store, key_fn, positional[1], opts.get("-F"), lock)
+        chain1 = nbd.open_chain(store, positional[0], opts.get("-f")) or \
+            open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
+        chain2 = nbd.open_chain(store, positional[1], opts.get("-F")) or \
+            open_chain(store, key_fn, positional[1], opts.get("-F"), lock)
     except QemuImgError as err:
         err.returncode = 2  # compare's exit status for an error
         raise
+    if strict and any(nbd.is_nbd(name) for name in positional):
+        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img compare -s' of an NBD export\n", 2)
     size1, size2 = chain1[0].size, chain2[0].size
 
     def differ(text: str) -> QemuImgError:

@@ -7,7 +7,7 @@ import numpy as np
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import clip_runs, touched_mask
 from ..block.store import ImageFile, ImageStore
-from . import cmdline, qemu_opts
+from . import cmdline, nbd, qemu_opts
 from ._common import KeyFn, QemuImgError, cvtnum, new_key, open_chain, open_image
 from .image import qcow2_create_checks
 from .layers import content
@@ -57,7 +57,11 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: bitlab does not simulate converting several images into one\n")
     sparse = _sparse_size(opts["-S"]) if "-S" in opts else 4096  # zero stretches this long are not written
     lock = None if "-U" in opts else "shared"
-    chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)  # the sources first
+    chain = nbd.open_chain(store, positional[0], opts.get("-f"))  # the sources first (an NBD export: one layer)
+    if chain is not None and bitmaps:
+        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert --bitmaps' from an NBD export\n")
+    if chain is None:
+        chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
     fmt = opts.get("-O", "raw")
     if "-n" in opts:
         return _into_existing(store, key_fn, opts, chain, positional[1], fmt, sparse)

@@ -19,7 +19,7 @@ from ..block.store import (
 )
 from ..errors import QMPError
 from ..qmp_order import to_json_pretty, wire_order
-from . import cmdline, qemu_opts
+from . import cmdline, nbd, qemu_opts
 from ._common import (
     USAGE,
     KeyFn,
@@ -238,6 +238,11 @@ def info(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError(f"qemu-img: Expecting one image file name\n{USAGE}")
     if opts.get("--output", "human") not in ("human", "json"):
         raise QemuImgError("qemu-img: --output must be used with human or json as argument.\n")
+    if "--image-opts" in opts and "-f" in opts:
+        raise QemuImgError("qemu-img: --image-opts and --format are mutually exclusive\n")
+    target = nbd.name_of(positional[0], "--image-opts" in opts)
+    if target is not None:  # an export of the machine's NBD server
+        return nbd.info(nbd.connect(store, target, opts.get("-f")), target, opts.get("--output", "human"))
     top, fmt, optstr = image_args(opts, positional[0])
     with named_by(optstr, top):
         return _info(store, opts, top, fmt, key_fn)
@@ -291,6 +296,12 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if output not in ("human", "json"):
         raise QemuImgError("qemu-img: --output must be used with human or json as argument.\n")
     cmdline.check_cache(opts, "-T", "source cache")
+    target = None if "-r" in opts or "-U" in opts else nbd.name_of(positional[0], "--image-opts" in opts)
+    if target is not None and "--image-opts" in opts and "-f" in opts:
+        raise QemuImgError("qemu-img: --image-opts and --format are mutually exclusive\n")
+    if target is not None:  # an export: raw, which has no checks
+        nbd.connect(store, target, opts.get("-f"))
+        raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
     name, fmt, optstr = image_args(opts, positional[0])
     with named_by(optstr, name):
         if "-r" in opts and "-U" in opts:

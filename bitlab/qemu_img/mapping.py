@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..block.store import ImageStore
-from . import cmdline
+from . import cmdline, nbd
 from ._common import USAGE, KeyFn, Layer, QemuImgError, cvtnum, open_chain
 from .image_opts import image_args, named_by
 from .layers import DATA, UNALLOC, ZERO_HOSTED, ZERO_PLAIN, chain_status, file_status
@@ -92,11 +92,21 @@ def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     start = cvtnum("start offset", opts["-s"]) if "-s" in opts else 0
     length = cvtnum("max length", opts["-l"]) if "-l" in opts else None
     shared = "-U" in opts
+    if "--image-opts" in opts and "-f" in opts:
+        raise QemuImgError("qemu-img: --image-opts and --format are mutually exclusive\n")
+    target = nbd.name_of(positional[0], "--image-opts" in opts)
+    if target is not None:  # an export of the machine's NBD server
+        conn = nbd.connect(store, target, opts.get("-f"))
+        entries = nbd.map_entries(conn, target, start, length) or [_empty(start)]
+        return format_json(entries) if output == "json" else format_human(entries)
     name, fmt, optstr = image_args(opts, positional[0])
     with named_by(optstr, name):
         chain = open_chain(store, key_fn, name, fmt, None if shared else "shared")
-    # nothing to map (an empty image, a start at or past the end): img_map still dumps its first entry
-    entries = map_entries(chain, start, length) or [{"start": start, "length": 0, "depth": 0, "present": False,
-                                                     "zero": False, "data": False}]
+    entries = map_entries(chain, start, length) or [_empty(start)]
     return format_json(entries) if output == "json" else format_human(entries)
+
+
+def _empty(start: int) -> dict:
+    """Nothing to map (an empty image, a start at or past the end): img_map still dumps its first entry."""
+    return {"start": start, "length": 0, "depth": 0, "present": False, "zero": False, "data": False}
 

@@ -1,0 +1,222 @@
+"""qemu-img as an NBD client (block/nbd.c): the names and options that open an export of the machine's NBD
+server, and what ``info``, ``map``, ``convert`` and ``compare`` see of it — the pull-mode backup tool's side.
+
+A connection is made through the image store's ``nbd`` hook (set by the machine: its
+:meth:`bitlab.block.export.BlockExports.connect`). ``x-dirty-bitmap`` asks for a meta context other than
+``base:allocation``; qemu-img map then shows a bitmap's dirty ranges as ``"data": false`` (the client reads
+NBD_STATE_DIRTY as a hole).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import numpy as np
+
+from ..block.export import NBD_DEFAULT_PORT, NbdConnectError, NbdConnection
+from ..block.extents import ExtentMap
+from ..block.node import STATUS_DATA, STATUS_DATA_ZERO, STATUS_NONE, STATUS_ZERO
+from ..block.store import ImageFile, ImageStore
+from ..units import format_size
+from ._common import Layer, QemuImgError
+from .image_opts import parse as parse_opts
+
+SCHEMES = {"nbd": "inet", "nbd+tcp": "inet", "nbd+unix": "unix"}
+EN_OPTSTR = ":exportname="
+CLIENT_KEYS = ("server.type", "server.path", "server.host", "server.port", "path", "host", "port", "export",
+               "x-dirty-bitmap")
+
+
+@dataclass(frozen=True)
+class NbdName:
+    """Where an NBD client connects: a unix socket ``path`` or ``host``/``port``, the ``export`` (None: the
+    default, ''), the meta context ``x-dirty-bitmap`` asks for; ``given``: the name or options as typed."""
+
+    given: str
+    kind: str
+    path: str = ""
+    host: str = ""
+    port: str = ""
+    export: str | None = None
+    context: str | None = None
+
+    @property
+    def filename(self) -> str:
+        """nbd_refresh_filename: the name the opened node goes by (qemu-img map's File column)."""
+        tail = f"/{self.export}" if self.export is not None else ""
+        if self.kind == "unix":
+            return f"nbd+unix://{tail}?socket={self.path}"
+        return f"nbd://{self.host}:{self.port}{tail}"
+
+    def fail(self, reason: str) -> QemuImgError:
+        return QemuImgError(f"qemu-img: Could not open '{self.given}': {reason}\n")
+
+
+def is_nbd(name: str) -> bool:
+    """Whether QEMU opens ``name`` with its NBD protocol driver (``nbd:``, ``nbd+tcp:``, ``nbd+unix:``)."""
+    return name.split(":", 1)[0] in SCHEMES and ":" in name
+
+
+def from_filename(name: str) -> NbdName:
+    """nbd_parse_filename: a URL (``nbd+unix:///export?socket=path``, ``nbd://host[:port]/export``) or the
+    legacy ``nbd:unix:path[:exportname=e]`` / ``nbd:host:port[:exportname=e]``."""
+    if "://" in name:
+        return _from_uri(name)
+    spec, export = name, None
+    if EN_OPTSTR in spec:
+        spec, export = spec.split(EN_OPTSTR, 1)
+        if not export:
+            spec, export = name, None  # (an empty export name leaves the whole name as the host spec)
+    if not spec.startswith("nbd:"):
+        raise QemuImgError(f"qemu-img: Could not open '{name}': File name string for NBD must start with 'nbd:'\n")
+    spec = spec[len("nbd:"):]
+    if not spec:
+        raise QemuImgError(f"qemu-img: Could not open '{name}': NBD server address missing\n")
+    if spec.startswith("unix:"):
+        return NbdName(name, "unix", path=spec[len("unix:"):], export=export)
+    host, sep, port = spec.rpartition(":")
+    if not sep or not host or not port:
+        raise QemuImgError(f"qemu-img: Could not open '{name}': error parsing address '{spec}'\n")
+    return NbdName(name, "inet", host=host, port=port, export=export)
+
+
+def _from_uri(name: str) -> NbdName:
+    """nbd_parse_uri."""
+    bad = QemuImgError(f"qemu-img: Could not open '{name}': No valid URL specified\n")
+    try:
+        uri = urlsplit(name)
+        port = uri.port
+    except ValueError:
+        raise bad from None
+    kind = SCHEMES.get(uri.scheme)
+    if kind is None:
+        raise bad
+    export = unquote(uri.path.removeprefix("/")) or None
+    query = parse_qsl(uri.query, keep_blank_values=True)
+    if len(query) > 1 or (kind == "unix") != bool(query):
+        raise bad
+    if kind == "unix":
+        if uri.netloc or query[0][0] != "socket":
+            raise bad
+        return NbdName(name, "unix", path=query[0][1], export=export)
+    if not uri.hostname:
+        raise bad
+    return NbdName(name, "inet", host=uri.hostname, port=str(port or NBD_DEFAULT_PORT), export=export)
+
+
+def from_image_opts(optstr: str) -> NbdName | None:
+    """``--image-opts`` naming an NBD node (``driver=nbd,...``, or ``driver=raw,file.driver=nbd,file.…``);
+    None for any other driver."""
+    opts = parse_opts(optstr)
+    prefix = ""
+    if opts.get("driver") == "raw" and opts.get("file.driver") == "nbd":
+        prefix = "file."
+        opts = {k.removeprefix(prefix): v for k, v in opts.items() if k != "driver"}
+    if opts.get("driver") != "nbd":
+        return None
+    others = [key for key in opts if key not in ("driver", *CLIENT_KEYS)]
+    if others:
+        raise QemuImgError(f"qemu-img: bitlab does not simulate the --image-opts option '{prefix}{others[0]}'\n")
+
+    def fail(reason: str) -> QemuImgError:
+        return QemuImgError(f"qemu-img: Could not open '{optstr}': {reason}\n")
+
+    legacy = [key for key in ("path", "host", "port") if key in opts]
+    if legacy and any(key.startswith("server.") for key in opts):
+        raise fail("Cannot use 'server' and path/host/port at the same time")
+    if "path" in opts and "host" in opts:
+        raise fail("path and host may not be used at the same time")
+    if "path" in opts and "port" in opts:
+        raise fail("port may not be used without host")
+    export, context = opts.get("export"), opts.get("x-dirty-bitmap")
+    if "path" in opts:
+        return NbdName(optstr, "unix", path=opts["path"], export=export, context=context)
+    if "host" in opts:
+        return NbdName(optstr, "inet", host=opts["host"], port=opts.get("port", NBD_DEFAULT_PORT), export=export,
+                       context=context)
+    kind = opts.get("server.type")
+    if kind is None:
+        raise fail("NBD server address missing")
+    if kind == "unix" and "server.path" in opts:
+        return NbdName(optstr, "unix", path=opts["server.path"], export=export, context=context)
+    if kind == "inet" and "server.host" in opts and "server.port" in opts:
+        return NbdName(optstr, "inet", host=opts["server.host"], port=opts["server.port"], export=export,
+                       context=context)
+    raise QemuImgError(f"qemu-img: bitlab does not simulate the NBD server address in '{optstr}'\n")
+
+
+def name_of(image: str, image_opts: bool) -> NbdName | None:
+    """The NBD name a subcommand's image argument is, if it is one."""
+    if image_opts:
+        return from_image_opts(image)
+    return from_filename(image) if is_nbd(image) else None
+
+
+def connect(store: ImageStore, name: NbdName, fmt: str | None) -> NbdConnection:
+    """Open ``name`` as qemu-img does (format ``fmt``, None: probed, which finds raw: an export shows a disk's
+    content, not an image file), through the machine's NBD server."""
+    if fmt not in (None, "raw"):
+        if fmt == "qcow2":
+            raise name.fail("Image is not in qcow2 format")
+        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    if store.nbd is None:
+        raise name.fail(f"Failed to connect to '{name.path or f'{name.host}:{name.port}'}': "
+                        "No such file or directory")
+    where = name.path if name.kind == "unix" else f"{name.host}:{name.port}"
+    try:
+        return store.nbd(name.kind, where, name.export or "", name.context)
+    except NbdConnectError as err:
+        raise name.fail(str(err)) from None
+
+
+def info(conn: NbdConnection, name: NbdName, output: str) -> str:
+    """qemu-img info of an export: raw, its size, no disk size (the NBD driver answers neither
+    get_allocated_file_size nor get_info: no dirty flag)."""
+    size = conn.size
+    if output == "json":
+        return (f'{{\n    "virtual-size": {size},\n    "filename": "{name.filename}",\n'
+                f'    "format": "raw"\n}}\n')
+    return (f"image: {name.filename}\nfile format: raw\nvirtual size: {format_size(size)} ({size} bytes)\n"
+            "disk size: unavailable\n")
+
+
+def map_entries(conn: NbdConnection, name: NbdName, start: int = 0, length: int | None = None) -> list[dict]:
+    """qemu-img map's entries for an export: get_block_status on the NBD node (depth 0; data and zero as the
+    client reports them, present where either, the offset the guest offset where either), merged."""
+    s, e, codes = conn.status()
+    end = conn.size if length is None else min(conn.size, start + length)
+    keep = (e > start) & (s < end)
+    s, e, codes = np.maximum(s[keep], start), np.minimum(e[keep], end), codes[keep]
+    entries: list[dict] = []
+    for lo, hi, code in zip(s.tolist(), e.tolist(), codes.tolist()):
+        data, zero = code in (STATUS_DATA, STATUS_DATA_ZERO), code in (STATUS_ZERO, STATUS_DATA_ZERO)
+        present = code != STATUS_NONE
+        last = entries[-1] if entries else None
+        if last and (last["present"], last["zero"], last["data"]) == (present, zero, data) and \
+                last["start"] + last["length"] == lo:
+            last["length"] += hi - lo
+            continue
+        entry = {"start": lo, "length": hi - lo, "depth": 0, "present": present, "zero": zero, "data": data}
+        if present:
+            entry["offset"] = lo
+        entry["filename"] = name.filename
+        entries.append(entry)
+    return entries
+
+
+def layer(conn: NbdConnection, name: NbdName) -> Layer:
+    """The export as a one-layer chain for the commands that read content (convert, compare): a raw image
+    of what the client reads, outside every store."""
+    s, e, v = conn.content()
+    data = ExtentMap(conn.size)
+    keep = v != 0
+    if keep.any():
+        data.write_batch(s[keep], (e - s)[keep], v[keep])
+    return Layer(name.filename, ImageFile(name.filename, "raw", conn.size, data))
+
+
+def open_chain(store: ImageStore, image: str, fmt: str | None) -> list[Layer] | None:
+    """``image`` opened as a one-layer chain if it names an NBD export (see :func:`layer`), else None."""
+    name = name_of(image, False)
+    return None if name is None else [layer(connect(store, name, fmt), name)]

@@ -1,0 +1,332 @@
+"""qemu-img as an NBD client of the machine's NBD server (block/nbd.c, nbd/server.c): ``info``, ``map`` (with
+``x-dirty-bitmap``: a bitmap's or ``qemu:allocation-depth``'s extents), ``convert`` and ``compare`` of an export,
+the names and options that reach one, and the errors of those that do not.
+
+The plain tests assert QEMU 7.2's output, measured with qemu-img against qemu-storage-daemon; the ``qemu`` tests
+play the same steps on both backends (real qemu-img against the real daemon).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bitlab import Machine, QemuImgError
+from bitlab.conformance.runner import compare, play
+from bitlab.conformance.steps import run_step
+from bitlab.errors import QMPError
+from bitlab.qemu_img import nbd
+
+K, M = 1 << 10, 1 << 20
+SOCK = "nbd+unix:///{}?socket=nbd.sock"
+OPTS = "driver=nbd,server.type=unix,server.path=nbd.sock,export={}"
+INC0 = ",x-dirty-bitmap=qemu:dirty-bitmap:inc0"
+
+
+def _q(execute: str, arguments: dict | None = None) -> dict:
+    return {"qmp": {"execute": execute, **({"arguments": arguments} if arguments is not None else {})}}
+
+
+def _img(*args: str) -> dict:
+    return {"qemu-img": list(args)}
+
+
+def _write(node: str, offset: int, length: int, pattern: int) -> dict:
+    return {"write": {"node": node, "offset": offset, "length": length, "pattern": pattern}}
+
+
+def _image(name: str, size: str = "16M", *opts: str) -> list[dict]:
+    return [_img("create", "-f", "qcow2", *opts, f"{name}.qcow2", size),
+            _q("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                "file": {"driver": "file", "filename": f"{name}.qcow2"}})]
+
+
+SERVER = _q("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+
+
+def pull_steps() -> list[dict]:
+    """A pull-mode incremental backup: a bitmap frozen in a transaction, a fleecing snapshot exported with it; the
+    client maps the export, then its bitmap, copies the whole snapshot with convert and compares. convert reads
+    extent by extent, so the clusters the guest overwrote after the snapshot come from the fleece image whole
+    (QEMU 7.2's wide-read trap of snapshot-access does not bite)."""
+    return [*_image("disk"), *_image("fleece"), _write("disk", 0, 3 * M, 0x11), _write("disk", 8 * M, 100 * K, 0x12),
+            _q("block-dirty-bitmap-add", {"node": "disk", "name": "inc0", "granularity": 64 * K}),
+            _write("disk", M, 64 * K, 0x21), _write("disk", 10 * M, 4 * K, 0x22), _write("disk", 12 * M, M, 0),
+            _q("transaction", {"actions": [
+                {"type": "block-dirty-bitmap-add", "data": {"node": "disk", "name": "inc1", "granularity": 64 * K}},
+                {"type": "block-dirty-bitmap-disable", "data": {"node": "disk", "name": "inc0"}}]}),
+            _q("blockdev-add", {"driver": "copy-before-write", "node-name": "cbw", "file": "disk",
+                                "target": "fleece"}),
+            _q("blockdev-add", {"driver": "snapshot-access", "node-name": "snap", "file": "cbw"}),
+            SERVER,
+            _q("block-export-add", {"type": "nbd", "id": "pull", "node-name": "snap", "name": "pull",
+                                    "bitmaps": [{"node": "disk", "name": "inc0"}]}),
+            _write("disk", M, 128 * K, 0x33),  # after the snapshot: not in what is pulled
+            _img("map", "--output=json", SOCK.format("pull")),
+            _img("map", "--output=json", "--image-opts", OPTS.format("pull") + INC0),
+            _img("map", "--image-opts", OPTS.format("pull") + INC0),
+            _img("convert", "-f", "raw", "-O", "qcow2", SOCK.format("pull"), "full.qcow2"),
+            _img("map", "--output=json", "full.qcow2"),
+            _img("compare", "-f", "raw", SOCK.format("pull"), "full.qcow2"),
+            _q("blockdev-add", {"driver": "qcow2", "node-name": "full",
+                                "file": {"driver": "file", "filename": "full.qcow2"}}),
+            {"read": {"node": "full", "offset": M, "length": 64 * K, "pattern": 0x21}},
+            {"read": {"node": "full", "offset": M + 64 * K, "length": 64 * K, "pattern": 0x11}},
+            _img("info", SOCK.format("pull")), _img("info", "--output=json", SOCK.format("pull")),
+            _q("block-export-del", {"id": "pull"}), _q("blockdev-del", {"node-name": "snap"}),
+            _q("blockdev-del", {"node-name": "cbw"}),
+            _img("info", SOCK.format("pull"))]
+
+
+def names_steps() -> list[dict]:
+    """The names and options that reach an export, and the errors of those that do not."""
+    return [*_image("n", "4M", "-o", "cluster_size=4k"), _write("n", M, 2 * M, 0x11),
+            _img("info", SOCK.format("n")),
+            SERVER,
+            _img("info", SOCK.format("n")),
+            _q("block-export-add", {"type": "nbd", "id": "e", "node-name": "n", "name": "n"}),
+            _img("info", SOCK.format("n")), _img("info", "-f", "raw", SOCK.format("n")),
+            _img("info", "nbd:unix:nbd.sock:exportname=n"), _img("map", "nbd:unix:nbd.sock:exportname=n"),
+            _img("info", SOCK.format("nosuch")), _img("info", "nbd+unix:///n?socket=nosuch.sock"),
+            _img("info", "nbd+unix://?socket=nbd.sock"), _img("map", "--output=json", "-f", "qcow2", SOCK.format("n")),
+            _img("map", "--output=json", "nbd+unix:///n"), _img("map", "--output=json", "nbd+unix:///n?sock=x"),
+            _img("map", "--output=json", "nbd:/x"),
+            _img("map", "--output=json", "--image-opts", "driver=nbd,export=n"),
+            _img("map", "--output=json", "--image-opts", "driver=nbd,export=n,path=nbd.sock"),
+            _img("map", "--output=json", "--image-opts",
+                 "driver=raw,file.driver=nbd,file.export=n,file.server.type=unix,file.server.path=nbd.sock"),
+            _img("map", "--output=json", "--image-opts", OPTS.format("n") + ",x-dirty-bitmap=qemu:dirty-bitmap:x"),
+            _img("map", "--output=json", "--image-opts", OPTS.format("n") + ",x-dirty-bitmap=base:allocation"),
+            _img("map", "--output=json", "-s", "1M", "-l", "1536k", SOCK.format("n")),
+            _img("check", SOCK.format("n")),
+            _q("nbd-server-stop"), _img("info", SOCK.format("n"))]
+
+
+def depth_steps() -> list[dict]:
+    """An export of an overlay with ``allocation-depth``: its qemu:allocation-depth context read as a bitmap
+    (depth 1 a hole, 2 data and zeroes); null-co nodes with and without read-zeroes."""
+    return [_img("create", "-f", "qcow2", "base.qcow2", "8M"),
+            _img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "8M"),
+            _q("blockdev-add", {"driver": "qcow2", "node-name": "base",
+                                "file": {"driver": "file", "filename": "base.qcow2"}}),
+            _write("base", 0, M, 0x11), {"zero": {"node": "base", "offset": 4 * M, "length": 64 * K}},
+            _q("blockdev-add", {"driver": "qcow2", "node-name": "top", "backing": "base",
+                                "file": {"driver": "file", "filename": "top.qcow2"}}),
+            _write("top", 512 * K, M, 0x22),
+            _q("blockdev-add", {"driver": "null-co", "node-name": "null", "size": 4 * M}),
+            _q("blockdev-add", {"driver": "null-co", "node-name": "nullz", "size": 4 * M, "read-zeroes": True}),
+            SERVER,
+            _q("block-export-add", {"type": "nbd", "id": "top", "node-name": "top", "allocation-depth": True}),
+            _q("block-export-add", {"type": "nbd", "id": "null", "node-name": "null"}),
+            _q("block-export-add", {"type": "nbd", "id": "nullz", "node-name": "nullz"}),
+            _img("map", "--output=json", SOCK.format("top")),
+            _img("map", "--output=json", "--image-opts", OPTS.format("top") + ",x-dirty-bitmap=qemu:allocation-depth"),
+            _img("map", "--output=json", "--image-opts", OPTS.format("null") + ",x-dirty-bitmap=qemu:allocation-depth"),
+            _img("map", "--output=json", SOCK.format("null")), _img("map", "--output=json", SOCK.format("nullz")),
+            _img("convert", "-O", "raw", SOCK.format("top"), "copy.raw"),
+            _img("compare", SOCK.format("top"), "copy.raw"), _img("compare", "copy.raw", SOCK.format("top")),
+            _img("info", "--output=json", "copy.raw")]
+
+
+def live_steps() -> list[dict]:
+    """A writable export of a disk with a persistent bitmap stored (the image looks as if its metadata were
+    preallocated, so block status asks the file: data clusters partly written read as data and zeroes), then a
+    backup of that disk: the export follows the node under the backup's filter. (A backup that copies reads the
+    source's file, and QEMU's host then has those blocks in its page cache, which SEEK_DATA reports as data: the
+    README's known differences; ``sync: none`` reads nothing.)"""
+    node = {"driver": "qcow2", "node-name": "a", "file": {"driver": "file", "filename": "a.qcow2"}}
+    return [_img("create", "-f", "qcow2", "a.qcow2", "8M"), _q("blockdev-add", node),
+            _q("block-dirty-bitmap-add", {"node": "a", "name": "p", "persistent": True}),
+            _q("blockdev-del", {"node-name": "a"}), _q("blockdev-add", node),
+            _write("a", 4 * K, 4 * K, 0x11), _write("a", M, 100 * K, 0x12), SERVER,
+            _q("block-export-add", {"type": "nbd", "id": "a", "node-name": "a", "bitmaps": ["p"], "writable": True}),
+            _img("map", "--output=json", SOCK.format("a")), _img("map", SOCK.format("a")),
+            _img("map", "--output=json", "--image-opts", OPTS.format("a") + ",x-dirty-bitmap=qemu:dirty-bitmap:p"),
+            _img("convert", "-O", "qcow2", SOCK.format("a"), "c.qcow2"), _img("map", "--output=json", "c.qcow2"),
+            _q("blockdev-add", {"driver": "null-co", "node-name": "tgt", "size": 8 * M}),
+            _q("blockdev-backup", {"job-id": "j", "device": "a", "target": "tgt", "sync": "none"}),
+            _img("map", "--output=json", SOCK.format("a")), _q("query-block-exports"),
+            _q("block-job-cancel", {"device": "j"}), {"wait-job": {"id": "j", "status": "null"}}]
+
+
+def raw_steps() -> list[dict]:
+    """Exports of a raw image's format and file nodes and of a qcow2 overlay over it: file-posix answers in the
+    host file system's 4 KiB blocks (the first one written when QEMU created the file)."""
+    return [_img("create", "-f", "raw", "r.raw", "5000k"),
+            _q("blockdev-add", {"driver": "raw", "node-name": "r",
+                                "file": {"driver": "file", "node-name": "rf", "filename": "r.raw"}}),
+            _write("r", 100 * K, 300 * K, 0x11), _write("r", 2 * M, 3, 0x12),
+            _img("create", "-f", "qcow2", "-b", "r.raw", "-F", "raw", "o.qcow2", "6M"),
+            _q("blockdev-add", {"driver": "qcow2", "node-name": "o", "backing": "r",
+                                "file": {"driver": "file", "filename": "o.qcow2"}}),
+            _write("o", 5 * M, 100 * K, 0x13), {"zero": {"node": "o", "offset": 200 * K, "length": 64 * K}},
+            SERVER,
+            _q("block-export-add", {"type": "nbd", "id": "r", "node-name": "r", "name": "r"}),
+            _q("block-export-add", {"type": "nbd", "id": "rf", "node-name": "rf", "name": "rf"}),
+            _q("block-export-add", {"type": "nbd", "id": "o", "node-name": "o", "name": "o", "allocation-depth": True}),
+            _img("map", "--output=json", SOCK.format("r")), _img("map", "--output=json", SOCK.format("rf")),
+            _img("map", "--output=json", SOCK.format("o")), _img("info", SOCK.format("o")),
+            _img("map", "--output=json", "--image-opts", OPTS.format("o") + ",x-dirty-bitmap=qemu:allocation-depth"),
+            _img("map", SOCK.format("o")), _img("convert", "-O", "qcow2", SOCK.format("o"), "c.qcow2"),
+            _img("map", "--output=json", "c.qcow2"), _img("compare", SOCK.format("o"), "c.qcow2")]
+
+
+STORIES = [pull_steps, names_steps, depth_steps, live_steps, raw_steps]
+
+
+def _outputs(steps: list[dict]) -> dict[str, object]:
+    """Each qemu-img step's result by its command line (the last of repeated ones)."""
+    vm, got = Machine(), {}
+    for step in steps:
+        try:
+            reply = run_step(vm, step)
+        except QMPError:
+            continue
+        if "qemu-img" in step:
+            got[" ".join(step["qemu-img"])] = reply
+    return got
+
+
+def _entry(start: int, length: int, present: bool, zero: bool, data: bool) -> str:
+    text = (f'{{ "start": {start}, "length": {length}, "depth": 0, "present": {str(present).lower()}, '
+            f'"zero": {str(zero).lower()}, "data": {str(data).lower()}')
+    return text + (f', "offset": {start}}}' if present else "}")
+
+
+def _map(*entries: tuple) -> str:
+    return "[" + ",\n".join(_entry(*e) for e in entries) + "]\n"
+
+
+def _fail(text: str, code: int = 1) -> dict:
+    return {"stdout": "", "stderr": f"qemu-img: {text}\n", "returncode": code}
+
+
+def test_a_pull_reads_the_snapshot_and_its_bitmap():
+    got = _outputs(pull_steps())
+    assert got[f"map --output=json {SOCK.format('pull')}"]["stdout"] == _map(
+        (0, 3 * M, True, False, True), (3 * M, 5 * M, True, True, False), (8 * M, 128 * K, True, False, True),
+        (8 * M + 128 * K, 2 * M - 128 * K, True, True, False), (10 * M, 64 * K, True, False, True),
+        (10 * M + 64 * K, 2 * M - 64 * K, True, True, False), (12 * M, M, True, False, True),
+        (13 * M, 3 * M, True, True, False))
+    # dirty (written since the bitmap came): "data": false; the write after the snapshot is not in it
+    dirty = f"map --output=json --image-opts {OPTS.format('pull')},x-dirty-bitmap=qemu:dirty-bitmap:inc0"
+    assert got[dirty]["stdout"] == _map(
+        (0, M, True, False, True), (M, 64 * K, False, False, False), (M + 64 * K, 9 * M - 64 * K, True, False, True),
+        (10 * M, 64 * K, False, False, False), (10 * M + 64 * K, 2 * M - 64 * K, True, False, True),
+        (12 * M, M, False, False, False), (13 * M, 3 * M, True, False, True))
+    human = got[dirty.replace("--output=json ", "")]["stdout"]
+    assert human.splitlines() == ["Offset          Length          Mapped to       File",
+                                  f"0               0x100000        0               {SOCK.format('pull')}",
+                                  f"0x110000        0x8f0000        0x110000        {SOCK.format('pull')}",
+                                  f"0xa10000        0x1f0000        0xa10000        {SOCK.format('pull')}",
+                                  f"0xd00000        0x300000        0xd00000        {SOCK.format('pull')}"]
+    assert got[f"compare -f raw {SOCK.format('pull')} full.qcow2"]["stdout"] == "Images are identical.\n"
+    reads = play({"name": "pull", "steps": pull_steps()}, "sim").replies
+    assert [r["stdout"].splitlines()[0] for s, r in zip(pull_steps(), reads) if "read" in s] == [
+        "read 65536/65536 bytes at offset 1048576", "read 65536/65536 bytes at offset 1114112"]
+    assert got[f"info {SOCK.format('pull')}"] == _fail(
+        f"Could not open '{SOCK.format('pull')}': Requested export not available\n"
+        "server reported: export 'pull' not present")
+
+
+def test_the_names_that_reach_an_export_and_the_errors_of_others():
+    got = _outputs(names_steps())
+    info = got["info -f raw " + SOCK.format("n")]["stdout"]
+    assert info == (f"image: {SOCK.format('n')}\nfile format: raw\nvirtual size: 4 MiB (4194304 bytes)\n"
+                    "disk size: unavailable\n")
+    assert got["info nbd:unix:nbd.sock:exportname=n"]["stdout"] == info  # (the canonical name)
+    assert got[f"info {SOCK.format('nosuch')}"] == _fail(
+        f"Could not open '{SOCK.format('nosuch')}': Requested export not available\n"
+        "server reported: export 'nosuch' not present")
+    assert got["info nbd+unix:///n?socket=nosuch.sock"] == _fail(
+        "Could not open 'nbd+unix:///n?socket=nosuch.sock': Failed to connect to 'nosuch.sock': "
+        "No such file or directory")
+    assert got["info nbd+unix://?socket=nbd.sock"]["stderr"].endswith("server reported: export '' not present\n")
+    assert got[f"map --output=json -f qcow2 {SOCK.format('n')}"] == _fail(
+        f"Could not open '{SOCK.format('n')}': Image is not in qcow2 format")
+    for bad in ("nbd+unix:///n", "nbd+unix:///n?sock=x"):
+        assert got[f"map --output=json {bad}"] == _fail(f"Could not open '{bad}': No valid URL specified")
+    assert got["map --output=json nbd:/x"] == _fail("Could not open 'nbd:/x': error parsing address '/x'")
+    assert got["map --output=json --image-opts driver=nbd,export=n"] == _fail(
+        "Could not open 'driver=nbd,export=n': NBD server address missing")
+    missing = f"{OPTS.format('n')},x-dirty-bitmap=qemu:dirty-bitmap:x"
+    assert got[f"map --output=json --image-opts {missing}"] == _fail(
+        f"Could not open '{missing}': Could not open image: Invalid argument")
+    assert got[f"map --output=json -s 1M -l 1536k {SOCK.format('n')}"]["stdout"] == _map(
+        (M, 1536 * K, True, False, True))
+    assert got[f"check {SOCK.format('n')}"] == _fail("This image format does not support checks", 63)
+
+
+def test_allocation_depth_and_null_co():
+    got = _outputs(depth_steps())
+    assert got["map --output=json --image-opts " + OPTS.format("top") + ",x-dirty-bitmap=qemu:allocation-depth"][
+        "stdout"] == _map((0, 512 * K, True, True, True), (512 * K, M, False, False, False),
+                          (1536 * K, 2560 * K, True, False, True), (4 * M, 64 * K, True, True, True),
+                          (4 * M + 64 * K, 4 * M - 64 * K, True, False, True))
+    assert got["map --output=json --image-opts " + OPTS.format("null") + ",x-dirty-bitmap=qemu:allocation-depth"] == \
+        _fail(f"Could not open '{OPTS.format('null')},x-dirty-bitmap=qemu:allocation-depth': "
+              "Could not open image: Invalid argument")
+    assert got[f"map --output=json {SOCK.format('null')}"]["stdout"] == _map((0, 4 * M, False, False, False))
+    assert got[f"map --output=json {SOCK.format('nullz')}"]["stdout"] == _map((0, 4 * M, True, True, False))
+    assert got[f"compare {SOCK.format('top')} copy.raw"]["stdout"] == "Images are identical.\n"
+
+
+def test_a_data_cluster_the_file_has_holes_under_is_data_and_zeroes():
+    got = _outputs(live_steps())
+    assert got[f"map --output=json {SOCK.format('a')}"]["stdout"] == _map(
+        (0, 4 * K, True, True, True), (4 * K, 4 * K, True, False, True), (8 * K, 56 * K, True, True, True),
+        (64 * K, 960 * K, True, True, False), (M, 100 * K, True, False, True),
+        (M + 100 * K, 28 * K, True, True, True), (M + 128 * K, 7 * M - 128 * K, True, True, False))
+
+
+def test_a_raw_file_answers_in_its_blocks():
+    got = _outputs(raw_steps())
+    raw = _map((0, 4 * K, True, False, True), (4 * K, 96 * K, True, True, False), (100 * K, 300 * K, True, False, True),
+               (400 * K, 1648 * K, True, True, False), (2 * M, 4 * K, True, False, True),
+               (2 * M + 4 * K, 5000 * K - 2 * M - 4 * K, True, True, False))
+    assert got[f"map --output=json {SOCK.format('r')}"]["stdout"] == raw
+    assert got[f"map --output=json {SOCK.format('rf')}"]["stdout"] == raw
+
+
+def test_what_qemu_img_cannot_do_with_an_export_here_says_so():
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "n.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "n.qcow2"}})
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "n", "node-name": "n"})
+    vm.qemu_img("create", "-f", "raw", "r.raw", "4M")
+    for args, text in [(("compare", "-s", SOCK.format("n"), "r.raw"), "'qemu-img compare -s' of an NBD export"),
+                       (("convert", "--bitmaps", "-O", "qcow2", SOCK.format("n"), "x.qcow2"), "--bitmaps"),
+                       (("resize", SOCK.format("n"), "8M"), "this protocol"),
+                       (("map", "--image-opts", OPTS.format("n") + ",tls-creds=t"), "'tls-creds'")]:
+        with pytest.raises(QemuImgError, match="bitlab does not simulate") as err:
+            vm.qemu_img(*args)
+        assert text in err.value.stderr
+    vm.qemu_img("create", "-f", "qcow2", "d.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "d", "file": {
+        "driver": "blkdebug", "node-name": "dbg", "image": {"driver": "file", "filename": "d.qcow2"},
+        "inject-error": [{"event": "read_aio"}]}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "d", "node-name": "d"})
+    with pytest.raises(QemuImgError, match="bitlab does not simulate an NBD client's requests through the "
+                                           "blkdebug node 'dbg'"):
+        vm.qemu_img("map", SOCK.format("d"))
+
+
+@pytest.mark.parametrize("name, filename", [
+    ("nbd+unix:///e?socket=s.sock", "nbd+unix:///e?socket=s.sock"),
+    ("nbd+unix://?socket=s.sock", "nbd+unix://?socket=s.sock"),
+    ("nbd:unix:s.sock:exportname=e", "nbd+unix:///e?socket=s.sock"),
+    ("nbd:unix:s.sock", "nbd+unix://?socket=s.sock"),
+    ("nbd://127.0.0.1/e", "nbd://127.0.0.1:10809/e"),
+    ("nbd+tcp://localhost:10810/e", "nbd://localhost:10810/e"),
+    ("nbd:localhost:10810:exportname=e", "nbd://localhost:10810/e"),
+])
+def test_nbd_refresh_filename(name, filename):
+    assert nbd.from_filename(name).filename == filename
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("make", STORIES)
+def test_nbd_client_as_in_qemu(make):
+    scenario = {"name": make.__name__, "steps": make()}
+    real, sim = play(scenario, "qemu", "qsd"), play(scenario, "sim")
+    assert [d.render() for d in compare(scenario, real, sim)] == []
