@@ -14,7 +14,9 @@ nodes deleted (sometimes in the wrong order first) and what the target and the s
 (``{seed}/{index}/fleecing/throttle``), now and then the filter's target is a ``throttle`` node (``fh<n>``, group
 ``fg<n>``: 2 to 8 MiB/s of writes) over the target image: a guest write then waits for its copy; with a
 ``cbw-timeout`` long enough never to strike (a timeout's ETIMEDOUT is EINVAL over qemu-storage-daemon's NBD export:
-the iotest's port compares it on the system emulator, tests/iotests/test_iotest_cbw.py).
+the iotest's port compares it on the system emulator, tests/iotests/test_iotest_cbw.py). On a stream of its own
+(``{seed}/{index}/fleecing/pull``), now and then a pull over NBD (export ``fx<n>``, bitmap ``fq<n>``, image ``fp<n>``):
+qemu-img maps the exported snapshot and a bitmap of the source, converts the snapshot into an image, which is read.
 
 Stays away from what does not compare: reads of the snapshot where QEMU answers EACCES (a discarded cluster, one
 outside the bitmap, a snapshot a failed copy may have broken), which qemu-storage-daemon's NBD export reports as
@@ -66,9 +68,11 @@ class Episode:
         return self.readable and all(self.access[c] for c in self.clusters(offset, length))
 
 
-def fleecing_episode(rng: random.Random, n: int, throttled: random.Random | None = None) -> list[dict]:
+def fleecing_episode(rng: random.Random, n: int, throttled: random.Random | None = None,
+                     pull: random.Random | None = None) -> list[dict]:
     """One source, its filter and snapshot, the guest's requests and the reads; see the module docstring.
-    ``throttled``: the stream that decides whether the filter's target is a throttle node."""
+    ``throttled``: the stream that decides whether the filter's target is a throttle node; ``pull``: the one that
+    decides on a pull over NBD (:func:`_pull`)."""
     ep = Episode(rng, n)
     src, tgt, cbw, snap = f"fs{n}", f"ft{n}", f"fc{n}", f"fa{n}"
     steps = _image(src, ep.size, rng.choice([64 * K, 64 * K, 4 * K]))
@@ -111,6 +115,8 @@ def fleecing_episode(rng: random.Random, n: int, throttled: random.Random | None
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     if ep.may_read(0, ep.size) and not ep.failing and rng.random() < 0.3:
         steps += _push_backup(ep, snap)
+    if pull is not None and ep.may_read(0, ep.size) and not ep.failing and pull.random() < 0.4:
+        steps += _pull(pull, ep, src, snap)
     steps += _teardown(ep, src, tgt, cbw, snap, f"fh{n}" if slow else None)
     if slow:
         steps.append(_qmp("object-del", {"id": f"fg{n}"}))
@@ -178,6 +184,40 @@ def _push_backup(ep: Episode, snap: str) -> list[dict]:
                     {"qemu-img": ["map", "--output=json", f"fb{n}.qcow2"]}]
 
 
+def _pull(rng: random.Random, ep: Episode, src: str, snap: str) -> list[dict]:
+    """A pull over NBD (its own stream): a bitmap of the source records a guest write or two, the snapshot is
+    exported with it, and qemu-img (the backup tool) maps the export and the bitmap, converts the snapshot into a
+    new image (``fp<n>``), maps it, and the image's content is read back."""
+    n = ep.n
+    url, image = f"nbd+unix:///fx{n}?socket=nbd.sock", f"fp{n}"
+    steps = [_qmp("block-dirty-bitmap-add", {"node": src, "name": f"fq{n}",
+                                             "granularity": rng.choice([4 * K, 64 * K, 128 * K])})]
+    for _ in range(rng.randint(1, 2)):
+        offset, length = _range(rng, ep.size)
+        steps.append({"write": {"node": src, "offset": offset, "length": length, "pattern": rng.randrange(1, 256)}})
+    steps += [_qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}}),
+              _qmp("block-export-add", {"type": "nbd", "id": f"fx{n}", "node-name": snap, "name": f"fx{n}",
+                                        "bitmaps": [{"node": src, "name": f"fq{n}"}]}),
+              {"qemu-img": ["map", "--output=json", url]},
+              {"qemu-img": ["map", "--output=json", "--image-opts", "driver=nbd,server.type=unix,"
+                            f"server.path=nbd.sock,export=fx{n},x-dirty-bitmap=qemu:dirty-bitmap:fq{n}"]},
+              {"qemu-img": ["convert", "-f", "raw", "-O", "qcow2", "-o",
+                            f"cluster_size={rng.choice([4 * K, 64 * K])}", url, f"{image}.qcow2"]},
+              {"qemu-img": ["map", "--output=json", f"{image}.qcow2"]},
+              _qmp("block-export-del", {"id": f"fx{n}"}), _qmp("nbd-server-stop"),
+              *_image_open(image)]
+    for _ in range(2):
+        offset, length = _range(rng, ep.size)
+        steps.append({"read": {"node": image, "offset": offset, "length": length, "pattern": 0x11}})
+    return steps + [_qmp("blockdev-del", {"node-name": image}),
+                    _qmp("block-dirty-bitmap-remove", {"node": src, "name": f"fq{n}"})]
+
+
+def _image_open(name: str) -> list[dict]:
+    return [_qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                  "file": {"driver": "file", "filename": f"{name}.qcow2"}})]
+
+
 def _teardown(ep: Episode, src: str, tgt: str, cbw: str, snap: str, slow: str | None = None) -> list[dict]:
     rng = ep.rng
     steps = []
@@ -197,7 +237,8 @@ def fleecing_scenario(seed: int, index: int = 0) -> dict:
     """A scenario of one to three such episodes (``bitlab conformance --focus fleecing``)."""
     rng = random.Random(f"{seed}/{index}/fleecing")
     throttled = random.Random(f"{seed}/{index}/fleecing/throttle")
+    pull = random.Random(f"{seed}/{index}/fleecing/pull")
     steps: list[dict] = []
     for n in range(rng.randint(1, 3)):
-        steps += fleecing_episode(rng, n, throttled)
+        steps += fleecing_episode(rng, n, throttled, pull)
     return {"name": f"fleecing-{seed}-{index}", "steps": steps}

@@ -170,7 +170,31 @@ def raw_steps() -> list[dict]:
             _img("map", "--output=json", "c.qcow2"), _img("compare", SOCK.format("o"), "c.qcow2")]
 
 
-STORIES = [pull_steps, names_steps, depth_steps, live_steps, raw_steps]
+def edge_steps() -> list[dict]:
+    """An export every byte of whose bitmap is dirty (the human map lists nothing), -U and --backing-chain
+    (no effect), maps past the end or of nothing, and more names and options QEMU refuses."""
+    url = SOCK.format("a")
+    return [*_image("a", "3000k"),
+            _q("block-dirty-bitmap-add", {"node": "a", "name": "all", "granularity": 64 * K}),
+            _write("a", 0, 3000 * K, 0x42), SERVER,
+            _q("block-export-add", {"type": "nbd", "id": "a", "node-name": "a", "description": "disk a",
+                                    "writable": True, "bitmaps": [{"node": "a", "name": "all"}]}),
+            _img("map", "-U", "--output=json", url), _img("info", "--backing-chain", url),
+            _img("info", "-U", "--output=json", url),
+            _img("map", "--image-opts", OPTS.format("a") + ",x-dirty-bitmap=qemu:dirty-bitmap:all"),
+            _img("map", "--output=json", "--image-opts", OPTS.format("a") + ",x-dirty-bitmap=qemu:dirty-bitmap:all"),
+            _img("compare", "-U", url, url), _img("convert", "-U", "-O", "raw", url, "x.raw"),
+            _img("compare", "-f", "raw", "-F", "raw", url, "x.raw"), _img("compare", "-q", url, "x.raw"),
+            _img("map", "--output=json", "-s", "5M", url), _img("map", "--output=json", "-l", "0", url),
+            _img("info", "nbd://127.0.0.1:99999/a"), _img("info", "nbd://[::1]/a"),
+            _img("info", "nbd+unix:///a%2Fb?socket=nbd.sock"), _img("info", "nbd+tcp://127.0.0.1/a"),
+            _img("map", "--image-opts", OPTS.format("a") + ",port=4"),
+            _img("map", "--image-opts", "driver=nbd,path=nbd.sock,host=x,export=a"),
+            _img("map", "--image-opts", "driver=nbd,path=nbd.sock,port=4,export=a"),
+            _img("map", "--image-opts", "-f", "raw", "driver=nbd,path=nbd.sock,export=a")]
+
+
+STORIES = [pull_steps, names_steps, depth_steps, live_steps, raw_steps, edge_steps]
 
 
 def _outputs(steps: list[dict]) -> dict[str, object]:
@@ -276,6 +300,19 @@ def test_a_data_cluster_the_file_has_holes_under_is_data_and_zeroes():
         (0, 4 * K, True, True, True), (4 * K, 4 * K, True, False, True), (8 * K, 56 * K, True, True, True),
         (64 * K, 960 * K, True, True, False), (M, 100 * K, True, False, True),
         (M + 100 * K, 28 * K, True, True, True), (M + 128 * K, 7 * M - 128 * K, True, True, False))
+
+
+def test_edges():
+    got = _outputs(edge_steps())
+    assert got["map --image-opts " + OPTS.format("a") + ",x-dirty-bitmap=qemu:dirty-bitmap:all"]["stdout"] == \
+        "Offset          Length          Mapped to       File\n"
+    assert got[f"map --output=json -s 5M {SOCK.format('a')}"]["stdout"] == _map((5 * M, 0, False, False, False))
+    assert got["info nbd://[::1]/a"] == _fail(
+        "Could not open 'nbd://[::1]/a': Failed to connect to '::1:10809': Connection refused")
+    assert got["info nbd+unix:///a%2Fb?socket=nbd.sock"]["stderr"].endswith("export 'a/b' not present\n")
+    assert got["map --image-opts driver=nbd,path=nbd.sock,port=4,export=a"] == _fail(
+        "Could not open 'driver=nbd,path=nbd.sock,port=4,export=a': port may not be used without host")
+    assert got[f"compare -f raw -F raw {SOCK.format('a')} x.raw"]["stdout"] == "Images are identical.\n"
 
 
 def test_a_raw_file_answers_in_its_blocks():
