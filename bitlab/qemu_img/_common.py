@@ -15,6 +15,7 @@ from ..units import SizeTooLarge, parse_size
 KeyFn = Callable[[str], str]
 USAGE = "Try 'qemu-img --help' for more information\n"
 INT64_MAX = (1 << 63) - 1
+NBD_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix")  # the protocols of QEMU's NBD driver
 
 
 class QemuImgError(Exception):
@@ -46,6 +47,9 @@ def find_key(key_fn: KeyFn, name: str) -> str | None:
     """The store's name for a file to open, or None where nothing can exist (outside the work
     directory), so that the caller answers as for a missing file."""
     path = strip_file_protocol(name)
+    if path is None and name.split(":", 1)[0] in NBD_SCHEMES:  # (info, map, convert and compare read exports)
+        raise QemuImgError(f"qemu-img: Could not open '{name}': bitlab simulates qemu-img reading an NBD export "
+                           "(info, map, convert from it, compare), not this\n")
     if path is None:
         raise QemuImgError(f"qemu-img: Could not open '{name}': bitlab does not simulate this protocol\n")
     try:

@@ -22,7 +22,7 @@ from ..units import format_size
 from ._common import Layer, QemuImgError
 from .image_opts import parse as parse_opts
 
-SCHEMES = {"nbd": "inet", "nbd+tcp": "inet", "nbd+unix": "unix"}
+SCHEMES = {"nbd": "inet", "nbd+tcp": "inet", "nbd+unix": "unix"}  # (NBD_SCHEMES, with their transport)
 EN_OPTSTR = ":exportname="
 CLIENT_KEYS = ("server.type", "server.path", "server.host", "server.port", "path", "host", "port", "export",
                "x-dirty-bitmap")
