@@ -201,6 +201,8 @@ class BlockExports:
         server = self.server
         if kind == "unix":
             full = posixpath.normpath(where if posixpath.isabs(where) else posixpath.join(workdir, where))
+            if not where:  # (an empty path: measured)
+                raise NbdConnectError("Failed to connect to '': Connection refused")
             if server is None or server.addr["type"] != "unix" or server.addr["path"] != full:
                 raise NbdConnectError(f"Failed to connect to '{where}': No such file or directory")
         else:

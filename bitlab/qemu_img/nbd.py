@@ -63,22 +63,23 @@ def from_filename(name: str) -> NbdName:
     legacy ``nbd:unix:path[:exportname=e]`` / ``nbd:host:port[:exportname=e]``."""
     if "://" in name:
         return _from_uri(name)
+    missing = QemuImgError(f"qemu-img: Could not open '{name}': NBD server address missing\n")
     spec, export = name, None
     if EN_OPTSTR in spec:
         spec, export = spec.split(EN_OPTSTR, 1)
-        if not export:
-            spec, export = name, None  # (an empty export name leaves the whole name as the host spec)
+        if not export:  # (nbd_parse_filename gives up there: no address at all)
+            raise missing
     if not spec.startswith("nbd:"):
         raise QemuImgError(f"qemu-img: Could not open '{name}': File name string for NBD must start with 'nbd:'\n")
     spec = spec[len("nbd:"):]
     if not spec:
-        raise QemuImgError(f"qemu-img: Could not open '{name}': NBD server address missing\n")
+        raise missing
     if spec.startswith("unix:"):
         return NbdName(name, "unix", path=spec[len("unix:"):], export=export)
     host, sep, port = spec.rpartition(":")
     if not sep or not host or not port:
         raise QemuImgError(f"qemu-img: Could not open '{name}': error parsing address '{spec}'\n")
-    return NbdName(name, "inet", host=host, port=port, export=export)
+    return NbdName(name, "inet", host=host.removeprefix("[").removesuffix("]"), port=port, export=export)
 
 
 def _from_uri(name: str) -> NbdName:
@@ -188,16 +189,15 @@ def map_entries(conn: NbdConnection, name: NbdName, start: int = 0, length: int 
     end = conn.size if length is None else min(conn.size, start + length)
     keep = (e > start) & (s < end)
     s, e, codes = np.maximum(s[keep], start), np.minimum(e[keep], end), codes[keep]
-    entries: list[dict] = []
-    for lo, hi, code in zip(s.tolist(), e.tolist(), codes.tolist()):
-        data, zero = code in (STATUS_DATA, STATUS_DATA_ZERO), code in (STATUS_ZERO, STATUS_DATA_ZERO)
+    if not s.size:
+        return []
+    heads = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1])))  # (runs are contiguous)
+    ends = np.append(s[heads[1:]], e[-1])
+    entries = []
+    for lo, hi, code in zip(s[heads].tolist(), ends.tolist(), codes[heads].tolist()):
         present = code != STATUS_NONE
-        last = entries[-1] if entries else None
-        if last and (last["present"], last["zero"], last["data"]) == (present, zero, data) and \
-                last["start"] + last["length"] == lo:
-            last["length"] += hi - lo
-            continue
-        entry = {"start": lo, "length": hi - lo, "depth": 0, "present": present, "zero": zero, "data": data}
+        entry = {"start": lo, "length": hi - lo, "depth": 0, "present": present,
+                 "zero": code in (STATUS_ZERO, STATUS_DATA_ZERO), "data": code in (STATUS_DATA, STATUS_DATA_ZERO)}
         if present:
             entry["offset"] = lo
         entry["filename"] = name.filename

@@ -191,7 +191,10 @@ def edge_steps() -> list[dict]:
             _img("map", "--image-opts", OPTS.format("a") + ",port=4"),
             _img("map", "--image-opts", "driver=nbd,path=nbd.sock,host=x,export=a"),
             _img("map", "--image-opts", "driver=nbd,path=nbd.sock,port=4,export=a"),
-            _img("map", "--image-opts", "-f", "raw", "driver=nbd,path=nbd.sock,export=a")]
+            _img("map", "--image-opts", "-f", "raw", "driver=nbd,path=nbd.sock,export=a"),
+            *[_img("info", name) for name in ("nbd:unix:nbd.sock:exportname=", "nbd:", "nbd:[::1]:10809:exportname=a",
+                                              "nbd:unix:", "nbd+unix:///a?socket=", "nbd:localhost",
+                                              "nbd://:10809/a")]]
 
 
 STORIES = [pull_steps, names_steps, depth_steps, live_steps, raw_steps, edge_steps]
@@ -313,6 +316,9 @@ def test_edges():
     assert got["map --image-opts driver=nbd,path=nbd.sock,port=4,export=a"] == _fail(
         "Could not open 'driver=nbd,path=nbd.sock,port=4,export=a': port may not be used without host")
     assert got[f"compare -f raw -F raw {SOCK.format('a')} x.raw"]["stdout"] == "Images are identical.\n"
+    assert got["info nbd:unix:nbd.sock:exportname="] == _fail(
+        "Could not open 'nbd:unix:nbd.sock:exportname=': NBD server address missing")
+    assert got["info nbd:unix:"] == _fail("Could not open 'nbd:unix:': Failed to connect to '': Connection refused")
 
 
 def test_a_raw_file_answers_in_its_blocks():
