@@ -15,6 +15,7 @@ from bitlab.conformance.runner import compare, play
 from bitlab.conformance.steps import run_step
 from bitlab.errors import QMPError
 from bitlab.qemu_img import nbd
+from tests.nbdmap import map_json
 
 K, M = 1 << 10, 1 << 20
 SOCK = "nbd+unix:///{}?socket=nbd.sock"
@@ -213,30 +214,20 @@ def _outputs(steps: list[dict]) -> dict[str, object]:
     return got
 
 
-def _entry(start: int, length: int, present: bool, zero: bool, data: bool) -> str:
-    text = (f'{{ "start": {start}, "length": {length}, "depth": 0, "present": {str(present).lower()}, '
-            f'"zero": {str(zero).lower()}, "data": {str(data).lower()}')
-    return text + (f', "offset": {start}}}' if present else "}")
-
-
-def _map(*entries: tuple) -> str:
-    return "[" + ",\n".join(_entry(*e) for e in entries) + "]\n"
-
-
 def _fail(text: str, code: int = 1) -> dict:
     return {"stdout": "", "stderr": f"qemu-img: {text}\n", "returncode": code}
 
 
 def test_a_pull_reads_the_snapshot_and_its_bitmap():
     got = _outputs(pull_steps())
-    assert got[f"map --output=json {SOCK.format('pull')}"]["stdout"] == _map(
+    assert got[f"map --output=json {SOCK.format('pull')}"]["stdout"] == map_json(
         (0, 3 * M, True, False, True), (3 * M, 5 * M, True, True, False), (8 * M, 128 * K, True, False, True),
         (8 * M + 128 * K, 2 * M - 128 * K, True, True, False), (10 * M, 64 * K, True, False, True),
         (10 * M + 64 * K, 2 * M - 64 * K, True, True, False), (12 * M, M, True, False, True),
         (13 * M, 3 * M, True, True, False))
     # dirty (written since the bitmap came): "data": false; the write after the snapshot is not in it
     dirty = f"map --output=json --image-opts {OPTS.format('pull')},x-dirty-bitmap=qemu:dirty-bitmap:inc0"
-    assert got[dirty]["stdout"] == _map(
+    assert got[dirty]["stdout"] == map_json(
         (0, M, True, False, True), (M, 64 * K, False, False, False), (M + 64 * K, 9 * M - 64 * K, True, False, True),
         (10 * M, 64 * K, False, False, False), (10 * M + 64 * K, 2 * M - 64 * K, True, False, True),
         (12 * M, M, False, False, False), (13 * M, 3 * M, True, False, True))
@@ -278,7 +269,7 @@ def test_the_names_that_reach_an_export_and_the_errors_of_others():
     missing = f"{OPTS.format('n')},x-dirty-bitmap=qemu:dirty-bitmap:x"
     assert got[f"map --output=json --image-opts {missing}"] == _fail(
         f"Could not open '{missing}': Could not open image: Invalid argument")
-    assert got[f"map --output=json -s 1M -l 1536k {SOCK.format('n')}"]["stdout"] == _map(
+    assert got[f"map --output=json -s 1M -l 1536k {SOCK.format('n')}"]["stdout"] == map_json(
         (M, 1536 * K, True, False, True))
     assert got[f"check {SOCK.format('n')}"] == _fail("This image format does not support checks", 63)
 
@@ -286,20 +277,20 @@ def test_the_names_that_reach_an_export_and_the_errors_of_others():
 def test_allocation_depth_and_null_co():
     got = _outputs(depth_steps())
     assert got["map --output=json --image-opts " + OPTS.format("top") + ",x-dirty-bitmap=qemu:allocation-depth"][
-        "stdout"] == _map((0, 512 * K, True, True, True), (512 * K, M, False, False, False),
+        "stdout"] == map_json((0, 512 * K, True, True, True), (512 * K, M, False, False, False),
                           (1536 * K, 2560 * K, True, False, True), (4 * M, 64 * K, True, True, True),
                           (4 * M + 64 * K, 4 * M - 64 * K, True, False, True))
     assert got["map --output=json --image-opts " + OPTS.format("null") + ",x-dirty-bitmap=qemu:allocation-depth"] == \
         _fail(f"Could not open '{OPTS.format('null')},x-dirty-bitmap=qemu:allocation-depth': "
               "Could not open image: Invalid argument")
-    assert got[f"map --output=json {SOCK.format('null')}"]["stdout"] == _map((0, 4 * M, False, False, False))
-    assert got[f"map --output=json {SOCK.format('nullz')}"]["stdout"] == _map((0, 4 * M, True, True, False))
+    assert got[f"map --output=json {SOCK.format('null')}"]["stdout"] == map_json((0, 4 * M, False, False, False))
+    assert got[f"map --output=json {SOCK.format('nullz')}"]["stdout"] == map_json((0, 4 * M, True, True, False))
     assert got[f"compare {SOCK.format('top')} copy.raw"]["stdout"] == "Images are identical.\n"
 
 
 def test_a_data_cluster_the_file_has_holes_under_is_data_and_zeroes():
     got = _outputs(live_steps())
-    assert got[f"map --output=json {SOCK.format('a')}"]["stdout"] == _map(
+    assert got[f"map --output=json {SOCK.format('a')}"]["stdout"] == map_json(
         (0, 4 * K, True, True, True), (4 * K, 4 * K, True, False, True), (8 * K, 56 * K, True, True, True),
         (64 * K, 960 * K, True, True, False), (M, 100 * K, True, False, True),
         (M + 100 * K, 28 * K, True, True, True), (M + 128 * K, 7 * M - 128 * K, True, True, False))
@@ -309,7 +300,7 @@ def test_edges():
     got = _outputs(edge_steps())
     assert got["map --image-opts " + OPTS.format("a") + ",x-dirty-bitmap=qemu:dirty-bitmap:all"]["stdout"] == \
         "Offset          Length          Mapped to       File\n"
-    assert got[f"map --output=json -s 5M {SOCK.format('a')}"]["stdout"] == _map((5 * M, 0, False, False, False))
+    assert got[f"map --output=json -s 5M {SOCK.format('a')}"]["stdout"] == map_json((5 * M, 0, False, False, False))
     assert got["info nbd://[::1]/a"] == _fail(
         "Could not open 'nbd://[::1]/a': Failed to connect to '::1:10809': Connection refused")
     assert got["info nbd+unix:///a%2Fb?socket=nbd.sock"]["stderr"].endswith("export 'a/b' not present\n")
@@ -323,9 +314,9 @@ def test_edges():
 
 def test_a_raw_file_answers_in_its_blocks():
     got = _outputs(raw_steps())
-    raw = _map((0, 4 * K, True, False, True), (4 * K, 96 * K, True, True, False), (100 * K, 300 * K, True, False, True),
-               (400 * K, 1648 * K, True, True, False), (2 * M, 4 * K, True, False, True),
-               (2 * M + 4 * K, 5000 * K - 2 * M - 4 * K, True, True, False))
+    raw = map_json((0, 4 * K, True, False, True), (4 * K, 96 * K, True, True, False),
+                   (100 * K, 300 * K, True, False, True), (400 * K, 1648 * K, True, True, False),
+                   (2 * M, 4 * K, True, False, True), (2 * M + 4 * K, 5000 * K - 2 * M - 4 * K, True, True, False))
     assert got[f"map --output=json {SOCK.format('r')}"]["stdout"] == raw
     assert got[f"map --output=json {SOCK.format('rf')}"]["stdout"] == raw
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 
 from bitlab.conformance.runner import compare, play
+from tests.nbdmap import map_json
 
 K, M = 1 << 10, 1 << 20
 IMG = "driver=nbd,server.type=unix,server.path=nbd.sock"
@@ -66,26 +67,15 @@ def steps() -> list[dict]:
     ]
 
 
-def _entry(start: int, length: int, present: bool, zero: bool, data: bool) -> str:
-    """223.out's line, its OFFSET filled in: an NBD node maps every offset to itself."""
-    text = (f'{{ "start": {start}, "length": {length}, "depth": 0, "present": {str(present).lower()}, '
-            f'"zero": {str(zero).lower()}, "data": {str(data).lower()}')
-    return text + (f', "offset": {start}}}' if present else "}")
-
-
-def _maps(*entries: tuple) -> str:
-    return "[" + ",\n".join(_entry(*e) for e in entries) + "]\n"
-
-
 EXPECTED_MAPS = [  # 223.out, in order (the last two from its qemu-nbd half, same bitmap and options)
-    _maps((0, 4096, True, False, True), (4096, 1044480, True, True, False), (1048576, 3145728, True, False, True)),
-    _maps((0, 65536, False, False, False), (65536, 2031616, True, False, True),
+    map_json((0, 4096, True, False, True), (4096, 1044480, True, True, False), (1048576, 3145728, True, False, True)),
+    map_json((0, 65536, False, False, False), (65536, 2031616, True, False, True),
           (2097152, 2097152, False, False, False)),
-    _maps((0, 512, True, False, True), (512, 512, False, False, False), (1024, 2096128, True, False, True),
+    map_json((0, 512, True, False, True), (512, 512, False, False, False), (1024, 2096128, True, False, True),
           (2097152, 2097152, False, False, False)),
-    _maps((0, 4194304, True, False, True)),
-    _maps((0, 512, True, False, True), (512, 512, False, False, False), (1024, 11321, True, False, True)),
-    _maps((12345, 2084807, True, False, True), (2097152, 2097152, False, False, False)),
+    map_json((0, 4194304, True, False, True)),
+    map_json((0, 512, True, False, True), (512, 512, False, False, False), (1024, 11321, True, False, True)),
+    map_json((12345, 2084807, True, False, True), (2097152, 2097152, False, False, False)),
 ]
 
 

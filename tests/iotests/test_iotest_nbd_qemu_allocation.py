@@ -13,6 +13,7 @@ import pytest
 from bitlab import Machine
 from bitlab.conformance.runner import compare, play
 from bitlab.conformance.steps import run_step
+from tests.nbdmap import map_json
 
 M = 1 << 20
 URL = "nbd+unix://?socket=nbd.sock"
@@ -44,12 +45,6 @@ def steps() -> list[dict]:
                           "driver=nbd,server.type=unix,server.path=nbd.sock,x-dirty-bitmap=qemu:allocation-depth"]}]
 
 
-def _entry(start: int, length: int, present: bool, zero: bool, data: bool) -> str:
-    text = (f'{{ "start": {start}, "length": {length}, "depth": 0, "present": {str(present).lower()}, '
-            f'"zero": {str(zero).lower()}, "data": {str(data).lower()}')
-    return text + (f', "offset": {start}}}' if present else "}")
-
-
 def test_the_maps_of_nbd_qemu_allocation():
     vm, maps = Machine(), []
     for step in steps():
@@ -57,9 +52,8 @@ def test_the_maps_of_nbd_qemu_allocation():
         if "qemu-img" in step and step["qemu-img"][0] == "map" and "nbd" in step["qemu-img"][-1]:
             maps.append(out["stdout"])
     assert maps == [  # the .out's last two maps, OFFSET filled in
-        "[" + ",\n".join([_entry(0, 3 * M, True, False, True), _entry(3 * M, M, True, True, False)]) + "]\n",
-        "[" + ",\n".join([_entry(0, M, True, True, True), _entry(M, 2 * M, False, False, False),
-                          _entry(3 * M, M, True, False, True)]) + "]\n"]
+        map_json((0, 3 * M, True, False, True), (3 * M, M, True, True, False)),
+        map_json((0, M, True, True, True), (M, 2 * M, False, False, False), (3 * M, M, True, False, True))]
 
 
 @pytest.mark.qemu
