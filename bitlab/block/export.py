@@ -12,6 +12,7 @@ them in ``blks``).
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import socket
 from collections.abc import Callable
@@ -207,8 +208,15 @@ class BlockExports:
                 raise NbdConnectError(f"Failed to connect to '{where}': No such file or directory")
         else:
             host, _, port = where.rpartition(":")
+            if _port_number(port) is None:  # (getaddrinfo)
+                raise NbdConnectError(f"address resolution failed for {where}: Servname not supported for ai_socktype")
+            if not _is_address(host) and host != "localhost":
+                raise NbdConnectError(f"address resolution failed for {where}: Name or service not known")
+            if host not in LOCAL_HOSTS and not (host.startswith("127.") or host == "::1"):
+                raise NbdConnectError(f"bitlab's NBD client reaches only this machine's NBD server (127.0.0.1 or "
+                                      f"localhost), not {where}")
             if server is None or server.addr["type"] != "inet" or host not in LOCAL_HOSTS or \
-                    not _same_port(server.addr["port"], port):
+                    _port_number(server.addr["port"]) != _port_number(port):
                 raise NbdConnectError(f"Failed to connect to '{where}': Connection refused")
         exp = self.find_name(name)
         if exp is None:
@@ -234,13 +242,20 @@ class BlockExports:
                 self.delete(exp)
 
 
-def _same_port(a: str, b: str) -> bool:
-    """Whether two ports (numbers or service names) are the same."""
-    def number(port: str) -> int | None:
-        if port.isdigit():
-            return int(port)
-        try:
-            return socket.getservbyname(port, "tcp")
-        except OSError:
-            return None
-    return number(a) is not None and number(a) == number(b)
+def _port_number(port: str) -> int | None:
+    """A port as getaddrinfo reads it: a number, or a TCP service's name; None if neither."""
+    if port.isdigit():
+        return int(port)
+    try:
+        return socket.getservbyname(port, "tcp")
+    except OSError:
+        return None
+
+
+def _is_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (resolved without a name service)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

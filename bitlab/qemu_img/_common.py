@@ -16,6 +16,11 @@ KeyFn = Callable[[str], str]
 USAGE = "Try 'qemu-img --help' for more information\n"
 INT64_MAX = (1 << 63) - 1
 NBD_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix")  # the protocols of QEMU's NBD driver
+# the protocol prefixes QEMU 7.2's block drivers take (Debian's build: the built-in ones, and those of the modules in
+# qemu-block-extra); any other prefix is an "Unknown protocol"
+QEMU_PROTOCOLS = frozenset(("file", "host_device", "host_cdrom", "fat", "null-co", "null-aio", "blkdebug", "blkverify",
+                            "nvme", "json", "http", "https", "ftp", "ftps", "ssh", "nfs", "iscsi", "iser", "rbd",
+                            "gluster", "gluster+tcp", "gluster+unix", "gluster+rdma", *NBD_SCHEMES))
 
 
 class QemuImgError(Exception):
@@ -50,6 +55,8 @@ def find_key(key_fn: KeyFn, name: str) -> str | None:
     if path is None and name.split(":", 1)[0] in NBD_SCHEMES:  # (info, map, convert and compare read exports)
         raise QemuImgError(f"qemu-img: Could not open '{name}': bitlab simulates qemu-img reading an NBD export "
                            "(info, map, convert from it, compare), not this\n")
+    if path is None and name.split(":", 1)[0] not in QEMU_PROTOCOLS:
+        raise QemuImgError(f"qemu-img: Could not open '{name}': Unknown protocol '{name.split(':', 1)[0]}'\n")
     if path is None:
         raise QemuImgError(f"qemu-img: Could not open '{name}': bitlab does not simulate this protocol\n")
     try:

@@ -195,7 +195,14 @@ def edge_steps() -> list[dict]:
             _img("map", "--image-opts", "-f", "raw", "driver=nbd,path=nbd.sock,export=a"),
             *[_img("info", name) for name in ("nbd:unix:nbd.sock:exportname=", "nbd:", "nbd:[::1]:10809:exportname=a",
                                               "nbd:unix:", "nbd+unix:///a?socket=", "nbd:localhost",
-                                              "nbd://:10809/a")]]
+                                              "nbd://:10809/a", "nbd://h/?=x", "nbd+tcp://localhost/%61?=x",
+                                              "nbd:h:port", "nbd::1", "nbd:127.0.0.1:10809:x:exportname=a",
+                                              "nbd+unix:///a?&socket=nbd.sock", "nbd+unix:///a?socket=nbd.sock;",
+                                              "nbd+unix:///a?socket=nbd.sock&x", "nbd://x y/a",
+                                              "nbd://127.0.0.1/a%4", "nbd://user@127.0.0.1:1/a",
+                                              "nbd://127.0.0.1:99999/a", "nbd:127.0.0.1:1,2", "Nbd://x/a",
+                                              "xyz:abc", "nbd::", "nbd:[::1", "nbd:[]:1", "nbd:[::1]", "nbd:h:1,foo",
+                                              "nbd:" + "a" * 70 + ":1")]]
 
 
 STORIES = [pull_steps, names_steps, depth_steps, live_steps, raw_steps, edge_steps]
@@ -310,6 +317,15 @@ def test_edges():
     assert got["info nbd:unix:nbd.sock:exportname="] == _fail(
         "Could not open 'nbd:unix:nbd.sock:exportname=': NBD server address missing")
     assert got["info nbd:unix:"] == _fail("Could not open 'nbd:unix:': Failed to connect to '': Connection refused")
+    assert got["info nbd:h:port"] == _fail(
+        "Could not open 'nbd:h:port': address resolution failed for h:port: Servname not supported for ai_socktype")
+    assert got["info nbd::1"] == _fail("Could not open 'nbd::1': address resolution failed for :1: Name or service "
+                                       "not known")
+    assert got["info nbd+unix:///a?&socket=nbd.sock"]["returncode"] == 0
+    assert got["info nbd://x y/a"] == _fail("Could not open 'nbd://x y/a': No valid URL specified")
+    assert got["info Nbd://x/a"] == _fail("Could not open 'Nbd://x/a': Unknown protocol 'Nbd'")
+    with pytest.raises(QemuImgError, match="QEMU 7.2's qemu-img crashes on a socket parameter without a value"):
+        Machine().qemu_img("info", "nbd+unix:///a?socket")
 
 
 def test_a_raw_file_answers_in_its_blocks():
