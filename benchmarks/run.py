@@ -22,6 +22,9 @@ Sections
       with a check that both give the same bitmaps and job events       goal >= 100x
       and where each side's time goes: the daemon's start, qemu-img create, each kind
       of command (a transaction until its jobs are gone), qemu-io's guest writes
+  (h) blockdev-mirror, sync full, of a 1 TiB null-co node into an empty qcow2 node, until ready
+  (i) a pull-mode backup tool's ``qemu-img map`` over NBD of a 1 TiB qcow2 export whose bitmap 1M scattered
+      64 KiB writes dirtied: with ``x-dirty-bitmap`` (1.8M entries) and plain ``base:allocation``
 
 Times are medians of several repeats of ``time.perf_counter`` measurements.
 """
@@ -483,6 +486,35 @@ def bench_mirror() -> None:
     add("  ready, len = offset = 1 TiB", "yes" if ok else "NO", "")
 
 
+def time_pull_map() -> tuple[float, float, int]:
+    """qemu-img map over NBD of a 1 TiB qcow2 node exported with a bitmap that 1M scattered 64 KiB writes dirtied:
+    (seconds for the bitmap's map via x-dirty-bitmap, seconds for base:allocation's, lines of the first)."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "pull.qcow2", str(TiB))
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "pull",
+                            "file": {"driver": "file", "filename": "pull.qcow2"}})
+    vm.qmp("block-dirty-bitmap-add", {"node": "pull", "name": "b"})
+    vm.write_batch("pull", np.unique(np.random.default_rng(SEED).integers(0, TiB // 65536, 1_000_000)) * 65536,
+                   65536, 0x11)
+    vm.qmp("block-dirty-bitmap-disable", {"node": "pull", "name": "b"})
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "pull", "node-name": "pull", "bitmaps": ["b"]})
+    t = time.perf_counter()
+    out = vm.qemu_img("map", "--output=json", "--image-opts",
+                      "driver=nbd,server.type=unix,server.path=nbd.sock,export=pull,x-dirty-bitmap=qemu:dirty-bitmap:b")
+    t_bitmap = time.perf_counter() - t
+    t = time.perf_counter()
+    vm.qemu_img("map", "--output=json", "nbd+unix:///pull?socket=nbd.sock")
+    return t_bitmap, time.perf_counter() - t, out.count("\n")
+
+
+def bench_pull_map() -> None:
+    section("(i) a pull-mode backup tool's qemu-img map over NBD, 1 TiB qcow2 export, 1M dirty 64 KiB clusters")
+    t_bitmap, t_alloc, lines = time_pull_map()
+    add(f"x-dirty-bitmap=qemu:dirty-bitmap:b ({lines:,} entries)", t_bitmap, "s")
+    add("base:allocation", t_alloc, "s")
+
+
 # -- the seed scenario, in-process and on real QEMU -----------------------------------------------
 def _seed_replay() -> types.ModuleType:
     """tests/trace_replay.py (replay(mode), Summary, commands(mode))."""
@@ -722,6 +754,7 @@ def main() -> int:
     del vm, bm
     bench_block_copy()
     bench_mirror()
+    bench_pull_map()
     bench_seed()
     print_table(ROWS)
     print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f} s")

@@ -67,14 +67,15 @@ class NbdConnection:
             return self._depth_status()
         if self.bitmap is None:
             return skip_filters(self.export.node).status_codes(0, size)
-        starts, lengths = self.bitmap.dirty_ranges()
-        ends = np.minimum(starts + lengths, size)
-        bounds = np.unique(np.concatenate(([0], starts, ends, [size])))
-        bounds = bounds[bounds <= size]
-        s, e = bounds[:-1], bounds[1:]
-        j = np.searchsorted(starts, s, "right") - 1
-        dirty = (j >= 0) & (s < ends[np.maximum(j, 0)]) if starts.size else np.zeros(s.size, dtype=bool)
-        return s, e, np.where(dirty, STATUS_NONE, STATUS_DATA)
+        starts, lengths = self.bitmap.dirty_ranges()  # (maximal runs, in order)
+        keep = starts < size
+        starts, ends = starts[keep], np.minimum(starts + lengths, size)[keep]
+        bounds = np.empty(2 * starts.size + 2, dtype=np.int64)  # clean, dirty, clean, ..., clean
+        bounds[0], bounds[-1] = 0, size
+        bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+        codes = np.tile(np.array([STATUS_DATA, STATUS_NONE]), starts.size + 1)[:-1]
+        real = bounds[1:] > bounds[:-1]  # (no empty clean run before, between or after)
+        return bounds[:-1][real], bounds[1:][real], codes[real]
 
     def _depth_status(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``qemu:allocation-depth`` (blockalloc_to_extents): the depth of the layer each range is allocated in

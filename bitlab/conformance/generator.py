@@ -71,7 +71,7 @@ After 2% of the steps comes a commit or stream episode of :mod:`.gen_commit` (it
 layer (ready, guest writes, then job-complete or a cancel) or the middle one (the commit job), or streamed into
 its top.
 After 60% of the export ops, qemu-img reads an export as a pull-mode backup tool would (its own stream): a map, with
-``x-dirty-bitmap`` or not, or its info.
+``x-dirty-bitmap`` or not, its info, or a convert of it into a new image (``nc<n>``), mapped.
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ class _State:
         self.jobs = 0
         self.exports: list[str] = []  # export ids that may exist
         self.server = False
+        self.pulls = 0  # images qemu-img pulled from an export (nc<n>)
         self.thresholds: random.Random | None = None  # write thresholds' own stream (gen_threshold)
 
     def node(self) -> str:
@@ -436,9 +437,15 @@ def _nbd_client(rng: random.Random, st: _State) -> list[dict]:
     """qemu-img as the backup tool's NBD client (its own random stream): ``map`` (json or human) or ``info`` of
     an export by one of the names exports get, ``map`` with ``x-dirty-bitmap`` of a bitmap it may hold."""
     name = rng.choice(st.nodes + ["x0", "x1"])
-    verb = rng.choices(["map", "human", "bitmap", "info"], weights=[3, 1, 4, 1])[0]
+    verb = rng.choices(["map", "human", "bitmap", "info", "convert"], weights=[3, 1, 4, 1, 2])[0]
     if verb == "info":
         return [{"qemu-img": ["info", f"nbd+unix:///{name}?socket=nbd.sock"]}]
+    if verb == "convert":  # a full pull into a new image, mapped
+        st.pulls += 1
+        fmt = rng.choice(["raw", "qcow2"])
+        out = f"nc{st.pulls}.{fmt}"
+        return [{"qemu-img": ["convert", "-f", "raw", "-O", fmt, f"nbd+unix:///{name}?socket=nbd.sock", out]},
+                {"qemu-img": ["map", "--output=json", out]}]
     if verb != "bitmap":
         return [{"qemu-img": ["map", *(["--output=json"] if verb == "map" else []),
                               f"nbd+unix:///{name}?socket=nbd.sock"]}]

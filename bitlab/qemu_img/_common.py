@@ -15,6 +15,14 @@ from ..units import SizeTooLarge, parse_size
 KeyFn = Callable[[str], str]
 USAGE = "Try 'qemu-img --help' for more information\n"
 INT64_MAX = (1 << 63) - 1
+MAP_HEADER = f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File\n"  # qemu-img map's human table
+
+
+def map_hex(value: int) -> str:
+    """C's ``%#-16" PRIx64`` without its padding (qemu-img map's table): no 0x for zero."""
+    return f"{value:#x}" if value else "0"
+
+
 NBD_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix")  # the protocols of QEMU's NBD driver
 # the protocol prefixes QEMU 7.2's block drivers take (Debian's build: the built-in ones, and those of the modules in
 # qemu-block-extra); any other prefix is an "Unknown protocol"

@@ -6,11 +6,11 @@ import numpy as np
 
 from ..block.store import ImageStore
 from . import cmdline, nbd
-from ._common import USAGE, KeyFn, Layer, QemuImgError, cvtnum, open_chain
+from ._common import MAP_HEADER, USAGE, KeyFn, Layer, QemuImgError, cvtnum, map_hex, open_chain
 from .image_opts import image_args, named_by
 from .layers import DATA, UNALLOC, ZERO_HOSTED, ZERO_PLAIN, chain_status, file_status
 
-HUMAN_HEADER = f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File\n"
+HUMAN_HEADER = MAP_HEADER
 
 
 def map_entries(chain: list[Layer], start: int = 0, length: int | None = None) -> list[dict]:
@@ -49,11 +49,6 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _hex(value: int) -> str:
-    """C's ``%#-16" PRIx64``: no 0x for zero."""
-    return f"{value:#x}" if value else "0"
-
-
 def format_json(entries: list[dict]) -> str:
     """dump_map_entry's JSON: one entry a line, in a list."""
     lines = []
@@ -75,7 +70,7 @@ def format_human(entries: list[dict]) -> str:
             raise QemuImgError("qemu-img: File contains external, encrypted or compressed clusters.\n",
                                stdout="".join(out))
         if e["data"] and not e["zero"]:
-            out.append(f"{_hex(e['start']):<16}{_hex(e['length']):<16}{_hex(e['offset']):<16}{e['filename']}\n")
+            out.append(f"{map_hex(e['start']):<16}{map_hex(e['length']):<16}{map_hex(e['offset']):<16}{e['filename']}\n")
     return "".join(out)
 
 
@@ -97,8 +92,7 @@ def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     target = nbd.name_of(positional[0], "--image-opts" in opts)
     if target is not None:  # an export of the machine's NBD server
         conn = nbd.connect(store, target, opts.get("-f"))
-        entries = nbd.map_entries(conn, target, start, length) or [_empty(start)]
-        return format_json(entries) if output == "json" else format_human(entries)
+        return nbd.map_text(conn, target, output, start, length)
     name, fmt, optstr = image_args(opts, positional[0])
     with named_by(optstr, name):
         chain = open_chain(store, key_fn, name, fmt, None if shared else "shared")

@@ -19,7 +19,7 @@ from ..block.extents import ExtentMap
 from ..block.node import STATUS_DATA, STATUS_DATA_ZERO, STATUS_NONE, STATUS_ZERO
 from ..block.store import ImageFile, ImageStore
 from ..units import format_size
-from ._common import Layer, QemuImgError
+from ._common import MAP_HEADER, Layer, QemuImgError, map_hex
 from .image_opts import parse as parse_opts
 
 SCHEMES = {"nbd": "inet", "nbd+tcp": "inet", "nbd+unix": "unix"}  # (NBD_SCHEMES, with their transport)
@@ -242,27 +242,41 @@ def info(conn: NbdConnection, name: NbdName, output: str) -> str:
             "disk size: unavailable\n")
 
 
-def map_entries(conn: NbdConnection, name: NbdName, start: int = 0, length: int | None = None) -> list[dict]:
-    """qemu-img map's entries for an export: get_block_status on the NBD node (depth 0; data and zero as the
-    client reports them, present where either, the offset the guest offset where either), merged."""
+def map_runs(conn: NbdConnection, start: int = 0, length: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """qemu-img map's entries for an export, as runs (starts, ends, STATUS_* codes): get_block_status on the NBD
+    node (depth 0; data and zero as the client reports them, present where either), merged, cut to the range."""
     s, e, codes = conn.status()
     end = conn.size if length is None else min(conn.size, start + length)
     keep = (e > start) & (s < end)
     s, e, codes = np.maximum(s[keep], start), np.minimum(e[keep], end), codes[keep]
     if not s.size:
-        return []
+        return s, e, codes
     heads = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1])))  # (runs are contiguous)
-    ends = np.append(s[heads[1:]], e[-1])
-    entries = []
-    for lo, hi, code in zip(s[heads].tolist(), ends.tolist(), codes[heads].tolist()):
-        present = code != STATUS_NONE
-        entry = {"start": lo, "length": hi - lo, "depth": 0, "present": present,
-                 "zero": code in (STATUS_ZERO, STATUS_DATA_ZERO), "data": code in (STATUS_DATA, STATUS_DATA_ZERO)}
-        if present:
-            entry["offset"] = lo
-        entry["filename"] = name.filename
-        entries.append(entry)
-    return entries
+    return s[heads], np.append(s[heads[1:]], e[-1]), codes[heads]
+
+
+_JSON_FLAGS = {STATUS_ZERO: ('true', 'true', 'false'), STATUS_DATA: ('true', 'false', 'true'),
+               STATUS_DATA_ZERO: ('true', 'true', 'true'), STATUS_NONE: ('false', 'false', 'false')}
+
+
+def map_text(conn: NbdConnection, name: NbdName, output: str, start: int = 0, length: int | None = None) -> str:
+    """qemu-img map of an export, json or human (dump_map_entry: the offset is the guest offset wherever the entry
+    is present; the human table lists data that is not zeroes, named by the canonical URL)."""
+    s, e, codes = map_runs(conn, start, length)
+    if not s.size:  # (nothing to map: img_map still dumps an empty first entry)
+        s, e, codes = np.array([start]), np.array([start]), np.array([STATUS_NONE])
+    if output == "json":
+        lines = []
+        for lo, hi, code in zip(s.tolist(), e.tolist(), codes.tolist()):
+            present, zero, data = _JSON_FLAGS[code]
+            tail = f', "offset": {lo}}}' if code != STATUS_NONE else "}"
+            lines.append(f'{{ "start": {lo}, "length": {hi - lo}, "depth": 0, "present": {present}, '
+                         f'"zero": {zero}, "data": {data}{tail}')
+        return "[" + ",\n".join(lines) + "]\n"
+    rows = [f"{map_hex(lo):<16}{map_hex(hi - lo):<16}{map_hex(lo):<16}{name.filename}\n"
+            for lo, hi in zip(s[codes == STATUS_DATA].tolist(), e[codes == STATUS_DATA].tolist())]
+    return MAP_HEADER + "".join(rows)
 
 
 def layer(conn: NbdConnection, name: NbdName) -> Layer:
