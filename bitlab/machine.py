@@ -402,10 +402,11 @@ class Machine(GuestIO, Monitor):
                        daemon=self.daemon)
 
 
-def _nbd_connect(exports: weakref.ref, workdir: str, kind: str, where: str, name: str, context: str | None) -> Any:
+def _nbd_connect(exports: weakref.ref, workdir: str, kind: str, where: str, name: str, context: str | None,
+                 write: bool = False) -> Any:
     """The image store's ``nbd`` hook: :meth:`BlockExports.connect` of a machine still alive."""
     alive = exports()
     if alive is None:
         raise NbdConnectError(f"Failed to connect to '{where}': "
                               f"{'No such file or directory' if kind == 'unix' else 'Connection refused'}")
-    return alive.connect(kind, where, name, context, workdir)
+    return alive.connect(kind, where, name, context, workdir, write)

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..bitmap import DirtyBitmap
-from .info import filter_or_cow, skip_filters
+from .info import FILTER_CHILD, filter_or_cow, skip_filters
 from .node import STATUS_DATA, STATUS_DATA_ZERO, STATUS_NONE, STATUS_ZERO, BlockNode
 
 NBD_DEFAULT_PORT = "10809"
+NBD_MAX_REQUEST = 32 << 20  # NBD_MAX_BUFFER_SIZE: the server's max block, the client's max transfer and zero write
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 DIRTY_BITMAP_CONTEXT = "qemu:dirty-bitmap:"
 
@@ -56,6 +57,39 @@ class NbdConnection:
                 raise NbdConnectError(f"bitlab does not simulate an NBD client's requests through the {node.driver} "
                                       f"node '{node.node_name}'")
             todo.extend(child for _, child in node.children)
+
+    def check_writable(self) -> None:
+        """A client that writes: the export must be writable (QEMU's client then fails to open it), and bitlab
+        writes only into a node no job's filter sits on, with no throttle node below."""
+        if not self.export.writable:
+            raise NbdConnectError("Could not open image: Permission denied")
+        node = self.export.node
+        if node.driver in FILTER_CHILD:
+            raise NbdConnectError(f"bitlab does not simulate an NBD client writing through the {node.driver} node "
+                                  f"'{node.node_name}' (a job's filter)")
+        todo = [node]
+        while todo:
+            here = todo.pop()
+            if here.driver == "throttle":
+                raise NbdConnectError(f"bitlab does not simulate an NBD client writing through the throttle node "
+                                      f"'{here.node_name}'")
+            todo.extend(child for _, child in here.children)
+
+    def write(self, requests: list[tuple[str, int, int, tuple | None]]) -> None:
+        """The client's write requests in order — ``("data", offset, length, runs)`` (NBD_CMD_WRITE) or ``("zero",
+        offset, length, None)`` (NBD_CMD_WRITE_ZEROES without NO_HOLE: may unmap), each split at the client's
+        32 MiB limit — through the export's BlockBackend, then its flush as the client disconnects."""
+        node = self.export.node
+        for kind, offset, length, runs in requests:
+            for at in range(offset, offset + length, NBD_MAX_REQUEST):
+                n = min(NBD_MAX_REQUEST, offset + length - at)
+                if kind == "zero":
+                    node.write_zeroes(at, n, unmap=True)
+                    continue
+                s, e, v = runs
+                keep = (e > at) & (s < at + n)
+                node.write_buffer(at, n, np.maximum(s[keep], at), np.minimum(e[keep], at + n), v[keep])
+        node.flush()
 
     def status(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runs (starts, ends, STATUS_* codes) as QEMU's NBD client answers block status (nbd_client_co_block_status:
@@ -196,7 +230,8 @@ class BlockExports:
             self.release(exp.node)
         self.emit("BLOCK_EXPORT_DELETED", {"id": exp.id})
 
-    def connect(self, kind: str, where: str, name: str, context: str | None, workdir: str) -> NbdConnection:
+    def connect(self, kind: str, where: str, name: str, context: str | None, workdir: str,
+                write: bool = False) -> NbdConnection:
         """An NBD client (qemu-img) connects to ``where`` (a unix socket's path, relative to ``workdir``, or
         ``host:port``), asks for the export ``name`` and the meta context ``context`` (None: base:allocation).
         NbdConnectError with the client's reason where it would fail."""
@@ -233,6 +268,8 @@ class BlockExports:
                     return conn
                 raise NbdConnectError("Could not open image: Invalid argument")
         conn = NbdConnection(exp, bitmap)
+        if write:
+            conn.check_writable()
         conn.check_simulated()
         return conn
 

@@ -196,15 +196,16 @@ def qcow2_blocks(layout: HostLayout, data: ExtentMap, file_length: int) -> Runs:
     return blocks.extents(0, nblocks) if nblocks else (_EMPTY, _EMPTY, _EMPTY)
 
 
-def raw_blocks(data: ExtentMap) -> Runs:
+def raw_blocks(data: ExtentMap, first_block: bool = True) -> Runs:
     """The blocks of a raw file: written where it holds anything but zeroes (bitlab's raw files keep no
     written zeroes), and the first block, which QEMU writes into every raw file it creates
-    (allocate_first_block)."""
+    (allocate_first_block), unless a zero write or discard over it since (``first_block`` False)."""
     nblocks = -(-data.size // BLOCK)
     blocks = ExtentMap(max(nblocks, 1), fill=HOLE)
     s, e, v = data.extents()
     first, n = touched(s[v != 0], e[v != 0])
-    blocks.write_batch(np.append(first, 0), np.append(n, min(1, nblocks)), WRITTEN)
+    head = min(1, nblocks) if first_block else 0
+    blocks.write_batch(np.append(first, 0), np.append(n, head), WRITTEN)
     return blocks.extents(0, nblocks) if nblocks else (_EMPTY, _EMPTY, _EMPTY)
 
 

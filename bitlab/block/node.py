@@ -500,6 +500,13 @@ class FileNode(BlockNode):
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
         self._dirty_batch(offsets, lengths)
         self._store_batch(offsets, lengths, 0)
+        offs, ends = np.asarray(offsets), np.asarray(offsets) + np.asarray(lengths)
+        if len(offs) and bool((offs <= 0).any()):
+            self.image.zeroed(0, int(ends[offs <= 0].max()))
+
+    def _store_zeroes(self, offset, length, unmap=False):
+        self._store(offset, length, 0)
+        self.image.zeroed(offset, length)
 
     def note_write(self, offsets, lengths, discard=False):
         """A qcow2 node's discards that reach the file (it has ``discard=unmap``) punch holes in it."""
@@ -512,6 +519,7 @@ class FileNode(BlockNode):
         self.discards = (self.discards[0] + 1, self.discards[1] + length)  # raw_account_discard
         if not self.image.is_qcow2:
             self.image.data.write(offset, length, 0)
+            self.image.zeroed(offset, length)
         else:
             self.image.layout.punch(np.array([offset]), np.array([length]))
 

@@ -58,6 +58,9 @@ class ImageFile:
     # offsets: starts, ends, values) from the end to the cluster's; see keep_tail
     tail: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     unknown: str | None = None  # why bitlab cannot tell what the file holds (it refuses to open it then)
+    # a raw file's first block, which QEMU writes as it creates the file (allocate_first_block), is still written:
+    # a zero write or discard over the whole of it (fallocate: unwritten or a hole) clears this
+    first_block: bool = field(default=True, compare=False)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
     _allocated: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (key, allocated_size)
 
@@ -125,10 +128,16 @@ class ImageFile:
             hostfs.record(self.layout, self.data, start // cs, -(-end // cs))
             self.layout.fs_plain = False
 
+    def zeroed(self, offset: int, length: int) -> None:
+        """A raw file's ``[offset, offset + length)`` was zeroed by fallocate (a zero write or a discard that reached
+        it): if that covers the whole first block, the block is no longer written."""
+        if not self.is_qcow2 and offset <= 0 and offset + length >= min(hostfs.BLOCK, self.data.size):
+            self.first_block = False
+
     def host_blocks(self) -> hostfs.Runs:
         """The file's blocks (see :mod:`bitlab.block.hostfs`): runs (first block, end block, state)."""
         if not self.is_qcow2:
-            return hostfs.raw_blocks(self.data)
+            return hostfs.raw_blocks(self.data, self.first_block)
         return hostfs.qcow2_blocks(self.layout, self.data, self.file_length())
 
     def allocated_size(self) -> int:
@@ -494,8 +503,9 @@ class ImageStore:
         self.files: dict[str, ImageFile] = {}
         # what the file nodes open on an image take and share (file-posix's locks), set by the machine's graph
         self.locks: Callable[[ImageFile], list[tuple[int, int]]] | None = None
-        # an NBD client's connection to the machine's NBD server (kind, where, export, context), set by the machine
-        self.nbd: Callable[[str, str, str, str | None], Any] | None = None
+        # an NBD client's connection to the machine's NBD server (kind, where, export, context, write), set by the
+        # machine
+        self.nbd: Callable[[str, str, str, str | None, bool], Any] | None = None
 
     def __contains__(self, name: str) -> bool:
         return name in self.files

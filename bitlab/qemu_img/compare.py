@@ -12,7 +12,7 @@ from .layers import DATA, UNALLOC, chain_status, content, file_status, first_dif
 SECTOR = 512
 
 
-def _status_runs(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray]:
+def status_answers(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray]:
     """bdrv_block_status_above's answers from offset 0 on, one per call: ``(starts, flags)`` with the
     flags allocated, data, zero, offset valid and EOF. A qcow2 layer answers for one L2 table at a
     time, so a run ends at the L2 table boundaries of every layer it was looked up in."""
@@ -34,8 +34,8 @@ def _status_runs(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _first_status_difference(chain1: list[Layer], chain2: list[Layer], size: int) -> int | None:
-    s1, f1 = _status_runs(chain1, size)
-    s2, f2 = _status_runs(chain2, size)
+    s1, f1 = status_answers(chain1, size)
+    s2, f2 = status_answers(chain2, size)
     bounds = np.union1d(s1, s2)
     if not bounds.size:
         return None

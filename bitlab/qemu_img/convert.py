@@ -7,7 +7,7 @@ import numpy as np
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import clip_runs, touched_mask
 from ..block.store import ImageFile, ImageStore
-from . import cmdline, nbd, qemu_opts
+from . import cmdline, convert_nbd, nbd, qemu_opts
 from ._common import KeyFn, QemuImgError, cvtnum, new_key, open_chain, open_image
 from .image import qcow2_create_checks
 from .layers import content
@@ -63,6 +63,8 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if chain is None:
         chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
     fmt = opts.get("-O", "raw")
+    if nbd.is_nbd(positional[1]):
+        return _into_export(store, opts, chain, positional[1], fmt, sparse)
     if "-n" in opts:
         return _into_existing(store, key_fn, opts, chain, positional[1], fmt, sparse)
     if fmt not in ("raw", "qcow2"):
@@ -133,6 +135,29 @@ def _into_existing(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain
         raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
     s, e, v = content(chain, 0, size)
     target.data.write_batch(s, e - s, np.where(v < 0, 0, v))  # (what reads as zeroes is written as zeroes)
+    return ""
+
+
+def _into_export(store: ImageStore, opts: dict[str, str], chain: list, out: str, fmt: str, sparse: int) -> str:
+    """-n into a writable NBD export (:mod:`.convert_nbd`): opened as ``fmt`` (raw: what an export shows), the
+    source's size at most the export's, then every request QEMU sends, then the client's flush."""
+    if "-n" not in opts:
+        raise QemuImgError("qemu-img: bitlab does not simulate qemu-img convert creating an image on an NBD export "
+                           "(use -n to write into it)\n")
+    if nbd.is_nbd(chain[0].name):
+        raise QemuImgError("qemu-img: bitlab does not simulate qemu-img convert from one NBD export into another\n")
+    if not sparse:
+        raise QemuImgError("qemu-img: bitlab does not simulate a fully allocated output (-S 0) on an NBD export\n")
+    target = nbd.from_filename(out)
+    conn = nbd.connect(store, target, fmt, write=True)
+    if "--bitmaps" in opts:
+        raise QemuImgError("qemu-img: Format driver 'raw' does not support bitmaps\n")
+    if "-c" in opts:
+        raise QemuImgError("qemu-img: Compression not supported for this file format\n")
+    size = chain[0].size
+    if conn.size // 512 < -(-size // 512):
+        raise QemuImgError("qemu-img: output file is smaller than input file\n")
+    convert_nbd.write(conn, chain, convert_nbd.requests(chain, size, sparse))
     return ""
 
 

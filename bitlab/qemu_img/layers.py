@@ -45,7 +45,7 @@ def allocation(image: ImageFile) -> Runs:
     if not s.size:
         return s, e, v
     if not image.is_qcow2:  # QEMU writes the first block of every raw file it creates (allocate_first_block)
-        first = min(RAW_BLOCK, image.data.size)
+        first = min(RAW_BLOCK, image.data.size) if image.first_block else 0
         return _promote(np.append(s, 0), np.append(e, first), np.append(np.where(v != 0, DATA, ZERO_HOSTED), DATA),
                         RAW_BLOCK, image.data.size, ZERO_HOSTED)
     codes = np.select([v >= 0, v == ZERO_ALLOC, v == ZERO], [DATA, ZERO_HOSTED, ZERO_PLAIN], UNALLOC)

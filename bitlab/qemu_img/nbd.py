@@ -214,7 +214,7 @@ def name_of(image: str, image_opts: bool) -> NbdName | None:
     return from_filename(image) if is_nbd(image) else None
 
 
-def connect(store: ImageStore, name: NbdName, fmt: str | None) -> NbdConnection:
+def connect(store: ImageStore, name: NbdName, fmt: str | None, write: bool = False) -> NbdConnection:
     """Open ``name`` as qemu-img does (format ``fmt``, None: probed, which finds raw: an export shows a disk's
     content, not an image file), through the machine's NBD server."""
     if fmt not in (None, "raw"):
@@ -226,7 +226,7 @@ def connect(store: ImageStore, name: NbdName, fmt: str | None) -> NbdConnection:
                         "No such file or directory")
     where = name.path if name.kind == "unix" else f"{name.host}:{name.port}"
     try:
-        return store.nbd(name.kind, where, name.export or "", name.context)
+        return store.nbd(name.kind, where, name.export or "", name.context, write)
     except NbdConnectError as err:
         raise name.fail(str(err)) from None
 

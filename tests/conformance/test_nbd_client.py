@@ -205,6 +205,41 @@ def edge_steps() -> list[dict]:
                                               "nbd:" + "a" * 70 + ":1")]]
 
 
+def restore_steps(cluster: str = "65536", target: str = "qcow2", backing: bool = False, src_raw: bool = False
+                  ) -> list[dict]:
+    """A restore into a running disk: ``qemu-img convert -n`` of a backup image into a writable export of a disk
+    (qcow2 with 64 KiB, 4 KiB or 1 MiB clusters, raw, or an overlay) that has two bitmaps and a write threshold.
+    The source holds data runs, a partly written cluster, a zero cluster and (qcow2) a cluster of written zeroes."""
+    fmt = "raw" if src_raw else "qcow2"
+    steps = [_img("create", "-f", fmt, *([] if src_raw else ["-o", f"cluster_size={cluster}"]), "src.img", "4M"),
+             _q("blockdev-add", {"driver": fmt, "node-name": "src", "file": {"driver": "file", "filename": "src.img"}}),
+             _write("src", M, 256 * K, 0x21), _write("src", 2 * M + 512, 4 * K, 0x22),
+             _write("src", 2 * M + 40 * K, K, 0x23), {"zero": {"node": "src", "offset": 3 * M, "length": 64 * K}},
+             *([] if src_raw else [_write("src", 3 * M + 128 * K, 64 * K, 0)]),  # (bitlab's raw files keep no zeroes)
+             _write("src", 4 * M - 8 * K, 8 * K, 0x24), _q("blockdev-del", {"node-name": "src"})]
+    if backing:
+        steps += [*_image("base", "4M"), _write("base", 0, 4 * M, 0x55), _q("blockdev-del", {"node-name": "base"}),
+                  _img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "d.qcow2", "4M")]
+    else:
+        steps.append(_img("create", "-f", target, "d.qcow2", "4M"))
+    steps += [_q("blockdev-add", {"driver": target, "node-name": "d",
+                                  "file": {"driver": "file", "filename": "d.qcow2"}}),
+              _write("d", 0, 512 * K, 0x11),
+              _q("block-dirty-bitmap-add", {"node": "d", "name": "b", "granularity": 64 * K}),
+              _q("block-dirty-bitmap-add", {"node": "d", "name": "b2", "granularity": 512}),
+              _q("block-set-write-threshold", {"node-name": "d", "write-threshold": 3 * M + 100 * K}),
+              SERVER, _q("block-export-add", {"type": "nbd", "id": "d", "node-name": "d", "writable": True}),
+              _q("block-export-add", {"type": "nbd", "id": "ro", "node-name": "d", "name": "ro"}),
+              _img("convert", "-n", "-O", "raw", "src.img", SOCK.format("ro")),
+              _img("convert", "-n", "-O", "raw", "src.img", SOCK.format("d")),
+              _q("query-named-block-nodes", {"flat": True}), _img("map", "--output=json", SOCK.format("d")),
+              _q("block-export-del", {"id": "ro"}), _q("block-export-del", {"id": "d"}),
+              _q("blockdev-del", {"node-name": "d"}), _img("map", "--output=json", "d.qcow2"),
+              _img("compare", "src.img", "d.qcow2")]
+    return steps + ([_img("check", "d.qcow2")] if target == "qcow2" else [])
+
+
+RESTORES = [{}, {"cluster": "4096"}, {"cluster": "1M"}, {"target": "raw"}, {"backing": True}, {"src_raw": True}]
 STORIES = [pull_steps, names_steps, depth_steps, live_steps, raw_steps, edge_steps]
 
 
@@ -347,11 +382,18 @@ def test_what_qemu_img_cannot_do_with_an_export_here_says_so():
     for args, text in [(("compare", "-s", SOCK.format("n"), "r.raw"), "'qemu-img compare -s' of an NBD export"),
                        (("convert", "--bitmaps", "-O", "qcow2", SOCK.format("n"), "x.qcow2"), "--bitmaps"),
                        (("resize", SOCK.format("n"), "8M"), "simulates qemu-img reading an NBD export"),
-                       (("convert", "-n", "-O", "raw", "r.raw", SOCK.format("n")), "not this"),
+                       (("convert", "-O", "raw", "r.raw", SOCK.format("n")), "creating an image on an NBD"),
                        (("map", "--image-opts", OPTS.format("n") + ",tls-creds=t"), "'tls-creds'")]:
         with pytest.raises(QemuImgError, match="bitlab (does not simulate|simulates qemu-img reading)") as err:
             vm.qemu_img(*args)
         assert text in err.value.stderr
+    vm.qmp("block-export-add", {"type": "nbd", "id": "w", "node-name": "n", "name": "w", "writable": True})
+    vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "tgt", "size": 4 * M})
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "n", "target": "tgt", "sync": "none"})
+    with pytest.raises(QemuImgError, match="writing through the copy-before-write node"):
+        vm.qemu_img("convert", "-n", "-O", "raw", "r.raw", SOCK.format("w"))
+    vm.qmp("block-job-cancel", {"device": "j"})
+    vm.run()
     vm.qemu_img("create", "-f", "qcow2", "d.qcow2", "4M")
     vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "d", "file": {
         "driver": "blkdebug", "node-name": "dbg", "image": {"driver": "file", "filename": "d.qcow2"},
@@ -373,6 +415,35 @@ def test_what_qemu_img_cannot_do_with_an_export_here_says_so():
 ])
 def test_nbd_refresh_filename(name, filename):
     assert nbd.from_filename(name).filename == filename
+
+
+def test_a_restore_through_an_export_writes_the_whole_source():
+    vm = Machine()
+    replies = [run_step(vm, step) for step in restore_steps()]
+    steps = restore_steps()
+    got = {" ".join(step["qemu-img"]): r for step, r in zip(steps, replies) if "qemu-img" in step}
+    assert got[f"convert -n -O raw src.img {SOCK.format('ro')}"] == _fail(
+        f"Could not open '{SOCK.format('ro')}': Could not open image: Permission denied")
+    assert got[f"convert -n -O raw src.img {SOCK.format('d')}"]["returncode"] == 0
+    nodes = next(r["return"] for step, r in zip(steps, replies)
+                 if step.get("qmp", {}).get("execute") == "query-named-block-nodes")
+    # every byte of the source's 4 MiB was written, zero stretches as zeroes: both bitmaps count all of it
+    assert [(b["name"], b["count"]) for b in next(n for n in nodes if n["node-name"] == "d")["dirty-bitmaps"]] == [
+        ("b2", 4 * M), ("b", 4 * M)]
+    crossed = [e["data"] for e in vm.events if e["event"] == "BLOCK_WRITE_THRESHOLD"]
+    # the request that crossed it: the zero stretch from the partly written cluster up to the cluster of written
+    # zeroes (a data cluster to the source's block status, so a request of its own)
+    assert crossed == [{"node-name": "d", "amount-exceeded": 3 * M + 128 * K - (3 * M + 100 * K),
+                        "write-threshold": 3 * M + 100 * K}]
+    assert got["compare src.img d.qcow2"]["stdout"] == "Images are identical.\n"
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("kw", RESTORES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()) or "default")
+def test_a_restore_through_an_export_as_in_qemu(kw):
+    scenario = {"name": "restore", "steps": restore_steps(**kw)}
+    real, sim = play(scenario, "qemu", "qsd"), play(scenario, "sim")
+    assert [d.render() for d in compare(scenario, real, sim)] == []
 
 
 @pytest.mark.qemu
