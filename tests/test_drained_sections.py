@@ -5,6 +5,10 @@
   remaining clusters copy-before-write has meanwhile copied completes there, before the new actions' checks.
 - An export's deletion (block-export-del, nbd-server-stop, quit) drains its node twice: the jobs using that node
   pause and resume twice before BLOCK_EXPORT_DELETED.
+- On the system emulator HMP qemu-io on a node name drains it twice as the command ends: a backup (through its
+  filter) pauses and resumes, restarts its copy call, and completes there if copy-before-write copied all it had
+  left (``Machine(daemon="system")``'s guest writes; before session 24 bitlab drained only mirror, commit and stream
+  jobs there).
 """
 
 from __future__ import annotations
@@ -270,3 +274,39 @@ def test_a_snapshot_drains_all_then_its_node():
 def test_snapshots_match_the_system_emulator():
     want, got = on_both(snapshots, "system", wait_s=0.1)
     assert got == want
+
+
+def hmp_drain_steps() -> list[dict]:
+    """A throttled backup of a 2 MiB disk whose guest writes copy-before-write the rest: the second write's drains
+    end the job's sleep, its copy call finds nothing left."""
+    from tests.conformance.stories import q, write
+
+    images = [step for name in ("d", "t") for step in (
+        {"qemu-img": ["create", "-f", "qcow2", f"{name}.qcow2", "2M"]},
+        q("blockdev-add", {"driver": "qcow2", "node-name": name,
+                           "file": {"driver": "file", "filename": f"{name}.qcow2"}}))]
+    return [*images,
+            write("d", 0, 2 * M, 0x11),
+            q("blockdev-backup", {"job-id": "j", "device": "d", "target": "t", "sync": "full", "speed": 1}),
+            write("d", M, M, 0x22), q("query-jobs"), write("d", 0, M, 0x23), q("query-jobs"), {"settle-jobs": True},
+            {"read": {"node": "t", "offset": 0, "length": 2 * M, "pattern": 0x11}}]
+
+
+def test_hmp_qemu_io_drains_a_backup_on_the_system_emulator():
+    from bitlab.conformance.steps import run_step
+
+    vm = Machine(daemon="system")
+    replies = [run_step(vm, step) for step in hmp_drain_steps()]
+    assert replies[7]["return"] == []  # done before the first query: no job left
+    assert _statuses(vm, 0) == ["created", "running", "paused", "running", "paused", "running", "waiting", "pending",
+                                "concluded", "null"]
+    assert replies[-1]["stdout"].startswith("read 2097152/2097152 bytes")  # the point-in-time data, verified
+
+
+@pytest.mark.qemu
+def test_hmp_qemu_io_drains_match_the_system_emulator():
+    from bitlab.conformance.runner import compare, play
+
+    scenario = {"name": "hmp-drains", "steps": hmp_drain_steps()}
+    real, sim = play(scenario, "qemu", "system"), play(scenario, "sim", "system")
+    assert [d.render() for d in compare(scenario, real, sim)] == []

@@ -33,18 +33,19 @@ def _report(verb: str, offset: int, length: int) -> str:
 WRITERS = ("write", "writev", "discard")  # qemu-io commands that need the write permission
 
 
-def _mirror_drains(vm: Any, device: str) -> None:
+def _hmp_drains(vm: Any, device: str) -> None:
     """HMP qemu-io on a node name makes a BlockBackend of its own, which drains the node twice as the command
-    ends (measured on the system emulator: a ready mirror goes standby, ready, standby, ready): a mirror, commit or
-    stream job linked to the node pauses and resumes, and a ready one copies what the write dirtied at once instead of
-    after its 100 ms sleep; a commit or stream job's rate-limit sleep ends. (Backups are not drained here: README,
-    Known differences.) The simulator's guest
+    ends (measured on the system emulator: a ready mirror goes standby, ready, standby, ready): every job linked to
+    the node pauses and resumes — a ready mirror copies what the write dirtied at once instead of after its 100 ms
+    sleep; a commit or stream job's rate-limit sleep ends; a backup (linked through its filter, which the guest's
+    request enters) restarts its copy call, and completes there if copy-before-write copied all it had left
+    (``--focus running --seed 12024 --daemon system``, scenario 37). The simulator's guest
     writes are the system emulator's HMP qemu-io only with ``Machine(daemon="system")``; qemu-storage-daemon's
     guest (an NBD client of an export kept for the node's life) drains nothing."""
     if getattr(vm, "daemon", "qsd") != "system" or device in vm.graph.devices:
         return
     node = vm.graph.nodes.get(device)
-    jobs = [job for job in vm.jobs.jobs if job.job_type != "backup" and node is not None and job.uses(node)]
+    jobs = [job for job in vm.jobs.jobs if node is not None and job.uses(node)]
     for _ in range(2 if jobs else 0):
         vm.jobs.drain_jobs(jobs, lambda: None)
 
@@ -411,7 +412,7 @@ def qmp_hmp(vm: Any, args: dict) -> str:
     monitor: list[str] = []
     try:
         vm.console.append(run_qemu_io(vm, words[0], words[1], monitor))
-        _mirror_drains(vm, words[0])
+        _hmp_drains(vm, words[0])
     except QMPError as err:
         # qemu-io reports a permission it cannot take itself (error_report_err): no "Error: "
         own = err.desc.startswith("Permission conflict") or err.desc == "Block node is read-only"
