@@ -60,9 +60,9 @@ def find_key(key_fn: KeyFn, name: str) -> str | None:
     """The store's name for a file to open, or None where nothing can exist (outside the work
     directory), so that the caller answers as for a missing file."""
     path = strip_file_protocol(name)
-    if path is None and name.split(":", 1)[0] in NBD_SCHEMES:  # (info, map, convert and compare read exports)
+    if path is None and name.split(":", 1)[0] in NBD_SCHEMES:  # (info, map, measure, convert and compare read exports)
         raise QemuImgError(f"qemu-img: Could not open '{name}': bitlab simulates qemu-img reading an NBD export "
-                           "(info, map, convert from it, compare), not this\n")
+                           "(info, map, measure, convert from it, compare) and convert -n into one, not this\n")
     if path is None and name.split(":", 1)[0] not in QEMU_PROTOCOLS:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Unknown protocol '{name.split(':', 1)[0]}'\n")
     if path is None:

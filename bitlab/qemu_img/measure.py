@@ -14,9 +14,10 @@ import numpy as np
 
 from ..block.create import NOT_BUILT, cluster_size_error, refcount_bits_error
 from ..block.drivers import QEMU_DRIVERS
+from ..block.node import STATUS_DATA
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
 from ..qmp_order import to_json_pretty, wire_order
-from . import qemu_opts
+from . import nbd, qemu_opts
 from ._common import KeyFn, Layer, QemuImgError, cvtnum, open_chain
 from .getopt import GetoptError, getopt_long
 from .image_opts import named_by, resolve
@@ -74,7 +75,12 @@ def data_clusters(chain: list[Layer], cluster_size: int) -> int:
     hosts = any(layer.image.is_qcow2 and layer.image.metadata_preallocated() for layer in chain)
     s, e, c, _d, _h, zero = file_status(chain, *chain_status(chain, hosts=hosts))
     keep = (c == DATA) & ~zero & (e > s)
-    first, last = s[keep] // cluster_size, (e[keep] - 1) // cluster_size
+    return clusters_touched(s[keep], e[keep], cluster_size)
+
+
+def clusters_touched(starts: np.ndarray, ends: np.ndarray, cluster_size: int) -> int:
+    """The clusters sorted, disjoint runs of data touch, each counted once."""
+    first, last = starts // cluster_size, (ends - 1) // cluster_size
     if not first.size:
         return 0
     return int((last - first + 1).sum() - np.count_nonzero(first[1:] == last[:-1]))
@@ -108,8 +114,9 @@ def _crypto(opts: dict, prefix: str) -> None:
     raise QemuImgError(f"qemu-img: No secret with id '{secret}'\n")
 
 
-def qcow2_measure(opts: dict, chain: list[Layer] | None) -> dict:
-    """qcow2_measure: the options checked in QEMU's order, then the sizes (BlockMeasureInfo members)."""
+def qcow2_measure(opts: dict, chain: list[Layer] | None, data: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """qcow2_measure: the options checked in QEMU's order, then the sizes (BlockMeasureInfo members); ``data``: the
+    runs the source's block status calls data (an NBD export's), instead of its chain's."""
     extended_l2 = bool(opts.get("extended_l2", False))
     cs = int(opts.get("cluster_size", QCOW2_DEFAULT_CLUSTER))
     error = cluster_size_error(cs, extended_l2)
@@ -135,7 +142,8 @@ def qcow2_measure(opts: dict, chain: list[Layer] | None) -> dict:
     required = 0
     if chain is not None:  # (the size of the image measured is not checked against the L1 table's limit)
         virtual = _round_up(chain[0].size, cs)
-        required = virtual if "backing_file" in opts else data_clusters(chain, cs) * cs
+        clusters = clusters_touched(*data, cs) if data is not None else data_clusters(chain, cs)
+        required = virtual if "backing_file" in opts else clusters * cs
     if prealloc in ("falloc", "full"):
         required = virtual
     fully = prealloc_size(virtual, cs, refcount_bits.bit_length() - 1, extended_l2)
@@ -239,8 +247,19 @@ def img_measure(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: --size N cannot be used together with a filename.\n")
     if filename is None and size is None:
         raise QemuImgError("qemu-img: Either --size N or one filename must be specified.\n")
-    chain = None
-    if filename is not None:
+    chain, data = None, None
+    target = None if filename is None else nbd.name_of(filename, image_opts)
+    if target is not None:  # an export of the machine's NBD server: what its block status calls data
+        if image_opts and fmt is not None:
+            raise QemuImgError("qemu-img: --image-opts and --format are mutually exclusive\n")
+        conn = nbd.connect(store, target, fmt)
+        chain = [nbd.layer(conn, target)]
+        runs_s, runs_e, codes = nbd.map_runs(conn)
+        data = (runs_s[codes == STATUS_DATA], runs_e[codes == STATUS_DATA])
+        if snapshot:
+            raise QemuImgError("qemu-img: Failed to load snapshot: Block format 'raw' used by device '' does not "
+                               "support temporarily loading internal snapshots\n")
+    elif filename is not None:
         optstr = None
         if image_opts:  # (img_open: the options name the image, -f may not)
             if fmt is not None:
@@ -257,5 +276,5 @@ def img_measure(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         opts["size"] = size
     if out_fmt == "luks":
         _crypto(opts, "")
-    info = qcow2_measure(opts, chain) if out_fmt == "qcow2" else raw_measure(opts, chain)
+    info = qcow2_measure(opts, chain, data) if out_fmt == "qcow2" else raw_measure(opts, chain)
     return to_json_pretty(wire_order(info)) + "\n" if output == "json" else _human(info)

@@ -73,6 +73,9 @@ def pull_steps() -> list[dict]:
             {"read": {"node": "full", "offset": M, "length": 64 * K, "pattern": 0x21}},
             {"read": {"node": "full", "offset": M + 64 * K, "length": 64 * K, "pattern": 0x11}},
             _img("info", SOCK.format("pull")), _img("info", "--output=json", SOCK.format("pull")),
+            _img("measure", "-O", "qcow2", SOCK.format("pull")),
+            _img("measure", "--output=json", "-O", "qcow2", "-o", "cluster_size=4k", "--image-opts",
+                 OPTS.format("pull") + INC0),
             _q("block-export-del", {"id": "pull"}), _q("blockdev-del", {"node-name": "snap"}),
             _q("blockdev-del", {"node-name": "cbw"}),
             _img("info", SOCK.format("pull"))]
@@ -143,6 +146,7 @@ def live_steps() -> list[dict]:
             _img("map", "--output=json", SOCK.format("a")), _img("map", SOCK.format("a")),
             _img("map", "--output=json", "--image-opts", OPTS.format("a") + ",x-dirty-bitmap=qemu:dirty-bitmap:p"),
             _img("convert", "-O", "qcow2", SOCK.format("a"), "c.qcow2"), _img("map", "--output=json", "c.qcow2"),
+            _img("measure", "-O", "qcow2", SOCK.format("a")), _img("measure", "-O", "raw", SOCK.format("a")),
             _q("blockdev-add", {"driver": "null-co", "node-name": "tgt", "size": 8 * M}),
             _q("blockdev-backup", {"job-id": "j", "device": "a", "target": "tgt", "sync": "none"}),
             _img("map", "--output=json", SOCK.format("a")), _q("query-block-exports"),
@@ -280,6 +284,9 @@ def test_a_pull_reads_the_snapshot_and_its_bitmap():
                                   f"0xa10000        0x1f0000        0xa10000        {SOCK.format('pull')}",
                                   f"0xd00000        0x300000        0xd00000        {SOCK.format('pull')}"]
     assert got[f"compare -f raw {SOCK.format('pull')} full.qcow2"]["stdout"] == "Images are identical.\n"
+    # what a qcow2 copy of the export would need: its data clusters (the snapshot's 3 MiB + 128 KiB + 64 KiB + 1 MiB)
+    assert got[f"measure -O qcow2 {SOCK.format('pull')}"]["stdout"] == (
+        f"required size: {(3 * M + 128 * K + 64 * K + M) + 327680}\nfully allocated size: 17104896\n")
     reads = play({"name": "pull", "steps": pull_steps()}, "sim").replies
     assert [r["stdout"].splitlines()[0] for s, r in zip(pull_steps(), reads) if "read" in s] == [
         "read 65536/65536 bytes at offset 1048576", "read 65536/65536 bytes at offset 1114112"]
