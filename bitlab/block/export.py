@@ -47,30 +47,24 @@ class NbdConnection:
     def size(self) -> int:
         return self.export.node.size
 
-    def check_simulated(self) -> None:
-        """A blkdebug node with rules below the export would see the server's requests, a copy-on-read node
-        would copy what they read: not simulated."""
-        todo = [self.export.node]
-        while todo:
-            node = todo.pop()
-            if node.driver == "copy-on-read" or (node.driver == "blkdebug" and getattr(node, "rules", None)):
-                raise NbdConnectError(f"bitlab does not simulate an NBD client's requests through the {node.driver} "
-                                      f"node '{node.node_name}'")
-            todo.extend(child for _, child in node.children)
-
-    def check_writable(self) -> None:
-        """A client that writes: the export must be writable (QEMU's client then fails to open it), and bitlab
-        writes only into a node no job's filter sits on, with no throttle node below."""
-        if not self.export.writable:
-            raise NbdConnectError("Could not open image: Permission denied")
+    def check_simulated(self, write: bool = False) -> None:
+        """What bitlab does not simulate below the export: a blkdebug node with rules (it would see the server's
+        requests), a copy-on-read node (it would copy what they read); for a client that writes (``write``: the
+        export must be writable, or QEMU's client fails to open it), a job's filter at the top or a throttle node."""
         node = self.export.node
-        if node.driver in FILTER_CHILD:
-            raise NbdConnectError(f"bitlab does not simulate an NBD client writing through the {node.driver} node "
-                                  f"'{node.node_name}' (a job's filter)")
+        if write:
+            if not self.export.writable:
+                raise NbdConnectError("Could not open image: Permission denied")
+            if node.driver in FILTER_CHILD:
+                raise NbdConnectError(f"bitlab does not simulate an NBD client writing through the {node.driver} "
+                                      f"node '{node.node_name}' (a job's filter)")
         todo = [node]
         while todo:
             here = todo.pop()
-            if here.driver == "throttle":
+            if here.driver == "copy-on-read" or (here.driver == "blkdebug" and getattr(here, "rules", None)):
+                raise NbdConnectError(f"bitlab does not simulate an NBD client's requests through the {here.driver} "
+                                      f"node '{here.node_name}'")
+            if write and here.driver == "throttle":
                 raise NbdConnectError(f"bitlab does not simulate an NBD client writing through the throttle node "
                                       f"'{here.node_name}'")
             todo.extend(child for _, child in here.children)
@@ -244,7 +238,7 @@ class BlockExports:
                 raise NbdConnectError(f"Failed to connect to '{where}': No such file or directory")
         else:
             host, _, port = where.rpartition(":")
-            if _port_number(port) is None:  # (getaddrinfo)
+            if port_number(port) is None:  # (getaddrinfo)
                 raise NbdConnectError(f"address resolution failed for {where}: Servname not supported for ai_socktype")
             if not _is_address(host) and host != "localhost":
                 raise NbdConnectError(f"address resolution failed for {where}: Name or service not known")
@@ -252,7 +246,7 @@ class BlockExports:
                 raise NbdConnectError(f"bitlab's NBD client reaches only this machine's NBD server (127.0.0.1 or "
                                       f"localhost), not {where}")
             if server is None or server.addr["type"] != "inet" or host not in LOCAL_HOSTS or \
-                    _port_number(server.addr["port"]) != _port_number(port):
+                    port_number(server.addr["port"]) != port_number(port):
                 raise NbdConnectError(f"Failed to connect to '{where}': Connection refused")
         exp = self.find_name(name)
         if exp is None:
@@ -268,9 +262,7 @@ class BlockExports:
                     return conn
                 raise NbdConnectError("Could not open image: Invalid argument")
         conn = NbdConnection(exp, bitmap)
-        if write:
-            conn.check_writable()
-        conn.check_simulated()
+        conn.check_simulated(write)
         return conn
 
     def close_all(self, export_type: str | None = None) -> None:
@@ -280,7 +272,7 @@ class BlockExports:
                 self.delete(exp)
 
 
-def _port_number(port: str) -> int | None:
+def port_number(port: str) -> int | None:
     """A port as getaddrinfo reads it: a number, or a TCP service's name; None if neither."""
     if port.isdigit():
         return int(port)

@@ -253,7 +253,7 @@ def img_measure(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if image_opts and fmt is not None:
             raise QemuImgError("qemu-img: --image-opts and --format are mutually exclusive\n")
         conn = nbd.connect(store, target, fmt)
-        chain = [nbd.layer(conn, target)]
+        chain = [nbd.layer(conn, target, content=False)]  # (measure reads block status, no data)
         runs_s, runs_e, codes = nbd.map_runs(conn)
         data = (runs_s[codes == STATUS_DATA], runs_e[codes == STATUS_DATA])
         if snapshot:

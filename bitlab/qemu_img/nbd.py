@@ -279,14 +279,15 @@ def map_text(conn: NbdConnection, name: NbdName, output: str, start: int = 0, le
     return MAP_HEADER + "".join(rows)
 
 
-def layer(conn: NbdConnection, name: NbdName) -> Layer:
+def layer(conn: NbdConnection, name: NbdName, content: bool = True) -> Layer:
     """The export as a one-layer chain for the commands that read content (convert, compare): a raw image
-    of what the client reads, outside every store."""
-    s, e, v = conn.content()
+    of what the client reads, outside every store (``content`` False: its size only, for measure)."""
     data = ExtentMap(conn.size)
-    keep = v != 0
-    if keep.any():
-        data.write_batch(s[keep], (e - s)[keep], v[keep])
+    if content:
+        s, e, v = conn.content()
+        keep = v != 0
+        if keep.any():
+            data.write_batch(s[keep], (e - s)[keep], v[keep])
     return Layer(name.filename, ImageFile(name.filename, "raw", conn.size, data))
 
 

@@ -12,11 +12,10 @@ exists outside it: QEMU's text for a missing directory), or 127.0.0.1 / localhos
 from __future__ import annotations
 
 import posixpath
-import socket
 from typing import Any
 
 from ..block import perms
-from ..block.export import BlockExport, NbdServer
+from ..block.export import LOCAL_HOSTS, BlockExport, NbdServer, port_number
 from ..block.graph import id_wellformed
 from ..block.info import filter_or_cow
 from ..block.node import BlockNode
@@ -29,7 +28,6 @@ from .types import BlockDirtyBitmapOrStr
 
 NBD_MAX_STRING_SIZE = 4096  # export names and descriptions (nbd.h)
 UNIX_PATH_MAX = 108  # sizeof(sun_path); the path needs no terminating NUL
-LOCAL_HOSTS = ("127.0.0.1", "localhost")
 UINT16 = Builtin("uint16")
 
 # -- QAPI types (qapi/sockets.json, qapi/block-export.json) ----------------------------------
@@ -116,12 +114,9 @@ def _check_address(vm: Any, addr: dict) -> dict:
         return {"type": "unix", **data, "path": full}
     if kind == "inet" and data["host"] in LOCAL_HOSTS:
         port = data["port"]
-        if not port.isdigit():
-            try:
-                socket.getservbyname(port, "tcp")
-            except OSError:
-                raise generic(f"address resolution failed for {data['host']}:{port}: Servname not supported "
-                              "for ai_socktype") from None
+        if port_number(port) is None:
+            raise generic(f"address resolution failed for {data['host']}:{port}: Servname not supported "
+                          "for ai_socktype")
         return {"type": "inet", **data}
     raise generic(f"bitlab's NBD server listens only on a unix socket in its work directory or on "
                   f"127.0.0.1 / localhost, not on {kind} {data}")
