@@ -61,7 +61,15 @@ def mirror_episode(mr: Mirrors, size: int, switch: bool = True) -> list[dict]:
         tsize = size if rng.random() < 0.9 else size // 2  # another size: the job fails as it starts
         create = ["create", "-f", "qcow2"]
         if rng.random() < 0.2:
-            create += ["-o", f"cluster_size={rng.choice([4 * K, 2 * M])}"]
+            cluster = rng.choice([4 * K, 2 * M])
+            create += ["-o", f"cluster_size={cluster}"]
+            if args.get("buf-size", 16 * M) < cluster:
+                # A buffer below the target's clusters: the job copies zero stretches too (not whole target
+                # clusters), an iteration's requests wait for buffer space before they count as in flight
+                # (mirror_co_read), and QEMU 7.2 can go ready with some still waiting: BLOCK_JOB_READY's len and
+                # offset vary from run to run (random scenario 2033385409/113). Keep the default buffer (the
+                # other draws are unchanged).
+                del args["buf-size"]
         steps.append({"qemu-img": [*create, f"{target}.qcow2", str(tsize)]})
         steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
                                            "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
