@@ -176,12 +176,17 @@ class DirtyBitmap:
         first, last = first[ok], last[ok]
         if first.size == 0:
             return
+        # (a mask of the span only: a request's few bits cost its time, not the whole bitmap's)
+        lo, hi = int(first.min()), int(last.max()) + 1
         if np.array_equal(first, last):
-            mask = np.zeros(self.nbits, dtype=bool)
-            mask[first] = True
+            mask = np.zeros(hi - lo, dtype=bool)
+            mask[first - lo] = True
         else:
-            mask = range_mask(self.nbits, first, last)
-        self.bits |= bits_from_bool(mask)
+            mask = range_mask(hi - lo, first - lo, last - lo)
+        if hi - lo == self.nbits:
+            self.bits |= bits_from_bool(mask)
+        else:
+            self.bits[lo:hi] |= bits_from_bool(mask)
 
     def reset_range(self, offset: int, length: int) -> None:
         """Clear whole chunks (hbitmap_reset requires granularity alignment)."""

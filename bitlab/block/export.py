@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..bitmap import DirtyBitmap
+from . import batch_writes, wstats
+from .extents import clip_runs
 from .info import FILTER_CHILD, filter_or_cow, skip_filters
 from .node import STATUS_DATA, STATUS_DATA_ZERO, STATUS_NONE, STATUS_ZERO, BlockNode
 
@@ -69,20 +71,33 @@ class NbdConnection:
                                       f"'{here.node_name}'")
             todo.extend(child for _, child in here.children)
 
-    def write(self, requests: list[tuple[str, int, int, tuple | None]]) -> None:
-        """The client's write requests in order — ``("data", offset, length, runs)`` (NBD_CMD_WRITE) or ``("zero",
-        offset, length, None)`` (NBD_CMD_WRITE_ZEROES without NO_HOLE: may unmap), each split at the client's
-        32 MiB limit — through the export's BlockBackend, then its flush as the client disconnects."""
+    def write(self, offsets: np.ndarray, lengths: np.ndarray, zero: np.ndarray,
+              runs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """The client's write requests in order (``offsets``, ``lengths``: byte arrays) — data (NBD_CMD_WRITE, its
+        buffer the ``runs`` (starts, ends, values) over it; it holds data: no zeroes to detect) or, where ``zero``,
+        NBD_CMD_WRITE_ZEROES without NO_HOLE (may unmap) — each split at the client's 32 MiB limit, through the
+        export's BlockBackend: its node sees each request (its write threshold the one that crosses it), in
+        order where the order shows (:mod:`.batch_writes`); then its flush as the client disconnects."""
         node = self.export.node
-        for kind, offset, length, runs in requests:
-            for at in range(offset, offset + length, NBD_MAX_REQUEST):
-                n = min(NBD_MAX_REQUEST, offset + length - at)
-                if kind == "zero":
-                    node.write_zeroes(at, n, unmap=True)
-                    continue
-                s, e, v = runs
-                keep = (e > at) & (s < at + n)
-                node.write_buffer(at, n, np.maximum(s[keep], at), np.minimum(e[keep], at + n), v[keep])
+        per = np.maximum(-(-lengths // NBD_MAX_REQUEST), 1)
+        if (per > 1).any():
+            first = np.repeat(offsets, per)
+            k = np.arange(first.size, dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)
+            ends = np.repeat(offsets + lengths, per)
+            offsets = first + k * NBD_MAX_REQUEST
+            lengths = np.minimum(offsets + NBD_MAX_REQUEST, ends) - offsets
+            zero = np.repeat(zero, per)
+        if offsets.size:
+            if node.write_threshold and not node.untracked:  # (the requests, not the runs of their buffers)
+                wstats.check_batch(node, offsets, lengths)
+            data = ~zero
+            s, e, v, dptr = clip_runs(*runs, offsets[data], offsets[data] + lengths[data])
+            ptr = np.zeros(offsets.size + 1, dtype=np.int64)
+            counts = np.zeros(offsets.size, dtype=np.int64)
+            counts[data] = np.diff(dptr)
+            np.cumsum(counts, out=ptr[1:])
+            kind = np.where(zero, batch_writes.ZERO_UNMAP, batch_writes.DATA)
+            batch_writes.write_requests(node, offsets, lengths, kind, ptr, (s, e, v), True, detect=True)
         node.flush()
 
     def status(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

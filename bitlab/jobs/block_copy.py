@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 
 from ..bitmap import DirtyBitmap, bits_from_bool, range_mask
-from ..block import throttle, wstats
+from ..block import batch_writes, throttle, wstats
 from ..block.blkdebug import BlockIOError
 from ..block.extents import UNALLOCATED, ZERO, clip_runs, range_items
 from ..block.node import FEW_EXTENTS, BlockNode, FileNode, NullNode, Qcow2Node, RawNode
@@ -988,10 +988,9 @@ class BlockCopy:
         runs = batch.run_s[p0:p1], batch.run_e[p0:p1], batch.run_v[p0:p1]
         if self.compress:
             self._write_compressed(offsets, io, np.where(zero, 1, np.where(detected, 2, 0)), ptr, runs)
-        elif self._writes_in_order(offsets, io, zero | detected, ptr):
-            self._write_in_order(offsets, io, zero, detected, ptr, runs)
         else:
-            self._write_tasks(offsets, io, zero, detected, ptr, runs)
+            kind = np.where(zero, batch_writes.ZERO, np.where(detected, batch_writes.ZERO_UNMAP, batch_writes.DATA))
+            batch_writes.write_requests(self.target, offsets, io, kind, ptr, runs, bool(self.target.zero_detected()))
 
     def _write_compressed(self, offsets: np.ndarray, io: np.ndarray, kind: np.ndarray, ptr: np.ndarray,
                           runs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -1008,66 +1007,6 @@ class BlockCopy:
                 r0, r1 = int(ptr[a]), int(ptr[b])
                 self.target.write_compressed_clusters(offsets[a:b] // self.cluster_size, io[a:b], starts[r0:r1],
                                                       ends[r0:r1], vals[r0:r1])
-
-    def _write_tasks(self, offsets: np.ndarray, io: np.ndarray, zero: np.ndarray, detected: np.ndarray,
-                     ptr: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """Tasks' target writes where their order does not matter: the data tasks' runs in one batch, then
-        the zero tasks, then the tasks whose zeroes the target detects."""
-        starts, ends, vals = runs
-        if starts.size:
-            if detected.any():  # their runs are written as zeroes below
-                keep = ~np.repeat(detected, np.diff(ptr))
-                starts, ends, vals = starts[keep], ends[keep], vals[keep]
-            if starts.size:
-                self.target.write_batch(starts, ends - starts, vals)
-        if zero.any():
-            self.target.write_zeroes_batch(offsets[zero], io[zero])
-        if detected.any():
-            self.target.write_zeroes_batch(offsets[detected], io[detected], bool(self.target.zero_detected()))
-
-    def _writes_in_order(self, offsets: np.ndarray, io: np.ndarray, zeroes: np.ndarray, ptr: np.ndarray) -> bool:
-        """Whether the tasks' target writes must go in task order, each data task one request: on a qcow2
-        target where zero writes and data writes both reach L2 tables it does not have yet (whichever comes
-        first allocates them), or where a data task of several runs (one request: its clusters together)
-        may meet free clusters before the file's end."""
-        target = self.target
-        if type(target) is not Qcow2Node:
-            return False
-        mixed = bool(zeroes.any()) and not zeroes.all()
-        several = bool((ptr[1:] - ptr[:-1] > 1).any())
-        if not (mixed or several):
-            return False
-        layout = target.image.layout
-        if mixed:
-            cs = target.image.cluster_size
-            per = cs // 8
-            first, last = int(offsets[0]) // cs, (int(offsets[-1] + io[-1]) - 1) // cs
-            if layout.l2_any_missing(first // per, last // per):
-                return True
-        return several and layout.has_holes()
-
-    def _write_in_order(self, offsets: np.ndarray, io: np.ndarray, zero: np.ndarray, detected: np.ndarray,
-                        ptr: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """The tasks' target writes in task order (as one worker makes them): stretches of tasks of one kind
-        at once, a data task of several runs as one request (:meth:`BlockNode.write_buffer`)."""
-        starts, ends, vals = runs
-        kind = np.where(zero, 1, np.where(detected, 2, 0))
-        several = np.diff(ptr) > 1
-        cut = np.flatnonzero((kind[1:] != kind[:-1]) | several[1:] | several[:-1]) + 1
-        unmap = bool(self.target.zero_detected())
-        for a, b in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [kind.size])).tolist()):
-            k = int(kind[a])
-            if k == 1:
-                self.target.write_zeroes_batch(offsets[a:b], io[a:b])
-            elif k == 2:
-                self.target.write_zeroes_batch(offsets[a:b], io[a:b], unmap)
-            elif several[a]:
-                r0, r1 = int(ptr[a]), int(ptr[a + 1])
-                self.target.write_buffer(int(offsets[a]), int(io[a]), starts[r0:r1], ends[r0:r1], vals[r0:r1],
-                                         detect=False)
-            else:
-                r0, r1 = int(ptr[a]), int(ptr[b])
-                self.target.write_batch(starts[r0:r1], ends[r0:r1] - starts[r0:r1], vals[r0:r1])
 
     def _settle(self, call: Call) -> None:
         """Bring a batch in flight to the wave model's state now (see the module docstring)."""

@@ -13,6 +13,7 @@ from bisect import bisect_right
 import numpy as np
 
 from ..block.export import NbdConnection
+from ..block.extents import clip_runs
 from ._common import Layer
 from .compare import status_answers
 from .layers import content
@@ -87,44 +88,164 @@ def _is_allocated_min(buf: _Buffer, at: int, n: int, least: int, sector_num: int
     return True, num_used
 
 
-def requests(chain: list[Layer], size: int, sparse: int) -> list[tuple[str, int, int]]:
-    """The write requests (``"data"`` or ``"zero"``, offset, length) img_convert sends a target that is not new
-    for the source ``chain`` of ``size`` bytes, with ``-S`` ``sparse`` (bytes, > 0)."""
+def _walk(bounds: np.ndarray, flags: np.ndarray, total: int, src_alignment: int, lo: int, hi: int
+          ) -> list[tuple[int, int, bool]]:
+    """convert_iteration_sectors' status answers for the sectors ``[lo, hi)`` (the whole disk, or stretches of
+    status runs :func:`requests` cannot take at once): pieces (first sector, sectors, zero), one status answer a
+    piece, cut at the request limit and, past the source's request alignment, back to it."""
+    starts = bounds[:-1]
+    out = []
+    sector = lo
+    while sector < hi:
+        n = min(total - sector, REQUEST_MAX // SECTOR)
+        j = int(np.searchsorted(starts, sector * SECTOR, "right")) - 1
+        n = min(n, -(-(int(bounds[j + 1]) - sector * SECTOR) // SECTOR))
+        tail = (sector + n) % src_alignment
+        if n > tail:
+            n -= tail
+        out.append((sector, n, bool(flags[j] & ZERO_FLAG)))
+        sector += n
+    return out
+
+
+def _chunk_requests(chain: list[Layer], c0: int, n: int, least: int, alignment: int) -> list[tuple[bool, int, int]]:
+    """One data chunk's requests (data?, first sector, sectors), sector run by sector run as
+    is_allocated_sectors_min goes."""
+    buf = _Buffer(*_sector_runs(chain, c0 * SECTOR, (c0 + n) * SECTOR))
+    out = []
+    at, left, num = 0, n, c0
+    while left > 0:
+        used, k = _is_allocated_min(buf, at, left, least, num, alignment)
+        out.append((used, num, k))
+        at, left, num = at + k, left - k, num + k
+    return out
+
+
+def _params(chain: list[Layer], size: int, sparse: int) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
+    """The source's status answers (``bounds``: their starts, then the disk's size; their flags), its request
+    alignment, ``-S`` and the target's alignment for it (sectors), the disk's sectors."""
     starts, flags = status_answers(chain, size)
     top = chain[0].image
     src_alignment = top.cluster_size // SECTOR if top.is_qcow2 else 1  # (request alignment: one sector)
     least = sparse // SECTOR
     alignment = max(1 << (least.bit_length() - 1), 1)  # pow2floor(min_sparse); an NBD node's own is 1 sector
+    return np.append(starts, size), flags, src_alignment, least, alignment, size // SECTOR
+
+
+def _pieces(bounds: np.ndarray, flags: np.ndarray, total: int, src_alignment: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_walk` over the whole disk, as arrays (first sectors, sectors, zero?): a status answer that starts
+    and ends on the source's alignment, within the request limit, is one piece as it stands (all of them at
+    once); stretches of others are walked."""
+    lo, hi = bounds[:-1], np.minimum(bounds[1:], total * SECTOR)
+    unit = src_alignment * SECTOR
+    regular = (lo % unit == 0) & (hi % unit == 0) & (hi > lo) & (hi - lo <= REQUEST_MAX // SECTOR * SECTOR)
+    p0, pn, pz = lo // SECTOR, (hi - lo) // SECTOR, (flags & ZERO_FLAG) != 0
+    if regular.all():
+        return p0, pn, pz
+    parts = [(p0[regular], pn[regular], pz[regular])]
+    odd = np.flatnonzero(~regular)
+    cut = np.flatnonzero(np.diff(odd) > 1) + 1
+    for group in np.split(odd, cut):  # (stretches of status answers that are not: walked)
+        j, k = int(group[0]), int(group[-1]) + 1
+        end = int(lo[k]) // SECTOR if k < lo.size else total
+        got = _walk(bounds, flags, total, src_alignment, -(-int(lo[j]) // SECTOR), end)
+        parts.append((np.array([g[0] for g in got], dtype=np.int64), np.array([g[1] for g in got], dtype=np.int64),
+                      np.array([g[2] for g in got], dtype=bool)))
+    p0, pn, pz = (np.concatenate(x) for x in zip(*parts))
+    order = np.argsort(p0, kind="stable")
+    return p0[order], pn[order], pz[order]
+
+
+def requests_walk(chain: list[Layer], size: int, sparse: int) -> list[tuple[str, int, int]]:
+    """:func:`requests` the way img_convert goes, one status answer and one chunk at a time (the tests check the
+    other against it)."""
+    bounds, flags, src_alignment, least, alignment, total = _params(chain, size, sparse)
     out: list[tuple[str, int, int]] = []
-    sector, total = 0, size // SECTOR
-    next_status, zero = 0, False
-    bounds = np.append(starts, size)
-    while sector < total:
-        n = min(total - sector, REQUEST_MAX // SECTOR)
-        if next_status <= sector:
-            j = int(np.searchsorted(starts, sector * SECTOR, "right")) - 1
-            n = min(n, -(-(int(bounds[j + 1]) - sector * SECTOR) // SECTOR))
-            tail = (sector + n) % src_alignment
-            if n > tail:
-                n -= tail
-            zero = bool(flags[j] & ZERO_FLAG)
-            next_status = sector + n
-        n = min(n, next_status - sector)
-        if not zero:
-            n = min(n, BUF // SECTOR)
-            buf = _Buffer(*_sector_runs(chain, sector * SECTOR, (sector + n) * SECTOR))
-            at, left, num = 0, n, sector
-            while left > 0:
-                used, k = _is_allocated_min(buf, at, left, least, num, alignment)
-                out.append(("data" if used else "zero", num * SECTOR, k * SECTOR))
-                at, left, num = at + k, left - k, num + k
-        else:
-            out.append(("zero", sector * SECTOR, n * SECTOR))
-        sector += n
+    for p0, n, zero in _walk(bounds, flags, total, src_alignment, 0, total):
+        if zero:
+            out.append(("zero", p0 * SECTOR, n * SECTOR))
+            continue
+        for c0 in range(p0, p0 + n, BUF // SECTOR):
+            out += [("data" if used else "zero", at * SECTOR, k * SECTOR)
+                    for used, at, k in _chunk_requests(chain, c0, min(BUF // SECTOR, p0 + n - c0), least, alignment)]
     return out
 
 
-def write(conn: NbdConnection, chain: list[Layer], reqs: list[tuple[str, int, int]]) -> None:
+def requests(chain: list[Layer], size: int, sparse: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The write requests img_convert sends a target that is not new for the source ``chain`` of ``size`` bytes,
+    with ``-S`` ``sparse`` (bytes, > 0): (offsets, lengths, zero?) in order. Worked out at once for the data
+    chunks on the target's alignment (a block is data if any of its sectors is; a request runs over zero
+    stretches shorter than ``-S`` between data, the zero stretches at a chunk's ends and the longer ones are zero
+    requests); chunks off it go sector run by sector run (:func:`_chunk_requests`)."""
+    bounds, flags, src_alignment, least, alignment, total = _params(chain, size, sparse)
+    p0, pn, pz = _pieces(bounds, flags, total, src_alignment)
+    keep = pn > 0
+    p0, pn, pz = p0[keep], pn[keep], pz[keep]
+    i64 = np.int64
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(p0[pz], pn[pz], np.ones(int(pz.sum()), dtype=bool))]
+    # the data pieces' chunks of BUF
+    d0, dn = p0[~pz], pn[~pz]
+    per = -(-dn // (BUF // SECTOR))
+    owner = np.repeat(np.arange(d0.size), per)
+    k = np.arange(owner.size, dtype=i64) - np.repeat(np.cumsum(per) - per, per)
+    cs = d0[owner] + k * (BUF // SECTOR)
+    ce = np.minimum(cs + BUF // SECTOR, (d0 + dn)[owner])
+    odd = (cs % alignment != 0) | (ce % alignment != 0)
+    for c0, c1 in zip(cs[odd].tolist(), ce[odd].tolist()):
+        got = _chunk_requests(chain, c0, c1 - c0, least, alignment)
+        parts.append((np.array([g[1] for g in got], dtype=i64), np.array([g[2] for g in got], dtype=i64),
+                      np.array([not g[0] for g in got], dtype=bool)))
+    cs, ce = cs[~odd], ce[~odd]
+    if cs.size:
+        parts.append(_aligned_chunks(chain, size, cs, ce, least, alignment))
+    offsets = np.concatenate([p[0] for p in parts])
+    order = np.argsort(offsets, kind="stable")
+    lengths = np.concatenate([p[1] for p in parts])[order]
+    zero = np.concatenate([p[2] for p in parts])[order]
+    return offsets[order] * SECTOR, lengths * SECTOR, zero
+
+
+def _aligned_chunks(chain: list[Layer], size: int, cs: np.ndarray, ce: np.ndarray, least: int, alignment: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The requests of data chunks ``[cs, ce)`` (sectors, on ``alignment``): (first sectors, sectors, zero?)."""
+    s, e, v = content(chain, int(cs.min()) * SECTOR, int(ce.max()) * SECTOR)
+    data = v != 0
+    first = s[data] // SECTOR // alignment * alignment  # the blocks any data touches
+    last_sector = -(-e[data] // SECTOR)
+    last = -(-last_sector // alignment) * alignment
+    if first.size:
+        reach = np.maximum.accumulate(last)
+        new = np.ones(first.size, dtype=bool)
+        new[1:] = first[1:] > reach[:-1]
+        ends = reach[np.append(np.flatnonzero(new)[1:] - 1, first.size - 1)]
+        first, last = first[new], ends
+    ds, de, _, ptr = clip_runs(first, last, np.zeros(first.size, dtype=np.int64), cs, ce)
+    owner = np.repeat(np.arange(cs.size), np.diff(ptr))
+    # a data request runs on over a zero stretch shorter than -S between data of its chunk
+    joined = (owner[1:] == owner[:-1]) & (ds[1:] - de[:-1] < least)
+    head = np.ones(ds.size, dtype=bool)
+    head[1:] = ~joined
+    tails = np.append(np.flatnonzero(head)[1:] - 1, ds.size - 1) if ds.size else np.zeros(0, dtype=np.int64)
+    ra, rb, rown = ds[head], de[tails], owner[head]
+    count = np.bincount(rown, minlength=cs.size)
+    rptr = np.concatenate(([0], np.cumsum(count)))
+    # zeroes: from each chunk's start to its first data (or its end), from each data request to the next (or the end)
+    z1s = cs
+    z1e = np.where(count > 0, ra[np.minimum(rptr[:-1], max(ra.size - 1, 0))] if ra.size else ce, ce)
+    last_in = np.append(rown[1:] != rown[:-1], True) if ra.size else np.zeros(0, dtype=bool)
+    z2s = rb
+    z2e = np.where(last_in, ce[rown], np.append(ra[1:], 0)) if ra.size else rb
+    zs = np.concatenate((z1s, z2s))
+    ze = np.concatenate((z1e, z2e))
+    real = ze > zs
+    zs, ze = zs[real], ze[real]
+    return (np.concatenate((ra, zs)), np.concatenate((rb - ra, ze - zs)),
+            np.concatenate((np.zeros(ra.size, dtype=bool), np.ones(zs.size, dtype=bool))))
+
+
+def write(conn: NbdConnection, chain: list[Layer], reqs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     """The requests through the export (data read from ``chain``), then the client's flush as it disconnects."""
-    conn.write([(kind, offset, length, content(chain, offset, offset + length) if kind == "data" else None)
-                for kind, offset, length in reqs])
+    offsets, lengths, zero = reqs
+    size = int((offsets + lengths).max()) if offsets.size else 0
+    conn.write(offsets, lengths, zero, content(chain, 0, size))

@@ -17,15 +17,17 @@ from tests.conformance.test_nbd_client import SERVER, SOCK, _img, _q, _write
 K, M = 1 << 10, 1 << 20
 
 
-def restore_scenario(seed: int) -> dict:
+def restore_scenario(seed: int, big: bool = False, odd: bool = False) -> dict:
+    """A restore; ``big``: of 64 MiB (many L2 tables of a small-cluster target) with more writes on both sides;
+    ``odd``: of a size that is no whole number of 4 KiB blocks, with an ``-S`` of any number of sectors."""
     rng = random.Random(seed)
-    size = rng.choice([2 * M, 4 * M, 3 * M + 4 * K])
+    size = rng.choice([2 * M, 4 * M, 3 * M + 4 * K]) * (16 if big else 1) + (512 * rng.randrange(1, 8) if odd else 0)
     src_raw = rng.random() < 0.25
     fmt = "raw" if src_raw else "qcow2"
     opts = [] if src_raw else ["-o", f"cluster_size={rng.choice([512, 4 * K, 64 * K, M])}"]
     steps = [_img("create", "-f", fmt, *opts, "src.img", str(size)),
              _q("blockdev-add", {"driver": fmt, "node-name": "src", "file": {"driver": "file", "filename": "src.img"}})]
-    for _ in range(rng.randint(0, 8)):
+    for _ in range(rng.randint(0, 8) * (6 if big else 1)):
         off = rng.randrange(0, size // 512) * 512
         length = min(rng.choice([512, K, 3584, 4 * K, 8 * K, 60 * K, 64 * K, 200 * K, M]), size - off)
         kind = rng.random()
@@ -39,7 +41,7 @@ def restore_scenario(seed: int) -> dict:
     topts = ["-o", f"cluster_size={rng.choice([4 * K, 64 * K, M])}"] if target == "qcow2" else []
     steps += [_img("create", "-f", target, *topts, "d.img", str(tsize)),
               _q("blockdev-add", {"driver": target, "node-name": "d", "file": {"driver": "file", "filename": "d.img"}})]
-    for _ in range(rng.randint(0, 3)):
+    for _ in range(rng.randint(0, 3) * (10 if big else 1)):
         off = rng.randrange(0, tsize // 512) * 512
         steps.append(_write("d", off, min(rng.choice([4 * K, 64 * K, 300 * K]), tsize - off), rng.randrange(1, 256)))
     granularity = rng.choice([512, 4 * K, 64 * K])
@@ -47,6 +49,8 @@ def restore_scenario(seed: int) -> dict:
     if rng.random() < 0.7:
         steps.append(_q("block-set-write-threshold", {"node-name": "d", "write-threshold": rng.randrange(1, tsize)}))
     sparse = ["-S", str(rng.choice([512, 4 * K, 8 * K, 64 * K]))] if rng.random() < 0.3 else []
+    if odd:
+        sparse = ["-S", str(512 * rng.choice([1, 3, 5, 6, 8, 96, 128]))]
     steps += [SERVER, _q("block-export-add", {"type": "nbd", "id": "d", "node-name": "d", "writable": True}),
               _img("convert", "-n", "-O", "raw", *sparse, "src.img", SOCK.format("d")),
               _q("query-named-block-nodes", {"flat": True}), _img("map", "--output=json", SOCK.format("d")),
