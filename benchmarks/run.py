@@ -25,6 +25,9 @@ Sections
   (h) blockdev-mirror, sync full, of a 1 TiB null-co node into an empty qcow2 node, until ready
   (i) a pull-mode backup tool's ``qemu-img map`` over NBD of a 1 TiB qcow2 export whose bitmap 1M scattered
       64 KiB writes dirtied: with ``x-dirty-bitmap`` (1.8M entries) and plain ``base:allocation``
+  (j) a restore into a running disk: ``qemu-img convert -n`` of a 1 TiB qcow2 backup with 1M scattered 64 KiB
+      clusters into a writable NBD export of an empty 1 TiB qcow2 disk (2M requests, at once), and of a 16 GiB
+      backup with 10k clusters into a disk with 10k of its own (zero writes free clusters: request by request)
 
 Times are medians of several repeats of ``time.perf_counter`` measurements.
 """
@@ -515,6 +518,33 @@ def bench_pull_map() -> None:
     add("base:allocation", t_alloc, "s")
 
 
+def time_restore(size: int, clusters: int, own: int) -> float:
+    """Seconds of ``qemu-img convert -n`` of a qcow2 backup of ``size`` bytes with ``clusters`` scattered 64 KiB
+    clusters into a writable NBD export of a qcow2 disk of that size with ``own`` of its own and a bitmap."""
+    vm = Machine()
+    rng = np.random.default_rng(SEED)
+    for name, n in (("backup", clusters), ("disk", own)):
+        vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", str(size))
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+        if n:
+            vm.write_batch(name, np.sort(rng.choice(size // 65536, n, replace=False)) * 65536, 65536, 0x22)
+    vm.qmp("blockdev-del", {"node-name": "backup"})
+    vm.qmp("block-dirty-bitmap-add", {"node": "disk", "name": "b"})
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    vm.qmp("block-export-add", {"type": "nbd", "id": "disk", "node-name": "disk", "writable": True})
+    t = time.perf_counter()
+    vm.qemu_img("convert", "-n", "-O", "raw", "backup.qcow2", "nbd+unix:///disk?socket=nbd.sock")
+    return time.perf_counter() - t
+
+
+def bench_restore() -> None:
+    section("(j) a restore into a running disk: qemu-img convert -n of a qcow2 backup into a writable NBD export")
+    add("1 TiB backup, 1M clusters, into an empty disk (2M requests)", time_restore(TiB, 1_000_000, 0), "s")
+    add("16 GiB backup, 10k clusters, into a disk with 10k (request by request)",
+        time_restore(16 << 30, 10_000, 10_000), "s")
+
+
 # -- the seed scenario, in-process and on real QEMU -----------------------------------------------
 def _seed_replay() -> types.ModuleType:
     """tests/trace_replay.py (replay(mode), Summary, commands(mode))."""
@@ -755,6 +785,7 @@ def main() -> int:
     bench_block_copy()
     bench_mirror()
     bench_pull_map()
+    bench_restore()
     bench_seed()
     print_table(ROWS)
     print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f} s")

@@ -123,6 +123,8 @@ class _State:
         self.server = False
         self.pulls = 0  # images qemu-img pulled from an export (nc<n>)
         self.thresholds: random.Random | None = None  # write thresholds' own stream (gen_threshold)
+        self.images: list[str] = []  # backup target images made (the restores' sources)
+        self.writable: str | None = None  # the name of the writable export the last export op added
 
     def node(self) -> str:
         return self.rng.choice(self.nodes + (["nope"] if self.rng.random() < 0.05 else []))
@@ -157,6 +159,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     mirrors = Mirrors(random.Random(f"{seed}/{index}/mirror"), nodes)
     commits = Commits(random.Random(f"{seed}/{index}/commit"))
     clients = random.Random(f"{seed}/{index}/nbd-client")
+    restores = random.Random(f"{seed}/{index}/restore")
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -170,6 +173,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         steps += _OPS[op](st, size)
         if op == "export" and st.server and clients.random() < NBD_CLIENT_CHANCE:
             steps += _nbd_client(clients, st)
+        if op == "export" and st.writable and st.images and restores.random() < RESTORE_CHANCE:
+            steps += _restore(restores, st)
         if life.rng.random() < LIFE_CHANCE:
             steps += _life(st, life, size)
         if parents.rng.random() < PARENTS_CHANCE:
@@ -334,6 +339,7 @@ def _backup_args(st: _State, size: int, steps: list[dict], *, always_ok: bool = 
     steps.append({"qemu-img": ["create", "-f", "qcow2", f"{target}.qcow2", str(tsize)]})
     steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
                                        "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
+    st.images.append(f"{target}.qcow2")
     st.jobs += 1
     args: dict = {"job-id": f"job{st.jobs}", "device": node, "target": target, "sync": rng.choice(SYNCS)}
     if rng.random() < 0.8 or args["sync"] in ("bitmap", "incremental"):
@@ -413,6 +419,7 @@ def _export(st: _State, size: int) -> list[dict]:
         steps.append(_qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}}))
         st.server = True
     kind = rng.choices(["add", "del", "query"], weights=[6, 3, 1])[0]
+    st.writable = None
     if kind == "add":
         node = st.node()
         export_id = f"e{rng.randrange(3)}"
@@ -422,6 +429,7 @@ def _export(st: _State, size: int) -> list[dict]:
             args["bitmaps"] = [st.bitmap(node)]
         st.exports.append(export_id)
         steps.append(_qmp("block-export-add", args))
+        st.writable = args["name"] if args["writable"] else None
     elif kind == "del":
         export_id = rng.choice(st.exports + ["nope"]) if st.exports else "nope"
         steps.append(_qmp("block-export-del", {"id": export_id}))
@@ -453,6 +461,27 @@ def _nbd_client(rng: random.Random, st: _State) -> list[dict]:
     bitmap = rng.choice(sorted(st.bitmaps[node]) + ["b0"])
     return [{"qemu-img": ["map", "--output=json", "--image-opts", "driver=nbd,server.type=unix,server.path=nbd.sock,"
                           f"export={name},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}"]}]
+
+
+RESTORE_CHANCE = 0.5  # after an export op that added a writable export, a restore into it (own random stream)
+
+
+def _restore(rng: random.Random, st: _State) -> list[dict]:
+    """A restore into the running disk through the writable export just added (its own random stream): ``qemu-img
+    convert -n`` of a backup target's image (``-U``: its node still has it open; now and then ``-S``), then the
+    export's map over NBD, or its map with ``x-dirty-bitmap`` of a bitmap of the node it may hold."""
+    src = rng.choice(st.images)
+    sparse = ["-S", rng.choice(["512", "64k"])] if rng.random() < 0.2 else []
+    target = f"nbd+unix:///{st.writable}?socket=nbd.sock"
+    steps = [{"qemu-img": ["convert", "-U", "-n", "-O", "raw", *sparse, src, target]}]
+    node = st.writable if st.writable in st.nodes else rng.choice(st.nodes)
+    if rng.random() < 0.5 and st.bitmaps[node]:
+        bitmap = rng.choice(sorted(st.bitmaps[node]))
+        steps.append({"qemu-img": ["map", "--output=json", "--image-opts", "driver=nbd,server.type=unix,"
+                                   f"server.path=nbd.sock,export={st.writable},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}"]})
+    else:
+        steps.append({"qemu-img": ["map", "--output=json", target]})
+    return steps
 
 
 _OPS = {"write": _write, "add": _add, "manage": _manage, "merge": _merge, "sha": _sha, "query": _query,

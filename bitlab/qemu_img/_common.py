@@ -23,7 +23,7 @@ def map_hex(value: int) -> str:
     return f"{value:#x}" if value else "0"
 
 
-NBD_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix")  # the protocols of QEMU's NBD driver
+NBD_SCHEMES = {"nbd": "inet", "nbd+tcp": "inet", "nbd+unix": "unix"}  # QEMU's NBD driver's protocols, their transport
 # the protocol prefixes QEMU 7.2's block drivers take (Debian's build: the built-in ones, and those of the modules in
 # qemu-block-extra); any other prefix is an "Unknown protocol"
 QEMU_PROTOCOLS = frozenset(("file", "host_device", "host_cdrom", "fat", "null-co", "null-aio", "blkdebug", "blkverify",

@@ -20,9 +20,9 @@ from ..block.node import STATUS_DATA, STATUS_DATA_ZERO, STATUS_NONE, STATUS_ZERO
 from ..block.store import ImageFile, ImageStore
 from ..units import format_size
 from ._common import MAP_HEADER, Layer, QemuImgError, map_hex
+from ._common import NBD_SCHEMES as SCHEMES
 from .image_opts import parse as parse_opts
 
-SCHEMES = {"nbd": "inet", "nbd+tcp": "inet", "nbd+unix": "unix"}  # (NBD_SCHEMES, with their transport)
 EN_OPTSTR = ":exportname="
 CLIENT_KEYS = ("server.type", "server.path", "server.host", "server.port", "path", "host", "port", "export",
                "x-dirty-bitmap")
