@@ -178,3 +178,36 @@ def test_same_verdicts_and_proofs_on_real_qemu(mode):
                 assert chain.restore(real, image) == chain.restore(sim, image)
     finally:
         real.close()
+
+
+def _restore_story(vm: Machine, *options: str) -> tuple:
+    """A full backup, a guest write, the backup restored into the running disk over NBD, another full backup:
+    the second backup's point in time is the restored content (the write undone)."""
+    vm.add_drive("drive0", "4M")
+    vm.write("drive0", 0, "1M", 0x11)
+    vm.qmp("drive-backup", {"device": "drive0", "job-id": "b1", "sync": "full", "target": "f1.qcow2",
+                            "format": "qcow2"})
+    vm.run()
+    vm.write("drive0", "512k", "1M", 0x22)
+    vm.qmp("nbd-server-start", {"addr": {"type": "unix", "data": {"path": "nbd.sock"}}})
+    node = next(b["inserted"]["node-name"] for b in vm.qmp("query-block") if b["device"] == "drive0")
+    vm.qmp("block-export-add", {"type": "nbd", "id": "e", "node-name": node, "name": "d", "writable": True})
+    vm.qemu_img("convert", "-n", *options, "-O", "raw", "f1.qcow2", "nbd+unix:///d?socket=nbd.sock")
+    vm.qmp("block-export-del", {"id": "e"})
+    vm.qmp("drive-backup", {"device": "drive0", "job-id": "b2", "sync": "full", "target": "f2.qcow2",
+                            "format": "qcow2"})
+    vm.run()
+    pit = chain.point_in_time(vm, "f2.qcow2")
+    return chain.verify(vm, "f2.qcow2").ok, pit.first_difference(chain.restore(vm, "f1.qcow2"))
+
+
+def test_a_restore_into_the_disk_is_in_the_next_backups_point_in_time():
+    assert _restore_story(Machine()) == (True, None)
+
+
+@pytest.mark.qemu
+def test_a_restore_into_the_disk_is_in_the_next_backups_point_in_time_on_real_qemu():
+    """The real backend notes what the restore wrote (the source's content) in the machine's history (``-p``:
+    an option bitlab's qemu-img does not simulate, which the real one takes)."""
+    with Machine(backend="qemu") as vm:
+        assert _restore_story(vm, "-p") == (True, None)

@@ -69,7 +69,8 @@ from ..errors import QMPError
 from ..guest import GuestIO
 from ..history import NOTED_COMMANDS, history_of
 from ..monitor import Monitor, command, reply_value
-from ..qemu_img import QemuImgError
+from ..qemu_img import QemuImgError, cmdline
+from ..qemu_img import nbd as qemu_img_nbd
 from ..qmp.qemu_io import Request, parse_qemu_io
 from . import nbd, xdbg_hide
 
@@ -101,6 +102,9 @@ EXPORT_PREFIX = PRIVATE_PREFIX + "guest-"  # id and name of the export of a node
 BITMAP_EXPORT = PRIVATE_PREFIX + "bitmap"  # id and name of the export that dirty_bitmap reads
 BITMAP_KEY = "#bitmap"  # its key in QemuMachine._exports (no node can be named so)
 NBD_EXPORTERS = {"block-export-add", "nbd-server-add"}  # commands that need a running NBD server
+# commands that name the user's NBD exports (QemuMachine._note_export)
+EXPORT_NAMING = {"block-export-add", "nbd-server-add", "block-export-del", "nbd-server-remove", "nbd-server-stop"}
+
 # Commands whose permission checks the backend's exports (writable, never sharing resize) would change: they run
 # with those exports out of the way, as on a QEMU without them.
 PERMISSION_COMMANDS = {"block_resize", "blockdev-reopen", "blockdev-create", "blockdev-mirror", "drive-mirror",
@@ -314,6 +318,16 @@ class _Held:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+class _Every:
+    """Every option: a command line the real qemu-img took, which bitlab only reads."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+_EVERY_OPTION = _Every()
+
+
 class QemuMachine(GuestIO, Monitor):
     """A real QEMU 7.2 (qemu-storage-daemon or the system emulator) behind bitlab's Machine API.
 
@@ -356,6 +370,7 @@ class QemuMachine(GuestIO, Monitor):
         self._finalizer.atexit = False  # at exit, _stop_all stops QEMU (QMP may be unusable by then)
         self._closed = False
         self._exports: dict[str, str] = {}  # the node addressed -> id (= NBD name) of the backend's export
+        self._user_exports: dict[str, tuple[str, str]] = {}  # the user's NBD exports: id -> (NBD name, node)
         self._mirror_sources: dict[str, str] = {}  # a mirror job's id -> the node it mirrors
         self._switching: dict[str, dict[str, str | None]] = {}  # a completing mirror's id -> its source's export
         self._ending: set[str] = set()  # jobs told to complete or cancel: a ready one is on its way out
@@ -436,6 +451,7 @@ class QemuMachine(GuestIO, Monitor):
             if os.path.exists(path):
                 os.unlink(path)
         self._exports.clear()
+        self._user_exports.clear()
         self._server, self._users_server = None, False
         begin = time.monotonic()
         with open(self._out, "ab") as out:
@@ -503,6 +519,7 @@ class QemuMachine(GuestIO, Monitor):
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._exports.clear()
+        self._user_exports.clear()
         self._server, self._users_server = None, False
 
     def close(self) -> None:
@@ -534,6 +551,26 @@ class QemuMachine(GuestIO, Monitor):
         ``human-monitor-command``, ``stop``, ``cont`` or ``query-status`` as the first command starts the
         system emulator (daemon "auto"); later, qemu-storage-daemon gives its own CommandNotFound reply.
         """
+        reply = self._execute(message)
+        name, args = message.get("execute"), message.get("arguments")
+        if name in EXPORT_NAMING and isinstance(args, dict) and isinstance(reply, dict) and "return" in reply:
+            self._note_export(name, args)
+        return reply
+
+    def _note_export(self, name: str, args: dict) -> None:
+        """The user's NBD exports by id: (their NBD name, their node), for :meth:`_note_restore`."""
+        if name == "block-export-add" and args.get("type") == "nbd":
+            self._user_exports[args["id"]] = (args.get("name") or args["node-name"], args["node-name"])
+        elif name == "nbd-server-add":
+            self._user_exports[args["device"]] = (args.get("name") or args["device"], args["device"])
+        elif name in ("block-export-del", "nbd-server-remove"):
+            key = args.get("id") if name == "block-export-del" else next(
+                (k for k, (n, _) in self._user_exports.items() if n == args.get("name")), None)
+            self._user_exports.pop(key, None)
+        elif name == "nbd-server-stop":
+            self._user_exports.clear()
+
+    def _execute(self, message: dict) -> dict:
         name = message.get("execute")
         first_hmp = name in SYSTEM_COMMANDS and self.kind is None and self.daemon != "qsd"
         kind = self._ensure(name if first_hmp else None)
@@ -1031,7 +1068,34 @@ class QemuMachine(GuestIO, Monitor):
             self._come_back(aside)
         if out.returncode != 0:
             raise QemuImgError(out.stderr, out.returncode, out.stdout)
+        self._note_restore(args)
         return out.stdout
+
+    def _note_restore(self, args: tuple[str, ...]) -> None:
+        """A restore into a running disk (``convert -n`` into one of the user's NBD exports here): the history
+        notes what it wrote — the source's content, zeroes too — as writes to the export's node, so the point in
+        time of a later backup still replays (drives start blank: see :meth:`_capture_content`)."""
+        if len(args) < 3 or args[0] != "convert" or "-n" not in args:
+            return
+        try:
+            opts, positional = cmdline.parse("convert", list(args[1:]), _EVERY_OPTION)
+            where = qemu_img_nbd.from_filename(positional[-1])
+        except QemuImgError:
+            return  # (not an NBD name: a file, which no guest of this machine reads)
+        node = next((n for name, n in self._user_exports.values() if name == (where.export or "")), None)
+        if node is None:
+            return
+        tmp = ".bitlab-restored.raw"
+        fmt = ["-f", opts["-f"]] if "-f" in opts else []
+        subprocess.run(["qemu-img", "convert", "-U", *fmt, "-O", "raw", positional[0], tmp], cwd=self.workdir,
+                       capture_output=True, check=True, timeout=60)
+        try:
+            content = Content.from_bytes(np.fromfile(os.path.join(self.workdir, tmp), dtype=np.uint8))
+        finally:
+            os.unlink(os.path.join(self.workdir, tmp))
+        history = history_of(self)
+        for a, b, v in zip(content.starts.tolist(), content.ends.tolist(), content.vals.tolist()):
+            history.note_write(node, a, b - a, v)
 
     def dirty_bitmap(self, node: str, name: str) -> DirtyBitmap:
         """The bits of bitmap ``name`` on ``node``, read as a client would: an NBD export of the
