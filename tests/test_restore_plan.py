@@ -1,8 +1,9 @@
 """A restore's requests worked out at once (bitlab.qemu_img.convert_nbd.requests) equal img_convert's walk one
 status answer and one chunk at a time (requests_walk); written at once (bitlab.block.batch_writes), they leave the
 disk, its file and its bitmaps as the same requests written one by one. Seeded random restores of the differential
-fuzz (tests/conformance/test_nbd_restore_fuzz.py), small, big (64 MiB, many L2 tables) and odd (sizes of no whole
-4 KiB block, any ``-S``)."""
+fuzz (tests/conformance/test_nbd_restore_fuzz.py), small, big (64 MiB, many L2 tables), odd (sizes of no whole
+4 KiB block, any ``-S``) and into a qcow2 file (its persistent bitmap makes it look preallocated: qemu-img map then
+shows which of its blocks were written)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from bitlab.conformance.runner import play
 from bitlab.qemu_img import convert_nbd
 from tests.conformance.test_nbd_restore_fuzz import restore_scenario
 
-SEEDS = ([(seed, False, False) for seed in range(3000, 3040)] + [(seed, True, False) for seed in range(3100, 3130)]
-         + [(seed, False, True) for seed in range(3200, 3230)])
+SEEDS = ([(seed, False, False, False) for seed in range(3000, 3040)]
+         + [(seed, True, False, False) for seed in range(3100, 3130)]
+         + [(seed, False, True, False) for seed in range(3200, 3230)]
+         + [(seed, big, False, True) for seed in range(3300, 3330) for big in (False, True)])
 
 
-def _ids(case: tuple[int, bool, bool]) -> str:
-    return f"{case[0]}{'-big' if case[1] else ''}{'-odd' if case[2] else ''}"
+def _ids(case: tuple[int, bool, bool, bool]) -> str:
+    return f"{case[0]}{'-big' if case[1] else ''}{'-odd' if case[2] else ''}{'-file' if case[3] else ''}"
 
 
 @pytest.mark.parametrize("case", SEEDS, ids=_ids)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import wstats
+from .extents import clip_runs
 from .node import BlockNode, Qcow2Node
 from .qcow2_host import HostLayout
 
@@ -82,8 +84,18 @@ def write_in_order(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind:
 
 def write_unordered(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind: np.ndarray, ptr: np.ndarray,
                     runs: Runs, unmap: bool) -> None:
-    """The writes where their order does not matter: the data requests' runs in one batch, then the zero
+    """The writes where their order does not matter but within a cluster: first the zero requests' parts in a
+    qcow2 cluster whose first data request comes after them (:func:`_zeroes_first`: a partial zero write makes
+    an unallocated cluster a zero cluster, and the data write then leaves the rest of it unwritten, where after
+    the data it would write zeroes there), then the data requests' runs in one batch, then the other zero
     requests, then those that may unmap."""
+    zoff, zlen, zflag = offsets[kind != DATA], io[kind != DATA], kind[kind != DATA] == ZERO_UNMAP
+    if type(target) is Qcow2Node and zoff.size and zoff.size < kind.size:
+        first, zoff, zlen, zflag = _zeroes_first(target.image.cluster_size, offsets, io, kind, zoff, zlen, zflag)
+        for flag in (False, True):
+            mine = first[2] == flag
+            if mine.any():
+                target.write_zeroes_batch(first[0][mine], first[1][mine], unmap and flag)
     starts, ends, vals = runs
     if starts.size:
         if (kind != DATA).any():  # (their runs, if any, are written as zeroes below)
@@ -91,12 +103,31 @@ def write_unordered(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind
             starts, ends, vals = starts[keep], ends[keep], vals[keep]
         if starts.size:
             target.write_batch(starts, ends - starts, vals)
-    for k, flag in ((ZERO, False), (ZERO_UNMAP, unmap)):
-        mine = kind == k
+    for flag in (False, True):
+        mine = (zflag == flag) & (zlen > 0)
         if mine.any():
-            target.write_zeroes_batch(offsets[mine], io[mine], flag)
+            target.write_zeroes_batch(zoff[mine], zlen[mine], unmap and flag)
 
 
+def _zeroes_first(cs: int, offsets: np.ndarray, io: np.ndarray, kind: np.ndarray, zoff: np.ndarray,
+                  zlen: np.ndarray, zflag: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray,
+                                                               np.ndarray]:
+    """The zero requests (``zoff``, ``zlen``, may-unmap ``zflag``, in order among ``offsets``) split where a part
+    must go before the data: their last cluster's part, when it is partial and that cluster's first data request
+    comes after it (bdrv_co_do_pwrite_zeroes sends a request's partial clusters as requests of their own).
+    Returns those parts (offsets, lengths, flags) and the zero requests without them."""
+    data = np.flatnonzero(kind == DATA)
+    zidx = np.flatnonzero(kind != DATA)
+    dend = offsets[data] + io[data]
+    zend = zoff + zlen
+    tail = (zend - 1) // cs * cs  # where the last cluster of each zero request starts
+    j = np.searchsorted(dend, tail, "right")  # the first data request ending past that cluster's start
+    jj = np.minimum(j, data.size - 1)
+    early = (zend % cs != 0) & (j < data.size) & (offsets[data][jj] < tail + cs) & (data[jj] > zidx)
+    cut = np.maximum(zoff, tail)
+    first = (cut[early], (zend - cut)[early], zflag[early])
+    zlen = np.where(early, cut - zoff, zlen)
+    return first, zoff, zlen, zflag
 def write_requests(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind: np.ndarray, ptr: np.ndarray,
                    runs: Runs, unmap: bool, detect: bool = False) -> None:
     """The requests (see the module docstring), in order where it shows (:func:`order_needed`)."""
@@ -136,3 +167,23 @@ def _part(offsets: np.ndarray, io: np.ndarray, kind: np.ndarray, ptr: np.ndarray
     """Requests ``[a, b)`` and their runs."""
     r0, r1 = int(ptr[a]), int(ptr[b])
     return offsets[a:b], io[a:b], kind[a:b], ptr[a : b + 1] - r0, (runs[0][r0:r1], runs[1][r0:r1], runs[2][r0:r1])
+
+
+def write_plan(node: BlockNode, offsets: np.ndarray, lengths: np.ndarray, zero: np.ndarray, runs: Runs,
+               unmap: bool = True) -> None:
+    """A client's write requests in order (``offsets``, ``lengths``: byte arrays) through a BlockBackend of
+    ``node``: data (its buffer the ``runs`` (starts, ends, values, sorted) over it; it holds data: no zeroes to
+    detect) or, where ``zero``, write-zeroes that may unmap as ``unmap`` says. The node sees each request (its
+    write threshold the one that crosses it), in order where the order shows."""
+    if not offsets.size:
+        return
+    if node.write_threshold and not node.untracked:  # (the requests, not the runs of their buffers)
+        wstats.check_batch(node, offsets, lengths)
+    data = ~zero
+    s, e, v, dptr = clip_runs(*runs, offsets[data], offsets[data] + lengths[data])
+    counts = np.zeros(offsets.size, dtype=np.int64)
+    counts[data] = np.diff(dptr)
+    ptr = np.zeros(offsets.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    kind = np.where(zero, ZERO_UNMAP, DATA)
+    write_requests(node, offsets, lengths, kind, ptr, (s, e, v), unmap, detect=True)

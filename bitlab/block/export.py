@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..bitmap import DirtyBitmap
-from . import batch_writes, wstats
-from .extents import clip_runs
+from . import batch_writes
 from .info import FILTER_CHILD, filter_or_cow, skip_filters
 from .node import STATUS_DATA, STATUS_DATA_ZERO, STATUS_NONE, STATUS_ZERO, BlockNode
 
@@ -87,17 +86,7 @@ class NbdConnection:
             offsets = first + k * NBD_MAX_REQUEST
             lengths = np.minimum(offsets + NBD_MAX_REQUEST, ends) - offsets
             zero = np.repeat(zero, per)
-        if offsets.size:
-            if node.write_threshold and not node.untracked:  # (the requests, not the runs of their buffers)
-                wstats.check_batch(node, offsets, lengths)
-            data = ~zero
-            s, e, v, dptr = clip_runs(*runs, offsets[data], offsets[data] + lengths[data])
-            ptr = np.zeros(offsets.size + 1, dtype=np.int64)
-            counts = np.zeros(offsets.size, dtype=np.int64)
-            counts[data] = np.diff(dptr)
-            np.cumsum(counts, out=ptr[1:])
-            kind = np.where(zero, batch_writes.ZERO_UNMAP, batch_writes.DATA)
-            batch_writes.write_requests(node, offsets, lengths, kind, ptr, (s, e, v), True, detect=True)
+        batch_writes.write_plan(node, offsets, lengths, zero, runs)
         node.flush()
 
     def status(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..block import batch_writes
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import clip_runs, touched_mask
+from ..block.graph import BlockGraph
 from ..block.store import ImageFile, ImageStore
+from ..errors import QMPError
 from . import cmdline, convert_nbd, nbd, qemu_opts
-from ._common import KeyFn, QemuImgError, cvtnum, new_key, open_chain, open_image
+from ._common import KeyFn, QemuImgError, cvtnum, find_key, new_key, open_chain, open_image
 from .image import qcow2_create_checks
 from .layers import content
 
@@ -114,13 +117,13 @@ def _into_existing(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain
     """-n: the output exists and is opened (read-write, its file lock) as ``fmt``; it must be at least as large
     as the source; the source's data is written over it and its zero stretches as zeroes, which a raw file
     punches as holes (blk_make_zero is not tried: no fallback on a file); past the source's end it keeps what
-    it held. bitlab simulates a raw output only."""
+    it held. A qcow2 output: see :func:`_into_qcow2`."""
     if fmt not in ("raw", "qcow2"):
         if fmt not in QEMU_DRIVERS:
             raise QemuImgError(f"qemu-img: Could not open '{out}': Unknown driver '{fmt}'\n")
         raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
-    if fmt != "raw":
-        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -n' into a qcow2 image\n")
+    if fmt == "qcow2":
+        return _into_qcow2(store, key_fn, opts, chain, out, sparse)
     if "-c" in opts:
         raise QemuImgError("qemu-img: Compression not supported for this file format\n")
     if not sparse:
@@ -135,6 +138,38 @@ def _into_existing(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain
         raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
     s, e, v = content(chain, 0, size)
     target.data.write_batch(s, e - s, np.where(v < 0, 0, v))  # (what reads as zeroes is written as zeroes)
+    return ""
+
+
+def _into_qcow2(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain: list, out: str, sparse: int) -> str:
+    """-n into a qcow2 image that exists (a restore into a disk that is not running): opened read-write with its
+    backing chain (BDRV_O_UNMAP: zero writes may free clusters), its persistent bitmaps loaded; the requests
+    img_convert sends a target that is not new (:mod:`.convert_nbd`: the zero stretches written as zeroes too, so
+    those bitmaps count the whole source), then its flush; closed, it stores the bitmaps."""
+    if "-c" in opts:
+        raise QemuImgError("qemu-img: bitlab does not simulate a compressed 'qemu-img convert -n' into a qcow2 image\n")
+    if not sparse:
+        raise QemuImgError("qemu-img: bitlab does not simulate a fully allocated output (-S 0) into a qcow2 image "
+                           "that exists\n")
+    if "--bitmaps" in opts:
+        _check_bitmaps(chain[0].image, "--skip-broken-bitmaps" in opts)
+        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -n --bitmaps' into a qcow2 image\n")
+    open_image(store, key_fn, out, "qcow2", "write")  # (its lock and format, as qemu-img checks them first)
+    graph = BlockGraph(store, "/")
+    try:
+        node = graph.add({"driver": "qcow2", "node-name": "qemu-img", "discard": "unmap",
+                          "file": {"driver": "file", "filename": find_key(key_fn, out)}})
+    except QMPError as err:
+        raise QemuImgError(f"qemu-img: Could not open '{out}': {err.desc}\n") from None
+    try:
+        size = chain[0].size
+        if node.size // 512 < -(-size // 512):
+            raise QemuImgError("qemu-img: output file is smaller than input file\n")
+        offsets, lengths, zero = convert_nbd.requests(chain, size, sparse)
+        batch_writes.write_plan(node, offsets, lengths, zero, content(chain, 0, size))
+        node.flush()
+    finally:
+        graph.close_all()
     return ""
 
 

@@ -17,9 +17,11 @@ from tests.conformance.test_nbd_client import SERVER, SOCK, _img, _q, _write
 K, M = 1 << 10, 1 << 20
 
 
-def restore_scenario(seed: int, big: bool = False, odd: bool = False) -> dict:
+def restore_scenario(seed: int, big: bool = False, odd: bool = False, into_file: bool = False) -> dict:
     """A restore; ``big``: of 64 MiB (many L2 tables of a small-cluster target) with more writes on both sides;
-    ``odd``: of a size that is no whole number of 4 KiB blocks, with an ``-S`` of any number of sectors."""
+    ``odd``: of a size that is no whole number of 4 KiB blocks, with an ``-S`` of any number of sectors;
+    ``into_file``: into the disk's qcow2 file while no QEMU has it open (``convert -n -O qcow2``), its bitmap a
+    persistent one, looked at when the disk is opened again."""
     rng = random.Random(seed)
     size = rng.choice([2 * M, 4 * M, 3 * M + 4 * K]) * (16 if big else 1) + (512 * rng.randrange(1, 8) if odd else 0)
     src_raw = rng.random() < 0.25
@@ -37,6 +39,8 @@ def restore_scenario(seed: int, big: bool = False, odd: bool = False) -> dict:
             steps.append(_write("src", off, length, 0 if kind < 0.3 and not src_raw else rng.randrange(1, 256)))
     steps.append(_q("blockdev-del", {"node-name": "src"}))
     target = rng.choice(["qcow2", "qcow2", "raw"])
+    if into_file:
+        target = "qcow2"
     tsize = size + rng.choice([0, 0, 512 * K])
     topts = ["-o", f"cluster_size={rng.choice([4 * K, 64 * K, M])}"] if target == "qcow2" else []
     steps += [_img("create", "-f", target, *topts, "d.img", str(tsize)),
@@ -45,12 +49,21 @@ def restore_scenario(seed: int, big: bool = False, odd: bool = False) -> dict:
         off = rng.randrange(0, tsize // 512) * 512
         steps.append(_write("d", off, min(rng.choice([4 * K, 64 * K, 300 * K]), tsize - off), rng.randrange(1, 256)))
     granularity = rng.choice([512, 4 * K, 64 * K])
-    steps.append(_q("block-dirty-bitmap-add", {"node": "d", "name": "b", "granularity": granularity}))
-    if rng.random() < 0.7:
+    steps.append(_q("block-dirty-bitmap-add", {"node": "d", "name": "b", "granularity": granularity,
+                                               **({"persistent": True} if into_file else {})}))
+    if rng.random() < 0.7 and not into_file:
         steps.append(_q("block-set-write-threshold", {"node-name": "d", "write-threshold": rng.randrange(1, tsize)}))
     sparse = ["-S", str(rng.choice([512, 4 * K, 8 * K, 64 * K]))] if rng.random() < 0.3 else []
     if odd:
         sparse = ["-S", str(512 * rng.choice([1, 3, 5, 6, 8, 96, 128]))]
+    if into_file:
+        return {"name": f"restore-file-{seed}", "steps": steps + [
+            _q("blockdev-del", {"node-name": "d"}), _img("convert", "-n", "-O", "qcow2", *sparse, "src.img", "d.img"),
+            _img("map", "--output=json", "d.img"), _img("info", "d.img"), _img("check", "d.img"),
+            _img("compare", "src.img", "d.img"),
+            _q("blockdev-add", {"driver": "qcow2", "node-name": "d", "file": {"driver": "file", "filename": "d.img"}}),
+            _q("query-named-block-nodes", {"flat": True}),
+            _q("x-debug-block-dirty-bitmap-sha256", {"node": "d", "name": "b"})]}
     steps += [SERVER, _q("block-export-add", {"type": "nbd", "id": "d", "node-name": "d", "writable": True}),
               _img("convert", "-n", "-O", "raw", *sparse, "src.img", SOCK.format("d")),
               _q("query-named-block-nodes", {"flat": True}), _img("map", "--output=json", SOCK.format("d")),
@@ -72,5 +85,13 @@ def test_the_restores_write_what_they_convert():
 @pytest.mark.parametrize("seed", range(2410, 2430))
 def test_restores_as_in_qemu(seed):
     scenario = restore_scenario(seed)
+    real, sim = play(scenario, "qemu", "qsd"), play(scenario, "sim")
+    assert [d.render() for d in compare(scenario, real, sim)] == []
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("seed", range(2450, 2465))
+def test_restores_into_a_file_as_in_qemu(seed):
+    scenario = restore_scenario(seed, into_file=True)
     real, sim = play(scenario, "qemu", "qsd"), play(scenario, "sim")
     assert [d.render() for d in compare(scenario, real, sim)] == []
