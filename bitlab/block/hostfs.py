@@ -197,9 +197,9 @@ def qcow2_blocks(layout: HostLayout, data: ExtentMap, file_length: int) -> Runs:
 
 
 def raw_blocks(data: ExtentMap, first_block: bool = True) -> Runs:
-    """The blocks of a raw file: written where it holds anything but zeroes (bitlab's raw files keep no
-    written zeroes), and the first block, which QEMU writes into every raw file it creates
-    (allocate_first_block), unless a zero write or discard over it since (``first_block`` False)."""
+    """The blocks of a raw file: written where it holds anything but holes (data, and zeroes written as data:
+    ZERO_ALLOC), and the first block, which QEMU writes into every raw file it creates (allocate_first_block),
+    unless a zero write or discard over it since (``first_block`` False)."""
     nblocks = -(-data.size // BLOCK)
     blocks = ExtentMap(max(nblocks, 1), fill=HOLE)
     s, e, v = data.extents()

@@ -487,26 +487,54 @@ class FileNode(BlockNode):
     def read_extents(self, offset, length):
         if self.image.is_qcow2:  # raw bytes of a qcow2 file are not modelled
             return np.array([offset]), np.array([offset + length]), np.array([0])
-        return self.image.data.extents(offset, length)
+        s, e, v = self.image.data.extents(offset, length)
+        return s, e, np.where(v == ZERO_ALLOC, 0, v)  # (written zeroes read as zeroes)
 
     def _store(self, offset, length, value):
-        if not self.image.is_qcow2:
-            self.image.data.write(offset, length, value)
+        if not self.image.is_qcow2:  # (zeroes a request writes as data are written: they keep their blocks)
+            self.image.data.write(offset, length, value if value else ZERO_ALLOC)
 
     def _store_batch(self, offsets, lengths, values):
         if not self.image.is_qcow2:
-            self.image.data.write_batch(offsets, lengths, values)
+            values = np.asarray(values)
+            self.image.data.write_batch(offsets, lengths, np.where(values == 0, ZERO_ALLOC, values))
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
         self._dirty_batch(offsets, lengths)
-        self._store_batch(offsets, lengths, 0)
-        offs, ends = np.asarray(offsets), np.asarray(offsets) + np.asarray(lengths)
-        if len(offs) and bool((offs <= 0).any()):
-            self.image.zeroed(0, int(ends[offs <= 0].max()))
+        self._zero_range(np.asarray(offsets, dtype=np.int64), np.asarray(lengths, dtype=np.int64))
 
     def _store_zeroes(self, offset, length, unmap=False):
-        self._store(offset, length, 0)
-        self.image.zeroed(offset, length)
+        self._zero_range(np.array([offset], dtype=np.int64), np.array([length], dtype=np.int64))
+
+    def _zero_range(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """A raw file's ranges zeroed by fallocate (a zero write or a discard that reached it): its whole blocks
+        become holes; a block it covers in part (the file's partial last block too) stays written if it was,
+        holding written zeroes there; a first block covered whole is no longer written (:meth:`ImageFile.zeroed`)."""
+        image = self.image
+        if image.is_qcow2 or not offsets.size:
+            return
+        data = image.data
+        ends = np.minimum(offsets + lengths, data.size)
+        keep = ends > offsets
+        offsets, ends = offsets[keep], ends[keep]
+        if not offsets.size:
+            return
+        block = hostfs.BLOCK
+        head, tail = offsets // block, (ends - 1) // block  # partial where the range does not cover the block whole
+        blocks = np.unique(np.concatenate((head[(offsets % block != 0) | (ends - head * block < block)],
+                                           tail[(ends % block != 0) | (ends - tail * block < block)])))
+        if blocks.size:
+            lo, hi = blocks * block, np.minimum(blocks * block + block, data.size)
+            _, _, bv, ptr = clip_runs(*data.extents(), lo, hi)
+            owner = np.repeat(np.arange(blocks.size), np.diff(ptr))
+            written = np.bincount(owner, weights=bv != 0, minlength=blocks.size) > 0
+            blocks, lo, hi = blocks[written], lo[written], hi[written]
+        data.write_batch(offsets, ends - offsets, 0)
+        if blocks.size:  # (the zeroed part of each written block it covers in part)
+            zs, ze, _, _ = clip_runs(offsets, ends, np.zeros(offsets.size, dtype=np.int64), lo, hi)
+            data.write_batch(zs, ze - zs, ZERO_ALLOC)
+        if bool((offsets <= 0).any()):
+            image.zeroed(0, int(ends[offsets <= 0].max()))
 
     def note_write(self, offsets, lengths, discard=False):
         """A qcow2 node's discards that reach the file (it has ``discard=unmap``) punch holes in it."""
@@ -518,8 +546,7 @@ class FileNode(BlockNode):
         """A discard request that reached the file (a qcow2 node's over blkdebug: it punches a hole)."""
         self.discards = (self.discards[0] + 1, self.discards[1] + length)  # raw_account_discard
         if not self.image.is_qcow2:
-            self.image.data.write(offset, length, 0)
-            self.image.zeroed(offset, length)
+            self._zero_range(np.array([offset], dtype=np.int64), np.array([length], dtype=np.int64))
         else:
             self.image.layout.punch(np.array([offset]), np.array([length]))
 

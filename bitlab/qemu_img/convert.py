@@ -6,7 +6,7 @@ import numpy as np
 
 from ..block import batch_writes
 from ..block.drivers import QEMU_DRIVERS
-from ..block.extents import clip_runs, touched_mask
+from ..block.extents import ZERO_ALLOC, clip_runs, touched_mask
 from ..block.graph import BlockGraph
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
@@ -105,8 +105,13 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if "-c" in opts:
         _write_compressed(target, s, e, v, sparse)
     else:
-        data = v != 0 if sparse else np.ones(v.size, dtype=bool)  # -S 0: zeroes written too (fully allocated)
-        target.data.write_batch(s[data], (e - s)[data], v[data])
+        if target.is_qcow2 or not sparse:
+            data = v != 0 if sparse else np.ones(v.size, dtype=bool)  # -S 0: zeroes written too (fully allocated)
+            target.data.write_batch(s[data], (e - s)[data], v[data])
+        else:  # a new raw file: img_convert's data requests (it reads zeroes: no zero ones), their zeroes written
+            offsets, lengths, zero = convert_nbd.requests(chain, size, sparse)
+            ds, de, dv, _ = clip_runs(s, e, v, offsets[~zero], offsets[~zero] + lengths[~zero])
+            target.data.write_batch(ds, de - ds, np.where(dv <= 0, ZERO_ALLOC, dv))
     if bitmaps:
         _copy_bitmaps(chain[0].image, target)
     return ""
@@ -115,9 +120,10 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
 def _into_existing(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain: list, out: str, fmt: str,
                    sparse: int) -> str:
     """-n: the output exists and is opened (read-write, its file lock) as ``fmt``; it must be at least as large
-    as the source; the source's data is written over it and its zero stretches as zeroes, which a raw file
-    punches as holes (blk_make_zero is not tried: no fallback on a file); past the source's end it keeps what
-    it held. A qcow2 output: see :func:`_into_qcow2`."""
+    as the source; the requests a restore sends (:func:`_write_through`): the source's data written over it, with
+    the zeroes of its data requests, and its zero stretches as zeroes, which a raw file punches as holes
+    (blk_make_zero is not tried: no fallback on a file); past the source's end it keeps what it held. A qcow2
+    output: see :func:`_into_qcow2`."""
     if fmt not in ("raw", "qcow2"):
         if fmt not in QEMU_DRIVERS:
             raise QemuImgError(f"qemu-img: Could not open '{out}': Unknown driver '{fmt}'\n")
@@ -136,9 +142,29 @@ def _into_existing(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain
         raise QemuImgError("qemu-img: output file is smaller than input file\n")
     if "--bitmaps" in opts:
         raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
-    s, e, v = content(chain, 0, size)
-    target.data.write_batch(s, e - s, np.where(v < 0, 0, v))  # (what reads as zeroes is written as zeroes)
+    _write_through(store, key_fn, chain, out, "raw", sparse)
     return ""
+
+
+def _write_through(store: ImageStore, key_fn: KeyFn, chain: list, out: str, driver: str, sparse: int) -> None:
+    """The requests img_convert sends a target that is not new (:mod:`.convert_nbd`) through ``out`` opened as a
+    ``driver`` node over its file (read-write, BDRV_O_UNMAP: its zero writes may free clusters or punch holes,
+    its persistent bitmaps loaded), in batches in the order that shows; then its flush; closed, it stores them."""
+    graph = BlockGraph(store, "/")
+    try:
+        node = graph.add({"driver": driver, "node-name": "qemu-img", "discard": "unmap",
+                          "file": {"driver": "file", "filename": find_key(key_fn, out)}})
+    except QMPError as err:
+        raise QemuImgError(f"qemu-img: Could not open '{out}': {err.desc}\n") from None
+    try:
+        size = chain[0].size
+        if node.size // 512 < -(-size // 512):
+            raise QemuImgError("qemu-img: output file is smaller than input file\n")
+        offsets, lengths, zero = convert_nbd.requests(chain, size, sparse)
+        batch_writes.write_plan(node, offsets, lengths, zero, content(chain, 0, size))
+        node.flush()
+    finally:
+        graph.close_all()
 
 
 def _into_qcow2(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain: list, out: str, sparse: int) -> str:
@@ -155,21 +181,7 @@ def _into_qcow2(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain: l
         _check_bitmaps(chain[0].image, "--skip-broken-bitmaps" in opts)
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -n --bitmaps' into a qcow2 image\n")
     open_image(store, key_fn, out, "qcow2", "write")  # (its lock and format, as qemu-img checks them first)
-    graph = BlockGraph(store, "/")
-    try:
-        node = graph.add({"driver": "qcow2", "node-name": "qemu-img", "discard": "unmap",
-                          "file": {"driver": "file", "filename": find_key(key_fn, out)}})
-    except QMPError as err:
-        raise QemuImgError(f"qemu-img: Could not open '{out}': {err.desc}\n") from None
-    try:
-        size = chain[0].size
-        if node.size // 512 < -(-size // 512):
-            raise QemuImgError("qemu-img: output file is smaller than input file\n")
-        offsets, lengths, zero = convert_nbd.requests(chain, size, sparse)
-        batch_writes.write_plan(node, offsets, lengths, zero, content(chain, 0, size))
-        node.flush()
-    finally:
-        graph.close_all()
+    _write_through(store, key_fn, chain, out, "qcow2", sparse)
     return ""
 
 

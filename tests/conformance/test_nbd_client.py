@@ -213,13 +213,13 @@ def restore_steps(cluster: str = "65536", target: str = "qcow2", backing: bool =
                   ) -> list[dict]:
     """A restore into a running disk: ``qemu-img convert -n`` of a backup image into a writable export of a disk
     (qcow2 with 64 KiB, 4 KiB or 1 MiB clusters, raw, or an overlay) that has two bitmaps and a write threshold.
-    The source holds data runs, a partly written cluster, a zero cluster and (qcow2) a cluster of written zeroes."""
+    The source holds data runs, a partly written cluster, a zero cluster and a cluster of written zeroes."""
     fmt = "raw" if src_raw else "qcow2"
     steps = [_img("create", "-f", fmt, *([] if src_raw else ["-o", f"cluster_size={cluster}"]), "src.img", "4M"),
              _q("blockdev-add", {"driver": fmt, "node-name": "src", "file": {"driver": "file", "filename": "src.img"}}),
              _write("src", M, 256 * K, 0x21), _write("src", 2 * M + 512, 4 * K, 0x22),
              _write("src", 2 * M + 40 * K, K, 0x23), {"zero": {"node": "src", "offset": 3 * M, "length": 64 * K}},
-             *([] if src_raw else [_write("src", 3 * M + 128 * K, 64 * K, 0)]),  # (bitlab's raw files keep no zeroes)
+             _write("src", 3 * M + 128 * K, 64 * K, 0),
              _write("src", 4 * M - 8 * K, 8 * K, 0x24), _q("blockdev-del", {"node-name": "src"})]
     if backing:
         steps += [*_image("base", "4M"), _write("base", 0, 4 * M, 0x55), _q("blockdev-del", {"node-name": "base"}),
