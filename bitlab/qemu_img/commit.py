@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.extents import UNALLOCATED, ZERO, clip_runs
+from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC, clip_runs
 from ..block.paths import path_combine, path_has_protocol
 from ..block.store import ImageFile, ImageStore
 from . import cmdline
@@ -54,6 +54,8 @@ def commit_into(chain: list[Layer], base_index: int) -> None:
     cs_ = ce_ = cv = np.zeros(0, dtype=np.int64)
     if is_data.any():
         cs_, ce_, cv, _ = clip_runs(*content(chain, 0, size), ps[is_data], pe[is_data])
+        if not base.image.is_qcow2:  # (a raw file keeps the zeroes a data request writes)
+            cv = np.where(cv == 0, ZERO_ALLOC, cv)
     offs = np.concatenate((zs, cs_))
     if offs.size:
         order = np.argsort(offs, kind="stable")

@@ -55,10 +55,18 @@ BACKUP = [  # a backup of a qcow2 disk whose clusters hold data in part into a r
     *_look("r"),
 ]
 
+COMMIT = [  # qemu-img commit of an overlay's data clusters, one of written zeroes, into its raw backing file
+    _img("create", "-f", "raw", "b.img", "1M"), _img("create", "-f", "qcow2", "-b", "b.img", "-F", "raw", "o.qcow2"),
+    _q("blockdev-add", {"driver": "qcow2", "node-name": "o", "file": {"driver": "file", "filename": "o.qcow2"}}),
+    _write("o", 0, 4 * K, 0x11), _write("o", 4 * K, 8 * K, 0), _write("o", 100 * K, 512, 0x22),
+    _write("o", 256 * K, 64 * K, 0), _q("blockdev-del", {"node-name": "o"}),
+    _img("commit", "o.qcow2"), _img("map", "--output=json", "b.img"),
+]
+
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("name,steps,daemon", [("guest", GUEST, "system"), ("converts", CONVERTS, "qsd"),
-                                               ("backup", BACKUP, "qsd")])
+                                               ("backup", BACKUP, "qsd"), ("commit", COMMIT, "qsd")])
 def test_raw_files_keep_written_zeroes_as_in_qemu(name, steps, daemon):
     """(The guest's discard is HMP qemu-io's: on the system emulator.)"""
     scenario = {"name": name, "steps": steps}
