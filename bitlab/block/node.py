@@ -616,6 +616,10 @@ class RawNode(FormatNode):
         return self.file.status_codes(offset, length)
 
     def block_status(self, offset, length):
+        if type(self.file) is FileNode and not self.file.image.is_qcow2 and "offset" not in self.options:
+            # file-posix (SEEK_DATA/SEEK_HOLE): data in the written 4 KiB blocks, written zeroes too
+            starts, ends, codes = self.file.status_codes(offset, length)
+            return starts, ends, codes == STATUS_DATA
         starts, ends, vals = self.read_extents(offset, length)
         if not self.file.reports_zeroes:
             return starts, ends, np.ones(starts.size, dtype=bool)

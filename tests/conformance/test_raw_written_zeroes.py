@@ -63,10 +63,21 @@ COMMIT = [  # qemu-img commit of an overlay's data clusters, one of written zero
     _img("commit", "o.qcow2"), _img("map", "--output=json", "b.img"),
 ]
 
+BACKING = [  # a qcow2 overlay's partial zero writes over a raw backing file's written zeroes: not zero there
+    *_raw("w", "1M"), _write("w", 64 * K, 64 * K, 0),
+    _write("w", 200 * K, 512, 0x33), _q("blockdev-del", {"node-name": "w"}),
+    _img("create", "-f", "qcow2", "-b", "w.img", "-F", "raw", "v.qcow2"),
+    _q("blockdev-add", {"driver": "qcow2", "node-name": "v", "file": {"driver": "file", "filename": "v.qcow2"}}),
+    *[{"zero": {"node": "v", "offset": at * K, "length": 4 * K}} for at in (64, 196, 300)],
+    _q("blockdev-del", {"node-name": "v"}),
+    _img("map", "--output=json", "v.qcow2"),
+]
+
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("name,steps,daemon", [("guest", GUEST, "system"), ("converts", CONVERTS, "qsd"),
-                                               ("backup", BACKUP, "qsd"), ("commit", COMMIT, "qsd")])
+                                               ("backup", BACKUP, "qsd"), ("commit", COMMIT, "qsd"),
+                                               ("backing", BACKING, "qsd")])
 def test_raw_files_keep_written_zeroes_as_in_qemu(name, steps, daemon):
     """(The guest's discard is HMP qemu-io's: on the system emulator.)"""
     scenario = {"name": name, "steps": steps}
