@@ -80,25 +80,15 @@ def test_the_restores_write_what_they_convert():
                             for text in compares)
 
 
-@pytest.mark.qemu
-@pytest.mark.parametrize("seed", range(2410, 2430))
-def test_restores_as_in_qemu(seed):
-    scenario = restore_scenario(seed)
-    real, sim = play(scenario, "qemu", "qsd"), play(scenario, "sim")
-    assert [d.render() for d in compare(scenario, real, sim)] == []
+CASES = ([(seed, {}) for seed in range(2410, 2430)] + [(seed, {"into_file": True}) for seed in range(2450, 2465)]
+         + [(seed, {"odd": True}) for seed in range(2470, 2480)])
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("seed", range(2450, 2465))
-def test_restores_into_a_file_as_in_qemu(seed):
-    scenario = restore_scenario(seed, into_file=True)
-    real, sim = play(scenario, "qemu", "qsd"), play(scenario, "sim")
-    assert [d.render() for d in compare(scenario, real, sim)] == []
-
-
-@pytest.mark.qemu
-@pytest.mark.parametrize("seed", range(2470, 2480))
-def test_restores_of_odd_sizes_as_in_qemu(seed):
-    scenario = restore_scenario(seed, odd=True)
+@pytest.mark.parametrize("seed,kind", CASES, ids=lambda case: str(case) if isinstance(case, int) else
+                         "-".join(case) or "export")
+def test_restores_as_in_qemu(seed, kind):
+    """Into an export, into a qcow2 file, of odd sizes."""
+    scenario = restore_scenario(seed, **kind)
     real, sim = play(scenario, "qemu", "qsd"), play(scenario, "sim")
     assert [d.render() for d in compare(scenario, real, sim)] == []
