@@ -102,6 +102,7 @@ from .gen_threshold import threshold_episode
 from .gen_throttle import CHANCE as THROTTLE_CHANCE
 from .gen_throttle import Throttles, throttle_episode
 from .steps import qmp_step as _qmp
+from .steps import random_write
 
 K, M = 1 << 10, 1 << 20
 GRANULARITIES = [512, 4096, 65536, 131072, 1 << 20, 64000, 256]  # the last two are refused
@@ -123,7 +124,7 @@ class _State:
         self.server = False
         self.pulls = 0  # images qemu-img pulled from an export (nc<n>)
         self.thresholds: random.Random | None = None  # write thresholds' own stream (gen_threshold)
-        self.images: list[str] = []  # backup target images made (the restores' sources)
+        self.restored = 0  # restores into an export (their backup images: rs<n>.qcow2)
         self.writable: str | None = None  # the name of the writable export the last export op added
 
     def node(self) -> str:
@@ -173,8 +174,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
         steps += _OPS[op](st, size)
         if op == "export" and st.server and clients.random() < NBD_CLIENT_CHANCE:
             steps += _nbd_client(clients, st)
-        if op == "export" and st.writable and st.images and restores.random() < RESTORE_CHANCE:
-            steps += _restore(restores, st)
+        if op == "export" and st.writable and restores.random() < RESTORE_CHANCE:
+            steps += _restore(restores, st, size)
         if life.rng.random() < LIFE_CHANCE:
             steps += _life(st, life, size)
         if parents.rng.random() < PARENTS_CHANCE:
@@ -339,7 +340,6 @@ def _backup_args(st: _State, size: int, steps: list[dict], *, always_ok: bool = 
     steps.append({"qemu-img": ["create", "-f", "qcow2", f"{target}.qcow2", str(tsize)]})
     steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
                                        "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
-    st.images.append(f"{target}.qcow2")
     st.jobs += 1
     args: dict = {"job-id": f"job{st.jobs}", "device": node, "target": target, "sync": rng.choice(SYNCS)}
     if rng.random() < 0.8 or args["sync"] in ("bitmap", "incremental"):
@@ -466,14 +466,23 @@ def _nbd_client(rng: random.Random, st: _State) -> list[dict]:
 RESTORE_CHANCE = 0.5  # after an export op that added a writable export, a restore into it (own random stream)
 
 
-def _restore(rng: random.Random, st: _State) -> list[dict]:
-    """A restore into the running disk through the writable export just added (its own random stream): ``qemu-img
-    convert -n`` of a backup target's image (``-U``: its node still has it open; now and then ``-S``), then the
-    export's map over NBD, or its map with ``x-dirty-bitmap`` of a bitmap of the node it may hold."""
-    src = rng.choice(st.images)
+def _restore(rng: random.Random, st: _State, size: int) -> list[dict]:
+    """A restore into the running disk through the writable export just added (its own random stream): a backup
+    image of its own (``rs<n>.qcow2``: a few writes through a node, closed: its metadata written back; a backup
+    target a node still has open would be read as its file holds it, which bitlab does not model), ``qemu-img
+    convert -n`` of it (now and then ``-S``), then the export's map over NBD, or its map with ``x-dirty-bitmap``
+    of a bitmap of the node it may hold."""
+    st.restored += 1
+    src = f"rs{st.restored}"
+    steps = [{"qemu-img": ["create", "-f", "qcow2", f"{src}.qcow2", str(size)]},
+             _qmp("blockdev-add", {"driver": "qcow2", "node-name": src,
+                                   "file": {"driver": "file", "filename": f"{src}.qcow2"}})]
+    for _ in range(rng.randint(0, 3)):
+        steps.append(random_write(rng, src, size, [4096, 65536, 1 << 20]))
+    steps.append(_qmp("blockdev-del", {"node-name": src}))
     sparse = ["-S", rng.choice(["512", "64k"])] if rng.random() < 0.2 else []
     target = f"nbd+unix:///{st.writable}?socket=nbd.sock"
-    steps = [{"qemu-img": ["convert", "-U", "-n", "-O", "raw", *sparse, src, target]}]
+    steps.append({"qemu-img": ["convert", "-n", "-O", "raw", *sparse, f"{src}.qcow2", target]})
     node = st.writable if st.writable in st.nodes else rng.choice(st.nodes)
     if rng.random() < 0.5 and st.bitmaps[node]:
         bitmap = rng.choice(sorted(st.bitmaps[node]))
