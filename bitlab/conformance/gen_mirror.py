@@ -56,20 +56,16 @@ def mirror_episode(mr: Mirrors, size: int, switch: bool = True) -> list[dict]:
         mode = "absolute-paths" if rng.random() < 0.8 else "existing"
         if mode == "existing":
             steps.append({"qemu-img": ["create", "-f", "qcow2", image, str(size)]})
+        _safe_buffer(args, 64 * K)
         steps.append(_qmp("drive-mirror", {**args, "target": image, "format": "qcow2", "mode": mode}))
     else:
         tsize = size if rng.random() < 0.9 else size // 2  # another size: the job fails as it starts
         create = ["create", "-f", "qcow2"]
+        cluster = 64 * K
         if rng.random() < 0.2:
             cluster = rng.choice([4 * K, 2 * M])
             create += ["-o", f"cluster_size={cluster}"]
-            if args.get("buf-size", 16 * M) < cluster:
-                # A buffer below the target's clusters: the job copies zero stretches too (not whole target
-                # clusters), an iteration's requests wait for buffer space before they count as in flight
-                # (mirror_co_read), and QEMU 7.2 can go ready with some still waiting: BLOCK_JOB_READY's len and
-                # offset vary from run to run (random scenario 2033385409/113). Keep the default buffer (the
-                # other draws are unchanged).
-                del args["buf-size"]
+        _safe_buffer(args, cluster)
         steps.append({"qemu-img": [*create, f"{target}.qcow2", str(tsize)]})
         steps.append(_qmp("blockdev-add", {"driver": "qcow2", "node-name": target,
                                            "file": {"driver": "file", "filename": f"{target}.qcow2"}}))
@@ -83,6 +79,16 @@ def mirror_episode(mr: Mirrors, size: int, switch: bool = True) -> list[dict]:
     steps += end_ready_job(rng, jid, [50, 20, 15, 15], switch)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     return steps
+
+
+def _safe_buffer(args: dict, cluster: int) -> None:
+    """Keep a ``buf-size`` only where it is one granule (the default granularity: the target's cluster size, 4 KiB
+    to 64 KiB). With room for several, an iteration's requests can wait for buffer space before they count as in
+    flight (mirror_co_read), and QEMU 7.2 can go ready with some still waiting: BLOCK_JOB_READY's ``len`` and
+    ``offset`` then vary from run to run (random scenarios 2033385409/113, 24031/56). The other draws stay."""
+    granularity = args.get("granularity", min(max(4 * K, cluster), 64 * K))
+    if args.get("buf-size", granularity) != granularity:
+        del args["buf-size"]
 
 
 def end_ready_job(rng: random.Random, jid: str, weights: list[int], switch: bool = True) -> list[dict]:
