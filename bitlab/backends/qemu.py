@@ -1094,8 +1094,9 @@ class QemuMachine(GuestIO, Monitor):
         finally:
             os.unlink(os.path.join(self.workdir, tmp))
         history = history_of(self)
+        target = self._drive_name(node)  # (a drive's by its device name: a job's filter may be its root later)
         for a, b, v in zip(content.starts.tolist(), content.ends.tolist(), content.vals.tolist()):
-            history.note_write(node, a, b - a, v)
+            history.note_write(target, a, b - a, v)
 
     def dirty_bitmap(self, node: str, name: str) -> DirtyBitmap:
         """The bits of bitmap ``name`` on ``node``, read as a client would: an NBD export of the
