@@ -726,6 +726,7 @@ class BlockCopy:
         call.cursor = int(offsets[-1] + nbytes[-1])
         call.in_flight += 1
         self._schedule(call, batch)
+        call.method = self.method  # (block-copy's loop makes the next task as the batch's last one starts)
         return True
 
     def _schedule(self, call: Call, batch: Batch) -> None:
