@@ -90,7 +90,9 @@ def write_unordered(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind
     the data it would write zeroes there), then the data requests' runs in one batch, then the other zero
     requests, then those that may unmap."""
     zoff, zlen, zflag = offsets[kind != DATA], io[kind != DATA], kind[kind != DATA] == ZERO_UNMAP
-    if type(target) is Qcow2Node and zoff.size and zoff.size < kind.size:
+    # (only a zero request ending inside a cluster can share it with data after it: block-copy's never do)
+    if type(target) is Qcow2Node and zoff.size and zoff.size < kind.size and \
+            ((zoff + zlen) % target.image.cluster_size).any():
         first, zoff, zlen, zflag = _zeroes_first(target.image.cluster_size, offsets, io, kind, zoff, zlen, zflag)
         for flag in (False, True):
             mine = first[2] == flag
