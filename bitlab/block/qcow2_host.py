@@ -40,7 +40,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import hostfs
-from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, _stab_max
+from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, _stab_max, range_items
 
 NONE = -(1 << 62)  # guest map value: no host cluster
 USED, FREE = 0, 1
@@ -120,6 +120,10 @@ def _back_to_back(c0: np.ndarray, c1: np.ndarray, values: np.ndarray,
 
 
 Ints = list[int] | np.ndarray  # host byte offsets or lengths of metadata writes (see HostLayout._write)
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
+# an L2 table as the file holds it (see HostLayout.note_tables): the guest map's runs, the zero flags' runs and the
+# content's runs (bytes; None where no cluster has a host cluster), and whether it has compressed clusters
+TableState = tuple[Runs, Runs, Runs | None, bool]
 
 
 def _ints(values: Ints) -> list[int]:
@@ -148,6 +152,9 @@ class HostLayout:
         self.l1_offset = 3 * cluster_size  # the L1 table: after header, refcount table and block
         # told of guest clusters [lo, hi) about to lose their host clusters, while the content still has them
         self.on_unhost: Callable[[int, int], None] | None = None
+        # the content of guest bytes [lo, hi) as runs (starts, ends, values): what a table noted as the file holds
+        # it keeps of its data clusters (see note_tables)
+        self.read_content: Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
         self.log: list | None = None  # events and requests, in order, while someone records them
         self.reset()
 
@@ -197,6 +204,15 @@ class HostLayout:
         # size (made with the first compressed cluster)
         self._chunk_maps: tuple[ExtentMap, ExtentMap] | None = None
         self.chunks_freed = False  # (a compressed cluster was ever freed: free_byte_offset may point into a freed one)
+        # what the file holds of L2 tables the cache changed (see note_tables): by L1 index, valid while dirty
+        self.disk_tables: dict[int, TableState | None] = {}
+        self.disk_op: tuple[list[int], list[int], int] | None = None  # the last change noted (see settle_tables)
+        self.l2_writebacks = 0  # write-backs of the L2 table cache so far
+        self.in_op = False  # a batch of content writes is under way (its requests are noted with it)
+        # the refcounts the file holds (USED/FREE by host cluster) where a refcount block is dirty in the cache
+        self.disk_free = self.free.copy()
+        self.batch_took: tuple[int, int] | None = None  # (see _refcounts_written)
+        self.cut_noted: set[int] = set()  # tables the change in progress noted as a write-back left them
 
     # -- what a recorder sees (log) --------------------------------------------------------------
     def _ev(self, name: str, times: int = 1) -> None:
@@ -234,6 +250,117 @@ class HostLayout:
         if self.log is not None and host >= 0:
             self._ev("l2_load")
             self.log.append(("r", host * self.cs, self.cs, "l2", index))
+
+    # -- what the file holds of the L2 tables the cache changed -----------------------------------
+    def note_tables(self, c0: int | np.ndarray, c1: int | np.ndarray, frees: bool | np.ndarray = False) -> None:
+        """Before a change of guest clusters ``[c0, c1)`` (ints, or arrays of ranges): the state of each of their L2
+        tables that is clean in the cache, which the file holds as it is (a reader without QEMU's cache, qemu-img
+        ``-U``, sees it until the table is written back: :mod:`bitlab.block.qcow2_disk`). A dirty table keeps the
+        state noted before; where the change may write the L2 cache back (a new table, clusters freed, the
+        refcount cache waiting for it) its state now is noted too, in case the change leaves it dirty after a
+        write-back (see :meth:`settle_tables`). ``frees``: the change may free clusters (an array: the values
+        written, which free where one is below 0)."""
+        if self.in_op:
+            return
+        self.settle_tables()
+        per = self.per_l2
+        if not isinstance(c0, np.ndarray):
+            if c1 <= c0:
+                return
+            tables: list[int] = list(range(int(c0) // per, (int(c1) - 1) // per + 1))
+        else:
+            first, last = int(c0.min()) // per, (int(c1.max()) - 1) // per
+            if last - first <= 1:  # (one table or two: both, touched or not)
+                tables = list(range(first, last + 1))
+            else:
+                keep = c1 > c0
+                t0, t1 = c0[keep] // per, (c1[keep] - 1) // per + 1
+                tables = np.unique(range_items(t0, t1 - t0)).tolist()
+        dirty, noted = self.dirty_l2, self.disk_tables
+        before: list[int] = []
+        may_write_back = None
+        for index in tables:
+            if index not in dirty or index not in noted:
+                noted[index] = self._table_state(index)
+                continue
+            if may_write_back is None:
+                if isinstance(frees, np.ndarray):
+                    frees = bool((frees < 0).any())
+                may_write_back = (frees or self.depends["rb"] is not None
+                                  or self.l2_any_missing(tables[0], tables[-1]))
+            if may_write_back:
+                before.append(index)
+        self.disk_op = (before, [self._table_state(i) for i in before], self.l2_writebacks)
+        self.cut_noted.clear()
+
+    def _note_cut(self, after: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        """A batch writes the L2 cache back for a new table after its data clusters ``[starts, ends)`` (guest
+        clusters) linked, while those of ``after`` (guest clusters) link after it: each dirty table the latter
+        meet is held by the file as it was before the batch with the former's links (it is dirty again once the
+        latter link; the zero flags the batch changes before the write-back are left out)."""
+        per = self.per_l2
+        op = self.disk_op
+        before = {} if op is None else dict(zip(op[0], op[1]))
+        for index in sorted(set((after // per).tolist()) & self.dirty_l2):
+            lo = index * per
+            hi = min(lo + per, self.guest.size)
+            state = before[index] if index in before else self.disk_tables.get(index, self._table_state(index))
+            inside = (starts < hi) & (ends > lo)
+            if not inside.any():
+                self.disk_tables[index] = state
+                self.cut_noted.add(index)
+                continue
+            if state is None:
+                empty = (np.array([lo]), np.array([hi]))
+                state = ((*empty, np.array([NONE])), (*empty, np.zeros(1, dtype=np.int64)), None, False)
+            (g_s, g_e, g_v), zero, content, compressed = state
+            runs = ExtentMap(hi - lo, fill=NONE)
+            runs.write_batch(g_s - lo, g_e - g_s, g_v)
+            p_s, p_e, p_v, _ = self.guest.gather(np.maximum(starts[inside], lo), np.minimum(ends[inside], hi))
+            runs.write_batch(p_s - lo, p_e - p_s, p_v)
+            r_s, r_e, r_v = _runs_with_ends(runs)
+            if content is None and self.read_content is not None:
+                content = self.read_content(lo * self.cs, min(hi * self.cs, self.size))
+            self.disk_tables[index] = ((r_s + lo, r_e + lo, r_v), zero, content, compressed)
+            self.cut_noted.add(index)
+
+    def settle_tables(self) -> None:
+        """The last change noted is over: a table that was dirty before it and that the change wrote back and left
+        dirty again is held by the file as it was before the change (as near as bitlab tells: a batch's requests
+        all count as one)."""
+        op, self.disk_op = self.disk_op, None
+        if op is None:
+            return
+        tables, states, writebacks = op
+        if self.l2_writebacks != writebacks:
+            for index, state in zip(tables, states):
+                if index in self.dirty_l2 and index not in self.cut_noted:
+                    self.disk_tables[index] = state
+        if len(self.disk_tables) > 2 * len(self.dirty_l2) + 64:  # (forget the tables written back since)
+            self.disk_tables = {i: v for i, v in self.disk_tables.items() if i in self.dirty_l2}
+
+    def stale_tables(self) -> dict[int, TableState | None]:
+        """The L2 tables the file holds otherwise than the cache (dirty, noted): their state there."""
+        self.settle_tables()
+        dirty = self.dirty_l2
+        return {i: v for i, v in self.disk_tables.items() if i in dirty}
+
+    def _table_state(self, index: int) -> TableState | None:
+        """L2 table ``index`` as it is now (None: nothing in it, no cluster allocated or zero)."""
+        lo = index * self.per_l2
+        n = min(self.per_l2, self.guest.size - lo)
+        if n <= 0:
+            return None
+        guest = self.guest.extents(lo, n)
+        hosted = bool((guest[2] != NONE).any())
+        flags = self._flags_any()
+        if not hosted and not flags:
+            return None
+        zero = self.zero_flag.extents(lo, n) if flags else (np.array([lo]), np.array([lo + n]), np.zeros(1, np.int64))
+        content = None
+        if hosted and self.read_content is not None:
+            content = self.read_content(lo * self.cs, min((lo + n) * self.cs, self.size))
+        return guest, zero, content, self.any_compressed and self.compressed_in(lo, lo + n)
 
     # -- free space ---------------------------------------------------------------------------
     def _free_runs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -333,6 +460,7 @@ class HostLayout:
         if blocks[-1] >= len(known):  # (blocks without a host cluster yet are left out)
             blocks = [i for i in blocks if i < len(known)]
         self.dirty_refblocks.clear()
+        self._refcounts_written(blocks, self.batch_took)
         if self.log is not None:
             for block in blocks:
                 self._ev("refblock_update_part")
@@ -340,10 +468,26 @@ class HostLayout:
             return
         self._write([known[i] * cs for i in blocks], [cs] * len(blocks))
 
+    def _refcounts_written(self, blocks: list[int], took: tuple[int, int] | None = None) -> None:
+        """Refcount ``blocks`` written back: the file holds their refcounts as the cache has them (``took``: host
+        clusters ``[a, b)`` a batch allocated before it, which the free map does not have yet, in use too)."""
+        if not blocks:
+            return
+        span = self.refblock_span
+        if len(blocks) == 1:
+            s, e, v = self.free.extents(blocks[0] * span, span)
+        else:
+            lo = np.array(blocks, dtype=np.int64) * span
+            s, e, v, _ = self.free.gather(lo, lo + span)
+        self.disk_free.write_batch(s, e - s, v)
+        if took is not None and took[1] > took[0]:
+            self.disk_free.write(took[0], took[1] - took[0], USED)
+
     def _write_back_l2(self) -> None:
         """The L2 table cache written: each dirty table whole."""
         if not self.dirty_l2:
             return
+        self.l2_writebacks += 1
         if self.log is not None:
             for index in sorted(self.dirty_l2):
                 host = self.l2.look(index)
@@ -560,6 +704,7 @@ class HostLayout:
         self.depends = {"l2": None, "rb": None}
         self.l2_cached.clear()
         self.rb_cached.clear()
+        self.disk_tables, self.disk_op, self.disk_free = {}, None, self.free.copy()  # (the file as the cache has it)
 
     # -- L2 tables ------------------------------------------------------------------------
     def l2_missing(self, lo: int, hi: int) -> np.ndarray:
@@ -622,6 +767,7 @@ class HostLayout:
         gets the request's pieces: markers for its clusters ("data", first, end, "new"/"copied"/"zero"), and
         "piece-end" where qcow2_alloc_host_offset stops gathering a piece contiguous on the host (its task
         writes the data next); the tables' links come after the request's last allocation."""
+        self.note_tables(c0, c1)
         expected = -1
         flags = self._flags_any()
         log = self.log
@@ -664,19 +810,19 @@ class HostLayout:
                         piece = True
                     expected = pos + (b - a)
                     a = b
-            if linked and log is not None:
+            if linked:
                 links.append(index)
-            elif linked:
-                self._set_dependency("l2", "rb")
-                self.dirty_l2.add(index)
         if piece:
             log.append(("piece-end",))
-        if links:  # (a recorder's order: the pieces' tasks link them after the last allocation)
-            log.append(("links", 1))  # (qcow2_alloc_cluster_link_l2 runs in a task whose data was written)
+        if links:  # (the pieces' tasks link them after the last allocation: a later table's l2_allocate wrote the
+            # cache back before they did)
+            if log is not None:
+                log.append(("links", 1))  # (qcow2_alloc_cluster_link_l2 runs in a task whose data was written)
             for index in links:
                 self._set_dependency("l2", "rb")
                 self.dirty_l2.add(index)
-            log.append(("links", -1))
+            if log is not None:
+                log.append(("links", -1))
         if flags:
             self.zero_flag.write(c0, c1 - c0, 0)
         if self.any_compressed:  # (qcow2_alloc_cluster_link_l2 frees the old entries: QCOW2_DISCARD_NEVER)
@@ -700,6 +846,7 @@ class HostLayout:
         leaves: zero clusters, ones keeping their host cluster, or unallocated clusters as in a v2 image)
         keeps them; the table changed (dirty in the cache) where an entry changes, its zero flag or its host
         cluster (zero_in_l2_slice and discard_in_l2_slice leave an entry that stays, and its table, alone)."""
+        self.note_tables(c0, c1, frees=True)
         flag = int(value != UNALLOCATED)
         self.cached_from = len(self.discarded)
         last = self.size // self.cs if self.size % self.cs else -1  # a partial last cluster
@@ -747,6 +894,7 @@ class HostLayout:
         freed. ``zero``: which entries become zero clusters in the same step (discard_in_l2_slice, before the
         next table's allocation may flush the L2 cache): "hosted" (a v3 image), "all" (one with a backing
         file), "none" (a v2 image, a full discard); the content's zero write then changes nothing more."""
+        self.note_tables(c0, c1, frees=True)
         self.cached_from = len(self.discarded)
         for index in range(c0 // self.per_l2, (c1 - 1) // self.per_l2 + 1):
             lo, hi = max(c0, index * self.per_l2), min(c1, (index + 1) * self.per_l2)
@@ -791,6 +939,16 @@ class HostLayout:
     def before_merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """Content writes ``[offsets, ends)`` of ``values`` (bytes, in order) reach the image (``one_request``:
         data writes side by side that are one request's)."""
+        cs = self.cs
+        self.note_tables(offsets // cs, -(-ends // cs), values)
+        self.in_op = True
+        try:
+            self._merge(offsets, ends, values)
+        finally:
+            self.in_op = False
+
+    def _merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """:meth:`before_merge`'s work."""
         cs = self.cs
         if self.one_request:
             self._request(int(offsets.min()) // cs, -(-int(ends.max()) // cs))
@@ -949,11 +1107,11 @@ class HostLayout:
             else:
                 self.guest.write(g, x - g, host - g)
                 host += x - g
-        d_tab = [(i, g // P) for i, (_, g, t, _) in enumerate(events) if t == 1]
+        d_tab = [(i, g // P, o) for i, (o, g, t, _) in enumerate(events) if t == 1]
         if d_tab and self.depends["rb"] == "l2":
             self._set_dependency("l2", "rb")
         if not tables:
-            self.dirty_l2.update([d for _, d in d_tab])
+            self.dirty_l2.update([d for _, d, _ in d_tab])
             self.dirty_l2.update([index for _, index in z_tab])
             if end > top:  # a batch that allocates nothing changes no refcount
                 self._refcounts_changed_range(top, end)
@@ -963,16 +1121,24 @@ class HostLayout:
             z_before = [o < cut_owner or (o == cut_owner and index < last_index) for o, index in z_tab]
             self._refcounts_changed_range(top, host_last + 1)
             self.dirty_l2.update(tables)
-            self.dirty_l2.update([d for i, d in d_tab if i < pos_last])
+            # (a request's data tasks link their clusters after its last allocation: see _batch_tables)
+            self.dirty_l2.update([d for i, d, o in d_tab if i < pos_last and o != cut_owner])
             self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if before])
+            self.batch_took = (top, host_last + 1)  # (allocated before the cut, not in the free map yet)
             self._flush_cache("rb")
+            self.batch_took = None
+            post = [g for i, (o, g, t, x) in enumerate(events) if t == 1 and (i > pos_last or o == cut_owner)]
+            if post:
+                pre = [(g, x) for i, (o, g, t, x) in enumerate(events) if t == 1 and i < pos_last and o != cut_owner]
+                self._note_cut(np.array(post), np.array([g for g, _ in pre], dtype=np.int64),
+                               np.array([x for _, x in pre], dtype=np.int64))
             self._flush_cache("l2")
             self._write([self.l1_offset + 8 * i for i in sorted(tables)], [8] * len(tables))
-            self.dirty_l2.update([d for i, d in d_tab if i > pos_last])
+            self.dirty_l2.update([d for i, d, o in d_tab if i > pos_last or o == cut_owner])
             self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if not before])
             if end > host_last + 1:
                 self._refcounts_changed_range(host_last + 1, end)
-            linked_after = bool(d_tab) and d_tab[-1][0] > pos_last  # (d_tab is in event order)
+            linked_after = bool(d_tab) and (d_tab[-1][0] > pos_last or d_tab[-1][2] == cut_owner)  # (in event order)
         if linked_after:
             self._set_dependency("l2", "rb")
         if events:
@@ -1099,7 +1265,7 @@ class HostLayout:
             if split.size:  # the clusters after a refcount block placed inside a request's allocation
                 d = order[split] - nt
                 self.guest.write_batch(ps[d] + before, pe[d] - ps[d] - before, rest - ps[d] - before)
-        self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, z_tab, z_owner, end)
+        self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, z_tab, z_owner, end, (ps, pe))
         self._take(self.top, end - self.top, counted=False)
         self.fci = end
 
@@ -1137,11 +1303,12 @@ class HostLayout:
 
     def _batch_caches(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
                       d_tab: np.ndarray, d_owner: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray,
-                      end: int) -> None:
+                      end: int, pieces: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """What a batch leaves in the caches and writes: each new table's l2_allocate writes back what
         is dirty by then, so the last one writes everything dirtied before it (refcount blocks of the
         clusters allocated so far, the tables of the requests before it, every new table); ``z_tab``:
-        the tables its zero writes change (``z_owner``: which)."""
+        the tables its zero writes change (``z_owner``: which); ``pieces``: the data pieces' guest clusters
+        ``(starts, ends)``, one per entry of ``d_tab``."""
         if d_tab.size and self.depends["rb"] == "l2":  # the first link flushes the L2 cache (before the batch)
             self._set_dependency("l2", "rb")
         if not nt:
@@ -1150,29 +1317,37 @@ class HostLayout:
                 self._refcounts_changed(np.array([self.top]), np.array([end]))
             linked_after = bool(d_tab.size)
         else:
-            linked_after = self._batch_tables(order, nt, tab, t_owner, at, d_tab, z_tab, z_owner, end)
+            linked_after = self._batch_tables(order, nt, tab, t_owner, at, d_tab, d_owner, z_tab, z_owner, end,
+                                              pieces)
         if linked_after:  # links after the last table's write-back leave the L2 cache depending
             self._set_dependency("l2", "rb")
 
     def _batch_tables(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
-                      d_tab: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray, end: int) -> bool:
-        """:meth:`_batch_caches` where the batch makes new tables; whether data links follow the last."""
+                      d_tab: np.ndarray, d_owner: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray,
+                      end: int, pieces: tuple[np.ndarray, np.ndarray]) -> bool:
+        """:meth:`_batch_caches` where the batch makes new tables; whether data links follow the last. (A request's
+        data tasks link their clusters after its last allocation: those of the request making the last table
+        come after it.)"""
         pos = np.empty(order.size, dtype=np.int64)
         pos[order] = np.arange(order.size)
         last = int(np.argmax(pos[:nt]))
         cut, cut_owner = int(pos[last]), int(t_owner[last])
         host_last = int(at[last])
         self._refcounts_changed(np.array([self.top]), np.array([host_last + 1]))
-        d_pos = pos[nt:]
+        d_before = (pos[nt:] < cut) & (d_owner != cut_owner)
         z_before = (z_owner < cut_owner) | ((z_owner == cut_owner) & (z_tab < tab[last]))  # (table by table)
-        self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_pos < cut], z_tab[z_before]))).tolist())
+        self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_before], z_tab[z_before]))).tolist())
+        self.batch_took = (self.top, host_last + 1)  # (allocated before the cut, not in the free map yet)
         self._flush_cache("rb")
+        self.batch_took = None
+        if (~d_before).any():
+            self._note_cut(pieces[0][~d_before], pieces[0][d_before], pieces[1][d_before])
         self._flush_cache("l2")
         self._write(self.l1_offset + 8 * tab, np.full(nt, 8, dtype=np.int64))
-        self.dirty_l2.update(np.unique(np.concatenate((d_tab[d_pos > cut], z_tab[~z_before]))).tolist())
+        self.dirty_l2.update(np.unique(np.concatenate((d_tab[~d_before], z_tab[~z_before]))).tolist())
         if end > host_last + 1:
             self._refcounts_changed(np.array([host_last + 1]), np.array([end]))
-        return bool((d_pos > cut).any())
+        return bool((~d_before).any())
 
     def _continues(self, order: np.ndarray, nt: int, ps: np.ndarray, pe: np.ndarray, owner: np.ndarray,
                    c0: np.ndarray) -> Callable[[int], bool]:
@@ -1262,6 +1437,7 @@ class HostLayout:
         (qcow2_alloc_bytes, :meth:`_alloc_bytes`) and its L2 entry, dirty in the cache after the refcount blocks
         (qcow2_cache_set_dependency). The file grows only by the bytes written. Returns their host byte offsets."""
         cs = self.cs
+        self.note_tables(clusters, clusters + 1, frees=True)
         end_before = (self.partial_end or self.top * cs) if self.grown else 0
         offsets = np.empty(clusters.size, dtype=np.int64)
         tables = clusters // self.per_l2

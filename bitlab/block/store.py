@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 from bitarray import bitarray
 
-from . import compress, hostfs
+from . import compress, hostfs, qcow2_disk
 from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
 from .qcow2_host import NONE, HostLayout
 
@@ -114,6 +115,7 @@ class ImageFile:
         self._layout = layout
         self.data.watch = _Watcher(self)
         layout.on_unhost = _Unhosting(self)
+        layout.read_content = _Content(self)
 
     def _unhosting(self, lo: int, hi: int) -> None:
         """Guest clusters ``[lo, hi)`` are about to lose their host clusters: the file keeps their blocks."""
@@ -139,6 +141,31 @@ class ImageFile:
         if not self.is_qcow2:
             return hostfs.raw_blocks(self.data, self.first_block)
         return hostfs.qcow2_blocks(self.layout, self.data, self.file_length())
+
+    def on_disk(self) -> ImageFile:
+        """The image as its file describes it, for a reader without the running QEMU's cache (qemu-img ``-U``):
+        the L2 tables QEMU changed and has not written back yet as it wrote them last
+        (:mod:`bitlab.block.qcow2_disk`); itself where the file holds what the cache does."""
+        if self._layout is None:
+            return self
+        layout = self.layout  # (pending writes merged first)
+        found = qcow2_disk.on_disk(layout, self.data)
+        if found is None:
+            return self
+        view = copy.copy(layout)
+        view.guest, view.zero_flag, view.free = found.guest, found.zero, found.free
+        view.on_unhost = view.read_content = None
+        image = _OnDisk.__new__(_OnDisk)
+        image.__dict__.update(self.__dict__, data=found.data, _layout=view, _allocated=None, live=self,
+                              found=found)
+        return image
+
+    def refcount_errors(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """Host clusters (runs) whose refcount the file has though nothing references them, and the other way
+        round (qemu-img check's leaks and errors): none, but in an image read as its file describes it while
+        QEMU's caches hold more (:meth:`on_disk`)."""
+        empty = (np.zeros(0, dtype=np.int64),) * 2
+        return empty, empty
 
     def allocated_size(self) -> int:
         """What the file allocates on the host, ``st_blocks * 512`` (``actual-size``, ``disk size``)."""
@@ -427,6 +454,49 @@ class _StoredBitmaps:
 
 
 ImageFile.bitmaps = _StoredBitmaps()  # type: ignore[assignment]
+
+
+class _OnDisk(ImageFile):
+    """An image as its file describes it (:meth:`ImageFile.on_disk`), read-only: the file's own blocks and length
+    are the live image's."""
+
+    live: ImageFile
+    found: qcow2_disk.OnDisk
+
+    def refcount_errors(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        return self.found.leaked, self.found.unreferenced
+
+    def host_blocks(self) -> hostfs.Runs:
+        return self.live.host_blocks()
+
+    def allocated_size(self) -> int:
+        return self.live.allocated_size()
+
+    def allocation_key(self) -> tuple:
+        return self.live.allocation_key()
+
+    def file_length(self) -> int:
+        return self.live.file_length()
+
+    def metadata_preallocated(self) -> bool:
+        return self.live.metadata_preallocated()
+
+
+class _Content:
+    """What an image's content map holds over guest bytes ``[lo, hi)``, through a weak reference to the image
+    (see ImageFile._follow)."""
+
+    __slots__ = ("image",)
+
+    def __init__(self, image: ImageFile) -> None:
+        self.image = weakref.ref(image)
+
+    def __call__(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        alive = self.image()
+        if alive is None:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        return alive.data.extents(lo, hi - lo)
 
 
 class _Watcher:

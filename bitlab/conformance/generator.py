@@ -90,6 +90,8 @@ from .gen_mirror import CHANCE as MIRROR_CHANCE
 from .gen_mirror import Mirrors, mirror_episode
 from .gen_parents import CHANCE as PARENTS_CHANCE
 from .gen_parents import Parents, parents_episode
+from .gen_peek import CHANCE as PEEK_CHANCE
+from .gen_peek import Peeks, peek_episode
 from .gen_persist import CHANCE as PERSIST_CHANCE
 from .gen_persist import Persist, persist_episode
 from .gen_reopen import CHANCE as REOPEN_CHANCE
@@ -161,6 +163,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     commits = Commits(random.Random(f"{seed}/{index}/commit"))
     clients = random.Random(f"{seed}/{index}/nbd-client")
     restores = random.Random(f"{seed}/{index}/restore")
+    peeks = Peeks(random.Random(f"{seed}/{index}/peek"), nodes)
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})
@@ -204,6 +207,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps += mirror_episode(mirrors, size, switch=not st.exports)
         if commits.rng.random() < COMMIT_CHANCE:
             steps += commit_episode(commits, size)
+        if peeks.rng.random() < PEEK_CHANCE:
+            steps += peek_episode(peeks, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     steps.append(_qmp("query-blockstats", {"query-nodes": True}))
     steps.append(_qmp("query-blockstats"))  # named BlockBackends: none (both daemons; exports are anonymous)

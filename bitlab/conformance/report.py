@@ -14,6 +14,7 @@ from .gen_compress import compress_scenario
 from .gen_fleecing import fleecing_scenario
 from .gen_mirror import mirror_scenario
 from .gen_parents import parents_scenario
+from .gen_peek import peek_scenario
 from .gen_running import running_scenario
 from .gen_runstate import runstate_scenario
 from .gen_throttle import throttle_scenario
@@ -22,7 +23,7 @@ from .runner import check
 
 FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario,
          "compress": compress_scenario, "runstate": runstate_scenario, "fleecing": fleecing_scenario,
-         "throttle": throttle_scenario, "mirror": mirror_scenario, "commit": commit_scenario}
+         "throttle": throttle_scenario, "mirror": mirror_scenario, "commit": commit_scenario, "peek": peek_scenario}
 SYSTEM_ONLY = {"runstate": "stop, cont and query-status"}
 """Foci whose every scenario needs QEMU's system emulator: what it needs there."""
 

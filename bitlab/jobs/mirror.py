@@ -6,8 +6,8 @@ the whole disk for blockdev-mirror, which zeroes the target; otherwise what the 
 allocates), then copies dirty chunks in iterations of up to ``buf-size`` bytes, at most 16 requests in
 flight: data is read and written, what reads as zeroes is written as zeroes. When nothing is dirty and
 nothing in flight it flushes the target and is ``ready`` (BLOCK_JOB_READY); from then on it copies
-whatever the guest writes, and ``job-complete`` makes it drain, check once more and switch every parent
-of the source over to the target (the pivot). Cancelled before it is ready, or by force, it is
+whatever the guest writes, and ``job-complete`` makes it drain, check once more, flush the target and switch
+every parent of the source over to the target (the pivot). Cancelled before it is ready, or by force, it is
 cancelled; a plain ``block-job-cancel`` once ready completes it without the switch.
 """
 
@@ -318,6 +318,7 @@ class MirrorJob(Job):
                 should_complete = self.should_complete or self.cancelled
                 cnt = self._dirty_count()
             if cnt == 0 and should_complete:
+                self.target.flush()  # (mirror_flush once drained: the target's caches reach its file)
                 self._exit(0)
                 return
             if self.is_ready and not should_complete:

@@ -117,13 +117,14 @@ def check_driver(name: str, fmt: str | None) -> None:
         raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
 
 
-def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None
-               ) -> ImageFile:
+def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None,
+               on_disk: bool = False) -> ImageFile:
     """The file ``name`` opened with format ``fmt`` (probed when None), or qemu-img's error.
 
     ``lock`` is what qemu-img asks of the file's locks: ``"shared"`` to read (no ``-U``: it reads and
     shares no writes), ``"write"`` to change it (it also writes and resizes), against the file nodes a
-    running QEMU has open on it (bitlab.block.perms.lock_error).
+    running QEMU has open on it (bitlab.block.perms.lock_error). ``on_disk``: a reader's image, as the file
+    describes it (ImageFile.on_disk: without what a running QEMU's cache holds).
     """
     check_driver(name, fmt)
     key = find_key(key_fn, name)
@@ -144,6 +145,8 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
         raise QemuImgError(f"qemu-img: bitlab does not simulate reading the qcow2 file '{name}' as raw\n")
     if lock == "write":
         image.reopened()
+    elif on_disk and image.is_qcow2 and store.locks is not None and any(p & perms.WRITE for p, _ in store.locks(image)):
+        image = image.on_disk()  # (QEMU has it open read-write: its cache may hold more than the file)
     return image
 
 
@@ -153,15 +156,16 @@ def inner_reason(err: QemuImgError, name: str) -> str:
     return reason.removeprefix(f"Could not open '{name}': ") if reason.count("Could not open") > 1 else reason
 
 
-def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None
-               ) -> list[Layer]:
-    """``name`` and its backing files, top first, as qemu-img opens them (``lock``: see open_image)."""
-    chain = [Layer(name, open_image(store, key_fn, name, fmt, lock))]
+def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None,
+               on_disk: bool = False) -> list[Layer]:
+    """``name`` and its backing files, top first, as qemu-img opens them (``lock``, ``on_disk``: see
+    open_image; ``on_disk`` for reading alone)."""
+    chain = [Layer(name, open_image(store, key_fn, name, fmt, lock, on_disk))]
     while chain[-1].image.is_qcow2 and chain[-1].image.backing_file:
         top = chain[-1]
         below = opened_name(backing_name(top.name, top.image.backing_file or ""))
         try:
-            image = open_image(store, key_fn, below, top.image.backing_fmt)
+            image = open_image(store, key_fn, below, top.image.backing_fmt, on_disk=on_disk)
         except QemuImgError as err:
             reason = inner_reason(err, below)
             raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open backing file: {reason}\n") from None

@@ -62,9 +62,9 @@ def img_compare(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     lock = None if "-U" in opts else "shared"
     try:  # -F does not default to -f: the second image's format is probed
         chain1 = nbd.open_chain(store, positional[0], opts.get("-f")) or \
-            open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
+            open_chain(store, key_fn, positional[0], opts.get("-f"), lock, on_disk=True)
         chain2 = nbd.open_chain(store, positional[1], opts.get("-F")) or \
-            open_chain(store, key_fn, positional[1], opts.get("-F"), lock)
+            open_chain(store, key_fn, positional[1], opts.get("-F"), lock, on_disk=True)
     except QemuImgError as err:
         err.returncode = 2  # compare's exit status for an error
         raise

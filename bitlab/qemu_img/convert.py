@@ -64,7 +64,7 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if chain is not None and bitmaps:
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert --bitmaps' from an NBD export\n")
     if chain is None:
-        chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock)
+        chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock, on_disk=True)
     fmt = opts.get("-O", "raw")
     if nbd.is_nbd(positional[1]):
         return _into_export(store, opts, chain, positional[1], fmt, sparse)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ..block import perms
 from ..block.create import CreateFailed, check_qcow2_options, not_simulated_qcow2
 from ..block.drivers import QEMU_DRIVERS
+from ..block.extents import range_items
 from ..block.info import file_image_info, image_info_dump
 from ..block.node import round_sector
 from ..block.paths import full_backing_filename
@@ -309,29 +312,59 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(f"qemu-img: Could not open '{name}': force-share=on can only be used with "
                                "read-only images\n")
         image = open_image(store, key_fn, name, None if fmt == "raw" else fmt,
-                           None if "-U" in opts else "write" if "-r" in opts else "shared")
+                           None if "-U" in opts else "write" if "-r" in opts else "shared", on_disk=True)
     if not image.is_qcow2 or fmt == "raw":
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
+    (leak_s, leak_e), (bad_s, bad_e) = image.refcount_errors()
+    leaks, corruptions = int((leak_e - leak_s).sum()), int((bad_e - bad_s).sum())
+    stderr = _refcount_lines(leak_s, leak_e, bad_s, bad_e) if leaks or corruptions else ""
+    status = 2 if corruptions else 3 if leaks else 0
     if "-q" in opts:
+        if status:
+            raise QemuImgError(stderr, status)
         return ""
     cs = image.cluster_size
     compressed = image.layout.compressed_count()  # (allocated, compressed and fragmented by nature)
     allocated = image.allocated_clusters() + compressed
     total = -(-image.size // cs)
     fragmented = _fragmented(Layer(name, image)) + compressed if allocated else 0
-    end = image.layout.end_cluster() * cs
+    end = max(image.layout.end_cluster(), int(leak_e[-1]) if leaks else 0) * cs
     if output == "json":  # ImageCheck: a member only where it is not zero
         result = {"filename": name, "format": "qcow2", "check-errors": 0, "image-end-offset": end,
-                  "total-clusters": total, "allocated-clusters": allocated, "fragmented-clusters": fragmented,
-                  "compressed-clusters": compressed}
-        return to_json_pretty(wire_order({k: v for k, v in result.items() if v or k == "check-errors"
-                                          or isinstance(v, str)})) + "\n"
-    out = "No errors were found on the image.\n"
+                  "corruptions": corruptions, "leaks": leaks, "total-clusters": total, "allocated-clusters": allocated,
+                  "fragmented-clusters": fragmented, "compressed-clusters": compressed}
+        out = to_json_pretty(wire_order({k: v for k, v in result.items() if v or k == "check-errors"
+                                         or isinstance(v, str)})) + "\n"
+        if status:
+            raise QemuImgError(stderr, status, out)
+        return out
+    if not status:
+        out = "No errors were found on the image.\n"
+    else:
+        out = (f"\n{corruptions} errors were found on the image.\nData may be corrupted, or further writes to the "
+               "image may corrupt it.\n") if corruptions else ""
+        if leaks:
+            out += (f"\n{leaks} leaked clusters were found on the image.\n"
+                    "This means waste of disk space, but no harm to data.\n")
     if allocated:
         out += (f"{allocated}/{total} = {allocated * 100 / total:0.2f}% allocated, "
                 f"{fragmented * 100 / allocated:0.2f}% fragmented, "
                 f"{compressed * 100 / allocated:0.2f}% compressed clusters\n")
-    return out + f"Image end offset: {end}\n"
+    out += f"Image end offset: {end}\n"
+    if status:
+        raise QemuImgError(stderr, status, out)
+    return out
+
+
+def _refcount_lines(leak_s: np.ndarray, leak_e: np.ndarray, bad_s: np.ndarray, bad_e: np.ndarray) -> str:
+    """qcow2's compare_refcounts lines, cluster by cluster in ascending order (one line per cluster, as QEMU prints
+    them): a refcount nothing references (``Leaked cluster``), a reference without a refcount (``ERROR``)."""
+    leaked, bad = range_items(leak_s, leak_e - leak_s), range_items(bad_s, bad_e - bad_s)
+    clusters = np.concatenate((leaked, bad))
+    kinds = np.concatenate((np.zeros(leaked.size, dtype=bool), np.ones(bad.size, dtype=bool)))
+    order = np.argsort(clusters, kind="stable")
+    lines = ("Leaked cluster {} refcount=1 reference=0\n", "ERROR cluster {} refcount=0 reference=1\n")
+    return "".join(lines[k].format(c) for c, k in zip(clusters[order].tolist(), kinds[order].tolist()))
 
 
 def _fragmented(layer: Layer) -> int:

@@ -1,0 +1,99 @@
+"""qemu-img ``-U`` reading a qcow2 image a running QEMU has open read-write: the L2 tables as the file holds them.
+
+QEMU writes a changed L2 table back from its cache only on a flush, a new table's ``l2_allocate`` (every dirty
+table first) or the node's closing; data clusters reach the file at once. So a backup target's new clusters, a
+guest's writes not flushed yet and its zero writes since the last flush are not in the file's tables:
+``map -U``, ``check -U``, ``compare -U``, ``convert -U`` and ``measure -U`` see the tables as last written
+(bitlab.block.qcow2_disk). Each story is compared with real QEMU 7.2."""
+
+from __future__ import annotations
+
+import pytest
+
+from bitlab import Machine, QemuImgError
+from bitlab.conformance.runner import compare, play
+from tests.conformance.test_nbd_client import _img, _q
+
+K, M = 1 << 10, 1 << 20
+
+
+def _io(verb: str, node: str, offset: int, length: int, pattern: int = 0, **flags: bool) -> dict:
+    """A guest request without the flush after it (the cache keeps the tables it changed)."""
+    return {verb: {"node": node, "offset": offset, "length": length, "pattern": pattern, "flush": False, **flags}}
+
+
+def _look(name: str, *more: list[str]) -> list[dict]:
+    return [_img("map", "--output=json", "-U", name), _img("check", "-U", name), *[_img(*m) for m in more]]
+
+
+def _qcow2(name: str, size: str, *opts: str) -> list[dict]:
+    return [_img("create", "-f", "qcow2", *opts, f"{name}.qcow2", size),
+            _q("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                "file": {"driver": "file", "filename": f"{name}.qcow2"}})]
+
+
+GUEST = [  # 4 KiB clusters: an L2 table covers 2 MiB
+    *_qcow2("g", "8M", "-o", "cluster_size=4096"),
+    _io("write", "g", 0, 64 * K, 0x11), *_look("g.qcow2"),  # (a new table, written empty; its links in the cache)
+    _io("write", "g", 3 * M, 16 * K, 0x22), *_look("g.qcow2"),  # (the second table's l2_allocate writes the first)
+    _io("write", "g", 128 * K, 8 * K, 0x33), *_look("g.qcow2"),
+    _img("convert", "-U", "-O", "raw", "g.qcow2", "c1.img"),
+    {"flush": {"node": "g"}}, *_look("g.qcow2", ["compare", "-U", "g.qcow2", "c1.img"]),
+    _io("zero", "g", 0, 32 * K), _io("zero", "g", 3 * M, 16 * K, unmap=True),  # (zero flags, freed clusters)
+    _io("write", "g", 6 * M, 4 * K, 0x44), *_look("g.qcow2", ["compare", "-U", "g.qcow2", "c1.img"]),
+    _img("convert", "-U", "-O", "raw", "g.qcow2", "c2.img"), _img("map", "--output=json", "c2.img"),
+    _q("blockdev-del", {"node-name": "g"}), *_look("g.qcow2", ["compare", "g.qcow2", "c2.img"]),
+]
+
+BACKUP = [  # a backup target's new clusters, before and after its node's flush (one worker: one host order)
+    *_qcow2("s", "4M"), *_qcow2("t", "4M"),
+    {"write": {"node": "s", "offset": 0, "length": 64 * K, "pattern": 0x11}},
+    {"write": {"node": "s", "offset": M, "length": 128 * K, "pattern": 0x22}},
+    _q("blockdev-backup", {"job-id": "j", "device": "s", "target": "t", "sync": "full", "x-perf": {"max-workers": 1}}),
+    {"settle-jobs": True},
+    *_look("t.qcow2", ["check", "-U", "--output=json", "t.qcow2"], ["compare", "-U", "s.qcow2", "t.qcow2"],
+           ["measure", "-U", "--output=json", "-O", "qcow2", "t.qcow2"]),
+    {"flush": {"node": "t"}},
+    *_look("t.qcow2", ["compare", "-U", "s.qcow2", "t.qcow2"]),
+]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name,steps,daemon", [("guest", GUEST, "qsd"), ("guest", GUEST, "system"),
+                                               ("backup", BACKUP, "qsd")])
+def test_readers_without_the_cache_see_the_tables_as_written(name, steps, daemon):
+    scenario = {"name": name, "steps": steps}
+    real, sim = play(scenario, "qemu", daemon), play(scenario, "sim", daemon)
+    assert real.error is None
+    assert [d.render() for d in compare(scenario, real, sim)] == []
+
+
+def test_a_backup_target_is_unallocated_to_a_reader_until_its_node_flushes() -> None:
+    """(The simulator alone: the stories above compare it with QEMU.) Until a flush the file's only L2 table is
+    the empty one l2_allocate wrote; a guest's unflushed write likewise; closing the node writes everything."""
+    vm = Machine()
+    for name in ("s", "t"):
+        vm.qemu_img("create", "-f", "qcow2", f"{name}.qcow2", "4M")
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+    vm.write("s", 0, 64 * K, 0x11)
+    vm.guest_io("s", "flush")
+    vm.write("s", M, 64 * K, 0x22)  # (not flushed)
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "s", "target": "t", "sync": "full"})
+    vm.run()
+    assert vm.qemu_img("map", "--output=json", "-U", "t.qcow2") == (
+        '[{ "start": 0, "length": 4194304, "depth": 0, "present": false, "zero": true, "data": false}]\n')
+    assert vm.qemu_img("check", "-U", "t.qcow2") == "No errors were found on the image.\nImage end offset: 327680\n"
+    mapped = vm.qemu_img("map", "--output=json", "-U", "s.qcow2")
+    assert '"start": 0, "length": 65536' in mapped and '"start": 1048576' not in mapped
+    with pytest.raises(QemuImgError, match="Content mismatch at offset 0!"):
+        vm.qemu_img("compare", "-U", "s.qcow2", "t.qcow2")
+    vm.guest_io("t", "flush")
+    with pytest.raises(QemuImgError, match="Content mismatch at offset 1048576!"):  # (the source's is stale now)
+        vm.qemu_img("compare", "-U", "s.qcow2", "t.qcow2")
+    vm.guest_io("s", "flush")
+    assert vm.qemu_img("compare", "-U", "s.qcow2", "t.qcow2") == "Images are identical.\n"
+    vm.write("t", 2 * M, 4 * K, 0x33)
+    vm.qmp("blockdev-del", {"node-name": "t"})  # (closing writes the tables back)
+    with pytest.raises(QemuImgError, match="Content mismatch at offset 2097152!"):
+        vm.qemu_img("compare", "-U", "s.qcow2", "t.qcow2")
