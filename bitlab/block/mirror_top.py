@@ -108,6 +108,12 @@ class MirrorTopNode(BlockNode):
         self._dirty(offset, length, discard=True)
         self._do_write(offset, length, "discard", lambda: self.source.discard(offset, length))
 
+    def flush(self) -> None:
+        """bdrv_mirror_top_flush, the driver's own flush: its source's (bdrv_co_flush then neither fires events
+        nor flushes other children)."""
+        if not self.read_only and self.child("backing") is not None:
+            self.source.flush()
+
     def read_extents(self, offset, length):
         return self.source.read_extents(offset, length)
 

@@ -122,7 +122,9 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     """The file ``name`` opened with format ``fmt`` (probed when None), or qemu-img's error.
 
     ``lock`` is what qemu-img asks of the file's locks: ``"shared"`` to read (no ``-U``: it reads and
-    shares no writes), ``"write"`` to change it (it also writes and resizes), against the file nodes a
+    shares no writes), ``"force-share"`` to read sharing everything (``-U``: it still reads, which a node that
+    does not share a consistent read, a mirror's target, refuses), ``"write"`` to change it (it also writes
+    and resizes), against the file nodes a
     running QEMU has open on it (bitlab.block.perms.lock_error). ``on_disk``: a reader's image, as the file
     describes it (ImageFile.on_disk: without what a running QEMU's cache holds).
     """
@@ -135,7 +137,8 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
         raise QemuImgError(f"qemu-img: {image.unknown}\n")
     if lock and store.locks is not None:
         perm = perms.READ | (perms.WRITE | perms.RESIZE if lock == "write" else 0)
-        error = perms.lock_error(perm, perms.READ | perms.WRITE_UNCHANGED, store.locks(image))
+        shared = perms.ALL if lock == "force-share" else perms.READ | perms.WRITE_UNCHANGED
+        error = perms.lock_error(perm, shared, store.locks(image))
         if error is not None:
             raise QemuImgError(f"qemu-img: Could not open '{name}': {error}\n"
                                f"Is another process using the image [{name}]?\n")

@@ -59,7 +59,7 @@ def img_compare(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError(f"qemu-img: Expecting two image file names\n{USAGE}")
     cmdline.check_cache(opts, "-T", "source cache", 2)
     quiet, strict = "-q" in opts, "-s" in opts
-    lock = None if "-U" in opts else "shared"
+    lock = "force-share" if "-U" in opts else "shared"
     try:  # -F does not default to -f: the second image's format is probed
         chain1 = nbd.open_chain(store, positional[0], opts.get("-f")) or \
             open_chain(store, key_fn, positional[0], opts.get("-f"), lock, on_disk=True)

@@ -59,7 +59,7 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if len(positional) > 2:
         raise QemuImgError("qemu-img: bitlab does not simulate converting several images into one\n")
     sparse = _sparse_size(opts["-S"]) if "-S" in opts else 4096  # zero stretches this long are not written
-    lock = None if "-U" in opts else "shared"
+    lock = "force-share" if "-U" in opts else "shared"
     chain = nbd.open_chain(store, positional[0], opts.get("-f"))  # the sources first (an NBD export: one layer)
     if chain is not None and bitmaps:
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert --bitmaps' from an NBD export\n")

@@ -312,7 +312,7 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(f"qemu-img: Could not open '{name}': force-share=on can only be used with "
                                "read-only images\n")
         image = open_image(store, key_fn, name, None if fmt == "raw" else fmt,
-                           None if "-U" in opts else "write" if "-r" in opts else "shared", on_disk=True)
+                           "force-share" if "-U" in opts else "write" if "-r" in opts else "shared", on_disk=True)
     if not image.is_qcow2 or fmt == "raw":
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
     (leak_s, leak_e), (bad_s, bad_e) = image.refcount_errors()

@@ -95,7 +95,7 @@ def img_map(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         return nbd.map_text(conn, target, output, start, length)
     name, fmt, optstr = image_args(opts, positional[0])
     with named_by(optstr, name):
-        chain = open_chain(store, key_fn, name, fmt, None if shared else "shared", on_disk=True)
+        chain = open_chain(store, key_fn, name, fmt, "force-share" if shared else "shared", on_disk=True)
     entries = map_entries(chain, start, length) or [_empty(start)]
     return format_json(entries) if output == "json" else format_human(entries)
 

@@ -266,7 +266,7 @@ def img_measure(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
                 raise QemuImgError("qemu-img: --image-opts and --format are mutually exclusive\n")
             optstr, (filename, fmt) = filename, resolve(filename)
         with named_by(optstr, filename):
-            chain = open_chain(store, key_fn, filename, fmt, None if force_share else "shared", on_disk=True)
+            chain = open_chain(store, key_fn, filename, fmt, "force-share" if force_share else "shared", on_disk=True)
         if snapshot:  # bitlab's images have no internal snapshots
             reason = "Can't find snapshot" if chain[0].image.is_qcow2 else \
                 "Block format 'raw' used by device '' does not support temporarily loading internal snapshots"

@@ -57,10 +57,23 @@ BACKUP = [  # a backup target's new clusters, before and after its node's flush 
     *_look("t.qcow2", ["compare", "-U", "s.qcow2", "t.qcow2"]),
 ]
 
+MIRROR = [  # a flush through a mirror's filter reaches its source (bdrv_mirror_top_flush); the target is flushed as
+    # the job goes ready and as it completes, not as it copies a guest's write in between
+    *_qcow2("s", "4M"), *_qcow2("t", "4M"),
+    {"write": {"node": "s", "offset": 0, "length": 64 * K, "pattern": 0x11}},
+    _q("blockdev-mirror", {"job-id": "m", "device": "s", "target": "t", "sync": "full"}),
+    {"wait-job": {"id": "m", "status": "ready"}},
+    {"write": {"node": "s", "offset": 2 * M, "length": 64 * K, "pattern": 0x22}}, {"sleep": 0.3},
+    *_look("s.qcow2"), *_look("t.qcow2"),
+    _q("job-complete", {"id": "m"}), {"wait-job": {"id": "m", "status": "null"}},
+    *_look("t.qcow2", ["compare", "-U", "s.qcow2", "t.qcow2"]),
+]
+
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("name,steps,daemon", [("guest", GUEST, "qsd"), ("guest", GUEST, "system"),
-                                               ("backup", BACKUP, "qsd")])
+                                               ("backup", BACKUP, "qsd"), ("mirror", MIRROR, "qsd"),
+                                               ("mirror", MIRROR, "system")])
 def test_readers_without_the_cache_see_the_tables_as_written(name, steps, daemon):
     scenario = {"name": name, "steps": steps}
     real, sim = play(scenario, "qemu", daemon), play(scenario, "sim", daemon)
