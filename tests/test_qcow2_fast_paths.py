@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 
-from bitlab.block import qcow2_host
+from bitlab.block import qcow2_disk, qcow2_host
 from bitlab.block.extents import UNALLOCATED, ZERO, ZERO_ALLOC
 from bitlab.block.qcow2_host import SMALL_BATCH, HostLayout
 
@@ -27,11 +27,12 @@ def _lists(value: object) -> object:
 def _state(layout: HostLayout) -> dict:
     written = [(np.asarray(o).tolist(), np.asarray(n).tolist()) for o, n in layout.written]
     maps = ("guest", "l2", "free", "written", "discarded", "fs", "_fs_marks", "cow_written", "disk_tables", "disk_op",
-            "read_content")
+            "read_content", "rc_since")
     plain = {k: v for k, v in vars(layout).items() if k not in maps}
     return {"guest": layout.guest.runs(), "l2": layout.l2.runs(), "free": layout.free.runs(), "written": written,
             "discarded": [(s.tolist(), e.tolist()) for s, e in layout.discarded], "fs": layout.fs_blocks().runs(),
-            "cow_written": layout.cow_written.runs(), "disk_tables": _lists(layout.stale_tables()), **plain}
+            "cow_written": layout.cow_written.runs(), "disk_tables": _lists(layout.stale_tables()),
+            "disk_refcounts": qcow2_disk._refcounts(layout).runs(), **plain}
 
 
 def _same(a: HostLayout, b: HostLayout) -> None:

@@ -10,10 +10,11 @@ still the data they held, and ``check -U`` counts neither.
 
 The layout notes each table's state before the first change after a write-back (:meth:`HostLayout.note_tables`);
 :func:`on_disk` builds, from those of the tables still dirty, the content, guest map, zero flags and used host
-clusters the file describes; the refcount blocks dirty in the cache hold what they held when last written back
-(:meth:`HostLayout._refcounts_written`), so ``check -U`` finds the clusters a written refcount block counts that no
+clusters the file describes; the refcount blocks hold what they held when the refcount cache was last written back
+(``HostLayout.rc_since``), so ``check -U`` finds the clusters a written refcount block counts that no
 written table references yet (leaked: an ``l2_allocate`` writes the refcounts of the clusters allocated so far,
-the request's links come after it). A table holding compressed clusters is taken as the cache has it.
+the request's links come after it). A table holding compressed clusters is taken as the cache has it, and an image
+holding any is not checked so (their clusters' refcounts count chunks).
 """
 
 from __future__ import annotations
@@ -94,15 +95,21 @@ def _table(layout: HostLayout, index: int, state: TableState | None
 
 
 def _refcounts(layout: HostLayout) -> ExtentMap:
-    """The refcounts (USED/FREE by host cluster) the file holds: the cache's, but in the refcount blocks dirty
-    there, which hold what they held when last written back."""
-    if not layout.dirty_refblocks:
+    """The refcounts (USED/FREE by host cluster) the file holds: the cache's, but where a cluster was allocated or
+    freed an odd number of times since the refcount cache was last written back."""
+    if not layout.rc_since:
         return layout.free
-    span = layout.refblock_span
-    blocks = np.array(sorted(layout.dirty_refblocks), dtype=np.int64) * span
-    s, e, v, _ = layout.disk_free.gather(blocks, blocks + span)
+    starts = np.concatenate([np.atleast_1d(np.asarray(a, dtype=np.int64)) for a, _ in layout.rc_since])
+    ends = np.concatenate([np.atleast_1d(np.asarray(b, dtype=np.int64)) for _, b in layout.rc_since])
+    bounds = np.unique(np.concatenate((starts, ends)))
+    depth = np.zeros(bounds.size, dtype=np.int64)
+    np.add.at(depth, np.searchsorted(bounds, starts), 1)
+    np.add.at(depth, np.searchsorted(bounds, ends), -1)
+    odd = np.flatnonzero(np.cumsum(depth)[:-1] % 2 == 1)
     held = layout.free.copy()
-    held.write_batch(s, e - s, v)
+    if odd.size:
+        s, e, v, _ = layout.free.gather(bounds[odd], bounds[odd + 1])
+        held.write_batch(s, e - s, np.where(v == USED, FREE, USED))
     return held
 
 
@@ -132,8 +139,9 @@ def on_disk(layout: HostLayout, content: ExtentMap) -> OnDisk | None:
                 zero.write_batch(*maps[3:])
             if frees[0].size:
                 free.write_batch(*frees)
-    held = _refcounts(layout)
-    leaked, unreferenced = _differ(held, free, USED), _differ(held, free, FREE)
+    none = (np.zeros(0, dtype=np.int64),) * 2
+    held = None if layout.any_compressed else _refcounts(layout)
+    leaked, unreferenced = (none, none) if held is None else (_differ(held, free, USED), _differ(held, free, FREE))
     if not parts and not leaked[0].size and not unreferenced[0].size:
         return None
     return OnDisk(data, guest, zero, free, leaked, unreferenced)

@@ -209,9 +209,9 @@ class HostLayout:
         self.disk_op: tuple[list[int], list[int], int] | None = None  # the last change noted (see settle_tables)
         self.l2_writebacks = 0  # write-backs of the L2 table cache so far
         self.in_op = False  # a batch of content writes is under way (its requests are noted with it)
-        # the refcounts the file holds (USED/FREE by host cluster) where a refcount block is dirty in the cache
-        self.disk_free = self.free.copy()
-        self.batch_took: tuple[int, int] | None = None  # (see _refcounts_written)
+        # host clusters whose refcount changed since the refcount cache was last written back, ranges in order (each
+        # change an allocation or a free: the file holds the other state where a cluster changed an odd number of times)
+        self.rc_since: list[tuple] = []
         self.cut_noted: set[int] = set()  # tables the change in progress noted as a write-back left them
 
     # -- what a recorder sees (log) --------------------------------------------------------------
@@ -351,9 +351,12 @@ class HostLayout:
         n = min(self.per_l2, self.guest.size - lo)
         if n <= 0:
             return None
+        _, g_vals = self.guest.runs()
+        flags = self._flags_any()
+        if g_vals.size == 1 and g_vals[0] == NONE and not flags:  # (nothing hosted anywhere: a new image, say)
+            return None
         guest = self.guest.extents(lo, n)
         hosted = bool((guest[2] != NONE).any())
-        flags = self._flags_any()
         if not hosted and not flags:
             return None
         zero = self.zero_flag.extents(lo, n) if flags else (np.array([lo]), np.array([lo + n]), np.zeros(1, np.int64))
@@ -388,6 +391,7 @@ class HostLayout:
 
     def _refcounts_changed(self, starts: np.ndarray, ends: np.ndarray) -> None:
         """The refcount blocks covering host clusters ``[starts, ends)`` become dirty in the cache."""
+        self.rc_since.append((starts, ends))
         span = self.refblock_span
         first, last = starts // span, (ends - 1) // span
         n = last - first + 1
@@ -460,28 +464,13 @@ class HostLayout:
         if blocks[-1] >= len(known):  # (blocks without a host cluster yet are left out)
             blocks = [i for i in blocks if i < len(known)]
         self.dirty_refblocks.clear()
-        self._refcounts_written(blocks, self.batch_took)
+        self.rc_since = []
         if self.log is not None:
             for block in blocks:
                 self._ev("refblock_update_part")
                 self._write([known[block] * cs], [cs], "rb", [block])
             return
         self._write([known[i] * cs for i in blocks], [cs] * len(blocks))
-
-    def _refcounts_written(self, blocks: list[int], took: tuple[int, int] | None = None) -> None:
-        """Refcount ``blocks`` written back: the file holds their refcounts as the cache has them (``took``: host
-        clusters ``[a, b)`` a batch allocated before it, which the free map does not have yet, in use too)."""
-        if not blocks:
-            return
-        span = self.refblock_span
-        if len(blocks) == 1:
-            s, e, v = self.free.extents(blocks[0] * span, span)
-        else:
-            lo = np.array(blocks, dtype=np.int64) * span
-            s, e, v, _ = self.free.gather(lo, lo + span)
-        self.disk_free.write_batch(s, e - s, v)
-        if took is not None and took[1] > took[0]:
-            self.disk_free.write(took[0], took[1] - took[0], USED)
 
     def _write_back_l2(self) -> None:
         """The L2 table cache written: each dirty table whole."""
@@ -704,7 +693,7 @@ class HostLayout:
         self.depends = {"l2": None, "rb": None}
         self.l2_cached.clear()
         self.rb_cached.clear()
-        self.disk_tables, self.disk_op, self.disk_free = {}, None, self.free.copy()  # (the file as the cache has it)
+        self.disk_tables, self.disk_op, self.rc_since = {}, None, []  # (the file as the cache has it)
 
     # -- L2 tables ------------------------------------------------------------------------
     def l2_missing(self, lo: int, hi: int) -> np.ndarray:
@@ -1124,9 +1113,7 @@ class HostLayout:
             # (a request's data tasks link their clusters after its last allocation: see _batch_tables)
             self.dirty_l2.update([d for i, d, o in d_tab if i < pos_last and o != cut_owner])
             self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if before])
-            self.batch_took = (top, host_last + 1)  # (allocated before the cut, not in the free map yet)
             self._flush_cache("rb")
-            self.batch_took = None
             post = [g for i, (o, g, t, x) in enumerate(events) if t == 1 and (i > pos_last or o == cut_owner)]
             if post:
                 pre = [(g, x) for i, (o, g, t, x) in enumerate(events) if t == 1 and i < pos_last and o != cut_owner]
@@ -1156,6 +1143,7 @@ class HostLayout:
 
     def _refcounts_changed_range(self, start: int, end: int) -> None:
         """:meth:`_refcounts_changed` for one range ``[start, end)``."""
+        self.rc_since.append((start, end))
         span = self.refblock_span
         self.dirty_refblocks.update(range(start // span, (end - 1) // span + 1))
         self.rb_cached.update(range(start // span, (end - 1) // span + 1))
@@ -1337,9 +1325,7 @@ class HostLayout:
         d_before = (pos[nt:] < cut) & (d_owner != cut_owner)
         z_before = (z_owner < cut_owner) | ((z_owner == cut_owner) & (z_tab < tab[last]))  # (table by table)
         self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_before], z_tab[z_before]))).tolist())
-        self.batch_took = (self.top, host_last + 1)  # (allocated before the cut, not in the free map yet)
         self._flush_cache("rb")
-        self.batch_took = None
         if (~d_before).any():
             self._note_cut(pieces[0][~d_before], pieces[0][d_before], pieces[1][d_before])
         self._flush_cache("l2")
