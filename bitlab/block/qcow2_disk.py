@@ -97,19 +97,12 @@ def _table(layout: HostLayout, index: int, state: TableState | None
 def _refcounts(layout: HostLayout) -> ExtentMap:
     """The refcounts (USED/FREE by host cluster) the file holds: the cache's, but where a cluster was allocated or
     freed an odd number of times since the refcount cache was last written back."""
-    if not layout.rc_since:
+    starts, ends = layout.flipped()
+    if not starts.size:
         return layout.free
-    starts = np.concatenate([np.atleast_1d(np.asarray(a, dtype=np.int64)) for a, _ in layout.rc_since])
-    ends = np.concatenate([np.atleast_1d(np.asarray(b, dtype=np.int64)) for _, b in layout.rc_since])
-    bounds = np.unique(np.concatenate((starts, ends)))
-    depth = np.zeros(bounds.size, dtype=np.int64)
-    np.add.at(depth, np.searchsorted(bounds, starts), 1)
-    np.add.at(depth, np.searchsorted(bounds, ends), -1)
-    odd = np.flatnonzero(np.cumsum(depth)[:-1] % 2 == 1)
     held = layout.free.copy()
-    if odd.size:
-        s, e, v, _ = layout.free.gather(bounds[odd], bounds[odd + 1])
-        held.write_batch(s, e - s, np.where(v == USED, FREE, USED))
+    s, e, v, _ = layout.free.gather(starts, ends)
+    held.write_batch(s, e - s, np.where(v == USED, FREE, USED))
     return held
 
 

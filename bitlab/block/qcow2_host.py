@@ -392,6 +392,8 @@ class HostLayout:
     def _refcounts_changed(self, starts: np.ndarray, ends: np.ndarray) -> None:
         """The refcount blocks covering host clusters ``[starts, ends)`` become dirty in the cache."""
         self.rc_since.append((starts, ends))
+        if len(self.rc_since) > 256:
+            self.flipped()  # (kept short)
         span = self.refblock_span
         first, last = starts // span, (ends - 1) // span
         n = last - first + 1
@@ -1140,6 +1142,22 @@ class HostLayout:
                 b0 = b
             self.zero_flag.write(a0, b0 - a0, f0)
         return True
+
+    def flipped(self) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of host clusters ``(starts, ends)`` allocated or freed an odd number of times since the refcount
+        cache was last written back: the file's refcount blocks hold the other state for them."""
+        if not self.rc_since:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        starts = np.concatenate([np.atleast_1d(np.asarray(a, dtype=np.int64)) for a, _ in self.rc_since])
+        ends = np.concatenate([np.atleast_1d(np.asarray(b, dtype=np.int64)) for _, b in self.rc_since])
+        bounds = np.unique(np.concatenate((starts, ends)))
+        depth = np.zeros(bounds.size, dtype=np.int64)
+        np.add.at(depth, np.searchsorted(bounds, starts), 1)
+        np.add.at(depth, np.searchsorted(bounds, ends), -1)
+        odd = np.flatnonzero(np.cumsum(depth)[:-1] % 2 == 1)
+        starts, ends = bounds[odd], bounds[odd + 1]
+        self.rc_since = [(starts, ends)] if starts.size else []
+        return starts, ends
 
     def _refcounts_changed_range(self, start: int, end: int) -> None:
         """:meth:`_refcounts_changed` for one range ``[start, end)``."""

@@ -289,8 +289,10 @@ def _repair_mode(text: str) -> None:
 
 def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img check [-q] [-f fmt | --image-opts] [--output=human|json] [-r leaks|all] [-U] filename on a
-    qcow2 image: bitlab's images are never corrupt, so there is nothing to report or repair. The image is
-    opened read-only with the shared file lock (``-U``: none), read-write with ``-r``."""
+    qcow2 image: bitlab's images are never corrupt, so there is nothing to repair; with ``-U`` an image a running
+    QEMU holds open is read as its file describes it (ImageFile.on_disk), where a refcount the cache wrote back
+    before the links counts as leaked (status 3). The image is opened read-only with the shared file lock
+    (``-U``: sharing everything), read-write with ``-r``."""
     opts, positional = cmdline.parse("check", args, {"-f", "--output", "-r", "-T", "-U", "-q", "--image-opts"},
                                      {"-r": _repair_mode})
     if len(positional) != 1:
