@@ -126,6 +126,13 @@ Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
 TableState = tuple[Runs, Runs, Runs | None, bool]
 
 
+def _columns(rows: list[tuple[int, ...]], n: int) -> tuple[np.ndarray, ...]:
+    """Rows of ``n`` ints as ``n`` arrays."""
+    if not rows:
+        return (np.zeros(0, dtype=np.int64),) * n
+    return tuple(np.array(column, dtype=np.int64) for column in zip(*rows))
+
+
 def _ints(values: Ints) -> list[int]:
     return values.tolist() if isinstance(values, np.ndarray) else values
 
@@ -293,35 +300,41 @@ class HostLayout:
         self.disk_op = (before, [self._table_state(i) for i in before], self.l2_writebacks)
         self.cut_noted.clear()
 
-    def _note_cut(self, after: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
-        """A batch writes the L2 cache back for a new table after its data clusters ``[starts, ends)`` (guest
-        clusters) linked, while those of ``after`` (guest clusters) link after it: each dirty table the latter
-        meet is held by the file as it was before the batch with the former's links (it is dirty again once the
-        latter link; the zero flags the batch changes before the write-back are left out)."""
+    def _note_cut(self, after: np.ndarray, data: tuple[np.ndarray, ...], zeros: tuple[np.ndarray, ...]) -> None:
+        """A batch writes the L2 cache back for a new table after its data clusters ``data`` (guest clusters
+        ``(starts, ends)``) linked and its zero writes ``zeros`` (``(lo, hi, flag)``) set their zero flags, while
+        the rest of it changes the L2 tables ``after`` later: each of those dirty now is held by the file as it
+        was before the batch with those links and flags (it is dirty again once the rest changes it)."""
         per = self.per_l2
         op = self.disk_op
         before = {} if op is None else dict(zip(op[0], op[1]))
-        for index in sorted(set((after // per).tolist()) & self.dirty_l2):
+        starts, ends = data
+        z_lo, z_hi, z_flag = zeros
+        for index in sorted(set(after.tolist()) & self.dirty_l2):
             lo = index * per
             hi = min(lo + per, self.guest.size)
             state = before[index] if index in before else self.disk_tables.get(index, self._table_state(index))
-            inside = (starts < hi) & (ends > lo)
-            if not inside.any():
-                self.disk_tables[index] = state
-                self.cut_noted.add(index)
-                continue
-            if state is None:
-                empty = (np.array([lo]), np.array([hi]))
-                state = ((*empty, np.array([NONE])), (*empty, np.zeros(1, dtype=np.int64)), None, False)
-            (g_s, g_e, g_v), zero, content, compressed = state
-            runs = ExtentMap(hi - lo, fill=NONE)
-            runs.write_batch(g_s - lo, g_e - g_s, g_v)
-            p_s, p_e, p_v, _ = self.guest.gather(np.maximum(starts[inside], lo), np.minimum(ends[inside], hi))
-            runs.write_batch(p_s - lo, p_e - p_s, p_v)
-            r_s, r_e, r_v = _runs_with_ends(runs)
-            if content is None and self.read_content is not None:
-                content = self.read_content(lo * self.cs, min(hi * self.cs, self.size))
-            self.disk_tables[index] = ((r_s + lo, r_e + lo, r_v), zero, content, compressed)
+            linked, zeroed = (starts < hi) & (ends > lo), (z_lo < hi) & (z_hi > lo)
+            if linked.any() or zeroed.any():
+                if state is None:
+                    empty = (np.array([lo]), np.array([hi]))
+                    state = ((*empty, np.array([NONE])), (*empty, np.zeros(1, dtype=np.int64)), None, False)
+                (g_s, g_e, g_v), (f_s, f_e, f_v), content, compressed = state
+                runs, flags = ExtentMap(hi - lo, fill=NONE), ExtentMap(hi - lo, fill=0)
+                runs.write_batch(g_s - lo, g_e - g_s, g_v)
+                flags.write_batch(f_s - lo, f_e - f_s, f_v)
+                if linked.any():
+                    p_s, p_e, p_v, _ = self.guest.gather(np.maximum(starts[linked], lo), np.minimum(ends[linked], hi))
+                    runs.write_batch(p_s - lo, p_e - p_s, p_v)
+                    flags.write_batch(p_s - lo, p_e - p_s, np.zeros(p_s.size, dtype=np.int64))
+                if zeroed.any():
+                    a, b = np.maximum(z_lo[zeroed], lo) - lo, np.minimum(z_hi[zeroed], hi) - lo
+                    flags.write_batch(a, b - a, z_flag[zeroed])
+                if content is None and self.read_content is not None:
+                    content = self.read_content(lo * self.cs, min(hi * self.cs, self.size))
+                (r_s, r_e, r_v), (q_s, q_e, q_v) = _runs_with_ends(runs), _runs_with_ends(flags)
+                state = ((r_s + lo, r_e + lo, r_v), (q_s + lo, q_e + lo, q_v), content, compressed)
+            self.disk_tables[index] = state
             self.cut_noted.add(index)
 
     def settle_tables(self) -> None:
@@ -1116,11 +1129,13 @@ class HostLayout:
             self.dirty_l2.update([d for i, d, o in d_tab if i < pos_last and o != cut_owner])
             self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if before])
             self._flush_cache("rb")
-            post = [g for i, (o, g, t, x) in enumerate(events) if t == 1 and (i > pos_last or o == cut_owner)]
-            if post:
+            after = [d for i, d, o in d_tab if i > pos_last or o == cut_owner]
+            after += [index for (_, index), before in zip(z_tab, z_before) if not before]
+            if after:
                 pre = [(g, x) for i, (o, g, t, x) in enumerate(events) if t == 1 and i < pos_last and o != cut_owner]
-                self._note_cut(np.array(post), np.array([g for g, _ in pre], dtype=np.int64),
-                               np.array([x for _, x in pre], dtype=np.int64))
+                flagged = [(max(reqs[o][0], index * P), min(reqs[o][1], (index + 1) * P),
+                            int(reqs[o][2] != UNALLOCATED)) for (o, index), before in zip(z_tab, z_before) if before]
+                self._note_cut(np.array(after), _columns(pre, 2), _columns(flagged, 3))
             self._flush_cache("l2")
             self._write([self.l1_offset + 8 * i for i in sorted(tables)], [8] * len(tables))
             self.dirty_l2.update([d for i, d, o in d_tab if i > pos_last or o == cut_owner])
@@ -1191,7 +1206,7 @@ class HostLayout:
             c0, c1, data, zeroing, flags = c0[touch], c1[touch], data[touch], zeroing[touch], flags[touch]
         if not c0.size:
             return
-        z_tab, z_owner = self._zero_tables(c0, c1, zeroing, flags)
+        z_tab, z_owner, z_ranges = self._zero_tables(c0, c1, zeroing, flags)
         ascending = bool(np.all(c0[1:] >= c1[:-1]))  # and disjoint: guest order is request order
         # new data clusters: each to the first request touching it, where nothing was hosted
         every = bool(data.all())
@@ -1244,7 +1259,8 @@ class HostLayout:
         ev_n = np.concatenate((np.ones(nt, dtype=np.int64), pe - ps))
         if not ev_n.size:
             empty = np.zeros(0, dtype=np.int64)
-            self._batch_caches(empty, 0, empty, empty, empty, empty, empty, z_tab, z_owner, self.top)
+            self._batch_caches(empty, 0, empty, empty, empty, empty, empty, z_tab, z_owner, self.top, (empty, empty),
+                               z_ranges)
             return
         if ascending:  # two lists sorted by guest cluster to merge, a table before the data it maps
             order = np.empty(nt + nd, dtype=np.int64)
@@ -1271,15 +1287,16 @@ class HostLayout:
             if split.size:  # the clusters after a refcount block placed inside a request's allocation
                 d = order[split] - nt
                 self.guest.write_batch(ps[d] + before, pe[d] - ps[d] - before, rest - ps[d] - before)
-        self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, z_tab, z_owner, end, (ps, pe))
+        self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, z_tab, z_owner, end, (ps, pe), z_ranges)
         self._take(self.top, end - self.top, counted=False)
         self.fci = end
 
     def _zero_tables(self, c0: np.ndarray, c1: np.ndarray, zeroing: np.ndarray, flags: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """The L2 tables the zero writes of a batch change, with the request changing each: where an entry's
-        zero flag changes (zero_in_l2_slice; no zero write here frees a cluster, none meets an earlier
-        request); then the zero flags set and cleared as the batch leaves them."""
+                     ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The L2 tables the zero writes of a batch change, with the request changing each and the guest clusters
+        ``(lo, hi, flag)`` it sets there: where an entry's zero flag changes (zero_in_l2_slice; no zero write here
+        frees a cluster, none meets an earlier request); then the zero flags set and cleared as the batch leaves
+        them."""
         P = self.per_l2
         z = np.flatnonzero(zeroing)
         had_flags = self._flags_any()
@@ -1291,7 +1308,7 @@ class HostLayout:
                 self.zero_flag.write_batch(s[on], e[on] - s[on], 0)
         if not z.size:
             empty = np.zeros(0, dtype=np.int64)
-            return empty, empty
+            return empty, empty, (empty, empty, empty)
         n = (c1[z] - 1) // P - c0[z] // P + 1
         z_tab = np.repeat(c0[z] // P, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
         z_owner = np.repeat(z, n)
@@ -1305,16 +1322,17 @@ class HostLayout:
             changed = flag == 1
         if changed.any():  # (the flags of a table's clusters change where any of them does)
             self.zero_flag.write_batch(lo[changed], hi[changed] - lo[changed], flag[changed])
-        return z_tab[changed], z_owner[changed]
+        return z_tab[changed], z_owner[changed], (lo[changed], hi[changed], flag[changed])
 
     def _batch_caches(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
                       d_tab: np.ndarray, d_owner: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray,
-                      end: int, pieces: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                      end: int, pieces: tuple[np.ndarray, np.ndarray], zeros: tuple[np.ndarray, ...]) -> None:
         """What a batch leaves in the caches and writes: each new table's l2_allocate writes back what
         is dirty by then, so the last one writes everything dirtied before it (refcount blocks of the
         clusters allocated so far, the tables of the requests before it, every new table); ``z_tab``:
         the tables its zero writes change (``z_owner``: which); ``pieces``: the data pieces' guest clusters
-        ``(starts, ends)``, one per entry of ``d_tab``."""
+        ``(starts, ends)``, one per entry of ``d_tab``; ``zeros``: the zero writes' ``(lo, hi, flag)``, one per entry
+        of ``z_tab``."""
         if d_tab.size and self.depends["rb"] == "l2":  # the first link flushes the L2 cache (before the batch)
             self._set_dependency("l2", "rb")
         if not nt:
@@ -1324,13 +1342,13 @@ class HostLayout:
             linked_after = bool(d_tab.size)
         else:
             linked_after = self._batch_tables(order, nt, tab, t_owner, at, d_tab, d_owner, z_tab, z_owner, end,
-                                              pieces)
+                                              pieces, zeros)
         if linked_after:  # links after the last table's write-back leave the L2 cache depending
             self._set_dependency("l2", "rb")
 
     def _batch_tables(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
                       d_tab: np.ndarray, d_owner: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray,
-                      end: int, pieces: tuple[np.ndarray, np.ndarray]) -> bool:
+                      end: int, pieces: tuple[np.ndarray, np.ndarray], zeros: tuple[np.ndarray, ...]) -> bool:
         """:meth:`_batch_caches` where the batch makes new tables; whether data links follow the last. (A request's
         data tasks link their clusters after its last allocation: those of the request making the last table
         come after it.)"""
@@ -1344,8 +1362,9 @@ class HostLayout:
         z_before = (z_owner < cut_owner) | ((z_owner == cut_owner) & (z_tab < tab[last]))  # (table by table)
         self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_before], z_tab[z_before]))).tolist())
         self._flush_cache("rb")
-        if (~d_before).any():
-            self._note_cut(pieces[0][~d_before], pieces[0][d_before], pieces[1][d_before])
+        after = np.concatenate((d_tab[~d_before], z_tab[~z_before]))
+        if after.size:
+            self._note_cut(after, (pieces[0][d_before], pieces[1][d_before]), tuple(z[z_before] for z in zeros))
         self._flush_cache("l2")
         self._write(self.l1_offset + 8 * tab, np.full(nt, 8, dtype=np.int64))
         self.dirty_l2.update(np.unique(np.concatenate((d_tab[~d_before], z_tab[~z_before]))).tolist())

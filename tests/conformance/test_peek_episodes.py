@@ -47,3 +47,12 @@ def test_episodes_read_without_the_lock_and_back_up_with_one_worker():
 @pytest.mark.parametrize("index", range(8))
 def test_peek_scenarios_as_in_qemu(index):
     assert [d.render() for d in check(peek_scenario(26003, index))] == []
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("index", [16, 80])
+def test_requests_taken_together_write_back_as_in_qemu(index):
+    """Steps whose writes bitlab merges as one batch (nothing read between them) across a new L2 table's
+    write-back: a zero write's flags before it (80), a data link before a later request's zeroing allocates a
+    table (16). Both differed until the write-back inside a batch kept the links and flags made before it."""
+    assert [d.render() for d in check(peek_scenario(25022, index))] == []

@@ -74,14 +74,16 @@ LEAKS = [  # one request over a table that exists and one that does not: the new
     *_qcow2("k", "8M", "-o", "cluster_size=4096"),
     {"write": {"node": "k", "offset": 0, "length": 64 * K, "pattern": 0x11}},
     _io("write", "k", 2 * M - 64 * K, 128 * K, 0x22),
-    _img("check", "-U", "k.qcow2"), _img("check", "-U", "--output=json", "k.qcow2"), _img("check", "-U", "-q", "k.qcow2"),
+    _img("check", "-U", "k.qcow2"), _img("check", "-U", "--output=json", "k.qcow2"),
+    _img("check", "-U", "-q", "k.qcow2"),
     _img("map", "--output=json", "-U", "k.qcow2"),
     {"flush": {"node": "k"}}, _img("check", "-U", "k.qcow2"),
 ]
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("name,steps,daemon", [("leaks", LEAKS, "qsd"), ("guest", GUEST, "qsd"), ("guest", GUEST, "system"),
+@pytest.mark.parametrize("name,steps,daemon", [("leaks", LEAKS, "qsd"), ("guest", GUEST, "qsd"),
+                                               ("guest", GUEST, "system"),
                                                ("backup", BACKUP, "qsd"), ("mirror", MIRROR, "qsd"),
                                                ("mirror", MIRROR, "system")])
 def test_readers_without_the_cache_see_the_tables_as_written(name, steps, daemon):
