@@ -81,8 +81,29 @@ LEAKS = [  # one request over a table that exists and one that does not: the new
 ]
 
 
+
+def _layer(name: str, backing: str | None, **opts: object) -> dict:
+    return _q("blockdev-add", {"driver": "qcow2", "node-name": name,
+                               "file": {"driver": "file", "filename": f"{name}.qcow2"},
+                               **({"backing": backing} if backing is not None else {}), **opts})
+
+
+JOBS = [  # a commit job's base (reopened read-only as it ends: written back) and a stream job's top (not flushed)
+    _img("create", "-f", "qcow2", "b.qcow2", "4M"),
+    _img("create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "m.qcow2"),
+    _img("create", "-f", "qcow2", "-b", "m.qcow2", "-F", "qcow2", "t.qcow2"),
+    _layer("m", None), {"write": {"node": "m", "offset": 0, "length": 64 * K, "pattern": 0x11}},
+    {"write": {"node": "m", "offset": M, "length": 64 * K, "pattern": 0x12}}, _q("blockdev-del", {"node-name": "m"}),
+    _layer("b", None, **{"read-only": True}), _layer("m", "b", **{"read-only": True}), _layer("t", "m"),
+    {"write": {"node": "t", "offset": 2 * M, "length": 64 * K, "pattern": 0x13}},
+    _q("block-commit", {"job-id": "c", "device": "t", "top-node": "m", "base-node": "b"}),
+    {"wait-job": {"id": "c", "status": "null"}}, *_look("b.qcow2"),
+    _q("block-stream", {"job-id": "s", "device": "t"}), {"wait-job": {"id": "s", "status": "null"}}, *_look("t.qcow2"),
+]
+
+
 @pytest.mark.qemu
-@pytest.mark.parametrize("name,steps,daemon", [("leaks", LEAKS, "qsd"), ("guest", GUEST, "qsd"),
+@pytest.mark.parametrize("name,steps,daemon", [("leaks", LEAKS, "qsd"), ("jobs", JOBS, "qsd"), ("guest", GUEST, "qsd"),
                                                ("guest", GUEST, "system"),
                                                ("backup", BACKUP, "qsd"), ("mirror", MIRROR, "qsd"),
                                                ("mirror", MIRROR, "system")])
