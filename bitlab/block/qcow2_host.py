@@ -313,27 +313,31 @@ class HostLayout:
         for index in sorted(set(after.tolist()) & self.dirty_l2):
             lo = index * per
             hi = min(lo + per, self.guest.size)
-            state = before[index] if index in before else self.disk_tables.get(index, self._table_state(index))
             linked, zeroed = (starts < hi) & (ends > lo), (z_lo < hi) & (z_hi > lo)
-            if linked.any() or zeroed.any():
-                if state is None:
-                    empty = (np.array([lo]), np.array([hi]))
-                    state = ((*empty, np.array([NONE])), (*empty, np.zeros(1, dtype=np.int64)), None, False)
-                (g_s, g_e, g_v), (f_s, f_e, f_v), content, compressed = state
-                runs, flags = ExtentMap(hi - lo, fill=NONE), ExtentMap(hi - lo, fill=0)
-                runs.write_batch(g_s - lo, g_e - g_s, g_v)
-                flags.write_batch(f_s - lo, f_e - f_s, f_v)
-                if linked.any():
-                    p_s, p_e, p_v, _ = self.guest.gather(np.maximum(starts[linked], lo), np.minimum(ends[linked], hi))
-                    runs.write_batch(p_s - lo, p_e - p_s, p_v)
-                    flags.write_batch(p_s - lo, p_e - p_s, np.zeros(p_s.size, dtype=np.int64))
-                if zeroed.any():
-                    a, b = np.maximum(z_lo[zeroed], lo) - lo, np.minimum(z_hi[zeroed], hi) - lo
-                    flags.write_batch(a, b - a, z_flag[zeroed])
-                if content is None and self.read_content is not None:
-                    content = self.read_content(lo * self.cs, min(hi * self.cs, self.size))
-                (r_s, r_e, r_v), (q_s, q_e, q_v) = _runs_with_ends(runs), _runs_with_ends(flags)
-                state = ((r_s + lo, r_e + lo, r_v), (q_s + lo, q_e + lo, q_v), content, compressed)
+            if not linked.any() and not zeroed.any():
+                continue  # (held as before the batch: note_tables and settle_tables)
+            if index in before:
+                state = before[index]
+            else:
+                state = self.disk_tables[index] if index in self.disk_tables else self._table_state(index)
+            if state is None:
+                empty = (np.array([lo]), np.array([hi]))
+                state = ((*empty, np.array([NONE])), (*empty, np.zeros(1, dtype=np.int64)), None, False)
+            (g_s, g_e, g_v), (f_s, f_e, f_v), content, compressed = state
+            runs, flags = ExtentMap(hi - lo, fill=NONE), ExtentMap(hi - lo, fill=0)
+            runs.write_batch(g_s - lo, g_e - g_s, g_v)
+            flags.write_batch(f_s - lo, f_e - f_s, f_v)
+            if linked.any():
+                p_s, p_e, p_v, _ = self.guest.gather(np.maximum(starts[linked], lo), np.minimum(ends[linked], hi))
+                runs.write_batch(p_s - lo, p_e - p_s, p_v)
+                flags.write_batch(p_s - lo, p_e - p_s, np.zeros(p_s.size, dtype=np.int64))
+            if zeroed.any():
+                a, b = np.maximum(z_lo[zeroed], lo) - lo, np.minimum(z_hi[zeroed], hi) - lo
+                flags.write_batch(a, b - a, z_flag[zeroed])
+            if content is None and self.read_content is not None:
+                content = self.read_content(lo * self.cs, min(hi * self.cs, self.size))
+            (r_s, r_e, r_v), (q_s, q_e, q_v) = _runs_with_ends(runs), _runs_with_ends(flags)
+            state = ((r_s + lo, r_e + lo, r_v), (q_s + lo, q_e + lo, q_v), content, compressed)
             self.disk_tables[index] = state
             self.cut_noted.add(index)
 
@@ -1129,13 +1133,14 @@ class HostLayout:
             self.dirty_l2.update([d for i, d, o in d_tab if i < pos_last and o != cut_owner])
             self.dirty_l2.update([index for (_, index), before in zip(z_tab, z_before) if before])
             self._flush_cache("rb")
-            after = [d for i, d, o in d_tab if i > pos_last or o == cut_owner]
-            after += [index for (_, index), before in zip(z_tab, z_before) if not before]
-            if after:
-                pre = [(g, x) for i, (o, g, t, x) in enumerate(events) if t == 1 and i < pos_last and o != cut_owner]
-                flagged = [(max(reqs[o][0], index * P), min(reqs[o][1], (index + 1) * P),
-                            int(reqs[o][2] != UNALLOCATED)) for (o, index), before in zip(z_tab, z_before) if before]
-                self._note_cut(np.array(after), _columns(pre, 2), _columns(flagged, 3))
+            pre = [(g, x) for i, (o, g, t, x) in enumerate(events) if t == 1 and i < pos_last and o != cut_owner]
+            flagged = [(max(reqs[o][0], index * P), min(reqs[o][1], (index + 1) * P),
+                        int(reqs[o][2] != UNALLOCATED)) for (o, index), before in zip(z_tab, z_before) if before]
+            if pre or flagged:  # (else the tables changed after it are held as before the batch: note_tables)
+                after = [d for i, d, o in d_tab if i > pos_last or o == cut_owner]
+                after += [index for (_, index), before in zip(z_tab, z_before) if not before]
+                if after:
+                    self._note_cut(np.array(after), _columns(pre, 2), _columns(flagged, 3))
             self._flush_cache("l2")
             self._write([self.l1_offset + 8 * i for i in sorted(tables)], [8] * len(tables))
             self.dirty_l2.update([d for i, d, o in d_tab if i > pos_last or o == cut_owner])
@@ -1363,7 +1368,7 @@ class HostLayout:
         self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_before], z_tab[z_before]))).tolist())
         self._flush_cache("rb")
         after = np.concatenate((d_tab[~d_before], z_tab[~z_before]))
-        if after.size:
+        if after.size and (d_before.any() or z_before.any()):  # (else they are held as before the batch)
             self._note_cut(after, (pieces[0][d_before], pieces[1][d_before]), tuple(z[z_before] for z in zeros))
         self._flush_cache("l2")
         self._write(self.l1_offset + 8 * tab, np.full(nt, 8, dtype=np.int64))
