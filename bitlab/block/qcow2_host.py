@@ -279,10 +279,16 @@ class HostLayout:
             first, last = int(c0.min()) // per, (int(c1.max()) - 1) // per
             if last - first <= 1:  # (one table or two: both, touched or not)
                 tables = list(range(first, last + 1))
-            else:
+            else:  # (a mask over the tables: a batch may hold a million requests)
                 keep = c1 > c0
                 t0, t1 = c0[keep] // per, (c1[keep] - 1) // per + 1
-                tables = np.unique(range_items(t0, t1 - t0)).tolist()
+                mask = np.zeros(last + 1, dtype=bool)
+                mask[t0] = True
+                mask[t1 - 1] = True
+                wide = t1 - t0 > 2
+                if wide.any():
+                    mask[range_items(t0[wide], t1[wide] - t0[wide])] = True
+                tables = np.flatnonzero(mask).tolist()
         dirty, noted = self.dirty_l2, self.disk_tables
         before: list[int] = []
         may_write_back = None
