@@ -41,6 +41,9 @@ class OnDisk:
     unreferenced: tuple[np.ndarray, np.ndarray]
 
 
+_DATA = -10  # (a code of its own: the entry maps a data cluster)
+
+
 def _at(runs: Runs, points: np.ndarray) -> np.ndarray:
     """The value of runs ``(starts, ends, values)`` (covering the points) at each point."""
     return runs[2][np.searchsorted(runs[0], points, "right") - 1]
@@ -68,8 +71,8 @@ def _table(layout: HostLayout, index: int, state: TableState | None
     seg, end = bounds[:-1], bounds[1:]
     dg, dz, ng, nz = (_at(r, seg) for r in (disk_g, disk_z, now_g, now_z))
     hosted = dg != NONE
-    code = np.where(hosted, np.where(dz != 0, ZERO_ALLOC, -10), np.where(dz != 0, ZERO, UNALLOCATED))
-    data = code == -10
+    code = np.where(hosted, np.where(dz != 0, ZERO_ALLOC, _DATA), np.where(dz != 0, ZERO, UNALLOCATED))
+    data = code == _DATA
     same = data & (ng == dg) & (nz == 0)
     # the content: the entries' codes where they hold no data, the bytes noted where the data is not the cache's
     b_lo, b_hi = seg * cs, np.minimum(end * cs, layout.size)
