@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs
-from .qcow2_host import FREE, NONE, USED, HostLayout, Runs, TableState
+from .qcow2_host import FREE, NONE, USED, HostLayout, Runs, TableState, empty_table
 
 
 @dataclass
@@ -59,8 +59,7 @@ def _table(layout: HostLayout, index: int, state: TableState | None
     if hi <= lo:
         return None
     if state is None:
-        empty = (np.array([lo]), np.array([hi]))
-        state = ((*empty, np.array([NONE])), (*empty, np.zeros(1, dtype=np.int64)), None, False)
+        state = empty_table(lo, hi)
     disk_g, disk_z, content, compressed = state
     if compressed or layout.any_compressed and layout.compressed_in(lo, hi):
         return None

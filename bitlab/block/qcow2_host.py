@@ -126,6 +126,15 @@ Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
 TableState = tuple[Runs, Runs, Runs | None, bool]
 
 
+def empty_table(lo: int, hi: int) -> TableState:
+    """The state of an L2 table mapping nothing over guest clusters ``[lo, hi)``: no host cluster, no zero flag."""
+    return (np.array([lo]), np.array([hi]), np.array([NONE])), _no_flags(lo, hi), None, False
+
+
+def _no_flags(lo: int, hi: int) -> Runs:
+    return np.array([lo]), np.array([hi]), np.zeros(1, dtype=np.int64)
+
+
 def _columns(rows: list[tuple[int, ...]], n: int) -> tuple[np.ndarray, ...]:
     """Rows of ``n`` ints as ``n`` arrays."""
     if not rows:
@@ -327,8 +336,7 @@ class HostLayout:
             else:
                 state = self.disk_tables[index] if index in self.disk_tables else self._table_state(index)
             if state is None:
-                empty = (np.array([lo]), np.array([hi]))
-                state = ((*empty, np.array([NONE])), (*empty, np.zeros(1, dtype=np.int64)), None, False)
+                state = empty_table(lo, hi)
             (g_s, g_e, g_v), (f_s, f_e, f_v), content, compressed = state
             runs, flags = ExtentMap(hi - lo, fill=NONE), ExtentMap(hi - lo, fill=0)
             runs.write_batch(g_s - lo, g_e - g_s, g_v)
@@ -382,7 +390,7 @@ class HostLayout:
         hosted = bool((guest[2] != NONE).any())
         if not hosted and not flags:
             return None
-        zero = self.zero_flag.extents(lo, n) if flags else (np.array([lo]), np.array([lo + n]), np.zeros(1, np.int64))
+        zero = self.zero_flag.extents(lo, n) if flags else _no_flags(lo, lo + n)
         content = None
         if hosted and self.read_content is not None:
             content = self.read_content(lo * self.cs, min((lo + n) * self.cs, self.size))

@@ -135,10 +135,11 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     image = store[key]
     if image.unknown:
         raise QemuImgError(f"qemu-img: {image.unknown}\n")
-    if lock and store.locks is not None:
+    holders = store.locks(image) if store.locks is not None and (lock or on_disk) else None
+    if lock and holders is not None:
         perm = perms.READ | (perms.WRITE | perms.RESIZE if lock == "write" else 0)
         shared = perms.ALL if lock == "force-share" else perms.READ | perms.WRITE_UNCHANGED
-        error = perms.lock_error(perm, shared, store.locks(image))
+        error = perms.lock_error(perm, shared, holders)
         if error is not None:
             raise QemuImgError(f"qemu-img: Could not open '{name}': {error}\n"
                                f"Is another process using the image [{name}]?\n")
@@ -148,7 +149,7 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
         raise QemuImgError(f"qemu-img: bitlab does not simulate reading the qcow2 file '{name}' as raw\n")
     if lock == "write":
         image.reopened()
-    elif on_disk and image.is_qcow2 and store.locks is not None and any(p & perms.WRITE for p, _ in store.locks(image)):
+    elif on_disk and image.is_qcow2 and holders and any(p & perms.WRITE for p, _ in holders):
         image = image.on_disk()  # (QEMU has it open read-write: its cache may hold more than the file)
     return image
 
