@@ -596,3 +596,25 @@ def test_internal_snapshot_commands() -> None:
 def test_internal_snapshot_commands_as_on_qemu() -> None:
     want, got = on_both(internal_commands_story, daemon="system")
     assert got == want
+
+
+def test_the_old_node_is_flushed_before_the_overlay_is_made() -> None:
+    """external_snapshot_prepare's bdrv_flush: a failed flush is the snapshot's error (no overlay made, the node
+    still read-write); a snapshot failing after it leaves the tables written back (what ``qemu-img -U`` sees).
+    Compared with QEMU 7.2 in tests/conformance/test_stale_l2_tables.py (SNAPSHOT)."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "d.qcow2", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "d", "file": {
+        "driver": "blkdebug", "image": {"driver": "file", "filename": "d.qcow2"},
+        "inject-error": [{"event": "flush_to_os", "iotype": "flush", "errno": 5, "once": True}]}})
+    vm.write("d", 0, 65536, pattern=0x11)  # (not flushed: the tables in the cache)
+    unmapped = '[{ "start": 0, "length": 4194304, "depth": 0, "present": false, "zero": true, "data": false}]\n'
+    args = {"node-name": "d", "snapshot-file": "o.qcow2", "snapshot-node-name": "o"}
+    with pytest.raises(QMPError, match="^GenericError: An IO error has occurred$"):
+        vm.qmp("blockdev-snapshot-sync", args)
+    assert _bitmaps(vm) == {"d": (False, [])}
+    assert vm.qemu_img("map", "--output=json", "-U", "d.qcow2") == unmapped
+    assert vm.graph.store_key("o.qcow2") not in vm.images
+    with pytest.raises(QMPError, match="^GenericError: New overlay node-name already in use$"):
+        vm.qmp("blockdev-snapshot-sync", {**args, "snapshot-node-name": "d"})
+    assert vm.qemu_img("map", "--output=json", "-U", "d.qcow2") != unmapped

@@ -2,7 +2,8 @@
 (blockdev.c external_snapshot_prepare / _commit / _abort / _clean, block.c bdrv_append).
 
 Both commands are a transaction of one action, as in QEMU. The checks come in QEMU's order, with its
-texts: the lookup, the op blockers, the overlay's name, its image (created unless ``mode`` is
+texts: the lookup, the op blockers, a flush of the old node (``An IO error has occurred`` if it fails; its
+caches are written back whatever fails next), the overlay's name, its image (created unless ``mode`` is
 ``existing``, and left on disk whatever happens next), its opening, what the overlay may be, then
 bdrv_append. Commit reopens the old node read-only; abort takes the overlay out again; clean drops an
 overlay nobody holds (an overlay over a node without parents goes at once, as in QEMU).
@@ -14,6 +15,7 @@ from typing import Any
 
 from ..block import perms
 from ..block.info import JOB_FILTERS
+from ..block.ioerror import BlockIOError
 from ..block.node import BlockNode, Qcow2Node
 from ..errors import generic
 from ..qemu_img import QemuImgError
@@ -99,6 +101,11 @@ class ExternalSnapshot:
         old = self.old = lookup_device_or_node(graph, device, node_name)
         vm.jobs.drain_begin(old)  # paired with clean
         check_op_blockers(vm, old)
+        if not old.read_only:  # (the caches written back whatever fails next)
+            try:
+                old.flush()
+            except BlockIOError:
+                raise generic("An IO error has occurred") from None
         if sync:
             fmt = data.get("format", "qcow2")
             new_name = data.get("snapshot-node-name")
@@ -130,9 +137,23 @@ class ExternalSnapshot:
         self.appended = True
 
     def commit(self) -> None:
-        """The old node becomes read-only."""
+        """The old node becomes read-only: bdrv_reopen_set_read_only, whose error nobody asks for. Its queue
+        (the node, then the children it opened itself) is flushed first; a failed flush leaves it read-write."""
         assert self.old is not None
+        try:
+            for node in self._reopen_queue(self.old):
+                node.flush()
+        except BlockIOError:
+            return
         self.vm.graph.reopen_read_only(self.old)
+
+    def _reopen_queue(self, node: BlockNode) -> list[BlockNode]:
+        """bdrv_reopen_queue_child's order: the node, then each child that inherits its options, depth first."""
+        queue = [node]
+        for _, child in node.children:
+            if child.node_name not in self.vm.graph.monitor_owned:
+                queue += self._reopen_queue(child)
+        return queue
 
     def abort(self) -> None:
         if self.appended and self.new is not None and self.old is not None:
