@@ -150,7 +150,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     watched = _watched_files(random.Random(f"{seed}/{index}/hostio"), nodes)
     resizes = random.Random(f"{seed}/{index}/resize")
     creates = random.Random(f"{seed}/{index}/create")
-    snapshots = Snapshots(random.Random(f"{seed}/{index}/snapshot"), nodes)
+    snapshots = Snapshots(random.Random(f"{seed}/{index}/snapshot"), nodes,
+                          random.Random(f"{seed}/{index}/snapshot-peek"))
     thresholds = st.thresholds = random.Random(f"{seed}/{index}/threshold")
     persist = Persist(random.Random(f"{seed}/{index}/persist"))
     copyrange = CopyRange(random.Random(f"{seed}/{index}/copyrange"))

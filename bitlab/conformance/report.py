@@ -17,13 +17,15 @@ from .gen_parents import parents_scenario
 from .gen_peek import peek_scenario
 from .gen_running import running_scenario
 from .gen_runstate import runstate_scenario
+from .gen_snapshot import snapshot_scenario
 from .gen_throttle import throttle_scenario
 from .generator import random_scenario
 from .runner import check
 
 FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario,
          "compress": compress_scenario, "runstate": runstate_scenario, "fleecing": fleecing_scenario,
-         "throttle": throttle_scenario, "mirror": mirror_scenario, "commit": commit_scenario, "peek": peek_scenario}
+         "throttle": throttle_scenario, "mirror": mirror_scenario, "commit": commit_scenario, "peek": peek_scenario,
+         "snapshot": snapshot_scenario}
 SYSTEM_ONLY = {"runstate": "stop, cont and query-status"}
 """Foci whose every scenario needs QEMU's system emulator: what it needs there."""
 
