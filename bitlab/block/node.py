@@ -1443,7 +1443,8 @@ class Qcow2Node(FormatNode):
         if it must (a new table elsewhere), shows the rest of the old last cluster as that cluster reads
         (:meth:`ImageFile.expose_tail`) and, where the backing file is longer than the old disk, writes zeroes
         into the new stretch (:meth:`_zero_grown`; a v2 image fails there). The header's size field is
-        written last (8 bytes at 24)."""
+        written, then both caches (qcow2_update_options renews them: the L2 table cache flushed, then the
+        refcount block cache), so a reader of the file (``qemu-img -U``) sees every table after a resize."""
         if size % 512:
             raise generic("The new size must be a multiple of 512")
         if size < self.image.size:
@@ -1483,6 +1484,7 @@ class Qcow2Node(FormatNode):
                 layout.grow_l1(layout.l1_needed(size))
             if not fails:
                 self._new_length(old, size, zeroes, listen)
+                image.layout.caches_renewed()
         if fails:  # (the L1 table grew first)
             raise generic("Failed to zero out new clusters: Operation not supported")
         if size < old:  # the file was cut: its node (and any filter over it) takes the new length
@@ -1505,9 +1507,8 @@ class Qcow2Node(FormatNode):
         if zeroes:
             self._zero_grown(old, size)
         header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
-        if listen:
-            if size < old:  # (qcow2_shrink_reftable writes the caches before the refcount table)
-                self.file.note_write(*image.layout.drain_written())
+        if listen:  # (before it: a shrink's caches written (qcow2_shrink_reftable), a grow's new L1 table)
+            self.file.note_write(*image.layout.drain_written())
             self.file.note_write(*header)  # (shrinking: the refcount table rewritten first)
         else:
             wstats.note_unheard(self.file, header)

@@ -1778,6 +1778,12 @@ class HostLayout:
             self.release(np.array([host]), np.array([host + 1]))
             self.discarded.append((np.array([host]), np.array([host + 1])))
 
+    def caches_renewed(self) -> None:
+        """qcow2_update_options_prepare at a resize's end: the old caches flushed before new ones replace them,
+        the L2 table cache then the refcount block cache (qcow2_cache_flush: each with the file's flush)."""
+        self._flush_cache("l2")
+        self._flush_cache("rb")
+
     def truncate_file(self) -> None:
         """The file cut after its last cluster in use (qcow2 shrinking: qcow2_get_last_cluster)."""
         end = self.end_cluster()

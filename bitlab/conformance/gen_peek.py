@@ -10,6 +10,10 @@ a write into a stretch without one writes the others back first), then does a fe
 disk of the scenario or a target, ``convert -U`` into a raw copy and its map, ``measure -U``) and one-worker backups
 of the image into a new target (``max-workers`` 1: its host clusters in guest order) peeked at in turn; it ends with
 the nodes closed and the image's map and check, as the file holds them then.
+
+Some episodes (their own stream again, ``{seed}/{index}/peek-resize``: the others stay as they were) end with a
+``block_resize`` of the image, larger or smaller, between guest writes left unflushed, peeked at after it: a
+qcow2 resize writes both caches back as it ends (qcow2_update_options renews them).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .steps import qmp_step as _qmp
 from .steps import random_write
 
 CHANCE = 0.03  # after each op of the random mix, the chance of an episode
+RESIZE_CHANCE = 0.4  # the chance that an episode ends with a resize
 K, M = 1 << 10, 1 << 20
 CLUSTERS = [65536, 4096]
 LENGTHS = [4096, 65536, 1 << 20]
@@ -29,8 +34,9 @@ ACTIONS = ["write", "write", "write", "zero", "flush", "peek", "peek", "backup"]
 class Peeks:
     """What the episodes of one scenario share: their random stream, counters and the scenario's disks."""
 
-    def __init__(self, rng: random.Random, disks: list[str]) -> None:
+    def __init__(self, rng: random.Random, disks: list[str], resizes: random.Random | None = None) -> None:
         self.rng = rng
+        self.resizes = resizes  # the resizes' stream (None: no resizes)
         self.disks = disks
         self.images = 0
         self.targets = 0
@@ -53,6 +59,19 @@ def _peek(pk: Peeks, image: str, others: list[str]) -> list[dict]:
     copy = f"pkc{pk.copies}.img"
     return [{"qemu-img": ["convert", "-U", "-O", "raw", image, copy]},
             {"qemu-img": ["map", "--output=json", copy]}]
+
+
+def _resize(rng: random.Random, node: str, size: int) -> list[dict]:
+    """A write left unflushed, ``block_resize`` of ``node`` (``size`` now), a peek, then a write into what the
+    disk is now (unflushed) and a peek again."""
+    new = rng.choice([2 * size, size + 64 * K, size + 4 * K, size // 2, size - 64 * K, size - 4 * K])
+    steps = [random_write(rng, node, size, LENGTHS), _qmp("block_resize", {"node-name": node, "size": new})]
+    steps[0]["write"]["flush"] = False
+    image = f"{node}.qcow2"
+    steps += [{"qemu-img": ["map", "--output=json", "-U", image]}, {"qemu-img": ["check", "-U", image]},
+              random_write(rng, node, new, LENGTHS), {"qemu-img": ["map", "--output=json", "-U", image]}]
+    steps[-2]["write"]["flush"] = False
+    return steps
 
 
 def peek_episode(pk: Peeks, size: int) -> list[dict]:
@@ -92,6 +111,8 @@ def peek_episode(pk: Peeks, size: int) -> list[dict]:
                                                "sync": rng.choice(["full", "top"]), "x-perf": {"max-workers": 1}}),
                       {"settle-jobs": True}]
             steps += _peek(pk, f"{target}.qcow2", [f"{node}.qcow2"])
+    if pk.resizes is not None and pk.resizes.random() < RESIZE_CHANCE:
+        steps += _resize(pk.resizes, node, size)
     for name in [*targets, node]:
         steps.append(_qmp("blockdev-del", {"node-name": name}))
     steps += [{"qemu-img": ["map", "--output=json", f"{node}.qcow2"]}, {"qemu-img": ["check", f"{node}.qcow2"]}]
@@ -108,7 +129,7 @@ def peek_scenario(seed: int, index: int = 0) -> dict:
                                                "file": {"driver": "file", "filename": "d0.qcow2"}})]
     for _ in range(rng.randint(0, 3)):
         steps.append(random_write(rng, "d0", size, LENGTHS))
-    pk = Peeks(random.Random(f"{seed}/{index}/peek"), ["d0"])
+    pk = Peeks(random.Random(f"{seed}/{index}/peek"), ["d0"], random.Random(f"{seed}/{index}/peek-resize"))
     for _ in range(rng.randint(1, 3)):
         steps += peek_episode(pk, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from bitlab.conformance import generator
+from bitlab.conformance import gen_peek, generator
 from bitlab.conformance.gen_peek import peek_scenario
 from bitlab.conformance.generator import random_scenario
 from bitlab.conformance.runner import check
@@ -56,3 +56,26 @@ def test_requests_taken_together_write_back_as_in_qemu(index):
     write-back: a zero write's flags before it (80), a data link before a later request's zeroing allocates a
     table (16). Both differed until the write-back inside a batch kept the links and flags made before it."""
     assert [d.render() for d in check(peek_scenario(25022, index))] == []
+
+
+def test_resizes_only_add_steps_at_an_episode_end(monkeypatch):
+    """The resizes' own stream: without them every scenario is what it was, but for the steps they add."""
+    with_resizes = [peek_scenario(26110, i)["steps"] for i in range(20)]
+    monkeypatch.setattr(gen_peek, "RESIZE_CHANCE", 0.0)
+    without = [peek_scenario(26110, i)["steps"] for i in range(20)]
+    resized = 0
+    for steps, base in zip(with_resizes, without):
+        extra = added_steps(steps, base)
+        resized += bool(extra)
+        kinds = [next(iter(s)) for s in extra]
+        assert kinds == ["write", "qmp", "qemu-img", "qemu-img", "write", "qemu-img"] * (len(extra) // 6)
+        assert all(s["write"]["flush"] is False for s in extra if "write" in s)
+        assert all(s["qmp"]["execute"] == "block_resize" for s in extra if "qmp" in s)
+    assert resized == 10
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("index", [6, 9, 13])
+def test_resized_images_are_written_back_as_in_qemu(index):
+    """A qcow2 resize ends by writing both caches back (qcow2_update_options): these differed until it did."""
+    assert [d.render() for d in check(peek_scenario(26110, index))] == []

@@ -123,12 +123,25 @@ SNAPSHOT = [  # external_snapshot_prepare flushes the old node before its other 
     _q("query-named-block-nodes", {"flat": True}), *_look("d.qcow2"),
 ]
 
+RESIZE = [  # qcow2_co_truncate ends with qcow2_update_options, which flushes the L2 table and refcount block caches
+    # before it makes new ones: after a resize, larger (its L1 table grown or not) or smaller, the file holds them
+    *_qcow2("r", "8M", "-o", "cluster_size=4096"),
+    _io("write", "r", 0, 64 * K, 0x11), *_look("r.qcow2"),
+    _q("block_resize", {"node-name": "r", "size": 64 * M}), *_look("r.qcow2"),
+    _io("write", "r", 40 * M, 64 * K, 0x12), _q("block_resize", {"node-name": "r", "size": 70 * M}), *_look("r.qcow2"),
+    _io("write", "r", 5 * M, 8 * K, 0x13), _io("zero", "r", 0, 32 * K, unmap=True),
+    _q("block_resize", {"node-name": "r", "size": 4 * M}), *_look("r.qcow2"),
+    *_qcow2("q", "8M"), _io("write", "q", M, 64 * K, 0x14),
+    _q("block_resize", {"node-name": "q", "size": 1024 * M}), *_look("q.qcow2"),
+]
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("name,steps,daemon", [("leaks", LEAKS, "qsd"), ("jobs", JOBS, "qsd"), ("guest", GUEST, "qsd"),
                                                ("guest", GUEST, "system"),
                                                ("backup", BACKUP, "qsd"), ("mirror", MIRROR, "qsd"),
                                                ("mirror", MIRROR, "system"), ("snapshot", SNAPSHOT, "qsd"),
-                                               ("snapshot", SNAPSHOT, "system")])
+                                               ("snapshot", SNAPSHOT, "system"), ("resize", RESIZE, "qsd"),
+                                               ("resize", RESIZE, "system")])
 def test_readers_without_the_cache_see_the_tables_as_written(name, steps, daemon):
     scenario = {"name": name, "steps": steps}
     real, sim = play(scenario, "qemu", daemon), play(scenario, "sim", daemon)
@@ -165,6 +178,20 @@ def test_a_backup_target_is_unallocated_to_a_reader_until_its_node_flushes() -> 
     vm.qmp("blockdev-del", {"node-name": "t"})  # (closing writes the tables back)
     with pytest.raises(QemuImgError, match="Content mismatch at offset 2097152!"):
         vm.qemu_img("compare", "-U", "s.qcow2", "t.qcow2")
+
+
+@pytest.mark.parametrize("size", [4 * M, 16 * M, 1024 * M])  # (smaller; larger, the L1 table grown or not)
+def test_a_resize_writes_the_caches_back(size) -> None:
+    """(The simulator alone: RESIZE above compares it with QEMU.) qcow2_update_options at a resize's end."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", "r.qcow2", "8M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "r", "file": {"driver": "file", "filename": "r.qcow2"}})
+    vm.write("r", M, 64 * K, 0x11)  # (not flushed)
+    assert '"present": true' not in vm.qemu_img("map", "--output=json", "-U", "r.qcow2")
+    vm.qmp("block_resize", {"node-name": "r", "size": size})
+    assert '{ "start": 1048576, "length": 65536, "depth": 0, "present": true' in vm.qemu_img(
+        "map", "--output=json", "-U", "r.qcow2")
+    assert vm.qemu_img("check", "-U", "r.qcow2").startswith("No errors were found on the image.\n")
 
 
 def test_check_finds_the_clusters_a_written_refcount_block_counts_and_no_written_table_references() -> None:
