@@ -24,8 +24,9 @@ def order_needed(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind: n
     """Where the writes' order shows, on a qcow2 target: "requests" — each in request order, a data request one
     request — where a zero write that may unmap frees host clusters before a data write that may take them, or a
     data request of several runs (one request: its clusters together) may meet free clusters before the file's
-    end; "tables" where zero writes and data writes both reach L2 tables the image does not have yet (whichever
-    comes first allocates one: an L2 table's first request goes first, then its others at once); else None."""
+    end or need a new refcount block; "tables" where zero writes and data writes both reach L2 tables the image
+    does not have yet (whichever comes first allocates one: an L2 table's first request goes first, then its
+    others at once); else None."""
     if type(target) is not Qcow2Node:
         return None
     zeroes = kind != DATA
@@ -37,8 +38,9 @@ def order_needed(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind: n
     cs = target.image.cluster_size
     if mixed and unmap and _frees_before_data(layout, offsets // cs, -(-(offsets + io) // cs), kind == ZERO_UNMAP):
         return "requests"
-    if several and layout.has_holes():
-        return "requests"
+    if several and (layout.has_holes() or layout.may_reach_uncovered(
+            int((-(-io // cs) + 1).sum()) + (int(offsets[-1] + io[-1]) - int(offsets[0])) // (cs * cs // 8) + 2)):
+        return "requests"  # (a new refcount block goes after the allocation needing it: the request's, whole)
     if mixed:
         per = cs // 8
         first, last = int(offsets[0]) // cs, (int(offsets[-1] + io[-1]) - 1) // cs

@@ -273,9 +273,9 @@ class HostLayout:
         tables that is clean in the cache, which the file holds as it is (a reader without QEMU's cache, qemu-img
         ``-U``, sees it until the table is written back: :mod:`bitlab.block.qcow2_disk`). A dirty table keeps the
         state noted before; where the change may write the L2 cache back (a new table, clusters freed, the
-        refcount cache waiting for it) its state now is noted too, in case the change leaves it dirty after a
-        write-back (see :meth:`settle_tables`). ``frees``: the change may free clusters (an array: the values
-        written, which free where one is below 0)."""
+        refcount cache waiting for it, a new refcount block) its state now is noted too, in case the change leaves
+        it dirty after a write-back (see :meth:`settle_tables`). ``frees``: the change may free clusters (an array:
+        the values written, which free where one is below 0)."""
         if self.in_op:
             return
         self.settle_tables()
@@ -309,7 +309,9 @@ class HostLayout:
                 if isinstance(frees, np.ndarray):
                     frees = bool((frees < 0).any())
                 may_write_back = (frees or self.depends["rb"] is not None
-                                  or self.l2_any_missing(tables[0], tables[-1]))
+                                  or self.l2_any_missing(tables[0], tables[-1])
+                                  or self.may_reach_uncovered(int(np.sum(np.asarray(c1) - np.asarray(c0)))
+                                                              + len(tables) + 1))
             if may_write_back:
                 before.append(index)
         self.disk_op = (before, [self._table_state(i) for i in before], self.l2_writebacks)
@@ -602,27 +604,46 @@ class HostLayout:
         self.written.clear()
         return offsets, lengths
 
-    def _refblocks_for(self, end: int) -> None:
-        """New refcount blocks for an allocation ending at ``end``: each the first free cluster
-        from ``end`` on (alloc_refcount_block, then the allocation is retried in place)."""
+    def may_reach_uncovered(self, clusters: int) -> bool:
+        """Whether ``clusters`` more host clusters from the file's end may need a new refcount block."""
+        return self.top + clusters > self.refblocks * self.refblock_span
+
+    def _refblocks_for(self, start: int, end: int) -> None:
+        """New refcount blocks for an allocation ``[start, end)`` (its clusters counted): each the first free
+        cluster from ``end`` on (alloc_refcount_block, then the allocation is retried in place: the clusters
+        past those the blocks covered are counted again after the caches' write-back, the file's new block
+        holding them free)."""
         while end > self.refblocks * self.refblock_span:
+            covered = self.refblocks * self.refblock_span
             fs, fe = self._free_runs()
             i = int(np.searchsorted(fe, end, "right"))
-            pos = max(int(fs[i]), end)
-            self._hook_refblock(pos)
-            self._take(pos, 1)
+            block = max(int(fs[i]), end)
+            self._hook_refblock(block)
+            self._take(block, 1, counted=False)
+            if covered > start:  # (counted down and up again: dirty, as the file has them)
+                self._refcounts_changed_range(start, covered)
+                self._refcounts_changed_range(start, covered)
+            self._refcounts_changed_range(covered, end)
             self.refblocks += 1
 
-    def _hook_refblock(self, host: int) -> None:
-        """A new refcount block at host cluster ``host``: alloc_refcount_block writes its refcount table
-        entry (8 bytes, at once; the refcount table is the file's second cluster and, not growing here,
-        holds a cluster's worth of entries)."""
+    def _hook_refblock(self, host: int, write_back: bool = True) -> None:
+        """A new refcount block at host cluster ``host`` (alloc_refcount_block): the L2 table cache written
+        back (the refcount table is written next), the block (counting itself) written with every dirty one
+        (the refcount block cache flushed), then its refcount table entry (8 bytes, at once; the refcount table
+        is the file's second cluster and, not growing here, holds a cluster's worth of entries). ``write_back``
+        False: a batch's, whose caches :meth:`_batch_tables` writes back at its last cut."""
+        if write_back:
+            self._flush_cache("l2")
         index = len(self.refblock_hosts)
         self.refblock_hosts.append(host)
-        self._fs_marks.append(([host * self.cs], [self.cs]))  # (written at once, whole)
         self.rb_cached.add(index)
         if self.log is not None:
             self.log.append(("new-refblock", index))  # (not simulated for blkdebug: see qcow2 nodes)
+        if write_back:
+            self.dirty_refblocks.add(index)
+            self._flush_cache("rb")
+        else:  # (written at once, whole)
+            self._write([host * self.cs], [self.cs])
         if index < self.cs // 8:
             self._write([self.cs + 8 * index], [8], "reftable", [index])
 
@@ -659,7 +680,7 @@ class HostLayout:
         self._refcount_events(pos, pos + n, scanned=self.fci)
         self._take(pos, n)
         self.fci = pos + n
-        self._refblocks_for(pos + n)
+        self._refblocks_for(pos, pos + n)
         return pos
 
     def alloc_at(self, pos: int, n: int) -> int:
@@ -679,8 +700,12 @@ class HostLayout:
             at = max(int(fs[j]), self.fci)
             if pos <= at < covered:
                 at = covered
+            if covered > pos:  # (counted when the caches are written back, counted down and up again after)
+                self._take(pos, covered - pos)
             self._hook_refblock(at)
-            self._take(at, 1)
+            self._take(at, 1, counted=False)
+            if covered > pos:
+                self._refcounts_changed_range(pos, covered)
             self.refblocks += 1
             self.fci = min(at + 1, pos) if covered > pos else at + 1
             if pos <= at < pos + k:
@@ -1295,7 +1320,7 @@ class HostLayout:
         cont = None
         if ps.size and int(host[-1] + counts[-1]) > self.refblocks * self.refblock_span:
             cont = self._continues(order, nt, ps, pe, owner, c0)
-        host, end, (split, before, rest) = self._with_refblocks(host, counts, cont)
+        host, end, (split, before, rest), crossed = self._with_refblocks(host, counts, cont)
         at = np.empty_like(host)
         at[order] = host
         if nt:
@@ -1306,7 +1331,8 @@ class HostLayout:
             if split.size:  # the clusters after a refcount block placed inside a request's allocation
                 d = order[split] - nt
                 self.guest.write_batch(ps[d] + before, pe[d] - ps[d] - before, rest - ps[d] - before)
-        self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, z_tab, z_owner, end, (ps, pe), z_ranges)
+        self._batch_caches(order, nt, tab, t_owner, at, ps // P, owner, z_tab, z_owner, end, (ps, pe), z_ranges,
+                           crossed)
         self._take(self.top, end - self.top, counted=False)
         self.fci = end
 
@@ -1345,40 +1371,62 @@ class HostLayout:
 
     def _batch_caches(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
                       d_tab: np.ndarray, d_owner: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray,
-                      end: int, pieces: tuple[np.ndarray, np.ndarray], zeros: tuple[np.ndarray, ...]) -> None:
+                      end: int, pieces: tuple[np.ndarray, np.ndarray], zeros: tuple[np.ndarray, ...],
+                      crossed: tuple[int, ...] | None = None) -> None:
         """What a batch leaves in the caches and writes: each new table's l2_allocate writes back what
         is dirty by then, so the last one writes everything dirtied before it (refcount blocks of the
         clusters allocated so far, the tables of the requests before it, every new table); ``z_tab``:
         the tables its zero writes change (``z_owner``: which); ``pieces``: the data pieces' guest clusters
         ``(starts, ends)``, one per entry of ``d_tab``; ``zeros``: the zero writes' ``(lo, hi, flag)``, one per entry
-        of ``z_tab``."""
+        of ``z_tab``; ``crossed``: where the last new refcount block wrote the caches back (see
+        :meth:`_with_refblocks`)."""
         if d_tab.size and self.depends["rb"] == "l2":  # the first link flushes the L2 cache (before the batch)
             self._set_dependency("l2", "rb")
-        if not nt:
+        if not nt and crossed is None:
             self.dirty_l2.update(np.unique(np.concatenate((d_tab, z_tab))).tolist())
             if end > self.top:  # a batch that allocates nothing changes no refcount
                 self._refcounts_changed(np.array([self.top]), np.array([end]))
             linked_after = bool(d_tab.size)
         else:
             linked_after = self._batch_tables(order, nt, tab, t_owner, at, d_tab, d_owner, z_tab, z_owner, end,
-                                              pieces, zeros)
+                                              pieces, zeros, crossed)
         if linked_after:  # links after the last table's write-back leave the L2 cache depending
             self._set_dependency("l2", "rb")
 
     def _batch_tables(self, order: np.ndarray, nt: int, tab: np.ndarray, t_owner: np.ndarray, at: np.ndarray,
                       d_tab: np.ndarray, d_owner: np.ndarray, z_tab: np.ndarray, z_owner: np.ndarray,
-                      end: int, pieces: tuple[np.ndarray, np.ndarray], zeros: tuple[np.ndarray, ...]) -> bool:
-        """:meth:`_batch_caches` where the batch makes new tables; whether data links follow the last. (A request's
-        data tasks link their clusters after its last allocation: those of the request making the last table
-        come after it.)"""
+                      end: int, pieces: tuple[np.ndarray, np.ndarray], zeros: tuple[np.ndarray, ...],
+                      crossed: tuple[int, ...] | None = None) -> bool:
+        """:meth:`_batch_caches` where the batch writes the caches back: the last new table's l2_allocate or, if it
+        comes later, the last new refcount block's alloc_refcount_block (``crossed``: the L2 cache, then the
+        refcount blocks, the allocation's clusters past what they covered left to its retry); whether data
+        links follow. (A request's data tasks link their clusters after its last allocation: those of the
+        request whose allocation writes the caches back come after it.)"""
         pos = np.empty(order.size, dtype=np.int64)
         pos[order] = np.arange(order.size)
-        last = int(np.argmax(pos[:nt]))
-        cut, cut_owner = int(pos[last]), int(t_owner[last])
-        host_last = int(at[last])
-        self._refcounts_changed(np.array([self.top]), np.array([host_last + 1]))
+        cut = -1
+        if nt:
+            last = int(np.argmax(pos[:nt]))
+            cut, cut_owner, cut_tab = int(pos[last]), int(t_owner[last]), int(tab[last])
+            host_last = int(at[last])
+            # the host clusters whose refcounts change before the write-back ([starts], [ends]), and after it
+            rc_before, rc_after = ([self.top], [host_last + 1]), ([host_last + 1], [end])
+        recount: list[int] = []
+        if crossed is not None and crossed[0] > cut:
+            cut, covered = crossed[:2]
+            event = int(order[cut])
+            cut_owner = int(t_owner[event]) if event < nt else int(d_owner[event - nt])
+            cut_tab = int(tab[event]) if event < nt else -1
+            rc_before, rc_after = ([self.top], [covered]), ([covered], [end])
+            recount = [int(at[event]), covered]  # (counted down after the write-back, then again: dirty, as written)
+        if crossed is not None:  # (a new block counts itself as it is written: never counted again)
+            blocks = [b for b in crossed[2:] if b >= rc_after[0][0]]
+            rc_after = ([rc_after[0][0], *(b + 1 for b in blocks)], [*blocks, end])
+        if recount and recount[1] > recount[0]:
+            rc_after = ([recount[0], recount[0], *rc_after[0]], [recount[1], recount[1], *rc_after[1]])
+        self._refcounts_changed(np.array(rc_before[0]), np.array(rc_before[1]))
         d_before = (pos[nt:] < cut) & (d_owner != cut_owner)
-        z_before = (z_owner < cut_owner) | ((z_owner == cut_owner) & (z_tab < tab[last]))  # (table by table)
+        z_before = (z_owner < cut_owner) | ((z_owner == cut_owner) & (z_tab < cut_tab))  # (table by table)
         self.dirty_l2.update(np.unique(np.concatenate((tab, d_tab[d_before], z_tab[z_before]))).tolist())
         self._flush_cache("rb")
         after = np.concatenate((d_tab[~d_before], z_tab[~z_before]))
@@ -1387,8 +1435,9 @@ class HostLayout:
         self._flush_cache("l2")
         self._write(self.l1_offset + 8 * tab, np.full(nt, 8, dtype=np.int64))
         self.dirty_l2.update(np.unique(np.concatenate((d_tab[~d_before], z_tab[~z_before]))).tolist())
-        if end > host_last + 1:
-            self._refcounts_changed(np.array([host_last + 1]), np.array([end]))
+        u0, u1 = np.array(rc_after[0]), np.array(rc_after[1])
+        if (u1 > u0).any():
+            self._refcounts_changed(u0[u1 > u0], u1[u1 > u0])
         return bool((~d_before).any())
 
     def _continues(self, order: np.ndarray, nt: int, ps: np.ndarray, pe: np.ndarray, owner: np.ndarray,
@@ -1415,14 +1464,16 @@ class HostLayout:
         return continues
 
     def _with_refblocks(self, host: np.ndarray, counts: np.ndarray, cont: Callable[[int], bool] | None = None
-                        ) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                        ) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray, np.ndarray], tuple[int, ...] | None]:
         """Allocations in a row from the file's end (``cont``: which continue their request's previous
         cluster, qcow2_alloc_clusters_at). A new refcount block takes the cluster after the allocation
         that first reaches past the covered clusters (alloc_refcount_block: the first free cluster from
         free_cluster_index, which that allocation moved past itself); one continuing a request puts it
         at the first uncovered cluster instead, and the rest of its clusters follow the block. Returns
-        the hosts, the new end, and the allocations so split: (positions, clusters before the block,
-        host of the rest)."""
+        the hosts, the new end, the allocations so split: (positions, clusters before the block,
+        host of the rest), and where the last block was needed (None: no new block): (the allocation's position,
+        the host clusters covered before it, then every new block's host cluster), its caches' write-back
+        (:meth:`_batch_tables`)."""
         ends = host + counts
         n, k, last = host.size, 0, 0
         after: list[int] = []
@@ -1430,11 +1481,13 @@ class HostLayout:
         taken: set[int] = set()  # allocations whose continuation cluster a block took
         splits = 0
         span = self.refblock_span
+        crossed: tuple[int, ...] | None = None
         while True:  # the k refcount blocks so far sit after allocations <= i: each shifts what follows
             covered = (self.refblocks + k) * span
             i = max(int(np.searchsorted(ends, covered - k, "right")), last)
             if i >= n:
                 break
+            crossed = (i - splits, covered)  # (the allocation, numbered as given, and what was covered)
             if cont is not None and not second[i] and i not in taken and cont(i - splits):
                 m = covered - int(host[i]) - k  # the block at the first uncovered cluster, inside this one
                 counts = np.insert(counts, i + 1, int(counts[i]) - m)
@@ -1455,15 +1508,18 @@ class HostLayout:
             shift = np.zeros(n + 1, dtype=np.int64)
             np.add.at(shift, np.array(after, dtype=np.int64) + 1, 1)
             host = host + np.cumsum(shift)[:n]
-            for j, i in enumerate(after):  # each new block right after its allocation (and the blocks before)
-                self._hook_refblock(int(host[i] + counts[i]) + after[:j].count(i))
+            blocks = [int(host[i] + counts[i]) + after[:j].count(i) for j, i in enumerate(after)]
+            for block in blocks:  # each new block right after its allocation (and the blocks before)
+                self._hook_refblock(block, write_back=False)
+            assert crossed is not None
+            crossed = (*crossed, *blocks)
         end = int(host[-1] + counts[-1]) + after.count(n - 1)
         if not second.any():
             empty = np.zeros(0, dtype=np.int64)
-            return host, end, (empty, empty, empty)
+            return host, end, (empty, empty, empty), crossed
         j = np.flatnonzero(second)
         first = ~second
-        return host[first], end, (np.cumsum(first)[j] - 1, counts[j - 1], host[j])
+        return host[first], end, (np.cumsum(first)[j] - 1, counts[j - 1], host[j]), crossed
 
     # -- compressed clusters (qcow2-cluster.c qcow2_alloc_compressed_cluster_offset) ------------------
     def compressed_fit(self, clusters: np.ndarray, sizes: np.ndarray) -> bool:
