@@ -1478,6 +1478,7 @@ class Qcow2Node(FormatNode):
                         self._tell_file(always=True)
                 layout.shrink_l1(layout.l1_needed(size))
                 layout.flush()
+                layout.shrink_reftable()
             elif size > old and layout.l1_needed(size) > layout.l1_entries:
                 if 8 * layout.l1_needed(size) > QCOW_MAX_L1_SIZE:
                     raise generic("Failed to grow the L1 table: File too large")

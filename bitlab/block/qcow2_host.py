@@ -1866,6 +1866,30 @@ class HostLayout:
         self._flush_cache("l2")
         self._flush_cache("rb")
 
+    def shrink_reftable(self) -> None:
+        """qcow2_shrink_reftable (a shrink, after the L1 table's): the refcount blocks at the end of the refcount table
+        that count nothing but themselves leave it, their clusters freed (qcow2_discard_refcount_block: the block
+        counting one set to 0, free_cluster_index lowered, the discard passed on). (QEMU drops such a block in the
+        middle of the table too: bitlab keeps those.)"""
+        span = self.refblock_span
+        while self.refblocks > 1:
+            i = self.refblocks - 1
+            host = self.refblock_hosts[i]
+            lo, hi = i * span, min((i + 1) * span, self.free.size)
+            s, e, v = self.free.extents(lo, hi - lo)
+            used = int((e - s)[v == USED].sum()) - int(lo <= host < hi)
+            if used > 0:
+                return
+            self.refblock_hosts.pop()
+            self.refblocks -= 1
+            self.dirty_refblocks.discard(i)
+            self.rb_cached.discard(i)
+            self.free.write(host, 1, FREE)
+            if not lo <= host < hi:  # (counted in another block, which changes)
+                self._refcounts_changed_range(host, host + 1)
+            self.fci = min(self.fci, host)
+            self.discarded.append((np.array([host]), np.array([host + 1])))
+
     def truncate_file(self) -> None:
         """The file cut after its last cluster in use (qcow2 shrinking: qcow2_get_last_cluster)."""
         end = self.end_cluster()

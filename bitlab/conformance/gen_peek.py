@@ -11,6 +11,10 @@ disk of the scenario or a target, ``convert -U`` into a raw copy and its map, ``
 of the image into a new target (``max-workers`` 1: its host clusters in guest order) peeked at in turn; it ends with
 the nodes closed and the image's map and check, as the file holds them then.
 
+Some episodes of 4 KiB clusters (a stream of their own, ``{seed}/{index}/peek-fill``) first fill the disk, 1 MiB a
+write, flushed but the last maybe: the file outgrows the 8 MiB its first refcount block counts, and the last write (a
+backup target's copy later) needs a new one, which writes the caches back (alloc_refcount_block).
+
 Some episodes (their own stream again, ``{seed}/{index}/peek-resize``: the others stay as they were) end with a
 ``block_resize`` of the image, larger or smaller, between guest writes left unflushed, peeked at after it: a
 qcow2 resize writes both caches back as it ends (qcow2_update_options renews them).
@@ -25,6 +29,7 @@ from .steps import random_write
 
 CHANCE = 0.03  # after each op of the random mix, the chance of an episode
 RESIZE_CHANCE = 0.4  # the chance that an episode ends with a resize
+FILL_CHANCE = 0.3  # the chance that an episode of 4 KiB clusters starts by filling its disk
 K, M = 1 << 10, 1 << 20
 CLUSTERS = [65536, 4096]
 LENGTHS = [4096, 65536, 1 << 20]
@@ -34,9 +39,11 @@ ACTIONS = ["write", "write", "write", "zero", "flush", "peek", "peek", "backup"]
 class Peeks:
     """What the episodes of one scenario share: their random stream, counters and the scenario's disks."""
 
-    def __init__(self, rng: random.Random, disks: list[str], resizes: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random, disks: list[str], resizes: random.Random | None = None,
+                 fills: random.Random | None = None) -> None:
         self.rng = rng
         self.resizes = resizes  # the resizes' stream (None: no resizes)
+        self.fills = fills  # the fills' stream (None: no fills)
         self.disks = disks
         self.images = 0
         self.targets = 0
@@ -86,6 +93,10 @@ def peek_episode(pk: Peeks, size: int) -> list[dict]:
                                    "file": {"driver": "file", "filename": f"{node}.qcow2"}})]
     others = [f"{d}.qcow2" for d in pk.disks]
     targets: list[str] = []
+    if cluster == 4096 and pk.fills is not None and pk.fills.random() < FILL_CHANCE:
+        steps += [{"write": {"node": node, "offset": i * M, "length": M, "pattern": 0x61 + i, "flush": True}}
+                  for i in range(size // M)]
+        steps[-1]["write"]["flush"] = pk.fills.random() < 0.5  # (the last write needs a new refcount block)
     for _ in range(rng.randint(3, 9)):
         action = rng.choice(ACTIONS)
         if action == "write":
@@ -129,7 +140,8 @@ def peek_scenario(seed: int, index: int = 0) -> dict:
                                                "file": {"driver": "file", "filename": "d0.qcow2"}})]
     for _ in range(rng.randint(0, 3)):
         steps.append(random_write(rng, "d0", size, LENGTHS))
-    pk = Peeks(random.Random(f"{seed}/{index}/peek"), ["d0"], random.Random(f"{seed}/{index}/peek-resize"))
+    pk = Peeks(random.Random(f"{seed}/{index}/peek"), ["d0"], random.Random(f"{seed}/{index}/peek-resize"),
+               random.Random(f"{seed}/{index}/peek-fill"))
     for _ in range(rng.randint(1, 3)):
         steps += peek_episode(pk, size)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))

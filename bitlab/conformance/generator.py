@@ -164,7 +164,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     commits = Commits(random.Random(f"{seed}/{index}/commit"))
     clients = random.Random(f"{seed}/{index}/nbd-client")
     restores = random.Random(f"{seed}/{index}/restore")
-    peeks = Peeks(random.Random(f"{seed}/{index}/peek"), nodes, random.Random(f"{seed}/{index}/peek-resize"))
+    peeks = Peeks(random.Random(f"{seed}/{index}/peek"), nodes, random.Random(f"{seed}/{index}/peek-resize"),
+                  random.Random(f"{seed}/{index}/peek-fill"))
     for n in nodes:
         steps.append({"qemu-img": ["create", "-f", "qcow2", f"{n}.qcow2", str(size)]})
         file = {"driver": "file", "filename": f"{n}.qcow2"} | ({"node-name": f"{n}f"} if n in watched else {})

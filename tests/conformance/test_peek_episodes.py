@@ -79,3 +79,26 @@ def test_resizes_only_add_steps_at_an_episode_end(monkeypatch):
 def test_resized_images_are_written_back_as_in_qemu(index):
     """A qcow2 resize ends by writing both caches back (qcow2_update_options): these differed until it did."""
     assert [d.render() for d in check(peek_scenario(26110, index))] == []
+
+
+def test_fills_only_add_steps_at_an_episode_start(monkeypatch):
+    """The fills' own stream: a 4 KiB-cluster episode may first write its whole disk, 1 MiB a write, flushed but
+    the last maybe; without them every scenario is what it was, but for those steps."""
+    with_fills = [peek_scenario(26201, i)["steps"] for i in range(30)]
+    monkeypatch.setattr(gen_peek, "FILL_CHANCE", 0.0)
+    without = [peek_scenario(26201, i)["steps"] for i in range(30)]
+    filled = 0
+    for steps, base in zip(with_fills, without):
+        extra = added_steps(steps, base)
+        filled += len(extra) // 8
+        assert len(extra) % 8 == 0 and all(s["write"]["length"] == 1 << 20 for s in extra)
+        assert all(s["write"]["flush"] for k, s in enumerate(extra) if k % 8 != 7)
+    assert filled == 5
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("index", [18, 41, 49])
+def test_filled_images_as_in_qemu(index):
+    """A filled disk's last write needs a new refcount block (18: it wrote the caches back); a shrink of a filled disk
+    frees the refcount block left counting nothing (41, 49: qcow2_shrink_reftable). These differed before."""
+    assert [d.render() for d in check(peek_scenario(26201, index))] == []

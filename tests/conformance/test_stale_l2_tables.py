@@ -239,3 +239,20 @@ def test_check_finds_the_clusters_a_written_refcount_block_counts_and_no_written
     assert vm.qemu_img("check", "-U", "k.qcow2") == ("No errors were found on the image.\n48/2048 = 2.34% allocated, "
                                                      "0.00% fragmented, 0.00% compressed clusters\n"
                                                      "Image end offset: 221184\n")
+
+
+def test_a_shrink_frees_the_refcount_block_left_counting_nothing() -> None:
+    """(The simulator alone: peek scenarios 26201/41 and /49 compare it with QEMU.) A filled 8 MiB disk of 4 KiB
+    clusters needs a second refcount block; shrunk to 4 MiB, that block counts only itself: qcow2_shrink_reftable
+    drops it and the file ends after the last cluster in use."""
+    vm = Machine()
+    vm.qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", "f.qcow2", "8M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "f", "file": {"driver": "file", "filename": "f.qcow2"}})
+    for i in range(8):
+        vm.write("f", i * M, M, 0x61 + i)
+    vm.guest_io("f", "flush")
+    assert vm.qemu_img("check", "-U", "f.qcow2").endswith("Image end offset: 8425472\n")  # (2057 clusters)
+    vm.qmp("block_resize", {"node-name": "f", "size": 4 * M})
+    assert vm.qemu_img("check", "-U", "f.qcow2") == (
+        "No errors were found on the image.\n1024/1024 = 100.00% allocated, 0.00% fragmented, 0.00% compressed "
+        "clusters\nImage end offset: 4218880\n")
