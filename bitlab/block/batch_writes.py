@@ -38,9 +38,11 @@ def order_needed(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind: n
     cs = target.image.cluster_size
     if mixed and unmap and _frees_before_data(layout, offsets // cs, -(-(offsets + io) // cs), kind == ZERO_UNMAP):
         return "requests"
-    if several and (layout.has_holes() or layout.may_reach_uncovered(
-            int((-(-io // cs) + 1).sum()) + (int(offsets[-1] + io[-1]) - int(offsets[0])) // (cs * cs // 8) + 2)):
-        return "requests"  # (a new refcount block goes after the allocation needing it: the request's, whole)
+    if several:
+        span = int(offsets[-1] + io[-1]) - int(offsets[0])
+        most = int((-(-io // cs) + 1).sum()) + span // (cs * (cs // 8)) + 2  # (data clusters, L2 tables: at most)
+        if layout.has_holes() or layout.may_reach_uncovered(most):
+            return "requests"  # (a new refcount block goes after the allocation needing it: the request's, whole)
     if mixed:
         per = cs // 8
         first, last = int(offsets[0]) // cs, (int(offsets[-1] + io[-1]) - 1) // cs

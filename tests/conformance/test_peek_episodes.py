@@ -58,14 +58,17 @@ def test_requests_taken_together_write_back_as_in_qemu(index):
     assert [d.render() for d in check(peek_scenario(25022, index))] == []
 
 
+def _stream_steps(monkeypatch, seed: int, n: int, chance: str) -> list[list[dict]]:
+    """For each of ``n`` peek scenarios, the steps a stream adds (``chance``: gen_peek's name for its chance)."""
+    with_stream = [peek_scenario(seed, i)["steps"] for i in range(n)]
+    monkeypatch.setattr(gen_peek, chance, 0.0)
+    return [added_steps(steps, peek_scenario(seed, i)["steps"]) for i, steps in enumerate(with_stream)]
+
+
 def test_resizes_only_add_steps_at_an_episode_end(monkeypatch):
     """The resizes' own stream: without them every scenario is what it was, but for the steps they add."""
-    with_resizes = [peek_scenario(26110, i)["steps"] for i in range(20)]
-    monkeypatch.setattr(gen_peek, "RESIZE_CHANCE", 0.0)
-    without = [peek_scenario(26110, i)["steps"] for i in range(20)]
     resized = 0
-    for steps, base in zip(with_resizes, without):
-        extra = added_steps(steps, base)
+    for extra in _stream_steps(monkeypatch, 26110, 20, "RESIZE_CHANCE"):
         resized += bool(extra)
         kinds = [next(iter(s)) for s in extra]
         assert kinds == ["write", "qmp", "qemu-img", "qemu-img", "write", "qemu-img"] * (len(extra) // 6)
@@ -84,12 +87,8 @@ def test_resized_images_are_written_back_as_in_qemu(index):
 def test_fills_only_add_steps_at_an_episode_start(monkeypatch):
     """The fills' own stream: a 4 KiB-cluster episode may first write its whole disk, 1 MiB a write, flushed but
     the last maybe; without them every scenario is what it was, but for those steps."""
-    with_fills = [peek_scenario(26201, i)["steps"] for i in range(30)]
-    monkeypatch.setattr(gen_peek, "FILL_CHANCE", 0.0)
-    without = [peek_scenario(26201, i)["steps"] for i in range(30)]
     filled = 0
-    for steps, base in zip(with_fills, without):
-        extra = added_steps(steps, base)
+    for extra in _stream_steps(monkeypatch, 26201, 30, "FILL_CHANCE"):
         filled += len(extra) // 8
         assert len(extra) % 8 == 0 and all(s["write"]["length"] == 1 << 20 for s in extra)
         assert all(s["write"]["flush"] for k, s in enumerate(extra) if k % 8 != 7)
