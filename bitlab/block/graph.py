@@ -777,9 +777,15 @@ class BlockGraph:
         self._replace_node(new, old)
 
     def reopen_read_only(self, node: BlockNode) -> None:
-        """bdrv_reopen_set_read_only(node, true): the node and the children it opened itself become
+        """bdrv_reopen_set_read_only(node, true): its queue (the node, then the children it opened itself) is
+        flushed first (bdrv_reopen_multiple; BlockIOError if a flush fails, nothing reopened), then each becomes
         read-only; a qcow2 node stores its persistent bitmaps, which become read-only; the locks its file node
         holds follow from what it takes now."""
+        for queued in self._reopen_queue(node):
+            queued.flush()
+        self._set_read_only(node)
+
+    def _set_read_only(self, node: BlockNode) -> None:
         if node.read_only:
             return
         if isinstance(node, Qcow2Node):
@@ -788,7 +794,15 @@ class BlockGraph:
         self.perm_version += 1
         for role, child in node.children:
             if role in ("file", "image") and child.node_name not in self.monitor_owned:
-                self.reopen_read_only(child)
+                self._set_read_only(child)
+
+    def _reopen_queue(self, node: BlockNode) -> list[BlockNode]:
+        """bdrv_reopen_queue_child's order: the node, then (depth first) the children it opened itself."""
+        queue = [node]
+        for role, child in node.children:
+            if role in ("file", "image") and child.node_name not in self.monitor_owned:
+                queue += self._reopen_queue(child)
+        return queue
 
     def store_bitmaps_read_only(self, node: Qcow2Node) -> None:
         """qcow2_reopen_bitmaps_ro (a qcow2 node reopened read-only, or staying so): the caches written back,

@@ -137,23 +137,13 @@ class ExternalSnapshot:
         self.appended = True
 
     def commit(self) -> None:
-        """The old node becomes read-only: bdrv_reopen_set_read_only, whose error nobody asks for. Its queue
-        (the node, then the children it opened itself) is flushed first; a failed flush leaves it read-write."""
+        """The old node becomes read-only: bdrv_reopen_set_read_only, whose error nobody asks for (a failed flush
+        of its queue leaves it read-write)."""
         assert self.old is not None
         try:
-            for node in self._reopen_queue(self.old):
-                node.flush()
+            self.vm.graph.reopen_read_only(self.old)
         except BlockIOError:
-            return
-        self.vm.graph.reopen_read_only(self.old)
-
-    def _reopen_queue(self, node: BlockNode) -> list[BlockNode]:
-        """bdrv_reopen_queue_child's order: the node, then each child that inherits its options, depth first."""
-        queue = [node]
-        for _, child in node.children:
-            if child.node_name not in self.vm.graph.monitor_owned:
-                queue += self._reopen_queue(child)
-        return queue
+            pass
 
     def abort(self) -> None:
         if self.appended and self.new is not None and self.old is not None:
