@@ -383,7 +383,6 @@ def test_every_error_matches_qemu():
 REFUSED = [
     ({"driver": "vmdk", "file": "f", "size": M}, "blockdev-create of 'vmdk' images (only file and qcow2)"),
     ({"driver": "luks", "file": "f", "size": M}, "blockdev-create of 'luks' images (only file and qcow2)"),
-    ({"driver": "file", "filename": "x.img", "size": M, "preallocation": "full"}, "preallocation 'full'"),
     ({"driver": "qcow2", "file": "f", "size": M, "lazy-refcounts": True}, "lazy refcounts ('lazy-refcounts')"),
     ({"driver": "qcow2", "file": "f", "size": M, "refcount-bits": 8}, "refcount widths other than 16 bits"),
     ({"driver": "qcow2", "file": "f", "size": M, "extended-l2": True}, "extended L2 entries ('extended-l2')"),

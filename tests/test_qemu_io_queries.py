@@ -144,7 +144,9 @@ def test_length_readv_writev_and_dumps_over_nbd_on_qemu_storage_daemon():
 TRUNCATES = [("drive0", "truncate 65M"), ("drive0", "t 64M"), ("drive0", "truncate 1 2 3"),
              ("drive0", "truncate -m xyz 65M"), ("drive0", "truncate 1000"), ("drive0", "truncate x"),
              ("drive0", "truncate -m off x"), ("a", "truncate 2M"), ("af", "truncate 2M"), ("n", "truncate 2M"),
-             ("node0", "truncate 32M"), ("drive0", "truncate -m off 16M"), ("drive0", "length")]
+             ("node0", "truncate 32M"), ("drive0", "truncate -m off 16M"), ("drive0", "length"),
+             ("r", "truncate -m falloc 2M"), ("r", "truncate -m full 3M"), ("r", "truncate -m metadata 4M"),
+             ("r", "truncate -m falloc 1M"), ("r", "truncate -m full 3M"), ("r", "truncate 5M"), ("r", "length")]
 
 
 def _truncates(vm) -> list:
@@ -156,12 +158,16 @@ def _truncates(vm) -> list:
                             "file": {"driver": "file", "filename": "a.qcow2", "node-name": "af"}})
     vm.qmp("blockdev-add", {"driver": "null-co", "node-name": "n", "size": 1048576})
     vm.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "b0"})
+    vm.qemu_img("create", "-f", "raw", "r.img", "1M")
     out = []
     for node, command in TRUNCATES:
+        if node == "r" and not out[-1][0] == "r":  # (added late: the last node listed stays node0)
+            vm.qmp("blockdev-add", {"driver": "raw", "node-name": "r", "file": {"driver": "file", "filename": "r.img"}})
         vm.console_take()
         out.append((node, command, vm.hmp(f'qemu-io {node} "{command}"'), vm.console_take()))
     sizes = {n["node-name"]: n["image"]["virtual-size"] for n in vm.qmp("query-named-block-nodes", {"flat": True})
              if not n["node-name"].startswith("#")}
+    sizes["r.img"] = [n["image"]["actual-size"] for n in vm.qmp("query-named-block-nodes") if n["node-name"] == "r"]
     return out + [sizes, vm.qmp("query-named-block-nodes", {"flat": True})[-1].get("dirty-bitmaps")]
 
 
@@ -176,6 +182,11 @@ def test_truncate_texts():
         "(uses node 'af' as 'root' child) and unshared by node 'a' (uses node 'af' as 'file' child).\r\n", "")
     assert got["n", "truncate 2M"] == ("Image format driver does not support resize\r\n", "")
     assert got["drive0", "length"] == ("", "16 MiB\n")
+    assert got["r", "truncate -m metadata 4M"] == ("Unsupported preallocation mode: metadata\r\n", "")
+    assert got["r", "truncate -m falloc 1M"] == ("Cannot use preallocation for shrinking files\r\n", "")
+    assert got["r", "length"] == ("", "5 MiB\n")
+    sizes = _truncates(Machine())[-2]  # the first block, 1 MiB falloc'd, 1 MiB of zeroes written, a hole grown
+    assert sizes["r.img"] == [(2 << 20) + 4096] and sizes["r"] == 5 << 20
 
 
 def test_truncate_refusals_on_stderr():
@@ -183,9 +194,11 @@ def test_truncate_refusals_on_stderr():
     vm.add_drive("drive0", "1M")
     for command, err in (("truncate", "bad argument count 0 to truncate, expected between 1 and 3 arguments\n"),
                          ("truncate -1", "truncate: invalid option -- '1'\n"),
-                         ("truncate -m full 2M", "bitlab's qemu-io does not simulate truncate -m full\n")):
+                         ):
         vm.hmp(f'qemu-io drive0 "{command}"')
         assert vm.console_take("stderr") == err
+    assert vm.hmp('qemu-io drive0 "truncate -m full 2M"') == (  # (a qcow2 node's preallocation)
+        "bitlab does not simulate resizing a qcow2 node with preallocation 'full'\r\n")
 
 
 @pytest.mark.qemu

@@ -650,13 +650,13 @@ class BlkdebugNode(BlockNode):
         lo, hi = self._padded(offset, length)
         if (lo, hi) == (offset, end):
             self.request("write-zeroes", offset, length)
-            self.inner.write_zeroes(offset, length, unmap)
+            self.inner.write_zeroes(offset, length, unmap and self.inner.discard_unmap)  # (bdrv_co_pwrite_zeroes)
             return
         self._rmw(offset, length)
         for p_lo, p_hi, zero in self._zero_pieces(offset, length):
             self.request("write-zeroes" if zero else "write", p_lo, p_hi - p_lo)
             if zero:
-                self.inner.write_zeroes(p_lo, p_hi - p_lo, unmap)
+                self.inner.write_zeroes(p_lo, p_hi - p_lo, unmap and self.inner.discard_unmap)
             else:
                 self._store_padded(p_lo, p_hi, [max(p_lo, offset)], [min(p_hi, end)], [0])
 

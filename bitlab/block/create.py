@@ -109,19 +109,18 @@ def _prepare_file(graph: Any, opts: dict) -> Work:
     if key in store:
         _check_unused(graph, store[key], filename, early=True)
     prealloc = opts.get("preallocation", "off")
-    if prealloc in ("falloc", "full"):
-        raise not_simulated(f"preallocation '{prealloc}' (the file would read the same zeroes; only the disk space "
-                            "it takes differs)")
     size = _int64(opts["size"])
     image = store[key] if key in store else store.create(key, "raw", 0)  # qemu_create: O_CREAT, no wait
 
     def create() -> None:
         format_image(image, "raw", 0)  # "Clear the file by truncating it to 0"
+        if size < 0 and prealloc != "off":  # (handle_aiocb_truncate: a "shrink" from 0)
+            raise CreateFailed("Cannot use preallocation for shrinking files", early=False, errno=_errno.ENOTSUP)
         if prealloc == "metadata":
             raise CreateFailed("Unsupported preallocation mode: metadata", early=False, errno=_errno.ENOTSUP)
         if size < 0:
             raise CreateFailed("Could not resize file: Invalid argument", early=False)
-        format_image(image, "raw", size)
+        image.truncate_raw(size, prealloc)
 
     return create
 

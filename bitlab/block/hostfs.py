@@ -23,6 +23,10 @@ What a qcow2 file holds (block/qcow2.c, qcow2-refcount.c, qcow2-bitmap.c, file-p
 - A cluster freed keeps its blocks (they are recorded in ``fs`` as it is freed) unless qcow2 passes its
   discard to a file node with ``discard=unmap``, which punches a hole (whole blocks only).
 
+A raw file holds written blocks where it holds data (and its first block: allocate_first_block), unwritten ones
+where a zero write that may not unmap (``FALLOC_FL_ZERO_RANGE``) or ``preallocation=falloc`` allocated them (the
+image's ``unwritten`` block map), holes elsewhere (:func:`raw_blocks`).
+
 QEMU asks the file system in two places. ``bdrv_get_allocated_file_size`` is ``st_blocks * 512``
 (:func:`allocated_size`: ``actual-size``, qemu-img info's ``disk size``). And qcow2's block status, the
 first time it is asked for an image opened, checks whether the image looks as if its metadata were
@@ -196,12 +200,17 @@ def qcow2_blocks(layout: HostLayout, data: ExtentMap, file_length: int) -> Runs:
     return blocks.extents(0, nblocks) if nblocks else (_EMPTY, _EMPTY, _EMPTY)
 
 
-def raw_blocks(data: ExtentMap, first_block: bool = True) -> Runs:
+def raw_blocks(data: ExtentMap, first_block: bool = True, unwritten: ExtentMap | None = None) -> Runs:
     """The blocks of a raw file: written where it holds anything but holes (data, and zeroes written as data:
     ZERO_ALLOC), and the first block, which QEMU writes into every raw file it creates (allocate_first_block),
-    unless a zero write or discard over it since (``first_block`` False)."""
+    unless a zero write or discard over it since (``first_block`` False); elsewhere unwritten where the
+    ``unwritten`` block map says so (what zero writes allocated)."""
     nblocks = -(-data.size // BLOCK)
     blocks = ExtentMap(max(nblocks, 1), fill=HOLE)
+    if unwritten is not None and nblocks:
+        us, ue, uv = unwritten.extents(0, nblocks)
+        held = uv == UNWRITTEN
+        blocks.write_batch(us[held], (ue - us)[held], UNWRITTEN)
     s, e, v = data.extents()
     first, n = touched(s[v != 0], e[v != 0])
     head = min(1, nblocks) if first_block else 0

@@ -313,12 +313,18 @@ class BlockNode:
         """The driver's bdrv_co_flush_to_disk."""
 
     # -- resizing -----------------------------------------------------------------
-    def resize(self, size: int) -> None:
-        """bdrv_co_truncate (block_resize): the driver changes the node's length, then its dirty
-        bitmaps take the new length. QMPError with QEMU's text where it or the driver refuses."""
+    def resize(self, size: int, prealloc: str = "off") -> None:
+        """bdrv_co_truncate (block_resize; qemu-img resize may ask for ``prealloc``, which raw and file nodes
+        take): the driver changes the node's length, then its dirty bitmaps take the new length. QMPError with
+        QEMU's text where it or the driver refuses."""
         if self.read_only:
             raise generic("Image is read-only")
-        self._truncate(size)
+        if prealloc == "off":
+            self._truncate(size)
+        elif self.driver in ("raw", "file"):
+            self._truncate(size, prealloc)  # type: ignore[call-arg]
+        else:
+            raise generic(f"bitlab does not simulate resizing a {self.driver} node with preallocation '{prealloc}'")
         self.bitmaps_follow()
 
     def bitmaps_follow(self) -> None:
@@ -471,12 +477,16 @@ class FileNode(BlockNode):
         ps, pe, zero, _ = hostfs.file_pieces(self.image.host_blocks(), np.array([offset]), np.array([offset + length]))
         return ps, pe, np.where(zero, STATUS_ZERO, STATUS_DATA)
 
-    def _truncate(self, size):
-        """raw_co_truncate (file-posix): the file takes the new length, zeroes past the old end."""
-        if self.image.is_qcow2:  # only reachable on a file node without its qcow2 parent
+    def _truncate(self, size, prealloc="off"):
+        """raw_co_truncate (file-posix): the file takes the new length (:meth:`ImageFile.truncate_raw`)."""
+        image = self.image
+        if image.is_qcow2:  # only reachable on a file node without its qcow2 parent
             raise generic("bitlab does not simulate resizing the file of a qcow2 image by itself")
-        self.image.data.resize(size)
-        self.image.size = size
+        if prealloc != "off" and size < image.data.size:
+            raise generic("Cannot use preallocation for shrinking files")
+        if prealloc not in ("off", "falloc", "full"):
+            raise generic(f"Unsupported preallocation mode: {prealloc}")
+        image.truncate_raw(size, prealloc)
 
     def full_options(self) -> dict:
         return {"driver": "file", "filename": self.options.get("filename", self.image.name)}
@@ -501,15 +511,18 @@ class FileNode(BlockNode):
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
         self._dirty_batch(offsets, lengths)
-        self._zero_range(np.asarray(offsets, dtype=np.int64), np.asarray(lengths, dtype=np.int64))
+        self._zero_range(np.asarray(offsets, dtype=np.int64), np.asarray(lengths, dtype=np.int64), unmap)
 
     def _store_zeroes(self, offset, length, unmap=False):
-        self._zero_range(np.array([offset], dtype=np.int64), np.array([length], dtype=np.int64))
+        self._zero_range(np.array([offset], dtype=np.int64), np.array([length], dtype=np.int64), unmap)
 
-    def _zero_range(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
-        """A raw file's ranges zeroed by fallocate (a zero write or a discard that reached it): its whole blocks
-        become holes; a block it covers in part (the file's partial last block too) stays written if it was,
-        holding written zeroes there; a first block covered whole is no longer written (:meth:`ImageFile.zeroed`)."""
+    def _zero_range(self, offsets: np.ndarray, lengths: np.ndarray, punch: bool = True) -> None:
+        """A raw file's ranges zeroed by fallocate: a discard, or a zero write that may unmap, punches holes
+        (handle_aiocb_write_zeroes_unmap: FALLOC_FL_PUNCH_HOLE), its whole blocks become holes; a zero write that
+        may not (``punch`` False) zeroes the range (FALLOC_FL_ZERO_RANGE): every block it touches stays or becomes
+        allocated, those it covers whole unwritten, a hole it covers in part too. A block it covers in part (the
+        file's partial last block too) stays written if it was, holding written zeroes there; a first block
+        covered whole is no longer written (:meth:`ImageFile.zeroed`)."""
         image = self.image
         if image.is_qcow2 or not offsets.size:
             return
@@ -535,6 +548,10 @@ class FileNode(BlockNode):
             data.write_batch(zs, ze - zs, ZERO_ALLOC)
         if bool((offsets <= 0).any()):
             image.zeroed(0, int(ends[offsets <= 0].max()))
+        if punch:
+            image.free_blocks(offsets, ends)
+        else:
+            image.allocate_blocks(offsets, ends)
 
     def note_write(self, offsets, lengths, discard=False):
         """A qcow2 node's discards that reach the file (it has ``discard=unmap``) punch holes in it."""
@@ -586,12 +603,12 @@ class RawNode(FormatNode):
     def size(self) -> int:
         return self.file.size
 
-    def _truncate(self, size):
+    def _truncate(self, size, prealloc="off"):
         """raw_co_truncate: a fixed ``size`` cannot change; otherwise the file is resized (after the
         ``offset``)."""
         if "size" in self.options:
             raise generic("Cannot resize fixed-size raw disks")
-        self.file.resize(size + int(self.options.get("offset", 0)))
+        self.file.resize(size + int(self.options.get("offset", 0)), prealloc)
 
     def write(self, offset, length, value):
         unmap = self.zero_detected() if value == 0 else None
@@ -640,11 +657,13 @@ class RawNode(FormatNode):
 
     def write_zeroes(self, offset, length, unmap=False):
         self._dirty(offset, length)
-        self.file.write_zeroes(offset, length, unmap)  # raw_co_pwrite_zeroes passes the flags
+        # raw_co_pwrite_zeroes passes the flags, and bdrv_co_pwrite_zeroes drops BDRV_REQ_MAY_UNMAP for a child
+        # opened without discard=unmap (a request from a BlockBackend keeps it)
+        self.file.write_zeroes(offset, length, unmap and self.file.discard_unmap)
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
         self._dirty_batch(offsets, lengths)
-        self.file.write_zeroes_batch(offsets, lengths, unmap)
+        self.file.write_zeroes_batch(offsets, lengths, unmap and self.file.discard_unmap)
 
     def discard(self, offset, length):
         if not self.discard_unmap:

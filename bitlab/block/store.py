@@ -62,6 +62,9 @@ class ImageFile:
     # a raw file's first block, which QEMU writes as it creates the file (allocate_first_block), is still written:
     # a zero write or discard over the whole of it (fallocate: unwritten or a hole) clears this
     first_block: bool = field(default=True, compare=False)
+    # a raw file's blocks allocated without data (unwritten: a zero write's FALLOC_FL_ZERO_RANGE): a block map of
+    # hostfs.UNWRITTEN runs over holes, None while there are none; a block holding data is written whatever it says
+    unwritten: ExtentMap | None = field(default=None, repr=False, compare=False)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
     _allocated: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (key, allocated_size)
 
@@ -136,10 +139,40 @@ class ImageFile:
         if not self.is_qcow2 and offset <= 0 and offset + length >= min(hostfs.BLOCK, self.data.size):
             self.first_block = False
 
+    def allocate_blocks(self, offsets: np.ndarray, ends: np.ndarray) -> None:
+        """A raw file's byte ranges zeroed by ``fallocate(FALLOC_FL_ZERO_RANGE)``: every block they touch is
+        allocated (unwritten where it holds no data: ext4 converts whole blocks, and allocates partial ones that
+        were holes)."""
+        if self.unwritten is None:
+            self.unwritten = hostfs.new_fs()
+        hostfs.mark(self.unwritten, offsets, ends - offsets, hostfs.UNWRITTEN)
+
+    def free_blocks(self, offsets: np.ndarray, ends: np.ndarray) -> None:
+        """A raw file's byte ranges punched (``FALLOC_FL_PUNCH_HOLE``, or cut off by a shrink): the blocks wholly
+        inside them are holes again."""
+        if self.unwritten is not None:
+            hostfs.punch(self.unwritten, offsets, ends - offsets)
+
+    def truncate_raw(self, size: int, prealloc: str = "off") -> None:
+        """handle_aiocb_truncate: a raw file takes the length ``size``, its new stretch a hole (ftruncate),
+        allocated unwritten (``falloc``: posix_fallocate) or written with zeroes (``full``); a file that was
+        empty has its first block written (allocate_first_block). A shrink cuts the blocks past the end."""
+        old = self.data.size
+        self.data.resize(size)
+        if size > old:
+            self.data.write(old, size - old, ZERO_ALLOC if prealloc == "full" else 0)
+            if prealloc == "falloc":
+                self.allocate_blocks(np.array([old]), np.array([size]))
+            if old == 0:
+                self.first_block = True
+        elif self.unwritten is not None:
+            hostfs.cut(self.unwritten, size)
+        self.size = size
+
     def host_blocks(self) -> hostfs.Runs:
         """The file's blocks (see :mod:`bitlab.block.hostfs`): runs (first block, end block, state)."""
         if not self.is_qcow2:
-            return hostfs.raw_blocks(self.data, self.first_block)
+            return hostfs.raw_blocks(self.data, self.first_block, self.unwritten)
         return hostfs.qcow2_blocks(self.layout, self.data, self.file_length())
 
     def on_disk(self) -> ImageFile:
@@ -187,7 +220,7 @@ class ImageFile:
         file's block map (without merging pending writes). (The layout itself, compared by identity.)"""
         layout = self._layout
         if layout is None:
-            return (self.data.version,)
+            return self.data.version, None if self.unwritten is None else self.unwritten.version
         return self.data.version, layout.fs.version, len(layout._fs_marks), layout
 
     def metadata_preallocated(self) -> bool:
@@ -558,6 +591,8 @@ def format_image(image: ImageFile, fmt: str, size: int, *, cluster_size: int = Q
     image.l1_padded = False
     image.tail = None
     image.unknown = None
+    image.unwritten = None
+    image.first_block = True  # (a raw file grown from empty has it written: allocate_first_block)
     old = image.__dict__.get("data")
     image.data = ExtentMap(size, fill=UNALLOCATED if fmt == "qcow2" else 0)
     if old is not None:

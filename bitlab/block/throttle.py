@@ -545,7 +545,7 @@ class ThrottleNode(BlockNode):
     def write_zeroes(self, offset, length, unmap=False):
         self.wait(length, True)
         self._dirty(offset, length)
-        self.file.write_zeroes(offset, length, unmap)
+        self.file.write_zeroes(offset, length, unmap and self.file.discard_unmap)  # (bdrv_co_pwrite_zeroes)
 
     def write_compressed(self, offset, length, starts, ends, values):
         """throttle_co_pwritev_compressed: a write for the limits, passed on compressed."""

@@ -127,12 +127,12 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         prealloc = str(values.get("preallocation", "off"))
         if prealloc not in PREALLOC_MODES:
             raise fail(f"invalid parameter value: {prealloc}", line)
-        if prealloc != "off":
-            raise QemuImgError(f"qemu-img: bitlab does not simulate a preallocated raw image "
-                               f"(preallocation={prealloc})\n", stdout=line)
         key = _new_key(key_fn, filename, line)
         _check_unlocked(store, key, filename, line)
-        store.create(key, "raw", size)
+        image = store.create(key, "raw", 0)  # raw_co_create: the file emptied, then resized (preallocated)
+        if prealloc == "metadata":
+            raise fail("Unsupported preallocation mode: metadata", line)
+        image.truncate_raw(size, prealloc)
         return line
     version, cluster = qcow2_create_checks(values, size, fail, line)
     key = _new_key(key_fn, filename, line)

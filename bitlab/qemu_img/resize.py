@@ -41,8 +41,6 @@ def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if len(positional) != 1:
         raise QemuImgError(f"qemu-img: Expecting image file name and size\n{USAGE}")
     prealloc = opts.get("--preallocation", "off")
-    if prealloc != "off":
-        raise QemuImgError(f"qemu-img: bitlab does not simulate --preallocation={prealloc}\n")
     filename, fmt = positional[0], opts.get("-f")
     relative = {"+": 1, "-": -1}.get(size_text[:1], 0)
     number = size_text[1:] if relative else size_text
@@ -68,10 +66,14 @@ def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             total -= 1 << 64
         if total <= 0:
             raise QemuImgError(f"{warning}qemu-img: New image size must be positive\n")
+        if total <= current and prealloc != "off":
+            raise QemuImgError(f"{warning}qemu-img: Preallocation can only be used for growing images\n")
         if total < current and "--shrink" not in opts:
             raise QemuImgError(warning + SHRINK_ERROR)
+        if prealloc != "off" and image.is_qcow2:
+            raise QemuImgError(f"qemu-img: bitlab does not simulate --preallocation={prealloc} for qcow2 images\n")
         try:
-            node.resize(total)
+            node.resize(total, prealloc)
         except QMPError as err:
             raise QemuImgError(f"{warning}qemu-img: {err.desc}\n") from None
     finally:

@@ -110,7 +110,7 @@ def run_qemu_io(vm: Any, device: str, command: str, monitor: list[str]) -> str:
         return QUERIES[verb](node, req, monitor)
     if verb == "truncate":  # blk_truncate; its error comes through the monitor (error_report_err)
         try:
-            node.resize(offset)
+            node.resize(offset, req.prealloc)
         except QMPError as err:
             monitor.append(f"{err.desc}\r\n")
         return ""

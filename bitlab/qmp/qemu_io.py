@@ -221,9 +221,7 @@ def _parse(line: str) -> Request:
             offset = cvtnum(args[0], warnings)
         except QemuIoError:
             raise _cvtnum_error(words[1]) from None
-        if flags.get("m", "off") != "off":
-            raise QemuIoError(stderr=f"bitlab's qemu-io does not simulate truncate -m {flags['m']}\n")
-        return Request("truncate", offset, warnings=tuple(warnings))
+        return Request("truncate", offset, prealloc=str(flags.get("m", "off")), warnings=tuple(warnings))
     if cmd.name in VECTORED:
         return _vectored(cmd, args, flags, pattern, warnings)
     if len(args) != 2:

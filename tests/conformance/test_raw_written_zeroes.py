@@ -1,6 +1,7 @@
 """Written zeroes in raw files, on both backends: zeroes a request writes as data keep their 4 KiB blocks written
 (file-posix's SEEK_DATA sees them: ``qemu-img map``, ``actual-size``), a zero write or discard makes the blocks it
-covers whole holes, and a block it covers in part stays written if it was (the file's partial last block too)."""
+covers whole holes to SEEK_DATA (unwritten or punched: ``test_raw_allocation.py`` compares which), and a block it
+covers in part stays written if it was (the file's partial last block too)."""
 
 from __future__ import annotations
 
