@@ -84,8 +84,11 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if bitmaps:
         _check_bitmaps(chain[0].image, "--skip-broken-bitmaps" in opts)
     size = chain[0].size
+    prealloc = str(values.get("preallocation", "off"))
+    if "-c" in opts and prealloc != "off":
+        raise QemuImgError("qemu-img: Compression and preallocation not supported at the same time\n")
     if any(name in values for name in ("backing_file", "backing_fmt")) or \
-            values.get("preallocation", "off") != "off" or values.get("nocow") or "extent_size_hint" in values:
+            (fmt == "qcow2" and prealloc != "off") or values.get("nocow") or "extent_size_hint" in values:
         raise QemuImgError("qemu-img: bitlab does not simulate these -o options of 'qemu-img convert'\n")
     s, e, v = content(chain, 0, size)
     out = positional[1]
@@ -96,8 +99,11 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if fmt == "qcow2":
         version, cluster = qcow2_create_checks(values, size, fail)
     key = new_key(key_fn, out, f"error while converting {fmt}: ")
-    if fmt == "raw":
-        target = store.create(key, "raw", size)
+    if fmt == "raw":  # raw_co_create: the file emptied, then resized (preallocated: see ImageFile.truncate_raw)
+        target = store.create(key, "raw", 0)
+        if prealloc == "metadata":
+            raise fail("Unsupported preallocation mode: metadata")
+        target.truncate_raw(size, prealloc)
     else:
         target = store.create(key, "qcow2", size, cluster_size=cluster, compat="0.10" if version == 2 else "1.1")
     if bitmaps and not target.is_qcow2:

