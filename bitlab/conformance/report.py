@@ -74,10 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scenarios built around backups that run while the guest writes (running), "
                              "around the parents of a backup's source: overlays, earlier targets (parents), "
                              "around blkdebug's events and failed requests under raw and qcow2 nodes (blkdebug), "
+                             "around compressed clusters (compress), "
                              "around image fleecing: copy-before-write and snapshot-access nodes (fleecing), "
                              "around throttle groups and throttle nodes (throttle), around blockdev-mirror and "
-                             "drive-mirror (mirror), or around stop, cont and query-status on the system "
-                             "emulator (runstate)")
+                             "drive-mirror (mirror), around commit and stream jobs (commit), around what "
+                             "qemu-img -U sees of a running image (peek), around external snapshots (snapshot), "
+                             "or around stop, cont and query-status on the system emulator (runstate)")
     parser.add_argument("--daemon", choices=["auto", "qsd", "system"], default=None,
                         help="real QEMU's daemon: qemu-storage-daemon (qsd), the system emulator (system), or "
                              "auto (default, or BITLAB_QEMU_DAEMON): the system emulator only for -drive or HMP")
