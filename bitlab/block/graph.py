@@ -276,6 +276,11 @@ class BlockGraph:
             except QMPError:
                 self._drop_unowned(file_node)
                 raise
+            if driver == "raw":
+                problem = _raw_window_error(opts, file_node.size)
+                if problem is not None:
+                    self._drop_unowned(file_node)
+                    raise generic(problem)
             marked = False
             if driver == "qcow2":
                 if file_node.driver == "blkdebug":  # (its reads: a blkdebug rule may fail one)
@@ -983,3 +988,19 @@ def _check_named_backing(options: dict) -> None:
     if isinstance(file, str):
         raise generic("Could not open backing file: Cannot reference an existing block device with additional "
                       "options or a new filename")
+
+
+def _raw_window_error(opts: dict, real_size: int) -> str | None:
+    """raw_apply_options' checks of ``offset`` and ``size`` against the length of the file below, with its texts."""
+    offset = int(opts.get("offset", 0))
+    if offset > real_size:
+        return f"Offset ({offset}) cannot be greater than size of the containing file ({real_size})"
+    if "size" not in opts:
+        return None
+    size = int(opts["size"])
+    if real_size - offset < size:
+        return (f"The sum of offset ({offset}) and size ({size}) has to be smaller or equal to the  actual size of "
+                f"the containing file ({real_size})")  # (QEMU's two spaces)
+    if size % 512:
+        return "Specified size is not multiple of 512"
+    return None

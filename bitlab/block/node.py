@@ -594,14 +594,29 @@ class FormatNode(BlockNode):
 
 
 class RawNode(FormatNode):
-    """``raw``: passes every request to its file child at the same offset."""
+    """``raw``: passes every request to its file child, at the same offset or, with the ``offset`` and ``size``
+    options, inside that window of it (raw_adjust_offset: requests, block status and reads shifted)."""
 
     driver = "raw"
     strong_options = ("offset", "size")
 
     @property
+    def shift(self) -> int:
+        """Where the node starts in its file (the ``offset`` option)."""
+        return int(self.options.get("offset", 0))
+
+    @property
     def size(self) -> int:
-        return self.file.size
+        """raw_getlength: the file's length after the offset, at most ``size`` (0 if the file got shorter)."""
+        if "offset" not in self.options and "size" not in self.options:
+            return self.file.size
+        rest = max(self.file.size - self.shift, 0)
+        return min(int(self.options["size"]), rest) if "size" in self.options else rest
+
+    def _back(self, starts: np.ndarray, ends: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Runs the file answered, in the node's offsets."""
+        o = self.shift
+        return (starts, ends, values) if not o else (starts - o, ends - o, values)
 
     def _truncate(self, size, prealloc="off"):
         """raw_co_truncate: a fixed ``size`` cannot change; otherwise the file is resized (after the
@@ -617,25 +632,23 @@ class RawNode(FormatNode):
             return
         self._dirty(offset, length)
         self.file.debug_event("write_aio")
-        self.file.write(offset, length, value)
+        self.file.write(offset + self.shift, length, value)
 
     def pread(self, offset, length):
         self.file.debug_event("read_aio")
-        return self.file.pread(offset, length)
+        return self._back(*self.file.pread(offset + self.shift, length))
 
     def is_allocated(self, offset, length):
-        return self.file.is_allocated(offset, length)  # BDRV_BLOCK_RAW: the file answers
+        return self._back(*self.file.is_allocated(offset + self.shift, length))  # BDRV_BLOCK_RAW: the file answers
 
     def status_codes(self, offset, length):
-        """BDRV_BLOCK_RAW: the file answers (a raw node with an ``offset``: :meth:`copy_status`'s answer)."""
-        if "offset" in self.options:
-            return super().status_codes(offset, length)
-        return self.file.status_codes(offset, length)
+        """BDRV_BLOCK_RAW: the file answers, at the mapped offset."""
+        return self._back(*self.file.status_codes(offset + self.shift, length))
 
     def block_status(self, offset, length):
-        if type(self.file) is FileNode and not self.file.image.is_qcow2 and "offset" not in self.options:
+        if type(self.file) is FileNode and not self.file.image.is_qcow2:
             # file-posix (SEEK_DATA/SEEK_HOLE): data in the written 4 KiB blocks, written zeroes too
-            starts, ends, codes = self.file.status_codes(offset, length)
+            starts, ends, codes = self._back(*self.file.status_codes(offset + self.shift, length))
             return starts, ends, codes == STATUS_DATA
         starts, ends, vals = self.read_extents(offset, length)
         if not self.file.reports_zeroes:
@@ -646,33 +659,34 @@ class RawNode(FormatNode):
         self._dirty_batch(offsets, lengths)
         if len(offsets):
             self.file.debug_event("write_aio")  # raw_co_pwritev
-        self.file.write_batch(offsets, lengths, values)
+        self.file.write_batch(np.asarray(offsets) + self.shift, lengths, values)
 
     def _write_buffer_data(self, offset, length, starts, ends, values, detect):
         """One request here is one request on the file (raw_co_pwritev): its write threshold sees the whole
         request, not the runs of its buffer."""
         self._dirty_batch(starts, ends - starts)
         self.file.debug_event("write_aio")
-        self.file.write_buffer(offset, length, starts, ends, values, detect)
+        o = self.shift
+        self.file.write_buffer(offset + o, length, starts + o, ends + o, values, detect)
 
     def write_zeroes(self, offset, length, unmap=False):
         self._dirty(offset, length)
         # raw_co_pwrite_zeroes passes the flags, and bdrv_co_pwrite_zeroes drops BDRV_REQ_MAY_UNMAP for a child
         # opened without discard=unmap (a request from a BlockBackend keeps it)
-        self.file.write_zeroes(offset, length, unmap and self.file.discard_unmap)
+        self.file.write_zeroes(offset + self.shift, length, unmap and self.file.discard_unmap)
 
     def write_zeroes_batch(self, offsets, lengths, unmap=False):
         self._dirty_batch(offsets, lengths)
-        self.file.write_zeroes_batch(offsets, lengths, unmap and self.file.discard_unmap)
+        self.file.write_zeroes_batch(np.asarray(offsets) + self.shift, lengths, unmap and self.file.discard_unmap)
 
     def discard(self, offset, length):
         if not self.discard_unmap:
             return
         self._dirty(offset, length, discard=True)
-        self.file.discard(offset, length)
+        self.file.discard(offset + self.shift, length)
 
     def read_extents(self, offset, length):
-        return self.file.read_extents(offset, length)
+        return self._back(*self.file.read_extents(offset + self.shift, length))
 
 
 class Qcow2Node(FormatNode):
