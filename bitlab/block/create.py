@@ -228,7 +228,7 @@ def not_simulated_qcow2(opts: dict) -> None:
                                ("extended-l2", False, "extended L2 entries"),
                                ("compression-type", "zlib", "the zstd compression type"),
                                ("preallocation", "off", "preallocated qcow2 images")):
-        if opts.get(key, default) != default:
+        if opts.get(key, default) != default and not (key == "preallocation" and opts[key] == "metadata"):
             raise not_simulated(f"{what} ('{key}')")
 
 
@@ -282,6 +282,8 @@ def _prepare_qcow2(graph: Any, opts: dict) -> Work:
                                errno=_errno.EFBIG)
         format_image(image, "qcow2", size, cluster_size=cluster, compat=compat, backing_file=opts.get("backing-file"),
                      backing_fmt=opts.get("backing-fmt"))
+        if opts.get("preallocation") == "metadata":  # (blk_truncate with it, before the backing file is set)
+            image.preallocate_metadata()
         _written(node, image)
         encrypt = opts.get("encrypt")
         if encrypt is not None:  # qcow2_set_up_encryption, last: bitlab has no secret objects

@@ -25,6 +25,9 @@ import numpy as np
 UNALLOCATED = -1
 ZERO = -2  # allocated as zeroes without data (a qcow2 zero cluster); reads as 0
 ZERO_ALLOC = -3  # a qcow2 zero cluster that keeps its host cluster; reads as 0
+# a qcow2 data cluster preallocation=metadata made (preallocate_co): data to qcow2 (its L2 entry, its host cluster),
+# but nothing was written into it: it reads as 0 and its file blocks are holes (a token no write makes)
+PREALLOC = (1 << 62) - 1
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 

@@ -49,13 +49,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .extents import ExtentMap, clip_runs
+from .extents import PREALLOC, ExtentMap, clip_runs
 
 if TYPE_CHECKING:
     from .qcow2_host import HostLayout
 
 BLOCK = 4096  # the file system's block
 HOLE, UNWRITTEN, WRITTEN = 0, 1, 2  # a block's state
+KEPT_HOLE = 3  # in a qcow2 layout's ``fs``: a hole of a preallocated cluster, known to be one (see _overlay)
 FS_BLOCKS = 1 << 60  # blocks a file may have (the size of a block map)
 MAX_EXTENT = {WRITTEN: 32768, UNWRITTEN: 32767}  # ext4: the longest extent, in blocks
 IN_INODE = 4  # extents the inode holds
@@ -136,21 +137,35 @@ def _covers(ranges: Ranges, points: np.ndarray) -> np.ndarray:
     return (j >= 0) & (points < ends[np.maximum(j, 0)])
 
 
-def in_use(layout: HostLayout, data: ExtentMap, c0: int = 0, c1: int | None = None) -> tuple[Ranges, Ranges, Ranges]:
+def in_use(layout: HostLayout, data: ExtentMap, c0: int = 0, c1: int | None = None
+           ) -> tuple[Ranges, Ranges, Ranges, Ranges]:
     """The host clusters in use for guest clusters ``[c0, c1)``, as host byte ranges: the data clusters
     (allocated whole), the bytes of them written (the data, or the whole cluster where its copy on write
     copied the backing file's data: ``layout.cow_written``), and the hosted clusters without data (zero
-    clusters that kept their host cluster: written or not as they were when zeroed, which ``fs`` recorded)."""
+    clusters that kept their host cluster: written or not as they were when zeroed, which ``fs`` recorded).
+    A cluster ``preallocation=metadata`` made (PREALLOC) is neither: its blocks are holes but for what was
+    written into it since (qcow2 writes into it in place, without handle_alloc_space); the fourth ranges are
+    those clusters."""
     cs = layout.cs
     hs, he, hv = layout.hosted(c0, c1)
     if not hs.size:
-        return (_EMPTY, _EMPTY), (_EMPTY, _EMPTY), (_EMPTY, _EMPTY)
+        return (_EMPTY, _EMPTY), (_EMPTY, _EMPTY), (_EMPTY, _EMPTY), (_EMPTY, _EMPTY)
     ps, pe, pv, ptr = data.gather(hs * cs, np.minimum(he * cs, data.size))
     shift = np.repeat(hv, np.diff(ptr)) * cs  # guest byte -> host byte, piece by piece
     isdata = pv >= 0
     clusters = _union((ps[isdata] // cs) * cs + shift[isdata], -(-pe[isdata] // cs) * cs + shift[isdata])
+    pre = pv == PREALLOC
+    bounds_of, kept = clusters, (_EMPTY, _EMPTY)
+    if pre.any():  # preallocated clusters: allocated as their data's blocks are, no more (no handle_alloc_space)
+        held = clusters
+        isdata = isdata & ~pre
+        kept = _union((ps[pre] // cs) * cs + shift[pre], -(-pe[pre] // cs) * cs + shift[pre])
+        clusters = _subtract(_union((ps[isdata] // cs) * cs + shift[isdata],
+                                    -(-pe[isdata] // cs) * cs + shift[isdata]), kept)
+        bounds_of = held
     if cs <= BLOCK:  # a cluster's data writes its blocks whole (a partial block is read, changed, written)
-        written = clusters
+        written = clusters if not pre.any() else _union((ps[isdata] // cs) * cs + shift[isdata],
+                                                        -(-pe[isdata] // cs) * cs + shift[isdata])
     else:
         ws, we = ps[isdata] + shift[isdata], pe[isdata] + shift[isdata]
         cs_, ce_, cv, cptr = layout.cow_written.gather(hs, he)
@@ -160,22 +175,41 @@ def in_use(layout: HostLayout, data: ExtentMap, c0: int = 0, c1: int | None = No
             ws, we = np.concatenate((ws, (cs_[copied] + own) * cs)), np.concatenate((we, (ce_[copied] + own) * cs))
         written = _union(ws, we)
     hosted = _union((hs + hv) * cs, (he + hv) * cs)
-    bounds = np.unique(np.concatenate((hosted[0], hosted[1], clusters[0], clusters[1])))
+    bounds = np.unique(np.concatenate((hosted[0], hosted[1], bounds_of[0], bounds_of[1])))
     seg = bounds[:-1]
-    bare = _covers(hosted, seg) & ~_covers(clusters, seg)
-    return clusters, written, _union(seg[bare], bounds[1:][bare])
+    bare = _covers(hosted, seg) & ~_covers(bounds_of, seg)
+    return clusters, written, _union(seg[bare], bounds[1:][bare]), kept
+
+
+def _subtract(a: Ranges, b: Ranges) -> Ranges:
+    """Sorted disjoint ranges ``a`` less the sorted disjoint ranges ``b``."""
+    if not a[0].size or not b[0].size:
+        return a
+    bounds = np.unique(np.concatenate((a[0], a[1], b[0], b[1])))
+    seg = bounds[:-1]
+    keep = _covers(a, seg) & ~_covers(b, seg)
+    return _union(seg[keep], bounds[1:][keep])
 
 
 def record(layout: HostLayout, data: ExtentMap, c0: int, c1: int) -> None:
     """Guest clusters ``[c0, c1)`` are about to lose their host clusters (freed, or zeroed keeping them):
     ``fs`` keeps what the file system holds there."""
-    clusters, written, bare = in_use(layout, data, c0, c1)
-    _overlay(layout.fs_blocks(), clusters, written, bare)
+    _overlay(layout.fs_blocks(), *in_use(layout, data, c0, c1))
 
 
-def _overlay(blocks: ExtentMap, clusters: Ranges, written: Ranges, bare: Ranges) -> None:
-    """Data clusters over a block map: unwritten, with their written bytes; hosted clusters without data
-    written where the map has holes (a copy's zero clusters, never seen as data)."""
+def _overlay(blocks: ExtentMap, clusters: Ranges, written: Ranges, bare: Ranges, kept: Ranges) -> None:
+    """Data clusters over a block map: unwritten, with their written bytes; preallocated clusters' holes kept
+    (KEPT_HOLE), with their written bytes; hosted clusters without data written where the map has holes (a copy's
+    zero clusters, never seen as data; not a preallocated cluster zeroed, whose holes are kept)."""
+    if kept[0].size:
+        first, n = touched(*kept)
+        s, e, v, _ = blocks.gather(first, first + n)
+        holes = v == HOLE
+        if holes.any():
+            blocks.write_batch(s[holes], (e - s)[holes], KEPT_HOLE)
+        if not clusters[0].size and written[0].size:
+            first, n = touched(*written)
+            blocks.write_batch(first, n, WRITTEN)
     if bare[0].size:
         first, n = touched(*bare)
         s, e, v, _ = blocks.gather(first, first + n)
@@ -197,7 +231,14 @@ def qcow2_blocks(layout: HostLayout, data: ExtentMap, file_length: int) -> Runs:
     held = v != HOLE
     blocks.write_batch(s[held], (e - s)[held], v[held])
     _overlay(blocks, *in_use(layout, data))
-    return blocks.extents(0, nblocks) if nblocks else (_EMPTY, _EMPTY, _EMPTY)
+    if not nblocks:
+        return _EMPTY, _EMPTY, _EMPTY
+    s, e, v = blocks.extents(0, nblocks)
+    kept = v == KEPT_HOLE
+    if kept.any():  # (holes to the file system)
+        blocks.write_batch(s[kept], (e - s)[kept], HOLE)
+        s, e, v = blocks.extents(0, nblocks)
+    return s, e, v
 
 
 def raw_blocks(data: ExtentMap, first_block: bool = True, unwritten: ExtentMap | None = None) -> Runs:
@@ -260,6 +301,8 @@ def plain_allocation(layout: HostLayout, data: ExtentMap, file_length: int) -> i
     if starts.size > FEW_RUNS:
         return None
     s, v = starts.tolist(), vals.tolist()
+    if PREALLOC in v:  # (preallocated clusters are not allocated whole)
+        return None
     if any([x >= 0 and (a % cs or b % cs) for a, b, x in zip(s, s[1:] + [data.size], v)]):
         unwritten = _unwritten_blocks(layout, s, v, data.size)
     else:

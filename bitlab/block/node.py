@@ -21,6 +21,7 @@ from ..errors import generic
 from ..qmp_order import wire_order
 from . import compress, hostfs, qcow2_opts, qcow2_trace, wstats
 from .extents import (
+    PREALLOC,
     UNALLOCATED,
     ZERO,
     ZERO_ALLOC,
@@ -896,7 +897,7 @@ class Qcow2Node(FormatNode):
 
     def read_extents(self, offset, length):
         starts, ends, vals = self.image.data.extents(offset, length)
-        vals = np.where((vals == ZERO) | (vals == ZERO_ALLOC), 0, vals)
+        vals = np.where((vals == ZERO) | (vals == ZERO_ALLOC) | (vals == PREALLOC), 0, vals)
         holes = vals == UNALLOCATED
         if not holes.any():
             return starts, ends, vals
@@ -1750,6 +1751,9 @@ class Qcow2Node(FormatNode):
         # the clusters keeping their host cluster, and the zero clusters between: one request
         first, last = merge_ranges(starts[hosted] // cs, (ends[hosted] - 1) // cs)
         keep_s, keep_e = first * cs, np.minimum((last + 1) * cs, end)
+        if (vals == PREALLOC).any():  # (preallocated clusters keep their holes: the file keeps its blocks)
+            for a, b in zip(keep_s.tolist(), keep_e.tolist()):
+                self.image.keep_host_blocks(a, b)
         gap_s, gap_e = np.append(start, keep_e), np.append(keep_s, end)
         offs = np.concatenate((keep_s, gap_s))
         lens = np.concatenate((keep_e - keep_s, gap_e - gap_s))

@@ -12,7 +12,7 @@ import numpy as np
 from bitarray import bitarray
 
 from . import compress, hostfs, qcow2_disk
-from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
+from .extents import PREALLOC, SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
 from .qcow2_host import NONE, HostLayout
 
 QCOW2_DEFAULT_CLUSTER = 65536
@@ -152,6 +152,15 @@ class ImageFile:
         inside them are holes again."""
         if self.unwritten is not None:
             hostfs.punch(self.unwritten, offsets, ends - offsets)
+
+    def preallocate_metadata(self) -> None:
+        """preallocate_co over a new qcow2 image (``preallocation=metadata``): every cluster gets its L2 entry and a
+        host cluster, as one request over the disk allocates them (each L2 table, then its clusters), and the file
+        ends after the last; nothing is written into them (PREALLOC)."""
+        if self.data.size:
+            self.data.write(0, self.data.size, PREALLOC)
+            self.data.runs()
+            self.layout.fs_plain = False  # (its data clusters are not all allocated: the shortcuts do not hold)
 
     def truncate_raw(self, size: int, prealloc: str = "off") -> None:
         """handle_aiocb_truncate: a raw file takes the length ``size``, its new stretch a hole (ftruncate),

@@ -140,8 +140,10 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if not qcow2_l1_fits(size, cluster):
         raise _too_large(filename, line)
     # qcow2_co_create_opts rounds the size up to a sector, silently (the line above says what was asked)
-    store.create(key, "qcow2", round_sector(size), cluster_size=cluster, backing_file=backing or None,
-                 backing_fmt=backing_fmt, compat="0.10" if version == 2 else "1.1")
+    image = store.create(key, "qcow2", round_sector(size), cluster_size=cluster, backing_file=backing or None,
+                         backing_fmt=backing_fmt, compat="0.10" if version == 2 else "1.1")
+    if values.get("preallocation") == "metadata":
+        image.preallocate_metadata()
     return line
 
 

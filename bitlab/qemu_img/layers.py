@@ -12,7 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..block import hostfs
-from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs, fill_holes, partial_cluster_holes
+from ..block.extents import (
+    PREALLOC,
+    UNALLOCATED,
+    ZERO,
+    ZERO_ALLOC,
+    ExtentMap,
+    clip_runs,
+    fill_holes,
+    partial_cluster_holes,
+)
 from ..block.qcow2_host import NONE
 from ..block.store import ImageFile
 from ._common import Layer
@@ -167,7 +176,7 @@ def content(chain: list[Layer], lo: int, hi: int, level: int = 0) -> Runs:
         s = np.append(s, max(lo, data.size))
         e = np.append(e, hi)
         v = np.append(v, UNALLOCATED if layer.image.is_qcow2 else 0)
-    v = np.where((v == ZERO) | (v == ZERO_ALLOC), 0, v)
+    v = np.where((v == ZERO) | (v == ZERO_ALLOC) | (v == PREALLOC), 0, v)
     holes = v == UNALLOCATED
     if not holes.any():
         return s, e, v
