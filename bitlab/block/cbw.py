@@ -147,6 +147,12 @@ class CbwNode(BlockNode):
     def block_status(self, offset, length):
         return self.source.block_status(offset, length)
 
+    def copy_status(self, offset, length):
+        return self.source.copy_status(offset, length)  # (bdrv_co_block_status_from_file: the node below's answer)
+
+    def status_codes(self, offset, length):
+        return self.source.status_codes(offset, length)
+
     def is_allocated(self, offset, length):
         return self.source.is_allocated(offset, length)  # a filter: the node below answers
 

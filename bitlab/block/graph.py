@@ -215,7 +215,11 @@ class BlockGraph:
                 raise generic(f"Could not open '{opts['filename']}': No such file or directory")
             if self.store[key].unknown:
                 raise generic(self.store[key].unknown)
-            node = FileNode(name or self.auto_name(), image=self.store[key], auto_named=name is None, **common)
+            image = self.store[key]
+            if image.is_qcow2 and image._layout is not None and not (self.store.locks and self.store.locks(image)):
+                # (nothing has the file open: the writes earlier openers made, qemu-img's too, are not this node's)
+                image._layout.forget_writes()
+            node = FileNode(name or self.auto_name(), image=image, auto_named=name is None, **common)
             return named(node)
         if driver == "blkdebug":
             if "config" in opts:

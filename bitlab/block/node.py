@@ -163,13 +163,13 @@ class BlockNode:
             if not bm.disabled:
                 bm.set_range(offset, length)
 
-    def _dirty_batch(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+    def _dirty_batch(self, offsets: np.ndarray, lengths: np.ndarray, discard: bool = False) -> None:
         if self.untracked:
             return
         if self.write_threshold:
             wstats.check_batch(self, offsets, lengths)
         self.write_gen += len(offsets)
-        if len(offsets):
+        if len(offsets) and not discard:  # (a discard moves no highest write: bdrv_co_write_req_finish)
             wstats.note_highest(self, offsets, lengths)
         for bm in self.bitmaps:
             if not bm.disabled:
@@ -365,7 +365,7 @@ class BlockNode:
         end = round_sector(int((offsets + lengths).max()))
         for bm in self.bitmaps:
             bm.grow(end)
-        self._dirty_batch(offsets, lengths)
+        self._dirty_batch(offsets, lengths, discard)
 
     def _store(self, offset: int, length: int, value: int) -> None:
         raise NotImplementedError
@@ -461,7 +461,7 @@ class FileNode(BlockNode):
     def __init__(self, node_name: str, *, image: ImageFile, **kw) -> None:
         super().__init__(node_name, **kw)
         self.image = image
-        layout = image._layout if image.is_qcow2 else None
+        layout = image.layout if image.is_qcow2 and image._layout is not None else None  # (pending writes merged)
         # a qcow2 file's end at open (None: not laid out yet, taken at the first write): see wstats.highest
         self.wr_mark: int | None = None if layout is None else wstats.grown_end(layout)
 
@@ -1230,8 +1230,8 @@ class Qcow2Node(FormatNode):
         this node for block status (s->metadata_preallocation_checked): whether the image looks as if its
         metadata were preallocated (:func:`bitlab.block.hostfs.metadata_preallocated`); then block status asks
         the file about data clusters (BDRV_BLOCK_RECURSE) until the node is closed."""
-        if self._prealloc is None:
-            self._prealloc = self.image.metadata_preallocated()
+        if self._prealloc is None:  # (over blkdebug, bdrv_get_allocated_file_size fails: -ENOTSUP, never detected)
+            self._prealloc = self.file.driver != "blkdebug" and self.image.metadata_preallocated()
         return self._prealloc
 
     def _cow_zeroable(self, lo: int, hi: int) -> bool:
@@ -1511,8 +1511,7 @@ class Qcow2Node(FormatNode):
                     if listen:  # qcow2_cluster_discard's writes (a dependency's flush, a new L2 table), its discards
                         self._tell_file(always=True)
                 layout.shrink_l1(layout.l1_needed(size))
-                layout.flush()
-                layout.shrink_reftable()
+                layout.shrink_reftable()  # (the caches are written at the end: a refcount block dropped here never is)
             elif size > old and layout.l1_needed(size) > layout.l1_entries:
                 if 8 * layout.l1_needed(size) > QCOW_MAX_L1_SIZE:
                     raise generic("Failed to grow the L1 table: File too large")

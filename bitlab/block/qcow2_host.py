@@ -582,6 +582,11 @@ class HostLayout:
         self.discarded.clear()
         return starts * self.cs, (ends - starts) * self.cs
 
+    def forget_writes(self) -> None:
+        """The file is opened anew: the metadata writes and discards made before are no file node's to hear."""
+        self.written.clear()
+        self.discarded.clear()
+
     def drain_written_end(self) -> int:
         """:meth:`drain_written` for a reader of their highest end only (0 without any): no arrays made."""
         end = 0

@@ -15,6 +15,7 @@ from .gen_fleecing import fleecing_scenario
 from .gen_mirror import mirror_scenario
 from .gen_parents import parents_scenario
 from .gen_peek import peek_scenario
+from .gen_prealloc import prealloc_scenario
 from .gen_running import running_scenario
 from .gen_runstate import runstate_scenario
 from .gen_snapshot import snapshot_scenario
@@ -25,7 +26,7 @@ from .runner import check
 FOCUS = {"running": running_scenario, "parents": parents_scenario, "blkdebug": blkdebug_scenario,
          "compress": compress_scenario, "runstate": runstate_scenario, "fleecing": fleecing_scenario,
          "throttle": throttle_scenario, "mirror": mirror_scenario, "commit": commit_scenario, "peek": peek_scenario,
-         "snapshot": snapshot_scenario}
+         "snapshot": snapshot_scenario, "prealloc": prealloc_scenario}
 SYSTEM_ONLY = {"runstate": "stop, cont and query-status"}
 """Foci whose every scenario needs QEMU's system emulator: what it needs there."""
 
@@ -79,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "around throttle groups and throttle nodes (throttle), around blockdev-mirror and "
                              "drive-mirror (mirror), around commit and stream jobs (commit), around what "
                              "qemu-img -U sees of a running image (peek), around external snapshots (snapshot), "
+                             "the random mix over images made with preallocation=metadata (prealloc), "
                              "or around stop, cont and query-status on the system emulator (runstate)")
     parser.add_argument("--daemon", choices=["auto", "qsd", "system"], default=None,
                         help="real QEMU's daemon: qemu-storage-daemon (qsd), the system emulator (system), or "
