@@ -163,11 +163,13 @@ def in_use(layout: HostLayout, data: ExtentMap, c0: int = 0, c1: int | None = No
         clusters = _subtract(_union((ps[isdata] // cs) * cs + shift[isdata],
                                     -(-pe[isdata] // cs) * cs + shift[isdata]), kept)
         bounds_of = held
-    if cs <= BLOCK:  # a cluster's data writes its blocks whole (a partial block is read, changed, written)
-        written = clusters if not pre.any() else _union((ps[isdata] // cs) * cs + shift[isdata],
-                                                        -(-pe[isdata] // cs) * cs + shift[isdata])
+    if cs <= BLOCK and not pre.any():  # a cluster's data writes its blocks whole (a partial block is read, changed,
+        written = clusters  # written)
     else:
-        ws, we = ps[isdata] + shift[isdata], pe[isdata] + shift[isdata]
+        if cs <= BLOCK:
+            ws, we = (ps[isdata] // cs) * cs + shift[isdata], -(-pe[isdata] // cs) * cs + shift[isdata]
+        else:
+            ws, we = ps[isdata] + shift[isdata], pe[isdata] + shift[isdata]
         cs_, ce_, cv, cptr = layout.cow_written.gather(hs, he)
         copied = cv == COPIED
         if copied.any():

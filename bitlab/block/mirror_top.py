@@ -126,5 +126,8 @@ class MirrorTopNode(BlockNode):
     def copy_status(self, offset, length, recurse=True):
         return self.source.copy_status(offset, length)
 
+    def status_codes(self, offset, length):
+        return self.source.status_codes(offset, length)
+
     def is_allocated(self, offset, length):
         return self.source.is_allocated(offset, length)

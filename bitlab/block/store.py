@@ -160,7 +160,13 @@ class ImageFile:
         if self.data.size:
             self.data.write(0, self.data.size, PREALLOC)
             self.data.runs()
-            self.layout.fs_plain = False  # (its data clusters are not all allocated: the shortcuts do not hold)
+            layout = self.layout
+            layout.fs_plain = False  # (its data clusters are not all allocated: the shortcuts do not hold)
+            cs, rest = self.cluster_size, self.data.size % self.cluster_size
+            if rest:  # the last cluster's part past the disk's end is written: its copy on write (perform_cow)
+                last = self.data.size // cs
+                _, _, shift = layout.hosted(last, last + 1)
+                hostfs.mark(layout.fs_blocks(), np.array([(last + int(shift[0])) * cs + rest]), np.array([cs - rest]))
 
     def truncate_raw(self, size: int, prealloc: str = "off") -> None:
         """handle_aiocb_truncate: a raw file takes the length ``size``, its new stretch a hole (ftruncate),

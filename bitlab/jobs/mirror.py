@@ -23,7 +23,7 @@ from ..bitmap import DirtyBitmap
 from ..block.info import skip_filters
 from ..block.ioerror import BlockIOError
 from ..block.mirror_top import MirrorTopNode
-from ..block.node import BlockNode, Qcow2Node
+from ..block.node import STATUS_DATA_ZERO, BlockNode, Qcow2Node
 from .backup import ENOSPC, error_action
 from .block_copy import RateLimit, _zeroes_never_yield, io_time_ns
 from .job import Job, JobManager, JobTxn, strerror, weak_method
@@ -586,6 +586,9 @@ def _status(node: BlockNode, offset: int, length: int) -> tuple[int, bool, bool]
     s, e, zero = node.copy_status(offset, length)
     end = int(e[0])
     if bool(zero[0]):
+        _, c_e, codes = node.status_codes(offset, end - offset)
+        if codes[0] == STATUS_DATA_ZERO:  # (BDRV_BLOCK_DATA with ZERO, a preallocated image's hole: mirror copies it)
+            return min(end, int(c_e[0])), True, False
         return end, False, True
     return end, True, False
 

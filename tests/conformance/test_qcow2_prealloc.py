@@ -75,6 +75,22 @@ SMALL = [  # 4 KiB and 512-byte clusters, a backup into a preallocated image, an
 ]
 
 
+TAIL_AND_MIRROR = [  # a disk that ends inside its last cluster (the rest of it written: its copy on write); a mirror
+    # copies what a preallocated source's holes read (BDRV_BLOCK_DATA with ZERO), in place into a preallocated target
+    _pre("t64", "4194341"), _pre("t2k", "4194341", "cluster_size=2048"), _pre("t2m", "1M", "cluster_size=2M"),
+    *[step for name in ("t64", "t2k", "t2m") for step in (_open(name), _look(name, f"{name}.qcow2"),
+                                                           _img("map", "--output=json", "-U", f"{name}.qcow2"))],
+    _pre("src", "8M"), _open("src"), _write("src", M, 64 * K, 0x21), _write("src", 8 * M - 64 * K, 64 * K, 0x22),
+    _pre("dst", "8M"),
+    _q("blockdev-add", {"driver": "qcow2", "node-name": "dst",
+                        "file": {"driver": "file", "filename": "dst.qcow2", "node-name": "dstf"}}),
+    _q("blockdev-mirror", {"job-id": "m", "device": "src", "target": "dst", "sync": "full"}),
+    {"wait-job": {"id": "m", "status": "ready"}}, _q("job-cancel", {"id": "m"}), SETTLE,
+    _q("query-blockstats", {"query-nodes": True}), _look("dst", "dst.qcow2"),
+    _img("map", "--output=json", "-U", "dst.qcow2"),
+]
+
+
 def test_a_preallocated_image_is_sparse_and_looks_preallocated():
     out = story(GUEST)(Machine())
     assert json.loads(out[6]["stdout"]) == [{"start": 0, "length": 64 * M, "depth": 0, "present": True, "zero": True,
@@ -86,6 +102,14 @@ def test_a_preallocated_image_is_sparse_and_looks_preallocated():
     # a zero write keeping a cluster keeps its holes; the partial one is written as zero bytes (its block), and the
     # file now has more than four extents (an extent-tree block)
     assert sizes[2] == sizes[1] + 4 * K + 4 * K
+
+
+def test_a_partial_last_cluster_is_written_past_the_end():
+    looks = _looks(story(TAIL_AND_MIRROR[:12])(Machine()))
+    # 64 KiB clusters: the last one written whole (its first block in part); 2 MiB: from the disk's end only
+    assert [o["actual-size"][0] for o in looks] == [331776, 53248, 9441280]
+    assert looks[0]["map"][-1] == {"start": 4 * M, "length": 512, "depth": 0, "present": True, "zero": False,
+                                   "data": True, "offset": 4521984}
 
 
 def test_falloc_and_full_are_not_simulated():
@@ -105,7 +129,7 @@ def test_a_terabyte_preallocated():
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("name,steps,daemon", [("guest", GUEST, "qsd"), ("guest", GUEST, "system"),
-                                               ("small", SMALL, "qsd")])
+                                               ("small", SMALL, "qsd"), ("tail", TAIL_AND_MIRROR, "qsd")])
 def test_matches_qemu(name, steps, daemon):
     want, got = on_both(story(steps), daemon)
     for w, g in zip(_looks(want), _looks(got)):  # (QEMU's may hold one extent-tree block more: see test_raw_allocation)
