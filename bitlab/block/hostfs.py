@@ -203,26 +203,26 @@ def _overlay(blocks: ExtentMap, clusters: Ranges, written: Ranges, bare: Ranges,
     """Data clusters over a block map: unwritten, with their written bytes; preallocated clusters' holes kept
     (KEPT_HOLE), with their written bytes; hosted clusters without data written where the map has holes (a copy's
     zero clusters, never seen as data; not a preallocated cluster zeroed, whose holes are kept)."""
-    if kept[0].size:
-        first, n = touched(*kept)
-        s, e, v, _ = blocks.gather(first, first + n)
-        holes = v == HOLE
-        if holes.any():
-            blocks.write_batch(s[holes], (e - s)[holes], KEPT_HOLE)
-        if not clusters[0].size and written[0].size:
-            first, n = touched(*written)
-            blocks.write_batch(first, n, WRITTEN)
-    if bare[0].size:
-        first, n = touched(*bare)
-        s, e, v, _ = blocks.gather(first, first + n)
-        holes = v == HOLE
-        if holes.any():
-            blocks.write_batch(s[holes], (e - s)[holes], WRITTEN)
+    _fill_holes(blocks, kept, KEPT_HOLE)
+    if kept[0].size and not clusters[0].size and written[0].size:
+        first, n = touched(*written)
+        blocks.write_batch(first, n, WRITTEN)
+    _fill_holes(blocks, bare, WRITTEN)
     if clusters[0].size:
         first, n = touched(*clusters)
         blocks.write_batch(first, n, UNWRITTEN)
         first, n = touched(*written)
         blocks.write_batch(first, n, WRITTEN)
+
+
+def _fill_holes(blocks: ExtentMap, ranges: Ranges, state: int) -> None:
+    """The holes of ``blocks`` in the blocks byte ``ranges`` touch take ``state``."""
+    if ranges[0].size:
+        first, n = touched(*ranges)
+        s, e, v, _ = blocks.gather(first, first + n)
+        holes = v == HOLE
+        if holes.any():
+            blocks.write_batch(s[holes], (e - s)[holes], state)
 
 
 def qcow2_blocks(layout: HostLayout, data: ExtentMap, file_length: int) -> Runs:
