@@ -24,7 +24,7 @@ from .blkdebug import BlkdebugNode
 from .cbw import CbwNode
 from .cor import CorNode
 from .info import FILTER_CHILD, NodeInfoCache
-from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode, subtree_ids
+from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode, raw_window_error, subtree_ids
 from .paths import node_full_backing_filename, strip_file_protocol
 from .snapshot_access import SnapshotAccessNode
 from .store import ImageFile, ImageStore, StoredBitmap
@@ -281,7 +281,7 @@ class BlockGraph:
                 self._drop_unowned(file_node)
                 raise
             if driver == "raw":
-                problem = _raw_window_error(opts, file_node.size)
+                problem = raw_window_error(opts, file_node.size)
                 if problem is not None:
                     self._drop_unowned(file_node)
                     raise generic(problem)
@@ -993,18 +993,3 @@ def _check_named_backing(options: dict) -> None:
         raise generic("Could not open backing file: Cannot reference an existing block device with additional "
                       "options or a new filename")
 
-
-def _raw_window_error(opts: dict, real_size: int) -> str | None:
-    """raw_apply_options' checks of ``offset`` and ``size`` against the length of the file below, with its texts."""
-    offset = int(opts.get("offset", 0))
-    if offset > real_size:
-        return f"Offset ({offset}) cannot be greater than size of the containing file ({real_size})"
-    if "size" not in opts:
-        return None
-    size = int(opts["size"])
-    if real_size - offset < size:
-        return (f"The sum of offset ({offset}) and size ({size}) has to be smaller or equal to the  actual size of "
-                f"the containing file ({real_size})")  # (QEMU's two spaces)
-    if size % 512:
-        return "Specified size is not multiple of 512"
-    return None

@@ -594,6 +594,22 @@ class FormatNode(BlockNode):
         return False
 
 
+def raw_window_error(opts: dict, real_size: int) -> str | None:
+    """raw_apply_options' checks of ``offset`` and ``size`` against the length of the file below, with its texts."""
+    offset = int(opts.get("offset", 0))
+    if offset > real_size:
+        return f"Offset ({offset}) cannot be greater than size of the containing file ({real_size})"
+    if "size" not in opts:
+        return None
+    size = int(opts["size"])
+    if real_size - offset < size:
+        return (f"The sum of offset ({offset}) and size ({size}) has to be smaller or equal to the  actual size of "
+                f"the containing file ({real_size})")  # (QEMU's two spaces)
+    if size % 512:
+        return "Specified size is not multiple of 512"
+    return None
+
+
 class RawNode(FormatNode):
     """``raw``: passes every request to its file child, at the same offset or, with the ``offset`` and ``size``
     options, inside that window of it (raw_adjust_offset: requests, block status and reads shifted)."""

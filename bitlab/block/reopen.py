@@ -10,9 +10,9 @@ undo that if the reopen fails later (a writer above the node): the bitmaps stay 
 read-write node. Made read-write, it marks them in use again after the commit.
 
 ``backing`` may name another node, or be null: the backing child is replaced or detached (the old one closed if
-nothing else holds it). Not simulated (refused, naming what): another ``file`` child, a raw node's
-new ``offset`` or ``size``, copy-before-write and snapshot-access nodes, and a qcow2 node over a blkdebug
-node with rules (their requests at the flush and for the bitmaps).
+nothing else holds it). A raw node's ``offset`` and ``size`` may change (raw_reopen_prepare's checks). Not
+simulated (refused, naming what): another ``file`` child, copy-before-write and snapshot-access nodes, and a qcow2
+node over a blkdebug node with rules (their requests at the flush and for the bitmaps).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from . import perms, qcow2_opts
 from .blkdebug import option_bool
 from .info import is_implicit_filter, skip_implicit_filters
 from .ioerror import BlockIOError
+from .node import raw_window_error
 
 # bdrv_reset_options_allowed: what every driver lets a reopen leave out
 COMMON = frozenset({"node-name", "discard", "cache.direct", "cache.no-flush", "read-only", "auto-read-only",
@@ -206,10 +207,10 @@ class Reopen:
             taken |= {k for k in opts if k.split(".", 1)[0] in QCOW2_RUNTIME}
             if entry.read_only:  # qcow2_reopen_bitmaps_ro (read-only already too), then the flush
                 self.graph.store_bitmaps_read_only(node)
-        elif node.driver == "raw":
-            for key in ("offset", "size"):
-                if opts.get(key) != old.get(key):
-                    raise generic(NOT_SIMULATED + f"a raw node's new '{key}' in blockdev-reopen")
+        elif node.driver == "raw":  # raw_reopen_prepare: the new window's checks (raw_apply_options)
+            problem = raw_window_error(opts, node.file.size)
+            if problem is not None:
+                raise generic(problem)
             taken |= {"offset", "size"}
         elif node.driver == "file":
             taken.add("x-check-cache-dropped")

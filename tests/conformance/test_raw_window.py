@@ -1,10 +1,10 @@
-"""A raw node's ``offset`` and ``size`` options: a window into its file (raw_apply_options, raw_adjust_offset).
-
-The node is ``size`` bytes long (or what the file holds past ``offset``), every request, read and block status
-lands at ``offset`` in the file, a request past the window fails (the block layer's EIO), a window with a size
-cannot be resized; QEMU's texts for an offset past the file, a window past its end and a size not a multiple of
-512. Compared with qemu-storage-daemon: on the system emulator HMP ``qemu-io`` leaves its writes unflushed, and
-the host's page cache then shows the data a zero write replaced (README, known differences).
+"""A raw node's ``offset`` and ``size`` options: a window into its file (raw_apply_options, raw_adjust_offset). The
+node is ``size`` bytes long (or what the file holds past ``offset``), every request, read and block status lands at
+``offset`` in the file, a request past the window fails (the block layer's EIO), a window with a size cannot be
+resized; QEMU's texts for an offset past the file, a window past its end and a size not a multiple of 512;
+blockdev-reopen moves or drops the window with the same checks. Compared with qemu-storage-daemon: on the system
+emulator HMP ``qemu-io`` leaves its writes unflushed, and the host's page cache then shows the data a zero write
+replaced (README, known differences).
 """
 
 from __future__ import annotations
@@ -51,6 +51,21 @@ WINDOWS = [
 ]
 
 
+def _reopen(**options) -> dict:
+    return _q("blockdev-reopen", {"options": [{"driver": "raw", "node-name": "d", "file": "wf", **options}]})
+
+
+REOPENED = [  # blockdev-reopen moves the window (raw_reopen_prepare: the same checks), or takes it away
+    _img("create", "-f", "raw", "w.img", "4M"),
+    _q("blockdev-add", {"driver": "file", "node-name": "wf", "filename": "w.img"}),
+    _q("blockdev-add", {"driver": "raw", "node-name": "d", "file": "wf", "offset": 512 * K, "size": 2 * M}),
+    _write("d", 0, 64 * K, 0x22),
+    _reopen(offset=5 * M), _reopen(offset=M, size=4 * M), _reopen(size=1000), _reopen(offset=M, size=M),
+    _q("query-named-block-nodes", {"flat": True}), _write("d", 0, 64 * K, 0x33), _reopen(),
+    _q("query-named-block-nodes", {"flat": True}), _img("map", "--output=json", "-U", "w.img"),
+]
+
+
 def test_a_window_into_the_file():
     out = story(WINDOWS)(Machine())
     errors = [o["error"]["desc"] for o in out[2:5]]
@@ -67,7 +82,15 @@ def test_a_window_into_the_file():
     assert out[22]["error"]["desc"] == "Cannot resize fixed-size raw disks"
 
 
+def test_a_window_moves():
+    out = story(REOPENED)(Machine())
+    assert out[4]["error"]["desc"] == "Offset (5242880) cannot be greater than size of the containing file (4194304)"
+    sizes = [{n["node-name"]: n["image"]["virtual-size"] for n in o["return"]} for o in (out[8], out[11])]
+    assert sizes[0]["d"] == M and sizes[1]["d"] == 4 * M  # moved and shrunk; then the whole file
+
+
 @pytest.mark.qemu
-def test_matches_qemu():
-    want, got = on_both(story(WINDOWS), "qsd")
+@pytest.mark.parametrize("name,steps", [("windows", WINDOWS), ("reopened", REOPENED)])
+def test_matches_qemu(name, steps):
+    want, got = on_both(story(steps), "qsd")
     assert got == want
