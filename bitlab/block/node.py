@@ -1298,9 +1298,9 @@ class Qcow2Node(FormatNode):
             return
         if not (self._cow_zeroable(lo, start) if lo < start else True) or \
                 not (self._cow_zeroable(end, hi) if end < hi else True):
-            cs = self.image.cluster_size
-            for c in {lo // cs, (hi - 1) // cs}:
-                if c * cs < start or (c + 1) * cs > end:
+            cs = self.image.cluster_size  # (a cluster the write starts or ends in that had a host cluster: no COW)
+            for c, copied in ((lo // cs, lo < start), ((hi - 1) // cs, hi > end)):
+                if copied:
                     self.image.layout.cow_written.write(c, 1, hostfs.COPIED)
 
     def _file_answers(self, starts: np.ndarray, ends: np.ndarray, vals: np.ndarray

@@ -5,8 +5,10 @@ differed before): a file node opened on an image qemu-img had just written (its 
 file's end for its highest write; the metadata writes of whoever had the file open before were counted by the
 next file node to listen; a discard passed to a file node with a bitmap raised its highest write; a shrink wrote
 the refcount block it then dropped (QEMU drops its cache entry unwritten); a qcow2 node over blkdebug took its
-image for one with preallocated metadata (QEMU cannot ask blkdebug for the file's allocation); and a backup's
-copy-before-write filter between an overlay and its backing file answered block status as all data.
+image for one with preallocated metadata (QEMU cannot ask blkdebug for the file's allocation); a backup's
+copy-before-write filter between an overlay and its backing file answered block status as all data, and a write
+from inside an allocated cluster into a new one took the first cluster for one its copy on write wrote whole (focus
+scenario 28502/3).
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def test_stories_match_qemu(name, steps):
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("seed,index,daemon", [(28300, 0, "qsd"), (28300, 6, "qsd"), (28400, 3, "system")])
+@pytest.mark.parametrize("seed,index,daemon", [(28300, 0, "qsd"), (28300, 6, "qsd"), (28400, 3, "system"),
+                                               (28502, 3, "qsd")])
 def test_focus_scenarios_match_qemu(seed, index, daemon):
     scenario = prealloc_scenario(seed, index)
     assert compare(scenario, play(scenario, "qemu", daemon), play(scenario, "sim", daemon)) == []
