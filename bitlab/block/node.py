@@ -640,7 +640,7 @@ class RawNode(FormatNode):
         ``offset``)."""
         if "size" in self.options:
             raise generic("Cannot resize fixed-size raw disks")
-        self.file.resize(size + int(self.options.get("offset", 0)), prealloc)
+        self.file.resize(size + self.shift, prealloc)
 
     def write(self, offset, length, value):
         unmap = self.zero_detected() if value == 0 else None
