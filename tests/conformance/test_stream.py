@@ -84,6 +84,11 @@ GUEST = [
     _q("blockdev-del", {"node-name": "top"}), *OFFLINE,
 ]
 
+# On the system emulator the guest's requests drain the throttled job, which then finishes; how far it got as the
+# write returns varies with QEMU's timing (a CI run saw it still running at 44 MiB): there, wait for its end first.
+_AFTER_IO = GUEST.index(_write("top", 12 * M + 4 * K, 4 * K, 0x48)) + 1
+GUEST_SYSTEM = [*GUEST[:_AFTER_IO], _wait("null", "s"), *GUEST[_AFTER_IO:]]
+
 # A copy-on-read node of the caller's over top: a read through it copies into top what a layer down to bottom (mid)
 # allocates (the base's data is not copied), or without bottom whatever top does not allocate (zeroes as zero
 # clusters); the bottom must exist and be no filter.
@@ -157,6 +162,8 @@ DRIVES = [{"id": "drive0", "file": "d0.qcow2", "format": "qcow2", "size": "64M"}
 @pytest.mark.parametrize("steps", [BASIC, VARIANTS, GUEST, ERRORS, JOB_ERRORS, COR_NODE],
                          ids=["basic", "variants", "guest", "errors", "job-errors", "cor-node"])
 def test_stream_as_in_qemu(steps, daemon):
+    if steps is GUEST and daemon == "system":
+        steps = GUEST_SYSTEM
     diffs = check({"name": "stream", "steps": steps}, daemon)
     assert not diffs, "\n".join(str(d) for d in diffs)
 
