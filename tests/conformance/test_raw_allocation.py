@@ -140,6 +140,16 @@ def _looks(out: list) -> list:
     return [o for o in out if isinstance(o, dict) and "actual-size" in o]
 
 
+def tree_block_tolerated(want: list, got: list) -> list:
+    """``want`` (QEMU's story) with each ``actual-size`` that is bitlab's plus one extent-tree block taken as
+    bitlab's (the host may place a file in more pieces than it has extents: see the docstring)."""
+    for w, g in zip(_looks(want), _looks(got)):
+        sizes = w["actual-size"] + g["actual-size"]
+        if len(sizes) == 2 and all(isinstance(n, int) for n in sizes) and sizes[0] == sizes[1] + 4096:
+            w["actual-size"] = g["actual-size"]
+    return want
+
+
 def test_zero_writes_allocate_unless_they_may_unmap():
     looks = _looks(story(ZERO)(Machine()))
     sizes = [o["actual-size"][0] for o in looks]
@@ -175,8 +185,4 @@ def test_preallocated_raw_files():
     ("prealloc", PREALLOC, "qsd"), ("prealloc", PREALLOC, "system")])
 def test_matches_qemu(name, steps, daemon):
     want, got = on_both(story(steps), daemon)
-    for w, g in zip(_looks(want), _looks(got)):  # (QEMU's may hold one extent-tree block more: see the docstring)
-        sizes = w["actual-size"] + g["actual-size"]
-        if len(sizes) == 2 and all(isinstance(n, int) for n in sizes) and sizes[0] == sizes[1] + 4096:
-            w["actual-size"] = g["actual-size"]
-    assert got == want
+    assert got == tree_block_tolerated(want, got)
