@@ -387,7 +387,6 @@ REFUSED = [
     ({"driver": "qcow2", "file": "f", "size": M, "refcount-bits": 8}, "refcount widths other than 16 bits"),
     ({"driver": "qcow2", "file": "f", "size": M, "extended-l2": True}, "extended L2 entries ('extended-l2')"),
     ({"driver": "qcow2", "file": "f", "size": M, "compression-type": "zstd"}, "the zstd compression type"),
-    ({"driver": "qcow2", "file": "f", "size": M, "preallocation": "falloc"}, "preallocated qcow2 images"),
     ({"driver": "qcow2", "file": "f", "size": M, "data-file": "d"}, "an external data file"),
     ({"driver": "qcow2", "file": "n", "size": M}, "a qcow2 image written into a 'null-co' node"),
     ({"driver": "qcow2", "file": {"driver": "null-co"}, "size": M}, "an inline 'file' other than"),

@@ -57,7 +57,9 @@ FIXED = [
     "convert -O qcow2 -o cluster_size=1000 q.qcow2 o.qcow2 ; info o.qcow2", "convert -c -O raw -o bogus=1 q.qcow2 o",
     "convert -O bogus nope o", "convert -c nope o", "convert -O qcow2 -o size=1M q.qcow2 o.qcow2",
     "rebase -b q.qcow2 -f raw r.img", "rebase -u -b q.qcow2 -F qcow2 r.img", "rebase -b nope -F qcow2 r.img",
-    "commit r.img", "rebase -u r.img", "rebase -u -b '' r.img",
+    "commit r.img", "rebase -u r.img", "rebase -u -b '' r.img", "bogus q.qcow2", "Info q.qcow2", "inf q.qcow2",
+    "create -f qcow2 -o preallocation=full,cluster_size=4k o.qcow2 1M ; info o.qcow2 ; check o.qcow2",
+    "resize --preallocation=falloc q.qcow2 3M ; map --output=json q.qcow2",
 ]
 VALUES = ["q.qcow2", "t.qcow2", "r.img", "nope", "json", "human", "qcow2", "raw", "64k", "x", "b0", "all"]
 
@@ -134,6 +136,7 @@ def test_texts() -> None:
     assert got["check -r bogus q.qcow2"] == (1, "", "qemu-img: Unknown option value for -r (expecting 'leaks' or "
                                                     f"'all'): bogus\n{USAGE}")
     assert got["create -o , -f qcow2 c.qcow2 1M"] == (1, "", "qemu-img: Invalid option list: ,\n")
+    assert got["bogus q.qcow2"] == (1, "", f"qemu-img: Command not found: bogus\n{USAGE}")
 
 
 def test_glibc_messages() -> None:
@@ -174,7 +177,8 @@ OPTION_ITEMS = [
     "cluster_size=4M", "compat=0.10", "compat=1.1", "compat=v2", "compat=v3", "compat=bogus", "lazy_refcounts=on",
     "lazy_refcounts=off", "refcount_bits=16", "refcount_bits=8", "refcount_bits=3", "extended_l2=on",
     "extended_l2=off", "compression_type=zlib", "compression_type=zstd", "preallocation=off",
-    "preallocation=metadata", "preallocation=x", "size=1M", "size=x", "size=1000", "backing_file=q.qcow2",
+    "preallocation=metadata", "preallocation=x", "preallocation=falloc", "preallocation=full", "size=1M", "size=x",
+    "size=1000", "backing_file=q.qcow2",
     "backing_fmt=qcow2", "backing_fmt=raw", "nocow=on", "extent_size_hint=1M", "encryption=off", "data_file_raw=off",
     "lazy_refcounts", "nolazy_refcounts", "bogus=1"]
 

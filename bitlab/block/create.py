@@ -226,10 +226,17 @@ def not_simulated_qcow2(opts: dict) -> None:
     for key, default, what in (("lazy-refcounts", False, "lazy refcounts"),
                                ("refcount-bits", 16, "refcount widths other than 16 bits"),
                                ("extended-l2", False, "extended L2 entries"),
-                               ("compression-type", "zlib", "the zstd compression type"),
-                               ("preallocation", "off", "preallocated qcow2 images")):
-        if opts.get(key, default) != default and not (key == "preallocation" and opts[key] == "metadata"):
+                               ("compression-type", "zlib", "the zstd compression type")):
+        if opts.get(key, default) != default:
             raise not_simulated(f"{what} ('{key}')")
+
+
+def prealloc_image(image: ImageFile, mode: str) -> None:
+    """A new qcow2 image's truncate to its size with ``preallocation`` (qcow2_co_create's blk_co_truncate)."""
+    if mode == "metadata":
+        image.preallocate_metadata()
+    elif mode in ("falloc", "full"):
+        image.preallocate_data(mode)
 
 
 def qcow2_file_length(size: int, cluster_size: int) -> int:
@@ -282,8 +289,7 @@ def _prepare_qcow2(graph: Any, opts: dict) -> Work:
                                errno=_errno.EFBIG)
         format_image(image, "qcow2", size, cluster_size=cluster, compat=compat, backing_file=opts.get("backing-file"),
                      backing_fmt=opts.get("backing-fmt"))
-        if opts.get("preallocation") == "metadata":  # (blk_truncate with it, before the backing file is set)
-            image.preallocate_metadata()
+        prealloc_image(image, opts.get("preallocation", "off"))  # (blk_truncate with it, before the backing file)
         _written(node, image)
         encrypt = opts.get("encrypt")
         if encrypt is not None:  # qcow2_set_up_encryption, last: bitlab has no secret objects

@@ -322,7 +322,7 @@ class BlockNode:
             raise generic("Image is read-only")
         if prealloc == "off":
             self._truncate(size)
-        elif self.driver in ("raw", "file"):
+        elif self.driver in ("raw", "file", "qcow2"):
             self._truncate(size, prealloc)  # type: ignore[call-arg]
         else:
             raise generic(f"bitlab does not simulate resizing a {self.driver} node with preallocation '{prealloc}'")
@@ -1485,16 +1485,17 @@ class Qcow2Node(FormatNode):
         else:
             self.write_back()
 
-    def _truncate(self, size):
-        """qcow2_co_truncate. Shrinking discards the clusters past the new end (an L2 table where none
-        was, as qcow2_cluster_discard does), frees the L2 tables the L1 table no longer needs, writes
-        the caches and the refcount table, and cuts the file after its last cluster in use; a data cluster
-        it cuts keeps its bytes past the end (:meth:`ImageFile.keep_tail`). Growing makes the L1 table larger
-        if it must (a new table elsewhere), shows the rest of the old last cluster as that cluster reads
-        (:meth:`ImageFile.expose_tail`) and, where the backing file is longer than the old disk, writes zeroes
-        into the new stretch (:meth:`_zero_grown`; a v2 image fails there). The header's size field is
-        written, then both caches (qcow2_update_options renews them: the L2 table cache flushed, then the
-        refcount block cache), so a reader of the file (``qemu-img -U``) sees every table after a resize."""
+    def _truncate(self, size, prealloc="off"):
+        """qcow2_co_truncate (``prealloc``: qemu-img resize --preallocation, :meth:`_new_length`). Shrinking
+        discards the clusters past the new end (an L2 table where none was, as qcow2_cluster_discard does), frees
+        the L2 tables the L1 table no longer needs, writes the caches and the refcount table, and cuts the file
+        after its last cluster in use; a data cluster it cuts keeps its bytes past the end
+        (:meth:`ImageFile.keep_tail`). Growing makes the L1 table larger if it must (a new table elsewhere), shows
+        the rest of the old last cluster as that cluster reads (:meth:`ImageFile.expose_tail`) and, where the
+        backing file is longer than the old disk, writes zeroes into the new stretch (:meth:`_zero_grown`; a v2
+        image fails there). The header's size field is written, then both caches (qcow2_update_options renews
+        them: the L2 table cache flushed, then the refcount block cache), so a reader of the file (``qemu-img -U``)
+        sees every table after a resize."""
         if size % 512:
             raise generic("The new size must be a multiple of 512")
         if size < self.image.size:
@@ -1512,6 +1513,8 @@ class Qcow2Node(FormatNode):
                 raise generic("Cannot resize qcow2 with persistent bitmaps that were not loaded")
             check_bitmap(loaded, DEFAULT)
         old = image.size
+        if prealloc != "off":
+            self._prealloc_checks(old, size, prealloc)
         layout = image.layout
         backing = self.backing
         zeroes = size > old and backing is not None and backing.size > old  # BDRV_REQ_ZERO_WRITE
@@ -1533,7 +1536,7 @@ class Qcow2Node(FormatNode):
                     raise generic("Failed to grow the L1 table: File too large")
                 layout.grow_l1(layout.l1_needed(size))
             if not fails:
-                self._new_length(old, size, zeroes, listen)
+                self._new_length(old, size, zeroes, listen, prealloc)
                 image.layout.caches_renewed()
         if fails:  # (the L1 table grew first)
             raise generic("Failed to zero out new clusters: Operation not supported")
@@ -1543,15 +1546,20 @@ class Qcow2Node(FormatNode):
                 node.bitmaps_follow()
                 node = node.child("image") if node.driver == "blkdebug" else None
 
-    def _new_length(self, old: int, size: int, zeroes: bool, listen: bool) -> None:
+    def _new_length(self, old: int, size: int, zeroes: bool, listen: bool, prealloc: str = "off") -> None:
         """The end of :meth:`_truncate` from ``old`` to ``size``: the content takes the new length (a grow shows
-        the rest of the old last cluster, with ``zeroes`` writes zeroes), the header's size field is written
-        (seen by the file node where ``listen``: it hears writes), and a shrink cuts the file."""
+        the rest of the old last cluster, with ``zeroes`` writes zeroes; with ``prealloc`` the new clusters are
+        preallocated), the header's size field is written (seen by the file node where ``listen``: it hears
+        writes), and a shrink cuts the file."""
         image, cs = self.image, self.image.cluster_size
         image.data.resize(size)
         image.size = size
         if size < old:
             self._keep_last_cluster(size)
+        elif prealloc in ("falloc", "full"):
+            image.preallocate_data(prealloc, old)
+        elif prealloc == "metadata":
+            image.preallocate_metadata(old)
         elif size > old:
             image.expose_tail(old)
         if zeroes:
@@ -1564,6 +1572,20 @@ class Qcow2Node(FormatNode):
             wstats.note_unheard(self.file, header)
         if size < old:
             wstats.cut_file(self.file, image.layout.truncate_file)
+
+    def _prealloc_checks(self, old: int, size: int, prealloc: str) -> None:
+        """qcow2_co_truncate's for a preallocating truncate (qemu-img resize ``--preallocation``), and what bitlab
+        does not simulate of it: an image with a backing file (the old last cluster's copy on write would copy the
+        backing file's bytes; a longer backing file zeroes the new stretch, BDRV_REQ_ZERO_WRITE), an old last
+        cluster that is compressed."""
+        if size < old:
+            raise generic("Preallocation can't be used for shrinking an image")
+        if self.backing is not None or self.image.backing_file:
+            raise generic("bitlab does not simulate resizing a qcow2 node with a backing file with preallocation")
+        cs = self.image.cluster_size
+        if self._compressed_at(old // cs * cs, old):
+            raise generic("bitlab does not simulate resizing a qcow2 node with preallocation from inside a "
+                          "compressed cluster")
 
     def _zero_grown(self, old: int, size: int) -> None:
         """qcow2_co_truncate with BDRV_REQ_ZERO_WRITE (the backing file is longer than the old disk): the new

@@ -39,6 +39,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..errors import generic
 from . import hostfs
 from .extents import SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, _stab_max, range_items
 
@@ -195,6 +196,7 @@ class HostLayout:
         self.bitmap_clusters: dict[str, list[tuple[int, int]]] = {}  # a stored bitmap's data and table
         self.directory: tuple[int, int] | None = None  # the bitmap directory: (first cluster, clusters)
         self.refblock_hosts = [2]  # the host cluster of each refcount block
+        self.reftable = (1, 1)  # the refcount table: (first host cluster, clusters)
         self.dirty_refblocks: set[int] = set()  # refcount blocks changed in the cache, not written yet
         self.dirty_l2: set[int] = set()  # L2 tables (L1 indices) changed in the cache, not written yet
         self.written: list[tuple[np.ndarray, np.ndarray]] = []  # metadata writes (byte offsets, lengths)
@@ -613,11 +615,12 @@ class HostLayout:
         """Whether ``clusters`` more host clusters from the file's end may need a new refcount block."""
         return self.top + clusters > self.refblocks * self.refblock_span
 
-    def _refblocks_for(self, start: int, end: int) -> None:
+    def _refblocks_for(self, start: int, end: int) -> bool:
         """New refcount blocks for an allocation ``[start, end)`` (its clusters counted): each the first free
         cluster from ``end`` on (alloc_refcount_block, then the allocation is retried in place: the clusters
         past those the blocks covered are counted again after the caches' write-back, the file's new block
-        holding them free)."""
+        holding them free). True where a block did not fit into the refcount table, which then grew: the
+        allocation is to be tried again (free_cluster_index lowered by the old table's clusters)."""
         while end > self.refblocks * self.refblock_span:
             covered = self.refblocks * self.refblock_span
             fs, fe = self._free_runs()
@@ -629,13 +632,21 @@ class HostLayout:
                 self._refcounts_changed_range(start, covered)
                 self._refcounts_changed_range(start, covered)
             self._refcounts_changed_range(covered, end)
-            self.refblocks += 1
+            self.refblocks = len(self.refblock_hosts)
+            if self._table_full():
+                self._grow_reftable(self.refblocks - 1, block)
+                return True
+        return False
+
+    def _table_full(self) -> bool:
+        """Whether the refcount blocks have outgrown the refcount table (the last one has no entry)."""
+        return len(self.refblock_hosts) > self.reftable[1] * self.cs // 8
 
     def _hook_refblock(self, host: int, write_back: bool = True) -> None:
         """A new refcount block at host cluster ``host`` (alloc_refcount_block): the L2 table cache written
         back (the refcount table is written next), the block (counting itself) written with every dirty one
-        (the refcount block cache flushed), then its refcount table entry (8 bytes, at once; the refcount table
-        is the file's second cluster and, not growing here, holds a cluster's worth of entries). ``write_back``
+        (the refcount block cache flushed), then its refcount table entry (8 bytes, at once, where the refcount
+        table has room: else it grows, :meth:`_grow_reftable`). ``write_back``
         False: a batch's, whose caches :meth:`_batch_tables` writes back at its last cut."""
         if write_back:
             self._flush_cache("l2")
@@ -649,8 +660,9 @@ class HostLayout:
             self._flush_cache("rb")
         else:  # (written at once, whole)
             self._write([host * self.cs], [self.cs])
-        if index < self.cs // 8:
-            self._write([self.cs + 8 * index], [8], "reftable", [index])
+        table, clusters = self.reftable
+        if index < clusters * self.cs // 8:
+            self._write([table * self.cs + 8 * index], [8], "reftable", [index])
 
     def _first_fit(self, n: int) -> int:
         """The first host cluster of the first ``n`` free ones in a row from free_cluster_index (the free map
@@ -685,7 +697,11 @@ class HostLayout:
         self._refcount_events(pos, pos + n, scanned=self.fci)
         self._take(pos, n)
         self.fci = pos + n
-        self._refblocks_for(pos, pos + n)
+        if self._refblocks_for(pos, pos + n):  # (-EAGAIN after the table grew: counted down, searched again)
+            self.free.write(pos, n, FREE)
+            self._refcounts_changed_range(pos, pos + n)
+            self.fci = min(self.fci, pos)
+            return self.alloc(n)
         return pos
 
     def alloc_at(self, pos: int, n: int) -> int:
@@ -711,10 +727,15 @@ class HostLayout:
             self._take(at, 1, counted=False)
             if covered > pos:
                 self._refcounts_changed_range(pos, covered)
-            self.refblocks += 1
+            self.refblocks = len(self.refblock_hosts)
             self.fci = min(at + 1, pos) if covered > pos else at + 1
             if pos <= at < pos + k:
                 k = at - pos
+            if self._table_full():  # (the new table and blocks may lie inside what was free)
+                self._grow_reftable(self.refblocks - 1, at)
+                fs, fe = self._free_runs()
+                i = int(np.searchsorted(fe, pos, "right"))
+                k = min(k, int(fe[i]) - pos) if i < fs.size and fs[i] <= pos else 0
             fs, fe = self._free_runs()
         if k:
             self._take(pos, k)
@@ -1056,7 +1077,7 @@ class HostLayout:
         zeroing = ~data  # zero clusters (keeping their host cluster or not), unallocated ones
         single = self._links_in_place(c0, c1, data)  # requests that go one by one
         if not zeroing.any():
-            if not single.any() and not self.has_holes():
+            if not single.any() and not self.has_holes() and self._below_table(c0, c1, data) == c0.size:
                 self._batch(c0, c1, data, zeroing)
                 return
             f0 = f1 = c0
@@ -1076,6 +1097,7 @@ class HostLayout:
             if not self.has_holes():
                 rest = np.flatnonzero(single[i:])
                 k = i + int(rest[0]) if rest.size else n
+                k = i + self._below_table(c0[i:k], c1[i:k], data[i:k])  # (the table grows request by request)
                 if k > i:
                     self._batch(c0[i:k], c1[i:k], data[i:k], zeroing[i:k], flags[i:k])
                     i = k
@@ -1085,6 +1107,16 @@ class HostLayout:
             else:
                 self.zero_request(int(c0[i]), int(c1[i]), int(f0[i]), int(f1[i]), int(values[i]))
             i += 1
+
+    def _below_table(self, c0: np.ndarray, c1: np.ndarray, data: np.ndarray) -> int:
+        """How many of these requests, from the first, surely allocate nothing past what the refcount table's blocks
+        may count (data clusters, an L2 table each table they reach, a refcount block a span: at most)."""
+        room = self.reftable[1] * self.cs // 8 * self.refblock_span - self.end_cluster()
+        if c0.size and int((c1 - c0).sum()) + 2 * c0.size + 2 < room // 2:  # (the usual case: far below)
+            return c0.size
+        most = np.cumsum(np.where(data, c1 - c0, 0) + (c1 - 1) // self.per_l2 - c0 // self.per_l2 + 2)
+        most += most // self.refblock_span + 1
+        return int(np.searchsorted(most, room, "right"))
 
     def _links_in_place(self, c0: np.ndarray, c1: np.ndarray, data: np.ndarray) -> np.ndarray:
         """Which data requests cover a zero cluster keeping its host cluster (written in place, its L2
@@ -1831,6 +1863,98 @@ class HostLayout:
         for a, b in zip(seg[in_data & ~in_layout].tolist(), bounds[1:][in_data & ~in_layout].tolist()):
             self._request(a, b)
 
+    # -- preallocation=falloc|full (qcow2_co_truncate) ----------------------------------------
+    def refcount_area(self, start: int, additional: int, exact: bool = True) -> int:
+        """qcow2_refcount_area: refcount blocks and a new refcount table for the clusters up to ``start +
+        additional`` and themselves, from host cluster ``start`` on (past the clusters in use): the blocks the table
+        lacks from the one covering ``start`` on, then the table (``exact`` False: half as many entries again); every
+        block of the area written (the refcount block cache flushed), the table whole, the header pointed at it (12
+        bytes at 48), the old table freed. Returns the cluster after the table."""
+        cs, span = self.cs, self.refblock_span
+        total = refcount_blocks(start + additional, cs, generous=not exact)
+        per_table = cs // 8
+        entries = total if exact else total + -(-total // 2)
+        clusters = -(-entries // per_table)
+        area = start // span
+        hosts = self.refblock_hosts[:clusters * per_table]
+        if area > len(hosts):  # (alloc_refcount_block's new block far past the clusters it counts)
+            raise generic("bitlab does not simulate a refcount table with a gap (a refcount block past the clusters "
+                          "the one before it counts)")
+        fresh = max(total - len(hosts), 0)
+        hosts += range(start, start + fresh)
+        table = start + fresh
+        end = table + clusters
+        self.refblock_hosts, self.refblocks = hosts, len(hosts)
+        self._take(start, end - start)
+        self.dirty_refblocks.update(range(area, total))
+        self.rb_cached.update(range(area, total))
+        self._flush_cache("rb")
+        self._write([table * cs, 48], [clusters * cs, 12])
+        old = self.reftable
+        self.reftable = (table, clusters)
+        self.release(np.array([old[0]]), np.array([old[0] + old[1]]))
+        return end
+
+    def _grow_reftable(self, index: int, host: int) -> None:
+        """alloc_refcount_block past the refcount table's end: refcount block ``index`` (at ``host``, written) goes
+        into a new table, made with the blocks it lacks at the start of the next stretch of clusters no block counts
+        (qcow2_refcount_area with room to spare); the caller's allocation is then tried again (-EAGAIN)."""
+        span = self.refblock_span
+        used = max(index * span + 1, host + 1)
+        self.refcount_area(-(-used // span) * span, 0, exact=False)
+
+    def preallocate(self, c0: int, mode: str) -> None:
+        """A truncate with ``preallocation=falloc`` or ``full`` over the guest clusters from ``c0`` to the disk's end
+        (qcow2_co_truncate): the refcount structures for them and their L2 tables after the file's last cluster in
+        use (:meth:`refcount_area`), the data clusters right after in one run, the file grown over them from its
+        old end (``falloc``: allocated, unwritten; ``full``: zeroes written), then L2 table by L2 table their entries
+        linked (qcow2_alloc_cluster_link_l2; l2_allocate takes the first free cluster from free_cluster_index, which
+        the old refcount table's freed clusters lowered), a host cluster ``c0`` had freed after its table's links;
+        the caches written back, the header's size (8 bytes at 24)."""
+        cs = self.cs
+        n = max(-(-self.size // cs) - c0, 0)
+        length = self.top
+        at = self.refcount_area(self.end_cluster(), n + -(-n // self.per_l2) + 1)
+        if not n:
+            return
+        i0, i1 = c0 // self.per_l2, (c0 + n - 1) // self.per_l2 + 1
+        self._take(at, n)
+        grown = max(length, at)
+        hostfs.mark(self.fs_blocks(), np.array([grown * cs]), np.array([(at + n - grown) * cs]),
+                    hostfs.UNWRITTEN if mode == "falloc" else hostfs.WRITTEN)
+        self.fs_plain = False
+        old = self.guest.peek(c0)
+        missing = self.l2_missing(i0, i1 - 1)
+        if old != NONE:  # (its table exists: linked first, then the old cluster freed)
+            self.release(np.array([c0 + old]), np.array([c0 + old + 1]))
+        if missing.size:
+            hosts = self._first_free(missing.size)
+            self.free.write_batch(hosts, np.ones(hosts.size, dtype=np.int64), USED)
+            self.top = max(self.top, int(hosts[-1]) + 1)
+            self.partial_end = None
+            self._refcounts_changed(hosts, hosts + 1)
+            self.fci = int(hosts[-1]) + 1
+            self.l2.write_batch(missing, np.ones(missing.size, dtype=np.int64), hosts)
+            self._flush_cache("rb")
+            self._write(np.concatenate((hosts * cs, self.l1_offset + 8 * missing)),
+                        np.concatenate((np.full(hosts.size, cs), np.full(missing.size, 8))))
+            self.l2_cached.update(missing.tolist())
+        self.guest.write(c0, n, at - c0)
+        self.zero_flag.write(c0, n, 0)
+        self.dirty_l2.update(range(i0, i1))
+        self.depends["l2"] = "rb"
+        self.flush()
+        self._write([24], [8])
+
+    def _first_free(self, n: int) -> np.ndarray:
+        """The first ``n`` free host clusters from free_cluster_index on, in order."""
+        fs, fe = self._free_runs()
+        fs = np.maximum(fs, self.fci)
+        keep = fe > fs
+        fs, fe = fs[keep], fe[keep]
+        take = np.minimum(fe - fs, np.maximum(n - (np.cumsum(fe - fs) - (fe - fs)), 0))
+        return range_items(fs[take > 0], take[take > 0])
+
     # -- block_resize ------------------------------------------------------------------------
     def l1_needed(self, size: int) -> int:
         """L1 entries a disk of ``size`` bytes needs (size_to_l1)."""
@@ -1908,14 +2032,38 @@ class HostLayout:
                        ends: np.ndarray) -> HostLayout:
         """A layout for clusters ``[starts, ends)`` written in ascending guest order."""
         layout = cls(size, cluster_size)
-        if starts.size:
-            zero = np.zeros(starts.size, dtype=bool)
-            layout._batch(starts, ends, ~zero, zero)
+        i, data = 0, np.ones(starts.size, dtype=bool)
+        while i < starts.size:  # (in one batch, unless the refcount table must grow on the way)
+            k = i + layout._below_table(starts[i:], ends[i:], data[i:])
+            if k > i and not layout.has_holes():
+                layout._batch(starts[i:k], ends[i:k], data[i:k], ~data[i:k])
+                i = k
+            else:
+                layout._request(int(starts[i]), int(ends[i]))
+                i += 1
         layout.dirty_l2.clear()  # (as a file just opened: nothing in the caches)
         layout.dirty_refblocks.clear()
         layout.written.clear()
         layout.depends = {"l2": None, "rb": None}
         return layout
+
+
+def refcount_blocks(clusters: int, cluster_size: int, generous: bool = False) -> int:
+    """The refcount blocks an image of ``clusters`` host clusters needs, counting the refcount structures
+    themselves (qcow2_refcount_metadata_size: 16-bit refcounts, the fixed point; ``generous``: room for a table
+    half as large again)."""
+    per_block, per_table = cluster_size * 8 // 16, cluster_size // 8
+    blocks = table = n = 0
+    while True:
+        last = n
+        blocks = -(-(clusters + table + blocks) // per_block)
+        table = -(-blocks // per_table)
+        n = clusters + blocks + table
+        if n == last and generous:
+            clusters += -(-table // 2)
+            n, generous = 0, False
+        elif n == last:
+            return blocks
 
 
 def _discard_list(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -153,20 +153,64 @@ class ImageFile:
         if self.unwritten is not None:
             hostfs.punch(self.unwritten, offsets, ends - offsets)
 
-    def preallocate_metadata(self) -> None:
-        """preallocate_co over a new qcow2 image (``preallocation=metadata``): every cluster gets its L2 entry and a
-        host cluster, as one request over the disk allocates them (each L2 table, then its clusters), and the file
-        ends after the last; nothing is written into them (PREALLOC)."""
-        if self.data.size:
-            self.data.write(0, self.data.size, PREALLOC)
-            self.data.runs()
-            layout = self.layout
-            layout.fs_plain = False  # (its data clusters are not all allocated: the shortcuts do not hold)
-            cs, rest = self.cluster_size, self.data.size % self.cluster_size
-            if rest:  # the last cluster's part past the disk's end is written: its copy on write (perform_cow)
-                last = self.data.size // cs
-                _, _, shift = layout.hosted(last, last + 1)
-                hostfs.mark(layout.fs_blocks(), np.array([(last + int(shift[0])) * cs + rest]), np.array([cs - rest]))
+    def preallocate_metadata(self, old: int = 0) -> None:
+        """preallocate_co from ``old`` bytes (0: a new qcow2 image, ``preallocation=metadata``; the content already at
+        the new length): every cluster from there gets its L2 entry and a host cluster, as one request over them
+        allocates them (each L2 table, then its clusters), and the file ends after the last; nothing is written
+        into them (PREALLOC). The old last cluster, if it has a host cluster, is left as it is (it shows what it
+        holds past ``old``); else it is allocated too, its part before ``old`` copied (perform_cow: what it read,
+        written as data). A last cluster the disk ends inside has its part past the end written (perform_cow)."""
+        cs, size = self.cluster_size, self.data.size
+        head = old // cs * cs
+        layout = self.layout
+        runs = []
+        if old > head:
+            c = head // cs
+            hs, _, _ = layout.hosted(c, c + 1)
+            if hs.size and not layout.zero_flag.peek(c):  # (written in place: nothing to allocate there)
+                self.expose_tail(old)
+                old = min(head + cs, size)
+            else:
+                runs.append(self._copied_head(head, old))
+        if size > old:
+            runs.append((np.array([old]), np.array([size]), np.array([PREALLOC])))
+        if not runs:
+            return
+        starts, ends, values = (np.concatenate(parts) for parts in zip(*runs))
+        self.data.write_batch(starts, ends - starts, values)
+        self.data.runs()
+        layout = self.layout
+        layout.fs_plain = False  # (its data clusters are not all allocated: the shortcuts do not hold)
+        rest = size % cs
+        if rest and size // cs * cs >= int(starts[0]):  # the last cluster, allocated here: its part past the disk's
+            last = size // cs  # end is written (its copy on write, perform_cow)
+            _, _, shift = layout.hosted(last, last + 1)
+            hostfs.mark(layout.fs_blocks(), np.array([(last + int(shift[0])) * cs + rest]), np.array([cs - rest]))
+
+    def preallocate_data(self, mode: str, old: int = 0) -> None:
+        """qcow2_co_truncate from ``old`` bytes (the content already at the new length) with ``preallocation=falloc``
+        or ``full``: every cluster from the one ``old`` lies in gets its L2 entry and a new host cluster
+        (:meth:`HostLayout.preallocate`), the file allocating them (unwritten, or written with zeroes); nothing is
+        written into them as qcow2 sees it (PREALLOC: they read zeroes), but for the part of the old last cluster
+        before ``old``, which its copy on write copies (perform_cow: what it read, written as data)."""
+        cs = self.cluster_size
+        head = old // cs * cs
+        layout = self.layout
+        runs = [(np.array([old]), np.array([self.data.size]), np.array([PREALLOC]))] if self.data.size > old else []
+        if old > head:
+            if layout.hosted(head // cs, head // cs + 1)[0].size:  # (its host cluster is freed: the file keeps it)
+                hostfs.record(layout, self.data, head // cs, head // cs + 1)
+            runs.insert(0, self._copied_head(head, old))
+        if runs:
+            self._write_unwatched(*(np.concatenate(parts) for parts in zip(*runs)))
+        self.tail = None
+        layout.preallocate(head // cs, mode)
+
+    def _copied_head(self, head: int, old: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A new host cluster's part ``[head, old)`` as its copy on write writes it (perform_cow): what the guest
+        cluster read, as data (zeroes read from a hole, a zero cluster or a preallocated one: zero bytes)."""
+        s, e, v = self.data.extents(head, old - head)
+        return s, e, np.where((v < 0) | (v == PREALLOC), 0, v)
 
     def truncate_raw(self, size: int, prealloc: str = "off") -> None:
         """handle_aiocb_truncate: a raw file takes the length ``size``, its new stretch a hole (ftruncate),

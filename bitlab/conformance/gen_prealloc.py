@@ -1,17 +1,18 @@
 """Random scenarios over preallocated images (``bitlab conformance --focus prealloc``).
 
 A scenario of the random mix (:func:`.generator.random_scenario`) whose qcow2 images are created with
-``preallocation=metadata`` now and then: each ``qemu-img create`` of a qcow2 image without a backing file, and
-each ``blockdev-create`` of one, on a stream of its own (``{seed}/{index}/prealloc``), with a chance of
-:data:`CHANCE`. Nothing else changes: the same steps, the images made sparse with every cluster allocated (see
-README, "The host file"). So every episode — backups from and into such images, shrinks and discards, blkdebug
-rules, overlays, exports, persistent bitmaps — meets clusters that hold nothing and holes in the file.
+``preallocation=metadata`` now and then (from seed :data:`MODES_SINCE` on, ``falloc`` or ``full`` too): each
+``qemu-img create`` of a qcow2 image without a backing file, and each ``blockdev-create`` of one, on a stream of its
+own (``{seed}/{index}/prealloc``), with a chance of :data:`CHANCE`. Nothing else changes: the same steps, the images
+made with every cluster allocated (see README, "The host file"). So every episode — backups from and into such
+images, shrinks and discards, blkdebug rules, overlays, exports, persistent bitmaps — meets clusters that hold
+nothing, and holes or unwritten blocks in the file.
 
 Not an image under a blkdebug node: the blkdebug episodes choose their rules for the images they make, and a zero
 write over part of a preallocated cluster becomes data writes (one before and one after a cluster boundary), which
 bitlab takes as tasks that go on when the first fails, where QEMU's bdrv_co_do_pwrite_zeroes stops (README, known
-differences). Not an image of 512-byte clusters: preallocated, a disk of more than 8 MiB outgrows its refcount
-table, which bitlab does not grow (README, known differences). Not an image whose file node some step opens with
+differences). Before seed :data:`MODES_SINCE`, not an image of 512-byte clusters (bitlab did not grow a refcount table
+then: a preallocated disk of more than 8 MiB outgrows it). Not an image whose file node some step opens with
 ``detect-zeroes``: qcow2's writes of zero bytes become zero
 writes there, unwritten blocks the image's block status then reads as holes, which bitlab takes as written (README,
 known differences); a preallocated image looks preallocated, so its map would show them.
@@ -25,31 +26,38 @@ import random
 from .generator import random_scenario
 
 CHANCE = 0.6  # for each qcow2 image made without a backing file
+MODES_SINCE = 29000  # seeds from this one on: preallocation=falloc and full too, and 512-byte clusters (older seeds
+# keep the scenarios they had: metadata only)
+MODES = ("metadata", "metadata", "falloc", "full")
 
 
-def _preallocate(step: dict, rng: random.Random) -> bool:
-    """Add ``preallocation=metadata`` to a step creating a qcow2 image without a backing file (in place), by
-    chance; whether it did."""
+def _preallocate(step: dict, rng: random.Random, modes: random.Random | None) -> bool:
+    """Add ``preallocation`` to a step creating a qcow2 image without a backing file (in place), by chance;
+    whether it did. The mode: metadata, or (``modes``: its own stream) any of :data:`MODES`."""
+    def mode() -> str:
+        return "metadata" if modes is None else modes.choice(MODES)
+
+    small = modes is None  # (512-byte clusters left out: see the docstring)
     args = step.get("qemu-img")
     if args and args[0] == "create" and "-b" not in args and "-f" in args and args[args.index("-f") + 1] == "qcow2":
         if "-o" in args:
             at = args.index("-o") + 1
             options = args[at].split(",")
-            if "backing" in args[at] or "preallocation" in args[at] or "cluster_size=512" in options \
+            if "backing" in args[at] or "preallocation" in args[at] or small and "cluster_size=512" in options \
                     or rng.random() >= CHANCE:
                 return False
-            args[at] += ",preallocation=metadata"
+            args[at] += f",preallocation={mode()}"
             return True
         if rng.random() >= CHANCE:
             return False
-        args[1:1] = ["-o", "preallocation=metadata"]
+        args[1:1] = ["-o", f"preallocation={mode()}"]
         return True
     qmp = step.get("qmp")
     if qmp and qmp.get("execute") == "blockdev-create":
         options = qmp["arguments"]["options"]
         if options.get("driver") == "qcow2" and "backing-file" not in options and "preallocation" not in options \
-                and options.get("cluster-size") != 512 and rng.random() < CHANCE:
-            options["preallocation"] = "metadata"
+                and not (small and options.get("cluster-size") == 512) and rng.random() < CHANCE:
+            options["preallocation"] = mode()
             return True
     return False
 
@@ -106,10 +114,11 @@ def prealloc_scenario(seed: int, index: int = 0) -> dict:
     """:func:`.generator.random_scenario` with some of its qcow2 images preallocated (see the module's docstring)."""
     scenario = copy.deepcopy(random_scenario(seed, index))
     rng = random.Random(f"{seed}/{index}/prealloc")
+    modes = random.Random(f"{seed}/{index}/prealloc-mode") if seed >= MODES_SINCE else None
     left_out = _detecting_files(scenario["steps"], set()) | _under_blkdebug(scenario["steps"])
     for step in scenario["steps"]:
         if _creates(step) in left_out:
             continue
-        _preallocate(step, rng)
+        _preallocate(step, rng, modes)
     scenario["name"] = scenario["name"].replace("random-", "prealloc-", 1)
     return scenario

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..block import batch_writes
+from ..block.create import prealloc_image
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import ZERO_ALLOC, clip_runs, touched_mask
 from ..block.graph import BlockGraph
@@ -88,7 +89,7 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if "-c" in opts and prealloc != "off":
         raise QemuImgError("qemu-img: Compression and preallocation not supported at the same time\n")
     if any(name in values for name in ("backing_file", "backing_fmt")) or \
-            (fmt == "qcow2" and prealloc != "off") or values.get("nocow") or "extent_size_hint" in values:
+            values.get("nocow") or "extent_size_hint" in values:
         raise QemuImgError("qemu-img: bitlab does not simulate these -o options of 'qemu-img convert'\n")
     s, e, v = content(chain, 0, size)
     out = positional[1]
@@ -106,18 +107,18 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         target.truncate_raw(size, prealloc)
     else:
         target = store.create(key, "qcow2", size, cluster_size=cluster, compat="0.10" if version == 2 else "1.1")
+        prealloc_image(target, prealloc)
     if bitmaps and not target.is_qcow2:
         raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
     if "-c" in opts:
         _write_compressed(target, s, e, v, sparse)
     else:
-        if target.is_qcow2 or not sparse:
-            data = v != 0 if sparse else np.ones(v.size, dtype=bool)  # -S 0: zeroes written too (fully allocated)
-            target.data.write_batch(s[data], (e - s)[data], v[data])
-        else:  # a new raw file: img_convert's data requests (it reads zeroes: no zero ones), their zeroes written
+        if not sparse:  # -S 0: zeroes written too (fully allocated)
+            target.data.write_batch(s, e - s, v)
+        else:  # a new file: img_convert's data requests (it reads zeroes: no zero ones), their zeroes written
             offsets, lengths, zero = convert_nbd.requests(chain, size, sparse)
             ds, de, dv, _ = clip_runs(s, e, v, offsets[~zero], offsets[~zero] + lengths[~zero])
-            target.data.write_batch(ds, de - ds, np.where(dv <= 0, ZERO_ALLOC, dv))
+            target.data.write_batch(ds, de - ds, np.where(dv <= 0, 0 if target.is_qcow2 else ZERO_ALLOC, dv))
     if bitmaps:
         _copy_bitmaps(chain[0].image, target)
     return ""

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..block import perms
-from ..block.create import CreateFailed, check_qcow2_options, not_simulated_qcow2
+from ..block.create import CreateFailed, check_qcow2_options, not_simulated_qcow2, prealloc_image
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import range_items
 from ..block.info import file_image_info, image_info_dump
@@ -142,8 +142,7 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     # qcow2_co_create_opts rounds the size up to a sector, silently (the line above says what was asked)
     image = store.create(key, "qcow2", round_sector(size), cluster_size=cluster, backing_file=backing or None,
                          backing_fmt=backing_fmt, compat="0.10" if version == 2 else "1.1")
-    if values.get("preallocation") == "metadata":
-        image.preallocate_metadata()
+    prealloc_image(image, str(values.get("preallocation", "off")))
     return line
 
 

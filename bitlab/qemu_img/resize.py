@@ -70,8 +70,6 @@ def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(f"{warning}qemu-img: Preallocation can only be used for growing images\n")
         if total < current and "--shrink" not in opts:
             raise QemuImgError(warning + SHRINK_ERROR)
-        if prealloc != "off" and image.is_qcow2:
-            raise QemuImgError(f"qemu-img: bitlab does not simulate --preallocation={prealloc} for qcow2 images\n")
         try:
             node.resize(total, prealloc)
         except QMPError as err:

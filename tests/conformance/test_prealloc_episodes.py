@@ -78,6 +78,15 @@ def test_only_the_creations_change(seed, index):
         assert "preallocation" in text and ("create" in text)
 
 
+def test_later_seeds_preallocate_data_too():
+    def modes(seed: int) -> set[str]:
+        text = " ".join(str(prealloc_scenario(seed, index)["steps"]) for index in range(12))
+        return {mode for mode in ("metadata", "falloc", "full") if f"preallocation={mode}" in text
+                or f"'preallocation': '{mode}'" in text}
+    assert modes(28300) == {"metadata"}  # (the scenarios older runs played stay as they were)
+    assert modes(29100) == {"metadata", "falloc", "full"}
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("name,steps", [("pending", PENDING), ("shrink", SHRINK), ("filtered", FILTERED)])
 def test_stories_match_qemu(name, steps):

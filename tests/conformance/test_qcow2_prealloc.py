@@ -3,7 +3,7 @@ entry and a host cluster, as one request over the disk would (each L2 table, the
 to the last of them; nothing is written into them, so the file stays sparse (a 64 MiB disk: 260 KiB on the host),
 the image looks preallocated to qcow2 (its block status asks the file: ``"zero": true, "data": true``), writes go
 into the clusters in place (their other blocks stay holes), and a zero write that keeps a cluster keeps its holes.
-``falloc`` and ``full`` (qcow2_co_truncate's refcount area) stay refused as not simulated.
+``falloc`` and ``full``: tests/conformance/test_qcow2_prealloc_data.py.
 """
 
 from __future__ import annotations
@@ -110,13 +110,6 @@ def test_a_partial_last_cluster_is_written_past_the_end():
     assert [o["actual-size"][0] for o in looks] == [331776, 53248, 9441280]
     assert looks[0]["map"][-1] == {"start": 4 * M, "length": 512, "depth": 0, "present": True, "zero": False,
                                    "data": True, "offset": 4521984}
-
-
-def test_falloc_and_full_are_not_simulated():
-    vm = Machine()
-    for mode in ("falloc", "full"):
-        with pytest.raises(Exception, match="bitlab does not simulate preallocated qcow2 images"):
-            vm.qemu_img("create", "-f", "qcow2", "-o", f"preallocation={mode}", "f.qcow2", "1M")
 
 
 def test_a_terabyte_preallocated():
