@@ -905,6 +905,8 @@ class BlockGraph:
         if clean and isinstance(node, Qcow2Node):
             node.close_flush()  # bdrv_close flushes first
             self._store_bitmaps(node)
+        elif isinstance(node, Qcow2Node):  # (killed: the file keeps what the caches wrote back)
+            node.image.crash()
         if isinstance(node, CbwNode) and node.copy_bitmap is not None:  # block_copy_state_free
             source = node.child("file")
             if source is not None and node.copy_bitmap in source.bitmaps:

@@ -105,7 +105,7 @@ def cut(fs: ExtentMap, length: int) -> None:
     fs.write(first, FS_BLOCKS - first, HOLE)
 
 
-def _union(starts: np.ndarray, ends: np.ndarray) -> Ranges:
+def union(starts: np.ndarray, ends: np.ndarray) -> Ranges:
     """Ranges (any order) merged where they meet or touch: sorted, disjoint."""
     keep = ends > starts
     starts, ends = starts[keep], ends[keep]
@@ -126,7 +126,7 @@ def _intersect(a: Ranges, b: Ranges) -> Ranges:
     bounds = np.unique(np.concatenate((a[0], a[1], b[0], b[1])))
     seg = bounds[:-1]
     both = _covers(a, seg) & _covers(b, seg)
-    return _union(seg[both], bounds[1:][both])
+    return union(seg[both], bounds[1:][both])
 
 
 def _covers(ranges: Ranges, points: np.ndarray) -> np.ndarray:
@@ -153,14 +153,14 @@ def in_use(layout: HostLayout, data: ExtentMap, c0: int = 0, c1: int | None = No
     ps, pe, pv, ptr = data.gather(hs * cs, np.minimum(he * cs, data.size))
     shift = np.repeat(hv, np.diff(ptr)) * cs  # guest byte -> host byte, piece by piece
     isdata = pv >= 0
-    clusters = _union((ps[isdata] // cs) * cs + shift[isdata], -(-pe[isdata] // cs) * cs + shift[isdata])
+    clusters = union((ps[isdata] // cs) * cs + shift[isdata], -(-pe[isdata] // cs) * cs + shift[isdata])
     pre = pv == PREALLOC
     bounds_of, kept = clusters, (_EMPTY, _EMPTY)
     if pre.any():  # preallocated clusters: allocated as their data's blocks are, no more (no handle_alloc_space)
         held = clusters
         isdata = isdata & ~pre
-        kept = _union((ps[pre] // cs) * cs + shift[pre], -(-pe[pre] // cs) * cs + shift[pre])
-        clusters = _subtract(_union((ps[isdata] // cs) * cs + shift[isdata],
+        kept = union((ps[pre] // cs) * cs + shift[pre], -(-pe[pre] // cs) * cs + shift[pre])
+        clusters = _subtract(union((ps[isdata] // cs) * cs + shift[isdata],
                                     -(-pe[isdata] // cs) * cs + shift[isdata]), kept)
         bounds_of = held
     if cs <= BLOCK and not pre.any():  # a cluster's data writes its blocks whole (a partial block is read, changed,
@@ -175,12 +175,12 @@ def in_use(layout: HostLayout, data: ExtentMap, c0: int = 0, c1: int | None = No
         if copied.any():
             own = np.repeat(hv, np.diff(cptr))[copied]
             ws, we = np.concatenate((ws, (cs_[copied] + own) * cs)), np.concatenate((we, (ce_[copied] + own) * cs))
-        written = _union(ws, we)
-    hosted = _union((hs + hv) * cs, (he + hv) * cs)
+        written = union(ws, we)
+    hosted = union((hs + hv) * cs, (he + hv) * cs)
     bounds = np.unique(np.concatenate((hosted[0], hosted[1], bounds_of[0], bounds_of[1])))
     seg = bounds[:-1]
     bare = _covers(hosted, seg) & ~_covers(bounds_of, seg)
-    return clusters, written, _union(seg[bare], bounds[1:][bare]), kept
+    return clusters, written, union(seg[bare], bounds[1:][bare]), kept
 
 
 def _subtract(a: Ranges, b: Ranges) -> Ranges:
@@ -190,7 +190,7 @@ def _subtract(a: Ranges, b: Ranges) -> Ranges:
     bounds = np.unique(np.concatenate((a[0], a[1], b[0], b[1])))
     seg = bounds[:-1]
     keep = _covers(a, seg) & ~_covers(b, seg)
-    return _union(seg[keep], bounds[1:][keep])
+    return union(seg[keep], bounds[1:][keep])
 
 
 def record(layout: HostLayout, data: ExtentMap, c0: int, c1: int) -> None:

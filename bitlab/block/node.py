@@ -1564,7 +1564,9 @@ class Qcow2Node(FormatNode):
             image.expose_tail(old)
         if zeroes:
             self._zero_grown(old, size)
-        header = (np.array([cs, 24]), np.array([cs, 8])) if size < old else (np.array([24]), np.array([8]))
+        table, clusters = image.layout.reftable  # (a shrink rewrites the refcount table first: qcow2_shrink_reftable)
+        header = ((np.array([table * cs, 24]), np.array([clusters * cs, 8])) if size < old
+                  else (np.array([24]), np.array([8])))
         if listen:  # (before it: a shrink's caches written (qcow2_shrink_reftable), a grow's new L1 table)
             self.file.note_write(*image.layout.drain_written())
             self.file.note_write(*header)  # (shrinking: the refcount table rewritten first)

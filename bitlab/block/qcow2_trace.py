@@ -605,7 +605,7 @@ def _extension_reads(image: Any) -> list:
 
 def open_reads(image: Any, blk: BlkdebugNode) -> str | None:
     """qcow2_do_open's reads: the header (112 bytes), the L1 table, then ``reftable_load`` and the refcount
-    table (one cluster), the header extensions and the backing file's name (:func:`_extension_reads`: a rule
+    table (whole clusters), the header extensions and the backing file's name (:func:`_extension_reads`: a rule
     armed by ``reftable_load`` fails them where its sector is in the request, which blkdebug's ``align`` pads);
     QEMU's error if one fails. (The persistent bitmaps' reads come later: :func:`bitmap_open`.)"""
     if not blk.sees(frozenset({"reftable_load"})):
@@ -615,7 +615,8 @@ def open_reads(image: Any, blk: BlkdebugNode) -> str | None:
     items: list = [("r", 0, 104 if image.compat == "0.10" else 112, "header", None)]
     if layout.l1_entries:
         items.append(("r", layout.l1_offset, 8 * layout.l1_entries, "l1", None))
-    items += [("ev", "reftable_load", 1), ("r", cs, cs, "reftable", None), *_extension_reads(image)]
+    table, clusters = layout.reftable
+    items += [("ev", "reftable_load", 1), ("r", table * cs, clusters * cs, "reftable", None), *_extension_reads(image)]
     try:
         blk.run(items)
     except BlockIOError as err:

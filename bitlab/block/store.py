@@ -13,7 +13,7 @@ from bitarray import bitarray
 
 from . import compress, hostfs, qcow2_disk
 from .extents import PREALLOC, SMALL_RUNS, UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap
-from .qcow2_host import NONE, HostLayout
+from .qcow2_host import NONE, USED, HostLayout
 
 QCOW2_DEFAULT_CLUSTER = 65536
 QCOW2_MAX_L1_ENTRIES = (32 << 20) // 8  # QCOW_MAX_L1_SIZE is 32 MiB of 8-byte entries
@@ -65,6 +65,9 @@ class ImageFile:
     # a raw file's blocks allocated without data (unwritten: a zero write's FALLOC_FL_ZERO_RANGE): a block map of
     # hostfs.UNWRITTEN runs over holes, None while there are none; a block holding data is written whatever it says
     unwritten: ExtentMap | None = field(default=None, repr=False, compare=False)
+    # host clusters (runs: starts, ends) whose refcount the file holds though nothing references them: what a QEMU
+    # killed with the image open left (see crash), until ``qemu-img check -r leaks`` frees them
+    leaked: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
     _allocated: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (key, allocated_size)
 
@@ -254,10 +257,51 @@ class ImageFile:
 
     def refcount_errors(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """Host clusters (runs) whose refcount the file has though nothing references them, and the other way
-        round (qemu-img check's leaks and errors): none, but in an image read as its file describes it while
-        QEMU's caches hold more (:meth:`on_disk`)."""
+        round (qemu-img check's leaks and errors): those a killed QEMU left (:meth:`crash`), and in an image read
+        as its file describes it while QEMU's caches hold more (:meth:`on_disk`)."""
         empty = (np.zeros(0, dtype=np.int64),) * 2
-        return empty, empty
+        return self.leaked or empty, empty
+
+    def crash(self) -> None:
+        """QEMU was killed with this image open: the file keeps what QEMU's caches had written back
+        (:meth:`on_disk`: the L2 tables as last written, the refcount blocks likewise), the data written into the
+        clusters it allocated since stays in the file's blocks, and the clusters whose refcount was written but
+        not their link are leaked (qemu-img check: ``Leaked cluster``) until a repair frees them."""
+        if not self.is_qcow2 or self._layout is None:
+            return
+        layout = self.layout
+        found = qcow2_disk.on_disk(layout, self.data)
+        if found is None:
+            return
+        if found.unreferenced[0].size:
+            self.unknown = (f"bitlab does not know what QEMU 7.2 left in '{self.name}': it was killed with "
+                            "references written whose refcounts were not")
+        hs, he, _ = layout.hosted()
+        for a, b in zip(hs.tolist(), he.tolist()):  # (the blocks of the clusters their links lose stay as written)
+            hostfs.record(layout, self.data, a, b)
+        refcounts = found.free.copy()
+        leaked = found.leaked
+        if leaked[0].size:
+            refcounts.write_batch(leaked[0], leaked[1] - leaked[0], USED)
+            self.leaked = leaked if self.leaked is None else hostfs.union(np.concatenate((self.leaked[0], leaked[0])),
+                                                                          np.concatenate((self.leaked[1], leaked[1])))
+        self.data = found.data
+        self.data.watch = _Watcher(self)
+        layout.guest, layout.zero_flag, layout.free = found.guest, found.zero, refcounts
+        layout.fs_plain = False
+        layout.reopen()
+
+    def repair_leaks(self) -> int:
+        """qemu-img check -r: the leaked clusters' refcounts set to 0 (update_refcount, QCOW2_DISCARD_ALWAYS: their
+        discard punches holes, the file child inheriting BDRV_O_UNMAP); how many there were."""
+        if self.leaked is None:
+            return 0
+        starts, ends = self.leaked
+        self.leaked = None
+        layout = self.layout
+        layout.release(starts, ends)
+        layout.punch(starts * self.cluster_size, (ends - starts) * self.cluster_size)
+        return int((ends - starts).sum())
 
     def allocated_size(self) -> int:
         """What the file allocates on the host, ``st_blocks * 512`` (``actual-size``, ``disk size``)."""
