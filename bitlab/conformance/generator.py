@@ -72,6 +72,8 @@ layer (ready, guest writes, then job-complete or a cancel) or the middle one (th
 its top.
 After 60% of the export ops, qemu-img reads an export as a pull-mode backup tool would (its own stream): a map, with
 ``x-dirty-bitmap`` or not, its info, or a convert of it into a new image (``nc<n>``), mapped.
+From seed 29000 on, 15% of the scenarios end with a crash episode of :mod:`.gen_crash` (its own stream): QEMU killed,
+the disks and backup targets checked, mapped and repaired.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ from .gen_commit import CHANCE as COMMIT_CHANCE
 from .gen_commit import Commits, commit_episode
 from .gen_copyrange import CHANCE as COPYRANGE_CHANCE
 from .gen_copyrange import CopyRange, copy_range_episode
+from .gen_crash import CRASH_CHANCE, CRASH_SINCE, crash_episode
 from .gen_discard import CHANCE as DISCARD_CHANCE
 from .gen_discard import Discards, discard_episode
 from .gen_mirror import CHANCE as MIRROR_CHANCE
@@ -220,6 +223,9 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
             steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": name}))
         if node in watched:
             steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": f"{node}f", "name": "fb"}))
+    crashes = random.Random(f"{seed}/{index}/crash")
+    if seed >= CRASH_SINCE and crashes.random() < CRASH_CHANCE:
+        steps += crash_episode(crashes, nodes, st.targets, size)
     return {"name": f"random-{seed}-{index}", "steps": steps}
 
 
