@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 
 from bitlab import Machine, QemuImgError
+from bitlab.conformance.generator import random_scenario
 from bitlab.conformance.steps import wait_job
 from tests.both import on_both
 
@@ -97,6 +98,17 @@ def test_the_file_keeps_what_the_caches_wrote_back():
     assert "disk size: 6.38 MiB" in out[-7]  # (the repair's discards punched the leaked clusters' 1 MiB)
     assert out[-2] == ('[{ "start": 0, "length": 8388608, "depth": 0, "present": false, "zero": true, "data": false}]'
                        "\n")  # the backup's target: none of its tables written back before the kill
+
+
+def test_crash_episodes_from_seed_29000():
+    def kills(seed: int) -> int:
+        return sum(any("kill" in step for step in random_scenario(seed, index)["steps"]) for index in range(60))
+    assert kills(28001) == 0  # (older seeds keep their scenarios)
+    assert 3 <= kills(29201) <= 20
+    scenarios = (random_scenario(29201, index)["steps"] for index in range(60))
+    steps = next(steps for steps in scenarios if any("kill" in step for step in steps))
+    after = steps[[i for i, step in enumerate(steps) if "kill" in step][0] + 1:]
+    assert after[0] == {"qemu-img": ["check", "d0.qcow2"]} and after[-1]["qemu-img"][0] == "check"
 
 
 @pytest.mark.qemu
