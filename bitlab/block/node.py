@@ -1665,9 +1665,12 @@ class Qcow2Node(FormatNode):
             # (v2 has no zero clusters: without a backing file qcow2 discards, table by table too; with one the
             # block layer writes zeroes instead)
             by_table = self.image.compat != "0.10" or self.backing is None
-            qcow2_trace.run(self, blk, lambda: self._store_zeroes(offset, length, unmap), length, frees=True,
-                            done=(offset, lambda upto: self._store_zeroes(offset, upto - offset, unmap))
-                            if by_table else None)
+            # bdrv_co_do_pwrite_zeroes: each piece (head, whole clusters, tail) a request of its own, the next only
+            # once it succeeded (a failed fallback write of the head's zero bytes stops it)
+            for lo, hi in self._zero_pieces(offset, length) if by_table else [(offset, offset + length)]:
+                qcow2_trace.run(self, blk, lambda lo=lo, hi=hi: self._store_zeroes(lo, hi - lo, unmap), hi - lo,
+                                frees=True, done=(lo, lambda upto, lo=lo: self._store_zeroes(lo, upto - lo, unmap))
+                                if by_table else None)
             return
         self._tables_used(offset, length)
         with self._file_sees(frees=True):
@@ -1739,20 +1742,24 @@ class Qcow2Node(FormatNode):
             self._write_data(np.array([offset]), np.array([offset + length]), np.array([0]))
             return
         cs = self.image.cluster_size
-        end = offset + length
-        start, stop = self._whole_clusters(offset, length)
-        if stop > start:  # head, whole clusters, tail: in this order, as bdrv_co_do_pwrite_zeroes splits it
-            pieces = [(offset, start), (start, stop), (stop, end)]
-        else:  # one or two partial clusters
-            boundary = min((offset // cs + 1) * cs, end)
-            pieces = [(offset, boundary), (boundary, end)]
-        for lo, hi in pieces:
-            if hi <= lo:
-                continue
+        for lo, hi in self._zero_pieces(offset, length):
             if lo % cs == 0 and (hi % cs == 0 or hi >= self.size) and hi - lo >= cs:
                 self._zero_clusters(lo, hi, unmap)
             else:
                 self._zero_part(lo, hi, unmap)
+
+    def _zero_pieces(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """The pieces bdrv_co_do_pwrite_zeroes splits a zero write into, in order: head, whole clusters, tail (one
+        or two partial clusters), empty ones left out."""
+        cs = self.image.cluster_size
+        end = offset + length
+        start, stop = self._whole_clusters(offset, length)
+        if stop > start:
+            pieces = [(offset, start), (start, stop), (stop, end)]
+        else:
+            boundary = min((offset // cs + 1) * cs, end)
+            pieces = [(offset, boundary), (boundary, end)]
+        return [(lo, hi) for lo, hi in pieces if hi > lo]
 
     def _zero_part(self, lo: int, hi: int, unmap: bool) -> None:
         """Zeroes over part ``[lo, hi)`` of one cluster: a zero cluster if it may be one, else zero bytes."""

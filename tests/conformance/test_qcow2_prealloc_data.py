@@ -157,6 +157,27 @@ RELOCATED = [  # the refcount table where the preallocation moved it (cluster 4)
 ]
 
 
+def _zero_pieces() -> list[dict]:
+    """A zero write over parts of two clusters qcow2 refuses to zero (preallocated, or data) is written as zero
+    bytes piece by piece (bdrv_co_do_pwrite_zeroes): a blkdebug rule failing the first piece's write stops it there
+    (bitlab wrote the second piece until session 29)."""
+    steps: list[dict] = []
+    for i, (mode, event) in enumerate([("metadata", "pwritev"), ("falloc", "pwritev"), ("full", "pwritev"),
+                                       ("metadata", "pwritev_done"), ("off", "pwritev")]):
+        file = f"z{i}.qcow2"
+        steps.append(_img("create", "-f", "qcow2", "-o", f"preallocation={mode}", file, "4M"))
+        if mode == "off":
+            steps += [_q("blockdev-add", {"driver": "qcow2", "node-name": f"w{i}",
+                                          "file": {"driver": "file", "filename": file}}), _write(f"w{i}", 0, M, 7),
+                      _del(f"w{i}")]
+        steps += [_q("blockdev-add", {"driver": "qcow2", "node-name": f"n{i}", "file": {
+                      "driver": "blkdebug", "inject-error": [{"event": event, "once": True}],
+                      "image": {"driver": "file", "filename": file}}}),
+                  _zero(f"n{i}", 60 * K, 8 * K), _zero(f"n{i}", 2 * M - 4 * K, 72 * K), _del(f"n{i}"),
+                  _img("map", "--output=json", file), _img("check", file)]
+    return steps
+
+
 def _layout(vm: Machine, name: str) -> tuple:
     layout = vm.images[name].layout
     return layout.reftable, layout.refblock_hosts, layout.l2.look(0), layout.guest.peek(0)
@@ -196,6 +217,13 @@ def test_a_grown_last_cluster_moves():
     assert vm.images["p.qcow2"].data.value_at(M) == 0x55  # its first 512 bytes copied
 
 
+def test_a_failed_first_piece_stops_a_zero_write():
+    out = story(_zero_pieces()[:6])(Machine())
+    assert out[2]["stdout"] == "write failed: Input/output error\n"  # the first piece's write of zero bytes
+    assert out[5]["stdout"].startswith('[{ "start": 0, "length": 2093056, "depth": 0, "present": true, "zero": true')
+    # (neither piece of the first zero write reached the file; the second zero write's head did: data)
+
+
 def test_a_terabyte():
     vm = Machine()
     vm.qemu_img("create", "-f", "qcow2", "-o", "preallocation=falloc", "big.qcow2", "1T")
@@ -213,7 +241,8 @@ def test_preallocation_shrinking_or_with_a_backing_file():
         vm.qemu_img("resize", "--preallocation=full", "o.qcow2", "2M")
 
 
-STORIES = {"guest": guest, "resize": resize, "convert": convert, "relocated": lambda mode: RELOCATED}
+STORIES = {"guest": guest, "resize": resize, "convert": convert, "relocated": lambda mode: RELOCATED,
+           "zero-pieces": lambda mode: _zero_pieces()}
 
 
 @pytest.mark.qemu
@@ -221,7 +250,7 @@ STORIES = {"guest": guest, "resize": resize, "convert": convert, "relocated": la
     ("guest", "falloc", "qsd"), ("guest", "full", "qsd"), ("guest", "falloc", "system"),
     ("resize", "falloc", "qsd"), ("resize", "full", "qsd"), ("resize", "metadata", "qsd"),
     ("convert", "falloc", "qsd"), ("convert", "full", "qsd"), ("convert", "metadata", "qsd"),
-    ("relocated", "falloc", "qsd")])
+    ("relocated", "falloc", "qsd"), ("zero-pieces", "", "qsd")])
 def test_matches_qemu(name, mode, daemon):
     want, got = on_both(story(STORIES[name](mode)), daemon)
     assert got == tree_block_tolerated(want, got)
