@@ -271,6 +271,9 @@ class ImageFile:
             return
         layout = self.layout
         found = qcow2_disk.on_disk(layout, self.data)
+        if layout.stale_l1:  # (an L1 entry on disk points at an L2 table freed again: see Qcow2Node.close_flush)
+            self.unknown = (f"bitlab does not know what QEMU 7.2 left in '{self.name}': it was killed with an L1 "
+                            "table entry pointing at an L2 table that was freed again")
         if found is None:
             return
         if found.unreferenced[0].size:
