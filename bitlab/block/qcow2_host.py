@@ -1871,7 +1871,7 @@ class HostLayout:
         block of the area written (the refcount block cache flushed), the table whole, the header pointed at it (12
         bytes at 48), the old table freed. Returns the cluster after the table."""
         cs, span = self.cs, self.refblock_span
-        total = refcount_blocks(start + additional, cs, generous=not exact)
+        total, _ = refcount_metadata(start + additional, cs, generous=not exact)
         per_table = cs // 8
         entries = total if exact else total + -(-total // 2)
         clusters = -(-entries // per_table)
@@ -2048,11 +2048,11 @@ class HostLayout:
         return layout
 
 
-def refcount_blocks(clusters: int, cluster_size: int, generous: bool = False) -> int:
-    """The refcount blocks an image of ``clusters`` host clusters needs, counting the refcount structures
-    themselves (qcow2_refcount_metadata_size: 16-bit refcounts, the fixed point; ``generous``: room for a table
-    half as large again)."""
-    per_block, per_table = cluster_size * 8 // 16, cluster_size // 8
+def refcount_metadata(clusters: int, cluster_size: int, refcount_order: int = 4, generous: bool = False
+                      ) -> tuple[int, int]:
+    """qcow2_refcount_metadata_size: the refcount blocks and table clusters that count ``clusters`` host clusters
+    and themselves (the fixed point; ``generous``: room for a table half as large again), as (blocks, table)."""
+    per_block, per_table = cluster_size * 8 // (1 << refcount_order), cluster_size // 8
     blocks = table = n = 0
     while True:
         last = n
@@ -2063,7 +2063,7 @@ def refcount_blocks(clusters: int, cluster_size: int, generous: bool = False) ->
             clusters += -(-table // 2)
             n, generous = 0, False
         elif n == last:
-            return blocks
+            return blocks, table
 
 
 def _discard_list(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ import numpy as np
 from ..block.create import NOT_BUILT, cluster_size_error, refcount_bits_error
 from ..block.drivers import QEMU_DRIVERS
 from ..block.node import STATUS_DATA
+from ..block.qcow2_host import refcount_metadata
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
 from ..qmp_order import to_json_pretty, wire_order
 from . import nbd, qemu_opts
@@ -41,21 +42,6 @@ def _round_up(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
-def refcount_metadata_size(clusters: int, cluster_size: int, refcount_order: int) -> int:
-    """qcow2_refcount_metadata_size: the refcount blocks and table that count ``clusters`` and themselves
-    (the fixed point of blocks and table clusters), in bytes."""
-    per_table_cluster = cluster_size // 8
-    per_block = cluster_size * 8 // (1 << refcount_order)
-    table = blocks = n = 0
-    while True:
-        last = n
-        blocks = -(-(clusters + table + blocks) // per_block)
-        table = -(-blocks // per_table_cluster)
-        n = clusters + blocks + table
-        if n == last:
-            return (blocks + table) * cluster_size
-
-
 def prealloc_size(total: int, cluster_size: int, refcount_order: int, extended_l2: bool) -> int:
     """qcow2_calc_prealloc_size: a fully allocated image of ``total`` bytes (header, L2 tables, L1 table in
     whole clusters, refcount metadata, data)."""
@@ -64,7 +50,8 @@ def prealloc_size(total: int, cluster_size: int, refcount_order: int, extended_l
     nl2e = _round_up(aligned // cluster_size, cluster_size // l2e)
     nl1e = _round_up(nl2e * l2e // cluster_size, cluster_size // L1E_SIZE)
     meta = cluster_size + nl2e * l2e + nl1e * L1E_SIZE
-    meta += refcount_metadata_size((meta + aligned) // cluster_size, cluster_size, refcount_order)
+    blocks, table = refcount_metadata((meta + aligned) // cluster_size, cluster_size, refcount_order)
+    meta += (blocks + table) * cluster_size
     return meta + aligned
 
 
