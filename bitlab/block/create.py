@@ -289,8 +289,9 @@ def _prepare_qcow2(graph: Any, opts: dict) -> Work:
                                errno=_errno.EFBIG)
         format_image(image, "qcow2", size, cluster_size=cluster, compat=compat, backing_file=opts.get("backing-file"),
                      backing_fmt=opts.get("backing-fmt"))
-        prealloc_image(image, opts.get("preallocation", "off"))  # (blk_truncate with it, before the backing file)
-        _written(node, image)
+        mode = opts.get("preallocation", "off")
+        prealloc_image(image, mode)  # (blk_truncate with it, before the backing file is set)
+        _written(node, image, mode)
         encrypt = opts.get("encrypt")
         if encrypt is not None:  # qcow2_set_up_encryption, last: bitlab has no secret objects
             key = encrypt.get("key-secret")
@@ -300,7 +301,23 @@ def _prepare_qcow2(graph: Any, opts: dict) -> Work:
     return create
 
 
-def _written(node: BlockNode | None, image: ImageFile) -> None:
-    """The file node saw the whole new file written (its dirty bitmaps grow with it and mark it all)."""
-    if node is not None:
-        node.note_write(np.array([0], dtype=np.int64), np.array([image.file_length()], dtype=np.int64))
+def _written(node: BlockNode | None, image: ImageFile, prealloc: str = "off") -> None:
+    """The file node saw the new file written (its dirty bitmaps grow with it and mark it), but for the data clusters
+    a preallocation allocated: ftruncate or posix_fallocate (or file-posix's own zeroes) grew the file over them,
+    not a write request (the part of a last cluster past the disk's end that ``metadata`` copies on write is one)."""
+    if node is None:
+        return
+    length = image.file_length()
+    starts, ends = np.array([0], dtype=np.int64), np.array([length], dtype=np.int64)
+    if prealloc != "off" and image.size:
+        cs = image.cluster_size
+        hs, he, shift = image.layout.hosted()
+        lo, hi = (hs + shift) * cs, (he + shift) * cs
+        if prealloc == "metadata" and image.size % cs:
+            hi[-1] -= cs - image.size % cs  # (the last cluster's tail: written)
+        bounds = np.concatenate(([0], np.column_stack((lo, hi)).ravel(), [length]))
+        starts, ends = bounds[0::2], bounds[1::2]
+        keep = ends > starts
+        starts, ends = starts[keep], ends[keep]
+    node.note_write(starts, ends - starts)
+    node.bitmaps_follow()  # (the truncate grew them to the file's length: bdrv_co_write_req_finish)
