@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QMPError, generic
-from . import perms
+from . import perms, wstats
 from .node import BlockNode
 from .store import QCOW2_DEFAULT_CLUSTER, QCOW2_EMPTY_CLUSTERS, ImageFile, format_image, qcow2_l1_fits
 
@@ -320,4 +320,5 @@ def _written(node: BlockNode | None, image: ImageFile, prealloc: str = "off") ->
         keep = ends > starts
         starts, ends = starts[keep], ends[keep]
     node.note_write(starts, ends - starts)
-    node.bitmaps_follow()  # (the truncate grew them to the file's length: bdrv_co_write_req_finish)
+    if prealloc != "off":
+        wstats.grew_by_truncate(node)

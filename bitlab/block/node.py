@@ -1558,8 +1558,10 @@ class Qcow2Node(FormatNode):
             self._keep_last_cluster(size)
         elif prealloc in ("falloc", "full"):
             image.preallocate_data(prealloc, old)
+            wstats.grew_by_truncate(self.file)
         elif prealloc == "metadata":
             image.preallocate_metadata(old)
+            wstats.grew_by_truncate(self.file)
         elif size > old:
             image.expose_tail(old)
         if zeroes:

@@ -143,6 +143,18 @@ def cut_file(node: Any, cut: Callable[[], None]) -> None:
         file.wr_mark = grown_end(file.image.layout)
 
 
+def grew_by_truncate(node: Any) -> None:
+    """A preallocating truncate grew the qcow2 file below ``node`` without writing its end (ftruncate,
+    posix_fallocate or file-posix's own zeroes): the file's new end is no write's, and where it grows from; the
+    dirty bitmaps take the new length (bdrv_co_write_req_finish of the truncate)."""
+    path = _path(node)
+    file = path[-1]
+    if file.driver == "file" and file.image._layout is not None:
+        file.wr_mark = max(file.wr_mark or 0, grown_end(file.image.layout))
+    for n in path:
+        n.bitmaps_follow()
+
+
 def note_unheard(node: Any, writes: tuple[np.ndarray, np.ndarray]) -> None:
     """Writes a qcow2 node made to its file child ``node`` while it did not hear them (their bitmaps and
     thresholds nothing to see): only the highest writes of ``node`` and the nodes below it move."""

@@ -191,6 +191,19 @@ FILE_BITMAP = [  # blockdev-create onto a file node with a dirty bitmap: it sees
                                                           {"node": f"bf{i}", "name": "fb"}))]
 
 
+TRUNCATE = [  # HMP qemu-io truncate -m on a running qcow2 node over a file node with a bitmap: the file grows without a
+    # write at its end (wr_highest_offset keeps the metadata's), its bitmap takes the new length
+    _img("create", "-f", "qcow2", "a.qcow2", "4M"), _q("blockdev-add", {"driver": "file", "node-name": "af",
+                                                                         "filename": "a.qcow2"}),
+    _q("block-dirty-bitmap-add", {"node": "af", "name": "fb", "granularity": 65536}),
+    _q("blockdev-add", {"driver": "qcow2", "node-name": "a", "file": "af"}), _write("a", 0, 64 * K, 5),
+    *[step for mode, size in (("falloc", 6 * M), ("full", 8 * M), ("metadata", 10 * M), ("falloc", 10 * M + 512))
+      for step in ({"hmp": f'qemu-io a "truncate -m {mode} {size}"'}, _q("query-named-block-nodes", {"flat": True}),
+                   _q("x-debug-block-dirty-bitmap-sha256", {"node": "af", "name": "fb"}),
+                   _q("query-blockstats", {"query-nodes": True}))],
+]
+
+
 def _layout(vm: Machine, name: str) -> tuple:
     layout = vm.images[name].layout
     return layout.reftable, layout.refblock_hosts, layout.l2.look(0), layout.guest.peek(0)
@@ -255,7 +268,8 @@ def test_preallocation_shrinking_or_with_a_backing_file():
 
 
 STORIES = {"guest": guest, "resize": resize, "convert": convert, "relocated": lambda mode: RELOCATED,
-           "zero-pieces": lambda mode: _zero_pieces(), "file-bitmap": lambda mode: FILE_BITMAP}
+           "zero-pieces": lambda mode: _zero_pieces(), "file-bitmap": lambda mode: FILE_BITMAP,
+           "truncate": lambda mode: TRUNCATE}
 
 
 @pytest.mark.qemu
@@ -263,7 +277,8 @@ STORIES = {"guest": guest, "resize": resize, "convert": convert, "relocated": la
     ("guest", "falloc", "qsd"), ("guest", "full", "qsd"), ("guest", "falloc", "system"),
     ("resize", "falloc", "qsd"), ("resize", "full", "qsd"), ("resize", "metadata", "qsd"),
     ("convert", "falloc", "qsd"), ("convert", "full", "qsd"), ("convert", "metadata", "qsd"),
-    ("relocated", "falloc", "qsd"), ("zero-pieces", "", "qsd"), ("file-bitmap", "", "qsd")])
+    ("relocated", "falloc", "qsd"), ("zero-pieces", "", "qsd"), ("file-bitmap", "", "qsd"),
+    ("truncate", "", "system")])
 def test_matches_qemu(name, mode, daemon):
     want, got = on_both(story(STORIES[name](mode)), daemon)
     assert got == tree_block_tolerated(want, got)
