@@ -1903,21 +1903,20 @@ class HostLayout:
         used = max(index * span + 1, host + 1)
         self.refcount_area(-(-used // span) * span, 0, exact=False)
 
-    def preallocate(self, c0: int, mode: str) -> tuple[int, int]:
+    def preallocate(self, c0: int, mode: str) -> None:
         """A truncate with ``preallocation=falloc`` or ``full`` over the guest clusters from ``c0`` to the disk's end
         (qcow2_co_truncate): the refcount structures for them and their L2 tables after the file's last cluster in
         use (:meth:`refcount_area`), the data clusters right after in one run, the file grown over them from its
         old end (``falloc``: allocated, unwritten; ``full``: zeroes written), then L2 table by L2 table their entries
         linked (qcow2_alloc_cluster_link_l2; l2_allocate takes the first free cluster from free_cluster_index, which
         the old refcount table's freed clusters lowered), a host cluster ``c0`` had freed after its table's links;
-        the caches written back, the header's size (8 bytes at 24). Returns the host bytes the file grew over
-        (posix_fallocate or file-posix's own zeroes: no write request of the block layer)."""
+        the caches written back, the header's size (8 bytes at 24)."""
         cs = self.cs
         n = max(-(-self.size // cs) - c0, 0)
         length = self.top
         at = self.refcount_area(self.end_cluster(), n + -(-n // self.per_l2) + 1)
         if not n:
-            return 0, 0
+            return
         i0, i1 = c0 // self.per_l2, (c0 + n - 1) // self.per_l2 + 1
         self._take(at, n)
         grown = max(length, at)
@@ -1946,7 +1945,6 @@ class HostLayout:
         self.depends["l2"] = "rb"
         self.flush()
         self._write([24], [8])
-        return grown * cs, (at + n) * cs
 
     def _first_free(self, n: int) -> np.ndarray:
         """The first ``n`` free host clusters from free_cluster_index on, in order."""

@@ -190,7 +190,7 @@ class ImageFile:
             _, _, shift = layout.hosted(last, last + 1)
             hostfs.mark(layout.fs_blocks(), np.array([(last + int(shift[0])) * cs + rest]), np.array([cs - rest]))
 
-    def preallocate_data(self, mode: str, old: int = 0) -> tuple[int, int]:
+    def preallocate_data(self, mode: str, old: int = 0) -> None:
         """qcow2_co_truncate from ``old`` bytes (the content already at the new length) with ``preallocation=falloc``
         or ``full``: every cluster from the one ``old`` lies in gets its L2 entry and a new host cluster
         (:meth:`HostLayout.preallocate`), the file allocating them (unwritten, or written with zeroes); nothing is
@@ -207,7 +207,7 @@ class ImageFile:
         if runs:
             self._write_unwatched(*(np.concatenate(parts) for parts in zip(*runs)))
         self.tail = None
-        return layout.preallocate(head // cs, mode)
+        layout.preallocate(head // cs, mode)
 
     def _copied_head(self, head: int, old: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A new host cluster's part ``[head, old)`` as its copy on write writes it (perform_cow): what the guest
@@ -279,9 +279,7 @@ class ImageFile:
         if found.unreferenced[0].size:
             self.unknown = (f"bitlab does not know what QEMU 7.2 left in '{self.name}': it was killed with "
                             "references written whose refcounts were not")
-        hs, he, _ = layout.hosted()
-        for a, b in zip(hs.tolist(), he.tolist()):  # (the blocks of the clusters their links lose stay as written)
-            hostfs.record(layout, self.data, a, b)
+        hostfs.record(layout, self.data, 0, layout.guest.size)  # (the blocks of the clusters their links lose stay)
         refcounts = found.free.copy()
         leaked = found.leaked
         if leaked[0].size:
