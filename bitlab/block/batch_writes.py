@@ -22,7 +22,9 @@ Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
 def order_needed(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind: np.ndarray, ptr: np.ndarray,
                  unmap: bool) -> str | None:
     """Where the writes' order shows, on a qcow2 target: "requests" — each in request order, a data request one
-    request — where a zero write that may unmap frees host clusters before a data write that may take them, or a
+    request — where zero writes may allocate clusters (a v2 image's fall back to writing zeroes; a partial
+    cluster's over a backing file's data too), where a zero write that may unmap frees host clusters before a data
+    write that may take them, or a
     data request of several runs (one request: its clusters together) may meet free clusters before the file's
     end or need a new refcount block; "tables" where zero writes and data writes both reach L2 tables the image
     does not have yet (whichever comes first allocates one: an L2 table's first request goes first, then its
@@ -36,6 +38,9 @@ def order_needed(target: BlockNode, offsets: np.ndarray, io: np.ndarray, kind: n
         return None
     layout = target.image.layout
     cs = target.image.cluster_size
+    if mixed and (target.image.compat == "0.10" or target.backing is not None and bool(
+            ((offsets[zeroes] | io[zeroes]) % cs).any())):
+        return "requests"  # (zero writes may allocate: no zero flag in v2, a partial cluster over backing data)
     if mixed and unmap and _frees_before_data(layout, offsets // cs, -(-(offsets + io) // cs), kind == ZERO_UNMAP):
         return "requests"
     if several:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block import batch_writes
+from ..block import batch_writes, perms
 from ..block.create import prealloc_image
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import ZERO_ALLOC, clip_runs, touched_mask
@@ -12,7 +12,7 @@ from ..block.graph import BlockGraph
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
 from . import cmdline, convert_nbd, nbd, qemu_opts
-from ._common import KeyFn, QemuImgError, cvtnum, find_key, new_key, open_chain, open_image
+from ._common import KeyFn, QemuImgError, backing_name, cvtnum, find_key, new_key, open_chain, open_image, opened_name
 from .image import qcow2_create_checks
 from .layers import content
 
@@ -47,7 +47,7 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     ``--bitmaps`` copies the source's persistent bitmaps (see :func:`_copy_bitmaps`).
     """
     opts, positional = cmdline.parse("convert", args, {"-f", "-O", "-o", "-S", "-m", "-r", "-T", "-q", "-U", "-W",
-                                                       "--bitmaps", "--skip-broken-bitmaps", "-c", "-n"},
+                                                       "--bitmaps", "--skip-broken-bitmaps", "-c", "-n", "-B", "-F"},
                                      {"-S": _sparse_size, "-m": _coroutines, "-r": lambda v: cvtnum("rate limit", v)})
     bitmaps = "--bitmaps" in opts
     if "--skip-broken-bitmaps" in opts and not bitmaps:
@@ -64,6 +64,8 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     chain = nbd.open_chain(store, positional[0], opts.get("-f"))  # the sources first (an NBD export: one layer)
     if chain is not None and bitmaps:
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert --bitmaps' from an NBD export\n")
+    if chain is not None and "-B" in opts:
+        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -B' from an NBD export\n")
     if chain is None:
         chain = open_chain(store, key_fn, positional[0], opts.get("-f"), lock, on_disk=True)
     fmt = opts.get("-O", "raw")
@@ -78,6 +80,18 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if "-o" in opts and qemu_opts.has_help(opts["-o"]):
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -o help'\n")
     values = qemu_opts.parse(opts.get("-o", ""), {**qemu_opts.FILE_OPTS, **qemu_opts.CREATE_OPTS[fmt]})
+    for option, name, what in (("-B", "backing_file", "Backing file"), ("-F", "backing_fmt", "Backing file format")):
+        if option in opts:  # add_old_style_options
+            if fmt != "qcow2":
+                raise QemuImgError(f"qemu-img: {what} not supported for file format '{fmt}'\n")
+            values[name] = opts[option]
+    backing = values.get("backing_file")
+    assert backing is None or isinstance(backing, str)
+    if backing is not None and "backing_fmt" not in values:
+        raise QemuImgError("qemu-img: Use of backing file requires explicit backing format\n")
+    if backing == "":
+        raise QemuImgError("qemu-img: bitlab does not simulate an empty backing file name (qemu-img 7.2 crashes on it: "
+                           "a segmentation fault)\n")
     if "-c" in opts and fmt == "raw":
         raise QemuImgError("qemu-img: Compression not supported for this file format\n")
     if fmt == "raw" and not sparse:  # (a raw file's holes are its zero blocks here: written zeroes would be too)
@@ -88,8 +102,10 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     prealloc = str(values.get("preallocation", "off"))
     if "-c" in opts and prealloc != "off":
         raise QemuImgError("qemu-img: Compression and preallocation not supported at the same time\n")
-    if any(name in values for name in ("backing_file", "backing_fmt")) or \
-            values.get("nocow") or "extent_size_hint" in values:
+    if "-c" in opts and backing is not None:
+        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -c' into an image with a backing "
+                           "file\n")
+    if values.get("nocow") or "extent_size_hint" in values:
         raise QemuImgError("qemu-img: bitlab does not simulate these -o options of 'qemu-img convert'\n")
     s, e, v = content(chain, 0, size)
     out = positional[1]
@@ -106,11 +122,14 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise fail("Unsupported preallocation mode: metadata")
         target.truncate_raw(size, prealloc)
     else:
-        target = store.create(key, "qcow2", size, cluster_size=cluster, compat="0.10" if version == 2 else "1.1")
+        target = store.create(key, "qcow2", size, cluster_size=cluster, compat="0.10" if version == 2 else "1.1",
+                              backing_file=backing, backing_fmt=values.get("backing_fmt"))  # type: ignore[arg-type]
         prealloc_image(target, prealloc)
     if bitmaps and not target.is_qcow2:
         raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
-    if "-c" in opts:
+    if backing is not None:  # not zero-initialised: requests as into an image that exists, opened with its backing
+        _write_through(store, key_fn, chain, out, "qcow2", sparse, backing=True, new=True)
+    elif "-c" in opts:
         _write_compressed(target, s, e, v, sparse)
     else:
         if not sparse:  # -S 0: zeroes written too (fully allocated)
@@ -149,29 +168,50 @@ def _into_existing(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain
         raise QemuImgError("qemu-img: output file is smaller than input file\n")
     if "--bitmaps" in opts:
         raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
-    _write_through(store, key_fn, chain, out, "raw", sparse)
+    _write_through(store, key_fn, chain, out, "raw", sparse, backing="-B" in opts)
     return ""
 
 
-def _write_through(store: ImageStore, key_fn: KeyFn, chain: list, out: str, driver: str, sparse: int) -> None:
-    """The requests img_convert sends a target that is not new (:mod:`.convert_nbd`) through ``out`` opened as a
-    ``driver`` node over its file (read-write, BDRV_O_UNMAP: its zero writes may free clusters or punch holes,
-    its persistent bitmaps loaded), in batches in the order that shows; then its flush; closed, it stores them."""
+def _write_through(store: ImageStore, key_fn: KeyFn, chain: list, out: str, driver: str, sparse: int,
+                   backing: bool = False, new: bool = False) -> None:
+    """The requests img_convert sends a target that is not zero-initialised (:mod:`.convert_nbd`: one that is not
+    ``new``, or has a ``backing`` file) through ``out`` opened as a ``driver`` node over its file, with its backing
+    chain (read-write; BDRV_O_UNMAP unless ``-S 0``: its zero writes may free clusters or punch holes; its
+    persistent bitmaps loaded), in batches in the order that shows; then its flush; closed, it stores them."""
     graph = BlockGraph(store, "/")
     try:
-        node = graph.add({"driver": driver, "node-name": "qemu-img", "discard": "unmap",
+        node = graph.add({"driver": driver, "node-name": "qemu-img", "discard": "unmap" if sparse else "ignore",
                           "file": {"driver": "file", "filename": find_key(key_fn, out)}})
     except QMPError as err:
-        raise QemuImgError(f"qemu-img: Could not open '{out}': {err.desc}\n") from None
+        raise QemuImgError(f"qemu-img: Could not open '{out}': {err.desc}\n{_lock_hint(store, key_fn, out, err.desc)}"
+                           ) from None
     try:
         size = chain[0].size
         if node.size // 512 < -(-size // 512):
             raise QemuImgError("qemu-img: output file is smaller than input file\n")
-        offsets, lengths, zero = convert_nbd.requests(chain, size, sparse)
+        below = node.backing if new else None  # target_backing_sectors: the new target's backing file's sectors
+        end = None if below is None else -(-below.size // 512) * 512
+        offsets, lengths, zero = (convert_nbd.requests(chain, size, sparse, backing, end) if backing
+                                  else convert_nbd.requests(chain, size, sparse))
         batch_writes.write_plan(node, offsets, lengths, zero, content(chain, 0, size))
         node.flush()
     finally:
         graph.close_all()
+
+
+def _lock_hint(store: ImageStore, key_fn: KeyFn, out: str, desc: str) -> str:
+    """The hint qemu-img adds to a lock error opening ``out`` or a file of its backing chain, naming that file."""
+    prefix = "Could not open backing file: "
+    depth, reason = 0, desc
+    while reason.startswith(prefix):
+        depth, reason = depth + 1, reason[len(prefix):]
+    if not perms.is_lock_error(reason):
+        return ""
+    name = out
+    for _ in range(depth):  # (each level opened it by its name as the level above resolves it)
+        image = store[find_key(key_fn, name) or ""]
+        name = opened_name(backing_name(name, image.backing_file or ""))
+    return f"Is another process using the image [{name}]?\n"
 
 
 def _into_qcow2(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain: list, out: str, sparse: int) -> str:
@@ -181,14 +221,11 @@ def _into_qcow2(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain: l
     those bitmaps count the whole source), then its flush; closed, it stores the bitmaps."""
     if "-c" in opts:
         raise QemuImgError("qemu-img: bitlab does not simulate a compressed 'qemu-img convert -n' into a qcow2 image\n")
-    if not sparse:
-        raise QemuImgError("qemu-img: bitlab does not simulate a fully allocated output (-S 0) into a qcow2 image "
-                           "that exists\n")
     if "--bitmaps" in opts:
         _check_bitmaps(chain[0].image, "--skip-broken-bitmaps" in opts)
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -n --bitmaps' into a qcow2 image\n")
     open_image(store, key_fn, out, "qcow2", "write")  # (its lock and format, as qemu-img checks them first)
-    _write_through(store, key_fn, chain, out, "qcow2", sparse)
+    _write_through(store, key_fn, chain, out, "qcow2", sparse, backing="-B" in opts)
     return ""
 
 
@@ -211,7 +248,9 @@ def _into_export(store: ImageStore, opts: dict[str, str], chain: list, out: str,
     size = chain[0].size
     if conn.size // 512 < -(-size // 512):
         raise QemuImgError("qemu-img: output file is smaller than input file\n")
-    convert_nbd.write(conn, chain, convert_nbd.requests(chain, size, sparse))
+    backing = "-B" in opts  # (the source's top alone)
+    reqs = convert_nbd.requests(chain, size, sparse, True) if backing else convert_nbd.requests(chain, size, sparse)
+    convert_nbd.write(conn, chain, reqs)
     return ""
 
 

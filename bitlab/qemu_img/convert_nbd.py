@@ -21,7 +21,8 @@ from .layers import content
 SECTOR = 512
 BUF = 2 << 20  # IO_BUF_SIZE: a data chunk (an NBD target's opt_transfer and discard alignment are smaller)
 REQUEST_MAX = (0x7FFFFFFF // SECTOR) * SECTOR  # BDRV_REQUEST_MAX_SECTORS, in bytes
-ZERO_FLAG = 4  # status_answers' zero flag
+DATA_FLAG, ZERO_FLAG = 2, 4  # status_answers' data and zero flags
+DATA, ZERO, BACKING = 0, 1, 2  # BLK_DATA, BLK_ZERO, BLK_BACKING_FILE
 
 
 def _sector_runs(chain: list[Layer], lo: int, hi: int) -> tuple[list[int], list[bool]]:
@@ -88,10 +89,16 @@ def _is_allocated_min(buf: _Buffer, at: int, n: int, least: int, sector_num: int
     return True, num_used
 
 
+def _kinds(flags: np.ndarray | np.integer) -> np.ndarray:
+    """convert_iteration_sectors' status of an answer's flags: DATA, ZERO, or BACKING (neither: left to the
+    target's backing file)."""
+    return np.where(flags & ZERO_FLAG, ZERO, np.where(flags & DATA_FLAG, DATA, BACKING))
+
+
 def _walk(bounds: np.ndarray, flags: np.ndarray, total: int, src_alignment: int, lo: int, hi: int
-          ) -> list[tuple[int, int, bool]]:
+          ) -> list[tuple[int, int, int]]:
     """convert_iteration_sectors' status answers for the sectors ``[lo, hi)`` (the whole disk, or stretches of
-    status runs :func:`requests` cannot take at once): pieces (first sector, sectors, zero), one status answer a
+    status runs :func:`requests` cannot take at once): pieces (first sector, sectors, kind), one status answer a
     piece, cut at the request limit and, past the source's request alignment, back to it."""
     starts = bounds[:-1]
     out = []
@@ -103,7 +110,7 @@ def _walk(bounds: np.ndarray, flags: np.ndarray, total: int, src_alignment: int,
         tail = (sector + n) % src_alignment
         if n > tail:
             n -= tail
-        out.append((sector, n, bool(flags[j] & ZERO_FLAG)))
+        out.append((sector, n, int(_kinds(flags[j]))))
         sector += n
     return out
 
@@ -121,29 +128,41 @@ def _chunk_requests(chain: list[Layer], c0: int, n: int, least: int, alignment: 
     return out
 
 
-def _params(chain: list[Layer], size: int, sparse: int) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
+def _params(chain: list[Layer], size: int, sparse: int, backing: bool, backing_end: int | None
+            ) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
     """The source's status answers (``bounds``: their starts, then the disk's size; their flags), its request
-    alignment, ``-S`` and the target's alignment for it (sectors), the disk's sectors."""
-    starts, flags = status_answers(chain, size)
+    alignment, ``-S`` and the target's alignment for it (sectors), the disk's sectors. A target with a backing file
+    (``backing``) asks the source's top alone (bdrv_block_status_above down to its backing file, exclusive: its
+    unallocated stretches are neither data nor zero, unless they start past that backing file's end); a new one
+    cuts the answers where its own backing file ends (``backing_end``, bytes: target_backing_sectors)."""
+    if backing and len(chain) > 1:
+        starts, flags = status_answers(chain[:1], size)
+        unallocated = (flags & 1) == 0
+        flags = np.where(unallocated & (starts < chain[1].size), 0, flags)
+    else:
+        starts, flags = status_answers(chain, size)
+    if backing_end is not None and 0 < backing_end < size and backing_end not in starts:
+        at = int(np.searchsorted(starts, backing_end))
+        starts, flags = np.insert(starts, at, backing_end), np.insert(flags, at, flags[at - 1])
     top = chain[0].image
     src_alignment = top.cluster_size // SECTOR if top.is_qcow2 else 1  # (request alignment: one sector)
     least = sparse // SECTOR
-    alignment = max(1 << (least.bit_length() - 1), 1)  # pow2floor(min_sparse); an NBD node's own is 1 sector
+    alignment = 1 << max(least.bit_length() - 1, 0)  # pow2floor(min_sparse); an NBD or qcow2 node's own is 1 sector
     return np.append(starts, size), flags, src_alignment, least, alignment, size // SECTOR
 
 
 def _pieces(bounds: np.ndarray, flags: np.ndarray, total: int, src_alignment: int
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_walk` over the whole disk, as arrays (first sectors, sectors, zero?): a status answer that starts
+    """:func:`_walk` over the whole disk, as arrays (first sectors, sectors, kinds): a status answer that starts
     and ends on the source's alignment, within the request limit, is one piece as it stands (all of them at
     once); stretches of others are walked."""
     lo, hi = bounds[:-1], np.minimum(bounds[1:], total * SECTOR)
     unit = src_alignment * SECTOR
     regular = (lo % unit == 0) & (hi % unit == 0) & (hi > lo) & (hi - lo <= REQUEST_MAX // SECTOR * SECTOR)
-    p0, pn, pz = lo // SECTOR, (hi - lo) // SECTOR, (flags & ZERO_FLAG) != 0
+    p0, pn, pk = lo // SECTOR, (hi - lo) // SECTOR, _kinds(flags)
     if regular.all():
-        return p0, pn, pz
-    parts = [(p0[regular], pn[regular], pz[regular])]
+        return p0, pn, pk
+    parts = [(p0[regular], pn[regular], pk[regular])]
     odd = np.flatnonzero(~regular)
     cut = np.flatnonzero(np.diff(odd) > 1) + 1
     for group in np.split(odd, cut):  # (stretches of status answers that are not: walked)
@@ -151,37 +170,54 @@ def _pieces(bounds: np.ndarray, flags: np.ndarray, total: int, src_alignment: in
         end = int(lo[k]) // SECTOR if k < lo.size else total
         got = _walk(bounds, flags, total, src_alignment, -(-int(lo[j]) // SECTOR), end)
         parts.append((np.array([g[0] for g in got], dtype=np.int64), np.array([g[1] for g in got], dtype=np.int64),
-                      np.array([g[2] for g in got], dtype=bool)))
-    p0, pn, pz = (np.concatenate(x) for x in zip(*parts))
+                      np.array([g[2] for g in got], dtype=pk.dtype)))
+    p0, pn, pk = (np.concatenate(x) for x in zip(*parts))
     order = np.argsort(p0, kind="stable")
-    return p0[order], pn[order], pz[order]
+    return p0[order], pn[order], pk[order]
 
 
-def requests_walk(chain: list[Layer], size: int, sparse: int) -> list[tuple[str, int, int]]:
+def _post_backing(p0: np.ndarray, pk: np.ndarray, backing_end: int | None) -> np.ndarray:
+    """Zero pieces past the new target's backing file: left to it (post_backing_zero: it reads zeroes there)."""
+    if backing_end is None:
+        return pk
+    return np.where((pk == ZERO) & (p0 * SECTOR >= backing_end), BACKING, pk)
+
+
+def requests_walk(chain: list[Layer], size: int, sparse: int, backing: bool = False,
+                  backing_end: int | None = None) -> list[tuple[str, int, int]]:
     """:func:`requests` the way img_convert goes, one status answer and one chunk at a time (the tests check the
     other against it)."""
-    bounds, flags, src_alignment, least, alignment, total = _params(chain, size, sparse)
+    bounds, flags, src_alignment, least, alignment, total = _params(chain, size, sparse, backing, backing_end)
     out: list[tuple[str, int, int]] = []
-    for p0, n, zero in _walk(bounds, flags, total, src_alignment, 0, total):
-        if zero:
+    for p0, n, kind in _walk(bounds, flags, total, src_alignment, 0, total):
+        kind = int(_post_backing(np.array([p0]), np.array([kind]), backing_end)[0])
+        if kind == BACKING:
+            continue
+        if kind == ZERO and least:
             out.append(("zero", p0 * SECTOR, n * SECTOR))
             continue
         for c0 in range(p0, p0 + n, BUF // SECTOR):
-            out += [("data" if used else "zero", at * SECTOR, k * SECTOR)
-                    for used, at, k in _chunk_requests(chain, c0, min(BUF // SECTOR, p0 + n - c0), least, alignment)]
+            c1 = min(c0 + BUF // SECTOR, p0 + n)
+            out += [("data", c0 * SECTOR, (c1 - c0) * SECTOR)] if not least else [
+                ("data" if used else "zero", at * SECTOR, k * SECTOR)
+                for used, at, k in _chunk_requests(chain, c0, c1 - c0, least, alignment)]
     return out
 
 
-def requests(chain: list[Layer], size: int, sparse: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The write requests img_convert sends a target that is not new for the source ``chain`` of ``size`` bytes,
-    with ``-S`` ``sparse`` (bytes, > 0): (offsets, lengths, zero?) in order. Worked out at once for the data
-    chunks on the target's alignment (a block is data if any of its sectors is; a request runs over zero
+def requests(chain: list[Layer], size: int, sparse: int, backing: bool = False, backing_end: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The write requests img_convert sends a target that is not zero-initialised (one that is not new, or has a
+    backing file: ``backing``, and for a new one, where that ends: ``backing_end``) for the source ``chain`` of
+    ``size`` bytes, with ``-S`` ``sparse`` (bytes): (offsets, lengths, zero?) in order. Worked out at once for
+    the data chunks on the target's alignment (a block is data if any of its sectors is; a request runs over zero
     stretches shorter than ``-S`` between data, the zero stretches at a chunk's ends and the longer ones are zero
-    requests); chunks off it go sector run by sector run (:func:`_chunk_requests`)."""
-    bounds, flags, src_alignment, least, alignment, total = _params(chain, size, sparse)
-    p0, pn, pz = _pieces(bounds, flags, total, src_alignment)
-    keep = pn > 0
-    p0, pn, pz = p0[keep], pn[keep], pz[keep]
+    requests); chunks off it go sector run by sector run (:func:`_chunk_requests`); with ``-S 0`` every chunk is
+    data, the zero stretches' too. What the target's backing file is left to, nothing is written."""
+    bounds, flags, src_alignment, least, alignment, total = _params(chain, size, sparse, backing, backing_end)
+    p0, pn, pk = _pieces(bounds, flags, total, src_alignment)
+    pk = _post_backing(p0, pk, backing_end)
+    keep = (pn > 0) & (pk != BACKING)
+    p0, pn, pz = p0[keep], pn[keep], (pk[keep] == ZERO) & (least > 0)  # (-S 0: zeroes written as data)
     i64 = np.int64
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(p0[pz], pn[pz], np.ones(int(pz.sum()), dtype=bool))]
     # the data pieces' chunks of BUF
@@ -191,6 +227,9 @@ def requests(chain: list[Layer], size: int, sparse: int) -> tuple[np.ndarray, np
     k = np.arange(owner.size, dtype=i64) - np.repeat(np.cumsum(per) - per, per)
     cs = d0[owner] + k * (BUF // SECTOR)
     ce = np.minimum(cs + BUF // SECTOR, (d0 + dn)[owner])
+    if not least:  # -S 0: written as they are
+        parts.append((cs, ce - cs, np.zeros(cs.size, dtype=bool)))
+        cs = ce = cs[:0]
     odd = (cs % alignment != 0) | (ce % alignment != 0)
     for c0, c1 in zip(cs[odd].tolist(), ce[odd].tolist()):
         got = _chunk_requests(chain, c0, c1 - c0, least, alignment)

@@ -102,6 +102,8 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise fail("Expected backing file name, got empty string")
     base: ImageFile | None = None
     if backing and "-u" not in opts:
+        if backing_fmt and backing_fmt not in QEMU_DRIVERS:  # (bdrv_open's driver, before it looks for the file)
+            raise fail(f"Unknown driver '{backing_fmt}'\nCould not open backing image.")
         try:  # relative to the new image's directory
             full = full_backing_filename(filename, backing) or ""
         except ValueError as err:
@@ -196,7 +198,8 @@ def qcow2_create_checks(values: dict[str, int | bool | str], size: int, fail: Ca
     return version, cluster
 
 
-QCOW2_ENUMS = {"version": ("v2", "v3"), "preallocation": PREALLOC_MODES, "compression-type": ("zlib", "zstd")}
+QCOW2_ENUMS = {"version": ("v2", "v3"), "backing-fmt": QEMU_DRIVERS, "preallocation": PREALLOC_MODES,
+               "compression-type": ("zlib", "zstd")}
 """The enum members of BlockdevCreateOptionsQcow2 that -o sets, in the order the QAPI visitor meets them."""
 
 

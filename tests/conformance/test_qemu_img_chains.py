@@ -3,7 +3,8 @@
 Every step runs on both: real ``qemu-img create`` / ``qemu-io -c "write -P ..."`` in a temporary
 directory, and ``vm.qemu_img`` / HMP ``qemu-io`` on a node opened over the simulated file. Then
 ``qemu-img`` ``map`` (JSON and human), ``compare`` (plain and ``-s``), ``info --backing-chain``,
-``rebase`` (safe and ``-u``) and ``commit`` (``-d``, ``-b``) must print the same text and exit with
+``rebase`` (safe and ``-u``), ``commit`` (``-d``, ``-b``) and ``convert`` (flat, or the top alone over a file
+below it: ``-B``) must print the same text and exit with
 the same status, host offsets of ``map`` and fragmentation and end offset of ``check`` included. Two
 things are masked: ``disk size`` / ``actual-size`` (what the host file system allocates), and the host
 layout of a ``commit`` base (``offset``, ``check``'s figures, ``compare -s``): qemu-img commit's mirror
@@ -262,6 +263,15 @@ def play(seed: int) -> list[str]:
         sc.img("convert", *(["-O", "qcow2"] if flat.endswith("qcow2") else []), top, flat)
         sc.img("compare", top, flat)
         sc.img("map", "--output=json", flat)
+        if rng.random() < 0.7:  # the top alone over a file below it (convert -B), as an incremental copy
+            below = rng.choice(sc.chain_of(top)[1:] or sc.files)
+            opts = rng.choice(([], [], ["-o", "cluster_size=4096"], ["-o", "cluster_size=512"], ["-o", "compat=0.10"],
+                               ["-S", "0"], ["-S", "64k"]))
+            if sc.img("convert", "-B", below, "-F", "qcow2", *opts, "-O", "qcow2", top, "inc.qcow2")[0] == 0:
+                sc.backing["inc.qcow2"] = below
+                sc.img("compare", top, "inc.qcow2")
+                sc.img("map", "--output=json", "inc.qcow2")
+                sc.img("check", "inc.qcow2")
     finally:
         sc.close()
     return sc.diffs
