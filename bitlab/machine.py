@@ -122,7 +122,7 @@ class Machine(GuestIO, Monitor):
         self._start_ns = start_ns
         self.images = images if images is not None else ImageStore()
         self.workdir = workdir
-        self.graph = BlockGraph(self.images, workdir, seed=seed)
+        self.graph = BlockGraph(self.images, workdir, seed=seed, machine=True)
         self.clock = clock if clock is not None else SimClock(start_ns)
         self.scheduler = scheduler if scheduler is not None else Scheduler(self.clock)
         self.sink = EventSink(self.clock)

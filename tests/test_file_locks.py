@@ -110,3 +110,17 @@ def test_locks_as_qemu():
 def test_locks_on_real_qemu(daemon):
     real, sim = on_both(story, daemon=daemon)
     assert sim == real
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_a_restarted_machine_holds_its_locks(clean):
+    """The machine after ``vm.restart()`` is the one qemu-img meets (the one before, gone, held none): its nodes'
+    locks refuse a writer as QEMU started again does."""
+    vm = Machine(daemon="system")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "a.qcow2", "1M")
+    vm = vm.restart(clean=clean)
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "file": {"driver": "file", "filename": "a.qcow2"}})
+    with pytest.raises(QemuImgError) as err:
+        vm.qemu_img("resize", "a.qcow2", "2M")
+    assert err.value.stderr == ("qemu-img: Could not open 'a.qcow2': Failed to get \"write\" lock\n"
+                                "Is another process using the image [a.qcow2]?\n")

@@ -57,7 +57,7 @@ class BlockGraph:
     ``nodes`` keeps creation order; queries list the newest first, as QEMU does.
     """
 
-    def __init__(self, store: ImageStore, workdir: str, seed: int = 0) -> None:
+    def __init__(self, store: ImageStore, workdir: str, seed: int = 0, machine: bool = False) -> None:
         self.store = store
         self.workdir = workdir.rstrip("/")
         self.nodes: dict[str, BlockNode] = {}
@@ -72,8 +72,9 @@ class BlockGraph:
         self._rng = random.Random(seed)
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
-        if store.locks is None:  # the machine's graph: another program (qemu-img) meets its file locks
-            store.locks = partial(_file_locks, weakref.ref(self))  # (weak: the store holds no cycle to the graph)
+        if machine or store.locks is None:  # the machine's graph (a restarted machine's now): another program
+            # (qemu-img) meets its file locks (weakly: the store holds no cycle to the graph)
+            store.locks = partial(_file_locks, weakref.ref(self))
         # permissions (bitlab.block.perms): when each link was made (QEMU lists a node's parents newest
         # first), keyed (id(parent node), role), ("device", name) or ("blk", id(blk)); what each device takes
         self.link_order: dict[tuple, int] = {}

@@ -1,7 +1,7 @@
 """``qemu-img`` on the machine's image store, with qemu-img 7.2's texts and exit codes.
 
 One module per concern: :mod:`.image` (create, info, check), :mod:`.compare`, :mod:`.mapping`
-(map), :mod:`.rebase`, :mod:`.commit`, :mod:`.convert`, :mod:`.measure`; :mod:`.layers` reads chains
+(map), :mod:`.rebase`, :mod:`.commit`, :mod:`.convert`, :mod:`.measure`, :mod:`.amend`; :mod:`.layers` reads chains
 (allocation, block status, content) for them, vectorised.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..block.store import ImageStore
 from ._common import INT64_MAX, KeyFn, Layer, QemuImgError, open_chain
+from .amend import img_amend
 from .bitmap import img_bitmap
 from .commit import img_commit
 from .compare import img_compare
@@ -22,12 +23,12 @@ from .resize import img_resize
 
 COMMANDS = {"create": create, "info": info, "check": check, "compare": img_compare, "map": img_map,
             "rebase": img_rebase, "commit": img_commit, "convert": img_convert, "resize": img_resize,
-            "bitmap": img_bitmap, "measure": img_measure}
+            "bitmap": img_bitmap, "measure": img_measure, "amend": img_amend}
 
 QEMU_IMG_COMMANDS = ("amend", "bench", "bitmap", "check", "commit", "compare", "convert", "create", "dd", "info", "map",
                      "measure", "snapshot", "rebase", "resize")  # qemu-img 7.2's (qemu-img-cmds.h)
 
-IMAGE_OPTS_NOT_SIMULATED = ("compare", "convert", "commit", "rebase", "resize")
+IMAGE_OPTS_NOT_SIMULATED = ("compare", "convert", "commit", "rebase", "resize", "amend")
 """Subcommands whose --image-opts bitlab refuses (info, check, map and bitmap take it: :mod:`.image_opts`;
 measure refuses it itself)."""
 
@@ -48,5 +49,5 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
 
 __all__ = ["QemuImgError", "KeyFn", "Layer", "open_chain", "read_chain",
            "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
-           "img_commit", "img_convert", "img_resize", "img_bitmap", "img_measure",
+           "img_commit", "img_convert", "img_resize", "img_bitmap", "img_measure", "img_amend",
            "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]

@@ -35,6 +35,7 @@ SPECS: dict[str, tuple[str, LongOpts]] = {
                                                     "target-is-zero": False, "bitmaps": False,
                                                     "skip-broken-bitmaps": False}),
     "resize": (":f:hq", {**HELP, **OBJECT, **IMAGE_OPTS, "preallocation": True, "shrink": False}),
+    "amend": (":ho:f:t:pq", {**HELP, **OBJECT, **IMAGE_OPTS, "force": False}),
     "bitmap": (":b:f:F:g:h", {**HELP, "add": False, "remove": False, "clear": False, "enable": False,
                               "disable": False, "merge": True, "source-file": (True, "-b"),
                               "source-format": (True, "-F"), "granularity": (True, "-g"), **OBJECT,

@@ -111,7 +111,8 @@ STEPS = CHAIN + NEW + REFUSED + EXISTING
 
 
 def _said(out: list, step: dict) -> dict:
-    return out[STEPS.index(step)]
+    """What ``step`` said: the step itself, or the first one equal to it."""
+    return out[next((i for i, s in enumerate(STEPS) if s is step), None) or STEPS.index(step)]
 
 
 def _runs(out: list, step: dict) -> list[tuple[int, int, int, bool, bool]]:

@@ -1,0 +1,163 @@
+"""``qemu-img amend``: a qcow2 image's version upgraded (v2 to v3: persistent bitmaps need it) and downgraded, its
+size changed exactly, and QEMU 7.2's errors for what an image keeps as it is, in qcow2_amend_options' order.
+
+A downgrade makes zero clusters unallocated (no backing file: they read zeroes either way). The story is compared
+with real QEMU 7.2 step by step; the texts asserted without QEMU were measured with qemu-img 7.2.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bitlab import Machine
+from tests.both import on_both
+from tests.conformance.test_nbd_client import _img, _q, _write
+from tests.conformance.test_raw_allocation import _zero, story
+
+K, M = 1 << 10, 1 << 20
+
+
+def _add(name: str) -> dict:
+    return _q("blockdev-add", {"driver": "qcow2", "node-name": name,
+                               "file": {"driver": "file", "filename": f"{name}.qcow2"}})
+
+
+def _del(name: str) -> dict:
+    return _q("blockdev-del", {"node-name": name})
+
+
+def _amend(*args: str) -> dict:
+    return _img("amend", *args)
+
+
+def _map(file: str) -> dict:
+    return _img("map", "--output=json", file)
+
+
+V2 = [_img("create", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "4M"), _add("v2"), _write("v2", 0, 128 * K, 0x11),
+      _zero("v2", M, 64 * K), _del("v2"), _map("v2.qcow2")]
+
+ERRORS = [
+    _amend("v2.qcow2"), _amend("-o", "compat=1.1"), _amend("-o", "compat=1.1", "a.qcow2", "b.qcow2"),
+    _amend("-o", "compat=1.1", "nonexist.qcow2"), _amend("-o", "bogus=1", "v2.qcow2"),
+    _amend("-o", "cluster_size=4k", "v2.qcow2"), _amend("-o", "preallocation=full", "v2.qcow2"),
+    _amend("-o", "nocow=on", "v2.qcow2"), _amend("-o", "size=abc", "v2.qcow2"), _amend("-o", "compat=2", "v2.qcow2"),
+    _amend("-o", "compat=", "v2.qcow2"), _amend("-o", "refcount_bits=3", "v2.qcow2"),
+    _amend("-o", "refcount_bits=3,compat=2", "v2.qcow2"), _amend("-o", "refcount_bits=8", "v2.qcow2"),
+    _amend("-o", "lazy_refcounts=on", "v2.qcow2"), _amend("-o", "backing_file=x", "v2.qcow2"),
+    _amend("-o", "data_file=x", "v2.qcow2"), _amend("-o", "data_file_raw=on", "v2.qcow2"),
+    _amend("-o", "data_file_raw=off", "v2.qcow2"), _amend("-o", "encrypt.keyslot=1", "v2.qcow2"),
+    _amend("-t", "bogus", "-o", "compat=1.1", "v2.qcow2"), _img("info", "v2.qcow2"),
+]
+
+VERSIONS = [
+    _amend("-o", "compat=1.1,backing_file=x", "v2.qcow2"), _img("info", "v2.qcow2"),  # (upgraded before the error)
+    _amend("-o", "compat=0.10", "v2.qcow2"), _img("info", "v2.qcow2"),
+    _amend("-q", "-o", "compat=v3", "-o", "size=6M", "v2.qcow2"), _img("info", "v2.qcow2"), _map("v2.qcow2"),
+    _img("check", "v2.qcow2"),
+    _add("v2"), _zero("v2", 2 * M, 128 * K), _zero("v2", 3 * M, 64 * K), _del("v2"), _map("v2.qcow2"),
+    _amend("-o", "compat=0.10,size=3M", "v2.qcow2"), _img("info", "v2.qcow2"), _map("v2.qcow2"),
+    _img("check", "v2.qcow2"),
+    _amend("-o", "size=1000", "v2.qcow2"), _amend("-o", "size=0", "v2.qcow2"), _img("info", "v2.qcow2"),
+]
+
+OTHERS = [
+    _amend("-f", "raw", "-o", "size=1M", "v2.qcow2"),
+    _img("create", "-f", "raw", "r.img", "1M"), _amend("-o", "size=2M", "r.img"),
+    _amend("-f", "raw", "-o", "size=2M", "r.img"),
+    _img("create", "-f", "qcow2", "-b", "v2.qcow2", "-F", "qcow2", "ov.qcow2"),
+    _amend("-o", "backing_file=v2.qcow2", "ov.qcow2"),
+    _amend("-o", "backing_file=v2.qcow2,backing_fmt=qcow2", "ov.qcow2"),
+    _amend("-o", "backing_fmt=qcow2", "ov.qcow2"),
+    _add("ov"), _amend("-o", "compat=0.10", "ov.qcow2"), _amend("-o", "compat=0.10", "v2.qcow2"), _del("ov"),
+    _img("create", "-f", "qcow2", "bm.qcow2", "1M"), _img("bitmap", "--add", "bm.qcow2", "b0"),
+    _amend("-o", "compat=1.1", "bm.qcow2"), _img("info", "bm.qcow2"), _amend("--force", "-o", "compat=1.1", "bm.qcow2"),
+]
+
+BITMAPS = [  # a v2 image cannot hold persistent bitmaps: upgraded, it can
+    _img("create", "-f", "qcow2", "-o", "compat=0.10", "old.qcow2", "8M"), _add("old"),
+    _q("block-dirty-bitmap-add", {"node": "old", "name": "b0", "persistent": True}), _del("old"),
+    _img("bitmap", "--add", "old.qcow2", "b0"), _amend("-o", "compat=1.1", "old.qcow2"), _add("old"),
+    _q("block-dirty-bitmap-add", {"node": "old", "name": "b0", "persistent": True}), _write("old", M, 64 * K, 0x22),
+    _del("old"), _img("info", "old.qcow2"),
+]
+
+STEPS = V2 + ERRORS + VERSIONS + OTHERS + BITMAPS
+
+
+@pytest.fixture(scope="module")
+def sim() -> list:
+    return story(STEPS)(Machine())
+
+
+def _said(out: list, step: dict) -> dict:
+    """What ``step`` (the very object, in its group) said."""
+    return out[next(i for i, s in enumerate(STEPS) if s is step)]
+
+
+def test_errors(sim):
+    def err(step: dict) -> str:
+        return _said(sim, step)["stderr"]
+
+    assert err(ERRORS[0]) == "qemu-img: Must specify options (-o)\nTry 'qemu-img --help' for more information\n"
+    assert err(ERRORS[2]) == "qemu-img: Expecting one image file name\n"
+    assert err(ERRORS[5]) == ("qemu-img: Invalid parameter 'cluster_size'\nThis option is only supported for image "
+                              "creation\n")
+    assert err(ERRORS[7]) == "qemu-img: Invalid parameter 'nocow'\n"  # (file-posix's: not qcow2's creation options)
+    assert err(ERRORS[9]) == "qemu-img: Unknown compatibility level 2\n"
+    assert err(ERRORS[12]) == "qemu-img: Unknown compatibility level 2\n"  # (compat looked at before refcount_bits)
+    assert err(ERRORS[13]) == ("qemu-img: Refcount widths other than 16 bits require compatibility level 1.1 or "
+                               "above (use compat=1.1 or greater)\n")
+    assert err(ERRORS[14]) == ("qemu-img: Lazy refcounts only supported with compatibility level 1.1 and above (use "
+                               "compat=1.1 or greater)\n")
+    assert err(ERRORS[15]) == "qemu-img: Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.\n"
+    assert err(ERRORS[16]) == "qemu-img: data-file can only be set for images that use an external data file\n"
+    assert err(ERRORS[17]) == "qemu-img: data-file-raw cannot be set on existing images\n"
+    assert _said(sim, ERRORS[18])["returncode"] == 0
+    assert err(ERRORS[19]) == "qemu-img: Can't amend encryption options - encryption not present\n"
+    assert err(OTHERS[0]) == "qemu-img: Format driver 'raw' does not support option amendment\n"
+    assert err(OTHERS[5]) == err(ERRORS[15])  # (the same file without its format: still a change)
+    assert _said(sim, OTHERS[6])["returncode"] == 0
+    assert 'Failed to get "write" lock' in err(OTHERS[9])
+
+
+def test_versions(sim):
+    def info(step: dict) -> str:
+        return _said(sim, step)["stdout"]
+
+    assert "compat: 1.1\n" in info(VERSIONS[1])  # upgraded, though the backing file could not change
+    assert "compat: 0.10\n" in info(VERSIONS[3])
+    assert "virtual size: 6 MiB" in info(VERSIONS[5]) and "compat: 1.1\n" in info(VERSIONS[5])
+    after = [(r["start"], r["length"], r["present"]) for r in json.loads(info(VERSIONS[15]))]
+    assert after == [(0, 128 * K, True), (128 * K, 3 * M - 128 * K, False)]  # the zero clusters unallocated
+    assert "virtual size: 3 MiB" in info(VERSIONS[14]) and "compat: 0.10\n" in info(VERSIONS[14])
+    assert _said(sim, VERSIONS[17])["stderr"] == "qemu-img: The new size must be a multiple of 512\n"
+    assert "virtual size: 3 MiB" in info(VERSIONS[19])  # (size=0: no change)
+    assert "bitmaps:" in info(OTHERS[15])
+
+
+def test_bitmaps_need_the_upgrade(sim):
+    assert _said(sim, BITMAPS[2])["error"]["desc"] == ("Can't make bitmap 'b0' persistent in 'old': Cannot store "
+                                                       "dirty bitmaps in qcow2 v2 files")
+    assert _said(sim, BITMAPS[7]) == {"return": {}}
+    info = _said(sim, BITMAPS[10])["stdout"]
+    assert "    bitmaps:\n        [0]:\n            flags:\n                [0]: auto\n" in info
+
+
+def test_a_downgrade_with_bitmaps_is_refused():
+    """QEMU 7.2 downgrades it and keeps the bitmap directory: opened again, the v2 image warns that its bitmaps
+    are inconsistent, and qemu-img check finds their clusters leaked. bitlab refuses rather than pretend."""
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "b.qcow2", "1M")
+    vm.qemu_img("bitmap", "--add", "b.qcow2", "b0")
+    out = story([_amend("-o", "compat=0.10", "b.qcow2"), _img("info", "b.qcow2")])(vm)
+    assert out[0]["returncode"] == 1 and "persistent bitmaps" in out[0]["stderr"]
+    assert "compat: 1.1\n" in out[1]["stdout"]
+
+
+@pytest.mark.qemu
+def test_matches_qemu():
+    want, got = on_both(story(STEPS), "qsd")
+    assert got == want
