@@ -226,7 +226,8 @@ def test_what_differs_between_qemu_and_bitlab() -> None:
     assert not supports(mine, "blockdev-add", "[driver=nbd].server")  # bitlab does not simulate nbd
     assert not has_command(qsd, "human-monitor-command")
     assert has_command(system, "human-monitor-command") and has_command(mine, "human-monitor-command")
-    assert has_command(qsd, "change-backing-file") and not has_command(mine, "change-backing-file")
+    assert has_command(qsd, "x-blockdev-change") and not has_command(mine, "x-blockdev-change")
+    assert has_command(mine, "change-backing-file") and differences(mine, qsd, "change-backing-file") == []
     assert has_command(qsd, "block-stream") and has_command(mine, "block-stream")
     assert has_command(qsd, "block-commit") and has_command(mine, "block-commit")
     assert has_command(qsd, "blockdev-mirror") and has_command(mine, "blockdev-mirror")

@@ -195,8 +195,8 @@ def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
             info["dirty-flag"] = False
         info["virtual-size"] = node.size
         return info
-    # raw and filters: bdrv_get_info answers from below (file does, null-co does not); a filter
-    # shows the cluster size of what it filters.
+    # raw and filters: bdrv_get_info answers from below (file does, null-co does not); raw and a filter
+    # show the cluster size of the qcow2 node below.
     info = {"filename": filename, "format": node.driver}
     bottom = node
     while (bottom.child("file") or bottom.child("backing")) is not None and not isinstance(bottom, Qcow2Node):
@@ -207,7 +207,8 @@ def _image_info(node: BlockNode, filename: str, specific: bool = True) -> dict:
     if size is not None:
         info["actual-size"] = size
     info["virtual-size"] = node.size
-    if isinstance(bottom, Qcow2Node) and node.driver in ("copy-before-write", "throttle", "copy-on-read", *JOB_FILTERS):
+    if isinstance(bottom, Qcow2Node) and node.driver in ("raw", "copy-before-write", "throttle", "copy-on-read",
+                                                         *JOB_FILTERS):  # (raw_get_info asks its file child too)
         info["cluster-size"] = bottom.image.cluster_size
     return info
 

@@ -574,6 +574,10 @@ def _held(values: np.ndarray) -> np.ndarray:
     return (values != UNALLOCATED) & (values != ZERO)
 
 
+PROTOCOL_DRIVERS = frozenset(("file", "null-co", "null-aio", "blkdebug"))
+"""The drivers bitlab has that QEMU opens with bdrv_file_open (protocol drivers)."""
+
+
 class FormatNode(BlockNode):
     """A format driver over a ``file`` child."""
 
@@ -585,9 +589,14 @@ class FormatNode(BlockNode):
         raise AssertionError(f"format node '{self.node_name}' without a file child")
 
     def plain_filename(self) -> str | None:
-        if any(key in self.options for key in self.strong_options) or self.backing_overridden():
+        """bdrv_refresh_filename: the file child's name, if that child is a protocol node (bdrv_file_open: a
+        format over another format or a filter has none) and no strong option or overridden backing file needs
+        the options."""
+        file = self.file
+        if file.driver not in PROTOCOL_DRIVERS or any(key in self.options for key in self.strong_options) or \
+                self.backing_overridden():
             return None
-        child = self.file.plain_filename()  # (its ``json:`` form, if it has no plain one, would be built for nothing)
+        child = file.plain_filename()  # (its ``json:`` form, if it has no plain one, would be built for nothing)
         return None if child is None or child.startswith("json:") else child
 
     def backing_overridden(self) -> bool:

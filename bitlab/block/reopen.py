@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import generic
@@ -90,6 +90,13 @@ def _own_options(node: Any) -> dict:
     return {k: v for k, v in flatten(node.options).items() if k.split(".", 1)[0] not in roles}
 
 
+def _explicit_options(node: Any) -> dict:
+    """bs->explicit_options: what it was opened with (taken as given), then what each reopen gave it; inherited
+    values (a backing file's read-only, a file's parent's) are not among them."""
+    explicit = getattr(node, "explicit_options", None)
+    return dict(explicit) if explicit is not None else _own_options(node)
+
+
 @dataclass
 class Entry:
     """One queued node: its new (flattened) options and read-only flag."""
@@ -97,6 +104,7 @@ class Entry:
     node: Any
     options: dict
     read_only: bool
+    explicit: dict = field(default_factory=dict)  # its explicit options (bdrv_reopen_queue_child's explicit_options)
     backing_missing: bool = False
     new_backing: tuple = ()  # (the new backing node or None,) when the reopen changes it
 
@@ -115,10 +123,15 @@ class Reopen:
     # -- the queue ---------------------------------------------------------------------------
     def queue(self, node: Any, options: dict, *, parent: dict | None = None, role: str = "",
               parent_format: bool = False, keep_old: bool = False) -> None:
-        """bdrv_reopen_queue_child."""
+        """bdrv_reopen_queue_child: the options given, then those set explicitly before (queued already: there;
+        else, with ``keep_old``, the node's), then what the parent passes on, then (``keep_old``) the node's
+        others."""
         entry = next((e for e in self.entries if e.node is node), None)
         if entry is not None:  # queued already: what it was given there fills in
-            options = {**entry.options, **options}
+            options = {**entry.explicit, **options}
+        elif keep_old:
+            options = {**_explicit_options(node), **options}
+        explicit = dict(options)
         if parent is not None:  # bdrv_inherited_options: the parent's read-only and cache modes by default
             if role == "backing":
                 options.setdefault("read-only", True)
@@ -133,10 +146,10 @@ class Reopen:
             options = {**_own_options(node), **options}
         read_only = option_bool(options.get("read-only", False))
         if entry is None:
-            entry = Entry(node, options, read_only)
+            entry = Entry(node, options, read_only, explicit)
             self.entries.append(entry)
         else:
-            entry.options, entry.read_only = options, read_only
+            entry.options, entry.read_only, entry.explicit = options, read_only, explicit
         if not keep_old:
             entry.backing_missing = "backing" not in options and "backing.driver" not in options
         for child_role, child in node.children:
@@ -304,6 +317,8 @@ class Reopen:
             kept["backing"] = entry.new_backing[0] and entry.new_backing[0].node_name
         own = {k: v for k, v in opts.items() if k.split(".", 1)[0] not in kept}
         node.options = {**unflatten(own), **kept}
+        roles = {role for role, _ in node.children} | {"backing"}
+        node.explicit_options = {k: v for k, v in entry.explicit.items() if k.split(".", 1)[0] not in roles}
         if "discard" in opts:
             node.discard_unmap = opts["discard"] == "unmap"
         node.detect_zeroes = opts.get("detect-zeroes", "off")

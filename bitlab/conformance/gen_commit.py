@@ -8,7 +8,8 @@ open alone), opens it with one blockdev-add, puts bitmaps on the base and the to
 commits: the active layer (an active commit: ready, guest writes, then ``job-complete``, a plain or forced
 cancel, or ``job-cancel``), or, in a chain of three, the middle image (the commit job, now and then with
 ``auto-finalize`` off, a ``backing-file`` name or a filter name); or it streams the chain (all of it, down to the
-base, or to ``bottom``) into the top. Then the nodes, the bitmaps, the top's image info; the chain goes. Where
+base, or to ``bottom``) into the top. From seed :data:`RENAME_SINCE` on, now and then a ``change-backing-file``
+follows (on a stream of its own). Then the nodes, the bitmaps, the top's image info; the chain goes. Where
 several requests of an active commit are in flight QEMU varies which it writes first, and with them the base's
 host clusters: only the commit job's base (one chunk at a time) and the stream job's top are mapped.
 """
@@ -25,12 +26,35 @@ CHANCE = 0.02  # after each op of the random mix, the chance of an episode
 K, M = 1 << 10, 1 << 20
 
 
-class Commits:
-    """What the episodes of one scenario share: their random stream and a counter."""
+RENAME_SINCE = 30000  # seeds from this one on: now and then a change-backing-file after the job (own stream)
+RENAME_CHANCE = 0.35
 
-    def __init__(self, rng: random.Random) -> None:
+
+class Commits:
+    """What the episodes of one scenario share: their random stream and a counter; ``renames``, from seed
+    :data:`RENAME_SINCE` on, the stream of the change-backing-file steps (older seeds keep their episodes)."""
+
+    def __init__(self, rng: random.Random, renames: random.Random | None = None) -> None:
         self.rng = rng
+        self.renames = renames
         self.n = 0
+
+
+def commits_for(seed: int, index: int) -> Commits:
+    """The episodes' shared state for scenario ``seed``/``index``."""
+    renames = random.Random(f"{seed}/{index}/rename") if seed >= RENAME_SINCE else None
+    return Commits(random.Random(f"{seed}/{index}/commit"), renames)
+
+
+def _rename(cm: Commits, names: list[str]) -> list[dict]:
+    """change-backing-file of an image of the chain (the top's, a node the job may have closed, or the base's,
+    which has none), to its backing file's name, another or none."""
+    rng = cm.renames
+    if rng is None or rng.random() >= RENAME_CHANCE:
+        return []
+    image = rng.choice([names[0], names[0], *names[1:]])
+    name = rng.choice([f"{names[-1]}.qcow2", f"./{names[-1]}.qcow2", "renamed.qcow2", ""])
+    return [_qmp("change-backing-file", {"device": names[0], "image-node-name": image, "backing-file": name})]
 
 
 def _file(image: str) -> dict:
@@ -120,6 +144,7 @@ def commit_episode(cm: Commits, size: int) -> list[dict]:
         if rng.random() < 0.2:
             args["backing-file"] = f"ck{n}-renamed.qcow2"
         steps += _to_the_end(rng, "block-commit", args)
+    steps += _rename(cm, names)
     steps.append(_qmp("query-named-block-nodes", {"flat": True}))
     for node, bm in bitmaps:  # (the top keeps its chain: the base stays, whichever job ran)
         steps.append(_qmp("x-debug-block-dirty-bitmap-sha256", {"node": node, "name": bm}))
@@ -136,7 +161,7 @@ def commit_scenario(seed: int, index: int = 0) -> dict:
     """A scenario of such episodes alone (``bitlab conformance --focus commit``): two to five episodes of 8 MiB
     chains."""
     rng = random.Random(f"{seed}/{index}/commit-focus")
-    cm = Commits(random.Random(f"{seed}/{index}/commit"))
+    cm = commits_for(seed, index)
     steps: list[dict] = []
     for _ in range(rng.randint(2, 5)):
         steps += commit_episode(cm, 8 * M)
@@ -144,4 +169,4 @@ def commit_scenario(seed: int, index: int = 0) -> dict:
     return {"name": f"commit-{seed}-{index}", "steps": steps}
 
 
-__all__ = ["CHANCE", "Commits", "commit_episode", "commit_scenario"]
+__all__ = ["CHANCE", "RENAME_SINCE", "Commits", "commit_episode", "commit_scenario", "commits_for"]

@@ -83,7 +83,7 @@ import random
 from .gen_blkdebug import CHANCE as BLKDEBUG_CHANCE
 from .gen_blkdebug import Blkdebugs, blkdebug_episode
 from .gen_commit import CHANCE as COMMIT_CHANCE
-from .gen_commit import Commits, commit_episode
+from .gen_commit import commit_episode, commits_for
 from .gen_copyrange import CHANCE as COPYRANGE_CHANCE
 from .gen_copyrange import CopyRange, copy_range_episode
 from .gen_crash import CRASH_CHANCE, CRASH_SINCE, crash_episode
@@ -164,7 +164,7 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     reopens = Reopens(random.Random(f"{seed}/{index}/reopen"), nodes, files)
     throttles = Throttles(random.Random(f"{seed}/{index}/throttle"), nodes)
     mirrors = Mirrors(random.Random(f"{seed}/{index}/mirror"), nodes)
-    commits = Commits(random.Random(f"{seed}/{index}/commit"))
+    commits = commits_for(seed, index)
     clients = random.Random(f"{seed}/{index}/nbd-client")
     restores = random.Random(f"{seed}/{index}/restore")
     peeks = Peeks(random.Random(f"{seed}/{index}/peek"), nodes, random.Random(f"{seed}/{index}/peek-resize"),

@@ -9,6 +9,7 @@ from ..block.create import prealloc_image
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import ZERO_ALLOC, clip_runs, touched_mask
 from ..block.graph import BlockGraph
+from ..block.node import BlockNode
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
 from . import cmdline, convert_nbd, nbd, qemu_opts
@@ -102,9 +103,9 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     prealloc = str(values.get("preallocation", "off"))
     if "-c" in opts and prealloc != "off":
         raise QemuImgError("qemu-img: Compression and preallocation not supported at the same time\n")
-    if "-c" in opts and backing is not None:
-        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -c' into an image with a backing "
-                           "file\n")
+    if "-c" in opts and backing is not None and not sparse:
+        raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -c -S 0' into an image with a "
+                           "backing file\n")
     if values.get("nocow") or "extent_size_hint" in values:
         raise QemuImgError("qemu-img: bitlab does not simulate these -o options of 'qemu-img convert'\n")
     s, e, v = content(chain, 0, size)
@@ -128,7 +129,7 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if bitmaps and not target.is_qcow2:
         raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support bitmaps\n")
     if backing is not None:  # not zero-initialised: requests as into an image that exists, opened with its backing
-        _write_through(store, key_fn, chain, out, "qcow2", sparse, backing=True, new=True)
+        _write_through(store, key_fn, chain, out, "qcow2", sparse, backing=True, new=True, compressed="-c" in opts)
     elif "-c" in opts:
         _write_compressed(target, s, e, v, sparse)
     else:
@@ -173,7 +174,7 @@ def _into_existing(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain
 
 
 def _write_through(store: ImageStore, key_fn: KeyFn, chain: list, out: str, driver: str, sparse: int,
-                   backing: bool = False, new: bool = False) -> None:
+                   backing: bool = False, new: bool = False, compressed: bool = False) -> None:
     """The requests img_convert sends a target that is not zero-initialised (:mod:`.convert_nbd`: one that is not
     ``new``, or has a ``backing`` file) through ``out`` opened as a ``driver`` node over its file, with its backing
     chain (read-write; BDRV_O_UNMAP unless ``-S 0``: its zero writes may free clusters or punch holes; its
@@ -191,12 +192,41 @@ def _write_through(store: ImageStore, key_fn: KeyFn, chain: list, out: str, driv
             raise QemuImgError("qemu-img: output file is smaller than input file\n")
         below = node.backing if new else None  # target_backing_sectors: the new target's backing file's sectors
         end = None if below is None else -(-below.size // 512) * 512
+        if compressed:
+            _compressed_through(node, chain, size, end)
+            return
         offsets, lengths, zero = (convert_nbd.requests(chain, size, sparse, backing, end) if backing
                                   else convert_nbd.requests(chain, size, sparse))
         batch_writes.write_plan(node, offsets, lengths, zero, content(chain, 0, size))
         node.flush()
     finally:
         graph.close_all()
+
+
+def _compressed_through(node: BlockNode, chain: list, size: int, backing_end: int | None) -> None:
+    """-c into a new image over a backing file (:func:`.convert_nbd.cluster_kinds`), one cluster after another:
+    a data cluster holding something written compressed, one of zeroes and the source's zero clusters as zero
+    writes (the target is not zero-initialised), what the backing file shows left alone; then the empty
+    compressed write that rounds the file up to a sector."""
+    cs = node.image.cluster_size
+    kinds = convert_nbd.cluster_kinds(chain, size, cs, backing_end)
+    s, e, v = content(chain, 0, size)
+    n = kinds.size
+    nonzero = touched_mask(s[v != 0] // cs, -(-e[v != 0] // cs), n)
+    action = np.where(kinds == convert_nbd.BACKING, 0, np.where((kinds == convert_nbd.DATA) & nonzero, 1, 2))
+    cut = np.flatnonzero(action[1:] != action[:-1]) + 1
+    try:
+        for a, b in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [n])).tolist()):
+            if action[a] == 1:
+                clusters = np.arange(a, b, dtype=np.int64)
+                lengths = np.minimum((clusters + 1) * cs, size) - clusters * cs
+                ps, pe, pv, _ = clip_runs(s, e, v, np.array([a * cs]), np.array([min(b * cs, size)]))
+                node.write_compressed_clusters(clusters, lengths, ps, pe, pv, detect=False)
+            elif action[a] == 2:
+                node.write_zeroes(a * cs, min(b * cs, size) - a * cs, unmap=True)
+        node.write_compressed(0, 0, *(np.zeros(0, dtype=np.int64),) * 3)
+    except QMPError as err:
+        raise QemuImgError(f"qemu-img: {err.desc}\n") from None
 
 
 def _lock_hint(store: ImageStore, key_fn: KeyFn, out: str, desc: str) -> str:

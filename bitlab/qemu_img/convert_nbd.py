@@ -245,6 +245,22 @@ def requests(chain: list[Layer], size: int, sparse: int, backing: bool = False, 
     return offsets[order] * SECTOR, lengths * SECTOR, zero
 
 
+def cluster_kinds(chain: list[Layer], size: int, cluster: int, backing_end: int | None) -> np.ndarray:
+    """A compressed convert into a target with a backing file (``-c -B``): what convert_iteration_sectors makes of
+    each target cluster, in order (DATA, ZERO or BACKING). Its steps are whole clusters: a status answer's clusters
+    take its kind, a cluster an answer ends inside (and the disk's last, partial one) is read as data."""
+    bounds, flags, src_alignment, _, _, total = _params(chain, size, 512, True, backing_end)
+    p0, pn, pk = _pieces(bounds, flags, total, src_alignment)
+    pk = _post_backing(p0, pk, backing_end)
+    keep = pn > 0
+    p0, pn, pk = p0[keep] * SECTOR, pn[keep] * SECTOR, pk[keep]
+    starts = np.arange(0, size, cluster, dtype=np.int64)
+    ends = np.minimum(starts + cluster, size)
+    j = np.searchsorted(p0, starts, "right") - 1
+    whole = (ends - starts == cluster) & (ends <= p0[j] + pn[j])
+    return np.where(whole, pk[j], DATA)
+
+
 def _aligned_chunks(chain: list[Layer], size: int, cs: np.ndarray, ce: np.ndarray, least: int, alignment: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The requests of data chunks ``[cs, ce)`` (sectors, on ``alignment``): (first sectors, sectors, zero?)."""

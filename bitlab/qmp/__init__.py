@@ -1,6 +1,7 @@
 """QMP: the command table, argument checking, and the commands bitlab implements."""
 
 from . import (  # noqa: F401
+    cmd_backing_file,
     cmd_bitmap,
     cmd_block,
     cmd_commit,

@@ -107,7 +107,16 @@ EXISTING = [  # -n -B: the top's stretches alone, into images that exist
     _q("x-debug-block-dirty-bitmap-sha256", {"node": "e5", "name": "w"}), _map(SOCK.format("e5")),
 ]
 
-STEPS = CHAIN + NEW + REFUSED + EXISTING
+COMPRESSED = [  # -c -B: whole target clusters, in order; a cluster a status answer ends inside is read whole
+    _convert("-c", "-B", "mid.qcow2", "-F", "qcow2", "-O", "qcow2", "top.qcow2", "c1.qcow2"), _map("c1.qcow2"),
+    _img("compare", "top.qcow2", "c1.qcow2"), _img("check", "c1.qcow2"),
+    _convert("-c", "-B", "base.qcow2", "-F", "qcow2", "-o", "cluster_size=4k", "-O", "qcow2", "top.qcow2",
+             "c2.qcow2"), _map("c2.qcow2"), _img("check", "c2.qcow2"),
+    _convert("-c", "-B", "base.qcow2", "-F", "qcow2", "-O", "qcow2", "mid.qcow2", "c3.qcow2"), _map("c3.qcow2"),
+    _img("check", "c3.qcow2"),
+]
+
+STEPS = CHAIN + NEW + REFUSED + EXISTING + COMPRESSED
 
 
 def _said(out: list, step: dict) -> dict:
@@ -183,6 +192,15 @@ def test_into_images_that_exist(sim):
     e3 = _runs(sim, _map("e3.qcow2"))  # -S 0 -B: the top's stretches alone (its zero clusters written as data too)
     assert [(r[0], r[1]) for r in e3 if r[4]] == [(0, 64 * K), (M, 64 * K), (2 * M, 64 * K), (3 * M, 128 * K),
                                                   (5 * M, 64 * K)]
+
+
+def test_compressed(sim):
+    """c1: the top's 4 KiB clusters in 64 KiB target clusters: clusters 0 (its zero write inside mid's data), 16
+    and 80 (its data) read whole and compressed; its zero clusters as zero clusters."""
+    runs = _runs(sim, _map("c1.qcow2"))
+    assert [r[:2] for r in runs if r[2] == 0 and r[4]] == [(0, 64 * K), (M, 64 * K), (5 * M, 64 * K)]
+    assert "100.00% compressed clusters" in _said(sim, _img("check", "c1.qcow2"))["stdout"]
+    assert _said(sim, _img("compare", "top.qcow2", "c1.qcow2"))["stdout"] == "Images are identical.\n"
 
 
 def test_an_empty_backing_file_name_is_refused():
