@@ -1099,14 +1099,27 @@ class HostLayout:
                 k = i + int(rest[0]) if rest.size else n
                 k = i + self._below_table(c0[i:k], c1[i:k], data[i:k])  # (the table grows request by request)
                 if k > i:
+                    if i:
+                        self._renote(c0[i:k], c1[i:k], values[i:k])
                     self._batch(c0[i:k], c1[i:k], data[i:k], zeroing[i:k], flags[i:k])
                     i = k
                     continue
+            if i:
+                self._renote(c0[i:i + 1], c1[i:i + 1], values[i:i + 1])
             if data[i]:
                 self._request(int(c0[i]), int(c1[i]))
             else:
                 self.zero_request(int(c0[i]), int(c1[i]), int(f0[i]), int(f1[i]), int(values[i]))
             i += 1
+
+    def _renote(self, c0: np.ndarray, c1: np.ndarray, values: np.ndarray) -> None:
+        """:meth:`note_tables` before a later step of one merge (the merge noted its tables before its first): each
+        step is a change of its own, and a write-back in it writes the tables as the steps before left them."""
+        self.in_op = False
+        try:
+            self.note_tables(c0, c1, values)
+        finally:
+            self.in_op = True
 
     def _below_table(self, c0: np.ndarray, c1: np.ndarray, data: np.ndarray) -> int:
         """How many of these requests, from the first, surely allocate nothing past what the refcount table's blocks
