@@ -194,10 +194,10 @@ def _write_through(store: ImageStore, key_fn: KeyFn, chain: list, out: str, driv
         end = None if below is None else -(-below.size // 512) * 512
         if compressed:
             _compressed_through(node, chain, size, end)
-            return
-        offsets, lengths, zero = (convert_nbd.requests(chain, size, sparse, backing, end) if backing
-                                  else convert_nbd.requests(chain, size, sparse))
-        batch_writes.write_plan(node, offsets, lengths, zero, content(chain, 0, size))
+        else:
+            offsets, lengths, zero = (convert_nbd.requests(chain, size, sparse, backing, end) if backing
+                                      else convert_nbd.requests(chain, size, sparse))
+            batch_writes.write_plan(node, offsets, lengths, zero, content(chain, 0, size))
         node.flush()
     finally:
         graph.close_all()

@@ -21,18 +21,11 @@ from bitlab.qemu_img import convert_nbd
 from bitlab.qemu_img._common import open_chain
 from tests.both import on_both
 from tests.conformance.test_nbd_client import SERVER, SOCK, _img, _q, _write
+from tests.conformance.test_qcow2_prealloc_data import _del
+from tests.conformance.test_qcow2_prealloc_data import _open as _add
 from tests.conformance.test_raw_allocation import _zero, story
 
 K, M = 1 << 10, 1 << 20
-
-
-def _add(name: str) -> dict:
-    return _q("blockdev-add", {"driver": "qcow2", "node-name": name,
-                               "file": {"driver": "file", "filename": f"{name}.qcow2"}})
-
-
-def _del(name: str) -> dict:
-    return _q("blockdev-del", {"node-name": name})
 
 
 def _map(file: str) -> dict:

@@ -13,27 +13,15 @@ import pytest
 
 from bitlab import Machine
 from tests.both import on_both
+from tests.conformance.test_convert_backing import _add, _del, _map
 from tests.conformance.test_nbd_client import _img, _q, _write
 from tests.conformance.test_raw_allocation import _zero, story
 
 K, M = 1 << 10, 1 << 20
 
 
-def _add(name: str) -> dict:
-    return _q("blockdev-add", {"driver": "qcow2", "node-name": name,
-                               "file": {"driver": "file", "filename": f"{name}.qcow2"}})
-
-
-def _del(name: str) -> dict:
-    return _q("blockdev-del", {"node-name": name})
-
-
 def _amend(*args: str) -> dict:
     return _img("amend", *args)
-
-
-def _map(file: str) -> dict:
-    return _img("map", "--output=json", file)
 
 
 V2 = [_img("create", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "4M"), _add("v2"), _write("v2", 0, 128 * K, 0x11),
