@@ -26,7 +26,7 @@ CHANCE = 0.02  # after each op of the random mix, the chance of an episode
 K, M = 1 << 10, 1 << 20
 
 
-RENAME_SINCE = 30000  # seeds from this one on: now and then a change-backing-file after the job (own stream)
+RENAME_SINCE = 30100  # seeds from this one on: now and then a change-backing-file after the job (own stream)
 RENAME_CHANCE = 0.35
 
 

@@ -8,7 +8,8 @@ sometimes rolled back by an ``abort``, writes, and removes, clears, enables, dis
 image (``blockdev-del``: the persistent bitmaps are stored), reads it with ``qemu-img info`` and ``check``, now and
 then changes it with ``qemu-img bitmap``, and opens it again: the bitmaps come back, their flags and sums compared.
 Sometimes ``qemu-img convert --bitmaps`` then copies it (``ppc<n>.qcow2``), closed or open (``-U``: its bitmaps
-are in use there, so inconsistent to the copy).
+are in use there, so inconsistent to the copy). From seed :data:`AMEND_SINCE` on, ``qemu-img amend`` now and then
+changes the closed image (a v2 image upgraded) or is refused an option it keeps.
 
 Not here: ``qemu-img map`` of the closed image. Stored bitmaps often make QEMU take it for an image with
 preallocated metadata (qcow2_detect_metadata_preallocation), and map then asks the host file system about each
@@ -29,11 +30,16 @@ GRANULARITIES = [512, 4096, 65536, 1 << 20, 1000]  # the last is refused
 K = 1 << 10
 
 
-class Persist:
-    """What the episodes of one scenario share: their random stream and whether ``pp`` exists."""
+AMEND_SINCE = 30200  # seeds from this one on: qemu-img amend of the closed image now and then (own stream)
 
-    def __init__(self, rng: random.Random) -> None:
+
+class Persist:
+    """What the episodes of one scenario share: their random stream and whether ``pp`` exists; ``amends``, from seed
+    :data:`AMEND_SINCE` on, the stream of the ``qemu-img amend`` steps (older seeds keep their episodes)."""
+
+    def __init__(self, rng: random.Random, amends: random.Random | None = None) -> None:
         self.rng = rng
+        self.amends = amends
         self.made = False
         self.v2 = False
         self.copies = 0  # ppc<n>.qcow2: qemu-img convert --bitmaps copies
@@ -57,6 +63,7 @@ def persist_episode(pe: Persist, size: int) -> list[dict]:
         steps += _action(rng, size)
     steps += [_qmp("query-named-block-nodes", {"flat": True}), _qmp("blockdev-del", {"node-name": "pp"}),
               {"qemu-img": ["info", "pp.qcow2"]}, {"qemu-img": ["check", "pp.qcow2"]}]
+    steps += _amend(pe)
     if rng.random() < 0.4:
         verbs = rng.sample(["--add", "--remove", "--clear", "--enable", "--disable", "--merge"], rng.randint(1, 2))
         argv = ["bitmap"]
@@ -77,6 +84,21 @@ def persist_episode(pe: Persist, size: int) -> list[dict]:
         steps += [{"qemu-img": argv}, {"qemu-img": ["info", copy]}, {"qemu-img": ["check", copy]}]
         steps += ([] if shared else [_open()])
     return steps
+
+
+def _amend(pe: Persist) -> list[dict]:
+    """Now and then (its own stream) ``qemu-img amend`` of the closed image: a v2 image upgraded (it can hold
+    persistent bitmaps then), or an option the image keeps as it is (QEMU's error)."""
+    rng = pe.amends
+    if rng is None or rng.random() >= 0.3:
+        return []
+    if pe.v2 and rng.random() < 0.7:
+        pe.v2 = False
+        options = rng.choice(["compat=1.1", "compat=v3", "compat=1.1,lazy_refcounts=off"])
+    else:
+        options = rng.choice(["compat=1.1", "backing_file=pp-base.qcow2", "refcount_bits=16", "compat=2",
+                              "cluster_size=4096", "data_file_raw=off"])
+    return [{"qemu-img": ["amend", "-o", options, "pp.qcow2"]}, {"qemu-img": ["info", "pp.qcow2"]}]
 
 
 def _action(rng: random.Random, size: int) -> list[dict]:

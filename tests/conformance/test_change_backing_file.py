@@ -125,3 +125,14 @@ def test_reopens_keep_what_was_set_explicitly():
 def test_matches_qemu(daemon):
     want, got = on_both(story(STEPS + AFTER_COMMIT), daemon)
     assert got == want
+
+
+def test_commit_episodes_rename_from_their_seed_on():
+    """The random commit and stream episodes end with a change-backing-file now and then from RENAME_SINCE on (a
+    stream of its own: older seeds keep their scenarios)."""
+    from bitlab.conformance.gen_commit import RENAME_SINCE, commit_scenario
+
+    def renames(seed: int) -> int:
+        return sum("change-backing-file" in str(step) for i in range(20) for step in commit_scenario(seed, i)["steps"])
+
+    assert renames(RENAME_SINCE - 1) == 0 and renames(RENAME_SINCE) > 0

@@ -149,3 +149,16 @@ def test_a_downgrade_with_bitmaps_is_refused():
 def test_matches_qemu():
     want, got = on_both(story(STEPS), "qsd")
     assert got == want
+
+
+def test_persist_episodes_amend_from_their_seed_on():
+    """The persistent-bitmap episodes of the random mix run qemu-img amend now and then from AMEND_SINCE on (a
+    stream of its own)."""
+    from bitlab.conformance.gen_persist import AMEND_SINCE
+    from bitlab.conformance.generator import random_scenario
+
+    def amends(seed: int) -> int:
+        return sum(step.get("qemu-img", [""])[0] == "amend" for i in range(80)
+                   for step in random_scenario(seed, i)["steps"])
+
+    assert amends(AMEND_SINCE - 1) == 0 and amends(AMEND_SINCE) > 0
