@@ -3,6 +3,8 @@ options it can only keep as they are."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC
 from ..block.graph import BlockGraph
 from ..block.store import ImageFile, ImageStore
@@ -47,8 +49,22 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         warning = "" if fmt else RAW_PROBE_WARNING.format(filename)
         raise QemuImgError(f"{warning}qemu-img: Format driver 'raw' does not support option amendment\n")
     chain = open_chain(store, key_fn, filename, fmt, "write")
-    image = chain[0].image
-    values = _parse(opts["-o"])
+    graph = BlockGraph(store, "/")  # (opened read-write: its persistent bitmaps loaded, in use; stored as it closes)
+    try:
+        node = graph.add({"driver": "qcow2", "node-name": "qemu-img", "discard": "unmap",
+                          "file": {"driver": "file", "filename": find_key(key_fn, filename)}})
+    except QMPError as err:  # (open_chain found the chain whole)
+        raise QemuImgError(f"qemu-img: Could not open '{filename}': {err.desc}\n") from None
+    try:
+        _amend(node, _parse(opts["-o"]), len(chain) > 1)
+    finally:
+        graph.close_all()
+    return ""
+
+
+def _amend(node: Any, values: dict[str, int | bool | str], backing: bool) -> None:
+    """qcow2_amend_options on the open image's node, the options given in the driver's order."""
+    image = node.image
     given = set(values)
     version = 3 if image.compat == "1.1" else 2
     new_version = version
@@ -79,7 +95,7 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if values.get("lazy_refcounts") and new_version == 3:
         raise QemuImgError("qemu-img: bitlab does not simulate lazy refcounts ('lazy_refcounts')\n")
     if new_version < version:
-        _downgrade_checks(image, len(chain) > 1)
+        _downgrade_checks(image, backing)
     if new_version > version:  # qcow2_upgrade: the header written as v3
         image.compat = "1.1"
     if bits != 16:
@@ -92,11 +108,17 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: Lazy refcounts only supported with compatibility level 1.1 and above "
                            f"{V3_HINT}\n")
     size = int(values.get("size", 0))
-    if size or new_version < version:
-        _through_node(store, key_fn, filename, size, new_version < version)
-    if new_version < version:
+    if size:  # (an exact truncate)
+        try:
+            node.resize(size)
+        except QMPError as err:
+            raise QemuImgError(f"qemu-img: {err.desc}\n") from None
+    if new_version < version:  # qcow2_expand_zero_clusters (no backing file: their L2 entries cleared), then v2
+        s, e, v = image.data.extents()
+        zero = v == ZERO
+        if zero.any():
+            image.data.write_batch(s[zero], e[zero] - s[zero], UNALLOCATED)
         image.compat = "0.10"
-    return ""
 
 
 def _parse(text: str) -> dict[str, int | bool | str]:
@@ -120,27 +142,3 @@ def _downgrade_checks(image: ImageFile, backing: bool) -> None:
     if (v == ZERO_ALLOC).any() or backing and (v == ZERO).any():
         raise QemuImgError("qemu-img: bitlab does not simulate downgrading an image with zero clusters that keep "
                            "their host clusters or hide a backing file's data (QEMU writes zeroes into them)\n")
-
-
-def _through_node(store: ImageStore, key_fn: KeyFn, filename: str, size: int, expand: bool) -> None:
-    """The image as a node: ``size`` (an exact truncate, when given), then, for a downgrade, its zero clusters made
-    unallocated (qcow2_expand_zero_clusters, without a backing file: their L2 entries cleared)."""
-    graph = BlockGraph(store, "/")
-    try:
-        node = graph.add({"driver": "qcow2", "node-name": "qemu-img", "discard": "unmap",
-                          "file": {"driver": "file", "filename": find_key(key_fn, filename)}})
-    except QMPError as err:  # (open_chain found the chain whole)
-        raise QemuImgError(f"qemu-img: Could not open '{filename}': {err.desc}\n") from None
-    try:
-        if size:
-            try:
-                node.resize(size)
-            except QMPError as err:
-                raise QemuImgError(f"qemu-img: {err.desc}\n") from None
-        if expand:  # (their L2 entries rewritten in place)
-            s, e, v = node.image.data.extents()
-            zero = v == ZERO
-            if zero.any():
-                node.image.data.write_batch(s[zero], e[zero] - s[zero], UNALLOCATED)
-    finally:
-        graph.close_all()
