@@ -70,6 +70,11 @@ BITMAPS = [  # a v2 image cannot hold persistent bitmaps: upgraded, it can
     _img("bitmap", "--add", "old.qcow2", "b0"), _amend("-o", "compat=1.1", "old.qcow2"), _add("old"),
     _q("block-dirty-bitmap-add", {"node": "old", "name": "b0", "persistent": True}), _write("old", M, 64 * K, 0x22),
     _del("old"), _img("info", "old.qcow2"),
+    _amend("-o", "compat=1.1", "old.qcow2"), _img("check", "old.qcow2"),  # (opened read-write: bitmaps stored again)
+    _amend("-o", "bogus=1", "old.qcow2"), _img("check", "old.qcow2"), _q("blockdev-add", {
+        "driver": "qcow2", "node-name": "old", "file": {"driver": "file", "filename": "old.qcow2", "node-name": "of"}}),
+    _q("query-named-block-nodes", {"flat": True}),
+    _q("x-debug-block-dirty-bitmap-sha256", {"node": "old", "name": "b0"}),
 ]
 
 STEPS = V2 + ERRORS + VERSIONS + OTHERS + BITMAPS
