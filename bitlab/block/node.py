@@ -1822,7 +1822,9 @@ class Qcow2Node(FormatNode):
         """qcow2_co_pwrite_zeroes on part ``[lo, hi)`` of one cluster: it becomes a zero cluster if it
         holds no data and the rest of it (head and tail) already reads as zeroes."""
         _, _, vals = self.image.data.extents(c_start, c_end - c_start)
-        if (vals >= 0).any():
+        if (vals >= 0).any():  # (is_zero asks block status all the same: the head's, or else the tail's)
+            if lo > c_start or hi < min(c_end, self.image.data.size):
+                self._metadata_prealloc()
             return False
         return not self.status_data(c_start, lo) and not self.status_data(hi, c_end)
 

@@ -158,3 +158,34 @@ def copied(vm: Machine, cs: int) -> dict:
 def test_same_on_qemu(cs, story):
     real, sim = on_both(lambda vm: story(vm, cs))
     assert _comparable(sim, sim) == _comparable(real, sim)
+
+
+def asked_early(vm: Machine, cs: int, early: bool) -> dict:
+    """qcow2 looks for preallocated metadata once, when something first asks the node for block status: here
+    (``early``) a zero write over part of a preallocated cluster (is_zero asks about the rest of the cluster,
+    though the cluster holds data and the write falls back to writing zeroes) while the file holds the metadata
+    alone, so the image is taken for a preallocated one for as long as it stays open, after the data written
+    next has filled the file; otherwise the backup asks first, too late. A ``sync: top`` backup of it into an
+    image made the same way: where the source's file has holes, the answers are zeroes, which the job writes as
+    zero clusters that keep their host clusters, or data."""
+    for name in ("a", "t"):
+        vm.qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cs},preallocation=metadata", f"{name}.qcow2",
+                    "4M")
+        _open(vm, name)
+    if early:
+        vm.guest_io("a", f"write -z {cs + cs // 4} {cs // 4}")
+    vm.write("a", 3 * cs, 4 * M - 3 * cs, pattern=0x11)
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "top",
+                               "x-perf": {"max-workers": 1}})
+    vm.run()
+    _close(vm, "t")
+    _close(vm)
+    return _looked_at(vm, "t", "a")
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("early", [True, False])
+@pytest.mark.parametrize("cs", [4096, 65536])
+def test_detected_when_first_asked(cs, early):
+    real, sim = on_both(lambda vm: asked_early(vm, cs, early))
+    assert _comparable(sim, sim) == _comparable(real, sim)
