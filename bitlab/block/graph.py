@@ -294,6 +294,7 @@ class BlockGraph:
                         self._drop_unowned(file_node)
                         raise generic(problem)
                 self._check_qcow2_open(opts, image, file_node)
+                image.opened(self.store.warn, not ro)  # (qcow2_read_extensions)
                 if file_node.driver == "blkdebug":  # (qcow2_load_dirty_bitmaps, before the backing file opens)
                     problem, marked = qcow2_trace.bitmap_open(image, file_node, ro)
                     if problem is not None:

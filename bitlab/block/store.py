@@ -41,6 +41,12 @@ def _directory_bytes(bitmaps: list[StoredBitmap]) -> int:
     return sum(-(-(24 + len(b.name.encode())) // 8) * 8 for b in bitmaps)
 
 
+V2_BITMAPS_WARNING = ("warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program "
+                      "without persistent bitmap support; so now they must all be considered inconsistent\nSome "
+                      "clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
+"""What qcow2 7.2 warns opening a v2 image with a bitmaps extension (error_printf: no newline at its end)."""
+
+
 @dataclass
 class ImageFile:
     """One file: raw bytes, or a qcow2 image with its virtual disk content and host layout."""
@@ -68,6 +74,10 @@ class ImageFile:
     # host clusters (runs: starts, ends) whose refcount the file holds though nothing references them: what a QEMU
     # killed with the image open left (see crash), until ``qemu-img check -r leaks`` frees them
     leaked: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    # the header of a v2 image keeps a bitmaps extension without the autoclear bit v2 has no room for (qemu-img
+    # amend downgraded an image with persistent bitmaps): every open warns (V2_BITMAPS_WARNING) and loads none, a
+    # read-write open rewrites the header without it; their clusters are leaked (see keep_v2_bitmaps)
+    v2_bitmaps: bool = field(default=False, compare=False)
     _layout: HostLayout | None = field(default=None, init=False, repr=False, compare=False)
     _allocated: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (key, allocated_size)
 
@@ -291,6 +301,34 @@ class ImageFile:
         layout.guest, layout.zero_flag, layout.free = found.guest, found.zero, refcounts
         layout.fs_plain = False
         layout.reopen()
+
+    def keep_v2_bitmaps(self) -> None:
+        """A v2 image closed with persistent bitmaps (a downgrade: qcow2_downgrade clears the autoclear bits, and
+        the header written keeps the bitmaps extension): from now on a reader finds the extension but not the
+        autoclear bit (qcow2_read_extensions), takes every bitmap for inconsistent and loads none, so nothing
+        references their tables, data clusters and directory any more: leaked, until ``qemu-img check -r``."""
+        layout = self.layout
+        runs = [run for runs in layout.bitmap_clusters.values() for run in runs]
+        runs += [layout.directory] if layout.directory is not None else []
+        layout.bitmap_clusters.clear()
+        layout.directory = None
+        self.bitmaps = []
+        self.v2_bitmaps = True
+        if runs:
+            starts = np.array([run[0] for run in runs], dtype=np.int64)
+            ends = starts + np.array([run[1] for run in runs], dtype=np.int64)
+            if self.leaked is not None:
+                starts, ends = np.concatenate((self.leaked[0], starts)), np.concatenate((self.leaked[1], ends))
+            self.leaked = hostfs.union(starts, ends)
+
+    def opened(self, warn: Callable[[str, str], None] | None, writable: bool) -> None:
+        """qcow2 opens the image (qcow2_read_extensions): a v2 image's bitmaps extension warns (``warn``: the
+        qemu-img run's stderr; QEMU's own otherwise, which bitlab does not keep), and a read-write open rewrites
+        the header without it."""
+        if self.v2_bitmaps:
+            if warn is not None:
+                warn(self.name, V2_BITMAPS_WARNING)
+            self.v2_bitmaps = not writable
 
     def repair_leaks(self) -> int:
         """qemu-img check -r: the leaked clusters' refcounts set to 0 (update_refcount, QCOW2_DISCARD_ALWAYS: their
@@ -715,6 +753,8 @@ class ImageStore:
         # an NBD client's connection to the machine's NBD server (kind, where, export, context, write), set by the
         # machine
         self.nbd: Callable[[str, str, str, str | None, bool], Any] | None = None
+        # the stderr of the qemu-img run under way: the warnings its opens print (see ImageFile.opened)
+        self.warn: Callable[[str, str], None] | None = None  # (image name, text)
 
     def __contains__(self, name: str) -> bool:
         return name in self.files

@@ -31,15 +31,19 @@ K = 1 << 10
 
 
 AMEND_SINCE = 30200  # seeds from this one on: qemu-img amend of the closed image now and then (own stream)
+DOWNGRADE_SINCE = 33100  # from this seed on, now and then a downgrade of a v3 image (own stream): its bitmaps lost
 
 
 class Persist:
     """What the episodes of one scenario share: their random stream and whether ``pp`` exists; ``amends``, from seed
-    :data:`AMEND_SINCE` on, the stream of the ``qemu-img amend`` steps (older seeds keep their episodes)."""
+    :data:`AMEND_SINCE` on, the stream of the ``qemu-img amend`` steps (older seeds keep their episodes), and from
+    :data:`DOWNGRADE_SINCE` on, ``downgrades``: whether one downgrades a v3 image instead."""
 
-    def __init__(self, rng: random.Random, amends: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random, amends: random.Random | None = None,
+                 downgrades: random.Random | None = None) -> None:
         self.rng = rng
         self.amends = amends
+        self.downgrades = downgrades
         self.made = False
         self.v2 = False
         self.copies = 0  # ppc<n>.qcow2: qemu-img convert --bitmaps copies
@@ -88,10 +92,16 @@ def persist_episode(pe: Persist, size: int) -> list[dict]:
 
 def _amend(pe: Persist) -> list[dict]:
     """Now and then (its own stream) ``qemu-img amend`` of the closed image: a v2 image upgraded (it can hold
-    persistent bitmaps then), or an option the image keeps as it is (QEMU's error)."""
+    persistent bitmaps then), a v3 one downgraded (from :data:`DOWNGRADE_SINCE` on), or an option the image keeps as
+    it is (QEMU's error)."""
     rng = pe.amends
     if rng is None or rng.random() >= 0.3:
         return []
+    if not pe.v2 and pe.downgrades is not None and pe.downgrades.random() < 0.4:
+        pe.v2 = True  # (QEMU keeps the bitmaps in the v2 header, which no reader loads: their clusters leaked)
+        steps = [{"qemu-img": ["amend", "-o", pe.downgrades.choice(["compat=0.10", "compat=v2"]), "pp.qcow2"]},
+                 {"qemu-img": ["info", "pp.qcow2"]}, {"qemu-img": ["check", "pp.qcow2"]}]
+        return steps + ([{"qemu-img": ["check", "-r", "leaks", "pp.qcow2"]}] if pe.downgrades.random() < 0.5 else [])
     if pe.v2 and rng.random() < 0.7:
         pe.v2 = False
         options = rng.choice(["compat=1.1", "compat=v3", "compat=1.1,lazy_refcounts=off"])

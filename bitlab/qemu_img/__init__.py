@@ -44,7 +44,15 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
         raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img {sub}' yet\n")
     if sub in IMAGE_OPTS_NOT_SIMULATED and "--image-opts" in rest[:rest.index("--") if "--" in rest else None]:
         raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img {sub} --image-opts'\n")
-    return COMMANDS[sub](store, rest, key_fn)
+    said: dict[str, str] = {}  # (an image's warning once, however many times the command opens it)
+    store.warn = lambda name, text: said.setdefault(name, f"qemu-img: {text}")
+    try:
+        return COMMANDS[sub](store, rest, key_fn)
+    except QemuImgError as err:
+        err.stderr = "".join(said.values()) + err.stderr  # (a success's stderr is not returned: see Machine.qemu_img)
+        raise
+    finally:
+        store.warn = None
 
 
 __all__ = ["QemuImgError", "KeyFn", "Layer", "open_chain", "read_chain",

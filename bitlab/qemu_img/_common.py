@@ -147,6 +147,8 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
         raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
     if fmt == "raw" and image.is_qcow2:
         raise QemuImgError(f"qemu-img: bitlab does not simulate reading the qcow2 file '{name}' as raw\n")
+    if image.is_qcow2 and fmt != "raw":
+        image.opened(store.warn, lock == "write")
     if lock == "write":
         image.reopened()
     elif on_disk and image.is_qcow2 and holders and any(p & perms.WRITE for p, _ in holders):

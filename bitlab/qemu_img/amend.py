@@ -30,10 +30,11 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     read (an option only ``create`` takes: ``This option is only supported for image creation``), then
     qcow2_amend_options: ``compat`` upgraded first, the header written, the backing file and format left as they
     are (``Cannot amend the backing file``), ``size`` (an exact resize, shrinking too), ``compat`` downgraded
-    last. A downgrade turns zero clusters into unallocated ones (an image without a backing file). What bitlab
-    does not simulate it refuses: lazy refcounts, other refcount widths, a downgrade of an image with persistent
-    bitmaps (QEMU 7.2 leaves them in the v2 image, inconsistent, their clusters leaked), with zero clusters over
-    a backing file or keeping their host clusters (QEMU allocates and writes them)."""
+    last. A downgrade turns zero clusters into unallocated ones (an image without a backing file), and loses the
+    persistent bitmaps: stored as the image closes, in a v2 header no reader takes them from
+    (:meth:`ImageFile.keep_v2_bitmaps`). What bitlab does not simulate it refuses: lazy refcounts, other refcount
+    widths, a downgrade of an image with zero clusters over a backing file or keeping their host clusters (QEMU
+    allocates and writes them)."""
     opts, positional = cmdline.parse("amend", args, {"-o", "-f", "-t", "-q", "--force"})
     if "-o" not in opts:
         raise QemuImgError(MUST_SPECIFY)
@@ -59,6 +60,8 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         _amend(node, _parse(opts["-o"]), len(chain) > 1)
     finally:
         graph.close_all()
+        if node.image.compat == "0.10" and node.image.bitmaps:  # (downgraded: stored, but no v2 reader loads them)
+            node.image.keep_v2_bitmaps()
     return ""
 
 
@@ -135,9 +138,6 @@ def _parse(text: str) -> dict[str, int | bool | str]:
 
 def _downgrade_checks(image: ImageFile, backing: bool) -> None:
     """What bitlab does not simulate of qcow2_downgrade (the checks before anything changes)."""
-    if image.bitmaps:
-        raise QemuImgError("qemu-img: bitlab does not simulate downgrading an image with persistent bitmaps (QEMU "
-                           "7.2 leaves them in the v2 image, inconsistent, and their clusters leaked)\n")
     _, _, v = image.data.extents()
     if (v == ZERO_ALLOC).any() or backing and (v == ZERO).any():
         raise QemuImgError("qemu-img: bitlab does not simulate downgrading an image with zero clusters that keep "
