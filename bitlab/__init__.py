@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .errors import QMPError  # noqa: E402
 from .machine import Machine  # noqa: E402
-from .qemu_img import QemuImgError  # noqa: E402
+from .qemu_img import QemuImgError, QemuImgOutput  # noqa: E402
 from .units import format_size, parse_size  # noqa: E402
 
-__all__ = ["Machine", "QMPError", "QemuImgError", "format_size", "parse_size", "__version__"]
+__all__ = ["Machine", "QMPError", "QemuImgError", "QemuImgOutput", "format_size", "parse_size", "__version__"]

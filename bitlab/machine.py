@@ -383,7 +383,8 @@ class Machine(GuestIO, Monitor):
 
     # -- images -------------------------------------------------------------------
     def qemu_img(self, *args: str) -> str:
-        """Run ``qemu-img`` on this machine's image store; returns its stdout.
+        """Run ``qemu-img`` on this machine's image store; returns its stdout (a :class:`QemuImgOutput`: its
+        ``stderr`` holds the warnings qemu-img printed).
 
         Raises :class:`bitlab.QemuImgError` with qemu-img's message on failure.
         """

@@ -21,7 +21,8 @@ HOST = re.compile(r'"actual-size": \d+')  # what the host file system allocates
 
 def _img(vm, *args):
     try:
-        return ("ok", vm.qemu_img(*args))
+        out = vm.qemu_img(*args)
+        return ("ok", str(out), out.stderr)  # (a success's warnings too)
     except QemuImgError as err:
         return ("err", err.stderr, err.returncode)
 
@@ -41,7 +42,11 @@ def _story(vm) -> list:
 
 def test_texts():
     got = dict((json.dumps(case), result) for case, result in _story(Machine())[:len(CASES)])
-    assert got[json.dumps(["r1.qcow2", "+1M"])] == ("ok", "Image resized.\n")
+    assert got[json.dumps(["r1.qcow2", "+1M"])] == ("ok", "Image resized.\n", "")
+    assert got[json.dumps(["r1.raw", "2M"])] == ("ok", "Image resized.\n", (  # (a raw image probed, opened to write)
+        "WARNING: Image format was not specified for 'r1.raw' and probing guessed raw.\n         Automatically "
+        "detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n"
+        "         Specify the 'raw' format explicitly to remove the restrictions.\n"))
     assert got[json.dumps(["r1.qcow2", "32M"])] == ("err", (
         "qemu-img: Use the --shrink option to perform a shrink operation.\n"
         "qemu-img: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before "
@@ -55,7 +60,7 @@ def test_texts():
         "err", "qemu-img: Value '1000000000000000T' is out of range for parameter 'size'\n", 1)
     assert got[json.dumps(["--preallocation=xyz", "r1.qcow2", "80M"])] == (
         "err", "qemu-img: Invalid preallocation mode 'xyz'\n", 1)
-    assert got[json.dumps(["-q", "r1.qcow2", "70M"])] == ("ok", "")
+    assert got[json.dumps(["-q", "r1.qcow2", "70M"])] == ("ok", "", "")
     assert got[json.dumps(["used.qcow2", "2M"])][1].startswith('qemu-img: Could not open \'used.qcow2\': Failed to '
                                                                'get "write" lock')
 

@@ -69,7 +69,7 @@ from ..errors import QMPError
 from ..guest import GuestIO
 from ..history import NOTED_COMMANDS, history_of
 from ..monitor import Monitor, command, reply_value
-from ..qemu_img import QemuImgError, cmdline
+from ..qemu_img import QemuImgError, QemuImgOutput, cmdline
 from ..qemu_img import nbd as qemu_img_nbd
 from ..qmp.qemu_io import Request, parse_qemu_io
 from . import nbd, xdbg_hide
@@ -1053,7 +1053,8 @@ class QemuMachine(GuestIO, Monitor):
 
     # -- images and drives -----------------------------------------------------------------
     def qemu_img(self, *args: str) -> str:
-        """Real qemu-img in the work directory; its stdout, or :class:`QemuImgError`. Without ``-U`` it meets
+        """Real qemu-img in the work directory; its stdout (a :class:`QemuImgOutput`, ``stderr`` its warnings), or
+        :class:`QemuImgError`. Without ``-U`` it meets
         the file locks of the QEMU running here: the backend's own guest exports (which write every top
         node) stand aside meanwhile if it opens a file QEMU has open, as on a QEMU without them."""
         args = tuple(map(str, args))
@@ -1069,7 +1070,7 @@ class QemuMachine(GuestIO, Monitor):
         if out.returncode != 0:
             raise QemuImgError(out.stderr, out.returncode, out.stdout)
         self._note_restore(args)
-        return out.stdout
+        return QemuImgOutput(out.stdout, out.stderr)
 
     def _note_restore(self, args: tuple[str, ...]) -> None:
         """A restore into a running disk (``convert -n`` into one of the user's NBD exports here): the history

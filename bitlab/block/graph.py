@@ -286,7 +286,7 @@ class BlockGraph:
                 if problem is not None:
                     self._drop_unowned(file_node)
                     raise generic(problem)
-            marked = False
+            marked = rewritten = False
             if driver == "qcow2":
                 if file_node.driver == "blkdebug":  # (its reads: a blkdebug rule may fail one)
                     problem = qcow2_trace.open_reads(image, file_node)
@@ -294,7 +294,11 @@ class BlockGraph:
                         self._drop_unowned(file_node)
                         raise generic(problem)
                 self._check_qcow2_open(opts, image, file_node)
-                image.opened(self.store.warn, not ro)  # (qcow2_read_extensions)
+                if image.v2_bitmaps and not ro and file_node.driver == "blkdebug":
+                    self._drop_unowned(file_node)
+                    raise generic("bitlab does not simulate the blkdebug events and requests of the header a qcow2 "
+                                  "node rewrites as it opens (a v2 image's bitmaps extension dropped)")
+                rewritten = image.opened(self.store.warn, not ro)  # (qcow2_read_extensions)
                 if file_node.driver == "blkdebug":  # (qcow2_load_dirty_bitmaps, before the backing file opens)
                     problem, marked = qcow2_trace.bitmap_open(image, file_node, ro)
                     if problem is not None:
@@ -303,6 +307,8 @@ class BlockGraph:
             self._attach(node, "file", file_node)
             named(node)
             if isinstance(node, Qcow2Node):
+                if rewritten:
+                    node.header_written()
                 try:
                     if not no_backing:
                         self._open_backing(node, opts)

@@ -991,6 +991,11 @@ class Qcow2Node(FormatNode):
         parts = [part for write in writes for part in (write, header)]
         self.file.note_write(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
+    def header_written(self) -> None:
+        """qcow2_update_header as the node opens (a v2 image's bitmaps extension dropped): the whole first
+        cluster written to the file node."""
+        self.file.note_write(np.zeros(1, dtype=np.int64), np.array([self.image.cluster_size], dtype=np.int64))
+
     def _directory(self) -> tuple[np.ndarray, np.ndarray]:
         where = self.image.directory_range()
         if where is None:

@@ -321,14 +321,16 @@ class ImageFile:
                 starts, ends = np.concatenate((self.leaked[0], starts)), np.concatenate((self.leaked[1], ends))
             self.leaked = hostfs.union(starts, ends)
 
-    def opened(self, warn: Callable[[str, str], None] | None, writable: bool) -> None:
+    def opened(self, warn: Callable[[str, str], None] | None, writable: bool) -> bool:
         """qcow2 opens the image (qcow2_read_extensions): a v2 image's bitmaps extension warns (``warn``: the
         qemu-img run's stderr; QEMU's own otherwise, which bitlab does not keep), and a read-write open rewrites
-        the header without it."""
-        if self.v2_bitmaps:
-            if warn is not None:
-                warn(self.name, V2_BITMAPS_WARNING)
-            self.v2_bitmaps = not writable
+        the header without it (qcow2_update_header: the whole first cluster); whether it did."""
+        if not self.v2_bitmaps:
+            return False
+        if warn is not None:
+            warn(self.name, V2_BITMAPS_WARNING)
+        self.v2_bitmaps = not writable
+        return writable
 
     def repair_leaks(self) -> int:
         """qemu-img check -r: the leaked clusters' refcounts set to 0 (update_refcount, QCOW2_DISCARD_ALWAYS: their

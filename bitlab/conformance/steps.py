@@ -31,7 +31,8 @@ def run_step(vm: Any, step: dict) -> Any:
     """Run one step on ``vm`` (a bitlab Machine or a QemuMachine); return its result."""
     if "qemu-img" in step:
         try:
-            return {"stdout": vm.qemu_img(*step["qemu-img"]), "stderr": "", "returncode": 0}
+            out = vm.qemu_img(*step["qemu-img"])
+            return {"stdout": str(out), "stderr": getattr(out, "stderr", ""), "returncode": 0}
         except QemuImgError as err:
             return {"stdout": err.stdout, "stderr": err.stderr, "returncode": err.returncode}
     if "qmp" in step:

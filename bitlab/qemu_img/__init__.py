@@ -8,7 +8,7 @@ One module per concern: :mod:`.image` (create, info, check), :mod:`.compare`, :m
 from __future__ import annotations
 
 from ..block.store import ImageStore
-from ._common import INT64_MAX, KeyFn, Layer, QemuImgError, open_chain
+from ._common import INT64_MAX, KeyFn, Layer, QemuImgError, QemuImgOutput, open_chain
 from .amend import img_amend
 from .bitmap import img_bitmap
 from .commit import img_commit
@@ -33,8 +33,8 @@ IMAGE_OPTS_NOT_SIMULATED = ("compare", "convert", "commit", "rebase", "resize", 
 measure refuses it itself)."""
 
 
-def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> str:
-    """Run a qemu-img subcommand; returns stdout or raises QemuImgError."""
+def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -> QemuImgOutput:
+    """Run a qemu-img subcommand; returns its stdout (with ``.stderr``: its warnings) or raises QemuImgError."""
     if not args:
         raise QemuImgError("qemu-img: Not enough arguments\nTry 'qemu-img --help' for more information\n")
     sub, rest = args[0], list(args[1:])
@@ -47,15 +47,16 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
     said: dict[str, str] = {}  # (an image's warning once, however many times the command opens it)
     store.warn = lambda name, text: said.setdefault(name, f"qemu-img: {text}")
     try:
-        return COMMANDS[sub](store, rest, key_fn)
+        out = COMMANDS[sub](store, rest, key_fn)
     except QemuImgError as err:
-        err.stderr = "".join(said.values()) + err.stderr  # (a success's stderr is not returned: see Machine.qemu_img)
+        err.stderr = "".join(said.values()) + err.stderr
         raise
     finally:
         store.warn = None
+    return QemuImgOutput(out, "".join(said.values()) + getattr(out, "stderr", ""))
 
 
-__all__ = ["QemuImgError", "KeyFn", "Layer", "open_chain", "read_chain",
+__all__ = ["QemuImgError", "QemuImgOutput", "KeyFn", "Layer", "open_chain", "read_chain",
            "run", "create", "info", "check", "img_compare", "img_map", "img_rebase",
            "img_commit", "img_convert", "img_resize", "img_bitmap", "img_measure", "img_amend",
            "COMMANDS", "INT64_MAX", "QCOW2_MAX_L1_ENTRIES", "SIZE_HELP"]

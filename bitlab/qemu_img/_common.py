@@ -41,6 +41,17 @@ class QemuImgError(Exception):
         self.stdout = stdout
 
 
+class QemuImgOutput(str):
+    """What a qemu-img that succeeded printed: its stdout (the string itself), and ``stderr``, its warnings."""
+
+    stderr: str
+
+    def __new__(cls, stdout: str, stderr: str = "") -> QemuImgOutput:
+        out = super().__new__(cls, stdout)
+        out.stderr = stderr
+        return out
+
+
 def cvtnum(name: str, text: str) -> int:
     """qemu-img's cvtnum: a size (qemu_strtosz) from 0 to INT64_MAX, or QEMU's error naming ``name``: the
     suffix help for what does not parse, the range for what does but is too large (2^64 and past it too)."""

@@ -13,7 +13,18 @@ from ..block.node import BlockNode
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
 from . import cmdline, convert_nbd, nbd, qemu_opts
-from ._common import KeyFn, QemuImgError, backing_name, cvtnum, find_key, new_key, open_chain, open_image, opened_name
+from ._common import (
+    KeyFn,
+    QemuImgError,
+    QemuImgOutput,
+    backing_name,
+    cvtnum,
+    find_key,
+    new_key,
+    open_chain,
+    open_image,
+    opened_name,
+)
 from .image import qcow2_create_checks
 from .layers import content
 
@@ -140,7 +151,7 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             ds, de, dv, _ = clip_runs(s, e, v, offsets[~zero], offsets[~zero] + lengths[~zero])
             target.data.write_batch(ds, de - ds, np.where(dv <= 0, 0 if target.is_qcow2 else ZERO_ALLOC, dv))
     if bitmaps:
-        _copy_bitmaps(chain[0].image, target)
+        return _copy_bitmaps(chain[0].image, target)
     return ""
 
 
@@ -324,9 +335,11 @@ def _check_bitmaps(source: ImageFile, skip_broken: bool) -> None:
                            "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it\n")
 
 
-def _copy_bitmaps(source: ImageFile, target: ImageFile) -> None:
+def _copy_bitmaps(source: ImageFile, target: ImageFile) -> QemuImgOutput:
     """convert_copy_bitmaps: each consistent persistent bitmap of the source added to the target with its
-    granularity and enabled state, then merged; stored when the target closes, in the source's order.
-    (The warning for a skipped inconsistent bitmap goes to stderr, which a success does not return here.)"""
+    granularity and enabled state, then merged; stored when the target closes, in the source's order. What it
+    prints: a warning for each inconsistent one it skips (``--skip-broken-bitmaps``), as loaded (newest first)."""
     target.bitmaps = [b.anew() for b in source.bitmaps if not b.in_use]
+    return QemuImgOutput("", "".join(f"qemu-img: warning: Skipping inconsistent bitmap '{b.name}'\n"
+                                     for b in reversed(source.bitmaps) if b.in_use))
 

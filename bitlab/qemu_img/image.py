@@ -28,6 +28,7 @@ from ._common import (
     KeyFn,
     Layer,
     QemuImgError,
+    QemuImgOutput,
     backing_name,
     check_driver,
     cvtnum,
@@ -322,15 +323,20 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
                            "force-share" if "-U" in opts else "write" if "-r" in opts else "shared", on_disk=True)
     if not image.is_qcow2 or fmt == "raw":
         raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
-    fixed = image.repair_leaks() if "-r" in opts else 0  # (-r all: corruptions too; bitlab's images have none)
+    repaired = ""  # (qcow2_check_refcounts compares once, then again fixing: each pass prints its lines)
+    if "-r" in opts:  # (-r all: corruptions too; bitlab's images have none)
+        (leak_s, leak_e), _ = image.refcount_errors()
+        found = _refcount_lines(leak_s, leak_e, leak_s[:0], leak_e[:0])
+        repaired = found + found.replace("Leaked cluster", "Repairing cluster")
+    fixed = image.repair_leaks() if "-r" in opts else 0
     (leak_s, leak_e), (bad_s, bad_e) = image.refcount_errors()
     leaks, corruptions = int((leak_e - leak_s).sum()), int((bad_e - bad_s).sum())
-    stderr = _refcount_lines(leak_s, leak_e, bad_s, bad_e) if leaks or corruptions else ""
+    stderr = repaired + (_refcount_lines(leak_s, leak_e, bad_s, bad_e) if leaks or corruptions else "")
     status = 2 if corruptions else 3 if leaks else 0
     if "-q" in opts:
         if status:
             raise QemuImgError(stderr, status)
-        return ""
+        return QemuImgOutput("", stderr)
     cs = image.cluster_size
     compressed = image.layout.compressed_count()  # (allocated, compressed and fragmented by nature)
     allocated = image.allocated_clusters() + compressed
@@ -346,7 +352,7 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
                                          or isinstance(v, str)})) + "\n"
         if status:
             raise QemuImgError(stderr, status, out)
-        return out
+        return QemuImgOutput(out, stderr)
     out = ("The following inconsistencies were found and repaired:\n\n"
            f"    {fixed} leaked clusters\n    0 corruptions\n\n"
            "Double checking the fixed image now...\n") if fixed else ""
@@ -365,7 +371,7 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     out += f"Image end offset: {end}\n"
     if status:
         raise QemuImgError(stderr, status, out)
-    return out
+    return QemuImgOutput(out, stderr)
 
 
 def _refcount_lines(leak_s: np.ndarray, leak_e: np.ndarray, bad_s: np.ndarray, bad_e: np.ndarray) -> str:

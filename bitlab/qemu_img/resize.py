@@ -7,7 +7,7 @@ from ..block.store import ImageStore
 from ..errors import QMPError
 from ..units import SizeTooLarge, parse_size
 from . import cmdline
-from ._common import INT64_MAX, USAGE, KeyFn, QemuImgError, find_key, open_image
+from ._common import INT64_MAX, USAGE, KeyFn, QemuImgError, QemuImgOutput, find_key, open_image
 from .image import RAW_PROBE_WARNING
 from .qemu_opts import PREALLOC_MODES
 
@@ -76,4 +76,4 @@ def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             raise QemuImgError(f"{warning}qemu-img: {err.desc}\n") from None
     finally:
         graph.close_all()
-    return "" if "-q" in opts else "Image resized.\n"
+    return QemuImgOutput("" if "-q" in opts else "Image resized.\n", warning)
