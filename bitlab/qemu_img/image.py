@@ -321,8 +321,9 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
                                "read-only images\n")
         image = open_image(store, key_fn, name, None if fmt == "raw" else fmt,
                            "force-share" if "-U" in opts else "write" if "-r" in opts else "shared", on_disk=True)
-    if not image.is_qcow2 or fmt == "raw":
-        raise QemuImgError("qemu-img: This image format does not support checks\n", 63)
+    if not image.is_qcow2 or fmt == "raw":  # (-r opens it read-write: a probed raw image's warning first)
+        warning = RAW_PROBE_WARNING.format(name) if "-r" in opts and not fmt else ""
+        raise QemuImgError(f"{warning}qemu-img: This image format does not support checks\n", 63)
     repaired = ""  # (qcow2_check_refcounts compares once, then again fixing: each pass prints its lines)
     if "-r" in opts:  # (-r all: corruptions too; bitlab's images have none)
         (leak_s, leak_e), _ = image.refcount_errors()
