@@ -103,6 +103,8 @@ class CommitJob(ChunkedJob):
             if image is not None:
                 image.backing_file, image.backing_fmt = name, self.base.driver
                 overlay.auto_backing_file = name  # (bdrv_change_backing_file)
+                if image.is_qcow2:
+                    overlay.header_written()  # (qcow2_change_backing_file: qcow2_update_header)
         graph.job_blks_release(self, backends_only=True)  # (blk_unref of the base's and the top's BlockBackends)
         # (the job's links, and the nodes only they hold, stay until the job goes: see dismiss)
 

@@ -112,6 +112,8 @@ class StreamJob(ChunkedJob):
                 name = self.backing_file if self.backing_file is not None else unfiltered.filename
                 image.backing_file, image.backing_fmt = name, unfiltered.driver
             top.auto_backing_file = image.backing_file  # (bdrv_change_backing_file)
+            if image.is_qcow2:
+                top.header_written()  # (qcow2_change_backing_file: qcow2_update_header)
 
     def clean(self) -> None:
         """stream_clean: the filter goes (if it has not), the node read-only again if it was."""

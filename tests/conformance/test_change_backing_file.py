@@ -112,6 +112,43 @@ AFTER_COMMIT = [  # an active commit leaves its base read-write; the middle imag
 ]
 
 
+def _chain(p: str) -> list[dict]:
+    """Three images, the top's file node watched: a write threshold and a dirty bitmap on it."""
+    def add(name: str, backing: str | None = None) -> dict:
+        return _q("blockdev-add", {"driver": "qcow2", "node-name": name, **({"backing": backing} if backing else {}),
+                                   "file": {"driver": "file", "filename": f"{name}.qcow2", "node-name": f"{name}f"}})
+    return [_img("create", "-f", "qcow2", f"{p}b.qcow2", "8M"), add(f"{p}b"),
+            _img("create", "-f", "qcow2", "-b", f"{p}b.qcow2", "-F", "qcow2", f"{p}m.qcow2"), add(f"{p}m", f"{p}b"),
+            _img("create", "-f", "qcow2", "-b", f"{p}m.qcow2", "-F", "qcow2", f"{p}t.qcow2"), add(f"{p}t", f"{p}m"),
+            _q("block-set-write-threshold", {"node-name": f"{p}tf", "write-threshold": 100}),
+            _q("block-dirty-bitmap-add", {"node": f"{p}tf", "name": "fb", "granularity": 512})]
+
+
+def _seen(p: str) -> list[dict]:
+    return [_q("query-blockstats", {"query-nodes": True}), _nodes(),
+            _q("x-debug-block-dirty-bitmap-sha256", {"node": f"{p}tf", "name": "fb"})]
+
+
+HEADERS = [  # qcow2_change_backing_file writes the header (qcow2_update_header: the whole first cluster) to the file
+    *_chain("h"), _change("ht", "ht", "elsewhere.qcow2"), *_seen("h"),
+    *_chain("s"), _q("block-stream", {"job-id": "sj", "device": "st", "base-node": "sb"}),
+    {"wait-job": {"id": "sj", "status": "null"}}, *_seen("s"),  # (the mid image empty: nothing copied)
+    *_chain("c"), _q("block-commit", {"job-id": "cj", "device": "ct", "top-node": "cm", "base-node": "cb"}),
+    {"wait-job": {"id": "cj", "status": "null"}}, *_seen("c"),  # (the top's backing file renamed)
+]
+
+
+def test_the_header_write_reaches_the_file_node():
+    """Its highest write offset, its write threshold (passed: gone) and its dirty bitmaps see the header written."""
+    out = story(HEADERS)(Machine())
+    stats_at = [i for i, step in enumerate(HEADERS) if step.get("qmp", {}).get("execute") == "query-blockstats"]
+    for at, p in zip(stats_at, "hsc", strict=True):
+        stats = next(s for s in out[at]["return"] if s.get("node-name") == f"{p}tf")
+        assert stats["stats"]["wr_highest_offset"] == 65536
+        entry = _top(out[at + 1], f"{p}tf")
+        assert entry["write_threshold"] == 0 and entry["dirty-bitmaps"][0]["count"] == 65536
+
+
 def test_reopens_keep_what_was_set_explicitly():
     """bdrv_reopen_queue_child: a read-only reopen of the middle image queues its backing node with what was set
     explicitly on it before (read-write, by the commit) over the read-only a backing file inherits."""
@@ -123,7 +160,7 @@ def test_reopens_keep_what_was_set_explicitly():
 @pytest.mark.qemu
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
 def test_matches_qemu(daemon):
-    want, got = on_both(story(STEPS + AFTER_COMMIT), daemon)
+    want, got = on_both(story(STEPS + AFTER_COMMIT + HEADERS), daemon)
     assert got == want
 
 
