@@ -131,7 +131,12 @@ def backup(vm: Machine, cs: int) -> dict:
     _stored(vm, cs)
     _open(vm, cache={"direct": True})
     _new(vm, 65536, "t")
-    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "full",
+    return _backed_up(vm, "full")
+
+
+def _backed_up(vm: Machine, sync: str) -> dict:
+    """A backup of ``a`` into ``t`` (one worker), both closed after it: what they look like."""
+    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": sync,
                                "x-perf": {"max-workers": 1}})
     vm.run()
     _close(vm, "t")
@@ -175,12 +180,7 @@ def asked_early(vm: Machine, cs: int, early: bool) -> dict:
     if early:
         vm.guest_io("a", f"write -z {cs + cs // 4} {cs // 4}")
     vm.write("a", 3 * cs, 4 * M - 3 * cs, pattern=0x11)
-    vm.qmp("blockdev-backup", {"job-id": "j", "device": "a", "target": "t", "sync": "top",
-                               "x-perf": {"max-workers": 1}})
-    vm.run()
-    _close(vm, "t")
-    _close(vm)
-    return _looked_at(vm, "t", "a")
+    return _backed_up(vm, "top")
 
 
 @pytest.mark.qemu
