@@ -992,9 +992,16 @@ class Qcow2Node(FormatNode):
         self.file.note_write(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
     def header_written(self) -> None:
-        """qcow2_update_header as the node opens (a v2 image's bitmaps extension dropped): the whole first
-        cluster written to the file node."""
+        """qcow2_update_header (a v2 image's bitmaps extension dropped as it opens, a backing file renamed): the
+        whole first cluster written to the file node."""
         self.file.note_write(np.zeros(1, dtype=np.int64), np.array([self.image.cluster_size], dtype=np.int64))
+
+    def change_backing_file(self, name: str | None, fmt: str | None) -> None:
+        """bdrv_change_backing_file: the name (and format) the image gives its backing file, and the name the
+        node compares its backing node with; qcow2_change_backing_file writes the header."""
+        self.image.backing_file, self.image.backing_fmt = name, fmt
+        self.auto_backing_file = name
+        self.header_written()
 
     def _directory(self) -> tuple[np.ndarray, np.ndarray]:
         where = self.image.directory_range()

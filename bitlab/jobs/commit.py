@@ -15,7 +15,7 @@ from __future__ import annotations
 from ..block.commit_top import CommitTopNode
 from ..block.info import allocated_above, find_overlay, skip_filters
 from ..block.ioerror import BlockIOError
-from ..block.node import BlockNode
+from ..block.node import BlockNode, Qcow2Node
 from ..block.reopen import set_read_only
 from .chunked import ChunkedJob
 from .job import JobManager
@@ -99,12 +99,8 @@ class CommitJob(ChunkedJob):
         name = self.backing_file if self.backing_file is not None else self.base.filename
         graph.remove_mirror_top(self.filter, self.base)
         for overlay in overlays:  # bdrv_backing_update_filename (a read-only overlay is writable meanwhile)
-            image = getattr(overlay, "image", None)
-            if image is not None:
-                image.backing_file, image.backing_fmt = name, self.base.driver
-                overlay.auto_backing_file = name  # (bdrv_change_backing_file)
-                if image.is_qcow2:
-                    overlay.header_written()  # (qcow2_change_backing_file: qcow2_update_header)
+            if isinstance(overlay, Qcow2Node):
+                overlay.change_backing_file(name, self.base.driver)
         graph.job_blks_release(self, backends_only=True)  # (blk_unref of the base's and the top's BlockBackends)
         # (the job's links, and the nodes only they hold, stay until the job goes: see dismiss)
 

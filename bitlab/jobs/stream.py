@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..block.cor import CorNode
 from ..block.info import allocated_above, filter_or_cow, skip_filters
 from ..block.ioerror import BlockIOError
-from ..block.node import BlockNode
+from ..block.node import BlockNode, Qcow2Node
 from ..block.reopen import set_read_only
 from .chunked import ChunkedJob
 from .job import JobManager
@@ -103,17 +103,13 @@ class StreamJob(ChunkedJob):
         if hasattr(top, "fill_cow"):
             top.fill_cow()  # (the bytes qcow2 copied into partly written clusters from the old chain)
         graph.replace_backing(top, base)
-        image = getattr(top, "image", None)
-        if image is not None:
+        if isinstance(top, Qcow2Node):
             unfiltered = skip_filters(base) if base is not None else None
             if unfiltered is None:
-                image.backing_file, image.backing_fmt = None, None
+                top.change_backing_file(None, None)
             else:
                 name = self.backing_file if self.backing_file is not None else unfiltered.filename
-                image.backing_file, image.backing_fmt = name, unfiltered.driver
-            top.auto_backing_file = image.backing_file  # (bdrv_change_backing_file)
-            if image.is_qcow2:
-                top.header_written()  # (qcow2_change_backing_file: qcow2_update_header)
+                top.change_backing_file(name, unfiltered.driver)
 
     def clean(self) -> None:
         """stream_clean: the filter goes (if it has not), the node read-only again if it was."""

@@ -44,9 +44,7 @@ def qmp_change_backing_file(vm: Any, args: dict) -> None:
             raise generic(f"Could not change backing file to '{name}': Operation not supported")
         if len(name.encode()) > MAX_NAME:
             raise generic(f"Could not change backing file to '{name}': Invalid argument")
-        image.backing_file, image.backing_fmt = name, image_bs.driver
-        image_bs.auto_backing_file = name
-        image_bs.header_written()  # (qcow2_change_backing_file: qcow2_update_header)
+        image_bs.change_backing_file(name, image_bs.driver)
     finally:
         if read_only:
             set_read_only(graph, image_bs, True)
