@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC
 from ..block.graph import BlockGraph
 from ..block.store import ImageFile, ImageStore
@@ -30,11 +32,9 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     read (an option only ``create`` takes: ``This option is only supported for image creation``), then
     qcow2_amend_options: ``compat`` upgraded first, the header written, the backing file and format left as they
     are (``Cannot amend the backing file``), ``size`` (an exact resize, shrinking too), ``compat`` downgraded
-    last. A downgrade turns zero clusters into unallocated ones (an image without a backing file), and loses the
-    persistent bitmaps: stored as the image closes, in a v2 header no reader takes them from
-    (:meth:`ImageFile.keep_v2_bitmaps`). What bitlab does not simulate it refuses: lazy refcounts, other refcount
-    widths, a downgrade of an image with zero clusters over a backing file or keeping their host clusters (QEMU
-    allocates and writes them)."""
+    last. A downgrade expands zero clusters (:func:`_expand_zero_clusters`), and loses the persistent bitmaps:
+    stored as the image closes, in a v2 header no reader takes them from (:meth:`ImageFile.keep_v2_bitmaps`). What
+    bitlab does not simulate it refuses: lazy refcounts, other refcount widths."""
     opts, positional = cmdline.parse("amend", args, {"-o", "-f", "-t", "-q", "--force"})
     if "-o" not in opts:
         raise QemuImgError(MUST_SPECIFY)
@@ -97,8 +97,6 @@ def _amend(node: Any, values: dict[str, int | bool | str], backing: bool) -> Non
         raise QemuImgError("qemu-img: bitlab does not simulate changing the refcount width ('refcount_bits')\n")
     if values.get("lazy_refcounts") and new_version == 3:
         raise QemuImgError("qemu-img: bitlab does not simulate lazy refcounts ('lazy_refcounts')\n")
-    if new_version < version:
-        _downgrade_checks(image, backing)
     if new_version > version:  # qcow2_upgrade: the header written as v3
         image.compat = "1.1"
     if bits != 16:
@@ -116,12 +114,23 @@ def _amend(node: Any, values: dict[str, int | bool | str], backing: bool) -> Non
             node.resize(size)
         except QMPError as err:
             raise QemuImgError(f"qemu-img: {err.desc}\n") from None
-    if new_version < version:  # qcow2_expand_zero_clusters (no backing file: their L2 entries cleared), then v2
-        s, e, v = image.data.extents()
-        zero = v == ZERO
-        if zero.any():
-            image.data.write_batch(s[zero], e[zero] - s[zero], UNALLOCATED)
+    if new_version < version:
+        _expand_zero_clusters(image, backing)
         image.compat = "0.10"
+
+
+def _expand_zero_clusters(image: ImageFile, backing: bool) -> None:
+    """qcow2_expand_zero_clusters, in guest order: a zero cluster that keeps its host cluster becomes a data
+    cluster there, zeroes written into it; without a backing file a plain zero cluster is unallocated (it reads
+    zeroes either way), over one it gets a host cluster of its own, zeroes written into it (bdrv_pwrite_zeroes:
+    the file's blocks allocated)."""
+    s, e, v = image.data.extents()
+    zero = (v == ZERO_ALLOC) | (v == ZERO) & backing
+    if zero.any():
+        image.data.write_batch(s[zero], e[zero] - s[zero], np.zeros(int(zero.sum()), dtype=np.int64))
+    plain = v == ZERO
+    if plain.any() and not backing:
+        image.data.write_batch(s[plain], e[plain] - s[plain], UNALLOCATED)
 
 
 def _parse(text: str) -> dict[str, int | bool | str]:
@@ -135,10 +144,3 @@ def _parse(text: str) -> dict[str, int | bool | str]:
             raise err from None
         raise QemuImgError(err.stderr + "This option is only supported for image creation\n") from None
 
-
-def _downgrade_checks(image: ImageFile, backing: bool) -> None:
-    """What bitlab does not simulate of qcow2_downgrade (the checks before anything changes)."""
-    _, _, v = image.data.extents()
-    if (v == ZERO_ALLOC).any() or backing and (v == ZERO).any():
-        raise QemuImgError("qemu-img: bitlab does not simulate downgrading an image with zero clusters that keep "
-                           "their host clusters or hide a backing file's data (QEMU writes zeroes into them)\n")

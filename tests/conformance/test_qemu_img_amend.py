@@ -101,7 +101,24 @@ DOWNGRADES = [  # the bitmaps stay in the v2 header, which no reader loads: inco
     _img("bitmap", "--add", "dg4.qcow2", "b9"), _img("check", "dg4.qcow2"),
 ]
 
-STEPS = V2 + ERRORS + VERSIONS + OTHERS + BITMAPS + DOWNGRADES
+
+
+def _looks(n: str) -> list[dict]:
+    return [_map(f"{n}.qcow2"), _img("check", f"{n}.qcow2"), _img("info", "--output=json", f"{n}.qcow2")]
+
+
+EXPANDED = [  # qcow2_expand_zero_clusters: zero clusters keeping host clusters, and over a backing file's data
+    _img("create", "-f", "qcow2", "zb.qcow2", "8M"), _add("zb"), _write("zb", 0, 4 * M, 0x33), _del("zb"),
+    _img("create", "-f", "qcow2", "z1.qcow2", "8M"), _add("z1"), _write("z1", 0, 2 * M, 0x11),
+    _zero("z1", 64 * K, 192 * K), _zero("z1", M, 64 * K), _zero("z1", 5 * M, 128 * K), _del("z1"), *_looks("z1"),
+    _amend("-o", "compat=0.10", "z1.qcow2"), *_looks("z1"),
+    _img("create", "-f", "qcow2", "-b", "zb.qcow2", "-F", "qcow2", "z2.qcow2", "8M"), _add("z2"),
+    _write("z2", 3 * M, 128 * K, 0x22), _zero("z2", 0, 192 * K), _zero("z2", 3 * M, 64 * K),
+    _zero("z2", 2 * M, 64 * K), _zero("z2", 6 * M, 64 * K), _del("z2"), *_looks("z2"),
+    _amend("-o", "compat=0.10", "z2.qcow2"), *_looks("z2"), _img("compare", "z2.qcow2", "zb.qcow2"),
+]
+
+STEPS = V2 + ERRORS + VERSIONS + OTHERS + BITMAPS + DOWNGRADES + EXPANDED
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +202,21 @@ def test_a_downgrade_loses_the_bitmaps(sim):
                                                 "fragmented, 0.00% compressed clusters\nImage end offset: 524288\n")
     assert _said(sim, d[25])["stderr"] == warning + ("qemu-img: Operation remove on bitmap b0 failed: Dirty bitmap "
                                                      "'b0' not found\n")
+
+
+def test_zero_clusters_are_expanded(sim):
+    """A zero cluster keeping its host cluster becomes a data cluster there; over a backing file a plain one gets a
+    host cluster of its own (guest order: the first free ones); without one it is unallocated."""
+    def runs(step: dict) -> list:
+        return [(r["start"], r["length"], r["depth"], r["zero"], r.get("offset")) for r in
+                json.loads(_said(sim, step)["stdout"])]
+
+    x = EXPANDED
+    assert _said(sim, x[14]) == {"stdout": "", "stderr": "", "returncode": 0}
+    assert runs(x[15]) == [(0, 2 * M, 0, False, 327680), (2 * M, 6 * M, 0, True, None)]
+    assert runs(x[30])[:3] == [(0, 192 * K, 0, False, 458752), (192 * K, 1856 * K, 1, False, 524288),
+                               (2 * M, 64 * K, 0, False, 655360)]
+    assert _said(sim, x[33])["stdout"].startswith("Content mismatch at offset 0!")
 
 
 @pytest.mark.qemu
