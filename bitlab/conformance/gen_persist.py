@@ -9,7 +9,9 @@ image (``blockdev-del``: the persistent bitmaps are stored), reads it with ``qem
 then changes it with ``qemu-img bitmap``, and opens it again: the bitmaps come back, their flags and sums compared.
 Sometimes ``qemu-img convert --bitmaps`` then copies it (``ppc<n>.qcow2``), closed or open (``-U``: its bitmaps
 are in use there, so inconsistent to the copy). From seed :data:`AMEND_SINCE` on, ``qemu-img amend`` now and then
-changes the closed image (a v2 image upgraded) or is refused an option it keeps.
+changes the closed image (a v2 image upgraded) or is refused an option it keeps; from :data:`DOWNGRADE_SINCE` on it
+may downgrade a v3 one (its bitmaps lost, their clusters leaked), and from :data:`ZEROES_SINCE` on the episodes write
+zeroes too (zero clusters, which a downgrade expands).
 
 Not here: ``qemu-img map`` of the closed image. Stored bitmaps often make QEMU take it for an image with
 preallocated metadata (qcow2_detect_metadata_preallocation), and map then asks the host file system about each
@@ -32,18 +34,21 @@ K = 1 << 10
 
 AMEND_SINCE = 30200  # seeds from this one on: qemu-img amend of the closed image now and then (own stream)
 DOWNGRADE_SINCE = 33100  # from this seed on, now and then a downgrade of a v3 image (own stream): its bitmaps lost
+ZEROES_SINCE = 33200  # from this seed on, now and then a zero write into the open image (own stream): zero clusters
 
 
 class Persist:
     """What the episodes of one scenario share: their random stream and whether ``pp`` exists; ``amends``, from seed
     :data:`AMEND_SINCE` on, the stream of the ``qemu-img amend`` steps (older seeds keep their episodes), and from
-    :data:`DOWNGRADE_SINCE` on, ``downgrades``: whether one downgrades a v3 image instead."""
+    :data:`DOWNGRADE_SINCE` on, ``downgrades``: whether one downgrades a v3 image instead; from :data:`ZEROES_SINCE`
+    on, ``zeroes``: the zero writes an episode makes (zero clusters, which a downgrade expands)."""
 
     def __init__(self, rng: random.Random, amends: random.Random | None = None,
-                 downgrades: random.Random | None = None) -> None:
+                 downgrades: random.Random | None = None, zeroes: random.Random | None = None) -> None:
         self.rng = rng
         self.amends = amends
         self.downgrades = downgrades
+        self.zeroes = zeroes
         self.made = False
         self.v2 = False
         self.copies = 0  # ppc<n>.qcow2: qemu-img convert --bitmaps copies
@@ -65,6 +70,10 @@ def persist_episode(pe: Persist, size: int) -> list[dict]:
         steps += [{"qemu-img": ["create", "-f", "qcow2", "-o", ",".join(opts), "pp.qcow2", str(size)]}, _open()]
     for _ in range(rng.randint(2, 7)):
         steps += _action(rng, size)
+    if pe.zeroes is not None and pe.zeroes.random() < 0.5:  # (whole 4 KiB blocks; unmapped or not)
+        zero = random_write(pe.zeroes, "pp", size, [4 * K, 64 * K, 192 * K])["write"]
+        steps.append({"zero": {"node": "pp", "offset": zero["offset"], "length": zero["length"],
+                               **({"unmap": True} if pe.zeroes.random() < 0.3 else {})}})
     steps += [_qmp("query-named-block-nodes", {"flat": True}), _qmp("blockdev-del", {"node-name": "pp"}),
               {"qemu-img": ["info", "pp.qcow2"]}, {"qemu-img": ["check", "pp.qcow2"]}]
     steps += _amend(pe)

@@ -95,7 +95,7 @@ from .gen_parents import CHANCE as PARENTS_CHANCE
 from .gen_parents import Parents, parents_episode
 from .gen_peek import CHANCE as PEEK_CHANCE
 from .gen_peek import Peeks, peek_episode
-from .gen_persist import AMEND_SINCE, DOWNGRADE_SINCE, Persist, persist_episode
+from .gen_persist import AMEND_SINCE, DOWNGRADE_SINCE, ZEROES_SINCE, Persist, persist_episode
 from .gen_persist import CHANCE as PERSIST_CHANCE
 from .gen_reopen import CHANCE as REOPEN_CHANCE
 from .gen_reopen import Reopens, reopen_episode
@@ -158,7 +158,8 @@ def random_scenario(seed: int, index: int = 0, size: int = 8 * M) -> dict:
     thresholds = st.thresholds = random.Random(f"{seed}/{index}/threshold")
     persist = Persist(random.Random(f"{seed}/{index}/persist"),
                       random.Random(f"{seed}/{index}/amend") if seed >= AMEND_SINCE else None,
-                      random.Random(f"{seed}/{index}/downgrade") if seed >= DOWNGRADE_SINCE else None)
+                      random.Random(f"{seed}/{index}/downgrade") if seed >= DOWNGRADE_SINCE else None,
+                      random.Random(f"{seed}/{index}/persist-zero") if seed >= ZEROES_SINCE else None)
     copyrange = CopyRange(random.Random(f"{seed}/{index}/copyrange"))
     discards = Discards(random.Random(f"{seed}/{index}/discard"))
     blkdebugs = Blkdebugs(random.Random(f"{seed}/{index}/blkdebug"))

@@ -249,3 +249,16 @@ def test_persist_episodes_downgrade_from_their_seed_on():
                    for i in range(120) for step in random_scenario(seed, i)["steps"])
 
     assert downgrades(DOWNGRADE_SINCE - 1) == 0 and downgrades(DOWNGRADE_SINCE) > 0
+
+
+def test_persist_episodes_write_zeroes_from_their_seed_on():
+    """From ZEROES_SINCE on, the persistent-bitmap episodes write zeroes now and then (a stream of their own): the
+    zero clusters a downgrade expands."""
+    from bitlab.conformance.gen_persist import ZEROES_SINCE
+    from bitlab.conformance.generator import random_scenario
+
+    def zeroes(seed: int) -> int:
+        return sum(step.get("zero", {}).get("node") == "pp" for i in range(120)
+                   for step in random_scenario(seed, i)["steps"])
+
+    assert zeroes(ZEROES_SINCE - 1) == 0 and zeroes(ZEROES_SINCE) > 0
