@@ -13,6 +13,8 @@ Compared step by step with qemu-storage-daemon and the system emulator.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bitlab import Machine, QemuImgError
@@ -115,6 +117,19 @@ def test_crash_episodes_from_seed_29000():
 @pytest.mark.parametrize("daemon", ["qsd", "system"])
 def test_matches_qemu(daemon):
     want, got = on_both(crash, daemon)
-    # an actual-size: QEMU's may have an extent-tree block more (the host placed the file in more pieces, run to run)
-    want = [g if isinstance(w, int) and isinstance(g, int) and w == g + 4096 else w for w, g in zip(want, got)]
+    # an actual-size: QEMU's may have an extent-tree block more (the host placed the file in more pieces, run to run),
+    # in info's text too (``disk size``, rounded to 0.01 MiB: two blocks may show)
+    want = [g if isinstance(w, int) and isinstance(g, int) and w == g + 4096 or _one_tree_block_more(w, g) else w
+            for w, g in zip(want, got)]
     assert got == want
+
+
+def _one_tree_block_more(real: object, sim: object) -> bool:
+    """``qemu-img info`` texts equal but for a ``disk size`` at most 8 KiB larger on QEMU (see test_matches_qemu)."""
+    if not isinstance(real, str) or not isinstance(sim, str):
+        return False
+    sizes = [re.search(r"disk size: ([0-9.]+) MiB\n", text) for text in (real, sim)]
+    if None in sizes:
+        return False
+    extra = (float(sizes[0].group(1)) - float(sizes[1].group(1))) * M
+    return 0 < extra <= 8 * K + M / 200 and real.replace(sizes[0].group(0), "") == sim.replace(sizes[1].group(0), "")
