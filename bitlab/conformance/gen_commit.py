@@ -11,14 +11,16 @@ cancel, or ``job-cancel``), or, in a chain of three, the middle image (the commi
 base, or to ``bottom``) into the top. From seed :data:`RENAME_SINCE` on, now and then a ``change-backing-file``
 follows (on a stream of its own). Then the nodes, the bitmaps, the top's image info; the chain goes. Where
 several requests of an active commit are in flight QEMU varies which it writes first, and with them the base's
-host clusters: only the commit job's base (one chunk at a time) and the stream job's top are mapped.
+host clusters: only the commit job's base (one chunk at a time) and the stream job's top are mapped. A ready
+active commit's guest writes dirty granules apart, as the mirror episodes' do (a second write into a granule races
+the job's copy of it).
 """
 
 from __future__ import annotations
 
 import random
 
-from .gen_mirror import end_ready_job
+from .gen_mirror import _apart, end_ready_job
 from .steps import qmp_step as _qmp
 from .steps import random_write
 
@@ -133,8 +135,8 @@ def commit_episode(cm: Commits, size: int) -> list[dict]:
             args["base-node"] = names[1]  # (into the middle image: the base stays below it)
         steps.append(_qmp("block-commit", args))
         steps.append({"wait-job": {"id": jid, "status": "ready"}})
-        for _ in range(rng.randint(0, 2)):
-            steps.append(random_write(rng, top, size, [4 * K, 64 * K]))
+        # (the job's granularity: the base's 64 KiB clusters; a second write into a granule races its copy)
+        steps += _apart([random_write(rng, top, size, [4 * K, 64 * K]) for _ in range(rng.randint(0, 2))], 64 * K)
         steps += [{"sleep": 0.25}, _qmp("query-block-jobs")]
         if rng.random() < 0.3:
             steps.append(_qmp("query-named-block-nodes", {"flat": True}))
