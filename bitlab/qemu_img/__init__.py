@@ -44,16 +44,16 @@ def run(store: ImageStore, args: list[str], key_fn: KeyFn = lambda name: name) -
         raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img {sub}' yet\n")
     if sub in IMAGE_OPTS_NOT_SIMULATED and "--image-opts" in rest[:rest.index("--") if "--" in rest else None]:
         raise QemuImgError(f"qemu-img: bitlab does not simulate 'qemu-img {sub} --image-opts'\n")
-    said: dict[str, str] = {}  # (an image's warning once, however many times the command opens it)
-    store.warn = lambda name, text: said.setdefault(name, f"qemu-img: {text}")
+    said: list[str] = []  # (a warning each time qcow2 opens an image that has one)
+    store.warn = lambda name, text: said.append(f"qemu-img: {text}")
     try:
         out = COMMANDS[sub](store, rest, key_fn)
     except QemuImgError as err:
-        err.stderr = "".join(said.values()) + err.stderr
+        err.stderr = "".join(said) + err.stderr
         raise
     finally:
         store.warn = None
-    return QemuImgOutput(out, "".join(said.values()) + getattr(out, "stderr", ""))
+    return QemuImgOutput(out, "".join(said) + getattr(out, "stderr", ""))
 
 
 __all__ = ["QemuImgError", "QemuImgOutput", "KeyFn", "Layer", "open_chain", "read_chain",

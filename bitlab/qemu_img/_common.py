@@ -129,7 +129,7 @@ def check_driver(name: str, fmt: str | None) -> None:
 
 
 def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None,
-               on_disk: bool = False) -> ImageFile:
+               on_disk: bool = False, qcow2_open: bool = True) -> ImageFile:
     """The file ``name`` opened with format ``fmt`` (probed when None), or qemu-img's error.
 
     ``lock`` is what qemu-img asks of the file's locks: ``"shared"`` to read (no ``-U``: it reads and
@@ -137,7 +137,9 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     does not share a consistent read, a mirror's target, refuses), ``"write"`` to change it (it also writes
     and resizes), against the file nodes a
     running QEMU has open on it (bitlab.block.perms.lock_error). ``on_disk``: a reader's image, as the file
-    describes it (ImageFile.on_disk: without what a running QEMU's cache holds).
+    describes it (ImageFile.on_disk: without what a running QEMU's cache holds). ``qcow2_open``: qcow2 opens the
+    image as QEMU's qemu-img does here (:meth:`ImageFile.opened`: a v2 image's bitmaps warn, each time); False
+    where bitlab looks at a file QEMU does not open again (a lock probe, a chain QEMU already has open).
     """
     check_driver(name, fmt)
     key = find_key(key_fn, name)
@@ -158,7 +160,7 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
         raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
     if fmt == "raw" and image.is_qcow2:
         raise QemuImgError(f"qemu-img: bitlab does not simulate reading the qcow2 file '{name}' as raw\n")
-    if image.is_qcow2 and fmt != "raw":
+    if image.is_qcow2 and fmt != "raw" and qcow2_open:
         image.opened(store.warn, lock == "write")
     if lock == "write":
         image.reopened()
@@ -174,17 +176,18 @@ def inner_reason(err: QemuImgError, name: str) -> str:
 
 
 def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None,
-               on_disk: bool = False) -> list[Layer]:
-    """``name`` and its backing files, top first, as qemu-img opens them (``lock``, ``on_disk``: see
-    open_image; ``on_disk`` for reading alone)."""
-    chain = [Layer(name, open_image(store, key_fn, name, fmt, lock, on_disk))]
+               on_disk: bool = False, qcow2_open: bool = True) -> list[Layer]:
+    """``name`` and its backing files, top first, as qemu-img opens them (``lock``, ``on_disk``, ``qcow2_open``:
+    see open_image; ``on_disk`` for reading alone). A file that fails further down is named after one
+    "Could not open backing file: " per level (bdrv_open_backing_file prepends it at each)."""
+    chain = [Layer(name, open_image(store, key_fn, name, fmt, lock, on_disk, qcow2_open))]
     while chain[-1].image.is_qcow2 and chain[-1].image.backing_file:
         top = chain[-1]
         below = opened_name(backing_name(top.name, top.image.backing_file or ""))
         try:
-            image = open_image(store, key_fn, below, top.image.backing_fmt, on_disk=on_disk)
+            image = open_image(store, key_fn, below, top.image.backing_fmt, on_disk=on_disk, qcow2_open=qcow2_open)
         except QemuImgError as err:
-            reason = inner_reason(err, below)
-            raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open backing file: {reason}\n") from None
+            reason = "Could not open backing file: " * len(chain) + inner_reason(err, below)
+            raise QemuImgError(f"qemu-img: Could not open '{name}': {reason}\n") from None
         chain.append(Layer(below, image))
     return chain

@@ -45,11 +45,11 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     cmdline.check_cache(opts, "-t")
     filename, fmt = positional[0], opts.get("-f")
     check_driver(filename, fmt)
-    probed = open_image(store, key_fn, filename, None, "write")  # (the file lock; -f raw reads a qcow2 file's bytes)
+    probed = open_image(store, key_fn, filename, None, "write", qcow2_open=False)  # (the file lock; -f raw reads bytes)
     if fmt == "raw" or not fmt and not probed.is_qcow2:
         warning = "" if fmt else RAW_PROBE_WARNING.format(filename)
         raise QemuImgError(f"{warning}qemu-img: Format driver 'raw' does not support option amendment\n")
-    chain = open_chain(store, key_fn, filename, fmt, "write")
+    chain = open_chain(store, key_fn, filename, fmt, "write", qcow2_open=False)  # (its errors; the graph opens it)
     graph = BlockGraph(store, "/")  # (opened read-write: its persistent bitmaps loaded, in use; stored as it closes)
     try:
         node = graph.add({"driver": "qcow2", "node-name": "qemu-img", "discard": "unmap",

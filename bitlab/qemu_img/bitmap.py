@@ -62,7 +62,7 @@ def img_bitmap(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     filename, fmt, optstr = image_args(opts, positional[0])
     bitmap = positional[1]
     with named_by(optstr, filename):
-        image = open_image(store, key_fn, filename, fmt, "write")
+        image = open_image(store, key_fn, filename, fmt, "write", qcow2_open=False)  # (the graph opens it)
     warning = "" if fmt or image.is_qcow2 else RAW_PROBE_WARNING.format(filename)
     graph = BlockGraph(store, "/")
     try:
@@ -71,7 +71,7 @@ def img_bitmap(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         source = node
         if "-b" in opts:
             src_name = opts["-b"]
-            src_image = open_image(store, key_fn, src_name, opts.get("-F"), "shared")
+            src_image = open_image(store, key_fn, src_name, opts.get("-F"), "shared", qcow2_open=False)
             source = _open(graph, key_fn, src_name, src_image.is_qcow2, read_only=True)
         vm = _Offline(graph)
         for op, src in actions:

@@ -34,6 +34,7 @@ from ._common import (
     cvtnum,
     find_key,
     new_key,
+    open_chain,
     open_image,
     opened_name,
 )
@@ -113,6 +114,8 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if bkey is None or bkey not in store:
             raise fail(f"Could not open '{full}': No such file or directory\nCould not open backing image.")
         base = store[bkey]
+        if base.is_qcow2 and backing_fmt in (None, "qcow2"):  # (opened with its chain, read-only)
+            base.opened(store.warn, False)
         missing = _chain_error(base, full, key_fn, store)
         if missing is not None:
             raise fail(f"{missing}\nCould not open backing image.")
@@ -270,10 +273,12 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
         if image.unknown:
             raise QemuImgError(f"qemu-img: {image.unknown}\n")
         if not chain and "-U" not in opts:
-            open_image(store, key_fn, name, None, "shared")  # the file lock
+            open_image(store, key_fn, name, None, "shared", qcow2_open=False)  # the file lock
         if fmt == "qcow2" and not image.is_qcow2:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
         fmt = "qcow2" if image.is_qcow2 and fmt in (None, "qcow2") else "raw"
+        if fmt == "qcow2":  # (each image of the chain opened by itself: BDRV_O_NO_BACKING)
+            image.opened(store.warn, False)
         chain.append(file_image_info(image, fmt=fmt, filename=name))
         if "full-backing-filename" in chain[-1]:  # relative to the image's directory
             chain[-1]["full-backing-filename"] = backing_name(name, image.backing_file or "")
@@ -319,8 +324,11 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             check_driver(name, fmt)
             raise QemuImgError(f"qemu-img: Could not open '{name}': force-share=on can only be used with "
                                "read-only images\n")
-        image = open_image(store, key_fn, name, None if fmt == "raw" else fmt,
-                           "force-share" if "-U" in opts else "write" if "-r" in opts else "shared", on_disk=True)
+        lock = "force-share" if "-U" in opts else "write" if "-r" in opts else "shared"
+        if fmt == "raw":  # (no backing file; a qcow2 file's bytes are not read)
+            image = open_image(store, key_fn, name, None, lock, on_disk=True, qcow2_open=False)
+        else:  # (img_check opens the backing chain too: a missing file fails the check)
+            image = open_chain(store, key_fn, name, fmt, lock, on_disk=True)[0].image
     if not image.is_qcow2 or fmt == "raw":  # (-r opens it read-write: a probed raw image's warning first)
         warning = RAW_PROBE_WARNING.format(name) if "-r" in opts and not fmt else ""
         raise QemuImgError(f"{warning}qemu-img: This image format does not support checks\n", 63)
@@ -403,7 +411,8 @@ def _fragmented(layer: Layer) -> int:
 
 def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any) -> str | None:
     """bdrv_img_create opens the backing file with its own backing chain: a file missing further down
-    fails it, each level prepending "Could not open backing file: " (bdrv_open_backing_file)."""
+    fails it, each level prepending "Could not open backing file: " (bdrv_open_backing_file). Each qcow2 image
+    opened so warns if it is a v2 image with bitmaps (:meth:`ImageFile.opened`)."""
     depth = 1
     while image.backing_file and depth < 64:
         try:
@@ -413,5 +422,8 @@ def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any) -> str | 
         key = find_key(key_fn, full)
         if key is None or key not in store:
             return "Could not open backing file: " * depth + f"Could not open '{full}': No such file or directory"
+        fmt = image.backing_fmt
         image, name, depth = store[key], full, depth + 1
+        if image.is_qcow2 and fmt in (None, "qcow2"):
+            image.opened(store.warn, False)
     return None

@@ -7,7 +7,18 @@ import numpy as np
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
 from ..block.store import ImageStore
 from . import cmdline
-from ._common import USAGE, KeyFn, Layer, QemuImgError, backing_name, inner_reason, open_chain, open_image
+from ._common import (
+    USAGE,
+    KeyFn,
+    Layer,
+    QemuImgError,
+    backing_name,
+    find_key,
+    inner_reason,
+    open_chain,
+    open_image,
+    opened_name,
+)
 from .image import RAW_PROBE_WARNING
 from .layers import UNALLOC, allocation, content, cow_fill, differing
 
@@ -69,6 +80,16 @@ def _view(chain: list[Layer], size: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return s, e, v
 
 
+def _in_chain(key_fn: KeyFn, name: str, chain: list[Layer]) -> bool:
+    """The new backing file is one of the old chain's files (bdrv_find_backing_image: qemu-img reuses it, no
+    second open)."""
+    try:
+        key = find_key(key_fn, opened_name(name))
+    except QemuImgError:  # (open_chain says why)
+        return False
+    return key is not None and any(find_key(key_fn, layer.name) == key for layer in chain[1:])
+
+
 def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     """qemu-img rebase [-f fmt] [-u] [-q] [-p] -b backing_file [-F backing_fmt] filename."""
     opts, positional = cmdline.parse("rebase", args, {"-f", "-F", "-b", "-t", "-T", "-u", "-q", "-U"})
@@ -82,8 +103,8 @@ def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     filename = positional[0]
     if unsafe:  # the old backing file need not exist
         top = Layer(filename, open_image(store, key_fn, filename, opts.get("-f"), "write"))
-        try:
-            chain = open_chain(store, key_fn, filename, opts.get("-f"))
+        try:  # (what the top's clusters hold: QEMU opens it without its backing file)
+            chain = open_chain(store, key_fn, filename, opts.get("-f"), qcow2_open=False)
         except QemuImgError:
             chain = [top]
     else:
@@ -94,7 +115,7 @@ def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if not unsafe and backing:
         below = backing_name(filename, backing)
         try:
-            new_chain = open_chain(store, key_fn, below, backing_fmt)
+            new_chain = open_chain(store, key_fn, below, backing_fmt, qcow2_open=not _in_chain(key_fn, below, chain))
         except QemuImgError as err:
             reason = inner_reason(err, below)
             raise QemuImgError(f"{warning}qemu-img: Could not open new backing file '{backing}': {reason}\n"

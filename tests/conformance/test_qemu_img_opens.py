@@ -1,0 +1,149 @@
+"""What qemu-img 7.2 opens, seen from outside: every qcow2 image it opens (each time, backing files too) warns if it
+is a v2 image whose bitmaps a downgrade kept (qcow2_read_extensions), and a backing file missing anywhere below the
+images it opens with their chain fails the command, named after one "Could not open backing file: " per level.
+
+Each case builds its images, runs one qemu-img command, then ``info --backing-chain -U`` of the top (what the
+command left: a read-write open drops a v2 image's bitmaps), on real qemu-img in a temporary directory and on
+bitlab; exit status, stdout (disk size masked) and stderr (QEMU's automatic node numbers masked) must be equal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+
+import pytest
+
+from bitlab import Machine, QemuImgError
+from bitlab.block.store import V2_BITMAPS_WARNING
+
+DISK = re.compile(r"disk size: .*|\"actual-size\": \d+")
+AUTO = re.compile(r"#block\d+")
+WARNED = f"qemu-img: {V2_BITMAPS_WARNING}"
+
+SETUPS = {  # "rm NAME" removes a file
+    "v2": ["create -q -f qcow2 base.qcow2 4M", "bitmap --add base.qcow2 b0",
+           "create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M", "bitmap --add top.qcow2 t0",
+           "create -q -f qcow2 plain.qcow2 4M", "amend -o compat=0.10 base.qcow2", "amend -o compat=0.10 top.qcow2"],
+    "gone": ["create -q -f qcow2 base.qcow2 4M", "create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M",
+             "create -q -f qcow2 plain.qcow2 4M", "create -q -f qcow2 -b top.qcow2 -F qcow2 high.qcow2 4M",
+             "rm base.qcow2"],
+}
+COMMANDS = [
+    "info base.qcow2", "info -U top.qcow2", "info --output=json top.qcow2", "info --backing-chain top.qcow2",
+    "info --backing-chain -f qcow2 top.qcow2", "info --backing-chain high.qcow2", "info -f raw top.qcow2",
+    "check base.qcow2", "check top.qcow2", "check -U top.qcow2", "check -r leaks top.qcow2", "check -r all base.qcow2",
+    "check --output=json base.qcow2", "check -f raw top.qcow2", "check high.qcow2",
+    "compare base.qcow2 base.qcow2", "compare top.qcow2 base.qcow2", "compare -U top.qcow2 top.qcow2",
+    "compare -s top.qcow2 plain.qcow2", "compare -f qcow2 -F qcow2 plain.qcow2 top.qcow2",
+    "map top.qcow2", "map --output=json base.qcow2", "map high.qcow2", "measure top.qcow2",
+    "measure -O qcow2 base.qcow2",
+    "convert -O qcow2 top.qcow2 out.qcow2", "convert -O raw base.qcow2 out.raw",
+    "convert -O qcow2 -B base.qcow2 -F qcow2 top.qcow2 out2.qcow2", "convert --bitmaps -O qcow2 base.qcow2 out3.qcow2",
+    "convert --bitmaps --skip-broken-bitmaps -O qcow2 base.qcow2 out3.qcow2",
+    "commit top.qcow2", "commit -d top.qcow2", "commit -b base.qcow2 top.qcow2", "commit high.qcow2",
+    "rebase -b base.qcow2 -F qcow2 top.qcow2", "rebase -u -b base.qcow2 -F qcow2 top.qcow2",
+    "rebase -b plain.qcow2 -F qcow2 top.qcow2", "rebase -b '' top.qcow2", "rebase -u -b '' top.qcow2",
+    "rebase -b base.qcow2 -F qcow2 plain.qcow2", "rebase -b top.qcow2 -F qcow2 plain.qcow2",
+    "rebase -b plain.qcow2 -F qcow2 high.qcow2", "rebase -u -b plain.qcow2 -F qcow2 high.qcow2",
+    "resize top.qcow2 8M", "resize base.qcow2 8M", "resize --shrink top.qcow2 2M", "resize -f qcow2 high.qcow2 8M",
+    "amend -o compat=1.1 base.qcow2", "amend -o compat=1.1 top.qcow2", "amend -o compat=0.10 top.qcow2",
+    "amend -o compat=0.10 high.qcow2",
+    "bitmap --add base.qcow2 x", "bitmap --add top.qcow2 x", "bitmap --remove top.qcow2 t0",
+    "bitmap --merge b0 -b base.qcow2 -F qcow2 plain.qcow2 x",
+    "bitmap --add plain.qcow2 p --merge b0 -b base.qcow2 -F qcow2",
+    "bitmap --add plain.qcow2 p --merge b0 -b top.qcow2 -F qcow2",
+    "create -q -f qcow2 -b top.qcow2 -F qcow2 new.qcow2", "create -q -f qcow2 -b top.qcow2 -F qcow2 new.qcow2 4M",
+    "create -f qcow2 -b base.qcow2 -F qcow2 new2.qcow2", "create -q -f qcow2 -u -b top.qcow2 -F qcow2 new.qcow2 4M",
+    "create -q -f qcow2 -b high.qcow2 -F qcow2 new.qcow2",
+]
+AFTER = "info --backing-chain -U top.qcow2"
+
+
+def _masked(out: tuple[int, str, str]) -> tuple[int, str, str]:
+    return out[0], DISK.sub("DISK", out[1]), AUTO.sub("#block", out[2])
+
+
+def _sim(vm: Machine, line: str) -> tuple[int, str, str]:
+    try:
+        out = vm.qemu_img(*shlex.split(line))
+        return 0, str(out), out.stderr
+    except QemuImgError as err:
+        return err.returncode, err.stdout, err.stderr
+
+
+def _real(cwd: str, line: str) -> tuple[int, str, str]:
+    out = subprocess.run(["qemu-img", *shlex.split(line)], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return out.returncode, out.stdout, out.stderr
+
+
+def sim_case(setup: str, command: str) -> list[tuple[int, str, str]]:
+    """Every step's outcome on bitlab (the setup's, the command's, then :data:`AFTER`'s)."""
+    vm, out = Machine(), []
+    for line in SETUPS[setup]:
+        if line.startswith("rm "):
+            vm.images.remove(line[3:])
+        else:
+            out.append(_masked(_sim(vm, line)))
+    return out + [_masked(_sim(vm, line)) for line in (command, AFTER)]
+
+
+def real_case(setup: str, command: str) -> list[tuple[int, str, str]]:
+    """:func:`sim_case` on real qemu-img."""
+    with tempfile.TemporaryDirectory(prefix="bitlab-opens-") as cwd:
+        out = []
+        for line in SETUPS[setup]:
+            if line.startswith("rm "):
+                os.remove(os.path.join(cwd, line[3:]))
+            else:
+                out.append(_masked(_real(cwd, line)))
+        return out + [_masked(_real(cwd, line)) for line in (command, AFTER)]
+
+
+def _stderr(setup: str, command: str) -> str:
+    return sim_case(setup, command)[-2][2]
+
+
+def test_each_open_of_a_v2_image_with_bitmaps_warns():
+    """Both opens of ``compare a a``, each image ``info --backing-chain`` opens, the backing files ``create -b``
+    opens with their chain; ``rebase -u`` opens the image alone, a safe rebase onto a file of its chain reuses it
+    (bdrv_find_backing_image), a read-write open drops the extension (the later opens do not warn)."""
+    assert _stderr("v2", "compare base.qcow2 base.qcow2") == 2 * WARNED
+    assert _stderr("v2", "compare top.qcow2 base.qcow2") == 3 * WARNED  # (top, its backing file, base)
+    assert _stderr("v2", "info --backing-chain top.qcow2") == 2 * WARNED
+    assert _stderr("v2", "info -U top.qcow2") == WARNED
+    assert _stderr("v2", "info -f raw top.qcow2") == ""
+    assert _stderr("v2", "check -U top.qcow2").startswith(2 * WARNED)
+    assert _stderr("v2", "create -q -f qcow2 -b top.qcow2 -F qcow2 new.qcow2") == 2 * WARNED
+    assert _stderr("v2", "create -q -f qcow2 -u -b top.qcow2 -F qcow2 new.qcow2 4M") == ""
+    assert _stderr("v2", "rebase -u -b base.qcow2 -F qcow2 top.qcow2") == WARNED
+    assert _stderr("v2", "rebase -b base.qcow2 -F qcow2 top.qcow2") == 2 * WARNED
+    assert _stderr("v2", "amend -o compat=1.1 top.qcow2") == 2 * WARNED
+    assert sim_case("v2", "amend -o compat=1.1 top.qcow2")[-1][2] == WARNED  # (base's, which stayed v2)
+
+
+def test_a_missing_backing_file_fails_what_opens_the_chain():
+    """``check`` opens the backing chain (img_check: no BDRV_O_NO_BACKING), so a lost base fails it; a file lost
+    two levels down is named after two "Could not open backing file: "."""
+    gone = "Could not open 'base.qcow2': No such file or directory\n"
+    assert sim_case("gone", "check top.qcow2")[-2] == (
+        1, "", "qemu-img: Could not open 'top.qcow2': Could not open backing file: " + gone)
+    for command in ("map high.qcow2", "check high.qcow2", "commit high.qcow2", "amend -o compat=0.10 high.qcow2"):
+        assert sim_case("gone", command)[-2] == (
+            1, "", "qemu-img: Could not open 'high.qcow2': " + 2 * "Could not open backing file: " + gone), command
+    assert sim_case("gone", "check -f raw top.qcow2")[-2][2] == "qemu-img: This image format does not support checks\n"
+    assert sim_case("gone", "info high.qcow2")[-2][0] == 0
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_matches_qemu_img(setup):
+    differences = []
+    for command in COMMANDS:
+        real, sim = real_case(setup, command), sim_case(setup, command)
+        if real != sim:
+            differences.append(f"{setup}: {command}\n  real: {real[-2:]!r}\n  sim:  {sim[-2:]!r}")
+    assert not differences, f"{len(differences)} of {len(COMMANDS)} differ; first:\n" + "\n".join(differences[:3])
