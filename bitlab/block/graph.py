@@ -72,6 +72,7 @@ class BlockGraph:
         self._rng = random.Random(seed)
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
+        self._overlays: list[ImageFile] = []  # the images whose implicit backing chain is being opened (_open_backing)
         if machine or store.locks is None:  # the machine's graph (a restarted machine's now): another program
             # (qemu-img) meets its file locks (weakly: the store holds no cycle to the graph)
             store.locks = partial(_file_locks, weakref.ref(self))
@@ -514,6 +515,9 @@ class BlockGraph:
             return
         if not image.backing_file:
             return
+        if any(above is image for above in self._overlays):  # (its own backing file further down)
+            raise generic(f"bitlab does not simulate a backing chain that loops ('{image.name}' is a backing file "
+                          "of itself): QEMU 7.2 opens it again and again and does not answer")
         # bdrv_open_backing_file: a relative name is relative to the image's directory
         filename = node_full_backing_filename(node, image.backing_file) or ""
         path = strip_file_protocol(filename)
@@ -526,10 +530,13 @@ class BlockGraph:
         if key not in self.store:
             raise generic(f"Could not open backing file: Could not open '{path}': No such file or directory")
         fmt = image.backing_fmt or self.store[key].fmt
+        self._overlays.append(image)
         try:
             child = self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
         except QMPError as err:  # bdrv_open_backing_file: error_prepend (at every level of the chain)
             raise generic(f"Could not open backing file: {err.desc}") from None
+        finally:
+            self._overlays.pop()
         self._attach(node, "backing", child)
         # bdrv_open_backing_file: an implicit backing file is the one the image names (auto_backing_file)
         node.auto_backing_file = child.filename

@@ -129,7 +129,7 @@ def check_driver(name: str, fmt: str | None) -> None:
 
 
 def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None,
-               on_disk: bool = False, qcow2_open: bool = True) -> ImageFile:
+               on_disk: bool = False, qcow2_open: bool = True, content: bool = True) -> ImageFile:
     """The file ``name`` opened with format ``fmt`` (probed when None), or qemu-img's error.
 
     ``lock`` is what qemu-img asks of the file's locks: ``"shared"`` to read (no ``-U``: it reads and
@@ -140,6 +140,7 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     describes it (ImageFile.on_disk: without what a running QEMU's cache holds). ``qcow2_open``: qcow2 opens the
     image as QEMU's qemu-img does here (:meth:`ImageFile.opened`: a v2 image's bitmaps warn, each time); False
     where bitlab looks at a file QEMU does not open again (a lock probe, a chain QEMU already has open).
+    ``content``: the caller reads what the image holds (bitlab has no bytes of a qcow2 file to read it as raw).
     """
     check_driver(name, fmt)
     key = find_key(key_fn, name)
@@ -158,7 +159,7 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
                                f"Is another process using the image [{name}]?\n")
     if fmt == "qcow2" and not image.is_qcow2:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
-    if fmt == "raw" and image.is_qcow2:
+    if fmt == "raw" and image.is_qcow2 and content:
         raise QemuImgError(f"qemu-img: bitlab does not simulate reading the qcow2 file '{name}' as raw\n")
     if image.is_qcow2 and fmt != "raw" and qcow2_open:
         image.opened(store.warn, lock == "write")
@@ -175,19 +176,51 @@ def inner_reason(err: QemuImgError, name: str) -> str:
     return reason.removeprefix(f"Could not open '{name}': ") if reason.count("Could not open") > 1 else reason
 
 
+def lock_hint(store: ImageStore, key_fn: KeyFn, out: str, desc: str) -> str:
+    """The hint qemu-img adds to a lock error (``desc``) opening ``out`` or a file of its backing chain, naming that
+    file."""
+    prefix = "Could not open backing file: "
+    depth, reason = 0, desc
+    while reason.startswith(prefix):
+        depth, reason = depth + 1, reason[len(prefix):]
+    if not perms.is_lock_error(reason):
+        return ""
+    name = out
+    for _ in range(depth):  # (each level opened it by its name as the level above resolves it)
+        image = store[find_key(key_fn, name) or ""]
+        name = opened_name(backing_name(name, image.backing_file or ""))
+    return f"Is another process using the image [{name}]?\n"
+
+
+def loop_error(name: str) -> QemuImgError:
+    """A backing chain that names one of its own images again below it: qemu-img 7.2 opens it again and again
+    (each open a new BlockDriverState) and never returns, which bitlab does not simulate."""
+    return QemuImgError(f"qemu-img: bitlab does not simulate a backing chain that loops ('{name}' is a backing file "
+                        "of itself): qemu-img 7.2 opens it again and again and does not return\n")
+
+
 def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None,
-               on_disk: bool = False, qcow2_open: bool = True) -> list[Layer]:
-    """``name`` and its backing files, top first, as qemu-img opens them (``lock``, ``on_disk``, ``qcow2_open``:
-    see open_image; ``on_disk`` for reading alone). A file that fails further down is named after one
+               on_disk: bool = False, qcow2_open: bool = True, content: bool = True) -> list[Layer]:
+    """``name`` and its backing files, top first, as qemu-img opens them (``lock``, ``on_disk``, ``qcow2_open``,
+    ``content``: see open_image; ``on_disk`` for reading alone). A file that fails further down is named after one
     "Could not open backing file: " per level (bdrv_open_backing_file prepends it at each)."""
-    chain = [Layer(name, open_image(store, key_fn, name, fmt, lock, on_disk, qcow2_open))]
-    while chain[-1].image.is_qcow2 and chain[-1].image.backing_file:
+    chain = [Layer(name, open_image(store, key_fn, name, fmt, lock, on_disk, qcow2_open, content))]
+    while chain[-1].image.is_qcow2 and chain[-1].image.backing_file and fmt != "raw":
         top = chain[-1]
+        fmt = top.image.backing_fmt  # (the next layer's)
         below = opened_name(backing_name(top.name, top.image.backing_file or ""))
         try:
-            image = open_image(store, key_fn, below, top.image.backing_fmt, on_disk=on_disk, qcow2_open=qcow2_open)
+            image = open_image(store, key_fn, below, top.image.backing_fmt, on_disk=on_disk, qcow2_open=qcow2_open,
+                               content=content)
         except QemuImgError as err:
             reason = "Could not open backing file: " * len(chain) + inner_reason(err, below)
             raise QemuImgError(f"qemu-img: Could not open '{name}': {reason}\n") from None
+        if any(layer.image is image for layer in chain):  # (opened again: the file locks of the first open)
+            held = perms.READ | perms.WRITE | perms.RESIZE if lock == "write" and image is chain[0].image else 0
+            error = perms.lock_error(perms.READ, perms.READ | perms.WRITE_UNCHANGED, [(held, perms.READ)])
+            if error is None:
+                raise loop_error(image.name)
+            raise QemuImgError(f"qemu-img: Could not open '{name}': {'Could not open backing file: ' * len(chain)}"
+                               f"{error}\nIs another process using the image [{below}]?\n")
         chain.append(Layer(below, image))
     return chain

@@ -12,7 +12,7 @@ from ..block.graph import BlockGraph
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
 from . import cmdline, qemu_opts
-from ._common import KeyFn, QemuImgError, check_driver, find_key, open_chain, open_image
+from ._common import KeyFn, QemuImgError, check_driver, find_key, lock_hint, open_chain, open_image
 from .image import RAW_PROBE_WARNING
 from .qemu_opts import BOOL, NUMBER, SIZE, STRING
 
@@ -55,7 +55,8 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         node = graph.add({"driver": "qcow2", "node-name": "qemu-img", "discard": "unmap",
                           "file": {"driver": "file", "filename": find_key(key_fn, filename)}})
     except QMPError as err:  # (open_chain found the chain whole)
-        raise QemuImgError(f"qemu-img: Could not open '{filename}': {err.desc}\n") from None
+        hint = lock_hint(store, key_fn, filename, err.desc)
+        raise QemuImgError(f"qemu-img: Could not open '{filename}': {err.desc}\n{hint}") from None
     try:
         _amend(node, _parse(opts["-o"]), len(chain) > 1)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block import batch_writes, perms
+from ..block import batch_writes
 from ..block.create import prealloc_image
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import ZERO_ALLOC, clip_runs, touched_mask
@@ -17,13 +17,12 @@ from ._common import (
     KeyFn,
     QemuImgError,
     QemuImgOutput,
-    backing_name,
     cvtnum,
     find_key,
+    lock_hint,
     new_key,
     open_chain,
     open_image,
-    opened_name,
 )
 from .image import qcow2_create_checks
 from .layers import content
@@ -195,7 +194,7 @@ def _write_through(store: ImageStore, key_fn: KeyFn, chain: list, out: str, driv
         node = graph.add({"driver": driver, "node-name": "qemu-img", "discard": "unmap" if sparse else "ignore",
                           "file": {"driver": "file", "filename": find_key(key_fn, out)}})
     except QMPError as err:
-        raise QemuImgError(f"qemu-img: Could not open '{out}': {err.desc}\n{_lock_hint(store, key_fn, out, err.desc)}"
+        raise QemuImgError(f"qemu-img: Could not open '{out}': {err.desc}\n{lock_hint(store, key_fn, out, err.desc)}"
                            ) from None
     try:
         size = chain[0].size
@@ -238,21 +237,6 @@ def _compressed_through(node: BlockNode, chain: list, size: int, backing_end: in
         node.write_compressed(0, 0, *(np.zeros(0, dtype=np.int64),) * 3)
     except QMPError as err:
         raise QemuImgError(f"qemu-img: {err.desc}\n") from None
-
-
-def _lock_hint(store: ImageStore, key_fn: KeyFn, out: str, desc: str) -> str:
-    """The hint qemu-img adds to a lock error opening ``out`` or a file of its backing chain, naming that file."""
-    prefix = "Could not open backing file: "
-    depth, reason = 0, desc
-    while reason.startswith(prefix):
-        depth, reason = depth + 1, reason[len(prefix):]
-    if not perms.is_lock_error(reason):
-        return ""
-    name = out
-    for _ in range(depth):  # (each level opened it by its name as the level above resolves it)
-        image = store[find_key(key_fn, name) or ""]
-        name = opened_name(backing_name(name, image.backing_file or ""))
-    return f"Is another process using the image [{name}]?\n"
 
 
 def _into_qcow2(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain: list, out: str, sparse: int) -> str:

@@ -33,6 +33,7 @@ from ._common import (
     check_driver,
     cvtnum,
     find_key,
+    loop_error,
     new_key,
     open_chain,
     open_image,
@@ -116,7 +117,7 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         base = store[bkey]
         if base.is_qcow2 and backing_fmt in (None, "qcow2"):  # (opened with its chain, read-only)
             base.opened(store.warn, False)
-        missing = _chain_error(base, full, key_fn, store)
+        missing = _chain_error(base, full, key_fn, store, backing_fmt)
         if missing is not None:
             raise fail(f"{missing}\nCould not open backing image.")
         if not backing_fmt:
@@ -263,6 +264,7 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
     """:func:`info` of the image ``top`` opened as ``fmt`` (None: probed)."""
     chain = []
     name: str | None = top
+    seen = {top}  # (collect_image_info_list: the names opened, as strings)
     check_driver(top, fmt)
     while name is not None:
         key = find_key(key_fn, name)
@@ -284,7 +286,12 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
             chain[-1]["full-backing-filename"] = backing_name(name, image.backing_file or "")
         if "--backing-chain" not in opts or fmt != "qcow2" or not image.backing_file:
             break
-        name, fmt = opened_name(backing_name(name, image.backing_file)), image.backing_fmt
+        below = backing_name(name, image.backing_file)
+        if below in seen:
+            raise QemuImgError(f"qemu-img: Backing file '{below}' creates an infinite loop.\n")
+        seen.add(below)
+        name, fmt = opened_name(below), image.backing_fmt
+        check_driver(name, fmt)  # (the format the overlay names for it)
     if opts.get("--output") == "json":
         out = [wire_order(i) for i in chain]
         return to_json_pretty(out if "--backing-chain" in opts else out[0]) + "\n"
@@ -328,7 +335,7 @@ def check(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if fmt == "raw":  # (no backing file; a qcow2 file's bytes are not read)
             image = open_image(store, key_fn, name, None, lock, on_disk=True, qcow2_open=False)
         else:  # (img_check opens the backing chain too: a missing file fails the check)
-            image = open_chain(store, key_fn, name, fmt, lock, on_disk=True)[0].image
+            image = open_chain(store, key_fn, name, fmt, lock, on_disk=True, content=False)[0].image
     if not image.is_qcow2 or fmt == "raw":  # (-r opens it read-write: a probed raw image's warning first)
         warning = RAW_PROBE_WARNING.format(name) if "-r" in opts and not fmt else ""
         raise QemuImgError(f"{warning}qemu-img: This image format does not support checks\n", 63)
@@ -409,20 +416,28 @@ def _fragmented(layer: Layer) -> int:
     return int(((host[1:] != host[:-1] + (e[:-1] - s[:-1])) & (table[1:] == table[:-1])).sum())
 
 
-def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any) -> str | None:
+def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any, backing_fmt: str | None) -> str | None:
     """bdrv_img_create opens the backing file with its own backing chain: a file missing further down
     fails it, each level prepending "Could not open backing file: " (bdrv_open_backing_file). Each qcow2 image
-    opened so warns if it is a v2 image with bitmaps (:meth:`ImageFile.opened`)."""
-    depth = 1
-    while image.backing_file and depth < 64:
+    opened so warns if it is a v2 image with bitmaps (:meth:`ImageFile.opened`). ``backing_fmt``: the format
+    ``image`` (the backing file) is opened with (raw: no chain below it)."""
+    depth, opened, fmt = 1, [image], backing_fmt
+    while image.backing_file and fmt != "raw" and depth < 64:
         try:
             full = full_backing_filename(name, image.backing_file) or ""
         except ValueError:
             return None
+        fmt = image.backing_fmt
+        if fmt not in (None, "raw", "qcow2"):  # (bdrv_open looks the driver up first)
+            if fmt not in QEMU_DRIVERS:
+                return "Could not open backing file: " * depth + f"Unknown driver '{fmt}'"
+            raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
         key = find_key(key_fn, full)
         if key is None or key not in store:
             return "Could not open backing file: " * depth + f"Could not open '{full}': No such file or directory"
-        fmt = image.backing_fmt
+        if any(store[key] is above for above in opened):
+            raise loop_error(store[key].name)
+        opened.append(store[key])
         image, name, depth = store[key], full, depth + 1
         if image.is_qcow2 and fmt in (None, "qcow2"):
             image.opened(store.warn, False)

@@ -7,7 +7,7 @@ from ..block.store import ImageStore
 from ..errors import QMPError
 from ..units import SizeTooLarge, parse_size
 from . import cmdline
-from ._common import INT64_MAX, USAGE, KeyFn, QemuImgError, QemuImgOutput, find_key, open_image
+from ._common import INT64_MAX, USAGE, KeyFn, QemuImgError, QemuImgOutput, find_key, lock_hint, open_image
 from .image import RAW_PROBE_WARNING
 from .qemu_opts import PREALLOC_MODES
 
@@ -58,7 +58,8 @@ def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         node = graph.add({"driver": driver, "node-name": "qemu-img",
                           "file": {"driver": "file", "filename": find_key(key_fn, filename)}})
     except QMPError as err:
-        raise QemuImgError(f"{warning}qemu-img: Could not open '{filename}': {err.desc}\n") from None
+        hint = lock_hint(store, key_fn, filename, err.desc)
+        raise QemuImgError(f"{warning}qemu-img: Could not open '{filename}': {err.desc}\n{hint}") from None
     try:
         current = node.size
         total = current + relative * n if relative else n

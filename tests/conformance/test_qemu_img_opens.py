@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 
@@ -19,6 +20,7 @@ import pytest
 
 from bitlab import Machine, QemuImgError
 from bitlab.block.store import V2_BITMAPS_WARNING
+from bitlab.errors import QMPError
 
 DISK = re.compile(r"disk size: .*|\"actual-size\": \d+")
 AUTO = re.compile(r"#block\d+")
@@ -31,7 +33,45 @@ SETUPS = {  # "rm NAME" removes a file
     "gone": ["create -q -f qcow2 base.qcow2 4M", "create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M",
              "create -q -f qcow2 plain.qcow2 4M", "create -q -f qcow2 -b top.qcow2 -F qcow2 high.qcow2 4M",
              "rm base.qcow2"],
+    "loop": ["create -q -f qcow2 base.qcow2 4M", "create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M",
+             "create -q -f qcow2 plain.qcow2 4M", "create -q -f qcow2 -b top.qcow2 -F qcow2 high.qcow2 4M",
+             "rebase -u -b high.qcow2 -F qcow2 base.qcow2"],  # top -> base -> high -> top
+    "self": ["create -q -f qcow2 base.qcow2 4M", "create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M",
+             "create -q -f qcow2 plain.qcow2 4M", "create -q -f qcow2 -b top.qcow2 -F qcow2 high.qcow2 4M",
+             "rebase -u -b top.qcow2 -F qcow2 top.qcow2"],  # high -> top -> top
+    "raw": ["create -q -f qcow2 base.qcow2 4M", "create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M",
+            "create -q -f qcow2 plain.qcow2 4M", "create -q -f qcow2 -b top.qcow2 -F qcow2 high.qcow2 4M",
+            "rebase -u -b base.qcow2 -F raw top.qcow2"],  # a qcow2 base named as raw: its bytes are the disk
 }
+HANGS = {  # what qemu-img 7.2 never returns from (measured: it opens the loop again and again, its memory growing)
+    "loop": {"check base.qcow2", "check top.qcow2", "check -U top.qcow2", "check --output=json base.qcow2",
+             "check high.qcow2",
+             "compare base.qcow2 base.qcow2", "compare top.qcow2 base.qcow2", "compare -U top.qcow2 top.qcow2",
+             "compare -s top.qcow2 plain.qcow2", "compare -f qcow2 -F qcow2 plain.qcow2 top.qcow2", "map top.qcow2",
+             "map --output=json base.qcow2", "map high.qcow2", "measure top.qcow2", "measure -O qcow2 base.qcow2",
+             "convert -O qcow2 top.qcow2 out.qcow2", "convert -O raw base.qcow2 out.raw",
+             "convert -O qcow2 -B base.qcow2 -F qcow2 top.qcow2 out2.qcow2",
+             "convert --bitmaps -O qcow2 base.qcow2 out3.qcow2",
+             "convert --bitmaps --skip-broken-bitmaps -O qcow2 base.qcow2 out3.qcow2",
+             "rebase -b base.qcow2 -F qcow2 plain.qcow2", "rebase -b top.qcow2 -F qcow2 plain.qcow2",
+             "create -q -f qcow2 -b top.qcow2 -F qcow2 new.qcow2",
+             "create -q -f qcow2 -b top.qcow2 -F qcow2 new.qcow2 4M",
+             "create -f qcow2 -b base.qcow2 -F qcow2 new2.qcow2",
+             "create -q -f qcow2 -b high.qcow2 -F qcow2 new.qcow2"},
+    "self": {"check top.qcow2", "check -U top.qcow2", "check high.qcow2", "compare top.qcow2 base.qcow2",
+             "compare -U top.qcow2 top.qcow2", "compare -s top.qcow2 plain.qcow2",
+             "compare -f qcow2 -F qcow2 plain.qcow2 top.qcow2", "map top.qcow2", "map high.qcow2",
+             "measure top.qcow2", "convert -O qcow2 top.qcow2 out.qcow2",
+             "convert -O qcow2 -B base.qcow2 -F qcow2 top.qcow2 out2.qcow2", "commit high.qcow2",
+             "rebase -b top.qcow2 -F qcow2 plain.qcow2", "rebase -b plain.qcow2 -F qcow2 high.qcow2",
+             "resize -f qcow2 high.qcow2 8M", "amend -o compat=0.10 high.qcow2",
+             "create -q -f qcow2 -b top.qcow2 -F qcow2 new.qcow2",
+             "create -q -f qcow2 -b top.qcow2 -F qcow2 new.qcow2 4M",
+             "create -q -f qcow2 -b high.qcow2 -F qcow2 new.qcow2"},
+}
+LOOPS = "bitlab does not simulate a backing chain that loops"
+REFUSED = {"raw": "bitlab does not simulate reading the qcow2 file 'base.qcow2' as raw"}
+"""What bitlab refuses in a set-up (it keeps no bytes of a qcow2 file to read it as raw; QEMU reads them)."""
 COMMANDS = [
     "info base.qcow2", "info -U top.qcow2", "info --output=json top.qcow2", "info --backing-chain top.qcow2",
     "info --backing-chain -f qcow2 top.qcow2", "info --backing-chain high.qcow2", "info -f raw top.qcow2",
@@ -75,8 +115,8 @@ def _sim(vm: Machine, line: str) -> tuple[int, str, str]:
         return err.returncode, err.stdout, err.stderr
 
 
-def _real(cwd: str, line: str) -> tuple[int, str, str]:
-    out = subprocess.run(["qemu-img", *shlex.split(line)], cwd=cwd, capture_output=True, text=True, timeout=60)
+def _real(cwd: str, line: str, timeout: float = 60) -> tuple[int, str, str]:
+    out = subprocess.run(["qemu-img", *shlex.split(line)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     return out.returncode, out.stdout, out.stderr
 
 
@@ -91,16 +131,43 @@ def sim_case(setup: str, command: str) -> list[tuple[int, str, str]]:
     return out + [_masked(_sim(vm, line)) for line in (command, AFTER)]
 
 
-def real_case(setup: str, command: str) -> list[tuple[int, str, str]]:
-    """:func:`sim_case` on real qemu-img."""
-    with tempfile.TemporaryDirectory(prefix="bitlab-opens-") as cwd:
-        out = []
-        for line in SETUPS[setup]:
-            if line.startswith("rm "):
-                os.remove(os.path.join(cwd, line[3:]))
-            else:
-                out.append(_masked(_real(cwd, line)))
-        return out + [_masked(_real(cwd, line)) for line in (command, AFTER)]
+class RealCases:
+    """:func:`sim_case` on real qemu-img: each set-up made once, copied for every command."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="bitlab-opens-")
+        self._made: dict[str, list[tuple[int, str, str]]] = {}
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+    def setup(self, setup: str) -> tuple[str, list[tuple[int, str, str]]]:
+        """The set-up's directory and its steps' outcomes."""
+        where = os.path.join(self._dir.name, setup)
+        if setup not in self._made:
+            os.mkdir(where)
+            out = []
+            for line in SETUPS[setup]:
+                if line.startswith("rm "):
+                    os.remove(os.path.join(where, line[3:]))
+                else:
+                    out.append(_masked(_real(where, line)))
+            self._made[setup] = out
+        return where, self._made[setup]
+
+    def case(self, setup: str, command: str, timeout: float = 60) -> list[tuple[int, str, str]]:
+        where, out = self.setup(setup)
+        cwd = os.path.join(self._dir.name, "case")
+        shutil.rmtree(cwd, ignore_errors=True)
+        shutil.copytree(where, cwd)
+        return out + [_masked(_real(cwd, line, timeout)) for line in (command, AFTER)]
+
+
+@pytest.fixture(scope="module")
+def real_cases():
+    cases = RealCases()
+    yield cases
+    cases.close()
 
 
 def _stderr(setup: str, command: str) -> str:
@@ -138,12 +205,44 @@ def test_a_missing_backing_file_fails_what_opens_the_chain():
     assert sim_case("gone", "info high.qcow2")[-2][0] == 0
 
 
+def test_a_backing_chain_that_loops():
+    """QEMU 7.2 opens such a chain again and again and never returns (below); bitlab refuses it with a clear error,
+    except where QEMU finds it: ``info --backing-chain`` (its own check), and an image opened to write met again
+    below itself (the file lock: ``check -r``, ``commit``, ``rebase``, ``resize``, ``amend``)."""
+    for setup, commands in HANGS.items():
+        for command in commands:
+            status, _, stderr = sim_case(setup, command)[-2]
+            assert status in (1, 2) and LOOPS in stderr, (setup, command, stderr)
+    assert sim_case("loop", "info --backing-chain top.qcow2")[-2] == (
+        1, "", "qemu-img: Backing file 'top.qcow2' creates an infinite loop.\n")
+    assert sim_case("loop", "commit top.qcow2")[-2] == (
+        1, "", "qemu-img: Could not open 'top.qcow2': " + 3 * "Could not open backing file: "
+        + 'Failed to get shared "write" lock\nIs another process using the image [top.qcow2]?\n')
+    vm = Machine()
+    for line in SETUPS["self"]:
+        _sim(vm, line)
+    with pytest.raises(QMPError, match=LOOPS):  # (read-only: no lock stops it)
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "read-only": True,
+                                "file": {"driver": "file", "filename": "high.qcow2"}})
+
+
+@pytest.mark.qemu
+def test_qemu_img_does_not_return_from_a_loop(real_cases):
+    where, _ = real_cases.setup("self")
+    with pytest.raises(subprocess.TimeoutExpired):
+        _real(where, "map high.qcow2", timeout=2)
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("setup", sorted(SETUPS))
-def test_matches_qemu_img(setup):
+def test_matches_qemu_img(setup, real_cases):
     differences = []
-    for command in COMMANDS:
-        real, sim = real_case(setup, command), sim_case(setup, command)
+    commands = [command for command in COMMANDS if command not in HANGS.get(setup, ())]
+    for command in commands:
+        real, sim = real_cases.case(setup, command), sim_case(setup, command)
+        refused = REFUSED.get(setup)
+        if refused and real[:-2] == sim[:-2] and any(refused in out[2] for out in sim[-2:]):
+            continue  # (what bitlab does not simulate, said so)
         if real != sim:
             differences.append(f"{setup}: {command}\n  real: {real[-2:]!r}\n  sim:  {sim[-2:]!r}")
-    assert not differences, f"{len(differences)} of {len(COMMANDS)} differ; first:\n" + "\n".join(differences[:3])
+    assert not differences, f"{len(differences)} of {len(commands)} differ; first:\n" + "\n".join(differences[:3])
