@@ -17,6 +17,7 @@ from .bitmap import DirtyBitmap
 from .block.drivers import QEMU_DRIVERS
 from .block.export import BlockExports, NbdConnectError
 from .block.graph import BlockGraph
+from .block.info import skip_filters
 from .block.node import BlockNode
 from .block.store import ImageFile, ImageStore
 from .clock import DEFAULT_START_NS, SimClock
@@ -373,12 +374,16 @@ class Machine(GuestIO, Monitor):
         its runs) and read, as qemu-img would read it, only if someone asks. A node's own content: a backup's
         filter reads the same, a snapshot's overlay above it (where the guest's writes now go) does not."""
         node = self.graph.filter_view(self.graph.devices.get(name) or self.graph.lookup_node(name))
-        file = self._file_of(node)
-        if file is None or file not in self.images:  # null-co and friends read zeroes
-            content = Content.from_runs(node.size, *node.read_extents(0, node.size))
-            return lambda: content
-        chain = _qemu_img.open_chain(self.images, self.graph.store_key, file, lock=None)
-        frozen = [Layer(layer.name, _frozen(layer.image)) for layer in chain]
+        frozen: list[Layer] = []
+        below: BlockNode | None = node
+        while below is not None:  # (the chain the node has open: not always the one its image names)
+            below = skip_filters(below)
+            file = self._file_of(below)
+            if file is None or file not in self.images:  # null-co and friends: read now
+                content = Content.from_runs(node.size, *node.read_extents(0, node.size))
+                return lambda: content
+            frozen.append(Layer(file, _frozen(self.images[file])))
+            below = below.backing
         return lambda: Content.from_runs(frozen[0].size, *read_chain(frozen, 0, frozen[0].size))
 
     # -- images -------------------------------------------------------------------

@@ -158,6 +158,29 @@ def test_restore_reads_through_the_backing_chain():
         chain.point_in_time(vm, "nothing.qcow2")
 
 
+def test_the_point_in_time_is_what_the_node_reads_not_what_its_image_names():
+    """A node opened with ``backing: null`` (or another node as its backing) reads what its open chain holds: a
+    backup's point in time is that, even where the image's header names a base that is gone."""
+    vm = Machine()
+    vm.qemu_img("create", "-q", "-f", "qcow2", "base.qcow2", "1M")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "other.qcow2", "1M")
+    vm.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "1M")
+    for name, value in (("base.qcow2", 0x11), ("other.qcow2", 0x22)):
+        vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "w", "file": {"driver": "file", "filename": name}})
+        vm.write("w", 0, "64k", value)
+        vm.qmp("blockdev-del", {"node-name": "w"})
+    vm.images.remove("base.qcow2")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "o", "file": {"driver": "file", "filename": "other.qcow2"}})
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "n", "backing": "o",
+                            "file": {"driver": "file", "filename": "top.qcow2"}})
+    vm.write("n", "64k", "64k", 0x33)
+    vm.qmp("drive-backup", {"device": "n", "job-id": "j", "target": "full.qcow2", "format": "qcow2", "sync": "full"})
+    vm.run()
+    assert chain.point_in_time(vm, "full.qcow2").runs() == [(0, 65536, 0x22), (65536, 131072, 0x33),
+                                                            (131072, 1048576, 0)]
+    assert chain.restore(vm, "full.qcow2") == chain.point_in_time(vm, "full.qcow2")
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("mode", ["individual", "grouped"])
 def test_same_verdicts_and_proofs_on_real_qemu(mode):
