@@ -171,9 +171,11 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
 
 
 def inner_reason(err: QemuImgError, name: str) -> str:
-    """The reason inside an open error, as a caller nests it ("Could not open 'x': ...")."""
+    """The reason inside an open error, as a caller nests it: without the "Could not open 'x': " qemu-img puts
+    before what failed at its own level (a missing file's reason names it again: file-posix's own text; a format's
+    does not: "Image is not in qcow2 format")."""
     reason = err.stderr.removeprefix("qemu-img: ").rstrip("\n")
-    return reason.removeprefix(f"Could not open '{name}': ") if reason.count("Could not open") > 1 else reason
+    return reason.removeprefix(f"Could not open '{name}': ")
 
 
 def lock_hint(store: ImageStore, key_fn: KeyFn, out: str, desc: str) -> str:

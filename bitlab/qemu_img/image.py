@@ -115,6 +115,8 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if bkey is None or bkey not in store:
             raise fail(f"Could not open '{full}': No such file or directory\nCould not open backing image.")
         base = store[bkey]
+        if backing_fmt == "qcow2" and not base.is_qcow2:  # (qcow2_open: its magic)
+            raise fail("Image is not in qcow2 format\nCould not open backing image.")
         if base.is_qcow2 and backing_fmt in (None, "qcow2"):  # (opened with its chain, read-only)
             base.opened(store.warn, False)
         missing = _chain_error(base, full, key_fn, store, backing_fmt)
@@ -435,6 +437,8 @@ def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any, backing_f
         key = find_key(key_fn, full)
         if key is None or key not in store:
             return "Could not open backing file: " * depth + f"Could not open '{full}': No such file or directory"
+        if fmt == "qcow2" and not store[key].is_qcow2:
+            return "Could not open backing file: " * depth + "Image is not in qcow2 format"
         if any(store[key] is above for above in opened):
             raise loop_error(store[key].name)
         opened.append(store[key])

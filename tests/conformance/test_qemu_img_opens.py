@@ -39,6 +39,9 @@ SETUPS = {  # "rm NAME" removes a file
     "self": ["create -q -f qcow2 base.qcow2 4M", "create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M",
              "create -q -f qcow2 plain.qcow2 4M", "create -q -f qcow2 -b top.qcow2 -F qcow2 high.qcow2 4M",
              "rebase -u -b top.qcow2 -F qcow2 top.qcow2"],  # high -> top -> top
+    "not-qcow2": ["create -q -f qcow2 base.qcow2 4M", "create -q -f raw t.img 512",
+                  "create -q -f qcow2 -u -b t.img -F qcow2 top.qcow2 4M", "create -q -f qcow2 plain.qcow2 4M",
+                  "create -q -f qcow2 -b top.qcow2 -F qcow2 high.qcow2 4M"],  # (fails: top's base is no qcow2)
     "raw": ["create -q -f qcow2 base.qcow2 4M", "create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M",
             "create -q -f qcow2 plain.qcow2 4M", "create -q -f qcow2 -b top.qcow2 -F qcow2 high.qcow2 4M",
             "rebase -u -b base.qcow2 -F raw top.qcow2"],  # a qcow2 base named as raw: its bytes are the disk
@@ -73,6 +76,7 @@ LOOPS = "bitlab does not simulate a backing chain that loops"
 REFUSED = {"raw": "bitlab does not simulate reading the qcow2 file 'base.qcow2' as raw"}
 """What bitlab refuses in a set-up (it keeps no bytes of a qcow2 file to read it as raw; QEMU reads them)."""
 COMMANDS = [
+    "create -q -f qcow2 -b t.img -F qcow2 new.qcow2 4M",
     "info base.qcow2", "info -U top.qcow2", "info --output=json top.qcow2", "info --backing-chain top.qcow2",
     "info --backing-chain -f qcow2 top.qcow2", "info --backing-chain high.qcow2", "info -f raw top.qcow2",
     "check base.qcow2", "check top.qcow2", "check -U top.qcow2", "check -r leaks top.qcow2", "check -r all base.qcow2",
@@ -203,6 +207,18 @@ def test_a_missing_backing_file_fails_what_opens_the_chain():
             1, "", "qemu-img: Could not open 'high.qcow2': " + 2 * "Could not open backing file: " + gone), command
     assert sim_case("gone", "check -f raw top.qcow2")[-2][2] == "qemu-img: This image format does not support checks\n"
     assert sim_case("gone", "info high.qcow2")[-2][0] == 0
+
+
+def test_a_backing_file_of_another_format_than_named():
+    """qcow2_open's magic check: the backing file (or one further down) is named qcow2 but is not."""
+    assert sim_case("not-qcow2", "check top.qcow2")[-2] == (
+        1, "", "qemu-img: Could not open 'top.qcow2': Could not open backing file: Image is not in qcow2 format\n")
+    assert sim_case("not-qcow2", "info top.qcow2")[-2][0] == 0
+    assert sim_case("not-qcow2", "create -q -f qcow2 -b t.img -F qcow2 new.qcow2 4M")[-2] == (
+        1, "", "qemu-img: new.qcow2: Image is not in qcow2 format\nCould not open backing image.\n")
+    assert sim_case("not-qcow2", "create -q -f qcow2 -b top.qcow2 -F qcow2 new.qcow2")[-2] == (
+        1, "", "qemu-img: new.qcow2: Could not open backing file: Image is not in qcow2 format\n"
+               "Could not open backing image.\n")
 
 
 def test_a_backing_chain_that_loops():
