@@ -97,7 +97,7 @@ def test_a_node_opened_without_its_chain_is_backed_up_from_what_it_reads():
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("setup", ["gone", "loop", "self", "raw"])
+@pytest.mark.parametrize("setup", ["gone", "loop", "self", "raw", "not-qcow2"])
 def test_matches_qemu(setup):
     differences = []
     for case in CASES:  # (each opens its image read-write: a loop back to it meets its lock, QEMU answers)
