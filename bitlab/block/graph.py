@@ -25,13 +25,14 @@ from .cbw import CbwNode
 from .cor import CorNode
 from .info import FILTER_CHILD, NodeInfoCache
 from .node import BlockNode, FileNode, NullNode, Qcow2Node, RawNode, raw_window_error, subtree_ids
-from .paths import node_full_backing_filename, strip_file_protocol
+from .paths import name_too_long, node_full_backing_filename, strip_file_protocol
 from .snapshot_access import SnapshotAccessNode
 from .store import ImageFile, ImageStore, StoredBitmap
 from .throttle import ThrottleGroup, ThrottleNode, below_format
 
 _NODE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 MAX_NODE_NAME = 31  # sizeof(bs->node_name) - 1
+MAX_BACKING_DEPTH = 100  # the implicit backing chain bitlab opens below a node, at most
 INT64_MAX = (1 << 63) - 1
 
 
@@ -72,7 +73,7 @@ class BlockGraph:
         self._rng = random.Random(seed)
         self._auto_counter = 0
         self.info_cache = NodeInfoCache()  # query-named-block-nodes entries
-        self._overlays: list[ImageFile] = []  # the images whose implicit backing chain is being opened (_open_backing)
+        self._backing_names: list[str] = []  # the names an implicit backing chain being opened has (_open_backing)
         if machine or store.locks is None:  # the machine's graph (a restarted machine's now): another program
             # (qemu-img) meets its file locks (weakly: the store holds no cycle to the graph)
             store.locks = partial(_file_locks, weakref.ref(self))
@@ -515,14 +516,22 @@ class BlockGraph:
             return
         if not image.backing_file:
             return
-        if any(above is image for above in self._overlays):  # (its own backing file further down)
-            raise generic(f"bitlab does not simulate a backing chain that loops ('{image.name}' is a backing file "
+        names = self._backing_names  # (the names the chain above was opened under, this node's last)
+        own = names[-1] if names else _opened_name(node)
+        if own in names[:-1]:  # (the same name again: QEMU opens it again and again)
+            raise generic(f"bitlab does not simulate a backing chain that loops ('{own}' is a backing file "
                           "of itself): QEMU 7.2 opens it again and again and does not answer")
+        if len(names) >= MAX_BACKING_DEPTH:
+            raise generic(f"bitlab does not simulate a backing chain more than {MAX_BACKING_DEPTH} images deep (one "
+                          "that loops through a directory has names that grow: QEMU 7.2 opens it until one is too "
+                          "long)")
         # bdrv_open_backing_file: a relative name is relative to the image's directory
         filename = node_full_backing_filename(node, image.backing_file) or ""
         path = strip_file_protocol(filename)
         if path is None:
             raise generic(f"Could not open backing file: bitlab does not simulate the protocol of '{filename}'")
+        if name_too_long(path):
+            raise generic(f"Could not open backing file: Could not open '{path}': File name too long")
         try:
             key = self.store_key(path)
         except QMPError:
@@ -530,13 +539,14 @@ class BlockGraph:
         if key not in self.store:
             raise generic(f"Could not open backing file: Could not open '{path}': No such file or directory")
         fmt = image.backing_fmt or self.store[key].fmt
-        self._overlays.append(image)
+        pushed = [path] if names else [own, path]
+        names += pushed
         try:
             child = self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
         except QMPError as err:  # bdrv_open_backing_file: error_prepend (at every level of the chain)
             raise generic(f"Could not open backing file: {err.desc}") from None
         finally:
-            self._overlays.pop()
+            del names[-len(pushed):]
         self._attach(node, "backing", child)
         # bdrv_open_backing_file: an implicit backing file is the one the image names (auto_backing_file)
         node.auto_backing_file = child.filename
@@ -995,6 +1005,15 @@ def blkdebug_constraints(opts: dict) -> str | None:
         if value and (value < 0 or value >= INT_MAX or value % unit):
             return f"Cannot meet constraints with {key} {value}"
     return None
+
+
+def _opened_name(node: Qcow2Node) -> str:
+    """The name a format node's file was opened under (as given: QEMU joins backing file names to it)."""
+    below = node.child("file")
+    while below is not None and not isinstance(below, FileNode):
+        below = below.child("image") or below.child("file")
+    name = below.options.get("filename") if below is not None else None
+    return name if isinstance(name, str) else node.image.name
 
 
 def _check_named_backing(options: dict) -> None:

@@ -48,6 +48,17 @@ def full_backing_filename(backed: str, backing: str) -> str | None:
     return path_combine(backed, backing)
 
 
+PATH_MAX, NAME_MAX = 4096, 255  # Linux: a path's bytes with its NUL, a name's in it
+
+
+def name_too_long(path: str) -> bool:
+    """open(2) fails with ENAMETOOLONG ("File name too long"): the path or a name in it is too long. A backing
+    chain whose names grow as they are joined (``sub/../sub/../…``: a chain that loops through a directory)
+    ends so in QEMU."""
+    raw = path.encode()
+    return len(raw) >= PATH_MAX or any(len(part) > NAME_MAX for part in raw.split(b"/"))
+
+
 def strip_file_protocol(filename: str) -> str | None:
     """The path a name with a protocol prefix opens: ``file:x`` opens ``x``; None for a name with any
     other protocol (``nbd:``, ``json:``, ...), which bitlab does not simulate. Names without a

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..block import perms
 from ..block.drivers import QEMU_DRIVERS
-from ..block.paths import full_backing_filename, strip_file_protocol
+from ..block.paths import full_backing_filename, name_too_long, strip_file_protocol
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
 from ..units import SizeTooLarge, parse_size
@@ -143,6 +143,9 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     ``content``: the caller reads what the image holds (bitlab has no bytes of a qcow2 file to read it as raw).
     """
     check_driver(name, fmt)
+    path = strip_file_protocol(name)
+    if path is not None and name_too_long(path):
+        raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{path}': File name too long\n")
     key = find_key(key_fn, name)
     if key is None or key not in store:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': No such file or directory\n")
@@ -217,12 +220,12 @@ def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
         except QemuImgError as err:
             reason = "Could not open backing file: " * len(chain) + inner_reason(err, below)
             raise QemuImgError(f"qemu-img: Could not open '{name}': {reason}\n") from None
-        if any(layer.image is image for layer in chain):  # (opened again: the file locks of the first open)
-            held = perms.READ | perms.WRITE | perms.RESIZE if lock == "write" and image is chain[0].image else 0
-            error = perms.lock_error(perms.READ, perms.READ | perms.WRITE_UNCHANGED, [(held, perms.READ)])
-            if error is None:
-                raise loop_error(image.name)
+        if lock == "write" and image is chain[0].image:  # (opened again below itself: its file lock)
+            error = perms.lock_error(perms.READ, perms.READ | perms.WRITE_UNCHANGED,
+                                     [(perms.READ | perms.WRITE | perms.RESIZE, perms.READ)])
             raise QemuImgError(f"qemu-img: Could not open '{name}': {'Could not open backing file: ' * len(chain)}"
                                f"{error}\nIs another process using the image [{below}]?\n")
-        chain.append(Layer(below, image))
+        if any(layer.name == below for layer in chain):  # (the same name again: it never ends)
+            raise loop_error(below)
+        chain.append(Layer(below, image))  # (a loop whose names grow ends with a name too long)
     return chain

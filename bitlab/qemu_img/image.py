@@ -13,7 +13,7 @@ from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import range_items
 from ..block.info import file_image_info, image_info_dump
 from ..block.node import round_sector
-from ..block.paths import full_backing_filename
+from ..block.paths import full_backing_filename, name_too_long
 from ..block.store import (
     QCOW2_MAX_L1_ENTRIES,  # noqa: F401  (re-exported by bitlab.qemu_img)
     ImageFile,
@@ -269,6 +269,8 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
     seen = {top}  # (collect_image_info_list: the names opened, as strings)
     check_driver(top, fmt)
     while name is not None:
+        if name_too_long(name):  # (a loop through a directory: its names grow)
+            raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': File name too long\n")
         key = find_key(key_fn, name)
         if key is None or key not in store:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': "
@@ -423,8 +425,8 @@ def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any, backing_f
     fails it, each level prepending "Could not open backing file: " (bdrv_open_backing_file). Each qcow2 image
     opened so warns if it is a v2 image with bitmaps (:meth:`ImageFile.opened`). ``backing_fmt``: the format
     ``image`` (the backing file) is opened with (raw: no chain below it)."""
-    depth, opened, fmt = 1, [image], backing_fmt
-    while image.backing_file and fmt != "raw" and depth < 64:
+    depth, opened, fmt = 1, [name], backing_fmt
+    while image.backing_file and fmt != "raw":
         try:
             full = full_backing_filename(name, image.backing_file) or ""
         except ValueError:
@@ -434,14 +436,16 @@ def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any, backing_f
             if fmt not in QEMU_DRIVERS:
                 return "Could not open backing file: " * depth + f"Unknown driver '{fmt}'"
             raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+        if name_too_long(full):  # (a loop through a directory: its names grow)
+            return "Could not open backing file: " * depth + f"Could not open '{full}': File name too long"
         key = find_key(key_fn, full)
         if key is None or key not in store:
             return "Could not open backing file: " * depth + f"Could not open '{full}': No such file or directory"
         if fmt == "qcow2" and not store[key].is_qcow2:
             return "Could not open backing file: " * depth + "Image is not in qcow2 format"
-        if any(store[key] is above for above in opened):
-            raise loop_error(store[key].name)
-        opened.append(store[key])
+        if full in opened:  # (the same name again: it never ends)
+            raise loop_error(full)
+        opened.append(full)
         image, name, depth = store[key], full, depth + 1
         if image.is_qcow2 and fmt in (None, "qcow2"):
             image.opened(store.warn, False)
