@@ -198,8 +198,8 @@ def lock_hint(store: ImageStore, key_fn: KeyFn, out: str, desc: str) -> str:
 
 
 def loop_error(name: str) -> QemuImgError:
-    """A backing chain that names one of its own images again below it: qemu-img 7.2 opens it again and again
-    (each open a new BlockDriverState) and never returns, which bitlab does not simulate."""
+    """A backing chain that names a file again below it by the name it was opened under above: qemu-img 7.2 opens
+    it again and again (each open a new BlockDriverState) and never returns, which bitlab does not simulate."""
     return QemuImgError(f"qemu-img: bitlab does not simulate a backing chain that loops ('{name}' is a backing file "
                         "of itself): qemu-img 7.2 opens it again and again and does not return\n")
 
@@ -210,6 +210,7 @@ def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     ``content``: see open_image; ``on_disk`` for reading alone). A file that fails further down is named after one
     "Could not open backing file: " per level (bdrv_open_backing_file prepends it at each)."""
     chain = [Layer(name, open_image(store, key_fn, name, fmt, lock, on_disk, qcow2_open, content))]
+    names = {name}
     while chain[-1].image.is_qcow2 and chain[-1].image.backing_file and fmt != "raw":
         top = chain[-1]
         fmt = top.image.backing_fmt  # (the next layer's)
@@ -225,7 +226,8 @@ def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
                                      [(perms.READ | perms.WRITE | perms.RESIZE, perms.READ)])
             raise QemuImgError(f"qemu-img: Could not open '{name}': {'Could not open backing file: ' * len(chain)}"
                                f"{error}\nIs another process using the image [{below}]?\n")
-        if any(layer.name == below for layer in chain):  # (the same name again: it never ends)
+        if below in names:  # (the same name again: it never ends)
             raise loop_error(below)
+        names.add(below)
         chain.append(Layer(below, image))  # (a loop whose names grow ends with a name too long)
     return chain
