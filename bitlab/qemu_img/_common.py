@@ -211,13 +211,14 @@ def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     "Could not open backing file: " per level (bdrv_open_backing_file prepends it at each)."""
     chain = [Layer(name, open_image(store, key_fn, name, fmt, lock, on_disk, qcow2_open, content))]
     names = {name}
+    # the backing files' file locks: read-only, sharing no writes (bdrv_default_perms_for_cow) unless -U shares all
+    below_lock = None if lock is None else "force-share" if lock == "force-share" else "shared"
     while chain[-1].image.is_qcow2 and chain[-1].image.backing_file and fmt != "raw":
         top = chain[-1]
         fmt = top.image.backing_fmt  # (the next layer's)
         below = opened_name(backing_name(top.name, top.image.backing_file or ""))
         try:
-            image = open_image(store, key_fn, below, top.image.backing_fmt, on_disk=on_disk, qcow2_open=qcow2_open,
-                               content=content)
+            image = open_image(store, key_fn, below, top.image.backing_fmt, below_lock, on_disk, qcow2_open, content)
         except QemuImgError as err:
             reason = "Could not open backing file: " * len(chain) + inner_reason(err, below)
             raise QemuImgError(f"qemu-img: Could not open '{name}': {reason}\n") from None

@@ -49,7 +49,8 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
     if fmt == "raw" or not fmt and not probed.is_qcow2:
         warning = "" if fmt else RAW_PROBE_WARNING.format(filename)
         raise QemuImgError(f"{warning}qemu-img: Format driver 'raw' does not support option amendment\n")
-    chain = open_chain(store, key_fn, filename, fmt, "write", qcow2_open=False)  # (its errors; the graph opens it)
+    # (its errors, its backing files' locks included; the graph opens it)
+    chain = open_chain(store, key_fn, filename, fmt, "write", qcow2_open=False, content=False)
     graph = BlockGraph(store, "/")  # (opened read-write: its persistent bitmaps loaded, in use; stored as it closes)
     try:
         node = graph.add({"driver": "qcow2", "node-name": "qemu-img", "discard": "unmap",

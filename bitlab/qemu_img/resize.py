@@ -7,7 +7,7 @@ from ..block.store import ImageStore
 from ..errors import QMPError
 from ..units import SizeTooLarge, parse_size
 from . import cmdline
-from ._common import INT64_MAX, USAGE, KeyFn, QemuImgError, QemuImgOutput, find_key, lock_hint, open_image
+from ._common import INT64_MAX, USAGE, KeyFn, QemuImgError, QemuImgOutput, find_key, lock_hint, open_chain
 from .image import RAW_PROBE_WARNING
 from .qemu_opts import PREALLOC_MODES
 
@@ -50,7 +50,8 @@ def img_resize(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError(f"qemu-img: Value '{number}' is out of range for parameter 'size'\n") from None
     except ValueError:
         raise QemuImgError(SIZE_ERROR) from None
-    image = open_image(store, key_fn, filename, fmt, "write")
+    # (the chain's errors, its backing files' locks included; the graph below opens it)
+    image = open_chain(store, key_fn, filename, fmt, "write", qcow2_open=False, content=False)[0].image
     warning = "" if fmt or image.is_qcow2 else RAW_PROBE_WARNING.format(filename)
     graph = BlockGraph(store, "/")  # the image alone, its backing chain opened below it
     driver = "qcow2" if image.is_qcow2 else "raw"
