@@ -425,7 +425,7 @@ def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any, backing_f
     fails it, each level prepending "Could not open backing file: " (bdrv_open_backing_file). Each qcow2 image
     opened so warns if it is a v2 image with bitmaps (:meth:`ImageFile.opened`). ``backing_fmt``: the format
     ``image`` (the backing file) is opened with (raw: no chain below it)."""
-    depth, opened, fmt = 1, [name], backing_fmt
+    depth, opened, fmt = 1, {name}, backing_fmt
     while image.backing_file and fmt != "raw":
         try:
             full = full_backing_filename(name, image.backing_file) or ""
@@ -445,7 +445,7 @@ def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any, backing_f
             return "Could not open backing file: " * depth + "Image is not in qcow2 format"
         if full in opened:  # (the same name again: it never ends)
             raise loop_error(full)
-        opened.append(full)
+        opened.add(full)
         image, name, depth = store[key], full, depth + 1
         if image.is_qcow2 and fmt in (None, "qcow2"):
             image.opened(store.warn, False)
