@@ -223,7 +223,9 @@ def test_seed_question_on_real_schemas(kind: str) -> None:
 def test_what_differs_between_qemu_and_bitlab() -> None:
     qsd, mine, system = real("qsd"), schema_info(), real("system")
     assert supports(qsd, "blockdev-add", "[driver=nbd].server")
-    assert not supports(mine, "blockdev-add", "[driver=nbd].server")  # bitlab does not simulate nbd
+    assert supports(mine, "blockdev-add", "[driver=nbd].server")  # every driver's options, simulated or not
+    assert supports(qsd, "object-add", "[qom-type=secret].file")
+    assert not supports(mine, "object-add", "[qom-type=secret].file")  # bitlab does not simulate secret objects
     assert not has_command(qsd, "human-monitor-command")
     assert has_command(system, "human-monitor-command") and has_command(mine, "human-monitor-command")
     assert has_command(qsd, "x-blockdev-change") and not has_command(mine, "x-blockdev-change")

@@ -22,7 +22,7 @@ from bitlab.qmp import TABLE
 from bitlab.qmp.events import EVENTS
 from bitlab.qmp.qapi import Alternate, Array, Builtin, Enum, Member, QType, Struct, Union_, Visitor, wire_order
 from bitlab.qmp.schema import Event, SchemaInfo, generate, own_members, schema_info
-from bitlab.qmp.types import BlockdevDriver, BlockdevOptions, ObjectOptions, ObjectType
+from bitlab.qmp.types import ObjectOptions, ObjectType
 from bitlab.scenarios import run_seed
 
 DATA = Path(__file__).parent / "data" / "schema"
@@ -46,29 +46,11 @@ def reference_for(name: str) -> list[dict]:
 
 # -- where bitlab deliberately (or knowingly) differs from QEMU 7.2 ---------------------------
 
-UNSIMULATED_DRIVERS = [d for d in BlockdevDriver.values if d not in BlockdevOptions.variants]
 # object types bitlab does not simulate, but those that have no members in QEMU 7.2 either
 UNSIMULATED_OBJECTS = [t for t in ObjectType.values
                        if t not in ObjectOptions.variants and t not in ("can-bus", "pef-guest", "s390-pv-guest")]
-# blockdev-create's members that take a BlockdevRef: an inline definition is bitlab's BlockdevOptions
-CREATE_REFS = ["luks].file", "parallels].file", "qcow].file", "qcow2].file", "qcow2].data-file", "qed].file",
-               "vdi].file", "vhdx].file", "vmdk].file", "vmdk].extents[]", "vpc].file"]
 
 EXPECTED_DIFFERENCES: dict[str, dict[str, str]] = {
-    "blockdev-add": {
-        **{f"args[driver={d}]": "bitlab does not simulate this block driver: it takes only the base members "
-                                "(QEMU's schema would give them a branch type; bitlab shows q_empty)"
-           for d in UNSIMULATED_DRIVERS},
-    },
-    "blockdev-reopen": {
-        **{f"args.options[][driver={d}]": "each option list is bitlab's BlockdevOptions (see blockdev-add)"
-           for d in UNSIMULATED_DRIVERS},
-    },
-    "blockdev-create": {
-        **{f"args.options[driver={ref}|0[driver={d}]":
-           "an inline BlockdevRef is bitlab's BlockdevOptions, without the drivers bitlab does not simulate "
-           "(see blockdev-add)" for ref in CREATE_REFS for d in UNSIMULATED_DRIVERS},
-    },
     "object-add": {
         **{f"args[qom-type={t}]": "bitlab does not simulate this object type: it takes only the base members"
            for t in UNSIMULATED_OBJECTS},
@@ -110,10 +92,9 @@ def test_expected_differences_are_still_real(command: str) -> None:
 
 
 def test_comparison_summary() -> None:
-    """Every command and event but the five listed is identical to QEMU's (modulo masked names)."""
+    """Every command and event but the two listed is identical to QEMU's (modulo masked names)."""
     differing = [n for n in _entities() if introspect.differences(schema_info(), reference_for(n), n)]
-    assert sorted(differing) == sorted(["blockdev-add", "blockdev-reopen", "blockdev-create", "object-add",
-                                        "human-monitor-command"])
+    assert sorted(differing) == ["human-monitor-command", "object-add"]
 
 
 def test_every_command_and_event_appears() -> None:

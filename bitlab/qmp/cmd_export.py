@@ -22,36 +22,16 @@ from ..block.node import BlockNode
 from ..errors import generic
 from .cmd_bitmap import ALLOW_RO, check_bitmap
 from .commands import TABLE
-from .qapi import BOOL, STR, UINT32, Array, Builtin, Enum, Union_, m, struct
+from .qapi import BOOL, STR, UINT32, Array, Enum, Union_, m, struct
 from .qapi import SIZE as QSIZE
+from .socket_types import UINT16, SocketAddress, SocketAddressLegacy
 from .types import BlockDirtyBitmapOrStr
 
 NBD_MAX_STRING_SIZE = 4096  # export names and descriptions (nbd.h)
 UNIX_PATH_MAX = 108  # sizeof(sun_path); the path needs no terminating NUL
-UINT16 = Builtin("uint16")
 
-# -- QAPI types (qapi/sockets.json, qapi/block-export.json) ----------------------------------
+# -- QAPI types (qapi/block-export.json; the sockets: bitlab/qmp/socket_types.py) -------------
 
-InetSocketAddressBase = struct("InetSocketAddressBase", m("host", STR), m("port", STR))
-InetSocketAddress = struct(
-    "InetSocketAddress",
-    m("*numeric", BOOL), m("*to", UINT16), m("*ipv4", BOOL), m("*ipv6", BOOL), m("*keep-alive", BOOL),
-    m("*mptcp", BOOL), base=InetSocketAddressBase,
-)
-UnixSocketAddress = struct("UnixSocketAddress", m("path", STR), m("*abstract", BOOL), m("*tight", BOOL))
-VsockSocketAddress = struct("VsockSocketAddress", m("cid", STR), m("port", STR))
-String = struct("String", m("str", STR))
-SocketAddressType = Enum("SocketAddressType", ("inet", "unix", "vsock", "fd"))
-_SOCKET_BRANCHES = {"inet": InetSocketAddress, "unix": UnixSocketAddress, "vsock": VsockSocketAddress, "fd": String}
-SocketAddressLegacy = Union_(
-    "SocketAddressLegacy",
-    struct("q_obj_SocketAddressLegacy-base", m("type", SocketAddressType)),
-    "type",
-    {kind: struct(f"{data.name}Wrapper", m("data", data)) for kind, data in _SOCKET_BRANCHES.items()},
-)
-SocketAddress = Union_(
-    "SocketAddress", struct("q_obj_SocketAddress-base", m("type", SocketAddressType)), "type", _SOCKET_BRANCHES,
-)
 NbdServerStart = struct(
     "q_obj_nbd-server-start-arg",
     m("addr", SocketAddressLegacy), m("*tls-creds", STR), m("*tls-authz", STR), m("*max-connections", UINT32),

@@ -6,8 +6,8 @@ them all, as QEMU's does); drivers without a branch take the base members only.
 
 from __future__ import annotations
 
-from .cmd_export import InetSocketAddress, InetSocketAddressBase, SocketAddress
 from .qapi import BOOL, INT, SIZE, STR, Array, Enum, Union_, m, struct
+from .socket_types import InetSocketAddress, InetSocketAddressBase, SocketAddress
 from .types import (
     BlockdevDriver,
     BlockdevRef,

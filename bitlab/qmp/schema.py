@@ -51,6 +51,7 @@ TYPE_FEATURES: dict[str, tuple[str, ...]] = {
     "q_obj_block-commit-arg.top": ("deprecated",),
     "BlockdevOptionsFile": ("dynamic-auto-read-only",),
     "BlockdevOptionsFile.x-check-cache-dropped": ("unstable",),
+    "BlockdevOptionsNbd.x-dirty-bitmap": ("unstable",),
     "TransactionActionKind.drive-backup": ("deprecated",),
     "SchemaInfoEnum.values": ("deprecated",),
     "ObjectType.x-remote-object": ("unstable",),
