@@ -42,10 +42,13 @@ def test_unknown_formats_simulated() -> None:
 
 
 def test_known_but_not_simulated() -> None:
+    """Making an image of such a format, or opening one with a driver that would open it (the texts of those that
+    turn the file down: tests/conformance/test_foreign_formats.py)."""
     vm = Machine()
     vm.qemu_img("create", "-f", "qcow2", "s.qcow2", "1M")
-    for args in (("create", "-f", "vmdk", "v.vmdk", "1M"), ("info", "-f", "vmdk", "s.qcow2")):
-        with pytest.raises(QemuImgError, match="bitlab does not simulate the image format 'vmdk'"):
+    for fmt, args in (("vmdk", ("create", "-f", "vmdk", "v.vmdk", "1M")), ("file", ("info", "-f", "file", "s.qcow2")),
+                      ("preallocate", ("map", "-f", "preallocate", "s.qcow2"))):
+        with pytest.raises(QemuImgError, match=f"bitlab does not simulate the image format '{fmt}'"):
             vm.qemu_img(*args)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from ..bitmap import DirtyBitmap
 from ..errors import QMPError, generic
 from ..qmp_order import wire_member_order
-from . import perms, qcow2_opts, qcow2_trace, throttle
+from . import foreign, perms, qcow2_opts, qcow2_trace, throttle
 from .blkdebug import BlkdebugNode
 from .cbw import CbwNode
 from .cor import CorNode
@@ -185,6 +185,8 @@ class BlockGraph:
     def open(self, opts: dict, *, read_only: bool = False, no_backing: bool = False) -> BlockNode:
         """Open one node (and its children) from checked BlockdevOptions (``no_backing``: BDRV_O_NO_BACKING,
         the backing file the image names is not opened)."""
+        if foreign.unknown(opts["driver"]):  # (bdrv_fill_options: a block module Debian's QEMU does not have)
+            raise generic(f"Unknown driver '{opts['driver']}'")
         name = opts.get("node-name")
         if name is not None:
             self.check_name(name)
@@ -202,6 +204,8 @@ class BlockGraph:
 
         common = {"options": opts}
         if driver in ("null-co", "null-aio"):
+            if opts.get("latency-ns", 0) >= 1 << 63:  # (a uint64 null_file_open keeps in an int64)
+                raise generic("latency-ns is invalid")
             size = opts.get("size", 1 << 30)
             if size < 0:
                 raise generic("Parameter 'size' expects a non-negative number below 2^64 "
@@ -233,6 +237,9 @@ class BlockGraph:
             named(node)
             try:
                 inner = self._child(opts["image"], opts, ro)
+                if inner is node:  # (a reference to its own name: bdrv_attach_child's check)
+                    raise generic(f"Making '{node.node_name}' a image child of '{node.node_name}' would create a "
+                                  "cycle")
             except QMPError:
                 self.nodes.pop(node.node_name, None)
                 self.perm_version += 1
@@ -333,6 +340,9 @@ class BlockGraph:
             return named(self._open_throttle(opts, name, ro))
         if driver == "copy-on-read":
             return named(self._open_cor(opts, name, ro))
+        if driver in foreign.FORMATS and "file" in opts:
+            self._open_foreign(driver, opts, name, ro)
+        self._refuse_foreign(driver, opts, ro)
         raise generic(f"bitlab does not simulate the '{driver}' block driver "
                       "(supported: null-co, null-aio, file, raw, qcow2, blkdebug, copy-before-write, "
                       "snapshot-access, throttle, copy-on-read)")
@@ -527,6 +537,9 @@ class BlockGraph:
                           "long)")
         # bdrv_open_backing_file: a relative name is relative to the image's directory
         filename = node_full_backing_filename(node, image.backing_file) or ""
+        found = foreign.looked_up(image.backing_fmt)  # (the driver, before the file is looked for)
+        if found is not None:
+            raise generic(f"Could not open backing file: {found[1]}")
         path = strip_file_protocol(filename)
         if path is None:
             raise generic(f"Could not open backing file: bitlab does not simulate the protocol of '{filename}'")
@@ -539,6 +552,16 @@ class BlockGraph:
         if key not in self.store:
             raise generic(f"Could not open backing file: Could not open '{path}': No such file or directory")
         fmt = image.backing_fmt or self.store[key].fmt
+        if fmt in foreign.FORMATS:  # (a format over its file: the file's locks first)
+            try:
+                self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
+            except QMPError as err:
+                raise generic(f"Could not open backing file: {err.desc}") from None
+        if fmt not in ("raw", "qcow2"):  # (opened by its name, as qemu-img opens one: bitlab.block.foreign)
+            found = foreign.opened(path, fmt, self.store[key], write=False, no_io=False)
+            if found is None:
+                raise generic(f"Could not open backing file: bitlab does not simulate the '{fmt}' block driver")
+            raise generic(f"Could not open backing file: {found[1].split(chr(10))[0]}")
         pushed = [path] if names else [own, path]
         names += pushed
         try:
@@ -550,6 +573,37 @@ class BlockGraph:
         self._attach(node, "backing", child)
         # bdrv_open_backing_file: an implicit backing file is the one the image names (auto_backing_file)
         node.auto_backing_file = child.filename
+
+    def _open_foreign(self, driver: str, opts: dict, name: str | None, ro: bool) -> None:
+        """A format driver bitlab does not simulate, over a file it does: its file child opened (and, for most,
+        attached: its permissions), then the driver's error reading it (bitlab.block.foreign); bitlab's refusal
+        where QEMU would read bytes bitlab does not have."""
+        file_node = self._child(opts["file"], opts, ro)
+        try:
+            image = file_node.image if isinstance(file_node, FileNode) else None
+            if image is not None and foreign.attaches_first(driver, not ro):
+                stand_in = BlockNode(name or "", options=opts)  # (a format node's permissions on its file)
+                stand_in.driver, stand_in.read_only = "qcow2", ro
+                perms.check_attach(self, stand_in, "file", file_node)
+            found = None if image is None else foreign.opened(file_node.filename, driver, image, write=not ro,
+                                                              no_io=False)
+        finally:
+            self._drop_unowned(file_node)
+        if found is not None:
+            raise generic(found[1].split("\n")[0])  # (an error's hint is not part of its QMP text)
+
+    def _refuse_foreign(self, driver: str, opts: dict, ro: bool) -> None:
+        """The errors QEMU's driver bitlab does not simulate gives before it would open anything bitlab refuses:
+        its file child's (a missing reference, file or node name), a host device's file that is none."""
+        if driver in ("host_device", "host_cdrom"):
+            path = opts["filename"]
+            if self.store_key(path) not in self.store:
+                raise generic(f"Could not open '{path}': No such file or directory")
+            raise generic(f"'{driver}' driver requires '{path}' to be either a character or block device")
+        if driver == "quorum" and not opts["children"]:
+            raise generic("Number of provided children must be 1 or more")
+        if "file" in opts:
+            self._drop_unowned(self._child(opts["file"], opts, ro))
 
     def _child(self, ref: dict | str, parent_opts: dict, read_only: bool) -> BlockNode:
         if isinstance(ref, str):

@@ -33,7 +33,7 @@ from .extents import (
 )
 from .ioerror import BlockIOError
 from .qcow2_host import NONE
-from .store import ImageFile
+from .store import ImageFile, header_backing_fmt
 
 SECTOR = 512
 QCOW_MAX_L1_SIZE = 32 << 20  # bytes of L1 table qcow2 accepts
@@ -999,7 +999,7 @@ class Qcow2Node(FormatNode):
     def change_backing_file(self, name: str | None, fmt: str | None) -> None:
         """bdrv_change_backing_file: the name (and format) the image gives its backing file, and the name the
         node compares its backing node with; qcow2_change_backing_file writes the header."""
-        self.image.backing_file, self.image.backing_fmt = name, fmt
+        self.image.backing_file, self.image.backing_fmt = name, header_backing_fmt(fmt)
         self.auto_backing_file = name
         self.header_written()
 

@@ -720,6 +720,12 @@ def qcow2_l1_fits(size: int, cluster_size: int) -> bool:
     return -(-size // (cluster_size * cluster_size // 8)) <= QCOW2_MAX_L1_ENTRIES
 
 
+def header_backing_fmt(fmt: str | None) -> str | None:
+    """A backing format as an image header keeps it: bdrv_change_backing_file copies it into BlockDriverState's
+    ``backing_format[16]`` (pstrcpy), which qcow2_update_header writes: 15 characters at most."""
+    return fmt[:15] if fmt else fmt
+
+
 def format_image(image: ImageFile, fmt: str, size: int, *, cluster_size: int = QCOW2_DEFAULT_CLUSTER,
                  compat: str = "1.1", backing_file: str | None = None, backing_fmt: str | None = None) -> ImageFile:
     """Write a new, empty image into the file ``image`` (in place: nodes that hold the file see it): a raw
@@ -729,7 +735,7 @@ def format_image(image: ImageFile, fmt: str, size: int, *, cluster_size: int = Q
     image.fmt = fmt
     image.size = size
     image.cluster_size = cluster_size if fmt == "qcow2" else 0
-    image.backing_file, image.backing_fmt = backing_file, backing_fmt
+    image.backing_file, image.backing_fmt = backing_file, header_backing_fmt(backing_fmt)
     image.bitmaps = []
     image.compat = compat
     image.l1_padded = False
@@ -793,7 +799,7 @@ class ImageStore:
             data=ExtentMap(size, fill=UNALLOCATED if fmt == "qcow2" else 0),
             cluster_size=cluster_size if fmt == "qcow2" else 0,
             backing_file=backing_file,
-            backing_fmt=backing_fmt,
+            backing_fmt=header_backing_fmt(backing_fmt),
             compat=compat,
         )
         return self.add(image)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..block import perms
-from ..block.drivers import QEMU_DRIVERS
+from ..block import foreign, perms
 from ..block.paths import full_backing_filename, name_too_long, strip_file_protocol
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
@@ -120,12 +119,10 @@ def opened_name(name: str) -> str:
 
 
 def check_driver(name: str, fmt: str | None) -> None:
-    """A format given with ``-f``, looked up before the file is opened: one QEMU has no driver for is unknown
-    (``Unknown driver``), one bitlab does not simulate is refused as such."""
-    if fmt not in (None, "raw", "qcow2"):
-        if fmt not in QEMU_DRIVERS:
-            raise QemuImgError(f"qemu-img: Could not open '{name}': Unknown driver '{fmt}'\n")
-        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    """A format given with ``-f``, looked up before the file is opened: one qemu-img has no driver for is unknown
+    (``Unknown driver``, after the module it looked for), one bitlab does not simulate is refused as such."""
+    if fmt not in foreign.SIMULATED:
+        raise QemuImgError(foreign.before_file(name, fmt) if foreign.unknown(fmt) else foreign.not_simulated(fmt))
 
 
 def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = None, lock: str | None = None,
@@ -142,7 +139,9 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
     where bitlab looks at a file QEMU does not open again (a lock probe, a chain QEMU already has open).
     ``content``: the caller reads what the image holds (bitlab has no bytes of a qcow2 file to read it as raw).
     """
-    check_driver(name, fmt)
+    error = foreign.before_file(name, fmt)
+    if error is not None:
+        raise QemuImgError(error)
     path = strip_file_protocol(name)
     if path is not None and name_too_long(path):
         raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{path}': File name too long\n")
@@ -160,6 +159,8 @@ def open_image(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
         if error is not None:
             raise QemuImgError(f"qemu-img: Could not open '{name}': {error}\n"
                                f"Is another process using the image [{name}]?\n")
+    if fmt not in foreign.SIMULATED:  # (the driver's open, over the file opened with its lock)
+        raise QemuImgError(foreign.open_error(name, path or name, fmt, image, write=lock == "write", no_io=False))
     if fmt == "qcow2" and not image.is_qcow2:
         raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
     if fmt == "raw" and image.is_qcow2 and content:
@@ -177,8 +178,15 @@ def inner_reason(err: QemuImgError, name: str) -> str:
     """The reason inside an open error, as a caller nests it: without the "Could not open 'x': " qemu-img puts
     before what failed at its own level (a missing file's reason names it again: file-posix's own text; a format's
     does not: "Image is not in qcow2 format")."""
-    reason = err.stderr.removeprefix("qemu-img: ").rstrip("\n")
+    reason = err.stderr[len(printed_before(err)):].removeprefix("qemu-img: ").rstrip("\n")
     return reason.removeprefix(f"Could not open '{name}': ")
+
+
+def printed_before(err: QemuImgError) -> str:
+    """The lines an open error comes after (the block modules QEMU looked for as it opened: "qemu: module ...")."""
+    lines = err.stderr.splitlines(keepends=True)
+    count = next((i for i, line in enumerate(lines) if not line.startswith("qemu: ")), len(lines))
+    return "".join(lines[:count])
 
 
 def lock_hint(store: ImageStore, key_fn: KeyFn, out: str, desc: str) -> str:
@@ -221,7 +229,7 @@ def open_chain(store: ImageStore, key_fn: KeyFn, name: str, fmt: str | None = No
             image = open_image(store, key_fn, below, top.image.backing_fmt, below_lock, on_disk, qcow2_open, content)
         except QemuImgError as err:
             reason = "Could not open backing file: " * len(chain) + inner_reason(err, below)
-            raise QemuImgError(f"qemu-img: Could not open '{name}': {reason}\n") from None
+            raise QemuImgError(f"{printed_before(err)}qemu-img: Could not open '{name}': {reason}\n") from None
         if lock == "write" and image is chain[0].image:  # (opened again below itself: its file lock)
             error = perms.lock_error(perms.READ, perms.READ | perms.WRITE_UNCHANGED,
                                      [(perms.READ | perms.WRITE | perms.RESIZE, perms.READ)])

@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from ..block import foreign
 from ..block.extents import UNALLOCATED, ZERO, ZERO_ALLOC
 from ..block.graph import BlockGraph
+from ..block.paths import strip_file_protocol
 from ..block.store import ImageFile, ImageStore
 from ..errors import QMPError
 from . import cmdline, qemu_opts
-from ._common import KeyFn, QemuImgError, check_driver, find_key, lock_hint, open_chain, open_image
+from ._common import KeyFn, QemuImgError, find_key, lock_hint, open_chain, open_image
 from .image import RAW_PROBE_WARNING
 from .qemu_opts import BOOL, NUMBER, SIZE, STRING
 
@@ -44,8 +46,17 @@ def img_amend(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError("qemu-img: Expecting one image file name\n")
     cmdline.check_cache(opts, "-t")
     filename, fmt = positional[0], opts.get("-f")
-    check_driver(filename, fmt)
+    error = foreign.before_file(filename, fmt)
+    if error is not None:
+        raise QemuImgError(error)
     probed = open_image(store, key_fn, filename, None, "write", qcow2_open=False)  # (the file lock; -f raw reads bytes)
+    if fmt not in foreign.SIMULATED:  # (a driver bitlab does not simulate: its open's error, or it has no amend)
+        found = foreign.opened(strip_file_protocol(filename) or filename, fmt, probed, write=True, no_io=False)
+        if found is not None:
+            raise QemuImgError(foreign.could_not_open(filename, found))
+        if fmt in foreign.OPENS:
+            raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support option amendment\n")
+        raise QemuImgError(foreign.not_simulated(fmt))
     if fmt == "raw" or not fmt and not probed.is_qcow2:
         warning = "" if fmt else RAW_PROBE_WARNING.format(filename)
         raise QemuImgError(f"{warning}qemu-img: Format driver 'raw' does not support option amendment\n")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block import batch_writes
+from ..block import batch_writes, foreign
 from ..block.create import prealloc_image
-from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import ZERO_ALLOC, clip_runs, touched_mask
 from ..block.graph import BlockGraph
 from ..block.node import BlockNode
@@ -84,10 +83,12 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         return _into_export(store, opts, chain, positional[1], fmt, sparse)
     if "-n" in opts:
         return _into_existing(store, key_fn, opts, chain, positional[1], fmt, sparse)
-    if fmt not in ("raw", "qcow2"):
-        if fmt not in QEMU_DRIVERS:
-            raise QemuImgError(f"qemu-img: Unknown file format '{fmt}'\n")
-        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    if fmt not in ("raw", "qcow2"):  # (img_convert's bdrv_find_format, then the driver's creation options)
+        if foreign.unknown(fmt):
+            raise QemuImgError(f"{foreign.module_lines(fmt)}qemu-img: Unknown file format '{fmt}'\n")
+        if fmt not in foreign.CREATABLE and fmt != "luks":
+            raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support image creation\n")
+        raise QemuImgError(foreign.not_simulated(fmt))
     if "-o" in opts and qemu_opts.has_help(opts["-o"]):
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -o help'\n")
     values = qemu_opts.parse(opts.get("-o", ""), {**qemu_opts.FILE_OPTS, **qemu_opts.CREATE_OPTS[fmt]})
@@ -162,9 +163,8 @@ def _into_existing(store: ImageStore, key_fn: KeyFn, opts: dict[str, str], chain
     (blk_make_zero is not tried: no fallback on a file); past the source's end it keeps what it held. A qcow2
     output: see :func:`_into_qcow2`."""
     if fmt not in ("raw", "qcow2"):
-        if fmt not in QEMU_DRIVERS:
-            raise QemuImgError(f"qemu-img: Could not open '{out}': Unknown driver '{fmt}'\n")
-        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+        open_image(store, key_fn, out, fmt, "write")  # (a driver bitlab does not simulate: its open's error)
+        raise QemuImgError(foreign.not_simulated(fmt))
     if fmt == "qcow2":
         return _into_qcow2(store, key_fn, opts, chain, out, sparse)
     if "-c" in opts:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..block import perms
+from ..block import foreign, perms
 from ..block.create import CreateFailed, check_qcow2_options, not_simulated_qcow2, prealloc_image
 from ..block.drivers import QEMU_DRIVERS
 from ..block.extents import range_items
@@ -70,10 +70,12 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError(f"qemu-img: Unexpected argument: {positional[2]}\n{USAGE}")
     if "-o" in opts and qemu_opts.has_help(opts["-o"]):
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img create -o help'\n")
-    if fmt not in ("raw", "qcow2"):
-        if fmt not in QEMU_DRIVERS:  # (bdrv_img_create's bdrv_find_format)
-            raise QemuImgError(f"qemu-img: {filename}: Unknown file format '{fmt}'\n")
-        raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+    if fmt not in ("raw", "qcow2"):  # (bdrv_img_create's bdrv_find_format, then the driver's creation options)
+        if foreign.unknown(fmt):
+            raise QemuImgError(f"{foreign.module_lines(fmt)}qemu-img: {filename}: Unknown file format '{fmt}'\n")
+        if fmt not in foreign.CREATABLE and fmt != "luks":
+            raise QemuImgError(f"qemu-img: {filename}: Format driver '{fmt}' does not support image creation\n")
+        raise QemuImgError(foreign.not_simulated(fmt))
 
     def fail(message: str, stdout: str = "") -> QemuImgError:
         return QemuImgError(f"qemu-img: {filename}: {message}\n", stdout=stdout)
@@ -105,8 +107,9 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise fail("Expected backing file name, got empty string")
     base: ImageFile | None = None
     if backing and "-u" not in opts:
-        if backing_fmt and backing_fmt not in QEMU_DRIVERS:  # (bdrv_open's driver, before it looks for the file)
-            raise fail(f"Unknown driver '{backing_fmt}'\nCould not open backing image.")
+        found = foreign.looked_up(backing_fmt)  # (bdrv_open's driver, before it looks for the file)
+        if found is not None:
+            raise QemuImgError(f"{found[0]}qemu-img: {filename}: {found[1]}\nCould not open backing image.\n")
         try:  # relative to the new image's directory
             full = full_backing_filename(filename, backing) or ""
         except ValueError as err:
@@ -115,13 +118,18 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         if bkey is None or bkey not in store:
             raise fail(f"Could not open '{full}': No such file or directory\nCould not open backing image.")
         base = store[bkey]
+        if backing_fmt not in foreign.SIMULATED:  # (read-only, without I/O: its size is all it wants)
+            found = foreign.opened(full, backing_fmt, base, write=False, no_io=True)
+            if found is None:
+                raise QemuImgError(foreign.not_simulated(backing_fmt))
+            raise QemuImgError(f"{found[0]}qemu-img: {filename}: {found[1]}\nCould not open backing image.\n")
         if backing_fmt == "qcow2" and not base.is_qcow2:  # (qcow2_open: its magic)
             raise fail("Image is not in qcow2 format\nCould not open backing image.")
         if base.is_qcow2 and backing_fmt in (None, "qcow2"):  # (opened with its chain, read-only)
             base.opened(store.warn, False)
         missing = _chain_error(base, full, key_fn, store, backing_fmt)
         if missing is not None:
-            raise fail(f"{missing}\nCould not open backing image.")
+            raise QemuImgError(f"{missing[0]}qemu-img: {filename}: {missing[1]}\nCould not open backing image.\n")
         if not backing_fmt:
             raise QemuImgError(f"qemu-img: {filename}: Backing file specified without backing format\n"
                                f"Detected format of {base.fmt}.")
@@ -267,8 +275,10 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
     chain = []
     name: str | None = top
     seen = {top}  # (collect_image_info_list: the names opened, as strings)
-    check_driver(top, fmt)
     while name is not None:
+        error = foreign.before_file(name, fmt)
+        if error is not None:
+            raise QemuImgError(error)
         if name_too_long(name):  # (a loop through a directory: its names grow)
             raise QemuImgError(f"qemu-img: Could not open '{name}': Could not open '{name}': File name too long\n")
         key = find_key(key_fn, name)
@@ -280,6 +290,8 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
             raise QemuImgError(f"qemu-img: {image.unknown}\n")
         if not chain and "-U" not in opts:
             open_image(store, key_fn, name, None, "shared", qcow2_open=False)  # the file lock
+        if fmt not in foreign.SIMULATED:  # (opened without I/O: BDRV_O_NO_IO)
+            raise QemuImgError(foreign.open_error(name, name, fmt, image, write=False, no_io=True))
         if fmt == "qcow2" and not image.is_qcow2:
             raise QemuImgError(f"qemu-img: Could not open '{name}': Image is not in qcow2 format\n")
         fmt = "qcow2" if image.is_qcow2 and fmt in (None, "qcow2") else "raw"
@@ -295,7 +307,6 @@ def _info(store: ImageStore, opts: dict[str, str], top: str, fmt: str | None, ke
             raise QemuImgError(f"qemu-img: Backing file '{below}' creates an infinite loop.\n")
         seen.add(below)
         name, fmt = opened_name(below), image.backing_fmt
-        check_driver(name, fmt)  # (the format the overlay names for it)
     if opts.get("--output") == "json":
         out = [wire_order(i) for i in chain]
         return to_json_pretty(out if "--backing-chain" in opts else out[0]) + "\n"
@@ -420,9 +431,11 @@ def _fragmented(layer: Layer) -> int:
     return int(((host[1:] != host[:-1] + (e[:-1] - s[:-1])) & (table[1:] == table[:-1])).sum())
 
 
-def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any, backing_fmt: str | None) -> str | None:
+def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any,
+                 backing_fmt: str | None) -> tuple[str, str] | None:
     """bdrv_img_create opens the backing file with its own backing chain: a file missing further down
-    fails it, each level prepending "Could not open backing file: " (bdrv_open_backing_file). Each qcow2 image
+    fails it, each level prepending "Could not open backing file: " (bdrv_open_backing_file): (the lines printed
+    first, the reason). Each qcow2 image
     opened so warns if it is a v2 image with bitmaps (:meth:`ImageFile.opened`). ``backing_fmt``: the format
     ``image`` (the backing file) is opened with (raw: no chain below it)."""
     depth, opened, fmt = 1, {name}, backing_fmt
@@ -432,17 +445,22 @@ def _chain_error(image: ImageFile, name: str, key_fn: Any, store: Any, backing_f
         except ValueError:
             return None
         fmt = image.backing_fmt
-        if fmt not in (None, "raw", "qcow2"):  # (bdrv_open looks the driver up first)
-            if fmt not in QEMU_DRIVERS:
-                return "Could not open backing file: " * depth + f"Unknown driver '{fmt}'"
-            raise QemuImgError(f"qemu-img: bitlab does not simulate the image format '{fmt}'\n")
+        levels = "Could not open backing file: " * depth
+        found = foreign.looked_up(fmt)  # (bdrv_open looks the driver up first)
+        if found is not None:
+            return found[0], levels + found[1]
         if name_too_long(full):  # (a loop through a directory: its names grow)
-            return "Could not open backing file: " * depth + f"Could not open '{full}': File name too long"
+            return "", levels + f"Could not open '{full}': File name too long"
         key = find_key(key_fn, full)
         if key is None or key not in store:
-            return "Could not open backing file: " * depth + f"Could not open '{full}': No such file or directory"
+            return "", levels + f"Could not open '{full}': No such file or directory"
+        if fmt not in foreign.SIMULATED:
+            found = foreign.opened(full, fmt, store[key], write=False, no_io=True)
+            if found is None:
+                raise QemuImgError(foreign.not_simulated(fmt))
+            return found[0], levels + found[1]
         if fmt == "qcow2" and not store[key].is_qcow2:
-            return "Could not open backing file: " * depth + "Image is not in qcow2 format"
+            return "", levels + "Image is not in qcow2 format"
         if full in opened:  # (the same name again: it never ends)
             raise loop_error(full)
         opened.add(full)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..block import foreign
 from ..block.extents import UNALLOCATED, ZERO, clip_runs
-from ..block.store import ImageStore
+from ..block.store import ImageStore, header_backing_fmt
 from . import cmdline
 from ._common import (
     USAGE,
@@ -18,6 +19,7 @@ from ._common import (
     open_chain,
     open_image,
     opened_name,
+    printed_before,
 )
 from .image import RAW_PROBE_WARNING
 from .layers import UNALLOC, allocation, content, cow_fill, differing
@@ -111,6 +113,9 @@ def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         chain = open_chain(store, key_fn, filename, opts.get("-f"), "write")
     image = chain[0].image
     warning = "" if "-f" in opts or image.is_qcow2 else RAW_PROBE_WARNING.format(filename)
+    if backing_fmt is not None and foreign.unknown(backing_fmt):  # (bdrv_find_format, before the new file opens)
+        raise QemuImgError(f"{warning}{foreign.module_lines(backing_fmt)}qemu-img: Invalid format name: "
+                           f"'{backing_fmt}'\n")
     new_chain = None
     if not unsafe and backing:
         below = backing_name(filename, backing)
@@ -118,8 +123,8 @@ def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
             new_chain = open_chain(store, key_fn, below, backing_fmt, qcow2_open=not _in_chain(key_fn, below, chain))
         except QemuImgError as err:
             reason = inner_reason(err, below)
-            raise QemuImgError(f"{warning}qemu-img: Could not open new backing file '{backing}': {reason}\n"
-                               ) from None
+            raise QemuImgError(f"{warning}{printed_before(err)}qemu-img: Could not open new backing file "
+                               f"'{backing}': {reason}\n") from None
     if not image.is_qcow2:  # (nothing to copy: a raw image is all allocated) bdrv_change_backing_file
         reason = "backing format must be specified" if backing and not backing_fmt else "Operation not supported"
         name = "(null)" if backing is None else backing  # (printf's text for a NULL string)
@@ -131,7 +136,7 @@ def img_rebase(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError(f"qemu-img: Could not change the backing file to '{backing}': "
                            "backing format must be specified\n")
     if backing:
-        image.backing_file, image.backing_fmt = backing, backing_fmt
+        image.backing_file, image.backing_fmt = backing, header_backing_fmt(backing_fmt)
     else:
         image.backing_file, image.backing_fmt = None, None
     return ""
