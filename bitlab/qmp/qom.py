@@ -105,6 +105,8 @@ class ObjectRoot:
         raise QMPError(f"Device '{path}' not found", "DeviceNotFound")
 
     def list(self, path: str) -> list[dict]:
+        if path == "":  # (qmp_qom_list tells an ambiguous partial path: the empty one matches every object)
+            raise generic("Path '' is ambiguous")
         group = self.resolve(path)
         if group is not None:
             return [dict(entry) for entry in _GROUP_LIST]

@@ -34,6 +34,8 @@ OBJECTS = [
     _group("tg0", limits={"bps-total": -1}),
     _q("qom-list", {"path": "objects"}),
     _q("qom-get", {"path": "nope", "property": "limits"}),
+    _q("qom-list", {"path": ""}),  # (a partial path every object matches: qom-list alone says so)
+    _q("qom-get", {"path": "", "property": "type"}),
     _group("tg0", limits={"bps-total": M}),
     _group("tg0", limits={"bps-total": M}),
     _group("tg0", limits={"bps-total": -1}),
