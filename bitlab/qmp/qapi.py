@@ -240,9 +240,10 @@ class Visitor:
                 raise _type_error(path, "number")
             return float(value)
         if tname.startswith("uint") or tname == "size":
-            # qobject_input_type_uint64 (and _size) name the C type when the value is no integer
+            # qobject_input_type_uint64 names the C type when the value is no integer (a size is visited as one:
+            # only the keyval visitor of the command line has a type_size of its own)
             if kind != "int":
-                raise QMPError(f"Parameter '{path}' expects {'size' if tname == 'size' else 'uint64'}")
+                raise QMPError(f"Parameter '{path}' expects uint64")
         elif kind != "int":
             raise _type_error(path, "integer")
         if tname in ("int", "int64"):
