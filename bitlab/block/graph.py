@@ -186,7 +186,7 @@ class BlockGraph:
         """Open one node (and its children) from checked BlockdevOptions (``no_backing``: BDRV_O_NO_BACKING,
         the backing file the image names is not opened)."""
         if foreign.unknown(opts["driver"]):  # (bdrv_fill_options: a block module Debian's QEMU does not have)
-            raise generic(f"Unknown driver '{opts['driver']}'")
+            raise QMPError(f"Unknown driver '{opts['driver']}'", printed=foreign.module_lines(opts["driver"]))
         name = opts.get("node-name")
         if name is not None:
             self.check_name(name)
@@ -539,7 +539,7 @@ class BlockGraph:
         filename = node_full_backing_filename(node, image.backing_file) or ""
         found = foreign.looked_up(image.backing_fmt)  # (the driver, before the file is looked for)
         if found is not None:
-            raise generic(f"Could not open backing file: {found[1]}")
+            raise QMPError(f"Could not open backing file: {found[1]}", printed=found[0])
         path = strip_file_protocol(filename)
         if path is None:
             raise generic(f"Could not open backing file: bitlab does not simulate the protocol of '{filename}'")
@@ -556,18 +556,18 @@ class BlockGraph:
             try:
                 self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
             except QMPError as err:
-                raise generic(f"Could not open backing file: {err.desc}") from None
+                raise QMPError(f"Could not open backing file: {err.desc}", printed=err.printed) from None
         if fmt not in ("raw", "qcow2"):  # (opened by its name, as qemu-img opens one: bitlab.block.foreign)
             found = foreign.opened(path, fmt, self.store[key], write=False, no_io=False)
             if found is None:
                 raise generic(f"Could not open backing file: bitlab does not simulate the '{fmt}' block driver")
-            raise generic(f"Could not open backing file: {found[1].split(chr(10))[0]}")
+            raise QMPError(f"Could not open backing file: {found[1].split(chr(10))[0]}", printed=found[0])
         pushed = [path] if names else [own, path]
         names += pushed
         try:
             child = self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
         except QMPError as err:  # bdrv_open_backing_file: error_prepend (at every level of the chain)
-            raise generic(f"Could not open backing file: {err.desc}") from None
+            raise QMPError(f"Could not open backing file: {err.desc}", printed=err.printed) from None
         finally:
             del names[-len(pushed):]
         self._attach(node, "backing", child)
@@ -589,8 +589,8 @@ class BlockGraph:
                                                               no_io=False)
         finally:
             self._drop_unowned(file_node)
-        if found is not None:
-            raise generic(found[1].split("\n")[0])  # (an error's hint is not part of its QMP text)
+        if found is not None:  # (an error's hint is not part of its QMP text)
+            raise QMPError(found[1].split("\n")[0], printed=found[0])
 
     def _refuse_foreign(self, driver: str, opts: dict, ro: bool) -> None:
         """The errors QEMU's driver bitlab does not simulate gives before it would open anything bitlab refuses:

@@ -194,8 +194,8 @@ def _write_through(store: ImageStore, key_fn: KeyFn, chain: list, out: str, driv
         node = graph.add({"driver": driver, "node-name": "qemu-img", "discard": "unmap" if sparse else "ignore",
                           "file": {"driver": "file", "filename": find_key(key_fn, out)}})
     except QMPError as err:
-        raise QemuImgError(f"qemu-img: Could not open '{out}': {err.desc}\n{lock_hint(store, key_fn, out, err.desc)}"
-                           ) from None
+        raise QemuImgError(f"{err.printed}qemu-img: Could not open '{out}': {err.desc}\n"
+                           f"{lock_hint(store, key_fn, out, err.desc)}") from None
     try:
         size = chain[0].size
         if node.size // 512 < -(-size // 512):

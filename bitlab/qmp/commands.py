@@ -75,6 +75,8 @@ class CommandTable:
             reply: dict = {"return": result if ordered else wire_order(result)}
         except QMPError as err:
             reply = {"error": wire_order(err.to_wire())}
+            if err.printed and hasattr(ctx, "console_err"):  # (QEMU's stderr: the block modules it looked for)
+                ctx.console_err.append(err.printed)
         if isinstance(message, dict) and "id" in message:
             reply["id"] = wire_order(msg_id)
             return {key: reply[key] for key in wire_member_order(tuple(reply))}  # members already ordered

@@ -43,7 +43,10 @@ COMMANDS = [  # F: the format
     "info -f F missing.img", "info -U -f F a.img", "info --backing-chain o.qcow2",
     "check -f F a.img", "map -f F a.img", "map -f F d.img", "map o.qcow2", "compare -f F -F raw a.img a.img",
     "amend -f F -o size=2M a.img", "resize -f F a.img 2M", "commit -f F a.img",
-    "rebase -u -F F -b a.img q.qcow2", "rebase -F F -b a.img q.qcow2",
+    "rebase -u -F F -b a.img q.qcow2", "rebase -F F -b a.img q.qcow2", "rebase -u -f F -b a.img q.qcow2",
+    "convert -O qcow2 -B a.img -F F a2.img x.qcow2", "create -f qcow2 -o backing_file=a.img,backing_fmt=F x.img",
+    "measure -f F a.img", "measure -O F --size 1M", "check -r leaks -f F a.img",
+    "info --image-opts driver=F,file.filename=a.img",
 ]
 CREATES = ("create -f F ", "convert -O F ")
 
@@ -208,6 +211,7 @@ def _qmp_story(vm: Machine) -> list:
         vm.execute({"execute": "blockdev-del", "arguments": {"node-name": "x"}})
     out.append(vm.execute({"execute": "blockdev-add", "arguments": {"driver": "ftp", "node-name": "x",
                                                                     "url": "ftp://h/y"}}))
+    out.append(vm.console_take("stderr"))  # (the block modules QEMU looked for)
     out.append(sorted("#block" if n["node-name"].startswith("#block") else n["node-name"]  # (QEMU's numbers vary)
                       for n in vm.qmp("query-named-block-nodes", {"flat": True})))
     return out
@@ -255,10 +259,12 @@ def test_blockdev_add_texts() -> None:
         "Could not open backing file: The only allowed filename for this driver is 'null-co://'"
     assert backing["host_device"] == "Could not open backing file: 'host_device' driver requires 'b.img' to be " \
         "either a character or block device"
-    held = [reply["error"]["desc"] for reply in out[-2 - len(HELD_FORMATS):-2]]
+    held = [reply["error"]["desc"] for reply in out[-3 - len(HELD_FORMATS):-3]]
     assert held == 2 * ['Could not open backing file: Failed to get shared "write" lock'] + [
         "Could not open backing file: Parameter 'key-secret' is required for cipher"]
-    assert out[-2] == {"error": {"class": "GenericError", "desc": "Unknown driver 'ftp'"}}
+    assert out[-3] == {"error": {"class": "GenericError", "desc": "Unknown driver 'ftp'"}}
+    modules = "qemu: module block-block-{} not found, do you want to install qemu-block-extra package?\n".format
+    assert out[-2].endswith(modules("curl") + modules("dmg-bz2") + modules("dmg-lzfse") + modules("curl"))
     assert out[-1] == ["#block", "fa", "fro", "hq"]
 
 
