@@ -282,3 +282,32 @@ def test_dirty_bitmap_is_a_snapshot_with_qemus_lookup_errors():
     with pytest.raises(QMPError) as err:
         vm.dirty_bitmap("nope", "b")
     assert err.value.desc == "Node 'nope' not found"
+
+
+ENABLE_MISSING = {"execute": "transaction", "arguments": {"actions": [
+    {"type": "block-dirty-bitmap-add", "data": {"node": "drive0", "name": "b0"}},
+    {"type": "block-dirty-bitmap-enable", "data": {"node": "drive0", "name": "nope"}}]}}
+
+
+def test_a_transactions_enable_of_a_missing_bitmap_says_qemu_crashes(qvm):
+    """QEMU 7.2's block_dirty_bitmap_enable_abort disables the bitmap its prepare did not find (NULL): bitlab
+    answers, and says so; the other actions are rolled back. A disable action, or the command alone, answers as
+    QEMU does."""
+    reply = qvm.execute(ENABLE_MISSING)
+    assert reply["error"]["desc"] == (
+        "Dirty bitmap 'nope' not found (bitlab answers this: QEMU 7.2 crashes (SIGSEGV) when a transaction's "
+        "block-dirty-bitmap-enable does not find its bitmap: its abort disables a NULL bitmap)")
+    assert qvm.qmp("query-named-block-nodes")[0].get("dirty-bitmaps") is None  # (b0 rolled back)
+    disable = {"execute": "transaction", "arguments": {"actions": [
+        {"type": "block-dirty-bitmap-disable", "data": {"node": "drive0", "name": "nope"}}]}}
+    assert qvm.execute(disable)["error"]["desc"] == "Dirty bitmap 'nope' not found"
+    with pytest.raises(QMPError, match="^GenericError: Dirty bitmap 'nope' not found$"):
+        qvm.qmp("block-dirty-bitmap-enable", {"node": "drive0", "name": "nope"})
+
+
+@pytest.mark.qemu
+def test_qemu_crashes_on_a_transactions_enable_of_a_missing_bitmap():
+    with Machine(backend="qemu") as vm:
+        add_qcow2(vm, "drive0")
+        with pytest.raises(Exception, match="Disconnected"):  # (the daemon is gone: SIGSEGV)
+            vm.execute(ENABLE_MISSING)

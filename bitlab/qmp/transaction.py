@@ -93,7 +93,14 @@ class BitmapEnable(Action):
 
     def prepare(self) -> None:
         self.check_completion_mode()
-        _, self.bitmap = self.vm.graph.lookup_bitmap(self.data["node"], self.data["name"])
+        try:
+            _, self.bitmap = self.vm.graph.lookup_bitmap(self.data["node"], self.data["name"])
+        except QMPError as err:
+            if not self.enable:
+                raise
+            raise QMPError(f"{err.desc} (bitlab answers this: QEMU 7.2 crashes (SIGSEGV) when a transaction's "
+                           "block-dirty-bitmap-enable does not find its bitmap: its abort disables a NULL bitmap)",
+                           err.error_class) from None
         check_bitmap(self.bitmap, ALLOW_RO)
         self.was_enabled = not self.bitmap.disabled
         self.bitmap.disabled = not self.enable
