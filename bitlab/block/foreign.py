@@ -99,6 +99,17 @@ def opened(path: str, fmt: str, image: ImageFile, *, write: bool, no_io: bool) -
     return before, reason  # (dmg_open looks for its decompression modules after the read-only check)
 
 
+def creation_error(fmt: str, where: str) -> str:
+    """qemu-img's error (stderr) making an image of a format bitlab does not simulate (bdrv_find_format, then the
+    driver's creation options), its text after ``where`` (``"qemu-img: "`` and what the command names), or bitlab's
+    refusal."""
+    if unknown(fmt):
+        return f"{module_lines(fmt)}{where}Unknown file format '{fmt}'\n"
+    if fmt not in CREATABLE and fmt != "luks":
+        return f"{where}Format driver '{fmt}' does not support image creation\n"
+    return not_simulated(fmt)
+
+
 def before_file(name: str, fmt: str | None) -> str | None:
     """qemu-img's error (stderr) for ``name`` from :func:`looked_up`."""
     found = looked_up(fmt)

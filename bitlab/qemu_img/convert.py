@@ -83,12 +83,8 @@ def img_convert(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         return _into_export(store, opts, chain, positional[1], fmt, sparse)
     if "-n" in opts:
         return _into_existing(store, key_fn, opts, chain, positional[1], fmt, sparse)
-    if fmt not in ("raw", "qcow2"):  # (img_convert's bdrv_find_format, then the driver's creation options)
-        if foreign.unknown(fmt):
-            raise QemuImgError(f"{foreign.module_lines(fmt)}qemu-img: Unknown file format '{fmt}'\n")
-        if fmt not in foreign.CREATABLE and fmt != "luks":
-            raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support image creation\n")
-        raise QemuImgError(foreign.not_simulated(fmt))
+    if fmt not in ("raw", "qcow2"):
+        raise QemuImgError(foreign.creation_error(fmt, "qemu-img: "))
     if "-o" in opts and qemu_opts.has_help(opts["-o"]):
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img convert -o help'\n")
     values = qemu_opts.parse(opts.get("-o", ""), {**qemu_opts.FILE_OPTS, **qemu_opts.CREATE_OPTS[fmt]})

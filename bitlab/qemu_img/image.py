@@ -70,12 +70,8 @@ def create(store: ImageStore, args: list[str], key_fn: KeyFn) -> str:
         raise QemuImgError(f"qemu-img: Unexpected argument: {positional[2]}\n{USAGE}")
     if "-o" in opts and qemu_opts.has_help(opts["-o"]):
         raise QemuImgError("qemu-img: bitlab does not simulate 'qemu-img create -o help'\n")
-    if fmt not in ("raw", "qcow2"):  # (bdrv_img_create's bdrv_find_format, then the driver's creation options)
-        if foreign.unknown(fmt):
-            raise QemuImgError(f"{foreign.module_lines(fmt)}qemu-img: {filename}: Unknown file format '{fmt}'\n")
-        if fmt not in foreign.CREATABLE and fmt != "luks":
-            raise QemuImgError(f"qemu-img: {filename}: Format driver '{fmt}' does not support image creation\n")
-        raise QemuImgError(foreign.not_simulated(fmt))
+    if fmt not in ("raw", "qcow2"):  # (bdrv_img_create's)
+        raise QemuImgError(foreign.creation_error(fmt, f"qemu-img: {filename}: "))
 
     def fail(message: str, stdout: str = "") -> QemuImgError:
         return QemuImgError(f"qemu-img: {filename}: {message}\n", stdout=stdout)
