@@ -29,6 +29,7 @@ from .jobs.block_copy import cbw_block_copy
 from .jobs.job import JobManager
 from .monitor import Monitor
 from .qemu_img import Layer, read_chain
+from .qemu_img._common import printed_before
 from .qmp import TABLE
 from .qmp.qapi import wire_order
 from .qmp.qemu_io import parse_qemu_io
@@ -248,9 +249,10 @@ class Machine(GuestIO, Monitor):
             args += ["-b", backing.filename, "-F", backing.driver] + ([] if open_backing else ["-u"])
         try:
             self.console.append(self.qemu_img(*args, filename, str(size)))  # (its "Formatting '…'" line, on stdout)
-        except _qemu_img.QemuImgError as err:
-            first = err.stderr.strip().splitlines()[0].removeprefix("qemu-img: ").removeprefix(f"{filename}: ")
-            raise generic(first) from None
+        except _qemu_img.QemuImgError as err:  # (the block modules it looked for: on the emulator's stderr)
+            printed = printed_before(err)
+            first = err.stderr[len(printed):].strip().splitlines()[0].removeprefix("qemu-img: ")
+            raise QMPError(first.removeprefix(f"{filename}: "), printed=printed) from None
 
     def probe_format(self, filename: str) -> str:
         key = self.graph.store_key(filename)

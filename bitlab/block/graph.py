@@ -552,16 +552,11 @@ class BlockGraph:
         if key not in self.store:
             raise generic(f"Could not open backing file: Could not open '{path}': No such file or directory")
         fmt = image.backing_fmt or self.store[key].fmt
-        if fmt in foreign.FORMATS:  # (a format over its file: the file's locks first)
+        if fmt not in ("raw", "qcow2"):
             try:
-                self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=True)
+                self.open_foreign_by_name(path, fmt, read_only=True)
             except QMPError as err:
                 raise QMPError(f"Could not open backing file: {err.desc}", printed=err.printed) from None
-        if fmt not in ("raw", "qcow2"):  # (opened by its name, as qemu-img opens one: bitlab.block.foreign)
-            found = foreign.opened(path, fmt, self.store[key], write=False, no_io=False)
-            if found is None:
-                raise generic(f"Could not open backing file: bitlab does not simulate the '{fmt}' block driver")
-            raise QMPError(f"Could not open backing file: {found[1].split(chr(10))[0]}", printed=found[0])
         pushed = [path] if names else [own, path]
         names += pushed
         try:
@@ -573,6 +568,23 @@ class BlockGraph:
         self._attach(node, "backing", child)
         # bdrv_open_backing_file: an implicit backing file is the one the image names (auto_backing_file)
         node.auto_backing_file = child.filename
+
+    def open_foreign_by_name(self, path: str, fmt: str, *, read_only: bool) -> None:
+        """Open the file ``path`` by its name with a driver ``fmt`` bitlab does not simulate, as QEMU opens a backing
+        file or a drive-backup target: always an error, QEMU's (the driver's look-up and its parse of the name, the
+        file missing, its locks, the driver reading it: bitlab.block.foreign) or bitlab's refusal."""
+        found = foreign.looked_up(fmt)
+        if found is not None:
+            raise QMPError(found[1], printed=found[0])
+        key = self.store_key(path)
+        if key not in self.store:
+            raise generic(f"Could not open '{path}': No such file or directory")
+        if fmt in foreign.FORMATS:  # (a format over its file: the file's locks first)
+            self.open({"driver": fmt, "file": {"driver": "file", "filename": path}}, read_only=read_only)
+        found = foreign.opened(path, fmt, self.store[key], write=not read_only, no_io=False)
+        if found is None:
+            raise generic(f"bitlab does not simulate opening '{path}' by its name with the '{fmt}' driver")
+        raise QMPError(found[1].split("\n")[0], printed=found[0])  # (an error's hint is not part of its QMP text)
 
     def _open_foreign(self, driver: str, opts: dict, name: str | None, ro: bool) -> None:
         """A format driver bitlab does not simulate, over a file it does: its file child opened (and, for most,

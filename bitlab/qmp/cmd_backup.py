@@ -169,6 +169,8 @@ def drive_backup_prepare(vm: Any, args: dict, txn: JobTxn | None) -> tuple[Any, 
         opts: dict = {"discard": "unmap", "detect-zeroes": "unmap",
                       "file": {"driver": "file", "filename": args["target"]}}
         opts["driver"] = fmt or vm.probe_format(args["target"])
+        if opts["driver"] not in ("raw", "qcow2"):
+            vm.graph.open_foreign_by_name(args["target"], opts["driver"], read_only=False)
         if sync == "none":
             opts["backing"] = None
         target = vm.graph.open(opts)

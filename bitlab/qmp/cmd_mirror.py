@@ -58,6 +58,8 @@ def qmp_drive_mirror(vm: Any, args: dict) -> None:
         opts["node-name"] = args["node-name"]
     if source.discard_unmap:  # (the source's open flags: BDRV_O_UNMAP)
         opts["discard"] = "unmap"
+    if opts["driver"] not in ("raw", "qcow2"):
+        graph.open_foreign_by_name(args["target"], opts["driver"], read_only=False)
     target = graph.open(opts)
     zero_target = sync == "full" and (mode == "existing" or not _zero_init(target))
     try:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..block import perms
+from ..block import foreign, perms
 from ..block.info import JOB_FILTERS
 from ..block.ioerror import BlockIOError
 from ..block.node import BlockNode, Qcow2Node
-from ..errors import generic
+from ..errors import QMPError, generic
 from ..qemu_img import QemuImgError
 from .types import BlockdevDriver
 
@@ -67,8 +67,10 @@ def check_op_blockers(vm: Any, node: BlockNode) -> None:
 
 def _create_overlay(vm: Any, filename: str, fmt: str, old: BlockNode) -> None:
     """bdrv_img_create(snapshot-file, format, old's filename, old's format, size of old)."""
-    if fmt not in BlockdevDriver.values:
-        raise generic(f"Unknown file format '{fmt}'")
+    if fmt not in BlockdevDriver.values or foreign.unknown(fmt):
+        raise QMPError(f"Unknown file format '{fmt}'", printed=foreign.module_lines(fmt))
+    if fmt not in foreign.CREATABLE and fmt not in ("luks", "raw", "qcow2"):
+        raise generic(f"Format driver '{fmt}' does not support image creation")
     if fmt not in BACKING_FORMATS:
         raise generic(f"Backing file not supported for file format '{fmt}'")
     if fmt != "qcow2":
@@ -118,9 +120,10 @@ class ExternalSnapshot:
             opts: dict = {"driver": fmt, "file": {"driver": "file", "filename": data["snapshot-file"]}}
             if new_name is not None:
                 opts["node-name"] = new_name
-            if fmt not in ("raw", "qcow2"):
-                raise generic(f"Unknown driver '{fmt}'" if fmt not in BlockdevDriver.values
-                              else f"bitlab does not simulate the '{fmt}' block driver")
+            if fmt not in BlockdevDriver.values:
+                raise generic(f"Unknown driver '{fmt}'")
+            if fmt not in ("raw", "qcow2"):  # (QEMU's error opening it, or bitlab's refusal)
+                graph.open_foreign_by_name(data["snapshot-file"], fmt, read_only=old.read_only)
             new = self.new = graph.open(opts, read_only=old.read_only, no_backing=True)
             self.opened = True
         else:

@@ -381,3 +381,54 @@ def test_a_size_is_visited_as_a_uint64() -> None:
     reply = Machine().execute({"execute": "blockdev-create", "arguments": {"job-id": "j", "options": {
         "driver": "file", "filename": "x", "size": "1"}}})
     assert reply["error"]["desc"] == "Parameter 'options.size' expects uint64"
+
+
+# -- drive-backup, drive-mirror and blockdev-snapshot-sync with such a format --------------------------------------
+
+def _drive_story(vm: Machine) -> list:
+    """Each format for a target made (absolute-paths) or an image that exists (a raw one): QEMU's errors; where QEMU
+    runs the job or opens the node, bitlab refuses (the job is stopped again, on both)."""
+    vm.qemu_img("create", "-q", "-f", "qcow2", "q.qcow2", "4M")
+    vm.qemu_img("create", "-q", "-f", "raw", "e.img", "4M")
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": "q", "file": {"driver": "file", "filename": "q.qcow2"}})
+    out = []
+    for fmt in FORMATS:
+        for mode in ("absolute-paths", "existing"):
+            target = "e.img" if mode == "existing" else f"n-{fmt}.img"
+            for command, args in (
+                    ("drive-backup", {"job-id": "j", "device": "q", "target": target, "sync": "full", "format": fmt,
+                                      "mode": mode}),
+                    ("drive-mirror", {"job-id": "j", "device": "q", "target": target, "sync": "full", "format": fmt,
+                                      "mode": mode}),
+                    ("blockdev-snapshot-sync", {"node-name": "q", "snapshot-file": target, "snapshot-node-name": "s",
+                                                "format": fmt, "mode": mode})):
+                reply = vm.execute({"execute": command, "arguments": args})
+                out.append(reply)
+                if "return" in reply:
+                    vm.execute({"execute": "block-job-cancel", "arguments": {"device": "j", "force": True}})
+                    vm.run(until=vm.now + 0.5)
+    return out
+
+
+@pytest.mark.qemu
+def test_drive_targets_and_overlays_as_qemu_storage_daemon() -> None:
+    real, sim = on_both(_drive_story)
+    assert [(i, want, got) for i, (want, got) in enumerate(zip(real, sim))
+            if want != got and "bitlab does not simulate" not in str(got)] == []
+    refused = [i for i, (want, got) in enumerate(zip(real, sim)) if want != got]
+    assert len(refused) <= 45  # (blkdebug, file, copy-on-read, preallocate, snapshot-access, ... QEMU opens)
+
+
+def test_drive_target_texts() -> None:
+    out = _drive_story(Machine())
+    per_format = 6
+
+    def desc(fmt: str, index: int) -> str:
+        return out[FORMATS.index(fmt) * per_format + index]["error"]["desc"]
+
+    assert desc("vmdk", 3) == "invalid VMDK image descriptor"  # (drive-backup into e.img, existing)
+    assert desc("bochs", 0) == "Format driver 'bochs' does not support image creation"
+    assert desc("null-co", 4) == "The only allowed filename for this driver is 'null-co://'"
+    assert desc("qed", 5) == "Image not in QED format"  # (the overlay: e.img opened as qed)
+    assert desc("bochs", 2) == "Format driver 'bochs' does not support image creation"
+    assert desc("ftp", 0) == "Unknown file format 'ftp'"
