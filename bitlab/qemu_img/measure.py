@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..block.create import NOT_BUILT, cluster_size_error, refcount_bits_error
-from ..block.drivers import QEMU_DRIVERS
+from ..block import foreign
+from ..block.create import cluster_size_error, refcount_bits_error
 from ..block.node import STATUS_DATA
 from ..block.qcow2_host import refcount_metadata
 from ..block.store import QCOW2_DEFAULT_CLUSTER, ImageFile, ImageStore
@@ -30,12 +30,7 @@ QCOW_MAX_L1_SIZE = 0x2000000
 _U64 = 1 << 64
 LONG_OPTIONS = {"help": False, "image-opts": False, "object": True, "output": True, "size": True,
                 "force-share": False}
-# Drivers with creation options but no bdrv_measure, and the block modules the others come in (Debian's
-# qemu-img 7.2 has none of them: it names the module, then finds no such format)
-NO_MEASURE = frozenset({"file", "host_cdrom", "host_device", "nbd", "nvme", "parallels", "qcow", "qed", "vdi",
-                        "vhdx", "vmdk", "vpc"})
-MODULES = {"ftp": "curl", "ftps": "curl", "http": "curl", "https": "curl", "gluster": "gluster", "iscsi": "iscsi",
-           "nfs": "nfs", "rbd": "rbd", "ssh": "ssh"}
+NO_MEASURE = foreign.CREATABLE  # drivers with creation options but no bdrv_measure
 
 
 def _round_up(n: int, align: int) -> int:
@@ -158,12 +153,8 @@ def _snapshot_param(text: str) -> None:
 
 def _output_driver(fmt: str, options: str | None) -> dict:
     """-O's driver as img_measure looks it up, and ``-o`` parsed against its creation options."""
-    if fmt in NOT_BUILT or fmt not in QEMU_DRIVERS:
-        module = f"qemu: module block-block-{MODULES[fmt]} not found, do you want to install qemu-block-extra " \
-                 "package?\n" if fmt in MODULES else ""
-        raise QemuImgError(f"{module}qemu-img: Unknown file format '{fmt}'\n")
-    if fmt not in CREATE_OPTS and fmt not in NO_MEASURE:
-        raise QemuImgError(f"qemu-img: Format driver '{fmt}' does not support image creation\n")
+    if foreign.unknown(fmt) or fmt not in CREATE_OPTS and fmt not in NO_MEASURE:  # (Debian's modules: not found)
+        raise QemuImgError(foreign.creation_error(fmt, "qemu-img: "))
     own = CREATE_OPTS.get(fmt, FILE_OPTS)  # (file-posix's are the file driver's own)
     if fmt not in CREATE_OPTS and fmt != "file" and options is not None \
             and not {name for name, _ in qemu_opts.items(options)} <= FILE_OPTS.keys():
