@@ -46,14 +46,20 @@ NOT_SIMULATED = "bitlab does not simulate "
 
 def flatten(value: Any, prefix: str = "", out: dict | None = None) -> dict:
     """qdict_flatten: nested objects and lists become dotted keys (``file.driver``, ``inject-error.0.event``);
-    an empty object or list stays as it is."""
+    an empty object or list stays as it is. In QEMU's order of insertion, which decides the QDict order of keys that
+    share a hash bucket: the top level's own values where they were, then each nested object's entries as the QDict
+    walks it (its hash order), lists in their order."""
+    nested = out is not None
     out = {} if out is None else out
-    items = value.items() if isinstance(value, dict) else enumerate(value)
+    if not nested:  # (the top level's values stay where they are; the nested ones follow, moved in QDict order)
+        out.update((key, item) for key, item in value.items() if not (isinstance(item, (dict, list)) and item))
+    items = ([(key, value[key]) for key in wire_member_order(tuple(value))] if isinstance(value, dict)
+             else enumerate(value))
     for key, item in items:
         name = f"{prefix}{key}"
         if isinstance(item, (dict, list)) and item:
             flatten(item, name + ".", out)
-        else:
+        elif nested:
             out[name] = item
     return out
 
@@ -271,6 +277,8 @@ class Reopen:
         if role == "backing":  # (null, or another node: bdrv_set_file_or_backing_noperm)
             entry.new_backing = (new,)
             return
+        if old is None and node.driver in ("file", "null-co", "null-aio"):  # (a protocol node: no file child)
+            raise generic("Cannot set file child to format node without file child")
         raise generic(NOT_SIMULATED + f"blockdev-reopen giving '{node.node_name}' another {role} child")
 
     def _check_perms(self) -> None:
