@@ -11,6 +11,7 @@ module, then knows no such driver.
 
 from __future__ import annotations
 
+from ..errors import QMPError
 from .create import NOT_BUILT
 from .drivers import QEMU_DRIVERS
 from .extents import ZERO, ZERO_ALLOC
@@ -99,13 +100,24 @@ def opened(path: str, fmt: str, image: ImageFile, *, write: bool, no_io: bool) -
     return before, reason  # (dmg_open looks for its decompression modules after the read-only check)
 
 
+def creatable(fmt: str) -> bool:
+    """Whether the driver has creation options (bdrv_img_create goes on to them)."""
+    return fmt in CREATABLE or fmt in ("raw", "qcow2", "luks")
+
+
+def qmp_error(found: tuple[str, str]) -> QMPError:
+    """What :func:`looked_up` or :func:`opened` found, as QMP says it: the reason without its hint line, the lines
+    before it on the emulator's stderr."""
+    return QMPError(found[1].split("\n")[0], printed=found[0])
+
+
 def creation_error(fmt: str, where: str) -> str:
     """qemu-img's error (stderr) making an image of a format bitlab does not simulate (bdrv_find_format, then the
     driver's creation options), its text after ``where`` (``"qemu-img: "`` and what the command names), or bitlab's
     refusal."""
     if unknown(fmt):
         return f"{module_lines(fmt)}{where}Unknown file format '{fmt}'\n"
-    if fmt not in CREATABLE and fmt != "luks":
+    if not creatable(fmt):
         return f"{where}Format driver '{fmt}' does not support image creation\n"
     return not_simulated(fmt)
 

@@ -575,7 +575,7 @@ class BlockGraph:
         file missing, its locks, the driver reading it: bitlab.block.foreign) or bitlab's refusal."""
         found = foreign.looked_up(fmt)
         if found is not None:
-            raise QMPError(found[1], printed=found[0])
+            raise foreign.qmp_error(found)
         key = self.store_key(path)
         if key not in self.store:
             raise generic(f"Could not open '{path}': No such file or directory")
@@ -584,7 +584,7 @@ class BlockGraph:
         found = foreign.opened(path, fmt, self.store[key], write=not read_only, no_io=False)
         if found is None:
             raise generic(f"bitlab does not simulate opening '{path}' by its name with the '{fmt}' driver")
-        raise QMPError(found[1].split("\n")[0], printed=found[0])  # (an error's hint is not part of its QMP text)
+        raise foreign.qmp_error(found)
 
     def _open_foreign(self, driver: str, opts: dict, name: str | None, ro: bool) -> None:
         """A format driver bitlab does not simulate, over a file it does: its file child opened (and, for most,
@@ -601,8 +601,8 @@ class BlockGraph:
                                                               no_io=False)
         finally:
             self._drop_unowned(file_node)
-        if found is not None:  # (an error's hint is not part of its QMP text)
-            raise QMPError(found[1].split("\n")[0], printed=found[0])
+        if found is not None:
+            raise foreign.qmp_error(found)
 
     def _refuse_foreign(self, driver: str, opts: dict, ro: bool) -> None:
         """The errors QEMU's driver bitlab does not simulate gives before it would open anything bitlab refuses:

@@ -30,7 +30,6 @@ QCOW_MAX_L1_SIZE = 0x2000000
 _U64 = 1 << 64
 LONG_OPTIONS = {"help": False, "image-opts": False, "object": True, "output": True, "size": True,
                 "force-share": False}
-NO_MEASURE = foreign.CREATABLE  # drivers with creation options but no bdrv_measure
 
 
 def _round_up(n: int, align: int) -> int:
@@ -153,7 +152,7 @@ def _snapshot_param(text: str) -> None:
 
 def _output_driver(fmt: str, options: str | None) -> dict:
     """-O's driver as img_measure looks it up, and ``-o`` parsed against its creation options."""
-    if foreign.unknown(fmt) or fmt not in CREATE_OPTS and fmt not in NO_MEASURE:  # (Debian's modules: not found)
+    if foreign.unknown(fmt) or not foreign.creatable(fmt):  # (Debian's modules: not found)
         raise QemuImgError(foreign.creation_error(fmt, "qemu-img: "))
     own = CREATE_OPTS.get(fmt, FILE_OPTS)  # (file-posix's are the file driver's own)
     if fmt not in CREATE_OPTS and fmt != "file" and options is not None \

@@ -69,7 +69,7 @@ def _create_overlay(vm: Any, filename: str, fmt: str, old: BlockNode) -> None:
     """bdrv_img_create(snapshot-file, format, old's filename, old's format, size of old)."""
     if fmt not in BlockdevDriver.values or foreign.unknown(fmt):
         raise QMPError(f"Unknown file format '{fmt}'", printed=foreign.module_lines(fmt))
-    if fmt not in foreign.CREATABLE and fmt not in ("luks", "raw", "qcow2"):
+    if not foreign.creatable(fmt):
         raise generic(f"Format driver '{fmt}' does not support image creation")
     if fmt not in BACKING_FORMATS:
         raise generic(f"Backing file not supported for file format '{fmt}'")
