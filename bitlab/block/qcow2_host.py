@@ -227,6 +227,10 @@ class HostLayout:
         self.disk_op: tuple[list[int], list[int], int] | None = None  # the last change noted (see settle_tables)
         self.l2_writebacks = 0  # write-backs of the L2 table cache so far
         self.in_op = False  # a batch of content writes is under way (its requests are noted with it)
+        # the batch under way: its writes (byte offsets, ends, values), which the content map takes only at its
+        # end, and how many of them the layout has taken so far (what a table noted in the batch holds: _content)
+        self.merging: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.merged = 0
         # host clusters whose refcount changed since the refcount cache was last written back, ranges in order (each
         # change an allocation or a free: the file holds the other state where a cluster changed an odd number of times)
         self.rc_since: list[tuple] = []
@@ -353,7 +357,7 @@ class HostLayout:
                 a, b = np.maximum(z_lo[zeroed], lo) - lo, np.minimum(z_hi[zeroed], hi) - lo
                 flags.write_batch(a, b - a, z_flag[zeroed])
             if content is None and self.read_content is not None:
-                content = self.read_content(lo * self.cs, min(hi * self.cs, self.size))
+                content = self._content(lo * self.cs, min(hi * self.cs, self.size))
             (r_s, r_e, r_v), (q_s, q_e, q_v) = _runs_with_ends(runs), _runs_with_ends(flags)
             state = ((r_s + lo, r_e + lo, r_v), (q_s + lo, q_e + lo, q_v), content, compressed)
             self.disk_tables[index] = state
@@ -397,8 +401,26 @@ class HostLayout:
         zero = self.zero_flag.extents(lo, n) if flags else _no_flags(lo, lo + n)
         content = None
         if hosted and self.read_content is not None:
-            content = self.read_content(lo * self.cs, min((lo + n) * self.cs, self.size))
+            content = self._content(lo * self.cs, min((lo + n) * self.cs, self.size))
         return guest, zero, content, self.any_compressed and self.compressed_in(lo, lo + n)
+
+    def _content(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Guest bytes ``[lo, hi)`` as runs: the content map's, with the writes of the batch under way that the
+        layout has taken already (the map merges the batch only after the layout took all of it)."""
+        assert self.read_content is not None
+        runs = self.read_content(lo, hi)
+        if self.merging is None or not self.merged:
+            return runs
+        offsets, ends, values = (a[:self.merged] for a in self.merging)
+        meet = (offsets < hi) & (ends > lo)
+        if not meet.any():
+            return runs
+        now = ExtentMap(hi - lo)
+        now.write_batch(runs[0] - lo, runs[1] - runs[0], runs[2])
+        a, b = np.maximum(offsets[meet], lo), np.minimum(ends[meet], hi)
+        now.write_batch(a - lo, b - a, values[meet])
+        s, e, v = now.extents()
+        return s + lo, e + lo, v
 
     # -- free space ---------------------------------------------------------------------------
     def _free_runs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -1033,10 +1055,12 @@ class HostLayout:
         cs = self.cs
         self.note_tables(offsets // cs, -(-ends // cs), values)
         self.in_op = True
+        self.merging, self.merged = (offsets, ends, values), 0
         try:
             self._merge(offsets, ends, values)
         finally:
             self.in_op = False
+            self.merging = None
 
     def _merge(self, offsets: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
         """:meth:`before_merge`'s work."""
@@ -1100,21 +1124,23 @@ class HostLayout:
                 k = i + self._below_table(c0[i:k], c1[i:k], data[i:k])  # (the table grows request by request)
                 if k > i:
                     if i:
-                        self._renote(c0[i:k], c1[i:k], values[i:k])
+                        self._renote(c0[i:k], c1[i:k], values[i:k], i)
                     self._batch(c0[i:k], c1[i:k], data[i:k], zeroing[i:k], flags[i:k])
                     i = k
                     continue
             if i:
-                self._renote(c0[i:i + 1], c1[i:i + 1], values[i:i + 1])
+                self._renote(c0[i:i + 1], c1[i:i + 1], values[i:i + 1], i)
             if data[i]:
                 self._request(int(c0[i]), int(c1[i]))
             else:
                 self.zero_request(int(c0[i]), int(c1[i]), int(f0[i]), int(f1[i]), int(values[i]))
             i += 1
 
-    def _renote(self, c0: np.ndarray, c1: np.ndarray, values: np.ndarray) -> None:
-        """:meth:`note_tables` before a later step of one merge (the merge noted its tables before its first): each
-        step is a change of its own, and a write-back in it writes the tables as the steps before left them."""
+    def _renote(self, c0: np.ndarray, c1: np.ndarray, values: np.ndarray, done: int) -> None:
+        """:meth:`note_tables` before a later step of one merge (the merge noted its tables before its first), after
+        its first ``done`` writes: each step is a change of its own, and a write-back in it writes the tables as
+        the steps before left them (their content too)."""
+        self.merged = done
         self.in_op = False
         try:
             self.note_tables(c0, c1, values)
