@@ -31,7 +31,7 @@ $(STAMP_DOCS): $(PY) pyproject.toml
 
 test: $(STAMP_TEST)
 	$(PY) -m ruff check bitlab tests benchmarks tools notebooks
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n auto --maxprocesses=4 tests
 	$(MAKE) --no-print-directory nbval nbval-qemu
 
 # The notebooks on the simulator, then the same cells on real QEMU 7.2 (BITLAB_BACKEND=qemu).
