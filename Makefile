@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 STAMP_LAB := $(VENV)/.lab-installed
 STAMP_TEST := $(VENV)/.test-installed
 STAMP_DOCS := $(VENV)/.docs-installed
-NBVAL := -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+# (two workers, each notebook whole on one: --dist loadfile)
+NBVAL := -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider \
+	-n auto --maxprocesses=2 --dist loadfile
 QEMU_TOOLS := qemu-storage-daemon qemu-system-x86_64 qemu-img qemu-io
 
 .PHONY: lab test nbval nbval-qemu docs bench lint clean
