@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .extents import UNALLOCATED, ZERO, ZERO_ALLOC, ExtentMap, clip_runs
-from .qcow2_host import FREE, NONE, USED, HostLayout, Runs, TableState, empty_table
+from .qcow2_host import FREE, NONE, USED, HostLayout, Runs, TableState, content_runs, empty_table
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _table(layout: HostLayout, index: int, state: TableState | None
     c_s, c_e, c_v = [b_lo[plain]], [b_hi[plain]], [code[plain]]
     old = data & ~same & (b_hi > b_lo)
     if old.any() and content is not None:
-        ps, pe, pv, _ = clip_runs(*content, b_lo[old], b_hi[old])
+        ps, pe, pv, _ = clip_runs(*content_runs(content), b_lo[old], b_hi[old])
         c_s.append(ps), c_e.append(pe), c_v.append(pv)
     starts = np.concatenate(c_s)
     order = np.argsort(starts, kind="stable")

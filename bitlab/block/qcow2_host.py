@@ -122,9 +122,34 @@ def _back_to_back(c0: np.ndarray, c1: np.ndarray, values: np.ndarray,
 
 Ints = list[int] | np.ndarray  # host byte offsets or lengths of metadata writes (see HostLayout._write)
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class Overlaid:
+    """Content runs over guest bytes and writes over them, merged only when read (:func:`content_runs`): what a table
+    noted inside a batch holds (see HostLayout._content), where most notes are never read."""
+
+    __slots__ = ("base", "writes")
+
+    def __init__(self, base: Runs, writes: Runs) -> None:
+        self.base, self.writes = base, writes  # (starts, ends, values) each; the writes in order, later ones win
+
+
+def content_runs(content: Runs | Overlaid) -> Runs:
+    """A noted table's content as runs ``(starts, ends, values)``."""
+    if not isinstance(content, Overlaid):
+        return content
+    (s, e, v), (a, b, w) = content.base, content.writes
+    lo = int(s[0])
+    now = ExtentMap(int(e[-1]) - lo)
+    now.write_batch(s - lo, e - s, v)
+    now.write_batch(a - lo, b - a, w)
+    s, e, v = now.extents()
+    return s + lo, e + lo, v
+
+
 # an L2 table as the file holds it (see HostLayout.note_tables): the guest map's runs, the zero flags' runs and the
 # content's runs (bytes; None where no cluster has a host cluster), and whether it has compressed clusters
-TableState = tuple[Runs, Runs, Runs | None, bool]
+TableState = tuple[Runs, Runs, Runs | Overlaid | None, bool]
 
 
 def empty_table(lo: int, hi: int) -> TableState:
@@ -404,9 +429,9 @@ class HostLayout:
             content = self._content(lo * self.cs, min((lo + n) * self.cs, self.size))
         return guest, zero, content, self.any_compressed and self.compressed_in(lo, lo + n)
 
-    def _content(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Guest bytes ``[lo, hi)`` as runs: the content map's, with the writes of the batch under way that the
-        layout has taken already (the map merges the batch only after the layout took all of it)."""
+    def _content(self, lo: int, hi: int) -> Runs | Overlaid:
+        """Guest bytes ``[lo, hi)``: the content map's runs, with the writes of the batch under way that the layout
+        has taken already (the map merges the batch only after the layout took all of it)."""
         assert self.read_content is not None
         runs = self.read_content(lo, hi)
         if self.merging is None or not self.merged:
@@ -415,12 +440,7 @@ class HostLayout:
         meet = (offsets < hi) & (ends > lo)
         if not meet.any():
             return runs
-        now = ExtentMap(hi - lo)
-        now.write_batch(runs[0] - lo, runs[1] - runs[0], runs[2])
-        a, b = np.maximum(offsets[meet], lo), np.minimum(ends[meet], hi)
-        now.write_batch(a - lo, b - a, values[meet])
-        s, e, v = now.extents()
-        return s + lo, e + lo, v
+        return Overlaid(runs, (np.maximum(offsets[meet], lo), np.minimum(ends[meet], hi), values[meet]))
 
     # -- free space ---------------------------------------------------------------------------
     def _free_runs(self) -> tuple[np.ndarray, np.ndarray]:
