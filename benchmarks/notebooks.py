@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GOAL_S = 90.0
 QEMU_TOOLS = ("qemu-storage-daemon", "qemu-system-x86_64", "qemu-img", "qemu-io")
 NBVAL = ["-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", "tests/nbval_sanitize.cfg",
-         "-p", "no:cacheprovider", "-n", "auto", "--maxprocesses=2", "--dist", "loadfile", "-q", "notebooks"]  # (make test's)
+         "-p", "no:cacheprovider", "-n", "auto", "--maxprocesses=2", "--dist", "loadfile",  # (make test's)
+         "-q", "notebooks"]
 
 
 def nbval_seconds(backend: str) -> tuple[float, str]:
