@@ -14,7 +14,9 @@ from bitlab.block.qcow2_host import SMALL_BATCH, HostLayout
 
 
 def _lists(value: object) -> object:
-    """Arrays (in tuples, lists and dicts) as lists, to compare."""
+    """Arrays (in tuples, lists and dicts) as lists, to compare (a noted table's content merged)."""
+    if isinstance(value, qcow2_host.Overlaid):
+        return _lists(qcow2_host.content_runs(value))
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (tuple, list)):
